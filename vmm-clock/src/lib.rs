@@ -1,0 +1,1 @@
+//! QEMU's clocks and timers (being written).

@@ -1,0 +1,1 @@
+//! QEMU's run-state machine (being written).
