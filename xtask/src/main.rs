@@ -1,1 +1,104 @@
-fn main() {}
+//! `cargo xtask`: the project's developer tasks, in Rust so that they run
+//! wherever cargo does.
+//!
+//! ```text
+//! cargo xtask test        all tests of every crate (KVM tests must run where /dev/kvm exists)
+//! cargo xtask lint        cargo fmt --check and clippy -D warnings
+//! cargo xtask check-deps  the KVM-free crates reach no KVM crate
+//! cargo xtask bench       the benchmarks, with their reports
+//! cargo xtask ci          lint, check-deps and test: what .ci/run runs
+//! ```
+
+use std::process::ExitCode;
+
+use anyhow::{bail, Result};
+
+mod cmd;
+mod deps;
+
+const USAGE: &str = "\
+usage: cargo xtask <task> [args]
+
+tasks:
+  test [CARGO-TEST-ARGS]   run every crate's tests; where /dev/kvm exists, the KVM
+                           tests are required to run (VMM_REQUIRE_KVM=1)
+  lint                     cargo fmt --check, clippy --workspace --all-targets -D warnings
+  check-deps               fail if vmm-runstate, vmm-clock or vmm-devices reach
+                           kvm-ioctls or kvm-bindings (through any crate)
+  bench                    run the benchmarks and print their reports
+  ci                       lint, check-deps, test (what .ci/run runs)
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &[String]) -> Result<()> {
+    let Some((task, rest)) = args.split_first() else {
+        print!("{USAGE}");
+        bail!("no task given");
+    };
+    match task.as_str() {
+        "test" => test(rest),
+        "lint" => lint(),
+        "check-deps" => deps::check(),
+        "bench" => bench(rest),
+        "ci" => {
+            lint()?;
+            deps::check()?;
+            test(&[])
+        }
+        "help" | "-h" | "--help" => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        other => {
+            print!("{USAGE}");
+            bail!("unknown task `{other}`")
+        }
+    }
+}
+
+/// Runs every test of the workspace. Where `/dev/kvm` exists, KVM tests may
+/// not skip: `VMM_REQUIRE_KVM=1` turns their "no KVM here" skip into a
+/// failure.
+fn test(extra: &[String]) -> Result<()> {
+    let mut c = cmd::cargo(["test", "--workspace"]);
+    c.args(extra);
+    if std::path::Path::new("/dev/kvm").exists() {
+        c.env("VMM_REQUIRE_KVM", "1");
+    }
+    cmd::run(&mut c)
+}
+
+fn lint() -> Result<()> {
+    cmd::run(&mut cmd::cargo(["fmt", "--all", "--", "--check"]))?;
+    cmd::run(&mut cmd::cargo([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))
+}
+
+fn bench(extra: &[String]) -> Result<()> {
+    let mut c = cmd::cargo([
+        "bench",
+        "--package",
+        "vmm-clock",
+        "--bench",
+        "alarm_lateness",
+        "--",
+    ]);
+    c.args(extra);
+    cmd::run(&mut c)
+}
