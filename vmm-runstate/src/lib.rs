@@ -7,7 +7,7 @@
 //!
 //! * [`RunState`]: the fifteen states of QEMU 1.5, spelled in QMP the way
 //!   `query-status` reports them (`running`, `paused`, `prelaunch`, ...).
-//!   They parse with [`FromStr`](core::str::FromStr) and print with
+//!   They parse with [`FromStr`] and print with
 //!   [`Display`](core::fmt::Display) / [`RunState::as_str`].
 //! * [`TRANSITIONS`]: the allowed `(from, to)` pairs, kept as data. It is the
 //!   union of [`SEED_TRANSITIONS`] (QEMU 1.5's 38 pairs, unchanged) and
@@ -272,7 +272,15 @@ mod tests {
 
     #[test]
     fn parse_rejects_bad_strings_and_names_them() {
-        for bad in ["", "Running", "RUNNING", "colo", "preconfig", "guest_panicked", " paused"] {
+        for bad in [
+            "",
+            "Running",
+            "RUNNING",
+            "colo",
+            "preconfig",
+            "guest_panicked",
+            " paused",
+        ] {
             let err = bad.parse::<RunState>().unwrap_err();
             assert_eq!(err.input(), bad);
             assert_eq!(err.to_string(), format!("unknown run state '{bad}'"));
