@@ -1,7 +1,12 @@
 //! The KVM side of the VMM, after QEMU's `kvm-all.c`, `cpus.c` and `vl.c`.
 //!
-//! Everything that owns a KVM file descriptor lives here. So far:
+//! Everything that owns a KVM file descriptor lives here:
 //!
+//! - [`kvm`]: open `/dev/kvm`, check its API version and the capabilities
+//!   the machine needs (QEMU's `kvm_init`).
+//! - [`vm`]: the VM, its guest memory slots, irqchip and interrupt lines.
+//! - [`io`]: the [`io::IoHandler`] trait through which vCPU exits reach the
+//!   machine's devices.
 //! - [`notify`]: notifier lists (QEMU's `NotifierList`), used for the exit
 //!   notifiers that the machine runs on every exit path.
 //!
@@ -15,4 +20,10 @@
 
 #![deny(missing_docs)]
 
+pub mod io;
+pub mod kvm;
 pub mod notify;
+pub mod vm;
+
+pub use kvm_ioctls::VcpuFd;
+pub use vm_memory;

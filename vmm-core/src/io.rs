@@ -1,0 +1,21 @@
+//! The seam between vCPU exits and the machine's devices.
+//!
+//! A vCPU thread turns each PIO or MMIO exit into calls on an [`IoHandler`];
+//! the machine (vmm-pc) implements it over its buses. vmm-core knows no port
+//! number and no device.
+
+/// Handles the guest's port and memory-mapped I/O. Called from vCPU threads,
+/// concurrently: implementations lock what they share.
+///
+/// A string instruction (`rep outsb`, …) arrives as one call per element.
+/// Nothing the guest does may make an implementation panic.
+pub trait IoHandler: Send + Sync {
+    /// The guest reads `data.len()` bytes from `port`. Fill `data`.
+    fn pio_read(&self, port: u16, data: &mut [u8]);
+    /// The guest writes `data` to `port`.
+    fn pio_write(&self, port: u16, data: &[u8]);
+    /// The guest reads `data.len()` bytes at guest-physical `addr`.
+    fn mmio_read(&self, addr: u64, data: &mut [u8]);
+    /// The guest writes `data` at guest-physical `addr`.
+    fn mmio_write(&self, addr: u64, data: &[u8]);
+}

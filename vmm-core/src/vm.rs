@@ -1,0 +1,127 @@
+//! The VM: `KVM_CREATE_VM`, guest memory slots, the in-kernel irqchip and
+//! interrupt lines (QEMU's `kvm_create_context` and memory listener).
+
+use std::sync::Arc;
+
+use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::VmFd;
+use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::kvm::{KvmError, KvmSystem};
+
+/// Errors of VM-level operations.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    /// Creating the VM failed.
+    #[error(transparent)]
+    Kvm(#[from] KvmError),
+    /// Guest memory could not be allocated.
+    #[error("cannot allocate {size} bytes of guest memory")]
+    Memory {
+        /// Bytes asked for, in all regions.
+        size: u64,
+        /// The cause.
+        #[source]
+        source: vm_memory::mmap::FromRangesError,
+    },
+    /// A VM ioctl failed.
+    #[error("{what} failed")]
+    Ioctl {
+        /// The ioctl.
+        what: &'static str,
+        /// The error.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+}
+
+fn ioctl(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
+    move |source| VmError::Ioctl { what, source }
+}
+
+/// A KVM VM with its guest memory registered.
+///
+/// Cloning shares the same VM (the vCPU threads each hold one).
+#[derive(Debug, Clone)]
+pub struct Vm {
+    fd: Arc<VmFd>,
+    memory: GuestMemoryMmap,
+}
+
+impl Vm {
+    /// Creates a VM and gives it `regions` (guest address, size) of
+    /// anonymous RAM, one memory slot each.
+    pub fn new(kvm: &KvmSystem, regions: &[(GuestAddress, usize)]) -> Result<Self, VmError> {
+        let fd = kvm.kvm().create_vm().map_err(KvmError::CreateVm)?;
+        let size = regions.iter().map(|r| r.1 as u64).sum();
+        let memory = GuestMemoryMmap::from_ranges(regions)
+            .map_err(|source| VmError::Memory { size, source })?;
+        for (slot, region) in memory.iter().enumerate() {
+            let mem = kvm_userspace_memory_region {
+                slot: u32::try_from(slot).unwrap_or(u32::MAX),
+                flags: 0,
+                guest_phys_addr: region.start_addr().raw_value(),
+                memory_size: region.len(),
+                userspace_addr: region.as_ptr() as u64,
+            };
+            // SAFETY: the host range [as_ptr, as_ptr + len) is a live mmap owned
+            // by `memory`, which this struct keeps alive as long as the VM fd
+            // (both are dropped together; the fd is never handed out alone).
+            unsafe { fd.set_user_memory_region(mem) }
+                .map_err(ioctl("KVM_SET_USER_MEMORY_REGION"))?;
+        }
+        Ok(Self {
+            fd: Arc::new(fd),
+            memory,
+        })
+    }
+
+    /// Guest memory.
+    pub fn memory(&self) -> &GuestMemoryMmap {
+        &self.memory
+    }
+
+    /// The VM file descriptor, for vCPU creation and the x86 set-up calls.
+    pub fn fd(&self) -> &VmFd {
+        &self.fd
+    }
+
+    /// Places the three TSS pages Intel's VMX needs (below 4 GiB, outside RAM).
+    pub fn set_tss_address(&self, addr: u64) -> Result<(), VmError> {
+        let addr = usize::try_from(addr).unwrap_or(usize::MAX);
+        self.fd
+            .set_tss_address(addr)
+            .map_err(ioctl("KVM_SET_TSS_ADDR"))
+    }
+
+    /// Creates the in-kernel PIC pair, IO-APIC and local APICs
+    /// (`KVM_CREATE_IRQCHIP`). Must come before any vCPU is created.
+    pub fn create_irqchip(&self) -> Result<(), VmError> {
+        self.fd
+            .create_irq_chip()
+            .map_err(ioctl("KVM_CREATE_IRQCHIP"))
+    }
+
+    /// Creates KVM's in-kernel i8254 PIT, with the speaker port left to
+    /// userspace.
+    pub fn create_in_kernel_pit(&self) -> Result<(), VmError> {
+        let config = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        self.fd.create_pit2(config).map_err(ioctl("KVM_CREATE_PIT2"))
+    }
+
+    /// Makes every write to `fd` raise interrupt line `gsi`.
+    pub fn register_irqfd(&self, fd: &EventFd, gsi: u32) -> Result<(), VmError> {
+        self.fd.register_irqfd(fd, gsi).map_err(ioctl("KVM_IRQFD"))
+    }
+
+    /// Sets the level of interrupt line `gsi`.
+    pub fn set_irq_line(&self, gsi: u32, level: bool) -> Result<(), VmError> {
+        self.fd
+            .set_irq_line(gsi, level)
+            .map_err(ioctl("KVM_IRQ_LINE"))
+    }
+}

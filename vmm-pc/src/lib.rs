@@ -1,0 +1,11 @@
+//! The PC machine (QEMU's `pc_init1`): memory map, kernel loading, boot
+//! tables, x86 vCPU set-up and the wiring of the legacy devices.
+
+#![deny(missing_docs)]
+
+pub mod acpi;
+pub mod boot;
+pub mod cpu;
+pub mod layout;
+pub mod memory;
+pub mod mptable;
