@@ -10,11 +10,23 @@ pub const KVM_API_VERSION: i32 = 12;
 
 /// Capabilities the PC machine relies on, each with why.
 pub const REQUIRED_CAPS: &[(Cap, &str)] = &[
-    (Cap::UserMemory, "guest RAM is registered as user memory slots"),
-    (Cap::SetTssAddr, "Intel hosts need the TSS pages placed below 4 GiB"),
-    (Cap::Irqchip, "the PIC, IO-APIC and local APICs are emulated in the kernel"),
+    (
+        Cap::UserMemory,
+        "guest RAM is registered as user memory slots",
+    ),
+    (
+        Cap::SetTssAddr,
+        "Intel hosts need the TSS pages placed below 4 GiB",
+    ),
+    (
+        Cap::Irqchip,
+        "the PIC, IO-APIC and local APICs are emulated in the kernel",
+    ),
     (Cap::Irqfd, "device interrupts are delivered through irqfds"),
-    (Cap::ImmediateExit, "vCPUs are stopped with immediate_exit plus a signal"),
+    (
+        Cap::ImmediateExit,
+        "vCPUs are stopped with immediate_exit plus a signal",
+    ),
     (Cap::MpState, "application processors wait for INIT/SIPI"),
     (Cap::ExtCpuid, "CPUID is set per vCPU"),
 ];

@@ -7,6 +7,7 @@
 //! - [`vm`]: the VM, its guest memory slots, irqchip and interrupt lines.
 //! - [`io`]: the [`io::IoHandler`] trait through which vCPU exits reach the
 //!   machine's devices.
+//! - [`vcpu`]: one thread per vCPU, its exit dispatch, pause/resume/kick.
 //! - [`notify`]: notifier lists (QEMU's `NotifierList`), used for the exit
 //!   notifiers that the machine runs on every exit path.
 //!
@@ -23,6 +24,7 @@
 pub mod io;
 pub mod kvm;
 pub mod notify;
+pub mod vcpu;
 pub mod vm;
 
 pub use kvm_ioctls::VcpuFd;

@@ -215,9 +215,8 @@ mod tests {
             }
         });
         let log_b = Arc::clone(&log);
-        let id_b = list.add(move |_: &u32, _: &NotifierList<u32>, _| {
-            log_b.lock().unwrap().push("b".into())
-        });
+        let id_b = list
+            .add(move |_: &u32, _: &NotifierList<u32>, _| log_b.lock().unwrap().push("b".into()));
         *victim.lock().unwrap() = Some(id_b);
         assert_eq!(list.notify(&0), 1);
         assert_eq!(*log.lock().unwrap(), ["a"]);

@@ -77,6 +77,11 @@ impl Vm {
         })
     }
 
+    /// The size of each vCPU's `kvm_run` mapping.
+    pub fn kvm_run_size(&self) -> Result<usize, kvm_ioctls::Error> {
+        Ok(self.fd.run_size())
+    }
+
     /// Guest memory.
     pub fn memory(&self) -> &GuestMemoryMmap {
         &self.memory
@@ -110,7 +115,9 @@ impl Vm {
             flags: KVM_PIT_SPEAKER_DUMMY,
             ..Default::default()
         };
-        self.fd.create_pit2(config).map_err(ioctl("KVM_CREATE_PIT2"))
+        self.fd
+            .create_pit2(config)
+            .map_err(ioctl("KVM_CREATE_PIT2"))
     }
 
     /// Makes every write to `fd` raise interrupt line `gsi`.

@@ -1,0 +1,117 @@
+//! One `KVM_RUN` and the dispatch of its exit (QEMU's `kvm_cpu_exec`).
+//!
+//! Kept apart from the thread so that what each exit means is in one place.
+
+use kvm_bindings::{KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
+use kvm_ioctls::{VcpuExit, VcpuFd};
+
+use super::run_map::KvmRunMap;
+use super::VcpuRequest;
+use crate::io::IoHandler;
+
+/// Runs the vCPU until its next exit and handles it. Returns a request for
+/// the main loop when the exit is one the vCPU cannot handle itself.
+pub(crate) fn run_once(
+    vcpu: &mut VcpuFd,
+    run_map: &KvmRunMap,
+    io: &dyn IoHandler,
+    index: u32,
+) -> Option<VcpuRequest> {
+    let mut internal_error = false;
+    let request = match vcpu.run() {
+        Ok(exit) => match exit {
+            VcpuExit::IoOut(port, data) => {
+                // String I/O (`rep outs`) comes as count*size bytes: one
+                // access per element, as the instruction would do them.
+                let size = run_map.io_size().clamp(1, 4);
+                for element in data.chunks(size) {
+                    io.pio_write(port, element);
+                }
+                None
+            }
+            VcpuExit::IoIn(port, data) => {
+                let size = run_map.io_size().clamp(1, 4);
+                for element in data.chunks_mut(size) {
+                    io.pio_read(port, element);
+                }
+                None
+            }
+            VcpuExit::MmioRead(addr, data) => {
+                io.mmio_read(addr, data);
+                None
+            }
+            VcpuExit::MmioWrite(addr, data) => {
+                io.mmio_write(addr, data);
+                None
+            }
+            // Only without the in-kernel irqchip: there the kernel halts.
+            VcpuExit::Hlt => Some(VcpuRequest::Halted { vcpu: index }),
+            // A triple fault: a PC resets.
+            VcpuExit::Shutdown => Some(VcpuRequest::Reset {
+                vcpu: index,
+                reason: "triple fault".into(),
+            }),
+            VcpuExit::SystemEvent(kind, _) => Some(match kind {
+                KVM_SYSTEM_EVENT_SHUTDOWN => VcpuRequest::Shutdown { vcpu: index },
+                KVM_SYSTEM_EVENT_RESET => VcpuRequest::Reset {
+                    vcpu: index,
+                    reason: "system event reset".into(),
+                },
+                KVM_SYSTEM_EVENT_CRASH => VcpuRequest::InternalError {
+                    vcpu: index,
+                    reason: "the guest reported a crash (KVM_SYSTEM_EVENT_CRASH)".into(),
+                },
+                other => VcpuRequest::InternalError {
+                    vcpu: index,
+                    reason: format!("unknown KVM system event {other}"),
+                },
+            }),
+            VcpuExit::FailEntry(reason, cpu) => Some(VcpuRequest::InternalError {
+                vcpu: index,
+                reason: format!(
+                    "KVM could not enter the guest (hardware entry failure reason {reason:#x}, host cpu {cpu})"
+                ),
+            }),
+            VcpuExit::InternalError => {
+                internal_error = true;
+                None
+            }
+            // Interrupted by a kick.
+            VcpuExit::Intr => {
+                run_map.set_immediate_exit(false);
+                None
+            }
+            other => Some(VcpuRequest::InternalError {
+                vcpu: index,
+                reason: format!("unexpected KVM exit {other:?}"),
+            }),
+        },
+        Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+            // A kick: immediate_exit made KVM_RUN return before entering.
+            run_map.set_immediate_exit(false);
+            None
+        }
+        Err(e) => Some(VcpuRequest::InternalError {
+            vcpu: index,
+            reason: format!("KVM_RUN failed: {e}"),
+        }),
+    };
+    if internal_error {
+        let run = vcpu.get_kvm_run();
+        // SAFETY: the last exit was KVM_EXIT_INTERNAL_ERROR, so `internal` is
+        // the active member of the exit union.
+        let internal = unsafe { run.__bindgen_anon_1.internal };
+        let n = usize::try_from(internal.ndata)
+            .unwrap_or(0)
+            .min(internal.data.len());
+        return Some(VcpuRequest::InternalError {
+            vcpu: index,
+            reason: format!(
+                "KVM internal error, suberror {} (data {:x?})",
+                internal.suberror,
+                &internal.data[..n]
+            ),
+        });
+    }
+    request
+}

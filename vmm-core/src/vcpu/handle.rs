@@ -1,0 +1,317 @@
+//! The controller side of the vCPU threads: spawn, pause, resume, exit.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Once};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use kvm_ioctls::VcpuFd;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+
+use super::run_map::KvmRunMap;
+use super::thread::{Event, Response, VcpuThread};
+use super::VcpuRequest;
+use crate::io::IoHandler;
+use crate::vm::Vm;
+
+/// Sets up one vCPU for the machine (CPUID, MSRs, registers), on the vCPU's
+/// own thread right after `KVM_CREATE_VCPU`. Gets the vCPU and its index.
+pub type VcpuInit =
+    Arc<dyn Fn(&VcpuFd, u32) -> Result<(), Box<dyn StdError + Send + Sync>> + Send + Sync>;
+
+/// How long a vCPU may take to answer a pause, resume or creation.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Errors of the vCPU threads.
+#[derive(Debug, thiserror::Error)]
+pub enum VcpuError {
+    /// `KVM_CREATE_VCPU` failed.
+    #[error("cannot create vCPU {index}")]
+    Create {
+        /// The vCPU.
+        index: u32,
+        /// The ioctl error.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    /// The machine's set-up of the vCPU failed.
+    #[error("cannot set up vCPU {index}")]
+    Init {
+        /// The vCPU.
+        index: u32,
+        /// What the machine reported.
+        #[source]
+        source: Box<dyn StdError + Send + Sync>,
+    },
+    /// Mapping the vCPU's `kvm_run` failed.
+    #[error("cannot map kvm_run of vCPU {index}")]
+    RunMap {
+        /// The vCPU.
+        index: u32,
+        /// The mmap error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The thread could not be started.
+    #[error("cannot start the thread of vCPU {index}")]
+    Spawn {
+        /// The vCPU.
+        index: u32,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The kick signal handler could not be installed.
+    #[error("cannot install the vCPU kick signal handler")]
+    Signal(#[source] vmm_sys_util::errno::Error),
+    /// The request eventfd could not be created.
+    #[error("cannot create the vCPU request eventfd")]
+    EventFd(#[source] std::io::Error),
+    /// `KVM_GET_VCPU_MMAP_SIZE` failed.
+    #[error("cannot read the vCPU mmap size")]
+    MmapSize(#[source] kvm_ioctls::Error),
+    /// A vCPU did not answer in time.
+    #[error("vCPU {index} did not answer `{what}` within {ANSWER_TIMEOUT:?}")]
+    Timeout {
+        /// The vCPU.
+        index: u32,
+        /// What it was asked.
+        what: &'static str,
+    },
+    /// A vCPU thread ended unexpectedly.
+    #[error("the thread of vCPU {index} is gone")]
+    ThreadGone {
+        /// The vCPU.
+        index: u32,
+    },
+}
+
+/// The vCPU → main loop request channel; each send also writes the eventfd
+/// that the main loop polls.
+#[derive(Clone)]
+pub(crate) struct Requests {
+    tx: Sender<VcpuRequest>,
+    evt: Arc<EventFd>,
+}
+
+impl Requests {
+    pub(crate) fn send(&self, request: VcpuRequest) {
+        if self.tx.send(request).is_ok() {
+            if let Err(e) = self.evt.write(1) {
+                log::error!("cannot wake the main loop for a vCPU request: {e}");
+            }
+        }
+    }
+}
+
+/// The kick signal: the first real-time signal, as Firecracker uses.
+fn kick_signal() -> libc::c_int {
+    SIGRTMIN()
+}
+
+extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // Nothing to do: the signal exists to interrupt KVM_RUN with EINTR.
+}
+
+fn install_kick_handler() -> Result<(), VcpuError> {
+    static ONCE: Once = Once::new();
+    let mut result = Ok(());
+    ONCE.call_once(|| {
+        result = register_signal_handler(kick_signal(), on_kick).map_err(VcpuError::Signal);
+    });
+    result
+}
+
+struct VcpuHandle {
+    index: u32,
+    events: Sender<Event>,
+    responses: Receiver<Response>,
+    run_map: Arc<KvmRunMap>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl VcpuHandle {
+    fn send(&self, event: Event) -> Result<(), VcpuError> {
+        self.events
+            .send(event)
+            .map_err(|_| VcpuError::ThreadGone { index: self.index })?;
+        self.kick();
+        Ok(())
+    }
+
+    /// Makes the thread look at its channel soon, wherever it is.
+    fn kick(&self) {
+        self.run_map.set_immediate_exit(true);
+        if let Some(thread) = &self.thread {
+            if let Err(e) = thread.kill(kick_signal()) {
+                log::debug!("vcpu {}: kick failed: {e}", self.index);
+            }
+        }
+    }
+
+    fn expect(&self, what: &'static str, want: fn(&Response) -> bool) -> Result<(), VcpuError> {
+        match self.responses.recv_timeout(ANSWER_TIMEOUT) {
+            Ok(r) if want(&r) => Ok(()),
+            Ok(r) => {
+                log::error!("vcpu {}: answered {r:?} to {what}", self.index);
+                Err(VcpuError::ThreadGone { index: self.index })
+            }
+            Err(RecvTimeoutError::Timeout) => Err(VcpuError::Timeout {
+                index: self.index,
+                what,
+            }),
+            Err(RecvTimeoutError::Disconnected) => Err(VcpuError::ThreadGone { index: self.index }),
+        }
+    }
+}
+
+/// All vCPU threads of a VM.
+///
+/// Dropping it stops and joins every thread.
+pub struct Vcpus {
+    handles: Vec<VcpuHandle>,
+    requests: Receiver<VcpuRequest>,
+    request_evt: Arc<EventFd>,
+}
+
+impl fmt::Debug for Vcpus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Vcpus")
+            .field("count", &self.handles.len())
+            .finish()
+    }
+}
+
+impl Vcpus {
+    /// Starts `count` vCPU threads. Each creates its vCPU and runs `init`
+    /// on it; this returns once all have done so, with every vCPU paused
+    /// (call [`Vcpus::resume_all`] to run them). vCPU `i` gets APIC ID `i`.
+    pub fn spawn(
+        vm: &Vm,
+        count: u32,
+        init: VcpuInit,
+        io: Arc<dyn IoHandler>,
+    ) -> Result<Self, VcpuError> {
+        install_kick_handler()?;
+        let mmap_size = vm.kvm_run_size().map_err(VcpuError::MmapSize)?;
+        let request_evt = Arc::new(EventFd::new(EFD_NONBLOCK).map_err(VcpuError::EventFd)?);
+        let (req_tx, req_rx) = mpsc::channel();
+        let requests = Requests {
+            tx: req_tx,
+            evt: Arc::clone(&request_evt),
+        };
+        let mut vcpus = Self {
+            handles: Vec::new(),
+            requests: req_rx,
+            request_evt,
+        };
+        for index in 0..count {
+            let (ev_tx, ev_rx) = mpsc::channel();
+            let (resp_tx, resp_rx) = mpsc::channel();
+            let body = VcpuThread {
+                index,
+                vm: vm.clone(),
+                init: Arc::clone(&init),
+                io: Arc::clone(&io),
+                events: ev_rx,
+                responses: resp_tx,
+                requests: requests.clone(),
+                mmap_size,
+            };
+            let thread = std::thread::Builder::new()
+                .name(format!("vcpu {index}"))
+                .spawn(move || body.run())
+                .map_err(|source| VcpuError::Spawn { index, source })?;
+            let created = match resp_rx.recv_timeout(ANSWER_TIMEOUT) {
+                Ok(Response::Created(map)) => Ok(map),
+                Ok(Response::CreateFailed(e)) => Err(e),
+                Ok(_) | Err(RecvTimeoutError::Disconnected) => Err(VcpuError::ThreadGone { index }),
+                Err(RecvTimeoutError::Timeout) => Err(VcpuError::Timeout {
+                    index,
+                    what: "create",
+                }),
+            };
+            match created {
+                Ok(run_map) => vcpus.handles.push(VcpuHandle {
+                    index,
+                    events: ev_tx,
+                    responses: resp_rx,
+                    run_map,
+                    thread: Some(thread),
+                }),
+                Err(e) => {
+                    let _ = thread.join();
+                    return Err(e);
+                }
+            }
+        }
+        Ok(vcpus)
+    }
+
+    /// How many vCPUs there are.
+    pub fn len(&self) -> usize {
+        self.handles.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.handles.is_empty()
+    }
+
+    /// Lets every vCPU run; returns once all have acknowledged.
+    pub fn resume_all(&self) -> Result<(), VcpuError> {
+        for h in &self.handles {
+            h.send(Event::Resume)?;
+        }
+        for h in &self.handles {
+            h.expect("resume", |r| matches!(r, Response::Resumed))?;
+        }
+        Ok(())
+    }
+
+    /// Stops every vCPU; returns once all are parked outside `KVM_RUN`
+    /// with any in-flight I/O instruction completed.
+    pub fn pause_all(&self) -> Result<(), VcpuError> {
+        for h in &self.handles {
+            h.send(Event::Pause)?;
+        }
+        for h in &self.handles {
+            h.expect("pause", |r| matches!(r, Response::Paused))?;
+        }
+        Ok(())
+    }
+
+    /// The eventfd written whenever a vCPU sends a request: the main loop
+    /// polls it, then drains [`Vcpus::try_request`].
+    pub fn request_event(&self) -> &EventFd {
+        &self.request_evt
+    }
+
+    /// The next pending request, if any.
+    pub fn try_request(&self) -> Option<VcpuRequest> {
+        self.requests.try_recv().ok()
+    }
+
+    /// Waits up to `timeout` for the next request.
+    pub fn wait_request(&self, timeout: Duration) -> Option<VcpuRequest> {
+        self.requests.recv_timeout(timeout).ok()
+    }
+}
+
+impl Drop for Vcpus {
+    fn drop(&mut self) {
+        for h in &self.handles {
+            let _ = h.send(Event::Exit);
+        }
+        for h in &mut self.handles {
+            if let Some(thread) = h.thread.take() {
+                if thread.join().is_err() {
+                    log::error!("vcpu {}: thread panicked", h.index);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,62 @@
+//! vCPU threads (QEMU's `qemu_init_vcpu` → `ap_main_loop` → `kvm_main_loop_cpu`).
+//!
+//! Each vCPU gets a thread that creates its own vCPU (`KVM_CREATE_VCPU`),
+//! lets the machine set its registers, and then loops as a small state
+//! machine:
+//!
+//! ```text
+//!            Resume                      exit it cannot handle
+//!  Paused ─────────────▶ Running ───────────────────────────────▶ Paused
+//!    ▲  ◀───────────────   │  KVM_RUN, PIO/MMIO → IoHandler        (request
+//!    │      Pause + kick   └─────────────┐                          sent to
+//!    └── Exit: thread ends ◀─────────────┘ Exit + kick              main loop)
+//! ```
+//!
+//! The controller ([`Vcpus`]) talks to each thread over a channel. To get a
+//! running vCPU's attention it *kicks* it: it sets `immediate_exit` in the
+//! vCPU's `kvm_run` and sends it a real-time signal whose handler does
+//! nothing. If the thread is inside `KVM_RUN` the signal makes it return
+//! `EINTR`; if the thread is between two runs the flag makes the next one
+//! return at once. Either way it reads its channel before entering the guest
+//! again, so no request is lost and no polling is needed.
+//!
+//! Exits the vCPU cannot handle (triple fault, `KVM_SYSTEM_EVENT_*`, entry
+//! failure, internal errors) travel to the main loop as [`VcpuRequest`]s, on
+//! a channel with an eventfd to wake the loop; the vCPU then parks until the
+//! main loop decides.
+
+mod exit;
+mod handle;
+mod run_map;
+mod thread;
+
+pub use handle::{VcpuError, VcpuInit, Vcpus};
+
+/// What a vCPU asks of the main loop (QEMU's `qemu_system_*_request`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VcpuRequest {
+    /// The guest reset the machine (triple fault or a reset system event).
+    Reset {
+        /// The vCPU that saw it.
+        vcpu: u32,
+        /// What happened.
+        reason: String,
+    },
+    /// The guest powered the machine off (`KVM_SYSTEM_EVENT_SHUTDOWN`).
+    Shutdown {
+        /// The vCPU that saw it.
+        vcpu: u32,
+    },
+    /// The vCPU executed HLT (seen only without the in-kernel irqchip).
+    Halted {
+        /// The vCPU.
+        vcpu: u32,
+    },
+    /// KVM could not go on running this vCPU.
+    InternalError {
+        /// The vCPU.
+        vcpu: u32,
+        /// What KVM reported.
+        reason: String,
+    },
+}

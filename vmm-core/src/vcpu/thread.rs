@@ -1,0 +1,159 @@
+//! The body of one vCPU thread: create, initialise, then the state machine.
+
+use std::sync::mpsc::{Receiver, Sender, TryRecvError};
+use std::sync::Arc;
+
+use kvm_ioctls::VcpuFd;
+
+use super::exit::run_once;
+use super::handle::{Requests, VcpuInit};
+use super::run_map::KvmRunMap;
+use crate::io::IoHandler;
+use crate::vm::Vm;
+
+/// What the controller tells a vCPU thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Event {
+    Resume,
+    Pause,
+    Exit,
+}
+
+/// What a vCPU thread answers: one response per event, plus `Created`
+/// once at start.
+#[derive(Debug)]
+pub(crate) enum Response {
+    Created(Arc<KvmRunMap>),
+    CreateFailed(super::VcpuError),
+    Resumed,
+    Paused,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Paused,
+    Running,
+    Exiting,
+}
+
+pub(crate) struct VcpuThread {
+    pub(crate) index: u32,
+    pub(crate) vm: Vm,
+    pub(crate) init: VcpuInit,
+    pub(crate) io: Arc<dyn IoHandler>,
+    pub(crate) events: Receiver<Event>,
+    pub(crate) responses: Sender<Response>,
+    pub(crate) requests: Requests,
+    pub(crate) mmap_size: usize,
+}
+
+impl VcpuThread {
+    /// Creates and initialises the vCPU, then runs the state machine until
+    /// told to exit (or the controller goes away).
+    pub(crate) fn run(self) {
+        let Some((mut vcpu, run_map)) = self.create() else {
+            return;
+        };
+        let mut state = State::Paused;
+        while state != State::Exiting {
+            state = match state {
+                State::Paused => self.paused(),
+                State::Running => self.running(&mut vcpu, &run_map),
+                State::Exiting => State::Exiting,
+            };
+        }
+        log::debug!("vcpu {}: thread exits", self.index);
+    }
+
+    fn create(&self) -> Option<(VcpuFd, Arc<KvmRunMap>)> {
+        let created = self
+            .vm
+            .fd()
+            .create_vcpu(u64::from(self.index))
+            .map_err(|source| super::VcpuError::Create {
+                index: self.index,
+                source,
+            })
+            .and_then(|vcpu| {
+                (self.init)(&vcpu, self.index).map_err(|source| super::VcpuError::Init {
+                    index: self.index,
+                    source,
+                })?;
+                let map = KvmRunMap::new(&vcpu, self.mmap_size).map_err(|source| {
+                    super::VcpuError::RunMap {
+                        index: self.index,
+                        source,
+                    }
+                })?;
+                Ok((vcpu, Arc::new(map)))
+            });
+        match created {
+            Ok((vcpu, map)) => {
+                let _ = self.responses.send(Response::Created(Arc::clone(&map)));
+                Some((vcpu, map))
+            }
+            Err(e) => {
+                let _ = self.responses.send(Response::CreateFailed(e));
+                None
+            }
+        }
+    }
+
+    fn answer(&self, event: Event) -> State {
+        match event {
+            Event::Resume => {
+                let _ = self.responses.send(Response::Resumed);
+                State::Running
+            }
+            Event::Pause => {
+                let _ = self.responses.send(Response::Paused);
+                State::Paused
+            }
+            Event::Exit => State::Exiting,
+        }
+    }
+
+    fn paused(&self) -> State {
+        match self.events.recv() {
+            Ok(event) => self.answer(event),
+            Err(_) => State::Exiting,
+        }
+    }
+
+    fn running(&self, vcpu: &mut VcpuFd, run_map: &KvmRunMap) -> State {
+        match self.events.try_recv() {
+            Ok(Event::Pause) => {
+                complete_pending_io(vcpu, run_map);
+                self.answer(Event::Pause)
+            }
+            Ok(event) => self.answer(event),
+            Err(TryRecvError::Disconnected) => State::Exiting,
+            Err(TryRecvError::Empty) => {
+                match run_once(vcpu, run_map, self.io.as_ref(), self.index) {
+                    None => State::Running,
+                    Some(request) => {
+                        log::debug!("vcpu {}: {request:?}", self.index);
+                        self.requests.send(request);
+                        // Park until the main loop decides.
+                        State::Paused
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Before parking, re-enter KVM_RUN once with `immediate_exit` set: KVM
+/// then finishes an I/O instruction whose data userspace just supplied (an
+/// `in` must land in its register) and returns without running the guest.
+/// Without this a vCPU paused right after a PIO read would lose it, which
+/// matters for saving state and for resuming after a reset.
+fn complete_pending_io(vcpu: &mut VcpuFd, run_map: &KvmRunMap) {
+    run_map.set_immediate_exit(true);
+    match vcpu.run() {
+        Err(e) if e.errno() == libc::EINTR => {}
+        Ok(exit) => log::debug!("pending I/O completion gave exit {exit:?}"),
+        Err(e) => log::debug!("pending I/O completion failed: {e}"),
+    }
+    run_map.set_immediate_exit(false);
+}

@@ -1,0 +1,403 @@
+//! vCPU threads and exit dispatch on a real `/dev/kvm`, with guests of a few
+//! hand-assembled real-mode instructions (one comment per instruction).
+//!
+//! These run on any KVM, the PVM software hypervisor included, in
+//! milliseconds. Without a usable `/dev/kvm` they print SKIP, unless
+//! `VMM_REQUIRE_KVM=1` (set by `cargo xtask test` where /dev/kvm exists),
+//! which turns the skip into a failure.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use vm_memory::{Bytes, GuestAddress};
+use vmm_core::io::IoHandler;
+use vmm_core::kvm::KvmSystem;
+use vmm_core::vcpu::{VcpuInit, VcpuRequest, Vcpus};
+use vmm_core::vm::Vm;
+
+const CODE: u64 = 0x1000;
+const WAIT: Duration = Duration::from_secs(5);
+
+fn kvm() -> Option<KvmSystem> {
+    match KvmSystem::open() {
+        Ok(k) => Some(k),
+        Err(e) if std::env::var_os("VMM_REQUIRE_KVM").is_some_and(|v| v == "1") => {
+            panic!("VMM_REQUIRE_KVM=1 but KVM is unusable: {e}")
+        }
+        Err(e) => {
+            eprintln!("SKIP: KVM test needs /dev/kvm: {e}");
+            None
+        }
+    }
+}
+
+/// Records every access, and answers reads from a fixed byte.
+#[derive(Default)]
+struct Recorder {
+    log: Mutex<Vec<Access>>,
+    read_value: u8,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Access {
+    PioWrite(u16, Vec<u8>),
+    PioRead(u16, usize),
+    MmioWrite(u64, Vec<u8>),
+    MmioRead(u64, usize),
+}
+
+impl IoHandler for Recorder {
+    fn pio_read(&self, port: u16, data: &mut [u8]) {
+        data.fill(self.read_value);
+        self.log
+            .lock()
+            .unwrap()
+            .push(Access::PioRead(port, data.len()));
+    }
+    fn pio_write(&self, port: u16, data: &[u8]) {
+        self.log
+            .lock()
+            .unwrap()
+            .push(Access::PioWrite(port, data.to_vec()));
+    }
+    fn mmio_read(&self, addr: u64, data: &mut [u8]) {
+        data.fill(self.read_value);
+        self.log
+            .lock()
+            .unwrap()
+            .push(Access::MmioRead(addr, data.len()));
+    }
+    fn mmio_write(&self, addr: u64, data: &[u8]) {
+        self.log
+            .lock()
+            .unwrap()
+            .push(Access::MmioWrite(addr, data.to_vec()));
+    }
+}
+
+impl Recorder {
+    fn taken(&self) -> Vec<Access> {
+        std::mem::take(&mut *self.log.lock().unwrap())
+    }
+}
+
+/// vCPU `i` starts in real mode at CS:IP = (CODE + i*0x100)/16 : 0.
+fn real_mode_init() -> VcpuInit {
+    Arc::new(|vcpu, index| {
+        let mut sregs = vcpu.get_sregs()?;
+        let entry = CODE + u64::from(index) * 0x100;
+        sregs.cs.base = entry;
+        sregs.cs.selector = u16::try_from(entry >> 4)?;
+        vcpu.set_sregs(&sregs)?;
+        let mut regs = vcpu.get_regs()?;
+        regs.rip = 0;
+        regs.rflags = 2;
+        vcpu.set_regs(&regs)?;
+        Ok(())
+    })
+}
+
+struct Guest {
+    vm: Vm,
+    vcpus: Vcpus,
+    io: Arc<Recorder>,
+}
+
+/// A VM with 1 MiB of RAM, `code[i]` at vCPU i's entry, no irqchip.
+fn boot(kvm: &KvmSystem, code: &[&[u8]], read_value: u8) -> Guest {
+    let vm = Vm::new(kvm, &[(GuestAddress(0), 0x10_0000)]).unwrap();
+    for (i, c) in code.iter().enumerate() {
+        vm.memory()
+            .write_slice(c, GuestAddress(CODE + i as u64 * 0x100))
+            .unwrap();
+    }
+    let io = Arc::new(Recorder {
+        read_value,
+        ..Default::default()
+    });
+    let vcpus = Vcpus::spawn(&vm, code.len() as u32, real_mode_init(), io.clone()).unwrap();
+    vcpus.resume_all().unwrap();
+    Guest { vm, vcpus, io }
+}
+
+#[rustfmt::skip]
+const HELLO: &[u8] = &[
+    0xba, 0xf8, 0x03, // mov dx, 0x3f8
+    0xb0, b'H',       // mov al, 'H'
+    0xee,             // out dx, al
+    0xb0, b'i',       // mov al, 'i'
+    0xee,             // out dx, al
+    0xf4,             // hlt
+];
+
+#[test]
+fn pio_writes_reach_the_handler_in_order() {
+    let Some(kvm) = kvm() else { return };
+    let g = boot(&kvm, &[HELLO], 0);
+    assert_eq!(
+        g.vcpus.wait_request(WAIT),
+        Some(VcpuRequest::Halted { vcpu: 0 })
+    );
+    assert_eq!(
+        g.io.taken(),
+        [
+            Access::PioWrite(0x3f8, vec![b'H']),
+            Access::PioWrite(0x3f8, vec![b'i'])
+        ]
+    );
+}
+
+#[rustfmt::skip]
+const STRING_IO: &[u8] = &[
+    0x31, 0xc0,             // xor ax, ax
+    0x8e, 0xd8,             // mov ds, ax
+    0x8e, 0xc0,             // mov es, ax
+    0xfc,                   // cld
+    0xba, 0xf8, 0x03,       // mov dx, 0x3f8
+    0xbe, 0x00, 0x30,       // mov si, 0x3000
+    0xb9, 0x05, 0x00,       // mov cx, 5
+    0xf3, 0x6e,             // rep outsb
+    0xba, 0x60, 0x00,       // mov dx, 0x60
+    0xbf, 0x00, 0x40,       // mov di, 0x4000
+    0xb9, 0x02, 0x00,       // mov cx, 2
+    0xf3, 0x6d,             // rep insw
+    0xed,                   // in ax, dx
+    0xa3, 0x10, 0x40,       // mov [0x4010], ax
+    0xf4,                   // hlt
+];
+
+#[test]
+fn string_io_is_split_into_single_accesses() {
+    let Some(kvm) = kvm() else { return };
+    let vm = Vm::new(&kvm, &[(GuestAddress(0), 0x10_0000)]).unwrap();
+    vm.memory()
+        .write_slice(b"hello", GuestAddress(0x3000))
+        .unwrap();
+    vm.memory()
+        .write_slice(STRING_IO, GuestAddress(CODE))
+        .unwrap();
+    let io = Arc::new(Recorder {
+        read_value: 0xab,
+        ..Default::default()
+    });
+    let vcpus = Vcpus::spawn(&vm, 1, real_mode_init(), io.clone()).unwrap();
+    vcpus.resume_all().unwrap();
+    assert_eq!(
+        vcpus.wait_request(WAIT),
+        Some(VcpuRequest::Halted { vcpu: 0 })
+    );
+    let mut expected: Vec<Access> = b"hello"
+        .iter()
+        .map(|b| Access::PioWrite(0x3f8, vec![*b]))
+        .collect();
+    // `rep insw` x2 may come as one exit of 4 bytes: still two 2-byte reads.
+    expected.extend([
+        Access::PioRead(0x60, 2),
+        Access::PioRead(0x60, 2),
+        Access::PioRead(0x60, 2),
+    ]);
+    assert_eq!(io.taken(), expected);
+    let stored: [u8; 4] = vm.memory().read_obj(GuestAddress(0x4000)).unwrap();
+    assert_eq!(stored, [0xab; 4]);
+    let word: u16 = vm.memory().read_obj(GuestAddress(0x4010)).unwrap();
+    assert_eq!(word, 0xabab);
+}
+
+#[rustfmt::skip]
+const MMIO: &[u8] = &[
+    0xb8, 0x00, 0xd0,       // mov ax, 0xd000  (data at 0xd0000: not RAM)
+    0x8e, 0xd8,             // mov ds, ax
+    0xc6, 0x06, 0x10, 0x00, 0x5a, // mov byte [0x10], 0x5a
+    0xa1, 0x20, 0x00,       // mov ax, [0x20]
+    0x31, 0xdb,             // xor bx, bx
+    0x8e, 0xdb,             // mov ds, bx
+    0xa3, 0x00, 0x50,       // mov [0x5000], ax
+    0xf4,                   // hlt
+];
+
+#[test]
+fn mmio_outside_ram_reaches_the_handler() {
+    let Some(kvm) = kvm() else { return };
+    // RAM is 0..0xC0000 here, so 0xD0000 is unbacked: MMIO.
+    let vm = Vm::new(&kvm, &[(GuestAddress(0), 0xc_0000)]).unwrap();
+    vm.memory().write_slice(MMIO, GuestAddress(CODE)).unwrap();
+    let io = Arc::new(Recorder {
+        read_value: 0x77,
+        ..Default::default()
+    });
+    let vcpus = Vcpus::spawn(&vm, 1, real_mode_init(), io.clone()).unwrap();
+    vcpus.resume_all().unwrap();
+    assert_eq!(
+        vcpus.wait_request(WAIT),
+        Some(VcpuRequest::Halted { vcpu: 0 })
+    );
+    assert_eq!(
+        io.taken(),
+        [
+            Access::MmioWrite(0xd0010, vec![0x5a]),
+            Access::MmioRead(0xd0020, 2)
+        ]
+    );
+    let word: u16 = vm.memory().read_obj(GuestAddress(0x5000)).unwrap();
+    assert_eq!(word, 0x7777);
+}
+
+/// vCPU 0 starts in 32-bit protected mode (flat segments, paging off) at
+/// CODE, with an IDT of limit 0: every exception is then a fault in
+/// delivering it.
+fn protected_mode_no_idt_init() -> VcpuInit {
+    Arc::new(|vcpu, _| {
+        let mut sregs = vcpu.get_sregs()?;
+        let flat = |selector: u16, type_: u8| kvm_bindings::kvm_segment {
+            base: 0,
+            limit: 0xffff_ffff,
+            selector,
+            type_,
+            present: 1,
+            dpl: 0,
+            db: 1,
+            s: 1,
+            l: 0,
+            g: 1,
+            avl: 0,
+            unusable: 0,
+            padding: 0,
+        };
+        sregs.cs = flat(0x8, 0xb);
+        sregs.ds = flat(0x10, 0x3);
+        sregs.es = sregs.ds;
+        sregs.ss = sregs.ds;
+        sregs.idt.base = 0;
+        sregs.idt.limit = 0;
+        sregs.cr0 |= 1; // PE
+        vcpu.set_sregs(&sregs)?;
+        let mut regs = vcpu.get_regs()?;
+        regs.rip = CODE;
+        regs.rsp = 0x8000;
+        regs.rflags = 2;
+        vcpu.set_regs(&regs)?;
+        Ok(())
+    })
+}
+
+#[test]
+fn triple_fault_becomes_a_reset_request() {
+    let Some(kvm) = kvm() else { return };
+    let vm = Vm::new(&kvm, &[(GuestAddress(0), 0x10_0000)]).unwrap();
+    #[rustfmt::skip]
+    let code: &[u8] = &[
+        0x31, 0xc0, // xor eax, eax
+        0xf7, 0xf0, // div eax -> #DE; vector 0 is beyond the IDT limit -> #GP -> #DF -> shutdown
+    ];
+    vm.memory().write_slice(code, GuestAddress(CODE)).unwrap();
+    let io = Arc::new(Recorder::default());
+    let vcpus = Vcpus::spawn(&vm, 1, protected_mode_no_idt_init(), io.clone()).unwrap();
+    vcpus.resume_all().unwrap();
+    match vcpus.wait_request(WAIT) {
+        Some(VcpuRequest::Reset { vcpu: 0, .. }) => {}
+        other => panic!(
+            "expected a reset request, got {other:?} (I/O {:?})",
+            io.taken()
+        ),
+    }
+}
+
+/// Each vCPU writes its own id to port 0x80 forever.
+fn spinner(id: u8) -> Vec<u8> {
+    #[rustfmt::skip]
+    let code = vec![
+        0xb0, id,   // mov al, id
+        0xe6, 0x80, // out 0x80, al
+        0xeb, 0xfc, // jmp -4 (back to out)
+    ];
+    code
+}
+
+#[test]
+fn two_vcpus_both_run() {
+    let Some(kvm) = kvm() else { return };
+    let (a, b) = (spinner(0xa0), spinner(0xb1));
+    let g = boot(&kvm, &[&a, &b], 0);
+    let deadline = Instant::now() + WAIT;
+    let mut seen = (false, false);
+    let mut log = Vec::new();
+    while !(seen.0 && seen.1) && Instant::now() < deadline {
+        log = g.io.taken();
+        for access in &log {
+            match access {
+                Access::PioWrite(0x80, v) if v == &[0xa0] => seen.0 = true,
+                Access::PioWrite(0x80, v) if v == &[0xb1] => seen.1 = true,
+                _ => {}
+            }
+        }
+        std::thread::yield_now();
+    }
+    assert!(seen.0 && seen.1, "both vCPUs must write (last log {log:?})");
+    g.vcpus.pause_all().unwrap();
+}
+
+#[test]
+fn pause_stops_the_guest_and_resume_continues_it() {
+    let Some(kvm) = kvm() else { return };
+    let code = spinner(0x42);
+    let g = boot(&kvm, &[&code], 0);
+    // Running: accesses accumulate.
+    let deadline = Instant::now() + WAIT;
+    while g.io.log.lock().unwrap().is_empty() && Instant::now() < deadline {
+        std::thread::yield_now();
+    }
+    assert!(!g.io.taken().is_empty(), "the guest runs");
+    // Paused: once pause_all returns, no vCPU touches I/O.
+    g.vcpus.pause_all().unwrap();
+    g.io.taken();
+    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(g.io.taken(), [], "no access while paused");
+    // Pausing twice is harmless.
+    g.vcpus.pause_all().unwrap();
+    // Resumed: it runs again.
+    g.vcpus.resume_all().unwrap();
+    let deadline = Instant::now() + WAIT;
+    while g.io.log.lock().unwrap().is_empty() && Instant::now() < deadline {
+        std::thread::yield_now();
+    }
+    assert!(
+        !g.io.taken().is_empty(),
+        "the guest runs again after resume"
+    );
+}
+
+#[test]
+fn dropping_vcpus_stops_a_spinning_guest() {
+    let Some(kvm) = kvm() else { return };
+    #[rustfmt::skip]
+    let spin: &[u8] = &[
+        0xeb, 0xfe, // jmp $  (no exit ever: only a kick gets the thread out)
+    ];
+    let g = boot(&kvm, &[spin], 0);
+    std::thread::sleep(Duration::from_millis(10));
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let vcpus = g.vcpus;
+    std::thread::spawn(move || {
+        drop(vcpus);
+        let _ = done_tx.send(());
+    });
+    assert!(
+        done_rx.recv_timeout(WAIT).is_ok(),
+        "drop kicked and joined the thread"
+    );
+}
+
+#[test]
+fn a_failing_init_is_reported_with_the_vcpu() {
+    let Some(kvm) = kvm() else { return };
+    let vm = Vm::new(&kvm, &[(GuestAddress(0), 0x10_0000)]).unwrap();
+    let init: VcpuInit = Arc::new(|_, index| {
+        if index == 1 {
+            Err("no registers for you".into())
+        } else {
+            Ok(())
+        }
+    });
+    let err = Vcpus::spawn(&vm, 2, init, Arc::new(Recorder::default())).unwrap_err();
+    assert_eq!(err.to_string(), "cannot set up vCPU 1");
+}
