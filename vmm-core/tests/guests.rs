@@ -98,7 +98,6 @@ fn real_mode_init() -> VcpuInit {
 }
 
 struct Guest {
-    vm: Vm,
     vcpus: Vcpus,
     io: Arc<Recorder>,
 }
@@ -117,7 +116,7 @@ fn boot(kvm: &KvmSystem, code: &[&[u8]], read_value: u8) -> Guest {
     });
     let vcpus = Vcpus::spawn(&vm, code.len() as u32, real_mode_init(), io.clone()).unwrap();
     vcpus.resume_all().unwrap();
-    Guest { vm, vcpus, io }
+    Guest { vcpus, io }
 }
 
 #[rustfmt::skip]
