@@ -8,6 +8,8 @@
 //! - [`io`]: the [`io::IoHandler`] trait through which vCPU exits reach the
 //!   machine's devices.
 //! - [`vcpu`]: one thread per vCPU, its exit dispatch, pause/resume/kick.
+//! - [`event_loop`]: the main loop on `event-manager`, and an eventfd
+//!   subscriber; [`signals`]: SIGINT/SIGTERM/SIGHUP through a signalfd.
 //! - [`notify`]: notifier lists (QEMU's `NotifierList`), used for the exit
 //!   notifiers that the machine runs on every exit path.
 //!
@@ -21,9 +23,11 @@
 
 #![deny(missing_docs)]
 
+pub mod event_loop;
 pub mod io;
 pub mod kvm;
 pub mod notify;
+pub mod signals;
 pub mod vcpu;
 pub mod vm;
 
