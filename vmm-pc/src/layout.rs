@@ -16,6 +16,9 @@ pub const BOOT_GDT_START: u64 = 0x500;
 /// The boot IDT (empty: interrupts stay off until the kernel sets its own).
 pub const BOOT_IDT_START: u64 = 0x520;
 
+/// PVH: the module list (one `hvm_modlist_entry` for the initrd), just
+/// below the start info.
+pub const PVH_MODLIST_START: u64 = PVH_INFO_START - 0x40;
 /// PVH: `hvm_start_info` (Xen's `arch-x86/hvm/start_info.h`).
 pub const PVH_INFO_START: u64 = 0x6000;
 /// PVH: the memory map (`hvm_memmap_table_entry` array) right after it.
@@ -130,10 +133,13 @@ mod tests {
                 assert!(a.1 <= b.0 || b.1 <= a.0, "{a:x?} overlaps {b:x?}");
             }
         }
-        assert!(BOOT_STACK_POINTER > ZERO_PAGE_START + 0x1000 && BOOT_STACK_POINTER < PML4_START);
-        assert!(CMDLINE_START + (CMDLINE_MAX_SIZE as u64) < EBDA_START);
-        assert!(RSDP_START < ACPI_TABLES_START && ACPI_TABLES_START < BIOS_END);
     }
+
+    // Facts about constants, checked at compile time.
+    const _: () = assert!(BOOT_STACK_POINTER > ZERO_PAGE_START + 0x1000);
+    const _: () = assert!(BOOT_STACK_POINTER < PML4_START);
+    const _: () = assert!(CMDLINE_START + (CMDLINE_MAX_SIZE as u64) < EBDA_START);
+    const _: () = assert!(RSDP_START < ACPI_TABLES_START && ACPI_TABLES_START < BIOS_END);
 
     #[test]
     fn mmio_devices_sit_in_the_hole() {

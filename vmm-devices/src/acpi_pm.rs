@@ -1,0 +1,396 @@
+//! ACPI PM1a fixed-hardware registers: the event block (status + enable) and
+//! the control block, enough for Linux to power off through S5.
+//!
+//! Two devices, each decoding offsets from its own base:
+//!
+//! | device | FADT field | length | machine's port | offsets |
+//! |---|---|---|---|---|
+//! | [`Pm1Event`] | `PM1a_EVT_BLK`, `PM1_EVT_LEN` = 4 | [`PM1_EVT_LEN`] | 0x600 | 0-1 PM1_STS, 2-3 PM1_EN |
+//! | [`Pm1Control`] | `PM1a_CNT_BLK`, `PM1_CNT_LEN` = 2 | [`PM1_CNT_LEN`] | 0x604 | 0-1 PM1_CNT |
+//!
+//! Accesses of any width are split into bytes (ACPICA uses 16-bit accesses;
+//! byte accesses work as on PIIX4); bytes outside the block read 0xFF and are
+//! ignored when written. The machine advertises no SMI command port (FADT
+//! `SMI_CMD` = 0), so the system is always in ACPI mode: PM1_CNT.SCI_EN reads
+//! 1 and cannot be cleared.
+//!
+//! **Poweroff:** writing PM1_CNT with SLP_EN (bit 13) set and SLP_TYP (bits
+//! 12:10) equal to [`S5_SLP_TYP`] fires the poweroff [`Trigger`]. The DSDT's
+//! `\_S5` package must give the same value (use the constant). Other sleep
+//! types are logged and ignored: the guest keeps running. After an S5
+//! request Linux (ACPICA) waits ten seconds and writes SLP_EN again, so the
+//! machine must stop the vCPUs when the line fires; a repeated request fires
+//! the line again, which an eventfd counts as one wake-up.
+//!
+//! No status bit is ever set by this model (there is no PM timer, power
+//! button or SCI yet); status bits are write-1-to-clear, the enable bits are
+//! plain storage.
+
+use vm_device::bus::{PioAddress, PioAddressOffset};
+use vm_device::MutDevicePio;
+
+use crate::irq::{fire, EventFdTrigger, Trigger};
+use crate::log_once::FaultLog;
+
+/// Bytes of the PM1 event block (PM1_STS + PM1_EN).
+pub const PM1_EVT_LEN: u16 = 4;
+/// Bytes of the PM1 control block.
+pub const PM1_CNT_LEN: u16 = 2;
+/// The SLP_TYP value for S5 (soft off). The DSDT's `\_S5` package must hold
+/// this value for PM1a (and PM1b) so Linux writes it here.
+pub const S5_SLP_TYP: u8 = 5;
+
+/// PM1_STS bits that exist: TMR(0), BM(4), GBL(5), PWRBTN(8), SLPBTN(9),
+/// RTC(10), PCIEXP_WAKE(14), WAK(15).
+const STS_VALID_BITS: u16 = 0xC731;
+/// PM1_EN bits that exist: TMR_EN(0), GBL_EN(5), PWRBTN_EN(8), SLPBTN_EN(9),
+/// RTC_EN(10), PCIEXP_WAKE_DIS(14).
+const EN_VALID_BITS: u16 = 0x4721;
+
+/// PM1_CNT bit 0: SCI_EN, events are SCIs (ACPI mode).
+const CNT_SCI_EN: u16 = 1 << 0;
+/// PM1_CNT bit 1: BM_RLD, bus master requests leave C3.
+const CNT_BM_RLD: u16 = 1 << 1;
+/// PM1_CNT bits 12:10: SLP_TYP.
+const CNT_SLP_TYP_SHIFT: u16 = 10;
+const CNT_SLP_TYP_MASK: u16 = 0x7;
+/// PM1_CNT bit 13: SLP_EN, write-only: enter the sleep state in SLP_TYP.
+const CNT_SLP_EN: u16 = 1 << 13;
+
+const EVT_NAME: &str = "acpi-pm1-evt";
+const CNT_NAME: &str = "acpi-pm1-cnt";
+
+/// Reads a little-endian 16-bit register bytewise: byte `index` of `regs`.
+fn reg_byte(regs: &[u16], index: usize) -> Option<u8> {
+    let reg = regs.get(index / 2)?;
+    reg.to_le_bytes().get(index % 2).copied()
+}
+
+/// The byte index inside the block of byte `i` of an access at `offset`.
+fn byte_index(offset: PioAddressOffset, i: usize) -> Option<usize> {
+    usize::from(offset).checked_add(i)
+}
+
+/// Saved state of [`Pm1Event`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pm1EventState {
+    /// PM1_STS.
+    pub status: u16,
+    /// PM1_EN.
+    pub enable: u16,
+}
+
+/// The PM1a event block: PM1_STS (write 1 to clear) and PM1_EN.
+#[derive(Debug, Default)]
+pub struct Pm1Event {
+    state: Pm1EventState,
+}
+
+impl Pm1Event {
+    /// Both registers 0.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Rebuilds the block from `state` (bits that do not exist are dropped).
+    pub fn from_state(state: &Pm1EventState) -> Self {
+        Self {
+            state: Pm1EventState {
+                status: state.status & STS_VALID_BITS,
+                enable: state.enable & EN_VALID_BITS,
+            },
+        }
+    }
+
+    /// The current state.
+    pub fn state(&self) -> Pm1EventState {
+        self.state
+    }
+
+    fn write_byte(&mut self, index: usize, value: u8) {
+        let (reg, shift) = match index {
+            0 | 1 => (&mut self.state.status, index * 8),
+            2 | 3 => (&mut self.state.enable, (index - 2) * 8),
+            _ => return,
+        };
+        let bits = u16::from(value) << shift;
+        if index < 2 {
+            // Write 1 to clear.
+            *reg &= !bits;
+        } else {
+            let mask = 0xFFu16 << shift;
+            *reg = (*reg & !mask) | (bits & EN_VALID_BITS);
+        }
+    }
+}
+
+impl MutDevicePio for Pm1Event {
+    fn pio_read(&mut self, _base: PioAddress, offset: PioAddressOffset, data: &mut [u8]) {
+        let regs = [self.state.status, self.state.enable];
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = byte_index(offset, i)
+                .and_then(|index| reg_byte(&regs, index))
+                .unwrap_or(0xFF);
+        }
+    }
+
+    fn pio_write(&mut self, _base: PioAddress, offset: PioAddressOffset, data: &[u8]) {
+        for (i, b) in data.iter().enumerate() {
+            if let Some(index) = byte_index(offset, i) {
+                self.write_byte(index, *b);
+            }
+        }
+        log::trace!("{EVT_NAME}: {data:x?} at {offset} -> {:x?}", self.state);
+    }
+}
+
+/// Saved state of [`Pm1Control`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pm1ControlState {
+    /// BM_RLD as last written.
+    pub bm_rld: bool,
+    /// SLP_TYP as last written (0..=7).
+    pub slp_typ: u8,
+}
+
+/// The PM1a control block: SCI_EN (always 1), SLP_TYP, and SLP_EN, which
+/// requests the sleep state; S5 fires the poweroff line.
+#[derive(Debug)]
+pub struct Pm1Control<T: Trigger = EventFdTrigger> {
+    state: Pm1ControlState,
+    poweroff: T,
+    ignored_sleeps: FaultLog,
+    line_faults: FaultLog,
+}
+
+impl<T: Trigger> Pm1Control<T> {
+    /// The control block in its reset state; `poweroff` fires on S5.
+    pub fn new(poweroff: T) -> Self {
+        Self::from_state(&Pm1ControlState::default(), poweroff)
+    }
+
+    /// Rebuilds the block from `state` (SLP_TYP is kept to 3 bits).
+    pub fn from_state(state: &Pm1ControlState, poweroff: T) -> Self {
+        Self {
+            state: Pm1ControlState {
+                bm_rld: state.bm_rld,
+                slp_typ: state.slp_typ & 0x7,
+            },
+            poweroff,
+            ignored_sleeps: FaultLog::default(),
+            line_faults: FaultLog::default(),
+        }
+    }
+
+    /// The current state.
+    pub fn state(&self) -> Pm1ControlState {
+        self.state
+    }
+
+    /// The poweroff line.
+    pub fn poweroff_line(&self) -> &T {
+        &self.poweroff
+    }
+
+    /// Sleep requests for states other than S5, which were ignored.
+    pub fn ignored_sleep_requests(&self) -> u64 {
+        self.ignored_sleeps.count()
+    }
+
+    /// PM1_CNT as the guest reads it: SCI_EN set, SLP_EN reads 0.
+    pub fn read_value(&self) -> u16 {
+        let mut value = CNT_SCI_EN | (u16::from(self.state.slp_typ) << CNT_SLP_TYP_SHIFT);
+        if self.state.bm_rld {
+            value |= CNT_BM_RLD;
+        }
+        value
+    }
+
+    /// A write of the whole register. SCI_EN and GBL_RLS (bit 2, a request
+    /// to firmware that does not exist) are ignored.
+    pub fn write_value(&mut self, value: u16) {
+        self.state.bm_rld = value & CNT_BM_RLD != 0;
+        let slp_typ = (value >> CNT_SLP_TYP_SHIFT) & CNT_SLP_TYP_MASK;
+        // Three bits: the conversion cannot fail.
+        self.state.slp_typ = u8::try_from(slp_typ).unwrap_or_default();
+        if value & CNT_SLP_EN == 0 {
+            return;
+        }
+        if self.state.slp_typ == S5_SLP_TYP {
+            log::info!("{CNT_NAME}: guest requested poweroff (S5)");
+            fire(&self.poweroff, &mut self.line_faults, CNT_NAME, "poweroff");
+        } else {
+            self.ignored_sleeps.record(
+                CNT_NAME,
+                format_args!("sleep type {} not supported, ignored", self.state.slp_typ),
+            );
+        }
+    }
+}
+
+impl<T: Trigger> MutDevicePio for Pm1Control<T> {
+    fn pio_read(&mut self, _base: PioAddress, offset: PioAddressOffset, data: &mut [u8]) {
+        let regs = [self.read_value()];
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = byte_index(offset, i)
+                .and_then(|index| reg_byte(&regs, index))
+                .unwrap_or(0xFF);
+        }
+    }
+
+    fn pio_write(&mut self, _base: PioAddress, offset: PioAddressOffset, data: &[u8]) {
+        // Merge the bytes that land in the register, then act once.
+        let mut bytes = self.read_value().to_le_bytes();
+        let mut hit = false;
+        for (i, b) in data.iter().enumerate() {
+            if let Some(slot) = byte_index(offset, i).and_then(|index| bytes.get_mut(index)) {
+                *slot = *b;
+                hit = true;
+            }
+        }
+        if hit {
+            self.write_value(u16::from_le_bytes(bytes));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_util::{fired, line};
+
+    const EVT: u16 = 0x600;
+    const CNT: u16 = 0x604;
+
+    fn inw(dev: &mut impl MutDevicePio, base: u16, offset: u16) -> u16 {
+        let mut data = [0u8; 2];
+        dev.pio_read(PioAddress(base), offset, &mut data);
+        u16::from_le_bytes(data)
+    }
+
+    fn outw(dev: &mut impl MutDevicePio, base: u16, offset: u16, value: u16) {
+        dev.pio_write(PioAddress(base), offset, &value.to_le_bytes());
+    }
+
+    /// SLP_TYP | SLP_EN as Linux writes them.
+    fn sleep(slp_typ: u8) -> u16 {
+        (u16::from(slp_typ) << 10) | CNT_SLP_EN
+    }
+
+    #[test]
+    fn sci_en_reads_one_and_sticks() {
+        let (line, _probe) = line();
+        let mut cnt = Pm1Control::new(line);
+        assert_eq!(inw(&mut cnt, CNT, 0), 0x0001);
+        outw(&mut cnt, CNT, 0, 0x0000);
+        assert_eq!(inw(&mut cnt, CNT, 0), 0x0001);
+        outw(&mut cnt, CNT, 0, 0x0006);
+        assert_eq!(inw(&mut cnt, CNT, 0), 0x0003, "BM_RLD stored, GBL_RLS not");
+    }
+
+    #[test]
+    fn s5_fires_poweroff() {
+        let (line, probe) = line();
+        let mut cnt = Pm1Control::new(line);
+        // ACPICA: write SLP_TYP first, then SLP_TYP | SLP_EN.
+        outw(&mut cnt, CNT, 0, 0x0001 | (u16::from(S5_SLP_TYP) << 10));
+        assert_eq!(fired(&probe), 0);
+        assert_eq!(inw(&mut cnt, CNT, 0), 0x1401);
+        outw(&mut cnt, CNT, 0, 0x0001 | sleep(S5_SLP_TYP));
+        assert_eq!(fired(&probe), 1);
+        // SLP_EN reads back 0.
+        assert_eq!(inw(&mut cnt, CNT, 0), 0x1401);
+        // A byte write of the high half alone also works.
+        cnt.pio_write(PioAddress(CNT), 1, &[0x34]);
+        assert_eq!(fired(&probe), 1);
+    }
+
+    #[test]
+    fn other_sleep_types_are_ignored() {
+        let (line, probe) = line();
+        let mut cnt = Pm1Control::new(line);
+        for typ in (0..8).filter(|t| *t != S5_SLP_TYP) {
+            outw(&mut cnt, CNT, 0, sleep(typ));
+        }
+        assert_eq!(fired(&probe), 0);
+        assert_eq!(cnt.ignored_sleep_requests(), 7);
+        assert_eq!(cnt.state().slp_typ, 7);
+    }
+
+    #[test]
+    fn control_bytes_outside_the_block() {
+        let (line, probe) = line();
+        let mut cnt = Pm1Control::new(line);
+        let mut data = [0u8; 4];
+        cnt.pio_read(PioAddress(CNT), 1, &mut data);
+        assert_eq!(data, [0x00, 0xFF, 0xFF, 0xFF]);
+        cnt.pio_write(PioAddress(CNT), 2, &sleep(S5_SLP_TYP).to_le_bytes());
+        cnt.pio_write(PioAddress(CNT), u16::MAX, &[0xFF; 8]);
+        assert_eq!(fired(&probe), 0);
+        assert_eq!(cnt.state(), Pm1ControlState::default());
+        cnt.poweroff_line().trigger().unwrap();
+        assert_eq!(fired(&probe), 1);
+    }
+
+    #[test]
+    fn status_is_write_one_to_clear() {
+        let mut evt = Pm1Event::from_state(&Pm1EventState {
+            status: 0x8121,
+            enable: 0,
+        });
+        assert_eq!(inw(&mut evt, EVT, 0), 0x8121);
+        outw(&mut evt, EVT, 0, 0x0001);
+        assert_eq!(inw(&mut evt, EVT, 0), 0x8120);
+        outw(&mut evt, EVT, 0, 0x0000);
+        assert_eq!(inw(&mut evt, EVT, 0), 0x8120);
+        evt.pio_write(PioAddress(EVT), 1, &[0x80]);
+        assert_eq!(inw(&mut evt, EVT, 0), 0x0120);
+        // ACPICA clears everything with all-ones.
+        outw(&mut evt, EVT, 0, 0xFFFF);
+        assert_eq!(evt.state().status, 0);
+    }
+
+    #[test]
+    fn enable_is_plain_storage_of_existing_bits() {
+        let mut evt = Pm1Event::new();
+        outw(&mut evt, EVT, 2, 0x0121);
+        assert_eq!(inw(&mut evt, EVT, 2), 0x0121);
+        outw(&mut evt, EVT, 2, 0xFFFF);
+        assert_eq!(inw(&mut evt, EVT, 2), EN_VALID_BITS);
+        // A dword access covers both registers.
+        let mut data = [0u8; 4];
+        evt.pio_read(PioAddress(EVT), 0, &mut data);
+        assert_eq!(data, [0x00, 0x00, 0x21, 0x47]);
+        evt.pio_write(PioAddress(EVT), 0, &[0, 0, 0, 0]);
+        assert_eq!(evt.state(), Pm1EventState::default());
+        // Past the block.
+        evt.pio_read(PioAddress(EVT), 3, &mut data);
+        assert_eq!(data, [0x00, 0xFF, 0xFF, 0xFF]);
+        evt.pio_write(PioAddress(EVT), 4, &[0xFF; 4]);
+        assert_eq!(evt.state(), Pm1EventState::default());
+    }
+
+    #[test]
+    fn from_state_drops_bits_that_do_not_exist() {
+        let evt = Pm1Event::from_state(&Pm1EventState {
+            status: 0xFFFF,
+            enable: 0xFFFF,
+        });
+        assert_eq!(
+            evt.state(),
+            Pm1EventState {
+                status: STS_VALID_BITS,
+                enable: EN_VALID_BITS
+            }
+        );
+        let (line, _probe) = line();
+        let cnt = Pm1Control::from_state(
+            &Pm1ControlState {
+                bm_rld: true,
+                slp_typ: 0xFF,
+            },
+            line,
+        );
+        assert_eq!(cnt.read_value(), 0x1C03);
+    }
+}
