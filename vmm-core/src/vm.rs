@@ -3,7 +3,11 @@
 
 use std::sync::Arc;
 
-use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
+use kvm_bindings::{
+    kvm_irq_routing_entry, kvm_irq_routing_entry__bindgen_ty_1, kvm_irq_routing_irqchip,
+    kvm_pit_config, kvm_userspace_memory_region, KvmIrqRouting, KVM_IRQ_ROUTING_IRQCHIP,
+    KVM_PIT_SPEAKER_DUMMY,
+};
 use kvm_ioctls::VmFd;
 use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
@@ -25,6 +29,9 @@ pub enum VmError {
         #[source]
         source: vm_memory::mmap::FromRangesError,
     },
+    /// The routing table is too large for KVM's interface.
+    #[error("cannot build a GSI routing table of {0} entries")]
+    Routing(usize),
     /// A VM ioctl failed.
     #[error("{what} failed")]
     Ioctl {
@@ -118,6 +125,29 @@ impl Vm {
         self.fd
             .create_pit2(config)
             .map_err(ioctl("KVM_CREATE_PIT2"))
+    }
+
+    /// Replaces KVM's GSI routing with `routes`: each (GSI, irqchip, pin)
+    /// sends that GSI to a pin of the in-kernel PIC master (0), PIC slave (1)
+    /// or IO-APIC (2). A GSI may be listed for several chips.
+    pub fn set_irqchip_routing(&self, routes: &[(u32, u32, u32)]) -> Result<(), VmError> {
+        let mut table = KvmIrqRouting::new(0).map_err(|_| VmError::Routing(routes.len()))?;
+        for &(gsi, irqchip, pin) in routes {
+            let entry = kvm_irq_routing_entry {
+                gsi,
+                type_: KVM_IRQ_ROUTING_IRQCHIP,
+                u: kvm_irq_routing_entry__bindgen_ty_1 {
+                    irqchip: kvm_irq_routing_irqchip { irqchip, pin },
+                },
+                ..Default::default()
+            };
+            table
+                .push(entry)
+                .map_err(|_| VmError::Routing(routes.len()))?;
+        }
+        self.fd
+            .set_gsi_routing(&table)
+            .map_err(ioctl("KVM_SET_GSI_ROUTING"))
     }
 
     /// Makes every write to `fd` raise interrupt line `gsi`.

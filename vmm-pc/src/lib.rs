@@ -6,6 +6,12 @@
 pub mod acpi;
 pub mod boot;
 pub mod cpu;
+pub mod devices;
+pub mod io;
 pub mod layout;
+pub mod machine;
 pub mod memory;
 pub mod mptable;
+pub mod test_guests;
+
+pub use machine::{ExitReason, MachineControl, PcConfig, PcError, PcMachine};

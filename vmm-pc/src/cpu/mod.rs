@@ -1,1 +1,143 @@
-//! (being written)
+//! x86 vCPU set-up: CPUID, MSRs, local APIC LINT pins, and the boot CPU's
+//! registers and tables.
+//!
+//! Each submodule splits "compute the KVM struct" from "issue the ioctl":
+//! pure builders ([`cpuid::vcpu_cpuid`], [`msr::boot_msrs`],
+//! [`lapic::set_lint_modes`], [`regs::boot_regs`], [`regs::boot_sregs`],
+//! [`regs::write_identity_page_tables`], ...) are tested without
+//! `/dev/kvm`; thin `apply_*(&VcpuFd, ...)` functions issue the ioctls.
+//! [`configure_vcpu`] strings them together for one vCPU.
+//!
+//! - [`gdt`]: segment descriptors and the boot GDT.
+//! - [`regs`]: [`BootEntry`] and the boot CPU's registers, GDT/IDT and
+//!   identity page tables.
+//! - [`cpuid`]: per-vCPU CPUID from KVM's supported CPUID.
+//! - [`msr`]: the MSRs every vCPU starts with.
+//! - [`lapic`]: LINT0 = ExtINT, LINT1 = NMI.
+//!
+//! # Boot CPU and APs
+//!
+//! Only the boot CPU gets registers: it jumps straight into the kernel. The
+//! APs are left in the state KVM creates them in. With the in-kernel
+//! irqchip, KVM (`kvm_arch_vcpu_create`) makes every vCPU except the BSP
+//! (`vcpu_id == 0` unless `KVM_SET_BOOT_CPU_ID` says otherwise) start in
+//! `KVM_MP_STATE_UNINITIALIZED`: it does not run until the kernel sends it
+//! INIT and SIPI, after which KVM puts it in real mode at the SIPI vector.
+//! So nothing needs setting: Firecracker and Cloud Hypervisor only call
+//! `KVM_SET_MP_STATE` when restoring a snapshot. (Checked on this project's
+//! host: a fresh vCPU 0 reports `RUNNABLE`, vCPU 1 `UNINITIALIZED`.) Without
+//! an in-kernel irqchip every vCPU would start runnable; we always create one.
+
+use kvm_bindings::CpuId;
+use kvm_ioctls::VcpuFd;
+use vm_memory::GuestMemoryMmap;
+
+pub mod cpuid;
+pub mod gdt;
+pub mod lapic;
+pub mod msr;
+pub mod regs;
+
+pub use regs::BootEntry;
+
+/// Errors from setting up a vCPU.
+#[derive(Debug, thiserror::Error)]
+pub enum CpuError {
+    /// A vCPU ioctl failed.
+    #[error("{0} failed")]
+    Ioctl(&'static str, #[source] kvm_ioctls::Error),
+    /// `KVM_SET_MSRS` stopped before setting every MSR.
+    #[error("KVM refused MSR {index:#x} (set {set} of {total} boot MSRs)")]
+    MsrNotSet {
+        /// The first MSR KVM did not set.
+        index: u32,
+        /// How many it set.
+        set: usize,
+        /// How many we asked for.
+        total: usize,
+    },
+    /// A boot table did not fit in guest memory.
+    #[error("cannot write the {what} to guest memory")]
+    GuestMemory {
+        /// Which table.
+        what: &'static str,
+        /// The memory error.
+        #[source]
+        source: vm_memory::GuestMemoryError,
+    },
+    /// The vCPU index or count is out of range.
+    #[error("vCPU {vcpu_index} of {num_vcpus} is not a valid topology (1 to {max} vCPUs)", max = cpuid::MAX_VCPUS)]
+    Topology {
+        /// The vCPU index.
+        vcpu_index: u32,
+        /// The vCPU count.
+        num_vcpus: u32,
+    },
+    /// A CPUID or MSR list exceeded what one KVM call takes.
+    #[error("too many {0} entries for KVM")]
+    TooManyEntries(&'static str),
+}
+
+impl CpuError {
+    /// A `map_err` adapter naming the ioctl that failed.
+    fn ioctl(name: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> CpuError {
+        move |e| CpuError::Ioctl(name, e)
+    }
+}
+
+/// Sets up vCPU `index` of `num_vcpus` before its first run: CPUID derived
+/// from `supported_cpuid` (`KVM_GET_SUPPORTED_CPUID`), the boot MSRs, and
+/// LINT0/LINT1; then, for the boot CPU only (`entry` is `Some`), its
+/// registers and the tables they point at in `mem`. APs get `None` and wait
+/// for INIT/SIPI (see the module docs).
+///
+/// `index` must be the id `vcpu` was created with, which KVM also made its
+/// APIC ID. The VM needs its in-kernel irqchip already.
+pub fn configure_vcpu(
+    vcpu: &VcpuFd,
+    mem: &GuestMemoryMmap,
+    supported_cpuid: &CpuId,
+    index: u32,
+    num_vcpus: u32,
+    entry: Option<&BootEntry>,
+) -> Result<(), CpuError> {
+    // CPUID first: KVM checks some MSRs and the APIC against it.
+    let cpuid = cpuid::vcpu_cpuid(supported_cpuid, index, num_vcpus)?;
+    cpuid::apply_cpuid(vcpu, &cpuid)?;
+    msr::apply_boot_msrs(vcpu)?;
+    lapic::apply_lapic(vcpu)?;
+    if let Some(entry) = entry {
+        regs::apply_boot_regs(vcpu, mem, entry)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error;
+
+    use super::*;
+
+    #[test]
+    fn errors_read_as_sentences_and_keep_their_source() {
+        let e = CpuError::ioctl("KVM_SET_CPUID2")(kvm_ioctls::Error::new(libc::E2BIG));
+        assert_eq!(e.to_string(), "KVM_SET_CPUID2 failed");
+        assert!(e.source().is_some());
+
+        let e = CpuError::Topology {
+            vcpu_index: 3,
+            num_vcpus: 2,
+        };
+        assert_eq!(
+            e.to_string(),
+            "vCPU 3 of 2 is not a valid topology (1 to 254 vCPUs)"
+        );
+        assert!(CpuError::MsrNotSet {
+            index: 0x2ff,
+            set: 10,
+            total: 11
+        }
+        .to_string()
+        .contains("MSR 0x2ff"));
+    }
+}

@@ -1,0 +1,144 @@
+//! The interactive console: keystrokes from stdin into COM1's receive FIFO,
+//! with QEMU's Ctrl-A escapes, and flow control when the FIFO is full.
+//!
+//! While the guest has not drained what we gave it, stdin is not read (it
+//! is taken out of the main loop), and the rest waits here; COM1's "FIFO
+//! empty" eventfd brings it back. Nothing typed is dropped.
+
+use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
+use std::sync::{Arc, Mutex};
+
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use vmm_pc::devices::Com1;
+use vmm_pc::MachineControl;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::escape::{Action, EscapeParser, HELP};
+
+/// The console subscriber.
+pub struct Console {
+    stdin: io::Stdin,
+    ready: EventFd,
+    com1: Arc<Mutex<Com1>>,
+    control: MachineControl,
+    parser: EscapeParser,
+    /// Input the FIFO did not take yet.
+    pending: Vec<u8>,
+    stdin_watched: bool,
+}
+
+impl std::fmt::Debug for Console {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Console")
+            .field("pending", &self.pending.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Console {
+    /// A console feeding `com1`; `ready` is COM1's FIFO-drained eventfd.
+    pub fn new(com1: Arc<Mutex<Com1>>, ready: EventFd, control: MachineControl) -> Self {
+        Self {
+            stdin: io::stdin(),
+            ready,
+            com1,
+            control,
+            parser: EscapeParser::new(),
+            pending: Vec::new(),
+            stdin_watched: false,
+        }
+    }
+
+    /// Gives the guest as much pending input as its FIFO takes.
+    fn flush_pending(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let taken = self
+            .com1
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .enqueue_input(&self.pending);
+        self.pending.drain(..taken.min(self.pending.len()));
+    }
+
+    fn set_stdin_watched(&mut self, ops: &mut EventOps, watched: bool) {
+        if watched == self.stdin_watched {
+            return;
+        }
+        let fd = self.stdin.as_raw_fd();
+        let result = if watched {
+            ops.add(Events::new_raw(fd, EventSet::IN))
+        } else {
+            ops.remove(Events::empty_raw(fd))
+        };
+        match result {
+            Ok(()) => self.stdin_watched = watched,
+            // A regular file or /dev/null as stdin cannot be polled: then
+            // there is simply no console input.
+            Err(e) => log::info!("console: stdin not watched ({e}): no console input"),
+        }
+    }
+
+    fn on_stdin(&mut self, ops: &mut EventOps) {
+        let mut buf = [0u8; 64];
+        let n = match self.stdin.lock().read(&mut buf) {
+            Ok(0) => {
+                // End of input: the guest keeps running without a keyboard.
+                self.set_stdin_watched(ops, false);
+                return;
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return,
+            Err(e) => {
+                log::error!("console: cannot read stdin: {e}");
+                self.set_stdin_watched(ops, false);
+                return;
+            }
+        };
+        for action in self.parser.feed(&buf[..n]) {
+            match action {
+                Action::Guest(bytes) => self.pending.extend_from_slice(&bytes),
+                Action::Help => {
+                    let mut out = io::stdout().lock();
+                    let _ = out.write_all(HELP.as_bytes());
+                    let _ = out.flush();
+                }
+                Action::Quit => self.control.request_quit(),
+            }
+        }
+        self.flush_pending();
+        if !self.pending.is_empty() {
+            // The FIFO is full: stop reading until the guest drains it.
+            self.set_stdin_watched(ops, false);
+        }
+    }
+}
+
+impl MutEventSubscriber for Console {
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        if events.fd() == self.ready.as_raw_fd() {
+            let _ = self.ready.read();
+            self.flush_pending();
+            if self.pending.is_empty() {
+                self.set_stdin_watched(ops, true);
+            }
+        } else if events
+            .event_set()
+            .intersects(EventSet::ERROR | EventSet::HANG_UP)
+            && !events.event_set().contains(EventSet::IN)
+        {
+            self.set_stdin_watched(ops, false);
+        } else {
+            self.on_stdin(ops);
+        }
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.ready, EventSet::IN)) {
+            log::error!("console: cannot watch COM1 readiness: {e}");
+        }
+        self.set_stdin_watched(ops, true);
+    }
+}

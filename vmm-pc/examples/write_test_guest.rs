@@ -1,0 +1,26 @@
+//! Writes one of the hand-assembled test guests to a file:
+//! `cargo run -p vmm-pc --example write_test_guest -- hello|poweroff|two-cpus|read-port PATH`.
+
+use vmm_pc::test_guests;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (Some(kind), Some(path)) = (args.first(), args.get(1)) else {
+        eprintln!("usage: write_test_guest hello|poweroff|two-cpus|read-port PATH");
+        std::process::exit(2);
+    };
+    let image = match kind.as_str() {
+        "hello" => test_guests::hello_reset("Hello from a PVH guest\n"),
+        "poweroff" => test_guests::hello_poweroff("powering off\n"),
+        "two-cpus" => test_guests::two_cpus(),
+        "read-port" => test_guests::read_port(0x99),
+        other => {
+            eprintln!("unknown guest {other}");
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = std::fs::write(path, image) {
+        eprintln!("cannot write {path}: {e}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,206 @@
+//! The wiring file: which device sits on which port and interrupt line.
+//!
+//! | device | ports | GSI | notes |
+//! |---|---|---|---|
+//! | COM1 16550 | 0x3f8-0x3ff | 4 | irqfd (edge) |
+//! | i8042 | 0x60, 0x64 | 1 | 0xFE on 0x64 pulses the reset line |
+//! | ACPI PM1a event | 0x600-0x603 | (SCI 9, unused) | status/enable |
+//! | ACPI PM1a control | 0x604-0x605 | | SLP_EN with S5 = poweroff |
+//! | POST port | 0x80 | | writes ignored, reads 0xff |
+//! | system control B | 0x61 | | in the kernel with KVM's PIT, else ours |
+//! | i8254 PIT | 0x40-0x43 | 0 → IO-APIC pin 2 | KVM's in-kernel PIT |
+
+use std::sync::{Arc, Mutex};
+
+use vmm_core::vm::{Vm, VmError};
+use vmm_devices::acpi_pm::{PM1_CNT_LEN, PM1_EVT_LEN};
+use vmm_devices::serial::SerialOutput;
+use vmm_devices::{
+    EventFdTrigger, Pm1Control, Pm1Event, Port61, Port80, SerialDevice, SerialEvents, I8042,
+};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::io::{BusError, PcIo};
+use crate::layout::{irq, port};
+
+/// Errors wiring the devices.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    /// An eventfd could not be made.
+    #[error("cannot create an eventfd for {0}")]
+    EventFd(&'static str, #[source] std::io::Error),
+    /// A device could not go on the bus.
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    /// An interrupt line could not be connected.
+    #[error("cannot connect the interrupt of {0}")]
+    Irq(&'static str, #[source] VmError),
+}
+
+/// Tells the console, through an eventfd, that the guest emptied the
+/// serial receive FIFO and more input fits.
+#[derive(Debug)]
+pub struct ConsoleEvents {
+    ready: EventFd,
+}
+
+impl SerialEvents for ConsoleEvents {
+    fn buffer_read(&self) {}
+    fn out_byte(&self) {}
+    fn tx_lost_byte(&self) {}
+    fn in_buffer_empty(&self) {
+        if let Err(e) = self.ready.write(1) {
+            log::debug!("cannot signal console readiness: {e}");
+        }
+    }
+}
+
+/// COM1 as the machine holds it.
+pub type Com1 = SerialDevice<EventFdTrigger, ConsoleEvents>;
+
+/// The devices, and the eventfds the main loop watches for them.
+#[derive(Debug)]
+pub struct PcDevices {
+    /// COM1, the console.
+    pub com1: Arc<Mutex<Com1>>,
+    /// The keyboard controller.
+    pub i8042: Arc<Mutex<I8042>>,
+    /// Written when the guest resets through the i8042.
+    pub reset_evt: EventFd,
+    /// Written when the guest enters S5 through PM1 control.
+    pub poweroff_evt: EventFd,
+    /// Written when COM1's receive FIFO drains.
+    pub console_ready_evt: EventFd,
+}
+
+fn eventfd(what: &'static str) -> Result<EventFd, DeviceError> {
+    EventFd::new(EFD_NONBLOCK).map_err(|e| DeviceError::EventFd(what, e))
+}
+
+fn clone_fd(what: &'static str, fd: &EventFd) -> Result<EventFd, DeviceError> {
+    fd.try_clone().map_err(|e| DeviceError::EventFd(what, e))
+}
+
+/// Creates the PC's devices, puts them on `io` and connects their
+/// interrupts to `vm`'s irqchip. With `in_kernel_pit`, port 0x61 is left to
+/// KVM (its PIT owns the speaker gate and channel 2's output).
+pub fn create_devices(
+    vm: &Vm,
+    io: &mut PcIo,
+    serial_out: SerialOutput,
+    in_kernel_pit: bool,
+) -> Result<PcDevices, DeviceError> {
+    // COM1.
+    let com1_irq = EventFdTrigger::new(eventfd("COM1")?);
+    vm.register_irqfd(com1_irq.event_fd(), irq::COM1)
+        .map_err(|e| DeviceError::Irq("COM1", e))?;
+    let console_ready_evt = eventfd("console")?;
+    let events = ConsoleEvents {
+        ready: clone_fd("console", &console_ready_evt)?,
+    };
+    let com1 = Arc::new(Mutex::new(SerialDevice::with_events(
+        com1_irq, events, serial_out,
+    )));
+    io.add_pio("COM1", port::COM1, 8, com1.clone())?;
+
+    // i8042: two single ports around port 0x61.
+    let reset_evt = eventfd("i8042 reset")?;
+    let kbd_irq = EventFdTrigger::new(eventfd("keyboard")?);
+    vm.register_irqfd(kbd_irq.event_fd(), irq::KEYBOARD)
+        .map_err(|e| DeviceError::Irq("i8042", e))?;
+    let i8042 = Arc::new(Mutex::new(I8042::new(
+        EventFdTrigger::new(clone_fd("i8042 reset", &reset_evt)?),
+        kbd_irq,
+    )));
+    io.add_pio("i8042 data", port::I8042_DATA, 1, i8042.clone())?;
+    io.add_pio("i8042 command", port::I8042_COMMAND, 1, i8042.clone())?;
+
+    // ACPI PM1a.
+    let poweroff_evt = eventfd("ACPI poweroff")?;
+    io.add_pio(
+        "PM1a event",
+        port::PM1A_EVT_BLK,
+        PM1_EVT_LEN,
+        Arc::new(Mutex::new(Pm1Event::new())),
+    )?;
+    io.add_pio(
+        "PM1a control",
+        port::PM1A_CNT_BLK,
+        PM1_CNT_LEN,
+        Arc::new(Mutex::new(Pm1Control::new(EventFdTrigger::new(clone_fd(
+            "ACPI poweroff",
+            &poweroff_evt,
+        )?)))),
+    )?;
+
+    io.add_pio("POST", port::POST, 1, Arc::new(Mutex::new(Port80::new())))?;
+    if !in_kernel_pit {
+        io.add_pio(
+            "system control B",
+            port::SYSTEM_CONTROL_B,
+            1,
+            Arc::new(Mutex::new(Port61::new())),
+        )?;
+    }
+
+    Ok(PcDevices {
+        com1,
+        i8042,
+        reset_evt,
+        poweroff_evt,
+        console_ready_evt,
+    })
+}
+
+/// The in-kernel irqchip ids of `KVM_SET_GSI_ROUTING`.
+const PIC_MASTER: u32 = 0;
+const PIC_SLAVE: u32 = 1;
+const IOAPIC: u32 = 2;
+/// IO-APIC input pins.
+pub const IOAPIC_PINS: u32 = 24;
+
+/// The PC's GSI routing, as (GSI, irqchip, pin): ISA IRQs 0-15 reach the
+/// 8259 pair and the IO-APIC; IRQ 0 (the PIT) reaches IO-APIC pin 2, as the
+/// MADT's and MP table's interrupt override say; IRQ 2 is the PICs'
+/// cascade and goes nowhere else; GSIs 16-23 reach the IO-APIC only.
+pub fn pc_irq_routes() -> Vec<(u32, u32, u32)> {
+    let mut routes = Vec::new();
+    for gsi in 0..16 {
+        if gsi == 2 {
+            continue;
+        }
+        if gsi < 8 {
+            routes.push((gsi, PIC_MASTER, gsi));
+        } else {
+            routes.push((gsi, PIC_SLAVE, gsi - 8));
+        }
+    }
+    for gsi in 0..IOAPIC_PINS {
+        match gsi {
+            0 => routes.push((0, IOAPIC, 2)),
+            2 => {}
+            _ => routes.push((gsi, IOAPIC, gsi)),
+        }
+    }
+    routes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn irq0_goes_to_ioapic_pin_2_and_irq2_is_the_cascade() {
+        let r = pc_irq_routes();
+        assert!(r.contains(&(0, IOAPIC, 2)));
+        assert!(r.contains(&(0, PIC_MASTER, 0)));
+        assert!(!r.iter().any(|e| e.0 == 2));
+        assert!(!r.iter().any(|e| e.1 == IOAPIC && e.2 == 0));
+        assert!(r.contains(&(4, IOAPIC, 4)));
+        assert!(r.contains(&(4, PIC_MASTER, 4)));
+        assert!(r.contains(&(9, PIC_SLAVE, 1)));
+        assert!(r.contains(&(23, IOAPIC, 23)));
+        // 15 ISA lines on the PICs + 23 IO-APIC pins (all but pin 0's GSI 2).
+        assert_eq!(r.len(), 15 + 23);
+    }
+}

@@ -1,0 +1,501 @@
+//! The PC machine put together and run (QEMU's `pc_init1`, then `main_loop`).
+//!
+//! [`PcMachine::build`] goes through these steps, in this order:
+//!
+//! 1. check the configuration: vCPU count, memory size against the host;
+//! 2. open the kernel and initrd files (so a typo fails before KVM work);
+//! 3. open `/dev/kvm` and check it; check the vCPU count against KVM's limit;
+//! 4. create the VM with its RAM (memory before the irqchip: much faster);
+//! 5. the TSS pages, the in-kernel irqchip, PC GSI routing, KVM's PIT;
+//! 6. load the kernel, initrd and command line; write the e820 map, ACPI
+//!    and MP tables and the boot parameters (zero page or PVH start info);
+//! 7. create the devices and connect their interrupts;
+//! 8. block SIGINT/SIGTERM/SIGHUP (before any thread starts) and build the
+//!    main loop: signals, vCPU requests, reset and poweroff lines, timers;
+//! 9. start one thread per vCPU, each creating and setting up its vCPU.
+//!
+//! [`PcMachine::run`] then starts the vCPUs and runs the main loop until
+//! the guest resets or powers off, the user quits, a signal arrives or a
+//! vCPU fails; every one of those paths runs the exit notifiers.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use kvm_bindings::CpuId;
+use vmm_clock::{Clocks, TimerFdAlarm};
+use vmm_core::event_loop::{EventLoop, EventLoopError};
+use vmm_core::kvm::{KvmError, KvmSystem};
+use vmm_core::notify::NotifierList;
+use vmm_core::signals::{signal_name, SignalError, SignalSubscriber};
+use vmm_core::vcpu::{VcpuError, VcpuInit, VcpuRequest, Vcpus};
+use vmm_core::vm::{Vm, VmError};
+use vmm_devices::serial::SerialOutput;
+use vmm_runstate::{RunState, RunStateMachine};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::boot::{self, BootError, KernelEntry, LoadedKernel};
+use crate::cpu::{self, BootEntry};
+use crate::devices::{create_devices, pc_irq_routes, Com1, DeviceError, PcDevices};
+use crate::io::PcIo;
+use crate::layout;
+use crate::memory::{self, MemoryError};
+use crate::{acpi, mptable};
+
+/// What to build.
+pub struct PcConfig {
+    /// The kernel: a bzImage or an ELF vmlinux.
+    pub kernel: PathBuf,
+    /// An initrd/initramfs, if any.
+    pub initrd: Option<PathBuf>,
+    /// The kernel command line.
+    pub cmdline: String,
+    /// Guest RAM in bytes.
+    pub memory: u64,
+    /// Number of vCPUs.
+    pub cpus: u32,
+    /// Where COM1's output goes. Called on vCPU threads: must not block
+    /// for long.
+    pub serial: SerialOutput,
+    /// Use KVM's in-kernel i8254 PIT (the only PIT for now).
+    pub in_kernel_pit: bool,
+}
+
+impl std::fmt::Debug for PcConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PcConfig")
+            .field("kernel", &self.kernel)
+            .field("initrd", &self.initrd)
+            .field("cmdline", &self.cmdline)
+            .field("memory", &self.memory)
+            .field("cpus", &self.cpus)
+            .field("in_kernel_pit", &self.in_kernel_pit)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why the machine could not be built or run.
+#[derive(Debug, thiserror::Error)]
+pub enum PcError {
+    /// The vCPU count is out of range.
+    #[error("cannot run {cpus} vCPUs: this machine takes 1 to {max}")]
+    CpuCount {
+        /// Asked for.
+        cpus: u32,
+        /// The limit (KVM's and the ACPI tables').
+        max: u32,
+    },
+    /// The memory size is unusable.
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    /// A file could not be opened.
+    #[error("cannot open {what} {path}")]
+    Open {
+        /// "kernel" or "initrd".
+        what: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `/dev/kvm` is unusable.
+    #[error(transparent)]
+    Kvm(#[from] KvmError),
+    /// A VM operation failed.
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    /// The kernel, initrd or command line could not be loaded.
+    #[error(transparent)]
+    Boot(#[from] BootError),
+    /// ACPI tables.
+    #[error(transparent)]
+    Acpi(#[from] acpi::AcpiError),
+    /// MP table.
+    #[error(transparent)]
+    MpTable(#[from] mptable::MpTableError),
+    /// Devices.
+    #[error(transparent)]
+    Devices(#[from] DeviceError),
+    /// Signals.
+    #[error(transparent)]
+    Signals(#[from] SignalError),
+    /// The main loop.
+    #[error(transparent)]
+    EventLoop(#[from] EventLoopError),
+    /// The timer alarm.
+    #[error("cannot create the timer alarm")]
+    Clock(#[source] vmm_clock::Error),
+    /// vCPU threads.
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+}
+
+/// Why the machine stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExitReason {
+    /// The guest reset the machine (i8042, triple fault, reset event).
+    GuestReset(String),
+    /// The guest powered off (ACPI S5 or a shutdown event).
+    GuestPoweroff,
+    /// The user asked to quit (console Ctrl-A x).
+    Quit,
+    /// A signal asked us to terminate.
+    Signal(i32),
+    /// A vCPU could not go on.
+    InternalError {
+        /// The vCPU.
+        vcpu: u32,
+        /// What KVM or the machine reported.
+        reason: String,
+    },
+}
+
+impl ExitReason {
+    /// Whether this is a normal end (status 0), as QEMU treats them.
+    pub fn is_success(&self) -> bool {
+        !matches!(self, Self::InternalError { .. })
+    }
+}
+
+impl std::fmt::Display for ExitReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::GuestReset(why) => write!(f, "guest reset ({why})"),
+            Self::GuestPoweroff => write!(f, "guest powered off"),
+            Self::Quit => write!(f, "quit from the console"),
+            Self::Signal(s) => write!(f, "terminating on signal {}", signal_name(*s)),
+            Self::InternalError { vcpu, reason } => write!(f, "vCPU {vcpu}: {reason}"),
+        }
+    }
+}
+
+/// Requests recorded by main-loop subscribers, read after each iteration.
+#[derive(Debug, Default)]
+struct Pending {
+    signal: Option<i32>,
+    reset: bool,
+    poweroff: bool,
+}
+
+/// A handle for the console and other front ends: ask the machine to
+/// quit, from the main-loop thread or any other.
+#[derive(Debug, Clone)]
+pub struct MachineControl {
+    quit: Arc<AtomicBool>,
+    wake: Arc<EventFd>,
+}
+
+impl MachineControl {
+    /// Asks the machine to stop (as QEMU's `quit`).
+    pub fn request_quit(&self) {
+        self.quit.store(true, Ordering::SeqCst);
+        let _ = self.wake.write(1);
+    }
+}
+
+/// A built PC, ready to run.
+pub struct PcMachine {
+    vm: Vm,
+    vcpus: Vcpus,
+    devices: PcDevices,
+    event_loop: EventLoop,
+    clocks: Clocks,
+    runstate: RunStateMachine,
+    pending: Arc<Mutex<Pending>>,
+    control: MachineControl,
+    exit_notifiers: NotifierList<ExitReason>,
+}
+
+impl std::fmt::Debug for PcMachine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PcMachine")
+            .field("vcpus", &self.vcpus)
+            .field("runstate", &self.runstate.state())
+            .finish_non_exhaustive()
+    }
+}
+
+fn open(what: &'static str, path: &Path) -> Result<File, PcError> {
+    File::open(path).map_err(|source| PcError::Open {
+        what,
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Most vCPUs our tables describe.
+const MAX_CPUS: u32 = 254;
+
+impl PcMachine {
+    /// Builds the machine (see the module docs for the steps).
+    pub fn build(config: PcConfig) -> Result<Self, PcError> {
+        // 1. Configuration.
+        if config.cpus == 0 || config.cpus > MAX_CPUS {
+            return Err(PcError::CpuCount {
+                cpus: config.cpus,
+                max: MAX_CPUS,
+            });
+        }
+        let host_limit = memory::host_memory_bytes().unwrap_or(u64::MAX);
+        let regions = memory::ram_regions(config.memory, host_limit)?;
+
+        // 2. Files.
+        let mut kernel_file = open("kernel", &config.kernel)?;
+        let mut initrd_file = match &config.initrd {
+            Some(p) => Some(open("initrd", p)?),
+            None => None,
+        };
+
+        // 3. KVM.
+        let kvm = KvmSystem::open()?;
+        let max = u32::try_from(kvm.max_vcpus())
+            .unwrap_or(u32::MAX)
+            .min(MAX_CPUS);
+        if config.cpus > max {
+            return Err(PcError::CpuCount {
+                cpus: config.cpus,
+                max,
+            });
+        }
+        let supported_cpuid = kvm.supported_cpuid()?;
+
+        // 4. VM and RAM.
+        let vm = Vm::new(&kvm, &regions)?;
+
+        // 5. Interrupt controllers and timers in the kernel.
+        vm.set_tss_address(layout::KVM_TSS_ADDR)?;
+        vm.create_irqchip()?;
+        vm.set_irqchip_routing(&pc_irq_routes())?;
+        if config.in_kernel_pit {
+            vm.create_in_kernel_pit()?;
+        }
+
+        // 6. Kernel, initrd, command line, tables.
+        let mem = vm.memory();
+        let kernel = boot::load_kernel(mem, &mut kernel_file)?;
+        let initrd = match initrd_file.as_mut() {
+            Some(f) => Some(boot::load_initrd(mem, f, &kernel, config.memory)?),
+            None => None,
+        };
+        let cmdline = boot::load_cmdline(mem, &config.cmdline, kernel.cmdline_max_size())?;
+        let e820 = memory::e820_map(config.memory);
+        let rsdp = acpi::create_acpi_tables(mem, config.cpus)?;
+        mptable::setup_mptable(mem, config.cpus)?;
+        let entry = boot_entry(&kernel);
+        match entry {
+            BootEntry::Pvh { .. } => {
+                boot::write_pvh_start_info(mem, cmdline.0, initrd, &e820, Some(rsdp))?;
+            }
+            _ => boot::write_boot_params(mem, &kernel, cmdline, initrd, &e820, Some(rsdp))?,
+        }
+
+        // 7. Devices.
+        let mut io = PcIo::new();
+        let devices = create_devices(&vm, &mut io, config.serial, config.in_kernel_pit)?;
+
+        // 8. Signals first (blocked in this thread before any other
+        //    starts, so every thread inherits the mask), then the loop.
+        let pending = Arc::new(Mutex::new(Pending::default()));
+        let mut event_loop = EventLoop::new()?;
+        let p = Arc::clone(&pending);
+        let signals = SignalSubscriber::new(move |signo| {
+            lock(&p).signal.get_or_insert(signo);
+        })?;
+        event_loop.add(Arc::new(Mutex::new(signals)));
+        let clocks = Clocks::host();
+        let alarm = TimerFdAlarm::new(&clocks).map_err(PcError::Clock)?;
+        event_loop.add(Arc::new(Mutex::new(alarm)));
+        let wake = Arc::new(
+            vmm_sys_util::eventfd::EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK)
+                .map_err(|e| DeviceError::EventFd("main loop wake-up", e))?,
+        );
+        let control = MachineControl {
+            quit: Arc::new(AtomicBool::new(false)),
+            wake: Arc::clone(&wake),
+        };
+        event_loop.add_eventfd("wake-up", clone_evt(&wake)?, |_| {});
+        let p = Arc::clone(&pending);
+        event_loop.add_eventfd("i8042 reset", clone_evt(&devices.reset_evt)?, move |_| {
+            lock(&p).reset = true;
+        });
+        let p = Arc::clone(&pending);
+        event_loop.add_eventfd(
+            "ACPI poweroff",
+            clone_evt(&devices.poweroff_evt)?,
+            move |_| {
+                lock(&p).poweroff = true;
+            },
+        );
+
+        // 9. vCPU threads.
+        let io: Arc<PcIo> = Arc::new(io);
+        let init = vcpu_init(&vm, supported_cpuid, config.cpus, entry);
+        let vcpus = Vcpus::spawn(&vm, config.cpus, init, io)?;
+        event_loop.add_eventfd(
+            "vCPU requests",
+            vcpus
+                .request_event()
+                .try_clone()
+                .map_err(|e| DeviceError::EventFd("vCPU requests", e))?,
+            |_| {},
+        );
+
+        Ok(Self {
+            vm,
+            vcpus,
+            devices,
+            event_loop,
+            clocks,
+            runstate: RunStateMachine::new(),
+            pending,
+            control,
+            exit_notifiers: NotifierList::new(),
+        })
+    }
+
+    /// COM1, for the console to feed input into.
+    pub fn com1(&self) -> Arc<Mutex<Com1>> {
+        Arc::clone(&self.devices.com1)
+    }
+
+    /// A copy of the eventfd written when COM1's receive FIFO drains.
+    pub fn console_ready_event(&self) -> std::io::Result<EventFd> {
+        self.devices.console_ready_evt.try_clone()
+    }
+
+    /// The main loop, to add front-end subscribers (console input, …).
+    pub fn event_loop(&mut self) -> &mut EventLoop {
+        &mut self.event_loop
+    }
+
+    /// A handle to ask the machine to quit.
+    pub fn control(&self) -> MachineControl {
+        self.control.clone()
+    }
+
+    /// Notifiers run once, with the exit reason, on every way out of
+    /// [`PcMachine::run`] (QEMU's exit notifiers).
+    pub fn exit_notifiers(&self) -> &NotifierList<ExitReason> {
+        &self.exit_notifiers
+    }
+
+    /// The guest's memory (for tests and tools).
+    pub fn vm(&self) -> &Vm {
+        &self.vm
+    }
+
+    /// Starts the vCPUs and runs until the machine stops.
+    pub fn run(mut self) -> Result<ExitReason, PcError> {
+        let result = self.run_loop();
+        let reason = match &result {
+            Ok(r) => r.clone(),
+            Err(e) => ExitReason::InternalError {
+                vcpu: 0,
+                reason: e.to_string(),
+            },
+        };
+        // Stop the guest before anything is torn down.
+        if let Err(e) = self.vcpus.pause_all() {
+            log::warn!("while stopping: {e}");
+        }
+        self.clocks.vm_stop();
+        let end = if reason.is_success() {
+            RunState::Shutdown
+        } else {
+            RunState::InternalError
+        };
+        if let Err(e) = self.runstate.transition(end) {
+            log::debug!("{e}");
+        }
+        self.exit_notifiers.notify(&reason);
+        result
+    }
+
+    fn run_loop(&mut self) -> Result<ExitReason, PcError> {
+        self.clocks.vm_start();
+        if let Err(e) = self.runstate.transition(RunState::Running) {
+            log::debug!("{e}");
+        }
+        self.vcpus.resume_all()?;
+        loop {
+            self.event_loop.run_once(-1)?;
+            if let Some(reason) = self.next_exit() {
+                return Ok(reason);
+            }
+        }
+    }
+
+    /// Reads what the subscribers and vCPUs asked for, in a fixed order
+    /// (as QEMU's `main_loop_should_exit`): errors, shutdown, reset, quit.
+    fn next_exit(&mut self) -> Option<ExitReason> {
+        let mut vcpu_reset = None;
+        let mut vcpu_poweroff = false;
+        while let Some(request) = self.vcpus.try_request() {
+            match request {
+                VcpuRequest::InternalError { vcpu, reason } => {
+                    return Some(ExitReason::InternalError { vcpu, reason })
+                }
+                VcpuRequest::Halted { vcpu } => {
+                    return Some(ExitReason::InternalError {
+                        vcpu,
+                        reason: "halted with interrupts that can never come".into(),
+                    })
+                }
+                VcpuRequest::Reset { reason, .. } => vcpu_reset = Some(reason),
+                VcpuRequest::Shutdown { .. } => vcpu_poweroff = true,
+            }
+        }
+        let pending = std::mem::take(&mut *lock(&self.pending));
+        if let Some(signo) = pending.signal {
+            return Some(ExitReason::Signal(signo));
+        }
+        if pending.poweroff || vcpu_poweroff {
+            return Some(ExitReason::GuestPoweroff);
+        }
+        if pending.reset {
+            return Some(ExitReason::GuestReset("i8042 reset line".into()));
+        }
+        if let Some(reason) = vcpu_reset {
+            return Some(ExitReason::GuestReset(reason));
+        }
+        if self.control.quit.swap(false, Ordering::SeqCst) {
+            return Some(ExitReason::Quit);
+        }
+        None
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn clone_evt(fd: &EventFd) -> Result<EventFd, PcError> {
+    fd.try_clone()
+        .map_err(|e| PcError::Devices(DeviceError::EventFd("main loop", e)))
+}
+
+/// Where vCPU 0 starts, from what the loader found.
+fn boot_entry(kernel: &LoadedKernel) -> BootEntry {
+    match kernel.entry {
+        KernelEntry::Pvh(addr) => BootEntry::Pvh {
+            entry: addr.0,
+            start_info: layout::PVH_INFO_START,
+        },
+        KernelEntry::Linux64(addr) => BootEntry::Linux64 {
+            entry: addr.0,
+            zero_page: layout::ZERO_PAGE_START,
+        },
+    }
+}
+
+/// The per-vCPU set-up, run on each vCPU's thread.
+fn vcpu_init(vm: &Vm, cpuid: CpuId, cpus: u32, entry: BootEntry) -> VcpuInit {
+    let vm = vm.clone();
+    Arc::new(move |vcpu, index| {
+        let entry = (index == 0).then_some(&entry);
+        cpu::configure_vcpu(vcpu, vm.memory(), &cpuid, index, cpus, entry)?;
+        Ok(())
+    })
+}

@@ -1,0 +1,258 @@
+//! Hand-assembled guests for tests and benchmarks: ELF files with a PVH
+//! entry note and a few dozen bytes of 32-bit code, one comment per
+//! instruction. They boot through the same path as Linux's vmlinux (PVH
+//! entry: flat 32-bit protected mode, paging off) and run on any KVM,
+//! the PVM software hypervisor included.
+
+use crate::layout::{port, HIMEM_START};
+
+/// Where the guests' code is loaded and entered.
+pub const LOAD_ADDR: u64 = HIMEM_START;
+/// Where the AP trampoline of [`two_cpus`] is loaded (SIPI vector 0x10).
+pub const AP_TRAMPOLINE: u64 = 0x1_0000;
+
+/// An ELF64 x86-64 executable whose `PT_LOAD` segments are `segments`
+/// (load address, bytes), with a Xen `PHYS32_ENTRY` note (type 18) that
+/// makes `entry` its PVH entry point.
+pub fn pvh_elf(segments: &[(u64, &[u8])], entry: u64) -> Vec<u8> {
+    const EHDR: usize = 64;
+    const PHDR: usize = 56;
+    let mut note = Vec::new();
+    note.extend_from_slice(&4u32.to_le_bytes()); // n_namesz
+    note.extend_from_slice(&4u32.to_le_bytes()); // n_descsz (a 32-bit entry)
+    note.extend_from_slice(&18u32.to_le_bytes()); // n_type: XEN_ELFNOTE_PHYS32_ENTRY
+    note.extend_from_slice(b"Xen\0");
+    note.extend_from_slice(&u32::try_from(entry).unwrap_or(0).to_le_bytes());
+    let phnum = segments.len() + 1;
+    let note_offset = EHDR + phnum * PHDR;
+    let mut data_offset = note_offset + note.len();
+
+    let mut image = Vec::new();
+    image.extend_from_slice(b"\x7fELF");
+    image.extend_from_slice(&[2, 1, 1, 0]); // 64-bit, little-endian, version 1, SysV
+    image.extend_from_slice(&[0; 8]);
+    image.extend_from_slice(&2u16.to_le_bytes()); // e_type: ET_EXEC
+    image.extend_from_slice(&62u16.to_le_bytes()); // e_machine: EM_X86_64
+    image.extend_from_slice(&1u32.to_le_bytes()); // e_version
+    image.extend_from_slice(&entry.to_le_bytes()); // e_entry
+    image.extend_from_slice(&(EHDR as u64).to_le_bytes()); // e_phoff
+    image.extend_from_slice(&0u64.to_le_bytes()); // e_shoff
+    image.extend_from_slice(&0u32.to_le_bytes()); // e_flags
+    image.extend_from_slice(&(EHDR as u16).to_le_bytes()); // e_ehsize
+    image.extend_from_slice(&(PHDR as u16).to_le_bytes()); // e_phentsize
+    image.extend_from_slice(&u16::try_from(phnum).unwrap_or(0).to_le_bytes()); // e_phnum
+    image.extend_from_slice(&[0; 6]); // no section headers
+
+    let mut phdr = |p_type: u32, offset: usize, addr: u64, size: usize| {
+        image.extend_from_slice(&p_type.to_le_bytes());
+        image.extend_from_slice(&7u32.to_le_bytes()); // p_flags: RWX
+        image.extend_from_slice(&(offset as u64).to_le_bytes());
+        image.extend_from_slice(&addr.to_le_bytes()); // p_vaddr
+        image.extend_from_slice(&addr.to_le_bytes()); // p_paddr
+        image.extend_from_slice(&(size as u64).to_le_bytes()); // p_filesz
+        image.extend_from_slice(&(size as u64).to_le_bytes()); // p_memsz
+        image.extend_from_slice(&0x10u64.to_le_bytes()); // p_align
+    };
+    for (addr, bytes) in segments {
+        phdr(1, data_offset, *addr, bytes.len()); // PT_LOAD
+        data_offset += bytes.len();
+    }
+    phdr(4, note_offset, 0, note.len()); // PT_NOTE
+    image.extend_from_slice(&note);
+    for (_, bytes) in segments {
+        image.extend_from_slice(bytes);
+    }
+    image
+}
+
+fn le32(v: u64) -> [u8; 4] {
+    u32::try_from(v).unwrap_or(0).to_le_bytes()
+}
+
+/// Code that prints the NUL-terminated string at `msg` on COM1, then jumps
+/// to the code following it (offset 17 of these bytes).
+fn print(msg: u64) -> Vec<u8> {
+    let mut c = vec![0x66, 0xba]; // mov dx, COM1
+    c.extend_from_slice(&port::COM1.to_le_bytes());
+    c.push(0xbe); // mov esi, msg
+    c.extend_from_slice(&le32(msg));
+    c.extend_from_slice(&[
+        0xac, // next: lodsb
+        0x84, 0xc0, // test al, al
+        0x74, 0x03, // jz done (+3)
+        0xee, // out dx, al
+        0xeb, 0xf8, // jmp next (-8)
+              // done:
+    ]);
+    c
+}
+
+/// Pulse the reset line through the i8042 (command 0xFE on port 0x64).
+const I8042_RESET: &[u8] = &[
+    0xb0, 0xfe, // mov al, 0xfe
+    0xe6, 0x64, // out 0x64, al
+    0xf4, // hlt
+    0xeb, 0xfd, // jmp hlt (-3)
+];
+
+/// Poweroff: SLP_TYP = 5 and SLP_EN into PM1a control (port 0x604).
+fn acpi_poweroff() -> Vec<u8> {
+    let mut c = vec![0x66, 0xba]; // mov dx, PM1a_CNT
+    c.extend_from_slice(&port::PM1A_CNT_BLK.to_le_bytes());
+    c.extend_from_slice(&[0x66, 0xb8, 0x00, 0x34]); // mov ax, (5 << 10) | (1 << 13)
+    c.extend_from_slice(&[0x66, 0xef]); // out dx, ax
+    c.extend_from_slice(&[0xf4, 0xeb, 0xfd]); // hlt; jmp hlt
+    c
+}
+
+/// Code at LOAD_ADDR: `body`, then the message (NUL-terminated).
+fn program(body: impl Fn(u64) -> Vec<u8>, message: &str) -> Vec<u8> {
+    // The body's length does not depend on the message address.
+    let len = body(0).len() as u64;
+    let mut code = body(LOAD_ADDR + len);
+    code.extend_from_slice(message.as_bytes());
+    code.push(0);
+    code
+}
+
+/// Prints `message` on COM1, then resets through the i8042.
+pub fn hello_reset(message: &str) -> Vec<u8> {
+    let code = program(
+        |msg| {
+            let mut c = print(msg);
+            c.extend_from_slice(I8042_RESET);
+            c
+        },
+        message,
+    );
+    pvh_elf(&[(LOAD_ADDR, &code)], LOAD_ADDR)
+}
+
+/// Prints `message` on COM1, then powers off through ACPI PM1a control.
+pub fn hello_poweroff(message: &str) -> Vec<u8> {
+    let code = program(
+        |msg| {
+            let mut c = print(msg);
+            c.extend_from_slice(&acpi_poweroff());
+            c
+        },
+        message,
+    );
+    pvh_elf(&[(LOAD_ADDR, &code)], LOAD_ADDR)
+}
+
+/// Reads a byte from `port` (normally one with no device), writes it to
+/// COM1 as is, then resets.
+pub fn read_port(port: u16) -> Vec<u8> {
+    let mut code = vec![0x66, 0xba]; // mov dx, port
+    code.extend_from_slice(&port.to_le_bytes());
+    code.push(0xec); // in al, dx
+    code.extend_from_slice(&[0x66, 0xba]); // mov dx, COM1
+    code.extend_from_slice(&port::COM1.to_le_bytes());
+    code.push(0xee); // out dx, al
+    code.extend_from_slice(I8042_RESET);
+    pvh_elf(&[(LOAD_ADDR, &code)], LOAD_ADDR)
+}
+
+/// Two vCPUs: the boot CPU wakes CPU 1 with INIT and SIPI (as Linux does),
+/// CPU 1 prints "A" from a real-mode trampoline and sets a flag; the boot
+/// CPU waits for the flag, prints "B" (or "-" if CPU 1 never came), resets.
+pub fn two_cpus() -> Vec<u8> {
+    const FLAG: u64 = AP_TRAMPOLINE + 0x100;
+    #[rustfmt::skip]
+    let ap: Vec<u8> = vec![
+        // Real mode, CS = 0x1000 (SIPI vector 0x10), IP = 0.
+        0x8c, 0xc8,             // mov ax, cs
+        0x8e, 0xd8,             // mov ds, ax
+        0xba, 0xf8, 0x03,       // mov dx, 0x3f8
+        0xb0, b'A',             // mov al, 'A'
+        0xee,                   // out dx, al
+        0xc6, 0x06, 0x00, 0x01, 0x01, // mov byte [0x100], 1  (FLAG)
+        0xf4,                   // hlt
+        0xeb, 0xfd,             // jmp hlt
+    ];
+    let mut bsp = Vec::new();
+    let mut mov_mem32 = |addr: u64, value: u32| {
+        bsp.extend_from_slice(&[0xc7, 0x05]); // mov dword [addr], value
+        bsp.extend_from_slice(&le32(addr));
+        bsp.extend_from_slice(&value.to_le_bytes());
+    };
+    mov_mem32(0xfee0_00f0, 0x1ff); // local APIC SVR: software enable
+    mov_mem32(0xfee0_0310, 0x0100_0000); // ICR high: destination APIC ID 1
+    mov_mem32(0xfee0_0300, 0x0000_4500); // ICR low: INIT, assert
+    mov_mem32(0xfee0_0300, 0x0000_4610); // ICR low: STARTUP, vector 0x10
+    #[rustfmt::skip]
+    bsp.extend_from_slice(&[
+        0xb9, 0x00, 0x00, 0x00, 0x01, // mov ecx, 0x1000000 (bounded wait)
+        // poll:
+        0x80, 0x3d,                   // cmp byte [FLAG], 1
+    ]);
+    bsp.extend_from_slice(&le32(FLAG));
+    #[rustfmt::skip]
+    bsp.extend_from_slice(&[
+        0x01,
+        0x74, 0x08,             // je seen (+8)
+        0xf3, 0x90,             // pause
+        0xe2, 0xf3,             // loop poll (-13)
+        0xb0, b'-',             // mov al, '-'
+        0xeb, 0x02,             // jmp out (+2)
+        // seen:
+        0xb0, b'B',             // mov al, 'B'
+        // out:
+        0x66, 0xba, 0xf8, 0x03, // mov dx, 0x3f8
+        0xee,                   // out dx, al
+    ]);
+    bsp.extend_from_slice(I8042_RESET);
+    pvh_elf(&[(LOAD_ADDR, &bsp), (AP_TRAMPOLINE, &ap)], LOAD_ADDR)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Seek, Write};
+
+    use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+    use super::*;
+    use crate::boot::{load_kernel, KernelEntry};
+
+    fn load(image: &[u8]) -> (GuestMemoryMmap, KernelEntry) {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 4 << 20)]).unwrap();
+        let mut f = vmm_sys_util::tempfile::TempFile::new().unwrap().into_file();
+        f.write_all(image).unwrap();
+        f.rewind().unwrap();
+        let k = load_kernel(&mem, &mut f).unwrap();
+        (mem, k.entry)
+    }
+
+    #[test]
+    fn the_loader_takes_them_with_their_pvh_entry() {
+        for image in [
+            hello_reset("hi\n"),
+            hello_poweroff("x"),
+            read_port(0x99),
+            two_cpus(),
+        ] {
+            let (_, entry) = load(&image);
+            assert_eq!(entry, KernelEntry::Pvh(GuestAddress(LOAD_ADDR)));
+        }
+    }
+
+    #[test]
+    fn the_message_lands_after_the_code() {
+        let (mem, _) = load(&hello_reset("hi\n"));
+        // print() is 17 bytes, the reset 7: the message follows at +24.
+        let mut msg = [0u8; 4];
+        mem.read_slice(&mut msg, GuestAddress(LOAD_ADDR + 24))
+            .unwrap();
+        assert_eq!(&msg, b"hi\n\0");
+        let esi: u32 = mem.read_obj(GuestAddress(LOAD_ADDR + 5)).unwrap();
+        assert_eq!(u64::from(esi), LOAD_ADDR + 24);
+    }
+
+    #[test]
+    fn the_trampoline_is_loaded_low() {
+        let (mem, _) = load(&two_cpus());
+        let first: [u8; 2] = mem.read_obj(GuestAddress(AP_TRAMPOLINE)).unwrap();
+        assert_eq!(first, [0x8c, 0xc8]);
+    }
+}
