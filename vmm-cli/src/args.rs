@@ -64,6 +64,7 @@ pub enum Serial {
 /// Parses "512M", "2G", "1048576", "64k".
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
+    let not_a_size = || format!("'{s}' is not a size (e.g. 512M, 2G)");
     let (digits, mult) = match s.char_indices().last() {
         Some((i, c)) if c.is_ascii_alphabetic() => {
             let mult: u64 = match c.to_ascii_uppercase() {
@@ -71,15 +72,13 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
                 'M' => 1 << 20,
                 'G' => 1 << 30,
                 'T' => 1 << 40,
-                _ => return Err(format!("unknown size suffix '{c}' (use K, M, G or T)")),
+                _ => return Err(not_a_size()),
             };
             (&s[..i], mult)
         }
         _ => (s, 1),
     };
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("'{s}' is not a size (e.g. 512M, 2G)"))?;
+    let n: u64 = digits.parse().map_err(|_| not_a_size())?;
     n.checked_mul(mult)
         .ok_or_else(|| format!("'{s}' is too large"))
 }

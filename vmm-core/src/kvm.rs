@@ -155,3 +155,24 @@ impl KvmSystem {
         &self.kvm
     }
 }
+
+/// The environment variable that makes KVM tests fail instead of skipping
+/// when `/dev/kvm` is unusable (`cargo xtask test` sets it wherever
+/// `/dev/kvm` exists).
+pub const REQUIRE_KVM_ENV: &str = "VMM_REQUIRE_KVM";
+
+/// For tests that need KVM: `true` when `/dev/kvm` is usable. Otherwise
+/// prints a SKIP line naming `test` and returns `false`, or panics if
+/// [`REQUIRE_KVM_ENV`] is `1`, so that a KVM test never skips silently.
+pub fn usable_for_tests(test: &str) -> bool {
+    match KvmSystem::open() {
+        Ok(_) => true,
+        Err(e) if std::env::var_os(REQUIRE_KVM_ENV).is_some_and(|v| v == "1") => {
+            panic!("{test}: {REQUIRE_KVM_ENV}=1 but KVM is unusable: {e}")
+        }
+        Err(e) => {
+            eprintln!("SKIP {test}: needs /dev/kvm: {e}");
+            false
+        }
+    }
+}

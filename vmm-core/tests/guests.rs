@@ -19,16 +19,8 @@ const CODE: u64 = 0x1000;
 const WAIT: Duration = Duration::from_secs(5);
 
 fn kvm() -> Option<KvmSystem> {
-    match KvmSystem::open() {
-        Ok(k) => Some(k),
-        Err(e) if std::env::var_os("VMM_REQUIRE_KVM").is_some_and(|v| v == "1") => {
-            panic!("VMM_REQUIRE_KVM=1 but KVM is unusable: {e}")
-        }
-        Err(e) => {
-            eprintln!("SKIP: KVM test needs /dev/kvm: {e}");
-            None
-        }
-    }
+    let test = std::thread::current().name().unwrap_or("?").to_owned();
+    vmm_core::kvm::usable_for_tests(&test).then(|| KvmSystem::open().unwrap())
 }
 
 /// Records every access, and answers reads from a fixed byte.

@@ -11,7 +11,7 @@
 /// Start of guest RAM.
 pub const RAM_START: u64 = 0;
 
-/// The boot GDT (four 8-byte entries: null, code64, data, TSS).
+/// The boot GDT (four 8-byte entries: null, TSS 0x08, code 0x10, data 0x18).
 pub const BOOT_GDT_START: u64 = 0x500;
 /// The boot IDT (empty: interrupts stay off until the kernel sets its own).
 pub const BOOT_IDT_START: u64 = 0x520;

@@ -29,10 +29,10 @@ pub const MIN_RAM_SIZE: u64 = 16 << 20;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MemoryError {
     /// No RAM at all.
-    #[error("guest RAM size is zero")]
+    #[error("guest memory size is zero")]
     Zero,
     /// Less than [`MIN_RAM_SIZE`].
-    #[error("guest RAM size {size:#x} is below the minimum of {min:#x} bytes")]
+    #[error("guest memory of {} is below the minimum of {}", human(*size), human(*min))]
     TooSmall {
         /// The size asked for.
         size: u64,
@@ -40,10 +40,10 @@ pub enum MemoryError {
         min: u64,
     },
     /// Not a whole number of [`PAGE_SIZE`] pages.
-    #[error("guest RAM size {0:#x} is not a multiple of the 4 KiB page size")]
+    #[error("guest memory of {0} bytes is not a multiple of the 4 KiB page size")]
     NotPageAligned(u64),
     /// More than the caller's limit (normally the host's total memory).
-    #[error("guest RAM size {size:#x} exceeds the limit of {limit:#x} bytes")]
+    #[error("guest memory of {} is more than this host has ({})", human(*size), human(*limit))]
     TooLarge {
         /// The size asked for.
         size: u64,
@@ -51,7 +51,7 @@ pub enum MemoryError {
         limit: u64,
     },
     /// RAM would reach past the end of the 64-bit address space.
-    #[error("guest RAM size {0:#x} does not fit in the address space")]
+    #[error("guest memory of {} does not fit in the guest address space", human(*.0))]
     Unaddressable(u64),
 }
 
@@ -325,5 +325,37 @@ mod tests {
     fn host_memory_is_readable_here() {
         // Linux always has /proc/meminfo; a machine with no RAM does not run tests.
         assert!(host_memory_bytes().is_some_and(|bytes| bytes > 0));
+    }
+}
+
+/// A byte count for people: "512 MiB", "1.5 GiB", "4096 bytes".
+pub fn human(bytes: u64) -> String {
+    const UNITS: [(&str, u64); 4] = [
+        ("TiB", 1 << 40),
+        ("GiB", 1 << 30),
+        ("MiB", 1 << 20),
+        ("KiB", 1 << 10),
+    ];
+    for (unit, size) in UNITS {
+        if bytes >= size {
+            if bytes % size == 0 {
+                return format!("{} {unit}", bytes / size);
+            }
+            return format!("{:.1} {unit}", bytes as f64 / size as f64);
+        }
+    }
+    format!("{bytes} bytes")
+}
+
+#[cfg(test)]
+mod human_tests {
+    use super::human;
+
+    #[test]
+    fn sizes_read_naturally() {
+        assert_eq!(human(512 << 20), "512 MiB");
+        assert_eq!(human(3 << 29), "1.5 GiB");
+        assert_eq!(human(64 << 40), "64 TiB");
+        assert_eq!(human(100), "100 bytes");
     }
 }

@@ -141,6 +141,20 @@ pub fn hello_poweroff(message: &str) -> Vec<u8> {
     pvh_elf(&[(LOAD_ADDR, &code)], LOAD_ADDR)
 }
 
+/// Prints `message` on COM1, then spins forever (`jmp $`): the VMM must
+/// be stopped from outside (signal, console, control socket).
+pub fn hello_spin(message: &str) -> Vec<u8> {
+    let code = program(
+        |msg| {
+            let mut c = print(msg);
+            c.extend_from_slice(&[0xeb, 0xfe]); // jmp $
+            c
+        },
+        message,
+    );
+    pvh_elf(&[(LOAD_ADDR, &code)], LOAD_ADDR)
+}
+
 /// Reads a byte from `port` (normally one with no device), writes it to
 /// COM1 as is, then resets.
 pub fn read_port(port: u16) -> Vec<u8> {
@@ -181,19 +195,25 @@ pub fn two_cpus() -> Vec<u8> {
     mov_mem32(0xfee0_0310, 0x0100_0000); // ICR high: destination APIC ID 1
     mov_mem32(0xfee0_0300, 0x0000_4500); // ICR low: INIT, assert
     mov_mem32(0xfee0_0300, 0x0000_4610); // ICR low: STARTUP, vector 0x10
+                                         // Wait for the flag, at most until the TSC's high half has moved on by
+                                         // two (1.6-3.3 s at 2.6 GHz): a bound in time, not in iterations,
+                                         // since some hypervisors emulate 32-bit code one instruction at a time.
     #[rustfmt::skip]
     bsp.extend_from_slice(&[
-        0xb9, 0x00, 0x00, 0x00, 0x01, // mov ecx, 0x1000000 (bounded wait)
+        0x0f, 0x31,             // rdtsc
+        0x89, 0xd3,             // mov ebx, edx
+        0x83, 0xc3, 0x02,       // add ebx, 2
         // poll:
-        0x80, 0x3d,                   // cmp byte [FLAG], 1
+        0x80, 0x3d,             // cmp byte [FLAG], 1
     ]);
     bsp.extend_from_slice(&le32(FLAG));
     #[rustfmt::skip]
     bsp.extend_from_slice(&[
         0x01,
-        0x74, 0x08,             // je seen (+8)
-        0xf3, 0x90,             // pause
-        0xe2, 0xf3,             // loop poll (-13)
+        0x74, 0x0a,             // je seen (+10)
+        0x0f, 0x31,             // rdtsc
+        0x39, 0xda,             // cmp edx, ebx
+        0x72, 0xf1,             // jb poll (-15)
         0xb0, b'-',             // mov al, '-'
         0xeb, 0x02,             // jmp out (+2)
         // seen:

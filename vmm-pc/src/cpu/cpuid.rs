@@ -76,16 +76,16 @@ pub const LEAF1_ECX_PDCM: u32 = 1 << 15;
 pub const LEAF1_ECX_TSC_DEADLINE: u32 = 1 << 24;
 /// Leaf 1 ECX: running under a hypervisor.
 pub const LEAF1_ECX_HYPERVISOR: u32 = 1 << 31;
-/// Leaf 1 EDX: HTT, the logical-processor count in EBX[23:16] is valid.
+/// Leaf 1 EDX: HTT, the logical-processor count in `EBX[23:16]` is valid.
 pub const LEAF1_EDX_HTT: u32 = 1 << 28;
 /// 0x8000_0001 ECX (AMD): CmpLegacy, HTT counts cores rather than threads.
 pub const EXT1_ECX_CMP_LEGACY: u32 = 1 << 1;
 /// 0x8000_0001 ECX (AMD): core performance counter extensions.
 pub const EXT1_ECX_PERFCTR_CORE: u32 = 1 << 23;
 
-/// Level type "SMT" in leaves 0xB/0x1F ECX[15:8].
+/// Level type "SMT" in leaves 0xB/0x1F `ECX[15:8]`.
 const LEVEL_SMT: u32 = 1;
-/// Level type "core" in leaves 0xB/0x1F ECX[15:8].
+/// Level type "core" in leaves 0xB/0x1F `ECX[15:8]`.
 const LEVEL_CORE: u32 = 2;
 
 /// The topology one vCPU reports.
@@ -219,22 +219,13 @@ pub fn vcpu_cpuid(supported: &CpuId, vcpu_index: u32, num_vcpus: u32) -> Result<
 
     // Leaf 0xB needs subleaves 0 and 1; 0x1F too if KVM reported it at all.
     let has_1f = entries.iter().any(|e| e.function == 0x1f);
-    for function in [0xb, 0x1f] {
-        let wanted = if function == 0xb {
-            max_basic >= 0xb
-        } else {
-            has_1f
-        };
-        if wanted {
-            for index in 0..2 {
-                let e = entry_mut(
-                    &mut entries,
-                    function,
-                    index,
-                    KVM_CPUID_FLAG_SIGNIFCANT_INDEX,
-                );
-                topology_subleaf(e, &topo);
-            }
+    for (function, wanted) in [(0xb, max_basic >= 0xb), (0x1f, has_1f)] {
+        if !wanted {
+            continue;
+        }
+        for index in 0..2 {
+            let flags = KVM_CPUID_FLAG_SIGNIFCANT_INDEX;
+            topology_subleaf(entry_mut(&mut entries, function, index, flags), &topo);
         }
     }
 

@@ -2,8 +2,9 @@
 //!
 //! On a PC the 8259 PIC's output reaches the CPUs through LINT0 in ExtINT
 //! mode ("virtual wire") and the NMI line through LINT1 in NMI mode. The
-//! MP table and ACPI MADT we build say so, and Linux relies on it, e.g. for
-//! the timer check through the 8259 when the IO-APIC route fails.
+//! firmware tables describe the same wiring (MP table local-interrupt
+//! entries, the MADT's local APIC NMI entry), and Linux relies on it, e.g.
+//! for its timer check through the 8259 when the IO-APIC route fails.
 //!
 //! We set only the delivery-mode field (bits 8-10) of LVT0 and LVT1 and keep
 //! the mask bit as KVM left it. KVM's reset (`kvm_lapic_reset`) masks every

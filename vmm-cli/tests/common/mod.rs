@@ -1,0 +1,113 @@
+//! Running the `vmm` binary from tests.
+
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long any one VMM run may take before the test gives up on it.
+pub const RUN_LIMIT: Duration = Duration::from_secs(30);
+
+/// A temporary directory, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "vmm-test-{tag}-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+
+    pub fn file(&self, name: &str, bytes: &[u8]) -> PathBuf {
+        let p = self.0.join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub fn vmm() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_vmm"));
+    c.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    c
+}
+
+/// Waits for `child` at most [`RUN_LIMIT`], killing it if it overstays.
+pub fn wait(mut child: Child) -> Output {
+    let deadline = Instant::now() + RUN_LIMIT;
+    loop {
+        if let Some(_status) = child.try_wait().unwrap() {
+            return child.wait_with_output().unwrap();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "vmm did not finish within {RUN_LIMIT:?}; stderr: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Runs vmm with `args` to completion (bounded).
+pub fn run(args: &[&str]) -> Output {
+    wait(vmm().args(args).spawn().unwrap())
+}
+
+/// Runs vmm with `kernel` and extra args.
+pub fn run_kernel(kernel: &Path, extra: &[&str]) -> Output {
+    let k = kernel.to_str().unwrap();
+    let mut args = vec!["--kernel", k];
+    args.extend_from_slice(extra);
+    run(&args)
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Asserts a clean failure: non-zero status, exactly one line on stderr
+/// starting with "vmm: ", and no panic.
+pub fn assert_one_line_error(o: &Output, expect: &str) {
+    let err = stderr(o);
+    assert!(
+        !o.status.success(),
+        "expected failure, got {:?}; stderr: {err}",
+        o.status
+    );
+    assert!(!err.contains("panicked"), "panic: {err}");
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "one line expected, got: {err}");
+    assert!(lines[0].starts_with("vmm: "), "{err}");
+    assert!(
+        lines[0].contains(expect),
+        "error should mention {expect:?}: {err}"
+    );
+}
+
+/// Reads whatever `r` has, to the end.
+pub fn read_all(mut r: impl Read) -> Vec<u8> {
+    let mut v = Vec::new();
+    let _ = r.read_to_end(&mut v);
+    v
+}
+
+pub fn kvm(test: &str) -> bool {
+    vmm_core::kvm::usable_for_tests(test)
+}
