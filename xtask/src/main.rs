@@ -7,6 +7,7 @@
 //! cargo xtask check-deps  the KVM-free crates reach no KVM crate
 //! cargo xtask bench       the benchmarks, with their reports
 //! cargo xtask ci          lint, check-deps and test: what .ci/run runs
+//! cargo xtask guest       fetch and build the default guest (kernel, initramfs)
 //! ```
 
 use std::process::ExitCode;
@@ -14,7 +15,9 @@ use std::process::ExitCode;
 use anyhow::{bail, Result};
 
 mod cmd;
+mod cpio;
 mod deps;
+mod guest;
 
 const USAGE: &str = "\
 usage: cargo xtask <task> [args]
@@ -27,6 +30,11 @@ tasks:
                            kvm-ioctls or kvm-bindings (through any crate)
   bench                    run the benchmarks and print their reports
   ci                       lint, check-deps, test (what .ci/run runs)
+  guest [--dir DIR] [--refresh]
+                           fetch the Debian cloud kernel and busybox-static with
+                           apt-get, and build the default guest into DIR (default
+                           target/guest, or $VMM_GUEST_DIR): bzImage, vmlinux,
+                           initramfs.cpio, busybox, modules/; reused when present
 ";
 
 fn main() -> ExitCode {
@@ -50,6 +58,7 @@ fn run(args: &[String]) -> Result<()> {
         "lint" => lint(),
         "check-deps" => deps::check(),
         "bench" => bench(rest),
+        "guest" => guest::task(rest),
         "ci" => {
             lint()?;
             deps::check()?;

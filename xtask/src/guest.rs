@@ -1,0 +1,277 @@
+//! `cargo xtask guest`: the default guest, a Debian cloud kernel and a
+//! busybox initramfs, fetched and built into one cache folder.
+//!
+//! ```text
+//! target/guest/            (or --dir DIR, or $VMM_GUEST_DIR)
+//!   bzImage                boot/vmlinuz-* of linux-image-<release>
+//!   vmlinux                the ELF kernel, decompressed from the bzImage
+//!   busybox                bin/busybox of busybox-static
+//!   initramfs.cpio         newc archive: busybox, its links, /dev nodes, /init
+//!   modules/*.ko           kvm, kvm-amd, kvm-intel, irqbypass (decompressed)
+//!   manifest.txt           file, package, version, sha256, source; written last
+//! ```
+//!
+//! The cache is reused when the manifest's files are all there and sound;
+//! the initramfs is rebuilt from the cached busybox whenever [`DEFAULT_INIT`]
+//! changes.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+
+use crate::cmd;
+use crate::cpio;
+
+mod apt;
+mod bzimage;
+mod cache;
+mod fetch;
+mod lz4;
+
+/// The metapackage that names the current Debian cloud kernel.
+const KERNEL_META: &str = "linux-image-cloud-amd64";
+/// The package that has a static busybox.
+const BUSYBOX_PACKAGE: &str = "busybox-static";
+/// The kernel modules kept for the nested-KVM test bed.
+const MODULES: &[&str] = &["irqbypass", "kvm", "kvm-intel", "kvm-amd"];
+/// Busybox applets linked in `/bin` of the initramfs (`/init` installs the
+/// rest at boot with `busybox --install -s`).
+const APPLETS: &[&str] = &[
+    "sh", "mount", "umount", "setsid", "cttyhack", "poweroff", "reboot", "echo", "cat", "grep",
+    "dmesg", "nproc", "uname", "ls", "ps", "mkdir", "sleep", "insmod", "rmmod", "lsmod", "head",
+    "free",
+];
+const MANIFEST: &str = "manifest.txt";
+
+/// The `/init` of the default initramfs: mounts, a banner, then a shell on
+/// the console with job control; powers off when the shell exits.
+pub const DEFAULT_INIT: &str = r#"#!/bin/sh
+# /init of the default vmm guest (written by cargo xtask guest).
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin HOME=/root
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+/bin/busybox --install -s
+echo "vmm guest: Linux $(uname -r), $(nproc) CPU(s); exit the shell to power off"
+# cttyhack opens the real console (e.g. /dev/ttyS0) as the controlling
+# terminal of the new session, so that Ctrl-C and job control work.
+setsid cttyhack sh
+poweroff -f
+"#;
+
+/// The files of the default guest, all inside `dir`.
+#[derive(Debug, Clone)]
+pub struct GuestFiles {
+    /// The cache folder.
+    pub dir: PathBuf,
+    /// The kernel as Debian ships it (bzImage, boot protocol 2.15).
+    pub bzimage: PathBuf,
+    /// The same kernel as an ELF64 x86-64 executable.
+    pub vmlinux: PathBuf,
+    /// The default initramfs (uncompressed newc cpio).
+    pub initramfs: PathBuf,
+    /// The static busybox binary.
+    pub busybox: PathBuf,
+    /// The folder of the kept kernel modules.
+    pub modules_dir: PathBuf,
+    /// The kept modules (`*.ko`, uncompressed), in load order.
+    pub modules: Vec<PathBuf>,
+    /// The versioned kernel package, e.g. `linux-image-6.1.0-56-cloud-amd64`.
+    pub kernel_package: String,
+    /// Its Debian version, e.g. `6.1.192-2`.
+    pub kernel_version: String,
+    /// The version of `busybox-static`.
+    pub busybox_version: String,
+}
+
+/// The cache folder: `$VMM_GUEST_DIR` if set, else `target/guest` in the
+/// workspace root.
+pub fn default_dir() -> PathBuf {
+    match std::env::var_os("VMM_GUEST_DIR") {
+        Some(d) if !d.is_empty() => PathBuf::from(d),
+        _ => cmd::root().join("target").join("guest"),
+    }
+}
+
+/// The default guest in [`default_dir`], fetched and built if missing.
+// For `cargo xtask run` and the tests that boot the guest.
+#[allow(dead_code)]
+pub fn ensure() -> Result<GuestFiles> {
+    ensure_in(&default_dir(), false)
+}
+
+/// The default guest in `dir`, fetched and built if missing or if `refresh`.
+pub fn ensure_in(dir: &Path, refresh: bool) -> Result<GuestFiles> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    if !refresh {
+        match cache::cached(dir) {
+            Ok(files) => {
+                eprintln!("guest: using the cached guest in {}", dir.display());
+                refresh_initramfs(&files)?;
+                return Ok(files);
+            }
+            Err(why) if dir.join(MANIFEST).exists() => {
+                eprintln!("guest: rebuilding the cache in {}: {why:#}", dir.display());
+            }
+            Err(_) => {}
+        }
+    }
+    fetch::build(dir)
+}
+
+/// `cargo xtask guest [--dir DIR] [--refresh]`.
+pub fn task(args: &[String]) -> Result<()> {
+    let mut dir = default_dir();
+    let mut refresh = false;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--dir" => dir = PathBuf::from(it.next().context("--dir needs a folder")?),
+            "--refresh" => refresh = true,
+            other => {
+                bail!("guest: unknown argument `{other}` (usage: guest [--dir DIR] [--refresh])")
+            }
+        }
+    }
+    let start = Instant::now();
+    let g = ensure_in(&dir, refresh)?;
+    eprintln!("guest: ready in {:.1} s", start.elapsed().as_secs_f64());
+    println!("cache:     {}", g.dir.display());
+    println!("kernel:    {} {}", g.kernel_package, g.kernel_version);
+    println!("busybox:   {} {}", BUSYBOX_PACKAGE, g.busybox_version);
+    println!("bzImage:   {}", g.bzimage.display());
+    println!("vmlinux:   {}", g.vmlinux.display());
+    println!("initramfs: {}", g.initramfs.display());
+    println!("busybox:   {}", g.busybox.display());
+    println!("modules:   {}", g.modules_dir.display());
+    for m in &g.modules {
+        println!("           {}", m.display());
+    }
+    Ok(())
+}
+
+/// A newc initramfs: the usual folders, `/dev/console` and `/dev/null`,
+/// `/bin/busybox` (read from `busybox`) with links for the common applets,
+/// `/init` = `init_script` (mode 0755), then `extra_files` as
+/// (guest path, contents, permission bits); their parent folders are made.
+pub fn initramfs(
+    busybox: &Path,
+    init_script: &str,
+    extra_files: &[(String, Vec<u8>, u32)],
+) -> Result<Vec<u8>> {
+    let bin = std::fs::read(busybox).with_context(|| format!("reading {}", busybox.display()))?;
+    build_initramfs(&bin, init_script, extra_files)
+}
+
+fn build_initramfs(
+    busybox: &[u8],
+    init_script: &str,
+    extra_files: &[(String, Vec<u8>, u32)],
+) -> Result<Vec<u8>> {
+    let mut w = cpio::Writer::new();
+    for d in [
+        "bin", "sbin", "usr/bin", "usr/sbin", "dev", "proc", "sys", "tmp", "run", "root", "etc",
+    ] {
+        w.dir(d, if d == "tmp" { 0o1777 } else { 0o755 })?;
+    }
+    w.char_dev("dev/console", 0o600, 5, 1)?;
+    w.char_dev("dev/null", 0o666, 1, 3)?;
+    w.file("bin/busybox", busybox, 0o755)?;
+    for a in APPLETS {
+        w.symlink(&format!("bin/{a}"), "busybox")?;
+    }
+    w.file("init", init_script.as_bytes(), 0o755)?;
+    for (path, data, mode) in extra_files {
+        w.file(path, data, *mode)?;
+    }
+    Ok(w.finish())
+}
+
+/// Rewrites the cached initramfs if [`DEFAULT_INIT`] or the layout changed.
+fn refresh_initramfs(g: &GuestFiles) -> Result<()> {
+    let want = initramfs(&g.busybox, DEFAULT_INIT, &[])?;
+    if std::fs::read(&g.initramfs).ok().as_deref() != Some(&want[..]) {
+        eprintln!(
+            "guest: rewriting {} (its contents changed)",
+            g.initramfs.display()
+        );
+        cache::write_atomic(&g.initramfs, &want)?;
+        cache::update_sha256(&g.dir, "initramfs.cpio")?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpio::read::parse;
+
+    #[test]
+    fn default_initramfs_layout() {
+        let buf = build_initramfs(b"BB", DEFAULT_INIT, &[]).unwrap();
+        let e = parse(&buf);
+        let get = |n: &str| {
+            e.iter()
+                .find(|e| e.name == n)
+                .unwrap_or_else(|| panic!("no {n}"))
+        };
+        assert_eq!(
+            (get("bin/busybox").mode, get("bin/busybox").data.as_slice()),
+            (0o100_755, &b"BB"[..])
+        );
+        assert_eq!(get("init").mode, 0o100_755);
+        assert!(get("init").data.starts_with(b"#!/bin/sh\n"));
+        assert_eq!(
+            (get("dev/console").mode, get("dev/console").rdev),
+            (0o020_600, (5, 1))
+        );
+        assert_eq!(
+            (get("dev/null").mode, get("dev/null").rdev),
+            (0o020_666, (1, 3))
+        );
+        assert_eq!(get("tmp").mode, 0o041_777);
+        for a in APPLETS {
+            let l = get(&format!("bin/{a}"));
+            assert_eq!((l.mode, l.data.as_slice()), (0o120_777, &b"busybox"[..]));
+        }
+        // Every applet /init runs before `busybox --install` is linked.
+        for a in [
+            "mount", "echo", "uname", "nproc", "setsid", "cttyhack", "sh", "poweroff",
+        ] {
+            assert!(APPLETS.contains(&a), "{a}");
+        }
+    }
+
+    #[test]
+    fn variant_initramfs() {
+        let init = "#!/bin/sh\nnproc\ngrep MemTotal /proc/meminfo\ndmesg | grep ttyS0\nreboot -f\n";
+        let extra = vec![("/etc/test/data.txt".to_owned(), b"42\n".to_vec(), 0o644)];
+        let e = parse(&build_initramfs(b"BB", init, &extra).unwrap());
+        let get = |n: &str| e.iter().find(|e| e.name == n).unwrap();
+        assert_eq!(get("init").data, init.as_bytes());
+        assert_eq!(
+            (get("etc/test").mode, get("etc/test/data.txt").mode),
+            (0o040_755, 0o100_644)
+        );
+        // An extra file clashing with a built-in one is refused.
+        let clash = vec![("/init".to_owned(), Vec::new(), 0o755)];
+        assert!(build_initramfs(b"BB", init, &clash).is_err());
+    }
+
+    /// Fetches the real guest (Debian hosts only): `cargo test -p xtask -- --ignored`.
+    #[test]
+    #[ignore = "downloads ~30 MB with apt-get"]
+    fn real_guest() {
+        let g = ensure().unwrap();
+        let elf = std::fs::read(&g.vmlinux).unwrap();
+        bzimage::check_vmlinux(&elf).unwrap();
+        let e = parse(&std::fs::read(&g.initramfs).unwrap());
+        assert!(e
+            .iter()
+            .any(|e| e.name == "bin/busybox" && e.data.len() > 100_000));
+        assert_eq!(g.modules.len(), MODULES.len());
+    }
+}
