@@ -26,6 +26,8 @@ pub struct Console {
     /// Input the FIFO did not take yet.
     pending: Vec<u8>,
     stdin_watched: bool,
+    /// stdin cannot be polled (a regular file, /dev/null): never retry.
+    stdin_unpollable: bool,
 }
 
 impl std::fmt::Debug for Console {
@@ -47,6 +49,7 @@ impl Console {
             parser: EscapeParser::new(),
             pending: Vec::new(),
             stdin_watched: false,
+            stdin_unpollable: false,
         }
     }
 
@@ -64,7 +67,7 @@ impl Console {
     }
 
     fn set_stdin_watched(&mut self, ops: &mut EventOps, watched: bool) {
-        if watched == self.stdin_watched {
+        if watched == self.stdin_watched || (watched && self.stdin_unpollable) {
             return;
         }
         let fd = self.stdin.as_raw_fd();
@@ -77,7 +80,10 @@ impl Console {
             Ok(()) => self.stdin_watched = watched,
             // A regular file or /dev/null as stdin cannot be polled: then
             // there is simply no console input.
-            Err(e) => log::info!("console: stdin not watched ({e}): no console input"),
+            Err(e) => {
+                self.stdin_unpollable = true;
+                log::info!("console: stdin cannot be watched ({e}): no console input");
+            }
         }
     }
 
