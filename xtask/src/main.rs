@@ -15,7 +15,6 @@ use std::process::ExitCode;
 use anyhow::{bail, Result};
 
 mod cmd;
-mod cpio;
 mod deps;
 mod guest;
 

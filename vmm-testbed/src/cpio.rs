@@ -10,7 +10,20 @@
 
 use std::collections::BTreeSet;
 
-use anyhow::{bail, ensure, Result};
+/// A path or entry that cannot go into the archive.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct CpioError(String);
+
+type Result<T> = std::result::Result<T, CpioError>;
+
+macro_rules! bail {
+    ($($arg:tt)*) => { return Err(CpioError(format!($($arg)*))) };
+}
+
+macro_rules! ensure {
+    ($cond:expr, $($arg:tt)*) => { if !$cond { bail!($($arg)*); } };
+}
 
 /// The magic of a newc header (no checksum).
 pub const MAGIC: &[u8; 6] = b"070701";
@@ -65,7 +78,7 @@ impl Writer {
 
     /// Adds the symbolic link `path` pointing at `target`.
     pub fn symlink(&mut self, path: &str, target: &str) -> Result<()> {
-        ensure!(!target.is_empty(), "cpio: empty symlink target for {path}");
+        ensure!(!target.is_empty(), "empty symlink target for {path}");
         let path = self.claim(path)?;
         self.entry(&path, S_IFLNK | 0o777, 1, (0, 0), target.as_bytes())
     }
@@ -88,7 +101,7 @@ impl Writer {
     fn claim(&mut self, path: &str) -> Result<String> {
         let norm = normalize(path)?;
         if self.paths.contains(&norm) {
-            bail!("cpio: {norm} added twice");
+            bail!("{norm} added twice");
         }
         let mut parent = String::new();
         let parts: Vec<&str> = norm.split('/').collect();
@@ -99,7 +112,7 @@ impl Writer {
             parent.push_str(part);
             if !self.dirs.contains(&parent) {
                 if self.paths.contains(&parent) {
-                    bail!("cpio: {parent} is not a folder, cannot hold {norm}");
+                    bail!("{parent} is not a folder, cannot hold {norm}");
                 }
                 self.paths.insert(parent.clone());
                 self.dirs.insert(parent.clone());
@@ -133,7 +146,7 @@ impl Writer {
         data: &[u8],
     ) -> Result<()> {
         let Ok(size) = u32::try_from(data.len()) else {
-            bail!("cpio: {name} is too large ({} bytes)", data.len());
+            bail!("{name} is too large ({} bytes)", data.len());
         };
         let namesize = name.len() as u32 + 1;
         let fields = [
@@ -168,32 +181,40 @@ impl Writer {
 /// `path` without leading or trailing `/`; empty, `.` and `..` parts refused.
 fn normalize(path: &str) -> Result<String> {
     let trimmed = path.trim_matches('/');
-    ensure!(!trimmed.is_empty(), "cpio: empty path {path:?}");
+    ensure!(!trimmed.is_empty(), "empty path {path:?}");
     for part in trimmed.split('/') {
         ensure!(
             !part.is_empty() && part != "." && part != "..",
-            "cpio: bad path {path:?}"
+            "bad path {path:?}"
         );
     }
-    ensure!(trimmed != TRAILER, "cpio: reserved name {TRAILER}");
-    ensure!(!trimmed.contains('\0'), "cpio: NUL in path {path:?}");
+    ensure!(trimmed != TRAILER, "reserved name {TRAILER}");
+    ensure!(!trimmed.contains('\0'), "NUL in path {path:?}");
     Ok(trimmed.to_owned())
 }
 
-/// A test-only reader of what [`Writer`] writes.
-#[cfg(test)]
+/// A reader of what [`Writer`] writes, for tests (it panics on archives
+/// it does not like).
+#[cfg(any(test, feature = "test-utils"))]
 pub mod read {
     use super::{HEADER_LEN, MAGIC, TRAILER};
 
     /// One parsed entry.
     #[derive(Debug, Clone)]
     pub struct Entry {
+        /// Where its header starts.
         pub offset: usize,
+        /// Its name.
         pub name: String,
+        /// Inode number.
         pub ino: u32,
+        /// Type and permission bits.
         pub mode: u32,
+        /// Link count.
         pub nlink: u32,
+        /// Device numbers (major, minor).
         pub rdev: (u32, u32),
+        /// Contents.
         pub data: Vec<u8>,
     }
 

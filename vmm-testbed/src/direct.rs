@@ -1,0 +1,79 @@
+//! Running a job directly on the host's KVM.
+
+use std::io::Read;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::{Job, Outcome, TestbedError};
+
+/// Runs `job` with `vmm` on this host, in a temporary folder holding links
+/// to the job's files.
+pub fn run_direct(vmm: &Path, job: &Job) -> Result<Outcome, TestbedError> {
+    let dir = std::env::temp_dir().join(format!(
+        "vmm-testbed-direct-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|e| TestbedError::Write(dir.clone(), e))?;
+    let result = run_in(&dir, vmm, job);
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+fn run_in(dir: &Path, vmm: &Path, job: &Job) -> Result<Outcome, TestbedError> {
+    for (name, path) in &job.files {
+        let link = dir.join(name);
+        let target =
+            std::fs::canonicalize(path).map_err(|e| TestbedError::Read(path.clone(), e))?;
+        std::os::unix::fs::symlink(&target, &link).map_err(|e| TestbedError::Write(link, e))?;
+    }
+    let start = Instant::now();
+    let mut child = Command::new(vmm)
+        .args(&job.args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| TestbedError::Tool("vmm", e))?;
+    let mut out = child.stdout.take().ok_or(TestbedError::NoPipe)?;
+    let mut err = child.stderr.take().ok_or(TestbedError::NoPipe)?;
+    let out_reader = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = out.read_to_end(&mut v);
+        v
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = err.read_to_end(&mut v);
+        v
+    });
+    let status = loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            break status;
+        }
+        if start.elapsed() > job.timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            let console =
+                String::from_utf8_lossy(&out_reader.join().unwrap_or_default()).into_owned();
+            return Err(TestbedError::Timeout {
+                after: job.timeout,
+                console,
+            });
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let console = String::from_utf8_lossy(&out_reader.join().unwrap_or_default()).replace('\r', "");
+    let stderr = String::from_utf8_lossy(&err_reader.join().unwrap_or_default()).into_owned();
+    Ok(Outcome {
+        console,
+        stderr,
+        status: status.code(),
+        l1_boot: None,
+        total: start.elapsed(),
+        l1_console: String::new(),
+    })
+}

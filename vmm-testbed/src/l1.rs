@@ -1,0 +1,172 @@
+//! The L1 image: a Debian kernel and an initramfs that loads KVM, then
+//! runs our VMM on one job.
+//!
+//! The initramfs holds busybox, the kernel's KVM modules, the VMM binary and
+//! the shared libraries it links, the job's files under `/job`, and
+//! `/job/run.sh`, which `/init` runs after loading KVM. Output travels back
+//! on L1's serial console between markers (see [`crate::markers`]).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::initramfs::busybox_initramfs;
+use crate::{markers, GuestFiles, Job, TestbedError};
+
+/// `/init` of L1: mount, load KVM (AMD first: QEMU's `-cpu max` emulates
+/// SVM), run the job, power off.
+const L1_INIT: &str = r#"#!/bin/sh
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+/bin/busybox --install -s
+insmod /modules/irqbypass.ko
+insmod /modules/kvm.ko
+insmod /modules/kvm-amd.ko 2>/dev/null || insmod /modules/kvm-intel.ko 2>/dev/null
+sh /job/run.sh
+poweroff -f
+"#;
+
+/// Quotes `s` for a POSIX shell.
+pub fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// The job script: batch (markers, output captured) or interactive (the
+/// VMM gets L1's console as its terminal).
+pub fn job_script(job: &Job, interactive: bool) -> String {
+    let args: Vec<String> = job.args.iter().map(|a| shell_quote(a)).collect();
+    let cmd = format!("/bin/vmm {}", args.join(" "));
+    let ready = markers::L1_READY;
+    if interactive {
+        format!(
+            "cd /job\n\
+             [ -e /dev/kvm ] || echo 'test bed: L1 has no /dev/kvm'\n\
+             echo {ready}\n\
+             {cmd}\n\
+             echo \"test bed: vmm exited with status $?\"\n"
+        )
+    } else {
+        format!(
+            "cd /job\n\
+             echo \"{ready} $(cut -d' ' -f1 /proc/uptime)\"\n\
+             if [ ! -e /dev/kvm ]; then echo '{err} L1 has no /dev/kvm'; exit; fi\n\
+             echo {out_begin}\n\
+             {cmd} </dev/null 2>/tmp/vmm.err\n\
+             st=$?\n\
+             echo\n\
+             echo \"{out_end} $st\"\n\
+             echo {err_begin}\n\
+             cat /tmp/vmm.err\n\
+             echo {err_end}\n",
+            err = markers::ERROR,
+            out_begin = markers::OUT_BEGIN,
+            out_end = markers::OUT_END,
+            err_begin = markers::ERR_BEGIN,
+            err_end = markers::ERR_END,
+        )
+    }
+}
+
+/// The shared libraries `binary` needs, as `ldd` lists them.
+pub fn shared_libraries(binary: &Path) -> Result<Vec<PathBuf>, TestbedError> {
+    let out = Command::new("ldd")
+        .arg(binary)
+        .output()
+        .map_err(|e| TestbedError::Tool("ldd", e))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        // A static binary: "not a dynamic executable".
+        return Ok(Vec::new());
+    }
+    Ok(parse_ldd(&text))
+}
+
+/// Paths in `ldd` output: "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6
+/// (0x…)" and "/lib64/ld-linux-x86-64.so.2 (0x…)".
+pub fn parse_ldd(text: &str) -> Vec<PathBuf> {
+    text.lines()
+        .filter_map(|line| {
+            let line = line.trim();
+            let path = match line.split_once("=>") {
+                Some((_, rest)) => rest.split_whitespace().next()?,
+                None => line.split_whitespace().next()?,
+            };
+            path.starts_with('/').then(|| PathBuf::from(path))
+        })
+        .collect()
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TestbedError> {
+    std::fs::read(path).map_err(|e| TestbedError::Read(path.to_owned(), e))
+}
+
+/// The whole L1 initramfs for `job`.
+pub fn l1_initramfs(
+    guest: &GuestFiles,
+    vmm: &Path,
+    job: &Job,
+    interactive: bool,
+) -> Result<Vec<u8>, TestbedError> {
+    let mut extra: Vec<(String, Vec<u8>, u32)> = Vec::new();
+    for m in ["irqbypass", "kvm", "kvm-amd", "kvm-intel"] {
+        let path = guest.module(m);
+        if path.exists() {
+            extra.push((format!("modules/{m}.ko"), read(&path)?, 0o644));
+        }
+    }
+    extra.push(("bin/vmm".into(), read(vmm)?, 0o755));
+    for lib in shared_libraries(vmm)? {
+        let name = lib.to_string_lossy().trim_start_matches('/').to_owned();
+        extra.push((name, read(&lib)?, 0o755));
+    }
+    for (name, path) in &job.files {
+        extra.push((format!("job/{name}"), read(path)?, 0o644));
+    }
+    extra.push((
+        "job/run.sh".into(),
+        job_script(job, interactive).into_bytes(),
+        0o755,
+    ));
+    let busybox = read(&guest.busybox)?;
+    Ok(busybox_initramfs(&busybox, L1_INIT, &extra)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting() {
+        assert_eq!(shell_quote("a b"), "'a b'");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+        assert_eq!(shell_quote(""), "''");
+    }
+
+    #[test]
+    fn ldd_lines() {
+        let text = "\tlinux-vdso.so.1 (0x00007ffd)\n\
+                    \tlibgcc_s.so.1 => /lib/x86_64-linux-gnu/libgcc_s.so.1 (0x1)\n\
+                    \tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x2)\n\
+                    \t/lib64/ld-linux-x86-64.so.2 (0x3)\n";
+        assert_eq!(
+            parse_ldd(text),
+            [
+                PathBuf::from("/lib/x86_64-linux-gnu/libgcc_s.so.1"),
+                PathBuf::from("/lib/x86_64-linux-gnu/libc.so.6"),
+                PathBuf::from("/lib64/ld-linux-x86-64.so.2"),
+            ]
+        );
+    }
+
+    #[test]
+    fn batch_script_quotes_args_and_marks_output() {
+        let job = Job::new(["--kernel", "bzImage", "--append", "console=ttyS0 it's"]);
+        let s = job_script(&job, false);
+        assert!(s.contains("/bin/vmm '--kernel' 'bzImage' '--append' 'console=ttyS0 it'\\''s'"));
+        assert!(s.contains(markers::OUT_BEGIN) && s.contains(markers::OUT_END));
+        assert!(s.contains("</dev/null"));
+        let i = job_script(&job, true);
+        assert!(!i.contains("</dev/null") && !i.contains(markers::OUT_BEGIN));
+    }
+}

@@ -1,0 +1,175 @@
+//! The test bed: boot Linux guests under our VMM on a real KVM, wherever
+//! the tests run.
+//!
+//! On a host with hardware virtualization the VMM runs directly. On a host
+//! whose `/dev/kvm` is PVM (`kvm_pvm`, a software hypervisor that cannot run
+//! unmodified Linux under any VMM), it runs nested: an "L1" Debian kernel
+//! boots under `qemu-system-x86_64 -accel tcg -cpu max` (which emulates AMD
+//! SVM), loads `kvm-amd.ko`, and runs our VMM on the job; the L2 guest's
+//! console and the VMM's exit status come back between marker lines on
+//! L1's serial console.
+//!
+//! ```no_run
+//! use vmm_testbed::{run_linux, GuestFiles, Job};
+//!
+//! let guest = GuestFiles::default_location()?;
+//! let job = Job::new(["--kernel", "bzImage", "--initrd", "initrd", "--cpus", "2"])
+//!     .file("bzImage", &guest.bzimage)
+//!     .file("initrd", &guest.initramfs);
+//! let outcome = run_linux(&guest, "target/release/vmm".as_ref(), &job)?;
+//! println!("{} (status {:?})", outcome.console, outcome.status);
+//! # Ok::<(), vmm_testbed::TestbedError>(())
+//! ```
+
+#![deny(missing_docs)]
+
+pub mod cpio;
+mod direct;
+mod guest_files;
+mod host;
+pub mod initramfs;
+pub mod l1;
+pub mod markers;
+pub mod qemu;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use direct::run_direct;
+pub use guest_files::{default_guest_dir, GuestFiles, GUEST_DIR_ENV};
+pub use host::HostKvm;
+
+/// Why a job could not be run to its end.
+#[derive(Debug, thiserror::Error)]
+pub enum TestbedError {
+    /// A guest file is missing.
+    #[error("guest file {0} is missing or empty: run `cargo xtask guest` first")]
+    MissingGuest(PathBuf),
+    /// A host tool could not be started.
+    #[error("cannot run {0} (install it: apt-get install qemu-system-x86 libc-bin)")]
+    Tool(&'static str, #[source] std::io::Error),
+    /// A file could not be read.
+    #[error("cannot read {0}")]
+    Read(PathBuf, #[source] std::io::Error),
+    /// A file could not be written.
+    #[error("cannot write {0}")]
+    Write(PathBuf, #[source] std::io::Error),
+    /// The L1 initramfs could not be built.
+    #[error(transparent)]
+    Cpio(#[from] cpio::CpioError),
+    /// No pipe to the child.
+    #[error("no pipe to the child process")]
+    NoPipe,
+    /// The job did not finish in time.
+    #[error("the test bed job did not finish within {after:?}; console so far:\n{console}")]
+    Timeout {
+        /// The limit.
+        after: Duration,
+        /// What L1 printed.
+        console: String,
+    },
+    /// QEMU ended before the job did.
+    #[error("L1 ended early (QEMU status {status:?}): {qemu_stderr}\nconsole:\n{console}")]
+    L1Ended {
+        /// QEMU's exit status.
+        status: Option<i32>,
+        /// QEMU's stderr.
+        qemu_stderr: String,
+        /// What L1 printed.
+        console: String,
+    },
+    /// The test bed failed inside L1.
+    #[error("test bed failure in L1: {0}")]
+    InL1(String),
+    /// No KVM at all.
+    #[error("no /dev/kvm on this host")]
+    NoKvm,
+}
+
+/// One run of the VMM: its arguments and the files they name.
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// VMM arguments; file arguments name entries of `files` (they run in
+    /// the folder holding them).
+    pub args: Vec<String>,
+    /// (name, host path) of each file the job needs.
+    pub files: Vec<(String, PathBuf)>,
+    /// The limit for the whole run (L1 boot included).
+    pub timeout: Duration,
+    /// L1's memory in MiB (nested runs only).
+    pub l1_memory_mib: u32,
+}
+
+impl Job {
+    /// A job with these VMM arguments, no files, a 5-minute limit.
+    pub fn new<I, S>(args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Self {
+            args: args.into_iter().map(Into::into).collect(),
+            files: Vec::new(),
+            timeout: Duration::from_secs(300),
+            l1_memory_mib: 1536,
+        }
+    }
+
+    /// Adds file `name` (as the VMM will see it) from `path`.
+    pub fn file(mut self, name: &str, path: &Path) -> Self {
+        self.files.push((name.to_owned(), path.to_owned()));
+        self
+    }
+
+    /// Sets the time limit.
+    pub fn timeout(mut self, t: Duration) -> Self {
+        self.timeout = t;
+        self
+    }
+}
+
+/// What a job gave.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// The VMM's standard output: the L2 guest's serial console.
+    pub console: String,
+    /// The VMM's standard error.
+    pub stderr: String,
+    /// The VMM's exit status.
+    pub status: Option<i32>,
+    /// How long L1 took to be ready (nested runs only).
+    pub l1_boot: Option<Duration>,
+    /// The whole run.
+    pub total: Duration,
+    /// Everything L1 printed (nested runs only).
+    pub l1_console: String,
+}
+
+/// Runs `job` nested in L1 under QEMU/TCG.
+pub fn run_nested(guest: &GuestFiles, vmm: &Path, job: &Job) -> Result<Outcome, TestbedError> {
+    let image = qemu::TempImage::new(&l1::l1_initramfs(guest, vmm, job, false)?)?;
+    let cmd = qemu::l1_command(&guest.bzimage, &image.0, job.l1_memory_mib);
+    qemu::run_batch(cmd, job.timeout)
+}
+
+/// Runs `job` interactively nested in L1, the terminal reaching L1's
+/// console (and through it the VMM's). Returns QEMU's exit status.
+pub fn run_nested_interactive(
+    guest: &GuestFiles,
+    vmm: &Path,
+    job: &Job,
+) -> Result<i32, TestbedError> {
+    let image = qemu::TempImage::new(&l1::l1_initramfs(guest, vmm, job, true)?)?;
+    let cmd = qemu::l1_command(&guest.bzimage, &image.0, job.l1_memory_mib);
+    qemu::run_interactive(cmd)
+}
+
+/// Runs `job` where Linux can boot: directly on hardware KVM, nested on
+/// PVM.
+pub fn run_linux(guest: &GuestFiles, vmm: &Path, job: &Job) -> Result<Outcome, TestbedError> {
+    match HostKvm::detect() {
+        HostKvm::Hardware => run_direct(vmm, job),
+        HostKvm::Pvm => run_nested(guest, vmm, job),
+        HostKvm::Missing => Err(TestbedError::NoKvm),
+    }
+}

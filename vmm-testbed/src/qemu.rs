@@ -1,0 +1,182 @@
+//! Running L1 under QEMU with TCG (`-cpu max` emulates AMD SVM, so L1 has a
+//! real KVM whatever the host's is).
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::markers::{self, Parsed};
+use crate::{Outcome, TestbedError};
+
+/// The QEMU binary.
+pub const QEMU: &str = "qemu-system-x86_64";
+
+/// L1's kernel command line: quiet, so that its console carries our lines.
+pub const L1_CMDLINE: &str = "console=ttyS0 loglevel=0 quiet panic=-1 mitigations=off";
+
+/// Whether QEMU is installed.
+pub fn qemu_available() -> bool {
+    Command::new(QEMU)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// The QEMU command for L1 (without its console arguments).
+pub fn l1_command(kernel: &Path, initrd: &Path, memory_mib: u32) -> Command {
+    let mut c = Command::new(QEMU);
+    c.args(["-accel", "tcg", "-cpu", "max", "-smp", "2"])
+        .args(["-m", &format!("{memory_mib}M")])
+        .args([
+            "-nodefaults",
+            "-display",
+            "none",
+            "-no-reboot",
+            "-monitor",
+            "none",
+        ])
+        .arg("-kernel")
+        .arg(kernel)
+        .arg("-initrd")
+        .arg(initrd)
+        .args(["-append", L1_CMDLINE]);
+    c
+}
+
+/// A temporary file for the L1 initramfs, removed on drop.
+#[derive(Debug)]
+pub struct TempImage(pub PathBuf);
+
+impl TempImage {
+    /// Writes `bytes` to a fresh file in the temp folder.
+    pub fn new(bytes: &[u8]) -> Result<Self, TestbedError> {
+        static COUNT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path =
+            std::env::temp_dir().join(format!("vmm-testbed-l1-{}-{n}.cpio", std::process::id()));
+        std::fs::write(&path, bytes).map_err(|e| TestbedError::Write(path.clone(), e))?;
+        Ok(Self(path))
+    }
+}
+
+impl Drop for TempImage {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Kills and reaps the child when dropped (every exit path cleans up).
+struct Reaper(Child);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+        }
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs L1 in batch mode until the job's end marker or `timeout`.
+pub fn run_batch(mut cmd: Command, timeout: Duration) -> Result<Outcome, TestbedError> {
+    let start = Instant::now();
+    cmd.args(["-serial", "stdio"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = Reaper(cmd.spawn().map_err(|e| TestbedError::Tool(QEMU, e))?);
+    let console = Arc::new(Mutex::new(Vec::<u8>::new()));
+    let l1_ready_at = Arc::new(Mutex::new(None::<Duration>));
+    let mut stdout = child.0.stdout.take().ok_or(TestbedError::NoPipe)?;
+    let reader = {
+        let console = Arc::clone(&console);
+        let ready = Arc::clone(&l1_ready_at);
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stdout.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                let mut c = console.lock().unwrap_or_else(|e| e.into_inner());
+                c.extend_from_slice(&buf[..n]);
+                let mut r = ready.lock().unwrap_or_else(|e| e.into_inner());
+                if r.is_none() && String::from_utf8_lossy(&c).contains(markers::L1_READY) {
+                    *r = Some(start.elapsed());
+                }
+            }
+        })
+    };
+    let text =
+        || String::from_utf8_lossy(&console.lock().unwrap_or_else(|e| e.into_inner())).into_owned();
+    let parsed = loop {
+        let p = markers::parse(&text());
+        if p.finished() {
+            break p;
+        }
+        if let Ok(Some(status)) = child.0.try_wait() {
+            // QEMU ended: read what is left, then judge.
+            let _ = reader.join();
+            let p = markers::parse(&text());
+            if p.finished() {
+                break p;
+            }
+            let mut err = String::new();
+            if let Some(mut e) = child.0.stderr.take() {
+                let _ = e.read_to_string(&mut err);
+            }
+            return Err(TestbedError::L1Ended {
+                status: status.code(),
+                qemu_stderr: err,
+                console: markers::normalize(&text()),
+            });
+        }
+        if start.elapsed() > timeout {
+            return Err(TestbedError::Timeout {
+                after: timeout,
+                console: markers::normalize(&text()),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let total = start.elapsed();
+    let l1_ready = *l1_ready_at.lock().unwrap_or_else(|e| e.into_inner());
+    drop(child);
+    outcome(parsed, text(), l1_ready, total)
+}
+
+fn outcome(
+    p: Parsed,
+    console: String,
+    l1_ready: Option<Duration>,
+    total: Duration,
+) -> Result<Outcome, TestbedError> {
+    if let Some(error) = p.error {
+        return Err(TestbedError::InL1(error));
+    }
+    Ok(Outcome {
+        console: p.out.unwrap_or_default(),
+        stderr: p.err.unwrap_or_default(),
+        status: p.status,
+        l1_boot: l1_ready,
+        total,
+        l1_console: markers::normalize(&console),
+    })
+}
+
+/// Runs L1 with the user's terminal as its console; returns QEMU's status.
+pub fn run_interactive(mut cmd: Command) -> Result<i32, TestbedError> {
+    // The stdio chardev puts the terminal in raw mode and passes every key
+    // through (signal=off: Ctrl-C reaches the guest, not QEMU).
+    cmd.args([
+        "-chardev",
+        "stdio,id=con,signal=off",
+        "-serial",
+        "chardev:con",
+    ]);
+    let status = cmd.status().map_err(|e| TestbedError::Tool(QEMU, e))?;
+    Ok(status.code().unwrap_or(1))
+}
