@@ -11,6 +11,7 @@ fn main() {
     };
     let image = match kind.as_str() {
         "hello" => test_guests::hello_reset("Hello from a PVH guest\n"),
+        "hello-exit" => test_guests::hello_exit("Hello from a PVH guest\n"),
         "poweroff" => test_guests::hello_poweroff("powering off\n"),
         "two-cpus" => test_guests::two_cpus(),
         "read-port" => test_guests::read_port(0x99),

@@ -128,6 +128,28 @@ pub fn hello_reset(message: &str) -> Vec<u8> {
     pvh_elf(&[(LOAD_ADDR, &code)], LOAD_ADDR)
 }
 
+/// Prints `message` on COM1, then exits on QEMU and on our VMM alike: first
+/// `out 0xf4, al` with AL = 0, which QEMU's `isa-debug-exit` device turns
+/// into exit status `(0 << 1) | 1` = 1 (on our PC machine port 0xf4 is
+/// unmapped and the write is dropped), then the i8042 reset, which ends our
+/// VMM with status 0 (QEMU's `microvm` machine has no i8042, but never gets
+/// there). A guest for comparing VMMs' boot and exit times.
+pub fn hello_exit(message: &str) -> Vec<u8> {
+    let code = program(
+        |msg| {
+            let mut c = print(msg);
+            c.extend_from_slice(&[
+                0xb0, 0x00, // mov al, 0
+                0xe6, 0xf4, // out 0xf4, al (QEMU's isa-debug-exit)
+            ]);
+            c.extend_from_slice(I8042_RESET);
+            c
+        },
+        message,
+    );
+    pvh_elf(&[(LOAD_ADDR, &code)], LOAD_ADDR)
+}
+
 /// Prints `message` on COM1, then powers off through ACPI PM1a control.
 pub fn hello_poweroff(message: &str) -> Vec<u8> {
     let code = program(
@@ -267,6 +289,29 @@ mod tests {
         assert_eq!(&msg, b"hi\n\0");
         let esi: u32 = mem.read_obj(GuestAddress(LOAD_ADDR + 5)).unwrap();
         assert_eq!(u64::from(esi), LOAD_ADDR + 24);
+    }
+
+    #[test]
+    fn hello_exit_writes_the_debug_exit_port_before_the_reset() {
+        let image = hello_exit("bye\n");
+        let (mem, entry) = load(&image);
+        assert_eq!(entry, KernelEntry::Pvh(GuestAddress(LOAD_ADDR)));
+        // print() is 17 bytes, then mov al, 0; out 0xf4, al (4 bytes),
+        // then the reset (7): the message follows at +28.
+        let mut code = [0u8; 4];
+        mem.read_slice(&mut code, GuestAddress(LOAD_ADDR + 17))
+            .unwrap();
+        assert_eq!(code, [0xb0, 0x00, 0xe6, 0xf4]);
+        let mut reset = [0u8; 7];
+        mem.read_slice(&mut reset, GuestAddress(LOAD_ADDR + 21))
+            .unwrap();
+        assert_eq!(reset, I8042_RESET);
+        let mut msg = [0u8; 5];
+        mem.read_slice(&mut msg, GuestAddress(LOAD_ADDR + 28))
+            .unwrap();
+        assert_eq!(&msg, b"bye\n\0");
+        let esi: u32 = mem.read_obj(GuestAddress(LOAD_ADDR + 5)).unwrap();
+        assert_eq!(u64::from(esi), LOAD_ADDR + 28);
     }
 
     #[test]
