@@ -69,8 +69,6 @@ pub fn default_dir() -> PathBuf {
 }
 
 /// The default guest in [`default_dir`], fetched and built if missing.
-// For `cargo xtask run` and the tests that boot the guest.
-#[allow(dead_code)]
 pub fn ensure() -> Result<GuestFiles> {
     ensure_in(&default_dir(), false)
 }

@@ -2,6 +2,7 @@
 //! wherever cargo does.
 //!
 //! ```text
+//! cargo xtask run         boot the default guest to a shell in this terminal
 //! cargo xtask test        all tests of every crate (KVM tests must run where /dev/kvm exists)
 //! cargo xtask lint        cargo fmt --check and clippy -D warnings
 //! cargo xtask check-deps  the KVM-free crates reach no KVM crate
@@ -17,11 +18,15 @@ use anyhow::{bail, Result};
 mod cmd;
 mod deps;
 mod guest;
+mod run;
 
 const USAGE: &str = "\
 usage: cargo xtask <task> [args]
 
 tasks:
+  run [-- VMM-ARGS]        build the VMM and the default guest (if missing) and boot
+                           it to a shell in this terminal; on a PVM host, nested in
+                           the test bed (QEMU/TCG with a real KVM inside)
   test [CARGO-TEST-ARGS]   run every crate's tests; where /dev/kvm exists, the KVM
                            tests are required to run (VMM_REQUIRE_KVM=1)
   lint                     cargo fmt --check, clippy --workspace --all-targets -D warnings
@@ -58,6 +63,7 @@ fn run(args: &[String]) -> Result<()> {
         "check-deps" => deps::check(),
         "bench" => bench(rest),
         "guest" => guest::task(rest),
+        "run" => run::task(rest),
         "ci" => {
             lint()?;
             deps::check()?;
@@ -82,6 +88,9 @@ fn test(extra: &[String]) -> Result<()> {
     c.args(extra);
     if std::path::Path::new("/dev/kvm").exists() {
         c.env("VMM_REQUIRE_KVM", "1");
+        // The Linux boot tests need the default guest.
+        let g = guest::ensure()?;
+        c.env(vmm_testbed::GUEST_DIR_ENV, &g.dir);
     }
     cmd::run(&mut c)
 }
