@@ -239,3 +239,42 @@ fn load_pvh_elf(mem: &GuestMemoryMmap, image: &[u8]) -> Result<u64, String> {
     }
     entry.ok_or_else(|| bad("no Xen PHYS32_ENTRY note"))
 }
+
+#[cfg(test)]
+mod tests {
+    use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+    use vmm_pc::test_guests::{hello_exit, hello_reset, LOAD_ADDR};
+
+    use super::load_pvh_elf;
+
+    fn mem() -> GuestMemoryMmap {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 4 << 20)]).unwrap()
+    }
+
+    #[test]
+    fn loads_the_segments_and_finds_the_pvh_entry() {
+        // hello_exit's note is 4-byte aligned, hello_reset's says 0x10.
+        for image in [hello_exit("hi\n"), hello_reset("hi\n")] {
+            let mem = mem();
+            assert_eq!(load_pvh_elf(&mem, &image), Ok(LOAD_ADDR));
+            let first: [u8; 2] = mem.read_obj(GuestAddress(LOAD_ADDR)).unwrap();
+            assert_eq!(first, [0x66, 0xba], "mov dx, COM1 at the entry");
+        }
+    }
+
+    #[test]
+    fn rejects_what_is_not_a_pvh_elf() {
+        let mem = mem();
+        assert!(load_pvh_elf(&mem, b"MZ not an ELF").is_err());
+        let mut image = hello_exit("hi\n");
+        image.truncate(100); // the program headers are cut off
+        assert!(load_pvh_elf(&mem, &image).is_err());
+        // No PHYS32_ENTRY note: change the note's type.
+        let mut image = hello_exit("hi\n");
+        let note = 64 + 2 * 56;
+        image[note + 8] = 17;
+        assert!(load_pvh_elf(&mem, &image)
+            .unwrap_err()
+            .contains("no Xen PHYS32_ENTRY note"));
+    }
+}

@@ -43,7 +43,7 @@ pub fn pvh_elf(segments: &[(u64, &[u8])], entry: u64) -> Vec<u8> {
     image.extend_from_slice(&u16::try_from(phnum).unwrap_or(0).to_le_bytes()); // e_phnum
     image.extend_from_slice(&[0; 6]); // no section headers
 
-    let mut phdr = |p_type: u32, offset: usize, addr: u64, size: usize| {
+    let mut phdr = |p_type: u32, offset: usize, addr: u64, size: usize, align: u64| {
         image.extend_from_slice(&p_type.to_le_bytes());
         image.extend_from_slice(&7u32.to_le_bytes()); // p_flags: RWX
         image.extend_from_slice(&(offset as u64).to_le_bytes());
@@ -51,13 +51,15 @@ pub fn pvh_elf(segments: &[(u64, &[u8])], entry: u64) -> Vec<u8> {
         image.extend_from_slice(&addr.to_le_bytes()); // p_paddr
         image.extend_from_slice(&(size as u64).to_le_bytes()); // p_filesz
         image.extend_from_slice(&(size as u64).to_le_bytes()); // p_memsz
-        image.extend_from_slice(&0x10u64.to_le_bytes()); // p_align
+        image.extend_from_slice(&align.to_le_bytes()); // p_align
     };
     for (addr, bytes) in segments {
-        phdr(1, data_offset, *addr, bytes.len()); // PT_LOAD
+        phdr(1, data_offset, *addr, bytes.len(), 0x10); // PT_LOAD
         data_offset += bytes.len();
     }
-    phdr(4, note_offset, 0, note.len()); // PT_NOTE
+    // Notes are 4-byte aligned, as in Linux's vmlinux: QEMU rounds a note's
+    // name size up to the segment's p_align to find the descriptor.
+    phdr(4, note_offset, 0, note.len(), 4); // PT_NOTE
     image.extend_from_slice(&note);
     for (_, bytes) in segments {
         image.extend_from_slice(bytes);
@@ -312,6 +314,12 @@ mod tests {
         assert_eq!(&msg, b"bye\n\0");
         let esi: u32 = mem.read_obj(GuestAddress(LOAD_ADDR + 5)).unwrap();
         assert_eq!(u64::from(esi), LOAD_ADDR + 28);
+        // The PT_NOTE header (the second) is 4-byte aligned, for QEMU;
+        // the PT_LOAD one is as pvh_elf made it.
+        let p_align = |ph: usize| u64::from_le_bytes(image[ph + 48..ph + 56].try_into().unwrap());
+        assert_eq!(image[64 + 56..64 + 60], 4u32.to_le_bytes());
+        assert_eq!(p_align(64 + 56), 4);
+        assert_eq!(p_align(64), 0x10);
     }
 
     #[test]

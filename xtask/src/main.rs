@@ -15,6 +15,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Result};
 
+mod bench;
 mod cmd;
 mod deps;
 mod guest;
@@ -32,7 +33,13 @@ tasks:
   lint                     cargo fmt --check, clippy --workspace --all-targets -D warnings
   check-deps               fail if vmm-runstate, vmm-clock or vmm-devices reach
                            kvm-ioctls or kvm-bindings (through any crate)
-  bench                    run the benchmarks and print their reports
+  bench [boot|alarm] [--runs N]
+                           run the benchmarks and print their reports (both when
+                           none is named): alarm = timer alarm lateness (further
+                           args go to it); boot = spawn-to-first-output, exit,
+                           CPU and peak RSS of a tiny PVH guest on bench-floor
+                           (the least a VMM can do), our vmm and QEMU microvm
+                           (when installed), N interleaved runs each (default 20)
   ci                       lint, check-deps, test (what .ci/run runs)
   guest [--dir DIR] [--refresh]
                            fetch the Debian cloud kernel and busybox-static with
@@ -61,7 +68,7 @@ fn run(args: &[String]) -> Result<()> {
         "test" => test(rest),
         "lint" => lint(),
         "check-deps" => deps::check(),
-        "bench" => bench(rest),
+        "bench" => bench::task(rest),
         "guest" => guest::task(rest),
         "run" => run::task(rest),
         "ci" => {
@@ -105,17 +112,4 @@ fn lint() -> Result<()> {
         "-D",
         "warnings",
     ]))
-}
-
-fn bench(extra: &[String]) -> Result<()> {
-    let mut c = cmd::cargo([
-        "bench",
-        "--package",
-        "vmm-clock",
-        "--bench",
-        "alarm_lateness",
-        "--",
-    ]);
-    c.args(extra);
-    cmd::run(&mut c)
 }
