@@ -35,9 +35,7 @@ const OEM_TABLE_ID: [u8; 8] = *b"VMMPC   ";
 /// The OEM revision in every table.
 const OEM_REVISION: u32 = 1;
 
-/// The most vCPUs the tables describe: xAPIC IDs are 8 bits, 0xFF is the
-/// broadcast ID, and the IO-APIC takes the ID after the last vCPU.
-pub const MAX_CPUS: u32 = 254;
+pub use crate::layout::MAX_CPUS;
 
 /// MADT revision (ACPI 6.2-6.4).
 const MADT_REVISION: u8 = 5;

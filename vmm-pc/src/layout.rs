@@ -8,6 +8,11 @@
 //! scans for it. RAM beyond 3 GiB moves above 4 GiB, leaving a 1 GiB hole
 //! for the local APIC, IO-APIC and other MMIO.
 
+/// The most vCPUs the machine describes (MADT, MP table, CPUID topology):
+/// xAPIC IDs are 8 bits, 0xFF is the broadcast ID, and the IO-APIC takes
+/// the ID after the last vCPU.
+pub const MAX_CPUS: u32 = 254;
+
 /// Start of guest RAM.
 pub const RAM_START: u64 = 0;
 

@@ -39,7 +39,7 @@ use crate::boot::{self, BootError, KernelEntry, LoadedKernel};
 use crate::cpu::{self, BootEntry};
 use crate::devices::{create_devices, pc_irq_routes, Com1, DeviceError, PcDevices};
 use crate::io::PcIo;
-use crate::layout;
+use crate::layout::{self, MAX_CPUS};
 use crate::memory::{self, MemoryError};
 use crate::{acpi, mptable};
 
@@ -224,9 +224,6 @@ fn open(what: &'static str, path: &Path) -> Result<File, PcError> {
         source,
     })
 }
-
-/// Most vCPUs our tables describe.
-const MAX_CPUS: u32 = 254;
 
 impl PcMachine {
     /// Builds the machine (see the module docs for the steps).

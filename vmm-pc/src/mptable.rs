@@ -22,9 +22,7 @@ use crate::layout::{irq, APIC_ADDR, EBDA_START, IOAPIC_ADDR, RSDP_START};
 /// The MP table must end here, where the ACPI tables begin.
 pub const MPTABLE_END: u64 = RSDP_START;
 
-/// The most vCPUs the table describes: xAPIC IDs are 8 bits, 0xFF is the
-/// broadcast ID, and the IO-APIC takes the ID after the last vCPU.
-pub const MAX_CPUS: u32 = 254;
+pub use crate::layout::MAX_CPUS;
 
 /// MP specification revision 1.4.
 const SPEC_REV: u8 = 4;

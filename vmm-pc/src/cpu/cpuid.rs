@@ -39,9 +39,8 @@ use kvm_ioctls::VcpuFd;
 
 use super::CpuError;
 
-/// Most vCPUs we lay out: xAPIC IDs are 8 bits, 0xff is the broadcast ID,
-/// and the MP table's processor entries stop at 254.
-pub const MAX_VCPUS: u32 = 254;
+/// The most vCPUs a topology may have.
+pub const MAX_VCPUS: u32 = crate::layout::MAX_CPUS;
 
 /// The hypervisor's CPUID range: signature.
 pub const KVM_CPUID_SIGNATURE: u32 = 0x4000_0000;
