@@ -115,11 +115,22 @@ fn sigterm_stops_a_spinning_guest_cleanly() {
         .args(["--kernel", k.to_str().unwrap(), "--log-level", "info"])
         .spawn()
         .unwrap();
-    // Wait until the guest runs (its line is out), then terminate.
+    // Wait until the guest runs (its line is out), then terminate. The
+    // read happens on a thread so that a broken VMM fails the test instead
+    // of hanging it.
     let mut stdout = child.stdout.take().unwrap();
-    let mut line = [0u8; 9];
-    std::io::Read::read_exact(&mut stdout, &mut line).unwrap();
-    assert_eq!(&line, b"spinning\n");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = [0u8; 9];
+        let _ = tx.send(std::io::Read::read_exact(&mut stdout, &mut line).map(|()| line));
+    });
+    match rx.recv_timeout(RUN_LIMIT) {
+        Ok(Ok(line)) => assert_eq!(&line, b"spinning\n"),
+        other => {
+            let _ = child.kill();
+            panic!("the guest did not print its line: {other:?}");
+        }
+    }
     std::thread::sleep(Duration::from_millis(20));
     // SAFETY: sends SIGTERM to our own child process.
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);

@@ -143,10 +143,10 @@ pub enum ExitReason {
     Quit,
     /// A signal asked us to terminate.
     Signal(i32),
-    /// A vCPU could not go on.
+    /// The machine could not go on (a vCPU's KVM error, or the main loop's).
     InternalError {
-        /// The vCPU.
-        vcpu: u32,
+        /// The vCPU, when one failed.
+        vcpu: Option<u32>,
         /// What KVM or the machine reported.
         reason: String,
     },
@@ -166,7 +166,11 @@ impl std::fmt::Display for ExitReason {
             Self::GuestPoweroff => write!(f, "guest powered off"),
             Self::Quit => write!(f, "quit from the console"),
             Self::Signal(s) => write!(f, "terminating on signal {}", signal_name(*s)),
-            Self::InternalError { vcpu, reason } => write!(f, "vCPU {vcpu}: {reason}"),
+            Self::InternalError {
+                vcpu: Some(vcpu),
+                reason,
+            } => write!(f, "vCPU {vcpu}: {reason}"),
+            Self::InternalError { vcpu: None, reason } => write!(f, "{reason}"),
         }
     }
 }
@@ -389,7 +393,7 @@ impl PcMachine {
         let reason = match &result {
             Ok(r) => r.clone(),
             Err(e) => ExitReason::InternalError {
-                vcpu: 0,
+                vcpu: None,
                 reason: e.to_string(),
             },
         };
@@ -432,11 +436,14 @@ impl PcMachine {
         while let Some(request) = self.vcpus.try_request() {
             match request {
                 VcpuRequest::InternalError { vcpu, reason } => {
-                    return Some(ExitReason::InternalError { vcpu, reason })
+                    return Some(ExitReason::InternalError {
+                        vcpu: Some(vcpu),
+                        reason,
+                    })
                 }
                 VcpuRequest::Halted { vcpu } => {
                     return Some(ExitReason::InternalError {
-                        vcpu,
+                        vcpu: Some(vcpu),
                         reason: "halted with interrupts that can never come".into(),
                     })
                 }
