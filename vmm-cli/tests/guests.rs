@@ -142,3 +142,144 @@ fn sigterm_stops_a_spinning_guest_cleanly() {
         stderr(&o)
     );
 }
+
+/// A pseudo-terminal pair; the slave is the VMM's stdin.
+struct Pty {
+    master: std::fs::File,
+    slave: std::os::fd::OwnedFd,
+}
+
+fn openpty() -> Pty {
+    use std::os::fd::FromRawFd;
+    let (mut master, mut slave) = (-1, -1);
+    // SAFETY: openpty writes two fds into the out-pointers; name, termios
+    // and window size are optional (null).
+    let rc = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+    // SAFETY: both fds are fresh and owned by nothing else.
+    unsafe {
+        Pty {
+            master: std::fs::File::from_raw_fd(master),
+            slave: std::os::fd::OwnedFd::from_raw_fd(slave),
+        }
+    }
+}
+
+fn termios(fd: &std::os::fd::OwnedFd) -> libc::termios {
+    use std::os::fd::AsRawFd;
+    // SAFETY: termios is plain data; tcgetattr fills it and is checked.
+    let mut t: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid fd and out-pointer.
+    assert_eq!(unsafe { libc::tcgetattr(fd.as_raw_fd(), &mut t) }, 0);
+    t
+}
+
+/// Starts vmm on `kernel` with a pty as its terminal; returns the child,
+/// the pty and a channel of its stdout chunks.
+fn vmm_on_pty(
+    kernel: &std::path::Path,
+) -> (std::process::Child, Pty, std::sync::mpsc::Receiver<Vec<u8>>) {
+    let pty = openpty();
+    let stdin = pty.slave.try_clone().unwrap();
+    let mut child = vmm()
+        .args(["--kernel", kernel.to_str().unwrap(), "--log-level", "info"])
+        .stdin(std::process::Stdio::from(stdin))
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 256];
+        while let Ok(n) = std::io::Read::read(&mut stdout, &mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    (child, pty, rx)
+}
+
+/// Collects stdout chunks until `want` has appeared (or the limit passes).
+fn read_until(rx: &std::sync::mpsc::Receiver<Vec<u8>>, want: &[u8]) -> Vec<u8> {
+    let deadline = std::time::Instant::now() + RUN_LIMIT;
+    let mut got = Vec::new();
+    while !got.windows(want.len()).any(|w| w == want) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(chunk) => got.extend(chunk),
+            Err(_) => panic!(
+                "never saw {:?}; got {:?}",
+                String::from_utf8_lossy(want),
+                String::from_utf8_lossy(&got)
+            ),
+        }
+    }
+    got
+}
+
+#[test]
+fn console_keys_reach_the_guest_and_the_terminal_is_restored() {
+    if !kvm("console_keys") {
+        return;
+    }
+    let dir = TempDir::new("echo");
+    let k = dir.file("echo.elf", &test_guests::echo());
+    let (child, mut pty, rx) = vmm_on_pty(&k);
+    let before = termios(&pty.slave);
+    // Typed keys reach COM1's receiver; the guest echoes them.
+    std::io::Write::write_all(&mut pty.master, b"hello").unwrap();
+    read_until(&rx, b"hello");
+    // Ctrl-A Ctrl-A sends one Ctrl-A; Ctrl-A h is ours and never reaches it.
+    std::io::Write::write_all(&mut pty.master, b"\x01\x01\x01h[").unwrap();
+    let got = read_until(&rx, b"[");
+    assert!(
+        got.ends_with(b"\x01["),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
+    assert!(
+        String::from_utf8_lossy(&got).contains("C-a x"),
+        "help printed"
+    );
+    // The guest ends on 'q' (its i8042 reset): status 0.
+    std::io::Write::write_all(&mut pty.master, b"q").unwrap();
+    let o = wait(child);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("guest reset"), "{}", stderr(&o));
+    let after = termios(&pty.slave);
+    assert_eq!(
+        (after.c_lflag, after.c_iflag, after.c_oflag),
+        (before.c_lflag, before.c_iflag, before.c_oflag),
+        "terminal restored"
+    );
+}
+
+#[test]
+fn ctrl_a_x_quits_with_0_and_restores_the_terminal() {
+    if !kvm("ctrl_a_x") {
+        return;
+    }
+    let dir = TempDir::new("quit");
+    let k = dir.file("spin.elf", &test_guests::hello_spin("spinning\n"));
+    let (child, mut pty, rx) = vmm_on_pty(&k);
+    let before = termios(&pty.slave);
+    read_until(&rx, b"spinning\n");
+    std::io::Write::write_all(&mut pty.master, b"\x01x").unwrap();
+    let o = wait(child);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("quit from the console"),
+        "{}",
+        stderr(&o)
+    );
+    let after = termios(&pty.slave);
+    assert_eq!(after.c_lflag, before.c_lflag, "terminal restored");
+}

@@ -179,6 +179,26 @@ pub fn hello_spin(message: &str) -> Vec<u8> {
     pvh_elf(&[(LOAD_ADDR, &code)], LOAD_ADDR)
 }
 
+/// Echoes every byte COM1 receives back out of COM1 (polling the line
+/// status register), until it echoes a `q`; then resets.
+pub fn echo() -> Vec<u8> {
+    #[rustfmt::skip]
+    let mut code = vec![
+        // wait:
+        0x66, 0xba, 0xfd, 0x03, // mov dx, 0x3fd (line status)
+        0xec,                   // in al, dx
+        0xa8, 0x01,             // test al, 1 (data ready)
+        0x74, 0xf7,             // jz wait (-9)
+        0x66, 0xba, 0xf8, 0x03, // mov dx, 0x3f8 (receive / transmit)
+        0xec,                   // in al, dx
+        0xee,                   // out dx, al
+        0x3c, b'q',             // cmp al, 'q'
+        0x75, 0xed,             // jne wait (-19)
+    ];
+    code.extend_from_slice(I8042_RESET);
+    pvh_elf(&[(LOAD_ADDR, &code)], LOAD_ADDR)
+}
+
 /// Reads a byte from `port` (normally one with no device), writes it to
 /// COM1 as is, then resets.
 pub fn read_port(port: u16) -> Vec<u8> {
