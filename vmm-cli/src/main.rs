@@ -8,12 +8,14 @@
 mod args;
 mod console;
 mod escape;
+mod output;
 mod terminal;
 
 use std::fs::OpenOptions;
-use std::io::{self, Write};
+use std::io;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
@@ -23,6 +25,12 @@ use vmm_pc::{ExitReason, PcConfig, PcMachine};
 use crate::args::{Args, Serial};
 
 fn main() -> ExitCode {
+    // Before any thread starts: SIGINT/SIGTERM/SIGHUP reach the main loop's
+    // signalfd only, never a thread's default action.
+    if let Err(e) = vmm_core::signals::block_shutdown_signals() {
+        eprintln!("vmm: {e}");
+        return ExitCode::FAILURE;
+    }
     let args = Args::parse();
     env_logger::Builder::new()
         .filter_level(args.log_level)
@@ -45,25 +53,9 @@ fn main() -> ExitCode {
     }
 }
 
-/// Output that goes to stdout, flushed per write so the guest's console is
-/// seen as it is typed.
-struct Stdout;
-
-impl Write for Stdout {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let mut out = io::stdout().lock();
-        let n = out.write(buf)?;
-        out.flush()?;
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        io::stdout().flush()
-    }
-}
-
 fn serial_output(serial: &Serial) -> Result<SerialOutput> {
     Ok(match serial {
-        Serial::Stdio => Box::new(Stdout),
+        Serial::Stdio => Box::new(io::stdout()),
         Serial::None => Box::new(io::sink()),
         Serial::File(path) => Box::new(
             OpenOptions::new()
@@ -76,13 +68,15 @@ fn serial_output(serial: &Serial) -> Result<SerialOutput> {
 }
 
 fn run(args: Args) -> Result<ExitReason> {
+    let (sink, writer) = output::spawn(serial_output(&args.serial)?)
+        .context("cannot start the serial output thread")?;
     let config = PcConfig {
         kernel: args.kernel.clone(),
         initrd: args.initrd.clone(),
         cmdline: args.append.clone(),
         memory: args.memory,
         cpus: args.cpus,
-        serial: serial_output(&args.serial)?,
+        serial: Box::new(sink),
         in_kernel_pit: true,
     };
     let mut machine = PcMachine::build(config).context("cannot build the machine")?;
@@ -108,5 +102,10 @@ fn run(args: Args) -> Result<ExitReason> {
             }));
         }
     }
-    machine.run().context("the machine failed")
+    let result = machine.run().context("the machine failed");
+    let dropped = writer.finish(Duration::from_secs(2));
+    if dropped > 0 {
+        log::warn!("{dropped} bytes of guest serial output were dropped (not read in time)");
+    }
+    result
 }

@@ -143,6 +143,27 @@ fn sigterm_stops_a_spinning_guest_cleanly() {
     );
 }
 
+#[test]
+fn an_unread_stdout_never_stalls_the_vmm() {
+    if !kvm("unread_stdout") {
+        return;
+    }
+    let dir = TempDir::new("flood");
+    let k = dir.file("flood.elf", &test_guests::flood());
+    // stdout is a pipe nobody reads while the guest floods COM1: the pipe
+    // fills, yet the VMM must still stop at once on SIGTERM.
+    let child = vmm()
+        .args(["--kernel", k.to_str().unwrap()])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    // SAFETY: sends SIGTERM to our own child process.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let o = wait(child);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!o.stdout.is_empty() && o.stdout.iter().all(|b| *b == b'x'));
+}
+
 /// A pseudo-terminal pair; the slave is the VMM's stdin.
 struct Pty {
     master: std::fs::File,

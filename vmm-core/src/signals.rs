@@ -1,8 +1,8 @@
 //! SIGINT, SIGTERM and SIGHUP as events of the main loop, through a
 //! `signalfd` (the seed's signal thread, `sigwaitinfo`, made an fd).
 //!
-//! [`SignalSubscriber::new`] blocks the signals in the calling thread; call
-//! it on the main thread before any other thread starts, so that every
+//! [`block_shutdown_signals`] blocks the signals in the calling thread;
+//! call it on the main thread before any other thread starts, so that every
 //! thread inherits the mask and the signals reach only the signalfd.
 
 use std::fmt;
@@ -52,15 +52,26 @@ fn shutdown_sigset() -> libc::sigset_t {
     }
 }
 
+/// Blocks [`SHUTDOWN_SIGNALS`] in the calling thread, and so in every
+/// thread it starts afterwards. A binary calls this first thing in `main`:
+/// a thread started before it (a logger, an output writer) would otherwise
+/// take the signal's default action and kill the process.
+pub fn block_shutdown_signals() -> Result<(), SignalError> {
+    let set = shutdown_sigset();
+    // SAFETY: `set` is a valid, initialised sigset; the old mask is not wanted.
+    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if rc != 0 {
+        return Err(SignalError::Block(io::Error::from_raw_os_error(rc)));
+    }
+    Ok(())
+}
+
 impl<F: FnMut(libc::c_int)> SignalSubscriber<F> {
-    /// Blocks [`SHUTDOWN_SIGNALS`] in this thread and opens a signalfd for them.
+    /// Blocks [`SHUTDOWN_SIGNALS`] in this thread (see
+    /// [`block_shutdown_signals`]) and opens a signalfd for them.
     pub fn new(on_signal: F) -> Result<Self, SignalError> {
+        block_shutdown_signals()?;
         let set = shutdown_sigset();
-        // SAFETY: `set` is a valid, initialised sigset; the old mask is not wanted.
-        let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
-        if rc != 0 {
-            return Err(SignalError::Block(io::Error::from_raw_os_error(rc)));
-        }
         // SAFETY: -1 asks for a new fd; `set` is valid; the result is checked.
         let raw = unsafe { libc::signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC) };
         if raw < 0 {

@@ -1,16 +1,20 @@
 //! Writes one of the hand-assembled test guests to a file:
-//! `cargo run -p vmm-pc --example write_test_guest -- hello|poweroff|two-cpus|read-port PATH`.
+//! `cargo run -p vmm-pc --example write_test_guest -- hello|hello-exit|spin|echo|poweroff|two-cpus|read-port PATH`.
 
 use vmm_pc::test_guests;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (Some(kind), Some(path)) = (args.first(), args.get(1)) else {
-        eprintln!("usage: write_test_guest hello|poweroff|two-cpus|read-port PATH");
+        eprintln!(
+            "usage: write_test_guest hello|hello-exit|spin|echo|poweroff|two-cpus|read-port PATH"
+        );
         std::process::exit(2);
     };
     let image = match kind.as_str() {
         "hello" => test_guests::hello_reset("Hello from a PVH guest\n"),
+        "spin" => test_guests::hello_spin("spinning\n"),
+        "echo" => test_guests::echo(),
         "hello-exit" => test_guests::hello_exit("Hello from a PVH guest\n"),
         "poweroff" => test_guests::hello_poweroff("powering off\n"),
         "two-cpus" => test_guests::two_cpus(),

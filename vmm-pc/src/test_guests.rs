@@ -199,6 +199,18 @@ pub fn echo() -> Vec<u8> {
     pvh_elf(&[(LOAD_ADDR, &code)], LOAD_ADDR)
 }
 
+/// Writes `x` to COM1 forever, as fast as it can.
+pub fn flood() -> Vec<u8> {
+    #[rustfmt::skip]
+    let code = vec![
+        0x66, 0xba, 0xf8, 0x03, // mov dx, 0x3f8
+        0xb0, b'x',             // mov al, 'x'
+        0xee,                   // out dx, al
+        0xeb, 0xfd,             // jmp out (-3)
+    ];
+    pvh_elf(&[(LOAD_ADDR, &code)], LOAD_ADDR)
+}
+
 /// Reads a byte from `port` (normally one with no device), writes it to
 /// COM1 as is, then resets.
 pub fn read_port(port: u16) -> Vec<u8> {

@@ -1,0 +1,201 @@
+//! Guest serial output, decoupled from the vCPUs.
+//!
+//! COM1's output is written on a vCPU thread, under the device's lock. If
+//! that write went straight to stdout, a reader that stops reading (a full
+//! pipe, a paused pager) would stall the vCPU inside `write`, where no kick
+//! reaches it, and with it the whole VMM. So the vCPU side only appends to a
+//! bounded buffer, and a writer thread of its own does the blocking writes.
+//! When the buffer is full, newer output is dropped and counted (as a real
+//! UART loses characters nobody takes), never waited for.
+
+use std::collections::VecDeque;
+use std::io::{self, Write};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// How much guest output may wait for the writer.
+pub const CAPACITY: usize = 1 << 20;
+
+#[derive(Default)]
+struct State {
+    buf: VecDeque<u8>,
+    closed: bool,
+    dropped: u64,
+}
+
+#[derive(Default)]
+struct Shared {
+    state: Mutex<State>,
+    wake: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The vCPU side: never blocks.
+pub struct SerialSink {
+    shared: Arc<Shared>,
+}
+
+impl Write for SerialSink {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        let mut s = self.shared.lock();
+        let room = CAPACITY.saturating_sub(s.buf.len());
+        let taken = bytes.len().min(room);
+        s.buf.extend(&bytes[..taken]);
+        let lost = (bytes.len() - taken) as u64;
+        if lost > 0 {
+            if s.dropped == 0 {
+                log::warn!("serial output is not being read: dropping guest output");
+            }
+            s.dropped += lost;
+        }
+        drop(s);
+        self.shared.wake.notify_one();
+        // Dropped bytes count as written: the guest must not stall.
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The writer thread; [`SerialOutput::finish`] flushes and stops it.
+pub struct SerialOutput {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for SerialOutput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SerialOutput").finish_non_exhaustive()
+    }
+}
+
+/// Starts a writer thread for `out`; returns the sink for COM1 and the
+/// handle to finish it.
+pub fn spawn(mut out: Box<dyn Write + Send>) -> io::Result<(SerialSink, SerialOutput)> {
+    let shared = Arc::new(Shared::default());
+    let worker = Arc::clone(&shared);
+    let thread = std::thread::Builder::new()
+        .name("serial out".into())
+        .spawn(move || loop {
+            let (chunk, closed) = {
+                let mut s = worker.lock();
+                while s.buf.is_empty() && !s.closed {
+                    s = worker.wake.wait(s).unwrap_or_else(|e| e.into_inner());
+                }
+                (s.buf.drain(..).collect::<Vec<u8>>(), s.closed)
+            };
+            if !chunk.is_empty() && (out.write_all(&chunk).is_err() || out.flush().is_err()) {
+                // The reader is gone: keep draining so nothing waits.
+                continue;
+            }
+            if closed && worker.lock().buf.is_empty() {
+                return;
+            }
+        })?;
+    Ok((
+        SerialSink {
+            shared: Arc::clone(&shared),
+        },
+        SerialOutput {
+            shared,
+            thread: Some(thread),
+        },
+    ))
+}
+
+impl SerialOutput {
+    /// Writes out what is buffered, waiting at most `limit` (a reader that
+    /// never reads must not keep the VMM from exiting). Returns how many
+    /// bytes were dropped over the run.
+    pub fn finish(mut self, limit: Duration) -> u64 {
+        self.shared.lock().closed = true;
+        self.shared.wake.notify_one();
+        let deadline = Instant::now() + limit;
+        if let Some(thread) = self.thread.take() {
+            while !thread.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            if thread.is_finished() {
+                let _ = thread.join();
+            } else {
+                log::warn!("serial output not fully written: its reader is not reading");
+            }
+        }
+        self.shared.lock().dropped
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Shared2(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Shared2 {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn everything_arrives_in_order() {
+        let out = Shared2::default();
+        let (mut sink, handle) = spawn(Box::new(out.clone())).unwrap();
+        for i in 0..1000u32 {
+            sink.write_all(format!("{i},").as_bytes()).unwrap();
+        }
+        assert_eq!(handle.finish(Duration::from_secs(10)), 0);
+        let want: String = (0..1000u32).map(|i| format!("{i},")).collect();
+        assert_eq!(
+            String::from_utf8(out.0.lock().unwrap().clone()).unwrap(),
+            want
+        );
+    }
+
+    /// A writer that blocks until released, like a pipe nobody reads.
+    struct Stuck(Arc<(Mutex<bool>, Condvar)>);
+
+    impl Write for Stuck {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            let (lock, cv) = &*self.0;
+            let mut released = lock.lock().unwrap();
+            while !*released {
+                released = cv.wait(released).unwrap();
+            }
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_stuck_reader_never_blocks_the_guest() {
+        let gate = Arc::new((Mutex::new(false), Condvar::new()));
+        let (mut sink, handle) = spawn(Box::new(Stuck(Arc::clone(&gate)))).unwrap();
+        // Far more than the capacity: every write returns at once.
+        let block = vec![b'x'; 64 * 1024];
+        for _ in 0..(2 * CAPACITY / block.len() + 2) {
+            assert_eq!(sink.write(&block).unwrap(), block.len());
+        }
+        // finish() gives up after its limit instead of hanging.
+        let dropped = handle.finish(Duration::from_millis(50));
+        assert!(dropped > 0);
+        let (lock, cv) = &*gate;
+        *lock.lock().unwrap() = true;
+        cv.notify_all();
+    }
+}
