@@ -1,9 +1,11 @@
 //! The interactive console: keystrokes from stdin into COM1's receive FIFO,
 //! with QEMU's Ctrl-A escapes, and flow control when the FIFO is full.
 //!
-//! While the guest has not drained what we gave it, stdin is not read (it
-//! is taken out of the main loop), and the rest waits here; COM1's "FIFO
-//! empty" eventfd brings it back. Nothing typed is dropped.
+//! What the receive FIFO cannot take yet waits here, and COM1's "FIFO
+//! empty" eventfd hands on the rest as the guest reads. stdin is always
+//! read, so that Ctrl-A x works even when the guest reads nothing (a hung
+//! guest, early boot); only the waiting input is bounded, at
+//! [`PENDING_LIMIT`] bytes: beyond that, input is dropped, with a warning.
 
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
@@ -15,6 +17,9 @@ use vmm_pc::MachineControl;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::escape::{Action, EscapeParser, HELP};
+
+/// Most typed input that may wait for the guest to read it.
+pub const PENDING_LIMIT: usize = 64 * 1024;
 
 /// The console subscriber.
 pub struct Console {
@@ -105,7 +110,17 @@ impl Console {
         };
         for action in self.parser.feed(&buf[..n]) {
             match action {
-                Action::Guest(bytes) => self.pending.extend_from_slice(&bytes),
+                Action::Guest(bytes) => {
+                    let room = PENDING_LIMIT.saturating_sub(self.pending.len());
+                    if bytes.len() > room {
+                        log::warn!(
+                            "console: the guest is not reading its serial input; {} bytes dropped",
+                            bytes.len() - room
+                        );
+                    }
+                    self.pending
+                        .extend_from_slice(&bytes[..bytes.len().min(room)]);
+                }
                 Action::Help => {
                     let mut out = io::stdout().lock();
                     let _ = out.write_all(HELP.as_bytes());
@@ -115,10 +130,6 @@ impl Console {
             }
         }
         self.flush_pending();
-        if !self.pending.is_empty() {
-            // The FIFO is full: stop reading until the guest drains it.
-            self.set_stdin_watched(ops, false);
-        }
     }
 }
 
@@ -127,9 +138,6 @@ impl MutEventSubscriber for Console {
         if events.fd() == self.ready.as_raw_fd() {
             let _ = self.ready.read();
             self.flush_pending();
-            if self.pending.is_empty() {
-                self.set_stdin_watched(ops, true);
-            }
         } else if events
             .event_set()
             .intersects(EventSet::ERROR | EventSet::HANG_UP)

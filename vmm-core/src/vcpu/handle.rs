@@ -3,9 +3,9 @@
 use std::error::Error as StdError;
 use std::fmt;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
-use std::sync::{Arc, Once};
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use kvm_ioctls::VcpuFd;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -117,12 +117,13 @@ extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_v
 }
 
 fn install_kick_handler() -> Result<(), VcpuError> {
-    static ONCE: Once = Once::new();
-    let mut result = Ok(());
-    ONCE.call_once(|| {
-        result = register_signal_handler(kick_signal(), on_kick).map_err(VcpuError::Signal);
-    });
-    result
+    // The outcome of the one installation, for every later caller too: a
+    // failure must not turn into "installed" on the second try (a kick
+    // without a handler would kill the process).
+    static INSTALLED: OnceLock<Result<(), i32>> = OnceLock::new();
+    INSTALLED
+        .get_or_init(|| register_signal_handler(kick_signal(), on_kick).map_err(|e| e.errno()))
+        .map_err(|errno| VcpuError::Signal(vmm_sys_util::errno::Error::new(errno)))
 }
 
 struct VcpuHandle {
@@ -152,8 +153,15 @@ impl VcpuHandle {
         }
     }
 
-    fn expect(&self, what: &'static str, want: fn(&Response) -> bool) -> Result<(), VcpuError> {
-        match self.responses.recv_timeout(ANSWER_TIMEOUT) {
+    /// Waits for the answer to `what`, until `deadline`.
+    fn expect(
+        &self,
+        what: &'static str,
+        want: fn(&Response) -> bool,
+        deadline: Instant,
+    ) -> Result<(), VcpuError> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match self.responses.recv_timeout(left) {
             Ok(r) if want(&r) => Ok(()),
             Ok(r) => {
                 log::error!("vcpu {}: answered {r:?} to {what}", self.index);
@@ -261,27 +269,36 @@ impl Vcpus {
         self.handles.is_empty()
     }
 
+    /// Sends `event` to every vCPU (all of them, even if one is gone), then
+    /// waits for every answer within one overall deadline. Returns the
+    /// first error.
+    fn broadcast(
+        &self,
+        event: Event,
+        what: &'static str,
+        want: fn(&Response) -> bool,
+    ) -> Result<(), VcpuError> {
+        let sent: Vec<Result<(), VcpuError>> = self.handles.iter().map(|h| h.send(event)).collect();
+        let deadline = Instant::now() + ANSWER_TIMEOUT;
+        let mut first_error = None;
+        for (h, sent) in self.handles.iter().zip(sent) {
+            let result = sent.and_then(|()| h.expect(what, want, deadline));
+            if let Err(e) = result {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
     /// Lets every vCPU run; returns once all have acknowledged.
     pub fn resume_all(&self) -> Result<(), VcpuError> {
-        for h in &self.handles {
-            h.send(Event::Resume)?;
-        }
-        for h in &self.handles {
-            h.expect("resume", |r| matches!(r, Response::Resumed))?;
-        }
-        Ok(())
+        self.broadcast(Event::Resume, "resume", |r| matches!(r, Response::Resumed))
     }
 
     /// Stops every vCPU; returns once all are parked outside `KVM_RUN`
     /// with any in-flight I/O instruction completed.
     pub fn pause_all(&self) -> Result<(), VcpuError> {
-        for h in &self.handles {
-            h.send(Event::Pause)?;
-        }
-        for h in &self.handles {
-            h.expect("pause", |r| matches!(r, Response::Paused))?;
-        }
-        Ok(())
+        self.broadcast(Event::Pause, "pause", |r| matches!(r, Response::Paused))
     }
 
     /// The eventfd written whenever a vCPU sends a request: the main loop
@@ -302,15 +319,28 @@ impl Vcpus {
 }
 
 impl Drop for Vcpus {
+    /// Tells every thread to exit and joins them, all within one deadline:
+    /// a thread that does not come back (stuck outside KVM_RUN, where no
+    /// kick reaches it) is left behind with a log line rather than hanging
+    /// the VMM's exit.
     fn drop(&mut self) {
         for h in &self.handles {
             let _ = h.send(Event::Exit);
         }
+        let deadline = Instant::now() + ANSWER_TIMEOUT;
         for h in &mut self.handles {
-            if let Some(thread) = h.thread.take() {
-                if thread.join().is_err() {
-                    log::error!("vcpu {}: thread panicked", h.index);
-                }
+            let Some(thread) = h.thread.take() else {
+                continue;
+            };
+            while !thread.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            if !thread.is_finished() {
+                log::error!("vcpu {}: thread did not exit; leaving it behind", h.index);
+                continue;
+            }
+            if thread.join().is_err() {
+                log::error!("vcpu {}: thread panicked", h.index);
             }
         }
     }
