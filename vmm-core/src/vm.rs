@@ -73,8 +73,9 @@ impl Vm {
                 userspace_addr: region.as_ptr() as u64,
             };
             // SAFETY: the host range [as_ptr, as_ptr + len) is a live mmap owned
-            // by `memory`, which this struct keeps alive as long as the VM fd
-            // (both are dropped together; the fd is never handed out alone).
+            // by `memory`. This struct keeps it alive as long as the VM fd: both
+            // are dropped together, and every vCPU thread (the only users of
+            // vCPU fds, which keep the VM alive) holds a clone of this `Vm`.
             unsafe { fd.set_user_memory_region(mem) }
                 .map_err(ioctl("KVM_SET_USER_MEMORY_REGION"))?;
         }
@@ -115,8 +116,9 @@ impl Vm {
             .map_err(ioctl("KVM_CREATE_IRQCHIP"))
     }
 
-    /// Creates KVM's in-kernel i8254 PIT, with the speaker port left to
-    /// userspace.
+    /// Creates KVM's in-kernel i8254 PIT. `KVM_PIT_SPEAKER_DUMMY` makes KVM
+    /// also serve port 0x61 (the speaker gate and channel 2's output), so
+    /// the machine must not put a device there.
     pub fn create_in_kernel_pit(&self) -> Result<(), VmError> {
         let config = kvm_pit_config {
             flags: KVM_PIT_SPEAKER_DUMMY,

@@ -260,7 +260,12 @@ impl PcMachine {
                 max,
             });
         }
-        let supported_cpuid = kvm.supported_cpuid()?;
+        let mut supported_cpuid = kvm.supported_cpuid()?;
+        // Older kernels leave the TSC-deadline timer out of the supported
+        // CPUID even though the in-kernel LAPIC has it (KVM's API docs).
+        if kvm.kvm().check_extension(kvm_ioctls::Cap::TscDeadlineTimer) {
+            cpu::cpuid::advertise_tsc_deadline(&mut supported_cpuid);
+        }
 
         // 4. VM and RAM.
         let vm = Vm::new(&kvm, &regions)?;

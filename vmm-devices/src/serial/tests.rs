@@ -477,3 +477,23 @@ fn debug_output_names_the_device() {
     let text = format!("{:?}", u.dev);
     assert!(text.starts_with("SerialDevice"), "{text}");
 }
+
+/// Regression: reading IIR with LCR.DLAB set must not lose a pending THRE
+/// (offset 1 reads DLM, not IER, while DLAB is set).
+#[test]
+fn iir_read_with_dlab_set_keeps_the_deferred_thre() {
+    for dlab in [false, true] {
+        let mut u = Uart::new();
+        u.outb(IER_, 0x03); // IER: RX data and THR empty
+        assert_eq!(u.dev.enqueue_input(b"z"), 1);
+        if dlab {
+            u.outb(LCR_, 0x83); // LCR: DLAB, 8N1
+        }
+        assert_eq!(u.inb(IIR) & 0x0f, 0x04, "RX data first (dlab {dlab})");
+        if dlab {
+            u.outb(LCR_, 0x03);
+        }
+        assert_eq!(u.inb(RX), b'z');
+        assert_eq!(u.inb(IIR) & 0x0f, 0x02, "then THR empty (dlab {dlab})");
+    }
+}
