@@ -1,11 +1,10 @@
 //! Running a job directly on the host's KVM.
 
-use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::{Job, Outcome, TestbedError};
+use crate::{qemu, Job, Outcome, TestbedError};
 
 /// Runs `job` with `vmm` on this host, in a temporary folder holding links
 /// to the job's files.
@@ -30,26 +29,16 @@ fn run_in(dir: &Path, vmm: &Path, job: &Job) -> Result<Outcome, TestbedError> {
         std::os::unix::fs::symlink(&target, &link).map_err(|e| TestbedError::Write(link, e))?;
     }
     let start = Instant::now();
-    let mut child = Command::new(vmm)
-        .args(&job.args)
+    let mut cmd = Command::new(vmm);
+    cmd.args(&job.args)
         .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| TestbedError::Tool("vmm", e))?;
-    let mut out = child.stdout.take().ok_or(TestbedError::NoPipe)?;
-    let mut err = child.stderr.take().ok_or(TestbedError::NoPipe)?;
-    let out_reader = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = out.read_to_end(&mut v);
-        v
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = err.read_to_end(&mut v);
-        v
-    });
+        .stderr(Stdio::piped());
+    qemu::die_with_parent(&mut cmd);
+    let mut child = cmd.spawn().map_err(|e| TestbedError::Tool("vmm", e))?;
+    let out_reader = qemu::drain(child.stdout.take().ok_or(TestbedError::NoPipe)?);
+    let err_reader = qemu::drain(child.stderr.take().ok_or(TestbedError::NoPipe)?);
     let status = loop {
         if let Ok(Some(status)) = child.try_wait() {
             break status;

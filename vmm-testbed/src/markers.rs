@@ -42,9 +42,19 @@ pub fn normalize(console: &str) -> String {
     console.replace('\r', "")
 }
 
+/// Where `marker` starts a line of `text`.
+fn line_start(text: &str, marker: &str) -> Option<usize> {
+    if text.starts_with(marker) {
+        return Some(0);
+    }
+    text.find(&format!("\n{marker}")).map(|i| i + 1)
+}
+
 fn between<'a>(text: &'a str, begin: &str, end: &str) -> Option<(&'a str, &'a str)> {
-    let start = text.find(&format!("{begin}\n"))? + begin.len() + 1;
-    let len = text[start..].find(end)?;
+    let start = line_start(text, &format!("{begin}\n"))? + begin.len() + 1;
+    // The end marker starts a line: search from the begin line's newline,
+    // so that empty content is found too.
+    let len = text[start - 1..].find(&format!("\n{end}"))?;
     let rest = &text[start + len + end.len()..];
     Some((&text[start..start + len], rest))
 }
@@ -56,9 +66,13 @@ pub fn parse(console: &str) -> Parsed {
         l1_ready: text.contains(L1_READY),
         ..Parsed::default()
     };
-    if let Some(i) = text.find(ERROR) {
-        let line = text[i + ERROR.len()..].lines().next().unwrap_or("");
-        p.error = Some(line.trim().to_owned());
+    // Only a whole line that starts with the marker counts (guest output
+    // could contain the text anywhere).
+    if let Some(i) = line_start(&text, ERROR) {
+        let after = &text[i + ERROR.len()..];
+        if let Some(end) = after.find('\n') {
+            p.error = Some(after[..end].trim().to_owned());
+        }
     }
     if let Some((out, rest)) = between(&text, OUT_BEGIN, OUT_END) {
         // The script echoes a newline after the VMM, so the last line ends.
@@ -87,6 +101,19 @@ mod tests {
         assert_eq!(p.out.as_deref(), Some("Linux boots\nshell\n"));
         assert_eq!(p.status, Some(0));
         assert_eq!(p.err.as_deref(), Some("warn: x\n"));
+    }
+
+    #[test]
+    fn markers_count_only_at_line_starts() {
+        let p = parse("guest says @@TESTBED-ERROR nonsense\n@@TESTBED-L1-READY 1\n");
+        assert!(p.error.is_none());
+        assert!(
+            parse("@@TESTBED-ERROR half a li").error.is_none(),
+            "incomplete line"
+        );
+        let p = parse("@@TESTBED-OUT-BEGIN\nsays @@TESTBED-OUT-END 1\n\n@@TESTBED-OUT-END 0\n@@TESTBED-ERR-BEGIN\n@@TESTBED-ERR-END\n");
+        assert_eq!(p.out.as_deref(), Some("says @@TESTBED-OUT-END 1\n"));
+        assert_eq!(p.status, Some(0));
     }
 
     #[test]

@@ -81,6 +81,31 @@ impl Drop for Reaper {
     }
 }
 
+/// Makes `cmd`'s process die with the process that started it, so that a
+/// test killed midway leaves no QEMU or VMM running.
+pub fn die_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the hook runs in the child between fork and exec and only
+    // calls prctl, which is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Reads `r` to its end on a thread; the handle gives what was read.
+pub fn drain<R: Read + Send + 'static>(mut r: R) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = r.read_to_end(&mut v);
+        v
+    })
+}
+
 /// Runs L1 in batch mode until the job's end marker or `timeout`.
 pub fn run_batch(mut cmd: Command, timeout: Duration) -> Result<Outcome, TestbedError> {
     let start = Instant::now();
@@ -88,7 +113,9 @@ pub fn run_batch(mut cmd: Command, timeout: Duration) -> Result<Outcome, Testbed
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    die_with_parent(&mut cmd);
     let mut child = Reaper(cmd.spawn().map_err(|e| TestbedError::Tool(QEMU, e))?);
+    let stderr = drain(child.0.stderr.take().ok_or(TestbedError::NoPipe)?);
     let console = Arc::new(Mutex::new(Vec::<u8>::new()));
     let l1_ready_at = Arc::new(Mutex::new(None::<Duration>));
     let mut stdout = child.0.stdout.take().ok_or(TestbedError::NoPipe)?;
@@ -124,10 +151,7 @@ pub fn run_batch(mut cmd: Command, timeout: Duration) -> Result<Outcome, Testbed
             if p.finished() {
                 break p;
             }
-            let mut err = String::new();
-            if let Some(mut e) = child.0.stderr.take() {
-                let _ = e.read_to_string(&mut err);
-            }
+            let err = String::from_utf8_lossy(&stderr.join().unwrap_or_default()).into_owned();
             return Err(TestbedError::L1Ended {
                 status: status.code(),
                 qemu_stderr: err,
