@@ -22,6 +22,8 @@ struct State {
     buf: VecDeque<u8>,
     closed: bool,
     dropped: u64,
+    /// Bytes the writer has handed on so far (its progress).
+    written: u64,
 }
 
 #[derive(Default)]
@@ -92,9 +94,22 @@ pub fn spawn(mut out: Box<dyn Write + Send>) -> io::Result<(SerialSink, SerialOu
                 }
                 (s.buf.drain(..).collect::<Vec<u8>>(), s.closed)
             };
-            if !chunk.is_empty() && (out.write_all(&chunk).is_err() || out.flush().is_err()) {
-                // The reader is gone: keep draining so nothing waits.
-                continue;
+            let mut rest = &chunk[..];
+            while !rest.is_empty() {
+                match out.write(rest) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        rest = &rest[n.min(rest.len())..];
+                        worker.lock().written += n as u64;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    // A reader that is gone: drop this chunk and go on
+                    // draining, so that nothing waits.
+                    Err(_) => break,
+                }
+            }
+            if !chunk.is_empty() {
+                let _ = out.flush();
             }
             if closed && worker.lock().buf.is_empty() {
                 return;
@@ -112,16 +127,23 @@ pub fn spawn(mut out: Box<dyn Write + Send>) -> io::Result<(SerialSink, SerialOu
 }
 
 impl SerialOutput {
-    /// Writes out what is buffered, waiting at most `limit` (a reader that
-    /// never reads must not keep the VMM from exiting). Returns how many
-    /// bytes were dropped over the run.
-    pub fn finish(mut self, limit: Duration) -> u64 {
+    /// Writes out what is buffered. Waits as long as the output moves, but
+    /// gives up once it has not moved for `stall_limit` (a reader that never
+    /// reads must not keep the VMM from exiting). Returns how many bytes
+    /// were dropped over the run.
+    pub fn finish(mut self, stall_limit: Duration) -> u64 {
         self.shared.lock().closed = true;
         self.shared.wake.notify_one();
-        let deadline = Instant::now() + limit;
+        let mut progress = self.shared.lock().written;
+        let mut deadline = Instant::now() + stall_limit;
         if let Some(thread) = self.thread.take() {
             while !thread.is_finished() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(1));
+                let now = self.shared.lock().written;
+                if now != progress {
+                    progress = now;
+                    deadline = Instant::now() + stall_limit;
+                }
             }
             if thread.is_finished() {
                 let _ = thread.join();
@@ -163,6 +185,31 @@ mod tests {
             String::from_utf8(out.0.lock().unwrap().clone()).unwrap(),
             want
         );
+    }
+
+    /// A slow reader: 1 ms per write.
+    struct Slow(Shared2);
+
+    impl Write for Slow {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            std::thread::sleep(Duration::from_millis(1));
+            self.0.write(&b[..b.len().min(16)])
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_slow_reader_gets_everything_even_past_the_stall_limit() {
+        let out = Shared2::default();
+        let (mut sink, handle) = spawn(Box::new(Slow(out.clone()))).unwrap();
+        let data = vec![b'y'; 16 * 200];
+        sink.write_all(&data).unwrap();
+        // 200 writes of 1 ms: far longer than the 20 ms stall limit, but
+        // always moving, so finish() waits for all of it.
+        assert_eq!(handle.finish(Duration::from_millis(20)), 0);
+        assert_eq!(out.0.lock().unwrap().len(), data.len());
     }
 
     /// A writer that blocks until released, like a pipe nobody reads.
