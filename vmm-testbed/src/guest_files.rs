@@ -40,17 +40,22 @@ pub struct GuestFiles {
 }
 
 impl GuestFiles {
-    /// The files in `dir`; an error names the first one missing or empty
-    /// and says how to make them.
-    pub fn in_dir(dir: &Path) -> Result<Self, TestbedError> {
-        let files = Self {
+    /// Where each file lives in a cache folder `dir` (nothing is checked).
+    pub fn layout(dir: &Path) -> Self {
+        Self {
             dir: dir.to_owned(),
             bzimage: dir.join("bzImage"),
             vmlinux: dir.join("vmlinux"),
             initramfs: dir.join("initramfs.cpio"),
             busybox: dir.join("busybox"),
             modules_dir: dir.join("modules"),
-        };
+        }
+    }
+
+    /// The files in `dir`; an error names the first one missing or empty
+    /// and says how to make them.
+    pub fn in_dir(dir: &Path) -> Result<Self, TestbedError> {
+        let files = Self::layout(dir);
         for f in [
             &files.bzimage,
             &files.vmlinux,

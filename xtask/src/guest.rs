@@ -40,18 +40,8 @@ const MANIFEST: &str = "manifest.txt";
 /// The files of the default guest, all inside `dir`.
 #[derive(Debug, Clone)]
 pub struct GuestFiles {
-    /// The cache folder.
-    pub dir: PathBuf,
-    /// The kernel as Debian ships it (bzImage, boot protocol 2.15).
-    pub bzimage: PathBuf,
-    /// The same kernel as an ELF64 x86-64 executable.
-    pub vmlinux: PathBuf,
-    /// The default initramfs (uncompressed newc cpio).
-    pub initramfs: PathBuf,
-    /// The static busybox binary.
-    pub busybox: PathBuf,
-    /// The folder of the kept kernel modules.
-    pub modules_dir: PathBuf,
+    /// The files (bzImage, vmlinux, initramfs, busybox, modules folder).
+    pub paths: vmm_testbed::GuestFiles,
     /// The kept modules (`*.ko`, uncompressed), in load order.
     pub modules: Vec<PathBuf>,
     /// The versioned kernel package, e.g. `linux-image-6.1.0-56-cloud-amd64`.
@@ -110,14 +100,14 @@ pub fn task(args: &[String]) -> Result<()> {
     let start = Instant::now();
     let g = ensure_in(&dir, refresh)?;
     eprintln!("guest: ready in {:.1} s", start.elapsed().as_secs_f64());
-    println!("cache:     {}", g.dir.display());
+    println!("cache:     {}", g.paths.dir.display());
     println!("kernel:    {} {}", g.kernel_package, g.kernel_version);
     println!("busybox:   {} {}", BUSYBOX_PACKAGE, g.busybox_version);
-    println!("bzImage:   {}", g.bzimage.display());
-    println!("vmlinux:   {}", g.vmlinux.display());
-    println!("initramfs: {}", g.initramfs.display());
-    println!("busybox:   {}", g.busybox.display());
-    println!("modules:   {}", g.modules_dir.display());
+    println!("bzImage:   {}", g.paths.bzimage.display());
+    println!("vmlinux:   {}", g.paths.vmlinux.display());
+    println!("initramfs: {}", g.paths.initramfs.display());
+    println!("busybox:   {}", g.paths.busybox.display());
+    println!("modules:   {}", g.paths.modules_dir.display());
     for m in &g.modules {
         println!("           {}", m.display());
     }
@@ -143,14 +133,14 @@ pub fn initramfs(
 
 /// Rewrites the cached initramfs if [`DEFAULT_INIT`] or the layout changed.
 fn refresh_initramfs(g: &GuestFiles) -> Result<()> {
-    let want = initramfs(&g.busybox, DEFAULT_INIT, &[])?;
-    if std::fs::read(&g.initramfs).ok().as_deref() != Some(&want[..]) {
+    let want = initramfs(&g.paths.busybox, DEFAULT_INIT, &[])?;
+    if std::fs::read(&g.paths.initramfs).ok().as_deref() != Some(&want[..]) {
         eprintln!(
             "guest: rewriting {} (its contents changed)",
-            g.initramfs.display()
+            g.paths.initramfs.display()
         );
-        cache::write_atomic(&g.initramfs, &want)?;
-        cache::update_sha256(&g.dir, "initramfs.cpio")?;
+        cache::write_atomic(&g.paths.initramfs, &want)?;
+        cache::update_sha256(&g.paths.dir, "initramfs.cpio")?;
     }
     Ok(())
 }
@@ -165,9 +155,9 @@ mod tests {
     #[ignore = "downloads ~30 MB with apt-get"]
     fn real_guest() {
         let g = ensure().unwrap();
-        let elf = std::fs::read(&g.vmlinux).unwrap();
+        let elf = std::fs::read(&g.paths.vmlinux).unwrap();
         bzimage::check_vmlinux(&elf).unwrap();
-        let e = parse(&std::fs::read(&g.initramfs).unwrap());
+        let e = parse(&std::fs::read(&g.paths.initramfs).unwrap());
         assert!(e
             .iter()
             .any(|e| e.name == "bin/busybox" && e.data.len() > 100_000));

@@ -97,7 +97,7 @@ fn test(extra: &[String]) -> Result<()> {
         c.env("VMM_REQUIRE_KVM", "1");
         // The Linux boot tests need the default guest.
         let g = guest::ensure()?;
-        c.env(vmm_testbed::GUEST_DIR_ENV, &g.dir);
+        c.env(vmm_testbed::GUEST_DIR_ENV, &g.paths.dir);
     }
     cmd::run(&mut c)
 }

@@ -40,9 +40,9 @@ pub fn task(args: &[String]) -> Result<()> {
     let g = guest::ensure()?;
     let mut vmm_args = user.clone();
     if !user.iter().any(|a| a == "--kernel") {
-        vmm_args.extend(["--kernel".into(), g.bzimage.display().to_string()]);
+        vmm_args.extend(["--kernel".into(), g.paths.bzimage.display().to_string()]);
         if !user.iter().any(|a| a == "--initrd") {
-            vmm_args.extend(["--initrd".into(), g.initramfs.display().to_string()]);
+            vmm_args.extend(["--initrd".into(), g.paths.initramfs.display().to_string()]);
         }
     }
     match host.why_not_direct() {
@@ -59,8 +59,7 @@ pub fn task(args: &[String]) -> Result<()> {
                  (QEMU/TCG with a real KVM inside), about 20-30 s to the shell. Ctrl-A x quits."
             );
             let job = nested_job(&vmm_args)?;
-            let testbed = vmm_testbed::GuestFiles::in_dir(&g.dir)?;
-            let status = vmm_testbed::run_nested_interactive(&testbed, &vmm, &job)?;
+            let status = vmm_testbed::run_nested_interactive(&g.paths, &vmm, &job)?;
             std::process::exit(status);
         }
     }

@@ -118,12 +118,7 @@ pub fn files(
     busybox_version: String,
 ) -> GuestFiles {
     GuestFiles {
-        dir: dir.to_owned(),
-        bzimage: dir.join("bzImage"),
-        vmlinux: dir.join("vmlinux"),
-        initramfs: dir.join("initramfs.cpio"),
-        busybox: dir.join("busybox"),
-        modules_dir: dir.join("modules"),
+        paths: vmm_testbed::GuestFiles::layout(dir),
         modules,
         kernel_package,
         kernel_version,
