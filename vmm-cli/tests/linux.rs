@@ -100,7 +100,8 @@ fn boot(test: &str, kernel: fn(&GuestFiles) -> &Path, cpus: u32, end: &str) {
         "info",
     ])
     .file("kernel", kernel(&g))
-    .file("initrd", &initrd);
+    .file("initrd", &initrd)
+    .timeout(std::time::Duration::from_secs(180));
     let vmm = Path::new(env!("CARGO_BIN_EXE_vmm"));
     // One nested boot at a time: each L1 already keeps both host cores
     // busy under TCG, and starving it only makes runs slower and flakier.
