@@ -308,3 +308,19 @@ fn ctrl_a_x_quits_with_0_and_restores_the_terminal() {
     let after = termios(&pty.slave);
     assert_eq!(after.c_lflag, before.c_lflag, "terminal restored");
 }
+
+#[test]
+fn memory_above_the_32_bit_hole() {
+    if !kvm("memory_above_the_hole") {
+        return;
+    }
+    let dir = TempDir::new("bigmem");
+    let k = dir.file("hello.elf", &test_guests::hello_reset("big\n"));
+    // 3 GiB fills RAM up to the hole; 5 GiB puts 2 GiB above 4 GiB (a
+    // second memory slot). Guest RAM is mapped lazily, so this is cheap.
+    for size in ["3G", "5G"] {
+        let o = run_kernel(&k, &["--memory", size]);
+        assert!(o.status.success(), "{size}: {}", stderr(&o));
+        assert_eq!(String::from_utf8_lossy(&o.stdout), "big\n", "{size}");
+    }
+}
