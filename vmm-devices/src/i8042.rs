@@ -424,13 +424,7 @@ impl<T: Trigger> MutDevicePio for I8042<T> {
         match (base.0.checked_add(offset), &mut *data) {
             (Some(DATA_PORT), [byte]) => *byte = self.read_data(),
             (Some(COMMAND_PORT), [byte]) => *byte = self.read_status(),
-            _ => {
-                self.bad_accesses.record(
-                    NAME,
-                    format_args!("{}-byte read at {base:?}+{offset} refused", data.len()),
-                );
-                data.fill(0xFF);
-            }
+            _ => self.bad_accesses.refuse_read(NAME, base, offset, data),
         }
     }
 
@@ -438,10 +432,7 @@ impl<T: Trigger> MutDevicePio for I8042<T> {
         match (base.0.checked_add(offset), data) {
             (Some(DATA_PORT), [byte]) => self.write_data(*byte),
             (Some(COMMAND_PORT), [byte]) => self.write_command(*byte),
-            _ => self.bad_accesses.record(
-                NAME,
-                format_args!("{}-byte write at {base:?}+{offset} ignored", data.len()),
-            ),
+            _ => self.bad_accesses.refuse_write(NAME, base, offset, data),
         }
     }
 }

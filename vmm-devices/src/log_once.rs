@@ -5,6 +5,13 @@
 
 use std::fmt;
 
+use vm_device::bus::{PioAddress, PioAddressOffset};
+
+/// The absolute port of an access, for messages.
+fn port(base: PioAddress, offset: PioAddressOffset) -> u32 {
+    u32::from(base.0) + u32::from(offset)
+}
+
 /// Counts occurrences of one kind of fault; the first is logged at `warn`,
 /// the rest at `trace`.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -21,6 +28,38 @@ impl FaultLog {
             log::trace!("{device}: {what}");
         }
         self.count = self.count.saturating_add(1);
+    }
+
+    /// A read the device does not decode (a wrong width or offset): counted,
+    /// logged once, and answered with all ones, as a floating bus does.
+    pub(crate) fn refuse_read(
+        &mut self,
+        device: &str,
+        base: PioAddress,
+        offset: PioAddressOffset,
+        data: &mut [u8],
+    ) {
+        let port = port(base, offset);
+        self.record(
+            device,
+            format_args!("{}-byte read at port {port:#x} refused", data.len()),
+        );
+        data.fill(0xFF);
+    }
+
+    /// A write the device does not decode: counted, logged once, dropped.
+    pub(crate) fn refuse_write(
+        &mut self,
+        device: &str,
+        base: PioAddress,
+        offset: PioAddressOffset,
+        data: &[u8],
+    ) {
+        let port = port(base, offset);
+        self.record(
+            device,
+            format_args!("{}-byte write at port {port:#x} ignored", data.len()),
+        );
     }
 
     /// How many occurrences were recorded.
@@ -41,6 +80,16 @@ mod tests {
             log.record("dev", format_args!("bad access"));
         }
         assert_eq!(log.count(), 3);
+    }
+
+    #[test]
+    fn refused_reads_float_high_and_count() {
+        let mut log = FaultLog::default();
+        let mut data = [0u8; 4];
+        log.refuse_read("dev", PioAddress(0x3f8), 1, &mut data);
+        log.refuse_write("dev", PioAddress(0x3f8), 1, &data);
+        assert_eq!(data, [0xFF; 4]);
+        assert_eq!(log.count(), 2);
     }
 
     #[test]

@@ -148,26 +148,17 @@ impl<P: PitChannel2> Port61<P> {
 }
 
 impl<P: PitChannel2> MutDevicePio for Port61<P> {
-    fn pio_read(&mut self, _base: PioAddress, offset: PioAddressOffset, data: &mut [u8]) {
+    fn pio_read(&mut self, base: PioAddress, offset: PioAddressOffset, data: &mut [u8]) {
         match (offset, &mut *data) {
             (0, [byte]) => *byte = self.read(),
-            _ => {
-                self.bad_accesses.record(
-                    NAME,
-                    format_args!("{}-byte read at offset {offset} refused", data.len()),
-                );
-                data.fill(0xFF);
-            }
+            _ => self.bad_accesses.refuse_read(NAME, base, offset, data),
         }
     }
 
-    fn pio_write(&mut self, _base: PioAddress, offset: PioAddressOffset, data: &[u8]) {
+    fn pio_write(&mut self, base: PioAddress, offset: PioAddressOffset, data: &[u8]) {
         match (offset, data) {
             (0, [byte]) => self.write(*byte),
-            _ => self.bad_accesses.record(
-                NAME,
-                format_args!("{}-byte write at offset {offset} ignored", data.len()),
-            ),
+            _ => self.bad_accesses.refuse_write(NAME, base, offset, data),
         }
     }
 }

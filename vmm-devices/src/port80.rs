@@ -67,17 +67,14 @@ impl MutDevicePio for Port80 {
         data.fill(0xFF);
     }
 
-    fn pio_write(&mut self, _base: PioAddress, offset: PioAddressOffset, data: &[u8]) {
+    fn pio_write(&mut self, base: PioAddress, offset: PioAddressOffset, data: &[u8]) {
         match (offset, data) {
             (0, [code]) => {
                 log::trace!("{NAME}: POST code {code:#04x}");
                 self.state.last_code = Some(*code);
                 self.state.writes = self.state.writes.saturating_add(1);
             }
-            _ => self.bad_accesses.record(
-                NAME,
-                format_args!("{}-byte write at offset {offset} ignored", data.len()),
-            ),
+            _ => self.bad_accesses.refuse_write(NAME, base, offset, data),
         }
     }
 }

@@ -396,26 +396,17 @@ impl<T: Trigger, E: SerialEvents> fmt::Debug for SerialDevice<T, E> {
 }
 
 impl<T: Trigger, E: SerialEvents> MutDevicePio for SerialDevice<T, E> {
-    fn pio_read(&mut self, _base: PioAddress, offset: PioAddressOffset, data: &mut [u8]) {
+    fn pio_read(&mut self, base: PioAddress, offset: PioAddressOffset, data: &mut [u8]) {
         match (register(offset), &mut *data) {
             (Some(reg), [byte]) => *byte = self.read(reg),
-            _ => {
-                self.bad_accesses.record(
-                    NAME,
-                    format_args!("{}-byte read at offset {offset} refused", data.len()),
-                );
-                data.fill(0xFF);
-            }
+            _ => self.bad_accesses.refuse_read(NAME, base, offset, data),
         }
     }
 
-    fn pio_write(&mut self, _base: PioAddress, offset: PioAddressOffset, data: &[u8]) {
+    fn pio_write(&mut self, base: PioAddress, offset: PioAddressOffset, data: &[u8]) {
         match (register(offset), data) {
             (Some(reg), [byte]) => self.write(reg, *byte),
-            _ => self.bad_accesses.record(
-                NAME,
-                format_args!("{}-byte write at offset {offset} ignored", data.len()),
-            ),
+            _ => self.bad_accesses.refuse_write(NAME, base, offset, data),
         }
     }
 }
