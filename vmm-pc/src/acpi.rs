@@ -277,33 +277,7 @@ fn local_apic_nmi() -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// RAM covering the BIOS area.
-    fn memory() -> GuestMemoryMmap {
-        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 2 << 20)]).unwrap()
-    }
-
-    fn read(mem: &GuestMemoryMmap, addr: u64, len: usize) -> Vec<u8> {
-        let mut bytes = vec![0; len];
-        mem.read_slice(&mut bytes, GuestAddress(addr)).unwrap();
-        bytes
-    }
-
-    fn u16_at(bytes: &[u8], offset: usize) -> u16 {
-        u16::from_le_bytes(bytes[offset..offset + 2].try_into().unwrap())
-    }
-
-    fn u32_at(bytes: &[u8], offset: usize) -> u32 {
-        u32::from_le_bytes(bytes[offset..offset + 4].try_into().unwrap())
-    }
-
-    fn u64_at(bytes: &[u8], offset: usize) -> u64 {
-        u64::from_le_bytes(bytes[offset..offset + 8].try_into().unwrap())
-    }
-
-    fn sum(bytes: &[u8]) -> u8 {
-        bytes.iter().fold(0u8, |acc, b| acc.wrapping_add(*b))
-    }
+    use crate::test_util::{low_memory as memory, read, sum, u16_at, u32_at, u64_at};
 
     /// Reads the table at `addr`, checks its signature, checksum and place,
     /// and returns its bytes.

@@ -13,5 +13,7 @@ pub mod machine;
 pub mod memory;
 pub mod mptable;
 pub mod test_guests;
+#[cfg(test)]
+mod test_util;
 
 pub use machine::{ExitReason, MachineControl, PcConfig, PcError, PcMachine};

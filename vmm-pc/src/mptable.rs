@@ -187,28 +187,7 @@ fn checksum(bytes: &[u8]) -> u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn memory() -> GuestMemoryMmap {
-        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 2 << 20)]).unwrap()
-    }
-
-    fn read(mem: &GuestMemoryMmap, addr: u64, len: usize) -> Vec<u8> {
-        let mut bytes = vec![0; len];
-        mem.read_slice(&mut bytes, GuestAddress(addr)).unwrap();
-        bytes
-    }
-
-    fn sum(bytes: &[u8]) -> u8 {
-        bytes.iter().fold(0u8, |acc, b| acc.wrapping_add(*b))
-    }
-
-    fn u16_at(bytes: &[u8], offset: usize) -> u16 {
-        u16::from_le_bytes([bytes[offset], bytes[offset + 1]])
-    }
-
-    fn u32_at(bytes: &[u8], offset: usize) -> u32 {
-        u32::from_le_bytes(bytes[offset..offset + 4].try_into().unwrap())
-    }
+    use crate::test_util::{low_memory as memory, read, sum, u16_at, u32_at};
 
     /// Writes the table and returns its entries as (type, bytes).
     fn entries(mem: &GuestMemoryMmap, num_cpus: u32) -> Vec<(u8, Vec<u8>)> {
