@@ -15,15 +15,29 @@ pub const AP_TRAMPOLINE: u64 = 0x1_0000;
 /// (load address, bytes), with a Xen `PHYS32_ENTRY` note (type 18) that
 /// makes `entry` its PVH entry point.
 pub fn pvh_elf(segments: &[(u64, &[u8])], entry: u64) -> Vec<u8> {
+    let segments: Vec<(u64, &[u8], u64)> = segments
+        .iter()
+        .map(|&(addr, bytes)| (addr, bytes, bytes.len() as u64))
+        .collect();
+    elf(&segments, entry, Some(entry))
+}
+
+/// An ELF64 x86-64 executable: one `PT_LOAD` per segment (load address,
+/// file bytes, memory size: the rest is zero-filled), `e_entry` = `entry`,
+/// and, with `pvh_entry`, a Xen `PHYS32_ENTRY` note (type 18) naming it,
+/// as Linux's `arch/x86/platform/pvh/head.S` emits it.
+pub fn elf(segments: &[(u64, &[u8], u64)], entry: u64, pvh_entry: Option<u64>) -> Vec<u8> {
     const EHDR: usize = 64;
     const PHDR: usize = 56;
     let mut note = Vec::new();
-    note.extend_from_slice(&4u32.to_le_bytes()); // n_namesz
-    note.extend_from_slice(&4u32.to_le_bytes()); // n_descsz (a 32-bit entry)
-    note.extend_from_slice(&18u32.to_le_bytes()); // n_type: XEN_ELFNOTE_PHYS32_ENTRY
-    note.extend_from_slice(b"Xen\0");
-    note.extend_from_slice(&u32::try_from(entry).unwrap_or(0).to_le_bytes());
-    let phnum = segments.len() + 1;
+    if let Some(pvh) = pvh_entry {
+        note.extend_from_slice(&4u32.to_le_bytes()); // n_namesz
+        note.extend_from_slice(&4u32.to_le_bytes()); // n_descsz (a 32-bit entry)
+        note.extend_from_slice(&18u32.to_le_bytes()); // n_type: XEN_ELFNOTE_PHYS32_ENTRY
+        note.extend_from_slice(b"Xen\0");
+        note.extend_from_slice(&u32::try_from(pvh).unwrap_or(0).to_le_bytes());
+    }
+    let phnum = segments.len() + usize::from(pvh_entry.is_some());
     let note_offset = EHDR + phnum * PHDR;
     let mut data_offset = note_offset + note.len();
 
@@ -43,25 +57,28 @@ pub fn pvh_elf(segments: &[(u64, &[u8])], entry: u64) -> Vec<u8> {
     image.extend_from_slice(&u16::try_from(phnum).unwrap_or(0).to_le_bytes()); // e_phnum
     image.extend_from_slice(&[0; 6]); // no section headers
 
-    let mut phdr = |p_type: u32, offset: usize, addr: u64, size: usize, align: u64| {
+    let mut phdr = |p_type: u32, offset: usize, addr: u64, size: usize, memsz: u64, align: u64| {
         image.extend_from_slice(&p_type.to_le_bytes());
         image.extend_from_slice(&7u32.to_le_bytes()); // p_flags: RWX
         image.extend_from_slice(&(offset as u64).to_le_bytes());
         image.extend_from_slice(&addr.to_le_bytes()); // p_vaddr
         image.extend_from_slice(&addr.to_le_bytes()); // p_paddr
         image.extend_from_slice(&(size as u64).to_le_bytes()); // p_filesz
-        image.extend_from_slice(&(size as u64).to_le_bytes()); // p_memsz
+        image.extend_from_slice(&memsz.to_le_bytes()); // p_memsz
         image.extend_from_slice(&align.to_le_bytes()); // p_align
     };
-    for (addr, bytes) in segments {
-        phdr(1, data_offset, *addr, bytes.len(), 0x10); // PT_LOAD
+    for &(addr, bytes, memsz) in segments {
+        phdr(1, data_offset, addr, bytes.len(), memsz, 0x10); // PT_LOAD
         data_offset += bytes.len();
     }
-    // Notes are 4-byte aligned, as in Linux's vmlinux: QEMU rounds a note's
-    // name size up to the segment's p_align to find the descriptor.
-    phdr(4, note_offset, 0, note.len(), 4); // PT_NOTE
+    if pvh_entry.is_some() {
+        // Notes are 4-byte aligned, as in Linux's vmlinux: QEMU rounds a
+        // note's name size up to the segment's p_align to find the
+        // descriptor.
+        phdr(4, note_offset, 0, note.len(), note.len() as u64, 4); // PT_NOTE
+    }
     image.extend_from_slice(&note);
-    for (_, bytes) in segments {
+    for (_, bytes, _) in segments {
         image.extend_from_slice(bytes);
     }
     image

@@ -51,60 +51,15 @@ pub fn bzimage() -> Vec<u8> {
     image
 }
 
-/// A minimal x86-64 ELF executable: one `PT_LOAD` at [`ELF_LOAD`] and, if
-/// `pvh`, a `PT_NOTE` with the Xen `XEN_ELFNOTE_PHYS32_ENTRY` (type 18)
-/// note giving [`PVH_ENTRY`], as Linux's `arch/x86/platform/pvh/head.S`
-/// emits it.
+/// A minimal x86-64 ELF executable: one `PT_LOAD` at [`ELF_LOAD`] with a
+/// 0x2000-byte memory size and, if `pvh`, the Xen PVH note giving
+/// [`PVH_ENTRY`] (built by the test guests' ELF writer).
 pub fn elf(pvh: bool) -> Vec<u8> {
-    const EHDR: usize = 64;
-    const PHDR: usize = 56;
-    let phnum = if pvh { 2 } else { 1 };
-    let mut note = Vec::new();
-    if pvh {
-        note.extend_from_slice(&4u32.to_le_bytes()); // n_namesz
-        note.extend_from_slice(&8u32.to_le_bytes()); // n_descsz
-        note.extend_from_slice(&18u32.to_le_bytes()); // n_type
-        note.extend_from_slice(b"Xen\0");
-        note.extend_from_slice(&PVH_ENTRY.to_le_bytes());
-    }
-    let note_offset = EHDR + phnum * PHDR;
-    let payload_offset = note_offset + note.len();
-
-    let mut image = Vec::new();
-    // ELF header.
-    image.extend_from_slice(b"\x7fELF");
-    image.extend_from_slice(&[2, 1, 1, 0]); // ELFCLASS64, little-endian, version 1, SysV
-    image.extend_from_slice(&[0; 8]);
-    image.extend_from_slice(&2u16.to_le_bytes()); // e_type: ET_EXEC
-    image.extend_from_slice(&62u16.to_le_bytes()); // e_machine: EM_X86_64
-    image.extend_from_slice(&1u32.to_le_bytes()); // e_version
-    image.extend_from_slice(&ELF_ENTRY.to_le_bytes()); // e_entry
-    image.extend_from_slice(&(EHDR as u64).to_le_bytes()); // e_phoff
-    image.extend_from_slice(&0u64.to_le_bytes()); // e_shoff
-    image.extend_from_slice(&0u32.to_le_bytes()); // e_flags
-    image.extend_from_slice(&(EHDR as u16).to_le_bytes()); // e_ehsize
-    image.extend_from_slice(&(PHDR as u16).to_le_bytes()); // e_phentsize
-    image.extend_from_slice(&(phnum as u16).to_le_bytes()); // e_phnum
-    image.extend_from_slice(&[0; 6]); // e_shentsize, e_shnum, e_shstrndx
-    assert_eq!(image.len(), EHDR);
-
-    let mut phdr = |p_type: u32, offset: usize, paddr: u64, filesz: usize, memsz: u64| {
-        image.extend_from_slice(&p_type.to_le_bytes());
-        image.extend_from_slice(&5u32.to_le_bytes()); // p_flags: R+X
-        image.extend_from_slice(&(offset as u64).to_le_bytes());
-        image.extend_from_slice(&paddr.to_le_bytes()); // p_vaddr
-        image.extend_from_slice(&paddr.to_le_bytes()); // p_paddr
-        image.extend_from_slice(&(filesz as u64).to_le_bytes());
-        image.extend_from_slice(&memsz.to_le_bytes());
-        image.extend_from_slice(&0x1000u64.to_le_bytes()); // p_align
-    };
-    phdr(1, payload_offset, ELF_LOAD, ELF_PAYLOAD.len(), 0x2000); // PT_LOAD
-    if pvh {
-        phdr(4, note_offset, 0, note.len(), note.len() as u64); // PT_NOTE
-    }
-    image.extend_from_slice(&note);
-    image.extend_from_slice(ELF_PAYLOAD);
-    image
+    crate::test_guests::elf(
+        &[(ELF_LOAD, ELF_PAYLOAD, 0x2000)],
+        ELF_ENTRY,
+        pvh.then_some(PVH_ENTRY),
+    )
 }
 
 /// An unnamed temporary file holding `bytes`, positioned at its start.
