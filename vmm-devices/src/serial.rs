@@ -293,8 +293,14 @@ impl<T: Trigger, E: SerialEvents> SerialDevice<T, E> {
     fn read_iir(&mut self) -> u8 {
         // Reading IIR in vm-superio clears every pending indication.
         let raw = self.uart.read(IIR_FCR);
-        // IER from the state: a read of offset 1 would give DLM while DLAB is set.
-        let thri_enabled = self.uart.state().interrupt_enable & IER_THRI != 0;
+        // Offset 1 reads DLM while DLAB is set: then take IER from the state
+        // (a copy, so only in that rare case).
+        let ier = if self.dlab() {
+            self.uart.state().interrupt_enable
+        } else {
+            self.uart.read(IER)
+        };
+        let thri_enabled = ier & IER_THRI != 0;
         let id = match raw & IIR_ID_MASK {
             // Both RX data and THRE pending: RX data has the higher priority;
             // THRE stays pending until an IIR read shows it (or THR is written).
