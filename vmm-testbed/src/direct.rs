@@ -2,9 +2,9 @@
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use crate::{qemu, Job, Outcome, TestbedError};
+use crate::{process, Job, Outcome, TestbedError};
 
 /// Runs `job` with `vmm` on this host, in a temporary folder holding links
 /// to the job's files.
@@ -35,25 +35,16 @@ fn run_in(dir: &Path, vmm: &Path, job: &Job) -> Result<Outcome, TestbedError> {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    qemu::die_with_parent(&mut cmd);
+    process::die_with_parent(&mut cmd);
     let mut child = cmd.spawn().map_err(|e| TestbedError::Tool("vmm", e))?;
-    let out_reader = qemu::drain(child.stdout.take().ok_or(TestbedError::NoPipe)?);
-    let err_reader = qemu::drain(child.stderr.take().ok_or(TestbedError::NoPipe)?);
-    let status = loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            break status;
-        }
-        if start.elapsed() > job.timeout {
-            let _ = child.kill();
-            let _ = child.wait();
-            let console =
-                String::from_utf8_lossy(&out_reader.join().unwrap_or_default()).into_owned();
-            return Err(TestbedError::Timeout {
-                after: job.timeout,
-                console,
-            });
-        }
-        std::thread::sleep(Duration::from_millis(10));
+    let out_reader = process::drain(child.stdout.take().ok_or(TestbedError::NoPipe)?);
+    let err_reader = process::drain(child.stderr.take().ok_or(TestbedError::NoPipe)?);
+    let Some(status) = process::wait_until(&mut child, start, job.timeout) else {
+        let console = String::from_utf8_lossy(&out_reader.join().unwrap_or_default()).into_owned();
+        return Err(TestbedError::Timeout {
+            after: job.timeout,
+            console,
+        });
     };
     let console = String::from_utf8_lossy(&out_reader.join().unwrap_or_default()).replace('\r', "");
     let stderr = String::from_utf8_lossy(&err_reader.join().unwrap_or_default()).into_owned();

@@ -30,6 +30,7 @@ mod host;
 pub mod initramfs;
 pub mod l1;
 pub mod markers;
+pub mod process;
 pub mod qemu;
 
 use std::path::{Path, PathBuf};

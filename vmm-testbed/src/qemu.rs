@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::markers::{self, Parsed};
+use crate::process::{die_with_parent, drain};
 use crate::{Outcome, TestbedError};
 
 /// The QEMU binary.
@@ -79,31 +80,6 @@ impl Drop for Reaper {
         }
         let _ = self.0.wait();
     }
-}
-
-/// Makes `cmd`'s process die with the process that started it, so that a
-/// test killed midway leaves no QEMU or VMM running.
-pub fn die_with_parent(cmd: &mut Command) {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: the hook runs in the child between fork and exec and only
-    // calls prctl, which is async-signal-safe.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-}
-
-/// Reads `r` to its end on a thread; the handle gives what was read.
-pub fn drain<R: Read + Send + 'static>(mut r: R) -> std::thread::JoinHandle<Vec<u8>> {
-    std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = r.read_to_end(&mut v);
-        v
-    })
 }
 
 /// Runs L1 in batch mode until the job's end marker or `timeout`.

@@ -49,25 +49,17 @@ pub fn vmm() -> Command {
 /// Waits for `child` at most [`RUN_LIMIT`], killing it if it overstays.
 /// Its output pipes are read meanwhile, so a chatty child cannot block.
 pub fn wait(mut child: Child) -> Output {
-    let out = child.stdout.take().map(vmm_testbed::qemu::drain);
-    let err = child.stderr.take().map(vmm_testbed::qemu::drain);
+    let out = child.stdout.take().map(vmm_testbed::process::drain);
+    let err = child.stderr.take().map(vmm_testbed::process::drain);
     let collect = |h: Option<std::thread::JoinHandle<Vec<u8>>>| {
         h.map(|h| h.join().unwrap_or_default()).unwrap_or_default()
     };
-    let deadline = Instant::now() + RUN_LIMIT;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "vmm did not finish within {RUN_LIMIT:?}; stderr: {}",
-                String::from_utf8_lossy(&collect(err))
-            );
-        }
-        std::thread::sleep(Duration::from_millis(5));
+    let Some(status) = vmm_testbed::process::wait_until(&mut child, Instant::now(), RUN_LIMIT)
+    else {
+        panic!(
+            "vmm did not finish within {RUN_LIMIT:?}; stderr: {}",
+            String::from_utf8_lossy(&collect(err))
+        );
     };
     Output {
         status,
