@@ -18,14 +18,10 @@ use vmm_testbed::{
 
 mod common;
 
-fn required() -> bool {
-    std::env::var_os(vmm_core::kvm::REQUIRE_KVM_ENV).is_some_and(|v| v == "1")
-}
-
 fn guest(test: &str) -> Option<GuestFiles> {
     if HostKvm::detect() == HostKvm::Missing {
         assert!(
-            !required(),
+            !vmm_core::kvm::required_for_tests(),
             "{test}: VMM_REQUIRE_KVM=1 but there is no /dev/kvm"
         );
         eprintln!("SKIP {test}: no /dev/kvm");
@@ -34,7 +30,10 @@ fn guest(test: &str) -> Option<GuestFiles> {
     match GuestFiles::default_location() {
         Ok(g) => Some(g),
         Err(e) => {
-            assert!(!required(), "{test}: VMM_REQUIRE_KVM=1 but {e}");
+            assert!(
+                !vmm_core::kvm::required_for_tests(),
+                "{test}: VMM_REQUIRE_KVM=1 but {e}"
+            );
             eprintln!("SKIP {test}: {e}");
             None
         }

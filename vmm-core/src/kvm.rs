@@ -161,13 +161,18 @@ impl KvmSystem {
 /// `/dev/kvm` exists).
 pub const REQUIRE_KVM_ENV: &str = "VMM_REQUIRE_KVM";
 
+/// Whether [`REQUIRE_KVM_ENV`] is `1`: KVM tests must run, not skip.
+pub fn required_for_tests() -> bool {
+    std::env::var_os(REQUIRE_KVM_ENV).is_some_and(|v| v == "1")
+}
+
 /// For tests that need KVM: `true` when `/dev/kvm` is usable. Otherwise
 /// prints a SKIP line naming `test` and returns `false`, or panics if
 /// [`REQUIRE_KVM_ENV`] is `1`, so that a KVM test never skips silently.
 pub fn usable_for_tests(test: &str) -> bool {
     match KvmSystem::open() {
         Ok(_) => true,
-        Err(e) if std::env::var_os(REQUIRE_KVM_ENV).is_some_and(|v| v == "1") => {
+        Err(e) if required_for_tests() => {
             panic!("{test}: {REQUIRE_KVM_ENV}=1 but KVM is unusable: {e}")
         }
         Err(e) => {
