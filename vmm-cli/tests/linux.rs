@@ -12,9 +12,7 @@
 use std::path::Path;
 use std::sync::Mutex;
 
-use vmm_testbed::{
-    initramfs::busybox_initramfs, run_linux, GuestFiles, HostKvm, Job, TestbedError,
-};
+use vmm_testbed::{initramfs::busybox_initramfs, run_linux, GuestFiles, HostKvm, Job};
 
 mod common;
 
@@ -107,11 +105,24 @@ fn boot(test: &str, kernel: fn(&GuestFiles) -> &Path, cpus: u32, end: &str) {
     static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let out = match run_linux(&g, vmm, &job) {
-        // A nested run under TCG that stops making progress is retried once,
-        // loudly; a second timeout fails the test.
-        Err(TestbedError::Timeout { after, console }) => {
-            let tail: String = console.chars().rev().take(2000).collect::<Vec<_>>().into_iter().rev().collect();
-            eprintln!("{test}: RETRY: the first run timed out after {after:?}; its console ended with:\n{tail}");
+        // A nested run under TCG whose L1 gives out (no progress, or QEMU
+        // ending without the job's end marker) is retried once, loudly; a
+        // second failure fails the test.
+        Err(e) if e.is_l1_failure() => {
+            let console = e.console().unwrap_or_default();
+            let tail: String = console
+                .chars()
+                .rev()
+                .take(2000)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
+            let first = e.to_string();
+            let first = first.lines().next().unwrap_or_default();
+            eprintln!(
+                "{test}: RETRY: the first run failed ({first}); its console ended with:\n{tail}"
+            );
             run_linux(&g, vmm, &job)
         }
         other => other,

@@ -87,6 +87,24 @@ pub enum TestbedError {
     NoKvm,
 }
 
+impl TestbedError {
+    /// Whether the nested environment itself gave out: L1 (QEMU emulating
+    /// SVM under TCG) ended without finishing the job, or the run stopped
+    /// making progress. Such a run says nothing certain about the VMM, so
+    /// callers may retry it once, loudly.
+    pub fn is_l1_failure(&self) -> bool {
+        matches!(self, Self::Timeout { .. } | Self::L1Ended { .. })
+    }
+
+    /// The console L1 printed before a failure, if this error carries it.
+    pub fn console(&self) -> Option<&str> {
+        match self {
+            Self::Timeout { console, .. } | Self::L1Ended { console, .. } => Some(console),
+            _ => None,
+        }
+    }
+}
+
 /// One run of the VMM: its arguments and the files they name.
 #[derive(Debug, Clone)]
 pub struct Job {
@@ -148,7 +166,7 @@ pub struct Outcome {
 
 /// Runs `job` nested in L1 under QEMU/TCG.
 pub fn run_nested(guest: &GuestFiles, vmm: &Path, job: &Job) -> Result<Outcome, TestbedError> {
-    let image = qemu::TempImage::new(&l1::l1_initramfs(guest, vmm, job, false)?)?;
+    let image = qemu::TempFile::new(&l1::l1_initramfs(guest, vmm, job, false)?)?;
     let cmd = qemu::l1_command(&guest.bzimage, &image.0, job.l1_memory_mib);
     qemu::run_batch(cmd, job.timeout)
 }
@@ -160,7 +178,7 @@ pub fn run_nested_interactive(
     vmm: &Path,
     job: &Job,
 ) -> Result<i32, TestbedError> {
-    let image = qemu::TempImage::new(&l1::l1_initramfs(guest, vmm, job, true)?)?;
+    let image = qemu::TempFile::new(&l1::l1_initramfs(guest, vmm, job, true)?)?;
     let cmd = qemu::l1_command(&guest.bzimage, &image.0, job.l1_memory_mib);
     qemu::run_interactive(cmd)
 }

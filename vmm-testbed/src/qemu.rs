@@ -50,9 +50,9 @@ pub fn l1_command(kernel: &Path, initrd: &Path, memory_mib: u32) -> Command {
 
 /// A temporary file for the L1 initramfs, removed on drop.
 #[derive(Debug)]
-pub struct TempImage(pub PathBuf);
+pub struct TempFile(pub PathBuf);
 
-impl TempImage {
+impl TempFile {
     /// Writes `bytes` to a fresh file in the temp folder.
     pub fn new(bytes: &[u8]) -> Result<Self, TestbedError> {
         static COUNT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
@@ -64,7 +64,7 @@ impl TempImage {
     }
 }
 
-impl Drop for TempImage {
+impl Drop for TempFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
     }
@@ -82,10 +82,28 @@ impl Drop for Reaper {
     }
 }
 
+/// What QEMU's reset log says about how L1 ended: its `Triple fault` and
+/// reset lines, without the register dumps.
+pub fn reset_log_summary(log: &str) -> String {
+    let resets = log.matches("CPU Reset").count();
+    let triple = log.matches("Triple fault").count();
+    format!("QEMU's reset log: {resets} CPU resets (2 at start-up), {triple} triple faults")
+}
+
 /// Runs L1 in batch mode until the job's end marker or `timeout`.
 pub fn run_batch(mut cmd: Command, timeout: Duration) -> Result<Outcome, TestbedError> {
     let start = Instant::now();
-    cmd.args(["-serial", "stdio"])
+    // QEMU logs CPU resets and triple faults: an L1 that ends without a
+    // word (a triple fault under `-no-reboot`) is then told apart from
+    // one that powered off.
+    let reset_log = TempFile(std::env::temp_dir().join(format!(
+        "vmm-testbed-qemu-{}-{:?}.log",
+        std::process::id(),
+        std::thread::current().id()
+    )));
+    cmd.args(["-d", "cpu_reset", "-D"])
+        .arg(&reset_log.0)
+        .args(["-serial", "stdio"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -127,7 +145,9 @@ pub fn run_batch(mut cmd: Command, timeout: Duration) -> Result<Outcome, Testbed
             if p.finished() {
                 break p;
             }
-            let err = String::from_utf8_lossy(&stderr.join().unwrap_or_default()).into_owned();
+            let mut err = String::from_utf8_lossy(&stderr.join().unwrap_or_default()).into_owned();
+            let log = std::fs::read_to_string(&reset_log.0).unwrap_or_default();
+            err.push_str(&reset_log_summary(&log));
             return Err(TestbedError::L1Ended {
                 status: status.code(),
                 qemu_stderr: err,
@@ -179,4 +199,32 @@ pub fn run_interactive(mut cmd: Command) -> Result<i32, TestbedError> {
     ]);
     let status = cmd.status().map_err(|e| TestbedError::Tool(QEMU, e))?;
     Ok(status.code().unwrap_or(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reset_log_summary_counts_resets_and_triple_faults() {
+        let log =
+            "CPU Reset (CPU 0)\nEAX=0\nCPU Reset (CPU 1)\nEAX=0\nTriple fault\nCPU Reset (CPU 0)\n";
+        assert_eq!(
+            reset_log_summary(log),
+            "QEMU's reset log: 3 CPU resets (2 at start-up), 1 triple faults"
+        );
+    }
+
+    #[test]
+    fn l1_failures_are_the_retryable_errors() {
+        let ended = TestbedError::L1Ended {
+            status: Some(0),
+            qemu_stderr: String::new(),
+            console: "tail".into(),
+        };
+        assert!(ended.is_l1_failure());
+        assert_eq!(ended.console(), Some("tail"));
+        assert!(!TestbedError::NoKvm.is_l1_failure());
+        assert!(!TestbedError::InL1("no /dev/kvm".into()).is_l1_failure());
+    }
 }
