@@ -45,9 +45,23 @@ pub struct Args {
     #[arg(long, value_name = "WHERE", default_value = "stdio", value_parser = parse_serial)]
     pub serial: Serial,
 
+    /// Which i8254 PIT: `userspace` (ours, stops while the VM is paused) or
+    /// `kvm` (KVM's in-kernel PIT).
+    #[arg(long, value_name = "WHICH", default_value = "userspace")]
+    pub pit: PitChoice,
+
     /// Log level for the VMM's own messages (error, warn, info, debug, trace).
     #[arg(long, value_name = "LEVEL", default_value = "warn")]
     pub log_level: log::LevelFilter,
+}
+
+/// The `--pit` choice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PitChoice {
+    /// Ours, on the Virtual clock.
+    Userspace,
+    /// KVM's in-kernel PIT.
+    Kvm,
 }
 
 /// The `--serial` choice.

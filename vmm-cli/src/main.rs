@@ -20,7 +20,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Parser;
 use vmm_devices::serial::SerialOutput;
-use vmm_pc::{ExitReason, PcConfig, PcMachine};
+use vmm_pc::{ExitReason, PcConfig, PcMachine, PitBackend};
 
 use crate::args::{Args, Serial};
 
@@ -77,7 +77,10 @@ fn run(args: Args) -> Result<ExitReason> {
         memory: args.memory,
         cpus: args.cpus,
         serial: Box::new(sink),
-        in_kernel_pit: true,
+        pit: match args.pit {
+            args::PitChoice::Userspace => PitBackend::Userspace,
+            args::PitChoice::Kvm => PitBackend::Kvm,
+        },
     };
     let mut machine = PcMachine::build(config).context("cannot build the machine")?;
 

@@ -134,8 +134,8 @@ fn boot(test: &str, kernel: fn(&GuestFiles) -> &Path, cpus: u32, end: &str) {
     );
     let report = parse_report(&out.console).unwrap_or_else(|| {
         panic!(
-            "{test}: no report from the guest.\nconsole:\n{}\nvmm stderr:\n{}",
-            out.console, out.stderr
+            "{test}: no report from the guest (vmm status {:?}).\nconsole:\n{}\nvmm stderr:\n{}\nL1 console:\n{}",
+            out.status, out.console, out.stderr, out.l1_console
         )
     });
     assert_eq!(report.cpus, cpus, "{test}: CPU count");

@@ -1,4 +1,5 @@
-//! PC device models with no KVM in sight: a 16550A COM port, the i8042
+//! PC device models with no KVM in sight: a 16550A COM port, the i8254
+//! PIT and the MC146818 RTC on vmm-clock's timers, the i8042
 //! keyboard controller's reset path, the ACPI PM1a registers (S5 poweroff),
 //! system control port B (0x61) and the POST-code port (0x80).
 //!
@@ -15,6 +16,8 @@
 //! | [`I8042`] | 0x60 and 0x64 (absolute ports) | reset request; IRQ 1, edge | [`i8042`] |
 //! | [`Pm1Event`] | 4 at `PM1a_EVT_BLK` (0x600) | none | [`acpi_pm`] |
 //! | [`Pm1Control`] | 2 at `PM1a_CNT_BLK` (0x604) | poweroff request | [`acpi_pm`] |
+//! | [`Pit`] | 0x40-0x43 | IRQ 0, edge, from a Virtual-clock timer | [`pit`] |
+//! | [`Rtc`] | 0x70-0x71 | IRQ 8, edge, from Host-clock timers | [`rtc`] |
 //! | [`Port61`] | 0x61 | none (PIT channel 2 via [`PitChannel2`]) | [`port61`] |
 //! | [`Port80`] | 0x80 | none | [`port80`] |
 //!
@@ -36,6 +39,8 @@
 //! | serial | all eight registers; THR bytes; the RX FIFO via reads and FCR | RX FIFO capped at 64 bytes ([`RX_FIFO_CAPACITY`]) and filled only by the host, never past its free room ([`SerialDevice::enqueue_input`]); loopback bytes beyond 64 are discarded; each THR byte costs one `write` to the host's output, which must not block (see [`serial`]); one IRQ edge per new cause, so IRQ rate is bounded by the guest's own exit rate; the RX flush loop runs at most 64 iterations |
 //! | i8042 | commands, data bytes, CTR, output port | output queue capped at 16 bytes ([`OUTPUT_QUEUE_LEN`]), excess dropped and counted; keyboard replies at most 3 bytes per write; the reset line fires once until the machine re-arms it ([`I8042::reset`]), so a reboot loop cannot queue up resets; no command blocks or waits |
 //! | ACPI PM1 | PM1_STS (W1C), PM1_EN, PM1_CNT | only documented bits stored; S5 fires the poweroff line (idempotent for the machine: an eventfd counter), other sleep types only logged once; bytes outside each block read 0xFF |
+//! | i8254 PIT | control words, counts, latches, read-back, channel 2's gate | counts are computed, never ticked; one timer, at most one IRQ 0 edge per 200 µs in the periodic modes (a one-shot needs a guest write per edge); every field stays in range (count 1..=65536) |
+//! | MC146818 | index (NMI bit dropped), all 128 bytes | junk time values give a clamped year (1700-2199), never an overflow; update and alarm catch-up looks at most one day of seconds; periodic interrupts at most 8192 Hz, and one edge until register C is read |
 //! | port 0x61 | gate and speaker bits | two bits stored; reads compute from state, no time or host call |
 //! | port 0x80 | one byte | last byte and a saturating counter; logged at `trace` only |
 //!
@@ -75,8 +80,10 @@ pub mod error;
 pub mod i8042;
 pub mod irq;
 mod log_once;
+pub mod pit;
 pub mod port61;
 pub mod port80;
+pub mod rtc;
 pub mod serial;
 #[cfg(test)]
 mod test_util;
@@ -87,8 +94,10 @@ pub use acpi_pm::{
 pub use error::Error;
 pub use i8042::{I8042State, I8042, OUTPUT_QUEUE_LEN};
 pub use irq::{EventFdTrigger, Trigger};
+pub use pit::{Pit, PitChannelState, PitPort61, PitState, PIT_FREQ_HZ, PIT_PORT_LEN};
 pub use port61::{NoPitChannel2, PitChannel2, Port61, Port61State};
 pub use port80::{Port80, Port80State};
+pub use rtc::{Rtc, RtcState, CMOS_SIZE, RTC_PORT_LEN};
 pub use serial::{
     SerialDevice, SerialDeviceState, SerialOutput, RX_FIFO_CAPACITY, SERIAL_PORT_LEN,
 };
@@ -180,6 +189,55 @@ mod fuzz {
             fuzz_pio(&mut dev, 0x61, 2, seed, OPS, |dev, _| {
                 assert_eq!(dev.state().control & !0x03, 0);
             });
+        }
+    }
+
+    #[test]
+    fn pit() {
+        for seed in SEEDS {
+            let sim = crate::test_util::Sim::with_wall(0);
+            let (irq, probe) = line();
+            let pit = Pit::new(&sim.clocks, irq);
+            let mut edges = 0;
+            let mut dev = pit.lock().unwrap();
+            fuzz_pio(&mut *dev, 0x40, 6, seed, OPS, |dev, rng| {
+                if rng.below(64) == 0 {
+                    dev.set_gate(2, rng.below(2) == 0);
+                }
+                let st = dev.state();
+                for ch in st.channels {
+                    assert!((1..=0x1_0000).contains(&ch.count));
+                }
+            });
+            drop(dev);
+            // Time passes under whatever the guest left programmed: the
+            // periodic floor bounds the edges.
+            sim.run_for(100_000_000, |_| edges += fired(&probe));
+            assert!(edges <= 501, "{edges} edges in 100 ms");
+        }
+    }
+
+    #[test]
+    fn rtc() {
+        for seed in SEEDS {
+            let sim = crate::test_util::Sim::with_wall(1_800_000_000_000_000_000);
+            let (irq, probe) = line();
+            let rtc = Rtc::new(&sim.clocks, irq);
+            let mut dev = rtc.lock().unwrap();
+            fuzz_pio(&mut *dev, 0x70, 4, seed, OPS, |dev, _| {
+                assert!(dev.state().index <= 0x7F);
+            });
+            drop(dev);
+            // Whatever the guest left programmed, time passes without a
+            // panic, and the interrupt rate stays within the fastest rate.
+            let mut edges = 0;
+            sim.run_for(1_000_000_000, |_| {
+                edges += fired(&probe);
+                let mut rtc = rtc.lock().unwrap();
+                rtc.write(0, 0x0C);
+                rtc.read(1);
+            });
+            assert!(edges <= 8193, "{edges} edges in 1 s");
         }
     }
 

@@ -137,3 +137,62 @@ pub(crate) fn fuzz_pio<D: MutDevicePio>(
         after_each(dev, &mut rng);
     }
 }
+
+/// Fake time driving real [`vmm_clock::Clocks`], for the timer-driven
+/// devices: time moves only when the test says, from one timer deadline to
+/// the next, so every event is seen at its exact instant.
+pub(crate) struct Sim {
+    pub(crate) time: Arc<vmm_clock::FakeTime>,
+    pub(crate) clocks: vmm_clock::Clocks,
+}
+
+impl Sim {
+    /// Clocks at monotonic 0 and wall `wall_ns`, with the VM running.
+    pub(crate) fn with_wall(wall_ns: i64) -> Self {
+        use vmm_clock::TimeSource;
+        let time = Arc::new(vmm_clock::FakeTime::with_wall(wall_ns));
+        let clocks = vmm_clock::Clocks::new(time.clone() as Arc<dyn TimeSource>);
+        clocks.vm_start();
+        Self { time, clocks }
+    }
+
+    /// Monotonic time now (the Virtual clock too, while the VM runs).
+    pub(crate) fn now(&self) -> i64 {
+        use vmm_clock::TimeSource;
+        self.time.monotonic_ns()
+    }
+
+    /// Lets `ns` pass, stopping at every timer deadline on the way to run
+    /// the due timers and then call `after_each(now)`.
+    pub(crate) fn run_for(&self, ns: i64, mut after_each: impl FnMut(i64)) {
+        let end = self.now() + ns;
+        loop {
+            match self.clocks.alarm_deadline() {
+                Some(deadline) if deadline <= end => {
+                    let step = (deadline - self.now()).max(0);
+                    self.time.advance(step);
+                    self.clocks.run_all_timers();
+                    after_each(self.now());
+                }
+                _ => {
+                    self.time.advance(end - self.now());
+                    self.clocks.run_all_timers();
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Lets `ns` pass; returns the instants (monotonic ns) at which `probe`
+    /// fired.
+    pub(crate) fn edges(&self, ns: i64, probe: &EventFdTrigger) -> Vec<i64> {
+        let mut edges = Vec::new();
+        fired(probe);
+        self.run_for(ns, |now| {
+            for _ in 0..fired(probe) {
+                edges.push(now);
+            }
+        });
+        edges
+    }
+}

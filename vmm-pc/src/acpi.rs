@@ -2,9 +2,8 @@
 //!
 //! The machine is a legacy PC, not a "hardware-reduced" one: the FADT
 //! describes a PM1a event and control block (see `layout::port`), an SCI on
-//! IRQ 9, and says the 8259 PICs, PIT and i8042 are there (and, for now, no
-//! CMOS RTC), so Linux
-//! keeps using them. The tables:
+//! IRQ 9, and says the 8259 PICs, PIT, CMOS RTC (century byte at 0x32) and
+//! i8042 are there, so Linux keeps using them. The tables:
 //!
 //! - RSDP (revision 2) at [`RSDP_START`] → XSDT;
 //! - XSDT → FADT, MADT;
@@ -59,11 +58,8 @@ const INTI_LEVEL: u16 = 0b11 << 2;
 /// and serial ports are there) and 8042 (a PS/2 controller is there).
 const IAPC_BOOT_ARCH_LEGACY_DEVICES: u16 = 1 << 0;
 const IAPC_BOOT_ARCH_8042: u16 = 1 << 1;
-/// IAPC_BOOT_ARCH "CMOS RTC not present" (ACPI 5.0+, FADT revision 5+):
-/// true of this machine until the MC146818 model exists. Linux then does
-/// not register its `rtc_cmos` device, whose probe would otherwise spend
-/// seconds timing out on ports that read 0xff (Xen's PVH sets it too).
-const IAPC_BOOT_ARCH_NO_CMOS_RTC: u16 = 1 << 5;
+/// The CMOS index of the century byte (the FADT's `CENTURY`).
+const CMOS_CENTURY: u8 = 0x32;
 /// PM1 event block length: status and enable registers, 2 bytes each.
 const PM1_EVT_LEN: u8 = 4;
 /// PM1 control block length.
@@ -195,8 +191,10 @@ fn fadt(num_cpus: u32, dsdt: u64, facs: u64) -> Vec<u8> {
     fadt.pm1_cnt_len = PM1_CNT_LEN;
     fadt.x_pm1a_evt_blk = io_gas(port::PM1A_EVT_BLK, PM1_EVT_LEN);
     fadt.x_pm1a_cnt_blk = io_gas(port::PM1A_CNT_BLK, PM1_CNT_LEN);
-    fadt.iapc_boot_arch =
-        (IAPC_BOOT_ARCH_LEGACY_DEVICES | IAPC_BOOT_ARCH_8042 | IAPC_BOOT_ARCH_NO_CMOS_RTC).into();
+    // No "CMOS RTC not present" flag: the MC146818 is there, and Linux
+    // registers its rtc_cmos device on IRQ 8.
+    fadt.iapc_boot_arch = (IAPC_BOOT_ARCH_LEGACY_DEVICES | IAPC_BOOT_ARCH_8042).into();
+    fadt.century = CMOS_CENTURY;
     aml_bytes(&fadt.finalize())
 }
 
@@ -340,8 +338,9 @@ mod tests {
         assert_eq!(flags & Flags::HwReducedAcpi as u32, 0);
         assert_ne!(flags & Flags::Wbinvd as u32, 0);
         assert_eq!(flags & Flags::ForceApicPhysicalDestinationMode as u32, 0);
-        // IAPC_BOOT_ARCH: legacy devices, 8042, no CMOS RTC (yet).
-        assert_eq!(u16_at(&fadt, 109), 0b10_0011);
+        // IAPC_BOOT_ARCH: legacy devices, 8042 (and a CMOS RTC).
+        assert_eq!(u16_at(&fadt, 109), 0b11);
+        assert_eq!(fadt[108], 0x32); // CENTURY
         assert_eq!(u16_at(&fadt, 46), 9); // SCI_INT
         assert_eq!(u32_at(&fadt, 48), 0); // SMI_CMD
         assert_eq!(u32_at(&fadt, 56), 0x600); // PM1a_EVT_BLK

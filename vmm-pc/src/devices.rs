@@ -7,21 +7,25 @@
 //! | ACPI PM1a event | 0x600-0x603 | (SCI 9, unused) | status/enable |
 //! | ACPI PM1a control | 0x604-0x605 | | SLP_EN with S5 = poweroff |
 //! | POST port | 0x80 | | writes ignored, reads 0xff |
-//! | system control B | 0x61 | | in the kernel with KVM's PIT, else ours |
-//! | i8254 PIT | 0x40-0x43 | 0 → IO-APIC pin 2 | KVM's in-kernel PIT |
+//! | system control B | 0x61 | | ours, gating PIT channel 2; KVM's with its PIT |
+//! | MC146818 RTC + CMOS | 0x70-0x71 | 8 | Host-clock timers, irqfd (edge) |
+//! | i8254 PIT | 0x40-0x43 | 0 → IO-APIC pin 2 | ours on the Virtual clock, irqfd (edge); or KVM's |
 
 use std::sync::{Arc, Mutex};
 
+use vmm_clock::Clocks;
 use vmm_core::vm::{Vm, VmError};
 use vmm_devices::acpi_pm::{PM1_CNT_LEN, PM1_EVT_LEN};
 use vmm_devices::serial::SerialOutput;
 use vmm_devices::{
-    EventFdTrigger, Pm1Control, Pm1Event, Port61, Port80, SerialDevice, SerialEvents, I8042,
+    EventFdTrigger, Pit, PitPort61, Pm1Control, Pm1Event, Port61, Port80, Rtc, SerialDevice,
+    SerialEvents, I8042, PIT_PORT_LEN, RTC_PORT_LEN,
 };
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::io::{BusError, PcIo};
-use crate::layout::{irq, port};
+use crate::layout::{self, irq, port};
+use crate::machine::PitBackend;
 
 /// Errors wiring the devices.
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +75,10 @@ pub struct PcDevices {
     pub poweroff_evt: EventFd,
     /// Written when COM1's receive FIFO drains.
     pub console_ready_evt: EventFd,
+    /// Our i8254, unless KVM's serves.
+    pub pit: Option<Arc<Mutex<Pit<EventFdTrigger>>>>,
+    /// The RTC and CMOS.
+    pub rtc: Arc<Mutex<Rtc<EventFdTrigger>>>,
 }
 
 fn eventfd(what: &'static str) -> Result<EventFd, DeviceError> {
@@ -81,14 +89,26 @@ fn clone_fd(what: &'static str, fd: &EventFd) -> Result<EventFd, DeviceError> {
     fd.try_clone().map_err(|e| DeviceError::EventFd(what, e))
 }
 
+/// What the devices need to know of the machine.
+#[derive(Debug, Clone, Copy)]
+pub struct PcShape {
+    /// Guest RAM in bytes (for the CMOS memory bytes).
+    pub memory: u64,
+    /// vCPUs (for the CMOS CPU count).
+    pub cpus: u32,
+    /// Which PIT.
+    pub pit: PitBackend,
+}
+
 /// Creates the PC's devices, puts them on `io` and connects their
-/// interrupts to `vm`'s irqchip. With `in_kernel_pit`, port 0x61 is left to
-/// KVM (its PIT owns the speaker gate and channel 2's output).
+/// interrupts to `vm`'s irqchip; timed devices run on `clocks`. With KVM's
+/// PIT, ports 0x40-0x43 and 0x61 are left to KVM.
 pub fn create_devices(
     vm: &Vm,
     io: &mut PcIo,
+    clocks: &Clocks,
     serial_out: SerialOutput,
-    in_kernel_pit: bool,
+    pc: PcShape,
 ) -> Result<PcDevices, DeviceError> {
     // COM1.
     let com1_irq = EventFdTrigger::new(eventfd("COM1")?);
@@ -134,14 +154,36 @@ pub fn create_devices(
     )?;
 
     io.add_pio("POST", port::POST, 1, Arc::new(Mutex::new(Port80::new())))?;
-    if !in_kernel_pit {
-        io.add_pio(
-            "system control B",
-            port::SYSTEM_CONTROL_B,
-            1,
-            Arc::new(Mutex::new(Port61::new())),
-        )?;
-    }
+
+    // RTC and CMOS, with the memory and CPU bytes a PC BIOS fills in.
+    let rtc_irq = EventFdTrigger::new(eventfd("RTC")?);
+    vm.register_irqfd(rtc_irq.event_fd(), irq::RTC)
+        .map_err(|e| DeviceError::Irq("MC146818 RTC", e))?;
+    let rtc = Rtc::new(clocks, rtc_irq);
+    let below_4g = pc.memory.min(layout::MMIO_HOLE_START);
+    rtc.lock().unwrap_or_else(|e| e.into_inner()).set_pc_config(
+        below_4g,
+        pc.memory - below_4g,
+        pc.cpus,
+    );
+    io.add_pio("MC146818 RTC", port::RTC, RTC_PORT_LEN, rtc.clone())?;
+    let pit = match pc.pit {
+        PitBackend::Userspace => {
+            let pit_irq = EventFdTrigger::new(eventfd("PIT")?);
+            vm.register_irqfd(pit_irq.event_fd(), irq::PIT)
+                .map_err(|e| DeviceError::Irq("i8254 PIT", e))?;
+            let pit = Pit::new(clocks, pit_irq);
+            io.add_pio("i8254 PIT", port::PIT, PIT_PORT_LEN, pit.clone())?;
+            io.add_pio(
+                "system control B",
+                port::SYSTEM_CONTROL_B,
+                1,
+                Arc::new(Mutex::new(Port61::with_pit(PitPort61(pit.clone())))),
+            )?;
+            Some(pit)
+        }
+        PitBackend::Kvm => None,
+    };
 
     Ok(PcDevices {
         com1,
@@ -149,6 +191,8 @@ pub fn create_devices(
         reset_evt,
         poweroff_evt,
         console_ready_evt,
+        pit,
+        rtc,
     })
 }
 

@@ -16,4 +16,4 @@ pub mod test_guests;
 #[cfg(test)]
 mod test_util;
 
-pub use machine::{ExitReason, MachineControl, PcConfig, PcError, PcMachine};
+pub use machine::{ExitReason, MachineControl, PcConfig, PcError, PcMachine, PitBackend};

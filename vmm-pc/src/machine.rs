@@ -37,7 +37,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::boot::{self, BootError, KernelEntry, LoadedKernel};
 use crate::cpu::{self, BootEntry};
-use crate::devices::{create_devices, pc_irq_routes, Com1, DeviceError, PcDevices};
+use crate::devices::{create_devices, pc_irq_routes, Com1, DeviceError, PcDevices, PcShape};
 use crate::io::PcIo;
 use crate::layout::{self, MAX_CPUS};
 use crate::memory::{self, MemoryError};
@@ -58,8 +58,19 @@ pub struct PcConfig {
     /// Where COM1's output goes. Called on vCPU threads: must not block
     /// for long.
     pub serial: SerialOutput,
-    /// Use KVM's in-kernel i8254 PIT (the only PIT for now).
-    pub in_kernel_pit: bool,
+    /// Which i8254 PIT the machine gets.
+    pub pit: PitBackend,
+}
+
+/// Which i8254 PIT a machine gets; never both.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum PitBackend {
+    /// Ours (vmm-devices), on the Virtual clock: it stops with the VM.
+    #[default]
+    Userspace,
+    /// KVM's in-kernel PIT (`KVM_CREATE_PIT2`), which also answers port
+    /// 0x61; it keeps counting host time while the VM is paused.
+    Kvm,
 }
 
 impl std::fmt::Debug for PcConfig {
@@ -70,7 +81,7 @@ impl std::fmt::Debug for PcConfig {
             .field("cmdline", &self.cmdline)
             .field("memory", &self.memory)
             .field("cpus", &self.cpus)
-            .field("in_kernel_pit", &self.in_kernel_pit)
+            .field("pit", &self.pit)
             .finish_non_exhaustive()
     }
 }
@@ -274,7 +285,7 @@ impl PcMachine {
         vm.set_tss_address(layout::KVM_TSS_ADDR)?;
         vm.create_irqchip()?;
         vm.set_irqchip_routing(&pc_irq_routes())?;
-        if config.in_kernel_pit {
+        if config.pit == PitBackend::Kvm {
             vm.create_in_kernel_pit()?;
         }
 
@@ -299,7 +310,14 @@ impl PcMachine {
 
         // 7. Devices.
         let mut io = PcIo::new();
-        let devices = create_devices(&vm, &mut io, config.serial, config.in_kernel_pit)?;
+        // The clocks come first: the PIT and the RTC arm timers on them.
+        let clocks = Clocks::host();
+        let shape = PcShape {
+            memory: config.memory,
+            cpus: config.cpus,
+            pit: config.pit,
+        };
+        let devices = create_devices(&vm, &mut io, &clocks, config.serial, shape)?;
 
         // 8. Signals first (blocked in this thread before any other
         //    starts, so every thread inherits the mask), then the loop.
@@ -310,7 +328,6 @@ impl PcMachine {
             lock(&p).signal.get_or_insert(signo);
         })?;
         event_loop.add(Arc::new(Mutex::new(signals)));
-        let clocks = Clocks::host();
         let alarm = TimerFdAlarm::new(&clocks).map_err(PcError::Clock)?;
         event_loop.add(Arc::new(Mutex::new(alarm)));
         let wake = Arc::new(

@@ -1,0 +1,1208 @@
+//! The MC146818 real-time clock and CMOS RAM on ports 0x70/0x71, IRQ 8
+//! (SUBSYSTEMS §5).
+//!
+//! **Time base.** The guest's date follows the Host clock (the wall clock,
+//! QEMU's default `rtc_clock = host`): guest time is host time plus an
+//! offset, 0 at start (UTC). When the guest sets the time the offset changes;
+//! when the host's wall clock jumps the guest's time jumps with it and the
+//! RTC's timers are re-armed from the new time (vmm-clock's reset
+//! listeners), as QEMU has done since 4.2. The time registers are computed
+//! from that time when read; nothing ticks.
+//!
+//! **Interrupts.** Periodic (register A's rate, while PIE is set, as QEMU),
+//! alarm (with 0xC0-0xFF "don't care" bytes) and update-ended (each second)
+//! interrupts come from two Host-clock timers, armed only while an enable
+//! bit needs them. UF and AF are also brought up to date lazily whenever
+//! register C is read, so a guest that polls sees the same flags. IRQ 8 is
+//! an edge per 0 → 1 change of IRQF; reading C clears the flags and IRQF,
+//! which lets the next flag raise a new edge (the same interrupts QEMU's
+//! level line gives an edge-triggered PIC/IO-APIC input).
+//!
+//! **Port 0x70.** Bit 7 of the index is the chipset's NMI mask: ignored, as
+//! QEMU does; reading 0x70 returns 0xFF. Index 0x37 (the PS/2 century byte)
+//! is 0x32.
+//!
+//! **Deviations, both QEMU's too:** PF is only set while PIE is (the
+//! periodic timer does not run otherwise); UIP is reported during the last
+//! 244 µs before each second without modelling the 2 ms update itself.
+
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+
+use vm_device::bus::{PioAddress, PioAddressOffset};
+use vm_device::MutDevicePio;
+use vmm_clock::{ClockType, Clocks, ResetListenerId, Timer};
+
+use crate::irq::{fire, Trigger};
+use crate::log_once::FaultLog;
+
+/// Ports from the base (0x70): index and data.
+pub const RTC_PORT_LEN: u16 = 2;
+/// Bytes of CMOS, registers included.
+pub const CMOS_SIZE: usize = 128;
+
+/// Register indices.
+pub mod reg {
+    /// Seconds.
+    pub const SECONDS: u8 = 0x00;
+    /// Seconds alarm.
+    pub const SECONDS_ALARM: u8 = 0x01;
+    /// Minutes.
+    pub const MINUTES: u8 = 0x02;
+    /// Minutes alarm.
+    pub const MINUTES_ALARM: u8 = 0x03;
+    /// Hours (bit 7 = PM in 12-hour mode).
+    pub const HOURS: u8 = 0x04;
+    /// Hours alarm.
+    pub const HOURS_ALARM: u8 = 0x05;
+    /// Day of week, Sunday = 1.
+    pub const DAY_OF_WEEK: u8 = 0x06;
+    /// Day of month.
+    pub const DAY_OF_MONTH: u8 = 0x07;
+    /// Month.
+    pub const MONTH: u8 = 0x08;
+    /// Year within the century.
+    pub const YEAR: u8 = 0x09;
+    /// Register A: UIP, divider, rate select.
+    pub const A: u8 = 0x0A;
+    /// Register B: SET, PIE, AIE, UIE, SQWE, DM, 24/12, DSE.
+    pub const B: u8 = 0x0B;
+    /// Register C: IRQF, PF, AF, UF (read-only, cleared on read).
+    pub const C: u8 = 0x0C;
+    /// Register D: VRT (read-only).
+    pub const D: u8 = 0x0D;
+    /// Century (the ACPI FADT's `CENTURY` points here).
+    pub const CENTURY: u8 = 0x32;
+    /// The IBM PS/2 century location, an alias of [`CENTURY`].
+    pub const IBM_CENTURY: u8 = 0x37;
+}
+
+const A_UIP: u8 = 0x80;
+const A_DV: u8 = 0x70;
+const A_RS: u8 = 0x0F;
+const B_SET: u8 = 0x80;
+const B_PIE: u8 = 0x40;
+const B_AIE: u8 = 0x20;
+const B_UIE: u8 = 0x10;
+const B_SQWE: u8 = 0x08;
+const B_DM_BINARY: u8 = 0x04;
+const B_24H: u8 = 0x02;
+const C_IRQF: u8 = 0x80;
+const C_PF: u8 = 0x40;
+const C_AF: u8 = 0x20;
+const C_UF: u8 = 0x10;
+/// PF, AF, UF and their enables PIE, AIE, UIE share bit positions.
+const INT_BITS: u8 = 0x70;
+const D_VRT: u8 = 0x80;
+
+/// Register A after reset: 32.768 kHz time base, 1024 Hz periodic rate.
+pub const REG_A_DEFAULT: u8 = 0x26;
+/// Register B after reset: BCD, 24-hour, no interrupts (what Linux needs).
+pub const REG_B_DEFAULT: u8 = 0x02;
+
+const NS_PER_SEC: i64 = 1_000_000_000;
+/// UIP is set this long before each update (8 cycles of 32.768 kHz).
+const UIP_WINDOW_NS: i64 = 244_141;
+/// A day of seconds: more than enough to find an alarm match.
+const SECONDS_PER_DAY: i64 = 86_400;
+/// The years the registers may name (see [`Rtc::register_secs`]).
+const MIN_YEAR: i64 = 1700;
+const MAX_YEAR: i64 = 2199;
+/// After leaving divider reset, the first update comes this much later.
+const HALF_SECOND_NS: i64 = 500_000_000;
+
+const NAME: &str = "mc146818";
+
+/// The RTC's state, plain data: read it out with [`Rtc::state`] and put it
+/// back with [`Rtc::restore`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RtcState {
+    /// CMOS bytes; the time registers hold their last computed or written
+    /// values.
+    pub cmos: [u8; CMOS_SIZE],
+    /// The selected register (bit 7 already dropped).
+    pub index: u8,
+    /// Guest time minus Host-clock time, ns, while the clock runs.
+    pub offset_ns: i64,
+    /// The last guest second whose update (UF, AF) has been processed.
+    pub last_update_sec: i64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The MC146818 on the Host clock, pulsing `T` for IRQ 8.
+///
+/// Made with [`Rtc::new`] inside an `Arc<Mutex<_>>`, which the port bus and
+/// the timer callbacks (weakly) share.
+#[derive(Debug)]
+pub struct Rtc<T: Trigger> {
+    state: RtcState,
+    clocks: Clocks,
+    irq: T,
+    periodic: Option<Timer>,
+    update: Option<Timer>,
+    /// Armed "now" by the clock-reset listener, to re-arm the others.
+    rearm: Option<Arc<Timer>>,
+    listener: Option<ResetListenerId>,
+    irq_edges: u64,
+    faults: FaultLog,
+}
+
+impl<T: Trigger + Send + 'static> Rtc<T> {
+    /// An RTC set to the host's date (UTC), registers A-D at their reset
+    /// values, the CMOS RAM zero.
+    pub fn new(clocks: &Clocks, irq: T) -> Arc<Mutex<Self>> {
+        let mut cmos = [0u8; CMOS_SIZE];
+        cmos[usize::from(reg::A)] = REG_A_DEFAULT;
+        cmos[usize::from(reg::B)] = REG_B_DEFAULT;
+        cmos[usize::from(reg::D)] = D_VRT;
+        let now = clocks.now(ClockType::Host);
+        let rtc = Arc::new(Mutex::new(Self {
+            state: RtcState {
+                cmos,
+                index: 0,
+                offset_ns: 0,
+                last_update_sec: now.div_euclid(NS_PER_SEC),
+            },
+            clocks: clocks.clone(),
+            irq,
+            periodic: None,
+            update: None,
+            rearm: None,
+            listener: None,
+            irq_edges: 0,
+            faults: FaultLog::default(),
+        }));
+        let timer = |f: fn(&mut Self)| {
+            let weak: Weak<Mutex<Self>> = Arc::downgrade(&rtc);
+            clocks.new_timer(ClockType::Host, move |_| {
+                if let Some(rtc) = weak.upgrade() {
+                    f(&mut lock(&rtc));
+                }
+            })
+        };
+        let periodic = timer(Self::periodic_fired);
+        let update = timer(Self::update_fired);
+        let rearm = Arc::new(timer(Self::reschedule_now));
+        let kick = Arc::clone(&rearm);
+        // The listener runs on whichever thread read the jump, maybe with
+        // this RTC locked: it only arms a timer, whose callback locks.
+        let listener = clocks.add_reset_listener(move |host_now| kick.arm(host_now));
+        {
+            let mut r = lock(&rtc);
+            r.periodic = Some(periodic);
+            r.update = Some(update);
+            r.rearm = Some(rearm);
+            r.listener = Some(listener);
+            r.refresh_time(now);
+        }
+        rtc
+    }
+}
+
+impl<T: Trigger> Drop for Rtc<T> {
+    fn drop(&mut self) {
+        if let Some(id) = self.listener.take() {
+            self.clocks.remove_reset_listener(id);
+        }
+    }
+}
+
+impl<T: Trigger> Rtc<T> {
+    fn now(&self) -> i64 {
+        self.clocks.now(ClockType::Host)
+    }
+
+    fn byte(&self, r: u8) -> u8 {
+        self.state.cmos[usize::from(r)]
+    }
+
+    fn set_byte(&mut self, r: u8, value: u8) {
+        self.state.cmos[usize::from(r)] = value;
+    }
+
+    /// The current state.
+    pub fn state(&self) -> RtcState {
+        self.state.clone()
+    }
+
+    /// Replaces the state (a snapshot restore) and re-arms the timers.
+    pub fn restore(&mut self, state: &RtcState) {
+        self.state = state.clone();
+        self.state.index &= 0x7F;
+        let now = self.now();
+        self.reschedule(now);
+    }
+
+    /// A machine reset: interrupts off, flags cleared, the shutdown status
+    /// byte cleared unless it holds the S3 resume code. The time stays.
+    pub fn reset(&mut self) {
+        let b = self.byte(reg::B) & !(B_PIE | B_AIE | B_SQWE);
+        self.set_byte(reg::B, b);
+        self.set_byte(reg::C, 0);
+        if self.byte(0x0F) != 0xFE {
+            self.set_byte(0x0F, 0);
+        }
+        let now = self.now();
+        self.reschedule(now);
+    }
+
+    /// IRQ 8 edges raised so far.
+    pub fn irq_edges(&self) -> u64 {
+        self.irq_edges
+    }
+
+    /// Accesses refused by the bus adapter (wrong size or offset).
+    pub fn invalid_accesses(&self) -> u64 {
+        self.faults.count()
+    }
+
+    /// Guest time minus host time, in whole seconds (QMP's `RTC_CHANGE`).
+    pub fn offset_secs(&self) -> i64 {
+        self.state.offset_ns.div_euclid(NS_PER_SEC)
+    }
+
+    /// The guest's time (Unix ns) at host time `host_now`, or the frozen
+    /// register time while SET or the divider stops the clock.
+    pub fn guest_time_ns(&self, host_now: i64) -> i64 {
+        if self.running() {
+            host_now.saturating_add(self.state.offset_ns)
+        } else {
+            self.register_secs().saturating_mul(NS_PER_SEC)
+        }
+    }
+
+    /// Fills the CMOS bytes a PC BIOS reports: base and extended memory,
+    /// memory above 16 MiB and above 4 GiB, the CPU count and the equipment
+    /// byte (SUBSYSTEMS §5.7).
+    pub fn set_pc_config(&mut self, below_4g: u64, above_4g: u64, cpus: u32) {
+        const KIB: u64 = 1024;
+        const MIB: u64 = 1024 * KIB;
+        let clamp16 = |v: u64| u16::try_from(v.min(0xFFFF)).unwrap_or(u16::MAX);
+        let base_kib = clamp16((below_4g / KIB).min(640));
+        let ext_kib = clamp16(below_4g.saturating_sub(MIB) / KIB);
+        let above_16m = clamp16(below_4g.saturating_sub(16 * MIB) / (64 * KIB));
+        let high = (above_4g / (64 * KIB)).min(0xFF_FFFF).to_le_bytes();
+        for (r, v) in [
+            (0x15, base_kib),
+            (0x17, ext_kib),
+            (0x30, ext_kib),
+            (0x34, above_16m),
+        ] {
+            let [lo, hi] = v.to_le_bytes();
+            self.set_byte(r, lo);
+            self.set_byte(r + 1, hi);
+        }
+        self.set_byte(0x5B, high[0]);
+        self.set_byte(0x5C, high[1]);
+        self.set_byte(0x5D, high[2]);
+        let cpus_byte = if cpus > 255 {
+            0
+        } else {
+            cpus.saturating_sub(1)
+        };
+        self.set_byte(0x5F, u8::try_from(cpus_byte).unwrap_or(0));
+        // FPU and PS/2 mouse, as QEMU's PC reports.
+        self.set_byte(0x14, 0x06);
+    }
+
+    /// A guest read of port `0x70 + offset`.
+    pub fn read(&mut self, offset: u16) -> u8 {
+        if offset == 0 {
+            return 0xFF;
+        }
+        let now = self.now();
+        match self.state.index {
+            reg::SECONDS
+            | reg::MINUTES
+            | reg::HOURS
+            | reg::DAY_OF_WEEK
+            | reg::DAY_OF_MONTH
+            | reg::MONTH
+            | reg::YEAR
+            | reg::CENTURY => {
+                if self.running() {
+                    self.refresh_time(now);
+                }
+                self.byte(self.state.index)
+            }
+            reg::A => {
+                let uip = if self.uip(now) { A_UIP } else { 0 };
+                (self.byte(reg::A) & !A_UIP) | uip
+            }
+            reg::C => {
+                self.catch_up(now);
+                let flags = self.byte(reg::C);
+                self.set_byte(reg::C, 0);
+                self.reschedule(now);
+                flags
+            }
+            reg::D => D_VRT,
+            i => self.byte(i),
+        }
+    }
+
+    /// A guest write of `value` to port `0x70 + offset`.
+    pub fn write(&mut self, offset: u16, value: u8) {
+        if offset == 0 {
+            let index = value & 0x7F;
+            self.state.index = if index == reg::IBM_CENTURY {
+                reg::CENTURY
+            } else {
+                index
+            };
+            return;
+        }
+        let now = self.now();
+        match self.state.index {
+            reg::SECONDS
+            | reg::MINUTES
+            | reg::HOURS
+            | reg::DAY_OF_WEEK
+            | reg::DAY_OF_MONTH
+            | reg::MONTH
+            | reg::YEAR
+            | reg::CENTURY => {
+                let running = self.running();
+                if running {
+                    // The other fields must be current before one changes.
+                    self.refresh_time(now);
+                }
+                self.set_byte(self.state.index, value);
+                if running {
+                    self.rebase(now, None);
+                }
+                self.reschedule(now);
+            }
+            reg::SECONDS_ALARM | reg::MINUTES_ALARM | reg::HOURS_ALARM => {
+                self.set_byte(self.state.index, value);
+                self.reschedule(now);
+            }
+            reg::A => self.write_a(value, now),
+            reg::B => self.write_b(value, now),
+            reg::C | reg::D => {}
+            i => self.set_byte(i, value),
+        }
+    }
+
+    fn write_a(&mut self, value: u8, now: i64) {
+        let was_running = self.running();
+        let was_reset = self.divider_in_reset();
+        if was_running {
+            self.catch_up(now);
+            self.refresh_time(now);
+        }
+        self.set_byte(reg::A, value & !A_UIP);
+        if !was_running && self.running() {
+            // Out of divider reset, the first update is half a second away.
+            self.rebase(now, was_reset.then_some(HALF_SECOND_NS));
+        }
+        self.reschedule(now);
+    }
+
+    fn write_b(&mut self, mut value: u8, now: i64) {
+        let was_running = self.running();
+        if was_running {
+            self.catch_up(now);
+        }
+        if value & B_SET != 0 {
+            if was_running {
+                self.refresh_time(now);
+            }
+            // SET masks UIE (QEMU).
+            value &= !B_UIE;
+        }
+        self.set_byte(reg::B, value);
+        if !was_running && self.running() {
+            self.rebase(now, None);
+        }
+        // The enable edge: a pending flag whose enable is now set raises
+        // IRQF; with none, IRQF (and the line) drops.
+        let c = self.byte(reg::C);
+        if c & value & INT_BITS != 0 {
+            if c & C_IRQF == 0 {
+                self.set_byte(reg::C, c | C_IRQF);
+                self.pulse();
+            }
+        } else {
+            self.set_byte(reg::C, c & !C_IRQF);
+        }
+        self.reschedule(now);
+    }
+
+    fn divider_in_reset(&self) -> bool {
+        self.byte(reg::A) & 0x60 == 0x60
+    }
+
+    fn divider_running(&self) -> bool {
+        (self.byte(reg::A) & A_DV) >> 4 <= 2
+    }
+
+    /// Whether the time advances: divider running and SET clear.
+    fn running(&self) -> bool {
+        self.divider_running() && self.byte(reg::B) & B_SET == 0
+    }
+
+    fn uip(&self, now: i64) -> bool {
+        self.running()
+            && self.guest_time_ns(now).rem_euclid(NS_PER_SEC) >= NS_PER_SEC - UIP_WINDOW_NS
+    }
+
+    fn binary(&self) -> bool {
+        self.byte(reg::B) & B_DM_BINARY != 0
+    }
+
+    fn encode(&self, v: u8) -> u8 {
+        if self.binary() {
+            v
+        } else {
+            ((v / 10) << 4) | (v % 10)
+        }
+    }
+
+    fn decode(&self, r: u8) -> i64 {
+        if self.binary() {
+            i64::from(r)
+        } else {
+            i64::from(r >> 4) * 10 + i64::from(r & 0x0F)
+        }
+    }
+
+    fn hour_encode(&self, hour: u8) -> u8 {
+        if self.byte(reg::B) & B_24H != 0 {
+            self.encode(hour)
+        } else {
+            let h12 = match hour % 12 {
+                0 => 12,
+                h => h,
+            };
+            self.encode(h12) | if hour >= 12 { 0x80 } else { 0 }
+        }
+    }
+
+    fn hour_decode(&self, r: u8) -> i64 {
+        let hour = self.decode(r & 0x7F);
+        if self.byte(reg::B) & B_24H != 0 {
+            hour
+        } else {
+            hour % 12 + if r & 0x80 != 0 { 12 } else { 0 }
+        }
+    }
+
+    /// Writes the time registers from the guest time at `now`.
+    fn refresh_time(&mut self, now: i64) {
+        let secs = self.guest_time_ns(now).div_euclid(NS_PER_SEC);
+        let t = DateTime::from_unix(secs);
+        let fields = [
+            (reg::SECONDS, self.encode(t.second)),
+            (reg::MINUTES, self.encode(t.minute)),
+            (reg::HOURS, self.hour_encode(t.hour)),
+            (reg::DAY_OF_WEEK, self.encode(t.weekday + 1)),
+            (reg::DAY_OF_MONTH, self.encode(t.day)),
+            (reg::MONTH, self.encode(t.month)),
+            (reg::YEAR, self.encode(t.year_in_century)),
+            (reg::CENTURY, self.encode(t.century)),
+        ];
+        for (r, v) in fields {
+            self.set_byte(r, v);
+        }
+    }
+
+    /// The Unix time the time registers say (junk values give some time,
+    /// never a panic).
+    fn register_secs(&self) -> i64 {
+        let field = |r| self.decode(self.byte(r));
+        // Nanoseconds in an i64 span 1677-2262: a guest that leaves junk
+        // in the century (or mixes BCD and binary) gets a year clamped
+        // into what the clock can hold.
+        let year = (field(reg::CENTURY) * 100 + field(reg::YEAR)).clamp(MIN_YEAR, MAX_YEAR);
+        let days = days_from_civil(
+            year,
+            field(reg::MONTH).clamp(1, 12),
+            field(reg::DAY_OF_MONTH).clamp(1, 31),
+        );
+        days * SECONDS_PER_DAY
+            + self.hour_decode(self.byte(reg::HOURS)) * 3600
+            + field(reg::MINUTES) * 60
+            + field(reg::SECONDS)
+    }
+
+    /// Takes the time from the registers, starting at sub-second `phase`
+    /// (by default the one the clock had, so updates keep their instant).
+    fn rebase(&mut self, now: i64, phase: Option<i64>) {
+        let secs = self.register_secs();
+        let sub = phase.unwrap_or_else(|| {
+            now.saturating_add(self.state.offset_ns)
+                .rem_euclid(NS_PER_SEC)
+        });
+        let guest = secs.saturating_mul(NS_PER_SEC).saturating_add(sub);
+        self.state.offset_ns = guest.saturating_sub(now);
+        self.state.last_update_sec = secs;
+    }
+
+    /// Processes the updates (UF, AF) of the seconds that ended since the
+    /// last one processed.
+    fn catch_up(&mut self, now: i64) {
+        if !self.running() {
+            return;
+        }
+        let sec = self.guest_time_ns(now).div_euclid(NS_PER_SEC);
+        let last = self.state.last_update_sec;
+        if sec <= last {
+            // The host clock went back: start again from here.
+            self.state.last_update_sec = sec;
+            return;
+        }
+        let mut flags = C_UF;
+        let first = last.max(sec - SECONDS_PER_DAY) + 1;
+        if (first..=sec).any(|s| self.alarm_matches(s)) {
+            flags |= C_AF;
+        }
+        self.state.last_update_sec = sec;
+        self.raise(flags);
+    }
+
+    fn alarm_matches(&self, secs: i64) -> bool {
+        let t = DateTime::from_unix(secs);
+        let dont_care = |alarm: u8| alarm & 0xC0 == 0xC0;
+        let (sec, min, hour) = (
+            self.byte(reg::SECONDS_ALARM),
+            self.byte(reg::MINUTES_ALARM),
+            self.byte(reg::HOURS_ALARM),
+        );
+        (dont_care(sec) || self.decode(sec) == i64::from(t.second))
+            && (dont_care(min) || self.decode(min) == i64::from(t.minute))
+            && (dont_care(hour) || self.hour_decode(hour) == i64::from(t.hour))
+    }
+
+    /// Sets flags in C; an edge if one is enabled and IRQF was clear.
+    fn raise(&mut self, flags: u8) {
+        let c = self.byte(reg::C) | flags;
+        if flags & self.byte(reg::B) & INT_BITS != 0 && c & C_IRQF == 0 {
+            self.set_byte(reg::C, c | C_IRQF);
+            self.pulse();
+        } else {
+            self.set_byte(reg::C, c);
+        }
+    }
+
+    fn pulse(&mut self) {
+        self.irq_edges += 1;
+        fire(&self.irq, &mut self.faults, NAME, "IRQ 8");
+    }
+
+    /// The periodic interrupt's period in 32.768 kHz cycles, if it runs.
+    fn periodic_cycles(&self) -> Option<i64> {
+        let rs = match self.byte(reg::A) & A_RS {
+            0 => return None,
+            1 => 8,
+            2 => 9,
+            rs => rs,
+        };
+        (self.byte(reg::B) & B_PIE != 0 && self.divider_running()).then(|| 1 << (rs - 1))
+    }
+
+    fn reschedule_now(&mut self) {
+        let now = self.now();
+        self.catch_up(now);
+        self.reschedule(now);
+    }
+
+    /// Arms the periodic and update timers for what the registers ask.
+    fn reschedule(&mut self, now: i64) {
+        let guest = self.guest_time_ns(now);
+        let periodic = self.periodic_cycles().map(|period| {
+            // Periods are aligned to the guest's time, in 32 kHz cycles.
+            let cycles = i128::from(guest) * 32_768 / i128::from(NS_PER_SEC);
+            let next = (cycles / i128::from(period) + 1) * i128::from(period);
+            let next_ns = (next * i128::from(NS_PER_SEC) + 32_767) / 32_768;
+            let next_ns = i64::try_from(next_ns).unwrap_or(i64::MAX);
+            next_ns.saturating_sub(guest).saturating_add(now)
+        });
+        let needs_update = self.running() && self.byte(reg::B) & (B_UIE | B_AIE) != 0;
+        let update = needs_update.then(|| {
+            let next_sec = guest.div_euclid(NS_PER_SEC) + 1;
+            (next_sec * NS_PER_SEC)
+                .saturating_sub(guest)
+                .saturating_add(now)
+        });
+        for (timer, deadline) in [(&self.periodic, periodic), (&self.update, update)] {
+            if let Some(timer) = timer {
+                match deadline {
+                    Some(t) => timer.arm(t),
+                    None => timer.cancel(),
+                }
+            }
+        }
+    }
+
+    fn periodic_fired(&mut self) {
+        let now = self.now();
+        if self.periodic_cycles().is_some() {
+            self.raise(C_PF);
+        }
+        self.reschedule(now);
+    }
+
+    fn update_fired(&mut self) {
+        let now = self.now();
+        self.catch_up(now);
+        self.reschedule(now);
+    }
+}
+
+impl<T: Trigger> MutDevicePio for Rtc<T> {
+    fn pio_read(&mut self, base: PioAddress, offset: PioAddressOffset, data: &mut [u8]) {
+        match (offset, &mut *data) {
+            (0..=1, [byte]) => *byte = self.read(offset),
+            _ => self.faults.refuse_read(NAME, base, offset, data),
+        }
+    }
+
+    fn pio_write(&mut self, base: PioAddress, offset: PioAddressOffset, data: &[u8]) {
+        match (offset, data) {
+            (0..=1, [byte]) => self.write(offset, *byte),
+            _ => self.faults.refuse_write(NAME, base, offset, data),
+        }
+    }
+}
+
+/// A UTC date and time of day.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct DateTime {
+    century: u8,
+    year_in_century: u8,
+    month: u8,
+    day: u8,
+    /// 0 = Sunday.
+    weekday: u8,
+    hour: u8,
+    minute: u8,
+    second: u8,
+}
+
+impl DateTime {
+    fn from_unix(secs: i64) -> Self {
+        let days = secs.div_euclid(SECONDS_PER_DAY);
+        let tod = secs.rem_euclid(SECONDS_PER_DAY);
+        let (year, month, day) = civil_from_days(days);
+        let year = year.clamp(0, 9999);
+        let small = |v: i64| u8::try_from(v).unwrap_or(0);
+        Self {
+            century: small(year / 100),
+            year_in_century: small(year % 100),
+            month: small(month),
+            day: small(day),
+            // 1970-01-01 was a Thursday.
+            weekday: small((days + 4).rem_euclid(7)),
+            hour: small(tod / 3600),
+            minute: small(tod / 60 % 60),
+            second: small(tod % 60),
+        }
+    }
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's
+/// `days_from_civil`).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// The date of a day number since 1970-01-01 (Hinnant's `civil_from_days`).
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::irq::EventFdTrigger;
+    use crate::test_util::{fired, line, Sim};
+
+    const MS: i64 = 1_000_000;
+    const SEC: i64 = NS_PER_SEC;
+
+    /// 2026-11-22 01:23:45.250 UTC, a Sunday.
+    fn start_ns() -> i64 {
+        (days_from_civil(2026, 11, 22) * SECONDS_PER_DAY + 3600 + 23 * 60 + 45) * SEC + 250 * MS
+    }
+
+    struct Bench {
+        sim: Sim,
+        rtc: Arc<Mutex<Rtc<EventFdTrigger>>>,
+        probe: EventFdTrigger,
+    }
+
+    impl Bench {
+        fn new() -> Self {
+            Self::at(start_ns())
+        }
+
+        fn at(wall: i64) -> Self {
+            let sim = Sim::with_wall(wall);
+            let (irq, probe) = line();
+            let rtc = Rtc::new(&sim.clocks, irq);
+            Self { sim, rtc, probe }
+        }
+
+        fn get(&self, r: u8) -> u8 {
+            let mut rtc = lock(&self.rtc);
+            rtc.write(0, r);
+            rtc.read(1)
+        }
+
+        fn set(&self, r: u8, v: u8) {
+            let mut rtc = lock(&self.rtc);
+            rtc.write(0, r);
+            rtc.write(1, v);
+        }
+
+        fn wait(&self, ns: i64) {
+            self.sim.run_for(ns, |_| {});
+        }
+
+        fn guest_hour(&self) -> i64 {
+            let host = self.sim.clocks.now(ClockType::Host);
+            lock(&self.rtc).guest_time_ns(host).div_euclid(SEC) % 86_400 / 3600
+        }
+
+        /// Edge instants over `ns`, reading C after each as a driver does;
+        /// also returns what C read.
+        fn serviced_edges(&self, ns: i64) -> (Vec<i64>, Vec<u8>) {
+            let mut edges = Vec::new();
+            let mut flags = Vec::new();
+            fired(&self.probe);
+            self.sim.run_for(ns, |now| {
+                if fired(&self.probe) > 0 {
+                    edges.push(now);
+                    flags.push(self.get(reg::C));
+                }
+            });
+            (edges, flags)
+        }
+
+        fn time(&self) -> [u8; 8] {
+            [
+                reg::SECONDS,
+                reg::MINUTES,
+                reg::HOURS,
+                reg::DAY_OF_WEEK,
+                reg::DAY_OF_MONTH,
+                reg::MONTH,
+                reg::YEAR,
+                reg::CENTURY,
+            ]
+            .map(|r| self.get(r))
+        }
+    }
+
+    fn assert_spacing(edges: &[i64], period: i64) {
+        assert!(edges.len() >= 2);
+        for pair in edges.windows(2) {
+            let gap = pair[1] - pair[0];
+            assert!((gap - period).abs() <= 1, "gap {gap} ns, expected {period}");
+        }
+    }
+
+    #[test]
+    fn starts_at_the_host_date_in_bcd() {
+        let b = Bench::new();
+        assert_eq!(b.time(), [0x45, 0x23, 0x01, 0x01, 0x22, 0x11, 0x26, 0x20]);
+    }
+
+    #[test]
+    fn vector_1_registers_after_reset() {
+        let b = Bench::new();
+        assert_eq!(b.get(reg::A), 0x26);
+        assert_eq!(b.get(reg::B), 0x02);
+        assert_eq!(b.get(reg::D), 0x80);
+        assert_eq!(b.get(reg::C), 0x00);
+        // UIP in the last 244 µs of a second.
+        b.wait(750 * MS - 200_000);
+        assert_eq!(b.get(reg::A), 0xA6);
+        b.wait(250_000);
+        assert_eq!(b.get(reg::A), 0x26);
+    }
+
+    #[test]
+    fn vector_2_nmi_bit_ignored_and_index_port_reads_ff() {
+        let b = Bench::new();
+        let mut rtc = lock(&b.rtc);
+        rtc.write(0, 0x8B);
+        assert_eq!(rtc.read(1), 0x02);
+        assert_eq!(rtc.read(0), 0xFF);
+        rtc.write(0, 0xB7); // 0x37 | NMI: the century
+        assert_eq!(rtc.read(1), 0x20);
+    }
+
+    fn set_1999_end(b: &Bench) {
+        b.set(reg::B, 0x82);
+        for (r, v) in [
+            (reg::SECONDS, 0x45),
+            (reg::MINUTES, 0x59),
+            (reg::HOURS, 0x23),
+            (reg::DAY_OF_MONTH, 0x31),
+            (reg::MONTH, 0x12),
+            (reg::YEAR, 0x99),
+            (reg::CENTURY, 0x19),
+        ] {
+            b.set(r, v);
+        }
+        b.set(reg::B, 0x02);
+    }
+
+    #[test]
+    fn vector_3_set_a_bcd_time_and_roll_into_2000() {
+        let b = Bench::new();
+        set_1999_end(&b);
+        b.wait(15 * SEC);
+        // 2000-01-01 was a Saturday (7).
+        assert_eq!(b.time(), [0x00, 0x00, 0x00, 0x07, 0x01, 0x01, 0x00, 0x20]);
+        // The guest's time is now an offset from the host's.
+        let offset = lock(&b.rtc).offset_secs();
+        let expect =
+            days_from_civil(1999, 12, 31) * SECONDS_PER_DAY + 86_385 - start_ns().div_euclid(SEC);
+        assert!((offset - expect).abs() <= 1, "{offset} vs {expect}");
+    }
+
+    #[test]
+    fn vector_4_twelve_hour_format() {
+        let b = Bench::new();
+        b.set(reg::B, 0x80);
+        b.set(reg::HOURS, 0x81);
+        b.set(reg::B, 0x00);
+        assert_eq!(b.get(reg::HOURS), 0x81);
+        // 00:xx reads 12 AM, 12:xx reads 12 PM.
+        b.set(reg::B, 0x80);
+        b.set(reg::HOURS, 0x12);
+        b.set(reg::B, 0x00);
+        assert_eq!(b.get(reg::HOURS), 0x12);
+        assert_eq!(b.guest_hour(), 0);
+        b.set(reg::B, 0x80);
+        b.set(reg::HOURS, 0x92);
+        b.set(reg::B, 0x00);
+        assert_eq!(b.get(reg::HOURS), 0x92);
+        assert_eq!(b.guest_hour(), 12);
+    }
+
+    #[test]
+    fn vector_5_binary_format() {
+        let b = Bench::new();
+        b.set(reg::B, 0x86);
+        b.set(reg::SECONDS, 45);
+        b.set(reg::MINUTES, 59);
+        b.set(reg::HOURS, 23);
+        b.set(reg::B, 0x06);
+        assert_eq!(b.get(reg::SECONDS), 0x2D);
+        assert_eq!(b.get(reg::MINUTES), 0x3B);
+        assert_eq!(b.get(reg::HOURS), 0x17);
+        // Changing DM alone converts nothing stored; the next read
+        // rewrites in the new format.
+        b.set(reg::B, 0x02);
+        assert_eq!(b.get(reg::HOURS), 0x23);
+    }
+
+    #[test]
+    fn vector_6_periodic_rates() {
+        for (a, period) in [
+            (0x26, 976_563),
+            (0x2F, 500 * MS),
+            (0x23, 122_070),
+            (0x21, 3_906_250),
+            (0x2A, 15_625_000),
+        ] {
+            let b = Bench::new();
+            b.set(reg::A, a);
+            b.set(reg::B, 0x42);
+            let (edges, flags) = b.serviced_edges(SEC + 1);
+            let expected = SEC / period;
+            assert!(
+                (expected - 1..=expected + 1).contains(&(edges.len() as i64)),
+                "A={a:#x}: {} edges",
+                edges.len()
+            );
+            for pair in edges.windows(2) {
+                assert!((pair[1] - pair[0] - period).abs() <= 1, "A={a:#x}");
+            }
+            // UF joins PF once a second.
+            assert!(
+                flags.iter().all(|&c| c & !C_UF == 0xC0),
+                "A={a:#x}: {flags:x?}"
+            );
+        }
+    }
+
+    #[test]
+    fn unserviced_periodic_gives_one_edge_until_c_is_read() {
+        let b = Bench::new();
+        b.set(reg::B, 0x42);
+        fired(&b.probe);
+        b.wait(100 * MS);
+        assert_eq!(fired(&b.probe), 1);
+        assert_eq!(b.get(reg::C), 0xC0);
+        b.wait(2 * MS);
+        assert_eq!(fired(&b.probe), 1);
+    }
+
+    #[test]
+    fn vector_7_update_ended_once_a_second_at_the_boundary() {
+        let b = Bench::new();
+        b.set(reg::B, 0x12);
+        let (edges, flags) = b.serviced_edges(5 * SEC);
+        assert_eq!(edges.len(), 5);
+        assert_eq!(edges[0], 750 * MS, "at the next second of the guest");
+        assert_spacing(&edges, SEC);
+        assert!(flags.iter().all(|&c| c == 0x90));
+        assert_eq!(b.get(reg::C), 0x00);
+    }
+
+    #[test]
+    fn vector_8_alarms() {
+        let b = Bench::new();
+        for r in [reg::SECONDS_ALARM, reg::MINUTES_ALARM, reg::HOURS_ALARM] {
+            b.set(r, 0xC0);
+        }
+        b.set(reg::B, 0x22);
+        let (edges, flags) = b.serviced_edges(3 * SEC);
+        assert_eq!(edges.len(), 3);
+        assert!(flags.iter().all(|&c| c == 0xB0), "{flags:x?}");
+        // In 5 s: 01:23:50.
+        let b = Bench::new();
+        b.set(reg::SECONDS_ALARM, 0x50);
+        b.set(reg::MINUTES_ALARM, 0xC0);
+        b.set(reg::HOURS_ALARM, 0xC0);
+        b.set(reg::B, 0x22);
+        let (edges, flags) = b.serviced_edges(10 * SEC);
+        assert_eq!(edges, vec![4 * SEC + 750 * MS]);
+        assert_eq!(flags[0] & 0xA0, 0xA0);
+        // A full alarm: 01:24:00.
+        let b = Bench::new();
+        b.set(reg::SECONDS_ALARM, 0x00);
+        b.set(reg::MINUTES_ALARM, 0x24);
+        b.set(reg::HOURS_ALARM, 0x01);
+        b.set(reg::B, 0x22);
+        let (edges, _) = b.serviced_edges(70 * SEC);
+        assert_eq!(edges, vec![14 * SEC + 750 * MS]);
+    }
+
+    #[test]
+    fn polled_flags_without_interrupts() {
+        let b = Bench::new();
+        b.set(reg::SECONDS_ALARM, 0x47);
+        b.set(reg::MINUTES_ALARM, 0xC0);
+        b.set(reg::HOURS_ALARM, 0xC0);
+        b.wait(3 * SEC);
+        assert_eq!(fired(&b.probe), 0);
+        assert_eq!(b.get(reg::C), 0x30, "UF and AF, no IRQF");
+        assert_eq!(b.get(reg::C), 0x00);
+    }
+
+    #[test]
+    fn vector_9_enable_edge() {
+        let b = Bench::new();
+        b.wait(SEC);
+        fired(&b.probe);
+        b.set(reg::B, 0x12);
+        assert_eq!(fired(&b.probe), 1, "UF pending: IRQ8 at once");
+        assert_eq!(lock(&b.rtc).state().cmos[usize::from(reg::C)] & 0x80, 0x80);
+        b.set(reg::B, 0x02);
+        assert_eq!(lock(&b.rtc).state().cmos[usize::from(reg::C)] & 0x80, 0);
+        assert_eq!(b.get(reg::C), 0x10);
+    }
+
+    #[test]
+    fn vector_10_divider_reset() {
+        let b = Bench::new();
+        b.set(reg::B, 0x12);
+        b.set(reg::A, 0x70);
+        let frozen = b.time();
+        let (edges, _) = b.serviced_edges(3 * SEC);
+        assert!(edges.is_empty());
+        assert_eq!(b.time(), frozen);
+        let t = b.sim.now();
+        b.set(reg::A, 0x26);
+        let (edges, _) = b.serviced_edges(2 * SEC);
+        assert_eq!(edges[0] - t, 500 * MS);
+        // Frozen at 01:23:45, restarted at 01:23:45.5, 2 s ago.
+        assert_eq!(b.get(reg::SECONDS), 0x47);
+    }
+
+    #[test]
+    fn vector_11_host_clock_runs_while_paused() {
+        let b = Bench::new();
+        b.sim.clocks.vm_stop();
+        b.wait(10 * SEC);
+        b.sim.clocks.vm_start();
+        assert_eq!(b.get(reg::SECONDS), 0x55);
+    }
+
+    #[test]
+    fn vector_12_cmos_ram_and_read_only_registers() {
+        let b = Bench::new();
+        b.set(0x50, 0xAB);
+        assert_eq!(b.get(0x50), 0xAB);
+        b.set(reg::C, 0xFF);
+        b.set(reg::D, 0x00);
+        assert_eq!(b.get(reg::C), 0x00);
+        assert_eq!(b.get(reg::D), 0x80);
+        b.set(reg::A, 0xA6);
+        assert_eq!(b.get(reg::A) & 0x7F, 0x26, "UIP is read-only");
+    }
+
+    #[test]
+    fn vector_13_memory_bytes() {
+        let b = Bench::new();
+        lock(&b.rtc).set_pc_config(1 << 30, 0, 2);
+        let expect = [
+            (0x15, 0x80),
+            (0x16, 0x02),
+            (0x17, 0xFF),
+            (0x18, 0xFF),
+            (0x30, 0xFF),
+            (0x31, 0xFF),
+            (0x34, 0x00),
+            (0x35, 0x3F),
+            (0x5B, 0),
+            (0x5C, 0),
+            (0x5D, 0),
+            (0x5F, 0x01),
+            (0x14, 0x06),
+        ];
+        for (r, v) in expect {
+            assert_eq!(b.get(r), v, "CMOS {r:#x}");
+        }
+        let mut rtc = lock(&b.rtc);
+        rtc.set_pc_config(3 << 30, 6 << 30, 300);
+        let st = rtc.state();
+        assert_eq!(&st.cmos[0x5B..=0x5D], &[0x00, 0x80, 0x01]);
+        assert_eq!(st.cmos[0x5F], 0);
+        rtc.set_pc_config(16 << 20, 0, 1);
+        let st = rtc.state();
+        assert_eq!(&st.cmos[0x17..=0x18], &[0x00, 0x3C]);
+        assert_eq!(&st.cmos[0x34..=0x35], &[0, 0]);
+    }
+
+    #[test]
+    fn host_clock_jump_moves_the_time_and_rearms_the_timers() {
+        let b = Bench::new();
+        b.set(reg::B, 0x12);
+        b.wait(SEC);
+        b.get(reg::C);
+        // The host steps back an hour.
+        b.sim
+            .time
+            .set_wall(b.sim.clocks.now(ClockType::Host) - 3600 * SEC);
+        assert_eq!(b.get(reg::HOURS), 0x00, "00:23:46");
+        let (edges, _) = b.serviced_edges(3 * SEC);
+        assert_eq!(edges.len(), 3, "updates keep coming after the jump");
+    }
+
+    #[test]
+    fn a_guest_set_time_survives_as_an_offset() {
+        let b = Bench::new();
+        b.set(reg::B, 0x82);
+        b.set(reg::YEAR, 0x30);
+        b.set(reg::B, 0x02);
+        b.wait(SEC);
+        assert_eq!(b.get(reg::YEAR), 0x30);
+        let years = lock(&b.rtc).offset_secs() / (365 * 86_400);
+        assert_eq!(years, 4);
+        // Writing a field while running keeps the others current.
+        b.wait(70 * SEC);
+        b.set(reg::SECONDS, 0x00);
+        assert_eq!(b.get(reg::MINUTES), 0x24);
+    }
+
+    #[test]
+    fn reading_c_around_the_update() {
+        let b = Bench::new();
+        b.wait(750 * MS - 1);
+        assert_eq!(b.get(reg::C), 0x00, "1 ns before the update");
+        b.wait(1);
+        assert_eq!(b.get(reg::C), 0x10, "at the update");
+        assert_eq!(b.get(reg::C), 0x00);
+    }
+
+    #[test]
+    fn junk_in_time_registers_gives_some_time_and_no_panic() {
+        let b = Bench::new();
+        b.set(reg::B, 0x80);
+        for r in [
+            reg::SECONDS,
+            reg::MINUTES,
+            reg::HOURS,
+            reg::MONTH,
+            reg::DAY_OF_MONTH,
+            reg::YEAR,
+            reg::CENTURY,
+        ] {
+            b.set(r, 0xFF);
+        }
+        b.set(reg::B, 0x02);
+        b.wait(2 * SEC);
+        let _ = b.time();
+        b.set(reg::B, 0x86);
+        b.set(reg::CENTURY, 0xFF);
+        b.set(reg::B, 0x06);
+        let _ = b.time();
+    }
+
+    #[test]
+    fn reset_clears_interrupts_and_keeps_the_time() {
+        let b = Bench::new();
+        b.set(reg::B, 0x72);
+        b.set(0x0F, 0x05);
+        b.wait(SEC);
+        let mut rtc = lock(&b.rtc);
+        rtc.reset();
+        let st = rtc.state();
+        assert_eq!(st.cmos[usize::from(reg::B)], 0x12);
+        assert_eq!(st.cmos[usize::from(reg::C)], 0);
+        assert_eq!(st.cmos[0x0F], 0);
+        drop(rtc);
+        assert_eq!(b.time()[0], 0x46);
+    }
+
+    #[test]
+    fn state_round_trips() {
+        let b = Bench::new();
+        set_1999_end(&b);
+        b.set(reg::B, 0x42);
+        let saved = lock(&b.rtc).state();
+        let (irq, probe) = line();
+        let other = Rtc::new(&b.sim.clocks, irq);
+        lock(&other).restore(&saved);
+        assert_eq!(lock(&other).state(), saved);
+        assert!(b.sim.edges(10 * MS, &probe).len() == 1);
+    }
+
+    #[test]
+    fn dates() {
+        assert_eq!(days_from_civil(1970, 1, 1), 0);
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(days_from_civil(2000, 2, 29)), (2000, 2, 29));
+        assert_eq!(civil_from_days(days_from_civil(2100, 3, 1)), (2100, 3, 1));
+        for d in (-800_000..800_000).step_by(997) {
+            let (y, m, day) = civil_from_days(d);
+            assert_eq!(days_from_civil(y, m, day), d);
+        }
+        assert_eq!(DateTime::from_unix(0).weekday, 4, "a Thursday");
+        assert_eq!(DateTime::from_unix(-1).second, 59);
+    }
+}
