@@ -12,7 +12,7 @@
 use std::path::Path;
 use std::sync::Mutex;
 
-use vmm_testbed::{initramfs::busybox_initramfs, run_linux, GuestFiles, HostKvm, Job};
+use vmm_testbed::{initramfs::busybox_initramfs, run_linux, GuestFiles, HostKvm, Job, Outcome};
 
 mod common;
 
@@ -50,6 +50,40 @@ fn report_init(end: &str) -> String {
          echo \"@@SERIAL $(dmesg | grep 'ttyS0 at')\"\n\
          {end} -f\n"
     )
+}
+
+/// Runs `job` where Linux boots (see the module docs), one at a time, and
+/// retries once, loudly, a nested run whose L1 gave out.
+fn run(test: &str, g: &GuestFiles, job: &Job) -> Outcome {
+    let vmm = Path::new(env!("CARGO_BIN_EXE_vmm"));
+    // One nested boot at a time: each L1 already keeps both host cores
+    // busy under TCG, and starving it only makes runs slower and flakier.
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    match run_linux(g, vmm, job) {
+        // A nested run under TCG whose L1 gives out (no progress, or QEMU
+        // ending without the job's end marker) is retried once, loudly; a
+        // second failure fails the test.
+        Err(e) if e.is_l1_failure() => {
+            let console = e.console().unwrap_or_default();
+            let tail: String = console
+                .chars()
+                .rev()
+                .take(2000)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
+            let first = e.to_string();
+            let first = first.lines().next().unwrap_or_default();
+            eprintln!(
+                "{test}: RETRY: the first run failed ({first}); its console ended with:\n{tail}"
+            );
+            run_linux(g, vmm, job)
+        }
+        other => other,
+    }
+    .unwrap_or_else(|e| panic!("{test}: {e}"))
 }
 
 struct Report {
@@ -99,35 +133,7 @@ fn boot(test: &str, kernel: fn(&GuestFiles) -> &Path, cpus: u32, end: &str) {
     .file("kernel", kernel(&g))
     .file("initrd", &initrd)
     .timeout(std::time::Duration::from_secs(180));
-    let vmm = Path::new(env!("CARGO_BIN_EXE_vmm"));
-    // One nested boot at a time: each L1 already keeps both host cores
-    // busy under TCG, and starving it only makes runs slower and flakier.
-    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let out = match run_linux(&g, vmm, &job) {
-        // A nested run under TCG whose L1 gives out (no progress, or QEMU
-        // ending without the job's end marker) is retried once, loudly; a
-        // second failure fails the test.
-        Err(e) if e.is_l1_failure() => {
-            let console = e.console().unwrap_or_default();
-            let tail: String = console
-                .chars()
-                .rev()
-                .take(2000)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-                .collect();
-            let first = e.to_string();
-            let first = first.lines().next().unwrap_or_default();
-            eprintln!(
-                "{test}: RETRY: the first run failed ({first}); its console ended with:\n{tail}"
-            );
-            run_linux(&g, vmm, &job)
-        }
-        other => other,
-    }
-    .unwrap_or_else(|e| panic!("{test}: {e}"));
+    let out = run(test, &g, &job);
     eprintln!(
         "{test}: L1 ready after {:?}, whole run {:?}",
         out.l1_boot, out.total
@@ -186,4 +192,246 @@ fn vmlinux_2_cpus_reboot() {
 #[test]
 fn bzimage_poweroff() {
     boot("bzimage_poweroff", |g| &g.bzimage, 1, "poweroff");
+}
+
+// ---------------------------------------------------------------------
+// The PC's clocks from inside the guest: our i8254 and MC146818, measured
+// by `tests/guest/clockprobe.c` against the guest's own clock.
+// ---------------------------------------------------------------------
+
+/// The vmm binary's default command line (`args::DEFAULT_APPEND`).
+const APPEND: &str = "console=ttyS0 reboot=k panic=1 i8042.noaux i8042.nomux i8042.nopnp";
+/// Debian's amd64 kernels are built with `CONFIG_HZ=250`.
+const GUEST_HZ: f64 = 250.0;
+/// The i8254's input clock.
+const PIT_HZ: f64 = 1_193_182.0;
+
+/// Builds `clockprobe` (static, so it runs on busybox's bare initramfs).
+fn clockprobe(dir: &common::TempDir) -> Vec<u8> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guest/clockprobe.c");
+    let out = dir.0.join("clockprobe");
+    let status = std::process::Command::new("cc")
+        .args(["-static", "-O2", "-Wall", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .status()
+        .expect("cannot run cc (gcc and libc6-dev build the guest's clockprobe)");
+    assert!(status.success(), "cc failed on {}", src.display());
+    std::fs::read(out).unwrap()
+}
+
+/// Boots the bzImage on 1 vCPU with `--pit pit`, `append`, and an init
+/// running `script` then rebooting; returns the outcome, checked to have
+/// ended well.
+fn clock_boot(test: &str, pit: &str, append: &str, script: &str) -> Option<Outcome> {
+    let g = guest(test)?;
+    let dir = common::TempDir::new(test);
+    let busybox = std::fs::read(&g.busybox).unwrap();
+    let init = format!(
+        "#!/bin/sh\n\
+         mount -t proc proc /proc\n\
+         mount -t sysfs sysfs /sys\n\
+         mount -t devtmpfs devtmpfs /dev\n\
+         {script}\n\
+         echo @@DONE\n\
+         reboot -f\n"
+    );
+    let probe = ("clockprobe".to_owned(), clockprobe(&dir), 0o755);
+    let initrd = dir.file(
+        "clocks.cpio",
+        &busybox_initramfs(&busybox, &init, &[probe]).unwrap(),
+    );
+    let job = Job::new([
+        "--kernel", "kernel", "--initrd", "initrd", "--memory", "512M", "--pit", pit, "--append",
+        append,
+    ])
+    .file("kernel", &g.bzimage)
+    .file("initrd", &initrd)
+    .timeout(std::time::Duration::from_secs(240));
+    let out = run(test, &g, &job);
+    eprintln!(
+        "{test}: L1 ready after {:?}, whole run {:?}",
+        out.l1_boot, out.total
+    );
+    assert!(
+        out.console.contains("@@DONE"),
+        "{test}: the guest did not finish (vmm status {:?}).\nconsole:\n{}\nvmm stderr:\n{}",
+        out.status,
+        out.console,
+        out.stderr
+    );
+    assert_eq!(out.status, Some(0), "{test}: vmm stderr:\n{}", out.stderr);
+    Some(out)
+}
+
+/// The values of the `@@NAME ...` lines of `console`, split on blanks.
+fn probe_values(console: &str, name: &str) -> Vec<Vec<String>> {
+    let tag = format!("@@{name} ");
+    console
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix(&tag))
+        .map(|v| v.split_whitespace().map(str::to_owned).collect())
+        .collect()
+}
+
+/// The first value of the one `@@NAME` line.
+fn probe_number(console: &str, name: &str) -> f64 {
+    let values = probe_values(console, name);
+    values
+        .first()
+        .and_then(|v| v.first())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no @@{name} line in the console:\n{console}"))
+}
+
+/// The rate of the `@@NAME key rate` line whose key is `key`.
+fn probe_rate(console: &str, name: &str, key: &str) -> f64 {
+    probe_values(console, name)
+        .iter()
+        .find(|v| v.first().map(String::as_str) == Some(key))
+        .and_then(|v| v.get(1)?.parse().ok())
+        .unwrap_or_else(|| panic!("no @@{name} {key} line in the console:\n{console}"))
+}
+
+fn assert_near(what: &str, value: f64, expected: f64, tolerance: f64) {
+    let error = (value - expected).abs() / expected;
+    assert!(
+        error <= tolerance,
+        "{what}: {value:.2}, expected {expected:.2} within {:.1}% (off by {:.2}%)",
+        tolerance * 100.0,
+        error * 100.0
+    );
+}
+
+/// Without kvmclock Linux runs its IO-APIC timer check (KVM's clock turns
+/// it off), and with `nolapic_timer` the PIT stays its tick: our PIT's IRQ 0
+/// must reach IO-APIC pin 2 at HZ, with no fallback.
+#[test]
+fn userspace_pit_is_the_tick_and_passes_the_timer_check() {
+    let test = "userspace_pit_tick";
+    let append = format!("{APPEND} no-kvmclock nolapic_timer nohz=off highres=off");
+    let Some(out) = clock_boot(test, "userspace", &append, "/clockprobe irqrate 0 3") else {
+        return;
+    };
+    let c = &out.console;
+    assert!(
+        c.contains("..TIMER: vector="),
+        "{test}: no check_timer:\n{c}"
+    );
+    for bad in [
+        "MP-BIOS bug",
+        "timer doesn't work",
+        "through the 8259A",
+        "ExtINT",
+    ] {
+        assert!(!c.contains(bad), "{test}: {bad:?} in the console:\n{c}");
+    }
+    let rate = probe_rate(c, "IRQRATE", "0");
+    eprintln!("{test}: IRQ 0 at {rate:.1} Hz");
+    assert_near("IRQ 0 rate", rate, GUEST_HZ, 0.10);
+}
+
+const CLOCK_SCRIPT: &str = "\
+echo \"@@EPOCH $(busybox date +%s)\"
+/clockprobe rtctime
+/clockprobe pit
+/clockprobe rtcpie 64 2
+/clockprobe rtcpie 1024 2
+/clockprobe devrtc 64
+/clockprobe devrtc 1024
+busybox date -u -s '2031-05-06 07:08:09' >/dev/null
+busybox hwclock -u -w
+echo \"@@HWCLOCK $(busybox hwclock -u -r)\"
+/clockprobe cmos 0x09
+/clockprobe cmos 0x32";
+
+/// Runs [`CLOCK_SCRIPT`] with `pit`; prints what it measured.
+fn clock_measurements(test: &str, pit: &str) -> Option<(Outcome, std::ops::Range<f64>)> {
+    let unix = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64()
+    };
+    let before = unix();
+    let out = clock_boot(test, pit, APPEND, CLOCK_SCRIPT)?;
+    let after = unix();
+    let c = &out.console;
+    eprintln!(
+        "{test} (--pit {pit}): PIT channel 2 {:.1} Hz; one PIT access {} ns, one RTC access {} ns; \
+         RTC periodic (IRQ 8) {:.2} Hz at 64, {:.2} Hz at 1024; /dev/rtc0 {:.2} Hz at 64, {:.2} Hz at 1024",
+        probe_number(c, "PIT_CH2_HZ"),
+        probe_number(c, "PIT_ACCESS_NS"),
+        probe_number(c, "RTC_ACCESS_NS"),
+        probe_rate(c, "RTC_PIE", "64"),
+        probe_rate(c, "RTC_PIE", "1024"),
+        probe_rate(c, "DEVRTC", "64"),
+        probe_rate(c, "DEVRTC", "1024"),
+    );
+    Some((out, before..after))
+}
+
+/// Our RTC and PIT, measured by the guest: the date at boot, `hwclock`
+/// both ways, the RTC's periodic interrupt at 64 and 1024 Hz on IRQ 8,
+/// `/dev/rtc0`, and PIT channel 2's counting rate.
+#[test]
+fn rtc_and_pit_measured_from_the_guest() {
+    let test = "rtc_and_pit";
+    let Some((out, host)) = clock_measurements(test, "userspace") else {
+        return;
+    };
+    let c = &out.console;
+    // The guest's date (from the RTC at boot) is the host's.
+    let epoch = probe_number(c, "EPOCH");
+    assert!(
+        host.start - 2.0 <= epoch && epoch <= host.end + 2.0,
+        "{test}: guest date {epoch}, host {host:?}"
+    );
+    let rtc = probe_number(c, "RTCTIME");
+    assert!(
+        (rtc - epoch).abs() <= 2.0,
+        "{test}: RTC {rtc} vs date {epoch}"
+    );
+    // hwclock -w wrote the RTC, -r read it back, the CMOS bytes agree.
+    let hwclock = probe_values(c, "HWCLOCK").concat().join(" ");
+    assert!(
+        hwclock.contains("2031"),
+        "{test}: hwclock -r said {hwclock:?}"
+    );
+    assert_eq!(probe_values(c, "CMOS")[0], ["0x09", "31"], "{test}: year");
+    assert_eq!(
+        probe_values(c, "CMOS")[1],
+        ["0x32", "20"],
+        "{test}: century"
+    );
+    assert_near("PIT channel 2", probe_number(c, "PIT_CH2_HZ"), PIT_HZ, 0.01);
+    assert_near(
+        "RTC periodic 64 Hz",
+        probe_rate(c, "RTC_PIE", "64"),
+        64.0,
+        0.10,
+    );
+    assert_near(
+        "RTC periodic 1024 Hz",
+        probe_rate(c, "RTC_PIE", "1024"),
+        1024.0,
+        0.25,
+    );
+    assert_near("/dev/rtc0 64 Hz", probe_rate(c, "DEVRTC", "64"), 64.0, 0.10);
+}
+
+/// The same measurements with KVM's in-kernel PIT, for comparison (the
+/// RTC is ours in both runs).
+#[test]
+fn rtc_and_pit_measured_from_the_guest_with_kvm_pit() {
+    let test = "rtc_and_kvm_pit";
+    let Some((out, _)) = clock_measurements(test, "kvm") else {
+        return;
+    };
+    assert_near(
+        "KVM PIT channel 2",
+        probe_number(&out.console, "PIT_CH2_HZ"),
+        PIT_HZ,
+        0.01,
+    );
 }
