@@ -8,6 +8,7 @@ const EXAMPLES: &str = "\
 Examples:
   vmm --kernel bzImage --initrd initramfs.cpio --memory 512M --cpus 2
   vmm --kernel vmlinux --append 'console=ttyS0 reboot=k' --serial file:/tmp/console.log
+  vmm --kernel bzImage --pit kvm        # KVM's in-kernel PIT instead of ours
 
 Console: Ctrl-A x quits, Ctrl-A h prints help, Ctrl-A Ctrl-A sends Ctrl-A.
 Guest reboot or poweroff ends the VMM with status 0.";

@@ -134,3 +134,12 @@ fn bad_serial_and_unwritable_serial_file() {
     let o = run_kernel(&k, &["--serial", "file:/nonexistent/dir/log"]);
     assert_one_line_error(&o, "cannot open serial output file");
 }
+
+#[test]
+fn unknown_pit_choice() {
+    let o = run(&["--kernel", "k", "--pit", "hpet"]);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(err.contains("--pit") && err.contains("userspace"), "{err}");
+    assert!(!err.contains("panicked"));
+}

@@ -6,10 +6,12 @@
 //! 2. open the kernel and initrd files (so a typo fails before KVM work);
 //! 3. open `/dev/kvm` and check it; check the vCPU count against KVM's limit;
 //! 4. create the VM with its RAM (memory before the irqchip: much faster);
-//! 5. the TSS pages, the in-kernel irqchip, PC GSI routing, KVM's PIT;
+//! 5. the TSS pages, the in-kernel irqchip, PC GSI routing, and KVM's PIT
+//!    if asked for ([`PitBackend::Kvm`]);
 //! 6. load the kernel, initrd and command line; write the e820 map, ACPI
 //!    and MP tables and the boot parameters (zero page or PVH start info);
-//! 7. create the devices and connect their interrupts;
+//! 7. create the clocks, then the devices (our PIT and RTC arm timers on
+//!    the clocks) and connect their interrupts;
 //! 8. block SIGINT/SIGTERM/SIGHUP (before any thread starts) and build the
 //!    main loop: signals, vCPU requests, reset and poweroff lines, timers;
 //! 9. start one thread per vCPU, each creating and setting up its vCPU.
