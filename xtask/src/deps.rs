@@ -1,6 +1,6 @@
 //! `cargo xtask check-deps`: the crate boundaries that the design promises.
 //!
-//! `vmm-runstate`, `vmm-clock` and `vmm-devices` must not reach KVM, not even
+//! `vmm-runstate`, `vmm-clock`, `vmm-devices` and `vmm-qmp` must not reach KVM, not even
 //! through another crate: that is what lets their tests run anywhere. And
 //! `vmm-runstate` has no dependency at all.
 
@@ -9,7 +9,7 @@ use anyhow::{bail, Result};
 use crate::cmd;
 
 /// Crates that must not depend on KVM (when they are workspace members).
-const KVM_FREE: &[&str] = &["vmm-runstate", "vmm-clock", "vmm-devices"];
+const KVM_FREE: &[&str] = &["vmm-runstate", "vmm-clock", "vmm-devices", "vmm-qmp"];
 /// Crates that must not appear below a KVM-free crate.
 const KVM_CRATES: &[&str] = &["kvm-ioctls", "kvm-bindings"];
 /// Crates that must have no normal dependencies at all.

@@ -31,7 +31,7 @@ tasks:
   test [CARGO-TEST-ARGS]   run every crate's tests; where /dev/kvm exists, the KVM
                            tests are required to run (VMM_REQUIRE_KVM=1)
   lint                     cargo fmt --check, clippy --workspace --all-targets -D warnings
-  check-deps               fail if vmm-runstate, vmm-clock or vmm-devices reach
+  check-deps               fail if vmm-runstate, vmm-clock, vmm-devices or vmm-qmp reach
                            kvm-ioctls or kvm-bindings (through any crate)
   bench [boot|alarm] [--runs N]
                            run the benchmarks and print their reports (both when
