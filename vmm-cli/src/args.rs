@@ -9,6 +9,8 @@ Examples:
   vmm --kernel bzImage --initrd initramfs.cpio --memory 512M --cpus 2
   vmm --kernel vmlinux --append 'console=ttyS0 reboot=k' --serial file:/tmp/console.log
   vmm --kernel bzImage --pit kvm        # KVM's in-kernel PIT instead of ours
+  vmm --kernel bzImage --qmp /tmp/vmm.qmp --paused
+      then: qmp-shell /tmp/vmm.qmp (from QEMU's python qemu.qmp), cont, stop, quit
 
 Console: Ctrl-A x quits, Ctrl-A h prints help, Ctrl-A Ctrl-A sends Ctrl-A.
 Guest reboot or poweroff ends the VMM with status 0.";
@@ -50,6 +52,16 @@ pub struct Args {
     /// `kvm` (KVM's in-kernel PIT).
     #[arg(long, value_name = "WHICH", default_value = "userspace")]
     pub pit: PitChoice,
+
+    /// Serve QMP (QEMU's JSON control protocol) on a Unix socket at PATH,
+    /// created mode 0600 and removed on exit.
+    #[arg(long, value_name = "PATH")]
+    pub qmp: Option<PathBuf>,
+
+    /// Start with the vCPUs stopped, in `prelaunch`, until QMP `cont`
+    /// (QEMU's -S).
+    #[arg(long)]
+    pub paused: bool,
 
     /// Log level for the VMM's own messages (error, warn, info, debug, trace).
     #[arg(long, value_name = "LEVEL", default_value = "warn")]

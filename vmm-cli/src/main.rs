@@ -9,6 +9,7 @@ mod args;
 mod console;
 mod escape;
 mod output;
+mod qmp;
 mod terminal;
 
 use std::fs::OpenOptions;
@@ -81,6 +82,7 @@ fn run(args: Args) -> Result<ExitReason> {
             args::PitChoice::Userspace => PitBackend::Userspace,
             args::PitChoice::Kvm => PitBackend::Kvm,
         },
+        start_paused: args.paused,
     };
     let mut machine = PcMachine::build(config).context("cannot build the machine")?;
 
@@ -104,6 +106,22 @@ fn run(args: Args) -> Result<ExitReason> {
                 previous(info);
             }));
         }
+    }
+    if let Some(path) = &args.qmp {
+        let server = vmm_qmp::QmpServer::bind(
+            path,
+            qmp::version(),
+            qmp::MachineBackend::new(machine.control()),
+        )
+        .context("cannot start QMP")?;
+        machine.add_event_listener(qmp::forward_events(server.outbox()));
+        machine.event_loop().add(Arc::new(Mutex::new(server)));
+        // The server removes its socket when dropped; this covers every
+        // exit path that ends the process before that.
+        let path = path.clone();
+        machine.exit_notifiers().add(move |_, _, _| {
+            let _ = std::fs::remove_file(&path);
+        });
     }
     let result = machine.run().context("the machine failed");
     let dropped = writer.finish(Duration::from_secs(2));

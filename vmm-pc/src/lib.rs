@@ -5,6 +5,7 @@
 
 pub mod acpi;
 pub mod boot;
+pub mod control;
 pub mod cpu;
 pub mod devices;
 pub mod io;
@@ -16,4 +17,5 @@ pub mod test_guests;
 #[cfg(test)]
 mod test_util;
 
+pub use control::{Command, CpuInfo, MachineEvent, QuitSource, Reply, ReplyFn, ShutdownCause};
 pub use machine::{ExitReason, MachineControl, PcConfig, PcError, PcMachine, PitBackend};

@@ -20,6 +20,7 @@
 //! the guest resets or powers off, the user quits, a signal arrives or a
 //! vCPU fails; every one of those paths runs the exit notifiers.
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -38,6 +39,7 @@ use vmm_runstate::{RunState, RunStateMachine};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::boot::{self, BootError, KernelEntry, LoadedKernel};
+use crate::control::{Command, CpuInfo, MachineEvent, QuitSource, Reply, ReplyFn, ShutdownCause};
 use crate::cpu::{self, BootEntry};
 use crate::devices::{create_devices, pc_irq_routes, Com1, DeviceError, PcDevices, PcShape};
 use crate::io::PcIo;
@@ -62,6 +64,8 @@ pub struct PcConfig {
     pub serial: SerialOutput,
     /// Which i8254 PIT the machine gets.
     pub pit: PitBackend,
+    /// Stay in `prelaunch`, vCPUs parked, until a `cont` (QEMU's `-S`).
+    pub start_paused: bool,
 }
 
 /// Which i8254 PIT a machine gets; never both.
@@ -84,6 +88,7 @@ impl std::fmt::Debug for PcConfig {
             .field("memory", &self.memory)
             .field("cpus", &self.cpus)
             .field("pit", &self.pit)
+            .field("start_paused", &self.start_paused)
             .finish_non_exhaustive()
     }
 }
@@ -137,6 +142,9 @@ pub enum PcError {
     /// The main loop.
     #[error(transparent)]
     EventLoop(#[from] EventLoopError),
+    /// A run-state change the machine tried is not allowed.
+    #[error("run state: {0}")]
+    Control(String),
     /// The timer alarm.
     #[error("cannot create the timer alarm")]
     Clock(#[source] vmm_clock::Error),
@@ -152,8 +160,8 @@ pub enum ExitReason {
     GuestReset(String),
     /// The guest powered off (ACPI S5 or a shutdown event).
     GuestPoweroff,
-    /// The user asked to quit (console Ctrl-A x).
-    Quit,
+    /// The user asked to quit (console Ctrl-A x, QMP `quit`).
+    Quit(QuitSource),
     /// A signal asked us to terminate.
     Signal(i32),
     /// The machine could not go on (a vCPU's KVM error, or the main loop's).
@@ -170,6 +178,19 @@ impl ExitReason {
     pub fn is_success(&self) -> bool {
         !matches!(self, Self::InternalError { .. })
     }
+
+    /// The `SHUTDOWN` event's cause; none for an internal error (QEMU
+    /// stops in `internal-error` without one).
+    pub fn shutdown_cause(&self) -> Option<ShutdownCause> {
+        Some(match self {
+            Self::GuestReset(_) => ShutdownCause::GuestReset,
+            Self::GuestPoweroff => ShutdownCause::GuestShutdown,
+            Self::Quit(QuitSource::Console) => ShutdownCause::HostUi,
+            Self::Quit(QuitSource::Qmp) => ShutdownCause::HostQmpQuit,
+            Self::Signal(_) => ShutdownCause::HostSignal,
+            Self::InternalError { .. } => return None,
+        })
+    }
 }
 
 impl std::fmt::Display for ExitReason {
@@ -177,7 +198,8 @@ impl std::fmt::Display for ExitReason {
         match self {
             Self::GuestReset(why) => write!(f, "guest reset ({why})"),
             Self::GuestPoweroff => write!(f, "guest powered off"),
-            Self::Quit => write!(f, "quit from the console"),
+            Self::Quit(QuitSource::Console) => write!(f, "quit from the console"),
+            Self::Quit(QuitSource::Qmp) => write!(f, "quit from QMP"),
             Self::Signal(s) => write!(f, "terminating on signal {}", signal_name(*s)),
             Self::InternalError {
                 vcpu: Some(vcpu),
@@ -197,17 +219,34 @@ struct Pending {
 }
 
 /// A handle for the console and other front ends: ask the machine to
-/// quit, from the main-loop thread or any other.
-#[derive(Debug, Clone)]
+/// quit, or run a [`Command`], from the main-loop thread or any other.
+#[derive(Clone)]
 pub struct MachineControl {
     quit: Arc<AtomicBool>,
+    commands: Arc<Mutex<VecDeque<(Command, ReplyFn)>>>,
     wake: Arc<EventFd>,
 }
 
+impl std::fmt::Debug for MachineControl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MachineControl")
+            .field("quit", &self.quit)
+            .field("pending_commands", &lock(&self.commands).len())
+            .finish()
+    }
+}
+
 impl MachineControl {
-    /// Asks the machine to stop (as QEMU's `quit`).
+    /// Asks the machine to stop, from the console (Ctrl-A x).
     pub fn request_quit(&self) {
         self.quit.store(true, Ordering::SeqCst);
+        let _ = self.wake.write(1);
+    }
+
+    /// Queues `command`; the main loop runs it at its next wake-up (this
+    /// one) and calls `reply` with the outcome.
+    pub fn submit(&self, command: Command, reply: ReplyFn) {
+        lock(&self.commands).push_back((command, reply));
         let _ = self.wake.write(1);
     }
 }
@@ -223,6 +262,9 @@ pub struct PcMachine {
     pending: Arc<Mutex<Pending>>,
     control: MachineControl,
     exit_notifiers: NotifierList<ExitReason>,
+    event_listeners: Vec<EventListener>,
+    start_paused: bool,
+    quit: Option<QuitSource>,
 }
 
 impl std::fmt::Debug for PcMachine {
@@ -338,6 +380,7 @@ impl PcMachine {
         );
         let control = MachineControl {
             quit: Arc::new(AtomicBool::new(false)),
+            commands: Arc::default(),
             wake: Arc::clone(&wake),
         };
         event_loop.add_eventfd("wake-up", clone_evt(&wake)?, |_| {});
@@ -377,6 +420,9 @@ impl PcMachine {
             pending,
             control,
             exit_notifiers: NotifierList::new(),
+            event_listeners: Vec::new(),
+            start_paused: config.start_paused,
+            quit: None,
         })
     }
 
@@ -406,6 +452,20 @@ impl PcMachine {
         &self.exit_notifiers
     }
 
+    /// Adds a listener for [`MachineEvent`]s (run on the main-loop thread).
+    pub fn add_event_listener<F>(&mut self, listener: F)
+    where
+        F: FnMut(&MachineEvent) + Send + 'static,
+    {
+        self.event_listeners.push(Box::new(listener));
+    }
+
+    fn emit(&mut self, event: MachineEvent) {
+        for listener in &mut self.event_listeners {
+            listener(&event);
+        }
+    }
+
     /// The guest's memory (for tests and tools).
     pub fn vm(&self) -> &Vm {
         &self.vm
@@ -426,6 +486,9 @@ impl PcMachine {
             log::warn!("while stopping: {e}");
         }
         self.clocks.vm_stop();
+        if let Some(cause) = reason.shutdown_cause() {
+            self.emit(MachineEvent::Shutdown(cause));
+        }
         let end = if reason.is_success() {
             RunState::Shutdown
         } else {
@@ -439,15 +502,95 @@ impl PcMachine {
     }
 
     fn run_loop(&mut self) -> Result<ExitReason, PcError> {
-        self.clocks.vm_start();
-        if let Err(e) = self.runstate.transition(RunState::Running) {
-            log::debug!("{e}");
+        // As QEMU's -S, `start_paused` stays in prelaunch until `cont`.
+        if !self.start_paused {
+            self.start()?;
         }
-        self.vcpus.resume_all()?;
         loop {
             self.event_loop.run_once(-1)?;
+            self.run_commands()?;
             if let Some(reason) = self.next_exit() {
                 return Ok(reason);
+            }
+        }
+    }
+
+    /// prelaunch/paused -> running: the clock, then the vCPUs.
+    fn start(&mut self) -> Result<(), PcError> {
+        self.runstate
+            .transition(RunState::Running)
+            .map_err(|e| PcError::Control(e.to_string()))?;
+        self.clocks.vm_start();
+        self.vcpus.resume_all()?;
+        Ok(())
+    }
+
+    /// running -> paused: the vCPUs park, then the clock freezes.
+    fn pause(&mut self) -> Result<(), PcError> {
+        self.vcpus.pause_all()?;
+        self.clocks.vm_stop();
+        self.runstate
+            .transition(RunState::Paused)
+            .map_err(|e| PcError::Control(e.to_string()))
+    }
+
+    /// Runs the commands front ends submitted, in order.
+    fn run_commands(&mut self) -> Result<(), PcError> {
+        loop {
+            let Some((command, reply)) = lock(&self.control.commands).pop_front() else {
+                return Ok(());
+            };
+            let outcome = self.run_command(command);
+            // A failure to pause or resume the vCPUs is the machine's, not
+            // the command's: it ends the run after the reply.
+            match outcome {
+                Ok(r) => reply(Ok(r)),
+                Err(CommandFailure::Refused(why)) => reply(Err(why)),
+                Err(CommandFailure::Machine(e)) => {
+                    reply(Err(e.to_string()));
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    fn run_command(&mut self, command: Command) -> Result<Reply, CommandFailure> {
+        let state = self.runstate.state();
+        match command {
+            Command::QueryStatus => Ok(Reply::Status {
+                running: self.runstate.is_running(),
+                status: state,
+            }),
+            Command::QueryCpus => Ok(Reply::Cpus(
+                self.vcpus
+                    .thread_ids()
+                    .into_iter()
+                    .zip(0..)
+                    .map(|(thread_id, index)| CpuInfo { index, thread_id })
+                    .collect(),
+            )),
+            Command::Stop => {
+                if self.runstate.is_running() {
+                    self.pause().map_err(CommandFailure::Machine)?;
+                    self.emit(MachineEvent::Stop);
+                }
+                Ok(Reply::Done)
+            }
+            Command::Cont => {
+                if self.runstate.needs_reset() {
+                    return Err(CommandFailure::Refused(
+                        "Resetting the Virtual Machine is required".into(),
+                    ));
+                }
+                if !self.runstate.is_running() {
+                    self.start().map_err(CommandFailure::Machine)?;
+                    self.emit(MachineEvent::Resume);
+                }
+                Ok(Reply::Done)
+            }
+            Command::Quit => {
+                self.quit = Some(QuitSource::Qmp);
+                Ok(Reply::Done)
             }
         }
     }
@@ -488,11 +631,25 @@ impl PcMachine {
         if let Some(reason) = vcpu_reset {
             return Some(ExitReason::GuestReset(reason));
         }
+        if let Some(source) = self.quit.take() {
+            return Some(ExitReason::Quit(source));
+        }
         if self.control.quit.swap(false, Ordering::SeqCst) {
-            return Some(ExitReason::Quit);
+            return Some(ExitReason::Quit(QuitSource::Console));
         }
         None
     }
+}
+
+/// A [`MachineEvent`] listener.
+type EventListener = Box<dyn FnMut(&MachineEvent) + Send>;
+
+/// Why a command did not complete.
+enum CommandFailure {
+    /// Refused in this state; the machine goes on.
+    Refused(String),
+    /// The machine failed while carrying it out.
+    Machine(PcError),
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -98,8 +98,33 @@ fn test(extra: &[String]) -> Result<()> {
         // The Linux boot tests need the default guest.
         let g = guest::ensure()?;
         c.env(vmm_testbed::GUEST_DIR_ENV, &g.paths.dir);
+        // The QMP tests drive the VMM with QEMU's own Python client.
+        ensure_qemu_qmp()?;
     }
     cmd::run(&mut c)
+}
+
+/// Installs QEMU's Python QMP client (`qemu.qmp`, PyPI) when missing.
+fn ensure_qemu_qmp() -> Result<()> {
+    let import = || {
+        std::process::Command::new("python3")
+            .args(["-c", "import qemu.qmp"])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if import() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing qemu.qmp (QEMU's Python QMP client) for the QMP tests");
+    let mut pip = std::process::Command::new("python3");
+    pip.args(["-m", "pip", "install", "--quiet", "qemu.qmp"]);
+    cmd::run(&mut pip)?;
+    anyhow::ensure!(
+        import(),
+        "qemu.qmp is still not importable after pip install"
+    );
+    Ok(())
 }
 
 fn lint() -> Result<()> {

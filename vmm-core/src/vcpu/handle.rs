@@ -128,6 +128,8 @@ fn install_kick_handler() -> Result<(), VcpuError> {
 
 struct VcpuHandle {
     index: u32,
+    /// The thread's Linux id (QMP's `thread-id`).
+    thread_id: i32,
     events: Sender<Event>,
     responses: Receiver<Response>,
     run_map: Arc<KvmRunMap>,
@@ -234,7 +236,7 @@ impl Vcpus {
                 .spawn(move || body.run())
                 .map_err(|source| VcpuError::Spawn { index, source })?;
             let created = match resp_rx.recv_timeout(ANSWER_TIMEOUT) {
-                Ok(Response::Created(map)) => Ok(map),
+                Ok(Response::Created(map, tid)) => Ok((map, tid)),
                 Ok(Response::CreateFailed(e)) => Err(e),
                 Ok(_) | Err(RecvTimeoutError::Disconnected) => Err(VcpuError::ThreadGone { index }),
                 Err(RecvTimeoutError::Timeout) => Err(VcpuError::Timeout {
@@ -243,8 +245,9 @@ impl Vcpus {
                 }),
             };
             match created {
-                Ok(run_map) => vcpus.handles.push(VcpuHandle {
+                Ok((run_map, thread_id)) => vcpus.handles.push(VcpuHandle {
                     index,
+                    thread_id,
                     events: ev_tx,
                     responses: resp_rx,
                     run_map,
@@ -257,6 +260,11 @@ impl Vcpus {
             }
         }
         Ok(vcpus)
+    }
+
+    /// Each vCPU thread's Linux thread id, by vCPU index.
+    pub fn thread_ids(&self) -> Vec<i32> {
+        self.handles.iter().map(|h| h.thread_id).collect()
     }
 
     /// How many vCPUs there are.

@@ -23,7 +23,8 @@ pub(crate) enum Event {
 /// once at start.
 #[derive(Debug)]
 pub(crate) enum Response {
-    Created(Arc<KvmRunMap>),
+    /// The vCPU exists: its `kvm_run` mapping and the thread's Linux id.
+    Created(Arc<KvmRunMap>, i32),
     CreateFailed(super::VcpuError),
     Resumed,
     Paused,
@@ -89,7 +90,11 @@ impl VcpuThread {
             });
         match created {
             Ok((vcpu, map)) => {
-                let _ = self.responses.send(Response::Created(Arc::clone(&map)));
+                // SAFETY: gettid has no arguments and cannot fail.
+                let tid = unsafe { libc::gettid() };
+                let _ = self
+                    .responses
+                    .send(Response::Created(Arc::clone(&map), tid));
                 Some((vcpu, map))
             }
             Err(e) => {

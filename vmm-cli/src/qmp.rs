@@ -1,0 +1,150 @@
+//! QMP commands in terms of the machine: the glue between vmm-qmp's
+//! protocol and vmm-pc's [`MachineControl`].
+//!
+//! Queries that need nothing from the machine answer at once; the rest are
+//! submitted to the main loop, which replies when it has run them.
+
+use serde_json::{json, Map, Value};
+use vmm_pc::{Command, MachineControl, MachineEvent, Reply};
+use vmm_qmp::{Backend, Outbox, QmpError, Responder, Version};
+
+/// The commands we run, besides `qmp_capabilities`.
+const COMMANDS: &[&str] = &[
+    "query-status",
+    "stop",
+    "cont",
+    "quit",
+    "query-version",
+    "query-kvm",
+    "query-cpus-fast",
+    "query-name",
+    "query-commands",
+];
+
+/// Our version, as QMP reports it.
+pub fn version() -> Version {
+    let n = |s: &str| s.parse().unwrap_or(0);
+    Version {
+        numbers: (
+            n(env!("CARGO_PKG_VERSION_MAJOR")),
+            n(env!("CARGO_PKG_VERSION_MINOR")),
+            n(env!("CARGO_PKG_VERSION_PATCH")),
+        ),
+        package: format!("vmm {}", env!("CARGO_PKG_VERSION")),
+    }
+}
+
+/// The machine behind QMP.
+#[derive(Debug)]
+pub struct MachineBackend {
+    control: MachineControl,
+}
+
+impl MachineBackend {
+    /// Commands go to `control`.
+    pub fn new(control: MachineControl) -> Self {
+        Self { control }
+    }
+}
+
+fn reply_json(reply: Reply) -> Value {
+    match reply {
+        Reply::Done => json!({}),
+        Reply::Status { running, status } => json!({
+            "running": running,
+            "singlestep": false,
+            "status": status.to_string(),
+        }),
+        Reply::Cpus(cpus) => Value::Array(
+            cpus.iter()
+                .map(|c| {
+                    json!({
+                        "cpu-index": c.index,
+                        "qom-path": format!("/machine/unattached/device[{}]", c.index),
+                        "thread-id": c.thread_id,
+                        "target": "x86_64",
+                        "props": {"socket-id": 0, "core-id": c.index, "thread-id": 0},
+                    })
+                })
+                .collect(),
+        ),
+    }
+}
+
+impl Backend for MachineBackend {
+    fn commands(&self) -> Vec<String> {
+        COMMANDS.iter().map(|c| (*c).to_owned()).collect()
+    }
+
+    fn execute(&mut self, command: &str, arguments: &Map<String, Value>, r: Responder) {
+        // None of our commands takes arguments (QEMU's wording).
+        if let Some(name) = arguments.keys().next() {
+            return r.err(&QmpError::generic(format!(
+                "Parameter '{name}' is unexpected"
+            )));
+        }
+        let command = match command {
+            "query-version" => return r.ok(version().to_json()),
+            "query-kvm" => return r.ok(json!({"enabled": true, "present": true})),
+            "query-name" => return r.ok(json!({})),
+            "query-commands" => {
+                let names = std::iter::once("qmp_capabilities")
+                    .chain(COMMANDS.iter().copied())
+                    .map(|name| json!({ "name": name }))
+                    .collect();
+                return r.ok(Value::Array(names));
+            }
+            "query-status" => Command::QueryStatus,
+            "query-cpus-fast" => Command::QueryCpus,
+            "stop" => Command::Stop,
+            "cont" => Command::Cont,
+            "quit" => Command::Quit,
+            other => return r.err(&QmpError::generic(format!("{other} is not implemented"))),
+        };
+        self.control.submit(
+            command,
+            Box::new(move |outcome| match outcome {
+                Ok(reply) => r.ok(reply_json(reply)),
+                Err(why) => r.err(&QmpError::generic(why)),
+            }),
+        );
+    }
+}
+
+/// Sends the machine's events to the QMP client.
+pub fn forward_events(outbox: Outbox) -> impl FnMut(&MachineEvent) + Send + 'static {
+    move |event| match event {
+        MachineEvent::Stop => outbox.event("STOP", None),
+        MachineEvent::Resume => outbox.event("RESUME", None),
+        MachineEvent::Shutdown(cause) => outbox.event(
+            "SHUTDOWN",
+            Some(json!({"guest": cause.is_guest(), "reason": cause.as_str()})),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vmm_pc::CpuInfo;
+    use vmm_runstate::RunState;
+
+    #[test]
+    fn replies_have_qmp_shapes() {
+        assert_eq!(reply_json(Reply::Done), json!({}));
+        let s = reply_json(Reply::Status {
+            running: false,
+            status: RunState::Paused,
+        });
+        assert_eq!(
+            s,
+            json!({"running": false, "singlestep": false, "status": "paused"})
+        );
+        let c = reply_json(Reply::Cpus(vec![CpuInfo {
+            index: 1,
+            thread_id: 42,
+        }]));
+        assert_eq!(c[0]["cpu-index"], 1);
+        assert_eq!(c[0]["thread-id"], 42);
+    }
+}

@@ -1,0 +1,337 @@
+//! QMP end to end: the `vmm` binary with `--qmp`, driven by a small Rust
+//! client over the Unix socket and by QEMU's own Python client library
+//! (`qemu.qmp`), on hand-assembled guests that run on this host's
+//! `/dev/kvm` (PVM included).
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+use vmm_pc::test_guests;
+
+struct Client {
+    w: UnixStream,
+    r: BufReader<UnixStream>,
+    events: Vec<Value>,
+}
+
+impl Client {
+    /// Connects once the socket exists, reads the greeting, negotiates.
+    fn connect(path: &Path) -> Self {
+        let start = Instant::now();
+        let w = loop {
+            match UnixStream::connect(path) {
+                Ok(s) => break s,
+                Err(e) if start.elapsed() > RUN_LIMIT => panic!("no QMP socket: {e}"),
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        };
+        w.set_read_timeout(Some(RUN_LIMIT)).unwrap();
+        let r = BufReader::new(w.try_clone().unwrap());
+        let mut c = Self {
+            w,
+            r,
+            events: Vec::new(),
+        };
+        let greeting = c.line();
+        assert!(greeting["QMP"]["version"]["qemu"].is_object(), "{greeting}");
+        assert_eq!(c.execute("qmp_capabilities"), json!({"return": {}}));
+        c
+    }
+
+    fn line(&mut self) -> Value {
+        let mut s = String::new();
+        self.r.read_line(&mut s).unwrap();
+        assert!(!s.is_empty(), "QMP connection closed");
+        serde_json::from_str(&s).unwrap_or_else(|e| panic!("{e}: {s:?}"))
+    }
+
+    /// Runs `command`; events that come first are kept.
+    fn execute(&mut self, command: &str) -> Value {
+        writeln!(self.w, "{}", json!({ "execute": command })).unwrap();
+        loop {
+            let v = self.line();
+            if v.get("event").is_some() {
+                self.events.push(v);
+            } else {
+                return v;
+            }
+        }
+    }
+
+    /// The next event named `name` (kept or still to come).
+    fn event(&mut self, name: &str) -> Value {
+        if let Some(i) = self.events.iter().position(|e| e["event"] == name) {
+            return self.events.remove(i);
+        }
+        loop {
+            let v = self.line();
+            if v["event"] == name {
+                return v;
+            }
+            assert!(v.get("event").is_some(), "expected {name}, got {v}");
+            self.events.push(v);
+        }
+    }
+
+    fn status(&mut self) -> Value {
+        self.execute("query-status")["return"].clone()
+    }
+}
+
+fn spawn(dir: &TempDir, kernel: &[u8], extra: &[&str]) -> (Child, PathBuf) {
+    let k = dir.file("guest.elf", kernel);
+    let sock = dir.0.join("qmp.sock");
+    let child = vmm()
+        .args(["--kernel", k.to_str().unwrap(), "--memory", "64M"])
+        .args(["--qmp", sock.to_str().unwrap()])
+        .args(extra)
+        .spawn()
+        .unwrap();
+    (child, sock)
+}
+
+#[test]
+fn stop_cont_query_and_quit() {
+    if !kvm("qmp_stop_cont") {
+        return;
+    }
+    let dir = TempDir::new("qmp-basic");
+    let (child, sock) = spawn(
+        &dir,
+        &test_guests::hello_spin("spin\n"),
+        &["--serial", "none"],
+    );
+    let pid = child.id();
+    let mut c = Client::connect(&sock);
+    let mode = std::fs::metadata(&sock).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "socket mode");
+    assert_eq!(
+        c.status(),
+        json!({"running": true, "singlestep": false, "status": "running"})
+    );
+    assert_eq!(c.execute("stop"), json!({"return": {}}));
+    let stop = c.event("STOP");
+    assert!(stop["timestamp"]["seconds"].as_u64().unwrap() > 1_600_000_000);
+    assert_eq!(c.status()["status"], "paused");
+    assert_eq!(c.status()["running"], false);
+    // stop again: nothing happens, no event.
+    assert_eq!(c.execute("stop"), json!({"return": {}}));
+    assert_eq!(c.execute("cont"), json!({"return": {}}));
+    c.event("RESUME");
+    assert!(c.events.is_empty(), "{:?}", c.events);
+    assert_eq!(c.status()["status"], "running");
+    // Real vCPU threads of the vmm process.
+    let cpus = c.execute("query-cpus-fast")["return"].clone();
+    assert_eq!(cpus.as_array().unwrap().len(), 1);
+    let tid = cpus[0]["thread-id"].as_i64().unwrap();
+    assert!(Path::new(&format!("/proc/{pid}/task/{tid}")).exists());
+    assert_ne!(i64::from(pid), tid);
+    let names = c.execute("query-commands")["return"].clone();
+    assert!(names.as_array().unwrap().contains(&json!({"name": "cont"})));
+    assert_eq!(c.execute("query-kvm")["return"]["enabled"], true);
+    assert_eq!(c.execute("nonsense")["error"]["class"], "CommandNotFound");
+    writeln!(c.w, r#"{{"execute":"stop","arguments":{{"x":1}},"id":9}}"#).unwrap();
+    let bad = c.line();
+    assert_eq!(bad["id"], 9);
+    assert_eq!(bad["error"]["class"], "GenericError");
+    assert_eq!(c.execute("quit"), json!({"return": {}}));
+    let shutdown = c.event("SHUTDOWN");
+    assert_eq!(
+        shutdown["data"],
+        json!({"guest": false, "reason": "host-qmp-quit"})
+    );
+    let o = wait(child);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!sock.exists(), "socket removed");
+}
+
+#[test]
+fn paused_start_waits_in_prelaunch_with_the_clock_stopped() {
+    if !kvm("qmp_paused") {
+        return;
+    }
+    let dir = TempDir::new("qmp-paused");
+    let log = dir.0.join("serial.log");
+    let serial = format!("file:{}", log.display());
+    let (child, sock) = spawn(
+        &dir,
+        &test_guests::hello_reset("hi\n"),
+        &["--paused", "--serial", &serial],
+    );
+    let mut c = Client::connect(&sock);
+    assert_eq!(
+        c.status(),
+        json!({"running": false, "singlestep": false, "status": "prelaunch"})
+    );
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(
+        std::fs::read(&log).unwrap_or_default(),
+        b"",
+        "no guest code ran"
+    );
+    // stop in prelaunch changes nothing.
+    assert_eq!(c.execute("stop"), json!({"return": {}}));
+    assert_eq!(c.status()["status"], "prelaunch");
+    assert_eq!(c.execute("cont"), json!({"return": {}}));
+    c.event("RESUME");
+    // The guest prints and resets: the VMM ends, as QEMU with -no-reboot.
+    let shutdown = c.event("SHUTDOWN");
+    assert_eq!(
+        shutdown["data"],
+        json!({"guest": true, "reason": "guest-reset"})
+    );
+    let o = wait(child);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(std::fs::read(&log).unwrap(), b"hi\n");
+    assert!(!sock.exists());
+}
+
+#[test]
+fn sigterm_in_prelaunch_running_and_paused() {
+    if !kvm("qmp_sigterm") {
+        return;
+    }
+    for state in ["prelaunch", "running", "paused"] {
+        let dir = TempDir::new(&format!("qmp-term-{state}"));
+        let extra: &[&str] = if state == "prelaunch" {
+            &["--serial", "none", "--paused"]
+        } else {
+            &["--serial", "none"]
+        };
+        let (child, sock) = spawn(&dir, &test_guests::hello_spin("spin\n"), extra);
+        let mut c = Client::connect(&sock);
+        if state == "paused" {
+            c.execute("stop");
+            c.event("STOP");
+        }
+        assert_eq!(c.status()["status"], state);
+        // SAFETY: sends SIGTERM to our own child process.
+        assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+        let shutdown = c.event("SHUTDOWN");
+        assert_eq!(
+            shutdown["data"],
+            json!({"guest": false, "reason": "host-signal"}),
+            "{state}"
+        );
+        let o = wait(child);
+        assert!(o.status.success(), "{state}: {}", stderr(&o));
+        assert!(!sock.exists(), "{state}: socket removed");
+    }
+}
+
+#[test]
+fn a_taken_socket_path_is_a_clear_error() {
+    if !kvm("qmp_taken") {
+        return;
+    }
+    let dir = TempDir::new("qmp-taken");
+    let k = dir.file("guest.elf", &test_guests::hello_spin("x\n"));
+    let taken = dir.file("qmp.sock", b"not a socket");
+    let o = run(&[
+        "--kernel",
+        k.to_str().unwrap(),
+        "--qmp",
+        taken.to_str().unwrap(),
+    ]);
+    assert_one_line_error(&o, "the path exists");
+    assert_eq!(
+        std::fs::read(&taken).unwrap(),
+        b"not a socket",
+        "left alone"
+    );
+}
+
+/// QEMU's own Python client (`qemu.qmp` from PyPI) drives the VMM.
+#[test]
+fn qemu_python_client_drives_the_vmm() {
+    if !kvm("qmp_python") {
+        return;
+    }
+    let have = std::process::Command::new("python3")
+        .args(["-c", "import qemu.qmp"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        have,
+        "python3 with qemu.qmp is needed (`pip install qemu.qmp`; cargo xtask test and .ci/run install it)"
+    );
+    let dir = TempDir::new("qmp-python");
+    let (child, sock) = spawn(
+        &dir,
+        &test_guests::hello_spin("spin\n"),
+        &["--serial", "none"],
+    );
+    let script = r#"
+import asyncio, sys
+from qemu.qmp import QMPClient
+
+async def main(path):
+    qmp = QMPClient('vmm')
+    for _ in range(300):
+        try:
+            await qmp.connect(path)
+            break
+        except Exception:
+            await asyncio.sleep(0.01)
+    st = await qmp.execute('query-status')
+    print('status', st['status'], st['running'])
+    with qmp.listener() as listener:
+        await qmp.execute('stop')
+        async for ev in listener:
+            if ev['event'] == 'STOP':
+                print('event STOP')
+                break
+        st = await qmp.execute('query-status')
+        print('status', st['status'], st['running'])
+        await qmp.execute('cont')
+        async for ev in listener:
+            if ev['event'] == 'RESUME':
+                print('event RESUME')
+                break
+        try:
+            await qmp.execute('no-such-command')
+        except Exception as e:
+            print('error', type(e).__name__)
+        await qmp.execute('quit')
+        async for ev in listener:
+            if ev['event'] == 'SHUTDOWN':
+                print('event SHUTDOWN', ev['data']['reason'])
+                break
+    await qmp.disconnect()
+
+asyncio.run(main(sys.argv[1]))
+"#;
+    let py = dir.file("drive.py", script.as_bytes());
+    let out = std::process::Command::new("python3")
+        .arg(&py)
+        .arg(&sock)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "python: {text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        text.lines().collect::<Vec<_>>(),
+        [
+            "status running True",
+            "event STOP",
+            "status paused False",
+            "event RESUME",
+            "error ExecuteError",
+            "event SHUTDOWN host-qmp-quit",
+        ]
+    );
+    let o = wait(child);
+    assert!(o.status.success(), "{}", stderr(&o));
+}

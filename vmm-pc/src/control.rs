@@ -1,0 +1,116 @@
+//! Requests from front ends (QMP, the console) and the events the machine
+//! reports back, run by the main loop as QEMU runs monitor commands under
+//! its big lock: a front end [`submits`](crate::MachineControl::submit) a
+//! [`Command`] with a callback; the main loop runs it between two waits and
+//! calls the callback with the [`Reply`].
+
+use vmm_runstate::RunState;
+
+/// What a front end can ask of the machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    /// Pause the vCPUs and the Virtual clock (QMP `stop`).
+    Stop,
+    /// Run again (QMP `cont`); refused where the machine needs a reset.
+    Cont,
+    /// End the VMM (QMP `quit`).
+    Quit,
+    /// The run state (QMP `query-status`).
+    QueryStatus,
+    /// The vCPUs and their threads (QMP `query-cpus-fast`).
+    QueryCpus,
+}
+
+/// One vCPU, as `query-cpus-fast` lists it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CpuInfo {
+    /// The vCPU index (its APIC ID too).
+    pub index: u32,
+    /// Its thread's Linux id.
+    pub thread_id: i32,
+}
+
+/// A command's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// Done, nothing to report.
+    Done,
+    /// The run state.
+    Status {
+        /// Whether the guest runs.
+        running: bool,
+        /// The state.
+        status: RunState,
+    },
+    /// The vCPUs.
+    Cpus(Vec<CpuInfo>),
+}
+
+/// Called with a command's outcome, on the main-loop thread.
+pub type ReplyFn = Box<dyn FnOnce(Result<Reply, String>) + Send>;
+
+/// Who asked the machine to quit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuitSource {
+    /// The console (Ctrl-A x, or the monitor).
+    Console,
+    /// A QMP `quit`.
+    Qmp,
+}
+
+/// Why the machine shut down, as QMP's `SHUTDOWN` event says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShutdownCause {
+    /// QMP `quit`.
+    HostQmpQuit,
+    /// A signal (SIGINT, SIGTERM, SIGHUP).
+    HostSignal,
+    /// The user interface (the console's Ctrl-A x).
+    HostUi,
+    /// The guest powered off.
+    GuestShutdown,
+    /// The guest reset, and resets end the VMM (QEMU's `-no-reboot`).
+    GuestReset,
+}
+
+impl ShutdownCause {
+    /// QAPI's `ShutdownCause` string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::HostQmpQuit => "host-qmp-quit",
+            Self::HostSignal => "host-signal",
+            Self::HostUi => "host-ui",
+            Self::GuestShutdown => "guest-shutdown",
+            Self::GuestReset => "guest-reset",
+        }
+    }
+
+    /// Whether the guest caused it (the event's `guest` member).
+    pub fn is_guest(self) -> bool {
+        matches!(self, Self::GuestShutdown | Self::GuestReset)
+    }
+}
+
+/// What the machine reports to its listeners (QMP events).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MachineEvent {
+    /// The guest stopped running (`STOP`).
+    Stop,
+    /// The guest runs again (`RESUME`).
+    Resume,
+    /// The machine is shutting down (`SHUTDOWN`).
+    Shutdown(ShutdownCause),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shutdown_causes_are_qapi_strings() {
+        assert_eq!(ShutdownCause::HostQmpQuit.as_str(), "host-qmp-quit");
+        assert_eq!(ShutdownCause::GuestShutdown.as_str(), "guest-shutdown");
+        assert!(ShutdownCause::GuestReset.is_guest());
+        assert!(!ShutdownCause::HostSignal.is_guest());
+    }
+}
