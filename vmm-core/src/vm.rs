@@ -157,6 +157,25 @@ impl Vm {
         self.fd.register_irqfd(fd, gsi).map_err(ioctl("KVM_IRQFD"))
     }
 
+    /// The kvmclock's current value (`KVM_GET_CLOCK`), in ns.
+    pub fn clock_ns(&self) -> Result<u64, VmError> {
+        self.fd
+            .get_clock()
+            .map(|c| c.clock)
+            .map_err(ioctl("KVM_GET_CLOCK"))
+    }
+
+    /// Sets the kvmclock (`KVM_SET_CLOCK`): guests reading it continue from
+    /// `ns`. With the value read when the VM was paused, no guest time
+    /// passes while paused (QEMU's kvmclock does this on stop and cont).
+    pub fn set_clock_ns(&self, ns: u64) -> Result<(), VmError> {
+        let data = kvm_bindings::kvm_clock_data {
+            clock: ns,
+            ..Default::default()
+        };
+        self.fd.set_clock(&data).map_err(ioctl("KVM_SET_CLOCK"))
+    }
+
     /// Sets the level of interrupt line `gsi`.
     pub fn set_irq_line(&self, gsi: u32, level: bool) -> Result<(), VmError> {
         self.fd

@@ -392,3 +392,25 @@ fn a_failing_init_is_reported_with_the_vcpu() {
     let err = Vcpus::spawn(&vm, 2, init, Arc::new(Recorder::default())).unwrap_err();
     assert_eq!(err.to_string(), "cannot set up vCPU 1");
 }
+
+/// The kvmclock can be read and put back: what the machine does around a
+/// pause so that no guest time passes while paused.
+#[test]
+fn kvmclock_is_put_back_after_a_pause() {
+    let Some(kvm) = kvm() else { return };
+    let vm = Vm::new(&kvm, &[(GuestAddress(0), 0x10_0000)]).unwrap();
+    vm.create_irqchip().unwrap();
+    let before = vm.clock_ns().unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let later = vm.clock_ns().unwrap();
+    assert!(
+        later >= before + 150_000_000,
+        "the clock runs: {before} -> {later}"
+    );
+    vm.set_clock_ns(before).unwrap();
+    let back = vm.clock_ns().unwrap();
+    assert!(
+        back >= before && back < before + 100_000_000,
+        "set back to {before}, reads {back}"
+    );
+}

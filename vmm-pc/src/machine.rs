@@ -265,6 +265,8 @@ pub struct PcMachine {
     event_listeners: Vec<EventListener>,
     start_paused: bool,
     quit: Option<QuitSource>,
+    /// The kvmclock when the VM was paused, put back on resume.
+    paused_clock: Option<u64>,
 }
 
 impl std::fmt::Debug for PcMachine {
@@ -423,6 +425,7 @@ impl PcMachine {
             event_listeners: Vec::new(),
             start_paused: config.start_paused,
             quit: None,
+            paused_clock: None,
         })
     }
 
@@ -520,6 +523,9 @@ impl PcMachine {
         self.runstate
             .transition(RunState::Running)
             .map_err(|e| PcError::Control(e.to_string()))?;
+        if let Some(ns) = self.paused_clock.take() {
+            self.vm.set_clock_ns(ns)?;
+        }
         self.clocks.vm_start();
         self.vcpus.resume_all()?;
         Ok(())
@@ -528,6 +534,8 @@ impl PcMachine {
     /// running -> paused: the vCPUs park, then the clock freezes.
     fn pause(&mut self) -> Result<(), PcError> {
         self.vcpus.pause_all()?;
+        // The guest's kvmclock stops with it, as the Virtual clock does.
+        self.paused_clock = Some(self.vm.clock_ns()?);
         self.clocks.vm_stop();
         self.runstate
             .transition(RunState::Paused)
