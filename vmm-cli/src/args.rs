@@ -63,6 +63,12 @@ pub struct Args {
     #[arg(long)]
     pub paused: bool,
 
+    /// What a guest reboot (i8042 reset, triple fault) does: `exit` ends the
+    /// VMM with status 0 (QEMU's -no-reboot), `reset` resets the machine in
+    /// place and boots the guest again.
+    #[arg(long, value_name = "ACTION", default_value = "exit")]
+    pub reboot: RebootChoice,
+
     /// Log level for the VMM's own messages (error, warn, info, debug, trace).
     #[arg(long, value_name = "LEVEL", default_value = "warn")]
     pub log_level: log::LevelFilter,
@@ -75,6 +81,15 @@ pub enum PitChoice {
     Userspace,
     /// KVM's in-kernel PIT.
     Kvm,
+}
+
+/// The `--reboot` choice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RebootChoice {
+    /// End the VMM with status 0.
+    Exit,
+    /// Reset in place and boot again.
+    Reset,
 }
 
 /// The `--serial` choice.

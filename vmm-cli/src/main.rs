@@ -21,7 +21,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Parser;
 use vmm_devices::serial::SerialOutput;
-use vmm_pc::{ExitReason, PcConfig, PcMachine, PitBackend};
+use vmm_pc::{ExitReason, PcConfig, PcMachine, PitBackend, RebootAction};
 
 use crate::args::{Args, Serial};
 
@@ -83,6 +83,13 @@ fn run(args: Args) -> Result<ExitReason> {
             args::PitChoice::Kvm => PitBackend::Kvm,
         },
         start_paused: args.paused,
+        reboot: match args.reboot {
+            args::RebootChoice::Exit => RebootAction::Exit,
+            args::RebootChoice::Reset => RebootAction::Reset,
+        },
+        // With QMP a user can look at a KVM internal error and reset or
+        // quit; without, stopping would only hang.
+        stop_on_error: args.qmp.is_some(),
     };
     let mut machine = PcMachine::build(config).context("cannot build the machine")?;
 

@@ -14,6 +14,7 @@ const COMMANDS: &[&str] = &[
     "stop",
     "cont",
     "quit",
+    "system_reset",
     "query-version",
     "query-kvm",
     "query-cpus-fast",
@@ -99,6 +100,7 @@ impl Backend for MachineBackend {
             "stop" => Command::Stop,
             "cont" => Command::Cont,
             "quit" => Command::Quit,
+            "system_reset" => Command::SystemReset,
             other => return r.err(&QmpError::generic(format!("{other} is not implemented"))),
         };
         self.control.submit(
@@ -116,6 +118,13 @@ pub fn forward_events(outbox: Outbox) -> impl FnMut(&MachineEvent) + Send + 'sta
     move |event| match event {
         MachineEvent::Stop => outbox.event("STOP", None),
         MachineEvent::Resume => outbox.event("RESUME", None),
+        MachineEvent::Reset { guest } => outbox.event(
+            "RESET",
+            Some(json!({
+                "guest": guest,
+                "reason": if *guest { "guest-reset" } else { "host-qmp-system-reset" },
+            })),
+        ),
         MachineEvent::Shutdown(cause) => outbox.event(
             "SHUTDOWN",
             Some(json!({"guest": cause.is_guest(), "reason": cause.as_str()})),

@@ -335,3 +335,98 @@ asyncio.run(main(sys.argv[1]))
     let o = wait(child);
     assert!(o.status.success(), "{}", stderr(&o));
 }
+
+/// Waits until `path` holds at least `n` bytes; returns its contents.
+fn wait_for_output(path: &Path, n: usize) -> Vec<u8> {
+    let start = Instant::now();
+    loop {
+        let bytes = std::fs::read(path).unwrap_or_default();
+        if bytes.len() >= n {
+            return bytes;
+        }
+        assert!(
+            start.elapsed() < RUN_LIMIT,
+            "only {:?} on the serial port",
+            String::from_utf8_lossy(&bytes)
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn serial_file(dir: &TempDir) -> (PathBuf, String) {
+    let log = dir.0.join("serial.log");
+    let arg = format!("file:{}", log.display());
+    (log, arg)
+}
+
+#[test]
+fn system_reset_boots_the_guest_again_in_place() {
+    if !kvm("qmp_system_reset") {
+        return;
+    }
+    let dir = TempDir::new("qmp-reset");
+    let (log, serial) = serial_file(&dir);
+    let (child, sock) = spawn(
+        &dir,
+        &test_guests::hello_spin("spin\n"),
+        &["--serial", &serial],
+    );
+    let mut c = Client::connect(&sock);
+    wait_for_output(&log, 5);
+    for boot in 2..=3 {
+        assert_eq!(c.execute("system_reset"), json!({"return": {}}));
+        let reset = c.event("RESET");
+        assert_eq!(
+            reset["data"],
+            json!({"guest": false, "reason": "host-qmp-system-reset"})
+        );
+        let out = wait_for_output(&log, 5 * boot);
+        assert_eq!(out, "spin\n".repeat(boot).as_bytes());
+        assert_eq!(c.status()["status"], "running");
+    }
+    // Reset while paused: prelaunch until cont, as QEMU.
+    c.execute("stop");
+    c.event("STOP");
+    assert_eq!(c.execute("system_reset"), json!({"return": {}}));
+    c.event("RESET");
+    assert_eq!(c.status()["status"], "prelaunch");
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(std::fs::read(&log).unwrap().len(), 15, "no code ran");
+    c.execute("cont");
+    c.event("RESUME");
+    assert_eq!(wait_for_output(&log, 20), "spin\n".repeat(4).as_bytes());
+    c.execute("quit");
+    let o = wait(child);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+#[test]
+fn reboot_reset_restarts_both_vcpus_in_place() {
+    if !kvm("reboot_reset_smp") {
+        return;
+    }
+    let dir = TempDir::new("reboot-reset");
+    let (log, serial) = serial_file(&dir);
+    let (child, sock) = spawn(
+        &dir,
+        &test_guests::two_cpus(),
+        &["--serial", &serial, "--cpus", "2", "--reboot", "reset"],
+    );
+    let mut c = Client::connect(&sock);
+    // Each boot: CPU 1 comes up through INIT/SIPI ("A"), CPU 0 sees it
+    // ("B") and resets through the i8042; the VMM resets in place.
+    for _ in 0..3 {
+        let reset = c.event("RESET");
+        assert_eq!(
+            reset["data"],
+            json!({"guest": true, "reason": "guest-reset"})
+        );
+    }
+    let out = wait_for_output(&log, 6);
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("ABABAB"), "{text:?}");
+    assert!(!text.contains('-'), "CPU 1 missed a boot: {text:?}");
+    c.execute("quit");
+    let o = wait(child);
+    assert!(o.status.success(), "{}", stderr(&o));
+}

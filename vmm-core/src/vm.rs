@@ -157,6 +157,44 @@ impl Vm {
         self.fd.register_irqfd(fd, gsi).map_err(ioctl("KVM_IRQFD"))
     }
 
+    /// The in-kernel irqchip's state: PIC master, PIC slave, IO-APIC
+    /// (`KVM_GET_IRQCHIP`), to put back with [`Vm::set_irqchip_state`].
+    pub fn irqchip_state(&self) -> Result<Vec<kvm_bindings::kvm_irqchip>, VmError> {
+        (0..3)
+            .map(|chip_id| {
+                let mut chip = kvm_bindings::kvm_irqchip {
+                    chip_id,
+                    ..Default::default()
+                };
+                self.fd
+                    .get_irqchip(&mut chip)
+                    .map_err(ioctl("KVM_GET_IRQCHIP"))?;
+                Ok(chip)
+            })
+            .collect()
+    }
+
+    /// Puts back irqchip state read by [`Vm::irqchip_state`] (a reset puts
+    /// back the state of a fresh irqchip).
+    pub fn set_irqchip_state(&self, chips: &[kvm_bindings::kvm_irqchip]) -> Result<(), VmError> {
+        for chip in chips {
+            self.fd
+                .set_irqchip(chip)
+                .map_err(ioctl("KVM_SET_IRQCHIP"))?;
+        }
+        Ok(())
+    }
+
+    /// KVM's in-kernel PIT state (`KVM_GET_PIT2`).
+    pub fn pit_state(&self) -> Result<kvm_bindings::kvm_pit_state2, VmError> {
+        self.fd.get_pit2().map_err(ioctl("KVM_GET_PIT2"))
+    }
+
+    /// Puts back KVM's PIT state (`KVM_SET_PIT2`).
+    pub fn set_pit_state(&self, state: &kvm_bindings::kvm_pit_state2) -> Result<(), VmError> {
+        self.fd.set_pit2(state).map_err(ioctl("KVM_SET_PIT2"))
+    }
+
     /// The kvmclock's current value (`KVM_GET_CLOCK`), in ns.
     pub fn clock_ns(&self) -> Result<u64, VmError> {
         self.fd

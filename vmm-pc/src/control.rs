@@ -15,6 +15,8 @@ pub enum Command {
     Cont,
     /// End the VMM (QMP `quit`).
     Quit,
+    /// Reset the machine in place (QMP `system_reset`).
+    SystemReset,
     /// The run state (QMP `query-status`).
     QueryStatus,
     /// The vCPUs and their threads (QMP `query-cpus-fast`).
@@ -100,6 +102,11 @@ pub enum MachineEvent {
     Resume,
     /// The machine is shutting down (`SHUTDOWN`).
     Shutdown(ShutdownCause),
+    /// The machine was reset in place (`RESET`), by the guest or the host.
+    Reset {
+        /// Whether the guest asked for it.
+        guest: bool,
+    },
 }
 
 #[cfg(test)]

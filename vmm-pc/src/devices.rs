@@ -81,6 +81,19 @@ pub struct PcDevices {
     pub rtc: Arc<Mutex<Rtc<EventFdTrigger>>>,
 }
 
+impl PcDevices {
+    /// A machine reset: the devices that hold reset state go back to it
+    /// (the i8042 re-arms its reset line; the PIT reloads its power-on
+    /// counts; the RTC drops its interrupt enables but keeps the time).
+    pub fn reset(&self) {
+        self.i8042.lock().unwrap_or_else(|e| e.into_inner()).reset();
+        if let Some(pit) = &self.pit {
+            pit.lock().unwrap_or_else(|e| e.into_inner()).reset();
+        }
+        self.rtc.lock().unwrap_or_else(|e| e.into_inner()).reset();
+    }
+}
+
 fn eventfd(what: &'static str) -> Result<EventFd, DeviceError> {
     EventFd::new(EFD_NONBLOCK).map_err(|e| DeviceError::EventFd(what, e))
 }

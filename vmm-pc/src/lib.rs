@@ -18,4 +18,6 @@ pub mod test_guests;
 mod test_util;
 
 pub use control::{Command, CpuInfo, MachineEvent, QuitSource, Reply, ReplyFn, ShutdownCause};
-pub use machine::{ExitReason, MachineControl, PcConfig, PcError, PcMachine, PitBackend};
+pub use machine::{
+    ExitReason, MachineControl, PcConfig, PcError, PcMachine, PitBackend, RebootAction,
+};

@@ -22,6 +22,7 @@
 
 use std::collections::VecDeque;
 use std::fs::File;
+use std::io::Seek;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -66,6 +67,22 @@ pub struct PcConfig {
     pub pit: PitBackend,
     /// Stay in `prelaunch`, vCPUs parked, until a `cont` (QEMU's `-S`).
     pub start_paused: bool,
+    /// What a guest reset (i8042, triple fault) does.
+    pub reboot: RebootAction,
+    /// On a KVM internal error or failed entry, stop in `internal-error`
+    /// (vCPUs parked, the state queryable, `system_reset` possible) instead
+    /// of exiting: for when a control interface (QMP) can act on it.
+    pub stop_on_error: bool,
+}
+
+/// What a guest-initiated reset does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum RebootAction {
+    /// End the VMM with status 0 (QEMU's `-no-reboot`, Firecracker).
+    #[default]
+    Exit,
+    /// Reset the machine in place and boot the guest again.
+    Reset,
 }
 
 /// Which i8254 PIT a machine gets; never both.
@@ -89,6 +106,8 @@ impl std::fmt::Debug for PcConfig {
             .field("cpus", &self.cpus)
             .field("pit", &self.pit)
             .field("start_paused", &self.start_paused)
+            .field("reboot", &self.reboot)
+            .field("stop_on_error", &self.stop_on_error)
             .finish_non_exhaustive()
     }
 }
@@ -142,6 +161,9 @@ pub enum PcError {
     /// The main loop.
     #[error(transparent)]
     EventLoop(#[from] EventLoopError),
+    /// The guest could not be loaded again for a reset.
+    #[error("cannot reload the guest for a reset: {0}")]
+    Reload(String),
     /// A run-state change the machine tried is not allowed.
     #[error("run state: {0}")]
     Control(String),
@@ -267,6 +289,15 @@ pub struct PcMachine {
     quit: Option<QuitSource>,
     /// The kvmclock when the VM was paused, put back on resume.
     paused_clock: Option<u64>,
+    /// What a reset reloads and puts back.
+    images: BootImages,
+    entry: Arc<Mutex<BootEntry>>,
+    fresh_irqchip: Vec<kvm_bindings::kvm_irqchip>,
+    fresh_kvm_pit: Option<kvm_bindings::kvm_pit_state2>,
+    /// What a guest reset does.
+    reboot: RebootAction,
+    /// Stop in internal-error rather than exit.
+    stop_on_error: bool,
 }
 
 impl std::fmt::Debug for PcMachine {
@@ -300,8 +331,8 @@ impl PcMachine {
         let regions = memory::ram_regions(config.memory, host_limit)?;
 
         // 2. Files.
-        let mut kernel_file = open("kernel", &config.kernel)?;
-        let mut initrd_file = match &config.initrd {
+        let kernel_file = open("kernel", &config.kernel)?;
+        let initrd_file = match &config.initrd {
             Some(p) => Some(open("initrd", p)?),
             None => None,
         };
@@ -336,23 +367,20 @@ impl PcMachine {
         }
 
         // 6. Kernel, initrd, command line, tables.
-        let mem = vm.memory();
-        let kernel = boot::load_kernel(mem, &mut kernel_file)?;
-        let initrd = match initrd_file.as_mut() {
-            Some(f) => Some(boot::load_initrd(mem, f, &kernel, config.memory)?),
-            None => None,
+        let mut images = BootImages {
+            kernel: kernel_file,
+            initrd: initrd_file,
+            cmdline: config.cmdline.clone(),
+            memory: config.memory,
+            cpus: config.cpus,
         };
-        let cmdline = boot::load_cmdline(mem, &config.cmdline, kernel.cmdline_max_size())?;
-        let e820 = memory::e820_map(config.memory);
-        let rsdp = acpi::create_acpi_tables(mem, config.cpus)?;
-        mptable::setup_mptable(mem, config.cpus)?;
-        let entry = boot_entry(&kernel);
-        match entry {
-            BootEntry::Pvh { .. } => {
-                boot::write_pvh_start_info(mem, cmdline.0, initrd, &e820, Some(rsdp))?;
-            }
-            _ => boot::write_boot_params(mem, &kernel, cmdline, initrd, &e820, Some(rsdp))?,
-        }
+        let entry = images.load(vm.memory())?;
+        // What a reset puts back: the fresh irqchip (and KVM's PIT).
+        let fresh_irqchip = vm.irqchip_state()?;
+        let fresh_kvm_pit = match config.pit {
+            PitBackend::Kvm => Some(vm.pit_state()?),
+            PitBackend::Userspace => None,
+        };
 
         // 7. Devices.
         let mut io = PcIo::new();
@@ -401,7 +429,8 @@ impl PcMachine {
 
         // 9. vCPU threads.
         let io: Arc<PcIo> = Arc::new(io);
-        let init = vcpu_init(&vm, supported_cpuid, config.cpus, entry);
+        let entry = Arc::new(Mutex::new(entry));
+        let init = vcpu_init(&vm, supported_cpuid, config.cpus, Arc::clone(&entry));
         let vcpus = Vcpus::spawn(&vm, config.cpus, init, io)?;
         event_loop.add_eventfd(
             "vCPU requests",
@@ -426,6 +455,12 @@ impl PcMachine {
             start_paused: config.start_paused,
             quit: None,
             paused_clock: None,
+            images,
+            entry,
+            fresh_irqchip,
+            fresh_kvm_pit,
+            reboot: config.reboot,
+            stop_on_error: config.stop_on_error,
         })
     }
 
@@ -512,7 +547,7 @@ impl PcMachine {
         loop {
             self.event_loop.run_once(-1)?;
             self.run_commands()?;
-            if let Some(reason) = self.next_exit() {
+            if let Some(reason) = self.next_exit()? {
                 return Ok(reason);
             }
         }
@@ -529,17 +564,6 @@ impl PcMachine {
         self.clocks.vm_start();
         self.vcpus.resume_all()?;
         Ok(())
-    }
-
-    /// running -> paused: the vCPUs park, then the clock freezes.
-    fn pause(&mut self) -> Result<(), PcError> {
-        self.vcpus.pause_all()?;
-        // The guest's kvmclock stops with it, as the Virtual clock does.
-        self.paused_clock = Some(self.vm.clock_ns()?);
-        self.clocks.vm_stop();
-        self.runstate
-            .transition(RunState::Paused)
-            .map_err(|e| PcError::Control(e.to_string()))
     }
 
     /// Runs the commands front ends submitted, in order.
@@ -579,9 +603,13 @@ impl PcMachine {
             )),
             Command::Stop => {
                 if self.runstate.is_running() {
-                    self.pause().map_err(CommandFailure::Machine)?;
-                    self.emit(MachineEvent::Stop);
+                    self.stop_with(RunState::Paused)
+                        .map_err(CommandFailure::Machine)?;
                 }
+                Ok(Reply::Done)
+            }
+            Command::SystemReset => {
+                self.reset(false).map_err(CommandFailure::Machine)?;
                 Ok(Reply::Done)
             }
             Command::Cont => {
@@ -605,47 +633,111 @@ impl PcMachine {
 
     /// Reads what the subscribers and vCPUs asked for, in a fixed order
     /// (as QEMU's `main_loop_should_exit`): errors, shutdown, reset, quit.
-    fn next_exit(&mut self) -> Option<ExitReason> {
+    fn next_exit(&mut self) -> Result<Option<ExitReason>, PcError> {
         let mut vcpu_reset = None;
         let mut vcpu_poweroff = false;
         while let Some(request) = self.vcpus.try_request() {
-            match request {
-                VcpuRequest::InternalError { vcpu, reason } => {
-                    return Some(ExitReason::InternalError {
-                        vcpu: Some(vcpu),
-                        reason,
-                    })
+            let (vcpu, reason) = match request {
+                VcpuRequest::InternalError { vcpu, reason } => (vcpu, reason),
+                VcpuRequest::Halted { vcpu } => (
+                    vcpu,
+                    "halted with interrupts that can never come".to_owned(),
+                ),
+                VcpuRequest::Reset { reason, .. } => {
+                    vcpu_reset = Some(reason);
+                    continue;
                 }
-                VcpuRequest::Halted { vcpu } => {
-                    return Some(ExitReason::InternalError {
-                        vcpu: Some(vcpu),
-                        reason: "halted with interrupts that can never come".into(),
-                    })
+                VcpuRequest::Shutdown { .. } => {
+                    vcpu_poweroff = true;
+                    continue;
                 }
-                VcpuRequest::Reset { reason, .. } => vcpu_reset = Some(reason),
-                VcpuRequest::Shutdown { .. } => vcpu_poweroff = true,
+            };
+            if !self.stop_on_error {
+                return Ok(Some(ExitReason::InternalError {
+                    vcpu: Some(vcpu),
+                    reason,
+                }));
+            }
+            if self.runstate.state() != RunState::InternalError {
+                log::error!("vCPU {vcpu}: {reason}; stopped in internal-error");
+                self.stop_with(RunState::InternalError)?;
             }
         }
         let pending = std::mem::take(&mut *lock(&self.pending));
         if let Some(signo) = pending.signal {
-            return Some(ExitReason::Signal(signo));
+            return Ok(Some(ExitReason::Signal(signo)));
         }
         if pending.poweroff || vcpu_poweroff {
-            return Some(ExitReason::GuestPoweroff);
+            return Ok(Some(ExitReason::GuestPoweroff));
         }
-        if pending.reset {
-            return Some(ExitReason::GuestReset("i8042 reset line".into()));
-        }
-        if let Some(reason) = vcpu_reset {
-            return Some(ExitReason::GuestReset(reason));
+        let guest_reset = if pending.reset {
+            Some("i8042 reset line".to_owned())
+        } else {
+            vcpu_reset
+        };
+        if let Some(why) = guest_reset {
+            match self.reboot {
+                RebootAction::Exit => return Ok(Some(ExitReason::GuestReset(why))),
+                RebootAction::Reset => {
+                    log::info!("guest reset ({why}): resetting in place");
+                    self.reset(true)?;
+                }
+            }
         }
         if let Some(source) = self.quit.take() {
-            return Some(ExitReason::Quit(source));
+            return Ok(Some(ExitReason::Quit(source)));
         }
         if self.control.quit.swap(false, Ordering::SeqCst) {
-            return Some(ExitReason::Quit(QuitSource::Console));
+            return Ok(Some(ExitReason::Quit(QuitSource::Console)));
         }
-        None
+        Ok(None)
+    }
+
+    /// Stops the guest in `state` (paused or internal-error): vCPUs parked,
+    /// kvmclock saved, the Virtual clock frozen; a `STOP` event if it ran.
+    fn stop_with(&mut self, state: RunState) -> Result<(), PcError> {
+        let was_running = self.runstate.is_running();
+        self.vcpus.pause_all()?;
+        if was_running {
+            // The guest's kvmclock stops with it, as the Virtual clock does.
+            self.paused_clock = Some(self.vm.clock_ns()?);
+        }
+        self.clocks.vm_stop();
+        self.runstate
+            .transition(state)
+            .map_err(|e| PcError::Control(e.to_string()))?;
+        if was_running {
+            self.emit(MachineEvent::Stop);
+        }
+        Ok(())
+    }
+
+    /// An in-place reset (QEMU's `qemu_system_reset`): the irqchip, KVM's
+    /// PIT and our devices back to their reset state, the kernel, initrd
+    /// and tables loaded again, every vCPU back to its boot state. A
+    /// running guest boots again at once; otherwise the machine waits in
+    /// `prelaunch` for `cont`.
+    fn reset(&mut self, guest: bool) -> Result<(), PcError> {
+        let was_running = self.runstate.is_running();
+        self.vcpus.pause_all()?;
+        // What the vCPUs asked before parking belongs to the old boot.
+        while self.vcpus.try_request().is_some() {}
+        self.vm.set_irqchip_state(&self.fresh_irqchip)?;
+        if let Some(pit) = &self.fresh_kvm_pit {
+            self.vm.set_pit_state(pit)?;
+        }
+        self.devices.reset();
+        *lock(&self.entry) = self.images.load(self.vm.memory())?;
+        self.vcpus.reinit_all()?;
+        self.emit(MachineEvent::Reset { guest });
+        if was_running {
+            self.vcpus.resume_all()?;
+        } else if self.runstate.state() != RunState::Prelaunch {
+            self.runstate
+                .transition(RunState::Prelaunch)
+                .map_err(|e| PcError::Control(e.to_string()))?;
+        }
+        Ok(())
     }
 }
 
@@ -684,11 +776,71 @@ fn boot_entry(kernel: &LoadedKernel) -> BootEntry {
 }
 
 /// The per-vCPU set-up, run on each vCPU's thread.
-fn vcpu_init(vm: &Vm, cpuid: CpuId, cpus: u32, entry: BootEntry) -> VcpuInit {
+/// The first call for a vCPU records its LAPIC as KVM created it; a later
+/// call (a machine reset) puts that back and resets the vCPU before setting
+/// it up again for `entry`, which a reset may have reloaded.
+fn vcpu_init(vm: &Vm, cpuid: CpuId, cpus: u32, entry: Arc<Mutex<BootEntry>>) -> VcpuInit {
     let vm = vm.clone();
+    let fresh_lapics: Mutex<Vec<Option<kvm_bindings::kvm_lapic_state>>> =
+        Mutex::new(vec![None; usize::try_from(cpus).unwrap_or(0)]);
     Arc::new(move |vcpu, index| {
-        let entry = (index == 0).then_some(&entry);
-        cpu::configure_vcpu(vcpu, vm.memory(), &cpuid, index, cpus, entry)?;
+        let slot = usize::try_from(index).unwrap_or(usize::MAX);
+        let fresh = lock(&fresh_lapics).get(slot).cloned().flatten();
+        let entry = (index == 0).then(|| *lock(&entry));
+        match fresh {
+            Some(lapic) => {
+                cpu::reset_vcpu(vcpu, &lapic, index)?;
+                cpu::set_boot_state(vcpu, vm.memory(), entry.as_ref())?;
+            }
+            None => {
+                let lapic = cpu::lapic_state(vcpu)?;
+                if let Some(s) = lock(&fresh_lapics).get_mut(slot) {
+                    *s = Some(lapic);
+                }
+                cpu::configure_vcpu(vcpu, vm.memory(), &cpuid, index, cpus, entry.as_ref())?;
+            }
+        }
         Ok(())
     })
+}
+
+/// The files and settings the guest is loaded from, kept open so that a
+/// reset loads the same kernel and initrd again (as QEMU's fw_cfg keeps
+/// its copies).
+struct BootImages {
+    kernel: File,
+    initrd: Option<File>,
+    cmdline: String,
+    memory: u64,
+    cpus: u32,
+}
+
+impl BootImages {
+    /// Loads kernel, initrd and command line into `mem` and writes the
+    /// e820 map, ACPI and MP tables and boot parameters; returns where the
+    /// boot CPU starts.
+    fn load(&mut self, mem: &vm_memory::GuestMemoryMmap) -> Result<BootEntry, PcError> {
+        let rewind = |f: &mut File| f.rewind().map_err(|e| PcError::Reload(e.to_string()));
+        rewind(&mut self.kernel)?;
+        let kernel = boot::load_kernel(mem, &mut self.kernel)?;
+        let initrd = match self.initrd.as_mut() {
+            Some(f) => {
+                rewind(f)?;
+                Some(boot::load_initrd(mem, f, &kernel, self.memory)?)
+            }
+            None => None,
+        };
+        let cmdline = boot::load_cmdline(mem, &self.cmdline, kernel.cmdline_max_size())?;
+        let e820 = memory::e820_map(self.memory);
+        let rsdp = acpi::create_acpi_tables(mem, self.cpus)?;
+        mptable::setup_mptable(mem, self.cpus)?;
+        let entry = boot_entry(&kernel);
+        match entry {
+            BootEntry::Pvh { .. } => {
+                boot::write_pvh_start_info(mem, cmdline.0, initrd, &e820, Some(rsdp))?;
+            }
+            _ => boot::write_boot_params(mem, &kernel, cmdline, initrd, &e820, Some(rsdp))?,
+        }
+        Ok(entry)
+    }
 }

@@ -264,6 +264,7 @@ pub fn two_cpus() -> Vec<u8> {
         bsp.extend_from_slice(&le32(addr));
         bsp.extend_from_slice(&value.to_le_bytes());
     };
+    mov_mem32(FLAG, 0); // a reset in place keeps RAM: start clean
     mov_mem32(0xfee0_00f0, 0x1ff); // local APIC SVR: software enable
     mov_mem32(0xfee0_0310, 0x0100_0000); // ICR high: destination APIC ID 1
     mov_mem32(0xfee0_0300, 0x0000_4500); // ICR low: INIT, assert

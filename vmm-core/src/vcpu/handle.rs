@@ -262,6 +262,15 @@ impl Vcpus {
         Ok(vcpus)
     }
 
+    /// Runs every vCPU's init function again, on its own thread (a machine
+    /// reset: registers, MSRs, LAPIC back to their boot state); the vCPUs
+    /// are left parked. Call with the vCPUs paused.
+    pub fn reinit_all(&self) -> Result<(), VcpuError> {
+        self.broadcast(Event::Reinit, "reset", |r| {
+            matches!(r, Response::Reinitialized(true))
+        })
+    }
+
     /// Each vCPU thread's Linux thread id, by vCPU index.
     pub fn thread_ids(&self) -> Vec<i32> {
         self.handles.iter().map(|h| h.thread_id).collect()

@@ -16,6 +16,8 @@ use crate::vm::Vm;
 pub(crate) enum Event {
     Resume,
     Pause,
+    /// Run the init function again (a machine reset); the vCPU stays parked.
+    Reinit,
     Exit,
 }
 
@@ -28,6 +30,8 @@ pub(crate) enum Response {
     CreateFailed(super::VcpuError),
     Resumed,
     Paused,
+    /// The init function ran again; whether it succeeded.
+    Reinitialized(bool),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,7 +62,7 @@ impl VcpuThread {
         let mut state = State::Paused;
         while state != State::Exiting {
             state = match state {
-                State::Paused => self.paused(),
+                State::Paused => self.paused(&vcpu),
                 State::Running => self.running(&mut vcpu, &run_map),
                 State::Exiting => State::Exiting,
             };
@@ -104,8 +108,19 @@ impl VcpuThread {
         }
     }
 
-    fn answer(&self, event: Event) -> State {
+    fn answer(&self, vcpu: &VcpuFd, event: Event) -> State {
         match event {
+            Event::Reinit => {
+                let ok = match (self.init)(vcpu, self.index) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        log::error!("vcpu {}: reset failed: {e}", self.index);
+                        false
+                    }
+                };
+                let _ = self.responses.send(Response::Reinitialized(ok));
+                State::Paused
+            }
             Event::Resume => {
                 let _ = self.responses.send(Response::Resumed);
                 State::Running
@@ -118,20 +133,20 @@ impl VcpuThread {
         }
     }
 
-    fn paused(&self) -> State {
+    fn paused(&self, vcpu: &VcpuFd) -> State {
         match self.events.recv() {
-            Ok(event) => self.answer(event),
+            Ok(event) => self.answer(vcpu, event),
             Err(_) => State::Exiting,
         }
     }
 
     fn running(&self, vcpu: &mut VcpuFd, run_map: &KvmRunMap) -> State {
         match self.events.try_recv() {
-            Ok(Event::Pause) => {
+            Ok(event @ (Event::Pause | Event::Reinit)) => {
                 complete_pending_io(vcpu, run_map);
-                self.answer(Event::Pause)
+                self.answer(vcpu, event)
             }
-            Ok(event) => self.answer(event),
+            Ok(event) => self.answer(vcpu, event),
             Err(TryRecvError::Disconnected) => State::Exiting,
             Err(TryRecvError::Empty) => {
                 match run_once(vcpu, run_map, self.io.as_ref(), self.index) {

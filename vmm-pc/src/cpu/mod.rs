@@ -104,11 +104,59 @@ pub fn configure_vcpu(
     // CPUID first: KVM checks some MSRs and the APIC against it.
     let cpuid = cpuid::vcpu_cpuid(supported_cpuid, index, num_vcpus)?;
     cpuid::apply_cpuid(vcpu, &cpuid)?;
+    set_boot_state(vcpu, mem, entry)
+}
+
+/// Boot MSRs, LAPIC LINT0/LINT1 and, for the boot CPU, the entry
+/// registers: what [`configure_vcpu`] sets after CPUID, and all a reset
+/// sets again (KVM refuses a changed CPUID once a vCPU has run, and its
+/// runtime bits make even the same table differ, so QEMU does not set it
+/// again either).
+pub fn set_boot_state(
+    vcpu: &VcpuFd,
+    mem: &GuestMemoryMmap,
+    entry: Option<&BootEntry>,
+) -> Result<(), CpuError> {
     msr::apply_boot_msrs(vcpu)?;
     lapic::apply_lapic(vcpu)?;
     if let Some(entry) = entry {
         regs::apply_boot_regs(vcpu, mem, entry)?;
     }
+    Ok(())
+}
+
+/// The vCPU's local APIC state (`KVM_GET_LAPIC`); read right after
+/// creation it is what [`reset_vcpu`] puts back.
+pub fn lapic_state(vcpu: &VcpuFd) -> Result<kvm_bindings::kvm_lapic_state, CpuError> {
+    vcpu.get_lapic().map_err(CpuError::ioctl("KVM_GET_LAPIC"))
+}
+
+/// Puts a vCPU that has run back to its power-on state, before
+/// [`configure_vcpu`] runs again (a machine reset): its local APIC as KVM
+/// created it (`fresh_lapic`), only the boot CPU runnable (the others wait
+/// for INIT/SIPI), no pending exception or interrupt, and the paravirtual
+/// MSRs the old kernel enabled switched off (their areas are in memory the
+/// new kernel reuses).
+pub fn reset_vcpu(
+    vcpu: &VcpuFd,
+    fresh_lapic: &kvm_bindings::kvm_lapic_state,
+    index: u32,
+) -> Result<(), CpuError> {
+    vcpu.set_lapic(fresh_lapic)
+        .map_err(CpuError::ioctl("KVM_SET_LAPIC"))?;
+    let mp_state = kvm_bindings::kvm_mp_state {
+        mp_state: if index == 0 {
+            kvm_bindings::KVM_MP_STATE_RUNNABLE
+        } else {
+            kvm_bindings::KVM_MP_STATE_UNINITIALIZED
+        },
+    };
+    vcpu.set_mp_state(mp_state)
+        .map_err(CpuError::ioctl("KVM_SET_MP_STATE"))?;
+    if let Err(e) = vcpu.set_vcpu_events(&kvm_bindings::kvm_vcpu_events::default()) {
+        log::debug!("vcpu {index}: cannot clear pending events: {e}");
+    }
+    msr::reset_pv_msrs(vcpu, index);
     Ok(())
 }
 

@@ -74,6 +74,32 @@ pub fn boot_msrs() -> Vec<kvm_msr_entry> {
     .collect()
 }
 
+/// KVM's paravirtual MSRs a guest kernel enables (async page faults,
+/// steal time, PV EOI), with their power-on values.
+const PV_MSRS_AT_RESET: [(u32, u64); 4] = [
+    (0x4b56_4d02, 0), // MSR_KVM_ASYNC_PF_EN
+    (0x4b56_4d03, 0), // MSR_KVM_STEAL_TIME
+    (0x4b56_4d04, 0), // MSR_KVM_PV_EOI_EN
+    (0x4b56_4d01, 0), // MSR_KVM_SYSTEM_TIME_NEW (kvmclock page)
+];
+
+/// Switches off the paravirtual features the previous kernel enabled, so
+/// KVM stops writing into memory the next kernel reuses. Best effort: a
+/// KVM without one of them refuses it, and then it was never on.
+pub fn reset_pv_msrs(vcpu: &VcpuFd, index: u32) {
+    for (msr, value) in PV_MSRS_AT_RESET {
+        let entries = [kvm_msr_entry {
+            index: msr,
+            data: value,
+            ..Default::default()
+        }];
+        match Msrs::from_entries(&entries).map(|m| vcpu.set_msrs(&m)) {
+            Ok(Ok(1)) => {}
+            other => log::debug!("vcpu {index}: MSR {msr:#x} not reset: {other:?}"),
+        }
+    }
+}
+
 /// Sets [`boot_msrs`] on `vcpu`. `KVM_SET_MSRS` stops at the first MSR it
 /// refuses and returns how many it set; anything short of all of them is
 /// [`CpuError::MsrNotSet`], naming the refused one.
