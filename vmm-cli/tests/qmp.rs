@@ -430,3 +430,55 @@ fn reboot_reset_restarts_both_vcpus_in_place() {
     let o = wait(child);
     assert!(o.status.success(), "{}", stderr(&o));
 }
+
+#[test]
+fn internal_error_stops_in_a_queryable_state_that_only_a_reset_leaves() {
+    if !kvm("qmp_internal_error") {
+        return;
+    }
+    let dir = TempDir::new("qmp-interr");
+    let (log, serial) = serial_file(&dir);
+    let (child, sock) = spawn(
+        &dir,
+        &test_guests::hello_internal_error("bad\n"),
+        &["--serial", &serial, "--paused"],
+    );
+    // Started paused, so that the client is there for the events.
+    let mut c = Client::connect(&sock);
+    c.execute("cont");
+    c.event("RESUME");
+    c.event("STOP");
+    assert_eq!(
+        c.status(),
+        json!({"running": false, "singlestep": false, "status": "internal-error"})
+    );
+    let refused = c.execute("cont");
+    assert_eq!(refused["error"]["class"], "GenericError");
+    assert_eq!(
+        refused["error"]["desc"],
+        "Resetting the Virtual Machine is required"
+    );
+    assert_eq!(c.execute("system_reset"), json!({"return": {}}));
+    c.event("RESET");
+    assert_eq!(c.status()["status"], "prelaunch");
+    c.execute("cont");
+    c.event("RESUME");
+    // It runs (and fails) again.
+    c.event("STOP");
+    assert_eq!(wait_for_output(&log, 8), b"bad\nbad\n");
+    c.execute("quit");
+    let o = wait(child);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+#[test]
+fn without_qmp_an_internal_error_ends_the_vmm_with_status_1() {
+    if !kvm("interr_exit") {
+        return;
+    }
+    let dir = TempDir::new("interr-exit");
+    let k = dir.file("bad.elf", &test_guests::hello_internal_error("bad\n"));
+    let o = run_kernel(&k, &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert_eq!(o.stdout, b"bad\n");
+}

@@ -196,6 +196,23 @@ pub fn hello_spin(message: &str) -> Vec<u8> {
     pvh_elf(&[(LOAD_ADDR, &code)], LOAD_ADDR)
 }
 
+/// Prints `message` on COM1, then jumps into the MMIO hole, where no
+/// memory is: KVM cannot fetch an instruction there and stops with an
+/// internal error (emulation failure), on hardware KVM and PVM alike.
+pub fn hello_internal_error(message: &str) -> Vec<u8> {
+    let code = program(
+        |msg| {
+            let mut c = print(msg);
+            c.push(0xb8); // mov eax, 0xd000_0000
+            c.extend_from_slice(&0xd000_0000u32.to_le_bytes());
+            c.extend_from_slice(&[0xff, 0xe0]); // jmp eax
+            c
+        },
+        message,
+    );
+    pvh_elf(&[(LOAD_ADDR, &code)], LOAD_ADDR)
+}
+
 /// Echoes every byte COM1 receives back out of COM1 (polling the line
 /// status register), until it echoes a `q`; then resets.
 pub fn echo() -> Vec<u8> {
