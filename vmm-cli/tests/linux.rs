@@ -224,6 +224,13 @@ fn clockprobe(dir: &common::TempDir) -> Vec<u8> {
 /// running `script` then rebooting; returns the outcome, checked to have
 /// ended well.
 fn clock_boot(test: &str, pit: &str, append: &str, script: &str) -> Option<Outcome> {
+    probe_boot(test, &["--pit", pit], append, script, "reboot -f")
+}
+
+/// Boots the bzImage with `args`, `append`, and an init (with
+/// `/clockprobe`) running `script`, printing `@@DONE`, then `end`; checks
+/// that the guest got there and the VMM ended with 0.
+fn probe_boot(test: &str, args: &[&str], append: &str, script: &str, end: &str) -> Option<Outcome> {
     let g = guest(test)?;
     let dir = common::TempDir::new(test);
     let busybox = std::fs::read(&g.busybox).unwrap();
@@ -234,20 +241,21 @@ fn clock_boot(test: &str, pit: &str, append: &str, script: &str) -> Option<Outco
          mount -t devtmpfs devtmpfs /dev\n\
          {script}\n\
          echo @@DONE\n\
-         reboot -f\n"
+         {end}\n"
     );
     let probe = ("clockprobe".to_owned(), clockprobe(&dir), 0o755);
     let initrd = dir.file(
         "clocks.cpio",
         &busybox_initramfs(&busybox, &init, &[probe]).unwrap(),
     );
-    let job = Job::new([
-        "--kernel", "kernel", "--initrd", "initrd", "--memory", "512M", "--pit", pit, "--append",
-        append,
-    ])
-    .file("kernel", &g.bzimage)
-    .file("initrd", &initrd)
-    .timeout(std::time::Duration::from_secs(240));
+    let mut all = vec![
+        "--kernel", "kernel", "--initrd", "initrd", "--memory", "512M", "--append", append,
+    ];
+    all.extend_from_slice(args);
+    let job = Job::new(all)
+        .file("kernel", &g.bzimage)
+        .file("initrd", &initrd)
+        .timeout(std::time::Duration::from_secs(240));
     let out = run(test, &g, &job);
     eprintln!(
         "{test}: L1 ready after {:?}, whole run {:?}",
@@ -443,4 +451,33 @@ fn rtc_and_pit_measured_from_the_guest_with_kvm_pit() {
         PIT_HZ,
         0.01,
     );
+}
+
+/// `--reboot reset`: the guest's `reboot -f` resets the machine in place
+/// (irqchip, devices, both vCPUs, kernel and initrd loaded again) and
+/// Debian boots a second time, with both CPUs; CMOS RAM, which a reset
+/// keeps, tells the second boot from the first.
+#[test]
+fn reboot_reset_boots_debian_again_in_place() {
+    let test = "reboot_reset";
+    let script = "\
+if [ \"$(/clockprobe cmos 0x50)\" = '@@CMOS 0x50 00' ]; then
+  /clockprobe cmoswrite 0x50 1
+  echo \"@@BOOT 1 $(nproc)\"
+  reboot -f
+fi
+echo \"@@BOOT 2 $(nproc)\"";
+    let Some(out) = probe_boot(
+        test,
+        &["--cpus", "2", "--reboot", "reset"],
+        APPEND,
+        script,
+        "poweroff -f",
+    ) else {
+        return;
+    };
+    let c = &out.console;
+    assert!(c.contains("@@BOOT 1 2"), "{test}: first boot:\n{c}");
+    assert!(c.contains("@@BOOT 2 2"), "{test}: second boot:\n{c}");
+    assert_eq!(c.matches("Linux version").count(), 2, "{test}: two boots");
 }

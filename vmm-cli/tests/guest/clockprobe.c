@@ -13,6 +13,7 @@
  *   clockprobe devrtc HZ        /dev/rtc0 periodic interrupts (RTC_IRQP_SET)
  *   clockprobe rtctime          the RTC's time (RTC_RD_TIME), Unix seconds
  *   clockprobe cmos INDEX       one CMOS byte, read through ports 0x70/0x71
+ *   clockprobe cmoswrite INDEX VALUE   writes one (CMOS RAM survives a reset)
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -199,8 +200,11 @@ int main(int argc, char **argv)
 	else if (argc >= 3 && !strcmp(argv[1], "cmos")) {
 		need_ports();
 		printf("@@CMOS %s %02x\n", argv[2], cmos_read(strtol(argv[2], NULL, 0)));
+	} else if (argc >= 4 && !strcmp(argv[1], "cmoswrite")) {
+		need_ports();
+		cmos_write(strtol(argv[2], NULL, 0), strtol(argv[3], NULL, 0));
 	} else {
-		fprintf(stderr, "usage: clockprobe pit|irqrate IRQ SEC|rtcpie HZ SEC|devrtc HZ|rtctime|cmos INDEX\n");
+		fprintf(stderr, "usage: clockprobe pit|irqrate IRQ SEC|rtcpie HZ SEC|devrtc HZ|rtctime|cmos INDEX|cmoswrite INDEX VALUE\n");
 		return 2;
 	}
 	return 0;
