@@ -15,6 +15,7 @@ const COMMANDS: &[&str] = &[
     "cont",
     "quit",
     "system_reset",
+    "system_powerdown",
     "query-version",
     "query-kvm",
     "query-cpus-fast",
@@ -101,6 +102,7 @@ impl Backend for MachineBackend {
             "cont" => Command::Cont,
             "quit" => Command::Quit,
             "system_reset" => Command::SystemReset,
+            "system_powerdown" => Command::SystemPowerdown,
             other => return r.err(&QmpError::generic(format!("{other} is not implemented"))),
         };
         self.control.submit(
@@ -118,6 +120,7 @@ pub fn forward_events(outbox: Outbox) -> impl FnMut(&MachineEvent) + Send + 'sta
     move |event| match event {
         MachineEvent::Stop => outbox.event("STOP", None),
         MachineEvent::Resume => outbox.event("RESUME", None),
+        MachineEvent::Powerdown => outbox.event("POWERDOWN", None),
         MachineEvent::Reset { guest } => outbox.event(
             "RESET",
             Some(json!({

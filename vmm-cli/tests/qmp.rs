@@ -482,3 +482,25 @@ fn without_qmp_an_internal_error_ends_the_vmm_with_status_1() {
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert_eq!(o.stdout, b"bad\n");
 }
+
+#[test]
+fn system_powerdown_presses_the_acpi_power_button() {
+    if !kvm("qmp_powerdown") {
+        return;
+    }
+    let dir = TempDir::new("qmp-powerdown");
+    let (log, serial) = serial_file(&dir);
+    let (child, sock) = spawn(&dir, &test_guests::power_button(), &["--serial", &serial]);
+    let mut c = Client::connect(&sock);
+    let message = b"waiting for the power button\n";
+    assert_eq!(wait_for_output(&log, message.len()), message);
+    assert_eq!(c.execute("system_powerdown"), json!({"return": {}}));
+    c.event("POWERDOWN");
+    let shutdown = c.event("SHUTDOWN");
+    assert_eq!(
+        shutdown["data"],
+        json!({"guest": true, "reason": "guest-shutdown"})
+    );
+    let o = wait(child);
+    assert!(o.status.success(), "{}", stderr(&o));
+}

@@ -22,14 +22,17 @@
 //! machine must stop the vCPUs when the line fires; a repeated request fires
 //! the line again, which an eventfd counts as one wake-up.
 //!
-//! No status bit is ever set by this model (there is no PM timer, power
-//! button or SCI yet); status bits are write-1-to-clear, the enable bits are
-//! plain storage.
+//! **Power button:** [`Pm1Event::press_power_button`] sets PWRBTN_STS; while
+//! a status bit and its enable bit (PWRBTN, SLPBTN, RTC, GBL, TMR share bit
+//! positions in PM1_STS and PM1_EN) are both set, the SCI [`LevelLine`] is
+//! held high, and it drops when the guest clears the status (write 1 to
+//! clear). No other status bit is ever set (no PM timer); the enable bits
+//! are plain storage.
 
 use vm_device::bus::{PioAddress, PioAddressOffset};
 use vm_device::MutDevicePio;
 
-use crate::irq::{fire, EventFdTrigger, Trigger};
+use crate::irq::{fire, EventFdTrigger, LevelLine, Trigger};
 use crate::log_once::FaultLog;
 
 /// Bytes of the PM1 event block (PM1_STS + PM1_EN).
@@ -46,6 +49,12 @@ const STS_VALID_BITS: u16 = 0xC731;
 /// PM1_EN bits that exist: TMR_EN(0), GBL_EN(5), PWRBTN_EN(8), SLPBTN_EN(9),
 /// RTC_EN(10), PCIEXP_WAKE_DIS(14).
 const EN_VALID_BITS: u16 = 0x4721;
+
+/// PM1_STS/PM1_EN bit 8: the power button.
+const PWRBTN: u16 = 1 << 8;
+/// Status bits whose enable bit sits at the same position: TMR, GBL,
+/// PWRBTN, SLPBTN, RTC. Any of them set and enabled raises the SCI.
+const SCI_CAUSES: u16 = 0x0721;
 
 /// PM1_CNT bit 0: SCI_EN, events are SCIs (ACPI mode).
 const CNT_SCI_EN: u16 = 1 << 0;
@@ -80,16 +89,55 @@ pub struct Pm1EventState {
     pub enable: u16,
 }
 
-/// The PM1a event block: PM1_STS (write 1 to clear) and PM1_EN.
+/// The PM1a event block: PM1_STS (write 1 to clear) and PM1_EN, and the
+/// SCI they drive.
 #[derive(Debug, Default)]
 pub struct Pm1Event {
     state: Pm1EventState,
+    sci: Option<Box<dyn LevelLine>>,
+    sci_level: bool,
 }
 
 impl Pm1Event {
-    /// Both registers 0.
+    /// Both registers 0, no SCI connected.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Both registers 0, status changes driving `sci`.
+    pub fn with_sci(sci: Box<dyn LevelLine>) -> Self {
+        Self {
+            sci: Some(sci),
+            ..Self::default()
+        }
+    }
+
+    /// The power button was pressed (QMP `system_powerdown`): PWRBTN_STS
+    /// is set, and the SCI raised if the guest enabled the button.
+    pub fn press_power_button(&mut self) {
+        self.state.status |= PWRBTN;
+        self.update_sci();
+    }
+
+    /// A machine reset: both registers 0, the SCI low.
+    pub fn reset(&mut self) {
+        self.state = Pm1EventState::default();
+        self.update_sci();
+    }
+
+    /// Whether the SCI is held high.
+    pub fn sci_level(&self) -> bool {
+        self.sci_level
+    }
+
+    fn update_sci(&mut self) {
+        let level = self.state.status & self.state.enable & SCI_CAUSES != 0;
+        if level != self.sci_level {
+            self.sci_level = level;
+            if let Some(sci) = &self.sci {
+                sci.set_level(level);
+            }
+        }
     }
 
     /// Rebuilds the block from `state` (bits that do not exist are dropped).
@@ -99,6 +147,7 @@ impl Pm1Event {
                 status: state.status & STS_VALID_BITS,
                 enable: state.enable & EN_VALID_BITS,
             },
+            ..Self::default()
         }
     }
 
@@ -140,6 +189,7 @@ impl MutDevicePio for Pm1Event {
                 self.write_byte(index, *b);
             }
         }
+        self.update_sci();
         log::trace!("{EVT_NAME}: {data:x?} at {offset} -> {:x?}", self.state);
     }
 }
@@ -392,5 +442,56 @@ mod tests {
             line,
         );
         assert_eq!(cnt.read_value(), 0x1C03);
+    }
+}
+
+#[cfg(test)]
+mod power_button_tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    #[derive(Debug, Default, Clone)]
+    struct Line(Arc<Mutex<Vec<bool>>>);
+
+    impl LevelLine for Line {
+        fn set_level(&self, high: bool) {
+            self.0.lock().unwrap().push(high);
+        }
+    }
+
+    fn write16(dev: &mut Pm1Event, offset: u16, v: u16) {
+        dev.pio_write(PioAddress(0x600), offset, &v.to_le_bytes());
+    }
+
+    fn read16(dev: &mut Pm1Event, offset: u16) -> u16 {
+        let mut b = [0u8; 2];
+        dev.pio_read(PioAddress(0x600), offset, &mut b);
+        u16::from_le_bytes(b)
+    }
+
+    #[test]
+    fn the_power_button_raises_the_sci_until_the_guest_clears_it() {
+        let line = Line::default();
+        let mut dev = Pm1Event::with_sci(Box::new(line.clone()));
+        // Not enabled yet: status only.
+        dev.press_power_button();
+        assert_eq!(read16(&mut dev, 0) & 0x100, 0x100);
+        assert!(line.0.lock().unwrap().is_empty());
+        // Enabling with the status pending raises it.
+        write16(&mut dev, 2, 0x100);
+        assert_eq!(*line.0.lock().unwrap(), [true]);
+        // Writing 0 to the status changes nothing; writing 1 clears.
+        write16(&mut dev, 0, 0);
+        assert!(dev.sci_level());
+        write16(&mut dev, 0, 0x100);
+        assert_eq!(*line.0.lock().unwrap(), [true, false]);
+        assert_eq!(read16(&mut dev, 0), 0);
+        // Enabled first, then pressed: raised at once.
+        dev.press_power_button();
+        assert_eq!(*line.0.lock().unwrap(), [true, false, true]);
+        dev.reset();
+        assert_eq!(*line.0.lock().unwrap(), [true, false, true, false]);
+        assert_eq!(dev.state(), Pm1EventState::default());
     }
 }

@@ -75,6 +75,13 @@ impl Trigger for EventFdTrigger {
 /// An eventfd write fails only when its 64-bit counter is about to overflow,
 /// which no guest can reach before the machine reads it; the device carries on
 /// either way, because a guest access must never fail.
+/// A level-triggered interrupt line (the ACPI SCI): held high while the
+/// device has a cause pending.
+pub trait LevelLine: Send + std::fmt::Debug {
+    /// Drives the line to `high`.
+    fn set_level(&self, high: bool);
+}
+
 pub(crate) fn fire<T: Trigger>(line: &T, faults: &mut FaultLog, device: &str, what: &str) {
     if let Err(e) = line.trigger() {
         faults.record(device, format_args!("cannot signal the {what} line: {e:?}"));

@@ -93,7 +93,7 @@ pub use acpi_pm::{
 };
 pub use error::Error;
 pub use i8042::{I8042State, I8042, OUTPUT_QUEUE_LEN};
-pub use irq::{EventFdTrigger, Trigger};
+pub use irq::{EventFdTrigger, LevelLine, Trigger};
 pub use pit::{Pit, PitChannelState, PitPort61, PitState, PIT_FREQ_HZ, PIT_PORT_LEN};
 pub use port61::{NoPitChannel2, PitChannel2, Port61, Port61State};
 pub use port80::{Port80, Port80State};

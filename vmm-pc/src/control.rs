@@ -17,6 +17,8 @@ pub enum Command {
     Quit,
     /// Reset the machine in place (QMP `system_reset`).
     SystemReset,
+    /// Press the ACPI power button (QMP `system_powerdown`).
+    SystemPowerdown,
     /// The run state (QMP `query-status`).
     QueryStatus,
     /// The vCPUs and their threads (QMP `query-cpus-fast`).
@@ -102,6 +104,8 @@ pub enum MachineEvent {
     Resume,
     /// The machine is shutting down (`SHUTDOWN`).
     Shutdown(ShutdownCause),
+    /// The power button was pressed (`POWERDOWN`).
+    Powerdown,
     /// The machine was reset in place (`RESET`), by the guest or the host.
     Reset {
         /// Whether the guest asked for it.

@@ -4,7 +4,7 @@
 //! |---|---|---|---|
 //! | COM1 16550 | 0x3f8-0x3ff | 4 | irqfd (edge) |
 //! | i8042 | 0x60, 0x64 | 1 | 0xFE on 0x64 pulses the reset line |
-//! | ACPI PM1a event | 0x600-0x603 | (SCI 9, unused) | status/enable |
+//! | ACPI PM1a event | 0x600-0x603 | SCI 9, level, `KVM_IRQ_LINE` | status/enable, the power button |
 //! | ACPI PM1a control | 0x604-0x605 | | SLP_EN with S5 = poweroff |
 //! | POST port | 0x80 | | writes ignored, reads 0xff |
 //! | system control B | 0x61 | | ours, gating PIT channel 2; KVM's with its PIT |
@@ -18,8 +18,8 @@ use vmm_core::vm::{Vm, VmError};
 use vmm_devices::acpi_pm::{PM1_CNT_LEN, PM1_EVT_LEN};
 use vmm_devices::serial::SerialOutput;
 use vmm_devices::{
-    EventFdTrigger, Pit, PitPort61, Pm1Control, Pm1Event, Port61, Port80, Rtc, SerialDevice,
-    SerialEvents, I8042, PIT_PORT_LEN, RTC_PORT_LEN,
+    EventFdTrigger, LevelLine, Pit, PitPort61, Pm1Control, Pm1Event, Port61, Port80, Rtc,
+    SerialDevice, SerialEvents, I8042, PIT_PORT_LEN, RTC_PORT_LEN,
 };
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -79,6 +79,20 @@ pub struct PcDevices {
     pub pit: Option<Arc<Mutex<Pit<EventFdTrigger>>>>,
     /// The RTC and CMOS.
     pub rtc: Arc<Mutex<Rtc<EventFdTrigger>>>,
+    /// ACPI PM1 status/enable, with the power button and the SCI.
+    pub pm1_event: Arc<Mutex<Pm1Event>>,
+}
+
+/// The ACPI SCI: GSI 9, level-triggered, through `KVM_IRQ_LINE`.
+#[derive(Debug)]
+struct SciLine(Vm);
+
+impl LevelLine for SciLine {
+    fn set_level(&self, high: bool) {
+        if let Err(e) = self.0.set_irq_line(irq::ACPI_SCI, high) {
+            log::warn!("cannot set the ACPI SCI to {high}: {e}");
+        }
+    }
 }
 
 impl PcDevices {
@@ -91,6 +105,18 @@ impl PcDevices {
             pit.lock().unwrap_or_else(|e| e.into_inner()).reset();
         }
         self.rtc.lock().unwrap_or_else(|e| e.into_inner()).reset();
+        self.pm1_event
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .reset();
+    }
+
+    /// Presses the ACPI power button (QMP `system_powerdown`).
+    pub fn press_power_button(&self) {
+        self.pm1_event
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .press_power_button();
     }
 }
 
@@ -150,11 +176,14 @@ pub fn create_devices(
 
     // ACPI PM1a.
     let poweroff_evt = eventfd("ACPI poweroff")?;
+    let pm1_event = Arc::new(Mutex::new(Pm1Event::with_sci(Box::new(SciLine(
+        vm.clone(),
+    )))));
     io.add_pio(
         "PM1a event",
         port::PM1A_EVT_BLK,
         PM1_EVT_LEN,
-        Arc::new(Mutex::new(Pm1Event::new())),
+        pm1_event.clone(),
     )?;
     io.add_pio(
         "PM1a control",
@@ -206,6 +235,7 @@ pub fn create_devices(
         console_ready_evt,
         pit,
         rtc,
+        pm1_event,
     })
 }
 

@@ -608,6 +608,11 @@ impl PcMachine {
                 }
                 Ok(Reply::Done)
             }
+            Command::SystemPowerdown => {
+                self.devices.press_power_button();
+                self.emit(MachineEvent::Powerdown);
+                Ok(Reply::Done)
+            }
             Command::SystemReset => {
                 self.reset(false).map_err(CommandFailure::Machine)?;
                 Ok(Reply::Done)

@@ -196,6 +196,36 @@ pub fn hello_spin(message: &str) -> Vec<u8> {
     pvh_elf(&[(LOAD_ADDR, &code)], LOAD_ADDR)
 }
 
+/// Enables the ACPI power button (PM1_EN), prints `message`, polls PM1_STS
+/// until the button is pressed, clears it and powers off through S5: a
+/// guest for `system_powerdown` that needs no interrupt set-up.
+pub fn power_button() -> Vec<u8> {
+    let code = program(
+        |msg| {
+            let mut c = Vec::new();
+            c.extend_from_slice(&[0x66, 0xba]); // mov dx, PM1_EN
+            c.extend_from_slice(&(port::PM1A_EVT_BLK + 2).to_le_bytes());
+            c.extend_from_slice(&[0x66, 0xb8, 0x00, 0x01]); // mov ax, PWRBTN
+            c.extend_from_slice(&[0x66, 0xef]); // out dx, ax
+            c.extend(print(msg));
+            c.extend_from_slice(&[0x66, 0xba]); // mov dx, PM1_STS
+            c.extend_from_slice(&port::PM1A_EVT_BLK.to_le_bytes());
+            #[rustfmt::skip]
+            c.extend_from_slice(&[
+                // poll:
+                0x66, 0xed,             // in ax, dx
+                0x66, 0xa9, 0x00, 0x01, // test ax, PWRBTN
+                0x74, 0xf8,             // jz poll
+                0x66, 0xef,             // out dx, ax (write 1 to clear)
+            ]);
+            c.extend(acpi_poweroff());
+            c
+        },
+        "waiting for the power button\n",
+    );
+    pvh_elf(&[(LOAD_ADDR, &code)], LOAD_ADDR)
+}
+
 /// Prints `message` on COM1, then jumps into the MMIO hole, where no
 /// memory is: KVM cannot fetch an instruction there and stops with an
 /// internal error (emulation failure), on hardware KVM and PVM alike.
