@@ -481,3 +481,161 @@ echo \"@@BOOT 2 $(nproc)\"";
     assert!(c.contains("@@BOOT 2 2"), "{test}: second boot:\n{c}");
     assert_eq!(c.matches("Linux version").count(), 2, "{test}: two boots");
 }
+
+/// Builds `tests/guest/qmpclient.c` (static): the QMP client that runs
+/// beside the VMM in L1, where there is no Python.
+fn qmpclient(dir: &common::TempDir) -> std::path::PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guest/qmpclient.c");
+    let out = dir.0.join("qmpclient");
+    let status = std::process::Command::new("cc")
+        .args(["-static", "-O2", "-Wall", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .status()
+        .expect("cannot run cc");
+    assert!(status.success(), "cc failed on {}", src.display());
+    out
+}
+
+/// The seconds on the `@@QMPT STEP t` line of `step`.
+fn step_time(console: &str, step: &str) -> f64 {
+    let tag = format!("@@QMPT {step} ");
+    console
+        .lines()
+        .find_map(|l| l.trim().strip_prefix(&tag)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {tag:?} line in:\n{console}"))
+}
+
+/// QMP drives a booted Debian guest on 2 vCPUs: `query-status`, `stop`
+/// for 2 s (the guest's clock does not see the pause), `cont`,
+/// `system_reset` (the guest boots again), `system_powerdown` (the ACPI
+/// power button: the guest's button driver and a watcher on its input
+/// events power it off; `SHUTDOWN` with `guest-shutdown`, status 0).
+#[test]
+fn qmp_drives_debian_pause_reset_and_powerdown() {
+    let test = "qmp_debian";
+    let Some(g) = guest(test) else { return };
+    let dir = common::TempDir::new(test);
+    let busybox = std::fs::read(&g.busybox).unwrap();
+    let init = "#!/bin/sh
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+boot=1
+[ \"$(/clockprobe cmos 0x51)\" = '@@CMOS 0x51 00' ] || boot=2
+/clockprobe cmoswrite 0x51 1
+insmod /evdev.ko
+insmod /button.ko
+for e in /dev/input/event*; do
+  (busybox dd if=$e bs=24 count=1 of=/dev/null 2>/dev/null; echo @@POWERBUTTON; poweroff -f) &
+done
+echo \"@@READY $boot $(nproc)\"
+if [ $boot = 1 ]; then
+  t0=$(busybox cut -d' ' -f1 /proc/uptime)
+  sleep 4
+  t1=$(busybox cut -d' ' -f1 /proc/uptime)
+  echo \"@@GUEST_SLEPT $t0 $t1\"
+fi
+echo \"@@ARMED $boot\"
+while true; do sleep 1; done
+";
+    let read = |p: std::path::PathBuf| std::fs::read(p).unwrap();
+    let extra = [
+        ("clockprobe".to_owned(), clockprobe(&dir), 0o755),
+        ("evdev.ko".to_owned(), read(g.module("evdev")), 0o644),
+        ("button.ko".to_owned(), read(g.module("button")), 0o644),
+    ];
+    let initrd = dir.file(
+        "qmp.cpio",
+        &busybox_initramfs(&busybox, init, &extra).unwrap(),
+    );
+    let client = qmpclient(&dir);
+    let companion = "./qmpclient qmp.sock \
+        'file:console.log:@@READY 1' query-status stop sleep:2 query-status cont \
+        'file:console.log:@@ARMED 1' system_reset event:RESET \
+        'file:console.log:@@ARMED 2' system_powerdown event:POWERDOWN event:SHUTDOWN; \
+        echo @@CONSOLE; cat console.log";
+    let job = Job::new([
+        "--kernel",
+        "kernel",
+        "--initrd",
+        "initrd",
+        "--memory",
+        "512M",
+        "--cpus",
+        "2",
+        "--qmp",
+        "qmp.sock",
+        "--serial",
+        "file:console.log",
+    ])
+    .file("kernel", &g.bzimage)
+    .file("initrd", &initrd)
+    .file("qmpclient", &client)
+    .companion(companion)
+    // Longer than the client's own 120 s per step, so that a failing step
+    // shows up as such.
+    .timeout(std::time::Duration::from_secs(420));
+    let out = run(test, &g, &job);
+    let c = &out.console;
+    eprintln!(
+        "{test}: L1 ready after {:?}, whole run {:?}",
+        out.l1_boot, out.total
+    );
+    assert!(
+        !c.contains("@@QMPFAIL"),
+        "{test}: a QMP step failed:\n{c}\n{}",
+        out.stderr
+    );
+    assert_eq!(
+        out.status,
+        Some(0),
+        "{test}: vmm stderr:\n{}\n{c}",
+        out.stderr
+    );
+    let qmp: Vec<serde_json::Value> = c
+        .lines()
+        .filter_map(|l| serde_json::from_str(l.trim().strip_prefix("@@QMP ")?).ok())
+        .collect();
+    let statuses: Vec<&str> = qmp
+        .iter()
+        .filter_map(|v| v["return"]["status"].as_str())
+        .collect();
+    assert_eq!(statuses, ["running", "paused"], "{test}");
+    let event = |name: &str| {
+        qmp.iter()
+            .find(|v| v["event"] == name)
+            .unwrap_or_else(|| panic!("{test}: no {name} event:\n{c}"))
+    };
+    event("STOP");
+    event("RESUME");
+    assert_eq!(
+        event("RESET")["data"],
+        serde_json::json!({"guest": false, "reason": "host-qmp-system-reset"})
+    );
+    event("POWERDOWN");
+    assert_eq!(
+        event("SHUTDOWN")["data"],
+        serde_json::json!({"guest": true, "reason": "guest-shutdown"})
+    );
+    // Both boots, on both CPUs; the power button reached the guest.
+    assert!(
+        c.contains("@@READY 1 2") && c.contains("@@READY 2 2"),
+        "{test}:\n{c}"
+    );
+    assert!(c.contains("@@POWERBUTTON"), "{test}:\n{c}");
+    // The pause: L1 saw about 2 s more than the guest's own clock did.
+    let slept = probe_values(c, "GUEST_SLEPT");
+    let (t0, t1): (f64, f64) = (slept[0][0].parse().unwrap(), slept[0][1].parse().unwrap());
+    let guest = t1 - t0;
+    let host =
+        step_time(c, "file:console.log:@@ARMED 1") - step_time(c, "file:console.log:@@READY 1");
+    eprintln!(
+        "{test}: the guest slept {guest:.2} s of its time across a 2 s pause; L1 saw {host:.2} s"
+    );
+    assert!(guest < 5.5, "{test}: guest slept {guest:.2} s for 4");
+    assert!(
+        host - guest >= 1.5,
+        "{test}: L1 {host:.2} s, guest {guest:.2} s: the pause was not hidden"
+    );
+}

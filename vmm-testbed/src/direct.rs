@@ -2,7 +2,7 @@
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::{process, Job, Outcome, TestbedError};
 
@@ -39,6 +39,39 @@ fn run_in(dir: &Path, vmm: &Path, job: &Job) -> Result<Outcome, TestbedError> {
     let mut child = cmd.spawn().map_err(|e| TestbedError::Tool("vmm", e))?;
     let out_reader = process::drain(child.stdout.take().ok_or(TestbedError::NoPipe)?);
     let err_reader = process::drain(child.stderr.take().ok_or(TestbedError::NoPipe)?);
+    let companion = match &job.companion {
+        Some(script) => {
+            let mut c = Command::new("sh");
+            c.args(["-c", script])
+                .current_dir(dir)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            process::die_with_parent(&mut c);
+            let mut child = c.spawn().map_err(|e| TestbedError::Tool("sh", e))?;
+            let out = process::drain(child.stdout.take().ok_or(TestbedError::NoPipe)?);
+            let err = process::drain(child.stderr.take().ok_or(TestbedError::NoPipe)?);
+            Some((child, out, err))
+        }
+        None => None,
+    };
+    // With a companion: it runs first to its end; a VMM still running
+    // 10 s later gets SIGTERM, so a failed companion cannot leave the job
+    // waiting for its time limit.
+    let mut companion_output = String::new();
+    if let Some((mut c, out, err)) = companion {
+        if process::wait_until(&mut c, start, job.timeout).is_none() {
+            let _ = c.kill();
+        }
+        let _ = c.wait();
+        companion_output.push_str(&String::from_utf8_lossy(&out.join().unwrap_or_default()));
+        companion_output.push_str(&String::from_utf8_lossy(&err.join().unwrap_or_default()));
+        let grace = Instant::now();
+        if process::wait_until(&mut child, grace, Duration::from_secs(10)).is_none() {
+            // SAFETY: sends SIGTERM to our own child process.
+            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        }
+    }
     let Some(status) = process::wait_until(&mut child, start, job.timeout) else {
         let console = String::from_utf8_lossy(&out_reader.join().unwrap_or_default()).into_owned();
         return Err(TestbedError::Timeout {
@@ -46,7 +79,9 @@ fn run_in(dir: &Path, vmm: &Path, job: &Job) -> Result<Outcome, TestbedError> {
             console,
         });
     };
-    let console = String::from_utf8_lossy(&out_reader.join().unwrap_or_default()).replace('\r', "");
+    let mut console =
+        String::from_utf8_lossy(&out_reader.join().unwrap_or_default()).replace('\r', "");
+    console.push_str(&companion_output);
     let stderr = String::from_utf8_lossy(&err_reader.join().unwrap_or_default()).into_owned();
     Ok(Outcome {
         console,

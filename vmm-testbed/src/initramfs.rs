@@ -10,8 +10,14 @@ pub const APPLETS: &[&str] = &[
     "dmesg", "nproc", "uname", "ls", "ps", "mkdir", "sleep", "insmod", "rmmod", "lsmod", "head",
     "free",
 ];
-/// The `/init` of the default initramfs: mounts, a banner, then a shell on
-/// the console with job control; powers off when the shell exits.
+/// Modules the default initramfs loads from `/lib/modules` so that the ACPI
+/// power button reaches userspace as an input event.
+pub const POWER_BUTTON_MODULES: &[&str] = &["evdev", "button"];
+
+/// The `/init` of the default initramfs: mounts, the power-button modules
+/// ([`POWER_BUTTON_MODULES`], in `/lib/modules` when present) and a watcher
+/// that powers off on their input event, a banner, then a shell on the
+/// console with job control; powers off when the shell exits.
 pub const DEFAULT_INIT: &str = r#"#!/bin/sh
 # /init of the default vmm guest (written by cargo xtask guest).
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin HOME=/root
@@ -19,6 +25,15 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 /bin/busybox --install -s
+# The ACPI power button (QMP system_powerdown) powers the guest off.
+for m in evdev button; do
+  [ -e /lib/modules/$m.ko ] && insmod /lib/modules/$m.ko
+done
+for e in /dev/input/event*; do
+  [ -e "$e" ] || continue
+  (dd if="$e" bs=24 count=1 of=/dev/null 2>/dev/null
+   echo "vmm guest: power button pressed, powering off"; poweroff -f) &
+done
 echo "vmm guest: Linux $(uname -r), $(nproc) CPU(s); exit the shell to power off"
 # cttyhack opens the real console (e.g. /dev/ttyS0) as the controlling
 # terminal of the new session, so that Ctrl-C and job control work.

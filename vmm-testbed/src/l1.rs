@@ -52,8 +52,7 @@ pub fn job_script(job: &Job, interactive: bool) -> String {
              echo \"{ready} $(cut -d' ' -f1 /proc/uptime)\"\n\
              if [ ! -e /dev/kvm ]; then echo '{err} L1 has no /dev/kvm'; exit; fi\n\
              echo {out_begin}\n\
-             {cmd} </dev/null 2>/tmp/vmm.err\n\
-             st=$?\n\
+             {run}\n\
              echo\n\
              echo \"{out_end} $st\"\n\
              echo {err_begin}\n\
@@ -64,6 +63,24 @@ pub fn job_script(job: &Job, interactive: bool) -> String {
             out_end = markers::OUT_END,
             err_begin = markers::ERR_BEGIN,
             err_end = markers::ERR_END,
+            run = match &job.companion {
+                None => format!("{cmd} </dev/null 2>/tmp/vmm.err\nst=$?"),
+                // The VMM in the background, the companion beside it; a VMM
+                // still running 10 s after the companion is done gets
+                // SIGTERM (a failed companion must not leave the job
+                // waiting for its time limit); then both outputs.
+                Some(script) => format!(
+                    "{cmd} </dev/null >/tmp/vmm.out 2>/tmp/vmm.err &\n\
+                     vmm_pid=$!\n\
+                     ( {script} ) >/tmp/companion.out 2>&1\n\
+                     i=0\n\
+                     while kill -0 $vmm_pid 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done\n\
+                     kill -TERM $vmm_pid 2>/dev/null\n\
+                     wait $vmm_pid\n\
+                     st=$?\n\
+                     cat /tmp/vmm.out /tmp/companion.out"
+                ),
+            },
         )
     }
 }
@@ -121,7 +138,14 @@ pub fn l1_initramfs(
         extra.push((name, read(&lib)?, 0o755));
     }
     for (name, path) in &job.files {
-        extra.push((format!("job/{name}"), read(path)?, 0o644));
+        // Executables (a companion's tools) stay executable.
+        use std::os::unix::fs::PermissionsExt;
+        let host_mode = std::fs::metadata(path)
+            .map_err(|e| TestbedError::Read(path.clone(), e))?
+            .permissions()
+            .mode();
+        let mode = if host_mode & 0o111 != 0 { 0o755 } else { 0o644 };
+        extra.push((format!("job/{name}"), read(path)?, mode));
     }
     extra.push((
         "job/run.sh".into(),

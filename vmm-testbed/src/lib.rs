@@ -117,6 +117,9 @@ pub struct Job {
     pub timeout: Duration,
     /// L1's memory in MiB (nested runs only).
     pub l1_memory_mib: u32,
+    /// A shell script run in the job's folder while the VMM runs (a QMP
+    /// client, say); its output follows the VMM's in [`Outcome::console`].
+    pub companion: Option<String>,
 }
 
 impl Job {
@@ -131,12 +134,19 @@ impl Job {
             files: Vec::new(),
             timeout: Duration::from_secs(300),
             l1_memory_mib: 1536,
+            companion: None,
         }
     }
 
     /// Adds file `name` (as the VMM will see it) from `path`.
     pub fn file(mut self, name: &str, path: &Path) -> Self {
         self.files.push((name.to_owned(), path.to_owned()));
+        self
+    }
+
+    /// Runs `script` beside the VMM (see [`Job::companion`]).
+    pub fn companion(mut self, script: &str) -> Self {
+        self.companion = Some(script.to_owned());
         self
     }
 

@@ -7,7 +7,8 @@
 //!   vmlinux                the ELF kernel, decompressed from the bzImage
 //!   busybox                bin/busybox of busybox-static
 //!   initramfs.cpio         newc archive: busybox, its links, /dev nodes, /init
-//!   modules/*.ko           kvm, kvm-amd, kvm-intel, irqbypass (decompressed)
+//!   modules/*.ko           kvm, kvm-amd, kvm-intel, irqbypass; evdev, button
+//!                          (decompressed)
 //!   manifest.txt           file, package, version, sha256, source; written last
 //! ```
 //!
@@ -33,8 +34,17 @@ mod lz4;
 const KERNEL_META: &str = "linux-image-cloud-amd64";
 /// The package that has a static busybox.
 const BUSYBOX_PACKAGE: &str = "busybox-static";
-/// The kernel modules kept for the nested-KVM test bed.
-const MODULES: &[&str] = &["irqbypass", "kvm", "kvm-intel", "kvm-amd"];
+/// The kernel modules kept: KVM for the nested test bed; the ACPI power
+/// button and the input event interface for guests that handle
+/// `system_powerdown`.
+const MODULES: &[&str] = &[
+    "irqbypass",
+    "kvm",
+    "kvm-intel",
+    "kvm-amd",
+    "evdev",
+    "button",
+];
 const MANIFEST: &str = "manifest.txt";
 
 /// The files of the default guest, all inside `dir`.
@@ -131,9 +141,26 @@ pub fn initramfs(
     )?)
 }
 
+/// The power-button modules from `modules_dir`, as initramfs files.
+pub fn power_button_modules(modules_dir: &Path) -> Result<Vec<(String, Vec<u8>, u32)>> {
+    vmm_testbed::initramfs::POWER_BUTTON_MODULES
+        .iter()
+        .map(|m| {
+            let path = modules_dir.join(format!("{m}.ko"));
+            let data =
+                std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            Ok((format!("lib/modules/{m}.ko"), data, 0o644))
+        })
+        .collect()
+}
+
 /// Rewrites the cached initramfs if [`DEFAULT_INIT`] or the layout changed.
 fn refresh_initramfs(g: &GuestFiles) -> Result<()> {
-    let want = initramfs(&g.paths.busybox, DEFAULT_INIT, &[])?;
+    let want = initramfs(
+        &g.paths.busybox,
+        DEFAULT_INIT,
+        &power_button_modules(&g.paths.modules_dir)?,
+    )?;
     if std::fs::read(&g.paths.initramfs).ok().as_deref() != Some(&want[..]) {
         eprintln!(
             "guest: rewriting {} (its contents changed)",

@@ -85,6 +85,10 @@ pub fn cached(dir: &Path) -> Result<GuestFiles> {
             .with_context(|| format!("no {file} in the manifest"))
     };
     let (kernel, bb) = (get("bzImage")?, get("busybox")?);
+    // A cache from before a module was added to the list is rebuilt.
+    for m in super::MODULES {
+        get(&format!("modules/{m}.ko"))?;
+    }
     get("vmlinux")?;
     get("initramfs.cpio")?;
     ensure!(

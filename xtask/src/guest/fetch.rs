@@ -110,7 +110,11 @@ pub fn build(dir: &Path) -> Result<GuestFiles> {
     eprintln!("guest: writing initramfs.cpio ...");
     std::fs::write(
         out.join("initramfs.cpio"),
-        initramfs(&out.join("busybox"), DEFAULT_INIT, &[])?,
+        initramfs(
+            &out.join("busybox"),
+            DEFAULT_INIT,
+            &super::power_button_modules(&out.join("modules"))?,
+        )?,
     )?;
     add(
         "initramfs.cpio",
