@@ -17,6 +17,8 @@ use vmm_pc::MachineControl;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::escape::{Action, EscapeParser, HELP};
+use crate::monitor::{self, Editor, Line};
+use vmm_pc::Reply;
 
 /// Most typed input that may wait for the guest to read it.
 pub const PENDING_LIMIT: usize = 64 * 1024;
@@ -33,6 +35,8 @@ pub struct Console {
     stdin_watched: bool,
     /// stdin cannot be polled (a regular file, /dev/null): never retry.
     stdin_unpollable: bool,
+    /// The monitor has the keyboard (Ctrl-A c), with its line editor.
+    monitor: Option<Editor>,
 }
 
 impl std::fmt::Debug for Console {
@@ -55,6 +59,7 @@ impl Console {
             pending: Vec::new(),
             stdin_watched: false,
             stdin_unpollable: false,
+            monitor: None,
         }
     }
 
@@ -110,6 +115,18 @@ impl Console {
         };
         for action in self.parser.feed(&buf[..n]) {
             match action {
+                Action::Guest(bytes) if self.monitor.is_some() => self.monitor_input(&bytes),
+                Action::Monitor => {
+                    if self.monitor.take().is_some() {
+                        print_out("\r\n");
+                    } else {
+                        self.monitor = Some(Editor::default());
+                        print_out(&format!(
+                            "\r\nvmm monitor (help for commands, C-a c back to the guest)\r\n{}",
+                            monitor::PROMPT
+                        ));
+                    }
+                }
                 Action::Guest(bytes) => {
                     let room = PENDING_LIMIT.saturating_sub(self.pending.len());
                     if bytes.len() > room {
@@ -121,16 +138,53 @@ impl Console {
                     self.pending
                         .extend_from_slice(&bytes[..bytes.len().min(room)]);
                 }
-                Action::Help => {
-                    let mut out = io::stdout().lock();
-                    let _ = out.write_all(HELP.as_bytes());
-                    let _ = out.flush();
-                }
+                Action::Help => print_out(HELP),
                 Action::Quit => self.control.request_quit(),
             }
         }
         self.flush_pending();
     }
+}
+
+impl Console {
+    /// Typed bytes while the monitor has the keyboard.
+    fn monitor_input(&mut self, bytes: &[u8]) {
+        let Some(editor) = self.monitor.as_mut() else {
+            return;
+        };
+        let (echo, lines) = editor.feed(bytes);
+        print_out(&String::from_utf8_lossy(&echo));
+        for line in lines {
+            match monitor::parse(&line) {
+                Line::Empty => print_out(monitor::PROMPT),
+                Line::Help => print_out(&format!("{}{}", monitor::HELP, monitor::PROMPT)),
+                Line::Unknown(what) => print_out(&format!(
+                    "unknown command: '{what}' (try help)\r\n{}",
+                    monitor::PROMPT
+                )),
+                // The same machine commands as QMP's; the main loop runs
+                // them and the answer is printed when it comes.
+                Line::Machine(command) => self.control.submit(
+                    command,
+                    Box::new(|outcome| {
+                        let text = match outcome {
+                            Ok(Reply::Status { status, .. }) => format!("VM status: {status}\r\n"),
+                            Ok(_) => String::new(),
+                            Err(why) => format!("Error: {why}\r\n"),
+                        };
+                        print_out(&format!("{text}{}", monitor::PROMPT));
+                    }),
+                ),
+            }
+        }
+    }
+}
+
+/// Writes monitor text to the terminal (beside the guest's output).
+fn print_out(text: &str) {
+    let mut out = io::stdout().lock();
+    let _ = out.write_all(text.as_bytes());
+    let _ = out.flush();
 }
 
 impl MutEventSubscriber for Console {

@@ -3,6 +3,7 @@
 //! | keys        | action                              |
 //! |-------------|-------------------------------------|
 //! | Ctrl-A x    | quit the VMM                        |
+//! | Ctrl-A c    | switch between the guest and the monitor |
 //! | Ctrl-A h    | print this help                     |
 //! | Ctrl-A Ctrl-A | send one Ctrl-A to the guest      |
 //!
@@ -13,8 +14,7 @@
 pub const ESCAPE: u8 = 0x01;
 
 /// The help text Ctrl-A h prints.
-pub const HELP: &str =
-    "\r\nC-a h    print this help\r\nC-a x    exit the VMM\r\nC-a C-a  send C-a to the guest\r\n";
+pub const HELP: &str = "\r\nC-a h    print this help\r\nC-a x    exit the VMM\r\nC-a c    switch between console and monitor\r\nC-a C-a  send C-a to the guest\r\n";
 
 /// What the console should do with a chunk of input.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,6 +25,8 @@ pub enum Action {
     Help,
     /// Quit.
     Quit,
+    /// Switch between the guest console and the monitor.
+    Monitor,
 }
 
 /// Splits keyboard input into guest bytes and escape commands. Keeps the
@@ -53,6 +55,10 @@ impl EscapeParser {
                         actions.push(Action::Quit);
                         // Whatever follows a quit is not for the guest.
                         return actions;
+                    }
+                    b'c' | b'C' => {
+                        flush(&mut guest, &mut actions);
+                        actions.push(Action::Monitor);
                     }
                     b'h' | b'H' | b'?' => {
                         flush(&mut guest, &mut actions);

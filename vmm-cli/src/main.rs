@@ -8,6 +8,7 @@
 mod args;
 mod console;
 mod escape;
+mod monitor;
 mod output;
 mod qmp;
 mod terminal;

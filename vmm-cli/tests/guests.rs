@@ -324,3 +324,35 @@ fn memory_above_the_32_bit_hole() {
         assert_eq!(String::from_utf8_lossy(&o.stdout), "big\n", "{size}");
     }
 }
+
+#[test]
+fn ctrl_a_c_monitor_runs_machine_commands() {
+    if !kvm("ctrl_a_c_monitor") {
+        return;
+    }
+    let dir = TempDir::new("monitor");
+    let k = dir.file("spin.elf", &test_guests::hello_spin("spinning\n"));
+    let (child, mut pty, rx) = vmm_on_pty(&k);
+    read_until(&rx, b"spinning\n");
+    let mut type_ = |keys: &[u8]| std::io::Write::write_all(&mut pty.master, keys).unwrap();
+    type_(b"\x01c");
+    read_until(&rx, b"(vmm) ");
+    type_(b"info status\r");
+    read_until(&rx, b"VM status: running");
+    type_(b"stop\r");
+    read_until(&rx, b"(vmm) ");
+    type_(b"info status\r");
+    read_until(&rx, b"VM status: paused");
+    type_(b"cont\rbogus\r");
+    read_until(&rx, b"unknown command: 'bogus'");
+    type_(b"info status\r");
+    read_until(&rx, b"VM status: running");
+    type_(b"quit\r");
+    let o = wait(child);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("quit (QMP or the monitor)"),
+        "{}",
+        stderr(&o)
+    );
+}

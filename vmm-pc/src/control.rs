@@ -58,7 +58,7 @@ pub type ReplyFn = Box<dyn FnOnce(Result<Reply, String>) + Send>;
 pub enum QuitSource {
     /// The console (Ctrl-A x, or the monitor).
     Console,
-    /// A QMP `quit`.
+    /// A QMP or monitor `quit`.
     Qmp,
 }
 

@@ -221,7 +221,7 @@ impl std::fmt::Display for ExitReason {
             Self::GuestReset(why) => write!(f, "guest reset ({why})"),
             Self::GuestPoweroff => write!(f, "guest powered off"),
             Self::Quit(QuitSource::Console) => write!(f, "quit from the console"),
-            Self::Quit(QuitSource::Qmp) => write!(f, "quit from QMP"),
+            Self::Quit(QuitSource::Qmp) => write!(f, "quit (QMP or the monitor)"),
             Self::Signal(s) => write!(f, "terminating on signal {}", signal_name(*s)),
             Self::InternalError {
                 vcpu: Some(vcpu),
