@@ -122,6 +122,19 @@ mod tests {
     #[test]
     fn unknown_escape_passes_both_bytes() {
         let mut p = EscapeParser::new();
-        assert_eq!(p.feed(b"\x01c"), [Action::Guest(b"\x01c".to_vec())]);
+        assert_eq!(p.feed(b"\x01z"), [Action::Guest(b"\x01z".to_vec())]);
+    }
+
+    #[test]
+    fn ctrl_a_c_switches_to_the_monitor() {
+        let mut p = EscapeParser::new();
+        assert_eq!(
+            p.feed(b"ab\x01cd"),
+            [
+                Action::Guest(b"ab".to_vec()),
+                Action::Monitor,
+                Action::Guest(b"d".to_vec())
+            ]
+        );
     }
 }
