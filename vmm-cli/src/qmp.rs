@@ -121,6 +121,10 @@ pub fn forward_events(outbox: Outbox) -> impl FnMut(&MachineEvent) + Send + 'sta
         MachineEvent::Stop => outbox.event("STOP", None),
         MachineEvent::Resume => outbox.event("RESUME", None),
         MachineEvent::Powerdown => outbox.event("POWERDOWN", None),
+        MachineEvent::GuestPanicked { paused } => outbox.event(
+            "GUEST_PANICKED",
+            Some(json!({"action": if *paused { "pause" } else { "poweroff" }})),
+        ),
         MachineEvent::Reset { guest } => outbox.event(
             "RESET",
             Some(json!({

@@ -639,3 +639,75 @@ while true; do sleep 1; done
         "{test}: L1 {host:.2} s, guest {guest:.2} s: the pause was not hidden"
     );
 }
+
+/// A Debian guest that panics reports it through our pvpanic device (found
+/// by its `pvpanic-mmio` driver as ACPI `QEMU0001`): with QMP the machine
+/// stops in `guest-panicked` with a `GUEST_PANICKED` event, as QEMU's.
+#[test]
+fn debian_panic_reaches_qmp_through_pvpanic() {
+    let test = "pvpanic_debian";
+    let Some(g) = guest(test) else { return };
+    let dir = common::TempDir::new(test);
+    let busybox = std::fs::read(&g.busybox).unwrap();
+    let init = "#!/bin/sh
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+insmod /pvpanic.ko
+insmod /pvpanic-mmio.ko
+echo \"@@PVPANIC $(ls /sys/bus/platform/drivers/pvpanic-mmio | grep -c QEMU0001)\"
+echo c > /proc/sysrq-trigger
+";
+    let read = |p: std::path::PathBuf| std::fs::read(p).unwrap();
+    let extra = [
+        ("pvpanic.ko".to_owned(), read(g.module("pvpanic")), 0o644),
+        (
+            "pvpanic-mmio.ko".to_owned(),
+            read(g.module("pvpanic-mmio")),
+            0o644,
+        ),
+    ];
+    let initrd = dir.file(
+        "panic.cpio",
+        &busybox_initramfs(&busybox, init, &extra).unwrap(),
+    );
+    let client = qmpclient(&dir);
+    let companion = "./qmpclient qmp.sock event:GUEST_PANICKED query-status quit event:SHUTDOWN; \
+        echo @@CONSOLE; cat console.log";
+    let job = Job::new([
+        "--kernel",
+        "kernel",
+        "--initrd",
+        "initrd",
+        "--memory",
+        "512M",
+        "--qmp",
+        "qmp.sock",
+        "--serial",
+        "file:console.log",
+    ])
+    .file("kernel", &g.bzimage)
+    .file("initrd", &initrd)
+    .file("qmpclient", &client)
+    .companion(companion)
+    .timeout(std::time::Duration::from_secs(420));
+    let out = run(test, &g, &job);
+    let c = &out.console;
+    eprintln!(
+        "{test}: L1 ready after {:?}, whole run {:?}",
+        out.l1_boot, out.total
+    );
+    assert!(
+        !c.contains("@@QMPFAIL"),
+        "{test}: a QMP step failed:\n{c}\n{}",
+        out.stderr
+    );
+    assert!(
+        c.contains("@@PVPANIC 1"),
+        "{test}: the driver did not bind:\n{c}"
+    );
+    assert!(c.contains("Kernel panic"), "{test}:\n{c}");
+    assert!(c.contains(r#""event":"GUEST_PANICKED""#), "{test}:\n{c}");
+    assert!(c.contains(r#""status":"guest-panicked""#), "{test}:\n{c}");
+    assert_eq!(out.status, Some(0), "{test}: vmm stderr:\n{}", out.stderr);
+}

@@ -504,3 +504,46 @@ fn system_powerdown_presses_the_acpi_power_button() {
     let o = wait(child);
     assert!(o.status.success(), "{}", stderr(&o));
 }
+
+#[test]
+fn pvpanic_stops_in_guest_panicked() {
+    if !kvm("qmp_pvpanic") {
+        return;
+    }
+    let dir = TempDir::new("qmp-panic");
+    let (log, serial) = serial_file(&dir);
+    let (child, sock) = spawn(
+        &dir,
+        &test_guests::hello_panic("oops\n"),
+        &["--serial", &serial, "--paused"],
+    );
+    let mut c = Client::connect(&sock);
+    c.execute("cont");
+    let panicked = c.event("GUEST_PANICKED");
+    assert_eq!(panicked["data"], json!({"action": "pause"}));
+    c.event("STOP");
+    assert_eq!(c.status()["status"], "guest-panicked");
+    assert_eq!(wait_for_output(&log, 5), b"oops\n");
+    // As today's QEMU: cont is allowed after a panic; a reset boots again.
+    assert_eq!(c.execute("system_reset"), json!({"return": {}}));
+    assert_eq!(c.status()["status"], "prelaunch");
+    c.execute("cont");
+    c.event("GUEST_PANICKED");
+    assert_eq!(wait_for_output(&log, 10), b"oops\noops\n");
+    c.execute("quit");
+    let o = wait(child);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+#[test]
+fn without_qmp_a_guest_panic_ends_the_vmm_with_status_1() {
+    if !kvm("pvpanic_exit") {
+        return;
+    }
+    let dir = TempDir::new("panic-exit");
+    let k = dir.file("panic.elf", &test_guests::hello_panic("oops\n"));
+    let o = run_kernel(&k, &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("the guest panicked"), "{}", stderr(&o));
+    assert_eq!(o.stdout, b"oops\n");
+}

@@ -20,6 +20,7 @@
 //! | [`Rtc`] | 0x70-0x71 | IRQ 8, edge, from Host-clock timers | [`rtc`] |
 //! | [`Port61`] | 0x61 | none (PIT channel 2 via [`PitChannel2`]) | [`port61`] |
 //! | [`Port80`] | 0x80 | none | [`port80`] |
+//! | [`PvPanic`] | 0x505 | the panic request | [`pvpanic`] |
 //!
 //! # Threat model
 //!
@@ -42,6 +43,7 @@
 //! | i8254 PIT | control words, counts, latches, read-back, channel 2's gate | counts are computed, never ticked; one timer, at most one IRQ 0 edge per 200 µs in the periodic modes (a one-shot needs a guest write per edge); every field stays in range (count 1..=65536) |
 //! | MC146818 | index (NMI bit dropped), all 128 bytes | junk time values give a clamped year (1700-2199), never an overflow; update and alarm catch-up looks at most one day of seconds; periodic interrupts at most 8192 Hz, and one edge until register C is read |
 //! | port 0x61 | gate and speaker bits | two bits stored; reads compute from state, no time or host call |
+//! | pvpanic | one byte | a panic fires the line (an eventfd counts repeats); reads are constant |
 //! | port 0x80 | one byte | last byte and a saturating counter; logged at `trace` only |
 //!
 //! CVE-2020-27173 (vm-superio's unbounded RX buffer) is the reason the UART
@@ -83,6 +85,7 @@ mod log_once;
 pub mod pit;
 pub mod port61;
 pub mod port80;
+pub mod pvpanic;
 pub mod rtc;
 pub mod serial;
 #[cfg(test)]
@@ -97,6 +100,7 @@ pub use irq::{EventFdTrigger, LevelLine, Trigger};
 pub use pit::{Pit, PitChannelState, PitPort61, PitState, PIT_FREQ_HZ, PIT_PORT_LEN};
 pub use port61::{NoPitChannel2, PitChannel2, Port61, Port61State};
 pub use port80::{Port80, Port80State};
+pub use pvpanic::{PvPanic, PVPANIC_PORT};
 pub use rtc::{Rtc, RtcState, CMOS_SIZE, RTC_PORT_LEN};
 pub use serial::{
     SerialDevice, SerialDeviceState, SerialOutput, RX_FIFO_CAPACITY, SERIAL_PORT_LEN,

@@ -147,7 +147,8 @@ fn aml_bytes(object: &dyn Aml) -> Vec<u8> {
 }
 
 /// The DSDT: `Name (\_S5_, Package () { 5, 5, 0, 0 })`, i.e. SLP_TYP 5 for
-/// PM1a and PM1b control, then two reserved values.
+/// PM1a and PM1b control, then two reserved values; and `\_SB_.PEVT`, the
+/// pvpanic device (`QEMU0001`, I/O port 0x505).
 fn dsdt() -> Sdt {
     let mut dsdt = Sdt::new(
         *b"DSDT",
@@ -162,6 +163,19 @@ fn dsdt() -> Sdt {
         &aml::Package::new(vec![&SLP_TYP_S5, &SLP_TYP_S5, &aml::ZERO, &aml::ZERO]),
     );
     dsdt.append_slice(&aml_bytes(&s5));
+    // QEMU's pvpanic device, where Linux's pvpanic-mmio driver finds it.
+    let hid: aml::AmlStr = "QEMU0001";
+    let io = aml::IO::new(port::PVPANIC, port::PVPANIC, 1, 1);
+    let crs = aml::ResourceTemplate::new(vec![&io]);
+    let present: u8 = 0x0F;
+    let (hid, crs, sta) = (
+        aml::Name::new("_HID".into(), &hid),
+        aml::Name::new("_CRS".into(), &crs),
+        aml::Name::new("_STA".into(), &present),
+    );
+    let pvpanic = aml::Device::new("PEVT".into(), vec![&hid, &crs, &sta]);
+    let sb = aml::Scope::new("\\_SB_".into(), vec![&pvpanic]);
+    dsdt.append_slice(&aml_bytes(&sb));
     dsdt
 }
 
@@ -379,6 +393,21 @@ mod tests {
         ];
         assert!(dsdt.windows(s5.len()).any(|w| w == s5), "{dsdt:x?}");
         assert_eq!(dsdt[8], DSDT_REVISION);
+    }
+
+    #[test]
+    fn dsdt_has_the_pvpanic_device() {
+        let mem = memory();
+        let (_, _, dsdt) = tables(&mem, 1);
+        let has = |needle: &[u8]| dsdt.windows(needle.len()).any(|w| w == needle);
+        // Scope (\_SB_) { Device (PEVT) { _HID "QEMU0001", _CRS IO 0x505 } }
+        assert!(has(b"\\_SB_"), "{dsdt:x?}");
+        assert!(has(b"PEVT"));
+        assert!(has(b"_HID\x0dQEMU0001\x00"), "a string _HID");
+        // IO port descriptor: decode16, min 0x505, max 0x505, align 1, len 1.
+        assert!(has(&[0x47, 0x01, 0x05, 0x05, 0x05, 0x05, 0x01, 0x01]));
+        // The whole table still sums to zero.
+        assert_eq!(dsdt.iter().fold(0u8, |a, b| a.wrapping_add(*b)), 0);
     }
 
     #[test]

@@ -75,6 +75,8 @@ pub enum ShutdownCause {
     GuestShutdown,
     /// The guest reset, and resets end the VMM (QEMU's `-no-reboot`).
     GuestReset,
+    /// The guest panicked, and panics end the VMM.
+    GuestPanic,
 }
 
 impl ShutdownCause {
@@ -86,12 +88,16 @@ impl ShutdownCause {
             Self::HostUi => "host-ui",
             Self::GuestShutdown => "guest-shutdown",
             Self::GuestReset => "guest-reset",
+            Self::GuestPanic => "guest-panic",
         }
     }
 
     /// Whether the guest caused it (the event's `guest` member).
     pub fn is_guest(self) -> bool {
-        matches!(self, Self::GuestShutdown | Self::GuestReset)
+        matches!(
+            self,
+            Self::GuestShutdown | Self::GuestReset | Self::GuestPanic
+        )
     }
 }
 
@@ -104,6 +110,12 @@ pub enum MachineEvent {
     Resume,
     /// The machine is shutting down (`SHUTDOWN`).
     Shutdown(ShutdownCause),
+    /// The guest reported a panic (`GUEST_PANICKED`); `paused` when the
+    /// machine stops in `guest-panicked`, else it shuts down.
+    GuestPanicked {
+        /// Whether the machine waits (action `pause`) or ends (`poweroff`).
+        paused: bool,
+    },
     /// The power button was pressed (`POWERDOWN`).
     Powerdown,
     /// The machine was reset in place (`RESET`), by the guest or the host.

@@ -7,6 +7,7 @@
 //! | ACPI PM1a event | 0x600-0x603 | SCI 9, level, `KVM_IRQ_LINE` | status/enable, the power button |
 //! | ACPI PM1a control | 0x604-0x605 | | SLP_EN with S5 = poweroff |
 //! | POST port | 0x80 | | writes ignored, reads 0xff |
+//! | pvpanic | 0x505 | | the guest's panic report (ACPI `QEMU0001`) |
 //! | system control B | 0x61 | | ours, gating PIT channel 2; KVM's with its PIT |
 //! | MC146818 RTC + CMOS | 0x70-0x71 | 8 | Host-clock timers, irqfd (edge) |
 //! | i8254 PIT | 0x40-0x43 | 0 → IO-APIC pin 2 | ours on the Virtual clock, irqfd (edge); or KVM's |
@@ -17,6 +18,7 @@ use vmm_clock::Clocks;
 use vmm_core::vm::{Vm, VmError};
 use vmm_devices::acpi_pm::{PM1_CNT_LEN, PM1_EVT_LEN};
 use vmm_devices::serial::SerialOutput;
+use vmm_devices::PvPanic;
 use vmm_devices::{
     EventFdTrigger, LevelLine, Pit, PitPort61, Pm1Control, Pm1Event, Port61, Port80, Rtc,
     SerialDevice, SerialEvents, I8042, PIT_PORT_LEN, RTC_PORT_LEN,
@@ -81,6 +83,8 @@ pub struct PcDevices {
     pub rtc: Arc<Mutex<Rtc<EventFdTrigger>>>,
     /// ACPI PM1 status/enable, with the power button and the SCI.
     pub pm1_event: Arc<Mutex<Pm1Event>>,
+    /// Written when the guest reports a panic through pvpanic.
+    pub panic_evt: EventFd,
 }
 
 /// The ACPI SCI: GSI 9, level-triggered, through `KVM_IRQ_LINE`.
@@ -197,6 +201,17 @@ pub fn create_devices(
 
     io.add_pio("POST", port::POST, 1, Arc::new(Mutex::new(Port80::new())))?;
 
+    // pvpanic (the DSDT's QEMU0001 device).
+    let panic_evt = eventfd("pvpanic")?;
+    io.add_pio(
+        "pvpanic",
+        port::PVPANIC,
+        1,
+        Arc::new(Mutex::new(PvPanic::new(EventFdTrigger::new(clone_fd(
+            "pvpanic", &panic_evt,
+        )?)))),
+    )?;
+
     // RTC and CMOS, with the memory and CPU bytes a PC BIOS fills in.
     let rtc_irq = EventFdTrigger::new(eventfd("RTC")?);
     vm.register_irqfd(rtc_irq.event_fd(), irq::RTC)
@@ -236,6 +251,7 @@ pub fn create_devices(
         pit,
         rtc,
         pm1_event,
+        panic_evt,
     })
 }
 

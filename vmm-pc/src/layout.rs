@@ -104,6 +104,8 @@ pub mod port {
     pub const I8042_COMMAND: u16 = 0x64;
     /// CMOS/RTC index and data (0x70-0x71).
     pub const RTC: u16 = 0x70;
+    /// QEMU's pvpanic device.
+    pub const PVPANIC: u16 = 0x505;
     /// POST code / I/O delay port.
     pub const POST: u16 = 0x80;
     /// COM1 16550 UART (8 registers).

@@ -69,9 +69,10 @@ pub struct PcConfig {
     pub start_paused: bool,
     /// What a guest reset (i8042, triple fault) does.
     pub reboot: RebootAction,
-    /// On a KVM internal error or failed entry, stop in `internal-error`
-    /// (vCPUs parked, the state queryable, `system_reset` possible) instead
-    /// of exiting: for when a control interface (QMP) can act on it.
+    /// On a KVM internal error or failed entry, stop in `internal-error`,
+    /// and on a guest panic (pvpanic) in `guest-panicked` (vCPUs parked, the
+    /// state queryable, `system_reset` possible), instead of exiting: for
+    /// when a control interface (QMP) can act on it.
     pub stop_on_error: bool,
 }
 
@@ -186,6 +187,8 @@ pub enum ExitReason {
     Quit(QuitSource),
     /// A signal asked us to terminate.
     Signal(i32),
+    /// The guest reported a panic (pvpanic) and nothing could act on it.
+    GuestPanicked,
     /// The machine could not go on (a vCPU's KVM error, or the main loop's).
     InternalError {
         /// The vCPU, when one failed.
@@ -198,7 +201,7 @@ pub enum ExitReason {
 impl ExitReason {
     /// Whether this is a normal end (status 0), as QEMU treats them.
     pub fn is_success(&self) -> bool {
-        !matches!(self, Self::InternalError { .. })
+        !matches!(self, Self::InternalError { .. } | Self::GuestPanicked)
     }
 
     /// The `SHUTDOWN` event's cause; none for an internal error (QEMU
@@ -210,6 +213,7 @@ impl ExitReason {
             Self::Quit(QuitSource::Console) => ShutdownCause::HostUi,
             Self::Quit(QuitSource::Qmp) => ShutdownCause::HostQmpQuit,
             Self::Signal(_) => ShutdownCause::HostSignal,
+            Self::GuestPanicked => ShutdownCause::GuestPanic,
             Self::InternalError { .. } => return None,
         })
     }
@@ -223,6 +227,7 @@ impl std::fmt::Display for ExitReason {
             Self::Quit(QuitSource::Console) => write!(f, "quit from the console"),
             Self::Quit(QuitSource::Qmp) => write!(f, "quit (QMP or the monitor)"),
             Self::Signal(s) => write!(f, "terminating on signal {}", signal_name(*s)),
+            Self::GuestPanicked => write!(f, "the guest panicked"),
             Self::InternalError {
                 vcpu: Some(vcpu),
                 reason,
@@ -238,6 +243,7 @@ struct Pending {
     signal: Option<i32>,
     reset: bool,
     poweroff: bool,
+    panic: bool,
 }
 
 /// A handle for the console and other front ends: ask the machine to
@@ -417,6 +423,10 @@ impl PcMachine {
         let p = Arc::clone(&pending);
         event_loop.add_eventfd("i8042 reset", clone_evt(&devices.reset_evt)?, move |_| {
             lock(&p).reset = true;
+        });
+        let p = Arc::clone(&pending);
+        event_loop.add_eventfd("pvpanic", clone_evt(&devices.panic_evt)?, move |_| {
+            lock(&p).panic = true;
         });
         let p = Arc::clone(&pending);
         event_loop.add_eventfd(
@@ -674,6 +684,15 @@ impl PcMachine {
         }
         if pending.poweroff || vcpu_poweroff {
             return Ok(Some(ExitReason::GuestPoweroff));
+        }
+        if pending.panic && self.runstate.state() != RunState::GuestPanicked {
+            if !self.stop_on_error {
+                self.emit(MachineEvent::GuestPanicked { paused: false });
+                return Ok(Some(ExitReason::GuestPanicked));
+            }
+            log::error!("the guest panicked; stopped in guest-panicked");
+            self.emit(MachineEvent::GuestPanicked { paused: true });
+            self.stop_with(RunState::GuestPanicked)?;
         }
         let guest_reset = if pending.reset {
             Some("i8042 reset line".to_owned())

@@ -226,6 +226,24 @@ pub fn power_button() -> Vec<u8> {
     pvh_elf(&[(LOAD_ADDR, &code)], LOAD_ADDR)
 }
 
+/// Prints `message` on COM1, reports a panic through pvpanic (port 0x505),
+/// then spins.
+pub fn hello_panic(message: &str) -> Vec<u8> {
+    let code = program(
+        |msg| {
+            let mut c = print(msg);
+            c.extend_from_slice(&[0x66, 0xba]); // mov dx, PVPANIC
+            c.extend_from_slice(&port::PVPANIC.to_le_bytes());
+            c.extend_from_slice(&[0xb0, 0x01]); // mov al, PANICKED
+            c.push(0xee); // out dx, al
+            c.extend_from_slice(&[0xeb, 0xfe]); // jmp $
+            c
+        },
+        message,
+    );
+    pvh_elf(&[(LOAD_ADDR, &code)], LOAD_ADDR)
+}
+
 /// Prints `message` on COM1, then jumps into the MMIO hole, where no
 /// memory is: KVM cannot fetch an instruction there and stops with an
 /// internal error (emulation failure), on hardware KVM and PVM alike.

@@ -7,8 +7,8 @@
 //!   vmlinux                the ELF kernel, decompressed from the bzImage
 //!   busybox                bin/busybox of busybox-static
 //!   initramfs.cpio         newc archive: busybox, its links, /dev nodes, /init
-//!   modules/*.ko           kvm, kvm-amd, kvm-intel, irqbypass; evdev, button
-//!                          (decompressed)
+//!   modules/*.ko           kvm, kvm-amd, kvm-intel, irqbypass; evdev, button;
+//!                          pvpanic, pvpanic-mmio (decompressed)
 //!   manifest.txt           file, package, version, sha256, source; written last
 //! ```
 //!
@@ -36,7 +36,7 @@ const KERNEL_META: &str = "linux-image-cloud-amd64";
 const BUSYBOX_PACKAGE: &str = "busybox-static";
 /// The kernel modules kept: KVM for the nested test bed; the ACPI power
 /// button and the input event interface for guests that handle
-/// `system_powerdown`.
+/// `system_powerdown`; pvpanic for guests that report their panics.
 const MODULES: &[&str] = &[
     "irqbypass",
     "kvm",
@@ -44,6 +44,8 @@ const MODULES: &[&str] = &[
     "kvm-amd",
     "evdev",
     "button",
+    "pvpanic",
+    "pvpanic-mmio",
 ];
 const MANIFEST: &str = "manifest.txt";
 
