@@ -184,13 +184,33 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         assert!(cached(&dir).is_err(), "no manifest");
         let line = |f: &str| format!("{f} pkg 1.0 - src\n");
-        let manifest: String = ["bzImage", "vmlinux", "busybox", "initramfs.cpio"]
-            .map(line)
-            .concat();
-        std::fs::write(dir.join(MANIFEST), manifest).unwrap();
-        for f in ["busybox", "initramfs.cpio"] {
+        let mut files: Vec<String> = ["bzImage", "vmlinux", "busybox", "initramfs.cpio"]
+            .map(String::from)
+            .to_vec();
+        let modules: Vec<String> = super::super::MODULES
+            .iter()
+            .map(|m| format!("modules/{m}.ko"))
+            .collect();
+        // A cache from before the last module was added is refused.
+        let old: String = files
+            .iter()
+            .chain(&modules[..modules.len() - 1])
+            .map(|f| line(f))
+            .collect();
+        files.extend(modules);
+        let manifest: String = files.iter().map(|f| line(f)).collect();
+        std::fs::create_dir_all(dir.join("modules")).unwrap();
+        for f in files
+            .iter()
+            .filter(|f| !f.starts_with("bzImage") && *f != "vmlinux")
+        {
             std::fs::write(dir.join(f), b"x").unwrap();
         }
+        std::fs::write(dir.join(MANIFEST), old).unwrap();
+        std::fs::write(dir.join("vmlinux"), b"\x7fELF....").unwrap();
+        std::fs::write(dir.join("bzImage"), vec![0u8; 0x300]).unwrap();
+        assert!(format!("{:#}", cached(&dir).unwrap_err()).contains("modules/"));
+        std::fs::write(dir.join(MANIFEST), manifest).unwrap();
         std::fs::write(dir.join("vmlinux"), b"\x7fELF....").unwrap();
         let mut kernel = vec![0u8; 0x300];
         std::fs::write(dir.join("bzImage"), &kernel).unwrap();
