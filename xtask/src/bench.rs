@@ -1,4 +1,7 @@
-//! `cargo xtask bench [boot|alarm] [--runs N]`: the benchmarks.
+//! `cargo xtask bench [boot|alarm|qmp] [--runs N]`: the benchmarks.
+//!
+//! * `qmp`: `stop`/`cont` latency, request to event, ours beside QEMU
+//!   (see [`qmp`]).
 //!
 //! * `alarm`: the timer alarm lateness benchmark (`cargo bench -p vmm-clock
 //!   --bench alarm_lateness`); further arguments go to it.
@@ -21,6 +24,7 @@
 //! round), so host drift hits them all alike, after one unmeasured warm-up
 //! run each.
 
+mod qmp;
 mod sys;
 
 use std::ffi::OsString;
@@ -58,6 +62,7 @@ pub fn task(args: &[String]) -> Result<()> {
     match args.split_first() {
         Some((first, rest)) if first == "alarm" => alarm(rest),
         Some((first, rest)) if first == "boot" => boot(parse_runs(rest)?),
+        Some((first, _)) if first == "qmp" => qmp::run(),
         _ => {
             let runs = parse_runs(args)?;
             alarm(&[])?;

@@ -33,13 +33,15 @@ tasks:
   lint                     cargo fmt --check, clippy --workspace --all-targets -D warnings
   check-deps               fail if vmm-runstate, vmm-clock, vmm-devices or vmm-qmp reach
                            kvm-ioctls or kvm-bindings (through any crate)
-  bench [boot|alarm] [--runs N]
+  bench [boot|alarm|qmp] [--runs N]
                            run the benchmarks and print their reports (both when
                            none is named): alarm = timer alarm lateness (further
                            args go to it); boot = spawn-to-first-output, exit,
                            CPU and peak RSS of a tiny PVH guest on bench-floor
                            (the least a VMM can do), our vmm and QEMU microvm
-                           (when installed), N interleaved runs each (default 20)
+                           (when installed), N interleaved runs each (default 20);
+                           qmp = stop/cont latency, request to event, ours and
+                           QEMU's (not run by default)
   ci                       lint, check-deps, test (what .ci/run runs)
   guest [--dir DIR] [--refresh]
                            fetch the Debian cloud kernel and busybox-static with

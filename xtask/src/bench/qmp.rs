@@ -1,0 +1,202 @@
+//! `cargo xtask bench qmp`: how long `stop` and `cont` take, from the
+//! request leaving the client to the `STOP` / `RESUME` event arriving, on
+//! our VMM and on QEMU's `microvm` (its own QMP), in the same run, with the
+//! same spinning PVH guest and 64 MiB. The two take turns in rounds.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use super::{find_in_path, quantile, target_dir, TempDir, QEMU};
+use crate::cmd;
+
+/// Rounds, each with this many stop/cont pairs per VMM.
+const ROUNDS: usize = 3;
+const PAIRS: usize = 100;
+
+struct Vmm {
+    name: &'static str,
+    argv: Vec<String>,
+    socket: PathBuf,
+}
+
+struct Session {
+    child: Child,
+    w: UnixStream,
+    r: BufReader<UnixStream>,
+}
+
+impl Session {
+    fn start(vmm: &Vmm) -> Result<Self> {
+        let _ = std::fs::remove_file(&vmm.socket);
+        let child = Command::new(&vmm.argv[0])
+            .args(&vmm.argv[1..])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("cannot start {}", vmm.name))?;
+        let start = Instant::now();
+        let w = loop {
+            match UnixStream::connect(&vmm.socket) {
+                Ok(s) => break s,
+                Err(e) if start.elapsed() > Duration::from_secs(10) => {
+                    bail!("{}: no QMP socket: {e}", vmm.name)
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        };
+        w.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let r = BufReader::new(w.try_clone()?);
+        let mut s = Self { child, w, r };
+        s.line()?;
+        s.request("qmp_capabilities", None)?;
+        Ok(s)
+    }
+
+    fn line(&mut self) -> Result<String> {
+        let mut l = String::new();
+        self.r.read_line(&mut l)?;
+        if l.is_empty() {
+            bail!("QMP connection closed");
+        }
+        Ok(l)
+    }
+
+    /// Sends `command`; returns the time until `event` (if any) and the
+    /// reply have both arrived: the time to the event.
+    fn request(&mut self, command: &str, event: Option<&str>) -> Result<Duration> {
+        let t0 = Instant::now();
+        writeln!(self.w, "{{\"execute\":\"{command}\"}}")?;
+        let (mut at_event, mut replied) = (event.is_none().then(|| t0.elapsed()), false);
+        while at_event.is_none() || !replied {
+            let l = self.line()?;
+            if l.contains("\"return\"") {
+                replied = true;
+            } else if l.contains("\"error\"") {
+                bail!("{command}: {l}");
+            } else if let Some(e) = event {
+                let seen = l.contains(&format!("\"event\":\"{e}\""))
+                    || l.contains(&format!("\"event\": \"{e}\""));
+                if at_event.is_none() && seen {
+                    at_event = Some(t0.elapsed());
+                }
+            }
+        }
+        Ok(at_event.unwrap_or_default())
+    }
+
+    fn quit(mut self) -> Result<()> {
+        let _ = writeln!(self.w, "{{\"execute\":\"quit\"}}");
+        let _ = self.child.wait();
+        Ok(())
+    }
+}
+
+/// Runs the benchmark.
+pub fn run() -> Result<()> {
+    cmd::run(&mut cmd::cargo([
+        "build",
+        "--release",
+        "--package",
+        "vmm-cli",
+    ]))?;
+    let tmp = TempDir(std::env::temp_dir().join(format!("vmm-bench-qmp-{}", std::process::id())));
+    std::fs::create_dir_all(&tmp.0)?;
+    let guest = tmp.0.join("spin.elf");
+    let mut write_guest = cmd::cargo([
+        "run",
+        "--quiet",
+        "--release",
+        "--package",
+        "vmm-pc",
+        "--example",
+        "write_test_guest",
+        "--",
+        "spin",
+    ]);
+    write_guest.arg(&guest);
+    cmd::run(&mut write_guest)?;
+    let path = |p: &Path| p.to_string_lossy().into_owned();
+    let ours_sock = tmp.0.join("ours.sock");
+    let qemu_sock = tmp.0.join("qemu.sock");
+    let mut vmms = vec![Vmm {
+        name: "vmm (ours)",
+        argv: vec![
+            path(&target_dir().join("release/vmm")),
+            "--kernel".into(),
+            path(&guest),
+            "--memory".into(),
+            "64M".into(),
+            "--serial".into(),
+            "none".into(),
+            "--qmp".into(),
+            path(&ours_sock),
+        ],
+        socket: ours_sock,
+    }];
+    if let Some(qemu) = find_in_path(QEMU) {
+        vmms.push(Vmm {
+            name: "QEMU microvm",
+            argv: vec![
+                path(&qemu),
+                "-M".into(),
+                "microvm".into(),
+                "-accel".into(),
+                "kvm".into(),
+                "-cpu".into(),
+                "host,-arch-capabilities".into(),
+                "-m".into(),
+                "64M".into(),
+                "-nodefaults".into(),
+                "-no-user-config".into(),
+                "-display".into(),
+                "none".into(),
+                "-kernel".into(),
+                path(&guest),
+                "-qmp".into(),
+                format!("unix:{},server=on,wait=off", qemu_sock.display()),
+            ],
+            socket: qemu_sock,
+        });
+    } else {
+        eprintln!("xtask: {QEMU} not found: measuring ours alone");
+    }
+    let mut samples = vec![(Vec::new(), Vec::new()); vmms.len()];
+    for _ in 0..ROUNDS {
+        for (vmm, (stops, conts)) in vmms.iter().zip(samples.iter_mut()) {
+            let mut s = Session::start(vmm)?;
+            std::thread::sleep(Duration::from_millis(100));
+            for _ in 0..PAIRS {
+                stops.push(s.request("stop", Some("STOP"))?.as_secs_f64() * 1e6);
+                conts.push(s.request("cont", Some("RESUME"))?.as_secs_f64() * 1e6);
+            }
+            s.quit()?;
+        }
+    }
+    println!(
+        "\nQMP latency, request to event: spinning PVH guest, 64 MiB, {ROUNDS} rounds of {PAIRS} stop/cont pairs each; median (p90), µs\n"
+    );
+    println!("| | stop → STOP | cont → RESUME |");
+    println!("|---|---|---|");
+    let stat = |v: &[f64]| (quantile(v, 0.5), quantile(v, 0.9));
+    for (vmm, (stops, conts)) in vmms.iter().zip(&samples) {
+        let (s, c) = (stat(stops), stat(conts));
+        println!(
+            "| {} | {:.0} ({:.0}) | {:.0} ({:.0}) |",
+            vmm.name, s.0, s.1, c.0, c.1
+        );
+    }
+    if samples.len() == 2 {
+        let ratio = |i: usize| {
+            let pick = |k: usize| if i == 0 { &samples[k].0 } else { &samples[k].1 };
+            quantile(pick(0), 0.5) / quantile(pick(1), 0.5)
+        };
+        println!("| ours / QEMU | {:.2}x | {:.2}x |", ratio(0), ratio(1));
+    }
+    Ok(())
+}
