@@ -634,7 +634,7 @@ while true; do sleep 1; done
         "{test}: the guest slept {guest:.2} s of its time across a 2 s pause; L1 saw {host:.2} s"
     );
     assert!(guest < 5.5, "{test}: guest slept {guest:.2} s for 4");
-    let reset_to_init = step_time(c, "file:console.log:@@READY 2") - step_time(c, "system_reset");
+    let reset_to_init = step_time(c, "file:console.log:@@ARMED 2") - step_time(c, "system_reset");
     eprintln!("{test}: system_reset to the guest's /init again: {reset_to_init:.2} s (nested)");
     assert!(
         host - guest >= 1.5,
