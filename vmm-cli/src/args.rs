@@ -54,7 +54,8 @@ pub struct Args {
     pub pit: PitChoice,
 
     /// Serve QMP (QEMU's JSON control protocol) on a Unix socket at PATH,
-    /// created mode 0600 and removed on exit.
+    /// created mode 0600 and removed on exit; or, if PATH is a character
+    /// device (a serial port), on that device, in raw mode.
     #[arg(long, value_name = "PATH")]
     pub qmp: Option<PathBuf>,
 

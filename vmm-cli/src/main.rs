@@ -126,9 +126,13 @@ fn run(args: Args) -> Result<ExitReason> {
         machine.event_loop().add(Arc::new(Mutex::new(server)));
         // The server removes its socket when dropped; this covers every
         // exit path that ends the process before that.
+        // (Only a socket: a serial device given as --qmp stays.)
         let path = path.clone();
         machine.exit_notifiers().add(move |_, _, _| {
-            let _ = std::fs::remove_file(&path);
+            use std::os::unix::fs::FileTypeExt;
+            if std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_socket()) {
+                let _ = std::fs::remove_file(&path);
+            }
         });
     }
     let result = machine.run().context("the machine failed");

@@ -121,6 +121,10 @@ pub fn forward_events(outbox: Outbox) -> impl FnMut(&MachineEvent) + Send + 'sta
         MachineEvent::Stop => outbox.event("STOP", None),
         MachineEvent::Resume => outbox.event("RESUME", None),
         MachineEvent::Powerdown => outbox.event("POWERDOWN", None),
+        MachineEvent::RtcChange { offset } => outbox.event(
+            "RTC_CHANGE",
+            Some(json!({"offset": offset, "qom-path": "/machine/unattached/device[0]"})),
+        ),
         MachineEvent::GuestPanicked { paused } => outbox.event(
             "GUEST_PANICKED",
             Some(json!({"action": if *paused { "pause" } else { "poweroff" }})),

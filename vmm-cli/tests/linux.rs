@@ -10,7 +10,7 @@
 //! /dev/kvm exists) that is a failure.
 
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use vmm_testbed::{initramfs::busybox_initramfs, run_linux, GuestFiles, HostKvm, Job, Outcome};
 
@@ -55,12 +55,24 @@ fn report_init(end: &str) -> String {
 /// Runs `job` where Linux boots (see the module docs), one at a time, and
 /// retries once, loudly, a nested run whose L1 gave out.
 fn run(test: &str, g: &GuestFiles, job: &Job) -> Outcome {
+    run_with(test, g, job, || ())
+}
+
+/// [`run`], calling `before` ahead of each attempt (a host-side client that
+/// must connect to each attempt's L1, say) and handing its value back with
+/// the outcome of the attempt that counted.
+fn run_with<T>(test: &str, g: &GuestFiles, job: &Job, before: impl Fn() -> T) -> Outcome
+where
+    T: AttemptGuard,
+{
     let vmm = Path::new(env!("CARGO_BIN_EXE_vmm"));
     // One nested boot at a time: each L1 already keeps both host cores
     // busy under TCG, and starving it only makes runs slower and flakier.
     static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    match run_linux(g, vmm, job) {
+    let guard = before();
+    let first = run_linux(g, vmm, job);
+    match first {
         // A nested run under TCG whose L1 gives out (no progress, or QEMU
         // ending without the job's end marker) is retried once, loudly; a
         // second failure fails the test.
@@ -77,13 +89,40 @@ fn run(test: &str, g: &GuestFiles, job: &Job) -> Outcome {
             let first = e.to_string();
             let first = first.lines().next().unwrap_or_default();
             eprintln!(
-                "{test}: RETRY: the first run failed ({first}); its console ended with:\n{tail}"
+                "{test}: RETRY: the first run failed ({first}); its console ended with:\n{tail}\n{}",
+                guard.finish()
             );
-            run_linux(g, vmm, job)
+            let guard = before();
+            let out = run_linux(g, vmm, job);
+            guard.keep(out).unwrap_or_else(|e| panic!("{test}: {e}"))
         }
-        other => other,
+        other => guard.keep(other).unwrap_or_else(|e| panic!("{test}: {e}")),
     }
-    .unwrap_or_else(|e| panic!("{test}: {e}"))
+}
+
+/// What [`run_with`]'s `before` returns: ended after a failed attempt, or
+/// kept with the attempt that counted.
+trait AttemptGuard {
+    /// The attempt failed: stop, and say what happened.
+    fn finish(self) -> String;
+    /// The attempt counts: give its outcome (and keep self alive until then).
+    fn keep(
+        self,
+        out: Result<Outcome, vmm_testbed::TestbedError>,
+    ) -> Result<Outcome, vmm_testbed::TestbedError>;
+}
+
+impl AttemptGuard for () {
+    fn finish(self) -> String {
+        String::new()
+    }
+
+    fn keep(
+        self,
+        out: Result<Outcome, vmm_testbed::TestbedError>,
+    ) -> Result<Outcome, vmm_testbed::TestbedError> {
+        out
+    }
 }
 
 struct Report {
@@ -711,5 +750,139 @@ echo c > /proc/sysrq-trigger
     assert!(c.contains("Kernel panic"), "{test}:\n{c}");
     assert!(c.contains(r#""event":"GUEST_PANICKED""#), "{test}:\n{c}");
     assert!(c.contains(r#""status":"guest-panicked""#), "{test}:\n{c}");
+    assert_eq!(out.status, Some(0), "{test}: vmm stderr:\n{}", out.stderr);
+}
+
+/// `tests/guest/qmp_debian.py` (QEMU's Python QMP client) for one attempt
+/// of a test-bed run.
+struct PyClient {
+    child: std::process::Child,
+    output: Arc<Mutex<Option<std::process::Output>>>,
+}
+
+impl PyClient {
+    fn start(socket: &Path, output: Arc<Mutex<Option<std::process::Output>>>) -> Self {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guest/qmp_debian.py");
+        let child = std::process::Command::new("python3")
+            .arg(&script)
+            .arg(socket)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 (with qemu.qmp: cargo xtask test and .ci/run install it)");
+        Self { child, output }
+    }
+}
+
+impl AttemptGuard for PyClient {
+    fn finish(mut self) -> String {
+        let _ = self.child.kill();
+        let o = self.child.wait_with_output().unwrap();
+        format!(
+            "the Python client said:\n{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    }
+
+    fn keep(
+        self,
+        out: Result<Outcome, vmm_testbed::TestbedError>,
+    ) -> Result<Outcome, vmm_testbed::TestbedError> {
+        let mut child = self.child;
+        if out.is_err() {
+            let _ = child.kill();
+        }
+        *self.output.lock().unwrap() = Some(child.wait_with_output().unwrap());
+        out
+    }
+}
+
+/// QEMU's own Python QMP client (`qemu.qmp`) drives a booted Debian guest
+/// (`tests/guest/qmp_debian.py`): query-status, stop/cont with their events,
+/// system_reset (the guest boots again), system_powerdown (it powers off,
+/// `SHUTDOWN` with `guest-shutdown`, status 0). Nested, the VMM serves QMP
+/// on L1's second serial port, which QEMU bridges to a socket on the host.
+#[test]
+fn qemu_python_client_drives_debian() {
+    let test = "python_debian";
+    let Some(g) = guest(test) else { return };
+    let dir = common::TempDir::new(test);
+    let busybox = std::fs::read(&g.busybox).unwrap();
+    let init = "#!/bin/sh
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+insmod /evdev.ko
+insmod /button.ko
+for e in /dev/input/event*; do
+  (busybox dd if=$e bs=24 count=1 of=/dev/null 2>/dev/null; echo @@POWERBUTTON; poweroff -f) &
+done
+echo \"@@BOOTED $(nproc)\"
+busybox hwclock -u -w
+while true; do sleep 1; done
+";
+    let read = |p: std::path::PathBuf| std::fs::read(p).unwrap();
+    let extra = [
+        ("evdev.ko".to_owned(), read(g.module("evdev")), 0o644),
+        ("button.ko".to_owned(), read(g.module("button")), 0o644),
+    ];
+    let initrd = dir.file(
+        "python.cpio",
+        &busybox_initramfs(&busybox, init, &extra).unwrap(),
+    );
+    let socket = dir.0.join("qmp.sock");
+    let nested = HostKvm::detect() == HostKvm::Pvm;
+    let qmp_arg = if nested {
+        "/dev/ttyS1".to_owned()
+    } else {
+        socket.display().to_string()
+    };
+    let mut job = Job::new([
+        "--kernel", "kernel", "--initrd", "initrd", "--memory", "512M", "--cpus", "2", "--qmp",
+        &qmp_arg,
+    ])
+    .file("kernel", &g.bzimage)
+    .file("initrd", &initrd)
+    .timeout(std::time::Duration::from_secs(300));
+    if nested {
+        job = job.l1_serial_socket(&socket);
+    }
+    let said = Arc::new(Mutex::new(None));
+    let start_client = || PyClient::start(&socket, Arc::clone(&said));
+    let out = run_with(test, &g, &job, start_client);
+    let py = said.lock().unwrap().take().expect("the client's output");
+    let said = String::from_utf8_lossy(&py.stdout).into_owned();
+    eprintln!(
+        "{test}: L1 ready after {:?}, whole run {:?}",
+        out.l1_boot, out.total
+    );
+    assert!(
+        py.status.success(),
+        "{test}: the Python client failed:\n{said}\n{}\nconsole:\n{}\nvmm stderr:\n{}",
+        String::from_utf8_lossy(&py.stderr),
+        out.console,
+        out.stderr
+    );
+    let lines: Vec<&str> = said.lines().skip(1).collect();
+    assert_eq!(
+        lines,
+        [
+            "status running",
+            "booted 1",
+            "status paused",
+            "resumed",
+            "reset host-qmp-system-reset",
+            "booted 2",
+            "shutdown guest-shutdown True",
+        ],
+        "{test}"
+    );
+    assert_eq!(
+        out.console.matches("@@BOOTED 2").count(),
+        2,
+        "{test}: two boots"
+    );
+    assert!(out.console.contains("@@POWERBUTTON"), "{test}");
     assert_eq!(out.status, Some(0), "{test}: vmm stderr:\n{}", out.stderr);
 }

@@ -547,3 +547,25 @@ fn without_qmp_a_guest_panic_ends_the_vmm_with_status_1() {
     assert!(stderr(&o).contains("the guest panicked"), "{}", stderr(&o));
     assert_eq!(o.stdout, b"oops\n");
 }
+
+#[test]
+fn the_guest_setting_its_rtc_is_an_rtc_change_event() {
+    if !kvm("qmp_rtc_change") {
+        return;
+    }
+    let dir = TempDir::new("qmp-rtc");
+    let (child, sock) = spawn(
+        &dir,
+        &test_guests::set_rtc("set\n"),
+        &["--serial", "none", "--paused"],
+    );
+    let mut c = Client::connect(&sock);
+    c.execute("cont");
+    let change = c.event("RTC_CHANGE");
+    // The guest moved its clock to 2030: years ahead of the host.
+    let offset = change["data"]["offset"].as_i64().unwrap();
+    assert!(offset > 3 * 365 * 86_400, "{change}");
+    c.execute("quit");
+    let o = wait(child);
+    assert!(o.status.success(), "{}", stderr(&o));
+}

@@ -131,6 +131,19 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Called with the new guest-minus-host offset, in seconds, each time the
+/// guest sets the time (QMP's `RTC_CHANGE`). Runs on the vCPU thread, with
+/// the RTC locked: it must be quick and must not touch the RTC.
+pub type ChangeListener = Box<dyn FnMut(i64) + Send>;
+
+struct Listener(Option<ChangeListener>);
+
+impl std::fmt::Debug for Listener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "Some(..)" } else { "None" })
+    }
+}
+
 /// The MC146818 on the Host clock, pulsing `T` for IRQ 8.
 ///
 /// Made with [`Rtc::new`] inside an `Arc<Mutex<_>>`, which the port bus and
@@ -145,6 +158,7 @@ pub struct Rtc<T: Trigger> {
     /// Armed "now" by the clock-reset listener, to re-arm the others.
     rearm: Option<Arc<Timer>>,
     listener: Option<ResetListenerId>,
+    on_change: Listener,
     irq_edges: u64,
     faults: FaultLog,
 }
@@ -171,6 +185,7 @@ impl<T: Trigger + Send + 'static> Rtc<T> {
             update: None,
             rearm: None,
             listener: None,
+            on_change: Listener(None),
             irq_edges: 0,
             faults: FaultLog::default(),
         }));
@@ -256,6 +271,11 @@ impl<T: Trigger> Rtc<T> {
     /// Accesses refused by the bus adapter (wrong size or offset).
     pub fn invalid_accesses(&self) -> u64 {
         self.faults.count()
+    }
+
+    /// Calls `listener` whenever the guest sets the time.
+    pub fn set_change_listener(&mut self, listener: ChangeListener) {
+        self.on_change = Listener(Some(listener));
     }
 
     /// Guest time minus host time, in whole seconds (QMP's `RTC_CHANGE`).
@@ -539,6 +559,10 @@ impl<T: Trigger> Rtc<T> {
         let guest = secs.saturating_mul(NS_PER_SEC).saturating_add(sub);
         self.state.offset_ns = guest.saturating_sub(now);
         self.state.last_update_sec = secs;
+        let offset = self.offset_secs();
+        if let Some(listener) = self.on_change.0.as_mut() {
+            listener(offset);
+        }
     }
 
     /// Processes the updates (UF, AF) of the seconds that ended since the
@@ -1127,6 +1151,20 @@ mod tests {
         b.wait(70 * SEC);
         b.set(reg::SECONDS, 0x00);
         assert_eq!(b.get(reg::MINUTES), 0x24);
+    }
+
+    #[test]
+    fn setting_the_time_calls_the_change_listener() {
+        let b = Bench::new();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        lock(&b.rtc).set_change_listener(Box::new(move |offset| log.lock().unwrap().push(offset)));
+        b.get(reg::SECONDS);
+        assert!(seen.lock().unwrap().is_empty(), "reads change nothing");
+        set_1999_end(&b);
+        let offsets = seen.lock().unwrap().clone();
+        assert_eq!(offsets.len(), 1, "one change, when SET clears");
+        assert!(offsets[0] < -800_000_000, "{offsets:?}");
     }
 
     #[test]

@@ -116,6 +116,11 @@ pub enum MachineEvent {
         /// Whether the machine waits (action `pause`) or ends (`poweroff`).
         paused: bool,
     },
+    /// The guest set its real-time clock (`RTC_CHANGE`).
+    RtcChange {
+        /// Guest time minus host time, seconds.
+        offset: i64,
+    },
     /// The power button was pressed (`POWERDOWN`).
     Powerdown,
     /// The machine was reset in place (`RESET`), by the guest or the host.

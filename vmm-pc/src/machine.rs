@@ -244,6 +244,8 @@ struct Pending {
     reset: bool,
     poweroff: bool,
     panic: bool,
+    /// The guest set its RTC: the new offset from host time, seconds.
+    rtc_change: Option<i64>,
 }
 
 /// A handle for the console and other front ends: ask the machine to
@@ -420,6 +422,16 @@ impl PcMachine {
             wake: Arc::clone(&wake),
         };
         event_loop.add_eventfd("wake-up", clone_evt(&wake)?, |_| {});
+        {
+            // The guest setting its clock becomes an RTC_CHANGE event; the
+            // RTC calls this on a vCPU thread, so it only notes and wakes.
+            let p = Arc::clone(&pending);
+            let wake = Arc::clone(&wake);
+            lock(&devices.rtc).set_change_listener(Box::new(move |offset| {
+                lock(&p).rtc_change = Some(offset);
+                let _ = wake.write(1);
+            }));
+        }
         let p = Arc::clone(&pending);
         event_loop.add_eventfd("i8042 reset", clone_evt(&devices.reset_evt)?, move |_| {
             lock(&p).reset = true;
@@ -679,6 +691,9 @@ impl PcMachine {
             }
         }
         let pending = std::mem::take(&mut *lock(&self.pending));
+        if let Some(offset) = pending.rtc_change {
+            self.emit(MachineEvent::RtcChange { offset });
+        }
         if let Some(signo) = pending.signal {
             return Ok(Some(ExitReason::Signal(signo)));
         }

@@ -226,6 +226,30 @@ pub fn power_button() -> Vec<u8> {
     pvh_elf(&[(LOAD_ADDR, &code)], LOAD_ADDR)
 }
 
+/// Sets the RTC's time the way Linux's `hwclock -w` does (SET in register
+/// B, a new year, SET cleared), prints `message`, then spins.
+pub fn set_rtc(message: &str) -> Vec<u8> {
+    let code = program(
+        |msg| {
+            let mut c = Vec::new();
+            #[rustfmt::skip]
+            c.extend_from_slice(&[
+                0xb0, 0x0b, 0xe6, 0x70, // out 0x70, B
+                0xb0, 0x82, 0xe6, 0x71, // out 0x71, SET | 24h
+                0xb0, 0x09, 0xe6, 0x70, // out 0x70, year
+                0xb0, 0x30, 0xe6, 0x71, // out 0x71, 0x30 (BCD 2030)
+                0xb0, 0x0b, 0xe6, 0x70, // out 0x70, B
+                0xb0, 0x02, 0xe6, 0x71, // out 0x71, 24h (SET cleared)
+            ]);
+            c.extend(print(msg));
+            c.extend_from_slice(&[0xeb, 0xfe]); // jmp $
+            c
+        },
+        message,
+    );
+    pvh_elf(&[(LOAD_ADDR, &code)], LOAD_ADDR)
+}
+
 /// Prints `message` on COM1, reports a panic through pvpanic (port 0x505),
 /// then spins.
 pub fn hello_panic(message: &str) -> Vec<u8> {

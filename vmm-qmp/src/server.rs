@@ -1,6 +1,8 @@
 //! The QMP server: a Unix socket in the main loop (an event-manager
 //! subscriber), one client at a time as QEMU's monitor chardev, others
-//! waiting in the listen backlog until it leaves.
+//! waiting in the listen backlog until it leaves. Or, given a character
+//! device (a serial port, as QEMU's `-chardev serial`), one permanent client
+//! on it, in raw mode: the greeting goes out as soon as the VMM starts.
 //!
 //! Commands go to a [`Backend`] with a [`Responder`] for the reply, which may
 //! come at once or later (the machine runs commands from its main loop).
@@ -8,8 +10,11 @@
 //! [`WRITE_TIMEOUT`]: a client that stops reading is disconnected rather than
 //! let stall the VMM.
 
+use std::fs::File;
 use std::io::{Read, Write};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -43,7 +48,7 @@ pub trait Backend: Send {
 
 #[derive(Debug, Default)]
 struct OutboxInner {
-    stream: Option<UnixStream>,
+    stream: Option<File>,
     generation: u64,
     negotiated: bool,
 }
@@ -72,7 +77,10 @@ impl Outbox {
         if let Err(e) = stream.write_all(line.as_bytes()) {
             log::warn!("QMP: dropping the client: {e}");
             if let Some(s) = inner.stream.take() {
-                let _ = s.shutdown(std::net::Shutdown::Both);
+                // Wakes the reading side (EOF) so the server drops the
+                // client; not a socket (a serial port): nothing to do.
+                // SAFETY: shutdown on an fd we own; no memory involved.
+                unsafe { libc::shutdown(s.as_raw_fd(), libc::SHUT_RDWR) };
             }
         }
     }
@@ -120,14 +128,15 @@ impl Responder {
 }
 
 struct Client {
-    stream: UnixStream,
+    stream: File,
     session: Session,
     generation: u64,
 }
 
 /// The QMP server.
 pub struct QmpServer<B: Backend> {
-    listener: UnixListener,
+    /// The socket; `None` on a character device.
+    listener: Option<UnixListener>,
     path: PathBuf,
     client: Option<Client>,
     outbox: Outbox,
@@ -145,8 +154,14 @@ impl<B: Backend> std::fmt::Debug for QmpServer<B> {
 }
 
 impl<B: Backend> QmpServer<B> {
-    /// Creates the socket at `path`, mode 0600.
+    /// Creates the socket at `path`, mode 0600; or, if `path` is a
+    /// character device (a serial port), serves one client on it.
     pub fn bind(path: &Path, version: Version, backend: B) -> Result<Self, ServerError> {
+        if let Ok(meta) = path.metadata() {
+            if meta.file_type().is_char_device() {
+                return Self::on_device(path, version, backend);
+            }
+        }
         if path.symlink_metadata().is_ok() {
             return Err(ServerError::Exists(path.to_owned()));
         }
@@ -163,13 +178,54 @@ impl<B: Backend> QmpServer<B> {
             .set_nonblocking(true)
             .map_err(|e| ServerError::Bind(path.to_owned(), e))?;
         Ok(Self {
-            listener,
+            listener: Some(listener),
             path: path.to_owned(),
             client: None,
             outbox: Outbox::default(),
             version,
             backend,
         })
+    }
+
+    fn on_device(path: &Path, version: Version, backend: B) -> Result<Self, ServerError> {
+        let err = |e| ServerError::Bind(path.to_owned(), e);
+        let device = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOCTTY)
+            .open(path)
+            .map_err(err)?;
+        make_raw(&device).map_err(err)?;
+        let writer = device.try_clone().map_err(err)?;
+        let mut server = Self {
+            listener: None,
+            path: path.to_owned(),
+            client: None,
+            outbox: Outbox::default(),
+            version,
+            backend,
+        };
+        server.connect(device, writer);
+        Ok(server)
+    }
+
+    /// Makes `stream` the client and greets it.
+    fn connect(&mut self, stream: File, writer: File) {
+        let generation = {
+            let mut out = self.outbox.lock();
+            out.generation += 1;
+            out.stream = Some(writer);
+            out.negotiated = false;
+            out.generation
+        };
+        self.client = Some(Client {
+            stream,
+            session: Session::new(),
+            generation,
+        });
+        self.outbox
+            .send(generation, &session::greeting(&self.version));
+        log::info!("QMP: client connected");
     }
 
     /// The socket's path.
@@ -183,7 +239,10 @@ impl<B: Backend> QmpServer<B> {
     }
 
     fn accept(&mut self, ops: &mut EventOps) {
-        let stream = match self.listener.accept() {
+        let Some(listener) = &self.listener else {
+            return;
+        };
+        let stream = match listener.accept() {
             Ok((s, _)) => s,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
             Err(e) => {
@@ -207,22 +266,11 @@ impl<B: Backend> QmpServer<B> {
             return;
         }
         // One client at a time: the next waits in the backlog.
-        let _ = ops.remove(Events::empty(&self.listener));
-        let generation = {
-            let mut out = self.outbox.lock();
-            out.generation += 1;
-            out.stream = Some(writer);
-            out.negotiated = false;
-            out.generation
-        };
-        self.client = Some(Client {
-            stream,
-            session: Session::new(),
-            generation,
-        });
-        self.outbox
-            .send(generation, &session::greeting(&self.version));
-        log::info!("QMP: client connected");
+        let _ = ops.remove(Events::empty(listener));
+        self.connect(
+            File::from(OwnedFd::from(stream)),
+            File::from(OwnedFd::from(writer)),
+        );
     }
 
     fn disconnect(&mut self, ops: &mut EventOps) {
@@ -235,8 +283,10 @@ impl<B: Backend> QmpServer<B> {
             }
             log::info!("QMP: client left");
         }
-        if let Err(e) = ops.add(Events::new(&self.listener, EventSet::IN)) {
-            log::error!("QMP: cannot watch the socket again: {e}");
+        if let Some(listener) = &self.listener {
+            if let Err(e) = ops.add(Events::new(listener, EventSet::IN)) {
+                log::error!("QMP: cannot watch the socket again: {e}");
+            }
         }
     }
 
@@ -286,14 +336,39 @@ impl<B: Backend> QmpServer<B> {
 
 impl<B: Backend> Drop for QmpServer<B> {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        // Only the socket we made; never a device we were given.
+        if self.listener.is_some() {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
+}
+
+/// Puts a terminal device in raw mode: bytes through unchanged, no echo,
+/// no line editing or CR/LF translation.
+fn make_raw(device: &File) -> std::io::Result<()> {
+    let fd = device.as_raw_fd();
+    // SAFETY: termios is plain data, filled by tcgetattr before use.
+    let mut t: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid open fd and a valid out-pointer.
+    if unsafe { libc::tcgetattr(fd, &mut t) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: cfmakeraw only edits the struct it is given.
+    unsafe { libc::cfmakeraw(&mut t) };
+    // SAFETY: a valid open fd and a fully initialised termios.
+    if unsafe { libc::tcsetattr(fd, libc::TCSANOW, &t) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 impl<B: Backend> MutEventSubscriber for QmpServer<B> {
     fn process(&mut self, events: Events, ops: &mut EventOps) {
-        use std::os::fd::AsRawFd;
-        if events.fd() == self.listener.as_raw_fd() {
+        if self
+            .listener
+            .as_ref()
+            .is_some_and(|l| events.fd() == l.as_raw_fd())
+        {
             self.accept(ops);
             return;
         }
@@ -308,8 +383,13 @@ impl<B: Backend> MutEventSubscriber for QmpServer<B> {
     }
 
     fn init(&mut self, ops: &mut EventOps) {
-        if let Err(e) = ops.add(Events::new(&self.listener, EventSet::IN)) {
-            log::error!("QMP: cannot watch the socket: {e}");
+        let watched = match (&self.listener, &self.client) {
+            (Some(listener), _) => ops.add(Events::new(listener, EventSet::IN)),
+            (None, Some(client)) => ops.add(Events::new(&client.stream, EventSet::IN)),
+            (None, None) => Ok(()),
+        };
+        if let Err(e) = watched {
+            log::error!("QMP: cannot watch {}: {e}", self.path.display());
         }
     }
 }
@@ -317,6 +397,8 @@ impl<B: Backend> MutEventSubscriber for QmpServer<B> {
 #[cfg(test)]
 mod tests {
     use std::io::{BufRead, BufReader};
+
+    use std::os::unix::net::UnixStream;
 
     use event_manager::{EventManager, SubscriberOps};
     use serde_json::json;
@@ -488,5 +570,58 @@ mod tests {
         assert_eq!(second.line(), json!({"return": {}}));
         second.send(&mut rig, "\"id\":3}");
         assert_eq!(second.line(), json!({"return": {"args": 0}, "id": 3}));
+    }
+
+    #[test]
+    fn a_serial_device_is_one_permanent_raw_client() {
+        use std::os::fd::FromRawFd;
+        let (mut master, mut slave) = (-1, -1);
+        // SAFETY: openpty writes two fds into the out-pointers; the rest may
+        // be null.
+        let rc = unsafe {
+            libc::openpty(
+                &mut master,
+                &mut slave,
+                std::ptr::null_mut(),
+                std::ptr::null(),
+                std::ptr::null(),
+            )
+        };
+        assert_eq!(rc, 0);
+        // SAFETY: fresh fds owned by nothing else.
+        let (master, slave) = unsafe { (File::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+        let path = std::fs::read_link(format!("/proc/self/fd/{}", slave.as_raw_fd())).unwrap();
+        let later = Arc::new(Mutex::new(Vec::new()));
+        let server = QmpServer::bind(
+            &path,
+            Version {
+                numbers: (0, 1, 0),
+                package: "test".into(),
+            },
+            Fake { later },
+        )
+        .unwrap();
+        let mut manager: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>> =
+            EventManager::new().unwrap();
+        manager.add_subscriber(Arc::new(Mutex::new(server)));
+        let mut r = BufReader::new(master.try_clone().unwrap());
+        let mut w = master;
+        let mut line = || {
+            let mut s = String::new();
+            r.read_line(&mut s).unwrap();
+            serde_json::from_str::<Value>(&s).unwrap_or_else(|e| panic!("{e}: {s:?}"))
+        };
+        assert!(line()["QMP"].is_object(), "greeted at once");
+        w.write_all(br#"{"execute":"qmp_capabilities"}{"execute":"ping","id":1}"#)
+            .unwrap();
+        manager.run_with_timeout(1000).unwrap();
+        assert_eq!(line(), json!({"return": {}}));
+        assert_eq!(
+            line(),
+            json!({"return": {"args": 0}, "id": 1}),
+            "raw: no echo"
+        );
+        drop(slave);
+        assert!(path.exists() || !path.starts_with("/dev/pts"));
     }
 }

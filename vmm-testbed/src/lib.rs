@@ -120,6 +120,12 @@ pub struct Job {
     /// A shell script run in the job's folder while the VMM runs (a QMP
     /// client, say); its output follows the VMM's in [`Outcome::console`].
     pub companion: Option<String>,
+    /// Nested runs: L1 gets a second serial port (its `/dev/ttyS1`) whose
+    /// other end is a Unix socket at this host path, served by QEMU, which
+    /// waits for a client to connect before it starts L1. A host-side
+    /// program then talks to whatever the job runs on `/dev/ttyS1` (the
+    /// VMM's `--qmp /dev/ttyS1`, say).
+    pub l1_serial_socket: Option<PathBuf>,
 }
 
 impl Job {
@@ -135,12 +141,20 @@ impl Job {
             timeout: Duration::from_secs(300),
             l1_memory_mib: 1536,
             companion: None,
+            l1_serial_socket: None,
         }
     }
 
     /// Adds file `name` (as the VMM will see it) from `path`.
     pub fn file(mut self, name: &str, path: &Path) -> Self {
         self.files.push((name.to_owned(), path.to_owned()));
+        self
+    }
+
+    /// Bridges L1's `/dev/ttyS1` to a Unix socket at `path` on the host (see
+    /// [`Job::l1_serial_socket`]).
+    pub fn l1_serial_socket(mut self, path: &Path) -> Self {
+        self.l1_serial_socket = Some(path.to_owned());
         self
     }
 
@@ -178,7 +192,7 @@ pub struct Outcome {
 pub fn run_nested(guest: &GuestFiles, vmm: &Path, job: &Job) -> Result<Outcome, TestbedError> {
     let image = qemu::TempFile::new(&l1::l1_initramfs(guest, vmm, job, false)?)?;
     let cmd = qemu::l1_command(&guest.bzimage, &image.0, job.l1_memory_mib);
-    qemu::run_batch(cmd, job.timeout)
+    qemu::run_batch(cmd, job.timeout, job.l1_serial_socket.as_deref())
 }
 
 /// Runs `job` interactively nested in L1, the terminal reaching L1's

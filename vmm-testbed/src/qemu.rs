@@ -90,8 +90,14 @@ pub fn reset_log_summary(log: &str) -> String {
     format!("QEMU's reset log: {resets} CPU resets (2 at start-up), {triple} triple faults")
 }
 
-/// Runs L1 in batch mode until the job's end marker or `timeout`.
-pub fn run_batch(mut cmd: Command, timeout: Duration) -> Result<Outcome, TestbedError> {
+/// Runs L1 in batch mode until the job's end marker or `timeout`; with
+/// `serial2`, L1's second serial port is a Unix socket QEMU serves there
+/// (QEMU starts L1 once a client has connected).
+pub fn run_batch(
+    mut cmd: Command,
+    timeout: Duration,
+    serial2: Option<&Path>,
+) -> Result<Outcome, TestbedError> {
     let start = Instant::now();
     // QEMU logs CPU resets and triple faults: an L1 that ends without a
     // word (a triple fault under `-no-reboot`) is then told apart from
@@ -103,8 +109,12 @@ pub fn run_batch(mut cmd: Command, timeout: Duration) -> Result<Outcome, Testbed
     )));
     cmd.args(["-d", "cpu_reset", "-D"])
         .arg(&reset_log.0)
-        .args(["-serial", "stdio"])
-        .stdin(Stdio::null())
+        .args(["-serial", "stdio"]);
+    if let Some(path) = serial2 {
+        cmd.arg("-serial")
+            .arg(format!("unix:{},server=on,wait=on", path.display()));
+    }
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     die_with_parent(&mut cmd);

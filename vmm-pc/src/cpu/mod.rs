@@ -142,6 +142,10 @@ pub fn reset_vcpu(
     fresh_lapic: &kvm_bindings::kvm_lapic_state,
     index: u32,
 ) -> Result<(), CpuError> {
+    // The old kernel may have switched the APIC to x2APIC mode: disable it,
+    // then enable it in xAPIC mode at the default base (the only legal way
+    // back), before its registers are put back.
+    msr::reset_apic_base(vcpu, index)?;
     vcpu.set_lapic(fresh_lapic)
         .map_err(CpuError::ioctl("KVM_SET_LAPIC"))?;
     let mp_state = kvm_bindings::kvm_mp_state {

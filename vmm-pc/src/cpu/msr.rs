@@ -74,6 +74,41 @@ pub fn boot_msrs() -> Vec<kvm_msr_entry> {
     .collect()
 }
 
+/// IA32_APIC_BASE: the local APIC's base address and mode bits.
+pub const MSR_IA32_APICBASE: u32 = 0x1b;
+const APICBASE_BSP: u64 = 1 << 8;
+const APICBASE_ENABLE: u64 = 1 << 11;
+const APICBASE_DEFAULT: u64 = 0xfee0_0000;
+
+/// Puts IA32_APIC_BASE back to its power-on value (xAPIC mode at
+/// 0xFEE00000, enabled, BSP flag on vCPU 0), through "disabled", which is
+/// the only legal way out of x2APIC mode.
+pub fn reset_apic_base(vcpu: &VcpuFd, index: u32) -> Result<(), CpuError> {
+    let bsp = if index == 0 { APICBASE_BSP } else { 0 };
+    for value in [0, APICBASE_DEFAULT | APICBASE_ENABLE | bsp] {
+        let entries = [kvm_msr_entry {
+            index: MSR_IA32_APICBASE,
+            data: value,
+            ..Default::default()
+        }];
+        let not_set = CpuError::MsrNotSet {
+            index: MSR_IA32_APICBASE,
+            set: 0,
+            total: 1,
+        };
+        let Ok(msrs) = Msrs::from_entries(&entries) else {
+            return Err(not_set);
+        };
+        let set = vcpu
+            .set_msrs(&msrs)
+            .map_err(CpuError::ioctl("KVM_SET_MSRS"))?;
+        if set != 1 {
+            return Err(not_set);
+        }
+    }
+    Ok(())
+}
+
 /// KVM's paravirtual MSRs a guest kernel enables (async page faults,
 /// steal time, PV EOI), with their power-on values.
 const PV_MSRS_AT_RESET: [(u32, u64); 4] = [
