@@ -759,8 +759,13 @@ impl PcMachine {
     fn reset(&mut self, guest: bool) -> Result<(), PcError> {
         let was_running = self.runstate.is_running();
         self.vcpus.pause_all()?;
-        // What the vCPUs asked before parking belongs to the old boot.
+        // What the vCPUs asked before parking belongs to the old boot, and
+        // so does a reset line that fired meanwhile: Linux's `reboot` writes
+        // the i8042 reset and then triple-faults, and the two reach the main
+        // loop apart; both are this one reset.
         while self.vcpus.try_request().is_some() {}
+        let _ = self.devices.reset_evt.read();
+        lock(&self.pending).reset = false;
         self.vm.set_irqchip_state(&self.fresh_irqchip)?;
         if let Some(pit) = &self.fresh_kvm_pit {
             self.vm.set_pit_state(pit)?;
