@@ -305,7 +305,10 @@ async def main(path):
             if ev['event'] == 'SHUTDOWN':
                 print('event SHUTDOWN', ev['data']['reason'])
                 break
-    await qmp.disconnect()
+    try:
+        await qmp.disconnect()
+    except EOFError:
+        pass  # the VMM quit and closed the socket first, as QEMU does
 
 asyncio.run(main(sys.argv[1]))
 "#;

@@ -54,7 +54,10 @@ async def main(path):
         await event(listener, "POWERDOWN")
         ev = await event(listener, "SHUTDOWN")
         print("shutdown", ev["data"]["reason"], ev["data"]["guest"], flush=True)
-    await qmp.disconnect()
+    try:
+        await qmp.disconnect()
+    except EOFError:
+        pass  # the VMM ended and closed the connection first, as QEMU does
 
 
 asyncio.run(main(sys.argv[1]))
