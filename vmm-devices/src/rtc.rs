@@ -647,7 +647,8 @@ impl<T: Trigger> Rtc<T> {
         let needs_update = self.running() && self.byte(reg::B) & (B_UIE | B_AIE) != 0;
         let update = needs_update.then(|| {
             let next_sec = guest.div_euclid(NS_PER_SEC) + 1;
-            (next_sec * NS_PER_SEC)
+            next_sec
+                .saturating_mul(NS_PER_SEC)
                 .saturating_sub(guest)
                 .saturating_add(now)
         });
