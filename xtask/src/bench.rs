@@ -143,6 +143,24 @@ impl Drop for TempDir {
     }
 }
 
+/// Writes test guest `kind` (`vmm-pc/examples/write_test_guest.rs`) to
+/// `path`.
+fn write_test_guest(kind: &str, path: &std::path::Path) -> Result<()> {
+    let mut write = cmd::cargo([
+        "run",
+        "--quiet",
+        "--release",
+        "--package",
+        "vmm-pc",
+        "--example",
+        "write_test_guest",
+        "--",
+        kind,
+    ]);
+    write.arg(path);
+    cmd::run(&mut write)
+}
+
 fn target_dir() -> PathBuf {
     match std::env::var_os("CARGO_TARGET_DIR") {
         Some(d) => cmd::root().join(d),
@@ -178,19 +196,7 @@ fn boot(runs: usize) -> Result<()> {
     std::fs::create_dir_all(&tmp.0)
         .with_context(|| format!("cannot create {}", tmp.0.display()))?;
     let guest = tmp.0.join("hello-exit.elf");
-    let mut write_guest = cmd::cargo([
-        "run",
-        "--quiet",
-        "--release",
-        "--package",
-        "vmm-pc",
-        "--example",
-        "write_test_guest",
-        "--",
-        "hello-exit",
-    ]);
-    write_guest.arg(&guest);
-    cmd::run(&mut write_guest)?;
+    write_test_guest("hello-exit", &guest)?;
     let image =
         std::fs::read(&guest).with_context(|| format!("cannot read {}", guest.display()))?;
     if !image

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use super::{find_in_path, quantile, target_dir, TempDir, QEMU};
+use super::{find_in_path, quantile, target_dir, write_test_guest, TempDir, QEMU};
 use crate::cmd;
 
 /// Rounds, each with this many stop/cont pairs per VMM.
@@ -108,19 +108,7 @@ pub fn run() -> Result<()> {
     let tmp = TempDir(std::env::temp_dir().join(format!("vmm-bench-qmp-{}", std::process::id())));
     std::fs::create_dir_all(&tmp.0)?;
     let guest = tmp.0.join("spin.elf");
-    let mut write_guest = cmd::cargo([
-        "run",
-        "--quiet",
-        "--release",
-        "--package",
-        "vmm-pc",
-        "--example",
-        "write_test_guest",
-        "--",
-        "spin",
-    ]);
-    write_guest.arg(&guest);
-    cmd::run(&mut write_guest)?;
+    write_test_guest("spin", &guest)?;
     let path = |p: &Path| p.to_string_lossy().into_owned();
     let ours_sock = tmp.0.join("ours.sock");
     let qemu_sock = tmp.0.join("qemu.sock");
