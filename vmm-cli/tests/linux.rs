@@ -10,7 +10,7 @@
 //! /dev/kvm exists) that is a failure.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use vmm_testbed::{initramfs::busybox_initramfs, run_linux, GuestFiles, HostKvm, Job, Outcome};
 
@@ -38,17 +38,13 @@ fn guest(test: &str) -> Option<GuestFiles> {
     }
 }
 
-/// The test guest's `/init`: report, then `end` (reboot -f or poweroff -f).
-fn report_init(end: &str) -> String {
+/// The test guest's script: report, then `end` (reboot -f or poweroff -f).
+fn report_script(end: &str) -> String {
     format!(
-        "#!/bin/sh\n\
-         mount -t proc proc /proc\n\
-         mount -t sysfs sysfs /sys\n\
-         mount -t devtmpfs devtmpfs /dev\n\
-         echo \"@@CPUS $(nproc)\"\n\
+        "echo \"@@CPUS $(nproc)\"\n\
          echo \"@@$(grep MemTotal /proc/meminfo)\"\n\
          echo \"@@SERIAL $(dmesg | grep 'ttyS0 at')\"\n\
-         {end} -f\n"
+         {end} -f"
     )
 }
 
@@ -73,77 +69,67 @@ fn nested_retry(test: &str, body: impl Fn()) {
     }
 }
 
-/// Runs `job` where Linux boots (see the module docs), one at a time, and
-/// retries once, loudly, a nested run whose L1 gave out.
+/// Runs `job` where Linux boots (see the module docs), one nested boot at
+/// a time: each L1 already keeps both host cores busy under TCG, and
+/// starving it only makes runs slower and flakier. A failure panics, and
+/// [`nested_retry`] decides whether the test runs again.
 fn run(test: &str, g: &GuestFiles, job: &Job) -> Outcome {
-    run_with(test, g, job, || ())
-}
-
-/// [`run`], calling `before` ahead of each attempt (a host-side client that
-/// must connect to each attempt's L1, say) and handing its value back with
-/// the outcome of the attempt that counted.
-fn run_with<T>(test: &str, g: &GuestFiles, job: &Job, before: impl Fn() -> T) -> Outcome
-where
-    T: AttemptGuard,
-{
     let vmm = Path::new(env!("CARGO_BIN_EXE_vmm"));
-    // One nested boot at a time: each L1 already keeps both host cores
-    // busy under TCG, and starving it only makes runs slower and flakier.
     static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let guard = before();
-    let first = run_linux(g, vmm, job);
-    match first {
-        // A nested run under TCG whose L1 gives out (no progress, or QEMU
-        // ending without the job's end marker) is retried once, loudly; a
-        // second failure fails the test.
-        Err(e) if e.is_l1_failure() => {
-            let console = e.console().unwrap_or_default();
-            let tail: String = console
-                .chars()
-                .rev()
-                .take(2000)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-                .collect();
-            let first = e.to_string();
-            let first = first.lines().next().unwrap_or_default();
-            eprintln!(
-                "{test}: RETRY: the first run failed ({first}); its console ended with:\n{tail}\n{}",
-                guard.finish()
-            );
-            let guard = before();
-            let out = run_linux(g, vmm, job);
-            guard.keep(out).unwrap_or_else(|e| panic!("{test}: {e}"))
-        }
-        other => guard.keep(other).unwrap_or_else(|e| panic!("{test}: {e}")),
-    }
+    run_linux(g, vmm, job).unwrap_or_else(|e| panic!("{test}: {e}"))
 }
 
-/// What [`run_with`]'s `before` returns: ended after a failed attempt, or
-/// kept with the attempt that counted.
-trait AttemptGuard {
-    /// The attempt failed: stop, and say what happened.
-    fn finish(self) -> String;
-    /// The attempt counts: give its outcome (and keep self alive until then).
-    fn keep(
-        self,
-        out: Result<Outcome, vmm_testbed::TestbedError>,
-    ) -> Result<Outcome, vmm_testbed::TestbedError>;
+/// A test initramfs: busybox, `/init` = the usual mounts then `script`,
+/// the kernel's `modules` as `/NAME.ko`, and `/clockprobe` if asked for.
+fn test_initrd(
+    g: &GuestFiles,
+    dir: &common::TempDir,
+    script: &str,
+    modules: &[&str],
+    with_probe: bool,
+) -> std::path::PathBuf {
+    let init = format!(
+        "#!/bin/sh\n\
+         mount -t proc proc /proc\n\
+         mount -t sysfs sysfs /sys\n\
+         mount -t devtmpfs devtmpfs /dev\n\
+         {script}\n"
+    );
+    let mut extra: Vec<(String, Vec<u8>, u32)> = modules
+        .iter()
+        .map(|m| {
+            (
+                format!("{m}.ko"),
+                std::fs::read(g.module(m)).unwrap(),
+                0o644,
+            )
+        })
+        .collect();
+    if with_probe {
+        let probe = std::fs::read(build_static(dir, "clockprobe")).unwrap();
+        extra.push(("clockprobe".to_owned(), probe, 0o755));
+    }
+    let busybox = std::fs::read(&g.busybox).unwrap();
+    dir.file(
+        "initrd.cpio",
+        &busybox_initramfs(&busybox, &init, &extra).unwrap(),
+    )
 }
 
-impl AttemptGuard for () {
-    fn finish(self) -> String {
-        String::new()
-    }
-
-    fn keep(
-        self,
-        out: Result<Outcome, vmm_testbed::TestbedError>,
-    ) -> Result<Outcome, vmm_testbed::TestbedError> {
-        out
-    }
+/// Builds `tests/guest/NAME.c` static (busybox's initramfs and L1 have no
+/// C library) into `dir`.
+fn build_static(dir: &common::TempDir, name: &str) -> std::path::PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/guest/{name}.c"));
+    let out = dir.0.join(name);
+    let status = std::process::Command::new("cc")
+        .args(["-static", "-O2", "-Wall", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .status()
+        .expect("cannot run cc (gcc and libc6-dev build the guest's probes)");
+    assert!(status.success(), "cc failed on {}", src.display());
+    out
 }
 
 struct Report {
@@ -172,11 +158,7 @@ fn parse_report(console: &str) -> Option<Report> {
 fn boot(test: &str, kernel: fn(&GuestFiles) -> &Path, cpus: u32, end: &str) {
     let Some(g) = guest(test) else { return };
     let dir = common::TempDir::new(test);
-    let busybox = std::fs::read(&g.busybox).unwrap();
-    let initrd = dir.file(
-        "report.cpio",
-        &busybox_initramfs(&busybox, &report_init(end), &[]).unwrap(),
-    );
+    let initrd = test_initrd(&g, &dir, &report_script(end), &[], false);
     let cpus_arg = cpus.to_string();
     let job = Job::new([
         "--kernel",
@@ -276,20 +258,6 @@ const GUEST_HZ: f64 = 250.0;
 /// The i8254's input clock.
 const PIT_HZ: f64 = 1_193_182.0;
 
-/// Builds `clockprobe` (static, so it runs on busybox's bare initramfs).
-fn clockprobe(dir: &common::TempDir) -> Vec<u8> {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guest/clockprobe.c");
-    let out = dir.0.join("clockprobe");
-    let status = std::process::Command::new("cc")
-        .args(["-static", "-O2", "-Wall", "-o"])
-        .arg(&out)
-        .arg(&src)
-        .status()
-        .expect("cannot run cc (gcc and libc6-dev build the guest's clockprobe)");
-    assert!(status.success(), "cc failed on {}", src.display());
-    std::fs::read(out).unwrap()
-}
-
 /// Boots the bzImage on 1 vCPU with `--pit pit`, `append`, and an init
 /// running `script` then rebooting; returns the outcome, checked to have
 /// ended well.
@@ -303,21 +271,8 @@ fn clock_boot(test: &str, pit: &str, append: &str, script: &str) -> Option<Outco
 fn probe_boot(test: &str, args: &[&str], append: &str, script: &str, end: &str) -> Option<Outcome> {
     let g = guest(test)?;
     let dir = common::TempDir::new(test);
-    let busybox = std::fs::read(&g.busybox).unwrap();
-    let init = format!(
-        "#!/bin/sh\n\
-         mount -t proc proc /proc\n\
-         mount -t sysfs sysfs /sys\n\
-         mount -t devtmpfs devtmpfs /dev\n\
-         {script}\n\
-         echo @@DONE\n\
-         {end}\n"
-    );
-    let probe = ("clockprobe".to_owned(), clockprobe(&dir), 0o755);
-    let initrd = dir.file(
-        "clocks.cpio",
-        &busybox_initramfs(&busybox, &init, &[probe]).unwrap(),
-    );
+    let script = format!("{script}\necho @@DONE\n{end}");
+    let initrd = test_initrd(&g, &dir, &script, &[], true);
     let mut all = vec![
         "--kernel", "kernel", "--initrd", "initrd", "--memory", "512M", "--append", append,
     ];
@@ -542,12 +497,12 @@ fn reboot_reset_boots_debian_again_in_place() {
     nested_retry("reboot_reset_boots_debian_again_in_place", || {
         let test = "reboot_reset";
         let script = "\
-    if [ \"$(/clockprobe cmos 0x50)\" = '@@CMOS 0x50 00' ]; then
-      /clockprobe cmoswrite 0x50 1
-      echo \"@@BOOT 1 $(nproc)\"
-      reboot -f
-    fi
-    echo \"@@BOOT 2 $(nproc)\"";
+if [ \"$(/clockprobe cmos 0x50)\" = '@@CMOS 0x50 00' ]; then
+  /clockprobe cmoswrite 0x50 1
+  echo \"@@BOOT 1 $(nproc)\"
+  reboot -f
+fi
+echo \"@@BOOT 2 $(nproc)\"";
         let Some(out) = probe_boot(
             test,
             &["--cpus", "2", "--reboot", "reset"],
@@ -562,21 +517,6 @@ fn reboot_reset_boots_debian_again_in_place() {
         assert!(c.contains("@@BOOT 2 2"), "{test}: second boot:\n{c}");
         assert_eq!(c.matches("Linux version").count(), 2, "{test}: two boots");
     });
-}
-
-/// Builds `tests/guest/qmpclient.c` (static): the QMP client that runs
-/// beside the VMM in L1, where there is no Python.
-fn qmpclient(dir: &common::TempDir) -> std::path::PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guest/qmpclient.c");
-    let out = dir.0.join("qmpclient");
-    let status = std::process::Command::new("cc")
-        .args(["-static", "-O2", "-Wall", "-o"])
-        .arg(&out)
-        .arg(&src)
-        .status()
-        .expect("cannot run cc");
-    assert!(status.success(), "cc failed on {}", src.display());
-    out
 }
 
 /// The seconds on the `@@QMPT STEP t` line of `step`.
@@ -599,40 +539,25 @@ fn qmp_drives_debian_pause_reset_and_powerdown() {
         let test = "qmp_debian";
         let Some(g) = guest(test) else { return };
         let dir = common::TempDir::new(test);
-        let busybox = std::fs::read(&g.busybox).unwrap();
-        let init = "#!/bin/sh
-    mount -t proc proc /proc
-    mount -t sysfs sysfs /sys
-    mount -t devtmpfs devtmpfs /dev
-    boot=1
-    [ \"$(/clockprobe cmos 0x51)\" = '@@CMOS 0x51 00' ] || boot=2
-    /clockprobe cmoswrite 0x51 1
-    insmod /evdev.ko
-    insmod /button.ko
-    for e in /dev/input/event*; do
-      (busybox dd if=$e bs=24 count=1 of=/dev/null 2>/dev/null; echo @@POWERBUTTON; poweroff -f) &
-    done
-    echo \"@@READY $boot $(nproc)\"
-    if [ $boot = 1 ]; then
-      t0=$(busybox cut -d' ' -f1 /proc/uptime)
-      sleep 4
-      t1=$(busybox cut -d' ' -f1 /proc/uptime)
-      echo \"@@GUEST_SLEPT $t0 $t1\"
-    fi
-    echo \"@@ARMED $boot\"
-    while true; do sleep 1; done
-    ";
-        let read = |p: std::path::PathBuf| std::fs::read(p).unwrap();
-        let extra = [
-            ("clockprobe".to_owned(), clockprobe(&dir), 0o755),
-            ("evdev.ko".to_owned(), read(g.module("evdev")), 0o644),
-            ("button.ko".to_owned(), read(g.module("button")), 0o644),
-        ];
-        let initrd = dir.file(
-            "qmp.cpio",
-            &busybox_initramfs(&busybox, init, &extra).unwrap(),
-        );
-        let client = qmpclient(&dir);
+        let script = "boot=1
+[ \"$(/clockprobe cmos 0x51)\" = '@@CMOS 0x51 00' ] || boot=2
+/clockprobe cmoswrite 0x51 1
+insmod /evdev.ko
+insmod /button.ko
+for e in /dev/input/event*; do
+  (busybox dd if=$e bs=24 count=1 of=/dev/null 2>/dev/null; echo @@POWERBUTTON; poweroff -f) &
+done
+echo \"@@READY $boot $(nproc)\"
+if [ $boot = 1 ]; then
+  t0=$(busybox cut -d' ' -f1 /proc/uptime)
+  sleep 4
+  t1=$(busybox cut -d' ' -f1 /proc/uptime)
+  echo \"@@GUEST_SLEPT $t0 $t1\"
+fi
+echo \"@@ARMED $boot\"
+while true; do sleep 1; done";
+        let initrd = test_initrd(&g, &dir, script, &["evdev", "button"], true);
+        let client = build_static(&dir, "qmpclient");
         let companion = "./qmpclient qmp.sock \
             'file:console.log:@@READY 1' query-status stop sleep:2 query-status cont \
             'file:console.log:@@ARMED 1' system_reset event:RESET \
@@ -736,30 +661,12 @@ fn debian_panic_reaches_qmp_through_pvpanic() {
         let test = "pvpanic_debian";
         let Some(g) = guest(test) else { return };
         let dir = common::TempDir::new(test);
-        let busybox = std::fs::read(&g.busybox).unwrap();
-        let init = "#!/bin/sh
-    mount -t proc proc /proc
-    mount -t sysfs sysfs /sys
-    mount -t devtmpfs devtmpfs /dev
-    insmod /pvpanic.ko
-    insmod /pvpanic-mmio.ko
-    echo \"@@PVPANIC $(ls /sys/bus/platform/drivers/pvpanic-mmio | grep -c QEMU0001)\"
-    echo c > /proc/sysrq-trigger
-    ";
-        let read = |p: std::path::PathBuf| std::fs::read(p).unwrap();
-        let extra = [
-            ("pvpanic.ko".to_owned(), read(g.module("pvpanic")), 0o644),
-            (
-                "pvpanic-mmio.ko".to_owned(),
-                read(g.module("pvpanic-mmio")),
-                0o644,
-            ),
-        ];
-        let initrd = dir.file(
-            "panic.cpio",
-            &busybox_initramfs(&busybox, init, &extra).unwrap(),
-        );
-        let client = qmpclient(&dir);
+        let script = "insmod /pvpanic.ko
+insmod /pvpanic-mmio.ko
+echo \"@@PVPANIC $(ls /sys/bus/platform/drivers/pvpanic-mmio | grep -c QEMU0001)\"
+echo c > /proc/sysrq-trigger";
+        let initrd = test_initrd(&g, &dir, script, &["pvpanic", "pvpanic-mmio"], false);
+        let client = build_static(&dir, "qmpclient");
         let companion =
             "./qmpclient qmp.sock event:GUEST_PANICKED query-status quit event:SHUTDOWN; \
             echo @@CONSOLE; cat console.log";
@@ -802,51 +709,6 @@ fn debian_panic_reaches_qmp_through_pvpanic() {
     });
 }
 
-/// `tests/guest/qmp_debian.py` (QEMU's Python QMP client) for one attempt
-/// of a test-bed run.
-struct PyClient {
-    child: std::process::Child,
-    output: Arc<Mutex<Option<std::process::Output>>>,
-}
-
-impl PyClient {
-    fn start(socket: &Path, output: Arc<Mutex<Option<std::process::Output>>>) -> Self {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guest/qmp_debian.py");
-        let child = std::process::Command::new("python3")
-            .arg(&script)
-            .arg(socket)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("python3 (with qemu.qmp: cargo xtask test and .ci/run install it)");
-        Self { child, output }
-    }
-}
-
-impl AttemptGuard for PyClient {
-    fn finish(mut self) -> String {
-        let _ = self.child.kill();
-        let o = self.child.wait_with_output().unwrap();
-        format!(
-            "the Python client said:\n{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        )
-    }
-
-    fn keep(
-        self,
-        out: Result<Outcome, vmm_testbed::TestbedError>,
-    ) -> Result<Outcome, vmm_testbed::TestbedError> {
-        let mut child = self.child;
-        if out.is_err() {
-            let _ = child.kill();
-        }
-        *self.output.lock().unwrap() = Some(child.wait_with_output().unwrap());
-        out
-    }
-}
-
 /// QEMU's own Python QMP client (`qemu.qmp`) drives a booted Debian guest
 /// (`tests/guest/qmp_debian.py`): query-status, stop/cont with their events,
 /// system_reset (the guest boots again), system_powerdown (it powers off,
@@ -858,29 +720,15 @@ fn qemu_python_client_drives_debian() {
         let test = "python_debian";
         let Some(g) = guest(test) else { return };
         let dir = common::TempDir::new(test);
-        let busybox = std::fs::read(&g.busybox).unwrap();
-        let init = "#!/bin/sh
-    mount -t proc proc /proc
-    mount -t sysfs sysfs /sys
-    mount -t devtmpfs devtmpfs /dev
-    insmod /evdev.ko
-    insmod /button.ko
-    for e in /dev/input/event*; do
-      (busybox dd if=$e bs=24 count=1 of=/dev/null 2>/dev/null; echo @@POWERBUTTON; poweroff -f) &
-    done
-    echo \"@@BOOTED $(nproc)\"
-    busybox hwclock -u -w
-    while true; do sleep 1; done
-    ";
-        let read = |p: std::path::PathBuf| std::fs::read(p).unwrap();
-        let extra = [
-            ("evdev.ko".to_owned(), read(g.module("evdev")), 0o644),
-            ("button.ko".to_owned(), read(g.module("button")), 0o644),
-        ];
-        let initrd = dir.file(
-            "python.cpio",
-            &busybox_initramfs(&busybox, init, &extra).unwrap(),
-        );
+        let script = "insmod /evdev.ko
+insmod /button.ko
+for e in /dev/input/event*; do
+  (busybox dd if=$e bs=24 count=1 of=/dev/null 2>/dev/null; echo @@POWERBUTTON; poweroff -f) &
+done
+echo \"@@BOOTED $(nproc)\"
+busybox hwclock -u -w
+while true; do sleep 1; done";
+        let initrd = test_initrd(&g, &dir, script, &["evdev", "button"], false);
         let socket = dir.0.join("qmp.sock");
         let nested = HostKvm::detect() == HostKvm::Pvm;
         let qmp_arg = if nested {
@@ -898,10 +746,21 @@ fn qemu_python_client_drives_debian() {
         if nested {
             job = job.l1_serial_socket(&socket);
         }
-        let said = Arc::new(Mutex::new(None));
-        let start_client = || PyClient::start(&socket, Arc::clone(&said));
-        let out = run_with(test, &g, &job, start_client);
-        let py = said.lock().unwrap().take().expect("the client's output");
+        // It connects (retrying) once L1's QEMU serves the socket, before
+        // L1 boots, and reports what it saw.
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guest/qmp_debian.py");
+        let mut client = std::process::Command::new("python3")
+            .arg(&script)
+            .arg(&socket)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 (with qemu.qmp: cargo xtask test and .ci/run install it)");
+        let out = std::panic::catch_unwind(|| run(test, &g, &job)).unwrap_or_else(|e| {
+            let _ = client.kill();
+            std::panic::resume_unwind(e)
+        });
+        let py = client.wait_with_output().unwrap();
         let said = String::from_utf8_lossy(&py.stdout).into_owned();
         eprintln!(
             "{test}: L1 ready after {:?}, whole run {:?}",

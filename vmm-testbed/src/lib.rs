@@ -87,24 +87,6 @@ pub enum TestbedError {
     NoKvm,
 }
 
-impl TestbedError {
-    /// Whether the nested environment itself gave out: L1 (QEMU emulating
-    /// SVM under TCG) ended without finishing the job, or the run stopped
-    /// making progress. Such a run says nothing certain about the VMM, so
-    /// callers may retry it once, loudly.
-    pub fn is_l1_failure(&self) -> bool {
-        matches!(self, Self::Timeout { .. } | Self::L1Ended { .. })
-    }
-
-    /// The console L1 printed before a failure, if this error carries it.
-    pub fn console(&self) -> Option<&str> {
-        match self {
-            Self::Timeout { console, .. } | Self::L1Ended { console, .. } => Some(console),
-            _ => None,
-        }
-    }
-}
-
 /// One run of the VMM: its arguments and the files they name.
 #[derive(Debug, Clone)]
 pub struct Job {

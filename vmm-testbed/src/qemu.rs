@@ -224,17 +224,4 @@ mod tests {
             "QEMU's reset log: 3 CPU resets (2 at start-up), 1 triple faults"
         );
     }
-
-    #[test]
-    fn l1_failures_are_the_retryable_errors() {
-        let ended = TestbedError::L1Ended {
-            status: Some(0),
-            qemu_stderr: String::new(),
-            console: "tail".into(),
-        };
-        assert!(ended.is_l1_failure());
-        assert_eq!(ended.console(), Some("tail"));
-        assert!(!TestbedError::NoKvm.is_l1_failure());
-        assert!(!TestbedError::InL1("no /dev/kvm".into()).is_l1_failure());
-    }
 }
