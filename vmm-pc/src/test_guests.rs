@@ -169,6 +169,66 @@ pub fn hello_exit(message: &str) -> Vec<u8> {
     pvh_elf(&[(LOAD_ADDR, &code)], LOAD_ADDR)
 }
 
+/// Prints `message` on COM1, then asks for a reset the way each VMM under
+/// comparison understands: the i8042 reset (our PC machine, the floor),
+/// then, where nothing answered it (QEMU's `microvm` has no i8042), a
+/// triple fault: an empty IDT loaded, then `int3`. With `-no-reboot` (or
+/// our default `--reboot exit`) either ends the process.
+pub fn hello_reboot(message: &str) -> Vec<u8> {
+    let code = program(
+        |msg| {
+            let mut c = print(msg);
+            c.extend_from_slice(&[0xb0, 0xfe, 0xe6, 0x64]); // mov al, 0xfe; out 0x64, al
+                                                            // lidt [idtr]: the 6 zero bytes after int3 (limit 0, base 0).
+            let idtr = LOAD_ADDR + c.len() as u64 + 8; // lidt is 7 bytes, int3 1
+            c.extend_from_slice(&[0x0f, 0x01, 0x1d]); // lidt [disp32]
+            c.extend_from_slice(&le32(idtr));
+            c.push(0xcc); // int3: no IDT entry, #GP, #DF, triple fault
+            c.extend_from_slice(&[0; 6]); // idtr
+            c
+        },
+        message,
+    );
+    pvh_elf(&[(LOAD_ADDR, &code)], LOAD_ADDR)
+}
+
+/// Prints `message` on COM1, then halts with interrupts off for good
+/// (`cli; hlt`): a guest that costs the host no CPU (with the in-kernel
+/// irqchip a halted vCPU waits in the kernel) until the VMM is stopped
+/// from outside.
+pub fn hello_halt(message: &str) -> Vec<u8> {
+    let code = program(
+        |msg| {
+            let mut c = print(msg);
+            c.extend_from_slice(&[0xfa, 0xf4, 0xeb, 0xfd]); // cli; hlt; jmp hlt
+            c
+        },
+        message,
+    );
+    pvh_elf(&[(LOAD_ADDR, &code)], LOAD_ADDR)
+}
+
+/// The port [`pio_loop`] writes to: no device on our PC machine, on QEMU's
+/// `microvm`, or in the benchmark's floor program.
+pub const PIO_LOOP_PORT: u8 = 0x99;
+
+/// Writes `<` on COM1, then `count` bytes to port [`PIO_LOOP_PORT`] (one
+/// exit to the VMM each), then `>`, then exits like [`hello_exit`]: the
+/// host times the exits between the two marks.
+pub fn pio_loop(count: u32) -> Vec<u8> {
+    let mut c = vec![0x66, 0xba]; // mov dx, COM1
+    c.extend_from_slice(&port::COM1.to_le_bytes());
+    c.extend_from_slice(&[0xb0, b'<', 0xee]); // mov al, '<'; out dx, al
+    c.push(0xb9); // mov ecx, count
+    c.extend_from_slice(&count.max(1).to_le_bytes());
+    c.extend_from_slice(&[0xe6, PIO_LOOP_PORT]); // next: out PIO_LOOP_PORT, al
+    c.extend_from_slice(&[0xe2, 0xfc]); // loop next (-4)
+    c.extend_from_slice(&[0xb0, b'>', 0xee]); // mov al, '>'; out dx, al
+    c.extend_from_slice(&[0xb0, 0x00, 0xe6, 0xf4]); // mov al, 0; out 0xf4, al
+    c.extend_from_slice(I8042_RESET);
+    pvh_elf(&[(LOAD_ADDR, &c)], LOAD_ADDR)
+}
+
 /// Prints `message` on COM1, then powers off through ACPI PM1a control.
 pub fn hello_poweroff(message: &str) -> Vec<u8> {
     let code = program(
@@ -418,6 +478,44 @@ mod tests {
             let (_, entry) = load(&image);
             assert_eq!(entry, KernelEntry::Pvh(GuestAddress(LOAD_ADDR)));
         }
+    }
+
+    #[test]
+    fn hello_reboot_loads_an_empty_idt_from_its_own_zero_bytes() {
+        let (mem, _) = load(&hello_reboot("r\n"));
+        // print() 17 bytes, the i8042 reset 4, then lidt [disp32] (7).
+        let mut lidt = [0u8; 3];
+        mem.read_slice(&mut lidt, GuestAddress(LOAD_ADDR + 21))
+            .unwrap();
+        assert_eq!(lidt, [0x0f, 0x01, 0x1d]);
+        let idtr: u32 = mem.read_obj(GuestAddress(LOAD_ADDR + 24)).unwrap();
+        assert_eq!(u64::from(idtr), LOAD_ADDR + 29);
+        let int3: u8 = mem.read_obj(GuestAddress(LOAD_ADDR + 28)).unwrap();
+        assert_eq!(int3, 0xcc);
+        let zeros: [u8; 6] = mem.read_obj(GuestAddress(idtr.into())).unwrap();
+        assert_eq!(zeros, [0; 6]);
+        let mut msg = [0u8; 3];
+        mem.read_slice(&mut msg, GuestAddress(LOAD_ADDR + 35))
+            .unwrap();
+        assert_eq!(&msg, b"r\n\0");
+    }
+
+    #[test]
+    fn pio_loop_counts_its_writes_in_ecx() {
+        let (mem, _) = load(&pio_loop(12345));
+        // mov dx, COM1 (4); mov al, '<'; out dx, al (3); mov ecx, imm32 (5).
+        let mov: u8 = mem.read_obj(GuestAddress(LOAD_ADDR + 7)).unwrap();
+        assert_eq!(mov, 0xb9);
+        let count: u32 = mem.read_obj(GuestAddress(LOAD_ADDR + 8)).unwrap();
+        assert_eq!(count, 12345);
+        let mut body = [0u8; 4];
+        mem.read_slice(&mut body, GuestAddress(LOAD_ADDR + 12))
+            .unwrap();
+        assert_eq!(body, [0xe6, PIO_LOOP_PORT, 0xe2, 0xfc]);
+        // A zero count would loop 2^32 times: it becomes 1.
+        let (mem, _) = load(&pio_loop(0));
+        let count: u32 = mem.read_obj(GuestAddress(LOAD_ADDR + 8)).unwrap();
+        assert_eq!(count, 1);
     }
 
     #[test]

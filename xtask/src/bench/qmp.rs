@@ -11,14 +11,18 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use super::{find_in_path, quantile, target_dir, write_test_guest, TempDir, QEMU};
-use crate::cmd;
+use super::report::{Row, Section, Who};
+use super::{target_dir, Ctx};
 
-/// Rounds, each with this many stop/cont pairs per VMM.
+/// Rounds, each with this many stop/cont pairs per VMM (and with
+/// `--quick`).
 const ROUNDS: usize = 3;
 const PAIRS: usize = 100;
+const QUICK_ROUNDS: usize = 1;
+const QUICK_PAIRS: usize = 20;
 
 struct Vmm {
+    who: Who,
     name: &'static str,
     argv: Vec<String>,
     socket: PathBuf,
@@ -97,22 +101,19 @@ impl Session {
     }
 }
 
-/// Runs the benchmark.
-pub fn run() -> Result<()> {
-    cmd::run(&mut cmd::cargo([
-        "build",
-        "--release",
-        "--package",
-        "vmm-cli",
-    ]))?;
-    let tmp = TempDir(std::env::temp_dir().join(format!("vmm-bench-qmp-{}", std::process::id())));
-    std::fs::create_dir_all(&tmp.0)?;
-    let guest = tmp.0.join("spin.elf");
-    write_test_guest("spin", &guest)?;
+/// The `qmp` suite.
+pub fn run(ctx: &Ctx) -> Result<Vec<Section>> {
+    let (rounds, pairs) = if ctx.quick {
+        (QUICK_ROUNDS, QUICK_PAIRS)
+    } else {
+        (ROUNDS, PAIRS)
+    };
+    let guest = ctx.guest("spin")?;
     let path = |p: &Path| p.to_string_lossy().into_owned();
-    let ours_sock = tmp.0.join("ours.sock");
-    let qemu_sock = tmp.0.join("qemu.sock");
+    let ours_sock = ctx.tmp.join("ours.sock");
+    let qemu_sock = ctx.tmp.join("qemu.sock");
     let mut vmms = vec![Vmm {
+        who: Who::Ours,
         name: "vmm (ours)",
         argv: vec![
             path(&target_dir().join("release/vmm")),
@@ -127,11 +128,12 @@ pub fn run() -> Result<()> {
         ],
         socket: ours_sock,
     }];
-    if let Some(qemu) = find_in_path(QEMU) {
+    if let Some(qemu) = &ctx.qemu {
         vmms.push(Vmm {
+            who: Who::Qemu,
             name: "QEMU microvm",
             argv: vec![
-                path(&qemu),
+                path(qemu),
                 "-M".into(),
                 "microvm".into(),
                 "-accel".into(),
@@ -151,40 +153,34 @@ pub fn run() -> Result<()> {
             ],
             socket: qemu_sock,
         });
-    } else {
-        eprintln!("xtask: {QEMU} not found: measuring ours alone");
     }
-    let mut samples = vec![(Vec::new(), Vec::new()); vmms.len()];
-    for _ in 0..ROUNDS {
-        for (vmm, (stops, conts)) in vmms.iter().zip(samples.iter_mut()) {
+    let mut stop = Row::new("stop → STOP event", "µs");
+    let mut cont = Row::new("cont → RESUME event", "µs");
+    for _ in 0..rounds {
+        for vmm in &vmms {
             let mut s = Session::start(vmm)?;
             std::thread::sleep(Duration::from_millis(100));
-            for _ in 0..PAIRS {
-                stops.push(s.request("stop", Some("STOP"))?.as_secs_f64() * 1e6);
-                conts.push(s.request("cont", Some("RESUME"))?.as_secs_f64() * 1e6);
+            for _ in 0..pairs {
+                stop.push(
+                    vmm.who,
+                    s.request("stop", Some("STOP"))?.as_secs_f64() * 1e6,
+                );
+                cont.push(
+                    vmm.who,
+                    s.request("cont", Some("RESUME"))?.as_secs_f64() * 1e6,
+                );
             }
             s.quit()?;
         }
     }
-    println!(
-        "\nQMP latency, request to event: spinning PVH guest, 64 MiB, {ROUNDS} rounds of {PAIRS} stop/cont pairs each; median (p90), µs\n"
+    let mut s = Section::new(
+        "qmp",
+        "QMP latency: request leaving the client to the event arriving",
     );
-    println!("| | stop → STOP | cont → RESUME |");
-    println!("|---|---|---|");
-    let stat = |v: &[f64]| (quantile(v, 0.5), quantile(v, 0.9));
-    for (vmm, (stops, conts)) in vmms.iter().zip(&samples) {
-        let (s, c) = (stat(stops), stat(conts));
-        println!(
-            "| {} | {:.0} ({:.0}) | {:.0} ({:.0}) |",
-            vmm.name, s.0, s.1, c.0, c.1
-        );
-    }
-    if samples.len() == 2 {
-        let ratio = |i: usize| {
-            let pick = |k: usize| if i == 0 { &samples[k].0 } else { &samples[k].1 };
-            quantile(pick(0), 0.5) / quantile(pick(1), 0.5)
-        };
-        println!("| ours / QEMU | {:.2}x | {:.2}x |", ratio(0), ratio(1));
-    }
-    Ok(())
+    s.note(format!(
+        "A spinning PVH guest, 64 MiB; {rounds} round(s) of {pairs} stop/cont pairs per VMM,          the VMMs taking turns; one QMP client on the Unix socket, after qmp_capabilities."
+    ));
+    s.note("Both VMMs read (on stop) and set (on cont) the kvmclock.");
+    s.rows = vec![stop, cont];
+    Ok(vec![s])
 }

@@ -1,6 +1,6 @@
 //! The few libc calls the boot benchmark needs and std does not offer:
 //! `waitid(WNOWAIT)` (see a child exit without reaping it), `wait4` (reap
-//! it with its resource usage), and `kill`.
+//! it with its resource usage), `kill`; and the host's available memory.
 
 use std::io;
 use std::os::raw::c_int;
@@ -8,7 +8,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
 use std::time::Duration;
 
-use libc::{rusage, siginfo_t, timeval, P_PID, SIGKILL, WEXITED, WNOWAIT};
+use libc::{rusage, siginfo_t, timeval, P_PID, WEXITED, WNOWAIT};
 
 /// What `wait4` reports about a reaped child.
 #[derive(Debug, Clone, Copy)]
@@ -76,11 +76,23 @@ pub fn reap(pid: u32) -> io::Result<Usage> {
     })
 }
 
-/// Sends SIGKILL to child `pid`. Only for a child not reaped yet.
-pub fn kill_child(pid: u32) {
+/// Sends `signal` to child `pid`. Only for a child not reaped yet.
+pub fn signal_child(pid: u32, signal: c_int) {
     if let Ok(pid) = pid_arg(pid) {
         // SAFETY: kill takes no pointers; `pid` is our unreaped child, so
         // it cannot name another process.
-        unsafe { libc::kill(pid, SIGKILL) };
+        unsafe { libc::kill(pid, signal) };
     }
+}
+
+/// `MemAvailable` of /proc/meminfo, KiB.
+pub fn mem_available_kib() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
 }

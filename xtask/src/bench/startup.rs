@@ -1,0 +1,190 @@
+//! Start-up and exit: the minimal PVH guest on this host's `/dev/kvm`.
+//!
+//! * `startup`: `hello-exit` (prints a line on COM1, then writes QEMU's
+//!   `isa-debug-exit` port and resets through the i8042), 128 MiB, one
+//!   vCPU. Per run, on the monotonic clock from just before the spawn: the
+//!   first byte on the child's stdout (a thread blocked in `read` on the
+//!   pipe takes the time), the exit (`waitid` returns); then `wait4` gives
+//!   the CPU time (user + system, all threads) and the peak RSS
+//!   (`ru_maxrss`).
+//! * `exit`: guest reset to process exit (`reboot`: prints its line, then
+//!   the i8042 reset, then a triple fault where nothing answered that; from
+//!   the line's last byte to the exit), and SIGTERM to process exit (`halt`:
+//!   prints its line and halts; the signal goes as soon as the line is
+//!   read).
+
+use std::time::Instant;
+
+use anyhow::Result;
+
+use super::report::{Goal, Row, Section, Who};
+use super::{
+    find_in_path, interleaved, ms, quantile, sys, warm_up, Ctx, Expect, OnMessage, Program, MESSAGE,
+};
+
+/// Guest RAM, MiB.
+const MEMORY_MIB: u32 = 128;
+
+/// The `startup` suite.
+pub fn startup(ctx: &Ctx) -> Result<Vec<Section>> {
+    let guest = ctx.guest("hello-exit")?;
+    let mut programs = vec![
+        Program::floor(&guest, MEMORY_MIB),
+        Program::ours(&guest, MEMORY_MIB),
+    ];
+    if let Some(q) = &ctx.qemu {
+        programs.push(Program::qemu(q, "microvm", &guest, MEMORY_MIB));
+    }
+    print_command_lines(&programs);
+    warm_up(&mut programs, MESSAGE, || None)?;
+
+    let mut first = Row::new("start to first guest byte", "ms").goal(Goal::FloorRatio(1.15));
+    let mut exit = Row::new("start to process exit", "ms");
+    let mut cpu = Row::new("CPU time, user + system", "ms").goal(Goal::FloorRatio(1.5));
+    let mut rss = Row::new("peak RSS", "MiB").goal(Goal::FloorPlus(1.0));
+    interleaved(
+        &programs,
+        ctx.runs,
+        MESSAGE,
+        || None,
+        |p, o| {
+            let Some(f) = o.first_output() else {
+                anyhow::bail!("{} printed nothing", p.who.name());
+            };
+            first.push(p.who, ms(f));
+            exit.push(p.who, ms(o.exited.duration_since(o.start)));
+            cpu.push(p.who, ms(o.usage.cpu));
+            rss.push(p.who, o.usage.max_rss_kib as f64 / 1024.0);
+            Ok(())
+        },
+    )?;
+
+    let mut s = Section::new(
+        "startup",
+        format!("Start-up: minimal PVH guest, {MEMORY_MIB} MiB, 1 vCPU, this host's /dev/kvm"),
+    );
+    s.note(
+        "The guest prints one line on COM1 and exits (QEMU: isa-debug-exit; ours and the floor: \
+         the i8042 reset). Stdin /dev/null, stdout and stderr piped; times from just before the \
+         spawn.",
+    );
+    if programs.iter().any(|p| p.who == Who::Qemu) {
+        s.note("QEMU: -M microvm -accel kvm -cpu host,-arch-capabilities -nodefaults -no-reboot.");
+    }
+    if let Some(kib) = spawn_carry_kib() {
+        s.note(format!(
+            "Peak RSS is wait4's ru_maxrss; the spawn carries some of xtask's pages into it: \
+             `true` spawned the same way reports {:.2} MiB.",
+            kib as f64 / 1024.0
+        ));
+    }
+    s.rows = vec![first, exit, cpu, rss];
+    Ok(vec![s])
+}
+
+/// The `exit` suite.
+pub fn exit(ctx: &Ctx) -> Result<Vec<Section>> {
+    // Guest reset to exit. QEMU's microvm has no reset device, and the
+    // triple fault that resets it elsewhere fails on PVM (an emulation
+    // failure), so QEMU runs the `pc` machine here: its i8042 resets.
+    let guest = ctx.guest("reboot")?;
+    let mut programs = vec![
+        Program::floor(&guest, MEMORY_MIB),
+        Program::ours(&guest, MEMORY_MIB),
+    ];
+    if let Some(q) = &ctx.qemu {
+        programs.push(Program::qemu(q, "pc", &guest, MEMORY_MIB).expect(Expect::Code(0)));
+    }
+    print_command_lines(&programs);
+    warm_up(&mut programs, MESSAGE, || None)?;
+    let mut reset = Row::new("guest reset to process exit", "ms").goal(Goal::FloorRatio(1.2));
+    interleaved(
+        &programs,
+        ctx.runs,
+        MESSAGE,
+        || None,
+        |p, o| {
+            let Some(d) = o.last_output_to_exit() else {
+                anyhow::bail!("{} printed nothing", p.who.name());
+            };
+            reset.push(p.who, ms(d));
+            Ok(())
+        },
+    )?;
+    let qemu_reset = programs.iter().any(|p| p.who == Who::Qemu);
+
+    // SIGTERM to exit: the guest halts for good once it has printed.
+    let guest = ctx.guest("halt")?;
+    let mut programs = vec![
+        // No handler: the kernel ends it.
+        Program::floor(&guest, MEMORY_MIB).expect(Expect::Signal(libc::SIGTERM)),
+        Program::ours(&guest, MEMORY_MIB),
+    ];
+    if let Some(q) = &ctx.qemu {
+        programs.push(Program::qemu(q, "microvm", &guest, MEMORY_MIB).expect(Expect::Code(0)));
+    }
+    print_command_lines(&programs);
+    let terminate = || -> Option<OnMessage> {
+        Some(Box::new(|pid| {
+            let at = Instant::now();
+            sys::signal_child(pid, libc::SIGTERM);
+            Some(at)
+        }))
+    };
+    warm_up(&mut programs, MESSAGE, terminate)?;
+    let mut term = Row::new("SIGTERM to process exit", "ms");
+    interleaved(&programs, ctx.runs, MESSAGE, terminate, |p, o| {
+        let Some(at) = o.marked else {
+            anyhow::bail!("{}: no SIGTERM sent", p.who.name());
+        };
+        term.push(p.who, ms(o.exited.duration_since(at)));
+        Ok(())
+    })?;
+
+    let mut s = Section::new(
+        "exit",
+        format!(
+            "Exit: guest reset and SIGTERM to process exit, minimal PVH guest, {MEMORY_MIB} MiB"
+        ),
+    );
+    s.note(
+        "Reset: the guest prints its line, then resets (i8042; a triple fault where nothing \
+         answered that); timed from reading the line's last byte to waitid seeing the exit.",
+    );
+    if qemu_reset {
+        s.note(
+            "QEMU's reset row runs -M pc -no-reboot (its i8042 resets): microvm has no reset \
+             device, and its triple fault fails on a PVM host; the SIGTERM row runs -M microvm.",
+        );
+    }
+    s.note(
+        "SIGTERM: the guest prints its line and halts; the signal goes as soon as the line is \
+         read. The floor has no handler, so this is the kernel ending a process that holds a VM.",
+    );
+    s.rows = vec![reset, term];
+    Ok(vec![s])
+}
+
+fn print_command_lines(programs: &[Program]) {
+    eprintln!("xtask: command lines (stdin /dev/null, stdout and stderr piped):");
+    for p in programs {
+        eprintln!("  {:<11} {}", p.who.name(), p.command_line());
+    }
+}
+
+/// The peak RSS `true` reports when spawned as the programs are: what the
+/// spawn itself carries into ru_maxrss (see [`super::execute`]), KiB. None
+/// when there is no `true` in `PATH`.
+fn spawn_carry_kib() -> Option<u64> {
+    let p = Program {
+        who: Who::Floor,
+        program: find_in_path("true")?,
+        args: Vec::new(),
+        expect: Expect::Code(0),
+    };
+    let kib: Vec<f64> = (0..5)
+        .filter_map(|_| super::execute(&p, None).ok())
+        .map(|o| o.usage.max_rss_kib as f64)
+        .collect();
+    (!kib.is_empty()).then(|| quantile(&kib, 0.5) as u64)
+}
