@@ -10,7 +10,7 @@
 
 use std::collections::VecDeque;
 use std::io::{self, Write};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -71,6 +71,8 @@ impl Write for SerialSink {
 pub struct SerialOutput {
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
+    /// Disconnected once the thread has ended.
+    ended: mpsc::Receiver<()>,
 }
 
 impl std::fmt::Debug for SerialOutput {
@@ -84,35 +86,40 @@ impl std::fmt::Debug for SerialOutput {
 pub fn spawn(mut out: Box<dyn Write + Send>) -> io::Result<(SerialSink, SerialOutput)> {
     let shared = Arc::new(Shared::default());
     let worker = Arc::clone(&shared);
+    // Dropped when the thread ends, which wakes `finish` at once.
+    let (ended_tx, ended) = mpsc::channel::<()>();
     let thread = std::thread::Builder::new()
         .name("serial out".into())
-        .spawn(move || loop {
-            let (chunk, closed) = {
-                let mut s = worker.lock();
-                while s.buf.is_empty() && !s.closed {
-                    s = worker.wake.wait(s).unwrap_or_else(|e| e.into_inner());
-                }
-                (s.buf.drain(..).collect::<Vec<u8>>(), s.closed)
-            };
-            let mut rest = &chunk[..];
-            while !rest.is_empty() {
-                match out.write(rest) {
-                    Ok(0) => break,
-                    Ok(n) => {
-                        rest = &rest[n.min(rest.len())..];
-                        worker.lock().written += n as u64;
+        .spawn(move || {
+            let _ended = ended_tx;
+            loop {
+                let (chunk, closed) = {
+                    let mut s = worker.lock();
+                    while s.buf.is_empty() && !s.closed {
+                        s = worker.wake.wait(s).unwrap_or_else(|e| e.into_inner());
                     }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    // A reader that is gone: drop this chunk and go on
-                    // draining, so that nothing waits.
-                    Err(_) => break,
+                    (s.buf.drain(..).collect::<Vec<u8>>(), s.closed)
+                };
+                let mut rest = &chunk[..];
+                while !rest.is_empty() {
+                    match out.write(rest) {
+                        Ok(0) => break,
+                        Ok(n) => {
+                            rest = &rest[n.min(rest.len())..];
+                            worker.lock().written += n as u64;
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        // A reader that is gone: drop this chunk and go on
+                        // draining, so that nothing waits.
+                        Err(_) => break,
+                    }
                 }
-            }
-            if !chunk.is_empty() {
-                let _ = out.flush();
-            }
-            if closed && worker.lock().buf.is_empty() {
-                return;
+                if !chunk.is_empty() {
+                    let _ = out.flush();
+                }
+                if closed && worker.lock().buf.is_empty() {
+                    return;
+                }
             }
         })?;
     Ok((
@@ -122,6 +129,7 @@ pub fn spawn(mut out: Box<dyn Write + Send>) -> io::Result<(SerialSink, SerialOu
         SerialOutput {
             shared,
             thread: Some(thread),
+            ended,
         },
     ))
 }
@@ -138,7 +146,16 @@ impl SerialOutput {
         let mut deadline = Instant::now() + stall_limit;
         if let Some(thread) = self.thread.take() {
             while !thread.is_finished() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(1));
+                let left = deadline.saturating_duration_since(Instant::now());
+                if let Err(mpsc::RecvTimeoutError::Disconnected) =
+                    self.ended.recv_timeout(left.min(Duration::from_millis(10)))
+                {
+                    // Ended: its last instructions after that.
+                    while !thread.is_finished() {
+                        std::thread::yield_now();
+                    }
+                    break;
+                }
                 let now = self.shared.lock().written;
                 if now != progress {
                     progress = now;

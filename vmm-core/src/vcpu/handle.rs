@@ -349,8 +349,18 @@ impl Drop for Vcpus {
             let Some(thread) = h.thread.take() else {
                 continue;
             };
+            // The thread's end drops its side of the response channel:
+            // waiting for that wakes at once, where polling would sleep.
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match h.responses.recv_timeout(left) {
+                    Ok(_) => continue,
+                    Err(RecvTimeoutError::Disconnected | RecvTimeoutError::Timeout) => break,
+                }
+            }
+            // Its last instructions after that.
             while !thread.is_finished() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(1));
+                std::thread::yield_now();
             }
             if !thread.is_finished() {
                 log::error!("vcpu {}: thread did not exit; leaving it behind", h.index);
