@@ -356,39 +356,65 @@ impl PcMachine {
                 max,
             });
         }
-        let mut supported_cpuid = kvm.supported_cpuid()?;
-        // Older kernels leave the TSC-deadline timer out of the supported
-        // CPUID even though the in-kernel LAPIC has it (KVM's API docs).
-        if kvm.kvm().check_extension(kvm_ioctls::Cap::TscDeadlineTimer) {
-            cpu::cpuid::advertise_tsc_deadline(&mut supported_cpuid);
-        }
-
-        // 4. VM and RAM.
-        let vm = Vm::new(&kvm, &regions)?;
-
-        // 5. Interrupt controllers and timers in the kernel.
-        vm.set_tss_address(layout::KVM_TSS_ADDR)?;
-        vm.create_irqchip()?;
-        vm.set_irqchip_routing(&pc_irq_routes())?;
-        if config.pit == PitBackend::Kvm {
-            vm.create_in_kernel_pit()?;
-        }
-
-        // 6. Kernel, initrd, command line, tables.
-        let mut images = BootImages {
-            kernel: kernel_file,
-            initrd: initrd_file,
-            cmdline: config.cmdline.clone(),
-            memory: config.memory,
-            cpus: config.cpus,
+        // KVM_GET_SUPPORTED_CPUID is start-up's slowest ioctl where the
+        // CPUID instruction itself traps to an outer hypervisor (a nested
+        // or software KVM: about 0.4 ms on PVM), so it runs on a thread of
+        // its own beside steps 4 to 6. That thread ends before any signal
+        // set-up (step 8).
+        let supported = || -> Result<kvm_bindings::CpuId, PcError> {
+            let mut cpuid = kvm.supported_cpuid()?;
+            // Older kernels leave the TSC-deadline timer out of the
+            // supported CPUID even though the in-kernel LAPIC has it
+            // (KVM's API docs).
+            if kvm.kvm().check_extension(kvm_ioctls::Cap::TscDeadlineTimer) {
+                cpu::cpuid::advertise_tsc_deadline(&mut cpuid);
+            }
+            Ok(cpuid)
         };
-        let entry = images.load(vm.memory())?;
-        // What a reset puts back: the fresh irqchip (and KVM's PIT).
-        let fresh_irqchip = vm.irqchip_state()?;
-        let fresh_kvm_pit = match config.pit {
-            PitBackend::Kvm => Some(vm.pit_state()?),
-            PitBackend::Userspace => None,
-        };
+        let (supported_cpuid, built) = std::thread::scope(|scope| {
+            let cpuid = std::thread::Builder::new()
+                .name("cpuid".into())
+                .spawn_scoped(scope, supported);
+            let built = (|| -> Result<_, PcError> {
+                // 4. VM and RAM.
+                let vm = Vm::new(&kvm, &regions)?;
+
+                // 5. Interrupt controllers and timers in the kernel.
+                vm.set_tss_address(layout::KVM_TSS_ADDR)?;
+                vm.create_irqchip()?;
+                vm.set_irqchip_routing(&pc_irq_routes())?;
+                if config.pit == PitBackend::Kvm {
+                    vm.create_in_kernel_pit()?;
+                }
+
+                // 6. Kernel, initrd, command line, tables.
+                let mut images = BootImages {
+                    kernel: kernel_file,
+                    initrd: initrd_file,
+                    cmdline: config.cmdline.clone(),
+                    memory: config.memory,
+                    cpus: config.cpus,
+                };
+                let entry = images.load(vm.memory())?;
+                // What a reset puts back: the fresh irqchip (and KVM's PIT).
+                let fresh_irqchip = vm.irqchip_state()?;
+                let fresh_kvm_pit = match config.pit {
+                    PitBackend::Kvm => Some(vm.pit_state()?),
+                    PitBackend::Userspace => None,
+                };
+                Ok((vm, images, entry, fresh_irqchip, fresh_kvm_pit))
+            })();
+            let cpuid = match cpuid {
+                Ok(thread) => thread.join().unwrap_or_else(|_| {
+                    Err(PcError::Control("the CPUID thread panicked".into()))
+                }),
+                // No thread to be had: in line, then.
+                Err(_) => supported(),
+            };
+            (cpuid, built)
+        });
+        let supported_cpuid = supported_cpuid?;
+        let (vm, images, entry, fresh_irqchip, fresh_kvm_pit) = built?;
 
         // 7. Devices.
         let mut io = PcIo::new();
