@@ -405,9 +405,9 @@ impl PcMachine {
                 Ok((vm, images, entry, fresh_irqchip, fresh_kvm_pit))
             })();
             let cpuid = match cpuid {
-                Ok(thread) => thread.join().unwrap_or_else(|_| {
-                    Err(PcError::Control("the CPUID thread panicked".into()))
-                }),
+                Ok(thread) => thread
+                    .join()
+                    .unwrap_or_else(|_| Err(PcError::Control("the CPUID thread panicked".into()))),
                 // No thread to be had: in line, then.
                 Err(_) => supported(),
             };

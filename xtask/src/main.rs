@@ -33,15 +33,15 @@ tasks:
   lint                     cargo fmt --check, clippy --workspace --all-targets -D warnings
   check-deps               fail if vmm-runstate, vmm-clock, vmm-devices or vmm-qmp reach
                            kvm-ioctls or kvm-bindings (through any crate)
-  bench [boot|alarm|qmp] [--runs N]
-                           run the benchmarks and print their reports (both when
-                           none is named): alarm = timer alarm lateness (further
-                           args go to it); boot = spawn-to-first-output, exit,
-                           CPU and peak RSS of a tiny PVH guest on bench-floor
-                           (the least a VMM can do), our vmm and QEMU microvm
-                           (when installed), N interleaved runs each (default 20);
-                           qmp = stop/cont latency, request to event, ours and
-                           QEMU's (not run by default)
+  bench [SUITE...] [--runs N] [--quick] [-- ALARM-ARGS]
+                           the benchmark suite, ours beside QEMU (installed with
+                           apt-get if missing) and a floor program, taking turns;
+                           min/median/max and ratios in a table, and report.md,
+                           results.csv, samples.csv, chart.png in target/bench/.
+                           Suites (all but alarm when none is named): startup,
+                           exit, memory, pio, density, linux, qmp, alarm.
+                           --runs N runs per program (default 20), --quick: 3
+                           runs and smaller sizes (what CI runs)
   ci                       lint, check-deps, test (what .ci/run runs)
   guest [--dir DIR] [--refresh]
                            fetch the Debian cloud kernel and busybox-static with

@@ -379,6 +379,8 @@ struct Program {
     args: Vec<OsString>,
     /// How a good run ends.
     expect: Expect,
+    /// Extra environment variables.
+    env: Vec<(OsString, OsString)>,
 }
 
 impl Program {
@@ -398,6 +400,7 @@ impl Program {
             program: target_dir().join("release/bench-floor"),
             args: vec![guest.into(), memory_mib.to_string().into()],
             expect: Expect::Code(0),
+            env: Vec::new(),
         }
     }
 
@@ -416,6 +419,7 @@ impl Program {
             program: target_dir().join("release/vmm"),
             args,
             expect: Expect::Code(0),
+            env: Vec::new(),
         }
     }
 
@@ -453,11 +457,17 @@ impl Program {
             program: qemu.to_owned(),
             args,
             expect: Expect::Code(QEMU_DEBUG_EXIT_STATUS),
+            env: Vec::new(),
         }
     }
 
     fn expect(mut self, e: Expect) -> Self {
         self.expect = e;
+        self
+    }
+
+    fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.into(), value.into()));
         self
     }
 }
@@ -511,6 +521,7 @@ type OnMessage = Box<dyn FnOnce(u32) -> Option<Instant> + Send>;
 fn execute(p: &Program, on_message: Option<OnMessage>) -> Result<Outcome> {
     let mut c = Command::new(&p.program);
     c.args(&p.args)
+        .envs(p.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
