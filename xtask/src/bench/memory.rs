@@ -25,6 +25,9 @@ pub struct Split {
     pub outside_kib: u64,
     /// KiB resident in the guest RAM mappings.
     pub guest_kib: u64,
+    /// Of `outside_kib`, the anonymous (private to this process, not file
+    /// pages that every VMM process shares): what one more VM costs.
+    pub anon_outside_kib: u64,
 }
 
 /// Splits the `Rss` of `smaps` (the text of `/proc/PID/smaps`) into guest
@@ -35,12 +38,17 @@ pub fn split_smaps(smaps: &str, guest_bytes: u64) -> Split {
     for line in smaps.lines() {
         let mut words = line.split_whitespace();
         let Some(first) = words.next() else { continue };
-        if let Some(rss) = first.strip_prefix("Rss:").map(|_| words.next()) {
-            let kib: u64 = rss.and_then(|v| v.parse().ok()).unwrap_or(0);
+        let kib = |v: Option<&str>| -> u64 { v.and_then(|v| v.parse().ok()).unwrap_or(0) };
+        if first == "Rss:" {
+            let k = kib(words.next());
             if in_guest {
-                split.guest_kib += kib;
+                split.guest_kib += k;
             } else {
-                split.outside_kib += kib;
+                split.outside_kib += k;
+            }
+        } else if first == "Anonymous:" {
+            if !in_guest {
+                split.anon_outside_kib += kib(words.next());
             }
         } else if let Some((start, end)) = first.split_once('-') {
             // A mapping's header: "start-end perms offset dev inode [path]".
@@ -100,6 +108,10 @@ pub fn run(ctx: &Ctx) -> Result<Vec<Section>> {
         if size == 256 {
             outside = outside.goal(Goal::Below(3.0));
         }
+        let mut anon = Row::new(
+            format!("{size} MiB guest: of which anonymous (not shared file pages)"),
+            "MiB",
+        );
         let mut inside = Row::new(format!("{size} MiB guest: guest RAM resident"), "MiB");
         interleaved(&programs, ctx.runs.min(10), MESSAGE, measure, |p, _| {
             let taken = slot.lock().ok().and_then(|mut s| s.take());
@@ -108,6 +120,7 @@ pub fn run(ctx: &Ctx) -> Result<Vec<Section>> {
                 None => bail!("{}: smaps was not read", p.who.name()),
             };
             outside.push(p.who, split.outside_kib as f64 / 1024.0);
+            anon.push(p.who, split.anon_outside_kib as f64 / 1024.0);
             inside.push(p.who, split.guest_kib as f64 / 1024.0);
             Ok(())
         })?;
@@ -115,6 +128,7 @@ pub fn run(ctx: &Ctx) -> Result<Vec<Section>> {
             s.note(format!("{size} MiB: QEMU could not run the guest here."));
         }
         s.rows.push(outside);
+        s.rows.push(anon);
         s.rows.push(inside);
     }
     if ctx.runs > 10 {
@@ -132,12 +146,15 @@ mod tests {
 Size:               1024 kB
 Rss:                 800 kB
 Pss:                 800 kB
+Anonymous:             0 kB
 7f0000000000-7f0010000000 rw-p 00000000 00:00 0
 Size:             262144 kB
 Rss:                  12 kB
+Anonymous:            12 kB
 7fff00000000-7fff00021000 rw-p 00000000 00:00 0                          [stack]
 Size:                132 kB
 Rss:                  24 kB
+Anonymous:            24 kB
 VmFlags: rd wr mr mw me gd ac
 ";
 
@@ -147,11 +164,13 @@ VmFlags: rd wr mr mw me gd ac
             split_smaps(SMAPS, 256 << 20),
             Split {
                 outside_kib: 824,
-                guest_kib: 12
+                guest_kib: 12,
+                anon_outside_kib: 24,
             }
         );
         // A guest larger than every mapping: all of it counts as the VMM's.
-        assert_eq!(split_smaps(SMAPS, 1 << 30).outside_kib, 836);
+        let all = split_smaps(SMAPS, 1 << 30);
+        assert_eq!((all.outside_kib, all.anon_outside_kib), (836, 36));
         assert_eq!(split_smaps("", 1), Split::default());
         assert_eq!(split_smaps("Rss: junk kB\nzz-yy\n", 1), Split::default());
     }
