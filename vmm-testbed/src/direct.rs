@@ -42,6 +42,14 @@ fn run_in(dir: &Path, vmm: &Path, job: &Job) -> Result<Outcome, TestbedError> {
     let companion = match &job.companion {
         Some(script) => {
             let mut c = Command::new("sh");
+            c.env(
+                "VMM",
+                std::fs::canonicalize(vmm).unwrap_or_else(|_| vmm.to_owned()),
+            );
+            if job.qemu {
+                let qemu = crate::l1_qemu::HostQemu::find()?;
+                c.env("QEMU", &qemu.binary).env("QEMU_DATA", &qemu.data_dir);
+            }
             c.args(["-c", script])
                 .current_dir(dir)
                 .stdin(Stdio::null())
