@@ -89,7 +89,7 @@ pub fn job_script(job: &Job, interactive: bool) -> String {
 
 /// The companion's environment in L1 (see [`Job::companion`]).
 fn companion_env(job: &Job) -> String {
-    let mut env = String::from("export VMM=/bin/vmm");
+    let mut env = String::from("export VMM=/bin/vmm TESTBED_LIVE=/dev/console");
     if job.qemu {
         env.push_str(&format!(
             " QEMU={} QEMU_DATA={}",
@@ -224,12 +224,16 @@ mod tests {
     fn companion_environment() {
         let job = Job::new(["--version"]).companion("\"$VMM\" --help");
         let s = job_script(&job, false);
-        assert!(s.contains("export VMM=/bin/vmm\n"), "{s}");
+        assert!(
+            s.contains("export VMM=/bin/vmm TESTBED_LIVE=/dev/console\n"),
+            "{s}"
+        );
         assert!(!s.contains("QEMU="));
         let s = job_script(&job.with_qemu(), false);
         assert!(
             s.contains(
-                "export VMM=/bin/vmm QEMU=/qemu/bin/qemu-system-x86_64 QEMU_DATA=/qemu/share/qemu\n"
+                "export VMM=/bin/vmm TESTBED_LIVE=/dev/console QEMU=/qemu/bin/qemu-system-x86_64 \
+                 QEMU_DATA=/qemu/share/qemu\n"
             ),
             "{s}"
         );

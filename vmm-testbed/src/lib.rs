@@ -110,7 +110,11 @@ pub struct Job {
     /// client, say); its output follows the VMM's in [`Outcome::console`].
     /// It finds the VMM binary in `$VMM`, and with [`Job::qemu`] the
     /// host's QEMU in `$QEMU` and QEMU's firmware folder (for `-L`) in
-    /// `$QEMU_DATA`, nested or not.
+    /// `$QEMU_DATA`, nested or not. What it writes to the file
+    /// `$TESTBED_LIVE` reaches [`Outcome::console`] too; nested, that is
+    /// L1's console, written at once (among L1's kernel messages), so
+    /// that it is also in the console of a [`TestbedError::L1Ended`] or
+    /// [`TestbedError::Timeout`].
     pub companion: Option<String>,
     /// Whether the host's QEMU comes along (see [`Job::with_qemu`]).
     pub qemu: bool,
