@@ -24,6 +24,7 @@
 //! round), so host drift hits them all alike, after one unmeasured warm-up
 //! run each.
 
+pub mod linux;
 mod qmp;
 mod sys;
 
