@@ -14,6 +14,10 @@ use crate::{Outcome, TestbedError};
 /// The QEMU binary.
 pub const QEMU: &str = "qemu-system-x86_64";
 
+/// Set to 1, this environment variable makes batch runs copy L1's console
+/// to stderr as it comes (to watch a long job).
+pub const ECHO_ENV: &str = "VMM_TESTBED_ECHO";
+
 /// L1's kernel command line: quiet, so that its console carries our lines.
 pub const L1_CMDLINE: &str = "console=ttyS0 loglevel=0 quiet panic=-1 mitigations=off";
 
@@ -123,6 +127,7 @@ pub fn run_batch(
     let console = Arc::new(Mutex::new(Vec::<u8>::new()));
     let l1_ready_at = Arc::new(Mutex::new(None::<Duration>));
     let mut stdout = child.0.stdout.take().ok_or(TestbedError::NoPipe)?;
+    let echo = std::env::var_os(ECHO_ENV).is_some_and(|v| !v.is_empty() && v != "0");
     let reader = {
         let console = Arc::clone(&console);
         let ready = Arc::clone(&l1_ready_at);
@@ -131,6 +136,10 @@ pub fn run_batch(
             while let Ok(n) = stdout.read(&mut buf) {
                 if n == 0 {
                     break;
+                }
+                if echo {
+                    use std::io::Write;
+                    let _ = std::io::stderr().write_all(&buf[..n]);
                 }
                 let mut c = console.lock().unwrap_or_else(|e| e.into_inner());
                 c.extend_from_slice(&buf[..n]);
