@@ -70,6 +70,15 @@ pub enum TestbedError {
         /// What L1 printed.
         console: String,
     },
+    /// L1's console stayed silent for longer than the job allows
+    /// ([`Job::silence_limit`]): L1 hung.
+    #[error("L1's console was silent for {after:?} (L1 hung?); console so far:\n{console}")]
+    Silent {
+        /// The limit.
+        after: Duration,
+        /// What L1 printed.
+        console: String,
+    },
     /// QEMU ended before the job did.
     #[error("L1 ended early (QEMU status {status:?}): {qemu_stderr}\nconsole:\n{console}")]
     L1Ended {
@@ -118,6 +127,10 @@ pub struct Job {
     pub companion: Option<String>,
     /// Whether the host's QEMU comes along (see [`Job::with_qemu`]).
     pub qemu: bool,
+    /// Nested runs: L1's console silent this long ends the run with
+    /// [`TestbedError::Silent`] (a hung L1 is not waited for until
+    /// [`Job::timeout`]). None: no limit.
+    pub silence_limit: Option<Duration>,
     /// Nested runs: L1 gets a second serial port (its `/dev/ttyS1`) whose
     /// other end is a Unix socket at this host path, served by QEMU, which
     /// waits for a client to connect before it starts L1. A host-side
@@ -140,6 +153,7 @@ impl Job {
             l1_memory_mib: 1536,
             companion: None,
             qemu: false,
+            silence_limit: None,
             l1_serial_socket: None,
         }
     }
@@ -181,6 +195,12 @@ impl Job {
         self
     }
 
+    /// Sets the silence limit (see [`Job::silence_limit`]).
+    pub fn silence_limit(mut self, limit: Duration) -> Self {
+        self.silence_limit = Some(limit);
+        self
+    }
+
     /// Sets the time limit.
     pub fn timeout(mut self, t: Duration) -> Self {
         self.timeout = t;
@@ -209,7 +229,12 @@ pub struct Outcome {
 pub fn run_nested(guest: &GuestFiles, vmm: &Path, job: &Job) -> Result<Outcome, TestbedError> {
     let image = qemu::TempFile::new(&l1::l1_initramfs(guest, vmm, job, false)?)?;
     let cmd = qemu::l1_command(&guest.bzimage, &image.0, job.l1_memory_mib);
-    qemu::run_batch(cmd, job.timeout, job.l1_serial_socket.as_deref())
+    qemu::run_batch(
+        cmd,
+        job.timeout,
+        job.l1_serial_socket.as_deref(),
+        job.silence_limit,
+    )
 }
 
 /// Runs `job` interactively nested in L1, the terminal reaching L1's

@@ -97,10 +97,14 @@ pub fn reset_log_summary(log: &str) -> String {
 /// Runs L1 in batch mode until the job's end marker or `timeout`; with
 /// `serial2`, L1's second serial port is a Unix socket QEMU serves there
 /// (QEMU starts L1 once a client has connected).
+///
+/// With `silence`, an L1 whose console stays silent that long (a hung L1)
+/// is killed and the run ends with [`TestbedError::Silent`].
 pub fn run_batch(
     mut cmd: Command,
     timeout: Duration,
     serial2: Option<&Path>,
+    silence: Option<Duration>,
 ) -> Result<Outcome, TestbedError> {
     let start = Instant::now();
     // QEMU logs CPU resets and triple faults: an L1 that ends without a
@@ -152,6 +156,8 @@ pub fn run_batch(
     };
     let text =
         || String::from_utf8_lossy(&console.lock().unwrap_or_else(|e| e.into_inner())).into_owned();
+    let console_len = || console.lock().unwrap_or_else(|e| e.into_inner()).len();
+    let (mut last_len, mut last_change) = (0, Instant::now());
     let parsed = loop {
         let p = markers::parse(&text());
         if p.finished() {
@@ -176,6 +182,15 @@ pub fn run_batch(
         if start.elapsed() > timeout {
             return Err(TestbedError::Timeout {
                 after: timeout,
+                console: markers::normalize(&text()),
+            });
+        }
+        let len = console_len();
+        if len != last_len {
+            (last_len, last_change) = (len, Instant::now());
+        } else if let Some(limit) = silence.filter(|&l| last_change.elapsed() > l) {
+            return Err(TestbedError::Silent {
+                after: limit,
                 console: markers::normalize(&text()),
             });
         }

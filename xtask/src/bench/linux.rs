@@ -28,9 +28,10 @@
 //! and anything the guest polls weigh far more than on hardware. Compare
 //! the two VMMs with each other, not with hardware numbers. L1 itself,
 //! or L2 early in its boot, has been seen to die now and then under that
-//! load: a failed boot is tried again ([`TRIES`]), and an L1 that dies is
-//! followed by a fresh one for the boots still to do ([`SESSIONS`]); the
-//! failed tries are printed.
+//! load, or to hang (its console silent, the timing helper's own time
+//! limit never firing): a failed boot is tried again ([`TRIES`]), and an
+//! L1 that dies or hangs is followed by a fresh one for the boots still to
+//! do ([`SESSIONS`]); the failed tries are printed.
 
 // Until `cargo xtask bench` calls `run`, only the test below does.
 #![cfg_attr(not(test), allow(dead_code))]
@@ -482,6 +483,9 @@ pub fn run(runs: usize) -> Result<Vec<LinuxSeries>> {
             .file(HELPER, &helper)
             .with_qemu()
             .companion(&script(&boots))
+            // Every try prints a line within BOOT_TIMEOUT_S, and L1's KVM
+            // a line as each L2 starts: a longer silence is a hung L1.
+            .silence_limit(Duration::from_secs(u64::from(BOOT_TIMEOUT_S) + 30))
             .timeout(Duration::from_secs(
                 180 + boots.len() as u64 * u64::from(BOOT_TIMEOUT_S),
             ));
@@ -517,6 +521,11 @@ pub fn run(runs: usize) -> Result<Vec<LinuxSeries>> {
             Err(TestbedError::Timeout { after, console }) => {
                 eprintln!("xtask: session {session}: timed out after {after:?}");
                 sessions.push(format!("session {session}: timed out after {after:?}"));
+                console
+            }
+            Err(TestbedError::Silent { after, console }) => {
+                eprintln!("xtask: session {session}: L1 hung (silent for {after:?})");
+                sessions.push(format!("session {session}: L1 hung (silent for {after:?})"));
                 console
             }
             Err(e) => return Err(e.into()),
