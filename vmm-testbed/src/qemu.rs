@@ -239,6 +239,49 @@ pub fn run_interactive(mut cmd: Command) -> Result<i32, TestbedError> {
 mod tests {
     use super::*;
 
+    /// A stand-in for L1: `sh -c SCRIPT` (the QEMU arguments run_batch
+    /// adds become unused positional parameters).
+    fn fake_l1(script: &str) -> Command {
+        let mut c = Command::new("sh");
+        c.args(["-c", script, "sh"]);
+        c
+    }
+
+    #[test]
+    fn a_silent_l1_is_left_after_the_silence_limit() {
+        let start = Instant::now();
+        let cmd = fake_l1("echo @@TESTBED-L1-READY 1; echo @@TESTBED-OUT-BEGIN; sleep 30");
+        let r = run_batch(
+            cmd,
+            Duration::from_secs(20),
+            None,
+            Some(Duration::from_millis(300)),
+        );
+        match r {
+            Err(TestbedError::Silent { after, console }) => {
+                assert_eq!(after, Duration::from_millis(300));
+                assert!(console.contains("@@TESTBED-OUT-BEGIN"), "{console}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(start.elapsed() < Duration::from_secs(10));
+        // Output keeps it going: a job that prints often is not silent.
+        let cmd = fake_l1(
+            "echo @@TESTBED-L1-READY 1; echo @@TESTBED-OUT-BEGIN; \
+             for i in 1 2 3 4 5 6; do sleep 0.1; echo $i; done; \
+             printf '\\n@@TESTBED-OUT-END 0\\n@@TESTBED-ERR-BEGIN\\n@@TESTBED-ERR-END\\n'",
+        );
+        let out = run_batch(
+            cmd,
+            Duration::from_secs(20),
+            None,
+            Some(Duration::from_millis(400)),
+        )
+        .unwrap();
+        assert_eq!(out.console, "1\n2\n3\n4\n5\n6\n");
+        assert_eq!(out.status, Some(0));
+    }
+
     #[test]
     fn reset_log_summary_counts_resets_and_triple_faults() {
         let log =
