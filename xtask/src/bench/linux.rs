@@ -21,7 +21,9 @@
 //! one round to the next).
 //!
 //! QEMU runs `-M microvm` with its defaults (ACPI, PIC, PIT, RTC, its
-//! ISA serial port) and `-cpu host`; ours with its defaults.
+//! ISA serial port) and `-cpu host,-arch-capabilities` (Debian's QEMU 7.2
+//! aborts on the `IA32_ARCH_CAPABILITIES` MSR with plain `-cpu host` on
+//! some hosts, as in `cargo xtask bench boot`); ours with its defaults.
 //!
 //! Nested, times include L1's overheads (TCG-emulated SVM): every exit of
 //! L2 is costly, so that a verbose console (a port write per character)
@@ -122,7 +124,7 @@ impl Vmm {
                  --cpus {cpus} --append '{append}'"
             ),
             Vmm::Qemu => format!(
-                "\"$QEMU\" -M microvm -accel kvm -cpu host -smp {cpus} -m {MEMORY_MIB}M \
+                "\"$QEMU\" -M microvm -accel kvm -cpu host,-arch-capabilities -smp {cpus} -m {MEMORY_MIB}M \
                  -nodefaults -no-user-config -display none -no-reboot -serial stdio \
                  -L \"$QEMU_DATA\" -kernel bzImage -initrd initrd -append '{append}'"
             ),
