@@ -42,6 +42,15 @@ fn run_in(dir: &Path, vmm: &Path, job: &Job) -> Result<Outcome, TestbedError> {
     let companion = match &job.companion {
         Some(script) => {
             let mut c = Command::new("sh");
+            c.env(
+                "VMM",
+                std::fs::canonicalize(vmm).unwrap_or_else(|_| vmm.to_owned()),
+            )
+            .env("TESTBED_LIVE", "/dev/stdout");
+            if job.qemu {
+                let qemu = crate::l1_qemu::HostQemu::find()?;
+                c.env("QEMU", &qemu.binary).env("QEMU_DATA", &qemu.data_dir);
+            }
             c.args(["-c", script])
                 .current_dir(dir)
                 .stdin(Stdio::null())
@@ -91,4 +100,37 @@ fn run_in(dir: &Path, vmm: &Path, job: &Job) -> Result<Outcome, TestbedError> {
         total: start.elapsed(),
         l1_console: String::new(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The companion's environment on the host: `$VMM` (resolved),
+    /// `$TESTBED_LIVE` reaching the console, and with QEMU asked for (when
+    /// installed) `$QEMU` and `$QEMU_DATA`.
+    #[test]
+    fn companion_environment() {
+        let vmm = Path::new("/bin/echo");
+        let job = Job::new(["from the vmm"]).companion(
+            "echo \"vmm=$VMM\" >>\"$TESTBED_LIVE\"; echo \"qemu=$QEMU data=$QEMU_DATA\"",
+        );
+        let out = run_direct(vmm, &job).unwrap();
+        let echo = std::fs::canonicalize(vmm).unwrap();
+        assert!(out.console.starts_with("from the vmm\n"), "{}", out.console);
+        assert!(
+            out.console.contains(&format!("vmm={}\n", echo.display())),
+            "{}",
+            out.console
+        );
+        if let Ok(q) = crate::l1_qemu::HostQemu::find() {
+            let out = run_direct(vmm, &job.with_qemu()).unwrap();
+            let want = format!(
+                "qemu={} data={}\n",
+                q.binary.display(),
+                q.data_dir.display()
+            );
+            assert!(out.console.contains(&want), "{}", out.console);
+        }
+    }
 }

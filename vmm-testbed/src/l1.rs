@@ -70,7 +70,8 @@ pub fn job_script(job: &Job, interactive: bool) -> String {
                 // SIGTERM (a failed companion must not leave the job
                 // waiting for its time limit); then both outputs.
                 Some(script) => format!(
-                    "{cmd} </dev/null >/tmp/vmm.out 2>/tmp/vmm.err &\n\
+                    "{env}\n\
+                     {cmd} </dev/null >/tmp/vmm.out 2>/tmp/vmm.err &\n\
                      vmm_pid=$!\n\
                      ( {script} ) >/tmp/companion.out 2>&1\n\
                      i=0\n\
@@ -78,11 +79,25 @@ pub fn job_script(job: &Job, interactive: bool) -> String {
                      kill -TERM $vmm_pid 2>/dev/null\n\
                      wait $vmm_pid\n\
                      st=$?\n\
-                     cat /tmp/vmm.out /tmp/companion.out"
+                     cat /tmp/vmm.out /tmp/companion.out",
+                    env = companion_env(job),
                 ),
             },
         )
     }
+}
+
+/// The companion's environment in L1 (see [`Job::companion`]).
+fn companion_env(job: &Job) -> String {
+    let mut env = String::from("export VMM=/bin/vmm TESTBED_LIVE=/dev/console");
+    if job.qemu {
+        env.push_str(&format!(
+            " QEMU={} QEMU_DATA={}",
+            crate::l1_qemu::L1_QEMU,
+            crate::l1_qemu::L1_QEMU_DATA
+        ));
+    }
+    env
 }
 
 /// The shared libraries `binary` needs, as `ldd` lists them.
@@ -133,7 +148,17 @@ pub fn l1_initramfs(
         }
     }
     extra.push(("bin/vmm".into(), read(vmm)?, 0o755));
-    for lib in shared_libraries(vmm)? {
+    // The libraries of the VMM and of QEMU, each once.
+    let mut libs = std::collections::BTreeSet::new();
+    libs.extend(shared_libraries(vmm)?);
+    if job.qemu {
+        let qemu = crate::l1_qemu::HostQemu::find()?;
+        libs.extend(shared_libraries(&qemu.binary)?);
+        for (name, path) in qemu.l1_files()? {
+            extra.push((name, read(&path)?, 0o755));
+        }
+    }
+    for lib in libs {
         let name = lib.to_string_lossy().trim_start_matches('/').to_owned();
         extra.push((name, read(&lib)?, 0o755));
     }
@@ -190,7 +215,27 @@ mod tests {
         assert!(s.contains("/bin/vmm '--kernel' 'bzImage' '--append' 'console=ttyS0 it'\\''s'"));
         assert!(s.contains(markers::OUT_BEGIN) && s.contains(markers::OUT_END));
         assert!(s.contains("</dev/null"));
+        assert!(!s.contains("export VMM"), "no companion, no environment");
         let i = job_script(&job, true);
         assert!(!i.contains("</dev/null") && !i.contains(markers::OUT_BEGIN));
+    }
+
+    #[test]
+    fn companion_environment() {
+        let job = Job::new(["--version"]).companion("\"$VMM\" --help");
+        let s = job_script(&job, false);
+        assert!(
+            s.contains("export VMM=/bin/vmm TESTBED_LIVE=/dev/console\n"),
+            "{s}"
+        );
+        assert!(!s.contains("QEMU="));
+        let s = job_script(&job.with_qemu(), false);
+        assert!(
+            s.contains(
+                "export VMM=/bin/vmm TESTBED_LIVE=/dev/console QEMU=/qemu/bin/qemu-system-x86_64 \
+                 QEMU_DATA=/qemu/share/qemu\n"
+            ),
+            "{s}"
+        );
     }
 }

@@ -29,6 +29,7 @@ mod guest_files;
 mod host;
 pub mod initramfs;
 pub mod l1;
+pub mod l1_qemu;
 pub mod markers;
 pub mod process;
 pub mod qemu;
@@ -69,6 +70,15 @@ pub enum TestbedError {
         /// What L1 printed.
         console: String,
     },
+    /// L1's console stayed silent for longer than the job allows
+    /// ([`Job::silence_limit`]): L1 hung.
+    #[error("L1's console was silent for {after:?} (L1 hung?); console so far:\n{console}")]
+    Silent {
+        /// The limit.
+        after: Duration,
+        /// What L1 printed.
+        console: String,
+    },
     /// QEMU ended before the job did.
     #[error("L1 ended early (QEMU status {status:?}): {qemu_stderr}\nconsole:\n{console}")]
     L1Ended {
@@ -85,6 +95,12 @@ pub enum TestbedError {
     /// No KVM at all.
     #[error("no /dev/kvm on this host")]
     NoKvm,
+    /// A job wants QEMU and the host has none.
+    #[error("qemu-system-x86_64 is not in PATH (apt-get install qemu-system-x86)")]
+    NoQemu,
+    /// A file of the host's QEMU that L1 needs is missing.
+    #[error("QEMU file {0} is missing (apt-get install qemu-system-x86 qemu-system-data)")]
+    MissingQemuFile(PathBuf),
 }
 
 /// One run of the VMM: its arguments and the files they name.
@@ -101,7 +117,20 @@ pub struct Job {
     pub l1_memory_mib: u32,
     /// A shell script run in the job's folder while the VMM runs (a QMP
     /// client, say); its output follows the VMM's in [`Outcome::console`].
+    /// It finds the VMM binary in `$VMM`, and with [`Job::qemu`] the
+    /// host's QEMU in `$QEMU` and QEMU's firmware folder (for `-L`) in
+    /// `$QEMU_DATA`, nested or not. What it writes to the file
+    /// `$TESTBED_LIVE` reaches [`Outcome::console`] too; nested, that is
+    /// L1's console, written at once (among L1's kernel messages), so
+    /// that it is also in the console of a [`TestbedError::L1Ended`] or
+    /// [`TestbedError::Timeout`].
     pub companion: Option<String>,
+    /// Whether the host's QEMU comes along (see [`Job::with_qemu`]).
+    pub qemu: bool,
+    /// Nested runs: L1's console silent this long ends the run with
+    /// [`TestbedError::Silent`] (a hung L1 is not waited for until
+    /// [`Job::timeout`]). None: no limit.
+    pub silence_limit: Option<Duration>,
     /// Nested runs: L1 gets a second serial port (its `/dev/ttyS1`) whose
     /// other end is a Unix socket at this host path, served by QEMU, which
     /// waits for a client to connect before it starts L1. A host-side
@@ -123,6 +152,8 @@ impl Job {
             timeout: Duration::from_secs(300),
             l1_memory_mib: 1536,
             companion: None,
+            qemu: false,
+            silence_limit: None,
             l1_serial_socket: None,
         }
     }
@@ -143,6 +174,30 @@ impl Job {
     /// Runs `script` beside the VMM (see [`Job::companion`]).
     pub fn companion(mut self, script: &str) -> Self {
         self.companion = Some(script.to_owned());
+        self
+    }
+
+    /// Ships the host's QEMU along, for the companion to run beside the
+    /// VMM: nested, the binary, its shared libraries and the firmware
+    /// `microvm` needs go into L1 (at [`l1_qemu::L1_QEMU`] and
+    /// [`l1_qemu::L1_QEMU_DATA`]; L1 gets at least 2 GiB, its initramfs
+    /// being some 50 MiB larger); directly on the host, the companion
+    /// runs the host's. Either way `$QEMU` and `$QEMU_DATA` name them.
+    pub fn with_qemu(mut self) -> Self {
+        self.qemu = true;
+        self.l1_memory_mib = self.l1_memory_mib.max(2048);
+        self
+    }
+
+    /// Sets L1's memory (nested runs only).
+    pub fn l1_memory_mib(mut self, mib: u32) -> Self {
+        self.l1_memory_mib = mib;
+        self
+    }
+
+    /// Sets the silence limit (see [`Job::silence_limit`]).
+    pub fn silence_limit(mut self, limit: Duration) -> Self {
+        self.silence_limit = Some(limit);
         self
     }
 
@@ -174,7 +229,12 @@ pub struct Outcome {
 pub fn run_nested(guest: &GuestFiles, vmm: &Path, job: &Job) -> Result<Outcome, TestbedError> {
     let image = qemu::TempFile::new(&l1::l1_initramfs(guest, vmm, job, false)?)?;
     let cmd = qemu::l1_command(&guest.bzimage, &image.0, job.l1_memory_mib);
-    qemu::run_batch(cmd, job.timeout, job.l1_serial_socket.as_deref())
+    qemu::run_batch(
+        cmd,
+        job.timeout,
+        job.l1_serial_socket.as_deref(),
+        job.silence_limit,
+    )
 }
 
 /// Runs `job` interactively nested in L1, the terminal reaching L1's

@@ -14,6 +14,10 @@ use crate::{Outcome, TestbedError};
 /// The QEMU binary.
 pub const QEMU: &str = "qemu-system-x86_64";
 
+/// Set to 1, this environment variable makes batch runs copy L1's console
+/// to stderr as it comes (to watch a long job).
+pub const ECHO_ENV: &str = "VMM_TESTBED_ECHO";
+
 /// L1's kernel command line: quiet, so that its console carries our lines.
 pub const L1_CMDLINE: &str = "console=ttyS0 loglevel=0 quiet panic=-1 mitigations=off";
 
@@ -93,10 +97,14 @@ pub fn reset_log_summary(log: &str) -> String {
 /// Runs L1 in batch mode until the job's end marker or `timeout`; with
 /// `serial2`, L1's second serial port is a Unix socket QEMU serves there
 /// (QEMU starts L1 once a client has connected).
+///
+/// With `silence`, an L1 whose console stays silent that long (a hung L1)
+/// is killed and the run ends with [`TestbedError::Silent`].
 pub fn run_batch(
     mut cmd: Command,
     timeout: Duration,
     serial2: Option<&Path>,
+    silence: Option<Duration>,
 ) -> Result<Outcome, TestbedError> {
     let start = Instant::now();
     // QEMU logs CPU resets and triple faults: an L1 that ends without a
@@ -123,6 +131,7 @@ pub fn run_batch(
     let console = Arc::new(Mutex::new(Vec::<u8>::new()));
     let l1_ready_at = Arc::new(Mutex::new(None::<Duration>));
     let mut stdout = child.0.stdout.take().ok_or(TestbedError::NoPipe)?;
+    let echo = std::env::var_os(ECHO_ENV).is_some_and(|v| !v.is_empty() && v != "0");
     let reader = {
         let console = Arc::clone(&console);
         let ready = Arc::clone(&l1_ready_at);
@@ -131,6 +140,10 @@ pub fn run_batch(
             while let Ok(n) = stdout.read(&mut buf) {
                 if n == 0 {
                     break;
+                }
+                if echo {
+                    use std::io::Write;
+                    let _ = std::io::stderr().write_all(&buf[..n]);
                 }
                 let mut c = console.lock().unwrap_or_else(|e| e.into_inner());
                 c.extend_from_slice(&buf[..n]);
@@ -143,6 +156,8 @@ pub fn run_batch(
     };
     let text =
         || String::from_utf8_lossy(&console.lock().unwrap_or_else(|e| e.into_inner())).into_owned();
+    let console_len = || console.lock().unwrap_or_else(|e| e.into_inner()).len();
+    let (mut last_len, mut last_change) = (0, Instant::now());
     let parsed = loop {
         let p = markers::parse(&text());
         if p.finished() {
@@ -167,6 +182,15 @@ pub fn run_batch(
         if start.elapsed() > timeout {
             return Err(TestbedError::Timeout {
                 after: timeout,
+                console: markers::normalize(&text()),
+            });
+        }
+        let len = console_len();
+        if len != last_len {
+            (last_len, last_change) = (len, Instant::now());
+        } else if let Some(limit) = silence.filter(|&l| last_change.elapsed() > l) {
+            return Err(TestbedError::Silent {
+                after: limit,
                 console: markers::normalize(&text()),
             });
         }
@@ -214,6 +238,49 @@ pub fn run_interactive(mut cmd: Command) -> Result<i32, TestbedError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A stand-in for L1: `sh -c SCRIPT` (the QEMU arguments run_batch
+    /// adds become unused positional parameters).
+    fn fake_l1(script: &str) -> Command {
+        let mut c = Command::new("sh");
+        c.args(["-c", script, "sh"]);
+        c
+    }
+
+    #[test]
+    fn a_silent_l1_is_left_after_the_silence_limit() {
+        let start = Instant::now();
+        let cmd = fake_l1("echo @@TESTBED-L1-READY 1; echo @@TESTBED-OUT-BEGIN; sleep 30");
+        let r = run_batch(
+            cmd,
+            Duration::from_secs(20),
+            None,
+            Some(Duration::from_millis(300)),
+        );
+        match r {
+            Err(TestbedError::Silent { after, console }) => {
+                assert_eq!(after, Duration::from_millis(300));
+                assert!(console.contains("@@TESTBED-OUT-BEGIN"), "{console}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(start.elapsed() < Duration::from_secs(10));
+        // Output keeps it going: a job that prints often is not silent.
+        let cmd = fake_l1(
+            "echo @@TESTBED-L1-READY 1; echo @@TESTBED-OUT-BEGIN; \
+             for i in 1 2 3 4 5 6; do sleep 0.1; echo $i; done; \
+             printf '\\n@@TESTBED-OUT-END 0\\n@@TESTBED-ERR-BEGIN\\n@@TESTBED-ERR-END\\n'",
+        );
+        let out = run_batch(
+            cmd,
+            Duration::from_secs(20),
+            None,
+            Some(Duration::from_millis(400)),
+        )
+        .unwrap();
+        assert_eq!(out.console, "1\n2\n3\n4\n5\n6\n");
+        assert_eq!(out.status, Some(0));
+    }
 
     #[test]
     fn reset_log_summary_counts_resets_and_triple_faults() {

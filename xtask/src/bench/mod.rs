@@ -33,6 +33,7 @@
 
 mod chart;
 mod density;
+mod linux;
 mod memory;
 mod pio;
 mod qmp;
@@ -183,7 +184,7 @@ pub fn task(args: &[String]) -> Result<()> {
             "memory" => memory::run(&ctx),
             "pio" => pio::run(&ctx),
             "density" => density::run(&ctx),
-            "linux" => Err(anyhow::anyhow!("not wired yet")),
+            "linux" => linux::run(&ctx),
             "qmp" => qmp::run(&ctx),
             _ => continue,
         };
