@@ -169,29 +169,6 @@ pub fn hello_exit(message: &str) -> Vec<u8> {
     pvh_elf(&[(LOAD_ADDR, &code)], LOAD_ADDR)
 }
 
-/// Prints `message` on COM1, then asks for a reset the way each VMM under
-/// comparison understands: the i8042 reset (our PC machine, the floor),
-/// then, where nothing answered it (QEMU's `microvm` has no i8042), a
-/// triple fault: an empty IDT loaded, then `int3`. With `-no-reboot` (or
-/// our default `--reboot exit`) either ends the process.
-pub fn hello_reboot(message: &str) -> Vec<u8> {
-    let code = program(
-        |msg| {
-            let mut c = print(msg);
-            c.extend_from_slice(&[0xb0, 0xfe, 0xe6, 0x64]); // mov al, 0xfe; out 0x64, al
-                                                            // lidt [idtr]: the 6 zero bytes after int3 (limit 0, base 0).
-            let idtr = LOAD_ADDR + c.len() as u64 + 8; // lidt is 7 bytes, int3 1
-            c.extend_from_slice(&[0x0f, 0x01, 0x1d]); // lidt [disp32]
-            c.extend_from_slice(&le32(idtr));
-            c.push(0xcc); // int3: no IDT entry, #GP, #DF, triple fault
-            c.extend_from_slice(&[0; 6]); // idtr
-            c
-        },
-        message,
-    );
-    pvh_elf(&[(LOAD_ADDR, &code)], LOAD_ADDR)
-}
-
 /// Prints `message` on COM1, then halts with interrupts off for good
 /// (`cli; hlt`): a guest that costs the host no CPU (with the in-kernel
 /// irqchip a halted vCPU waits in the kernel) until the VMM is stopped
@@ -478,26 +455,6 @@ mod tests {
             let (_, entry) = load(&image);
             assert_eq!(entry, KernelEntry::Pvh(GuestAddress(LOAD_ADDR)));
         }
-    }
-
-    #[test]
-    fn hello_reboot_loads_an_empty_idt_from_its_own_zero_bytes() {
-        let (mem, _) = load(&hello_reboot("r\n"));
-        // print() 17 bytes, the i8042 reset 4, then lidt [disp32] (7).
-        let mut lidt = [0u8; 3];
-        mem.read_slice(&mut lidt, GuestAddress(LOAD_ADDR + 21))
-            .unwrap();
-        assert_eq!(lidt, [0x0f, 0x01, 0x1d]);
-        let idtr: u32 = mem.read_obj(GuestAddress(LOAD_ADDR + 24)).unwrap();
-        assert_eq!(u64::from(idtr), LOAD_ADDR + 29);
-        let int3: u8 = mem.read_obj(GuestAddress(LOAD_ADDR + 28)).unwrap();
-        assert_eq!(int3, 0xcc);
-        let zeros: [u8; 6] = mem.read_obj(GuestAddress(idtr.into())).unwrap();
-        assert_eq!(zeros, [0; 6]);
-        let mut msg = [0u8; 3];
-        mem.read_slice(&mut msg, GuestAddress(LOAD_ADDR + 35))
-            .unwrap();
-        assert_eq!(&msg, b"r\n\0");
     }
 
     #[test]
