@@ -178,7 +178,7 @@ pub fn run(ctx: &Ctx) -> Result<Vec<Section>> {
         "QMP latency: request leaving the client to the event arriving",
     );
     s.note(format!(
-        "A spinning PVH guest, 64 MiB; {rounds} round(s) of {pairs} stop/cont pairs per VMM,          the VMMs taking turns; one QMP client on the Unix socket, after qmp_capabilities."
+        "A spinning PVH guest, 64 MiB; {rounds} round(s) of {pairs} stop/cont pairs per VMM, the VMMs taking turns; one QMP client on the Unix socket, after qmp_capabilities."
     ));
     s.note("Both VMMs read (on stop) and set (on cont) the kvmclock.");
     s.rows = vec![stop, cont];
