@@ -1,5 +1,5 @@
 //! `bench-floor GUEST.elf [MEMORY_MIB]`: the floor of the boot benchmark
-//! (`cargo xtask bench boot`), the least any VMM can do on this host to run
+//! (`cargo xtask bench`), the least any VMM can do on this host to run
 //! a PVH ELF guest that prints on COM1 and exits.
 //!
 //! Everything it does, in order, all in the main thread:

@@ -23,7 +23,7 @@
 //! QEMU runs `-M microvm` with its defaults (ACPI, PIC, PIT, RTC, its
 //! ISA serial port) and `-cpu host,-arch-capabilities` (Debian's QEMU 7.2
 //! aborts on the `IA32_ARCH_CAPABILITIES` MSR with plain `-cpu host` on
-//! some hosts, as in `cargo xtask bench boot`); ours with its defaults.
+//! some hosts, as in `cargo xtask bench startup`); ours with its defaults.
 //!
 //! Nested, times include L1's overheads (TCG-emulated SVM): every exit of
 //! L2 is costly, so that a verbose console (a port write per character)
