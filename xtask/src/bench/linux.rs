@@ -120,9 +120,11 @@ impl Vmm {
     /// folder (`$VMM`, `$QEMU` and `$QEMU_DATA` come from the test bed).
     fn command(self, cpus: u32, append: &str) -> String {
         match self {
+            // `--log-level info` adds a line or two on stderr (which goes
+            // to the boot's log): why the VMM ended, for a failed try.
             Vmm::Ours => format!(
                 "\"$VMM\" --kernel bzImage --initrd initrd --memory {MEMORY_MIB}M \
-                 --cpus {cpus} --append '{append}'"
+                 --cpus {cpus} --log-level info --append '{append}'"
             ),
             Vmm::Qemu => format!(
                 "\"$QEMU\" -M microvm -accel kvm -cpu host,-arch-capabilities -smp {cpus} -m {MEMORY_MIB}M \
