@@ -57,3 +57,34 @@ pub fn output(c: &mut Command) -> Result<Output> {
     }
     Ok(out)
 }
+
+/// The first `name` on `PATH`.
+pub fn which(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// Installs Debian package `package` on this host with apt-get (again
+/// after `apt-get update` if the first try fails), when this is a Debian
+/// host and we are root; says so on stderr. Whether it got installed.
+pub fn apt_install(package: &str) -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root || which("apt-get").is_none() {
+        return false;
+    }
+    eprintln!("xtask: installing {package} with apt-get");
+    let install = || {
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends", package])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    install() || {
+        let _ = Command::new("apt-get").args(["update", "-qq"]).status();
+        install()
+    }
+}

@@ -7,7 +7,6 @@
 //! `fonts-dejavu-core`, installed with apt-get when missing and possible).
 
 use std::path::Path;
-use std::process::Command;
 
 use anyhow::{anyhow, bail, Context, Result};
 use plotters::prelude::*;
@@ -70,20 +69,7 @@ fn panels(sections: &[Section]) -> Vec<(String, Vec<Line>)> {
 fn load_font() -> Result<()> {
     let find = || FONTS.iter().find(|f| Path::new(f).exists());
     if find().is_none() {
-        // SAFETY: geteuid has no preconditions and cannot fail.
-        if unsafe { libc::geteuid() } == 0 {
-            eprintln!("xtask: no TrueType font for the chart: installing fonts-dejavu-core");
-            let _ = Command::new("apt-get")
-                .args([
-                    "install",
-                    "-y",
-                    "-qq",
-                    "--no-install-recommends",
-                    "fonts-dejavu-core",
-                ])
-                .env("DEBIAN_FRONTEND", "noninteractive")
-                .status();
-        }
+        crate::cmd::apt_install("fonts-dejavu-core");
     }
     let Some(path) = find() else {
         bail!(

@@ -509,12 +509,7 @@ fn boots(runs: usize) -> Result<(Vec<LinuxSeries>, Vec<String>)> {
     }
     let started = Instant::now();
     let guest = GuestFiles::default_location()?;
-    cmd::run(&mut cmd::cargo([
-        "build",
-        "--release",
-        "--package",
-        "vmm-cli",
-    ]))?;
+    // `cargo xtask bench` has built the release `vmm` before any suite.
     let vmm = target_dir().join("release").join("vmm");
     let tmp = TempDir::new("vmm-bench-linux")?;
     let helper = build_helper(&tmp.0)?;
@@ -807,7 +802,8 @@ mod tests {
     /// The whole benchmark, for real (KVM, the guest files, QEMU; nested,
     /// several minutes): `VMM_GUEST_DIR=... BENCH_LINUX_RUNS=1 cargo test
     /// -p xtask -- --ignored --nocapture linux_end_to_end` (with
-    /// `VMM_TESTBED_ECHO=1`, L1's console is shown as it comes).
+    /// `VMM_TESTBED_ECHO=1`, L1's console is shown as it comes); it uses the
+    /// release `vmm`, so `cargo build --release -p vmm-cli` first.
     #[test]
     #[ignore = "boots Linux many times: minutes"]
     fn linux_end_to_end() {

@@ -52,7 +52,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::cmd;
+use crate::cmd::{self, which};
 use report::{Section, Who};
 
 /// What the hello guests print (vmm-pc/examples/write_test_guest.rs).
@@ -299,39 +299,10 @@ fn host_description(ctx: &Ctx, runs: usize, took: Duration) -> String {
 /// this is a Debian machine where we are root. None (with a message) when
 /// there is still no QEMU: the report then has no QEMU column.
 fn ensure_qemu() -> Option<PathBuf> {
-    if let Some(q) = find_in_path(QEMU) {
-        return Some(q);
-    }
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let root = unsafe { libc::geteuid() } == 0;
-    if root && find_in_path("apt-get").is_some() {
-        eprintln!("xtask: {QEMU} is missing: installing qemu-system-x86 with apt-get");
-        let ok = Command::new("apt-get")
-            .args([
-                "install",
-                "-y",
-                "-qq",
-                "--no-install-recommends",
-                "qemu-system-x86",
-            ])
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            let _ = Command::new("apt-get").args(["update", "-qq"]).status();
-            let _ = Command::new("apt-get")
-                .args([
-                    "install",
-                    "-y",
-                    "-qq",
-                    "--no-install-recommends",
-                    "qemu-system-x86",
-                ])
-                .env("DEBIAN_FRONTEND", "noninteractive")
-                .status();
-        }
-    }
-    let q = find_in_path(QEMU);
+    let q = which(QEMU).or_else(|| {
+        cmd::apt_install("qemu-system-x86");
+        which(QEMU)
+    });
     if q.is_none() {
         eprintln!("xtask: {QEMU} is not installed and could not be: no QEMU column");
     }
@@ -724,12 +695,6 @@ fn target_dir() -> PathBuf {
         Some(d) => cmd::root().join(d),
         None => cmd::root().join("target"),
     }
-}
-
-fn find_in_path(name: &str) -> Option<PathBuf> {
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
 }
 
 /// The `q`-quantile of `values` (linear interpolation between ranks).

@@ -268,29 +268,37 @@ fn csv_field(s: &str) -> String {
     }
 }
 
-/// `results.csv`: section, metric, unit, program, n, min, median, max.
-pub fn results_csv(sections: &[Section]) -> String {
-    let mut out = String::from("section,metric,unit,program,n,min,median,max\n");
-    for s in sections {
-        for r in &s.rows {
-            for (who, v) in &r.samples {
-                if v.is_empty() {
-                    continue;
-                }
-                let _ = writeln!(
-                    out,
-                    "{},{},{},{},{},{},{},{}",
+/// Every program's samples of every row: the CSV key columns (section,
+/// metric, unit, program) and the values.
+fn csv_series(sections: &[Section]) -> impl Iterator<Item = (String, &[f64])> {
+    sections.iter().flat_map(|s| {
+        s.rows.iter().flat_map(move |r| {
+            r.samples.iter().map(move |(who, v)| {
+                let key = format!(
+                    "{},{},{},{}",
                     s.id,
                     csv_field(&r.metric),
                     r.unit,
-                    csv_field(who.name()),
-                    v.len(),
-                    quantile(v, 0.0),
-                    quantile(v, 0.5),
-                    quantile(v, 1.0)
+                    csv_field(who.name())
                 );
-            }
-        }
+                (key, v.as_slice())
+            })
+        })
+    })
+}
+
+/// `results.csv`: section, metric, unit, program, n, min, median, max.
+pub fn results_csv(sections: &[Section]) -> String {
+    let mut out = String::from("section,metric,unit,program,n,min,median,max\n");
+    for (key, v) in csv_series(sections).filter(|(_, v)| !v.is_empty()) {
+        let _ = writeln!(
+            out,
+            "{key},{},{},{},{}",
+            v.len(),
+            quantile(v, 0.0),
+            quantile(v, 0.5),
+            quantile(v, 1.0)
+        );
     }
     out
 }
@@ -298,22 +306,9 @@ pub fn results_csv(sections: &[Section]) -> String {
 /// `samples.csv`: section, metric, unit, program, run, value.
 pub fn samples_csv(sections: &[Section]) -> String {
     let mut out = String::from("section,metric,unit,program,run,value\n");
-    for s in sections {
-        for r in &s.rows {
-            for (who, v) in &r.samples {
-                for (i, x) in v.iter().enumerate() {
-                    let _ = writeln!(
-                        out,
-                        "{},{},{},{},{},{}",
-                        s.id,
-                        csv_field(&r.metric),
-                        r.unit,
-                        csv_field(who.name()),
-                        i + 1,
-                        x
-                    );
-                }
-            }
+    for (key, v) in csv_series(sections) {
+        for (i, x) in v.iter().enumerate() {
+            let _ = writeln!(out, "{key},{},{x}", i + 1);
         }
     }
     out

@@ -17,9 +17,7 @@ use std::time::Instant;
 use anyhow::Result;
 
 use super::report::{Goal, Row, Section, Who};
-use super::{
-    find_in_path, interleaved, ms, quantile, sys, warm_up, Ctx, Expect, OnMessage, Program, MESSAGE,
-};
+use super::{interleaved, ms, quantile, sys, warm_up, Ctx, Expect, OnMessage, Program, MESSAGE};
 
 /// Guest RAM, MiB.
 const MEMORY_MIB: u32 = 128;
@@ -200,7 +198,7 @@ fn print_command_lines(programs: &[Program]) {
 fn spawn_carry_kib() -> Option<u64> {
     let p = Program {
         who: Who::Floor,
-        program: find_in_path("true")?,
+        program: crate::cmd::which("true")?,
         args: Vec::new(),
         expect: Expect::Code(0),
         env: Vec::new(),

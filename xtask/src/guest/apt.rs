@@ -11,13 +11,7 @@ pub const NO_APT_HINT: &str = "`cargo xtask guest` fetches the default guest ker
 with Debian's apt-get and dpkg-deb; on another host, build or fetch a bzImage and an initramfs \
 yourself and pass them to the VMM with `--kernel PATH --initrd PATH`";
 
-/// The first `name` on `PATH`.
-pub fn which(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-}
+pub use crate::cmd::which;
 
 /// Fails, with [`NO_APT_HINT`], unless apt-get, apt-cache and dpkg-deb exist.
 pub fn require() -> Result<()> {
