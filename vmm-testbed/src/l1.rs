@@ -39,12 +39,18 @@ pub fn job_script(job: &Job, interactive: bool) -> String {
     let cmd = format!("/bin/vmm {}", args.join(" "));
     let ready = markers::L1_READY;
     if interactive {
+        // No marker lines: the user reads this console. The VMM's status
+        // leaves L1 on ttyS3 (see crate::Bridges); ttyS2, a file on the
+        // host, carries guest output byte for byte (raw).
         format!(
             "cd /job\n\
              [ -e /dev/kvm ] || echo 'test bed: L1 has no /dev/kvm'\n\
-             echo {ready}\n\
+             stty -F {serial_file} raw -echo 2>/dev/null\n\
              {cmd}\n\
-             echo \"test bed: vmm exited with status $?\"\n"
+             st=$?\n\
+             [ $st = 0 ] || echo \"test bed: vmm exited with status $st\"\n\
+             echo $st >/dev/ttyS3\n",
+            serial_file = crate::L1_SERIAL_FILE_TTY,
         )
     } else {
         format!(
@@ -218,6 +224,10 @@ mod tests {
         assert!(!s.contains("export VMM"), "no companion, no environment");
         let i = job_script(&job, true);
         assert!(!i.contains("</dev/null") && !i.contains(markers::OUT_BEGIN));
+        // Interactive: no marker lines on the user's console; the status
+        // leaves on ttyS3.
+        assert!(!i.contains(markers::L1_READY), "{i}");
+        assert!(i.contains("echo $st >/dev/ttyS3"), "{i}");
     }
 
     #[test]

@@ -237,16 +237,39 @@ pub fn run_nested(guest: &GuestFiles, vmm: &Path, job: &Job) -> Result<Outcome, 
     )
 }
 
+/// What an interactive nested run carries between L1 and the host, so
+/// that the VMM's files outside its console reach the user's machine.
+///
+/// L1's serial ports: `ttyS0` is the terminal, `ttyS1` the QMP bridge,
+/// `ttyS2` the serial-output file, `ttyS3` the VMM's exit status.
+#[derive(Debug, Clone, Default)]
+pub struct Bridges {
+    /// L1's `/dev/ttyS1` as a Unix socket QEMU serves at this host path;
+    /// QEMU waits for a client there before it starts L1 (the host side of
+    /// a QMP bridge: the VMM runs with `--qmp /dev/ttyS1`).
+    pub ttys1_socket: Option<PathBuf>,
+    /// L1's `/dev/ttyS2` appended to this host file, the line in raw mode
+    /// (the VMM runs with `--serial file:/dev/ttyS2`).
+    pub ttys2_file: Option<PathBuf>,
+}
+
+/// L1's serial port a [`Bridges::ttys1_socket`] reaches.
+pub const L1_QMP_TTY: &str = "/dev/ttyS1";
+/// L1's serial port a [`Bridges::ttys2_file`] reaches.
+pub const L1_SERIAL_FILE_TTY: &str = "/dev/ttyS2";
+
 /// Runs `job` interactively nested in L1, the terminal reaching L1's
-/// console (and through it the VMM's). Returns QEMU's exit status.
+/// console (and through it the VMM's). Returns the VMM's exit status
+/// (carried out of L1 on its fourth serial port).
 pub fn run_nested_interactive(
     guest: &GuestFiles,
     vmm: &Path,
     job: &Job,
+    bridges: &Bridges,
 ) -> Result<i32, TestbedError> {
     let image = qemu::TempFile::new(&l1::l1_initramfs(guest, vmm, job, true)?)?;
     let cmd = qemu::l1_command(&guest.bzimage, &image.0, job.l1_memory_mib);
-    qemu::run_interactive(cmd)
+    qemu::run_interactive(cmd, bridges)
 }
 
 /// Runs `job` where Linux can boot: directly on hardware KVM, nested on

@@ -221,8 +221,10 @@ fn outcome(
     })
 }
 
-/// Runs L1 with the user's terminal as its console; returns QEMU's status.
-pub fn run_interactive(mut cmd: Command) -> Result<i32, TestbedError> {
+/// Runs L1 with the user's terminal as its console and `bridges` on its
+/// other serial ports; returns the VMM's exit status, which the job script
+/// writes to L1's fourth serial port (a file here).
+pub fn run_interactive(mut cmd: Command, bridges: &crate::Bridges) -> Result<i32, TestbedError> {
     // The stdio chardev puts the terminal in raw mode and passes every key
     // through (signal=off: Ctrl-C reaches the guest, not QEMU).
     cmd.args([
@@ -231,8 +233,47 @@ pub fn run_interactive(mut cmd: Command) -> Result<i32, TestbedError> {
         "-serial",
         "chardev:con",
     ]);
+    let status_file = TempFile::new(b"")?;
+    cmd.args(interactive_serial_args(bridges, &status_file.0));
     let status = cmd.status().map_err(|e| TestbedError::Tool(QEMU, e))?;
-    Ok(status.code().unwrap_or(1))
+    let text = std::fs::read_to_string(&status_file.0).unwrap_or_default();
+    vmm_status(&text).ok_or_else(|| {
+        TestbedError::InL1(format!(
+            "L1 ended (QEMU {status}) without reporting the VMM's exit status"
+        ))
+    })
+}
+
+/// QEMU's arguments for L1's ttyS1..ttyS3 (see [`crate::Bridges`]).
+fn interactive_serial_args(bridges: &crate::Bridges, status: &Path) -> Vec<String> {
+    let mut a = Vec::new();
+    match &bridges.ttys1_socket {
+        Some(p) => a.extend([
+            "-chardev".into(),
+            format!("socket,id=ttys1,path={},server=on,wait=on", p.display()),
+        ]),
+        None => a.extend(["-chardev".into(), "null,id=ttys1".into()]),
+    }
+    match &bridges.ttys2_file {
+        Some(p) => a.extend([
+            "-chardev".into(),
+            format!("file,id=ttys2,path={},append=on", p.display()),
+        ]),
+        None => a.extend(["-chardev".into(), "null,id=ttys2".into()]),
+    }
+    a.extend([
+        "-chardev".into(),
+        format!("file,id=ttys3,path={}", status.display()),
+    ]);
+    for id in ["ttys1", "ttys2", "ttys3"] {
+        a.extend(["-serial".into(), format!("chardev:{id}")]);
+    }
+    a
+}
+
+/// The VMM's status as the job script wrote it ("0\r\n", say).
+fn vmm_status(text: &str) -> Option<i32> {
+    text.split_whitespace().last()?.parse().ok()
 }
 
 #[cfg(test)]
@@ -280,6 +321,37 @@ mod tests {
         .unwrap();
         assert_eq!(out.console, "1\n2\n3\n4\n5\n6\n");
         assert_eq!(out.status, Some(0));
+    }
+
+    #[test]
+    fn interactive_serial_ports_in_order() {
+        let none = interactive_serial_args(&crate::Bridges::default(), Path::new("/t/st"));
+        assert_eq!(
+            none.join(" "),
+            "-chardev null,id=ttys1 -chardev null,id=ttys2 -chardev file,id=ttys3,path=/t/st \
+             -serial chardev:ttys1 -serial chardev:ttys2 -serial chardev:ttys3"
+        );
+        let both = crate::Bridges {
+            ttys1_socket: Some("/t/q.sock".into()),
+            ttys2_file: Some("/t/console.log".into()),
+        };
+        let a = interactive_serial_args(&both, Path::new("/t/st")).join(" ");
+        assert!(
+            a.contains("socket,id=ttys1,path=/t/q.sock,server=on,wait=on"),
+            "{a}"
+        );
+        assert!(
+            a.contains("file,id=ttys2,path=/t/console.log,append=on"),
+            "{a}"
+        );
+    }
+
+    #[test]
+    fn the_vmm_status_from_its_port() {
+        assert_eq!(vmm_status("0\r\n"), Some(0));
+        assert_eq!(vmm_status("1\n"), Some(1));
+        assert_eq!(vmm_status(""), None);
+        assert_eq!(vmm_status("garbage"), None);
     }
 
     #[test]

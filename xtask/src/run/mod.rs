@@ -1,0 +1,253 @@
+//! `cargo xtask run [-- VMM-ARGS]`: boot the default guest to a shell.
+//!
+//! With hardware KVM the VMM runs directly in this terminal. Where
+//! `/dev/kvm` is PVM, which cannot run unmodified Linux under any VMM, the
+//! same VMM and guest run nested in the test bed (an L1 kernel under
+//! QEMU/TCG with a real KVM), this terminal reaching L1's console and so
+//! the VMM's; Ctrl-A x still quits.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use vmm_testbed::{Bridges, HostKvm, Job};
+
+use crate::{cmd, guest};
+
+mod args;
+mod qmp_bridge;
+
+use args::{VmmArgs, Word};
+
+/// Builds the release VMM and returns its path.
+pub fn build_vmm() -> Result<PathBuf> {
+    eprintln!("xtask run: building the VMM (release; a first build takes a minute or two)");
+    cmd::run(&mut cmd::cargo([
+        "build",
+        "--release",
+        "--quiet",
+        "--package",
+        "vmm-cli",
+    ]))?;
+    Ok(cmd::root().join("target/release/vmm"))
+}
+
+/// `cargo xtask run`: ends the process with the VMM's exit status.
+pub fn task(args: &[String]) -> Result<()> {
+    let user: Vec<String> = match args.first().map(String::as_str) {
+        Some("--") => args[1..].to_vec(),
+        _ => args.to_vec(),
+    };
+    let mut vmm_args = VmmArgs::parse(&user);
+    let vmm = build_vmm()?;
+    if vmm_args.wants_help() {
+        // Help needs neither KVM nor a guest.
+        exit_with(Command::new(&vmm).args(&user).status(), &vmm);
+    }
+    let host = HostKvm::detect();
+    if host == HostKvm::Missing {
+        bail!("this host has no /dev/kvm: load kvm_intel or kvm_amd (or enable nested virtualization)");
+    }
+    let g = guest::ensure()?;
+    if !vmm_args.has("--kernel") {
+        vmm_args.0.push(Word::Opt(
+            "--kernel".into(),
+            Some(g.paths.bzimage.display().to_string()),
+        ));
+        if !vmm_args.has("--initrd") {
+            vmm_args.0.push(Word::Opt(
+                "--initrd".into(),
+                Some(g.paths.initramfs.display().to_string()),
+            ));
+        }
+    }
+    match host.why_not_direct() {
+        None => exit_with(Command::new(&vmm).args(vmm_args.to_vec()).status(), &vmm),
+        Some(why) => {
+            eprintln!(
+                "xtask run: {why}; running the same VMM and guest nested in the test bed \
+                 (QEMU/TCG with a real KVM inside), about 15-30 s to the shell. Ctrl-A x quits. \
+                 Nested, the guest kernel warns once about an \"XSAVE consistency problem\": \
+                 L1's emulated XSAVE, harmless (QEMU's guests print it too)."
+            );
+            if vmm_args.has("--paused") {
+                eprintln!(
+                    "xtask run: --paused: the guest waits for `cont` (Ctrl-A c opens the \
+                     monitor, or QMP)"
+                );
+            }
+            let nested = nested_job(&vmm_args)?;
+            let _bridge = match &nested.qmp {
+                Some(user_path) => Some(qmp_bridge::QmpBridge::start(
+                    user_path,
+                    nested
+                        .bridges
+                        .ttys1_socket
+                        .as_deref()
+                        .unwrap_or(Path::new("")),
+                )?),
+                None => None,
+            };
+            let status =
+                vmm_testbed::run_nested_interactive(&g.paths, &vmm, &nested.job, &nested.bridges);
+            let _ = nested
+                .bridges
+                .ttys1_socket
+                .as_ref()
+                .map(std::fs::remove_file);
+            drop(_bridge);
+            std::process::exit(status?);
+        }
+    }
+}
+
+/// Ends xtask with the VMM's status.
+fn exit_with(status: std::io::Result<std::process::ExitStatus>, vmm: &Path) -> ! {
+    match status {
+        Ok(s) => std::process::exit(s.code().unwrap_or(1)),
+        Err(e) => {
+            eprintln!("xtask run: cannot start {}: {e}", vmm.display());
+            std::process::exit(1)
+        }
+    }
+}
+
+/// A nested run: the job, and what is bridged between L1 and the host.
+#[derive(Debug)]
+struct Nested {
+    job: Job,
+    bridges: Bridges,
+    /// The user's `--qmp` path on the host.
+    qmp: Option<PathBuf>,
+}
+
+/// The nested job: host files named by `--kernel`/`--initrd` travel into
+/// L1 under their base names; `--qmp PATH` and `--serial file:PATH` become
+/// L1's serial ports, bridged to PATH on the host.
+fn nested_job(args: &VmmArgs) -> Result<Nested> {
+    let mut out = Vec::new();
+    let mut files = Vec::new();
+    let mut bridges = Bridges::default();
+    let mut qmp = None;
+    for w in &args.0 {
+        let Word::Opt(name, Some(value)) = w else {
+            out.push(w.clone());
+            continue;
+        };
+        let value = match name.as_str() {
+            "--kernel" | "--initrd" => {
+                let path = Path::new(value);
+                let base = path
+                    .file_name()
+                    .with_context(|| format!("{name} {value}: not a file"))?
+                    .to_string_lossy()
+                    .into_owned();
+                files.push((base.clone(), path.to_owned()));
+                base
+            }
+            "--qmp" => {
+                qmp = Some(PathBuf::from(value));
+                bridges.ttys1_socket = Some(
+                    std::env::temp_dir()
+                        .join(format!("vmm-xtask-run-{}-ttyS1.sock", std::process::id())),
+                );
+                vmm_testbed::L1_QMP_TTY.to_owned()
+            }
+            "--serial" if value.starts_with("file:") => {
+                let spec = &value["file:".len()..];
+                let (path, options) = match spec.split_once(',') {
+                    Some((p, o)) => (p, format!(",{o}")),
+                    None => (spec, String::new()),
+                };
+                bridges.ttys2_file = Some(PathBuf::from(path));
+                format!("file:{}{options}", vmm_testbed::L1_SERIAL_FILE_TTY)
+            }
+            _ => value.clone(),
+        };
+        out.push(Word::Opt(name.clone(), Some(value)));
+    }
+    let mut job = Job::new(VmmArgs(out).to_vec());
+    for (name, path) in files {
+        job = job.file(&name, &path);
+    }
+    Ok(Nested { job, bridges, qmp })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(a: &[&str]) -> VmmArgs {
+        VmmArgs::parse(&a.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn host_paths_become_job_files() {
+        let n = nested_job(&words(&[
+            "--kernel=/a/b/bzImage",
+            "--cpus",
+            "2",
+            "--initrd",
+            "/c/init.cpio",
+        ]))
+        .unwrap();
+        assert_eq!(
+            n.job.args,
+            [
+                "--kernel",
+                "bzImage",
+                "--cpus",
+                "2",
+                "--initrd",
+                "init.cpio"
+            ]
+        );
+        assert_eq!(
+            n.job.files,
+            [
+                ("bzImage".to_owned(), PathBuf::from("/a/b/bzImage")),
+                ("init.cpio".to_owned(), PathBuf::from("/c/init.cpio"))
+            ]
+        );
+        assert!(n.qmp.is_none() && n.bridges.ttys1_socket.is_none());
+        assert!(nested_job(&words(&["--kernel=/"])).is_err());
+        // An option without its value is the VMM's to refuse.
+        assert_eq!(
+            nested_job(&words(&["--kernel"])).unwrap().job.args,
+            ["--kernel"]
+        );
+    }
+
+    #[test]
+    fn qmp_and_serial_files_are_bridged_out_of_l1() {
+        let n = nested_job(&words(&[
+            "--qmp=/tmp/q.sock",
+            "--serial",
+            "file:/tmp/console.log",
+            "--paused",
+        ]))
+        .unwrap();
+        assert_eq!(
+            n.job.args,
+            [
+                "--qmp",
+                "/dev/ttyS1",
+                "--serial",
+                "file:/dev/ttyS2",
+                "--paused"
+            ]
+        );
+        assert_eq!(n.qmp.as_deref(), Some(Path::new("/tmp/q.sock")));
+        assert!(n.bridges.ttys1_socket.is_some());
+        assert_eq!(
+            n.bridges.ttys2_file.as_deref(),
+            Some(Path::new("/tmp/console.log"))
+        );
+        // Options after the path stay with the VMM's spec.
+        let n = nested_job(&words(&["--serial=file:/x/log,maxsize=1M"])).unwrap();
+        assert_eq!(n.job.args, ["--serial", "file:/dev/ttyS2,maxsize=1M"]);
+        let n = nested_job(&words(&["--serial", "none"])).unwrap();
+        assert_eq!(n.job.args, ["--serial", "none"]);
+        assert!(n.bridges.ttys2_file.is_none());
+    }
+}
