@@ -18,7 +18,6 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::escape::{Action, EscapeParser, HELP};
 use crate::monitor::{self, Editor, Line};
-use vmm_pc::Reply;
 
 /// Most typed input that may wait for the guest to read it.
 pub const PENDING_LIMIT: usize = 64 * 1024;
@@ -155,26 +154,22 @@ impl Console {
         let (echo, lines) = editor.feed(bytes);
         print_out(&String::from_utf8_lossy(&echo));
         for line in lines {
-            match monitor::parse(&line) {
-                Line::Empty => print_out(monitor::PROMPT),
-                Line::Help => print_out(&format!("{}{}", monitor::HELP, monitor::PROMPT)),
-                Line::Unknown(what) => print_out(&format!(
-                    "unknown command: '{what}' (try help)\r\n{}",
-                    monitor::PROMPT
-                )),
+            let line = monitor::parse(&line);
+            match (monitor::local_text(&line), line) {
+                (Some(text), _) => print_out(&format!("{text}{}", monitor::PROMPT)),
                 // The same machine commands as QMP's; the main loop runs
                 // them and the answer is printed when it comes.
-                Line::Machine(command) => self.control.submit(
+                (None, Line::Machine(command)) => self.control.submit(
                     command,
                     Box::new(|outcome| {
-                        let text = match outcome {
-                            Ok(Reply::Status { status, .. }) => format!("VM status: {status}\r\n"),
-                            Ok(_) => String::new(),
-                            Err(why) => format!("Error: {why}\r\n"),
-                        };
-                        print_out(&format!("{text}{}", monitor::PROMPT));
+                        print_out(&format!(
+                            "{}{}",
+                            monitor::reply_text(outcome),
+                            monitor::PROMPT
+                        ));
                     }),
                 ),
+                (None, _) => {}
             }
         }
     }

@@ -8,6 +8,7 @@
 mod args;
 mod console;
 mod escape;
+mod host_check;
 mod monitor;
 mod output;
 mod qmp;
@@ -134,6 +135,21 @@ fn run(args: Args) -> Result<ExitReason> {
                 let _ = std::fs::remove_file(&path);
             }
         });
+    }
+    if let Some(warning) =
+        host_check::linux_on_pvm(vmm_core::kvm::KvmFlavor::detect(), &args.kernel)
+    {
+        log::warn!("{warning}");
+    }
+    if args.paused && args.serial == Serial::Stdio {
+        eprintln!(
+            "vmm: paused in prelaunch: Ctrl-A c opens the monitor, where `cont` starts the guest{}",
+            if args.qmp.is_some() {
+                " (or QMP cont)"
+            } else {
+                ""
+            }
+        );
     }
     let result = machine.run().context("the machine failed");
     let dropped = writer.finish(Duration::from_secs(2));

@@ -5,13 +5,14 @@
 //! | command | does |
 //! |---|---|
 //! | `info status` | prints the run state |
+//! | `info cpus` | lists the vCPUs and their host thread ids |
 //! | `stop`, `cont` | pause and resume |
 //! | `system_reset` | reset in place |
 //! | `system_powerdown` | press the ACPI power button |
 //! | `quit` (`q`) | end the VMM |
 //! | `help` (`?`) | list these |
 
-use vmm_pc::Command;
+use vmm_pc::{Command, Reply};
 
 /// The prompt.
 pub const PROMPT: &str = "(vmm) ";
@@ -19,6 +20,7 @@ pub const PROMPT: &str = "(vmm) ";
 /// What the monitor lists for `help`.
 pub const HELP: &str = "\
 info status       print the run state\r
+info cpus         list the vCPUs and their host threads\r
 stop              pause the guest\r
 cont              resume the guest\r
 system_reset      reset the machine in place\r
@@ -49,6 +51,7 @@ pub fn parse(line: &str) -> Line {
     match words.as_slice() {
         [] => Line::Empty,
         ["info", "status"] => Line::Machine(Command::QueryStatus),
+        ["info", "cpus"] => Line::Machine(Command::QueryCpus),
         ["stop"] => Line::Machine(Command::Stop),
         ["cont" | "c"] => Line::Machine(Command::Cont),
         ["system_reset"] => Line::Machine(Command::SystemReset),
@@ -59,10 +62,52 @@ pub fn parse(line: &str) -> Line {
     }
 }
 
+/// What a machine command's outcome prints, as QEMU's human monitor
+/// prints it (lines end in CR LF; commands that only act print nothing).
+pub fn reply_text(outcome: Result<Reply, String>) -> String {
+    match outcome {
+        Ok(Reply::Status { status, .. }) => format!("VM status: {status}\r\n"),
+        Ok(Reply::Cpus(cpus)) => cpus
+            .iter()
+            .map(|c| {
+                let current = if c.index == 0 { '*' } else { ' ' };
+                format!("{current} CPU #{}: thread_id={}\r\n", c.index, c.thread_id)
+            })
+            .collect(),
+        Ok(Reply::Done) => String::new(),
+        Err(why) => format!("Error: {why}\r\n"),
+    }
+}
+
+/// What the monitor prints for a line that runs no machine command.
+pub fn local_text(line: &Line) -> Option<String> {
+    match line {
+        Line::Empty => Some(String::new()),
+        Line::Help => Some(HELP.to_owned()),
+        Line::Unknown(what) => Some(format!("unknown command: '{what}' (try help)\r\n")),
+        Line::Machine(_) => None,
+    }
+}
+
+/// Where the editor is in a terminal escape sequence (an arrow key, or a
+/// terminal's answer to a guest's query such as the cursor position
+/// report `ESC [ 50 ; 5 R`, which busybox's shell asks for at its prompt).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Escape {
+    #[default]
+    None,
+    /// After ESC.
+    Start,
+    /// In a CSI (`ESC [`) or SS3 (`ESC O`) sequence, until its final byte.
+    Sequence,
+}
+
 /// The line editor: bytes in, echo out, whole lines when Enter comes.
+/// Escape sequences are swallowed whole, never typed into the line.
 #[derive(Debug, Default)]
 pub struct Editor {
     line: Vec<u8>,
+    escape: Escape,
 }
 
 impl Editor {
@@ -71,6 +116,27 @@ impl Editor {
         let mut echo = Vec::new();
         let mut lines = Vec::new();
         for &b in input {
+            match (self.escape, b) {
+                (Escape::None, 0x1b) => {
+                    self.escape = Escape::Start;
+                    continue;
+                }
+                (Escape::Start, b'[' | b'O') => {
+                    self.escape = Escape::Sequence;
+                    continue;
+                }
+                (Escape::Start, _) => {
+                    // ESC and one more byte (Alt-key): both dropped.
+                    self.escape = Escape::None;
+                    continue;
+                }
+                (Escape::Sequence, 0x40..=0x7e) => {
+                    self.escape = Escape::None;
+                    continue;
+                }
+                (Escape::Sequence, _) => continue,
+                (Escape::None, _) => {}
+            }
             match b {
                 b'\r' | b'\n' => {
                     echo.extend_from_slice(b"\r\n");
@@ -107,7 +173,8 @@ mod tests {
         assert_eq!(parse("q"), Line::Machine(Command::Quit));
         assert_eq!(parse(""), Line::Empty);
         assert_eq!(parse("?"), Line::Help);
-        assert_eq!(parse("info cpus"), Line::Unknown("info cpus".into()));
+        assert_eq!(parse("info cpus"), Line::Machine(Command::QueryCpus));
+        assert_eq!(parse("info mtree"), Line::Unknown("info mtree".into()));
     }
 
     #[test]
@@ -127,5 +194,52 @@ mod tests {
         assert!(lines.is_empty());
         let (_, lines) = e.feed(b"\r");
         assert_eq!(lines[0].len(), MAX_LINE);
+    }
+
+    #[test]
+    fn escape_sequences_are_swallowed_whole() {
+        let mut e = Editor::default();
+        // A cursor position report and an arrow key amid typing.
+        let (echo, lines) = e.feed(b"in\x1b[50;5Rfo\x1b[A \x1bOPcpus\r");
+        assert_eq!(lines, ["info cpus"]);
+        assert_eq!(echo, b"info cpus\r\n");
+        // Split across reads.
+        let (echo, _) = e.feed(b"\x1b");
+        assert!(echo.is_empty());
+        let (echo, _) = e.feed(b"[12;");
+        assert!(echo.is_empty());
+        let (_, lines) = e.feed(b"40Rstop\r");
+        assert_eq!(lines, ["stop"]);
+    }
+
+    #[test]
+    fn replies_print_as_qemus_monitor_does() {
+        use vmm_pc::CpuInfo;
+        let cpus = Reply::Cpus(vec![
+            CpuInfo {
+                index: 0,
+                thread_id: 11,
+            },
+            CpuInfo {
+                index: 1,
+                thread_id: 12,
+            },
+        ]);
+        assert_eq!(
+            reply_text(Ok(cpus)),
+            "* CPU #0: thread_id=11\r\n  CPU #1: thread_id=12\r\n"
+        );
+        let status = Reply::Status {
+            running: true,
+            status: vmm_runstate::RunState::Running,
+        };
+        assert_eq!(reply_text(Ok(status)), "VM status: running\r\n");
+        assert_eq!(reply_text(Ok(Reply::Done)), "");
+        assert_eq!(reply_text(Err("no".into())), "Error: no\r\n");
+        assert_eq!(
+            local_text(&parse("frob")).unwrap(),
+            "unknown command: 'frob' (try help)\r\n"
+        );
+        assert!(local_text(&parse("stop")).is_none());
     }
 }

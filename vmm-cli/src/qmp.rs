@@ -8,6 +8,8 @@ use serde_json::{json, Map, Value};
 use vmm_pc::{Command, MachineControl, MachineEvent, Reply};
 use vmm_qmp::{Backend, Outbox, QmpError, Responder, Version};
 
+use crate::monitor;
+
 /// The commands we run, besides `qmp_capabilities`.
 const COMMANDS: &[&str] = &[
     "query-status",
@@ -21,6 +23,7 @@ const COMMANDS: &[&str] = &[
     "query-cpus-fast",
     "query-name",
     "query-commands",
+    "human-monitor-command",
 ];
 
 /// Our version, as QMP reports it.
@@ -79,7 +82,10 @@ impl Backend for MachineBackend {
     }
 
     fn execute(&mut self, command: &str, arguments: &Map<String, Value>, r: Responder) {
-        // None of our commands takes arguments (QEMU's wording).
+        if command == "human-monitor-command" {
+            return self.human_monitor_command(arguments, r);
+        }
+        // None of our other commands takes arguments (QEMU's wording).
         if let Some(name) = arguments.keys().next() {
             return r.err(&QmpError::generic(format!(
                 "Parameter '{name}' is unexpected"
@@ -112,6 +118,40 @@ impl Backend for MachineBackend {
                 Err(why) => r.err(&QmpError::generic(why)),
             }),
         );
+    }
+}
+
+impl MachineBackend {
+    /// QEMU's `human-monitor-command`: a console-monitor line, its output
+    /// as the reply's string (libvirt's and scripts' way to the monitor).
+    fn human_monitor_command(&mut self, arguments: &Map<String, Value>, r: Responder) {
+        for name in arguments.keys() {
+            if name != "command-line" && name != "cpu-index" {
+                return r.err(&QmpError::generic(format!(
+                    "Parameter '{name}' is unexpected"
+                )));
+            }
+        }
+        let Some(line) = arguments.get("command-line") else {
+            return r.err(&QmpError::generic(
+                "Parameter 'command-line' is missing".to_owned(),
+            ));
+        };
+        let Some(line) = line.as_str() else {
+            return r.err(&QmpError::generic(
+                "Invalid parameter type for 'command-line', expected: string".to_owned(),
+            ));
+        };
+        let line = monitor::parse(line);
+        if let Some(text) = monitor::local_text(&line) {
+            return r.ok(Value::String(text));
+        }
+        if let monitor::Line::Machine(command) = line {
+            self.control.submit(
+                command,
+                Box::new(move |outcome| r.ok(Value::String(monitor::reply_text(outcome)))),
+            );
+        }
     }
 }
 

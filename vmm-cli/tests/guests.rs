@@ -356,3 +356,43 @@ fn ctrl_a_c_monitor_runs_machine_commands() {
         stderr(&o)
     );
 }
+
+/// On a PVM host, a Linux kernel cannot boot: the VMM says so (and where
+/// to go) before the guest starts, and still runs it. Elsewhere it says
+/// nothing of the kind. The Debian kernel comes from the default guest
+/// (`cargo xtask test` sets its folder).
+#[test]
+fn a_linux_kernel_on_a_pvm_host_is_warned_about() {
+    if !kvm("a_linux_kernel_on_a_pvm_host_is_warned_about") {
+        return;
+    }
+    let guest = match vmm_testbed::GuestFiles::default_location() {
+        Ok(g) => g,
+        Err(e) => {
+            assert!(
+                !vmm_core::kvm::required_for_tests(),
+                "VMM_REQUIRE_KVM=1 but {e}"
+            );
+            eprintln!("SKIP a_linux_kernel_on_a_pvm_host_is_warned_about: {e}");
+            return;
+        }
+    };
+    let mut child = vmm()
+        .arg("--kernel")
+        .arg(&guest.bzimage)
+        .args(["--serial", "none", "--memory", "256M"])
+        .spawn()
+        .unwrap();
+    let err = child.stderr.take().map(vmm_testbed::process::drain);
+    // The warning comes before the guest runs; two seconds is plenty.
+    std::thread::sleep(Duration::from_secs(2));
+    let _ = child.kill();
+    let _ = child.wait();
+    let err = String::from_utf8_lossy(&err.unwrap().join().unwrap()).into_owned();
+    let pvm = vmm_core::kvm::KvmFlavor::detect() == vmm_core::kvm::KvmFlavor::Pvm;
+    assert_eq!(err.contains("is PVM (kvm_pvm)"), pvm, "{err}");
+    if pvm {
+        assert!(err.contains("cargo xtask run"), "{err}");
+    }
+    assert!(!err.contains("panicked"), "{err}");
+}

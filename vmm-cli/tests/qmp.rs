@@ -572,3 +572,58 @@ fn the_guest_setting_its_rtc_is_an_rtc_change_event() {
     let o = wait(child);
     assert!(o.status.success(), "{}", stderr(&o));
 }
+
+/// QEMU's `human-monitor-command`: monitor lines through QMP, their output
+/// as the reply's string.
+#[test]
+fn human_monitor_command_runs_monitor_lines() {
+    if !kvm("human_monitor_command") {
+        return;
+    }
+    let dir = TempDir::new("qmp-hmp");
+    let (child, sock) = spawn(
+        &dir,
+        &test_guests::hello_spin("spin\n"),
+        &["--serial", "none"],
+    );
+    let mut c = Client::connect(&sock);
+    let mut hmp = |line: &str| {
+        let request = json!({"execute": "human-monitor-command",
+                             "arguments": {"command-line": line}});
+        writeln!(c.w, "{request}").unwrap();
+        loop {
+            let v = c.line();
+            if v.get("event").is_none() {
+                return v;
+            }
+        }
+    };
+    assert_eq!(hmp("info status")["return"], "VM status: running\r\n");
+    assert_eq!(hmp("stop")["return"], "");
+    assert_eq!(hmp("info status")["return"], "VM status: paused\r\n");
+    let cpus = hmp("info cpus")["return"].as_str().unwrap().to_owned();
+    assert!(cpus.starts_with("* CPU #0: thread_id="), "{cpus}");
+    assert!(hmp("help")["return"]
+        .as_str()
+        .unwrap()
+        .contains("info cpus"));
+    assert_eq!(
+        hmp("frobnicate")["return"],
+        "unknown command: 'frobnicate' (try help)\r\n"
+    );
+    writeln!(
+        c.w,
+        r#"{{"execute":"human-monitor-command","arguments":{{}}}}"#
+    )
+    .unwrap();
+    assert_eq!(c.line()["error"]["class"], "GenericError");
+    writeln!(
+        c.w,
+        r#"{{"execute":"human-monitor-command","arguments":{{"command-line":5}}}}"#
+    )
+    .unwrap();
+    assert_eq!(c.line()["error"]["class"], "GenericError");
+    assert_eq!(c.execute("quit"), json!({"return": {}}));
+    let o = wait(child);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
