@@ -44,6 +44,17 @@ pub fn run(c: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// Runs `c` with inherited stdio, without announcing it; fails unless it
+/// exits 0.
+pub fn run_quietly(c: &mut Command) -> Result<()> {
+    let what = describe(c);
+    let status = c.status().with_context(|| format!("cannot start {what}"))?;
+    if !status.success() {
+        bail!("{what} failed ({status})");
+    }
+    Ok(())
+}
+
 /// Runs `c` and returns its output; fails unless it exits 0.
 pub fn output(c: &mut Command) -> Result<Output> {
     let what = describe(c);

@@ -19,6 +19,7 @@ mod bench;
 mod cmd;
 mod deps;
 mod guest;
+mod links;
 mod run;
 
 const USAGE: &str = "\
@@ -30,7 +31,8 @@ tasks:
                            the test bed (QEMU/TCG with a real KVM inside)
   test [CARGO-TEST-ARGS]   run every crate's tests; where /dev/kvm exists, the KVM
                            tests are required to run (VMM_REQUIRE_KVM=1)
-  lint                     cargo fmt --check, clippy --workspace --all-targets -D warnings
+  lint                     links in README.md and docs/ stay inside the repository,
+                           cargo fmt --check, clippy --workspace --all-targets -D warnings
   check-deps               fail if vmm-runstate, vmm-clock, vmm-devices or vmm-qmp reach
                            kvm-ioctls or kvm-bindings (through any crate)
   bench [SUITE...] [--runs N] [--quick] [-- ALARM-ARGS]
@@ -130,6 +132,7 @@ fn ensure_qemu_qmp() -> Result<()> {
 }
 
 fn lint() -> Result<()> {
+    links::check(&cmd::root())?;
     cmd::run(&mut cmd::cargo(["fmt", "--all", "--", "--check"]))?;
     cmd::run(&mut cmd::cargo([
         "clippy",

@@ -74,7 +74,7 @@ pub fn run(ctx: &Ctx) -> Result<Vec<Section>> {
         SETTLE.as_millis()
     ));
     s.note(
-        "Goal from the issue: under 3 MiB outside guest RAM for a 256 MiB Linux guest; measured \
+        "Our goal: under 3 MiB outside guest RAM for a 256 MiB Linux guest; measured \
          here with the minimal guest (Linux cannot run on a PVM host).",
     );
     for size in SIZES_MIB {

@@ -1,6 +1,6 @@
 //! The benchmark report: what each benchmark measured, as min / median /
 //! max per program and the ratios of ours to the floor and to QEMU, with
-//! the issue's goals checked against the medians. Printed as a Markdown
+//! our goals checked against the medians. Printed as a Markdown
 //! table and written to `target/bench/` as `report.md`, `results.csv`
 //! (one line per program and metric) and `samples.csv` (every sample).
 
@@ -32,7 +32,7 @@ impl Who {
     }
 }
 
-/// A target from the issue, checked on the medians.
+/// One of our targets, checked on the medians.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Goal {
     /// Ours at most this many times the floor.

@@ -21,11 +21,12 @@ use args::{VmmArgs, Word};
 
 /// Builds the release VMM and returns its path.
 pub fn build_vmm() -> Result<PathBuf> {
-    eprintln!("xtask run: building the VMM (release; a first build takes a minute or two)");
-    cmd::run(&mut cmd::cargo([
+    // Cargo's own progress shows while a first build runs (a minute or
+    // two); a warm build is one "Finished" line.
+    eprintln!("xtask run: building the VMM (release)");
+    cmd::run_quietly(&mut cmd::cargo([
         "build",
         "--release",
-        "--quiet",
         "--package",
         "vmm-cli",
     ]))?;
