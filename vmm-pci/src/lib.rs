@@ -31,6 +31,7 @@ pub mod bus;
 pub mod config;
 pub mod msix;
 
+pub use bus::{PciDevice, PciRoot};
 pub use config::{BarKind, ConfigSpace};
 
 /// What the machine did wrong building a function or the bus (the guest

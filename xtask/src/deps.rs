@@ -9,7 +9,13 @@ use anyhow::{bail, Result};
 use crate::cmd;
 
 /// Crates that must not depend on KVM (when they are workspace members).
-const KVM_FREE: &[&str] = &["vmm-runstate", "vmm-clock", "vmm-devices", "vmm-qmp"];
+const KVM_FREE: &[&str] = &[
+    "vmm-runstate",
+    "vmm-clock",
+    "vmm-devices",
+    "vmm-pci",
+    "vmm-qmp",
+];
 /// Crates that must not appear below a KVM-free crate.
 const KVM_CRATES: &[&str] = &["kvm-ioctls", "kvm-bindings"];
 /// Crates that must have no normal dependencies at all.

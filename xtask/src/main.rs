@@ -33,7 +33,7 @@ tasks:
                            tests are required to run (VMM_REQUIRE_KVM=1)
   lint                     links in README.md and docs/ stay inside the repository,
                            cargo fmt --check, clippy --workspace --all-targets -D warnings
-  check-deps               fail if vmm-runstate, vmm-clock, vmm-devices or vmm-qmp reach
+  check-deps               fail if vmm-runstate, vmm-clock, vmm-devices, vmm-pci or vmm-qmp reach
                            kvm-ioctls or kvm-bindings (through any crate)
   bench [SUITE...] [--runs N] [--quick] [-- ALARM-ARGS]
                            the benchmark suite, ours beside QEMU (installed with
