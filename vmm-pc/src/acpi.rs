@@ -6,12 +6,14 @@
 //! i8042 are there, so Linux keeps using them. The tables:
 //!
 //! - RSDP (revision 2) at [`RSDP_START`] → XSDT;
-//! - XSDT → FADT, MADT;
+//! - XSDT → FADT, MADT, MCFG;
 //! - FADT → DSDT, FACS;
-//! - DSDT: only `\_S5_` (soft-off, `SLP_TYP` = 5), so the guest can power
-//!   off through PM1a control. Linux finds the legacy devices without ACPI
-//!   device objects (with the FADT's 8042 flag set it probes the i8042
-//!   ports directly when no PNP device describes them);
+//! - DSDT: `\_S5_` (soft-off, `SLP_TYP` = 5), so the guest can power off
+//!   through PM1a control; the pvpanic device; and the PCI host bridge
+//!   `\_SB_.PCI0` (see [`crate::pci`]). Linux finds the legacy devices
+//!   without ACPI device objects (with the FADT's 8042 flag set it probes
+//!   the i8042 ports directly when no PNP device describes them);
+//! - MCFG: the PCI Express ECAM window;
 //! - MADT: one local APIC per vCPU, the IO-APIC, and the ISA interrupt
 //!   overrides.
 //!
@@ -27,6 +29,7 @@ use acpi_tables::{aml, Aml};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::layout::{irq, port, ACPI_TABLES_START, APIC_ADDR, BIOS_END, IOAPIC_ADDR, RSDP_START};
+use crate::pci;
 
 /// The OEM ID in every table.
 const OEM_ID: [u8; 6] = *b"VMMPC ";
@@ -108,9 +111,13 @@ impl TableSpace {
 }
 
 /// Builds the ACPI tables for `num_cpus` vCPUs (APIC IDs 0 to
-/// `num_cpus - 1`), writes them into guest memory, and returns the RSDP's
-/// address, for the boot information.
-pub fn create_acpi_tables(mem: &GuestMemoryMmap, num_cpus: u32) -> Result<GuestAddress, AcpiError> {
+/// `num_cpus - 1`) and `ram` bytes of RAM, writes them into guest memory,
+/// and returns the RSDP's address, for the boot information.
+pub fn create_acpi_tables(
+    mem: &GuestMemoryMmap,
+    num_cpus: u32,
+    ram: u64,
+) -> Result<GuestAddress, AcpiError> {
     if num_cpus == 0 || num_cpus > MAX_CPUS {
         return Err(AcpiError::CpuCount(num_cpus));
     }
@@ -125,12 +132,14 @@ pub fn create_acpi_tables(mem: &GuestMemoryMmap, num_cpus: u32) -> Result<GuestA
     };
 
     let facs = write(&aml_bytes(&acpi_tables::facs::FACS::new()), FACS_ALIGN)?;
-    let dsdt = write(dsdt().as_slice(), TABLE_ALIGN)?;
+    let dsdt = write(dsdt(ram).as_slice(), TABLE_ALIGN)?;
     let fadt = write(&fadt(num_cpus, dsdt, facs), TABLE_ALIGN)?;
     let madt = write(madt(num_cpus).as_slice(), TABLE_ALIGN)?;
+    let mcfg = write(&pci::mcfg(OEM_ID, OEM_TABLE_ID, OEM_REVISION), TABLE_ALIGN)?;
     let mut xsdt = XSDT::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
     xsdt.add_entry(fadt);
     xsdt.add_entry(madt);
+    xsdt.add_entry(mcfg);
     let xsdt = write(&aml_bytes(&xsdt), TABLE_ALIGN)?;
 
     let rsdp = GuestAddress(RSDP_START);
@@ -146,10 +155,20 @@ fn aml_bytes(object: &dyn Aml) -> Vec<u8> {
     bytes
 }
 
+/// AML already serialized (a device built elsewhere).
+struct RawAml(Vec<u8>);
+
+impl Aml for RawAml {
+    fn to_aml_bytes(&self, sink: &mut dyn acpi_tables::AmlSink) {
+        sink.vec(&self.0);
+    }
+}
+
 /// The DSDT: `Name (\_S5_, Package () { 5, 5, 0, 0 })`, i.e. SLP_TYP 5 for
-/// PM1a and PM1b control, then two reserved values; and `\_SB_.PEVT`, the
-/// pvpanic device (`QEMU0001`, I/O port 0x505).
-fn dsdt() -> Sdt {
+/// PM1a and PM1b control, then two reserved values; `\_SB_.PEVT`, the
+/// pvpanic device (`QEMU0001`, I/O port 0x505); and `\_SB_.PCI0`, the PCI
+/// host bridge, for a guest with `ram` bytes of RAM.
+fn dsdt(ram: u64) -> Sdt {
     let mut dsdt = Sdt::new(
         *b"DSDT",
         HEADER_LEN,
@@ -174,7 +193,8 @@ fn dsdt() -> Sdt {
         aml::Name::new("_STA".into(), &present),
     );
     let pvpanic = aml::Device::new("PEVT".into(), vec![&hid, &crs, &sta]);
-    let sb = aml::Scope::new("\\_SB_".into(), vec![&pvpanic]);
+    let pci0 = RawAml(pci::pci0_aml(ram));
+    let sb = aml::Scope::new("\\_SB_".into(), vec![&pvpanic, &pci0]);
     dsdt.append_slice(&aml_bytes(&sb));
     dsdt
 }
@@ -310,7 +330,7 @@ mod tests {
 
     /// All the tables of a machine with `num_cpus` vCPUs: (FADT, MADT, DSDT).
     fn tables(mem: &GuestMemoryMmap, num_cpus: u32) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
-        let rsdp_addr = create_acpi_tables(mem, num_cpus).unwrap();
+        let rsdp_addr = create_acpi_tables(mem, num_cpus, 512 << 20).unwrap();
         assert_eq!(rsdp_addr, GuestAddress(RSDP_START));
         let rsdp = read(mem, RSDP_START, 36);
         assert_eq!(&rsdp[..8], b"RSD PTR ");
@@ -320,9 +340,11 @@ mod tests {
         assert_eq!(sum(&rsdp), 0);
 
         let xsdt = table(mem, u64_at(&rsdp, 24), b"XSDT");
-        assert_eq!(xsdt.len(), 36 + 2 * 8);
+        assert_eq!(xsdt.len(), 36 + 3 * 8);
         let fadt = table(mem, u64_at(&xsdt, 36), b"FACP");
         let madt = table(mem, u64_at(&xsdt, 44), b"APIC");
+        let mcfg = table(mem, u64_at(&xsdt, 52), b"MCFG");
+        assert_eq!(&mcfg[44..52], &crate::pci::PCI_ECAM_START.to_le_bytes());
         assert_eq!(u32_at(&fadt, 40) as u64, u64_at(&fadt, 140));
         let dsdt = table(mem, u64_at(&fadt, 140), b"DSDT");
         (fadt, madt, dsdt)
@@ -458,11 +480,11 @@ mod tests {
     fn bad_cpu_counts_are_refused() {
         let mem = memory();
         assert!(matches!(
-            create_acpi_tables(&mem, 0),
+            create_acpi_tables(&mem, 0, 512 << 20),
             Err(AcpiError::CpuCount(0))
         ));
         assert!(matches!(
-            create_acpi_tables(&mem, MAX_CPUS + 1),
+            create_acpi_tables(&mem, MAX_CPUS + 1, 512 << 20),
             Err(AcpiError::CpuCount(255))
         ));
     }
@@ -472,7 +494,7 @@ mod tests {
         // RAM ends before the BIOS area.
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x8_0000)]).unwrap();
         assert!(matches!(
-            create_acpi_tables(&mem, 1),
+            create_acpi_tables(&mem, 1, 512 << 20),
             Err(AcpiError::Write(_))
         ));
     }

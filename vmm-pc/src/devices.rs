@@ -11,6 +11,7 @@
 //! | system control B | 0x61 | | ours, gating PIT channel 2; KVM's with its PIT |
 //! | MC146818 RTC + CMOS | 0x70-0x71 | 8 | Host-clock timers, irqfd (edge) |
 //! | i8254 PIT | 0x40-0x43 | 0 → IO-APIC pin 2 | ours on the Virtual clock, irqfd (edge); or KVM's |
+//! | PCI root bus | 0xcf8-0xcff, ECAM at 0xe000_0000 | INTx: 16-23 | the host bridge; BARs in 0xc000_0000-0xdfff_ffff (see [`crate::pci`]) |
 
 use std::sync::{Arc, Mutex};
 
@@ -85,6 +86,8 @@ pub struct PcDevices {
     pub pm1_event: Arc<Mutex<Pm1Event>>,
     /// Written when the guest reports a panic through pvpanic.
     pub panic_evt: EventFd,
+    /// The PCI root bus.
+    pub pci: Arc<Mutex<vmm_pci::PciRoot>>,
 }
 
 /// The ACPI SCI: GSI 9, level-triggered, through `KVM_IRQ_LINE`.
@@ -113,6 +116,7 @@ impl PcDevices {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .reset();
+        self.pci.lock().unwrap_or_else(|e| e.into_inner()).reset();
     }
 
     /// Presses the ACPI power button (QMP `system_powerdown`).
@@ -241,6 +245,7 @@ pub fn create_devices(
         }
         PitBackend::Kvm => None,
     };
+    let pci = crate::pci::create_pci(io)?;
 
     Ok(PcDevices {
         com1,
@@ -252,6 +257,7 @@ pub fn create_devices(
         rtc,
         pm1_event,
         panic_evt,
+        pci,
     })
 }
 

@@ -6,12 +6,13 @@
 //! guest does here can fail or panic.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use vm_device::bus::{MmioAddress, PioAddress, PioRange};
+use vm_device::bus::{MmioAddress, MmioRange, PioAddress, PioRange};
 use vm_device::device_manager::{IoManager, MmioManager, PioManager};
-use vm_device::DevicePio;
+use vm_device::{DeviceMmio, DevicePio};
 use vmm_core::io::IoHandler;
+use vmm_pci::PciRoot;
 
 /// How many distinct unmapped MMIO pages are logged before we stop (a guest
 /// could otherwise make the log grow without bound).
@@ -33,9 +34,13 @@ impl PortBitmap {
     }
 }
 
-/// The PC's buses.
+/// The PC's buses. Fixed devices sit on ranges of their own; an access no
+/// fixed device claims goes to the PCI BARs that decode it, if any (BARs
+/// move whenever the guest reprograms them, so they are looked up, not
+/// registered).
 pub struct PcIo {
     bus: IoManager,
+    pci: Option<Arc<Mutex<PciRoot>>>,
     logged_ports: PortBitmap,
     logged_mmio: AtomicUsize,
 }
@@ -48,14 +53,14 @@ impl std::fmt::Debug for PcIo {
 
 /// A device could not be placed on the bus.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot place {name} at port {base:#x} (+{len})")]
+#[error("cannot place {name} at {base:#x} (+{len:#x})")]
 pub struct BusError {
     /// The device.
     pub name: &'static str,
-    /// First port.
-    pub base: u16,
-    /// Number of ports.
-    pub len: u16,
+    /// First port or address.
+    pub base: u64,
+    /// Number of ports or bytes.
+    pub len: u64,
     /// The bus's reason.
     #[source]
     pub source: vm_device::bus::Error,
@@ -72,6 +77,7 @@ impl PcIo {
     pub fn new() -> Self {
         Self {
             bus: IoManager::new(),
+            pci: None,
             logged_ports: PortBitmap::new(),
             logged_mmio: AtomicUsize::new(0),
         }
@@ -87,12 +93,41 @@ impl PcIo {
     ) -> Result<(), BusError> {
         let err = |source| BusError {
             name,
-            base,
-            len,
+            base: u64::from(base),
+            len: u64::from(len),
             source,
         };
         let range = PioRange::new(PioAddress(base), len).map_err(err)?;
         self.bus.register_pio(range, device).map_err(err)
+    }
+
+    /// Places `device` on MMIO `base..base + len`.
+    pub fn add_mmio(
+        &mut self,
+        name: &'static str,
+        base: u64,
+        len: u64,
+        device: Arc<dyn DeviceMmio + Send + Sync>,
+    ) -> Result<(), BusError> {
+        let err = |source| BusError {
+            name,
+            base,
+            len,
+            source,
+        };
+        let range = MmioRange::new(MmioAddress(base), len).map_err(err)?;
+        self.bus.register_mmio(range, device).map_err(err)
+    }
+
+    /// Sends what no fixed device claims to `root`'s BARs.
+    pub fn set_pci(&mut self, root: Arc<Mutex<PciRoot>>) {
+        self.pci = Some(root);
+    }
+
+    fn pci(&self) -> Option<std::sync::MutexGuard<'_, PciRoot>> {
+        self.pci
+            .as_ref()
+            .map(|r| r.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     fn unmapped_port(&self, port: u16, what: &str, len: usize) {
@@ -113,27 +148,35 @@ impl PcIo {
 
 impl IoHandler for PcIo {
     fn pio_read(&self, port: u16, data: &mut [u8]) {
-        if self.bus.pio_read(PioAddress(port), data).is_err() {
+        if self.bus.pio_read(PioAddress(port), data).is_err()
+            && !self.pci().is_some_and(|mut p| p.pio_read(port, data))
+        {
             data.fill(0xff);
             self.unmapped_port(port, "read", data.len());
         }
     }
 
     fn pio_write(&self, port: u16, data: &[u8]) {
-        if self.bus.pio_write(PioAddress(port), data).is_err() {
+        if self.bus.pio_write(PioAddress(port), data).is_err()
+            && !self.pci().is_some_and(|mut p| p.pio_write(port, data))
+        {
             self.unmapped_port(port, "write", data.len());
         }
     }
 
     fn mmio_read(&self, addr: u64, data: &mut [u8]) {
-        if self.bus.mmio_read(MmioAddress(addr), data).is_err() {
+        if self.bus.mmio_read(MmioAddress(addr), data).is_err()
+            && !self.pci().is_some_and(|mut p| p.mmio_read(addr, data))
+        {
             data.fill(0xff);
             self.unmapped_mmio(addr, "read", data.len());
         }
     }
 
     fn mmio_write(&self, addr: u64, data: &[u8]) {
-        if self.bus.mmio_write(MmioAddress(addr), data).is_err() {
+        if self.bus.mmio_write(MmioAddress(addr), data).is_err()
+            && !self.pci().is_some_and(|mut p| p.mmio_write(addr, data))
+        {
             self.unmapped_mmio(addr, "write", data.len());
         }
     }
@@ -207,7 +250,7 @@ mod tests {
         let dev = Arc::new(Mutex::new(Latch::default()));
         io.add_pio("a", 0x60, 5, dev.clone()).unwrap();
         let e = io.add_pio("b", 0x61, 1, dev).unwrap_err();
-        assert_eq!(e.to_string(), "cannot place b at port 0x61 (+1)");
+        assert_eq!(e.to_string(), "cannot place b at 0x61 (+0x1)");
     }
 
     #[test]

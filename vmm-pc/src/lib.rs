@@ -13,6 +13,7 @@ pub mod layout;
 pub mod machine;
 pub mod memory;
 pub mod mptable;
+pub mod pci;
 pub mod test_guests;
 #[cfg(test)]
 mod test_util;

@@ -902,7 +902,7 @@ impl BootImages {
         };
         let cmdline = boot::load_cmdline(mem, &self.cmdline, kernel.cmdline_max_size())?;
         let e820 = memory::e820_map(self.memory);
-        let rsdp = acpi::create_acpi_tables(mem, self.cpus)?;
+        let rsdp = acpi::create_acpi_tables(mem, self.cpus, self.memory)?;
         mptable::setup_mptable(mem, self.cpus)?;
         let entry = boot_entry(&kernel);
         match entry {

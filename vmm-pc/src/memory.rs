@@ -130,6 +130,7 @@ pub fn ram_regions(size: u64, limit: u64) -> Result<Vec<(GuestAddress, usize)>, 
 /// - reserved from the EBDA to 1 MiB: the MP table in the EBDA, the legacy
 ///   video and ROM area, and the ACPI tables at 0xE0000-0xFFFFF;
 /// - RAM from 1 MiB to the end of low RAM (at most the 3 GiB hole);
+/// - reserved: the PCI ECAM window in the hole;
 /// - RAM from 4 GiB for whatever did not fit below the hole.
 ///
 /// `size` should have passed [`ram_regions`]; smaller sizes give a map
@@ -153,6 +154,13 @@ pub fn e820_map(size: u64) -> Vec<E820Entry> {
             kind: E820Kind::Ram,
         });
     }
+    // The PCI ECAM window: Linux uses MMCONFIG only where the firmware
+    // reserved it.
+    map.push(E820Entry {
+        addr: crate::pci::PCI_ECAM_START,
+        size: crate::pci::PCI_ECAM_SIZE,
+        kind: E820Kind::Reserved,
+    });
     if size > MMIO_HOLE_START {
         map.push(E820Entry {
             addr: MMIO_HOLE_END,
@@ -206,6 +214,14 @@ mod tests {
         }
     }
 
+    fn ecam() -> E820Entry {
+        E820Entry {
+            addr: crate::pci::PCI_ECAM_START,
+            size: crate::pci::PCI_ECAM_SIZE,
+            kind: E820Kind::Reserved,
+        }
+    }
+
     /// The RAM ranges of an e820 map add up to the RAM size and none overlap.
     fn check_e820(map: &[E820Entry], size: u64) {
         let ram_total: u64 = map
@@ -230,7 +246,8 @@ mod tests {
             vec![
                 ram(0, EBDA_START),
                 low_reserved(),
-                ram(HIMEM_START, 512 * MIB - HIMEM_START)
+                ram(HIMEM_START, 512 * MIB - HIMEM_START),
+                ecam(),
             ]
         );
         check_e820(&map, 512 * MIB);
@@ -241,7 +258,8 @@ mod tests {
         let regions = ram_regions(3 * GIB, NO_LIMIT).unwrap();
         assert_eq!(regions, vec![(GuestAddress(0), (3 * GIB) as usize)]);
         let map = e820_map(3 * GIB);
-        assert_eq!(map.len(), 3);
+        assert_eq!(map.len(), 4);
+        assert_eq!(map[3], ecam());
         assert_eq!(map[2], ram(HIMEM_START, MMIO_HOLE_START - HIMEM_START));
         check_e820(&map, 3 * GIB);
     }
@@ -257,8 +275,9 @@ mod tests {
             ]
         );
         let map = e820_map(4 * GIB);
-        assert_eq!(map.len(), 4);
-        assert_eq!(map[3], ram(4 * GIB, GIB));
+        assert_eq!(map.len(), 5);
+        assert_eq!(map[3], ecam());
+        assert_eq!(map[4], ram(4 * GIB, GIB));
         check_e820(&map, 4 * GIB);
     }
 
@@ -274,7 +293,7 @@ mod tests {
         );
         let map = e820_map(8 * GIB);
         assert_eq!(map[2], ram(HIMEM_START, 3 * GIB - HIMEM_START));
-        assert_eq!(map[3], ram(4 * GIB, 5 * GIB));
+        assert_eq!(map[4], ram(4 * GIB, 5 * GIB));
         check_e820(&map, 8 * GIB);
     }
 

@@ -224,7 +224,7 @@ mod tests {
         assert_eq!({ params.hdr.ramdisk_image }, 0);
         assert_eq!({ params.hdr.ramdisk_size }, 0);
         assert_eq!({ params.acpi_rsdp_addr }, 0);
-        assert_eq!(params.e820_entries, 3);
+        assert_eq!(params.e820_entries, 4, "RAM, reserved, RAM, the PCI ECAM");
         let ram = params.e820_table[2];
         assert_eq!(
             ({ ram.addr }, { ram.size }, { ram.r#type }),
@@ -274,7 +274,7 @@ mod tests {
         assert_eq!(info.nr_modules, 1);
         assert_eq!(info.modlist_paddr, PVH_MODLIST_START);
         assert_eq!(info.memmap_paddr, PVH_MEMMAP_START);
-        assert_eq!(info.memmap_entries, 3);
+        assert_eq!(info.memmap_entries, 4);
 
         let module: hvm_modlist_entry = mem.read_obj(GuestAddress(PVH_MODLIST_START)).unwrap();
         assert_eq!((module.paddr, module.size), (0x300_0000, 0x1234));
