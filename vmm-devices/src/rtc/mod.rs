@@ -289,11 +289,25 @@ impl<T: Trigger> Rtc<T> {
 
     /// The guest's time (Unix ns) at host time `host_now`, or the frozen
     /// register time while SET or the divider stops the clock.
+    ///
+    /// Saturates at `i64::MAX` ns (2262-04-11 23:47:16 UTC): a guest clock
+    /// set far ahead stops there, while its timers keep their 1 s and
+    /// periodic spacing (see [`reschedule`](Self::reschedule)).
     pub fn guest_time_ns(&self, host_now: i64) -> i64 {
         if self.running() {
             host_now.saturating_add(self.state.offset_ns)
         } else {
             self.register_secs().saturating_mul(NS_PER_SEC)
+        }
+    }
+
+    /// The guest's time as [`guest_time_ns`](Self::guest_time_ns) computes
+    /// it, in `i128` and without saturating, for the timers' arithmetic.
+    fn guest_time_wide(&self, host_now: i64) -> i128 {
+        if self.running() {
+            i128::from(host_now) + i128::from(self.state.offset_ns)
+        } else {
+            i128::from(self.register_secs()) * i128::from(NS_PER_SEC)
         }
     }
 
@@ -638,23 +652,32 @@ impl<T: Trigger> Rtc<T> {
     }
 
     /// Arms the periodic and update timers for what the registers ask.
+    ///
+    /// The arithmetic is on the guest's time in `i128`
+    /// ([`guest_time_wide`](Self::guest_time_wide)), never on the saturated
+    /// `i64`: once host time plus the guest's offset passes `i64::MAX` ns
+    /// (a guest that set the year 2199, then decades of host time or a host
+    /// clock step), the saturated time stops moving, and a "next boundary
+    /// minus now" of 0 armed the timers at `now` again from their own
+    /// callbacks (issue 15). Every deadline here is at least 1 ns after
+    /// `now`: the next periodic edge or second boundary is strictly after
+    /// the guest's time.
     fn reschedule(&mut self, now: i64) {
-        let guest = self.guest_time_ns(now);
+        let guest = self.guest_time_wide(now);
+        let ns = i128::from(NS_PER_SEC);
         let periodic = self.periodic_cycles().map(|period| {
             // Periods are aligned to the guest's time, in 32 kHz cycles.
-            let cycles = i128::from(guest) * 32_768 / i128::from(NS_PER_SEC);
-            let next = (cycles / i128::from(period) + 1) * i128::from(period);
-            let next_ns = (next * i128::from(NS_PER_SEC) + 32_767) / 32_768;
-            let next_ns = i64::try_from(next_ns).unwrap_or(i64::MAX);
-            next_ns.saturating_sub(guest).saturating_add(now)
+            let period = i128::from(period);
+            let cycles = (guest * 32_768).div_euclid(ns);
+            let next = (cycles.div_euclid(period) + 1) * period;
+            // Rounded up: the edge's first whole nanosecond.
+            let next_ns = (next * ns + 32_767).div_euclid(32_768);
+            after(now, next_ns - guest)
         });
         let needs_update = self.running() && self.byte(reg::B) & (B_UIE | B_AIE) != 0;
         let update = needs_update.then(|| {
-            let next_sec = guest.div_euclid(NS_PER_SEC) + 1;
-            next_sec
-                .saturating_mul(NS_PER_SEC)
-                .saturating_sub(guest)
-                .saturating_add(now)
+            let next_sec = (guest.div_euclid(ns) + 1) * ns;
+            after(now, next_sec - guest)
         });
         for (timer, deadline) in [(&self.periodic, periodic), (&self.update, update)] {
             if let Some(timer) = timer {
@@ -679,6 +702,13 @@ impl<T: Trigger> Rtc<T> {
         self.catch_up(now);
         self.reschedule(now);
     }
+}
+
+/// The host time `delta` ns after `now`: at least 1 ns after it (a timer
+/// armed at `now` from its own callback would be due again at once), and
+/// saturating.
+fn after(now: i64, delta: i128) -> i64 {
+    now.saturating_add(i64::try_from(delta.max(1)).unwrap_or(i64::MAX))
 }
 
 impl<T: Trigger> MutDevicePio for Rtc<T> {

@@ -489,3 +489,56 @@ fn dates() {
     assert_eq!(DateTime::from_unix(0).weekday, 4, "a Thursday");
     assert_eq!(DateTime::from_unix(-1).second, 59);
 }
+
+/// Issue 15: the guest sets 2199 and host time runs on until host time
+/// plus the guest's offset passes `i64::MAX` ns. The saturated guest time
+/// used to arm the update and periodic timers at exactly `now` from their
+/// own callbacks, so the clock's run loop popped them forever; every
+/// deadline must stay after `now`.
+#[test]
+fn a_guest_time_past_i64_max_never_arms_a_timer_at_now() {
+    let b = Bench::new();
+    b.set(reg::B, 0x82);
+    for (r, v) in [
+        (reg::SECONDS, 0x59),
+        (reg::MINUTES, 0x59),
+        (reg::HOURS, 0x23),
+        (reg::DAY_OF_MONTH, 0x31),
+        (reg::MONTH, 0x12),
+        (reg::YEAR, 0x99),
+        (reg::CENTURY, 0x21),
+    ] {
+        b.set(r, v);
+    }
+    // Update-ended and alarm interrupts, and the periodic one at 2 Hz.
+    b.set(reg::A, 0x2F);
+    b.set(reg::B, 0x72);
+    let offset = lock(&b.rtc).state().offset_ns;
+    // Host time passes, by time (both clocks) or by a wall-clock step.
+    for step_wall in [false, true] {
+        let host = b.sim.clocks.now(ClockType::Host);
+        let past_the_end = i64::MAX - offset - host + 10 * SEC;
+        if step_wall {
+            b.sim.time.set_wall(host + past_the_end);
+        } else {
+            b.sim.time.advance(past_the_end);
+        }
+        let host = b.sim.clocks.now(ClockType::Host);
+        assert_eq!(lock(&b.rtc).guest_time_ns(host), i64::MAX, "saturated");
+        for pass in 0..5 {
+            b.sim.clocks.run_all_timers();
+            let now = b.sim.now();
+            let due = b
+                .sim
+                .clocks
+                .alarm_deadline()
+                .expect("the timers stay armed");
+            assert!(due > now, "pass {pass}: a deadline at {due}, now {now}");
+            b.sim.time.advance(due - now);
+            b.get(reg::C);
+        }
+    }
+    // The registers read the end of the clock's range, 2262.
+    assert_eq!(b.get(reg::CENTURY), 0x22);
+    assert_eq!(b.get(reg::YEAR), 0x62);
+}
