@@ -11,9 +11,9 @@ mod escape;
 mod monitor;
 mod output;
 mod qmp;
+mod serial_file;
 mod terminal;
 
-use std::fs::OpenOptions;
 use std::io;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
@@ -60,13 +60,7 @@ fn serial_output(serial: &Serial) -> Result<SerialOutput> {
     Ok(match serial {
         Serial::Stdio => Box::new(io::stdout()),
         Serial::None => Box::new(io::sink()),
-        Serial::File(path) => Box::new(
-            OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .with_context(|| format!("cannot open serial output file {}", path.display()))?,
-        ),
+        Serial::File(file) => Box::new(file.open()?),
     })
 }
 

@@ -278,3 +278,32 @@ fn sigterm_ends_the_wait_for_a_serial_fifo_reader() {
     assert!(err.contains("terminating on signal SIGTERM"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+/// Issue 15: `--serial file:` wrote through a symbolic link. Now the last
+/// component is opened with O_NOFOLLOW: refused, the target untouched;
+/// `follow` writes through it.
+#[test]
+fn a_symlink_as_serial_file_is_refused() {
+    let dir = TempDir::new("seriallink");
+    let target = dir.file("precious", b"keep me\n");
+    let link = dir.0.join("console.log");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let k = dir.file("k", b"kernel");
+    let serial = format!("file:{}", link.display());
+    let o = run_kernel(&k, &["--serial", &serial]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert_one_line_error(
+        &o,
+        &format!(
+            "serial output file {} is a symbolic link: refused (add ,follow to --serial to \
+             follow it)",
+            link.display()
+        ),
+    );
+    assert_eq!(std::fs::read(&target).unwrap(), b"keep me\n");
+    // A dangling link is not created through either.
+    std::fs::remove_file(&target).unwrap();
+    let o = run_kernel(&k, &["--serial", &serial]);
+    assert_one_line_error(&o, "is a symbolic link: refused");
+    assert!(!target.exists());
+}
