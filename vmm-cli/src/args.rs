@@ -81,6 +81,20 @@ pub struct Args {
     pub log_level: log::LevelFilter,
 }
 
+impl Args {
+    /// What clap cannot check: flags that make no sense together.
+    pub fn check(&self) -> Result<(), String> {
+        if self.paused && self.qmp.is_none() && self.serial != Serial::Stdio {
+            return Err(
+                "--paused needs --qmp or --serial stdio (the Ctrl-A c monitor): \
+                        nothing else could start the guest"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+}
+
 /// The `--pit` choice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum PitChoice {
@@ -280,5 +294,18 @@ mod tests {
             Args::try_parse_from(["vmm"]).is_err(),
             "--kernel is required"
         );
+    }
+
+    #[test]
+    fn paused_needs_a_way_to_continue() {
+        let check = |extra: &[&str]| {
+            let mut argv = vec!["vmm", "--kernel", "k", "--paused"];
+            argv.extend_from_slice(extra);
+            Args::try_parse_from(argv).unwrap().check()
+        };
+        assert!(check(&[]).is_ok(), "stdio: the monitor");
+        assert!(check(&["--serial", "none", "--qmp", "/tmp/q"]).is_ok());
+        let err = check(&["--serial", "none"]).unwrap_err();
+        assert!(err.starts_with("--paused needs --qmp"), "{err}");
     }
 }

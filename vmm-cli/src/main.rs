@@ -86,6 +86,7 @@ where
 }
 
 fn run(args: Args) -> Result<ExitReason> {
+    args.check().map_err(anyhow::Error::msg)?;
     let serial = args.serial.clone();
     let out = match startup_step("serial open", move || serial_output(&serial))? {
         Ok(out) => out,

@@ -210,7 +210,7 @@ fn unreadable_initrd() {
 fn bad_serial_and_unwritable_serial_file() {
     let o = run(&["--kernel", "k", "--serial", "tcp:1234"]);
     assert!(!o.status.success());
-    assert!(stderr(&o).contains("expected stdio, file:PATH or none"));
+    assert!(stderr(&o).contains("expected stdio, file:PATH"));
     let dir = TempDir::new("serial");
     let k = dir.file("k", b"x");
     let o = run_kernel(&k, &["--serial", "file:/nonexistent/dir/log"]);
@@ -306,4 +306,118 @@ fn a_symlink_as_serial_file_is_refused() {
     let o = run_kernel(&k, &["--serial", &serial]);
     assert_one_line_error(&o, "is a symbolic link: refused");
     assert!(!target.exists());
+}
+
+/// How a bad command line must fail.
+#[derive(Clone, Copy, Debug)]
+enum Refusal {
+    /// clap's usage error: status 2, "error: ..." first.
+    Usage,
+    /// Ours: status 1, one line "vmm: ...".
+    Vmm,
+}
+
+/// Bad command lines, each refused: the expected words, clap's or ours,
+/// status != 0, no panic, and within [`QUICK`] (a hang check: the process
+/// is killed and the test fails past it). `K` stands for a junk kernel
+/// file, `ELF` for a good one, `DIR` for a directory, `FIFO` for a FIFO,
+/// `LINK` for a symbolic link to a file, `FILE` for an existing file.
+#[test]
+fn bad_command_lines_are_refused() {
+    use Refusal::{Usage, Vmm};
+    #[rustfmt::skip]
+    let table: &[(&[&str], Refusal, &str, bool)] = &[
+        // (arguments, how, expected text, needs KVM)
+        (&[], Usage, "--kernel <PATH>", false),
+        (&["--kernel"], Usage, "a value is required for '--kernel <PATH>'", false),
+        (&["--kernel", "K", "--kernel", "K"], Usage, "cannot be used multiple times", false),
+        (&["--kernel", "K", "extra"], Usage, "unexpected argument 'extra'", false),
+        (&["--kernel", "K", "--frobnicate"], Usage, "unexpected argument '--frobnicate'", false),
+        (&["--kernel", "K", "--memory", "lots"], Usage, "'lots' is not a size", false),
+        (&["--kernel", "K", "--memory", "12X"], Usage, "'12X' is not a size", false),
+        (&["--kernel", "K", "--memory=-1G"], Usage, "'-1G' is not a size", false),
+        (&["--kernel", "K", "--memory", "99999999999T"], Usage, "is too large", false),
+        (&["--kernel", "K", "--cpus", "two"], Usage, "invalid value 'two' for '--cpus <N>'", false),
+        (&["--kernel", "K", "--cpus=-1"], Usage, "invalid value '-1' for '--cpus <N>'", false),
+        (&["--kernel", "K", "--cpus", "4294967296"], Usage, "invalid value '4294967296'", false),
+        (&["--kernel", "K", "--serial", "tcp:1234"], Usage, "expected stdio, file:PATH", false),
+        (&["--kernel", "K", "--serial", "file:"], Usage, "file: needs a PATH", false),
+        (&["--kernel", "K", "--serial", "file:/tmp/x,maxsize=lots"], Usage, "'lots' is not a size", false),
+        (&["--kernel", "K", "--serial", "file:/tmp/x,rotate"], Usage, "'rotate': unknown file: option", false),
+        (&["--kernel", "K", "--serial", "file:/tmp/x,follow=perhaps"], Usage, "expected on or off", false),
+        (&["--kernel", "K", "--pit", "hpet"], Usage, "invalid value 'hpet' for '--pit <WHICH>'", false),
+        (&["--kernel", "K", "--reboot", "maybe"], Usage, "invalid value 'maybe' for '--reboot <ACTION>'", false),
+        (&["--kernel", "K", "--log-level", "loud"], Usage, "invalid value 'loud' for '--log-level <LEVEL>'", false),
+        (&["--kernel", "K", "--qmp"], Usage, "a value is required for '--qmp <PATH>'", false),
+        (&["--kernel", "/nonexistent/bzImage"], Vmm, "cannot open kernel /nonexistent/bzImage", false),
+        (&["--kernel", "DIR"], Vmm, "is not a regular file (a directory)", false),
+        (&["--kernel", "FIFO"], Vmm, "is not a regular file (a FIFO)", false),
+        (&["--kernel", "/dev/zero"], Vmm, "kernel /dev/zero is not a regular file (a character device)", false),
+        (&["--kernel", "K", "--initrd", "/nonexistent/initrd"], Vmm, "cannot open initrd /nonexistent/initrd", false),
+        (&["--kernel", "K", "--initrd", "DIR"], Vmm, "is not a regular file (a directory)", false),
+        (&["--kernel", "K", "--memory", "0"], Vmm, "memory", false),
+        (&["--kernel", "K", "--memory", "64T"], Vmm, "memory", false),
+        (&["--kernel", "K", "--cpus", "0"], Vmm, "cannot run 0 vCPUs", false),
+        (&["--kernel", "K", "--cpus", "100000"], Vmm, "cannot run 100000 vCPUs", false),
+        (&["--kernel", "K", "--serial", "file:/nonexistent/dir/log"], Vmm, "cannot open serial output file", false),
+        (&["--kernel", "K", "--serial", "file:DIR"], Vmm, "cannot open serial output file", false),
+        (&["--kernel", "K", "--serial", "file:LINK"], Vmm, "is a symbolic link: refused", false),
+        (&["--kernel", "K", "--serial", "none", "--paused"], Vmm, "--paused needs --qmp or --serial stdio", false),
+        (&["--kernel", "EMPTY"], Vmm, "the kernel image is empty", true),
+        (&["--kernel", "K"], Vmm, "neither a bzImage nor an ELF file", true),
+        (&["--kernel", "ELF", "--initrd", "EMPTY"], Vmm, "the initrd is empty", true),
+        (&["--kernel", "ELF", "--append", "caf\u{e9}"], Vmm, "invalid kernel command line", true),
+        (&["--kernel", "ELF", "--append", "LONG"], Vmm, "more than 2048", true),
+        (&["--kernel", "ELF", "--serial", "none", "--qmp", "FILE"], Vmm, "the path exists", true),
+        (&["--kernel", "ELF", "--serial", "none", "--qmp", "/nonexistent/dir/qmp"], Vmm, "cannot create the QMP socket", true),
+    ];
+    assert!(table.len() >= 25);
+    let dir = TempDir::new("table");
+    let junk = dir.file("k", b"not a kernel at all");
+    let elf = dir.file("hello.elf", &vmm_pc::test_guests::hello_reset("x"));
+    let empty = dir.file("empty", b"");
+    let file = dir.file("file", b"");
+    let fifo = dir.0.join("fifo");
+    mkfifo(&fifo);
+    let sub = dir.0.join("d");
+    std::fs::create_dir(&sub).unwrap();
+    let link = dir.0.join("link");
+    std::os::unix::fs::symlink(&file, &link).unwrap();
+    let long = "x".repeat(5000);
+    let subst = |arg: &str| -> String {
+        let path = |p: &std::path::Path| p.to_str().unwrap().to_owned();
+        match arg {
+            "K" => path(&junk),
+            "ELF" => path(&elf),
+            "EMPTY" => path(&empty),
+            "FILE" => path(&file),
+            "FIFO" => path(&fifo),
+            "DIR" => path(&sub),
+            "LONG" => long.clone(),
+            "file:DIR" => format!("file:{}", path(&sub)),
+            "file:LINK" => format!("file:{}", path(&link)),
+            other => other.to_owned(),
+        }
+    };
+    let have_kvm = kvm("bad_command_lines_are_refused (the rows that load a kernel)");
+    for &(args, how, expect, needs_kvm) in table {
+        if needs_kvm && !have_kvm {
+            continue;
+        }
+        let args: Vec<String> = args.iter().map(|a| subst(a)).collect();
+        let o = wait_within(vmm().args(&args).spawn().unwrap(), QUICK);
+        let err = stderr(&o);
+        assert!(!err.contains("panicked"), "{args:?}: panic: {err}");
+        match how {
+            Usage => {
+                assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+                assert!(err.starts_with("error: "), "{args:?}: {err}");
+                assert!(err.contains(expect), "{args:?}: want {expect:?}: {err}");
+            }
+            Vmm => {
+                assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+                assert_one_line_error(&o, expect);
+            }
+        }
+    }
 }
