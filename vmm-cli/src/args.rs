@@ -4,10 +4,12 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
+use crate::serial_file::{self, SerialFile};
+
 const EXAMPLES: &str = "\
 Examples:
   vmm --kernel bzImage --initrd initramfs.cpio --memory 512M --cpus 2
-  vmm --kernel vmlinux --append 'console=ttyS0 reboot=k' --serial file:/tmp/console.log
+  vmm --kernel vmlinux --append 'console=ttyS0 reboot=k' --serial file:/tmp/console.log,maxsize=64M
   vmm --kernel bzImage --pit kvm        # KVM's in-kernel PIT instead of ours
   vmm --kernel bzImage --qmp /tmp/vmm.qmp --paused
       then: qmp-shell /tmp/vmm.qmp (from QEMU's python qemu.qmp), cont, stop, quit
@@ -46,7 +48,11 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub cpus: u32,
 
-    /// Where the serial console goes: stdio, file:PATH or none.
+    /// Where the serial console goes: stdio, none, or
+    /// file:PATH[,maxsize=SIZE][,follow]: appended to PATH, which grows to
+    /// at most SIZE bytes (default 1G; 0: no limit; past it guest output is
+    /// dropped with a warning); a symbolic link as PATH is refused unless
+    /// `follow` is given. A comma in PATH is written ",,".
     #[arg(long, value_name = "WHERE", default_value = "stdio", value_parser = parse_serial)]
     pub serial: Serial,
 
@@ -77,6 +83,20 @@ pub struct Args {
     pub log_level: log::LevelFilter,
 }
 
+impl Args {
+    /// What clap cannot check: flags that make no sense together.
+    pub fn check(&self) -> Result<(), String> {
+        if self.paused && self.qmp.is_none() && self.serial != Serial::Stdio {
+            return Err(
+                "--paused needs --qmp or --serial stdio (the Ctrl-A c monitor): \
+                        nothing else could start the guest"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+}
+
 /// The `--pit` choice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum PitChoice {
@@ -100,8 +120,8 @@ pub enum RebootChoice {
 pub enum Serial {
     /// The terminal: output to stdout, stdin to the guest.
     Stdio,
-    /// Output appended to a file; no input.
-    File(PathBuf),
+    /// Output appended to a file, capped; no input.
+    File(SerialFile),
     /// Output discarded; no input.
     None,
 }
@@ -133,10 +153,69 @@ fn parse_serial(s: &str) -> Result<Serial, String> {
         "stdio" => Ok(Serial::Stdio),
         "none" => Ok(Serial::None),
         _ => match s.strip_prefix("file:") {
-            Some(p) if !p.is_empty() => Ok(Serial::File(PathBuf::from(p))),
-            _ => Err(format!("'{s}': expected stdio, file:PATH or none")),
+            Some(rest) => parse_serial_file(rest).map(Serial::File),
+            None => Err(format!(
+                "'{s}': expected stdio, file:PATH[,maxsize=SIZE][,follow] or none"
+            )),
         },
     }
+}
+
+/// Parses `PATH[,maxsize=SIZE][,follow]` (QEMU's option spelling: ",,"
+/// is a comma in PATH; `follow=on|off` and `nofollow=on|off` also work).
+fn parse_serial_file(s: &str) -> Result<SerialFile, String> {
+    let mut parts = split_options(s).into_iter();
+    let path = parts.next().unwrap_or_default();
+    if path.is_empty() {
+        return Err("file: needs a PATH".into());
+    }
+    let mut file = SerialFile {
+        path: PathBuf::from(path),
+        max_size: Some(serial_file::DEFAULT_MAX_SIZE),
+        follow: false,
+    };
+    for option in parts {
+        let (key, value) = match option.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (option.as_str(), None),
+        };
+        let on_off = |v: Option<&str>| match v {
+            None | Some("on") => Ok(true),
+            Some("off") => Ok(false),
+            Some(other) => Err(format!("'{key}={other}': expected on or off")),
+        };
+        match key {
+            "maxsize" => {
+                let size = parse_size(value.unwrap_or_default())?;
+                file.max_size = (size > 0).then_some(size);
+            }
+            "follow" => file.follow = on_off(value)?,
+            "nofollow" => file.follow = !on_off(value)?,
+            _ => {
+                return Err(format!(
+                    "'{option}': unknown file: option (maxsize=SIZE, follow)"
+                ))
+            }
+        }
+    }
+    Ok(file)
+}
+
+/// Splits at single commas; ",," stands for a comma.
+fn split_options(s: &str) -> Vec<String> {
+    let mut parts = vec![String::new()];
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            ',' if chars.peek() == Some(&',') => {
+                chars.next();
+                parts.last_mut().unwrap_or(&mut String::new()).push(',');
+            }
+            ',' => parts.push(String::new()),
+            c => parts.last_mut().unwrap_or(&mut String::new()).push(c),
+        }
+    }
+    parts
 }
 
 #[cfg(test)]
@@ -157,16 +236,50 @@ mod tests {
         assert!(parse_size("99999999999T").is_err());
     }
 
+    fn file(path: &str, max_size: Option<u64>, follow: bool) -> Result<Serial, String> {
+        Ok(Serial::File(SerialFile {
+            path: PathBuf::from(path),
+            max_size,
+            follow,
+        }))
+    }
+
     #[test]
     fn serial_choices() {
+        const GIB: u64 = 1 << 30;
         assert_eq!(parse_serial("stdio"), Ok(Serial::Stdio));
         assert_eq!(parse_serial("none"), Ok(Serial::None));
         assert_eq!(
             parse_serial("file:/tmp/x"),
-            Ok(Serial::File(PathBuf::from("/tmp/x")))
+            file("/tmp/x", Some(GIB), false)
         );
-        assert!(parse_serial("file:").is_err());
-        assert!(parse_serial("tcp:1").is_err());
+        assert_eq!(
+            parse_serial("file:/tmp/x,maxsize=64M"),
+            file("/tmp/x", Some(64 << 20), false)
+        );
+        assert_eq!(
+            parse_serial("file:/tmp/x,follow,maxsize=0"),
+            file("/tmp/x", None, true)
+        );
+        assert_eq!(
+            parse_serial("file:/tmp/x,nofollow=off"),
+            file("/tmp/x", Some(GIB), true)
+        );
+        assert_eq!(
+            parse_serial("file:/tmp/a,,b,follow=off"),
+            file("/tmp/a,b", Some(GIB), false)
+        );
+        for bad in [
+            "file:",
+            "file:,maxsize=1M",
+            "file:/x,maxsize=lots",
+            "file:/x,maxsize",
+            "file:/x,follow=maybe",
+            "file:/x,append",
+            "tcp:1",
+        ] {
+            assert!(parse_serial(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
@@ -183,5 +296,18 @@ mod tests {
             Args::try_parse_from(["vmm"]).is_err(),
             "--kernel is required"
         );
+    }
+
+    #[test]
+    fn paused_needs_a_way_to_continue() {
+        let check = |extra: &[&str]| {
+            let mut argv = vec!["vmm", "--kernel", "k", "--paused"];
+            argv.extend_from_slice(extra);
+            Args::try_parse_from(argv).unwrap().check()
+        };
+        assert!(check(&[]).is_ok(), "stdio: the monitor");
+        assert!(check(&["--serial", "none", "--qmp", "/tmp/q"]).is_ok());
+        let err = check(&["--serial", "none"]).unwrap_err();
+        assert!(err.starts_with("--paused needs --qmp"), "{err}");
     }
 }

@@ -12,9 +12,9 @@ mod host_check;
 mod monitor;
 mod output;
 mod qmp;
+mod serial_file;
 mod terminal;
 
-use std::fs::OpenOptions;
 use std::io;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
+use vmm_core::signals::{interruptible, Interrupted, InterruptibleError};
 use vmm_devices::serial::SerialOutput;
 use vmm_pc::{ExitReason, PcConfig, PcMachine, PitBackend, RebootAction};
 
@@ -60,19 +61,39 @@ fn serial_output(serial: &Serial) -> Result<SerialOutput> {
     Ok(match serial {
         Serial::Stdio => Box::new(io::stdout()),
         Serial::None => Box::new(io::sink()),
-        Serial::File(path) => Box::new(
-            OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .with_context(|| format!("cannot open serial output file {}", path.display()))?,
-        ),
+        Serial::File(file) => Box::new(file.open()?),
     })
 }
 
+/// Runs a start-up step so that SIGINT/SIGTERM/SIGHUP end it, however long
+/// it blocks ([`interruptible`]): `Ok(Err(signo))` if a signal came first.
+///
+/// The signals are blocked from the start of `main` for the main loop's
+/// signalfd, so until the main loop runs nobody would answer them; the
+/// steps before it that may block (opening the serial output file, which
+/// waits for a reader if it is a FIFO; building the machine, which opens
+/// and reads the kernel and initrd) run through here. A signal between
+/// steps stays pending and ends the next one, or the main loop at once.
+fn startup_step<T, F>(name: &'static str, step: F) -> Result<Result<T, i32>>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T> + Send + 'static,
+{
+    match interruptible(name, step) {
+        Ok(done) => done.map(Ok),
+        Err(InterruptibleError::Interrupted(Interrupted(signo))) => Ok(Err(signo)),
+        Err(e) => Err(e.into()),
+    }
+}
+
 fn run(args: Args) -> Result<ExitReason> {
-    let (sink, writer) = output::spawn(serial_output(&args.serial)?)
-        .context("cannot start the serial output thread")?;
+    args.check().map_err(anyhow::Error::msg)?;
+    let serial = args.serial.clone();
+    let out = match startup_step("serial open", move || serial_output(&serial))? {
+        Ok(out) => out,
+        Err(signo) => return Ok(ExitReason::Signal(signo)),
+    };
+    let (sink, writer) = output::spawn(out).context("cannot start the serial output thread")?;
     let config = PcConfig {
         kernel: args.kernel.clone(),
         initrd: args.initrd.clone(),
@@ -93,7 +114,11 @@ fn run(args: Args) -> Result<ExitReason> {
         // quit; without, stopping would only hang.
         stop_on_error: args.qmp.is_some(),
     };
-    let mut machine = PcMachine::build(config).context("cannot build the machine")?;
+    let build = move || PcMachine::build(config).context("cannot build the machine");
+    let mut machine = match startup_step("build", build)? {
+        Ok(machine) => machine,
+        Err(signo) => return Ok(ExitReason::Signal(signo)),
+    };
 
     if args.serial == Serial::Stdio {
         let console = console::Console::new(

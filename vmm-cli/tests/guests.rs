@@ -36,6 +36,41 @@ fn serial_to_a_file() {
     assert_eq!(std::fs::read_to_string(&log).unwrap(), "to the file\n");
 }
 
+/// Issue 15: a guest that prints for ever fills the serial file up to its
+/// maxsize and no further; the VMM says so once and goes on.
+#[test]
+fn serial_file_stops_at_its_maxsize() {
+    if !kvm("serial_file_stops_at_its_maxsize") {
+        return;
+    }
+    let dir = TempDir::new("maxsize");
+    let k = dir.file("flood.elf", &test_guests::flood());
+    let log = dir.0.join("console.log");
+    let arg = format!("file:{},maxsize=64K", log.display());
+    let child = vmm()
+        .args(["--kernel", k.to_str().unwrap(), "--serial", &arg])
+        .spawn()
+        .unwrap();
+    // Wait until the file is full (bounded), then a while longer.
+    let start = std::time::Instant::now();
+    let size = || std::fs::metadata(&log).map_or(0, |m| m.len());
+    while size() < 64 * 1024 && start.elapsed() < RUN_LIMIT {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    // SAFETY: sends SIGTERM to our own child process.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let o = wait(child);
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert_eq!(size(), 64 * 1024, "{err}");
+    assert_eq!(
+        err.matches("reached its maxsize (65536 bytes)").count(),
+        1,
+        "one warning: {err}"
+    );
+}
+
 #[test]
 fn serial_none_discards() {
     if !kvm("serial_none_discards") {

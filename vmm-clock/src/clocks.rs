@@ -1,5 +1,6 @@
 //! [`Clocks`]: the shared, thread-safe handle on the clocks and their timer lists.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread;
@@ -8,6 +9,7 @@ use crate::alarm::AlarmSink;
 use crate::handle::Timer;
 use crate::host::HostTime;
 use crate::state::State;
+use crate::timer::TimerId;
 use crate::{ClockType, TimeSource};
 
 /// Identifies a listener added with [`Clocks::add_reset_listener`].
@@ -156,8 +158,18 @@ impl Clocks {
     /// Does nothing if `clock` is disabled, or if its list is already being run (by another
     /// thread, or further up this thread's stack). Otherwise samples the clock once and runs
     /// timers in deadline order while the earliest is due at that sampled time. A timer armed
-    /// during the pass at or before that time therefore runs in the same pass; a callback that
-    /// always re-arms itself in the past makes the pass loop forever.
+    /// during the pass at or before that time therefore runs in the same pass, unless it has
+    /// already run in it.
+    ///
+    /// **Each timer runs at most once per pass.** A callback that re-arms its own timer (or
+    /// another timer that already ran) at or before the sampled time does not run again in the
+    /// same pass: the timer stays armed and overdue, the alarm is programmed for it when the pass
+    /// ends (an overdue deadline fires at once), and it runs in the next pass. So a pass ends
+    /// after at most one callback per timer, and a timer that keeps re-arming itself in the past
+    /// (a device whose deadline arithmetic saturated, say) costs one callback per trip through
+    /// the main loop instead of trapping the loop in this pass: epoll, signals, QMP and the
+    /// console still get their turn between the passes. Unlike QEMU's
+    /// `timerlist_run_timers`, which runs such a timer again until it stops re-arming.
     ///
     /// While a pass runs, alarm updates wait: the alarm is re-programmed once when it ends.
     pub fn run_timers(&self, clock: ClockType) -> bool {
@@ -281,22 +293,23 @@ impl Clocks {
             clocks: self,
             clock,
         };
-        let mut ran = false;
+        // The timers that ran in this pass: none runs twice (see `run_timers`).
+        let mut done: HashSet<TimerId> = HashSet::new();
         loop {
             let mut st = self.lock();
             if !st.enabled[i] {
                 break;
             }
-            let Some(id) = st.lists[i].pop_expired(now) else {
+            let Some(id) = st.lists[i].pop_expired_except(now, |id| done.contains(&id)) else {
                 break;
             };
             // Absent only if an earlier run of this callback panicked.
             let Some(mut callback) = st.slots.get_mut(&id).and_then(|s| s.callback.take()) else {
                 continue;
             };
+            done.insert(id);
             drop(st);
             callback(&Timer::view(self.clone(), id, clock));
-            ran = true;
             let mut st = self.lock();
             // Put the callback back, unless its timer was dropped meanwhile: then drop the
             // callback, outside the lock since it may own other timers.
@@ -307,7 +320,7 @@ impl Clocks {
             drop(st);
             drop(orphan);
         }
-        ran
+        !done.is_empty()
     }
 }
 

@@ -60,14 +60,26 @@ impl TimerList {
     }
 
     /// Unarms and returns the head timer if its deadline is at or before `now`.
+    #[cfg(test)]
     pub(crate) fn pop_expired(&mut self, now: i64) -> Option<TimerId> {
-        let &(expire, _, id) = self.queue.first()?;
-        if expire > now {
-            return None;
-        }
-        self.queue.pop_first();
-        self.armed.remove(&id);
-        Some(id)
+        self.pop_expired_except(now, |_| false)
+    }
+
+    /// Unarms and returns the earliest timer due at or before `now` for which `skip` is false;
+    /// the skipped ones stay armed where they are. Looks past at most the skipped timers.
+    pub(crate) fn pop_expired_except(
+        &mut self,
+        now: i64,
+        skip: impl Fn(TimerId) -> bool,
+    ) -> Option<TimerId> {
+        let entry = *self
+            .queue
+            .iter()
+            .take_while(|&&(expire, _, _)| expire <= now)
+            .find(|&&(_, _, id)| !skip(id))?;
+        self.queue.remove(&entry);
+        self.armed.remove(&entry.2);
+        Some(entry.2)
     }
 
     /// The number of armed timers.
@@ -120,6 +132,23 @@ mod tests {
         assert_eq!(drain(&mut l, 150), [1]);
         assert_eq!(l.expire_of(1), None);
         assert_eq!(l.expire_of(2), Some(200));
+    }
+
+    #[test]
+    fn skipped_timers_stay_armed_in_place() {
+        let mut l = TimerList::default();
+        l.arm(1, 100);
+        l.arm(2, 100);
+        l.arm(3, 200);
+        assert_eq!(l.pop_expired_except(150, |id| id == 1), Some(2));
+        assert_eq!(
+            l.pop_expired_except(150, |id| id == 1),
+            None,
+            "3 is not due"
+        );
+        assert_eq!(l.expire_of(1), Some(100));
+        assert_eq!(l.head(), Some(100));
+        assert_eq!(drain(&mut l, 200), [1, 3]);
     }
 
     #[test]

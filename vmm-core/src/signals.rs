@@ -10,6 +10,7 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use vmm_sys_util::eventfd::EventFd;
 
 /// The signals the VMM turns into a clean shutdown.
 pub const SHUTDOWN_SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
@@ -66,46 +67,57 @@ pub fn block_shutdown_signals() -> Result<(), SignalError> {
     Ok(())
 }
 
+/// Blocks [`SHUTDOWN_SIGNALS`] in this thread and opens a non-blocking
+/// signalfd for them.
+fn shutdown_signalfd() -> Result<OwnedFd, SignalError> {
+    block_shutdown_signals()?;
+    let set = shutdown_sigset();
+    // SAFETY: -1 asks for a new fd; `set` is valid; the result is checked.
+    let raw = unsafe { libc::signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC) };
+    if raw < 0 {
+        return Err(SignalError::SignalFd(io::Error::last_os_error()));
+    }
+    // SAFETY: `raw` is a fresh fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// Reads one signal from a non-blocking signalfd; `None` if none is pending.
+fn read_signal(fd: &OwnedFd) -> io::Result<Option<libc::c_int>> {
+    // SAFETY: signalfd_siginfo is plain data; all-zero is a valid value.
+    let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
+    let size = std::mem::size_of::<libc::signalfd_siginfo>();
+    // SAFETY: reads at most `size` bytes into `info`, which is that big.
+    let n = unsafe {
+        libc::read(
+            fd.as_raw_fd(),
+            (&mut info as *mut libc::signalfd_siginfo).cast(),
+            size,
+        )
+    };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        return if e.kind() == io::ErrorKind::WouldBlock {
+            Ok(None)
+        } else {
+            Err(e)
+        };
+    }
+    if usize::try_from(n).ok() != Some(size) {
+        return Ok(None);
+    }
+    Ok(libc::c_int::try_from(info.ssi_signo).ok())
+}
+
 impl<F: FnMut(libc::c_int)> SignalSubscriber<F> {
     /// Blocks [`SHUTDOWN_SIGNALS`] in this thread (see
     /// [`block_shutdown_signals`]) and opens a signalfd for them.
     pub fn new(on_signal: F) -> Result<Self, SignalError> {
-        block_shutdown_signals()?;
-        let set = shutdown_sigset();
-        // SAFETY: -1 asks for a new fd; `set` is valid; the result is checked.
-        let raw = unsafe { libc::signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC) };
-        if raw < 0 {
-            return Err(SignalError::SignalFd(io::Error::last_os_error()));
-        }
-        // SAFETY: `raw` is a fresh fd that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let fd = shutdown_signalfd()?;
         Ok(Self { fd, on_signal })
     }
 
     fn read_one(&self) -> io::Result<Option<libc::c_int>> {
-        // SAFETY: signalfd_siginfo is plain data; all-zero is a valid value.
-        let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
-        let size = std::mem::size_of::<libc::signalfd_siginfo>();
-        // SAFETY: reads at most `size` bytes into `info`, which is that big.
-        let n = unsafe {
-            libc::read(
-                self.fd.as_raw_fd(),
-                (&mut info as *mut libc::signalfd_siginfo).cast(),
-                size,
-            )
-        };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            return if e.kind() == io::ErrorKind::WouldBlock {
-                Ok(None)
-            } else {
-                Err(e)
-            };
-        }
-        if usize::try_from(n).ok() != Some(size) {
-            return Ok(None);
-        }
-        Ok(libc::c_int::try_from(info.ssi_signo).ok())
+        read_signal(&self.fd)
     }
 }
 
@@ -135,6 +147,110 @@ impl<F: FnMut(libc::c_int)> MutEventSubscriber for SignalSubscriber<F> {
         if let Err(e) = ops.add(Events::new(&self.fd, EventSet::IN)) {
             log::error!("cannot watch the signalfd: {e}");
         }
+    }
+}
+
+/// A shutdown signal ended an [`interruptible`] step before it finished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("interrupted by {}", signal_name(*.0))]
+pub struct Interrupted(pub libc::c_int);
+
+/// Why an [`interruptible`] step did not return its value.
+#[derive(Debug, thiserror::Error)]
+pub enum InterruptibleError {
+    /// A shutdown signal came first.
+    #[error(transparent)]
+    Interrupted(#[from] Interrupted),
+    /// The signalfd could not be set up.
+    #[error(transparent)]
+    Signals(#[from] SignalError),
+    /// The step's thread or its wake-up eventfd could not be set up.
+    #[error("cannot set up the {0} step")]
+    Setup(&'static str, #[source] io::Error),
+    /// The step panicked.
+    #[error("the {0} step panicked")]
+    Panicked(&'static str),
+}
+
+/// Runs `step` on a thread of its own (named `name`) while this thread
+/// waits for it or for a shutdown signal, whichever comes first.
+///
+/// The shutdown signals are blocked everywhere (see
+/// [`block_shutdown_signals`]) and reach the VMM through a signalfd that
+/// only the main loop reads; outside the main loop nobody would read it, so
+/// a step that blocks (an `open` of a FIFO waiting for its other end, a
+/// read on a stalled file system) would leave SIGINT, SIGTERM and SIGHUP
+/// pending, unanswered, for as long as it blocks. Here the waiting thread
+/// reads them: a signal pending before the call or arriving during the step
+/// returns [`Interrupted`] at once. The step's thread is then left behind,
+/// still blocked or finishing (its result is dropped on it); the caller is
+/// expected to end the process, which ends that thread too. A step that
+/// finishes returns its value and no signal is consumed.
+///
+/// Blocks the shutdown signals in the calling thread (idempotent; the step's
+/// thread inherits the mask).
+pub fn interruptible<T, F>(name: &'static str, step: F) -> Result<T, InterruptibleError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    let signals = shutdown_signalfd()?;
+    let setup = |e| InterruptibleError::Setup(name, e);
+    let done = EventFd::new(libc::EFD_CLOEXEC).map_err(setup)?;
+    let done_tx = done.try_clone().map_err(setup)?;
+    let (tx, rx) = std::sync::mpsc::sync_channel::<T>(1);
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            // Wakes the waiter however the step ends, a panic included.
+            let _wake = WakeOnDrop(done_tx);
+            let value = step();
+            // The receiver is gone if a signal came first: the value is
+            // dropped here.
+            let _ = tx.send(value);
+        })
+        .map_err(setup)?;
+    loop {
+        let mut fds = [
+            libc::pollfd {
+                fd: signals.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: done.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: `fds` is a valid array of two initialised pollfds whose
+        // fds stay open for the call.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(SignalError::SignalFd(e).into());
+        }
+        // A signal wins a tie: the caller is asked to end.
+        if fds[0].revents != 0 {
+            if let Some(signo) = read_signal(&signals).map_err(SignalError::SignalFd)? {
+                return Err(Interrupted(signo).into());
+            }
+        }
+        if fds[1].revents != 0 {
+            return rx.recv().map_err(|_| InterruptibleError::Panicked(name));
+        }
+    }
+}
+
+/// Writes its eventfd when dropped.
+struct WakeOnDrop(EventFd);
+
+impl Drop for WakeOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.write(1);
     }
 }
 
@@ -173,6 +289,63 @@ mod tests {
         })
         .join()
         .unwrap();
+    }
+
+    /// Runs `f` on a thread of its own, where the shutdown signals are
+    /// blocked, so a signal raised there stays with that thread.
+    fn on_own_thread(f: impl FnOnce() + Send + 'static) {
+        std::thread::spawn(move || {
+            block_shutdown_signals().unwrap();
+            f();
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn an_interruptible_step_returns_its_value() {
+        on_own_thread(|| {
+            assert_eq!(interruptible("sum", || 2 + 2).unwrap(), 4);
+        });
+    }
+
+    #[test]
+    fn a_signal_ends_a_step_that_blocks() {
+        on_own_thread(|| {
+            // The step blocks reading a pipe nobody writes (as an open of a
+            // FIFO waits for a writer).
+            let (reader, writer) = std::io::pipe().unwrap();
+            let step = move || {
+                let mut byte = [0u8; 1];
+                std::io::Read::read(&mut &reader, &mut byte).unwrap()
+            };
+            // SAFETY: sends SIGTERM to this very thread, where it is
+            // blocked, so it stays pending for the signalfd and kills nothing.
+            let rc = unsafe { libc::pthread_kill(libc::pthread_self(), libc::SIGTERM) };
+            assert_eq!(rc, 0);
+            let err = interruptible("blocked", step).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    InterruptibleError::Interrupted(Interrupted(libc::SIGTERM))
+                ),
+                "{err:?}"
+            );
+            assert_eq!(err.to_string(), "interrupted by SIGTERM");
+            // The step's thread reads EOF and ends.
+            drop(writer);
+        });
+    }
+
+    #[test]
+    fn a_step_that_panics_is_an_error() {
+        on_own_thread(|| {
+            let err = interruptible("doomed", || -> u8 { panic!("step failed") }).unwrap_err();
+            assert!(
+                matches!(err, InterruptibleError::Panicked("doomed")),
+                "{err:?}"
+            );
+        });
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod boot;
 pub mod control;
 pub mod cpu;
 pub mod devices;
+mod images;
 pub mod io;
 pub mod layout;
 pub mod machine;

@@ -3,7 +3,8 @@
 //! [`PcMachine::build`] goes through these steps, in this order:
 //!
 //! 1. check the configuration: vCPU count, memory size against the host;
-//! 2. open the kernel and initrd files (so a typo fails before KVM work);
+//! 2. open the kernel and initrd files (so a typo fails before KVM work),
+//!    regular files only, without ever blocking (`images.rs`);
 //! 3. open `/dev/kvm` and check it; check the vCPU count against KVM's limit;
 //! 4. create the VM with its RAM (memory before the irqchip: much faster);
 //! 5. the TSS pages, the in-kernel irqchip, PC GSI routing, and KVM's PIT
@@ -21,9 +22,7 @@
 //! vCPU fails; every one of those paths runs the exit notifiers.
 
 use std::collections::VecDeque;
-use std::fs::File;
-use std::io::Seek;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -39,10 +38,11 @@ use vmm_devices::serial::SerialOutput;
 use vmm_runstate::{RunState, RunStateMachine};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::boot::{self, BootError, KernelEntry, LoadedKernel};
+use crate::boot::BootError;
 use crate::control::{Command, CpuInfo, MachineEvent, QuitSource, Reply, ReplyFn, ShutdownCause};
 use crate::cpu::{self, BootEntry};
 use crate::devices::{create_devices, pc_irq_routes, Com1, DeviceError, PcDevices, PcShape};
+use crate::images::{open_regular, BootImages};
 use crate::io::PcIo;
 use crate::layout::{self, MAX_CPUS};
 use crate::memory::{self, MemoryError};
@@ -127,6 +127,21 @@ pub enum PcError {
     /// The memory size is unusable.
     #[error(transparent)]
     Memory(#[from] MemoryError),
+    /// A kernel or initrd path is not a regular file (a FIFO, a directory,
+    /// a device, a socket); refused before anything reads from it.
+    #[error("{what} {path} is not a regular file ({kind})")]
+    NotRegular {
+        /// "kernel" or "initrd".
+        what: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// What it is instead ("a FIFO", ...).
+        kind: &'static str,
+    },
+    /// A shutdown signal came while a step outside the main loop ran (the
+    /// reload of a reset); the machine ends as on any such signal.
+    #[error("interrupted by {}", signal_name(*.0))]
+    Interrupted(i32),
     /// A file could not be opened.
     #[error("cannot open {what} {path}")]
     Open {
@@ -317,14 +332,6 @@ impl std::fmt::Debug for PcMachine {
     }
 }
 
-fn open(what: &'static str, path: &Path) -> Result<File, PcError> {
-    File::open(path).map_err(|source| PcError::Open {
-        what,
-        path: path.to_owned(),
-        source,
-    })
-}
-
 impl PcMachine {
     /// Builds the machine (see the module docs for the steps).
     pub fn build(config: PcConfig) -> Result<Self, PcError> {
@@ -339,9 +346,9 @@ impl PcMachine {
         let regions = memory::ram_regions(config.memory, host_limit)?;
 
         // 2. Files.
-        let kernel_file = open("kernel", &config.kernel)?;
+        let kernel_file = open_regular("kernel", &config.kernel)?;
         let initrd_file = match &config.initrd {
-            Some(p) => Some(open("initrd", p)?),
+            Some(p) => Some(open_regular("initrd", p)?),
             None => None,
         };
 
@@ -559,7 +566,12 @@ impl PcMachine {
 
     /// Starts the vCPUs and runs until the machine stops.
     pub fn run(mut self) -> Result<ExitReason, PcError> {
-        let result = self.run_loop();
+        let result = match self.run_loop() {
+            // A signal during a reset's reload ends the machine as one
+            // read by the main loop does.
+            Err(PcError::Interrupted(signo)) => Ok(ExitReason::Signal(signo)),
+            other => other,
+        };
         let reason = match &result {
             Ok(r) => r.clone(),
             Err(e) => ExitReason::InternalError {
@@ -797,7 +809,7 @@ impl PcMachine {
             self.vm.set_pit_state(pit)?;
         }
         self.devices.reset();
-        *lock(&self.entry) = self.images.load(self.vm.memory())?;
+        *lock(&self.entry) = self.images.reload(self.vm.memory())?;
         self.vcpus.reinit_all()?;
         self.emit(MachineEvent::Reset { guest });
         if was_running {
@@ -832,19 +844,6 @@ fn clone_evt(fd: &EventFd) -> Result<EventFd, PcError> {
 }
 
 /// Where vCPU 0 starts, from what the loader found.
-fn boot_entry(kernel: &LoadedKernel) -> BootEntry {
-    match kernel.entry {
-        KernelEntry::Pvh(addr) => BootEntry::Pvh {
-            entry: addr.0,
-            start_info: layout::PVH_INFO_START,
-        },
-        KernelEntry::Linux64(addr) => BootEntry::Linux64 {
-            entry: addr.0,
-            zero_page: layout::ZERO_PAGE_START,
-        },
-    }
-}
-
 /// The per-vCPU set-up, run on each vCPU's thread.
 /// The first call for a vCPU records its LAPIC as KVM created it; a later
 /// call (a machine reset) puts that back and resets the vCPU before setting
@@ -872,45 +871,4 @@ fn vcpu_init(vm: &Vm, cpuid: CpuId, cpus: u32, entry: Arc<Mutex<BootEntry>>) -> 
         }
         Ok(())
     })
-}
-
-/// The files and settings the guest is loaded from, kept open so that a
-/// reset loads the same kernel and initrd again (as QEMU's fw_cfg keeps
-/// its copies).
-struct BootImages {
-    kernel: File,
-    initrd: Option<File>,
-    cmdline: String,
-    memory: u64,
-    cpus: u32,
-}
-
-impl BootImages {
-    /// Loads kernel, initrd and command line into `mem` and writes the
-    /// e820 map, ACPI and MP tables and boot parameters; returns where the
-    /// boot CPU starts.
-    fn load(&mut self, mem: &vm_memory::GuestMemoryMmap) -> Result<BootEntry, PcError> {
-        let rewind = |f: &mut File| f.rewind().map_err(|e| PcError::Reload(e.to_string()));
-        rewind(&mut self.kernel)?;
-        let kernel = boot::load_kernel(mem, &mut self.kernel)?;
-        let initrd = match self.initrd.as_mut() {
-            Some(f) => {
-                rewind(f)?;
-                Some(boot::load_initrd(mem, f, &kernel, self.memory)?)
-            }
-            None => None,
-        };
-        let cmdline = boot::load_cmdline(mem, &self.cmdline, kernel.cmdline_max_size())?;
-        let e820 = memory::e820_map(self.memory);
-        let rsdp = acpi::create_acpi_tables(mem, self.cpus, self.memory)?;
-        mptable::setup_mptable(mem, self.cpus)?;
-        let entry = boot_entry(&kernel);
-        match entry {
-            BootEntry::Pvh { .. } => {
-                boot::write_pvh_start_info(mem, cmdline.0, initrd, &e820, Some(rsdp))?;
-            }
-            _ => boot::write_boot_params(mem, &kernel, cmdline, initrd, &e820, Some(rsdp))?,
-        }
-        Ok(entry)
-    }
 }

@@ -189,12 +189,16 @@ impl<B: Backend> QmpServer<B> {
 
     fn on_device(path: &Path, version: Version, backend: B) -> Result<Self, ServerError> {
         let err = |e| ServerError::Bind(path.to_owned(), e);
+        // O_NONBLOCK: opening a serial port otherwise waits for its carrier
+        // (for ever, on a port with nothing attached), with the shutdown
+        // signals blocked. Cleared once open.
         let device = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
-            .custom_flags(libc::O_NOCTTY)
+            .custom_flags(libc::O_NOCTTY | libc::O_NONBLOCK)
             .open(path)
             .map_err(err)?;
+        set_blocking(&device).map_err(err)?;
         make_raw(&device).map_err(err)?;
         let writer = device.try_clone().map_err(err)?;
         let mut server = Self {
@@ -341,6 +345,18 @@ impl<B: Backend> Drop for QmpServer<B> {
             let _ = std::fs::remove_file(&self.path);
         }
     }
+}
+
+/// Clears `O_NONBLOCK`.
+fn set_blocking(device: &File) -> std::io::Result<()> {
+    let fd = device.as_raw_fd();
+    // SAFETY: F_GETFL on a valid open fd; no memory.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    // SAFETY: F_SETFL on a valid open fd with the flags just read, minus one.
+    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Puts a terminal device in raw mode: bytes through unchanged, no echo,

@@ -48,16 +48,21 @@ pub fn vmm() -> Command {
 
 /// Waits for `child` at most [`RUN_LIMIT`], killing it if it overstays.
 /// Its output pipes are read meanwhile, so a chatty child cannot block.
-pub fn wait(mut child: Child) -> Output {
+pub fn wait(child: Child) -> Output {
+    wait_within(child, RUN_LIMIT)
+}
+
+/// [`wait`] with another limit: a hang check (the child is killed and the
+/// test fails), not a timing assertion.
+pub fn wait_within(mut child: Child, limit: Duration) -> Output {
     let out = child.stdout.take().map(vmm_testbed::process::drain);
     let err = child.stderr.take().map(vmm_testbed::process::drain);
     let collect = |h: Option<std::thread::JoinHandle<Vec<u8>>>| {
         h.map(|h| h.join().unwrap_or_default()).unwrap_or_default()
     };
-    let Some(status) = vmm_testbed::process::wait_until(&mut child, Instant::now(), RUN_LIMIT)
-    else {
+    let Some(status) = vmm_testbed::process::wait_until(&mut child, Instant::now(), limit) else {
         panic!(
-            "vmm did not finish within {RUN_LIMIT:?}; stderr: {}",
+            "vmm did not finish within {limit:?}; stderr: {}",
             String::from_utf8_lossy(&collect(err))
         );
     };
@@ -102,6 +107,13 @@ pub fn assert_one_line_error(o: &Output, expect: &str) {
         lines[0].contains(expect),
         "error should mention {expect:?}: {err}"
     );
+}
+
+/// Makes a FIFO at `path`.
+pub fn mkfifo(path: &Path) {
+    let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path; mkfifo only creates a node.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
 }
 
 /// Reads whatever `r` has, to the end.

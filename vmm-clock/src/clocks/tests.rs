@@ -146,6 +146,58 @@ fn timer_armed_due_during_a_pass_runs_in_that_pass() {
     }
 }
 
+/// A callback that re-arms its own timer at or before now (issue 15: the RTC's saturated
+/// deadline) runs once per pass, and the alarm is left due at once for the next pass; the pass
+/// itself returns. Without the once-per-pass rule it ran until the cap below (a hang without it).
+#[test]
+fn a_timer_rearmed_in_the_past_runs_once_per_pass() {
+    const CAP: usize = 10_000;
+    let at_now: fn(&Timer) -> i64 = |t| t.now();
+    let at_zero: fn(&Timer) -> i64 = |_| 0;
+    let a_second_ago: fn(&Timer) -> i64 = |t| t.now() - SEC;
+    for (clock, deadline) in [
+        (ClockType::Realtime, at_now),
+        (ClockType::Virtual, at_zero),
+        (ClockType::Host, a_second_ago),
+    ] {
+        let time = Arc::new(FakeTime::with_wall(1_000 * SEC));
+        let sink = Arc::new(RecordingSink::default());
+        let clocks = Clocks::with_alarm(time.clone(), sink.clone());
+        clocks.vm_start();
+        let runs = Arc::new(AtomicUsize::new(0));
+        let counter = runs.clone();
+        let log = Log::default();
+        let other = logging_timer(&clocks, clock, "other", &log);
+        let t = clocks.new_timer(clock, move |t| {
+            if counter.fetch_add(1, Ordering::SeqCst) < CAP {
+                t.arm(deadline(t));
+            }
+        });
+        t.arm(clocks.now(clock));
+        other.arm(clocks.now(clock) + 10);
+        time.advance(10);
+        for pass in 1..=3 {
+            assert!(clocks.alarm_fired(), "{clock:?} pass {pass}");
+            assert_eq!(
+                runs.load(Ordering::SeqCst),
+                pass,
+                "{clock:?}: once per pass"
+            );
+            assert!(t.pending(), "{clock:?}: still armed, overdue");
+            let due = sink.calls().last().copied().flatten();
+            assert!(
+                due.is_some_and(|d| d <= time.monotonic_ns()),
+                "{clock:?}: the alarm is due at once: {due:?}"
+            );
+        }
+        assert_eq!(
+            take(&log),
+            ["other"],
+            "{clock:?}: other due timers still run"
+        );
+    }
+}
+
 // Vector 6.
 #[test]
 fn virtual_clock_freezes_across_stop_and_start() {

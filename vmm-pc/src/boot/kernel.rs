@@ -10,6 +10,7 @@ use vm_memory::{
     Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, ReadVolatile,
 };
 
+use super::check::{check_bzimage, check_elf, PROTOCOL_64BIT_ENTRY};
 use super::initrd::DEFAULT_INITRD_ADDR_MAX;
 use super::BootError;
 use crate::layout::{CMDLINE_MAX_SIZE, HIMEM_START};
@@ -35,7 +36,6 @@ const EM_X86_64: u16 = 62;
 /// Boot protocol versions that added the setup-header fields we read.
 const PROTOCOL_CMDLINE_SIZE: u16 = 0x206;
 const PROTOCOL_INIT_SIZE: u16 = 0x20a;
-const PROTOCOL_XLOADFLAGS: u16 = 0x20c;
 /// Command-line size limit of kernels older than protocol 2.06.
 const OLD_CMDLINE_MAX_SIZE: usize = 256;
 
@@ -186,6 +186,8 @@ fn load_bzimage<F>(mem: &GuestMemoryMmap, kernel: &mut F) -> Result<LoadedKernel
 where
     F: Read + ReadVolatile + Seek,
 {
+    check_bzimage(kernel, BZIMAGE_64BIT_ENTRY_OFFSET)?;
+    kernel.rewind().map_err(BootError::KernelRead)?;
     let result = BzImage::load(mem, None, kernel, Some(GuestAddress(HIMEM_START)))
         .map_err(BootError::BzImage)?;
     let hdr =
@@ -194,8 +196,9 @@ where
             .ok_or(BootError::BzImage(linux_loader::loader::Error::Bzimage(
                 linux_loader::loader::bzimage::Error::InvalidBzImage,
             )))?;
+    // check_bzimage saw the same header; linux-loader read it again.
     let (version, xloadflags) = (hdr.version, hdr.xloadflags);
-    if version < PROTOCOL_XLOADFLAGS || xloadflags & XLF_KERNEL_64 == 0 {
+    if version < PROTOCOL_64BIT_ENTRY || xloadflags & XLF_KERNEL_64 == 0 {
         return Err(BootError::NotA64BitKernel);
     }
     let load_addr = result.kernel_load;
@@ -239,6 +242,8 @@ fn load_elf<F>(mem: &GuestMemoryMmap, kernel: &mut F) -> Result<LoadedKernel, Bo
 where
     F: Read + ReadVolatile + Seek,
 {
+    check_elf(kernel)?;
+    kernel.rewind().map_err(BootError::KernelRead)?;
     let result =
         Elf::load(mem, None, kernel, Some(GuestAddress(HIMEM_START))).map_err(BootError::Elf)?;
     let entry = match result.pvh_boot_cap {
@@ -262,8 +267,8 @@ mod tests {
 
     use super::*;
     use crate::boot::test_images::{
-        bzimage, elf, file_with, guest_memory, BZ_INIT_SIZE, BZ_PAYLOAD, BZ_PREF_ADDRESS,
-        ELF_ENTRY, ELF_LOAD, ELF_PAYLOAD, PVH_ENTRY,
+        bzimage, elf, file_with, guest_memory, BZ_INIT_SIZE, BZ_PAYLOAD, BZ_PAYLOAD_LEN,
+        BZ_PREF_ADDRESS, ELF_ENTRY, ELF_LOAD, ELF_PAYLOAD, PVH_ENTRY,
     };
 
     const MIB: usize = 1 << 20;
@@ -316,7 +321,7 @@ mod tests {
         image[0x206..0x208].copy_from_slice(&0x20bu16.to_le_bytes());
         assert!(matches!(
             load_kernel(&mem, &mut file_with(&image)),
-            Err(BootError::NotA64BitKernel)
+            Err(BootError::BzImageProtocolTooOld { version: 0x20b })
         ));
     }
 
@@ -327,8 +332,18 @@ mod tests {
         // Cut inside the setup sectors, and just after the magic.
         for len in [0x400, 0x206, 0x212] {
             let err = load_kernel(&mem, &mut file_with(&image[..len])).unwrap_err();
-            assert!(matches!(err, BootError::BzImage(_)), "{len:#x}: {err:?}");
+            assert!(
+                matches!(err, BootError::BzImageSetupTruncated { .. }),
+                "{len:#x}: {err:?}"
+            );
         }
+        // Cut inside the payload: linux-loader alone loaded what was there.
+        let err = load_kernel(&mem, &mut file_with(&image[..image.len() - 0x100])).unwrap_err();
+        assert!(matches!(err, BootError::BzImageTruncated { .. }), "{err:?}");
+        let mut zeroes = vec![0u8; BZ_PAYLOAD_LEN];
+        mem.read_slice(&mut zeroes, GuestAddress(HIMEM_START))
+            .unwrap();
+        assert!(zeroes.iter().all(|&b| b == 0), "nothing was loaded");
     }
 
     #[test]
@@ -378,7 +393,10 @@ mod tests {
         let image = elf(true);
         for len in [8, 64, 100, image.len() - 1] {
             let err = load_kernel(&mem, &mut file_with(&image[..len])).unwrap_err();
-            assert!(matches!(err, BootError::Elf(_)), "{len}: {err:?}");
+            assert!(
+                matches!(err, BootError::ElfTruncated { .. }),
+                "{len}: {err:?}"
+            );
         }
     }
 

@@ -18,6 +18,7 @@
 //! then one of the two writers (after the kernel, so nothing it loads can
 //! overwrite them).
 
+mod check;
 mod cmdline;
 mod initrd;
 mod kernel;
@@ -45,10 +46,87 @@ pub enum BootError {
     /// The kernel file is neither a bzImage nor an ELF file.
     #[error("the kernel image is neither a bzImage nor an ELF file")]
     UnknownKernelFormat,
-    /// The kernel cannot be entered in 64-bit mode: a bzImage older than
-    /// boot protocol 2.12 or without `XLF_KERNEL_64`, or a 32-bit ELF.
+    /// The kernel cannot be entered in 64-bit mode: a bzImage without
+    /// `XLF_KERNEL_64`, or a 32-bit ELF.
     #[error("the kernel has no 64-bit entry point")]
     NotA64BitKernel,
+    /// The bzImage file ends before the setup code its header announces
+    /// (which also holds the header itself).
+    #[error(
+        "bzImage truncated: the file is {len} bytes, shorter than its {setup} bytes of setup \
+         code (setup_sects {setup_sects})"
+    )]
+    BzImageSetupTruncated {
+        /// `setup_sects` as written (0 means 4).
+        setup_sects: u8,
+        /// `(setup_sects + 1) * 512`: the boot sector and the setup code.
+        setup: u64,
+        /// The file's length.
+        len: u64,
+    },
+    /// The bzImage file ends before the protected-mode payload its header
+    /// announces (`syssize` paragraphs after the setup code).
+    #[error(
+        "bzImage truncated: header says {payload} bytes of payload after {setup} bytes of setup \
+         code (setup_sects {setup_sects}, syssize {syssize}), the file has {available}"
+    )]
+    BzImageTruncated {
+        /// `setup_sects` as written (0 means 4).
+        setup_sects: u8,
+        /// `syssize`: the payload in 16-byte paragraphs.
+        syssize: u32,
+        /// Where the payload starts.
+        setup: u64,
+        /// `syssize * 16`.
+        payload: u64,
+        /// The bytes the file has after the setup code.
+        available: u64,
+    },
+    /// The bzImage header announces no protected-mode payload.
+    #[error("bzImage has no payload: its header says syssize 0")]
+    BzImageEmptyPayload,
+    /// The payload is too short to hold the 64-bit entry point.
+    #[error(
+        "bzImage payload of {payload} bytes ends before its 64-bit entry at offset {entry:#x}"
+    )]
+    BzImagePayloadTooSmall {
+        /// `syssize * 16`.
+        payload: u64,
+        /// Where the 64-bit entry is in the payload.
+        entry: u64,
+    },
+    /// The boot sector's signature is missing.
+    #[error("bzImage boot_flag is {0:#06x}, not 0xaa55")]
+    BzImageBootFlag(u16),
+    /// The boot protocol predates the 64-bit entry (2.12).
+    #[error(
+        "bzImage boot protocol {}.{:02} is older than 2.12, the first with a 64-bit entry",
+        version >> 8,
+        version & 0xff
+    )]
+    BzImageProtocolTooOld {
+        /// `version` as written: major in the high byte.
+        version: u16,
+    },
+    /// `LOADED_HIGH` is clear: a zImage, loaded at 0x10000 and entered in
+    /// real mode.
+    #[error("bzImage loadflags {0:#04x} lack LOADED_HIGH: a zImage, which this VMM cannot boot")]
+    BzImageNotLoadedHigh(u8),
+    /// The ELF file ends before a part its headers announce.
+    #[error("ELF truncated: {part} needs file bytes {start:#x}..{end:#x}, the file has {len:#x}")]
+    ElfTruncated {
+        /// What is cut off ("its header", "segment 2", ...).
+        part: String,
+        /// Its first byte in the file.
+        start: u64,
+        /// The first byte past it.
+        end: u64,
+        /// The file's length.
+        len: u64,
+    },
+    /// `e_phentsize` is not the size of an `Elf64_Phdr`.
+    #[error("the ELF program header size is {0} bytes, not 56")]
+    ElfBadProgramHeaderSize(u16),
     /// The ELF kernel is built for another architecture.
     #[error("the ELF kernel is for machine {0}, not x86-64")]
     WrongMachine(u16),

@@ -9,8 +9,11 @@ use vmm_sys_util::tempfile::TempFile;
 
 /// Sectors of real-mode setup code in the fake bzImage.
 pub const BZ_SETUP_SECTS: u8 = 4;
-/// The fake bzImage's protected-mode part.
+/// The start of the fake bzImage's protected-mode part.
 pub const BZ_PAYLOAD: &[u8] = b"protected-mode kernel stands in here";
+/// The fake bzImage's whole payload: [`BZ_PAYLOAD`], zero-padded past the
+/// 64-bit entry at 0x200, in whole 16-byte paragraphs (`syssize`).
+pub const BZ_PAYLOAD_LEN: usize = 0x400;
 /// The fake bzImage's `pref_address` (`LOAD_PHYSICAL_ADDR`, 16 MiB).
 pub const BZ_PREF_ADDRESS: u64 = 0x100_0000;
 /// The fake bzImage's `init_size` (4 MiB).
@@ -30,10 +33,13 @@ fn put(image: &mut [u8], offset: usize, bytes: &[u8]) {
 }
 
 /// A minimal bzImage: the setup header of a 64-bit, relocatable kernel
-/// speaking boot protocol 2.15, then [`BZ_PAYLOAD`].
+/// speaking boot protocol 2.15, then [`BZ_PAYLOAD_LEN`] bytes of payload
+/// starting with [`BZ_PAYLOAD`].
 pub fn bzimage() -> Vec<u8> {
     let mut image = vec![0u8; (usize::from(BZ_SETUP_SECTS) + 1) * 512];
     put(&mut image, 0x1f1, &[BZ_SETUP_SECTS]);
+    let syssize = u32::try_from(BZ_PAYLOAD_LEN / 16).unwrap();
+    put(&mut image, 0x1f4, &syssize.to_le_bytes()); // syssize
     put(&mut image, 0x1fe, &0xaa55u16.to_le_bytes()); // boot_flag
     put(&mut image, 0x202, b"HdrS"); // header
     put(&mut image, 0x206, &0x020fu16.to_le_bytes()); // version
@@ -47,7 +53,9 @@ pub fn bzimage() -> Vec<u8> {
     put(&mut image, 0x238, &2047u32.to_le_bytes()); // cmdline_size
     put(&mut image, 0x258, &BZ_PREF_ADDRESS.to_le_bytes()); // pref_address
     put(&mut image, 0x260, &BZ_INIT_SIZE.to_le_bytes()); // init_size
+    let start = image.len();
     image.extend_from_slice(BZ_PAYLOAD);
+    image.resize(start + BZ_PAYLOAD_LEN, 0);
     image
 }
 

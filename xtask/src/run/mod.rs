@@ -155,11 +155,10 @@ fn nested_job(args: &VmmArgs) -> Result<Nested> {
                 vmm_testbed::L1_QMP_TTY.to_owned()
             }
             "--serial" if value.starts_with("file:") => {
+                // PATH[,OPTIONS], a comma in PATH doubled (QEMU's option
+                // syntax, which QEMU's own `path=` below reads the same way).
                 let spec = &value["file:".len()..];
-                let (path, options) = match spec.split_once(',') {
-                    Some((p, o)) => (p, format!(",{o}")),
-                    None => (spec, String::new()),
-                };
+                let (path, options) = split_first_option(spec);
                 bridges.ttys2_file = Some(PathBuf::from(path));
                 format!("file:{}{options}", vmm_testbed::L1_SERIAL_FILE_TTY)
             }
@@ -172,6 +171,24 @@ fn nested_job(args: &VmmArgs) -> Result<Nested> {
         job = job.file(&name, &path);
     }
     Ok(Nested { job, bridges, qmp })
+}
+
+/// `PATH,OPTIONS` at the first single comma (`,,` is a comma in PATH):
+/// (PATH as written, ",OPTIONS" or "").
+fn split_first_option(spec: &str) -> (&str, String) {
+    let bytes = spec.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b',' {
+            if bytes.get(i + 1) == Some(&b',') {
+                i += 2;
+                continue;
+            }
+            return (&spec[..i], spec[i..].to_owned());
+        }
+        i += 1;
+    }
+    (spec, String::new())
 }
 
 #[cfg(test)]
@@ -247,6 +264,12 @@ mod tests {
         // Options after the path stay with the VMM's spec.
         let n = nested_job(&words(&["--serial=file:/x/log,maxsize=1M"])).unwrap();
         assert_eq!(n.job.args, ["--serial", "file:/dev/ttyS2,maxsize=1M"]);
+        let n = nested_job(&words(&["--serial=file:/a,,b/log,follow"])).unwrap();
+        assert_eq!(n.job.args, ["--serial", "file:/dev/ttyS2,follow"]);
+        assert_eq!(
+            n.bridges.ttys2_file.as_deref(),
+            Some(Path::new("/a,,b/log"))
+        );
         let n = nested_job(&words(&["--serial", "none"])).unwrap();
         assert_eq!(n.job.args, ["--serial", "none"]);
         assert!(n.bridges.ttys2_file.is_none());

@@ -35,6 +35,10 @@ use vmm_clock::{ClockType, Clocks, ResetListenerId, Timer};
 use crate::irq::{fire, Trigger};
 use crate::log_once::FaultLog;
 
+mod date;
+
+use date::{days_from_civil, DateTime};
+
 /// Ports from the base (0x70): index and data.
 pub const RTC_PORT_LEN: u16 = 2;
 /// Bytes of CMOS, registers included.
@@ -285,11 +289,25 @@ impl<T: Trigger> Rtc<T> {
 
     /// The guest's time (Unix ns) at host time `host_now`, or the frozen
     /// register time while SET or the divider stops the clock.
+    ///
+    /// Saturates at `i64::MAX` ns (2262-04-11 23:47:16 UTC): a guest clock
+    /// set far ahead stops there, while its timers keep their 1 s and
+    /// periodic spacing (see [`reschedule`](Self::reschedule)).
     pub fn guest_time_ns(&self, host_now: i64) -> i64 {
         if self.running() {
             host_now.saturating_add(self.state.offset_ns)
         } else {
             self.register_secs().saturating_mul(NS_PER_SEC)
+        }
+    }
+
+    /// The guest's time as [`guest_time_ns`](Self::guest_time_ns) computes
+    /// it, in `i128` and without saturating, for the timers' arithmetic.
+    fn guest_time_wide(&self, host_now: i64) -> i128 {
+        if self.running() {
+            i128::from(host_now) + i128::from(self.state.offset_ns)
+        } else {
+            i128::from(self.register_secs()) * i128::from(NS_PER_SEC)
         }
     }
 
@@ -634,23 +652,32 @@ impl<T: Trigger> Rtc<T> {
     }
 
     /// Arms the periodic and update timers for what the registers ask.
+    ///
+    /// The arithmetic is on the guest's time in `i128`
+    /// ([`guest_time_wide`](Self::guest_time_wide)), never on the saturated
+    /// `i64`: once host time plus the guest's offset passes `i64::MAX` ns
+    /// (a guest that set the year 2199, then decades of host time or a host
+    /// clock step), the saturated time stops moving, and a "next boundary
+    /// minus now" of 0 armed the timers at `now` again from their own
+    /// callbacks (issue 15). Every deadline here is at least 1 ns after
+    /// `now`: the next periodic edge or second boundary is strictly after
+    /// the guest's time.
     fn reschedule(&mut self, now: i64) {
-        let guest = self.guest_time_ns(now);
+        let guest = self.guest_time_wide(now);
+        let ns = i128::from(NS_PER_SEC);
         let periodic = self.periodic_cycles().map(|period| {
             // Periods are aligned to the guest's time, in 32 kHz cycles.
-            let cycles = i128::from(guest) * 32_768 / i128::from(NS_PER_SEC);
-            let next = (cycles / i128::from(period) + 1) * i128::from(period);
-            let next_ns = (next * i128::from(NS_PER_SEC) + 32_767) / 32_768;
-            let next_ns = i64::try_from(next_ns).unwrap_or(i64::MAX);
-            next_ns.saturating_sub(guest).saturating_add(now)
+            let period = i128::from(period);
+            let cycles = (guest * 32_768).div_euclid(ns);
+            let next = (cycles.div_euclid(period) + 1) * period;
+            // Rounded up: the edge's first whole nanosecond.
+            let next_ns = (next * ns + 32_767).div_euclid(32_768);
+            after(now, next_ns - guest)
         });
         let needs_update = self.running() && self.byte(reg::B) & (B_UIE | B_AIE) != 0;
         let update = needs_update.then(|| {
-            let next_sec = guest.div_euclid(NS_PER_SEC) + 1;
-            next_sec
-                .saturating_mul(NS_PER_SEC)
-                .saturating_sub(guest)
-                .saturating_add(now)
+            let next_sec = (guest.div_euclid(ns) + 1) * ns;
+            after(now, next_sec - guest)
         });
         for (timer, deadline) in [(&self.periodic, periodic), (&self.update, update)] {
             if let Some(timer) = timer {
@@ -677,6 +704,13 @@ impl<T: Trigger> Rtc<T> {
     }
 }
 
+/// The host time `delta` ns after `now`: at least 1 ns after it (a timer
+/// armed at `now` from its own callback would be due again at once), and
+/// saturating.
+fn after(now: i64, delta: i128) -> i64 {
+    now.saturating_add(i64::try_from(delta.max(1)).unwrap_or(i64::MAX))
+}
+
 impl<T: Trigger> MutDevicePio for Rtc<T> {
     fn pio_read(&mut self, base: PioAddress, offset: PioAddressOffset, data: &mut [u8]) {
         match (offset, &mut *data) {
@@ -693,555 +727,5 @@ impl<T: Trigger> MutDevicePio for Rtc<T> {
     }
 }
 
-/// A UTC date and time of day.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct DateTime {
-    century: u8,
-    year_in_century: u8,
-    month: u8,
-    day: u8,
-    /// 0 = Sunday.
-    weekday: u8,
-    hour: u8,
-    minute: u8,
-    second: u8,
-}
-
-impl DateTime {
-    fn from_unix(secs: i64) -> Self {
-        let days = secs.div_euclid(SECONDS_PER_DAY);
-        let tod = secs.rem_euclid(SECONDS_PER_DAY);
-        let (year, month, day) = civil_from_days(days);
-        let year = year.clamp(0, 9999);
-        let small = |v: i64| u8::try_from(v).unwrap_or(0);
-        Self {
-            century: small(year / 100),
-            year_in_century: small(year % 100),
-            month: small(month),
-            day: small(day),
-            // 1970-01-01 was a Thursday.
-            weekday: small((days + 4).rem_euclid(7)),
-            hour: small(tod / 3600),
-            minute: small(tod / 60 % 60),
-            second: small(tod % 60),
-        }
-    }
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's
-/// `days_from_civil`).
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// The date of a day number since 1970-01-01 (Hinnant's `civil_from_days`).
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::irq::EventFdTrigger;
-    use crate::test_util::{fired, line, Sim};
-
-    const MS: i64 = 1_000_000;
-    const SEC: i64 = NS_PER_SEC;
-
-    /// 2026-11-22 01:23:45.250 UTC, a Sunday.
-    fn start_ns() -> i64 {
-        (days_from_civil(2026, 11, 22) * SECONDS_PER_DAY + 3600 + 23 * 60 + 45) * SEC + 250 * MS
-    }
-
-    struct Bench {
-        sim: Sim,
-        rtc: Arc<Mutex<Rtc<EventFdTrigger>>>,
-        probe: EventFdTrigger,
-    }
-
-    impl Bench {
-        fn new() -> Self {
-            Self::at(start_ns())
-        }
-
-        fn at(wall: i64) -> Self {
-            let sim = Sim::with_wall(wall);
-            let (irq, probe) = line();
-            let rtc = Rtc::new(&sim.clocks, irq);
-            Self { sim, rtc, probe }
-        }
-
-        fn get(&self, r: u8) -> u8 {
-            let mut rtc = lock(&self.rtc);
-            rtc.write(0, r);
-            rtc.read(1)
-        }
-
-        fn set(&self, r: u8, v: u8) {
-            let mut rtc = lock(&self.rtc);
-            rtc.write(0, r);
-            rtc.write(1, v);
-        }
-
-        fn wait(&self, ns: i64) {
-            self.sim.run_for(ns, |_| {});
-        }
-
-        fn guest_hour(&self) -> i64 {
-            let host = self.sim.clocks.now(ClockType::Host);
-            lock(&self.rtc).guest_time_ns(host).div_euclid(SEC) % 86_400 / 3600
-        }
-
-        /// Edge instants over `ns`, reading C after each as a driver does;
-        /// also returns what C read.
-        fn serviced_edges(&self, ns: i64) -> (Vec<i64>, Vec<u8>) {
-            let mut edges = Vec::new();
-            let mut flags = Vec::new();
-            fired(&self.probe);
-            self.sim.run_for(ns, |now| {
-                if fired(&self.probe) > 0 {
-                    edges.push(now);
-                    flags.push(self.get(reg::C));
-                }
-            });
-            (edges, flags)
-        }
-
-        fn time(&self) -> [u8; 8] {
-            [
-                reg::SECONDS,
-                reg::MINUTES,
-                reg::HOURS,
-                reg::DAY_OF_WEEK,
-                reg::DAY_OF_MONTH,
-                reg::MONTH,
-                reg::YEAR,
-                reg::CENTURY,
-            ]
-            .map(|r| self.get(r))
-        }
-    }
-
-    fn assert_spacing(edges: &[i64], period: i64) {
-        assert!(edges.len() >= 2);
-        for pair in edges.windows(2) {
-            let gap = pair[1] - pair[0];
-            assert!((gap - period).abs() <= 1, "gap {gap} ns, expected {period}");
-        }
-    }
-
-    #[test]
-    fn starts_at_the_host_date_in_bcd() {
-        let b = Bench::new();
-        assert_eq!(b.time(), [0x45, 0x23, 0x01, 0x01, 0x22, 0x11, 0x26, 0x20]);
-    }
-
-    #[test]
-    fn vector_1_registers_after_reset() {
-        let b = Bench::new();
-        assert_eq!(b.get(reg::A), 0x26);
-        assert_eq!(b.get(reg::B), 0x02);
-        assert_eq!(b.get(reg::D), 0x80);
-        assert_eq!(b.get(reg::C), 0x00);
-        // UIP in the last 244 µs of a second.
-        b.wait(750 * MS - 200_000);
-        assert_eq!(b.get(reg::A), 0xA6);
-        b.wait(250_000);
-        assert_eq!(b.get(reg::A), 0x26);
-    }
-
-    #[test]
-    fn vector_2_nmi_bit_ignored_and_index_port_reads_ff() {
-        let b = Bench::new();
-        let mut rtc = lock(&b.rtc);
-        rtc.write(0, 0x8B);
-        assert_eq!(rtc.read(1), 0x02);
-        assert_eq!(rtc.read(0), 0xFF);
-        rtc.write(0, 0xB7); // 0x37 | NMI: the century
-        assert_eq!(rtc.read(1), 0x20);
-    }
-
-    fn set_1999_end(b: &Bench) {
-        b.set(reg::B, 0x82);
-        for (r, v) in [
-            (reg::SECONDS, 0x45),
-            (reg::MINUTES, 0x59),
-            (reg::HOURS, 0x23),
-            (reg::DAY_OF_MONTH, 0x31),
-            (reg::MONTH, 0x12),
-            (reg::YEAR, 0x99),
-            (reg::CENTURY, 0x19),
-        ] {
-            b.set(r, v);
-        }
-        b.set(reg::B, 0x02);
-    }
-
-    #[test]
-    fn vector_3_set_a_bcd_time_and_roll_into_2000() {
-        let b = Bench::new();
-        set_1999_end(&b);
-        b.wait(15 * SEC);
-        // 2000-01-01 was a Saturday (7).
-        assert_eq!(b.time(), [0x00, 0x00, 0x00, 0x07, 0x01, 0x01, 0x00, 0x20]);
-        // The guest's time is now an offset from the host's.
-        let offset = lock(&b.rtc).offset_secs();
-        let expect =
-            days_from_civil(1999, 12, 31) * SECONDS_PER_DAY + 86_385 - start_ns().div_euclid(SEC);
-        assert!((offset - expect).abs() <= 1, "{offset} vs {expect}");
-    }
-
-    #[test]
-    fn vector_4_twelve_hour_format() {
-        let b = Bench::new();
-        b.set(reg::B, 0x80);
-        b.set(reg::HOURS, 0x81);
-        b.set(reg::B, 0x00);
-        assert_eq!(b.get(reg::HOURS), 0x81);
-        // 00:xx reads 12 AM, 12:xx reads 12 PM.
-        b.set(reg::B, 0x80);
-        b.set(reg::HOURS, 0x12);
-        b.set(reg::B, 0x00);
-        assert_eq!(b.get(reg::HOURS), 0x12);
-        assert_eq!(b.guest_hour(), 0);
-        b.set(reg::B, 0x80);
-        b.set(reg::HOURS, 0x92);
-        b.set(reg::B, 0x00);
-        assert_eq!(b.get(reg::HOURS), 0x92);
-        assert_eq!(b.guest_hour(), 12);
-    }
-
-    #[test]
-    fn vector_5_binary_format() {
-        let b = Bench::new();
-        b.set(reg::B, 0x86);
-        b.set(reg::SECONDS, 45);
-        b.set(reg::MINUTES, 59);
-        b.set(reg::HOURS, 23);
-        b.set(reg::B, 0x06);
-        assert_eq!(b.get(reg::SECONDS), 0x2D);
-        assert_eq!(b.get(reg::MINUTES), 0x3B);
-        assert_eq!(b.get(reg::HOURS), 0x17);
-        // Changing DM alone converts nothing stored; the next read
-        // rewrites in the new format.
-        b.set(reg::B, 0x02);
-        assert_eq!(b.get(reg::HOURS), 0x23);
-    }
-
-    #[test]
-    fn vector_6_periodic_rates() {
-        for (a, period) in [
-            (0x26, 976_563),
-            (0x2F, 500 * MS),
-            (0x23, 122_070),
-            (0x21, 3_906_250),
-            (0x2A, 15_625_000),
-        ] {
-            let b = Bench::new();
-            b.set(reg::A, a);
-            b.set(reg::B, 0x42);
-            let (edges, flags) = b.serviced_edges(SEC + 1);
-            let expected = SEC / period;
-            assert!(
-                (expected - 1..=expected + 1).contains(&(edges.len() as i64)),
-                "A={a:#x}: {} edges",
-                edges.len()
-            );
-            for pair in edges.windows(2) {
-                assert!((pair[1] - pair[0] - period).abs() <= 1, "A={a:#x}");
-            }
-            // UF joins PF once a second.
-            assert!(
-                flags.iter().all(|&c| c & !C_UF == 0xC0),
-                "A={a:#x}: {flags:x?}"
-            );
-        }
-    }
-
-    #[test]
-    fn unserviced_periodic_gives_one_edge_until_c_is_read() {
-        let b = Bench::new();
-        b.set(reg::B, 0x42);
-        fired(&b.probe);
-        b.wait(100 * MS);
-        assert_eq!(fired(&b.probe), 1);
-        assert_eq!(b.get(reg::C), 0xC0);
-        b.wait(2 * MS);
-        assert_eq!(fired(&b.probe), 1);
-    }
-
-    #[test]
-    fn vector_7_update_ended_once_a_second_at_the_boundary() {
-        let b = Bench::new();
-        b.set(reg::B, 0x12);
-        let (edges, flags) = b.serviced_edges(5 * SEC);
-        assert_eq!(edges.len(), 5);
-        assert_eq!(edges[0], 750 * MS, "at the next second of the guest");
-        assert_spacing(&edges, SEC);
-        assert!(flags.iter().all(|&c| c == 0x90));
-        assert_eq!(b.get(reg::C), 0x00);
-    }
-
-    #[test]
-    fn vector_8_alarms() {
-        let b = Bench::new();
-        for r in [reg::SECONDS_ALARM, reg::MINUTES_ALARM, reg::HOURS_ALARM] {
-            b.set(r, 0xC0);
-        }
-        b.set(reg::B, 0x22);
-        let (edges, flags) = b.serviced_edges(3 * SEC);
-        assert_eq!(edges.len(), 3);
-        assert!(flags.iter().all(|&c| c == 0xB0), "{flags:x?}");
-        // In 5 s: 01:23:50.
-        let b = Bench::new();
-        b.set(reg::SECONDS_ALARM, 0x50);
-        b.set(reg::MINUTES_ALARM, 0xC0);
-        b.set(reg::HOURS_ALARM, 0xC0);
-        b.set(reg::B, 0x22);
-        let (edges, flags) = b.serviced_edges(10 * SEC);
-        assert_eq!(edges, vec![4 * SEC + 750 * MS]);
-        assert_eq!(flags[0] & 0xA0, 0xA0);
-        // A full alarm: 01:24:00.
-        let b = Bench::new();
-        b.set(reg::SECONDS_ALARM, 0x00);
-        b.set(reg::MINUTES_ALARM, 0x24);
-        b.set(reg::HOURS_ALARM, 0x01);
-        b.set(reg::B, 0x22);
-        let (edges, _) = b.serviced_edges(70 * SEC);
-        assert_eq!(edges, vec![14 * SEC + 750 * MS]);
-    }
-
-    #[test]
-    fn polled_flags_without_interrupts() {
-        let b = Bench::new();
-        b.set(reg::SECONDS_ALARM, 0x47);
-        b.set(reg::MINUTES_ALARM, 0xC0);
-        b.set(reg::HOURS_ALARM, 0xC0);
-        b.wait(3 * SEC);
-        assert_eq!(fired(&b.probe), 0);
-        assert_eq!(b.get(reg::C), 0x30, "UF and AF, no IRQF");
-        assert_eq!(b.get(reg::C), 0x00);
-    }
-
-    #[test]
-    fn vector_9_enable_edge() {
-        let b = Bench::new();
-        b.wait(SEC);
-        fired(&b.probe);
-        b.set(reg::B, 0x12);
-        assert_eq!(fired(&b.probe), 1, "UF pending: IRQ8 at once");
-        assert_eq!(lock(&b.rtc).state().cmos[usize::from(reg::C)] & 0x80, 0x80);
-        b.set(reg::B, 0x02);
-        assert_eq!(lock(&b.rtc).state().cmos[usize::from(reg::C)] & 0x80, 0);
-        assert_eq!(b.get(reg::C), 0x10);
-    }
-
-    #[test]
-    fn vector_10_divider_reset() {
-        let b = Bench::new();
-        b.set(reg::B, 0x12);
-        b.set(reg::A, 0x70);
-        let frozen = b.time();
-        let (edges, _) = b.serviced_edges(3 * SEC);
-        assert!(edges.is_empty());
-        assert_eq!(b.time(), frozen);
-        let t = b.sim.now();
-        b.set(reg::A, 0x26);
-        let (edges, _) = b.serviced_edges(2 * SEC);
-        assert_eq!(edges[0] - t, 500 * MS);
-        // Frozen at 01:23:45, restarted at 01:23:45.5, 2 s ago.
-        assert_eq!(b.get(reg::SECONDS), 0x47);
-    }
-
-    #[test]
-    fn vector_11_host_clock_runs_while_paused() {
-        let b = Bench::new();
-        b.sim.clocks.vm_stop();
-        b.wait(10 * SEC);
-        b.sim.clocks.vm_start();
-        assert_eq!(b.get(reg::SECONDS), 0x55);
-    }
-
-    #[test]
-    fn vector_12_cmos_ram_and_read_only_registers() {
-        let b = Bench::new();
-        b.set(0x50, 0xAB);
-        assert_eq!(b.get(0x50), 0xAB);
-        b.set(reg::C, 0xFF);
-        b.set(reg::D, 0x00);
-        assert_eq!(b.get(reg::C), 0x00);
-        assert_eq!(b.get(reg::D), 0x80);
-        b.set(reg::A, 0xA6);
-        assert_eq!(b.get(reg::A) & 0x7F, 0x26, "UIP is read-only");
-    }
-
-    #[test]
-    fn vector_13_memory_bytes() {
-        let b = Bench::new();
-        lock(&b.rtc).set_pc_config(1 << 30, 0, 2);
-        let expect = [
-            (0x15, 0x80),
-            (0x16, 0x02),
-            (0x17, 0xFF),
-            (0x18, 0xFF),
-            (0x30, 0xFF),
-            (0x31, 0xFF),
-            (0x34, 0x00),
-            (0x35, 0x3F),
-            (0x5B, 0),
-            (0x5C, 0),
-            (0x5D, 0),
-            (0x5F, 0x01),
-            (0x14, 0x06),
-        ];
-        for (r, v) in expect {
-            assert_eq!(b.get(r), v, "CMOS {r:#x}");
-        }
-        let mut rtc = lock(&b.rtc);
-        rtc.set_pc_config(3 << 30, 6 << 30, 300);
-        let st = rtc.state();
-        assert_eq!(&st.cmos[0x5B..=0x5D], &[0x00, 0x80, 0x01]);
-        assert_eq!(st.cmos[0x5F], 0);
-        rtc.set_pc_config(16 << 20, 0, 1);
-        let st = rtc.state();
-        assert_eq!(&st.cmos[0x17..=0x18], &[0x00, 0x3C]);
-        assert_eq!(&st.cmos[0x34..=0x35], &[0, 0]);
-    }
-
-    #[test]
-    fn host_clock_jump_moves_the_time_and_rearms_the_timers() {
-        let b = Bench::new();
-        b.set(reg::B, 0x12);
-        b.wait(SEC);
-        b.get(reg::C);
-        // The host steps back an hour.
-        b.sim
-            .time
-            .set_wall(b.sim.clocks.now(ClockType::Host) - 3600 * SEC);
-        assert_eq!(b.get(reg::HOURS), 0x00, "00:23:46");
-        let (edges, _) = b.serviced_edges(3 * SEC);
-        assert_eq!(edges.len(), 3, "updates keep coming after the jump");
-    }
-
-    #[test]
-    fn a_guest_set_time_survives_as_an_offset() {
-        let b = Bench::new();
-        b.set(reg::B, 0x82);
-        b.set(reg::YEAR, 0x30);
-        b.set(reg::B, 0x02);
-        b.wait(SEC);
-        assert_eq!(b.get(reg::YEAR), 0x30);
-        let years = lock(&b.rtc).offset_secs() / (365 * 86_400);
-        assert_eq!(years, 4);
-        // Writing a field while running keeps the others current.
-        b.wait(70 * SEC);
-        b.set(reg::SECONDS, 0x00);
-        assert_eq!(b.get(reg::MINUTES), 0x24);
-    }
-
-    #[test]
-    fn setting_the_time_calls_the_change_listener() {
-        let b = Bench::new();
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let log = seen.clone();
-        lock(&b.rtc).set_change_listener(Box::new(move |offset| log.lock().unwrap().push(offset)));
-        b.get(reg::SECONDS);
-        assert!(seen.lock().unwrap().is_empty(), "reads change nothing");
-        set_1999_end(&b);
-        let offsets = seen.lock().unwrap().clone();
-        assert_eq!(offsets.len(), 1, "one change, when SET clears");
-        assert!(offsets[0] < -800_000_000, "{offsets:?}");
-    }
-
-    #[test]
-    fn reading_c_around_the_update() {
-        let b = Bench::new();
-        b.wait(750 * MS - 1);
-        assert_eq!(b.get(reg::C), 0x00, "1 ns before the update");
-        b.wait(1);
-        assert_eq!(b.get(reg::C), 0x10, "at the update");
-        assert_eq!(b.get(reg::C), 0x00);
-    }
-
-    #[test]
-    fn junk_in_time_registers_gives_some_time_and_no_panic() {
-        let b = Bench::new();
-        b.set(reg::B, 0x80);
-        for r in [
-            reg::SECONDS,
-            reg::MINUTES,
-            reg::HOURS,
-            reg::MONTH,
-            reg::DAY_OF_MONTH,
-            reg::YEAR,
-            reg::CENTURY,
-        ] {
-            b.set(r, 0xFF);
-        }
-        b.set(reg::B, 0x02);
-        b.wait(2 * SEC);
-        let _ = b.time();
-        b.set(reg::B, 0x86);
-        b.set(reg::CENTURY, 0xFF);
-        b.set(reg::B, 0x06);
-        let _ = b.time();
-    }
-
-    #[test]
-    fn reset_clears_interrupts_and_keeps_the_time() {
-        let b = Bench::new();
-        b.set(reg::B, 0x72);
-        b.set(0x0F, 0x05);
-        b.wait(SEC);
-        let mut rtc = lock(&b.rtc);
-        rtc.reset();
-        let st = rtc.state();
-        assert_eq!(st.cmos[usize::from(reg::B)], 0x12);
-        assert_eq!(st.cmos[usize::from(reg::C)], 0);
-        assert_eq!(st.cmos[0x0F], 0);
-        drop(rtc);
-        assert_eq!(b.time()[0], 0x46);
-    }
-
-    #[test]
-    fn state_round_trips() {
-        let b = Bench::new();
-        set_1999_end(&b);
-        b.set(reg::B, 0x42);
-        let saved = lock(&b.rtc).state();
-        let (irq, probe) = line();
-        let other = Rtc::new(&b.sim.clocks, irq);
-        lock(&other).restore(&saved);
-        assert_eq!(lock(&other).state(), saved);
-        assert!(b.sim.edges(10 * MS, &probe).len() == 1);
-    }
-
-    #[test]
-    fn dates() {
-        assert_eq!(days_from_civil(1970, 1, 1), 0);
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(days_from_civil(2000, 2, 29)), (2000, 2, 29));
-        assert_eq!(civil_from_days(days_from_civil(2100, 3, 1)), (2100, 3, 1));
-        for d in (-800_000..800_000).step_by(997) {
-            let (y, m, day) = civil_from_days(d);
-            assert_eq!(days_from_civil(y, m, day), d);
-        }
-        assert_eq!(DateTime::from_unix(0).weekday, 4, "a Thursday");
-        assert_eq!(DateTime::from_unix(-1).second, 59);
-    }
-}
+mod tests;
