@@ -2,7 +2,7 @@
 //!
 //! vm-superio's `I8042Device` only knows 0xFE and reads every port as 0, which
 //! Linux's i8042 driver would take for a stuck controller; this is a small
-//! model of SUBSYSTEMS §6 instead:
+//! model of docs/devices.md §6 instead:
 //!
 //! * port **0x60** (data): reads pop the output queue (0x00 when empty);
 //!   writes are the parameter of a pending command, or go to a keyless PS/2

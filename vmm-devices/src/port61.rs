@@ -1,5 +1,5 @@
 //! Port 0x61, system control port B: PIT channel 2 gate, speaker enable,
-//! the refresh toggle and PIT channel 2's output (SUBSYSTEMS §7).
+//! the refresh toggle and PIT channel 2's output (docs/devices.md §7).
 //!
 //! | bit | write | read here |
 //! |---|---|---|

@@ -1,4 +1,4 @@
-//! Port 0x80: the POST-code / I/O-delay port (SUBSYSTEMS §8).
+//! Port 0x80: the POST-code / I/O-delay port (docs/devices.md §8).
 //!
 //! Writes are accepted and the last byte is kept (a boot-progress debugging
 //! aid, logged at `trace`); reads return 0xFF, as nothing decodes them on a

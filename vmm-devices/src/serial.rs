@@ -24,7 +24,7 @@
 //! written, so Linux's THRE and TXEN start-up tests pass without setting
 //! `UART_BUG_THRE` or `UART_BUG_TXEN`.
 //!
-//! # What is not modelled (SUBSYSTEMS §3.4)
+//! # What is not modelled (docs/devices.md §3.4)
 //!
 //! * The interrupt is an **edge**: each new cause fires the [`Trigger`] once
 //!   (wire it as an irqfd on an edge-triggered pin, ISA IRQ 4 or 3). There is

@@ -1,4 +1,4 @@
-//! The SUBSYSTEMS §2.8 test vectors on [`FakeTime`]; callbacks and threads in `callbacks`.
+//! The docs/devices.md §2.8 test vectors on [`FakeTime`]; callbacks and threads in `callbacks`.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};

@@ -3,7 +3,7 @@
 //! Without it, Linux's atkbd driver (when the guest does not pass
 //! `i8042.dumbkbd`) sends get-ID, set-LEDs and the like to port 0x60 and
 //! waits for replies that never come, logging timeouts. Each command gets
-//! the reply a real keyboard gives (SUBSYSTEMS §6.2, "Keyboard device").
+//! the reply a real keyboard gives (docs/devices.md §6.2, "Keyboard device").
 
 /// Acknowledge.
 const ACK: u8 = 0xFA;

@@ -1,4 +1,4 @@
-//! Unit tests of the i8042, after SUBSYSTEMS §6.3 and §6.4.
+//! Unit tests of the i8042, after docs/devices.md §6.3 and §6.4.
 
 use super::*;
 use crate::test_util::{fired, inb, line, outb};
@@ -227,7 +227,7 @@ fn unsupported_commands_are_ignored() {
     assert_eq!(k.resets(), 0);
 }
 
-/// SUBSYSTEMS §6.3: what Linux's i8042 driver does at boot, AUX probing
+/// docs/devices.md §6.3: what Linux's i8042 driver does at boot, AUX probing
 /// included, then atkbd's probe.
 #[test]
 fn linux_boot_probe() {

@@ -1,4 +1,4 @@
-//! The i8254 programmable interval timer on ports 0x40-0x43 (SUBSYSTEMS §4).
+//! The i8254 programmable interval timer on ports 0x40-0x43 (docs/devices.md §4).
 //!
 //! Three channels count down at [`PIT_FREQ_HZ`]. Nothing ticks: a count and
 //! an OUT level are computed from the Virtual clock when the guest asks

@@ -1,5 +1,5 @@
 //! The MC146818 real-time clock and CMOS RAM on ports 0x70/0x71, IRQ 8
-//! (SUBSYSTEMS §5).
+//! (docs/devices.md §5).
 //!
 //! **Time base.** The guest's date follows the Host clock (the wall clock,
 //! QEMU's default `rtc_clock = host`): guest time is host time plus an
@@ -313,7 +313,7 @@ impl<T: Trigger> Rtc<T> {
 
     /// Fills the CMOS bytes a PC BIOS reports: base and extended memory,
     /// memory above 16 MiB and above 4 GiB, the CPU count and the equipment
-    /// byte (SUBSYSTEMS §5.7).
+    /// byte (docs/devices.md §5.7).
     pub fn set_pc_config(&mut self, below_4g: u64, above_4g: u64, cpus: u32) {
         const KIB: u64 = 1024;
         const MIB: u64 = 1024 * KIB;

@@ -1,4 +1,4 @@
-//! Unit tests of the 16550A adapter, after SUBSYSTEMS §3.3 and §3.5.
+//! Unit tests of the 16550A adapter, after docs/devices.md §3.3 and §3.5.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -283,7 +283,7 @@ fn deferred_thre_is_dropped_by_a_thr_write_or_ier_change() {
     assert!(!u.dev.state().thre_deferred);
 }
 
-/// SUBSYSTEMS §3.3 step 2-4 and §3.5 vector 13: the accesses of Linux's
+/// docs/devices.md §3.3 step 2-4 and §3.5 vector 13: the accesses of Linux's
 /// `autoconfig()` and `autoconfig_16550a()` (with the 16550A-variant probes
 /// enabled), each with the answer that keeps Linux on "16550A".
 #[test]
@@ -360,7 +360,7 @@ fn linux_autoconfig_detects_a_16550a() {
     assert!(u.out.bytes().is_empty());
 }
 
-/// SUBSYSTEMS §3.3 step 5: `serial8250_do_startup` must set neither
+/// docs/devices.md §3.3 step 5: `serial8250_do_startup` must set neither
 /// `UART_BUG_THRE` nor `UART_BUG_TXEN`.
 #[test]
 fn linux_startup_sets_no_bug_flags() {
