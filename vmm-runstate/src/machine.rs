@@ -199,7 +199,7 @@ mod tests {
 
     #[test]
     fn new_machine_is_prelaunch_and_not_running() {
-        // SUBSYSTEMS 1.9 #1.
+        // the run-state test vectors (docs/devices.md §1) #1.
         let vm = RunStateMachine::new();
         assert_eq!(vm.state(), Prelaunch);
         assert_eq!(vm.state().as_str(), "prelaunch");
@@ -212,7 +212,7 @@ mod tests {
 
     #[test]
     fn every_pair_through_the_machine() {
-        // SUBSYSTEMS 1.9 #11, for our 15 states: succeeds iff the pair is in
+        // the run-state test vectors (docs/devices.md §1) #11, for our 15 states: succeeds iff the pair is in
         // the table or from == to; listeners run only on a real change.
         for from in RunState::ALL {
             for to in RunState::ALL {
@@ -244,7 +244,7 @@ mod tests {
         for tag in 1..=3 {
             record(&mut vm, &log, tag);
         }
-        // SUBSYSTEMS 1.9 #2 and #3 at this level.
+        // the run-state test vectors (docs/devices.md §1) #2 and #3 at this level.
         vm.transition(Running).unwrap();
         assert_eq!(
             take(&log),
@@ -292,7 +292,7 @@ mod tests {
 
     #[test]
     fn refusal_changes_nothing_and_calls_no_listener() {
-        // SUBSYSTEMS 1.9 #5.
+        // the run-state test vectors (docs/devices.md §1) #5.
         let mut vm = RunStateMachine::new();
         let log: Log = Arc::default();
         record(&mut vm, &log, 1);
@@ -311,7 +311,7 @@ mod tests {
         assert_eq!(vm.state(), Prelaunch);
         assert!(take(&log).is_empty());
 
-        // SUBSYSTEMS 1.9 #6.
+        // the run-state test vectors (docs/devices.md §1) #6.
         let mut vm = machine_in(Paused);
         record(&mut vm, &log, 2);
         let err = vm.transition(Shutdown).unwrap_err();
@@ -325,7 +325,7 @@ mod tests {
 
     #[test]
     fn self_transition_is_a_silent_no_op() {
-        // SUBSYSTEMS 1.9 #4 (today's semantics), for every state.
+        // the run-state test vectors (docs/devices.md §1) #4 (today's semantics), for every state.
         for state in RunState::ALL {
             let mut vm = machine_in(state);
             let log: Log = Arc::default();
@@ -345,7 +345,7 @@ mod tests {
 
     #[test]
     fn shutdown_reset_cont_sequence() {
-        // SUBSYSTEMS 1.9 #7, the state part.
+        // the run-state test vectors (docs/devices.md §1) #7, the state part.
         let mut vm = machine_in(Running);
         vm.transition(Shutdown).unwrap();
         assert_eq!(vm.state().as_str(), "shutdown");
@@ -358,7 +358,7 @@ mod tests {
 
     #[test]
     fn cont_after_guest_panic() {
-        // SUBSYSTEMS 1.9 #9 (today's semantics).
+        // the run-state test vectors (docs/devices.md §1) #9 (today's semantics).
         let mut vm = machine_in(Running);
         vm.transition(GuestPanicked).unwrap();
         assert_eq!(vm.state().as_str(), "guest-panicked");

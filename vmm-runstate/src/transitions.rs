@@ -276,7 +276,7 @@ mod tests {
 
     #[test]
     fn qemu_vectors_at_table_level() {
-        // SUBSYSTEMS 1.9 #5 and #6.
+        // the run-state test vectors (docs/devices.md §1) #5 and #6.
         assert!(!is_allowed(Prelaunch, Paused));
         assert!(!is_allowed(Paused, Shutdown));
     }

@@ -25,7 +25,7 @@
 //!   a low gate does not stop counting, counting is always binary.
 //! * The OUT level reported in the read-back status byte and on port 0x61
 //!   follows the datasheet (mode 2 is high with a one-tick low pulse, modes
-//!   4/5 likewise, mode 1 is low while the one-shot runs), as SUBSYSTEMS
+//!   4/5 likewise, mode 1 is low while the one-shot runs), as docs/devices.md
 //!   §4.7 item 6 recommends. Modes 6 and 7 act as modes 2 and 3.
 //! * NULL COUNT in the status byte is always 0 (QEMU parity).
 
