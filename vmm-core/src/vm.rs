@@ -214,6 +214,47 @@ impl Vm {
         self.fd.set_clock(&data).map_err(ioctl("KVM_SET_CLOCK"))
     }
 
+    /// Sends an MSI (`KVM_SIGNAL_MSI`): the message a PCI function's MSI-X
+    /// vector writes, delivered by the in-kernel local APICs. Returns
+    /// whether it reached a CPU (false: blocked, e.g. no such APIC).
+    /// Callable from any thread: device threads use it.
+    pub fn signal_msi(&self, address: u64, data: u32) -> Result<bool, VmError> {
+        let msi = kvm_bindings::kvm_msi {
+            address_lo: address as u32,
+            address_hi: (address >> 32) as u32,
+            data,
+            ..Default::default()
+        };
+        self.fd
+            .signal_msi(msi)
+            .map(|n| n > 0)
+            .map_err(ioctl("KVM_SIGNAL_MSI"))
+    }
+
+    /// Makes guest writes to MMIO `addr` write `fd` inside KVM, with no
+    /// exit to user space (`KVM_IOEVENTFD`, any value, any width): a
+    /// device's doorbell.
+    pub fn register_mmio_doorbell(&self, fd: &EventFd, addr: u64) -> Result<(), VmError> {
+        self.fd
+            .register_ioevent(
+                fd,
+                &kvm_ioctls::IoEventAddress::Mmio(addr),
+                kvm_ioctls::NoDatamatch,
+            )
+            .map_err(ioctl("KVM_IOEVENTFD"))
+    }
+
+    /// Undoes [`Vm::register_mmio_doorbell`].
+    pub fn unregister_mmio_doorbell(&self, fd: &EventFd, addr: u64) -> Result<(), VmError> {
+        self.fd
+            .unregister_ioevent(
+                fd,
+                &kvm_ioctls::IoEventAddress::Mmio(addr),
+                kvm_ioctls::NoDatamatch,
+            )
+            .map_err(ioctl("KVM_IOEVENTFD (deassign)"))
+    }
+
     /// Sets the level of interrupt line `gsi`.
     pub fn set_irq_line(&self, gsi: u32, level: bool) -> Result<(), VmError> {
         self.fd
