@@ -48,16 +48,20 @@ pub fn vmm() -> Command {
 
 /// Waits for `child` at most [`RUN_LIMIT`], killing it if it overstays.
 /// Its output pipes are read meanwhile, so a chatty child cannot block.
-pub fn wait(mut child: Child) -> Output {
+pub fn wait(child: Child) -> Output {
+    wait_within(child, RUN_LIMIT)
+}
+
+/// As [`wait`], with a limit of its own (a hang check, not a timing).
+pub fn wait_within(mut child: Child, limit: Duration) -> Output {
     let out = child.stdout.take().map(vmm_testbed::process::drain);
     let err = child.stderr.take().map(vmm_testbed::process::drain);
     let collect = |h: Option<std::thread::JoinHandle<Vec<u8>>>| {
         h.map(|h| h.join().unwrap_or_default()).unwrap_or_default()
     };
-    let Some(status) = vmm_testbed::process::wait_until(&mut child, Instant::now(), RUN_LIMIT)
-    else {
+    let Some(status) = vmm_testbed::process::wait_until(&mut child, Instant::now(), limit) else {
         panic!(
-            "vmm did not finish within {RUN_LIMIT:?}; stderr: {}",
+            "vmm did not finish within {limit:?}; stderr: {}",
             String::from_utf8_lossy(&collect(err))
         );
     };
@@ -65,6 +69,34 @@ pub fn wait(mut child: Child) -> Output {
         status,
         stdout: collect(out),
         stderr: collect(err),
+    }
+}
+
+/// A running vmm that is killed if the test fails before waiting for it
+/// (a spinning guest must not outlive its test).
+pub struct Running(Option<Child>);
+
+impl Running {
+    pub fn new(child: Child) -> Self {
+        Self(Some(child))
+    }
+
+    pub fn id(&self) -> u32 {
+        self.0.as_ref().map_or(0, Child::id)
+    }
+
+    /// [`wait_within`].
+    pub fn wait_within(mut self, limit: Duration) -> Output {
+        wait_within(self.0.take().expect("waited once"), limit)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
