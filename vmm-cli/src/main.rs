@@ -149,17 +149,16 @@ fn run(args: Args) -> Result<ExitReason> {
         )
         .context("cannot start QMP")?;
         machine.add_event_listener(qmp::forward_events(server.outbox()));
-        machine.event_loop().add(Arc::new(Mutex::new(server)));
         // The server removes its socket when dropped; this covers every
-        // exit path that ends the process before that.
-        // (Only a socket: a serial device given as --qmp stays.)
-        let path = path.clone();
-        machine.exit_notifiers().add(move |_, _, _| {
-            use std::os::unix::fs::FileTypeExt;
-            if std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_socket()) {
-                let _ = std::fs::remove_file(&path);
-            }
-        });
+        // exit path that ends the process before that. Only the socket it
+        // created: a device given as --qmp, or a file someone put at the
+        // path meanwhile, stays.
+        if let Some(socket) = server.socket() {
+            machine.exit_notifiers().add(move |_, _, _| {
+                socket.remove();
+            });
+        }
+        machine.event_loop().add(Arc::new(Mutex::new(server)));
     }
     if let Some(warning) =
         host_check::linux_on_pvm(vmm_core::kvm::KvmFlavor::detect(), &args.kernel)

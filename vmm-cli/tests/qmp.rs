@@ -573,6 +573,164 @@ fn the_guest_setting_its_rtc_is_an_rtc_change_event() {
     assert!(o.status.success(), "{}", stderr(&o));
 }
 
+/// `n` query-status requests with ids `{tag}{pad}{i}` (long, so that
+/// their replies are too), in one string.
+fn long_requests(tag: &str, n: usize) -> String {
+    let pad = "x".repeat(1000);
+    (0..n)
+        .map(|i| json!({"execute": "query-status", "id": format!("{tag}{pad}{i}")}).to_string())
+        .collect()
+}
+
+/// Clients that ask and do not read never stall the VMM: another client is
+/// served, events flow, SIGTERM ends it at once; one past the output limit
+/// (1 MiB unread) is dropped with a log line, one below it stays.
+#[test]
+fn a_client_that_does_not_read_never_stalls_the_vmm() {
+    if !kvm("qmp_slow_reader") {
+        return;
+    }
+    let dir = TempDir::new("qmp-slow");
+    let (child, sock) = spawn(
+        &dir,
+        &test_guests::hello_spin("spin\n"),
+        &["--serial", "none"],
+    );
+    let child = Running::new(child);
+    let mut c = Client::connect(&sock);
+    // About 550 KB of replies, then a stop: once its STOP event reaches
+    // the other client, every reply waits for this one (in its socket and
+    // in its buffer), below the limit.
+    let mut stalled = UnixStream::connect(&sock).unwrap();
+    stalled.set_write_timeout(Some(RUN_LIMIT)).unwrap();
+    let mut text = json!({"execute": "qmp_capabilities"}).to_string();
+    text += &long_requests("s", 500);
+    text += &json!({"execute": "stop"}).to_string();
+    stalled.write_all(text.as_bytes()).unwrap();
+    c.event("STOP");
+    assert_eq!(c.status()["status"], "paused");
+    assert_eq!(c.execute("cont"), json!({"return": {}}));
+    c.event("RESUME");
+    // About 3 MB of replies: dropped past the limit (its socket closed:
+    // what it holds, then end of file).
+    let dropped = UnixStream::connect(&sock).unwrap();
+    dropped.set_read_timeout(Some(RUN_LIMIT)).unwrap();
+    dropped.set_write_timeout(Some(RUN_LIMIT)).unwrap();
+    let mut writer = dropped.try_clone().unwrap();
+    let flood = std::thread::spawn(move || {
+        let text = json!({"execute": "qmp_capabilities"}).to_string() + &long_requests("d", 3000);
+        // Fails once the VMM has closed it.
+        let _ = writer.write_all(text.as_bytes());
+    });
+    // It reads only once the flood is over (written, or cut off).
+    flood.join().unwrap();
+    let got = read_all(&dropped);
+    assert!(
+        got.len() < 3000 * 1000,
+        "{} bytes before the end",
+        got.len()
+    );
+    // The VMM carries on, and a signal ends it at once.
+    assert_eq!(c.status()["status"], "running");
+    // SAFETY: sends SIGTERM to our own child process.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let shutdown = c.event("SHUTDOWN");
+    assert_eq!(shutdown["data"]["reason"], "host-signal");
+    let o = child.wait_within(Duration::from_secs(10));
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert_eq!(
+        err.matches("QMP: dropping client").count(),
+        1,
+        "only the one past the limit: {err}"
+    );
+    assert!(err.contains("bytes of replies and events unread"), "{err}");
+    // The stalled one was kept: what it reads now (what its socket held
+    // at exit) is its replies, whole and in order.
+    stalled.set_read_timeout(Some(RUN_LIMIT)).unwrap();
+    let got = read_all(&stalled);
+    let end = got.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    let lines: Vec<Value> = got[..end]
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).unwrap())
+        .collect();
+    assert!(lines.len() > 10, "{} lines", lines.len());
+    assert!(lines[0]["QMP"].is_object());
+    assert_eq!(lines[1], json!({"return": {}}));
+    let pad = "x".repeat(1000);
+    for (i, reply) in lines[2..].iter().enumerate() {
+        assert_eq!(reply["id"], format!("s{pad}{i}"));
+        assert_eq!(reply["return"]["status"], "running");
+    }
+}
+
+/// QEMU's monitor serves one socket client at a time; ours serves several
+/// (up to 16), so that a client that sits idle locks nobody out. Events go
+/// to every client that has negotiated.
+#[test]
+fn an_idle_client_does_not_lock_others_out() {
+    if !kvm("qmp_idle_client") {
+        return;
+    }
+    let dir = TempDir::new("qmp-idle");
+    let (child, sock) = spawn(
+        &dir,
+        &test_guests::hello_spin("spin\n"),
+        &["--serial", "none"],
+    );
+    let child = Running::new(child);
+    let mut idle = Client::connect(&sock);
+    let mut busy = Client::connect(&sock);
+    assert_eq!(busy.status()["status"], "running");
+    assert_eq!(busy.execute("stop"), json!({"return": {}}));
+    busy.event("STOP");
+    idle.event("STOP");
+    // Up to the limit; past it a connection is closed at once.
+    let rest: Vec<UnixStream> = (2..16)
+        .map(|_| UnixStream::connect(&sock).unwrap())
+        .collect();
+    let extra = UnixStream::connect(&sock).unwrap();
+    extra.set_read_timeout(Some(RUN_LIMIT)).unwrap();
+    let refused = read_all(&extra);
+    // The 16 were accepted before it (connections are taken in order).
+    assert!(refused.is_empty(), "{}", String::from_utf8_lossy(&refused));
+    assert_eq!(busy.execute("quit"), json!({"return": {}}));
+    busy.event("SHUTDOWN");
+    idle.event("SHUTDOWN");
+    drop(rest);
+    let o = child.wait_within(RUN_LIMIT);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("16 clients connected already"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+/// A file put at the socket's path while the VMM runs is not the VMM's to
+/// remove at exit.
+#[test]
+fn a_file_put_at_the_socket_path_stays_after_exit() {
+    if !kvm("qmp_path_replaced") {
+        return;
+    }
+    let dir = TempDir::new("qmp-replaced");
+    let (child, sock) = spawn(
+        &dir,
+        &test_guests::hello_spin("spin\n"),
+        &["--serial", "none"],
+    );
+    let child = Running::new(child);
+    let mut c = Client::connect(&sock);
+    std::fs::remove_file(&sock).unwrap();
+    std::fs::write(&sock, b"mine").unwrap();
+    assert_eq!(c.execute("quit"), json!({"return": {}}));
+    let o = child.wait_within(RUN_LIMIT);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(std::fs::read(&sock).unwrap(), b"mine");
+}
+
 /// QEMU's `human-monitor-command`: monitor lines through QMP, their output
 /// as the reply's string.
 #[test]

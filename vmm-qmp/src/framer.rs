@@ -78,69 +78,88 @@ impl Framer {
     pub fn feed(&mut self, bytes: &[u8]) -> Vec<Frame> {
         let mut out = Vec::new();
         for &b in bytes {
-            if self.in_string {
+            self.byte(b, &mut out);
+        }
+        out
+    }
+
+    /// Feeds `bytes` only up to the first byte that completes a text, so
+    /// that the rest may wait: returns the texts that byte completed (one,
+    /// or two when a bracket ends a scalar and is a stray text itself) and
+    /// how many bytes were taken. No text: every byte was taken.
+    pub fn feed_until_text(&mut self, bytes: &[u8]) -> (Vec<Frame>, usize) {
+        let mut out = Vec::new();
+        for (i, &b) in bytes.iter().enumerate() {
+            self.byte(b, &mut out);
+            if !out.is_empty() {
+                return (out, i + 1);
+            }
+        }
+        (out, bytes.len())
+    }
+
+    fn byte(&mut self, b: u8, out: &mut Vec<Frame>) {
+        if self.in_string {
+            self.push(b);
+            if self.escaped {
+                self.escaped = false;
+            } else if b == b'\\' {
+                self.escaped = true;
+            } else if b == b'"' {
+                self.in_string = false;
+                if self.scalar && self.depth == 0 {
+                    // A top-level string ends with its quote.
+                    self.finish(out);
+                }
+            }
+            return;
+        }
+        if self.scalar {
+            if b.is_ascii_whitespace() {
+                self.finish(out);
+                return;
+            }
+            if matches!(b, b'{' | b'[' | b'}' | b']') {
+                self.finish(out);
+                // Fall through: the bracket starts or is a new text.
+            } else {
                 self.push(b);
-                if self.escaped {
-                    self.escaped = false;
-                } else if b == b'\\' {
-                    self.escaped = true;
-                } else if b == b'"' {
-                    self.in_string = false;
-                    if self.scalar && self.depth == 0 {
-                        // A top-level string ends with its quote.
-                        self.finish(&mut out);
-                    }
-                }
-                continue;
+                return;
             }
-            if self.scalar {
-                if b.is_ascii_whitespace() {
-                    self.finish(&mut out);
-                    continue;
-                }
-                if matches!(b, b'{' | b'[' | b'}' | b']') {
-                    self.finish(&mut out);
-                    // Fall through: the bracket starts or is a new text.
+        }
+        match b {
+            b'{' | b'[' => {
+                self.push(b);
+                self.depth += 1;
+            }
+            b'}' | b']' => {
+                self.push(b);
+                if self.depth <= 1 {
+                    // Closes the text (or is stray at the top level).
+                    self.finish(out);
                 } else {
-                    self.push(b);
-                    continue;
+                    self.depth -= 1;
                 }
             }
-            match b {
-                b'{' | b'[' => {
-                    self.push(b);
-                    self.depth += 1;
+            b'"' => {
+                self.push(b);
+                self.in_string = true;
+                if self.depth == 0 {
+                    self.scalar = true;
                 }
-                b'}' | b']' => {
+            }
+            _ if b.is_ascii_whitespace() => {
+                if self.depth > 0 {
                     self.push(b);
-                    if self.depth <= 1 {
-                        // Closes the text (or is stray at the top level).
-                        self.finish(&mut out);
-                    } else {
-                        self.depth -= 1;
-                    }
                 }
-                b'"' => {
-                    self.push(b);
-                    self.in_string = true;
-                    if self.depth == 0 {
-                        self.scalar = true;
-                    }
-                }
-                _ if b.is_ascii_whitespace() => {
-                    if self.depth > 0 {
-                        self.push(b);
-                    }
-                }
-                _ => {
-                    self.push(b);
-                    if self.depth == 0 {
-                        self.scalar = true;
-                    }
+            }
+            _ => {
+                self.push(b);
+                if self.depth == 0 {
+                    self.scalar = true;
                 }
             }
         }
-        out
     }
 }
 
@@ -214,5 +233,26 @@ mod tests {
             texts(f.feed(br#"abilities"}"#)),
             [r#"{"execute": "qmp_capabilities"}"#]
         );
+    }
+
+    #[test]
+    fn feeding_until_a_text_leaves_the_rest() {
+        let mut f = Framer::new(1024);
+        let input = br#"{"a":1} {"b":2}abc}"#;
+        let (got, used) = f.feed_until_text(input);
+        assert_eq!(texts(got), [r#"{"a":1}"#]);
+        assert_eq!(used, 7);
+        let (got, used2) = f.feed_until_text(&input[used..]);
+        assert_eq!(texts(got), [r#"{"b":2}"#]);
+        let rest = &input[used + used2..];
+        assert_eq!(rest, b"abc}");
+        // A bracket that ends a scalar and is stray itself: two at once.
+        let (got, used3) = f.feed_until_text(rest);
+        assert_eq!(texts(got), ["abc", "}"]);
+        assert_eq!(used3, rest.len());
+        let (got, used4) = f.feed_until_text(br#"{"c""#);
+        assert!(got.is_empty());
+        assert_eq!(used4, 4);
+        assert!(f.is_partial());
     }
 }

@@ -10,6 +10,8 @@
 //!   other member is an error.
 //! - Every reply and event is one JSON object on one line.
 
+use std::collections::VecDeque;
+
 use serde_json::{json, Map, Value};
 
 use crate::framer::{Frame, Framer};
@@ -136,10 +138,20 @@ pub enum Action {
 }
 
 /// One connection's protocol state.
+///
+/// Input is taken in two steps, so that its owner can bound the work done
+/// at a time: [`Session::push`] keeps received bytes, [`Session::next_action`]
+/// handles one request from them.
 #[derive(Debug)]
 pub struct Session {
     framer: Framer,
     negotiated: bool,
+    /// Received bytes not yet given to the framer.
+    inbox: Vec<u8>,
+    /// How much of `inbox` the framer has taken.
+    taken: usize,
+    /// Texts the framer completed, not yet handled.
+    ready: VecDeque<Frame>,
 }
 
 impl Default for Session {
@@ -154,6 +166,9 @@ impl Session {
         Self {
             framer: Framer::new(MAX_REQUEST),
             negotiated: false,
+            inbox: Vec::new(),
+            taken: 0,
+            ready: VecDeque::new(),
         }
     }
 
@@ -162,14 +177,43 @@ impl Session {
         self.negotiated
     }
 
-    /// Feeds received bytes; `known(name)` says whether the backend has a
-    /// command. Returns what to do, in request order.
+    /// Feeds received bytes and handles every request they complete;
+    /// `known(name)` says whether the backend has a command. Returns what
+    /// to do, in request order.
     pub fn feed(&mut self, bytes: &[u8], known: &dyn Fn(&str) -> bool) -> Vec<Action> {
-        self.framer
-            .feed(bytes)
-            .into_iter()
-            .map(|frame| self.request(frame, known))
-            .collect()
+        self.push(bytes);
+        std::iter::from_fn(|| self.next_action(known)).collect()
+    }
+
+    /// Keeps received bytes for [`Session::next_action`].
+    pub fn push(&mut self, bytes: &[u8]) {
+        if self.taken == self.inbox.len() {
+            self.inbox.clear();
+            self.taken = 0;
+        }
+        self.inbox.extend_from_slice(bytes);
+    }
+
+    /// Whether received bytes or complete requests are waiting (more may
+    /// be needed to complete a request even so).
+    pub fn has_input(&self) -> bool {
+        !self.ready.is_empty() || self.taken < self.inbox.len()
+    }
+
+    /// Handles the next complete request; `None` once the bytes received
+    /// so far hold no more (a partial one stays in the framer).
+    pub fn next_action(&mut self, known: &dyn Fn(&str) -> bool) -> Option<Action> {
+        while self.ready.is_empty() && self.taken < self.inbox.len() {
+            let (frames, used) = self.framer.feed_until_text(&self.inbox[self.taken..]);
+            self.taken += used;
+            self.ready.extend(frames);
+        }
+        if self.taken == self.inbox.len() {
+            self.inbox.clear();
+            self.taken = 0;
+        }
+        let frame = self.ready.pop_front()?;
+        Some(self.request(frame, known))
     }
 
     fn request(&mut self, frame: Frame, known: &dyn Fn(&str) -> bool) -> Action {
@@ -404,5 +448,31 @@ mod tests {
         );
         let e = event("SHUTDOWN", Some(json!({"guest": false})), 0);
         assert_eq!(e["data"]["guest"], false);
+    }
+
+    #[test]
+    fn requests_are_handled_one_at_a_time_on_demand() {
+        let mut s = Session::new();
+        s.push(br#"{"execute":"qmp_capabilities"}{"execute":"stop","id":1}}{"exec"#);
+        assert!(s.has_input());
+        assert!(matches!(s.next_action(&known), Some(Action::Reply(_))));
+        assert!(s.negotiated());
+        assert!(matches!(
+            s.next_action(&known),
+            Some(Action::Execute { id: Some(_), .. })
+        ));
+        assert!(s.has_input(), "the stray bracket waits");
+        let Some(Action::Reply(r)) = s.next_action(&known) else {
+            panic!("the stray bracket is an error")
+        };
+        assert_eq!(class(&r), "GenericError");
+        assert_eq!(s.next_action(&known), None, "a partial request waits");
+        assert!(!s.has_input());
+        s.push(br#"ute":"stop"}"#);
+        assert!(matches!(
+            s.next_action(&known),
+            Some(Action::Execute { id: None, .. })
+        ));
+        assert_eq!(s.next_action(&known), None);
     }
 }

@@ -73,6 +73,34 @@ pub fn wait_within(mut child: Child, limit: Duration) -> Output {
     }
 }
 
+/// A running vmm that is killed if the test fails before waiting for it
+/// (a spinning guest must not outlive its test).
+pub struct Running(Option<Child>);
+
+impl Running {
+    pub fn new(child: Child) -> Self {
+        Self(Some(child))
+    }
+
+    pub fn id(&self) -> u32 {
+        self.0.as_ref().map_or(0, Child::id)
+    }
+
+    /// [`wait_within`].
+    pub fn wait_within(mut self, limit: Duration) -> Output {
+        wait_within(self.0.take().expect("waited once"), limit)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// Runs vmm with `args` to completion (bounded).
 pub fn run(args: &[&str]) -> Output {
     wait(vmm().args(args).spawn().unwrap())
