@@ -14,8 +14,28 @@ pub const APPLETS: &[&str] = &[
 /// power button reaches userspace as an input event.
 pub const POWER_BUTTON_MODULES: &[&str] = &["evdev", "button"];
 
-/// The `/init` of the default initramfs: mounts, the power-button modules
-/// ([`POWER_BUTTON_MODULES`], in `/lib/modules` when present) and a watcher
+/// The virtio PCI and block drivers, in load order (Debian's cloud kernel
+/// builds them as modules): what the guest needs for `--drive …,if=virtio`.
+pub const VIRTIO_BLOCK_MODULES: &[&str] = &[
+    "virtio",
+    "virtio_ring",
+    "virtio_pci_legacy_dev",
+    "virtio_pci_modern_dev",
+    "virtio_pci",
+    "virtio_blk",
+];
+
+/// Every module the default initramfs carries in `/lib/modules`, in load
+/// order.
+pub fn guest_modules() -> impl Iterator<Item = &'static str> {
+    POWER_BUTTON_MODULES
+        .iter()
+        .chain(VIRTIO_BLOCK_MODULES)
+        .copied()
+}
+
+/// The `/init` of the default initramfs: mounts, the modules of
+/// [`guest_modules`] (in `/lib/modules` when present), a watcher
 /// that powers off on their input event, a banner, then a shell on the
 /// console with job control; powers off when the shell exits.
 pub const DEFAULT_INIT: &str = r#"#!/bin/sh
@@ -25,8 +45,9 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 /bin/busybox --install -s
-# The ACPI power button (QMP system_powerdown) powers the guest off.
-for m in evdev button; do
+# The ACPI power button (QMP system_powerdown) powers the guest off; the
+# virtio PCI and block drivers find the VMM's disks.
+for m in evdev button virtio virtio_ring virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk; do
   [ -e /lib/modules/$m.ko ] && insmod /lib/modules/$m.ko
 done
 for e in /dev/input/event*; do
@@ -103,6 +124,13 @@ mod tests {
             let l = get(&format!("bin/{a}"));
             assert_eq!((l.mode, l.data.as_slice()), (0o120_777, &b"busybox"[..]));
         }
+        // /init loads every module it carries, in their order.
+        let init = DEFAULT_INIT.replace('\n', " ");
+        let order: Vec<&str> = guest_modules().collect();
+        assert!(
+            init.contains(&format!("for m in {}; do", order.join(" "))),
+            "{init}"
+        );
         // Every applet /init runs before `busybox --install` is linked.
         for a in [
             "mount", "echo", "uname", "nproc", "setsid", "cttyhack", "sh", "poweroff",

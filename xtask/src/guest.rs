@@ -46,6 +46,12 @@ const MODULES: &[&str] = &[
     "button",
     "pvpanic",
     "pvpanic-mmio",
+    "virtio",
+    "virtio_ring",
+    "virtio_pci_legacy_dev",
+    "virtio_pci_modern_dev",
+    "virtio_pci",
+    "virtio_blk",
 ];
 const MANIFEST: &str = "manifest.txt";
 
@@ -143,10 +149,9 @@ pub fn initramfs(
     )?)
 }
 
-/// The power-button modules from `modules_dir`, as initramfs files.
-pub fn power_button_modules(modules_dir: &Path) -> Result<Vec<(String, Vec<u8>, u32)>> {
-    vmm_testbed::initramfs::POWER_BUTTON_MODULES
-        .iter()
+/// The default initramfs's modules from `modules_dir`, as initramfs files.
+pub fn guest_modules(modules_dir: &Path) -> Result<Vec<(String, Vec<u8>, u32)>> {
+    vmm_testbed::initramfs::guest_modules()
         .map(|m| {
             let path = modules_dir.join(format!("{m}.ko"));
             let data =
@@ -161,7 +166,7 @@ fn refresh_initramfs(g: &GuestFiles) -> Result<()> {
     let want = initramfs(
         &g.paths.busybox,
         DEFAULT_INIT,
-        &power_button_modules(&g.paths.modules_dir)?,
+        &guest_modules(&g.paths.modules_dir)?,
     )?;
     if std::fs::read(&g.paths.initramfs).ok().as_deref() != Some(&want[..]) {
         eprintln!(

@@ -113,7 +113,7 @@ pub fn build(dir: &Path) -> Result<GuestFiles> {
         initramfs(
             &out.join("busybox"),
             DEFAULT_INIT,
-            &super::power_button_modules(&out.join("modules"))?,
+            &super::guest_modules(&out.join("modules"))?,
         )?,
     )?;
     add(
