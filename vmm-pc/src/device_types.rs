@@ -1,0 +1,121 @@
+//! The device types of the PC, registered at start-up (QEMU's
+//! `module_call_init(MODULE_INIT_QOM)`): the fixed devices the machine
+//! adds itself, and the ones `--device` may add.
+
+use vmm_qom::{Bus, Category, DeviceType, PropKind, PropSpec, Registry};
+
+const fn fixed(name: &'static str, bus: Bus, category: Category, desc: &'static str) -> DeviceType {
+    DeviceType {
+        name,
+        bus,
+        category,
+        desc,
+        user_creatable: false,
+        props: &[],
+    }
+}
+
+/// `virtio-blk-pci`: a disk on a drive (`--drive …,id=ID`).
+pub const VIRTIO_BLK_PCI: DeviceType = DeviceType {
+    name: "virtio-blk-pci",
+    bus: Bus::Pci,
+    category: Category::Storage,
+    desc: "Virtio block device (virtio 1.x, modern PCI)",
+    user_creatable: true,
+    props: &[
+        PropSpec {
+            name: "drive",
+            kind: PropKind::Str,
+            default: None,
+            required: true,
+            help: "the drive (--drive ...,id=ID) to serve",
+        },
+        PropSpec {
+            name: "serial",
+            kind: PropKind::Str,
+            default: None,
+            required: false,
+            help: "the disk's serial number (at most 20 bytes)",
+        },
+        PropSpec {
+            name: "addr",
+            kind: PropKind::Str,
+            default: None,
+            required: false,
+            help: "PCI slot (1-31, hex as QEMU: addr=05 or addr=0x5)",
+        },
+    ],
+};
+
+/// The machine's fixed devices (listed, not creatable) and the creatable
+/// ones.
+pub const TYPES: &[DeviceType] = &[
+    fixed("isa-serial", Bus::Isa, Category::Misc, "16550A UART (COM1)"),
+    fixed("isa-pit", Bus::Isa, Category::Misc, "i8254 PIT"),
+    fixed(
+        "mc146818rtc",
+        Bus::Isa,
+        Category::Misc,
+        "MC146818 RTC and CMOS",
+    ),
+    fixed(
+        "i8042",
+        Bus::Isa,
+        Category::Input,
+        "i8042 keyboard controller (reset line)",
+    ),
+    fixed("pvpanic", Bus::Isa, Category::Misc, "pvpanic (port 0x505)"),
+    fixed(
+        "acpi-pm",
+        Bus::System,
+        Category::Misc,
+        "ACPI PM1a event and control blocks",
+    ),
+    fixed(
+        "port61",
+        Bus::Isa,
+        Category::Misc,
+        "system control port B (0x61)",
+    ),
+    fixed("port80", Bus::Isa, Category::Misc, "POST code port (0x80)"),
+    fixed(
+        "pcie-host-bridge",
+        Bus::Pci,
+        Category::Bridge,
+        "PCI Express host bridge (00:00.0)",
+    ),
+    VIRTIO_BLK_PCI,
+];
+
+/// A registry of every PC device type.
+pub fn registry() -> Registry {
+    let mut r = Registry::new();
+    for ty in TYPES {
+        // The list above has each name once (a test checks it).
+        let _ = r.register(*ty);
+    }
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_type_registers_once() {
+        let mut r = Registry::new();
+        for ty in TYPES {
+            r.register(*ty).unwrap();
+        }
+        assert_eq!(registry().types().count(), TYPES.len());
+    }
+
+    #[test]
+    fn only_creatable_types_are_offered() {
+        let help = registry().help();
+        assert!(help.contains("name \"virtio-blk-pci\", bus PCI"), "{help}");
+        assert!(!help.contains("isa-serial"), "{help}");
+        let opts = vmm_qom::parse_opts("isa-serial", Some("driver")).unwrap();
+        assert!(registry().request(&opts).is_err());
+    }
+}
