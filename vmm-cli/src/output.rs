@@ -81,17 +81,38 @@ impl std::fmt::Debug for SerialOutput {
     }
 }
 
+/// What the writer thread runs first, before it takes any output (its
+/// seccomp filter); an error ends the thread and fails [`spawn_with`].
+pub type ThreadStart = Box<dyn FnOnce() -> io::Result<()> + Send>;
+
 /// Starts a writer thread for `out`; returns the sink for COM1 and the
 /// handle to finish it.
-pub fn spawn(mut out: Box<dyn Write + Send>) -> io::Result<(SerialSink, SerialOutput)> {
+#[cfg(test)]
+pub fn spawn(out: Box<dyn Write + Send>) -> io::Result<(SerialSink, SerialOutput)> {
+    spawn_with(out, Box::new(|| Ok(())))
+}
+
+/// [`spawn`], with `start` run first on the writer thread; returns once it
+/// has run.
+pub fn spawn_with(
+    mut out: Box<dyn Write + Send>,
+    start: ThreadStart,
+) -> io::Result<(SerialSink, SerialOutput)> {
     let shared = Arc::new(Shared::default());
     let worker = Arc::clone(&shared);
     // Dropped when the thread ends, which wakes `finish` at once.
     let (ended_tx, ended) = mpsc::channel::<()>();
+    let (started_tx, started) = mpsc::sync_channel::<io::Result<()>>(1);
     let thread = std::thread::Builder::new()
         .name("serial out".into())
         .spawn(move || {
             let _ended = ended_tx;
+            let result = start();
+            let failed = result.is_err();
+            let _ = started_tx.send(result);
+            if failed {
+                return;
+            }
             loop {
                 let (chunk, closed) = {
                     let mut s = worker.lock();
@@ -122,6 +143,13 @@ pub fn spawn(mut out: Box<dyn Write + Send>) -> io::Result<(SerialSink, SerialOu
                 }
             }
         })?;
+    let started = started
+        .recv()
+        .unwrap_or_else(|_| Err(io::Error::other("the serial output thread ended at start")));
+    if let Err(e) = started {
+        let _ = thread.join();
+        return Err(e);
+    }
     Ok((
         SerialSink {
             shared: Arc::clone(&shared),
@@ -187,6 +215,38 @@ mod tests {
         fn flush(&mut self) -> io::Result<()> {
             Ok(())
         }
+    }
+
+    #[test]
+    fn a_failing_start_fails_the_spawn() {
+        let out = Shared2::default();
+        let err = spawn_with(
+            Box::new(out),
+            Box::new(|| Err(io::Error::other("no filter"))),
+        )
+        .err()
+        .expect("spawn fails");
+        assert_eq!(err.to_string(), "no filter");
+    }
+
+    #[test]
+    fn the_start_runs_on_the_writer_thread_first() {
+        let out = Shared2::default();
+        let name = Arc::new(Mutex::new(None));
+        let n = Arc::clone(&name);
+        let (mut sink, handle) = spawn_with(
+            Box::new(out.clone()),
+            Box::new(move || {
+                *n.lock().unwrap() = std::thread::current().name().map(str::to_owned);
+                Ok(())
+            }),
+        )
+        .unwrap();
+        // Already run when spawn_with returned.
+        assert_eq!(name.lock().unwrap().as_deref(), Some("serial out"));
+        sink.write_all(b"x").unwrap();
+        assert_eq!(handle.finish(Duration::from_secs(10)), 0);
+        assert_eq!(*out.0.lock().unwrap(), b"x");
     }
 
     #[test]
