@@ -151,6 +151,63 @@ fn off_installs_no_filter() {
     }
 }
 
+/// QMP's system_reset reloads the kernel and the initrd on the main thread
+/// and sets every vCPU up again on its own thread, running and paused:
+/// all within the lists (the tests in qmp.rs reset without an initrd).
+#[test]
+fn system_reset_with_an_initrd_stays_within_the_lists() {
+    if !kvm("seccomp_reset_initrd") {
+        return;
+    }
+    let dir = TempDir::new("seccomp-reset");
+    let k = dir.file("spin.elf", &test_guests::hello_spin("spin\n"));
+    let initrd = dir.file("initrd", &vec![0x5a; 300_000]);
+    let sock = dir.0.join("qmp.sock");
+    let child = vmm()
+        .args([
+            "--kernel",
+            k.to_str().unwrap(),
+            "--memory",
+            "64M",
+            "--cpus",
+            "2",
+        ])
+        .args(["--initrd", initrd.to_str().unwrap()])
+        .args(["--qmp", sock.to_str().unwrap(), "--serial", "none"])
+        .spawn()
+        .unwrap();
+    let mut s = greeted(&sock);
+    let commands = [
+        "qmp_capabilities",
+        "system_reset",
+        "stop",
+        "system_reset",
+        "cont",
+        "query-status",
+        "quit",
+    ];
+    for c in commands {
+        writeln!(s, r#"{{"execute":"{c}"}}"#).unwrap();
+    }
+    let mut replies = Vec::new();
+    for line in BufReader::new(s).lines() {
+        let line = line.unwrap();
+        if !line.contains("\"event\"") {
+            replies.push(line);
+        }
+        if replies.len() == commands.len() {
+            break;
+        }
+    }
+    assert!(
+        replies[..5].iter().all(|r| r == r#"{"return":{}}"#),
+        "{replies:?}"
+    );
+    assert!(replies[5].contains(r#""status":"running""#), "{replies:?}");
+    let out = wait(child);
+    assert!(out.status.success(), "{:?}: {}", out.status, stderr(&out));
+}
+
 /// Debug builds only: VMM_SECCOMP_TEST_FORBIDDEN makes a thread call
 /// getppid, which is on no list, right after installing its filter.
 fn forbidden(tag: &str, thread: &str, extra: &[&str]) -> Option<std::process::Output> {

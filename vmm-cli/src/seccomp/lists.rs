@@ -194,8 +194,11 @@ pub(super) fn main(pid: u32, kick: u32) -> Result<Rules, seccompiler::Error> {
             // QMP: a client connects; a failed write drops it.
             libc::SYS_accept4,
             libc::SYS_shutdown,
-            // Exit: the QMP socket is removed if it still is one.
+            // The reset path sizes the initrd (File::metadata: statx, or
+            // fstat where statx is missing); at exit the QMP socket is
+            // removed if it still is one (symlink_metadata, unlink).
             libc::SYS_statx,
+            libc::SYS_fstat,
             libc::SYS_newfstatat,
             libc::SYS_unlink,
             // Kicking a vCPU: pthread_kill is tgkill(getpid(), tid, sig).
