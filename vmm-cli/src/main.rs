@@ -85,7 +85,7 @@ fn run(args: Args) -> Result<ExitReason> {
         }
         None => Box::new(|| Ok(())),
     };
-    let (sink, writer) = output::spawn_with(serial_output(&args.serial)?, serial_start)
+    let (sink, mut writer) = output::spawn_with(serial_output(&args.serial)?, serial_start)
         .context("cannot start the serial output thread")?;
     let vcpu_thread_start = filters.as_ref().map(|f| {
         let f = Arc::clone(f);
@@ -162,6 +162,9 @@ fn run(args: Args) -> Result<ExitReason> {
     // Last: every other thread exists and the front ends are set up; from
     // here on the main thread only runs the loop and the way out.
     if let Some(f) = &filters {
+        writer
+            .started()
+            .context("cannot install the serial output thread's seccomp filter")?;
         f.install(seccomp::Thread::Main)
             .context("cannot install the main thread's seccomp filter")?;
     }
