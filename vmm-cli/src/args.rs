@@ -78,6 +78,12 @@ pub struct Args {
     #[arg(long, value_name = "ACTION", default_value = "exit")]
     pub reboot: RebootChoice,
 
+    /// Seccomp filters, one allow-list per thread kind: `on` ends the VMM
+    /// on a system call off its list (naming it on stderr), `log` lets it
+    /// through and has the kernel log it, `off` installs none.
+    #[arg(long, value_name = "MODE", default_value = "on")]
+    pub seccomp: crate::seccomp::Mode,
+
     /// Log level for the VMM's own messages (error, warn, info, debug, trace).
     #[arg(long, value_name = "LEVEL", default_value = "warn")]
     pub log_level: log::LevelFilter,
@@ -292,6 +298,10 @@ mod tests {
         assert_eq!(a.cpus, 2);
         assert_eq!(a.serial, Serial::None);
         assert!(a.append.contains("console=ttyS0"));
+        assert_eq!(a.seccomp, crate::seccomp::Mode::On, "on by default");
+        let a = Args::try_parse_from(["vmm", "--kernel", "k", "--seccomp", "log"]).unwrap();
+        assert_eq!(a.seccomp, crate::seccomp::Mode::Log);
+        assert!(Args::try_parse_from(["vmm", "--kernel", "k", "--seccomp", "maybe"]).is_err());
         assert!(
             Args::try_parse_from(["vmm"]).is_err(),
             "--kernel is required"

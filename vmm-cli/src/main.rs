@@ -12,6 +12,7 @@ mod host_check;
 mod monitor;
 mod output;
 mod qmp;
+mod seccomp;
 mod serial_file;
 mod terminal;
 
@@ -93,7 +94,28 @@ fn run(args: Args) -> Result<ExitReason> {
         Ok(out) => out,
         Err(signo) => return Ok(ExitReason::Signal(signo)),
     };
-    let (sink, writer) = output::spawn(out).context("cannot start the serial output thread")?;
+    // Compiled before any thread starts; each thread installs its own list
+    // (see seccomp.rs for the order and why).
+    let filters = seccomp::Filters::new(args.seccomp, vmm_core::vcpu::kick_signal())
+        .context("cannot set up seccomp")?;
+    let serial_start: output::ThreadStart = match &filters {
+        Some(f) => {
+            let f = Arc::clone(f);
+            Box::new(move || {
+                f.install(seccomp::Thread::SerialOut)
+                    .map_err(io::Error::other)
+            })
+        }
+        None => Box::new(|| Ok(())),
+    };
+    let (sink, mut writer) =
+        output::spawn_with(out, serial_start).context("cannot start the serial output thread")?;
+    let vcpu_thread_start = filters.as_ref().map(|f| {
+        let f = Arc::clone(f);
+        let start: vmm_core::vcpu::VcpuThreadStart =
+            Arc::new(move |_index| Ok(f.install(seccomp::Thread::Vcpu)?));
+        start
+    });
     let config = PcConfig {
         kernel: args.kernel.clone(),
         initrd: args.initrd.clone(),
@@ -113,6 +135,7 @@ fn run(args: Args) -> Result<ExitReason> {
         // With QMP a user can look at a KVM internal error and reset or
         // quit; without, stopping would only hang.
         stop_on_error: args.qmp.is_some(),
+        vcpu_thread_start,
     };
     let build = move || PcMachine::build(config).context("cannot build the machine");
     let mut machine = match startup_step("build", build)? {
@@ -134,6 +157,8 @@ fn run(args: Args) -> Result<ExitReason> {
             let saved =
                 terminal::enter_raw_mode(stdin).context("cannot set the terminal to raw mode")?;
             machine.exit_notifiers().add(move |_, _, _| saved.restore());
+            let (fd, termios) = saved.parts();
+            seccomp::sigsys::restore_terminal_on_trap(fd, termios);
             let previous = std::panic::take_hook();
             std::panic::set_hook(Box::new(move |info| {
                 saved.restore();
@@ -174,6 +199,15 @@ fn run(args: Args) -> Result<ExitReason> {
                 ""
             }
         );
+    }
+    // Last: every other thread exists and the front ends are set up; from
+    // here on the main thread only runs the loop and the way out.
+    if let Some(f) = &filters {
+        writer
+            .started()
+            .context("cannot install the serial output thread's seccomp filter")?;
+        f.install(seccomp::Thread::Main)
+            .context("cannot install the main thread's seccomp filter")?;
     }
     let result = machine.run().context("the machine failed");
     let dropped = writer.finish(Duration::from_secs(2));

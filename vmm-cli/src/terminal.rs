@@ -46,6 +46,12 @@ pub fn enter_raw_mode(fd: RawFd) -> io::Result<SavedMode> {
 }
 
 impl SavedMode {
+    /// The terminal and the mode to put back, for code that cannot hold a
+    /// `SavedMode` (the SIGSYS handler).
+    pub fn parts(&self) -> (RawFd, libc::termios) {
+        (self.fd, self.termios)
+    }
+
     /// Puts the terminal back as it was.
     pub fn restore(&self) {
         // SAFETY: `self.termios` came from tcgetattr on the same fd.

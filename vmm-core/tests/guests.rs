@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use vm_memory::{Bytes, GuestAddress};
 use vmm_core::io::IoHandler;
 use vmm_core::kvm::KvmSystem;
-use vmm_core::vcpu::{VcpuInit, VcpuRequest, Vcpus};
+use vmm_core::vcpu::{VcpuInit, VcpuRequest, VcpuThreadStart, Vcpus};
 use vmm_core::vm::Vm;
 
 const CODE: u64 = 0x1000;
@@ -391,6 +391,60 @@ fn a_failing_init_is_reported_with_the_vcpu() {
     });
     let err = Vcpus::spawn(&vm, 2, init, Arc::new(Recorder::default())).unwrap_err();
     assert_eq!(err.to_string(), "cannot set up vCPU 1");
+}
+
+/// The thread-start hook runs once on each vCPU's own thread, after its
+/// set-up and before `spawn` returns (so before any guest code: where the
+/// binary installs the thread's seccomp filter).
+#[test]
+fn the_thread_start_hook_runs_on_each_vcpu_thread_before_spawn_returns() {
+    let Some(kvm) = kvm() else { return };
+    let vm = Vm::new(&kvm, &[(GuestAddress(0), 0x10_0000)]).unwrap();
+    let seen: Arc<Mutex<Vec<(u32, i32, String)>>> = Arc::default();
+    let s = Arc::clone(&seen);
+    let hook: VcpuThreadStart = Arc::new(move |index| {
+        // SAFETY: gettid has no arguments and cannot fail.
+        let tid = unsafe { libc::gettid() };
+        let name = std::thread::current().name().unwrap_or("").to_owned();
+        s.lock().unwrap().push((index, tid, name));
+        Ok(())
+    });
+    let io = Arc::new(Recorder::default());
+    let vcpus = Vcpus::spawn_with_start(&vm, 2, real_mode_init(), io, Some(hook)).unwrap();
+    let mut seen = seen.lock().unwrap().clone();
+    seen.sort();
+    let tids = vcpus.thread_ids();
+    assert_eq!(
+        seen,
+        vec![
+            (0, tids[0], "vcpu 0".to_owned()),
+            (1, tids[1], "vcpu 1".to_owned())
+        ]
+    );
+}
+
+#[test]
+fn a_failing_thread_start_hook_fails_the_spawn() {
+    let Some(kvm) = kvm() else { return };
+    let vm = Vm::new(&kvm, &[(GuestAddress(0), 0x10_0000)]).unwrap();
+    let hook: VcpuThreadStart = Arc::new(|index| {
+        if index == 1 {
+            Err("no filter for you".into())
+        } else {
+            Ok(())
+        }
+    });
+    let err = Vcpus::spawn_with_start(
+        &vm,
+        2,
+        real_mode_init(),
+        Arc::new(Recorder::default()),
+        Some(hook),
+    )
+    .unwrap_err();
+    assert_eq!(err.to_string(), "the thread-start hook of vCPU 1 failed");
+    let source = std::error::Error::source(&err).map(ToString::to_string);
+    assert_eq!(source.as_deref(), Some("no filter for you"));
 }
 
 /// The kvmclock can be read and put back: what the machine does around a

@@ -14,8 +14,6 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::Path;
 
-use vmm_core::signals::{interruptible, Interrupted, InterruptibleError};
-
 use crate::boot::{self, KernelEntry, LoadedKernel};
 use crate::cpu::BootEntry;
 use crate::layout;
@@ -129,37 +127,16 @@ impl BootImages {
         Ok(entry)
     }
 
-    /// [`load`](Self::load) for a reset, on the main loop's thread: the
-    /// load runs on a thread of its own while this one waits for it or for
-    /// SIGINT/SIGTERM/SIGHUP ([`interruptible`]), so a read that blocks (a
-    /// stalled file system) cannot keep the VMM from ending on a signal:
-    /// that gives [`PcError::Interrupted`], which the main loop ends on as
-    /// on any shutdown signal.
+    /// [`load`](Self::load) for a reset, on the main loop's thread. The
+    /// images are regular files (anything else is refused at start), so the
+    /// reads do not wait on another process; a thread of its own here
+    /// would need thread creation and a signalfd on the main thread's
+    /// seccomp list.
     pub(crate) fn reload(
         &mut self,
         mem: &vm_memory::GuestMemoryMmap,
     ) -> Result<BootEntry, PcError> {
-        let mut copy = self.try_clone()?;
-        let mem = mem.clone();
-        match interruptible("reload", move || copy.load(&mem)) {
-            Ok(loaded) => loaded,
-            Err(InterruptibleError::Interrupted(Interrupted(signo))) => {
-                Err(PcError::Interrupted(signo))
-            }
-            Err(e) => Err(PcError::Reload(e.to_string())),
-        }
-    }
-
-    /// The same images on duplicated file descriptors.
-    fn try_clone(&self) -> Result<Self, PcError> {
-        let dup = |f: &File| f.try_clone().map_err(|e| PcError::Reload(e.to_string()));
-        Ok(Self {
-            kernel: dup(&self.kernel)?,
-            initrd: self.initrd.as_ref().map(dup).transpose()?,
-            cmdline: self.cmdline.clone(),
-            memory: self.memory,
-            cpus: self.cpus,
-        })
+        self.load(mem)
     }
 }
 

@@ -15,7 +15,8 @@
 //!    the clocks) and connect their interrupts;
 //! 8. block SIGINT/SIGTERM/SIGHUP (before any thread starts) and build the
 //!    main loop: signals, vCPU requests, reset and poweroff lines, timers;
-//! 9. start one thread per vCPU, each creating and setting up its vCPU.
+//! 9. start one thread per vCPU, each creating and setting up its vCPU,
+//!    then running the thread-start hook if given (a seccomp filter).
 //!
 //! [`PcMachine::run`] then starts the vCPUs and runs the main loop until
 //! the guest resets or powers off, the user quits, a signal arrives or a
@@ -32,7 +33,7 @@ use vmm_core::event_loop::{EventLoop, EventLoopError};
 use vmm_core::kvm::{KvmError, KvmSystem};
 use vmm_core::notify::NotifierList;
 use vmm_core::signals::{signal_name, SignalError, SignalSubscriber};
-use vmm_core::vcpu::{VcpuError, VcpuInit, VcpuRequest, Vcpus};
+use vmm_core::vcpu::{VcpuError, VcpuInit, VcpuRequest, VcpuThreadStart, Vcpus};
 use vmm_core::vm::{Vm, VmError};
 use vmm_devices::serial::SerialOutput;
 use vmm_runstate::{RunState, RunStateMachine};
@@ -74,6 +75,9 @@ pub struct PcConfig {
     /// state queryable, `system_reset` possible), instead of exiting: for
     /// when a control interface (QMP) can act on it.
     pub stop_on_error: bool,
+    /// Run on each vCPU thread once its vCPU is set up, before any guest
+    /// code (the binary's seccomp filter); see [`VcpuThreadStart`].
+    pub vcpu_thread_start: Option<VcpuThreadStart>,
 }
 
 /// What a guest-initiated reset does.
@@ -109,6 +113,7 @@ impl std::fmt::Debug for PcConfig {
             .field("start_paused", &self.start_paused)
             .field("reboot", &self.reboot)
             .field("stop_on_error", &self.stop_on_error)
+            .field("vcpu_thread_start", &self.vcpu_thread_start.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -138,10 +143,6 @@ pub enum PcError {
         /// What it is instead ("a FIFO", ...).
         kind: &'static str,
     },
-    /// A shutdown signal came while a step outside the main loop ran (the
-    /// reload of a reset); the machine ends as on any such signal.
-    #[error("interrupted by {}", signal_name(*.0))]
-    Interrupted(i32),
     /// A file could not be opened.
     #[error("cannot open {what} {path}")]
     Open {
@@ -486,7 +487,7 @@ impl PcMachine {
         let io: Arc<PcIo> = Arc::new(io);
         let entry = Arc::new(Mutex::new(entry));
         let init = vcpu_init(&vm, supported_cpuid, config.cpus, Arc::clone(&entry));
-        let vcpus = Vcpus::spawn(&vm, config.cpus, init, io)?;
+        let vcpus = Vcpus::spawn_with_start(&vm, config.cpus, init, io, config.vcpu_thread_start)?;
         event_loop.add_eventfd(
             "vCPU requests",
             vcpus
@@ -566,12 +567,7 @@ impl PcMachine {
 
     /// Starts the vCPUs and runs until the machine stops.
     pub fn run(mut self) -> Result<ExitReason, PcError> {
-        let result = match self.run_loop() {
-            // A signal during a reset's reload ends the machine as one
-            // read by the main loop does.
-            Err(PcError::Interrupted(signo)) => Ok(ExitReason::Signal(signo)),
-            other => other,
-        };
+        let result = self.run_loop();
         let reason = match &result {
             Ok(r) => r.clone(),
             Err(e) => ExitReason::InternalError {

@@ -35,13 +35,15 @@ tasks:
                            cargo fmt --check, clippy --workspace --all-targets -D warnings
   check-deps               fail if vmm-runstate, vmm-clock, vmm-devices, vmm-pci or vmm-qmp reach
                            kvm-ioctls or kvm-bindings (through any crate)
-  bench [SUITE...] [--runs N] [--quick] [-- ALARM-ARGS]
+  bench [SUITE...] [--runs N] [--quick] [--vmm-arg ARG]... [-- ALARM-ARGS]
                            the benchmark suite, ours beside QEMU (installed with
                            apt-get if missing) and a floor program, taking turns;
                            min/median/max and ratios in a table, and report.md,
                            results.csv, samples.csv, chart.png in target/bench/.
                            Suites (all but alarm when none is named): startup,
                            exit, memory, pio, density, linux, qmp, alarm.
+                           --vmm-arg adds ARG to our VMM's command line (not in
+                           linux), e.g. --vmm-arg=--seccomp=off.
                            --runs N runs per program (default 20), --quick: 3
                            runs and smaller sizes (what CI runs)
   ci                       lint, check-deps, test (what .ci/run runs)

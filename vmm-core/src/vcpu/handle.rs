@@ -22,6 +22,15 @@ use crate::vm::Vm;
 pub type VcpuInit =
     Arc<dyn Fn(&VcpuFd, u32) -> Result<(), Box<dyn StdError + Send + Sync>> + Send + Sync>;
 
+/// Runs once on each vCPU thread, with the vCPU's index, after the vCPU is
+/// created, set up and its `kvm_run` mapped, and before the thread reports
+/// the vCPU created, so before any guest code runs. Opaque to this crate:
+/// the binary uses it to install the thread's seccomp filter (which the
+/// thread keeps for the rest of its life, its reset path included).
+/// An error fails the spawn like a failed set-up.
+pub type VcpuThreadStart =
+    Arc<dyn Fn(u32) -> Result<(), Box<dyn StdError + Send + Sync>> + Send + Sync>;
+
 /// How long a vCPU may take to answer a pause, resume or creation.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -54,6 +63,15 @@ pub enum VcpuError {
         /// The mmap error.
         #[source]
         source: std::io::Error,
+    },
+    /// The thread-start hook ([`VcpuThreadStart`]) failed.
+    #[error("the thread-start hook of vCPU {index} failed")]
+    ThreadStart {
+        /// The vCPU.
+        index: u32,
+        /// What the hook reported.
+        #[source]
+        source: Box<dyn StdError + Send + Sync>,
     },
     /// The thread could not be started.
     #[error("cannot start the thread of vCPU {index}")]
@@ -107,8 +125,9 @@ impl Requests {
     }
 }
 
-/// The kick signal: the first real-time signal, as Firecracker uses.
-fn kick_signal() -> libc::c_int {
+/// The kick signal: the first real-time signal, as Firecracker uses. The
+/// only signal the controller sends (a seccomp list can allow just it).
+pub fn kick_signal() -> libc::c_int {
     SIGRTMIN()
 }
 
@@ -205,6 +224,18 @@ impl Vcpus {
         init: VcpuInit,
         io: Arc<dyn IoHandler>,
     ) -> Result<Self, VcpuError> {
+        Self::spawn_with_start(vm, count, init, io, None)
+    }
+
+    /// [`Vcpus::spawn`], with `on_start` run on each vCPU thread once its
+    /// vCPU is set up and before it reports back (see [`VcpuThreadStart`]).
+    pub fn spawn_with_start(
+        vm: &Vm,
+        count: u32,
+        init: VcpuInit,
+        io: Arc<dyn IoHandler>,
+        on_start: Option<VcpuThreadStart>,
+    ) -> Result<Self, VcpuError> {
         install_kick_handler()?;
         let mmap_size = vm.kvm_run_size().map_err(VcpuError::MmapSize)?;
         let request_evt = Arc::new(EventFd::new(EFD_NONBLOCK).map_err(VcpuError::EventFd)?);
@@ -225,6 +256,7 @@ impl Vcpus {
                 index,
                 vm: vm.clone(),
                 init: Arc::clone(&init),
+                on_start: on_start.clone(),
                 io: Arc::clone(&io),
                 events: ev_rx,
                 responses: resp_tx,

@@ -1,8 +1,10 @@
 //! vCPU threads (QEMU's `qemu_init_vcpu` → `ap_main_loop` → `kvm_main_loop_cpu`).
 //!
 //! Each vCPU gets a thread that creates its own vCPU (`KVM_CREATE_VCPU`),
-//! lets the machine set its registers, and then loops as a small state
-//! machine:
+//! lets the machine set its registers, runs the optional thread-start hook
+//! ([`VcpuThreadStart`]: the binary's seccomp filter, so that it covers
+//! everything the thread does from then on and nothing before), and then
+//! loops as a small state machine:
 //!
 //! ```text
 //!            Resume                      exit it cannot handle
@@ -30,7 +32,7 @@ mod handle;
 mod run_map;
 mod thread;
 
-pub use handle::{VcpuError, VcpuInit, Vcpus};
+pub use handle::{kick_signal, VcpuError, VcpuInit, VcpuThreadStart, Vcpus};
 
 /// What a vCPU asks of the main loop (QEMU's `qemu_system_*_request`).
 #[derive(Debug, Clone, PartialEq, Eq)]

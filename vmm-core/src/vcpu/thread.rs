@@ -6,7 +6,7 @@ use std::sync::Arc;
 use kvm_ioctls::VcpuFd;
 
 use super::exit::run_once;
-use super::handle::{Requests, VcpuInit};
+use super::handle::{Requests, VcpuInit, VcpuThreadStart};
 use super::run_map::KvmRunMap;
 use crate::io::IoHandler;
 use crate::vm::Vm;
@@ -45,6 +45,7 @@ pub(crate) struct VcpuThread {
     pub(crate) index: u32,
     pub(crate) vm: Vm,
     pub(crate) init: VcpuInit,
+    pub(crate) on_start: Option<VcpuThreadStart>,
     pub(crate) io: Arc<dyn IoHandler>,
     pub(crate) events: Receiver<Event>,
     pub(crate) responses: Sender<Response>,
@@ -90,6 +91,14 @@ impl VcpuThread {
                         source,
                     }
                 })?;
+                // Last, so that the hook (a seccomp filter) sees only what
+                // the thread does from here on: its loop, exits, resets.
+                if let Some(on_start) = &self.on_start {
+                    on_start(self.index).map_err(|source| super::VcpuError::ThreadStart {
+                        index: self.index,
+                        source,
+                    })?;
+                }
                 Ok((vcpu, Arc::new(map)))
             });
         match created {

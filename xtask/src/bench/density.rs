@@ -131,7 +131,7 @@ pub fn run(ctx: &Ctx) -> Result<Vec<Section>> {
     let guest = ctx.guest("halt")?;
     let mut programs = vec![
         Program::floor(&guest, MEMORY_MIB),
-        Program::ours(&guest, MEMORY_MIB),
+        Program::ours(ctx, &guest, MEMORY_MIB),
     ];
     if let Some(q) = &ctx.qemu {
         programs.push(Program::qemu(q, "microvm", &guest, MEMORY_MIB));

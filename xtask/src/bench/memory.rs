@@ -80,7 +80,7 @@ pub fn run(ctx: &Ctx) -> Result<Vec<Section>> {
     for size in SIZES_MIB {
         let mut programs = vec![
             Program::floor(&guest, size).expect(Expect::Signal(libc::SIGTERM)),
-            Program::ours(&guest, size),
+            Program::ours(ctx, &guest, size),
         ];
         if let Some(q) = &ctx.qemu {
             programs.push(Program::qemu(q, "microvm", &guest, size).expect(Expect::Code(0)));

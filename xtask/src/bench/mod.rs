@@ -1,4 +1,4 @@
-//! `cargo xtask bench [SUITE...] [--runs N] [--quick]`: the numbers people
+//! `cargo xtask bench [SUITE...] [--runs N] [--quick] [--vmm-arg ARG]...`: the numbers people
 //! compare VMMs by, ours beside QEMU and beside a floor program in the same
 //! run, reported as min / median / max and ratios.
 //!
@@ -26,6 +26,11 @@
 //! Debian's `qemu-system-x86_64` (installed with apt-get when missing and
 //! possible), `-M microvm` with KVM. The floor is `bench-floor`: the
 //! least any VMM can do on this host to run the guest.
+//!
+//! `--vmm-arg ARG` (repeatable) adds ARG to our VMM's command line in the
+//! suites that run it on this host (all but `linux`), e.g.
+//! `--vmm-arg=--seccomp=off` to measure what the filters cost; the report's
+//! preamble names them.
 //!
 //! The report goes to the terminal and to `target/bench/`: `report.md`,
 //! `results.csv`, `samples.csv` and `chart.png` (start-up and boot-time
@@ -81,6 +86,8 @@ pub struct Options {
     suites: Vec<&'static str>,
     runs: usize,
     quick: bool,
+    /// Extra arguments for our VMM (`--vmm-arg`).
+    vmm_args: Vec<String>,
     /// Arguments for the alarm benchmark (after `--`).
     alarm_args: Vec<String>,
 }
@@ -90,6 +97,7 @@ impl Options {
         let mut suites = Vec::new();
         let mut runs = None;
         let mut quick = false;
+        let mut vmm_args = Vec::new();
         let mut alarm_args = Vec::new();
         let mut it = args.iter();
         while let Some(a) = it.next() {
@@ -98,7 +106,17 @@ impl Options {
                 Some(v) if v.starts_with('=') => Some(Some(&v[1..])),
                 _ => None,
             };
-            if let Some(v) = runs_value {
+            let vmm_arg = match a.strip_prefix("--vmm-arg") {
+                Some("") => Some(it.next().map(String::as_str)),
+                Some(v) if v.starts_with('=') => Some(Some(&v[1..])),
+                _ => None,
+            };
+            if let Some(v) = vmm_arg {
+                match v {
+                    Some(v) => vmm_args.push(v.to_owned()),
+                    None => bail!("--vmm-arg needs an argument for the VMM"),
+                }
+            } else if let Some(v) = runs_value {
                 runs = match v.map(str::parse::<usize>) {
                     Some(Ok(n)) if n > 0 => Some(n),
                     _ => bail!("--runs needs a positive number"),
@@ -114,7 +132,7 @@ impl Options {
                     Some(s) if !suites.contains(s) => suites.push(*s),
                     Some(_) => {}
                     None => bail!(
-                        "unknown argument `{a}` (suites: {}; flags: --runs N, --quick)",
+                        "unknown argument `{a}` (suites: {}; flags: --runs N, --quick, --vmm-arg ARG)",
                         SUITES.join(", ")
                     ),
                 }
@@ -129,6 +147,7 @@ impl Options {
             suites,
             runs,
             quick,
+            vmm_args,
             alarm_args,
         })
     }
@@ -168,6 +187,7 @@ pub fn task(args: &[String]) -> Result<()> {
     let ctx = Ctx {
         runs: o.runs,
         quick: o.quick,
+        vmm_args: o.vmm_args.clone(),
         tmp: tmp.0.clone(),
         qemu,
     };
@@ -235,6 +255,8 @@ pub struct Ctx {
     pub runs: usize,
     /// `--quick`: fewer and smaller runs, for CI.
     pub quick: bool,
+    /// Extra arguments for our VMM (`--vmm-arg`).
+    pub vmm_args: Vec<String>,
     /// A scratch folder, removed at the end.
     pub tmp: PathBuf,
     /// QEMU, when installed.
@@ -287,9 +309,14 @@ fn host_description(ctx: &Ctx, runs: usize, took: Duration) -> String {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_default();
+    let extra = if ctx.vmm_args.is_empty() {
+        String::new()
+    } else {
+        format!("; our VMM with `{}`", ctx.vmm_args.join(" "))
+    };
     format!(
         "Host: {cpu}, {cores} cores, Linux {kernel}, KVM module {kvm}; {qemu}. \
-         {runs} runs per program{}; {date}; the suites took {:.0} s.",
+         {runs} runs per program{}{extra}; {date}; the suites took {:.0} s.",
         if ctx.quick { " (--quick)" } else { "" },
         took.as_secs_f64()
     )
@@ -376,9 +403,10 @@ impl Program {
         }
     }
 
-    /// Our VMM on `guest`, serial console on stdout.
-    fn ours(guest: &Path, memory_mib: u32) -> Self {
-        let args: Vec<OsString> = vec![
+    /// Our VMM on `guest`, serial console on stdout, with the
+    /// `--vmm-arg`s.
+    fn ours(ctx: &Ctx, guest: &Path, memory_mib: u32) -> Self {
+        let mut args: Vec<OsString> = vec![
             "--kernel".into(),
             guest.into(),
             "--memory".into(),
@@ -386,6 +414,7 @@ impl Program {
             "--serial".into(),
             "stdio".into(),
         ];
+        args.extend(ctx.vmm_args.iter().map(OsString::from));
         Self {
             who: Who::Ours,
             program: target_dir().join("release/vmm"),
@@ -743,6 +772,12 @@ mod tests {
         let q = parse(&["--quick"]).unwrap();
         assert_eq!((q.runs, q.quick), (QUICK_RUNS, true));
         assert_eq!(parse(&["--quick", "--runs", "2"]).unwrap().runs, 2);
+        assert!(all.vmm_args.is_empty());
+        let v = parse(&["--vmm-arg", "--seccomp", "--vmm-arg=off", "pio"]).unwrap();
+        assert_eq!(
+            (v.vmm_args, v.suites),
+            (vec!["--seccomp".to_owned(), "off".to_owned()], vec!["pio"])
+        );
         let some = parse(&["pio", "boot", "pio"]).unwrap();
         assert_eq!(some.suites, ["startup", "pio"]);
         let a = parse(&["alarm", "--", "--x"]).unwrap();
@@ -750,7 +785,13 @@ mod tests {
             (a.suites.clone(), a.alarm_args.clone()),
             (vec!["alarm"], vec!["--x".to_owned()])
         );
-        for bad in [&["--runs", "0"][..], &["--runs"], &["--fast"], &["bogus"]] {
+        for bad in [
+            &["--runs", "0"][..],
+            &["--runs"],
+            &["--fast"],
+            &["bogus"],
+            &["--vmm-arg"],
+        ] {
             assert!(parse(bad).is_err(), "{bad:?}");
         }
     }

@@ -125,7 +125,10 @@ pub fn run(ctx: &Ctx) -> Result<Vec<Section>> {
             "none".into(),
             "--qmp".into(),
             path(&ours_sock),
-        ],
+        ]
+        .into_iter()
+        .chain(ctx.vmm_args.iter().cloned())
+        .collect(),
         socket: ours_sock,
     }];
     if let Some(qemu) = &ctx.qemu {

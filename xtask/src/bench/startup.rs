@@ -27,7 +27,7 @@ pub fn startup(ctx: &Ctx) -> Result<Vec<Section>> {
     let guest = ctx.guest("hello-exit")?;
     let mut programs = vec![
         Program::floor(&guest, MEMORY_MIB),
-        Program::ours(&guest, MEMORY_MIB),
+        Program::ours(ctx, &guest, MEMORY_MIB),
     ];
     if let Some(q) = &ctx.qemu {
         programs.push(Program::qemu(q, "microvm", &guest, MEMORY_MIB));
@@ -109,7 +109,7 @@ pub fn exit(ctx: &Ctx) -> Result<Vec<Section>> {
     let guest = ctx.guest("hello")?;
     let mut programs = vec![
         Program::floor(&guest, MEMORY_MIB),
-        Program::ours(&guest, MEMORY_MIB),
+        Program::ours(ctx, &guest, MEMORY_MIB),
     ];
     if let Some(q) = &ctx.qemu {
         programs.push(Program::qemu(q, "pc", &guest, MEMORY_MIB).expect(Expect::Code(0)));
@@ -137,7 +137,7 @@ pub fn exit(ctx: &Ctx) -> Result<Vec<Section>> {
     let mut programs = vec![
         // No handler: the kernel ends it.
         Program::floor(&guest, MEMORY_MIB).expect(Expect::Signal(libc::SIGTERM)),
-        Program::ours(&guest, MEMORY_MIB),
+        Program::ours(ctx, &guest, MEMORY_MIB),
     ];
     if let Some(q) = &ctx.qemu {
         programs.push(Program::qemu(q, "microvm", &guest, MEMORY_MIB).expect(Expect::Code(0)));

@@ -1,0 +1,73 @@
+//! The `ioctl` request numbers the allow-lists name.
+//!
+//! kvm-ioctls keeps its numbers private, so they are computed here the way
+//! Linux's `_IO`/`_IOR`/`_IOW` macros do, from the kvm-bindings structures'
+//! sizes; the tests hold them to the values of Linux's `<linux/kvm.h>`.
+
+use std::mem::size_of;
+
+use kvm_bindings::{
+    kvm_clock_data, kvm_fpu, kvm_irq_level, kvm_irqchip, kvm_lapic_state, kvm_mp_state, kvm_msrs,
+    kvm_pit_state2, kvm_regs, kvm_sregs, kvm_vcpu_events,
+};
+
+const KVMIO: u64 = 0xae;
+const NONE: u64 = 0;
+const WRITE: u64 = 1;
+const READ: u64 = 2;
+
+/// Linux's `_IOC(dir, KVMIO, nr, size)`.
+const fn kvm(dir: u64, nr: u64, size: usize) -> u64 {
+    (dir << 30) | ((size as u64) << 16) | (KVMIO << 8) | nr
+}
+
+pub(super) const KVM_IRQ_LINE: u64 = kvm(WRITE, 0x61, size_of::<kvm_irq_level>());
+// Linux declares it _IOR, though it writes.
+pub(super) const KVM_SET_IRQCHIP: u64 = kvm(READ, 0x63, size_of::<kvm_irqchip>());
+pub(super) const KVM_SET_CLOCK: u64 = kvm(WRITE, 0x7b, size_of::<kvm_clock_data>());
+pub(super) const KVM_GET_CLOCK: u64 = kvm(READ, 0x7c, size_of::<kvm_clock_data>());
+pub(super) const KVM_RUN: u64 = kvm(NONE, 0x80, 0);
+pub(super) const KVM_GET_REGS: u64 = kvm(READ, 0x81, size_of::<kvm_regs>());
+pub(super) const KVM_SET_REGS: u64 = kvm(WRITE, 0x82, size_of::<kvm_regs>());
+pub(super) const KVM_GET_SREGS: u64 = kvm(READ, 0x83, size_of::<kvm_sregs>());
+pub(super) const KVM_SET_SREGS: u64 = kvm(WRITE, 0x84, size_of::<kvm_sregs>());
+pub(super) const KVM_SET_MSRS: u64 = kvm(WRITE, 0x89, size_of::<kvm_msrs>());
+pub(super) const KVM_SET_FPU: u64 = kvm(WRITE, 0x8d, size_of::<kvm_fpu>());
+pub(super) const KVM_GET_LAPIC: u64 = kvm(READ, 0x8e, size_of::<kvm_lapic_state>());
+pub(super) const KVM_SET_LAPIC: u64 = kvm(WRITE, 0x8f, size_of::<kvm_lapic_state>());
+pub(super) const KVM_SET_MP_STATE: u64 = kvm(WRITE, 0x99, size_of::<kvm_mp_state>());
+pub(super) const KVM_SET_PIT2: u64 = kvm(WRITE, 0xa0, size_of::<kvm_pit_state2>());
+pub(super) const KVM_SET_VCPU_EVENTS: u64 = kvm(WRITE, 0xa0, size_of::<kvm_vcpu_events>());
+
+/// Terminal and socket requests (not KVM's).
+pub(super) const TCGETS: u64 = libc::TCGETS;
+pub(super) const TCSETS: u64 = libc::TCSETS;
+pub(super) const FIONBIO: u64 = libc::FIONBIO;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The values of Linux's headers (printed by a C program including
+    /// `<linux/kvm.h>` on x86-64).
+    #[test]
+    fn match_linux() {
+        assert_eq!(KVM_RUN, 0xae80);
+        assert_eq!(KVM_IRQ_LINE, 0x4008_ae61);
+        assert_eq!(KVM_GET_REGS, 0x8090_ae81);
+        assert_eq!(KVM_SET_REGS, 0x4090_ae82);
+        assert_eq!(KVM_GET_SREGS, 0x8138_ae83);
+        assert_eq!(KVM_SET_SREGS, 0x4138_ae84);
+        assert_eq!(KVM_SET_FPU, 0x41a0_ae8d);
+        assert_eq!(KVM_GET_LAPIC, 0x8400_ae8e);
+        assert_eq!(KVM_SET_LAPIC, 0x4400_ae8f);
+        assert_eq!(KVM_SET_MSRS, 0x4008_ae89);
+        assert_eq!(KVM_SET_MP_STATE, 0x4004_ae99);
+        assert_eq!(KVM_SET_VCPU_EVENTS, 0x4040_aea0);
+        assert_eq!(KVM_GET_CLOCK, 0x8030_ae7c);
+        assert_eq!(KVM_SET_CLOCK, 0x4030_ae7b);
+        assert_eq!(KVM_SET_IRQCHIP, 0x8208_ae63);
+        assert_eq!(KVM_SET_PIT2, 0x4070_aea0);
+        assert_eq!((TCGETS, TCSETS, FIONBIO), (0x5401, 0x5402, 0x5421));
+    }
+}

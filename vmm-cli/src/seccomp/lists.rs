@@ -1,0 +1,254 @@
+//! The allow-lists, one per thread kind, with why each call is there.
+//!
+//! Each list is the common part ([`common`]) plus the thread's own. A call
+//! is allowed outright, or only with the arguments given (a [`Rule`] is a
+//! set of conditions that must all hold; a call with several rules is
+//! allowed when any one holds). Arguments are checked where that is cheap
+//! and meaningful: which `ioctl` requests, no executable memory, which
+//! signal may be sent to whom. File descriptor numbers are not checked
+//! (they differ from run to run).
+//!
+//! The lists were made from what each thread does (the code paths named
+//! below) and checked with `strace -f` over the test guests' flows (QMP
+//! stop/cont/system_reset/query-*/quit, `--reboot reset`, poweroff,
+//! SIGTERM, the console) and with `--seccomp log`.
+
+use std::collections::BTreeMap;
+
+use seccompiler::SeccompCmpOp::{self, Eq, MaskedEq};
+use seccompiler::{SeccompCmpArgLen, SeccompCondition, SeccompRule};
+
+use super::ioctls::*;
+
+/// Calls and their rules (an empty rule list: allowed outright).
+pub(super) type Rules = BTreeMap<i64, Vec<SeccompRule>>;
+
+/// One condition of a rule: (argument index, operation, value), on the
+/// argument's low 32 bits (every checked argument is an `int`, or a request
+/// number the kernel reads as `unsigned int`).
+type Cond = (u8, SeccompCmpOp, u64);
+
+fn allow(rules: &mut Rules, calls: &[i64]) {
+    for &nr in calls {
+        rules.insert(nr, Vec::new());
+    }
+}
+
+fn allow_if(rules: &mut Rules, nr: i64, any_of: &[&[Cond]]) -> Result<(), seccompiler::Error> {
+    let entry = rules.entry(nr).or_default();
+    for rule in any_of {
+        let conditions = rule
+            .iter()
+            .map(|(arg, op, value)| {
+                SeccompCondition::new(*arg, SeccompCmpArgLen::Dword, op.clone(), *value)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        entry.push(SeccompRule::new(conditions)?);
+    }
+    Ok(())
+}
+
+/// `ioctl` with one of `requests` (argument 1), on any descriptor.
+fn allow_ioctls(rules: &mut Rules, requests: &[u64]) -> Result<(), seccompiler::Error> {
+    for &request in requests {
+        allow_if(rules, libc::SYS_ioctl, &[&[(1, Eq, request)]])?;
+    }
+    Ok(())
+}
+
+/// No `PROT_EXEC` in argument 2 (`prot` of `mmap` and `mprotect`).
+const NO_EXEC: &[Cond] = &[(2, MaskedEq(libc::PROT_EXEC as u64), 0)];
+
+/// What every thread does.
+pub(super) fn common() -> Result<Rules, seccompiler::Error> {
+    let mut r = Rules::new();
+    allow(
+        &mut r,
+        &[
+            // Locks, condition variables, channels (std's mpsc), joins.
+            libc::SYS_futex,
+            // stderr (log lines, the SIGSYS line), eventfd signals, serial
+            // output.
+            libc::SYS_write,
+            // Instant/SystemTime and log timestamps when the vDSO falls
+            // back to the system call (some clock sources, some hosts).
+            libc::SYS_clock_gettime,
+            // The SIGSYS line names the thread; vCPU threads report theirs.
+            libc::SYS_gettid,
+            // Memory: the allocator (arenas, large buffers, trimming), a
+            // thread's stack released at its end, guest RAM and kvm_run
+            // unmapped when the last user drops them (which may be a vCPU
+            // thread). Never executable: see NO_EXEC below.
+            libc::SYS_munmap,
+            libc::SYS_brk,
+            libc::SYS_mremap,
+            // Returning from a signal handler: the vCPU kick.
+            libc::SYS_rt_sigreturn,
+            // glibc blocks signals around pthread_kill and at thread exit.
+            libc::SYS_rt_sigprocmask,
+            // std removes a thread's alternate signal stack at its end.
+            libc::SYS_sigaltstack,
+            // Dropping descriptors: vCPU fds, eventfds, files, sockets.
+            libc::SYS_close,
+            // std's HashMap keys, made once per thread.
+            libc::SYS_getrandom,
+            // A waiting futex interrupted by the kick signal restarts.
+            libc::SYS_restart_syscall,
+            // Joining threads spins with yield_now.
+            libc::SYS_sched_yield,
+            // The end of a thread, and of the process (also the SIGSYS
+            // handler's _exit).
+            libc::SYS_exit,
+            libc::SYS_exit_group,
+        ],
+    );
+    allow_if(&mut r, libc::SYS_mmap, &[NO_EXEC])?;
+    allow_if(&mut r, libc::SYS_mprotect, &[NO_EXEC])?;
+    // glibc gives freed memory and a dead thread's stack back this way.
+    allow_if(
+        &mut r,
+        libc::SYS_madvise,
+        &[&[(2, Eq, libc::MADV_DONTNEED as u64)]],
+    )?;
+    // Debug builds check that a descriptor is still open before closing it.
+    allow_if(&mut r, libc::SYS_fcntl, &[&[(1, Eq, libc::F_GETFD as u64)]])?;
+    // The SIGSYS handler puts the terminal back (tcsetattr, TCSANOW).
+    allow_ioctls(&mut r, &[TCSETS])?;
+    Ok(r)
+}
+
+/// A vCPU thread, from the end of its set-up (see
+/// `vmm_core::vcpu::VcpuThreadStart`): `KVM_RUN` and its exits (the
+/// devices run on this thread), pause/resume/exit on its channel, and the
+/// machine reset, which sets the vCPU up again on this thread
+/// (`vmm-pc`'s `reset_vcpu` and `set_boot_state`).
+pub(super) fn vcpu() -> Result<Rules, seccompiler::Error> {
+    let mut r = common()?;
+    allow_ioctls(
+        &mut r,
+        &[
+            // Running the guest.
+            KVM_RUN,
+            // Reset: registers, segments, FPU back to the boot state.
+            KVM_GET_REGS,
+            KVM_SET_REGS,
+            KVM_GET_SREGS,
+            KVM_SET_SREGS,
+            KVM_SET_FPU,
+            // Reset: the local APIC as created, APIC base and
+            // paravirtual MSRs, runnable or waiting for SIPI, no pending
+            // events.
+            KVM_GET_LAPIC,
+            KVM_SET_LAPIC,
+            KVM_SET_MSRS,
+            KVM_SET_MP_STATE,
+            KVM_SET_VCPU_EVENTS,
+            // Exits: the ACPI SCI is a level line the PM1 registers drive.
+            KVM_IRQ_LINE,
+        ],
+    )?;
+    allow(
+        &mut r,
+        &[
+            // Exits: the guest programs our PIT or RTC; the clocks re-arm
+            // the main loop's timerfd from whichever thread armed a timer.
+            libc::SYS_timerfd_settime,
+        ],
+    );
+    Ok(r)
+}
+
+/// The serial output writer (`output.rs`): waits on its buffer, writes to
+/// stdout or the file (`write`, in the common part), closes the file at
+/// the end.
+pub(super) fn serial() -> Result<Rules, seccompiler::Error> {
+    let mut r = common()?;
+    // std's Stdout may write several buffers at once.
+    allow(&mut r, &[libc::SYS_writev]);
+    Ok(r)
+}
+
+/// The main thread, from just before the main loop until the process
+/// ends: the event-manager loop and what its subscribers do, the machine's
+/// commands (QMP, the console's monitor), the reset path, and the way out.
+/// `pid`: this process, the only one the vCPU kick may go to; `kick`: the
+/// kick signal.
+pub(super) fn main(pid: u32, kick: u32) -> Result<Rules, seccompiler::Error> {
+    let mut r = common()?;
+    allow(
+        &mut r,
+        &[
+            // The loop itself (event-manager), and subscribers coming and
+            // going (the QMP client).
+            libc::SYS_epoll_wait,
+            libc::SYS_epoll_pwait,
+            libc::SYS_epoll_ctl,
+            // signalfd, timerfds, eventfds, console stdin, the QMP client;
+            // the reset path reads the kernel and initrd again from the
+            // files kept open, from their start.
+            libc::SYS_read,
+            libc::SYS_lseek,
+            libc::SYS_writev,
+            // The timer alarm (vmm-clock's TimerFdAlarm).
+            libc::SYS_timerfd_settime,
+            // QMP: a client connects; a failed write drops it.
+            libc::SYS_accept4,
+            libc::SYS_shutdown,
+            // The reset path sizes the initrd (File::metadata: statx, or
+            // fstat where statx is missing); at exit the QMP socket is
+            // removed if it still is one (symlink_metadata, unlink).
+            libc::SYS_statx,
+            libc::SYS_fstat,
+            libc::SYS_newfstatat,
+            libc::SYS_unlink,
+            // Kicking a vCPU: pthread_kill is tgkill(getpid(), tid, sig).
+            libc::SYS_getpid,
+        ],
+    );
+    // Only the kick, only to our own threads.
+    allow_if(
+        &mut r,
+        libc::SYS_tgkill,
+        &[&[(0, Eq, u64::from(pid)), (2, Eq, u64::from(kick))]],
+    )?;
+    // QMP: replies and events go out without blocking and without SIGPIPE
+    // (send with MSG_NOSIGNAL | MSG_DONTWAIT on the client socket).
+    allow_if(
+        &mut r,
+        libc::SYS_sendto,
+        &[&[(3, Eq, (libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) as u64)]],
+    )?;
+    // QMP: the client's second handle (try_clone).
+    allow_if(
+        &mut r,
+        libc::SYS_fcntl,
+        &[&[(1, Eq, libc::F_DUPFD_CLOEXEC as u64)]],
+    )?;
+    // QMP: the client's write timeout.
+    allow_if(
+        &mut r,
+        libc::SYS_setsockopt,
+        &[&[
+            (1, Eq, libc::SOL_SOCKET as u64),
+            (2, Eq, libc::SO_SNDTIMEO as u64),
+        ]],
+    )?;
+    allow_ioctls(
+        &mut r,
+        &[
+            // stop/cont: the guest's kvmclock saved and put back.
+            KVM_GET_CLOCK,
+            KVM_SET_CLOCK,
+            // system_reset: the irqchip and KVM's PIT as they were fresh.
+            KVM_SET_IRQCHIP,
+            KVM_SET_PIT2,
+            // system_powerdown: the SCI line.
+            KVM_IRQ_LINE,
+            // QMP: the client socket made blocking (set_nonblocking).
+            FIONBIO,
+            // The terminal: checked and put back on the way out.
+            TCGETS,
+        ],
+    )?;
+    Ok(r)
+}
