@@ -21,6 +21,7 @@ pub const PROMPT: &str = "(vmm) ";
 pub const HELP: &str = "\
 info status       print the run state\r
 info cpus         list the vCPUs and their host threads\r
+info pci          list the PCI functions\r
 stop              pause the guest\r
 cont              resume the guest\r
 system_reset      reset the machine in place\r
@@ -52,6 +53,7 @@ pub fn parse(line: &str) -> Line {
         [] => Line::Empty,
         ["info", "status"] => Line::Machine(Command::QueryStatus),
         ["info", "cpus"] => Line::Machine(Command::QueryCpus),
+        ["info", "pci"] => Line::Machine(Command::QueryPci),
         ["stop"] => Line::Machine(Command::Stop),
         ["cont" | "c"] => Line::Machine(Command::Cont),
         ["system_reset"] => Line::Machine(Command::SystemReset),
@@ -72,6 +74,29 @@ pub fn reply_text(outcome: Result<Reply, String>) -> String {
             .map(|c| {
                 let current = if c.index == 0 { '*' } else { ' ' };
                 format!("{current} CPU #{}: thread_id={}\r\n", c.index, c.thread_id)
+            })
+            .collect(),
+        Ok(Reply::Pci(functions)) => functions
+            .iter()
+            .map(|f| {
+                let class = vmm_pci::info::class_name(f.class.0, f.class.1).unwrap_or("Class");
+                let mut s = format!(
+                    "  Bus  0, device {:>3}, function 0:\r\n    {class}: PCI device {:04x}:{:04x}\r\n",
+                    f.slot, f.vendor, f.device
+                );
+                if f.irq_pin != 0 {
+                    s.push_str(&format!("      IRQ {}, pin {}\r\n", f.irq_line, char::from(b'@' + f.irq_pin)));
+                }
+                for r in &f.regions {
+                    let what = if r.kind.is_memory() { "memory" } else { "I/O" };
+                    s.push_str(&format!(
+                        "      BAR{}: {what} at 0x{:x} [0x{:x}].\r\n",
+                        r.bar,
+                        r.address,
+                        r.address.wrapping_add(r.size).wrapping_sub(1)
+                    ));
+                }
+                s
             })
             .collect(),
         Ok(Reply::Done) => String::new(),

@@ -24,6 +24,7 @@ const COMMANDS: &[&str] = &[
     "query-name",
     "query-commands",
     "human-monitor-command",
+    "query-pci",
 ];
 
 /// Our version, as QMP reports it.
@@ -52,8 +53,64 @@ impl MachineBackend {
     }
 }
 
+/// QEMU's `query-pci` shape: one bus, its devices with ids, class,
+/// interrupt and regions.
+fn pci_json(functions: &[vmm_pci::info::FunctionInfo]) -> Value {
+    let devices: Vec<Value> = functions
+        .iter()
+        .map(|f| {
+            let class = u16::from(f.class.0) << 8 | u16::from(f.class.1);
+            let mut class_info = json!({ "class": class });
+            if let Some(desc) = vmm_pci::info::class_name(f.class.0, f.class.1) {
+                class_info["desc"] = json!(desc);
+            }
+            let regions: Vec<Value> = f
+                .regions
+                .iter()
+                .map(|r| {
+                    let mut v = json!({
+                        "bar": r.bar,
+                        "type": if r.kind.is_memory() { "memory" } else { "io" },
+                        "address": r.address,
+                        "size": r.size,
+                    });
+                    if let vmm_pci::BarKind::Memory64 { prefetchable } = r.kind {
+                        v["prefetch"] = json!(prefetchable);
+                        v["mem_type_64"] = json!(true);
+                    } else if r.kind.is_memory() {
+                        v["prefetch"] = json!(false);
+                        v["mem_type_64"] = json!(false);
+                    }
+                    v
+                })
+                .collect();
+            let mut d = json!({
+                "bus": 0,
+                "slot": f.slot,
+                "function": 0,
+                "class_info": class_info,
+                "id": {
+                    "vendor": f.vendor,
+                    "device": f.device,
+                    "subsystem-vendor": f.subsystem_vendor,
+                    "subsystem": f.subsystem,
+                },
+                "irq_pin": f.irq_pin,
+                "qdev_id": "",
+                "regions": regions,
+            });
+            if f.irq_pin != 0 {
+                d["irq"] = json!(f.irq_line);
+            }
+            d
+        })
+        .collect();
+    json!([{ "bus": 0, "devices": devices }])
+}
+
 fn reply_json(reply: Reply) -> Value {
     match reply {
+        Reply::Pci(functions) => pci_json(&functions),
         Reply::Done => json!({}),
         Reply::Status { running, status } => json!({
             "running": running,
@@ -104,6 +161,7 @@ impl Backend for MachineBackend {
             }
             "query-status" => Command::QueryStatus,
             "query-cpus-fast" => Command::QueryCpus,
+            "query-pci" => Command::QueryPci,
             "stop" => Command::Stop,
             "cont" => Command::Cont,
             "quit" => Command::Quit,

@@ -757,6 +757,8 @@ fn human_monitor_command_runs_monitor_lines() {
         }
     };
     assert_eq!(hmp("info status")["return"], "VM status: running\r\n");
+    let pci = hmp("info pci")["return"].as_str().unwrap().to_owned();
+    assert!(pci.contains("Host bridge: PCI device 1b36:0008"), "{pci}");
     assert_eq!(hmp("stop")["return"], "");
     assert_eq!(hmp("info status")["return"], "VM status: paused\r\n");
     let cpus = hmp("info cpus")["return"].as_str().unwrap().to_owned();
@@ -781,6 +783,37 @@ fn human_monitor_command_runs_monitor_lines() {
     )
     .unwrap();
     assert_eq!(c.line()["error"]["class"], "GenericError");
+    assert_eq!(c.execute("quit"), json!({"return": {}}));
+    let o = wait(child);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+/// QEMU's `query-pci`: the bus and its functions (the host bridge at
+/// 00:00.0), in QEMU's shape, as QEMU's clients read it.
+#[test]
+fn query_pci_lists_the_host_bridge() {
+    if !kvm("query_pci") {
+        return;
+    }
+    let dir = TempDir::new("qmp-pci");
+    let (child, sock) = spawn(
+        &dir,
+        &test_guests::hello_spin("spin\n"),
+        &["--serial", "none"],
+    );
+    let mut c = Client::connect(&sock);
+    let pci = c.execute("query-pci")["return"].clone();
+    assert_eq!(pci[0]["bus"], 0);
+    let bridge = &pci[0]["devices"][0];
+    assert_eq!(bridge["slot"], 0);
+    assert_eq!(bridge["function"], 0);
+    assert_eq!(
+        bridge["class_info"],
+        json!({"class": 0x0600, "desc": "Host bridge"})
+    );
+    assert_eq!(bridge["id"]["vendor"], 0x1b36);
+    assert_eq!(bridge["id"]["device"], 0x0008);
+    assert_eq!(bridge["regions"], json!([]));
     assert_eq!(c.execute("quit"), json!({"return": {}}));
     let o = wait(child);
     assert!(o.status.success(), "{}", stderr(&o));

@@ -23,6 +23,8 @@ pub enum Command {
     QueryStatus,
     /// The vCPUs and their threads (QMP `query-cpus-fast`).
     QueryCpus,
+    /// The PCI functions (QMP `query-pci`).
+    QueryPci,
 }
 
 /// One vCPU, as `query-cpus-fast` lists it.
@@ -48,6 +50,8 @@ pub enum Reply {
     },
     /// The vCPUs.
     Cpus(Vec<CpuInfo>),
+    /// The PCI functions on bus 0.
+    Pci(Vec<vmm_pci::info::FunctionInfo>),
 }
 
 /// Called with a command's outcome, on the main-loop thread.

@@ -657,6 +657,7 @@ impl PcMachine {
                     .map(|(thread_id, index)| CpuInfo { index, thread_id })
                     .collect(),
             )),
+            Command::QueryPci => Ok(Reply::Pci(lock(&self.devices.pci).describe())),
             Command::Stop => {
                 if self.runstate.is_running() {
                     self.stop_with(RunState::Paused)

@@ -29,6 +29,7 @@
 pub mod alloc;
 pub mod bus;
 pub mod config;
+pub mod info;
 pub mod msix;
 
 pub use bus::{PciDevice, PciRoot};
