@@ -6,7 +6,7 @@
 //! | [`seams`] | what the machine provides: [`MsiSender`] (KVM_SIGNAL_MSI), [`IntxLine`] (a level-triggered GSI), [`Doorbells`] (KVM_IOEVENTFD) |
 //! | [`device`] | the [`VirtioDevice`] trait a transport drives, and what a device gets when the driver starts it |
 //! | [`transport`] | [`VirtioPciDevice`]: a [`vmm_pci::PciDevice`] with the virtio capabilities, common configuration, ISR, notifications and MSI-X |
-
+//! | [`blk`] | [`blk::VirtioBlk`]: requests parsed into plain values, then done with `preadv`/`pwritev`/`fdatasync`/`fallocate` on its worker thread, and the I/O error policy (report, ignore, stop) |
 //!
 //! # Threads
 //!
@@ -32,9 +32,11 @@
 
 #![deny(missing_docs)]
 
+pub mod blk;
 pub mod device;
 pub mod seams;
 pub mod transport;
+mod worker;
 
 #[cfg(test)]
 #[allow(dead_code)] // Helpers shared by the test modules; not each uses all.
