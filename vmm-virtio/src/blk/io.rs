@@ -227,7 +227,8 @@ impl Disk {
     /// cannot is not an error (discard is a hint).
     pub fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
         self.fault(super::Operation::Discard)?;
-        if !self.punch_hole.load(Ordering::Relaxed) {
+        // fallocate refuses a length of 0 (EINVAL): not the host's fault.
+        if len == 0 || !self.punch_hole.load(Ordering::Relaxed) {
             return Ok(());
         }
         match self.fallocate(libc::FALLOC_FL_PUNCH_HOLE, offset, len) {
@@ -245,6 +246,9 @@ impl Disk {
     /// zeroes.
     pub fn write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> io::Result<()> {
         self.fault(super::Operation::WriteZeroes)?;
+        if len == 0 {
+            return Ok(());
+        }
         let tries = [
             (unmap, libc::FALLOC_FL_PUNCH_HOLE, &self.punch_hole),
             (true, libc::FALLOC_FL_ZERO_RANGE, &self.zero_range),

@@ -638,3 +638,82 @@ fn dropping_the_function_stops_a_held_worker() {
     drop(b);
     assert!(!handle.is_held(), "reset on drop");
 }
+
+#[test]
+fn random_rings_never_hang_or_break_the_device() {
+    let mut b = start(|_| {}, true, u64::MAX);
+    let mut rng = Rng(0xdead_beef_cafe_f00d);
+    let area = |x: u64| match x % 8 {
+        // Headers and data in their own area, so that the device's writes
+        // never land on the rings the test reads.
+        0..=5 => DATA + (x >> 8) % 0x8000,
+        6 => (4 << 20) - (x >> 8) % 64,
+        _ => x >> 4,
+    };
+    for round in 0..300 {
+        // Random bytes where headers and segments are read from.
+        let junk: Vec<u8> = (0..256).map(|_| rng.next() as u8).collect();
+        b.mem.write_slice(&junk, GuestAddress(DATA)).unwrap();
+        let mut h = [0u8; 16];
+        h[..4].copy_from_slice(&[0u32, 1, 4, 8, 11, 13][round % 6].to_le_bytes());
+        h[8..].copy_from_slice(&(rng.next() % 70).to_le_bytes());
+        b.mem.write_slice(&h, GuestAddress(DATA)).unwrap();
+        for i in 0..16u16 {
+            let x = rng.next();
+            if x % 3 == 0 {
+                // Anything at all.
+                let len = [0u32, 1, 16, 17, 512, 4096, 0x10000, u32::MAX][(x >> 3) as usize % 8];
+                let flags =
+                    (x >> 40) as u16 & (NEXT | WRITE | if x % 5 == 0 { INDIRECT } else { 0 });
+                b.ring
+                    .set_desc(i, area(rng.next()), len, flags, (x >> 48) as u16 % 20);
+                continue;
+            }
+            // Mostly well-formed: header, data, status in turn.
+            let (addr, len, flags) = match i % 3 {
+                0 => (DATA, 16, NEXT),
+                1 => (
+                    DATA + 0x1000 * (1 + x % 4),
+                    512 * (1 + (x >> 8) as u32 % 8),
+                    NEXT | if x >> 20 & 1 == 1 { WRITE } else { 0 },
+                ),
+                _ => (DATA + 0x100, 1, WRITE),
+            };
+            b.ring.set_desc(i, addr, len, flags, i + 1);
+        }
+        let chains = rng.next() % 8;
+        for _ in 0..chains {
+            let x = rng.next();
+            let head = if x % 4 == 0 {
+                (x >> 8) % 18
+            } else {
+                3 * ((x >> 8) % 5)
+            } as u16;
+            b.ring.publish(head);
+        }
+        b.kick();
+        let target = b.used.wrapping_add(chains as u16);
+        let deadline = std::time::Instant::now() + HANG;
+        while b.ring.used_idx() != target && b.status() & NEEDS_RESET == 0 {
+            assert!(std::time::Instant::now() < deadline, "round {round}: stuck");
+            std::thread::yield_now();
+        }
+        if b.status() & NEEDS_RESET != 0 || round % 50 == 49 {
+            write(&mut b.dev, DEVICE_STATUS, 1, 0);
+            b.init(u64::MAX);
+        } else {
+            b.used = target;
+        }
+    }
+    // Whatever the guest did, the host never failed because of it.
+    let s = b.handle.stats();
+    assert_eq!(s.host_errors, 0, "{:?}", b.events.items());
+    assert!(s.reads > 10 && s.writes > 10 && s.invalid > 100, "{s:?}");
+    // Still a disk.
+    write(&mut b.dev, DEVICE_STATUS, 1, 0);
+    b.init(NO_EVENT_IDX);
+    assert_eq!(
+        b.request(VIRTIO_BLK_T_IN, 5, &[(DATA, 512, true)]),
+        (OK, 513)
+    );
+}
