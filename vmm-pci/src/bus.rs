@@ -26,6 +26,12 @@ pub trait PciDevice: Send {
     fn config(&self) -> &ConfigSpace;
     /// Its configuration space, to change.
     fn config_mut(&mut self) -> &mut ConfigSpace;
+    /// The guest reads configuration space; a device whose registers there
+    /// have side effects or live elsewhere (virtio's `pci_cfg_data`
+    /// window, an interrupt status bit) overrides this.
+    fn config_read(&mut self, offset: usize, data: &mut [u8]) {
+        self.config().read(offset, data);
+    }
     /// The guest writes configuration space; a device that reacts to it
     /// (MSI-X enable, say) overrides this and calls the default's body.
     fn config_write(&mut self, offset: usize, data: &[u8]) {
@@ -141,7 +147,7 @@ impl PciRoot {
     /// Reads configuration space (absent functions read all ones).
     pub fn config_read(&mut self, bus: u8, slot: u8, function: u8, offset: usize, data: &mut [u8]) {
         match self.function(bus, slot, function) {
-            Some(d) => d.config().read(offset, data),
+            Some(d) => d.config_read(offset, data),
             None => data.fill(0xff),
         }
     }

@@ -33,8 +33,9 @@ tasks:
                            tests are required to run (VMM_REQUIRE_KVM=1)
   lint                     links in README.md and docs/ stay inside the repository,
                            cargo fmt --check, clippy --workspace --all-targets -D warnings
-  check-deps               fail if vmm-runstate, vmm-clock, vmm-devices, vmm-pci or vmm-qmp reach
-                           kvm-ioctls or kvm-bindings (through any crate)
+  check-deps               fail if vmm-runstate, vmm-clock, vmm-devices, vmm-pci, vmm-qom,
+                           vmm-virtio or vmm-qmp reach kvm-ioctls or kvm-bindings
+                           (through any crate)
   bench [SUITE...] [--runs N] [--quick] [--vmm-arg ARG]... [-- ALARM-ARGS]
                            the benchmark suite, ours beside QEMU (installed with
                            apt-get if missing) and a floor program, taking turns;

@@ -221,3 +221,48 @@ fn any_port_or_ecam_access_is_safe() {
         }
     }
 }
+
+/// A function whose register 0x80 counts the reads that reach it.
+struct Counting {
+    config: ConfigSpace,
+    reads: u32,
+}
+
+impl PciDevice for Counting {
+    fn name(&self) -> &str {
+        "counting"
+    }
+    fn config(&self) -> &ConfigSpace {
+        &self.config
+    }
+    fn config_mut(&mut self) -> &mut ConfigSpace {
+        &mut self.config
+    }
+    fn config_read(&mut self, offset: usize, data: &mut [u8]) {
+        if offset == 0x80 {
+            self.reads += 1;
+            data.copy_from_slice(&self.reads.to_le_bytes()[..data.len()]);
+        } else {
+            self.config.read(offset, data);
+        }
+    }
+    fn bar_read(&mut self, _: usize, _: u64, data: &mut [u8]) {
+        data.fill(0);
+    }
+    fn bar_write(&mut self, _: usize, _: u64, _: &[u8]) {}
+}
+
+#[test]
+fn configuration_reads_go_through_the_device() {
+    let mut root = PciRoot::new();
+    let counting = Counting {
+        config: ConfigSpace::new(Identity::default()),
+        reads: 0,
+    };
+    let slot = root.add(Some(3), Box::new(counting)).unwrap();
+    let mut m = ConfigMechanism1::default();
+    assert_eq!(cf8_read32(&mut m, &mut root, u32::from(slot), 0x80), 1);
+    let mut d = [0; 4];
+    root.ecam_read(u64::from(slot) << 15 | 0x80, &mut d);
+    assert_eq!(u32::from_le_bytes(d), 2, "ECAM reads reach the device too");
+}

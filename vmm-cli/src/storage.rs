@@ -1,0 +1,373 @@
+//! `--drive` and `--device`, in QEMU's spelling, into the machine's disks.
+//!
+//! - `--drive file=PATH[,if=virtio|none][,format=raw][,id=ID][,readonly=on]
+//!   [,cache=none|writeback][,werror=…][,rerror=…]`: `if=virtio` (the
+//!   default here, since this machine has no IDE) adds a virtio-blk-pci for
+//!   the drive, as QEMU's shorthand does; `if=none` waits for a `--device`.
+//! - `--device virtio-blk-pci,drive=ID[,serial=S][,addr=SLOT]`: a disk on a
+//!   drive given with `if=none`.
+//! - `--device help` and `--device NAME,help` print what the registry knows.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use vmm_pc::disks::{CacheMode, DiskConfig, ErrorAction};
+use vmm_qom::{parse_opts, Registry};
+
+/// What `--device` asked for beyond devices: help, printed by the caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Storage {
+    /// The disks to build.
+    Disks(Vec<DiskConfig>),
+    /// Help text to print, then exit 0.
+    Help(String),
+}
+
+/// A refused `--drive` or `--device`, as QEMU words it, with the option.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{option} {spec}: {why}")]
+pub struct StorageError {
+    option: &'static str,
+    spec: String,
+    why: String,
+}
+
+/// A drive as `--drive` gives it, before a device takes it.
+struct Drive {
+    disk: DiskConfig,
+    interface: Interface,
+}
+
+#[derive(PartialEq, Eq)]
+enum Interface {
+    Virtio,
+    None,
+}
+
+fn parse_drive(spec: &str, index: usize) -> Result<Drive, String> {
+    let opts = parse_opts(spec, None).map_err(|e| e.to_string())?;
+    let mut file = None;
+    let mut interface = Interface::Virtio;
+    let mut id = None;
+    let mut readonly = false;
+    let mut cache = CacheMode::Writeback;
+    let mut werror = ErrorAction::Enospc;
+    let mut rerror = ErrorAction::Report;
+    for (key, value) in &opts.pairs {
+        let bad = |expected: &str| format!("Parameter '{key}' expects {expected}");
+        match key.as_str() {
+            "file" => file = Some(PathBuf::from(value)),
+            "if" => {
+                interface = match value.as_str() {
+                    "virtio" => Interface::Virtio,
+                    "none" => Interface::None,
+                    "ide" | "scsi" | "floppy" | "pflash" | "mtd" | "sd" | "xen" => {
+                        return Err(format!(
+                            "if={value} is not supported by this machine (use if=virtio or if=none)"
+                        ))
+                    }
+                    _ => return Err(bad("virtio or none")),
+                }
+            }
+            "format" => match value.as_str() {
+                "raw" => {}
+                "qcow2" => {
+                    return Err("format=qcow2 is not supported; only format=raw (convert with qemu-img convert -O raw)".into())
+                }
+                _ => return Err(bad("raw")),
+            },
+            "id" => id = Some(value.clone()),
+            "readonly" => {
+                readonly = match value.as_str() {
+                    "on" | "yes" | "true" => true,
+                    "off" | "no" | "false" => false,
+                    _ => return Err(bad("'on' or 'off'")),
+                }
+            }
+            "cache" => {
+                cache = match value.as_str() {
+                    "writeback" => CacheMode::Writeback,
+                    "none" => CacheMode::None,
+                    _ => return Err(bad("none or writeback")),
+                }
+            }
+            "werror" => {
+                werror = match value.as_str() {
+                    "enospc" => ErrorAction::Enospc,
+                    "stop" => ErrorAction::Stop,
+                    "report" => ErrorAction::Report,
+                    "ignore" => ErrorAction::Ignore,
+                    _ => return Err(bad("enospc, stop, report or ignore")),
+                }
+            }
+            "rerror" => {
+                rerror = match value.as_str() {
+                    "stop" => ErrorAction::Stop,
+                    "report" => ErrorAction::Report,
+                    "ignore" => ErrorAction::Ignore,
+                    _ => return Err(bad("stop, report or ignore")),
+                }
+            }
+            "media" if value == "disk" => {}
+            _ => return Err(format!("Invalid parameter '{key}'")),
+        }
+    }
+    let path = file.ok_or("Parameter 'file' is missing")?;
+    // QEMU's names for drives without an id.
+    let id = id.unwrap_or_else(|| match interface {
+        Interface::Virtio => format!("virtio{index}"),
+        Interface::None => format!("none{index}"),
+    });
+    Ok(Drive {
+        disk: DiskConfig {
+            id,
+            path,
+            readonly,
+            cache,
+            werror,
+            rerror,
+            serial: None,
+            slot: None,
+        },
+        interface,
+    })
+}
+
+/// A PCI slot as QEMU writes `addr=`: `05`, `0x5`, `05.0` (function 0).
+fn parse_slot(addr: &str) -> Option<u8> {
+    let slot = addr.strip_suffix(".0").unwrap_or(addr);
+    let slot = slot.strip_prefix("0x").unwrap_or(slot);
+    u8::from_str_radix(slot, 16)
+        .ok()
+        .filter(|s| (1..32).contains(s))
+}
+
+/// Reads every `--drive` and `--device` into disks (or help to print).
+pub fn resolve(
+    drives: &[String],
+    devices: &[String],
+    registry: &Registry,
+) -> Result<Storage, StorageError> {
+    let drive_err = |spec: &str, why: String| StorageError {
+        option: "--drive",
+        spec: spec.to_owned(),
+        why,
+    };
+    let device_err = |spec: &str, why: String| StorageError {
+        option: "--device",
+        spec: spec.to_owned(),
+        why,
+    };
+    let mut parsed: Vec<Drive> = Vec::new();
+    let mut ids = BTreeSet::new();
+    for (i, spec) in drives.iter().enumerate() {
+        let d = parse_drive(spec, i).map_err(|why| drive_err(spec, why))?;
+        if !ids.insert(d.disk.id.clone()) {
+            return Err(drive_err(
+                spec,
+                format!("Duplicate ID '{}' for drive", d.disk.id),
+            ));
+        }
+        parsed.push(d);
+    }
+    let mut disks: Vec<DiskConfig> = parsed
+        .iter()
+        .filter(|d| d.interface == Interface::Virtio)
+        .map(|d| d.disk.clone())
+        .collect();
+    let mut taken = BTreeSet::new();
+    for spec in devices {
+        let opts = parse_opts(spec, Some("driver")).map_err(|e| device_err(spec, e.to_string()))?;
+        if opts.wants_help() {
+            return match opts.get("driver") {
+                None => Ok(Storage::Help(registry.help())),
+                Some(name) => registry
+                    .help_type(name)
+                    .map(Storage::Help)
+                    .map_err(|e| device_err(spec, e.to_string())),
+            };
+        }
+        let request = registry
+            .request(&opts)
+            .map_err(|e| device_err(spec, e.to_string()))?;
+        match request.driver {
+            "virtio-blk-pci" => {
+                let id = request.str("drive").unwrap_or_default();
+                let drive = parsed
+                    .iter()
+                    .find(|d| d.disk.id == id && d.interface == Interface::None)
+                    .ok_or_else(|| {
+                        device_err(
+                            spec,
+                            format!("Property 'virtio-blk-pci.drive' can't find value '{id}'"),
+                        )
+                    })?;
+                if !taken.insert(id.to_owned()) {
+                    return Err(device_err(
+                        spec,
+                        format!("Drive '{id}' is already in use by another device"),
+                    ));
+                }
+                let mut disk = drive.disk.clone();
+                disk.serial = request.str("serial").map(str::to_owned);
+                if disk.serial.as_ref().is_some_and(|s| s.len() > 20) {
+                    return Err(device_err(spec, "serial is longer than 20 bytes".into()));
+                }
+                if let Some(addr) = request.str("addr") {
+                    disk.slot = Some(parse_slot(addr).ok_or_else(|| {
+                        device_err(
+                            spec,
+                            format!("Parameter 'addr' expects a PCI slot 1-31 (hex), not '{addr}'"),
+                        )
+                    })?);
+                }
+                disks.push(disk);
+            }
+            other => {
+                return Err(device_err(
+                    spec,
+                    format!("'{other}' cannot be added with --device"),
+                ));
+            }
+        }
+    }
+    let mut slots = BTreeSet::new();
+    for d in &disks {
+        if let Some(s) = d.slot {
+            if !slots.insert(s) {
+                return Err(StorageError {
+                    option: "--device",
+                    spec: format!("addr={s:02x}"),
+                    why: format!("PCI slot {s:02x} is used twice"),
+                });
+            }
+        }
+    }
+    Ok(Storage::Disks(disks))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    fn run(drives: &[&str], devices: &[&str]) -> Result<Storage, StorageError> {
+        resolve(
+            &strings(drives),
+            &strings(devices),
+            &vmm_pc::device_types::registry(),
+        )
+    }
+
+    fn disks(drives: &[&str], devices: &[&str]) -> Vec<DiskConfig> {
+        match run(drives, devices).unwrap() {
+            Storage::Disks(d) => d,
+            Storage::Help(h) => panic!("{h}"),
+        }
+    }
+
+    fn err(drives: &[&str], devices: &[&str]) -> String {
+        run(drives, devices).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn the_shorthand_and_the_long_form() {
+        let d = disks(&["file=/a.img,if=virtio,format=raw"], &[]);
+        assert_eq!(d.len(), 1);
+        assert_eq!(
+            (d[0].id.as_str(), d[0].path.to_str()),
+            ("virtio0", Some("/a.img"))
+        );
+        assert_eq!(
+            (d[0].cache, d[0].werror, d[0].rerror),
+            (
+                CacheMode::Writeback,
+                ErrorAction::Enospc,
+                ErrorAction::Report
+            )
+        );
+        let d = disks(
+            &[
+                "file=/b,,c.img,if=none,id=d0,readonly=on,cache=none,werror=stop,rerror=ignore",
+                "file=/x.img",
+            ],
+            &["virtio-blk-pci,drive=d0,serial=SN1,addr=05.0"],
+        );
+        assert_eq!(d.len(), 2, "the if=virtio one first, then the device's");
+        assert_eq!(d[1].path.to_str(), Some("/b,c.img"));
+        assert!(d[1].readonly);
+        assert_eq!(
+            (d[1].cache, d[1].werror, d[1].rerror),
+            (CacheMode::None, ErrorAction::Stop, ErrorAction::Ignore)
+        );
+        assert_eq!((d[1].serial.as_deref(), d[1].slot), (Some("SN1"), Some(5)));
+        // A drive with if=none and no device is not a disk.
+        assert!(disks(&["file=/a.img,if=none,id=x"], &[]).is_empty());
+    }
+
+    #[test]
+    fn bad_drives_and_devices_are_named() {
+        assert_eq!(
+            err(&["if=virtio"], &[]),
+            "--drive if=virtio: Parameter 'file' is missing"
+        );
+        assert!(err(&["file=/a,cache=maybe"], &[])
+            .ends_with("Parameter 'cache' expects none or writeback"));
+        assert!(err(&["file=/a,format=qcow2"], &[]).contains("only format=raw"));
+        assert!(err(&["file=/a,if=ide"], &[]).contains("not supported by this machine"));
+        assert!(err(&["file=/a,bogus=1"], &[]).ends_with("Invalid parameter 'bogus'"));
+        assert!(err(&["file=/a,id=x", "file=/b,id=x"], &[]).ends_with("Duplicate ID 'x' for drive"));
+        assert_eq!(
+            err(&[], &["virtio-blk-pci,drive=nope"]),
+            "--device virtio-blk-pci,drive=nope: Property 'virtio-blk-pci.drive' can't find value 'nope'"
+        );
+        assert!(err(
+            &["file=/a,if=none,id=d"],
+            &["virtio-blk-pci,drive=d", "virtio-blk-pci,drive=d"]
+        )
+        .contains("already in use"));
+        assert!(err(&[], &["virtio-blk-pcx,drive=d"])
+            .ends_with("'virtio-blk-pcx' is not a valid device model name"));
+        assert!(
+            err(&["file=/a,if=none,id=d"], &["virtio-blk-pci,drive=d,foo=1"])
+                .ends_with("Property 'virtio-blk-pci.foo' not found")
+        );
+        assert!(err(
+            &["file=/a,if=none,id=d"],
+            &["virtio-blk-pci,drive=d,addr=40"]
+        )
+        .contains("expects a PCI slot"));
+        assert!(err(
+            &["file=/a,if=none,id=d"],
+            &["virtio-blk-pci,drive=d,serial=123456789012345678901"]
+        )
+        .contains("longer than 20"));
+        assert!(err(
+            &["file=/a,if=none,id=d", "file=/b,if=none,id=e"],
+            &[
+                "virtio-blk-pci,drive=d,addr=3",
+                "virtio-blk-pci,drive=e,addr=0x3"
+            ]
+        )
+        .contains("used twice"));
+        assert!(err(&[], &["isa-serial"]).contains("not a valid device model name"));
+    }
+
+    #[test]
+    fn help_is_asked_for_in_qemus_ways() {
+        let Storage::Help(h) = run(&[], &["help"]).unwrap() else {
+            panic!()
+        };
+        assert!(h.contains("name \"virtio-blk-pci\", bus PCI"), "{h}");
+        let Storage::Help(h) = run(&[], &["virtio-blk-pci,help"]).unwrap() else {
+            panic!()
+        };
+        assert!(h.starts_with("virtio-blk-pci options:"), "{h}");
+        assert!(run(&[], &["nope,help"]).is_err());
+        assert_eq!(parse_slot("1f"), Some(31));
+        assert_eq!(parse_slot("0"), None);
+    }
+}

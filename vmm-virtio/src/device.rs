@@ -1,0 +1,120 @@
+//! The device side of virtio: what a transport needs to know about a
+//! device (type, features, configuration space, queues) and how it starts
+//! and stops one.
+
+use std::sync::Arc;
+
+use virtio_queue::Queue;
+use vmm_sys_util::eventfd::EventFd;
+
+/// "No MSI-X vector" in `config_msix_vector` and `queue_msix_vector`.
+pub const VIRTIO_MSI_NO_VECTOR: u16 = 0xffff;
+
+/// How a started device reaches the driver. The transport implements it
+/// (MSI-X, or the ISR and INTx); devices call it from their worker.
+pub trait VirtioInterrupt: Send + Sync {
+    /// Used buffers in queue `queue`: raise its interrupt.
+    fn signal_queue(&self, queue: u16);
+    /// The device configuration changed: new `config_generation`, and a
+    /// configuration interrupt.
+    fn signal_config(&self);
+    /// The device hit an error it cannot go on from (a broken ring, say):
+    /// DEVICE_NEEDS_RESET, and a configuration interrupt.
+    fn set_needs_reset(&self);
+}
+
+/// One queue the driver enabled, ready for the device.
+#[derive(Debug)]
+pub struct ActiveQueue {
+    /// Its index.
+    pub index: u16,
+    /// The queue as the driver set it up (size, rings, event index),
+    /// already checked against guest memory.
+    pub queue: Queue,
+    /// Signalled when the driver notifies this queue (by doorbell or by a
+    /// notify write that reached the transport).
+    pub notify: EventFd,
+}
+
+/// What a device gets when the driver sets DRIVER_OK.
+pub struct ActivateContext<M> {
+    /// Guest memory.
+    pub mem: Arc<M>,
+    /// The features the driver accepted (a subset of those offered).
+    pub features: u64,
+    /// The queues the driver enabled, by index.
+    pub queues: Vec<ActiveQueue>,
+    /// Where the device's interrupts go.
+    pub interrupt: Arc<dyn VirtioInterrupt>,
+}
+
+impl<M> std::fmt::Debug for ActivateContext<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ActivateContext")
+            .field("features", &format_args!("{:#x}", self.features))
+            .field("queues", &self.queues)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a device could not start; the transport then sets
+/// DEVICE_NEEDS_RESET.
+#[derive(Debug, thiserror::Error)]
+pub enum ActivateError {
+    /// A queue the device needs was not enabled by the driver.
+    #[error("queue {0} is not enabled")]
+    QueueMissing(u16),
+    /// The device is already started (a second DRIVER_OK without reset).
+    #[error("the device is already active")]
+    AlreadyActive,
+    /// The host could not start the worker (threads, eventfds, epoll).
+    #[error("cannot start the device's worker: {0}")]
+    Worker(#[source] std::io::Error),
+}
+
+/// A device's state as plain data, for inspection (and, later, for
+/// snapshots).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DeviceState {
+    /// The virtio device type (2: block).
+    pub device_type: u32,
+    /// Whether the device runs (DRIVER_OK and a worker).
+    pub active: bool,
+    /// The features the driver accepted (0 while inactive).
+    pub acked_features: u64,
+    /// Requests completed, by the device's own counting.
+    pub completed: u64,
+    /// Requests popped but not completed: held after a host I/O error
+    /// under the `stop` policy.
+    pub held: u64,
+}
+
+/// A virtio device as a transport drives it.
+///
+/// Generic over guest memory `M` so that tests use plain anonymous memory.
+/// Nothing here may run the data path: [`VirtioDevice::activate`] starts
+/// the device's own worker, [`VirtioDevice::reset`] stops it.
+pub trait VirtioDevice<M>: Send {
+    /// The virtio device ID (1 net, 2 block, ...).
+    fn device_type(&self) -> u32;
+    /// The features the device offers (device-specific bits, ring
+    /// features it handles; the transport adds VIRTIO_F_VERSION_1).
+    fn features(&self) -> u64;
+    /// The maximum size of each queue (powers of two); their number is the
+    /// device's queue count.
+    fn queue_max_sizes(&self) -> Vec<u16>;
+    /// The device configuration space's length in bytes.
+    fn config_len(&self) -> usize;
+    /// The driver reads the device configuration space (`data` beyond the
+    /// space reads 0).
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// The driver writes the device configuration space.
+    fn write_config(&mut self, offset: u64, data: &[u8]);
+    /// DRIVER_OK: start the worker on `ctx`.
+    fn activate(&mut self, ctx: ActivateContext<M>) -> Result<(), ActivateError>;
+    /// Back to the state before activation: stop and join the worker, drop
+    /// the queues (requests in flight are abandoned).
+    fn reset(&mut self);
+    /// The state as plain data.
+    fn state(&self) -> DeviceState;
+}

@@ -1,0 +1,55 @@
+//! virtio with no KVM in sight: the modern virtio-pci transport (virtio
+//! 1.x only, no legacy interface) and the virtio-blk device on a raw image.
+//!
+//! | module | holds |
+//! |---|---|
+//! | [`seams`] | what the machine provides: [`MsiSender`] (KVM_SIGNAL_MSI), [`IntxLine`] (a level-triggered GSI), [`Doorbells`] (KVM_IOEVENTFD) |
+//! | [`device`] | the [`VirtioDevice`] trait a transport drives, and what a device gets when the driver starts it |
+//! | [`transport`] | [`VirtioPciDevice`]: a [`vmm_pci::PciDevice`] with the virtio capabilities, common configuration, ISR, notifications and MSI-X |
+//! | [`blk`] | [`blk::VirtioBlk`]: requests parsed into plain values, then done with `preadv`/`pwritev`/`fdatasync`/`fallocate` on its worker thread, and the I/O error policy (report, ignore, stop) |
+//!
+//! # Threads
+//!
+//! The transport runs on whichever thread reaches the PCI bus (a vCPU
+//! thread on an MMIO exit or a configuration access). It never does a
+//! device's I/O: when the driver sets DRIVER_OK, the device starts its own
+//! worker thread, which waits on the queues' notification eventfds (and a
+//! stop eventfd) and does all the work. A reset stops and joins that
+//! worker. Interrupts leave from the worker through the [`MsiSender`] or
+//! [`IntxLine`] the machine gave, under a lock of their own (never the
+//! bus's).
+//!
+//! # Threat model
+//!
+//! The guest is untrusted: any register at any width and offset, any
+//! order of status writes, queue addresses anywhere (or nowhere), sizes
+//! that are no power of two, descriptor chains that loop, are too long,
+//! point outside RAM, or have the wrong direction. None of it panics, none
+//! of it blocks the vCPU for more than a bounded time, and each ends in a
+//! defined state: the access is ignored, the request fails with
+//! VIRTIO_BLK_S_IOERR or VIRTIO_BLK_S_UNSUPP, or the device sets
+//! DEVICE_NEEDS_RESET and raises a configuration interrupt.
+
+#![deny(missing_docs)]
+
+pub mod blk;
+pub mod device;
+pub mod seams;
+pub mod transport;
+mod worker;
+
+#[cfg(test)]
+#[allow(dead_code)] // Helpers shared by the test modules; not each uses all.
+mod testing;
+
+pub use device::{ActivateContext, ActivateError, ActiveQueue, DeviceState, VirtioDevice};
+pub use device::{VirtioInterrupt, VIRTIO_MSI_NO_VECTOR};
+pub use seams::{Doorbells, IntxLine, MsiSender};
+pub use transport::{TransportError, TransportSeams, VirtioPciDevice};
+
+/// Guest memory as the transport and devices use it: any `vm-memory`
+/// [`GuestMemory`](vm_memory::GuestMemory) that may be shared with worker
+/// threads (`GuestMemoryMmap` in the machine and in tests).
+pub trait Memory: vm_memory::GuestMemory + Send + Sync + 'static {}
+
+impl<T: vm_memory::GuestMemory + Send + Sync + 'static> Memory for T {}

@@ -1,0 +1,224 @@
+//! Where a virtio-pci function's interrupts go: MSI-X when the driver
+//! enabled it (through the vector each queue and the configuration are
+//! mapped to), else the ISR status byte and the INTx line.
+//!
+//! Shared between the transport (vCPU thread: register accesses) and the
+//! device's worker (used buffers, configuration changes). Each piece of
+//! state has its own small lock and none is held while taking another, so
+//! neither side can wait on the other for long.
+
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use vmm_pci::msix::Msix;
+
+use crate::device::{VirtioInterrupt, VIRTIO_MSI_NO_VECTOR};
+use crate::seams::{IntxLine, MsiSender};
+
+/// ISR bit 0: a queue interrupt.
+pub const ISR_QUEUE: u8 = 1;
+/// ISR bit 1: a configuration change.
+pub const ISR_CONFIG: u8 = 2;
+
+/// The ISR byte and what the INTx line should be.
+#[derive(Debug, Default)]
+struct Isr {
+    isr: u8,
+    /// The line as last driven.
+    line: bool,
+    /// The command register's INTx disable bit.
+    intx_disabled: bool,
+    /// MSI-X enabled: INTx is not used.
+    msix_enabled: bool,
+}
+
+/// The interrupt state of one function.
+pub struct InterruptHub {
+    msix: Mutex<Msix>,
+    msi: Arc<dyn MsiSender>,
+    intx: Option<Arc<dyn IntxLine>>,
+    isr: Mutex<Isr>,
+    config_vector: AtomicU16,
+    queue_vectors: Box<[AtomicU16]>,
+    generation: AtomicU8,
+    needs_reset: AtomicBool,
+}
+
+impl std::fmt::Debug for InterruptHub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InterruptHub")
+            .field("isr", &lock(&self.isr).isr)
+            .field("config_vector", &self.config_vector)
+            .field("queue_vectors", &self.queue_vectors)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl InterruptHub {
+    /// `queues` queues, MSI-X as `msix`, INTx on `intx` if wired.
+    pub fn new(
+        msix: Msix,
+        msi: Arc<dyn MsiSender>,
+        intx: Option<Arc<dyn IntxLine>>,
+        queues: usize,
+    ) -> Self {
+        Self {
+            msix: Mutex::new(msix),
+            msi,
+            intx,
+            isr: Mutex::new(Isr::default()),
+            config_vector: AtomicU16::new(VIRTIO_MSI_NO_VECTOR),
+            queue_vectors: (0..queues)
+                .map(|_| AtomicU16::new(VIRTIO_MSI_NO_VECTOR))
+                .collect(),
+            generation: AtomicU8::new(0),
+            needs_reset: AtomicBool::new(false),
+        }
+    }
+
+    /// Runs `f` on the MSI-X state, then sends the messages of the vectors
+    /// it returns (pending vectors the change released).
+    pub fn with_msix(&self, f: impl FnOnce(&mut Msix) -> Vec<u16>) {
+        let mut msix = lock(&self.msix);
+        let released = f(&mut msix);
+        let enabled = msix.enabled();
+        for vector in released {
+            if let Some(msg) = msix.message(vector) {
+                self.msi.send(msg);
+            }
+        }
+        drop(msix);
+        let mut isr = lock(&self.isr);
+        isr.msix_enabled = enabled;
+        self.drive_line(&mut isr);
+    }
+
+    /// Reads the MSI-X state.
+    pub fn msix<R>(&self, f: impl FnOnce(&Msix) -> R) -> R {
+        f(&lock(&self.msix))
+    }
+
+    /// The vectors the driver mapped (already checked against the table).
+    pub fn set_vectors(&self, config: u16, queues: impl IntoIterator<Item = u16>) {
+        self.config_vector.store(config, Ordering::Release);
+        for (slot, v) in self.queue_vectors.iter().zip(queues) {
+            slot.store(v, Ordering::Release);
+        }
+    }
+
+    /// The driver reads the ISR: its value, cleared, and the line lowered.
+    pub fn read_isr(&self) -> u8 {
+        let mut isr = lock(&self.isr);
+        let value = std::mem::take(&mut isr.isr);
+        self.drive_line(&mut isr);
+        value
+    }
+
+    /// Whether an INTx is pending (for the PCI status register).
+    pub fn intx_pending(&self) -> bool {
+        let isr = lock(&self.isr);
+        isr.isr != 0 && !isr.msix_enabled
+    }
+
+    /// The command register's INTx disable bit changed (or not).
+    pub fn set_intx_disabled(&self, disabled: bool) {
+        let mut isr = lock(&self.isr);
+        isr.intx_disabled = disabled;
+        self.drive_line(&mut isr);
+    }
+
+    /// `config_generation`.
+    pub fn generation(&self) -> u8 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Whether DEVICE_NEEDS_RESET is set.
+    pub fn needs_reset(&self) -> bool {
+        self.needs_reset.load(Ordering::Acquire)
+    }
+
+    /// A device reset: ISR clear, the line low, every event unmapped,
+    /// DEVICE_NEEDS_RESET clear. MSI-X itself is PCI state and stays.
+    pub fn reset(&self) {
+        self.set_vectors(
+            VIRTIO_MSI_NO_VECTOR,
+            std::iter::repeat_n(VIRTIO_MSI_NO_VECTOR, self.queue_vectors.len()),
+        );
+        self.needs_reset.store(false, Ordering::Release);
+        let mut isr = lock(&self.isr);
+        isr.isr = 0;
+        self.drive_line(&mut isr);
+    }
+
+    /// A function reset (the machine's): the above, and MSI-X back to all
+    /// masked and disabled.
+    pub fn reset_function(&self) {
+        self.reset();
+        lock(&self.msix).reset();
+        let mut isr = lock(&self.isr);
+        isr.msix_enabled = false;
+        isr.intx_disabled = false;
+        self.drive_line(&mut isr);
+    }
+
+    fn drive_line(&self, isr: &mut Isr) {
+        let level = isr.isr != 0 && !isr.intx_disabled && !isr.msix_enabled;
+        if level != isr.line {
+            isr.line = level;
+            if let Some(intx) = &self.intx {
+                intx.set_level(level);
+            }
+        }
+    }
+
+    /// Signals `vector` under MSI-X, or sets `bit` in the ISR and raises
+    /// INTx. A configuration change sets its ISR bit either way, as the
+    /// specification asks.
+    fn signal(&self, vector: u16, bit: u8) {
+        let mut msix = lock(&self.msix);
+        if msix.enabled() {
+            if vector != VIRTIO_MSI_NO_VECTOR {
+                if let Some(msg) = msix.signal(vector) {
+                    self.msi.send(msg);
+                }
+            }
+            drop(msix);
+            if bit == ISR_CONFIG {
+                lock(&self.isr).isr |= bit;
+            }
+            return;
+        }
+        drop(msix);
+        let mut isr = lock(&self.isr);
+        isr.isr |= bit;
+        self.drive_line(&mut isr);
+    }
+
+    /// DEVICE_NEEDS_RESET from the transport (a driver error).
+    pub fn raise_needs_reset(&self) {
+        self.needs_reset.store(true, Ordering::Release);
+        self.signal(self.config_vector.load(Ordering::Acquire), ISR_CONFIG);
+    }
+}
+
+impl VirtioInterrupt for InterruptHub {
+    fn signal_queue(&self, queue: u16) {
+        let Some(vector) = self.queue_vectors.get(usize::from(queue)) else {
+            return;
+        };
+        self.signal(vector.load(Ordering::Acquire), ISR_QUEUE);
+    }
+
+    fn signal_config(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.signal(self.config_vector.load(Ordering::Acquire), ISR_CONFIG);
+    }
+
+    fn set_needs_reset(&self) {
+        self.raise_needs_reset();
+    }
+}
