@@ -29,8 +29,22 @@ pub const DEFAULT_APPEND: &str =
 #[command(name = "vmm", version, after_help = EXAMPLES)]
 pub struct Args {
     /// Linux kernel: a bzImage or an ELF vmlinux (PVH entry when present).
-    #[arg(long, value_name = "PATH")]
-    pub kernel: PathBuf,
+    #[arg(long, value_name = "PATH", required_unless_present = "device")]
+    pub kernel: Option<PathBuf>,
+
+    /// A drive, QEMU's -drive: file=PATH[,if=virtio|none][,format=raw]
+    /// [,id=ID][,readonly=on][,cache=none|writeback]
+    /// [,werror=enospc|stop|report|ignore][,rerror=stop|report|ignore].
+    /// if=virtio (the default) adds a virtio-blk-pci for it; if=none waits
+    /// for --device virtio-blk-pci,drive=ID. Repeatable.
+    #[arg(long, value_name = "OPTS")]
+    pub drive: Vec<String>,
+
+    /// A device, QEMU's -device: NAME[,prop=value...]
+    /// (virtio-blk-pci,drive=ID[,serial=S][,addr=SLOT]); `help` lists the
+    /// types, NAME,help a type's properties. Repeatable.
+    #[arg(long, value_name = "OPTS")]
+    pub device: Vec<String>,
 
     /// Initial ramdisk (initramfs) for the kernel.
     #[arg(long, value_name = "PATH")]

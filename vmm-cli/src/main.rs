@@ -14,6 +14,7 @@ mod output;
 mod qmp;
 mod seccomp;
 mod serial_file;
+mod storage;
 mod terminal;
 
 use std::io;
@@ -42,7 +43,20 @@ fn main() -> ExitCode {
         .parse_env("VMM_LOG")
         .format_timestamp_micros()
         .init();
-    match run(args) {
+    // --drive and --device first: `--device help` needs nothing else.
+    let disks = match storage::resolve(&args.drive, &args.device, &vmm_pc::device_types::registry())
+    {
+        Ok(storage::Storage::Disks(disks)) => disks,
+        Ok(storage::Storage::Help(text)) => {
+            print!("{text}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("vmm: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match run(args, disks) {
         Ok(reason) if reason.is_success() => {
             log::info!("{reason}");
             ExitCode::SUCCESS
@@ -87,8 +101,12 @@ where
     }
 }
 
-fn run(args: Args) -> Result<ExitReason> {
+fn run(args: Args, disks: Vec<vmm_pc::disks::DiskConfig>) -> Result<ExitReason> {
     args.check().map_err(anyhow::Error::msg)?;
+    let kernel = args
+        .kernel
+        .clone()
+        .context("the following required arguments were not provided: --kernel <PATH>")?;
     let serial = args.serial.clone();
     let out = match startup_step("serial open", move || serial_output(&serial))? {
         Ok(out) => out,
@@ -116,8 +134,15 @@ fn run(args: Args) -> Result<ExitReason> {
             Arc::new(move |_index| Ok(f.install(seccomp::Thread::Vcpu)?));
         start
     });
+    let device_thread_start = filters.as_ref().map(|f| {
+        let f = Arc::clone(f);
+        let start: vmm_virtio::worker::ThreadStart =
+            Arc::new(move || f.install(seccomp::Thread::Device).map_err(io::Error::other));
+        start
+    });
     let config = PcConfig {
-        kernel: args.kernel.clone(),
+        kernel: kernel.clone(),
+        disks,
         initrd: args.initrd.clone(),
         cmdline: args.append.clone(),
         memory: args.memory,
@@ -136,6 +161,7 @@ fn run(args: Args) -> Result<ExitReason> {
         // quit; without, stopping would only hang.
         stop_on_error: args.qmp.is_some(),
         vcpu_thread_start,
+        device_thread_start,
     };
     let build = move || PcMachine::build(config).context("cannot build the machine");
     let mut machine = match startup_step("build", build)? {
@@ -185,9 +211,7 @@ fn run(args: Args) -> Result<ExitReason> {
         }
         machine.event_loop().add(Arc::new(Mutex::new(server)));
     }
-    if let Some(warning) =
-        host_check::linux_on_pvm(vmm_core::kvm::KvmFlavor::detect(), &args.kernel)
-    {
+    if let Some(warning) = host_check::linux_on_pvm(vmm_core::kvm::KvmFlavor::detect(), &kernel) {
         log::warn!("{warning}");
     }
     if args.paused && args.serial == Serial::Stdio {

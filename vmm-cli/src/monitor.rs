@@ -22,6 +22,7 @@ pub const HELP: &str = "\
 info status       print the run state\r
 info cpus         list the vCPUs and their host threads\r
 info pci          list the PCI functions\r
+info block        list the disks\r
 stop              pause the guest\r
 cont              resume the guest\r
 system_reset      reset the machine in place\r
@@ -54,6 +55,7 @@ pub fn parse(line: &str) -> Line {
         ["info", "status"] => Line::Machine(Command::QueryStatus),
         ["info", "cpus"] => Line::Machine(Command::QueryCpus),
         ["info", "pci"] => Line::Machine(Command::QueryPci),
+        ["info", "block"] => Line::Machine(Command::QueryBlock),
         ["stop"] => Line::Machine(Command::Stop),
         ["cont" | "c"] => Line::Machine(Command::Cont),
         ["system_reset"] => Line::Machine(Command::SystemReset),
@@ -97,6 +99,20 @@ pub fn reply_text(outcome: Result<Reply, String>) -> String {
                     ));
                 }
                 s
+            })
+            .collect(),
+        Ok(Reply::Block(disks)) => disks
+            .iter()
+            .map(|d| {
+                format!(
+                    "{} ({}): {} (raw{})\r\n    Attached to:      virtio-blk-pci, slot {:02x}\r\n    Cache mode:       writeback{}\r\n",
+                    d.device,
+                    d.device,
+                    d.file,
+                    if d.readonly { ", read-only" } else { "" },
+                    d.slot,
+                    if d.direct { ", direct" } else { "" },
+                )
             })
             .collect(),
         Ok(Reply::Done) => String::new(),

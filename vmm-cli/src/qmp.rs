@@ -25,6 +25,8 @@ const COMMANDS: &[&str] = &[
     "query-commands",
     "human-monitor-command",
     "query-pci",
+    "query-block",
+    "query-blockstats",
 ];
 
 /// Our version, as QMP reports it.
@@ -108,8 +110,80 @@ fn pci_json(functions: &[vmm_pci::info::FunctionInfo]) -> Value {
     json!([{ "bus": 0, "devices": devices }])
 }
 
+/// QEMU's `query-block` shape for our raw, non-removable disks.
+fn block_json(disks: &[vmm_pc::BlockInfo]) -> Value {
+    Value::Array(
+        disks
+            .iter()
+            .map(|d| {
+                json!({
+                    "device": d.device,
+                    "qdev": format!("/machine/peripheral-anon/device[{}]/virtio-backend", d.slot),
+                    "locked": false,
+                    "removable": false,
+                    "type": "unknown",
+                    "io-status": if d.failed { "failed" } else { "ok" },
+                    "inserted": {
+                        "file": d.file,
+                        "node-name": d.device,
+                        "ro": d.readonly,
+                        "drv": "raw",
+                        "encrypted": false,
+                        "detect_zeroes": "off",
+                        "bps": 0, "bps_rd": 0, "bps_wr": 0,
+                        "iops": 0, "iops_rd": 0, "iops_wr": 0,
+                        "write_threshold": 0,
+                        "backing_file_depth": 0,
+                        "cache": {"writeback": true, "direct": d.direct, "no-flush": false},
+                        "image": {
+                            "filename": d.file,
+                            "format": "raw",
+                            "virtual-size": d.size,
+                        },
+                    },
+                })
+            })
+            .collect(),
+    )
+}
+
+/// QEMU's `query-blockstats` shape, from the devices' counters.
+fn blockstats_json(disks: &[vmm_pc::BlockInfo]) -> Value {
+    Value::Array(
+        disks
+            .iter()
+            .map(|d| {
+                let s = d.stats;
+                json!({
+                    "device": d.device,
+                    "node-name": d.device,
+                    "stats": {
+                        "rd_bytes": s.read_bytes,
+                        "wr_bytes": s.written_bytes,
+                        "rd_operations": s.reads,
+                        "wr_operations": s.writes,
+                        "flush_operations": s.flushes,
+                        "unmap_operations": s.discards,
+                        "invalid_rd_operations": 0,
+                        "invalid_wr_operations": 0,
+                        "failed_rd_operations": 0,
+                        "failed_wr_operations": s.host_errors,
+                        "invalid_flush_operations": 0,
+                        "failed_flush_operations": 0,
+                        "account_invalid": true,
+                        "account_failed": true,
+                        "idle_time_ns": 0,
+                        "timed_stats": [],
+                    },
+                })
+            })
+            .collect(),
+    )
+}
+
 fn reply_json(reply: Reply) -> Value {
     match reply {
+        Reply::Block(disks) => block_json(&disks),
         Reply::Pci(functions) => pci_json(&functions),
         Reply::Done => json!({}),
         Reply::Status { running, status } => json!({
@@ -162,6 +236,17 @@ impl Backend for MachineBackend {
             "query-status" => Command::QueryStatus,
             "query-cpus-fast" => Command::QueryCpus,
             "query-pci" => Command::QueryPci,
+            "query-block" => Command::QueryBlock,
+            "query-blockstats" => {
+                return self.control.submit(
+                    Command::QueryBlock,
+                    Box::new(move |outcome| match outcome {
+                        Ok(Reply::Block(disks)) => r.ok(blockstats_json(&disks)),
+                        Ok(_) => r.ok(json!([])),
+                        Err(why) => r.err(&QmpError::generic(why)),
+                    }),
+                )
+            }
             "stop" => Command::Stop,
             "cont" => Command::Cont,
             "quit" => Command::Quit,
@@ -226,6 +311,17 @@ pub fn forward_events(outbox: Outbox) -> impl FnMut(&MachineEvent) + Send + 'sta
         MachineEvent::GuestPanicked { paused } => outbox.event(
             "GUEST_PANICKED",
             Some(json!({"action": if *paused { "pause" } else { "poweroff" }})),
+        ),
+        MachineEvent::BlockIoError(e) => outbox.event(
+            "BLOCK_IO_ERROR",
+            Some(json!({
+                "device": e.device,
+                "node-name": e.device,
+                "operation": e.operation,
+                "action": e.action,
+                "nospace": e.nospace,
+                "reason": e.reason,
+            })),
         ),
         MachineEvent::Reset { guest } => outbox.event(
             "RESET",

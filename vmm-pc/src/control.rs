@@ -25,6 +25,29 @@ pub enum Command {
     QueryCpus,
     /// The PCI functions (QMP `query-pci`).
     QueryPci,
+    /// The disks (QMP `query-block`).
+    QueryBlock,
+}
+
+/// One disk, as `query-block` and `query-blockstats` report it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockInfo {
+    /// The drive's id.
+    pub device: String,
+    /// The image.
+    pub file: String,
+    /// Read-only.
+    pub readonly: bool,
+    /// Size in bytes.
+    pub size: u64,
+    /// The device's PCI slot.
+    pub slot: u8,
+    /// `cache=none` (O_DIRECT).
+    pub direct: bool,
+    /// A request is held after an error (`io-status` "failed").
+    pub failed: bool,
+    /// The device's counters.
+    pub stats: vmm_virtio::blk::BlockStats,
 }
 
 /// One vCPU, as `query-cpus-fast` lists it.
@@ -52,6 +75,8 @@ pub enum Reply {
     Cpus(Vec<CpuInfo>),
     /// The PCI functions on bus 0.
     Pci(Vec<vmm_pci::info::FunctionInfo>),
+    /// The disks.
+    Block(Vec<BlockInfo>),
 }
 
 /// Called with a command's outcome, on the main-loop thread.
@@ -106,7 +131,7 @@ impl ShutdownCause {
 }
 
 /// What the machine reports to its listeners (QMP events).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MachineEvent {
     /// The guest stopped running (`STOP`).
     Stop,
@@ -132,6 +157,23 @@ pub enum MachineEvent {
         /// Whether the guest asked for it.
         guest: bool,
     },
+    /// A disk's host I/O failed (`BLOCK_IO_ERROR`).
+    BlockIoError(BlockIoError),
+}
+
+/// A disk's failed host I/O, as QEMU's `BLOCK_IO_ERROR` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockIoError {
+    /// The drive's id (`device`, and `node-name` too).
+    pub device: String,
+    /// `read` or `write` (a flush, discard or write-zeroes is a write).
+    pub operation: &'static str,
+    /// `report`, `ignore` or `stop`: what was done.
+    pub action: &'static str,
+    /// Whether the host ran out of space.
+    pub nospace: bool,
+    /// The host's error, in words.
+    pub reason: String,
 }
 
 #[cfg(test)]

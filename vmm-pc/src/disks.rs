@@ -14,29 +14,7 @@ pub const SECTOR_SIZE: u64 = 512;
 /// The first four bytes of a qcow2 image.
 const QCOW2_MAGIC: &[u8; 4] = b"QFI\xfb";
 
-/// How the host page cache is used (QEMU's `cache=`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum CacheMode {
-    /// Through the host's page cache; flushes reach the disk on the
-    /// guest's flush (QEMU's default).
-    #[default]
-    Writeback,
-    /// `O_DIRECT`: past the host's page cache.
-    None,
-}
-
-/// What an I/O error does (QEMU's `werror=` / `rerror=`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorAction {
-    /// The guest sees the error.
-    Report,
-    /// The error is dropped; the guest sees success.
-    Ignore,
-    /// The VM stops in `io-error`; `cont` retries.
-    Stop,
-    /// Stop on "no space left", report the rest (QEMU's `werror` default).
-    Enospc,
-}
+pub use vmm_virtio::blk::{CacheMode, ErrorAction};
 
 /// One drive.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,6 +33,8 @@ pub struct DiskConfig {
     pub rerror: ErrorAction,
     /// The serial the guest reads (`VIRTIO_BLK_T_GET_ID`), at most 20 bytes.
     pub serial: Option<String>,
+    /// The PCI slot of its virtio-blk-pci (None: the first free one).
+    pub slot: Option<u8>,
 }
 
 /// Why an image cannot be served.
@@ -222,6 +202,7 @@ mod tests {
             werror: ErrorAction::Enospc,
             rerror: ErrorAction::Report,
             serial: None,
+            slot: None,
         }
     }
 

@@ -12,6 +12,7 @@ pub mod devices;
 pub mod disks;
 mod images;
 pub mod io;
+mod io_error;
 pub mod layout;
 pub mod machine;
 pub mod memory;
@@ -20,8 +21,12 @@ pub mod pci;
 pub mod test_guests;
 #[cfg(test)]
 mod test_util;
+pub mod virtio;
 
-pub use control::{Command, CpuInfo, MachineEvent, QuitSource, Reply, ReplyFn, ShutdownCause};
+pub use control::{
+    BlockInfo, BlockIoError, Command, CpuInfo, MachineEvent, QuitSource, Reply, ReplyFn,
+    ShutdownCause,
+};
 pub use machine::{
     ExitReason, MachineControl, PcConfig, PcError, PcMachine, PitBackend, RebootAction,
 };

@@ -53,6 +53,8 @@ use crate::{acpi, mptable};
 pub struct PcConfig {
     /// The kernel: a bzImage or an ELF vmlinux.
     pub kernel: PathBuf,
+    /// Disks, each a virtio-blk-pci on its drive.
+    pub disks: Vec<crate::disks::DiskConfig>,
     /// An initrd/initramfs, if any.
     pub initrd: Option<PathBuf>,
     /// The kernel command line.
@@ -78,6 +80,10 @@ pub struct PcConfig {
     /// Run on each vCPU thread once its vCPU is set up, before any guest
     /// code (the binary's seccomp filter); see [`VcpuThreadStart`].
     pub vcpu_thread_start: Option<VcpuThreadStart>,
+    /// Run on each device worker thread (made at build time, parked until
+    /// its device is activated) before it does any work: the binary's
+    /// seccomp filter.
+    pub device_thread_start: Option<vmm_virtio::worker::ThreadStart>,
 }
 
 /// What a guest-initiated reset does.
@@ -114,6 +120,7 @@ impl std::fmt::Debug for PcConfig {
             .field("reboot", &self.reboot)
             .field("stop_on_error", &self.stop_on_error)
             .field("vcpu_thread_start", &self.vcpu_thread_start.is_some())
+            .field("disks", &self.disks)
             .finish_non_exhaustive()
     }
 }
@@ -172,6 +179,12 @@ pub enum PcError {
     /// Devices.
     #[error(transparent)]
     Devices(#[from] DeviceError),
+    /// A disk's image.
+    #[error(transparent)]
+    Disk(#[from] crate::disks::DiskError),
+    /// A virtio device.
+    #[error(transparent)]
+    Virtio(#[from] crate::virtio::VirtioError),
     /// Signals.
     #[error(transparent)]
     Signals(#[from] SignalError),
@@ -255,7 +268,8 @@ impl std::fmt::Display for ExitReason {
 
 /// Requests recorded by main-loop subscribers, read after each iteration.
 #[derive(Debug, Default)]
-struct Pending {
+pub(crate) struct Pending {
+    pub(crate) io_errors: Vec<crate::BlockIoError>,
     signal: Option<i32>,
     reset: bool,
     poweroff: bool,
@@ -322,6 +336,8 @@ pub struct PcMachine {
     reboot: RebootAction,
     /// Stop in internal-error rather than exit.
     stop_on_error: bool,
+    /// The disks.
+    disks: Vec<crate::virtio::Disk>,
 }
 
 impl std::fmt::Debug for PcMachine {
@@ -352,6 +368,11 @@ impl PcMachine {
             Some(p) => Some(open_regular("initrd", p)?),
             None => None,
         };
+        let disk_images = config
+            .disks
+            .iter()
+            .map(|d| crate::disks::open_image(d).map(|image| (d.clone(), image.size)))
+            .collect::<Result<Vec<_>, _>>()?;
 
         // 3. KVM.
         let kvm = KvmSystem::open()?;
@@ -483,6 +504,27 @@ impl PcMachine {
             },
         );
 
+        // The disks: virtio-blk-pci devices on the bus, their worker
+        // threads made now (parked until the guest activates them).
+        let disks = {
+            let p = Arc::clone(&pending);
+            let wake = Arc::clone(&wake);
+            let events = move |id: &str| -> Arc<dyn vmm_virtio::blk::BlockEvents> {
+                Arc::new(crate::io_error::DiskEvents::new(
+                    id,
+                    Arc::clone(&p),
+                    Arc::clone(&wake),
+                ))
+            };
+            crate::virtio::add_disks(
+                &vm,
+                &mut lock(&devices.pci),
+                &disk_images,
+                config.device_thread_start.clone(),
+                &events,
+            )?
+        };
+
         // 9. vCPU threads.
         let io: Arc<PcIo> = Arc::new(io);
         let entry = Arc::new(Mutex::new(entry));
@@ -517,6 +559,7 @@ impl PcMachine {
             fresh_kvm_pit,
             reboot: config.reboot,
             stop_on_error: config.stop_on_error,
+            disks,
         })
     }
 
@@ -658,6 +701,21 @@ impl PcMachine {
                     .collect(),
             )),
             Command::QueryPci => Ok(Reply::Pci(lock(&self.devices.pci).describe())),
+            Command::QueryBlock => Ok(Reply::Block(
+                self.disks
+                    .iter()
+                    .map(|d| crate::BlockInfo {
+                        device: d.id.clone(),
+                        file: d.path.display().to_string(),
+                        readonly: d.readonly,
+                        size: d.size,
+                        direct: d.direct,
+                        slot: d.slot,
+                        failed: d.handle.is_held(),
+                        stats: d.handle.stats(),
+                    })
+                    .collect(),
+            )),
             Command::Stop => {
                 if self.runstate.is_running() {
                     self.stop_with(RunState::Paused)
@@ -681,8 +739,15 @@ impl PcMachine {
                     ));
                 }
                 if !self.runstate.is_running() {
+                    let io_error = self.runstate.state() == RunState::IoError;
                     self.start().map_err(CommandFailure::Machine)?;
                     self.emit(MachineEvent::Resume);
+                    // QEMU's cont after io-error: the held requests again.
+                    if io_error {
+                        for d in self.disks.iter().filter(|d| d.handle.is_held()) {
+                            d.handle.retry();
+                        }
+                    }
                 }
                 Ok(Reply::Done)
             }
@@ -728,6 +793,15 @@ impl PcMachine {
         let pending = std::mem::take(&mut *lock(&self.pending));
         if let Some(offset) = pending.rtc_change {
             self.emit(MachineEvent::RtcChange { offset });
+        }
+        let mut stop_for_io = false;
+        for e in pending.io_errors {
+            stop_for_io |= e.action == "stop";
+            self.emit(MachineEvent::BlockIoError(e));
+        }
+        if stop_for_io && self.runstate.is_running() {
+            log::warn!("a disk's host I/O failed; stopped in io-error (cont retries)");
+            self.stop_with(RunState::IoError)?;
         }
         if let Some(signo) = pending.signal {
             return Ok(Some(ExitReason::Signal(signo)));

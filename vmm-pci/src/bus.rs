@@ -128,6 +128,12 @@ impl PciRoot {
         u8::try_from(index).map_err(|_| PciError::SlotTaken(SLOTS as u8))
     }
 
+    /// The first empty slot (slot 0 is the host bridge's).
+    pub fn free_slot(&self) -> Option<u8> {
+        let i = self.slots.iter().skip(1).position(Option::is_none)?;
+        u8::try_from(i + 1).ok()
+    }
+
     /// The functions present, by slot.
     pub fn functions(&self) -> impl Iterator<Item = (u8, &dyn PciDevice)> + '_ {
         self.slots

@@ -17,8 +17,8 @@ pub const POWER_BUTTON_MODULES: &[&str] = &["evdev", "button"];
 /// The virtio PCI and block drivers, in load order (Debian's cloud kernel
 /// builds them as modules): what the guest needs for `--drive …,if=virtio`.
 pub const VIRTIO_BLOCK_MODULES: &[&str] = &[
-    "virtio",
     "virtio_ring",
+    "virtio",
     "virtio_pci_legacy_dev",
     "virtio_pci_modern_dev",
     "virtio_pci",
@@ -47,7 +47,7 @@ mount -t devtmpfs devtmpfs /dev
 /bin/busybox --install -s
 # The ACPI power button (QMP system_powerdown) powers the guest off; the
 # virtio PCI and block drivers find the VMM's disks.
-for m in evdev button virtio virtio_ring virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk; do
+for m in evdev button virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk; do
   [ -e /lib/modules/$m.ko ] && insmod /lib/modules/$m.ko
 done
 for e in /dev/input/event*; do

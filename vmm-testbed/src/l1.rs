@@ -23,6 +23,10 @@ mount -t devtmpfs devtmpfs /dev
 insmod /modules/irqbypass.ko
 insmod /modules/kvm.ko
 insmod /modules/kvm-amd.ko 2>/dev/null || insmod /modules/kvm-intel.ko 2>/dev/null
+# Disks the job brought (Job::l1_disks) appear as /dev/vda...
+for m in virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk; do
+  [ -e /modules/$m.ko ] && insmod /modules/$m.ko
+done
 sh /job/run.sh
 poweroff -f
 "#;
@@ -147,7 +151,14 @@ pub fn l1_initramfs(
     interactive: bool,
 ) -> Result<Vec<u8>, TestbedError> {
     let mut extra: Vec<(String, Vec<u8>, u32)> = Vec::new();
-    for m in ["irqbypass", "kvm", "kvm-amd", "kvm-intel"] {
+    let kvm = ["irqbypass", "kvm", "kvm-amd", "kvm-intel"];
+    let virtio = crate::initramfs::VIRTIO_BLOCK_MODULES;
+    let wanted: Vec<&str> = if job.l1_disks.is_empty() {
+        kvm.to_vec()
+    } else {
+        kvm.iter().chain(virtio).copied().collect()
+    };
+    for m in wanted {
         let path = guest.module(m);
         if path.exists() {
             extra.push((format!("modules/{m}.ko"), read(&path)?, 0o644));

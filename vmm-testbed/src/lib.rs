@@ -137,6 +137,18 @@ pub struct Job {
     /// program then talks to whatever the job runs on `/dev/ttyS1` (the
     /// VMM's `--qmp /dev/ttyS1`, say).
     pub l1_serial_socket: Option<PathBuf>,
+    /// Nested runs: host disk images L1 gets as virtio disks, in order
+    /// (`/dev/vda`, `/dev/vdb`, ... in L1; see [`l1_disk`]), so that the
+    /// VMM in L1 serves them with `--drive file=/dev/vdX` and its writes
+    /// land in the host's file. Directly on hardware the job names the
+    /// host paths itself.
+    pub l1_disks: Vec<PathBuf>,
+}
+
+/// The name L1 gives the `index`th of [`Job::l1_disks`] (`/dev/vda`...).
+pub fn l1_disk(index: usize) -> String {
+    let letter = u8::try_from(index % 26).map_or('a', |i| char::from(b'a' + i));
+    format!("/dev/vd{letter}")
 }
 
 impl Job {
@@ -155,6 +167,7 @@ impl Job {
             qemu: false,
             silence_limit: None,
             l1_serial_socket: None,
+            l1_disks: Vec::new(),
         }
     }
 
@@ -169,6 +182,13 @@ impl Job {
     pub fn l1_serial_socket(mut self, path: &Path) -> Self {
         self.l1_serial_socket = Some(path.to_owned());
         self
+    }
+
+    /// Gives L1 the host image at `path` as its next virtio disk (see
+    /// [`Job::l1_disks`]); returns L1's name for it.
+    pub fn l1_disk(&mut self, path: &Path) -> String {
+        self.l1_disks.push(path.to_owned());
+        l1_disk(self.l1_disks.len() - 1)
     }
 
     /// Runs `script` beside the VMM (see [`Job::companion`]).
@@ -228,7 +248,8 @@ pub struct Outcome {
 /// Runs `job` nested in L1 under QEMU/TCG.
 pub fn run_nested(guest: &GuestFiles, vmm: &Path, job: &Job) -> Result<Outcome, TestbedError> {
     let image = qemu::TempFile::new(&l1::l1_initramfs(guest, vmm, job, false)?)?;
-    let cmd = qemu::l1_command(&guest.bzimage, &image.0, job.l1_memory_mib);
+    let mut cmd = qemu::l1_command(&guest.bzimage, &image.0, job.l1_memory_mib);
+    qemu::add_l1_disks(&mut cmd, &job.l1_disks);
     qemu::run_batch(
         cmd,
         job.timeout,
@@ -268,7 +289,8 @@ pub fn run_nested_interactive(
     bridges: &Bridges,
 ) -> Result<i32, TestbedError> {
     let image = qemu::TempFile::new(&l1::l1_initramfs(guest, vmm, job, true)?)?;
-    let cmd = qemu::l1_command(&guest.bzimage, &image.0, job.l1_memory_mib);
+    let mut cmd = qemu::l1_command(&guest.bzimage, &image.0, job.l1_memory_mib);
+    qemu::add_l1_disks(&mut cmd, &job.l1_disks);
     qemu::run_interactive(cmd, bridges)
 }
 

@@ -52,6 +52,15 @@ pub fn l1_command(kernel: &Path, initrd: &Path, memory_mib: u32) -> Command {
     c
 }
 
+/// L1's virtio disks, in order: QEMU's `-drive`, a comma in a path doubled.
+pub fn add_l1_disks(cmd: &mut Command, disks: &[PathBuf]) {
+    for d in disks {
+        let path = d.display().to_string().replace(',', ",,");
+        cmd.arg("-drive")
+            .arg(format!("file={path},if=virtio,format=raw"));
+    }
+}
+
 /// A temporary file for the L1 initramfs, removed on drop.
 #[derive(Debug)]
 pub struct TempFile(pub PathBuf);

@@ -36,7 +36,7 @@ pub mod blk;
 pub mod device;
 pub mod seams;
 pub mod transport;
-mod worker;
+pub mod worker;
 
 #[cfg(test)]
 #[allow(dead_code)] // Helpers shared by the test modules; not each uses all.

@@ -4,6 +4,7 @@
 use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -65,58 +66,126 @@ impl Waiter {
     }
 }
 
-/// A running worker thread, stopped and joined on [`Worker::stop`] or drop.
-#[derive(Debug)]
+/// What a worker thread runs first, once, before any device work (the
+/// VMM installs the thread's seccomp filter here).
+pub type ThreadStart = Arc<dyn Fn() -> io::Result<()> + Send + Sync>;
+
+type Body = Box<dyn FnOnce(Waiter) + Send>;
+
+/// A device's worker thread. It is made with the device, at machine
+/// build time, and waits parked until the device is activated: so that
+/// activation, which happens on a vCPU thread (the guest's DRIVER_OK
+/// write), creates no thread and no file descriptor there, and the thread
+/// can take its own seccomp filter before the guest runs. [`Worker::start`]
+/// hands it a body; [`Worker::stop`] ends that body (the thread parks
+/// again); dropping the worker ends the thread.
 pub struct Worker {
-    stop: EventFd,
+    jobs: Option<mpsc::Sender<Body>>,
+    done: mpsc::Receiver<()>,
+    stop: Arc<EventFd>,
     flag: Arc<AtomicBool>,
+    running: bool,
     thread: Option<JoinHandle<()>>,
 }
 
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("running", &self.running)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Worker {
-    /// Starts thread `name` running `body` with a [`Waiter`] that already
-    /// watches the stop eventfd.
-    pub fn spawn<F>(name: &str, body: F) -> io::Result<Self>
-    where
-        F: FnOnce(Waiter) + Send + 'static,
-    {
-        let stop = EventFd::new(EFD_NONBLOCK)?;
+    /// Starts thread `name`, parked; it runs `start` first.
+    pub fn new(name: &str, start: Option<ThreadStart>) -> io::Result<Self> {
+        let stop = Arc::new(EventFd::new(EFD_NONBLOCK)?);
         let flag = Arc::new(AtomicBool::new(false));
+        let (jobs, job_rx) = mpsc::channel::<Body>();
+        let (done_tx, done) = mpsc::channel();
+        let (thread_stop, thread_flag) = (Arc::clone(&stop), Arc::clone(&flag));
+        let thread = std::thread::Builder::new()
+            .name(name.to_owned())
+            .spawn(move || {
+                if let Some(start) = start {
+                    if let Err(e) = start() {
+                        log::error!("virtio: a device thread cannot start: {e}");
+                        return;
+                    }
+                }
+                while let Ok(body) = job_rx.recv() {
+                    match Self::waiter(&thread_stop, &thread_flag) {
+                        Ok(waiter) => body(waiter),
+                        Err(e) => log::error!("virtio: a device thread cannot wait: {e}"),
+                    }
+                    if done_tx.send(()).is_err() {
+                        return;
+                    }
+                }
+            })?;
+        Ok(Self {
+            jobs: Some(jobs),
+            done,
+            stop,
+            flag,
+            running: false,
+            thread: Some(thread),
+        })
+    }
+
+    /// A fresh waiter for one body (made on the worker's own thread).
+    fn waiter(stop: &EventFd, flag: &Arc<AtomicBool>) -> io::Result<Waiter> {
         let epoll = Epoll::new()?;
         epoll.ctl(
             ControlOperation::Add,
             stop.as_raw_fd(),
             EpollEvent::new(EventSet::IN, STOP_TOKEN),
         )?;
-        // The stop eventfd stays open in `Worker` for as long as the thread
-        // runs (it is joined before the fd closes), so its epoll entry
-        // stays valid.
-        let waiter = Waiter {
+        Ok(Waiter {
             epoll,
-            flag: StopFlag(Arc::clone(&flag)),
-        };
-        let thread = std::thread::Builder::new()
-            .name(name.to_owned())
-            .spawn(move || body(waiter))?;
-        Ok(Self {
-            stop,
-            flag,
-            thread: Some(thread),
+            flag: StopFlag(Arc::clone(flag)),
         })
     }
 
-    /// Tells the worker to stop and waits for it. A worker that panicked
-    /// is logged, not propagated.
+    /// Runs `body` on the worker's thread with a [`Waiter`] that already
+    /// watches the stop eventfd. One body at a time: stop the last first.
+    pub fn start<F>(&mut self, body: F) -> io::Result<()>
+    where
+        F: FnOnce(Waiter) + Send + 'static,
+    {
+        if self.running {
+            return Err(io::Error::other("the worker is busy"));
+        }
+        self.flag.store(false, Ordering::Release);
+        // A stop left over from the last body is not this one's.
+        let _ = self.stop.read();
+        let jobs = self
+            .jobs
+            .as_ref()
+            .ok_or_else(|| io::Error::other("the worker is gone"))?;
+        jobs.send(Box::new(body))
+            .map_err(|_| io::Error::other("the worker thread has ended"))?;
+        self.running = true;
+        Ok(())
+    }
+
+    /// Whether a body runs.
+    pub fn is_running(&self) -> bool {
+        self.running
+    }
+
+    /// Tells the body to stop and waits until it has.
     pub fn stop(&mut self) {
-        let Some(thread) = self.thread.take() else {
+        if !self.running {
             return;
-        };
+        }
+        self.running = false;
         self.flag.store(true, Ordering::Release);
         if let Err(e) = self.stop.write(1) {
             log::error!("virtio: cannot wake a worker to stop it: {e}");
         }
-        if thread.join().is_err() {
-            log::error!("virtio: a device worker panicked");
+        if self.done.recv().is_err() {
+            log::error!("virtio: a device worker ended (panicked?)");
         }
     }
 }
@@ -124,6 +193,13 @@ impl Worker {
 impl Drop for Worker {
     fn drop(&mut self) {
         self.stop();
+        // No more bodies: the thread leaves its loop.
+        self.jobs = None;
+        if let Some(thread) = self.thread.take() {
+            if thread.join().is_err() {
+                log::error!("virtio: a device worker panicked");
+            }
+        }
     }
 }
 
@@ -137,7 +213,8 @@ mod tests {
         let evt = EventFd::new(EFD_NONBLOCK).unwrap();
         let theirs = evt.try_clone().unwrap();
         let (tx, rx) = mpsc::channel();
-        let mut w = Worker::spawn("test worker", move |waiter| {
+        let mut w = Worker::new("test worker", None).unwrap();
+        w.start(move |waiter| {
             waiter.add(&theirs, 7).unwrap();
             loop {
                 let tokens = waiter.wait().unwrap();
@@ -158,5 +235,37 @@ mod tests {
         w.stop();
         assert_eq!(rx.recv().unwrap(), None);
         w.stop();
+    }
+
+    #[test]
+    fn the_thread_starts_once_and_runs_body_after_body() {
+        let (tx, rx) = mpsc::channel();
+        let starts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let s = Arc::clone(&starts);
+        let start: ThreadStart = Arc::new(move || {
+            s.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        });
+        let mut w = Worker::new("test worker", Some(start)).unwrap();
+        for round in 0..3 {
+            let tx = tx.clone();
+            w.start(move |waiter| {
+                tx.send(round).unwrap();
+                while !waiter.stopping() {
+                    let _ = waiter.wait();
+                }
+            })
+            .unwrap();
+            assert!(w.is_running());
+            assert!(w.start(|_| {}).is_err(), "one body at a time");
+            assert_eq!(
+                rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap(),
+                round
+            );
+            w.stop();
+            assert!(!w.is_running());
+        }
+        drop(w);
+        assert_eq!(starts.load(Ordering::SeqCst), 1);
     }
 }

@@ -15,6 +15,7 @@ const KVM_FREE: &[&str] = &[
     "vmm-clock",
     "vmm-devices",
     "vmm-pci",
+    "vmm-qom",
     "vmm-virtio",
     "vmm-qmp",
 ];

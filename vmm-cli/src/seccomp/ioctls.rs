@@ -7,8 +7,8 @@
 use std::mem::size_of;
 
 use kvm_bindings::{
-    kvm_clock_data, kvm_fpu, kvm_irq_level, kvm_irqchip, kvm_lapic_state, kvm_mp_state, kvm_msrs,
-    kvm_pit_state2, kvm_regs, kvm_sregs, kvm_vcpu_events,
+    kvm_clock_data, kvm_fpu, kvm_ioeventfd, kvm_irq_level, kvm_irqchip, kvm_lapic_state,
+    kvm_mp_state, kvm_msi, kvm_msrs, kvm_pit_state2, kvm_regs, kvm_sregs, kvm_vcpu_events,
 };
 
 const KVMIO: u64 = 0xae;
@@ -38,6 +38,8 @@ pub(super) const KVM_SET_LAPIC: u64 = kvm(WRITE, 0x8f, size_of::<kvm_lapic_state
 pub(super) const KVM_SET_MP_STATE: u64 = kvm(WRITE, 0x99, size_of::<kvm_mp_state>());
 pub(super) const KVM_SET_PIT2: u64 = kvm(WRITE, 0xa0, size_of::<kvm_pit_state2>());
 pub(super) const KVM_SET_VCPU_EVENTS: u64 = kvm(WRITE, 0xa0, size_of::<kvm_vcpu_events>());
+pub(super) const KVM_IOEVENTFD: u64 = kvm(WRITE, 0x79, size_of::<kvm_ioeventfd>());
+pub(super) const KVM_SIGNAL_MSI: u64 = kvm(WRITE, 0xa5, size_of::<kvm_msi>());
 
 /// Terminal and socket requests (not KVM's).
 pub(super) const TCGETS: u64 = libc::TCGETS;
@@ -68,6 +70,8 @@ mod tests {
         assert_eq!(KVM_SET_CLOCK, 0x4030_ae7b);
         assert_eq!(KVM_SET_IRQCHIP, 0x8208_ae63);
         assert_eq!(KVM_SET_PIT2, 0x4070_aea0);
+        assert_eq!(KVM_IOEVENTFD, 0x4040_ae79);
+        assert_eq!(KVM_SIGNAL_MSI, 0x4020_aea5);
         assert_eq!((TCGETS, TCSETS, FIONBIO), (0x5401, 0x5402, 0x5421));
     }
 }

@@ -143,10 +143,24 @@ pub(super) fn vcpu() -> Result<Rules, seccompiler::Error> {
             KVM_SET_MSRS,
             KVM_SET_MP_STATE,
             KVM_SET_VCPU_EVENTS,
-            // Exits: the ACPI SCI is a level line the PM1 registers drive.
+            // Exits: the ACPI SCI is a level line the PM1 registers drive;
+            // so is a virtio device's INTA# (its ISR read lowers it).
             KVM_IRQ_LINE,
+            // Exits: a virtio driver's DRIVER_OK (or reset) adds (removes)
+            // its queues' doorbells; unmasking an MSI-X vector sends what
+            // was pending.
+            KVM_IOEVENTFD,
+            KVM_SIGNAL_MSI,
         ],
     )?;
+    // Exits: a virtio device's activation hands its worker the queues'
+    // eventfds (dup) and clears a stale stop request (read).
+    allow_if(
+        &mut r,
+        libc::SYS_fcntl,
+        &[&[(1, Eq, libc::F_DUPFD_CLOEXEC as u64)]],
+    )?;
+    allow(&mut r, &[libc::SYS_read]);
     allow(
         &mut r,
         &[
@@ -155,6 +169,39 @@ pub(super) fn vcpu() -> Result<Rules, seccompiler::Error> {
             libc::SYS_timerfd_settime,
         ],
     );
+    Ok(r)
+}
+
+/// A device's worker thread (vmm-virtio): made at build time and parked
+/// until the guest activates its device, then it waits on its queues'
+/// doorbells (epoll over eventfds), moves data between guest memory and
+/// the disk image, and interrupts the guest.
+pub(super) fn device() -> Result<Rules, seccompiler::Error> {
+    let mut r = common()?;
+    allow(
+        &mut r,
+        &[
+            // Each activation: a fresh epoll over the stop eventfd and the
+            // queues' doorbells, then waiting on it.
+            libc::SYS_epoll_create1,
+            libc::SYS_epoll_ctl,
+            libc::SYS_epoll_wait,
+            libc::SYS_epoll_pwait,
+            // Doorbells and the retry eventfd; the image.
+            libc::SYS_read,
+            libc::SYS_pread64,
+            libc::SYS_pwrite64,
+            libc::SYS_preadv,
+            libc::SYS_pwritev,
+            libc::SYS_writev,
+            // Flush, discard and write-zeroes.
+            libc::SYS_fdatasync,
+            libc::SYS_fsync,
+            libc::SYS_fallocate,
+        ],
+    );
+    // Interrupts: MSI-X messages, or INTA# when the guest left MSI-X off.
+    allow_ioctls(&mut r, &[KVM_SIGNAL_MSI, KVM_IRQ_LINE])?;
     Ok(r)
 }
 
@@ -191,6 +238,8 @@ pub(super) fn main(pid: u32, kick: u32) -> Result<Rules, seccompiler::Error> {
             libc::SYS_writev,
             // The timer alarm (vmm-clock's TimerFdAlarm).
             libc::SYS_timerfd_settime,
+            // system_reset: a virtio device's doorbells go with its reset.
+            // (KVM_IOEVENTFD, below.)
             // QMP: a client connects; a failed write drops it.
             libc::SYS_accept4,
             libc::SYS_shutdown,
@@ -244,6 +293,10 @@ pub(super) fn main(pid: u32, kick: u32) -> Result<Rules, seccompiler::Error> {
             KVM_SET_PIT2,
             // system_powerdown: the SCI line.
             KVM_IRQ_LINE,
+            // system_reset: virtio devices remove their doorbells; cont
+            // after io-error: a retried request may interrupt the guest.
+            KVM_IOEVENTFD,
+            KVM_SIGNAL_MSI,
             // QMP: the client socket made blocking (set_nonblocking).
             FIONBIO,
             // The terminal: checked and put back on the way out.

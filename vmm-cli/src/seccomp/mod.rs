@@ -1,8 +1,10 @@
 //! Seccomp filters, one allow-list per kind of thread (`--seccomp`).
 //!
 //! The VMM's threads, once the guest can run (`ls /proc/PID/task`): the
-//! main thread (the main loop), one thread per vCPU, and the serial output
-//! writer. The CPUID thread of start-up has ended by then (it is joined
+//! main thread (the main loop), one thread per vCPU, the serial output
+//! writer, and one worker per virtio device (made at build time, parked
+//! until the guest activates its device; it installs its list first
+//! thing, through vmm-virtio's thread-start hook). The CPUID thread of start-up has ended by then (it is joined
 //! before the vCPU threads start), so it gets no list.
 //!
 //! Filters are per thread (no TSYNC), and a thread inherits its creator's
@@ -59,6 +61,8 @@ pub enum Thread {
     Vcpu,
     /// The serial output writer.
     SerialOut,
+    /// A device's worker (virtio).
+    Device,
 }
 
 impl Thread {
@@ -67,6 +71,7 @@ impl Thread {
             Self::Main => "main",
             Self::Vcpu => "vcpu",
             Self::SerialOut => "serial",
+            Self::Device => "device",
         }
     }
 }
@@ -77,6 +82,7 @@ pub struct Filters {
     main: BpfProgram,
     vcpu: BpfProgram,
     serial: BpfProgram,
+    device: BpfProgram,
     /// Debug builds only: the thread that makes a forbidden call once its
     /// filter is in, for the tests (`VMM_SECCOMP_TEST_FORBIDDEN=main|vcpu|
     /// serial`).
@@ -116,6 +122,7 @@ impl Filters {
             main: compile(main, &mismatch)?,
             vcpu: compile(lists::vcpu()?, &mismatch)?,
             serial: compile(lists::serial()?, &mismatch)?,
+            device: compile(lists::device()?, &mismatch)?,
             forbidden: test_forbidden(),
         };
         if mode == Mode::On {
@@ -131,6 +138,7 @@ impl Filters {
             Thread::Main => &self.main,
             Thread::Vcpu => &self.vcpu,
             Thread::SerialOut => &self.serial,
+            Thread::Device => &self.device,
         };
         let current = std::thread::current();
         sigsys::note_thread(current.name().unwrap_or(thread.as_str()));
@@ -153,6 +161,7 @@ fn test_forbidden() -> Option<Thread> {
         "main" => Some(Thread::Main),
         "vcpu" => Some(Thread::Vcpu),
         "serial" => Some(Thread::SerialOut),
+        "device" => Some(Thread::Device),
         _ => None,
     }
 }
@@ -172,7 +181,12 @@ mod tests {
     fn every_list_compiles_in_every_mode() {
         for mode in [Mode::On, Mode::Log] {
             let mismatch = mismatch_action(mode).unwrap();
-            for rules in [lists::main(1, 34), lists::vcpu(), lists::serial()] {
+            for rules in [
+                lists::main(1, 34),
+                lists::vcpu(),
+                lists::serial(),
+                lists::device(),
+            ] {
                 let program = compile(rules.unwrap(), &mismatch).unwrap();
                 assert!(!program.is_empty());
                 // BPF programs are limited to 4096 instructions.

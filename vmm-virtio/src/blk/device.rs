@@ -107,7 +107,7 @@ pub struct VirtioBlk {
     queue_size: u16,
     id: [u8; ID_BYTES],
     shared: Arc<Shared>,
-    worker: Option<Worker>,
+    worker: Worker,
     acked: u64,
 }
 
@@ -117,7 +117,7 @@ impl std::fmt::Debug for VirtioBlk {
             .field("capacity", &self.disk.capacity())
             .field("read_only", &self.disk.read_only())
             .field("direct_alignment", &self.disk.alignment())
-            .field("active", &self.worker.is_some())
+            .field("active", &self.worker.is_running())
             .finish_non_exhaustive()
     }
 }
@@ -126,6 +126,16 @@ impl VirtioBlk {
     /// Opens `config.path` and describes it; host I/O errors will be told
     /// to `events`.
     pub fn new(config: &BlockConfig, events: Arc<dyn BlockEvents>) -> Result<Self, BlockError> {
+        Self::with_thread_start(config, events, None)
+    }
+
+    /// [`VirtioBlk::new`], its worker thread (made now, parked until the
+    /// guest activates the device) running `start` first.
+    pub fn with_thread_start(
+        config: &BlockConfig,
+        events: Arc<dyn BlockEvents>,
+        start: Option<crate::worker::ThreadStart>,
+    ) -> Result<Self, BlockError> {
         let q = config.queue_size;
         if !q.is_power_of_two() || !(4..=32768).contains(&q) {
             return Err(BlockError::QueueSize(q));
@@ -163,7 +173,7 @@ impl VirtioBlk {
             queue_size: q,
             id,
             shared,
-            worker: None,
+            worker: Worker::new("virtio-blk", start).map_err(BlockError::EventFd)?,
             acked: 0,
         })
     }
@@ -257,7 +267,7 @@ impl<M: Memory> VirtioDevice<M> for VirtioBlk {
     }
 
     fn activate(&mut self, ctx: ActivateContext<M>) -> Result<(), ActivateError> {
-        if self.worker.is_some() {
+        if self.worker.is_running() {
             return Err(ActivateError::AlreadyActive);
         }
         let Some(queue) = ctx.queues.into_iter().find(|q| q.index == 0) else {
@@ -279,17 +289,15 @@ impl<M: Memory> VirtioDevice<M> for VirtioBlk {
             Arc::clone(&self.shared),
         );
         let kick = queue.notify;
-        let thread = Worker::spawn("virtio-blk", move |waiter| worker.run(waiter, kick, retry))
+        self.worker
+            .start(move |waiter| worker.run(waiter, kick, retry))
             .map_err(ActivateError::Worker)?;
-        self.worker = Some(thread);
         self.acked = ctx.features;
         Ok(())
     }
 
     fn reset(&mut self) {
-        if let Some(mut worker) = self.worker.take() {
-            worker.stop();
-        }
+        self.worker.stop();
         self.shared.held.store(false, Ordering::Release);
         let _ = self.shared.retry.read();
         self.acked = 0;
@@ -299,7 +307,7 @@ impl<M: Memory> VirtioDevice<M> for VirtioBlk {
         let s = self.handle().stats();
         DeviceState {
             device_type: VIRTIO_ID_BLOCK,
-            active: self.worker.is_some(),
+            active: self.worker.is_running(),
             acked_features: self.acked,
             completed: s.reads + s.writes + s.flushes + s.discards,
             held: u64::from(self.shared.held.load(Ordering::Acquire)),

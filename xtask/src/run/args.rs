@@ -19,6 +19,8 @@ const VALUE_OPTIONS: &[&str] = &[
     "--reboot",
     "--log-level",
     "--seccomp",
+    "--drive",
+    "--device",
 ];
 
 /// Short options with a value, and the long option each stands for.

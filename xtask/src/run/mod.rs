@@ -130,6 +130,7 @@ fn nested_job(args: &VmmArgs) -> Result<Nested> {
     let mut files = Vec::new();
     let mut bridges = Bridges::default();
     let mut qmp = None;
+    let mut disks: Vec<PathBuf> = Vec::new();
     for w in &args.0 {
         let Word::Opt(name, Some(value)) = w else {
             out.push(w.clone());
@@ -154,6 +155,19 @@ fn nested_job(args: &VmmArgs) -> Result<Nested> {
                 );
                 vmm_testbed::L1_QMP_TTY.to_owned()
             }
+            "--drive" => {
+                // file=PATH becomes L1's virtio disk for the host's image
+                // (Job::l1_disks): the VMM's writes land in the host file.
+                let mut parts = split_options(value);
+                for p in parts.iter_mut() {
+                    if let Some(path) = p.strip_prefix("file=") {
+                        let host = PathBuf::from(path.replace(",,", ","));
+                        *p = format!("file={}", disks.len());
+                        disks.push(host);
+                    }
+                }
+                parts.join(",")
+            }
             "--serial" if value.starts_with("file:") => {
                 // PATH[,OPTIONS], a comma in PATH doubled (QEMU's option
                 // syntax, which QEMU's own `path=` below reads the same way).
@@ -170,7 +184,45 @@ fn nested_job(args: &VmmArgs) -> Result<Nested> {
     for (name, path) in files {
         job = job.file(&name, &path);
     }
+    // The drives' placeholders (file=N) become L1's disk names.
+    let names: Vec<String> = disks.iter().map(|d| job.l1_disk(d)).collect();
+    for a in job.args.iter_mut() {
+        if a.contains("file=") {
+            let parts: Vec<String> = split_options(a)
+                .into_iter()
+                .map(|p| {
+                    match p
+                        .strip_prefix("file=")
+                        .and_then(|n| n.parse::<usize>().ok())
+                    {
+                        Some(i) if i < names.len() => format!("file={}", names[i]),
+                        _ => p,
+                    }
+                })
+                .collect();
+            *a = parts.join(",");
+        }
+    }
     Ok(Nested { job, bridges, qmp })
+}
+
+/// QEMU's option list split at single commas (`,,` stays doubled).
+fn split_options(spec: &str) -> Vec<String> {
+    let mut parts = vec![String::new()];
+    let mut chars = spec.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == ',' && chars.peek() == Some(&',') {
+            chars.next();
+            if let Some(p) = parts.last_mut() {
+                p.push_str(",,");
+            }
+        } else if c == ',' {
+            parts.push(String::new());
+        } else if let Some(p) = parts.last_mut() {
+            p.push(c);
+        }
+    }
+    parts
 }
 
 /// `PATH,OPTIONS` at the first single comma (`,,` is a comma in PATH):
@@ -269,6 +321,25 @@ mod tests {
         assert_eq!(
             n.bridges.ttys2_file.as_deref(),
             Some(Path::new("/a,,b/log"))
+        );
+        let n = nested_job(&words(&[
+            "--drive",
+            "file=/img/a,,b.img,if=virtio,format=raw",
+            "--drive=if=none,id=d1,file=/img/c.img",
+        ]))
+        .unwrap();
+        assert_eq!(
+            n.job.args,
+            [
+                "--drive",
+                "file=/dev/vda,if=virtio,format=raw",
+                "--drive",
+                "if=none,id=d1,file=/dev/vdb"
+            ]
+        );
+        assert_eq!(
+            n.job.l1_disks,
+            [PathBuf::from("/img/a,b.img"), PathBuf::from("/img/c.img")]
         );
         let n = nested_job(&words(&["--serial", "none"])).unwrap();
         assert_eq!(n.job.args, ["--serial", "none"]);

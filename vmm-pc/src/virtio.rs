@@ -1,0 +1,225 @@
+//! Virtio devices on the PC: each disk a virtio-blk-pci (vmm-virtio) on the
+//! root bus, connected to KVM through the transport's three seams:
+//!
+//! - MSI-X messages go out with `KVM_SIGNAL_MSI`, from whichever thread the
+//!   transport decides on (the device's worker, or a vCPU unmasking a
+//!   vector);
+//! - a queue's doorbell is a `KVM_IOEVENTFD` on its notify address, so a
+//!   guest's notification wakes the worker without an exit to user space;
+//! - INTA# (for a guest that does not enable MSI-X) is the slot's GSI from
+//!   the `_PRT` swizzle, a level line shared by the slots that map to it.
+//!
+//! The BARs come from the 32-bit window below the ECAM.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use vmm_core::vm::Vm;
+use vmm_pci::alloc::Window;
+use vmm_pci::msix::MsiMessage;
+use vmm_pci::{PciDevice, PciRoot};
+use vmm_sys_util::eventfd::EventFd;
+use vmm_virtio::blk::{BlockConfig, BlockEvents, BlockHandle, ErrorPolicy, VirtioBlk};
+use vmm_virtio::worker::ThreadStart;
+use vmm_virtio::{Doorbells, IntxLine, MsiSender, TransportSeams, VirtioPciDevice};
+
+use crate::disks::DiskConfig;
+use crate::pci::{intx_gsi, PCI_ECAM_START, PCI_MMIO32_START};
+
+/// Why a virtio device could not be added.
+#[derive(Debug, thiserror::Error)]
+pub enum VirtioError {
+    /// The disk could not be set up.
+    #[error("drive {id}")]
+    Block {
+        /// The drive.
+        id: String,
+        /// Why.
+        #[source]
+        source: vmm_virtio::blk::BlockError,
+    },
+    /// The transport refused the device.
+    #[error("drive {id}: virtio-pci")]
+    Transport {
+        /// The drive.
+        id: String,
+        /// Why.
+        #[source]
+        source: vmm_virtio::TransportError,
+    },
+    /// No room on the bus or in the BAR window.
+    #[error("drive {id}: no room on the PCI bus")]
+    Pci {
+        /// The drive.
+        id: String,
+        /// Why.
+        #[source]
+        source: vmm_pci::PciError,
+    },
+}
+
+/// MSI delivery through `KVM_SIGNAL_MSI`.
+struct KvmMsi(Vm);
+
+impl MsiSender for KvmMsi {
+    fn send(&self, msg: MsiMessage) {
+        if let Err(e) = self.0.signal_msi(msg.address, msg.data) {
+            log::warn!(
+                "cannot send an MSI ({:#x}, {:#x}): {e}",
+                msg.address,
+                msg.data
+            );
+        }
+    }
+}
+
+/// Doorbells through `KVM_IOEVENTFD`.
+struct KvmDoorbells(Vm);
+
+impl Doorbells for KvmDoorbells {
+    fn register(&self, addr: u64, evt: &EventFd) -> Result<(), String> {
+        self.0
+            .register_mmio_doorbell(evt, addr)
+            .map_err(|e| e.to_string())
+    }
+
+    fn unregister(&self, addr: u64, evt: &EventFd) {
+        if let Err(e) = self.0.unregister_mmio_doorbell(evt, addr) {
+            log::warn!("cannot remove the doorbell at {addr:#x}: {e}");
+        }
+    }
+}
+
+/// The INTx GSIs 16-23: a line is high while any device on it asserts.
+struct IntxLines {
+    vm: Vm,
+    asserted: Mutex<HashMap<u32, u32>>,
+}
+
+/// One device's INTA#.
+struct IntxPin {
+    lines: Arc<IntxLines>,
+    gsi: u32,
+    high: Mutex<bool>,
+}
+
+impl IntxLine for IntxPin {
+    fn set_level(&self, high: bool) {
+        let mut mine = self.high.lock().unwrap_or_else(|e| e.into_inner());
+        if *mine == high {
+            return;
+        }
+        *mine = high;
+        let mut asserted = self
+            .lines
+            .asserted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let n = asserted.entry(self.gsi).or_insert(0);
+        *n = if high { *n + 1 } else { n.saturating_sub(1) };
+        if let Err(e) = self.lines.vm.set_irq_line(self.gsi, *n > 0) {
+            log::warn!("cannot set GSI {} to {}: {e}", self.gsi, *n > 0);
+        }
+    }
+}
+
+/// A disk the machine built: its drive's id and the handle that retries
+/// a held request (`werror/rerror=stop`).
+#[derive(Debug, Clone)]
+pub struct Disk {
+    /// The drive's id.
+    pub id: String,
+    /// The device's handle.
+    pub handle: BlockHandle,
+    /// Its PCI slot.
+    pub slot: u8,
+    /// The image.
+    pub path: std::path::PathBuf,
+    /// Read-only.
+    pub readonly: bool,
+    /// Its size in bytes.
+    pub size: u64,
+    /// `cache=none`.
+    pub direct: bool,
+}
+
+/// Adds a virtio-blk-pci for each of `disks` to `root`; each worker thread
+/// runs `thread_start` first; `events(id)` gives the ear for drive `id`'s
+/// I/O errors.
+pub fn add_disks(
+    vm: &Vm,
+    root: &mut PciRoot,
+    disks: &[(DiskConfig, u64)],
+    thread_start: Option<ThreadStart>,
+    events: &dyn Fn(&str) -> Arc<dyn BlockEvents>,
+) -> Result<Vec<Disk>, VirtioError> {
+    let mut window = Window::new("PCI 32-bit", PCI_MMIO32_START, PCI_ECAM_START);
+    let lines = Arc::new(IntxLines {
+        vm: vm.clone(),
+        asserted: Mutex::new(HashMap::new()),
+    });
+    let mem = Arc::new(vm.memory().clone());
+    let mut built = Vec::new();
+    for (disk, size) in disks {
+        let id = disk.id.clone();
+        let mut config = BlockConfig::new(&disk.path);
+        config.read_only = disk.readonly;
+        config.cache = disk.cache;
+        config.serial = disk.serial.clone();
+        config.errors = ErrorPolicy {
+            read: disk.rerror,
+            write: disk.werror,
+        };
+        let blk = VirtioBlk::with_thread_start(&config, events(&id), thread_start.clone())
+            .map_err(|source| VirtioError::Block {
+                id: id.clone(),
+                source,
+            })?;
+        let handle = blk.handle();
+        let slot = match disk.slot {
+            Some(s) => s,
+            None => root.free_slot().ok_or_else(|| VirtioError::Pci {
+                id: id.clone(),
+                source: vmm_pci::PciError::SlotTaken(32),
+            })?,
+        };
+        let seams = TransportSeams {
+            msi: Arc::new(KvmMsi(vm.clone())),
+            intx: Some(Arc::new(IntxPin {
+                lines: Arc::clone(&lines),
+                gsi: intx_gsi(slot, 0),
+                high: Mutex::new(false),
+            })),
+            doorbells: Arc::new(KvmDoorbells(vm.clone())),
+        };
+        let mut device =
+            VirtioPciDevice::new("virtio-blk-pci", Box::new(blk), Arc::clone(&mem), seams)
+                .map_err(|source| VirtioError::Transport {
+                    id: id.clone(),
+                    source,
+                })?;
+        let pci_err = |source| VirtioError::Pci {
+            id: id.clone(),
+            source,
+        };
+        let bars = *device.config().bars();
+        for (index, bar) in bars.iter().enumerate() {
+            if let Some(bar) = bar {
+                let base = window.allocate(bar.size).map_err(pci_err)?;
+                device.config_mut().set_bar_base(index, base);
+            }
+        }
+        device.config_mut().set_reset_state();
+        root.add(Some(slot), Box::new(device)).map_err(pci_err)?;
+        built.push(Disk {
+            id,
+            handle,
+            slot,
+            path: disk.path.clone(),
+            readonly: disk.readonly,
+            size: *size,
+            direct: disk.cache == crate::disks::CacheMode::None,
+        });
+    }
+    Ok(built)
+}
