@@ -1,0 +1,118 @@
+//! Helpers of the Linux tests (`linux.rs`, `linux_disks.rs`): the guest
+//! files, one nested boot at a time, the test initramfs, the retry of a
+//! nested run.
+
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use vmm_testbed::{initramfs::busybox_initramfs, run_linux, GuestFiles, HostKvm, Job, Outcome};
+
+use crate::common;
+
+pub fn guest(test: &str) -> Option<GuestFiles> {
+    if HostKvm::detect() == HostKvm::Missing {
+        assert!(
+            !vmm_core::kvm::required_for_tests(),
+            "{test}: VMM_REQUIRE_KVM=1 but there is no /dev/kvm"
+        );
+        eprintln!("SKIP {test}: no /dev/kvm");
+        return None;
+    }
+    match GuestFiles::default_location() {
+        Ok(g) => Some(g),
+        Err(e) => {
+            assert!(
+                !vmm_core::kvm::required_for_tests(),
+                "{test}: VMM_REQUIRE_KVM=1 but {e}"
+            );
+            eprintln!("SKIP {test}: {e}");
+            None
+        }
+    }
+}
+
+/// Runs a Linux test's `body`; in the test bed (nested under TCG) a body
+/// that fails is run once more, after its failure is printed in full: L2
+/// under L1's KVM under TCG's emulated SVM has been seen to fault now and
+/// then (a spontaneous triple fault during an otherwise identical boot),
+/// and a real bug fails both runs. On hardware KVM there is no second run.
+pub fn nested_retry(test: &str, body: impl Fn()) {
+    if HostKvm::detect() != HostKvm::Pvm {
+        return body();
+    }
+    let first = std::panic::catch_unwind(std::panic::AssertUnwindSafe(&body));
+    if let Err(panic) = first {
+        let why = panic
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| panic.downcast_ref::<&str>().copied())
+            .unwrap_or("(no message)");
+        eprintln!("{test}: RETRY: the first nested run failed:\n{why}\n--- second run ---");
+        body();
+    }
+}
+
+/// Runs `job` where Linux boots (see the module docs), one nested boot at
+/// a time: each L1 already keeps both host cores busy under TCG, and
+/// starving it only makes runs slower and flakier. A failure panics, and
+/// [`nested_retry`] decides whether the test runs again.
+pub fn run(test: &str, g: &GuestFiles, job: &Job) -> Outcome {
+    let vmm = Path::new(env!("CARGO_BIN_EXE_vmm"));
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    run_linux(g, vmm, job).unwrap_or_else(|e| panic!("{test}: {e}"))
+}
+
+/// A test initramfs: busybox, `/init` = the usual mounts then `script`,
+/// the kernel's `modules` as `/NAME.ko`, and `/clockprobe` if asked for.
+pub fn test_initrd(
+    g: &GuestFiles,
+    dir: &common::TempDir,
+    script: &str,
+    modules: &[&str],
+    with_probe: bool,
+) -> std::path::PathBuf {
+    let init = format!(
+        "#!/bin/sh\n\
+         mount -t proc proc /proc\n\
+         mount -t sysfs sysfs /sys\n\
+         mount -t devtmpfs devtmpfs /dev\n\
+         {script}\n"
+    );
+    let mut extra: Vec<(String, Vec<u8>, u32)> = modules
+        .iter()
+        .map(|m| {
+            (
+                format!("{m}.ko"),
+                std::fs::read(g.module(m)).unwrap(),
+                0o644,
+            )
+        })
+        .collect();
+    if with_probe {
+        let probe = std::fs::read(build_static(dir, "clockprobe")).unwrap();
+        extra.push(("clockprobe".to_owned(), probe, 0o755));
+    }
+    let busybox = std::fs::read(&g.busybox).unwrap();
+    dir.file(
+        "initrd.cpio",
+        &busybox_initramfs(&busybox, &init, &extra).unwrap(),
+    )
+}
+
+/// Builds `tests/guest/NAME.c` static (busybox's initramfs and L1 have no
+/// C library) into `dir`.
+pub fn build_static(dir: &common::TempDir, name: &str) -> std::path::PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/guest/{name}.c"));
+    let out = dir.0.join(name);
+    let status = std::process::Command::new("cc")
+        .args(["-static", "-O2", "-Wall", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .status()
+        .expect("cannot run cc (gcc and libc6-dev build the guest's probes)");
+    assert!(status.success(), "cc failed on {}", src.display());
+    out
+}
