@@ -370,6 +370,21 @@ fn bad_command_lines_are_refused() {
         (&["--kernel", "ELF", "--append", "LONG"], Vmm, "more than 2048", true),
         (&["--kernel", "ELF", "--serial", "none", "--qmp", "FILE"], Vmm, "the path exists", true),
         (&["--kernel", "ELF", "--serial", "none", "--qmp", "/nonexistent/dir/qmp"], Vmm, "cannot create the QMP socket", true),
+        // Disks (--drive, --device), refused before anything is built.
+        (&["--kernel", "K", "--drive", "file=/nonexistent.img"], Vmm, "drive virtio0: could not open '/nonexistent.img'", false),
+        (&["--kernel", "K", "--drive", "file=DIR"], Vmm, "is not a regular file or block device", false),
+        (&["--kernel", "K", "--drive", "file=EMPTY"], Vmm, "has 0 bytes, not a positive multiple of 512", false),
+        (&["--kernel", "K", "--drive", "file=ODD"], Vmm, "has 1000 bytes, not a positive multiple of 512", false),
+        (&["--kernel", "K", "--drive", "file=QCOW"], Vmm, "is a qcow2 image; only format=raw", false),
+        (&["--kernel", "K", "--drive", "file=ROFILE"], Vmm, "is read-only; give readonly=on", false),
+        (&["--kernel", "K", "--drive", "file=a,id=x", "--drive", "file=b,id=x"], Vmm, "Duplicate ID 'x' for drive", false),
+        (&["--kernel", "K", "--drive", "file=a,cache=maybe"], Vmm, "Parameter 'cache' expects none or writeback", false),
+        (&["--kernel", "K", "--drive", "file=a,format=qcow2"], Vmm, "only format=raw", false),
+        (&["--kernel", "K", "--drive", "if=virtio"], Vmm, "Parameter 'file' is missing", false),
+        (&["--kernel", "K", "--device", "frob-pci"], Vmm, "'frob-pci' is not a valid device model name", false),
+        (&["--kernel", "K", "--drive", "file=a,if=none,id=d", "--device", "virtio-blk-pci,drive=d,foo=1"], Vmm, "Property 'virtio-blk-pci.foo' not found", false),
+        (&["--kernel", "K", "--device", "virtio-blk-pci,drive=nope"], Vmm, "can't find value 'nope'", false),
+        (&["--kernel", "K", "--device", "virtio-blk-pci"], Vmm, "Property 'virtio-blk-pci.drive' is required", false),
     ];
     assert!(table.len() >= 25);
     let dir = TempDir::new("table");
@@ -384,6 +399,15 @@ fn bad_command_lines_are_refused() {
     let link = dir.0.join("link");
     std::os::unix::fs::symlink(&file, &link).unwrap();
     let long = "x".repeat(5000);
+    let odd = dir.file("odd.img", &[0u8; 1000]);
+    let mut qcow2 = vec![0u8; 4096];
+    qcow2[..4].copy_from_slice(b"QFI\xfb");
+    let qcow = dir.file("qcow.img", &qcow2);
+    let rofile = dir.file("ro.img", &[0u8; 4096]);
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&rofile, std::fs::Permissions::from_mode(0o444)).unwrap();
+    }
     let subst = |arg: &str| -> String {
         let path = |p: &std::path::Path| p.to_str().unwrap().to_owned();
         match arg {
@@ -396,6 +420,11 @@ fn bad_command_lines_are_refused() {
             "LONG" => long.clone(),
             "file:DIR" => format!("file:{}", path(&sub)),
             "file:LINK" => format!("file:{}", path(&link)),
+            "file=DIR" => format!("file={}", path(&sub)),
+            "file=EMPTY" => format!("file={}", path(&empty)),
+            "file=ODD" => format!("file={}", path(&odd)),
+            "file=QCOW" => format!("file={}", path(&qcow)),
+            "file=ROFILE" => format!("file={}", path(&rofile)),
             other => other.to_owned(),
         }
     };

@@ -264,10 +264,12 @@ fn qemu_python_client_drives_the_vmm() {
         "python3 with qemu.qmp is needed (`pip install qemu.qmp`; cargo xtask test and .ci/run install it)"
     );
     let dir = TempDir::new("qmp-python");
+    let disk = dir.file("disk.img", &vec![0u8; 1 << 20]);
+    let drive = format!("file={},if=virtio,format=raw,id=d0", disk.display());
     let (child, sock) = spawn(
         &dir,
         &test_guests::hello_spin("spin\n"),
-        &["--serial", "none"],
+        &["--serial", "none", "--drive", &drive],
     );
     let script = r#"
 import asyncio, sys
@@ -283,6 +285,11 @@ async def main(path):
             await asyncio.sleep(0.01)
     st = await qmp.execute('query-status')
     print('status', st['status'], st['running'])
+    pci = await qmp.execute('query-pci')
+    for d in pci[0]['devices']:
+        print('pci', d['slot'], hex(d['id']['vendor']), hex(d['id']['device']), d['class_info'].get('desc'))
+    for b in await qmp.execute('query-block'):
+        print('block', b['device'], b['inserted']['drv'], b['inserted']['image']['virtual-size'], b['io-status'])
     with qmp.listener() as listener:
         await qmp.execute('stop')
         async for ev in listener:
@@ -328,6 +335,9 @@ asyncio.run(main(sys.argv[1]))
         text.lines().collect::<Vec<_>>(),
         [
             "status running True",
+            "pci 0 0x1b36 0x8 Host bridge",
+            "pci 1 0x1af4 0x1042 SCSI controller",
+            "block d0 raw 1048576 ok",
             "event STOP",
             "status paused False",
             "event RESUME",
@@ -867,6 +877,63 @@ fn a_thousand_resets_and_pauses_leak_nothing() {
     assert_eq!(fd_count(pid), fds, "file descriptors after 1000 cycles");
     let grown = rss_kib(pid).saturating_sub(rss);
     assert!(grown < 1024, "RSS grew by {grown} KiB over 1000 cycles");
+    assert_eq!(c.execute("quit"), json!({"return": {}}));
+    let o = wait(child);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+/// A disk on the bus as QMP reports it before any guest driver touched
+/// it: `query-pci` lists the virtio-blk-pci (its BARs not yet decoding),
+/// `query-block` the drive, `query-blockstats` zero counters.
+#[test]
+fn a_disk_in_query_pci_and_query_block() {
+    if !kvm("query_block") {
+        return;
+    }
+    let dir = TempDir::new("qmp-block");
+    let disk = dir.file("disk.img", &vec![0u8; 2 << 20]);
+    let drive = format!(
+        "file={},if=none,id=data,readonly=on,cache=none",
+        disk.display()
+    );
+    let (child, sock) = spawn(
+        &dir,
+        &test_guests::hello_spin("spin\n"),
+        &[
+            "--serial",
+            "none",
+            "--drive",
+            &drive,
+            "--device",
+            "virtio-blk-pci,drive=data,serial=S1,addr=0x5",
+        ],
+    );
+    let mut c = Client::connect(&sock);
+    let pci = c.execute("query-pci")["return"].clone();
+    let dev = pci[0]["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["slot"] == 5)
+        .cloned()
+        .unwrap();
+    assert_eq!(dev["id"]["vendor"], 0x1af4);
+    assert_eq!(dev["id"]["device"], 0x1042);
+    assert_eq!(dev["class_info"]["class"], 0x0100);
+    assert_eq!(dev["irq_pin"], 1);
+    let regions = dev["regions"].as_array().unwrap();
+    assert_eq!(regions.len(), 2, "{dev}");
+    assert!(
+        regions.iter().all(|r| r["address"] == u64::MAX),
+        "not decoding yet: {dev}"
+    );
+    let block = c.execute("query-block")["return"].clone();
+    assert_eq!(block[0]["device"], "data");
+    assert_eq!(block[0]["inserted"]["ro"], true);
+    assert_eq!(block[0]["inserted"]["cache"]["direct"], true);
+    assert_eq!(block[0]["inserted"]["image"]["virtual-size"], 2 << 20);
+    let stats = c.execute("query-blockstats")["return"].clone();
+    assert_eq!(stats[0]["stats"]["rd_operations"], 0);
     assert_eq!(c.execute("quit"), json!({"return": {}}));
     let o = wait(child);
     assert!(o.status.success(), "{}", stderr(&o));

@@ -118,6 +118,10 @@ impl Worker {
                         Ok(waiter) => body(waiter),
                         Err(e) => log::error!("virtio: a device thread cannot wait: {e}"),
                     }
+                    // The stop request that ended this body is spent here,
+                    // on this thread, so the next body starts clean (and
+                    // starting one reads nothing on the caller's thread).
+                    let _ = thread_stop.read();
                     if done_tx.send(()).is_err() {
                         return;
                     }
@@ -157,8 +161,6 @@ impl Worker {
             return Err(io::Error::other("the worker is busy"));
         }
         self.flag.store(false, Ordering::Release);
-        // A stop left over from the last body is not this one's.
-        let _ = self.stop.read();
         let jobs = self
             .jobs
             .as_ref()

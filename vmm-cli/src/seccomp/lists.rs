@@ -154,13 +154,12 @@ pub(super) fn vcpu() -> Result<Rules, seccompiler::Error> {
         ],
     )?;
     // Exits: a virtio device's activation hands its worker the queues'
-    // eventfds (dup) and clears a stale stop request (read).
+    // eventfds (dup).
     allow_if(
         &mut r,
         libc::SYS_fcntl,
         &[&[(1, Eq, libc::F_DUPFD_CLOEXEC as u64)]],
     )?;
-    allow(&mut r, &[libc::SYS_read]);
     allow(
         &mut r,
         &[
