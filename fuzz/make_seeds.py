@@ -133,11 +133,13 @@ seed("pit", "oneshot",
 seed("pit", "fast-periodic",
      pit(wr(3, 0x36)) + pit(wr(0, 0x02)) + pit(wr(0, 0x00)) + run(20_000_000) + leap(10**9))
 
+# Wall times are an i64 and a selector byte (see wall_time in src/lib.rs);
+# selector 7 takes the i64 as it is.
 # ---- rtc: wall (i64, selector), pc config (u64, u64, u32), then ops % 16:
 # 0 run, 1 run with an ISR reading C, 2 leap, 3 wall step (i64, selector),
 # 4 stop, 5 start, 6 reset, else an access at 0x70.
 WALL_2026 = 1_780_000_000 * 10**9
-rtc_head = u64(WALL_2026) + b"\x03" + u64(512 << 20) + u64(0) + u32(2)
+rtc_head = u64(WALL_2026) + b"\x07" + u64(512 << 20) + u64(0) + u32(2)
 
 
 def rtc(a):
@@ -162,8 +164,8 @@ seed("rtc", "set-time",
      + rtc_reg(0x04, 0x23) + rtc_reg(0x07, 0x31) + rtc_reg(0x08, 0x12) + rtc_reg(0x09, 0x99)
      + rtc_reg(0x32, 0x20) + rtc_reg(0x0B, 0x02) + read_time)
 seed("rtc", "wall-steps",
-     rtc_head + rtc_reg(0x0B, 0x12) + b"\x03" + u64(WALL_2026 - 3600 * 10**9) + b"\x03"
-     + rtc_reg(0x0C) + b"\x03" + u64(WALL_2026 + 86400 * 10**9) + b"\x03" + read_time
+     rtc_head + rtc_reg(0x0B, 0x12) + b"\x03" + u64(WALL_2026 - 3600 * 10**9) + b"\x07"
+     + rtc_reg(0x0C) + b"\x03" + u64(WALL_2026 + 86400 * 10**9) + b"\x07" + read_time
      + b"\x04" + leap(10**10) + b"\x05" + b"\x06" + read_time)
 
 # ---- pc_bus: wall (i64, selector), flags (bit 0: KVM's PIT, bit 1: broken
@@ -187,7 +189,7 @@ def pc_run(ns):
     return b"\x00" + u32(ns) + b"\x00"
 
 
-pc_head = u64(WALL_2026) + b"\x03" + b"\x00" + u64(512 << 20) + u32(1)
+pc_head = u64(WALL_2026) + b"\x07" + b"\x00" + u64(512 << 20) + u32(1)
 boot = (
     outb(0x3FB, 0x80) + outb(0x3F8, 1) + outb(0x3F9, 0) + outb(0x3FB, 3) + outb(0x3FA, 0xC7)
     + outb(0x3FC, 0x0B) + outb(0x3F9, 0x0F) + outb(0x3F8, ord("L")) + inb(0x3FD)
@@ -204,7 +206,7 @@ seed("pc_bus", "reset-and-console",
      pc_head + b"\x03\x04ping" + inb(0x3F8) + inb(0x3FD) + outb(0x64, 0xFE) + b"\x05"
      + outb(0x64, 0xFE) + b"\x06" + b"\x01" + u64(10**10) + b"\x00" + b"\x07")
 seed("pc_bus", "kvm-pit",
-     u64(0) + b"\x00" + b"\x03" + u64(4 << 30) + u32(8) + inb(0x40) + inb(0x61) + outb(0x43, 0x34)
+     u64(0) + b"\x07" + b"\x03" + u64(4 << 30) + u32(8) + inb(0x40) + inb(0x61) + outb(0x43, 0x34)
      + b"\x08" + u64(0xFEE00000) + b"\x04")
 
 

@@ -303,14 +303,18 @@ impl Sim {
 }
 
 /// A wall-clock time for a fake clock: mostly within a few centuries of
-/// 1970 (any date a host may be set to), sometimes anything at all.
+/// 1970 (any date a host may be set to), sometimes at the ends of the
+/// `i64` range or anything at all.
 pub fn wall_time(input: &mut Input) -> i64 {
     let raw = input.i64();
-    match input.u8() % 4 {
-        // 1970 ± 2^62 ns (± 146 years), then ± 2^58 ns (± 9 years) around
-        // 2027, then the raw value.
-        0 | 1 => raw >> 1,
-        2 => 1_800_000_000_000_000_000 + (raw >> 5),
+    match input.u8() % 8 {
+        // 1970 ± 2^62 ns (± 146 years).
+        0..=2 => raw >> 1,
+        // 2027 ± 2^58 ns (± 9 years).
+        3 | 4 => 1_800_000_000_000_000_000 + (raw >> 5),
+        // Within 2^40 ns (18 minutes) of the end of time, or its start.
+        5 => i64::MAX - (raw & 0xFF_FFFF_FFFF),
+        6 => i64::MIN + (raw & 0xFF_FFFF_FFFF),
         _ => raw,
     }
 }
