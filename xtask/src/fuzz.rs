@@ -6,9 +6,10 @@
 //! sanitizer-coverage passes) to rustc; `RUSTC_BOOTSTRAP=1` lets the
 //! machine's stable toolchain take them, so no nightly is needed.
 //!
-//! Each target reads its seeds from `fuzz/corpus/<target>/` (in the tree,
-//! never written) and keeps what it finds in `target/fuzz/corpus/<target>/`
-//! (kept between runs on one machine). A crash or a timeout fails the task
+//! The builds go to `target/fuzz/<sanitizer>/`. Each target reads its
+//! seeds from `fuzz/corpus/<target>/` (in the tree, never written) and keeps
+//! what it finds in `target/fuzz/corpus/<target>/` (kept between runs on
+//! one machine); its log is `target/fuzz/logs/<target>.log`. A crash or a timeout fails the task
 //! and names the reproducer under `target/fuzz/artifacts/<target>/`; its
 //! bytes belong in a regression test of the crate concerned.
 
@@ -194,15 +195,16 @@ pub fn task(args: &[String]) -> Result<()> {
     let out = root.join("target/fuzz");
 
     let start = Instant::now();
+    // One build folder per sanitizer, so that switching does not rebuild.
+    let build_dir = out.join(&args.sanitizer);
     let mut build = cargo_fuzz([
         "build",
         "--fuzz-dir",
         "fuzz",
-        "--target-dir",
-        "target/fuzz",
         "--sanitizer",
         &args.sanitizer,
     ]);
+    build.arg("--target-dir").arg(&build_dir);
     if targets.len() == 1 {
         build.arg(&targets[0]);
     }
@@ -212,7 +214,7 @@ pub fn task(args: &[String]) -> Result<()> {
         start.elapsed().as_secs_f64(),
         args.sanitizer
     );
-    let bin_dir = out.join(host_triple()?).join("release");
+    let bin_dir = build_dir.join(host_triple()?).join("release");
 
     let mut rows = Vec::new();
     let mut failures = Vec::new();
