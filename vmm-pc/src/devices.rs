@@ -324,7 +324,78 @@ pub fn pc_irq_routes() -> Vec<(u32, u32, u32)> {
 
 #[cfg(test)]
 mod tests {
+    use vmm_core::io::IoHandler;
+
     use super::*;
+
+    #[derive(Debug)]
+    struct NoSci;
+
+    impl LevelLine for NoSci {
+        fn set_level(&self, _high: bool) {}
+    }
+
+    fn wired(our_pit: bool) -> (PcIo, PcDevices) {
+        let line = || EventFdTrigger::nonblocking().unwrap();
+        let lines = DeviceLines {
+            com1: line(),
+            keyboard: line(),
+            rtc: line(),
+            pit: our_pit.then(line),
+            sci: Box::new(NoSci),
+        };
+        let shape = PcShape {
+            memory: 512 << 20,
+            cpus: 2,
+            pit: PitBackend::Kvm,
+        };
+        let mut io = PcIo::new();
+        let devices = wire_devices(
+            &mut io,
+            &Clocks::host(),
+            Box::new(std::io::sink()),
+            shape,
+            lines,
+        )
+        .unwrap();
+        (io, devices)
+    }
+
+    fn inb(io: &PcIo, port: u16) -> u8 {
+        let mut b = [0u8];
+        io.pio_read(port, &mut b);
+        b[0]
+    }
+
+    #[test]
+    fn wire_devices_puts_every_device_on_the_bus_without_kvm() {
+        let (io, devices) = wired(true);
+        assert_eq!(
+            inb(&io, port::COM1 + 5) & 0x60,
+            0x60,
+            "COM1's LSR: THR empty"
+        );
+        io.pio_write(port::RTC, &[0x0A]);
+        assert_eq!(inb(&io, port::RTC + 1), 0x26, "the RTC's register A");
+        assert_eq!(
+            inb(&io, port::PIT + 3),
+            0,
+            "our PIT: its control port reads 0"
+        );
+        assert_ne!(inb(&io, port::SYSTEM_CONTROL_B), 0xff, "our port 0x61");
+        assert_eq!(inb(&io, port::PVPANIC), 0x03);
+        io.pio_write(port::I8042_COMMAND, &[0xFE]);
+        assert_eq!(devices.reset_evt.read().unwrap(), 1);
+    }
+
+    #[test]
+    fn without_a_pit_line_the_pit_ports_stay_unmapped() {
+        // `lines.pit`, not `PcShape::pit`, decides (the shape says KVM in
+        // both tests).
+        let (io, _devices) = wired(false);
+        assert_eq!(inb(&io, port::PIT + 3), 0xff);
+        assert_eq!(inb(&io, port::SYSTEM_CONTROL_B), 0xff);
+    }
 
     #[test]
     fn irq0_goes_to_ioapic_pin_2_and_irq2_is_the_cascade() {
