@@ -147,6 +147,25 @@ pub struct PcShape {
     pub pit: PitBackend,
 }
 
+/// The interrupt lines the devices drive. [`create_devices`] makes them
+/// eventfds registered as irqfds on the VM's irqchip; a caller without KVM
+/// (the fuzz targets) can hand in eventfds that nothing reads, and any
+/// [`LevelLine`] for the SCI.
+#[derive(Debug)]
+pub struct DeviceLines {
+    /// COM1's IRQ 4.
+    pub com1: EventFdTrigger,
+    /// The i8042's keyboard IRQ 1.
+    pub keyboard: EventFdTrigger,
+    /// The RTC's IRQ 8.
+    pub rtc: EventFdTrigger,
+    /// Our PIT's IRQ 0: `Some` puts our i8254 on ports 0x40-0x43 and our
+    /// port 0x61 beside it; `None` leaves those ports to KVM's PIT.
+    pub pit: Option<EventFdTrigger>,
+    /// The ACPI SCI, GSI 9, level-triggered.
+    pub sci: Box<dyn LevelLine>,
+}
+
 /// Creates the PC's devices, puts them on `io` and connects their
 /// interrupts to `vm`'s irqchip; timed devices run on `clocks`. With KVM's
 /// PIT, ports 0x40-0x43 and 0x61 are left to KVM.
@@ -157,36 +176,57 @@ pub fn create_devices(
     serial_out: SerialOutput,
     pc: PcShape,
 ) -> Result<PcDevices, DeviceError> {
+    let line = |fd: &'static str, device: &'static str, gsi: u32| {
+        let line = EventFdTrigger::new(eventfd(fd)?);
+        vm.register_irqfd(line.event_fd(), gsi)
+            .map_err(|e| DeviceError::Irq(device, e))?;
+        Ok::<_, DeviceError>(line)
+    };
+    let lines = DeviceLines {
+        com1: line("COM1", "COM1", irq::COM1)?,
+        keyboard: line("keyboard", "i8042", irq::KEYBOARD)?,
+        rtc: line("RTC", "MC146818 RTC", irq::RTC)?,
+        pit: match pc.pit {
+            PitBackend::Userspace => Some(line("PIT", "i8254 PIT", irq::PIT)?),
+            PitBackend::Kvm => None,
+        },
+        sci: Box::new(SciLine(vm.clone())),
+    };
+    wire_devices(io, clocks, serial_out, pc, lines)
+}
+
+/// Creates the PC's devices on `lines` and puts them on `io`, without KVM:
+/// the part of [`create_devices`] after the irqfds. Which PIT serves
+/// follows `lines.pit`, not `pc.pit`.
+pub fn wire_devices(
+    io: &mut PcIo,
+    clocks: &Clocks,
+    serial_out: SerialOutput,
+    pc: PcShape,
+    lines: DeviceLines,
+) -> Result<PcDevices, DeviceError> {
     // COM1.
-    let com1_irq = EventFdTrigger::new(eventfd("COM1")?);
-    vm.register_irqfd(com1_irq.event_fd(), irq::COM1)
-        .map_err(|e| DeviceError::Irq("COM1", e))?;
     let console_ready_evt = eventfd("console")?;
     let events = ConsoleEvents {
         ready: clone_fd("console", &console_ready_evt)?,
     };
     let com1 = Arc::new(Mutex::new(SerialDevice::with_events(
-        com1_irq, events, serial_out,
+        lines.com1, events, serial_out,
     )));
     io.add_pio("COM1", port::COM1, 8, com1.clone())?;
 
     // i8042: two single ports around port 0x61.
     let reset_evt = eventfd("i8042 reset")?;
-    let kbd_irq = EventFdTrigger::new(eventfd("keyboard")?);
-    vm.register_irqfd(kbd_irq.event_fd(), irq::KEYBOARD)
-        .map_err(|e| DeviceError::Irq("i8042", e))?;
     let i8042 = Arc::new(Mutex::new(I8042::new(
         EventFdTrigger::new(clone_fd("i8042 reset", &reset_evt)?),
-        kbd_irq,
+        lines.keyboard,
     )));
     io.add_pio("i8042 data", port::I8042_DATA, 1, i8042.clone())?;
     io.add_pio("i8042 command", port::I8042_COMMAND, 1, i8042.clone())?;
 
     // ACPI PM1a.
     let poweroff_evt = eventfd("ACPI poweroff")?;
-    let pm1_event = Arc::new(Mutex::new(Pm1Event::with_sci(Box::new(SciLine(
-        vm.clone(),
-    )))));
+    let pm1_event = Arc::new(Mutex::new(Pm1Event::with_sci(lines.sci)));
     io.add_pio(
         "PM1a event",
         port::PM1A_EVT_BLK,
@@ -217,10 +257,7 @@ pub fn create_devices(
     )?;
 
     // RTC and CMOS, with the memory and CPU bytes a PC BIOS fills in.
-    let rtc_irq = EventFdTrigger::new(eventfd("RTC")?);
-    vm.register_irqfd(rtc_irq.event_fd(), irq::RTC)
-        .map_err(|e| DeviceError::Irq("MC146818 RTC", e))?;
-    let rtc = Rtc::new(clocks, rtc_irq);
+    let rtc = Rtc::new(clocks, lines.rtc);
     let below_4g = pc.memory.min(layout::MMIO_HOLE_START);
     rtc.lock().unwrap_or_else(|e| e.into_inner()).set_pc_config(
         below_4g,
@@ -228,11 +265,8 @@ pub fn create_devices(
         pc.cpus,
     );
     io.add_pio("MC146818 RTC", port::RTC, RTC_PORT_LEN, rtc.clone())?;
-    let pit = match pc.pit {
-        PitBackend::Userspace => {
-            let pit_irq = EventFdTrigger::new(eventfd("PIT")?);
-            vm.register_irqfd(pit_irq.event_fd(), irq::PIT)
-                .map_err(|e| DeviceError::Irq("i8254 PIT", e))?;
+    let pit = match lines.pit {
+        Some(pit_irq) => {
             let pit = Pit::new(clocks, pit_irq);
             io.add_pio("i8254 PIT", port::PIT, PIT_PORT_LEN, pit.clone())?;
             io.add_pio(
@@ -243,7 +277,7 @@ pub fn create_devices(
             )?;
             Some(pit)
         }
-        PitBackend::Kvm => None,
+        None => None,
     };
     let pci = crate::pci::create_pci(io)?;
 
@@ -296,7 +330,78 @@ pub fn pc_irq_routes() -> Vec<(u32, u32, u32)> {
 
 #[cfg(test)]
 mod tests {
+    use vmm_core::io::IoHandler;
+
     use super::*;
+
+    #[derive(Debug)]
+    struct NoSci;
+
+    impl LevelLine for NoSci {
+        fn set_level(&self, _high: bool) {}
+    }
+
+    fn wired(our_pit: bool) -> (PcIo, PcDevices) {
+        let line = || EventFdTrigger::nonblocking().unwrap();
+        let lines = DeviceLines {
+            com1: line(),
+            keyboard: line(),
+            rtc: line(),
+            pit: our_pit.then(line),
+            sci: Box::new(NoSci),
+        };
+        let shape = PcShape {
+            memory: 512 << 20,
+            cpus: 2,
+            pit: PitBackend::Kvm,
+        };
+        let mut io = PcIo::new();
+        let devices = wire_devices(
+            &mut io,
+            &Clocks::host(),
+            Box::new(std::io::sink()),
+            shape,
+            lines,
+        )
+        .unwrap();
+        (io, devices)
+    }
+
+    fn inb(io: &PcIo, port: u16) -> u8 {
+        let mut b = [0u8];
+        io.pio_read(port, &mut b);
+        b[0]
+    }
+
+    #[test]
+    fn wire_devices_puts_every_device_on_the_bus_without_kvm() {
+        let (io, devices) = wired(true);
+        assert_eq!(
+            inb(&io, port::COM1 + 5) & 0x60,
+            0x60,
+            "COM1's LSR: THR empty"
+        );
+        io.pio_write(port::RTC, &[0x0A]);
+        assert_eq!(inb(&io, port::RTC + 1), 0x26, "the RTC's register A");
+        assert_eq!(
+            inb(&io, port::PIT + 3),
+            0,
+            "our PIT: its control port reads 0"
+        );
+        assert_ne!(inb(&io, port::SYSTEM_CONTROL_B), 0xff, "our port 0x61");
+        assert_eq!(inb(&io, port::PVPANIC), 0x03);
+        io.pio_write(port::I8042_COMMAND, &[0xFE]);
+        assert_eq!(devices.reset_evt.read().unwrap(), 1);
+    }
+
+    #[test]
+    fn without_a_pit_line_the_pit_ports_stay_unmapped() {
+        // `lines.pit`, not `PcShape::pit`, decides (the shape says KVM in
+        // both tests).
+        let (io, _devices) = wired(false);
+        assert_eq!(inb(&io, port::PIT + 3), 0xff);
+        assert_eq!(inb(&io, port::SYSTEM_CONTROL_B), 0xff);
+    }
 
     #[test]
     fn irq0_goes_to_ioapic_pin_2_and_irq2_is_the_cascade() {

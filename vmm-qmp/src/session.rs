@@ -475,4 +475,25 @@ mod tests {
         ));
         assert_eq!(s.next_action(&known), None);
     }
+
+    /// Found by the `qmp_session` fuzz target: a number `id` with more
+    /// significant digits than an `f64` holds came back as a different
+    /// number (serde_json's fast float parsing is off by one unit in the
+    /// last place for some inputs), so a client could not match the reply
+    /// to its request. The request's bytes, from the reproducer.
+    #[test]
+    fn fuzz_long_number_id_echoed_as_another_number() {
+        let digits = "1".repeat(144);
+        let request = format!(r#"{{"execute":"!system_reset","id":{{"x":[{digits},2]}}}}"#);
+        let mut s = Session::new();
+        let r = reply(&mut s, &request);
+        // The number the client meant (std's parser rounds correctly).
+        let meant: f64 = digits.parse().unwrap();
+        assert_eq!(r["id"]["x"][0].as_f64(), Some(meant));
+        // What goes on the wire parses back to the same number.
+        let wire = serde_json::to_string(&r).unwrap();
+        let back: Value = serde_json::from_str(&wire).unwrap();
+        assert_eq!(back["id"]["x"][0].as_f64(), Some(meant), "{wire}");
+        assert_eq!(back, r);
+    }
 }

@@ -7,6 +7,7 @@
 //! cargo xtask lint        cargo fmt --check and clippy -D warnings
 //! cargo xtask check-deps  the KVM-free crates reach no KVM crate
 //! cargo xtask bench       the benchmarks, with their reports
+//! cargo xtask fuzz        the libFuzzer targets in fuzz/, N seconds each
 //! cargo xtask ci          lint, check-deps and test: what .ci/run runs
 //! cargo xtask guest       fetch and build the default guest (kernel, initramfs)
 //! ```
@@ -18,6 +19,7 @@ use anyhow::{bail, Result};
 mod bench;
 mod cmd;
 mod deps;
+mod fuzz;
 mod guest;
 mod links;
 mod run;
@@ -32,7 +34,8 @@ tasks:
   test [CARGO-TEST-ARGS]   run every crate's tests; where /dev/kvm exists, the KVM
                            tests are required to run (VMM_REQUIRE_KVM=1)
   lint                     links in README.md and docs/ stay inside the repository,
-                           cargo fmt --check, clippy --workspace --all-targets -D warnings
+                           cargo fmt --check (also of fuzz/), clippy --workspace
+                           --all-targets -D warnings
   check-deps               fail if vmm-runstate, vmm-clock, vmm-devices, vmm-pci, vmm-qom,
                            vmm-virtio or vmm-qmp reach kvm-ioctls or kvm-bindings
                            (through any crate)
@@ -47,6 +50,13 @@ tasks:
                            linux), e.g. --vmm-arg=--seccomp=off.
                            --runs N runs per program (default 20), --quick: 3
                            runs and smaller sizes (what CI runs)
+  fuzz [TARGET...] [--seconds N] [--sanitizer address|none]
+                           build the libFuzzer targets in fuzz/ with cargo-fuzz
+                           (installed if missing; stable toolchain with
+                           RUSTC_BOOTSTRAP=1) and run each (all when none is
+                           named) for N seconds (default 60), one at a time:
+                           executions and coverage per target; fails on a crash
+                           or timeout and names the reproducer
   ci                       lint, check-deps, test (what .ci/run runs)
   guest [--dir DIR] [--refresh]
                            fetch the Debian cloud kernel and busybox-static with
@@ -76,6 +86,7 @@ fn run(args: &[String]) -> Result<()> {
         "lint" => lint(),
         "check-deps" => deps::check(),
         "bench" => bench::task(rest),
+        "fuzz" => fuzz::task(rest),
         "guest" => guest::task(rest),
         "run" => run::task(rest),
         "ci" => {
@@ -137,6 +148,14 @@ fn ensure_qemu_qmp() -> Result<()> {
 fn lint() -> Result<()> {
     links::check(&cmd::root())?;
     cmd::run(&mut cmd::cargo(["fmt", "--all", "--", "--check"]))?;
+    // The fuzz targets are a workspace of their own (fuzz/).
+    cmd::run(&mut cmd::cargo([
+        "fmt",
+        "--manifest-path",
+        "fuzz/Cargo.toml",
+        "--",
+        "--check",
+    ]))?;
     cmd::run(&mut cmd::cargo([
         "clippy",
         "--workspace",

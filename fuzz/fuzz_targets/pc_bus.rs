@@ -1,0 +1,133 @@
+//! The whole PC port bus (vmm-pc's `PcIo`) with every device wired as the
+//! machine wires it (`vmm_pc::devices::wire_devices`), on eventfd lines
+//! that no irqchip reads and a fake SCI, with fake time; no KVM. Guest
+//! accesses go to the PC's ports or anywhere in the 64 KiB port space,
+//! mixed with time passing, wall-clock steps, console input, the power
+//! button, machine resets and unmapped MMIO. Checks that unmapped ports
+//! read all ones and that the reset line fires at most once per machine
+//! reset.
+
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use vmm_core::io::IoHandler;
+use vmm_devices::EventFdTrigger;
+use vmm_fuzz::{wall_time, Input, Level, Output, Sim};
+use vmm_pc::devices::{wire_devices, DeviceLines, PcShape};
+use vmm_pc::io::PcIo;
+use vmm_pc::PitBackend;
+
+/// Every port a device answers, with the PIT's and port 0x61 last.
+const PORTS: &[u16] = &[
+    0x3f8, 0x3f9, 0x3fa, 0x3fb, 0x3fc, 0x3fd, 0x3fe, 0x3ff, // COM1
+    0x60, 0x64, // i8042
+    0x600, 0x601, 0x602, 0x603, 0x604, 0x605, // ACPI PM1a
+    0x80, 0x505, 0x70, 0x71, // POST, pvpanic, RTC
+    0x40, 0x41, 0x42, 0x43, 0x61, // PIT, system control B
+];
+const PIT_PORTS: usize = 5;
+
+fn line() -> EventFdTrigger {
+    EventFdTrigger::nonblocking().expect("eventfd")
+}
+
+/// How often `fd` was written since the last call.
+fn count(fd: &vmm_sys_util::eventfd::EventFd) -> u64 {
+    fd.read().unwrap_or(0)
+}
+
+fuzz_target!(|data: &[u8]| {
+    let mut input = Input::new(data);
+    let sim = Sim::new(wall_time(&mut input));
+    let flags = input.u8();
+    let our_pit = flags & 1 == 0;
+    let shape = PcShape {
+        memory: input.u64(),
+        cpus: input.u32(),
+        pit: if our_pit {
+            PitBackend::Userspace
+        } else {
+            PitBackend::Kvm
+        },
+    };
+    let lines = DeviceLines {
+        com1: line(),
+        keyboard: line(),
+        rtc: line(),
+        pit: our_pit.then(line),
+        sci: Box::new(Level::default()),
+    };
+    let mut io = PcIo::new();
+    let output = if flags & 2 == 0 {
+        Output::default()
+    } else {
+        Output::broken()
+    };
+    let devices = wire_devices(&mut io, &sim.clocks, Box::new(output), shape, lines)
+        .expect("the PC's devices fit on an empty bus");
+    let mapped = if our_pit {
+        PORTS
+    } else {
+        &PORTS[..PORTS.len() - PIT_PORTS]
+    };
+    let mut resets = 0;
+    while !input.is_empty() {
+        match input.u8() % 32 {
+            0 => sim.run_for(i64::from(input.u32() >> (input.u8() % 32)), || {}),
+            1 => sim.leap(input.i64() >> (input.u8() % 64)),
+            2 => sim.set_wall(wall_time(&mut input)),
+            3 => {
+                let len = usize::from(input.u8() % 96);
+                devices.com1.lock().unwrap().enqueue_input(input.bytes(len));
+            }
+            4 => devices.press_power_button(),
+            5 => {
+                devices.reset();
+                resets = 0;
+            }
+            6 => sim.clocks.vm_stop(),
+            7 => sim.clocks.vm_start(),
+            8 => {
+                let addr = input.u64();
+                let mut data = [0u8; 8];
+                let len = usize::from(input.u8() % 9);
+                io.mmio_read(addr, &mut data[..len]);
+                assert!(data[..len].iter().all(|&b| b == 0xff), "unmapped MMIO");
+                io.mmio_write(addr, &data[..len]);
+            }
+            op => {
+                let shape = input.u8();
+                let port = if op & 8 == 0 {
+                    PORTS[usize::from(shape) % PORTS.len()]
+                } else {
+                    input.u16()
+                };
+                let len = match shape >> 5 {
+                    0..=4 => 1,
+                    5 => 2,
+                    6 => 4,
+                    _ => usize::from(input.u8() % 9),
+                };
+                let mut data = [0u8; 8];
+                if op & 1 == 0 {
+                    io.pio_read(port, &mut data[..len]);
+                    if !mapped.contains(&port) {
+                        assert!(
+                            data[..len].iter().all(|&b| b == 0xff),
+                            "unmapped port {port:#x}"
+                        );
+                    }
+                } else {
+                    let bytes = input.bytes(len);
+                    data[..bytes.len()].copy_from_slice(bytes);
+                    io.pio_write(port, &data[..len]);
+                }
+            }
+        }
+        resets += count(&devices.reset_evt);
+        assert!(
+            resets <= 1,
+            "i8042 reset line fired twice without a machine reset"
+        );
+    }
+});

@@ -1,0 +1,317 @@
+#!/usr/bin/env python3
+"""Writes the hand-made seed inputs in fuzz/corpus/<target>/.
+
+Each seed is a short, meaningful sequence in the target's input encoding
+(see the target's source in fuzz_targets/): what a guest driver, the
+console, QMP client or a kernel image would give, so the fuzzer starts from
+inputs that reach deep states. Run it again after changing an encoding:
+`python3 fuzz/make_seeds.py` (it replaces the seed folders).
+"""
+
+import os
+import shutil
+import struct
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpus")
+SEEDS = {}
+
+
+def seed(target, name, data):
+    SEEDS.setdefault(target, {})[name] = bytes(data)
+
+
+def u16(v):
+    return struct.pack("<H", v & 0xFFFF)
+
+
+def u32(v):
+    return struct.pack("<I", v & 0xFFFFFFFF)
+
+
+def u64(v):
+    return struct.pack("<Q", v & 0xFFFFFFFFFFFFFFFF)
+
+
+# Access::decode: shape (bit 0 write, bits 1-3 size class: 0-4 one byte,
+# 5 two, 6 four; bit 4 full 16-bit offset), the offset, the data.
+def wr(offset, value):
+    return bytes([0x01, offset, value])
+
+
+def rd(offset):
+    return bytes([0x00, offset])
+
+
+def wr16(offset, value):
+    return bytes([0x01 | (5 << 1), offset]) + u16(value)
+
+
+# ---- serial: op byte (0 = console input, else an access at COM1).
+def serial_ops(*accesses):
+    return b"".join(b"\x01" + a for a in accesses)
+
+
+linux_init = serial_ops(
+    wr(3, 0x80), wr(0, 0x01), wr(1, 0x00), wr(3, 0x03),  # 115200 8N1
+    wr(2, 0xC7), wr(4, 0x0B), wr(1, 0x0F),  # FIFOs, OUT2, all interrupts
+    rd(2), rd(5), wr(0, ord("h")), wr(0, ord("i")), rd(2), rd(5),
+)
+seed("serial", "linux-init", b"\x00" + linux_init)
+seed("serial", "console-input",
+     b"\x00" + linux_init + b"\x00\x05hello" + serial_ops(rd(5), rd(0), rd(2), rd(0), rd(5)))
+seed("serial", "loopback",
+     b"\x00" + serial_ops(wr(4, 0x10), wr(0, 0x41), rd(5), rd(0), wr(4, 0x00))
+     + b"\x00\x40" + b"x" * 64 + serial_ops(wr(2, 0x02), rd(5)))
+seed("serial", "broken-output",
+     b"\x01" + serial_ops(wr(1, 0x02), wr(0, 0x41), rd(2), wr(7, 0x55), rd(7)))
+
+
+# ---- i8042: op % 16: 0 reset, 1 one 8-port range at 0x60, even 0x60, odd 0x64.
+def data(a):
+    return b"\x02" + a
+
+
+def cmd(a):
+    return b"\x03" + a
+
+
+seed("i8042", "linux-probe",
+     cmd(wr(0, 0x20)) + data(rd(0)) + cmd(wr(0, 0x60)) + data(wr(0, 0x47))
+     + cmd(wr(0, 0xAA)) + data(rd(0)) + cmd(wr(0, 0xAB)) + data(rd(0))
+     + cmd(rd(0)) + cmd(wr(0, 0xAE)))
+seed("i8042", "keyboard",
+     data(wr(0, 0xFF)) + data(rd(0)) + data(rd(0)) + data(wr(0, 0xF2))
+     + data(rd(0)) + data(rd(0)) + data(rd(0)) + data(wr(0, 0xED)) + data(wr(0, 0x07)))
+seed("i8042", "reset-fe", cmd(wr(0, 0xFE)) + cmd(wr(0, 0xFE)) + b"\x00" + cmd(wr(0, 0xFE)))
+seed("i8042", "output-port",
+     cmd(wr(0, 0xD0)) + data(rd(0)) + cmd(wr(0, 0xD1)) + data(wr(0, 0xFE))
+     + cmd(wr(0, 0xD3)) + data(wr(0, 0x5A)) + data(rd(0)) + b"\x01" + wr(4, 0xD2))
+
+
+# ---- acpi_pm: op % 8: 0 power button, 1 reset, 2-4 event block, 5-7 control.
+def evt(a):
+    return b"\x02" + a
+
+
+def cnt(a):
+    return b"\x05" + a
+
+
+seed("acpi_pm", "power-button",
+     evt(wr(3, 0x01)) + b"\x00" + evt(rd(1)) + evt(wr(1, 0x01)) + evt(rd(1)) + cnt(rd(0)))
+seed("acpi_pm", "s5", cnt(rd(0)) + cnt(wr16(0, 0x3401)) + cnt(wr16(0, 0x2C01)))
+seed("acpi_pm", "wide", evt(bytes([0x01 | (6 << 1), 0]) + u32(0xFFFFFFFF)) + evt(bytes([0x0C, 0])) + b"\x01")
+
+# ---- pvpanic and port 0x80: accesses only.
+seed("pvpanic", "panic", rd(0) + wr(0, 0x02) + wr(0, 0x01) + wr(0, 0xF0))
+seed("port80", "post-codes", wr(0, 0x55) + wr(0, 0xAA) + rd(0) + wr16(0, 0x1234))
+
+
+# ---- pit: op % 16: 0-1 run (u32 ns, shift), 2 leap (i64, shift), 3 stop,
+# 4 start, 5 reset, 6-7 port 0x61, else a PIT access.
+def pit(a):
+    return b"\x08" + a
+
+
+def run(ns, shift=0):
+    return b"\x00" + u32(ns) + bytes([shift])
+
+
+def leap(ns, shift=0):
+    return b"\x02" + u64(ns) + bytes([shift])
+
+
+seed("pit", "hz100",
+     pit(wr(3, 0x34)) + pit(wr(0, 0x9C)) + pit(wr(0, 0x2E)) + run(30_000_000)
+     + pit(wr(3, 0x00)) + pit(rd(0)) + pit(rd(0)))
+seed("pit", "calibrate-ch2",
+     b"\x06" + wr(0, 0x01) + pit(wr(3, 0xB0)) + pit(wr(2, 0xFF)) + pit(wr(2, 0xFF))
+     + b"\x06" + rd(0) + run(50_000_000) + b"\x06" + rd(0) + pit(wr(3, 0xE8)) + pit(rd(2)))
+seed("pit", "oneshot",
+     pit(wr(3, 0x30)) + pit(wr(0, 0x10)) + pit(wr(0, 0x00)) + run(1_000_000)
+     + b"\x03" + leap(10**12) + b"\x04" + b"\x05" + run(60_000_000))
+seed("pit", "fast-periodic",
+     pit(wr(3, 0x36)) + pit(wr(0, 0x02)) + pit(wr(0, 0x00)) + run(20_000_000) + leap(10**9))
+
+# Wall times are an i64 and a selector byte (see wall_time in src/lib.rs);
+# selector 7 takes the i64 as it is.
+# ---- rtc: wall (i64, selector), pc config (u64, u64, u32), then ops % 16:
+# 0 run, 1 run with an ISR reading C, 2 leap, 3 wall step (i64, selector),
+# 4 stop, 5 start, 6 reset, else an access at 0x70.
+WALL_2026 = 1_780_000_000 * 10**9
+rtc_head = u64(WALL_2026) + b"\x07" + u64(512 << 20) + u64(0) + u32(2)
+
+
+def rtc(a):
+    return b"\x07" + a
+
+
+def rtc_reg(index, value=None):
+    return rtc(wr(0, index)) + (rtc(rd(1)) if value is None else rtc(wr(1, value)))
+
+
+read_time = b"".join(rtc_reg(r) for r in (0x0A, 0x00, 0x02, 0x04, 0x06, 0x07, 0x08, 0x09, 0x32))
+seed("rtc", "read-time", rtc_head + read_time)
+seed("rtc", "periodic-1024",
+     rtc_head + rtc_reg(0x0A, 0x26) + rtc_reg(0x0B, 0x42)
+     + b"\x01" + u32(50_000_000) + b"\x00" + rtc_reg(0x0C))
+seed("rtc", "update-and-alarm",
+     rtc_head + rtc_reg(0x01, 0xFF) + rtc_reg(0x03, 0xFF) + rtc_reg(0x05, 0xFF)
+     + rtc_reg(0x0B, 0x32) + b"\x00" + u32(60_000_000) + b"\x00" + rtc_reg(0x0C)
+     + leap(3 * 10**9) + rtc_reg(0x0C))
+seed("rtc", "set-time",
+     rtc_head + rtc_reg(0x0B, 0x82) + rtc_reg(0x00, 0x30) + rtc_reg(0x02, 0x59)
+     + rtc_reg(0x04, 0x23) + rtc_reg(0x07, 0x31) + rtc_reg(0x08, 0x12) + rtc_reg(0x09, 0x99)
+     + rtc_reg(0x32, 0x20) + rtc_reg(0x0B, 0x02) + read_time)
+seed("rtc", "wall-steps",
+     rtc_head + rtc_reg(0x0B, 0x12) + b"\x03" + u64(WALL_2026 - 3600 * 10**9) + b"\x07"
+     + rtc_reg(0x0C) + b"\x03" + u64(WALL_2026 + 86400 * 10**9) + b"\x07" + read_time
+     + b"\x04" + leap(10**10) + b"\x05" + b"\x06" + read_time)
+
+# ---- pc_bus: wall (i64, selector), flags (bit 0: KVM's PIT, bit 1: broken
+# output), memory (u64), cpus (u32); ops % 32: 0 run, 1 leap, 2 wall step,
+# 3 console input, 4 power button, 5 reset, 6 stop, 7 start, 8 MMIO, else a
+# port access: op bit 3 clear = a PC port by index (shape % 25), bit 0 = write.
+PORT_INDEX = {p: i for i, p in enumerate(
+    [0x3F8 + i for i in range(8)] + [0x60, 0x64] + [0x600 + i for i in range(6)]
+    + [0x80, 0x505, 0x70, 0x71, 0x40, 0x41, 0x42, 0x43, 0x61])}
+
+
+def outb(port, value):
+    return bytes([17, PORT_INDEX[port]]) + bytes([value])
+
+
+def inb(port):
+    return bytes([16, PORT_INDEX[port]])
+
+
+def pc_run(ns):
+    return b"\x00" + u32(ns) + b"\x00"
+
+
+pc_head = u64(WALL_2026) + b"\x07" + b"\x00" + u64(512 << 20) + u32(1)
+boot = (
+    outb(0x3FB, 0x80) + outb(0x3F8, 1) + outb(0x3F9, 0) + outb(0x3FB, 3) + outb(0x3FA, 0xC7)
+    + outb(0x3FC, 0x0B) + outb(0x3F9, 0x0F) + outb(0x3F8, ord("L")) + inb(0x3FD)
+    + outb(0x43, 0x34) + outb(0x40, 0x9C) + outb(0x40, 0x2E) + pc_run(20_000_000)
+    + outb(0x70, 0x0A) + inb(0x71) + outb(0x70, 0x00) + inb(0x71)
+    + outb(0x64, 0x20) + inb(0x60) + outb(0x64, 0xAA) + inb(0x60)
+    + outb(0x61, 0x01) + inb(0x61) + outb(0x80, 0x00) + inb(0x505)
+)
+seed("pc_bus", "linux-boot", pc_head + boot)
+seed("pc_bus", "power-button-then-s5",
+     pc_head + outb(0x603, 0x01) + b"\x04" + inb(0x601) + outb(0x601, 0x01)
+     + bytes([17 + 8, 0xA0]) + u16(0x604) + u16(0x3401) + b"\x05")
+seed("pc_bus", "reset-and-console",
+     pc_head + b"\x03\x04ping" + inb(0x3F8) + inb(0x3FD) + outb(0x64, 0xFE) + b"\x05"
+     + outb(0x64, 0xFE) + b"\x06" + b"\x01" + u64(10**10) + b"\x00" + b"\x07")
+seed("pc_bus", "kvm-pit",
+     u64(0) + b"\x07" + b"\x03" + u64(4 << 30) + u32(8) + inb(0x40) + inb(0x61) + outb(0x43, 0x34)
+     + b"\x08" + u64(0xFEE00000) + b"\x04")
+
+
+# ---- qmp_framer: limit byte (0 = 64 KiB), then chunks (length, bytes).
+def chunks(*parts):
+    return b"".join(bytes([len(p)]) + p for p in parts)
+
+
+seed("qmp_framer", "requests",
+     b"\x00" + chunks(b'{"execute":"qmp_capabilities"}', b'{"execute":"query-status","id":[1,{"a":"}"}]}'))
+seed("qmp_framer", "split", b"\x00" + chunks(b'{"exec', b'ute": "st', b'op"}  ', b'{"x":"\\"}{"}'))
+seed("qmp_framer", "scalars", b"\x00" + chunks(b'42 nul\n"str"} ] {"ok":1}', b"abc{}"))
+seed("qmp_framer", "too-long", b"\x08" + chunks(b'{"execute":"query-version"}{"a":1}', b"[[[[[[[[[[]]]]]]]]]]"))
+
+# ---- qmp_session: chunks (length, bytes).
+seed("qmp_session", "negotiate-and-run",
+     chunks(b'{"execute":"qmp_capabilities"}', b'{"execute":"query-status","id":"a"}',
+            b'{"execute":"stop"}{"execute":"cont","arguments":{}}'))
+seed("qmp_session", "errors",
+     chunks(b'{"execute":"stop"}', b'{"execute":"qmp_capabilities","arguments":{"enable":["oob"]}}',
+            b'{"execute":"qmp_capabilities"}{"execute":"nope","id":7}',
+            b'[1]{"execute":1}{"arguments":{}}{"execute":"quit","extra":0}{"execute":"qmp_capabilities"}'))
+seed("qmp_session", "split",
+     chunks(b'{"exe', b'cute":"qmp_capab', b'ilities"}{"execute":"system_reset","id":{"x":[1,2]}}'))
+
+
+# ---- kernel: memory (16 + n MiB), cpus, initrd (u16 length, bytes),
+# command line (u16 length, bytes), then the image.
+def bzimage(version=0x20F, xloadflags=0x3):
+    setup_sects = 4
+    img = bytearray((setup_sects + 1) * 512)
+
+    def put(off, b):
+        img[off:off + len(b)] = b
+
+    put(0x1F1, bytes([setup_sects]))
+    put(0x1FE, u16(0xAA55))
+    put(0x202, b"HdrS")
+    put(0x206, u16(version))
+    put(0x211, bytes([0x01]))  # LOADED_HIGH
+    put(0x214, u32(0x100000))  # code32_start
+    put(0x22C, u32(0x7FFFFFFF))  # initrd_addr_max
+    put(0x230, u32(0x200000))  # kernel_alignment
+    put(0x234, bytes([1, 21]))  # relocatable, min_alignment
+    put(0x236, u16(xloadflags))
+    put(0x238, u32(2047))  # cmdline_size
+    put(0x258, u64(0x1000000))  # pref_address
+    put(0x260, u32(0x400000))  # init_size
+    return bytes(img) + b"protected-mode kernel stands in here"
+
+
+def elf(load, payload, memsz, entry, pvh_entry=None):
+    note = b""
+    if pvh_entry is not None:
+        note = u32(4) + u32(4) + u32(18) + b"Xen\0" + u32(pvh_entry)
+    phnum = 1 + (1 if note else 0)
+    note_off = 64 + phnum * 56
+    data_off = note_off + len(note)
+    ehdr = (b"\x7fELF" + bytes([2, 1, 1, 0]) + bytes(8) + u16(2) + u16(62) + u32(1)
+            + u64(entry) + u64(64) + u64(0) + u32(0) + u16(64) + u16(56) + u16(phnum)
+            + bytes(6))
+    load_ph = u32(1) + u32(7) + u64(data_off) + u64(load) + u64(load) + u64(len(payload)) \
+        + u64(memsz) + u64(0x1000)
+    phs = load_ph
+    if note:
+        phs += u32(4) + u32(4) + u64(note_off) + u64(0) + u64(0) + u64(len(note)) \
+            + u64(len(note)) + u64(4)
+    return ehdr + phs + note + payload
+
+
+def kernel_seed(image, mem=48, cpus=2, initrd=b"", cmdline=b"console=ttyS0"):
+    return bytes([mem, cpus]) + u16(len(initrd)) + initrd + u16(len(cmdline)) + cmdline + image
+
+
+hlt = b"\xf4" * 4 + b" vmlinux stands in here"
+seed("kernel", "bzimage", kernel_seed(bzimage(), initrd=b"070701" + bytes(26)))
+seed("kernel", "bzimage-old-protocol", kernel_seed(bzimage(version=0x205, xloadflags=0), mem=0))
+seed("kernel", "elf-pvh", kernel_seed(elf(0x1000000, hlt, 0x2000, 0x1000040, 0x1000100), initrd=b"x" * 100))
+seed("kernel", "elf", kernel_seed(elf(0x1000000, hlt, 0x2000, 0x1000040), cpus=254, cmdline=b"  quiet  "))
+
+# ---- boot_params: arbitrary numbers; two plausible sets.
+seed("boot_params", "typical",
+     u64(512 << 20) + b"\x00" + u64(1 << 40) + u64(4096) + u64(0x7FFFFFFF) + u64(512 << 20)
+     + u64(0x1400000) + b"\x01" + u64(0x100000) + u16(0x20F) + u32(2047) + u32(0x7FFFFFFF)
+     + u64(0x1400000) + b"\x00" + u16(13) + b"console=ttyS0" + b"\x01" + u64(0x1F000000)
+     + u64(4096) + b"\x01" + u64(0xE0000) + b"\x04" + u64(0) + u64(0x9FC00) + b"\x00"
+     + u64(0x9FC00) + u64(0x60400) + b"\x01" + u64(0x100000) + u64(511 << 20) + b"\x00"
+     + u64(1 << 32) + u64(1 << 30) + b"\x00")
+seed("boot_params", "elf-pvh",
+     u64(6 << 30) + b"\x00" + u64(8 << 30) + u64(1 << 20) + u64(0x37FFFFFF) + u64(6 << 30)
+     + u64(0x1002000) + b"\x02" + u64(0x1000100) + u64(0x1002000) + b"\x00" + u16(4) + b"ro q"
+     + b"\x00" + b"\x00" + b"\x81")
+
+
+def main():
+    for target, seeds in SEEDS.items():
+        folder = os.path.join(ROOT, target)
+        shutil.rmtree(folder, ignore_errors=True)
+        os.makedirs(folder)
+        for name, data in seeds.items():
+            with open(os.path.join(folder, name), "wb") as f:
+                f.write(data)
+    total = sum(len(d) for s in SEEDS.values() for d in s.values())
+    print(f"{sum(len(s) for s in SEEDS.values())} seeds for {len(SEEDS)} targets, {total} bytes")
+
+
+if __name__ == "__main__":
+    main()
