@@ -86,7 +86,7 @@ fuzz_target!(|data: &[u8]| {
         cmdline.1
     );
     let e820 = e820_map(memory);
-    let rsdp = acpi::create_acpi_tables(&mem, cpus).ok();
+    let rsdp = acpi::create_acpi_tables(&mem, cpus, memory).ok();
     assert_eq!(
         rsdp.is_some(),
         (1..=vmm_pc::layout::MAX_CPUS).contains(&cpus)
