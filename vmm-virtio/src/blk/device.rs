@@ -299,7 +299,9 @@ impl<M: Memory> VirtioDevice<M> for VirtioBlk {
     fn reset(&mut self) {
         self.worker.stop();
         self.shared.held.store(false, Ordering::Release);
-        let _ = self.shared.retry.read();
+        // A retry asked for before the reset is drained by the next
+        // activation's worker, on its own thread (the vCPU thread that
+        // resets the device reads no file descriptor).
         self.acked = 0;
     }
 

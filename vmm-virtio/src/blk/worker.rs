@@ -81,6 +81,8 @@ impl<M: Memory> BlkWorker<M> {
     /// The thread's body: wait for notifications and retries until told
     /// to stop.
     pub fn run(mut self, waiter: Waiter, kick: EventFd, retry: EventFd) {
+        // A retry left from before the last reset is not this activation's.
+        let _ = retry.read();
         if let Err(e) = waiter
             .add(&kick, KICK)
             .and_then(|()| waiter.add(&retry, RETRY))
