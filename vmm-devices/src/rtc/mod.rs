@@ -674,11 +674,14 @@ impl<T: Trigger> Rtc<T> {
             let next_ns = (next * ns + 32_767).div_euclid(32_768);
             after(now, next_ns - guest)
         });
+        let periodic = periodic.flatten();
         let needs_update = self.running() && self.byte(reg::B) & (B_UIE | B_AIE) != 0;
-        let update = needs_update.then(|| {
-            let next_sec = (guest.div_euclid(ns) + 1) * ns;
-            after(now, next_sec - guest)
-        });
+        let update = needs_update
+            .then(|| {
+                let next_sec = (guest.div_euclid(ns) + 1) * ns;
+                after(now, next_sec - guest)
+            })
+            .flatten();
         for (timer, deadline) in [(&self.periodic, periodic), (&self.update, update)] {
             if let Some(timer) = timer {
                 match deadline {
@@ -707,8 +710,12 @@ impl<T: Trigger> Rtc<T> {
 /// The host time `delta` ns after `now`: at least 1 ns after it (a timer
 /// armed at `now` from its own callback would be due again at once), and
 /// saturating.
-fn after(now: i64, delta: i128) -> i64 {
-    now.saturating_add(i64::try_from(delta.max(1)).unwrap_or(i64::MAX))
+/// `delta` (at least 1 ns) after `now`; None when that instant is past the
+/// end of the host clock's range (a host clock at year 2262): no timer can
+/// be armed there, and one armed at the saturated end would be due at once,
+/// for ever.
+fn after(now: i64, delta: i128) -> Option<i64> {
+    i64::try_from(i128::from(now) + delta.max(1)).ok()
 }
 
 impl<T: Trigger> MutDevicePio for Rtc<T> {

@@ -542,3 +542,25 @@ fn a_guest_time_past_i64_max_never_arms_a_timer_at_now() {
     assert_eq!(b.get(reg::CENTURY), 0x22);
     assert_eq!(b.get(reg::YEAR), 0x62);
 }
+
+/// Found by the `rtc` fuzz target: with the host's wall clock at the end of
+/// its range (year 2262), "the next edge" is past what the clock can say;
+/// a deadline saturated to the end is `now` itself, due pass after pass,
+/// and the main loop never sleeps. Such timers are not armed at all.
+#[test]
+fn a_host_clock_at_the_end_of_time_arms_no_timer_at_now() {
+    let b = Bench::new();
+    // Update-ended and alarm interrupts, and the periodic one at 2 Hz.
+    b.set(reg::A, 0x2F);
+    b.set(reg::B, 0x72);
+    b.sim.time.set_wall(i64::MAX - 1);
+    for pass in 0..5 {
+        b.sim.clocks.run_all_timers();
+        let now = b.sim.now();
+        if let Some(due) = b.sim.clocks.alarm_deadline() {
+            assert!(due > now, "pass {pass}: a deadline at {due}, now {now}");
+            b.sim.time.advance(due - now);
+        }
+        b.get(reg::C);
+    }
+}
