@@ -1,0 +1,96 @@
+//! A small QMP client for the tests that run the `vmm` binary with
+//! `--qmp`, and the way they start it.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use super::{vmm, TempDir, RUN_LIMIT};
+
+/// A negotiated QMP connection; events read while waiting for a reply are
+/// kept in `events`.
+pub struct Client {
+    pub w: UnixStream,
+    pub r: BufReader<UnixStream>,
+    pub events: Vec<Value>,
+}
+
+impl Client {
+    /// Connects once the socket exists, reads the greeting, negotiates.
+    pub fn connect(path: &Path) -> Self {
+        let start = Instant::now();
+        let w = loop {
+            match UnixStream::connect(path) {
+                Ok(s) => break s,
+                Err(e) if start.elapsed() > RUN_LIMIT => panic!("no QMP socket: {e}"),
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        };
+        w.set_read_timeout(Some(RUN_LIMIT)).unwrap();
+        let r = BufReader::new(w.try_clone().unwrap());
+        let mut c = Self {
+            w,
+            r,
+            events: Vec::new(),
+        };
+        let greeting = c.line();
+        assert!(greeting["QMP"]["version"]["qemu"].is_object(), "{greeting}");
+        assert_eq!(c.execute("qmp_capabilities"), json!({"return": {}}));
+        c
+    }
+
+    pub fn line(&mut self) -> Value {
+        let mut s = String::new();
+        self.r.read_line(&mut s).unwrap();
+        assert!(!s.is_empty(), "QMP connection closed");
+        serde_json::from_str(&s).unwrap_or_else(|e| panic!("{e}: {s:?}"))
+    }
+
+    /// Runs `command`; events that come first are kept.
+    pub fn execute(&mut self, command: &str) -> Value {
+        writeln!(self.w, "{}", json!({ "execute": command })).unwrap();
+        loop {
+            let v = self.line();
+            if v.get("event").is_some() {
+                self.events.push(v);
+            } else {
+                return v;
+            }
+        }
+    }
+
+    /// The next event named `name` (kept or still to come).
+    pub fn event(&mut self, name: &str) -> Value {
+        if let Some(i) = self.events.iter().position(|e| e["event"] == name) {
+            return self.events.remove(i);
+        }
+        loop {
+            let v = self.line();
+            if v["event"] == name {
+                return v;
+            }
+            assert!(v.get("event").is_some(), "expected {name}, got {v}");
+            self.events.push(v);
+        }
+    }
+
+    pub fn status(&mut self) -> Value {
+        self.execute("query-status")["return"].clone()
+    }
+}
+
+pub fn spawn(dir: &TempDir, kernel: &[u8], extra: &[&str]) -> (Child, PathBuf) {
+    let k = dir.file("guest.elf", kernel);
+    let sock = dir.0.join("qmp.sock");
+    let child = vmm()
+        .args(["--kernel", k.to_str().unwrap(), "--memory", "64M"])
+        .args(["--qmp", sock.to_str().unwrap()])
+        .args(extra)
+        .spawn()
+        .unwrap();
+    (child, sock)
+}

@@ -1,0 +1,233 @@
+//! The machine's configuration, its errors and why it stopped.
+
+use std::path::PathBuf;
+
+use vmm_core::event_loop::EventLoopError;
+use vmm_core::kvm::KvmError;
+use vmm_core::signals::{signal_name, SignalError};
+use vmm_core::vcpu::{VcpuError, VcpuThreadStart};
+use vmm_core::vm::VmError;
+use vmm_devices::serial::SerialOutput;
+
+use crate::boot::BootError;
+use crate::control::{QuitSource, ShutdownCause};
+use crate::devices::DeviceError;
+use crate::memory::MemoryError;
+use crate::{acpi, mptable};
+
+/// What to build.
+pub struct PcConfig {
+    /// The kernel: a bzImage or an ELF vmlinux.
+    pub kernel: PathBuf,
+    /// Disks, each a virtio-blk-pci on its drive.
+    pub disks: Vec<crate::disks::DiskConfig>,
+    /// An initrd/initramfs, if any.
+    pub initrd: Option<PathBuf>,
+    /// The kernel command line.
+    pub cmdline: String,
+    /// Guest RAM in bytes.
+    pub memory: u64,
+    /// Number of vCPUs.
+    pub cpus: u32,
+    /// Where COM1's output goes. Called on vCPU threads: must not block
+    /// for long.
+    pub serial: SerialOutput,
+    /// Which i8254 PIT the machine gets.
+    pub pit: PitBackend,
+    /// Stay in `prelaunch`, vCPUs parked, until a `cont` (QEMU's `-S`).
+    pub start_paused: bool,
+    /// What a guest reset (i8042, triple fault) does.
+    pub reboot: RebootAction,
+    /// On a KVM internal error or failed entry, stop in `internal-error`,
+    /// and on a guest panic (pvpanic) in `guest-panicked` (vCPUs parked, the
+    /// state queryable, `system_reset` possible), instead of exiting: for
+    /// when a control interface (QMP) can act on it.
+    pub stop_on_error: bool,
+    /// Run on each vCPU thread once its vCPU is set up, before any guest
+    /// code (the binary's seccomp filter); see [`VcpuThreadStart`].
+    pub vcpu_thread_start: Option<VcpuThreadStart>,
+    /// Run on each device worker thread (made at build time, parked until
+    /// its device is activated) before it does any work: the binary's
+    /// seccomp filter.
+    pub device_thread_start: Option<vmm_virtio::worker::ThreadStart>,
+}
+
+/// What a guest-initiated reset does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum RebootAction {
+    /// End the VMM with status 0 (QEMU's `-no-reboot`, Firecracker).
+    #[default]
+    Exit,
+    /// Reset the machine in place and boot the guest again.
+    Reset,
+}
+
+/// Which i8254 PIT a machine gets; never both.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum PitBackend {
+    /// Ours (vmm-devices), on the Virtual clock: it stops with the VM.
+    #[default]
+    Userspace,
+    /// KVM's in-kernel PIT (`KVM_CREATE_PIT2`), which also answers port
+    /// 0x61; it keeps counting host time while the VM is paused.
+    Kvm,
+}
+
+impl std::fmt::Debug for PcConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PcConfig")
+            .field("kernel", &self.kernel)
+            .field("initrd", &self.initrd)
+            .field("cmdline", &self.cmdline)
+            .field("memory", &self.memory)
+            .field("cpus", &self.cpus)
+            .field("pit", &self.pit)
+            .field("start_paused", &self.start_paused)
+            .field("reboot", &self.reboot)
+            .field("stop_on_error", &self.stop_on_error)
+            .field("vcpu_thread_start", &self.vcpu_thread_start.is_some())
+            .field("disks", &self.disks)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why the machine could not be built or run.
+#[derive(Debug, thiserror::Error)]
+pub enum PcError {
+    /// The vCPU count is out of range.
+    #[error("cannot run {cpus} vCPUs: this machine takes 1 to {max}")]
+    CpuCount {
+        /// Asked for.
+        cpus: u32,
+        /// The limit (KVM's and the ACPI tables').
+        max: u32,
+    },
+    /// The memory size is unusable.
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    /// A kernel or initrd path is not a regular file (a FIFO, a directory,
+    /// a device, a socket); refused before anything reads from it.
+    #[error("{what} {path} is not a regular file ({kind})")]
+    NotRegular {
+        /// "kernel" or "initrd".
+        what: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// What it is instead ("a FIFO", ...).
+        kind: &'static str,
+    },
+    /// A file could not be opened.
+    #[error("cannot open {what} {path}")]
+    Open {
+        /// "kernel" or "initrd".
+        what: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `/dev/kvm` is unusable.
+    #[error(transparent)]
+    Kvm(#[from] KvmError),
+    /// A VM operation failed.
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    /// The kernel, initrd or command line could not be loaded.
+    #[error(transparent)]
+    Boot(#[from] BootError),
+    /// ACPI tables.
+    #[error(transparent)]
+    Acpi(#[from] acpi::AcpiError),
+    /// MP table.
+    #[error(transparent)]
+    MpTable(#[from] mptable::MpTableError),
+    /// Devices.
+    #[error(transparent)]
+    Devices(#[from] DeviceError),
+    /// A disk's image.
+    #[error(transparent)]
+    Disk(#[from] crate::disks::DiskError),
+    /// A virtio device.
+    #[error(transparent)]
+    Virtio(#[from] crate::virtio::VirtioError),
+    /// Signals.
+    #[error(transparent)]
+    Signals(#[from] SignalError),
+    /// The main loop.
+    #[error(transparent)]
+    EventLoop(#[from] EventLoopError),
+    /// The guest could not be loaded again for a reset.
+    #[error("cannot reload the guest for a reset: {0}")]
+    Reload(String),
+    /// A run-state change the machine tried is not allowed.
+    #[error("run state: {0}")]
+    Control(String),
+    /// The timer alarm.
+    #[error("cannot create the timer alarm")]
+    Clock(#[source] vmm_clock::Error),
+    /// vCPU threads.
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+}
+
+/// Why the machine stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExitReason {
+    /// The guest reset the machine (i8042, triple fault, reset event).
+    GuestReset(String),
+    /// The guest powered off (ACPI S5 or a shutdown event).
+    GuestPoweroff,
+    /// The user asked to quit (console Ctrl-A x, QMP `quit`).
+    Quit(QuitSource),
+    /// A signal asked us to terminate.
+    Signal(i32),
+    /// The guest reported a panic (pvpanic) and nothing could act on it.
+    GuestPanicked,
+    /// The machine could not go on (a vCPU's KVM error, or the main loop's).
+    InternalError {
+        /// The vCPU, when one failed.
+        vcpu: Option<u32>,
+        /// What KVM or the machine reported.
+        reason: String,
+    },
+}
+
+impl ExitReason {
+    /// Whether this is a normal end (status 0), as QEMU treats them.
+    pub fn is_success(&self) -> bool {
+        !matches!(self, Self::InternalError { .. } | Self::GuestPanicked)
+    }
+
+    /// The `SHUTDOWN` event's cause; none for an internal error (QEMU
+    /// stops in `internal-error` without one).
+    pub fn shutdown_cause(&self) -> Option<ShutdownCause> {
+        Some(match self {
+            Self::GuestReset(_) => ShutdownCause::GuestReset,
+            Self::GuestPoweroff => ShutdownCause::GuestShutdown,
+            Self::Quit(QuitSource::Console) => ShutdownCause::HostUi,
+            Self::Quit(QuitSource::Qmp) => ShutdownCause::HostQmpQuit,
+            Self::Signal(_) => ShutdownCause::HostSignal,
+            Self::GuestPanicked => ShutdownCause::GuestPanic,
+            Self::InternalError { .. } => return None,
+        })
+    }
+}
+
+impl std::fmt::Display for ExitReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::GuestReset(why) => write!(f, "guest reset ({why})"),
+            Self::GuestPoweroff => write!(f, "guest powered off"),
+            Self::Quit(QuitSource::Console) => write!(f, "quit from the console"),
+            Self::Quit(QuitSource::Qmp) => write!(f, "quit (QMP or the monitor)"),
+            Self::Signal(s) => write!(f, "terminating on signal {}", signal_name(*s)),
+            Self::GuestPanicked => write!(f, "the guest panicked"),
+            Self::InternalError {
+                vcpu: Some(vcpu),
+                reason,
+            } => write!(f, "vCPU {vcpu}: {reason}"),
+            Self::InternalError { vcpu: None, reason } => write!(f, "{reason}"),
+        }
+    }
+}
