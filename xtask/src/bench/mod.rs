@@ -75,87 +75,8 @@ const QEMU: &str = "qemu-system-x86_64";
 const QEMU_DEBUG_EXIT: &str = "isa-debug-exit,iobase=0xf4,iosize=0x04";
 const QEMU_DEBUG_EXIT_STATUS: i32 = 1;
 
-/// The suites, in the order they run.
-const SUITES: [&str; 8] = [
-    "startup", "exit", "memory", "pio", "density", "linux", "qmp", "alarm",
-];
-
-/// The parsed command line.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Options {
-    suites: Vec<&'static str>,
-    runs: usize,
-    quick: bool,
-    /// Extra arguments for our VMM (`--vmm-arg`).
-    vmm_args: Vec<String>,
-    /// Arguments for the alarm benchmark (after `--`).
-    alarm_args: Vec<String>,
-}
-
-impl Options {
-    fn parse(args: &[String]) -> Result<Self> {
-        let mut suites = Vec::new();
-        let mut runs = None;
-        let mut quick = false;
-        let mut vmm_args = Vec::new();
-        let mut alarm_args = Vec::new();
-        let mut it = args.iter();
-        while let Some(a) = it.next() {
-            let runs_value = match a.strip_prefix("--runs") {
-                Some("") => Some(it.next().map(String::as_str)),
-                Some(v) if v.starts_with('=') => Some(Some(&v[1..])),
-                _ => None,
-            };
-            let vmm_arg = match a.strip_prefix("--vmm-arg") {
-                Some("") => Some(it.next().map(String::as_str)),
-                Some(v) if v.starts_with('=') => Some(Some(&v[1..])),
-                _ => None,
-            };
-            if let Some(v) = vmm_arg {
-                match v {
-                    Some(v) => vmm_args.push(v.to_owned()),
-                    None => bail!("--vmm-arg needs an argument for the VMM"),
-                }
-            } else if let Some(v) = runs_value {
-                runs = match v.map(str::parse::<usize>) {
-                    Some(Ok(n)) if n > 0 => Some(n),
-                    _ => bail!("--runs needs a positive number"),
-                };
-            } else if a == "--quick" {
-                quick = true;
-            } else if a == "--" {
-                alarm_args = it.by_ref().cloned().collect();
-            } else {
-                // `boot` was this suite's name before the others existed.
-                let name = if a == "boot" { "startup" } else { a.as_str() };
-                match SUITES.iter().find(|s| **s == name) {
-                    Some(s) if !suites.contains(s) => suites.push(*s),
-                    Some(_) => {}
-                    None => bail!(
-                        "unknown argument `{a}` (suites: {}; flags: --runs N, --quick, --vmm-arg ARG)",
-                        SUITES.join(", ")
-                    ),
-                }
-            }
-        }
-        if suites.is_empty() {
-            suites = SUITES.iter().copied().filter(|s| *s != "alarm").collect();
-        }
-        suites.sort_by_key(|s| SUITES.iter().position(|x| x == s));
-        let runs = runs.unwrap_or(if quick { QUICK_RUNS } else { DEFAULT_RUNS });
-        Ok(Self {
-            suites,
-            runs,
-            quick,
-            vmm_args,
-            alarm_args,
-        })
-    }
-
-    fn wants(&self, suite: &str) -> bool {
-        self.suites.contains(&suite)
-    }
-}
+mod options;
+use options::Options;
 
 /// Runs the benchmarks `args` ask for.
 pub fn task(args: &[String]) -> Result<()> {
@@ -765,7 +686,7 @@ mod tests {
         let all = parse(&[]).unwrap();
         assert_eq!(all.runs, DEFAULT_RUNS);
         assert!(!all.quick);
-        assert_eq!(all.suites.len(), SUITES.len() - 1);
+        assert_eq!(all.suites.len(), options::SUITES.len() - 1);
         assert!(!all.wants("alarm"));
         assert_eq!(parse(&["--runs", "5"]).unwrap().runs, 5);
         assert_eq!(parse(&["--runs=7"]).unwrap().runs, 7);
