@@ -81,7 +81,7 @@ fn byte_index(offset: PioAddressOffset, i: usize) -> Option<usize> {
 }
 
 /// Saved state of [`Pm1Event`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Pm1EventState {
     /// PM1_STS.
     pub status: u16,
@@ -156,6 +156,16 @@ impl Pm1Event {
         self.state
     }
 
+    /// Replaces the state (a snapshot restore; bits that do not exist are
+    /// dropped) and sets the SCI to match.
+    pub fn restore(&mut self, state: &Pm1EventState) {
+        self.state = Pm1EventState {
+            status: state.status & STS_VALID_BITS,
+            enable: state.enable & EN_VALID_BITS,
+        };
+        self.update_sci();
+    }
+
     fn write_byte(&mut self, index: usize, value: u8) {
         let (reg, shift) = match index {
             0 | 1 => (&mut self.state.status, index * 8),
@@ -195,7 +205,7 @@ impl MutDevicePio for Pm1Event {
 }
 
 /// Saved state of [`Pm1Control`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Pm1ControlState {
     /// BM_RLD as last written.
     pub bm_rld: bool,
@@ -235,6 +245,14 @@ impl<T: Trigger> Pm1Control<T> {
     /// The current state.
     pub fn state(&self) -> Pm1ControlState {
         self.state
+    }
+
+    /// Replaces the state (a snapshot restore; SLP_TYP kept to 3 bits).
+    pub fn restore(&mut self, state: &Pm1ControlState) {
+        self.state = Pm1ControlState {
+            bm_rld: state.bm_rld,
+            slp_typ: state.slp_typ & 0x7,
+        };
     }
 
     /// The poweroff line.

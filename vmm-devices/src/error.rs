@@ -16,6 +16,14 @@ pub enum Error {
         /// What the device holds at most.
         capacity: usize,
     },
+    /// A saved field holds a value the device cannot have.
+    #[error("saved {what} {value} is out of range")]
+    OutOfRange {
+        /// Which field.
+        what: &'static str,
+        /// Its value.
+        value: u64,
+    },
     /// The restored device had an interrupt pending and could not raise it.
     #[error("cannot raise the restored device's interrupt ({0})")]
     Trigger(String),

@@ -122,7 +122,7 @@ const INPUT_PORT: u8 = 0x80;
 const NAME: &str = "i8042";
 
 /// What the next write to port 0x60 means.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum PendingWrite {
     /// A byte for the keyboard.
     #[default]
@@ -140,7 +140,7 @@ pub enum PendingWrite {
 }
 
 /// Who a queued byte comes from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Source {
     /// The keyboard port, or the controller itself.
     Keyboard,
@@ -149,7 +149,7 @@ pub enum Source {
 }
 
 /// One byte waiting in the output queue.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct OutputByte {
     /// The byte.
     pub byte: u8,
@@ -158,7 +158,7 @@ pub struct OutputByte {
 }
 
 /// The controller's whole state.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct I8042State {
     /// Controller configuration byte.
     pub ctr: u8,
@@ -242,6 +242,28 @@ impl<T: Trigger> I8042<T> {
     /// The current state.
     pub fn state(&self) -> I8042State {
         self.state.clone()
+    }
+
+    /// Replaces the state (a snapshot restore) after checking it; fires
+    /// IRQ 1 if keyboard data is deliverable. On an error nothing changes.
+    pub fn restore(&mut self, state: &I8042State) -> Result<(), Error> {
+        if state.output.len() > OUTPUT_QUEUE_LEN {
+            return Err(Error::QueueOverflow {
+                what: "i8042 output queue",
+                len: state.output.len(),
+                capacity: OUTPUT_QUEUE_LEN,
+            });
+        }
+        if !(1..=3).contains(&state.keyboard.scancode_set) {
+            return Err(Error::OutOfRange {
+                what: "keyboard scan-code set",
+                value: u64::from(state.keyboard.scancode_set),
+            });
+        }
+        self.state = state.clone();
+        self.irq_high = false;
+        self.update_irq();
+        Ok(())
     }
 
     /// Back to the power-on state; re-arms the reset line. The machine calls

@@ -88,6 +88,7 @@ pub mod port80;
 pub mod pvpanic;
 pub mod rtc;
 pub mod serial;
+pub mod stateful;
 #[cfg(test)]
 mod test_util;
 
@@ -105,6 +106,7 @@ pub use rtc::{Rtc, RtcState, CMOS_SIZE, RTC_PORT_LEN};
 pub use serial::{
     SerialDevice, SerialDeviceState, SerialOutput, RX_FIFO_CAPACITY, SERIAL_PORT_LEN,
 };
+pub use stateful::Duplicate;
 pub use vm_superio::serial::{NoEvents, SerialEvents};
 
 /// Mini-fuzz: pseudo-random accesses through each device's bus interface,

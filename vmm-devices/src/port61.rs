@@ -66,7 +66,7 @@ impl PitChannel2 for NoPitChannel2 {
 }
 
 /// Saved state of [`Port61`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Port61State {
     /// Bits 1:0 as last written.
     pub control: u8,
@@ -110,6 +110,13 @@ impl<P: PitChannel2> Port61<P> {
     /// The current state.
     pub fn state(&self) -> Port61State {
         self.state
+    }
+
+    /// Replaces the state (a snapshot restore); passes the stored gate on
+    /// to the PIT.
+    pub fn restore(&mut self, state: &Port61State) {
+        self.write(state.control);
+        self.state.refresh = state.refresh;
     }
 
     /// The PIT channel.

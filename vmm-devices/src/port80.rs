@@ -17,7 +17,7 @@ use crate::log_once::FaultLog;
 const NAME: &str = "port80";
 
 /// Saved state of [`Port80`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Port80State {
     /// The last code written, if any.
     pub last_code: Option<u8>,
@@ -49,6 +49,11 @@ impl Port80 {
     /// The current state.
     pub fn state(&self) -> Port80State {
         self.state
+    }
+
+    /// Replaces the state (a snapshot restore).
+    pub fn restore(&mut self, state: &Port80State) {
+        self.state = *state;
     }
 
     /// The last POST code the guest wrote.

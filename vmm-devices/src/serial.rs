@@ -111,9 +111,10 @@ const NAME: &str = "serial";
 
 /// Everything a [`SerialDevice`] needs to be rebuilt: vm-superio's registers
 /// and RX buffer, plus what this layer adds.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SerialDeviceState {
     /// vm-superio's registers and RX buffer.
+    #[serde(with = "crate::stateful::UartRegisters")]
     pub uart: SerialState,
     /// The FIFO control register as stored (`value & 0xC9`).
     pub fcr: u8,

@@ -7,16 +7,22 @@
 //!   properties with defaults and help) and the [`Registry`] the machine
 //!   fills at start-up (QEMU's `MODULE_INIT_QOM`), which checks a request
 //!   against its type and prints `-device help` and `-device NAME,help` the
-//!   way QEMU does.
+//!   way QEMU does;
+//! - [`device`]: what every device implements ([`Stateful`]: a plain,
+//!   serializable state with `state()`, `restore()` and `reset()`), and the
+//!   object-safe [`Device`] the machine keeps in its device list to reset,
+//!   save and load each one.
 //!
 //! No KVM, no devices: the machine (vmm-pc) registers the types it can build
 //! and builds them from checked [`types::DeviceRequest`]s.
 
 #![deny(missing_docs)]
 
+pub mod device;
 pub mod opts;
 pub mod types;
 
+pub use device::{Device, InvalidState, SavedDevice, StateError, Stateful};
 pub use opts::{parse as parse_opts, Opts};
 pub use types::{Bus, Category, DeviceRequest, DeviceType, PropKind, PropSpec, Registry, Value};
 

@@ -34,7 +34,7 @@ const DEFAULT_SCANCODE_SET: u8 = 2;
 
 /// The keyboard's state: a command waiting for its parameter byte, and the
 /// selected scan-code set.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct KeyboardState {
     /// A command (0xED, 0xF0 or 0xF3) whose parameter comes next.
     pub awaiting_param: Option<u8>,

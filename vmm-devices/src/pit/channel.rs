@@ -18,7 +18,7 @@ mod access {
 }
 
 /// One channel's state, everything a snapshot needs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PitChannelState {
     /// The count in use, 1..=65536 (a written 0 means 65536).
     pub count: u32,
@@ -250,7 +250,7 @@ impl PitChannelState {
 
 /// The whole PIT's state, plain data: read it out with [`Pit::state`](super::Pit::state) and
 /// put it back with [`Pit::restore`](super::Pit::restore).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PitState {
     /// Channels 0, 1 and 2.
     pub channels: [PitChannelState; 3],

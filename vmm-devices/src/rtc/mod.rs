@@ -118,10 +118,11 @@ const NAME: &str = "mc146818";
 
 /// The RTC's state, plain data: read it out with [`Rtc::state`] and put it
 /// back with [`Rtc::restore`].
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RtcState {
     /// CMOS bytes; the time registers hold their last computed or written
     /// values.
+    #[serde(with = "crate::stateful::cmos_bytes")]
     pub cmos: [u8; CMOS_SIZE],
     /// The selected register (bit 7 already dropped).
     pub index: u8,
