@@ -1,6 +1,7 @@
 //! The device types of the PC, registered at start-up (QEMU's
 //! `module_call_init(MODULE_INIT_QOM)`): the fixed devices the machine
-//! adds itself, and the ones `--device` may add.
+//! adds itself (built by name through [`crate::devices::build`]), and the
+//! ones `--device` may add.
 
 use vmm_qom::{Bus, Category, DeviceType, PropKind, PropSpec, Registry};
 
@@ -66,10 +67,16 @@ pub const TYPES: &[DeviceType] = &[
     ),
     fixed("pvpanic", Bus::Isa, Category::Misc, "pvpanic (port 0x505)"),
     fixed(
-        "acpi-pm",
+        "acpi-pm1-evt",
         Bus::System,
         Category::Misc,
-        "ACPI PM1a event and control blocks",
+        "ACPI PM1a event block (status, enable, the power button, the SCI)",
+    ),
+    fixed(
+        "acpi-pm1-cnt",
+        Bus::System,
+        Category::Misc,
+        "ACPI PM1a control block (S5 soft-off)",
     ),
     fixed(
         "port61",
@@ -108,6 +115,29 @@ mod tests {
             r.register(*ty).unwrap();
         }
         assert_eq!(registry().types().count(), TYPES.len());
+    }
+
+    #[test]
+    fn every_fixed_type_has_a_builder_that_makes_a_device_of_its_type() {
+        use crate::devices::build::{fixed_devices, BUILDERS};
+        let mut fixed: Vec<_> = TYPES
+            .iter()
+            .filter(|t| !t.user_creatable)
+            .map(|t| t.name)
+            .collect();
+        let mut built: Vec<_> = BUILDERS.iter().map(|(n, _)| *n).collect();
+        fixed.sort_unstable();
+        built.sort_unstable();
+        assert_eq!(fixed, built, "one builder per fixed type");
+        // The default machine with our PIT builds every one of them, and
+        // each lands in the device model under its own type.
+        let names = fixed_devices(true);
+        let mut sorted = names.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, fixed);
+        let (_io, devices) = crate::devices::tests::wired(true);
+        let types: Vec<_> = devices.model.list().into_iter().map(|(_, t)| t).collect();
+        assert_eq!(types, names);
     }
 
     #[test]

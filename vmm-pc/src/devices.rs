@@ -17,18 +17,18 @@ use std::sync::{Arc, Mutex};
 
 use vmm_clock::Clocks;
 use vmm_core::vm::{Vm, VmError};
-use vmm_devices::acpi_pm::{PM1_CNT_LEN, PM1_EVT_LEN};
 use vmm_devices::serial::SerialOutput;
-use vmm_devices::PvPanic;
 use vmm_devices::{
-    EventFdTrigger, LevelLine, Pit, PitPort61, Pm1Control, Pm1Event, Port61, Port80, Rtc,
-    SerialDevice, SerialEvents, I8042, PIT_PORT_LEN, RTC_PORT_LEN,
+    Duplicate, EventFdTrigger, LevelLine, Pit, Pm1Event, Rtc, SerialDevice, SerialEvents, I8042,
 };
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::io::{BusError, PcIo};
-use crate::layout::{self, irq, port};
+use crate::layout::irq;
 use crate::machine::PitBackend;
+use crate::model::DeviceModel;
+
+pub mod build;
 
 /// Errors wiring the devices.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +39,13 @@ pub enum DeviceError {
     /// A device could not go on the bus.
     #[error(transparent)]
     Bus(#[from] BusError),
+    /// A device type the machine cannot build (not a registered fixed
+    /// type, built twice, or missing what it hangs on).
+    #[error("cannot build a '{0}' into this machine")]
+    Unbuildable(String),
+    /// A device the machine cannot do without was not built.
+    #[error("the machine has no '{0}'")]
+    Missing(&'static str),
     /// An interrupt line could not be connected.
     #[error("cannot connect the interrupt of {0}")]
     Irq(&'static str, #[source] VmError),
@@ -49,6 +56,14 @@ pub enum DeviceError {
 #[derive(Debug)]
 pub struct ConsoleEvents {
     ready: EventFd,
+}
+
+impl Duplicate for ConsoleEvents {
+    fn duplicate(&self) -> std::io::Result<Self> {
+        Ok(Self {
+            ready: self.ready.try_clone()?,
+        })
+    }
 }
 
 impl SerialEvents for ConsoleEvents {
@@ -88,6 +103,9 @@ pub struct PcDevices {
     pub panic_evt: EventFd,
     /// The PCI root bus.
     pub pci: Arc<Mutex<vmm_pci::PciRoot>>,
+    /// Every device above as the device model holds it, by id, in the
+    /// order built: what a reset, a save and a load go through.
+    pub model: DeviceModel,
 }
 
 /// The ACPI SCI: GSI 9, level-triggered, through `KVM_IRQ_LINE`.
@@ -103,20 +121,12 @@ impl LevelLine for SciLine {
 }
 
 impl PcDevices {
-    /// A machine reset: the devices that hold reset state go back to it
-    /// (the i8042 re-arms its reset line; the PIT reloads its power-on
-    /// counts; the RTC drops its interrupt enables but keeps the time).
+    /// A machine reset: every device back to its power-on state, in the
+    /// order built (the UART's registers and FIFO, the i8042 re-arming its
+    /// reset line, the PIT's power-on counts, the RTC's interrupt enables
+    /// (its time stays), PM1, the ports, the PCI bus and its functions).
     pub fn reset(&self) {
-        self.i8042.lock().unwrap_or_else(|e| e.into_inner()).reset();
-        if let Some(pit) = &self.pit {
-            pit.lock().unwrap_or_else(|e| e.into_inner()).reset();
-        }
-        self.rtc.lock().unwrap_or_else(|e| e.into_inner()).reset();
-        self.pm1_event
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .reset();
-        self.pci.lock().unwrap_or_else(|e| e.into_inner()).reset();
+        self.model.reset();
     }
 
     /// Presses the ACPI power button (QMP `system_powerdown`).
@@ -196,8 +206,10 @@ pub fn create_devices(
 }
 
 /// Creates the PC's devices on `lines` and puts them on `io`, without KVM:
-/// the part of [`create_devices`] after the irqfds. Which PIT serves
-/// follows `lines.pit`, not `pc.pit`.
+/// the part of [`create_devices`] after the irqfds. The default machine's
+/// fixed devices ([`build::fixed_devices`]) are built by type name from
+/// the registry's builders ([`build::BUILDERS`]). Which PIT serves follows
+/// `lines.pit`, not `pc.pit`.
 pub fn wire_devices(
     io: &mut PcIo,
     clocks: &Clocks,
@@ -205,94 +217,12 @@ pub fn wire_devices(
     pc: PcShape,
     lines: DeviceLines,
 ) -> Result<PcDevices, DeviceError> {
-    // COM1.
-    let console_ready_evt = eventfd("console")?;
-    let events = ConsoleEvents {
-        ready: clone_fd("console", &console_ready_evt)?,
-    };
-    let com1 = Arc::new(Mutex::new(SerialDevice::with_events(
-        lines.com1, events, serial_out,
-    )));
-    io.add_pio("COM1", port::COM1, 8, com1.clone())?;
-
-    // i8042: two single ports around port 0x61.
-    let reset_evt = eventfd("i8042 reset")?;
-    let i8042 = Arc::new(Mutex::new(I8042::new(
-        EventFdTrigger::new(clone_fd("i8042 reset", &reset_evt)?),
-        lines.keyboard,
-    )));
-    io.add_pio("i8042 data", port::I8042_DATA, 1, i8042.clone())?;
-    io.add_pio("i8042 command", port::I8042_COMMAND, 1, i8042.clone())?;
-
-    // ACPI PM1a.
-    let poweroff_evt = eventfd("ACPI poweroff")?;
-    let pm1_event = Arc::new(Mutex::new(Pm1Event::with_sci(lines.sci)));
-    io.add_pio(
-        "PM1a event",
-        port::PM1A_EVT_BLK,
-        PM1_EVT_LEN,
-        pm1_event.clone(),
-    )?;
-    io.add_pio(
-        "PM1a control",
-        port::PM1A_CNT_BLK,
-        PM1_CNT_LEN,
-        Arc::new(Mutex::new(Pm1Control::new(EventFdTrigger::new(clone_fd(
-            "ACPI poweroff",
-            &poweroff_evt,
-        )?)))),
-    )?;
-
-    io.add_pio("POST", port::POST, 1, Arc::new(Mutex::new(Port80::new())))?;
-
-    // pvpanic (the DSDT's QEMU0001 device).
-    let panic_evt = eventfd("pvpanic")?;
-    io.add_pio(
-        "pvpanic",
-        port::PVPANIC,
-        1,
-        Arc::new(Mutex::new(PvPanic::new(EventFdTrigger::new(clone_fd(
-            "pvpanic", &panic_evt,
-        )?)))),
-    )?;
-
-    // RTC and CMOS, with the memory and CPU bytes a PC BIOS fills in.
-    let rtc = Rtc::new(clocks, lines.rtc);
-    let below_4g = pc.memory.min(layout::MMIO_HOLE_START);
-    rtc.lock().unwrap_or_else(|e| e.into_inner()).set_pc_config(
-        below_4g,
-        pc.memory - below_4g,
-        pc.cpus,
-    );
-    io.add_pio("MC146818 RTC", port::RTC, RTC_PORT_LEN, rtc.clone())?;
-    let pit = match lines.pit {
-        Some(pit_irq) => {
-            let pit = Pit::new(clocks, pit_irq);
-            io.add_pio("i8254 PIT", port::PIT, PIT_PORT_LEN, pit.clone())?;
-            io.add_pio(
-                "system control B",
-                port::SYSTEM_CONTROL_B,
-                1,
-                Arc::new(Mutex::new(Port61::with_pit(PitPort61(pit.clone())))),
-            )?;
-            Some(pit)
-        }
-        None => None,
-    };
-    let pci = crate::pci::create_pci(io)?;
-
-    Ok(PcDevices {
-        com1,
-        i8042,
-        reset_evt,
-        poweroff_evt,
-        console_ready_evt,
-        pit,
-        rtc,
-        pm1_event,
-        panic_evt,
-        pci,
-    })
+    let names = build::fixed_devices(lines.pit.is_some());
+    let mut w = build::Wiring::new(io, clocks, serial_out, pc, lines);
+    for name in names {
+        w.build(name)?;
+    }
+    w.finish()
 }
 
 /// The in-kernel irqchip ids of `KVM_SET_GSI_ROUTING`.
@@ -329,8 +259,10 @@ pub fn pc_irq_routes() -> Vec<(u32, u32, u32)> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use vmm_core::io::IoHandler;
+
+    use crate::layout::port;
 
     use super::*;
 
@@ -341,7 +273,7 @@ mod tests {
         fn set_level(&self, _high: bool) {}
     }
 
-    fn wired(our_pit: bool) -> (PcIo, PcDevices) {
+    pub(crate) fn wired(our_pit: bool) -> (PcIo, PcDevices) {
         let line = || EventFdTrigger::nonblocking().unwrap();
         let lines = DeviceLines {
             com1: line(),
@@ -401,6 +333,56 @@ mod tests {
         let (io, _devices) = wired(false);
         assert_eq!(inb(&io, port::PIT + 3), 0xff);
         assert_eq!(inb(&io, port::SYSTEM_CONTROL_B), 0xff);
+    }
+
+    #[test]
+    fn the_machines_devices_save_and_load_through_the_model() {
+        let (io, a) = wired(true);
+        // The guest programs a few devices.
+        io.pio_write(port::COM1 + 7, &[0x5a]); // scratch
+        io.pio_write(port::RTC, &[0x40]);
+        io.pio_write(port::RTC + 1, &[0x99]); // a CMOS byte
+        io.pio_write(port::PIT + 3, &[0x34]);
+        io.pio_write(port::PIT, &[0x10]);
+        io.pio_write(port::PIT, &[0x27]);
+        io.pio_write(port::I8042_COMMAND, &[0x60]);
+        io.pio_write(port::I8042_DATA, &[0x45]); // the CTR
+        io.pio_write(port::POST, &[0x42]);
+        io.pio_write(port::SYSTEM_CONTROL_B, &[0x01]);
+        let saved = a.model.save().unwrap();
+        assert_eq!(saved.len(), a.model.list().len());
+        let text = serde_json::to_string(&saved).unwrap();
+
+        let (io2, b) = wired(true);
+        b.model
+            .load(&serde_json::from_str::<Vec<crate::model::SavedEntry>>(&text).unwrap())
+            .unwrap();
+        assert_eq!(b.model.save().unwrap(), saved);
+        assert_eq!(inb(&io2, port::COM1 + 7), 0x5a);
+        io2.pio_write(port::RTC, &[0x40]);
+        assert_eq!(inb(&io2, port::RTC + 1), 0x99);
+        io2.pio_write(port::I8042_COMMAND, &[0x20]);
+        assert_eq!(inb(&io2, port::I8042_DATA), 0x45);
+        assert_eq!(inb(&io2, port::SYSTEM_CONTROL_B) & 0x03, 0x01);
+
+        // A machine reset puts the guest-programmed registers back.
+        b.reset();
+        assert_eq!(inb(&io2, port::COM1 + 7), 0, "the UART is reset too");
+        assert_eq!(inb(&io2, port::SYSTEM_CONTROL_B) & 0x03, 0);
+        io2.pio_write(port::RTC, &[0x40]);
+        assert_eq!(inb(&io2, port::RTC + 1), 0x99, "CMOS survives a reset");
+
+        // A save of another shape (KVM's PIT: no pit, no port61) is
+        // refused before any device changes; so is a corrupt device.
+        let (_io3, c) = wired(false);
+        let before = b.model.save().unwrap();
+        let e = b.model.load(&c.model.save().unwrap()).unwrap_err();
+        assert!(matches!(e, crate::model::ModelError::Shape(_)), "{e}");
+        let mut bad = saved.clone();
+        bad[0].saved.state["uart"]["in_buffer"] = serde_json::json!(vec![0u8; 65]);
+        let e = b.model.load(&bad).unwrap_err();
+        assert!(e.to_string().starts_with("device 'serial0'"), "{e}");
+        assert_eq!(b.model.save().unwrap(), before);
     }
 
     #[test]

@@ -16,6 +16,7 @@ mod io_error;
 pub mod layout;
 pub mod machine;
 pub mod memory;
+pub mod model;
 pub mod mptable;
 pub mod pci;
 pub mod test_guests;

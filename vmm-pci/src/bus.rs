@@ -237,6 +237,11 @@ impl PciRoot {
         }
     }
 
+    /// The function in `slot`, if any.
+    pub fn function_mut(&mut self, slot: u8) -> Option<&mut (dyn PciDevice + 'static)> {
+        self.slots.get_mut(usize::from(slot))?.as_deref_mut()
+    }
+
     /// Resets every function.
     pub fn reset(&mut self) {
         for d in self.slots.iter_mut().flatten() {

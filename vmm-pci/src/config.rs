@@ -411,11 +411,20 @@ impl ConfigSpace {
         self.bytes.to_vec()
     }
 
-    /// Puts back bytes from [`ConfigSpace::state`]; the wrong length is
-    /// refused.
+    /// Puts back bytes from [`ConfigSpace::state`]; the wrong length, and
+    /// bytes of another function (vendor, device, revision, class, header
+    /// type or subsystem not this function's), are refused.
     pub fn restore(&mut self, bytes: &[u8]) -> Result<(), PciError> {
         if bytes.len() != CONFIG_SIZE {
             return Err(PciError::StateSize(bytes.len()));
+        }
+        const IDENTITY: [std::ops::Range<usize>; 4] =
+            [0x00..0x04, 0x08..0x0c, 0x0e..0x0f, 0x2c..0x30];
+        if let Some(r) = IDENTITY
+            .iter()
+            .find(|r| bytes[(*r).clone()] != self.bytes[(*r).clone()])
+        {
+            return Err(PciError::StateIdentity(r.start));
         }
         self.bytes.copy_from_slice(bytes);
         Ok(())

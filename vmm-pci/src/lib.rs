@@ -52,6 +52,9 @@ pub enum PciError {
     /// Saved configuration space of the wrong size.
     #[error("saved configuration space has {0} bytes, expected 4096")]
     StateSize(usize),
+    /// Saved configuration space of another function.
+    #[error("saved configuration space is another function's (it differs at {0:#x})")]
+    StateIdentity(usize),
     /// Every device number on the bus is taken, or the one asked for is.
     #[error("PCI slot {0} is taken or out of range (0-31)")]
     SlotTaken(u8),

@@ -230,6 +230,9 @@ fn reset_puts_back_what_the_machine_placed() {
     d.restore(&saved).unwrap();
     assert_eq!(d.decoding_regions().count(), 1);
     assert_eq!(d.restore(&[0; 3]), Err(PciError::StateSize(3)));
+    let mut other = saved.clone();
+    other[0x0a] ^= 1; // the class
+    assert_eq!(d.restore(&other), Err(PciError::StateIdentity(0x08)));
 }
 
 #[test]
