@@ -23,6 +23,7 @@ info status       print the run state\r
 info cpus         list the vCPUs and their host threads\r
 info pci          list the PCI functions\r
 info block        list the disks\r
+info qtree        list the devices\r
 stop              pause the guest\r
 cont              resume the guest\r
 system_reset      reset the machine in place\r
@@ -56,6 +57,7 @@ pub fn parse(line: &str) -> Line {
         ["info", "cpus"] => Line::Machine(Command::QueryCpus),
         ["info", "pci"] => Line::Machine(Command::QueryPci),
         ["info", "block"] => Line::Machine(Command::QueryBlock),
+        ["info", "qtree"] => Line::Machine(Command::QueryDevices),
         ["stop"] => Line::Machine(Command::Stop),
         ["cont" | "c"] => Line::Machine(Command::Cont),
         ["system_reset"] => Line::Machine(Command::SystemReset),
@@ -64,6 +66,27 @@ pub fn parse(line: &str) -> Line {
         ["help" | "?"] => Line::Help,
         _ => Line::Unknown(line.trim().to_owned()),
     }
+}
+
+/// `info qtree` as QEMU prints it: the system bus's devices, the PCI bus
+/// under its host bridge.
+fn qtree_text(devices: &[vmm_pc::DeviceInfo]) -> String {
+    let mut s = String::from("bus: main-system-bus\r\n  type System\r\n");
+    for d in devices.iter().filter(|d| d.pci_slot.is_none()) {
+        s.push_str(&format!("  dev: {}, id \"{}\"\r\n", d.type_name, d.id));
+        if d.type_name == "pcie-host-bridge" {
+            s.push_str("    bus: pci.0\r\n      type PCI\r\n");
+            for f in devices.iter().filter(|d| d.pci_slot.is_some()) {
+                s.push_str(&format!(
+                    "      dev: {}, id \"{}\"\r\n        addr = {:02x}.0\r\n",
+                    f.type_name,
+                    f.id,
+                    f.pci_slot.unwrap_or_default()
+                ));
+            }
+        }
+    }
+    s
 }
 
 /// What a machine command's outcome prints, as QEMU's human monitor
@@ -101,6 +124,7 @@ pub fn reply_text(outcome: Result<Reply, String>) -> String {
                 s
             })
             .collect(),
+        Ok(Reply::Devices(devices)) => qtree_text(&devices),
         Ok(Reply::Block(disks)) => disks
             .iter()
             .map(|d| {
@@ -251,6 +275,27 @@ mod tests {
         assert!(echo.is_empty());
         let (_, lines) = e.feed(b"40Rstop\r");
         assert_eq!(lines, ["stop"]);
+    }
+
+    #[test]
+    fn qtree_puts_pci_functions_under_the_host_bridge() {
+        let dev = |id: &str, ty: &str, slot| vmm_pc::DeviceInfo {
+            id: id.into(),
+            type_name: ty.into(),
+            pci_slot: slot,
+        };
+        let text = reply_text(Ok(Reply::Devices(vec![
+            dev("serial0", "isa-serial", None),
+            dev("pci.0", "pcie-host-bridge", None),
+            dev("d0", "virtio-blk-pci", Some(3)),
+        ])));
+        assert_eq!(
+            text,
+            "bus: main-system-bus\r\n  type System\r\n  dev: isa-serial, id \"serial0\"\r\n\
+             \x20 dev: pcie-host-bridge, id \"pci.0\"\r\n    bus: pci.0\r\n      type PCI\r\n\
+             \x20     dev: virtio-blk-pci, id \"d0\"\r\n        addr = 03.0\r\n"
+        );
+        assert_eq!(parse("info qtree"), Line::Machine(Command::QueryDevices));
     }
 
     #[test]

@@ -185,6 +185,12 @@ fn reply_json(reply: Reply) -> Value {
     match reply {
         Reply::Block(disks) => block_json(&disks),
         Reply::Pci(functions) => pci_json(&functions),
+        Reply::Devices(devices) => Value::Array(
+            devices
+                .iter()
+                .map(|d| json!({"id": d.id, "type": d.type_name, "pci-slot": d.pci_slot}))
+                .collect(),
+        ),
         Reply::Done => json!({}),
         Reply::Status { running, status } => json!({
             "running": running,

@@ -199,6 +199,15 @@ fn human_monitor_command_runs_monitor_lines() {
     assert_eq!(hmp("info status")["return"], "VM status: running\r\n");
     let pci = hmp("info pci")["return"].as_str().unwrap().to_owned();
     assert!(pci.contains("Host bridge: PCI device 1b36:0008"), "{pci}");
+    let qtree = hmp("info qtree")["return"].as_str().unwrap().to_owned();
+    for dev in [
+        "dev: isa-serial, id \"serial0\"",
+        "dev: mc146818rtc, id \"rtc\"",
+        "dev: i8042, id \"i8042\"",
+        "dev: pcie-host-bridge, id \"pci.0\"",
+    ] {
+        assert!(qtree.contains(dev), "{dev} in {qtree}");
+    }
     assert_eq!(hmp("stop")["return"], "");
     assert_eq!(hmp("info status")["return"], "VM status: paused\r\n");
     let cpus = hmp("info cpus")["return"].as_str().unwrap().to_owned();

@@ -27,6 +27,19 @@ pub enum Command {
     QueryPci,
     /// The disks (QMP `query-block`).
     QueryBlock,
+    /// The device tree (the monitor's `info qtree`).
+    QueryDevices,
+}
+
+/// One device of the machine, as `info qtree` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceInfo {
+    /// Its id (a fixed device's own, a disk's drive id).
+    pub id: String,
+    /// Its type.
+    pub type_name: String,
+    /// Its PCI slot, for a function on the PCI bus.
+    pub pci_slot: Option<u8>,
 }
 
 /// One disk, as `query-block` and `query-blockstats` report it.
@@ -77,6 +90,9 @@ pub enum Reply {
     Pci(Vec<vmm_pci::info::FunctionInfo>),
     /// The disks.
     Block(Vec<BlockInfo>),
+    /// The devices: the fixed ones in the order built, then the functions
+    /// on the PCI bus.
+    Devices(Vec<DeviceInfo>),
 }
 
 /// Called with a command's outcome, on the main-loop thread.

@@ -25,8 +25,8 @@ mod test_util;
 pub mod virtio;
 
 pub use control::{
-    BlockInfo, BlockIoError, Command, CpuInfo, MachineEvent, QuitSource, Reply, ReplyFn,
-    ShutdownCause,
+    BlockInfo, BlockIoError, Command, CpuInfo, DeviceInfo, MachineEvent, QuitSource, Reply,
+    ReplyFn, ShutdownCause,
 };
 pub use machine::{
     ExitReason, MachineControl, PcConfig, PcError, PcMachine, PitBackend, RebootAction,

@@ -380,6 +380,34 @@ impl PcMachine {
         self.event_listeners.push(Box::new(listener));
     }
 
+    /// The device model's list, then the PCI bus's functions (a disk's
+    /// by its drive id).
+    fn device_tree(&self) -> Vec<crate::DeviceInfo> {
+        let mut tree: Vec<_> = self
+            .devices
+            .model
+            .list()
+            .into_iter()
+            .map(|(id, ty)| crate::DeviceInfo {
+                id,
+                type_name: ty.to_owned(),
+                pci_slot: None,
+            })
+            .collect();
+        for f in lock(&self.devices.pci).describe() {
+            if f.slot == 0 {
+                continue;
+            }
+            let id = self.disks.iter().find(|d| d.slot == f.slot);
+            tree.push(crate::DeviceInfo {
+                id: id.map(|d| d.id.clone()).unwrap_or_default(),
+                type_name: f.name,
+                pci_slot: Some(f.slot),
+            });
+        }
+        tree
+    }
+
     fn emit(&mut self, event: MachineEvent) {
         for listener in &mut self.event_listeners {
             listener(&event);
@@ -484,6 +512,7 @@ impl PcMachine {
                     .collect(),
             )),
             Command::QueryPci => Ok(Reply::Pci(lock(&self.devices.pci).describe())),
+            Command::QueryDevices => Ok(Reply::Devices(self.device_tree())),
             Command::QueryBlock => Ok(Reply::Block(
                 self.disks
                     .iter()
