@@ -49,6 +49,8 @@ fuzz_target!(|data: &[u8]| {
         } else {
             PitBackend::Kvm
         },
+        // The ib700 on 0x441-0x443 too, in half the runs.
+        ib700: flags & 2 != 0,
     };
     let lines = DeviceLines {
         com1: line(),

@@ -92,6 +92,13 @@ pub struct Args {
     #[arg(long, value_name = "ACTION", default_value = "exit")]
     pub reboot: RebootChoice,
 
+    /// What events do, QEMU's -action: `watchdog=reset|shutdown|poweroff|
+    /// pause|debug|none|inject-nmi` (default reset), `reboot=reset|shutdown`
+    /// (as --reboot reset|exit). Repeatable; QMP `set-action` changes them
+    /// at run time.
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub action: Vec<String>,
+
     /// Seccomp filters, one allow-list per thread kind: `on` ends the VMM
     /// on a system call off its list (naming it on stderr), `log` lets it
     /// through and has the kernel log it, `off` installs none.

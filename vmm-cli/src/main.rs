@@ -5,6 +5,7 @@
 //! terminal is put back on every way out: normal exit, guest reset or
 //! poweroff, signals, errors (an exit notifier) and panics (a panic hook).
 
+mod actions;
 mod args;
 mod console;
 mod escape;
@@ -46,7 +47,7 @@ fn main() -> ExitCode {
     // --drive and --device first: `--device help` needs nothing else.
     let disks = match storage::resolve(&args.drive, &args.device, &vmm_pc::device_types::registry())
     {
-        Ok(storage::Storage::Disks(disks)) => disks,
+        Ok(storage::Storage::Devices(devices)) => devices,
         Ok(storage::Storage::Help(text)) => {
             print!("{text}");
             return ExitCode::SUCCESS;
@@ -101,8 +102,9 @@ where
     }
 }
 
-fn run(args: Args, disks: Vec<vmm_pc::disks::DiskConfig>) -> Result<ExitReason> {
+fn run(args: Args, devices: storage::Devices) -> Result<ExitReason> {
     args.check().map_err(anyhow::Error::msg)?;
+    let actions = actions::parse(&args.action).map_err(anyhow::Error::msg)?;
     let kernel = args
         .kernel
         .clone()
@@ -142,7 +144,7 @@ fn run(args: Args, disks: Vec<vmm_pc::disks::DiskConfig>) -> Result<ExitReason> 
     });
     let config = PcConfig {
         kernel: kernel.clone(),
-        disks,
+        disks: devices.disks,
         initrd: args.initrd.clone(),
         cmdline: args.append.clone(),
         memory: args.memory,
@@ -153,10 +155,12 @@ fn run(args: Args, disks: Vec<vmm_pc::disks::DiskConfig>) -> Result<ExitReason> 
             args::PitChoice::Kvm => PitBackend::Kvm,
         },
         start_paused: args.paused,
-        reboot: match args.reboot {
+        reboot: actions.reboot.unwrap_or(match args.reboot {
             args::RebootChoice::Exit => RebootAction::Exit,
             args::RebootChoice::Reset => RebootAction::Reset,
-        },
+        }),
+        ib700: devices.ib700,
+        watchdog_action: actions.watchdog.unwrap_or_default(),
         // With QMP a user can look at a KVM internal error and reset or
         // quit; without, stopping would only hang.
         stop_on_error: args.qmp.is_some(),

@@ -24,6 +24,8 @@ const COMMANDS: &[&str] = &[
     "query-name",
     "query-commands",
     "human-monitor-command",
+    "set-action",
+    "watchdog-set-action",
     "query-pci",
     "query-block",
     "query-blockstats",
@@ -213,6 +215,52 @@ fn reply_json(reply: Reply) -> Value {
     }
 }
 
+/// QMP `watchdog-set-action {action}` and `set-action {watchdog?,
+/// reboot?}` into the machine's command, checked as QEMU's QAPI checks
+/// them (`shutdown` and `panic` are not supported here).
+fn set_action(command: &str, arguments: &Map<String, Value>) -> Result<Command, String> {
+    let text = |name: &str| -> Result<Option<&str>, String> {
+        match arguments.get(name) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(_) => Err(format!(
+                "Invalid parameter type for '{name}', expected: string"
+            )),
+        }
+    };
+    let refuse =
+        |name: &str, value: &str| format!("Parameter '{name}' does not accept value '{value}'");
+    let allowed: &[&str] = if command == "watchdog-set-action" {
+        &["action"]
+    } else {
+        &["watchdog", "reboot"]
+    };
+    if let Some(name) = arguments.keys().find(|k| !allowed.contains(&k.as_str())) {
+        return Err(format!("Parameter '{name}' is unexpected"));
+    }
+    let watchdog_key = if command == "watchdog-set-action" {
+        "action"
+    } else {
+        "watchdog"
+    };
+    let watchdog = match text(watchdog_key)? {
+        Some(v) => {
+            Some(vmm_pc::WatchdogAction::from_name(v).ok_or_else(|| refuse(watchdog_key, v))?)
+        }
+        None if command == "watchdog-set-action" => {
+            return Err("Parameter 'action' is missing".to_owned())
+        }
+        None => None,
+    };
+    let reboot = match text("reboot")? {
+        Some("reset") => Some(vmm_pc::RebootAction::Reset),
+        Some("shutdown") => Some(vmm_pc::RebootAction::Exit),
+        Some(v) => return Err(refuse("reboot", v)),
+        None => None,
+    };
+    Ok(Command::SetAction { watchdog, reboot })
+}
+
 impl Backend for MachineBackend {
     fn commands(&self) -> Vec<String> {
         COMMANDS.iter().map(|c| (*c).to_owned()).collect()
@@ -221,6 +269,18 @@ impl Backend for MachineBackend {
     fn execute(&mut self, command: &str, arguments: &Map<String, Value>, r: Responder) {
         if command == "human-monitor-command" {
             return self.human_monitor_command(arguments, r);
+        }
+        if command == "set-action" || command == "watchdog-set-action" {
+            return match set_action(command, arguments) {
+                Ok(command) => self.control.submit(
+                    command,
+                    Box::new(move |outcome| match outcome {
+                        Ok(_) => r.ok(json!({})),
+                        Err(why) => r.err(&QmpError::generic(why)),
+                    }),
+                ),
+                Err(why) => r.err(&QmpError::generic(why)),
+            };
         }
         // None of our other commands takes arguments (QEMU's wording).
         if let Some(name) = arguments.keys().next() {
@@ -336,6 +396,9 @@ pub fn forward_events(outbox: Outbox) -> impl FnMut(&MachineEvent) + Send + 'sta
                 "reason": if *guest { "guest-reset" } else { "host-qmp-system-reset" },
             })),
         ),
+        MachineEvent::Watchdog { action } => {
+            outbox.event("WATCHDOG", Some(json!({ "action": action })))
+        }
         MachineEvent::Shutdown(cause) => outbox.event(
             "SHUTDOWN",
             Some(json!({"guest": cause.is_guest(), "reason": cause.as_str()})),
@@ -345,6 +408,43 @@ pub fn forward_events(outbox: Outbox) -> impl FnMut(&MachineEvent) + Send + 'sta
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn set_action_reads_qemus_arguments() {
+        let args = |v: Value| v.as_object().unwrap().clone();
+        assert_eq!(
+            set_action("watchdog-set-action", &args(json!({"action": "pause"}))).unwrap(),
+            Command::SetAction {
+                watchdog: Some(vmm_pc::WatchdogAction::Pause),
+                reboot: None
+            }
+        );
+        assert_eq!(
+            set_action(
+                "set-action",
+                &args(json!({"watchdog": "inject-nmi", "reboot": "shutdown"}))
+            )
+            .unwrap(),
+            Command::SetAction {
+                watchdog: Some(vmm_pc::WatchdogAction::InjectNmi),
+                reboot: Some(vmm_pc::RebootAction::Exit)
+            }
+        );
+        let err = |c: &str, v: Value| set_action(c, &args(v)).unwrap_err();
+        assert_eq!(
+            err("watchdog-set-action", json!({"action": "bogus"})),
+            "Parameter 'action' does not accept value 'bogus'"
+        );
+        assert_eq!(
+            err("watchdog-set-action", json!({})),
+            "Parameter 'action' is missing"
+        );
+        assert_eq!(
+            err("set-action", json!({"panic": "none"})),
+            "Parameter 'panic' is unexpected"
+        );
+        assert!(err("set-action", json!({"watchdog": 1})).contains("expected: string"));
+    }
+
     use super::*;
     use vmm_pc::CpuInfo;
     use vmm_runstate::RunState;

@@ -14,11 +14,20 @@ use std::path::PathBuf;
 use vmm_pc::disks::{CacheMode, DiskConfig, ErrorAction};
 use vmm_qom::{parse_opts, Registry};
 
-/// What `--device` asked for beyond devices: help, printed by the caller.
+/// The devices `--drive` and `--device` add to the machine.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Devices {
+    /// The disks to build.
+    pub disks: Vec<DiskConfig>,
+    /// An ib700 watchdog.
+    pub ib700: bool,
+}
+
+/// What `--device` asked for: devices, or help printed by the caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Storage {
-    /// The disks to build.
-    Disks(Vec<DiskConfig>),
+    /// The devices to build.
+    Devices(Devices),
     /// Help text to print, then exit 0.
     Help(String),
 }
@@ -176,6 +185,7 @@ pub fn resolve(
         .map(|d| d.disk.clone())
         .collect();
     let mut taken = BTreeSet::new();
+    let mut ib700 = false;
     for spec in devices {
         let opts = parse_opts(spec, Some("driver")).map_err(|e| device_err(spec, e.to_string()))?;
         if opts.wants_help() {
@@ -223,6 +233,12 @@ pub fn resolve(
                 }
                 disks.push(disk);
             }
+            "ib700" => {
+                if ib700 {
+                    return Err(device_err(spec, "there can be only one ib700".into()));
+                }
+                ib700 = true;
+            }
             other => {
                 return Err(device_err(
                     spec,
@@ -243,7 +259,7 @@ pub fn resolve(
             }
         }
     }
-    Ok(Storage::Disks(disks))
+    Ok(Storage::Devices(Devices { disks, ib700 }))
 }
 
 #[cfg(test)]
@@ -264,7 +280,7 @@ mod tests {
 
     fn disks(drives: &[&str], devices: &[&str]) -> Vec<DiskConfig> {
         match run(drives, devices).unwrap() {
-            Storage::Disks(d) => d,
+            Storage::Devices(d) => d.disks,
             Storage::Help(h) => panic!("{h}"),
         }
     }
@@ -354,6 +370,19 @@ mod tests {
         )
         .contains("used twice"));
         assert!(err(&[], &["isa-serial"]).contains("not a valid device model name"));
+    }
+
+    #[test]
+    fn one_ib700_at_most() {
+        match run(&[], &["ib700"]).unwrap() {
+            Storage::Devices(d) => assert!(d.ib700 && d.disks.is_empty()),
+            Storage::Help(h) => panic!("{h}"),
+        }
+        assert_eq!(
+            err(&[], &["ib700", "ib700"]),
+            "--device ib700: there can be only one ib700"
+        );
+        assert!(err(&[], &["ib700,timeout=3"]).contains("Property 'ib700.timeout' not found"));
     }
 
     #[test]

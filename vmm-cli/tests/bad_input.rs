@@ -385,6 +385,9 @@ fn bad_command_lines_are_refused() {
         (&["--kernel", "K", "--drive", "file=a,if=none,id=d", "--device", "virtio-blk-pci,drive=d,foo=1"], Vmm, "Property 'virtio-blk-pci.foo' not found", false),
         (&["--kernel", "K", "--device", "virtio-blk-pci,drive=nope"], Vmm, "can't find value 'nope'", false),
         (&["--kernel", "K", "--device", "virtio-blk-pci"], Vmm, "Property 'virtio-blk-pci.drive' is required", false),
+        (&["--kernel", "K", "--device", "ib700", "--device", "ib700"], Vmm, "there can be only one ib700", false),
+        (&["--kernel", "K", "--action", "watchdog=bogus"], Vmm, "Parameter 'watchdog' does not accept value 'bogus'", false),
+        (&["--kernel", "K", "--action", "frob=1"], Vmm, "Invalid parameter 'frob'", false),
     ];
     assert!(table.len() >= 25);
     let dir = TempDir::new("table");

@@ -21,6 +21,7 @@
 //! | [`Port61`] | 0x61 | none (PIT channel 2 via [`PitChannel2`]) | [`port61`] |
 //! | [`Port80`] | 0x80 | none | [`port80`] |
 //! | [`PvPanic`] | 0x505 | the panic request | [`pvpanic`] |
+//! | [`Ib700`] | 0x441-0x443 | the expiry request | [`ib700`] |
 //!
 //! # Threat model
 //!
@@ -44,6 +45,7 @@
 //! | MC146818 | index (NMI bit dropped), all 128 bytes | junk time values give a clamped year (1700-2199), never an overflow; a guest time past `i64::MAX` ns stops at 2262 and its timers are still armed strictly after now (never a timer due again at once from its own callback); update and alarm catch-up looks at most one day of seconds; periodic interrupts at most 8192 Hz, and one edge until register C is read |
 //! | port 0x61 | gate and speaker bits | two bits stored; reads compute from state, no time or host call |
 //! | pvpanic | one byte | a panic fires the line (an eventfd counts repeats); reads are constant |
+//! | ib700 | arm (0x443) and disarm (0x441) writes | one Virtual-clock timer; one line edge per arming; re-arming only moves the deadline |
 //! | port 0x80 | one byte | last byte and a saturating counter; logged at `trace` only |
 //!
 //! CVE-2020-27173 (vm-superio's unbounded RX buffer) is the reason the UART
@@ -80,6 +82,7 @@
 pub mod acpi_pm;
 pub mod error;
 pub mod i8042;
+pub mod ib700;
 pub mod irq;
 mod log_once;
 pub mod pit;
@@ -97,6 +100,7 @@ pub use acpi_pm::{
 };
 pub use error::Error;
 pub use i8042::{I8042State, I8042, OUTPUT_QUEUE_LEN};
+pub use ib700::{Ib700, Ib700State, IB700_PORT, IB700_PORT_LEN};
 pub use irq::{EventFdTrigger, LevelLine, Trigger};
 pub use pit::{Pit, PitChannelState, PitPort61, PitState, PIT_FREQ_HZ, PIT_PORT_LEN};
 pub use port61::{NoPitChannel2, PitChannel2, Port61, Port61State};

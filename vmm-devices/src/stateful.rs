@@ -14,6 +14,7 @@
 //! | `port61` | [`Port61`] | [`Port61State`] |
 //! | `port80` | [`Port80`] | [`Port80State`] |
 //! | `pvpanic` | [`PvPanic`] | none (nothing guest-visible is kept) |
+//! | `ib700` | [`crate::Ib700`] (in its own module) | [`crate::Ib700State`] |
 
 use std::io;
 

@@ -29,6 +29,14 @@ pub enum Command {
     QueryBlock,
     /// The device tree (the monitor's `info qtree`).
     QueryDevices,
+    /// Change what events do (QMP `set-action`, `watchdog-set-action`):
+    /// each `Some` replaces the current choice.
+    SetAction {
+        /// What the watchdog's expiry does.
+        watchdog: Option<crate::WatchdogAction>,
+        /// What a guest reset does.
+        reboot: Option<crate::RebootAction>,
+    },
 }
 
 /// One device of the machine, as `info qtree` lists it.
@@ -175,6 +183,11 @@ pub enum MachineEvent {
     },
     /// A disk's host I/O failed (`BLOCK_IO_ERROR`).
     BlockIoError(BlockIoError),
+    /// The watchdog expired (`WATCHDOG`); what is done follows.
+    Watchdog {
+        /// The action's QAPI name.
+        action: &'static str,
+    },
 }
 
 /// A disk's failed host I/O, as QEMU's `BLOCK_IO_ERROR` reports it.

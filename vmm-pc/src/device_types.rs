@@ -48,6 +48,16 @@ pub const VIRTIO_BLK_PCI: DeviceType = DeviceType {
     ],
 };
 
+/// `ib700`: the IB700 watchdog (ISA, ports 0x441-0x443).
+pub const IB700: DeviceType = DeviceType {
+    name: "ib700",
+    bus: Bus::Isa,
+    category: Category::Watchdog,
+    desc: "iBASE 700 watchdog (ports 0x441-0x443; --action watchdog=...)",
+    user_creatable: true,
+    props: &[],
+};
+
 /// The machine's fixed devices (listed, not creatable) and the creatable
 /// ones.
 pub const TYPES: &[DeviceType] = &[
@@ -92,6 +102,7 @@ pub const TYPES: &[DeviceType] = &[
         "PCI Express host bridge (00:00.0)",
     ),
     VIRTIO_BLK_PCI,
+    IB700,
 ];
 
 /// A registry of every PC device type.
@@ -125,18 +136,24 @@ mod tests {
             .filter(|t| !t.user_creatable)
             .map(|t| t.name)
             .collect();
-        let mut built: Vec<_> = BUILDERS.iter().map(|(n, _)| *n).collect();
+        let mut built: Vec<_> = BUILDERS
+            .iter()
+            .map(|(n, _)| *n)
+            .filter(|n| *n != "ib700")
+            .collect();
         fixed.sort_unstable();
         built.sort_unstable();
         assert_eq!(fixed, built, "one builder per fixed type");
         // The default machine with our PIT builds every one of them, and
         // each lands in the device model under its own type.
-        let names = fixed_devices(true);
+        let mut names = fixed_devices(true);
         let mut sorted = names.clone();
         sorted.sort_unstable();
         assert_eq!(sorted, fixed);
         let (_io, devices) = crate::devices::tests::wired(true);
         let types: Vec<_> = devices.model.list().into_iter().map(|(_, t)| t).collect();
+        // The test machine adds an ib700 too, after the fixed devices.
+        names.push("ib700");
         assert_eq!(types, names);
     }
 

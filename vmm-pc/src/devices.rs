@@ -101,6 +101,8 @@ pub struct PcDevices {
     pub pm1_event: Arc<Mutex<Pm1Event>>,
     /// Written when the guest reports a panic through pvpanic.
     pub panic_evt: EventFd,
+    /// Written when the watchdog expires, if the machine has one.
+    pub watchdog_evt: Option<EventFd>,
     /// The PCI root bus.
     pub pci: Arc<Mutex<vmm_pci::PciRoot>>,
     /// Every device above as the device model holds it, by id, in the
@@ -155,6 +157,8 @@ pub struct PcShape {
     pub cpus: u32,
     /// Which PIT.
     pub pit: PitBackend,
+    /// An ib700 watchdog (`--device ib700`).
+    pub ib700: bool,
 }
 
 /// The interrupt lines the devices drive. [`create_devices`] makes them
@@ -217,7 +221,10 @@ pub fn wire_devices(
     pc: PcShape,
     lines: DeviceLines,
 ) -> Result<PcDevices, DeviceError> {
-    let names = build::fixed_devices(lines.pit.is_some());
+    let mut names = build::fixed_devices(lines.pit.is_some());
+    if pc.ib700 {
+        names.push("ib700");
+    }
     let mut w = build::Wiring::new(io, clocks, serial_out, pc, lines);
     for name in names {
         w.build(name)?;
@@ -286,6 +293,7 @@ pub(crate) mod tests {
             memory: 512 << 20,
             cpus: 2,
             pit: PitBackend::Kvm,
+            ib700: true,
         };
         let mut io = PcIo::new();
         let devices = wire_devices(

@@ -30,4 +30,5 @@ pub use control::{
 };
 pub use machine::{
     ExitReason, MachineControl, PcConfig, PcError, PcMachine, PitBackend, RebootAction,
+    WatchdogAction,
 };

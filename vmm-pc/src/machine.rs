@@ -45,9 +45,12 @@ use crate::io::PcIo;
 use crate::layout::{self, MAX_CPUS};
 use crate::memory;
 
+mod info;
 mod types;
+mod watchdog;
 
 pub use types::{ExitReason, PcConfig, PcError, PitBackend, RebootAction};
+pub use watchdog::WatchdogAction;
 
 /// Requests recorded by main-loop subscribers, read after each iteration.
 #[derive(Debug, Default)]
@@ -57,6 +60,7 @@ pub(crate) struct Pending {
     reset: bool,
     poweroff: bool,
     panic: bool,
+    watchdog: bool,
     /// The guest set its RTC: the new offset from host time, seconds.
     rtc_change: Option<i64>,
 }
@@ -117,6 +121,8 @@ pub struct PcMachine {
     fresh_kvm_pit: Option<kvm_bindings::kvm_pit_state2>,
     /// What a guest reset does.
     reboot: RebootAction,
+    /// What the watchdog's expiry does.
+    watchdog_action: WatchdogAction,
     /// Stop in internal-error rather than exit.
     stop_on_error: bool,
     /// The disks.
@@ -236,6 +242,7 @@ impl PcMachine {
             memory: config.memory,
             cpus: config.cpus,
             pit: config.pit,
+            ib700: config.ib700,
         };
         let devices = create_devices(&vm, &mut io, &clocks, config.serial, shape)?;
 
@@ -278,6 +285,12 @@ impl PcMachine {
         event_loop.add_eventfd("pvpanic", clone_evt(&devices.panic_evt)?, move |_| {
             lock(&p).panic = true;
         });
+        if let Some(evt) = &devices.watchdog_evt {
+            let p = Arc::clone(&pending);
+            event_loop.add_eventfd("watchdog", clone_evt(evt)?, move |_| {
+                lock(&p).watchdog = true;
+            });
+        }
         let p = Arc::clone(&pending);
         event_loop.add_eventfd(
             "ACPI poweroff",
@@ -341,6 +354,7 @@ impl PcMachine {
             fresh_irqchip,
             fresh_kvm_pit,
             reboot: config.reboot,
+            watchdog_action: config.watchdog_action,
             stop_on_error: config.stop_on_error,
             disks,
         })
@@ -378,34 +392,6 @@ impl PcMachine {
         F: FnMut(&MachineEvent) + Send + 'static,
     {
         self.event_listeners.push(Box::new(listener));
-    }
-
-    /// The device model's list, then the PCI bus's functions (a disk's
-    /// by its drive id).
-    fn device_tree(&self) -> Vec<crate::DeviceInfo> {
-        let mut tree: Vec<_> = self
-            .devices
-            .model
-            .list()
-            .into_iter()
-            .map(|(id, ty)| crate::DeviceInfo {
-                id,
-                type_name: ty.to_owned(),
-                pci_slot: None,
-            })
-            .collect();
-        for f in lock(&self.devices.pci).describe() {
-            if f.slot == 0 {
-                continue;
-            }
-            let id = self.disks.iter().find(|d| d.slot == f.slot);
-            tree.push(crate::DeviceInfo {
-                id: id.map(|d| d.id.clone()).unwrap_or_default(),
-                type_name: f.name,
-                pci_slot: Some(f.slot),
-            });
-        }
-        tree
     }
 
     fn emit(&mut self, event: MachineEvent) {
@@ -513,6 +499,15 @@ impl PcMachine {
             )),
             Command::QueryPci => Ok(Reply::Pci(lock(&self.devices.pci).describe())),
             Command::QueryDevices => Ok(Reply::Devices(self.device_tree())),
+            Command::SetAction { watchdog, reboot } => {
+                if let Some(action) = watchdog {
+                    self.watchdog_action = action;
+                }
+                if let Some(action) = reboot {
+                    self.reboot = action;
+                }
+                Ok(Reply::Done)
+            }
             Command::QueryBlock => Ok(Reply::Block(
                 self.disks
                     .iter()
@@ -629,6 +624,11 @@ impl PcMachine {
             log::error!("the guest panicked; stopped in guest-panicked");
             self.emit(MachineEvent::GuestPanicked { paused: true });
             self.stop_with(RunState::GuestPanicked)?;
+        }
+        if pending.watchdog {
+            if let Some(exit) = self.watchdog_expired()? {
+                return Ok(Some(exit));
+            }
         }
         let guest_reset = if pending.reset {
             Some("i8042 reset line".to_owned())

@@ -287,6 +287,25 @@ pub fn set_rtc(message: &str) -> Vec<u8> {
     pvh_elf(&[(LOAD_ADDR, &code)], LOAD_ADDR)
 }
 
+/// Prints `message` on COM1, arms the ib700 watchdog with the timeout
+/// `index` selects (`out 0x443, al`: 30 s for 0 down to 0 s for 15), then
+/// halts with interrupts off and never pets it: a guest whose watchdog
+/// fires. An NMI ends it in a triple fault (it has no IDT).
+pub fn watchdog(message: &str, index: u8) -> Vec<u8> {
+    let code = program(
+        |msg| {
+            let mut c = print(msg);
+            c.extend_from_slice(&[0xb0, index]); // mov al, index
+            c.extend_from_slice(&[0x66, 0xba, 0x43, 0x04]); // mov dx, 0x443
+            c.push(0xee); // out dx, al
+            c.extend_from_slice(&[0xfa, 0xf4, 0xeb, 0xfd]); // cli; hlt; jmp hlt
+            c
+        },
+        message,
+    );
+    pvh_elf(&[(LOAD_ADDR, &code)], LOAD_ADDR)
+}
+
 /// Prints `message` on COM1, reports a panic through pvpanic (port 0x505),
 /// then spins.
 pub fn hello_panic(message: &str) -> Vec<u8> {

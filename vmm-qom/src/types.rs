@@ -47,6 +47,8 @@ pub enum Category {
     Input,
     /// Displays.
     Display,
+    /// Watchdogs.
+    Watchdog,
     /// Everything else.
     Misc,
 }
@@ -59,6 +61,7 @@ impl Category {
             Self::Network => "Network devices",
             Self::Input => "Input devices",
             Self::Display => "Display devices",
+            Self::Watchdog => "Watchdog devices",
             Self::Misc => "Misc devices",
         }
     }

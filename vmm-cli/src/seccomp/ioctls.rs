@@ -40,6 +40,7 @@ pub(super) const KVM_SET_PIT2: u64 = kvm(WRITE, 0xa0, size_of::<kvm_pit_state2>(
 pub(super) const KVM_SET_VCPU_EVENTS: u64 = kvm(WRITE, 0xa0, size_of::<kvm_vcpu_events>());
 pub(super) const KVM_IOEVENTFD: u64 = kvm(WRITE, 0x79, size_of::<kvm_ioeventfd>());
 pub(super) const KVM_SIGNAL_MSI: u64 = kvm(WRITE, 0xa5, size_of::<kvm_msi>());
+pub(super) const KVM_NMI: u64 = kvm(NONE, 0x9a, 0);
 
 /// Terminal and socket requests (not KVM's).
 pub(super) const TCGETS: u64 = libc::TCGETS;
@@ -72,6 +73,7 @@ mod tests {
         assert_eq!(KVM_SET_PIT2, 0x4070_aea0);
         assert_eq!(KVM_IOEVENTFD, 0x4040_ae79);
         assert_eq!(KVM_SIGNAL_MSI, 0x4020_aea5);
+        assert_eq!(KVM_NMI, 0xae9a);
         assert_eq!((TCGETS, TCSETS, FIONBIO), (0x5401, 0x5402, 0x5421));
     }
 }

@@ -151,6 +151,8 @@ pub(super) fn vcpu() -> Result<Rules, seccompiler::Error> {
             // was pending.
             KVM_IOEVENTFD,
             KVM_SIGNAL_MSI,
+            // A watchdog's inject-nmi action.
+            KVM_NMI,
         ],
     )?;
     // Exits: a virtio device's activation hands its worker the queues'

@@ -303,6 +303,14 @@ impl Vcpus {
         })
     }
 
+    /// Queues an NMI on every vCPU (QEMU's `inject-nmi`, a watchdog's
+    /// action), running or paused; a paused vCPU takes it when it runs.
+    pub fn nmi_all(&self) -> Result<(), VcpuError> {
+        self.broadcast(Event::Nmi, "NMI", |r| {
+            matches!(r, Response::NmiQueued(true))
+        })
+    }
+
     /// Each vCPU thread's Linux thread id, by vCPU index.
     pub fn thread_ids(&self) -> Vec<i32> {
         self.handles.iter().map(|h| h.thread_id).collect()

@@ -18,6 +18,8 @@ pub(crate) enum Event {
     Pause,
     /// Run the init function again (a machine reset); the vCPU stays parked.
     Reinit,
+    /// Queue an NMI (`KVM_NMI`); the vCPU stays running or parked.
+    Nmi,
     Exit,
 }
 
@@ -32,6 +34,8 @@ pub(crate) enum Response {
     Paused,
     /// The init function ran again; whether it succeeded.
     Reinitialized(bool),
+    /// An NMI was queued; whether KVM took it.
+    NmiQueued(bool),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,8 +142,25 @@ impl VcpuThread {
                 let _ = self.responses.send(Response::Paused);
                 State::Paused
             }
+            // Only `paused` and `running` reach here with an NMI, and
+            // each stays where it was (see there).
+            Event::Nmi => {
+                self.queue_nmi(vcpu);
+                State::Paused
+            }
             Event::Exit => State::Exiting,
         }
+    }
+
+    fn queue_nmi(&self, vcpu: &VcpuFd) {
+        let ok = match vcpu.nmi() {
+            Ok(()) => true,
+            Err(e) => {
+                log::error!("vcpu {}: cannot queue an NMI: {e}", self.index);
+                false
+            }
+        };
+        let _ = self.responses.send(Response::NmiQueued(ok));
     }
 
     fn paused(&self, vcpu: &VcpuFd) -> State {
@@ -151,6 +172,10 @@ impl VcpuThread {
 
     fn running(&self, vcpu: &mut VcpuFd, run_map: &KvmRunMap) -> State {
         match self.events.try_recv() {
+            Ok(Event::Nmi) => {
+                self.queue_nmi(vcpu);
+                State::Running
+            }
             Ok(event @ (Event::Pause | Event::Reinit)) => {
                 complete_pending_io(vcpu, run_map);
                 self.answer(vcpu, event)

@@ -10,8 +10,8 @@ use vmm_clock::Clocks;
 use vmm_devices::acpi_pm::{PM1_CNT_LEN, PM1_EVT_LEN};
 use vmm_devices::serial::SerialOutput;
 use vmm_devices::{
-    EventFdTrigger, LevelLine, Pit, PitPort61, Pm1Control, Pm1Event, Port61, Port80, PvPanic, Rtc,
-    SerialDevice, I8042, PIT_PORT_LEN, RTC_PORT_LEN,
+    EventFdTrigger, Ib700, LevelLine, Pit, PitPort61, Pm1Control, Pm1Event, Port61, Port80,
+    PvPanic, Rtc, SerialDevice, I8042, IB700_PORT, IB700_PORT_LEN, PIT_PORT_LEN, RTC_PORT_LEN,
 };
 use vmm_sys_util::eventfd::EventFd;
 
@@ -35,6 +35,7 @@ pub const BUILDERS: &[(&str, Builder)] = &[
     ("isa-pit", |w| w.pit()),
     ("port61", |w| w.port61()),
     ("pcie-host-bridge", |w| w.pci_host()),
+    ("ib700", |w| w.ib700()),
 ];
 
 /// The fixed devices the default PC adds, in order; with `our_pit` false
@@ -80,6 +81,7 @@ pub struct Wiring<'a> {
     rtc: Option<Arc<Mutex<Rtc<EventFdTrigger>>>>,
     pit: Option<Arc<Mutex<Pit<EventFdTrigger>>>>,
     pci: Option<Arc<Mutex<vmm_pci::PciRoot>>>,
+    watchdog_evt: Option<EventFd>,
 }
 
 impl std::fmt::Debug for Wiring<'_> {
@@ -126,13 +128,21 @@ impl<'a> Wiring<'a> {
             rtc: None,
             pit: None,
             pci: None,
+            watchdog_evt: None,
         }
     }
 
-    /// Builds the registered fixed type `name`. A name the registry does
-    /// not know, one with no builder, and one built twice are refused.
+    /// Builds the registered ISA or system type `name` (the fixed ones
+    /// and `--device ib700`). A name the registry does not know, one with
+    /// no builder here, and one built twice are refused.
     pub fn build(&mut self, name: &str) -> Result<(), DeviceError> {
-        let known = self.registry.get(name).is_some_and(|t| !t.user_creatable);
+        let known = self
+            .registry
+            .get(name)
+            .is_some_and(|t| t.bus != vmm_qom::Bus::Pci || !t.user_creatable);
+        if self.model.list().iter().any(|(_, ty)| *ty == name) {
+            return Err(DeviceError::Unbuildable(name.to_owned()));
+        }
         let builder = BUILDERS.iter().find(|(n, _)| *n == name).map(|(_, b)| *b);
         match builder {
             Some(build) if known => build(self),
@@ -154,6 +164,7 @@ impl<'a> Wiring<'a> {
             rtc: self.rtc.ok_or(need("mc146818rtc"))?,
             pit: self.pit,
             pci: self.pci.ok_or(need("pcie-host-bridge"))?,
+            watchdog_evt: self.watchdog_evt,
             model: self.model,
         })
     }
@@ -276,6 +287,21 @@ impl<'a> Wiring<'a> {
         self.io
             .add_pio("system control B", port::SYSTEM_CONTROL_B, 1, dev.clone())?;
         self.model.add("port61", dev);
+        Ok(())
+    }
+
+    /// The IB700 watchdog on 0x441-0x443, its expiry an eventfd for the
+    /// main loop (which carries out the watchdog action).
+    fn ib700(&mut self) -> Result<(), DeviceError> {
+        let expired = eventfd("watchdog")?;
+        let dev = Ib700::new(
+            self.clocks,
+            EventFdTrigger::new(clone_fd("watchdog", &expired)?),
+        );
+        self.io
+            .add_pio("ib700 watchdog", IB700_PORT, IB700_PORT_LEN, dev.clone())?;
+        self.model.add("watchdog0", dev);
+        self.watchdog_evt = Some(expired);
         Ok(())
     }
 

@@ -38,6 +38,10 @@ pub struct PcConfig {
     pub start_paused: bool,
     /// What a guest reset (i8042, triple fault) does.
     pub reboot: RebootAction,
+    /// An ib700 watchdog (`--device ib700`).
+    pub ib700: bool,
+    /// What the watchdog's expiry does (`--action watchdog=`).
+    pub watchdog_action: super::WatchdogAction,
     /// On a KVM internal error or failed entry, stop in `internal-error`,
     /// and on a guest panic (pvpanic) in `guest-panicked` (vCPUs parked, the
     /// state queryable, `system_reset` possible), instead of exiting: for
@@ -184,6 +188,8 @@ pub enum ExitReason {
     Signal(i32),
     /// The guest reported a panic (pvpanic) and nothing could act on it.
     GuestPanicked,
+    /// The watchdog expired with the action `poweroff`.
+    Watchdog,
     /// The machine could not go on (a vCPU's KVM error, or the main loop's).
     InternalError {
         /// The vCPU, when one failed.
@@ -209,7 +215,8 @@ impl ExitReason {
             Self::Quit(QuitSource::Qmp) => ShutdownCause::HostQmpQuit,
             Self::Signal(_) => ShutdownCause::HostSignal,
             Self::GuestPanicked => ShutdownCause::GuestPanic,
-            Self::InternalError { .. } => return None,
+            // QEMU's watchdog `poweroff` exits at once, with no event.
+            Self::Watchdog | Self::InternalError { .. } => return None,
         })
     }
 }
@@ -223,6 +230,7 @@ impl std::fmt::Display for ExitReason {
             Self::Quit(QuitSource::Qmp) => write!(f, "quit (QMP or the monitor)"),
             Self::Signal(s) => write!(f, "terminating on signal {}", signal_name(*s)),
             Self::GuestPanicked => write!(f, "the guest panicked"),
+            Self::Watchdog => write!(f, "the watchdog fired (action poweroff)"),
             Self::InternalError {
                 vcpu: Some(vcpu),
                 reason,
