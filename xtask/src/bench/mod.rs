@@ -36,6 +36,7 @@
 //! `results.csv`, `samples.csv` and `chart.png` (start-up and boot-time
 //! distributions).
 
+mod blk;
 mod chart;
 mod density;
 mod linux;
@@ -127,6 +128,7 @@ pub fn task(args: &[String]) -> Result<()> {
             "density" => density::run(&ctx),
             "linux" => linux::run(&ctx),
             "qmp" => qmp::run(&ctx),
+            "blk" => blk::run(&ctx),
             _ => continue,
         };
         match result {
@@ -609,7 +611,12 @@ struct TempDir(PathBuf);
 
 impl TempDir {
     fn new(prefix: &str) -> Result<Self> {
-        let dir = std::env::temp_dir().join(format!("{prefix}-{}", std::process::id()));
+        Self::new_in(&std::env::temp_dir(), prefix)
+    }
+
+    /// A fresh folder in `parent` (which is made if missing).
+    fn new_in(parent: &Path, prefix: &str) -> Result<Self> {
+        let dir = parent.join(format!("{prefix}-{}", std::process::id()));
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("cannot create {}", dir.display()))?;
         Ok(Self(dir))
