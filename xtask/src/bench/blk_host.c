@@ -8,13 +8,14 @@
  *
  * CMD's stdin is /dev/null, its stdout a pipe read here line by line (and
  * copied to LOG), its stderr LOG. On the guest's "@@BLK-BEGIN row=NAME"
- * line the VMM's utime + stime (/proc/PID/stat: every thread, live or
- * ended) is read; on its "@@BLK-END row=NAME ..." line again, and one
- * line is printed:
+ * line the VMM's utime + stime and guest_time (/proc/PID/stat: every
+ * thread, live or ended) are read; on its "@@BLK-END row=NAME ..." line
+ * again, and one line is printed:
  *
- *   @@BLK LABEL row=NAME ios=N bytes=B us=T cpu_ms=C
+ *   @@BLK LABEL row=NAME ios=N bytes=B us=T cpu_ms=C guest_ms=G
  *
- * (the guest's fields, then C, the VMM's CPU time over the row). At the
+ * (the guest's fields, then C, the VMM's CPU time over the row, and G,
+ * the part of it its vCPUs spent in guest mode; -1 when unreadable). At the
  * end: "@@BLKRUN LABEL status=S" where S is the exit status, "signal-N"
  * or "timeout"; when the guest did not print "@@BLK-DONE" or the status
  * is not 0, the end of LOG follows between "@@LOG-BEGIN" and
@@ -39,29 +40,38 @@ static double now_ms(void)
 	return t.tv_sec * 1e3 + t.tv_nsec / 1e6;
 }
 
-/* utime + stime of `pid` in ms, or -1. */
-static double cpu_ms(pid_t pid)
+/* utime + stime of `pid` in ms into *cpu, and guest_time (the part spent
+ * running a vCPU in guest mode, counted in utime) into *guest; -1 each
+ * when unreadable. */
+static void cpu_ms(pid_t pid, double *cpu, double *guest)
 {
 	char path[64], buf[2048];
+	*cpu = *guest = -1;
 	snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
-		return -1;
+		return;
 	ssize_t n = read(fd, buf, sizeof buf - 1);
 	close(fd);
 	if (n <= 0)
-		return -1;
+		return;
 	buf[n] = 0;
 	/* Fields after the command name's closing parenthesis: state is
-	 * field 3, utime 14, stime 15. */
+	 * field 3, utime 14, stime 15, guest_time 43. */
 	char *p = strrchr(buf, ')');
 	if (!p)
-		return -1;
-	unsigned long long utime = 0, stime = 0;
-	if (sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &utime,
-		   &stime) != 2)
-		return -1;
-	return (utime + stime) * 1e3 / sysconf(_SC_CLK_TCK);
+		return;
+	unsigned long long v[52] = { 0 };
+	int field = 3;
+	char *save = NULL;
+	for (char *t = strtok_r(p + 1, " \n", &save); t && field < 52;
+	     t = strtok_r(NULL, " \n", &save), field++)
+		v[field] = strtoull(t, NULL, 10);
+	if (field <= 43)
+		return;
+	double tick_ms = 1e3 / sysconf(_SC_CLK_TCK);
+	*cpu = (v[14] + v[15]) * tick_ms;
+	*guest = v[43] * tick_ms;
 }
 
 static void print_log_tail(const char *path)
@@ -86,7 +96,7 @@ static void print_log_tail(const char *path)
 
 static const char *label;
 static pid_t child;
-static double row_cpu = -1;
+static double row_cpu = -1, row_guest = -1;
 static int done;
 
 /* One line of the VMM's stdout, without its end of line. */
@@ -98,13 +108,15 @@ static void on_line(char *line)
 	char *b = strstr(line, "@@BLK-BEGIN ");
 	char *e = strstr(line, "@@BLK-END ");
 	if (b) {
-		row_cpu = cpu_ms(child);
+		cpu_ms(child, &row_cpu, &row_guest);
 	} else if (e) {
-		double c = cpu_ms(child);
-		double d = (row_cpu >= 0 && c >= 0) ? c - row_cpu : -1;
-		printf("@@BLK %s %s cpu_ms=%.1f\n", label, e + strlen("@@BLK-END "), d);
+		double c, g;
+		cpu_ms(child, &c, &g);
+		int ok = row_cpu >= 0 && c >= 0;
+		printf("@@BLK %s %s cpu_ms=%.1f guest_ms=%.1f\n", label, e + strlen("@@BLK-END "),
+		       ok ? c - row_cpu : -1, ok ? g - row_guest : -1);
 		fflush(stdout);
-		row_cpu = -1;
+		row_cpu = row_guest = -1;
 	} else if (strstr(line, "@@BLK-DONE")) {
 		done = 1;
 	}

@@ -17,6 +17,11 @@
 //!   starting many in parallel ([`density`]);
 //! * `linux`: Debian's kernel to `/init` on a real KVM (nested in the test
 //!   bed on a PVM host), 1 and 2 vCPUs, quiet and verbose ([`linux`]);
+//! * `blk`: virtio-blk-pci from inside a Linux guest with `O_DIRECT`
+//!   (1 MiB sequential write and read, 4 KiB random reads at queue depth
+//!   1 and 32, host CPU per I/O) beside QEMU's best `aio=`, on the same
+//!   raw image and the same real KVM as `linux`; and what the PCI bus
+//!   adds to our start-up ([`blk`]);
 //! * `qmp`: `stop`/`cont` request-to-event latency ([`qmp`]);
 //! * `alarm`: the timer alarm lateness benchmark of vmm-clock (criterion
 //!   style, its own report; further arguments go to it).

@@ -382,7 +382,10 @@ mod tests {
         assert_eq!(Goal::QemuRatio(0.9).met(1.0, None, Some(1.0)), Some(false));
         assert_eq!(Goal::QemuRatio(0.9).met(1.0, None, None), None);
         assert_eq!(Goal::AtLeastQemu(1.0).met(1.0, None, Some(1.0)), Some(true));
-        assert_eq!(Goal::AtLeastQemu(1.0).met(0.9, None, Some(1.0)), Some(false));
+        assert_eq!(
+            Goal::AtLeastQemu(1.0).met(0.9, None, Some(1.0)),
+            Some(false)
+        );
         assert_eq!(Goal::AtLeastQemu(1.0).describe("IOPS"), "≥ 1x QEMU");
         assert_eq!(Goal::FloorPlus(1.0).met(2.9, Some(2.0), None), Some(true));
         assert_eq!(Goal::Below(3.0).met(3.0, None, None), Some(false));

@@ -59,7 +59,10 @@ pub fn run(ctx: &Ctx) -> Result<Section> {
                     steps.push(what.clone());
                 }
             }
-            setup.push(Who::Ours, s.iter().map(|(_, ns)| *ns as f64).sum::<f64>() / 1e3);
+            setup.push(
+                Who::Ours,
+                s.iter().map(|(_, ns)| *ns as f64).sum::<f64>() / 1e3,
+            );
             if let Some(f) = o.first_output() {
                 first.push(Who::Ours, ms(f));
             }

@@ -7,7 +7,7 @@ fn label(vmm: Vmm, run: usize, attempt: u32) -> Label {
 #[test]
 fn row_lines() {
     let r = parse_row_line(
-        "@@BLK vmm=qemu-io_uring run=2 try=1 row=seqread ios=64 bytes=67108864 us=2000000 cpu_ms=120.0\r",
+        "@@BLK vmm=qemu-io_uring run=2 try=1 row=seqread ios=64 bytes=67108864 us=2000000 cpu_ms=120.0 guest_ms=100.0\r",
     )
     .unwrap();
     assert_eq!(
@@ -19,32 +19,35 @@ fn row_lines() {
             bytes: 64 << 20,
             us: 2e6,
             cpu_ms: Some(120.0),
+            guest_ms: Some(100.0),
         }
     );
     assert_eq!(r.rate(), 32.0);
     assert_eq!(r.cpu_per_io_us(), Some(120.0 * 1e3 / 64.0));
+    assert_eq!(r.vmm_cpu_per_io_us(), Some(20.0 * 1e3 / 64.0));
     let q = parse_row_line(
-        "noise @@BLK vmm=ours run=0 try=2 row=randread32 ios=5000 bytes=20480000 us=500000 cpu_ms=-1.0",
+        "noise @@BLK vmm=ours run=0 try=2 row=randread32 ios=5000 bytes=20480000 us=500000 cpu_ms=-1.0 guest_ms=-1.0",
     );
     // The line must start with the marker (after blanks); L1's console
     // puts kernel messages on lines of their own.
     assert_eq!(q, None);
     let q = parse_row_line(
-        "  @@BLK vmm=ours run=0 try=2 row=randread32 ios=5000 bytes=20480000 us=500000 cpu_ms=-1.0",
+        "  @@BLK vmm=ours run=0 try=2 row=randread32 ios=5000 bytes=20480000 us=500000 cpu_ms=-1.0 guest_ms=-1.0",
     )
     .unwrap();
     assert_eq!((q.kind, q.rate(), q.cpu_ms), (Kind::Rand32, 10_000.0, None));
-    assert_eq!(q.cpu_per_io_us(), None);
+    assert_eq!((q.cpu_per_io_us(), q.vmm_cpu_per_io_us()), (None, None));
     for bad in [
-        "@@BLK vmm=xen run=0 try=1 row=seqread ios=1 bytes=1 us=1 cpu_ms=1",
-        "@@BLK vmm=ours run=0 try=1 row=seqseek ios=1 bytes=1 us=1 cpu_ms=1",
-        "@@BLK vmm=ours run=0 try=1 row=seqread ios=0 bytes=1 us=1 cpu_ms=1",
-        "@@BLK vmm=ours run=0 try=1 row=seqread ios=1 bytes=1 us=0 cpu_ms=1",
-        "@@BLK vmm=ours run=0 try=1 row=seqread ios=1 bytes=1 us=nan cpu_ms=1",
+        "@@BLK vmm=xen run=0 try=1 row=seqread ios=1 bytes=1 us=1 cpu_ms=1 guest_ms=0",
+        "@@BLK vmm=ours run=0 try=1 row=seqseek ios=1 bytes=1 us=1 cpu_ms=1 guest_ms=0",
+        "@@BLK vmm=ours run=0 try=1 row=seqread ios=0 bytes=1 us=1 cpu_ms=1 guest_ms=0",
+        "@@BLK vmm=ours run=0 try=1 row=seqread ios=1 bytes=1 us=0 cpu_ms=1 guest_ms=0",
+        "@@BLK vmm=ours run=0 try=1 row=seqread ios=1 bytes=1 us=nan cpu_ms=1 guest_ms=0",
         "@@BLK vmm=ours run=0 try=1 row=seqread ios=1 bytes=1 us=1",
-        "@@BLK vmm=ours run=0 row=seqread ios=1 bytes=1 us=1 cpu_ms=1",
-        "@@BLK vmm=ours run=x try=1 row=seqread ios=1 bytes=1 us=1 cpu_ms=1",
-        "@@BLK vmm=ours run=0 try=1 row=seqread ios=1 bytes=1 us=1 cpu_ms=1 junk",
+        "@@BLK vmm=ours run=0 row=seqread ios=1 bytes=1 us=1 cpu_ms=1 guest_ms=0",
+        "@@BLK vmm=ours run=x try=1 row=seqread ios=1 bytes=1 us=1 cpu_ms=1 guest_ms=0",
+        "@@BLK vmm=ours run=0 try=1 row=seqread ios=1 bytes=1 us=1 cpu_ms=1 guest_ms=0 junk",
+        "@@BLK vmm=ours run=0 try=1 row=seqread ios=1 bytes=1 us=1 cpu_ms=1",
         "@@BLK vmm=ours run=0 try=1 row=seqread ios=1 bytes=1 us=1 cpu_ms",
         "@@BLKRUN vmm=ours run=0 try=1 status=0 done=1",
     ] {
@@ -59,11 +62,16 @@ fn run_lines() {
     assert!(r.ok());
     let bad = parse_run_line("@@BLKRUN vmm=ours run=0 try=1 status=timeout done=0").unwrap();
     assert!(!bad.ok());
-    assert!(!parse_run_line("@@BLKRUN vmm=ours run=0 try=1 status=0 done=0")
-        .unwrap()
-        .ok());
+    assert!(
+        !parse_run_line("@@BLKRUN vmm=ours run=0 try=1 status=0 done=0")
+            .unwrap()
+            .ok()
+    );
     assert_eq!(parse_run_line("@@BLKRUN vmm=ours run=0 try=1 done=1"), None);
-    assert_eq!(parse_run_line("@@BLKRUN vmm=ours run=0 try=1 status=0"), None);
+    assert_eq!(
+        parse_run_line("@@BLKRUN vmm=ours run=0 try=1 status=0"),
+        None
+    );
 }
 
 /// The lines `blk_host` prints for a boot.
@@ -72,10 +80,11 @@ fn boot_output(l: &str, ok: bool, rate: u64) -> String {
     for k in KINDS {
         let _ = writeln!(
             out,
-            "@@BLK {l} row={} ios={rate} bytes={} us=1000000 cpu_ms={}.0",
+            "@@BLK {l} row={} ios={rate} bytes={} us=1000000 cpu_ms={}.0 guest_ms={}.0",
             k.key(),
             rate << 20,
-            rate
+            rate,
+            rate / 2
         );
     }
     if ok {
@@ -104,7 +113,11 @@ fn a_console_keeps_the_good_boots_only() {
         .filter(|r| r.label.vmm == Vmm::Ours)
         .all(|r| r.label.attempt == 2 && r.ios == 10));
     assert_eq!(failures.len(), 1);
-    assert!(failures[0].what.contains("vmm (ours), run 0, try 1"), "{:?}", failures[0]);
+    assert!(
+        failures[0].what.contains("vmm (ours), run 0, try 1"),
+        "{:?}",
+        failures[0]
+    );
     assert!(failures[0].what.contains("signal-9"));
     assert_eq!(failures[0].log, "end of the log");
 
@@ -113,7 +126,7 @@ fn a_console_keeps_the_good_boots_only() {
     let (mut more, _) = parse_console(&boot_output("vmm=qemu-io_uring run=0 try=1", true, 30));
     both.append(&mut more);
     let s = section(&both, 1, Sizes::new(true), vec!["session 1: ok".into()]);
-    assert_eq!(s.rows.len(), 2 * KINDS.len());
+    assert_eq!(s.rows.len(), 3 * KINDS.len());
     let md = super::super::report::section_markdown(&s);
     assert!(
         md.contains(
@@ -123,6 +136,10 @@ fn a_console_keeps_the_good_boots_only() {
     );
     assert!(
         md.contains("| host CPU per I/O, random read, 4 KiB, QD32 (vs QEMU aio=io_uring) | µs | **1000** | 1000 | 1.00x | ≤ 1x QEMU met |"),
+        "{md}"
+    );
+    assert!(
+        md.contains("| host CPU per I/O outside guest mode, random read, 4 KiB, QD1 (vs QEMU aio=io_uring) | µs | **500** | 500 | 1.00x | ≤ 1x QEMU met |"),
         "{md}"
     );
     assert!(md.contains("QEMU aio=native: 20.0 MiB/s (median)"), "{md}");
