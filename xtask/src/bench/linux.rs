@@ -329,7 +329,7 @@ fn parse_boot_line(line: &str) -> Option<BootLine> {
 }
 
 /// The `@@LOG-BEGIN` … `@@LOG-END` block right after line `i`, if any.
-fn log_after(lines: &[&str], i: usize) -> String {
+pub(super) fn log_after(lines: &[&str], i: usize) -> String {
     if lines.get(i + 1).map(|l| l.trim()) != Some("@@LOG-BEGIN") {
         return String::new();
     }

@@ -17,6 +17,11 @@
 //!   starting many in parallel ([`density`]);
 //! * `linux`: Debian's kernel to `/init` on a real KVM (nested in the test
 //!   bed on a PVM host), 1 and 2 vCPUs, quiet and verbose ([`linux`]);
+//! * `blk`: virtio-blk-pci from inside a Linux guest with `O_DIRECT`
+//!   (1 MiB sequential write and read, 4 KiB random reads at queue depth
+//!   1 and 32, host CPU per I/O) beside QEMU's best `aio=`, on the same
+//!   raw image and the same real KVM as `linux`; and what the PCI bus
+//!   adds to our start-up ([`blk`]);
 //! * `qmp`: `stop`/`cont` request-to-event latency ([`qmp`]);
 //! * `alarm`: the timer alarm lateness benchmark of vmm-clock (criterion
 //!   style, its own report; further arguments go to it).
@@ -36,6 +41,7 @@
 //! `results.csv`, `samples.csv` and `chart.png` (start-up and boot-time
 //! distributions).
 
+mod blk;
 mod chart;
 mod density;
 mod linux;
@@ -127,6 +133,7 @@ pub fn task(args: &[String]) -> Result<()> {
             "density" => density::run(&ctx),
             "linux" => linux::run(&ctx),
             "qmp" => qmp::run(&ctx),
+            "blk" => blk::run(&ctx),
             _ => continue,
         };
         match result {
@@ -609,7 +616,12 @@ struct TempDir(PathBuf);
 
 impl TempDir {
     fn new(prefix: &str) -> Result<Self> {
-        let dir = std::env::temp_dir().join(format!("{prefix}-{}", std::process::id()));
+        Self::new_in(&std::env::temp_dir(), prefix)
+    }
+
+    /// A fresh folder in `parent` (which is made if missing).
+    fn new_in(parent: &Path, prefix: &str) -> Result<Self> {
+        let dir = parent.join(format!("{prefix}-{}", std::process::id()));
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("cannot create {}", dir.display()))?;
         Ok(Self(dir))

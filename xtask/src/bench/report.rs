@@ -39,6 +39,8 @@ pub enum Goal {
     FloorRatio(f64),
     /// Ours at most this many times QEMU.
     QemuRatio(f64),
+    /// Ours at least this many times QEMU (a rate: more is better).
+    AtLeastQemu(f64),
     /// Ours at most the floor plus this much (in the row's unit).
     FloorPlus(f64),
     /// Ours under this value (in the row's unit).
@@ -50,6 +52,7 @@ impl Goal {
         match self {
             Goal::FloorRatio(r) => format!("≤ {r}x floor"),
             Goal::QemuRatio(r) => format!("≤ {r}x QEMU"),
+            Goal::AtLeastQemu(r) => format!("≥ {r}x QEMU"),
             Goal::FloorPlus(v) => format!("≤ floor + {v} {unit}"),
             Goal::Below(v) => format!("< {v} {unit}"),
         }
@@ -60,6 +63,7 @@ impl Goal {
         Some(match self {
             Goal::FloorRatio(r) => ours <= r * floor?,
             Goal::QemuRatio(r) => ours <= r * qemu?,
+            Goal::AtLeastQemu(r) => ours >= r * qemu?,
             Goal::FloorPlus(v) => ours <= floor? + v,
             Goal::Below(v) => ours < v,
         })
@@ -377,6 +381,12 @@ mod tests {
         assert_eq!(Goal::FloorRatio(1.1).met(1.0, Some(1.0), None), Some(true));
         assert_eq!(Goal::QemuRatio(0.9).met(1.0, None, Some(1.0)), Some(false));
         assert_eq!(Goal::QemuRatio(0.9).met(1.0, None, None), None);
+        assert_eq!(Goal::AtLeastQemu(1.0).met(1.0, None, Some(1.0)), Some(true));
+        assert_eq!(
+            Goal::AtLeastQemu(1.0).met(0.9, None, Some(1.0)),
+            Some(false)
+        );
+        assert_eq!(Goal::AtLeastQemu(1.0).describe("IOPS"), "≥ 1x QEMU");
         assert_eq!(Goal::FloorPlus(1.0).met(2.9, Some(2.0), None), Some(true));
         assert_eq!(Goal::Below(3.0).met(3.0, None, None), Some(false));
     }
