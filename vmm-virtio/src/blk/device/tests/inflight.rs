@@ -1,0 +1,1 @@
+//! Several requests in flight (`aio=io_uring`).
