@@ -257,18 +257,21 @@ impl Uring {
                     .build(),
             }
         };
-        let mut entries = vec![entry.user_data(index as u64)];
+        // A test's gate goes first, linked: the request waits for it.
         #[cfg(test)]
-        if let Some((gate, byte)) = slot.gate.as_mut() {
-            let wait = opcode::Read::new(types::Fd(gate.as_raw_fd()), byte.as_mut_ptr(), 1)
+        let gate = slot.gate.as_mut().map(|(gate, byte)| {
+            opcode::Read::new(types::Fd(gate.as_raw_fd()), byte.as_mut_ptr(), 1)
                 .build()
                 .flags(squeue::Flags::IO_LINK)
-                .user_data(GATE);
-            entries.insert(0, wait);
+                .user_data(GATE)
+        });
+        #[cfg(not(test))]
+        let gate: Option<squeue::Entry> = None;
+        let entry = entry.user_data(index as u64);
+        if let Some(gate) = gate {
+            self.push(&gate);
         }
-        for e in &entries {
-            self.push(e);
-        }
+        self.push(&entry);
     }
 
     fn push(&mut self, entry: &squeue::Entry) {
@@ -429,5 +432,48 @@ fn advance(iovs: &mut [libc::iovec], idx: &mut usize, mut n: usize) {
             iov.iov_len -= n;
             n = 0;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn why_a_host_has_no_io_uring_is_said_plainly() {
+        let disabled = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
+            .is_ok_and(|s| s.trim() != "0");
+        let enosys = unavailable(&io::Error::from_raw_os_error(libc::ENOSYS));
+        let eperm = unavailable(&io::Error::from_raw_os_error(libc::EPERM));
+        if disabled {
+            assert!(enosys.contains("io_uring_disabled"), "{enosys}");
+        } else {
+            assert_eq!(enosys, "this host's kernel has no io_uring");
+            assert!(eperm.contains("not permitted"), "{eperm}");
+        }
+        let other = unavailable(&io::Error::from_raw_os_error(libc::ENOMEM));
+        assert!(other.starts_with("cannot set up an io_uring"), "{other}");
+    }
+
+    #[test]
+    fn short_transfers_resume_inside_an_iovec() {
+        let mut a = [0u8; 8];
+        let mut b = [0u8; 8];
+        let mut iovs = [
+            libc::iovec {
+                iov_base: a.as_mut_ptr().cast(),
+                iov_len: 8,
+            },
+            libc::iovec {
+                iov_base: b.as_mut_ptr().cast(),
+                iov_len: 8,
+            },
+        ];
+        let mut idx = 0;
+        advance(&mut iovs, &mut idx, 11);
+        assert_eq!((idx, iovs[1].iov_len), (1, 5));
+        assert_eq!(iovs[1].iov_base as usize, b.as_ptr() as usize + 3);
+        advance(&mut iovs, &mut idx, 5);
+        assert_eq!(idx, 2);
     }
 }
