@@ -54,7 +54,7 @@ fn parse_drive(spec: &str, index: usize) -> Result<Drive, String> {
     let mut cache = CacheMode::Writeback;
     let mut werror = ErrorAction::Enospc;
     let mut rerror = ErrorAction::Report;
-    let mut aio = Aio::Threads;
+    let mut aio = Aio::Auto;
     for (key, value) in &opts.pairs {
         let bad = |expected: &str| format!("Parameter '{key}' expects {expected}");
         match key.as_str() {
@@ -300,7 +300,7 @@ mod tests {
                 CacheMode::Writeback,
                 ErrorAction::Enospc,
                 ErrorAction::Report,
-                Aio::Threads
+                Aio::Auto
             )
         );
         let d = disks(

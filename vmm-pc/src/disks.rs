@@ -205,7 +205,7 @@ mod tests {
             rerror: ErrorAction::Report,
             serial: None,
             slot: None,
-            aio: Aio::Threads,
+            aio: Aio::Auto,
         }
     }
 

@@ -155,17 +155,26 @@ impl VirtioBlk {
             id[..serial.len()].copy_from_slice(serial.as_bytes());
         }
         let disk = Disk::open(&config.path, config.read_only, config.cache)?;
-        // Made here, at build time (on the main thread, before any seccomp
-        // filter): a host without io_uring is refused now, not when the
-        // guest first uses the disk.
+        // The ring is made here, at build time (on the main thread, before
+        // any seccomp filter): `aio=io_uring` on a host without io_uring is
+        // refused now, not when the guest first uses the disk; the default
+        // falls back to threads.
         let uring = match config.aio {
             Aio::Threads => None,
             Aio::IoUring => {
-                let ring =
-                    Uring::new(q).map_err(|e| BlockError::IoUring(uring::unavailable(&e)))?;
-                Some(Arc::new(Mutex::new(Some(ring))))
+                Some(Uring::new(q).map_err(|e| BlockError::IoUring(uring::unavailable(&e)))?)
             }
-        };
+            Aio::Auto => Uring::new(q)
+                .inspect_err(|e| {
+                    log::warn!(
+                        "{}: {}; requests one at a time (aio=threads)",
+                        config.path.display(),
+                        uring::unavailable(e)
+                    );
+                })
+                .ok(),
+        }
+        .map(|ring| Arc::new(Mutex::new(Some(ring))));
         let mut features = 1 << VIRTIO_BLK_F_SEG_MAX
             | 1 << VIRTIO_BLK_F_BLK_SIZE
             | 1 << VIRTIO_BLK_F_FLUSH

@@ -55,11 +55,15 @@ pub enum CacheMode {
 pub enum Aio {
     /// One request at a time on the disk's worker thread, with
     /// `preadv`/`pwritev`/`fdatasync`.
-    #[default]
     Threads,
     /// Reads, writes and flushes through an io_uring, up to the queue's
-    /// size in flight; completed in the order the host finishes them.
+    /// size in flight; completed in the order the host finishes them. A
+    /// host without io_uring is an error.
     IoUring,
+    /// The default (no `aio=`): [`Aio::IoUring`] where the host has
+    /// io_uring, else [`Aio::Threads`] with a one-line warning.
+    #[default]
+    Auto,
 }
 
 /// What to do about a host I/O error (QEMU's `BlockdevOnError` without

@@ -272,3 +272,16 @@ fn a_reset_with_requests_in_flight_lets_them_finish_and_comes_back() {
         (OK, 513)
     );
 }
+
+#[test]
+fn the_default_is_io_uring_where_the_host_has_it() {
+    let image = new_image();
+    let events: Arc<dyn BlockEvents> = Arc::new(Events(Recorder::new()));
+    let auto = VirtioBlk::new(&BlockConfig::new(image.as_path()), Arc::clone(&events)).unwrap();
+    assert!(format!("{auto:?}").contains("io_uring: true"), "{auto:?}");
+    drop(auto);
+    let mut config = BlockConfig::new(image.as_path());
+    config.aio = Aio::Threads;
+    let threads = VirtioBlk::new(&config, events).unwrap();
+    assert!(format!("{threads:?}").contains("io_uring: false"));
+}
