@@ -33,7 +33,7 @@ pub struct Args {
     pub kernel: Option<PathBuf>,
 
     /// A drive, QEMU's -drive: file=PATH[,if=virtio|none][,format=raw]
-    /// [,id=ID][,readonly=on][,cache=none|writeback]
+    /// [,id=ID][,readonly=on][,cache=none|writeback][,aio=threads|io_uring]
     /// [,werror=enospc|stop|report|ignore][,rerror=stop|report|ignore].
     /// if=virtio (the default) adds a virtio-blk-pci for it; if=none waits
     /// for --device virtio-blk-pci,drive=ID. Repeatable.

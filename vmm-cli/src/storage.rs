@@ -1,7 +1,8 @@
 //! `--drive` and `--device`, in QEMU's spelling, into the machine's disks.
 //!
 //! - `--drive file=PATH[,if=virtio|none][,format=raw][,id=ID][,readonly=on]
-//!   [,cache=none|writeback][,werror=…][,rerror=…]`: `if=virtio` (the
+//!   [,cache=none|writeback][,aio=threads|io_uring][,werror=…][,rerror=…]`:
+//!   `if=virtio` (the
 //!   default here, since this machine has no IDE) adds a virtio-blk-pci for
 //!   the drive, as QEMU's shorthand does; `if=none` waits for a `--device`.
 //! - `--device virtio-blk-pci,drive=ID[,serial=S][,addr=SLOT]`: a disk on a
@@ -11,7 +12,7 @@
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
-use vmm_pc::disks::{CacheMode, DiskConfig, ErrorAction};
+use vmm_pc::disks::{Aio, CacheMode, DiskConfig, ErrorAction};
 use vmm_qom::{parse_opts, Registry};
 
 /// The devices `--drive` and `--device` add to the machine.
@@ -62,6 +63,7 @@ fn parse_drive(spec: &str, index: usize) -> Result<Drive, String> {
     let mut cache = CacheMode::Writeback;
     let mut werror = ErrorAction::Enospc;
     let mut rerror = ErrorAction::Report;
+    let mut aio = Aio::Auto;
     for (key, value) in &opts.pairs {
         let bad = |expected: &str| format!("Parameter '{key}' expects {expected}");
         match key.as_str() {
@@ -98,6 +100,16 @@ fn parse_drive(spec: &str, index: usize) -> Result<Drive, String> {
                     "writeback" => CacheMode::Writeback,
                     "none" => CacheMode::None,
                     _ => return Err(bad("none or writeback")),
+                }
+            }
+            "aio" => {
+                aio = match value.as_str() {
+                    "threads" => Aio::Threads,
+                    "io_uring" => Aio::IoUring,
+                    "native" => {
+                        return Err("aio=native (Linux AIO) is not supported; use aio=io_uring (or aio=threads)".into())
+                    }
+                    _ => return Err(bad("threads or io_uring")),
                 }
             }
             "werror" => {
@@ -137,6 +149,7 @@ fn parse_drive(spec: &str, index: usize) -> Result<Drive, String> {
             rerror,
             serial: None,
             slot: None,
+            aio,
         },
         interface,
     })
@@ -298,16 +311,17 @@ mod tests {
             ("virtio0", Some("/a.img"))
         );
         assert_eq!(
-            (d[0].cache, d[0].werror, d[0].rerror),
+            (d[0].cache, d[0].werror, d[0].rerror, d[0].aio),
             (
                 CacheMode::Writeback,
                 ErrorAction::Enospc,
-                ErrorAction::Report
+                ErrorAction::Report,
+                Aio::Auto
             )
         );
         let d = disks(
             &[
-                "file=/b,,c.img,if=none,id=d0,readonly=on,cache=none,werror=stop,rerror=ignore",
+                "file=/b,,c.img,if=none,id=d0,readonly=on,cache=none,werror=stop,rerror=ignore,aio=io_uring",
                 "file=/x.img",
             ],
             &["virtio-blk-pci,drive=d0,serial=SN1,addr=05.0"],
@@ -320,6 +334,8 @@ mod tests {
             (CacheMode::None, ErrorAction::Stop, ErrorAction::Ignore)
         );
         assert_eq!((d[1].serial.as_deref(), d[1].slot), (Some("SN1"), Some(5)));
+        assert_eq!(d[1].aio, Aio::IoUring);
+        assert_eq!(disks(&["file=/a,aio=threads"], &[])[0].aio, Aio::Threads);
         // A drive with if=none and no device is not a disk.
         assert!(disks(&["file=/a.img,if=none,id=x"], &[]).is_empty());
     }
@@ -333,6 +349,11 @@ mod tests {
         assert!(err(&["file=/a,cache=maybe"], &[])
             .ends_with("Parameter 'cache' expects none or writeback"));
         assert!(err(&["file=/a,format=qcow2"], &[]).contains("only format=raw"));
+        assert!(err(&["file=/a,aio=native"], &[]).ends_with(
+            "aio=native (Linux AIO) is not supported; use aio=io_uring (or aio=threads)"
+        ));
+        assert!(err(&["file=/a,aio=uring"], &[])
+            .ends_with("Parameter 'aio' expects threads or io_uring"));
         assert!(err(&["file=/a,if=ide"], &[]).contains("not supported by this machine"));
         assert!(err(&["file=/a,bogus=1"], &[]).ends_with("Invalid parameter 'bogus'"));
         assert!(err(&["file=/a,id=x", "file=/b,id=x"], &[]).ends_with("Duplicate ID 'x' for drive"));

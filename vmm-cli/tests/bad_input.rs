@@ -380,6 +380,8 @@ fn bad_command_lines_are_refused() {
         (&["--kernel", "K", "--drive", "file=a,id=x", "--drive", "file=b,id=x"], Vmm, "Duplicate ID 'x' for drive", false),
         (&["--kernel", "K", "--drive", "file=a,cache=maybe"], Vmm, "Parameter 'cache' expects none or writeback", false),
         (&["--kernel", "K", "--drive", "file=a,format=qcow2"], Vmm, "only format=raw", false),
+        (&["--kernel", "K", "--drive", "file=a,aio=native"], Vmm, "aio=native (Linux AIO) is not supported; use aio=io_uring (or aio=threads)", false),
+        (&["--kernel", "K", "--drive", "file=a,aio=posix"], Vmm, "Parameter 'aio' expects threads or io_uring", false),
         (&["--kernel", "K", "--drive", "if=virtio"], Vmm, "Parameter 'file' is missing", false),
         (&["--kernel", "K", "--device", "frob-pci"], Vmm, "'frob-pci' is not a valid device model name", false),
         (&["--kernel", "K", "--drive", "file=a,if=none,id=d", "--device", "virtio-blk-pci,drive=d,foo=1"], Vmm, "Property 'virtio-blk-pci.foo' not found", false),

@@ -62,12 +62,22 @@ fn drive_file(job: &mut Job, image: &Path) -> String {
 
 /// Two disks on 2 vCPUs: an ext4 one given read-only (its file is read,
 /// a write to it refused), a raw one with a serial that the guest writes
-/// 1 MiB to; the host then finds the bytes in the image and the ext4
-/// image untouched and clean (e2fsck -n).
+/// 1 MiB to and reads back with four readers at once; the host then finds
+/// the bytes in the image and the ext4 image untouched and clean (e2fsck
+/// -n). Requests served one at a time per disk (`aio=threads`).
 #[test]
 fn debian_reads_and_writes_virtio_disks() {
-    nested_retry("debian_reads_and_writes_virtio_disks", || {
-        let test = "debian_reads_and_writes_virtio_disks";
+    reads_and_writes("debian_reads_and_writes_virtio_disks", "threads");
+}
+
+/// The same with `aio=io_uring` (several requests in flight per disk).
+#[test]
+fn debian_reads_and_writes_virtio_disks_io_uring() {
+    reads_and_writes("debian_reads_and_writes_virtio_disks_io_uring", "io_uring");
+}
+
+fn reads_and_writes(test: &'static str, aio: &'static str) {
+    nested_retry(test, || {
         let Some(g) = guest(test) else { return };
         let dir = common::TempDir::new(test);
         let ro = ext4_image(
@@ -91,6 +101,9 @@ fn debian_reads_and_writes_virtio_disks() {
             if dd if=/dev/zero of=/dev/vda bs=512 count=1 conv=fsync 2>/dev/null; then echo @@ROWRITE ok; else echo @@ROWRITE refused; fi\n\
             yes vmm-disk-test | head -c 1048576 > /tmp/pattern\n\
             dd if=/tmp/pattern of=/dev/vdb bs=65536 seek=16 conv=fsync 2>/dev/null && echo @@WROTE\n\
+            sync; echo 3 > /proc/sys/vm/drop_caches\n\
+            for i in 0 1 2 3; do dd if=/dev/vdb of=/tmp/back$i bs=65536 skip=$((16 + 4 * i)) count=4 2>/dev/null & done; wait\n\
+            cat /tmp/back0 /tmp/back1 /tmp/back2 /tmp/back3 | cmp - /tmp/pattern && echo @@READBACK\n\
             echo @@DONE\n\
             poweroff -f";
         let initrd = test_initrd(&g, &dir, script, MODULES, false);
@@ -104,9 +117,9 @@ fn debian_reads_and_writes_virtio_disks() {
         let raw_file = drive_file(&mut job, &raw);
         job.args.extend([
             "--drive".to_owned(),
-            format!("file={ro_file},if=virtio,format=raw,readonly=on"),
+            format!("file={ro_file},if=virtio,format=raw,readonly=on,aio={aio}"),
             "--drive".to_owned(),
-            format!("file={raw_file},if=none,id=data,cache=none"),
+            format!("file={raw_file},if=none,id=data,cache=none,aio={aio}"),
             "--device".to_owned(),
             "virtio-blk-pci,drive=data,serial=VMM-TEST-0001".to_owned(),
         ]);
@@ -130,6 +143,7 @@ fn debian_reads_and_writes_virtio_disks() {
             "{test}: a write to the read-only disk\n{c}"
         );
         assert!(c.contains("@@WROTE"), "{test}: the write\n{c}");
+        assert!(c.contains("@@READBACK"), "{test}: the read back\n{c}");
         let image = std::fs::read(&raw).unwrap();
         let expect: Vec<u8> = b"vmm-disk-test\n"
             .iter()

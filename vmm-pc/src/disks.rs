@@ -14,7 +14,7 @@ pub const SECTOR_SIZE: u64 = 512;
 /// The first four bytes of a qcow2 image.
 const QCOW2_MAGIC: &[u8; 4] = b"QFI\xfb";
 
-pub use vmm_virtio::blk::{CacheMode, ErrorAction};
+pub use vmm_virtio::blk::{Aio, CacheMode, ErrorAction};
 
 /// One drive.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,6 +35,8 @@ pub struct DiskConfig {
     pub serial: Option<String>,
     /// The PCI slot of its virtio-blk-pci (None: the first free one).
     pub slot: Option<u8>,
+    /// How requests reach the image (QEMU's `aio=`).
+    pub aio: Aio,
 }
 
 /// Why an image cannot be served.
@@ -203,6 +205,7 @@ mod tests {
             rerror: ErrorAction::Report,
             serial: None,
             slot: None,
+            aio: Aio::Auto,
         }
     }
 

@@ -166,6 +166,7 @@ pub fn add_disks(
         config.read_only = disk.readonly;
         config.cache = disk.cache;
         config.serial = disk.serial.clone();
+        config.aio = disk.aio;
         config.errors = ErrorPolicy {
             read: disk.rerror,
             write: disk.werror,

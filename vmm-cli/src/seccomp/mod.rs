@@ -235,5 +235,17 @@ mod tests {
                 "{nr}"
             );
         }
+        // Only a disk's worker enters io_uring; nobody sets one up or
+        // registers anything with it once the filters are in.
+        let device = lists::device().unwrap();
+        assert!(has(&device, libc::SYS_io_uring_enter));
+        for r in [&main, &vcpu, &serial] {
+            assert!(!has(r, libc::SYS_io_uring_enter));
+        }
+        for nr in [libc::SYS_io_uring_setup, libc::SYS_io_uring_register] {
+            for r in [&main, &vcpu, &serial, &device] {
+                assert!(!has(r, nr), "{nr}");
+            }
+        }
     }
 }

@@ -30,7 +30,7 @@ use super::{BlockError, CacheMode, SECTOR_SIZE};
 /// The most bytes bounced at a time.
 pub const BOUNCE_CHUNK: usize = 1 << 20;
 /// The most iovecs in one `preadv`/`pwritev` (Linux's `IOV_MAX`).
-const IOV_MAX: usize = 1024;
+pub(super) const IOV_MAX: usize = 1024;
 
 /// An open image.
 #[derive(Debug)]
@@ -45,6 +45,8 @@ pub struct Disk {
     zero_range: AtomicBool,
     #[cfg(test)]
     faults: std::sync::Mutex<Vec<(super::Operation, i32)>>,
+    #[cfg(test)]
+    gates: std::sync::Mutex<Vec<(super::Operation, std::os::fd::OwnedFd)>>,
 }
 
 /// A buffer aligned to `align`, without `unsafe`: a larger vector and the
@@ -133,6 +135,8 @@ impl Disk {
             zero_range: AtomicBool::new(true),
             #[cfg(test)]
             faults: std::sync::Mutex::new(Vec::new()),
+            #[cfg(test)]
+            gates: std::sync::Mutex::new(Vec::new()),
         })
     }
 
@@ -149,6 +153,33 @@ impl Disk {
     /// The alignment `O_DIRECT` needs (512 without it).
     pub fn alignment(&self) -> usize {
         self.align
+    }
+
+    /// The open image (for the io_uring engine's operations).
+    pub(super) fn raw_fd(&self) -> std::os::fd::RawFd {
+        self.file.as_raw_fd()
+    }
+
+    /// Whether guest `data` at byte `offset` can be moved straight from
+    /// or to the image (always, unless `O_DIRECT` wants an alignment the
+    /// buffers lack: then only through a bounce buffer).
+    pub(super) fn direct_ok<M: GuestMemory>(&self, mem: &M, offset: u64, data: &Buffers) -> bool {
+        !self.direct || self.aligned(mem, offset, data)
+    }
+
+    /// Makes the next `op` that goes through io_uring wait until a byte
+    /// can be read from `gate` (tests: completions out of order).
+    #[cfg(test)]
+    pub fn inject_gate(&self, op: super::Operation, gate: std::os::fd::OwnedFd) {
+        self.gates.lock().unwrap().push((op, gate));
+    }
+
+    /// The gate for the next io_uring `op`, if a test set one.
+    #[cfg(test)]
+    pub(super) fn gate(&self, op: super::Operation) -> Option<std::os::fd::OwnedFd> {
+        let mut gates = self.gates.lock().unwrap();
+        let i = gates.iter().position(|(o, _)| *o == op)?;
+        Some(gates.remove(i).1)
     }
 
     /// Makes the next `op` fail with `errno` (tests: host errors on
@@ -173,7 +204,7 @@ impl Disk {
     }
 
     #[cfg(test)]
-    fn fault(&self, op: super::Operation) -> io::Result<()> {
+    pub(super) fn fault(&self, op: super::Operation) -> io::Result<()> {
         let mut faults = self.faults.lock().unwrap();
         match faults.iter().position(|(o, _)| *o == op) {
             Some(i) => Err(io::Error::from_raw_os_error(faults.remove(i).1)),
@@ -182,7 +213,7 @@ impl Disk {
     }
 
     #[cfg(not(test))]
-    fn fault(&self, _: super::Operation) -> io::Result<()> {
+    pub(super) fn fault(&self, _: super::Operation) -> io::Result<()> {
         Ok(())
     }
 
@@ -331,39 +362,11 @@ impl Disk {
         data: &Buffers,
         write: bool,
     ) -> io::Result<u64> {
-        let access = if write {
-            Permissions::Read
-        } else {
-            Permissions::Write
-        };
-        let mut slices = Vec::new();
-        for s in data.segments() {
-            let it = mem
-                .get_slices(s.addr, s.len as usize, access)
-                .map_err(io::Error::other)?;
-            for slice in it.stop_on_error().map_err(io::Error::other)? {
-                slices.push(slice);
-            }
-        }
-        if slices.iter().map(|s| s.len() as u64).sum::<u64>() != data.len() {
-            return Err(io::Error::other("guest buffers are not all in memory"));
-        }
-        // The pointers stay valid while `slices` (and `mem`) live.
-        let mut iovs: Vec<libc::iovec> = slices
-            .iter()
-            .map(|s| libc::iovec {
-                iov_base: s.ptr_guard_mut().as_ptr().cast(),
-                iov_len: s.len(),
-            })
-            .collect();
+        let mut iovs = guest_iovecs(mem, data, write)?;
+        // The pointers stay valid while `mem` lives (it is borrowed here).
         let done = transfer(&self.file, &mut iovs, offset, write)?;
         if !write {
-            let mut left = done as usize;
-            for s in &slices {
-                let n = s.len().min(left);
-                s.bitmap().mark_dirty(0, n);
-                left -= n;
-            }
+            mark_dirty(mem, data, done);
         }
         Ok(done)
     }
@@ -422,7 +425,7 @@ impl Disk {
 }
 
 /// Zeroes the guest's buffers from stream byte `from` on.
-fn zero_fill<M: GuestMemory>(mem: &M, data: &Buffers, from: u64) -> io::Result<()> {
+pub(super) fn zero_fill<M: GuestMemory>(mem: &M, data: &Buffers, from: u64) -> io::Result<()> {
     let zeroes = vec![0u8; (data.len() - from).min(BOUNCE_CHUNK as u64) as usize];
     let mut pos = from;
     while pos < data.len() {
@@ -432,6 +435,55 @@ fn zero_fill<M: GuestMemory>(mem: &M, data: &Buffers, from: u64) -> io::Result<(
         pos += n as u64;
     }
     Ok(())
+}
+
+/// The host addresses of the guest's buffers, in order, for the kernel
+/// to read (`write`) or fill. The pointers are into guest memory's
+/// mappings: valid for as long as `mem`'s regions stay mapped.
+pub(super) fn guest_iovecs<M: GuestMemory>(
+    mem: &M,
+    data: &Buffers,
+    write: bool,
+) -> io::Result<Vec<libc::iovec>> {
+    let access = if write {
+        Permissions::Read
+    } else {
+        Permissions::Write
+    };
+    let mut iovs = Vec::with_capacity(data.segments().len());
+    let mut total = 0u64;
+    for s in data.segments() {
+        let it = mem
+            .get_slices(s.addr, s.len as usize, access)
+            .map_err(io::Error::other)?;
+        for slice in it.stop_on_error().map_err(io::Error::other)? {
+            total += slice.len() as u64;
+            iovs.push(libc::iovec {
+                iov_base: slice.ptr_guard_mut().as_ptr().cast(),
+                iov_len: slice.len(),
+            });
+        }
+    }
+    if total != data.len() {
+        return Err(io::Error::other("guest buffers are not all in memory"));
+    }
+    Ok(iovs)
+}
+
+/// Marks the first `done` bytes of the guest's buffers dirty (the host
+/// wrote them behind vm-memory's back).
+pub(super) fn mark_dirty<M: GuestMemory>(mem: &M, data: &Buffers, done: u64) {
+    let mut left = done as usize;
+    for s in data.segments() {
+        let Ok(it) = mem.get_slices(s.addr, s.len as usize, Permissions::Write) else {
+            return;
+        };
+        for slice in it.flatten() {
+            let n = slice.len().min(left);
+            slice.bitmap().mark_dirty(0, n);
+            left -= n;
+        }
+    }
 }
 
 /// Reads `buf` at `offset`, zeroes past the end of the file.

@@ -24,6 +24,7 @@
 mod device;
 mod io;
 pub mod request;
+mod uring;
 mod worker;
 
 use std::path::PathBuf;
@@ -47,6 +48,22 @@ pub enum CacheMode {
     /// `O_DIRECT`: around the host's page cache (flush still syncs
     /// metadata and the device's cache).
     None,
+}
+
+/// How requests reach the image (QEMU's `aio=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Aio {
+    /// One request at a time on the disk's worker thread, with
+    /// `preadv`/`pwritev`/`fdatasync`.
+    Threads,
+    /// Reads, writes and flushes through an io_uring, up to the queue's
+    /// size in flight; completed in the order the host finishes them. A
+    /// host without io_uring is an error.
+    IoUring,
+    /// The default (no `aio=`): [`Aio::IoUring`] where the host has
+    /// io_uring, else [`Aio::Threads`] with a one-line warning.
+    #[default]
+    Auto,
 }
 
 /// What to do about a host I/O error (QEMU's `BlockdevOnError` without
@@ -122,6 +139,8 @@ pub struct BlockConfig {
     pub errors: ErrorPolicy,
     /// The request queue's size: a power of two from 4 to 32768.
     pub queue_size: u16,
+    /// How requests reach the image.
+    pub aio: Aio,
 }
 
 impl BlockConfig {
@@ -134,6 +153,7 @@ impl BlockConfig {
             serial: None,
             errors: ErrorPolicy::default(),
             queue_size: DEFAULT_QUEUE_SIZE,
+            aio: Aio::default(),
         }
     }
 }
@@ -171,6 +191,9 @@ pub enum BlockError {
     /// A queue size that is not a power of two from 4 to 32768.
     #[error("queue size {0} must be a power of two from 4 to 32768")]
     QueueSize(u16),
+    /// `aio=io_uring` on a host that cannot give one.
+    #[error("aio=io_uring: {0} (use aio=threads)")]
+    IoUring(String),
     /// No eventfd for the worker.
     #[error("cannot create an eventfd: {0}")]
     EventFd(#[source] std::io::Error),

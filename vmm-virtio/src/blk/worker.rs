@@ -1,11 +1,20 @@
 //! The virtio-blk worker: pops chains, parses them, does their I/O,
 //! completes them, and applies the error policy. One per started device,
 //! on its own thread.
+//!
+//! With `aio=threads` each request is done before the next is popped.
+//! With `aio=io_uring` reads, writes and flushes go to the disk's io_uring
+//! ([`super::uring`]), up to the queue's size at once, and are completed
+//! in the order the host finishes them (virtio allows any order). A host
+//! error under `stop` holds its request; from then on no new chain is
+//! popped, the others in flight finish (and may be held too), and a retry
+//! (`cont`) starts the held ones again, oldest first, before the queue is
+//! looked at again.
 
 use std::io;
 use std::num::Wrapping;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK};
 use virtio_queue::{Queue, QueueT};
@@ -15,6 +24,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::device::Shared;
 use super::io::Disk;
 use super::request::{self, Limits, Rejected, Request, RequestKind};
+use super::uring::Uring;
 use super::{ErrorOutcome, IoErrorEvent, Operation, ID_BYTES, SECTOR_SIZE};
 use crate::device::VirtioInterrupt;
 use crate::worker::{StopFlag, Waiter, STOP_TOKEN};
@@ -22,12 +32,17 @@ use crate::Memory;
 
 const KICK: u64 = 0;
 const RETRY: u64 = 1;
+const DONE: u64 = 2;
 
 /// A request popped and not completed.
 struct Held {
     head: u16,
     request: Request,
 }
+
+/// Where a disk's io_uring waits between activations (`aio=io_uring`):
+/// a body takes it when it starts and puts it back, drained, when it ends.
+pub type UringHome = Arc<Mutex<Option<Uring>>>;
 
 /// The worker's state.
 pub struct BlkWorker<M: Memory> {
@@ -39,7 +54,10 @@ pub struct BlkWorker<M: Memory> {
     pub limits: Limits,
     pub id: [u8; ID_BYTES],
     pub shared: Arc<Shared>,
-    held: Option<Held>,
+    /// Requests held after a host error under `stop`, oldest first.
+    held: Vec<Held>,
+    /// With `aio=io_uring`: the ring, for this body.
+    uring: Option<Uring>,
     broken: bool,
 }
 
@@ -49,6 +67,27 @@ struct HostError {
     error: io::Error,
     sector: u64,
     sectors: u64,
+}
+
+impl HostError {
+    /// A failed read, write or flush (what io_uring does).
+    fn of(kind: &RequestKind, error: io::Error) -> Self {
+        let (operation, sector, sectors) = match kind {
+            RequestKind::Read { sector, data } => {
+                (Operation::Read, *sector, data.len() / SECTOR_SIZE)
+            }
+            RequestKind::Write { sector, data } => {
+                (Operation::Write, *sector, data.len() / SECTOR_SIZE)
+            }
+            _ => (Operation::Flush, 0, 0),
+        };
+        Self {
+            operation,
+            error,
+            sector,
+            sectors,
+        }
+    }
 }
 
 impl<M: Memory> BlkWorker<M> {
@@ -73,20 +112,44 @@ impl<M: Memory> BlkWorker<M> {
             limits,
             id,
             shared,
-            held: None,
+            held: Vec::new(),
+            uring: None,
             broken: false,
         }
     }
 
-    /// The thread's body: wait for notifications and retries until told
-    /// to stop.
-    pub fn run(mut self, waiter: Waiter, kick: EventFd, retry: EventFd) {
+    /// The thread's body: wait for notifications, completions and retries
+    /// until told to stop. With `home`, requests go through its io_uring.
+    pub fn run(mut self, waiter: Waiter, kick: EventFd, retry: EventFd, home: Option<UringHome>) {
         // A retry left from before the last reset is not this activation's.
         let _ = retry.read();
-        if let Err(e) = waiter
-            .add(&kick, KICK)
-            .and_then(|()| waiter.add(&retry, RETRY))
-        {
+        if let Some(home) = &home {
+            let ring = home.lock().unwrap_or_else(|e| e.into_inner()).take();
+            match ring {
+                Some(ring) if !ring.poisoned() => self.uring = Some(ring),
+                _ => {
+                    log::error!("virtio-blk: the disk's io_uring is unusable; device needs reset");
+                    self.interrupt.set_needs_reset();
+                    return;
+                }
+            }
+        }
+        self.serve(&waiter, &kick, &retry);
+        if let (Some(mut ring), Some(home)) = (self.uring.take(), home) {
+            ring.drain();
+            *home.lock().unwrap_or_else(|e| e.into_inner()) = Some(ring);
+        }
+    }
+
+    fn serve(&mut self, waiter: &Waiter, kick: &EventFd, retry: &EventFd) {
+        let mut added = waiter
+            .add(kick, KICK)
+            .and_then(|()| waiter.add(retry, RETRY));
+        if let Some(ring) = &self.uring {
+            let _ = ring.eventfd().read();
+            added = added.and_then(|()| waiter.add(ring.eventfd(), DONE));
+        }
+        if let Err(e) = added {
             log::error!("virtio-blk: cannot wait on the queue: {e}");
             self.interrupt.set_needs_reset();
             return;
@@ -112,34 +175,113 @@ impl<M: Memory> BlkWorker<M> {
             if retried {
                 let _ = retry.read();
             }
-            if self.broken || (self.held.is_some() && !retried) {
+            if tokens.contains(&DONE) {
+                self.reap();
+            }
+            if self.broken {
                 continue;
             }
-            if self.retry_held() {
+            if retried {
+                self.retry_held();
+            }
+            if self.held.is_empty() {
                 self.process(waiter.stop_flag());
             }
         }
     }
 
-    /// Runs the held request again; whether it is gone (done, or there was
-    /// none).
-    fn retry_held(&mut self) -> bool {
-        let Some(held) = self.held.take() else {
-            return true;
+    /// Runs the held requests again (they may be held again).
+    fn retry_held(&mut self) {
+        let held = std::mem::take(&mut self.held);
+        if held.is_empty() {
+            return;
+        }
+        self.shared.held.store(0, Ordering::Release);
+        let mut used = false;
+        for h in held {
+            used |= self.start(h.head, h.request);
+        }
+        self.submit();
+        if used {
+            self.notify();
+        }
+    }
+
+    /// Whether another request may start: always without io_uring (each
+    /// is done before the next); with it, while fewer than the ring's
+    /// capacity and the queue's size are in flight.
+    fn has_room(&self) -> bool {
+        self.uring
+            .as_ref()
+            .is_none_or(|r| r.in_flight() < r.capacity().min(usize::from(self.queue.size())))
+    }
+
+    /// Starts the parsed request at `head`: on the io_uring if it can take
+    /// it, else done now. Whether it was completed now.
+    fn start(&mut self, head: u16, request: Request) -> bool {
+        let request = match self.uring.as_mut() {
+            Some(ring) => match ring.queue(&*self.mem, &self.disk, head, request) {
+                Ok(()) => return false,
+                Err(request) => request,
+            },
+            None => request,
         };
-        self.shared.held.store(false, Ordering::Release);
-        match self.execute(held.head, held.request) {
+        let result = self.io(&request.kind);
+        match self.finish(head, request, result) {
             Some(len) => {
-                self.complete(held.head, len);
-                self.notify();
+                self.complete(head, len);
                 true
             }
             None => false,
         }
     }
 
-    /// Handles every available chain until the ring is empty, a request is
-    /// held, or the worker is told to stop.
+    /// Hands what was queued on the io_uring to the kernel.
+    fn submit(&mut self) {
+        if let Some(ring) = self.uring.as_mut() {
+            if let Err(e) = ring.submit() {
+                log::error!("virtio-blk: io_uring submission failed: {e}; device needs reset");
+                self.broken = true;
+                self.interrupt.set_needs_reset();
+            }
+        }
+    }
+
+    /// Completes what the io_uring finished, in the order it did.
+    fn reap(&mut self) {
+        let Some(ring) = self.uring.as_mut() else {
+            return;
+        };
+        let mem = Arc::clone(&self.mem);
+        let finished = ring.reap(&*mem, &self.disk);
+        let poisoned = ring.poisoned();
+        let mut used = false;
+        for f in finished {
+            let result = match f.result {
+                Ok(()) => Ok(match &f.request.kind {
+                    RequestKind::Read { data, .. } => data.len() as u32,
+                    _ => 0,
+                }),
+                Err(e) => Err(HostError::of(&f.request.kind, e)),
+            };
+            if let Some(len) = self.finish(f.head, f.request, result) {
+                self.complete(f.head, len);
+                used = true;
+            }
+        }
+        if poisoned && !self.broken {
+            log::error!("virtio-blk: the io_uring failed; device needs reset");
+            self.broken = true;
+            self.interrupt.set_needs_reset();
+        }
+        if used {
+            self.notify();
+        }
+    }
+
+    /// Handles available chains until the ring is empty, a request is
+    /// held, as many are in flight as may be, or the worker is told to
+    /// stop.
     fn process(&mut self, stop: &StopFlag) {
         let mem = Arc::clone(&self.mem);
         let mut used = false;
@@ -148,20 +290,26 @@ impl<M: Memory> BlkWorker<M> {
                 self.break_queue();
                 break;
             }
-            while let Some(chain) = self.queue.pop_descriptor_chain(&*mem) {
+            while self.has_room() {
+                let Some(chain) = self.queue.pop_descriptor_chain(&*mem) else {
+                    break;
+                };
                 let head = chain.head_index();
-                let done = match request::parse(chain, &*mem, &self.limits) {
-                    Ok(request) => self.execute(head, request),
-                    Err(rejected) => Some(self.refuse(rejected)),
+                used |= match request::parse(chain, &*mem, &self.limits) {
+                    Ok(request) => self.start(head, request),
+                    Err(rejected) => {
+                        let len = self.refuse(rejected);
+                        self.complete(head, len);
+                        true
+                    }
                 };
-                let Some(len) = done else {
-                    break 'ring;
-                };
-                self.complete(head, len);
-                used = true;
-                if stop.is_set() || self.broken {
+                if !self.held.is_empty() || stop.is_set() || self.broken {
                     break 'ring;
                 }
+            }
+            if !self.has_room() {
+                // Completions bring the worker back for the rest.
+                break;
             }
             match self.queue.enable_notification(&*mem) {
                 Ok(true) => continue,
@@ -172,6 +320,7 @@ impl<M: Memory> BlkWorker<M> {
                 }
             }
         }
+        self.submit();
         if used {
             self.notify();
         }
@@ -195,11 +344,16 @@ impl<M: Memory> BlkWorker<M> {
     }
 
     fn hold(&mut self, head: u16, request: Request) {
-        self.held = Some(Held { head, request });
-        self.shared.held.store(true, Ordering::Release);
+        self.held.push(Held { head, request });
+        self.shared
+            .held
+            .store(self.held.len() as u64, Ordering::Release);
     }
 
     fn complete(&mut self, head: u16, len: u32) {
+        if self.broken {
+            return;
+        }
         if self.queue.add_used(&*self.mem, head, len).is_err() {
             self.break_queue();
         }
@@ -309,11 +463,17 @@ impl<M: Memory> BlkWorker<M> {
         }
     }
 
-    /// Runs the parsed request at `head`: its used length, or None when it
-    /// is held (host error under `stop`). The held state is set before the
-    /// machine hears of the error, so that what it sees is already true.
-    fn execute(&mut self, head: u16, request: Request) -> Option<u32> {
-        match self.io(&request.kind) {
+    /// Ends the request at `head` whose I/O gave `result`: its used
+    /// length, or None when it is held (host error under `stop`). The held
+    /// state is set before the machine hears of the error, so that what it
+    /// sees is already true.
+    fn finish(
+        &mut self,
+        head: u16,
+        request: Request,
+        result: Result<u32, HostError>,
+    ) -> Option<u32> {
+        match result {
             Ok(bytes) => {
                 self.count(&request.kind);
                 self.set_status(request.status, VIRTIO_BLK_S_OK);

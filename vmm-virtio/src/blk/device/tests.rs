@@ -13,7 +13,7 @@ use vmm_pci::PciDevice;
 use vmm_sys_util::tempfile::TempFile;
 
 use super::*;
-use crate::blk::{ErrorAction, ErrorOutcome, IoErrorEvent, Operation};
+use crate::blk::{Aio, ErrorAction, ErrorOutcome, IoErrorEvent, Operation};
 use crate::seams::MsiSender;
 use crate::testing::reg::*;
 use crate::testing::*;
@@ -25,6 +25,41 @@ const TABLE: u64 = 0x21000;
 const DATA: u64 = 0x30000;
 const SECTORS: u64 = 64;
 const NO_EVENT_IDX: u64 = !(1 << VIRTIO_RING_F_EVENT_IDX);
+
+std::thread_local! {
+    /// The `aio=` of the disks this test thread starts.
+    static AIO: std::cell::Cell<Aio> = const { std::cell::Cell::new(Aio::Threads) };
+}
+
+/// Each test, once per `aio=` mode (`threads::NAME`, `io_uring::NAME`).
+macro_rules! both_aio {
+    ($($name:ident),* $(,)?) => {
+        mod threads {
+            $(#[test] fn $name() { super::AIO.set(super::Aio::Threads); super::$name() })*
+        }
+        mod io_uring {
+            $(#[test] fn $name() { super::AIO.set(super::Aio::IoUring); super::$name() })*
+        }
+    };
+}
+
+both_aio!(
+    the_configuration_space_describes_the_disk,
+    reads_writes_flushes_and_the_id_round_trip,
+    discard_and_write_zeroes_reach_the_image,
+    a_read_only_disk_refuses_writes,
+    malicious_chains_complete_without_harm,
+    a_driver_that_breaks_the_ring_gets_needs_reset,
+    host_errors_follow_the_policy,
+    a_reset_drops_held_and_in_flight_requests,
+    without_msix_completions_raise_intx,
+    event_idx_asks_for_interrupts_only_where_the_driver_wants_them,
+    bad_configurations_are_refused,
+    dropping_the_function_stops_a_held_worker,
+    random_rings_never_hang_or_break_the_device,
+);
+
+mod inflight;
 
 struct Events(Arc<Recorder<IoErrorEvent>>);
 
@@ -83,6 +118,7 @@ fn new_image() -> TempFile {
 fn start(tweak: impl FnOnce(&mut BlockConfig), msix: bool, want: u64) -> Blk {
     let image = new_image();
     let mut config = BlockConfig::new(image.as_path());
+    config.aio = AIO.get();
     tweak(&mut config);
     let events = Recorder::new();
     let blk = VirtioBlk::new(&config, Arc::new(Events(Arc::clone(&events)))).unwrap();
@@ -211,7 +247,6 @@ const OK: u8 = VIRTIO_BLK_S_OK as u8;
 const IOERR: u8 = VIRTIO_BLK_S_IOERR as u8;
 const UNSUPP: u8 = VIRTIO_BLK_S_UNSUPP as u8;
 
-#[test]
 fn the_configuration_space_describes_the_disk() {
     let mut b = start(|_| {}, true, NO_EVENT_IDX);
     let cfg = |b: &mut Blk, off: u64, len: usize| read(&mut b.dev, DEVICE_CFG + off, len);
@@ -245,7 +280,6 @@ fn the_configuration_space_describes_the_disk() {
     );
 }
 
-#[test]
 fn reads_writes_flushes_and_the_id_round_trip() {
     let mut b = start(|c| c.serial = Some("disk-7".into()), true, NO_EVENT_IDX);
     // Read sectors 3-4 into two buffers.
@@ -302,7 +336,6 @@ fn reads_writes_flushes_and_the_id_round_trip() {
     );
 }
 
-#[test]
 fn discard_and_write_zeroes_reach_the_image() {
     let mut b = start(|_| {}, true, NO_EVENT_IDX);
     b.segment(DATA, 4, 4, 1);
@@ -330,7 +363,6 @@ fn discard_and_write_zeroes_reach_the_image() {
     assert_eq!(b.handle.stats().discards, 2);
 }
 
-#[test]
 fn a_read_only_disk_refuses_writes() {
     let mut b = start(|c| c.read_only = true, true, NO_EVENT_IDX);
     b.mem.write_slice(&[0x11; 512], GuestAddress(DATA)).unwrap();
@@ -351,7 +383,6 @@ fn a_read_only_disk_refuses_writes() {
     assert_eq!(b.handle.stats().invalid, 2);
 }
 
-#[test]
 fn malicious_chains_complete_without_harm() {
     let mut b = start(|_| {}, true, NO_EVENT_IDX);
     b.header(VIRTIO_BLK_T_IN, 0);
@@ -408,7 +439,6 @@ fn malicious_chains_complete_without_harm() {
     assert_eq!(b.handle.stats().invalid, 9);
 }
 
-#[test]
 fn a_driver_that_breaks_the_ring_gets_needs_reset() {
     for lie in ["avail index", "head index"] {
         let mut b = start(|_| {}, true, NO_EVENT_IDX);
@@ -433,7 +463,6 @@ fn a_driver_that_breaks_the_ring_gets_needs_reset() {
     }
 }
 
-#[test]
 fn host_errors_follow_the_policy() {
     let cases = [
         (
@@ -519,7 +548,6 @@ fn fault(b: &Blk, op: Operation, errno: i32) {
     b.disk.inject_fault(op, errno);
 }
 
-#[test]
 fn a_reset_drops_held_and_in_flight_requests() {
     let mut b = start(|c| c.errors.read = ErrorAction::Stop, true, NO_EVENT_IDX);
     fault(&b, Operation::Read, libc::EIO);
@@ -562,7 +590,6 @@ fn a_reset_drops_held_and_in_flight_requests() {
     );
 }
 
-#[test]
 fn without_msix_completions_raise_intx() {
     let mut b = start(|_| {}, false, NO_EVENT_IDX);
     assert_eq!(
@@ -575,7 +602,6 @@ fn without_msix_completions_raise_intx() {
     assert!(b.msi.items().is_empty());
 }
 
-#[test]
 fn event_idx_asks_for_interrupts_only_where_the_driver_wants_them() {
     let mut b = start(|_| {}, true, u64::MAX);
     let acked = b.dev.state().device.acked_features;
@@ -599,7 +625,6 @@ fn event_idx_asks_for_interrupts_only_where_the_driver_wants_them() {
     assert_eq!(b.msi.wait_len(2), [(0x40, 1), (0x40, 3)]);
 }
 
-#[test]
 fn bad_configurations_are_refused() {
     let image = new_image();
     let events: Arc<dyn BlockEvents> = Arc::new(Events(Recorder::new()));
@@ -627,7 +652,6 @@ fn bad_configurations_are_refused() {
     assert!(with(&|c| c.serial = Some("x".repeat(20))).is_ok());
 }
 
-#[test]
 fn dropping_the_function_stops_a_held_worker() {
     let mut b = start(|c| c.errors.write = ErrorAction::Stop, true, NO_EVENT_IDX);
     fault(&b, Operation::Flush, libc::EIO);
@@ -639,7 +663,6 @@ fn dropping_the_function_stops_a_held_worker() {
     assert!(!handle.is_held(), "reset on drop");
 }
 
-#[test]
 fn random_rings_never_hang_or_break_the_device() {
     let mut b = start(|_| {}, true, u64::MAX);
     let mut rng = Rng(0xdead_beef_cafe_f00d);
