@@ -1,5 +1,5 @@
 //! Writes one of the hand-assembled test guests to a file:
-//! `cargo run -p vmm-pc --example write_test_guest -- hello|hello-exit|halt|spin|echo|poweroff|two-cpus|read-port|pio-loop[:COUNT] PATH`.
+//! `cargo run -p vmm-pc --example write_test_guest -- hello|hello-exit|halt|spin|echo|poweroff|two-cpus|read-port|pio-loop[:COUNT]|watchdog:INDEX PATH`.
 
 use vmm_pc::test_guests;
 
@@ -7,7 +7,7 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (Some(kind), Some(path)) = (args.first(), args.get(1)) else {
         eprintln!(
-            "usage: write_test_guest hello|hello-exit|halt|spin|echo|poweroff|two-cpus|read-port|pio-loop[:COUNT] PATH"
+            "usage: write_test_guest hello|hello-exit|halt|spin|echo|poweroff|two-cpus|read-port|pio-loop[:COUNT]|watchdog:INDEX PATH"
         );
         std::process::exit(2);
     };
@@ -32,6 +32,15 @@ fn main() {
                 },
             };
             test_guests::pio_loop(count)
+        }
+        wd if wd.starts_with("watchdog:") => {
+            match wd.strip_prefix("watchdog:").and_then(|n| n.parse().ok()) {
+                Some(index) => test_guests::watchdog("Hello from a PVH guest\n", index),
+                None => {
+                    eprintln!("watchdog:INDEX needs an ib700 timeout index 0-15");
+                    std::process::exit(2);
+                }
+            }
         }
         other => {
             eprintln!("unknown guest {other}");

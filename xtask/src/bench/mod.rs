@@ -51,6 +51,7 @@ mod qmp;
 mod report;
 mod startup;
 mod sys;
+mod watchdog;
 
 use std::ffi::OsString;
 use std::io::Read;
@@ -128,6 +129,7 @@ pub fn task(args: &[String]) -> Result<()> {
         let result = match *suite {
             "startup" => startup::startup(&ctx),
             "exit" => startup::exit(&ctx),
+            "watchdog" => watchdog::run(&ctx),
             "memory" => memory::run(&ctx),
             "pio" => pio::run(&ctx),
             "density" => density::run(&ctx),

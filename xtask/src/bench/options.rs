@@ -5,8 +5,8 @@ use anyhow::{bail, Result};
 use super::{DEFAULT_RUNS, QUICK_RUNS};
 
 /// The suites, in the order they run.
-pub(super) const SUITES: [&str; 9] = [
-    "startup", "exit", "memory", "pio", "density", "linux", "blk", "qmp", "alarm",
+pub(super) const SUITES: [&str; 10] = [
+    "startup", "exit", "memory", "pio", "density", "watchdog", "linux", "blk", "qmp", "alarm",
 ];
 
 /// The parsed command line.
