@@ -50,6 +50,37 @@ mount -t devtmpfs devtmpfs /dev
 for m in evdev button virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk; do
   [ -e /lib/modules/$m.ko ] && insmod /lib/modules/$m.ko
 done
+# root=/dev/... on the command line: that disk (e.g. one of cargo xtask
+# guest --rootfs) becomes / and its /sbin/init runs (read-write unless
+# `ro`); without root= this initramfs stays the root.
+root= mode=rw fstype=
+for a in $(cat /proc/cmdline); do
+  case "$a" in
+    root=/dev/*) root=${a#root=} ;;
+    rootfstype=*) fstype=${a#rootfstype=} ;;
+    ro) mode=ro ;;
+    rw) mode=rw ;;
+  esac
+done
+if [ -n "$root" ]; then
+  i=0
+  while [ ! -b "$root" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+  mkdir -p /newroot
+  if mount ${fstype:+-t "$fstype"} -o "$mode" "$root" /newroot; then
+    if [ -x /newroot/sbin/init ]; then
+      mount --move /dev /newroot/dev && mount --move /sys /newroot/sys &&
+        mount --move /proc /newroot/proc &&
+        exec switch_root /newroot /sbin/init
+      echo "vmm guest: cannot move /dev, /sys, /proc to $root"
+    else
+      echo "vmm guest: $root has no /sbin/init"
+    fi
+    umount /newroot
+  else
+    echo "vmm guest: cannot mount $root ($mode)"
+  fi
+  echo "vmm guest: staying in the initramfs"
+fi
 for e in /dev/input/event*; do
   [ -e "$e" ] || continue
   (dd if="$e" bs=24 count=1 of=/dev/null 2>/dev/null
