@@ -368,6 +368,7 @@ fn debian_disk_full_stops_in_io_error_and_cont_completes() {
                     ))
                 })
                 .collect();
+            eprintln!("{test}: query-status: {statuses:?}");
             assert_eq!(
                 statuses.first(),
                 Some(&("io-error", false)),
@@ -397,8 +398,13 @@ fn debian_disk_full_stops_in_io_error_and_cont_completes() {
                 "{test}: the image's bytes\n{c}"
             );
             // The tmpfs was full when the VM stopped.
-            let free = value(c, "FREE-BEFORE").unwrap_or_default();
-            eprintln!("{test}: df of the tmpfs at the stop: {free}");
+            let df = value(c, "FREE-BEFORE").unwrap_or_default();
+            eprintln!("{test}: df of the tmpfs at the stop: {df}");
+            assert_eq!(
+                df.split_whitespace().nth(3),
+                Some("0"),
+                "{test}: the tmpfs had room left: {df}"
+            );
         },
     );
 }
