@@ -176,17 +176,15 @@ pub fn task(args: &[String]) -> Result<()> {
     } = options(args)?;
     let start = Instant::now();
     let g = ensure_in(&dir, refresh)?;
-    if let Some((path, size)) = rootfs {
-        let image = path.unwrap_or_else(|| g.paths.dir.join("rootfs.img"));
-        vmm_testbed::rootfs::build(&g.paths, &image, size, &[])
-            .with_context(|| format!("building {}", image.display()))?;
-        println!("rootfs:    {} ({} MiB, ext4)", image.display(), size >> 20);
-        println!(
-            "           boot it: cargo xtask run -- --drive file={},if=virtio,format=raw \
-             --append \"console=ttyS0 root=/dev/vda rw\"",
-            image.display()
-        );
-    }
+    let rootfs = match rootfs {
+        Some((path, size)) => {
+            let image = path.unwrap_or_else(|| g.paths.dir.join("rootfs.img"));
+            vmm_testbed::rootfs::build(&g.paths, &image, size, &[])
+                .with_context(|| format!("building {}", image.display()))?;
+            Some((image, size))
+        }
+        None => None,
+    };
     eprintln!("guest: ready in {:.1} s", start.elapsed().as_secs_f64());
     println!("cache:     {}", g.paths.dir.display());
     println!("kernel:    {} {}", g.kernel_package, g.kernel_version);
@@ -198,6 +196,14 @@ pub fn task(args: &[String]) -> Result<()> {
     println!("modules:   {}", g.paths.modules_dir.display());
     for m in &g.modules {
         println!("           {}", m.display());
+    }
+    if let Some((image, size)) = rootfs {
+        println!("rootfs:    {} ({} MiB, ext4)", image.display(), size >> 20);
+        println!(
+            "           boot it: cargo xtask run -- --drive file={},if=virtio,format=raw \
+             --append \"console=ttyS0 root=/dev/vda rw\"",
+            image.display()
+        );
     }
     Ok(())
 }
