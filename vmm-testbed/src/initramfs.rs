@@ -37,7 +37,10 @@ pub fn guest_modules() -> impl Iterator<Item = &'static str> {
 /// The `/init` of the default initramfs: mounts, the modules of
 /// [`guest_modules`] (in `/lib/modules` when present), a watcher
 /// that powers off on their input event, a banner, then a shell on the
-/// console with job control; powers off when the shell exits.
+/// console with job control; powers off when the shell exits. With
+/// `root=/dev/...` on the kernel command line it mounts that disk instead
+/// (read-write unless `ro`) and `switch_root`s to its `/sbin/init` (see
+/// [`crate::rootfs`]); if that fails it says so and carries on as without.
 pub const DEFAULT_INIT: &str = r#"#!/bin/sh
 # /init of the default vmm guest (written by cargo xtask guest).
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin HOME=/root
@@ -161,6 +164,14 @@ mod tests {
         assert!(
             init.contains(&format!("for m in {}; do", order.join(" "))),
             "{init}"
+        );
+        // root=/dev/...: the disk is mounted and switched to; without it,
+        // or if that fails, the shell of the initramfs.
+        assert!(DEFAULT_INIT.contains("root=/dev/*) root=${a#root=} ;;"));
+        assert!(DEFAULT_INIT.contains("exec switch_root /newroot /sbin/init"));
+        assert!(
+            DEFAULT_INIT.find("exec switch_root").unwrap()
+                < DEFAULT_INIT.find("setsid cttyhack sh").unwrap()
         );
         // Every applet /init runs before `busybox --install` is linked.
         for a in [
