@@ -29,7 +29,28 @@ fn run_in(dir: &Path, vmm: &Path, job: &Job) -> Result<Outcome, TestbedError> {
         std::os::unix::fs::symlink(&target, &link).map_err(|e| TestbedError::Write(link, e))?;
     }
     let start = Instant::now();
-    let mut cmd = Command::new(vmm);
+    // A set-up script's mounts live in a namespace of their own, which the
+    // VMM and the companion enter.
+    let namespace = match &job.setup {
+        Some(script) => Some(Namespace::start(dir, script)?),
+        None => None,
+    };
+    let enter = |program: &Path| -> Command {
+        match &namespace {
+            None => Command::new(program),
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--target={}", ns.0 .0.id()))
+                    .arg("--mount")
+                    // The holder's folder: the job's, in the namespace.
+                    .arg("--wd")
+                    .arg("--")
+                    .arg(program);
+                c
+            }
+        }
+    };
+    let mut cmd = enter(vmm);
     cmd.args(&job.args)
         .current_dir(dir)
         .stdin(Stdio::null())
@@ -41,7 +62,7 @@ fn run_in(dir: &Path, vmm: &Path, job: &Job) -> Result<Outcome, TestbedError> {
     let err_reader = process::drain(child.stderr.take().ok_or(TestbedError::NoPipe)?);
     let companion = match &job.companion {
         Some(script) => {
-            let mut c = Command::new("sh");
+            let mut c = enter(Path::new("sh"));
             c.env(
                 "VMM",
                 std::fs::canonicalize(vmm).unwrap_or_else(|_| vmm.to_owned()),
@@ -102,6 +123,48 @@ fn run_in(dir: &Path, vmm: &Path, job: &Job) -> Result<Outcome, TestbedError> {
     })
 }
 
+/// A private mount namespace held open by a process that sleeps in it
+/// after the set-up script ran there; killed and reaped when dropped.
+struct Namespace(crate::qemu::Reaper);
+
+impl Namespace {
+    /// Runs `script` in `dir` in a new mount namespace (`unshare
+    /// --mount`, private propagation), then keeps the namespace.
+    fn start(dir: &Path, script: &str) -> Result<Self, TestbedError> {
+        use std::io::BufRead;
+        let body = format!(
+            "if ! ( {script}\n ) >&2; then exit 1; fi\necho {READY}\nexec sleep 2147483647"
+        );
+        let mut cmd = Command::new("unshare");
+        cmd.args(["--mount", "--propagation", "private", "sh", "-c", &body])
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        process::die_with_parent(&mut cmd);
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| TestbedError::HostTool("unshare", "util-linux", e))?;
+        let stdout = child.stdout.take().ok_or(TestbedError::NoPipe)?;
+        let stderr = process::drain(child.stderr.take().ok_or(TestbedError::NoPipe)?);
+        let holder = crate::qemu::Reaper(child);
+        let mut first = String::new();
+        let _ = std::io::BufReader::new(stdout).read_line(&mut first);
+        if first.trim() != READY {
+            drop(holder);
+            let why = String::from_utf8_lossy(&stderr.join().unwrap_or_default()).into_owned();
+            return Err(TestbedError::Setup(format!(
+                "{} (as root: unshare --mount needs it)",
+                why.trim()
+            )));
+        }
+        Ok(Self(holder))
+    }
+}
+
+/// What the namespace's holder prints once the set-up is done.
+const READY: &str = "@@TESTBED-SETUP-READY";
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -132,5 +195,36 @@ mod tests {
             );
             assert!(out.console.contains(&want), "{}", out.console);
         }
+    }
+
+    /// A set-up script's tmpfs is seen by the VMM and the companion
+    /// (as root), and is gone from the host afterwards; a failing set-up
+    /// ends the job with its output.
+    #[test]
+    fn setup_mounts_in_a_private_namespace() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("SKIP setup_mounts_in_a_private_namespace: not root");
+            return;
+        }
+        let job = Job::new(["/proc/self/mounts"])
+            .setup(
+                "mkdir small && mount -t tmpfs -o size=1m testbed-small small && echo hi >small/f",
+            )
+            .companion("cat small/f; grep -c testbed-small /proc/self/mounts");
+        let out = run_direct(Path::new("/bin/cat"), &job).unwrap();
+        assert!(out.console.contains("testbed-small"), "{}", out.console);
+        assert!(out.console.contains("hi\n1\n"), "{}", out.console);
+        let host = std::fs::read_to_string("/proc/self/mounts").unwrap();
+        assert!(!host.contains("testbed-small"), "{host}");
+        let e = run_direct(
+            Path::new("/bin/true"),
+            &Job::new(["x"]).setup("echo no room; false"),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&e, TestbedError::Setup(w) if w.contains("no room")),
+            "{e}"
+        );
     }
 }

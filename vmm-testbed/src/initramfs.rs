@@ -37,7 +37,10 @@ pub fn guest_modules() -> impl Iterator<Item = &'static str> {
 /// The `/init` of the default initramfs: mounts, the modules of
 /// [`guest_modules`] (in `/lib/modules` when present), a watcher
 /// that powers off on their input event, a banner, then a shell on the
-/// console with job control; powers off when the shell exits.
+/// console with job control; powers off when the shell exits. With
+/// `root=/dev/...` on the kernel command line it mounts that disk instead
+/// (read-write unless `ro`) and `switch_root`s to its `/sbin/init` (see
+/// [`crate::rootfs`]); if that fails it says so and carries on as without.
 pub const DEFAULT_INIT: &str = r#"#!/bin/sh
 # /init of the default vmm guest (written by cargo xtask guest).
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin HOME=/root
@@ -50,6 +53,37 @@ mount -t devtmpfs devtmpfs /dev
 for m in evdev button virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk; do
   [ -e /lib/modules/$m.ko ] && insmod /lib/modules/$m.ko
 done
+# root=/dev/... on the command line: that disk (e.g. one of cargo xtask
+# guest --rootfs) becomes / and its /sbin/init runs (read-write unless
+# `ro`); without root= this initramfs stays the root.
+root= mode=rw fstype=
+for a in $(cat /proc/cmdline); do
+  case "$a" in
+    root=/dev/*) root=${a#root=} ;;
+    rootfstype=*) fstype=${a#rootfstype=} ;;
+    ro) mode=ro ;;
+    rw) mode=rw ;;
+  esac
+done
+if [ -n "$root" ]; then
+  i=0
+  while [ ! -b "$root" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+  mkdir -p /newroot
+  if mount ${fstype:+-t "$fstype"} -o "$mode" "$root" /newroot; then
+    if [ -x /newroot/sbin/init ]; then
+      mount --move /dev /newroot/dev && mount --move /sys /newroot/sys &&
+        mount --move /proc /newroot/proc &&
+        exec switch_root /newroot /sbin/init
+      echo "vmm guest: cannot move /dev, /sys, /proc to $root"
+    else
+      echo "vmm guest: $root has no /sbin/init"
+    fi
+    umount /newroot
+  else
+    echo "vmm guest: cannot mount $root ($mode)"
+  fi
+  echo "vmm guest: staying in the initramfs"
+fi
 for e in /dev/input/event*; do
   [ -e "$e" ] || continue
   (dd if="$e" bs=24 count=1 of=/dev/null 2>/dev/null
@@ -130,6 +164,14 @@ mod tests {
         assert!(
             init.contains(&format!("for m in {}; do", order.join(" "))),
             "{init}"
+        );
+        // root=/dev/...: the disk is mounted and switched to; without it,
+        // or if that fails, the shell of the initramfs.
+        assert!(DEFAULT_INIT.contains("root=/dev/*) root=${a#root=} ;;"));
+        assert!(DEFAULT_INIT.contains("exec switch_root /newroot /sbin/init"));
+        assert!(
+            DEFAULT_INIT.find("exec switch_root").unwrap()
+                < DEFAULT_INIT.find("setsid cttyhack sh").unwrap()
         );
         // Every applet /init runs before `busybox --install` is linked.
         for a in [

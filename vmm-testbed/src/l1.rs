@@ -49,18 +49,21 @@ pub fn job_script(job: &Job, interactive: bool) -> String {
         format!(
             "cd /job\n\
              [ -e /dev/kvm ] || echo 'test bed: L1 has no /dev/kvm'\n\
+             {setup}\
              stty -F {serial_file} raw -echo 2>/dev/null\n\
              {cmd}\n\
              st=$?\n\
              [ $st = 0 ] || echo \"test bed: vmm exited with status $st\"\n\
              echo $st >/dev/ttyS3\n",
             serial_file = crate::L1_SERIAL_FILE_TTY,
+            setup = setup_step(job),
         )
     } else {
         format!(
             "cd /job\n\
              echo \"{ready} $(cut -d' ' -f1 /proc/uptime)\"\n\
              if [ ! -e /dev/kvm ]; then echo '{err} L1 has no /dev/kvm'; exit; fi\n\
+             {setup}\
              echo {out_begin}\n\
              {run}\n\
              echo\n\
@@ -69,6 +72,7 @@ pub fn job_script(job: &Job, interactive: bool) -> String {
              cat /tmp/vmm.err\n\
              echo {err_end}\n",
             err = markers::ERROR,
+            setup = setup_step(job),
             out_begin = markers::OUT_BEGIN,
             out_end = markers::OUT_END,
             err_begin = markers::ERR_BEGIN,
@@ -96,6 +100,23 @@ pub fn job_script(job: &Job, interactive: bool) -> String {
         )
     }
 }
+
+/// The job's set-up script ([`Job::setup`]) in L1, before the VMM: on
+/// failure the test bed's error line with its output, and no VMM.
+fn setup_step(job: &Job) -> String {
+    match &job.setup {
+        None => String::new(),
+        Some(script) => format!(
+            "if ! ( {script}\n ) >/tmp/setup.out 2>&1; then \
+             echo \"{err} {failed} $(tr '\\n' ' ' </tmp/setup.out)\"; exit; fi\n",
+            err = markers::ERROR,
+            failed = SETUP_FAILED,
+        ),
+    }
+}
+
+/// How L1 reports a failed [`Job::setup`] on the test bed's error line.
+pub const SETUP_FAILED: &str = "job setup failed:";
 
 /// The companion's environment in L1 (see [`Job::companion`]).
 fn companion_env(job: &Job) -> String {
@@ -239,6 +260,24 @@ mod tests {
         // leaves on ttyS3.
         assert!(!i.contains(markers::L1_READY), "{i}");
         assert!(i.contains("echo $st >/dev/ttyS3"), "{i}");
+    }
+
+    #[test]
+    fn setup_runs_before_the_vmm() {
+        let job = Job::new(["--version"]).setup("mount -t tmpfs -o size=1m t small");
+        let s = job_script(&job, false);
+        let setup = s.find("( mount -t tmpfs -o size=1m t small\n )").expect(&s);
+        assert!(setup < s.find(markers::OUT_BEGIN).unwrap(), "{s}");
+        assert!(
+            s.contains(&format!("{} {SETUP_FAILED} ", markers::ERROR)),
+            "{s}"
+        );
+        let i = job_script(&job, true);
+        assert!(
+            i.find("small").unwrap() < i.find("/bin/vmm").unwrap(),
+            "{i}"
+        );
+        assert!(!job_script(&Job::new(["x"]), false).contains("setup"));
     }
 
     #[test]

@@ -33,6 +33,7 @@ pub mod l1_qemu;
 pub mod markers;
 pub mod process;
 pub mod qemu;
+pub mod rootfs;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -50,6 +51,15 @@ pub enum TestbedError {
     /// A host tool could not be started.
     #[error("cannot run {0} (install it: apt-get install qemu-system-x86 libc-bin)")]
     Tool(&'static str, #[source] std::io::Error),
+    /// A host tool other than QEMU's could not be started.
+    #[error("cannot run {0} (apt-get install {1})")]
+    HostTool(&'static str, &'static str, #[source] std::io::Error),
+    /// The root disk image could not be made.
+    #[error("root image: {0}")]
+    Rootfs(String),
+    /// The job's set-up script ([`Job::setup`]) failed.
+    #[error("the job's set-up failed: {0}")]
+    Setup(String),
     /// A file could not be read.
     #[error("cannot read {0}")]
     Read(PathBuf, #[source] std::io::Error),
@@ -143,6 +153,14 @@ pub struct Job {
     /// land in the host's file. Directly on hardware the job names the
     /// host paths itself.
     pub l1_disks: Vec<PathBuf>,
+    /// A shell script run as root in the job's folder before the VMM
+    /// starts, whose mounts the VMM and the companion see (a small tmpfs
+    /// to hold a disk image, say). Nested it runs in L1; directly on the
+    /// host, in a private mount namespace (`unshare --mount`, so it needs
+    /// root) that the VMM and the companion then enter (`nsenter`), its
+    /// mounts gone with the job. If it fails the job ends with
+    /// [`TestbedError::Setup`] and its output.
+    pub setup: Option<String>,
 }
 
 /// The name L1 gives the `index`th of [`Job::l1_disks`] (`/dev/vda`...).
@@ -168,6 +186,7 @@ impl Job {
             silence_limit: None,
             l1_serial_socket: None,
             l1_disks: Vec::new(),
+            setup: None,
         }
     }
 
@@ -189,6 +208,12 @@ impl Job {
     pub fn l1_disk(&mut self, path: &Path) -> String {
         self.l1_disks.push(path.to_owned());
         l1_disk(self.l1_disks.len() - 1)
+    }
+
+    /// Runs `script` before the VMM (see [`Job::setup`]).
+    pub fn setup(mut self, script: &str) -> Self {
+        self.setup = Some(script.to_owned());
+        self
     }
 
     /// Runs `script` beside the VMM (see [`Job::companion`]).

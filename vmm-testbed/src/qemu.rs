@@ -84,7 +84,7 @@ impl Drop for TempFile {
 }
 
 /// Kills and reaps the child when dropped (every exit path cleans up).
-struct Reaper(Child);
+pub(crate) struct Reaper(pub(crate) Child);
 
 impl Drop for Reaper {
     fn drop(&mut self) {
@@ -218,6 +218,9 @@ fn outcome(
     total: Duration,
 ) -> Result<Outcome, TestbedError> {
     if let Some(error) = p.error {
+        if let Some(why) = error.strip_prefix(crate::l1::SETUP_FAILED) {
+            return Err(TestbedError::Setup(why.trim().to_owned()));
+        }
         return Err(TestbedError::InL1(error));
     }
     Ok(Outcome {

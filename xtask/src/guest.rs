@@ -10,6 +10,8 @@
 //!   modules/*.ko           kvm, kvm-amd, kvm-intel, irqbypass; evdev, button;
 //!                          pvpanic, pvpanic-mmio (decompressed)
 //!   manifest.txt           file, package, version, sha256, source; written last
+//!
+//!   rootfs.img             with --rootfs: an ext4 root disk (root=/dev/vda)
 //! ```
 //!
 //! The cache is reused when the manifest's files are all there and sound;
@@ -101,22 +103,88 @@ pub fn ensure_in(dir: &Path, refresh: bool) -> Result<GuestFiles> {
     fetch::build(dir)
 }
 
-/// `cargo xtask guest [--dir DIR] [--refresh]`.
-pub fn task(args: &[String]) -> Result<()> {
-    let mut dir = default_dir();
-    let mut refresh = false;
-    let mut it = args.iter();
+const USAGE: &str = "usage: guest [--dir DIR] [--refresh] [--rootfs [PATH]] [--size SIZE]";
+
+/// What `cargo xtask guest` was asked for.
+#[derive(Debug, PartialEq, Eq)]
+struct Options {
+    dir: PathBuf,
+    refresh: bool,
+    /// `--rootfs [PATH]`: the root image (None: `rootfs.img` in the guest
+    /// folder), with its size in bytes.
+    rootfs: Option<(Option<PathBuf>, u64)>,
+}
+
+fn options(args: &[String]) -> Result<Options> {
+    let mut o = Options {
+        dir: default_dir(),
+        refresh: false,
+        rootfs: None,
+    };
+    let mut size = None;
+    let mut it = args.iter().peekable();
     while let Some(a) = it.next() {
         match a.as_str() {
-            "--dir" => dir = PathBuf::from(it.next().context("--dir needs a folder")?),
-            "--refresh" => refresh = true,
-            other => {
-                bail!("guest: unknown argument `{other}` (usage: guest [--dir DIR] [--refresh])")
+            "--dir" => o.dir = PathBuf::from(it.next().context("--dir needs a folder")?),
+            "--refresh" => o.refresh = true,
+            "--rootfs" => {
+                let path = it.next_if(|p| !p.starts_with("--")).map(PathBuf::from);
+                o.rootfs = Some((path, 0));
             }
+            "--size" => {
+                let s = it.next().context("--size needs a size (e.g. 128M)")?;
+                size = Some(parse_size(s).with_context(|| format!("--size {s}"))?);
+            }
+            other => bail!("guest: unknown argument `{other}` ({USAGE})"),
         }
     }
+    match (&mut o.rootfs, size) {
+        (Some((_, s)), size) => *s = size.unwrap_or(vmm_testbed::rootfs::DEFAULT_SIZE),
+        (None, Some(_)) => bail!("guest: --size is the size of --rootfs ({USAGE})"),
+        (None, None) => {}
+    }
+    Ok(o)
+}
+
+/// A size: bytes, or with a `K`, `M`, `G` suffix (powers of 1024).
+fn parse_size(s: &str) -> Result<u64> {
+    let (digits, shift) = match s.char_indices().last() {
+        Some((i, 'k' | 'K')) => (&s[..i], 10),
+        Some((i, 'm' | 'M')) => (&s[..i], 20),
+        Some((i, 'g' | 'G')) => (&s[..i], 30),
+        _ => (s, 0),
+    };
+    let n: u64 = digits.parse().context("not a size (e.g. 128M, 1G)")?;
+    let bytes = n
+        .checked_mul(1 << shift)
+        .filter(|b| *b <= 1 << 40)
+        .context("larger than 1 TiB")?;
+    anyhow::ensure!(
+        bytes >= vmm_testbed::rootfs::MIN_SIZE,
+        "smaller than {} MiB",
+        vmm_testbed::rootfs::MIN_SIZE >> 20
+    );
+    Ok(bytes)
+}
+
+/// `cargo xtask guest [--dir DIR] [--refresh] [--rootfs [PATH]] [--size SIZE]`.
+pub fn task(args: &[String]) -> Result<()> {
+    let Options {
+        dir,
+        refresh,
+        rootfs,
+    } = options(args)?;
     let start = Instant::now();
     let g = ensure_in(&dir, refresh)?;
+    let rootfs = match rootfs {
+        Some((path, size)) => {
+            let image = path.unwrap_or_else(|| g.paths.dir.join("rootfs.img"));
+            vmm_testbed::rootfs::build(&g.paths, &image, size, &[])
+                .with_context(|| format!("building {}", image.display()))?;
+            Some((image, size))
+        }
+        None => None,
+    };
     eprintln!("guest: ready in {:.1} s", start.elapsed().as_secs_f64());
     println!("cache:     {}", g.paths.dir.display());
     println!("kernel:    {} {}", g.kernel_package, g.kernel_version);
@@ -128,6 +196,14 @@ pub fn task(args: &[String]) -> Result<()> {
     println!("modules:   {}", g.paths.modules_dir.display());
     for m in &g.modules {
         println!("           {}", m.display());
+    }
+    if let Some((image, size)) = rootfs {
+        println!("rootfs:    {} ({} MiB, ext4)", image.display(), size >> 20);
+        println!(
+            "           boot it: cargo xtask run -- --drive file={},if=virtio,format=raw \
+             --append \"console=ttyS0 root=/dev/vda rw\"",
+            image.display()
+        );
     }
     Ok(())
 }
@@ -183,6 +259,37 @@ fn refresh_initramfs(g: &GuestFiles) -> Result<()> {
 mod tests {
     use super::*;
     use vmm_testbed::cpio::read::parse;
+
+    fn args(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn rootfs_options() {
+        let o = options(&args(&["--rootfs"])).unwrap();
+        assert_eq!(o.rootfs, Some((None, vmm_testbed::rootfs::DEFAULT_SIZE)));
+        let o = options(&args(&[
+            "--rootfs",
+            "/x/r.img",
+            "--size",
+            "64M",
+            "--refresh",
+        ]))
+        .unwrap();
+        assert_eq!(o.rootfs, Some((Some(PathBuf::from("/x/r.img")), 64 << 20)));
+        assert!(o.refresh);
+        let o = options(&args(&["--size=1G"]));
+        assert!(o.is_err());
+        let o = options(&args(&["--rootfs", "--size", "1G"])).unwrap();
+        assert_eq!(o.rootfs, Some((None, 1 << 30)));
+        assert!(options(&args(&["--size", "64M"])).is_err(), "no --rootfs");
+        assert!(options(&args(&["--rootfs", "--size"])).is_err());
+        for bad in ["", "M", "12X", "1M", "-5M", "99999999999G"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_size("16777216").unwrap(), 16 << 20);
+        assert_eq!(parse_size("128m").unwrap(), 128 << 20);
+    }
 
     /// Fetches the real guest (Debian hosts only): `cargo test -p xtask -- --ignored`.
     #[test]

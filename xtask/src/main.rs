@@ -58,11 +58,16 @@ tasks:
                            executions and coverage per target; fails on a crash
                            or timeout and names the reproducer
   ci                       lint, check-deps, test (what .ci/run runs)
-  guest [--dir DIR] [--refresh]
+  guest [--dir DIR] [--refresh] [--rootfs [PATH]] [--size SIZE]
                            fetch the Debian cloud kernel and busybox-static with
                            apt-get, and build the default guest into DIR (default
                            target/guest, or $VMM_GUEST_DIR): bzImage, vmlinux,
-                           initramfs.cpio, busybox, modules/; reused when present
+                           initramfs.cpio, busybox, modules/; reused when present.
+                           --rootfs: also an ext4 root disk at PATH (default
+                           DIR/rootfs.img; SIZE default 128M, sparse) with busybox,
+                           /etc, the modules and an /sbin/init; boot it with
+                           --drive file=PATH,if=virtio,format=raw and
+                           --append \"console=ttyS0 root=/dev/vda rw\"
 ";
 
 fn main() -> ExitCode {
