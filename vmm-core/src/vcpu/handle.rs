@@ -174,6 +174,19 @@ impl VcpuHandle {
         }
     }
 
+    /// The next answer, whatever it is, until `deadline`.
+    fn answer(&self, what: &'static str, deadline: Instant) -> Result<Response, VcpuError> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match self.responses.recv_timeout(left) {
+            Ok(r) => Ok(r),
+            Err(RecvTimeoutError::Timeout) => Err(VcpuError::Timeout {
+                index: self.index,
+                what,
+            }),
+            Err(RecvTimeoutError::Disconnected) => Err(VcpuError::ThreadGone { index: self.index }),
+        }
+    }
+
     /// Waits for the answer to `what`, until `deadline`.
     fn expect(
         &self,
@@ -298,17 +311,68 @@ impl Vcpus {
     /// reset: registers, MSRs, LAPIC back to their boot state); the vCPUs
     /// are left parked. Call with the vCPUs paused.
     pub fn reinit_all(&self) -> Result<(), VcpuError> {
-        self.broadcast(Event::Reinit, "reset", |r| {
-            matches!(r, Response::Reinitialized(true))
-        })
+        self.broadcast(
+            || Event::Reinit,
+            "reset",
+            |r| matches!(r, Response::Reinitialized(true)),
+        )
     }
 
     /// Queues an NMI on every vCPU (QEMU's `inject-nmi`, a watchdog's
     /// action), running or paused; a paused vCPU takes it when it runs.
     pub fn nmi_all(&self) -> Result<(), VcpuError> {
-        self.broadcast(Event::Nmi, "NMI", |r| {
-            matches!(r, Response::NmiQueued(true))
-        })
+        self.broadcast(
+            || Event::Nmi,
+            "NMI",
+            |r| matches!(r, Response::NmiQueued(true)),
+        )
+    }
+
+    /// Runs `make(i)`'s work on vCPU `i`'s own thread, with its vCPU, for
+    /// every vCPU at once, and returns the results in vCPU order (the
+    /// vCPU ioctls that must not race `KVM_RUN`, such as saving and
+    /// restoring its state; call it with the vCPUs paused for a consistent
+    /// picture). Fails with the first vCPU that did not answer.
+    pub fn call_each<T, F>(&self, make: impl Fn(u32) -> F) -> Result<Vec<T>, VcpuError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&VcpuFd) -> T + Send + 'static,
+    {
+        let sent: Vec<Result<(), VcpuError>> = self
+            .handles
+            .iter()
+            .map(|h| {
+                let work = make(h.index);
+                h.send(Event::Call(Box::new(move |vcpu| {
+                    Box::new(work(vcpu)) as Box<dyn std::any::Any + Send>
+                })))
+            })
+            .collect();
+        let deadline = Instant::now() + ANSWER_TIMEOUT;
+        let mut results = Vec::with_capacity(self.handles.len());
+        let mut first_error = None;
+        for (h, sent) in self.handles.iter().zip(sent) {
+            let answer = sent.and_then(|()| h.answer("call", deadline));
+            match answer {
+                Ok(Response::Called(any)) => match any.downcast::<T>() {
+                    Ok(value) => results.push(*value),
+                    Err(_) => {
+                        first_error.get_or_insert(VcpuError::ThreadGone { index: h.index });
+                    }
+                },
+                Ok(other) => {
+                    log::error!("vcpu {}: answered {other:?} to a call", h.index);
+                    first_error.get_or_insert(VcpuError::ThreadGone { index: h.index });
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(results),
+        }
     }
 
     /// Each vCPU thread's Linux thread id, by vCPU index.
@@ -331,11 +395,12 @@ impl Vcpus {
     /// first error.
     fn broadcast(
         &self,
-        event: Event,
+        event: impl Fn() -> Event,
         what: &'static str,
         want: fn(&Response) -> bool,
     ) -> Result<(), VcpuError> {
-        let sent: Vec<Result<(), VcpuError>> = self.handles.iter().map(|h| h.send(event)).collect();
+        let sent: Vec<Result<(), VcpuError>> =
+            self.handles.iter().map(|h| h.send(event())).collect();
         let deadline = Instant::now() + ANSWER_TIMEOUT;
         let mut first_error = None;
         for (h, sent) in self.handles.iter().zip(sent) {
@@ -349,13 +414,17 @@ impl Vcpus {
 
     /// Lets every vCPU run; returns once all have acknowledged.
     pub fn resume_all(&self) -> Result<(), VcpuError> {
-        self.broadcast(Event::Resume, "resume", |r| matches!(r, Response::Resumed))
+        self.broadcast(
+            || Event::Resume,
+            "resume",
+            |r| matches!(r, Response::Resumed),
+        )
     }
 
     /// Stops every vCPU; returns once all are parked outside `KVM_RUN`
     /// with any in-flight I/O instruction completed.
     pub fn pause_all(&self) -> Result<(), VcpuError> {
-        self.broadcast(Event::Pause, "pause", |r| matches!(r, Response::Paused))
+        self.broadcast(|| Event::Pause, "pause", |r| matches!(r, Response::Paused))
     }
 
     /// The eventfd written whenever a vCPU sends a request: the main loop

@@ -30,9 +30,11 @@
 mod exit;
 mod handle;
 mod run_map;
+mod state;
 mod thread;
 
 pub use handle::{kick_signal, VcpuError, VcpuInit, VcpuThreadStart, Vcpus};
+pub use state::{VcpuState, VcpuStateError};
 
 /// What a vCPU asks of the main loop (QEMU's `qemu_system_*_request`).
 #[derive(Debug, Clone, PartialEq, Eq)]

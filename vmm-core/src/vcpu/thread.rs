@@ -1,5 +1,6 @@
 //! The body of one vCPU thread: create, initialise, then the state machine.
 
+use std::any::Any;
 use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use std::sync::Arc;
 
@@ -11,8 +12,11 @@ use super::run_map::KvmRunMap;
 use crate::io::IoHandler;
 use crate::vm::Vm;
 
+/// Work the controller hands a vCPU thread, run there with its vCPU (the
+/// vCPU ioctls that must not race `KVM_RUN`: its state saved or restored).
+pub(crate) type VcpuCall = Box<dyn FnOnce(&VcpuFd) -> Box<dyn Any + Send> + Send>;
+
 /// What the controller tells a vCPU thread.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Event {
     Resume,
     Pause,
@@ -20,7 +24,23 @@ pub(crate) enum Event {
     Reinit,
     /// Queue an NMI (`KVM_NMI`); the vCPU stays running or parked.
     Nmi,
+    /// Run this with the vCPU and answer its result; the vCPU stays
+    /// running or parked.
+    Call(VcpuCall),
     Exit,
+}
+
+impl std::fmt::Debug for Event {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Resume => "Resume",
+            Self::Pause => "Pause",
+            Self::Reinit => "Reinit",
+            Self::Nmi => "Nmi",
+            Self::Call(_) => "Call",
+            Self::Exit => "Exit",
+        })
+    }
 }
 
 /// What a vCPU thread answers: one response per event, plus `Created`
@@ -36,6 +56,8 @@ pub(crate) enum Response {
     Reinitialized(bool),
     /// An NMI was queued; whether KVM took it.
     NmiQueued(bool),
+    /// A call's result.
+    Called(Box<dyn Any + Send>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,6 +170,10 @@ impl VcpuThread {
                 self.queue_nmi(vcpu);
                 State::Paused
             }
+            Event::Call(call) => {
+                let _ = self.responses.send(Response::Called(call(vcpu)));
+                State::Paused
+            }
             Event::Exit => State::Exiting,
         }
     }
@@ -174,6 +200,10 @@ impl VcpuThread {
         match self.events.try_recv() {
             Ok(Event::Nmi) => {
                 self.queue_nmi(vcpu);
+                State::Running
+            }
+            Ok(Event::Call(call)) => {
+                let _ = self.responses.send(Response::Called(call(vcpu)));
                 State::Running
             }
             Ok(event @ (Event::Pause | Event::Reinit)) => {
