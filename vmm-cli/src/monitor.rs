@@ -125,6 +125,10 @@ pub fn reply_text(outcome: Result<Reply, String>) -> String {
             })
             .collect(),
         Ok(Reply::Devices(devices)) => qtree_text(&devices),
+        Ok(Reply::Jobs(jobs)) => jobs
+            .iter()
+            .map(|j| format!("{} ({}): {}\r\n", j.id, j.kind, j.status.as_str()))
+            .collect(),
         Ok(Reply::Block(disks)) => disks
             .iter()
             .map(|d| {

@@ -4,6 +4,8 @@
 //! Queries that need nothing from the machine answer at once; the rest are
 //! submitted to the main loop, which replies when it has run them.
 
+mod jobs;
+
 use serde_json::{json, Map, Value};
 use vmm_pc::{Command, MachineControl, MachineEvent, Reply};
 use vmm_qmp::{Backend, Outbox, QmpError, Responder, Version};
@@ -26,6 +28,10 @@ const COMMANDS: &[&str] = &[
     "human-monitor-command",
     "set-action",
     "watchdog-set-action",
+    "snapshot-save",
+    "snapshot-load",
+    "query-jobs",
+    "job-dismiss",
     "query-pci",
     "query-block",
     "query-blockstats",
@@ -187,6 +193,7 @@ fn reply_json(reply: Reply) -> Value {
     match reply {
         Reply::Block(disks) => block_json(&disks),
         Reply::Pci(functions) => pci_json(&functions),
+        Reply::Jobs(list) => jobs::jobs_json(&list),
         Reply::Devices(devices) => Value::Array(
             devices
                 .iter()
@@ -269,6 +276,18 @@ impl Backend for MachineBackend {
     fn execute(&mut self, command: &str, arguments: &Map<String, Value>, r: Responder) {
         if command == "human-monitor-command" {
             return self.human_monitor_command(arguments, r);
+        }
+        if let Some(parsed) = jobs::parse(command, arguments) {
+            return match parsed {
+                Ok(command) => self.control.submit(
+                    command,
+                    Box::new(move |outcome| match outcome {
+                        Ok(reply) => r.ok(reply_json(reply)),
+                        Err(why) => r.err(&QmpError::generic(why)),
+                    }),
+                ),
+                Err(why) => r.err(&QmpError::generic(why)),
+            };
         }
         if command == "set-action" || command == "watchdog-set-action" {
             return match set_action(command, arguments) {
@@ -395,6 +414,10 @@ pub fn forward_events(outbox: Outbox) -> impl FnMut(&MachineEvent) + Send + 'sta
                 "guest": guest,
                 "reason": if *guest { "guest-reset" } else { "host-qmp-system-reset" },
             })),
+        ),
+        MachineEvent::JobStatus { id, status } => outbox.event(
+            "JOB_STATUS_CHANGE",
+            Some(json!({"id": id, "status": status})),
         ),
         MachineEvent::Watchdog { action } => {
             outbox.event("WATCHDOG", Some(json!({ "action": action })))

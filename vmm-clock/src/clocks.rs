@@ -109,6 +109,19 @@ impl Clocks {
         });
     }
 
+    /// Sets the Virtual clock's value while the VM is stopped (a snapshot
+    /// or an incoming migration puts the guest's time back): it continues
+    /// from `ns` at the next [`vm_start`](Clocks::vm_start). Timers keep
+    /// their deadlines (their owners re-arm them from their restored
+    /// state). Returns false, changing nothing, while the VM runs.
+    pub fn set_virtual_ns(&self, ns: i64) -> bool {
+        self.with_state(|st, time| {
+            let done = st.virt.set_frozen(ns);
+            st.update_alarm(time);
+            done
+        })
+    }
+
     /// Whether the Virtual clock is running (between [`vm_start`](Clocks::vm_start) and
     /// [`vm_stop`](Clocks::vm_stop)).
     pub fn is_vm_running(&self) -> bool {

@@ -45,6 +45,16 @@ impl VirtualClock {
         }
     }
 
+    /// Sets a stopped clock's frozen value (a snapshot's Virtual time put
+    /// back); returns false, changing nothing, while it runs.
+    pub(crate) fn set_frozen(&mut self, value: i64) -> bool {
+        if self.running {
+            return false;
+        }
+        self.offset = value;
+        true
+    }
+
     /// The monotonic time at which the clock reaches `expire`, given monotonic time `mono` now.
     ///
     /// While stopped the clock never reaches a later value (`None`); a value it has already
@@ -86,6 +96,19 @@ mod tests {
         // A second start does not re-base.
         v.start(20_000);
         assert_eq!(v.now(20_000), 10_500);
+    }
+
+    #[test]
+    fn only_a_stopped_clock_is_set() {
+        let mut v = VirtualClock::default();
+        v.start(1_000);
+        assert!(!v.set_frozen(7));
+        assert_eq!(v.now(1_100), 100);
+        v.stop(1_100);
+        assert!(v.set_frozen(7));
+        assert_eq!(v.now(5_000), 7);
+        v.start(6_000);
+        assert_eq!(v.now(6_010), 17);
     }
 
     #[test]

@@ -7,7 +7,7 @@
 use vmm_runstate::RunState;
 
 /// What a front end can ask of the machine.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     /// Pause the vCPUs and the Virtual clock (QMP `stop`).
     Stop,
@@ -29,6 +29,27 @@ pub enum Command {
     QueryBlock,
     /// The device tree (the monitor's `info qtree`).
     QueryDevices,
+    /// Save the machine into a file as job `job` (QMP `snapshot-save`).
+    SnapshotSave {
+        /// The job's id.
+        job: String,
+        /// The file.
+        path: std::path::PathBuf,
+    },
+    /// Load the machine from a file as job `job` (QMP `snapshot-load`).
+    SnapshotLoad {
+        /// The job's id.
+        job: String,
+        /// The file.
+        path: std::path::PathBuf,
+    },
+    /// The jobs (QMP `query-jobs`).
+    QueryJobs,
+    /// Forget a concluded job (QMP `job-dismiss`).
+    JobDismiss {
+        /// The job's id.
+        id: String,
+    },
     /// Change what events do (QMP `set-action`, `watchdog-set-action`):
     /// each `Some` replaces the current choice.
     SetAction {
@@ -101,6 +122,8 @@ pub enum Reply {
     /// The devices: the fixed ones in the order built, then the functions
     /// on the PCI bus.
     Devices(Vec<DeviceInfo>),
+    /// The jobs.
+    Jobs(Vec<crate::snapshot::jobs::JobInfo>),
 }
 
 /// Called with a command's outcome, on the main-loop thread.
@@ -183,6 +206,13 @@ pub enum MachineEvent {
     },
     /// A disk's host I/O failed (`BLOCK_IO_ERROR`).
     BlockIoError(BlockIoError),
+    /// A job changed status (`JOB_STATUS_CHANGE`).
+    JobStatus {
+        /// The job's id.
+        id: String,
+        /// The new status's QAPI name.
+        status: &'static str,
+    },
     /// The watchdog expired (`WATCHDOG`); what is done follows.
     Watchdog {
         /// The action's QAPI name.

@@ -19,6 +19,7 @@ pub mod memory;
 pub mod model;
 pub mod mptable;
 pub mod pci;
+pub mod snapshot;
 pub mod test_guests;
 #[cfg(test)]
 mod test_util;

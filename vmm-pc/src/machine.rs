@@ -46,6 +46,7 @@ use crate::layout::{self, MAX_CPUS};
 use crate::memory;
 
 mod info;
+mod snapshot;
 mod types;
 mod watchdog;
 
@@ -127,6 +128,12 @@ pub struct PcMachine {
     stop_on_error: bool,
     /// The disks.
     disks: Vec<crate::virtio::Disk>,
+    /// The MSRs KVM can save (`KVM_GET_MSR_INDEX_LIST`).
+    msr_indices: Vec<u32>,
+    /// Which PIT serves.
+    pit_backend: PitBackend,
+    /// Snapshot jobs not yet dismissed.
+    jobs: crate::snapshot::jobs::Jobs,
 }
 
 impl std::fmt::Debug for PcMachine {
@@ -165,6 +172,12 @@ impl PcMachine {
 
         // 3. KVM.
         let kvm = KvmSystem::open()?;
+        // The MSRs a snapshot saves: read now, before any seccomp filter.
+        let msr_indices = kvm
+            .kvm()
+            .get_msr_index_list()
+            .map(|l| l.as_slice().to_vec())
+            .unwrap_or_default();
         let max = u32::try_from(kvm.max_vcpus())
             .unwrap_or(u32::MAX)
             .min(MAX_CPUS);
@@ -357,6 +370,9 @@ impl PcMachine {
             watchdog_action: config.watchdog_action,
             stop_on_error: config.stop_on_error,
             disks,
+            msr_indices,
+            pit_backend: config.pit,
+            jobs: crate::snapshot::jobs::Jobs::default(),
         })
     }
 
@@ -499,6 +515,10 @@ impl PcMachine {
             )),
             Command::QueryPci => Ok(Reply::Pci(lock(&self.devices.pci).describe())),
             Command::QueryDevices => Ok(Reply::Devices(self.device_tree())),
+            Command::SnapshotSave { .. }
+            | Command::SnapshotLoad { .. }
+            | Command::QueryJobs
+            | Command::JobDismiss { .. } => self.job_command(command),
             Command::SetAction { watchdog, reboot } => {
                 if let Some(action) = watchdog {
                     self.watchdog_action = action;

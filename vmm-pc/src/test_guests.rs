@@ -287,6 +287,50 @@ pub fn set_rtc(message: &str) -> Vec<u8> {
     pvh_elf(&[(LOAD_ADDR, &code)], LOAD_ADDR)
 }
 
+/// Where [`counter`] keeps its count.
+pub const COUNTER_ADDR: u64 = LOAD_ADDR + 0x800;
+
+/// Counts in memory ([`COUNTER_ADDR`]) and prints each count on COM1 as
+/// eight hex digits and a newline, with a busy delay of `delay` loop turns
+/// between lines: a guest whose state lives in memory and registers, for
+/// snapshot tests (a restored guest prints from where it was saved).
+pub fn counter(delay: u32) -> Vec<u8> {
+    let hex = LOAD_ADDR + 0x100;
+    let mut c = Vec::new();
+    c.push(0xbc); // mov esp, a stack below the count
+    c.extend_from_slice(&le32(COUNTER_ADDR));
+    c.push(0xbf); // mov edi, COUNTER_ADDR
+    c.extend_from_slice(&le32(COUNTER_ADDR));
+    c.extend_from_slice(&[0x66, 0xba]); // mov dx, COM1
+    c.extend_from_slice(&port::COM1.to_le_bytes());
+    let top = c.len();
+    c.extend_from_slice(&[0xff, 0x07]); // top: inc dword [edi]
+    c.extend_from_slice(&[0x8b, 0x07]); // mov eax, [edi]
+    c.extend_from_slice(&[0xb9, 8, 0, 0, 0]); // mov ecx, 8
+    let digit = c.len();
+    c.extend_from_slice(&[0xc1, 0xc0, 0x04]); // digit: rol eax, 4
+    c.extend_from_slice(&[0x89, 0xc3]); // mov ebx, eax
+    c.extend_from_slice(&[0x83, 0xe3, 0x0f]); // and ebx, 0xf
+    c.extend_from_slice(&[0x8a, 0x9b]); // mov bl, [ebx + hex]
+    c.extend_from_slice(&le32(hex));
+    c.push(0x50); // push eax
+    c.extend_from_slice(&[0x88, 0xd8]); // mov al, bl
+    c.push(0xee); // out dx, al
+    c.push(0x58); // pop eax
+    let back = digit as i64 - (c.len() as i64 + 2);
+    c.extend_from_slice(&[0xe2, back as u8]); // loop digit
+    c.extend_from_slice(&[0xb0, b'\n', 0xee]); // mov al, '\n'; out dx, al
+    c.push(0xbe); // mov esi, delay
+    c.extend_from_slice(&delay.max(1).to_le_bytes());
+    c.extend_from_slice(&[0x4e, 0x75, 0xfd]); // spin: dec esi; jnz spin
+    let back = top as i64 - (c.len() as i64 + 2);
+    c.extend_from_slice(&[0xeb, back as u8]); // jmp top
+    assert!(c.len() <= 0x100, "the code fits before the digits");
+    c.resize(0x100, 0x90);
+    c.extend_from_slice(b"0123456789abcdef");
+    pvh_elf(&[(LOAD_ADDR, &c)], LOAD_ADDR)
+}
+
 /// Prints `message` on COM1, arms the ib700 watchdog with the timeout
 /// `index` selects (`out 0x443, al`: 30 s for 0 down to 0 s for 15), then
 /// halts with interrupts off and never pets it: a guest whose watchdog

@@ -7,8 +7,9 @@
 use std::mem::size_of;
 
 use kvm_bindings::{
-    kvm_clock_data, kvm_fpu, kvm_ioeventfd, kvm_irq_level, kvm_irqchip, kvm_lapic_state,
-    kvm_mp_state, kvm_msi, kvm_msrs, kvm_pit_state2, kvm_regs, kvm_sregs, kvm_vcpu_events,
+    kvm_clock_data, kvm_debugregs, kvm_fpu, kvm_ioeventfd, kvm_irq_level, kvm_irqchip,
+    kvm_lapic_state, kvm_mp_state, kvm_msi, kvm_msrs, kvm_pit_state2, kvm_regs, kvm_sregs,
+    kvm_vcpu_events, kvm_xcrs, kvm_xsave,
 };
 
 const KVMIO: u64 = 0xae;
@@ -41,6 +42,18 @@ pub(super) const KVM_SET_VCPU_EVENTS: u64 = kvm(WRITE, 0xa0, size_of::<kvm_vcpu_
 pub(super) const KVM_IOEVENTFD: u64 = kvm(WRITE, 0x79, size_of::<kvm_ioeventfd>());
 pub(super) const KVM_SIGNAL_MSI: u64 = kvm(WRITE, 0xa5, size_of::<kvm_msi>());
 pub(super) const KVM_NMI: u64 = kvm(NONE, 0x9a, 0);
+// A snapshot: the vCPU's state saved and restored, the irqchip and PIT read.
+pub(super) const KVM_GET_MSRS: u64 = kvm(READ | WRITE, 0x88, size_of::<kvm_msrs>());
+pub(super) const KVM_GET_MP_STATE: u64 = kvm(READ, 0x98, size_of::<kvm_mp_state>());
+pub(super) const KVM_GET_VCPU_EVENTS: u64 = kvm(READ, 0x9f, size_of::<kvm_vcpu_events>());
+pub(super) const KVM_GET_DEBUGREGS: u64 = kvm(READ, 0xa1, size_of::<kvm_debugregs>());
+pub(super) const KVM_SET_DEBUGREGS: u64 = kvm(WRITE, 0xa2, size_of::<kvm_debugregs>());
+pub(super) const KVM_GET_XSAVE: u64 = kvm(READ, 0xa4, size_of::<kvm_xsave>());
+pub(super) const KVM_SET_XSAVE: u64 = kvm(WRITE, 0xa5, size_of::<kvm_xsave>());
+pub(super) const KVM_GET_XCRS: u64 = kvm(READ, 0xa6, size_of::<kvm_xcrs>());
+pub(super) const KVM_SET_XCRS: u64 = kvm(WRITE, 0xa7, size_of::<kvm_xcrs>());
+pub(super) const KVM_GET_IRQCHIP: u64 = kvm(READ | WRITE, 0x62, size_of::<kvm_irqchip>());
+pub(super) const KVM_GET_PIT2: u64 = kvm(READ, 0x9f, size_of::<kvm_pit_state2>());
 
 /// Terminal and socket requests (not KVM's).
 pub(super) const TCGETS: u64 = libc::TCGETS;
@@ -74,6 +87,17 @@ mod tests {
         assert_eq!(KVM_IOEVENTFD, 0x4040_ae79);
         assert_eq!(KVM_SIGNAL_MSI, 0x4020_aea5);
         assert_eq!(KVM_NMI, 0xae9a);
+        assert_eq!(KVM_GET_MSRS, 0xc008_ae88);
+        assert_eq!(KVM_GET_MP_STATE, 0x8004_ae98);
+        assert_eq!(KVM_GET_VCPU_EVENTS, 0x8040_ae9f);
+        assert_eq!(KVM_GET_DEBUGREGS, 0x8080_aea1);
+        assert_eq!(KVM_SET_DEBUGREGS, 0x4080_aea2);
+        assert_eq!(KVM_GET_XSAVE, 0x9000_aea4);
+        assert_eq!(KVM_SET_XSAVE, 0x5000_aea5);
+        assert_eq!(KVM_GET_XCRS, 0x8188_aea6);
+        assert_eq!(KVM_SET_XCRS, 0x4188_aea7);
+        assert_eq!(KVM_GET_IRQCHIP, 0xc208_ae62);
+        assert_eq!(KVM_GET_PIT2, 0x8070_ae9f);
         assert_eq!((TCGETS, TCSETS, FIONBIO), (0x5401, 0x5402, 0x5421));
     }
 }

@@ -153,6 +153,17 @@ pub(super) fn vcpu() -> Result<Rules, seccompiler::Error> {
             KVM_SIGNAL_MSI,
             // A watchdog's inject-nmi action.
             KVM_NMI,
+            // A snapshot saves the vCPU's state and puts it back (the
+            // setters the reset path uses too, and these).
+            KVM_GET_MP_STATE,
+            KVM_GET_XSAVE,
+            KVM_SET_XSAVE,
+            KVM_GET_XCRS,
+            KVM_SET_XCRS,
+            KVM_GET_DEBUGREGS,
+            KVM_SET_DEBUGREGS,
+            KVM_GET_MSRS,
+            KVM_GET_VCPU_EVENTS,
         ],
     )?;
     // Exits: a virtio device's activation hands its worker the queues'
@@ -280,6 +291,21 @@ pub(super) fn main(pid: u32, kick: u32) -> Result<Rules, seccompiler::Error> {
         libc::SYS_fcntl,
         &[&[(1, Eq, libc::F_DUPFD_CLOEXEC as u64)]],
     )?;
+    // snapshot-save creates its file (File::create) and syncs it;
+    // snapshot-load opens one to read (File::open). Only those two ways.
+    allow_if(
+        &mut r,
+        libc::SYS_openat,
+        &[
+            &[(
+                2,
+                Eq,
+                (libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC) as u64,
+            )],
+            &[(2, Eq, (libc::O_RDONLY | libc::O_CLOEXEC) as u64)],
+        ],
+    )?;
+    allow(&mut r, &[libc::SYS_fsync]);
     // QMP: the client's write timeout.
     allow_if(
         &mut r,
@@ -300,6 +326,9 @@ pub(super) fn main(pid: u32, kick: u32) -> Result<Rules, seccompiler::Error> {
             KVM_SET_PIT2,
             // system_powerdown: the SCI line.
             KVM_IRQ_LINE,
+            // snapshot-save: the irqchip and KVM's PIT read.
+            KVM_GET_IRQCHIP,
+            KVM_GET_PIT2,
             // system_reset: virtio devices remove their doorbells; cont
             // after io-error: a retried request may interrupt the guest.
             KVM_IOEVENTFD,

@@ -1,0 +1,272 @@
+//! Snapshots end to end (QMP `snapshot-save` / `snapshot-load` with the VM
+//! state in a file, `query-jobs`, `job-dismiss`, `JOB_STATUS_CHANGE`) on a
+//! hand-assembled guest that counts in memory and prints each count on
+//! COM1, on this host's `/dev/kvm` (PVM included).
+
+mod common;
+
+use std::io::Write;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::qmp_client::{spawn, Client};
+use common::*;
+use serde_json::{json, Value};
+use vmm_pc::test_guests;
+
+/// Busy-loop turns between two counts.
+const DELAY: u32 = 100_000;
+
+fn execute_with(c: &mut Client, command: &str, arguments: Value) -> Value {
+    writeln!(
+        c.w,
+        "{}",
+        json!({"execute": command, "arguments": arguments})
+    )
+    .unwrap();
+    loop {
+        let v = c.line();
+        if v.get("event").is_none() {
+            return v;
+        }
+        c.events.push(v);
+    }
+}
+
+/// The counts printed so far, complete lines only.
+fn counts(log: &Path) -> Vec<u32> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+    complete
+        .lines()
+        .filter_map(|l| u32::from_str_radix(l.trim(), 16).ok())
+        .collect()
+}
+
+/// Waits until at least `n` counts are printed.
+fn wait_counts(log: &Path, n: usize) -> Vec<u32> {
+    let start = Instant::now();
+    loop {
+        let c = counts(log);
+        if c.len() >= n {
+            return c;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "only {} counts: {:?}",
+            c.len(),
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn statuses(c: &mut Client, job: &str) -> Vec<String> {
+    let mut seen = Vec::new();
+    loop {
+        let e = c.event("JOB_STATUS_CHANGE");
+        assert_eq!(e["data"]["id"], job, "{e}");
+        let status = e["data"]["status"].as_str().unwrap().to_owned();
+        seen.push(status.clone());
+        if status == "concluded" {
+            return seen;
+        }
+    }
+}
+
+#[test]
+fn snapshot_load_goes_back_in_time_and_the_guest_counts_on() {
+    if !kvm("snapshot_save_load") {
+        return;
+    }
+    let dir = TempDir::new("snapshot");
+    let log = dir.0.join("serial.log");
+    let serial = format!("file:{}", log.display());
+    let file = dir.0.join("vm.snap");
+    let (child, sock) = spawn(&dir, &test_guests::counter(DELAY), &["--serial", &serial]);
+    let mut c = Client::connect(&sock);
+    wait_counts(&log, 5);
+
+    let r = execute_with(
+        &mut c,
+        "snapshot-save",
+        json!({"job-id": "save0", "tag": "t", "vmstate": file.to_str().unwrap(), "devices": []}),
+    );
+    assert_eq!(r, json!({"return": {}}));
+    assert_eq!(
+        statuses(&mut c, "save0"),
+        ["created", "running", "waiting", "pending", "concluded"]
+    );
+    // A running guest stopped for the save and runs on.
+    c.event("STOP");
+    c.event("RESUME");
+    assert_eq!(c.status()["status"], "running");
+    let at_save = counts(&log);
+    let saved = *at_save.last().unwrap();
+    let jobs = c.execute("query-jobs");
+    assert_eq!(jobs["return"][0]["status"], "concluded", "{jobs}");
+    assert_eq!(jobs["return"][0]["type"], "snapshot-save");
+    assert_eq!(
+        execute_with(&mut c, "job-dismiss", json!({"id": "save0"})),
+        json!({"return": {}})
+    );
+    assert_eq!(c.event("JOB_STATUS_CHANGE")["data"]["status"], "null");
+
+    // The guest counts on, well past the save...
+    let later = wait_counts(&log, at_save.len() + 10);
+    let before_load = later.len();
+    let r = execute_with(
+        &mut c,
+        "snapshot-load",
+        json!({"job-id": "load0", "tag": "t", "vmstate": file.to_str().unwrap(), "devices": []}),
+    );
+    assert_eq!(r, json!({"return": {}}));
+    assert_eq!(statuses(&mut c, "load0").last().unwrap(), "concluded");
+    assert_eq!(c.status()["status"], "running");
+    // ...and after the load it prints from where it was saved: the count
+    // goes back to the saved one (or the one after, had the save caught it
+    // between two lines) and counts on from there.
+    let start = Instant::now();
+    let back = loop {
+        let after = counts(&log);
+        let resumed = &after[before_load.min(after.len())..];
+        if let Some(w) = resumed
+            .windows(2)
+            .find(|w| w[1] == w[0] + 1 && w[0] <= saved + 1)
+        {
+            break w[0];
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "saved at {saved:#x}, then printed {resumed:x?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(
+        back >= saved.saturating_sub(1),
+        "back to {back:#x}, saved {saved:#x}"
+    );
+    assert!(back < *later.last().unwrap(), "back in time");
+
+    // A damaged file is refused, the job says why, and the guest runs on.
+    let mut bytes = std::fs::read(&file).unwrap();
+    let n = bytes.len();
+    bytes[n / 2] ^= 0xff;
+    let bad = dir.0.join("bad.snap");
+    std::fs::write(&bad, &bytes).unwrap();
+    let r = execute_with(
+        &mut c,
+        "snapshot-load",
+        json!({"job-id": "bad", "tag": "t", "vmstate": bad.to_str().unwrap(), "devices": []}),
+    );
+    assert_eq!(r, json!({"return": {}}));
+    assert_eq!(
+        statuses(&mut c, "bad"),
+        ["created", "running", "aborting", "concluded"]
+    );
+    let jobs = c.execute("query-jobs");
+    let bad_job = jobs["return"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["id"] == "bad")
+        .unwrap_or_else(|| panic!("{jobs}"));
+    assert_eq!(bad_job["status"], "concluded");
+    let error = bad_job["error"].as_str().unwrap().to_owned();
+    assert!(
+        error.contains("damaged") || error.contains("malformed"),
+        "{error}"
+    );
+    assert_eq!(c.status()["status"], "running");
+    let n = counts(&log).len();
+    wait_counts(&log, n + 3);
+    // The same job id twice is refused while the first is kept.
+    let r = execute_with(
+        &mut c,
+        "snapshot-save",
+        json!({"job-id": "bad", "tag": "t", "vmstate": file.to_str().unwrap(), "devices": []}),
+    );
+    assert_eq!(r["error"]["desc"], "Job ID 'bad' already in use", "{r}");
+    c.execute("quit");
+    let o = wait(child);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+#[test]
+fn a_snapshot_of_another_machine_shape_is_refused_with_the_difference() {
+    if !kvm("snapshot_shape") {
+        return;
+    }
+    let dir = TempDir::new("snapshot-shape");
+    let file = dir.0.join("vm.snap");
+    let (one, sock) = spawn(&dir, &test_guests::counter(DELAY), &["--serial", "none"]);
+    let mut c = Client::connect(&sock);
+    let r = execute_with(
+        &mut c,
+        "snapshot-save",
+        json!({"job-id": "s", "tag": "t", "vmstate": file.to_str().unwrap(), "devices": []}),
+    );
+    assert_eq!(r, json!({"return": {}}));
+    c.execute("quit");
+    wait(one);
+
+    let dir2 = TempDir::new("snapshot-shape-2");
+    let (two, sock) = spawn(
+        &dir2,
+        &test_guests::counter(DELAY),
+        &["--serial", "none", "--cpus", "2"],
+    );
+    let mut c = Client::connect(&sock);
+    let r = execute_with(
+        &mut c,
+        "snapshot-load",
+        json!({"job-id": "l", "tag": "t", "vmstate": file.to_str().unwrap(), "devices": []}),
+    );
+    assert_eq!(r, json!({"return": {}}));
+    assert_eq!(statuses(&mut c, "l").last().unwrap(), "concluded");
+    let jobs = c.execute("query-jobs");
+    assert_eq!(
+        jobs["return"][0]["error"], "the snapshot has 1 vCPUs, this machine 2",
+        "{jobs}"
+    );
+    assert_eq!(c.status()["status"], "running");
+    c.execute("quit");
+    let o = wait(two);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+#[test]
+fn a_machine_with_a_disk_is_not_snapshotted_yet() {
+    if !kvm("snapshot_disk") {
+        return;
+    }
+    let dir = TempDir::new("snapshot-disk");
+    let image = dir.file("disk.img", &vec![0u8; 1 << 20]);
+    let drive = format!("file={},if=virtio,format=raw", image.display());
+    let (child, sock) = spawn(
+        &dir,
+        &test_guests::counter(DELAY),
+        &["--serial", "none", "--drive", &drive],
+    );
+    let mut c = Client::connect(&sock);
+    let file = dir.0.join("vm.snap");
+    execute_with(
+        &mut c,
+        "snapshot-save",
+        json!({"job-id": "s", "tag": "t", "vmstate": file.to_str().unwrap(), "devices": []}),
+    );
+    assert_eq!(statuses(&mut c, "s").last().unwrap(), "concluded");
+    let jobs = c.execute("query-jobs");
+    assert!(
+        jobs["return"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("with disks are not supported yet"),
+        "{jobs}"
+    );
+    assert!(!file.exists(), "nothing written");
+    assert_eq!(c.status()["status"], "running");
+    c.execute("quit");
+    let o = wait(child);
+    assert!(o.status.success(), "{}", stderr(&o));
+}

@@ -1,0 +1,339 @@
+//! Snapshots of the running machine into a file and back (QEMU's
+//! `snapshot-save` / `snapshot-load` with the VM state in a file; see
+//! [`crate::snapshot`] for the format and the jobs).
+//!
+//! A save stops a running guest (`save-vm`, `STOP`), takes every vCPU's
+//! state on its own thread, the in-kernel irqchip (and KVM's PIT), the
+//! kvmclock and the Virtual clock, every device of the device list and
+//! the RAM, writes them, and runs the guest again (`running`, `RESUME`); a
+//! paused guest stays paused. A load reads and checks the whole file
+//! first (magic, version, checksums, the machine's shape, every section
+//! decoded) so that a bad file changes nothing; then it stops a running
+//! guest (`restore-vm`), puts everything back and runs it again from the
+//! saved point. Machines with disks are refused for now: a virtio
+//! device's queues live in its worker thread and are not captured yet.
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter};
+use std::path::Path;
+use std::sync::Arc;
+
+use kvm_bindings::{kvm_irqchip, kvm_pit_state2};
+use serde::{Deserialize, Serialize};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+use vmm_clock::ClockType;
+use vmm_core::vcpu::VcpuState;
+use vmm_runstate::RunState;
+
+use super::{CommandFailure, PcMachine, PitBackend};
+use crate::model::SavedEntry;
+use crate::snapshot::format::{self, Section, Shape};
+
+/// Room beyond the RAM for a section (vCPU states, devices).
+const METADATA_LIMIT: u64 = 64 << 20;
+
+/// The clocks at the save.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct SavedClocks {
+    /// The guest's kvmclock, ns.
+    kvmclock: u64,
+    /// The Virtual clock (our PIT's, RTC's and watchdogs' time), ns.
+    virtual_ns: i64,
+}
+
+/// Everything a load puts back, decoded and checked.
+struct Loaded {
+    vcpus: Vec<VcpuState>,
+    irqchip: Vec<kvm_irqchip>,
+    pit: Option<kvm_pit_state2>,
+    clocks: SavedClocks,
+    devices: Vec<SavedEntry>,
+    ram: Vec<(u64, Vec<u8>)>,
+}
+
+fn refused(why: impl std::fmt::Display) -> CommandFailure {
+    CommandFailure::Refused(why.to_string())
+}
+
+fn json<T: Serialize>(what: &str, value: &T) -> Result<Vec<u8>, CommandFailure> {
+    serde_json::to_vec(value).map_err(|e| refused(format!("cannot encode the {what}: {e}")))
+}
+
+fn section<'a>(sections: &'a [Section], name: &str) -> Result<&'a [u8], CommandFailure> {
+    sections
+        .iter()
+        .find(|s| s.name == name)
+        .map(|s| s.data.as_slice())
+        .ok_or_else(|| refused(format!("the snapshot has no '{name}' section")))
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(
+    sections: &[Section],
+    name: &str,
+) -> Result<T, CommandFailure> {
+    serde_json::from_slice(section(sections, name)?)
+        .map_err(|e| refused(format!("the snapshot's '{name}' section is malformed: {e}")))
+}
+
+impl PcMachine {
+    /// What a snapshot of this machine must match.
+    fn shape(&self) -> Shape {
+        Shape {
+            cpus: u32::try_from(self.vcpus.len()).unwrap_or(u32::MAX),
+            ram: self
+                .vm
+                .memory()
+                .iter()
+                .map(|r| (r.start_addr().0, r.len()))
+                .collect(),
+            kvm_pit: self.fresh_kvm_pit.is_some(),
+            devices: self
+                .devices
+                .model
+                .list()
+                .into_iter()
+                .map(|(id, ty)| (id, ty.to_owned()))
+                .collect(),
+        }
+    }
+
+    fn check_snapshottable(&self) -> Result<(), CommandFailure> {
+        if !self.disks.is_empty() {
+            return Err(refused(
+                "snapshots of a machine with disks are not supported yet (a virtio device's \
+                 queues are not captured)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// `snapshot-save`'s work: the machine's state into `path`.
+    pub(super) fn snapshot_save(&mut self, path: &Path) -> Result<(), CommandFailure> {
+        self.check_snapshottable()?;
+        let was_running = self.runstate.is_running();
+        if was_running {
+            self.stop_with(RunState::SaveVm)
+                .map_err(CommandFailure::Machine)?;
+        }
+        let saved = self.write_snapshot(path);
+        if was_running {
+            self.start().map_err(CommandFailure::Machine)?;
+            self.emit(crate::MachineEvent::Resume);
+        }
+        saved
+    }
+
+    fn write_snapshot(&mut self, path: &Path) -> Result<(), CommandFailure> {
+        let machine = |e: vmm_core::vm::VmError| CommandFailure::Machine(e.into());
+        let msrs = Arc::new(self.msr_indices.clone());
+        let vcpus = self
+            .vcpus
+            .call_each(|_| {
+                let msrs = Arc::clone(&msrs);
+                move |vcpu: &kvm_ioctls::VcpuFd| VcpuState::save(vcpu, true, &msrs)
+            })
+            .map_err(|e| CommandFailure::Machine(e.into()))?
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| refused(format!("cannot save a vCPU: {e}")))?;
+        let irqchip = self.vm.irqchip_state().map_err(machine)?;
+        let pit = match self.fresh_kvm_pit {
+            Some(_) => Some(self.vm.pit_state().map_err(machine)?),
+            None => None,
+        };
+        let clocks = SavedClocks {
+            kvmclock: match self.paused_clock {
+                Some(ns) => ns,
+                None => self.vm.clock_ns().map_err(machine)?,
+            },
+            virtual_ns: self.clocks.now(ClockType::Virtual),
+        };
+        let devices = self.devices.model.save().map_err(refused)?;
+        let file = File::create(path)
+            .map_err(|e| refused(format!("cannot create {}: {e}", path.display())))?;
+        let mut w = BufWriter::new(file);
+        let io = |e: std::io::Error| refused(format!("cannot write {}: {e}", path.display()));
+        format::write_start(&mut w, &self.shape()).map_err(io)?;
+        format::write_section(&mut w, "vcpus", &json("vCPUs", &vcpus)?).map_err(io)?;
+        format::write_section(&mut w, "irqchip", &json("irqchip", &irqchip)?).map_err(io)?;
+        format::write_section(&mut w, "kvm-pit", &json("PIT", &pit)?).map_err(io)?;
+        format::write_section(&mut w, "clocks", &json("clocks", &clocks)?).map_err(io)?;
+        format::write_section(&mut w, "devices", &json("devices", &devices)?).map_err(io)?;
+        for region in self.vm.memory().iter() {
+            let mut bytes = vec![0u8; usize::try_from(region.len()).unwrap_or(0)];
+            self.vm
+                .memory()
+                .read_slice(&mut bytes, region.start_addr())
+                .map_err(|e| refused(format!("cannot read guest RAM: {e}")))?;
+            let name = format!("ram@{:x}", region.start_addr().0);
+            format::write_section(&mut w, &name, &bytes).map_err(io)?;
+        }
+        format::write_end(&mut w).map_err(io)?;
+        w.into_inner()
+            .map_err(|e| io(e.into_error()))?
+            .sync_all()
+            .map_err(io)
+    }
+
+    /// Reads `path` and checks all of it against this machine.
+    fn read_snapshot(&self, path: &Path) -> Result<Loaded, CommandFailure> {
+        let file = File::open(path)
+            .map_err(|e| refused(format!("cannot open {}: {e}", path.display())))?;
+        let ours = self.shape();
+        let largest = ours.ram.iter().map(|(_, size)| *size).max().unwrap_or(0);
+        let (shape, sections) =
+            format::read(&mut BufReader::new(file), largest + METADATA_LIMIT).map_err(refused)?;
+        if let Some(why) = shape.difference(&ours) {
+            return Err(refused(why));
+        }
+        let mut known = vec![
+            "vcpus".to_owned(),
+            "irqchip".into(),
+            "kvm-pit".into(),
+            "clocks".into(),
+            "devices".into(),
+        ];
+        let mut ram = Vec::new();
+        for (gpa, size) in &ours.ram {
+            let name = format!("ram@{gpa:x}");
+            let data = section(&sections, &name)?;
+            if data.len() as u64 != *size {
+                return Err(refused(format!(
+                    "the snapshot's '{name}' has the wrong size"
+                )));
+            }
+            ram.push((*gpa, data.to_vec()));
+            known.push(name);
+        }
+        if let Some(s) = sections.iter().find(|s| !known.contains(&s.name)) {
+            return Err(refused(format!(
+                "the snapshot has an unknown section '{}'",
+                s.name
+            )));
+        }
+        let loaded = Loaded {
+            vcpus: decode(&sections, "vcpus")?,
+            irqchip: decode(&sections, "irqchip")?,
+            pit: decode(&sections, "kvm-pit")?,
+            clocks: decode(&sections, "clocks")?,
+            devices: decode(&sections, "devices")?,
+            ram,
+        };
+        if loaded.vcpus.len() != self.vcpus.len() || loaded.irqchip.len() != 3 {
+            return Err(refused("the snapshot's vCPUs or irqchip do not match"));
+        }
+        if loaded.pit.is_some() != matches!(self.pit_backend, PitBackend::Kvm) {
+            return Err(refused("the snapshot's PIT does not match"));
+        }
+        Ok(loaded)
+    }
+
+    /// `snapshot-load`'s work: the machine back to the state in `path`.
+    pub(super) fn snapshot_load(&mut self, path: &Path) -> Result<(), CommandFailure> {
+        self.check_snapshottable()?;
+        let loaded = self.read_snapshot(path)?;
+        let was_running = self.runstate.is_running();
+        if was_running {
+            self.stop_with(RunState::RestoreVm)
+                .map_err(CommandFailure::Machine)?;
+        } else {
+            self.vcpus
+                .pause_all()
+                .map_err(|e| CommandFailure::Machine(e.into()))?;
+        }
+        // From here on the machine changes: a failure leaves it stopped
+        // (QEMU leaves a failed load's VM stopped too); `system_reset`
+        // starts afresh.
+        let machine = |e: vmm_core::vm::VmError| CommandFailure::Machine(e.into());
+        for (gpa, bytes) in &loaded.ram {
+            self.vm
+                .memory()
+                .write_slice(bytes, GuestAddress(*gpa))
+                .map_err(|e| refused(format!("cannot write guest RAM: {e}")))?;
+        }
+        self.vm
+            .set_irqchip_state(&loaded.irqchip)
+            .map_err(machine)?;
+        if let Some(pit) = &loaded.pit {
+            self.vm.set_pit_state(pit).map_err(machine)?;
+        }
+        let vcpus = Arc::new(loaded.vcpus);
+        self.vcpus
+            .call_each(|i| {
+                let vcpus = Arc::clone(&vcpus);
+                move |vcpu: &kvm_ioctls::VcpuFd| match vcpus.get(i as usize) {
+                    Some(state) => state.restore(vcpu, true).map_err(|e| e.to_string()),
+                    None => Err("no state for this vCPU".to_owned()),
+                }
+            })
+            .map_err(|e| CommandFailure::Machine(e.into()))?
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| refused(format!("cannot restore a vCPU: {e}")))?;
+        // The guest's time as it was: the Virtual clock (stopped now) and
+        // the kvmclock, put back when the guest runs again.
+        self.clocks.set_virtual_ns(loaded.clocks.virtual_ns);
+        self.devices.model.load(&loaded.devices).map_err(refused)?;
+        self.paused_clock = Some(loaded.clocks.kvmclock);
+        if was_running {
+            self.start().map_err(CommandFailure::Machine)?;
+            self.emit(crate::MachineEvent::Resume);
+        }
+        Ok(())
+    }
+}
+
+impl PcMachine {
+    /// The snapshot jobs' commands: a save or load runs as a job whose
+    /// statuses are events; `query-jobs` and `job-dismiss` see them.
+    pub(super) fn job_command(
+        &mut self,
+        command: crate::Command,
+    ) -> Result<crate::Reply, CommandFailure> {
+        use crate::{Command, Reply};
+        let (job, path, kind) = match command {
+            Command::QueryJobs => return Ok(Reply::Jobs(self.jobs.list())),
+            Command::JobDismiss { id } => {
+                self.jobs.dismiss(&id).map_err(CommandFailure::Refused)?;
+                self.emit(crate::MachineEvent::JobStatus { id, status: "null" });
+                return Ok(Reply::Done);
+            }
+            Command::SnapshotSave { job, path } => (job, path, "snapshot-save"),
+            Command::SnapshotLoad { job, path } => (job, path, "snapshot-load"),
+            _ => return Err(refused("not a job command")),
+        };
+        let started = self
+            .jobs
+            .start(&job, kind)
+            .map_err(CommandFailure::Refused)?;
+        self.emit_job(&job, &started);
+        let result = if kind == "snapshot-save" {
+            self.snapshot_save(&path)
+        } else {
+            self.snapshot_load(&path)
+        };
+        let (outcome, machine_error) = match result {
+            Ok(()) => (Ok(()), None),
+            Err(CommandFailure::Refused(why)) => (Err(why), None),
+            Err(CommandFailure::Machine(e)) => (Err(e.to_string()), Some(e)),
+        };
+        if let Err(why) = &outcome {
+            log::warn!("{kind} {job}: {why}");
+        }
+        let finished = self.jobs.finish(&job, outcome);
+        self.emit_job(&job, &finished);
+        match machine_error {
+            Some(e) => Err(CommandFailure::Machine(e)),
+            None => Ok(Reply::Done),
+        }
+    }
+
+    fn emit_job(&mut self, id: &str, statuses: &[crate::snapshot::jobs::JobStatus]) {
+        for status in statuses {
+            self.emit(crate::MachineEvent::JobStatus {
+                id: id.to_owned(),
+                status: status.as_str(),
+            });
+        }
+    }
+}

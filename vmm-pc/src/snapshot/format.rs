@@ -1,0 +1,323 @@
+//! The snapshot file: a header, then named sections, each with a CRC-32.
+//!
+//! ```text
+//! "VMMSNAP\0"   8 bytes, the magic
+//! version       u32 little-endian (FORMAT_VERSION)
+//! section*      name length u16, name (UTF-8), data length u64, CRC-32 of
+//!               the data u32, the data
+//! end           name length 0
+//! ```
+//!
+//! The first section is `shape`: what the machine must be to take the
+//! snapshot (vCPU count, RAM regions, which PIT, its devices by id and
+//! type), as JSON. Compatibility rule: a reader takes its own
+//! `FORMAT_VERSION` only; a section it does not know is refused, so that
+//! nothing in a file is silently dropped.
+//!
+//! Reading is for untrusted files: every length is checked against the
+//! file's own size and a caller's limit before anything is allocated,
+//! and a damaged, cut or foreign file is an error naming what is wrong.
+
+use std::io::{self, Read, Write};
+
+use serde::{Deserialize, Serialize};
+
+/// The file's first bytes.
+pub const MAGIC: [u8; 8] = *b"VMMSNAP\0";
+/// The layout this build writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+/// The longest section name.
+const MAX_NAME: usize = 64;
+
+/// What a machine must be to take a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shape {
+    /// vCPUs.
+    pub cpus: u32,
+    /// RAM regions (guest address, bytes), in order.
+    pub ram: Vec<(u64, u64)>,
+    /// KVM's in-kernel PIT rather than ours.
+    pub kvm_pit: bool,
+    /// The device list: (id, type), in order.
+    pub devices: Vec<(String, String)>,
+}
+
+impl Shape {
+    /// What differs from `other` (this file's shape against the
+    /// machine's), in words; `None` when they match.
+    pub fn difference(&self, machine: &Shape) -> Option<String> {
+        if self.cpus != machine.cpus {
+            return Some(format!(
+                "the snapshot has {} vCPUs, this machine {}",
+                self.cpus, machine.cpus
+            ));
+        }
+        if self.ram != machine.ram {
+            let total = |r: &[(u64, u64)]| r.iter().map(|(_, s)| s).sum::<u64>() >> 20;
+            return Some(format!(
+                "the snapshot has {} MiB of RAM, this machine {} MiB",
+                total(&self.ram),
+                total(&machine.ram)
+            ));
+        }
+        if self.kvm_pit != machine.kvm_pit {
+            return Some("the snapshot and this machine have different PITs (--pit)".into());
+        }
+        if self.devices != machine.devices {
+            let list = |d: &[(String, String)]| {
+                d.iter()
+                    .map(|(id, ty)| format!("{id} ({ty})"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            return Some(format!(
+                "the snapshot's devices are [{}], this machine's [{}]",
+                list(&self.devices),
+                list(&machine.devices)
+            ));
+        }
+        None
+    }
+}
+
+/// Why a snapshot file could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum FormatError {
+    /// Reading failed.
+    #[error("cannot read the snapshot")]
+    Io(#[from] io::Error),
+    /// Not a snapshot of this VMM.
+    #[error("not a snapshot file (bad magic)")]
+    Magic,
+    /// Another layout version.
+    #[error("snapshot format version {0}, this build reads {FORMAT_VERSION}")]
+    Version(u32),
+    /// The file ends inside something.
+    #[error("the snapshot is cut short ({0})")]
+    Truncated(&'static str),
+    /// A section name that is not UTF-8 or too long.
+    #[error("a section name is malformed")]
+    Name,
+    /// A section longer than what may be taken.
+    #[error("section '{name}' is {len} bytes, more than the {limit} allowed")]
+    TooLarge {
+        /// The section.
+        name: String,
+        /// Its length.
+        len: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// A section whose data does not match its checksum.
+    #[error("section '{0}' is damaged (CRC-32 mismatch)")]
+    Checksum(String),
+    /// The same section twice.
+    #[error("section '{0}' appears twice")]
+    Duplicate(String),
+    /// The file does not start with its shape, or it does not decode.
+    #[error("the snapshot's shape is missing or malformed")]
+    Shape(#[source] Option<serde_json::Error>),
+}
+
+/// A section read from a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Section {
+    /// Its name.
+    pub name: String,
+    /// Its data.
+    pub data: Vec<u8>,
+}
+
+/// Writes one section: its name (1 to 64 bytes), length, CRC-32, data.
+pub fn write_section(w: &mut impl Write, name: &str, data: &[u8]) -> io::Result<()> {
+    let len = u16::try_from(name.len())
+        .ok()
+        .filter(|&l| l > 0 && usize::from(l) <= MAX_NAME)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "bad section name"))?;
+    w.write_all(&len.to_le_bytes())?;
+    w.write_all(name.as_bytes())?;
+    w.write_all(&(data.len() as u64).to_le_bytes())?;
+    w.write_all(&crc32fast::hash(data).to_le_bytes())?;
+    w.write_all(data)
+}
+
+/// Writes a snapshot's start: the magic, the version and `shape`; the
+/// sections follow ([`write_section`]), then [`write_end`].
+pub fn write_start(w: &mut impl Write, shape: &Shape) -> io::Result<()> {
+    w.write_all(&MAGIC)?;
+    w.write_all(&FORMAT_VERSION.to_le_bytes())?;
+    let shape = serde_json::to_vec(shape).map_err(io::Error::other)?;
+    write_section(w, "shape", &shape)
+}
+
+/// Ends a snapshot.
+pub fn write_end(w: &mut impl Write) -> io::Result<()> {
+    w.write_all(&0u16.to_le_bytes())?;
+    w.flush()
+}
+
+/// Writes a whole snapshot: `shape`, then `sections`.
+pub fn write(w: &mut impl Write, shape: &Shape, sections: &[(&str, &[u8])]) -> io::Result<()> {
+    write_start(w, shape)?;
+    for (name, data) in sections {
+        write_section(w, name, data)?;
+    }
+    write_end(w)
+}
+
+fn read_exact(r: &mut impl Read, buf: &mut [u8], what: &'static str) -> Result<(), FormatError> {
+    r.read_exact(buf).map_err(|e| match e.kind() {
+        io::ErrorKind::UnexpectedEof => FormatError::Truncated(what),
+        _ => FormatError::Io(e),
+    })
+}
+
+/// Reads a snapshot; no section may be longer than `max_section` bytes
+/// (the caller's RAM size and some room: what it is ready to allocate).
+pub fn read(r: &mut impl Read, max_section: u64) -> Result<(Shape, Vec<Section>), FormatError> {
+    let mut magic = [0u8; 8];
+    read_exact(r, &mut magic, "magic")?;
+    if magic != MAGIC {
+        return Err(FormatError::Magic);
+    }
+    let mut word = [0u8; 4];
+    read_exact(r, &mut word, "version")?;
+    let version = u32::from_le_bytes(word);
+    if version != FORMAT_VERSION {
+        return Err(FormatError::Version(version));
+    }
+    let mut sections: Vec<Section> = Vec::new();
+    loop {
+        let mut len = [0u8; 2];
+        read_exact(r, &mut len, "section header")?;
+        let name_len = usize::from(u16::from_le_bytes(len));
+        if name_len == 0 {
+            break;
+        }
+        if name_len > MAX_NAME {
+            return Err(FormatError::Name);
+        }
+        let mut name = vec![0u8; name_len];
+        read_exact(r, &mut name, "section name")?;
+        let name = String::from_utf8(name).map_err(|_| FormatError::Name)?;
+        let mut len = [0u8; 8];
+        read_exact(r, &mut len, "section header")?;
+        let len = u64::from_le_bytes(len);
+        if len > max_section {
+            return Err(FormatError::TooLarge {
+                name,
+                len,
+                limit: max_section,
+            });
+        }
+        read_exact(r, &mut word, "section header")?;
+        let crc = u32::from_le_bytes(word);
+        // Read through `take` so that a cut file fails before a large
+        // allocation is filled with nothing.
+        let mut data = Vec::new();
+        let got = r.by_ref().take(len).read_to_end(&mut data)?;
+        if got as u64 != len {
+            return Err(FormatError::Truncated("section data"));
+        }
+        if crc32fast::hash(&data) != crc {
+            return Err(FormatError::Checksum(name));
+        }
+        if sections.iter().any(|s| s.name == name) {
+            return Err(FormatError::Duplicate(name));
+        }
+        sections.push(Section { name, data });
+    }
+    let first = sections.first().filter(|s| s.name == "shape");
+    let shape = first.ok_or(FormatError::Shape(None))?;
+    let shape: Shape =
+        serde_json::from_slice(&shape.data).map_err(|e| FormatError::Shape(Some(e)))?;
+    sections.remove(0);
+    Ok((shape, sections))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shape() -> Shape {
+        Shape {
+            cpus: 2,
+            ram: vec![(0, 128 << 20)],
+            kvm_pit: false,
+            devices: vec![("serial0".into(), "isa-serial".into())],
+        }
+    }
+
+    fn file() -> Vec<u8> {
+        let mut out = Vec::new();
+        write(
+            &mut out,
+            &shape(),
+            &[("vcpus", b"[1,2]"), ("ram", &[7u8; 1000])],
+        )
+        .unwrap();
+        out
+    }
+
+    #[test]
+    fn a_written_snapshot_reads_back() {
+        let (s, sections) = read(&mut file().as_slice(), 1 << 20).unwrap();
+        assert_eq!(s, shape());
+        assert_eq!(sections.len(), 2);
+        assert_eq!(sections[0].name, "vcpus");
+        assert_eq!(sections[1].data, vec![7u8; 1000]);
+    }
+
+    #[test]
+    fn damaged_cut_and_foreign_files_are_refused() {
+        let good = file();
+        let err = |bytes: &[u8]| read(&mut &bytes[..], 1 << 20).unwrap_err().to_string();
+        assert_eq!(err(b"ELF\x7f1234567"), "not a snapshot file (bad magic)");
+        let mut v2 = good.clone();
+        v2[8] = 2;
+        assert_eq!(err(&v2), "snapshot format version 2, this build reads 1");
+        // Every cut is an error, never a panic.
+        for cut in 0..good.len() {
+            assert!(read(&mut &good[..cut], 1 << 20).is_err(), "cut at {cut}");
+        }
+        let mut flipped = good.clone();
+        let last = flipped.len() - 10;
+        flipped[last] ^= 1;
+        assert_eq!(err(&flipped), "section 'ram' is damaged (CRC-32 mismatch)");
+        // A section larger than the caller allows is refused before it is
+        // read.
+        let e = read(&mut good.as_slice(), 100).unwrap_err().to_string();
+        assert!(e.contains("section 'ram' is 1000 bytes"), "{e}");
+        // No shape first.
+        let mut no_shape = Vec::new();
+        no_shape.extend_from_slice(&MAGIC);
+        no_shape.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        write_section(&mut no_shape, "ram", b"x").unwrap();
+        no_shape.extend_from_slice(&0u16.to_le_bytes());
+        assert_eq!(
+            err(&no_shape),
+            "the snapshot's shape is missing or malformed"
+        );
+    }
+
+    #[test]
+    fn shapes_say_how_they_differ() {
+        let a = shape();
+        assert_eq!(a.difference(&a), None);
+        let mut b = a.clone();
+        b.cpus = 1;
+        assert_eq!(
+            a.difference(&b).unwrap(),
+            "the snapshot has 2 vCPUs, this machine 1"
+        );
+        let mut c = a.clone();
+        c.ram = vec![(0, 64 << 20)];
+        assert_eq!(
+            a.difference(&c).unwrap(),
+            "the snapshot has 128 MiB of RAM, this machine 64 MiB"
+        );
+        let mut d = a.clone();
+        d.devices.push(("watchdog0".into(), "ib700".into()));
+        assert!(a.difference(&d).unwrap().contains("watchdog0 (ib700)"));
+    }
+}
