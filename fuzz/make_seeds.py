@@ -11,6 +11,7 @@ inputs that reach deep states. Run it again after changing an encoding:
 import os
 import shutil
 import struct
+import zlib
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpus")
 SEEDS = {}
@@ -300,6 +301,20 @@ seed("boot_params", "elf-pvh",
      + u64(0x1002000) + b"\x02" + u64(0x1000100) + u64(0x1002000) + b"\x00" + u16(4) + b"ro q"
      + b"\x00" + b"\x00" + b"\x81")
 
+
+
+# snapshot_file: a small snapshot in the file format (vmm-pc's
+# snapshot/format.rs): magic, version, sections with CRC-32s.
+def snap_section(name, data):
+    n = name.encode()
+    return u16(len(n)) + n + u64(len(data)) + u32(zlib.crc32(data)) + data
+
+
+SNAP_SHAPE = (b'{"cpus":1,"ram":[[0,4096]],"kvm_pit":false,'
+              b'"devices":[["serial0","isa-serial"]]}')
+seed("snapshot_file", "small",
+     b"VMMSNAP\x00" + u32(1) + snap_section("shape", SNAP_SHAPE)
+     + snap_section("vcpus", b"[]") + snap_section("ram@0", bytes(64)) + u16(0))
 
 def main():
     for target, seeds in SEEDS.items():
