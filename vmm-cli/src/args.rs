@@ -92,6 +92,11 @@ pub struct Args {
     #[arg(long, value_name = "ACTION", default_value = "exit")]
     pub reboot: RebootChoice,
 
+    /// Start by loading the machine's state from URI, QEMU's -incoming:
+    /// `file:PATH` (a file written by QMP `migrate` with `file:PATH`).
+    #[arg(long, value_name = "URI")]
+    pub incoming: Option<String>,
+
     /// What events do, QEMU's -action: `watchdog=reset|shutdown|poweroff|
     /// pause|debug|none|inject-nmi` (default reset), `reboot=reset|shutdown`
     /// (as --reboot reset|exit). Repeatable; QMP `set-action` changes them

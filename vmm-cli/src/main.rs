@@ -105,6 +105,13 @@ where
 fn run(args: Args, devices: storage::Devices) -> Result<ExitReason> {
     args.check().map_err(anyhow::Error::msg)?;
     let actions = actions::parse(&args.action).map_err(anyhow::Error::msg)?;
+    let incoming = match &args.incoming {
+        Some(uri) => Some(
+            vmm_pc::parse_migration_uri(uri)
+                .map_err(|e| anyhow::anyhow!("--incoming {uri}: {e}"))?,
+        ),
+        None => None,
+    };
     let kernel = args
         .kernel
         .clone()
@@ -160,6 +167,7 @@ fn run(args: Args, devices: storage::Devices) -> Result<ExitReason> {
             args::RebootChoice::Reset => RebootAction::Reset,
         }),
         ib700: devices.ib700,
+        incoming,
         watchdog_action: actions.watchdog.unwrap_or_default(),
         // With QMP a user can look at a KVM internal error and reset or
         // quit; without, stopping would only hang.

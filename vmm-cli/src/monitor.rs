@@ -125,6 +125,9 @@ pub fn reply_text(outcome: Result<Reply, String>) -> String {
             })
             .collect(),
         Ok(Reply::Devices(devices)) => qtree_text(&devices),
+        Ok(Reply::Migration(m)) => m.map_or_else(String::new, |m| {
+            format!("Migration status: {}\r\ntotal time: {} ms\r\n", m.status, m.total_time_ms)
+        }),
         Ok(Reply::Jobs(jobs)) => jobs
             .iter()
             .map(|j| format!("{} ({}): {}\r\n", j.id, j.kind, j.status.as_str()))

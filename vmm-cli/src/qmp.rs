@@ -5,6 +5,7 @@
 //! submitted to the main loop, which replies when it has run them.
 
 mod jobs;
+mod migration;
 
 use serde_json::{json, Map, Value};
 use vmm_pc::{Command, MachineControl, MachineEvent, Reply};
@@ -32,6 +33,9 @@ const COMMANDS: &[&str] = &[
     "snapshot-load",
     "query-jobs",
     "job-dismiss",
+    "migrate",
+    "query-migrate",
+    "migrate-set-capabilities",
     "query-pci",
     "query-block",
     "query-blockstats",
@@ -194,6 +198,7 @@ fn reply_json(reply: Reply) -> Value {
         Reply::Block(disks) => block_json(&disks),
         Reply::Pci(functions) => pci_json(&functions),
         Reply::Jobs(list) => jobs::jobs_json(&list),
+        Reply::Migration(info) => migration::info_json(info.as_ref()),
         Reply::Devices(devices) => Value::Array(
             devices
                 .iter()
@@ -277,7 +282,9 @@ impl Backend for MachineBackend {
         if command == "human-monitor-command" {
             return self.human_monitor_command(arguments, r);
         }
-        if let Some(parsed) = jobs::parse(command, arguments) {
+        if let Some(parsed) =
+            jobs::parse(command, arguments).or_else(|| migration::parse(command, arguments))
+        {
             return match parsed {
                 Ok(command) => self.control.submit(
                     command,
@@ -415,6 +422,9 @@ pub fn forward_events(outbox: Outbox) -> impl FnMut(&MachineEvent) + Send + 'sta
                 "reason": if *guest { "guest-reset" } else { "host-qmp-system-reset" },
             })),
         ),
+        MachineEvent::Migration { status } => {
+            outbox.event("MIGRATION", Some(json!({ "status": status })))
+        }
         MachineEvent::JobStatus { id, status } => outbox.event(
             "JOB_STATUS_CHANGE",
             Some(json!({"id": id, "status": status})),

@@ -390,6 +390,9 @@ fn bad_command_lines_are_refused() {
         (&["--kernel", "K", "--device", "ib700", "--device", "ib700"], Vmm, "there can be only one ib700", false),
         (&["--kernel", "K", "--action", "watchdog=bogus"], Vmm, "Parameter 'watchdog' does not accept value 'bogus'", false),
         (&["--kernel", "K", "--action", "frob=1"], Vmm, "Invalid parameter 'frob'", false),
+        (&["--kernel", "K", "--incoming", "tcp:localhost:4444"], Vmm, "only file:PATH is supported so far", false),
+        (&["--kernel", "K", "--incoming", "bogus"], Vmm, "Invalid migration URI 'bogus'", false),
+        (&["--kernel", "ELF", "--incoming", "file:/nonexistent/vm.mig"], Vmm, "load of migration from /nonexistent/vm.mig failed: cannot open", false),
     ];
     assert!(table.len() >= 25);
     let dir = TempDir::new("table");

@@ -45,6 +45,15 @@ pub enum Command {
     },
     /// The jobs (QMP `query-jobs`).
     QueryJobs,
+    /// Migrate to `uri` (QMP `migrate`; `file:PATH` so far).
+    Migrate {
+        /// QEMU's URI.
+        uri: String,
+    },
+    /// The last migration (QMP `query-migrate`).
+    QueryMigrate,
+    /// `MIGRATION` events on or off (the `events` capability).
+    MigrationEvents(bool),
     /// Forget a concluded job (QMP `job-dismiss`).
     JobDismiss {
         /// The job's id.
@@ -124,6 +133,8 @@ pub enum Reply {
     Devices(Vec<DeviceInfo>),
     /// The jobs.
     Jobs(Vec<crate::snapshot::jobs::JobInfo>),
+    /// The last migration, if any.
+    Migration(Option<crate::MigrationInfo>),
 }
 
 /// Called with a command's outcome, on the main-loop thread.
@@ -206,6 +217,11 @@ pub enum MachineEvent {
     },
     /// A disk's host I/O failed (`BLOCK_IO_ERROR`).
     BlockIoError(BlockIoError),
+    /// A migration changed status (`MIGRATION`).
+    Migration {
+        /// The new status.
+        status: &'static str,
+    },
     /// A job changed status (`JOB_STATUS_CHANGE`).
     JobStatus {
         /// The job's id.

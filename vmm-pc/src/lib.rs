@@ -30,6 +30,6 @@ pub use control::{
     ReplyFn, ShutdownCause,
 };
 pub use machine::{
-    ExitReason, MachineControl, PcConfig, PcError, PcMachine, PitBackend, RebootAction,
-    WatchdogAction,
+    parse_migration_uri, ExitReason, MachineControl, MigrationInfo, PcConfig, PcError, PcMachine,
+    PitBackend, RebootAction, WatchdogAction,
 };

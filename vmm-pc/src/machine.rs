@@ -46,10 +46,12 @@ use crate::layout::{self, MAX_CPUS};
 use crate::memory;
 
 mod info;
+mod migration;
 mod snapshot;
 mod types;
 mod watchdog;
 
+pub use migration::{parse_uri as parse_migration_uri, MigrationInfo};
 pub use types::{ExitReason, PcConfig, PcError, PitBackend, RebootAction};
 pub use watchdog::WatchdogAction;
 
@@ -134,6 +136,12 @@ pub struct PcMachine {
     pit_backend: PitBackend,
     /// Snapshot jobs not yet dismissed.
     jobs: crate::snapshot::jobs::Jobs,
+    /// The last migration (`query-migrate`).
+    migration: Option<MigrationInfo>,
+    /// `MIGRATION` events wanted (the `events` capability).
+    migration_events: bool,
+    /// `--incoming file:PATH`: load this before running.
+    incoming: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for PcMachine {
@@ -373,6 +381,9 @@ impl PcMachine {
             msr_indices,
             pit_backend: config.pit,
             jobs: crate::snapshot::jobs::Jobs::default(),
+            migration: None,
+            migration_events: false,
+            incoming: config.incoming.clone(),
         })
     }
 
@@ -452,8 +463,18 @@ impl PcMachine {
     }
 
     fn run_loop(&mut self) -> Result<ExitReason, PcError> {
-        // As QEMU's -S, `start_paused` stays in prelaunch until `cont`.
-        if !self.start_paused {
+        if let Some(path) = self.incoming.take() {
+            self.incoming(&path)?;
+            if self.start_paused {
+                self.runstate
+                    .transition(RunState::Paused)
+                    .map_err(|e| PcError::Control(e.to_string()))?;
+            } else {
+                self.start()?;
+                self.emit(MachineEvent::Resume);
+            }
+        } else if !self.start_paused {
+            // As QEMU's -S, `start_paused` stays in prelaunch until `cont`.
             self.start()?;
         }
         loop {
@@ -515,6 +536,15 @@ impl PcMachine {
             )),
             Command::QueryPci => Ok(Reply::Pci(lock(&self.devices.pci).describe())),
             Command::QueryDevices => Ok(Reply::Devices(self.device_tree())),
+            Command::Migrate { uri } => {
+                self.migrate(&uri)?;
+                Ok(Reply::Done)
+            }
+            Command::QueryMigrate => Ok(Reply::Migration(self.migration.clone())),
+            Command::MigrationEvents(on) => {
+                self.migration_events = on;
+                Ok(Reply::Done)
+            }
             Command::SnapshotSave { .. }
             | Command::SnapshotLoad { .. }
             | Command::QueryJobs

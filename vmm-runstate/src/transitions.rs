@@ -76,6 +76,10 @@ pub const SEED_TRANSITIONS: &[(RunState, RunState)] = &[
 ///   have) and `colo` (not a state we implement). `save-vm -> prelaunch` is in
 ///   neither table: no reset is serviced while a snapshot is being saved.
 ///   `restore-vm -> prelaunch` is the reset done while loading a snapshot.
+/// * **A failed migration of a paused VM (1 pair):** `finish-migrate ->
+///   paused`. Current QEMU puts the source back in the state it left for
+///   the migration; from `running` that is the seed's `finish-migrate ->
+///   running`, from `paused` this pair.
 /// * **`cont` after a guest panic (1 pair):** `guest-panicked -> running`.
 ///   Current QEMU lets a panicked guest be continued; for that reason
 ///   `guest-panicked` is no longer a needs-reset state (see
@@ -95,6 +99,8 @@ pub const ADDED_TRANSITIONS: &[(RunState, RunState)] = &[
     (Suspended, Prelaunch),
     (Watchdog, Prelaunch),
     (GuestPanicked, Prelaunch),
+    // A failed migration of a paused VM puts it back (current QEMU).
+    (FinishMigrate, Paused),
     // QMP `cont` after a guest panic resumes the guest (current QEMU).
     (GuestPanicked, Running),
 ];
@@ -163,7 +169,7 @@ mod tests {
         (Paused, &[Running, FinishMigrate, Prelaunch]),
         (Postmigrate, &[Running, FinishMigrate, Prelaunch]),
         (Prelaunch, &[Running, FinishMigrate, Inmigrate]),
-        (FinishMigrate, &[Running, Postmigrate]),
+        (FinishMigrate, &[Running, Postmigrate, Paused]),
         (RestoreVm, &[Running, Prelaunch]),
         (
             Running,

@@ -42,7 +42,7 @@ struct SavedClocks {
 }
 
 /// Everything a load puts back, decoded and checked.
-struct Loaded {
+pub(super) struct Loaded {
     vcpus: Vec<VcpuState>,
     irqchip: Vec<kvm_irqchip>,
     pit: Option<kvm_pit_state2>,
@@ -97,7 +97,7 @@ impl PcMachine {
         }
     }
 
-    fn check_snapshottable(&self) -> Result<(), CommandFailure> {
+    pub(super) fn check_snapshottable(&self) -> Result<(), CommandFailure> {
         if !self.disks.is_empty() {
             return Err(refused(
                 "snapshots of a machine with disks are not supported yet (a virtio device's \
@@ -123,7 +123,7 @@ impl PcMachine {
         saved
     }
 
-    fn write_snapshot(&mut self, path: &Path) -> Result<(), CommandFailure> {
+    pub(super) fn write_snapshot(&mut self, path: &Path) -> Result<(), CommandFailure> {
         let machine = |e: vmm_core::vm::VmError| CommandFailure::Machine(e.into());
         let msrs = Arc::new(self.msr_indices.clone());
         let vcpus = self
@@ -176,7 +176,7 @@ impl PcMachine {
     }
 
     /// Reads `path` and checks all of it against this machine.
-    fn read_snapshot(&self, path: &Path) -> Result<Loaded, CommandFailure> {
+    pub(super) fn read_snapshot(&self, path: &Path) -> Result<Loaded, CommandFailure> {
         let file = File::open(path)
             .map_err(|e| refused(format!("cannot open {}: {e}", path.display())))?;
         let ours = self.shape();
@@ -228,22 +228,9 @@ impl PcMachine {
         Ok(loaded)
     }
 
-    /// `snapshot-load`'s work: the machine back to the state in `path`.
-    pub(super) fn snapshot_load(&mut self, path: &Path) -> Result<(), CommandFailure> {
-        self.check_snapshottable()?;
-        let loaded = self.read_snapshot(path)?;
-        let was_running = self.runstate.is_running();
-        if was_running {
-            self.stop_with(RunState::RestoreVm)
-                .map_err(CommandFailure::Machine)?;
-        } else {
-            self.vcpus
-                .pause_all()
-                .map_err(|e| CommandFailure::Machine(e.into()))?;
-        }
-        // From here on the machine changes: a failure leaves it stopped
-        // (QEMU leaves a failed load's VM stopped too); `system_reset`
-        // starts afresh.
+    /// Puts a checked snapshot back on the stopped machine: RAM, irqchip,
+    /// KVM's PIT, every vCPU, the clocks, the devices.
+    pub(super) fn apply_snapshot(&mut self, loaded: Loaded) -> Result<(), CommandFailure> {
         let machine = |e: vmm_core::vm::VmError| CommandFailure::Machine(e.into());
         for (gpa, bytes) in &loaded.ram {
             self.vm
@@ -275,6 +262,26 @@ impl PcMachine {
         self.clocks.set_virtual_ns(loaded.clocks.virtual_ns);
         self.devices.model.load(&loaded.devices).map_err(refused)?;
         self.paused_clock = Some(loaded.clocks.kvmclock);
+        Ok(())
+    }
+
+    /// `snapshot-load`'s work: the machine back to the state in `path`.
+    pub(super) fn snapshot_load(&mut self, path: &Path) -> Result<(), CommandFailure> {
+        self.check_snapshottable()?;
+        let loaded = self.read_snapshot(path)?;
+        let was_running = self.runstate.is_running();
+        if was_running {
+            self.stop_with(RunState::RestoreVm)
+                .map_err(CommandFailure::Machine)?;
+        } else {
+            self.vcpus
+                .pause_all()
+                .map_err(|e| CommandFailure::Machine(e.into()))?;
+        }
+        // From here on the machine changes: a failure leaves it stopped
+        // (QEMU leaves a failed load's VM stopped too); `system_reset`
+        // starts afresh.
+        self.apply_snapshot(loaded)?;
         if was_running {
             self.start().map_err(CommandFailure::Machine)?;
             self.emit(crate::MachineEvent::Resume);

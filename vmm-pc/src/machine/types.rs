@@ -40,6 +40,9 @@ pub struct PcConfig {
     pub reboot: RebootAction,
     /// An ib700 watchdog (`--device ib700`).
     pub ib700: bool,
+    /// `--incoming file:PATH`: the machine loads this file before it runs
+    /// (QEMU's `-incoming`).
+    pub incoming: Option<PathBuf>,
     /// What the watchdog's expiry does (`--action watchdog=`).
     pub watchdog_action: super::WatchdogAction,
     /// On a KVM internal error or failed entry, stop in `internal-error`,

@@ -1,0 +1,159 @@
+//! Migration through a file end to end: QMP `migrate` with `file:PATH` on
+//! the source (`finish-migrate`, then `postmigrate`; `MIGRATION` events
+//! with the `events` capability; `query-migrate`), `--incoming file:PATH`
+//! on a new VMM process that counts on from where the source stopped, on
+//! a hand-assembled counting guest on this host's `/dev/kvm`.
+
+mod common;
+
+use std::io::Write;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::qmp_client::{spawn, Client};
+use common::*;
+use serde_json::{json, Value};
+use vmm_pc::test_guests;
+
+const DELAY: u32 = 100_000;
+
+fn execute_with(c: &mut Client, command: &str, arguments: Value) -> Value {
+    writeln!(
+        c.w,
+        "{}",
+        json!({"execute": command, "arguments": arguments})
+    )
+    .unwrap();
+    loop {
+        let v = c.line();
+        if v.get("event").is_none() {
+            return v;
+        }
+        c.events.push(v);
+    }
+}
+
+/// The console's complete lines as counts; a first fragment (a line the
+/// source began) is not a count of this console's own.
+fn counts(log: &Path, skip_first_fragment: bool) -> Vec<u32> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let complete = text.rfind('\n').map_or("", |end| &text[..=end]);
+    let mut lines: Vec<&str> = complete.lines().collect();
+    if skip_first_fragment && !lines.is_empty() {
+        lines.remove(0);
+    }
+    lines
+        .iter()
+        .filter_map(|l| u32::from_str_radix(l.trim(), 16).ok())
+        .collect()
+}
+
+fn wait_counts(log: &Path, n: usize, skip: bool) -> Vec<u32> {
+    let start = Instant::now();
+    loop {
+        let c = counts(log, skip);
+        if c.len() >= n {
+            return c;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "only {c:?} in {:?}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_guest_migrated_through_a_file_counts_on_in_a_new_process() {
+    if !kvm("migrate_file") {
+        return;
+    }
+    let dir = TempDir::new("migrate-src");
+    let log = dir.0.join("serial.log");
+    let serial = format!("file:{}", log.display());
+    let file = dir.0.join("vm.mig");
+    let guest = test_guests::counter(DELAY);
+    let (src, sock) = spawn(&dir, &guest, &["--serial", &serial]);
+    let mut c = Client::connect(&sock);
+    assert_eq!(c.execute("query-migrate"), json!({"return": {}}));
+    wait_counts(&log, 5, false);
+    assert_eq!(
+        execute_with(
+            &mut c,
+            "migrate-set-capabilities",
+            json!({"capabilities": [{"capability": "events", "state": true}]})
+        ),
+        json!({"return": {}})
+    );
+    let uri = format!("file:{}", file.display());
+    assert_eq!(
+        execute_with(&mut c, "migrate", json!({ "uri": uri })),
+        json!({"return": {}})
+    );
+    for status in ["setup", "active", "completed"] {
+        assert_eq!(c.event("MIGRATION")["data"]["status"], status);
+    }
+    c.event("STOP");
+    assert_eq!(c.status()["status"], "postmigrate");
+    let info = c.execute("query-migrate")["return"].clone();
+    assert_eq!(info["status"], "completed", "{info}");
+    assert_eq!(info["ram"]["total"], 64u64 << 20);
+    let at_migration = counts(&log, false);
+    let last = *at_migration.last().unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        counts(&log, false),
+        at_migration,
+        "the source stays stopped"
+    );
+
+    // The destination: the same command line with --incoming.
+    let dir2 = TempDir::new("migrate-dst");
+    let log2 = dir2.0.join("serial.log");
+    let serial2 = format!("file:{}", log2.display());
+    let (dst, sock2) = spawn(&dir2, &guest, &["--serial", &serial2, "--incoming", &uri]);
+    let mut d = Client::connect(&sock2);
+    let resumed = wait_counts(&log2, 3, true);
+    assert!(
+        resumed[0] > last && resumed[0] <= last + 2,
+        "the source stopped after {last:#x}; the destination printed {resumed:x?}"
+    );
+    assert_eq!(resumed[1], resumed[0] + 1);
+    assert_eq!(d.status()["status"], "running");
+    d.execute("quit");
+    let o = wait(dst);
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    // `cont` runs the source again, as QEMU's after a migration.
+    assert_eq!(c.execute("cont"), json!({"return": {}}));
+    assert_eq!(c.status()["status"], "running");
+    wait_counts(&log, at_migration.len() + 2, false);
+    c.execute("quit");
+    let o = wait(src);
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    // Paused destination: loads, waits for cont.
+    let dir3 = TempDir::new("migrate-dst-paused");
+    let (dst, sock3) = spawn(
+        &dir3,
+        &guest,
+        &["--serial", "none", "--incoming", &uri, "--paused"],
+    );
+    let mut p = Client::connect(&sock3);
+    assert_eq!(p.status()["status"], "paused");
+    assert_eq!(p.execute("cont"), json!({"return": {}}));
+    assert_eq!(p.status()["status"], "running");
+    p.execute("quit");
+    assert!(wait(dst).status.success());
+
+    // A destination of another shape refuses the file and ends with 1.
+    let k = dir3.file("counter.elf", &guest);
+    let o = run_kernel(&k, &["--memory", "128M", "--incoming", &uri]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("the snapshot has 64 MiB of RAM, this machine 128 MiB"),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -1,0 +1,167 @@
+//! Migration to and from a file (QEMU's `migrate` with `uri` `file:PATH`,
+//! and `-incoming file:PATH`), on the snapshot's format and state (see
+//! `snapshot.rs`): the source stops (`finish-migrate`), writes everything
+//! and stays stopped (`postmigrate`, where `cont` runs it again); a failure
+//! puts it back where it was. The destination starts in `inmigrate`, loads
+//! the file before any vCPU runs, and runs (or waits `paused` with
+//! `--paused`).
+//!
+//! `query-migrate` reports the last migration in QEMU's shape;
+//! `MIGRATION` events (`setup`, `active`, `completed` or `failed`) go out
+//! when the client turned on the `events` capability
+//! (`migrate-set-capabilities`), as QEMU's do. Pre-copy over `tcp:`,
+//! `unix:` or `exec:` while the guest runs is not here yet: a file
+//! migration stops the guest for the whole copy.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+use vmm_runstate::RunState;
+
+use super::{CommandFailure, PcError, PcMachine};
+use crate::MachineEvent;
+
+/// The last migration, for `query-migrate`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigrationInfo {
+    /// `setup`, `active`, `completed` or `failed`.
+    pub status: &'static str,
+    /// Start to end, ms.
+    pub total_time_ms: u64,
+    /// The guest stopped, ms.
+    pub downtime_ms: u64,
+    /// Guest RAM, bytes.
+    pub ram_total: u64,
+    /// RAM written, bytes.
+    pub ram_transferred: u64,
+    /// Why it failed.
+    pub error: Option<String>,
+}
+
+/// Where a migration goes (or comes from): QEMU's URI, `file:PATH` only.
+pub fn parse_uri(uri: &str) -> Result<PathBuf, String> {
+    match uri.split_once(':') {
+        Some(("file", path)) if !path.is_empty() => Ok(PathBuf::from(path)),
+        Some(("tcp" | "unix" | "exec" | "fd", _)) => Err(format!(
+            "migration URI '{uri}': only file:PATH is supported so far"
+        )),
+        _ => Err(format!("Invalid migration URI '{uri}'")),
+    }
+}
+
+impl PcMachine {
+    fn migration_status(&mut self, status: &'static str) {
+        if self.migration_events {
+            self.emit(MachineEvent::Migration { status });
+        }
+    }
+
+    fn ram_total(&self) -> u64 {
+        self.vm.memory().iter().map(|r| r.len()).sum()
+    }
+
+    /// QMP `migrate`: the machine into the file `uri` names.
+    pub(super) fn migrate(&mut self, uri: &str) -> Result<(), CommandFailure> {
+        let path = parse_uri(uri).map_err(CommandFailure::Refused)?;
+        self.check_snapshottable()?;
+        let state = self.runstate.state();
+        if !matches!(state, RunState::Running | RunState::Paused) {
+            return Err(CommandFailure::Refused(format!(
+                "migration is not possible in state '{state}'"
+            )));
+        }
+        let started = Instant::now();
+        self.migration_status("setup");
+        self.migration_status("active");
+        let was_running = self.runstate.is_running();
+        self.stop_with(RunState::FinishMigrate)
+            .map_err(CommandFailure::Machine)?;
+        let stopped = Instant::now();
+        let written = self.write_snapshot(&path);
+        let ms = |i: Instant| u64::try_from(i.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let total = self.ram_total();
+        let mut info = MigrationInfo {
+            status: "completed",
+            total_time_ms: ms(started),
+            downtime_ms: ms(stopped),
+            ram_total: total,
+            ram_transferred: total,
+            error: None,
+        };
+        match written {
+            Ok(()) => {
+                self.runstate
+                    .transition(RunState::Postmigrate)
+                    .map_err(|e| CommandFailure::Machine(PcError::Control(e.to_string())))?;
+                self.migration = Some(info);
+                self.migration_status("completed");
+                Ok(())
+            }
+            Err(e) => {
+                let why = match &e {
+                    CommandFailure::Refused(w) => w.clone(),
+                    CommandFailure::Machine(m) => m.to_string(),
+                };
+                log::warn!("migration failed: {why}");
+                info.status = "failed";
+                info.ram_transferred = 0;
+                info.error = Some(why);
+                self.migration = Some(info);
+                self.migration_status("failed");
+                // Back where it was.
+                if was_running {
+                    self.start().map_err(CommandFailure::Machine)?;
+                    self.emit(MachineEvent::Resume);
+                } else {
+                    self.runstate
+                        .transition(RunState::Paused)
+                        .map_err(|e| CommandFailure::Machine(PcError::Control(e.to_string())))?;
+                }
+                match e {
+                    CommandFailure::Machine(m) => Err(CommandFailure::Machine(m)),
+                    CommandFailure::Refused(_) => Ok(()),
+                }
+            }
+        }
+    }
+
+    /// `--incoming file:PATH`, before any vCPU runs: `inmigrate`, the
+    /// machine loaded from the file; the caller then starts it (or leaves
+    /// it `paused` with `--paused`). A file that does not fit this machine
+    /// is an error (the VMM ends, as QEMU's "load of migration failed").
+    pub(super) fn incoming(&mut self, path: &Path) -> Result<(), PcError> {
+        self.runstate
+            .transition(RunState::Inmigrate)
+            .map_err(|e| PcError::Control(e.to_string()))?;
+        let fail = |e: CommandFailure| match e {
+            CommandFailure::Refused(why) => PcError::Control(format!(
+                "load of migration from {} failed: {why}",
+                path.display()
+            )),
+            CommandFailure::Machine(m) => m,
+        };
+        self.check_snapshottable().map_err(fail)?;
+        let loaded = self.read_snapshot(path).map_err(fail)?;
+        self.apply_snapshot(loaded).map_err(fail)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_file_uris_for_now() {
+        assert_eq!(parse_uri("file:/tmp/x").unwrap(), PathBuf::from("/tmp/x"));
+        assert!(parse_uri("tcp:localhost:4444")
+            .unwrap_err()
+            .contains("only file:PATH"));
+        assert_eq!(
+            parse_uri("bogus").unwrap_err(),
+            "Invalid migration URI 'bogus'"
+        );
+        assert!(parse_uri("file:").is_err());
+    }
+}
