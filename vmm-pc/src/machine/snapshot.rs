@@ -48,7 +48,8 @@ pub(super) struct Loaded {
     pit: Option<kvm_pit_state2>,
     clocks: SavedClocks,
     devices: Vec<SavedEntry>,
-    ram: Vec<(u64, Vec<u8>)>,
+    /// (guest address, size, encoded pages), each checked.
+    ram: Vec<(u64, u64, Vec<u8>)>,
 }
 
 fn refused(why: impl std::fmt::Display) -> CommandFailure {
@@ -159,13 +160,15 @@ impl PcMachine {
         format::write_section(&mut w, "kvm-pit", &json("PIT", &pit)?).map_err(io)?;
         format::write_section(&mut w, "clocks", &json("clocks", &clocks)?).map_err(io)?;
         format::write_section(&mut w, "devices", &json("devices", &devices)?).map_err(io)?;
-        for region in self.vm.memory().iter() {
-            let mut bytes = vec![0u8; usize::try_from(region.len()).unwrap_or(0)];
-            self.vm
-                .memory()
-                .read_slice(&mut bytes, region.start_addr())
-                .map_err(|e| refused(format!("cannot read guest RAM: {e}")))?;
-            let name = format!("ram@{:x}", region.start_addr().0);
+        let mem = self.vm.memory();
+        for region in mem.iter() {
+            let start = region.start_addr();
+            let bytes = format::encode_ram(region.len(), |offset, buf| {
+                mem.read_slice(buf, GuestAddress(start.0 + offset))
+                    .map_err(std::io::Error::other)
+            })
+            .map_err(|e| refused(format!("cannot read guest RAM: {e}")))?;
+            let name = format!("ram@{:x}", start.0);
             format::write_section(&mut w, &name, &bytes).map_err(io)?;
         }
         format::write_end(&mut w).map_err(io)?;
@@ -197,12 +200,9 @@ impl PcMachine {
         for (gpa, size) in &ours.ram {
             let name = format!("ram@{gpa:x}");
             let data = section(&sections, &name)?;
-            if data.len() as u64 != *size {
-                return Err(refused(format!(
-                    "the snapshot's '{name}' has the wrong size"
-                )));
-            }
-            ram.push((*gpa, data.to_vec()));
+            format::SparseRam::decode(data, *size)
+                .map_err(|e| refused(format!("the snapshot's '{name}': {e}")))?;
+            ram.push((*gpa, *size, data.to_vec()));
             known.push(name);
         }
         if let Some(s) = sections.iter().find(|s| !known.contains(&s.name)) {
@@ -232,11 +232,26 @@ impl PcMachine {
     /// KVM's PIT, every vCPU, the clocks, the devices.
     pub(super) fn apply_snapshot(&mut self, loaded: Loaded) -> Result<(), CommandFailure> {
         let machine = |e: vmm_core::vm::VmError| CommandFailure::Machine(e.into());
-        for (gpa, bytes) in &loaded.ram {
-            self.vm
-                .memory()
-                .write_slice(bytes, GuestAddress(*gpa))
-                .map_err(|e| refused(format!("cannot write guest RAM: {e}")))?;
+        let mem = self.vm.memory();
+        let ram_error = |e: vm_memory::GuestMemoryError| refused(format!("guest RAM: {e}"));
+        let zeroes = [0u8; format::PAGE];
+        let mut page = [0u8; format::PAGE];
+        for (gpa, size, encoded) in &loaded.ram {
+            let sparse = format::SparseRam::decode(encoded, *size).map_err(refused)?;
+            for (offset, bytes) in sparse.pages() {
+                let at = GuestAddress(gpa + offset);
+                match bytes {
+                    Some(bytes) => mem.write_slice(bytes, at).map_err(ram_error)?,
+                    // A zero page: written only where this RAM holds
+                    // something (fresh RAM stays untouched).
+                    None => {
+                        mem.read_slice(&mut page, at).map_err(ram_error)?;
+                        if page != zeroes {
+                            mem.write_slice(&zeroes, at).map_err(ram_error)?;
+                        }
+                    }
+                }
+            }
         }
         self.vm
             .set_irqchip_state(&loaded.irqchip)

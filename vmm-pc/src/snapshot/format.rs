@@ -114,6 +114,9 @@ pub enum FormatError {
     /// The same section twice.
     #[error("section '{0}' appears twice")]
     Duplicate(String),
+    /// A RAM section that does not match its region.
+    #[error("a RAM section does not match its region")]
+    Ram,
     /// The file does not start with its shape, or it does not decode.
     #[error("the snapshot's shape is missing or malformed")]
     Shape(#[source] Option<serde_json::Error>),
@@ -319,5 +322,123 @@ mod tests {
         let mut d = a.clone();
         d.devices.push(("watchdog0".into(), "ib700".into()));
         assert!(a.difference(&d).unwrap().contains("watchdog0 (ib700)"));
+    }
+}
+
+/// The page size of RAM sections.
+pub const PAGE: usize = 4096;
+
+/// Encodes a RAM region of `len` bytes that `read(offset, buf)` fills
+/// from: a bitmap with a bit per page holding anything but zeroes (least
+/// significant bit first), then those pages in order. Zero pages cost a
+/// bit: a guest's untouched RAM costs next to nothing (QEMU's migration
+/// skips zero pages the same way).
+pub fn encode_ram(
+    len: u64,
+    mut read: impl FnMut(u64, &mut [u8]) -> io::Result<()>,
+) -> io::Result<Vec<u8>> {
+    let pages = usize::try_from(len.div_ceil(PAGE as u64))
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "region too large"))?;
+    let mut bitmap = vec![0u8; pages.div_ceil(8)];
+    let mut data = Vec::new();
+    let mut chunk = vec![0u8; 256 * PAGE];
+    let mut offset = 0u64;
+    while offset < len {
+        let n = usize::try_from((len - offset).min(chunk.len() as u64)).unwrap_or(0);
+        read(offset, &mut chunk[..n])?;
+        for (i, page) in chunk[..n].chunks(PAGE).enumerate() {
+            if page.iter().any(|&b| b != 0) {
+                let index = usize::try_from(offset / PAGE as u64).unwrap_or(0) + i;
+                bitmap[index / 8] |= 1 << (index % 8);
+                data.extend_from_slice(page);
+            }
+        }
+        offset += n as u64;
+    }
+    bitmap.extend_from_slice(&data);
+    Ok(bitmap)
+}
+
+/// A RAM section decoded: per page, its bytes, or `None` for zeroes.
+#[derive(Debug)]
+pub struct SparseRam<'a> {
+    bitmap: &'a [u8],
+    pages: &'a [u8],
+    len: u64,
+}
+
+impl<'a> SparseRam<'a> {
+    /// Checks `data` as the encoding of a region of `len` bytes.
+    pub fn decode(data: &'a [u8], len: u64) -> Result<Self, FormatError> {
+        let pages = usize::try_from(len.div_ceil(PAGE as u64)).map_err(|_| FormatError::Ram)?;
+        let map_len = pages.div_ceil(8);
+        if data.len() < map_len {
+            return Err(FormatError::Ram);
+        }
+        let (bitmap, rest) = data.split_at(map_len);
+        let set: usize = bitmap.iter().map(|b| b.count_ones() as usize).sum();
+        // No bit past the last page; one page of data per bit.
+        let spare_bits = map_len * 8 - pages;
+        let last_ok = spare_bits == 0 || bitmap.last().is_some_and(|&b| b >> (8 - spare_bits) == 0);
+        if !last_ok || rest.len() != set * PAGE || len % PAGE as u64 != 0 {
+            return Err(FormatError::Ram);
+        }
+        Ok(Self {
+            bitmap,
+            pages: rest,
+            len,
+        })
+    }
+
+    /// Each page's offset in the region and its bytes (`None`: zeroes).
+    pub fn pages(&self) -> impl Iterator<Item = (u64, Option<&'a [u8]>)> + '_ {
+        let count = usize::try_from(self.len / PAGE as u64).unwrap_or(0);
+        let mut next = self.pages.chunks(PAGE);
+        (0..count).map(move |i| {
+            let offset = (i * PAGE) as u64;
+            if self.bitmap[i / 8] & (1 << (i % 8)) != 0 {
+                (offset, next.next())
+            } else {
+                (offset, None)
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod ram_tests {
+    use super::*;
+
+    #[test]
+    fn zero_pages_cost_a_bit_and_come_back_as_zeroes() {
+        let mut region = vec![0u8; 20 * PAGE];
+        region[3 * PAGE + 5] = 7;
+        region[19 * PAGE] = 1;
+        let enc = encode_ram(region.len() as u64, |off, buf| {
+            let off = off as usize;
+            buf.copy_from_slice(&region[off..off + buf.len()]);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(enc.len(), 3 + 2 * PAGE);
+        let ram = SparseRam::decode(&enc, region.len() as u64).unwrap();
+        let mut back = vec![0xffu8; region.len()];
+        for (off, page) in ram.pages() {
+            let at = off as usize;
+            match page {
+                Some(p) => back[at..at + PAGE].copy_from_slice(p),
+                None => back[at..at + PAGE].fill(0),
+            }
+        }
+        assert_eq!(back, region);
+        // A bit without its page, or a page too many, or a bit past the
+        // end, is refused.
+        assert!(SparseRam::decode(&enc[..enc.len() - 1], region.len() as u64).is_err());
+        let mut extra = enc.clone();
+        extra.extend_from_slice(&[0; PAGE]);
+        assert!(SparseRam::decode(&extra, region.len() as u64).is_err());
+        let mut past = enc.clone();
+        past[2] |= 0x80;
+        assert!(SparseRam::decode(&past, region.len() as u64).is_err());
     }
 }

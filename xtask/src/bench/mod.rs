@@ -49,6 +49,7 @@ mod memory;
 mod pio;
 mod qmp;
 mod report;
+mod snapshot;
 mod startup;
 mod sys;
 mod watchdog;
@@ -130,6 +131,7 @@ pub fn task(args: &[String]) -> Result<()> {
             "startup" => startup::startup(&ctx),
             "exit" => startup::exit(&ctx),
             "watchdog" => watchdog::run(&ctx),
+            "snapshot" => snapshot::run(&ctx),
             "memory" => memory::run(&ctx),
             "pio" => pio::run(&ctx),
             "density" => density::run(&ctx),

@@ -5,8 +5,9 @@ use anyhow::{bail, Result};
 use super::{DEFAULT_RUNS, QUICK_RUNS};
 
 /// The suites, in the order they run.
-pub(super) const SUITES: [&str; 10] = [
-    "startup", "exit", "memory", "pio", "density", "watchdog", "linux", "blk", "qmp", "alarm",
+pub(super) const SUITES: [&str; 11] = [
+    "startup", "exit", "memory", "pio", "density", "watchdog", "snapshot", "linux", "blk", "qmp",
+    "alarm",
 ];
 
 /// The parsed command line.

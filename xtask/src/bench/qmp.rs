@@ -21,21 +21,21 @@ const PAIRS: usize = 100;
 const QUICK_ROUNDS: usize = 1;
 const QUICK_PAIRS: usize = 20;
 
-struct Vmm {
-    who: Who,
-    name: &'static str,
-    argv: Vec<String>,
-    socket: PathBuf,
+pub(super) struct Vmm {
+    pub(super) who: Who,
+    pub(super) name: &'static str,
+    pub(super) argv: Vec<String>,
+    pub(super) socket: PathBuf,
 }
 
-struct Session {
+pub(super) struct Session {
     child: Child,
     w: UnixStream,
     r: BufReader<UnixStream>,
 }
 
 impl Session {
-    fn start(vmm: &Vmm) -> Result<Self> {
+    pub(super) fn start(vmm: &Vmm) -> Result<Self> {
         let _ = std::fs::remove_file(&vmm.socket);
         let child = Command::new(&vmm.argv[0])
             .args(&vmm.argv[1..])
@@ -62,7 +62,7 @@ impl Session {
         Ok(s)
     }
 
-    fn line(&mut self) -> Result<String> {
+    pub(super) fn line(&mut self) -> Result<String> {
         let mut l = String::new();
         self.r.read_line(&mut l)?;
         if l.is_empty() {
@@ -73,9 +73,16 @@ impl Session {
 
     /// Sends `command`; returns the time until `event` (if any) and the
     /// reply have both arrived: the time to the event.
-    fn request(&mut self, command: &str, event: Option<&str>) -> Result<Duration> {
+    pub(super) fn request(&mut self, command: &str, event: Option<&str>) -> Result<Duration> {
+        self.request_json(&format!("{{\"execute\":\"{command}\"}}"), event)
+    }
+
+    /// Sends the request `json` (one line); as [`Session::request`],
+    /// `event` being a text the event's line holds.
+    pub(super) fn request_json(&mut self, json: &str, event: Option<&str>) -> Result<Duration> {
+        let command = json;
         let t0 = Instant::now();
-        writeln!(self.w, "{{\"execute\":\"{command}\"}}")?;
+        writeln!(self.w, "{json}")?;
         let (mut at_event, mut replied) = (event.is_none().then(|| t0.elapsed()), false);
         while at_event.is_none() || !replied {
             let l = self.line()?;
@@ -85,7 +92,8 @@ impl Session {
                 bail!("{command}: {l}");
             } else if let Some(e) = event {
                 let seen = l.contains(&format!("\"event\":\"{e}\""))
-                    || l.contains(&format!("\"event\": \"{e}\""));
+                    || l.contains(&format!("\"event\": \"{e}\""))
+                    || (l.contains("\"event\"") && l.contains(e));
                 if at_event.is_none() && seen {
                     at_event = Some(t0.elapsed());
                 }
@@ -94,7 +102,7 @@ impl Session {
         Ok(at_event.unwrap_or_default())
     }
 
-    fn quit(mut self) -> Result<()> {
+    pub(super) fn quit(mut self) -> Result<()> {
         let _ = writeln!(self.w, "{{\"execute\":\"quit\"}}");
         let _ = self.child.wait();
         Ok(())
