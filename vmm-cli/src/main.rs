@@ -160,6 +160,7 @@ fn run(args: Args, devices: storage::Devices) -> Result<ExitReason> {
             args::RebootChoice::Reset => RebootAction::Reset,
         }),
         ib700: devices.ib700,
+        i6300esb: devices.i6300esb,
         watchdog_action: actions.watchdog.unwrap_or_default(),
         // With QMP a user can look at a KVM internal error and reset or
         // quit; without, stopping would only hang.

@@ -49,6 +49,9 @@ pub enum DeviceError {
     /// An interrupt line could not be connected.
     #[error("cannot connect the interrupt of {0}")]
     Irq(&'static str, #[source] VmError),
+    /// A PCI function could not go on the bus (its slot taken).
+    #[error("cannot put the {0} on the PCI bus")]
+    Pci(&'static str, #[source] vmm_pci::PciError),
 }
 
 /// Tells the console, through an eventfd, that the guest emptied the
@@ -159,6 +162,9 @@ pub struct PcShape {
     pub pit: PitBackend,
     /// An ib700 watchdog (`--device ib700`).
     pub ib700: bool,
+    /// An i6300esb watchdog (`--device i6300esb`): `Some(slot)`, the slot
+    /// `None` for the last free one.
+    pub i6300esb: Option<Option<u8>>,
 }
 
 /// The interrupt lines the devices drive. [`create_devices`] makes them
@@ -224,6 +230,9 @@ pub fn wire_devices(
     let mut names = build::fixed_devices(lines.pit.is_some());
     if pc.ib700 {
         names.push("ib700");
+    }
+    if pc.i6300esb.is_some() {
+        names.push("i6300esb");
     }
     let mut w = build::Wiring::new(io, clocks, serial_out, pc, lines);
     for name in names {
@@ -294,6 +303,7 @@ pub(crate) mod tests {
             cpus: 2,
             pit: PitBackend::Kvm,
             ib700: true,
+            i6300esb: Some(None),
         };
         let mut io = PcIo::new();
         let devices = wire_devices(
