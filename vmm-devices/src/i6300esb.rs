@@ -229,6 +229,11 @@ impl<T: Trigger> I6300Esb<T> {
     fn restart(&mut self) {
         let now = self.clocks.now(ClockType::Virtual);
         self.arm(Some((1, now)));
+        log::debug!(
+            "{NAME}: armed: stage 1 {} ns, stage 2 {} ns",
+            ticks_ns(self.state.config, self.state.preload[0]),
+            ticks_ns(self.state.config, self.state.preload[1])
+        );
     }
 
     fn expire(&mut self) {
@@ -243,6 +248,7 @@ impl<T: Trigger> I6300Esb<T> {
         }
         self.arm(None);
         self.state.timed_out = true;
+        log::debug!("{NAME}: stage 2 expired");
         if self.state.config & CONFIG_OUTPUT_DISABLE == 0 {
             self.fired += 1;
             fire(&self.expired, &mut self.faults, NAME, "expiry");
