@@ -345,6 +345,30 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn the_i6300esb_answers_in_slot_31_its_bar_and_its_window() {
+        let (io, devices) = wired(true);
+        let mut id = [0u8; 4];
+        lock_root(&devices).config_read(0, 31, 0, 0, &mut id);
+        assert_eq!(u32::from_le_bytes(id), 0x25ab_8086);
+        // Both watchdogs share one expiry eventfd.
+        assert!(devices.watchdog_evt.is_some());
+        // ESB_LOCK through the window; the same byte in configuration space.
+        io.mmio_write(crate::layout::WATCHDOG_WINDOW + 0x10, &[2]);
+        let mut b = [0u8];
+        lock_root(&devices).config_read(0, 31, 0, 0x68, &mut b);
+        assert_eq!(b[0], 2);
+        // The BAR decodes at its place: reload's timeout flag reads 0.
+        let mut r = [0xffu8; 2];
+        io.mmio_read(crate::pci::PCI_WATCHDOG_BAR + 0xc, &mut r);
+        assert_eq!(r, [0, 0]);
+        io.mmio_write(crate::layout::WATCHDOG_WINDOW + 0x10, &[0]);
+    }
+
+    fn lock_root(devices: &PcDevices) -> std::sync::MutexGuard<'_, vmm_pci::PciRoot> {
+        devices.pci.lock().unwrap()
+    }
+
+    #[test]
     fn without_a_pit_line_the_pit_ports_stay_unmapped() {
         // `lines.pit`, not `PcShape::pit`, decides (the shape says KVM in
         // both tests).
