@@ -7,12 +7,13 @@
 //! countdown, read and compare, on registers given as Generic Address
 //! Structures. Ours name the chip's fixed window
 //! ([`crate::layout::WATCHDOG_WINDOW`]), not its BAR, for two reasons
-//! found reading Linux's code: the driver claims the table's registers as
-//! a platform device while ACPI starts, before the PCI core claims the
-//! BARs, so a BAR holding them would look taken and be moved elsewhere;
-//! and the enable bit lives in configuration space, which a WDAT reaches
-//! only through ECAM (which Linux reserves as busy) or ports 0xCF8/0xCFC
-//! (shared, unlocked, with the kernel's own configuration accesses). The
+//! (both seen with Debian's 6.1 kernel, see docs/watchdog.md): Linux
+//! claims the table's registers for a platform device while ACPI starts,
+//! before the PCI core claims the BARs, so a BAR holding them looks taken
+//! and is moved elsewhere; and the enable bit lives in configuration
+//! space, which a WDAT reaches only through ECAM (which Linux reserves as
+//! busy: `wdat_wdt` cannot map it) or ports 0xCF8/0xCFC (shared, unlocked,
+//! with the kernel's own configuration accesses). The
 //! window holds the same registers (the BAR's, then `ESB_LOCK`), so the
 //! sequences are the chip's own: the 0x80, 0x86 unlock before each preload
 //! and reload write. The table's PCI fields are 0xFF: Linux skips a WDAT
