@@ -51,6 +51,8 @@ fuzz_target!(|data: &[u8]| {
         },
         // The ib700 on 0x441-0x443 too, in half the runs.
         ib700: flags & 2 != 0,
+        // The i6300esb (its PCI function and window) in half the runs.
+        i6300esb: (flags & 4 != 0).then_some(None),
     };
     let lines = DeviceLines {
         com1: line(),

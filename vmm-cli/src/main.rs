@@ -168,6 +168,7 @@ fn run(args: Args, devices: storage::Devices) -> Result<ExitReason> {
         }),
         ib700: devices.ib700,
         incoming,
+        i6300esb: devices.i6300esb,
         watchdog_action: actions.watchdog.unwrap_or_default(),
         // With QMP a user can look at a KVM internal error and reset or
         // quit; without, stopping would only hang.

@@ -7,6 +7,8 @@
 //!   the drive, as QEMU's shorthand does; `if=none` waits for a `--device`.
 //! - `--device virtio-blk-pci,drive=ID[,serial=S][,addr=SLOT]`: a disk on a
 //!   drive given with `if=none`.
+//! - `--device ib700`, `--device i6300esb[,addr=SLOT]`: the watchdogs
+//!   (one of each at most).
 //! - `--device help` and `--device NAME,help` print what the registry knows.
 
 use std::collections::BTreeSet;
@@ -22,6 +24,9 @@ pub struct Devices {
     pub disks: Vec<DiskConfig>,
     /// An ib700 watchdog.
     pub ib700: bool,
+    /// An i6300esb watchdog: `Some(slot)`, the slot `None` for the last
+    /// free one.
+    pub i6300esb: Option<Option<u8>>,
 }
 
 /// What `--device` asked for: devices, or help printed by the caller.
@@ -199,6 +204,7 @@ pub fn resolve(
         .collect();
     let mut taken = BTreeSet::new();
     let mut ib700 = false;
+    let mut i6300esb = None;
     for spec in devices {
         let opts = parse_opts(spec, Some("driver")).map_err(|e| device_err(spec, e.to_string()))?;
         if opts.wants_help() {
@@ -252,6 +258,21 @@ pub fn resolve(
                 }
                 ib700 = true;
             }
+            "i6300esb" => {
+                if i6300esb.is_some() {
+                    return Err(device_err(spec, "there can be only one i6300esb".into()));
+                }
+                let slot = match request.str("addr") {
+                    Some(addr) => Some(parse_slot(addr).ok_or_else(|| {
+                        device_err(
+                            spec,
+                            format!("Parameter 'addr' expects a PCI slot 1-31 (hex), not '{addr}'"),
+                        )
+                    })?),
+                    None => None,
+                };
+                i6300esb = Some(slot);
+            }
             other => {
                 return Err(device_err(
                     spec,
@@ -261,18 +282,21 @@ pub fn resolve(
         }
     }
     let mut slots = BTreeSet::new();
-    for d in &disks {
-        if let Some(s) = d.slot {
-            if !slots.insert(s) {
-                return Err(StorageError {
-                    option: "--device",
-                    spec: format!("addr={s:02x}"),
-                    why: format!("PCI slot {s:02x} is used twice"),
-                });
-            }
+    let watchdog_slot = i6300esb.flatten();
+    for s in disks.iter().filter_map(|d| d.slot).chain(watchdog_slot) {
+        if !slots.insert(s) {
+            return Err(StorageError {
+                option: "--device",
+                spec: format!("addr={s:02x}"),
+                why: format!("PCI slot {s:02x} is used twice"),
+            });
         }
     }
-    Ok(Storage::Devices(Devices { disks, ib700 }))
+    Ok(Storage::Devices(Devices {
+        disks,
+        ib700,
+        i6300esb,
+    }))
 }
 
 #[cfg(test)]
@@ -391,6 +415,28 @@ mod tests {
         )
         .contains("used twice"));
         assert!(err(&[], &["isa-serial"]).contains("not a valid device model name"));
+    }
+
+    #[test]
+    fn one_i6300esb_at_most_in_a_free_slot() {
+        match run(&[], &["i6300esb"]).unwrap() {
+            Storage::Devices(d) => assert_eq!(d.i6300esb, Some(None)),
+            other => panic!("{other:?}"),
+        }
+        match run(&[], &["i6300esb,addr=0x1f", "ib700"]).unwrap() {
+            Storage::Devices(d) => assert_eq!((d.i6300esb, d.ib700), (Some(Some(31)), true)),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            err(&[], &["i6300esb", "i6300esb"]),
+            "--device i6300esb: there can be only one i6300esb"
+        );
+        assert!(err(&[], &["i6300esb,addr=40"]).contains("expects a PCI slot"));
+        assert!(err(
+            &["file=/dev/null,if=none,id=d0"],
+            &["virtio-blk-pci,drive=d0,addr=5", "i6300esb,addr=5"]
+        )
+        .contains("is used twice"));
     }
 
     #[test]

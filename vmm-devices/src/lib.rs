@@ -22,6 +22,7 @@
 //! | [`Port80`] | 0x80 | none | [`port80`] |
 //! | [`PvPanic`] | 0x505 | the panic request | [`pvpanic`] |
 //! | [`Ib700`] | 0x441-0x443 | the expiry request | [`ib700`] |
+//! | [`I6300Esb`] | a PCI function ([`I6300EsbPci`], 16-byte memory BAR) and a fixed MMIO window | the expiry request | [`i6300esb`] |
 //!
 //! # Threat model
 //!
@@ -46,6 +47,7 @@
 //! | port 0x61 | gate and speaker bits | two bits stored; reads compute from state, no time or host call |
 //! | pvpanic | one byte | a panic fires the line (an eventfd counts repeats); reads are constant |
 //! | ib700 | arm (0x443) and disarm (0x441) writes | one Virtual-clock timer; one line edge per arming; re-arming only moves the deadline |
+//! | i6300esb | `ESB_CONFIG`/`ESB_LOCK` in configuration space, the BAR's preloads, `GINTSR` and reload, the window | one Virtual-clock timer; one line edge per stage-2 expiry; preloads masked to 20 bits; the lock bit is write-once until reset; accesses of any width at any offset answered |
 //! | port 0x80 | one byte | last byte and a saturating counter; logged at `trace` only |
 //!
 //! CVE-2020-27173 (vm-superio's unbounded RX buffer) is the reason the UART
@@ -81,6 +83,7 @@
 
 pub mod acpi_pm;
 pub mod error;
+pub mod i6300esb;
 pub mod i8042;
 pub mod ib700;
 pub mod irq;
@@ -99,6 +102,7 @@ pub use acpi_pm::{
     Pm1Control, Pm1ControlState, Pm1Event, Pm1EventState, PM1_CNT_LEN, PM1_EVT_LEN, S5_SLP_TYP,
 };
 pub use error::Error;
+pub use i6300esb::{EsbState, I6300Esb, I6300EsbPci};
 pub use i8042::{I8042State, I8042, OUTPUT_QUEUE_LEN};
 pub use ib700::{Ib700, Ib700State, IB700_PORT, IB700_PORT_LEN};
 pub use irq::{EventFdTrigger, LevelLine, Trigger};

@@ -15,7 +15,8 @@
 //!   the i8042 ports directly when no PNP device describes them);
 //! - MCFG: the PCI Express ECAM window;
 //! - MADT: one local APIC per vCPU, the IO-APIC, and the ISA interrupt
-//!   overrides.
+//!   overrides;
+//! - WDAT, with an i6300esb only: the watchdog's actions (see [`wdat`]).
 //!
 //! All but the RSDP go from [`ACPI_TABLES_START`] up, below [`BIOS_END`].
 
@@ -30,6 +31,8 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::layout::{irq, port, ACPI_TABLES_START, APIC_ADDR, BIOS_END, IOAPIC_ADDR, RSDP_START};
 use crate::pci;
+
+pub mod wdat;
 
 /// The OEM ID in every table.
 const OEM_ID: [u8; 6] = *b"VMMPC ";
@@ -111,12 +114,14 @@ impl TableSpace {
 }
 
 /// Builds the ACPI tables for `num_cpus` vCPUs (APIC IDs 0 to
-/// `num_cpus - 1`) and `ram` bytes of RAM, writes them into guest memory,
-/// and returns the RSDP's address, for the boot information.
+/// `num_cpus - 1`) and `ram` bytes of RAM (with the WDAT if `wdat`),
+/// writes them into guest memory, and returns the RSDP's address, for the
+/// boot information.
 pub fn create_acpi_tables(
     mem: &GuestMemoryMmap,
     num_cpus: u32,
     ram: u64,
+    wdat: bool,
 ) -> Result<GuestAddress, AcpiError> {
     if num_cpus == 0 || num_cpus > MAX_CPUS {
         return Err(AcpiError::CpuCount(num_cpus));
@@ -140,6 +145,9 @@ pub fn create_acpi_tables(
     xsdt.add_entry(fadt);
     xsdt.add_entry(madt);
     xsdt.add_entry(mcfg);
+    if wdat {
+        xsdt.add_entry(write(wdat::wdat().as_slice(), TABLE_ALIGN)?);
+    }
     let xsdt = write(&aml_bytes(&xsdt), TABLE_ALIGN)?;
 
     let rsdp = GuestAddress(RSDP_START);
@@ -330,7 +338,7 @@ mod tests {
 
     /// All the tables of a machine with `num_cpus` vCPUs: (FADT, MADT, DSDT).
     fn tables(mem: &GuestMemoryMmap, num_cpus: u32) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
-        let rsdp_addr = create_acpi_tables(mem, num_cpus, 512 << 20).unwrap();
+        let rsdp_addr = create_acpi_tables(mem, num_cpus, 512 << 20, false).unwrap();
         assert_eq!(rsdp_addr, GuestAddress(RSDP_START));
         let rsdp = read(mem, RSDP_START, 36);
         assert_eq!(&rsdp[..8], b"RSD PTR ");
@@ -480,11 +488,11 @@ mod tests {
     fn bad_cpu_counts_are_refused() {
         let mem = memory();
         assert!(matches!(
-            create_acpi_tables(&mem, 0, 512 << 20),
+            create_acpi_tables(&mem, 0, 512 << 20, false),
             Err(AcpiError::CpuCount(0))
         ));
         assert!(matches!(
-            create_acpi_tables(&mem, MAX_CPUS + 1, 512 << 20),
+            create_acpi_tables(&mem, MAX_CPUS + 1, 512 << 20, false),
             Err(AcpiError::CpuCount(255))
         ));
     }
@@ -494,7 +502,7 @@ mod tests {
         // RAM ends before the BIOS area.
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x8_0000)]).unwrap();
         assert!(matches!(
-            create_acpi_tables(&mem, 1, 512 << 20),
+            create_acpi_tables(&mem, 1, 512 << 20, false),
             Err(AcpiError::Write(_))
         ));
     }
@@ -512,5 +520,17 @@ mod tests {
             Err(AcpiError::TooLarge { end }) if end == BIOS_END + 1
         ));
         assert!(space.place(room, 16).is_ok());
+    }
+
+    #[test]
+    fn the_wdat_is_listed_only_with_the_i6300esb() {
+        let mem = memory();
+        let rsdp = create_acpi_tables(&mem, 1, 512 << 20, true).unwrap();
+        let rsdp = read(&mem, rsdp.0, 36);
+        let xsdt = table(&mem, u64_at(&rsdp, 24), b"XSDT");
+        assert_eq!(xsdt.len(), 36 + 4 * 8);
+        let wdat = table(&mem, u64_at(&xsdt, 60), b"WDAT");
+        assert_eq!(wdat, wdat::wdat().as_slice());
+        let (_, _, _) = tables(&mem, 1); // without: three entries
     }
 }

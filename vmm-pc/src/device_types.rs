@@ -58,6 +58,23 @@ pub const IB700: DeviceType = DeviceType {
     props: &[],
 };
 
+/// `i6300esb`: the Intel 6300ESB watchdog (PCI), also described by the
+/// ACPI WDAT.
+pub const I6300ESB: DeviceType = DeviceType {
+    name: "i6300esb",
+    bus: Bus::Pci,
+    category: Category::Watchdog,
+    desc: "Intel 6300ESB watchdog (PCI; ACPI WDAT for wdat_wdt; --action watchdog=...)",
+    user_creatable: true,
+    props: &[PropSpec {
+        name: "addr",
+        kind: PropKind::Str,
+        default: None,
+        required: false,
+        help: "PCI slot (1-31, hex as QEMU: addr=05 or addr=0x5; default: the last free one)",
+    }],
+};
+
 /// The machine's fixed devices (listed, not creatable) and the creatable
 /// ones.
 pub const TYPES: &[DeviceType] = &[
@@ -103,6 +120,7 @@ pub const TYPES: &[DeviceType] = &[
     ),
     VIRTIO_BLK_PCI,
     IB700,
+    I6300ESB,
 ];
 
 /// A registry of every PC device type.
@@ -139,7 +157,7 @@ mod tests {
         let mut built: Vec<_> = BUILDERS
             .iter()
             .map(|(n, _)| *n)
-            .filter(|n| *n != "ib700")
+            .filter(|n| *n != "ib700" && *n != "i6300esb")
             .collect();
         fixed.sort_unstable();
         built.sort_unstable();
@@ -153,7 +171,7 @@ mod tests {
         let (_io, devices) = crate::devices::tests::wired(true);
         let types: Vec<_> = devices.model.list().into_iter().map(|(_, t)| t).collect();
         // The test machine adds an ib700 too, after the fixed devices.
-        names.push("ib700");
+        names.extend(["ib700", "i6300esb"]);
         assert_eq!(types, names);
     }
 

@@ -49,6 +49,9 @@ pub enum DeviceError {
     /// An interrupt line could not be connected.
     #[error("cannot connect the interrupt of {0}")]
     Irq(&'static str, #[source] VmError),
+    /// A PCI function could not go on the bus (its slot taken).
+    #[error("cannot put the {0} on the PCI bus")]
+    Pci(&'static str, #[source] vmm_pci::PciError),
 }
 
 /// Tells the console, through an eventfd, that the guest emptied the
@@ -159,6 +162,9 @@ pub struct PcShape {
     pub pit: PitBackend,
     /// An ib700 watchdog (`--device ib700`).
     pub ib700: bool,
+    /// An i6300esb watchdog (`--device i6300esb`): `Some(slot)`, the slot
+    /// `None` for the last free one.
+    pub i6300esb: Option<Option<u8>>,
 }
 
 /// The interrupt lines the devices drive. [`create_devices`] makes them
@@ -224,6 +230,9 @@ pub fn wire_devices(
     let mut names = build::fixed_devices(lines.pit.is_some());
     if pc.ib700 {
         names.push("ib700");
+    }
+    if pc.i6300esb.is_some() {
+        names.push("i6300esb");
     }
     let mut w = build::Wiring::new(io, clocks, serial_out, pc, lines);
     for name in names {
@@ -294,6 +303,7 @@ pub(crate) mod tests {
             cpus: 2,
             pit: PitBackend::Kvm,
             ib700: true,
+            i6300esb: Some(None),
         };
         let mut io = PcIo::new();
         let devices = wire_devices(
@@ -332,6 +342,30 @@ pub(crate) mod tests {
         assert_eq!(inb(&io, port::PVPANIC), 0x03);
         io.pio_write(port::I8042_COMMAND, &[0xFE]);
         assert_eq!(devices.reset_evt.read().unwrap(), 1);
+    }
+
+    #[test]
+    fn the_i6300esb_answers_in_slot_31_its_bar_and_its_window() {
+        let (io, devices) = wired(true);
+        let mut id = [0u8; 4];
+        lock_root(&devices).config_read(0, 31, 0, 0, &mut id);
+        assert_eq!(u32::from_le_bytes(id), 0x25ab_8086);
+        // Both watchdogs share one expiry eventfd.
+        assert!(devices.watchdog_evt.is_some());
+        // ESB_LOCK through the window; the same byte in configuration space.
+        io.mmio_write(crate::layout::WATCHDOG_WINDOW + 0x10, &[2]);
+        let mut b = [0u8];
+        lock_root(&devices).config_read(0, 31, 0, 0x68, &mut b);
+        assert_eq!(b[0], 2);
+        // The BAR decodes at its place: reload's timeout flag reads 0.
+        let mut r = [0xffu8; 2];
+        io.mmio_read(crate::pci::PCI_WATCHDOG_BAR + 0xc, &mut r);
+        assert_eq!(r, [0, 0]);
+        io.mmio_write(crate::layout::WATCHDOG_WINDOW + 0x10, &[0]);
+    }
+
+    fn lock_root(devices: &PcDevices) -> std::sync::MutexGuard<'_, vmm_pci::PciRoot> {
+        devices.pci.lock().unwrap()
     }
 
     #[test]

@@ -96,6 +96,8 @@ pub(crate) struct BootImages {
     pub(crate) cmdline: String,
     pub(crate) memory: u64,
     pub(crate) cpus: u32,
+    /// Add the ACPI WDAT (the machine has an i6300esb).
+    pub(crate) wdat: bool,
 }
 
 impl BootImages {
@@ -115,7 +117,7 @@ impl BootImages {
         };
         let cmdline = boot::load_cmdline(mem, &self.cmdline, kernel.cmdline_max_size())?;
         let e820 = memory::e820_map(self.memory);
-        let rsdp = acpi::create_acpi_tables(mem, self.cpus, self.memory)?;
+        let rsdp = acpi::create_acpi_tables(mem, self.cpus, self.memory, self.wdat)?;
         mptable::setup_mptable(mem, self.cpus)?;
         let entry = boot_entry(&kernel);
         match entry {

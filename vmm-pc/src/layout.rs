@@ -70,6 +70,11 @@ pub const MMIO_HOLE_START: u64 = 0xc000_0000;
 /// End of the 32-bit MMIO hole (4 GiB).
 pub const MMIO_HOLE_END: u64 = 0x1_0000_0000;
 
+/// The i6300esb watchdog's fixed register window (`--device i6300esb`):
+/// its BAR's registers and `ESB_LOCK`, described by the ACPI WDAT; just
+/// past the PCI ECAM, outside every PCI window.
+pub const WATCHDOG_WINDOW: u64 = 0xe010_0000;
+
 /// The IO-APIC's registers (default PC address).
 pub const IOAPIC_ADDR: u64 = 0xfec0_0000;
 /// The local APICs' registers (default PC address).
@@ -150,7 +155,7 @@ mod tests {
 
     #[test]
     fn mmio_devices_sit_in_the_hole() {
-        for a in [IOAPIC_ADDR, APIC_ADDR, KVM_TSS_ADDR] {
+        for a in [IOAPIC_ADDR, APIC_ADDR, KVM_TSS_ADDR, WATCHDOG_WINDOW] {
             assert!((MMIO_HOLE_START..MMIO_HOLE_END).contains(&a));
         }
     }

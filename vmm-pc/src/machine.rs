@@ -233,6 +233,7 @@ impl PcMachine {
                     cmdline: config.cmdline.clone(),
                     memory: config.memory,
                     cpus: config.cpus,
+                    wdat: config.i6300esb.is_some(),
                 };
                 let entry = images.load(vm.memory())?;
                 // What a reset puts back: the fresh irqchip (and KVM's PIT).
@@ -264,6 +265,7 @@ impl PcMachine {
             cpus: config.cpus,
             pit: config.pit,
             ib700: config.ib700,
+            i6300esb: config.i6300esb,
         };
         let devices = create_devices(&vm, &mut io, &clocks, config.serial, shape)?;
 

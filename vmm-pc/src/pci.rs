@@ -46,6 +46,9 @@ pub const PCI_MMIO32_START: u64 = MMIO_HOLE_START;
 pub const PCI_ECAM_START: u64 = 0xe000_0000;
 /// The ECAM's size: bus 0 only.
 pub const PCI_ECAM_SIZE: u64 = 1 << 20;
+/// The i6300esb's BAR: the last page of the 32-bit window (the disks'
+/// BARs come from below it).
+pub const PCI_WATCHDOG_BAR: u64 = PCI_ECAM_START - 0x1000;
 /// Port BARs come from here to 0xFFFF.
 pub const PCI_IO_START: u16 = 0xc000;
 /// The 64-bit BAR window's size.
@@ -227,6 +230,8 @@ mod tests {
         assert_eq!(mmio64_window((5 << 30) + 4096).start, 7 << 30);
         const { assert!(PCI_ECAM_START + PCI_ECAM_SIZE <= crate::layout::IOAPIC_ADDR) };
         const { assert!(PCI_MMIO32_START < PCI_ECAM_START) };
+        const { assert!(PCI_ECAM_START + PCI_ECAM_SIZE <= crate::layout::WATCHDOG_WINDOW) };
+        const { assert!(crate::layout::WATCHDOG_WINDOW + 0x1000 <= crate::layout::IOAPIC_ADDR) };
     }
 
     #[test]

@@ -9,7 +9,8 @@
 //! - INTA# (for a guest that does not enable MSI-X) is the slot's GSI from
 //!   the `_PRT` swizzle, a level line shared by the slots that map to it.
 //!
-//! The BARs come from the 32-bit window below the ECAM.
+//! The BARs come from the 32-bit window below the ECAM (its last page is
+//! the i6300esb's).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -24,7 +25,7 @@ use vmm_virtio::worker::ThreadStart;
 use vmm_virtio::{Doorbells, IntxLine, MsiSender, TransportSeams, VirtioPciDevice};
 
 use crate::disks::DiskConfig;
-use crate::pci::{intx_gsi, PCI_ECAM_START, PCI_MMIO32_START};
+use crate::pci::{intx_gsi, PCI_MMIO32_START, PCI_WATCHDOG_BAR};
 
 /// Why a virtio device could not be added.
 #[derive(Debug, thiserror::Error)]
@@ -153,7 +154,7 @@ pub fn add_disks(
     thread_start: Option<ThreadStart>,
     events: &dyn Fn(&str) -> Arc<dyn BlockEvents>,
 ) -> Result<Vec<Disk>, VirtioError> {
-    let mut window = Window::new("PCI 32-bit", PCI_MMIO32_START, PCI_ECAM_START);
+    let mut window = Window::new("PCI 32-bit", PCI_MMIO32_START, PCI_WATCHDOG_BAR);
     let lines = Arc::new(IntxLines {
         vm: vm.clone(),
         asserted: Mutex::new(HashMap::new()),

@@ -8,7 +8,8 @@
 //!   busybox                bin/busybox of busybox-static
 //!   initramfs.cpio         newc archive: busybox, its links, /dev nodes, /init
 //!   modules/*.ko           kvm, kvm-amd, kvm-intel, irqbypass; evdev, button;
-//!                          pvpanic, pvpanic-mmio (decompressed)
+//!                          pvpanic, pvpanic-mmio; the virtio PCI and block
+//!                          drivers; watchdog, wdat_wdt (decompressed)
 //!   manifest.txt           file, package, version, sha256, source; written last
 //!
 //!   rootfs.img             with --rootfs: an ext4 root disk (root=/dev/vda)
@@ -38,7 +39,10 @@ const KERNEL_META: &str = "linux-image-cloud-amd64";
 const BUSYBOX_PACKAGE: &str = "busybox-static";
 /// The kernel modules kept: KVM for the nested test bed; the ACPI power
 /// button and the input event interface for guests that handle
-/// `system_powerdown`; pvpanic for guests that report their panics.
+/// `system_powerdown`; pvpanic for guests that report their panics; the
+/// virtio disk drivers; the watchdog core and `wdat_wdt` (the ACPI WDAT
+/// driver that finds `--device i6300esb`), which the Linux watchdog tests
+/// load.
 const MODULES: &[&str] = &[
     "irqbypass",
     "kvm",
@@ -54,6 +58,8 @@ const MODULES: &[&str] = &[
     "virtio_pci_modern_dev",
     "virtio_pci",
     "virtio_blk",
+    "watchdog",
+    "wdat_wdt",
 ];
 const MANIFEST: &str = "manifest.txt";
 

@@ -8,11 +8,14 @@ use std::sync::{Arc, Mutex};
 
 use vmm_clock::Clocks;
 use vmm_devices::acpi_pm::{PM1_CNT_LEN, PM1_EVT_LEN};
+use vmm_devices::i6300esb::WINDOW_LEN;
 use vmm_devices::serial::SerialOutput;
 use vmm_devices::{
-    EventFdTrigger, Ib700, LevelLine, Pit, PitPort61, Pm1Control, Pm1Event, Port61, Port80,
-    PvPanic, Rtc, SerialDevice, I8042, IB700_PORT, IB700_PORT_LEN, PIT_PORT_LEN, RTC_PORT_LEN,
+    EventFdTrigger, I6300Esb, I6300EsbPci, Ib700, LevelLine, Pit, PitPort61, Pm1Control, Pm1Event,
+    Port61, Port80, PvPanic, Rtc, SerialDevice, I8042, IB700_PORT, IB700_PORT_LEN, PIT_PORT_LEN,
+    RTC_PORT_LEN,
 };
+use vmm_pci::PciDevice;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{clone_fd, eventfd, Com1, ConsoleEvents, DeviceError, DeviceLines, PcDevices, PcShape};
@@ -36,6 +39,7 @@ pub const BUILDERS: &[(&str, Builder)] = &[
     ("port61", |w| w.port61()),
     ("pcie-host-bridge", |w| w.pci_host()),
     ("ib700", |w| w.ib700()),
+    ("i6300esb", |w| w.i6300esb()),
 ];
 
 /// The fixed devices the default PC adds, in order; with `our_pit` false
@@ -133,13 +137,10 @@ impl<'a> Wiring<'a> {
     }
 
     /// Builds the registered ISA or system type `name` (the fixed ones
-    /// and `--device ib700`). A name the registry does not know, one with
+    /// and the watchdogs of `--device`). A name the registry does not know, one with
     /// no builder here, and one built twice are refused.
     pub fn build(&mut self, name: &str) -> Result<(), DeviceError> {
-        let known = self
-            .registry
-            .get(name)
-            .is_some_and(|t| t.bus != vmm_qom::Bus::Pci || !t.user_creatable);
+        let known = self.registry.get(name).is_some();
         if self.model.list().iter().any(|(_, ty)| *ty == name) {
             return Err(DeviceError::Unbuildable(name.to_owned()));
         }
@@ -293,15 +294,65 @@ impl<'a> Wiring<'a> {
     /// The IB700 watchdog on 0x441-0x443, its expiry an eventfd for the
     /// main loop (which carries out the watchdog action).
     fn ib700(&mut self) -> Result<(), DeviceError> {
-        let expired = eventfd("watchdog")?;
-        let dev = Ib700::new(
-            self.clocks,
-            EventFdTrigger::new(clone_fd("watchdog", &expired)?),
-        );
+        let line = self.watchdog_line()?;
+        let dev = Ib700::new(self.clocks, line);
         self.io
             .add_pio("ib700 watchdog", IB700_PORT, IB700_PORT_LEN, dev.clone())?;
         self.model.add("watchdog0", dev);
-        self.watchdog_evt = Some(expired);
+        Ok(())
+    }
+
+    /// The watchdogs' shared expiry eventfd (one action path for both).
+    fn watchdog_line(&mut self) -> Result<EventFdTrigger, DeviceError> {
+        if self.watchdog_evt.is_none() {
+            self.watchdog_evt = Some(eventfd("watchdog")?);
+        }
+        let evt = self
+            .watchdog_evt
+            .as_ref()
+            .ok_or(DeviceError::Unbuildable("watchdog".into()))?;
+        Ok(EventFdTrigger::new(clone_fd("watchdog", evt)?))
+    }
+
+    /// The 6300ESB watchdog: a function on the root bus (in the slot asked
+    /// for, else the last free one) with its BAR at
+    /// [`crate::pci::PCI_WATCHDOG_BAR`], and its fixed window at
+    /// [`layout::WATCHDOG_WINDOW`] for the ACPI WDAT.
+    fn i6300esb(&mut self) -> Result<(), DeviceError> {
+        let line = self.watchdog_line()?;
+        let chip = I6300Esb::new(self.clocks, line);
+        let pci = self
+            .pci
+            .clone()
+            .ok_or(DeviceError::Unbuildable("i6300esb".into()))?;
+        let mut function = I6300EsbPci::new(chip.clone());
+        function
+            .config_mut()
+            .set_bar_base(0, crate::pci::PCI_WATCHDOG_BAR);
+        function.config_mut().set_reset_state();
+        {
+            let mut root = pci.lock().unwrap_or_else(|e| e.into_inner());
+            let slot = match self.shape.i6300esb.flatten() {
+                Some(slot) => Some(slot),
+                None => (1..vmm_pci::bus::SLOTS as u8)
+                    .rev()
+                    .find(|s| root.function_mut(*s).is_none()),
+            };
+            root.add(slot, Box::new(function))
+                .map_err(|e| DeviceError::Pci("i6300esb", e))?;
+        }
+        self.io.add_mmio(
+            "i6300esb WDAT window",
+            layout::WATCHDOG_WINDOW,
+            WINDOW_LEN,
+            chip.clone(),
+        )?;
+        let id = if self.shape.ib700 {
+            "watchdog1"
+        } else {
+            "watchdog0"
+        };
+        self.model.add(id, chip);
         Ok(())
     }
 

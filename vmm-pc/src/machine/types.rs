@@ -43,6 +43,10 @@ pub struct PcConfig {
     /// `--incoming file:PATH`: the machine loads this file before it runs
     /// (QEMU's `-incoming`).
     pub incoming: Option<PathBuf>,
+    /// An i6300esb watchdog (`--device i6300esb[,addr=SLOT]`) and the ACPI
+    /// WDAT describing it: `Some(slot)`, the slot `None` for the last free
+    /// one.
+    pub i6300esb: Option<Option<u8>>,
     /// What the watchdog's expiry does (`--action watchdog=`).
     pub watchdog_action: super::WatchdogAction,
     /// On a KVM internal error or failed entry, stop in `internal-error`,
