@@ -5,3 +5,4 @@
 
 pub mod format;
 pub mod jobs;
+pub mod pagemap;

@@ -76,6 +76,21 @@ fn decode<T: for<'de> Deserialize<'de>>(
         .map_err(|e| refused(format!("the snapshot's '{name}' section is malformed: {e}")))
 }
 
+/// A RAM region as bytes, to scan it at memory speed rather than through
+/// vm-memory's volatile copies.
+fn host_slice(region: &vm_memory::GuestRegionMmap) -> Result<&[u8], CommandFailure> {
+    let len = usize::try_from(region.len()).map_err(|_| refused("a RAM region too large"))?;
+    let ptr = region
+        .get_host_address(vm_memory::MemoryRegionAddress(0))
+        .map_err(|e| refused(format!("guest RAM: {e}")))?;
+    // SAFETY: the region maps `len` bytes at `ptr` for as long as the
+    // machine (and so `region`) lives, which the returned borrow cannot
+    // outlast. Only a save reads it this way, with every vCPU paused and
+    // no device that writes guest memory (machines with disks are
+    // refused), so nothing writes these bytes while the slice exists.
+    Ok(unsafe { std::slice::from_raw_parts(ptr, len) })
+}
+
 impl PcMachine {
     /// What a snapshot of this machine must match.
     fn shape(&self) -> Shape {
@@ -125,6 +140,7 @@ impl PcMachine {
     }
 
     pub(super) fn write_snapshot(&mut self, path: &Path) -> Result<(), CommandFailure> {
+        let t0 = std::time::Instant::now();
         let machine = |e: vmm_core::vm::VmError| CommandFailure::Machine(e.into());
         let msrs = Arc::new(self.msr_indices.clone());
         let vcpus = self
@@ -137,6 +153,7 @@ impl PcMachine {
             .into_iter()
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| refused(format!("cannot save a vCPU: {e}")))?;
+        log::debug!("snapshot: vCPUs saved at {:?}", t0.elapsed());
         let irqchip = self.vm.irqchip_state().map_err(machine)?;
         let pit = match self.fresh_kvm_pit {
             Some(_) => Some(self.vm.pit_state().map_err(machine)?),
@@ -150,6 +167,7 @@ impl PcMachine {
             virtual_ns: self.clocks.now(ClockType::Virtual),
         };
         let devices = self.devices.model.save().map_err(refused)?;
+        log::debug!("snapshot: devices saved at {:?}", t0.elapsed());
         let file = File::create(path)
             .map_err(|e| refused(format!("cannot create {}: {e}", path.display())))?;
         let mut w = BufWriter::new(file);
@@ -160,17 +178,26 @@ impl PcMachine {
         format::write_section(&mut w, "kvm-pit", &json("PIT", &pit)?).map_err(io)?;
         format::write_section(&mut w, "clocks", &json("clocks", &clocks)?).map_err(io)?;
         format::write_section(&mut w, "devices", &json("devices", &devices)?).map_err(io)?;
-        let mem = self.vm.memory();
-        for region in mem.iter() {
-            let start = region.start_addr();
-            let bytes = format::encode_ram(region.len(), |offset, buf| {
-                mem.read_slice(buf, GuestAddress(start.0 + offset))
-                    .map_err(std::io::Error::other)
+        for region in self.vm.memory().iter() {
+            let ram = host_slice(region)?;
+            let untouched = crate::snapshot::pagemap::untouched(ram.as_ptr() as usize, ram.len())
+                .unwrap_or_else(|e| {
+                    log::debug!("snapshot: no pagemap ({e}): every page is read");
+                    Vec::new()
+                });
+            let bytes = format::encode_ram_sparse(ram.len() as u64, &untouched, |offset, buf| {
+                let at = usize::try_from(offset).unwrap_or(usize::MAX);
+                let src = ram
+                    .get(at..at.saturating_add(buf.len()))
+                    .ok_or_else(|| std::io::Error::other("past the region"))?;
+                buf.copy_from_slice(src);
+                Ok(())
             })
             .map_err(|e| refused(format!("cannot read guest RAM: {e}")))?;
-            let name = format!("ram@{:x}", start.0);
+            let name = format!("ram@{:x}", region.start_addr().0);
             format::write_section(&mut w, &name, &bytes).map_err(io)?;
         }
+        log::debug!("snapshot: RAM written at {:?}", t0.elapsed());
         format::write_end(&mut w).map_err(io)?;
         w.into_inner()
             .map_err(|e| io(e.into_error()))?
@@ -238,12 +265,24 @@ impl PcMachine {
         let mut page = [0u8; format::PAGE];
         for (gpa, size, encoded) in &loaded.ram {
             let sparse = format::SparseRam::decode(encoded, *size).map_err(refused)?;
+            // Pages never touched here are zeroes already: left alone, not
+            // even read (a fresh destination's RAM stays unmapped).
+            let untouched = mem
+                .get_host_address(GuestAddress(*gpa))
+                .ok()
+                .and_then(|p| {
+                    let len = usize::try_from(*size).ok()?;
+                    crate::snapshot::pagemap::untouched(p as usize, len).ok()
+                })
+                .unwrap_or_default();
             for (offset, bytes) in sparse.pages() {
                 let at = GuestAddress(gpa + offset);
+                let index = usize::try_from(offset / format::PAGE as u64).unwrap_or(usize::MAX);
                 match bytes {
                     Some(bytes) => mem.write_slice(bytes, at).map_err(ram_error)?,
+                    None if untouched.get(index).copied().unwrap_or(false) => {}
                     // A zero page: written only where this RAM holds
-                    // something (fresh RAM stays untouched).
+                    // something.
                     None => {
                         mem.read_slice(&mut page, at).map_err(ram_error)?;
                         if page != zeroes {

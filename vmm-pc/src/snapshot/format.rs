@@ -335,25 +335,36 @@ pub const PAGE: usize = 4096;
 /// skips zero pages the same way).
 pub fn encode_ram(
     len: u64,
+    read: impl FnMut(u64, &mut [u8]) -> io::Result<()>,
+) -> io::Result<Vec<u8>> {
+    encode_ram_sparse(len, &[], read)
+}
+
+/// [`encode_ram`], told which pages are known to be zeroes without
+/// reading them (`untouched[i]` true for page `i`; a short list covers the
+/// first pages only): those are neither read nor stored.
+pub fn encode_ram_sparse(
+    len: u64,
+    untouched: &[bool],
     mut read: impl FnMut(u64, &mut [u8]) -> io::Result<()>,
 ) -> io::Result<Vec<u8>> {
     let pages = usize::try_from(len.div_ceil(PAGE as u64))
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "region too large"))?;
     let mut bitmap = vec![0u8; pages.div_ceil(8)];
     let mut data = Vec::new();
-    let mut chunk = vec![0u8; 256 * PAGE];
-    let mut offset = 0u64;
-    while offset < len {
-        let n = usize::try_from((len - offset).min(chunk.len() as u64)).unwrap_or(0);
-        read(offset, &mut chunk[..n])?;
-        for (i, page) in chunk[..n].chunks(PAGE).enumerate() {
-            if page.iter().any(|&b| b != 0) {
-                let index = usize::try_from(offset / PAGE as u64).unwrap_or(0) + i;
-                bitmap[index / 8] |= 1 << (index % 8);
-                data.extend_from_slice(page);
-            }
+    let mut page = [0u8; PAGE];
+    for index in 0..pages {
+        if untouched.get(index).copied().unwrap_or(false) {
+            continue;
         }
-        offset += n as u64;
+        let offset = (index * PAGE) as u64;
+        let n = usize::try_from((len - offset).min(PAGE as u64)).unwrap_or(0);
+        page[n..].fill(0);
+        read(offset, &mut page[..n])?;
+        if page.iter().any(|&b| b != 0) {
+            bitmap[index / 8] |= 1 << (index % 8);
+            data.extend_from_slice(&page);
+        }
     }
     bitmap.extend_from_slice(&data);
     Ok(bitmap)
