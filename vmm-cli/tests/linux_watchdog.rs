@@ -115,10 +115,11 @@ fn debian_wdat_magic_close_stops_the_watchdog() {
             printf V >&3\n\
             exec 3>&-\n\
             echo @@CLOSED\n\
-            sleep 40\n\
+            sleep 8\n\
             echo @@SURVIVED\n\
             poweroff -f";
-        let Some(out) = boot(test, "poweroff", "", "info", script) else {
+        // A 3 s timeout, outlived more than twice over.
+        let Some(out) = boot(test, "poweroff", "timeout=3", "info", script) else {
             return;
         };
         let c = &out.console;
@@ -138,7 +139,7 @@ fn debian_wdat_magic_close_stops_the_watchdog() {
     });
 }
 
-/// Ten rounds of: arm with a 3 s timeout, leave it, the watchdog's NMI
+/// Three rounds of: arm with a 3 s timeout, leave it, the watchdog's NMI
 /// (`--action watchdog=inject-nmi`), magic close. Each round fires once;
 /// the time from arming to the NMI, on the guest's kernel log clock, is
 /// printed (a measurement, not asserted).
@@ -147,7 +148,7 @@ fn debian_wdat_firing_times() {
     let test = "debian_wdat_firing_times";
     nested_retry(test, || {
         let script = "\
-            for i in 1 2 3 4 5 6 7 8 9 10; do\n\
+            for i in 1 2 3; do\n\
               echo \"@@ARM $i\" > /dev/kmsg\n\
               exec 3>/dev/watchdog\n\
               echo x >&3\n\
@@ -185,7 +186,7 @@ fn debian_wdat_firing_times() {
                 guest.push(f - a);
             }
         }
-        assert_eq!(guest.len(), 10, "{test}: one NMI per round\n{c}");
+        assert_eq!(guest.len(), 3, "{test}: one NMI per round\n{c}");
         // The VMM's side: its log's clock, from the chip's last arming
         // (the open's start, then the write's ping) to stage 2's end.
         let clock = |line: &str| -> Option<f64> {
@@ -212,7 +213,7 @@ fn debian_wdat_firing_times() {
         }
         assert_eq!(
             host.len(),
-            10,
+            3,
             "{test}: one expiry per round\n{}",
             out.stderr
         );
