@@ -6,32 +6,15 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::qmp_client::{spawn, Client};
 use common::*;
-use serde_json::{json, Value};
+use serde_json::json;
 use vmm_pc::test_guests;
 
 const DELAY: u32 = 100_000;
-
-fn execute_with(c: &mut Client, command: &str, arguments: Value) -> Value {
-    writeln!(
-        c.w,
-        "{}",
-        json!({"execute": command, "arguments": arguments})
-    )
-    .unwrap();
-    loop {
-        let v = c.line();
-        if v.get("event").is_none() {
-            return v;
-        }
-        c.events.push(v);
-    }
-}
 
 /// The console's complete lines as counts; a first fragment (a line the
 /// source began) is not a count of this console's own.
@@ -79,8 +62,7 @@ fn a_guest_migrated_through_a_file_counts_on_in_a_new_process() {
     assert_eq!(c.execute("query-migrate"), json!({"return": {}}));
     wait_counts(&log, 5, false);
     assert_eq!(
-        execute_with(
-            &mut c,
+        c.execute_with(
             "migrate-set-capabilities",
             json!({"capabilities": [{"capability": "events", "state": true}]})
         ),
@@ -88,7 +70,7 @@ fn a_guest_migrated_through_a_file_counts_on_in_a_new_process() {
     );
     let uri = format!("file:{}", file.display());
     assert_eq!(
-        execute_with(&mut c, "migrate", json!({ "uri": uri })),
+        c.execute_with("migrate", json!({ "uri": uri })),
         json!({"return": {}})
     );
     for status in ["setup", "active", "completed"] {

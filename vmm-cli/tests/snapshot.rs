@@ -5,33 +5,16 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::qmp_client::{spawn, Client};
 use common::*;
-use serde_json::{json, Value};
+use serde_json::json;
 use vmm_pc::test_guests;
 
 /// Busy-loop turns between two counts.
 const DELAY: u32 = 100_000;
-
-fn execute_with(c: &mut Client, command: &str, arguments: Value) -> Value {
-    writeln!(
-        c.w,
-        "{}",
-        json!({"execute": command, "arguments": arguments})
-    )
-    .unwrap();
-    loop {
-        let v = c.line();
-        if v.get("event").is_none() {
-            return v;
-        }
-        c.events.push(v);
-    }
-}
 
 /// The counts printed so far, complete lines only.
 fn counts(log: &Path) -> Vec<u32> {
@@ -87,8 +70,7 @@ fn snapshot_load_goes_back_in_time_and_the_guest_counts_on() {
     let mut c = Client::connect(&sock);
     wait_counts(&log, 5);
 
-    let r = execute_with(
-        &mut c,
+    let r = c.execute_with(
         "snapshot-save",
         json!({"job-id": "save0", "tag": "t", "vmstate": file.to_str().unwrap(), "devices": []}),
     );
@@ -107,7 +89,7 @@ fn snapshot_load_goes_back_in_time_and_the_guest_counts_on() {
     assert_eq!(jobs["return"][0]["status"], "concluded", "{jobs}");
     assert_eq!(jobs["return"][0]["type"], "snapshot-save");
     assert_eq!(
-        execute_with(&mut c, "job-dismiss", json!({"id": "save0"})),
+        c.execute_with("job-dismiss", json!({"id": "save0"})),
         json!({"return": {}})
     );
     assert_eq!(c.event("JOB_STATUS_CHANGE")["data"]["status"], "null");
@@ -115,8 +97,7 @@ fn snapshot_load_goes_back_in_time_and_the_guest_counts_on() {
     // The guest counts on, well past the save...
     let later = wait_counts(&log, at_save.len() + 10);
     let before_load = later.len();
-    let r = execute_with(
-        &mut c,
+    let r = c.execute_with(
         "snapshot-load",
         json!({"job-id": "load0", "tag": "t", "vmstate": file.to_str().unwrap(), "devices": []}),
     );
@@ -154,8 +135,7 @@ fn snapshot_load_goes_back_in_time_and_the_guest_counts_on() {
     bytes[n / 2] ^= 0xff;
     let bad = dir.0.join("bad.snap");
     std::fs::write(&bad, &bytes).unwrap();
-    let r = execute_with(
-        &mut c,
+    let r = c.execute_with(
         "snapshot-load",
         json!({"job-id": "bad", "tag": "t", "vmstate": bad.to_str().unwrap(), "devices": []}),
     );
@@ -181,8 +161,7 @@ fn snapshot_load_goes_back_in_time_and_the_guest_counts_on() {
     let n = counts(&log).len();
     wait_counts(&log, n + 3);
     // The same job id twice is refused while the first is kept.
-    let r = execute_with(
-        &mut c,
+    let r = c.execute_with(
         "snapshot-save",
         json!({"job-id": "bad", "tag": "t", "vmstate": file.to_str().unwrap(), "devices": []}),
     );
@@ -201,8 +180,7 @@ fn a_snapshot_of_another_machine_shape_is_refused_with_the_difference() {
     let file = dir.0.join("vm.snap");
     let (one, sock) = spawn(&dir, &test_guests::counter(DELAY), &["--serial", "none"]);
     let mut c = Client::connect(&sock);
-    let r = execute_with(
-        &mut c,
+    let r = c.execute_with(
         "snapshot-save",
         json!({"job-id": "s", "tag": "t", "vmstate": file.to_str().unwrap(), "devices": []}),
     );
@@ -217,8 +195,7 @@ fn a_snapshot_of_another_machine_shape_is_refused_with_the_difference() {
         &["--serial", "none", "--cpus", "2"],
     );
     let mut c = Client::connect(&sock);
-    let r = execute_with(
-        &mut c,
+    let r = c.execute_with(
         "snapshot-load",
         json!({"job-id": "l", "tag": "t", "vmstate": file.to_str().unwrap(), "devices": []}),
     );
@@ -250,8 +227,7 @@ fn a_machine_with_a_disk_is_not_snapshotted_yet() {
     );
     let mut c = Client::connect(&sock);
     let file = dir.0.join("vm.snap");
-    execute_with(
-        &mut c,
+    c.execute_with(
         "snapshot-save",
         json!({"job-id": "s", "tag": "t", "vmstate": file.to_str().unwrap(), "devices": []}),
     );

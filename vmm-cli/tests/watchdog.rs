@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -35,23 +34,6 @@ fn wait_for_output(path: &Path, want: &[u8]) {
             String::from_utf8_lossy(&bytes)
         );
         std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// Runs a QMP command with arguments.
-fn execute_with(c: &mut Client, command: &str, arguments: serde_json::Value) -> serde_json::Value {
-    writeln!(
-        c.w,
-        "{}",
-        json!({"execute": command, "arguments": arguments})
-    )
-    .unwrap();
-    loop {
-        let v = c.line();
-        if v.get("event").is_none() {
-            return v;
-        }
-        c.events.push(v);
     }
 }
 
@@ -85,8 +67,7 @@ fn pause_stops_in_watchdog_and_cont_runs_again() {
     c.event("RESUME");
     assert_eq!(c.status()["status"], "running");
     // The device is in the machine's device list.
-    let qtree = execute_with(
-        &mut c,
+    let qtree = c.execute_with(
         "human-monitor-command",
         json!({"command-line": "info qtree"}),
     );
@@ -128,7 +109,7 @@ fn reset_is_a_guest_reset_and_the_guest_boots_again() {
     wait_for_output(&log, b"wd\nwd\n");
     // Now nothing: the action is none, and the guest runs on.
     assert_eq!(
-        execute_with(&mut c, "watchdog-set-action", json!({"action": "none"})),
+        c.execute_with("watchdog-set-action", json!({"action": "none"})),
         json!({"return": {}})
     );
     c.events.clear();

@@ -63,6 +63,24 @@ impl Client {
         }
     }
 
+    /// Runs `command` with `arguments`; events that come first are kept.
+    pub fn execute_with(&mut self, command: &str, arguments: Value) -> Value {
+        writeln!(
+            self.w,
+            "{}",
+            json!({"execute": command, "arguments": arguments})
+        )
+        .unwrap();
+        loop {
+            let v = self.line();
+            if v.get("event").is_some() {
+                self.events.push(v);
+            } else {
+                return v;
+            }
+        }
+    }
+
     /// The next event named `name` (kept or still to come).
     pub fn event(&mut self, name: &str) -> Value {
         if let Some(i) = self.events.iter().position(|e| e["event"] == name) {
