@@ -93,7 +93,8 @@ pub struct Args {
     pub reboot: RebootChoice,
 
     /// Start by loading the machine's state from URI, QEMU's -incoming:
-    /// `file:PATH` (a file written by QMP `migrate` with `file:PATH`).
+    /// `file:PATH` (a file written by QMP `migrate` with `file:PATH`), or
+    /// `defer` to wait in `inmigrate` for QMP `migrate-incoming`.
     #[arg(long, value_name = "URI")]
     pub incoming: Option<String>,
 

@@ -107,8 +107,7 @@ fn run(args: Args, devices: storage::Devices) -> Result<ExitReason> {
     let actions = actions::parse(&args.action).map_err(anyhow::Error::msg)?;
     let incoming = match &args.incoming {
         Some(uri) => Some(
-            vmm_pc::parse_migration_uri(uri)
-                .map_err(|e| anyhow::anyhow!("--incoming {uri}: {e}"))?,
+            vmm_pc::parse_incoming(uri).map_err(|e| anyhow::anyhow!("--incoming {uri}: {e}"))?,
         ),
         None => None,
     };

@@ -34,6 +34,7 @@ const COMMANDS: &[&str] = &[
     "query-jobs",
     "job-dismiss",
     "migrate",
+    "migrate-incoming",
     "query-migrate",
     "migrate-set-capabilities",
     "query-pci",

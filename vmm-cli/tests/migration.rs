@@ -139,3 +139,61 @@ fn a_guest_migrated_through_a_file_counts_on_in_a_new_process() {
         stderr(&o)
     );
 }
+
+#[test]
+fn incoming_defer_waits_for_migrate_incoming() {
+    if !kvm("migrate_defer") {
+        return;
+    }
+    let dir = TempDir::new("migrate-defer-src");
+    let file = dir.0.join("vm.mig");
+    let uri = format!("file:{}", file.display());
+    let guest = test_guests::counter(DELAY);
+    let (src, sock) = spawn(&dir, &guest, &["--serial", "none"]);
+    let mut c = Client::connect(&sock);
+    assert_eq!(
+        c.execute_with("migrate", json!({ "uri": uri })),
+        json!({"return": {}})
+    );
+    c.execute("quit");
+    wait(src);
+
+    let dir2 = TempDir::new("migrate-defer-dst");
+    let log = dir2.0.join("serial.log");
+    let serial = format!("file:{}", log.display());
+    let (dst, sock2) = spawn(
+        &dir2,
+        &guest,
+        &["--serial", &serial, "--incoming", "defer", "--paused"],
+    );
+    let mut d = Client::connect(&sock2);
+    assert_eq!(d.status()["status"], "inmigrate");
+    // `cont` now only says to run once loaded, as QEMU's.
+    assert_eq!(d.execute("cont"), json!({"return": {}}));
+    assert_eq!(d.status()["status"], "inmigrate");
+    assert_eq!(
+        d.execute_with("migrate-incoming", json!({"uri": "file:/nonexistent"}))["error"]["class"],
+        "GenericError"
+    );
+    assert_eq!(
+        d.status()["status"],
+        "inmigrate",
+        "a failed load changes nothing"
+    );
+    assert_eq!(
+        d.execute_with("migrate-incoming", json!({ "uri": uri })),
+        json!({"return": {}})
+    );
+    assert_eq!(d.status()["status"], "running");
+    wait_counts(&log, 3, true);
+    let again = d.execute_with("migrate-incoming", json!({ "uri": uri }));
+    assert!(
+        again["error"]["desc"]
+            .as_str()
+            .unwrap()
+            .contains("--incoming defer"),
+        "{again}"
+    );
+    d.execute("quit");
+    assert!(wait(dst).status.success());
+}

@@ -52,6 +52,12 @@ pub enum Command {
     },
     /// The last migration (QMP `query-migrate`).
     QueryMigrate,
+    /// Load the incoming migration from `uri` (QMP `migrate-incoming`,
+    /// after `--incoming defer`).
+    MigrateIncoming {
+        /// QEMU's URI.
+        uri: String,
+    },
     /// `MIGRATION` events on or off (the `events` capability).
     MigrationEvents(bool),
     /// Forget a concluded job (QMP `job-dismiss`).

@@ -30,6 +30,6 @@ pub use control::{
     ReplyFn, ShutdownCause,
 };
 pub use machine::{
-    parse_migration_uri, ExitReason, MachineControl, MigrationInfo, PcConfig, PcError, PcMachine,
-    PitBackend, RebootAction, WatchdogAction,
+    parse_incoming, parse_migration_uri, ExitReason, Incoming, MachineControl, MigrationInfo,
+    PcConfig, PcError, PcMachine, PitBackend, RebootAction, WatchdogAction,
 };

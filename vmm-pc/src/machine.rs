@@ -51,7 +51,7 @@ mod snapshot;
 mod types;
 mod watchdog;
 
-pub use migration::{parse_uri as parse_migration_uri, MigrationInfo};
+pub use migration::{parse_incoming, parse_uri as parse_migration_uri, Incoming, MigrationInfo};
 pub use types::{ExitReason, PcConfig, PcError, PitBackend, RebootAction};
 pub use watchdog::WatchdogAction;
 
@@ -140,8 +140,13 @@ pub struct PcMachine {
     migration: Option<MigrationInfo>,
     /// `MIGRATION` events wanted (the `events` capability).
     migration_events: bool,
-    /// `--incoming file:PATH`: load this before running.
-    incoming: Option<std::path::PathBuf>,
+    /// `--incoming`: where the machine's state comes from.
+    incoming: Option<Incoming>,
+    /// `--incoming defer`, still waiting for `migrate-incoming`.
+    deferred_incoming: bool,
+    /// Run once an incoming migration is loaded (no `--paused`, or a
+    /// `cont` meanwhile).
+    autostart: bool,
 }
 
 impl std::fmt::Debug for PcMachine {
@@ -386,6 +391,8 @@ impl PcMachine {
             migration: None,
             migration_events: false,
             incoming: config.incoming.clone(),
+            deferred_incoming: false,
+            autostart: !config.start_paused,
         })
     }
 
@@ -465,19 +472,20 @@ impl PcMachine {
     }
 
     fn run_loop(&mut self) -> Result<ExitReason, PcError> {
-        if let Some(path) = self.incoming.take() {
-            self.incoming(&path)?;
-            if self.start_paused {
-                self.runstate
-                    .transition(RunState::Paused)
-                    .map_err(|e| PcError::Control(e.to_string()))?;
-            } else {
-                self.start()?;
-                self.emit(MachineEvent::Resume);
+        match self.incoming.take() {
+            Some(Incoming::File(path)) => {
+                self.incoming(&path)?;
+                self.after_incoming()?;
             }
-        } else if !self.start_paused {
+            Some(Incoming::Defer) => {
+                self.runstate
+                    .transition(RunState::Inmigrate)
+                    .map_err(|e| PcError::Control(e.to_string()))?;
+                self.deferred_incoming = true;
+            }
             // As QEMU's -S, `start_paused` stays in prelaunch until `cont`.
-            self.start()?;
+            None if !self.start_paused => self.start()?,
+            None => {}
         }
         loop {
             self.event_loop.run_once(-1)?;
@@ -589,6 +597,16 @@ impl PcMachine {
             }
             Command::SystemReset => {
                 self.reset(false).map_err(CommandFailure::Machine)?;
+                Ok(Reply::Done)
+            }
+            // QEMU: `cont` while an incoming migration waits only says to
+            // run once it is loaded.
+            Command::Cont if state == RunState::Inmigrate => {
+                self.autostart = true;
+                Ok(Reply::Done)
+            }
+            Command::MigrateIncoming { uri } => {
+                self.migrate_incoming(&uri)?;
                 Ok(Reply::Done)
             }
             Command::Cont => {

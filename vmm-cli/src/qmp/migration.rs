@@ -1,4 +1,5 @@
 //! QMP's migration commands: `migrate` (`uri`; `file:PATH` so far),
+//! `migrate-incoming` (after `--incoming defer`),
 //! `query-migrate` in QEMU's shape, and `migrate-set-capabilities` for
 //! QEMU's `events` capability (the `MIGRATION` events).
 
@@ -8,7 +9,7 @@ use vmm_pc::{Command, MigrationInfo};
 /// The machine command for migration command `command`, if it is one.
 pub fn parse(command: &str, arguments: &Map<String, Value>) -> Option<Result<Command, String>> {
     let allowed: &[&str] = match command {
-        "migrate" => &["uri"],
+        "migrate" | "migrate-incoming" => &["uri"],
         "query-migrate" => &[],
         "migrate-set-capabilities" => &["capabilities"],
         _ => return None,
@@ -19,10 +20,14 @@ pub fn parse(command: &str, arguments: &Map<String, Value>) -> Option<Result<Com
         }
         match command {
             "query-migrate" => Ok(Command::QueryMigrate),
-            "migrate" => match arguments.get("uri") {
+            "migrate" | "migrate-incoming" => match arguments.get("uri") {
                 Some(Value::String(uri)) => {
                     vmm_pc::parse_migration_uri(uri)?;
-                    Ok(Command::Migrate { uri: uri.clone() })
+                    Ok(if command == "migrate" {
+                        Command::Migrate { uri: uri.clone() }
+                    } else {
+                        Command::MigrateIncoming { uri: uri.clone() }
+                    })
                 }
                 Some(_) => Err("Invalid parameter type for 'uri', expected: string".into()),
                 None => Err("Parameter 'uri' is missing".into()),

@@ -39,6 +39,23 @@ pub struct MigrationInfo {
     pub error: Option<String>,
 }
 
+/// Where an incoming migration comes from (`--incoming`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Incoming {
+    /// A file written by `migrate` with `file:PATH`.
+    File(PathBuf),
+    /// `defer`: wait in `inmigrate` for QMP `migrate-incoming`.
+    Defer,
+}
+
+/// QEMU's `-incoming` value: `defer` or a URI (`file:PATH` so far).
+pub fn parse_incoming(uri: &str) -> Result<Incoming, String> {
+    if uri == "defer" {
+        return Ok(Incoming::Defer);
+    }
+    parse_uri(uri).map(Incoming::File)
+}
+
 /// Where a migration goes (or comes from): QEMU's URI, `file:PATH` only.
 pub fn parse_uri(uri: &str) -> Result<PathBuf, String> {
     match uri.split_once(':') {
@@ -126,6 +143,36 @@ impl PcMachine {
         }
     }
 
+    /// QMP `migrate-incoming` in a machine started with `--incoming
+    /// defer`: the load, then `running` (or `paused` if started with
+    /// `--paused` and no `cont` came meanwhile).
+    pub(super) fn migrate_incoming(&mut self, uri: &str) -> Result<(), CommandFailure> {
+        if !self.deferred_incoming || self.runstate.state() != RunState::Inmigrate {
+            return Err(CommandFailure::Refused(
+                "migrate-incoming needs --incoming defer, once".into(),
+            ));
+        }
+        let path = parse_uri(uri).map_err(CommandFailure::Refused)?;
+        self.check_snapshottable()?;
+        let loaded = self.read_snapshot(&path)?;
+        self.apply_snapshot(loaded)?;
+        self.deferred_incoming = false;
+        self.after_incoming().map_err(CommandFailure::Machine)
+    }
+
+    /// Once loaded: run, or wait `paused`.
+    pub(super) fn after_incoming(&mut self) -> Result<(), PcError> {
+        if self.autostart {
+            self.start()?;
+            self.emit(MachineEvent::Resume);
+        } else {
+            self.runstate
+                .transition(RunState::Paused)
+                .map_err(|e| PcError::Control(e.to_string()))?;
+        }
+        Ok(())
+    }
+
     /// `--incoming file:PATH`, before any vCPU runs: `inmigrate`, the
     /// machine loaded from the file; the caller then starts it (or leaves
     /// it `paused` with `--paused`). A file that does not fit this machine
@@ -151,6 +198,15 @@ impl PcMachine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn defer_or_a_file() {
+        assert_eq!(parse_incoming("defer").unwrap(), Incoming::Defer);
+        assert_eq!(
+            parse_incoming("file:/x").unwrap(),
+            Incoming::File(PathBuf::from("/x"))
+        );
+    }
 
     #[test]
     fn only_file_uris_for_now() {

@@ -40,9 +40,9 @@ pub struct PcConfig {
     pub reboot: RebootAction,
     /// An ib700 watchdog (`--device ib700`).
     pub ib700: bool,
-    /// `--incoming file:PATH`: the machine loads this file before it runs
-    /// (QEMU's `-incoming`).
-    pub incoming: Option<PathBuf>,
+    /// `--incoming`: the machine loads this file before it runs, or waits
+    /// for QMP `migrate-incoming` (QEMU's `-incoming`).
+    pub incoming: Option<super::Incoming>,
     /// An i6300esb watchdog (`--device i6300esb[,addr=SLOT]`) and the ACPI
     /// WDAT describing it: `Some(slot)`, the slot `None` for the last free
     /// one.
