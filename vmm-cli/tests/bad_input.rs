@@ -388,6 +388,19 @@ fn bad_command_lines_are_refused() {
         (&["--kernel", "K", "--device", "virtio-blk-pci,drive=nope"], Vmm, "can't find value 'nope'", false),
         (&["--kernel", "K", "--device", "virtio-blk-pci"], Vmm, "Property 'virtio-blk-pci.drive' is required", false),
         (&["--kernel", "K", "--device", "ib700", "--device", "ib700"], Vmm, "there can be only one ib700", false),
+        // Network cards (--netdev, --device virtio-net-pci), refused before
+        // any tap is opened.
+        (&["--kernel", "K", "--netdev", "tap,id=n0,ifname=0123456789abcdef"], Vmm, "tap name '0123456789abcdef' is not a valid interface name (1-15 bytes", false),
+        (&["--kernel", "K", "--netdev", "tap,id=n0,ifname=a/b"], Vmm, "tap name 'a/b' is not a valid interface name", false),
+        (&["--kernel", "K", "--netdev", "tap,id=n0,ifname=t0", "--netdev", "tap,id=n0,ifname=t1"], Vmm, "Duplicate ID 'n0' for netdev", false),
+        (&["--kernel", "K", "--netdev", "tap,id=n0,ifname=t0,vhost=on"], Vmm, "vhost=on is not supported yet (use vhost=off)", false),
+        (&["--kernel", "K", "--netdev", "user,id=n0"], Vmm, "netdev type 'user' is not supported (only tap)", false),
+        (&["--kernel", "K", "--netdev", "tap,id=n0"], Vmm, "Parameter 'ifname' is missing", false),
+        (&["--kernel", "K", "--device", "virtio-net-pci,netdev=nope"], Vmm, "Property 'virtio-net-pci.netdev' can't find value 'nope'", false),
+        (&["--kernel", "K", "--device", "virtio-net-pci"], Vmm, "Property 'virtio-net-pci.netdev' is required", false),
+        (&["--kernel", "K", "--netdev", "tap,id=n0,ifname=t0", "--device", "virtio-net-pci,netdev=n0,mac=52:54:00:zz:00:01"], Vmm, "'52:54:00:zz:00:01' is not a MAC address", false),
+        (&["--kernel", "K", "--netdev", "tap,id=n0,ifname=t0", "--device", "virtio-net-pci,netdev=n0,mac=01:00:5e:00:00:01"], Vmm, "is a multicast address", false),
+        (&["--kernel", "K", "--netdev", "tap,id=n0,ifname=t0", "--device", "virtio-net-pci,netdev=n0", "--device", "virtio-net-pci,netdev=n0"], Vmm, "can't take value 'n0', it's in use", false),
         (&["--kernel", "K", "--action", "watchdog=bogus"], Vmm, "Parameter 'watchdog' does not accept value 'bogus'", false),
         (&["--kernel", "K", "--action", "frob=1"], Vmm, "Invalid parameter 'frob'", false),
     ];

@@ -127,6 +127,8 @@ pub struct PcMachine {
     stop_on_error: bool,
     /// The disks.
     disks: Vec<crate::virtio::Disk>,
+    /// The network cards.
+    nets: Vec<crate::virtio::Nic>,
 }
 
 impl std::fmt::Debug for PcMachine {
@@ -161,6 +163,11 @@ impl PcMachine {
             .disks
             .iter()
             .map(|d| crate::disks::open_image(d).map(|image| (d.clone(), image.size)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let taps = config
+            .nets
+            .iter()
+            .map(|n| crate::nets::open_tap(n).map(|tap| (n.clone(), tap)))
             .collect::<Result<Vec<_>, _>>()?;
 
         // 3. KVM.
@@ -300,6 +307,7 @@ impl PcMachine {
             },
         );
 
+        let mut slots = crate::virtio::Slots::new(&vm);
         // The disks: virtio-blk-pci devices on the bus, their worker
         // threads made now (parked until the guest activates them).
         let disks = {
@@ -315,11 +323,20 @@ impl PcMachine {
             crate::virtio::add_disks(
                 &vm,
                 &mut lock(&devices.pci),
+                &mut slots,
                 &disk_images,
                 config.device_thread_start.clone(),
                 &events,
             )?
         };
+        // The network cards, the same way, each on its tap.
+        let nets = crate::virtio::add_nets(
+            &vm,
+            &mut lock(&devices.pci),
+            &mut slots,
+            taps,
+            config.device_thread_start.clone(),
+        )?;
 
         // 9. vCPU threads.
         let io: Arc<PcIo> = Arc::new(io);
@@ -357,6 +374,7 @@ impl PcMachine {
             watchdog_action: config.watchdog_action,
             stop_on_error: config.stop_on_error,
             disks,
+            nets,
         })
     }
 

@@ -170,6 +170,11 @@ impl Tap {
         })
     }
 
+    /// Checks `name` as [`Tap::open`] will ([`check_name`]).
+    pub fn check_name_str(name: &str) -> Result<(), TapError> {
+        check_name(name)
+    }
+
     /// The interface's name, as the kernel gave it.
     pub fn name(&self) -> &str {
         &self.name
