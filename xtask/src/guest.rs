@@ -8,7 +8,9 @@
 //!   busybox                bin/busybox of busybox-static
 //!   initramfs.cpio         newc archive: busybox, its links, /dev nodes, /init
 //!   modules/*.ko           kvm, kvm-amd, kvm-intel, irqbypass; evdev, button;
-//!                          pvpanic, pvpanic-mmio (decompressed)
+//!                          pvpanic, pvpanic-mmio; virtio, virtio_pci...,
+//!                          virtio_blk; failover, net_failover, virtio_net;
+//!                          tun (decompressed)
 //!   manifest.txt           file, package, version, sha256, source; written last
 //! ```
 //!
@@ -36,7 +38,9 @@ const KERNEL_META: &str = "linux-image-cloud-amd64";
 const BUSYBOX_PACKAGE: &str = "busybox-static";
 /// The kernel modules kept: KVM for the nested test bed; the ACPI power
 /// button and the input event interface for guests that handle
-/// `system_powerdown`; pvpanic for guests that report their panics.
+/// `system_powerdown`; pvpanic for guests that report their panics;
+/// virtio-net and its dependencies for a guest's network card, and tun for
+/// the tap L1 gives the nested VMM.
 const MODULES: &[&str] = &[
     "irqbypass",
     "kvm",
@@ -52,6 +56,10 @@ const MODULES: &[&str] = &[
     "virtio_pci_modern_dev",
     "virtio_pci",
     "virtio_blk",
+    "failover",
+    "net_failover",
+    "virtio_net",
+    "tun",
 ];
 const MANIFEST: &str = "manifest.txt";
 

@@ -1,0 +1,115 @@
+//! A network card under Debian's kernel: virtio-net-pci on a tap, with
+//! the guest's own virtio_net driver (loaded from the test initramfs).
+//! Nested only: the tap lives in L1, which has no network device of its
+//! own, so no packet leaves the test bed.
+
+use vmm_testbed::{HostKvm, Job};
+
+mod common;
+mod linux_common;
+
+use linux_common::{guest, nested_retry, run, test_initrd};
+
+/// The guest's drivers, in dependency order.
+const MODULES: &[&str] = &[
+    "virtio_ring",
+    "virtio",
+    "virtio_pci_legacy_dev",
+    "virtio_pci_modern_dev",
+    "virtio_pci",
+    "failover",
+    "net_failover",
+    "virtio_net",
+];
+
+/// L1 (the companion) waits for our VMM to make tap0, gives it
+/// 10.0.2.1/24 and brings it up; the guest gives its card 10.0.2.15/24
+/// and pings L1, small and large (a 20000-byte ping: IP fragments, many
+/// frames each way), and L1 pings the guest. The guest also reads its MAC
+/// and the offloads its driver took.
+#[test]
+fn debian_pings_across_a_tap() {
+    let test = "debian_pings_across_a_tap";
+    if HostKvm::detect() != HostKvm::Pvm {
+        // Directly on a host the tap and its address would be the host's.
+        eprintln!("SKIP {test}: runs only nested (the tap must live in L1)");
+        return;
+    }
+    nested_retry(test, || {
+        let Some(g) = guest(test) else { return };
+        for m in MODULES.iter().chain(&["tun"]) {
+            assert!(
+                g.module(m).exists(),
+                "{test}: no {m}.ko in the guest files (cargo xtask guest refreshes them)"
+            );
+        }
+        let dir = common::TempDir::new(test);
+        let script = "\
+            for m in virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci failover net_failover virtio_net; do insmod /$m.ko; done\n\
+            sleep 1\n\
+            echo \"@@MAC $(cat /sys/class/net/eth0/address)\"\n\
+            ip addr add 10.0.2.15/24 dev eth0\n\
+            ip link set eth0 up\n\
+            i=0; while [ $i -lt 60 ]; do ping -c 1 -W 1 10.0.2.1 >/dev/null 2>&1 && break; i=$((i+1)); done\n\
+            ping -c 3 -W 2 10.0.2.1 >/dev/null && echo @@PING\n\
+            ping -c 2 -W 3 -s 20000 10.0.2.1 >/dev/null && echo @@BIGPING\n\
+            echo \"@@FEATURES $(cat /sys/bus/virtio/devices/virtio0/features)\"\n\
+            sleep 5\n\
+            echo @@DONE\n\
+            poweroff -f";
+        let initrd = test_initrd(&g, &dir, script, MODULES, false);
+        let companion = "\
+            i=0; while ! ip link show tap0 >/dev/null 2>&1; do sleep 0.2; i=$((i+1)); [ $i -lt 600 ] || exit 1; done\n\
+            ip addr add 10.0.2.1/24 dev tap0\n\
+            ip link set tap0 up\n\
+            echo @@L1TAP\n\
+            i=0; while [ $i -lt 120 ]; do ping -c 1 -W 1 10.0.2.15 >/dev/null 2>&1 && break; i=$((i+1)); done\n\
+            ping -c 2 -W 2 10.0.2.15 >/dev/null && echo @@L1PING\n\
+            i=0; while pidof vmm >/dev/null && [ $i -lt 300 ]; do sleep 1; i=$((i+1)); done";
+        let job = Job::new([
+            "--kernel",
+            "kernel",
+            "--initrd",
+            "initrd",
+            "--memory",
+            "256M",
+            "--netdev",
+            "tap,id=n0,ifname=tap0",
+            "--device",
+            "virtio-net-pci,netdev=n0,mac=52:54:00:ab:cd:01",
+        ])
+        .file("kernel", &g.bzimage)
+        .file("initrd", &initrd)
+        .companion(companion)
+        .timeout(std::time::Duration::from_secs(300));
+        let out = run(test, &g, &job);
+        let c = &out.console;
+        for l in c.lines().filter(|l| l.trim_start().starts_with("@@")) {
+            eprintln!("{test}: {}", l.trim());
+        }
+        assert!(
+            c.contains("@@DONE"),
+            "{test}: no @@DONE\n{c}\nstderr:\n{}",
+            out.stderr
+        );
+        assert_eq!(out.status, Some(0), "{test}: {}", out.stderr);
+        assert!(c.contains("@@MAC 52:54:00:ab:cd:01"), "{test}: MAC\n{c}");
+        assert!(c.contains("@@L1TAP"), "{test}: L1's tap\n{c}");
+        assert!(c.contains("@@PING"), "{test}: guest to L1\n{c}");
+        assert!(c.contains("@@BIGPING"), "{test}: 20000-byte pings\n{c}");
+        assert!(c.contains("@@L1PING"), "{test}: L1 to the guest\n{c}");
+        // The driver took mergeable buffers (bit 15) and checksum offload
+        // both ways (bits 0, 1): the features file is one character per bit.
+        let features = c
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("@@FEATURES "))
+            .unwrap_or_else(|| panic!("{test}: no features\n{c}"));
+        for bit in [0usize, 1, 5, 15, 16] {
+            assert_eq!(
+                features.as_bytes().get(bit),
+                Some(&b'1'),
+                "{test}: feature bit {bit} in {features}"
+            );
+        }
+    });
+}
