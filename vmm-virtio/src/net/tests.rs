@@ -30,13 +30,17 @@ const ALL: u64 = u64::MAX;
 struct SocketBackend {
     sock: UnixDatagram,
     offloads: Mutex<Vec<u32>>,
+    /// Frames read (not counting reads that found none).
     reads: AtomicU64,
 }
 
 impl NetBackend for SocketBackend {
     fn read_frame(&self, buf: &mut [u8]) -> io::Result<usize> {
-        self.reads.fetch_add(1, Ordering::SeqCst);
-        self.sock.recv(buf)
+        let got = self.sock.recv(buf);
+        if got.is_ok() {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+        }
+        got
     }
 
     fn write_frame(&self, frame: &[u8]) -> io::Result<()> {
