@@ -123,3 +123,62 @@ fn debian_reaches_l1_across_a_tap() {
         }
     });
 }
+
+/// A tap that cannot be had is a one-line error naming the netdev, status
+/// 1, before any guest runs: in L1 (its companion runs our VMM) with
+/// `/dev/net/tun` moved away, then as an unprivileged user, first with
+/// `/dev/net/tun` mode 0600 (no access), then 0666 (no CAP_NET_ADMIN to
+/// make the tap); no tap is left behind.
+#[test]
+fn tap_errors_are_one_line() {
+    let test = "tap_errors_are_one_line";
+    if HostKvm::detect() != HostKvm::Pvm {
+        // Directly on a host the test would move the host's /dev/net/tun.
+        eprintln!("SKIP {test}: runs only nested (it changes L1's /dev/net/tun)");
+        return;
+    }
+    nested_retry(test, || {
+        let Some(g) = guest(test) else { return };
+        let vmm_args =
+            "--kernel kernel --netdev tap,id=n0,ifname=tap9 --device virtio-net-pci,netdev=n0";
+        let companion = format!(
+            "cd /job\n\
+             mv /dev/net/tun /dev/net/tun.off\n\
+             $VMM {vmm_args} 2>/tmp/e1; st=$?\n\
+             echo \"@@NOTUN $st $(wc -l < /tmp/e1) $(cat /tmp/e1)\"\n\
+             mv /dev/net/tun.off /dev/net/tun\n\
+             echo 'nobody:x:65534:65534::/:/bin/sh' >>/etc/passwd\n\
+             chmod 600 /dev/net/tun\n\
+             su -s /bin/sh nobody -c \"$VMM {vmm_args}\" 2>/tmp/e2; st=$?\n\
+             echo \"@@NOACCESS $st $(wc -l < /tmp/e2) $(cat /tmp/e2)\"\n\
+             chmod 666 /dev/net/tun\n\
+             su -s /bin/sh nobody -c \"$VMM {vmm_args}\" 2>/tmp/e3; st=$?\n\
+             echo \"@@NOPERM $st $(wc -l < /tmp/e3) $(cat /tmp/e3)\"\n\
+             chmod 600 /dev/net/tun\n\
+             ip link show tap9 >/dev/null 2>&1 || echo @@NOTAP"
+        );
+        // The job's own VMM only prints the device types and ends.
+        let job = Job::new(["--device", "help"])
+            .file("kernel", &g.bzimage)
+            .companion(&companion)
+            .timeout(std::time::Duration::from_secs(120));
+        let out = run(test, &g, &job);
+        let c = &out.console;
+        for l in c.lines().filter(|l| l.trim_start().starts_with("@@")) {
+            eprintln!("{test}: {}", l.trim());
+        }
+        assert!(
+            c.contains("@@NOTUN 1 1 vmm: cannot build the machine: netdev n0: cannot open /dev/net/tun (is the tun module loaded?): No such file or directory (os error 2)"),
+            "{test}: no /dev/net/tun\n{c}"
+        );
+        assert!(
+            c.contains("@@NOACCESS 1 1 vmm: cannot build the machine: netdev n0: cannot open /dev/net/tun: permission denied (the VMM needs read and write access to it)"),
+            "{test}: /dev/net/tun not for this user\n{c}"
+        );
+        assert!(
+            c.contains("@@NOPERM 1 1 vmm: cannot build the machine: netdev n0: tap tap9: permission denied (needs CAP_NET_ADMIN, or a tap made for this user with 'ip tuntap add tap9 mode tap user USER')"),
+            "{test}: no permission\n{c}"
+        );
+        assert!(c.contains("@@NOTAP"), "{test}: no tap left behind\n{c}");
+    });
+}

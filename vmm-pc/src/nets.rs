@@ -22,7 +22,7 @@ pub struct NetConfig {
 
 /// Why a tap cannot be had.
 #[derive(Debug, thiserror::Error)]
-#[error("netdev {id}: {source}")]
+#[error("netdev {id}")]
 pub struct NetError {
     /// The netdev.
     pub id: String,

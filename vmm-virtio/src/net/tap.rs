@@ -46,7 +46,7 @@ pub enum TapError {
     #[error("tap name '{0}' is not a valid interface name (1-15 bytes, no '/', ':' or spaces)")]
     Name(String),
     /// No tun driver.
-    #[error("cannot open {}: {source} (is the tun module loaded?)", .path.display())]
+    #[error("cannot open {} (is the tun module loaded?)", .path.display())]
     NoTun {
         /// The device path.
         path: PathBuf,
@@ -54,8 +54,14 @@ pub enum TapError {
         #[source]
         source: io::Error,
     },
+    /// The tun device may not be opened by this user.
+    #[error("cannot open {}: permission denied (the VMM needs read and write access to it)", .path.display())]
+    TunPermission {
+        /// The device path.
+        path: PathBuf,
+    },
     /// The tun device exists but cannot be opened.
-    #[error("cannot open {}: {source}", .path.display())]
+    #[error("cannot open {}", .path.display())]
     Open {
         /// The device path.
         path: PathBuf,
@@ -70,7 +76,7 @@ pub enum TapError {
         name: String,
     },
     /// TUNSETIFF refused for another reason (in use, not a tap...).
-    #[error("tap {name}: cannot attach: {source}")]
+    #[error("tap {name}: cannot attach")]
     Attach {
         /// The interface.
         name: String,
@@ -79,7 +85,7 @@ pub enum TapError {
         source: io::Error,
     },
     /// TUNSETVNETHDRSZ refused.
-    #[error("tap {name}: cannot set the virtio header size: {source}")]
+    #[error("tap {name}: cannot set the virtio header size")]
     VnetHeader {
         /// The interface.
         name: String,
@@ -130,6 +136,8 @@ impl Tap {
                 let path = path.to_owned();
                 if source.kind() == io::ErrorKind::NotFound {
                     TapError::NoTun { path, source }
+                } else if source.kind() == io::ErrorKind::PermissionDenied {
+                    TapError::TunPermission { path }
                 } else {
                     TapError::Open { path, source }
                 }
@@ -245,8 +253,10 @@ mod tests {
         assert!(matches!(e, TapError::NoTun { .. }), "{e:?}");
         assert_eq!(
             e.to_string(),
-            "cannot open /nonexistent/net/tun: No such file or directory (os error 2) (is the tun module loaded?)"
+            "cannot open /nonexistent/net/tun (is the tun module loaded?)"
         );
+        let source = std::error::Error::source(&e).unwrap().to_string();
+        assert_eq!(source, "No such file or directory (os error 2)");
     }
 
     #[test]
@@ -254,10 +264,8 @@ mod tests {
         // /dev/null opens but knows no TUNSETIFF.
         let e = Tap::open_at(Path::new("/dev/null"), "tap0").unwrap_err();
         assert!(matches!(e, TapError::Attach { .. }), "{e:?}");
-        assert!(
-            e.to_string().starts_with("tap tap0: cannot attach: "),
-            "{e}"
-        );
+        assert_eq!(e.to_string(), "tap tap0: cannot attach");
+        assert!(std::error::Error::source(&e).is_some());
     }
 
     #[test]
