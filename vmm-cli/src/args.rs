@@ -40,8 +40,16 @@ pub struct Args {
     #[arg(long, value_name = "OPTS")]
     pub drive: Vec<String>,
 
+    /// A network backend, QEMU's -netdev: tap,id=ID,ifname=NAME[,vhost=off]
+    /// [,script=no][,downscript=no]. The tap is made if it does not exist
+    /// (its address is yours to set); --device virtio-net-pci,netdev=ID
+    /// puts a card on it. Repeatable.
+    #[arg(long, value_name = "OPTS")]
+    pub netdev: Vec<String>,
+
     /// A device, QEMU's -device: NAME[,prop=value...]
-    /// (virtio-blk-pci,drive=ID[,serial=S][,addr=SLOT]); `help` lists the
+    /// (virtio-blk-pci,drive=ID[,serial=S][,addr=SLOT];
+    /// virtio-net-pci,netdev=ID[,mac=MAC][,addr=SLOT]); `help` lists the
     /// types, NAME,help a type's properties. Repeatable.
     #[arg(long, value_name = "OPTS")]
     pub device: Vec<String>,

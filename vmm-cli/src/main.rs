@@ -11,6 +11,7 @@ mod console;
 mod escape;
 mod host_check;
 mod monitor;
+mod netdev;
 mod output;
 mod qmp;
 mod seccomp;
@@ -44,9 +45,17 @@ fn main() -> ExitCode {
         .parse_env("VMM_LOG")
         .format_timestamp_micros()
         .init();
-    // --drive and --device first: `--device help` needs nothing else.
-    let disks = match storage::resolve(&args.drive, &args.device, &vmm_pc::device_types::registry())
-    {
+    // --netdev, --drive and --device first: `--device help` needs nothing
+    // else.
+    let netdevs = match netdev::parse_all(&args.netdev) {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("vmm: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let registry = vmm_pc::device_types::registry();
+    let disks = match storage::resolve(&args.drive, &args.device, &netdevs, &registry) {
         Ok(storage::Storage::Devices(devices)) => devices,
         Ok(storage::Storage::Help(text)) => {
             print!("{text}");
@@ -151,6 +160,7 @@ fn run(args: Args, devices: storage::Devices) -> Result<ExitReason> {
     let config = PcConfig {
         kernel: kernel.clone(),
         disks: devices.disks,
+        nets: devices.nets,
         initrd: args.initrd.clone(),
         cmdline: args.append.clone(),
         memory: args.memory,

@@ -15,6 +15,9 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use vmm_pc::disks::{Aio, CacheMode, DiskConfig, ErrorAction};
+use vmm_pc::nets::{MacAddr, NetConfig};
+
+use crate::netdev::Netdev;
 use vmm_qom::{parse_opts, Registry};
 
 /// The devices `--drive` and `--device` add to the machine.
@@ -27,6 +30,8 @@ pub struct Devices {
     /// An i6300esb watchdog: `Some(slot)`, the slot `None` for the last
     /// free one.
     pub i6300esb: Option<Option<u8>>,
+    /// The network cards to build.
+    pub nets: Vec<NetConfig>,
 }
 
 /// What `--device` asked for: devices, or help printed by the caller.
@@ -45,6 +50,17 @@ pub struct StorageError {
     option: &'static str,
     spec: String,
     why: String,
+}
+
+impl StorageError {
+    /// `option spec: why`.
+    pub fn new(option: &'static str, spec: &str, why: String) -> Self {
+        Self {
+            option,
+            spec: spec.to_owned(),
+            why,
+        }
+    }
 }
 
 /// A drive as `--drive` gives it, before a device takes it.
@@ -173,6 +189,7 @@ fn parse_slot(addr: &str) -> Option<u8> {
 pub fn resolve(
     drives: &[String],
     devices: &[String],
+    netdevs: &[Netdev],
     registry: &Registry,
 ) -> Result<Storage, StorageError> {
     let drive_err = |spec: &str, why: String| StorageError {
@@ -205,6 +222,7 @@ pub fn resolve(
     let mut taken = BTreeSet::new();
     let mut ib700 = false;
     let mut i6300esb = None;
+    let mut nets: Vec<NetConfig> = Vec::new();
     for spec in devices {
         let opts = parse_opts(spec, Some("driver")).map_err(|e| device_err(spec, e.to_string()))?;
         if opts.wants_help() {
@@ -252,6 +270,44 @@ pub fn resolve(
                 }
                 disks.push(disk);
             }
+            "virtio-net-pci" => {
+                let id = request.str("netdev").unwrap_or_default();
+                let netdev = netdevs.iter().find(|n| n.id == id).ok_or_else(|| {
+                    device_err(
+                        spec,
+                        format!("Property 'virtio-net-pci.netdev' can't find value '{id}'"),
+                    )
+                })?;
+                if nets.iter().any(|n| n.id == id) {
+                    return Err(device_err(
+                        spec,
+                        format!(
+                            "Property 'virtio-net-pci.netdev' can't take value '{id}', it's in use"
+                        ),
+                    ));
+                }
+                let mac = match request.str("mac") {
+                    Some(m) => m.parse::<MacAddr>().map_err(|e| {
+                        device_err(spec, format!("Property 'virtio-net-pci.mac': {e}"))
+                    })?,
+                    None => MacAddr::default_for(nets.len()),
+                };
+                let slot = match request.str("addr") {
+                    Some(addr) => Some(parse_slot(addr).ok_or_else(|| {
+                        device_err(
+                            spec,
+                            format!("Parameter 'addr' expects a PCI slot 1-31 (hex), not '{addr}'"),
+                        )
+                    })?),
+                    None => None,
+                };
+                nets.push(NetConfig {
+                    id: id.to_owned(),
+                    ifname: netdev.ifname.clone(),
+                    mac,
+                    slot,
+                });
+            }
             "ib700" => {
                 if ib700 {
                     return Err(device_err(spec, "there can be only one ib700".into()));
@@ -282,8 +338,12 @@ pub fn resolve(
         }
     }
     let mut slots = BTreeSet::new();
-    let watchdog_slot = i6300esb.flatten();
-    for s in disks.iter().filter_map(|d| d.slot).chain(watchdog_slot) {
+    let wanted = disks
+        .iter()
+        .filter_map(|d| d.slot)
+        .chain(nets.iter().filter_map(|n| n.slot))
+        .chain(i6300esb.flatten());
+    for s in wanted {
         if !slots.insert(s) {
             return Err(StorageError {
                 option: "--device",
@@ -292,10 +352,20 @@ pub fn resolve(
             });
         }
     }
+    for n in netdevs {
+        if !nets.iter().any(|c| c.id == n.id) {
+            log::warn!(
+                "netdev {} has no device (--device virtio-net-pci,netdev={})",
+                n.id,
+                n.id
+            );
+        }
+    }
     Ok(Storage::Devices(Devices {
         disks,
         ib700,
         i6300esb,
+        nets,
     }))
 }
 
@@ -311,6 +381,7 @@ mod tests {
         resolve(
             &strings(drives),
             &strings(devices),
+            &[],
             &vmm_pc::device_types::registry(),
         )
     }
@@ -465,5 +536,54 @@ mod tests {
         assert!(run(&[], &["nope,help"]).is_err());
         assert_eq!(parse_slot("1f"), Some(31));
         assert_eq!(parse_slot("0"), None);
+    }
+
+    #[test]
+    fn network_cards_get_their_netdev_and_a_mac_each() {
+        let netdevs = crate::netdev::parse_all(&strings(&[
+            "tap,id=n0,ifname=tap0",
+            "tap,id=n1,ifname=tap1",
+            "tap,id=n2,ifname=tap2",
+        ]))
+        .unwrap();
+        let got = resolve(
+            &[],
+            &strings(&[
+                "virtio-net-pci,netdev=n1",
+                "virtio-net-pci,netdev=n0,mac=52:54:00:aa:bb:cc,addr=07",
+                "virtio-net-pci,netdev=n2",
+            ]),
+            &netdevs,
+            &vmm_pc::device_types::registry(),
+        )
+        .unwrap();
+        let Storage::Devices(d) = got else {
+            panic!("help?")
+        };
+        let cards: Vec<_> = d
+            .nets
+            .iter()
+            .map(|n| (n.id.as_str(), n.ifname.as_str(), n.mac.to_string(), n.slot))
+            .collect();
+        assert_eq!(
+            cards,
+            [
+                ("n1", "tap1", "52:54:00:12:34:56".to_owned(), None),
+                ("n0", "tap0", "52:54:00:aa:bb:cc".to_owned(), Some(7)),
+                ("n2", "tap2", "52:54:00:12:34:58".to_owned(), None),
+            ]
+        );
+        // A slot a disk has too.
+        let e = resolve(
+            &strings(&["file=a,if=none,id=d"]),
+            &strings(&[
+                "virtio-blk-pci,drive=d,addr=07",
+                "virtio-net-pci,netdev=n0,addr=07",
+            ]),
+            &netdevs,
+            &vmm_pc::device_types::registry(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("PCI slot 07 is used twice"), "{e}");
     }
 }

@@ -48,6 +48,38 @@ pub const VIRTIO_BLK_PCI: DeviceType = DeviceType {
     ],
 };
 
+/// `virtio-net-pci`: a network card on a netdev (`--netdev tap,id=ID`).
+pub const VIRTIO_NET_PCI: DeviceType = DeviceType {
+    name: "virtio-net-pci",
+    bus: Bus::Pci,
+    category: Category::Network,
+    desc: "Virtio network device (virtio 1.x, modern PCI) on a tap",
+    user_creatable: true,
+    props: &[
+        PropSpec {
+            name: "netdev",
+            kind: PropKind::Str,
+            default: None,
+            required: true,
+            help: "the netdev (--netdev tap,id=ID,...) to use",
+        },
+        PropSpec {
+            name: "mac",
+            kind: PropKind::Str,
+            default: None,
+            required: false,
+            help: "the card's MAC address (default 52:54:00:12:34:56, :57... by card)",
+        },
+        PropSpec {
+            name: "addr",
+            kind: PropKind::Str,
+            default: None,
+            required: false,
+            help: "PCI slot (1-31, hex as QEMU: addr=05 or addr=0x5)",
+        },
+    ],
+};
+
 /// `ib700`: the IB700 watchdog (ISA, ports 0x441-0x443).
 pub const IB700: DeviceType = DeviceType {
     name: "ib700",
@@ -119,6 +151,7 @@ pub const TYPES: &[DeviceType] = &[
         "PCI Express host bridge (00:00.0)",
     ),
     VIRTIO_BLK_PCI,
+    VIRTIO_NET_PCI,
     IB700,
     I6300ESB,
 ];

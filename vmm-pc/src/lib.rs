@@ -18,6 +18,7 @@ pub mod machine;
 pub mod memory;
 pub mod model;
 pub mod mptable;
+pub mod nets;
 pub mod pci;
 pub mod snapshot;
 pub mod test_guests;

@@ -147,6 +147,8 @@ pub struct PcMachine {
     /// Run once an incoming migration is loaded (no `--paused`, or a
     /// `cont` meanwhile).
     autostart: bool,
+    /// The network cards.
+    nets: Vec<crate::virtio::Nic>,
 }
 
 impl std::fmt::Debug for PcMachine {
@@ -181,6 +183,11 @@ impl PcMachine {
             .disks
             .iter()
             .map(|d| crate::disks::open_image(d).map(|image| (d.clone(), image.size)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let taps = config
+            .nets
+            .iter()
+            .map(|n| crate::nets::open_tap(n).map(|tap| (n.clone(), tap)))
             .collect::<Result<Vec<_>, _>>()?;
 
         // 3. KVM.
@@ -328,6 +335,7 @@ impl PcMachine {
             },
         );
 
+        let mut slots = crate::virtio::Slots::new(&vm);
         // The disks: virtio-blk-pci devices on the bus, their worker
         // threads made now (parked until the guest activates them).
         let disks = {
@@ -343,11 +351,20 @@ impl PcMachine {
             crate::virtio::add_disks(
                 &vm,
                 &mut lock(&devices.pci),
+                &mut slots,
                 &disk_images,
                 config.device_thread_start.clone(),
                 &events,
             )?
         };
+        // The network cards, the same way, each on its tap.
+        let nets = crate::virtio::add_nets(
+            &vm,
+            &mut lock(&devices.pci),
+            &mut slots,
+            taps,
+            config.device_thread_start.clone(),
+        )?;
 
         // 9. vCPU threads.
         let io: Arc<PcIo> = Arc::new(io);
@@ -393,6 +410,7 @@ impl PcMachine {
             incoming: config.incoming.clone(),
             deferred_incoming: false,
             autostart: !config.start_paused,
+            nets,
         })
     }
 

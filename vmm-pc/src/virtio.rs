@@ -1,5 +1,5 @@
-//! Virtio devices on the PC: each disk a virtio-blk-pci (vmm-virtio) on the
-//! root bus, connected to KVM through the transport's three seams:
+//! Virtio devices on the PC: each disk a virtio-blk-pci and each network
+//! card a virtio-net-pci (vmm-virtio) on the root bus, connected to KVM through the transport's three seams:
 //!
 //! - MSI-X messages go out with `KVM_SIGNAL_MSI`, from whichever thread the
 //!   transport decides on (the device's worker, or a vCPU unmasking a
@@ -15,14 +15,18 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use vm_memory::GuestMemoryMmap;
 use vmm_core::vm::Vm;
 use vmm_pci::alloc::Window;
 use vmm_pci::msix::MsiMessage;
 use vmm_pci::{PciDevice, PciRoot};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_virtio::blk::{BlockConfig, BlockEvents, BlockHandle, ErrorPolicy, VirtioBlk};
+use vmm_virtio::net::{MacAddr, NetHandle, VirtioNet};
 use vmm_virtio::worker::ThreadStart;
-use vmm_virtio::{Doorbells, IntxLine, MsiSender, TransportSeams, VirtioPciDevice};
+use vmm_virtio::{Doorbells, IntxLine, MsiSender, TransportSeams, VirtioDevice, VirtioPciDevice};
+
+use crate::nets::{NetConfig, Tap};
 
 use crate::disks::DiskConfig;
 use crate::pci::{intx_gsi, PCI_MMIO32_START, PCI_WATCHDOG_BAR};
@@ -57,6 +61,97 @@ pub enum VirtioError {
         #[source]
         source: vmm_pci::PciError,
     },
+    /// A network card could not be put on the bus.
+    #[error("netdev {id}: virtio-net-pci")]
+    Net {
+        /// The netdev.
+        id: String,
+        /// Why.
+        #[source]
+        source: PlugError,
+    },
+}
+
+/// Why a virtio function could not be put on the bus.
+#[derive(Debug, thiserror::Error)]
+pub enum PlugError {
+    /// The transport refused the device.
+    #[error(transparent)]
+    Transport(#[from] vmm_virtio::TransportError),
+    /// No room on the bus or in the BAR window.
+    #[error("no room on the PCI bus: {0}")]
+    Pci(#[from] vmm_pci::PciError),
+    /// No worker thread.
+    #[error("cannot start the device's thread: {0}")]
+    Thread(#[from] std::io::Error),
+}
+
+/// What the virtio functions share: the 32-bit BAR window and the INTx
+/// lines.
+pub struct Slots {
+    window: Window,
+    lines: Arc<IntxLines>,
+    mem: Arc<GuestMemoryMmap>,
+}
+
+impl std::fmt::Debug for Slots {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Slots").finish_non_exhaustive()
+    }
+}
+
+impl Slots {
+    /// The window below the ECAM, no line asserted.
+    pub fn new(vm: &Vm) -> Self {
+        Self {
+            window: Window::new("PCI 32-bit", PCI_MMIO32_START, PCI_WATCHDOG_BAR),
+            lines: Arc::new(IntxLines {
+                vm: vm.clone(),
+                asserted: Mutex::new(HashMap::new()),
+            }),
+            mem: Arc::new(vm.memory().clone()),
+        }
+    }
+
+    /// The first free slot, or `slot`.
+    fn slot(root: &PciRoot, slot: Option<u8>) -> Result<u8, vmm_pci::PciError> {
+        match slot {
+            Some(s) => Ok(s),
+            None => root.free_slot().ok_or(vmm_pci::PciError::SlotTaken(32)),
+        }
+    }
+
+    /// Puts `device` on `root` at `slot` as function `name`, its seams
+    /// going to KVM, its BARs placed in the window.
+    fn plug(
+        &mut self,
+        vm: &Vm,
+        root: &mut PciRoot,
+        name: &str,
+        device: Box<dyn VirtioDevice<GuestMemoryMmap>>,
+        slot: u8,
+    ) -> Result<(), PlugError> {
+        let seams = TransportSeams {
+            msi: Arc::new(KvmMsi(vm.clone())),
+            intx: Some(Arc::new(IntxPin {
+                lines: Arc::clone(&self.lines),
+                gsi: intx_gsi(slot, 0),
+                high: Mutex::new(false),
+            })),
+            doorbells: Arc::new(KvmDoorbells(vm.clone())),
+        };
+        let mut device = VirtioPciDevice::new(name, device, Arc::clone(&self.mem), seams)?;
+        let bars = *device.config().bars();
+        for (index, bar) in bars.iter().enumerate() {
+            if let Some(bar) = bar {
+                let base = self.window.allocate(bar.size)?;
+                device.config_mut().set_bar_base(index, base);
+            }
+        }
+        device.config_mut().set_reset_state();
+        root.add(Some(slot), Box::new(device))?;
+        Ok(())
+    }
 }
 
 /// MSI delivery through `KVM_SIGNAL_MSI`.
@@ -150,16 +245,11 @@ pub struct Disk {
 pub fn add_disks(
     vm: &Vm,
     root: &mut PciRoot,
+    slots: &mut Slots,
     disks: &[(DiskConfig, u64)],
     thread_start: Option<ThreadStart>,
     events: &dyn Fn(&str) -> Arc<dyn BlockEvents>,
 ) -> Result<Vec<Disk>, VirtioError> {
-    let mut window = Window::new("PCI 32-bit", PCI_MMIO32_START, PCI_WATCHDOG_BAR);
-    let lines = Arc::new(IntxLines {
-        vm: vm.clone(),
-        asserted: Mutex::new(HashMap::new()),
-    });
-    let mem = Arc::new(vm.memory().clone());
     let mut built = Vec::new();
     for (disk, size) in disks {
         let id = disk.id.clone();
@@ -178,41 +268,22 @@ pub fn add_disks(
                 source,
             })?;
         let handle = blk.handle();
-        let slot = match disk.slot {
-            Some(s) => s,
-            None => root.free_slot().ok_or_else(|| VirtioError::Pci {
-                id: id.clone(),
-                source: vmm_pci::PciError::SlotTaken(32),
-            })?,
-        };
-        let seams = TransportSeams {
-            msi: Arc::new(KvmMsi(vm.clone())),
-            intx: Some(Arc::new(IntxPin {
-                lines: Arc::clone(&lines),
-                gsi: intx_gsi(slot, 0),
-                high: Mutex::new(false),
-            })),
-            doorbells: Arc::new(KvmDoorbells(vm.clone())),
-        };
-        let mut device =
-            VirtioPciDevice::new("virtio-blk-pci", Box::new(blk), Arc::clone(&mem), seams)
-                .map_err(|source| VirtioError::Transport {
-                    id: id.clone(),
-                    source,
-                })?;
         let pci_err = |source| VirtioError::Pci {
             id: id.clone(),
             source,
         };
-        let bars = *device.config().bars();
-        for (index, bar) in bars.iter().enumerate() {
-            if let Some(bar) = bar {
-                let base = window.allocate(bar.size).map_err(pci_err)?;
-                device.config_mut().set_bar_base(index, base);
+        let slot = Slots::slot(root, disk.slot).map_err(pci_err)?;
+        match slots.plug(vm, root, "virtio-blk-pci", Box::new(blk), slot) {
+            Ok(()) => {}
+            Err(PlugError::Transport(source)) => return Err(VirtioError::Transport { id, source }),
+            Err(PlugError::Pci(source)) => return Err(pci_err(source)),
+            Err(PlugError::Thread(e)) => {
+                return Err(VirtioError::Block {
+                    id: id.clone(),
+                    source: vmm_virtio::blk::BlockError::EventFd(e),
+                })
             }
         }
-        device.config_mut().set_reset_state();
-        root.add(Some(slot), Box::new(device)).map_err(pci_err)?;
         built.push(Disk {
             id,
             handle,
@@ -221,6 +292,55 @@ pub fn add_disks(
             readonly: disk.readonly,
             size: *size,
             direct: disk.cache == crate::disks::CacheMode::None,
+        });
+    }
+    Ok(built)
+}
+
+/// A network card the machine built.
+#[derive(Debug, Clone)]
+pub struct Nic {
+    /// Its netdev's id.
+    pub id: String,
+    /// Its tap.
+    pub ifname: String,
+    /// Its address.
+    pub mac: MacAddr,
+    /// Its PCI slot.
+    pub slot: u8,
+    /// The device's counters.
+    pub handle: NetHandle,
+}
+
+/// Adds a virtio-net-pci for each of `nets`, on its open tap; each worker
+/// thread runs `thread_start` first.
+pub fn add_nets(
+    vm: &Vm,
+    root: &mut PciRoot,
+    slots: &mut Slots,
+    nets: Vec<(NetConfig, Tap)>,
+    thread_start: Option<ThreadStart>,
+) -> Result<Vec<Nic>, VirtioError> {
+    let mut built = Vec::new();
+    for (net, tap) in nets {
+        let err = |source: PlugError| VirtioError::Net {
+            id: net.id.clone(),
+            source,
+        };
+        let ifname = tap.name().to_owned();
+        let card = VirtioNet::new(Arc::new(tap), net.mac, thread_start.clone())
+            .map_err(|e| err(e.into()))?;
+        let handle = card.handle();
+        let slot = Slots::slot(root, net.slot).map_err(|e| err(e.into()))?;
+        slots
+            .plug(vm, root, "virtio-net-pci", Box::new(card), slot)
+            .map_err(err)?;
+        built.push(Nic {
+            id: net.id.clone(),
+            ifname,
+            mac: net.mac,
+            slot,
+            handle,
         });
     }
     Ok(built)

@@ -23,6 +23,8 @@ mount -t devtmpfs devtmpfs /dev
 insmod /modules/irqbypass.ko
 insmod /modules/kvm.ko
 insmod /modules/kvm-amd.ko 2>/dev/null || insmod /modules/kvm-intel.ko 2>/dev/null
+# Taps for the VMM's network cards (--netdev tap): /dev/net/tun.
+[ -e /modules/tun.ko ] && insmod /modules/tun.ko
 # Disks the job brought (Job::l1_disks) appear as /dev/vda...
 for m in virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk; do
   [ -e /modules/$m.ko ] && insmod /modules/$m.ko
@@ -172,7 +174,8 @@ pub fn l1_initramfs(
     interactive: bool,
 ) -> Result<Vec<u8>, TestbedError> {
     let mut extra: Vec<(String, Vec<u8>, u32)> = Vec::new();
-    let kvm = ["irqbypass", "kvm", "kvm-amd", "kvm-intel"];
+    // tun (when the guest files have it) for the VMM's taps.
+    let kvm = ["irqbypass", "kvm", "kvm-amd", "kvm-intel", "tun"];
     let virtio = crate::initramfs::VIRTIO_BLOCK_MODULES;
     let wanted: Vec<&str> = if job.l1_disks.is_empty() {
         kvm.to_vec()

@@ -6,6 +6,7 @@
 //! | [`seams`] | what the machine provides: [`MsiSender`] (KVM_SIGNAL_MSI), [`IntxLine`] (a level-triggered GSI), [`Doorbells`] (KVM_IOEVENTFD) |
 //! | [`device`] | the [`VirtioDevice`] trait a transport drives, and what a device gets when the driver starts it |
 //! | [`transport`] | [`VirtioPciDevice`]: a [`vmm_pci::PciDevice`] with the virtio capabilities, common configuration, ISR, notifications and MSI-X |
+//! | [`net`] | [`net::VirtioNet`]: frames between a [`net::NetBackend`] (a tap) and the guest's receive and transmit queues, on its worker thread |
 //! | [`blk`] | [`blk::VirtioBlk`]: requests parsed into plain values, then done with `preadv`/`pwritev`/`fdatasync`/`fallocate` on its worker thread, and the I/O error policy (report, ignore, stop) |
 //!
 //! # Threads
@@ -34,6 +35,7 @@
 
 pub mod blk;
 pub mod device;
+pub mod net;
 pub mod seams;
 pub mod transport;
 pub mod worker;

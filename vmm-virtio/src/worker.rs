@@ -42,6 +42,15 @@ impl Waiter {
         )
     }
 
+    /// Stops watching `fd`.
+    pub fn remove(&self, fd: &impl AsRawFd) -> io::Result<()> {
+        self.epoll.ctl(
+            ControlOperation::Delete,
+            fd.as_raw_fd(),
+            EpollEvent::default(),
+        )
+    }
+
     /// Blocks until something is ready; returns the tokens (the stop
     /// eventfd as [`STOP_TOKEN`]). Interrupted waits are retried.
     pub fn wait(&self) -> io::Result<Vec<u64>> {

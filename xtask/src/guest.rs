@@ -8,8 +8,9 @@
 //!   busybox                bin/busybox of busybox-static
 //!   initramfs.cpio         newc archive: busybox, its links, /dev nodes, /init
 //!   modules/*.ko           kvm, kvm-amd, kvm-intel, irqbypass; evdev, button;
-//!                          pvpanic, pvpanic-mmio; the virtio PCI and block
-//!                          drivers; watchdog, wdat_wdt (decompressed)
+//!                          pvpanic, pvpanic-mmio; virtio, virtio_pci...,
+//!                          virtio_blk; watchdog, wdat_wdt; failover,
+//!                          net_failover, virtio_net; tun (decompressed)
 //!   manifest.txt           file, package, version, sha256, source; written last
 //!
 //!   rootfs.img             with --rootfs: an ext4 root disk (root=/dev/vda)
@@ -42,7 +43,8 @@ const BUSYBOX_PACKAGE: &str = "busybox-static";
 /// `system_powerdown`; pvpanic for guests that report their panics; the
 /// virtio disk drivers; the watchdog core and `wdat_wdt` (the ACPI WDAT
 /// driver that finds `--device i6300esb`), which the Linux watchdog tests
-/// load.
+/// load; virtio-net and its dependencies for a guest's network card, and
+/// tun for the tap L1 gives the nested VMM.
 const MODULES: &[&str] = &[
     "irqbypass",
     "kvm",
@@ -60,6 +62,10 @@ const MODULES: &[&str] = &[
     "virtio_blk",
     "watchdog",
     "wdat_wdt",
+    "failover",
+    "net_failover",
+    "virtio_net",
+    "tun",
 ];
 const MANIFEST: &str = "manifest.txt";
 

@@ -22,6 +22,8 @@ const fn kvm(dir: u64, nr: u64, size: usize) -> u64 {
     (dir << 30) | ((size as u64) << 16) | (KVMIO << 8) | nr
 }
 
+/// A tap's `TUNSETOFFLOAD` (`_IOW('T', 208, unsigned int)`).
+pub(super) const TUNSETOFFLOAD: u64 = vmm_virtio::net::tap::TUNSETOFFLOAD_IOCTL;
 pub(super) const KVM_IRQ_LINE: u64 = kvm(WRITE, 0x61, size_of::<kvm_irq_level>());
 // Linux declares it _IOR, though it writes.
 pub(super) const KVM_SET_IRQCHIP: u64 = kvm(READ, 0x63, size_of::<kvm_irqchip>());

@@ -5,7 +5,7 @@ use super::{lock, PcMachine};
 
 impl PcMachine {
     /// The device model's list, then the PCI bus's functions (a disk's
-    /// by its drive id).
+    /// by its drive id, a network card's by its netdev id).
     pub(super) fn device_tree(&self) -> Vec<crate::DeviceInfo> {
         let mut tree: Vec<_> = self
             .devices
@@ -22,9 +22,13 @@ impl PcMachine {
             if f.slot == 0 {
                 continue;
             }
-            let id = self.disks.iter().find(|d| d.slot == f.slot);
+            let disk = self.disks.iter().find(|d| d.slot == f.slot);
+            let nic = self.nets.iter().find(|n| n.slot == f.slot);
+            let id = disk
+                .map(|d| d.id.clone())
+                .or_else(|| nic.map(|n| n.id.clone()));
             tree.push(crate::DeviceInfo {
-                id: id.map(|d| d.id.clone()).unwrap_or_default(),
+                id: id.unwrap_or_default(),
                 type_name: f.name,
                 pci_slot: Some(f.slot),
             });

@@ -114,10 +114,10 @@ impl PcMachine {
     }
 
     pub(super) fn check_snapshottable(&self) -> Result<(), CommandFailure> {
-        if !self.disks.is_empty() {
+        if !self.disks.is_empty() || !self.nets.is_empty() {
             return Err(refused(
-                "snapshots of a machine with disks are not supported yet (a virtio device's \
-                 queues are not captured)",
+                "snapshots of a machine with disks or network cards are not supported yet (a \
+                 virtio device's queues are not captured)",
             ));
         }
         Ok(())

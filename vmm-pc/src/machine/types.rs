@@ -21,6 +21,8 @@ pub struct PcConfig {
     pub kernel: PathBuf,
     /// Disks, each a virtio-blk-pci on its drive.
     pub disks: Vec<crate::disks::DiskConfig>,
+    /// Network cards, each a virtio-net-pci on a tap.
+    pub nets: Vec<crate::nets::NetConfig>,
     /// An initrd/initramfs, if any.
     pub initrd: Option<PathBuf>,
     /// The kernel command line.
@@ -159,6 +161,9 @@ pub enum PcError {
     /// A disk's image.
     #[error(transparent)]
     Disk(#[from] crate::disks::DiskError),
+    /// A network card's tap.
+    #[error(transparent)]
+    Net(#[from] crate::nets::NetError),
     /// A virtio device.
     #[error(transparent)]
     Virtio(#[from] crate::virtio::VirtioError),

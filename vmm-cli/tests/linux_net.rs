@@ -1,0 +1,184 @@
+//! A network card under Debian's kernel: virtio-net-pci on a tap, with
+//! the guest's own virtio_net driver (loaded from the test initramfs).
+//! Nested only: the tap lives in L1, which has no network device of its
+//! own, so no packet leaves the test bed.
+
+use vmm_testbed::{HostKvm, Job};
+
+mod common;
+mod linux_common;
+
+use linux_common::{guest, nested_retry, run, test_initrd};
+
+/// The guest's drivers, in dependency order.
+const MODULES: &[&str] = &[
+    "virtio_ring",
+    "virtio",
+    "virtio_pci_legacy_dev",
+    "virtio_pci_modern_dev",
+    "virtio_pci",
+    "failover",
+    "net_failover",
+    "virtio_net",
+];
+
+/// L1 (the companion) waits for our VMM to make tap0, gives it
+/// 10.0.2.1/24 and brings it up; the guest gives its card 10.0.2.15/24
+/// and pings L1, small and large (a 20000-byte ping: IP fragments, many
+/// frames each way), and L1 pings the guest; then 4 MiB go each way over
+/// TCP (busybox's httpd and wget: checksum and segmentation offloads,
+/// frames spanning mergeable buffers), compared byte for byte. The guest
+/// also reads its MAC and the features its driver took.
+#[test]
+fn debian_reaches_l1_across_a_tap() {
+    let test = "debian_reaches_l1_across_a_tap";
+    if HostKvm::detect() != HostKvm::Pvm {
+        // Directly on a host the tap and its address would be the host's.
+        eprintln!("SKIP {test}: runs only nested (the tap must live in L1)");
+        return;
+    }
+    nested_retry(test, || {
+        let Some(g) = guest(test) else { return };
+        for m in MODULES.iter().chain(&["tun"]) {
+            assert!(
+                g.module(m).exists(),
+                "{test}: no {m}.ko in the guest files (cargo xtask guest refreshes them)"
+            );
+        }
+        let dir = common::TempDir::new(test);
+        let script = "\
+            for m in virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci failover net_failover virtio_net; do insmod /$m.ko; done\n\
+            sleep 1\n\
+            echo \"@@MAC $(cat /sys/class/net/eth0/address)\"\n\
+            mkdir -p /tmp/www; yes vmm-net-guest | head -c 4194304 > /tmp/www/data; httpd -p 8080 -h /tmp/www\n\
+            ip addr add 10.0.2.15/24 dev eth0\n\
+            ip link set eth0 up\n\
+            i=0; while [ $i -lt 60 ]; do ping -c 1 -W 1 10.0.2.1 >/dev/null 2>&1 && break; i=$((i+1)); done\n\
+            ping -c 3 -W 2 10.0.2.1 >/dev/null && echo @@PING\n\
+            ping -c 2 -W 3 -s 20000 10.0.2.1 >/dev/null && echo @@BIGPING\n\
+            wget -q -O /tmp/in http://10.0.2.1:8080/data && yes vmm-net-l1 | head -c 4194304 | cmp - /tmp/in && echo @@TCPIN\n\
+            i=0; while ! wget -q -O /dev/null http://10.0.2.1:8080/fetched 2>/dev/null; do sleep 1; i=$((i+1)); [ $i -lt 90 ] || break; done\n\
+            echo \"@@FEATURES $(cat /sys/bus/virtio/devices/virtio0/features)\"\n\
+            echo @@DONE\n\
+            poweroff -f";
+        let initrd = test_initrd(&g, &dir, script, MODULES, false);
+        let companion = "\
+            mkdir -p /tmp/www; yes vmm-net-l1 | head -c 4194304 > /tmp/www/data; httpd -p 8080 -h /tmp/www\n\
+            i=0; while ! ip link show tap0 >/dev/null 2>&1; do sleep 0.2; i=$((i+1)); [ $i -lt 600 ] || exit 1; done\n\
+            ip addr add 10.0.2.1/24 dev tap0\n\
+            ip link set tap0 up\n\
+            echo @@L1TAP\n\
+            i=0; while [ $i -lt 120 ]; do ping -c 1 -W 1 10.0.2.15 >/dev/null 2>&1 && break; i=$((i+1)); done\n\
+            ping -c 2 -W 2 10.0.2.15 >/dev/null && echo @@L1PING\n\
+            i=0; while [ $i -lt 60 ]; do wget -q -O /tmp/in http://10.0.2.15:8080/data && break; sleep 1; i=$((i+1)); done\n\
+            yes vmm-net-guest | head -c 4194304 | cmp - /tmp/in && echo @@TCPOUT\n\
+            touch /tmp/www/fetched\n\
+            i=0; while pidof vmm >/dev/null && [ $i -lt 300 ]; do sleep 1; i=$((i+1)); done";
+        let job = Job::new([
+            "--kernel",
+            "kernel",
+            "--initrd",
+            "initrd",
+            "--memory",
+            "256M",
+            "--netdev",
+            "tap,id=n0,ifname=tap0",
+            "--device",
+            "virtio-net-pci,netdev=n0,mac=52:54:00:ab:cd:01",
+        ])
+        .file("kernel", &g.bzimage)
+        .file("initrd", &initrd)
+        .companion(companion)
+        .timeout(std::time::Duration::from_secs(300));
+        let out = run(test, &g, &job);
+        let c = &out.console;
+        for l in c.lines().filter(|l| l.trim_start().starts_with("@@")) {
+            eprintln!("{test}: {}", l.trim());
+        }
+        assert!(
+            c.contains("@@DONE"),
+            "{test}: no @@DONE\n{c}\nstderr:\n{}",
+            out.stderr
+        );
+        assert_eq!(out.status, Some(0), "{test}: {}", out.stderr);
+        assert!(c.contains("@@MAC 52:54:00:ab:cd:01"), "{test}: MAC\n{c}");
+        assert!(c.contains("@@L1TAP"), "{test}: L1's tap\n{c}");
+        assert!(c.contains("@@PING"), "{test}: guest to L1\n{c}");
+        assert!(c.contains("@@BIGPING"), "{test}: 20000-byte pings\n{c}");
+        assert!(c.contains("@@L1PING"), "{test}: L1 to the guest\n{c}");
+        assert!(c.contains("@@TCPIN"), "{test}: 4 MiB over TCP from L1\n{c}");
+        assert!(c.contains("@@TCPOUT"), "{test}: 4 MiB over TCP to L1\n{c}");
+        // The driver took mergeable buffers (bit 15) and checksum offload
+        // both ways (bits 0, 1): the features file is one character per bit.
+        let features = c
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("@@FEATURES "))
+            .unwrap_or_else(|| panic!("{test}: no features\n{c}"));
+        for bit in [0usize, 1, 5, 15, 16] {
+            assert_eq!(
+                features.as_bytes().get(bit),
+                Some(&b'1'),
+                "{test}: feature bit {bit} in {features}"
+            );
+        }
+    });
+}
+
+/// A tap that cannot be had is a one-line error naming the netdev, status
+/// 1, before any guest runs: in L1 (its companion runs our VMM) with
+/// `/dev/net/tun` moved away, then as an unprivileged user, first with
+/// `/dev/net/tun` mode 0600 (no access), then 0666 (no CAP_NET_ADMIN to
+/// make the tap); no tap is left behind.
+#[test]
+fn tap_errors_are_one_line() {
+    let test = "tap_errors_are_one_line";
+    if HostKvm::detect() != HostKvm::Pvm {
+        // Directly on a host the test would move the host's /dev/net/tun.
+        eprintln!("SKIP {test}: runs only nested (it changes L1's /dev/net/tun)");
+        return;
+    }
+    nested_retry(test, || {
+        let Some(g) = guest(test) else { return };
+        let vmm_args =
+            "--kernel kernel --netdev tap,id=n0,ifname=tap9 --device virtio-net-pci,netdev=n0";
+        let companion = format!(
+            "cd /job\n\
+             mv /dev/net/tun /dev/net/tun.off\n\
+             $VMM {vmm_args} 2>/tmp/e1; st=$?\n\
+             echo \"@@NOTUN $st $(wc -l < /tmp/e1) $(cat /tmp/e1)\"\n\
+             mv /dev/net/tun.off /dev/net/tun\n\
+             echo 'nobody:x:65534:65534::/:/bin/sh' >>/etc/passwd\n\
+             chmod 600 /dev/net/tun\n\
+             su -s /bin/sh nobody -c \"$VMM {vmm_args}\" 2>/tmp/e2; st=$?\n\
+             echo \"@@NOACCESS $st $(wc -l < /tmp/e2) $(cat /tmp/e2)\"\n\
+             chmod 666 /dev/net/tun\n\
+             su -s /bin/sh nobody -c \"$VMM {vmm_args}\" 2>/tmp/e3; st=$?\n\
+             echo \"@@NOPERM $st $(wc -l < /tmp/e3) $(cat /tmp/e3)\"\n\
+             chmod 600 /dev/net/tun\n\
+             ip link show tap9 >/dev/null 2>&1 || echo @@NOTAP"
+        );
+        // The job's own VMM only prints the device types and ends.
+        let job = Job::new(["--device", "help"])
+            .file("kernel", &g.bzimage)
+            .companion(&companion)
+            .timeout(std::time::Duration::from_secs(120));
+        let out = run(test, &g, &job);
+        let c = &out.console;
+        for l in c.lines().filter(|l| l.trim_start().starts_with("@@")) {
+            eprintln!("{test}: {}", l.trim());
+        }
+        assert!(
+            c.contains("@@NOTUN 1 1 vmm: cannot build the machine: netdev n0: cannot open /dev/net/tun (is the tun module loaded?): No such file or directory (os error 2)"),
+            "{test}: no /dev/net/tun\n{c}"
+        );
+        assert!(
+            c.contains("@@NOACCESS 1 1 vmm: cannot build the machine: netdev n0: cannot open /dev/net/tun: permission denied (the VMM needs read and write access to it)"),
+            "{test}: /dev/net/tun not for this user\n{c}"
+        );
+        assert!(
+            c.contains("@@NOPERM 1 1 vmm: cannot build the machine: netdev n0: tap tap9: permission denied (needs CAP_NET_ADMIN, or a tap made for this user with 'ip tuntap add tap9 mode tap user USER')"),
+            "{test}: no permission\n{c}"
+        );
+        assert!(c.contains("@@NOTAP"), "{test}: no tap left behind\n{c}");
+    });
+}
