@@ -37,7 +37,7 @@ use vmm_core::vm::Vm;
 use vmm_runstate::{RunState, RunStateMachine};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::control::{Command, CpuInfo, MachineEvent, QuitSource, Reply, ReplyFn};
+use crate::control::{Command, MachineEvent, QuitSource, ReplyFn};
 use crate::cpu::{self, BootEntry};
 use crate::devices::{create_devices, pc_irq_routes, Com1, DeviceError, PcDevices, PcShape};
 use crate::images::{open_regular, BootImages};
@@ -45,6 +45,7 @@ use crate::io::PcIo;
 use crate::layout::{self, MAX_CPUS};
 use crate::memory;
 
+mod commands;
 mod info;
 mod migration;
 mod snapshot;
@@ -525,132 +526,6 @@ impl PcMachine {
         self.clocks.vm_start();
         self.vcpus.resume_all()?;
         Ok(())
-    }
-
-    /// Runs the commands front ends submitted, in order.
-    fn run_commands(&mut self) -> Result<(), PcError> {
-        loop {
-            let Some((command, reply)) = lock(&self.control.commands).pop_front() else {
-                return Ok(());
-            };
-            let outcome = self.run_command(command);
-            // A failure to pause or resume the vCPUs is the machine's, not
-            // the command's: it ends the run after the reply.
-            match outcome {
-                Ok(r) => reply(Ok(r)),
-                Err(CommandFailure::Refused(why)) => reply(Err(why)),
-                Err(CommandFailure::Machine(e)) => {
-                    reply(Err(e.to_string()));
-                    return Err(e);
-                }
-            }
-        }
-    }
-
-    fn run_command(&mut self, command: Command) -> Result<Reply, CommandFailure> {
-        let state = self.runstate.state();
-        match command {
-            Command::QueryStatus => Ok(Reply::Status {
-                running: self.runstate.is_running(),
-                status: state,
-            }),
-            Command::QueryCpus => Ok(Reply::Cpus(
-                self.vcpus
-                    .thread_ids()
-                    .into_iter()
-                    .zip(0..)
-                    .map(|(thread_id, index)| CpuInfo { index, thread_id })
-                    .collect(),
-            )),
-            Command::QueryPci => Ok(Reply::Pci(lock(&self.devices.pci).describe())),
-            Command::QueryDevices => Ok(Reply::Devices(self.device_tree())),
-            Command::Migrate { uri } => {
-                self.migrate(&uri)?;
-                Ok(Reply::Done)
-            }
-            Command::QueryMigrate => Ok(Reply::Migration(self.migration.clone())),
-            Command::MigrationEvents(on) => {
-                self.migration_events = on;
-                Ok(Reply::Done)
-            }
-            Command::SnapshotSave { .. }
-            | Command::SnapshotLoad { .. }
-            | Command::QueryJobs
-            | Command::JobDismiss { .. } => self.job_command(command),
-            Command::SetAction { watchdog, reboot } => {
-                if let Some(action) = watchdog {
-                    self.watchdog_action = action;
-                }
-                if let Some(action) = reboot {
-                    self.reboot = action;
-                }
-                Ok(Reply::Done)
-            }
-            Command::QueryBlock => Ok(Reply::Block(
-                self.disks
-                    .iter()
-                    .map(|d| crate::BlockInfo {
-                        device: d.id.clone(),
-                        file: d.path.display().to_string(),
-                        readonly: d.readonly,
-                        size: d.size,
-                        direct: d.direct,
-                        slot: d.slot,
-                        failed: d.handle.is_held(),
-                        stats: d.handle.stats(),
-                    })
-                    .collect(),
-            )),
-            Command::Stop => {
-                if self.runstate.is_running() {
-                    self.stop_with(RunState::Paused)
-                        .map_err(CommandFailure::Machine)?;
-                }
-                Ok(Reply::Done)
-            }
-            Command::SystemPowerdown => {
-                self.devices.press_power_button();
-                self.emit(MachineEvent::Powerdown);
-                Ok(Reply::Done)
-            }
-            Command::SystemReset => {
-                self.reset(false).map_err(CommandFailure::Machine)?;
-                Ok(Reply::Done)
-            }
-            // QEMU: `cont` while an incoming migration waits only says to
-            // run once it is loaded.
-            Command::Cont if state == RunState::Inmigrate => {
-                self.autostart = true;
-                Ok(Reply::Done)
-            }
-            Command::MigrateIncoming { uri } => {
-                self.migrate_incoming(&uri)?;
-                Ok(Reply::Done)
-            }
-            Command::Cont => {
-                if self.runstate.needs_reset() {
-                    return Err(CommandFailure::Refused(
-                        "Resetting the Virtual Machine is required".into(),
-                    ));
-                }
-                if !self.runstate.is_running() {
-                    let io_error = self.runstate.state() == RunState::IoError;
-                    self.start().map_err(CommandFailure::Machine)?;
-                    self.emit(MachineEvent::Resume);
-                    // QEMU's cont after io-error: the held requests again.
-                    if io_error {
-                        for d in self.disks.iter().filter(|d| d.handle.is_held()) {
-                            d.handle.retry();
-                        }
-                    }
-                }
-                Ok(Reply::Done)
-            }
-            Command::Quit => {
-                self.quit = Some(QuitSource::Qmp);
-                Ok(Reply::Done)
-            }
-        }
     }
 
     /// Reads what the subscribers and vCPUs asked for, in a fixed order
