@@ -36,7 +36,6 @@ fn a_client_that_does_not_read_never_stalls_the_vmm() {
         &test_guests::hello_spin("spin\n"),
         &["--serial", "none"],
     );
-    let child = Running::new(child);
     let mut c = Client::connect(&sock);
     // About 550 KB of replies, then a stop: once its STOP event reaches
     // the other client, every reply waits for this one (in its socket and
@@ -119,7 +118,6 @@ fn an_idle_client_does_not_lock_others_out() {
         &test_guests::hello_spin("spin\n"),
         &["--serial", "none"],
     );
-    let child = Running::new(child);
     let mut idle = Client::connect(&sock);
     let mut busy = Client::connect(&sock);
     assert_eq!(busy.status()["status"], "running");
@@ -161,7 +159,6 @@ fn a_file_put_at_the_socket_path_stays_after_exit() {
         &test_guests::hello_spin("spin\n"),
         &["--serial", "none"],
     );
-    let child = Running::new(child);
     let mut c = Client::connect(&sock);
     std::fs::remove_file(&sock).unwrap();
     std::fs::write(&sock, b"mine").unwrap();

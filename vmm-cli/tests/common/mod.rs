@@ -48,10 +48,28 @@ pub fn vmm() -> Command {
     c
 }
 
+/// A child process, bare or in a [`Running`] guard.
+pub trait IntoChild {
+    /// The process.
+    fn into_child(self) -> Child;
+}
+
+impl IntoChild for Child {
+    fn into_child(self) -> Child {
+        self
+    }
+}
+
+impl IntoChild for Running {
+    fn into_child(mut self) -> Child {
+        self.0.take().expect("waited once")
+    }
+}
+
 /// Waits for `child` at most [`RUN_LIMIT`], killing it if it overstays.
 /// Its output pipes are read meanwhile, so a chatty child cannot block.
-pub fn wait(child: Child) -> Output {
-    wait_within(child, RUN_LIMIT)
+pub fn wait(child: impl IntoChild) -> Output {
+    wait_within(child.into_child(), RUN_LIMIT)
 }
 
 /// [`wait`] with another limit: a hang check (the child is killed and the

@@ -1,10 +1,10 @@
 //! A small QMP client for the tests that run the `vmm` binary with
 //! `--qmp`, and the way they start it.
 
+use crate::common::Running;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::Child;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -101,7 +101,9 @@ impl Client {
     }
 }
 
-pub fn spawn(dir: &TempDir, kernel: &[u8], extra: &[&str]) -> (Child, PathBuf) {
+/// Starts a vmm with `--qmp`; it is killed if the test fails before
+/// waiting for it (its guest may spin).
+pub fn spawn(dir: &TempDir, kernel: &[u8], extra: &[&str]) -> (Running, PathBuf) {
     let k = dir.file("guest.elf", kernel);
     let sock = dir.0.join("qmp.sock");
     let child = vmm()
@@ -110,5 +112,5 @@ pub fn spawn(dir: &TempDir, kernel: &[u8], extra: &[&str]) -> (Child, PathBuf) {
         .args(extra)
         .spawn()
         .unwrap();
-    (child, sock)
+    (Running::new(child), sock)
 }
