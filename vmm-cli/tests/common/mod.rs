@@ -48,28 +48,33 @@ pub fn vmm() -> Command {
     c
 }
 
-/// A child process, bare or in a [`Running`] guard.
-pub trait IntoChild {
-    /// The process.
-    fn into_child(self) -> Child;
+/// A child process, bare or in a [`Running`] guard, to wait for.
+pub trait Waitable {
+    /// Waits at most `limit` (see [`wait_within`]); a [`Running`] with a
+    /// log gives the log as the output's stderr.
+    fn wait_for(self, limit: Duration) -> Output;
 }
 
-impl IntoChild for Child {
-    fn into_child(self) -> Child {
-        self
+impl Waitable for Child {
+    fn wait_for(self, limit: Duration) -> Output {
+        wait_within(self, limit)
     }
 }
 
-impl IntoChild for Running {
-    fn into_child(mut self) -> Child {
-        self.0.take().expect("waited once")
+impl Waitable for Running {
+    fn wait_for(mut self, limit: Duration) -> Output {
+        let mut o = wait_within(self.0.take().expect("waited once"), limit);
+        if let Some(log) = &self.1 {
+            o.stderr = std::fs::read(log).unwrap_or_default();
+        }
+        o
     }
 }
 
 /// Waits for `child` at most [`RUN_LIMIT`], killing it if it overstays.
 /// Its output pipes are read meanwhile, so a chatty child cannot block.
-pub fn wait(child: impl IntoChild) -> Output {
-    wait_within(child.into_child(), RUN_LIMIT)
+pub fn wait(child: impl Waitable) -> Output {
+    child.wait_for(RUN_LIMIT)
 }
 
 /// [`wait`] with another limit: a hang check (the child is killed and the
@@ -94,12 +99,18 @@ pub fn wait_within(mut child: Child, limit: Duration) -> Output {
 }
 
 /// A running vmm that is killed if the test fails before waiting for it
-/// (a spinning guest must not outlive its test).
-pub struct Running(Option<Child>);
+/// (a spinning guest must not outlive its test); with a log file (its
+/// stderr), the log is printed when the test fails.
+pub struct Running(Option<Child>, Option<PathBuf>);
 
 impl Running {
     pub fn new(child: Child) -> Self {
-        Self(Some(child))
+        Self(Some(child), None)
+    }
+
+    /// A vmm whose stderr goes to `log`.
+    pub fn with_log(child: Child, log: PathBuf) -> Self {
+        Self(Some(child), Some(log))
     }
 
     pub fn id(&self) -> u32 {
@@ -107,8 +118,8 @@ impl Running {
     }
 
     /// [`wait_within`].
-    pub fn wait_within(mut self, limit: Duration) -> Output {
-        wait_within(self.0.take().expect("waited once"), limit)
+    pub fn wait_within(self, limit: Duration) -> Output {
+        self.wait_for(limit)
     }
 }
 
@@ -117,6 +128,13 @@ impl Drop for Running {
         if let Some(mut child) = self.0.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+        if let (true, Some(log)) = (std::thread::panicking(), &self.1) {
+            eprintln!(
+                "--- the vmm's stderr ({}):\n{}",
+                log.display(),
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
         }
     }
 }

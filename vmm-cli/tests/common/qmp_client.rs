@@ -106,11 +106,14 @@ impl Client {
 pub fn spawn(dir: &TempDir, kernel: &[u8], extra: &[&str]) -> (Running, PathBuf) {
     let k = dir.file("guest.elf", kernel);
     let sock = dir.0.join("qmp.sock");
+    let log = dir.0.join("vmm.stderr");
+    let err = std::fs::File::create(&log).unwrap();
     let child = vmm()
         .args(["--kernel", k.to_str().unwrap(), "--memory", "64M"])
         .args(["--qmp", sock.to_str().unwrap()])
         .args(extra)
+        .stderr(err)
         .spawn()
         .unwrap();
-    (Running::new(child), sock)
+    (Running::with_log(child, log), sock)
 }
