@@ -42,6 +42,7 @@ fn machine(sim: &Sim) -> (PcIo, PcDevices) {
         cpus: 2,
         pit: PitBackend::Userspace,
         ib700: true,
+        i6300esb: Some(None),
     };
     let mut io = PcIo::new();
     let devices = wire_devices(
