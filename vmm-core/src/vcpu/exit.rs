@@ -18,6 +18,7 @@ pub(crate) fn run_once(
     index: u32,
 ) -> Option<VcpuRequest> {
     let mut internal_error = false;
+    let mut triple_fault = false;
     let request = match vcpu.run() {
         Ok(exit) => match exit {
             VcpuExit::IoOut(port, data) => {
@@ -46,11 +47,11 @@ pub(crate) fn run_once(
             }
             // Only without the in-kernel irqchip: there the kernel halts.
             VcpuExit::Hlt => Some(VcpuRequest::Halted { vcpu: index }),
-            // A triple fault: a PC resets.
-            VcpuExit::Shutdown => Some(VcpuRequest::Reset {
-                vcpu: index,
-                reason: "triple fault".into(),
-            }),
+            // A triple fault: a PC resets (below, with where it happened).
+            VcpuExit::Shutdown => {
+                triple_fault = true;
+                None
+            }
             VcpuExit::SystemEvent(kind, _) => Some(match kind {
                 KVM_SYSTEM_EVENT_SHUTDOWN => VcpuRequest::Shutdown { vcpu: index },
                 KVM_SYSTEM_EVENT_RESET => VcpuRequest::Reset {
@@ -113,5 +114,25 @@ pub(crate) fn run_once(
             ),
         });
     }
+    if triple_fault {
+        return Some(VcpuRequest::Reset {
+            vcpu: index,
+            reason: triple_fault_reason(vcpu),
+        });
+    }
     request
+}
+
+/// "triple fault" and where: a guest that resets by a triple fault on
+/// purpose (Linux's `reboot=t`) looks the same as one that crashed in a
+/// way nothing could report, and only the registers tell them apart.
+fn triple_fault_reason(vcpu: &VcpuFd) -> String {
+    match (vcpu.get_regs(), vcpu.get_sregs()) {
+        (Ok(r), Ok(s)) => format!(
+            "triple fault at RIP={:#x} RSP={:#x} CR0={:#x} CR2={:#x} CR3={:#x} \
+             IDT={:#x}+{:#x}",
+            r.rip, r.rsp, s.cr0, s.cr2, s.cr3, s.idt.base, s.idt.limit
+        ),
+        _ => "triple fault".into(),
+    }
 }

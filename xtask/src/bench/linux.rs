@@ -644,5 +644,7 @@ fn boots(runs: usize) -> Result<(Vec<LinuxSeries>, Vec<String>)> {
     Ok((series(&good), sessions))
 }
 
+pub(super) mod soak;
+
 #[cfg(test)]
 mod tests;

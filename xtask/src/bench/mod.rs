@@ -87,6 +87,12 @@ mod options;
 use options::Options;
 
 /// Runs the benchmarks `args` ask for.
+/// `cargo xtask soak`: nested Linux boots counted, not timed (see
+/// `linux/soak.rs`).
+pub fn soak(args: &[String]) -> Result<()> {
+    linux::soak::task(args)
+}
+
 pub fn task(args: &[String]) -> Result<()> {
     let o = Options::parse(args)?;
     if o.wants("alarm") {

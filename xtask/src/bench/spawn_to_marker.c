@@ -16,6 +16,14 @@
  * the marker never came or the status is not 0, the end of LOG follows,
  * between the lines @@LOG-BEGIN and @@LOG-END, and the exit status is 1
  * (else 0; 2 for bad arguments).
+ *
+ * With SPAWN_QMP set to a QMP socket CMD serves (`cargo xtask soak`), a
+ * CMD at its time limit is asked before it is killed what its vCPUs are
+ * doing: each `;`-separated monitor line of SPAWN_HMP goes through QMP's
+ * `human-monitor-command`, and the answers are printed (JSON string
+ * escapes undone) between @@DUMP-BEGIN and @@DUMP-END, before @@BOOT.
+ * Every read from the socket waits 5 s at most: a VMM that does not answer
+ * costs 5 s per line and an "(no answer)".
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -25,6 +33,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -55,6 +65,107 @@ static void print_log_tail(const char *path)
 		/* Nothing more to do. */
 	}
 	printf("\n@@LOG-END\n");
+}
+
+/* One line from the socket (up to '\n'), at most cap-1 bytes kept;
+ * -1 on error or timeout. */
+static ssize_t read_line(int fd, char *line, size_t cap)
+{
+	size_t n = 0;
+	for (;;) {
+		char c;
+		ssize_t r = read(fd, &c, 1);
+		if (r <= 0)
+			return -1;
+		if (c == '\n')
+			break;
+		if (n + 1 < cap)
+			line[n++] = c;
+	}
+	line[n] = 0;
+	return (ssize_t)n;
+}
+
+/* Writes the JSON string value after "return": with its escapes undone
+ * (\u sequences are shown as '?'). */
+static void print_return(const char *reply)
+{
+	const char *p = strstr(reply, "\"return\"");
+	if (p)
+		p = strchr(p + 8, '"');
+	if (!p) {
+		printf("%s\n", reply);
+		return;
+	}
+	for (p++; *p && *p != '"'; p++) {
+		if (*p != '\\') {
+			putchar(*p);
+			continue;
+		}
+		p++;
+		switch (*p) {
+		case 'n': putchar('\n'); break;
+		case 't': putchar('\t'); break;
+		case 'r': break;
+		case 'u': putchar('?'); p += (strlen(p) >= 5) ? 4 : 0; break;
+		case 0: return;
+		default: putchar(*p);
+		}
+	}
+	putchar('\n');
+}
+
+/* Asks the QMP socket at `path` each ';'-separated monitor line of
+ * `lines` and prints the answers between @@DUMP-BEGIN and @@DUMP-END. */
+static void dump_over_qmp(const char *path, const char *lines)
+{
+	static char reply[1 << 20];
+	printf("@@DUMP-BEGIN\n");
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	struct sockaddr_un a = { .sun_family = AF_UNIX };
+	struct timeval tv = { 5, 0 };
+	if (fd < 0 || strlen(path) >= sizeof a.sun_path) {
+		printf("(no socket)\n@@DUMP-END\n");
+		if (fd >= 0)
+			close(fd);
+		return;
+	}
+	strcpy(a.sun_path, path);
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+	const char *caps = "{\"execute\":\"qmp_capabilities\"}\n";
+	if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0 ||
+	    read_line(fd, reply, sizeof reply) < 0 ||
+	    write(fd, caps, strlen(caps)) < 0 || read_line(fd, reply, sizeof reply) < 0) {
+		printf("(no QMP at %s: %s)\n@@DUMP-END\n", path, strerror(errno));
+		close(fd);
+		return;
+	}
+	char *copy = strdup(lines), *save = NULL;
+	for (char *cmd = strtok_r(copy, ";", &save); cmd; cmd = strtok_r(NULL, ";", &save)) {
+		char req[512];
+		snprintf(req, sizeof req,
+			 "{\"execute\":\"human-monitor-command\",\"arguments\":{\"command-line\":\"%s\"}}\n",
+			 cmd);
+		printf("(vmm) %s\n", cmd);
+		if (write(fd, req, strlen(req)) < 0) {
+			printf("(cannot send)\n");
+			break;
+		}
+		/* Skip events until the reply. */
+		ssize_t n;
+		while ((n = read_line(fd, reply, sizeof reply)) >= 0 && strstr(reply, "\"event\""))
+			;
+		if (n < 0) {
+			printf("(no answer)\n");
+			break;
+		}
+		print_return(reply);
+	}
+	free(copy);
+	close(fd);
+	printf("@@DUMP-END\n");
+	fflush(stdout);
 }
 
 int main(int argc, char **argv)
@@ -145,6 +256,9 @@ int main(int argc, char **argv)
 		}
 	}
 	if (timed_out) {
+		const char *qmp = getenv("SPAWN_QMP");
+		if (qmp && *qmp)
+			dump_over_qmp(qmp, getenv("SPAWN_HMP") ? getenv("SPAWN_HMP") : "info registers -a");
 		kill(pid, SIGKILL);
 		waitpid(pid, &status, 0);
 	}

@@ -1,0 +1,438 @@
+//! `cargo xtask soak`: how often a nested Linux boot fails, per VMM.
+//!
+//! The same boots as `bench linux` (the default guest's kernel, a `/init`
+//! that prints a marker and reboots, 256 MiB, 1 and 2 vCPUs, quiet and
+//! verbose console, our VMM and QEMU `microvm` taking turns in the same
+//! L1), `rounds` times each, with no retry: every boot counts. Each one
+//! ends as
+//!
+//! - **ok**: the marker came and the VMM exited 0 (the guest's reboot);
+//! - **hang**: the VMM was still running at the time limit. Before it is
+//!   killed, the timing helper asks it over QMP (`human-monitor-command`)
+//!   for `info registers -a` and `info lapic`, so that the report says
+//!   where each vCPU was;
+//! - **reset**: the VMM exited 0 before the marker: the guest reset (a
+//!   triple fault) or powered off in the middle of its boot, which nobody
+//!   asked for;
+//! - **error**: any other end (a non-zero status, a signal).
+//!
+//! An L1 that dies or goes silent is counted too (an L1 fault, not the
+//! VMM's), and a fresh L1 runs the boots it left. With `--busy` a host
+//! thread spins for the whole run, so that L1 competes for the host's
+//! cores as it does under CI.
+//!
+//! The table, and every failed boot's last console lines and vCPU dump,
+//! go to stdout and to `target/soak/soak-<unix time>.md`.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use vmm_testbed::{initramfs::busybox_initramfs, GuestFiles, Job, TestbedError};
+
+use super::{
+    build_helper, configs, console_key, log_after, parse_boot_line, plan, Boot, BootLine, Vmm,
+    BOOT_TIMEOUT_S, HELPER, INIT, MARKER,
+};
+use crate::bench::{target_dir, TempDir};
+use crate::cmd;
+
+/// The QMP socket each boot's VMM serves, in the job folder.
+const QMP_SOCKET: &str = "l2.qmp";
+/// L1 sessions at most, whatever the number of boots.
+const MAX_SESSIONS: usize = 12;
+
+/// The command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Options {
+    rounds: usize,
+    busy: bool,
+}
+
+impl Options {
+    fn parse(args: &[String]) -> Result<Self> {
+        let mut o = Options {
+            rounds: 10,
+            busy: false,
+        };
+        let mut it = args.iter();
+        while let Some(a) = it.next() {
+            match a.as_str() {
+                "--busy" => o.busy = true,
+                "--rounds" => {
+                    o.rounds = match it.next().map(|v| v.parse::<usize>()) {
+                        Some(Ok(n)) if n > 0 => n,
+                        _ => bail!("--rounds needs a positive number"),
+                    }
+                }
+                other => bail!("unknown argument `{other}` (flags: --rounds N, --busy)"),
+            }
+        }
+        Ok(o)
+    }
+}
+
+/// How one boot ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    Ok,
+    Hang,
+    Reset,
+    Error,
+}
+
+impl End {
+    fn of(b: &BootLine) -> Self {
+        match (b.to_init_ms.is_some(), b.status.as_str()) {
+            (true, "0") => End::Ok,
+            (_, "timeout") => End::Hang,
+            (false, "0") => End::Reset,
+            _ => End::Error,
+        }
+    }
+}
+
+/// One boot's end, with what was printed about it.
+#[derive(Debug, Clone)]
+struct Ended {
+    boot: Boot,
+    end: End,
+    status: String,
+    /// The end of its console and stderr (failed boots only).
+    log: String,
+    /// Its vCPUs at the time limit (hangs only).
+    dump: String,
+}
+
+/// The `@@DUMP-BEGIN` … `@@DUMP-END` block right before line `i`, if any.
+fn dump_before(lines: &[&str], i: usize) -> String {
+    if i == 0 || lines[i - 1].trim() != "@@DUMP-END" {
+        return String::new();
+    }
+    let Some(begin) = lines[..i - 1]
+        .iter()
+        .rposition(|l| l.trim() == "@@DUMP-BEGIN")
+    else {
+        return String::new();
+    };
+    lines[begin + 1..i - 1].join("\n")
+}
+
+/// The boots a console reports.
+fn parse(console: &str) -> Vec<Ended> {
+    let lines: Vec<&str> = console.lines().collect();
+    let mut v = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        let Some(b) = parse_boot_line(line) else {
+            continue;
+        };
+        let end = End::of(&b);
+        v.push(Ended {
+            boot: b.boot(),
+            end,
+            status: b.status.clone(),
+            log: log_after(&lines, i),
+            dump: dump_before(&lines, i),
+        });
+    }
+    v
+}
+
+/// The last guest kernel timestamp (`[   2.517000]`) in `log`, seconds.
+fn last_guest_time(log: &str) -> Option<f64> {
+    log.lines().rev().find_map(|l| {
+        let rest = l.trim_start().strip_prefix('[')?;
+        let (t, _) = rest.split_once(']')?;
+        t.trim().parse().ok()
+    })
+}
+
+/// The shell line running `boot` once, its VMM serving QMP for the dump.
+fn boot_line(boot: &Boot) -> String {
+    let cpus = boot.config.cpus;
+    let mut hmp = String::from("info registers -a");
+    for id in 0..cpus {
+        let _ = write!(hmp, ";info lapic {id}");
+    }
+    let qmp = match boot.vmm {
+        Vmm::Ours => format!(" --qmp {QMP_SOCKET}"),
+        Vmm::Qemu => format!(" -qmp unix:{QMP_SOCKET},server=on,wait=off"),
+    };
+    format!(
+        "rm -f {QMP_SOCKET}; SPAWN_QMP={QMP_SOCKET} SPAWN_HMP='{hmp}' ./{HELPER} '{}' '{MARKER}' \
+         {BOOT_TIMEOUT_S} /tmp/l2.log {}{qmp} >>\"$TESTBED_LIVE\"",
+        boot.label(),
+        boot.vmm.command(cpus, &super::append(boot.config.quiet)),
+    )
+}
+
+/// Runs the soak (`args`: `--rounds N`, `--busy`).
+pub fn task(args: &[String]) -> Result<()> {
+    let o = Options::parse(args)?;
+    cmd::run(&mut cmd::cargo([
+        "build",
+        "--release",
+        "--package",
+        "vmm-cli",
+    ]))?;
+    let guest = GuestFiles::default_location()?;
+    let vmm = target_dir().join("release").join("vmm");
+    let tmp = TempDir::new("vmm-soak")?;
+    let helper = build_helper(&tmp.0)?;
+    let busybox = std::fs::read(&guest.busybox)
+        .with_context(|| format!("cannot read {}", guest.busybox.display()))?;
+    let initrd = tmp.0.join("initrd.cpio");
+    std::fs::write(&initrd, busybox_initramfs(&busybox, INIT, &[])?)
+        .with_context(|| format!("cannot write {}", initrd.display()))?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let spinner = o.busy.then(|| {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let mut x = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+            }
+        })
+    });
+
+    let started = Instant::now();
+    let mut pending = plan(o.rounds);
+    let total = pending.len();
+    let mut ended: Vec<Ended> = Vec::new();
+    let mut l1_faults: Vec<String> = Vec::new();
+    let mut sessions = 0;
+    while !pending.is_empty() && sessions < MAX_SESSIONS {
+        sessions += 1;
+        let script: String = pending.iter().map(|b| boot_line(b) + "\n").collect();
+        // Each boot prints within its limit plus the dump's 5 s per line.
+        let per_boot = u64::from(BOOT_TIMEOUT_S) + 20;
+        let job = Job::new(["--version"])
+            .file("bzImage", &guest.bzimage)
+            .file("initrd", &initrd)
+            .file(HELPER, &helper)
+            .with_qemu()
+            .companion(&script)
+            .silence_limit(Duration::from_secs(per_boot + 30))
+            .timeout(Duration::from_secs(180 + pending.len() as u64 * per_boot));
+        eprintln!(
+            "xtask soak: L1 session {sessions}: {} boots, {} done, {:.0?} so far",
+            pending.len(),
+            total - pending.len(),
+            started.elapsed()
+        );
+        let console = match vmm_testbed::run_linux(&guest, &vmm, &job) {
+            Ok(out) => out.console,
+            Err(TestbedError::L1Ended {
+                status,
+                qemu_stderr,
+                console,
+            }) => {
+                l1_faults.push(format!(
+                    "session {sessions}: L1 ended early (QEMU status {status:?}): {}",
+                    qemu_stderr.trim()
+                ));
+                console
+            }
+            Err(TestbedError::Timeout { after, console }) => {
+                l1_faults.push(format!("session {sessions}: timed out after {after:?}"));
+                console
+            }
+            Err(TestbedError::Silent { after, console }) => {
+                l1_faults.push(format!(
+                    "session {sessions}: L1 hung (silent for {after:?})"
+                ));
+                console
+            }
+            Err(e) => {
+                stop.store(true, Ordering::Relaxed);
+                return Err(e.into());
+            }
+        };
+        for e in parse(&console) {
+            if let Some(pos) = pending.iter().position(|p| *p == e.boot) {
+                pending.remove(pos);
+                eprintln!("xtask soak: {}: {:?}", e.boot.describe(), e.end);
+                ended.push(e);
+            }
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    if let Some(s) = spinner {
+        let _ = s.join();
+    }
+
+    let text = report(
+        &o,
+        &ended,
+        &pending,
+        &l1_faults,
+        sessions,
+        started.elapsed(),
+    );
+    print!("{text}");
+    let dir = target_dir().join("soak");
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let path = dir.join(format!("soak-{secs}.md"));
+    std::fs::write(&path, &text).with_context(|| format!("cannot write {}", path.display()))?;
+    eprintln!("xtask soak: the report is in {}", path.display());
+    Ok(())
+}
+
+/// The report: a table per VMM and configuration, the L1 faults, then
+/// every failed boot's details.
+fn report(
+    o: &Options,
+    ended: &[Ended],
+    pending: &[Boot],
+    l1_faults: &[String],
+    sessions: usize,
+    took: Duration,
+) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "# Nested Linux boots: {} rounds, host {}, {sessions} L1 session(s), {:.0?}\n",
+        o.rounds,
+        if o.busy {
+            "with one core kept busy"
+        } else {
+            "otherwise idle"
+        },
+        took
+    );
+    let _ = writeln!(
+        s,
+        "| VMM | vCPUs | console | boots | ok | hang | reset | error |\n|---|---|---|---|---|---|---|---|"
+    );
+    for config in configs() {
+        for vmm in [Vmm::Ours, Vmm::Qemu] {
+            let mine: Vec<&Ended> = ended
+                .iter()
+                .filter(|e| e.boot.vmm == vmm && e.boot.config == config)
+                .collect();
+            let n = |end: End| mine.iter().filter(|e| e.end == end).count();
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {} | {} | {} |",
+                vmm.name(),
+                config.cpus,
+                console_key(config.quiet),
+                mine.len(),
+                n(End::Ok),
+                n(End::Hang),
+                n(End::Reset),
+                n(End::Error)
+            );
+        }
+    }
+    let _ = writeln!(s, "\nL1 faults: {}", l1_faults.len());
+    for f in l1_faults {
+        let _ = writeln!(s, "- {f}");
+    }
+    if !pending.is_empty() {
+        let _ = writeln!(s, "\nnever run (L1 sessions ran out): {}", pending.len());
+    }
+    for e in ended.iter().filter(|e| e.end != End::Ok) {
+        let last = e.log.lines().rev().find(|l| !l.trim().is_empty());
+        let _ = writeln!(
+            s,
+            "\n## {:?}: {} (status {})\n\nlast guest time: {}; last line: {}\n\n```\n{}\n```",
+            e.end,
+            e.boot.describe(),
+            e.status,
+            last_guest_time(&e.log).map_or("none".to_owned(), |t| format!("{t:.3} s")),
+            last.unwrap_or("(none)").trim(),
+            e.log.trim_end()
+        );
+        if !e.dump.is_empty() {
+            let _ = writeln!(s, "\nvCPUs at the time limit:\n\n```\n{}\n```", e.dump);
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options() {
+        let args = |a: &[&str]| a.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert_eq!(
+            Options::parse(&args(&["--rounds", "3", "--busy"])).unwrap(),
+            Options {
+                rounds: 3,
+                busy: true
+            }
+        );
+        assert_eq!(Options::parse(&[]).unwrap().rounds, 10);
+        assert!(Options::parse(&args(&["--rounds", "0"])).is_err());
+        assert!(Options::parse(&args(&["--rounds"])).is_err());
+        assert!(Options::parse(&args(&["--fast"])).is_err());
+    }
+
+    #[test]
+    fn every_end_is_classified_with_its_log_and_dump() {
+        let console = "\
+@@BOOT vmm=ours cpus=1 console=quiet run=0 to_init_ms=900.0 exit_ms=950.0 status=0
+@@DUMP-BEGIN
+(vmm) info registers -a
+CPU#0
+RIP=ffffffff81000000
+@@DUMP-END
+@@BOOT vmm=ours cpus=2 console=verbose run=0 to_init_ms=-1 exit_ms=-1 status=timeout
+@@LOG-BEGIN
+[    2.100000] HugeTLB: registered 2.00 MiB page size
+@@LOG-END
+@@BOOT vmm=qemu cpus=2 console=verbose run=0 to_init_ms=-1 exit_ms=3000 status=0
+@@LOG-BEGIN
+[    2.517000] thermal_sys: Registered thermal governor 'bang_ban
+@@LOG-END
+@@BOOT vmm=qemu cpus=1 console=quiet run=0 to_init_ms=-1 exit_ms=10 status=1
+";
+        let v = parse(console);
+        let ends: Vec<End> = v.iter().map(|e| e.end).collect();
+        assert_eq!(ends, [End::Ok, End::Hang, End::Reset, End::Error]);
+        assert!(v[1].dump.contains("RIP=ffffffff81000000"), "{:?}", v[1]);
+        assert!(v[0].dump.is_empty() && v[2].dump.is_empty());
+        assert_eq!(last_guest_time(&v[1].log), Some(2.1));
+        assert_eq!(last_guest_time(&v[2].log), Some(2.517));
+        assert_eq!(last_guest_time("no stamps"), None);
+        let o = Options {
+            rounds: 1,
+            busy: false,
+        };
+        let r = report(&o, &v, &[], &[], 1, Duration::from_secs(1));
+        assert!(
+            r.contains("| vmm (ours) | 2 | verbose | 1 | 0 | 1 | 0 | 0 |"),
+            "{r}"
+        );
+        assert!(
+            r.contains("| QEMU microvm | 2 | verbose | 1 | 0 | 0 | 1 | 0 |"),
+            "{r}"
+        );
+        assert!(r.contains("last guest time: 2.100 s"), "{r}");
+        assert!(r.contains("vCPUs at the time limit"), "{r}");
+    }
+
+    #[test]
+    fn each_boot_serves_qmp_for_the_dump() {
+        let boot = plan(1)[0];
+        let line = boot_line(&boot);
+        assert!(line.contains("SPAWN_QMP=l2.qmp"), "{line}");
+        assert!(line.contains("info lapic 0"), "{line}");
+        match boot.vmm {
+            Vmm::Ours => assert!(line.contains("--qmp l2.qmp"), "{line}"),
+            Vmm::Qemu => assert!(
+                line.contains("-qmp unix:l2.qmp,server=on,wait=off"),
+                "{line}"
+            ),
+        }
+    }
+}
