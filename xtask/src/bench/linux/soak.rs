@@ -41,6 +41,11 @@ use crate::cmd;
 
 /// The QMP socket each boot's VMM serves, in the job folder.
 const QMP_SOCKET: &str = "l2.qmp";
+/// The companion's first line: where this L1 put kvm_amd's VMRUN code, so
+/// that a hung guest's RIP can be told from L1's own (kvm_amd loads at a
+/// different address in each L1 boot).
+const L1_SYMBOLS: &str = "echo \"@@L1-SYMS $(grep -w __svm_vcpu_run /proc/kallsyms | head -1) \
+     noinstr=$(cat /sys/module/kvm_amd/sections/.noinstr.text 2>/dev/null)\" >>\"$TESTBED_LIVE\"";
 /// L1 sessions at most, whatever the number of boots.
 const MAX_SESSIONS: usize = 12;
 
@@ -203,10 +208,13 @@ pub fn task(args: &[String]) -> Result<()> {
     let total = pending.len();
     let mut ended: Vec<Ended> = Vec::new();
     let mut l1_faults: Vec<String> = Vec::new();
+    let mut l1_symbols: Vec<String> = Vec::new();
     let mut sessions = 0;
     while !pending.is_empty() && sessions < MAX_SESSIONS {
         sessions += 1;
-        let script: String = pending.iter().map(|b| boot_line(b) + "\n").collect();
+        let script: String = std::iter::once(L1_SYMBOLS.to_owned() + "\n")
+            .chain(pending.iter().map(|b| boot_line(b) + "\n"))
+            .collect();
         // Each boot prints within its limit plus the dump's 5 s per line.
         let per_boot = u64::from(BOOT_TIMEOUT_S) + 20;
         let job = Job::new(["--version"])
@@ -251,6 +259,11 @@ pub fn task(args: &[String]) -> Result<()> {
                 return Err(e.into());
             }
         };
+        for l in console.lines() {
+            if let Some(syms) = l.trim().strip_prefix("@@L1-SYMS ") {
+                l1_symbols.push(format!("session {sessions}: {syms}"));
+            }
+        }
         for e in parse(&console) {
             if let Some(pos) = pending.iter().position(|p| *p == e.boot) {
                 pending.remove(pos);
@@ -264,14 +277,12 @@ pub fn task(args: &[String]) -> Result<()> {
         let _ = s.join();
     }
 
-    let text = report(
-        &o,
-        &ended,
-        &pending,
-        &l1_faults,
+    let l1 = L1 {
         sessions,
-        started.elapsed(),
-    );
+        faults: l1_faults,
+        symbols: l1_symbols,
+    };
+    let text = report(&o, &ended, &pending, &l1, started.elapsed());
     print!("{text}");
     let dir = target_dir().join("soak");
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -284,16 +295,20 @@ pub fn task(args: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// What the L1 sessions reported.
+#[derive(Debug, Default)]
+struct L1 {
+    sessions: usize,
+    /// L1s that died, hung or ran out of time.
+    faults: Vec<String>,
+    /// Each session's `__svm_vcpu_run` and kvm_amd `.noinstr.text`.
+    symbols: Vec<String>,
+}
+
 /// The report: a table per VMM and configuration, the L1 faults, then
 /// every failed boot's details.
-fn report(
-    o: &Options,
-    ended: &[Ended],
-    pending: &[Boot],
-    l1_faults: &[String],
-    sessions: usize,
-    took: Duration,
-) -> String {
+fn report(o: &Options, ended: &[Ended], pending: &[Boot], l1: &L1, took: Duration) -> String {
+    let sessions = l1.sessions;
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -331,8 +346,12 @@ fn report(
             );
         }
     }
-    let _ = writeln!(s, "\nL1 faults: {}", l1_faults.len());
-    for f in l1_faults {
+    let _ = writeln!(s, "\nL1 faults: {}", l1.faults.len());
+    for f in &l1.faults {
+        let _ = writeln!(s, "- {f}");
+    }
+    let _ = writeln!(s, "\nL1's kvm_amd (for the RIPs below):");
+    for f in &l1.symbols {
         let _ = writeln!(s, "- {f}");
     }
     if !pending.is_empty() {
@@ -408,7 +427,13 @@ RIP=ffffffff81000000
             rounds: 1,
             busy: false,
         };
-        let r = report(&o, &v, &[], &[], 1, Duration::from_secs(1));
+        let l1 = L1 {
+            sessions: 1,
+            faults: vec![],
+            symbols: vec!["session 1: ffffffffc0377d30 t __svm_vcpu_run [kvm_amd]".into()],
+        };
+        let r = report(&o, &v, &[], &l1, Duration::from_secs(1));
+        assert!(r.contains("__svm_vcpu_run"), "{r}");
         assert!(
             r.contains("| vmm (ours) | 2 | verbose | 1 | 0 | 1 | 0 | 0 |"),
             "{r}"
