@@ -15,7 +15,8 @@ Examples:
       then: qmp-shell /tmp/vmm.qmp (from QEMU's python qemu.qmp), cont, stop, quit
 
 Console: Ctrl-A x quits, Ctrl-A h prints help, Ctrl-A c switches between the guest and
-the monitor (info status, info cpus, stop, cont, system_reset, system_powerdown, quit),
+the monitor (info status, info cpus, info registers -a, info lapic, stop, cont, system_reset,
+system_powerdown, quit),
 Ctrl-A Ctrl-A sends Ctrl-A.
 Guest reboot or poweroff ends the VMM with status 0.";
 

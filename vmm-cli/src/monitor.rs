@@ -6,11 +6,18 @@
 //! |---|---|
 //! | `info status` | prints the run state |
 //! | `info cpus` | lists the vCPUs and their host thread ids |
+//! | `info registers [-a\|N]` | the current (or every, or vCPU N's) registers |
+//! | `info lapic [N]` | the current (or APIC ID N's) local APIC, decoded |
+//! | `info pci`, `info block`, `info qtree` | PCI functions, disks, devices |
 //! | `stop`, `cont` | pause and resume |
 //! | `system_reset` | reset in place |
 //! | `system_powerdown` | press the ACPI power button |
 //! | `quit` (`q`) | end the VMM |
 //! | `help` (`?`) | list these |
+//!
+//! The current CPU (QEMU's `cpu N`) is vCPU 0; QMP's
+//! `human-monitor-command` sets it per line with `cpu-index`
+//! ([`parse_on`]).
 
 use vmm_pc::{Command, Reply};
 
@@ -21,6 +28,8 @@ pub const PROMPT: &str = "(vmm) ";
 pub const HELP: &str = "\
 info status       print the run state\r
 info cpus         list the vCPUs and their host threads\r
+info registers [-a|N]  the current vCPU's registers (-a: all; N: vCPU N's)\r
+info lapic [N]    the current vCPU's local APIC (N: APIC ID N's)\r
 info pci          list the PCI functions\r
 info block        list the disks\r
 info qtree        list the devices\r
@@ -46,15 +55,46 @@ pub enum Line {
     Help,
     /// Not a command.
     Unknown(String),
+    /// A command with an argument it cannot take: what to print.
+    Invalid(String),
 }
 
-/// Parses one monitor line.
+/// A CPU number or APIC ID as typed: decimal, or hex with `0x`.
+fn number(word: &str) -> Option<u32> {
+    match word.strip_prefix("0x").or_else(|| word.strip_prefix("0X")) {
+        Some(hex) => u32::from_str_radix(hex, 16).ok(),
+        None => word.parse().ok(),
+    }
+}
+
+/// `what`'s argument `word`, a number, or the line that says it is not.
+fn numeric(what: &str, word: &str, command: impl FnOnce(u32) -> Command) -> Line {
+    match number(word) {
+        Some(n) => Line::Machine(command(n)),
+        None => Line::Invalid(format!("{what}: '{word}' is not a number\r\n")),
+    }
+}
+
+/// Parses one monitor line, vCPU 0 being the current CPU.
 pub fn parse(line: &str) -> Line {
+    parse_on(line, 0)
+}
+
+/// Parses one monitor line with `cpu` as the current CPU (what `info
+/// registers` and `info lapic` show without an argument).
+pub fn parse_on(line: &str, cpu: u32) -> Line {
     let words: Vec<&str> = line.split_whitespace().collect();
     match words.as_slice() {
         [] => Line::Empty,
         ["info", "status"] => Line::Machine(Command::QueryStatus),
         ["info", "cpus"] => Line::Machine(Command::QueryCpus),
+        ["info", "registers"] => Line::Machine(Command::QueryRegisters { cpu: Some(cpu) }),
+        ["info", "registers", "-a"] => Line::Machine(Command::QueryRegisters { cpu: None }),
+        ["info", "registers", n] => numeric("info registers", n, |n| Command::QueryRegisters {
+            cpu: Some(n),
+        }),
+        ["info", "lapic"] => Line::Machine(Command::QueryLapic { apic_id: cpu }),
+        ["info", "lapic", n] => numeric("info lapic", n, |apic_id| Command::QueryLapic { apic_id }),
         ["info", "pci"] => Line::Machine(Command::QueryPci),
         ["info", "block"] => Line::Machine(Command::QueryBlock),
         ["info", "qtree"] => Line::Machine(Command::QueryDevices),
@@ -87,6 +127,11 @@ fn qtree_text(devices: &[vmm_pc::DeviceInfo]) -> String {
         }
     }
     s
+}
+
+/// `text` with its lines ending in CR LF.
+fn crlf(text: &str) -> String {
+    text.replace('\n', "\r\n")
 }
 
 /// What a machine command's outcome prints, as QEMU's human monitor
@@ -125,6 +170,13 @@ pub fn reply_text(outcome: Result<Reply, String>) -> String {
             })
             .collect(),
         Ok(Reply::Devices(devices)) => qtree_text(&devices),
+        // QEMU's `info registers` heads each vCPU with an empty line and
+        // `CPU#N`.
+        Ok(Reply::Registers(cpus)) => cpus
+            .iter()
+            .map(|c| format!("\r\nCPU#{}\r\n{}", c.index, crlf(&c.text)))
+            .collect(),
+        Ok(Reply::Lapic(cpu)) => crlf(&cpu.text),
         Ok(Reply::Migration(m)) => m.map_or_else(String::new, |m| {
             format!("Migration status: {}\r\ntotal time: {} ms\r\n", m.status, m.total_time_ms)
         }),
@@ -157,6 +209,7 @@ pub fn local_text(line: &Line) -> Option<String> {
         Line::Empty => Some(String::new()),
         Line::Help => Some(HELP.to_owned()),
         Line::Unknown(what) => Some(format!("unknown command: '{what}' (try help)\r\n")),
+        Line::Invalid(text) => Some(text.clone()),
         Line::Machine(_) => None,
     }
 }
@@ -247,6 +300,58 @@ mod tests {
         assert_eq!(parse("?"), Line::Help);
         assert_eq!(parse("info cpus"), Line::Machine(Command::QueryCpus));
         assert_eq!(parse("info mtree"), Line::Unknown("info mtree".into()));
+    }
+
+    #[test]
+    fn registers_and_lapic_parse() {
+        let regs = |cpu| Line::Machine(Command::QueryRegisters { cpu });
+        let lapic = |apic_id| Line::Machine(Command::QueryLapic { apic_id });
+        assert_eq!(parse("info registers"), regs(Some(0)));
+        assert_eq!(parse(" info  registers -a "), regs(None));
+        assert_eq!(parse("info registers 1"), regs(Some(1)));
+        assert_eq!(parse_on("info registers", 3), regs(Some(3)));
+        assert_eq!(parse_on("info registers -a", 3), regs(None));
+        assert_eq!(parse("info lapic"), lapic(0));
+        assert_eq!(parse_on("info lapic", 2), lapic(2));
+        assert_eq!(parse("info lapic 99"), lapic(99));
+        assert_eq!(parse("info lapic 0x10"), lapic(16));
+        assert_eq!(
+            local_text(&parse("info lapic x")).unwrap(),
+            "info lapic: 'x' is not a number\r\n"
+        );
+        assert_eq!(
+            local_text(&parse("info registers -1")).unwrap(),
+            "info registers: '-1' is not a number\r\n"
+        );
+        assert_eq!(
+            parse("info registers 1 2"),
+            Line::Unknown("info registers 1 2".into())
+        );
+        assert!(HELP.contains("info registers") && HELP.contains("info lapic"));
+    }
+
+    #[test]
+    fn registers_print_each_cpu_under_its_header() {
+        use vmm_pc::CpuText;
+        let text = reply_text(Ok(Reply::Registers(vec![
+            CpuText {
+                index: 0,
+                text: "RAX=0\nEFER=0\n".into(),
+            },
+            CpuText {
+                index: 1,
+                text: "RAX=1\n".into(),
+            },
+        ])));
+        assert_eq!(
+            text,
+            "\r\nCPU#0\r\nRAX=0\r\nEFER=0\r\n\r\nCPU#1\r\nRAX=1\r\n"
+        );
+        let lapic = reply_text(Ok(Reply::Lapic(CpuText {
+            index: 1,
+            text: "ISR\t(none)\n".into(),
+        })));
+        assert_eq!(lapic, "ISR\t(none)\r\n");
     }
 
     #[test]

@@ -206,6 +206,14 @@ fn reply_json(reply: Reply) -> Value {
                 .map(|d| json!({"id": d.id, "type": d.type_name, "pci-slot": d.pci_slot}))
                 .collect(),
         ),
+        // Only the monitor's `info registers` and `info lapic` ask for
+        // these (QEMU has no QMP command for them); as text all the same.
+        Reply::Registers(cpus) => Value::Array(
+            cpus.iter()
+                .map(|c| json!({"cpu-index": c.index, "text": c.text}))
+                .collect(),
+        ),
+        Reply::Lapic(c) => json!({"cpu-index": c.index, "text": c.text}),
         Reply::Done => json!({}),
         Reply::Status { running, status } => json!({
             "running": running,
@@ -378,7 +386,20 @@ impl MachineBackend {
                 "Invalid parameter type for 'command-line', expected: string".to_owned(),
             ));
         };
-        let line = monitor::parse(line);
+        // The monitor's current CPU for this line (`info registers`,
+        // `info lapic`); a CPU the machine lacks is their error.
+        let cpu = match arguments.get("cpu-index") {
+            None => 0,
+            Some(v) => match v.as_u64().and_then(|n| u32::try_from(n).ok()) {
+                Some(n) => n,
+                None => {
+                    return r.err(&QmpError::generic(
+                        "Parameter 'cpu-index' expects a CPU number".to_owned(),
+                    ))
+                }
+            },
+        };
+        let line = monitor::parse_on(line, cpu);
         if let Some(text) = monitor::local_text(&line) {
             return r.ok(Value::String(text));
         }

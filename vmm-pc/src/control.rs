@@ -29,6 +29,18 @@ pub enum Command {
     QueryBlock,
     /// The device tree (the monitor's `info qtree`).
     QueryDevices,
+    /// The registers of vCPU `cpu`, or of every vCPU for `None` (the
+    /// monitor's `info registers [-a|N]`); running or paused.
+    QueryRegisters {
+        /// The vCPU index; `None` for all.
+        cpu: Option<u32>,
+    },
+    /// The local APIC of the vCPU whose APIC ID is `apic_id` (the
+    /// monitor's `info lapic`; vCPU `i` has APIC ID `i`).
+    QueryLapic {
+        /// The APIC ID.
+        apic_id: u32,
+    },
     /// Save the machine into a file as job `job` (QMP `snapshot-save`).
     SnapshotSave {
         /// The job's id.
@@ -107,6 +119,16 @@ pub struct BlockInfo {
     pub stats: vmm_virtio::blk::BlockStats,
 }
 
+/// One vCPU's state as text (`info registers`, `info lapic`): lines end
+/// in `\n`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CpuText {
+    /// The vCPU index.
+    pub index: u32,
+    /// The text.
+    pub text: String,
+}
+
 /// One vCPU, as `query-cpus-fast` lists it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CpuInfo {
@@ -130,6 +152,10 @@ pub enum Reply {
     },
     /// The vCPUs.
     Cpus(Vec<CpuInfo>),
+    /// vCPUs' registers, in vCPU order ([`crate::cpu::dump`]).
+    Registers(Vec<CpuText>),
+    /// A local APIC, decoded ([`crate::cpu::lapic_dump`]).
+    Lapic(CpuText),
     /// The PCI functions on bus 0.
     Pci(Vec<vmm_pci::info::FunctionInfo>),
     /// The disks.

@@ -27,8 +27,8 @@ mod test_util;
 pub mod virtio;
 
 pub use control::{
-    BlockInfo, BlockIoError, Command, CpuInfo, DeviceInfo, MachineEvent, QuitSource, Reply,
-    ReplyFn, ShutdownCause,
+    BlockInfo, BlockIoError, Command, CpuInfo, CpuText, DeviceInfo, MachineEvent, QuitSource,
+    Reply, ReplyFn, ShutdownCause,
 };
 pub use machine::{
     parse_incoming, parse_migration_uri, ExitReason, Incoming, MachineControl, MigrationInfo,

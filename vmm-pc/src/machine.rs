@@ -46,6 +46,7 @@ use crate::layout::{self, MAX_CPUS};
 use crate::memory;
 
 mod commands;
+mod cpu_state;
 mod info;
 mod migration;
 mod snapshot;

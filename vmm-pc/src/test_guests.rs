@@ -434,6 +434,21 @@ pub fn read_port(port: u16) -> Vec<u8> {
 /// CPU 1 prints "A" from a real-mode trampoline and sets a flag; the boot
 /// CPU waits for the flag, prints "B" (or "-" if CPU 1 never came), resets.
 pub fn two_cpus() -> Vec<u8> {
+    two_cpus_then(I8042_RESET)
+}
+
+/// [`two_cpus`], except that the boot CPU spins (`jmp $`) after "B"
+/// instead of resetting, and CPU 1 stays halted in its trampoline (at
+/// most [`TWO_CPUS_AP_LEN`] bytes at [`AP_TRAMPOLINE`]): a machine that
+/// runs until stopped from outside, one vCPU busy and one halted.
+pub fn two_cpus_spin() -> Vec<u8> {
+    two_cpus_then(&[0xeb, 0xfe]) // jmp $
+}
+
+/// The length of [`two_cpus`]' AP trampoline.
+pub const TWO_CPUS_AP_LEN: u64 = 18;
+
+fn two_cpus_then(end: &[u8]) -> Vec<u8> {
     const FLAG: u64 = AP_TRAMPOLINE + 0x100;
     #[rustfmt::skip]
     let ap: Vec<u8> = vec![
@@ -485,7 +500,8 @@ pub fn two_cpus() -> Vec<u8> {
         0x66, 0xba, 0xf8, 0x03, // mov dx, 0x3f8
         0xee,                   // out dx, al
     ]);
-    bsp.extend_from_slice(I8042_RESET);
+    bsp.extend_from_slice(end);
+    debug_assert_eq!(ap.len() as u64, TWO_CPUS_AP_LEN);
     pvh_elf(&[(LOAD_ADDR, &bsp), (AP_TRAMPOLINE, &ap)], LOAD_ADDR)
 }
 
@@ -514,6 +530,7 @@ mod tests {
             hello_poweroff("x"),
             read_port(0x99),
             two_cpus(),
+            two_cpus_spin(),
         ] {
             let (_, entry) = load(&image);
             assert_eq!(entry, KernelEntry::Pvh(GuestAddress(LOAD_ADDR)));

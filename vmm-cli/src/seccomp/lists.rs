@@ -121,7 +121,8 @@ pub(super) fn common() -> Result<Rules, seccompiler::Error> {
 /// `vmm_core::vcpu::VcpuThreadStart`): `KVM_RUN` and its exits (the
 /// devices run on this thread), pause/resume/exit on its channel, and the
 /// machine reset, which sets the vCPU up again on this thread
-/// (`vmm-pc`'s `reset_vcpu` and `set_boot_state`).
+/// (`vmm-pc`'s `reset_vcpu` and `set_boot_state`), and the calls run on
+/// it (`Vcpus::call_each`: snapshots, the monitor's vCPU state).
 pub(super) fn vcpu() -> Result<Rules, seccompiler::Error> {
     let mut r = common()?;
     allow_ioctls(
@@ -154,7 +155,10 @@ pub(super) fn vcpu() -> Result<Rules, seccompiler::Error> {
             // A watchdog's inject-nmi action.
             KVM_NMI,
             // A snapshot saves the vCPU's state and puts it back (the
-            // setters the reset path uses too, and these).
+            // setters the reset path uses too, and these). The monitor's
+            // `info registers` and `info lapic` save it the same way, while
+            // the guest runs too: these getters and the reset path's
+            // KVM_GET_REGS, KVM_GET_SREGS and KVM_GET_LAPIC.
             KVM_GET_MP_STATE,
             KVM_GET_XSAVE,
             KVM_SET_XSAVE,

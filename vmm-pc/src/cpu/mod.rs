@@ -14,6 +14,8 @@
 //! - [`cpuid`]: per-vCPU CPUID from KVM's supported CPUID.
 //! - [`msr`]: the MSRs every vCPU starts with.
 //! - [`lapic`]: LINT0 = ExtINT, LINT1 = NMI.
+//! - [`dump`], [`lapic_dump`]: a saved vCPU's registers and local APIC as
+//!   the monitor's `info registers` and `info lapic` print them.
 //!
 //! # Boot CPU and APs
 //!
@@ -33,8 +35,10 @@ use kvm_ioctls::VcpuFd;
 use vm_memory::GuestMemoryMmap;
 
 pub mod cpuid;
+pub mod dump;
 pub mod gdt;
 pub mod lapic;
+pub mod lapic_dump;
 pub mod msr;
 pub mod regs;
 

@@ -44,6 +44,8 @@ impl PcMachine {
             )),
             Command::QueryPci => Ok(Reply::Pci(lock(&self.devices.pci).describe())),
             Command::QueryDevices => Ok(Reply::Devices(self.device_tree())),
+            Command::QueryRegisters { cpu } => self.query_registers(cpu),
+            Command::QueryLapic { apic_id } => self.query_lapic(apic_id),
             Command::Migrate { uri } => {
                 self.migrate(&uri)?;
                 Ok(Reply::Done)
