@@ -50,14 +50,15 @@ tasks:
                            linux), e.g. --vmm-arg=--seccomp=off.
                            --runs N runs per program (default 20), --quick: 3
                            runs and smaller sizes (what CI runs)
-  soak [--rounds N] [--busy]
+  soak [--rounds N] [--busy] [--cpus 1|2] [--console quiet|verbose]
                            boot Linux (bench linux's boots: 1 and 2 vCPUs, quiet
                            and verbose) N times each (default 10) under our VMM
                            and QEMU, taking turns in the same L1s, no retries;
                            counts ok / hang / reset / error per VMM and L1
                            faults; a hung VMM's vCPUs (QMP `info registers -a`,
                            `info lapic`) go into target/soak/soak-TIME.md.
-                           --busy: one host core kept busy throughout
+                           --busy: one host core kept busy throughout;
+                           --cpus, --console: only those configurations
   fuzz [TARGET...] [--seconds N] [--sanitizer address|none]
                            build the libFuzzer targets in fuzz/ with cargo-fuzz
                            (installed if missing; stable toolchain with

@@ -33,8 +33,8 @@ use anyhow::{bail, Context, Result};
 use vmm_testbed::{initramfs::busybox_initramfs, GuestFiles, Job, TestbedError};
 
 use super::{
-    build_helper, configs, console_key, log_after, parse_boot_line, plan, Boot, BootLine, Vmm,
-    BOOT_TIMEOUT_S, HELPER, INIT, MARKER,
+    build_helper, configs, console_key, log_after, parse_boot_line, plan, Boot, BootLine, Config,
+    Vmm, BOOT_TIMEOUT_S, CPUS, HELPER, INIT, MARKER,
 };
 use crate::bench::{target_dir, TempDir};
 use crate::cmd;
@@ -54,13 +54,24 @@ const MAX_SESSIONS: usize = 12;
 struct Options {
     rounds: usize,
     busy: bool,
+    /// Only this many vCPUs (`--cpus`), else 1 and 2.
+    cpus: Option<u32>,
+    /// Only this console (`--console quiet|verbose`), else both.
+    quiet: Option<bool>,
 }
 
 impl Options {
+    /// Whether `config` is one this run boots.
+    fn wants(&self, config: Config) -> bool {
+        self.cpus.is_none_or(|c| c == config.cpus) && self.quiet.is_none_or(|q| q == config.quiet)
+    }
+
     fn parse(args: &[String]) -> Result<Self> {
         let mut o = Options {
             rounds: 10,
             busy: false,
+            cpus: None,
+            quiet: None,
         };
         let mut it = args.iter();
         while let Some(a) = it.next() {
@@ -72,7 +83,23 @@ impl Options {
                         _ => bail!("--rounds needs a positive number"),
                     }
                 }
-                other => bail!("unknown argument `{other}` (flags: --rounds N, --busy)"),
+                "--cpus" => {
+                    o.cpus = match it.next().map(|v| v.parse::<u32>()) {
+                        Some(Ok(n)) if CPUS.contains(&n) => Some(n),
+                        _ => bail!("--cpus takes 1 or 2"),
+                    }
+                }
+                "--console" => {
+                    o.quiet = match it.next().map(String::as_str) {
+                        Some("quiet") => Some(true),
+                        Some("verbose") => Some(false),
+                        _ => bail!("--console takes quiet or verbose"),
+                    }
+                }
+                other => bail!(
+                    "unknown argument `{other}` (flags: --rounds N, --busy, --cpus 1|2, \
+                     --console quiet|verbose)"
+                ),
             }
         }
         Ok(o)
@@ -205,6 +232,7 @@ pub fn task(args: &[String]) -> Result<()> {
 
     let started = Instant::now();
     let mut pending = plan(o.rounds);
+    pending.retain(|b| o.wants(b.config));
     let total = pending.len();
     let mut ended: Vec<Ended> = Vec::new();
     let mut l1_faults: Vec<String> = Vec::new();
@@ -325,7 +353,7 @@ fn report(o: &Options, ended: &[Ended], pending: &[Boot], l1: &L1, took: Duratio
         s,
         "| VMM | vCPUs | console | boots | ok | hang | reset | error |\n|---|---|---|---|---|---|---|---|"
     );
-    for config in configs() {
+    for config in configs().into_iter().filter(|c| o.wants(*c)) {
         for vmm in [Vmm::Ours, Vmm::Qemu] {
             let mine: Vec<&Ended> = ended
                 .iter()
@@ -387,9 +415,27 @@ mod tests {
             Options::parse(&args(&["--rounds", "3", "--busy"])).unwrap(),
             Options {
                 rounds: 3,
-                busy: true
+                busy: true,
+                cpus: None,
+                quiet: None,
             }
         );
+        let o = Options::parse(&args(&["--cpus", "2", "--console", "verbose"])).unwrap();
+        assert_eq!((o.cpus, o.quiet), (Some(2), Some(false)));
+        assert!(o.wants(Config {
+            cpus: 2,
+            quiet: false
+        }));
+        assert!(!o.wants(Config {
+            cpus: 1,
+            quiet: false
+        }));
+        assert!(!o.wants(Config {
+            cpus: 2,
+            quiet: true
+        }));
+        assert!(Options::parse(&args(&["--cpus", "3"])).is_err());
+        assert!(Options::parse(&args(&["--console", "loud"])).is_err());
         assert_eq!(Options::parse(&[]).unwrap().rounds, 10);
         assert!(Options::parse(&args(&["--rounds", "0"])).is_err());
         assert!(Options::parse(&args(&["--rounds"])).is_err());
@@ -426,6 +472,8 @@ RIP=ffffffff81000000
         let o = Options {
             rounds: 1,
             busy: false,
+            cpus: None,
+            quiet: None,
         };
         let l1 = L1 {
             sessions: 1,
