@@ -166,7 +166,13 @@ pub fn spawn_with(
                     return;
                 }
                 if !closed && !chunk.is_empty() {
-                    std::thread::sleep(COALESCE);
+                    // Not idle, so the vCPU side does not wake it: only
+                    // `finish` (or the time) ends this wait. A futex wait,
+                    // as every other, within the thread's seccomp list.
+                    let s = worker.lock();
+                    if !s.closed {
+                        let _ = worker.wake.wait_timeout(s, COALESCE);
+                    }
                 }
             }
         })?;

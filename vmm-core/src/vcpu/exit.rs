@@ -125,9 +125,15 @@ pub(crate) fn run_once(
 
 /// "triple fault" and where: a guest that resets by a triple fault on
 /// purpose (Linux's `reboot=t`) looks the same as one that crashed in a
-/// way nothing could report, and only the registers tell them apart.
+/// way nothing could report, and only the registers tell them apart. On
+/// AMD, KVM has already put the vCPU in its reset state when it reports
+/// the shutdown (the VMCB is undefined after one), so there is nothing to
+/// show, and the reason says so.
 fn triple_fault_reason(vcpu: &VcpuFd) -> String {
     match (vcpu.get_regs(), vcpu.get_sregs()) {
+        (Ok(r), Ok(s)) if r.rip == 0xfff0 && s.cs.selector == 0xf000 => {
+            "triple fault (the vCPU was already in its reset state: no registers to show)".into()
+        }
         (Ok(r), Ok(s)) => format!(
             "triple fault at RIP={:#x} RSP={:#x} CR0={:#x} CR2={:#x} CR3={:#x} \
              IDT={:#x}+{:#x}",
