@@ -18,6 +18,18 @@ pub const QEMU: &str = "qemu-system-x86_64";
 /// to stderr as it comes (to watch a long job).
 pub const ECHO_ENV: &str = "VMM_TESTBED_ECHO";
 
+/// Overrides L1's `-accel` value (default `tcg`), to measure another
+/// set-up of L1 with `cargo xtask soak` (e.g. `tcg,thread=single`).
+pub const ACCEL_ENV: &str = "VMM_TESTBED_ACCEL";
+
+/// L1's `-accel`: [`ACCEL_ENV`] or `tcg`.
+pub fn l1_accel() -> String {
+    std::env::var(ACCEL_ENV)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| "tcg".to_owned())
+}
+
 /// L1's kernel command line: quiet, so that its console carries our lines.
 pub const L1_CMDLINE: &str = "console=ttyS0 loglevel=0 quiet panic=-1 mitigations=off";
 
@@ -34,7 +46,7 @@ pub fn qemu_available() -> bool {
 /// The QEMU command for L1 (without its console arguments).
 pub fn l1_command(kernel: &Path, initrd: &Path, memory_mib: u32) -> Command {
     let mut c = Command::new(QEMU);
-    c.args(["-accel", "tcg", "-cpu", "max", "-smp", "2"])
+    c.args(["-accel", &l1_accel(), "-cpu", "max", "-smp", "2"])
         .args(["-m", &format!("{memory_mib}M")])
         .args([
             "-nodefaults",
