@@ -77,6 +77,13 @@ pub(crate) fn run_once(
                 internal_error = true;
                 None
             }
+            // A breakpoint or a finished single step, for the debugger.
+            VcpuExit::Debug(debug) => Some(VcpuRequest::Debug {
+                vcpu: index,
+                exception: debug.exception,
+                pc: debug.pc,
+                dr6: debug.dr6,
+            }),
             // Interrupted by a kick.
             VcpuExit::Intr => {
                 run_map.set_immediate_exit(false);
