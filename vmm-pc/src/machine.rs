@@ -557,11 +557,12 @@ impl PcMachine {
                     vcpu,
                     exception,
                     dr6,
+                    emulated_int3,
                     ..
-                } => {
-                    self.debug_stop(vcpu, exception, dr6)?;
-                    continue;
-                }
+                } => match self.debug_stop(vcpu, exception, dr6, emulated_int3)? {
+                    None => continue,
+                    Some(reason) => (vcpu, reason),
+                },
             };
             if !self.stop_on_error {
                 return Ok(Some(ExitReason::InternalError {

@@ -67,6 +67,10 @@ pub enum VcpuRequest {
         pc: u64,
         /// DR6 (which hardware breakpoint, or a single step).
         dr6: u64,
+        /// Not a `KVM_EXIT_DEBUG` but KVM failing to emulate an `int3`
+        /// (PVM's answer to a software breakpoint): a breakpoint when the
+        /// debugger set one, else the internal error it is.
+        emulated_int3: bool,
     },
     /// KVM could not go on running this vCPU.
     InternalError {

@@ -30,6 +30,8 @@ pub(super) struct GdbState {
     stops: Option<StopSender>,
     /// A client is attached: debug stops stop the machine.
     attached: bool,
+    /// The last resume had software breakpoints in guest memory.
+    sw_breakpoints: bool,
 }
 
 /// Guest RAM as the page-table walk reads it.
@@ -117,6 +119,7 @@ impl PcMachine {
             GdbRequest::Resume(plan) => self.gdb_resume(&plan),
             GdbRequest::Detach => {
                 self.gdb.attached = false;
+                self.gdb.sw_breakpoints = false;
                 self.set_guest_debug(&ResumePlan::default())?;
                 if matches!(self.runstate.state(), RunState::Paused | RunState::Debug) {
                     self.start().map_err(CommandFailure::Machine)?;
@@ -129,23 +132,30 @@ impl PcMachine {
 
     /// A vCPU stopped with `KVM_EXIT_DEBUG` (and parked): with a client
     /// attached the machine stops in `debug` and the stub hears why; else
-    /// (a stop left over from a client that went) the guest runs on.
+    /// (a stop left over from a client that went) the guest runs on. An
+    /// `int3` KVM could not emulate (PVM's software breakpoint) is a
+    /// breakpoint only while the stub has set some; otherwise it is the
+    /// internal error it is, whose reason this returns.
     pub(super) fn debug_stop(
         &mut self,
         vcpu: u32,
         exception: u32,
         dr6: u64,
-    ) -> Result<(), PcError> {
+        emulated_int3: bool,
+    ) -> Result<Option<String>, PcError> {
+        if emulated_int3 && !(self.gdb.attached && self.gdb.sw_breakpoints) {
+            return Ok(Some("KVM could not emulate an int3 instruction".into()));
+        }
         if !self.runstate.is_running() {
             // Another vCPU's stop already stopped the machine; this one
             // stays parked with it.
-            return Ok(());
+            return Ok(None);
         }
         let stops = self.gdb.stops.clone().filter(|_| self.gdb.attached);
         let Some(stops) = stops else {
             log::debug!("vCPU {vcpu}: a debug exit with no gdb client; running on");
             self.vcpus.resume_all()?;
-            return Ok(());
+            return Ok(None);
         };
         self.stop_with(RunState::Debug)?;
         let kind = match DebugStop::from_exit(exception, dr6) {
@@ -154,7 +164,7 @@ impl PcMachine {
             DebugStop::Step => StopKind::Step,
         };
         stops.send(Stop { vcpu, kind });
-        Ok(())
+        Ok(None)
     }
 
     /// Attach and Ctrl-C: a running guest stops in `paused`.
@@ -178,6 +188,7 @@ impl PcMachine {
             return Err(refused(format!("cannot run the guest in state {state}")));
         }
         self.set_guest_debug(plan)?;
+        self.gdb.sw_breakpoints = plan.sw_breakpoints;
         self.start().map_err(CommandFailure::Machine)?;
         self.emit(MachineEvent::Resume);
         Ok(Reply::Done)
