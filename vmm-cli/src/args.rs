@@ -90,7 +90,7 @@ pub struct Args {
     #[arg(long, value_name = "PATH")]
     pub qmp: Option<PathBuf>,
 
-    /// Wait for a gdb client on ADDR, QEMU's -gdb: `tcp:HOST:PORT` (an
+    /// Serve gdb's remote protocol on ADDR, QEMU's -gdb: `tcp:HOST:PORT` (an
     /// empty HOST listens on every interface, as `tcp::1234`) or
     /// `unix:PATH`. A client attaching stops the guest (`paused`); a
     /// breakpoint or a single step stops it in `debug`; detaching runs it.
