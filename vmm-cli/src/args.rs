@@ -90,6 +90,13 @@ pub struct Args {
     #[arg(long, value_name = "PATH")]
     pub qmp: Option<PathBuf>,
 
+    /// Serve gdb's remote protocol on ADDR, QEMU's -gdb: `tcp:HOST:PORT` (an
+    /// empty HOST listens on every interface, as `tcp::1234`) or
+    /// `unix:PATH`. A client attaching stops the guest (`paused`); a
+    /// breakpoint or a single step stops it in `debug`; detaching runs it.
+    #[arg(long, value_name = "ADDR", value_parser = parse_gdb)]
+    pub gdb: Option<vmm_gdb::GdbAddress>,
+
     /// Start with the vCPUs stopped, in `prelaunch`, until QMP `cont`
     /// (QEMU's -S).
     #[arg(long)]
@@ -258,6 +265,12 @@ fn split_options(s: &str) -> Vec<String> {
         }
     }
     parts
+}
+
+/// `--gdb ADDR`.
+fn parse_gdb(s: &str) -> Result<vmm_gdb::GdbAddress, String> {
+    s.parse()
+        .map_err(|e: vmm_gdb::address::AddressError| e.to_string())
 }
 
 #[cfg(test)]

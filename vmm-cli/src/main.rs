@@ -120,6 +120,11 @@ fn run(args: Args, devices: storage::Devices) -> Result<ExitReason> {
         ),
         None => None,
     };
+    // Listening now: a port in use fails before any KVM work.
+    let gdb_listener = match &args.gdb {
+        Some(address) => Some(vmm_gdb::GdbListener::bind(address)?),
+        None => None,
+    };
     let kernel = args
         .kernel
         .clone()
@@ -233,6 +238,9 @@ fn run(args: Args, devices: storage::Devices) -> Result<ExitReason> {
         }
         machine.event_loop().add(Arc::new(Mutex::new(server)));
     }
+    if let Some(listener) = gdb_listener {
+        start_gdb(&mut machine, listener, args.cpus, filters.as_ref())?;
+    }
     if let Some(warning) = host_check::linux_on_pvm(vmm_core::kvm::KvmFlavor::detect(), &kernel) {
         log::warn!("{warning}");
     }
@@ -261,4 +269,31 @@ fn run(args: Args, devices: storage::Devices) -> Result<ExitReason> {
         log::warn!("{dropped} bytes of guest serial output were dropped (not read in time)");
     }
     result
+}
+
+/// The gdb stub's thread on `listener` (`--gdb`), with its seccomp list;
+/// its Unix socket, if any, is removed on the way out.
+fn start_gdb(
+    machine: &mut PcMachine,
+    listener: vmm_gdb::GdbListener,
+    cpus: u32,
+    filters: Option<&Arc<seccomp::Filters>>,
+) -> Result<()> {
+    let (stops, stop_rx) = vmm_gdb::stop_channel().context("cannot start the gdb stub")?;
+    machine.set_gdb_stops(stops);
+    if let vmm_gdb::GdbListener::Unix(_, path) = &listener {
+        let path = path.clone();
+        machine.exit_notifiers().add(move |_, _, _| {
+            let _ = std::fs::remove_file(&path);
+        });
+    }
+    let on_start: Option<vmm_gdb::server::ThreadStart> = filters.map(|f| {
+        let f = Arc::clone(f);
+        let start: vmm_gdb::server::ThreadStart =
+            Box::new(move || f.install(seccomp::Thread::Gdb).map_err(io::Error::other));
+        start
+    });
+    let link = vmm_pc::gdb::GdbLink::new(machine.control(), cpus);
+    vmm_gdb::spawn(listener, link, stop_rx, on_start).context("cannot start the gdb stub")?;
+    Ok(())
 }

@@ -177,6 +177,8 @@ pub fn reply_text(outcome: Result<Reply, String>) -> String {
             .map(|c| format!("\r\nCPU#{}\r\n{}", c.index, crlf(&c.text)))
             .collect(),
         Ok(Reply::Lapic(cpu)) => crlf(&cpu.text),
+        // Only the gdb stub asks for these; the monitor never does.
+        Ok(Reply::GdbRegisters(_) | Reply::GdbMemory(_) | Reply::GdbWritten(_)) => String::new(),
         Ok(Reply::Migration(m)) => m.map_or_else(String::new, |m| {
             format!("Migration status: {}\r\ntotal time: {} ms\r\n", m.status, m.total_time_ms)
         }),

@@ -214,7 +214,10 @@ fn reply_json(reply: Reply) -> Value {
                 .collect(),
         ),
         Reply::Lapic(c) => json!({"cpu-index": c.index, "text": c.text}),
-        Reply::Done => json!({}),
+        // Only the gdb stub asks for these; QMP never does.
+        Reply::Done | Reply::GdbRegisters(_) | Reply::GdbMemory(_) | Reply::GdbWritten(_) => {
+            json!({})
+        }
         Reply::Status { running, status } => json!({
             "running": running,
             "singlestep": false,

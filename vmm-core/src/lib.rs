@@ -8,6 +8,8 @@
 //! - [`io`]: the [`io::IoHandler`] trait through which vCPU exits reach the
 //!   machine's devices.
 //! - [`vcpu`]: one thread per vCPU, its exit dispatch, pause/resume/kick.
+//! - [`guest_debug`]: single step and breakpoints (`KVM_SET_GUEST_DEBUG`)
+//!   for the gdb stub.
 //! - [`event_loop`]: the main loop on `event-manager`, and an eventfd
 //!   subscriber; [`signals`]: SIGINT/SIGTERM/SIGHUP through a signalfd.
 //! - [`notify`]: notifier lists (QEMU's `NotifierList`), used for the exit
@@ -24,6 +26,7 @@
 #![deny(missing_docs)]
 
 pub mod event_loop;
+pub mod guest_debug;
 pub mod io;
 pub mod kvm;
 pub mod notify;

@@ -77,6 +77,8 @@ pub enum Command {
         /// The job's id.
         id: String,
     },
+    /// What the gdb stub asks (`--gdb`; see `crate::gdb`).
+    Gdb(GdbRequest),
     /// Change what events do (QMP `set-action`, `watchdog-set-action`):
     /// each `Some` replaces the current choice.
     SetAction {
@@ -85,6 +87,53 @@ pub enum Command {
         /// What a guest reset does.
         reboot: Option<crate::RebootAction>,
     },
+}
+
+/// What the gdb stub asks of the machine (`vmm_gdb::DebugMachine`,
+/// carried out on the main loop by `machine/gdb.rs`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GdbRequest {
+    /// A client attached: stop (run state `paused`); debug stops go to
+    /// the stub from now on.
+    Attach,
+    /// Ctrl-C: stop (`paused`).
+    Interrupt,
+    /// vCPU `vcpu`'s registers ([`Reply::GdbRegisters`]).
+    ReadRegisters {
+        /// The vCPU.
+        vcpu: u32,
+    },
+    /// Set vCPU `vcpu`'s general registers, RIP and RFLAGS.
+    WriteRegisters {
+        /// The vCPU.
+        vcpu: u32,
+        /// The values.
+        regs: vmm_gdb::Registers,
+    },
+    /// Read `len` bytes at virtual address `addr` as vCPU `vcpu` sees it
+    /// ([`Reply::GdbMemory`]: fewer bytes where a page is unmapped).
+    ReadMemory {
+        /// The vCPU whose page tables translate.
+        vcpu: u32,
+        /// The virtual address.
+        addr: u64,
+        /// How many bytes.
+        len: usize,
+    },
+    /// Write `data` at virtual address `addr` as vCPU `vcpu` sees it
+    /// ([`Reply::GdbWritten`]: how many bytes).
+    WriteMemory {
+        /// The vCPU whose page tables translate.
+        vcpu: u32,
+        /// The virtual address.
+        addr: u64,
+        /// The bytes.
+        data: Vec<u8>,
+    },
+    /// Run with these single steps and breakpoints.
+    Resume(vmm_gdb::ResumePlan),
+    /// The client went: debugging off, the guest runs on.
+    Detach,
 }
 
 /// One device of the machine, as `info qtree` lists it.
@@ -167,6 +216,13 @@ pub enum Reply {
     Jobs(Vec<crate::snapshot::jobs::JobInfo>),
     /// The last migration, if any.
     Migration(Option<crate::MigrationInfo>),
+    /// A vCPU's registers, for the gdb stub.
+    GdbRegisters(vmm_gdb::Registers),
+    /// Guest memory read for the gdb stub (shorter than asked where a
+    /// page is unmapped; empty if the first one is).
+    GdbMemory(Vec<u8>),
+    /// How many bytes a gdb memory write wrote.
+    GdbWritten(usize),
 }
 
 /// Called with a command's outcome, on the main-loop thread.

@@ -10,6 +10,7 @@ pub mod cpu;
 pub mod device_types;
 pub mod devices;
 pub mod disks;
+pub mod gdb;
 mod images;
 pub mod io;
 mod io_error;
@@ -27,8 +28,8 @@ mod test_util;
 pub mod virtio;
 
 pub use control::{
-    BlockInfo, BlockIoError, Command, CpuInfo, CpuText, DeviceInfo, MachineEvent, QuitSource,
-    Reply, ReplyFn, ShutdownCause,
+    BlockInfo, BlockIoError, Command, CpuInfo, CpuText, DeviceInfo, GdbRequest, MachineEvent,
+    QuitSource, Reply, ReplyFn, ShutdownCause,
 };
 pub use machine::{
     parse_incoming, parse_migration_uri, ExitReason, Incoming, MachineControl, MigrationInfo,

@@ -47,6 +47,7 @@ use crate::memory;
 
 mod commands;
 mod cpu_state;
+mod gdb;
 mod info;
 mod migration;
 mod snapshot;
@@ -151,6 +152,8 @@ pub struct PcMachine {
     autostart: bool,
     /// The network cards.
     nets: Vec<crate::virtio::Nic>,
+    /// The gdb stub's client and where its stops go.
+    gdb: gdb::GdbState,
 }
 
 impl std::fmt::Debug for PcMachine {
@@ -413,6 +416,7 @@ impl PcMachine {
             deferred_incoming: false,
             autostart: !config.start_paused,
             nets,
+            gdb: gdb::GdbState::default(),
         })
     }
 
@@ -549,6 +553,16 @@ impl PcMachine {
                     vcpu_poweroff = true;
                     continue;
                 }
+                VcpuRequest::Debug {
+                    vcpu,
+                    exception,
+                    dr6,
+                    emulated_int3,
+                    ..
+                } => match self.debug_stop(vcpu, exception, dr6, emulated_int3)? {
+                    None => continue,
+                    Some(reason) => (vcpu, reason),
+                },
             };
             if !self.stop_on_error {
                 return Ok(Some(ExitReason::InternalError {

@@ -1,7 +1,7 @@
 //! `cargo xtask check-deps`: the crate boundaries that the design promises.
 //!
-//! `vmm-runstate`, `vmm-clock`, `vmm-devices`, `vmm-pci`, `vmm-virtio` and
-//! `vmm-qmp` must not reach KVM, not even through another crate: that is
+//! `vmm-runstate`, `vmm-clock`, `vmm-devices`, `vmm-pci`, `vmm-virtio`,
+//! `vmm-qmp` and `vmm-gdb` must not reach KVM, not even through another crate: that is
 //! what lets their tests run anywhere. And `vmm-runstate` has no dependency
 //! at all.
 
@@ -18,6 +18,7 @@ const KVM_FREE: &[&str] = &[
     "vmm-qom",
     "vmm-virtio",
     "vmm-qmp",
+    "vmm-gdb",
 ];
 /// Crates that must not appear below a KVM-free crate.
 const KVM_CRATES: &[&str] = &["kvm-ioctls", "kvm-bindings"];

@@ -154,6 +154,9 @@ pub(super) fn vcpu() -> Result<Rules, seccompiler::Error> {
             KVM_SIGNAL_MSI,
             // A watchdog's inject-nmi action.
             KVM_NMI,
+            // The gdb stub: single step and breakpoints set before a
+            // resume, cleared at detach.
+            KVM_SET_GUEST_DEBUG,
             // A snapshot saves the vCPU's state and puts it back (the
             // setters the reset path uses too, and these). The monitor's
             // `info registers` and `info lapic` save it the same way, while
@@ -227,6 +230,42 @@ pub(super) fn device() -> Result<Rules, seccompiler::Error> {
     // accepted when it starts (TUNSETOFFLOAD, by value); its frames are
     // read and write on the tap (read above, write in the common part).
     allow_ioctls(&mut r, &[KVM_SIGNAL_MSI, KVM_IRQ_LINE, TUNSETOFFLOAD])?;
+    Ok(r)
+}
+
+/// The gdb stub's thread (vmm-gdb, `--gdb`): accepts one client at a
+/// time on the listening socket made at start-up, reads and writes its
+/// packets, polls it beside the stop eventfd while the guest runs, and
+/// hands every request to the main loop (an eventfd write, then a wait on
+/// a channel).
+pub(super) fn gdb() -> Result<Rules, seccompiler::Error> {
+    let mut r = common()?;
+    allow(
+        &mut r,
+        &[
+            // A client connects (accept4); a failed accept waits 100 ms.
+            libc::SYS_accept4,
+            libc::SYS_clock_nanosleep,
+            // The client's packets (read, or recv for reads and the
+            // peek gdbstub makes), the stop eventfd.
+            libc::SYS_read,
+            libc::SYS_recvfrom,
+            libc::SYS_sendto,
+            libc::SYS_writev,
+            // Waiting on the client and the stop eventfd together.
+            libc::SYS_poll,
+            libc::SYS_ppoll,
+        ],
+    );
+    // TCP_NODELAY on a client's socket.
+    allow_if(
+        &mut r,
+        libc::SYS_setsockopt,
+        &[&[
+            (1, Eq, libc::IPPROTO_TCP as u64),
+            (2, Eq, libc::TCP_NODELAY as u64),
+        ]],
+    )?;
     Ok(r)
 }
 

@@ -4,7 +4,8 @@
 //! main thread (the main loop), one thread per vCPU, the serial output
 //! writer, and one worker per virtio device (made at build time, parked
 //! until the guest activates its device; it installs its list first
-//! thing, through vmm-virtio's thread-start hook). The CPUID thread of start-up has ended by then (it is joined
+//! thing, through vmm-virtio's thread-start hook), and with `--gdb` the
+//! gdb stub's thread (it installs its list first thing too). The CPUID thread of start-up has ended by then (it is joined
 //! before the vCPU threads start), so it gets no list.
 //!
 //! Filters are per thread (no TSYNC), and a thread inherits its creator's
@@ -63,6 +64,8 @@ pub enum Thread {
     SerialOut,
     /// A device's worker (virtio).
     Device,
+    /// The gdb stub (`--gdb`).
+    Gdb,
 }
 
 impl Thread {
@@ -72,6 +75,7 @@ impl Thread {
             Self::Vcpu => "vcpu",
             Self::SerialOut => "serial",
             Self::Device => "device",
+            Self::Gdb => "gdb",
         }
     }
 }
@@ -83,6 +87,7 @@ pub struct Filters {
     vcpu: BpfProgram,
     serial: BpfProgram,
     device: BpfProgram,
+    gdb: BpfProgram,
     /// Debug builds only: the thread that makes a forbidden call once its
     /// filter is in, for the tests (`VMM_SECCOMP_TEST_FORBIDDEN=main|vcpu|
     /// serial`).
@@ -123,6 +128,7 @@ impl Filters {
             vcpu: compile(lists::vcpu()?, &mismatch)?,
             serial: compile(lists::serial()?, &mismatch)?,
             device: compile(lists::device()?, &mismatch)?,
+            gdb: compile(lists::gdb()?, &mismatch)?,
             forbidden: test_forbidden(),
         };
         if mode == Mode::On {
@@ -139,6 +145,7 @@ impl Filters {
             Thread::Vcpu => &self.vcpu,
             Thread::SerialOut => &self.serial,
             Thread::Device => &self.device,
+            Thread::Gdb => &self.gdb,
         };
         let current = std::thread::current();
         sigsys::note_thread(current.name().unwrap_or(thread.as_str()));
@@ -186,6 +193,7 @@ mod tests {
                 lists::vcpu(),
                 lists::serial(),
                 lists::device(),
+                lists::gdb(),
             ] {
                 let program = compile(rules.unwrap(), &mismatch).unwrap();
                 assert!(!program.is_empty());

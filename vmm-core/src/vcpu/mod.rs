@@ -56,6 +56,22 @@ pub enum VcpuRequest {
         /// The vCPU.
         vcpu: u32,
     },
+    /// The vCPU stopped for the debugger (`KVM_EXIT_DEBUG`: a breakpoint
+    /// or a finished single step; see [`crate::guest_debug`]).
+    Debug {
+        /// The vCPU.
+        vcpu: u32,
+        /// The exception vector (1: `#DB`, 3: `#BP`).
+        exception: u32,
+        /// The linear address of the instruction.
+        pc: u64,
+        /// DR6 (which hardware breakpoint, or a single step).
+        dr6: u64,
+        /// Not a `KVM_EXIT_DEBUG` but KVM failing to emulate an `int3`
+        /// (PVM's answer to a software breakpoint): a breakpoint when the
+        /// debugger set one, else the internal error it is.
+        emulated_int3: bool,
+    },
     /// KVM could not go on running this vCPU.
     InternalError {
         /// The vCPU.

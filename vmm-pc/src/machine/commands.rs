@@ -46,6 +46,7 @@ impl PcMachine {
             Command::QueryDevices => Ok(Reply::Devices(self.device_tree())),
             Command::QueryRegisters { cpu } => self.query_registers(cpu),
             Command::QueryLapic { apic_id } => self.query_lapic(apic_id),
+            Command::Gdb(request) => self.gdb_command(request),
             Command::Migrate { uri } => {
                 self.migrate(&uri)?;
                 Ok(Reply::Done)

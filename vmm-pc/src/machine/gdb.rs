@@ -1,0 +1,280 @@
+//! The gdb stub's requests, carried out on the main loop (QEMU's
+//! `gdbstub/system.c` and `kvm_arch_*_breakpoint`), and the vCPUs' debug
+//! stops.
+//!
+//! - attach and Ctrl-C stop the guest in `paused`; a breakpoint or a
+//!   finished single step stops it in `debug` and tells the stub;
+//! - registers and the vCPU's paging registers are read on the vCPU's own
+//!   thread ([`Vcpus::call_each`](vmm_core::vcpu::Vcpus::call_each));
+//! - memory is read and written here, by virtual address, through the
+//!   guest's page tables ([`vmm_gdb::paging`]) over guest RAM: an unmapped
+//!   page ends the access there, never a panic;
+//! - a resume sets each vCPU's guest debugging (`KVM_SET_GUEST_DEBUG`,
+//!   [`vmm_core::guest_debug`]) and runs the guest; a detach turns it off
+//!   everywhere and runs the guest again.
+
+use kvm_ioctls::VcpuFd;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vmm_core::guest_debug::{self, DebugStop, GuestDebug};
+use vmm_gdb::paging::{self, PagingRegs, PhysMemory};
+use vmm_gdb::{Registers, ResumePlan, Stop, StopKind, StopSender};
+use vmm_runstate::RunState;
+
+use super::{CommandFailure, PcError, PcMachine};
+use crate::control::{GdbRequest, MachineEvent, Reply};
+
+/// The gdb stub's side of the machine.
+#[derive(Debug, Default)]
+pub(super) struct GdbState {
+    /// Where debug stops go (`--gdb`).
+    stops: Option<StopSender>,
+    /// A client is attached: debug stops stop the machine.
+    attached: bool,
+    /// The last resume had software breakpoints in guest memory.
+    sw_breakpoints: bool,
+}
+
+/// Guest RAM as the page-table walk reads it.
+struct Ram<'a>(&'a GuestMemoryMmap);
+
+impl PhysMemory for Ram<'_> {
+    fn read_u64(&self, gpa: u64) -> Option<u64> {
+        self.0.read_obj::<u64>(GuestAddress(gpa)).ok()
+    }
+
+    fn read_u32(&self, gpa: u64) -> Option<u32> {
+        self.0.read_obj::<u32>(GuestAddress(gpa)).ok()
+    }
+}
+
+fn refused(what: impl std::fmt::Display) -> CommandFailure {
+    CommandFailure::Refused(what.to_string())
+}
+
+impl PcMachine {
+    /// Debug stops (breakpoints, single steps) go to `stops` while a gdb
+    /// client is attached (`--gdb`).
+    pub fn set_gdb_stops(&mut self, stops: StopSender) {
+        self.gdb.stops = Some(stops);
+    }
+
+    /// Carries out one request of the gdb stub.
+    pub(super) fn gdb_command(&mut self, request: GdbRequest) -> Result<Reply, CommandFailure> {
+        match request {
+            GdbRequest::Attach => {
+                self.gdb.attached = true;
+                self.gdb_stop()?;
+                Ok(Reply::Done)
+            }
+            GdbRequest::Interrupt => {
+                self.gdb_stop()?;
+                Ok(Reply::Done)
+            }
+            GdbRequest::ReadRegisters { vcpu } => {
+                let (regs, sregs) =
+                    self.on_vcpu(vcpu, |fd| Ok((fd.get_regs()?, fd.get_sregs()?)))?;
+                Ok(Reply::GdbRegisters(Registers {
+                    gprs: [
+                        regs.rax, regs.rbx, regs.rcx, regs.rdx, regs.rsi, regs.rdi, regs.rbp,
+                        regs.rsp, regs.r8, regs.r9, regs.r10, regs.r11, regs.r12, regs.r13,
+                        regs.r14, regs.r15,
+                    ],
+                    rip: regs.rip,
+                    rflags: regs.rflags,
+                    segments: [sregs.cs, sregs.ss, sregs.ds, sregs.es, sregs.fs, sregs.gs]
+                        .map(|s| s.selector),
+                }))
+            }
+            GdbRequest::WriteRegisters { vcpu, regs: new } => {
+                self.on_vcpu(vcpu, move |fd| {
+                    let mut r = fd.get_regs()?;
+                    let g = new.gprs;
+                    (r.rax, r.rbx, r.rcx, r.rdx) = (g[0], g[1], g[2], g[3]);
+                    (r.rsi, r.rdi, r.rbp, r.rsp) = (g[4], g[5], g[6], g[7]);
+                    (r.r8, r.r9, r.r10, r.r11) = (g[8], g[9], g[10], g[11]);
+                    (r.r12, r.r13, r.r14, r.r15) = (g[12], g[13], g[14], g[15]);
+                    r.rip = new.rip;
+                    // Bit 1 of RFLAGS is always set.
+                    r.rflags = new.rflags | 2;
+                    fd.set_regs(&r)
+                })?;
+                Ok(Reply::Done)
+            }
+            GdbRequest::ReadMemory { vcpu, addr, len } => {
+                let paging = self.paging_regs(vcpu)?;
+                let mut buf = vec![0u8; len];
+                let n = self.access(&paging, addr, len, |mem, gpa, range| {
+                    mem.read_slice(&mut buf[range], gpa).is_ok()
+                });
+                buf.truncate(n);
+                Ok(Reply::GdbMemory(buf))
+            }
+            GdbRequest::WriteMemory { vcpu, addr, data } => {
+                let paging = self.paging_regs(vcpu)?;
+                let n = self.access(&paging, addr, data.len(), |mem, gpa, range| {
+                    mem.write_slice(&data[range], gpa).is_ok()
+                });
+                Ok(Reply::GdbWritten(n))
+            }
+            GdbRequest::Resume(plan) => self.gdb_resume(&plan),
+            GdbRequest::Detach => {
+                self.gdb.attached = false;
+                self.gdb.sw_breakpoints = false;
+                self.set_guest_debug(&ResumePlan::default())?;
+                if matches!(self.runstate.state(), RunState::Paused | RunState::Debug) {
+                    self.start().map_err(CommandFailure::Machine)?;
+                    self.emit(MachineEvent::Resume);
+                }
+                Ok(Reply::Done)
+            }
+        }
+    }
+
+    /// A vCPU stopped with `KVM_EXIT_DEBUG` (and parked): with a client
+    /// attached the machine stops in `debug` and the stub hears why; else
+    /// (a stop left over from a client that went) the guest runs on. An
+    /// `int3` KVM could not emulate (PVM's software breakpoint) is a
+    /// breakpoint only while the stub has set some; otherwise it is the
+    /// internal error it is, whose reason this returns.
+    pub(super) fn debug_stop(
+        &mut self,
+        vcpu: u32,
+        exception: u32,
+        dr6: u64,
+        emulated_int3: bool,
+    ) -> Result<Option<String>, PcError> {
+        if emulated_int3 && !(self.gdb.attached && self.gdb.sw_breakpoints) {
+            return Ok(Some("KVM could not emulate an int3 instruction".into()));
+        }
+        if !self.runstate.is_running() {
+            // Another vCPU's stop already stopped the machine; this one
+            // stays parked with it.
+            return Ok(None);
+        }
+        let stops = self.gdb.stops.clone().filter(|_| self.gdb.attached);
+        let Some(stops) = stops else {
+            log::debug!("vCPU {vcpu}: a debug exit with no gdb client; running on");
+            self.vcpus.resume_all()?;
+            return Ok(None);
+        };
+        self.stop_with(RunState::Debug)?;
+        let kind = match DebugStop::from_exit(exception, dr6) {
+            DebugStop::SwBreakpoint => StopKind::SwBreakpoint,
+            DebugStop::HwBreakpoint => StopKind::HwBreakpoint,
+            DebugStop::Step => StopKind::Step,
+        };
+        stops.send(Stop { vcpu, kind });
+        Ok(None)
+    }
+
+    /// Attach and Ctrl-C: a running guest stops in `paused`.
+    fn gdb_stop(&mut self) -> Result<(), CommandFailure> {
+        if self.runstate.is_running() {
+            self.stop_with(RunState::Paused)
+                .map_err(CommandFailure::Machine)?;
+        }
+        Ok(())
+    }
+
+    fn gdb_resume(&mut self, plan: &ResumePlan) -> Result<Reply, CommandFailure> {
+        let state = self.runstate.state();
+        if self.runstate.needs_reset() {
+            return Err(refused("Resetting the Virtual Machine is required"));
+        }
+        if !matches!(
+            state,
+            RunState::Paused | RunState::Debug | RunState::Prelaunch
+        ) {
+            return Err(refused(format!("cannot run the guest in state {state}")));
+        }
+        self.set_guest_debug(plan)?;
+        self.gdb.sw_breakpoints = plan.sw_breakpoints;
+        self.start().map_err(CommandFailure::Machine)?;
+        self.emit(MachineEvent::Resume);
+        Ok(Reply::Done)
+    }
+
+    /// Each vCPU's guest debugging for `plan` (all off for the default).
+    fn set_guest_debug(&self, plan: &ResumePlan) -> Result<(), CommandFailure> {
+        let results = self
+            .vcpus
+            .call_each(|i| {
+                let debug = GuestDebug {
+                    single_step: plan.step.contains(&i),
+                    sw_breakpoints: plan.sw_breakpoints,
+                    hw_breakpoints: plan.hw_breakpoints,
+                };
+                move |fd: &VcpuFd| guest_debug::apply(fd, &debug)
+            })
+            .map_err(|e| refused(format!("cannot reach the vCPUs: {e}")))?;
+        for (i, r) in results.into_iter().enumerate() {
+            r.map_err(|e| refused(format!("vCPU {i}: cannot set guest debugging: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// Runs `work` on vCPU `vcpu`'s thread.
+    fn on_vcpu<T: Send + 'static>(
+        &self,
+        vcpu: u32,
+        work: impl FnOnce(&VcpuFd) -> Result<T, kvm_ioctls::Error> + Send + 'static,
+    ) -> Result<T, CommandFailure> {
+        if vcpu as usize >= self.vcpus.len() {
+            return Err(refused(format!("no vCPU {vcpu}")));
+        }
+        // call_each asks for a closure per vCPU; only ours gets the work.
+        let work = std::cell::Cell::new(Some(work));
+        let results = self
+            .vcpus
+            .call_each(|i| {
+                let mine = if i == vcpu { work.take() } else { None };
+                move |fd: &VcpuFd| mine.map(|w| w(fd))
+            })
+            .map_err(|e| refused(format!("cannot reach vCPU {vcpu}: {e}")))?;
+        results
+            .into_iter()
+            .nth(vcpu as usize)
+            .flatten()
+            .ok_or_else(|| refused(format!("vCPU {vcpu} gave nothing")))?
+            .map_err(|e| refused(format!("vCPU {vcpu}: {e}")))
+    }
+
+    fn paging_regs(&self, vcpu: u32) -> Result<PagingRegs, CommandFailure> {
+        let s = self.on_vcpu(vcpu, |fd| fd.get_sregs())?;
+        Ok(PagingRegs {
+            cr0: s.cr0,
+            cr3: s.cr3,
+            cr4: s.cr4,
+            efer: s.efer,
+        })
+    }
+
+    /// Walks `len` bytes from virtual `addr` page by page, calling `io`
+    /// with each physical piece and its range in the caller's buffer;
+    /// how many bytes were done before an unmapped page or a failed
+    /// access.
+    fn access(
+        &self,
+        paging: &PagingRegs,
+        addr: u64,
+        len: usize,
+        mut io: impl FnMut(&GuestMemoryMmap, GuestAddress, std::ops::Range<usize>) -> bool,
+    ) -> usize {
+        let mem = self.vm.memory();
+        let mut done = 0usize;
+        while done < len {
+            let va = addr.wrapping_add(done as u64);
+            let Ok(t) = paging::translate(paging, va, &Ram(mem)) else {
+                break;
+            };
+            let piece = usize::try_from(t.len_in_page)
+                .unwrap_or(usize::MAX)
+                .min(len - done);
+            if !io(mem, GuestAddress(t.gpa), done..done + piece) {
+                break;
+            }
+            done += piece;
+        }
+        done
+    }
+}
