@@ -44,7 +44,7 @@ fn suspend_to_ram_and_wake_by_qmp_and_the_power_button() {
     let serial = format!("file:{}", log.display());
     let (child, sock) = spawn(
         &dir,
-        &test_guests::suspend_to_ram(true),
+        &test_guests::suspend_to_ram(true, false),
         // Paused until the client is there for the events.
         &["--paused", "--serial", &serial],
     );
@@ -123,7 +123,7 @@ fn waking_without_a_vector_resets_the_machine() {
     let serial = format!("file:{}", log.display());
     let (child, sock) = spawn(
         &dir,
-        &test_guests::suspend_to_ram(false),
+        &test_guests::suspend_to_ram(false, false),
         // Paused until the client is there for the events.
         &["--paused", "--serial", &serial],
     );
@@ -144,6 +144,33 @@ fn waking_without_a_vector_resets_the_machine() {
     c.event("RESET");
     assert_eq!(wait_for_output(&log, 33), b"suspending\n".repeat(3));
     c.event("SUSPEND");
+    c.execute("quit");
+    let o = wait(child);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+#[test]
+fn the_rtc_alarm_wakes_the_guest_when_it_enabled_rtc_en() {
+    if !kvm("suspend_rtc") {
+        return;
+    }
+    let dir = TempDir::new("s3-rtc");
+    let log = dir.0.join("serial.log");
+    let serial = format!("file:{}", log.display());
+    let (child, sock) = spawn(
+        &dir,
+        &test_guests::suspend_to_ram(true, true),
+        &["--paused", "--serial", &serial],
+    );
+    let mut c = Client::connect(&sock);
+    assert_eq!(c.execute("cont"), json!({"return": {}}));
+    // The alarm fires every second: two wake-ups with RTC_STS, no command.
+    for _ in 0..2 {
+        c.event("SUSPEND");
+        c.event("WAKEUP");
+    }
+    assert_eq!(wait_for_output(&log, 13), b"suspending\nRR");
+    assert_eq!(c.status()["status"], "running");
     c.execute("quit");
     let o = wait(child);
     assert!(o.status.success(), "{}", stderr(&o));

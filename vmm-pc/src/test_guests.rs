@@ -512,13 +512,16 @@ pub const WAKE_VECTOR: u32 = 0x1_0008;
 /// ACPI S3 from a guest with no kernel: writes [`WAKE_VECTOR`] into the
 /// FACS's `Firmware_Waking_Vector` (none with `set_vector` false), prints
 /// `suspending\n`, then writes SLP_TYP = S3 | SLP_EN into PM1a control.
+/// With `rtc_alarm`, it first lets the RTC wake it: PM1_EN.RTC_EN, an RTC
+/// alarm every second (all three alarm bytes "don't care") and AIE.
 ///
 /// On each wake-up the real-mode code at [`WAKE_VECTOR`] reads PM1_STS,
 /// clears it, and prints one byte: `P` if PWRBTN_STS was set (the power
-/// button woke it), else `W`, or `?` if WAK_STS was not set. After the
+/// button woke it), `R` if RTC_STS was (the alarm), else `W`; `?` if
+/// WAK_STS was not set. After the
 /// first wake-up it suspends again; after the second it halts with
 /// interrupts off.
-pub fn suspend_to_ram(set_vector: bool) -> Vec<u8> {
+pub fn suspend_to_ram(set_vector: bool, rtc_alarm: bool) -> Vec<u8> {
     const COUNT: u64 = 0x1_0100;
     let s3 = (u16::from(crate::acpi::SLP_TYP_S3) << 10) | (1 << 13);
     let mut sleep = vec![0x66, 0xba]; // mov dx, PM1a_CNT
@@ -537,6 +540,19 @@ pub fn suspend_to_ram(set_vector: bool) -> Vec<u8> {
                     crate::acpi::facs::FACS_ADDR + crate::acpi::facs::WAKING_VECTOR_OFFSET,
                 ));
                 c.extend_from_slice(&WAKE_VECTOR.to_le_bytes());
+            }
+            if rtc_alarm {
+                c.extend_from_slice(&[0x66, 0xba]); // mov dx, PM1_EN
+                c.extend_from_slice(&(port::PM1A_EVT_BLK + 2).to_le_bytes());
+                c.extend_from_slice(&[0x66, 0xb8, 0x00, 0x04]); // mov ax, RTC_EN
+                c.extend_from_slice(&[0x66, 0xef]); // out dx, ax
+                #[rustfmt::skip]
+                c.extend_from_slice(&[
+                    0xb0, 0x01, 0xe6, 0x70, 0xb0, 0xc0, 0xe6, 0x71, // seconds alarm: any
+                    0xb0, 0x03, 0xe6, 0x70, 0xb0, 0xc0, 0xe6, 0x71, // minutes alarm: any
+                    0xb0, 0x05, 0xe6, 0x70, 0xb0, 0xc0, 0xe6, 0x71, // hours alarm: any
+                    0xb0, 0x0b, 0xe6, 0x70, 0xb0, 0x22, 0xe6, 0x71, // B: AIE, 24-hour
+                ]);
             }
             c.extend(print(msg));
             c.extend_from_slice(&sleep);
@@ -560,6 +576,9 @@ pub fn suspend_to_ram(set_vector: bool) -> Vec<u8> {
         0xf6, 0xc7, 0x01,             // test bh, PWRBTN >> 8
         0x74, 0x02,                   // jz +2
         0xb0, b'P',                   // mov al, 'P'
+        0xf6, 0xc7, 0x04,             // test bh, RTC >> 8
+        0x74, 0x02,                   // jz +2
+        0xb0, b'R',                   // mov al, 'R'
         0xf6, 0xc7, 0x80,             // test bh, WAK >> 8
         0x75, 0x02,                   // jnz +2
         0xb0, b'?',                   // mov al, '?'
