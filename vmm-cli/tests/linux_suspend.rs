@@ -1,11 +1,12 @@
 //! ACPI S3 under Debian's kernel on 2 vCPUs: the guest offers `mem` in
 //! `/sys/power/state` (`deep` in `/sys/power/mem_sleep`), sets an RTC wake
-//! alarm 3 s ahead and suspends to RAM with `echo mem > /sys/power/state`;
-//! the VMM parks the vCPUs in `suspended`, the RTC alarm wakes it (the
-//! guest enabled RTC_EN), the boot CPU restarts at Linux's real-mode
-//! waking vector, the other vCPU comes back through INIT/SIPI, and the
-//! guest counts the suspend as a success. Nested in the test bed on PVM
-//! hosts; directly on hardware KVM.
+//! alarm 8 s ahead (room for a slow nested suspend: an alarm that fires
+//! before the guest is asleep wakes nothing) and suspends to RAM with
+//! `echo mem > /sys/power/state`; the VMM parks the vCPUs in `suspended`,
+//! the RTC alarm wakes it (the guest enabled RTC_EN), the boot CPU
+//! restarts at Linux's real-mode waking vector, the other vCPU comes back
+//! through INIT/SIPI, and the guest counts the suspend as a success.
+//! Nested in the test bed on PVM hosts; directly on hardware KVM.
 
 use vmm_testbed::Job;
 
@@ -26,7 +27,7 @@ fn debian_suspends_to_ram_and_the_rtc_alarm_wakes_it() {
             echo \"@@STATE $(cat /sys/power/state)\"\n\
             echo \"@@MEMSLEEP $(cat /sys/power/mem_sleep)\"\n\
             echo 0 > /sys/class/rtc/rtc0/wakealarm\n\
-            echo +3 > /sys/class/rtc/rtc0/wakealarm\n\
+            echo +8 > /sys/class/rtc/rtc0/wakealarm\n\
             echo @@SUSPENDING\n\
             echo mem > /sys/power/state && echo @@RESUMED\n\
             echo \"@@SUCCESS $(cat /sys/power/suspend_stats/success)\"\n\
