@@ -1,13 +1,16 @@
 //! The ACPI PM1a event and control blocks: guest accesses of any width,
 //! power-button presses and machine resets. Checks that only documented
 //! bits are stored, that SCI_EN sticks, that the SCI level always equals
-//! "a status bit and its enable are both set", and that only an S5 request
-//! fires the poweroff line.
+//! "a status bit and its enable are both set", that only an S5 request
+//! fires the poweroff line and only an S3 request the suspend line, and
+//! that wake-ups (WAK_STS and a cause) keep the same invariants.
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use vmm_devices::{Pm1Control, Pm1Event, PM1_CNT_LEN, PM1_EVT_LEN, S5_SLP_TYP};
+use vmm_devices::{
+    Pm1Control, Pm1Event, WakeCause, PM1_CNT_LEN, PM1_EVT_LEN, S3_SLP_TYP, S5_SLP_TYP,
+};
 use vmm_fuzz::{Access, Input, Level, Line};
 
 /// Status bits whose enable sits at the same position (PWRBTN, SLPBTN, RTC,
@@ -21,11 +24,17 @@ fuzz_target!(|data: &[u8]| {
     let sci = Level::default();
     let mut evt = Pm1Event::with_sci(Box::new(sci.clone()));
     let poweroff = Line::default();
-    let mut cnt = Pm1Control::new(poweroff.clone());
+    let suspend = Line::default();
+    let mut cnt = Pm1Control::new(poweroff.clone()).with_suspend(suspend.clone());
     while !input.is_empty() {
         match input.u8() % 8 {
             0 => evt.press_power_button(),
-            1 => evt.reset(),
+            1 if input.u8() & 1 == 0 => evt.reset(),
+            1 => evt.wake(match input.u8() % 3 {
+                0 => WakeCause::Host,
+                1 => WakeCause::PowerButton,
+                _ => WakeCause::Rtc,
+            }),
             2..=4 => {
                 Access::decode(&mut input, PM1_EVT_LEN + 2).run(&mut evt, 0x600);
             }
@@ -40,6 +49,13 @@ fuzz_target!(|data: &[u8]| {
                     assert_eq!(
                         after.slp_typ, S5_SLP_TYP,
                         "poweroff without S5: {before:?} -> {after:?}"
+                    );
+                }
+                if suspend.take() > 0 {
+                    assert!(access.write, "a read suspended");
+                    assert_eq!(
+                        after.slp_typ, S3_SLP_TYP,
+                        "suspend without S3: {before:?} -> {after:?}"
                     );
                 }
             }

@@ -11,7 +11,8 @@
 //! | `info pci`, `info block`, `info qtree` | PCI functions, disks, devices |
 //! | `stop`, `cont` | pause and resume |
 //! | `system_reset` | reset in place |
-//! | `system_powerdown` | press the ACPI power button |
+//! | `system_powerdown` | press the ACPI power button (wakes a suspended guest) |
+//! | `system_wakeup` | wake a guest suspended to RAM (S3) |
 //! | `quit` (`q`) | end the VMM |
 //! | `help` (`?`) | list these |
 //!
@@ -37,6 +38,7 @@ stop              pause the guest\r
 cont              resume the guest\r
 system_reset      reset the machine in place\r
 system_powerdown  press the ACPI power button\r
+system_wakeup     wake a guest suspended to RAM\r
 quit              end the VMM\r
 help              this list (C-a c goes back to the guest)\r
 ";
@@ -102,6 +104,7 @@ pub fn parse_on(line: &str, cpu: u32) -> Line {
         ["cont" | "c"] => Line::Machine(Command::Cont),
         ["system_reset"] => Line::Machine(Command::SystemReset),
         ["system_powerdown"] => Line::Machine(Command::SystemPowerdown),
+        ["system_wakeup"] => Line::Machine(Command::SystemWakeup),
         ["quit" | "q"] => Line::Machine(Command::Quit),
         ["help" | "?"] => Line::Help,
         _ => Line::Unknown(line.trim().to_owned()),
@@ -297,6 +300,7 @@ mod tests {
         assert_eq!(parse("  stop "), Line::Machine(Command::Stop));
         assert_eq!(parse("c"), Line::Machine(Command::Cont));
         assert_eq!(parse("system_reset"), Line::Machine(Command::SystemReset));
+        assert_eq!(parse("system_wakeup"), Line::Machine(Command::SystemWakeup));
         assert_eq!(parse("q"), Line::Machine(Command::Quit));
         assert_eq!(parse(""), Line::Empty);
         assert_eq!(parse("?"), Line::Help);

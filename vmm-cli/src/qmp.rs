@@ -21,6 +21,8 @@ const COMMANDS: &[&str] = &[
     "quit",
     "system_reset",
     "system_powerdown",
+    "system_wakeup",
+    "query-current-machine",
     "query-version",
     "query-kvm",
     "query-cpus-fast",
@@ -330,6 +332,8 @@ impl Backend for MachineBackend {
             "query-version" => return r.ok(version().to_json()),
             "query-kvm" => return r.ok(json!({"enabled": true, "present": true})),
             "query-name" => return r.ok(json!({})),
+            // ACPI S3 is there, and so are its wake-up sources.
+            "query-current-machine" => return r.ok(json!({"wakeup-suspend-support": true})),
             "query-commands" => {
                 let names = std::iter::once("qmp_capabilities")
                     .chain(COMMANDS.iter().copied())
@@ -356,6 +360,7 @@ impl Backend for MachineBackend {
             "quit" => Command::Quit,
             "system_reset" => Command::SystemReset,
             "system_powerdown" => Command::SystemPowerdown,
+            "system_wakeup" => Command::SystemWakeup,
             other => return r.err(&QmpError::generic(format!("{other} is not implemented"))),
         };
         self.control.submit(
@@ -421,6 +426,8 @@ pub fn forward_events(outbox: Outbox) -> impl FnMut(&MachineEvent) + Send + 'sta
         MachineEvent::Stop => outbox.event("STOP", None),
         MachineEvent::Resume => outbox.event("RESUME", None),
         MachineEvent::Powerdown => outbox.event("POWERDOWN", None),
+        MachineEvent::Suspend => outbox.event("SUSPEND", None),
+        MachineEvent::Wakeup => outbox.event("WAKEUP", None),
         MachineEvent::RtcChange { offset } => outbox.event(
             "RTC_CHANGE",
             Some(json!({"offset": offset, "qom-path": "/machine/unattached/device[0]"})),

@@ -1,5 +1,6 @@
 //! ACPI PM1a fixed-hardware registers: the event block (status + enable) and
-//! the control block, enough for Linux to power off through S5.
+//! the control block, enough for Linux to power off through S5 and to
+//! suspend to RAM through S3.
 //!
 //! Two devices, each decoding offsets from its own base:
 //!
@@ -16,8 +17,11 @@
 //!
 //! **Poweroff:** writing PM1_CNT with SLP_EN (bit 13) set and SLP_TYP (bits
 //! 12:10) equal to [`S5_SLP_TYP`] fires the poweroff [`Trigger`]. The DSDT's
-//! `\_S5` package must give the same value (use the constant). Other sleep
-//! types are logged and ignored: the guest keeps running. After an S5
+//! `\_S5` package must give the same value (use the constant). SLP_TYP equal
+//! to [`S3_SLP_TYP`] fires the suspend [`Trigger`] given by
+//! [`Pm1Control::with_suspend`] (the `\_S3` package holds that value). Other
+//! sleep types (and S3 without a suspend line) are logged once, counted and
+//! ignored: the guest keeps running. After an S5
 //! request Linux (ACPICA) waits ten seconds and writes SLP_EN again, so the
 //! machine must stop the vCPUs when the line fires; a repeated request fires
 //! the line again, which an eventfd counts as one wake-up.
@@ -26,8 +30,11 @@
 //! a status bit and its enable bit (PWRBTN, SLPBTN, RTC, GBL, TMR share bit
 //! positions in PM1_STS and PM1_EN) are both set, the SCI [`LevelLine`] is
 //! held high, and it drops when the guest clears the status (write 1 to
-//! clear). No other status bit is ever set (no PM timer); the enable bits
-//! are plain storage.
+//! clear). The machine sets the others only on a wake from S3
+//! ([`Pm1Event::wake`]: WAK_STS, with RTC_STS or PWRBTN_STS for the cause);
+//! there is no PM timer. The enable bits are plain storage;
+//! [`Pm1Event::rtc_wake_enabled`] reads RTC_EN, which says whether the RTC
+//! alarm may wake the machine.
 
 use vm_device::bus::{PioAddress, PioAddressOffset};
 use vm_device::MutDevicePio;
@@ -42,6 +49,9 @@ pub const PM1_CNT_LEN: u16 = 2;
 /// The SLP_TYP value for S5 (soft off). The DSDT's `\_S5` package must hold
 /// this value for PM1a (and PM1b) so Linux writes it here.
 pub const S5_SLP_TYP: u8 = 5;
+/// The SLP_TYP value for S3 (suspend to RAM). The DSDT's `\_S3` package must
+/// hold this value. (QEMU's PIIX4 uses 1 for S3 too; its S5 is 0, ours 5.)
+pub const S3_SLP_TYP: u8 = 1;
 
 /// PM1_STS bits that exist: TMR(0), BM(4), GBL(5), PWRBTN(8), SLPBTN(9),
 /// RTC(10), PCIEXP_WAKE(14), WAK(15).
@@ -52,6 +62,22 @@ const EN_VALID_BITS: u16 = 0x4721;
 
 /// PM1_STS/PM1_EN bit 8: the power button.
 const PWRBTN: u16 = 1 << 8;
+/// PM1_STS/PM1_EN bit 10: the RTC alarm.
+const RTC: u16 = 1 << 10;
+/// PM1_STS bit 15: WAK_STS, the system woke from a sleep state.
+const WAK: u16 = 1 << 15;
+
+/// What woke the machine from S3, for [`Pm1Event::wake`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WakeCause {
+    /// The host asked (QMP `system_wakeup`): WAK_STS only.
+    Host,
+    /// The power button (QMP `system_powerdown` while suspended): WAK_STS
+    /// and PWRBTN_STS.
+    PowerButton,
+    /// The RTC alarm: WAK_STS and RTC_STS.
+    Rtc,
+}
 /// Status bits whose enable bit sits at the same position: TMR, GBL,
 /// PWRBTN, SLPBTN, RTC. Any of them set and enabled raises the SCI.
 const SCI_CAUSES: u16 = 0x0721;
@@ -117,6 +143,23 @@ impl Pm1Event {
     pub fn press_power_button(&mut self) {
         self.state.status |= PWRBTN;
         self.update_sci();
+    }
+
+    /// The machine wakes from S3 because of `cause`: WAK_STS and the
+    /// cause's status bit are set (the SCI raised if that one is enabled).
+    pub fn wake(&mut self, cause: WakeCause) {
+        self.state.status |= WAK
+            | match cause {
+                WakeCause::Host => 0,
+                WakeCause::PowerButton => PWRBTN,
+                WakeCause::Rtc => RTC,
+            };
+        self.update_sci();
+    }
+
+    /// Whether the guest let the RTC alarm wake it (PM1_EN.RTC_EN).
+    pub fn rtc_wake_enabled(&self) -> bool {
+        self.state.enable & RTC != 0
     }
 
     /// A machine reset: both registers 0, the SCI low.
@@ -214,11 +257,12 @@ pub struct Pm1ControlState {
 }
 
 /// The PM1a control block: SCI_EN (always 1), SLP_TYP, and SLP_EN, which
-/// requests the sleep state; S5 fires the poweroff line.
+/// requests the sleep state; S5 fires the poweroff line, S3 the suspend line.
 #[derive(Debug)]
 pub struct Pm1Control<T: Trigger = EventFdTrigger> {
     state: Pm1ControlState,
     poweroff: T,
+    suspend: Option<T>,
     ignored_sleeps: FaultLog,
     line_faults: FaultLog,
 }
@@ -237,9 +281,18 @@ impl<T: Trigger> Pm1Control<T> {
                 slp_typ: state.slp_typ & 0x7,
             },
             poweroff,
+            suspend: None,
             ignored_sleeps: FaultLog::default(),
             line_faults: FaultLog::default(),
         }
+    }
+
+    /// The same block, with `suspend` fired on S3 (without it S3 requests
+    /// are ignored like any unsupported sleep type).
+    #[must_use]
+    pub fn with_suspend(mut self, suspend: T) -> Self {
+        self.suspend = Some(suspend);
+        self
     }
 
     /// The current state.
@@ -260,7 +313,12 @@ impl<T: Trigger> Pm1Control<T> {
         &self.poweroff
     }
 
-    /// Sleep requests for states other than S5, which were ignored.
+    /// The suspend line, if any.
+    pub fn suspend_line(&self) -> Option<&T> {
+        self.suspend.as_ref()
+    }
+
+    /// Sleep requests for states other than S5 and S3, which were ignored.
     pub fn ignored_sleep_requests(&self) -> u64 {
         self.ignored_sleeps.count()
     }
@@ -287,6 +345,9 @@ impl<T: Trigger> Pm1Control<T> {
         if self.state.slp_typ == S5_SLP_TYP {
             log::info!("{CNT_NAME}: guest requested poweroff (S5)");
             fire(&self.poweroff, &mut self.line_faults, CNT_NAME, "poweroff");
+        } else if let (S3_SLP_TYP, Some(suspend)) = (self.state.slp_typ, &self.suspend) {
+            log::info!("{CNT_NAME}: guest requested suspend to RAM (S3)");
+            fire(suspend, &mut self.line_faults, CNT_NAME, "suspend");
         } else {
             self.ignored_sleeps.record(
                 CNT_NAME,
@@ -377,12 +438,67 @@ mod tests {
     fn other_sleep_types_are_ignored() {
         let (line, probe) = line();
         let mut cnt = Pm1Control::new(line);
+        // Without a suspend line, S3 is one of them.
         for typ in (0..8).filter(|t| *t != S5_SLP_TYP) {
             outw(&mut cnt, CNT, 0, sleep(typ));
         }
         assert_eq!(fired(&probe), 0);
         assert_eq!(cnt.ignored_sleep_requests(), 7);
         assert_eq!(cnt.state().slp_typ, 7);
+    }
+
+    #[test]
+    fn s3_fires_suspend_and_reserved_types_are_ignored() {
+        let (off, off_probe) = line();
+        let (sus, sus_probe) = line();
+        let mut cnt = Pm1Control::new(off).with_suspend(sus);
+        // SLP_TYP alone does nothing; with SLP_EN it suspends.
+        outw(&mut cnt, CNT, 0, u16::from(S3_SLP_TYP) << 10);
+        assert_eq!(fired(&sus_probe), 0);
+        outw(&mut cnt, CNT, 0, sleep(S3_SLP_TYP));
+        assert_eq!(fired(&sus_probe), 1);
+        assert_eq!(fired(&off_probe), 0);
+        assert_eq!(inw(&mut cnt, CNT, 0), 0x0401, "SLP_EN reads back 0");
+        // A repeated request fires again (the machine ignores it unless
+        // running).
+        outw(&mut cnt, CNT, 0, sleep(S3_SLP_TYP));
+        assert_eq!(fired(&sus_probe), 1);
+        // Reserved and unsupported values: counted, never fired.
+        for typ in (0..8).filter(|t| ![S3_SLP_TYP, S5_SLP_TYP].contains(t)) {
+            outw(&mut cnt, CNT, 0, sleep(typ));
+        }
+        assert_eq!(cnt.ignored_sleep_requests(), 6);
+        assert_eq!((fired(&sus_probe), fired(&off_probe)), (0, 0));
+        // S5 still powers off.
+        outw(&mut cnt, CNT, 0, sleep(S5_SLP_TYP));
+        assert_eq!((fired(&sus_probe), fired(&off_probe)), (0, 1));
+        assert!(cnt.suspend_line().is_some());
+    }
+
+    #[test]
+    fn s3_without_a_suspend_line_is_ignored() {
+        let (off, off_probe) = line();
+        let mut cnt = Pm1Control::new(off);
+        outw(&mut cnt, CNT, 0, sleep(S3_SLP_TYP));
+        assert_eq!(fired(&off_probe), 0);
+        assert_eq!(cnt.ignored_sleep_requests(), 1);
+        assert!(cnt.suspend_line().is_none());
+    }
+
+    #[test]
+    fn wake_sets_wak_sts_and_the_cause() {
+        let mut evt = Pm1Event::new();
+        evt.wake(WakeCause::Host);
+        assert_eq!(evt.state().status, WAK);
+        outw(&mut evt, EVT, 0, 0xFFFF);
+        evt.wake(WakeCause::PowerButton);
+        assert_eq!(evt.state().status, WAK | PWRBTN);
+        outw(&mut evt, EVT, 0, 0xFFFF);
+        evt.wake(WakeCause::Rtc);
+        assert_eq!(inw(&mut evt, EVT, 0), 0x8400);
+        assert!(!evt.rtc_wake_enabled());
+        outw(&mut evt, EVT, 2, RTC);
+        assert!(evt.rtc_wake_enabled());
     }
 
     #[test]

@@ -15,7 +15,7 @@
 //! | [`SerialDevice`] | 8 from the COM base (COM1 0x3F8) | IRQ 4 (COM1/3) or 3 (COM2/4), edge | [`serial`] |
 //! | [`I8042`] | 0x60 and 0x64 (absolute ports) | reset request; IRQ 1, edge | [`i8042`] |
 //! | [`Pm1Event`] | 4 at `PM1a_EVT_BLK` (0x600) | none | [`acpi_pm`] |
-//! | [`Pm1Control`] | 2 at `PM1a_CNT_BLK` (0x604) | poweroff request | [`acpi_pm`] |
+//! | [`Pm1Control`] | 2 at `PM1a_CNT_BLK` (0x604) | poweroff and suspend requests | [`acpi_pm`] |
 //! | [`Pit`] | 0x40-0x43 | IRQ 0, edge, from a Virtual-clock timer | [`pit`] |
 //! | [`Rtc`] | 0x70-0x71 | IRQ 8, edge, from Host-clock timers | [`rtc`] |
 //! | [`Port61`] | 0x61 | none (PIT channel 2 via [`PitChannel2`]) | [`port61`] |
@@ -99,7 +99,8 @@ pub mod stateful;
 mod test_util;
 
 pub use acpi_pm::{
-    Pm1Control, Pm1ControlState, Pm1Event, Pm1EventState, PM1_CNT_LEN, PM1_EVT_LEN, S5_SLP_TYP,
+    Pm1Control, Pm1ControlState, Pm1Event, Pm1EventState, WakeCause, PM1_CNT_LEN, PM1_EVT_LEN,
+    S3_SLP_TYP, S5_SLP_TYP,
 };
 pub use error::Error;
 pub use i6300esb::{EsbState, I6300Esb, I6300EsbPci};

@@ -8,8 +8,11 @@
 //! - RSDP (revision 2) at [`RSDP_START`] → XSDT;
 //! - XSDT → FADT, MADT, MCFG;
 //! - FADT → DSDT, FACS;
-//! - DSDT: `\_S5_` (soft-off, `SLP_TYP` = 5), so the guest can power off
-//!   through PM1a control; the pvpanic device; and the PCI host bridge
+//! - FACS: the firmware waking vector the guest writes before S3, which
+//!   the machine reads on wake-up (see [`facs`]);
+//! - DSDT: `\_S3_` (suspend to RAM, `SLP_TYP` = 1) and `\_S5_` (soft-off,
+//!   `SLP_TYP` = 5), so the guest can suspend and power off through PM1a
+//!   control; the pvpanic device; and the PCI host bridge
 //!   `\_SB_.PCI0` (see [`crate::pci`]). Linux finds the legacy devices
 //!   without ACPI device objects (with the FADT's 8042 flag set it probes
 //!   the i8042 ports directly when no PNP device describes them);
@@ -32,6 +35,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use crate::layout::{irq, port, ACPI_TABLES_START, APIC_ADDR, BIOS_END, IOAPIC_ADDR, RSDP_START};
 use crate::pci;
 
+pub mod facs;
 pub mod wdat;
 
 /// The OEM ID in every table.
@@ -71,12 +75,14 @@ const PM1_EVT_LEN: u8 = 4;
 /// PM1 control block length.
 const PM1_CNT_LEN: u8 = 2;
 /// `\_S5_` SLP_TYP value; vmm-devices' PM1 control powers off on it.
-pub const SLP_TYP_S5: u8 = 5;
+pub const SLP_TYP_S5: u8 = vmm_devices::S5_SLP_TYP;
+/// `\_S3_` SLP_TYP value; vmm-devices' PM1 control suspends on it.
+pub const SLP_TYP_S3: u8 = vmm_devices::S3_SLP_TYP;
 /// Above this many vCPUs the FADT asks for physical APIC destination
 /// mode (flat logical mode addresses only 8 CPUs), as QEMU does.
 const FLAT_LOGICAL_MAX_CPUS: u32 = 8;
 /// The FACS must be 64-byte aligned; other tables get 16.
-const FACS_ALIGN: u64 = 64;
+pub(crate) const FACS_ALIGN: u64 = 64;
 const TABLE_ALIGN: u64 = 16;
 
 /// Why the ACPI tables could not be built.
@@ -136,7 +142,9 @@ pub fn create_acpi_tables(
         Ok(addr)
     };
 
+    // First, so that it lands at `facs::FACS_ADDR`.
     let facs = write(&aml_bytes(&acpi_tables::facs::FACS::new()), FACS_ALIGN)?;
+    debug_assert_eq!(facs, facs::FACS_ADDR);
     let dsdt = write(dsdt(ram).as_slice(), TABLE_ALIGN)?;
     let fadt = write(&fadt(num_cpus, dsdt, facs), TABLE_ALIGN)?;
     let madt = write(madt(num_cpus).as_slice(), TABLE_ALIGN)?;
@@ -172,8 +180,9 @@ impl Aml for RawAml {
     }
 }
 
-/// The DSDT: `Name (\_S5_, Package () { 5, 5, 0, 0 })`, i.e. SLP_TYP 5 for
-/// PM1a and PM1b control, then two reserved values; `\_SB_.PEVT`, the
+/// The DSDT: `Name (\_S3_, Package () { 1, 1, 0, 0 })` and
+/// `Name (\_S5_, Package () { 5, 5, 0, 0 })`, i.e. SLP_TYP 1 and 5 for PM1a
+/// and PM1b control, then two reserved values; `\_SB_.PEVT`, the
 /// pvpanic device (`QEMU0001`, I/O port 0x505); and `\_SB_.PCI0`, the PCI
 /// host bridge, for a guest with `ram` bytes of RAM.
 fn dsdt(ram: u64) -> Sdt {
@@ -185,6 +194,11 @@ fn dsdt(ram: u64) -> Sdt {
         OEM_TABLE_ID,
         OEM_REVISION,
     );
+    let s3 = aml::Name::new(
+        "_S3_".into(),
+        &aml::Package::new(vec![&SLP_TYP_S3, &SLP_TYP_S3, &aml::ZERO, &aml::ZERO]),
+    );
+    dsdt.append_slice(&aml_bytes(&s3));
     let s5 = aml::Name::new(
         "_S5_".into(),
         &aml::Package::new(vec![&SLP_TYP_S5, &SLP_TYP_S5, &aml::ZERO, &aml::ZERO]),
@@ -423,6 +437,22 @@ mod tests {
         ];
         assert!(dsdt.windows(s5.len()).any(|w| w == s5), "{dsdt:x?}");
         assert_eq!(dsdt[8], DSDT_REVISION);
+    }
+
+    #[test]
+    fn dsdt_defines_s3() {
+        let mem = memory();
+        let (fadt, _, dsdt) = tables(&mem, 1);
+        // NameOp "_S3_" PackageOp len=6 count=4 OneOp OneOp Zero Zero
+        let s3 = [
+            0x08, b'_', b'S', b'3', b'_', 0x12, 0x06, 0x04, 0x01, 0x01, 0x00, 0x00,
+        ];
+        assert_eq!(SLP_TYP_S3, 1);
+        assert!(dsdt.windows(s3.len()).any(|w| w == s3), "{dsdt:x?}");
+        // The FADT points at the FACS where the machine looks for the
+        // waking vector.
+        assert_eq!(u64_at(&fadt, 132), facs::FACS_ADDR);
+        assert_eq!(u64::from(u32_at(&fadt, 36)), facs::FACS_ADDR);
     }
 
     #[test]

@@ -17,8 +17,12 @@ pub enum Command {
     Quit,
     /// Reset the machine in place (QMP `system_reset`).
     SystemReset,
-    /// Press the ACPI power button (QMP `system_powerdown`).
+    /// Press the ACPI power button (QMP `system_powerdown`); while
+    /// suspended, this wakes the guest.
     SystemPowerdown,
+    /// Wake a suspended guest (QMP `system_wakeup`); refused in any other
+    /// state.
+    SystemWakeup,
     /// The run state (QMP `query-status`).
     QueryStatus,
     /// The vCPUs and their threads (QMP `query-cpus-fast`).
@@ -298,6 +302,10 @@ pub enum MachineEvent {
     },
     /// The power button was pressed (`POWERDOWN`).
     Powerdown,
+    /// The guest entered S3 (`SUSPEND`): run state `suspended`.
+    Suspend,
+    /// The guest woke from S3 (`WAKEUP`): running again.
+    Wakeup,
     /// The machine was reset in place (`RESET`), by the guest or the host.
     Reset {
         /// Whether the guest asked for it.

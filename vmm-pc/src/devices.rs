@@ -94,6 +94,8 @@ pub struct PcDevices {
     pub reset_evt: EventFd,
     /// Written when the guest enters S5 through PM1 control.
     pub poweroff_evt: EventFd,
+    /// Written when the guest enters S3 through PM1 control.
+    pub suspend_evt: EventFd,
     /// Written when COM1's receive FIFO drains.
     pub console_ready_evt: EventFd,
     /// Our i8254, unless KVM's serves.
@@ -132,6 +134,22 @@ impl PcDevices {
     /// (its time stays), PM1, the ports, the PCI bus and its functions).
     pub fn reset(&self) {
         self.model.reset();
+    }
+
+    /// Wakes PM1 from S3: WAK_STS and the cause's status bit.
+    pub fn acpi_wake(&self, cause: vmm_devices::WakeCause) {
+        self.pm1_event
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .wake(cause);
+    }
+
+    /// Whether the guest let the RTC alarm wake it (PM1_EN.RTC_EN).
+    pub fn rtc_wake_enabled(&self) -> bool {
+        self.pm1_event
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .rtc_wake_enabled()
     }
 
     /// Presses the ACPI power button (QMP `system_powerdown`).

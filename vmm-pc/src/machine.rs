@@ -51,6 +51,7 @@ mod gdb;
 mod info;
 mod migration;
 mod snapshot;
+mod suspend;
 mod types;
 mod watchdog;
 
@@ -65,6 +66,10 @@ pub(crate) struct Pending {
     signal: Option<i32>,
     reset: bool,
     poweroff: bool,
+    /// The guest wrote SLP_TYP = S3 with SLP_EN.
+    suspend: bool,
+    /// The RTC alarm matched with AIE set (a wake-up source).
+    rtc_alarm: bool,
     panic: bool,
     watchdog: bool,
     /// The guest set its RTC: the new offset from host time, seconds.
@@ -154,6 +159,9 @@ pub struct PcMachine {
     nets: Vec<crate::virtio::Nic>,
     /// The gdb stub's client and where its stops go.
     gdb: gdb::GdbState,
+    /// The guest asked for S3 while not running (a `stop` came first):
+    /// done when it runs again.
+    suspend_requested: bool,
 }
 
 impl std::fmt::Debug for PcMachine {
@@ -317,6 +325,24 @@ impl PcMachine {
                 let _ = wake.write(1);
             }));
         }
+        {
+            // The RTC alarm, a wake-up source from S3: noted, the main
+            // loop decides (it runs on a timer's or a vCPU's thread).
+            let p = Arc::clone(&pending);
+            let wake = Arc::clone(&wake);
+            lock(&devices.rtc).set_alarm_listener(Box::new(move || {
+                lock(&p).rtc_alarm = true;
+                let _ = wake.write(1);
+            }));
+        }
+        let p = Arc::clone(&pending);
+        event_loop.add_eventfd(
+            "ACPI suspend",
+            clone_evt(&devices.suspend_evt)?,
+            move |_| {
+                lock(&p).suspend = true;
+            },
+        );
         let p = Arc::clone(&pending);
         event_loop.add_eventfd("i8042 reset", clone_evt(&devices.reset_evt)?, move |_| {
             lock(&p).reset = true;
@@ -417,6 +443,7 @@ impl PcMachine {
             autostart: !config.start_paused,
             nets,
             gdb: gdb::GdbState::default(),
+            suspend_requested: false,
         })
     }
 
@@ -613,6 +640,7 @@ impl PcMachine {
         } else {
             vcpu_reset
         };
+        self.suspend_or_wake(pending.suspend, pending.rtc_alarm)?;
         if let Some(why) = guest_reset {
             match self.reboot {
                 RebootAction::Exit => return Ok(Some(ExitReason::GuestReset(why))),
@@ -656,6 +684,13 @@ impl PcMachine {
     /// running guest boots again at once; otherwise the machine waits in
     /// `prelaunch` for `cont`.
     fn reset(&mut self, guest: bool) -> Result<(), PcError> {
+        // A suspended guest is live: it boots again at once.
+        if self.runstate.state() == RunState::Suspended {
+            self.runstate
+                .transition(RunState::Running)
+                .map_err(|e| PcError::Control(e.to_string()))?;
+        }
+        self.suspend_requested = false;
         let was_running = self.runstate.is_running();
         self.vcpus.pause_all()?;
         // What the vCPUs asked before parking belongs to the old boot, and

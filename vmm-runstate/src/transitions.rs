@@ -199,6 +199,19 @@ mod tests {
         row.1.contains(&to)
     }
 
+    /// The edges ACPI S3 takes in vmm-pc: suspend, wake-up, and a reset of
+    /// a suspended guest; `stop` leaves a suspended guest alone, so no edge
+    /// to `paused` (current QEMU's suspend-preservation edges are not taken).
+    #[test]
+    fn s3_edges() {
+        assert!(is_allowed(Running, Suspended));
+        assert!(is_allowed(Suspended, Running));
+        assert!(is_allowed(Suspended, Prelaunch));
+        assert!(!is_allowed(Suspended, Paused));
+        assert!(!is_allowed(Paused, Suspended));
+        assert!(!Suspended.is_running() && Suspended.is_live());
+    }
+
     #[test]
     fn expected_matrix_has_one_row_per_state() {
         let sources: HashSet<_> = EXPECTED.iter().map(|(f, _)| *f).collect();

@@ -18,6 +18,11 @@
 //! which lets the next flag raise a new edge (the same interrupts QEMU's
 //! level line gives an edge-triggered PIC/IO-APIC input).
 //!
+//! **Wake-up.** When the alarm matches while AIE is set, the alarm listener
+//! ([`Rtc::set_alarm_listener`]) is called, whether or not IRQF was already
+//! pending: the machine makes it a wake-up source from S3 (if the guest set
+//! PM1_EN.RTC_EN), as a PC's RTC alarm wakes a suspended board.
+//!
 //! **Port 0x70.** Bit 7 of the index is the chipset's NMI mask: ignored, as
 //! QEMU does; reading 0x70 returns 0xFF. Index 0x37 (the PS/2 century byte)
 //! is 0x32.
@@ -143,6 +148,19 @@ pub type ChangeListener = Box<dyn FnMut(i64) + Send>;
 
 struct Listener(Option<ChangeListener>);
 
+/// Called each time the alarm matches while AIE is set (a wake-up source
+/// for a suspended machine). Runs with the RTC locked, on a timer's thread
+/// or a vCPU's: it must be quick and must not touch the RTC.
+pub type AlarmListener = Box<dyn FnMut() + Send>;
+
+struct AlarmHook(Option<AlarmListener>);
+
+impl std::fmt::Debug for AlarmHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "Some(..)" } else { "None" })
+    }
+}
+
 impl std::fmt::Debug for Listener {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(if self.0.is_some() { "Some(..)" } else { "None" })
@@ -164,6 +182,7 @@ pub struct Rtc<T: Trigger> {
     rearm: Option<Arc<Timer>>,
     listener: Option<ResetListenerId>,
     on_change: Listener,
+    on_alarm: AlarmHook,
     irq_edges: u64,
     faults: FaultLog,
 }
@@ -191,6 +210,7 @@ impl<T: Trigger + Send + 'static> Rtc<T> {
             rearm: None,
             listener: None,
             on_change: Listener(None),
+            on_alarm: AlarmHook(None),
             irq_edges: 0,
             faults: FaultLog::default(),
         }));
@@ -281,6 +301,11 @@ impl<T: Trigger> Rtc<T> {
     /// Calls `listener` whenever the guest sets the time.
     pub fn set_change_listener(&mut self, listener: ChangeListener) {
         self.on_change = Listener(Some(listener));
+    }
+
+    /// Calls `listener` whenever the alarm matches with AIE set.
+    pub fn set_alarm_listener(&mut self, listener: AlarmListener) {
+        self.on_alarm = AlarmHook(Some(listener));
     }
 
     /// Guest time minus host time, in whole seconds (QMP's `RTC_CHANGE`).
@@ -601,6 +626,11 @@ impl<T: Trigger> Rtc<T> {
         let first = last.max(sec - SECONDS_PER_DAY) + 1;
         if (first..=sec).any(|s| self.alarm_matches(s)) {
             flags |= C_AF;
+            if self.byte(reg::B) & B_AIE != 0 {
+                if let Some(listener) = self.on_alarm.0.as_mut() {
+                    listener();
+                }
+            }
         }
         self.state.last_update_sec = sec;
         self.raise(flags);

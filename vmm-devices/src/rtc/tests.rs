@@ -272,6 +272,27 @@ fn vector_8_alarms() {
 }
 
 #[test]
+fn the_alarm_calls_the_wake_listener_only_with_aie_even_with_irqf_pending() {
+    let b = Bench::new();
+    let count = Arc::new(Mutex::new(0u32));
+    let c = count.clone();
+    lock(&b.rtc).set_alarm_listener(Box::new(move || *c.lock().unwrap() += 1));
+    // In 5 s: 01:23:50, but AIE off: no wake.
+    b.set(reg::SECONDS_ALARM, 0x50);
+    b.set(reg::MINUTES_ALARM, 0xC0);
+    b.set(reg::HOURS_ALARM, 0xC0);
+    b.wait(10 * SEC);
+    assert_eq!(*count.lock().unwrap(), 0);
+    // Every second with AIE, and C never read (IRQF stays pending, as in a
+    // suspended guest): one wake per match all the same.
+    b.set(reg::SECONDS_ALARM, 0xC0);
+    b.set(reg::B, 0x22);
+    b.wait(3 * SEC);
+    assert_eq!(*count.lock().unwrap(), 3);
+    assert_eq!(fired(&b.probe), 1, "one edge until C is read");
+}
+
+#[test]
 fn polled_flags_without_interrupts() {
     let b = Bench::new();
     b.set(reg::SECONDS_ALARM, 0x47);

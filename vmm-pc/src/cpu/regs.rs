@@ -118,11 +118,7 @@ pub fn boot_regs(entry: &BootEntry) -> kvm_regs {
 pub fn boot_sregs(entry: &BootEntry, base: kvm_sregs) -> kvm_sregs {
     let mut sregs = base;
     let (mode, cr0, cr3, cr4, efer) = match entry {
-        BootEntry::RealMode { segment, .. } => {
-            sregs.cs.selector = *segment;
-            sregs.cs.base = u64::from(*segment) << 4;
-            return sregs;
-        }
+        BootEntry::RealMode { segment, .. } => return real_mode_sregs(*segment, base),
         BootEntry::Linux64 { .. } => (
             CodeMode::Long,
             CR0_PE | CR0_ET | CR0_PG,
@@ -155,6 +151,63 @@ pub fn boot_sregs(entry: &BootEntry, base: kvm_sregs) -> kvm_sregs {
     sregs.efer = efer;
     sregs
 }
+
+/// A real-mode segment with selector `selector`: base `selector * 16`,
+/// limit 64 KiB, present, accessed, `type_` 0xB (code) or 0x3 (data), as
+/// after INIT.
+fn real_mode_segment(selector: u16, type_: u8) -> kvm_bindings::kvm_segment {
+    kvm_bindings::kvm_segment {
+        base: u64::from(selector) << 4,
+        limit: 0xFFFF,
+        selector,
+        type_,
+        present: 1,
+        s: 1,
+        ..Default::default()
+    }
+}
+
+/// Real mode at `segment:0`, as after INIT, whatever mode the vCPU was in
+/// (a wake-up from S3 starts a CPU that ran a 64-bit kernel): `CR0` at its
+/// reset value (ET, CD, NW), paging and long mode off, flat 64 KiB data
+/// segments at 0, `CS` = `segment`, GDTR and IDTR base 0 limit 0xFFFF, TR
+/// and LDTR as at reset. `base`'s other fields (`apic_base`, the pending
+/// interrupt bitmap) are kept.
+fn real_mode_sregs(segment: u16, base: kvm_sregs) -> kvm_sregs {
+    let data = real_mode_segment(0, 0x3);
+    let mut sregs = base;
+    sregs.cs = real_mode_segment(segment, 0xB);
+    sregs.ds = data;
+    sregs.es = data;
+    sregs.fs = data;
+    sregs.gs = data;
+    sregs.ss = data;
+    sregs.tr = kvm_bindings::kvm_segment {
+        limit: 0xFFFF,
+        type_: 0xB,
+        present: 1,
+        ..Default::default()
+    };
+    sregs.ldt = kvm_bindings::kvm_segment {
+        limit: 0xFFFF,
+        type_: 0x2,
+        present: 1,
+        ..Default::default()
+    };
+    sregs.gdt.base = 0;
+    sregs.gdt.limit = 0xFFFF;
+    sregs.idt.base = 0;
+    sregs.idt.limit = 0xFFFF;
+    sregs.cr0 = CR0_RESET;
+    sregs.cr2 = 0;
+    sregs.cr3 = 0;
+    sregs.cr4 = 0;
+    sregs.efer = 0;
+    sregs
+}
+
+/// `CR0` after RESET or INIT: ET, CD and NW.
+const CR0_RESET: u64 = 0x6000_0010;
 
 /// FPU/SSE state at entry (as after `FNINIT` and reset).
 pub fn boot_fpu() -> kvm_fpu {
@@ -353,6 +406,32 @@ mod tests {
         let m = mem();
         write_boot_gdt_idt(&m, &entry).unwrap();
         assert_eq!(read_u64(&m, BOOT_GDT_START + 16), 0);
+    }
+
+    #[test]
+    fn real_mode_from_long_mode() {
+        // A CPU that ran a 64-bit kernel wakes from S3 in real mode.
+        let long = boot_sregs(&LINUX, reset_sregs());
+        let entry = BootEntry::RealMode {
+            segment: 0x9a1b,
+            offset: 7,
+        };
+        let s = boot_sregs(&entry, long);
+        assert_eq!((s.cr0, s.cr3, s.cr4, s.efer), (0x6000_0010, 0, 0, 0));
+        assert_eq!(
+            (s.cs.selector, s.cs.base, s.cs.limit),
+            (0x9a1b, 0x9_a1b0, 0xFFFF)
+        );
+        assert_eq!((s.cs.l, s.cs.db, s.cs.g, s.cs.type_), (0, 0, 0, 0xB));
+        for seg in [s.ds, s.es, s.fs, s.gs, s.ss] {
+            assert_eq!(
+                (seg.selector, seg.base, seg.limit, seg.type_),
+                (0, 0, 0xFFFF, 3)
+            );
+            assert_eq!((seg.db, seg.g, seg.present, seg.s), (0, 0, 1, 1));
+        }
+        assert_eq!((s.gdt.base, s.idt.base, s.idt.limit), (0, 0, 0xFFFF));
+        assert_eq!(s.apic_base, 0xfee0_0900, "kept from the vCPU");
     }
 
     #[test]

@@ -80,6 +80,7 @@ pub struct Wiring<'a> {
     i8042: Option<Arc<Mutex<I8042>>>,
     reset_evt: Option<EventFd>,
     poweroff_evt: Option<EventFd>,
+    suspend_evt: Option<EventFd>,
     pm1_event: Option<Arc<Mutex<Pm1Event>>>,
     panic_evt: Option<EventFd>,
     rtc: Option<Arc<Mutex<Rtc<EventFdTrigger>>>>,
@@ -127,6 +128,7 @@ impl<'a> Wiring<'a> {
             i8042: None,
             reset_evt: None,
             poweroff_evt: None,
+            suspend_evt: None,
             pm1_event: None,
             panic_evt: None,
             rtc: None,
@@ -161,6 +163,7 @@ impl<'a> Wiring<'a> {
             reset_evt: self.reset_evt.ok_or(need("i8042"))?,
             pm1_event: self.pm1_event.ok_or(need("acpi-pm1-evt"))?,
             poweroff_evt: self.poweroff_evt.ok_or(need("acpi-pm1-cnt"))?,
+            suspend_evt: self.suspend_evt.ok_or(need("acpi-pm1-cnt"))?,
             panic_evt: self.panic_evt.ok_or(need("pvpanic"))?,
             rtc: self.rtc.ok_or(need("mc146818rtc"))?,
             pit: self.pit,
@@ -216,17 +219,18 @@ impl<'a> Wiring<'a> {
         Ok(())
     }
 
-    /// ACPI PM1a control: S5 fires the poweroff line.
+    /// ACPI PM1a control: S5 fires the poweroff line, S3 the suspend line.
     fn pm1_control(&mut self) -> Result<(), DeviceError> {
         let poweroff = eventfd("ACPI poweroff")?;
-        let dev = Arc::new(Mutex::new(Pm1Control::new(EventFdTrigger::new(clone_fd(
-            "ACPI poweroff",
-            &poweroff,
-        )?))));
+        let suspend = eventfd("ACPI suspend")?;
+        let dev = Pm1Control::new(EventFdTrigger::new(clone_fd("ACPI poweroff", &poweroff)?))
+            .with_suspend(EventFdTrigger::new(clone_fd("ACPI suspend", &suspend)?));
+        let dev = Arc::new(Mutex::new(dev));
         self.io
             .add_pio("PM1a control", port::PM1A_CNT_BLK, PM1_CNT_LEN, dev.clone())?;
         self.model.add("pm1-cnt", dev);
         self.poweroff_evt = Some(poweroff);
+        self.suspend_evt = Some(suspend);
         Ok(())
     }
 

@@ -92,8 +92,18 @@ impl PcMachine {
                 Ok(Reply::Done)
             }
             Command::SystemPowerdown => {
-                self.devices.press_power_button();
                 self.emit(MachineEvent::Powerdown);
+                if state == RunState::Suspended {
+                    // The power button wakes a suspended guest.
+                    self.wake(vmm_devices::WakeCause::PowerButton)
+                        .map_err(CommandFailure::Machine)?;
+                } else {
+                    self.devices.press_power_button();
+                }
+                Ok(Reply::Done)
+            }
+            Command::SystemWakeup => {
+                self.system_wakeup()?;
                 Ok(Reply::Done)
             }
             Command::SystemReset => {
@@ -116,7 +126,8 @@ impl PcMachine {
                         "Resetting the Virtual Machine is required".into(),
                     ));
                 }
-                if !self.runstate.is_running() {
+                // A suspended guest wakes only by a wake-up source.
+                if !self.runstate.is_live() {
                     let io_error = self.runstate.state() == RunState::IoError;
                     self.start().map_err(CommandFailure::Machine)?;
                     self.emit(MachineEvent::Resume);

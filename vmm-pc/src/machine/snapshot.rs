@@ -114,6 +114,14 @@ impl PcMachine {
     }
 
     pub(super) fn check_snapshottable(&self) -> Result<(), CommandFailure> {
+        if self.runstate.state() == RunState::Suspended {
+            // The file keeps no run state: a loaded machine would run a
+            // guest that expects to be asleep.
+            return Err(refused(
+                "snapshots of a suspended machine are not supported (wake it with system_wakeup \
+                 first)",
+            ));
+        }
         if !self.disks.is_empty() || !self.nets.is_empty() {
             return Err(refused(
                 "snapshots of a machine with disks or network cards are not supported yet (a \
