@@ -30,6 +30,19 @@ pub fn l1_accel() -> String {
         .unwrap_or_else(|| "tcg".to_owned())
 }
 
+/// Overrides L1's vCPU count (default 2), to measure L1 with one vCPU
+/// (no cross-vCPU interrupts in L1) with `cargo xtask soak`.
+pub const CPUS_ENV: &str = "VMM_TESTBED_L1_CPUS";
+
+/// L1's `-smp`: [`CPUS_ENV`] when it is a number from 1 to 16, else 2.
+pub fn l1_cpus() -> u32 {
+    std::env::var(CPUS_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .filter(|n| (1..=16).contains(n))
+        .unwrap_or(2)
+}
+
 /// L1's kernel command line: quiet, so that its console carries our lines.
 pub const L1_CMDLINE: &str = "console=ttyS0 loglevel=0 quiet panic=-1 mitigations=off";
 
@@ -46,7 +59,8 @@ pub fn qemu_available() -> bool {
 /// The QEMU command for L1 (without its console arguments).
 pub fn l1_command(kernel: &Path, initrd: &Path, memory_mib: u32) -> Command {
     let mut c = Command::new(QEMU);
-    c.args(["-accel", &l1_accel(), "-cpu", "max", "-smp", "2"])
+    c.args(["-accel", &l1_accel(), "-cpu", "max"])
+        .args(["-smp", &l1_cpus().to_string()])
         .args(["-m", &format!("{memory_mib}M")])
         .args([
             "-nodefaults",

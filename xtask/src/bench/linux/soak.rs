@@ -340,7 +340,7 @@ fn report(o: &Options, ended: &[Ended], pending: &[Boot], l1: &L1, took: Duratio
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "# Nested Linux boots: {} rounds, host {}, L1 `-accel {}`, {sessions} L1 session(s), {:.0?}\n",
+        "# Nested Linux boots: {} rounds, host {}, L1 `-accel {} -smp {}`, {sessions} L1 session(s), {:.0?}\n",
         o.rounds,
         if o.busy {
             "with one core kept busy"
@@ -348,6 +348,7 @@ fn report(o: &Options, ended: &[Ended], pending: &[Boot], l1: &L1, took: Duratio
             "otherwise idle"
         },
         vmm_testbed::qemu::l1_accel(),
+        vmm_testbed::qemu::l1_cpus(),
         took
     );
     let _ = writeln!(
