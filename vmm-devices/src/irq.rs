@@ -9,90 +9,56 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::Arc;
 
 pub use vm_superio::Trigger;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::log_once::FaultLog;
 
-/// Raises an edge synchronously, on the calling thread, instead of
-/// writing the eventfd (see [`EventFdTrigger::with_pulse`]).
-pub type Pulse = Arc<dyn Fn() -> io::Result<()> + Send + Sync>;
-
-/// An [`EventFd`] that implements [`Trigger`] by adding 1 to its counter,
-/// or, built [`with_pulse`](Self::with_pulse), by calling its pulse.
+/// An [`EventFd`] that implements [`Trigger`] by adding 1 to its counter.
 ///
 /// A newtype because neither the trait nor `EventFd` belongs to this crate.
 /// Several writes before the reader wakes up add up in the counter, so the
 /// reader sees one wake-up with a count of N.
-pub struct EventFdTrigger {
-    fd: EventFd,
-    pulse: Option<Pulse>,
-}
-
-impl std::fmt::Debug for EventFdTrigger {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EventFdTrigger")
-            .field("fd", &self.fd.as_raw_fd())
-            .field("pulse", &self.pulse.is_some())
-            .finish()
-    }
-}
+#[derive(Debug)]
+pub struct EventFdTrigger(EventFd);
 
 impl EventFdTrigger {
     /// Wraps an existing eventfd.
     pub fn new(fd: EventFd) -> Self {
-        Self { fd, pulse: None }
-    }
-
-    /// A line whose edges are `pulse` calls, made on the thread that
-    /// triggers (the machine's `KVM_IRQ_LINE` up and down: a vCPU thread
-    /// raising its UART's interrupt delivers it before it enters the guest
-    /// again, where an irqfd on an IO-APIC pin hands it to a kernel worker
-    /// that may run on another CPU and interrupt the vCPU there). The
-    /// eventfd stays, unused by [`Trigger::trigger`].
-    pub fn with_pulse(fd: EventFd, pulse: Pulse) -> Self {
-        Self {
-            fd,
-            pulse: Some(pulse),
-        }
+        Self(fd)
     }
 
     /// Creates a fresh non-blocking eventfd (`EFD_NONBLOCK`).
     pub fn nonblocking() -> io::Result<Self> {
-        EventFd::new(EFD_NONBLOCK).map(Self::new)
+        EventFd::new(EFD_NONBLOCK).map(Self)
     }
 
-    /// Duplicates the file descriptor (and shares the pulse): both values
-    /// signal the same line.
+    /// Duplicates the file descriptor: both values signal the same counter.
     pub fn try_clone(&self) -> io::Result<Self> {
-        Ok(Self {
-            fd: self.fd.try_clone()?,
-            pulse: self.pulse.clone(),
-        })
+        self.0.try_clone().map(Self)
     }
 
     /// The inner eventfd, e.g. to register it as an irqfd or with an epoll loop.
     pub fn event_fd(&self) -> &EventFd {
-        &self.fd
+        &self.0
     }
 
     /// Gives the inner eventfd back.
     pub fn into_inner(self) -> EventFd {
-        self.fd
+        self.0
     }
 }
 
 impl From<EventFd> for EventFdTrigger {
     fn from(fd: EventFd) -> Self {
-        Self::new(fd)
+        Self(fd)
     }
 }
 
 impl AsRawFd for EventFdTrigger {
     fn as_raw_fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
+        self.0.as_raw_fd()
     }
 }
 
@@ -100,10 +66,7 @@ impl Trigger for EventFdTrigger {
     type E = io::Error;
 
     fn trigger(&self) -> io::Result<()> {
-        match &self.pulse {
-            Some(pulse) => pulse(),
-            None => self.fd.write(1),
-        }
+        self.0.write(1)
     }
 }
 
@@ -150,35 +113,6 @@ mod tests {
         let line = EventFdTrigger::from(fd);
         assert_eq!(line.as_raw_fd(), raw);
         assert_eq!(line.into_inner().as_raw_fd(), raw);
-    }
-
-    #[test]
-    fn a_pulsed_line_calls_its_pulse_and_leaves_the_eventfd_alone() {
-        use std::sync::atomic::{AtomicU32, Ordering};
-        let calls = Arc::new(AtomicU32::new(0));
-        let seen = calls.clone();
-        let line = EventFdTrigger::with_pulse(
-            EventFd::new(EFD_NONBLOCK).unwrap(),
-            Arc::new(move || {
-                seen.fetch_add(1, Ordering::Relaxed);
-                Ok(())
-            }),
-        );
-        let clone = line.try_clone().unwrap();
-        line.trigger().unwrap();
-        clone.trigger().unwrap();
-        assert_eq!(calls.load(Ordering::Relaxed), 2);
-        assert_eq!(
-            line.event_fd().read().unwrap_err().kind(),
-            io::ErrorKind::WouldBlock
-        );
-        let failing = EventFdTrigger::with_pulse(
-            EventFd::new(EFD_NONBLOCK).unwrap(),
-            Arc::new(|| Err(io::Error::other("no irqchip"))),
-        );
-        let mut faults = FaultLog::default();
-        fire(&failing, &mut faults, "test", "irq");
-        assert_eq!(faults.count(), 1);
     }
 
     #[test]

@@ -2,8 +2,8 @@
 //!
 //! | device | ports | GSI | notes |
 //! |---|---|---|---|
-//! | COM1 16550 | 0x3f8-0x3ff | 4 | `KVM_IRQ_LINE` pulse (edge) on the raising thread |
-//! | i8042 | 0x60, 0x64 | 1 | `KVM_IRQ_LINE` pulse (edge); 0xFE on 0x64 pulses the reset line |
+//! | COM1 16550 | 0x3f8-0x3ff | 4 | irqfd (edge) |
+//! | i8042 | 0x60, 0x64 | 1 | 0xFE on 0x64 pulses the reset line |
 //! | ACPI PM1a event | 0x600-0x603 | SCI 9, level, `KVM_IRQ_LINE` | status/enable, the power button |
 //! | ACPI PM1a control | 0x604-0x605 | | SLP_EN with S5 = poweroff |
 //! | POST port | 0x80 | | writes ignored, reads 0xff |
@@ -220,26 +220,9 @@ pub fn create_devices(
             .map_err(|e| DeviceError::Irq(device, e))?;
         Ok::<_, DeviceError>(line)
     };
-    // The UART and the i8042 raise their interrupts on the vCPU thread
-    // that wrote their registers (a transmitter-empty interrupt per
-    // character of a verbose console): `KVM_IRQ_LINE` there delivers the
-    // edge before that vCPU enters the guest again, as QEMU's PC does. An
-    // irqfd on an IO-APIC pin is injected by a kernel worker, which may
-    // run on another host CPU and interrupt the vCPU from there: a
-    // cross-CPU interrupt per character. (Nested under TCG's emulated SVM
-    // those interrupts met an L1 fault: see docs/nested/.)
-    let pulsed = |fd: &'static str, gsi: u32| {
-        let vm = vm.clone();
-        let pulse: vmm_devices::irq::Pulse = Arc::new(move || {
-            vm.set_irq_line(gsi, true)
-                .and_then(|()| vm.set_irq_line(gsi, false))
-                .map_err(std::io::Error::other)
-        });
-        Ok::<_, DeviceError>(EventFdTrigger::with_pulse(eventfd(fd)?, pulse))
-    };
     let lines = DeviceLines {
-        com1: pulsed("COM1", irq::COM1)?,
-        keyboard: pulsed("keyboard", irq::KEYBOARD)?,
+        com1: line("COM1", "COM1", irq::COM1)?,
+        keyboard: line("keyboard", "i8042", irq::KEYBOARD)?,
         rtc: line("RTC", "MC146818 RTC", irq::RTC)?,
         pit: match pc.pit {
             PitBackend::Userspace => Some(line("PIT", "i8254 PIT", irq::PIT)?),
