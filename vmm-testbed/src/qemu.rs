@@ -30,17 +30,28 @@ pub fn l1_accel() -> String {
         .unwrap_or_else(|| "tcg".to_owned())
 }
 
-/// Overrides L1's vCPU count (default 2), to measure L1 with one vCPU
-/// (no cross-vCPU interrupts in L1) with `cargo xtask soak`.
+/// Overrides L1's vCPU count (default [`L1_CPUS`]), to measure L1 with
+/// more than one with `cargo xtask soak`.
 pub const CPUS_ENV: &str = "VMM_TESTBED_L1_CPUS";
 
-/// L1's `-smp`: [`CPUS_ENV`] when it is a number from 1 to 16, else 2.
+/// L1's vCPUs: one. With two (multi-threaded TCG, one host thread each),
+/// nested L2 boots under both our VMM and QEMU hung or reset now and then:
+/// each hang caught had an L2 vCPU holding L1's own registers from just
+/// after L1's emulated `VMRUN`, a fault of TCG's SVM emulation when another
+/// L1 CPU interrupts the one running L2. With one, no L1 CPU interrupts
+/// another: in `cargo xtask soak`'s runs every such failure went away
+/// (the figures are in docs/nested/README.md). L2's two vCPUs still run,
+/// as two threads on L1's one CPU, and the boots take about as long.
+pub const L1_CPUS: u32 = 1;
+
+/// L1's `-smp`: [`CPUS_ENV`] when it is a number from 1 to 16, else
+/// [`L1_CPUS`].
 pub fn l1_cpus() -> u32 {
     std::env::var(CPUS_ENV)
         .ok()
         .and_then(|v| v.trim().parse().ok())
         .filter(|n| (1..=16).contains(n))
-        .unwrap_or(2)
+        .unwrap_or(L1_CPUS)
 }
 
 /// L1's kernel command line: quiet, so that its console carries our lines.
