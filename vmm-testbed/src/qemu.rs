@@ -31,18 +31,18 @@ pub fn l1_accel() -> String {
 }
 
 /// Overrides L1's vCPU count (default [`L1_CPUS`]), to measure L1 with
-/// more than one with `cargo xtask soak`.
+/// one (`VMM_TESTBED_L1_CPUS=1 cargo xtask soak`).
 pub const CPUS_ENV: &str = "VMM_TESTBED_L1_CPUS";
 
-/// L1's vCPUs: one. With two (multi-threaded TCG, one host thread each),
-/// nested L2 boots under both our VMM and QEMU hung or reset now and then:
+/// L1's vCPUs: two. With two (multi-threaded TCG, one host thread each)
+/// nested L2 boots under both our VMM and QEMU hang or reset now and then:
 /// each hang caught had an L2 vCPU holding L1's own registers from just
-/// after L1's emulated `VMRUN`, a fault of TCG's SVM emulation when another
-/// L1 CPU interrupts the one running L2. With one, no L1 CPU interrupts
-/// another: in `cargo xtask soak`'s runs every such failure went away
-/// (the figures are in docs/nested/README.md). L2's two vCPUs still run,
-/// as two threads on L1's one CPU, and the boots take about as long.
-pub const L1_CPUS: u32 = 1;
+/// after L1's emulated `VMRUN`, a fault of TCG's SVM emulation. With one,
+/// `cargo xtask soak` saw no such failure, but two of the Linux tests
+/// (QMP clients beside a 2-vCPU guest) timed out in a CI rehearsal with
+/// one, cause not found; so two stays the default until that is, and the
+/// Linux tests run a failed nested test once more (docs/nested/README.md).
+pub const L1_CPUS: u32 = 2;
 
 /// L1's `-smp`: [`CPUS_ENV`] when it is a number from 1 to 16, else
 /// [`L1_CPUS`].
