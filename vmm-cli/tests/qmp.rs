@@ -8,7 +8,7 @@ mod common;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use serde_json::json;
@@ -265,23 +265,6 @@ asyncio.run(main(sys.argv[1]))
     );
     let o = wait(child);
     assert!(o.status.success(), "{}", stderr(&o));
-}
-
-/// Waits until `path` holds at least `n` bytes; returns its contents.
-fn wait_for_output(path: &Path, n: usize) -> Vec<u8> {
-    let start = Instant::now();
-    loop {
-        let bytes = std::fs::read(path).unwrap_or_default();
-        if bytes.len() >= n {
-            return bytes;
-        }
-        assert!(
-            start.elapsed() < RUN_LIMIT,
-            "only {:?} on the serial port",
-            String::from_utf8_lossy(&bytes)
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 fn serial_file(dir: &TempDir) -> (PathBuf, String) {

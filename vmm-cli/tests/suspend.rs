@@ -7,8 +7,7 @@
 
 mod common;
 
-use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::qmp_client::{spawn, Client};
 use common::*;
@@ -16,23 +15,6 @@ use serde_json::json;
 use vmm_pc::test_guests;
 
 const NOT_SUSPENDED: &str = "Unable to wake up: guest is not in suspended state";
-
-/// Waits until the serial log holds `n` bytes; returns them.
-fn wait_for_output(path: &Path, n: usize) -> Vec<u8> {
-    let start = Instant::now();
-    loop {
-        let bytes = std::fs::read(path).unwrap_or_default();
-        if bytes.len() >= n {
-            return bytes;
-        }
-        assert!(
-            start.elapsed() < RUN_LIMIT,
-            "only {:?} on the serial port",
-            String::from_utf8_lossy(&bytes)
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
 
 #[test]
 fn suspend_to_ram_and_wake_by_qmp_and_the_power_button() {

@@ -192,3 +192,21 @@ pub fn read_all(mut r: impl Read) -> Vec<u8> {
 pub fn kvm(test: &str) -> bool {
     vmm_core::kvm::usable_for_tests(test)
 }
+
+/// Waits until `path` (a serial log) holds at least `n` bytes, within
+/// [`RUN_LIMIT`]; returns its contents.
+pub fn wait_for_output(path: &Path, n: usize) -> Vec<u8> {
+    let start = Instant::now();
+    loop {
+        let bytes = std::fs::read(path).unwrap_or_default();
+        if bytes.len() >= n {
+            return bytes;
+        }
+        assert!(
+            start.elapsed() < RUN_LIMIT,
+            "only {:?} on the serial port",
+            String::from_utf8_lossy(&bytes)
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
