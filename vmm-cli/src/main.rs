@@ -166,6 +166,7 @@ fn run(args: Args, devices: storage::Devices) -> Result<ExitReason> {
         kernel: kernel.clone(),
         disks: devices.disks,
         nets: devices.nets,
+        rngs: devices.rngs,
         initrd: args.initrd.clone(),
         cmdline: args.append.clone(),
         memory: args.memory,

@@ -16,6 +16,8 @@ use std::path::PathBuf;
 
 use vmm_pc::disks::{Aio, CacheMode, DiskConfig, ErrorAction};
 use vmm_pc::nets::{MacAddr, NetConfig};
+use vmm_pc::virtio::RngConfig;
+use vmm_virtio::rng::RateLimit;
 
 use crate::netdev::Netdev;
 use vmm_qom::{parse_opts, Registry};
@@ -32,6 +34,8 @@ pub struct Devices {
     pub i6300esb: Option<Option<u8>>,
     /// The network cards to build.
     pub nets: Vec<NetConfig>,
+    /// The entropy devices to build.
+    pub rngs: Vec<RngConfig>,
 }
 
 /// What `--device` asked for: devices, or help printed by the caller.
@@ -185,6 +189,23 @@ fn parse_slot(addr: &str) -> Option<u8> {
         .filter(|s| (1..32).contains(s))
 }
 
+/// A device's `addr=` property, if given: its PCI slot.
+fn requested_slot(
+    request: &vmm_qom::DeviceRequest,
+    spec: &str,
+) -> Result<Option<u8>, StorageError> {
+    let Some(addr) = request.str("addr") else {
+        return Ok(None);
+    };
+    parse_slot(addr).map(Some).ok_or_else(|| {
+        StorageError::new(
+            "--device",
+            spec,
+            format!("Parameter 'addr' expects a PCI slot 1-31 (hex), not '{addr}'"),
+        )
+    })
+}
+
 /// Reads every `--drive` and `--device` into disks (or help to print).
 pub fn resolve(
     drives: &[String],
@@ -223,6 +244,7 @@ pub fn resolve(
     let mut ib700 = false;
     let mut i6300esb = None;
     let mut nets: Vec<NetConfig> = Vec::new();
+    let mut rngs: Vec<RngConfig> = Vec::new();
     for spec in devices {
         let opts = parse_opts(spec, Some("driver")).map_err(|e| device_err(spec, e.to_string()))?;
         if opts.wants_help() {
@@ -260,13 +282,8 @@ pub fn resolve(
                 if disk.serial.as_ref().is_some_and(|s| s.len() > 20) {
                     return Err(device_err(spec, "serial is longer than 20 bytes".into()));
                 }
-                if let Some(addr) = request.str("addr") {
-                    disk.slot = Some(parse_slot(addr).ok_or_else(|| {
-                        device_err(
-                            spec,
-                            format!("Parameter 'addr' expects a PCI slot 1-31 (hex), not '{addr}'"),
-                        )
-                    })?);
+                if let Some(slot) = requested_slot(&request, spec)? {
+                    disk.slot = Some(slot);
                 }
                 disks.push(disk);
             }
@@ -292,21 +309,22 @@ pub fn resolve(
                     })?,
                     None => MacAddr::default_for(nets.len()),
                 };
-                let slot = match request.str("addr") {
-                    Some(addr) => Some(parse_slot(addr).ok_or_else(|| {
-                        device_err(
-                            spec,
-                            format!("Parameter 'addr' expects a PCI slot 1-31 (hex), not '{addr}'"),
-                        )
-                    })?),
-                    None => None,
-                };
+                let slot = requested_slot(&request, spec)?;
                 nets.push(NetConfig {
                     id: id.to_owned(),
                     ifname: netdev.ifname.clone(),
                     mac,
                     slot,
                 });
+            }
+            "virtio-rng-pci" => {
+                let limit = RateLimit::new(
+                    request.u64("max-bytes").unwrap_or(u64::MAX),
+                    request.u64("period").unwrap_or(0),
+                )
+                .map_err(|e| device_err(spec, e.to_string()))?;
+                let slot = requested_slot(&request, spec)?;
+                rngs.push(RngConfig { limit, slot });
             }
             "ib700" => {
                 if ib700 {
@@ -318,15 +336,7 @@ pub fn resolve(
                 if i6300esb.is_some() {
                     return Err(device_err(spec, "there can be only one i6300esb".into()));
                 }
-                let slot = match request.str("addr") {
-                    Some(addr) => Some(parse_slot(addr).ok_or_else(|| {
-                        device_err(
-                            spec,
-                            format!("Parameter 'addr' expects a PCI slot 1-31 (hex), not '{addr}'"),
-                        )
-                    })?),
-                    None => None,
-                };
+                let slot = requested_slot(&request, spec)?;
                 i6300esb = Some(slot);
             }
             other => {
@@ -342,6 +352,7 @@ pub fn resolve(
         .iter()
         .filter_map(|d| d.slot)
         .chain(nets.iter().filter_map(|n| n.slot))
+        .chain(rngs.iter().filter_map(|r| r.slot))
         .chain(i6300esb.flatten());
     for s in wanted {
         if !slots.insert(s) {
@@ -366,6 +377,7 @@ pub fn resolve(
         ib700,
         i6300esb,
         nets,
+        rngs,
     }))
 }
 
@@ -536,6 +548,35 @@ mod tests {
         assert!(run(&[], &["nope,help"]).is_err());
         assert_eq!(parse_slot("1f"), Some(31));
         assert_eq!(parse_slot("0"), None);
+    }
+
+    #[test]
+    fn entropy_devices_take_qemus_rate_limit() {
+        let Storage::Devices(d) = run(
+            &[],
+            &[
+                "virtio-rng-pci",
+                "virtio-rng-pci,max-bytes=1024,period=1000,addr=0x9",
+            ],
+        )
+        .unwrap() else {
+            panic!("help?")
+        };
+        assert_eq!(d.rngs.len(), 2);
+        assert_eq!(d.rngs[0].limit, RateLimit::default());
+        assert_eq!(d.rngs[0].slot, None);
+        assert_eq!(d.rngs[1].limit, RateLimit::new(1024, 1000).unwrap());
+        assert_eq!(d.rngs[1].slot, Some(9));
+        assert!(err(&[], &["virtio-rng-pci,period=0"])
+            .contains("'period' parameter expects a positive integer"));
+        assert!(err(&[], &["virtio-rng-pci,max-bytes=0"])
+            .contains("'max-bytes' parameter must be non-zero"));
+        assert!(err(&[], &["virtio-rng-pci,rng=rng0"])
+            .contains("Property 'virtio-rng-pci.rng' not found"));
+        assert!(
+            err(&[], &["virtio-rng-pci,addr=3", "ib700", "i6300esb,addr=3"])
+                .contains("is used twice")
+        );
     }
 
     #[test]

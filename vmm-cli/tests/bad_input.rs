@@ -401,6 +401,10 @@ fn bad_command_lines_are_refused() {
         (&["--kernel", "K", "--netdev", "tap,id=n0,ifname=t0", "--device", "virtio-net-pci,netdev=n0,mac=52:54:00:zz:00:01"], Vmm, "'52:54:00:zz:00:01' is not a MAC address", false),
         (&["--kernel", "K", "--netdev", "tap,id=n0,ifname=t0", "--device", "virtio-net-pci,netdev=n0,mac=01:00:5e:00:00:01"], Vmm, "is a multicast address", false),
         (&["--kernel", "K", "--netdev", "tap,id=n0,ifname=t0", "--device", "virtio-net-pci,netdev=n0", "--device", "virtio-net-pci,netdev=n0"], Vmm, "can't take value 'n0', it's in use", false),
+        // Entropy devices (--device virtio-rng-pci), QEMU's words.
+        (&["--kernel", "K", "--device", "virtio-rng-pci,period=0"], Vmm, "'period' parameter expects a positive integer", false),
+        (&["--kernel", "K", "--device", "virtio-rng-pci,max-bytes=0"], Vmm, "'max-bytes' parameter must be non-zero", false),
+        (&["--kernel", "K", "--device", "virtio-rng-pci,max-bytes=lots"], Vmm, "Parameter 'max-bytes' expects a number", false),
         (&["--kernel", "K", "--action", "watchdog=bogus"], Vmm, "Parameter 'watchdog' does not accept value 'bogus'", false),
         (&["--kernel", "K", "--action", "frob=1"], Vmm, "Invalid parameter 'frob'", false),
         (&["--kernel", "K", "--incoming", "tcp:localhost:4444"], Vmm, "only file:PATH is supported so far", false),

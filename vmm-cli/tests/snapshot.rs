@@ -234,10 +234,9 @@ fn a_machine_with_a_disk_is_not_snapshotted_yet() {
     assert_eq!(statuses(&mut c, "s").last().unwrap(), "concluded");
     let jobs = c.execute("query-jobs");
     assert!(
-        jobs["return"][0]["error"]
-            .as_str()
-            .unwrap()
-            .contains("with disks or network cards are not supported yet"),
+        jobs["return"][0]["error"].as_str().unwrap().contains(
+            "with virtio devices (disks, network cards, virtio-rng) are not supported yet"
+        ),
         "{jobs}"
     );
     assert!(!file.exists(), "nothing written");

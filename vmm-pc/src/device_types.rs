@@ -80,6 +80,39 @@ pub const VIRTIO_NET_PCI: DeviceType = DeviceType {
     ],
 };
 
+/// `virtio-rng-pci`: an entropy source for the guest, fed from the host's
+/// `getrandom`, with QEMU's rate limit properties.
+pub const VIRTIO_RNG_PCI: DeviceType = DeviceType {
+    name: "virtio-rng-pci",
+    bus: Bus::Pci,
+    category: Category::Misc,
+    desc: "Virtio entropy device (virtio 1.x, modern PCI) fed from the host's getrandom",
+    user_creatable: true,
+    props: &[
+        PropSpec {
+            name: "max-bytes",
+            kind: PropKind::U64,
+            default: Some("9223372036854775807"),
+            required: false,
+            help: "bytes the guest may take per period (1 to 2^63-1)",
+        },
+        PropSpec {
+            name: "period",
+            kind: PropKind::U64,
+            default: Some("65536"),
+            required: false,
+            help: "the rate limit's period in ms",
+        },
+        PropSpec {
+            name: "addr",
+            kind: PropKind::Str,
+            default: None,
+            required: false,
+            help: "PCI slot (1-31, hex as QEMU: addr=05 or addr=0x5)",
+        },
+    ],
+};
+
 /// `ib700`: the IB700 watchdog (ISA, ports 0x441-0x443).
 pub const IB700: DeviceType = DeviceType {
     name: "ib700",
@@ -152,6 +185,7 @@ pub const TYPES: &[DeviceType] = &[
     ),
     VIRTIO_BLK_PCI,
     VIRTIO_NET_PCI,
+    VIRTIO_RNG_PCI,
     IB700,
     I6300ESB,
 ];

@@ -1,5 +1,6 @@
-//! Virtio devices on the PC: each disk a virtio-blk-pci and each network
-//! card a virtio-net-pci (vmm-virtio) on the root bus, connected to KVM through the transport's three seams:
+//! Virtio devices on the PC: each disk a virtio-blk-pci, each network card
+//! a virtio-net-pci and each entropy device a virtio-rng-pci (vmm-virtio)
+//! on the root bus, connected to KVM through the transport's three seams:
 //!
 //! - MSI-X messages go out with `KVM_SIGNAL_MSI`, from whichever thread the
 //!   transport decides on (the device's worker, or a vCPU unmasking a
@@ -23,6 +24,7 @@ use vmm_pci::{PciDevice, PciRoot};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_virtio::blk::{BlockConfig, BlockEvents, BlockHandle, ErrorPolicy, VirtioBlk};
 use vmm_virtio::net::{MacAddr, NetHandle, VirtioNet};
+use vmm_virtio::rng::{HostRandom, RateLimit, RngHandle, VirtioRng};
 use vmm_virtio::worker::ThreadStart;
 use vmm_virtio::{Doorbells, IntxLine, MsiSender, TransportSeams, VirtioDevice, VirtioPciDevice};
 
@@ -61,6 +63,9 @@ pub enum VirtioError {
         #[source]
         source: vmm_pci::PciError,
     },
+    /// An entropy device could not be put on the bus.
+    #[error("virtio-rng-pci")]
+    Rng(#[source] PlugError),
     /// A network card could not be put on the bus.
     #[error("netdev {id}: virtio-net-pci")]
     Net {
@@ -342,6 +347,48 @@ pub fn add_nets(
             slot,
             handle,
         });
+    }
+    Ok(built)
+}
+
+/// An entropy device as `--device virtio-rng-pci` gives it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RngConfig {
+    /// QEMU's `max-bytes` and `period`.
+    pub limit: RateLimit,
+    /// Its PCI slot (None: the first free one).
+    pub slot: Option<u8>,
+}
+
+/// An entropy device the machine built.
+#[derive(Debug, Clone)]
+pub struct Rng {
+    /// Its PCI slot.
+    pub slot: u8,
+    /// The device's counters.
+    pub handle: RngHandle,
+}
+
+/// Adds a virtio-rng-pci on the host's `getrandom` for each of `rngs`;
+/// each worker thread runs `thread_start` first.
+pub fn add_rngs(
+    vm: &Vm,
+    root: &mut PciRoot,
+    slots: &mut Slots,
+    rngs: &[RngConfig],
+    thread_start: Option<ThreadStart>,
+) -> Result<Vec<Rng>, VirtioError> {
+    let mut built = Vec::new();
+    for config in rngs {
+        let err = |source: PlugError| VirtioError::Rng(source);
+        let rng = VirtioRng::new(Arc::new(HostRandom), config.limit, thread_start.clone())
+            .map_err(|e| err(e.into()))?;
+        let handle = rng.handle();
+        let slot = Slots::slot(root, config.slot).map_err(|e| err(e.into()))?;
+        slots
+            .plug(vm, root, "virtio-rng-pci", Box::new(rng), slot)
+            .map_err(err)?;
+        built.push(Rng { slot, handle });
     }
     Ok(built)
 }

@@ -1,5 +1,6 @@
 //! virtio with no KVM in sight: the modern virtio-pci transport (virtio
-//! 1.x only, no legacy interface) and the virtio-blk device on a raw image.
+//! 1.x only, no legacy interface), virtio-blk on a raw image, virtio-net
+//! on a tap and virtio-rng on the host's random source.
 //!
 //! | module | holds |
 //! |---|---|
@@ -7,6 +8,7 @@
 //! | [`device`] | the [`VirtioDevice`] trait a transport drives, and what a device gets when the driver starts it |
 //! | [`transport`] | [`VirtioPciDevice`]: a [`vmm_pci::PciDevice`] with the virtio capabilities, common configuration, ISR, notifications and MSI-X |
 //! | [`net`] | [`net::VirtioNet`]: frames between a [`net::NetBackend`] (a tap) and the guest's receive and transmit queues, on its worker thread |
+//! | [`rng`] | [`rng::VirtioRng`]: the host's `getrandom` into the guest's buffers, under QEMU's `max-bytes`/`period` rate limit |
 //! | [`blk`] | [`blk::VirtioBlk`]: requests parsed into plain values, then done with `preadv`/`pwritev`/`fdatasync`/`fallocate` on its worker thread, and the I/O error policy (report, ignore, stop) |
 //!
 //! # Threads
@@ -36,6 +38,8 @@
 pub mod blk;
 pub mod device;
 pub mod net;
+mod ring;
+pub mod rng;
 pub mod seams;
 pub mod transport;
 pub mod worker;

@@ -194,7 +194,8 @@ pub(super) fn vcpu() -> Result<Rules, seccompiler::Error> {
 /// A device's worker thread (vmm-virtio): made at build time and parked
 /// until the guest activates its device, then it waits on its queues'
 /// doorbells (epoll over eventfds), moves data between guest memory and
-/// the disk image or the tap, and interrupts the guest.
+/// the disk image, the tap or the host's random source, and interrupts
+/// the guest.
 pub(super) fn device() -> Result<Rules, seccompiler::Error> {
     let mut r = common()?;
     allow(
@@ -223,6 +224,10 @@ pub(super) fn device() -> Result<Rules, seccompiler::Error> {
             // here). The reads, writes and fsyncs it starts run in the
             // kernel: this filter sees the io_uring_enter, not them.
             libc::SYS_io_uring_enter,
+            // virtio-rng's rate limit: its timer (made at build time)
+            // armed when a window is spent. (Its random bytes come from
+            // getrandom, which every thread may call.)
+            libc::SYS_timerfd_settime,
         ],
     );
     // Interrupts: MSI-X messages, or INTA# when the guest left MSI-X off.

@@ -23,6 +23,8 @@ pub struct PcConfig {
     pub disks: Vec<crate::disks::DiskConfig>,
     /// Network cards, each a virtio-net-pci on a tap.
     pub nets: Vec<crate::nets::NetConfig>,
+    /// Entropy devices, each a virtio-rng-pci on the host's `getrandom`.
+    pub rngs: Vec<crate::virtio::RngConfig>,
     /// An initrd/initramfs, if any.
     pub initrd: Option<PathBuf>,
     /// The kernel command line.

@@ -4,7 +4,6 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::num::Wrapping;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -17,6 +16,7 @@ use super::device::Counters;
 use super::{offload_flags, NetBackend, HDR_LEN, MAX_TX_LEN, NUM_BUFFERS_AT, RX_QUEUE, TX_QUEUE};
 use crate::blk::request::Buffers;
 use crate::device::VirtioInterrupt;
+use crate::ring::avail_sane;
 use crate::worker::{Waiter, STOP_TOKEN};
 use crate::Memory;
 
@@ -437,12 +437,6 @@ impl<M: Memory> NetWorker<M> {
             self.interrupt.set_needs_reset();
         }
     }
-}
-
-/// The driver's available index is at most a ring ahead of ours.
-fn avail_sane<M: GuestMemory>(q: &Queue, mem: &M) -> bool {
-    q.avail_idx(mem, Ordering::Acquire)
-        .is_ok_and(|idx| (idx - Wrapping(q.next_avail())).0 <= q.size())
 }
 
 /// A receive chain's buffers: None if a descriptor is device-readable or
