@@ -316,6 +316,32 @@ seed("snapshot_file", "small",
      b"VMMSNAP\x00" + u32(1) + snap_section("shape", SNAP_SHAPE)
      + snap_section("vcpus", b"[]") + snap_section("ram@0", bytes(64)) + u16(0))
 
+# virtio_chains: the queue size byte (1 << (b % 9); bit 7: EVENT_IDX, bit
+# 6: a read-only disk), then the descriptor table (0x1000 bytes), then the
+# available ring (flags, idx, heads).
+NEXT, WRITE, INDIRECT = 1, 2, 4
+
+
+def desc(addr, length, flags, nxt):
+    return u64(addr) + u32(length) + u16(flags) + u16(nxt)
+
+
+def ring_seed(descs, heads, first=4):
+    table = b"".join(descs).ljust(0x1000, b"\0")
+    return bytes([first]) + table + u16(0) + u16(len(heads)) + b"".join(u16(h) for h in heads)
+
+
+# A virtio-blk read: header, 512 bytes of data, status.
+seed("virtio_chains", "blk_read", ring_seed(
+    [desc(0x8000, 16, NEXT, 1), desc(0x9000, 512, NEXT | WRITE, 2), desc(0xA000, 1, WRITE, 0)], [0]))
+# A transmit frame, a receive buffer and an indirect table.
+seed("virtio_chains", "net_tx_rx_indirect", ring_seed(
+    [desc(0x8000, 72, 0, 0), desc(0x9000, 1526, WRITE, 0), desc(0xC000, 32, INDIRECT, 0)],
+    [0, 1, 2], first=0x85))
+# A chain that loops back on itself.
+seed("virtio_chains", "loop", ring_seed([desc(0x8000, 16, NEXT, 1), desc(0x9000, 16, NEXT, 0)], [0, 1]))
+
+
 def main():
     for target, seeds in SEEDS.items():
         folder = os.path.join(ROOT, target)

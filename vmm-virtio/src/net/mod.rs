@@ -36,6 +36,7 @@
 //! DEVICE_NEEDS_RESET, as virtio-blk does.
 
 mod backend;
+pub mod chains;
 mod device;
 pub mod tap;
 mod worker;

@@ -9,9 +9,10 @@ use std::sync::Arc;
 
 use virtio_bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemory, Permissions};
+use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
+use super::chains::{gather, rx_buffers};
 use super::device::Counters;
 use super::{offload_flags, NetBackend, HDR_LEN, MAX_TX_LEN, NUM_BUFFERS_AT, RX_QUEUE, TX_QUEUE};
 use crate::blk::request::Buffers;
@@ -48,19 +49,6 @@ enum Placed {
     NoRoom,
     /// The ring is broken.
     Broken,
-}
-
-/// Why a transmit chain was dropped.
-#[derive(Debug, thiserror::Error)]
-enum TxError {
-    #[error("a device-writable descriptor")]
-    Writable,
-    #[error("longer than {MAX_TX_LEN} bytes")]
-    TooLong,
-    #[error("{0} bytes, less than the header")]
-    Short(usize),
-    #[error("a buffer outside guest memory")]
-    Outside,
 }
 
 /// The worker's state.
@@ -437,50 +425,4 @@ impl<M: Memory> NetWorker<M> {
             self.interrupt.set_needs_reset();
         }
     }
-}
-
-/// A receive chain's buffers: None if a descriptor is device-readable or
-/// outside guest memory, the chain is longer than `max` descriptors, or
-/// it has no room for the header.
-fn rx_buffers<M, I>(descriptors: I, mem: &M, max: usize) -> Option<Buffers>
-where
-    M: GuestMemory,
-    I: IntoIterator<Item = virtio_queue::desc::split::Descriptor>,
-{
-    let mut buffers = Buffers::default();
-    for (i, d) in descriptors.into_iter().enumerate() {
-        if i >= max || !d.is_write_only() {
-            return None;
-        }
-        if d.len() > 0 && !mem.check_range(d.addr(), d.len() as usize, Permissions::Write) {
-            return None;
-        }
-        buffers.push(d.addr(), d.len());
-    }
-    (buffers.len() >= HDR_LEN as u64).then_some(buffers)
-}
-
-/// Copies a transmit chain (header and frame) into `buf`: its length.
-fn gather<M, I>(descriptors: I, mem: &M, max: usize, buf: &mut [u8]) -> Result<usize, TxError>
-where
-    M: GuestMemory,
-    I: IntoIterator<Item = virtio_queue::desc::split::Descriptor>,
-{
-    let mut len = 0usize;
-    for (i, d) in descriptors.into_iter().enumerate() {
-        if d.is_write_only() {
-            return Err(TxError::Writable);
-        }
-        let n = d.len() as usize;
-        if i >= max || n > buf.len() - len {
-            return Err(TxError::TooLong);
-        }
-        mem.read_slice(&mut buf[len..len + n], d.addr())
-            .map_err(|_| TxError::Outside)?;
-        len += n;
-    }
-    if len < HDR_LEN {
-        return Err(TxError::Short(len));
-    }
-    Ok(len)
 }
