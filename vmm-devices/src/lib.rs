@@ -22,6 +22,8 @@
 //! | [`Port80`] | 0x80 | none | [`port80`] |
 //! | [`PvPanic`] | 0x505 | the panic request | [`pvpanic`] |
 //! | [`Ib700`] | 0x441-0x443 | the expiry request | [`ib700`] |
+//! | [`IoApic`] | MMIO 0xFEC00000 (4 KiB) | 24 input pins in, MSIs out ([`MsiSink`]); for KVM's split irqchip (not wired to the PC yet) | [`ioapic`] |
+//! | [`Pic`] | 0x20-0x21, 0xA0-0xA1, ELCR 0x4D0-0x4D1 | ISA IRQ 0-15 in, INT out ([`PicOutput`]) and the CPU's acknowledge; for KVM's split irqchip (not wired yet) | [`pic`] |
 //! | [`I6300Esb`] | a PCI function ([`I6300EsbPci`], 16-byte memory BAR) and a fixed MMIO window | the expiry request | [`i6300esb`] |
 //!
 //! # Threat model
@@ -48,6 +50,8 @@
 //! | pvpanic | one byte | a panic fires the line (an eventfd counts repeats); reads are constant |
 //! | ib700 | arm (0x443) and disarm (0x441) writes | one Virtual-clock timer; one line edge per arming; re-arming only moves the deadline |
 //! | i6300esb | `ESB_CONFIG`/`ESB_LOCK` in configuration space, the BAR's preloads, `GINTSR` and reload, the window | one Virtual-clock timer; one line edge per stage-2 expiry; preloads masked to 20 bits; the lock bit is write-once until reset; accesses of any width at any offset answered |
+//! | IO-APIC | `IOREGSEL`, `IOWIN`, `EOI`; the redirection table | 24 entries; reserved delivery modes and vectors 0-15 never delivered (counted, logged once); Remote IRR and delivery status read-only; a level pin delivers once per EOI |
+//! | 8259A pair | ICW1-4, OCW1-3, ELCR | every field in range after any write sequence (init state 0-3, rotation 0-7, vector bases multiples of 8); ELCR bits of IRQ 0-2, 8, 13 fixed; acknowledges always give a vector of one of the two bases |
 //! | port 0x80 | one byte | last byte and a saturating counter; logged at `trace` only |
 //!
 //! CVE-2020-27173 (vm-superio's unbounded RX buffer) is the reason the UART
@@ -86,8 +90,10 @@ pub mod error;
 pub mod i6300esb;
 pub mod i8042;
 pub mod ib700;
+pub mod ioapic;
 pub mod irq;
 mod log_once;
+pub mod pic;
 pub mod pit;
 pub mod port61;
 pub mod port80;
@@ -106,7 +112,9 @@ pub use error::Error;
 pub use i6300esb::{EsbState, I6300Esb, I6300EsbPci};
 pub use i8042::{I8042State, I8042, OUTPUT_QUEUE_LEN};
 pub use ib700::{Ib700, Ib700State, IB700_PORT, IB700_PORT_LEN};
+pub use ioapic::{IoApic, IoApicState, MsiMessage, MsiSink};
 pub use irq::{EventFdTrigger, LevelLine, Trigger};
+pub use pic::{ChipState, Pic, PicOutput, PicState};
 pub use pit::{Pit, PitChannelState, PitPort61, PitState, PIT_FREQ_HZ, PIT_PORT_LEN};
 pub use port61::{NoPitChannel2, PitChannel2, Port61, Port61State};
 pub use port80::{Port80, Port80State};

@@ -15,6 +15,8 @@
 //! | `port80` | [`Port80`] | [`Port80State`] |
 //! | `pvpanic` | [`PvPanic`] | none (nothing guest-visible is kept) |
 //! | `ib700` | [`crate::Ib700`] (in its own module) | [`crate::Ib700State`] |
+//! | `ioapic` | [`crate::IoApic`] (in its own module) | [`crate::IoApicState`] |
+//! | `i8259` | [`crate::Pic`] (in its own module) | [`crate::PicState`] |
 
 use std::io;
 
