@@ -176,11 +176,7 @@ fn read_exact(r: &mut impl Read, buf: &mut [u8], what: &'static str) -> Result<(
 }
 
 /// Reads the magic `expected` and the version `version`.
-pub fn read_header(
-    r: &mut impl Read,
-    expected: &[u8; 8],
-    version: u32,
-) -> Result<(), FormatError> {
+pub fn read_header(r: &mut impl Read, expected: &[u8; 8], version: u32) -> Result<(), FormatError> {
     let mut magic = [0u8; 8];
     read_exact(r, &mut magic, "magic")?;
     if &magic != expected {

@@ -223,7 +223,10 @@ pub fn pages<'a>(data: &'a [u8], ram: &[(u64, u64)]) -> Result<Vec<Page<'a>>, St
         let gpa = u64::from_le_bytes(word);
         let inside = gpa % PAGE as u64 == 0
             && ram.iter().any(|&(start, len)| {
-                gpa >= start && gpa.checked_add(PAGE as u64).is_some_and(|e| e <= start + len)
+                gpa >= start
+                    && gpa
+                        .checked_add(PAGE as u64)
+                        .is_some_and(|e| e <= start + len)
             });
         if !inside {
             return Err(StreamError::OutsideRam(gpa));
@@ -266,8 +269,10 @@ mod tests {
         assert!(!chunk.push(0x1000, &[7u8; PAGE]));
         assert!(chunk.push(0x2000, &[0u8; PAGE]));
         chunk.flush(&mut out).unwrap();
-        let state: Vec<(&'static str, Vec<u8>)> =
-            STATE_SECTIONS.iter().map(|n| (*n, b"{}".to_vec())).collect();
+        let state: Vec<(&'static str, Vec<u8>)> = STATE_SECTIONS
+            .iter()
+            .map(|n| (*n, b"{}".to_vec()))
+            .collect();
         write_state(&mut out, &state).unwrap();
         out
     }
@@ -316,11 +321,10 @@ mod tests {
         let mut snap = good.clone();
         snap[..8].copy_from_slice(&format::MAGIC);
         assert!(read_all(&snap).unwrap_err().to_string().contains("magic"));
-        let other = Shape {
-            cpus: 2,
-            ..shape()
-        };
-        let e = StreamReader::open(&good[..], &other).unwrap_err().to_string();
+        let other = Shape { cpus: 2, ..shape() };
+        let e = StreamReader::open(&good[..], &other)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("2 vCPUs") || e.contains("1 vCPUs"), "{e}");
     }
 
@@ -365,10 +369,7 @@ mod tests {
         write_start(&mut late, &shape()).unwrap();
         format::write_section(&mut late, "clocks", b"1").unwrap();
         format::write_section(&mut late, "pages", &rec(0, 0)).unwrap();
-        assert!(matches!(
-            read_all(&late),
-            Err(StreamError::PagesAfterState)
-        ));
+        assert!(matches!(read_all(&late), Err(StreamError::PagesAfterState)));
         let mut unknown = Vec::new();
         write_start(&mut unknown, &shape()).unwrap();
         format::write_section(&mut unknown, "ram@0", b"1").unwrap();
