@@ -99,7 +99,7 @@ fn host_slice(region: &vm_memory::GuestRegionMmap) -> Result<&[u8], CommandFailu
 
 impl PcMachine {
     /// What a snapshot of this machine must match.
-    fn shape(&self) -> Shape {
+    pub(super) fn shape(&self) -> Shape {
         Shape {
             cpus: u32::try_from(self.vcpus.len()).unwrap_or(u32::MAX),
             ram: self
