@@ -316,6 +316,19 @@ seed("snapshot_file", "small",
      b"VMMSNAP\x00" + u32(1) + snap_section("shape", SNAP_SHAPE)
      + snap_section("vcpus", b"[]") + snap_section("ram@0", bytes(64)) + u16(0))
 
+# migration_stream: a small live-migration stream (vmm-pc's
+# snapshot/stream.rs) for the target's machine (1 vCPU, 64 KiB of RAM):
+# pages (address, kind 0 zeroes / 1 a page), then the state sections.
+MIG_SHAPE = b'{"cpus":1,"ram":[[0,65536]],"kvm_pit":false,"devices":[]}'
+MIG_PAGES = u64(0x1000) + b"\x01" + bytes([0x90]) * 4096 + u64(0x2000) + b"\x00"
+seed("migration_stream", "small",
+     b"VMMMIGR\x00" + u32(1) + snap_section("shape", MIG_SHAPE)
+     + snap_section("pages", MIG_PAGES)
+     + b"".join(snap_section(n, b"{}") for n in
+                ["vcpus", "irqchip", "kvm-pit", "clocks", "devices"])
+     + u16(0))
+
+
 def main():
     for target, seeds in SEEDS.items():
         folder = os.path.join(ROOT, target)

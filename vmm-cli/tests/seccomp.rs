@@ -242,6 +242,7 @@ fn a_forbidden_call_ends_the_vmm_with_a_line_naming_it() {
         ("main", "main"),
         ("vcpu", "vcpu "),
         ("serial", "serial out"),
+        ("migration", "migration"),
     ] {
         let Some(out) = forbidden("seccomp-forbidden", thread, &[]) else {
             return;
@@ -265,7 +266,7 @@ fn log_lets_a_forbidden_call_through() {
     if !kvm("seccomp_log") {
         return;
     }
-    for thread in ["main", "vcpu", "serial"] {
+    for thread in ["main", "vcpu", "serial", "migration"] {
         let Some(out) = forbidden("seccomp-log", thread, &["--seccomp", "log"]) else {
             return;
         };

@@ -96,7 +96,7 @@ pub struct Filters {
     migration: BpfProgram,
     /// Debug builds only: the thread that makes a forbidden call once its
     /// filter is in, for the tests (`VMM_SECCOMP_TEST_FORBIDDEN=main|vcpu|
-    /// serial`).
+    /// serial|device|migration`).
     forbidden: Option<Thread>,
 }
 
@@ -255,6 +255,21 @@ mod tests {
                 !has(&main, nr) && !has(&vcpu, nr) && !has(&serial, nr),
                 "{nr}"
             );
+        }
+        // The migration thread makes sockets (of three families only) and
+        // reads the dirty log, and never starts a program.
+        let migration = lists::migration().unwrap();
+        for nr in [libc::SYS_socket, libc::SYS_connect, libc::SYS_accept4] {
+            assert!(has(&migration, nr) && !has(&vcpu, nr), "{nr}");
+        }
+        assert_eq!(migration[&libc::SYS_socket].len(), 3);
+        for nr in [
+            libc::SYS_clone,
+            libc::SYS_clone3,
+            libc::SYS_fork,
+            libc::SYS_execve,
+        ] {
+            assert!(!has(&migration, nr), "{nr}");
         }
         // Only a disk's worker enters io_uring; nobody sets one up or
         // registers anything with it once the filters are in.

@@ -39,8 +39,9 @@ struct Outgoing {
     started: Instant,
     /// When the guest stopped for the last copy.
     stopped: Option<Instant>,
-    /// Whether it ran when stopped (a failure runs it again).
-    was_running: bool,
+    /// Its run state when stopped (a failure puts it back: running again,
+    /// or `paused` or `postmigrate` as it was).
+    before: RunState,
     status: &'static str,
 }
 
@@ -179,7 +180,7 @@ impl PcMachine {
             shared,
             started: Instant::now(),
             stopped: None,
-            was_running: false,
+            before: RunState::Running,
             status: "setup",
         });
         self.migration = None;
@@ -292,7 +293,7 @@ impl PcMachine {
         if out.shared.cancelled() {
             return Err("cancelled".into());
         }
-        out.was_running = self.runstate.is_running();
+        out.before = self.runstate.state();
         out.stopped = Some(Instant::now());
         self.stop_with(RunState::FinishMigrate)
             .map_err(|e| e.to_string())?;
@@ -337,13 +338,11 @@ impl PcMachine {
                 }
                 // Back where it was.
                 if self.runstate.state() == RunState::FinishMigrate {
-                    if out.was_running {
+                    if out.before == RunState::Running {
                         self.start()?;
                         self.emit(MachineEvent::Resume);
                     } else {
-                        self.runstate
-                            .transition(RunState::Paused)
-                            .map_err(control)?;
+                        self.runstate.transition(out.before).map_err(control)?;
                     }
                 }
             }

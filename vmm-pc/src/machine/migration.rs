@@ -1,17 +1,18 @@
 //! Migration to and from a file (QEMU's `migrate` with `uri` `file:PATH`,
 //! and `-incoming file:PATH`), on the snapshot's format and state (see
-//! `snapshot.rs`): the source stops (`finish-migrate`), writes everything
-//! and stays stopped (`postmigrate`, where `cont` runs it again); a failure
-//! puts it back where it was. The destination starts in `inmigrate`, loads
-//! the file before any vCPU runs, and runs (or waits `paused` with
-//! `--paused`).
+//! `snapshot.rs`): the source stops (`finish-migrate`) for the whole copy,
+//! writes everything and stays stopped (`postmigrate`, where `cont` runs
+//! it again); a failure puts it back where it was. The destination starts
+//! in `inmigrate`, loads the file before any vCPU runs, and runs (or waits
+//! `paused` with `--paused`). `migrate` and `migrate-incoming` with a
+//! stream URI (`tcp:`, `unix:`, `exec:`) go to the live, pre-copy
+//! migration instead (`live.rs`).
 //!
 //! `query-migrate` reports the last migration in QEMU's shape;
-//! `MIGRATION` events (`setup`, `active`, `completed` or `failed`) go out
-//! when the client turned on the `events` capability
-//! (`migrate-set-capabilities`), as QEMU's do. Pre-copy over `tcp:`,
-//! `unix:` or `exec:` while the guest runs is not here yet: a file
-//! migration stops the guest for the whole copy.
+//! `MIGRATION` events (`setup`, `active`, `completed` or `failed`; live
+//! migrations also `cancelling` and `cancelled`) go out when the client
+//! turned on the `events` capability (`migrate-set-capabilities`), as
+//! QEMU's do.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;

@@ -65,7 +65,7 @@ fn read(
     let mut page = [0u8; PAGE];
     let ram_error = |e: vm_memory::GuestMemoryError| format!("guest RAM: {e}");
     loop {
-        match r.next().map_err(text)? {
+        match r.next_item().map_err(text)? {
             Item::Pages(data) => {
                 for (gpa, bytes) in stream::pages(&data, &shape.ram).map_err(text)? {
                     let at = GuestAddress(gpa);

@@ -153,18 +153,20 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// Starts the thread; it runs `start` first and then waits for jobs
-    /// until the handle is dropped.
+    /// Starts the thread; it runs `start` first (this returns once it
+    /// has, with its error if any) and then waits for jobs until the
+    /// handle is dropped.
     pub fn spawn(start: Option<ThreadStart>, mailbox: Arc<Mailbox>) -> std::io::Result<Self> {
         let (jobs, rx) = mpsc::channel::<Job>();
+        let (started_tx, started) = mpsc::channel::<std::io::Result<()>>();
         std::thread::Builder::new()
             .name("migration".into())
             .spawn(move || {
-                if let Some(start) = start {
-                    if let Err(e) = start() {
-                        log::error!("migration thread: {e}");
-                        return;
-                    }
+                let ready = start.map_or(Ok(()), |start| start());
+                let failed = ready.is_err();
+                let _ = started_tx.send(ready);
+                if failed {
+                    return;
                 }
                 for job in rx {
                     match job {
@@ -179,6 +181,9 @@ impl Worker {
                     }
                 }
             })?;
+        started
+            .recv()
+            .map_err(|_| std::io::Error::other("the migration thread ended at its start"))??;
         Ok(Self { jobs })
     }
 

@@ -137,7 +137,7 @@ pub fn write_state(w: &mut impl Write, state: &[(&'static str, Vec<u8>)]) -> io:
 /// A page from the stream: its guest address and bytes (`None`: zeroes).
 pub type Page<'a> = (u64, Option<&'a [u8]>);
 
-/// What [`StreamReader::next`] read.
+/// What [`StreamReader::next_item`] read.
 #[derive(Debug)]
 pub enum Item {
     /// A `pages` section, checked: decode it with [`pages`].
@@ -169,7 +169,7 @@ impl<R: Read> StreamReader<R> {
     }
 
     /// The next `pages` section, or the state at the end.
-    pub fn next(&mut self) -> Result<Item, StreamError> {
+    pub fn next_item(&mut self) -> Result<Item, StreamError> {
         let limit = |name: &str| match name {
             "pages" => MAX_CHUNK_BYTES,
             _ => MAX_STATE_BYTES,
@@ -281,7 +281,7 @@ mod tests {
         let mut r = StreamReader::open(bytes, &shape())?;
         let mut got = Vec::new();
         loop {
-            match r.next()? {
+            match r.next_item()? {
                 Item::Pages(data) => {
                     let data: &'static [u8] = Box::leak(data.into_boxed_slice());
                     got.extend(pages(data, &shape().ram)?);
@@ -345,7 +345,7 @@ mod tests {
             Err(StreamError::OutsideRam(_))
         ));
         assert!(matches!(
-            pages(&rec(u64::MAX & !0xfff, 0), &ram),
+            pages(&rec(!0xfff, 0), &ram),
             Err(StreamError::OutsideRam(_))
         ));
         assert!(pages(&rec(0, 9), &ram).is_err());
