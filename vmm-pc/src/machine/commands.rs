@@ -123,6 +123,10 @@ impl PcMachine {
                 self.system_wakeup()?;
                 Ok(Reply::Done)
             }
+            // The last copy of a live migration: the machine stays as it is.
+            Command::SystemReset if state == RunState::FinishMigrate && self.live.active() => Err(
+                CommandFailure::Refused("There's a migration process in progress".into()),
+            ),
             Command::SystemReset => {
                 self.reset(false).map_err(CommandFailure::Machine)?;
                 Ok(Reply::Done)

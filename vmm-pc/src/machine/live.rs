@@ -287,20 +287,24 @@ impl PcMachine {
 
     /// The last copy: the guest stopped (`finish-migrate`), its state.
     fn stop_for_migration(&mut self) -> crate::migration::worker::StateReply {
+        if self.live.out.as_ref().is_none_or(|o| o.shared.cancelled()) {
+            return Err("cancelled".into());
+        }
+        // The guest may have gone to S3 meanwhile: its state would not
+        // say so.
+        let text = |e: CommandFailure| match e {
+            CommandFailure::Refused(why) => why,
+            CommandFailure::Machine(e) => e.to_string(),
+        };
+        self.check_snapshottable().map_err(text)?;
         let Some(out) = self.live.out.as_mut() else {
             return Err("no migration".into());
         };
-        if out.shared.cancelled() {
-            return Err("cancelled".into());
-        }
         out.before = self.runstate.state();
         out.stopped = Some(Instant::now());
         self.stop_with(RunState::FinishMigrate)
             .map_err(|e| e.to_string())?;
-        self.capture_state().map_err(|e| match e {
-            CommandFailure::Refused(why) => why,
-            CommandFailure::Machine(e) => e.to_string(),
-        })
+        self.capture_state().map_err(text)
     }
 
     fn outgoing_ended(&mut self, result: Result<(), String>) -> Result<(), PcError> {
