@@ -73,9 +73,11 @@ fn precopy(job: &SendJob, mailbox: &Mailbox) -> Result<(), String> {
     );
     let mut w: Out = BufWriter::with_capacity(256 << 10, paced);
     stream::write_start(&mut w, &job.shape).map_err(io)?;
+    log::debug!("migration: connected at {:?}", t0.elapsed());
     job.vm
         .set_dirty_logging(true)
         .map_err(|e| format!("cannot log dirty pages: {e}"))?;
+    log::debug!("migration: dirty logging on at {:?}", t0.elapsed());
     let slots = job.vm.ram_slots();
     // The first pass: every page but those never touched (zeroes on both
     // sides), read from /proc/self/pagemap.
@@ -83,6 +85,7 @@ fn precopy(job: &SendJob, mailbox: &Mailbox) -> Result<(), String> {
         .iter()
         .map(|s| touched_pages(job.vm.memory(), s))
         .collect();
+    log::debug!("migration: pages to send found at {:?}", t0.elapsed());
     shared
         .setup_time_ms
         .store(ms(t0.elapsed().as_millis()), Ordering::Relaxed);
