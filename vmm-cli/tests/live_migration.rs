@@ -332,3 +332,64 @@ fn a_cut_or_damaged_stream_ends_the_destination_with_one_line() {
     let o = destination_fed("live-bad-magic", b"GARBAGE!garbage garbage");
     assert_one_line_error(&o, "bad magic");
 }
+
+#[test]
+fn incoming_defer_then_migrate_incoming_over_tcp_ends_paused_with_paused() {
+    if !kvm("live_defer") {
+        return;
+    }
+    let dir2 = TempDir::new("live-defer-dst");
+    let log2 = dir2.0.join("serial.log");
+    let serial2 = format!("file:{}", log2.display());
+    let (dst, sock2) = spawn(
+        &dir2,
+        &test_guests::counter(DELAY),
+        &["--serial", &serial2, "--incoming", "defer", "--paused"],
+    );
+    let mut d = Client::connect(&sock2);
+    assert_eq!(d.status()["status"], "inmigrate");
+    let uri = format!("tcp:127.0.0.1:{}", free_port());
+    assert_eq!(
+        d.execute_with("migrate-incoming", json!({ "uri": uri })),
+        json!({"return": {}})
+    );
+    // Listening (on the migration thread) and still answering.
+    assert_eq!(d.status()["status"], "inmigrate");
+    assert_eq!(d.execute("query-migrate")["return"]["status"], "active");
+    let dir = TempDir::new("live-defer-src");
+    let (src, mut c, _log) = source(&dir, &[]);
+    // The thread binds after the command returns: retry until it listens.
+    let start = Instant::now();
+    loop {
+        assert_eq!(
+            c.execute_with("migrate", json!({ "uri": uri })),
+            json!({"return": {}})
+        );
+        let (statuses, _) = until_done(&mut c);
+        if statuses.last().map(String::as_str) == Some("completed") {
+            break;
+        }
+        assert!(start.elapsed() < RUN_LIMIT, "{statuses:?}");
+        assert_eq!(c.status()["status"], "running");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(c.status()["status"], "postmigrate");
+    // --paused: loaded, waiting for cont.
+    let start = Instant::now();
+    while d.status()["status"] == "inmigrate" {
+        assert!(start.elapsed() < RUN_LIMIT);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(d.status()["status"], "paused");
+    assert!(counts(&log2, true).is_empty());
+    assert_eq!(d.execute("cont"), json!({"return": {}}));
+    let resumed = wait_counts(&log2, 3, true);
+    assert_eq!(resumed[1], resumed[0] + 1);
+    d.execute("quit");
+    assert!(wait(dst).status.success());
+    // cont runs the source again, as QEMU's after a migration.
+    assert_eq!(c.execute("cont"), json!({"return": {}}));
+    assert_eq!(c.status()["status"], "running");
+    c.execute("quit");
+    assert!(wait(src).status.success());
+}
