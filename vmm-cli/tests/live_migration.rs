@@ -393,3 +393,48 @@ fn incoming_defer_then_migrate_incoming_over_tcp_ends_paused_with_paused() {
     c.execute("quit");
     assert!(wait(src).status.success());
 }
+
+#[test]
+fn a_destination_that_goes_away_fails_the_migration_and_the_source_runs_on() {
+    if !kvm("live_peer_gone") {
+        return;
+    }
+    let dir = TempDir::new("live-gone");
+    let (src, mut c, log) = source(&dir, &[]);
+    let dir2 = TempDir::new("live-gone-dst");
+    let uri = format!("tcp:127.0.0.1:{}", free_port());
+    let (dst, sock2) = spawn(
+        &dir2,
+        &test_guests::counter(DELAY),
+        &["--serial", "none", "--incoming", &uri],
+    );
+    Client::connect(&sock2);
+    // Throttled, so that the destination dies mid-stream.
+    c.execute_with("migrate-set-parameters", json!({"max-bandwidth": 4096}));
+    assert_eq!(
+        c.execute_with("migrate", json!({ "uri": uri })),
+        json!({"return": {}})
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    drop(dst); // killed
+    let (statuses, _) = until_done(&mut c);
+    assert_eq!(
+        statuses.last().map(String::as_str),
+        Some("failed"),
+        "{statuses:?}"
+    );
+    let info = c.execute("query-migrate")["return"].clone();
+    assert_eq!(info["status"], "failed");
+    assert!(
+        info["error-desc"]
+            .as_str()
+            .unwrap()
+            .contains("cannot write the stream"),
+        "{info}"
+    );
+    assert_eq!(c.status()["status"], "running");
+    let before = counts(&log, false).len();
+    wait_counts(&log, before + 3, false);
+    c.execute("quit");
+    assert!(wait(src).status.success());
+}
