@@ -28,11 +28,16 @@ fn free_port() -> u16 {
 /// The source: the counting guest, its console in `dir/serial.log`,
 /// counting, `MIGRATION` events on.
 fn source(dir: &TempDir, extra: &[&str]) -> (Running, Client, std::path::PathBuf) {
+    source_of(dir, &test_guests::counter(DELAY), extra)
+}
+
+/// [`source`] with `guest`.
+fn source_of(dir: &TempDir, guest: &[u8], extra: &[&str]) -> (Running, Client, std::path::PathBuf) {
     let log = dir.0.join("serial.log");
     let serial = format!("file:{}", log.display());
     let mut args = vec!["--serial", serial.as_str()];
     args.extend_from_slice(extra);
-    let (vmm, sock) = spawn(dir, &test_guests::counter(DELAY), &args);
+    let (vmm, sock) = spawn(dir, guest, &args);
     let mut c = Client::connect(&sock);
     wait_counts(&log, 5, false);
     assert_eq!(
@@ -435,6 +440,61 @@ fn a_destination_that_goes_away_fails_the_migration_and_the_source_runs_on() {
     assert_eq!(c.status()["status"], "running");
     let before = counts(&log, false).len();
     wait_counts(&log, before + 3, false);
+    c.execute("quit");
+    assert!(wait(src).status.success());
+}
+
+#[test]
+fn a_guest_that_never_converges_stops_at_the_pass_cap() {
+    if !kvm("live_pass_cap") {
+        return;
+    }
+    // A fast counter: a count every few hundred microseconds.
+    let fast = test_guests::counter(1000);
+    let dir = TempDir::new("live-cap");
+    let (src, mut c, _log) = source_of(&dir, &fast, &[]);
+    // No downtime allowed, and passes slow enough (16 KiB/s: even a pass
+    // of one page takes over 100 ms) that the counter's page is dirty
+    // again after each: only the cap (30 passes) ends the pre-copy. A
+    // pass during which the guest did not get the CPU at all (a loaded
+    // host) leaves nothing to send and ends it early, rightly; then the
+    // source runs again and migrates to a new destination, three tries.
+    assert_eq!(
+        c.execute_with(
+            "migrate-set-parameters",
+            json!({"downtime-limit": 0, "max-bandwidth": 16384})
+        ),
+        json!({"return": {}})
+    );
+    let mut seen = Vec::new();
+    for attempt in 0..3 {
+        let dir2 = TempDir::new(&format!("live-cap-dst{attempt}"));
+        let log2 = dir2.0.join("serial.log");
+        let serial2 = format!("file:{}", log2.display());
+        let uri = format!("unix:{}", dir2.0.join("mig.sock").display());
+        let (dst, sock2) = spawn(&dir2, &fast, &["--serial", &serial2, "--incoming", &uri]);
+        let mut d = Client::connect(&sock2);
+        if attempt > 0 {
+            assert_eq!(c.execute("cont"), json!({"return": {}}));
+        }
+        c.execute_with("migrate", json!({ "uri": uri }));
+        let (statuses, passes) = until_done(&mut c);
+        assert_eq!(statuses.last().map(String::as_str), Some("completed"));
+        let n = passes.len() as u64;
+        assert!((2..=31).contains(&n), "{passes:?}");
+        assert_eq!(passes, (1..=n).collect::<Vec<u64>>());
+        let info = c.execute("query-migrate")["return"].clone();
+        assert_eq!(info["ram"]["dirty-sync-count"], n, "{info}");
+        let resumed = wait_counts(&log2, 3, true);
+        assert_eq!(resumed[1], resumed[0] + 1);
+        d.execute("quit");
+        assert!(wait(dst).status.success());
+        seen.push(n);
+        if n == 31 {
+            break;
+        }
+    }
+    assert_eq!(seen.last(), Some(&31), "passes per try: {seen:?}");
     c.execute("quit");
     assert!(wait(src).status.success());
 }

@@ -551,3 +551,29 @@ fn the_dirty_log_has_the_page_the_guest_wrote() {
     vm.set_dirty_logging(false).unwrap();
     drop(vcpus);
 }
+
+/// A page written again after its log was taken is in the next log.
+#[test]
+fn the_dirty_log_sees_a_page_written_again() {
+    let Some(kvm) = kvm() else { return };
+    #[rustfmt::skip]
+    let code: &[u8] = &[
+        0xfe, 0x06, 0x00, 0x50, // top: inc byte [0x5000]
+        0xe6, 0x80,             // out 0x80, al
+        0xeb, 0xf8,             // jmp top
+    ];
+    let vm = Vm::new(&kvm, &[(GuestAddress(0), 0x10_0000)]).unwrap();
+    vm.memory().write_slice(code, GuestAddress(CODE)).unwrap();
+    let slot = vm.ram_slots()[0];
+    vm.set_dirty_logging(true).unwrap();
+    let io = Arc::new(Recorder::default());
+    let vcpus = Vcpus::spawn(&vm, 1, real_mode_init(), io.clone()).unwrap();
+    vcpus.resume_all().unwrap();
+    for round in 0..5 {
+        std::thread::sleep(Duration::from_millis(20));
+        let dirty: Vec<u64> = vm.take_dirty_log(&slot).unwrap().iter().collect();
+        assert_eq!(dirty, [5], "round {round}");
+        io.taken();
+    }
+    drop(vcpus);
+}
