@@ -454,6 +454,9 @@ pub(super) fn main(pid: u32, kick: u32) -> Result<Rules, seccompiler::Error> {
             // snapshot-save: the irqchip and KVM's PIT read.
             KVM_GET_IRQCHIP,
             KVM_GET_PIT2,
+            // migrate: dirty logging turned on (the migration thread
+            // turns it off).
+            KVM_SET_USER_MEMORY_REGION,
             // system_reset: virtio devices remove their doorbells; cont
             // after io-error: a retried request may interrupt the guest.
             KVM_IOEVENTFD,

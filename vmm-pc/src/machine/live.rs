@@ -164,6 +164,28 @@ impl PcMachine {
                 crate::migration::transport::NO_SPAWN.into(),
             ));
         }
+        // Dirty logging on, here, with the vCPUs parked for the call: on a
+        // running vCPU, KVM's memory-slot update waits for it (hundreds of
+        // ms on PVM); parked, it takes microseconds. The guest's time is
+        // not stopped for so short a park (no STOP, no run-state change).
+        let started = Instant::now();
+        let running = self.runstate.is_running();
+        if running {
+            self.vcpus
+                .pause_all()
+                .map_err(|e| CommandFailure::Machine(e.into()))?;
+        }
+        let logging = self.vm.set_dirty_logging(true);
+        if running {
+            self.vcpus
+                .resume_all()
+                .map_err(|e| CommandFailure::Machine(e.into()))?;
+        }
+        logging.map_err(|e| CommandFailure::Refused(format!("cannot log dirty pages: {e}")))?;
+        log::debug!(
+            "migration: dirty logging on, vCPUs parked {:?}",
+            started.elapsed()
+        );
         let shared = Arc::new(Shared::new(self.live.params, self.ram_total()));
         let job = SendJob {
             uri,
@@ -171,14 +193,15 @@ impl PcMachine {
             shape: self.shape(),
             shared: Arc::clone(&shared),
             spawn_allowed: self.live.spawn_allowed,
+            started,
         };
-        self.live
-            .worker
-            .submit(Job::Send(job))
-            .map_err(CommandFailure::Refused)?;
+        if let Err(e) = self.live.worker.submit(Job::Send(job)) {
+            let _ = self.vm.set_dirty_logging(false);
+            return Err(CommandFailure::Refused(e));
+        }
         self.live.out = Some(Outgoing {
             shared,
-            started: Instant::now(),
+            started,
             stopped: None,
             before: RunState::Running,
             status: "setup",

@@ -1,5 +1,6 @@
-//! The outgoing pre-copy, on the migration thread: dirty logging on, all
-//! of RAM sent while the guest runs, then the pages it dirtied meanwhile,
+//! The outgoing pre-copy, on the migration thread: dirty logging on (by
+//! the main loop, before the job starts), all of RAM sent while the guest
+//! runs, then the pages it dirtied meanwhile,
 //! pass after pass, until what is left fits `downtime-limit` at the
 //! measured bandwidth (or [`super::MAX_PASSES`] passes); then the main
 //! loop stops the guest and hands over its state, and the last dirty
@@ -34,11 +35,15 @@ pub struct SendJob {
     pub shared: Arc<Shared>,
     /// Whether `exec:` may start its command.
     pub spawn_allowed: bool,
+    /// When `migrate` came (`setup-time` counts from here).
+    pub started: Instant,
 }
 
 type Out = BufWriter<Paced<Box<dyn Write + Send>>>;
 
-/// Runs the migration; dirty logging is off again however it ends.
+/// Runs the migration (the main loop turned dirty logging on, with the
+/// vCPUs parked for the call); dirty logging is off again however it
+/// ends.
 pub fn run(job: SendJob, mailbox: &Mailbox) -> Result<(), String> {
     let result = precopy(&job, mailbox);
     if let Err(e) = job.vm.set_dirty_logging(false) {
@@ -55,7 +60,7 @@ fn io(e: std::io::Error) -> String {
 }
 
 fn precopy(job: &SendJob, mailbox: &Mailbox) -> Result<(), String> {
-    let t0 = Instant::now();
+    let t0 = job.started;
     let shared = &job.shared;
     let Sink {
         out,
@@ -74,10 +79,6 @@ fn precopy(job: &SendJob, mailbox: &Mailbox) -> Result<(), String> {
     let mut w: Out = BufWriter::with_capacity(256 << 10, paced);
     stream::write_start(&mut w, &job.shape).map_err(io)?;
     log::debug!("migration: connected at {:?}", t0.elapsed());
-    job.vm
-        .set_dirty_logging(true)
-        .map_err(|e| format!("cannot log dirty pages: {e}"))?;
-    log::debug!("migration: dirty logging on at {:?}", t0.elapsed());
     let slots = job.vm.ram_slots();
     // The first pass: every page but those never touched (zeroes on both
     // sides), read from /proc/self/pagemap.
