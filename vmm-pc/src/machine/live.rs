@@ -1,6 +1,7 @@
 //! Live migration, the machine's side (the stream and the pre-copy are
-//! `crate::migration`'s): `migrate` over `tcp:`, `unix:` or `exec:` hands
-//! the work to the migration thread and returns; the main loop goes on
+//! `crate::migration`'s): `migrate` over `tcp:`, `unix:` or `exec:` turns
+//! dirty logging on (the vCPUs parked for that one call), hands the work
+//! to the migration thread and returns; the main loop goes on
 //! (the guest runs, QMP answers) and reads the thread's messages after
 //! each wake-up. When the thread asks, the main loop stops the guest
 //! (`finish-migrate`, as for `stop`: vCPUs parked, kvmclock and Virtual
