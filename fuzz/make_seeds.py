@@ -340,6 +340,17 @@ seed("virtio_chains", "net_tx_rx_indirect", ring_seed(
     [0, 1, 2], first=0x85))
 # A chain that loops back on itself.
 seed("virtio_chains", "loop", ring_seed([desc(0x8000, 16, NEXT, 1), desc(0x9000, 16, NEXT, 0)], [0, 1]))
+# migration_stream: a small live-migration stream (vmm-pc's
+# snapshot/stream.rs) for the target's machine (1 vCPU, 64 KiB of RAM):
+# pages (address, kind 0 zeroes / 1 a page), then the state sections.
+MIG_SHAPE = b'{"cpus":1,"ram":[[0,65536]],"kvm_pit":false,"devices":[]}'
+MIG_PAGES = u64(0x1000) + b"\x01" + bytes([0x90]) * 4096 + u64(0x2000) + b"\x00"
+seed("migration_stream", "small",
+     b"VMMMIGR\x00" + u32(1) + snap_section("shape", MIG_SHAPE)
+     + snap_section("pages", MIG_PAGES)
+     + b"".join(snap_section(n, b"{}") for n in
+                ["vcpus", "irqchip", "kvm-pit", "clocks", "devices"])
+     + u16(0))
 
 
 def main():

@@ -162,6 +162,14 @@ fn run(args: Args, devices: storage::Devices) -> Result<ExitReason> {
             Arc::new(move || f.install(seccomp::Thread::Device).map_err(io::Error::other));
         start
     });
+    let migration_thread_start = filters.as_ref().map(|f| {
+        let f = Arc::clone(f);
+        let start: vmm_pc::migration::worker::ThreadStart = Arc::new(move || {
+            f.install(seccomp::Thread::Migration)
+                .map_err(io::Error::other)
+        });
+        start
+    });
     let config = PcConfig {
         kernel: kernel.clone(),
         disks: devices.disks,
@@ -190,6 +198,9 @@ fn run(args: Args, devices: storage::Devices) -> Result<ExitReason> {
         stop_on_error: args.qmp.is_some(),
         vcpu_thread_start,
         device_thread_start,
+        migration_thread_start,
+        // A filtered VMM cannot start programs (`exec:` migration).
+        spawn_allowed: filters.is_none(),
     };
     let build = move || PcMachine::build(config).context("cannot build the machine");
     let mut machine = match startup_step("build", build)? {

@@ -185,6 +185,10 @@ pub fn reply_text(outcome: Result<Reply, String>) -> String {
         Ok(Reply::Migration(m)) => m.map_or_else(String::new, |m| {
             format!("Migration status: {}\r\ntotal time: {} ms\r\n", m.status, m.total_time_ms)
         }),
+        Ok(Reply::MigrationParameters(p)) => format!(
+            "downtime-limit: {} ms\r\nmax-bandwidth: {} bytes/second\r\n",
+            p.downtime_limit_ms, p.max_bandwidth
+        ),
         Ok(Reply::Jobs(jobs)) => jobs
             .iter()
             .map(|j| format!("{} ({}): {}\r\n", j.id, j.kind, j.status.as_str()))

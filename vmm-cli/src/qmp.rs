@@ -39,6 +39,9 @@ const COMMANDS: &[&str] = &[
     "migrate-incoming",
     "query-migrate",
     "migrate-set-capabilities",
+    "migrate_cancel",
+    "migrate-set-parameters",
+    "query-migrate-parameters",
     "query-pci",
     "query-block",
     "query-blockstats",
@@ -202,6 +205,7 @@ fn reply_json(reply: Reply) -> Value {
         Reply::Pci(functions) => pci_json(&functions),
         Reply::Jobs(list) => jobs::jobs_json(&list),
         Reply::Migration(info) => migration::info_json(info.as_ref()),
+        Reply::MigrationParameters(params) => migration::params_json(&params),
         Reply::Devices(devices) => Value::Array(
             devices
                 .iter()
@@ -456,6 +460,9 @@ pub fn forward_events(outbox: Outbox) -> impl FnMut(&MachineEvent) + Send + 'sta
         ),
         MachineEvent::Migration { status } => {
             outbox.event("MIGRATION", Some(json!({ "status": status })))
+        }
+        MachineEvent::MigrationPass { pass } => {
+            outbox.event("MIGRATION_PASS", Some(json!({ "pass": pass })))
         }
         MachineEvent::JobStatus { id, status } => outbox.event(
             "JOB_STATUS_CHANGE",

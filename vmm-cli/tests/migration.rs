@@ -6,8 +6,7 @@
 
 mod common;
 
-use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::qmp_client::{spawn, Client};
 use common::*;
@@ -15,37 +14,6 @@ use serde_json::json;
 use vmm_pc::test_guests;
 
 const DELAY: u32 = 100_000;
-
-/// The console's complete lines as counts; a first fragment (a line the
-/// source began) is not a count of this console's own.
-fn counts(log: &Path, skip_first_fragment: bool) -> Vec<u32> {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    let complete = text.rfind('\n').map_or("", |end| &text[..=end]);
-    let mut lines: Vec<&str> = complete.lines().collect();
-    if skip_first_fragment && !lines.is_empty() {
-        lines.remove(0);
-    }
-    lines
-        .iter()
-        .filter_map(|l| u32::from_str_radix(l.trim(), 16).ok())
-        .collect()
-}
-
-fn wait_counts(log: &Path, n: usize, skip: bool) -> Vec<u32> {
-    let start = Instant::now();
-    loop {
-        let c = counts(log, skip);
-        if c.len() >= n {
-            return c;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "only {c:?} in {:?}",
-            std::fs::read_to_string(log).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
 
 #[test]
 fn a_guest_migrated_through_a_file_counts_on_in_a_new_process() {

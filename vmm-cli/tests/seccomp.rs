@@ -120,12 +120,13 @@ fn every_thread_has_its_own_filter() {
         return;
     }
     let report = thread_report("seccomp-threads", &[]);
-    // The main thread, the serial writer and the vCPUs: no other thread
-    // (the start-up CPUID thread has ended), kernel workers aside.
+    // The main thread, the migration thread, the serial writer and the
+    // vCPUs: no other thread (the start-up CPUID thread has ended), kernel
+    // workers aside.
     let names: Vec<&str> = report.keys().map(String::as_str).collect();
     assert_eq!(
         names,
-        ["serial out", "vcpu 0", "vcpu 1", "vmm"],
+        ["migration", "serial out", "vcpu 0", "vcpu 1", "vmm"],
         "{report:?}"
     );
     for (name, (mode, filters, nnp)) in &report {
@@ -145,7 +146,7 @@ fn off_installs_no_filter() {
         return;
     }
     let report = thread_report("seccomp-off", &["--seccomp", "off"]);
-    assert_eq!(report.len(), 4, "{report:?}");
+    assert_eq!(report.len(), 5, "{report:?}");
     for (name, (mode, _, _)) in &report {
         assert_eq!(mode, "0", "{name}: no filter");
     }
@@ -242,6 +243,7 @@ fn a_forbidden_call_ends_the_vmm_with_a_line_naming_it() {
         ("main", "main"),
         ("vcpu", "vcpu "),
         ("serial", "serial out"),
+        ("migration", "migration"),
     ] {
         let Some(out) = forbidden("seccomp-forbidden", thread, &[]) else {
             return;
@@ -265,7 +267,7 @@ fn log_lets_a_forbidden_call_through() {
     if !kvm("seccomp_log") {
         return;
     }
-    for thread in ["main", "vcpu", "serial"] {
+    for thread in ["main", "vcpu", "serial", "migration"] {
         let Some(out) = forbidden("seccomp-log", thread, &["--seccomp", "log"]) else {
             return;
         };

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use kvm_bindings::{
     kvm_irq_routing_entry, kvm_irq_routing_entry__bindgen_ty_1, kvm_irq_routing_irqchip,
     kvm_pit_config, kvm_userspace_memory_region, KvmIrqRouting, KVM_IRQ_ROUTING_IRQCHIP,
-    KVM_PIT_SPEAKER_DUMMY,
+    KVM_MEM_LOG_DIRTY_PAGES, KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::VmFd;
 use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
@@ -47,6 +47,81 @@ fn ioctl(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
     move |source| VmError::Ioctl { what, source }
 }
 
+/// The page size of dirty logs.
+pub const DIRTY_PAGE_SIZE: u64 = 4096;
+
+/// One RAM slot as KVM knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RamSlot {
+    /// KVM's slot number.
+    pub slot: u32,
+    /// Where it starts in guest physical memory.
+    pub guest_addr: u64,
+    /// Its length in bytes.
+    pub size: u64,
+}
+
+/// A slot's dirty pages: a bit per 4 KiB page, least significant first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirtyBitmap {
+    words: Vec<u64>,
+    pages: u64,
+}
+
+impl DirtyBitmap {
+    /// A bitmap of `pages` pages, all clean (or all dirty).
+    pub fn new(pages: u64, dirty: bool) -> Self {
+        let mut words = vec![if dirty { u64::MAX } else { 0 }; pages.div_ceil(64) as usize];
+        if dirty && pages % 64 != 0 {
+            if let Some(last) = words.last_mut() {
+                *last = (1u64 << (pages % 64)) - 1;
+            }
+        }
+        Self { words, pages }
+    }
+
+    /// How many pages are dirty.
+    pub fn count(&self) -> u64 {
+        self.words.iter().map(|w| u64::from(w.count_ones())).sum()
+    }
+
+    /// Adds `other`'s dirty pages to these.
+    pub fn merge(&mut self, other: &DirtyBitmap) {
+        for (a, b) in self.words.iter_mut().zip(&other.words) {
+            *a |= b;
+        }
+    }
+
+    /// Marks page `index` dirty (a write KVM did not see: the VMM's own).
+    pub fn set(&mut self, index: u64) {
+        if index < self.pages {
+            if let Some(w) = self.words.get_mut((index / 64) as usize) {
+                *w |= 1 << (index % 64);
+            }
+        }
+    }
+
+    /// The dirty pages' indexes, in order.
+    pub fn iter(&self) -> impl Iterator<Item = u64> + '_ {
+        let pages = self.pages;
+        self.words
+            .iter()
+            .enumerate()
+            .flat_map(|(i, &w)| {
+                let mut w = w;
+                std::iter::from_fn(move || {
+                    if w == 0 {
+                        return None;
+                    }
+                    let bit = u64::from(w.trailing_zeros());
+                    w &= w - 1;
+                    Some(i as u64 * 64 + bit)
+                })
+            })
+            .filter(move |&p| p < pages)
+    }
+}
+
 /// A KVM VM with its guest memory registered.
 ///
 /// Cloning shares the same VM (the vCPU threads each hold one).
@@ -64,10 +139,21 @@ impl Vm {
         let size = regions.iter().map(|r| r.1 as u64).sum();
         let memory = GuestMemoryMmap::from_ranges(regions)
             .map_err(|source| VmError::Memory { size, source })?;
-        for (slot, region) in memory.iter().enumerate() {
+        let vm = Self {
+            fd: Arc::new(fd),
+            memory,
+        };
+        vm.register_slots(0)?;
+        Ok(vm)
+    }
+
+    /// (Re-)registers every RAM region as its slot (slot `i` is region
+    /// `i`), with `flags`.
+    fn register_slots(&self, flags: u32) -> Result<(), VmError> {
+        for (slot, region) in self.memory.iter().enumerate() {
             let mem = kvm_userspace_memory_region {
                 slot: u32::try_from(slot).unwrap_or(u32::MAX),
-                flags: 0,
+                flags,
                 guest_phys_addr: region.start_addr().raw_value(),
                 memory_size: region.len(),
                 userspace_addr: region.as_ptr() as u64,
@@ -76,12 +162,47 @@ impl Vm {
             // by `memory`. This struct keeps it alive as long as the VM fd: both
             // are dropped together, and every vCPU thread (the only users of
             // vCPU fds, which keep the VM alive) holds a clone of this `Vm`.
-            unsafe { fd.set_user_memory_region(mem) }
+            // Registering a slot again with the same range only changes its
+            // flags.
+            unsafe { self.fd.set_user_memory_region(mem) }
                 .map_err(ioctl("KVM_SET_USER_MEMORY_REGION"))?;
         }
-        Ok(Self {
-            fd: Arc::new(fd),
-            memory,
+        Ok(())
+    }
+
+    /// The RAM slots: (slot, guest address, bytes), in guest address order.
+    pub fn ram_slots(&self) -> Vec<RamSlot> {
+        self.memory
+            .iter()
+            .enumerate()
+            .map(|(slot, region)| RamSlot {
+                slot: u32::try_from(slot).unwrap_or(u32::MAX),
+                guest_addr: region.start_addr().raw_value(),
+                size: region.len(),
+            })
+            .collect()
+    }
+
+    /// Turns dirty-page logging on or off on every RAM slot
+    /// (`KVM_MEM_LOG_DIRTY_PAGES`): while on, KVM records each page a
+    /// vCPU writes, for [`Vm::take_dirty_log`]. Turning it on starts with
+    /// a clean log.
+    pub fn set_dirty_logging(&self, on: bool) -> Result<(), VmError> {
+        self.register_slots(if on { KVM_MEM_LOG_DIRTY_PAGES } else { 0 })
+    }
+
+    /// The pages of `slot` that vCPUs wrote since the last call (or since
+    /// logging was turned on), and the log cleared (`KVM_GET_DIRTY_LOG`).
+    /// Only while logging is on.
+    pub fn take_dirty_log(&self, slot: &RamSlot) -> Result<DirtyBitmap, VmError> {
+        let size = usize::try_from(slot.size).unwrap_or(usize::MAX);
+        let words = self
+            .fd
+            .get_dirty_log(slot.slot, size)
+            .map_err(ioctl("KVM_GET_DIRTY_LOG"))?;
+        Ok(DirtyBitmap {
+            words,
+            pages: slot.size.div_ceil(DIRTY_PAGE_SIZE),
         })
     }
 
@@ -260,5 +381,26 @@ impl Vm {
         self.fd
             .set_irq_line(gsi, level)
             .map_err(ioctl("KVM_IRQ_LINE"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bitmap_lists_and_counts_its_dirty_pages() {
+        let mut b = DirtyBitmap::new(70, false);
+        assert_eq!(b.count(), 0);
+        b.set(3);
+        b.set(64);
+        b.set(69);
+        b.set(70); // past the end: ignored
+        assert_eq!(b.iter().collect::<Vec<_>>(), [3, 64, 69]);
+        assert_eq!(b.count(), 3);
+        let all = DirtyBitmap::new(70, true);
+        assert_eq!(all.count(), 70);
+        b.merge(&all);
+        assert_eq!(b.iter().count(), 70);
     }
 }

@@ -516,3 +516,64 @@ fn an_msi_can_be_signalled_from_any_thread() {
     assert!(sent.is_ok(), "{sent:?}");
     drop(vcpus);
 }
+
+/// Dirty logging: the page a vCPU writes is in the slot's log once, and
+/// the log is clean again after it is taken.
+#[test]
+fn the_dirty_log_has_the_page_the_guest_wrote() {
+    let Some(kvm) = kvm() else { return };
+    #[rustfmt::skip]
+    let code: &[u8] = &[
+        0xc6, 0x06, 0x00, 0x50, 0x01, // mov byte [0x5000], 1
+        0xb0, 0x01,                   // mov al, 1
+        0xe6, 0x80,                   // out 0x80, al
+        0xeb, 0xfe,                   // jmp $
+    ];
+    let vm = Vm::new(&kvm, &[(GuestAddress(0), 0x10_0000)]).unwrap();
+    vm.memory().write_slice(code, GuestAddress(CODE)).unwrap();
+    let slot = vm.ram_slots()[0];
+    assert_eq!((slot.guest_addr, slot.size), (0, 0x10_0000));
+    vm.set_dirty_logging(true).unwrap();
+    // The VMM's own write above is not a vCPU's: not in the log.
+    assert_eq!(vm.take_dirty_log(&slot).unwrap().count(), 0);
+    let io = Arc::new(Recorder::default());
+    let vcpus = Vcpus::spawn(&vm, 1, real_mode_init(), io.clone()).unwrap();
+    vcpus.resume_all().unwrap();
+    let deadline = Instant::now() + WAIT;
+    while io.log.lock().unwrap().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(io.taken(), [Access::PioWrite(0x80, vec![1])]);
+    let dirty: Vec<u64> = vm.take_dirty_log(&slot).unwrap().iter().collect();
+    assert_eq!(dirty, [5], "page 0x5000 only");
+    // Spinning writes nothing more.
+    assert_eq!(vm.take_dirty_log(&slot).unwrap().count(), 0);
+    vm.set_dirty_logging(false).unwrap();
+    drop(vcpus);
+}
+
+/// A page written again after its log was taken is in the next log.
+#[test]
+fn the_dirty_log_sees_a_page_written_again() {
+    let Some(kvm) = kvm() else { return };
+    #[rustfmt::skip]
+    let code: &[u8] = &[
+        0xfe, 0x06, 0x00, 0x50, // top: inc byte [0x5000]
+        0xe6, 0x80,             // out 0x80, al
+        0xeb, 0xf8,             // jmp top
+    ];
+    let vm = Vm::new(&kvm, &[(GuestAddress(0), 0x10_0000)]).unwrap();
+    vm.memory().write_slice(code, GuestAddress(CODE)).unwrap();
+    let slot = vm.ram_slots()[0];
+    vm.set_dirty_logging(true).unwrap();
+    let io = Arc::new(Recorder::default());
+    let vcpus = Vcpus::spawn(&vm, 1, real_mode_init(), io.clone()).unwrap();
+    vcpus.resume_all().unwrap();
+    for round in 0..5 {
+        std::thread::sleep(Duration::from_millis(20));
+        let dirty: Vec<u64> = vm.take_dirty_log(&slot).unwrap().iter().collect();
+        assert_eq!(dirty, [5], "round {round}");
+        io.taken();
+    }
+    drop(vcpus);
+}

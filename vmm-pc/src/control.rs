@@ -61,7 +61,7 @@ pub enum Command {
     },
     /// The jobs (QMP `query-jobs`).
     QueryJobs,
-    /// Migrate to `uri` (QMP `migrate`; `file:PATH` so far).
+    /// Migrate to `uri` (QMP `migrate`: `file:`, `tcp:`, `unix:`, `exec:`).
     Migrate {
         /// QEMU's URI.
         uri: String,
@@ -76,6 +76,17 @@ pub enum Command {
     },
     /// `MIGRATION` events on or off (the `events` capability).
     MigrationEvents(bool),
+    /// Stop the outgoing migration (QMP `migrate_cancel`).
+    MigrateCancel,
+    /// QMP `migrate-set-parameters`: each `Some` replaces the current value.
+    MigrateSetParameters {
+        /// `downtime-limit`, ms.
+        downtime_limit_ms: Option<u64>,
+        /// `max-bandwidth`, bytes/s.
+        max_bandwidth: Option<u64>,
+    },
+    /// QMP `query-migrate-parameters`.
+    QueryMigrateParameters,
     /// Forget a concluded job (QMP `job-dismiss`).
     JobDismiss {
         /// The job's id.
@@ -220,6 +231,8 @@ pub enum Reply {
     Jobs(Vec<crate::snapshot::jobs::JobInfo>),
     /// The last migration, if any.
     Migration(Option<crate::MigrationInfo>),
+    /// The migration parameters.
+    MigrationParameters(crate::migration::Params),
     /// A vCPU's registers, for the gdb stub.
     GdbRegisters(vmm_gdb::Registers),
     /// Guest memory read for the gdb stub (shorter than asked where a
@@ -317,6 +330,12 @@ pub enum MachineEvent {
     Migration {
         /// The new status.
         status: &'static str,
+    },
+    /// A live migration began a pass over the dirty pages
+    /// (`MIGRATION_PASS`).
+    MigrationPass {
+        /// The pass, from 1.
+        pass: u64,
     },
     /// A job changed status (`JOB_STATUS_CHANGE`).
     JobStatus {

@@ -17,6 +17,7 @@ mod io_error;
 pub mod layout;
 pub mod machine;
 pub mod memory;
+pub mod migration;
 pub mod model;
 pub mod mptable;
 pub mod nets;

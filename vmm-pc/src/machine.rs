@@ -49,13 +49,15 @@ mod commands;
 mod cpu_state;
 mod gdb;
 mod info;
+mod live;
 mod migration;
 mod snapshot;
 mod suspend;
 mod types;
 mod watchdog;
 
-pub use migration::{parse_incoming, parse_uri as parse_migration_uri, Incoming, MigrationInfo};
+pub use crate::migration::parse_uri as parse_migration_uri;
+pub use migration::{parse_incoming, Incoming, MigrationInfo};
 pub use types::{ExitReason, PcConfig, PcError, PitBackend, RebootAction};
 pub use watchdog::WatchdogAction;
 
@@ -146,6 +148,8 @@ pub struct PcMachine {
     jobs: crate::snapshot::jobs::Jobs,
     /// The last migration (`query-migrate`).
     migration: Option<MigrationInfo>,
+    /// Live migration: the thread, the parameters, the running one.
+    live: live::Live,
     /// `MIGRATION` events wanted (the `events` capability).
     migration_events: bool,
     /// `--incoming`: where the machine's state comes from.
@@ -407,6 +411,14 @@ impl PcMachine {
             config.device_thread_start.clone(),
         )?;
 
+        // The migration thread (and `--incoming`'s listener or command).
+        let live = live::Live::new(
+            Arc::clone(&wake),
+            config.migration_thread_start.clone(),
+            config.spawn_allowed,
+            config.incoming.as_ref(),
+        )?;
+
         // 9. vCPU threads.
         let io: Arc<PcIo> = Arc::new(io);
         let entry = Arc::new(Mutex::new(entry));
@@ -447,6 +459,7 @@ impl PcMachine {
             pit_backend: config.pit,
             jobs: crate::snapshot::jobs::Jobs::default(),
             migration: None,
+            live,
             migration_events: false,
             incoming: config.incoming.clone(),
             deferred_incoming: false,
@@ -539,6 +552,9 @@ impl PcMachine {
                 self.incoming(&path)?;
                 self.after_incoming()?;
             }
+            Some(Incoming::Stream(uri)) => {
+                self.incoming_stream(uri).map_err(PcError::Migration)?;
+            }
             Some(Incoming::Defer) => {
                 self.runstate
                     .transition(RunState::Inmigrate)
@@ -552,6 +568,7 @@ impl PcMachine {
         loop {
             self.event_loop.run_once(-1)?;
             self.run_commands()?;
+            self.migration_messages()?;
             if let Some(reason) = self.next_exit()? {
                 return Ok(reason);
             }
@@ -717,6 +734,7 @@ impl PcMachine {
         }
         self.devices.reset();
         *lock(&self.entry) = self.images.reload(self.vm.memory())?;
+        self.live.vmm_wrote_ram();
         self.vcpus.reinit_all()?;
         self.emit(MachineEvent::Reset { guest });
         if was_running {

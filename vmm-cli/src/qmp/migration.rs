@@ -1,17 +1,21 @@
-//! QMP's migration commands: `migrate` (`uri`; `file:PATH` so far),
-//! `migrate-incoming` (after `--incoming defer`),
-//! `query-migrate` in QEMU's shape, and `migrate-set-capabilities` for
-//! QEMU's `events` capability (the `MIGRATION` events).
+//! QMP's migration commands: `migrate` (`uri`: `file:`, `tcp:`, `unix:`,
+//! `exec:`), `migrate-incoming` (after `--incoming defer`), `migrate_cancel`,
+//! `query-migrate` in QEMU's shape, `migrate-set-parameters` and
+//! `query-migrate-parameters` (`downtime-limit`, `max-bandwidth`), and
+//! `migrate-set-capabilities` for QEMU's `events` capability (the
+//! `MIGRATION` and `MIGRATION_PASS` events).
 
 use serde_json::{json, Map, Value};
+use vmm_pc::migration::{Params, MAX_DOWNTIME_LIMIT_MS};
 use vmm_pc::{Command, MigrationInfo};
 
 /// The machine command for migration command `command`, if it is one.
 pub fn parse(command: &str, arguments: &Map<String, Value>) -> Option<Result<Command, String>> {
     let allowed: &[&str] = match command {
         "migrate" | "migrate-incoming" => &["uri"],
-        "query-migrate" => &[],
+        "query-migrate" | "migrate_cancel" | "query-migrate-parameters" => &[],
         "migrate-set-capabilities" => &["capabilities"],
+        "migrate-set-parameters" => &["downtime-limit", "max-bandwidth"],
         _ => return None,
     };
     Some((|| {
@@ -20,6 +24,9 @@ pub fn parse(command: &str, arguments: &Map<String, Value>) -> Option<Result<Com
         }
         match command {
             "query-migrate" => Ok(Command::QueryMigrate),
+            "migrate_cancel" => Ok(Command::MigrateCancel),
+            "query-migrate-parameters" => Ok(Command::QueryMigrateParameters),
+            "migrate-set-parameters" => set_parameters(arguments),
             "migrate" | "migrate-incoming" => match arguments.get("uri") {
                 Some(Value::String(uri)) => {
                     vmm_pc::parse_migration_uri(uri)?;
@@ -54,36 +61,80 @@ pub fn parse(command: &str, arguments: &Map<String, Value>) -> Option<Result<Com
     })())
 }
 
+/// `migrate-set-parameters`: QEMU's names, types and ranges (and words).
+fn set_parameters(arguments: &Map<String, Value>) -> Result<Command, String> {
+    let number = |name: &str| -> Result<Option<u64>, String> {
+        match arguments.get(name) {
+            None => Ok(None),
+            Some(v) => v.as_u64().map(Some).ok_or_else(|| {
+                if v.is_number() {
+                    format!("Parameter '{name}' expects uint64")
+                } else {
+                    format!("Invalid parameter type for '{name}', expected: integer")
+                }
+            }),
+        }
+    };
+    let downtime_limit_ms = number("downtime-limit")?;
+    if downtime_limit_ms.is_some_and(|v| v > MAX_DOWNTIME_LIMIT_MS) {
+        return Err(format!(
+            "Parameter 'downtime_limit' expects an integer in the range of 0 to {} seconds",
+            MAX_DOWNTIME_LIMIT_MS / 1000
+        ));
+    }
+    let max_bandwidth = number("max-bandwidth")?;
+    if max_bandwidth.is_some_and(|v| usize::try_from(v).is_err()) {
+        return Err(format!(
+            "Parameter 'max_bandwidth' expects an integer in the range of 0 to {} bytes/second",
+            usize::MAX
+        ));
+    }
+    Ok(Command::MigrateSetParameters {
+        downtime_limit_ms,
+        max_bandwidth,
+    })
+}
+
+/// `query-migrate-parameters`'s answer (the parameters this VMM has).
+pub fn params_json(p: &Params) -> Value {
+    json!({
+        "downtime-limit": p.downtime_limit_ms,
+        "max-bandwidth": p.max_bandwidth,
+    })
+}
+
 /// `query-migrate`'s answer: `{}` before any migration, as QEMU.
 pub fn info_json(info: Option<&MigrationInfo>) -> Value {
     let Some(m) = info else {
         return json!({});
     };
-    let pages = m.ram_transferred / 4096;
-    let mbps = if m.total_time_ms > 0 {
-        (m.ram_transferred as f64 * 8.0 / 1e6) / (m.total_time_ms as f64 / 1e3)
-    } else {
-        0.0
-    };
+    let r = &m.ram;
+    let mbps = r.bandwidth as f64 * 8.0 / 1e6;
     let mut v = json!({
         "status": m.status,
         "total-time": m.total_time_ms,
-        "downtime": m.downtime_ms,
-        "setup-time": 0,
+        "setup-time": m.setup_time_ms,
         "ram": {
-            "transferred": m.ram_transferred,
-            "remaining": 0,
-            "total": m.ram_total,
-            "duplicate": 0,
+            "transferred": r.transferred,
+            "remaining": r.remaining,
+            "total": r.total,
+            "duplicate": r.duplicate,
             "skipped": 0,
-            "normal": pages,
-            "normal-bytes": pages * 4096,
-            "dirty-sync-count": 1,
+            "normal": r.normal,
+            "normal-bytes": r.normal * 4096,
+            "dirty-sync-count": r.dirty_sync_count,
             "page-size": 4096,
-            "dirty-pages-rate": 0,
+            "dirty-pages-rate": r.dirty_pages_rate,
             "mbps": mbps,
+            "pages-per-second": r.pages_per_second,
         },
     });
+    if let Some(d) = m.downtime_ms {
+        v["downtime"] = json!(d);
+    }
+    if let Some(d) = m.expected_downtime_ms {
+        v["expected-downtime"] = json!(d);
+    }
     if let Some(e) = &m.error {
         v["error-desc"] = json!(e);
     }
@@ -93,6 +144,7 @@ pub fn info_json(info: Option<&MigrationInfo>) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vmm_pc::migration::RamStats;
 
     fn args(v: Value) -> Map<String, Value> {
         v.as_object().unwrap().clone()
@@ -101,17 +153,23 @@ mod tests {
     #[test]
     fn qemus_arguments_and_shapes() {
         assert_eq!(
-            parse("migrate", &args(json!({"uri": "file:/tmp/m"})))
+            parse("migrate", &args(json!({"uri": "tcp:127.0.0.1:4444"})))
                 .unwrap()
                 .unwrap(),
             Command::Migrate {
-                uri: "file:/tmp/m".into()
+                uri: "tcp:127.0.0.1:4444".into()
             }
         );
-        assert!(parse("migrate", &args(json!({"uri": "tcp:h:1"})))
-            .unwrap()
-            .unwrap_err()
-            .contains("only file:PATH"));
+        assert_eq!(
+            parse("migrate", &args(json!({"uri": "fd:3"})))
+                .unwrap()
+                .unwrap_err(),
+            "unknown migration protocol: fd:3"
+        );
+        assert_eq!(
+            parse("migrate_cancel", &Map::new()).unwrap().unwrap(),
+            Command::MigrateCancel
+        );
         assert_eq!(
             parse(
                 "migrate-set-capabilities",
@@ -132,12 +190,69 @@ mod tests {
         let done = info_json(Some(&MigrationInfo {
             status: "completed",
             total_time_ms: 10,
-            downtime_ms: 9,
-            ram_total: 8192,
-            ram_transferred: 8192,
+            downtime_ms: Some(9),
+            expected_downtime_ms: None,
+            setup_time_ms: 1,
+            ram: RamStats {
+                transferred: 8192,
+                total: 8192,
+                normal: 2,
+                bandwidth: 1_000_000,
+                ..RamStats::default()
+            },
             error: None,
         }));
         assert_eq!(done["ram"]["normal"], 2);
+        assert_eq!(done["ram"]["mbps"], 8.0);
+        assert_eq!(done["downtime"], 9);
+        assert!(done.get("expected-downtime").is_none());
         assert_eq!(done["status"], "completed");
+    }
+
+    #[test]
+    fn parameters_in_qemus_names_and_ranges() {
+        assert_eq!(
+            parse(
+                "migrate-set-parameters",
+                &args(json!({"downtime-limit": 50, "max-bandwidth": 1024}))
+            )
+            .unwrap()
+            .unwrap(),
+            Command::MigrateSetParameters {
+                downtime_limit_ms: Some(50),
+                max_bandwidth: Some(1024)
+            }
+        );
+        assert_eq!(
+            parse(
+                "migrate-set-parameters",
+                &args(json!({"downtime-limit": 2_000_001}))
+            )
+            .unwrap()
+            .unwrap_err(),
+            "Parameter 'downtime_limit' expects an integer in the range of 0 to 2000 seconds"
+        );
+        assert_eq!(
+            parse(
+                "migrate-set-parameters",
+                &args(json!({"max-bandwidth": "x"}))
+            )
+            .unwrap()
+            .unwrap_err(),
+            "Invalid parameter type for 'max-bandwidth', expected: integer"
+        );
+        assert_eq!(
+            parse(
+                "migrate-set-parameters",
+                &args(json!({"xbzrle-cache-size": 1}))
+            )
+            .unwrap()
+            .unwrap_err(),
+            "Parameter 'xbzrle-cache-size' is unexpected"
+        );
+        assert_eq!(
+            params_json(&Params::default()),
+            json!({"downtime-limit": 300, "max-bandwidth": 134217728})
+        );
     }
 }

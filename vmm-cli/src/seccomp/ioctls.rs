@@ -7,9 +7,9 @@
 use std::mem::size_of;
 
 use kvm_bindings::{
-    kvm_clock_data, kvm_debugregs, kvm_fpu, kvm_guest_debug, kvm_ioeventfd, kvm_irq_level,
-    kvm_irqchip, kvm_lapic_state, kvm_mp_state, kvm_msi, kvm_msrs, kvm_pit_state2, kvm_regs,
-    kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave,
+    kvm_clock_data, kvm_debugregs, kvm_dirty_log, kvm_fpu, kvm_guest_debug, kvm_ioeventfd,
+    kvm_irq_level, kvm_irqchip, kvm_lapic_state, kvm_mp_state, kvm_msi, kvm_msrs, kvm_pit_state2,
+    kvm_regs, kvm_sregs, kvm_userspace_memory_region, kvm_vcpu_events, kvm_xcrs, kvm_xsave,
 };
 
 const KVMIO: u64 = 0xae;
@@ -57,6 +57,10 @@ pub(super) const KVM_GET_XCRS: u64 = kvm(READ, 0xa6, size_of::<kvm_xcrs>());
 pub(super) const KVM_SET_XCRS: u64 = kvm(WRITE, 0xa7, size_of::<kvm_xcrs>());
 pub(super) const KVM_GET_IRQCHIP: u64 = kvm(READ | WRITE, 0x62, size_of::<kvm_irqchip>());
 pub(super) const KVM_GET_PIT2: u64 = kvm(READ, 0x9f, size_of::<kvm_pit_state2>());
+// Live migration: dirty logging on and off on the RAM slots, the log read.
+pub(super) const KVM_SET_USER_MEMORY_REGION: u64 =
+    kvm(WRITE, 0x46, size_of::<kvm_userspace_memory_region>());
+pub(super) const KVM_GET_DIRTY_LOG: u64 = kvm(WRITE, 0x42, size_of::<kvm_dirty_log>());
 
 /// Terminal and socket requests (not KVM's).
 pub(super) const TCGETS: u64 = libc::TCGETS;
@@ -102,6 +106,8 @@ mod tests {
         assert_eq!(KVM_SET_XCRS, 0x4188_aea7);
         assert_eq!(KVM_GET_IRQCHIP, 0xc208_ae62);
         assert_eq!(KVM_GET_PIT2, 0x8070_ae9f);
+        assert_eq!(KVM_SET_USER_MEMORY_REGION, 0x4020_ae46);
+        assert_eq!(KVM_GET_DIRTY_LOG, 0x4010_ae42);
         assert_eq!((TCGETS, TCSETS, FIONBIO), (0x5401, 0x5402, 0x5421));
     }
 }

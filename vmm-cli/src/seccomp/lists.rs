@@ -274,6 +274,84 @@ pub(super) fn gdb() -> Result<Rules, seccompiler::Error> {
     Ok(r)
 }
 
+/// The migration thread (vmm-pc's `migration::worker`): sends a live
+/// migration over a TCP or Unix socket it connects (reading guest RAM,
+/// /proc/self/pagemap for the pages never touched, the dirty log), or
+/// receives one on a socket it listens on (or from `--incoming exec:`'s
+/// command, started before the filters, waited for at the end), writing
+/// the pages into guest RAM. It never starts a program: `exec:` is
+/// refused while filters are on.
+pub(super) fn migration() -> Result<Rules, seccompiler::Error> {
+    let mut r = common()?;
+    allow(
+        &mut r,
+        &[
+            // The stream: read/recv in, send/writev out.
+            libc::SYS_read,
+            libc::SYS_recvfrom,
+            libc::SYS_sendto,
+            libc::SYS_writev,
+            // Connecting to the destination, or listening for the source.
+            libc::SYS_connect,
+            libc::SYS_bind,
+            libc::SYS_listen,
+            libc::SYS_accept4,
+            // Pacing to max-bandwidth.
+            libc::SYS_clock_nanosleep,
+            // /proc/self/pagemap: the pages never touched are not sent.
+            libc::SYS_pread64,
+            // A stale Unix socket removed before listening, and the one
+            // listened on once the source connected (symlink_metadata,
+            // unlink).
+            libc::SYS_statx,
+            libc::SYS_newfstatat,
+            libc::SYS_unlink,
+            // `--incoming exec:`'s command waited for.
+            libc::SYS_wait4,
+        ],
+    );
+    // Stream sockets of the three families only.
+    let family = |f: i32| [(0, Eq, f as u64)];
+    allow_if(
+        &mut r,
+        libc::SYS_socket,
+        &[
+            &family(libc::AF_INET),
+            &family(libc::AF_INET6),
+            &family(libc::AF_UNIX),
+        ],
+    )?;
+    // TCP_NODELAY on the connection; SO_REUSEADDR on a TCP listener.
+    allow_if(
+        &mut r,
+        libc::SYS_setsockopt,
+        &[
+            &[
+                (1, Eq, libc::IPPROTO_TCP as u64),
+                (2, Eq, libc::TCP_NODELAY as u64),
+            ],
+            &[
+                (1, Eq, libc::SOL_SOCKET as u64),
+                (2, Eq, libc::SO_REUSEADDR as u64),
+            ],
+        ],
+    )?;
+    // The socket's second handle (try_clone), for migrate_cancel.
+    allow_if(
+        &mut r,
+        libc::SYS_fcntl,
+        &[&[(1, Eq, libc::F_DUPFD_CLOEXEC as u64)]],
+    )?;
+    // The page map, read only.
+    allow_if(
+        &mut r,
+        libc::SYS_openat,
+        &[&[(2, Eq, (libc::O_RDONLY | libc::O_CLOEXEC) as u64)]],
+    )?;
+    allow_ioctls(&mut r, &[KVM_SET_USER_MEMORY_REGION, KVM_GET_DIRTY_LOG])?;
+    Ok(r)
+}
+
 /// The serial output writer (`output.rs`): waits on its buffer, writes to
 /// stdout or the file (`write`, in the common part), closes the file at
 /// the end.
@@ -381,6 +459,9 @@ pub(super) fn main(pid: u32, kick: u32) -> Result<Rules, seccompiler::Error> {
             // snapshot-save: the irqchip and KVM's PIT read.
             KVM_GET_IRQCHIP,
             KVM_GET_PIT2,
+            // migrate: dirty logging turned on (the migration thread
+            // turns it off).
+            KVM_SET_USER_MEMORY_REGION,
             // system_reset: virtio devices remove their doorbells; cont
             // after io-error: a retried request may interrupt the guest.
             KVM_IOEVENTFD,

@@ -4,7 +4,9 @@
 //! main thread (the main loop), one thread per vCPU, the serial output
 //! writer, and one worker per virtio device (made at build time, parked
 //! until the guest activates its device; it installs its list first
-//! thing, through vmm-virtio's thread-start hook), and with `--gdb` the
+//! thing, through vmm-virtio's thread-start hook), the migration thread
+//! (made at build time too, waiting for a `migrate` or an incoming stream;
+//! its list first thing, through vmm-pc's hook), and with `--gdb` the
 //! gdb stub's thread (it installs its list first thing too). The CPUID thread of start-up has ended by then (it is joined
 //! before the vCPU threads start), so it gets no list.
 //!
@@ -66,6 +68,8 @@ pub enum Thread {
     Device,
     /// The gdb stub (`--gdb`).
     Gdb,
+    /// The migration thread.
+    Migration,
 }
 
 impl Thread {
@@ -76,6 +80,7 @@ impl Thread {
             Self::SerialOut => "serial",
             Self::Device => "device",
             Self::Gdb => "gdb",
+            Self::Migration => "migration",
         }
     }
 }
@@ -88,9 +93,10 @@ pub struct Filters {
     serial: BpfProgram,
     device: BpfProgram,
     gdb: BpfProgram,
+    migration: BpfProgram,
     /// Debug builds only: the thread that makes a forbidden call once its
     /// filter is in, for the tests (`VMM_SECCOMP_TEST_FORBIDDEN=main|vcpu|
-    /// serial`).
+    /// serial|device|migration`).
     forbidden: Option<Thread>,
 }
 
@@ -129,6 +135,7 @@ impl Filters {
             serial: compile(lists::serial()?, &mismatch)?,
             device: compile(lists::device()?, &mismatch)?,
             gdb: compile(lists::gdb()?, &mismatch)?,
+            migration: compile(lists::migration()?, &mismatch)?,
             forbidden: test_forbidden(),
         };
         if mode == Mode::On {
@@ -146,6 +153,7 @@ impl Filters {
             Thread::SerialOut => &self.serial,
             Thread::Device => &self.device,
             Thread::Gdb => &self.gdb,
+            Thread::Migration => &self.migration,
         };
         let current = std::thread::current();
         sigsys::note_thread(current.name().unwrap_or(thread.as_str()));
@@ -169,6 +177,7 @@ fn test_forbidden() -> Option<Thread> {
         "vcpu" => Some(Thread::Vcpu),
         "serial" => Some(Thread::SerialOut),
         "device" => Some(Thread::Device),
+        "migration" => Some(Thread::Migration),
         _ => None,
     }
 }
@@ -194,6 +203,7 @@ mod tests {
                 lists::serial(),
                 lists::device(),
                 lists::gdb(),
+                lists::migration(),
             ] {
                 let program = compile(rules.unwrap(), &mismatch).unwrap();
                 assert!(!program.is_empty());
@@ -245,6 +255,21 @@ mod tests {
                 !has(&main, nr) && !has(&vcpu, nr) && !has(&serial, nr),
                 "{nr}"
             );
+        }
+        // The migration thread makes sockets (of three families only) and
+        // reads the dirty log, and never starts a program.
+        let migration = lists::migration().unwrap();
+        for nr in [libc::SYS_socket, libc::SYS_connect, libc::SYS_accept4] {
+            assert!(has(&migration, nr) && !has(&vcpu, nr), "{nr}");
+        }
+        assert_eq!(migration[&libc::SYS_socket].len(), 3);
+        for nr in [
+            libc::SYS_clone,
+            libc::SYS_clone3,
+            libc::SYS_fork,
+            libc::SYS_execve,
+        ] {
+            assert!(!has(&migration, nr), "{nr}");
         }
         // Only a disk's worker enters io_uring; nobody sets one up or
         // registers anything with it once the filters are in.

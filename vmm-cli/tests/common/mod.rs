@@ -210,3 +210,36 @@ pub fn wait_for_output(path: &Path, n: usize) -> Vec<u8> {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// The counting guest's console (`vmm_pc::test_guests::counter`): its
+/// complete lines as counts; a first fragment (a line a migration's
+/// source began) is not a count of this console's own.
+pub fn counts(log: &Path, skip_first_fragment: bool) -> Vec<u32> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let complete = text.rfind('\n').map_or("", |end| &text[..=end]);
+    let mut lines: Vec<&str> = complete.lines().collect();
+    if skip_first_fragment && !lines.is_empty() {
+        lines.remove(0);
+    }
+    lines
+        .iter()
+        .filter_map(|l| u32::from_str_radix(l.trim(), 16).ok())
+        .collect()
+}
+
+/// Waits for `n` counts on the console at `log` ([`counts`]).
+pub fn wait_counts(log: &Path, n: usize, skip: bool) -> Vec<u32> {
+    let start = Instant::now();
+    loop {
+        let c = counts(log, skip);
+        if c.len() >= n {
+            return c;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "only {c:?} in {:?}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

@@ -51,10 +51,27 @@ impl PcMachine {
                 self.migrate(&uri)?;
                 Ok(Reply::Done)
             }
-            Command::QueryMigrate => Ok(Reply::Migration(self.migration.clone())),
+            Command::QueryMigrate => Ok(Reply::Migration(self.migration_info())),
+            Command::MigrateCancel => {
+                self.migrate_cancel();
+                Ok(Reply::Done)
+            }
+            Command::MigrateSetParameters {
+                downtime_limit_ms,
+                max_bandwidth,
+            } => {
+                self.live.set_params(downtime_limit_ms, max_bandwidth);
+                Ok(Reply::Done)
+            }
+            Command::QueryMigrateParameters => Ok(Reply::MigrationParameters(self.live.params())),
             Command::MigrationEvents(on) => {
                 self.migration_events = on;
                 Ok(Reply::Done)
+            }
+            Command::SnapshotSave { .. } | Command::SnapshotLoad { .. } if self.live.active() => {
+                Err(CommandFailure::Refused(
+                    "There's a migration process in progress".into(),
+                ))
             }
             Command::SnapshotSave { .. }
             | Command::SnapshotLoad { .. }
@@ -106,12 +123,20 @@ impl PcMachine {
                 self.system_wakeup()?;
                 Ok(Reply::Done)
             }
+            // The last copy of a live migration: the machine stays as it is.
+            Command::SystemReset if state == RunState::FinishMigrate && self.live.active() => Err(
+                CommandFailure::Refused("There's a migration process in progress".into()),
+            ),
             Command::SystemReset => {
                 self.reset(false).map_err(CommandFailure::Machine)?;
                 Ok(Reply::Done)
             }
             // QEMU: `cont` while an incoming migration waits only says to
             // run once it is loaded.
+            // The last copy of a live migration: the guest stays stopped.
+            Command::Cont if state == RunState::FinishMigrate && self.live.active() => Err(
+                CommandFailure::Refused("There's a migration process in progress".into()),
+            ),
             Command::Cont if state == RunState::Inmigrate => {
                 self.autostart = true;
                 Ok(Reply::Done)

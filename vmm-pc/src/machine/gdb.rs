@@ -114,6 +114,7 @@ impl PcMachine {
                 let n = self.access(&paging, addr, data.len(), |mem, gpa, range| {
                     mem.write_slice(&data[range], gpa).is_ok()
                 });
+                self.live.vmm_wrote_ram();
                 Ok(Reply::GdbWritten(n))
             }
             GdbRequest::Resume(plan) => self.gdb_resume(&plan),

@@ -1,17 +1,18 @@
 //! Migration to and from a file (QEMU's `migrate` with `uri` `file:PATH`,
 //! and `-incoming file:PATH`), on the snapshot's format and state (see
-//! `snapshot.rs`): the source stops (`finish-migrate`), writes everything
-//! and stays stopped (`postmigrate`, where `cont` runs it again); a failure
-//! puts it back where it was. The destination starts in `inmigrate`, loads
-//! the file before any vCPU runs, and runs (or waits `paused` with
-//! `--paused`).
+//! `snapshot.rs`): the source stops (`finish-migrate`) for the whole copy,
+//! writes everything and stays stopped (`postmigrate`, where `cont` runs
+//! it again); a failure puts it back where it was. The destination starts
+//! in `inmigrate`, loads the file before any vCPU runs, and runs (or waits
+//! `paused` with `--paused`). `migrate` and `migrate-incoming` with a
+//! stream URI (`tcp:`, `unix:`, `exec:`) go to the live, pre-copy
+//! migration instead (`live.rs`).
 //!
 //! `query-migrate` reports the last migration in QEMU's shape;
-//! `MIGRATION` events (`setup`, `active`, `completed` or `failed`) go out
-//! when the client turned on the `events` capability
-//! (`migrate-set-capabilities`), as QEMU's do. Pre-copy over `tcp:`,
-//! `unix:` or `exec:` while the guest runs is not here yet: a file
-//! migration stops the guest for the whole copy.
+//! `MIGRATION` events (`setup`, `active`, `completed` or `failed`; live
+//! migrations also `cancelling` and `cancelled`) go out when the client
+//! turned on the `events` capability (`migrate-set-capabilities`), as
+//! QEMU's do.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -20,21 +21,25 @@ use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use vmm_runstate::RunState;
 
 use super::{CommandFailure, PcError, PcMachine};
+use crate::migration::{parse_uri, MigrationUri, RamStats};
 use crate::MachineEvent;
 
 /// The last migration, for `query-migrate`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MigrationInfo {
-    /// `setup`, `active`, `completed` or `failed`.
+    /// `setup`, `active`, `cancelling`, `completed`, `failed` or
+    /// `cancelled`.
     pub status: &'static str,
-    /// Start to end, ms.
+    /// Start to end (or to now), ms.
     pub total_time_ms: u64,
-    /// The guest stopped, ms.
-    pub downtime_ms: u64,
-    /// Guest RAM, bytes.
-    pub ram_total: u64,
-    /// RAM written, bytes.
-    pub ram_transferred: u64,
+    /// The guest stopped, ms (once completed).
+    pub downtime_ms: Option<u64>,
+    /// What the guest would stop for now, ms (while active).
+    pub expected_downtime_ms: Option<u64>,
+    /// Start to the stream's start, ms.
+    pub setup_time_ms: u64,
+    /// QEMU's RAM figures.
+    pub ram: RamStats,
     /// Why it failed.
     pub error: Option<String>,
 }
@@ -44,43 +49,46 @@ pub struct MigrationInfo {
 pub enum Incoming {
     /// A file written by `migrate` with `file:PATH`.
     File(PathBuf),
+    /// A stream: `tcp:`, `unix:` or `exec:`.
+    Stream(MigrationUri),
     /// `defer`: wait in `inmigrate` for QMP `migrate-incoming`.
     Defer,
 }
 
-/// QEMU's `-incoming` value: `defer` or a URI (`file:PATH` so far).
+/// QEMU's `-incoming` value: `defer` or a URI.
 pub fn parse_incoming(uri: &str) -> Result<Incoming, String> {
     if uri == "defer" {
         return Ok(Incoming::Defer);
     }
-    parse_uri(uri).map(Incoming::File)
+    Ok(match parse_uri(uri)? {
+        MigrationUri::File(path) => Incoming::File(path),
+        stream => Incoming::Stream(stream),
+    })
 }
 
-/// Where a migration goes (or comes from): QEMU's URI, `file:PATH` only.
-pub fn parse_uri(uri: &str) -> Result<PathBuf, String> {
-    match uri.split_once(':') {
-        Some(("file", path)) if !path.is_empty() => Ok(PathBuf::from(path)),
-        Some(("tcp" | "unix" | "exec" | "fd", _)) => Err(format!(
-            "migration URI '{uri}': only file:PATH is supported so far"
-        )),
-        _ => Err(format!("Invalid migration URI '{uri}'")),
-    }
+pub(super) fn ms(i: Instant) -> u64 {
+    u64::try_from(i.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
 impl PcMachine {
-    fn migration_status(&mut self, status: &'static str) {
+    pub(super) fn migration_status(&mut self, status: &'static str) {
         if self.migration_events {
             self.emit(MachineEvent::Migration { status });
         }
     }
 
-    fn ram_total(&self) -> u64 {
+    pub(super) fn ram_total(&self) -> u64 {
         self.vm.memory().iter().map(|r| r.len()).sum()
     }
 
-    /// QMP `migrate`: the machine into the file `uri` names.
+    /// QMP `migrate`: the machine into the file `uri` names, or live over
+    /// a stream (`machine/live.rs`).
     pub(super) fn migrate(&mut self, uri: &str) -> Result<(), CommandFailure> {
-        let path = parse_uri(uri).map_err(CommandFailure::Refused)?;
+        self.check_no_migration()?;
+        let path = match parse_uri(uri).map_err(CommandFailure::Refused)? {
+            MigrationUri::File(path) => path,
+            stream => return self.migrate_live(stream),
+        };
         self.check_snapshottable()?;
         let state = self.runstate.state();
         if !matches!(state, RunState::Running | RunState::Paused) {
@@ -96,14 +104,20 @@ impl PcMachine {
             .map_err(CommandFailure::Machine)?;
         let stopped = Instant::now();
         let written = self.write_snapshot(&path);
-        let ms = |i: Instant| u64::try_from(i.elapsed().as_millis()).unwrap_or(u64::MAX);
         let total = self.ram_total();
         let mut info = MigrationInfo {
             status: "completed",
             total_time_ms: ms(started),
-            downtime_ms: ms(stopped),
-            ram_total: total,
-            ram_transferred: total,
+            downtime_ms: Some(ms(stopped)),
+            expected_downtime_ms: None,
+            setup_time_ms: 0,
+            ram: RamStats {
+                transferred: total,
+                total,
+                normal: total / crate::snapshot::format::PAGE as u64,
+                dirty_sync_count: 1,
+                ..RamStats::default()
+            },
             error: None,
         };
         match written {
@@ -122,7 +136,7 @@ impl PcMachine {
                 };
                 log::warn!("migration failed: {why}");
                 info.status = "failed";
-                info.ram_transferred = 0;
+                info.ram.transferred = 0;
                 info.error = Some(why);
                 self.migration = Some(info);
                 self.migration_status("failed");
@@ -152,7 +166,16 @@ impl PcMachine {
                 "migrate-incoming needs --incoming defer, once".into(),
             ));
         }
-        let path = parse_uri(uri).map_err(CommandFailure::Refused)?;
+        let path = match parse_uri(uri).map_err(CommandFailure::Refused)? {
+            MigrationUri::File(path) => path,
+            stream => {
+                self.check_snapshottable()?;
+                self.deferred_incoming = false;
+                return self
+                    .incoming_stream(stream)
+                    .map_err(CommandFailure::Refused);
+            }
+        };
         self.check_snapshottable()?;
         let loaded = self.read_snapshot(&path)?;
         self.apply_snapshot(loaded)?;
@@ -182,7 +205,7 @@ impl PcMachine {
             .transition(RunState::Inmigrate)
             .map_err(|e| PcError::Control(e.to_string()))?;
         let fail = |e: CommandFailure| match e {
-            CommandFailure::Refused(why) => PcError::Control(format!(
+            CommandFailure::Refused(why) => PcError::Migration(format!(
                 "load of migration from {} failed: {why}",
                 path.display()
             )),
@@ -200,24 +223,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn defer_or_a_file() {
+    fn defer_a_file_or_a_stream() {
         assert_eq!(parse_incoming("defer").unwrap(), Incoming::Defer);
         assert_eq!(
             parse_incoming("file:/x").unwrap(),
             Incoming::File(PathBuf::from("/x"))
         );
-    }
-
-    #[test]
-    fn only_file_uris_for_now() {
-        assert_eq!(parse_uri("file:/tmp/x").unwrap(), PathBuf::from("/tmp/x"));
-        assert!(parse_uri("tcp:localhost:4444")
-            .unwrap_err()
-            .contains("only file:PATH"));
         assert_eq!(
-            parse_uri("bogus").unwrap_err(),
-            "Invalid migration URI 'bogus'"
+            parse_incoming("unix:/s").unwrap(),
+            Incoming::Stream(MigrationUri::Unix("/s".into()))
         );
-        assert!(parse_uri("file:").is_err());
+        assert_eq!(
+            parse_incoming("bogus").unwrap_err(),
+            "unknown migration protocol: bogus"
+        );
     }
 }

@@ -41,13 +41,19 @@ struct SavedClocks {
     virtual_ns: i64,
 }
 
-/// Everything a load puts back, decoded and checked.
-pub(super) struct Loaded {
+/// The machine's state but its RAM, decoded and checked: what a snapshot
+/// file and a migration stream both carry, in the same sections.
+pub(super) struct MachineState {
     vcpus: Vec<VcpuState>,
     irqchip: Vec<kvm_irqchip>,
     pit: Option<kvm_pit_state2>,
     clocks: SavedClocks,
     devices: Vec<SavedEntry>,
+}
+
+/// Everything a load puts back, decoded and checked.
+pub(super) struct Loaded {
+    state: MachineState,
     /// (guest address, size, encoded pages), each checked.
     ram: Vec<(u64, u64, Vec<u8>)>,
 }
@@ -93,7 +99,7 @@ fn host_slice(region: &vm_memory::GuestRegionMmap) -> Result<&[u8], CommandFailu
 
 impl PcMachine {
     /// What a snapshot of this machine must match.
-    fn shape(&self) -> Shape {
+    pub(super) fn shape(&self) -> Shape {
         Shape {
             cpus: u32::try_from(self.vcpus.len()).unwrap_or(u32::MAX),
             ram: self
@@ -147,7 +153,10 @@ impl PcMachine {
         saved
     }
 
-    pub(super) fn write_snapshot(&mut self, path: &Path) -> Result<(), CommandFailure> {
+    /// The machine's state but its RAM, as the sections a snapshot file
+    /// and a migration stream carry ([`crate::snapshot::stream::STATE_SECTIONS`]
+    /// order); every vCPU must be paused.
+    pub(super) fn capture_state(&mut self) -> Result<Vec<(&'static str, Vec<u8>)>, CommandFailure> {
         let t0 = std::time::Instant::now();
         let machine = |e: vmm_core::vm::VmError| CommandFailure::Machine(e.into());
         let msrs = Arc::new(self.msr_indices.clone());
@@ -176,16 +185,26 @@ impl PcMachine {
         };
         let devices = self.devices.model.save().map_err(refused)?;
         log::debug!("snapshot: devices saved at {:?}", t0.elapsed());
+        Ok(vec![
+            ("vcpus", json("vCPUs", &vcpus)?),
+            ("irqchip", json("irqchip", &irqchip)?),
+            ("kvm-pit", json("PIT", &pit)?),
+            ("clocks", json("clocks", &clocks)?),
+            ("devices", json("devices", &devices)?),
+        ])
+    }
+
+    pub(super) fn write_snapshot(&mut self, path: &Path) -> Result<(), CommandFailure> {
+        let t0 = std::time::Instant::now();
+        let state = self.capture_state()?;
         let file = File::create(path)
             .map_err(|e| refused(format!("cannot create {}: {e}", path.display())))?;
         let mut w = BufWriter::new(file);
         let io = |e: std::io::Error| refused(format!("cannot write {}: {e}", path.display()));
         format::write_start(&mut w, &self.shape()).map_err(io)?;
-        format::write_section(&mut w, "vcpus", &json("vCPUs", &vcpus)?).map_err(io)?;
-        format::write_section(&mut w, "irqchip", &json("irqchip", &irqchip)?).map_err(io)?;
-        format::write_section(&mut w, "kvm-pit", &json("PIT", &pit)?).map_err(io)?;
-        format::write_section(&mut w, "clocks", &json("clocks", &clocks)?).map_err(io)?;
-        format::write_section(&mut w, "devices", &json("devices", &devices)?).map_err(io)?;
+        for (name, data) in &state {
+            format::write_section(&mut w, name, data).map_err(io)?;
+        }
         for region in self.vm.memory().iter() {
             let ram = host_slice(region)?;
             let untouched = crate::snapshot::pagemap::untouched(ram.as_ptr() as usize, ram.len())
@@ -224,13 +243,10 @@ impl PcMachine {
         if let Some(why) = shape.difference(&ours) {
             return Err(refused(why));
         }
-        let mut known = vec![
-            "vcpus".to_owned(),
-            "irqchip".into(),
-            "kvm-pit".into(),
-            "clocks".into(),
-            "devices".into(),
-        ];
+        let mut known: Vec<String> = crate::snapshot::stream::STATE_SECTIONS
+            .iter()
+            .map(|n| (*n).to_owned())
+            .collect();
         let mut ram = Vec::new();
         for (gpa, size) in &ours.ram {
             let name = format!("ram@{gpa:x}");
@@ -246,27 +262,36 @@ impl PcMachine {
                 s.name
             )));
         }
-        let loaded = Loaded {
-            vcpus: decode(&sections, "vcpus")?,
-            irqchip: decode(&sections, "irqchip")?,
-            pit: decode(&sections, "kvm-pit")?,
-            clocks: decode(&sections, "clocks")?,
-            devices: decode(&sections, "devices")?,
+        Ok(Loaded {
+            state: self.decode_state(&sections)?,
             ram,
+        })
+    }
+
+    /// The state sections decoded and checked against this machine.
+    pub(super) fn decode_state(
+        &self,
+        sections: &[Section],
+    ) -> Result<MachineState, CommandFailure> {
+        let state = MachineState {
+            vcpus: decode(sections, "vcpus")?,
+            irqchip: decode(sections, "irqchip")?,
+            pit: decode(sections, "kvm-pit")?,
+            clocks: decode(sections, "clocks")?,
+            devices: decode(sections, "devices")?,
         };
-        if loaded.vcpus.len() != self.vcpus.len() || loaded.irqchip.len() != 3 {
+        if state.vcpus.len() != self.vcpus.len() || state.irqchip.len() != 3 {
             return Err(refused("the snapshot's vCPUs or irqchip do not match"));
         }
-        if loaded.pit.is_some() != matches!(self.pit_backend, PitBackend::Kvm) {
+        if state.pit.is_some() != matches!(self.pit_backend, PitBackend::Kvm) {
             return Err(refused("the snapshot's PIT does not match"));
         }
-        Ok(loaded)
+        Ok(state)
     }
 
     /// Puts a checked snapshot back on the stopped machine: RAM, irqchip,
     /// KVM's PIT, every vCPU, the clocks, the devices.
     pub(super) fn apply_snapshot(&mut self, loaded: Loaded) -> Result<(), CommandFailure> {
-        let machine = |e: vmm_core::vm::VmError| CommandFailure::Machine(e.into());
         let mem = self.vm.memory();
         let ram_error = |e: vm_memory::GuestMemoryError| refused(format!("guest RAM: {e}"));
         let zeroes = [0u8; format::PAGE];
@@ -300,13 +325,18 @@ impl PcMachine {
                 }
             }
         }
-        self.vm
-            .set_irqchip_state(&loaded.irqchip)
-            .map_err(machine)?;
-        if let Some(pit) = &loaded.pit {
+        self.apply_state(loaded.state)
+    }
+
+    /// Puts back a checked state (all but the RAM) on the stopped machine:
+    /// irqchip, KVM's PIT, every vCPU, the clocks, the devices.
+    pub(super) fn apply_state(&mut self, state: MachineState) -> Result<(), CommandFailure> {
+        let machine = |e: vmm_core::vm::VmError| CommandFailure::Machine(e.into());
+        self.vm.set_irqchip_state(&state.irqchip).map_err(machine)?;
+        if let Some(pit) = &state.pit {
             self.vm.set_pit_state(pit).map_err(machine)?;
         }
-        let vcpus = Arc::new(loaded.vcpus);
+        let vcpus = Arc::new(state.vcpus);
         self.vcpus
             .call_each(|i| {
                 let vcpus = Arc::clone(&vcpus);
@@ -321,9 +351,9 @@ impl PcMachine {
             .map_err(|e| refused(format!("cannot restore a vCPU: {e}")))?;
         // The guest's time as it was: the Virtual clock (stopped now) and
         // the kvmclock, put back when the guest runs again.
-        self.clocks.set_virtual_ns(loaded.clocks.virtual_ns);
-        self.devices.model.load(&loaded.devices).map_err(refused)?;
-        self.paused_clock = Some(loaded.clocks.kvmclock);
+        self.clocks.set_virtual_ns(state.clocks.virtual_ns);
+        self.devices.model.load(&state.devices).map_err(refused)?;
+        self.paused_clock = Some(state.clocks.kvmclock);
         Ok(())
     }
 

@@ -65,6 +65,13 @@ pub struct PcConfig {
     /// its device is activated) before it does any work: the binary's
     /// seccomp filter.
     pub device_thread_start: Option<vmm_virtio::worker::ThreadStart>,
+    /// Run on the migration thread (made at build time, waiting for a
+    /// `migrate` or an incoming stream) before it does any work: the
+    /// binary's seccomp filter.
+    pub migration_thread_start: Option<crate::migration::worker::ThreadStart>,
+    /// Whether the VMM may start programs once it runs (`exec:`
+    /// migration); false under seccomp filters.
+    pub spawn_allowed: bool,
 }
 
 /// What a guest-initiated reset does.
@@ -181,6 +188,9 @@ pub enum PcError {
     /// A run-state change the machine tried is not allowed.
     #[error("run state: {0}")]
     Control(String),
+    /// An incoming migration could not be taken (or listened for).
+    #[error("{0}")]
+    Migration(String),
     /// The timer alarm.
     #[error("cannot create the timer alarm")]
     Clock(#[source] vmm_clock::Error),

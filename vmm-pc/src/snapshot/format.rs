@@ -84,14 +84,14 @@ impl Shape {
 #[derive(Debug, thiserror::Error)]
 pub enum FormatError {
     /// Reading failed.
-    #[error("cannot read the snapshot")]
+    #[error("cannot read the snapshot: {0}")]
     Io(#[from] io::Error),
-    /// Not a snapshot of this VMM.
-    #[error("not a snapshot file (bad magic)")]
+    /// Not a snapshot (or stream) of this VMM.
+    #[error("not a snapshot file or migration stream of this VMM (bad magic)")]
     Magic,
     /// Another layout version.
-    #[error("snapshot format version {0}, this build reads {FORMAT_VERSION}")]
-    Version(u32),
+    #[error("format version {0}, this build reads {1}")]
+    Version(u32, u32),
     /// The file ends inside something.
     #[error("the snapshot is cut short ({0})")]
     Truncated(&'static str),
@@ -175,65 +175,87 @@ fn read_exact(r: &mut impl Read, buf: &mut [u8], what: &'static str) -> Result<(
     })
 }
 
-/// Reads a snapshot; no section may be longer than `max_section` bytes
-/// (the caller's RAM size and some room: what it is ready to allocate).
-pub fn read(r: &mut impl Read, max_section: u64) -> Result<(Shape, Vec<Section>), FormatError> {
+/// Reads the magic `expected` and the version `version`.
+pub fn read_header(r: &mut impl Read, expected: &[u8; 8], version: u32) -> Result<(), FormatError> {
     let mut magic = [0u8; 8];
     read_exact(r, &mut magic, "magic")?;
-    if magic != MAGIC {
+    if &magic != expected {
         return Err(FormatError::Magic);
     }
     let mut word = [0u8; 4];
     read_exact(r, &mut word, "version")?;
-    let version = u32::from_le_bytes(word);
-    if version != FORMAT_VERSION {
-        return Err(FormatError::Version(version));
+    let found = u32::from_le_bytes(word);
+    if found != version {
+        return Err(FormatError::Version(found, version));
     }
+    Ok(())
+}
+
+/// Reads one section, `None` at the end mark; its data may be no longer
+/// than `limit(name)` bytes, checked before anything is allocated.
+pub fn read_section(
+    r: &mut impl Read,
+    limit: impl Fn(&str) -> u64,
+) -> Result<Option<Section>, FormatError> {
+    let mut len = [0u8; 2];
+    read_exact(r, &mut len, "section header")?;
+    let name_len = usize::from(u16::from_le_bytes(len));
+    if name_len == 0 {
+        return Ok(None);
+    }
+    if name_len > MAX_NAME {
+        return Err(FormatError::Name);
+    }
+    let mut name = vec![0u8; name_len];
+    read_exact(r, &mut name, "section name")?;
+    let name = String::from_utf8(name).map_err(|_| FormatError::Name)?;
+    let mut len = [0u8; 8];
+    read_exact(r, &mut len, "section header")?;
+    let len = u64::from_le_bytes(len);
+    let max = limit(&name);
+    if len > max {
+        return Err(FormatError::TooLarge {
+            name,
+            len,
+            limit: max,
+        });
+    }
+    let mut word = [0u8; 4];
+    read_exact(r, &mut word, "section header")?;
+    let crc = u32::from_le_bytes(word);
+    // Read through `take` so that a cut file fails before a large
+    // allocation is filled with nothing.
+    let mut data = Vec::new();
+    let got = r.by_ref().take(len).read_to_end(&mut data)?;
+    if got as u64 != len {
+        return Err(FormatError::Truncated("section data"));
+    }
+    if crc32fast::hash(&data) != crc {
+        return Err(FormatError::Checksum(name));
+    }
+    Ok(Some(Section { name, data }))
+}
+
+/// Decodes a `shape` section.
+pub fn decode_shape(section: Option<&Section>) -> Result<Shape, FormatError> {
+    let shape = section
+        .filter(|s| s.name == "shape")
+        .ok_or(FormatError::Shape(None))?;
+    serde_json::from_slice(&shape.data).map_err(|e| FormatError::Shape(Some(e)))
+}
+
+/// Reads a snapshot; no section may be longer than `max_section` bytes
+/// (the caller's RAM size and some room: what it is ready to allocate).
+pub fn read(r: &mut impl Read, max_section: u64) -> Result<(Shape, Vec<Section>), FormatError> {
+    read_header(r, &MAGIC, FORMAT_VERSION)?;
     let mut sections: Vec<Section> = Vec::new();
-    loop {
-        let mut len = [0u8; 2];
-        read_exact(r, &mut len, "section header")?;
-        let name_len = usize::from(u16::from_le_bytes(len));
-        if name_len == 0 {
-            break;
+    while let Some(section) = read_section(r, |_| max_section)? {
+        if sections.iter().any(|s| s.name == section.name) {
+            return Err(FormatError::Duplicate(section.name));
         }
-        if name_len > MAX_NAME {
-            return Err(FormatError::Name);
-        }
-        let mut name = vec![0u8; name_len];
-        read_exact(r, &mut name, "section name")?;
-        let name = String::from_utf8(name).map_err(|_| FormatError::Name)?;
-        let mut len = [0u8; 8];
-        read_exact(r, &mut len, "section header")?;
-        let len = u64::from_le_bytes(len);
-        if len > max_section {
-            return Err(FormatError::TooLarge {
-                name,
-                len,
-                limit: max_section,
-            });
-        }
-        read_exact(r, &mut word, "section header")?;
-        let crc = u32::from_le_bytes(word);
-        // Read through `take` so that a cut file fails before a large
-        // allocation is filled with nothing.
-        let mut data = Vec::new();
-        let got = r.by_ref().take(len).read_to_end(&mut data)?;
-        if got as u64 != len {
-            return Err(FormatError::Truncated("section data"));
-        }
-        if crc32fast::hash(&data) != crc {
-            return Err(FormatError::Checksum(name));
-        }
-        if sections.iter().any(|s| s.name == name) {
-            return Err(FormatError::Duplicate(name));
-        }
-        sections.push(Section { name, data });
+        sections.push(section);
     }
-    let first = sections.first().filter(|s| s.name == "shape");
-    let shape = first.ok_or(FormatError::Shape(None))?;
-    let shape: Shape =
-        serde_json::from_slice(&shape.data).map_err(|e| FormatError::Shape(Some(e)))?;
+    let shape = decode_shape(sections.first())?;
     sections.remove(0);
     Ok((shape, sections))
 }
@@ -275,10 +297,10 @@ mod tests {
     fn damaged_cut_and_foreign_files_are_refused() {
         let good = file();
         let err = |bytes: &[u8]| read(&mut &bytes[..], 1 << 20).unwrap_err().to_string();
-        assert_eq!(err(b"ELF\x7f1234567"), "not a snapshot file (bad magic)");
+        assert!(err(b"ELF\x7f1234567").contains("bad magic"));
         let mut v2 = good.clone();
         v2[8] = 2;
-        assert_eq!(err(&v2), "snapshot format version 2, this build reads 1");
+        assert_eq!(err(&v2), "format version 2, this build reads 1");
         // Every cut is an error, never a panic.
         for cut in 0..good.len() {
             assert!(read(&mut &good[..cut], 1 << 20).is_err(), "cut at {cut}");

@@ -102,6 +102,22 @@ impl Session {
         Ok(at_event.unwrap_or_default())
     }
 
+    /// Sends the request `json` (one line) and returns its `return`
+    /// (events meanwhile are skipped).
+    pub(super) fn ask(&mut self, json: &str) -> Result<serde_json::Value> {
+        writeln!(self.w, "{json}")?;
+        loop {
+            let l = self.line()?;
+            let v: serde_json::Value = serde_json::from_str(&l)?;
+            if let Some(r) = v.get("return") {
+                return Ok(r.clone());
+            }
+            if v.get("error").is_some() {
+                bail!("{json}: {l}");
+            }
+        }
+    }
+
     pub(super) fn quit(mut self) -> Result<()> {
         let _ = writeln!(self.w, "{{\"execute\":\"quit\"}}");
         let _ = self.child.wait();

@@ -1,0 +1,413 @@
+//! Live migration, the machine's side (the stream and the pre-copy are
+//! `crate::migration`'s): `migrate` over `tcp:`, `unix:` or `exec:` turns
+//! dirty logging on (the vCPUs parked for that one call), hands the work
+//! to the migration thread and returns; the main loop goes on
+//! (the guest runs, QMP answers) and reads the thread's messages after
+//! each wake-up. When the thread asks, the main loop stops the guest
+//! (`finish-migrate`, as for `stop`: vCPUs parked, kvmclock and Virtual
+//! clock frozen), captures its state with the snapshot's code and hands
+//! it over; once the stream is out the source ends in `postmigrate`. A
+//! failure or `migrate_cancel` puts the guest back as it was.
+//!
+//! The destination listens (or starts its command) at build time for
+//! `--incoming`, at `migrate-incoming` after `defer`; the thread writes
+//! the pages into the guest's RAM while the machine waits in `inmigrate`,
+//! and the main loop puts the state on and runs (or waits `paused`). A
+//! stream that cannot be taken ends the VMM with the reason.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use vmm_runstate::RunState;
+
+use super::migration::{ms, MigrationInfo};
+use super::{CommandFailure, PcError, PcMachine};
+use crate::migration::recv::{From, RecvJob};
+use crate::migration::send::SendJob;
+use crate::migration::transport::Listener;
+use crate::migration::worker::{Job, Mailbox, Shared, ToMain, Worker};
+use crate::migration::{MigrationUri, Params, RamStats};
+use crate::MachineEvent;
+
+/// QEMU's words for a second migration.
+const IN_PROGRESS: &str = "There's a migration process in progress";
+
+/// An outgoing live migration.
+#[derive(Debug)]
+struct Outgoing {
+    shared: Arc<Shared>,
+    started: Instant,
+    /// When the guest stopped for the last copy.
+    stopped: Option<Instant>,
+    /// Its run state when stopped (a failure puts it back: running again,
+    /// or `paused` or `postmigrate` as it was).
+    before: RunState,
+    status: &'static str,
+}
+
+/// The machine's live-migration state.
+#[derive(Debug)]
+pub(super) struct Live {
+    worker: Worker,
+    mailbox: Arc<Mailbox>,
+    params: Params,
+    spawn_allowed: bool,
+    out: Option<Outgoing>,
+    /// `--incoming`'s listener (or command), set up at build time.
+    listener: Option<Listener>,
+    /// An incoming stream is being received.
+    receiving: Option<Instant>,
+}
+
+impl Live {
+    /// Starts the migration thread; for `--incoming` with a stream, listens
+    /// now (a port in use fails the start) or starts the command.
+    pub(super) fn new(
+        wake: Arc<vmm_sys_util::eventfd::EventFd>,
+        start: Option<crate::migration::worker::ThreadStart>,
+        spawn_allowed: bool,
+        incoming: Option<&super::Incoming>,
+    ) -> Result<Self, PcError> {
+        let listener = match incoming {
+            // Before any filter: the command may start here.
+            Some(super::Incoming::Stream(uri)) => Some(
+                crate::migration::transport::listen(uri, true)
+                    .map_err(|e| PcError::Migration(format!("--incoming: {e}")))?,
+            ),
+            _ => None,
+        };
+        let mailbox = Arc::new(Mailbox::new(wake));
+        let worker = Worker::spawn(start, Arc::clone(&mailbox))
+            .map_err(|e| PcError::Control(format!("cannot start the migration thread: {e}")))?;
+        Ok(Self {
+            worker,
+            mailbox,
+            params: Params::default(),
+            spawn_allowed,
+            out: None,
+            listener,
+            receiving: None,
+        })
+    }
+
+    /// The VMM wrote guest RAM itself: an outgoing migration sends all of
+    /// it again (KVM's dirty log sees vCPU writes only).
+    pub(super) fn vmm_wrote_ram(&self) {
+        if let Some(out) = &self.out {
+            out.shared.resend_all.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// `query-migrate-parameters`.
+    pub(super) fn params(&self) -> Params {
+        self.params
+    }
+
+    /// `migrate-set-parameters`: for the next migration and the running
+    /// one.
+    pub(super) fn set_params(
+        &mut self,
+        downtime_limit_ms: Option<u64>,
+        max_bandwidth: Option<u64>,
+    ) {
+        if let Some(v) = downtime_limit_ms {
+            self.params.downtime_limit_ms = v;
+        }
+        if let Some(v) = max_bandwidth {
+            self.params.max_bandwidth = v;
+        }
+        if let Some(out) = &self.out {
+            out.shared
+                .downtime_limit_ms
+                .store(self.params.downtime_limit_ms, Ordering::Relaxed);
+            out.shared
+                .max_bandwidth
+                .store(self.params.max_bandwidth, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether an outgoing migration runs.
+    pub(super) fn active(&self) -> bool {
+        self.out.is_some()
+    }
+}
+
+impl PcMachine {
+    /// Refuses while a migration runs, either way (QEMU's words).
+    pub(super) fn check_no_migration(&self) -> Result<(), CommandFailure> {
+        if self.live.out.is_some() || self.live.receiving.is_some() {
+            return Err(CommandFailure::Refused(IN_PROGRESS.into()));
+        }
+        Ok(())
+    }
+
+    /// `migrate` over a stream: the pre-copy starts on the migration
+    /// thread; this returns at once.
+    pub(super) fn migrate_live(&mut self, uri: MigrationUri) -> Result<(), CommandFailure> {
+        if self.runstate.state() == RunState::Inmigrate {
+            return Err(CommandFailure::Refused(
+                "Guest is waiting for an incoming migration".into(),
+            ));
+        }
+        self.check_snapshottable()?;
+        let state = self.runstate.state();
+        if !matches!(
+            state,
+            RunState::Running | RunState::Paused | RunState::Postmigrate
+        ) {
+            return Err(CommandFailure::Refused(format!(
+                "migration is not possible in state '{state}'"
+            )));
+        }
+        if matches!(uri, MigrationUri::Exec(_)) && !self.live.spawn_allowed {
+            return Err(CommandFailure::Refused(
+                crate::migration::transport::NO_SPAWN.into(),
+            ));
+        }
+        // Dirty logging on, here, with the vCPUs parked for the call: on a
+        // running vCPU, KVM's memory-slot update waits for it (hundreds of
+        // ms on PVM); parked, it takes microseconds. The guest's time is
+        // not stopped for so short a park (no STOP, no run-state change).
+        let started = Instant::now();
+        let running = self.runstate.is_running();
+        if running {
+            self.vcpus
+                .pause_all()
+                .map_err(|e| CommandFailure::Machine(e.into()))?;
+        }
+        let logging = self.vm.set_dirty_logging(true);
+        if running {
+            self.vcpus
+                .resume_all()
+                .map_err(|e| CommandFailure::Machine(e.into()))?;
+        }
+        logging.map_err(|e| CommandFailure::Refused(format!("cannot log dirty pages: {e}")))?;
+        log::debug!(
+            "migration: dirty logging on, vCPUs parked {:?}",
+            started.elapsed()
+        );
+        let shared = Arc::new(Shared::new(self.live.params, self.ram_total()));
+        let job = SendJob {
+            uri,
+            vm: self.vm.clone(),
+            shape: self.shape(),
+            shared: Arc::clone(&shared),
+            spawn_allowed: self.live.spawn_allowed,
+            started,
+        };
+        if let Err(e) = self.live.worker.submit(Job::Send(job)) {
+            let _ = self.vm.set_dirty_logging(false);
+            return Err(CommandFailure::Refused(e));
+        }
+        self.live.out = Some(Outgoing {
+            shared,
+            started,
+            stopped: None,
+            before: RunState::Running,
+            status: "setup",
+        });
+        self.migration = None;
+        self.migration_status("setup");
+        Ok(())
+    }
+
+    /// `migrate_cancel`: an outgoing migration stops and the guest goes
+    /// back as it was (`cancelled`); without one, nothing.
+    pub(super) fn migrate_cancel(&mut self) {
+        let Some(out) = &mut self.live.out else {
+            return;
+        };
+        if out.status == "cancelling" {
+            return;
+        }
+        out.status = "cancelling";
+        out.shared.cancel();
+        self.migration_status("cancelling");
+    }
+
+    /// `query-migrate`: the running migration's figures, or the last one's.
+    pub(super) fn migration_info(&self) -> Option<MigrationInfo> {
+        if let Some(out) = &self.live.out {
+            let shared = &out.shared;
+            return Some(MigrationInfo {
+                status: out.status,
+                total_time_ms: ms(out.started),
+                downtime_ms: None,
+                expected_downtime_ms: Some(shared.expected_downtime_ms.load(Ordering::Relaxed)),
+                setup_time_ms: shared.setup_time_ms.load(Ordering::Relaxed),
+                ram: shared.stats(),
+                error: None,
+            });
+        }
+        if let Some(started) = self.live.receiving {
+            return Some(MigrationInfo {
+                status: "active",
+                total_time_ms: ms(started),
+                downtime_ms: None,
+                expected_downtime_ms: None,
+                setup_time_ms: 0,
+                ram: RamStats::default(),
+                error: None,
+            });
+        }
+        self.migration.clone()
+    }
+
+    /// The destination: `inmigrate`, the stream received on the migration
+    /// thread from `uri` (or `--incoming`'s listener).
+    pub(super) fn incoming_stream(&mut self, uri: MigrationUri) -> Result<(), String> {
+        if self.runstate.state() != RunState::Inmigrate {
+            self.runstate
+                .transition(RunState::Inmigrate)
+                .map_err(|e| e.to_string())?;
+        }
+        let from = match self.live.listener.take() {
+            Some(listener) => From::Ready(listener),
+            None => {
+                if matches!(uri, MigrationUri::Exec(_)) && !self.live.spawn_allowed {
+                    return Err(crate::migration::transport::NO_SPAWN.into());
+                }
+                From::Uri(uri, self.live.spawn_allowed)
+            }
+        };
+        let job = RecvJob {
+            from,
+            memory: self.vm.memory().clone(),
+            shape: self.shape(),
+        };
+        self.live.worker.submit(Job::Receive(job))?;
+        self.live.receiving = Some(Instant::now());
+        self.migration_status("active");
+        Ok(())
+    }
+
+    /// Reads the migration thread's messages (after each main-loop
+    /// wake-up). A stream that could not be taken ends the machine.
+    pub(super) fn migration_messages(&mut self) -> Result<(), PcError> {
+        while let Some(message) = self.live.mailbox.take() {
+            match message {
+                ToMain::Active => {
+                    if let Some(out) = self.live.out.as_mut().filter(|o| o.status == "setup") {
+                        out.status = "active";
+                        self.migration_status("active");
+                    }
+                }
+                ToMain::Pass(pass) => {
+                    if self.migration_events {
+                        self.emit(MachineEvent::MigrationPass { pass });
+                    }
+                }
+                ToMain::WantStop(reply) => {
+                    let state = self.stop_for_migration();
+                    let _ = reply.send(state);
+                }
+                ToMain::Sent(result) => self.outgoing_ended(result)?,
+                ToMain::Received(result) => self.incoming_ended(result)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// The last copy: the guest stopped (`finish-migrate`), its state.
+    fn stop_for_migration(&mut self) -> crate::migration::worker::StateReply {
+        if self.live.out.as_ref().is_none_or(|o| o.shared.cancelled()) {
+            return Err("cancelled".into());
+        }
+        // The guest may have gone to S3 meanwhile: its state would not
+        // say so.
+        let text = |e: CommandFailure| match e {
+            CommandFailure::Refused(why) => why,
+            CommandFailure::Machine(e) => e.to_string(),
+        };
+        self.check_snapshottable().map_err(text)?;
+        let Some(out) = self.live.out.as_mut() else {
+            return Err("no migration".into());
+        };
+        out.before = self.runstate.state();
+        out.stopped = Some(Instant::now());
+        self.stop_with(RunState::FinishMigrate)
+            .map_err(|e| e.to_string())?;
+        self.capture_state().map_err(text)
+    }
+
+    fn outgoing_ended(&mut self, result: Result<(), String>) -> Result<(), PcError> {
+        let Some(out) = self.live.out.take() else {
+            return Ok(());
+        };
+        let control = |e: vmm_runstate::InvalidTransition| PcError::Control(e.to_string());
+        let mut info = MigrationInfo {
+            status: "completed",
+            total_time_ms: ms(out.started),
+            downtime_ms: out.stopped.map(ms),
+            expected_downtime_ms: None,
+            setup_time_ms: out.shared.setup_time_ms.load(Ordering::Relaxed),
+            ram: out.shared.stats(),
+            error: None,
+        };
+        match result {
+            Ok(()) => {
+                self.runstate
+                    .transition(RunState::Postmigrate)
+                    .map_err(control)?;
+                log::info!(
+                    "migration completed in {} ms, downtime {} ms",
+                    info.total_time_ms,
+                    info.downtime_ms.unwrap_or(0)
+                );
+            }
+            Err(why) => {
+                let cancelled = out.shared.cancelled();
+                info.status = if cancelled { "cancelled" } else { "failed" };
+                info.downtime_ms = None;
+                if !cancelled {
+                    log::warn!("migration failed: {why}");
+                    info.error = Some(why);
+                }
+                // Back where it was.
+                if self.runstate.state() == RunState::FinishMigrate {
+                    if out.before == RunState::Running {
+                        self.start()?;
+                        self.emit(MachineEvent::Resume);
+                    } else {
+                        self.runstate.transition(out.before).map_err(control)?;
+                    }
+                }
+            }
+        }
+        let status = info.status;
+        self.migration = Some(info);
+        self.migration_status(status);
+        Ok(())
+    }
+
+    fn incoming_ended(
+        &mut self,
+        result: Result<Vec<crate::snapshot::format::Section>, String>,
+    ) -> Result<(), PcError> {
+        let Some(started) = self.live.receiving.take() else {
+            return Ok(());
+        };
+        let fail = |why: String| PcError::Migration(format!("load of migration failed: {why}"));
+        let sections = result.map_err(fail)?;
+        let applied = self
+            .decode_state(&sections)
+            .and_then(|state| self.apply_state(state));
+        match applied {
+            Ok(()) => {}
+            Err(CommandFailure::Refused(why)) => return Err(fail(why)),
+            Err(CommandFailure::Machine(e)) => return Err(e),
+        }
+        self.migration = Some(MigrationInfo {
+            status: "completed",
+            total_time_ms: ms(started),
+            downtime_ms: None,
+            expected_downtime_ms: None,
+            setup_time_ms: 0,
+            ram: RamStats::default(),
+            error: None,
+        });
+        self.migration_status("completed");
+        self.after_incoming()
+    }
+}
