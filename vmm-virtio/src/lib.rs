@@ -7,6 +7,7 @@
 //! | [`device`] | the [`VirtioDevice`] trait a transport drives, and what a device gets when the driver starts it |
 //! | [`transport`] | [`VirtioPciDevice`]: a [`vmm_pci::PciDevice`] with the virtio capabilities, common configuration, ISR, notifications and MSI-X |
 //! | [`net`] | [`net::VirtioNet`]: frames between a [`net::NetBackend`] (a tap) and the guest's receive and transmit queues, on its worker thread |
+//! | [`vsock`] | [`vsock::VirtioVsock`]: stream connections between guest ports and host Unix sockets (Firecracker's `CONNECT <port>` protocol), with credit-based flow control, on its worker thread |
 //! | [`blk`] | [`blk::VirtioBlk`]: requests parsed into plain values, then done with `preadv`/`pwritev`/`fdatasync`/`fallocate` on its worker thread, and the I/O error policy (report, ignore, stop) |
 //!
 //! # Threads
@@ -38,6 +39,7 @@ pub mod device;
 pub mod net;
 pub mod seams;
 pub mod transport;
+pub mod vsock;
 pub mod worker;
 
 #[cfg(test)]

@@ -42,6 +42,20 @@ impl Waiter {
         )
     }
 
+    /// Adds a socket with `token`, edge-triggered, for reading and
+    /// writing (and the peer's hang-up): after each event the owner tries
+    /// both ways until they would block.
+    pub fn add_stream(&self, fd: &impl AsRawFd, token: u64) -> io::Result<()> {
+        self.epoll.ctl(
+            ControlOperation::Add,
+            fd.as_raw_fd(),
+            EpollEvent::new(
+                EventSet::IN | EventSet::OUT | EventSet::READ_HANG_UP | EventSet::EDGE_TRIGGERED,
+                token,
+            ),
+        )
+    }
+
     /// Stops watching `fd`.
     pub fn remove(&self, fd: &impl AsRawFd) -> io::Result<()> {
         self.epoll.ctl(
