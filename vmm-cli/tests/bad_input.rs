@@ -401,6 +401,16 @@ fn bad_command_lines_are_refused() {
         (&["--kernel", "K", "--netdev", "tap,id=n0,ifname=t0", "--device", "virtio-net-pci,netdev=n0,mac=52:54:00:zz:00:01"], Vmm, "'52:54:00:zz:00:01' is not a MAC address", false),
         (&["--kernel", "K", "--netdev", "tap,id=n0,ifname=t0", "--device", "virtio-net-pci,netdev=n0,mac=01:00:5e:00:00:01"], Vmm, "is a multicast address", false),
         (&["--kernel", "K", "--netdev", "tap,id=n0,ifname=t0", "--device", "virtio-net-pci,netdev=n0", "--device", "virtio-net-pci,netdev=n0"], Vmm, "can't take value 'n0', it's in use", false),
+        // Socket devices (--device virtio-vsock-pci), refused before anything
+        // is built; the socket is made before the kernel is read.
+        (&["--kernel", "K", "--device", "virtio-vsock-pci,guest-cid=2,uds=/tmp/vmm-bad-v.sock"], Vmm, "guest CID 2 is out of range (3 to 4294967294)", false),
+        (&["--kernel", "K", "--device", "virtio-vsock-pci,guest-cid=4294967296,uds=/tmp/vmm-bad-v.sock"], Vmm, "guest CID 4294967296 is out of range", false),
+        (&["--kernel", "K", "--device", "virtio-vsock-pci,uds=/tmp/vmm-bad-v.sock"], Vmm, "Property 'virtio-vsock-pci.guest-cid' is required", false),
+        (&["--kernel", "K", "--device", "virtio-vsock-pci,guest-cid=3"], Vmm, "Property 'virtio-vsock-pci.uds' is required", false),
+        (&["--kernel", "K", "--device", "virtio-vsock-pci,guest-cid=3,uds=FILE"], Vmm, "already exists", false),
+        (&["--kernel", "K", "--device", "virtio-vsock-pci,guest-cid=3,uds=LONG"], Vmm, "a socket path is 1 to 107 bytes, not 5000", false),
+        (&["--kernel", "K", "--device", "virtio-vsock-pci,guest-cid=3,uds=/tmp/vmm-bad-a.sock", "--device", "virtio-vsock-pci,guest-cid=3,uds=/tmp/vmm-bad-b.sock"], Vmm, "guest-cid=3 is used by another virtio-vsock-pci", false),
+        (&["--kernel", "K", "--device", "virtio-vsock-pci,guest-cid=3,uds=/nonexistent/dir/v.sock"], Vmm, "virtio-vsock-pci: cannot make a socket at /nonexistent/dir/v.sock", false),
         (&["--kernel", "K", "--action", "watchdog=bogus"], Vmm, "Parameter 'watchdog' does not accept value 'bogus'", false),
         (&["--kernel", "K", "--action", "frob=1"], Vmm, "Invalid parameter 'frob'", false),
         (&["--kernel", "K", "--incoming", "tcp:localhost:4444"], Vmm, "only file:PATH is supported so far", false),
@@ -446,6 +456,10 @@ fn bad_command_lines_are_refused() {
             "file=ODD" => format!("file={}", path(&odd)),
             "file=QCOW" => format!("file={}", path(&qcow)),
             "file=ROFILE" => format!("file={}", path(&rofile)),
+            a if a.ends_with(",uds=FILE") => {
+                a.replace(",uds=FILE", &format!(",uds={}", path(&file)))
+            }
+            a if a.ends_with(",uds=LONG") => a.replace(",uds=LONG", &format!(",uds={long}")),
             other => other.to_owned(),
         }
     };

@@ -237,7 +237,7 @@ fn a_machine_with_a_disk_is_not_snapshotted_yet() {
         jobs["return"][0]["error"]
             .as_str()
             .unwrap()
-            .contains("with disks or network cards are not supported yet"),
+            .contains("with disks, network cards or vsock devices are not supported yet"),
         "{jobs}"
     );
     assert!(!file.exists(), "nothing written");

@@ -157,6 +157,8 @@ pub struct PcMachine {
     autostart: bool,
     /// The network cards.
     nets: Vec<crate::virtio::Nic>,
+    /// The socket devices.
+    vsocks: Vec<crate::virtio::Vsock>,
     /// The gdb stub's client and where its stops go.
     gdb: gdb::GdbState,
     /// The guest asked for S3 while not running (a `stop` came first):
@@ -396,6 +398,14 @@ impl PcMachine {
             taps,
             config.device_thread_start.clone(),
         )?;
+        // The socket devices, on the listeners the front end bound.
+        let vsocks = crate::virtio::add_vsocks(
+            &vm,
+            &mut lock(&devices.pci),
+            &mut slots,
+            config.vsocks,
+            config.vsock_thread_start.clone(),
+        )?;
 
         // 9. vCPU threads.
         let io: Arc<PcIo> = Arc::new(io);
@@ -442,6 +452,7 @@ impl PcMachine {
             deferred_incoming: false,
             autostart: !config.start_paused,
             nets,
+            vsocks,
             gdb: gdb::GdbState::default(),
             suspend_requested: false,
         })

@@ -1,5 +1,6 @@
-//! Virtio devices on the PC: each disk a virtio-blk-pci and each network
-//! card a virtio-net-pci (vmm-virtio) on the root bus, connected to KVM through the transport's three seams:
+//! Virtio devices on the PC: each disk a virtio-blk-pci, each network
+//! card a virtio-net-pci and each socket device a virtio-vsock-pci
+//! (vmm-virtio) on the root bus, connected to KVM through the transport's three seams:
 //!
 //! - MSI-X messages go out with `KVM_SIGNAL_MSI`, from whichever thread the
 //!   transport decides on (the device's worker, or a vCPU unmasking a
@@ -23,6 +24,7 @@ use vmm_pci::{PciDevice, PciRoot};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_virtio::blk::{BlockConfig, BlockEvents, BlockHandle, ErrorPolicy, VirtioBlk};
 use vmm_virtio::net::{MacAddr, NetHandle, VirtioNet};
+use vmm_virtio::vsock::{VirtioVsock, VsockHandle};
 use vmm_virtio::worker::ThreadStart;
 use vmm_virtio::{Doorbells, IntxLine, MsiSender, TransportSeams, VirtioDevice, VirtioPciDevice};
 
@@ -60,6 +62,24 @@ pub enum VirtioError {
         /// Why.
         #[source]
         source: vmm_pci::PciError,
+    },
+    /// A socket device could not be made or put on the bus.
+    #[error("virtio-vsock-pci with guest-cid={cid}")]
+    Vsock {
+        /// Its guest CID.
+        cid: u64,
+        /// Why.
+        #[source]
+        source: PlugError,
+    },
+    /// A socket device refused its configuration.
+    #[error("virtio-vsock-pci with guest-cid={cid}")]
+    VsockConfig {
+        /// Its guest CID.
+        cid: u64,
+        /// Why.
+        #[source]
+        source: vmm_virtio::vsock::VsockError,
     },
     /// A network card could not be put on the bus.
     #[error("netdev {id}: virtio-net-pci")]
@@ -339,6 +359,49 @@ pub fn add_nets(
             id: net.id.clone(),
             ifname,
             mac: net.mac,
+            slot,
+            handle,
+        });
+    }
+    Ok(built)
+}
+
+/// A socket device the machine built.
+#[derive(Debug, Clone)]
+pub struct Vsock {
+    /// The guest's CID.
+    pub cid: u64,
+    /// Its listening socket's path.
+    pub uds: std::path::PathBuf,
+    /// Its PCI slot.
+    pub slot: u8,
+    /// The device's counters.
+    pub handle: VsockHandle,
+}
+
+/// Adds a virtio-vsock-pci for each of `vsocks`, on its bound listener;
+/// each worker thread runs `thread_start` first.
+pub fn add_vsocks(
+    vm: &Vm,
+    root: &mut PciRoot,
+    slots: &mut Slots,
+    vsocks: Vec<crate::vsocks::VsockConfig>,
+    thread_start: Option<ThreadStart>,
+) -> Result<Vec<Vsock>, VirtioError> {
+    let mut built = Vec::new();
+    for v in vsocks {
+        let cid = v.cid;
+        let err = |source: PlugError| VirtioError::Vsock { cid, source };
+        let device = VirtioVsock::new(cid, v.listener, &v.uds, thread_start.clone())
+            .map_err(|source| VirtioError::VsockConfig { cid, source })?;
+        let handle = device.handle();
+        let slot = Slots::slot(root, v.slot).map_err(|e| err(e.into()))?;
+        slots
+            .plug(vm, root, "virtio-vsock-pci", Box::new(device), slot)
+            .map_err(err)?;
+        built.push(Vsock {
+            cid,
+            uds: v.uds,
             slot,
             handle,
         });

@@ -64,6 +64,9 @@ pub enum Thread {
     SerialOut,
     /// A device's worker (virtio).
     Device,
+    /// A socket device's worker (virtio-vsock): a device's list and Unix
+    /// sockets.
+    Vsock,
     /// The gdb stub (`--gdb`).
     Gdb,
 }
@@ -75,6 +78,7 @@ impl Thread {
             Self::Vcpu => "vcpu",
             Self::SerialOut => "serial",
             Self::Device => "device",
+            Self::Vsock => "vsock",
             Self::Gdb => "gdb",
         }
     }
@@ -87,6 +91,7 @@ pub struct Filters {
     vcpu: BpfProgram,
     serial: BpfProgram,
     device: BpfProgram,
+    vsock: BpfProgram,
     gdb: BpfProgram,
     /// Debug builds only: the thread that makes a forbidden call once its
     /// filter is in, for the tests (`VMM_SECCOMP_TEST_FORBIDDEN=main|vcpu|
@@ -128,6 +133,7 @@ impl Filters {
             vcpu: compile(lists::vcpu()?, &mismatch)?,
             serial: compile(lists::serial()?, &mismatch)?,
             device: compile(lists::device()?, &mismatch)?,
+            vsock: compile(lists::vsock()?, &mismatch)?,
             gdb: compile(lists::gdb()?, &mismatch)?,
             forbidden: test_forbidden(),
         };
@@ -145,6 +151,7 @@ impl Filters {
             Thread::Vcpu => &self.vcpu,
             Thread::SerialOut => &self.serial,
             Thread::Device => &self.device,
+            Thread::Vsock => &self.vsock,
             Thread::Gdb => &self.gdb,
         };
         let current = std::thread::current();
@@ -169,6 +176,7 @@ fn test_forbidden() -> Option<Thread> {
         "vcpu" => Some(Thread::Vcpu),
         "serial" => Some(Thread::SerialOut),
         "device" => Some(Thread::Device),
+        "vsock" => Some(Thread::Vsock),
         _ => None,
     }
 }
@@ -193,6 +201,7 @@ mod tests {
                 lists::vcpu(),
                 lists::serial(),
                 lists::device(),
+                lists::vsock(),
                 lists::gdb(),
             ] {
                 let program = compile(rules.unwrap(), &mismatch).unwrap();
@@ -257,6 +266,13 @@ mod tests {
             for r in [&main, &vcpu, &serial, &device] {
                 assert!(!has(r, nr), "{nr}");
             }
+        }
+        // Only a socket device's worker makes sockets (AF_UNIX streams,
+        // one rule) and connects them; the other workers do neither.
+        let vsock = lists::vsock().unwrap();
+        assert_eq!(vsock[&libc::SYS_socket].len(), 1);
+        for nr in [libc::SYS_socket, libc::SYS_connect, libc::SYS_accept4] {
+            assert!(has(&vsock, nr) && !has(&device, nr), "{nr}");
         }
     }
 }

@@ -122,10 +122,10 @@ impl PcMachine {
                  first)",
             ));
         }
-        if !self.disks.is_empty() || !self.nets.is_empty() {
+        if !self.disks.is_empty() || !self.nets.is_empty() || !self.vsocks.is_empty() {
             return Err(refused(
-                "snapshots of a machine with disks or network cards are not supported yet (a \
-                 virtio device's queues are not captured)",
+                "snapshots of a machine with disks, network cards or vsock devices are not \
+                 supported yet (a virtio device's queues are not captured)",
             ));
         }
         Ok(())

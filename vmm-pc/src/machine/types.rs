@@ -23,6 +23,8 @@ pub struct PcConfig {
     pub disks: Vec<crate::disks::DiskConfig>,
     /// Network cards, each a virtio-net-pci on a tap.
     pub nets: Vec<crate::nets::NetConfig>,
+    /// Socket devices, each a virtio-vsock-pci on a Unix socket.
+    pub vsocks: Vec<crate::vsocks::VsockConfig>,
     /// An initrd/initramfs, if any.
     pub initrd: Option<PathBuf>,
     /// The kernel command line.
@@ -63,6 +65,9 @@ pub struct PcConfig {
     /// its device is activated) before it does any work: the binary's
     /// seccomp filter.
     pub device_thread_start: Option<vmm_virtio::worker::ThreadStart>,
+    /// The same for socket devices' workers, whose list adds the Unix
+    /// socket calls (accept, connect) the others need not have.
+    pub vsock_thread_start: Option<vmm_virtio::worker::ThreadStart>,
 }
 
 /// What a guest-initiated reset does.
@@ -100,6 +105,7 @@ impl std::fmt::Debug for PcConfig {
             .field("stop_on_error", &self.stop_on_error)
             .field("vcpu_thread_start", &self.vcpu_thread_start.is_some())
             .field("disks", &self.disks)
+            .field("vsocks", &self.vsocks)
             .finish_non_exhaustive()
     }
 }
