@@ -236,8 +236,8 @@ pub(super) fn device() -> Result<Rules, seccompiler::Error> {
 /// A socket device's worker (vmm-virtio's vsock): a device worker that
 /// also serves Unix sockets. It accepts host connections on the listening
 /// socket bound at start-up (accept4, then FIONBIO to make each
-/// non-blocking), reads them (std's `read` on a socket is `recvfrom`) and
-/// writes them (`write`, in the common part), shuts a write side when
+/// non-blocking), reads them and writes them (std's `read` and `write` on
+/// a socket are `recvfrom` and `sendto` with MSG_NOSIGNAL), shuts a write side when
 /// the guest is done sending, and, for a guest's REQUEST to host port P,
 /// makes a non-blocking AF_UNIX stream socket and connects it to
 /// `PATH_P`. No other socket family or type.
@@ -249,6 +249,7 @@ pub(super) fn vsock() -> Result<Rules, seccompiler::Error> {
             libc::SYS_accept4,
             libc::SYS_connect,
             libc::SYS_recvfrom,
+            libc::SYS_sendto,
             libc::SYS_shutdown,
         ],
     );
