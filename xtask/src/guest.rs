@@ -10,7 +10,9 @@
 //!   modules/*.ko           kvm, kvm-amd, kvm-intel, irqbypass; evdev, button;
 //!                          pvpanic, pvpanic-mmio; virtio, virtio_pci...,
 //!                          virtio_blk; watchdog, wdat_wdt; failover,
-//!                          net_failover, virtio_net; tun (decompressed)
+//!                          net_failover, virtio_net; tun; vsock,
+//!                          vmw_vsock_virtio_transport_common,
+//!                          vmw_vsock_virtio_transport (decompressed)
 //!   manifest.txt           file, package, version, sha256, source; written last
 //!
 //!   rootfs.img             with --rootfs: an ext4 root disk (root=/dev/vda)
@@ -44,7 +46,8 @@ const BUSYBOX_PACKAGE: &str = "busybox-static";
 /// virtio disk drivers; the watchdog core and `wdat_wdt` (the ACPI WDAT
 /// driver that finds `--device i6300esb`), which the Linux watchdog tests
 /// load; virtio-net and its dependencies for a guest's network card, and
-/// tun for the tap L1 gives the nested VMM.
+/// tun for the tap L1 gives the nested VMM; the vsock core and its virtio
+/// transport for a guest's virtio-vsock-pci.
 const MODULES: &[&str] = &[
     "irqbypass",
     "kvm",
@@ -66,6 +69,9 @@ const MODULES: &[&str] = &[
     "net_failover",
     "virtio_net",
     "tun",
+    "vsock",
+    "vmw_vsock_virtio_transport_common",
+    "vmw_vsock_virtio_transport",
 ];
 const MANIFEST: &str = "manifest.txt";
 
