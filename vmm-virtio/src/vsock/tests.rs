@@ -249,6 +249,9 @@ fn the_configuration_space_holds_the_cid() {
     assert_eq!(state.device.device_type, VIRTIO_ID_VSOCK);
     assert!(state.device.active);
     assert_eq!(read(&mut v.dev, NUM_QUEUES, 2), 3);
+    // PCI: 1AF4:1053 (0x1040 + 19), a communication controller (0x0780).
+    assert_eq!(cfg_read(&mut v.dev, 0, 4), 0x1053_1af4);
+    assert_eq!(cfg_read(&mut v.dev, 0x0a, 2), 0x0780);
     assert!(
         VirtioVsock::new(
             2,
