@@ -194,6 +194,7 @@ fn run(args: Args, devices: storage::Devices) -> Result<ExitReason> {
         disks: devices.disks,
         nets: devices.nets,
         vsocks,
+        vhost_vsocks: devices.vhost_vsocks,
         initrd: args.initrd.clone(),
         cmdline: args.append.clone(),
         memory: args.memory,

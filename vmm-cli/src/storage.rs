@@ -37,6 +37,8 @@ pub struct Devices {
     pub nets: Vec<NetConfig>,
     /// The socket devices to build.
     pub vsocks: Vec<VsockSpec>,
+    /// The socket devices on the host's vhost-vsock.
+    pub vhost_vsocks: Vec<vmm_pc::vsocks::VhostVsockConfig>,
 }
 
 /// A socket device as `--device virtio-vsock-pci` gives it; its socket is
@@ -241,6 +243,7 @@ pub fn resolve(
     let mut i6300esb = None;
     let mut nets: Vec<NetConfig> = Vec::new();
     let mut vsocks: Vec<VsockSpec> = Vec::new();
+    let mut vhost_vsocks: Vec<vmm_pc::vsocks::VhostVsockConfig> = Vec::new();
     for spec in devices {
         let opts = parse_opts(spec, Some("driver")).map_err(|e| device_err(spec, e.to_string()))?;
         if opts.wants_help() {
@@ -328,7 +331,30 @@ pub fn resolve(
             }
             "virtio-vsock-pci" => {
                 let v = vsock(&request, &vsocks).map_err(|why| device_err(spec, why))?;
+                if vhost_vsocks.iter().any(|h| h.cid == v.cid) {
+                    return Err(device_err(spec, cid_taken(v.cid)));
+                }
                 vsocks.push(v);
+            }
+            "vhost-vsock-pci" => {
+                let cid = request.u64("guest-cid").unwrap_or_default();
+                vmm_pc::vsocks::check_cid(cid).map_err(|e| {
+                    device_err(spec, format!("Property 'vhost-vsock-pci.guest-cid': {e}"))
+                })?;
+                if vsocks.iter().any(|v| v.cid == cid) || vhost_vsocks.iter().any(|v| v.cid == cid)
+                {
+                    return Err(device_err(spec, cid_taken(cid)));
+                }
+                let slot = match request.str("addr") {
+                    Some(addr) => Some(parse_slot(addr).ok_or_else(|| {
+                        device_err(
+                            spec,
+                            format!("Parameter 'addr' expects a PCI slot 1-31 (hex), not '{addr}'"),
+                        )
+                    })?),
+                    None => None,
+                };
+                vhost_vsocks.push(vmm_pc::vsocks::VhostVsockConfig { cid, slot });
             }
             "ib700" => {
                 if ib700 {
@@ -365,6 +391,7 @@ pub fn resolve(
         .filter_map(|d| d.slot)
         .chain(nets.iter().filter_map(|n| n.slot))
         .chain(vsocks.iter().filter_map(|v| v.slot))
+        .chain(vhost_vsocks.iter().filter_map(|v| v.slot))
         .chain(i6300esb.flatten());
     for s in wanted {
         if !slots.insert(s) {
@@ -390,7 +417,12 @@ pub fn resolve(
         i6300esb,
         nets,
         vsocks,
+        vhost_vsocks,
     }))
+}
+
+fn cid_taken(cid: u64) -> String {
+    format!("guest-cid={cid} is used by another virtio-vsock-pci or vhost-vsock-pci")
 }
 
 /// A `virtio-vsock-pci` request, checked against the devices before it.
@@ -399,9 +431,7 @@ fn vsock(request: &vmm_qom::DeviceRequest, before: &[VsockSpec]) -> Result<Vsock
     let cid = request.u64("guest-cid").unwrap_or_default();
     check_cid(cid).map_err(|e| format!("Property 'virtio-vsock-pci.guest-cid': {e}"))?;
     if before.iter().any(|v| v.cid == cid) {
-        return Err(format!(
-            "guest-cid={cid} is used by another virtio-vsock-pci"
-        ));
+        return Err(cid_taken(cid));
     }
     let uds = PathBuf::from(request.str("uds").unwrap_or_default());
     let len = uds.as_os_str().len();
@@ -638,7 +668,22 @@ mod tests {
             assert!(e.contains(want), "{e}");
         }
         assert!(err(&[], &[&spec("3", &a), &spec("3", &b)])
-            .ends_with("guest-cid=3 is used by another virtio-vsock-pci"));
+            .ends_with("guest-cid=3 is used by another virtio-vsock-pci or vhost-vsock-pci"));
+        assert!(err(&[], &["vhost-vsock-pci,guest-cid=5", &spec("5", &a)])
+            .ends_with("guest-cid=5 is used by another virtio-vsock-pci or vhost-vsock-pci"));
+        assert!(err(&[], &[&spec("5", &a), "vhost-vsock-pci,guest-cid=5"])
+            .ends_with("guest-cid=5 is used by another virtio-vsock-pci or vhost-vsock-pci"));
+        assert!(err(&[], &["vhost-vsock-pci,guest-cid=1"]).contains("guest CID 1 is out of range"));
+        let Storage::Devices(d) = run(&[], &["vhost-vsock-pci,guest-cid=9,addr=4"]).unwrap() else {
+            panic!("help?")
+        };
+        assert_eq!(
+            d.vhost_vsocks,
+            [vmm_pc::vsocks::VhostVsockConfig {
+                cid: 9,
+                slot: Some(4)
+            }]
+        );
         assert!(err(&[], &[&spec("3", &a), &spec("4", &a)])
             .contains("is used by another virtio-vsock-pci"));
         let long = dir.join("x".repeat(120));

@@ -4,7 +4,7 @@
 //! Nested here (the Unix sockets live in L1, beside the VMM); directly
 //! on hardware KVM too.
 
-use vmm_testbed::Job;
+use vmm_testbed::{HostKvm, Job};
 
 mod common;
 mod linux_common;
@@ -105,7 +105,7 @@ fn debian_talks_to_the_host_over_vsock_both_ways() {
         let host_ok = format!("@@HOST_ECHO_OK {BYTES}");
         assert!(c.contains(&host_ok), "{test}: host to guest echo\n{c}");
         assert!(
-            c.contains(&format!("@@SERVER_ECHOED {BYTES}")),
+            c.contains(&format!("@@SERVER_ECHOED 1234 {BYTES}")),
             "{test}: the guest's server saw every byte\n{c}"
         );
         let guest_ok = format!("@@GUEST_ECHO_OK {BYTES}");
@@ -126,6 +126,95 @@ fn debian_talks_to_the_host_over_vsock_both_ways() {
             c.contains("@@SOCKET_REMOVED"),
             "{test}: socket left at exit\n{c}"
         );
+        assert!(!c.contains("_BAD"), "{test}: a probe failed\n{c}");
+    });
+}
+
+/// The same exchange on `vhost-vsock-pci`: the host kernel's vhost-vsock
+/// moves the packets, and the host side is L1's own AF_VSOCK sockets: a
+/// program in L1 connects to CID 3 port 1234, and L1 listens on port 5678
+/// for the guest's connection to CID 2. Nested only: L1 has
+/// `/dev/vhost-vsock` (this host has none, and on another host CID 3
+/// might be taken).
+#[test]
+fn debian_talks_to_l1_over_vhost_vsock() {
+    let test = "debian_talks_to_l1_over_vhost_vsock";
+    if HostKvm::detect() != HostKvm::Pvm {
+        eprintln!("SKIP {test}: runs only nested (it needs L1's /dev/vhost-vsock)");
+        return;
+    }
+    nested_retry(test, || {
+        let Some(g) = guest(test) else { return };
+        for m in MODULES
+            .iter()
+            .chain(&["vhost_iotlb", "vhost", "vhost_vsock"])
+        {
+            assert!(
+                g.module(m).exists(),
+                "{test}: no {m}.ko in the guest files (cargo xtask guest refreshes them)"
+            );
+        }
+        let dir = common::TempDir::new(test);
+        let probe = build_static(&dir, "vsockprobe");
+        let script = format!(
+            "for m in {modules}; do insmod /$m.ko; done\n\
+             /vsockprobe echo-server 1234 &\n\
+             server=$!\n\
+             /vsockprobe vsock-client 2 5678 {BYTES}\n\
+             wait $server\n\
+             echo @@DONE\n\
+             poweroff -f",
+            modules = MODULES.join(" "),
+        );
+        let initrd = test_initrd_with(&g, &dir, &script, MODULES, &[("vsockprobe", &probe)]);
+        let companion = format!(
+            "cd /job\n\
+             [ -c /dev/vhost-vsock ] && echo @@L1_VHOST_VSOCK\n\
+             ./vsockprobe echo-server 5678 >/tmp/l1-echo.out 2>&1 &\n\
+             echo_pid=$!\n\
+             ./vsockprobe vsock-client 3 1234 {BYTES}\n\
+             wait $echo_pid\n\
+             cat /tmp/l1-echo.out\n\
+             i=0; while pidof vmm >/dev/null && [ $i -lt 300 ]; do sleep 1; i=$((i+1)); done"
+        );
+        let job = Job::new([
+            "--kernel",
+            "kernel",
+            "--initrd",
+            "initrd",
+            "--memory",
+            "256M",
+            "--device",
+            "vhost-vsock-pci,guest-cid=3",
+        ])
+        .file("kernel", &g.bzimage)
+        .file("initrd", &initrd)
+        .file("vsockprobe", &probe)
+        .companion(&companion)
+        .timeout(std::time::Duration::from_secs(420));
+        let out = run(test, &g, &job);
+        let c = &out.console;
+        for l in c.lines().filter(|l| l.trim_start().starts_with("@@")) {
+            eprintln!("{test}: {}", l.trim());
+        }
+        assert!(
+            c.contains("@@L1_VHOST_VSOCK"),
+            "{test}: L1 has no /dev/vhost-vsock\n{c}"
+        );
+        assert!(
+            c.contains("@@DONE"),
+            "{test}: no @@DONE\n{c}\nstderr:\n{}",
+            out.stderr
+        );
+        assert_eq!(out.status, Some(0), "{test}: {}", out.stderr);
+        for want in [
+            format!("@@HOST_ECHO_OK {BYTES}"),
+            format!("@@SERVER_ECHOED 1234 {BYTES}"),
+            format!("@@GUEST_ECHO_OK {BYTES}"),
+            format!("@@SERVER_ECHOED 5678 {BYTES}"),
+        ] {
+            assert!(c.contains(&want), "{test}: no {want}\n{c}");
+        }
         assert!(!c.contains("_BAD"), "{test}: a probe failed\n{c}");
     });
 }

@@ -159,6 +159,8 @@ pub struct PcMachine {
     nets: Vec<crate::virtio::Nic>,
     /// The socket devices.
     vsocks: Vec<crate::virtio::Vsock>,
+    /// The socket devices on the host's vhost-vsock: (CID, slot).
+    vhost_vsocks: Vec<(u64, u8)>,
     /// The gdb stub's client and where its stops go.
     gdb: gdb::GdbState,
     /// The guest asked for S3 while not running (a `stop` came first):
@@ -406,6 +408,13 @@ impl PcMachine {
             config.vsocks,
             config.vsock_thread_start.clone(),
         )?;
+        let vhost_vsocks = crate::virtio::add_vhost_vsocks(
+            &vm,
+            &mut lock(&devices.pci),
+            &mut slots,
+            &config.vhost_vsocks,
+            config.vsock_thread_start.clone(),
+        )?;
 
         // 9. vCPU threads.
         let io: Arc<PcIo> = Arc::new(io);
@@ -453,6 +462,7 @@ impl PcMachine {
             autostart: !config.start_paused,
             nets,
             vsocks,
+            vhost_vsocks,
             gdb: gdb::GdbState::default(),
             suspend_requested: false,
         })

@@ -24,7 +24,7 @@ use vmm_pci::{PciDevice, PciRoot};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_virtio::blk::{BlockConfig, BlockEvents, BlockHandle, ErrorPolicy, VirtioBlk};
 use vmm_virtio::net::{MacAddr, NetHandle, VirtioNet};
-use vmm_virtio::vsock::{VirtioVsock, VsockHandle};
+use vmm_virtio::vsock::{VhostVsock, VirtioVsock, VsockHandle};
 use vmm_virtio::worker::ThreadStart;
 use vmm_virtio::{Doorbells, IntxLine, MsiSender, TransportSeams, VirtioDevice, VirtioPciDevice};
 
@@ -80,6 +80,15 @@ pub enum VirtioError {
         /// Why.
         #[source]
         source: vmm_virtio::vsock::VsockError,
+    },
+    /// The host's vhost-vsock could not be had for a socket device.
+    #[error("vhost-vsock-pci with guest-cid={cid}")]
+    Vhost {
+        /// Its guest CID.
+        cid: u64,
+        /// Why.
+        #[source]
+        source: vmm_virtio::vsock::VhostError,
     },
     /// A network card could not be put on the bus.
     #[error("netdev {id}: virtio-net-pci")]
@@ -405,6 +414,31 @@ pub fn add_vsocks(
             slot,
             handle,
         });
+    }
+    Ok(built)
+}
+
+/// Adds a vhost-vsock-pci for each of `vhosts` (each opens
+/// `/dev/vhost-vsock` and takes its CID now); each worker thread runs
+/// `thread_start` first. Returns their CIDs and slots.
+pub fn add_vhost_vsocks(
+    vm: &Vm,
+    root: &mut PciRoot,
+    slots: &mut Slots,
+    vhosts: &[crate::vsocks::VhostVsockConfig],
+    thread_start: Option<ThreadStart>,
+) -> Result<Vec<(u64, u8)>, VirtioError> {
+    let mut built = Vec::new();
+    for v in vhosts {
+        let cid = v.cid;
+        let device = VhostVsock::open(cid, thread_start.clone())
+            .map_err(|source| VirtioError::Vhost { cid, source })?;
+        let err = |source: PlugError| VirtioError::Vsock { cid, source };
+        let slot = Slots::slot(root, v.slot).map_err(|e| err(e.into()))?;
+        slots
+            .plug(vm, root, "vhost-vsock-pci", Box::new(device), slot)
+            .map_err(err)?;
+        built.push((cid, slot));
     }
     Ok(built)
 }

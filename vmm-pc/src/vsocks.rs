@@ -22,3 +22,13 @@ pub struct VsockConfig {
     /// The PCI slot of its virtio-vsock-pci (None: the first free one).
     pub slot: Option<u8>,
 }
+
+/// One socket device on the host kernel's vhost-vsock (`--device
+/// vhost-vsock-pci,guest-cid=N`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VhostVsockConfig {
+    /// The guest's CID, which no other VM on the host may have.
+    pub cid: u64,
+    /// The PCI slot (None: the first free one).
+    pub slot: Option<u8>,
+}

@@ -12,7 +12,8 @@
 //!                          virtio_blk; watchdog, wdat_wdt; failover,
 //!                          net_failover, virtio_net; tun; vsock,
 //!                          vmw_vsock_virtio_transport_common,
-//!                          vmw_vsock_virtio_transport (decompressed)
+//!                          vmw_vsock_virtio_transport; vhost_iotlb, vhost,
+//!                          vhost_vsock (decompressed)
 //!   manifest.txt           file, package, version, sha256, source; written last
 //!
 //!   rootfs.img             with --rootfs: an ext4 root disk (root=/dev/vda)
@@ -47,7 +48,8 @@ const BUSYBOX_PACKAGE: &str = "busybox-static";
 /// driver that finds `--device i6300esb`), which the Linux watchdog tests
 /// load; virtio-net and its dependencies for a guest's network card, and
 /// tun for the tap L1 gives the nested VMM; the vsock core and its virtio
-/// transport for a guest's virtio-vsock-pci.
+/// transport for a guest's virtio-vsock-pci, and vhost-vsock (with vhost
+/// and vhost_iotlb) for L1's `/dev/vhost-vsock` under a vhost-vsock-pci.
 const MODULES: &[&str] = &[
     "irqbypass",
     "kvm",
@@ -72,6 +74,9 @@ const MODULES: &[&str] = &[
     "vsock",
     "vmw_vsock_virtio_transport_common",
     "vmw_vsock_virtio_transport",
+    "vhost_iotlb",
+    "vhost",
+    "vhost_vsock",
 ];
 const MANIFEST: &str = "manifest.txt";
 

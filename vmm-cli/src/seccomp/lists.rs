@@ -260,6 +260,11 @@ pub(super) fn vsock() -> Result<Rules, seccompiler::Error> {
         &[&[(0, Eq, libc::AF_UNIX as u64), (1, Eq, stream)]],
     )?;
     allow_ioctls(&mut r, &[FIONBIO])?;
+    // A vhost-vsock-pci's worker gives the kernel's vhost-vsock the
+    // features, guest RAM and rings when the guest starts the device, and
+    // starts and stops it (the device file is opened, owned and given its
+    // CID on the main thread at build time).
+    allow_ioctls(&mut r, &vmm_virtio::vsock::vhost::worker_ioctls())?;
     Ok(r)
 }
 

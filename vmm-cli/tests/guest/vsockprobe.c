@@ -2,11 +2,12 @@
  * vsockprobe: both ends of the vsock test (linux_vsock.rs), static so that
  * it runs in the guest's busybox initramfs and in L1 alike.
  *
- *   vsockprobe echo-server PORT            guest: AF_VSOCK listener on PORT;
- *                                          echoes one connection to its end
- *   vsockprobe vsock-client CID PORT BYTES guest: connects to CID:PORT
- *                                          (retrying), sends BYTES of a
- *                                          pattern, checks the echo
+ *   vsockprobe echo-server PORT            AF_VSOCK listener on PORT (any
+ *                                          CID); echoes one connection
+ *   vsockprobe vsock-client CID PORT BYTES connects to CID:PORT (retrying),
+ *                                          sends BYTES of a pattern, checks
+ *                                          the echo (GUEST_ECHO to CID 2,
+ *                                          HOST_ECHO to a guest)
  *   vsockprobe uds-client PATH PORT BYTES  host: the VMM's Unix socket,
  *                                          "CONNECT PORT\n", "OK n\n"
  *                                          (retrying), then as vsock-client
@@ -154,20 +155,23 @@ static int echo_server(unsigned port)
 	}
 	long n = echo(c);
 	close(c);
-	printf("@@SERVER_ECHOED %ld\n", n);
+	printf("@@SERVER_ECHOED %u %ld\n", port, n);
 	return n < 0;
 }
 
 static int vsock_client(unsigned cid, unsigned port, long bytes)
 {
+	/* The guest reaches the host (CID 2); anyone else reaches a guest. */
+	const char *tag = cid == 2 ? "GUEST_ECHO" : "HOST_ECHO";
+	const char *who = cid == 2 ? "GUEST" : "HOST";
 	double start = now();
 	for (;;) {
 		int s = socket(AF_VSOCK, SOCK_STREAM, 0);
 		struct sockaddr_vm a = { .svm_family = AF_VSOCK, .svm_port = port,
 					 .svm_cid = cid };
 		if (s >= 0 && connect(s, (struct sockaddr *)&a, sizeof a) == 0) {
-			printf("@@GUEST_CONNECTED after %.1f s\n", now() - start);
-			int r = exchange(s, bytes, "GUEST_ECHO");
+			printf("@@%s_CONNECTED to CID %u after %.1f s\n", who, cid, now() - start);
+			int r = exchange(s, bytes, tag);
 			close(s);
 			return r;
 		}
@@ -175,7 +179,7 @@ static int vsock_client(unsigned cid, unsigned port, long bytes)
 		if (s >= 0)
 			close(s);
 		if (now() - start > 120) {
-			printf("@@GUEST_ECHO_BAD connect %s\n", strerror(e));
+			printf("@@%s_BAD connect %s\n", tag, strerror(e));
 			return 1;
 		}
 		usleep(300000);

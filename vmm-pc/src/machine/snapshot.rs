@@ -122,7 +122,11 @@ impl PcMachine {
                  first)",
             ));
         }
-        if !self.disks.is_empty() || !self.nets.is_empty() || !self.vsocks.is_empty() {
+        if !self.disks.is_empty()
+            || !self.nets.is_empty()
+            || !self.vsocks.is_empty()
+            || !self.vhost_vsocks.is_empty()
+        {
             return Err(refused(
                 "snapshots of a machine with disks, network cards or vsock devices are not \
                  supported yet (a virtio device's queues are not captured)",

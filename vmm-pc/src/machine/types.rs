@@ -25,6 +25,8 @@ pub struct PcConfig {
     pub nets: Vec<crate::nets::NetConfig>,
     /// Socket devices, each a virtio-vsock-pci on a Unix socket.
     pub vsocks: Vec<crate::vsocks::VsockConfig>,
+    /// Socket devices on the host kernel's vhost-vsock.
+    pub vhost_vsocks: Vec<crate::vsocks::VhostVsockConfig>,
     /// An initrd/initramfs, if any.
     pub initrd: Option<PathBuf>,
     /// The kernel command line.

@@ -51,9 +51,11 @@ mod connection;
 mod device;
 mod muxer;
 pub mod packet;
+pub mod vhost;
 mod worker;
 
 pub use device::{VirtioVsock, VsockError, VsockHandle};
+pub use vhost::{VhostError, VhostVsock};
 
 /// The virtio device ID of a socket device.
 pub const VIRTIO_ID_VSOCK: u32 = 19;
