@@ -271,8 +271,21 @@ mod tests {
         // one rule) and connects them; the other workers do neither.
         let vsock = lists::vsock().unwrap();
         assert_eq!(vsock[&libc::SYS_socket].len(), 1);
-        for nr in [libc::SYS_socket, libc::SYS_connect, libc::SYS_accept4] {
+        for nr in [
+            libc::SYS_socket,
+            libc::SYS_connect,
+            libc::SYS_accept4,
+            libc::SYS_recvfrom,
+            libc::SYS_sendto,
+            libc::SYS_shutdown,
+        ] {
             assert!(has(&vsock, nr) && !has(&device, nr), "{nr}");
         }
+        // Its ioctls: the device workers' and FIONBIO and the vhost
+        // worker's eight.
+        assert_eq!(
+            vsock[&libc::SYS_ioctl].len(),
+            device[&libc::SYS_ioctl].len() + 1 + 8
+        );
     }
 }
