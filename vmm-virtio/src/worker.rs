@@ -68,9 +68,15 @@ impl Waiter {
     /// Blocks until something is ready; returns the tokens (the stop
     /// eventfd as [`STOP_TOKEN`]). Interrupted waits are retried.
     pub fn wait(&self) -> io::Result<Vec<u64>> {
+        self.wait_timeout(-1)
+    }
+
+    /// As [`Waiter::wait`], but for at most `ms` milliseconds (-1: no
+    /// limit): no tokens when the time ran out.
+    pub fn wait_timeout(&self, ms: i32) -> io::Result<Vec<u64>> {
         let mut events = [EpollEvent::default(); 8];
         loop {
-            match self.epoll.wait(-1, &mut events) {
+            match self.epoll.wait(ms, &mut events) {
                 Ok(n) => return Ok(events[..n].iter().map(EpollEvent::data).collect()),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),

@@ -66,6 +66,9 @@ pub(super) struct Connection {
     write_shut: bool,
     /// The guest asked for our credit.
     pub credit_requested: bool,
+    /// When it was made (a host-initiated one waits for the guest's
+    /// answer from then).
+    pub made: std::time::Instant,
 }
 
 impl Connection {
@@ -96,6 +99,7 @@ impl Connection {
             host_eof: false,
             write_shut: false,
             credit_requested: false,
+            made: std::time::Instant::now(),
         }
     }
 

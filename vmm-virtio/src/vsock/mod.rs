@@ -16,8 +16,10 @@
 //!   port (from 2^30 upward, one no connection uses) and sends the guest
 //!   a REQUEST from it to `<port>`. On the guest's RESPONSE the program
 //!   reads `OK <hostport>\n`, and from then on the socket is the
-//!   connection; on the guest's RST the socket is closed. Anything but a
-//!   well-formed line of at most [`MAX_CONNECT_LINE`] bytes closes it.
+//!   connection; on the guest's RST, or no answer within
+//!   [`CONNECT_TIMEOUT`] (then the guest gets an RST), the socket is
+//!   closed. Anything but a well-formed line of at most
+//!   [`MAX_CONNECT_LINE`] bytes closes it.
 //! - **Guest to host.** A REQUEST to CID 2 port P connects to the Unix
 //!   socket `PATH_P` (non-blocking); if there is none, or it refuses, or
 //!   its backlog is full, the guest gets an RST.
@@ -76,6 +78,9 @@ pub const CONN_BUF_ALLOC: u32 = 256 * 1024;
 pub const CREDIT_LOW: u32 = 64 * 1024;
 /// The longest `CONNECT <port>\n` line.
 pub const MAX_CONNECT_LINE: usize = 32;
+/// How long a host-initiated connection waits for the guest's answer to
+/// its REQUEST; then the guest gets an RST and the host socket is closed.
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// The first host port picked for host-initiated connections.
 pub const FIRST_HOST_PORT: u32 = 1 << 30;
 /// The most connections at once; REQUESTs beyond get an RST, host

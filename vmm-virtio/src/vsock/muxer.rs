@@ -18,7 +18,8 @@ use super::connection::{Connection, Flushed, State};
 use super::device::Counters;
 use super::packet::{op, shutdown, Header, HDR_LEN};
 use super::{
-    FIRST_HOST_PORT, MAX_CONNECTIONS, MAX_CONNECT_LINE, MAX_PENDING, MAX_PKT_LEN, MAX_UDS_PATH,
+    CONNECT_TIMEOUT, FIRST_HOST_PORT, MAX_CONNECTIONS, MAX_CONNECT_LINE, MAX_PENDING, MAX_PKT_LEN,
+    MAX_UDS_PATH,
 };
 use crate::worker::Waiter;
 
@@ -151,6 +152,30 @@ impl Muxer {
                 },
             );
             self.handshake(token, waiter);
+        }
+    }
+
+    /// Whether a host-initiated connection waits for the guest's answer
+    /// (the worker then wakes up now and then for [`Self::expire`]).
+    pub fn connecting(&self) -> bool {
+        self.conns.values().any(|c| c.state == State::Connecting)
+    }
+
+    /// Ends the host-initiated connections the guest has not answered
+    /// within [`CONNECT_TIMEOUT`]: an RST to the guest, the socket closed.
+    pub fn expire(&mut self, waiter: &Waiter) {
+        let late: Vec<Key> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.state == State::Connecting && c.made.elapsed() >= CONNECT_TIMEOUT)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in late {
+            log::debug!(
+                "vsock: guest port {} did not answer; connection dropped",
+                key.1
+            );
+            self.remove(key, waiter, true);
         }
     }
 

@@ -308,6 +308,28 @@ fn a_refused_or_malformed_host_connection_is_closed() {
 }
 
 #[test]
+fn a_request_the_guest_never_answers_times_out() {
+    let mut v = start("timeout");
+    let mut s = UnixStream::connect(&v.uds).unwrap();
+    s.write_all(b"CONNECT 77\n").unwrap();
+    let t = std::time::Instant::now();
+    let (h, _) = v.recv();
+    assert_eq!((h.op, h.dst_port), (op::REQUEST, 77));
+    // The guest says nothing: the host side is closed, the guest told.
+    assert!(closed(&mut s));
+    assert!(t.elapsed() >= CONNECT_TIMEOUT, "{:?}", t.elapsed());
+    let (r, _) = v.recv();
+    assert_eq!(
+        (r.op, r.src_port, r.dst_port),
+        (op::RST, h.src_port, 77),
+        "{r:?}"
+    );
+    // A late answer finds no connection.
+    v.send(to_host(77, h.src_port, op::RESPONSE), &[]);
+    assert_eq!(v.recv().0.op, op::RST);
+}
+
+#[test]
 fn the_guest_connects_to_a_host_socket_by_port() {
     let mut v = start("guest");
     let mut path = v.uds.clone().into_os_string();

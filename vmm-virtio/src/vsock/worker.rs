@@ -94,7 +94,9 @@ impl<M: Memory> VsockWorker<M> {
         self.process_tx(&waiter);
         self.process_rx(&waiter);
         loop {
-            let tokens = match waiter.wait() {
+            // Unanswered REQUESTs are checked on twice a second.
+            let limit = if self.muxer.connecting() { 500 } else { -1 };
+            let tokens = match waiter.wait_timeout(limit) {
                 Ok(t) => t,
                 Err(e) => {
                     log::error!("virtio-vsock: the worker cannot wait: {e}");
@@ -119,6 +121,7 @@ impl<M: Memory> VsockWorker<M> {
                     _ => {}
                 }
             }
+            self.muxer.expire(&waiter);
             self.process_rx(&waiter);
             if self.tx_paused && self.muxer.control_len() < MAX_CONTROL {
                 self.process_tx(&waiter);
