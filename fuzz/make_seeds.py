@@ -352,6 +352,20 @@ seed("migration_stream", "small",
                 ["vcpus", "irqchip", "kvm-pit", "clocks", "devices"])
      + u16(0))
 
+# vsock_packet: the guest's CID (one byte), then a transmit chain's bytes:
+# the 44-byte header (src_cid, dst_cid, src_port, dst_port, len, type, op,
+# flags, buf_alloc, fwd_cnt) and the payload.
+def vsock_hdr(src, dst, sport, dport, length, op, typ=1, flags=0, buf_alloc=65536, fwd=0):
+    return (u64(src) + u64(dst) + u32(sport) + u32(dport) + u32(length) + u16(typ)
+            + u16(op) + u32(flags) + u32(buf_alloc) + u32(fwd))
+
+
+seed("vsock_packet", "request", bytes([3]) + vsock_hdr(3, 2, 1000, 5678, 0, 1))
+seed("vsock_packet", "rw", bytes([3]) + vsock_hdr(3, 2, 1000, 5678, 5, 5) + b"hello")
+seed("vsock_packet", "shutdown", bytes([3]) + vsock_hdr(3, 2, 1000, 5678, 0, 4, flags=3))
+seed("vsock_packet", "credit-request", bytes([3]) + vsock_hdr(3, 2, 1000, 5678, 0, 7))
+seed("vsock_packet", "wrong-dst", bytes([3]) + vsock_hdr(3, 9, 1000, 5678, 0, 1))
+
 
 def main():
     for target, seeds in SEEDS.items():

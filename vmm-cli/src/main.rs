@@ -125,6 +125,27 @@ fn run(args: Args, devices: storage::Devices) -> Result<ExitReason> {
         Some(address) => Some(vmm_gdb::GdbListener::bind(address)?),
         None => None,
     };
+    // The socket devices' sockets, made now (a taken path fails before
+    // any KVM work) and removed on every way out of here (and by an exit
+    // notifier below, for the ways out that end the process at once):
+    // only while each path still names the socket made.
+    let mut vsock_sockets = OwnedSockets(Vec::new());
+    let mut vsocks = Vec::new();
+    for v in &devices.vsocks {
+        let (listener, socket) = vmm_qmp::endpoint::bind(&v.uds).with_context(|| {
+            format!(
+                "virtio-vsock-pci: cannot make a socket at {}",
+                v.uds.display()
+            )
+        })?;
+        vsock_sockets.0.push(socket);
+        vsocks.push(vmm_pc::vsocks::VsockConfig {
+            cid: v.cid,
+            uds: v.uds.clone(),
+            listener,
+            slot: v.slot,
+        });
+    }
     let kernel = args
         .kernel
         .clone()
@@ -170,11 +191,19 @@ fn run(args: Args, devices: storage::Devices) -> Result<ExitReason> {
         });
         start
     });
+    let vsock_thread_start = filters.as_ref().map(|f| {
+        let f = Arc::clone(f);
+        let start: vmm_virtio::worker::ThreadStart =
+            Arc::new(move || f.install(seccomp::Thread::Vsock).map_err(io::Error::other));
+        start
+    });
     let config = PcConfig {
         kernel: kernel.clone(),
         disks: devices.disks,
         nets: devices.nets,
         rngs: devices.rngs,
+        vsocks,
+        vhost_vsocks: devices.vhost_vsocks,
         initrd: args.initrd.clone(),
         cmdline: args.append.clone(),
         memory: args.memory,
@@ -201,6 +230,7 @@ fn run(args: Args, devices: storage::Devices) -> Result<ExitReason> {
         migration_thread_start,
         // A filtered VMM cannot start programs (`exec:` migration).
         spawn_allowed: filters.is_none(),
+        vsock_thread_start,
     };
     let build = move || PcMachine::build(config).context("cannot build the machine");
     let mut machine = match startup_step("build", build)? {
@@ -230,6 +260,11 @@ fn run(args: Args, devices: storage::Devices) -> Result<ExitReason> {
                 previous(info);
             }));
         }
+    }
+    for socket in vsock_sockets.0.clone() {
+        machine.exit_notifiers().add(move |_, _, _| {
+            socket.remove();
+        });
     }
     if let Some(path) = &args.qmp {
         let server = vmm_qmp::QmpServer::bind(
@@ -281,6 +316,18 @@ fn run(args: Args, devices: storage::Devices) -> Result<ExitReason> {
         log::warn!("{dropped} bytes of guest serial output were dropped (not read in time)");
     }
     result
+}
+
+/// Sockets the VMM made, removed when dropped if their paths still name
+/// them ([`vmm_qmp::SocketPath::remove`]).
+struct OwnedSockets(Vec<vmm_qmp::SocketPath>);
+
+impl Drop for OwnedSockets {
+    fn drop(&mut self) {
+        for s in &self.0 {
+            s.remove();
+        }
+    }
 }
 
 /// The gdb stub's thread on `listener` (`--gdb`), with its seccomp list;

@@ -9,6 +9,9 @@
 //!   drive given with `if=none`.
 //! - `--device ib700`, `--device i6300esb[,addr=SLOT]`: the watchdogs
 //!   (one of each at most).
+//! - `--device virtio-vsock-pci,guest-cid=N,uds=PATH[,addr=SLOT]`: a
+//!   socket device whose host side is a Unix socket made at PATH (which
+//!   must not exist) when the VMM starts.
 //! - `--device help` and `--device NAME,help` print what the registry knows.
 
 use std::collections::BTreeSet;
@@ -36,6 +39,22 @@ pub struct Devices {
     pub nets: Vec<NetConfig>,
     /// The entropy devices to build.
     pub rngs: Vec<RngConfig>,
+    /// The socket devices to build.
+    pub vsocks: Vec<VsockSpec>,
+    /// The socket devices on the host's vhost-vsock.
+    pub vhost_vsocks: Vec<vmm_pc::vsocks::VhostVsockConfig>,
+}
+
+/// A socket device as `--device virtio-vsock-pci` gives it; its socket is
+/// bound when the VMM starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VsockSpec {
+    /// The guest's CID.
+    pub cid: u64,
+    /// The listening socket's path.
+    pub uds: PathBuf,
+    /// The PCI slot (None: the first free one).
+    pub slot: Option<u8>,
 }
 
 /// What `--device` asked for: devices, or help printed by the caller.
@@ -245,6 +264,8 @@ pub fn resolve(
     let mut i6300esb = None;
     let mut nets: Vec<NetConfig> = Vec::new();
     let mut rngs: Vec<RngConfig> = Vec::new();
+    let mut vsocks: Vec<VsockSpec> = Vec::new();
+    let mut vhost_vsocks: Vec<vmm_pc::vsocks::VhostVsockConfig> = Vec::new();
     for spec in devices {
         let opts = parse_opts(spec, Some("driver")).map_err(|e| device_err(spec, e.to_string()))?;
         if opts.wants_help() {
@@ -326,6 +347,25 @@ pub fn resolve(
                 let slot = requested_slot(&request, spec)?;
                 rngs.push(RngConfig { limit, slot });
             }
+            "virtio-vsock-pci" => {
+                let v = vsock(&request, &vsocks).map_err(|why| device_err(spec, why))?;
+                if vhost_vsocks.iter().any(|h| h.cid == v.cid) {
+                    return Err(device_err(spec, cid_taken(v.cid)));
+                }
+                vsocks.push(v);
+            }
+            "vhost-vsock-pci" => {
+                let cid = request.u64("guest-cid").unwrap_or_default();
+                vmm_pc::vsocks::check_cid(cid).map_err(|e| {
+                    device_err(spec, format!("Property 'vhost-vsock-pci.guest-cid': {e}"))
+                })?;
+                if vsocks.iter().any(|v| v.cid == cid) || vhost_vsocks.iter().any(|v| v.cid == cid)
+                {
+                    return Err(device_err(spec, cid_taken(cid)));
+                }
+                let slot = requested_slot(&request, spec)?;
+                vhost_vsocks.push(vmm_pc::vsocks::VhostVsockConfig { cid, slot });
+            }
             "ib700" => {
                 if ib700 {
                     return Err(device_err(spec, "there can be only one ib700".into()));
@@ -353,6 +393,8 @@ pub fn resolve(
         .filter_map(|d| d.slot)
         .chain(nets.iter().filter_map(|n| n.slot))
         .chain(rngs.iter().filter_map(|r| r.slot))
+        .chain(vsocks.iter().filter_map(|v| v.slot))
+        .chain(vhost_vsocks.iter().filter_map(|v| v.slot))
         .chain(i6300esb.flatten());
     for s in wanted {
         if !slots.insert(s) {
@@ -378,7 +420,49 @@ pub fn resolve(
         i6300esb,
         nets,
         rngs,
+        vsocks,
+        vhost_vsocks,
     }))
+}
+
+fn cid_taken(cid: u64) -> String {
+    format!("guest-cid={cid} is used by another virtio-vsock-pci or vhost-vsock-pci")
+}
+
+/// A `virtio-vsock-pci` request, checked against the devices before it.
+fn vsock(request: &vmm_qom::DeviceRequest, before: &[VsockSpec]) -> Result<VsockSpec, String> {
+    use vmm_pc::vsocks::{check_cid, MAX_UDS_PATH};
+    let cid = request.u64("guest-cid").unwrap_or_default();
+    check_cid(cid).map_err(|e| format!("Property 'virtio-vsock-pci.guest-cid': {e}"))?;
+    if before.iter().any(|v| v.cid == cid) {
+        return Err(cid_taken(cid));
+    }
+    let uds = PathBuf::from(request.str("uds").unwrap_or_default());
+    let len = uds.as_os_str().len();
+    if len == 0 || len > MAX_UDS_PATH {
+        return Err(format!(
+            "Property 'virtio-vsock-pci.uds': a socket path is 1 to {MAX_UDS_PATH} bytes, not {len}"
+        ));
+    }
+    if std::fs::symlink_metadata(&uds).is_ok() {
+        return Err(format!(
+            "Property 'virtio-vsock-pci.uds': '{}' already exists",
+            uds.display()
+        ));
+    }
+    if before.iter().any(|v| v.uds == uds) {
+        return Err(format!(
+            "Property 'virtio-vsock-pci.uds': '{}' is used by another virtio-vsock-pci",
+            uds.display()
+        ));
+    }
+    let slot = match request.str("addr") {
+        Some(addr) => Some(parse_slot(addr).ok_or_else(|| {
+            format!("Parameter 'addr' expects a PCI slot 1-31 (hex), not '{addr}'")
+        })?),
+        None => None,
+    };
+    Ok(VsockSpec { cid, uds, slot })
 }
 
 #[cfg(test)]
@@ -577,6 +661,70 @@ mod tests {
             err(&[], &["virtio-rng-pci,addr=3", "ib700", "i6300esb,addr=3"])
                 .contains("is used twice")
         );
+    }
+
+    #[test]
+    fn socket_devices_are_checked_before_anything_is_made() {
+        let dir = std::env::temp_dir().join(format!("vmm-storage-vsock-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let a = dir.join("a.sock");
+        let b = dir.join("b.sock");
+        let spec = |cid: &str, path: &std::path::Path| {
+            format!("virtio-vsock-pci,guest-cid={cid},uds={}", path.display())
+        };
+        let Storage::Devices(d) =
+            run(&[], &[&spec("3", &a), &(spec("0x10", &b) + ",addr=6")]).unwrap()
+        else {
+            panic!("help?")
+        };
+        assert_eq!(
+            d.vsocks,
+            [
+                VsockSpec {
+                    cid: 3,
+                    uds: a.clone(),
+                    slot: None
+                },
+                VsockSpec {
+                    cid: 16,
+                    uds: b.clone(),
+                    slot: Some(6)
+                },
+            ]
+        );
+        for (cid, want) in [
+            ("2", "guest CID 2 is out of range (3 to 4294967294)"),
+            ("0", "guest CID 0 is out of range"),
+            ("4294967296", "guest CID 4294967296 is out of range"),
+        ] {
+            let e = err(&[], &[&spec(cid, &a)]);
+            assert!(e.contains(want), "{e}");
+        }
+        assert!(err(&[], &[&spec("3", &a), &spec("3", &b)])
+            .ends_with("guest-cid=3 is used by another virtio-vsock-pci or vhost-vsock-pci"));
+        assert!(err(&[], &["vhost-vsock-pci,guest-cid=5", &spec("5", &a)])
+            .ends_with("guest-cid=5 is used by another virtio-vsock-pci or vhost-vsock-pci"));
+        assert!(err(&[], &[&spec("5", &a), "vhost-vsock-pci,guest-cid=5"])
+            .ends_with("guest-cid=5 is used by another virtio-vsock-pci or vhost-vsock-pci"));
+        assert!(err(&[], &["vhost-vsock-pci,guest-cid=1"]).contains("guest CID 1 is out of range"));
+        let Storage::Devices(d) = run(&[], &["vhost-vsock-pci,guest-cid=9,addr=4"]).unwrap() else {
+            panic!("help?")
+        };
+        assert_eq!(
+            d.vhost_vsocks,
+            [vmm_pc::vsocks::VhostVsockConfig {
+                cid: 9,
+                slot: Some(4)
+            }]
+        );
+        assert!(err(&[], &[&spec("3", &a), &spec("4", &a)])
+            .contains("is used by another virtio-vsock-pci"));
+        let long = dir.join("x".repeat(120));
+        assert!(err(&[], &[&spec("3", &long)]).contains("a socket path is 1 to 107 bytes"));
+        std::fs::write(&a, b"").unwrap();
+        assert!(err(&[], &[&spec("3", &a)]).contains("already exists"));
+        assert!(err(&[], &["virtio-vsock-pci,guest-cid=3"]).contains("uds"));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -405,6 +405,18 @@ fn bad_command_lines_are_refused() {
         (&["--kernel", "K", "--device", "virtio-rng-pci,period=0"], Vmm, "'period' parameter expects a positive integer", false),
         (&["--kernel", "K", "--device", "virtio-rng-pci,max-bytes=0"], Vmm, "'max-bytes' parameter must be non-zero", false),
         (&["--kernel", "K", "--device", "virtio-rng-pci,max-bytes=lots"], Vmm, "Parameter 'max-bytes' expects a number", false),
+        // Socket devices (--device virtio-vsock-pci), refused before anything
+        // is built; the socket is made before the kernel is read.
+        (&["--kernel", "K", "--device", "virtio-vsock-pci,guest-cid=2,uds=/tmp/vmm-bad-v.sock"], Vmm, "guest CID 2 is out of range (3 to 4294967294)", false),
+        (&["--kernel", "K", "--device", "virtio-vsock-pci,guest-cid=4294967296,uds=/tmp/vmm-bad-v.sock"], Vmm, "guest CID 4294967296 is out of range", false),
+        (&["--kernel", "K", "--device", "virtio-vsock-pci,uds=/tmp/vmm-bad-v.sock"], Vmm, "Property 'virtio-vsock-pci.guest-cid' is required", false),
+        (&["--kernel", "K", "--device", "virtio-vsock-pci,guest-cid=3"], Vmm, "Property 'virtio-vsock-pci.uds' is required", false),
+        (&["--kernel", "K", "--device", "virtio-vsock-pci,guest-cid=3,uds=FILE"], Vmm, "already exists", false),
+        (&["--kernel", "K", "--device", "virtio-vsock-pci,guest-cid=3,uds=LONG"], Vmm, "a socket path is 1 to 107 bytes, not 5000", false),
+        (&["--kernel", "K", "--device", "virtio-vsock-pci,guest-cid=3,uds=/tmp/vmm-bad-a.sock", "--device", "virtio-vsock-pci,guest-cid=3,uds=/tmp/vmm-bad-b.sock"], Vmm, "guest-cid=3 is used by another virtio-vsock-pci or vhost-vsock-pci", false),
+        (&["--kernel", "K", "--device", "virtio-vsock-pci,guest-cid=3,uds=/nonexistent/dir/v.sock"], Vmm, "virtio-vsock-pci: cannot make a socket at /nonexistent/dir/v.sock", false),
+        (&["--kernel", "K", "--device", "vhost-vsock-pci,guest-cid=2"], Vmm, "guest CID 2 is out of range", false),
+        (&["--kernel", "K", "--device", "vhost-vsock-pci,guest-cid=3", "--device", "virtio-vsock-pci,guest-cid=3,uds=/tmp/vmm-bad-c.sock"], Vmm, "guest-cid=3 is used by another virtio-vsock-pci or vhost-vsock-pci", false),
         (&["--kernel", "K", "--action", "watchdog=bogus"], Vmm, "Parameter 'watchdog' does not accept value 'bogus'", false),
         (&["--kernel", "K", "--action", "frob=1"], Vmm, "Invalid parameter 'frob'", false),
         (&["--kernel", "K", "--incoming", "bogus"], Vmm, "--incoming bogus: unknown migration protocol: bogus", false),
@@ -459,6 +471,10 @@ fn bad_command_lines_are_refused() {
             "file=ODD" => format!("file={}", path(&odd)),
             "file=QCOW" => format!("file={}", path(&qcow)),
             "file=ROFILE" => format!("file={}", path(&rofile)),
+            a if a.ends_with(",uds=FILE") => {
+                a.replace(",uds=FILE", &format!(",uds={}", path(&file)))
+            }
+            a if a.ends_with(",uds=LONG") => a.replace(",uds=LONG", &format!(",uds={long}")),
             other => other.to_owned(),
         }
     };
@@ -483,4 +499,32 @@ fn bad_command_lines_are_refused() {
             }
         }
     }
+}
+
+/// A vhost-vsock-pci on a host without `/dev/vhost-vsock` (this one) is a
+/// one-line error naming the device, status 1.
+#[test]
+fn vhost_vsock_without_the_host_device_is_one_line() {
+    if std::path::Path::new("/dev/vhost-vsock").exists() {
+        eprintln!("SKIP vhost_vsock_without_the_host_device_is_one_line: this host has one");
+        return;
+    }
+    if !kvm("vhost_vsock_without_the_host_device_is_one_line") {
+        return;
+    }
+    let dir = TempDir::new("vhost");
+    let elf = dir.file("hello.elf", &vmm_pc::test_guests::hello_reset("x"));
+    let o = run_kernel(
+        &elf,
+        &[
+            "--serial",
+            "none",
+            "--device",
+            "vhost-vsock-pci,guest-cid=3",
+        ],
+    );
+    assert_one_line_error(
+        &o,
+        "vhost-vsock-pci with guest-cid=3: cannot open /dev/vhost-vsock: No such file or directory",
+    );
 }

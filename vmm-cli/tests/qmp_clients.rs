@@ -265,6 +265,40 @@ fn query_pci_lists_the_host_bridge() {
     assert!(o.status.success(), "{}", stderr(&o));
 }
 
+/// A virtio-vsock-pci is on the bus as QEMU shows one: 1af4:1053, a
+/// communication controller (0x0780), in the slot asked for.
+#[test]
+fn query_pci_lists_a_vsock_device() {
+    if !kvm("query_pci_vsock") {
+        return;
+    }
+    let dir = TempDir::new("qmp-pci-vsock");
+    let device = format!(
+        "virtio-vsock-pci,guest-cid=7,uds={},addr=5",
+        dir.0.join("v.sock").display()
+    );
+    let (child, sock) = spawn(
+        &dir,
+        &test_guests::hello_spin("spin\n"),
+        &["--serial", "none", "--device", &device],
+    );
+    let mut c = Client::connect(&sock);
+    let pci = c.execute("query-pci")["return"].clone();
+    let vsock = pci[0]["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["slot"] == 5)
+        .unwrap_or_else(|| panic!("no slot 5: {pci}"));
+    assert_eq!(vsock["id"]["vendor"], 0x1af4, "{vsock}");
+    assert_eq!(vsock["id"]["device"], 0x1053, "{vsock}");
+    assert_eq!(vsock["class_info"]["class"], 0x0780, "{vsock}");
+    assert_eq!(c.execute("quit"), json!({"return": {}}));
+    let o = wait(child);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!dir.0.join("v.sock").exists());
+}
+
 fn fd_count(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()

@@ -140,6 +140,33 @@ fn every_thread_has_its_own_filter() {
     }
 }
 
+/// A socket device's worker (made at build time, parked until a driver
+/// starts the device, which this guest never does) has its own filter,
+/// one, like every other thread.
+#[test]
+fn a_vsock_devices_worker_has_its_own_filter() {
+    if !kvm("seccomp_vsock_worker") {
+        return;
+    }
+    let dir = TempDir::new("seccomp-vsock");
+    let device = format!(
+        "virtio-vsock-pci,guest-cid=3,uds={}",
+        dir.0.join("v.sock").display()
+    );
+    let report = thread_report("seccomp-vsock-threads", &["--device", &device]);
+    let names: Vec<&str> = report.keys().map(String::as_str).collect();
+    assert_eq!(
+        names,
+        ["serial out", "vcpu 0", "vcpu 1", "virtio-vsock", "vmm"],
+        "{report:?}"
+    );
+    let (mode, filters, nnp) = &report["virtio-vsock"];
+    assert_eq!((mode.as_str(), nnp.as_str()), ("2", "1"), "{report:?}");
+    if !filters.is_empty() {
+        assert_eq!(filters, "1", "one filter: {report:?}");
+    }
+}
+
 #[test]
 fn off_installs_no_filter() {
     if !kvm("seccomp_off") {

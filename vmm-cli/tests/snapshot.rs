@@ -235,7 +235,7 @@ fn a_machine_with_a_disk_is_not_snapshotted_yet() {
     let jobs = c.execute("query-jobs");
     assert!(
         jobs["return"][0]["error"].as_str().unwrap().contains(
-            "with virtio devices (disks, network cards, virtio-rng) are not supported yet"
+            "with virtio devices (disks, network cards, virtio-rng, vsock) are not supported yet"
         ),
         "{jobs}"
     );
@@ -244,4 +244,46 @@ fn a_machine_with_a_disk_is_not_snapshotted_yet() {
     c.execute("quit");
     let o = wait(child);
     assert!(o.status.success(), "{}", stderr(&o));
+}
+
+#[test]
+fn a_machine_with_a_vsock_device_is_not_snapshotted_and_its_socket_goes_at_exit() {
+    if !kvm("snapshot_vsock") {
+        return;
+    }
+    let dir = TempDir::new("snapshot-vsock");
+    let uds = dir.0.join("v.sock");
+    let device = format!("virtio-vsock-pci,guest-cid=3,uds={}", uds.display());
+    let (child, sock) = spawn(
+        &dir,
+        &test_guests::counter(DELAY),
+        &["--serial", "none", "--device", &device],
+    );
+    let mut c = Client::connect(&sock);
+    {
+        use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+        let meta = std::fs::symlink_metadata(&uds).unwrap();
+        assert!(meta.file_type().is_socket());
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    }
+    let file = dir.0.join("vm.snap");
+    c.execute_with(
+        "snapshot-save",
+        json!({"job-id": "s", "tag": "t", "vmstate": file.to_str().unwrap(), "devices": []}),
+    );
+    assert_eq!(statuses(&mut c, "s").last().unwrap(), "concluded");
+    let jobs = c.execute("query-jobs");
+    assert!(
+        jobs["return"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("virtio-rng, vsock) are not supported yet"),
+        "{jobs}"
+    );
+    assert!(!file.exists(), "nothing written");
+    assert_eq!(c.status()["status"], "running");
+    c.execute("quit");
+    let o = wait(child);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!uds.exists(), "the socket is removed at exit");
 }

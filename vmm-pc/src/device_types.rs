@@ -113,6 +113,67 @@ pub const VIRTIO_RNG_PCI: DeviceType = DeviceType {
     ],
 };
 
+/// `virtio-vsock-pci`: a socket device whose host side is a Unix socket
+/// (Firecracker's protocol: `CONNECT <port>` on the socket, `PATH_<port>`
+/// for the guest's connections).
+pub const VIRTIO_VSOCK_PCI: DeviceType = DeviceType {
+    name: "virtio-vsock-pci",
+    bus: Bus::Pci,
+    category: Category::Misc,
+    desc: "Virtio socket device (virtio 1.x, modern PCI) on a Unix socket",
+    user_creatable: true,
+    props: &[
+        PropSpec {
+            name: "guest-cid",
+            kind: PropKind::U64,
+            default: None,
+            required: true,
+            help: "the guest's context ID (3 to 4294967294), unique on this host",
+        },
+        PropSpec {
+            name: "uds",
+            kind: PropKind::Str,
+            default: None,
+            required: true,
+            help: "Unix socket made for host connections (CONNECT <port>); the guest's go to PATH_<port>",
+        },
+        PropSpec {
+            name: "addr",
+            kind: PropKind::Str,
+            default: None,
+            required: false,
+            help: "PCI slot (1-31, hex as QEMU: addr=05 or addr=0x5)",
+        },
+    ],
+};
+
+/// `vhost-vsock-pci`: a socket device served by the host kernel's
+/// vhost-vsock (`/dev/vhost-vsock`): the guest's sockets are the host's
+/// AF_VSOCK sockets.
+pub const VHOST_VSOCK_PCI: DeviceType = DeviceType {
+    name: "vhost-vsock-pci",
+    bus: Bus::Pci,
+    category: Category::Misc,
+    desc: "Virtio socket device (virtio 1.x, modern PCI) on the host kernel's vhost-vsock",
+    user_creatable: true,
+    props: &[
+        PropSpec {
+            name: "guest-cid",
+            kind: PropKind::U64,
+            default: None,
+            required: true,
+            help: "the guest's context ID (3 to 4294967294), unique on this host",
+        },
+        PropSpec {
+            name: "addr",
+            kind: PropKind::Str,
+            default: None,
+            required: false,
+            help: "PCI slot (1-31, hex as QEMU: addr=05 or addr=0x5)",
+        },
+    ],
+};
+
 /// `ib700`: the IB700 watchdog (ISA, ports 0x441-0x443).
 pub const IB700: DeviceType = DeviceType {
     name: "ib700",
@@ -186,6 +247,8 @@ pub const TYPES: &[DeviceType] = &[
     VIRTIO_BLK_PCI,
     VIRTIO_NET_PCI,
     VIRTIO_RNG_PCI,
+    VIRTIO_VSOCK_PCI,
+    VHOST_VSOCK_PCI,
     IB700,
     I6300ESB,
 ];

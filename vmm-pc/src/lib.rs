@@ -27,6 +27,7 @@ pub mod test_guests;
 #[cfg(test)]
 mod test_util;
 pub mod virtio;
+pub mod vsocks;
 
 pub use control::{
     BlockInfo, BlockIoError, Command, CpuInfo, CpuText, DeviceInfo, GdbRequest, MachineEvent,

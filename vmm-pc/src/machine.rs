@@ -163,6 +163,10 @@ pub struct PcMachine {
     nets: Vec<crate::virtio::Nic>,
     /// The entropy devices.
     rngs: Vec<crate::virtio::Rng>,
+    /// The socket devices.
+    vsocks: Vec<crate::virtio::Vsock>,
+    /// The socket devices on the host's vhost-vsock: (CID, slot).
+    vhost_vsocks: Vec<(u64, u8)>,
     /// The gdb stub's client and where its stops go.
     gdb: gdb::GdbState,
     /// The guest asked for S3 while not running (a `stop` came first):
@@ -402,6 +406,21 @@ impl PcMachine {
             taps,
             config.device_thread_start.clone(),
         )?;
+        // The socket devices, on the listeners the front end bound.
+        let vsocks = crate::virtio::add_vsocks(
+            &vm,
+            &mut lock(&devices.pci),
+            &mut slots,
+            config.vsocks,
+            config.vsock_thread_start.clone(),
+        )?;
+        let vhost_vsocks = crate::virtio::add_vhost_vsocks(
+            &vm,
+            &mut lock(&devices.pci),
+            &mut slots,
+            &config.vhost_vsocks,
+            config.vsock_thread_start.clone(),
+        )?;
         // The entropy devices.
         let rngs = crate::virtio::add_rngs(
             &vm,
@@ -466,6 +485,8 @@ impl PcMachine {
             autostart: !config.start_paused,
             nets,
             rngs,
+            vsocks,
+            vhost_vsocks,
             gdb: gdb::GdbState::default(),
             suspend_requested: false,
         })

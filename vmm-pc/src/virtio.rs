@@ -1,6 +1,7 @@
 //! Virtio devices on the PC: each disk a virtio-blk-pci, each network card
-//! a virtio-net-pci and each entropy device a virtio-rng-pci (vmm-virtio)
-//! on the root bus, connected to KVM through the transport's three seams:
+//! a virtio-net-pci, each entropy device a virtio-rng-pci and each socket
+//! device a virtio-vsock-pci or vhost-vsock-pci (vmm-virtio) on the root
+//! bus, connected to KVM through the transport's three seams:
 //!
 //! - MSI-X messages go out with `KVM_SIGNAL_MSI`, from whichever thread the
 //!   transport decides on (the device's worker, or a vCPU unmasking a
@@ -25,6 +26,7 @@ use vmm_sys_util::eventfd::EventFd;
 use vmm_virtio::blk::{BlockConfig, BlockEvents, BlockHandle, ErrorPolicy, VirtioBlk};
 use vmm_virtio::net::{MacAddr, NetHandle, VirtioNet};
 use vmm_virtio::rng::{HostRandom, RateLimit, RngHandle, VirtioRng};
+use vmm_virtio::vsock::{VhostVsock, VirtioVsock, VsockHandle};
 use vmm_virtio::worker::ThreadStart;
 use vmm_virtio::{Doorbells, IntxLine, MsiSender, TransportSeams, VirtioDevice, VirtioPciDevice};
 
@@ -66,6 +68,33 @@ pub enum VirtioError {
     /// An entropy device could not be put on the bus.
     #[error("virtio-rng-pci")]
     Rng(#[source] PlugError),
+    /// A socket device could not be made or put on the bus.
+    #[error("virtio-vsock-pci with guest-cid={cid}")]
+    Vsock {
+        /// Its guest CID.
+        cid: u64,
+        /// Why.
+        #[source]
+        source: PlugError,
+    },
+    /// A socket device refused its configuration.
+    #[error("virtio-vsock-pci with guest-cid={cid}")]
+    VsockConfig {
+        /// Its guest CID.
+        cid: u64,
+        /// Why.
+        #[source]
+        source: vmm_virtio::vsock::VsockError,
+    },
+    /// The host's vhost-vsock could not be had for a socket device.
+    #[error("vhost-vsock-pci with guest-cid={cid}")]
+    Vhost {
+        /// Its guest CID.
+        cid: u64,
+        /// Why.
+        #[source]
+        source: vmm_virtio::vsock::VhostError,
+    },
     /// A network card could not be put on the bus.
     #[error("netdev {id}: virtio-net-pci")]
     Net {
@@ -389,6 +418,74 @@ pub fn add_rngs(
             .plug(vm, root, "virtio-rng-pci", Box::new(rng), slot)
             .map_err(err)?;
         built.push(Rng { slot, handle });
+    }
+    Ok(built)
+}
+
+/// A socket device the machine built.
+#[derive(Debug, Clone)]
+pub struct Vsock {
+    /// The guest's CID.
+    pub cid: u64,
+    /// Its listening socket's path.
+    pub uds: std::path::PathBuf,
+    /// Its PCI slot.
+    pub slot: u8,
+    /// The device's counters.
+    pub handle: VsockHandle,
+}
+
+/// Adds a virtio-vsock-pci for each of `vsocks`, on its bound listener;
+/// each worker thread runs `thread_start` first.
+pub fn add_vsocks(
+    vm: &Vm,
+    root: &mut PciRoot,
+    slots: &mut Slots,
+    vsocks: Vec<crate::vsocks::VsockConfig>,
+    thread_start: Option<ThreadStart>,
+) -> Result<Vec<Vsock>, VirtioError> {
+    let mut built = Vec::new();
+    for v in vsocks {
+        let cid = v.cid;
+        let err = |source: PlugError| VirtioError::Vsock { cid, source };
+        let device = VirtioVsock::new(cid, v.listener, &v.uds, thread_start.clone())
+            .map_err(|source| VirtioError::VsockConfig { cid, source })?;
+        let handle = device.handle();
+        let slot = Slots::slot(root, v.slot).map_err(|e| err(e.into()))?;
+        slots
+            .plug(vm, root, "virtio-vsock-pci", Box::new(device), slot)
+            .map_err(err)?;
+        built.push(Vsock {
+            cid,
+            uds: v.uds,
+            slot,
+            handle,
+        });
+    }
+    Ok(built)
+}
+
+/// Adds a vhost-vsock-pci for each of `vhosts` (each opens
+/// `/dev/vhost-vsock` and takes its CID now); each worker thread runs
+/// `thread_start` first. Returns their CIDs and slots.
+pub fn add_vhost_vsocks(
+    vm: &Vm,
+    root: &mut PciRoot,
+    slots: &mut Slots,
+    vhosts: &[crate::vsocks::VhostVsockConfig],
+    thread_start: Option<ThreadStart>,
+) -> Result<Vec<(u64, u8)>, VirtioError> {
+    let mut built = Vec::new();
+    for v in vhosts {
+        let cid = v.cid;
+        let device = VhostVsock::open(cid, thread_start.clone())
+            .map_err(|source| VirtioError::Vhost { cid, source })?;
+        let err = |source: PlugError| VirtioError::Vsock { cid, source };
+        let slot = Slots::slot(root, v.slot).map_err(|e| err(e.into()))?;
+        slots
+            .plug(vm, root, "vhost-vsock-pci", Box::new(device), slot)
+            .map_err(err)?;
+        built.push((cid, slot));
     }
     Ok(built)
 }

@@ -46,8 +46,9 @@ impl SocketPath {
 }
 
 /// Creates a listening socket at `path`, mode 0600, non-blocking. The
-/// path must not exist.
-pub(crate) fn bind(path: &Path) -> std::io::Result<(UnixListener, SocketPath)> {
+/// path must not exist. (QMP's, and the VMM's other sockets: a vsock
+/// device's.)
+pub fn bind(path: &Path) -> std::io::Result<(UnixListener, SocketPath)> {
     // The socket is created 0600 (no window in which others may connect).
     // SAFETY: umask only swaps the process's file-creation mask; no memory
     // is involved. Other threads creating files meanwhile would get the

@@ -25,6 +25,10 @@ insmod /modules/kvm.ko
 insmod /modules/kvm-amd.ko 2>/dev/null || insmod /modules/kvm-intel.ko 2>/dev/null
 # Taps for the VMM's network cards (--netdev tap): /dev/net/tun.
 [ -e /modules/tun.ko ] && insmod /modules/tun.ko
+# /dev/vhost-vsock for the VMM's vhost-vsock-pci (and AF_VSOCK in L1).
+for m in vsock vmw_vsock_virtio_transport_common vhost_iotlb vhost vhost_vsock; do
+  [ -e /modules/$m.ko ] && insmod /modules/$m.ko
+done
 # Disks the job brought (Job::l1_disks) appear as /dev/vda...
 for m in virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk; do
   [ -e /modules/$m.ko ] && insmod /modules/$m.ko
@@ -175,7 +179,19 @@ pub fn l1_initramfs(
 ) -> Result<Vec<u8>, TestbedError> {
     let mut extra: Vec<(String, Vec<u8>, u32)> = Vec::new();
     // tun (when the guest files have it) for the VMM's taps.
-    let kvm = ["irqbypass", "kvm", "kvm-amd", "kvm-intel", "tun"];
+    // vhost-vsock (when the guest files have it) for vhost-vsock-pci.
+    let kvm = [
+        "irqbypass",
+        "kvm",
+        "kvm-amd",
+        "kvm-intel",
+        "tun",
+        "vsock",
+        "vmw_vsock_virtio_transport_common",
+        "vhost_iotlb",
+        "vhost",
+        "vhost_vsock",
+    ];
     let virtio = crate::initramfs::VIRTIO_BLOCK_MODULES;
     let wanted: Vec<&str> = if job.l1_disks.is_empty() {
         kvm.to_vec()

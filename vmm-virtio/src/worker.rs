@@ -42,6 +42,20 @@ impl Waiter {
         )
     }
 
+    /// Adds a socket with `token`, edge-triggered, for reading and
+    /// writing (and the peer's hang-up): after each event the owner tries
+    /// both ways until they would block.
+    pub fn add_stream(&self, fd: &impl AsRawFd, token: u64) -> io::Result<()> {
+        self.epoll.ctl(
+            ControlOperation::Add,
+            fd.as_raw_fd(),
+            EpollEvent::new(
+                EventSet::IN | EventSet::OUT | EventSet::READ_HANG_UP | EventSet::EDGE_TRIGGERED,
+                token,
+            ),
+        )
+    }
+
     /// Stops watching `fd`.
     pub fn remove(&self, fd: &impl AsRawFd) -> io::Result<()> {
         self.epoll.ctl(
@@ -54,9 +68,15 @@ impl Waiter {
     /// Blocks until something is ready; returns the tokens (the stop
     /// eventfd as [`STOP_TOKEN`]). Interrupted waits are retried.
     pub fn wait(&self) -> io::Result<Vec<u64>> {
+        self.wait_timeout(-1)
+    }
+
+    /// As [`Waiter::wait`], but for at most `ms` milliseconds (-1: no
+    /// limit): no tokens when the time ran out.
+    pub fn wait_timeout(&self, ms: i32) -> io::Result<Vec<u64>> {
         let mut events = [EpollEvent::default(); 8];
         loop {
-            match self.epoll.wait(-1, &mut events) {
+            match self.epoll.wait(ms, &mut events) {
                 Ok(n) => return Ok(events[..n].iter().map(EpollEvent::data).collect()),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),

@@ -10,8 +10,10 @@
 //!   modules/*.ko           kvm, kvm-amd, kvm-intel, irqbypass; evdev, button;
 //!                          pvpanic, pvpanic-mmio; virtio, virtio_pci...,
 //!                          virtio_blk; watchdog, wdat_wdt; failover,
-//!                          net_failover, virtio_net; tun; virtio-rng
-//!                          (decompressed)
+//!                          net_failover, virtio_net; tun; virtio-rng;
+//!                          vsock, vmw_vsock_virtio_transport_common,
+//!                          vmw_vsock_virtio_transport; vhost_iotlb, vhost,
+//!                          vhost_vsock (decompressed)
 //!   manifest.txt           file, package, version, sha256, source; written last
 //!
 //!   rootfs.img             with --rootfs: an ext4 root disk (root=/dev/vda)
@@ -46,7 +48,10 @@ const BUSYBOX_PACKAGE: &str = "busybox-static";
 /// driver that finds `--device i6300esb`), which the Linux watchdog tests
 /// load; virtio-net and its dependencies for a guest's network card, and
 /// tun for the tap L1 gives the nested VMM; virtio-rng for
-/// `--device virtio-rng-pci` (the hw_random core is built in).
+/// `--device virtio-rng-pci` (the hw_random core is built in); the vsock
+/// core and its virtio transport for a guest's virtio-vsock-pci, and
+/// vhost-vsock (with vhost and vhost_iotlb) for L1's `/dev/vhost-vsock`
+/// under a vhost-vsock-pci.
 const MODULES: &[&str] = &[
     "irqbypass",
     "kvm",
@@ -69,6 +74,12 @@ const MODULES: &[&str] = &[
     "virtio_net",
     "tun",
     "virtio-rng",
+    "vsock",
+    "vmw_vsock_virtio_transport_common",
+    "vmw_vsock_virtio_transport",
+    "vhost_iotlb",
+    "vhost",
+    "vhost_vsock",
 ];
 const MANIFEST: &str = "manifest.txt";
 

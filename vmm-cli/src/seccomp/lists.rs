@@ -238,6 +238,41 @@ pub(super) fn device() -> Result<Rules, seccompiler::Error> {
     Ok(r)
 }
 
+/// A socket device's worker (vmm-virtio's vsock): a device worker that
+/// also serves Unix sockets. It accepts host connections on the listening
+/// socket bound at start-up (accept4, then FIONBIO to make each
+/// non-blocking), reads them and writes them (std's `read` and `write` on
+/// a socket are `recvfrom` and `sendto` with MSG_NOSIGNAL), shuts a write side when
+/// the guest is done sending, and, for a guest's REQUEST to host port P,
+/// makes a non-blocking AF_UNIX stream socket and connects it to
+/// `PATH_P`. No other socket family or type.
+pub(super) fn vsock() -> Result<Rules, seccompiler::Error> {
+    let mut r = device()?;
+    allow(
+        &mut r,
+        &[
+            libc::SYS_accept4,
+            libc::SYS_connect,
+            libc::SYS_recvfrom,
+            libc::SYS_sendto,
+            libc::SYS_shutdown,
+        ],
+    );
+    let stream = (libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC) as u64;
+    allow_if(
+        &mut r,
+        libc::SYS_socket,
+        &[&[(0, Eq, libc::AF_UNIX as u64), (1, Eq, stream)]],
+    )?;
+    allow_ioctls(&mut r, &[FIONBIO])?;
+    // A vhost-vsock-pci's worker gives the kernel's vhost-vsock the
+    // features, guest RAM and rings when the guest starts the device, and
+    // starts and stops it (the device file is opened, owned and given its
+    // CID on the main thread at build time).
+    allow_ioctls(&mut r, &vmm_virtio::vsock::vhost::worker_ioctls())?;
+    Ok(r)
+}
+
 /// The gdb stub's thread (vmm-gdb, `--gdb`): accepts one client at a
 /// time on the listening socket made at start-up, reads and writes its
 /// packets, polls it beside the stop eventfd while the guest runs, and

@@ -66,6 +66,9 @@ pub enum Thread {
     SerialOut,
     /// A device's worker (virtio).
     Device,
+    /// A socket device's worker (virtio-vsock): a device's list and Unix
+    /// sockets.
+    Vsock,
     /// The gdb stub (`--gdb`).
     Gdb,
     /// The migration thread.
@@ -79,6 +82,7 @@ impl Thread {
             Self::Vcpu => "vcpu",
             Self::SerialOut => "serial",
             Self::Device => "device",
+            Self::Vsock => "vsock",
             Self::Gdb => "gdb",
             Self::Migration => "migration",
         }
@@ -92,6 +96,7 @@ pub struct Filters {
     vcpu: BpfProgram,
     serial: BpfProgram,
     device: BpfProgram,
+    vsock: BpfProgram,
     gdb: BpfProgram,
     migration: BpfProgram,
     /// Debug builds only: the thread that makes a forbidden call once its
@@ -134,6 +139,7 @@ impl Filters {
             vcpu: compile(lists::vcpu()?, &mismatch)?,
             serial: compile(lists::serial()?, &mismatch)?,
             device: compile(lists::device()?, &mismatch)?,
+            vsock: compile(lists::vsock()?, &mismatch)?,
             gdb: compile(lists::gdb()?, &mismatch)?,
             migration: compile(lists::migration()?, &mismatch)?,
             forbidden: test_forbidden(),
@@ -152,6 +158,7 @@ impl Filters {
             Thread::Vcpu => &self.vcpu,
             Thread::SerialOut => &self.serial,
             Thread::Device => &self.device,
+            Thread::Vsock => &self.vsock,
             Thread::Gdb => &self.gdb,
             Thread::Migration => &self.migration,
         };
@@ -178,6 +185,7 @@ fn test_forbidden() -> Option<Thread> {
         "serial" => Some(Thread::SerialOut),
         "device" => Some(Thread::Device),
         "migration" => Some(Thread::Migration),
+        "vsock" => Some(Thread::Vsock),
         _ => None,
     }
 }
@@ -202,6 +210,7 @@ mod tests {
                 lists::vcpu(),
                 lists::serial(),
                 lists::device(),
+                lists::vsock(),
                 lists::gdb(),
                 lists::migration(),
             ] {
@@ -283,5 +292,25 @@ mod tests {
                 assert!(!has(r, nr), "{nr}");
             }
         }
+        // Only a socket device's worker makes sockets (AF_UNIX streams,
+        // one rule) and connects them; the other workers do neither.
+        let vsock = lists::vsock().unwrap();
+        assert_eq!(vsock[&libc::SYS_socket].len(), 1);
+        for nr in [
+            libc::SYS_socket,
+            libc::SYS_connect,
+            libc::SYS_accept4,
+            libc::SYS_recvfrom,
+            libc::SYS_sendto,
+            libc::SYS_shutdown,
+        ] {
+            assert!(has(&vsock, nr) && !has(&device, nr), "{nr}");
+        }
+        // Its ioctls: the device workers' and FIONBIO and the vhost
+        // worker's eight.
+        assert_eq!(
+            vsock[&libc::SYS_ioctl].len(),
+            device[&libc::SYS_ioctl].len() + 1 + 8
+        );
     }
 }

@@ -94,6 +94,20 @@ pub fn test_initrd(
     modules: &[&str],
     with_probe: bool,
 ) -> std::path::PathBuf {
+    let probe = with_probe.then(|| build_static(dir, "clockprobe"));
+    let programs: Vec<(&str, &Path)> = probe.iter().map(|p| ("clockprobe", p.as_path())).collect();
+    test_initrd_with(g, dir, script, modules, &programs)
+}
+
+/// [`test_initrd`] with `programs` (guest name, host file) as `/NAME`,
+/// executable.
+pub fn test_initrd_with(
+    g: &GuestFiles,
+    dir: &common::TempDir,
+    script: &str,
+    modules: &[&str],
+    programs: &[(&str, &Path)],
+) -> std::path::PathBuf {
     let init = format!(
         "#!/bin/sh\n\
          mount -t proc proc /proc\n\
@@ -111,9 +125,8 @@ pub fn test_initrd(
             )
         })
         .collect();
-    if with_probe {
-        let probe = std::fs::read(build_static(dir, "clockprobe")).unwrap();
-        extra.push(("clockprobe".to_owned(), probe, 0o755));
+    for (name, path) in programs {
+        extra.push(((*name).to_owned(), std::fs::read(path).unwrap(), 0o755));
     }
     let busybox = std::fs::read(&g.busybox).unwrap();
     dir.file(

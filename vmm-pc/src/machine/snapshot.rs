@@ -128,10 +128,15 @@ impl PcMachine {
                  first)",
             ));
         }
-        if !self.disks.is_empty() || !self.nets.is_empty() || !self.rngs.is_empty() {
+        if !self.disks.is_empty()
+            || !self.nets.is_empty()
+            || !self.rngs.is_empty()
+            || !self.vsocks.is_empty()
+            || !self.vhost_vsocks.is_empty()
+        {
             return Err(refused(
-                "snapshots of a machine with virtio devices (disks, network cards, virtio-rng) \
-                 are not supported yet (a virtio device's queues are not captured)",
+                "snapshots of a machine with virtio devices (disks, network cards, virtio-rng, \
+                 vsock) are not supported yet (a virtio device's queues are not captured)",
             ));
         }
         Ok(())

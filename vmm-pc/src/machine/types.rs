@@ -25,6 +25,10 @@ pub struct PcConfig {
     pub nets: Vec<crate::nets::NetConfig>,
     /// Entropy devices, each a virtio-rng-pci on the host's `getrandom`.
     pub rngs: Vec<crate::virtio::RngConfig>,
+    /// Socket devices, each a virtio-vsock-pci on a Unix socket.
+    pub vsocks: Vec<crate::vsocks::VsockConfig>,
+    /// Socket devices on the host kernel's vhost-vsock.
+    pub vhost_vsocks: Vec<crate::vsocks::VhostVsockConfig>,
     /// An initrd/initramfs, if any.
     pub initrd: Option<PathBuf>,
     /// The kernel command line.
@@ -72,6 +76,9 @@ pub struct PcConfig {
     /// Whether the VMM may start programs once it runs (`exec:`
     /// migration); false under seccomp filters.
     pub spawn_allowed: bool,
+    /// The same for socket devices' workers, whose list adds the Unix
+    /// socket calls (accept, connect) the others need not have.
+    pub vsock_thread_start: Option<vmm_virtio::worker::ThreadStart>,
 }
 
 /// What a guest-initiated reset does.
@@ -109,6 +116,7 @@ impl std::fmt::Debug for PcConfig {
             .field("stop_on_error", &self.stop_on_error)
             .field("vcpu_thread_start", &self.vcpu_thread_start.is_some())
             .field("disks", &self.disks)
+            .field("vsocks", &self.vsocks)
             .finish_non_exhaustive()
     }
 }

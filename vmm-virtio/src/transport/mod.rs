@@ -116,6 +116,9 @@ fn class_of(device_type: u32) -> (u8, u8, u8) {
         2 => (0x01, 0x00, 0x00),
         // Simple communication controller, other (console).
         3 => (0x07, 0x80, 0x00),
+        // Simple communication controller, other (QEMU's for
+        // vhost-vsock-pci too).
+        19 => (0x07, 0x80, 0x00),
         _ => (0xff, 0x00, 0x00),
     }
 }

@@ -1,0 +1,220 @@
+//! A socket device under Debian's kernel: virtio-vsock-pci on a Unix
+//! socket, with the guest's own vsock core and virtio transport (loaded
+//! from the test initramfs), both ways, through Firecracker's protocol.
+//! Nested here (the Unix sockets live in L1, beside the VMM); directly
+//! on hardware KVM too.
+
+use vmm_testbed::{HostKvm, Job};
+
+mod common;
+mod linux_common;
+
+use linux_common::{build_static, guest, nested_retry, run, test_initrd_with};
+
+/// The guest's drivers, in dependency order.
+const MODULES: &[&str] = &[
+    "virtio_ring",
+    "virtio",
+    "virtio_pci_legacy_dev",
+    "virtio_pci_modern_dev",
+    "virtio_pci",
+    "vsock",
+    "vmw_vsock_virtio_transport_common",
+    "vmw_vsock_virtio_transport",
+];
+
+/// How many bytes go each way, echoed back and compared byte for byte.
+const BYTES: usize = 1 << 20;
+
+/// The guest (CID 3) runs an echo server on vsock port 1234; a host
+/// program beside the VMM connects through the device's socket with
+/// `CONNECT 1234`, gets `OK <port>`, sends 1 MiB and checks the echo.
+/// The other way, a host program listens on `PATH_5678` and echoes; the
+/// guest connects to CID 2 port 5678, sends 1 MiB and checks the echo.
+/// The guest also reads its CID from the driver, and the socket is gone
+/// once the VMM has ended.
+#[test]
+fn debian_talks_to_the_host_over_vsock_both_ways() {
+    let test = "debian_talks_to_the_host_over_vsock_both_ways";
+    nested_retry(test, || {
+        let Some(g) = guest(test) else { return };
+        for m in MODULES {
+            assert!(
+                g.module(m).exists(),
+                "{test}: no {m}.ko in the guest files (cargo xtask guest refreshes them)"
+            );
+        }
+        let dir = common::TempDir::new(test);
+        let probe = build_static(&dir, "vsockprobe");
+        let script = format!(
+            "for m in {modules}; do insmod /$m.ko; done\n\
+             /vsockprobe echo-server 1234 &\n\
+             server=$!\n\
+             /vsockprobe vsock-client 2 5678 {BYTES}\n\
+             wait $server\n\
+             echo @@DONE\n\
+             poweroff -f",
+            modules = MODULES.join(" "),
+        );
+        let initrd = test_initrd_with(&g, &dir, &script, MODULES, &[("vsockprobe", &probe)]);
+        // The VMM's socket (made by the VMM) and the host program's
+        // listener for guest port 5678's connections, in L1's /tmp.
+        let companion = format!(
+            "cd /job\n\
+             ./vsockprobe uds-echo /tmp/v.sock_5678 >/tmp/uds-echo.out 2>&1 &\n\
+             echo_pid=$!\n\
+             i=0; while [ ! -S /tmp/v.sock ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done\n\
+             [ -S /tmp/v.sock ] && echo @@SOCKET_MADE\n\
+             ./vsockprobe uds-client /tmp/v.sock 1234 {BYTES}\n\
+             wait $echo_pid\n\
+             cat /tmp/uds-echo.out\n\
+             i=0; while pidof vmm >/dev/null && [ $i -lt 300 ]; do sleep 1; i=$((i+1)); done\n\
+             [ -e /tmp/v.sock ] || echo @@SOCKET_REMOVED"
+        );
+        let job = Job::new([
+            "--kernel",
+            "kernel",
+            "--initrd",
+            "initrd",
+            "--memory",
+            "256M",
+            "--device",
+            "virtio-vsock-pci,guest-cid=3,uds=/tmp/v.sock",
+        ])
+        .file("kernel", &g.bzimage)
+        .file("initrd", &initrd)
+        .file("vsockprobe", &probe)
+        .companion(&companion)
+        .timeout(std::time::Duration::from_secs(420));
+        let out = run(test, &g, &job);
+        let c = &out.console;
+        for l in c.lines().filter(|l| l.trim_start().starts_with("@@")) {
+            eprintln!("{test}: {}", l.trim());
+        }
+        assert!(
+            c.contains("@@DONE"),
+            "{test}: no @@DONE\n{c}\nstderr:\n{}",
+            out.stderr
+        );
+        assert_eq!(out.status, Some(0), "{test}: {}", out.stderr);
+        assert!(c.contains("@@SOCKET_MADE"), "{test}: the VMM's socket\n{c}");
+        assert!(
+            c.contains("@@SERVER_LISTENING 1234"),
+            "{test}: guest server\n{c}"
+        );
+        let host_ok = format!("@@HOST_ECHO_OK {BYTES}");
+        assert!(c.contains(&host_ok), "{test}: host to guest echo\n{c}");
+        assert!(
+            c.contains(&format!("@@SERVER_ECHOED 1234 {BYTES}")),
+            "{test}: the guest's server saw every byte\n{c}"
+        );
+        let guest_ok = format!("@@GUEST_ECHO_OK {BYTES}");
+        assert!(c.contains(&guest_ok), "{test}: guest to host echo\n{c}");
+        assert!(
+            c.contains(&format!("@@UDS_ECHOED {BYTES}")),
+            "{test}: the host's listener saw every byte\n{c}"
+        );
+        // The host port the device picked is from 2^30 up.
+        let port: u64 = c
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("@@HOST_CONNECTED OK "))
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("{test}: no OK line\n{c}"));
+        assert!(port >= 1 << 30, "{test}: host port {port}");
+        assert!(
+            c.contains("@@SOCKET_REMOVED"),
+            "{test}: socket left at exit\n{c}"
+        );
+        assert!(!c.contains("_BAD"), "{test}: a probe failed\n{c}");
+    });
+}
+
+/// The same exchange on `vhost-vsock-pci`: the host kernel's vhost-vsock
+/// moves the packets, and the host side is L1's own AF_VSOCK sockets: a
+/// program in L1 connects to CID 3 port 1234, and L1 listens on port 5678
+/// for the guest's connection to CID 2. Nested only: L1 has
+/// `/dev/vhost-vsock` (this host has none, and on another host CID 3
+/// might be taken).
+#[test]
+fn debian_talks_to_l1_over_vhost_vsock() {
+    let test = "debian_talks_to_l1_over_vhost_vsock";
+    if HostKvm::detect() != HostKvm::Pvm {
+        eprintln!("SKIP {test}: runs only nested (it needs L1's /dev/vhost-vsock)");
+        return;
+    }
+    nested_retry(test, || {
+        let Some(g) = guest(test) else { return };
+        for m in MODULES
+            .iter()
+            .chain(&["vhost_iotlb", "vhost", "vhost_vsock"])
+        {
+            assert!(
+                g.module(m).exists(),
+                "{test}: no {m}.ko in the guest files (cargo xtask guest refreshes them)"
+            );
+        }
+        let dir = common::TempDir::new(test);
+        let probe = build_static(&dir, "vsockprobe");
+        let script = format!(
+            "for m in {modules}; do insmod /$m.ko; done\n\
+             /vsockprobe echo-server 1234 &\n\
+             server=$!\n\
+             /vsockprobe vsock-client 2 5678 {BYTES}\n\
+             wait $server\n\
+             echo @@DONE\n\
+             poweroff -f",
+            modules = MODULES.join(" "),
+        );
+        let initrd = test_initrd_with(&g, &dir, &script, MODULES, &[("vsockprobe", &probe)]);
+        let companion = format!(
+            "cd /job\n\
+             [ -c /dev/vhost-vsock ] && echo @@L1_VHOST_VSOCK\n\
+             ./vsockprobe echo-server 5678 >/tmp/l1-echo.out 2>&1 &\n\
+             echo_pid=$!\n\
+             ./vsockprobe vsock-client 3 1234 {BYTES}\n\
+             wait $echo_pid\n\
+             cat /tmp/l1-echo.out\n\
+             i=0; while pidof vmm >/dev/null && [ $i -lt 300 ]; do sleep 1; i=$((i+1)); done"
+        );
+        let job = Job::new([
+            "--kernel",
+            "kernel",
+            "--initrd",
+            "initrd",
+            "--memory",
+            "256M",
+            "--device",
+            "vhost-vsock-pci,guest-cid=3",
+        ])
+        .file("kernel", &g.bzimage)
+        .file("initrd", &initrd)
+        .file("vsockprobe", &probe)
+        .companion(&companion)
+        .timeout(std::time::Duration::from_secs(420));
+        let out = run(test, &g, &job);
+        let c = &out.console;
+        for l in c.lines().filter(|l| l.trim_start().starts_with("@@")) {
+            eprintln!("{test}: {}", l.trim());
+        }
+        assert!(
+            c.contains("@@L1_VHOST_VSOCK"),
+            "{test}: L1 has no /dev/vhost-vsock\n{c}"
+        );
+        assert!(
+            c.contains("@@DONE"),
+            "{test}: no @@DONE\n{c}\nstderr:\n{}",
+            out.stderr
+        );
+        assert_eq!(out.status, Some(0), "{test}: {}", out.stderr);
+        for want in [
+            format!("@@HOST_ECHO_OK {BYTES}"),
+            format!("@@SERVER_ECHOED 1234 {BYTES}"),
+            format!("@@GUEST_ECHO_OK {BYTES}"),
+            format!("@@SERVER_ECHOED 5678 {BYTES}"),
+        ] {
+            assert!(c.contains(&want), "{test}: no {want}\n{c}");
+        }
+        assert!(!c.contains("_BAD"), "{test}: a probe failed\n{c}");
+    });
+}

@@ -1,0 +1,314 @@
+//! One connection between a guest port and a host Unix socket: its state,
+//! its credit both ways, and the bytes from the guest waiting for the
+//! socket.
+
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::net::Shutdown;
+use std::num::Wrapping;
+use std::os::unix::net::UnixStream;
+
+use super::packet::{op, shutdown, Header};
+use super::{CONN_BUF_ALLOC, CREDIT_LOW};
+
+/// Where a connection is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum State {
+    /// Host-initiated: the REQUEST is sent, the guest's answer awaited.
+    Connecting,
+    /// Bytes flow.
+    Established,
+    /// The guest shut both ways: the bytes it sent are written out, then
+    /// the device sends RST and forgets the connection.
+    Closing,
+}
+
+/// What became of a write to the socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Flushed {
+    /// Everything written (or the socket is full for now).
+    Ok,
+    /// The socket failed: the connection must go (RST).
+    Failed,
+}
+
+/// A connection, by (host port, guest port).
+#[derive(Debug)]
+pub(super) struct Connection {
+    pub stream: UnixStream,
+    pub token: u64,
+    pub host_port: u32,
+    pub guest_port: u32,
+    pub state: State,
+    /// Bytes the guest sent, ever.
+    rx_cnt: Wrapping<u32>,
+    /// Of those, the bytes the socket took.
+    fwd_cnt: Wrapping<u32>,
+    /// The `fwd_cnt` the guest last heard.
+    fwd_cnt_told: Wrapping<u32>,
+    /// Bytes sent to the guest, ever.
+    tx_cnt: Wrapping<u32>,
+    /// The guest's receive buffer and what it has consumed of it.
+    peer_buf_alloc: u32,
+    peer_fwd_cnt: Wrapping<u32>,
+    /// From the guest, not yet written to the socket.
+    out: VecDeque<u8>,
+    /// `OK <port>\n`, written before anything else.
+    greeting: Vec<u8>,
+    /// Edge-triggered readiness, as last seen.
+    pub readable: bool,
+    pub writable: bool,
+    /// SHUTDOWN flags the guest sent.
+    pub peer_shut: u32,
+    /// The socket said end of file (the guest was told SHUTDOWN SEND).
+    pub host_eof: bool,
+    /// The socket's write side is shut (after the guest's SHUTDOWN SEND).
+    write_shut: bool,
+    /// The guest asked for our credit.
+    pub credit_requested: bool,
+    /// When it was made (a host-initiated one waits for the guest's
+    /// answer from then).
+    pub made: std::time::Instant,
+}
+
+impl Connection {
+    pub fn new(
+        stream: UnixStream,
+        token: u64,
+        host_port: u32,
+        guest_port: u32,
+        state: State,
+    ) -> Self {
+        Self {
+            stream,
+            token,
+            host_port,
+            guest_port,
+            state,
+            rx_cnt: Wrapping(0),
+            fwd_cnt: Wrapping(0),
+            fwd_cnt_told: Wrapping(0),
+            tx_cnt: Wrapping(0),
+            peer_buf_alloc: 0,
+            peer_fwd_cnt: Wrapping(0),
+            out: VecDeque::new(),
+            greeting: Vec::new(),
+            readable: true,
+            writable: true,
+            peer_shut: 0,
+            host_eof: false,
+            write_shut: false,
+            credit_requested: false,
+            made: std::time::Instant::now(),
+        }
+    }
+
+    /// A packet to the guest on this connection, carrying our credit.
+    pub fn header(&mut self, guest_cid: u64, op: u16) -> Header {
+        self.fwd_cnt_told = self.fwd_cnt;
+        Header {
+            buf_alloc: CONN_BUF_ALLOC,
+            fwd_cnt: self.fwd_cnt.0,
+            ..Header::to_guest(guest_cid, self.host_port, self.guest_port, op)
+        }
+    }
+
+    /// The guest's credit, as its latest packet gives it.
+    pub fn peer_credit_from(&mut self, h: &Header) {
+        self.peer_buf_alloc = h.buf_alloc;
+        self.peer_fwd_cnt = Wrapping(h.fwd_cnt);
+    }
+
+    /// How many more bytes the guest can take.
+    pub fn peer_credit(&self) -> u32 {
+        let in_flight = (self.tx_cnt - self.peer_fwd_cnt).0;
+        self.peer_buf_alloc.saturating_sub(in_flight)
+    }
+
+    /// Whether the device should read the socket for the guest now.
+    pub fn wants_rx(&self) -> bool {
+        self.state == State::Established
+            && self.readable
+            && !self.host_eof
+            && self.peer_shut & shutdown::RCV == 0
+            && self.peer_credit() > 0
+    }
+
+    /// Whether the guest should hear our credit: it asked, or it believes
+    /// less than [`CREDIT_LOW`] is free while more is.
+    pub fn wants_credit_update(&self) -> bool {
+        if self.state == State::Connecting {
+            return false;
+        }
+        let believed_free = CONN_BUF_ALLOC.saturating_sub((self.rx_cnt - self.fwd_cnt_told).0);
+        self.credit_requested || (believed_free < CREDIT_LOW && self.fwd_cnt != self.fwd_cnt_told)
+    }
+
+    /// Takes a payload from the guest; false if it is beyond the credit
+    /// we gave (the guest broke the protocol).
+    pub fn take(&mut self, data: &[u8]) -> bool {
+        let buffered = (self.rx_cnt - self.fwd_cnt).0 as usize;
+        if buffered + data.len() > CONN_BUF_ALLOC as usize {
+            return false;
+        }
+        self.out.extend(data);
+        self.rx_cnt += Wrapping(data.len() as u32);
+        true
+    }
+
+    /// Queues `OK <port>\n` for the host side.
+    pub fn greet(&mut self) {
+        self.greeting = format!("OK {}\n", self.host_port).into_bytes();
+    }
+
+    /// Writes what waits to the socket, as much as it takes; then, if the
+    /// guest will send no more and all is written, shuts the socket's
+    /// write side.
+    pub fn flush(&mut self) -> Flushed {
+        while self.writable && !(self.greeting.is_empty() && self.out.is_empty()) {
+            let written = if self.greeting.is_empty() {
+                let (a, _) = self.out.as_slices();
+                self.stream.write(a)
+            } else {
+                self.stream.write(&self.greeting)
+            };
+            match written {
+                Ok(0) => return Flushed::Failed,
+                Ok(n) if !self.greeting.is_empty() => {
+                    self.greeting.drain(..n.min(self.greeting.len()));
+                }
+                Ok(n) => {
+                    self.out.drain(..n);
+                    self.fwd_cnt += Wrapping(n as u32);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.writable = false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    log::debug!("vsock: port {}: cannot write: {e}", self.host_port);
+                    return Flushed::Failed;
+                }
+            }
+        }
+        if self.drained() && self.peer_shut & shutdown::SEND != 0 && !self.write_shut {
+            self.write_shut = true;
+            let _ = self.stream.shutdown(Shutdown::Write);
+        }
+        Flushed::Ok
+    }
+
+    /// Whether nothing waits for the socket.
+    pub fn drained(&self) -> bool {
+        self.greeting.is_empty() && self.out.is_empty()
+    }
+
+    /// Whether both ways are done: the guest sends no more and everything
+    /// it sent is written, and the host side said end of file (or the
+    /// guest receives no more).
+    pub fn finished(&self) -> bool {
+        self.drained()
+            && self.peer_shut & shutdown::SEND != 0
+            && (self.host_eof || self.peer_shut & shutdown::RCV != 0)
+    }
+
+    /// Reads up to `buf.len()` bytes (no more than the guest's credit)
+    /// for an RW packet: `Ok(0)` at end of file, `WouldBlock` when none
+    /// waits.
+    pub fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = buf.len().min(self.peer_credit() as usize);
+        match self.stream.read(&mut buf[..n]) {
+            Ok(n) => {
+                self.tx_cnt += Wrapping(n as u32);
+                Ok(n)
+            }
+            Err(e) => {
+                if e.kind() == io::ErrorKind::WouldBlock {
+                    self.readable = false;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// The RW header for `len` bytes just read.
+    pub fn rw_header(&mut self, guest_cid: u64, len: usize) -> Header {
+        Header {
+            len: len as u32,
+            ..self.header(guest_cid, op::RW)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn() -> (Connection, UnixStream) {
+        let (a, b) = UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        (Connection::new(a, 9, 5000, 1234, State::Established), b)
+    }
+
+    #[test]
+    fn the_guests_credit_bounds_what_is_read() {
+        let (mut c, mut peer) = conn();
+        assert_eq!(c.peer_credit(), 0);
+        assert!(!c.wants_rx(), "no credit before the guest gives some");
+        c.peer_credit_from(&Header {
+            buf_alloc: 10,
+            fwd_cnt: 0,
+            ..Header::default()
+        });
+        peer.write_all(&[1; 32]).unwrap();
+        let mut buf = [0u8; 64];
+        assert_eq!(c.read(&mut buf).unwrap(), 10);
+        assert_eq!(c.peer_credit(), 0);
+        assert!(!c.wants_rx());
+        c.peer_credit_from(&Header {
+            buf_alloc: 10,
+            fwd_cnt: 4,
+            ..Header::default()
+        });
+        assert_eq!(c.peer_credit(), 4);
+        assert_eq!(c.read(&mut buf).unwrap(), 4);
+    }
+
+    #[test]
+    fn our_credit_bounds_what_the_guest_may_send_and_updates_follow_writes() {
+        let (mut c, mut peer) = conn();
+        let chunk = vec![7u8; 64 * 1024];
+        for _ in 0..4 {
+            assert!(c.take(&chunk));
+        }
+        assert!(!c.take(&[1]), "past buf_alloc");
+        assert!(!c.wants_credit_update(), "nothing written yet");
+        // The socket takes some: the guest, which believes nothing is
+        // free, hears of it.
+        assert_eq!(c.flush(), Flushed::Ok);
+        let mut got = vec![0u8; 300 * 1024];
+        peer.set_nonblocking(true).unwrap();
+        let n = peer.read(&mut got).unwrap();
+        assert!(n > 0);
+        let _ = c.flush();
+        assert!(c.wants_credit_update());
+        let h = c.header(3, op::CREDIT_UPDATE);
+        assert_eq!(h.buf_alloc, CONN_BUF_ALLOC);
+        assert!(h.fwd_cnt > 0);
+        assert!(!c.wants_credit_update(), "told");
+        assert!(c.take(&[1; 100]), "room again");
+    }
+
+    #[test]
+    fn the_greeting_goes_first_and_shutdown_follows_the_last_byte() {
+        let (mut c, mut peer) = conn();
+        c.greet();
+        assert!(c.take(b"hi"));
+        c.peer_shut = shutdown::SEND;
+        assert_eq!(c.flush(), Flushed::Ok);
+        let mut s = String::new();
+        peer.read_to_string(&mut s).unwrap();
+        assert_eq!(s, "OK 5000\nhi", "then end of file");
+        assert!(!c.finished(), "the host side has not said end of file");
+        c.host_eof = true;
+        assert!(c.finished());
+    }
+}
