@@ -157,7 +157,14 @@ fn a_vsock_devices_worker_has_its_own_filter() {
     let names: Vec<&str> = report.keys().map(String::as_str).collect();
     assert_eq!(
         names,
-        ["serial out", "vcpu 0", "vcpu 1", "virtio-vsock", "vmm"],
+        [
+            "migration",
+            "serial out",
+            "vcpu 0",
+            "vcpu 1",
+            "virtio-vsock",
+            "vmm"
+        ],
         "{report:?}"
     );
     let (mode, filters, nnp) = &report["virtio-vsock"];

@@ -199,7 +199,7 @@ where
     let done = EventFd::new(libc::EFD_CLOEXEC).map_err(setup)?;
     let done_tx = done.try_clone().map_err(setup)?;
     let (tx, rx) = std::sync::mpsc::sync_channel::<T>(1);
-    std::thread::Builder::new()
+    let worker = std::thread::Builder::new()
         .name(name.into())
         .spawn(move || {
             // Wakes the waiter however the step ends, a panic included.
@@ -240,7 +240,12 @@ where
             }
         }
         if fds[1].revents != 0 {
-            return rx.recv().map_err(|_| InterruptibleError::Panicked(name));
+            let value = rx.recv().map_err(|_| InterruptibleError::Panicked(name));
+            // The step is over: its thread is on its way out. Waiting for
+            // it leaves no unfiltered thread behind once seccomp goes in
+            // (a panic was already reported through the channel).
+            let _ = worker.join();
+            return value;
         }
     }
 }
