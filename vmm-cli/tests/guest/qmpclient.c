@@ -6,6 +6,9 @@
  *
  *   qmpclient SOCKET STEP...
  *     COMMAND            {"execute": COMMAND}; waits for its reply
+ *     {...}              this request as it is (a command with arguments);
+ *                        waits for its reply
+ *     line:TEXT          waits for a line from the server holding TEXT
  *     sleep:SECONDS      sleeps
  *     event:NAME         waits for event NAME
  *     file:PATH:TEXT     waits until file PATH contains TEXT
@@ -82,8 +85,12 @@ static char *line(void)
 
 static int send_command(const char *cmd)
 {
-	char req[512];
-	int n = snprintf(req, sizeof req, "{\"execute\": \"%s\"}\n", cmd);
+	char req[2048];
+	int n = cmd[0] == '{'
+		? snprintf(req, sizeof req, "%s\n", cmd)
+		: snprintf(req, sizeof req, "{\"execute\": \"%s\"}\n", cmd);
+	if (n < 0 || n >= (int)sizeof req)
+		return -1;
 	if (write(fd, req, n) != n)
 		return -1;
 	for (;;) {
@@ -111,6 +118,18 @@ static int wait_event(const char *name)
 		if (!l)
 			return -1;
 		if (strstr(l, want) || strstr(l, want2))
+			return 0;
+		remember(l);
+	}
+}
+
+static int wait_line(const char *text)
+{
+	for (;;) {
+		char *l = line();
+		if (!l)
+			return -1;
+		if (strstr(l, text))
 			return 0;
 		remember(l);
 	}
@@ -164,6 +183,8 @@ int main(int argc, char **argv)
 			double s = atof(step + 6);
 			struct timespec d = { (time_t)s, (long)((s - (time_t)s) * 1e9) };
 			nanosleep(&d, NULL);
+		} else if (!strncmp(step, "line:", 5)) {
+			rc = wait_line(step + 5);
 		} else if (!strncmp(step, "event:", 6)) {
 			rc = wait_event(step + 6);
 		} else if (!strncmp(step, "file:", 5)) {
