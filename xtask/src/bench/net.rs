@@ -502,20 +502,34 @@ pub fn run(ctx: &Ctx) -> Result<Vec<Section>> {
         );
         return Ok(vec![s]);
     }
-    let (rows, vhost, notes) = boots(runs, sizes)?;
-    Ok(vec![section(&rows, runs, sizes, vhost, notes)])
+    let (rows, notes) = boots(runs, sizes)?;
+    Ok(vec![section(&rows, runs, sizes, notes)])
+}
+
+/// Why QEMU's vhost=on rows are missing, if they are: `vhost` is what L1
+/// said about `/dev/vhost-net`, `shipped` the modules for it the job
+/// brought.
+fn vhost_note(vhost: Option<bool>, shipped: &[&str]) -> Option<String> {
+    let why = match vhost {
+        Some(true) => return None,
+        None => "L1 never said whether it had /dev/vhost-net".to_owned(),
+        Some(false) if shipped.is_empty() => format!(
+            "L1 has no /dev/vhost-net: its kernel has vhost_net as a module, and the guest files \
+             carry none of {} (`cargo xtask guest` does not fetch them)",
+            VHOST_MODULES.join(", ")
+        ),
+        Some(false) => format!(
+            "L1 has no /dev/vhost-net, even after loading {} from the guest files",
+            shipped.join(", ")
+        ),
+    };
+    Some(format!("QEMU vhost=on: not measured: {why}."))
 }
 
 /// The report's section: per vCPU count and per QEMU measured, ours beside
 /// it on each row (rate; for the streams host CPU per GiB, whole and
 /// outside guest mode).
-fn section(
-    rows: &[RowLine],
-    runs: usize,
-    sizes: Sizes,
-    vhost: Option<bool>,
-    notes: Vec<String>,
-) -> Section {
+fn section(rows: &[RowLine], runs: usize, sizes: Sizes, notes: Vec<String>) -> Section {
     let mut s = Section::new(
         "net",
         "Network: virtio-net-pci on a tap, TCP between a Linux guest and L1 (nested: both VMMs \
@@ -549,15 +563,6 @@ fn section(
         "Nested, every exit of L2 goes through L1's TCG-emulated SVM and L1's own network stack \
          runs under TCG: compare the two VMMs with each other, not with hardware figures.",
     );
-    match vhost {
-        Some(true) => {}
-        Some(false) => s.note(
-            "QEMU vhost=on: not measured: L1 has no /dev/vhost-net (the guest files carry no \
-             vhost_net.ko, vhost.ko, vhost_iotlb.ko or tap.ko for L1's kernel, and \
-             `cargo xtask guest` does not fetch them).",
-        ),
-        None => s.note("QEMU vhost=on: not measured: L1 never said whether it had /dev/vhost-net."),
-    }
     for &cpus in sizes.cpus {
         let measured = |vmm: Option<Vmm>| {
             rows.iter()
@@ -648,9 +653,9 @@ fn guest_initrd(guest: &GuestFiles, dir: &Path, tool: &Path, secs: u32) -> Resul
 }
 
 /// Boots every VMM `runs` times per vCPU count (see the module docs);
-/// returns the rows of the good boots, whether L1 had vhost-net, and the
-/// notes (sessions, failures).
-fn boots(runs: usize, sizes: Sizes) -> Result<(Vec<RowLine>, Option<bool>, Vec<String>)> {
+/// returns the rows of the good boots and the notes (sessions, vhost-net,
+/// failures).
+fn boots(runs: usize, sizes: Sizes) -> Result<(Vec<RowLine>, Vec<String>)> {
     let guest = GuestFiles::default_location()?;
     for m in MODULES.iter().chain(&["tun"]) {
         if !guest.module(m).exists() {
@@ -667,16 +672,19 @@ fn boots(runs: usize, sizes: Sizes) -> Result<(Vec<RowLine>, Option<bool>, Vec<S
     let mut failures: Vec<Failure> = Vec::new();
     let mut notes = Vec::new();
     let mut vhost = None;
+    let shipped: Vec<&str> = VHOST_MODULES
+        .iter()
+        .copied()
+        .filter(|m| guest.module(m).exists())
+        .collect();
     for session in 1..=SESSIONS {
         let mut job = Job::new(["--version"])
             .file("bzImage", &guest.bzimage)
             .file("initrd", &initrd)
             .file(TOOL, &tool)
             .with_qemu();
-        for m in VHOST_MODULES {
-            if guest.module(m).exists() {
-                job = job.file(&format!("{m}.ko"), &guest.module(m));
-            }
+        for m in &shipped {
+            job = job.file(&format!("{m}.ko"), &guest.module(m));
         }
         // A boot: some 20-40 s nested, plus its rows.
         let per_boot = 60 + 3 * u64::from(sizes.secs);
@@ -737,6 +745,7 @@ fn boots(runs: usize, sizes: Sizes) -> Result<(Vec<RowLine>, Option<bool>, Vec<S
             break;
         }
     }
+    notes.extend(vhost_note(vhost, &shipped));
     let failed = |vmm: Vmm| failures.iter().filter(|f| f.label.vmm == vmm).count();
     notes.push(format!(
         "failed boots (not retried, left out of the figures): ours {}, QEMU vhost=off {}, QEMU \
@@ -774,7 +783,7 @@ fn boots(runs: usize, sizes: Sizes) -> Result<(Vec<RowLine>, Option<bool>, Vec<S
             );
         }
     }
-    Ok((good, vhost, notes))
+    Ok((good, notes))
 }
 
 #[cfg(test)]
