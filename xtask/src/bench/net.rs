@@ -277,7 +277,8 @@ fn script(boots: &[Label]) -> String {
 }
 
 /// The L2 guest's `/init`: the virtio-net driver, the address, the load,
-/// a reboot.
+/// its exit status, a reboot (a second later: `reboot -f` drops what the
+/// console's driver has not sent yet, the load's last lines with it).
 fn init_script(secs: u32) -> String {
     format!(
         "#!/bin/sh\n\
@@ -291,6 +292,8 @@ fn init_script(secs: u32) -> String {
          ip addr add {GUEST_ADDR}/24 dev eth0\n\
          ip link set eth0 up\n\
          /{TOOL} client {HOST_ADDR} {PORT} {secs}\n\
+         echo \"@@NET-EXIT $?\"\n\
+         sleep 1\n\
          reboot -f\n",
         MODULES.join(" ")
     )
@@ -481,6 +484,20 @@ fn parse_console(console: &str) -> Parsed {
         if !errors.is_empty() {
             let _ = write!(what, ", {}", errors.join("; "));
         }
+        let seen: Vec<&str> = rows
+            .iter()
+            .filter(|x| x.label == r.label)
+            .map(|x| x.kind.key())
+            .collect();
+        let _ = write!(
+            what,
+            " (rows L1 measured: {})",
+            if seen.is_empty() {
+                "none".to_owned()
+            } else {
+                seen.join(", ")
+            }
+        );
         p.failures.push(Failure {
             label: r.label,
             what,

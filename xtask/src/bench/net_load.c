@@ -197,6 +197,8 @@ static int client(int argc, char **argv)
 		fprintf(stderr, "%s: bad ADDR or SECONDS\n", argv[0]);
 		return 2;
 	}
+	/* A peer gone is an error printed, not a silent SIGPIPE. */
+	signal(SIGPIPE, SIG_IGN);
 	static char buf[CHUNK];
 	for (size_t i = 0; i < sizeof buf; i++)
 		buf[i] = (char)(i % 251);
