@@ -555,7 +555,7 @@ fn make_image(dir: &Path) -> Result<PathBuf> {
 }
 
 /// Builds the C file `src` (in xtask/src/bench/) static into `dir`.
-fn build_static(dir: &Path, src: &str, name: &str) -> Result<PathBuf> {
+pub(super) fn build_static(dir: &Path, src: &str, name: &str) -> Result<PathBuf> {
     let out = dir.join(name);
     let mut cc = std::process::Command::new("cc");
     cc.args(["-static", "-O2", "-Wall", "-o"])

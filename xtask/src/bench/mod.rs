@@ -22,6 +22,9 @@
 //!   1 and 32, host CPU per I/O) beside QEMU's best `aio=`, on the same
 //!   raw image and the same real KVM as `linux`; and what the PCI bus
 //!   adds to our start-up ([`blk`]);
+//! * `net`: virtio-net-pci on a tap between a Linux guest and L1 (TCP
+//!   stream each way, 1-byte request/response, host CPU per GiB) beside
+//!   QEMU's, nested in the test bed ([`net`]);
 //! * `qmp`: `stop`/`cont` request-to-event latency ([`qmp`]);
 //! * `alarm`: the timer alarm lateness benchmark of vmm-clock (criterion
 //!   style, its own report; further arguments go to it).
@@ -46,6 +49,7 @@ mod chart;
 mod density;
 mod linux;
 mod memory;
+mod net;
 mod pio;
 mod qmp;
 mod report;
@@ -144,6 +148,7 @@ pub fn task(args: &[String]) -> Result<()> {
             "linux" => linux::run(&ctx),
             "qmp" => qmp::run(&ctx),
             "blk" => blk::run(&ctx),
+            "net" => net::run(&ctx),
             _ => continue,
         };
         match result {

@@ -1,0 +1,807 @@
+//! Network: virtio-net-pci on a tap, ours beside QEMU, TCP between a Linux
+//! guest and the machine the VMM runs on.
+//!
+//! **The load.** One static C program, `net_load.c`, built here once, runs
+//! on both ends of the tap. In the guest (the default guest's kernel, an
+//! initramfs with Debian's `virtio_net` and the program) it is the client
+//! at 10.0.2.15/24; beside the VMM it is the host side: it starts the VMM,
+//! waits for the tap the VMM makes (`tap0`), gives it 10.0.2.1/24 (as
+//! `vmm-cli/tests/linux_net.rs` does), and serves three rows, one TCP
+//! connection each, for a fixed time each: a stream guest → host, a
+//! stream host → guest (both in 128 KiB writes, the receiver's byte count
+//! sent back and checked by the sender), and 1-byte request/response
+//! pairs with `TCP_NODELAY` (the pair count checked the same way). The
+//! host side times each row on its clock, from the request to the last
+//! byte, and reads the VMM's `utime + stime` and `guest_time`
+//! (`/proc/PID/stat`, all its threads) at both ends, printing one
+//! `@@NET` line per row and one `@@NETRUN` line per boot.
+//!
+//! **Where.** Only nested (on a PVM host, in one L1 of the test bed, as
+//! the `linux` suite; QEMU shipped in with [`vmm_testbed::Job::with_qemu`]):
+//! the tap and its address live in L1, which has no other network, so no
+//! packet leaves the test bed. Directly on a host the suite would make a
+//! tap and address on the host itself, so it does not run there (the
+//! section says so).
+//!
+//! **The VMMs.** Ours: `--netdev tap,id=n0,ifname=tap0 --device
+//! virtio-net-pci,netdev=n0`. QEMU: `-M microvm,pcie=on` (as the `blk`
+//! suite) with `-netdev tap,id=n0,ifname=tap0,script=no,downscript=no,
+//! vhost=off` and `-device virtio-net-pci,netdev=n0,romfile=` (no option
+//! ROM: microvm boots the kernel directly); a third row with `vhost=on`
+//! when L1 has `/dev/vhost-net` (after loading `vhost_net` and its
+//! dependencies from the guest files, when they are there). Same kernel,
+//! initramfs, 256 MiB, command line, and vCPUs (1; 2 as well without
+//! `--quick`).
+//!
+//! **The runs.** One script in L1 boots every run in turn (each VMM once
+//! per round, who goes first rotating), no warm-up; at most [`MAX_RUNS`]
+//! rounds, one with `--quick` (which also shortens the rows). A boot that
+//! fails is printed and counted, never tried again; only an L1 that dies
+//! or hangs is followed by one fresh L1 for the boots it did not run.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use vmm_testbed::{initramfs::busybox_initramfs, GuestFiles, HostKvm, Job, TestbedError};
+
+use super::blk::build_static;
+use super::linux::log_after;
+use super::report::{Goal, Row, Section, Who};
+use super::{target_dir, Ctx, TempDir};
+
+/// Guest RAM, MiB.
+const MEMORY_MIB: u32 = 256;
+/// The kernel command line of both VMMs.
+const APPEND: &str = "console=ttyS0 reboot=t panic=-1 quiet i8042.noaux i8042.nomux i8042.nopnp";
+/// Rounds at most (each boots every VMM once per vCPU count).
+const MAX_RUNS: usize = 3;
+/// One boot's time limit inside the script, seconds.
+const BOOT_TIMEOUT_S: u32 = 150;
+/// L1 sessions at most.
+const SESSIONS: usize = 2;
+/// The tool's name in the job folder and in the guest.
+const TOOL: &str = "net_load";
+/// The host side's TCP port.
+const PORT: u16 = 7777;
+/// The tap both VMMs make, and the addresses on each end.
+const TAP: &str = "tap0";
+const HOST_ADDR: &str = "10.0.2.1";
+const GUEST_ADDR: &str = "10.0.2.15";
+/// The guest's drivers, in dependency order.
+const MODULES: &[&str] = &[
+    "virtio_ring",
+    "virtio",
+    "virtio_pci_legacy_dev",
+    "virtio_pci_modern_dev",
+    "virtio_pci",
+    "failover",
+    "net_failover",
+    "virtio_net",
+];
+/// What L1 needs for `/dev/vhost-net`, in dependency order (shipped when
+/// the guest files have them; `tun` is loaded by the test bed).
+const VHOST_MODULES: &[&str] = &["vhost_iotlb", "vhost", "tap", "vhost_net"];
+/// One GiB.
+const GIB: f64 = (1u64 << 30) as f64;
+
+/// The rows' sizes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Sizes {
+    /// Seconds per row.
+    secs: u32,
+    /// The vCPU counts.
+    cpus: &'static [u32],
+}
+
+impl Sizes {
+    fn new(quick: bool) -> Self {
+        if quick {
+            Self {
+                secs: 2,
+                cpus: &[1],
+            }
+        } else {
+            Self {
+                secs: 5,
+                cpus: &[1, 2],
+            }
+        }
+    }
+}
+
+/// The VMMs under test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Vmm {
+    Ours,
+    Qemu,
+    QemuVhost,
+}
+
+const VMMS: [Vmm; 3] = [Vmm::Ours, Vmm::Qemu, Vmm::QemuVhost];
+
+impl Vmm {
+    fn key(self) -> &'static str {
+        match self {
+            Vmm::Ours => "ours",
+            Vmm::Qemu => "qemu",
+            Vmm::QemuVhost => "qemu-vhost",
+        }
+    }
+
+    fn from_key(key: &str) -> Option<Self> {
+        VMMS.into_iter().find(|v| v.key() == key)
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Vmm::Ours => "vmm (ours)",
+            Vmm::Qemu => "QEMU vhost=off",
+            Vmm::QemuVhost => "QEMU vhost=on",
+        }
+    }
+
+    /// The command running this VMM with `cpus` vCPUs (`$VMM`, `$QEMU`
+    /// and `$QEMU_DATA` come from the test bed).
+    fn command(self, cpus: u32) -> String {
+        let qemu = |vhost: &str| {
+            format!(
+                "\"$QEMU\" -M microvm,pcie=on -accel kvm -cpu host,-arch-capabilities -smp {cpus} \
+                 -m {MEMORY_MIB}M -nodefaults -no-user-config -display none -no-reboot \
+                 -serial stdio -L \"$QEMU_DATA\" -kernel bzImage -initrd initrd \
+                 -append '{APPEND}' \
+                 -netdev tap,id=n0,ifname={TAP},script=no,downscript=no,vhost={vhost} \
+                 -device virtio-net-pci,netdev=n0,romfile="
+            )
+        };
+        match self {
+            Vmm::Ours => format!(
+                "\"$VMM\" --kernel bzImage --initrd initrd --memory {MEMORY_MIB}M --cpus {cpus} \
+                 --append '{APPEND}' --netdev tap,id=n0,ifname={TAP} \
+                 --device virtio-net-pci,netdev=n0"
+            ),
+            Vmm::Qemu => qemu("off"),
+            Vmm::QemuVhost => qemu("on"),
+        }
+    }
+}
+
+/// The guest's rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Tx,
+    Rx,
+    Rr,
+}
+
+const KINDS: [Kind; 3] = [Kind::Tx, Kind::Rx, Kind::Rr];
+
+impl Kind {
+    /// The `row=` value `net_load` prints.
+    fn key(self) -> &'static str {
+        match self {
+            Kind::Tx => "tx",
+            Kind::Rx => "rx",
+            Kind::Rr => "rr",
+        }
+    }
+
+    fn from_key(key: &str) -> Option<Self> {
+        KINDS.into_iter().find(|k| k.key() == key)
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Kind::Tx => "TCP stream guest → L1",
+            Kind::Rx => "TCP stream L1 → guest",
+            Kind::Rr => "TCP request/response, 1 byte",
+        }
+    }
+
+    fn unit(self) -> &'static str {
+        match self {
+            Kind::Tx | Kind::Rx => "MiB/s",
+            Kind::Rr => "trans/s",
+        }
+    }
+
+    fn is_stream(self) -> bool {
+        self != Kind::Rr
+    }
+}
+
+/// One boot: which VMM, how many vCPUs, which round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Label {
+    vmm: Vmm,
+    cpus: u32,
+    run: usize,
+}
+
+impl Label {
+    fn describe(&self) -> String {
+        format!(
+            "{}, {}, run {}",
+            self.vmm.name(),
+            vcpus(self.cpus),
+            self.run
+        )
+    }
+}
+
+fn vcpus(n: u32) -> String {
+    format!("{n} vCPU{}", if n == 1 { "" } else { "s" })
+}
+
+/// Per vCPU count, `runs` rounds of every VMM, the first one rotating.
+fn plan(runs: usize, cpus: &[u32]) -> Vec<Label> {
+    let mut v = Vec::new();
+    for &c in cpus {
+        for run in 0..runs {
+            for k in 0..VMMS.len() {
+                let vmm = VMMS[(run + k) % VMMS.len()];
+                v.push(Label { vmm, cpus: c, run });
+            }
+        }
+    }
+    v
+}
+
+/// The script in L1: `/dev/vhost-net` if it can be had (said on an
+/// `@@NETVHOST yes|no` line), then `boots` in turn (the vhost=on ones only
+/// with it); `net_load`'s lines go to `$TESTBED_LIVE`.
+fn script(boots: &[Label]) -> String {
+    let mut s = format!(
+        "[ -e /dev/vhost-net ] || for m in {}; do [ -e $m.ko ] && insmod $m.ko; done 2>/dev/null\n\
+         if [ -e /dev/vhost-net ]; then echo '@@NETVHOST yes'; else echo '@@NETVHOST no'; fi \
+         >>\"$TESTBED_LIVE\"\n",
+        VHOST_MODULES.join(" ")
+    );
+    for b in boots {
+        let line = format!(
+            "./{TOOL} host \"vmm={} cpus={} run={}\" {BOOT_TIMEOUT_S} /tmp/l2.log {PORT} {TAP} \
+             {HOST_ADDR}/24 {} >>\"$TESTBED_LIVE\"",
+            b.vmm.key(),
+            b.cpus,
+            b.run,
+            b.vmm.command(b.cpus)
+        );
+        if b.vmm == Vmm::QemuVhost {
+            let _ = writeln!(s, "if [ -e /dev/vhost-net ]; then {line}; fi");
+        } else {
+            let _ = writeln!(s, "{line}");
+        }
+    }
+    s
+}
+
+/// The L2 guest's `/init`: the virtio-net driver, the address, the load,
+/// its exit status, a reboot (a second later: `reboot -f` drops what the
+/// console's driver has not sent yet, the load's last lines with it).
+fn init_script(secs: u32) -> String {
+    format!(
+        "#!/bin/sh\n\
+         export PATH=/bin:/sbin\n\
+         mount -t proc proc /proc\n\
+         mount -t sysfs sysfs /sys\n\
+         mount -t devtmpfs devtmpfs /dev\n\
+         for m in {}; do insmod /lib/modules/$m.ko; done\n\
+         i=0; while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 10 ]; do sleep 1; i=$((i+1)); done\n\
+         ip link set lo up\n\
+         ip addr add {GUEST_ADDR}/24 dev eth0\n\
+         ip link set eth0 up\n\
+         /{TOOL} client {HOST_ADDR} {PORT} {secs}\n\
+         echo \"@@NET-EXIT $?\"\n\
+         sleep 1\n\
+         reboot -f\n",
+        MODULES.join(" ")
+    )
+}
+
+/// One `@@NET` line: a row's result.
+#[derive(Debug, Clone, PartialEq)]
+struct RowLine {
+    label: Label,
+    kind: Kind,
+    bytes: u64,
+    trans: u64,
+    us: f64,
+    /// The VMM's CPU time over the row; None when it could not be read.
+    cpu_ms: Option<f64>,
+    /// The part of it its vCPUs spent in guest mode.
+    guest_ms: Option<f64>,
+}
+
+impl RowLine {
+    /// MiB/s for the streams, transactions per second for request/response.
+    fn rate(&self) -> f64 {
+        let s = self.us / 1e6;
+        if self.kind.is_stream() {
+            self.bytes as f64 / f64::from(1 << 20) / s
+        } else {
+            self.trans as f64 / s
+        }
+    }
+
+    /// The VMM's CPU seconds per GiB moved (streams only).
+    fn cpu_per_gib_s(&self) -> Option<f64> {
+        self.per_gib(self.cpu_ms?)
+    }
+
+    /// The same outside guest mode (the VMM's own work and the kernel's
+    /// on its behalf).
+    fn vmm_cpu_per_gib_s(&self) -> Option<f64> {
+        self.per_gib((self.cpu_ms? - self.guest_ms?).max(0.0))
+    }
+
+    fn per_gib(&self, ms: f64) -> Option<f64> {
+        (self.kind.is_stream() && self.bytes > 0).then(|| ms / 1e3 / (self.bytes as f64 / GIB))
+    }
+}
+
+/// One `@@NETRUN` line: how a boot ended.
+#[derive(Debug, Clone, PartialEq)]
+struct RunLine {
+    label: Label,
+    status: String,
+    done: bool,
+    errors: u32,
+}
+
+impl RunLine {
+    fn ok(&self) -> bool {
+        self.status == "0" && self.done && self.errors == 0
+    }
+}
+
+/// The `key=value` fields after `prefix` on `line` (which must start
+/// with it, after blanks), the label's parsed.
+fn fields<'a>(line: &'a str, prefix: &str) -> Option<(Label, Vec<(&'a str, &'a str)>)> {
+    let rest = line.trim().strip_prefix(prefix)?;
+    let (mut vmm, mut cpus, mut run) = (None, None, None);
+    let mut other = Vec::new();
+    for field in rest.split_whitespace() {
+        let (k, v) = field.split_once('=')?;
+        match k {
+            "vmm" => vmm = Some(Vmm::from_key(v)?),
+            "cpus" => cpus = Some(v.parse().ok()?),
+            "run" => run = Some(v.parse().ok()?),
+            _ => other.push((k, v)),
+        }
+    }
+    Some((
+        Label {
+            vmm: vmm?,
+            cpus: cpus?,
+            run: run?,
+        },
+        other,
+    ))
+}
+
+fn get<'a>(f: &[(&str, &'a str)], key: &str) -> Option<&'a str> {
+    f.iter().find(|(k, _)| *k == key).map(|(_, v)| *v)
+}
+
+/// Parses `@@NET vmm=ours cpus=1 run=0 row=tx bytes=B trans=N us=T
+/// cpu_ms=C guest_ms=G` (negative times: not read).
+fn parse_row_line(line: &str) -> Option<RowLine> {
+    let (label, f) = fields(line, "@@NET ")?;
+    let us: f64 = get(&f, "us")?.parse().ok()?;
+    let kind = Kind::from_key(get(&f, "row")?)?;
+    let bytes: u64 = get(&f, "bytes")?.parse().ok()?;
+    let trans: u64 = get(&f, "trans")?.parse().ok()?;
+    let time = |key: &str| -> Option<Option<f64>> {
+        let t: f64 = get(&f, key)?.parse().ok()?;
+        Some((t.is_finite() && t >= 0.0).then_some(t))
+    };
+    let moved = if kind.is_stream() { bytes } else { trans };
+    if !(us.is_finite() && us > 0.0) || moved == 0 {
+        return None;
+    }
+    Some(RowLine {
+        label,
+        kind,
+        bytes,
+        trans,
+        us,
+        cpu_ms: time("cpu_ms")?,
+        guest_ms: time("guest_ms")?,
+    })
+}
+
+/// Parses `@@NETRUN vmm=ours cpus=1 run=0 status=0 done=1 errors=0`.
+fn parse_run_line(line: &str) -> Option<RunLine> {
+    let (label, f) = fields(line, "@@NETRUN ")?;
+    Some(RunLine {
+        label,
+        status: get(&f, "status")?.to_owned(),
+        done: get(&f, "done")? == "1",
+        errors: get(&f, "errors")?.parse().ok()?,
+    })
+}
+
+/// A boot that failed: what, its error lines, and the end of its console
+/// and stderr.
+#[derive(Debug, Clone)]
+struct Failure {
+    label: Label,
+    what: String,
+    log: String,
+}
+
+/// What one L1 session's console says.
+#[derive(Debug, Default)]
+struct Parsed {
+    /// The rows of the good boots (`@@NETRUN` says status 0, the load
+    /// done, no error on the host side).
+    good: Vec<RowLine>,
+    failures: Vec<Failure>,
+    /// Every boot that ended (good or not).
+    ended: Vec<Label>,
+    /// Whether L1 had `/dev/vhost-net` (None: not said).
+    vhost: Option<bool>,
+}
+
+/// Parses one session's console. Lines that do not parse are ignored
+/// (L1's console can cut a line).
+fn parse_console(console: &str) -> Parsed {
+    let lines: Vec<&str> = console.lines().collect();
+    let rows: Vec<RowLine> = lines.iter().filter_map(|l| parse_row_line(l)).collect();
+    let mut p = Parsed::default();
+    for (i, line) in lines.iter().enumerate() {
+        match line.trim() {
+            "@@NETVHOST yes" => p.vhost = Some(true),
+            "@@NETVHOST no" => p.vhost = Some(false),
+            _ => {}
+        }
+        let Some(r) = parse_run_line(line) else {
+            continue;
+        };
+        p.ended.push(r.label);
+        if r.ok() {
+            p.good
+                .extend(rows.iter().filter(|x| x.label == r.label).cloned());
+            continue;
+        }
+        // The host side's own error lines for this boot.
+        let tag = format!(
+            "vmm={} cpus={} run={} ",
+            r.label.vmm.key(),
+            r.label.cpus,
+            r.label.run
+        );
+        let errors: Vec<&str> = lines[..i]
+            .iter()
+            .filter_map(|l| l.trim().strip_prefix("@@NET-ERROR "))
+            .filter_map(|l| l.strip_prefix(&tag))
+            .collect();
+        let mut what = format!("{}: status {}", r.label.describe(), r.status);
+        if !r.done {
+            what.push_str(", the load not done");
+        }
+        if !errors.is_empty() {
+            let _ = write!(what, ", {}", errors.join("; "));
+        }
+        let seen: Vec<&str> = rows
+            .iter()
+            .filter(|x| x.label == r.label)
+            .map(|x| x.kind.key())
+            .collect();
+        let _ = write!(
+            what,
+            " (rows L1 measured: {})",
+            if seen.is_empty() {
+                "none".to_owned()
+            } else {
+                seen.join(", ")
+            }
+        );
+        p.failures.push(Failure {
+            label: r.label,
+            what,
+            log: log_after(&lines, i),
+        });
+    }
+    p
+}
+
+/// The `net` suite.
+pub fn run(ctx: &Ctx) -> Result<Vec<Section>> {
+    let runs = if ctx.quick { 1 } else { ctx.runs.min(MAX_RUNS) };
+    let sizes = Sizes::new(ctx.quick);
+    if HostKvm::detect() != HostKvm::Pvm {
+        let mut s = Section::new("net", "Network: virtio-net-pci on a tap");
+        s.note(
+            "Not run: this suite runs only nested in the test bed (on a PVM host), where the tap \
+             and its address live in L1; here they would be this host's.",
+        );
+        return Ok(vec![s]);
+    }
+    let (rows, notes) = boots(runs, sizes)?;
+    Ok(vec![section(&rows, runs, sizes, notes)])
+}
+
+/// Why QEMU's vhost=on rows are missing, if they are: `vhost` is what L1
+/// said about `/dev/vhost-net`, `shipped` the modules for it the job
+/// brought.
+fn vhost_note(vhost: Option<bool>, shipped: &[&str]) -> Option<String> {
+    let why = match vhost {
+        Some(true) => return None,
+        None => "L1 never said whether it had /dev/vhost-net".to_owned(),
+        Some(false) if shipped.is_empty() => format!(
+            "L1 has no /dev/vhost-net: its kernel has vhost_net as a module, and the guest files \
+             carry none of {} (`cargo xtask guest` does not fetch them)",
+            VHOST_MODULES.join(", ")
+        ),
+        Some(false) => format!(
+            "L1 has no /dev/vhost-net, even after loading {} from the guest files",
+            shipped.join(", ")
+        ),
+    };
+    Some(format!("QEMU vhost=on: not measured: {why}."))
+}
+
+/// The report's section: per vCPU count and per QEMU measured, ours beside
+/// it on each row (rate; for the streams host CPU per GiB, whole and
+/// outside guest mode).
+fn section(rows: &[RowLine], runs: usize, sizes: Sizes, notes: Vec<String>) -> Section {
+    let mut s = Section::new(
+        "net",
+        "Network: virtio-net-pci on a tap, TCP between a Linux guest and L1 (nested: both VMMs \
+         in one L1 of the test bed, the tap in L1)",
+    );
+    s.note(format!(
+        "In the guest (net_load.c, Debian's virtio_net, {GUEST_ADDR}/24) against the same program \
+         in L1 on the tap ({HOST_ADDR}/24): a TCP stream guest → L1 and one L1 → guest in \
+         128 KiB writes, then 1-byte request/response pairs with TCP_NODELAY, {} s each, one \
+         connection per row; each row's byte or pair count is sent back by the receiver and \
+         checked. Rates are timed in L1 from the request to the last byte. {runs} boot(s) per VMM \
+         and vCPU count, taking turns, no warm-up; medians over the boots.",
+        sizes.secs
+    ));
+    s.note(format!(
+        "Ours: --netdev tap,id=n0,ifname={TAP} --device virtio-net-pci,netdev=n0. QEMU: -M \
+         microvm,pcie=on -netdev tap,id=n0,ifname={TAP},script=no,downscript=no,vhost=off|on \
+         -device virtio-net-pci,netdev=n0,romfile=. Both: the default guest's kernel, \
+         {MEMORY_MIB} MiB, the same command line."
+    ));
+    s.note(
+        "Host CPU per GiB: the VMM process's utime + stime (/proc/PID/stat in L1, all threads, \
+         10 ms ticks) from the row's start to its end, in CPU seconds per GiB (2^30 bytes) moved; \
+         it includes the vCPUs' time in guest mode (the guest's own TCP work); \"outside guest \
+         mode\" subtracts the process's guest_time. Kernel work outside the process (the tap's \
+         softirqs, and with vhost=on the vhost worker thread, which carries QEMU's data path \
+         there) is in neither. Throughput and request/response: more is better; CPU per GiB: \
+         less is better (the goal column states parity with QEMU).",
+    );
+    s.note(
+        "Nested, every exit of L2 goes through L1's TCG-emulated SVM and L1's own network stack \
+         runs under TCG: compare the two VMMs with each other, not with hardware figures.",
+    );
+    for &cpus in sizes.cpus {
+        let measured = |vmm: Option<Vmm>| {
+            rows.iter()
+                .any(|r| r.label.cpus == cpus && vmm.is_none_or(|v| r.label.vmm == v))
+        };
+        if !measured(None) {
+            continue;
+        }
+        s.rows.extend(rows_for(rows, cpus, Vmm::Qemu));
+        if measured(Some(Vmm::QemuVhost)) {
+            s.rows.extend(rows_for(rows, cpus, Vmm::QemuVhost));
+        }
+    }
+    for n in notes {
+        s.note(n);
+    }
+    s
+}
+
+/// The rows of ours beside QEMU `q` with `cpus` vCPUs.
+fn rows_for(rows: &[RowLine], cpus: u32, q: Vmm) -> Vec<Row> {
+    let mut out = Vec::new();
+    let prefix = vcpus(cpus);
+    let vs = format!(" (vs {})", q.name());
+    let pick = |kind: Kind| {
+        rows.iter().filter(move |r| {
+            r.label.cpus == cpus && r.kind == kind && (r.label.vmm == Vmm::Ours || r.label.vmm == q)
+        })
+    };
+    let who = |r: &RowLine| {
+        if r.label.vmm == Vmm::Ours {
+            Who::Ours
+        } else {
+            Who::Qemu
+        }
+    };
+    for kind in KINDS {
+        let mut rate = Row::new(format!("{prefix}: {}{vs}", kind.label()), kind.unit())
+            .goal(Goal::AtLeastQemu(1.0));
+        for r in pick(kind) {
+            rate.push(who(r), r.rate());
+        }
+        out.push(rate);
+        if !kind.is_stream() {
+            continue;
+        }
+        let mut cpu = Row::new(
+            format!("{prefix}: host CPU per GiB, {}{vs}", kind.label()),
+            "s/GiB",
+        )
+        .goal(Goal::QemuRatio(1.0));
+        let mut own = Row::new(
+            format!(
+                "{prefix}: host CPU per GiB outside guest mode, {}{vs}",
+                kind.label()
+            ),
+            "s/GiB",
+        )
+        .goal(Goal::QemuRatio(1.0));
+        for r in pick(kind) {
+            if let Some(c) = r.cpu_per_gib_s() {
+                cpu.push(who(r), c);
+            }
+            if let Some(c) = r.vmm_cpu_per_gib_s() {
+                own.push(who(r), c);
+            }
+        }
+        out.extend([cpu, own]);
+    }
+    out
+}
+
+/// The L2 initramfs: busybox, the virtio-net modules, `net_load`, `/init`.
+fn guest_initrd(guest: &GuestFiles, dir: &Path, tool: &Path, secs: u32) -> Result<PathBuf> {
+    let read = |p: &Path| std::fs::read(p).with_context(|| format!("cannot read {}", p.display()));
+    let mut extra = vec![(TOOL.to_owned(), read(tool)?, 0o755)];
+    for m in MODULES {
+        extra.push((
+            format!("lib/modules/{m}.ko"),
+            read(&guest.module(m))?,
+            0o644,
+        ));
+    }
+    let initrd = dir.join("initrd.cpio");
+    let image = busybox_initramfs(&read(&guest.busybox)?, &init_script(secs), &extra)?;
+    std::fs::write(&initrd, image).with_context(|| format!("cannot write {}", initrd.display()))?;
+    Ok(initrd)
+}
+
+/// Boots every VMM `runs` times per vCPU count (see the module docs);
+/// returns the rows of the good boots and the notes (sessions, vhost-net,
+/// failures).
+fn boots(runs: usize, sizes: Sizes) -> Result<(Vec<RowLine>, Vec<String>)> {
+    let guest = GuestFiles::default_location()?;
+    for m in MODULES.iter().chain(&["tun"]) {
+        if !guest.module(m).exists() {
+            bail!("no {m}.ko in the guest files (cargo xtask guest refreshes them)");
+        }
+    }
+    let vmm = target_dir().join("release").join("vmm");
+    let tmp = TempDir::new("vmm-bench-net")?;
+    let tool = build_static(&tmp.0, "net_load.c", TOOL)?;
+    let initrd = guest_initrd(&guest, &tmp.0, &tool, sizes.secs)?;
+
+    let mut pending = plan(runs, sizes.cpus);
+    let mut good: Vec<RowLine> = Vec::new();
+    let mut failures: Vec<Failure> = Vec::new();
+    let mut notes = Vec::new();
+    let mut vhost = None;
+    let shipped: Vec<&str> = VHOST_MODULES
+        .iter()
+        .copied()
+        .filter(|m| guest.module(m).exists())
+        .collect();
+    for session in 1..=SESSIONS {
+        let mut job = Job::new(["--version"])
+            .file("bzImage", &guest.bzimage)
+            .file("initrd", &initrd)
+            .file(TOOL, &tool)
+            .with_qemu();
+        for m in &shipped {
+            job = job.file(&format!("{m}.ko"), &guest.module(m));
+        }
+        // A boot: some 20-40 s nested, plus its rows.
+        let per_boot = 60 + 3 * u64::from(sizes.secs);
+        let job = job
+            .companion(&script(&pending))
+            .silence_limit(Duration::from_secs(u64::from(BOOT_TIMEOUT_S) + 30))
+            .timeout(Duration::from_secs(180 + pending.len() as u64 * per_boot));
+        eprintln!("xtask: network, session {session}: {} boots", pending.len());
+        let console = match vmm_testbed::run_linux(&guest, &vmm, &job) {
+            Ok(out) => {
+                notes.push(format!(
+                    "session {session}: L1 ready after {:.1?}, {:.1?} in all",
+                    out.l1_boot.unwrap_or_default(),
+                    out.total
+                ));
+                out.console
+            }
+            Err(TestbedError::L1Ended {
+                status, console, ..
+            }) => {
+                notes.push(format!("session {session}: L1 ended early ({status:?})"));
+                console
+            }
+            Err(TestbedError::Timeout { after, console }) => {
+                notes.push(format!("session {session}: timed out after {after:?}"));
+                console
+            }
+            Err(TestbedError::Silent { after, console }) => {
+                notes.push(format!("session {session}: L1 hung (silent {after:?})"));
+                console
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let p = parse_console(&console);
+        for r in &p.good {
+            eprintln!(
+                "xtask: {}: {}: {:.1} {}, CPU {:.1} ms",
+                r.label.describe(),
+                r.kind.label(),
+                r.rate(),
+                r.kind.unit(),
+                r.cpu_ms.unwrap_or(f64::NAN)
+            );
+        }
+        for x in &p.failures {
+            eprintln!("xtask: FAILED {}; its last lines:", x.what);
+            for l in x.log.lines().rev().take(8).collect::<Vec<_>>().iter().rev() {
+                eprintln!("    {l}");
+            }
+        }
+        vhost = vhost.or(p.vhost);
+        // Failed boots are not tried again: only those that never ran.
+        let skipped = |b: &Label| b.vmm == Vmm::QemuVhost && p.vhost == Some(false);
+        pending.retain(|b| !(p.ended.contains(b) || skipped(b)));
+        good.extend(p.good);
+        failures.extend(p.failures);
+        if pending.is_empty() {
+            break;
+        }
+    }
+    notes.extend(vhost_note(vhost, &shipped));
+    let failed = |vmm: Vmm| failures.iter().filter(|f| f.label.vmm == vmm).count();
+    notes.push(format!(
+        "failed boots (not retried, left out of the figures): ours {}, QEMU vhost=off {}, QEMU \
+         vhost=on {}",
+        failed(Vmm::Ours),
+        failed(Vmm::Qemu),
+        failed(Vmm::QemuVhost)
+    ));
+    for f in &failures {
+        notes.push(format!("failed: {}", f.what));
+    }
+    if !pending.is_empty() {
+        let missing: Vec<String> = pending.iter().map(Label::describe).collect();
+        notes.push(format!(
+            "not measured after {SESSIONS} L1 sessions: {}",
+            missing.join("; ")
+        ));
+    }
+    // A benchmark that measures neither our VMM nor QEMU is broken, not
+    // unlucky.
+    for vmm in [Vmm::Ours, Vmm::Qemu] {
+        if !good.iter().any(|r| r.label.vmm == vmm) {
+            let mut why = String::new();
+            for f in &failures {
+                let _ = write!(
+                    why,
+                    "\n{}; end of its console and stderr:\n{}\n",
+                    f.what, f.log
+                );
+            }
+            bail!(
+                "the network benchmark measured no boot of {} ({})\nfailed boots:{why}",
+                vmm.name(),
+                notes.join("; ")
+            );
+        }
+    }
+    Ok((good, notes))
+}
+
+#[cfg(test)]
+mod tests;
