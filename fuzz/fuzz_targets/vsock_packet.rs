@@ -19,7 +19,10 @@ fuzz_target!(|data: &[u8]| {
     let cid = u64::from(cid);
     match parse_tx(bytes, cid) {
         Ok(h) => {
-            assert_eq!((h.src_cid, h.dst_cid, h.type_), (cid, HOST_CID, TYPE_STREAM));
+            assert_eq!(
+                (h.src_cid, h.dst_cid, h.type_),
+                (cid, HOST_CID, TYPE_STREAM)
+            );
             assert!((op::REQUEST..=op::CREDIT_REQUEST).contains(&h.op));
             let len = h.len as usize;
             assert!(len <= MAX_PKT_LEN && HDR_LEN + len <= bytes.len());
