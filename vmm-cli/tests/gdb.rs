@@ -2,9 +2,10 @@
 //! hand-assembled guest ([`test_guests::counter`], two vCPUs, the second
 //! never started) on this host's `/dev/kvm` (PVM included): attach (the
 //! guest stops, `paused`), the vCPUs as threads, registers, a single step,
-//! memory (and an unmapped address), a software breakpoint and a continue
-//! to it (`debug`), detach (the guest runs on). And the bad `--gdb`
-//! addresses, refused at start-up.
+//! memory (and an unmapped address), the x87 and SSE registers (read, and
+//! written back), a software breakpoint and a continue to it (`debug`),
+//! detach (the guest runs on). And the bad `--gdb` addresses, refused at
+//! start-up.
 //!
 //! The gdb script waits at two points (`shell` loops on a file the test
 //! creates), so that the test can ask QMP for the run state while gdb
@@ -141,6 +142,15 @@ fn gdb_attaches_steps_breaks_and_detaches() {
         "info registers rip".to_owned(),
         "x/4bx $rip".to_owned(),
         "x/4bx 0x10000000000".to_owned(),
+        // x87 and SSE, as reset left them (FNINIT's FCW, MXCSR's
+        // default), then an XMM register written and read back.
+        "info registers fctrl fstat ftag mxcsr".to_owned(),
+        "set $xmm1.v2_int64[0] = 0x0123456789abcdef".to_owned(),
+        "set $xmm1.v2_int64[1] = 0x7edcba9876543210".to_owned(),
+        "set $mxcsr = 0x1fa0".to_owned(),
+        "maintenance flush register-cache".to_owned(),
+        "p/x $xmm1.v2_int64".to_owned(),
+        "p/x $mxcsr".to_owned(),
         format!("break *{bp:#x}"),
         "continue".to_owned(),
         handshake(&dir.0, "break"),
@@ -200,6 +210,26 @@ fn gdb_attaches_steps_breaks_and_detaches() {
         out.contains(&format!("{:#x}:{want}", r[1])),
         "{want} in {out}"
     );
+    // The x87 and SSE registers: reset's values, and what was written
+    // read back (after gdb dropped its cache).
+    // (A line may start with what the failed `x` left unended.)
+    let reg = |name: &str| {
+        out.lines()
+            .find_map(|l| {
+                let words: Vec<&str> = l.split_whitespace().collect();
+                let at = words.iter().position(|w| *w == name)?;
+                words.get(at + 1).map(|v| v.to_string())
+            })
+            .unwrap_or_else(|| panic!("no {name} in {out}"))
+    };
+    assert_eq!(reg("fctrl"), "0x37f", "{out}");
+    assert_eq!(reg("ftag"), "0xffff", "{out}");
+    assert_eq!(reg("mxcsr"), "0x1f80", "{out}");
+    assert!(
+        out.contains("= {0x123456789abcdef, 0x7edcba9876543210}"),
+        "xmm1 read back: {out}"
+    );
+    assert!(out.contains("= 0x1fa0"), "mxcsr read back: {out}");
     // Outside RAM: an error, and gdb goes on.
     assert!(
         err.contains("Cannot access memory at address 0x10000000000"),

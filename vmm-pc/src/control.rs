@@ -107,12 +107,13 @@ pub enum GdbRequest {
         /// The vCPU.
         vcpu: u32,
     },
-    /// Set vCPU `vcpu`'s general registers, RIP and RFLAGS.
+    /// Set vCPU `vcpu`'s general registers, RIP, RFLAGS and the x87 and
+    /// SSE state.
     WriteRegisters {
         /// The vCPU.
         vcpu: u32,
-        /// The values.
-        regs: vmm_gdb::Registers,
+        /// The values (boxed: the SSE registers make them large).
+        regs: Box<vmm_gdb::Registers>,
     },
     /// Read `len` bytes at virtual address `addr` as vCPU `vcpu` sees it
     /// ([`Reply::GdbMemory`]: fewer bytes where a page is unmapped).
@@ -220,8 +221,8 @@ pub enum Reply {
     Jobs(Vec<crate::snapshot::jobs::JobInfo>),
     /// The last migration, if any.
     Migration(Option<crate::MigrationInfo>),
-    /// A vCPU's registers, for the gdb stub.
-    GdbRegisters(vmm_gdb::Registers),
+    /// A vCPU's registers, for the gdb stub (boxed: they are large).
+    GdbRegisters(Box<vmm_gdb::Registers>),
     /// Guest memory read for the gdb stub (shorter than asked where a
     /// page is unmapped; empty if the first one is).
     GdbMemory(Vec<u8>),
