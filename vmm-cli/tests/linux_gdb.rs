@@ -1,0 +1,497 @@
+//! `--gdb` under Linux: Debian's kernel booted under our VMM, the gdb stub
+//! on a terminal (`--gdb /dev/ttyS1`), and the host's gdb in batch mode
+//! reaching it: nested (PVM hosts), L1's `/dev/ttyS1` is bridged to a Unix
+//! socket on the host ([`Job::l1_serial_socket`]); directly on hardware
+//! KVM the stub listens on a Unix socket itself.
+//!
+//! The guest files' `vmlinux` is the kernel extracted from the bzImage,
+//! without a symbol table, so a first boot prints the few symbols the
+//! test needs from the guest's `/proc/kallsyms` (`nokaslr`: the same
+//! addresses on the second boot), and `objcopy --add-symbol` makes a
+//! copy of `vmlinux` that has them. With no debug information gdb
+//! unwinds by reading the code, which is enough for a syscall's few
+//! frames.
+//!
+//! The second boot: gdb attaches, puts a hardware breakpoint on
+//! `ksys_sync` (no guest memory needed: the kernel may still be starting)
+//! and continues; the init's loop runs `sync`, gdb stops there, reads RIP
+//! and the backtrace (`do_syscall_64` among the callers), then sets a
+//! software breakpoint on `proc_sys_read` (the loop reads
+//! `/proc/sys/kernel/panic`), a watchpoint on `jiffies_64` (the timer
+//! tick writes it), reads `$xmm0` and MXCSR, writes `panic_timeout`
+//! (the loop's way out) and detaches; the guest prints its marker and
+//! powers off.
+
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use vmm_testbed::{GuestFiles, HostKvm, Job};
+
+mod common;
+mod linux_common;
+
+use linux_common::{guest, nested_retry, run, test_initrd};
+
+/// The kernel command line: `nokaslr` so that the symbols match.
+const APPEND: &str = "console=ttyS0 nokaslr reboot=k panic=0 i8042.noaux i8042.nomux i8042.nopnp";
+
+/// The symbols the test needs, and their neighbours (`grep -A1`: where a
+/// function ends, so that gdb does not name an address past it after it).
+const SYMBOLS: &[&str] = &[
+    "ksys_sync",
+    "__x64_sys_sync",
+    "x64_sys_call",
+    "do_syscall_64",
+    "entry_SYSCALL_64",
+    "entry_SYSCALL_64_after_hwframe",
+    "proc_sys_read",
+    "proc_sys_call_handler",
+    "vfs_read",
+    "ksys_read",
+    "__x64_sys_read",
+    "jiffies_64",
+    "panic_timeout",
+];
+
+/// What `panic_timeout` is set to when gdb is done.
+const DONE: u32 = 42;
+
+/// A kernel symbol from `/proc/kallsyms`.
+#[derive(Debug, Clone)]
+struct Symbol {
+    addr: u64,
+    kind: char,
+    name: String,
+}
+
+/// The `@@SYM` lines of the first boot's console.
+fn parse_symbols(console: &str) -> Vec<Symbol> {
+    let mut out: Vec<Symbol> = Vec::new();
+    for line in console.lines() {
+        let Some(rest) = line.trim().strip_prefix("@@SYM ") else {
+            continue;
+        };
+        let w: Vec<&str> = rest.split_whitespace().collect();
+        let [addr, kind, name] = w[..] else { continue };
+        let (Ok(addr), Some(kind)) = (u64::from_str_radix(addr, 16), kind.chars().next()) else {
+            continue;
+        };
+        if addr != 0 && !out.iter().any(|s| s.name == name) {
+            out.push(Symbol {
+                addr,
+                kind,
+                name: name.to_owned(),
+            });
+        }
+    }
+    out
+}
+
+/// vmlinux's allocated sections: (name, address, size).
+fn sections(vmlinux: &Path) -> Vec<(String, u64, u64)> {
+    let o = Command::new("readelf")
+        .args(["-SW"])
+        .arg(vmlinux)
+        .output()
+        .expect("readelf (binutils)");
+    assert!(o.status.success(), "readelf failed");
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    let mut out = Vec::new();
+    for line in text.lines() {
+        // "  [ 1] .text  PROGBITS  ffffffff81000000 200000 e01ef2 00 AX 0 0 4096"
+        let Some(after) = line.split_once(']').map(|(_, a)| a) else {
+            continue;
+        };
+        let w: Vec<&str> = after.split_whitespace().collect();
+        if w.len() < 5 {
+            continue;
+        }
+        let (Ok(addr), Ok(size)) = (u64::from_str_radix(w[2], 16), u64::from_str_radix(w[4], 16))
+        else {
+            continue;
+        };
+        if addr != 0 && size != 0 {
+            out.push((w[0].to_owned(), addr, size));
+        }
+    }
+    out
+}
+
+/// A copy of `vmlinux` with `symbols` added (each in its section).
+fn symbol_file(vmlinux: &Path, symbols: &[Symbol], out: &Path) {
+    let secs = sections(vmlinux);
+    let mut cmd = Command::new("objcopy");
+    for s in symbols {
+        let Some((sec, base, _)) = secs
+            .iter()
+            .find(|(_, a, size)| (*a..a + size).contains(&s.addr))
+        else {
+            continue;
+        };
+        let kind = if s.kind.eq_ignore_ascii_case(&'t') {
+            "function"
+        } else {
+            "object"
+        };
+        cmd.arg("--add-symbol").arg(format!(
+            "{}={sec}:{:#x},{kind},global",
+            s.name,
+            s.addr - base
+        ));
+    }
+    let o = cmd
+        .arg(vmlinux)
+        .arg(out)
+        .output()
+        .expect("objcopy (binutils)");
+    assert!(
+        o.status.success(),
+        "objcopy failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// The first boot: the symbols' lines of `/proc/kallsyms`.
+fn kernel_symbols(test: &str, g: &GuestFiles, dir: &common::TempDir) -> Vec<Symbol> {
+    let pattern = SYMBOLS.join("|");
+    let script = format!(
+        "grep -A1 -wE '{pattern}' /proc/kallsyms | sed 's/^/@@SYM /'\necho @@SYMS-DONE\npoweroff -f"
+    );
+    let initrd = test_initrd(g, dir, &script, &[], false);
+    let job = Job::new([
+        "--kernel", "kernel", "--initrd", "initrd", "--memory", "512M", "--append", APPEND,
+    ])
+    .file("kernel", &g.bzimage)
+    .file("initrd", &initrd)
+    .timeout(Duration::from_secs(600));
+    let out = run(test, g, &job);
+    assert!(
+        out.console.contains("@@SYMS-DONE"),
+        "{test}: the first boot did not finish.\nconsole:\n{}\nvmm stderr:\n{}",
+        out.console,
+        out.stderr
+    );
+    let symbols = parse_symbols(&out.console);
+    for name in [
+        "ksys_sync",
+        "do_syscall_64",
+        "proc_sys_read",
+        "jiffies_64",
+        "panic_timeout",
+    ] {
+        assert!(
+            symbols.iter().any(|s| s.name == name),
+            "{test}: no {name} in /proc/kallsyms:\n{}",
+            out.console
+        );
+    }
+    symbols
+}
+
+/// The host end of L1's `/dev/ttyS1`: connects to QEMU's socket (so that
+/// L1 starts), asks the stub for the stop reason (`?`) every few seconds
+/// until it answers (the VMM is up: the guest is stopped, as a client
+/// attaching stops it), drops what else comes, then listens at `listen`
+/// (gdb starts once it is there) and passes gdb's bytes both ways. When
+/// gdb goes, it detaches for it (`D`), so that a gdb that failed
+/// half-way does not leave the guest stopped.
+fn bridge(l1_socket: &Path, listen: &Path, limit: Duration) -> std::io::Result<()> {
+    let start = Instant::now();
+    let mut l1 = loop {
+        match UnixStream::connect(l1_socket) {
+            Ok(s) => break s,
+            Err(e) if start.elapsed() > Duration::from_secs(120) => return Err(e),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    };
+    l1.set_read_timeout(Some(Duration::from_secs(3)))?;
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        if start.elapsed() > limit {
+            return Err(std::io::Error::other(format!(
+                "the stub never answered; heard {:?}",
+                String::from_utf8_lossy(&seen)
+            )));
+        }
+        l1.write_all(b"$?#3f")?;
+        match l1.read(&mut buf) {
+            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => return Err(e),
+        }
+        if seen.windows(2).any(|w| w == b"$T" || w == b"$S") {
+            break;
+        }
+    }
+    // The answers to earlier probes: dropped.
+    l1.set_read_timeout(Some(Duration::from_secs(2)))?;
+    while let Ok(n) = l1.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+    }
+    l1.set_read_timeout(None)?;
+    let (gdb, _) = UnixListener::bind(listen)?.accept()?;
+    let (mut to_gdb, mut from_l1) = (gdb.try_clone()?, l1.try_clone()?);
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut from_l1, &mut to_gdb);
+    });
+    let (mut from_gdb, mut to_l1) = (gdb, l1);
+    let _ = std::io::copy(&mut from_gdb, &mut to_l1);
+    to_l1.write_all(b"$D#44")?;
+    Ok(())
+}
+
+/// gdb's commands: attach, break, look, watch, let go.
+fn gdb_script(symfile: &Path, target: &Path) -> String {
+    format!(
+        "set pagination off
+set confirm off
+set width 0
+set remotetimeout 120
+file {symfile}
+target remote {target}
+echo @@STEP hbreak\\n
+hbreak ksys_sync
+continue
+echo @@STEP at-ksys_sync\\n
+info registers rip
+bt 6
+delete
+echo @@STEP break\\n
+break proc_sys_read
+continue
+echo @@STEP at-proc_sys_read\\n
+info registers rip
+delete
+echo @@STEP watch\\n
+watch *(unsigned long *)&jiffies_64
+continue
+echo @@STEP watched\\n
+delete
+echo @@STEP sse\\n
+p $xmm0
+info registers mxcsr
+set var *(int *)&panic_timeout = {DONE}
+echo @@STEP detach\\n
+detach
+echo @@STEP end\\n
+",
+        symfile = symfile.display(),
+        target = target.display(),
+    )
+}
+
+/// The value of `info registers NAME` in `out`.
+fn register(out: &str, name: &str) -> Option<u64> {
+    out.lines().find_map(|l| {
+        let w: Vec<&str> = l.split_whitespace().collect();
+        let at = w.iter().position(|x| *x == name)?;
+        u64::from_str_radix(w.get(at + 1)?.trim_start_matches("0x"), 16).ok()
+    })
+}
+
+/// gdb's output between two `@@STEP` markers.
+fn step<'a>(out: &'a str, from: &str) -> &'a str {
+    let tag = format!("@@STEP {from}\n");
+    let Some(at) = out.find(&tag) else { return "" };
+    let rest = &out[at + tag.len()..];
+    &rest[..rest.find("@@STEP ").unwrap_or(rest.len())]
+}
+
+#[test]
+fn gdb_debugs_debian_over_a_serial_line() {
+    nested_retry("gdb_debugs_debian_over_a_serial_line", || {
+        let test = "linux_gdb";
+        let Some(g) = guest(test) else { return };
+        let have_tools = ["gdb", "objcopy", "readelf"].iter().all(|t| {
+            Command::new(t)
+                .arg("--version")
+                .stdout(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        });
+        if !have_tools {
+            assert!(
+                !vmm_core::kvm::required_for_tests(),
+                "{test}: gdb and binutils are needed (apt-get install gdb binutils)"
+            );
+            eprintln!("SKIP {test}: no gdb or binutils");
+            return;
+        }
+        let dir = common::TempDir::new(test);
+        let symbols = kernel_symbols(test, &g, &dir);
+        let symfile = dir.0.join("vmlinux.sym");
+        symbol_file(&g.vmlinux, &symbols, &symfile);
+
+        let script = format!(
+            "echo @@LOOP
+i=0
+while [ \"$(cat /proc/sys/kernel/panic)\" != {DONE} ] && [ $i -lt 600 ]; do
+  sync
+  sleep 0.2
+  i=$((i+1))
+done
+echo \"@@GDB-DONE $(cat /proc/sys/kernel/panic)\"
+poweroff -f"
+        );
+        let initrd = test_initrd(&g, &dir, &script, &[], false);
+        let nested = HostKvm::detect() == HostKvm::Pvm;
+        let l1_socket = dir.0.join("ttyS1.sock");
+        let gdb_socket = dir.0.join("gdb.sock");
+        let stub = if nested {
+            "/dev/ttyS1".to_owned()
+        } else {
+            format!("unix:{}", gdb_socket.display())
+        };
+        let mut job = Job::new([
+            "--kernel", "kernel", "--initrd", "initrd", "--memory", "512M", "--append", APPEND,
+            "--gdb", &stub,
+        ])
+        .file("kernel", &g.bzimage)
+        .file("initrd", &initrd)
+        .timeout(Duration::from_secs(900));
+        let bridge_thread = if nested {
+            job = job.l1_serial_socket(&l1_socket);
+            let (l1, listen) = (l1_socket.clone(), gdb_socket.clone());
+            Some(std::thread::spawn(move || {
+                bridge(&l1, &listen, Duration::from_secs(600))
+            }))
+        } else {
+            None
+        };
+        let script_path = dir.file("script.gdb", gdb_script(&symfile, &gdb_socket).as_bytes());
+        let gdb_thread = std::thread::spawn(move || run_gdb(&script_path, &gdb_socket));
+        let out = std::panic::catch_unwind(|| run(test, &g, &job));
+        let (gdb_out, gdb_err) = gdb_thread.join().unwrap();
+        let bridged = bridge_thread.map(|t| t.join().unwrap());
+        let transcript =
+            format!("gdb stdout:\n{gdb_out}\ngdb stderr:\n{gdb_err}\nbridge: {bridged:?}");
+        let out = match out {
+            Ok(o) => o,
+            Err(e) => {
+                eprintln!("{test}: {transcript}");
+                std::panic::resume_unwind(e)
+            }
+        };
+        eprintln!(
+            "{test}: L1 ready after {:?}, whole run {:?}\n{transcript}",
+            out.l1_boot, out.total
+        );
+        let ctx = format!(
+            "{transcript}\nconsole:\n{}\nvmm stderr:\n{}",
+            out.console, out.stderr
+        );
+        check_transcript(&gdb_out, &symbols, &ctx);
+        assert!(
+            out.console.contains(&format!("@@GDB-DONE {DONE}")),
+            "{test}: the guest did not run on to its end: {ctx}"
+        );
+        assert_eq!(out.status, Some(0), "{test}: {ctx}");
+    });
+}
+
+/// Runs gdb on `script` once `socket` is there; its stdout and stderr.
+fn run_gdb(script: &Path, socket: &Path) -> (String, String) {
+    let start = Instant::now();
+    while !socket.exists() && start.elapsed() < Duration::from_secs(600) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let child = Command::new("gdb")
+        .args(["-batch", "-nx", "-x"])
+        .arg(script)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("gdb");
+    let o = common::wait_within(child, Duration::from_secs(900));
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// What gdb must have seen.
+fn check_transcript(out: &str, symbols: &[Symbol], ctx: &str) {
+    let addr = |name: &str| symbols.iter().find(|s| s.name == name).map(|s| s.addr);
+    let ksys_sync = addr("ksys_sync").unwrap();
+    let proc_sys_read = addr("proc_sys_read").unwrap();
+
+    let at = step(out, "at-ksys_sync");
+    assert!(
+        at.contains("Breakpoint 1, ") && at.contains("in ksys_sync"),
+        "the hardware breakpoint on ksys_sync did not hit: {ctx}"
+    );
+    let rip = register(at, "rip").unwrap_or_else(|| panic!("no rip: {ctx}"));
+    assert!(
+        (ksys_sync..ksys_sync + 16).contains(&rip),
+        "rip {rip:#x} is not at ksys_sync {ksys_sync:#x}: {ctx}"
+    );
+    assert!(at.contains("#0 "), "no backtrace: {ctx}");
+    assert!(
+        at.contains("do_syscall_64"),
+        "do_syscall_64 is not among ksys_sync's callers: {ctx}"
+    );
+
+    let at = step(out, "at-proc_sys_read");
+    assert!(
+        at.contains("Breakpoint 2, ") && at.contains("in proc_sys_read"),
+        "the software breakpoint on proc_sys_read did not hit: {ctx}"
+    );
+    let rip = register(at, "rip").unwrap_or_else(|| panic!("no rip: {ctx}"));
+    assert!(
+        (proc_sys_read..proc_sys_read + 16).contains(&rip),
+        "rip {rip:#x} is not at proc_sys_read {proc_sys_read:#x}: {ctx}"
+    );
+
+    let watched = step(out, "watched");
+    assert!(
+        watched.contains("Hardware watchpoint 3: *(unsigned long *)&jiffies_64")
+            && watched.contains("Old value = ")
+            && watched.contains("New value = "),
+        "the watchpoint on jiffies_64 did not report a change: {ctx}"
+    );
+
+    let sse = step(out, "sse");
+    assert!(
+        sse.contains("v4_float") && sse.contains("uint128"),
+        "$xmm0 did not print: {ctx}"
+    );
+    let mxcsr = register(sse, "mxcsr").unwrap_or_else(|| panic!("no mxcsr: {ctx}"));
+    // The default (all exceptions masked) is what a kernel and busybox
+    // keep; zero would mean the register was never read.
+    assert_eq!(mxcsr & 0x1f80, 0x1f80, "mxcsr {mxcsr:#x}: {ctx}");
+
+    assert!(
+        step(out, "detach").contains("Inferior 1 (process 1) detached")
+            || out.contains("[Inferior 1 (process 1) detached]"),
+        "gdb did not detach: {ctx}"
+    );
+}
+
+#[test]
+fn kallsyms_lines_parse() {
+    let console =
+        "noise\n@@SYM ffffffff81234560 T ksys_sync\n@@SYM ffffffff81234600 t sync_fs_one_sb\n\
+                   @@SYM 0000000000000000 T zero\n@@SYM ffffffff81234560 T ksys_sync\n@@SYM bad\n";
+    let s = parse_symbols(console);
+    assert_eq!(s.len(), 2);
+    assert_eq!(s[0].addr, 0xffff_ffff_8123_4560);
+    assert_eq!(s[0].kind, 'T');
+    assert_eq!(s[1].name, "sync_fs_one_sb");
+    let out =
+        "@@STEP a\nrip            0xffffffff81234564  0xffffffff81234564 <ksys_sync+4>\n@@STEP b\n";
+    assert_eq!(register(step(out, "a"), "rip"), Some(0xffff_ffff_8123_4564));
+    assert_eq!(step(out, "b"), "");
+    assert_eq!(step(out, "c"), "");
+}
