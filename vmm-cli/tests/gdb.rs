@@ -304,10 +304,8 @@ fn open_pty() -> (std::fs::File, String) {
     assert_eq!(unsafe { libc::unlockpt(fd) }, 0);
     let mut name = [0 as libc::c_char; 128];
     // SAFETY: `name` is a valid buffer of the given length.
-    assert_eq!(
-        unsafe { libc::ptsname_r(fd, name.as_mut_ptr(), name.len()) },
-        0
-    );
+    let named = unsafe { libc::ptsname_r(fd, name.as_mut_ptr(), name.len()) };
+    assert_eq!(named, 0);
     // SAFETY: ptsname_r wrote a NUL-terminated string into `name`.
     let path = unsafe { std::ffi::CStr::from_ptr(name.as_ptr()) };
     (master, path.to_string_lossy().into_owned())
