@@ -313,8 +313,9 @@ fn open_pty() -> (std::fs::File, String) {
 
 /// `--gdb /dev/pts/N`: gdb reaches the stub through a terminal (here a
 /// pseudo-terminal whose master end the test relays to a Unix socket, as
-/// the test bed relays L1's serial port), twice: the second session
-/// starts at its first packet, the first one's leftovers dropped.
+/// the test bed relays L1's serial port), twice (a step, a breakpoint and
+/// a continue to it): the second session starts at its first packet, the
+/// first one's leftovers dropped.
 #[test]
 fn gdb_over_a_terminal() {
     if !kvm("gdb_over_a_terminal") || !have_gdb() {
@@ -358,12 +359,18 @@ fn gdb_over_a_terminal() {
         }
     });
 
+    let code = guest_code(&elf);
+    let top = code.windows(2).position(|w| w == [0xff, 0x07]).unwrap() as u64;
+    let bp = LOAD_ADDR + top;
     for round in 0..2 {
         let o = Command::new("gdb")
             .args(["-batch", "-nx"])
             .args(["-ex", &format!("target remote {}", gdb_sock.display())])
             .args(["-ex", "info registers rip", "-ex", "stepi"])
-            .args(["-ex", "info registers rip", "-ex", "detach"])
+            .args(["-ex", "info registers rip"])
+            .args(["-ex", &format!("break *{bp:#x}"), "-ex", "continue"])
+            .args(["-ex", "info registers rip", "-ex", "delete"])
+            .args(["-ex", "detach"])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -375,8 +382,9 @@ fn gdb_over_a_terminal() {
         eprintln!("round {round}: gdb stdout:\n{out}\ngdb stderr:\n{err}");
         assert!(o.status.success(), "round {round}: gdb failed");
         let r = rips(&out);
-        assert_eq!(r.len(), 2, "round {round}: {out}");
+        assert_eq!(r.len(), 3, "round {round}: {out}");
         assert_ne!(r[0], r[1], "round {round}: stepi did not move rip");
+        assert_eq!(r[2], bp, "round {round}: not at the breakpoint: {out}");
         assert!(out.contains("detached"), "round {round}: {out}");
         // Detached: the guest runs again.
         c.event("RESUME");

@@ -26,6 +26,8 @@ use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use vmm_testbed::{GuestFiles, HostKvm, Job};
@@ -210,6 +212,30 @@ fn bridge(l1_socket: &Path, listen: &Path, limit: Duration) -> std::io::Result<(
     l1.set_read_timeout(Some(Duration::from_secs(3)))?;
     let mut seen = Vec::new();
     let mut buf = [0u8; 4096];
+    // Every packet heard is acknowledged: the stub, in the protocol's
+    // acknowledged mode until gdb turns that off, holds its next answer
+    // until then, and a held answer must not reach gdb.
+    let mut hear = |l1: &mut UnixStream, seen: &mut Vec<u8>| -> std::io::Result<usize> {
+        match l1.read(&mut buf) {
+            Ok(0) => Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => {
+                seen.extend_from_slice(&buf[..n]);
+                if buf[..n].contains(&b'#') {
+                    l1.write_all(b"+")?;
+                }
+                Ok(n)
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                Ok(0)
+            }
+            Err(e) => Err(e),
+        }
+    };
     loop {
         if start.elapsed() > limit {
             return Err(std::io::Error::other(format!(
@@ -218,25 +244,17 @@ fn bridge(l1_socket: &Path, listen: &Path, limit: Duration) -> std::io::Result<(
             )));
         }
         l1.write_all(b"$?#3f")?;
-        match l1.read(&mut buf) {
-            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
-            Ok(n) => seen.extend_from_slice(&buf[..n]),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
-            Err(e) => return Err(e),
-        }
+        hear(&mut l1, &mut seen)?;
         if seen.windows(2).any(|w| w == b"$T" || w == b"$S") {
             break;
         }
     }
-    // The answers to earlier probes: dropped.
-    l1.set_read_timeout(Some(Duration::from_secs(2)))?;
-    while let Ok(n) = l1.read(&mut buf) {
-        if n == 0 {
-            break;
+    // The answers to earlier probes (which sat in L1's serial port until
+    // the VMM opened it): acknowledged and dropped until all is quiet.
+    let mut quiet = Instant::now();
+    while quiet.elapsed() < Duration::from_secs(6) {
+        if hear(&mut l1, &mut seen)? > 0 {
+            quiet = Instant::now();
         }
     }
     l1.set_read_timeout(None)?;
@@ -244,6 +262,8 @@ fn bridge(l1_socket: &Path, listen: &Path, limit: Duration) -> std::io::Result<(
     let (mut to_gdb, mut from_l1) = (gdb.try_clone()?, l1.try_clone()?);
     std::thread::spawn(move || {
         let _ = std::io::copy(&mut from_l1, &mut to_gdb);
+        // L1 is gone: so is gdb's target.
+        let _ = to_gdb.shutdown(std::net::Shutdown::Both);
     });
     let (mut from_gdb, mut to_l1) = (gdb, l1);
     let _ = std::io::copy(&mut from_gdb, &mut to_l1);
@@ -370,8 +390,26 @@ poweroff -f"
             None
         };
         let script_path = dir.file("script.gdb", gdb_script(&symfile, &gdb_socket).as_bytes());
-        let gdb_thread = std::thread::spawn(move || run_gdb(&script_path, &gdb_socket));
+        let give_up = Arc::new(AtomicBool::new(false));
+        let (pid_tx, pid_rx) = mpsc::channel();
+        let gdb_thread = {
+            let give_up = Arc::clone(&give_up);
+            std::thread::spawn(move || run_gdb(&script_path, &gdb_socket, &give_up, pid_tx))
+        };
         let out = std::panic::catch_unwind(|| run(test, &g, &job));
+        // The guest is gone: gdb has a minute to see it, then it is ended.
+        give_up.store(true, Ordering::SeqCst);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !gdb_thread.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        if !gdb_thread.is_finished() {
+            if let Ok(pid) = pid_rx.try_recv() {
+                // SAFETY: kill only sends a signal, to the gdb this test
+                // started (still running: not yet reaped).
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
         let (gdb_out, gdb_err) = gdb_thread.join().unwrap();
         let bridged = bridge_thread.map(|t| t.join().unwrap());
         let transcript =
@@ -400,10 +438,18 @@ poweroff -f"
     });
 }
 
-/// Runs gdb on `script` once `socket` is there; its stdout and stderr.
-fn run_gdb(script: &Path, socket: &Path) -> (String, String) {
-    let start = Instant::now();
-    while !socket.exists() && start.elapsed() < Duration::from_secs(600) {
+/// Runs gdb on `script` once `socket` is there (unless the test gives up
+/// first), telling `pid` its process id; its stdout and stderr.
+fn run_gdb(
+    script: &Path,
+    socket: &Path,
+    give_up: &AtomicBool,
+    pid: mpsc::Sender<i32>,
+) -> (String, String) {
+    while !socket.exists() {
+        if give_up.load(Ordering::SeqCst) {
+            return ("(gdb never started: no socket)".into(), String::new());
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
     let child = Command::new("gdb")
@@ -414,7 +460,8 @@ fn run_gdb(script: &Path, socket: &Path) -> (String, String) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("gdb");
-    let o = common::wait_within(child, Duration::from_secs(900));
+    let _ = pid.send(child.id() as i32);
+    let o = child.wait_with_output().expect("gdb's output");
     (
         String::from_utf8_lossy(&o.stdout).into_owned(),
         String::from_utf8_lossy(&o.stderr).into_owned(),
