@@ -12,15 +12,15 @@
 //! unwinds by reading the code, which is enough for a syscall's few
 //! frames.
 //!
-//! The second boot: gdb attaches, puts a hardware breakpoint on
-//! `ksys_sync` (no guest memory needed: the kernel may still be starting)
-//! and continues; the init's loop runs `sync`, gdb stops there, reads RIP
-//! and the backtrace (`do_syscall_64` among the callers), then sets a
-//! software breakpoint on `proc_sys_read` (the loop reads
-//! `/proc/sys/kernel/panic`), a watchpoint on `jiffies_64` (the timer
-//! tick writes it), reads `$xmm0` and MXCSR, writes `panic_timeout`
-//! (the loop's way out) and detaches; the guest prints its marker and
-//! powers off.
+//! The second boot: once the guest's init loop runs (its `@@LOOP` on the
+//! live console), gdb attaches, sets a software breakpoint on `ksys_sync`
+//! and continues; the loop runs `sync`, gdb stops there, reads RIP and
+//! the backtrace (`do_syscall_64` among the callers), `$xmm0` and MXCSR,
+//! writes `panic_timeout` (the loop's way out), then sets a hardware
+//! breakpoint on `proc_sys_read` (the loop reads
+//! `/proc/sys/kernel/panic`) and a watchpoint on `jiffies_64` (the timer
+//! tick writes it), and detaches; the guest prints its marker and powers
+//! off.
 
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -194,13 +194,13 @@ fn kernel_symbols(test: &str, g: &GuestFiles, dir: &common::TempDir) -> Vec<Symb
 }
 
 /// The host end of L1's `/dev/ttyS1`: connects to QEMU's socket (so that
-/// L1 starts), asks the stub for the stop reason (`?`) every few seconds
-/// until it answers (the VMM is up: the guest is stopped, as a client
+/// L1 starts), waits for the guest's `@@LOOP` on the live console, asks
+/// the stub for the stop reason (`?`) every few seconds until it answers (the VMM is up: the guest is stopped, as a client
 /// attaching stops it), drops what else comes, then listens at `listen`
 /// (gdb starts once it is there) and passes gdb's bytes both ways. When
 /// gdb goes, it detaches for it (`D`), so that a gdb that failed
 /// half-way does not leave the guest stopped.
-fn bridge(l1_socket: &Path, listen: &Path, limit: Duration) -> std::io::Result<()> {
+fn bridge(l1_socket: &Path, console: &Path, listen: &Path, limit: Duration) -> std::io::Result<()> {
     let start = Instant::now();
     let mut l1 = loop {
         match UnixStream::connect(l1_socket) {
@@ -209,6 +209,14 @@ fn bridge(l1_socket: &Path, listen: &Path, limit: Duration) -> std::io::Result<(
             Err(_) => std::thread::sleep(Duration::from_millis(50)),
         }
     };
+    // Not a byte before the guest's init loop runs (its kernel is up, and
+    // the VMM has the terminal open).
+    while !std::fs::read_to_string(console).is_ok_and(|c| c.contains("@@LOOP")) {
+        if start.elapsed() > limit {
+            return Err(std::io::Error::other("the guest never reached its loop"));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
     l1.set_read_timeout(Some(Duration::from_secs(3)))?;
     let mut seen = Vec::new();
     let mut buf = [0u8; 4096];
@@ -280,15 +288,19 @@ set width 0
 set remotetimeout 120
 file {symfile}
 target remote {target}
-echo @@STEP hbreak\\n
-hbreak ksys_sync
+echo @@STEP break\\n
+break ksys_sync
 continue
 echo @@STEP at-ksys_sync\\n
 info registers rip
 bt 6
 delete
-echo @@STEP break\\n
-break proc_sys_read
+echo @@STEP sse\\n
+p $xmm0
+info registers mxcsr
+set var *(int *)&panic_timeout = {DONE}
+echo @@STEP hbreak\\n
+hbreak proc_sys_read
 continue
 echo @@STEP at-proc_sys_read\\n
 info registers rip
@@ -298,10 +310,6 @@ watch *(unsigned long *)&jiffies_64
 continue
 echo @@STEP watched\\n
 delete
-echo @@STEP sse\\n
-p $xmm0
-info registers mxcsr
-set var *(int *)&panic_timeout = {DONE}
 echo @@STEP detach\\n
 detach
 echo @@STEP end\\n
@@ -381,10 +389,11 @@ poweroff -f"
         .file("initrd", &initrd)
         .timeout(Duration::from_secs(900));
         let bridge_thread = if nested {
-            job = job.l1_serial_socket(&l1_socket);
+            let console = dir.0.join("console.log");
+            job = job.l1_serial_socket(&l1_socket).live_console(&console);
             let (l1, listen) = (l1_socket.clone(), gdb_socket.clone());
             Some(std::thread::spawn(move || {
-                bridge(&l1, &listen, Duration::from_secs(600))
+                bridge(&l1, &console, &listen, Duration::from_secs(600))
             }))
         } else {
             None
@@ -394,7 +403,10 @@ poweroff -f"
         let (pid_tx, pid_rx) = mpsc::channel();
         let gdb_thread = {
             let give_up = Arc::clone(&give_up);
-            std::thread::spawn(move || run_gdb(&script_path, &gdb_socket, &give_up, pid_tx))
+            // Directly on hardware the stub's socket is there from the
+            // VMM's start: gdb gives the guest time to reach its loop.
+            let settle = Duration::from_secs(if nested { 0 } else { 30 });
+            std::thread::spawn(move || run_gdb(&script_path, &gdb_socket, settle, &give_up, pid_tx))
         };
         let out = std::panic::catch_unwind(|| run(test, &g, &job));
         // The guest is gone: gdb has a minute to see it, then it is ended.
@@ -438,11 +450,12 @@ poweroff -f"
     });
 }
 
-/// Runs gdb on `script` once `socket` is there (unless the test gives up
-/// first), telling `pid` its process id; its stdout and stderr.
+/// Runs gdb on `script` once `socket` is there and `settle` has passed
+/// (unless the test gives up first), telling `pid` its process id; its stdout and stderr.
 fn run_gdb(
     script: &Path,
     socket: &Path,
+    settle: Duration,
     give_up: &AtomicBool,
     pid: mpsc::Sender<i32>,
 ) -> (String, String) {
@@ -452,6 +465,7 @@ fn run_gdb(
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+    std::thread::sleep(settle);
     let child = Command::new("gdb")
         .args(["-batch", "-nx", "-x"])
         .arg(script)
@@ -477,7 +491,7 @@ fn check_transcript(out: &str, symbols: &[Symbol], ctx: &str) {
     let at = step(out, "at-ksys_sync");
     assert!(
         at.contains("Breakpoint 1, ") && at.contains("in ksys_sync"),
-        "the hardware breakpoint on ksys_sync did not hit: {ctx}"
+        "the software breakpoint on ksys_sync did not hit: {ctx}"
     );
     let rip = register(at, "rip").unwrap_or_else(|| panic!("no rip: {ctx}"));
     assert!(
@@ -490,10 +504,20 @@ fn check_transcript(out: &str, symbols: &[Symbol], ctx: &str) {
         "do_syscall_64 is not among ksys_sync's callers: {ctx}"
     );
 
+    let sse = step(out, "sse");
+    assert!(
+        sse.contains("v4_float") && sse.contains("uint128"),
+        "$xmm0 did not print: {ctx}"
+    );
+    let mxcsr = register(sse, "mxcsr").unwrap_or_else(|| panic!("no mxcsr: {ctx}"));
+    // The default (all exceptions masked) is what a kernel and busybox
+    // keep; zero would mean the register was never read.
+    assert_eq!(mxcsr & 0x1f80, 0x1f80, "mxcsr {mxcsr:#x}: {ctx}");
+
     let at = step(out, "at-proc_sys_read");
     assert!(
         at.contains("Breakpoint 2, ") && at.contains("in proc_sys_read"),
-        "the software breakpoint on proc_sys_read did not hit: {ctx}"
+        "the hardware breakpoint on proc_sys_read did not hit: {ctx}"
     );
     let rip = register(at, "rip").unwrap_or_else(|| panic!("no rip: {ctx}"));
     assert!(
@@ -508,16 +532,6 @@ fn check_transcript(out: &str, symbols: &[Symbol], ctx: &str) {
             && watched.contains("New value = "),
         "the watchpoint on jiffies_64 did not report a change: {ctx}"
     );
-
-    let sse = step(out, "sse");
-    assert!(
-        sse.contains("v4_float") && sse.contains("uint128"),
-        "$xmm0 did not print: {ctx}"
-    );
-    let mxcsr = register(sse, "mxcsr").unwrap_or_else(|| panic!("no mxcsr: {ctx}"));
-    // The default (all exceptions masked) is what a kernel and busybox
-    // keep; zero would mean the register was never read.
-    assert_eq!(mxcsr & 0x1f80, 0x1f80, "mxcsr {mxcsr:#x}: {ctx}");
 
     assert!(
         step(out, "detach").contains("Inferior 1 (process 1) detached")
