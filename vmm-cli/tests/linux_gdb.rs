@@ -9,8 +9,9 @@
 //! test needs from the guest's `/proc/kallsyms` (`nokaslr`: the same
 //! addresses on the second boot), and `objcopy --add-symbol` makes a
 //! copy of `vmlinux` that has them. With no debug information gdb
-//! unwinds by reading the code, which is enough for a syscall's few
-//! frames.
+//! unwinds by reading the code, and names an address after the nearest
+//! of those few symbols below it, so a backtrace's names are rough: the
+//! test checks that one prints, not what it says.
 //!
 //! The second boot: once the guest's init loop runs (its `@@LOOP` on the
 //! live console), gdb attaches (the guest stops wherever it is), reads
