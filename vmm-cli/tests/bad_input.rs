@@ -349,6 +349,13 @@ fn bad_command_lines_are_refused() {
         (&["--kernel", "K", "--reboot", "maybe"], Usage, "invalid value 'maybe' for '--reboot <ACTION>'", false),
         (&["--kernel", "K", "--log-level", "loud"], Usage, "invalid value 'loud' for '--log-level <LEVEL>'", false),
         (&["--kernel", "K", "--qmp"], Usage, "a value is required for '--qmp <PATH>'", false),
+        // --gdb on a terminal (QEMU's -gdb /dev/ttyS0): only /dev/ paths,
+        // no options, and only a terminal.
+        (&["--kernel", "K", "--gdb", "/tmp/gdb.sock"], Usage, "expected tcp:HOST:PORT, unix:PATH or a /dev/ terminal", false),
+        (&["--kernel", "K", "--gdb", "/dev/"], Usage, "a device path needs a name after /dev/", false),
+        (&["--kernel", "K", "--gdb", "/dev/ttyS1,baud=9600"], Usage, "options after the device are not supported", false),
+        (&["--kernel", "K", "--gdb", "/dev/nonexistent-tty"], Vmm, "cannot listen for gdb on /dev/nonexistent-tty: No such file or directory", false),
+        (&["--kernel", "K", "--gdb", "/dev/null"], Vmm, "cannot listen for gdb on /dev/null: not a terminal", false),
         (&["--kernel", "/nonexistent/bzImage"], Vmm, "cannot open kernel /nonexistent/bzImage", false),
         (&["--kernel", "DIR"], Vmm, "is not a regular file (a directory)", false),
         (&["--kernel", "FIFO"], Vmm, "is not a regular file (a FIFO)", false),

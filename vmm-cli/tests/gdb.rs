@@ -2,9 +2,10 @@
 //! hand-assembled guest ([`test_guests::counter`], two vCPUs, the second
 //! never started) on this host's `/dev/kvm` (PVM included): attach (the
 //! guest stops, `paused`), the vCPUs as threads, registers, a single step,
-//! memory (and an unmapped address), a software breakpoint and a continue
-//! to it (`debug`), detach (the guest runs on). And the bad `--gdb`
-//! addresses, refused at start-up.
+//! memory (and an unmapped address), the x87 and SSE registers (read, and
+//! written back), a software breakpoint and a continue to it (`debug`),
+//! detach (the guest runs on). And the bad `--gdb` addresses, refused at
+//! start-up.
 //!
 //! The gdb script waits at two points (`shell` loops on a file the test
 //! creates), so that the test can ask QMP for the run state while gdb
@@ -12,6 +13,7 @@
 
 mod common;
 
+use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -141,6 +143,15 @@ fn gdb_attaches_steps_breaks_and_detaches() {
         "info registers rip".to_owned(),
         "x/4bx $rip".to_owned(),
         "x/4bx 0x10000000000".to_owned(),
+        // x87 and SSE, as reset left them (FNINIT's FCW, MXCSR's
+        // default), then an XMM register written and read back.
+        "info registers fctrl fstat ftag mxcsr".to_owned(),
+        "set $xmm1.v2_int64[0] = 0x0123456789abcdef".to_owned(),
+        "set $xmm1.v2_int64[1] = 0x7edcba9876543210".to_owned(),
+        "set $mxcsr = 0x1fa0".to_owned(),
+        "maintenance flush register-cache".to_owned(),
+        "p/x $xmm1.v2_int64".to_owned(),
+        "p/x $mxcsr".to_owned(),
         format!("break *{bp:#x}"),
         "continue".to_owned(),
         handshake(&dir.0, "break"),
@@ -200,6 +211,26 @@ fn gdb_attaches_steps_breaks_and_detaches() {
         out.contains(&format!("{:#x}:{want}", r[1])),
         "{want} in {out}"
     );
+    // The x87 and SSE registers: reset's values, and what was written
+    // read back (after gdb dropped its cache).
+    // (A line may start with what the failed `x` left unended.)
+    let reg = |name: &str| {
+        out.lines()
+            .find_map(|l| {
+                let words: Vec<&str> = l.split_whitespace().collect();
+                let at = words.iter().position(|w| *w == name)?;
+                words.get(at + 1).map(|v| v.to_string())
+            })
+            .unwrap_or_else(|| panic!("no {name} in {out}"))
+    };
+    assert_eq!(reg("fctrl"), "0x37f", "{out}");
+    assert_eq!(reg("ftag"), "0xffff", "{out}");
+    assert_eq!(reg("mxcsr"), "0x1f80", "{out}");
+    assert!(
+        out.contains("= {0x123456789abcdef, 0x7edcba9876543210}"),
+        "xmm1 read back: {out}"
+    );
+    assert!(out.contains("= 0x1fa0"), "mxcsr read back: {out}");
     // Outside RAM: an error, and gdb goes on.
     assert!(
         err.contains("Cannot access memory at address 0x10000000000"),
@@ -256,4 +287,112 @@ fn bad_gdb_addresses_are_refused_at_start() {
         &format!("unix:{}", file.display()),
     ]);
     assert_one_line_error(&o, "cannot listen for gdb on unix:");
+}
+
+/// A pseudo-terminal pair: the master (ours) and the slave's path.
+fn open_pty() -> (std::fs::File, String) {
+    use std::os::fd::FromRawFd;
+    // SAFETY: posix_openpt takes flags only and returns a new descriptor
+    // or -1.
+    let fd = unsafe { libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY) };
+    assert!(fd >= 0, "posix_openpt: {}", std::io::Error::last_os_error());
+    // SAFETY: `fd` is the master just opened, owned by nothing else.
+    let master = unsafe { std::fs::File::from_raw_fd(fd) };
+    // SAFETY: grantpt and unlockpt act on the valid master descriptor.
+    assert_eq!(unsafe { libc::grantpt(fd) }, 0);
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::unlockpt(fd) }, 0);
+    let mut name = [0 as libc::c_char; 128];
+    // SAFETY: `name` is a valid buffer of the given length.
+    let named = unsafe { libc::ptsname_r(fd, name.as_mut_ptr(), name.len()) };
+    assert_eq!(named, 0);
+    // SAFETY: ptsname_r wrote a NUL-terminated string into `name`.
+    let path = unsafe { std::ffi::CStr::from_ptr(name.as_ptr()) };
+    (master, path.to_string_lossy().into_owned())
+}
+
+/// `--gdb /dev/pts/N`: gdb reaches the stub through a terminal (here a
+/// pseudo-terminal whose master end the test relays to a Unix socket, as
+/// the test bed relays L1's serial port), twice (a step, a breakpoint and
+/// a continue to it): the second session starts at its first packet, the
+/// first one's leftovers dropped.
+#[test]
+fn gdb_over_a_terminal() {
+    if !kvm("gdb_over_a_terminal") || !have_gdb() {
+        return;
+    }
+    let dir = TempDir::new("gdb-tty");
+    let log = dir.0.join("serial.log");
+    let serial = format!("file:{}", log.display());
+    let elf = test_guests::counter(DELAY);
+    let (master, slave) = open_pty();
+    let (child, sock) = spawn(&dir, &elf, &["--serial", &serial, "--gdb", &slave]);
+    let mut c = Client::connect(&sock);
+    wait_output(&log, 0);
+
+    // The relay: each gdb that connects gets the terminal's master end.
+    let gdb_sock = dir.0.join("gdb.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&gdb_sock).unwrap();
+    let master = std::sync::Arc::new(master);
+    let relay_master = std::sync::Arc::clone(&master);
+    std::thread::spawn(move || {
+        let reader = std::sync::Arc::clone(&relay_master);
+        let current: std::sync::Arc<std::sync::Mutex<Option<std::os::unix::net::UnixStream>>> =
+            Default::default();
+        let to_gdb = std::sync::Arc::clone(&current);
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            loop {
+                let n = match (&*reader).read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                if let Some(s) = to_gdb.lock().unwrap().as_mut() {
+                    let _ = s.write_all(&buf[..n]);
+                }
+            }
+        });
+        for s in listener.incoming() {
+            let Ok(mut s) = s else { return };
+            *current.lock().unwrap() = Some(s.try_clone().unwrap());
+            let _ = std::io::copy(&mut s, &mut &*relay_master);
+        }
+    });
+
+    let code = guest_code(&elf);
+    let top = code.windows(2).position(|w| w == [0xff, 0x07]).unwrap() as u64;
+    let bp = LOAD_ADDR + top;
+    for round in 0..2 {
+        let o = Command::new("gdb")
+            .args(["-batch", "-nx"])
+            .args(["-ex", &format!("target remote {}", gdb_sock.display())])
+            .args(["-ex", "info registers rip", "-ex", "stepi"])
+            .args(["-ex", "info registers rip"])
+            .args(["-ex", &format!("break *{bp:#x}"), "-ex", "continue"])
+            .args(["-ex", "info registers rip", "-ex", "delete"])
+            .args(["-ex", "detach"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let o = wait_within(o, RUN_LIMIT);
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        eprintln!("round {round}: gdb stdout:\n{out}\ngdb stderr:\n{err}");
+        assert!(o.status.success(), "round {round}: gdb failed");
+        let r = rips(&out);
+        assert_eq!(r.len(), 3, "round {round}: {out}");
+        assert_ne!(r[0], r[1], "round {round}: stepi did not move rip");
+        assert_eq!(r[2], bp, "round {round}: not at the breakpoint: {out}");
+        assert!(out.contains("detached"), "round {round}: {out}");
+        // Detached: the guest runs again.
+        c.event("RESUME");
+        assert_eq!(c.status()["status"], "running");
+        let n = std::fs::read(&log).unwrap().len();
+        wait_output(&log, n);
+    }
+    assert_eq!(c.execute("quit"), serde_json::json!({"return": {}}));
+    let o = wait(child);
+    assert!(o.status.success(), "{}", stderr(&o));
 }

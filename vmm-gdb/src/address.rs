@@ -1,6 +1,8 @@
-//! Where the stub listens: `tcp:HOST:PORT` or `unix:PATH` (QEMU's
-//! `-gdb tcp::1234`, `-gdb unix:/tmp/gdb.sock`). An empty HOST listens on
-//! every interface, as QEMU's `tcp::1234` does; `[::1]` is an IPv6 host.
+//! Where the stub listens: `tcp:HOST:PORT`, `unix:PATH` or a terminal
+//! device `/dev/...` (QEMU's `-gdb tcp::1234`, `-gdb unix:/tmp/gdb.sock`,
+//! `-gdb /dev/ttyS0`: QEMU's character device syntax takes a path under
+//! `/dev/` for a host terminal). An empty HOST listens on every
+//! interface, as QEMU's `tcp::1234` does; `[::1]` is an IPv6 host.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -18,6 +20,9 @@ pub enum GdbAddress {
     },
     /// A Unix socket at this path (created; it must not exist).
     Unix(PathBuf),
+    /// A terminal (a serial port, a pseudo-terminal) at this path under
+    /// `/dev/`, served in raw mode.
+    Device(PathBuf),
 }
 
 /// A `--gdb` address that does not parse.
@@ -39,8 +44,17 @@ impl FromStr for GdbAddress {
             }
             return Ok(Self::Unix(PathBuf::from(path)));
         }
+        if s.starts_with("/dev/") {
+            if s.len() == "/dev/".len() {
+                return Err(bad("a device path needs a name after /dev/"));
+            }
+            if s.contains(',') {
+                return Err(bad("options after the device are not supported"));
+            }
+            return Ok(Self::Device(PathBuf::from(s)));
+        }
         let Some(rest) = s.strip_prefix("tcp:") else {
-            return Err(bad("expected tcp:HOST:PORT or unix:PATH"));
+            return Err(bad("expected tcp:HOST:PORT, unix:PATH or a /dev/ terminal"));
         };
         let Some((host, port)) = rest.rsplit_once(':') else {
             return Err(bad("expected tcp:HOST:PORT (HOST may be empty)"));
@@ -74,6 +88,7 @@ impl fmt::Display for GdbAddress {
             Self::Tcp { host, port } if host.contains(':') => write!(f, "tcp:[{host}]:{port}"),
             Self::Tcp { host, port } => write!(f, "tcp:{host}:{port}"),
             Self::Unix(path) => write!(f, "unix:{}", path.display()),
+            Self::Device(path) => write!(f, "{}", path.display()),
         }
     }
 }
@@ -99,7 +114,11 @@ mod tests {
             "unix:/tmp/gdb.sock".parse(),
             Ok(GdbAddress::Unix("/tmp/gdb.sock".into()))
         );
-        for s in ["tcp::1234", "tcp:[::1]:1", "unix:/x"] {
+        assert_eq!(
+            "/dev/ttyS1".parse(),
+            Ok(GdbAddress::Device("/dev/ttyS1".into()))
+        );
+        for s in ["tcp::1234", "tcp:[::1]:1", "unix:/x", "/dev/pts/3"] {
             assert_eq!(s.parse::<GdbAddress>().unwrap().to_string(), s);
         }
     }
@@ -124,6 +143,10 @@ mod tests {
             "unix:/tmp/s,server=on",
             "udp::1234",
             "TCP::1234",
+            "/dev/",
+            "/dev/ttyS1,baud=9600",
+            "/tmp/gdb.sock",
+            "ttyS1",
         ] {
             let e = s.parse::<GdbAddress>().unwrap_err();
             assert!(e.0.starts_with("bad gdb address"), "{s}: {e}");

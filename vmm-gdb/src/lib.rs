@@ -7,15 +7,16 @@
 //! PC machine implements by asking its main loop (vmm-pc's `gdb.rs`).
 //! What is here:
 //!
-//! - [`address`]: `--gdb tcp:HOST:PORT` and `--gdb unix:PATH`, parsed and
-//!   bound at start-up (a bad address or a port in use fails there);
+//! - [`address`]: `--gdb tcp:HOST:PORT`, `--gdb unix:PATH` and `--gdb
+//!   /dev/TTY` (a terminal, QEMU's `-gdb /dev/ttyS0`), parsed and bound or
+//!   opened at start-up (a bad address or a port in use fails there);
 //! - [`server`]: the stub's own thread: accept a client, stop the machine
 //!   (`paused`, as QEMU does on attach), serve it, detach and let the guest
 //!   run when it goes, then wait for the next client;
 //! - the gdbstub target (`target.rs`): each vCPU a gdb thread (thread id =
 //!   vCPU index + 1), registers, memory by guest-virtual address, single
 //!   step, software breakpoints (the stub writes `int3` and restores the
-//!   byte) and hardware breakpoints (DR0 to DR3);
+//!   byte), hardware breakpoints and watchpoints (DR0 to DR3, shared);
 //! - [`paging`]: the guest page-table walk the machine uses to read and
 //!   write memory by virtual address;
 //! - [`breakpoints`]: the breakpoint bookkeeping.
@@ -27,6 +28,7 @@
 
 pub mod address;
 pub mod breakpoints;
+mod fpu;
 pub mod paging;
 pub mod server;
 mod target;
@@ -37,10 +39,11 @@ use std::sync::Arc;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 pub use address::GdbAddress;
+pub use breakpoints::{HwSlot, SlotKind};
 pub use server::{spawn, GdbListener};
 
-/// x86-64 registers as gdb sees them (its `64bit-core` feature, less the
-/// x87 and SSE state, which read as zero).
+/// x86-64 registers as gdb sees them (its `64bit-core` and `64bit-sse`
+/// features).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Registers {
     /// RAX, RBX, RCX, RDX, RSI, RDI, RBP, RSP, R8 to R15 (gdb's order).
@@ -51,6 +54,35 @@ pub struct Registers {
     pub rflags: u64,
     /// The selectors of CS, SS, DS, ES, FS, GS.
     pub segments: [u16; 6],
+    /// The x87 and SSE state.
+    pub fpu: FpuRegisters,
+}
+
+/// The x87 and SSE state as `FXSAVE` lays it out (the legacy region of
+/// the XSAVE area KVM's `KVM_GET_XSAVE` gives); the stub turns it into gdb's
+/// registers (`target.rs`: the full tag word, the 64-bit pointers cut in
+/// two).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FpuRegisters {
+    /// ST0 to ST7 (stack order: ST0 is the top), 80 bits each.
+    pub st: [[u8; 10]; 8],
+    /// The x87 control word (FCW).
+    pub fcw: u16,
+    /// The x87 status word (FSW, TOP in bits 11 to 13).
+    pub fsw: u16,
+    /// The abridged tag word: bit n set when physical register n is not
+    /// empty.
+    pub ftw: u8,
+    /// The last x87 opcode (11 bits).
+    pub fop: u16,
+    /// The last x87 instruction pointer.
+    pub fip: u64,
+    /// The last x87 data pointer.
+    pub fdp: u64,
+    /// XMM0 to XMM15.
+    pub xmm: [u128; 16],
+    /// MXCSR.
+    pub mxcsr: u32,
 }
 
 /// What to run and stop for on the next resume.
@@ -60,8 +92,8 @@ pub struct ResumePlan {
     pub step: Vec<u32>,
     /// Report `int3` to the stub (software breakpoints are set).
     pub sw_breakpoints: bool,
-    /// Hardware breakpoints (DR0 to DR3).
-    pub hw_breakpoints: [Option<u64>; breakpoints::HW_SLOTS],
+    /// Hardware breakpoints and watchpoints (DR0 to DR3).
+    pub hw_breakpoints: [Option<breakpoints::HwSlot>; breakpoints::HW_SLOTS],
 }
 
 /// Why the machine stopped for the debugger.
@@ -69,8 +101,9 @@ pub struct ResumePlan {
 pub enum StopKind {
     /// A software breakpoint (`int3`).
     SwBreakpoint,
-    /// A hardware breakpoint.
-    HwBreakpoint,
+    /// A hardware breakpoint or watchpoint: DR6's B0..B3 (bit n: DRn's
+    /// condition was met), which the stub matches to its slots.
+    DebugRegisters(u8),
     /// A finished single step.
     Step,
 }
@@ -168,8 +201,8 @@ pub trait DebugMachine: Send {
     fn interrupt(&mut self) -> Result<(), MachineError>;
     /// vCPU `vcpu`'s registers.
     fn read_registers(&mut self, vcpu: u32) -> Result<Registers, MachineError>;
-    /// Sets vCPU `vcpu`'s general registers, RIP and RFLAGS (the segment
-    /// selectors are left as they are).
+    /// Sets vCPU `vcpu`'s general registers, RIP, RFLAGS and the x87 and
+    /// SSE state (the segment selectors are left as they are).
     fn write_registers(&mut self, vcpu: u32, regs: &Registers) -> Result<(), MachineError>;
     /// Reads guest memory at virtual address `addr` as vCPU `vcpu` sees
     /// it: how many bytes were read (fewer where a page is unmapped).

@@ -1,5 +1,11 @@
 //! The stub's thread: one client at a time, as QEMU's gdb chardev.
 //!
+//! On a terminal device (`--gdb /dev/ttyS1`) there is no connection to
+//! accept: a session starts when a packet (`$`) arrives, bytes before it
+//! (gdb's `+` acknowledgements of a past session, line noise) being
+//! dropped, and ends when gdb detaches or kills; the next packet starts
+//! the next.
+//!
 //! For each client: stop the machine ([`DebugMachine::attach`]), serve the
 //! gdb remote protocol with gdbstub until the client detaches, kills or
 //! goes away, then [`DebugMachine::detach`] (breakpoints out of guest
@@ -8,11 +14,14 @@
 //! any packet) and the machine's stop eventfd together, so neither waits
 //! on the other. It never runs on a vCPU thread or the main loop.
 
+use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream, ToSocketAddrs};
 use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use gdbstub::conn::{Connection, ConnectionExt};
 use gdbstub::stub::{DisconnectReason, GdbStub};
@@ -28,6 +37,8 @@ pub enum GdbListener {
     Tcp(TcpListener),
     /// On a Unix socket; the path is removed when the listener drops.
     Unix(UnixListener, PathBuf),
+    /// On a terminal device, opened non-blocking and in raw mode.
+    Device(Arc<File>, PathBuf),
 }
 
 /// A `--gdb` address that cannot be listened on.
@@ -56,6 +67,9 @@ impl GdbListener {
             GdbAddress::Unix(path) => UnixListener::bind(path)
                 .map(|l| Self::Unix(l, path.clone()))
                 .map_err(fail),
+            GdbAddress::Device(path) => open_terminal(path)
+                .map(|f| Self::Device(Arc::new(f), path.clone()))
+                .map_err(fail),
         }
     }
 
@@ -63,7 +77,7 @@ impl GdbListener {
     pub fn port(&self) -> Option<u16> {
         match self {
             Self::Tcp(l) => l.local_addr().ok().map(|a| a.port()),
-            Self::Unix(..) => None,
+            Self::Unix(..) | Self::Device(..) => None,
         }
     }
 
@@ -81,6 +95,88 @@ impl GdbListener {
                 log::info!("gdb: a client attached");
                 Ok(Conn::Unix(s))
             }
+            Self::Device(f, path) => {
+                wait_for_packet(f)?;
+                log::info!("gdb: a client spoke on {}", path.display());
+                Ok(Conn::Device {
+                    file: Arc::clone(f),
+                    pending: Some(b'$'),
+                })
+            }
+        }
+    }
+}
+
+/// Opens a terminal for the stub: read-write, non-blocking (no wait for a
+/// modem's carrier), not our controlling terminal, in raw mode (bytes
+/// through unchanged: no echo, no line editing, no CR/LF translation),
+/// the modem lines ignored. Anything but a terminal is refused.
+fn open_terminal(path: &Path) -> std::io::Result<File> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY | libc::O_NONBLOCK)
+        .open(path)?;
+    if !file.metadata()?.file_type().is_char_device() {
+        return Err(std::io::Error::other("not a character device"));
+    }
+    let fd = file.as_raw_fd();
+    // SAFETY: termios is plain data, filled by tcgetattr before use.
+    let mut t: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid open descriptor and a valid out-pointer.
+    if unsafe { libc::tcgetattr(fd, &mut t) } != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::ENOTTY) {
+            return Err(std::io::Error::other("not a terminal"));
+        }
+        return Err(e);
+    }
+    // SAFETY: cfmakeraw only edits the struct it is given.
+    unsafe { libc::cfmakeraw(&mut t) };
+    t.c_cflag |= libc::CLOCAL | libc::CREAD;
+    // SAFETY: a valid open descriptor and a fully initialised termios.
+    if unsafe { libc::tcsetattr(fd, libc::TCSANOW, &t) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(file)
+}
+
+/// Waits on `fd` for `events` (no time limit; an interrupted wait goes on).
+fn wait_fd(fd: RawFd, events: libc::c_short) -> std::io::Result<()> {
+    loop {
+        let mut p = libc::pollfd {
+            fd,
+            events,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for the duration of the call.
+        let n = unsafe { libc::poll(&mut p, 1, -1) };
+        if n >= 0 {
+            return Ok(());
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// Reads the terminal until a packet starts (`$`, consumed: the caller
+/// puts it back), dropping what comes before it.
+fn wait_for_packet(file: &File) -> std::io::Result<()> {
+    let mut reader = file;
+    let mut b = [0u8];
+    loop {
+        match reader.read(&mut b) {
+            Ok(1) if b[0] == b'$' => return Ok(()),
+            Ok(1) => log::debug!("gdb: dropped {:#04x} between sessions", b[0]),
+            // A hung-up line: wait a little and look again.
+            Ok(_) => std::thread::sleep(std::time::Duration::from_millis(100)),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                wait_fd(file.as_raw_fd(), libc::POLLIN)?
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
     }
 }
@@ -94,11 +190,17 @@ impl Drop for GdbListener {
 }
 
 /// A client's connection: blocking reads and writes, polled with the stop
-/// eventfd while the guest runs.
+/// eventfd while the guest runs. A terminal is non-blocking underneath
+/// (reads and writes wait with `poll`), with the byte read ahead (the
+/// `$` that started the session, or a peek) kept in `pending`.
 #[derive(Debug)]
 pub(crate) enum Conn {
     Tcp(TcpStream),
     Unix(UnixStream),
+    Device {
+        file: Arc<File>,
+        pending: Option<u8>,
+    },
 }
 
 impl Conn {
@@ -106,6 +208,7 @@ impl Conn {
         match self {
             Self::Tcp(s) => s,
             Self::Unix(s) => s,
+            Self::Device { file, .. } => file,
         }
     }
 
@@ -113,7 +216,52 @@ impl Conn {
         match self {
             Self::Tcp(s) => s.as_raw_fd(),
             Self::Unix(s) => s.as_raw_fd(),
+            Self::Device { file, .. } => file.as_raw_fd(),
         }
+    }
+
+    /// Whether a byte was read ahead (polling the descriptor would not
+    /// show it).
+    pub(crate) fn has_buffered(&self) -> bool {
+        matches!(
+            self,
+            Self::Device {
+                pending: Some(_),
+                ..
+            }
+        )
+    }
+
+    /// One byte from a terminal, without waiting (`None`: nothing yet).
+    fn device_read_now(file: &File) -> std::io::Result<Option<u8>> {
+        let mut reader = file;
+        let mut b = [0u8];
+        loop {
+            return match reader.read(&mut b) {
+                Ok(1) => Ok(Some(b[0])),
+                Ok(_) => Err(std::io::ErrorKind::UnexpectedEof.into()),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => Err(e),
+            };
+        }
+    }
+
+    /// Writes all of `buf` to a terminal, waiting while its buffer is full.
+    fn device_write_all(file: &File, mut buf: &[u8]) -> std::io::Result<()> {
+        let mut writer = file;
+        while !buf.is_empty() {
+            match writer.write(buf) {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(n) => buf = &buf[n..],
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    wait_fd(file.as_raw_fd(), libc::POLLOUT)?
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 }
 
@@ -124,11 +272,14 @@ impl Connection for Conn {
     type Error = std::io::Error;
 
     fn write(&mut self, byte: u8) -> Result<(), Self::Error> {
-        self.stream().write_all(&[byte])
+        self.write_all(&[byte])
     }
 
     fn write_all(&mut self, buf: &[u8]) -> Result<(), Self::Error> {
-        self.stream().write_all(buf)
+        match self {
+            Self::Device { file, .. } => Self::device_write_all(file, buf),
+            _ => self.stream().write_all(buf),
+        }
     }
 
     fn flush(&mut self) -> Result<(), Self::Error> {
@@ -138,12 +289,29 @@ impl Connection for Conn {
 
 impl ConnectionExt for Conn {
     fn read(&mut self) -> Result<u8, Self::Error> {
+        if let Self::Device { file, pending } = self {
+            if let Some(b) = pending.take() {
+                return Ok(b);
+            }
+            loop {
+                if let Some(b) = Self::device_read_now(file)? {
+                    return Ok(b);
+                }
+                wait_fd(file.as_raw_fd(), libc::POLLIN)?;
+            }
+        }
         let mut b = [0u8];
         self.stream().read_exact(&mut b)?;
         Ok(b[0])
     }
 
     fn peek(&mut self) -> Result<Option<u8>, Self::Error> {
+        if let Self::Device { file, pending } = self {
+            if pending.is_none() {
+                *pending = Self::device_read_now(file)?;
+            }
+            return Ok(*pending);
+        }
         let mut b = [0u8];
         // SAFETY: `b` is a valid one-byte buffer for the duration of the
         // call, and the descriptor is this connection's open socket.

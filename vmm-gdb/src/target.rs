@@ -14,13 +14,14 @@ use gdbstub::target::ext::base::multithread::{
 };
 use gdbstub::target::ext::base::BaseOps;
 use gdbstub::target::ext::breakpoints::{
-    Breakpoints, BreakpointsOps, HwBreakpoint, HwBreakpointOps, SwBreakpoint, SwBreakpointOps,
+    Breakpoints, BreakpointsOps, HwBreakpoint, HwBreakpointOps, HwWatchpoint, HwWatchpointOps,
+    SwBreakpoint, SwBreakpointOps, WatchKind,
 };
 use gdbstub::target::{Target, TargetError, TargetResult};
 use gdbstub_arch::x86::reg::X86_64CoreRegs;
 use gdbstub_arch::x86::X86_64_SSE;
 
-use crate::breakpoints::{HwBreakpoints, SwBreakpoints, INT3};
+use crate::breakpoints::{HwBreakpoints, SlotKind, SwBreakpoints, INT3};
 use crate::server::Conn;
 use crate::{DebugMachine, MachineError, Registers, ResumePlan, Stop, StopKind, StopReceiver};
 
@@ -144,6 +145,7 @@ impl<M: DebugMachine> MultiThreadBase for VmTarget<M> {
         regs.segments.es = es;
         regs.segments.fs = fs;
         regs.segments.gs = gs;
+        crate::fpu::to_gdb(&r.fpu, regs);
         Ok(())
     }
 
@@ -155,6 +157,7 @@ impl<M: DebugMachine> MultiThreadBase for VmTarget<M> {
             rip: regs.rip,
             rflags: u64::from(regs.eflags),
             segments: [s.cs, s.ss, s.ds, s.es, s.fs, s.gs].map(|v| v as u16),
+            fpu: crate::fpu::from_gdb(regs),
         };
         self.machine.write_registers(vcpu, &r).map_err(reply)
     }
@@ -257,6 +260,10 @@ impl<M: DebugMachine> Breakpoints for VmTarget<M> {
     fn support_hw_breakpoint(&mut self) -> Option<HwBreakpointOps<'_, Self>> {
         Some(self)
     }
+
+    fn support_hw_watchpoint(&mut self) -> Option<HwWatchpointOps<'_, Self>> {
+        Some(self)
+    }
 }
 
 impl<M: DebugMachine> SwBreakpoint for VmTarget<M> {
@@ -310,6 +317,37 @@ impl<M: DebugMachine> HwBreakpoint for VmTarget<M> {
     }
 }
 
+/// The debug registers' kind for gdb's, or none: x86 has no read-only
+/// data breakpoint, so `rwatch` (`Z3`) is refused (gdb says it could not
+/// insert the watchpoint; `awatch` stops on reads and writes).
+fn slot_kind(kind: WatchKind) -> Option<SlotKind> {
+    match kind {
+        WatchKind::Write => Some(SlotKind::Write),
+        WatchKind::ReadWrite => Some(SlotKind::Access),
+        WatchKind::Read => None,
+    }
+}
+
+impl<M: DebugMachine> HwWatchpoint for VmTarget<M> {
+    fn add_hw_watchpoint(
+        &mut self,
+        addr: u64,
+        len: u64,
+        kind: WatchKind,
+    ) -> TargetResult<bool, Self> {
+        Ok(slot_kind(kind).is_some_and(|k| self.hw.insert_watch(addr, len, k)))
+    }
+
+    fn remove_hw_watchpoint(
+        &mut self,
+        addr: u64,
+        len: u64,
+        kind: WatchKind,
+    ) -> TargetResult<bool, Self> {
+        Ok(slot_kind(kind).is_some_and(|k| self.hw.remove_watch(addr, len, k)))
+    }
+}
+
 /// The blocking event loop gdbstub drives while the guest runs.
 pub(crate) struct StubLoop<M>(std::marker::PhantomData<M>);
 
@@ -325,7 +363,11 @@ impl<M: DebugMachine> BlockingEventLoop for StubLoop<M> {
         let stops = &target.stops;
         loop {
             if let Some(stop) = stops.try_recv() {
-                return Ok(Event::TargetStopped(stop_reason(stop)));
+                return Ok(Event::TargetStopped(stop_reason(stop, &target.hw)));
+            }
+            if conn.has_buffered() {
+                let byte = conn.read().map_err(WaitForStopReasonError::Connection)?;
+                return Ok(Event::IncomingData(byte));
             }
             let mut fds = [
                 libc::pollfd {
@@ -368,14 +410,84 @@ impl<M: DebugMachine> BlockingEventLoop for StubLoop<M> {
     }
 }
 
-fn stop_reason(stop: Stop) -> MultiThreadStopReason<u64> {
+/// What gdb hears of `stop`: a debug register's hit is the breakpoint or
+/// watchpoint in that slot (a watchpoint with the address it watches); a
+/// hit on no slot of ours is a plain SIGTRAP.
+fn stop_reason(stop: Stop, hw: &HwBreakpoints) -> MultiThreadStopReason<u64> {
     let tid = tid_of(stop.vcpu);
+    let trap = MultiThreadStopReason::SignalWithThread {
+        tid,
+        signal: Signal::SIGTRAP,
+    };
     match stop.kind {
         StopKind::SwBreakpoint => MultiThreadStopReason::SwBreak(tid),
-        StopKind::HwBreakpoint => MultiThreadStopReason::HwBreak(tid),
-        StopKind::Step => MultiThreadStopReason::SignalWithThread {
-            tid,
-            signal: Signal::SIGTRAP,
+        StopKind::DebugRegisters(hits) => match hw.hit(hits) {
+            Some(slot) => match slot.kind {
+                SlotKind::Execute => MultiThreadStopReason::HwBreak(tid),
+                SlotKind::Write => MultiThreadStopReason::Watch {
+                    tid,
+                    kind: WatchKind::Write,
+                    addr: slot.addr,
+                },
+                SlotKind::Access => MultiThreadStopReason::Watch {
+                    tid,
+                    kind: WatchKind::ReadWrite,
+                    addr: slot.addr,
+                },
+            },
+            None => trap,
         },
+        StopKind::Step => trap,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stop(kind: StopKind) -> Stop {
+        Stop { vcpu: 1, kind }
+    }
+
+    #[test]
+    fn debug_register_hits_become_gdb_stops() {
+        let tid = tid_of(1);
+        let mut hw = HwBreakpoints::default();
+        assert!(hw.insert(0x1000));
+        assert!(hw.insert_watch(0x2000, 8, SlotKind::Write));
+        assert!(hw.insert_watch(0x3000, 2, SlotKind::Access));
+        let r = |hits| stop_reason(stop(StopKind::DebugRegisters(hits)), &hw);
+        assert!(matches!(r(0b001), MultiThreadStopReason::HwBreak(t) if t == tid));
+        assert!(matches!(
+            r(0b010),
+            MultiThreadStopReason::Watch { tid: t, kind: WatchKind::Write, addr: 0x2000 } if t == tid
+        ));
+        assert!(matches!(
+            r(0b100),
+            MultiThreadStopReason::Watch {
+                kind: WatchKind::ReadWrite,
+                addr: 0x3000,
+                ..
+            }
+        ));
+        assert!(matches!(
+            r(0b1000),
+            MultiThreadStopReason::SignalWithThread {
+                signal: Signal::SIGTRAP,
+                ..
+            }
+        ));
+        assert!(matches!(
+            stop_reason(stop(StopKind::SwBreakpoint), &hw),
+            MultiThreadStopReason::SwBreak(t) if t == tid
+        ));
+        assert!(matches!(
+            stop_reason(stop(StopKind::Step), &hw),
+            MultiThreadStopReason::SignalWithThread {
+                signal: Signal::SIGTRAP,
+                ..
+            }
+        ));
+        assert_eq!(slot_kind(WatchKind::Read), None, "no read-only on x86");
     }
 }

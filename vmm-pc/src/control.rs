@@ -118,12 +118,13 @@ pub enum GdbRequest {
         /// The vCPU.
         vcpu: u32,
     },
-    /// Set vCPU `vcpu`'s general registers, RIP and RFLAGS.
+    /// Set vCPU `vcpu`'s general registers, RIP, RFLAGS and the x87 and
+    /// SSE state.
     WriteRegisters {
         /// The vCPU.
         vcpu: u32,
-        /// The values.
-        regs: vmm_gdb::Registers,
+        /// The values (boxed: the SSE registers make them large).
+        regs: Box<vmm_gdb::Registers>,
     },
     /// Read `len` bytes at virtual address `addr` as vCPU `vcpu` sees it
     /// ([`Reply::GdbMemory`]: fewer bytes where a page is unmapped).
@@ -233,8 +234,8 @@ pub enum Reply {
     Migration(Option<crate::MigrationInfo>),
     /// The migration parameters.
     MigrationParameters(crate::migration::Params),
-    /// A vCPU's registers, for the gdb stub.
-    GdbRegisters(vmm_gdb::Registers),
+    /// A vCPU's registers, for the gdb stub (boxed: they are large).
+    GdbRegisters(Box<vmm_gdb::Registers>),
     /// Guest memory read for the gdb stub (shorter than asked where a
     /// page is unmapped; empty if the first one is).
     GdbMemory(Vec<u8>),

@@ -74,13 +74,16 @@ impl DebugMachine for GdbLink {
 
     fn read_registers(&mut self, vcpu: u32) -> Result<Registers, MachineError> {
         match self.ask(Command::Gdb(GdbRequest::ReadRegisters { vcpu }))? {
-            Reply::GdbRegisters(r) => Ok(r),
+            Reply::GdbRegisters(r) => Ok(*r),
             other => Err(unexpected(&other)),
         }
     }
 
     fn write_registers(&mut self, vcpu: u32, regs: &Registers) -> Result<(), MachineError> {
-        self.done(GdbRequest::WriteRegisters { vcpu, regs: *regs })
+        self.done(GdbRequest::WriteRegisters {
+            vcpu,
+            regs: Box::new(*regs),
+        })
     }
 
     fn read_memory(&mut self, vcpu: u32, addr: u64, buf: &mut [u8]) -> Result<usize, MachineError> {

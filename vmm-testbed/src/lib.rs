@@ -161,6 +161,11 @@ pub struct Job {
     /// mounts gone with the job. If it fails the job ends with
     /// [`TestbedError::Setup`] and its output.
     pub setup: Option<String>,
+    /// Nested runs: L1's console (the VMM's output among L1's) is also
+    /// appended to this host file as it comes, so that a test can act on
+    /// what the guest says while it runs (attach a debugger once the
+    /// guest prints that it is ready, say).
+    pub live_console: Option<PathBuf>,
 }
 
 /// The name L1 gives the `index`th of [`Job::l1_disks`] (`/dev/vda`...).
@@ -187,7 +192,15 @@ impl Job {
             l1_serial_socket: None,
             l1_disks: Vec::new(),
             setup: None,
+            live_console: None,
         }
+    }
+
+    /// Appends L1's console to `path` as it comes (see
+    /// [`Job::live_console`]).
+    pub fn live_console(mut self, path: &Path) -> Self {
+        self.live_console = Some(path.to_owned());
+        self
     }
 
     /// Adds file `name` (as the VMM will see it) from `path`.
@@ -280,6 +293,7 @@ pub fn run_nested(guest: &GuestFiles, vmm: &Path, job: &Job) -> Result<Outcome, 
         job.timeout,
         job.l1_serial_socket.as_deref(),
         job.silence_limit,
+        job.live_console.as_deref(),
     )
 }
 

@@ -145,12 +145,15 @@ pub fn reset_log_summary(log: &str) -> String {
 /// (QEMU starts L1 once a client has connected).
 ///
 /// With `silence`, an L1 whose console stays silent that long (a hung L1)
-/// is killed and the run ends with [`TestbedError::Silent`].
+/// is killed and the run ends with [`TestbedError::Silent`]. With `live`,
+/// L1's console is also appended to that file as it comes (see
+/// [`crate::Job::live_console`]).
 pub fn run_batch(
     mut cmd: Command,
     timeout: Duration,
     serial2: Option<&Path>,
     silence: Option<Duration>,
+    live: Option<&Path>,
 ) -> Result<Outcome, TestbedError> {
     let start = Instant::now();
     // QEMU logs CPU resets and triple faults: an L1 that ends without a
@@ -178,6 +181,16 @@ pub fn run_batch(
     let l1_ready_at = Arc::new(Mutex::new(None::<Duration>));
     let mut stdout = child.0.stdout.take().ok_or(TestbedError::NoPipe)?;
     let echo = std::env::var_os(ECHO_ENV).is_some_and(|v| !v.is_empty() && v != "0");
+    let mut live = match live {
+        Some(path) => Some(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| TestbedError::Tool("the live console file", e))?,
+        ),
+        None => None,
+    };
     let reader = {
         let console = Arc::clone(&console);
         let ready = Arc::clone(&l1_ready_at);
@@ -190,6 +203,10 @@ pub fn run_batch(
                 if echo {
                     use std::io::Write;
                     let _ = std::io::stderr().write_all(&buf[..n]);
+                }
+                if let Some(f) = live.as_mut() {
+                    use std::io::Write;
+                    let _ = f.write_all(&buf[..n]);
                 }
                 let mut c = console.lock().unwrap_or_else(|e| e.into_inner());
                 c.extend_from_slice(&buf[..n]);
@@ -346,6 +363,7 @@ mod tests {
             Duration::from_secs(20),
             None,
             Some(Duration::from_millis(300)),
+            None,
         );
         match r {
             Err(TestbedError::Silent { after, console }) => {
@@ -366,6 +384,7 @@ mod tests {
             Duration::from_secs(20),
             None,
             Some(Duration::from_millis(400)),
+            None,
         )
         .unwrap();
         assert_eq!(out.console, "1\n2\n3\n4\n5\n6\n");

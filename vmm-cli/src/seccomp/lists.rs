@@ -154,8 +154,10 @@ pub(super) fn vcpu() -> Result<Rules, seccompiler::Error> {
             KVM_SIGNAL_MSI,
             // A watchdog's inject-nmi action.
             KVM_NMI,
-            // The gdb stub: single step and breakpoints set before a
-            // resume, cleared at detach.
+            // The gdb stub: single step, breakpoints and watchpoints set
+            // before a resume, cleared at detach. (Its x87/SSE registers
+            // are read and written with KVM_GET_XSAVE and KVM_SET_XSAVE,
+            // below.)
             KVM_SET_GUEST_DEBUG,
             // A snapshot saves the vCPU's state and puts it back (the
             // setters the reset path uses too, and these). The monitor's
@@ -274,8 +276,10 @@ pub(super) fn vsock() -> Result<Rules, seccompiler::Error> {
 }
 
 /// The gdb stub's thread (vmm-gdb, `--gdb`): accepts one client at a
-/// time on the listening socket made at start-up, reads and writes its
-/// packets, polls it beside the stop eventfd while the guest runs, and
+/// time on the listening socket made at start-up (or reads the terminal
+/// opened and put in raw mode at start-up: `read`, `write`, `poll`), reads
+/// and writes its packets, polls it beside the stop eventfd while the
+/// guest runs, and
 /// hands every request to the main loop (an eventfd write, then a wait on
 /// a channel).
 pub(super) fn gdb() -> Result<Rules, seccompiler::Error> {

@@ -4,8 +4,11 @@
 //!
 //! - attach and Ctrl-C stop the guest in `paused`; a breakpoint or a
 //!   finished single step stops it in `debug` and tells the stub;
-//! - registers and the vCPU's paging registers are read on the vCPU's own
-//!   thread ([`Vcpus::call_each`](vmm_core::vcpu::Vcpus::call_each));
+//! - registers (`KVM_GET_REGS`, `KVM_GET_SREGS`, and `KVM_GET_XSAVE` for
+//!   the x87 and SSE state) and the vCPU's paging registers are read on
+//!   the vCPU's own thread
+//!   ([`Vcpus::call_each`](vmm_core::vcpu::Vcpus::call_each)), and written
+//!   there (`KVM_SET_REGS`, `KVM_SET_XSAVE`);
 //! - memory is read and written here, by virtual address, through the
 //!   guest's page tables ([`vmm_gdb::paging`]) over guest RAM: an unmapped
 //!   page ends the access there, never a panic;
@@ -13,11 +16,12 @@
 //!   [`vmm_core::guest_debug`]) and runs the guest; a detach turns it off
 //!   everywhere and runs the guest again.
 
+use kvm_bindings::kvm_xsave;
 use kvm_ioctls::VcpuFd;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
-use vmm_core::guest_debug::{self, DebugStop, GuestDebug};
+use vmm_core::guest_debug::{self, DebugCondition, DebugRegister, DebugStop, GuestDebug};
 use vmm_gdb::paging::{self, PagingRegs, PhysMemory};
-use vmm_gdb::{Registers, ResumePlan, Stop, StopKind, StopSender};
+use vmm_gdb::{FpuRegisters, HwSlot, Registers, ResumePlan, SlotKind, Stop, StopKind, StopSender};
 use vmm_runstate::RunState;
 
 use super::{CommandFailure, PcError, PcMachine};
@@ -51,6 +55,94 @@ fn refused(what: impl std::fmt::Display) -> CommandFailure {
     CommandFailure::Refused(what.to_string())
 }
 
+/// Where `FXSAVE`'s fields are in an XSAVE area's legacy region, and
+/// the header's XSTATE_BV.
+mod xsave_at {
+    pub const FCW: usize = 0;
+    pub const FSW: usize = 2;
+    pub const FTW: usize = 4;
+    pub const FOP: usize = 6;
+    pub const FIP: usize = 8;
+    pub const FDP: usize = 16;
+    pub const MXCSR: usize = 24;
+    pub const ST: usize = 32;
+    pub const XMM: usize = 160;
+    pub const XSTATE_BV: usize = 512;
+    /// XSTATE_BV's x87 and SSE bits.
+    pub const X87_SSE: u64 = 0b11;
+}
+
+/// The XSAVE area (`KVM_GET_XSAVE`: the standard, uncompacted layout,
+/// components in their initial state filled in by KVM) as bytes.
+fn xsave_bytes(x: &kvm_xsave) -> Vec<u8> {
+    x.region.iter().flat_map(|w| w.to_le_bytes()).collect()
+}
+
+fn le<const N: usize>(b: &[u8], at: usize) -> [u8; N] {
+    let mut out = [0u8; N];
+    out.copy_from_slice(&b[at..at + N]);
+    out
+}
+
+/// The x87 and SSE state in an XSAVE area's legacy region (`FXSAVE`'s
+/// 64-bit layout). (`KVM_GET_FPU` would give the same fields but MXCSR,
+/// which it leaves out; the XSAVE area has it.)
+fn fpu_of(x: &kvm_xsave) -> FpuRegisters {
+    use xsave_at::*;
+    let b = xsave_bytes(x);
+    FpuRegisters {
+        st: std::array::from_fn(|i| le::<10>(&b, ST + 16 * i)),
+        fcw: u16::from_le_bytes(le(&b, FCW)),
+        fsw: u16::from_le_bytes(le(&b, FSW)),
+        ftw: b[FTW],
+        fop: u16::from_le_bytes(le(&b, FOP)),
+        fip: u64::from_le_bytes(le(&b, FIP)),
+        fdp: u64::from_le_bytes(le(&b, FDP)),
+        xmm: std::array::from_fn(|i| u128::from_le_bytes(le(&b, XMM + 16 * i))),
+        mxcsr: u32::from_le_bytes(le(&b, MXCSR)),
+    }
+}
+
+/// `x` with the state gdb wrote in its legacy region, the x87 and SSE
+/// components marked in use (XSTATE_BV) so that KVM loads them; the
+/// reserved bytes, MXCSR_MASK and the other components as they were.
+fn set_fpu_of(x: &mut kvm_xsave, new: &FpuRegisters) {
+    use xsave_at::*;
+    let mut b = xsave_bytes(x);
+    let mut put = |at: usize, bytes: &[u8]| b[at..at + bytes.len()].copy_from_slice(bytes);
+    put(FCW, &new.fcw.to_le_bytes());
+    put(FSW, &new.fsw.to_le_bytes());
+    put(FTW, &[new.ftw]);
+    put(FOP, &new.fop.to_le_bytes());
+    put(FIP, &new.fip.to_le_bytes());
+    put(FDP, &new.fdp.to_le_bytes());
+    put(MXCSR, &new.mxcsr.to_le_bytes());
+    for (i, st) in new.st.iter().enumerate() {
+        put(ST + 16 * i, st);
+    }
+    for (i, xmm) in new.xmm.iter().enumerate() {
+        put(XMM + 16 * i, &xmm.to_le_bytes());
+    }
+    let bv = u64::from_le_bytes(le(&b, XSTATE_BV)) | X87_SSE;
+    b[XSTATE_BV..XSTATE_BV + 8].copy_from_slice(&bv.to_le_bytes());
+    for (w, chunk) in x.region.iter_mut().zip(b.chunks_exact(4)) {
+        *w = u32::from_le_bytes(le(chunk, 0));
+    }
+}
+
+/// A debug register for one of the stub's slots.
+fn debug_register(slot: &HwSlot) -> DebugRegister {
+    DebugRegister {
+        addr: slot.addr,
+        condition: match slot.kind {
+            SlotKind::Execute => DebugCondition::Execute,
+            SlotKind::Write => DebugCondition::Write,
+            SlotKind::Access => DebugCondition::ReadWrite,
+        },
+        len: slot.len,
+    }
+}
+
 impl PcMachine {
     /// Debug stops (breakpoints, single steps) go to `stops` while a gdb
     /// client is attached (`--gdb`).
@@ -71,9 +163,10 @@ impl PcMachine {
                 Ok(Reply::Done)
             }
             GdbRequest::ReadRegisters { vcpu } => {
-                let (regs, sregs) =
-                    self.on_vcpu(vcpu, |fd| Ok((fd.get_regs()?, fd.get_sregs()?)))?;
-                Ok(Reply::GdbRegisters(Registers {
+                let (regs, sregs, fpu) = self.on_vcpu(vcpu, |fd| {
+                    Ok((fd.get_regs()?, fd.get_sregs()?, fd.get_xsave()?))
+                })?;
+                Ok(Reply::GdbRegisters(Box::new(Registers {
                     gprs: [
                         regs.rax, regs.rbx, regs.rcx, regs.rdx, regs.rsi, regs.rdi, regs.rbp,
                         regs.rsp, regs.r8, regs.r9, regs.r10, regs.r11, regs.r12, regs.r13,
@@ -83,7 +176,8 @@ impl PcMachine {
                     rflags: regs.rflags,
                     segments: [sregs.cs, sregs.ss, sregs.ds, sregs.es, sregs.fs, sregs.gs]
                         .map(|s| s.selector),
-                }))
+                    fpu: fpu_of(&fpu),
+                })))
             }
             GdbRequest::WriteRegisters { vcpu, regs: new } => {
                 self.on_vcpu(vcpu, move |fd| {
@@ -96,7 +190,14 @@ impl PcMachine {
                     r.rip = new.rip;
                     // Bit 1 of RFLAGS is always set.
                     r.rflags = new.rflags | 2;
-                    fd.set_regs(&r)
+                    fd.set_regs(&r)?;
+                    let mut x = fd.get_xsave()?;
+                    set_fpu_of(&mut x, &new.fpu);
+                    // SAFETY: the area came from KVM_GET_XSAVE on this
+                    // vCPU just now, on a VMM that never enables dynamic
+                    // XSAVE features (AMX), so its state fits the 4 KiB
+                    // layout KVM_SET_XSAVE reads.
+                    unsafe { fd.set_xsave(&x) }
                 })?;
                 Ok(Reply::Done)
             }
@@ -161,7 +262,7 @@ impl PcMachine {
         self.stop_with(RunState::Debug)?;
         let kind = match DebugStop::from_exit(exception, dr6) {
             DebugStop::SwBreakpoint => StopKind::SwBreakpoint,
-            DebugStop::HwBreakpoint => StopKind::HwBreakpoint,
+            DebugStop::HwBreakpoint { hits } => StopKind::DebugRegisters(hits),
             DebugStop::Step => StopKind::Step,
         };
         stops.send(Stop { vcpu, kind });
@@ -203,7 +304,7 @@ impl PcMachine {
                 let debug = GuestDebug {
                     single_step: plan.step.contains(&i),
                     sw_breakpoints: plan.sw_breakpoints,
-                    hw_breakpoints: plan.hw_breakpoints,
+                    hw_breakpoints: plan.hw_breakpoints.map(|s| s.as_ref().map(debug_register)),
                 };
                 move |fd: &VcpuFd| guest_debug::apply(fd, &debug)
             })
@@ -277,5 +378,39 @@ impl PcMachine {
             done += piece;
         }
         done
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_legacy_region_round_trips() {
+        let mut x = kvm_xsave::default();
+        // Something in AVX's component and MXCSR_MASK, to be kept.
+        x.region[576 / 4] = 0xdead_beef;
+        x.region[28 / 4] = 0xffff;
+        let fpu = FpuRegisters {
+            st: std::array::from_fn(|i| [i as u8 + 1; 10]),
+            fcw: 0x37f,
+            fsw: 0x3800,
+            ftw: 0x80,
+            fop: 0x123,
+            fip: 0xffff_ffff_8100_0000,
+            fdp: 0x7fff_0000_1000,
+            xmm: std::array::from_fn(|i| u128::MAX - i as u128),
+            mxcsr: 0x1fa0,
+        };
+        set_fpu_of(&mut x, &fpu);
+        assert_eq!(fpu_of(&x), fpu);
+        let b = xsave_bytes(&x);
+        assert_eq!(&b[24..28], &0x1fa0u32.to_le_bytes(), "MXCSR");
+        assert_eq!(&b[32..42], &[1; 10], "ST0");
+        assert_eq!(&b[42..48], &[0; 6], "ST0's reserved bytes");
+        assert_eq!(&b[160..176], &u128::MAX.to_le_bytes(), "XMM0");
+        assert_eq!(b[512] & 0b11, 0b11, "x87 and SSE in use");
+        assert_eq!(x.region[576 / 4], 0xdead_beef);
+        assert_eq!(x.region[28 / 4], 0xffff);
     }
 }
