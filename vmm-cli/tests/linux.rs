@@ -440,6 +440,7 @@ fn qmp_drives_debian_pause_reset_and_powerdown() {
 /clockprobe cmoswrite 0x51 1
 insmod /evdev.ko
 insmod /button.ko
+i=0; until grep -qs 'Power Button' /sys/class/input/event*/device/name || [ $i -ge 100 ]; do sleep 0.1; i=$((i+1)); done
 for e in /dev/input/event*; do
   (busybox dd if=$e bs=24 count=1 of=/dev/null 2>/dev/null; echo @@POWERBUTTON; poweroff -f) &
 done
@@ -618,6 +619,7 @@ fn qemu_python_client_drives_debian() {
         let dir = common::TempDir::new(test);
         let script = "insmod /evdev.ko
 insmod /button.ko
+i=0; until grep -qs 'Power Button' /sys/class/input/event*/device/name || [ $i -ge 100 ]; do sleep 0.1; i=$((i+1)); done
 for e in /dev/input/event*; do
   (busybox dd if=$e bs=24 count=1 of=/dev/null 2>/dev/null; echo @@POWERBUTTON; poweroff -f) &
 done
