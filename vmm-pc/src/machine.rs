@@ -26,13 +26,12 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use kvm_bindings::CpuId;
 use vmm_clock::{Clocks, TimerFdAlarm};
 use vmm_core::event_loop::EventLoop;
 use vmm_core::kvm::KvmSystem;
 use vmm_core::notify::NotifierList;
 use vmm_core::signals::SignalSubscriber;
-use vmm_core::vcpu::{VcpuInit, VcpuRequest, Vcpus};
+use vmm_core::vcpu::{VcpuRequest, Vcpus};
 use vmm_core::vm::Vm;
 use vmm_runstate::{RunState, RunStateMachine};
 use vmm_sys_util::eventfd::EventFd;
@@ -54,6 +53,7 @@ mod migration;
 mod snapshot;
 mod suspend;
 mod types;
+mod vcpu_init;
 mod watchdog;
 
 pub use crate::migration::parse_uri as parse_migration_uri;
@@ -441,7 +441,7 @@ impl PcMachine {
         // 9. vCPU threads.
         let io: Arc<PcIo> = Arc::new(io);
         let entry = Arc::new(Mutex::new(entry));
-        let init = vcpu_init(&vm, supported_cpuid, config.cpus, Arc::clone(&entry));
+        let init = vcpu_init::vcpu_init(&vm, supported_cpuid, config.cpus, Arc::clone(&entry));
         let vcpus = Vcpus::spawn_with_start(&vm, config.cpus, init, io, config.vcpu_thread_start)?;
         event_loop.add_eventfd(
             "vCPU requests",
@@ -787,34 +787,4 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 fn clone_evt(fd: &EventFd) -> Result<EventFd, PcError> {
     fd.try_clone()
         .map_err(|e| PcError::Devices(DeviceError::EventFd("main loop", e)))
-}
-
-/// Where vCPU 0 starts, from what the loader found.
-/// The per-vCPU set-up, run on each vCPU's thread.
-/// The first call for a vCPU records its LAPIC as KVM created it; a later
-/// call (a machine reset) puts that back and resets the vCPU before setting
-/// it up again for `entry`, which a reset may have reloaded.
-fn vcpu_init(vm: &Vm, cpuid: CpuId, cpus: u32, entry: Arc<Mutex<BootEntry>>) -> VcpuInit {
-    let vm = vm.clone();
-    let fresh_lapics: Mutex<Vec<Option<kvm_bindings::kvm_lapic_state>>> =
-        Mutex::new(vec![None; usize::try_from(cpus).unwrap_or(0)]);
-    Arc::new(move |vcpu, index| {
-        let slot = usize::try_from(index).unwrap_or(usize::MAX);
-        let fresh = lock(&fresh_lapics).get(slot).cloned().flatten();
-        let entry = (index == 0).then(|| *lock(&entry));
-        match fresh {
-            Some(lapic) => {
-                cpu::reset_vcpu(vcpu, &lapic, index)?;
-                cpu::set_boot_state(vcpu, vm.memory(), entry.as_ref())?;
-            }
-            None => {
-                let lapic = cpu::lapic_state(vcpu)?;
-                if let Some(s) = lock(&fresh_lapics).get_mut(slot) {
-                    *s = Some(lapic);
-                }
-                cpu::configure_vcpu(vcpu, vm.memory(), &cpuid, index, cpus, entry.as_ref())?;
-            }
-        }
-        Ok(())
-    })
 }

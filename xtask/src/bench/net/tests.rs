@@ -1,5 +1,6 @@
 use std::fmt::Write as _;
 
+use super::console::*;
 use super::*;
 
 fn label(vmm: Vmm, cpus: u32, run: usize) -> Label {
