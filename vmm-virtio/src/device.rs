@@ -89,6 +89,20 @@ pub struct DeviceState {
     pub held: u64,
 }
 
+/// A read of `data.len()` bytes at `offset` of a device's configuration
+/// space `config`: bytes past its end (or an offset no index can reach)
+/// read 0, as the spec asks of a device's unused configuration bytes.
+pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    for (i, b) in data.iter_mut().enumerate() {
+        *b = usize::try_from(offset)
+            .ok()
+            .and_then(|o| o.checked_add(i))
+            .and_then(|o| config.get(o))
+            .copied()
+            .unwrap_or(0);
+    }
+}
+
 /// A virtio device as a transport drives it.
 ///
 /// Generic over guest memory `M` so that tests use plain anonymous memory.
