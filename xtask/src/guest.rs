@@ -13,7 +13,7 @@
 //!                          net_failover, virtio_net; tun; virtio-rng;
 //!                          vsock, vmw_vsock_virtio_transport_common,
 //!                          vmw_vsock_virtio_transport; vhost_iotlb, vhost,
-//!                          vhost_vsock (decompressed)
+//!                          vhost_vsock; tap, vhost_net (decompressed)
 //!   manifest.txt           file, package, version, sha256, source; written last
 //!
 //!   rootfs.img             with --rootfs: an ext4 root disk (root=/dev/vda)
@@ -39,6 +39,14 @@ mod lz4;
 
 /// The metapackage that names the current Debian cloud kernel.
 const KERNEL_META: &str = "linux-image-cloud-amd64";
+/// The kernel every guest, test and benchmark uses, and its Debian version:
+/// pinned, so that a fresh clone runs what the tests were tuned on. Debian
+/// publishes a new cloud kernel every few weeks and `linux-image-cloud-amd64`
+/// moves with it; with 6.1.0-57 (6.1.192-3) L1 itself panicked under the
+/// 2-vCPU live migration test, where this one carries it.
+/// `VMM_GUEST_KERNEL=current` takes the metapackage's kernel instead, and
+/// `VMM_GUEST_KERNEL=PACKAGE[=VERSION]` another one.
+const KERNEL_PIN: (&str, &str) = ("linux-image-6.1.0-48-cloud-amd64", "6.1.172-1");
 /// The package that has a static busybox.
 const BUSYBOX_PACKAGE: &str = "busybox-static";
 /// The kernel modules kept: KVM for the nested test bed; the ACPI power
@@ -51,7 +59,8 @@ const BUSYBOX_PACKAGE: &str = "busybox-static";
 /// `--device virtio-rng-pci` (the hw_random core is built in); the vsock
 /// core and its virtio transport for a guest's virtio-vsock-pci, and
 /// vhost-vsock (with vhost and vhost_iotlb) for L1's `/dev/vhost-vsock`
-/// under a vhost-vsock-pci.
+/// under a vhost-vsock-pci; vhost-net (and tap, which it needs) for L1's `/dev/vhost-net` under a
+/// virtio-net-pci with `vhost=on`.
 const MODULES: &[&str] = &[
     "irqbypass",
     "kvm",
@@ -80,6 +89,8 @@ const MODULES: &[&str] = &[
     "vhost_iotlb",
     "vhost",
     "vhost_vsock",
+    "tap",
+    "vhost_net",
 ];
 const MANIFEST: &str = "manifest.txt";
 
@@ -96,6 +107,23 @@ pub struct GuestFiles {
     pub kernel_version: String,
     /// The version of `busybox-static`.
     pub busybox_version: String,
+}
+
+/// Which kernel package to fetch: `Some((package, version))`, or `None`
+/// for the current one [`KERNEL_META`] names.
+fn kernel_choice() -> Option<(String, Option<String>)> {
+    choose_kernel(std::env::var("VMM_GUEST_KERNEL").ok().as_deref())
+}
+
+fn choose_kernel(var: Option<&str>) -> Option<(String, Option<String>)> {
+    match var.map(str::trim) {
+        None | Some("") => Some((KERNEL_PIN.0.into(), Some(KERNEL_PIN.1.into()))),
+        Some("current") => None,
+        Some(spec) => Some(match spec.split_once('=') {
+            Some((p, v)) => (p.into(), Some(v.into())),
+            None => (spec.into(), None),
+        }),
+    }
 }
 
 /// The cache folder: `$VMM_GUEST_DIR` if set, else `target/guest` in the
@@ -285,6 +313,25 @@ fn refresh_initramfs(g: &GuestFiles) -> Result<()> {
 mod tests {
     use super::*;
     use vmm_testbed::cpio::read::parse;
+
+    #[test]
+    fn the_kernel_is_pinned_unless_the_user_says_otherwise() {
+        let pin = Some((KERNEL_PIN.0.to_owned(), Some(KERNEL_PIN.1.to_owned())));
+        assert_eq!(choose_kernel(None), pin);
+        assert_eq!(choose_kernel(Some(" ")), pin);
+        assert_eq!(choose_kernel(Some("current")), None);
+        assert_eq!(
+            choose_kernel(Some("linux-image-6.1.0-57-cloud-amd64")),
+            Some(("linux-image-6.1.0-57-cloud-amd64".into(), None))
+        );
+        assert_eq!(
+            choose_kernel(Some("linux-image-6.1.0-57-cloud-amd64=6.1.192-3")),
+            Some((
+                "linux-image-6.1.0-57-cloud-amd64".into(),
+                Some("6.1.192-3".into())
+            ))
+        );
+    }
 
     fn args(a: &[&str]) -> Vec<String> {
         a.iter().map(|s| (*s).to_owned()).collect()

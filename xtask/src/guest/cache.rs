@@ -58,6 +58,10 @@ pub fn format_manifest(entries: &[Entry]) -> String {
     s
 }
 
+/// A file naming the chosen kernel package when apt could not fetch it and
+/// the cache holds the current kernel instead.
+pub const FALLBACK: &str = "kernel-fallback.txt";
+
 /// Records the new sha256 of `file` in the manifest of `dir`.
 pub fn update_sha256(dir: &Path, file: &str) -> Result<()> {
     let path = dir.join(MANIFEST);
@@ -68,8 +72,13 @@ pub fn update_sha256(dir: &Path, file: &str) -> Result<()> {
     write_atomic(&path, format_manifest(&entries).as_bytes())
 }
 
-/// The cached guest in `dir`, if its manifest and files are sound.
+/// The cached guest in `dir`, if its manifest and files are sound and it
+/// holds the chosen kernel.
 pub fn cached(dir: &Path) -> Result<GuestFiles> {
+    cached_with(dir, super::kernel_choice())
+}
+
+fn cached_with(dir: &Path, choice: Option<(String, Option<String>)>) -> Result<GuestFiles> {
     let text = std::fs::read_to_string(dir.join(MANIFEST)).context("no manifest")?;
     let entries = parse_manifest(&text)?;
     for e in &entries {
@@ -85,6 +94,18 @@ pub fn cached(dir: &Path) -> Result<GuestFiles> {
             .with_context(|| format!("no {file} in the manifest"))
     };
     let (kernel, bb) = (get("bzImage")?, get("busybox")?);
+    // A cache of another kernel than the chosen one is rebuilt, unless the
+    // chosen one could not be fetched when it was built.
+    let fell_back = std::fs::read_to_string(dir.join(FALLBACK)).unwrap_or_default();
+    if let Some((package, version)) = choice {
+        ensure!(
+            (kernel.package == package && version.is_none_or(|v| kernel.version == v))
+                || fell_back.trim() == package,
+            "it holds {} {}, not the chosen {package}",
+            kernel.package,
+            kernel.version
+        );
+    }
     // A cache from before a module was added to the list is rebuilt.
     for m in super::MODULES {
         get(&format!("modules/{m}.ko"))?;
@@ -183,7 +204,10 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         assert!(cached(&dir).is_err(), "no manifest");
-        let line = |f: &str| format!("{f} pkg 1.0 - src\n");
+        let (pkg, ver) = super::super::KERNEL_PIN;
+        let pin = Some((pkg.to_owned(), Some(ver.to_owned())));
+        let cached = |dir: &Path| cached_with(dir, pin.clone());
+        let line = |f: &str| format!("{f} {pkg} {ver} - src\n");
         let mut files: Vec<String> = ["bzImage", "vmlinux", "busybox", "initramfs.cpio"]
             .map(String::from)
             .to_vec();
@@ -217,7 +241,16 @@ mod tests {
         assert!(format!("{:#}", cached(&dir).unwrap_err()).contains("HdrS"));
         kernel[0x202..0x206].copy_from_slice(b"HdrS");
         std::fs::write(dir.join("bzImage"), &kernel).unwrap();
-        assert_eq!(cached(&dir).unwrap().kernel_version, "1.0");
+        assert_eq!(cached(&dir).unwrap().kernel_version, ver);
+        // Another kernel than the chosen one is refused, unless the chosen
+        // one could not be fetched.
+        let other = Some(("linux-image-other".to_owned(), None));
+        let err = cached_with(&dir, other.clone()).unwrap_err();
+        assert!(format!("{err:#}").contains("not the chosen linux-image-other"));
+        std::fs::write(dir.join(FALLBACK), "linux-image-other\n").unwrap();
+        assert!(cached_with(&dir, other).is_ok());
+        assert!(cached_with(&dir, None).is_ok());
+        std::fs::remove_file(dir.join(FALLBACK)).unwrap();
         std::fs::write(dir.join("busybox"), b"").unwrap();
         assert!(format!("{:#}", cached(&dir).unwrap_err()).contains("empty"));
         std::fs::remove_dir_all(&dir).unwrap();

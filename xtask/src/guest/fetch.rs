@@ -11,6 +11,33 @@ use super::{
     MODULES,
 };
 
+/// Downloads the pinned kernel (or the one `VMM_GUEST_KERNEL` names);
+/// when apt no longer has the pinned one, the current kernel, loudly.
+fn download_kernel(dir: &Path, cache: &Path) -> Result<(String, PathBuf)> {
+    let _ = std::fs::remove_file(cache.join(cache::FALLBACK));
+    if let Some((package, version)) = super::kernel_choice() {
+        let spec = match &version {
+            Some(v) => format!("{package}={v}"),
+            None => package.clone(),
+        };
+        match apt::download(&spec, dir) {
+            Ok(deb) => return Ok((package, deb)),
+            Err(e) => {
+                eprintln!(
+                    "guest: WARNING: cannot fetch the pinned kernel {spec} ({e:#}); taking the \
+                     current {KERNEL_META} instead: the tests were tuned on the pinned one"
+                );
+                let _ = std::fs::remove_dir_all(dir);
+                std::fs::write(cache.join(cache::FALLBACK), format!("{package}\n"))?;
+            }
+        }
+    }
+    eprintln!("guest: resolving {KERNEL_META} ...");
+    let package = apt::resolve(KERNEL_META, "linux-image-")?;
+    let deb = apt::download(&package, dir)?;
+    Ok((package, deb))
+}
+
 /// Removes the staging folder however `build` ends.
 struct Staging(PathBuf);
 
@@ -32,9 +59,7 @@ pub fn build(dir: &Path) -> Result<GuestFiles> {
     let mut entries = Vec::new();
 
     // 1. The kernel package: bzImage and modules.
-    eprintln!("guest: resolving {KERNEL_META} ...");
-    let kpkg = apt::resolve(KERNEL_META, "linux-image-")?;
-    let deb = apt::download(&kpkg, &stage.0.join("kernel-deb"))?;
+    let (kpkg, deb) = download_kernel(&stage.0.join("kernel-deb"), dir)?;
     let kver = apt::field(&deb, "Version")?;
     let root = stage.0.join("kernel");
     eprintln!(
