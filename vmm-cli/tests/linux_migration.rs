@@ -196,15 +196,12 @@ fn debian_live_migrates_on_1_cpu_and_carries_on() {
     migrate("debian_live_migrates_on_1_cpu_and_carries_on", 1);
 }
 
-/// Opt-in (`cargo xtask test -- --ignored`): with Debian's 6.1.0-57 kernel
-/// in L1 (what `cargo xtask guest` fetched on 2026-12-03), L1 itself
-/// panicked in both tries of a CI rehearsal ("BUG: TASK stack guard page
-/// was hit" in `exc_page_fault` on our VMM's vCPU thread, then "corrupted
-/// stack end detected inside scheduler"), a fault of L1's kernel under
-/// TCG's SVM emulation, not of a program in it; with 6.1.0-48 in L1 it
-/// passed both times it ran.
+/// With Debian's 6.1.0-57 kernel in L1, L1 itself panicked under this test
+/// in both tries of a CI rehearsal ("BUG: TASK stack guard page was hit" in
+/// `exc_page_fault` on our VMM's vCPU thread), a fault of L1's kernel under
+/// TCG's SVM emulation; the guest kernel is pinned to 6.1.0-48, under which
+/// it passed every time it ran (three).
 #[test]
-#[ignore = "L1's 6.1.0-57 kernel panics (stack guard page in exc_page_fault) under it; opt-in"]
 fn debian_live_migrates_on_2_cpus_and_carries_on() {
     migrate("debian_live_migrates_on_2_cpus_and_carries_on", 2);
 }
