@@ -157,3 +157,36 @@ fn the_rtc_alarm_wakes_the_guest_when_it_enabled_rtc_en() {
     let o = wait(child);
     assert!(o.status.success(), "{}", stderr(&o));
 }
+
+/// The benchmark's guest (`test_guests::suspend_cycles`) finds our FACS as
+/// a firmware-less kernel would, through the RSDP, the XSDT and the FADT,
+/// and its waking vector is where it wakes: `z` (suspending), then `wz`
+/// for each `system_wakeup`, never `!` (no FACS found).
+#[test]
+fn the_benchmark_guest_finds_the_facs_through_the_acpi_tables() {
+    if !kvm("suspend_cycles") {
+        return;
+    }
+    let dir = TempDir::new("s3-cycles");
+    let log = dir.0.join("serial.log");
+    let serial = format!("file:{}", log.display());
+    let (child, sock) = spawn(
+        &dir,
+        &test_guests::suspend_cycles(),
+        &["--paused", "--serial", &serial],
+    );
+    let mut c = Client::connect(&sock);
+    assert_eq!(c.execute("cont"), json!({"return": {}}));
+    c.event("SUSPEND");
+    assert_eq!(wait_for_output(&log, 1), b"z");
+    for n in 1..=3 {
+        assert_eq!(c.execute("system_wakeup"), json!({"return": {}}));
+        c.event("WAKEUP");
+        c.event("SUSPEND");
+        assert_eq!(wait_for_output(&log, 1 + 2 * n), &b"zwzwzwz"[..1 + 2 * n]);
+    }
+    assert_eq!(c.status()["status"], "suspended");
+    assert_eq!(c.execute("quit"), json!({"return": {}}));
+    let o = wait(child);
+    assert!(o.status.success(), "{}", stderr(&o));
+}

@@ -6,6 +6,9 @@
 
 use crate::layout::{port, HIMEM_START};
 
+mod s3;
+pub use s3::{suspend_cycles, suspend_to_ram, WAKE_VECTOR};
+
 /// Where the guests' code is loaded and entered.
 pub const LOAD_ADDR: u64 = HIMEM_START;
 /// Where the AP trampoline of [`two_cpus`] is loaded (SIPI vector 0x10).
@@ -503,102 +506,6 @@ fn two_cpus_then(end: &[u8]) -> Vec<u8> {
     bsp.extend_from_slice(end);
     debug_assert_eq!(ap.len() as u64, TWO_CPUS_AP_LEN);
     pvh_elf(&[(LOAD_ADDR, &bsp), (AP_TRAMPOLINE, &ap)], LOAD_ADDR)
-}
-
-/// Where [`suspend_to_ram`]'s real-mode wake-up code is, and its waking
-/// vector: `CS` = 0x1000, `IP` = 8.
-pub const WAKE_VECTOR: u32 = 0x1_0008;
-
-/// ACPI S3 from a guest with no kernel: writes [`WAKE_VECTOR`] into the
-/// FACS's `Firmware_Waking_Vector` (none with `set_vector` false), prints
-/// `suspending\n`, then writes SLP_TYP = S3 | SLP_EN into PM1a control.
-/// With `rtc_alarm`, it first lets the RTC wake it: PM1_EN.RTC_EN, an RTC
-/// alarm every second (all three alarm bytes "don't care") and AIE.
-///
-/// On each wake-up the real-mode code at [`WAKE_VECTOR`] reads PM1_STS,
-/// clears it, and prints one byte: `P` if PWRBTN_STS was set (the power
-/// button woke it), `R` if RTC_STS was (the alarm), else `W`; `?` if
-/// WAK_STS was not set. After the
-/// first wake-up it suspends again; after the second it halts with
-/// interrupts off.
-pub fn suspend_to_ram(set_vector: bool, rtc_alarm: bool) -> Vec<u8> {
-    const COUNT: u64 = 0x1_0100;
-    let s3 = (u16::from(crate::acpi::SLP_TYP_S3) << 10) | (1 << 13);
-    let mut sleep = vec![0x66, 0xba]; // mov dx, PM1a_CNT
-    sleep.extend_from_slice(&port::PM1A_CNT_BLK.to_le_bytes());
-    sleep.extend_from_slice(&[0x66, 0xb8]); // mov ax, S3 | SLP_EN
-    sleep.extend_from_slice(&s3.to_le_bytes());
-    sleep.extend_from_slice(&[0x66, 0xef, 0xf4, 0xeb, 0xfd]); // out dx, ax; hlt; jmp hlt
-    let code = program(
-        |msg| {
-            let mut c = vec![0xc6, 0x05]; // mov byte [COUNT], 0
-            c.extend_from_slice(&le32(COUNT));
-            c.push(0);
-            if set_vector {
-                c.extend_from_slice(&[0xc7, 0x05]); // mov dword [FACS + 12], vector
-                c.extend_from_slice(&le32(
-                    crate::acpi::facs::FACS_ADDR + crate::acpi::facs::WAKING_VECTOR_OFFSET,
-                ));
-                c.extend_from_slice(&WAKE_VECTOR.to_le_bytes());
-            }
-            if rtc_alarm {
-                c.extend_from_slice(&[0x66, 0xba]); // mov dx, PM1_EN
-                c.extend_from_slice(&(port::PM1A_EVT_BLK + 2).to_le_bytes());
-                c.extend_from_slice(&[0x66, 0xb8, 0x00, 0x04]); // mov ax, RTC_EN
-                c.extend_from_slice(&[0x66, 0xef]); // out dx, ax
-                #[rustfmt::skip]
-                c.extend_from_slice(&[
-                    0xb0, 0x01, 0xe6, 0x70, 0xb0, 0xc0, 0xe6, 0x71, // seconds alarm: any
-                    0xb0, 0x03, 0xe6, 0x70, 0xb0, 0xc0, 0xe6, 0x71, // minutes alarm: any
-                    0xb0, 0x05, 0xe6, 0x70, 0xb0, 0xc0, 0xe6, 0x71, // hours alarm: any
-                    0xb0, 0x0b, 0xe6, 0x70, 0xb0, 0x22, 0xe6, 0x71, // B: AIE, 24-hour
-                ]);
-            }
-            c.extend(print(msg));
-            c.extend_from_slice(&sleep);
-            c
-        },
-        "suspending\n",
-    );
-    let [s3_lo, s3_hi] = s3.to_le_bytes();
-    let [evt_lo, evt_hi] = port::PM1A_EVT_BLK.to_le_bytes();
-    let [cnt_lo, cnt_hi] = port::PM1A_CNT_BLK.to_le_bytes();
-    #[rustfmt::skip]
-    let wake: Vec<u8> = vec![
-        // Real mode, CS = 0x1000, IP = 8.
-        0x8c, 0xc8,                   // mov ax, cs
-        0x8e, 0xd8,                   // mov ds, ax
-        0xba, evt_lo, evt_hi,         // mov dx, PM1_STS
-        0xed,                         // in ax, dx
-        0x89, 0xc3,                   // mov bx, ax
-        0xef,                         // out dx, ax (write 1 to clear)
-        0xb0, b'W',                   // mov al, 'W'
-        0xf6, 0xc7, 0x01,             // test bh, PWRBTN >> 8
-        0x74, 0x02,                   // jz +2
-        0xb0, b'P',                   // mov al, 'P'
-        0xf6, 0xc7, 0x04,             // test bh, RTC >> 8
-        0x74, 0x02,                   // jz +2
-        0xb0, b'R',                   // mov al, 'R'
-        0xf6, 0xc7, 0x80,             // test bh, WAK >> 8
-        0x75, 0x02,                   // jnz +2
-        0xb0, b'?',                   // mov al, '?'
-        0xba, 0xf8, 0x03,             // mov dx, 0x3f8
-        0xee,                         // out dx, al
-        0xfe, 0x06, 0x00, 0x01,       // inc byte [0x100]  (COUNT)
-        0x80, 0x3e, 0x00, 0x01, 0x02, // cmp byte [0x100], 2
-        0x73, 0x07,                   // jae halt (+7)
-        0xba, cnt_lo, cnt_hi,         // mov dx, PM1_CNT
-        0xb8, s3_lo, s3_hi,           // mov ax, S3 | SLP_EN
-        0xef,                         // out dx, ax
-        // halt:
-        0xfa,                         // cli
-        0xf4,                         // hlt
-        0xeb, 0xfd,                   // jmp hlt (-3)
-    ];
-    pvh_elf(
-        &[(LOAD_ADDR, &code), (u64::from(WAKE_VECTOR), &wake)],
-        LOAD_ADDR,
-    )
 }
 
 #[cfg(test)]

@@ -26,6 +26,8 @@
 //!   stream each way, 1-byte request/response, host CPU per GiB) beside
 //!   QEMU's, nested in the test bed ([`net`]);
 //! * `qmp`: `stop`/`cont` request-to-event latency ([`qmp`]);
+//! * `suspend`: ACPI S3, guest's suspend to `SUSPEND` and `system_wakeup`
+//!   to the guest running again, beside QEMU's `-M pc` ([`suspend`]);
 //! * `alarm`: the timer alarm lateness benchmark of vmm-clock (criterion
 //!   style, its own report; further arguments go to it).
 //!
@@ -55,6 +57,7 @@ mod qmp;
 mod report;
 mod snapshot;
 mod startup;
+mod suspend;
 mod sys;
 mod watchdog;
 
@@ -147,6 +150,7 @@ pub fn task(args: &[String]) -> Result<()> {
             "density" => density::run(&ctx),
             "linux" => linux::run(&ctx),
             "qmp" => qmp::run(&ctx),
+            "suspend" => suspend::run(&ctx),
             "blk" => blk::run(&ctx),
             "net" => net::run(&ctx),
             _ => continue,

@@ -5,9 +5,9 @@ use anyhow::{bail, Result};
 use super::{DEFAULT_RUNS, QUICK_RUNS};
 
 /// The suites, in the order they run.
-pub(super) const SUITES: [&str; 12] = [
+pub(super) const SUITES: [&str; 13] = [
     "startup", "exit", "memory", "pio", "density", "watchdog", "snapshot", "linux", "blk", "net",
-    "qmp", "alarm",
+    "qmp", "suspend", "alarm",
 ];
 
 /// The parsed command line.

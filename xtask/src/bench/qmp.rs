@@ -6,7 +6,7 @@
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -36,11 +36,23 @@ pub(super) struct Session {
 
 impl Session {
     pub(super) fn start(vmm: &Vmm) -> Result<Self> {
+        Self::spawn(vmm, Stdio::null())
+    }
+
+    /// As [`Session::start`], with the VMM's standard output (its serial
+    /// console) piped to the returned reader.
+    pub(super) fn start_with_console(vmm: &Vmm) -> Result<(Self, ChildStdout)> {
+        let mut s = Self::spawn(vmm, Stdio::piped())?;
+        let console = s.child.stdout.take().context("no console pipe")?;
+        Ok((s, console))
+    }
+
+    fn spawn(vmm: &Vmm, stdout: Stdio) -> Result<Self> {
         let _ = std::fs::remove_file(&vmm.socket);
         let child = Command::new(&vmm.argv[0])
             .args(&vmm.argv[1..])
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(stdout)
             .stderr(Stdio::null())
             .spawn()
             .with_context(|| format!("cannot start {}", vmm.name))?;
@@ -69,6 +81,12 @@ impl Session {
             bail!("QMP connection closed");
         }
         Ok(l)
+    }
+
+    /// Sends the request `json` (one line) without waiting for anything.
+    pub(super) fn send(&mut self, json: &str) -> Result<()> {
+        writeln!(self.w, "{json}")?;
+        Ok(())
     }
 
     /// Sends `command`; returns the time until `event` (if any) and the
