@@ -1,4 +1,4 @@
-//! `bench-floor GUEST.elf [MEMORY_MIB]`: the floor of the boot benchmark
+//! `bench-floor GUEST.elf [MEMORY_MIB [CPUS]]`: the floor of the boot benchmark
 //! (`cargo xtask bench`), the least any VMM can do on this host to run
 //! a PVH ELF guest that prints on COM1 and exits.
 //!
@@ -13,7 +13,9 @@
 //!    local APICs), as every real x86 VMM does;
 //! 5. copy the ELF's `PT_LOAD` segments into RAM and take the entry point
 //!    from its Xen `PHYS32_ENTRY` note (type 18);
-//! 6. create vCPU 0 and put it in the PVH entry state: 32-bit flat
+//! 6. create the vCPUs (one unless CPUS says more: the others only
+//!    created, as the application processors a kernel would start with
+//!    INIT/SIPI), and put vCPU 0 in the PVH entry state: 32-bit flat
 //!    protected mode (CS, DS, ES, FS, GS, SS base 0, limit 4 GiB; CR0 = PE |
 //!    ET; paging off; RFLAGS = 0x2; EIP = the entry);
 //! 7. `KVM_RUN` in a loop: each byte written to COM1's data port (0x3f8)
@@ -63,13 +65,21 @@ fn main() -> ExitCode {
 fn run() -> Result<(), String> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some(path) = args.first() else {
-        return Err("usage: bench-floor GUEST.elf [MEMORY_MIB]".into());
+        return Err("usage: bench-floor GUEST.elf [MEMORY_MIB [CPUS]]".into());
     };
     let memory_mib = match args.get(1) {
         Some(s) => s
             .parse::<usize>()
             .map_err(|_| format!("'{s}' is not a number of MiB"))?,
         None => DEFAULT_MEMORY_MIB,
+    };
+    let cpus = match args.get(2) {
+        Some(s) => s
+            .parse::<u64>()
+            .ok()
+            .filter(|n| (1..=255).contains(n))
+            .ok_or_else(|| format!("'{s}' is not a number of vCPUs (1 to 255)"))?,
+        None => 1,
     };
 
     // 1. The guest.
@@ -120,10 +130,15 @@ fn run() -> Result<(), String> {
     // 5. The kernel's segments and entry point.
     let entry = load_pvh_elf(&mem, &image)?;
 
-    // 6. vCPU 0 at the PVH entry.
+    // 6. The vCPUs, vCPU 0 at the PVH entry; the others are only created
+    //    (they would wait for INIT/SIPI) and live until the exit.
     let mut vcpu = vm
         .create_vcpu(0)
         .map_err(|e| format!("KVM_CREATE_VCPU failed: {e}"))?;
+    let _aps = (1..cpus)
+        .map(|id| vm.create_vcpu(id))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("KVM_CREATE_VCPU for an application processor failed: {e}"))?;
     let mut sregs = vcpu
         .get_sregs()
         .map_err(|e| format!("KVM_GET_SREGS failed: {e}"))?;

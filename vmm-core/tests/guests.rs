@@ -447,6 +447,31 @@ fn a_failing_thread_start_hook_fails_the_spawn() {
     assert_eq!(source.as_deref(), Some("no filter for you"));
 }
 
+/// The vCPUs come up side by side: when some fail and others succeed, the
+/// spawn reports the lowest failing index and ends the threads that did
+/// start (it returns rather than hangs).
+#[test]
+fn a_failure_among_many_vcpus_fails_the_spawn_with_the_first_one() {
+    let Some(kvm) = kvm() else { return };
+    let vm = Vm::new(&kvm, &[(GuestAddress(0), 0x10_0000)]).unwrap();
+    let hook: VcpuThreadStart = Arc::new(|index| {
+        if index == 3 || index == 6 {
+            Err(format!("no filter for {index}").into())
+        } else {
+            Ok(())
+        }
+    });
+    let err = Vcpus::spawn_with_start(
+        &vm,
+        8,
+        real_mode_init(),
+        Arc::new(Recorder::default()),
+        Some(hook),
+    )
+    .unwrap_err();
+    assert_eq!(err.to_string(), "the thread-start hook of vCPU 3 failed");
+}
+
 /// The kvmclock can be read and put back: what the machine does around a
 /// pause so that no guest time passes while paused.
 #[test]

@@ -262,6 +262,11 @@ impl Vcpus {
             requests: req_rx,
             request_evt,
         };
+        // Every thread is started before any is waited for: each creates
+        // and sets up its own vCPU (and installs its filter), so a large
+        // machine's vCPUs come up side by side instead of one by one.
+        let mut started = Vec::new();
+        let mut failure = None;
         for index in 0..count {
             let (ev_tx, ev_rx) = mpsc::channel();
             let (resp_tx, resp_rx) = mpsc::channel();
@@ -276,11 +281,21 @@ impl Vcpus {
                 requests: requests.clone(),
                 mmap_size,
             };
-            let thread = std::thread::Builder::new()
+            match std::thread::Builder::new()
                 .name(format!("vcpu {index}"))
                 .spawn(move || body.run())
-                .map_err(|source| VcpuError::Spawn { index, source })?;
-            let created = match resp_rx.recv_timeout(ANSWER_TIMEOUT) {
+            {
+                Ok(thread) => started.push((index, ev_tx, resp_rx, thread)),
+                Err(source) => {
+                    failure = Some(VcpuError::Spawn { index, source });
+                    break;
+                }
+            }
+        }
+        let deadline = Instant::now() + ANSWER_TIMEOUT;
+        for (index, events, responses, thread) in started {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let created = match responses.recv_timeout(left) {
                 Ok(Response::Created(map, tid)) => Ok((map, tid)),
                 Ok(Response::CreateFailed(e)) => Err(e),
                 Ok(_) | Err(RecvTimeoutError::Disconnected) => Err(VcpuError::ThreadGone { index }),
@@ -293,18 +308,26 @@ impl Vcpus {
                 Ok((run_map, thread_id)) => vcpus.handles.push(VcpuHandle {
                     index,
                     thread_id,
-                    events: ev_tx,
-                    responses: resp_rx,
+                    events,
+                    responses,
                     run_map,
                     thread: Some(thread),
                 }),
                 Err(e) => {
-                    let _ = thread.join();
-                    return Err(e);
+                    // A thread that failed has ended (or is ending); one
+                    // that timed out is left behind rather than waited for.
+                    if !matches!(e, VcpuError::Timeout { .. }) {
+                        let _ = thread.join();
+                    }
+                    failure.get_or_insert(e);
                 }
             }
         }
-        Ok(vcpus)
+        // On a failure, dropping `vcpus` ends the threads that did start.
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(vcpus),
+        }
     }
 
     /// Runs every vCPU's init function again, on its own thread (a machine

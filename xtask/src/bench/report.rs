@@ -109,7 +109,7 @@ impl Row {
             .map(|(_, v)| v.as_slice())
     }
 
-    fn median(&self, who: Who) -> Option<f64> {
+    pub fn median(&self, who: Who) -> Option<f64> {
         self.values(who).map(|v| quantile(v, 0.5))
     }
 }

@@ -97,7 +97,9 @@ pub fn startup(ctx: &Ctx) -> Result<Vec<Section>> {
          freeing the kernel's PIC and IO-APIC costs at process exit on this host.",
     );
     s.rows = vec![first, exit, split_exit, cpu, rss];
-    Ok(vec![s])
+    let mut sections = vec![s];
+    sections.extend(super::scale::run(ctx)?);
+    Ok(sections)
 }
 
 /// The `exit` suite.
