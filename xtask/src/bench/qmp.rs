@@ -143,6 +143,43 @@ impl Session {
     }
 }
 
+/// QEMU's command line on `guest` with KVM and a QMP server on `socket`,
+/// nothing else but `extra`.
+pub(super) fn qemu_argv(
+    qemu: &Path,
+    machine: &str,
+    memory: &str,
+    guest: &Path,
+    socket: &Path,
+    extra: &[&str],
+) -> Vec<String> {
+    let (qemu, guest) = (qemu.to_string_lossy(), guest.to_string_lossy());
+    let qmp = format!("unix:{},server=on,wait=off", socket.display());
+    let mut argv: Vec<String> = [
+        &qemu,
+        "-M",
+        machine,
+        "-accel",
+        "kvm",
+        "-cpu",
+        "host,-arch-capabilities",
+        "-m",
+        memory,
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-kernel",
+        &guest,
+        "-qmp",
+        &qmp,
+    ]
+    .map(String::from)
+    .into();
+    argv.extend(extra.iter().map(|a| (*a).to_owned()));
+    argv
+}
+
 /// The `qmp` suite.
 pub fn run(ctx: &Ctx) -> Result<Vec<Section>> {
     let (rounds, pairs) = if ctx.quick {
@@ -177,25 +214,7 @@ pub fn run(ctx: &Ctx) -> Result<Vec<Section>> {
         vmms.push(Vmm {
             who: Who::Qemu,
             name: "QEMU microvm",
-            argv: vec![
-                path(qemu),
-                "-M".into(),
-                "microvm".into(),
-                "-accel".into(),
-                "kvm".into(),
-                "-cpu".into(),
-                "host,-arch-capabilities".into(),
-                "-m".into(),
-                "64M".into(),
-                "-nodefaults".into(),
-                "-no-user-config".into(),
-                "-display".into(),
-                "none".into(),
-                "-kernel".into(),
-                path(&guest),
-                "-qmp".into(),
-                format!("unix:{},server=on,wait=off", qemu_sock.display()),
-            ],
+            argv: qemu_argv(qemu, "microvm", "64M", &guest, &qemu_sock, &[]),
             socket: qemu_sock,
         });
     }

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use super::qmp::{Session, Vmm};
+use super::qmp::{self, Session, Vmm};
 use super::report::{Row, Section, Who};
 use super::{target_dir, Ctx};
 
@@ -143,27 +143,14 @@ fn vmms(ctx: &Ctx, guest: &Path) -> Vec<Vmm> {
         vmms.push(Vmm {
             who: Who::Qemu,
             name: "QEMU pc",
-            argv: vec![
-                path(qemu),
-                "-M".into(),
-                "pc".into(),
-                "-accel".into(),
-                "kvm".into(),
-                "-cpu".into(),
-                "host,-arch-capabilities".into(),
-                "-m".into(),
-                memory,
-                "-nodefaults".into(),
-                "-no-user-config".into(),
-                "-display".into(),
-                "none".into(),
-                "-serial".into(),
-                "stdio".into(),
-                "-kernel".into(),
-                path(guest),
-                "-qmp".into(),
-                format!("unix:{},server=on,wait=off", qemu_sock.display()),
-            ],
+            argv: qmp::qemu_argv(
+                qemu,
+                "pc",
+                &memory,
+                guest,
+                &qemu_sock,
+                &["-serial", "stdio"],
+            ),
             socket: qemu_sock,
         });
     }
