@@ -143,6 +143,31 @@ impl Session {
     }
 }
 
+/// Our VMM's command line on `guest` with a QMP socket, `extra` and the
+/// `--vmm-arg`s.
+pub(super) fn ours_argv(
+    ctx: &Ctx,
+    memory: &str,
+    guest: &Path,
+    socket: &Path,
+    extra: &[&str],
+) -> Vec<String> {
+    let path = |p: &Path| p.to_string_lossy().into_owned();
+    [
+        path(&target_dir().join("release/vmm")),
+        "--kernel".into(),
+        path(guest),
+        "--memory".into(),
+        memory.into(),
+        "--qmp".into(),
+        path(socket),
+    ]
+    .into_iter()
+    .chain(extra.iter().map(|a| (*a).to_owned()))
+    .chain(ctx.vmm_args.iter().cloned())
+    .collect()
+}
+
 /// QEMU's command line on `guest` with KVM and a QMP server on `socket`,
 /// nothing else but `extra`.
 pub(super) fn qemu_argv(
@@ -188,26 +213,12 @@ pub fn run(ctx: &Ctx) -> Result<Vec<Section>> {
         (ROUNDS, PAIRS)
     };
     let guest = ctx.guest("spin")?;
-    let path = |p: &Path| p.to_string_lossy().into_owned();
     let ours_sock = ctx.tmp.join("ours.sock");
     let qemu_sock = ctx.tmp.join("qemu.sock");
     let mut vmms = vec![Vmm {
         who: Who::Ours,
         name: "vmm (ours)",
-        argv: vec![
-            path(&target_dir().join("release/vmm")),
-            "--kernel".into(),
-            path(&guest),
-            "--memory".into(),
-            "64M".into(),
-            "--serial".into(),
-            "none".into(),
-            "--qmp".into(),
-            path(&ours_sock),
-        ]
-        .into_iter()
-        .chain(ctx.vmm_args.iter().cloned())
-        .collect(),
+        argv: ours_argv(ctx, "64M", &guest, &ours_sock, &["--serial", "none"]),
         socket: ours_sock,
     }];
     if let Some(qemu) = &ctx.qemu {

@@ -28,7 +28,7 @@ use anyhow::{bail, Context, Result};
 
 use super::qmp::{self, Session, Vmm};
 use super::report::{Row, Section, Who};
-use super::{target_dir, Ctx};
+use super::Ctx;
 
 /// Rounds, each a new process per VMM with this many cycles.
 const ROUNDS: usize = 3;
@@ -118,25 +118,13 @@ fn cycle(s: &mut Session, rx: &Receiver<(Instant, u8)>, who: &str) -> Result<(Du
 
 /// The two VMMs' command lines.
 fn vmms(ctx: &Ctx, guest: &Path) -> Vec<Vmm> {
-    let path = |p: &Path| p.to_string_lossy().into_owned();
     let memory = format!("{MEMORY_MIB}M");
     let ours_sock = ctx.tmp.join("s3-ours.sock");
     let qemu_sock = ctx.tmp.join("s3-qemu.sock");
     let mut vmms = vec![Vmm {
         who: Who::Ours,
         name: "vmm (ours)",
-        argv: [
-            path(&target_dir().join("release/vmm")),
-            "--kernel".into(),
-            path(guest),
-            "--memory".into(),
-            memory.clone(),
-            "--qmp".into(),
-            path(&ours_sock),
-        ]
-        .into_iter()
-        .chain(ctx.vmm_args.iter().cloned())
-        .collect(),
+        argv: qmp::ours_argv(ctx, &memory, guest, &ours_sock, &[]),
         socket: ours_sock,
     }];
     if let Some(qemu) = &ctx.qemu {
