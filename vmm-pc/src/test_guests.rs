@@ -6,6 +6,9 @@
 
 use crate::layout::{port, HIMEM_START};
 
+mod interrupts;
+pub use interrupts::{ioapic_interrupts, IOAPIC_INTERRUPTS_OUTPUT};
+
 /// Where the guests' code is loaded and entered.
 pub const LOAD_ADDR: u64 = HIMEM_START;
 /// Where the AP trampoline of [`two_cpus`] is loaded (SIPI vector 0x10).
