@@ -86,3 +86,73 @@ fn small_guests_run_on_the_split_irqchip() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(String::from_utf8_lossy(&o.stdout), "AB");
 }
+
+/// The split irqchip's IO-APIC and 8259s are devices of the machine: a
+/// reset puts them back to power-on (the guest programs them again and
+/// takes its interrupts), and a migration carries them (the destination's
+/// IO-APIC, with its KVM routes, delivers the level SCI the guest set up on
+/// the source, and again after its EOI). A kernel-irqchip destination
+/// refuses the file, naming the devices it lacks.
+#[test]
+fn the_split_irqchip_resets_and_migrates() {
+    if !kvm("irqchip_reset_migrate") {
+        return;
+    }
+    let guest = test_guests::ioapic_interrupts(true);
+    let [ticks, waiting, sci] = test_guests::IOAPIC_INTERRUPTS_OUTPUT;
+    let dir = TempDir::new("irq-mig-src");
+    let (log, serial) = serial_file(&dir);
+    let (src, sock) = spawn(&dir, &guest, &["--serial", &serial, "--irqchip", "split"]);
+    let mut c = Client::connect(&sock);
+    let once = format!("{ticks}{waiting}");
+    assert_eq!(wait_for_output(&log, once.len()), once.as_bytes());
+    assert_eq!(c.execute("system_reset"), json!({"return": {}}));
+    let twice = once.repeat(2);
+    assert_eq!(wait_for_output(&log, twice.len()), twice.as_bytes());
+    let file = dir.0.join("vm.mig");
+    let uri = format!("file:{}", file.display());
+    assert_eq!(
+        c.execute_with(
+            "migrate-set-capabilities",
+            json!({"capabilities": [{"capability": "events", "state": true}]})
+        ),
+        json!({"return": {}})
+    );
+    assert_eq!(
+        c.execute_with("migrate", json!({ "uri": uri })),
+        json!({"return": {}})
+    );
+    for status in ["setup", "active", "completed"] {
+        assert_eq!(c.event("MIGRATION")["data"]["status"], status);
+    }
+    c.execute("quit");
+    assert!(wait(src).status.success());
+
+    let dir2 = TempDir::new("irq-mig-dst");
+    let (log2, serial2) = serial_file(&dir2);
+    let (dst, sock2) = spawn(
+        &dir2,
+        &guest,
+        &[
+            "--serial",
+            &serial2,
+            "--irqchip",
+            "split",
+            "--incoming",
+            &uri,
+        ],
+    );
+    let mut d = Client::connect(&sock2);
+    assert_eq!(d.status()["status"], "running");
+    assert_eq!(d.execute("system_powerdown"), json!({"return": {}}));
+    d.event("SHUTDOWN");
+    let o = dst.wait_within(Duration::from_secs(30));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(std::fs::read_to_string(&log2).unwrap(), sci);
+
+    let k = dir2.file("irq.elf", &guest);
+    let o = run_kernel(&k, &["--memory", "64M", "--incoming", &uri]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    // Refused for its device list: the split machine's has our irqchip.
+    assert_one_line_error(&o, "ioapic (ioapic), i8259 (i8259)], this machine's");
+}
