@@ -209,8 +209,9 @@ pub struct DeviceLines {
 /// Creates the PC's devices, puts them on `io` and connects their
 /// interrupts to `vm`'s irqchip through `irq`; timed devices run on
 /// `clocks`. With KVM's PIT, ports 0x40-0x43 and 0x61 are left to KVM.
-/// With the split irqchip, `split` is our IO-APIC: it goes on the MMIO
-/// bus and, with our 8259 pair on their ports, into the device model.
+/// With the split irqchip ([`IrqLines::Split`]) the edge lines' irqfds go
+/// on IO-APIC pins, and our IO-APIC goes on the MMIO bus and, with our
+/// 8259 pair on their ports, into the device model.
 pub fn create_devices(
     vm: &Vm,
     irq: &IrqLines,

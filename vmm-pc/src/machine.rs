@@ -197,9 +197,7 @@ impl PcMachine {
         }
         let host_limit = memory::host_memory_bytes().unwrap_or(u64::MAX);
         let regions = memory::ram_regions(config.memory, host_limit)?;
-        if config.pit == PitBackend::Kvm && config.irqchip == IrqChipMode::Split {
-            return Err(PcError::KvmPitNeedsKernelIrqchip);
-        }
+        config.check_irqchip()?;
 
         // 2. Files.
         let kernel_file = open_regular("kernel", &config.kernel)?;

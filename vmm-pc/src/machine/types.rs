@@ -117,6 +117,16 @@ pub enum IrqChipMode {
     Split,
 }
 
+impl PcConfig {
+    /// KVM's PIT interrupts through KVM's irqchip: not with the split one.
+    pub(super) fn check_irqchip(&self) -> Result<(), PcError> {
+        if self.pit == PitBackend::Kvm && self.irqchip == IrqChipMode::Split {
+            return Err(PcError::KvmPitNeedsKernelIrqchip);
+        }
+        Ok(())
+    }
+}
+
 impl std::fmt::Debug for PcConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PcConfig")
