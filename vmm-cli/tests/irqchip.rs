@@ -151,7 +151,10 @@ fn the_split_irqchip_resets_and_migrates() {
     assert_eq!(std::fs::read_to_string(&log2).unwrap(), sci);
 
     let k = dir2.file("irq.elf", &guest);
-    let o = run_kernel(&k, &["--memory", "64M", "--incoming", &uri]);
+    let o = run_kernel(
+        &k,
+        &["--memory", "64M", "--irqchip", "kernel", "--incoming", &uri],
+    );
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     // Refused for its device list: the split machine's has our irqchip.
     assert_one_line_error(&o, "ioapic (ioapic), i8259 (i8259)], this machine's");
