@@ -2,12 +2,12 @@ use std::sync::{Arc, Mutex};
 
 use super::*;
 
+/// One routing table as KVM would be given it: (GSI, address, data).
+type Routes = Vec<(u32, u64, u32)>;
+
 /// Records what the IO-APIC sends and what KVM would be given.
 #[derive(Debug, Clone, Default)]
-struct Record(
-    Arc<Mutex<Vec<MsiMessage>>>,
-    Arc<Mutex<Vec<Vec<(u32, u64, u32)>>>>,
-);
+struct Record(Arc<Mutex<Vec<MsiMessage>>>, Arc<Mutex<Vec<Routes>>>);
 
 impl MsiSink for Record {
     fn send_msi(&mut self, msg: MsiMessage) {
@@ -40,7 +40,7 @@ fn program(a: &mut SplitIoApic<Record, Record>, pin: u32, vector: u32, dest: u32
     write_reg(a, 0x10 + 2 * pin, vector | u32::from(level) << 15);
 }
 
-fn last_routes(r: &Record) -> Vec<(u32, u64, u32)> {
+fn last_routes(r: &Record) -> Routes {
     lock(&r.1).last().cloned().unwrap()
 }
 
