@@ -60,7 +60,7 @@ fn next(c: &mut Vec<u8>, at: usize) {
 ///
 /// The handlers never return with `iretd` (which PVM cannot emulate in
 /// 32-bit code): each counts, sends the local APIC's EOI, drops its frame
-/// (a fresh stack) and jumps to where the program goes on ([`NEXT`]),
+/// (a fresh stack) and jumps to where the program goes on (`NEXT`),
 /// which checks the counts with interrupts still off and waits again
 /// (`sti; hlt`) until they are reached.
 ///
