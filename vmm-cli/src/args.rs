@@ -11,6 +11,7 @@ Examples:
   vmm --kernel bzImage --initrd initramfs.cpio --memory 512M --cpus 2
   vmm --kernel vmlinux --append 'console=ttyS0 reboot=k' --serial file:/tmp/console.log,maxsize=64M
   vmm --kernel bzImage --pit kvm        # KVM's in-kernel PIT instead of ours
+  vmm --kernel bzImage --irqchip split  # only the local APICs in KVM, our IO-APIC
   vmm --kernel bzImage --qmp /tmp/vmm.qmp --paused
       then: qmp-shell /tmp/vmm.qmp (from QEMU's python qemu.qmp), cont, stop, quit
 
@@ -84,6 +85,13 @@ pub struct Args {
     #[arg(long, value_name = "WHICH", default_value = "userspace")]
     pub pit: PitChoice,
 
+    /// Where the interrupt controllers are, QEMU's -machine
+    /// kernel-irqchip=on|split: `kernel` (KVM's 8259 pair, IO-APIC and local
+    /// APICs) or `split` (only the local APICs in KVM; our IO-APIC and
+    /// 8259s, the PICs' output not delivered). `--pit kvm` needs `kernel`.
+    #[arg(long, value_name = "WHERE", default_value = "kernel")]
+    pub irqchip: IrqChipChoice,
+
     /// Serve QMP (QEMU's JSON control protocol) on a Unix socket at PATH,
     /// created mode 0600 and removed on exit; or, if PATH is a character
     /// device (a serial port), on that device, in raw mode.
@@ -142,8 +150,23 @@ impl Args {
                     .into(),
             );
         }
+        if self.pit == PitChoice::Kvm && self.irqchip == IrqChipChoice::Split {
+            return Err(
+                "--pit kvm needs --irqchip kernel: KVM's PIT interrupts through KVM's irqchip"
+                    .into(),
+            );
+        }
         Ok(())
     }
+}
+
+/// The `--irqchip` choice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum IrqChipChoice {
+    /// All of the irqchip in KVM.
+    Kernel,
+    /// Only the local APICs in KVM.
+    Split,
 }
 
 /// The `--pit` choice.

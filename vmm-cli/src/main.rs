@@ -28,7 +28,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use vmm_core::signals::{interruptible, Interrupted, InterruptibleError};
 use vmm_devices::serial::SerialOutput;
-use vmm_pc::{ExitReason, PcConfig, PcMachine, PitBackend, RebootAction};
+use vmm_pc::{ExitReason, IrqChipMode, PcConfig, PcMachine, PitBackend, RebootAction};
 
 use crate::args::{Args, Serial};
 
@@ -212,6 +212,10 @@ fn run(args: Args, devices: storage::Devices) -> Result<ExitReason> {
         pit: match args.pit {
             args::PitChoice::Userspace => PitBackend::Userspace,
             args::PitChoice::Kvm => PitBackend::Kvm,
+        },
+        irqchip: match args.irqchip {
+            args::IrqChipChoice::Kernel => IrqChipMode::Kernel,
+            args::IrqChipChoice::Split => IrqChipMode::Split,
         },
         start_paused: args.paused,
         reboot: actions.reboot.unwrap_or(match args.reboot {

@@ -346,6 +346,8 @@ fn bad_command_lines_are_refused() {
         (&["--kernel", "K", "--serial", "file:/tmp/x,rotate"], Usage, "'rotate': unknown file: option", false),
         (&["--kernel", "K", "--serial", "file:/tmp/x,follow=perhaps"], Usage, "expected on or off", false),
         (&["--kernel", "K", "--pit", "hpet"], Usage, "invalid value 'hpet' for '--pit <WHICH>'", false),
+        (&["--kernel", "K", "--irqchip", "bogus"], Usage, "invalid value 'bogus' for '--irqchip <WHERE>'", false),
+        (&["--kernel", "K", "--pit", "kvm", "--irqchip", "split"], Vmm, "--pit kvm needs --irqchip kernel", false),
         (&["--kernel", "K", "--reboot", "maybe"], Usage, "invalid value 'maybe' for '--reboot <ACTION>'", false),
         (&["--kernel", "K", "--log-level", "loud"], Usage, "invalid value 'loud' for '--log-level <LEVEL>'", false),
         (&["--kernel", "K", "--qmp"], Usage, "a value is required for '--qmp <PATH>'", false),

@@ -18,4 +18,8 @@ pub trait IoHandler: Send + Sync {
     fn mmio_read(&self, addr: u64, data: &mut [u8]);
     /// The guest writes `data` at guest-physical `addr`.
     fn mmio_write(&self, addr: u64, data: &[u8]);
+    /// A local APIC's EOI of level-triggered `vector`, which KVM's split
+    /// irqchip hands to the VMM's IO-APIC (`KVM_EXIT_IOAPIC_EOI`). Without
+    /// a user-space IO-APIC there is nothing to do.
+    fn ioapic_eoi(&self, _vector: u8) {}
 }

@@ -4,8 +4,9 @@
 use std::sync::Arc;
 
 use kvm_bindings::{
-    kvm_irq_routing_entry, kvm_irq_routing_entry__bindgen_ty_1, kvm_irq_routing_irqchip,
-    kvm_pit_config, kvm_userspace_memory_region, KvmIrqRouting, KVM_IRQ_ROUTING_IRQCHIP,
+    kvm_enable_cap, kvm_irq_routing_entry, kvm_irq_routing_entry__bindgen_ty_1,
+    kvm_irq_routing_irqchip, kvm_irq_routing_msi, kvm_pit_config, kvm_userspace_memory_region,
+    KvmIrqRouting, KVM_CAP_SPLIT_IRQCHIP, KVM_IRQ_ROUTING_IRQCHIP, KVM_IRQ_ROUTING_MSI,
     KVM_MEM_LOG_DIRTY_PAGES, KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::VmFd;
@@ -237,6 +238,23 @@ impl Vm {
             .map_err(ioctl("KVM_CREATE_IRQCHIP"))
     }
 
+    /// Creates only the local APICs in the kernel (`KVM_ENABLE_CAP` of
+    /// `KVM_CAP_SPLIT_IRQCHIP`): the PICs and the IO-APIC are the VMM's,
+    /// and GSIs below `ioapic_pins` are the IO-APIC's pins, whose MSI
+    /// routes ([`Vm::set_msi_routing`]) tell KVM which vectors are
+    /// level-triggered (their EOIs exit with `KVM_EXIT_IOAPIC_EOI`). Must
+    /// come before any vCPU is created; instead of [`Vm::create_irqchip`].
+    pub fn create_split_irqchip(&self, ioapic_pins: u32) -> Result<(), VmError> {
+        let mut cap = kvm_enable_cap {
+            cap: KVM_CAP_SPLIT_IRQCHIP,
+            ..Default::default()
+        };
+        cap.args[0] = u64::from(ioapic_pins);
+        self.fd
+            .enable_cap(&cap)
+            .map_err(ioctl("KVM_ENABLE_CAP(KVM_CAP_SPLIT_IRQCHIP)"))
+    }
+
     /// Creates KVM's in-kernel i8254 PIT. `KVM_PIT_SPEAKER_DUMMY` makes KVM
     /// also serve port 0x61 (the speaker gate and channel 2's output), so
     /// the machine must not put a device there.
@@ -261,6 +279,35 @@ impl Vm {
                 type_: KVM_IRQ_ROUTING_IRQCHIP,
                 u: kvm_irq_routing_entry__bindgen_ty_1 {
                     irqchip: kvm_irq_routing_irqchip { irqchip, pin },
+                },
+                ..Default::default()
+            };
+            table
+                .push(entry)
+                .map_err(|_| VmError::Routing(routes.len()))?;
+        }
+        self.fd
+            .set_gsi_routing(&table)
+            .map_err(ioctl("KVM_SET_GSI_ROUTING"))
+    }
+
+    /// Replaces KVM's GSI routing with `routes`: each (GSI, address, data)
+    /// makes that GSI an MSI, as [`Vm::signal_msi`] sends it (the split
+    /// irqchip's IO-APIC pins; an irqfd on such a GSI sends the MSI inside
+    /// KVM).
+    pub fn set_msi_routing(&self, routes: &[(u32, u64, u32)]) -> Result<(), VmError> {
+        let mut table = KvmIrqRouting::new(0).map_err(|_| VmError::Routing(routes.len()))?;
+        for &(gsi, address, data) in routes {
+            let entry = kvm_irq_routing_entry {
+                gsi,
+                type_: KVM_IRQ_ROUTING_MSI,
+                u: kvm_irq_routing_entry__bindgen_ty_1 {
+                    msi: kvm_irq_routing_msi {
+                        address_lo: address as u32,
+                        address_hi: (address >> 32) as u32,
+                        data,
+                        ..Default::default()
+                    },
                 },
                 ..Default::default()
             };

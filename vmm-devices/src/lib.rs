@@ -22,8 +22,8 @@
 //! | [`Port80`] | 0x80 | none | [`port80`] |
 //! | [`PvPanic`] | 0x505 | the panic request | [`pvpanic`] |
 //! | [`Ib700`] | 0x441-0x443 | the expiry request | [`ib700`] |
-//! | [`IoApic`] | MMIO 0xFEC00000 (4 KiB) | 24 input pins in, MSIs out ([`MsiSink`]); for KVM's split irqchip (not wired to the PC yet) | [`ioapic`] |
-//! | [`Pic`] | 0x20-0x21, 0xA0-0xA1, ELCR 0x4D0-0x4D1 | ISA IRQ 0-15 in, INT out ([`PicOutput`]) and the CPU's acknowledge; for KVM's split irqchip (not wired yet) | [`pic`] |
+//! | [`IoApic`] | MMIO 0xFEC00000 (4 KiB) | 24 input pins in, MSIs out ([`MsiSink`]); for KVM's split irqchip (the PC's with `--irqchip split`) | [`ioapic`] |
+//! | [`Pic`] | 0x20-0x21, 0xA0-0xA1, ELCR 0x4D0-0x4D1 | ISA IRQ 0-15 in, INT out ([`PicOutput`]) and the CPU's acknowledge; for KVM's split irqchip (the PC's with `--irqchip split`; INT not delivered there) | [`pic`] |
 //! | [`I6300Esb`] | a PCI function ([`I6300EsbPci`], 16-byte memory BAR) and a fixed MMIO window | the expiry request | [`i6300esb`] |
 //!
 //! # Threat model

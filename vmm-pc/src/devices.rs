@@ -24,6 +24,7 @@ use vmm_devices::{
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::io::{BusError, PcIo};
+use crate::irqchip::{IrqLines, SplitPic, PIC_RANGES};
 use crate::layout::irq;
 use crate::machine::PitBackend;
 use crate::model::DeviceModel;
@@ -115,13 +116,14 @@ pub struct PcDevices {
     pub model: DeviceModel,
 }
 
-/// The ACPI SCI: GSI 9, level-triggered, through `KVM_IRQ_LINE`.
+/// The ACPI SCI: GSI 9, level-triggered, through `KVM_IRQ_LINE` (or our
+/// IO-APIC's pin 9 with the split irqchip).
 #[derive(Debug)]
-struct SciLine(Vm);
+struct SciLine(IrqLines);
 
 impl LevelLine for SciLine {
     fn set_level(&self, high: bool) {
-        if let Err(e) = self.0.set_irq_line(irq::ACPI_SCI, high) {
+        if let Err(e) = self.0.set_level(irq::ACPI_SCI, high) {
             log::warn!("cannot set the ACPI SCI to {high}: {e}");
         }
     }
@@ -205,10 +207,14 @@ pub struct DeviceLines {
 }
 
 /// Creates the PC's devices, puts them on `io` and connects their
-/// interrupts to `vm`'s irqchip; timed devices run on `clocks`. With KVM's
-/// PIT, ports 0x40-0x43 and 0x61 are left to KVM.
+/// interrupts to `vm`'s irqchip through `irq`; timed devices run on
+/// `clocks`. With KVM's PIT, ports 0x40-0x43 and 0x61 are left to KVM.
+/// With the split irqchip ([`IrqLines::Split`]) the edge lines' irqfds go
+/// on IO-APIC pins, and our IO-APIC goes on the MMIO bus and, with our
+/// 8259 pair on their ports, into the device model.
 pub fn create_devices(
     vm: &Vm,
+    irq: &IrqLines,
     io: &mut PcIo,
     clocks: &Clocks,
     serial_out: SerialOutput,
@@ -216,7 +222,7 @@ pub fn create_devices(
 ) -> Result<PcDevices, DeviceError> {
     let line = |fd: &'static str, device: &'static str, gsi: u32| {
         let line = EventFdTrigger::new(eventfd(fd)?);
-        vm.register_irqfd(line.event_fd(), gsi)
+        vm.register_irqfd(line.event_fd(), irq.edge_gsi(gsi))
             .map_err(|e| DeviceError::Irq(device, e))?;
         Ok::<_, DeviceError>(line)
     };
@@ -228,9 +234,24 @@ pub fn create_devices(
             PitBackend::Userspace => Some(line("PIT", "i8254 PIT", irq::PIT)?),
             PitBackend::Kvm => None,
         },
-        sci: Box::new(SciLine(vm.clone())),
+        sci: Box::new(SciLine(irq.clone())),
     };
-    wire_devices(io, clocks, serial_out, pc, lines)
+    let mut devices = wire_devices(io, clocks, serial_out, pc, lines)?;
+    if let IrqLines::Split(ioapic) = irq {
+        io.add_mmio(
+            "IO-APIC",
+            vmm_devices::ioapic::IOAPIC_BASE,
+            vmm_devices::ioapic::IOAPIC_SIZE,
+            ioapic.clone(),
+        )?;
+        devices.model.add("ioapic", ioapic.clone());
+        let pic = Arc::new(Mutex::new(SplitPic::default()));
+        for (base, len) in PIC_RANGES {
+            io.add_pio("i8259", base, len, pic.clone())?;
+        }
+        devices.model.add("i8259", pic);
+    }
+    Ok(devices)
 }
 
 /// Creates the PC's devices on `lines` and puts them on `io`, without KVM:

@@ -14,6 +14,8 @@ use vm_device::{DeviceMmio, DevicePio};
 use vmm_core::io::IoHandler;
 use vmm_pci::PciRoot;
 
+use crate::irqchip::IrqLines;
+
 /// How many distinct unmapped MMIO pages are logged before we stop (a guest
 /// could otherwise make the log grow without bound).
 const MMIO_LOG_LIMIT: usize = 64;
@@ -41,6 +43,8 @@ impl PortBitmap {
 pub struct PcIo {
     bus: IoManager,
     pci: Option<Arc<Mutex<PciRoot>>>,
+    /// Where KVM's IO-APIC EOI exits go (the split irqchip's IO-APIC).
+    irq: Option<IrqLines>,
     logged_ports: PortBitmap,
     logged_mmio: AtomicUsize,
 }
@@ -78,6 +82,7 @@ impl PcIo {
         Self {
             bus: IoManager::new(),
             pci: None,
+            irq: None,
             logged_ports: PortBitmap::new(),
             logged_mmio: AtomicUsize::new(0),
         }
@@ -117,6 +122,11 @@ impl PcIo {
         };
         let range = MmioRange::new(MmioAddress(base), len).map_err(err)?;
         self.bus.register_mmio(range, device).map_err(err)
+    }
+
+    /// Sends the local APICs' EOIs of level-triggered vectors to `irq`.
+    pub fn set_irq_lines(&mut self, irq: IrqLines) {
+        self.irq = Some(irq);
     }
 
     /// Sends what no fixed device claims to `root`'s BARs.
@@ -178,6 +188,12 @@ impl IoHandler for PcIo {
             && !self.pci().is_some_and(|mut p| p.mmio_write(addr, data))
         {
             self.unmapped_mmio(addr, "write", data.len());
+        }
+    }
+
+    fn ioapic_eoi(&self, vector: u8) {
+        if let Some(irq) = &self.irq {
+            irq.eoi(vector);
         }
     }
 }

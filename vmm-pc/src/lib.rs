@@ -14,6 +14,7 @@ pub mod gdb;
 mod images;
 pub mod io;
 mod io_error;
+pub mod irqchip;
 pub mod layout;
 pub mod machine;
 pub mod memory;
@@ -34,6 +35,6 @@ pub use control::{
     QuitSource, Reply, ReplyFn, ShutdownCause,
 };
 pub use machine::{
-    parse_incoming, parse_migration_uri, ExitReason, Incoming, MachineControl, MigrationInfo,
-    PcConfig, PcError, PcMachine, PitBackend, RebootAction, WatchdogAction,
+    parse_incoming, parse_migration_uri, ExitReason, Incoming, IrqChipMode, MachineControl,
+    MigrationInfo, PcConfig, PcError, PcMachine, PitBackend, RebootAction, WatchdogAction,
 };

@@ -7,8 +7,9 @@
 //!    regular files only, without ever blocking (`images.rs`);
 //! 3. open `/dev/kvm` and check it; check the vCPU count against KVM's limit;
 //! 4. create the VM with its RAM (memory before the irqchip: much faster);
-//! 5. the TSS pages, the in-kernel irqchip, PC GSI routing, and KVM's PIT
-//!    if asked for ([`PitBackend::Kvm`]);
+//! 5. the TSS pages, the in-kernel irqchip and PC GSI routing (or, split,
+//!    only the local APICs: [`crate::irqchip`]), and KVM's PIT if asked
+//!    for ([`PitBackend::Kvm`]);
 //! 6. load the kernel, initrd and command line; write the e820 map, ACPI
 //!    and MP tables and the boot parameters (zero page or PVH start info);
 //! 7. create the clocks, then the devices (our PIT and RTC arm timers on
@@ -38,9 +39,10 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::control::{Command, MachineEvent, QuitSource, ReplyFn};
 use crate::cpu::{self, BootEntry};
-use crate::devices::{create_devices, pc_irq_routes, Com1, DeviceError, PcDevices, PcShape};
+use crate::devices::{create_devices, Com1, DeviceError, PcDevices, PcShape};
 use crate::images::{open_regular, BootImages};
 use crate::io::PcIo;
+use crate::irqchip::IrqLines;
 use crate::layout::{self, MAX_CPUS};
 use crate::memory;
 
@@ -58,7 +60,7 @@ mod watchdog;
 
 pub use crate::migration::parse_uri as parse_migration_uri;
 pub use migration::{parse_incoming, Incoming, MigrationInfo};
-pub use types::{ExitReason, PcConfig, PcError, PitBackend, RebootAction};
+pub use types::{ExitReason, IrqChipMode, PcConfig, PcError, PitBackend, RebootAction};
 pub use watchdog::WatchdogAction;
 
 /// Requests recorded by main-loop subscribers, read after each iteration.
@@ -195,6 +197,7 @@ impl PcMachine {
         }
         let host_limit = memory::host_memory_bytes().unwrap_or(u64::MAX);
         let regions = memory::ram_regions(config.memory, host_limit)?;
+        config.check_irqchip()?;
 
         // 2. Files.
         let kernel_file = open_regular("kernel", &config.kernel)?;
@@ -255,8 +258,7 @@ impl PcMachine {
 
                 // 5. Interrupt controllers and timers in the kernel.
                 vm.set_tss_address(layout::KVM_TSS_ADDR)?;
-                vm.create_irqchip()?;
-                vm.set_irqchip_routing(&pc_irq_routes())?;
+                let irq = crate::irqchip::create(&vm, config.irqchip)?;
                 if config.pit == PitBackend::Kvm {
                     vm.create_in_kernel_pit()?;
                 }
@@ -271,13 +273,17 @@ impl PcMachine {
                     wdat: config.i6300esb.is_some(),
                 };
                 let entry = images.load(vm.memory())?;
-                // What a reset puts back: the fresh irqchip (and KVM's PIT).
-                let fresh_irqchip = vm.irqchip_state()?;
+                // What a reset puts back: the fresh irqchip (and KVM's
+                // PIT); with the split irqchip, ours are in the device model.
+                let fresh_irqchip = match irq {
+                    IrqLines::Kernel(_) => vm.irqchip_state()?,
+                    IrqLines::Split(_) => Vec::new(),
+                };
                 let fresh_kvm_pit = match config.pit {
                     PitBackend::Kvm => Some(vm.pit_state()?),
                     PitBackend::Userspace => None,
                 };
-                Ok((vm, images, entry, fresh_irqchip, fresh_kvm_pit))
+                Ok((vm, irq, images, entry, fresh_irqchip, fresh_kvm_pit))
             })();
             let cpuid = match cpuid {
                 Ok(thread) => thread
@@ -289,7 +295,7 @@ impl PcMachine {
             (cpuid, built)
         });
         let supported_cpuid = supported_cpuid?;
-        let (vm, images, entry, fresh_irqchip, fresh_kvm_pit) = built?;
+        let (vm, irq, images, entry, fresh_irqchip, fresh_kvm_pit) = built?;
 
         // 7. Devices.
         let mut io = PcIo::new();
@@ -302,7 +308,8 @@ impl PcMachine {
             ib700: config.ib700,
             i6300esb: config.i6300esb,
         };
-        let devices = create_devices(&vm, &mut io, &clocks, config.serial, shape)?;
+        let devices = create_devices(&vm, &irq, &mut io, &clocks, config.serial, shape)?;
+        io.set_irq_lines(irq.clone());
 
         // 8. Signals first (blocked in this thread before any other
         //    starts, so every thread inherits the mask), then the loop.
@@ -376,7 +383,7 @@ impl PcMachine {
             },
         );
 
-        let mut slots = crate::virtio::Slots::new(&vm);
+        let mut slots = crate::virtio::Slots::new(&vm, &irq);
         // The disks: virtio-blk-pci devices on the bus, their worker
         // threads made now (parked until the guest activates them).
         let disks = {
@@ -749,6 +756,7 @@ impl PcMachine {
         while self.vcpus.try_request().is_some() {}
         let _ = self.devices.reset_evt.read();
         lock(&self.pending).reset = false;
+        // (Empty with the split irqchip: the device model resets ours.)
         self.vm.set_irqchip_state(&self.fresh_irqchip)?;
         if let Some(pit) = &self.fresh_kvm_pit {
             self.vm.set_pit_state(pit)?;

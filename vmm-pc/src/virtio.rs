@@ -33,6 +33,7 @@ use vmm_virtio::{Doorbells, IntxLine, MsiSender, TransportSeams, VirtioDevice, V
 use crate::nets::{NetConfig, Tap};
 
 use crate::disks::DiskConfig;
+use crate::irqchip::IrqLines;
 use crate::pci::{intx_gsi, PCI_MMIO32_START, PCI_WATCHDOG_BAR};
 
 /// Why a virtio device could not be added.
@@ -135,12 +136,13 @@ impl std::fmt::Debug for Slots {
 }
 
 impl Slots {
-    /// The window below the ECAM, no line asserted.
-    pub fn new(vm: &Vm) -> Self {
+    /// The window below the ECAM, no line asserted; the INTx lines go
+    /// through `irq`.
+    pub fn new(vm: &Vm, irq: &IrqLines) -> Self {
         Self {
             window: Window::new("PCI 32-bit", PCI_MMIO32_START, PCI_WATCHDOG_BAR),
             lines: Arc::new(IntxLines {
-                vm: vm.clone(),
+                irq: irq.clone(),
                 asserted: Mutex::new(HashMap::new()),
             }),
             mem: Arc::new(vm.memory().clone()),
@@ -222,7 +224,7 @@ impl Doorbells for KvmDoorbells {
 
 /// The INTx GSIs 16-23: a line is high while any device on it asserts.
 struct IntxLines {
-    vm: Vm,
+    irq: IrqLines,
     asserted: Mutex<HashMap<u32, u32>>,
 }
 
@@ -247,7 +249,7 @@ impl IntxLine for IntxPin {
             .unwrap_or_else(|e| e.into_inner());
         let n = asserted.entry(self.gsi).or_insert(0);
         *n = if high { *n + 1 } else { n.saturating_sub(1) };
-        if let Err(e) = self.lines.vm.set_irq_line(self.gsi, *n > 0) {
+        if let Err(e) = self.lines.irq.set_level(self.gsi, *n > 0) {
             log::warn!("cannot set GSI {} to {}: {e}", self.gsi, *n > 0);
         }
     }

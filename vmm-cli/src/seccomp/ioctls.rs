@@ -8,8 +8,9 @@ use std::mem::size_of;
 
 use kvm_bindings::{
     kvm_clock_data, kvm_debugregs, kvm_dirty_log, kvm_fpu, kvm_guest_debug, kvm_ioeventfd,
-    kvm_irq_level, kvm_irqchip, kvm_lapic_state, kvm_mp_state, kvm_msi, kvm_msrs, kvm_pit_state2,
-    kvm_regs, kvm_sregs, kvm_userspace_memory_region, kvm_vcpu_events, kvm_xcrs, kvm_xsave,
+    kvm_irq_level, kvm_irq_routing, kvm_irqchip, kvm_lapic_state, kvm_mp_state, kvm_msi, kvm_msrs,
+    kvm_pit_state2, kvm_regs, kvm_sregs, kvm_userspace_memory_region, kvm_vcpu_events, kvm_xcrs,
+    kvm_xsave,
 };
 
 const KVMIO: u64 = 0xae;
@@ -25,6 +26,9 @@ const fn kvm(dir: u64, nr: u64, size: usize) -> u64 {
 /// A tap's `TUNSETOFFLOAD` (`_IOW('T', 208, unsigned int)`).
 pub(super) const TUNSETOFFLOAD: u64 = vmm_virtio::net::tap::TUNSETOFFLOAD_IOCTL;
 pub(super) const KVM_IRQ_LINE: u64 = kvm(WRITE, 0x61, size_of::<kvm_irq_level>());
+// The split irqchip: the IO-APIC's pins as MSI routes, rewritten when the
+// guest writes its table, and on a reset or a load.
+pub(super) const KVM_SET_GSI_ROUTING: u64 = kvm(WRITE, 0x6a, size_of::<kvm_irq_routing>());
 // Linux declares it _IOR, though it writes.
 pub(super) const KVM_SET_IRQCHIP: u64 = kvm(READ, 0x63, size_of::<kvm_irqchip>());
 pub(super) const KVM_SET_CLOCK: u64 = kvm(WRITE, 0x7b, size_of::<kvm_clock_data>());
@@ -93,6 +97,7 @@ mod tests {
         assert_eq!(KVM_SET_PIT2, 0x4070_aea0);
         assert_eq!(KVM_IOEVENTFD, 0x4040_ae79);
         assert_eq!(KVM_SIGNAL_MSI, 0x4020_aea5);
+        assert_eq!(KVM_SET_GSI_ROUTING, 0x4008_ae6a);
         assert_eq!(KVM_NMI, 0xae9a);
         assert_eq!(KVM_SET_GUEST_DEBUG, 0x4048_ae9b);
         assert_eq!(KVM_GET_MSRS, 0xc008_ae88);

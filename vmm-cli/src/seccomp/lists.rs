@@ -152,6 +152,9 @@ pub(super) fn vcpu() -> Result<Rules, seccompiler::Error> {
             // was pending.
             KVM_IOEVENTFD,
             KVM_SIGNAL_MSI,
+            // Exits, with the split irqchip: the guest writes our IO-APIC's
+            // table, whose pins are KVM MSI routes.
+            KVM_SET_GSI_ROUTING,
             // A watchdog's inject-nmi action.
             KVM_NMI,
             // The gdb stub: single step, breakpoints and watchpoints set
@@ -495,6 +498,9 @@ pub(super) fn main(pid: u32, kick: u32) -> Result<Rules, seccompiler::Error> {
             KVM_SET_PIT2,
             // system_powerdown: the SCI line.
             KVM_IRQ_LINE,
+            // system_reset and snapshot-load with the split irqchip: our
+            // IO-APIC's pins as KVM MSI routes again.
+            KVM_SET_GSI_ROUTING,
             // snapshot-save: the irqchip and KVM's PIT read.
             KVM_GET_IRQCHIP,
             KVM_GET_PIT2,

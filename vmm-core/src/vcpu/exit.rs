@@ -48,6 +48,11 @@ pub(crate) fn run_once(
                 io.mmio_write(addr, data);
                 None
             }
+            // Split irqchip only: a level-triggered vector's EOI.
+            VcpuExit::IoapicEoi(vector) => {
+                io.ioapic_eoi(vector);
+                None
+            }
             // Only without the in-kernel irqchip: there the kernel halts.
             VcpuExit::Hlt => Some(VcpuRequest::Halted { vcpu: index }),
             // A triple fault: a PC resets (below, with where it happened).

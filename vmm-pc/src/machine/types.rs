@@ -42,6 +42,8 @@ pub struct PcConfig {
     pub serial: SerialOutput,
     /// Which i8254 PIT the machine gets.
     pub pit: PitBackend,
+    /// Where the PICs and the IO-APIC are.
+    pub irqchip: IrqChipMode,
     /// Stay in `prelaunch`, vCPUs parked, until a `cont` (QEMU's `-S`).
     pub start_paused: bool,
     /// What a guest reset (i8042, triple fault) does.
@@ -102,6 +104,29 @@ pub enum PitBackend {
     Kvm,
 }
 
+/// Where the interrupt controllers are (QEMU's `kernel-irqchip=on|split`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum IrqChipMode {
+    /// All in KVM (`KVM_CREATE_IRQCHIP`): the 8259 pair, the IO-APIC and
+    /// the local APICs.
+    #[default]
+    Kernel,
+    /// Only the local APICs in KVM (`KVM_CAP_SPLIT_IRQCHIP`); the IO-APIC
+    /// and the 8259 pair are ours ([`crate::irqchip`]). KVM's PIT needs
+    /// the kernel's irqchip.
+    Split,
+}
+
+impl PcConfig {
+    /// KVM's PIT interrupts through KVM's irqchip: not with the split one.
+    pub(super) fn check_irqchip(&self) -> Result<(), PcError> {
+        if self.pit == PitBackend::Kvm && self.irqchip == IrqChipMode::Split {
+            return Err(PcError::KvmPitNeedsKernelIrqchip);
+        }
+        Ok(())
+    }
+}
+
 impl std::fmt::Debug for PcConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PcConfig")
@@ -111,6 +136,7 @@ impl std::fmt::Debug for PcConfig {
             .field("memory", &self.memory)
             .field("cpus", &self.cpus)
             .field("pit", &self.pit)
+            .field("irqchip", &self.irqchip)
             .field("start_paused", &self.start_paused)
             .field("reboot", &self.reboot)
             .field("stop_on_error", &self.stop_on_error)
@@ -205,6 +231,9 @@ pub enum PcError {
     /// vCPU threads.
     #[error(transparent)]
     Vcpu(#[from] VcpuError),
+    /// KVM's PIT asked for without KVM's irqchip.
+    #[error("KVM's in-kernel PIT needs the in-kernel irqchip (not the split one)")]
+    KvmPitNeedsKernelIrqchip,
 }
 
 /// Why the machine stopped.

@@ -1,0 +1,161 @@
+//! `--irqchip kernel|split`: hand-assembled guests that take interrupts
+//! through the IO-APIC (our PIT, the RTC, the ACPI SCI as a level line),
+//! and a few of the other small guests, on KVM's irqchip and on the split
+//! one (only the local APICs in KVM), on the host's `/dev/kvm`.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+use vmm_pc::test_guests;
+
+use common::qmp_client::{spawn, Client};
+
+const MODES: [&str; 2] = ["kernel", "split"];
+
+fn serial_file(dir: &TempDir) -> (std::path::PathBuf, String) {
+    let log = dir.0.join("serial.log");
+    let arg = format!("file:{}", log.display());
+    (log, arg)
+}
+
+#[test]
+fn pit_and_rtc_interrupts_reach_the_guest_through_the_ioapic() {
+    if !kvm("irqchip_pit_rtc") {
+        return;
+    }
+    for mode in MODES {
+        let dir = TempDir::new("irq-ticks");
+        let k = dir.file("irq.elf", &test_guests::ioapic_interrupts(false));
+        let o = run_kernel(&k, &["--irqchip", mode]);
+        assert!(o.status.success(), "{mode}: {}", stderr(&o));
+        assert_eq!(
+            String::from_utf8_lossy(&o.stdout),
+            test_guests::IOAPIC_INTERRUPTS_OUTPUT[0],
+            "{mode}"
+        );
+        assert!(!stderr(&o).contains("panicked"), "{mode}");
+    }
+}
+
+#[test]
+fn a_level_sci_still_high_at_its_eoi_is_delivered_again() {
+    if !kvm("irqchip_sci") {
+        return;
+    }
+    for mode in MODES {
+        let dir = TempDir::new("irq-sci");
+        let (log, serial) = serial_file(&dir);
+        let (child, sock) = spawn(
+            &dir,
+            &test_guests::ioapic_interrupts(true),
+            &["--serial", &serial, "--irqchip", mode],
+        );
+        let mut c = Client::connect(&sock);
+        let want: String = test_guests::IOAPIC_INTERRUPTS_OUTPUT[..2].concat();
+        assert_eq!(wait_for_output(&log, want.len()), want.as_bytes(), "{mode}");
+        assert_eq!(c.execute("system_powerdown"), json!({"return": {}}));
+        let shutdown = c.event("SHUTDOWN");
+        assert_eq!(shutdown["data"]["reason"], "guest-shutdown", "{mode}");
+        let o = child.wait_within(Duration::from_secs(30));
+        assert!(o.status.success(), "{mode}: {}", stderr(&o));
+        let all: String = test_guests::IOAPIC_INTERRUPTS_OUTPUT.concat();
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), all, "{mode}");
+    }
+}
+
+#[test]
+fn small_guests_run_on_the_split_irqchip() {
+    if !kvm("irqchip_small_guests") {
+        return;
+    }
+    let dir = TempDir::new("irq-small");
+    let hello = dir.file("hello.elf", &test_guests::hello_reset("Hello, split\n"));
+    let o = run_kernel(&hello, &["--irqchip", "split"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "Hello, split\n");
+    let off = dir.file("off.elf", &test_guests::hello_poweroff("bye\n"));
+    let o = run_kernel(&off, &["--irqchip", "split"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "bye\n");
+    // INIT and SIPI through the in-kernel local APICs.
+    let smp = dir.file("smp.elf", &test_guests::two_cpus());
+    let o = run_kernel(&smp, &["--irqchip", "split", "--cpus", "2"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "AB");
+}
+
+/// The split irqchip's IO-APIC and 8259s are devices of the machine: a
+/// reset puts them back to power-on (the guest programs them again and
+/// takes its interrupts), and a migration carries them (the destination's
+/// IO-APIC, with its KVM routes, delivers the level SCI the guest set up on
+/// the source, and again after its EOI). A kernel-irqchip destination
+/// refuses the file, naming the devices it lacks.
+#[test]
+fn the_split_irqchip_resets_and_migrates() {
+    if !kvm("irqchip_reset_migrate") {
+        return;
+    }
+    let guest = test_guests::ioapic_interrupts(true);
+    let [ticks, waiting, sci] = test_guests::IOAPIC_INTERRUPTS_OUTPUT;
+    let dir = TempDir::new("irq-mig-src");
+    let (log, serial) = serial_file(&dir);
+    let (src, sock) = spawn(&dir, &guest, &["--serial", &serial, "--irqchip", "split"]);
+    let mut c = Client::connect(&sock);
+    let once = format!("{ticks}{waiting}");
+    assert_eq!(wait_for_output(&log, once.len()), once.as_bytes());
+    assert_eq!(c.execute("system_reset"), json!({"return": {}}));
+    let twice = once.repeat(2);
+    assert_eq!(wait_for_output(&log, twice.len()), twice.as_bytes());
+    let file = dir.0.join("vm.mig");
+    let uri = format!("file:{}", file.display());
+    assert_eq!(
+        c.execute_with(
+            "migrate-set-capabilities",
+            json!({"capabilities": [{"capability": "events", "state": true}]})
+        ),
+        json!({"return": {}})
+    );
+    assert_eq!(
+        c.execute_with("migrate", json!({ "uri": uri })),
+        json!({"return": {}})
+    );
+    for status in ["setup", "active", "completed"] {
+        assert_eq!(c.event("MIGRATION")["data"]["status"], status);
+    }
+    c.execute("quit");
+    assert!(wait(src).status.success());
+
+    let dir2 = TempDir::new("irq-mig-dst");
+    let (log2, serial2) = serial_file(&dir2);
+    let (dst, sock2) = spawn(
+        &dir2,
+        &guest,
+        &[
+            "--serial",
+            &serial2,
+            "--irqchip",
+            "split",
+            "--incoming",
+            &uri,
+        ],
+    );
+    let mut d = Client::connect(&sock2);
+    assert_eq!(d.status()["status"], "running");
+    assert_eq!(d.execute("system_powerdown"), json!({"return": {}}));
+    d.event("SHUTDOWN");
+    let o = dst.wait_within(Duration::from_secs(30));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(std::fs::read_to_string(&log2).unwrap(), sci);
+
+    let k = dir2.file("irq.elf", &guest);
+    let o = run_kernel(
+        &k,
+        &["--memory", "64M", "--irqchip", "kernel", "--incoming", &uri],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    // Refused for its device list: the split machine's has our irqchip.
+    assert_one_line_error(&o, "ioapic (ioapic), i8259 (i8259)], this machine's");
+}

@@ -1,0 +1,322 @@
+//! Where the devices' interrupt lines go: KVM's irqchip, or, with the
+//! split irqchip ([`IrqChipMode::Split`], QEMU's `kernel-irqchip=split`),
+//! our IO-APIC and 8259 pair with only the local APICs in KVM.
+//!
+//! # Kernel mode
+//!
+//! Edge lines are irqfds on their GSIs, level lines `KVM_IRQ_LINE`; KVM's
+//! GSI routing ([`crate::devices::pc_irq_routes`]) sends ISA IRQs to its
+//! PICs and IO-APIC, IRQ 0 to IO-APIC pin 2.
+//!
+//! # Split mode
+//!
+//! GSIs 0-23 are the IO-APIC's pins. [`SplitIoApic`] keeps one KVM MSI
+//! route per unmasked pin, in step with its redirection table (rewritten
+//! on each guest write of the table, a reset and a load):
+//!
+//! - edge lines (COM1, the keyboard, the RTC, our PIT on pin 2) stay
+//!   irqfds, on their pins' GSIs: KVM sends the pin's MSI itself, with no
+//!   exit; an edge on a masked pin (no route) is lost, as on the 82093AA;
+//! - level lines (the ACPI SCI, the PCI INTx lines 16-23) go to our
+//!   IO-APIC ([`IrqLines::set_level`]), which delivers with
+//!   `KVM_SIGNAL_MSI`, sets Remote IRR, and on the EOI of the vector
+//!   (`KVM_EXIT_IOAPIC_EOI`, [`IrqLines::eoi`]) delivers again while the
+//!   line is still high. KVM exits on those EOIs because the routes of
+//!   level-triggered pins say so (it scans the MSI routes of GSIs below
+//!   the pin count given to `KVM_CAP_SPLIT_IRQCHIP`).
+//!
+//! The 8259 pair is on its ports (0x20-0x21, 0xA0-0xA1, the ELCR at
+//! 0x4D0-0x4D1) for the guest to program and mask, and is saved, loaded
+//! and reset with the machine; but no line reaches it and its INT output
+//! is not delivered (no ExtINT through `KVM_INTERRUPT`): a guest that
+//! takes interrupts only from the PICs (`noapic`, no MADT) gets none in
+//! split mode. Linux with an IO-APIC masks the PICs, and its timer check
+//! passes on IO-APIC pin 2 first.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use vm_device::bus::{MmioAddress, MmioAddressOffset, PioAddress, PioAddressOffset};
+use vm_device::{MutDeviceMmio, MutDevicePio};
+use vmm_core::vm::{Vm, VmError};
+use vmm_devices::ioapic::{IoApicState, MsiMessage, MsiSink, NUM_PINS};
+use vmm_devices::pic::{PicOutput, PicState};
+use vmm_devices::{IoApic, Pic};
+use vmm_qom::{InvalidState, Stateful};
+
+pub use crate::machine::IrqChipMode;
+
+fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The IO-APIC's deliveries as `KVM_SIGNAL_MSI`.
+#[derive(Debug)]
+pub struct KvmMsiSink(Vm);
+
+impl MsiSink for KvmMsiSink {
+    fn send_msi(&mut self, msg: MsiMessage) {
+        match self.0.signal_msi(msg.address, msg.data) {
+            Ok(true) => {}
+            Ok(false) => log::debug!("IO-APIC MSI {msg:?} reached no CPU"),
+            Err(e) => log::warn!("cannot send the IO-APIC's MSI {msg:?}: {e}"),
+        }
+    }
+}
+
+/// Where a table of pin messages goes: KVM's GSI routing (a seam, so that
+/// the routes can be checked without KVM).
+pub trait RouteSink: Send {
+    /// Replaces the routing with `routes`, as (GSI, address, data).
+    fn set_routes(&mut self, routes: &[(u32, u64, u32)]) -> Result<(), VmError>;
+}
+
+/// KVM's GSI routing.
+#[derive(Debug)]
+pub struct KvmRoutes(Vm);
+
+impl RouteSink for KvmRoutes {
+    fn set_routes(&mut self, routes: &[(u32, u64, u32)]) -> Result<(), VmError> {
+        self.0.set_msi_routing(routes)
+    }
+}
+
+/// Each pin's message, `None` for a masked pin.
+type PinRoutes = [Option<MsiMessage>; NUM_PINS];
+
+/// Our IO-APIC, with KVM's MSI routes for its pins kept in step with its
+/// redirection table (see the module docs).
+pub struct SplitIoApic<S: MsiSink = KvmMsiSink, R: RouteSink = KvmRoutes> {
+    ioapic: IoApic<S>,
+    routes: R,
+    /// What KVM was last given (`None` before the first time).
+    installed: Option<PinRoutes>,
+}
+
+impl<S: MsiSink, R: RouteSink> std::fmt::Debug for SplitIoApic<S, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SplitIoApic")
+            .field("installed", &self.installed)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: MsiSink, R: RouteSink> SplitIoApic<S, R> {
+    /// An IO-APIC with `id`, every pin masked, its (empty) routes given
+    /// to `routes`.
+    pub fn new(sink: S, routes: R, id: u8) -> Result<Self, VmError> {
+        let mut a = Self {
+            ioapic: IoApic::with_id(sink, id),
+            routes,
+            installed: None,
+        };
+        a.try_sync()?;
+        Ok(a)
+    }
+
+    /// The model.
+    pub fn ioapic(&self) -> &IoApic<S> {
+        &self.ioapic
+    }
+
+    /// The routes as the table says now.
+    fn table_routes(&self) -> PinRoutes {
+        std::array::from_fn(|pin| self.ioapic.route(pin))
+    }
+
+    /// Gives KVM the table's routes if they changed.
+    fn try_sync(&mut self) -> Result<(), VmError> {
+        let now = self.table_routes();
+        if self.installed == Some(now) {
+            return Ok(());
+        }
+        let list: Vec<(u32, u64, u32)> = now
+            .iter()
+            .enumerate()
+            .filter_map(|(pin, m)| m.map(|m| (pin as u32, m.address, m.data)))
+            .collect();
+        self.routes.set_routes(&list)?;
+        self.installed = Some(now);
+        Ok(())
+    }
+
+    fn sync(&mut self) {
+        if let Err(e) = self.try_sync() {
+            log::warn!("cannot update the IO-APIC's MSI routes: {e}");
+        }
+    }
+
+    /// Pin `pin`'s line is now `high`.
+    pub fn set_irq(&mut self, pin: usize, high: bool) {
+        self.ioapic.set_irq(pin, high);
+    }
+
+    /// A local APIC's EOI of `vector`.
+    pub fn eoi(&mut self, vector: u8) {
+        self.ioapic.eoi(vector);
+    }
+}
+
+impl<S: MsiSink, R: RouteSink> MutDeviceMmio for SplitIoApic<S, R> {
+    fn mmio_read(&mut self, _base: MmioAddress, offset: MmioAddressOffset, data: &mut [u8]) {
+        self.ioapic.read(offset, data);
+    }
+
+    fn mmio_write(&mut self, _base: MmioAddress, offset: MmioAddressOffset, data: &[u8]) {
+        self.ioapic.write(offset, data);
+        self.sync();
+    }
+}
+
+impl<S: MsiSink, R: RouteSink> Stateful for SplitIoApic<S, R> {
+    const TYPE: &'static str = "ioapic";
+    type State = IoApicState;
+
+    fn state(&self) -> IoApicState {
+        self.ioapic.state()
+    }
+
+    fn restore(&mut self, state: IoApicState) -> Result<(), InvalidState> {
+        self.ioapic.restore(state)?;
+        self.sync();
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        Stateful::reset(&mut self.ioapic);
+        self.sync();
+    }
+}
+
+/// The PICs' INT output in split mode: not delivered (see the module
+/// docs); a rise is logged once.
+#[derive(Debug, Default)]
+pub struct UndeliveredIntr {
+    logged: bool,
+}
+
+impl PicOutput for UndeliveredIntr {
+    fn set_intr(&mut self, high: bool) {
+        if high && !self.logged {
+            self.logged = true;
+            log::warn!(
+                "the guest unmasked an interrupt on the 8259 PICs: with --irqchip split \
+                 they are not delivered (use the IO-APIC, or --irqchip kernel)"
+            );
+        }
+    }
+}
+
+/// Our 8259 pair and ELCR on the port bus (which gives offsets from each
+/// range's base).
+#[derive(Debug)]
+pub struct SplitPic(Pic<UndeliveredIntr>);
+
+impl Default for SplitPic {
+    fn default() -> Self {
+        Self(Pic::new(UndeliveredIntr::default()))
+    }
+}
+
+impl MutDevicePio for SplitPic {
+    fn pio_read(&mut self, base: PioAddress, offset: PioAddressOffset, data: &mut [u8]) {
+        self.0.read(base.0.wrapping_add(offset), data);
+    }
+
+    fn pio_write(&mut self, base: PioAddress, offset: PioAddressOffset, data: &[u8]) {
+        self.0.write(base.0.wrapping_add(offset), data);
+    }
+}
+
+impl Stateful for SplitPic {
+    const TYPE: &'static str = "i8259";
+    type State = PicState;
+
+    fn state(&self) -> PicState {
+        self.0.state()
+    }
+
+    fn restore(&mut self, state: PicState) -> Result<(), InvalidState> {
+        self.0.restore(state)
+    }
+
+    fn reset(&mut self) {
+        Stateful::reset(&mut self.0);
+    }
+}
+
+/// The ports of [`SplitPic`]: (base, length).
+pub const PIC_RANGES: [(u16, u16); 3] = [
+    (vmm_devices::pic::MASTER_PORT, 2),
+    (vmm_devices::pic::SLAVE_PORT, 2),
+    (vmm_devices::pic::ELCR_PORT, 2),
+];
+
+/// The IO-APIC pin of ISA IRQ or GSI `gsi` in split mode: IRQ 0 (the PIT)
+/// is pin 2, as the MADT's and MP table's override say; the rest are
+/// their own pins.
+pub fn split_pin(gsi: u32) -> u32 {
+    if gsi == 0 {
+        2
+    } else {
+        gsi
+    }
+}
+
+/// How the devices raise their interrupt lines, in either mode. Cloned
+/// into every device that drives a level line.
+#[derive(Debug, Clone)]
+pub enum IrqLines {
+    /// KVM's irqchip.
+    Kernel(Vm),
+    /// Our IO-APIC.
+    Split(Arc<Mutex<SplitIoApic>>),
+}
+
+impl IrqLines {
+    /// The GSI an edge line's irqfd goes on for ISA IRQ or GSI `gsi`.
+    pub fn edge_gsi(&self, gsi: u32) -> u32 {
+        match self {
+            Self::Kernel(_) => gsi,
+            Self::Split(_) => split_pin(gsi),
+        }
+    }
+
+    /// Level line `gsi` is now `high`.
+    pub fn set_level(&self, gsi: u32, high: bool) -> Result<(), VmError> {
+        match self {
+            Self::Kernel(vm) => vm.set_irq_line(gsi, high),
+            Self::Split(ioapic) => {
+                lock(ioapic).set_irq(split_pin(gsi) as usize, high);
+                Ok(())
+            }
+        }
+    }
+
+    /// The EOI of level-triggered `vector` (split mode's exit).
+    pub fn eoi(&self, vector: u8) {
+        if let Self::Split(ioapic) = self {
+            lock(ioapic).eoi(vector);
+        }
+    }
+}
+
+/// Creates `vm`'s interrupt controllers as `mode` says (before any vCPU):
+/// KVM's irqchip with the PC's GSI routing, or only its local APICs and
+/// our IO-APIC (ID 0, as KVM's) with no route yet.
+pub fn create(vm: &Vm, mode: IrqChipMode) -> Result<IrqLines, VmError> {
+    match mode {
+        IrqChipMode::Kernel => {
+            vm.create_irqchip()?;
+            vm.set_irqchip_routing(&crate::devices::pc_irq_routes())?;
+            Ok(IrqLines::Kernel(vm.clone()))
+        }
+        IrqChipMode::Split => {
+            vm.create_split_irqchip(NUM_PINS as u32)?;
+            let ioapic = SplitIoApic::new(KvmMsiSink(vm.clone()), KvmRoutes(vm.clone()), 0)?;
+            Ok(IrqLines::Split(Arc::new(Mutex::new(ioapic))))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,202 @@
+//! A guest that takes interrupts through the IO-APIC: the same on KVM's
+//! irqchip and on the split one (our IO-APIC, KVM's local APICs).
+
+use super::{acpi_poweroff, le32, print, pvh_elf, I8042_RESET, LOAD_ADDR};
+use crate::layout::port;
+
+/// Offsets in [`ioapic_interrupts`]' one page.
+const IDTR: u64 = 0x700;
+const IDT: u64 = 0x800;
+const PIT_COUNT: u64 = 0xC00;
+const RTC_COUNT: u64 = 0xC04;
+const SCI_COUNT: u64 = 0xC08;
+/// Where the handlers go on (an address in the program).
+const NEXT: u64 = 0xC0C;
+const STACK_TOP: u64 = 0x1000;
+const MESSAGES: u64 = 0x600;
+/// The vectors: PIT (pin 2, edge), RTC (pin 8, edge), SCI (pin 9, level).
+const VECTORS: [u8; 3] = [0x30, 0x31, 0x32];
+/// Local APIC EOI and spurious-vector registers, IO-APIC windows.
+const LAPIC_EOI: u32 = 0xFEE0_00B0;
+const LAPIC_SVR: u32 = 0xFEE0_00F0;
+const IOREGSEL: u32 = 0xFEC0_0000;
+const IOWIN: u32 = 0xFEC0_0010;
+
+const TICKS: &str = "PIT and RTC ticked\n";
+const WAITING: &str = "waiting for the power button\n";
+const SCI: &str = "SCI twice\n";
+
+fn a(offset: u64) -> [u8; 4] {
+    le32(LOAD_ADDR + offset)
+}
+
+/// `mov dword [addr], value`.
+fn store(c: &mut Vec<u8>, addr: u32, value: u32) {
+    c.extend_from_slice(&[0xc7, 0x05]);
+    c.extend_from_slice(&addr.to_le_bytes());
+    c.extend_from_slice(&value.to_le_bytes());
+}
+
+/// `jb` to `target` if the count at `offset` is below `n`.
+fn below(c: &mut Vec<u8>, offset: u64, n: u8, target: usize) {
+    c.extend_from_slice(&[0x83, 0x3d]); // cmp dword [count], n
+    c.extend_from_slice(&a(offset));
+    c.push(n);
+    let back = target as i64 - (c.len() as i64 + 6);
+    c.extend_from_slice(&[0x0f, 0x82]); // jb target (rel32)
+    c.extend_from_slice(&(back as i32).to_le_bytes());
+}
+
+/// `mov dword [NEXT], LOAD_ADDR + at`: where the handlers go on.
+fn next(c: &mut Vec<u8>, at: usize) {
+    store(c, (LOAD_ADDR + NEXT) as u32, (LOAD_ADDR + at as u64) as u32);
+}
+
+/// Masks the 8259s, sets up an IDT, the local APIC and the IO-APIC (pin
+/// 2, our PIT's IRQ 0, edge, vector 0x30; pin 8, the RTC, edge, 0x31; pin
+/// 9, the ACPI SCI, level, 0x32; all to APIC ID 0), runs the PIT at 1 kHz
+/// and the RTC's periodic interrupt at 1024 Hz, and waits (`sti; hlt`)
+/// for 50 of each; then stops both and prints "PIT and RTC ticked".
+///
+/// The handlers never return with `iretd` (which PVM cannot emulate in
+/// 32-bit code): each counts, sends the local APIC's EOI, drops its frame
+/// (a fresh stack) and jumps to where the program goes on (`NEXT`),
+/// which checks the counts with interrupts still off and waits again
+/// (`sti; hlt`) until they are reached.
+///
+/// Without `power_button` it then resets through the i8042. With it, it
+/// enables the power button (PM1_EN), prints "waiting for the power
+/// button", and waits for the SCI twice: its handler sends the EOI
+/// *before* it clears PM1_STS, so the level line is still high at the EOI
+/// and the IO-APIC must deliver it again (the second run finds nothing to
+/// clear). Then it prints "SCI twice" and powers off.
+pub fn ioapic_interrupts(power_button: bool) -> Vec<u8> {
+    let mut c = Vec::new();
+    c.push(0xbc); // mov esp, STACK_TOP
+    c.extend_from_slice(&a(STACK_TOP));
+    c.extend_from_slice(&[0x8c, 0xc9]); // mov ecx, cs
+    c.extend_from_slice(&[0xc1, 0xe1, 0x10]); // shl ecx, 16
+                                              // The gates, filled in below once the handlers' places are known:
+                                              // for each, mov eax, ecx; or eax, handler_lo; mov [gate], eax;
+                                              // mov dword [gate + 4], handler_hi | 0x8E00 (a 32-bit interrupt gate).
+    let gates = c.len();
+    let gate_len = 2 + 5 + 5 + 10;
+    c.resize(gates + gate_len * VECTORS.len(), 0x90);
+    // Both 8259s masked: KVM's would interrupt through LINT0 (ExtINT).
+    c.extend_from_slice(&[0xb0, 0xff, 0xe6, 0x21, 0xe6, 0xa1]);
+    c.extend_from_slice(&[0x0f, 0x01, 0x1d]); // lidt [IDTR]
+    c.extend_from_slice(&a(IDTR));
+    store(&mut c, LAPIC_SVR, 0x1ff);
+    for (pin, vector, level) in [
+        (2u32, VECTORS[0], false),
+        (8, VECTORS[1], false),
+        (9, VECTORS[2], true),
+    ] {
+        store(&mut c, IOREGSEL, 0x11 + 2 * pin);
+        store(&mut c, IOWIN, 0); // destination APIC ID 0
+        store(&mut c, IOREGSEL, 0x10 + 2 * pin);
+        store(&mut c, IOWIN, u32::from(vector) | u32::from(level) << 15);
+    }
+    #[rustfmt::skip]
+    c.extend_from_slice(&[
+        // PIT channel 0, mode 2, count 1193 (1 kHz).
+        0xb0, 0x34, 0xe6, 0x43,
+        0xb0, 0xa9, 0xe6, 0x40,
+        0xb0, 0x04, 0xe6, 0x40,
+        // RTC: rate 6 (1024 Hz) in A, PIE in B, C read to start clean.
+        0xb0, 0x0a, 0xe6, 0x70, 0xb0, 0x26, 0xe6, 0x71,
+        0xb0, 0x0b, 0xe6, 0x70, 0xe4, 0x71, 0x0c, 0x40, 0x88, 0xc4,
+        0xb0, 0x0b, 0xe6, 0x70, 0x88, 0xe0, 0xe6, 0x71,
+        0xb0, 0x0c, 0xe6, 0x70, 0xe4, 0x71,
+    ]);
+    let ticks = c.len() + 10 + 2 + 4;
+    next(&mut c, ticks);
+    c.extend_from_slice(&[0xeb, 0x04]); // jmp ticks
+    let wait = c.len();
+    c.extend_from_slice(&[0xfb, 0xf4, 0xeb, 0xfc]); // wait: sti; hlt; jmp wait
+    assert_eq!(c.len(), ticks);
+    // ticks: (interrupts off) enough of both?
+    below(&mut c, PIT_COUNT, 50, wait);
+    below(&mut c, RTC_COUNT, 50, wait);
+    #[rustfmt::skip]
+    c.extend_from_slice(&[
+        // Both stopped: the PIT in mode 0 with no count, PIE cleared.
+        0xb0, 0x30, 0xe6, 0x43,
+        0xb0, 0x0b, 0xe6, 0x70, 0xb0, 0x02, 0xe6, 0x71,
+    ]);
+    c.extend(print(LOAD_ADDR + MESSAGES));
+    if power_button {
+        c.extend_from_slice(&[0x66, 0xba]); // mov dx, PM1_EN
+        c.extend_from_slice(&(port::PM1A_EVT_BLK + 2).to_le_bytes());
+        c.extend_from_slice(&[0x66, 0xb8, 0x00, 0x01]); // mov ax, PWRBTN_EN
+        c.extend_from_slice(&[0x66, 0xef]); // out dx, ax
+        let sci = c.len() + 10 + 17;
+        next(&mut c, sci);
+        c.extend(print(LOAD_ADDR + MESSAGES + 0x20));
+        assert_eq!(c.len(), sci);
+        // sci: (interrupts off) the second one seen?
+        below(&mut c, SCI_COUNT, 2, wait);
+        c.extend(print(LOAD_ADDR + MESSAGES + 0x40));
+        c.extend(acpi_poweroff());
+    } else {
+        c.extend_from_slice(I8042_RESET);
+    }
+
+    // The handlers, each ending with: mov esp, STACK_TOP; jmp [NEXT].
+    let go_on = |c: &mut Vec<u8>| {
+        c.push(0xbc);
+        c.extend_from_slice(&a(STACK_TOP));
+        c.extend_from_slice(&[0xff, 0x25]);
+        c.extend_from_slice(&a(NEXT));
+    };
+    let mut handlers = Vec::new();
+    handlers.push(LOAD_ADDR + c.len() as u64); // PIT
+    c.extend_from_slice(&[0xff, 0x05]); // inc dword [PIT_COUNT]
+    c.extend_from_slice(&a(PIT_COUNT));
+    store(&mut c, LAPIC_EOI, 0);
+    go_on(&mut c);
+    handlers.push(LOAD_ADDR + c.len() as u64); // RTC: reading C acknowledges
+    c.extend_from_slice(&[0xb0, 0x0c, 0xe6, 0x70, 0xe4, 0x71]);
+    c.extend_from_slice(&[0xff, 0x05]); // inc dword [RTC_COUNT]
+    c.extend_from_slice(&a(RTC_COUNT));
+    store(&mut c, LAPIC_EOI, 0);
+    go_on(&mut c);
+    handlers.push(LOAD_ADDR + c.len() as u64); // SCI: EOI, then clear
+    c.extend_from_slice(&[0xff, 0x05]); // inc dword [SCI_COUNT]
+    c.extend_from_slice(&a(SCI_COUNT));
+    store(&mut c, LAPIC_EOI, 0);
+    c.extend_from_slice(&[0x66, 0xba]); // mov dx, PM1_STS
+    c.extend_from_slice(&port::PM1A_EVT_BLK.to_le_bytes());
+    c.extend_from_slice(&[0x66, 0xed, 0x66, 0xef]); // in ax, dx; out dx, ax
+    go_on(&mut c);
+
+    for (i, (&vector, &h)) in VECTORS.iter().zip(&handlers).enumerate() {
+        let gate = LOAD_ADDR + IDT + 8 * u64::from(vector);
+        let mut g = vec![0x89, 0xc8, 0x0d]; // mov eax, ecx; or eax, lo
+        g.extend_from_slice(&((h & 0xffff) as u32).to_le_bytes());
+        g.push(0xa3); // mov [gate], eax
+        g.extend_from_slice(&le32(gate));
+        store(&mut g, (gate + 4) as u32, (h as u32 & 0xffff_0000) | 0x8e00);
+        let at = gates + i * gate_len;
+        c[at..at + gate_len].copy_from_slice(&g);
+    }
+    assert!(
+        c.len() as u64 <= MESSAGES,
+        "the code fits before the messages"
+    );
+    c.resize(MESSAGES as usize, 0x90);
+    for (i, m) in [TICKS, WAITING, SCI].iter().enumerate() {
+        c.resize(MESSAGES as usize + 0x20 * i, 0);
+        c.extend_from_slice(m.as_bytes());
+    }
+    c.resize(IDTR as usize, 0);
+    let limit = 8 * (u16::from(VECTORS[2]) + 1) - 1;
+    c.extend_from_slice(&limit.to_le_bytes());
+    c.extend_from_slice(&a(IDT));
+    c.resize(STACK_TOP as usize, 0);
+    pvh_elf(&[(LOAD_ADDR, &c)], LOAD_ADDR)
+}
+
+/// What [`ioapic_interrupts`] prints, in order (the power button's lines
+/// only with it).
+pub const IOAPIC_INTERRUPTS_OUTPUT: [&str; 3] = [TICKS, WAITING, SCI];
