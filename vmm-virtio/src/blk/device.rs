@@ -2,7 +2,7 @@
 //! space, start and stop of the worker) and [`BlockHandle`], the machine's
 //! hold on it once the device belongs to the bus.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use virtio_bindings::virtio_blk::{
@@ -19,7 +19,9 @@ use super::worker::{BlkWorker, UringHome};
 use super::{
     Aio, BlockConfig, BlockError, BlockEvents, BlockStats, ErrorPolicy, ID_BYTES, SECTOR_SIZE,
 };
-use crate::device::{ActivateContext, ActivateError, DeviceState, VirtioDevice};
+use crate::device::{
+    ActivateContext, ActivateError, DeviceSnapshot, DeviceState, SnapshotError, VirtioDevice,
+};
 use crate::worker::Worker;
 use crate::Memory;
 
@@ -54,6 +56,9 @@ pub(super) struct Shared {
     pub stats: Counters,
     /// How many requests are held.
     pub held: AtomicU64,
+    /// The worker is being stopped for a snapshot: it completes what is
+    /// in flight before it ends.
+    pub quiescing: AtomicBool,
 }
 
 /// The machine's hold on a disk after the device went to the bus: retry
@@ -191,6 +196,7 @@ impl VirtioBlk {
             policy: config.errors,
             stats: Counters::default(),
             held: AtomicU64::new(0),
+            quiescing: AtomicBool::new(false),
         });
         Ok(Self {
             config: config_space(disk.capacity(), q),
@@ -307,6 +313,7 @@ impl<M: Memory> VirtioDevice<M> for VirtioBlk {
             self.limits(ctx.features),
             self.id,
             Arc::clone(&self.shared),
+            ctx.home,
         );
         let kick = queue.notify;
         let home = self.uring.clone();
@@ -334,6 +341,60 @@ impl<M: Memory> VirtioDevice<M> for VirtioBlk {
             acked_features: self.acked,
             completed: s.reads + s.writes + s.flushes + s.discards,
             held: self.shared.held.load(Ordering::Acquire),
+        }
+    }
+
+    fn quiesce(&mut self) -> Result<(), SnapshotError> {
+        // A held request was popped and may not be completed: its chain
+        // would be lost.
+        if self.shared.held.load(Ordering::Acquire) > 0 {
+            return Err(SnapshotError::Held);
+        }
+        self.shared.quiescing.store(true, Ordering::Release);
+        self.worker.stop();
+        self.shared.quiescing.store(false, Ordering::Release);
+        if self.shared.held.load(Ordering::Acquire) > 0 {
+            // Held while stopping: the chain stays popped. The guest's
+            // request would hang after a restore; say so.
+            log::warn!("virtio-blk: a request was held as the worker stopped for a snapshot");
+        }
+        Ok(())
+    }
+
+    fn snapshot(&self) -> Result<DeviceSnapshot, SnapshotError> {
+        if self.shared.held.load(Ordering::Acquire) > 0 {
+            return Err(SnapshotError::Held);
+        }
+        Ok(DeviceSnapshot::Block {
+            capacity: self.disk.capacity(),
+            read_only: self.disk.read_only(),
+        })
+    }
+
+    fn restore(&mut self, snapshot: &DeviceSnapshot) -> Result<(), SnapshotError> {
+        match snapshot {
+            DeviceSnapshot::Block {
+                capacity,
+                read_only,
+            } => {
+                if *capacity != self.disk.capacity() || *read_only != self.disk.read_only() {
+                    return Err(SnapshotError::Invalid(format!(
+                        "the snapshot's disk has {capacity} sectors{}, this one {}{}",
+                        if *read_only { " (read-only)" } else { "" },
+                        self.disk.capacity(),
+                        if self.disk.read_only() {
+                            " (read-only)"
+                        } else {
+                            ""
+                        }
+                    )));
+                }
+                Ok(())
+            }
+            other => Err(SnapshotError::Invalid(format!(
+                "a {} snapshot given to a block device",
+                other.kind()
+            ))),
         }
     }
 }
