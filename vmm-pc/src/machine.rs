@@ -302,7 +302,7 @@ impl PcMachine {
             ib700: config.ib700,
             i6300esb: config.i6300esb,
         };
-        let devices = create_devices(&vm, &mut io, &clocks, config.serial, shape)?;
+        let mut devices = create_devices(&vm, &mut io, &clocks, config.serial, shape)?;
 
         // 8. Signals first (blocked in this thread before any other
         //    starts, so every thread inherits the mask), then the loop.
@@ -396,6 +396,7 @@ impl PcMachine {
                 &disk_images,
                 config.device_thread_start.clone(),
                 &events,
+                config.incoming.is_none(),
             )?
         };
         // The network cards, the same way, each on its tap.
@@ -429,6 +430,7 @@ impl PcMachine {
             &config.rngs,
             config.device_thread_start.clone(),
         )?;
+        crate::virtio_state::register(&mut devices.model, &devices.pci, &disks, &nets, &rngs);
 
         // The migration thread (and `--incoming`'s listener or command).
         let live = live::Live::new(
@@ -598,6 +600,9 @@ impl PcMachine {
 
     /// prelaunch/paused -> running: the clock, then the vCPUs.
     fn start(&mut self) -> Result<(), PcError> {
+        if self.runstate.state() == RunState::Postmigrate {
+            self.retake_disk_locks();
+        }
         self.runstate
             .transition(RunState::Running)
             .map_err(|e| PcError::Control(e.to_string()))?;
@@ -605,6 +610,9 @@ impl PcMachine {
             self.vm.set_clock_ns(ns)?;
         }
         self.clocks.vm_start();
+        // Virtio workers a snapshot stopped (or a load put back) run again
+        // with the guest.
+        self.resume_virtio();
         self.vcpus.resume_all()?;
         Ok(())
     }

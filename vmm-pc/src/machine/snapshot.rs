@@ -10,8 +10,10 @@
 //! first (magic, version, checksums, the machine's shape, every section
 //! decoded) so that a bad file changes nothing; then it stops a running
 //! guest (`restore-vm`), puts everything back and runs it again from the
-//! saved point. Machines with disks are refused for now: a virtio
-//! device's queues live in its worker thread and are not captured yet.
+//! saved point. Virtio disks, network cards and entropy devices are part
+//! of the state (see [`crate::virtio_state`]): their workers stop, with
+//! nothing in flight, before the capture and run again with the guest;
+//! socket devices (vsock) are still refused.
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter};
@@ -92,8 +94,9 @@ fn host_slice(region: &vm_memory::GuestRegionMmap) -> Result<&[u8], CommandFailu
     // SAFETY: the region maps `len` bytes at `ptr` for as long as the
     // machine (and so `region`) lives, which the returned borrow cannot
     // outlast. Only a save reads it this way, with every vCPU paused and
-    // no device that writes guest memory (machines with disks are
-    // refused), so nothing writes these bytes while the slice exists.
+    // every virtio worker stopped (`capture_state` stopped them; socket
+    // devices, whose workers it cannot stop, are refused), so nothing
+    // writes these bytes while the slice exists.
     Ok(unsafe { std::slice::from_raw_parts(ptr, len) })
 }
 
@@ -128,18 +131,34 @@ impl PcMachine {
                  first)",
             ));
         }
-        if !self.disks.is_empty()
-            || !self.nets.is_empty()
-            || !self.rngs.is_empty()
-            || !self.vsocks.is_empty()
-            || !self.vhost_vsocks.is_empty()
-        {
+        if !self.vsocks.is_empty() || !self.vhost_vsocks.is_empty() {
             return Err(refused(
-                "snapshots of a machine with virtio devices (disks, network cards, virtio-rng, \
-                 vsock) are not supported yet (a virtio device's queues are not captured)",
+                "snapshots of a machine with a socket device (virtio-vsock-pci, \
+                 vhost-vsock-pci) are not supported yet (its connections are not captured)",
             ));
         }
         Ok(())
+    }
+
+    /// The PCI slots of the virtio functions a snapshot captures.
+    fn virtio_slots(&self) -> Vec<u8> {
+        self.disks
+            .iter()
+            .map(|d| d.slot)
+            .chain(self.nets.iter().map(|n| n.slot))
+            .chain(self.rngs.iter().map(|r| r.slot))
+            .collect()
+    }
+
+    /// Whether the machine has virtio devices that write guest RAM from
+    /// their own threads (KVM's dirty log does not see those writes).
+    pub(super) fn has_virtio(&self) -> bool {
+        !self.virtio_slots().is_empty()
+    }
+
+    /// Runs again the virtio workers a save stopped or a load put back.
+    pub(super) fn resume_virtio(&mut self) {
+        crate::virtio_state::resume_all(&self.devices.pci, &self.virtio_slots());
     }
 
     /// `snapshot-save`'s work: the machine's state into `path`.
@@ -188,6 +207,9 @@ impl PcMachine {
             },
             virtual_ns: self.clocks.now(ClockType::Virtual),
         };
+        // The virtio workers stop with nothing in flight (they run again
+        // when the guest does): their queues and the RAM stay as captured.
+        crate::virtio_state::pause_all(&self.devices.pci, &self.virtio_slots()).map_err(refused)?;
         let devices = self.devices.model.save().map_err(refused)?;
         log::debug!("snapshot: devices saved at {:?}", t0.elapsed());
         Ok(vec![

@@ -66,6 +66,8 @@ pub(super) struct Shared {
 #[derive(Clone)]
 pub struct BlockHandle {
     shared: Arc<Shared>,
+    disk: Arc<Disk>,
+    path: std::path::PathBuf,
 }
 
 impl std::fmt::Debug for BlockHandle {
@@ -83,6 +85,17 @@ impl BlockHandle {
         if let Err(e) = self.shared.retry.write(1) {
             log::error!("virtio-blk: cannot wake the worker to retry: {e}");
         }
+    }
+
+    /// Takes the image's lock (after an incoming migration: the source
+    /// let it go).
+    pub fn lock_image(&self) -> Result<(), BlockError> {
+        self.disk.lock(&self.path)
+    }
+
+    /// Lets the image's lock go (a migration's source, done).
+    pub fn unlock_image(&self) {
+        self.disk.unlock();
     }
 
     /// Whether a request is held after a host error.
@@ -110,6 +123,7 @@ impl BlockHandle {
 /// A virtio-blk device on an open image.
 pub struct VirtioBlk {
     disk: Arc<Disk>,
+    path: std::path::PathBuf,
     config: [u8; CONFIG_LEN],
     features: u64,
     queue_size: u16,
@@ -159,7 +173,7 @@ impl VirtioBlk {
             }
             id[..serial.len()].copy_from_slice(serial.as_bytes());
         }
-        let disk = Disk::open(&config.path, config.read_only, config.cache)?;
+        let disk = Disk::open_with(&config.path, config.read_only, config.cache, config.lock)?;
         // The ring is made here, at build time (on the main thread, before
         // any seccomp filter): `aio=io_uring` on a host without io_uring is
         // refused now, not when the guest first uses the disk; the default
@@ -201,6 +215,7 @@ impl VirtioBlk {
         Ok(Self {
             config: config_space(disk.capacity(), q),
             disk: Arc::new(disk),
+            path: config.path.clone(),
             features,
             queue_size: q,
             id,
@@ -215,6 +230,8 @@ impl VirtioBlk {
     pub fn handle(&self) -> BlockHandle {
         BlockHandle {
             shared: Arc::clone(&self.shared),
+            disk: Arc::clone(&self.disk),
+            path: self.path.clone(),
         }
     }
 

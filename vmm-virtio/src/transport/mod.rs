@@ -516,6 +516,10 @@ impl<M: Memory> PciDevice for VirtioPciDevice<M> {
         self.hub.reset_function();
         self.sync_doorbells();
     }
+
+    fn as_any_mut(&mut self) -> Option<&mut dyn std::any::Any> {
+        Some(self)
+    }
 }
 
 /// The PBA's offset in the MSI-X BAR.
