@@ -96,6 +96,7 @@ impl<M: Memory> Drop for NetWorker<M> {
 
 impl<M: Memory> NetWorker<M> {
     /// A worker for the receive and transmit queues.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         mem: Arc<M>,
         rx: Queue,

@@ -8,6 +8,9 @@ use super::*;
 use crate::device::{DeviceSnapshot, SnapshotError};
 use crate::transport::snapshot::VirtioPciSnapshot;
 
+/// A way to spoil a good state.
+type Spoil = Box<dyn Fn(&mut VirtioPciSnapshot)>;
+
 /// Through JSON and back.
 fn json(s: &VirtioPciSnapshot) -> VirtioPciSnapshot {
     serde_json::from_str(&serde_json::to_string(s).unwrap()).unwrap()
@@ -125,7 +128,7 @@ fn bad_snapshots_are_refused_and_change_nothing() {
     let image = new_image();
     let mut other = twin(&b, &image);
     let before = other.snapshot().unwrap();
-    let bad: Vec<(&str, Box<dyn Fn(&mut VirtioPciSnapshot)>)> = vec![
+    let bad: Vec<(&str, Spoil)> = vec![
         ("type", Box::new(|s| s.device_type = 1)),
         ("config length", Box::new(|s| s.config.truncate(100))),
         ("identity", Box::new(|s| s.config[0] ^= 1)),
