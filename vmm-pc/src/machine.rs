@@ -430,7 +430,14 @@ impl PcMachine {
             &config.rngs,
             config.device_thread_start.clone(),
         )?;
-        crate::virtio_state::register(&mut devices.model, &devices.pci, &disks, &nets, &rngs);
+        crate::virtio_state::register(
+            &mut devices.model,
+            &devices.pci,
+            &disks,
+            &nets,
+            &rngs,
+            &vsocks,
+        );
 
         // The migration thread (and `--incoming`'s listener or command).
         let live = live::Live::new(
@@ -600,9 +607,7 @@ impl PcMachine {
 
     /// prelaunch/paused -> running: the clock, then the vCPUs.
     fn start(&mut self) -> Result<(), PcError> {
-        if self.runstate.state() == RunState::Postmigrate {
-            self.retake_disk_locks();
-        }
+        self.virtio_before_start();
         self.runstate
             .transition(RunState::Running)
             .map_err(|e| PcError::Control(e.to_string()))?;
@@ -610,9 +615,6 @@ impl PcMachine {
             self.vm.set_clock_ns(ns)?;
         }
         self.clocks.vm_start();
-        // Virtio workers a snapshot stopped (or a load put back) run again
-        // with the guest.
-        self.resume_virtio();
         self.vcpus.resume_all()?;
         Ok(())
     }

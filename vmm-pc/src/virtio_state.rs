@@ -1,11 +1,17 @@
 //! The virtio functions in the machine's device list, for snapshots and
-//! migration: each disk, network card and entropy device is an entry
-//! (`virtio-blk-pci`, `virtio-net-pci`, `virtio-rng-pci`) whose id names
+//! migration: each disk, network card, entropy and socket device is an
+//! entry (`virtio-blk-pci`, `virtio-net-pci`, `virtio-rng-pci`,
+//! `virtio-vsock-pci`; not vhost-vsock-pci, which the machine refuses to
+//! snapshot) whose id names
 //! its backing and PCI address (`drive0@00:03.0`), so that the shape check
 //! refuses a machine whose virtio devices differ in kind, address or id.
 //! Its saved state is the function's [`VirtioPciSnapshot`] and its
 //! backing (the image's path, the tap's name): a load onto another backing
 //! is refused with both named.
+//!
+//! A socket device's connections are not carried over: they end when its
+//! worker stops, and the driver gets a transport reset when it starts
+//! again (as Firecracker does after a restore).
 //!
 //! The disk image itself is not in the snapshot (as with QEMU and a raw
 //! file): the file at the same path must hold what it held at the save
@@ -128,7 +134,7 @@ impl Device for VirtioEntry {
     }
 }
 
-/// Adds the machine's disks, network cards and entropy devices to
+/// Adds the machine's disks, network cards, entropy and socket devices to
 /// `model`, after every other device.
 pub fn register(
     model: &mut DeviceModel,
@@ -136,6 +142,7 @@ pub fn register(
     disks: &[crate::virtio::Disk],
     nets: &[crate::virtio::Nic],
     rngs: &[crate::virtio::Rng],
+    vsocks: &[crate::virtio::Vsock],
 ) {
     let mut add = |id: String, slot: u8, kind: &'static str, backing: String| {
         model.add(
@@ -174,6 +181,14 @@ pub fn register(
             r.slot,
             "virtio-rng-pci",
             "the host's getrandom".to_owned(),
+        );
+    }
+    for v in vsocks {
+        add(
+            format!("vsock{}", v.cid),
+            v.slot,
+            "virtio-vsock-pci",
+            format!("uds {} (guest-cid {})", v.uds.display(), v.cid),
         );
     }
 }

@@ -103,6 +103,13 @@ pub enum DeviceSnapshot {
         /// Time left in the open window, ms (None: no window open).
         window_left_ms: Option<u64>,
     },
+    /// virtio-vsock on Unix sockets: connections are not carried over (the
+    /// driver is told with a transport reset when the device starts
+    /// again); the guest's CID.
+    Vsock {
+        /// The guest's CID.
+        cid: u64,
+    },
 }
 
 impl DeviceSnapshot {
@@ -112,6 +119,7 @@ impl DeviceSnapshot {
             Self::Block { .. } => "block",
             Self::Net { .. } => "net",
             Self::Rng { .. } => "rng",
+            Self::Vsock { .. } => "vsock",
         }
     }
 }

@@ -10,10 +10,10 @@
 //! first (magic, version, checksums, the machine's shape, every section
 //! decoded) so that a bad file changes nothing; then it stops a running
 //! guest (`restore-vm`), puts everything back and runs it again from the
-//! saved point. Virtio disks, network cards and entropy devices are part
-//! of the state (see [`crate::virtio_state`]): their workers stop, with
-//! nothing in flight, before the capture and run again with the guest;
-//! socket devices (vsock) are still refused.
+//! saved point. Virtio disks, network cards, entropy and socket devices
+//! are part of the state (see [`crate::virtio_state`]): their workers
+//! stop, with nothing in flight, before the capture and run again with
+//! the guest; vhost-vsock is still refused.
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter};
@@ -94,9 +94,9 @@ fn host_slice(region: &vm_memory::GuestRegionMmap) -> Result<&[u8], CommandFailu
     // SAFETY: the region maps `len` bytes at `ptr` for as long as the
     // machine (and so `region`) lives, which the returned borrow cannot
     // outlast. Only a save reads it this way, with every vCPU paused and
-    // every virtio worker stopped (`capture_state` stopped them; socket
-    // devices, whose workers it cannot stop, are refused), so nothing
-    // writes these bytes while the slice exists.
+    // every virtio worker stopped (`capture_state` stopped them;
+    // vhost-vsock, whose rings the host kernel serves, is refused), so
+    // nothing writes these bytes while the slice exists.
     Ok(unsafe { std::slice::from_raw_parts(ptr, len) })
 }
 
@@ -131,10 +131,10 @@ impl PcMachine {
                  first)",
             ));
         }
-        if !self.vsocks.is_empty() || !self.vhost_vsocks.is_empty() {
+        if !self.vhost_vsocks.is_empty() {
             return Err(refused(
-                "snapshots of a machine with a socket device (virtio-vsock-pci, \
-                 vhost-vsock-pci) are not supported yet (its connections are not captured)",
+                "snapshots of a machine with a vhost-vsock-pci device are not supported yet \
+                 (the host kernel's rings are not captured); virtio-vsock-pci is",
             ));
         }
         Ok(())
@@ -147,6 +147,7 @@ impl PcMachine {
             .map(|d| d.slot)
             .chain(self.nets.iter().map(|n| n.slot))
             .chain(self.rngs.iter().map(|r| r.slot))
+            .chain(self.vsocks.iter().map(|v| v.slot))
             .collect()
     }
 
@@ -156,8 +157,13 @@ impl PcMachine {
         !self.virtio_slots().is_empty()
     }
 
-    /// Runs again the virtio workers a save stopped or a load put back.
-    pub(super) fn resume_virtio(&mut self) {
+    /// Before the guest runs (`start`): the disk images' locks taken back
+    /// after a completed migration (`cont` in `postmigrate`), and the
+    /// virtio workers a save stopped or a load put back running again.
+    pub(super) fn virtio_before_start(&mut self) {
+        if self.runstate.state() == RunState::Postmigrate {
+            self.retake_disk_locks();
+        }
         crate::virtio_state::resume_all(&self.devices.pci, &self.virtio_slots());
     }
 
