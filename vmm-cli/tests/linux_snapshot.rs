@@ -41,7 +41,8 @@ const MODULES: &[&str] = &[
 /// The guest's loop: `ticks` ticks, then unmount and power off.
 fn script(ticks: u32) -> String {
     format!(
-        "for m in virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk; do insmod /$m.ko; done\n\
+        "dmesg -n 1\n\
+         for m in virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk; do insmod /$m.ko; done\n\
          sleep 1\n\
          mkdir -p /mnt\n\
          mount /dev/vda /mnt || echo @@NOMOUNT\n\
@@ -116,8 +117,10 @@ fn ticks(log: &str) -> Vec<(u32, String)> {
             let l = &l[l.find("@@TICK ")? + 7..];
             let mut f = l.split_whitespace();
             let n = f.next()?.parse().ok()?;
-            let ok = f.next()?.to_owned();
-            Some((n, ok))
+            // A kernel message may follow on the same line.
+            let word = f.next()?;
+            let ok = ["ok", "BAD"].into_iter().find(|w| word.starts_with(w))?;
+            Some((n, ok.to_owned()))
         })
         .collect()
 }
