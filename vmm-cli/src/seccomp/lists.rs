@@ -476,8 +476,9 @@ pub(super) fn main(pid: u32, kick: u32) -> Result<Rules, seccompiler::Error> {
     // ...and reads /proc/self/pagemap to skip RAM never touched.
     allow(&mut r, &[libc::SYS_fsync, libc::SYS_pread64]);
     // A migration's disk images change hands: the source lets their
-    // locks go when it completes, the destination takes them once loaded.
-    allow(&mut r, &[libc::SYS_flock]);
+    // locks go when it completes, the destination takes them once loaded,
+    // trying again every 20 ms until the source has (std's sleep).
+    allow(&mut r, &[libc::SYS_flock, libc::SYS_clock_nanosleep]);
     // QMP: the client's write timeout.
     allow_if(
         &mut r,
