@@ -261,7 +261,8 @@ fn a_machine_with_a_disk_snapshots_and_only_loads_onto_the_same_disk() {
     let o = wait(child);
     assert!(o.status.success(), "{}", stderr(&o));
 
-    // Another image at the same place on the bus: refused, both named.
+    // Another image at the same place on the bus: refused before anything
+    // changes, both named.
     let (child, sock) = spawn(
         &dir,
         &test_guests::counter(DELAY),
@@ -275,6 +276,7 @@ fn a_machine_with_a_disk_snapshots_and_only_loads_onto_the_same_disk() {
             && e.contains(&format!("this machine's by {}", other.display())),
         "{e}"
     );
+    assert_eq!(c.status()["status"], "running", "refused before any change");
     c.execute("quit");
     wait(child);
 

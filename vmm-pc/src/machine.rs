@@ -430,14 +430,8 @@ impl PcMachine {
             &config.rngs,
             config.device_thread_start.clone(),
         )?;
-        crate::virtio_state::register(
-            &mut devices.model,
-            &devices.pci,
-            &disks,
-            &nets,
-            &rngs,
-            &vsocks,
-        );
+        let entries = crate::virtio_state::entries(&disks, &nets, &rngs, &vsocks);
+        crate::virtio_state::register(&mut devices.model, &devices.pci, entries);
 
         // The migration thread (and `--incoming`'s listener or command).
         let live = live::Live::new(

@@ -134,63 +134,103 @@ impl Device for VirtioEntry {
     }
 }
 
-/// Adds the machine's disks, network cards, entropy and socket devices to
-/// `model`, after every other device.
-pub fn register(
-    model: &mut DeviceModel,
-    root: &Arc<Mutex<PciRoot>>,
+/// A virtio function as the device list names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// Its id in the device list (`drive0@00:03.0`).
+    pub id: String,
+    /// Its PCI slot.
+    pub slot: u8,
+    /// Its device type.
+    pub kind: &'static str,
+    /// What backs it.
+    pub backing: String,
+}
+
+/// The entries of the machine's disks, network cards, entropy and socket
+/// devices, in that order.
+pub fn entries(
     disks: &[crate::virtio::Disk],
     nets: &[crate::virtio::Nic],
     rngs: &[crate::virtio::Rng],
     vsocks: &[crate::virtio::Vsock],
-) {
-    let mut add = |id: String, slot: u8, kind: &'static str, backing: String| {
-        model.add(
-            format!("{id}@00:{slot:02x}.0"),
-            Arc::new(Mutex::new(VirtioEntry {
-                root: Arc::clone(root),
-                slot,
-                kind,
-                backing,
-            })),
-        );
+) -> Vec<Entry> {
+    let entry = |id: String, slot: u8, kind: &'static str, backing: String| Entry {
+        id: format!("{id}@00:{slot:02x}.0"),
+        slot,
+        kind,
+        backing,
     };
+    let mut out = Vec::new();
     for d in disks {
-        add(
+        let mode = if d.readonly { " (read-only)" } else { "" };
+        out.push(entry(
             d.id.clone(),
             d.slot,
             "virtio-blk-pci",
-            format!(
-                "{}{}",
-                d.path.display(),
-                if d.readonly { " (read-only)" } else { "" }
-            ),
-        );
+            format!("{}{mode}", d.path.display()),
+        ));
     }
     for n in nets {
-        add(
+        out.push(entry(
             n.id.clone(),
             n.slot,
             "virtio-net-pci",
             format!("tap {} ({})", n.ifname, n.mac),
-        );
+        ));
     }
     for (i, r) in rngs.iter().enumerate() {
-        add(
+        out.push(entry(
             format!("rng{i}"),
             r.slot,
             "virtio-rng-pci",
             "the host's getrandom".to_owned(),
-        );
+        ));
     }
     for v in vsocks {
-        add(
+        out.push(entry(
             format!("vsock{}", v.cid),
             v.slot,
             "virtio-vsock-pci",
             format!("uds {} (guest-cid {})", v.uds.display(), v.cid),
+        ));
+    }
+    out
+}
+
+/// Adds `entries` to `model`, after every other device.
+pub fn register(model: &mut DeviceModel, root: &Arc<Mutex<PciRoot>>, entries: Vec<Entry>) {
+    for e in entries {
+        model.add(
+            e.id,
+            Arc::new(Mutex::new(VirtioEntry {
+                root: Arc::clone(root),
+                slot: e.slot,
+                kind: e.kind,
+                backing: e.backing,
+            })),
         );
     }
+}
+
+/// Checks, before a load changes anything, that each saved virtio
+/// function of `saved` was backed as ours are (the load checks it again).
+pub fn check_backings(ours: &[Entry], saved: &[crate::model::SavedEntry]) -> Result<(), String> {
+    for s in saved {
+        let Some(e) = ours.iter().find(|e| e.id == s.id) else {
+            continue;
+        };
+        let theirs = s.saved.state.get("backing").and_then(|b| b.as_str());
+        if theirs != Some(e.backing.as_str()) {
+            return Err(format!(
+                "the snapshot's {} is backed by {}, this machine's by {}",
+                e.id,
+                theirs.unwrap_or("nothing"),
+                e.backing
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Stops the workers of the virtio functions in `slots` for a save (the

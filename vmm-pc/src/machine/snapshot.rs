@@ -319,6 +319,8 @@ impl PcMachine {
         if state.pit.is_some() != matches!(self.pit_backend, PitBackend::Kvm) {
             return Err(refused("the snapshot's PIT does not match"));
         }
+        let ours = crate::virtio_state::entries(&self.disks, &self.nets, &self.rngs, &self.vsocks);
+        crate::virtio_state::check_backings(&ours, &state.devices).map_err(refused)?;
         Ok(state)
     }
 
