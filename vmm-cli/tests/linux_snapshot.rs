@@ -110,14 +110,16 @@ fn section<'a>(c: &'a str, from: &str) -> &'a str {
     &rest[..end]
 }
 
-/// (tick, check) of each whole tick line.
+/// (tick, check) of each whole tick. A tick cut short by a stop may be
+/// followed on its line by the next one the console prints (after a load,
+/// the tick the guest goes on from), or by a kernel message: each
+/// `@@TICK ` starts a tick, and one without its check is left out.
 fn ticks(log: &str) -> Vec<(u32, String)> {
-    log.lines()
-        .filter_map(|l| {
-            let l = &l[l.find("@@TICK ")? + 7..];
-            let mut f = l.split_whitespace();
+    log.split("@@TICK ")
+        .skip(1)
+        .filter_map(|t| {
+            let mut f = t.split_whitespace();
             let n = f.next()?.parse().ok()?;
-            // A kernel message may follow on the same line.
             let word = f.next()?;
             let ok = ["ok", "BAD"].into_iter().find(|w| word.starts_with(w))?;
             Some((n, ok.to_owned()))
@@ -219,15 +221,16 @@ fn debian_disk_snapshot_mid_write_loads_back_and_fsck_is_clean() {
             "{test}: a job or command failed\n{report}"
         );
         assert_eq!(out.status, Some(0), "{test}: the VMM's exit\n{report}");
-        // Ticks 1..10 (at least), then back to the snapshot's, then on to
-        // the end without a gap.
+        // Ticks 1..10 (at least; the last may be cut short), then back to
+        // the snapshot's, then on to the end without a gap.
         let t = ticks(log);
         let back = t
             .windows(2)
             .position(|w| w[1].0 <= w[0].0)
             .unwrap_or_else(|| panic!("{test}: the guest never went back\n{report}"));
         let (before, after) = t.split_at(back + 1);
-        assert!(before.last().unwrap().0 >= 10, "{test}: ticks\n{report}");
+        // The stop at tick 10 may cut its line short.
+        assert!(before.last().unwrap().0 >= 9, "{test}: ticks\n{report}");
         assert!(
             (4..=6).contains(&after[0].0),
             "{test}: the guest went back to tick {}, the snapshot was at 4\n{report}",
