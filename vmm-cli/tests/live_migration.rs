@@ -498,3 +498,56 @@ fn a_guest_that_never_converges_stops_at_the_pass_cap() {
     c.execute("quit");
     assert!(wait(src).status.success());
 }
+
+/// A machine with a disk, to a destination on the same image (shared
+/// storage): the destination opens it without its lock, and takes the
+/// lock once the source, completing, has let it go (waiting for it under
+/// its seccomp filter); both end cleanly.
+#[test]
+fn a_machine_with_a_disk_migrates_to_a_vmm_on_the_same_image() {
+    if !kvm("live_disk") {
+        return;
+    }
+    let dir = TempDir::new("live-disk-src");
+    let image = dir.file("disk.img", &vec![0u8; 1 << 20]);
+    let drive = format!("file={},if=virtio,format=raw", image.display());
+    let guest = test_guests::counter(DELAY);
+    let (src, mut c, _log) = source_of(&dir, &guest, &["--drive", &drive]);
+    let dir2 = TempDir::new("live-disk-dst");
+    let log2 = dir2.0.join("serial.log");
+    let serial2 = format!("file:{}", log2.display());
+    let uri = format!("unix:{}", dir2.0.join("mig.sock").display());
+    let (dst, sock2) = spawn(
+        &dir2,
+        &guest,
+        &["--serial", &serial2, "--drive", &drive, "--incoming", &uri],
+    );
+    let mut d = Client::connect(&sock2);
+    assert_eq!(
+        c.execute_with("migrate", json!({ "uri": uri })),
+        json!({"return": {}})
+    );
+    let (statuses, _) = until_done(&mut c);
+    assert_eq!(
+        statuses.last().map(String::as_str),
+        Some("completed"),
+        "{statuses:?}"
+    );
+    let resumed = wait_counts(&log2, 3, true);
+    assert_eq!(resumed[1], resumed[0] + 1);
+    assert_eq!(d.status()["status"], "running");
+    // The destination holds the image's lock now.
+    {
+        use std::os::fd::AsRawFd;
+        let f = std::fs::File::open(&image).unwrap();
+        // SAFETY: flock on a descriptor this test owns; no memory involved.
+        let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        assert_eq!(r, -1, "the image is not locked");
+    }
+    d.execute("quit");
+    let o = wait(dst);
+    assert!(o.status.success(), "{}", stderr(&o));
+    c.execute("quit");
+    let o = wait(src);
+    assert!(o.status.success(), "{}", stderr(&o));
+}

@@ -212,34 +212,83 @@ fn a_snapshot_of_another_machine_shape_is_refused_with_the_difference() {
     assert!(o.status.success(), "{}", stderr(&o));
 }
 
+/// A snapshot-save and snapshot-load (the job's error, or none).
+fn job(c: &mut Client, kind: &str, id: &str, file: &Path) -> serde_json::Value {
+    c.execute_with(
+        kind,
+        json!({"job-id": id, "tag": "t", "vmstate": file.to_str().unwrap(), "devices": []}),
+    );
+    assert_eq!(statuses(c, id).last().unwrap(), "concluded");
+    let jobs = c.execute("query-jobs");
+    let me = jobs["return"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["id"] == id)
+        .cloned()
+        .unwrap_or_else(|| panic!("no job {id}: {jobs}"));
+    me["error"].clone()
+}
+
 #[test]
-fn a_machine_with_a_disk_is_not_snapshotted_yet() {
+fn a_machine_with_a_disk_snapshots_and_only_loads_onto_the_same_disk() {
     if !kvm("snapshot_disk") {
         return;
     }
     let dir = TempDir::new("snapshot-disk");
     let image = dir.file("disk.img", &vec![0u8; 1 << 20]);
-    let drive = format!("file={},if=virtio,format=raw", image.display());
+    let other = dir.file("other.img", &vec![0u8; 1 << 20]);
+    let drive = |p: &Path| format!("file={},if=virtio,format=raw", p.display());
+    let file = dir.0.join("vm.snap");
     let (child, sock) = spawn(
         &dir,
         &test_guests::counter(DELAY),
-        &["--serial", "none", "--drive", &drive],
+        &["--serial", "none", "--drive", &drive(&image)],
     );
     let mut c = Client::connect(&sock);
-    let file = dir.0.join("vm.snap");
-    c.execute_with(
-        "snapshot-save",
-        json!({"job-id": "s", "tag": "t", "vmstate": file.to_str().unwrap(), "devices": []}),
+    assert_eq!(
+        job(&mut c, "snapshot-save", "s", &file),
+        serde_json::Value::Null
     );
-    assert_eq!(statuses(&mut c, "s").last().unwrap(), "concluded");
-    let jobs = c.execute("query-jobs");
+    assert!(file.exists());
+    assert_eq!(c.status()["status"], "running");
+    assert_eq!(
+        job(&mut c, "snapshot-load", "l", &file),
+        serde_json::Value::Null
+    );
+    assert_eq!(c.status()["status"], "running");
+    c.execute("quit");
+    let o = wait(child);
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    // Another image at the same place on the bus: refused before anything
+    // changes, both named.
+    let (child, sock) = spawn(
+        &dir,
+        &test_guests::counter(DELAY),
+        &["--serial", "none", "--drive", &drive(&other)],
+    );
+    let mut c = Client::connect(&sock);
+    let e = job(&mut c, "snapshot-load", "l", &file);
+    let e = e.as_str().unwrap_or_default();
     assert!(
-        jobs["return"][0]["error"].as_str().unwrap().contains(
-            "with virtio devices (disks, network cards, virtio-rng, vsock) are not supported yet"
-        ),
-        "{jobs}"
+        e.contains(&format!("backed by {}", image.display()))
+            && e.contains(&format!("this machine's by {}", other.display())),
+        "{e}"
     );
-    assert!(!file.exists(), "nothing written");
+    assert_eq!(c.status()["status"], "running", "refused before any change");
+    c.execute("quit");
+    wait(child);
+
+    // No disk at all: refused by the shape, the disk named.
+    let (child, sock) = spawn(&dir, &test_guests::counter(DELAY), &["--serial", "none"]);
+    let mut c = Client::connect(&sock);
+    let e = job(&mut c, "snapshot-load", "l", &file);
+    let e = e.as_str().unwrap_or_default();
+    assert!(
+        e.contains("(virtio-blk-pci) where this machine has nothing"),
+        "{e}"
+    );
     assert_eq!(c.status()["status"], "running");
     c.execute("quit");
     let o = wait(child);
@@ -247,7 +296,7 @@ fn a_machine_with_a_disk_is_not_snapshotted_yet() {
 }
 
 #[test]
-fn a_machine_with_a_vsock_device_is_not_snapshotted_and_its_socket_goes_at_exit() {
+fn a_machine_with_a_vsock_device_snapshots_and_its_socket_goes_at_exit() {
     if !kvm("snapshot_vsock") {
         return;
     }
@@ -267,21 +316,17 @@ fn a_machine_with_a_vsock_device_is_not_snapshotted_and_its_socket_goes_at_exit(
         assert_eq!(meta.permissions().mode() & 0o777, 0o600);
     }
     let file = dir.0.join("vm.snap");
-    c.execute_with(
-        "snapshot-save",
-        json!({"job-id": "s", "tag": "t", "vmstate": file.to_str().unwrap(), "devices": []}),
+    assert_eq!(
+        job(&mut c, "snapshot-save", "s", &file),
+        serde_json::Value::Null
     );
-    assert_eq!(statuses(&mut c, "s").last().unwrap(), "concluded");
-    let jobs = c.execute("query-jobs");
-    assert!(
-        jobs["return"][0]["error"]
-            .as_str()
-            .unwrap()
-            .contains("virtio-rng, vsock) are not supported yet"),
-        "{jobs}"
+    assert!(file.exists());
+    assert_eq!(
+        job(&mut c, "snapshot-load", "l", &file),
+        serde_json::Value::Null
     );
-    assert!(!file.exists(), "nothing written");
     assert_eq!(c.status()["status"], "running");
+    assert!(uds.exists(), "the listening socket stays");
     c.execute("quit");
     let o = wait(child);
     assert!(o.status.success(), "{}", stderr(&o));

@@ -28,6 +28,7 @@ pub mod test_guests;
 #[cfg(test)]
 mod test_util;
 pub mod virtio;
+pub mod virtio_state;
 pub mod vsocks;
 
 pub use control::{

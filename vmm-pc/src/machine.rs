@@ -308,7 +308,7 @@ impl PcMachine {
             ib700: config.ib700,
             i6300esb: config.i6300esb,
         };
-        let devices = create_devices(&vm, &irq, &mut io, &clocks, config.serial, shape)?;
+        let mut devices = create_devices(&vm, &irq, &mut io, &clocks, config.serial, shape)?;
         io.set_irq_lines(irq.clone());
 
         // 8. Signals first (blocked in this thread before any other
@@ -403,6 +403,7 @@ impl PcMachine {
                 &disk_images,
                 config.device_thread_start.clone(),
                 &events,
+                config.incoming.is_none(),
             )?
         };
         // The network cards, the same way, each on its tap.
@@ -436,6 +437,8 @@ impl PcMachine {
             &config.rngs,
             config.device_thread_start.clone(),
         )?;
+        let entries = crate::virtio_state::entries(&disks, &nets, &rngs, &vsocks);
+        crate::virtio_state::register(&mut devices.model, &devices.pci, entries);
 
         // The migration thread (and `--incoming`'s listener or command).
         let live = live::Live::new(
@@ -605,6 +608,7 @@ impl PcMachine {
 
     /// prelaunch/paused -> running: the clock, then the vCPUs.
     fn start(&mut self) -> Result<(), PcError> {
+        self.virtio_before_start();
         self.runstate
             .transition(RunState::Running)
             .map_err(|e| PcError::Control(e.to_string()))?;

@@ -277,7 +277,8 @@ pub struct Disk {
 
 /// Adds a virtio-blk-pci for each of `disks` to `root`; each worker thread
 /// runs `thread_start` first; `events(id)` gives the ear for drive `id`'s
-/// I/O errors.
+/// I/O errors; the images are locked now if `lock` (else, for an incoming
+/// migration, once the source let them go).
 pub fn add_disks(
     vm: &Vm,
     root: &mut PciRoot,
@@ -285,6 +286,7 @@ pub fn add_disks(
     disks: &[(DiskConfig, u64)],
     thread_start: Option<ThreadStart>,
     events: &dyn Fn(&str) -> Arc<dyn BlockEvents>,
+    lock: bool,
 ) -> Result<Vec<Disk>, VirtioError> {
     let mut built = Vec::new();
     for (disk, size) in disks {
@@ -294,6 +296,7 @@ pub fn add_disks(
         config.cache = disk.cache;
         config.serial = disk.serial.clone();
         config.aio = disk.aio;
+        config.lock = lock;
         config.errors = ErrorPolicy {
             read: disk.rerror,
             write: disk.werror,

@@ -45,6 +45,12 @@ pub trait PciDevice: Send {
     fn reset(&mut self) {
         self.config_mut().reset();
     }
+    /// The function as its concrete type, for a machine that saves and
+    /// loads state the trait does not describe (a virtio function's
+    /// queues); None for functions that have no such state.
+    fn as_any_mut(&mut self) -> Option<&mut dyn std::any::Any> {
+        None
+    }
 }
 
 /// The host bridge at 00:00.0: a function with no BARs, class "host

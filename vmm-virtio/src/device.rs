@@ -2,9 +2,9 @@
 //! device (type, features, configuration space, queues) and how it starts
 //! and stops one.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use virtio_queue::Queue;
+use virtio_queue::{Queue, QueueState};
 use vmm_sys_util::eventfd::EventFd;
 
 /// "No MSI-X vector" in `config_msix_vector` and `queue_msix_vector`.
@@ -46,6 +46,99 @@ pub struct ActivateContext<M> {
     pub queues: Vec<ActiveQueue>,
     /// Where the device's interrupts go.
     pub interrupt: Arc<dyn VirtioInterrupt>,
+    /// Where the worker leaves its queues when its body ends, for a
+    /// snapshot.
+    pub home: QueueHome,
+}
+
+/// Where a worker leaves each queue's state (indices included) when its
+/// body ends: the transport reads them after [`VirtioDevice::quiesce`]
+/// and starts the device again from them.
+#[derive(Debug, Clone, Default)]
+pub struct QueueHome(Arc<Mutex<Vec<(u16, QueueState)>>>);
+
+impl QueueHome {
+    /// Queue `index` as the worker leaves it.
+    pub fn put(&self, index: u16, state: QueueState) {
+        let mut v = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        v.retain(|(i, _)| *i != index);
+        v.push((index, state));
+    }
+
+    /// The queues left since the last take, by index.
+    pub fn take(&self) -> Vec<(u16, QueueState)> {
+        let mut v = std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()));
+        v.sort_by_key(|(i, _)| *i);
+        v
+    }
+}
+
+/// A device's own part of a snapshot: what it keeps beyond its queues
+/// (which the transport saves), and what identifies its backing so that a
+/// restore onto another device is refused.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum DeviceSnapshot {
+    /// virtio-blk: nothing in flight; the image's size and mode.
+    Block {
+        /// Capacity in 512-byte sectors.
+        capacity: u64,
+        /// Read-only.
+        read_only: bool,
+    },
+    /// virtio-net: the card's address (a frame read from the backend and
+    /// not delivered is dropped, as a wire may).
+    Net {
+        /// The MAC address.
+        mac: [u8; 6],
+    },
+    /// virtio-rng: its rate-limit window.
+    Rng {
+        /// `max-bytes`.
+        max_bytes: u64,
+        /// `period`, ms.
+        period_ms: u64,
+        /// Bytes left in the open window.
+        left: u64,
+        /// Time left in the open window, ms (None: no window open).
+        window_left_ms: Option<u64>,
+    },
+    /// virtio-vsock on Unix sockets: connections are not carried over (the
+    /// driver is told with a transport reset when the device starts
+    /// again); the guest's CID.
+    Vsock {
+        /// The guest's CID.
+        cid: u64,
+    },
+}
+
+impl DeviceSnapshot {
+    /// The kind, for messages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Block { .. } => "block",
+            Self::Net { .. } => "net",
+            Self::Rng { .. } => "rng",
+            Self::Vsock { .. } => "vsock",
+        }
+    }
+}
+
+/// Why a device's state could not be captured or put back.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SnapshotError {
+    /// The device type cannot be captured.
+    #[error("its state cannot be captured (not supported for this device)")]
+    Unsupported,
+    /// A request is held after a host I/O error (`werror=stop`).
+    #[error("a request is held after a host I/O error (cont, or reset the machine, first)")]
+    Held,
+    /// The worker could not be stopped cleanly.
+    #[error("the device's worker did not stop cleanly: {0}")]
+    Worker(String),
+    /// The state does not fit this device (untrusted input).
+    #[error("{0}")]
+    Invalid(String),
 }
 
 impl<M> std::fmt::Debug for ActivateContext<M> {
@@ -131,4 +224,26 @@ pub trait VirtioDevice<M>: Send {
     fn reset(&mut self);
     /// The state as plain data.
     fn state(&self) -> DeviceState;
+
+    /// For a snapshot: stops the worker with nothing in flight (each
+    /// request popped is completed first); its queues go to the
+    /// activation's [`QueueHome`]. The transport starts the device again
+    /// with [`VirtioDevice::activate`] from them. Devices whose state
+    /// cannot be captured refuse (the default).
+    fn quiesce(&mut self) -> Result<(), SnapshotError> {
+        Err(SnapshotError::Unsupported)
+    }
+
+    /// The device's own part of a snapshot (after [`VirtioDevice::quiesce`]
+    /// if it runs).
+    fn snapshot(&self) -> Result<DeviceSnapshot, SnapshotError> {
+        Err(SnapshotError::Unsupported)
+    }
+
+    /// Checks `snapshot` against this device and puts it back (the device
+    /// is reset, not running); on an error nothing changed.
+    fn restore(&mut self, snapshot: &DeviceSnapshot) -> Result<(), SnapshotError> {
+        let _ = snapshot;
+        Err(SnapshotError::Unsupported)
+    }
 }

@@ -51,6 +51,7 @@ pub mod worker;
 mod testing;
 
 pub use device::{ActivateContext, ActivateError, ActiveQueue, DeviceState, VirtioDevice};
+pub use device::{DeviceSnapshot, QueueHome, SnapshotError};
 pub use device::{VirtioInterrupt, VIRTIO_MSI_NO_VECTOR};
 pub use seams::{Doorbells, IntxLine, MsiSender};
 pub use transport::{TransportError, TransportSeams, VirtioPciDevice};

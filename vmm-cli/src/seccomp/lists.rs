@@ -478,6 +478,10 @@ pub(super) fn main(pid: u32, kick: u32) -> Result<Rules, seccompiler::Error> {
     )?;
     // ...and reads /proc/self/pagemap to skip RAM never touched.
     allow(&mut r, &[libc::SYS_fsync, libc::SYS_pread64]);
+    // A migration's disk images change hands: the source lets their
+    // locks go when it completes, the destination takes them once loaded,
+    // trying again every 20 ms until the source has (std's sleep).
+    allow(&mut r, &[libc::SYS_flock, libc::SYS_clock_nanosleep]);
     // QMP: the client's write timeout.
     allow_if(
         &mut r,
@@ -508,7 +512,10 @@ pub(super) fn main(pid: u32, kick: u32) -> Result<Rules, seccompiler::Error> {
             // turns it off).
             KVM_SET_USER_MEMORY_REGION,
             // system_reset: virtio devices remove their doorbells; cont
-            // after io-error: a retried request may interrupt the guest.
+            // after io-error: a retried request may interrupt the guest;
+            // a snapshot-load puts a virtio device's doorbells back, and
+            // its worker, started again with the guest, gets an interrupt
+            // per queue.
             KVM_IOEVENTFD,
             KVM_SIGNAL_MSI,
             // QMP: the client socket made blocking (set_nonblocking).

@@ -328,7 +328,13 @@ impl PcMachine {
         out.stopped = Some(Instant::now());
         self.stop_with(RunState::FinishMigrate)
             .map_err(|e| e.to_string())?;
-        self.capture_state().map_err(text)
+        let state = self.capture_state().map_err(text)?;
+        if self.has_virtio() {
+            if let Some(out) = &self.live.out {
+                out.shared.devices_wrote.store(true, Ordering::SeqCst);
+            }
+        }
+        Ok(state)
     }
 
     fn outgoing_ended(&mut self, result: Result<(), String>) -> Result<(), PcError> {
@@ -350,6 +356,7 @@ impl PcMachine {
                 self.runstate
                     .transition(RunState::Postmigrate)
                     .map_err(control)?;
+                self.release_disk_locks();
                 log::info!(
                     "migration completed in {} ms, downtime {} ms",
                     info.total_time_ms,

@@ -125,6 +125,7 @@ impl PcMachine {
                 self.runstate
                     .transition(RunState::Postmigrate)
                     .map_err(|e| CommandFailure::Machine(PcError::Control(e.to_string())))?;
+                self.release_disk_locks();
                 self.migration = Some(info);
                 self.migration_status("completed");
                 Ok(())
@@ -185,6 +186,7 @@ impl PcMachine {
 
     /// Once loaded: run, or wait `paused`.
     pub(super) fn after_incoming(&mut self) -> Result<(), PcError> {
+        self.take_disk_locks()?;
         if self.autostart {
             self.start()?;
             self.emit(MachineEvent::Resume);
@@ -215,6 +217,59 @@ impl PcMachine {
         let loaded = self.read_snapshot(path).map_err(fail)?;
         self.apply_snapshot(loaded).map_err(fail)?;
         Ok(())
+    }
+}
+
+/// How long a destination waits for the source to let its images go.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl PcMachine {
+    /// The destination of a migration, loaded: the disk images' locks,
+    /// which the source lets go when its migration completes (QEMU's
+    /// images are inactive on the destination until then, the same way).
+    fn take_disk_locks(&self) -> Result<(), PcError> {
+        let started = Instant::now();
+        for disk in &self.disks {
+            loop {
+                match disk.handle.lock_image() {
+                    Ok(()) => break,
+                    Err(vmm_virtio::blk::BlockError::Locked(_))
+                        if started.elapsed() < LOCK_WAIT =>
+                    {
+                        std::thread::sleep(std::time::Duration::from_millis(20));
+                    }
+                    Err(e) => {
+                        return Err(PcError::Migration(format!(
+                            "drive {}: cannot lock the image after the migration: {e}",
+                            disk.id
+                        )))
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A migration's source, done (`postmigrate`): the destination may
+    /// now lock the images.
+    pub(super) fn release_disk_locks(&self) {
+        for disk in &self.disks {
+            disk.handle.unlock_image();
+        }
+    }
+
+    /// `cont` after a completed migration: the images are ours again if
+    /// nobody took them (a destination that did keeps them; the guest
+    /// runs on, as QEMU's does, but its writes now race the other's).
+    pub(super) fn retake_disk_locks(&self) {
+        for disk in &self.disks {
+            if let Err(e) = disk.handle.lock_image() {
+                log::warn!(
+                    "drive {}: {e}: the migration's destination has the image; both now write it",
+                    disk.id
+                );
+            }
+        }
     }
 }
 

@@ -10,8 +10,10 @@
 //! first (magic, version, checksums, the machine's shape, every section
 //! decoded) so that a bad file changes nothing; then it stops a running
 //! guest (`restore-vm`), puts everything back and runs it again from the
-//! saved point. Machines with disks are refused for now: a virtio
-//! device's queues live in its worker thread and are not captured yet.
+//! saved point. Virtio disks, network cards, entropy and socket devices
+//! are part of the state (see [`crate::virtio_state`]): their workers
+//! stop, with nothing in flight, before the capture and run again with
+//! the guest; vhost-vsock is still refused.
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter};
@@ -92,8 +94,9 @@ fn host_slice(region: &vm_memory::GuestRegionMmap) -> Result<&[u8], CommandFailu
     // SAFETY: the region maps `len` bytes at `ptr` for as long as the
     // machine (and so `region`) lives, which the returned borrow cannot
     // outlast. Only a save reads it this way, with every vCPU paused and
-    // no device that writes guest memory (machines with disks are
-    // refused), so nothing writes these bytes while the slice exists.
+    // every virtio worker stopped (`capture_state` stopped them;
+    // vhost-vsock, whose rings the host kernel serves, is refused), so
+    // nothing writes these bytes while the slice exists.
     Ok(unsafe { std::slice::from_raw_parts(ptr, len) })
 }
 
@@ -128,18 +131,40 @@ impl PcMachine {
                  first)",
             ));
         }
-        if !self.disks.is_empty()
-            || !self.nets.is_empty()
-            || !self.rngs.is_empty()
-            || !self.vsocks.is_empty()
-            || !self.vhost_vsocks.is_empty()
-        {
+        if !self.vhost_vsocks.is_empty() {
             return Err(refused(
-                "snapshots of a machine with virtio devices (disks, network cards, virtio-rng, \
-                 vsock) are not supported yet (a virtio device's queues are not captured)",
+                "snapshots of a machine with a vhost-vsock-pci device are not supported yet \
+                 (the host kernel's rings are not captured); virtio-vsock-pci is",
             ));
         }
         Ok(())
+    }
+
+    /// The PCI slots of the virtio functions a snapshot captures.
+    fn virtio_slots(&self) -> Vec<u8> {
+        self.disks
+            .iter()
+            .map(|d| d.slot)
+            .chain(self.nets.iter().map(|n| n.slot))
+            .chain(self.rngs.iter().map(|r| r.slot))
+            .chain(self.vsocks.iter().map(|v| v.slot))
+            .collect()
+    }
+
+    /// Whether the machine has virtio devices that write guest RAM from
+    /// their own threads (KVM's dirty log does not see those writes).
+    pub(super) fn has_virtio(&self) -> bool {
+        !self.virtio_slots().is_empty()
+    }
+
+    /// Before the guest runs (`start`): the disk images' locks taken back
+    /// after a completed migration (`cont` in `postmigrate`), and the
+    /// virtio workers a save stopped or a load put back running again.
+    pub(super) fn virtio_before_start(&mut self) {
+        if self.runstate.state() == RunState::Postmigrate {
+            self.retake_disk_locks();
+        }
+        crate::virtio_state::resume_all(&self.devices.pci, &self.virtio_slots());
     }
 
     /// `snapshot-save`'s work: the machine's state into `path`.
@@ -194,6 +219,9 @@ impl PcMachine {
             },
             virtual_ns: self.clocks.now(ClockType::Virtual),
         };
+        // The virtio workers stop with nothing in flight (they run again
+        // when the guest does): their queues and the RAM stay as captured.
+        crate::virtio_state::pause_all(&self.devices.pci, &self.virtio_slots()).map_err(refused)?;
         let devices = self.devices.model.save().map_err(refused)?;
         log::debug!("snapshot: devices saved at {:?}", t0.elapsed());
         Ok(vec![
@@ -298,6 +326,8 @@ impl PcMachine {
         if state.pit.is_some() != matches!(self.pit_backend, PitBackend::Kvm) {
             return Err(refused("the snapshot's PIT does not match"));
         }
+        let ours = crate::virtio_state::entries(&self.disks, &self.nets, &self.rngs, &self.vsocks);
+        crate::virtio_state::check_backings(&ours, &state.devices).map_err(refused)?;
         Ok(state)
     }
 

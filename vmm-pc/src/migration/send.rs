@@ -138,6 +138,13 @@ fn precopy(job: &SendJob, mailbox: &Mailbox) -> Result<(), String> {
     for (a, b) in all.iter_mut().zip(&last) {
         a.merge(b);
     }
+    if shared.devices_wrote.load(Ordering::SeqCst) {
+        // The devices' writes (disk reads, received frames, used rings)
+        // are in no log: every page that may hold anything goes again.
+        for (a, slot) in all.iter_mut().zip(&slots) {
+            a.merge(&touched_pages(job.vm.memory(), slot));
+        }
+    }
     mailbox.post(ToMain::Pass(pass + 1));
     send_pages(&mut w, job, &slots, &all)?;
     stream::write_state(&mut w, &state).map_err(io)?;

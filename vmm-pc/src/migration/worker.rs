@@ -83,6 +83,10 @@ pub struct Shared {
     /// writes memory): KVM's log does not see those, so every page is
     /// sent again.
     pub resend_all: AtomicBool,
+    /// Virtio devices wrote guest RAM from their own threads during the
+    /// pre-copy (KVM's log does not see those writes either): the last
+    /// pass sends every page ever touched.
+    pub devices_wrote: AtomicBool,
     /// The figures so far.
     pub stats: Mutex<RamStats>,
     /// The last expected downtime, ms.
@@ -101,6 +105,7 @@ impl Shared {
             max_bandwidth: Arc::new(AtomicU64::new(params.max_bandwidth)),
             downtime_limit_ms: AtomicU64::new(params.downtime_limit_ms),
             resend_all: AtomicBool::new(false),
+            devices_wrote: AtomicBool::new(false),
             stats: Mutex::new(RamStats {
                 total,
                 remaining: total,

@@ -64,17 +64,33 @@ impl Shape {
             return Some("the snapshot and this machine have different PITs (--pit)".into());
         }
         if self.devices != machine.devices {
-            let list = |d: &[(String, String)]| {
-                d.iter()
-                    .map(|(id, ty)| format!("{id} ({ty})"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
+            // The first device that differs, by name (a virtio device's id
+            // names its drive or netdev and its PCI address).
+            let pair = self
+                .devices
+                .iter()
+                .map(Some)
+                .chain(std::iter::repeat(None))
+                .zip(
+                    machine
+                        .devices
+                        .iter()
+                        .map(Some)
+                        .chain(std::iter::repeat(None)),
+                )
+                .take(self.devices.len().max(machine.devices.len()))
+                .find(|(a, b)| a != b);
+            let name = |d: Option<&(String, String)>| match d {
+                Some((id, ty)) => format!("'{id}' ({ty})"),
+                None => "nothing".to_owned(),
             };
-            return Some(format!(
-                "the snapshot's devices are [{}], this machine's [{}]",
-                list(&self.devices),
-                list(&machine.devices)
-            ));
+            if let Some((saved, ours)) = pair {
+                return Some(format!(
+                    "the snapshot has {} where this machine has {}",
+                    name(saved),
+                    name(ours)
+                ));
+            }
         }
         None
     }
@@ -343,7 +359,21 @@ mod tests {
         );
         let mut d = a.clone();
         d.devices.push(("watchdog0".into(), "ib700".into()));
-        assert!(a.difference(&d).unwrap().contains("watchdog0 (ib700)"));
+        assert_eq!(
+            a.difference(&d).unwrap(),
+            "the snapshot has nothing where this machine has 'watchdog0' (ib700)"
+        );
+        let mut e = a.clone();
+        e.devices
+            .push(("drive0@00:03.0".into(), "virtio-blk-pci".into()));
+        let mut f = a.clone();
+        f.devices
+            .push(("drive0@00:04.0".into(), "virtio-blk-pci".into()));
+        assert_eq!(
+            e.difference(&f).unwrap(),
+            "the snapshot has 'drive0@00:03.0' (virtio-blk-pci) where this machine has \
+             'drive0@00:04.0' (virtio-blk-pci)"
+        );
     }
 }
 

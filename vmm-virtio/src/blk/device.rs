@@ -2,7 +2,7 @@
 //! space, start and stop of the worker) and [`BlockHandle`], the machine's
 //! hold on it once the device belongs to the bus.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use virtio_bindings::virtio_blk::{
@@ -19,7 +19,9 @@ use super::worker::{BlkWorker, UringHome};
 use super::{
     Aio, BlockConfig, BlockError, BlockEvents, BlockStats, ErrorPolicy, ID_BYTES, SECTOR_SIZE,
 };
-use crate::device::{ActivateContext, ActivateError, DeviceState, VirtioDevice};
+use crate::device::{
+    ActivateContext, ActivateError, DeviceSnapshot, DeviceState, SnapshotError, VirtioDevice,
+};
 use crate::worker::Worker;
 use crate::Memory;
 
@@ -54,6 +56,9 @@ pub(super) struct Shared {
     pub stats: Counters,
     /// How many requests are held.
     pub held: AtomicU64,
+    /// The worker is being stopped for a snapshot: it completes what is
+    /// in flight before it ends.
+    pub quiescing: AtomicBool,
 }
 
 /// The machine's hold on a disk after the device went to the bus: retry
@@ -61,6 +66,8 @@ pub(super) struct Shared {
 #[derive(Clone)]
 pub struct BlockHandle {
     shared: Arc<Shared>,
+    disk: Arc<Disk>,
+    path: std::path::PathBuf,
 }
 
 impl std::fmt::Debug for BlockHandle {
@@ -78,6 +85,17 @@ impl BlockHandle {
         if let Err(e) = self.shared.retry.write(1) {
             log::error!("virtio-blk: cannot wake the worker to retry: {e}");
         }
+    }
+
+    /// Takes the image's lock (after an incoming migration: the source
+    /// let it go).
+    pub fn lock_image(&self) -> Result<(), BlockError> {
+        self.disk.lock(&self.path)
+    }
+
+    /// Lets the image's lock go (a migration's source, done).
+    pub fn unlock_image(&self) {
+        self.disk.unlock();
     }
 
     /// Whether a request is held after a host error.
@@ -105,6 +123,7 @@ impl BlockHandle {
 /// A virtio-blk device on an open image.
 pub struct VirtioBlk {
     disk: Arc<Disk>,
+    path: std::path::PathBuf,
     config: [u8; CONFIG_LEN],
     features: u64,
     queue_size: u16,
@@ -154,7 +173,7 @@ impl VirtioBlk {
             }
             id[..serial.len()].copy_from_slice(serial.as_bytes());
         }
-        let disk = Disk::open(&config.path, config.read_only, config.cache)?;
+        let disk = Disk::open_with(&config.path, config.read_only, config.cache, config.lock)?;
         // The ring is made here, at build time (on the main thread, before
         // any seccomp filter): `aio=io_uring` on a host without io_uring is
         // refused now, not when the guest first uses the disk; the default
@@ -191,10 +210,12 @@ impl VirtioBlk {
             policy: config.errors,
             stats: Counters::default(),
             held: AtomicU64::new(0),
+            quiescing: AtomicBool::new(false),
         });
         Ok(Self {
             config: config_space(disk.capacity(), q),
             disk: Arc::new(disk),
+            path: config.path.clone(),
             features,
             queue_size: q,
             id,
@@ -209,6 +230,8 @@ impl VirtioBlk {
     pub fn handle(&self) -> BlockHandle {
         BlockHandle {
             shared: Arc::clone(&self.shared),
+            disk: Arc::clone(&self.disk),
+            path: self.path.clone(),
         }
     }
 
@@ -307,6 +330,7 @@ impl<M: Memory> VirtioDevice<M> for VirtioBlk {
             self.limits(ctx.features),
             self.id,
             Arc::clone(&self.shared),
+            ctx.home,
         );
         let kick = queue.notify;
         let home = self.uring.clone();
@@ -334,6 +358,60 @@ impl<M: Memory> VirtioDevice<M> for VirtioBlk {
             acked_features: self.acked,
             completed: s.reads + s.writes + s.flushes + s.discards,
             held: self.shared.held.load(Ordering::Acquire),
+        }
+    }
+
+    fn quiesce(&mut self) -> Result<(), SnapshotError> {
+        // A held request was popped and may not be completed: its chain
+        // would be lost.
+        if self.shared.held.load(Ordering::Acquire) > 0 {
+            return Err(SnapshotError::Held);
+        }
+        self.shared.quiescing.store(true, Ordering::Release);
+        self.worker.stop();
+        self.shared.quiescing.store(false, Ordering::Release);
+        if self.shared.held.load(Ordering::Acquire) > 0 {
+            // Held while stopping: the chain stays popped. The guest's
+            // request would hang after a restore; say so.
+            log::warn!("virtio-blk: a request was held as the worker stopped for a snapshot");
+        }
+        Ok(())
+    }
+
+    fn snapshot(&self) -> Result<DeviceSnapshot, SnapshotError> {
+        if self.shared.held.load(Ordering::Acquire) > 0 {
+            return Err(SnapshotError::Held);
+        }
+        Ok(DeviceSnapshot::Block {
+            capacity: self.disk.capacity(),
+            read_only: self.disk.read_only(),
+        })
+    }
+
+    fn restore(&mut self, snapshot: &DeviceSnapshot) -> Result<(), SnapshotError> {
+        match snapshot {
+            DeviceSnapshot::Block {
+                capacity,
+                read_only,
+            } => {
+                if *capacity != self.disk.capacity() || *read_only != self.disk.read_only() {
+                    return Err(SnapshotError::Invalid(format!(
+                        "the snapshot's disk has {capacity} sectors{}, this one {}{}",
+                        if *read_only { " (read-only)" } else { "" },
+                        self.disk.capacity(),
+                        if self.disk.read_only() {
+                            " (read-only)"
+                        } else {
+                            ""
+                        }
+                    )));
+                }
+                Ok(())
+            }
+            other => Err(SnapshotError::Invalid(format!(
+                "a {} snapshot given to a block device",
+                other.kind()
+            ))),
         }
     }
 }

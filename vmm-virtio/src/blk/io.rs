@@ -73,11 +73,47 @@ fn is_unsupported(e: &io::Error) -> bool {
     e.raw_os_error() == Some(libc::EOPNOTSUPP)
 }
 
+/// The advisory lock on `file` (at `path`): shared for read-only, else
+/// exclusive; never waits.
+fn flock(file: &File, path: &Path, read_only: bool) -> Result<(), BlockError> {
+    let op = if read_only {
+        libc::LOCK_SH
+    } else {
+        libc::LOCK_EX
+    };
+    // SAFETY: flock on a descriptor we own; no memory is involved.
+    if unsafe { libc::flock(file.as_raw_fd(), op | libc::LOCK_NB) } != 0 {
+        let e = io::Error::last_os_error();
+        return Err(if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            BlockError::Locked(path.to_owned())
+        } else {
+            BlockError::Open {
+                path: path.to_owned(),
+                source: e,
+            }
+        });
+    }
+    Ok(())
+}
+
 impl Disk {
     /// Opens `path` (read-only or not, through the page cache or not),
     /// takes an advisory lock (shared for read-only, else exclusive) and
     /// finds the size. A size that is not whole sectors loses its tail.
+    #[cfg(test)]
     pub fn open(path: &Path, read_only: bool, cache: CacheMode) -> Result<Self, BlockError> {
+        Self::open_with(path, read_only, cache, true)
+    }
+
+    /// [`Disk::open`], the lock taken only if `lock` (an incoming
+    /// migration's destination takes it with [`Disk::lock`] once the
+    /// source let it go).
+    pub fn open_with(
+        path: &Path,
+        read_only: bool,
+        cache: CacheMode,
+        lock: bool,
+    ) -> Result<Self, BlockError> {
         let direct = cache == CacheMode::None;
         let open_err = |source| BlockError::Open {
             path: path.to_owned(),
@@ -94,19 +130,8 @@ impl Disk {
         if !kind.is_file() && !kind.is_block_device() {
             return Err(BlockError::NotADisk(path.to_owned()));
         }
-        let op = if read_only {
-            libc::LOCK_SH
-        } else {
-            libc::LOCK_EX
-        };
-        // SAFETY: flock on a descriptor we own; no memory is involved.
-        if unsafe { libc::flock(file.as_raw_fd(), op | libc::LOCK_NB) } != 0 {
-            let e = io::Error::last_os_error();
-            return Err(if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-                BlockError::Locked(path.to_owned())
-            } else {
-                open_err(e)
-            });
+        if lock {
+            flock(&file, path, read_only)?;
         }
         let size = if kind.is_block_device() {
             let mut f = &file;
@@ -138,6 +163,24 @@ impl Disk {
             #[cfg(test)]
             gates: std::sync::Mutex::new(Vec::new()),
         })
+    }
+
+    /// Takes the advisory lock (shared for read-only, else exclusive) at
+    /// `path` (this image's path, for the error).
+    pub fn lock(&self, path: &Path) -> Result<(), BlockError> {
+        flock(&self.file, path, self.read_only)
+    }
+
+    /// Lets the lock go (a migration's source, once the destination has
+    /// the machine).
+    pub fn unlock(&self) {
+        // SAFETY: flock on a descriptor we own; no memory is involved.
+        if unsafe { libc::flock(self.file.as_raw_fd(), libc::LOCK_UN) } != 0 {
+            log::warn!(
+                "cannot let an image's lock go: {}",
+                io::Error::last_os_error()
+            );
+        }
     }
 
     /// The capacity in sectors.

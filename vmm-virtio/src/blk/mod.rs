@@ -141,6 +141,9 @@ pub struct BlockConfig {
     pub queue_size: u16,
     /// How requests reach the image.
     pub aio: Aio,
+    /// Whether the image is locked at open (an incoming migration's
+    /// destination locks it later, with [`BlockHandle::lock_image`]).
+    pub lock: bool,
 }
 
 impl BlockConfig {
@@ -154,6 +157,7 @@ impl BlockConfig {
             errors: ErrorPolicy::default(),
             queue_size: DEFAULT_QUEUE_SIZE,
             aio: Aio::default(),
+            lock: true,
         }
     }
 }

@@ -393,6 +393,21 @@ impl Uring {
         }
     }
 
+    /// Blocks until at least one request in flight completes (for
+    /// [`Uring::reap`] to take).
+    pub(super) fn wait_one(&mut self) -> io::Result<()> {
+        loop {
+            match self.ring.submit_and_wait(1) {
+                Ok(_) => return Ok(()),
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                Err(e) => {
+                    self.poisoned = true;
+                    return Err(e);
+                }
+            }
+        }
+    }
+
     /// Waits for everything in flight and drops it (a device reset, or
     /// the worker stopping): nothing is left that could still write into
     /// guest memory.

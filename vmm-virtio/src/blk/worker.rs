@@ -26,7 +26,7 @@ use super::io::Disk;
 use super::request::{self, Limits, Rejected, Request, RequestKind};
 use super::uring::Uring;
 use super::{ErrorOutcome, IoErrorEvent, Operation, ID_BYTES, SECTOR_SIZE};
-use crate::device::VirtioInterrupt;
+use crate::device::{QueueHome, VirtioInterrupt};
 use crate::worker::{StopFlag, Waiter, STOP_TOKEN};
 use crate::Memory;
 
@@ -59,6 +59,14 @@ pub struct BlkWorker<M: Memory> {
     /// With `aio=io_uring`: the ring, for this body.
     uring: Option<Uring>,
     broken: bool,
+    /// Where the queue goes when the worker ends.
+    home: QueueHome,
+}
+
+impl<M: Memory> Drop for BlkWorker<M> {
+    fn drop(&mut self) {
+        self.home.put(self.index, self.queue.state());
+    }
 }
 
 /// A failed host operation, with what it was about.
@@ -102,6 +110,7 @@ impl<M: Memory> BlkWorker<M> {
         limits: Limits,
         id: [u8; ID_BYTES],
         shared: Arc<Shared>,
+        home: QueueHome,
     ) -> Self {
         Self {
             mem,
@@ -115,6 +124,7 @@ impl<M: Memory> BlkWorker<M> {
             held: Vec::new(),
             uring: None,
             broken: false,
+            home,
         }
     }
 
@@ -135,6 +145,9 @@ impl<M: Memory> BlkWorker<M> {
             }
         }
         self.serve(&waiter, &kick, &retry);
+        if self.shared.quiescing.load(Ordering::Acquire) {
+            self.finish_in_flight();
+        }
         if let (Some(mut ring), Some(home)) = (self.uring.take(), home) {
             ring.drain();
             *home.lock().unwrap_or_else(|e| e.into_inner()) = Some(ring);
@@ -187,6 +200,21 @@ impl<M: Memory> BlkWorker<M> {
             if self.held.is_empty() {
                 self.process(waiter.stop_flag());
             }
+        }
+    }
+
+    /// For a snapshot: completes every request the io_uring still has (no
+    /// new one is popped), so that the queue's indices say all there is.
+    fn finish_in_flight(&mut self) {
+        while self.uring.as_ref().is_some_and(|r| r.in_flight() > 0) && !self.broken {
+            let waited = self.uring.as_mut().map_or(Ok(()), Uring::wait_one);
+            if let Err(e) = waited {
+                log::error!("virtio-blk: cannot wait for io_uring completions: {e}");
+                self.broken = true;
+                self.interrupt.set_needs_reset();
+                return;
+            }
+            self.reap();
         }
     }
 

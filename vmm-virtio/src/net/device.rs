@@ -14,7 +14,9 @@ use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRE
 
 use super::worker::NetWorker;
 use super::{MacAddr, NetBackend, NetStats, QUEUE_SIZE, RX_QUEUE, TX_QUEUE, VIRTIO_ID_NET};
-use crate::device::{ActivateContext, ActivateError, DeviceState, VirtioDevice};
+use crate::device::{
+    ActivateContext, ActivateError, DeviceSnapshot, DeviceState, SnapshotError, VirtioDevice,
+};
 use crate::worker::{ThreadStart, Worker};
 use crate::Memory;
 
@@ -182,6 +184,7 @@ impl<M: Memory> VirtioDevice<M> for VirtioNet {
             Arc::clone(&self.backend),
             ctx.features,
             Arc::clone(&self.counters),
+            ctx.home,
         );
         let (rx_kick, tx_kick) = (rx.notify, tx.notify);
         self.worker
@@ -205,6 +208,33 @@ impl<M: Memory> VirtioDevice<M> for VirtioNet {
             acked_features: self.acked,
             completed: s.rx_frames + s.tx_frames,
             held: 0,
+        }
+    }
+
+    fn quiesce(&mut self) -> Result<(), SnapshotError> {
+        // Each transmit chain is sent and used before the next is popped;
+        // receive chains popped and not used are given back as the worker
+        // ends.
+        self.worker.stop();
+        Ok(())
+    }
+
+    fn snapshot(&self) -> Result<DeviceSnapshot, SnapshotError> {
+        Ok(DeviceSnapshot::Net { mac: self.mac.0 })
+    }
+
+    fn restore(&mut self, snapshot: &DeviceSnapshot) -> Result<(), SnapshotError> {
+        match snapshot {
+            DeviceSnapshot::Net { mac } if *mac == self.mac.0 => Ok(()),
+            DeviceSnapshot::Net { mac } => Err(SnapshotError::Invalid(format!(
+                "the snapshot's card has address {}, this one {}",
+                MacAddr(*mac),
+                self.mac
+            ))),
+            other => Err(SnapshotError::Invalid(format!(
+                "a {} snapshot given to a network card",
+                other.kind()
+            ))),
         }
     }
 }

@@ -606,3 +606,62 @@ fn mac_addresses_parse_and_print() {
         "'01:00:5e:00:00:01' is a multicast address (the first byte must be even)"
     );
 }
+
+#[test]
+fn a_snapshot_keeps_the_queues_gives_back_unused_receive_buffers_and_refuses_bad_ones() {
+    use crate::device::{DeviceSnapshot, SnapshotError};
+    let mut n = start(ALL);
+    n.post_tx(&[&[(BUF + 0x8000, 12, false), (BUF + 0x9000, 60, false)]]);
+    assert_eq!(n.tx_done(1), [(0, 0)]);
+    n.wire_recv();
+    // Two 16-byte buffers, a frame they cannot hold: the worker pops
+    // both, then waits for more with the frame in hand.
+    n.post_rx(&[&[(BUF, 16, true)], &[(BUF + 0x1000, 16, true)]]);
+    n.wire.send(&frame(100, 1)).unwrap();
+    let deadline = std::time::Instant::now() + HANG;
+    while n.backend.reads.load(Ordering::SeqCst) == 0 {
+        assert!(std::time::Instant::now() < deadline, "no read");
+        std::thread::yield_now();
+    }
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    n.dev.pause().unwrap();
+    let saved = n.dev.snapshot().unwrap();
+    let q: Vec<(u16, u16, u16)> = saved
+        .queues
+        .iter()
+        .map(|q| (q.index, q.next_avail, q.next_used))
+        .collect();
+    assert_eq!(q, [(0, 0, 0), (1, 1, 1)], "both receive chains given back");
+    assert_eq!(
+        saved.device,
+        DeviceSnapshot::Net {
+            mac: MacAddr::default_for(1).0
+        }
+    );
+    let text = serde_json::to_string(&saved).unwrap();
+    n.dev
+        .restore(&serde_json::from_str(&text).unwrap())
+        .unwrap();
+    assert_eq!(n.dev.snapshot().unwrap(), saved);
+    let mut bad = saved.clone();
+    bad.device = DeviceSnapshot::Net { mac: [2; 6] };
+    assert!(matches!(
+        n.dev.restore(&bad),
+        Err(SnapshotError::Invalid(_))
+    ));
+    let mut bad = saved.clone();
+    bad.queues[0].next_used = 3;
+    assert!(matches!(
+        n.dev.restore(&bad),
+        Err(SnapshotError::Invalid(_))
+    ));
+    assert_eq!(n.dev.snapshot().unwrap(), saved, "unchanged");
+    // The frame in hand went with the worker; the two buffers are popped
+    // again and take the next frame that fits.
+    n.dev.resume();
+    n.wire.send(&frame(20, 2)).unwrap();
+    assert_eq!(n.rx_done(2), [(0, 16), (1, 16)]);
+    let mut got = n.guest(BUF, 16);
+    got.extend(n.guest(BUF + 0x1000, 16));
+    assert_eq!(&got[HDR_LEN..], &frame(20, 2)[HDR_LEN..]);
+}

@@ -16,7 +16,7 @@ use super::chains::{gather, rx_buffers};
 use super::device::Counters;
 use super::{offload_flags, NetBackend, HDR_LEN, MAX_TX_LEN, NUM_BUFFERS_AT, RX_QUEUE, TX_QUEUE};
 use crate::blk::request::Buffers;
-use crate::device::VirtioInterrupt;
+use crate::device::{QueueHome, VirtioInterrupt};
 use crate::ring::avail_sane;
 use crate::worker::{Waiter, STOP_TOKEN};
 use crate::Memory;
@@ -70,10 +70,33 @@ pub struct NetWorker<M: Memory> {
     /// A transmit frame, gathered from its chain.
     tx_buf: Vec<u8>,
     broken: bool,
+    /// A malformed receive chain was returned while others waited in
+    /// `ready`: those are no longer the last ones popped.
+    tangled: bool,
+    /// Where the queues go when the worker ends.
+    home: QueueHome,
+}
+
+impl<M: Memory> Drop for NetWorker<M> {
+    /// The queues go home with the receive chains popped and not used
+    /// given back (the next worker pops them again): a frame that waited
+    /// for them is dropped, as a wire may.
+    fn drop(&mut self) {
+        let unused = self.ready.len() as u16;
+        if unused > 0 && !self.tangled {
+            let next = self.rx.next_avail().wrapping_sub(unused);
+            self.rx.set_next_avail(next);
+        } else if unused > 0 {
+            log::warn!("virtio-net: {unused} receive buffers are lost to the guest at a stop");
+        }
+        self.home.put(RX_QUEUE, self.rx.state());
+        self.home.put(TX_QUEUE, self.tx.state());
+    }
 }
 
 impl<M: Memory> NetWorker<M> {
     /// A worker for the receive and transmit queues.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         mem: Arc<M>,
         rx: Queue,
@@ -82,6 +105,7 @@ impl<M: Memory> NetWorker<M> {
         backend: Arc<dyn NetBackend>,
         features: u64,
         counters: Arc<Counters>,
+        home: QueueHome,
     ) -> Self {
         Self {
             mem,
@@ -97,6 +121,8 @@ impl<M: Memory> NetWorker<M> {
             watching: false,
             tx_buf: Vec::new(),
             broken: false,
+            tangled: false,
+            home,
         }
     }
 
@@ -262,6 +288,7 @@ impl<M: Memory> NetWorker<M> {
                 None => {
                     log::debug!("virtio-net: a malformed receive chain returned unused");
                     self.counters.rx_bad_buffers.fetch_add(1, Ordering::Relaxed);
+                    self.tangled |= !self.ready.is_empty();
                     if !self.publish(&[(head, 0)]) {
                         return Placed::Broken;
                     }

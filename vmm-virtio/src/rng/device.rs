@@ -10,7 +10,9 @@ use vmm_sys_util::timerfd::TimerFd;
 use super::limit::Budget;
 use super::worker::RngWorker;
 use super::{EntropySource, RateLimit, RngStats, QUEUE_SIZE, VIRTIO_ID_RNG};
-use crate::device::{ActivateContext, ActivateError, DeviceState, VirtioDevice};
+use crate::device::{
+    ActivateContext, ActivateError, DeviceSnapshot, DeviceState, SnapshotError, VirtioDevice,
+};
 use crate::worker::{ThreadStart, Worker};
 use crate::Memory;
 
@@ -161,6 +163,7 @@ impl<M: Memory> VirtioDevice<M> for VirtioRng {
             ctx.interrupt,
             Arc::clone(&self.source),
             Arc::clone(&self.shared),
+            ctx.home,
         );
         let kick = q.notify;
         self.worker
@@ -183,5 +186,53 @@ impl<M: Memory> VirtioDevice<M> for VirtioRng {
             completed: self.handle().stats().requests,
             held: 0,
         }
+    }
+
+    fn quiesce(&mut self) -> Result<(), SnapshotError> {
+        // Each request is filled and used before the next is popped.
+        self.worker.stop();
+        Ok(())
+    }
+
+    fn snapshot(&self) -> Result<DeviceSnapshot, SnapshotError> {
+        let (left, window_left_ms) = self.budget().saved(std::time::Instant::now());
+        Ok(DeviceSnapshot::Rng {
+            max_bytes: self.limit.max_bytes(),
+            period_ms: u64::try_from(self.limit.period().as_millis()).unwrap_or(u64::MAX),
+            left,
+            window_left_ms,
+        })
+    }
+
+    fn restore(&mut self, snapshot: &DeviceSnapshot) -> Result<(), SnapshotError> {
+        let DeviceSnapshot::Rng {
+            max_bytes,
+            period_ms,
+            left,
+            window_left_ms,
+        } = snapshot
+        else {
+            return Err(SnapshotError::Invalid(format!(
+                "a {} snapshot given to an entropy device",
+                snapshot.kind()
+            )));
+        };
+        let period = u64::try_from(self.limit.period().as_millis()).unwrap_or(u64::MAX);
+        if (*max_bytes, *period_ms) != (self.limit.max_bytes(), period) {
+            return Err(SnapshotError::Invalid(format!(
+                "the snapshot's rate limit is max-bytes={max_bytes},period={period_ms}, this \
+                 device's max-bytes={},period={period}",
+                self.limit.max_bytes()
+            )));
+        }
+        self.budget()
+            .restore(*left, *window_left_ms, std::time::Instant::now())
+            .map_err(SnapshotError::Invalid)
+    }
+}
+
+impl VirtioRng {
+    fn budget(&self) -> std::sync::MutexGuard<'_, Budget> {
+        self.shared.budget.lock().unwrap_or_else(|e| e.into_inner())
     }
 }

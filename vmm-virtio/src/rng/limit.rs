@@ -112,6 +112,51 @@ impl Budget {
         self.left -= n;
         n
     }
+
+    /// For a snapshot at `now`: the bytes left in the open window and the
+    /// time left in it, ms (None: no window open).
+    pub(super) fn saved(&mut self, now: Instant) -> (u64, Option<u64>) {
+        self.roll(now);
+        let ms = self.ends.map(|end| {
+            u64::try_from(end.saturating_duration_since(now).as_millis()).unwrap_or(u64::MAX)
+        });
+        (self.left, ms)
+    }
+
+    /// Puts back a [`Budget::saved`] at `now`: at most a window's bytes,
+    /// and a window that ends at most a period from now.
+    pub(super) fn restore(
+        &mut self,
+        left: u64,
+        window_left_ms: Option<u64>,
+        now: Instant,
+    ) -> Result<(), String> {
+        if left > self.limit.max_bytes {
+            return Err(format!(
+                "{left} bytes left in a window of {}",
+                self.limit.max_bytes
+            ));
+        }
+        let ends = match window_left_ms {
+            None if left != self.limit.max_bytes => {
+                return Err("bytes spent with no window open".into())
+            }
+            None => None,
+            Some(ms) => {
+                let d = Duration::from_millis(ms);
+                if d > self.limit.period {
+                    return Err(format!(
+                        "{ms} ms left in a window of {} ms",
+                        self.limit.period.as_millis()
+                    ));
+                }
+                now.checked_add(d)
+            }
+        };
+        self.left = left;
+        self.ends = ends;
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -148,6 +193,31 @@ mod tests {
             Some(t1 + Duration::from_millis(1000)),
             "the new window runs from its first bytes"
         );
+    }
+
+    #[test]
+    fn a_saved_budget_comes_back_and_bad_ones_are_refused() {
+        let t0 = Instant::now();
+        let limit = RateLimit::new(100, 1000).unwrap();
+        let mut b = Budget::new(limit);
+        assert_eq!(b.saved(t0), (100, None));
+        b.take(30, t0);
+        let saved = b.saved(t0 + Duration::from_millis(400));
+        assert_eq!(saved, (70, Some(600)));
+        let mut c = Budget::new(limit);
+        let t1 = t0 + Duration::from_secs(50);
+        c.restore(saved.0, saved.1, t1).unwrap();
+        assert_eq!(c.saved(t1), saved);
+        assert_eq!(c.take(100, t1), 70);
+        assert_eq!(c.exhausted(t1), Some(t1 + Duration::from_millis(600)));
+        let mut d = Budget::new(limit);
+        assert!(d.restore(101, Some(10), t1).is_err(), "more than a window");
+        assert!(d.restore(50, None, t1).is_err(), "spent with no window");
+        assert!(
+            d.restore(50, Some(1001), t1).is_err(),
+            "longer than a period"
+        );
+        assert_eq!(d.saved(t1), (100, None), "unchanged");
     }
 
     #[test]

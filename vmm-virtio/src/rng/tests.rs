@@ -288,3 +288,61 @@ fn random_chains_never_panic_the_device() {
     }
     assert_eq!(r.status() & NEEDS_RESET, 0);
 }
+
+#[test]
+fn a_snapshot_keeps_the_queue_and_the_budget_and_refuses_bad_ones() {
+    use crate::device::{DeviceSnapshot, SnapshotError};
+    let mut r = start(RateLimit::new(100, 60_000).unwrap());
+    r.post(&[&[(BUF, 30, true)]]);
+    assert_eq!(r.done(1), [(0, 30)]);
+    r.dev.pause().unwrap();
+    let saved = r.dev.snapshot().unwrap();
+    let DeviceSnapshot::Rng {
+        left,
+        window_left_ms,
+        ..
+    } = saved.device
+    else {
+        panic!("{:?}", saved.device);
+    };
+    assert_eq!(left, 70);
+    assert!(window_left_ms.is_some_and(|ms| ms <= 60_000));
+    let text = serde_json::to_string(&saved).unwrap();
+    let back: crate::transport::snapshot::VirtioPciSnapshot = serde_json::from_str(&text).unwrap();
+    r.dev.restore(&back).unwrap();
+    // The window's time left runs on: equal but for a few ms.
+    let same = |a: &crate::transport::snapshot::VirtioPciSnapshot| {
+        let mut a = a.clone();
+        if let DeviceSnapshot::Rng { window_left_ms, .. } = &mut a.device {
+            *window_left_ms = window_left_ms.map(|ms| ms / 1000);
+        }
+        a
+    };
+    assert_eq!(same(&r.dev.snapshot().unwrap()), same(&saved));
+    let mut bad = saved.clone();
+    bad.device = DeviceSnapshot::Rng {
+        max_bytes: 100,
+        period_ms: 60_000,
+        left: 101,
+        window_left_ms: Some(1),
+    };
+    assert!(matches!(
+        r.dev.restore(&bad),
+        Err(SnapshotError::Invalid(_))
+    ));
+    bad.device = DeviceSnapshot::Rng {
+        max_bytes: 5,
+        period_ms: 60_000,
+        left: 5,
+        window_left_ms: None,
+    };
+    assert!(matches!(
+        r.dev.restore(&bad),
+        Err(SnapshotError::Invalid(_))
+    ));
+    assert_eq!(same(&r.dev.snapshot().unwrap()), same(&saved), "unchanged");
+    // On from the saved place, within what was left of the budget.
+    r.dev.resume();
+    r.post(&[&[(BUF + 0x100, 100, true)]]);
+    assert_eq!(r.done(1), [(1, 70)]);
+}

@@ -14,6 +14,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::device::Shared;
 use super::{EntropySource, MAX_REQUEST};
 use crate::blk::request::Buffers;
+use crate::device::QueueHome;
 use crate::device::VirtioInterrupt;
 use crate::ring::avail_sane;
 use crate::worker::{Waiter, STOP_TOKEN};
@@ -33,6 +34,14 @@ pub(super) struct RngWorker<M: Memory> {
     /// The timer is armed for the end of a spent window.
     armed: bool,
     broken: bool,
+    /// Where the queue goes when the worker ends.
+    home: QueueHome,
+}
+
+impl<M: Memory> Drop for RngWorker<M> {
+    fn drop(&mut self) {
+        self.home.put(0, self.queue.state());
+    }
 }
 
 /// Borrows a raw fd for the epoll set.
@@ -51,6 +60,7 @@ impl<M: Memory> RngWorker<M> {
         interrupt: Arc<dyn VirtioInterrupt>,
         source: Arc<dyn EntropySource>,
         shared: Arc<Shared>,
+        home: QueueHome,
     ) -> Self {
         Self {
             mem,
@@ -61,6 +71,7 @@ impl<M: Memory> RngWorker<M> {
             buf: Vec::new(),
             armed: false,
             broken: false,
+            home,
         }
     }
 

@@ -43,7 +43,7 @@ const DRIVER_OK: u8 = VIRTIO_CONFIG_S_DRIVER_OK as u8;
 const NEEDS_RESET: u8 = VIRTIO_CONFIG_S_NEEDS_RESET as u8;
 
 /// One queue's registers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct QueueConfig {
     /// The largest size the device allows (a power of two).
     pub max_size: u16,
@@ -101,7 +101,7 @@ pub struct Live {
 }
 
 /// The common configuration's state.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CommonConfig {
     /// The features offered.
     pub device_features: u64,

@@ -141,6 +141,40 @@ impl InterruptHub {
         self.needs_reset.load(Ordering::Acquire)
     }
 
+    /// The ISR byte as it is (not cleared), for a snapshot.
+    pub fn isr(&self) -> u8 {
+        lock(&self.isr).isr
+    }
+
+    /// Puts back a snapshot's MSI-X table and pending bits (their sizes
+    /// checked), the ISR byte, `config_generation` and DEVICE_NEEDS_RESET;
+    /// `config` (already restored) gives MSI-X's enable and mask bits and
+    /// the command register's INTx disable bit. Nothing is sent: the
+    /// line follows the ISR.
+    pub fn restore(
+        &self,
+        msix: &vmm_pci::msix::MsixState,
+        config: &vmm_pci::config::ConfigSpace,
+        isr: u8,
+        generation: u8,
+        needs_reset: bool,
+    ) -> Result<(), vmm_pci::PciError> {
+        let enabled = {
+            let mut m = lock(&self.msix);
+            m.restore(msix, config)?;
+            m.enabled()
+        };
+        self.generation.store(generation, Ordering::Release);
+        self.needs_reset.store(needs_reset, Ordering::Release);
+        let command = config.read_u16(vmm_pci::config::COMMAND);
+        let mut state = lock(&self.isr);
+        state.isr = isr;
+        state.msix_enabled = enabled;
+        state.intx_disabled = command & vmm_pci::config::COMMAND_INTX_DISABLE != 0;
+        self.drive_line(&mut state);
+        Ok(())
+    }
+
     /// A device reset: ISR clear, the line low, every event unmapped,
     /// DEVICE_NEEDS_RESET clear. MSI-X itself is PCI state and stays.
     pub fn reset(&self) {

@@ -17,11 +17,12 @@
 pub mod caps;
 pub mod common;
 pub mod interrupt;
+pub mod snapshot;
 
 use std::sync::Arc;
 
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::{Queue, QueueState, QueueT};
 use vm_memory::GuestAddress;
 use vmm_pci::config::{
     ConfigSpace, Identity, COMMAND, COMMAND_INTX_DISABLE, STATUS, STATUS_INTERRUPT,
@@ -36,7 +37,7 @@ use self::caps::{
 };
 use self::common::{CommonConfig, Effect, Live, COMMON_CFG_LEN};
 use self::interrupt::InterruptHub;
-use crate::device::{ActivateContext, ActiveQueue, DeviceState, VirtioDevice};
+use crate::device::{ActivateContext, ActiveQueue, DeviceState, QueueHome, VirtioDevice};
 use crate::seams::{Doorbells, IntxLine, MsiSender};
 use crate::Memory;
 
@@ -136,6 +137,12 @@ pub struct VirtioPciDevice<M: Memory> {
     registered: Vec<Option<u64>>,
     pci_cfg: PciCfgWindow,
     active: bool,
+    /// Where the worker leaves its queues when it stops.
+    home: QueueHome,
+    /// The queues of an active device whose worker is stopped for a
+    /// snapshot (or was restored from one): [`VirtioPciDevice::resume`]
+    /// starts it from them.
+    parked: Option<Vec<(u16, QueueState)>>,
 }
 
 impl<M: Memory> std::fmt::Debug for VirtioPciDevice<M> {
@@ -209,6 +216,8 @@ impl<M: Memory> VirtioPciDevice<M> {
             doorbells: seams.doorbells,
             pci_cfg: PciCfgWindow::new(pci_cfg),
             active: false,
+            home: QueueHome::default(),
+            parked: None,
         })
     }
 
@@ -230,6 +239,8 @@ impl<M: Memory> VirtioPciDevice<M> {
     fn reset_device(&mut self) {
         self.device.reset();
         self.active = false;
+        self.parked = None;
+        self.home.take();
         self.common.reset();
         self.hub.reset();
         // Notifications left in the eventfds are harmless: a new worker
@@ -276,13 +287,26 @@ impl<M: Memory> VirtioPciDevice<M> {
         if self.active {
             return;
         }
+        self.start_device(None);
+    }
+
+    /// Starts the device on its enabled queues: as their registers set
+    /// them up, or (`saved`) as a snapshot left them, indices included.
+    fn start_device(&mut self, saved: Option<&[(u16, QueueState)]>) {
         let features = self.common.negotiated();
         let mut queues = Vec::new();
         for (i, q) in self.common.queues.iter().enumerate() {
             if !q.enabled {
                 continue;
             }
-            let built = build_queue(q, features, &*self.mem);
+            let built = match saved {
+                None => build_queue(q, features, &*self.mem),
+                Some(saved) => saved
+                    .iter()
+                    .find(|(index, _)| usize::from(*index) == i)
+                    .and_then(|(_, state)| Queue::try_from(*state).ok())
+                    .filter(|queue| queue.is_valid(&*self.mem)),
+            };
             let notify = self.notify[i].try_clone();
             match (built, notify) {
                 (Some(queue), Ok(notify)) => queues.push(ActiveQueue {
@@ -296,11 +320,13 @@ impl<M: Memory> VirtioPciDevice<M> {
                         self.name, q.size, q.desc, q.driver, q.device
                     );
                     self.hub.raise_needs_reset();
+                    self.sync_doorbells();
                     return;
                 }
                 (_, Err(e)) => {
                     log::error!("{}: cannot clone a notification eventfd: {e}", self.name);
                     self.hub.raise_needs_reset();
+                    self.sync_doorbells();
                     return;
                 }
             }
@@ -310,17 +336,16 @@ impl<M: Memory> VirtioPciDevice<M> {
             features,
             queues,
             interrupt: Arc::clone(&self.hub) as Arc<dyn crate::VirtioInterrupt>,
+            home: self.home.clone(),
         };
         match self.device.activate(ctx) {
-            Ok(()) => {
-                self.active = true;
-                self.sync_doorbells();
-            }
+            Ok(()) => self.active = true,
             Err(e) => {
                 log::warn!("{}: cannot start: {e}; device needs reset", self.name);
                 self.hub.raise_needs_reset();
             }
         }
+        self.sync_doorbells();
     }
 
     fn common_write(&mut self, offset: u64, data: &[u8]) {
@@ -490,6 +515,10 @@ impl<M: Memory> PciDevice for VirtioPciDevice<M> {
         self.config.reset();
         self.hub.reset_function();
         self.sync_doorbells();
+    }
+
+    fn as_any_mut(&mut self) -> Option<&mut dyn std::any::Any> {
+        Some(self)
     }
 }
 

@@ -5,9 +5,10 @@
 //! ones.
 //!
 //! Three queues: 0 receives (packets to the guest), 1 transmits (packets
-//! from the guest), 2 carries events (the transport-reset event after a
-//! migration, which this device never sends: the driver's buffers stay
-//! there). The configuration space is the guest's CID, a `u64`.
+//! from the guest), 2 carries events (the transport-reset event, sent when
+//! the device starts again after a snapshot stopped its worker or one was
+//! loaded: its connections did not survive). The configuration space is
+//! the guest's CID, a `u64`.
 //!
 //! # The host side
 //!

@@ -604,3 +604,60 @@ fn a_broken_ring_needs_reset_and_a_reset_closes_connections() {
         std::thread::yield_now();
     }
 }
+
+#[test]
+fn a_snapshot_ends_the_connections_and_the_driver_hears_of_it() {
+    use crate::device::{DeviceSnapshot, SnapshotError};
+    const EVENT_BUF: u64 = 0x1f000;
+    let mut v = start("snapshot");
+    let mut ev = Ring::new(&v.mem, EV_RING, SIZE);
+    ev.set_desc(0, EVENT_BUF, 4, WRITE, 0);
+    v.mem
+        .write_obj(0xffff_ffffu32, GuestAddress(EVENT_BUF))
+        .unwrap();
+    ev.publish(0);
+    let (mut s, _port) = v.host_connects(1234, 1 << 20);
+    v.dev.pause().unwrap();
+    assert!(closed(&mut s), "the host's end of the connection closes");
+    let saved = v.dev.snapshot().unwrap();
+    assert_eq!(saved.device, DeviceSnapshot::Vsock { cid: CID });
+    let q: Vec<(u16, u16, u16)> = saved
+        .queues
+        .iter()
+        .map(|q| (q.index, q.next_avail, q.next_used))
+        .collect();
+    assert_eq!(
+        q,
+        [(0, 1, 1), (1, 1, 1), (2, 0, 0)],
+        "the receive chain the worker held is given back"
+    );
+    let text = serde_json::to_string(&saved).unwrap();
+    v.dev
+        .restore(&serde_json::from_str(&text).unwrap())
+        .unwrap();
+    assert_eq!(v.dev.snapshot().unwrap(), saved);
+    let mut bad = saved.clone();
+    bad.device = DeviceSnapshot::Vsock { cid: 4 };
+    assert!(matches!(
+        v.dev.restore(&bad),
+        Err(SnapshotError::Invalid(_))
+    ));
+    assert_eq!(v.dev.snapshot().unwrap(), saved, "unchanged");
+    // Started again: a transport reset on the event queue, then the
+    // device goes on.
+    v.dev.resume();
+    ev.wait_used(1);
+    assert_eq!(ev.used_elem(0), (0, 4));
+    assert_eq!(
+        v.mem.read_obj::<u32>(GuestAddress(EVENT_BUF)).unwrap(),
+        0,
+        "VIRTIO_VSOCK_EVENT_TRANSPORT_RESET"
+    );
+    let (mut s2, port2) = v.host_connects(1234, 1 << 20);
+    s2.write_all(b"again").unwrap();
+    let (h, data) = v.recv();
+    assert_eq!(
+        (h.op, h.src_port, data.as_slice()),
+        (op::RW, port2, &b"again"[..])
+    );
+}

@@ -16,7 +16,7 @@ use super::muxer::{Muxer, FIRST_SOCKET_TOKEN};
 use super::packet::{parse_tx, HDR_LEN};
 use super::{MAX_PKT_LEN, RX_QUEUE, TX_QUEUE};
 use crate::blk::request::Buffers;
-use crate::device::VirtioInterrupt;
+use crate::device::{QueueHome, VirtioInterrupt};
 use crate::worker::{Waiter, STOP_TOKEN};
 use crate::Memory;
 
@@ -50,10 +50,26 @@ pub struct VsockWorker<M: Memory> {
     /// A packet's bytes, both ways.
     buf: Vec<u8>,
     broken: bool,
+    /// Where the queues go when the worker ends.
+    home: QueueHome,
+}
+
+impl<M: Memory> Drop for VsockWorker<M> {
+    /// The queues go home, a receive chain popped and not filled given
+    /// back (it is always the last one popped).
+    fn drop(&mut self) {
+        if self.held.take().is_some() {
+            let next = self.rx.next_avail().wrapping_sub(1);
+            self.rx.set_next_avail(next);
+        }
+        self.home.put(RX_QUEUE, self.rx.state());
+        self.home.put(TX_QUEUE, self.tx.state());
+    }
 }
 
 impl<M: Memory> VsockWorker<M> {
     /// A worker for the receive and transmit queues.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         mem: Arc<M>,
         rx: Queue,
@@ -62,6 +78,7 @@ impl<M: Memory> VsockWorker<M> {
         muxer: Muxer,
         counters: Arc<Counters>,
         guest_cid: u64,
+        home: QueueHome,
     ) -> Self {
         Self {
             mem,
@@ -75,6 +92,7 @@ impl<M: Memory> VsockWorker<M> {
             tx_paused: false,
             buf: Vec::new(),
             broken: false,
+            home,
         }
     }
 

@@ -60,6 +60,7 @@ both_aio!(
 );
 
 mod inflight;
+mod snapshot;
 
 struct Events(Arc<Recorder<IoErrorEvent>>);
 

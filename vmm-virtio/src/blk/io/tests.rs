@@ -42,6 +42,20 @@ fn read_back(t: &TempFile, offset: u64, len: usize) -> Vec<u8> {
 }
 
 #[test]
+fn a_migration_destination_locks_once_the_source_lets_go() {
+    let t = image(8);
+    let source = Disk::open(t.as_path(), false, CacheMode::Writeback).unwrap();
+    let dest = Disk::open_with(t.as_path(), false, CacheMode::Writeback, false).unwrap();
+    assert!(matches!(dest.lock(t.as_path()), Err(BlockError::Locked(_))));
+    source.unlock();
+    dest.lock(t.as_path()).unwrap();
+    assert!(matches!(
+        Disk::open(t.as_path(), true, CacheMode::Writeback),
+        Err(BlockError::Locked(_))
+    ));
+}
+
+#[test]
 fn open_checks_the_file() {
     let t = image(8);
     t.as_file().write_all_at(&[1; 100], 4096).unwrap();
