@@ -1,0 +1,246 @@
+//! Running the built machine: start the vCPUs, the main loop and what
+//! ends it (QEMU's `main_loop` and `main_loop_should_exit`), stops into a
+//! run state, and machine resets.
+
+use std::sync::atomic::Ordering;
+
+use vmm_core::vcpu::VcpuRequest;
+use vmm_runstate::RunState;
+
+use super::{lock, ExitReason, Incoming, PcError, PcMachine, RebootAction};
+use crate::control::{MachineEvent, QuitSource};
+
+impl PcMachine {
+    /// Starts the vCPUs and runs until the machine stops.
+    pub fn run(mut self) -> Result<ExitReason, PcError> {
+        let result = self.run_loop();
+        let reason = match &result {
+            Ok(r) => r.clone(),
+            Err(e) => ExitReason::InternalError {
+                vcpu: None,
+                reason: e.to_string(),
+            },
+        };
+        // Stop the guest before anything is torn down.
+        if let Err(e) = self.vcpus.pause_all() {
+            log::warn!("while stopping: {e}");
+        }
+        self.clocks.vm_stop();
+        if let Some(cause) = reason.shutdown_cause() {
+            self.emit(MachineEvent::Shutdown(cause));
+        }
+        let end = if reason.is_success() {
+            RunState::Shutdown
+        } else {
+            RunState::InternalError
+        };
+        if let Err(e) = self.runstate.transition(end) {
+            log::debug!("{e}");
+        }
+        self.exit_notifiers.notify(&reason);
+        result
+    }
+
+    pub(super) fn run_loop(&mut self) -> Result<ExitReason, PcError> {
+        match self.incoming.take() {
+            Some(Incoming::File(path)) => {
+                self.incoming(&path)?;
+                self.after_incoming()?;
+            }
+            Some(Incoming::Stream(uri)) => {
+                self.incoming_stream(uri).map_err(PcError::Migration)?;
+            }
+            Some(Incoming::Defer) => {
+                self.runstate
+                    .transition(RunState::Inmigrate)
+                    .map_err(|e| PcError::Control(e.to_string()))?;
+                self.deferred_incoming = true;
+            }
+            // As QEMU's -S, `start_paused` stays in prelaunch until `cont`.
+            None if !self.start_paused => self.start()?,
+            None => {}
+        }
+        loop {
+            self.event_loop.run_once(-1)?;
+            self.run_commands()?;
+            self.migration_messages()?;
+            if let Some(reason) = self.next_exit()? {
+                return Ok(reason);
+            }
+        }
+    }
+
+    /// prelaunch/paused -> running: the clock, then the vCPUs.
+    pub(super) fn start(&mut self) -> Result<(), PcError> {
+        self.virtio_before_start();
+        self.runstate
+            .transition(RunState::Running)
+            .map_err(|e| PcError::Control(e.to_string()))?;
+        if let Some(ns) = self.paused_clock.take() {
+            self.vm.set_clock_ns(ns)?;
+        }
+        self.clocks.vm_start();
+        self.vcpus.resume_all()?;
+        Ok(())
+    }
+
+    /// Reads what the subscribers and vCPUs asked for, in a fixed order
+    /// (as QEMU's `main_loop_should_exit`): errors, shutdown, reset, quit.
+    pub(super) fn next_exit(&mut self) -> Result<Option<ExitReason>, PcError> {
+        let mut vcpu_reset = None;
+        let mut vcpu_poweroff = false;
+        while let Some(request) = self.vcpus.try_request() {
+            let (vcpu, reason) = match request {
+                VcpuRequest::InternalError { vcpu, reason } => (vcpu, reason),
+                VcpuRequest::Halted { vcpu } => (
+                    vcpu,
+                    "halted with interrupts that can never come".to_owned(),
+                ),
+                VcpuRequest::Reset { reason, .. } => {
+                    vcpu_reset = Some(reason);
+                    continue;
+                }
+                VcpuRequest::Shutdown { .. } => {
+                    vcpu_poweroff = true;
+                    continue;
+                }
+                VcpuRequest::Debug {
+                    vcpu,
+                    exception,
+                    dr6,
+                    emulated_int3,
+                    ..
+                } => match self.debug_stop(vcpu, exception, dr6, emulated_int3)? {
+                    None => continue,
+                    Some(reason) => (vcpu, reason),
+                },
+            };
+            if !self.stop_on_error {
+                return Ok(Some(ExitReason::InternalError {
+                    vcpu: Some(vcpu),
+                    reason,
+                }));
+            }
+            if self.runstate.state() != RunState::InternalError {
+                log::error!("vCPU {vcpu}: {reason}; stopped in internal-error");
+                self.stop_with(RunState::InternalError)?;
+            }
+        }
+        let pending = std::mem::take(&mut *lock(&self.pending));
+        if let Some(offset) = pending.rtc_change {
+            self.emit(MachineEvent::RtcChange { offset });
+        }
+        let mut stop_for_io = false;
+        for e in pending.io_errors {
+            stop_for_io |= e.action == "stop";
+            self.emit(MachineEvent::BlockIoError(e));
+        }
+        if stop_for_io && self.runstate.is_running() {
+            log::warn!("a disk's host I/O failed; stopped in io-error (cont retries)");
+            self.stop_with(RunState::IoError)?;
+        }
+        if let Some(signo) = pending.signal {
+            return Ok(Some(ExitReason::Signal(signo)));
+        }
+        if pending.poweroff || vcpu_poweroff {
+            return Ok(Some(ExitReason::GuestPoweroff));
+        }
+        if pending.panic && self.runstate.state() != RunState::GuestPanicked {
+            if !self.stop_on_error {
+                self.emit(MachineEvent::GuestPanicked { paused: false });
+                return Ok(Some(ExitReason::GuestPanicked));
+            }
+            log::error!("the guest panicked; stopped in guest-panicked");
+            self.emit(MachineEvent::GuestPanicked { paused: true });
+            self.stop_with(RunState::GuestPanicked)?;
+        }
+        if pending.watchdog {
+            if let Some(exit) = self.watchdog_expired()? {
+                return Ok(Some(exit));
+            }
+        }
+        let guest_reset = if pending.reset {
+            Some("i8042 reset line".to_owned())
+        } else {
+            vcpu_reset
+        };
+        self.suspend_or_wake(pending.suspend, pending.rtc_alarm)?;
+        if let Some(why) = guest_reset {
+            match self.reboot {
+                RebootAction::Exit => return Ok(Some(ExitReason::GuestReset(why))),
+                RebootAction::Reset => {
+                    log::info!("guest reset ({why}): resetting in place");
+                    self.reset(true)?;
+                }
+            }
+        }
+        if let Some(source) = self.quit.take() {
+            return Ok(Some(ExitReason::Quit(source)));
+        }
+        if self.control.quit.swap(false, Ordering::SeqCst) {
+            return Ok(Some(ExitReason::Quit(QuitSource::Console)));
+        }
+        Ok(None)
+    }
+
+    /// Stops the guest in `state` (paused or internal-error): vCPUs parked,
+    /// kvmclock saved, the Virtual clock frozen; a `STOP` event if it ran.
+    pub(super) fn stop_with(&mut self, state: RunState) -> Result<(), PcError> {
+        let was_running = self.runstate.is_running();
+        self.vcpus.pause_all()?;
+        if was_running {
+            // The guest's kvmclock stops with it, as the Virtual clock does.
+            self.paused_clock = Some(self.vm.clock_ns()?);
+        }
+        self.clocks.vm_stop();
+        self.runstate
+            .transition(state)
+            .map_err(|e| PcError::Control(e.to_string()))?;
+        if was_running {
+            self.emit(MachineEvent::Stop);
+        }
+        Ok(())
+    }
+
+    /// An in-place reset (QEMU's `qemu_system_reset`): the irqchip, KVM's
+    /// PIT and our devices back to their reset state, the kernel, initrd
+    /// and tables loaded again, every vCPU back to its boot state. A
+    /// running guest boots again at once; otherwise the machine waits in
+    /// `prelaunch` for `cont`.
+    pub(super) fn reset(&mut self, guest: bool) -> Result<(), PcError> {
+        // A suspended guest is live: it boots again at once.
+        if self.runstate.state() == RunState::Suspended {
+            self.runstate
+                .transition(RunState::Running)
+                .map_err(|e| PcError::Control(e.to_string()))?;
+        }
+        self.suspend_requested = false;
+        let was_running = self.runstate.is_running();
+        self.vcpus.pause_all()?;
+        // What the vCPUs asked before parking belongs to the old boot, and
+        // so does a reset line that fired meanwhile: Linux's `reboot` writes
+        // the i8042 reset and then triple-faults, and the two reach the main
+        // loop apart; both are this one reset.
+        while self.vcpus.try_request().is_some() {}
+        let _ = self.devices.reset_evt.read();
+        lock(&self.pending).reset = false;
+        // (Empty with the split irqchip: the device model resets ours.)
+        self.vm.set_irqchip_state(&self.fresh_irqchip)?;
+        if let Some(pit) = &self.fresh_kvm_pit {
+            self.vm.set_pit_state(pit)?;
+        }
+        self.devices.reset();
+        *lock(&self.entry) = self.images.reload(self.vm.memory())?;
+        self.live.vmm_wrote_ram();
+        self.vcpus.reinit_all()?;
+        self.emit(MachineEvent::Reset { guest });
+        if was_running {
+            self.vcpus.resume_all()?;
+        } else if self.runstate.state() != RunState::Prelaunch {
+            self.runstate
+                .transition(RunState::Prelaunch)
+                .map_err(|e| PcError::Control(e.to_string()))?;
+        }
+        Ok(())
+    }
+}
