@@ -164,7 +164,23 @@ fn reaches_l1_across_a_tap(test: &str, vhost: bool) {
 /// CMOS byte, which survives the reset, tells the boots apart).
 #[test]
 fn debian_takes_its_address_by_dhcp_again_after_a_reboot() {
-    let test = "debian_takes_its_address_by_dhcp_again_after_a_reboot";
+    dhcp_again_after_a_reboot(
+        "debian_takes_its_address_by_dhcp_again_after_a_reboot",
+        false,
+    );
+}
+
+/// The same with `vhost=on`: the reset takes the tap back from L1's
+/// vhost-net with frames about, and the second boot hands it over again.
+#[test]
+fn debian_takes_its_address_by_dhcp_again_after_a_reboot_with_vhost_net() {
+    dhcp_again_after_a_reboot(
+        "debian_takes_its_address_by_dhcp_again_after_a_reboot_with_vhost_net",
+        true,
+    );
+}
+
+fn dhcp_again_after_a_reboot(test: &str, vhost: bool) {
     if HostKvm::detect() != HostKvm::Pvm {
         eprintln!("SKIP {test}: runs only nested (the tap must live in L1)");
         return;
@@ -206,7 +222,11 @@ fn debian_takes_its_address_by_dhcp_again_after_a_reboot() {
             "--reboot",
             "reset",
             "--netdev",
-            "tap,id=n0,ifname=tap0",
+            if vhost {
+                "tap,id=n0,ifname=tap0,vhost=on"
+            } else {
+                "tap,id=n0,ifname=tap0"
+            },
             "--device",
             "virtio-net-pci,netdev=n0,mac=52:54:00:ab:cd:02",
         ])
