@@ -23,7 +23,7 @@
 //! tap and address on the host itself, so it does not run there (the
 //! section says so).
 //!
-//! **The VMMs.** Ours: `--netdev tap,id=n0,ifname=tap0 --device
+//! **The VMMs.** Ours: `--netdev tap,id=n0,ifname=tap0,vhost=off --device
 //! virtio-net-pci,netdev=n0`, and the same with `vhost=on` when L1 has
 //! `/dev/vhost-net`. QEMU: `-M microvm,pcie=on` (as the `blk` suite) with
 //! `-netdev tap,id=n0,ifname=tap0,script=no,downscript=no,vhost=off` and
@@ -342,7 +342,7 @@ fn section(rows: &[RowLine], runs: usize, sizes: Sizes, notes: Vec<String>) -> S
         sizes.secs
     ));
     s.note(format!(
-        "Ours: --netdev tap,id=n0,ifname={TAP}[,vhost=on] --device virtio-net-pci,netdev=n0. \
+        "Ours: --netdev tap,id=n0,ifname={TAP},vhost=off|on --device virtio-net-pci,netdev=n0. \
          QEMU: -M microvm,pcie=on -netdev tap,id=n0,ifname={TAP},script=no,downscript=no,\
          vhost=off|on -device virtio-net-pci,netdev=n0,romfile=. Each vhost=on row set compares \
          ours with vhost=on against QEMU with vhost=on. Both: the default guest's kernel, \

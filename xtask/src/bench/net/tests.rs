@@ -269,7 +269,9 @@ fn plan_rotates_and_the_script_runs_it() {
         "./net_load host \"vmm=ours cpus=1 run=0\" 150 /tmp/l2.log 7777 tap0 10.0.2.1/24 \"$VMM\" "
     ));
     assert!(ours.contains("--cpus 1 ") && ours.contains("--initrd initrd "));
-    assert!(ours.contains("--netdev tap,id=n0,ifname=tap0 --device virtio-net-pci,netdev=n0"));
+    assert!(
+        ours.contains("--netdev tap,id=n0,ifname=tap0,vhost=off --device virtio-net-pci,netdev=n0")
+    );
     let qemu = boot("qemu");
     assert!(qemu.contains("-M microvm,pcie=on") && qemu.contains("-smp 1 "));
     assert!(qemu.contains(

@@ -129,7 +129,7 @@ impl Vmm {
         };
         match self {
             Vmm::Ours => ours(&format!(
-                "--netdev tap,id=n0,ifname={TAP} --device virtio-net-pci,netdev=n0"
+                "--netdev tap,id=n0,ifname={TAP},vhost=off --device virtio-net-pci,netdev=n0"
             )),
             Vmm::OursVhost => ours(&format!(
                 "--netdev tap,id=n0,ifname={TAP},vhost=on --device virtio-net-pci,netdev=n0"
