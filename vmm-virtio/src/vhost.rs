@@ -195,11 +195,12 @@ impl VhostFile {
         kick: RawFd,
         call: RawFd,
     ) -> Result<(), IoctlError> {
-        let outside = |_| IoctlError {
-            name: "VHOST_SET_VRING_ADDR",
-            source: io::Error::other("a ring outside RAM"),
+        let at = |a: u64| {
+            host(GuestAddress(a)).ok_or_else(|| IoctlError {
+                name: "VHOST_SET_VRING_ADDR",
+                source: io::Error::other("a ring outside RAM"),
+            })
         };
-        let at = |a: u64| host(GuestAddress(a)).ok_or(()).map_err(outside);
         let num = VringState {
             index,
             num: u32::from(queue.size()),
