@@ -29,7 +29,7 @@ use crate::device::VirtioInterrupt;
 use crate::worker::{Waiter, STOP_TOKEN};
 
 /// The ioctl numbers of `<linux/vhost.h>`.
-pub(crate) mod nr {
+mod nr {
     use super::{VringAddr, VringFile, VringState};
     use vmm_sys_util::{ioctl_io_nr, ioctl_ior_nr, ioctl_iow_nr, ioctl_iowr_nr};
 
@@ -68,10 +68,22 @@ pub fn worker_ioctls() -> [u64; 8] {
     ]
 }
 
+/// The ioctl request vhost-net's worker adds (VHOST_NET_SET_BACKEND), for
+/// [`crate::net::vhost::worker_ioctls`].
+pub(crate) fn net_set_backend_ioctl() -> u64 {
+    VHOST_NET_SET_BACKEND()
+}
+
+/// The ioctl request vhost-vsock's worker adds (VHOST_VSOCK_SET_RUNNING),
+/// for [`crate::vsock::vhost::worker_ioctls`].
+pub(crate) fn vsock_running_ioctl() -> u64 {
+    VHOST_VSOCK_SET_RUNNING()
+}
+
 /// `struct vhost_vring_state`.
 #[repr(C)]
 #[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct VringState {
+struct VringState {
     index: u32,
     num: u32,
 }
@@ -79,17 +91,15 @@ pub(crate) struct VringState {
 /// `struct vhost_vring_file`.
 #[repr(C)]
 #[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct VringFile {
-    /// The ring.
-    pub index: u32,
-    /// The file (-1: none).
-    pub fd: i32,
+struct VringFile {
+    index: u32,
+    fd: i32,
 }
 
 /// `struct vhost_vring_addr` (no logging).
 #[repr(C)]
 #[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct VringAddr {
+struct VringAddr {
     index: u32,
     flags: u32,
     desc_user_addr: u64,
@@ -155,16 +165,33 @@ impl VhostFile {
     }
 
     /// An ioctl that passes `arg` by reference for the kernel to read.
-    pub(crate) fn write<T>(
-        &self,
-        name: &'static str,
-        request: u64,
-        arg: &T,
-    ) -> Result<(), IoctlError> {
-        // SAFETY: every caller passes the request's own argument type, of
-        // which the kernel reads no more than its size; `arg` lives
-        // across the call.
+    /// Private: each caller here passes the request's own argument type.
+    fn write<T>(&self, name: &'static str, request: u64, arg: &T) -> Result<(), IoctlError> {
+        // SAFETY: every caller (in this module) passes the request's own
+        // argument type, of which the kernel reads no more than its size;
+        // `arg` lives across the call.
         check(name, unsafe { ioctl_with_ref(&self.file, request, arg) })
+    }
+
+    /// vhost-net: `fd` (a tap; -1: none) as ring `index`'s backend.
+    pub fn net_set_backend(&self, index: u32, fd: RawFd) -> Result<(), IoctlError> {
+        let file = VringFile { index, fd };
+        self.write("VHOST_NET_SET_BACKEND", VHOST_NET_SET_BACKEND(), &file)
+    }
+
+    /// vhost-vsock: the guest's CID.
+    pub fn vsock_set_guest_cid(&self, cid: u64) -> Result<(), IoctlError> {
+        self.write(
+            "VHOST_VSOCK_SET_GUEST_CID",
+            VHOST_VSOCK_SET_GUEST_CID(),
+            &cid,
+        )
+    }
+
+    /// vhost-vsock: starts or stops the device.
+    pub fn vsock_set_running(&self, on: bool) -> Result<(), IoctlError> {
+        let v: i32 = on.into();
+        self.write("VHOST_VSOCK_SET_RUNNING", VHOST_VSOCK_SET_RUNNING(), &v)
     }
 
     /// Tells the kernel the features the driver accepted (those it knows).

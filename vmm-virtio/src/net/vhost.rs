@@ -34,8 +34,7 @@ use super::{
 use crate::device::{
     ActivateContext, ActivateError, ActiveQueue, DeviceState, VirtioDevice, VirtioInterrupt,
 };
-use crate::vhost::nr::VHOST_NET_SET_BACKEND;
-use crate::vhost::{forward_calls, host_address, IoctlError, VhostFile, VringFile};
+use crate::vhost::{forward_calls, host_address, IoctlError, VhostFile};
 use crate::worker::{ThreadStart, Waiter, Worker};
 use crate::Memory;
 
@@ -45,7 +44,7 @@ pub const VHOST_NET_PATH: &str = "/dev/vhost-net";
 /// The vhost-net ioctl requests a started card's worker makes besides
 /// [`crate::vhost::worker_ioctls`], for the VMM's seccomp list.
 pub fn worker_ioctls() -> [u64; 1] {
-    [VHOST_NET_SET_BACKEND()]
+    [crate::vhost::net_set_backend_ioctl()]
 }
 
 /// The features that are the rings' and the transport's, which the
@@ -193,9 +192,7 @@ impl<M: Memory> Body<M> {
     }
 
     fn set_backend(&self, index: u32, fd: i32) -> Result<(), IoctlError> {
-        let file = VringFile { index, fd };
-        self.vhost
-            .write("VHOST_NET_SET_BACKEND", VHOST_NET_SET_BACKEND(), &file)
+        self.vhost.net_set_backend(index, fd)
     }
 
     /// Takes the tap back from both rings and reads their next available

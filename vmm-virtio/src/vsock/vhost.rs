@@ -26,7 +26,6 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::{check_cid, CidError, QUEUE_SIZE, RX_QUEUE, TX_QUEUE, VIRTIO_ID_VSOCK};
 use crate::device::{ActivateContext, ActivateError, ActiveQueue, DeviceState, VirtioDevice};
-use crate::vhost::nr::{VHOST_VSOCK_SET_GUEST_CID, VHOST_VSOCK_SET_RUNNING};
 use crate::vhost::{forward_calls, host_address, IoctlError, OpenError, VhostFile};
 use crate::worker::{ThreadStart, Waiter, Worker};
 use crate::Memory;
@@ -34,7 +33,7 @@ use crate::Memory;
 /// The vhost-vsock ioctl requests a started device's worker makes
 /// besides [`crate::vhost::worker_ioctls`], for the VMM's seccomp list.
 pub fn worker_ioctls() -> [u64; 1] {
-    [VHOST_VSOCK_SET_RUNNING()]
+    [crate::vhost::vsock_running_ioctl()]
 }
 
 /// The ring features passed through to the kernel if it has them.
@@ -91,11 +90,7 @@ impl VhostVsock {
             OpenError::Open(e) => VhostError::Open(e),
             OpenError::Ioctl(e) => e.into(),
         })?;
-        if let Err(e) = file.write(
-            "VHOST_VSOCK_SET_GUEST_CID",
-            VHOST_VSOCK_SET_GUEST_CID(),
-            &cid,
-        ) {
+        if let Err(e) = file.vsock_set_guest_cid(cid) {
             if e.source.raw_os_error() == Some(libc::EADDRINUSE) {
                 return Err(VhostError::CidInUse(cid));
             }
@@ -146,9 +141,7 @@ impl<M: Memory> Body<M> {
     }
 
     fn running(&self, on: bool) -> Result<(), IoctlError> {
-        let v: i32 = on.into();
-        self.file
-            .write("VHOST_VSOCK_SET_RUNNING", VHOST_VSOCK_SET_RUNNING(), &v)
+        self.file.vsock_set_running(on)
     }
 
     fn run(self, waiter: Waiter) {
