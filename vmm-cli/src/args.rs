@@ -42,7 +42,7 @@ pub struct Args {
     #[arg(long, value_name = "OPTS")]
     pub drive: Vec<String>,
 
-    /// A network backend, QEMU's -netdev: tap,id=ID,ifname=NAME[,vhost=off]
+    /// A network backend, QEMU's -netdev: tap,id=ID,ifname=NAME[,vhost=on|off]
     /// [,script=no][,downscript=no]. The tap is made if it does not exist
     /// (its address is yours to set); --device virtio-net-pci,netdev=ID
     /// puts a card on it. Repeatable.

@@ -1,8 +1,9 @@
-//! `--netdev`, in QEMU's spelling: `tap,id=ID,ifname=NAME[,vhost=off]
+//! `--netdev`, in QEMU's spelling: `tap,id=ID,ifname=NAME[,vhost=on|off]
 //! [,script=no][,downscript=no]`. The tap is opened (made if it does not
 //! exist) when the machine is built, as QEMU does with `script=no`: its
 //! address and state are the user's to set. A `--device virtio-net-pci,
-//! netdev=ID` puts a card on it.
+//! netdev=ID` puts a card on it. With `vhost=on` the host kernel's
+//! vhost-net (`/dev/vhost-net`) serves the card's rings.
 
 use vmm_qom::parse_opts;
 
@@ -15,12 +16,15 @@ pub struct Netdev {
     pub id: String,
     /// The tap interface.
     pub ifname: String,
+    /// `vhost=on`.
+    pub vhost: bool,
 }
 
 fn parse(spec: &str) -> Result<Netdev, String> {
     let opts = parse_opts(spec, Some("type")).map_err(|e| e.to_string())?;
     let mut id = None;
     let mut ifname = None;
+    let mut vhost = false;
     for (key, value) in &opts.pairs {
         let bad = |expected: &str| format!("Parameter '{key}' expects {expected}");
         match key.as_str() {
@@ -34,10 +38,8 @@ fn parse(spec: &str) -> Result<Netdev, String> {
                 ifname = Some(value.clone());
             }
             "vhost" => match value.as_str() {
-                "off" | "no" | "false" => {}
-                "on" | "yes" | "true" => {
-                    return Err("vhost=on is not supported yet (use vhost=off)".into())
-                }
+                "off" | "no" | "false" => vhost = false,
+                "on" | "yes" | "true" => vhost = true,
                 _ => return Err(bad("'on' or 'off'")),
             },
             "script" | "downscript" => {
@@ -55,7 +57,7 @@ fn parse(spec: &str) -> Result<Netdev, String> {
     }
     let id = id.ok_or("Parameter 'id' is missing")?;
     let ifname = ifname.ok_or("Parameter 'ifname' is missing")?;
-    Ok(Netdev { id, ifname })
+    Ok(Netdev { id, ifname, vhost })
 }
 
 /// Reads every `--netdev`.
@@ -88,9 +90,15 @@ mod tests {
             one("tap,id=n0,ifname=tap0,vhost=off,script=no,downscript=no").unwrap(),
             Netdev {
                 id: "n0".into(),
-                ifname: "tap0".into()
+                ifname: "tap0".into(),
+                vhost: false,
             }
         );
+        for on in ["on", "yes", "true"] {
+            let n = one(&format!("tap,id=n0,ifname=tap0,vhost={on}")).unwrap();
+            assert!(n.vhost, "{on}");
+        }
+        assert!(!one("tap,id=n0,ifname=tap0").unwrap().vhost);
     }
 
     #[test]
@@ -101,8 +109,8 @@ mod tests {
                 "tap name '0123456789abcdef' is not a valid interface name",
             ),
             (
-                "tap,id=n0,ifname=tap0,vhost=on",
-                "vhost=on is not supported yet (use vhost=off)",
+                "tap,id=n0,ifname=tap0,vhost=maybe",
+                "Parameter 'vhost' expects 'on' or 'off'",
             ),
             (
                 "user,id=n0",

@@ -336,6 +336,7 @@ pub fn resolve(
                     ifname: netdev.ifname.clone(),
                     mac,
                     slot,
+                    vhost: netdev.vhost,
                 });
             }
             "virtio-rng-pci" => {
@@ -731,8 +732,8 @@ mod tests {
     fn network_cards_get_their_netdev_and_a_mac_each() {
         let netdevs = crate::netdev::parse_all(&strings(&[
             "tap,id=n0,ifname=tap0",
-            "tap,id=n1,ifname=tap1",
-            "tap,id=n2,ifname=tap2",
+            "tap,id=n1,ifname=tap1,vhost=on",
+            "tap,id=n2,ifname=tap2,vhost=off",
         ]))
         .unwrap();
         let got = resolve(
@@ -752,14 +753,17 @@ mod tests {
         let cards: Vec<_> = d
             .nets
             .iter()
-            .map(|n| (n.id.as_str(), n.ifname.as_str(), n.mac.to_string(), n.slot))
+            .map(|n| {
+                let mac = n.mac.to_string();
+                (n.id.as_str(), n.ifname.as_str(), mac, n.slot, n.vhost)
+            })
             .collect();
         assert_eq!(
             cards,
             [
-                ("n1", "tap1", "52:54:00:12:34:56".to_owned(), None),
-                ("n0", "tap0", "52:54:00:aa:bb:cc".to_owned(), Some(7)),
-                ("n2", "tap2", "52:54:00:12:34:58".to_owned(), None),
+                ("n1", "tap1", "52:54:00:12:34:56".to_owned(), None, true),
+                ("n0", "tap0", "52:54:00:aa:bb:cc".to_owned(), Some(7), false),
+                ("n2", "tap2", "52:54:00:12:34:58".to_owned(), None, false),
             ]
         );
         // A slot a disk has too.

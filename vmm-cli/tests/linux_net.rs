@@ -31,15 +31,31 @@ const MODULES: &[&str] = &[
 /// also reads its MAC and the features its driver took.
 #[test]
 fn debian_reaches_l1_across_a_tap() {
-    let test = "debian_reaches_l1_across_a_tap";
+    reaches_l1_across_a_tap("debian_reaches_l1_across_a_tap", false);
+}
+
+/// The same with `vhost=on`: L1's kernel (vhost-net) moves the frames
+/// between the card's rings and the tap; L1 also shows its vhost worker
+/// thread while the guest runs.
+#[test]
+fn debian_reaches_l1_across_a_tap_with_vhost_net() {
+    reaches_l1_across_a_tap("debian_reaches_l1_across_a_tap_with_vhost_net", true);
+}
+
+fn reaches_l1_across_a_tap(test: &str, vhost: bool) {
     if HostKvm::detect() != HostKvm::Pvm {
         // Directly on a host the tap and its address would be the host's.
         eprintln!("SKIP {test}: runs only nested (the tap must live in L1)");
         return;
     }
+    let l1_modules: &[&str] = if vhost {
+        &["tun", "tap", "vhost_iotlb", "vhost", "vhost_net"]
+    } else {
+        &["tun"]
+    };
     nested_retry(test, || {
         let Some(g) = guest(test) else { return };
-        for m in MODULES.iter().chain(&["tun"]) {
+        for m in MODULES.iter().chain(l1_modules) {
             assert!(
                 g.module(m).exists(),
                 "{test}: no {m}.ko in the guest files (cargo xtask guest refreshes them)"
@@ -63,6 +79,7 @@ fn debian_reaches_l1_across_a_tap() {
             poweroff -f";
         let initrd = test_initrd(&g, &dir, script, MODULES, false);
         let companion = "\
+            [ -c /dev/vhost-net ] && echo @@L1_VHOST_NET\n\
             mkdir -p /tmp/www; yes vmm-net-l1 | head -c 4194304 > /tmp/www/data; httpd -p 8080 -h /tmp/www\n\
             i=0; while ! ip link show tap0 >/dev/null 2>&1; do sleep 0.2; i=$((i+1)); [ $i -lt 600 ] || exit 1; done\n\
             ip addr add 10.0.2.1/24 dev tap0\n\
@@ -72,6 +89,7 @@ fn debian_reaches_l1_across_a_tap() {
             ping -c 2 -W 2 10.0.2.15 >/dev/null && echo @@L1PING\n\
             i=0; while [ $i -lt 60 ]; do wget -q -O /tmp/in http://10.0.2.15:8080/data && break; sleep 1; i=$((i+1)); done\n\
             yes vmm-net-guest | head -c 4194304 | cmp - /tmp/in && echo @@TCPOUT\n\
+            grep -q '^vhost-[0-9]' /proc/[0-9]*/comm 2>/dev/null && echo @@L1_VHOST_THREAD\n\
             touch /tmp/www/fetched\n\
             i=0; while pidof vmm >/dev/null && [ $i -lt 300 ]; do sleep 1; i=$((i+1)); done";
         let job = Job::new([
@@ -82,7 +100,11 @@ fn debian_reaches_l1_across_a_tap() {
             "--memory",
             "256M",
             "--netdev",
-            "tap,id=n0,ifname=tap0",
+            if vhost {
+                "tap,id=n0,ifname=tap0,vhost=on"
+            } else {
+                "tap,id=n0,ifname=tap0"
+            },
             "--device",
             "virtio-net-pci,netdev=n0,mac=52:54:00:ab:cd:01",
         ])
@@ -108,6 +130,16 @@ fn debian_reaches_l1_across_a_tap() {
         assert!(c.contains("@@L1PING"), "{test}: L1 to the guest\n{c}");
         assert!(c.contains("@@TCPIN"), "{test}: 4 MiB over TCP from L1\n{c}");
         assert!(c.contains("@@TCPOUT"), "{test}: 4 MiB over TCP to L1\n{c}");
+        if vhost {
+            assert!(
+                c.contains("@@L1_VHOST_NET"),
+                "{test}: L1's /dev/vhost-net\n{c}"
+            );
+            assert!(
+                c.contains("@@L1_VHOST_THREAD"),
+                "{test}: no vhost worker in L1\n{c}"
+            );
+        }
         // The driver took mergeable buffers (bit 15) and checksum offload
         // both ways (bits 0, 1): the features file is one character per bit.
         let features = c
@@ -132,7 +164,23 @@ fn debian_reaches_l1_across_a_tap() {
 /// CMOS byte, which survives the reset, tells the boots apart).
 #[test]
 fn debian_takes_its_address_by_dhcp_again_after_a_reboot() {
-    let test = "debian_takes_its_address_by_dhcp_again_after_a_reboot";
+    dhcp_again_after_a_reboot(
+        "debian_takes_its_address_by_dhcp_again_after_a_reboot",
+        false,
+    );
+}
+
+/// The same with `vhost=on`: the reset takes the tap back from L1's
+/// vhost-net with frames about, and the second boot hands it over again.
+#[test]
+fn debian_takes_its_address_by_dhcp_again_after_a_reboot_with_vhost_net() {
+    dhcp_again_after_a_reboot(
+        "debian_takes_its_address_by_dhcp_again_after_a_reboot_with_vhost_net",
+        true,
+    );
+}
+
+fn dhcp_again_after_a_reboot(test: &str, vhost: bool) {
     if HostKvm::detect() != HostKvm::Pvm {
         eprintln!("SKIP {test}: runs only nested (the tap must live in L1)");
         return;
@@ -174,7 +222,11 @@ fn debian_takes_its_address_by_dhcp_again_after_a_reboot() {
             "--reboot",
             "reset",
             "--netdev",
-            "tap,id=n0,ifname=tap0",
+            if vhost {
+                "tap,id=n0,ifname=tap0,vhost=on"
+            } else {
+                "tap,id=n0,ifname=tap0"
+            },
             "--device",
             "virtio-net-pci,netdev=n0,mac=52:54:00:ab:cd:02",
         ])

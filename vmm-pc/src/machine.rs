@@ -214,7 +214,7 @@ impl PcMachine {
         let taps = config
             .nets
             .iter()
-            .map(|n| crate::nets::open_tap(n).map(|tap| (n.clone(), tap)))
+            .map(|n| crate::nets::open_net(n).map(|open| (n.clone(), open)))
             .collect::<Result<Vec<_>, _>>()?;
 
         // 3. KVM.

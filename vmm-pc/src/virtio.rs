@@ -24,13 +24,13 @@ use vmm_pci::msix::MsiMessage;
 use vmm_pci::{PciDevice, PciRoot};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_virtio::blk::{BlockConfig, BlockEvents, BlockHandle, ErrorPolicy, VirtioBlk};
-use vmm_virtio::net::{MacAddr, NetHandle, VirtioNet};
+use vmm_virtio::net::{MacAddr, NetHandle, VhostNet, VhostNetError, VirtioNet};
 use vmm_virtio::rng::{HostRandom, RateLimit, RngHandle, VirtioRng};
 use vmm_virtio::vsock::{VhostVsock, VirtioVsock, VsockHandle};
 use vmm_virtio::worker::ThreadStart;
 use vmm_virtio::{Doorbells, IntxLine, MsiSender, TransportSeams, VirtioDevice, VirtioPciDevice};
 
-use crate::nets::{NetConfig, Tap};
+use crate::nets::{NetConfig, OpenNet};
 
 use crate::disks::DiskConfig;
 use crate::irqchip::IrqLines;
@@ -95,6 +95,15 @@ pub enum VirtioError {
         /// Why.
         #[source]
         source: vmm_virtio::vsock::VhostError,
+    },
+    /// A network card's vhost-net could not be set up.
+    #[error("netdev {id}: vhost-net requested but could not be initialized")]
+    VhostNet {
+        /// The netdev.
+        id: String,
+        /// Why.
+        #[source]
+        source: VhostNetError,
     },
     /// A network card could not be put on the bus.
     #[error("netdev {id}: virtio-net-pci")]
@@ -347,32 +356,54 @@ pub struct Nic {
     pub mac: MacAddr,
     /// Its PCI slot.
     pub slot: u8,
-    /// The device's counters.
+    /// The device's counters (0 with vhost=on: the kernel moves the
+    /// frames).
     pub handle: NetHandle,
+    /// Whether the kernel's vhost-net serves its rings.
+    pub vhost: bool,
 }
 
-/// Adds a virtio-net-pci for each of `nets`, on its open tap; each worker
-/// thread runs `thread_start` first.
+/// Adds a virtio-net-pci for each of `nets`, on its open tap (and, with
+/// vhost=on, the kernel's vhost-net); each worker thread runs
+/// `thread_start` first.
 pub fn add_nets(
     vm: &Vm,
     root: &mut PciRoot,
     slots: &mut Slots,
-    nets: Vec<(NetConfig, Tap)>,
+    nets: Vec<(NetConfig, OpenNet)>,
     thread_start: Option<ThreadStart>,
 ) -> Result<Vec<Nic>, VirtioError> {
     let mut built = Vec::new();
-    for (net, tap) in nets {
+    for (net, open) in nets {
         let err = |source: PlugError| VirtioError::Net {
             id: net.id.clone(),
             source,
         };
-        let ifname = tap.name().to_owned();
-        let card = VirtioNet::new(Arc::new(tap), net.mac, thread_start.clone())
-            .map_err(|e| err(e.into()))?;
-        let handle = card.handle();
+        let ifname = open.tap.name().to_owned();
+        let tap = Arc::new(open.tap);
+        let vhost = open.vhost.is_some();
+        let (card, handle): (Box<dyn VirtioDevice<GuestMemoryMmap>>, _) = match open.vhost {
+            Some(file) => {
+                let card =
+                    VhostNet::new(file, tap, net.mac, thread_start.clone()).map_err(|source| {
+                        VirtioError::VhostNet {
+                            id: net.id.clone(),
+                            source,
+                        }
+                    })?;
+                let handle = card.handle();
+                (Box::new(card), handle)
+            }
+            None => {
+                let card = VirtioNet::new(tap, net.mac, thread_start.clone())
+                    .map_err(|e| err(e.into()))?;
+                let handle = card.handle();
+                (Box::new(card), handle)
+            }
+        };
         let slot = Slots::slot(root, net.slot).map_err(|e| err(e.into()))?;
         slots
-            .plug(vm, root, "virtio-net-pci", Box::new(card), slot)
+            .plug(vm, root, "virtio-net-pci", card, slot)
             .map_err(err)?;
         built.push(Nic {
             id: net.id.clone(),
@@ -380,6 +411,7 @@ pub fn add_nets(
             mac: net.mac,
             slot,
             handle,
+            vhost,
         });
     }
     Ok(built)

@@ -25,8 +25,9 @@ insmod /modules/kvm.ko
 insmod /modules/kvm-amd.ko 2>/dev/null || insmod /modules/kvm-intel.ko 2>/dev/null
 # Taps for the VMM's network cards (--netdev tap): /dev/net/tun.
 [ -e /modules/tun.ko ] && insmod /modules/tun.ko
-# /dev/vhost-vsock for the VMM's vhost-vsock-pci (and AF_VSOCK in L1).
-for m in vsock vmw_vsock_virtio_transport_common vhost_iotlb vhost vhost_vsock; do
+# /dev/vhost-vsock for the VMM's vhost-vsock-pci (and AF_VSOCK in L1),
+# /dev/vhost-net for its virtio-net-pci with vhost=on.
+for m in vsock vmw_vsock_virtio_transport_common vhost_iotlb vhost vhost_vsock tap vhost_net; do
   [ -e /modules/$m.ko ] && insmod /modules/$m.ko
 done
 # Disks the job brought (Job::l1_disks) appear as /dev/vda...
@@ -179,7 +180,8 @@ pub fn l1_initramfs(
 ) -> Result<Vec<u8>, TestbedError> {
     let mut extra: Vec<(String, Vec<u8>, u32)> = Vec::new();
     // tun (when the guest files have it) for the VMM's taps.
-    // vhost-vsock (when the guest files have it) for vhost-vsock-pci.
+    // vhost-vsock (when the guest files have it) for vhost-vsock-pci,
+    // vhost-net (and tap, which it needs) for virtio-net-pci with vhost=on.
     let kvm = [
         "irqbypass",
         "kvm",
@@ -191,6 +193,8 @@ pub fn l1_initramfs(
         "vhost_iotlb",
         "vhost",
         "vhost_vsock",
+        "tap",
+        "vhost_net",
     ];
     let virtio = crate::initramfs::VIRTIO_BLOCK_MODULES;
     let wanted: Vec<&str> = if job.l1_disks.is_empty() {

@@ -10,6 +10,7 @@
 //! | [`net`] | [`net::VirtioNet`]: frames between a [`net::NetBackend`] (a tap) and the guest's receive and transmit queues, on its worker thread |
 //! | [`rng`] | [`rng::VirtioRng`]: the host's `getrandom` into the guest's buffers, under QEMU's `max-bytes`/`period` rate limit |
 //! | [`vsock`] | [`vsock::VirtioVsock`]: stream connections between guest ports and host Unix sockets (Firecracker's `CONNECT <port>` protocol), with credit-based flow control, on its worker thread |
+//! | [`vhost`] | what the host kernel's vhost devices share: the device file, guest RAM and rings handed to it, its interrupts forwarded |
 //! | [`blk`] | [`blk::VirtioBlk`]: requests parsed into plain values, then done with `preadv`/`pwritev`/`fdatasync`/`fallocate` on its worker thread, and the I/O error policy (report, ignore, stop) |
 //!
 //! # Threads
@@ -43,6 +44,7 @@ mod ring;
 pub mod rng;
 pub mod seams;
 pub mod transport;
+pub mod vhost;
 pub mod vsock;
 pub mod worker;
 

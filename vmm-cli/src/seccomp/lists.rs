@@ -240,6 +240,14 @@ pub(super) fn device() -> Result<Rules, seccompiler::Error> {
     // accepted when it starts (TUNSETOFFLOAD, by value); its frames are
     // read and write on the tap (read above, write in the common part).
     allow_ioctls(&mut r, &[KVM_SIGNAL_MSI, KVM_IRQ_LINE, TUNSETOFFLOAD])?;
+    // A network card on vhost-net (vhost=on): its worker gives the
+    // kernel's vhost-net the features, guest RAM, rings and the tap when
+    // the guest starts the card, and takes the tap back and reads the
+    // rings' indexes back when it stops (the device file is opened and
+    // owned on the main thread at build time). The vhost-vsock worker
+    // (a device worker too) makes the same ones.
+    allow_ioctls(&mut r, &vmm_virtio::vhost::worker_ioctls())?;
+    allow_ioctls(&mut r, &vmm_virtio::net::vhost::worker_ioctls())?;
     Ok(r)
 }
 
@@ -271,9 +279,10 @@ pub(super) fn vsock() -> Result<Rules, seccompiler::Error> {
     )?;
     allow_ioctls(&mut r, &[FIONBIO])?;
     // A vhost-vsock-pci's worker gives the kernel's vhost-vsock the
-    // features, guest RAM and rings when the guest starts the device, and
-    // starts and stops it (the device file is opened, owned and given its
-    // CID on the main thread at build time).
+    // features, guest RAM and rings when the guest starts the device (the
+    // device workers' vhost ioctls), and starts and stops it (the device
+    // file is opened, owned and given its CID on the main thread at build
+    // time).
     allow_ioctls(&mut r, &vmm_virtio::vsock::vhost::worker_ioctls())?;
     Ok(r)
 }

@@ -54,7 +54,7 @@ pub(super) struct Counters {
 /// The machine's hold on a card: its counters. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct NetHandle {
-    counters: Arc<Counters>,
+    pub(super) counters: Arc<Counters>,
 }
 
 impl NetHandle {
@@ -121,14 +121,16 @@ impl VirtioNet {
     pub fn mac(&self) -> MacAddr {
         self.mac
     }
+}
 
-    fn config(&self) -> [u8; CONFIG_LEN] {
-        let mut c = [0u8; CONFIG_LEN];
-        c[..6].copy_from_slice(&self.mac.0);
-        c[6..8].copy_from_slice(&(VIRTIO_NET_S_LINK_UP as u16).to_le_bytes());
-        c[8..10].copy_from_slice(&1u16.to_le_bytes());
-        c
-    }
+/// The configuration space of a card with address `mac`: the link is
+/// always up, one queue pair.
+pub(super) fn config_space(mac: MacAddr) -> [u8; CONFIG_LEN] {
+    let mut c = [0u8; CONFIG_LEN];
+    c[..6].copy_from_slice(&mac.0);
+    c[6..8].copy_from_slice(&(VIRTIO_NET_S_LINK_UP as u16).to_le_bytes());
+    c[8..10].copy_from_slice(&1u16.to_le_bytes());
+    c
 }
 
 impl<M: Memory> VirtioDevice<M> for VirtioNet {
@@ -149,7 +151,7 @@ impl<M: Memory> VirtioDevice<M> for VirtioNet {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let config = self.config();
+        let config = config_space(self.mac);
         crate::device::read_config_bytes(&config, offset, data);
     }
 

@@ -26,6 +26,12 @@
 //! frame fills them; with `MRG_RXBUF` a frame spans as many as it needs
 //! (`num_buffers` says how many), without it a frame must fit one.
 //!
+//! # vhost-net
+//!
+//! [`VhostNet`] is the same card with the rings served by the host
+//! kernel's vhost-net instead of our worker (`vhost=on`): the kernel
+//! reads and writes the tap itself, and checks the guest's chains itself.
+//!
 //! # Untrusted input
 //!
 //! A transmit chain that is empty, shorter than the header, longer than
@@ -39,10 +45,12 @@ mod backend;
 pub mod chains;
 mod device;
 pub mod tap;
+pub mod vhost;
 mod worker;
 
 pub use backend::NetBackend;
 pub use device::{NetHandle, VirtioNet};
+pub use vhost::{VhostNet, VhostNetError};
 
 use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_ECN, VIRTIO_NET_F_GUEST_TSO4,

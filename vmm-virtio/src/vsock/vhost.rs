@@ -15,90 +15,25 @@
 //! (SET_RUNNING 0) before the worker ends. The event queue stays with us:
 //! nothing is ever sent on it.
 
-use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
+use std::path::Path;
 use std::sync::Arc;
 
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
-use virtio_queue::QueueT;
-use vm_memory::{
-    GuestAddress, GuestMemory, GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress,
-};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
-use vmm_sys_util::ioctl::{ioctl, ioctl_with_mut_ref, ioctl_with_ptr, ioctl_with_ref};
 
 use super::{check_cid, CidError, QUEUE_SIZE, RX_QUEUE, TX_QUEUE, VIRTIO_ID_VSOCK};
 use crate::device::{ActivateContext, ActivateError, ActiveQueue, DeviceState, VirtioDevice};
-use crate::worker::{ThreadStart, Waiter, Worker, STOP_TOKEN};
+use crate::vhost::{forward_calls, host_address, IoctlError, OpenError, VhostFile};
+use crate::worker::{ThreadStart, Waiter, Worker};
 use crate::Memory;
 
-/// The ioctl numbers of `<linux/vhost.h>`.
-#[allow(dead_code)] // VHOST_GET_VRING_BASE: only checked against the kernel's.
-mod nr {
-    use super::{VringAddr, VringFile, VringState};
-    use vmm_sys_util::{ioctl_io_nr, ioctl_ior_nr, ioctl_iow_nr, ioctl_iowr_nr};
-
-    const VHOST: u32 = 0xAF;
-    ioctl_ior_nr!(VHOST_GET_FEATURES, VHOST, 0x00, u64);
-    ioctl_iow_nr!(VHOST_SET_FEATURES, VHOST, 0x00, u64);
-    ioctl_io_nr!(VHOST_SET_OWNER, VHOST, 0x01);
-    // struct vhost_memory's fixed part: nregions, padding.
-    ioctl_iow_nr!(VHOST_SET_MEM_TABLE, VHOST, 0x03, [u32; 2]);
-    ioctl_iow_nr!(VHOST_SET_VRING_NUM, VHOST, 0x10, VringState);
-    ioctl_iow_nr!(VHOST_SET_VRING_ADDR, VHOST, 0x11, VringAddr);
-    ioctl_iow_nr!(VHOST_SET_VRING_BASE, VHOST, 0x12, VringState);
-    ioctl_iowr_nr!(VHOST_GET_VRING_BASE, VHOST, 0x12, VringState);
-    ioctl_iow_nr!(VHOST_SET_VRING_KICK, VHOST, 0x20, VringFile);
-    ioctl_iow_nr!(VHOST_SET_VRING_CALL, VHOST, 0x21, VringFile);
-    ioctl_iow_nr!(VHOST_VSOCK_SET_GUEST_CID, VHOST, 0x60, u64);
-    ioctl_iow_nr!(VHOST_VSOCK_SET_RUNNING, VHOST, 0x61, i32);
-}
-use nr::*;
-
-/// The vhost ioctl requests a started device's worker makes (the device
-/// file is opened, owned and given its CID at build time), for the VMM's
-/// seccomp list.
-pub fn worker_ioctls() -> [u64; 8] {
-    [
-        VHOST_SET_FEATURES(),
-        VHOST_SET_MEM_TABLE(),
-        VHOST_SET_VRING_NUM(),
-        VHOST_SET_VRING_ADDR(),
-        VHOST_SET_VRING_BASE(),
-        VHOST_SET_VRING_KICK(),
-        VHOST_SET_VRING_CALL(),
-        VHOST_VSOCK_SET_RUNNING(),
-    ]
-}
-
-/// `struct vhost_vring_state`.
-#[repr(C)]
-#[derive(Debug, Default, Clone, Copy)]
-struct VringState {
-    index: u32,
-    num: u32,
-}
-
-/// `struct vhost_vring_file`.
-#[repr(C)]
-#[derive(Debug, Default, Clone, Copy)]
-struct VringFile {
-    index: u32,
-    fd: i32,
-}
-
-/// `struct vhost_vring_addr` (no logging).
-#[repr(C)]
-#[derive(Debug, Default, Clone, Copy)]
-struct VringAddr {
-    index: u32,
-    flags: u32,
-    desc_user_addr: u64,
-    used_user_addr: u64,
-    avail_user_addr: u64,
-    log_guest_addr: u64,
+/// The vhost-vsock ioctl requests a started device's worker makes
+/// besides [`crate::vhost::worker_ioctls`], for the VMM's seccomp list.
+pub fn worker_ioctls() -> [u64; 1] {
+    [crate::vhost::vsock_running_ioctl()]
 }
 
 /// The ring features passed through to the kernel if it has them.
@@ -121,19 +56,16 @@ pub enum VhostError {
     CidInUse(u64),
 }
 
-fn check(name: &'static str, r: i32) -> Result<(), VhostError> {
-    if r < 0 {
-        Err(VhostError::Ioctl(name, io::Error::last_os_error()))
-    } else {
-        Ok(())
+impl From<IoctlError> for VhostError {
+    fn from(e: IoctlError) -> Self {
+        Self::Ioctl(e.name, e.source)
     }
 }
 
 /// A vhost-vsock device.
 pub struct VhostVsock {
     cid: u64,
-    file: Arc<File>,
-    features: u64,
+    file: Arc<VhostFile>,
     calls: Arc<[EventFd; 2]>,
     worker: Worker,
     acked: u64,
@@ -154,34 +86,20 @@ impl VhostVsock {
     /// `start` first.
     pub fn open(cid: u64, start: Option<ThreadStart>) -> Result<Self, VhostError> {
         let cid = check_cid(cid)?;
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open("/dev/vhost-vsock")
-            .map_err(VhostError::Open)?;
-        // SAFETY: VHOST_SET_OWNER takes no argument; file is a vhost fd.
-        check("VHOST_SET_OWNER", unsafe {
-            ioctl(&file, VHOST_SET_OWNER())
+        let file = VhostFile::open(Path::new("/dev/vhost-vsock")).map_err(|e| match e {
+            OpenError::Open(e) => VhostError::Open(e),
+            OpenError::Ioctl(e) => e.into(),
         })?;
-        let mut features = 0u64;
-        // SAFETY: the kernel writes one u64 into `features`.
-        check("VHOST_GET_FEATURES", unsafe {
-            ioctl_with_mut_ref(&file, VHOST_GET_FEATURES(), &mut features)
-        })?;
-        // SAFETY: the kernel reads one u64 from `cid`.
-        let r = unsafe { ioctl_with_ref(&file, VHOST_VSOCK_SET_GUEST_CID(), &cid) };
-        if r < 0 {
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::EADDRINUSE) {
+        if let Err(e) = file.vsock_set_guest_cid(cid) {
+            if e.source.raw_os_error() == Some(libc::EADDRINUSE) {
                 return Err(VhostError::CidInUse(cid));
             }
-            return Err(VhostError::Ioctl("VHOST_VSOCK_SET_GUEST_CID", e));
+            return Err(e.into());
         }
         let new = || EventFd::new(EFD_NONBLOCK).map_err(|e| VhostError::Ioctl("eventfd", e));
         Ok(Self {
             cid,
             file: Arc::new(file),
-            features,
             calls: Arc::new([new()?, new()?]),
             worker: Worker::new("vhost-vsock", start)
                 .map_err(|e| VhostError::Ioctl("the worker thread", e))?,
@@ -195,28 +113,9 @@ impl VhostVsock {
     }
 }
 
-/// Guest RAM as `struct vhost_memory`: nregions, padding, then each
-/// region's guest address, size, host address and flags, as u64 words.
-/// Memory with no physical backing gives an empty table.
-pub(super) fn mem_table<M: GuestMemory>(mem: &M) -> Vec<u64> {
-    let Some(phys) = mem.physical_memory() else {
-        return vec![0];
-    };
-    let regions: Vec<[u64; 4]> = phys
-        .iter()
-        .filter_map(|r| {
-            let host = r.get_host_address(MemoryRegionAddress(0)).ok()?;
-            Some([r.start_addr().0, r.len(), host as u64, 0])
-        })
-        .collect();
-    let mut table = vec![regions.len() as u64];
-    table.extend(regions.iter().flatten());
-    table
-}
-
 /// The worker's set-up of the kernel's rings, then its wait.
 struct Body<M: Memory> {
-    file: Arc<File>,
+    file: Arc<VhostFile>,
     calls: Arc<[EventFd; 2]>,
     ctx_mem: Arc<M>,
     features: u64,
@@ -225,85 +124,24 @@ struct Body<M: Memory> {
 }
 
 impl<M: Memory> Body<M> {
-    fn host(&self, addr: GuestAddress) -> Result<u64, VhostError> {
-        self.ctx_mem
-            .physical_memory()
-            .and_then(|m| m.get_host_address(addr).ok())
-            .map(|p| p as u64)
-            .ok_or(())
-            .map_err(|_| VhostError::Ioctl("a ring outside RAM", io::Error::other("")))
-    }
-
-    fn start(&self) -> Result<(), VhostError> {
+    fn start(&self) -> Result<(), IoctlError> {
         let f = &*self.file;
-        // SAFETY: the kernel reads one u64.
-        check("VHOST_SET_FEATURES", unsafe {
-            ioctl_with_ref(f, VHOST_SET_FEATURES(), &self.features)
-        })?;
-        let table = mem_table(&*self.ctx_mem);
-        // SAFETY: `table` is a vhost_memory header (nregions in the low
-        // 32 bits of word 0, then padding) followed by nregions regions of
-        // four u64 each, all within the vector.
-        check("VHOST_SET_MEM_TABLE", unsafe {
-            ioctl_with_ptr(f, VHOST_SET_MEM_TABLE(), table.as_ptr())
-        })?;
+        f.set_features(self.features)?;
+        f.set_mem_table(&*self.ctx_mem)?;
         for (i, q) in self.queues.iter().enumerate() {
-            let index = i as u32;
-            let queue = &q.queue;
-            let state = VringState {
-                index,
-                num: u32::from(queue.size()),
-            };
-            // SAFETY: the kernel reads a vhost_vring_state.
-            check("VHOST_SET_VRING_NUM", unsafe {
-                ioctl_with_ref(f, VHOST_SET_VRING_NUM(), &state)
-            })?;
-            let addr = VringAddr {
-                index,
-                flags: 0,
-                desc_user_addr: self.host(GuestAddress(queue.desc_table()))?,
-                used_user_addr: self.host(GuestAddress(queue.used_ring()))?,
-                avail_user_addr: self.host(GuestAddress(queue.avail_ring()))?,
-                log_guest_addr: 0,
-            };
-            // SAFETY: the kernel reads a vhost_vring_addr.
-            check("VHOST_SET_VRING_ADDR", unsafe {
-                ioctl_with_ref(f, VHOST_SET_VRING_ADDR(), &addr)
-            })?;
-            let base = VringState {
-                index,
-                num: u32::from(queue.next_avail()),
-            };
-            // SAFETY: the kernel reads a vhost_vring_state.
-            check("VHOST_SET_VRING_BASE", unsafe {
-                ioctl_with_ref(f, VHOST_SET_VRING_BASE(), &base)
-            })?;
-            let kick = VringFile {
-                index,
-                fd: q.notify.as_raw_fd(),
-            };
-            // SAFETY: the kernel reads a vhost_vring_file; the fd is open.
-            check("VHOST_SET_VRING_KICK", unsafe {
-                ioctl_with_ref(f, VHOST_SET_VRING_KICK(), &kick)
-            })?;
-            let call = VringFile {
-                index,
-                fd: self.calls[i].as_raw_fd(),
-            };
-            // SAFETY: as above.
-            check("VHOST_SET_VRING_CALL", unsafe {
-                ioctl_with_ref(f, VHOST_SET_VRING_CALL(), &call)
-            })?;
+            f.set_vring(
+                i as u32,
+                &q.queue,
+                |a| host_address(&*self.ctx_mem, a),
+                q.notify.as_raw_fd(),
+                self.calls[i].as_raw_fd(),
+            )?;
         }
         self.running(true)
     }
 
-    fn running(&self, on: bool) -> Result<(), VhostError> {
-        let v: i32 = on.into();
-        // SAFETY: the kernel reads one int.
-        check("VHOST_VSOCK_SET_RUNNING", unsafe {
-            ioctl_with_ref(&*self.file, VHOST_VSOCK_SET_RUNNING(), &v)
-        })
+    fn running(&self, on: bool) -> Result<(), IoctlError> {
+        self.file.vsock_set_running(on)
     }
 
     fn run(self, waiter: Waiter) {
@@ -313,31 +151,9 @@ impl<M: Memory> Body<M> {
             self.interrupt.set_needs_reset();
             return;
         }
-        let added = waiter
-            .add(&self.calls[0], 0)
-            .and_then(|()| waiter.add(&self.calls[1], 1));
-        if let Err(e) = added {
-            log::error!("vhost-vsock: cannot wait on the kernel's interrupts: {e}");
+        let calls = [(&self.calls[0], RX_QUEUE), (&self.calls[1], TX_QUEUE)];
+        if !forward_calls("vhost-vsock", &waiter, &calls, &*self.interrupt) {
             self.interrupt.set_needs_reset();
-        }
-        loop {
-            let tokens = match waiter.wait() {
-                Ok(t) => t,
-                Err(e) => {
-                    log::error!("vhost-vsock: the worker cannot wait: {e}");
-                    break;
-                }
-            };
-            if tokens.contains(&STOP_TOKEN) || waiter.stopping() {
-                break;
-            }
-            for t in tokens {
-                if let Some(call) = self.calls.get(t as usize) {
-                    let _ = call.read();
-                    let queue = if t == 0 { RX_QUEUE } else { TX_QUEUE };
-                    self.interrupt.signal_queue(queue);
-                }
-            }
         }
         if let Err(e) = self.running(false) {
             log::warn!("vhost-vsock: cannot stop the kernel's device: {e}");
@@ -351,7 +167,7 @@ impl<M: Memory> VirtioDevice<M> for VhostVsock {
     }
 
     fn features(&self) -> u64 {
-        self.features & PASSED
+        self.file.features() & PASSED
     }
 
     fn queue_max_sizes(&self) -> Vec<u16> {
@@ -417,43 +233,5 @@ impl<M: Memory> VirtioDevice<M> for VhostVsock {
             completed: 0,
             held: 0,
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_ioctl_numbers_are_the_kernels() {
-        // From <linux/vhost.h> as the kernel's _IO* macros compute them.
-        assert_eq!(VHOST_GET_FEATURES(), 0x8008_af00);
-        assert_eq!(VHOST_SET_FEATURES(), 0x4008_af00);
-        assert_eq!(VHOST_SET_OWNER(), 0xaf01);
-        assert_eq!(VHOST_SET_MEM_TABLE(), 0x4008_af03);
-        assert_eq!(VHOST_SET_VRING_NUM(), 0x4008_af10);
-        assert_eq!(VHOST_SET_VRING_ADDR(), 0x4028_af11);
-        assert_eq!(VHOST_SET_VRING_BASE(), 0x4008_af12);
-        assert_eq!(VHOST_GET_VRING_BASE(), 0xc008_af12);
-        assert_eq!(VHOST_SET_VRING_KICK(), 0x4008_af20);
-        assert_eq!(VHOST_SET_VRING_CALL(), 0x4008_af21);
-        assert_eq!(VHOST_VSOCK_SET_GUEST_CID(), 0x4008_af60);
-        assert_eq!(VHOST_VSOCK_SET_RUNNING(), 0x4004_af61);
-    }
-
-    #[test]
-    fn guest_ram_becomes_the_kernels_memory_table() {
-        let mem = vm_memory::GuestMemoryMmap::<()>::from_ranges(&[
-            (GuestAddress(0), 0x10000),
-            (GuestAddress(0x1_0000_0000), 0x20000),
-        ])
-        .unwrap();
-        let t = mem_table(&mem);
-        assert_eq!(t.len(), 1 + 2 * 4);
-        assert_eq!(t[0], 2, "nregions, padding 0");
-        assert_eq!((t[1], t[2], t[4]), (0, 0x10000, 0));
-        assert_eq!((t[5], t[6], t[8]), (0x1_0000_0000, 0x20000, 0));
-        let host = mem.get_host_address(GuestAddress(0x1_0000_0000)).unwrap();
-        assert_eq!(t[7], host as u64);
     }
 }

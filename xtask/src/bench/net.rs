@@ -23,15 +23,23 @@
 //! tap and address on the host itself, so it does not run there (the
 //! section says so).
 //!
-//! **The VMMs.** Ours: `--netdev tap,id=n0,ifname=tap0 --device
-//! virtio-net-pci,netdev=n0`. QEMU: `-M microvm,pcie=on` (as the `blk`
-//! suite) with `-netdev tap,id=n0,ifname=tap0,script=no,downscript=no,
-//! vhost=off` and `-device virtio-net-pci,netdev=n0,romfile=` (no option
-//! ROM: microvm boots the kernel directly); a third row with `vhost=on`
-//! when L1 has `/dev/vhost-net` (after loading `vhost_net` and its
-//! dependencies from the guest files, when they are there). Same kernel,
-//! initramfs, 256 MiB, command line, and vCPUs (1; 2 as well without
-//! `--quick`).
+//! **The VMMs.** Ours: `--netdev tap,id=n0,ifname=tap0,vhost=off --device
+//! virtio-net-pci,netdev=n0`, and the same with `vhost=on` when L1 has
+//! `/dev/vhost-net`. QEMU: `-M microvm,pcie=on` (as the `blk` suite) with
+//! `-netdev tap,id=n0,ifname=tap0,script=no,downscript=no,vhost=off` and
+//! `-device virtio-net-pci,netdev=n0,romfile=` (no option ROM: microvm
+//! boots the kernel directly); the same with `vhost=on` when L1 has
+//! `/dev/vhost-net` (after loading `vhost_net` and its dependencies from
+//! the guest files, when they are there). Ours with vhost=on is reported
+//! against QEMU with vhost=on. Same kernel, initramfs, 256 MiB, command
+//! line, and vCPUs (1; 2 as well without `--quick`).
+//!
+//! **vsock.** The same rows over AF_VSOCK ([`vmms`]): the guest (CID 3,
+//! Debian's `vmw_vsock_virtio_transport`, its own initramfs) connects to
+//! CID 2; ours with `virtio-vsock-pci,uds=` (`net_load` in L1 listens on
+//! the Unix socket the device connects such a connection to) and with
+//! `vhost-vsock-pci`, QEMU with `vhost-vsock-pci` (`net_load` in L1
+//! listens on AF_VSOCK), the vhost ones when L1 has `/dev/vhost-vsock`.
 //!
 //! **The runs.** One script in L1 boots every run in turn (each VMM once
 //! per round, who goes first rotating), no warm-up; at most [`MAX_RUNS`]
@@ -79,6 +87,17 @@ const MODULES: &[&str] = &[
     "net_failover",
     "virtio_net",
 ];
+/// The guest's vsock drivers, in dependency order.
+const VSOCK_MODULES: &[&str] = &[
+    "virtio_ring",
+    "virtio",
+    "virtio_pci_legacy_dev",
+    "virtio_pci_modern_dev",
+    "virtio_pci",
+    "vsock",
+    "vmw_vsock_virtio_transport_common",
+    "vmw_vsock_virtio_transport",
+];
 /// What L1 needs for `/dev/vhost-net`, in dependency order (shipped when
 /// the guest files have them; `tun` is loaded by the test bed).
 const VHOST_MODULES: &[&str] = &["vhost_iotlb", "vhost", "tap", "vhost_net"];
@@ -110,62 +129,6 @@ impl Sizes {
     }
 }
 
-/// The VMMs under test.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Vmm {
-    Ours,
-    Qemu,
-    QemuVhost,
-}
-
-const VMMS: [Vmm; 3] = [Vmm::Ours, Vmm::Qemu, Vmm::QemuVhost];
-
-impl Vmm {
-    fn key(self) -> &'static str {
-        match self {
-            Vmm::Ours => "ours",
-            Vmm::Qemu => "qemu",
-            Vmm::QemuVhost => "qemu-vhost",
-        }
-    }
-
-    fn from_key(key: &str) -> Option<Self> {
-        VMMS.into_iter().find(|v| v.key() == key)
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            Vmm::Ours => "vmm (ours)",
-            Vmm::Qemu => "QEMU vhost=off",
-            Vmm::QemuVhost => "QEMU vhost=on",
-        }
-    }
-
-    /// The command running this VMM with `cpus` vCPUs (`$VMM`, `$QEMU`
-    /// and `$QEMU_DATA` come from the test bed).
-    fn command(self, cpus: u32) -> String {
-        let qemu = |vhost: &str| {
-            format!(
-                "\"$QEMU\" -M microvm,pcie=on -accel kvm -cpu host,-arch-capabilities -smp {cpus} \
-                 -m {MEMORY_MIB}M -nodefaults -no-user-config -display none -no-reboot \
-                 -serial stdio -L \"$QEMU_DATA\" -kernel bzImage -initrd initrd \
-                 -append '{APPEND}' \
-                 -netdev tap,id=n0,ifname={TAP},script=no,downscript=no,vhost={vhost} \
-                 -device virtio-net-pci,netdev=n0,romfile="
-            )
-        };
-        match self {
-            Vmm::Ours => format!(
-                "\"$VMM\" --kernel bzImage --initrd initrd --memory {MEMORY_MIB}M --cpus {cpus} \
-                 --append '{APPEND}' --netdev tap,id=n0,ifname={TAP} \
-                 --device virtio-net-pci,netdev=n0"
-            ),
-            Vmm::Qemu => qemu("off"),
-            Vmm::QemuVhost => qemu("on"),
-        }
-    }
-}
-
 /// The guest's rows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -190,11 +153,13 @@ impl Kind {
         KINDS.into_iter().find(|k| k.key() == key)
     }
 
-    fn label(self) -> &'static str {
+    /// The row's name, over vsock or TCP.
+    fn label(self, vsock: bool) -> String {
+        let over = if vsock { "vsock" } else { "TCP" };
         match self {
-            Kind::Tx => "TCP stream guest → L1",
-            Kind::Rx => "TCP stream L1 → guest",
-            Kind::Rr => "TCP request/response, 1 byte",
+            Kind::Tx => format!("{over} stream guest → L1"),
+            Kind::Rx => format!("{over} stream L1 → guest"),
+            Kind::Rr => format!("{over} request/response, 1 byte"),
         }
     }
 
@@ -248,37 +213,64 @@ fn plan(runs: usize, cpus: &[u32]) -> Vec<Label> {
 }
 
 /// The script in L1: `/dev/vhost-net` if it can be had (said on an
-/// `@@NETVHOST yes|no` line), then `boots` in turn (the vhost=on ones only
-/// with it); `net_load`'s lines go to `$TESTBED_LIVE`.
+/// `@@NETVHOST yes|no` line) and whether there is `/dev/vhost-vsock`
+/// (`@@NETVHOSTVSOCK yes|no`), then `boots` in turn (those on a host
+/// kernel's device only with it); `net_load`'s lines go to
+/// `$TESTBED_LIVE`.
 fn script(boots: &[Label]) -> String {
     let mut s = format!(
         "[ -e /dev/vhost-net ] || for m in {}; do [ -e $m.ko ] && insmod $m.ko; done 2>/dev/null\n\
          if [ -e /dev/vhost-net ]; then echo '@@NETVHOST yes'; else echo '@@NETVHOST no'; fi \
+         >>\"$TESTBED_LIVE\"\n\
+         if [ -e /dev/vhost-vsock ]; then echo '@@NETVHOSTVSOCK yes'; else echo '@@NETVHOSTVSOCK no'; fi \
          >>\"$TESTBED_LIVE\"\n",
         VHOST_MODULES.join(" ")
     );
     for b in boots {
-        let line = format!(
-            "./{TOOL} host \"vmm={} cpus={} run={}\" {BOOT_TIMEOUT_S} /tmp/l2.log {PORT} {TAP} \
-             {HOST_ADDR}/24 {} >>\"$TESTBED_LIVE\"",
+        let mut line = format!(
+            "./{TOOL} host \"vmm={} cpus={} run={}\" {BOOT_TIMEOUT_S} /tmp/l2.log {} {} \
+             >>\"$TESTBED_LIVE\"",
             b.vmm.key(),
             b.cpus,
             b.run,
+            b.vmm.listen(),
             b.vmm.command(b.cpus)
         );
-        if b.vmm == Vmm::QemuVhost {
-            let _ = writeln!(s, "if [ -e /dev/vhost-net ]; then {line}; fi");
-        } else {
-            let _ = writeln!(s, "{line}");
+        if b.vmm == Vmm::VsockOurs {
+            // The VMM binds the socket itself, and refuses a path in use.
+            line = format!("rm -f {UDS}; {line}");
+        }
+        match b.vmm.needs() {
+            Some(dev) => {
+                let _ = writeln!(s, "if [ -e {dev} ]; then {line}; fi");
+            }
+            None => {
+                let _ = writeln!(s, "{line}");
+            }
         }
     }
     s
 }
 
-/// The L2 guest's `/init`: the virtio-net driver, the address, the load,
-/// its exit status, a reboot (a second later: `reboot -f` drops what the
-/// console's driver has not sent yet, the load's last lines with it).
-fn init_script(secs: u32) -> String {
+/// The L2 guest's `/init`: the virtio-net driver and the address (or the
+/// vsock driver), the load, its exit status, a reboot (a second later:
+/// `reboot -f` drops what the console's driver has not sent yet, the
+/// load's last lines with it).
+fn init_script(secs: u32, vsock: bool) -> String {
+    let (modules, setup, server) = if vsock {
+        (VSOCK_MODULES, String::new(), "vsock:2".to_owned())
+    } else {
+        (
+            MODULES,
+            format!(
+                "i=0; while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 10 ]; do sleep 1; i=$((i+1)); done\n\
+                 ip link set lo up\n\
+                 ip addr add {GUEST_ADDR}/24 dev eth0\n\
+                 ip link set eth0 up\n"
+            ),
+            HOST_ADDR.to_owned(),
+        )
+    };
     format!(
         "#!/bin/sh\n\
          export PATH=/bin:/sbin\n\
@@ -286,15 +278,12 @@ fn init_script(secs: u32) -> String {
          mount -t sysfs sysfs /sys\n\
          mount -t devtmpfs devtmpfs /dev\n\
          for m in {}; do insmod /lib/modules/$m.ko; done\n\
-         i=0; while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 10 ]; do sleep 1; i=$((i+1)); done\n\
-         ip link set lo up\n\
-         ip addr add {GUEST_ADDR}/24 dev eth0\n\
-         ip link set eth0 up\n\
-         /{TOOL} client {HOST_ADDR} {PORT} {secs}\n\
+         {setup}\
+         /{TOOL} client {server} {PORT} {secs}\n\
          echo \"@@NET-EXIT $?\"\n\
          sleep 1\n\
          reboot -f\n",
-        MODULES.join(" ")
+        modules.join(" ")
     )
 }
 
@@ -331,7 +320,7 @@ fn vhost_note(vhost: Option<bool>, shipped: &[&str]) -> Option<String> {
             shipped.join(", ")
         ),
     };
-    Some(format!("QEMU vhost=on: not measured: {why}."))
+    Some(format!("vhost=on (ours and QEMU's): not measured: {why}."))
 }
 
 /// The report's section: per vCPU count and per QEMU measured, ours beside
@@ -340,8 +329,8 @@ fn vhost_note(vhost: Option<bool>, shipped: &[&str]) -> Option<String> {
 fn section(rows: &[RowLine], runs: usize, sizes: Sizes, notes: Vec<String>) -> Section {
     let mut s = Section::new(
         "net",
-        "Network: virtio-net-pci on a tap, TCP between a Linux guest and L1 (nested: both VMMs \
-         in one L1 of the test bed, the tap in L1)",
+        "Network: virtio-net-pci on a tap, TCP between a Linux guest and L1, and vsock (nested: \
+         both VMMs in one L1 of the test bed, the tap in L1)",
     );
     s.note(format!(
         "In the guest (net_load.c, Debian's virtio_net, {GUEST_ADDR}/24) against the same program \
@@ -353,10 +342,20 @@ fn section(rows: &[RowLine], runs: usize, sizes: Sizes, notes: Vec<String>) -> S
         sizes.secs
     ));
     s.note(format!(
-        "Ours: --netdev tap,id=n0,ifname={TAP} --device virtio-net-pci,netdev=n0. QEMU: -M \
-         microvm,pcie=on -netdev tap,id=n0,ifname={TAP},script=no,downscript=no,vhost=off|on \
-         -device virtio-net-pci,netdev=n0,romfile=. Both: the default guest's kernel, \
+        "Ours: --netdev tap,id=n0,ifname={TAP},vhost=off|on --device virtio-net-pci,netdev=n0. \
+         QEMU: -M microvm,pcie=on -netdev tap,id=n0,ifname={TAP},script=no,downscript=no,\
+         vhost=off|on -device virtio-net-pci,netdev=n0,romfile=. Each vhost=on row set compares \
+         ours with vhost=on against QEMU with vhost=on. Both: the default guest's kernel, \
          {MEMORY_MIB} MiB, the same command line."
+    ));
+    s.note(format!(
+        "vsock rows: the same rows over AF_VSOCK, the guest (Debian's \
+         vmw_vsock_virtio_transport, CID {GUEST_CID}) connecting to CID 2 port {PORT}: ours with \
+         --device virtio-vsock-pci,guest-cid={GUEST_CID},uds={UDS} (net_load in L1 listening on \
+         {UDS}_{PORT}) and with --device vhost-vsock-pci,guest-cid={GUEST_CID} (net_load \
+         listening on AF_VSOCK port {PORT} in L1), each against QEMU's -device \
+         vhost-vsock-pci,guest-cid={GUEST_CID}. Host CPU per GiB for vhost-vsock leaves out the \
+         kernel's vhost worker thread, as for vhost-net."
     ));
     s.note(
         "Host CPU per GiB: the VMM process's utime + stime (/proc/PID/stat in L1, all threads, \
@@ -379,9 +378,16 @@ fn section(rows: &[RowLine], runs: usize, sizes: Sizes, notes: Vec<String>) -> S
         if !measured(None) {
             continue;
         }
-        s.rows.extend(rows_for(rows, cpus, Vmm::Qemu));
-        if measured(Some(Vmm::QemuVhost)) {
-            s.rows.extend(rows_for(rows, cpus, Vmm::QemuVhost));
+        for (ours, q) in [
+            (Vmm::Ours, Vmm::Qemu),
+            (Vmm::OursVhost, Vmm::QemuVhost),
+            (Vmm::VsockOurs, Vmm::VsockQemu),
+            (Vmm::VsockOursVhost, Vmm::VsockQemu),
+        ] {
+            // The vhost and vsock pairs only where a boot of either ran.
+            if ours == Vmm::Ours || measured(Some(ours)) || measured(Some(q)) {
+                s.rows.extend(rows_for(rows, cpus, ours, q));
+            }
         }
     }
     for n in notes {
@@ -390,25 +396,26 @@ fn section(rows: &[RowLine], runs: usize, sizes: Sizes, notes: Vec<String>) -> S
     s
 }
 
-/// The rows of ours beside QEMU `q` with `cpus` vCPUs.
-fn rows_for(rows: &[RowLine], cpus: u32, q: Vmm) -> Vec<Row> {
+/// The rows of `ours` beside QEMU `q` with `cpus` vCPUs.
+fn rows_for(rows: &[RowLine], cpus: u32, ours: Vmm, q: Vmm) -> Vec<Row> {
     let mut out = Vec::new();
     let prefix = vcpus(cpus);
-    let vs = format!(" (vs {})", q.name());
+    let vs = format!(" ({} vs {})", ours.name(), q.name());
     let pick = |kind: Kind| {
         rows.iter().filter(move |r| {
-            r.label.cpus == cpus && r.kind == kind && (r.label.vmm == Vmm::Ours || r.label.vmm == q)
+            r.label.cpus == cpus && r.kind == kind && (r.label.vmm == ours || r.label.vmm == q)
         })
     };
     let who = |r: &RowLine| {
-        if r.label.vmm == Vmm::Ours {
+        if r.label.vmm.is_ours() {
             Who::Ours
         } else {
             Who::Qemu
         }
     };
+    let vsock = ours.is_vsock();
     for kind in KINDS {
-        let mut rate = Row::new(format!("{prefix}: {}{vs}", kind.label()), kind.unit())
+        let mut rate = Row::new(format!("{prefix}: {}{vs}", kind.label(vsock)), kind.unit())
             .goal(Goal::AtLeastQemu(1.0));
         for r in pick(kind) {
             rate.push(who(r), r.rate());
@@ -418,14 +425,14 @@ fn rows_for(rows: &[RowLine], cpus: u32, q: Vmm) -> Vec<Row> {
             continue;
         }
         let mut cpu = Row::new(
-            format!("{prefix}: host CPU per GiB, {}{vs}", kind.label()),
+            format!("{prefix}: host CPU per GiB, {}{vs}", kind.label(vsock)),
             "s/GiB",
         )
         .goal(Goal::QemuRatio(1.0));
         let mut own = Row::new(
             format!(
                 "{prefix}: host CPU per GiB outside guest mode, {}{vs}",
-                kind.label()
+                kind.label(vsock)
             ),
             "s/GiB",
         )
@@ -443,19 +450,30 @@ fn rows_for(rows: &[RowLine], cpus: u32, q: Vmm) -> Vec<Row> {
     out
 }
 
-/// The L2 initramfs: busybox, the virtio-net modules, `net_load`, `/init`.
-fn guest_initrd(guest: &GuestFiles, dir: &Path, tool: &Path, secs: u32) -> Result<PathBuf> {
+/// The L2 initramfs: busybox, the virtio-net (or vsock) modules,
+/// `net_load`, `/init`.
+fn guest_initrd(
+    guest: &GuestFiles,
+    dir: &Path,
+    tool: &Path,
+    secs: u32,
+    vsock: bool,
+) -> Result<PathBuf> {
     let read = |p: &Path| std::fs::read(p).with_context(|| format!("cannot read {}", p.display()));
     let mut extra = vec![(TOOL.to_owned(), read(tool)?, 0o755)];
-    for m in MODULES {
+    for m in if vsock { VSOCK_MODULES } else { MODULES } {
         extra.push((
             format!("lib/modules/{m}.ko"),
             read(&guest.module(m))?,
             0o644,
         ));
     }
-    let initrd = dir.join("initrd.cpio");
-    let image = busybox_initramfs(&read(&guest.busybox)?, &init_script(secs), &extra)?;
+    let initrd = dir.join(if vsock {
+        "initrd-vsock.cpio"
+    } else {
+        "initrd.cpio"
+    });
+    let image = busybox_initramfs(&read(&guest.busybox)?, &init_script(secs, vsock), &extra)?;
     std::fs::write(&initrd, image).with_context(|| format!("cannot write {}", initrd.display()))?;
     Ok(initrd)
 }
@@ -465,7 +483,7 @@ fn guest_initrd(guest: &GuestFiles, dir: &Path, tool: &Path, secs: u32) -> Resul
 /// failures).
 fn boots(runs: usize, sizes: Sizes) -> Result<(Vec<RowLine>, Vec<String>)> {
     let guest = GuestFiles::default_location()?;
-    for m in MODULES.iter().chain(&["tun"]) {
+    for m in MODULES.iter().chain(VSOCK_MODULES).chain(&["tun"]) {
         if !guest.module(m).exists() {
             bail!("no {m}.ko in the guest files (cargo xtask guest refreshes them)");
         }
@@ -473,13 +491,15 @@ fn boots(runs: usize, sizes: Sizes) -> Result<(Vec<RowLine>, Vec<String>)> {
     let vmm = target_dir().join("release").join("vmm");
     let tmp = TempDir::new("vmm-bench-net")?;
     let tool = build_static(&tmp.0, "net_load.c", TOOL)?;
-    let initrd = guest_initrd(&guest, &tmp.0, &tool, sizes.secs)?;
+    let initrd = guest_initrd(&guest, &tmp.0, &tool, sizes.secs, false)?;
+    let initrd_vsock = guest_initrd(&guest, &tmp.0, &tool, sizes.secs, true)?;
 
     let mut pending = plan(runs, sizes.cpus);
     let mut good: Vec<RowLine> = Vec::new();
     let mut failures: Vec<Failure> = Vec::new();
     let mut notes = Vec::new();
     let mut vhost = None;
+    let mut vhost_vsock = None;
     let shipped: Vec<&str> = VHOST_MODULES
         .iter()
         .copied()
@@ -489,6 +509,7 @@ fn boots(runs: usize, sizes: Sizes) -> Result<(Vec<RowLine>, Vec<String>)> {
         let mut job = Job::new(["--version"])
             .file("bzImage", &guest.bzimage)
             .file("initrd", &initrd)
+            .file("initrd-vsock", &initrd_vsock)
             .file(TOOL, &tool)
             .with_qemu();
         for m in &shipped {
@@ -531,7 +552,7 @@ fn boots(runs: usize, sizes: Sizes) -> Result<(Vec<RowLine>, Vec<String>)> {
             eprintln!(
                 "xtask: {}: {}: {:.1} {}, CPU {:.1} ms",
                 r.label.describe(),
-                r.kind.label(),
+                r.kind.label(r.label.vmm.is_vsock()),
                 r.rate(),
                 r.kind.unit(),
                 r.cpu_ms.unwrap_or(f64::NAN)
@@ -544,8 +565,13 @@ fn boots(runs: usize, sizes: Sizes) -> Result<(Vec<RowLine>, Vec<String>)> {
             }
         }
         vhost = vhost.or(p.vhost);
+        vhost_vsock = vhost_vsock.or(p.vhost_vsock);
         // Failed boots are not tried again: only those that never ran.
-        let skipped = |b: &Label| b.vmm == Vmm::QemuVhost && p.vhost == Some(false);
+        let skipped = |b: &Label| match b.vmm.needs() {
+            Some("/dev/vhost-net") => p.vhost == Some(false),
+            Some(_) => p.vhost_vsock == Some(false),
+            None => false,
+        };
         pending.retain(|b| !(p.ended.contains(b) || skipped(b)));
         good.extend(p.good);
         failures.extend(p.failures);
@@ -554,13 +580,21 @@ fn boots(runs: usize, sizes: Sizes) -> Result<(Vec<RowLine>, Vec<String>)> {
         }
     }
     notes.extend(vhost_note(vhost, &shipped));
-    let failed = |vmm: Vmm| failures.iter().filter(|f| f.label.vmm == vmm).count();
+    if vhost_vsock == Some(false) {
+        notes.push(
+            "vhost-vsock-pci (ours and QEMU's): not measured: L1 has no /dev/vhost-vsock.".into(),
+        );
+    }
+    let failed: Vec<String> = VMMS
+        .iter()
+        .map(|&v| {
+            let n = failures.iter().filter(|f| f.label.vmm == v).count();
+            format!("{} {n}", v.name())
+        })
+        .collect();
     notes.push(format!(
-        "failed boots (not retried, left out of the figures): ours {}, QEMU vhost=off {}, QEMU \
-         vhost=on {}",
-        failed(Vmm::Ours),
-        failed(Vmm::Qemu),
-        failed(Vmm::QemuVhost)
+        "failed boots (not retried, left out of the figures): {}",
+        failed.join(", ")
     ));
     for f in &failures {
         notes.push(format!("failed: {}", f.what));
@@ -597,5 +631,7 @@ fn boots(runs: usize, sizes: Sizes) -> Result<(Vec<RowLine>, Vec<String>)> {
 mod console;
 #[cfg(test)]
 mod tests;
+mod vmms;
 
 use console::{parse_console, Failure, RowLine};
+use vmms::{Vmm, GUEST_CID, UDS, VMMS};

@@ -7,7 +7,14 @@
  * time around each.
  *
  *   net_load client ADDR PORT SECONDS
- *   net_load host LABEL TIMEOUT_S LOG PORT TAP ADDR/PREFIX CMD [ARGS...]
+ *   net_load host LABEL TIMEOUT_S LOG LISTEN TAP ADDR/PREFIX CMD [ARGS...]
+ *
+ * The same rows run over TCP on the tap or over vsock (the `bench net`
+ * vsock rows): ADDR is an IPv4 address or vsock:CID (AF_VSOCK, CID 2 for
+ * the host); LISTEN is a TCP port, vsock:PORT (an AF_VSOCK listener: the
+ * host side of vhost-vsock) or unix:PATH (a Unix listener at PATH: the
+ * host side of a virtio-vsock-pci with uds=, which connects the guest's
+ * CID 2 port P to PATH_P); TAP and ADDR/PREFIX are "-" for those.
  *
  * The client (the guest) connects to ADDR:PORT once per row (retrying
  * the first connection for up to 90 s while the link comes up) and sends
@@ -62,9 +69,11 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+#include <linux/vm_sockets.h>
 
 #define CHUNK (128 * 1024)
 
@@ -111,10 +120,14 @@ static int read_all(int fd, void *buf, size_t len)
 	return 0;
 }
 
+/* TCP_NODELAY on a TCP socket (vsock and Unix sockets send at once). */
 static void nodelay(int fd)
 {
 	int one = 1;
-	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+	struct sockaddr_storage a;
+	socklen_t len = sizeof a;
+	if (getsockname(fd, (struct sockaddr *)&a, &len) == 0 && a.ss_family == AF_INET)
+		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
 }
 
 /* ---- the client (in the guest) ---- */
@@ -134,7 +147,9 @@ static void mismatch(const char *row, uint64_t ours, uint64_t peer)
 	exit(1);
 }
 
-static struct sockaddr_in server;
+/* Where the client connects: an IPv4 address or a vsock CID. */
+static struct sockaddr_storage server;
+static socklen_t server_len;
 
 /* A connection to the server carrying request `op` for `seconds`;
  * retried until `patience_s` pass. */
@@ -142,10 +157,10 @@ static int open_row(char op, uint32_t seconds, int patience_s)
 {
 	double deadline = now_us() + patience_s * 1e6;
 	for (;;) {
-		int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		int fd = socket(server.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
 		if (fd < 0)
 			fail("socket");
-		if (connect(fd, (struct sockaddr *)&server, sizeof server) == 0) {
+		if (connect(fd, (struct sockaddr *)&server, server_len) == 0) {
 			unsigned char req[8] = { (unsigned char)op };
 			memcpy(req + 4, &seconds, 4);
 			if (op == 'P')
@@ -190,10 +205,23 @@ static int client(int argc, char **argv)
 		fprintf(stderr, "usage: %s client ADDR PORT SECONDS\n", argv[0]);
 		return 2;
 	}
-	server.sin_family = AF_INET;
-	server.sin_port = htons((uint16_t)atoi(argv[3]));
 	uint32_t secs = (uint32_t)atoi(argv[4]);
-	if (inet_pton(AF_INET, argv[2], &server.sin_addr) != 1 || secs == 0) {
+	int bad;
+	if (strncmp(argv[2], "vsock:", 6) == 0) {
+		struct sockaddr_vm *vm = (struct sockaddr_vm *)&server;
+		vm->svm_family = AF_VSOCK;
+		vm->svm_cid = (unsigned)atoi(argv[2] + 6);
+		vm->svm_port = (unsigned)atoi(argv[3]);
+		server_len = sizeof *vm;
+		bad = vm->svm_cid == 0;
+	} else {
+		struct sockaddr_in *in = (struct sockaddr_in *)&server;
+		in->sin_family = AF_INET;
+		in->sin_port = htons((uint16_t)atoi(argv[3]));
+		server_len = sizeof *in;
+		bad = inet_pton(AF_INET, argv[2], &in->sin_addr) != 1;
+	}
+	if (bad || secs == 0) {
 		fprintf(stderr, "%s: bad ADDR or SECONDS\n", argv[0]);
 		return 2;
 	}
@@ -414,23 +442,47 @@ static void serve(int fd)
 }
 
 struct server_args {
-	int port;
+	const char *listen;
 	const char *tap;
 	const char *addr;
 };
 
-static void *server_thread(void *p)
+/* The listening socket LISTEN names (see the top), or -1. */
+static int listener(const char *spec)
 {
-	const struct server_args *a = p;
-	int ls = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	int one = 1;
-	struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)a->port) };
-	if (ls < 0 || setsockopt(ls, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
-	    bind(ls, (struct sockaddr *)&sa, sizeof sa) != 0 || listen(ls, 4) != 0) {
-		host_error("listen");
-		return NULL;
+	if (strncmp(spec, "vsock:", 6) == 0) {
+		struct sockaddr_vm vm = { .svm_family = AF_VSOCK,
+					  .svm_cid = VMADDR_CID_ANY,
+					  .svm_port = (unsigned)atoi(spec + 6) };
+		int ls = socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		if (ls < 0 || bind(ls, (struct sockaddr *)&vm, sizeof vm) != 0 || listen(ls, 4) != 0)
+			return -1;
+		return ls;
 	}
-	/* The VMM makes the tap; give it the address once it is there. */
+	if (strncmp(spec, "unix:", 5) == 0) {
+		struct sockaddr_un un = { .sun_family = AF_UNIX };
+		if (strlen(spec + 5) >= sizeof un.sun_path)
+			return -1;
+		strcpy(un.sun_path, spec + 5);
+		unlink(un.sun_path);
+		int ls = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		if (ls < 0 || bind(ls, (struct sockaddr *)&un, sizeof un) != 0 || listen(ls, 4) != 0)
+			return -1;
+		return ls;
+	}
+	struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)atoi(spec)) };
+	int ls = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (ls < 0 || setsockopt(ls, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
+	    bind(ls, (struct sockaddr *)&sa, sizeof sa) != 0 || listen(ls, 4) != 0)
+		return -1;
+	return ls;
+}
+
+/* Waits for the tap the VMM makes and gives it its address: 0, or -1
+ * (said). */
+static int tap_up(const struct server_args *a)
+{
 	char path[128], cmd[256];
 	snprintf(path, sizeof path, "/sys/class/net/%s", a->tap);
 	struct stat st;
@@ -443,8 +495,22 @@ static void *server_thread(void *p)
 		printf("@@NET-ERROR %s tap %s: cannot set it up (%s)\n", label, a->tap, cmd);
 		fflush(stdout);
 		errors++;
+		return -1;
+	}
+	return 0;
+}
+
+static void *server_thread(void *p)
+{
+	const struct server_args *a = p;
+	int ls = listener(a->listen);
+	if (ls < 0) {
+		host_error("listen");
 		return NULL;
 	}
+	/* Over TCP, the VMM makes the tap: give it the address. */
+	if (strcmp(a->tap, "-") != 0 && tap_up(a) != 0)
+		return NULL;
 	for (;;) {
 		int fd = accept4(ls, NULL, NULL, SOCK_CLOEXEC);
 		if (fd < 0) {
@@ -482,18 +548,18 @@ static int host(int argc, char **argv)
 {
 	if (argc < 9) {
 		fprintf(stderr,
-			"usage: %s host LABEL TIMEOUT_S LOG PORT TAP ADDR/PREFIX CMD [ARGS...]\n",
+			"usage: %s host LABEL TIMEOUT_S LOG LISTEN TAP ADDR/PREFIX CMD [ARGS...]\n",
 			argv[0]);
 		return 2;
 	}
 	label = argv[2];
 	double limit_ms = atof(argv[3]) * 1e3;
 	static struct server_args a;
-	a.port = atoi(argv[5]);
+	a.listen = argv[5];
 	a.tap = argv[6];
 	a.addr = argv[7];
-	if (limit_ms <= 0 || a.port <= 0) {
-		fprintf(stderr, "%s: bad TIMEOUT_S or PORT\n", argv[0]);
+	if (limit_ms <= 0 || argv[5][0] == 0) {
+		fprintf(stderr, "%s: bad TIMEOUT_S or LISTEN\n", argv[0]);
 		return 2;
 	}
 	int log = open(argv[4], O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);

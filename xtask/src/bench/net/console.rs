@@ -149,6 +149,8 @@ pub(super) struct Parsed {
     pub(super) ended: Vec<Label>,
     /// Whether L1 had `/dev/vhost-net` (None: not said).
     pub(super) vhost: Option<bool>,
+    /// Whether L1 had `/dev/vhost-vsock` (None: not said).
+    pub(super) vhost_vsock: Option<bool>,
 }
 
 /// Parses one session's console. Lines that do not parse are ignored
@@ -161,6 +163,8 @@ pub(super) fn parse_console(console: &str) -> Parsed {
         match line.trim() {
             "@@NETVHOST yes" => p.vhost = Some(true),
             "@@NETVHOST no" => p.vhost = Some(false),
+            "@@NETVHOSTVSOCK yes" => p.vhost_vsock = Some(true),
+            "@@NETVHOSTVSOCK no" => p.vhost_vsock = Some(false),
             _ => {}
         }
         let Some(r) = parse_run_line(line) else {

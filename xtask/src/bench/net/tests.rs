@@ -156,23 +156,31 @@ fn a_console_keeps_the_good_boots_and_counts_the_failed() {
     assert_eq!(f.label, label(Vmm::Ours, 1, 0));
     assert_eq!(
         f.what,
-        "vmm (ours), 1 vCPU, run 0: status 0, rx: sent 10, the guest counted 9 (rows L1 \
+        "ours vhost=off, 1 vCPU, run 0: status 0, rx: sent 10, the guest counted 9 (rows L1 \
          measured: tx, rx, rr)"
     );
     assert_eq!(f.log, "end of the log");
     assert_eq!(parse_console("@@NETVHOST yes\n").vhost, Some(true));
     assert_eq!(parse_console("").vhost, None);
+    assert_eq!(
+        parse_console("@@NETVHOSTVSOCK yes\n").vhost_vsock,
+        Some(true)
+    );
+    assert_eq!(
+        parse_console("@@NETVHOSTVSOCK no\n").vhost_vsock,
+        Some(false)
+    );
 
     // The report: ours (64 MiB/s) beside QEMU vhost=off (128 MiB/s).
     let s = section(&p.good, 1, Sizes::new(true), vec!["session 1: ok".into()]);
     assert_eq!(s.rows.len(), 7);
     let md = super::super::report::section_markdown(&s);
     for row in [
-        "| 1 vCPU: TCP stream guest → L1 (vs QEMU vhost=off) | MiB/s | **64.0** | 128 | 0.50x | ≥ 1x QEMU **missed** |",
+        "| 1 vCPU: TCP stream guest → L1 (ours vhost=off vs QEMU vhost=off) | MiB/s | **64.0** | 128 | 0.50x | ≥ 1x QEMU **missed** |",
         // 1 s of CPU per 64 MiB = 16 s/GiB; per 128 MiB = 8 s/GiB.
-        "| 1 vCPU: host CPU per GiB, TCP stream L1 → guest (vs QEMU vhost=off) | s/GiB | **16.0** | 8.00 | 2.00x | ≤ 1x QEMU **missed** |",
-        "| 1 vCPU: host CPU per GiB outside guest mode, TCP stream guest → L1 (vs QEMU vhost=off) | s/GiB | **8.00** | 4.00 | 2.00x | ≤ 1x QEMU **missed** |",
-        "| 1 vCPU: TCP request/response, 1 byte (vs QEMU vhost=off) | trans/s | **6400** | 12800 | 0.50x | ≥ 1x QEMU **missed** |",
+        "| 1 vCPU: host CPU per GiB, TCP stream L1 → guest (ours vhost=off vs QEMU vhost=off) | s/GiB | **16.0** | 8.00 | 2.00x | ≤ 1x QEMU **missed** |",
+        "| 1 vCPU: host CPU per GiB outside guest mode, TCP stream guest → L1 (ours vhost=off vs QEMU vhost=off) | s/GiB | **8.00** | 4.00 | 2.00x | ≤ 1x QEMU **missed** |",
+        "| 1 vCPU: TCP request/response, 1 byte (ours vhost=off vs QEMU vhost=off) | trans/s | **6400** | 12800 | 0.50x | ≥ 1x QEMU **missed** |",
     ] {
         assert!(md.contains(row), "{row}\n{md}");
     }
@@ -180,21 +188,28 @@ fn a_console_keeps_the_good_boots_and_counts_the_failed() {
 }
 
 #[test]
-fn medians_over_runs_and_a_vhost_row() {
+fn medians_over_runs_and_vhost_and_vsock_rows() {
     let mut console = String::from("@@NETVHOST yes\n");
     for (run, mib) in [(0, 10), (1, 30), (2, 20)] {
         console += &boot_output(&format!("vmm=ours cpus=2 run={run}"), true, mib);
+        console += &boot_output(&format!("vmm=ours-vhost cpus=2 run={run}"), true, mib * 2);
         console += &boot_output(&format!("vmm=qemu cpus=2 run={run}"), true, 40);
         console += &boot_output(&format!("vmm=qemu-vhost cpus=2 run={run}"), true, 80);
+        console += &boot_output(&format!("vmm=vsock-ours cpus=2 run={run}"), true, 5);
+        console += &boot_output(&format!("vmm=vsock-qemu cpus=2 run={run}"), true, 50);
     }
     let p = parse_console(&console);
     let s = section(&p.good, 3, Sizes::new(false), Vec::new());
-    // No 1-vCPU boots: only the 2-vCPU rows, against each QEMU.
-    assert_eq!(s.rows.len(), 14);
+    // No 1-vCPU boots: only the 2-vCPU rows: ours against each QEMU, our
+    // uds vsock against QEMU's vhost-vsock, and our vhost-vsock (no boot
+    // of it) too, since QEMU's ran.
+    assert_eq!(s.rows.len(), 4 * 7);
     let md = super::super::report::section_markdown(&s);
     for row in [
-        "| 2 vCPUs: TCP stream L1 → guest (vs QEMU vhost=off) | MiB/s | **20.0 (10.0–30.0)** | 40.0 (40.0–40.0) | 0.50x |",
-        "| 2 vCPUs: TCP stream L1 → guest (vs QEMU vhost=on) | MiB/s | **20.0 (10.0–30.0)** | 80.0 (80.0–80.0) | 0.25x |",
+        "| 2 vCPUs: TCP stream L1 → guest (ours vhost=off vs QEMU vhost=off) | MiB/s | **20.0 (10.0–30.0)** | 40.0 (40.0–40.0) | 0.50x |",
+        "| 2 vCPUs: TCP stream L1 → guest (ours vhost=on vs QEMU vhost=on) | MiB/s | **40.0 (20.0–60.0)** | 80.0 (80.0–80.0) | 0.50x |",
+        "| 2 vCPUs: vsock stream guest → L1 (ours virtio-vsock-pci uds vs QEMU vhost-vsock-pci) | MiB/s | **5.00 (5.00–5.00)** | 50.0 (50.0–50.0) | 0.10x |",
+        "| 2 vCPUs: vsock request/response, 1 byte (ours vhost-vsock-pci vs QEMU vhost-vsock-pci) | trans/s |",
     ] {
         assert!(md.contains(row), "{row}\n{md}");
     }
@@ -207,25 +222,26 @@ fn why_vhost_is_missing() {
     assert_eq!(vhost_note(Some(true), &[]), None);
     let none = vhost_note(Some(false), &[]).unwrap();
     assert!(
-        none.starts_with("QEMU vhost=on: not measured: L1 has no /dev/vhost-net: ")
+        none.starts_with("vhost=on (ours and QEMU's): not measured: L1 has no /dev/vhost-net: ")
             && none.contains("vhost_iotlb, vhost, tap, vhost_net"),
         "{none}"
     );
     assert_eq!(
         vhost_note(Some(false), &["vhost", "vhost_net"]).unwrap(),
-        "QEMU vhost=on: not measured: L1 has no /dev/vhost-net, even after loading vhost, \
-         vhost_net from the guest files."
+        "vhost=on (ours and QEMU's): not measured: L1 has no /dev/vhost-net, even after loading \
+         vhost, vhost_net from the guest files."
     );
     assert!(vhost_note(None, &[]).unwrap().contains("never said"));
 }
 
 #[test]
 fn plan_rotates_and_the_script_runs_it() {
+    let n = VMMS.len();
     let p = plan(3, &[1, 2]);
-    assert_eq!(p.len(), 18);
-    let firsts: Vec<Vmm> = p.chunks(3).take(3).map(|c| c[0].vmm).collect();
-    assert_eq!(firsts, VMMS);
-    for (i, round) in p.chunks(3).enumerate() {
+    assert_eq!(p.len(), 3 * 2 * n);
+    let firsts: Vec<Vmm> = p.chunks(n).take(3).map(|c| c[0].vmm).collect();
+    assert_eq!(firsts, VMMS[..3]);
+    for (i, round) in p.chunks(n).enumerate() {
         assert!(round
             .iter()
             .all(|b| b.run == i % 3 && b.cpus == [1, 2][i / 3]));
@@ -233,25 +249,65 @@ fn plan_rotates_and_the_script_runs_it() {
             assert!(round.iter().any(|b| b.vmm == v));
         }
     }
-    let s = script(&p[..3]);
+    let s = script(&p[..n]);
     let lines: Vec<&str> = s.lines().collect();
-    assert_eq!(lines.len(), 5, "{s}");
+    assert_eq!(lines.len(), 3 + n, "{s}");
     assert!(lines[0].contains("insmod $m.ko") && lines[0].contains("vhost_net"));
     assert!(lines[1].contains("@@NETVHOST yes") && lines[1].contains("@@NETVHOST no"));
-    assert!(lines[2].starts_with(
+    assert!(
+        lines[2].contains("@@NETVHOSTVSOCK yes") && lines[2].contains("[ -e /dev/vhost-vsock ]")
+    );
+    let boot = |key: &str| {
+        let tag = format!("\"vmm={key} cpus=1 run=0\"");
+        *lines
+            .iter()
+            .find(|l| l.contains(&tag))
+            .unwrap_or_else(|| panic!("no {key}\n{s}"))
+    };
+    let ours = boot("ours");
+    assert!(ours.starts_with(
         "./net_load host \"vmm=ours cpus=1 run=0\" 150 /tmp/l2.log 7777 tap0 10.0.2.1/24 \"$VMM\" "
     ));
-    assert!(lines[2].contains("--cpus 1 "));
-    assert!(lines[2].contains("--netdev tap,id=n0,ifname=tap0 --device virtio-net-pci,netdev=n0"));
-    assert!(lines[3].contains("vmm=qemu cpus=1 run=0"));
-    assert!(lines[3].contains("-M microvm,pcie=on") && lines[3].contains("-smp 1 "));
-    assert!(lines[3].contains(
+    assert!(ours.contains("--cpus 1 ") && ours.contains("--initrd initrd "));
+    assert!(
+        ours.contains("--netdev tap,id=n0,ifname=tap0,vhost=off --device virtio-net-pci,netdev=n0")
+    );
+    let qemu = boot("qemu");
+    assert!(qemu.contains("-M microvm,pcie=on") && qemu.contains("-smp 1 "));
+    assert!(qemu.contains(
         "-netdev tap,id=n0,ifname=tap0,script=no,downscript=no,vhost=off -device virtio-net-pci,netdev=n0,romfile="
     ));
-    // vhost=on only when L1 has /dev/vhost-net.
-    assert!(lines[4].starts_with("if [ -e /dev/vhost-net ]; then ./net_load host \"vmm=qemu-vhost"));
-    assert!(lines[4].contains(",vhost=on "));
-    for l in &lines[2..] {
+    // vhost=on only when L1 has /dev/vhost-net, ours and QEMU's.
+    for key in ["qemu-vhost", "ours-vhost"] {
+        let l = boot(key);
+        assert!(
+            l.starts_with(&format!(
+                "if [ -e /dev/vhost-net ]; then ./net_load host \"vmm={key} "
+            )),
+            "{l}"
+        );
+        assert!(l.contains(",vhost=on "), "{l}");
+    }
+    // vsock: our uds device (its socket removed first), vhost-vsock-pci
+    // only with /dev/vhost-vsock, all on the vsock initramfs.
+    let uds = boot("vsock-ours");
+    assert!(uds.starts_with(
+        "rm -f /tmp/vsock.sock; ./net_load host \"vmm=vsock-ours cpus=1 run=0\" 150 /tmp/l2.log unix:/tmp/vsock.sock_7777 - - \"$VMM\" "
+    ), "{uds}");
+    assert!(uds.contains("--device virtio-vsock-pci,guest-cid=3,uds=/tmp/vsock.sock"));
+    for key in ["vsock-ours-vhost", "vsock-qemu"] {
+        let l = boot(key);
+        assert!(
+            l.starts_with("if [ -e /dev/vhost-vsock ]; then ./net_load host ")
+                && l.contains(" vsock:7777 - - ")
+                && l.contains("vhost-vsock-pci,guest-cid=3"),
+            "{l}"
+        );
+    }
+    for key in ["vsock-ours", "vsock-ours-vhost", "vsock-qemu"] {
+        assert!(boot(key).contains(" initrd-vsock "), "{key}");
+    }
+    for l in &lines[3..] {
         assert!(l.contains(">>\"$TESTBED_LIVE\""), "{l}");
     }
     assert!(Vmm::Ours.command(2).contains("--cpus 2 "));
@@ -259,7 +315,7 @@ fn plan_rotates_and_the_script_runs_it() {
 
 #[test]
 fn the_guest_runs_the_client() {
-    let init = init_script(5);
+    let init = init_script(5, false);
     assert!(
         init.contains("ip addr add 10.0.2.15/24 dev eth0\n"),
         "{init}"
@@ -276,6 +332,16 @@ fn the_guest_runs_the_client() {
         init.ends_with("echo \"@@NET-EXIT $?\"\nsleep 1\nreboot -f\n"),
         "{init}"
     );
+    let vsock = init_script(5, true);
+    assert!(
+        vsock.contains("/net_load client vsock:2 7777 5\n"),
+        "{vsock}"
+    );
+    assert!(
+        vsock.contains("vsock vmw_vsock_virtio_transport_common vmw_vsock_virtio_transport;"),
+        "{vsock}"
+    );
+    assert!(!vsock.contains("eth0"), "{vsock}");
     assert_eq!(Sizes::new(true).cpus, &[1]);
     assert_eq!(Sizes::new(false).cpus, &[1, 2]);
 }

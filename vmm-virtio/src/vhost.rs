@@ -1,0 +1,389 @@
+//! What the host kernel's vhost devices share (`<linux/vhost.h>`), for
+//! [`crate::vsock::VhostVsock`] (`/dev/vhost-vsock`) and
+//! [`crate::net::VhostNet`] (`/dev/vhost-net`).
+//!
+//! A [`VhostFile`] is opened and owned (VHOST_SET_OWNER) on the main
+//! thread at build time, and its features read then. When the driver
+//! starts the device, the device's worker hands the kernel the accepted
+//! features, guest RAM ([`mem_table`], VHOST_SET_MEM_TABLE) and each ring
+//! ([`VhostFile::set_vring`]: its size, addresses, next available index,
+//! the queue's doorbell eventfd as its kick and an eventfd of ours as its
+//! call), then waits on the call eventfds and raises the queues'
+//! interrupts ([`forward_calls`]) until it is told to stop. The kernel's
+//! threads move the buffers; the guest's doorbells reach them through
+//! KVM's ioeventfds without us.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::RawFd;
+use std::path::Path;
+
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{
+    GuestAddress, GuestMemory, GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress,
+};
+use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::ioctl::{ioctl, ioctl_with_mut_ref, ioctl_with_ptr, ioctl_with_ref};
+
+use crate::device::VirtioInterrupt;
+use crate::worker::{Waiter, STOP_TOKEN};
+
+/// The ioctl numbers of `<linux/vhost.h>`.
+mod nr {
+    use super::{VringAddr, VringFile, VringState};
+    use vmm_sys_util::{ioctl_io_nr, ioctl_ior_nr, ioctl_iow_nr, ioctl_iowr_nr};
+
+    const VHOST: u32 = 0xAF;
+    ioctl_ior_nr!(VHOST_GET_FEATURES, VHOST, 0x00, u64);
+    ioctl_iow_nr!(VHOST_SET_FEATURES, VHOST, 0x00, u64);
+    ioctl_io_nr!(VHOST_SET_OWNER, VHOST, 0x01);
+    // struct vhost_memory's fixed part: nregions, padding.
+    ioctl_iow_nr!(VHOST_SET_MEM_TABLE, VHOST, 0x03, [u32; 2]);
+    ioctl_iow_nr!(VHOST_SET_VRING_NUM, VHOST, 0x10, VringState);
+    ioctl_iow_nr!(VHOST_SET_VRING_ADDR, VHOST, 0x11, VringAddr);
+    ioctl_iow_nr!(VHOST_SET_VRING_BASE, VHOST, 0x12, VringState);
+    ioctl_iowr_nr!(VHOST_GET_VRING_BASE, VHOST, 0x12, VringState);
+    ioctl_iow_nr!(VHOST_SET_VRING_KICK, VHOST, 0x20, VringFile);
+    ioctl_iow_nr!(VHOST_SET_VRING_CALL, VHOST, 0x21, VringFile);
+    ioctl_iow_nr!(VHOST_NET_SET_BACKEND, VHOST, 0x30, VringFile);
+    ioctl_iow_nr!(VHOST_VSOCK_SET_GUEST_CID, VHOST, 0x60, u64);
+    ioctl_iow_nr!(VHOST_VSOCK_SET_RUNNING, VHOST, 0x61, i32);
+}
+use nr::*;
+
+/// The vhost ioctl requests a started device's worker makes whatever the
+/// device (the file is opened, owned and asked its features at build
+/// time), for the VMM's seccomp lists: the rings set up when the driver
+/// starts it, and their next available index read back when it stops.
+pub fn worker_ioctls() -> [u64; 8] {
+    [
+        VHOST_SET_FEATURES(),
+        VHOST_SET_MEM_TABLE(),
+        VHOST_SET_VRING_NUM(),
+        VHOST_SET_VRING_ADDR(),
+        VHOST_SET_VRING_BASE(),
+        VHOST_GET_VRING_BASE(),
+        VHOST_SET_VRING_KICK(),
+        VHOST_SET_VRING_CALL(),
+    ]
+}
+
+/// The ioctl request vhost-net's worker adds (VHOST_NET_SET_BACKEND), for
+/// [`crate::net::vhost::worker_ioctls`].
+pub(crate) fn net_set_backend_ioctl() -> u64 {
+    VHOST_NET_SET_BACKEND()
+}
+
+/// The ioctl request vhost-vsock's worker adds (VHOST_VSOCK_SET_RUNNING),
+/// for [`crate::vsock::vhost::worker_ioctls`].
+pub(crate) fn vsock_running_ioctl() -> u64 {
+    VHOST_VSOCK_SET_RUNNING()
+}
+
+/// `struct vhost_vring_state`.
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+struct VringState {
+    index: u32,
+    num: u32,
+}
+
+/// `struct vhost_vring_file`.
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+struct VringFile {
+    index: u32,
+    fd: i32,
+}
+
+/// `struct vhost_vring_addr` (no logging).
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+struct VringAddr {
+    index: u32,
+    flags: u32,
+    desc_user_addr: u64,
+    used_user_addr: u64,
+    avail_user_addr: u64,
+    log_guest_addr: u64,
+}
+
+/// An ioctl on a vhost device that failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{name} failed: {source}")]
+pub struct IoctlError {
+    /// The request.
+    pub name: &'static str,
+    /// Why.
+    #[source]
+    pub source: io::Error,
+}
+
+fn check(name: &'static str, r: i32) -> Result<(), IoctlError> {
+    if r < 0 {
+        Err(IoctlError {
+            name,
+            source: io::Error::last_os_error(),
+        })
+    } else {
+        Ok(())
+    }
+}
+
+/// An owned vhost device file and the features its kernel offers.
+#[derive(Debug)]
+pub struct VhostFile {
+    file: File,
+    features: u64,
+}
+
+impl VhostFile {
+    /// Opens the vhost device at `path`, owns it (VHOST_SET_OWNER) and
+    /// reads its features. An error opening is the `io::Error` as is, so
+    /// the caller can tell a missing file from a refused one.
+    pub fn open(path: &Path) -> Result<Self, OpenError> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(OpenError::Open)?;
+        // SAFETY: VHOST_SET_OWNER takes no argument; file is a vhost fd.
+        check("VHOST_SET_OWNER", unsafe {
+            ioctl(&file, VHOST_SET_OWNER())
+        })?;
+        let mut features = 0u64;
+        // SAFETY: the kernel writes one u64 into `features`.
+        check("VHOST_GET_FEATURES", unsafe {
+            ioctl_with_mut_ref(&file, VHOST_GET_FEATURES(), &mut features)
+        })?;
+        Ok(Self { file, features })
+    }
+
+    /// The features the kernel's device offers.
+    pub fn features(&self) -> u64 {
+        self.features
+    }
+
+    /// An ioctl that passes `arg` by reference for the kernel to read.
+    /// Private: each caller here passes the request's own argument type.
+    fn write<T>(&self, name: &'static str, request: u64, arg: &T) -> Result<(), IoctlError> {
+        // SAFETY: every caller (in this module) passes the request's own
+        // argument type, of which the kernel reads no more than its size;
+        // `arg` lives across the call.
+        check(name, unsafe { ioctl_with_ref(&self.file, request, arg) })
+    }
+
+    /// vhost-net: `fd` (a tap; -1: none) as ring `index`'s backend.
+    pub fn net_set_backend(&self, index: u32, fd: RawFd) -> Result<(), IoctlError> {
+        let file = VringFile { index, fd };
+        self.write("VHOST_NET_SET_BACKEND", VHOST_NET_SET_BACKEND(), &file)
+    }
+
+    /// vhost-vsock: the guest's CID.
+    pub fn vsock_set_guest_cid(&self, cid: u64) -> Result<(), IoctlError> {
+        self.write(
+            "VHOST_VSOCK_SET_GUEST_CID",
+            VHOST_VSOCK_SET_GUEST_CID(),
+            &cid,
+        )
+    }
+
+    /// vhost-vsock: starts or stops the device.
+    pub fn vsock_set_running(&self, on: bool) -> Result<(), IoctlError> {
+        let v: i32 = on.into();
+        self.write("VHOST_VSOCK_SET_RUNNING", VHOST_VSOCK_SET_RUNNING(), &v)
+    }
+
+    /// Tells the kernel the features the driver accepted (those it knows).
+    pub fn set_features(&self, features: u64) -> Result<(), IoctlError> {
+        self.write("VHOST_SET_FEATURES", VHOST_SET_FEATURES(), &features)
+    }
+
+    /// Gives the kernel guest RAM.
+    pub fn set_mem_table<M: GuestMemory>(&self, mem: &M) -> Result<(), IoctlError> {
+        let table = mem_table(mem);
+        // SAFETY: `table` is a vhost_memory header (nregions in the low
+        // 32 bits of word 0, then padding) followed by nregions regions of
+        // four u64 each, all within the vector.
+        check("VHOST_SET_MEM_TABLE", unsafe {
+            ioctl_with_ptr(&self.file, VHOST_SET_MEM_TABLE(), table.as_ptr())
+        })
+    }
+
+    /// Gives the kernel ring `index`: its size, where its parts are in
+    /// this process (`host` turns a guest address into ours), its next
+    /// available index, its doorbell (`kick`) and our interrupt eventfd
+    /// (`call`).
+    pub fn set_vring(
+        &self,
+        index: u32,
+        queue: &Queue,
+        host: impl Fn(GuestAddress) -> Option<u64>,
+        kick: RawFd,
+        call: RawFd,
+    ) -> Result<(), IoctlError> {
+        let at = |a: u64| {
+            host(GuestAddress(a)).ok_or_else(|| IoctlError {
+                name: "VHOST_SET_VRING_ADDR",
+                source: io::Error::other("a ring outside RAM"),
+            })
+        };
+        let num = VringState {
+            index,
+            num: u32::from(queue.size()),
+        };
+        self.write("VHOST_SET_VRING_NUM", VHOST_SET_VRING_NUM(), &num)?;
+        let addr = VringAddr {
+            index,
+            flags: 0,
+            desc_user_addr: at(queue.desc_table())?,
+            used_user_addr: at(queue.used_ring())?,
+            avail_user_addr: at(queue.avail_ring())?,
+            log_guest_addr: 0,
+        };
+        self.write("VHOST_SET_VRING_ADDR", VHOST_SET_VRING_ADDR(), &addr)?;
+        let base = VringState {
+            index,
+            num: u32::from(queue.next_avail()),
+        };
+        self.write("VHOST_SET_VRING_BASE", VHOST_SET_VRING_BASE(), &base)?;
+        let kick = VringFile { index, fd: kick };
+        self.write("VHOST_SET_VRING_KICK", VHOST_SET_VRING_KICK(), &kick)?;
+        let call = VringFile { index, fd: call };
+        self.write("VHOST_SET_VRING_CALL", VHOST_SET_VRING_CALL(), &call)
+    }
+
+    /// Ring `index`'s next available index, as the kernel left it (read
+    /// once its device no longer moves buffers).
+    pub fn vring_base(&self, index: u32) -> Result<u16, IoctlError> {
+        let mut state = VringState { index, num: 0 };
+        // SAFETY: the kernel reads and writes a vhost_vring_state.
+        check("VHOST_GET_VRING_BASE", unsafe {
+            ioctl_with_mut_ref(&self.file, VHOST_GET_VRING_BASE(), &mut state)
+        })?;
+        Ok(state.num as u16)
+    }
+}
+
+/// Why a vhost device could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The device file could not be opened.
+    #[error(transparent)]
+    Open(io::Error),
+    /// SET_OWNER or GET_FEATURES failed.
+    #[error(transparent)]
+    Ioctl(#[from] IoctlError),
+}
+
+/// Guest RAM as `struct vhost_memory`: nregions, padding, then each
+/// region's guest address, size, host address and flags, as u64 words.
+/// Memory with no physical backing gives an empty table.
+pub fn mem_table<M: GuestMemory>(mem: &M) -> Vec<u64> {
+    let Some(phys) = mem.physical_memory() else {
+        return vec![0];
+    };
+    let regions: Vec<[u64; 4]> = phys
+        .iter()
+        .filter_map(|r| {
+            let host = r.get_host_address(MemoryRegionAddress(0)).ok()?;
+            Some([r.start_addr().0, r.len(), host as u64, 0])
+        })
+        .collect();
+    let mut table = vec![regions.len() as u64];
+    table.extend(regions.iter().flatten());
+    table
+}
+
+/// Where guest address `addr` is in this process, if in RAM.
+pub fn host_address<M: GuestMemory>(mem: &M, addr: GuestAddress) -> Option<u64> {
+    mem.physical_memory()
+        .and_then(|m| m.get_host_address(addr).ok())
+        .map(|p| p as u64)
+}
+
+/// Waits on the kernel's interrupt eventfds (`calls`, each with its
+/// queue) and raises each queue's interrupt, until the worker is told to
+/// stop. Returns false if it could not wait at all.
+pub fn forward_calls(
+    name: &str,
+    waiter: &Waiter,
+    calls: &[(&EventFd, u16)],
+    interrupt: &dyn VirtioInterrupt,
+) -> bool {
+    for (token, (call, _)) in calls.iter().enumerate() {
+        if let Err(e) = waiter.add(*call, token as u64) {
+            log::error!("{name}: cannot wait on the kernel's interrupts: {e}");
+            return false;
+        }
+    }
+    loop {
+        let tokens = match waiter.wait() {
+            Ok(t) => t,
+            Err(e) => {
+                log::error!("{name}: the worker cannot wait: {e}");
+                return true;
+            }
+        };
+        if tokens.contains(&STOP_TOKEN) || waiter.stopping() {
+            return true;
+        }
+        for t in tokens {
+            if let Some((call, queue)) = calls.get(t as usize) {
+                let _ = call.read();
+                interrupt.signal_queue(*queue);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ioctl_numbers_are_the_kernels() {
+        // From <linux/vhost.h> as the kernel's _IO* macros compute them.
+        assert_eq!(VHOST_GET_FEATURES(), 0x8008_af00);
+        assert_eq!(VHOST_SET_FEATURES(), 0x4008_af00);
+        assert_eq!(VHOST_SET_OWNER(), 0xaf01);
+        assert_eq!(VHOST_SET_MEM_TABLE(), 0x4008_af03);
+        assert_eq!(VHOST_SET_VRING_NUM(), 0x4008_af10);
+        assert_eq!(VHOST_SET_VRING_ADDR(), 0x4028_af11);
+        assert_eq!(VHOST_SET_VRING_BASE(), 0x4008_af12);
+        assert_eq!(VHOST_GET_VRING_BASE(), 0xc008_af12);
+        assert_eq!(VHOST_SET_VRING_KICK(), 0x4008_af20);
+        assert_eq!(VHOST_SET_VRING_CALL(), 0x4008_af21);
+        assert_eq!(VHOST_NET_SET_BACKEND(), 0x4008_af30);
+        assert_eq!(VHOST_VSOCK_SET_GUEST_CID(), 0x4008_af60);
+        assert_eq!(VHOST_VSOCK_SET_RUNNING(), 0x4004_af61);
+    }
+
+    #[test]
+    fn guest_ram_becomes_the_kernels_memory_table() {
+        let mem = vm_memory::GuestMemoryMmap::<()>::from_ranges(&[
+            (GuestAddress(0), 0x10000),
+            (GuestAddress(0x1_0000_0000), 0x20000),
+        ])
+        .unwrap();
+        let t = mem_table(&mem);
+        assert_eq!(t.len(), 1 + 2 * 4);
+        assert_eq!(t[0], 2, "nregions, padding 0");
+        assert_eq!((t[1], t[2], t[4]), (0, 0x10000, 0));
+        assert_eq!((t[5], t[6], t[8]), (0x1_0000_0000, 0x20000, 0));
+        let host = mem.get_host_address(GuestAddress(0x1_0000_0000)).unwrap();
+        assert_eq!(t[7], host as u64);
+        assert_eq!(host_address(&mem, GuestAddress(0x1_0000_0000)), Some(t[7]));
+        assert_eq!(host_address(&mem, GuestAddress(0x2_0000_0000)), None);
+    }
+
+    #[test]
+    fn a_missing_device_file_is_an_open_error() {
+        let e = VhostFile::open(Path::new("/nonexistent/vhost-net")).unwrap_err();
+        assert!(matches!(e, OpenError::Open(ref e) if e.kind() == io::ErrorKind::NotFound));
+        assert_eq!(e.to_string(), "No such file or directory (os error 2)");
+        // A file that is no vhost device refuses SET_OWNER.
+        let e = VhostFile::open(Path::new("/dev/null")).unwrap_err();
+        assert!(e.to_string().starts_with("VHOST_SET_OWNER failed: "), "{e}");
+    }
+}
