@@ -131,6 +131,12 @@ impl PcMachine {
                  first)",
             ));
         }
+        if self.nets.iter().any(|n| n.vhost) {
+            return Err(refused(
+                "snapshots of a machine with a network card on vhost-net (vhost=on) are not \
+                 supported yet (the host kernel's rings are not captured); vhost=off is",
+            ));
+        }
         if !self.vhost_vsocks.is_empty() {
             return Err(refused(
                 "snapshots of a machine with a vhost-vsock-pci device are not supported yet \
