@@ -51,6 +51,28 @@ pub struct ActivateContext<M> {
     pub home: QueueHome,
 }
 
+/// The queues at `indices` out of an activation's `queues`, in that order
+/// (others are dropped); a missing one fails the activation.
+pub fn take_queues<const N: usize>(
+    queues: Vec<ActiveQueue>,
+    indices: [u16; N],
+) -> Result<[ActiveQueue; N], ActivateError> {
+    let mut found: [Option<ActiveQueue>; N] = std::array::from_fn(|_| None);
+    for q in queues {
+        if let Some(i) = indices.iter().position(|&x| x == q.index) {
+            found[i] = Some(q);
+        }
+    }
+    let mut taken = Vec::with_capacity(N);
+    for (slot, index) in found.into_iter().zip(indices) {
+        taken.push(slot.ok_or(ActivateError::QueueMissing(index))?);
+    }
+    // N queues were pushed: the conversion cannot fail.
+    taken
+        .try_into()
+        .map_err(|_: Vec<ActiveQueue>| ActivateError::QueueMissing(indices[0]))
+}
+
 /// Where a worker leaves each queue's state (indices included) when its
 /// body ends: the transport reads them after [`VirtioDevice::quiesce`]
 /// and starts the device again from them.
@@ -245,5 +267,37 @@ pub trait VirtioDevice<M>: Send {
     fn restore(&mut self, snapshot: &DeviceSnapshot) -> Result<(), SnapshotError> {
         let _ = snapshot;
         Err(SnapshotError::Unsupported)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use virtio_queue::{Queue, QueueT};
+    use vmm_sys_util::eventfd::EventFd;
+
+    use super::{take_queues, ActivateError, ActiveQueue};
+
+    fn queue(index: u16) -> ActiveQueue {
+        ActiveQueue {
+            index,
+            queue: Queue::new(16).unwrap(),
+            notify: EventFd::new(0).unwrap(),
+        }
+    }
+
+    #[test]
+    fn take_queues_orders_them_and_names_a_missing_one() {
+        let [rx, tx] = take_queues(vec![queue(2), queue(1), queue(0)], [0, 1]).unwrap();
+        assert_eq!((rx.index, tx.index), (0, 1));
+        let [one] = take_queues(vec![queue(1)], [1]).unwrap();
+        assert_eq!(one.index, 1);
+        assert!(matches!(
+            take_queues(vec![queue(0)], [0, 1]),
+            Err(ActivateError::QueueMissing(1))
+        ));
+        assert!(matches!(
+            take_queues(Vec::new(), [0, 1]),
+            Err(ActivateError::QueueMissing(0))
+        ));
     }
 }

@@ -167,17 +167,7 @@ impl<M: Memory> VirtioDevice<M> for VirtioNet {
         if self.worker.is_running() {
             return Err(ActivateError::AlreadyActive);
         }
-        let mut rx = None;
-        let mut tx = None;
-        for q in ctx.queues {
-            match q.index {
-                RX_QUEUE => rx = Some(q),
-                TX_QUEUE => tx = Some(q),
-                _ => {}
-            }
-        }
-        let rx = rx.ok_or(ActivateError::QueueMissing(RX_QUEUE))?;
-        let tx = tx.ok_or(ActivateError::QueueMissing(TX_QUEUE))?;
+        let [rx, tx] = crate::device::take_queues(ctx.queues, [RX_QUEUE, TX_QUEUE])?;
         let worker = NetWorker::new(
             ctx.mem,
             rx.queue,

@@ -207,20 +207,11 @@ impl<M: Memory> VirtioDevice<M> for VirtioVsock {
         if self.worker.is_running() {
             return Err(ActivateError::AlreadyActive);
         }
-        let mut rx = None;
-        let mut tx = None;
-        let mut event = None;
-        for q in ctx.queues {
-            match q.index {
-                RX_QUEUE => rx = Some(q),
-                TX_QUEUE => tx = Some(q),
-                // The event queue: only a transport reset is sent on it.
-                EVENT_QUEUE => event = Some(q.queue),
-                _ => {}
-            }
-        }
-        let rx = rx.ok_or(ActivateError::QueueMissing(RX_QUEUE))?;
-        let tx = tx.ok_or(ActivateError::QueueMissing(TX_QUEUE))?;
+        // The event queue: only a transport reset is sent on it.
+        let (event, data): (Vec<_>, Vec<_>) =
+            ctx.queues.into_iter().partition(|q| q.index == EVENT_QUEUE);
+        let mut event = event.into_iter().next().map(|q| q.queue);
+        let [rx, tx] = crate::device::take_queues(data, [RX_QUEUE, TX_QUEUE])?;
         if self.reset_transport {
             if let Some(q) = event.as_mut() {
                 send_transport_reset(q, &*ctx.mem, &*ctx.interrupt);
