@@ -272,23 +272,18 @@ impl Vm {
     /// sends that GSI to a pin of the in-kernel PIC master (0), PIC slave (1)
     /// or IO-APIC (2). A GSI may be listed for several chips.
     pub fn set_irqchip_routing(&self, routes: &[(u32, u32, u32)]) -> Result<(), VmError> {
-        let mut table = KvmIrqRouting::new(0).map_err(|_| VmError::Routing(routes.len()))?;
-        for &(gsi, irqchip, pin) in routes {
-            let entry = kvm_irq_routing_entry {
-                gsi,
-                type_: KVM_IRQ_ROUTING_IRQCHIP,
-                u: kvm_irq_routing_entry__bindgen_ty_1 {
-                    irqchip: kvm_irq_routing_irqchip { irqchip, pin },
-                },
-                ..Default::default()
-            };
-            table
-                .push(entry)
-                .map_err(|_| VmError::Routing(routes.len()))?;
-        }
-        self.fd
-            .set_gsi_routing(&table)
-            .map_err(ioctl("KVM_SET_GSI_ROUTING"))
+        self.set_routing(
+            routes
+                .iter()
+                .map(|&(gsi, irqchip, pin)| kvm_irq_routing_entry {
+                    gsi,
+                    type_: KVM_IRQ_ROUTING_IRQCHIP,
+                    u: kvm_irq_routing_entry__bindgen_ty_1 {
+                        irqchip: kvm_irq_routing_irqchip { irqchip, pin },
+                    },
+                    ..Default::default()
+                }),
+        )
     }
 
     /// Replaces KVM's GSI routing with `routes`: each (GSI, address, data)
@@ -296,24 +291,34 @@ impl Vm {
     /// irqchip's IO-APIC pins; an irqfd on such a GSI sends the MSI inside
     /// KVM).
     pub fn set_msi_routing(&self, routes: &[(u32, u64, u32)]) -> Result<(), VmError> {
-        let mut table = KvmIrqRouting::new(0).map_err(|_| VmError::Routing(routes.len()))?;
-        for &(gsi, address, data) in routes {
-            let entry = kvm_irq_routing_entry {
-                gsi,
-                type_: KVM_IRQ_ROUTING_MSI,
-                u: kvm_irq_routing_entry__bindgen_ty_1 {
-                    msi: kvm_irq_routing_msi {
-                        address_lo: address as u32,
-                        address_hi: (address >> 32) as u32,
-                        data,
-                        ..Default::default()
+        self.set_routing(
+            routes
+                .iter()
+                .map(|&(gsi, address, data)| kvm_irq_routing_entry {
+                    gsi,
+                    type_: KVM_IRQ_ROUTING_MSI,
+                    u: kvm_irq_routing_entry__bindgen_ty_1 {
+                        msi: kvm_irq_routing_msi {
+                            address_lo: address as u32,
+                            address_hi: (address >> 32) as u32,
+                            data,
+                            ..Default::default()
+                        },
                     },
-                },
-                ..Default::default()
-            };
-            table
-                .push(entry)
-                .map_err(|_| VmError::Routing(routes.len()))?;
+                    ..Default::default()
+                }),
+        )
+    }
+
+    /// Replaces KVM's GSI routing with `entries` (`KVM_SET_GSI_ROUTING`).
+    fn set_routing(
+        &self,
+        entries: impl ExactSizeIterator<Item = kvm_irq_routing_entry>,
+    ) -> Result<(), VmError> {
+        let len = entries.len();
+        let mut table = KvmIrqRouting::new(0).map_err(|_| VmError::Routing(len))?;
+        for entry in entries {
+            table.push(entry).map_err(|_| VmError::Routing(len))?;
         }
         self.fd
             .set_gsi_routing(&table)
