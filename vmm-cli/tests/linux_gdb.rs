@@ -348,7 +348,12 @@ fn step<'a>(out: &'a str, from: &str) -> &'a str {
     &rest[..rest.find("@@STEP ").unwrap_or(rest.len())]
 }
 
+/// Opt-in (`cargo xtask test -- --ignored`): two nested boots, the second
+/// with gdb over L1's serial line at TCG speed; in the 2026-12-03 CI
+/// rehearsal it took 956 s (a try that went silent, then its retry), the
+/// longest test by far, and CI has to stay within its time.
 #[test]
+#[ignore = "two nested boots and a gdb session over a serial line: up to 16 minutes; opt-in"]
 fn gdb_debugs_debian_over_a_serial_line() {
     nested_retry("gdb_debugs_debian_over_a_serial_line", || {
         let test = "linux_gdb";
