@@ -33,6 +33,7 @@ pub mod l1_qemu;
 pub mod markers;
 pub mod process;
 pub mod qemu;
+pub mod retries;
 pub mod rootfs;
 
 use std::path::{Path, PathBuf};

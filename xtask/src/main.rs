@@ -134,7 +134,33 @@ fn test(extra: &[String]) -> Result<()> {
         // The QMP tests drive the VMM with QEMU's own Python client.
         ensure_qemu_qmp()?;
     }
-    cmd::run(&mut c)
+    let retry_log = cmd::root().join("target").join("nested-retries.log");
+    // A record left by an earlier run is not this run's.
+    let _ = std::fs::remove_file(&retry_log);
+    c.env(vmm_testbed::retries::RETRY_LOG_ENV, &retry_log);
+    let result = cmd::run(&mut c);
+    report_retries(&retry_log);
+    result
+}
+
+/// Prints the nested tests that failed a try and ran again (their record,
+/// `vmm_testbed::retries`), whether the run passed or not: a passing test
+/// keeps its first try's failure out of `cargo test`'s output.
+fn report_retries(log: &std::path::Path) {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    if lines.is_empty() {
+        eprintln!("xtask test: no nested test needed a second try");
+        return;
+    }
+    eprintln!(
+        "xtask test: NESTED RETRIES: {} test run(s) failed a try and ran again (record: {}):",
+        lines.len(),
+        log.display()
+    );
+    for l in lines {
+        eprintln!("  {l}");
+    }
 }
 
 /// Installs QEMU's Python QMP client (`qemu.qmp`, PyPI) when missing.

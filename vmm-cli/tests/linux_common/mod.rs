@@ -8,7 +8,8 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use vmm_testbed::{
-    initramfs::busybox_initramfs, run_linux, GuestFiles, HostKvm, Job, Outcome, TestbedError,
+    initramfs::busybox_initramfs, retries, run_linux, GuestFiles, HostKvm, Job, Outcome,
+    TestbedError,
 };
 
 use crate::common;
@@ -46,11 +47,14 @@ pub const L1_FAULT: &str = "L1 FAULT: ";
 /// silent), or the guest hanging or resetting, which TCG's SVM emulation
 /// does now and then to guests under our VMM and QEMU alike (a vCPU left
 /// holding L1's registers: docs/nested/README.md). A real bug fails both
-/// runs. On hardware KVM there is no second run.
+/// runs. On hardware KVM there is no second run. Each retry is also
+/// recorded ([`retries`]) and `cargo xtask test` lists them at its end,
+/// so that a retry that passed is seen too.
 pub fn nested_retry(test: &str, body: impl Fn()) {
     if HostKvm::detect() != HostKvm::Pvm {
         return body();
     }
+    let start = std::time::Instant::now();
     let first = std::panic::catch_unwind(std::panic::AssertUnwindSafe(&body));
     if let Err(panic) = first {
         let why = panic
@@ -64,6 +68,7 @@ pub fn nested_retry(test: &str, body: impl Fn()) {
             "the nested guest failed (see docs/nested/ for TCG's SVM fault)"
         };
         eprintln!("{test}: NESTED FAILURE, RETRYING ONCE: {fault}:\n{why}\n--- second run ---");
+        retries::record(&retries::retry_line(test, start.elapsed(), fault, why));
         body();
     }
 }
