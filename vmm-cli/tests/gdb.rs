@@ -4,7 +4,8 @@
 //! guest stops, `paused`), the vCPUs as threads, registers, a single step,
 //! memory (and an unmapped address), the x87 and SSE registers (read, and
 //! written back), a software breakpoint and a continue to it (`debug`),
-//! detach (the guest runs on). And the bad `--gdb` addresses, refused at
+//! a hardware breakpoint (DR0) on the same instruction and a continue to
+//! it, detach (the guest runs on). And the bad `--gdb` addresses, refused at
 //! start-up.
 //!
 //! The gdb script waits at two points (`shell` loops on a file the test
@@ -157,6 +158,13 @@ fn gdb_attaches_steps_breaks_and_detaches() {
         handshake(&dir.0, "break"),
         "info registers rip".to_owned(),
         "delete".to_owned(),
+        // The same address as a hardware breakpoint (DR0), hit on the
+        // loop's next round.
+        format!("hbreak *{bp:#x}"),
+        "continue".to_owned(),
+        handshake(&dir.0, "hbreak"),
+        "info registers rip".to_owned(),
+        "delete".to_owned(),
         "detach".to_owned(),
     ];
     let mut gdb = Command::new("gdb");
@@ -184,6 +192,12 @@ fn gdb_attaches_steps_breaks_and_detaches() {
     at_handshake(&dir.0, "break", || {
         assert_eq!(c.status()["status"], "debug");
     });
+    // At the hardware breakpoint: debug again, after a resume.
+    at_handshake(&dir.0, "hbreak", || {
+        c.event("RESUME");
+        c.event("STOP");
+        assert_eq!(c.status()["status"], "debug");
+    });
     let o = gdb_guard.wait_within(RUN_LIMIT);
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
@@ -196,7 +210,7 @@ fn gdb_attaches_steps_breaks_and_detaches() {
         "{out}"
     );
     let r = rips(&out);
-    assert_eq!(r.len(), 3, "{out}");
+    assert_eq!(r.len(), 4, "{out}");
     let code_range = LOAD_ADDR..LOAD_ADDR + code.len() as u64;
     assert!(code_range.contains(&r[0]), "{:#x} outside the code", r[0]);
     assert!(code_range.contains(&r[1]), "{:#x} outside the code", r[1]);
@@ -242,6 +256,13 @@ fn gdb_attaches_steps_breaks_and_detaches() {
         "{out}"
     );
     assert_eq!(r[2], bp, "{out}");
+    // The hardware breakpoint hit, at the same address.
+    assert!(out.contains("Hardware assisted breakpoint 2"), "{out}");
+    assert!(
+        out.contains(&format!("hit Breakpoint 2, {bp:#018x}")),
+        "{out}"
+    );
+    assert_eq!(r[3], bp, "{out}");
 
     // Detached: running again, and printing.
     c.event("RESUME");

@@ -154,7 +154,14 @@ impl GuestDebug {
 /// Sets what `vcpu` stops for (`KVM_SET_GUEST_DEBUG`). Call it on the
 /// vCPU's own thread, with the vCPU out of `KVM_RUN`.
 pub fn apply(vcpu: &VcpuFd, debug: &GuestDebug) -> Result<(), kvm_ioctls::Error> {
-    vcpu.set_guest_debug(&debug.to_kvm())
+    let kvm = debug.to_kvm();
+    log::debug!(
+        "KVM_SET_GUEST_DEBUG: control {:#x}, DR0-3 {:x?}, DR7 {:#x}",
+        kvm.control,
+        &kvm.arch.debugreg[..4],
+        kvm.arch.debugreg[7]
+    );
+    vcpu.set_guest_debug(&kvm)
 }
 
 /// Why a vCPU stopped with `KVM_EXIT_DEBUG`, from the exit's exception

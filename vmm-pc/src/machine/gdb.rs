@@ -245,6 +245,7 @@ impl PcMachine {
         dr6: u64,
         emulated_int3: bool,
     ) -> Result<Option<String>, PcError> {
+        log::debug!("vCPU {vcpu}: debug exit: exception {exception}, DR6 {dr6:#x}");
         if emulated_int3 && !(self.gdb.attached && self.gdb.sw_breakpoints) {
             return Ok(Some("KVM could not emulate an int3 instruction".into()));
         }
