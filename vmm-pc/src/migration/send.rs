@@ -6,7 +6,10 @@
 //! loop stops the guest and hands over its state, and the last dirty
 //! pages, the state and the end mark go out. The guest's RAM is read with
 //! vm-memory's volatile copies: the guest writes it meanwhile, and a page
-//! it writes after being read is in the next pass's log.
+//! it writes after being read is in the next pass's log. A pass's dirty
+//! pages are those in KVM's log (vCPU writes) or in guest RAM's own bitmap
+//! (the VMM's writes: virtio devices' buffers and used rings, gdb's
+//! writes), both taken and cleared before the pages are read.
 
 use std::io::{BufWriter, Write};
 use std::sync::atomic::Ordering;
@@ -14,6 +17,7 @@ use std::sync::{mpsc, Arc};
 use std::time::Instant;
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
+use vmm_core::ram::{self, GuestRam};
 use vmm_core::vm::{DirtyBitmap, RamSlot, Vm, DIRTY_PAGE_SIZE};
 
 use super::transport::{self, Paced, Sink};
@@ -80,6 +84,9 @@ fn precopy(job: &SendJob, mailbox: &Mailbox) -> Result<(), String> {
     stream::write_start(&mut w, &job.shape).map_err(io)?;
     log::debug!("migration: connected at {:?}", t0.elapsed());
     let slots = job.vm.ram_slots();
+    // What the VMM wrote before is in the first pass (every page in use,
+    // read after this): its bitmap starts clean.
+    ram::clear_written(job.vm.memory());
     // The first pass: every page but those never touched (zeroes on both
     // sides), read from /proc/self/pagemap.
     let mut dirty: Vec<DirtyBitmap> = slots
@@ -138,13 +145,6 @@ fn precopy(job: &SendJob, mailbox: &Mailbox) -> Result<(), String> {
     for (a, b) in all.iter_mut().zip(&last) {
         a.merge(b);
     }
-    if shared.devices_wrote.load(Ordering::SeqCst) {
-        // The devices' writes (disk reads, received frames, used rings)
-        // are in no log: every page that may hold anything goes again.
-        for (a, slot) in all.iter_mut().zip(&slots) {
-            a.merge(&touched_pages(job.vm.memory(), slot));
-        }
-    }
     mailbox.post(ToMain::Pass(pass + 1));
     send_pages(&mut w, job, &slots, &all)?;
     stream::write_state(&mut w, &state).map_err(io)?;
@@ -167,7 +167,7 @@ fn ms(v: u128) -> u64 {
 
 /// A slot's pages that may hold anything: all but those never touched
 /// (every page if the page map cannot be read).
-fn touched_pages(mem: &vm_memory::GuestMemoryMmap, slot: &RamSlot) -> DirtyBitmap {
+fn touched_pages(mem: &GuestRam, slot: &RamSlot) -> DirtyBitmap {
     let pages = slot.size.div_ceil(DIRTY_PAGE_SIZE);
     let untouched = mem
         .get_host_address(GuestAddress(slot.guest_addr))
@@ -188,16 +188,22 @@ fn touched_pages(mem: &vm_memory::GuestMemoryMmap, slot: &RamSlot) -> DirtyBitma
     map
 }
 
-/// Every slot's dirty log, taken and cleared; all of RAM if the VMM wrote
-/// it meanwhile.
+/// Every slot's dirty pages, taken and cleared: KVM's log (the vCPUs'
+/// writes) merged with guest RAM's bitmap (the VMM's); all of RAM if the
+/// VMM wrote it where no bitmap sees (`resend_all`, a reset's reload).
+/// Both are taken before any page is read again: a write that lands
+/// after its bit was taken is marked anew (devices mark after writing;
+/// KVM write-protects the page as it clears its bit), so the next sync
+/// has it.
 fn sync(vm: &Vm, slots: &[RamSlot], shared: &Shared) -> Result<Vec<DirtyBitmap>, String> {
     let resend = shared.resend_all.swap(false, Ordering::SeqCst);
     slots
         .iter()
         .map(|slot| {
-            let log = vm
+            let mut log = vm
                 .take_dirty_log(slot)
                 .map_err(|e| format!("cannot read the dirty log: {e}"))?;
+            log.merge(&ram::take_written(vm.memory(), slot));
             Ok(if resend {
                 DirtyBitmap::new(slot.size.div_ceil(DIRTY_PAGE_SIZE), true)
             } else {
