@@ -6,6 +6,7 @@ use std::os::fd::AsRawFd;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use vm_memory::bitmap::AtomicBitmap;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_pci::msix::MsiMessage;
 use vmm_pci::PciDevice;
@@ -14,8 +15,9 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::seams::{Doorbells, IntxLine, MsiSender};
 use crate::transport::TransportSeams;
 
-/// Guest memory of the tests.
-pub type Mem = GuestMemoryMmap<()>;
+/// Guest memory of the tests: as the machine's, with a dirty bitmap of
+/// the writes the devices make.
+pub type Mem = GuestMemoryMmap<AtomicBitmap>;
 
 /// How long a test waits for a worker before calling it hung.
 pub const HANG: Duration = Duration::from_secs(20);

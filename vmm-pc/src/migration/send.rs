@@ -200,17 +200,23 @@ fn sync(vm: &Vm, slots: &[RamSlot], shared: &Shared) -> Result<Vec<DirtyBitmap>,
     slots
         .iter()
         .map(|slot| {
-            let mut log = vm
+            let log = vm
                 .take_dirty_log(slot)
                 .map_err(|e| format!("cannot read the dirty log: {e}"))?;
-            log.merge(&ram::take_written(vm.memory(), slot));
-            Ok(if resend {
-                DirtyBitmap::new(slot.size.div_ceil(DIRTY_PAGE_SIZE), true)
-            } else {
-                log
-            })
+            Ok(pass_pages(log, vm.memory(), slot, resend))
         })
         .collect()
+}
+
+/// A slot's pages for the next pass: those in KVM's `log` or in guest
+/// RAM's bitmap (taken and cleared here), or all of them on `resend`.
+fn pass_pages(mut log: DirtyBitmap, mem: &GuestRam, slot: &RamSlot, resend: bool) -> DirtyBitmap {
+    log.merge(&ram::take_written(mem, slot));
+    if resend {
+        DirtyBitmap::new(slot.size.div_ceil(DIRTY_PAGE_SIZE), true)
+    } else {
+        log
+    }
 }
 
 /// Sends the pages `dirty` marks; returns the bytes written.
@@ -254,4 +260,39 @@ fn send_pages(
     }
     flush(&mut chunk, w, &mut normal, &mut zero)?;
     Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pass_sends_the_pages_in_kvms_log_or_written_by_the_vmm_once() {
+        let base = 0x10_0000u64;
+        let mem = GuestRam::from_ranges(&[(GuestAddress(base), 16 << 12)]).unwrap();
+        let slot = RamSlot {
+            slot: 0,
+            guest_addr: base,
+            size: 16 << 12,
+        };
+        let kvm = |pages: &[u64]| {
+            let mut b = DirtyBitmap::new(16, false);
+            pages.iter().for_each(|&p| b.set(p));
+            b
+        };
+        let page = |p: u64| GuestAddress(base + p * DIRTY_PAGE_SIZE);
+        // A device's write (a used ring, a received frame) and a vCPU's.
+        mem.write_obj(1u16, page(5)).unwrap();
+        let pass = pass_pages(kvm(&[1, 5]), &mem, &slot, false);
+        assert_eq!(pass.iter().collect::<Vec<_>>(), [1, 5]);
+        mem.write_slice(&[1; 2], page(9)).unwrap();
+        let pass = pass_pages(kvm(&[]), &mem, &slot, false);
+        assert_eq!(pass.iter().collect::<Vec<_>>(), [9]);
+        // Taken: the next pass has only what came since.
+        assert_eq!(pass_pages(kvm(&[2]), &mem, &slot, false).count(), 1);
+        // A wholesale rewrite: everything, the bitmap cleared as well.
+        mem.write_obj(1u8, page(3)).unwrap();
+        assert_eq!(pass_pages(kvm(&[]), &mem, &slot, true).count(), 16);
+        assert_eq!(pass_pages(kvm(&[]), &mem, &slot, false).count(), 0);
+    }
 }
