@@ -36,8 +36,7 @@ use std::process::ExitCode;
 
 use kvm_bindings::{kvm_regs, kvm_segment, kvm_userspace_memory_region};
 use kvm_ioctls::{Kvm, VcpuExit};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
-use vmm_core::ram::GuestRam;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 /// Guest RAM, unless the second argument says otherwise (MiB).
 const DEFAULT_MEMORY_MIB: usize = 128;
@@ -93,7 +92,7 @@ fn run() -> Result<(), String> {
         .map_err(|e| format!("cannot create a VM (KVM_CREATE_VM): {e}"))?;
 
     // 3. RAM, slot 0 from guest address 0.
-    let mem = GuestRam::from_ranges(&[(GuestAddress(0), memory_mib << 20)])
+    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), memory_mib << 20)])
         .map_err(|e| format!("cannot map {memory_mib} MiB of guest RAM: {e}"))?;
     let host = mem
         .get_host_address(GuestAddress(0))
@@ -218,7 +217,7 @@ fn u64_at(b: &[u8], at: usize) -> Option<u64> {
 /// Copies the `PT_LOAD` segments of an ELF64 x86-64 image into `mem` (at
 /// their physical addresses) and returns the 32-bit PVH entry point from
 /// its Xen `PHYS32_ENTRY` note.
-fn load_pvh_elf(mem: &GuestRam, image: &[u8]) -> Result<u64, String> {
+fn load_pvh_elf(mem: &GuestMemoryMmap, image: &[u8]) -> Result<u64, String> {
     const PT_LOAD: u32 = 1;
     const PT_NOTE: u32 = 4;
     const XEN_ELFNOTE_PHYS32_ENTRY: u32 = 18;
@@ -270,14 +269,13 @@ fn load_pvh_elf(mem: &GuestRam, image: &[u8]) -> Result<u64, String> {
 
 #[cfg(test)]
 mod tests {
-    use vm_memory::{Bytes, GuestAddress};
-    use vmm_core::ram::GuestRam;
+    use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
     use vmm_pc::test_guests::{hello_exit, hello_reset, LOAD_ADDR};
 
     use super::load_pvh_elf;
 
-    fn mem() -> GuestRam {
-        GuestRam::from_ranges(&[(GuestAddress(0), 4 << 20)]).unwrap()
+    fn mem() -> GuestMemoryMmap {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 4 << 20)]).unwrap()
     }
 
     #[test]
