@@ -339,8 +339,11 @@ fn debian_with_a_disk_live_migrates_over_unix_and_fsck_is_clean() {
         {
             let r = &r["return"];
             eprintln!(
-                "{test}: total {} ms, downtime {} ms, {} bytes",
-                r["total-time"], r["downtime"], r["ram"]["transferred"]
+                "{test}: total {} ms, downtime {} ms, {} bytes, {} dirty syncs",
+                r["total-time"],
+                r["downtime"],
+                r["ram"]["transferred"],
+                r["ram"]["dirty-sync-count"]
             );
         }
         assert!(
