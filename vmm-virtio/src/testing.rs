@@ -27,6 +27,18 @@ pub fn memory(size: usize) -> Arc<Mem> {
     Arc::new(GuestMemoryMmap::from_ranges(&[(GuestAddress(0), size)]).unwrap())
 }
 
+/// The 4 KiB pages of the tests' memory (from 0) that its dirty bitmap
+/// has, in order, and the bitmap cleared: what a live migration's pass
+/// would take.
+pub fn take_dirty_pages(mem: &Mem) -> Vec<u64> {
+    use vm_memory::GuestMemoryBackend;
+    let region = mem.find_region(GuestAddress(0)).unwrap().get_mmap();
+    let words = region.bitmap().get_and_reset();
+    (0..words.len() as u64 * 64)
+        .filter(|&p| words[(p / 64) as usize] & (1 << (p % 64)) != 0)
+        .collect()
+}
+
 /// A list other threads append to, and tests wait on.
 #[derive(Debug)]
 pub struct Recorder<T> {
