@@ -88,6 +88,14 @@ mod tests {
     }
 
     #[test]
+    fn a_clone_for_a_device_marks_the_same_bitmap() {
+        let (mem, slot) = ram();
+        let device = std::sync::Arc::new(mem.clone());
+        device.write_obj(1u64, page(7)).unwrap();
+        assert_eq!(take_written(&mem, &slot).iter().collect::<Vec<_>>(), [7]);
+    }
+
+    #[test]
     fn a_host_address_write_marked_explicitly_shows() {
         let (mem, slot) = ram();
         let host = mem.get_host_address(page(5)).unwrap();
