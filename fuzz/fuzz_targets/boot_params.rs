@@ -9,7 +9,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use linux_loader::loader::bootparam::setup_header;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
+use vmm_core::ram::GuestRam;
 use vmm_fuzz::Input;
 use vmm_pc::boot::{self, KernelEntry, KernelFormat, LoadedKernel};
 use vmm_pc::layout::{CMDLINE_MAX_SIZE, CMDLINE_START, HIMEM_START, MMIO_HOLE_START};
@@ -83,7 +84,7 @@ fuzz_target!(|data: &[u8]| {
     check_memory_map(&mut input);
     check_initrd_address(&mut input);
 
-    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).expect("guest memory");
+    let mem = GuestRam::from_ranges(&[(GuestAddress(0), 1 << 20)]).expect("guest memory");
     let kernel = kernel(&mut input);
     let max = kernel.cmdline_max_size();
     assert!(max <= CMDLINE_MAX_SIZE);

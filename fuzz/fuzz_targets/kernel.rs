@@ -1,6 +1,6 @@
 //! The kernel loaders and what follows them, as the machine runs them at
 //! boot: a bzImage or ELF `vmlinux` (PVH note or not) parsed and loaded
-//! by vmm-pc's `load_kernel` into a `GuestMemoryMmap` of 16 to 64 MiB,
+//! by vmm-pc's `load_kernel` into a `GuestRam` of 16 to 64 MiB,
 //! then an initrd (from a memfd), the command line, the ACPI and MP tables
 //! and the zero page or PVH start info. Checks that a loaded kernel fits in
 //! RAM and that the initrd and command line land where their rules say.
@@ -12,7 +12,7 @@ use std::io::{Cursor, Write};
 use std::os::fd::FromRawFd;
 
 use libfuzzer_sys::fuzz_target;
-use vm_memory::GuestMemoryMmap;
+use vmm_core::ram::GuestRam;
 use vmm_fuzz::Input;
 use vmm_pc::boot::{self, KernelEntry};
 use vmm_pc::layout::{CMDLINE_MAX_SIZE, HIMEM_START, MMIO_HOLE_START};
@@ -45,7 +45,7 @@ fuzz_target!(|data: &[u8]| {
     let image = input.rest();
 
     let regions = ram_regions(memory, u64::MAX).expect("16..64 MiB is a valid size");
-    let mem = GuestMemoryMmap::from_ranges(&regions).expect("guest memory");
+    let mem = GuestRam::from_ranges(&regions).expect("guest memory");
     let Ok(kernel) = boot::load_kernel(&mem, &mut Cursor::new(image)) else {
         return;
     };

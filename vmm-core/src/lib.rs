@@ -4,7 +4,8 @@
 //!
 //! - [`kvm`]: open `/dev/kvm`, check its API version and the capabilities
 //!   the machine needs (QEMU's `kvm_init`).
-//! - [`vm`]: the VM, its guest memory slots, irqchip and interrupt lines.
+//! - [`vm`]: the VM, its guest memory slots, irqchip and interrupt lines;
+//!   [`ram`]: guest RAM's type, with the bitmap of the VMM's own writes.
 //! - [`io`]: the [`io::IoHandler`] trait through which vCPU exits reach the
 //!   machine's devices.
 //! - [`vcpu`]: one thread per vCPU, its exit dispatch, pause/resume/kick.
@@ -30,6 +31,7 @@ pub mod guest_debug;
 pub mod io;
 pub mod kvm;
 pub mod notify;
+pub mod ram;
 pub mod signals;
 pub mod vcpu;
 pub mod vm;

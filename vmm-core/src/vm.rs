@@ -10,10 +10,11 @@ use kvm_bindings::{
     KVM_MEM_LOG_DIRTY_PAGES, KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::VmFd;
-use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::kvm::{KvmError, KvmSystem};
+use crate::ram::GuestRam;
 
 /// Errors of VM-level operations.
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +82,18 @@ impl DirtyBitmap {
         Self { words, pages }
     }
 
+    /// A bitmap of `pages` pages from its words (a bit per page, least
+    /// significant first; bits past `pages` are dropped).
+    pub fn from_words(mut words: Vec<u64>, pages: u64) -> Self {
+        words.resize(pages.div_ceil(64) as usize, 0);
+        if pages % 64 != 0 {
+            if let Some(last) = words.last_mut() {
+                *last &= (1u64 << (pages % 64)) - 1;
+            }
+        }
+        Self { words, pages }
+    }
+
     /// How many pages are dirty.
     pub fn count(&self) -> u64 {
         self.words.iter().map(|w| u64::from(w.count_ones())).sum()
@@ -129,7 +142,7 @@ impl DirtyBitmap {
 #[derive(Debug, Clone)]
 pub struct Vm {
     fd: Arc<VmFd>,
-    memory: GuestMemoryMmap,
+    memory: GuestRam,
 }
 
 impl Vm {
@@ -138,8 +151,8 @@ impl Vm {
     pub fn new(kvm: &KvmSystem, regions: &[(GuestAddress, usize)]) -> Result<Self, VmError> {
         let fd = kvm.kvm().create_vm().map_err(KvmError::CreateVm)?;
         let size = regions.iter().map(|r| r.1 as u64).sum();
-        let memory = GuestMemoryMmap::from_ranges(regions)
-            .map_err(|source| VmError::Memory { size, source })?;
+        let memory =
+            GuestRam::from_ranges(regions).map_err(|source| VmError::Memory { size, source })?;
         let vm = Self {
             fd: Arc::new(fd),
             memory,
@@ -213,7 +226,7 @@ impl Vm {
     }
 
     /// Guest memory.
-    pub fn memory(&self) -> &GuestMemoryMmap {
+    pub fn memory(&self) -> &GuestRam {
         &self.memory
     }
 
@@ -454,5 +467,7 @@ mod tests {
         assert_eq!(all.count(), 70);
         b.merge(&all);
         assert_eq!(b.iter().count(), 70);
+        let w = DirtyBitmap::from_words(vec![u64::MAX, u64::MAX, 1], 70);
+        assert_eq!(w.count(), 70);
     }
 }

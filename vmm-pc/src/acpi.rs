@@ -30,7 +30,8 @@ use acpi_tables::rsdp::Rsdp;
 use acpi_tables::sdt::Sdt;
 use acpi_tables::xsdt::XSDT;
 use acpi_tables::{aml, Aml};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
+use vmm_core::ram::GuestRam;
 
 use crate::layout::{irq, port, ACPI_TABLES_START, APIC_ADDR, BIOS_END, IOAPIC_ADDR, RSDP_START};
 use crate::pci;
@@ -124,7 +125,7 @@ impl TableSpace {
 /// writes them into guest memory, and returns the RSDP's address, for the
 /// boot information.
 pub fn create_acpi_tables(
-    mem: &GuestMemoryMmap,
+    mem: &GuestRam,
     num_cpus: u32,
     ram: u64,
     wdat: bool,
@@ -335,7 +336,7 @@ mod tests {
 
     /// Reads the table at `addr`, checks its signature, checksum and place,
     /// and returns its bytes.
-    fn table(mem: &GuestMemoryMmap, addr: u64, signature: &[u8; 4]) -> Vec<u8> {
+    fn table(mem: &GuestRam, addr: u64, signature: &[u8; 4]) -> Vec<u8> {
         let header = read(mem, addr, HEADER_LEN as usize);
         assert_eq!(&header[..4], signature);
         let len = u32_at(&header, 4) as usize;
@@ -351,7 +352,7 @@ mod tests {
     }
 
     /// All the tables of a machine with `num_cpus` vCPUs: (FADT, MADT, DSDT).
-    fn tables(mem: &GuestMemoryMmap, num_cpus: u32) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+    fn tables(mem: &GuestRam, num_cpus: u32) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
         let rsdp_addr = create_acpi_tables(mem, num_cpus, 512 << 20, false).unwrap();
         assert_eq!(rsdp_addr, GuestAddress(RSDP_START));
         let rsdp = read(mem, RSDP_START, 36);
@@ -530,7 +531,7 @@ mod tests {
     #[test]
     fn tables_outside_guest_memory_are_an_error() {
         // RAM ends before the BIOS area.
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x8_0000)]).unwrap();
+        let mem = GuestRam::from_ranges(&[(GuestAddress(0), 0x8_0000)]).unwrap();
         assert!(matches!(
             create_acpi_tables(&mem, 1, 512 << 20, false),
             Err(AcpiError::Write(_))

@@ -104,7 +104,7 @@ impl BootImages {
     /// Loads kernel, initrd and command line into `mem` and writes the
     /// e820 map, ACPI and MP tables and boot parameters; returns where the
     /// boot CPU starts.
-    pub(crate) fn load(&mut self, mem: &vm_memory::GuestMemoryMmap) -> Result<BootEntry, PcError> {
+    pub(crate) fn load(&mut self, mem: &vmm_core::ram::GuestRam) -> Result<BootEntry, PcError> {
         let rewind = |f: &mut File| f.rewind().map_err(|e| PcError::Reload(e.to_string()));
         rewind(&mut self.kernel)?;
         let kernel = boot::load_kernel(mem, &mut self.kernel)?;
@@ -134,10 +134,7 @@ impl BootImages {
     /// reads do not wait on another process; a thread of its own here
     /// would need thread creation and a signalfd on the main thread's
     /// seccomp list.
-    pub(crate) fn reload(
-        &mut self,
-        mem: &vm_memory::GuestMemoryMmap,
-    ) -> Result<BootEntry, PcError> {
+    pub(crate) fn reload(&mut self, mem: &vmm_core::ram::GuestRam) -> Result<BootEntry, PcError> {
         self.load(mem)
     }
 }

@@ -85,7 +85,7 @@ pub struct E820Entry {
 }
 
 /// Checks `size` and splits it into the guest RAM regions, as
-/// `(start, length)` pairs ready for `GuestMemoryMmap::from_ranges`.
+/// `(start, length)` pairs ready for `GuestRam::from_ranges`.
 ///
 /// `limit` is the most RAM the caller allows, normally the host's
 /// [`host_memory_bytes`]. The result is one region from 0 when `size` fits

@@ -15,7 +15,8 @@
 //! at most [`MPTABLE_END`]: that area is guest RAM on this machine and the
 //! e820 map reserves all of it (see [`crate::memory::e820_map`]).
 
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
+use vmm_core::ram::GuestRam;
 
 use crate::layout::{irq, APIC_ADDR, EBDA_START, IOAPIC_ADDR, RSDP_START};
 
@@ -87,7 +88,7 @@ pub enum MpTableError {
 
 /// Writes the MP floating pointer and configuration table for `num_cpus`
 /// vCPUs at [`EBDA_START`].
-pub fn setup_mptable(mem: &GuestMemoryMmap, num_cpus: u32) -> Result<(), MpTableError> {
+pub fn setup_mptable(mem: &GuestRam, num_cpus: u32) -> Result<(), MpTableError> {
     let bytes = build_mptable(num_cpus, EBDA_START)?;
     mem.write_slice(&bytes, GuestAddress(EBDA_START))
         .map_err(MpTableError::Write)
@@ -190,7 +191,7 @@ mod tests {
     use crate::test_util::{low_memory as memory, read, sum, u16_at, u32_at};
 
     /// Writes the table and returns its entries as (type, bytes).
-    fn entries(mem: &GuestMemoryMmap, num_cpus: u32) -> Vec<(u8, Vec<u8>)> {
+    fn entries(mem: &GuestRam, num_cpus: u32) -> Vec<(u8, Vec<u8>)> {
         setup_mptable(mem, num_cpus).unwrap();
         let floating = read(mem, EBDA_START, FLOATING_POINTER_LEN);
         assert_eq!(&floating[..4], b"_MP_");
@@ -312,7 +313,7 @@ mod tests {
 
     #[test]
     fn memory_without_the_ebda_is_an_error() {
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x8_0000)]).unwrap();
+        let mem = GuestRam::from_ranges(&[(GuestAddress(0), 0x8_0000)]).unwrap();
         assert!(matches!(
             setup_mptable(&mem, 1),
             Err(MpTableError::Write(_))

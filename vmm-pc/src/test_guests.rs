@@ -514,13 +514,14 @@ fn two_cpus_then(end: &[u8]) -> Vec<u8> {
 mod tests {
     use std::io::{Seek, Write};
 
-    use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+    use vm_memory::{Bytes, GuestAddress};
+    use vmm_core::ram::GuestRam;
 
     use super::*;
     use crate::boot::{load_kernel, KernelEntry};
 
-    fn load(image: &[u8]) -> (GuestMemoryMmap, KernelEntry) {
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 4 << 20)]).unwrap();
+    fn load(image: &[u8]) -> (GuestRam, KernelEntry) {
+        let mem = GuestRam::from_ranges(&[(GuestAddress(0), 4 << 20)]).unwrap();
         let mut f = vmm_sys_util::tempfile::TempFile::new().unwrap().into_file();
         f.write_all(image).unwrap();
         f.rewind().unwrap();

@@ -1,15 +1,16 @@
 //! Helpers shared by the table builders' tests: guest RAM and reading
 //! little-endian fields back out of it.
 
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
+use vmm_core::ram::GuestRam;
 
 /// 2 MiB of RAM from address 0: low memory, the EBDA and the BIOS area.
-pub fn low_memory() -> GuestMemoryMmap {
-    GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 2 << 20)]).unwrap()
+pub fn low_memory() -> GuestRam {
+    GuestRam::from_ranges(&[(GuestAddress(0), 2 << 20)]).unwrap()
 }
 
 /// `len` bytes of guest memory at `addr`.
-pub fn read(mem: &GuestMemoryMmap, addr: u64, len: usize) -> Vec<u8> {
+pub fn read(mem: &GuestRam, addr: u64, len: usize) -> Vec<u8> {
     let mut bytes = vec![0; len];
     mem.read_slice(&mut bytes, GuestAddress(addr)).unwrap();
     bytes

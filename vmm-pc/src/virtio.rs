@@ -17,7 +17,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use vm_memory::GuestMemoryMmap;
+use vmm_core::ram::GuestRam;
 use vmm_core::vm::Vm;
 use vmm_pci::alloc::Window;
 use vmm_pci::msix::MsiMessage;
@@ -135,7 +135,7 @@ pub enum PlugError {
 pub struct Slots {
     window: Window,
     lines: Arc<IntxLines>,
-    mem: Arc<GuestMemoryMmap>,
+    mem: Arc<GuestRam>,
 }
 
 impl std::fmt::Debug for Slots {
@@ -173,7 +173,7 @@ impl Slots {
         vm: &Vm,
         root: &mut PciRoot,
         name: &str,
-        device: Box<dyn VirtioDevice<GuestMemoryMmap>>,
+        device: Box<dyn VirtioDevice<GuestRam>>,
         slot: u8,
     ) -> Result<(), PlugError> {
         let seams = TransportSeams {
@@ -382,7 +382,7 @@ pub fn add_nets(
         let ifname = open.tap.name().to_owned();
         let tap = Arc::new(open.tap);
         let vhost = open.vhost.is_some();
-        let (card, handle): (Box<dyn VirtioDevice<GuestMemoryMmap>>, _) = match open.vhost {
+        let (card, handle): (Box<dyn VirtioDevice<GuestRam>>, _) = match open.vhost {
             Some(file) => {
                 let card =
                     VhostNet::new(file, tap, net.mac, thread_start.clone()).map_err(|source| {

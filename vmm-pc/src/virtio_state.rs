@@ -24,7 +24,7 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
-use vm_memory::GuestMemoryMmap;
+use vmm_core::ram::GuestRam;
 use vmm_pci::PciRoot;
 use vmm_qom::{Device, InvalidState, SavedDevice, StateError};
 use vmm_virtio::transport::snapshot::VirtioPciSnapshot;
@@ -58,10 +58,10 @@ pub struct VirtioEntry {
 }
 
 /// The function in `slot` of `root`, as a virtio function.
-fn function(root: &mut PciRoot, slot: u8) -> Option<&mut VirtioPciDevice<GuestMemoryMmap>> {
+fn function(root: &mut PciRoot, slot: u8) -> Option<&mut VirtioPciDevice<GuestRam>> {
     root.function_mut(slot)?
         .as_any_mut()?
-        .downcast_mut::<VirtioPciDevice<GuestMemoryMmap>>()
+        .downcast_mut::<VirtioPciDevice<GuestRam>>()
 }
 
 impl VirtioEntry {

@@ -6,6 +6,7 @@ use std::os::fd::AsRawFd;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use vm_memory::bitmap::AtomicBitmap;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_pci::msix::MsiMessage;
 use vmm_pci::PciDevice;
@@ -14,8 +15,9 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::seams::{Doorbells, IntxLine, MsiSender};
 use crate::transport::TransportSeams;
 
-/// Guest memory of the tests.
-pub type Mem = GuestMemoryMmap<()>;
+/// Guest memory of the tests: as the machine's, with a dirty bitmap of
+/// the writes the devices make.
+pub type Mem = GuestMemoryMmap<AtomicBitmap>;
 
 /// How long a test waits for a worker before calling it hung.
 pub const HANG: Duration = Duration::from_secs(20);
@@ -23,6 +25,18 @@ pub const HANG: Duration = Duration::from_secs(20);
 /// `size` bytes of anonymous guest memory at 0.
 pub fn memory(size: usize) -> Arc<Mem> {
     Arc::new(GuestMemoryMmap::from_ranges(&[(GuestAddress(0), size)]).unwrap())
+}
+
+/// The 4 KiB pages of the tests' memory (from 0) that its dirty bitmap
+/// has, in order, and the bitmap cleared: what a live migration's pass
+/// would take.
+pub fn take_dirty_pages(mem: &Mem) -> Vec<u64> {
+    use vm_memory::GuestMemoryBackend;
+    let region = mem.find_region(GuestAddress(0)).unwrap().get_mmap();
+    let words = region.bitmap().get_and_reset();
+    (0..words.len() as u64 * 64)
+        .filter(|&p| words[(p / 64) as usize] & (1 << (p % 64)) != 0)
+        .collect()
 }
 
 /// A list other threads append to, and tests wait on.

@@ -14,7 +14,8 @@
 //! a FACS that cannot be read, and a non-zero `X_Firmware_Waking_Vector`
 //! (a protected-mode or 64-bit wake-up this machine does not start).
 
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
+use vmm_core::ram::GuestRam;
 
 use crate::layout::ACPI_TABLES_START;
 
@@ -63,7 +64,7 @@ pub fn classify(vector: u32, x_vector: u64, in_ram: impl Fn(u64) -> bool) -> Wak
 }
 
 /// Reads the FACS in `mem` and decides where the boot CPU wakes.
-pub fn wake_target(mem: &GuestMemoryMmap) -> WakeTarget {
+pub fn wake_target(mem: &GuestRam) -> WakeTarget {
     let vector = mem.read_obj::<u32>(GuestAddress(FACS_ADDR + WAKING_VECTOR_OFFSET));
     let x_vector = mem.read_obj::<u64>(GuestAddress(FACS_ADDR + X_WAKING_VECTOR_OFFSET));
     match (vector, x_vector) {
@@ -134,7 +135,7 @@ mod tests {
             .unwrap();
         assert!(matches!(wake_target(&mem), WakeTarget::Reset(_)));
         // A machine whose RAM ends before the FACS: unreadable, reset.
-        let small = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x1000)]).unwrap();
+        let small = GuestRam::from_ranges(&[(GuestAddress(0), 0x1000)]).unwrap();
         assert!(matches!(wake_target(&small), WakeTarget::Reset(_)));
     }
 }

@@ -1,7 +1,8 @@
 //! Placing the kernel command line.
 
 use linux_loader::cmdline::Cmdline;
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vm_memory::GuestAddress;
+use vmm_core::ram::GuestRam;
 
 use super::BootError;
 use crate::layout::{CMDLINE_MAX_SIZE, CMDLINE_START};
@@ -14,7 +15,7 @@ use crate::layout::{CMDLINE_MAX_SIZE, CMDLINE_START};
 /// it is capped at [`CMDLINE_MAX_SIZE`]. The line must be printable ASCII;
 /// leading and trailing spaces are dropped.
 pub fn load_cmdline(
-    mem: &GuestMemoryMmap,
+    mem: &GuestRam,
     cmdline: &str,
     max_size: usize,
 ) -> Result<(GuestAddress, usize), BootError> {

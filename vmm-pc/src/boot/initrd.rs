@@ -3,7 +3,8 @@
 use std::fs::File;
 use std::io::Seek;
 
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
+use vmm_core::ram::GuestRam;
 
 use super::{BootError, LoadedKernel};
 use crate::layout::{HIMEM_START, MMIO_HOLE_START};
@@ -45,7 +46,7 @@ pub fn initrd_address(
 /// `kernel` and `ram_size` bytes of RAM; returns its address and size, for
 /// the boot information.
 pub fn load_initrd(
-    mem: &GuestMemoryMmap,
+    mem: &GuestRam,
     initrd: &mut File,
     kernel: &LoadedKernel,
     ram_size: u64,

@@ -6,9 +6,8 @@ use linux_loader::loader::bootparam::{setup_header, XLF_KERNEL_64};
 use linux_loader::loader::bzimage::BzImage;
 use linux_loader::loader::elf::{Elf, PvhBootCapability};
 use linux_loader::loader::{KernelLoader, KernelLoaderResult};
-use vm_memory::{
-    Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, ReadVolatile,
-};
+use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryRegion, ReadVolatile};
+use vmm_core::ram::GuestRam;
 
 use super::check::{check_bzimage, check_elf, PROTOCOL_64BIT_ENTRY};
 use super::initrd::DEFAULT_INITRD_ADDR_MAX;
@@ -125,7 +124,7 @@ impl LoadedKernel {
 ///
 /// The format comes from the file's magic numbers; a file that is neither,
 /// or is empty, truncated or 32-bit, gives an error.
-pub fn load_kernel<F>(mem: &GuestMemoryMmap, kernel: &mut F) -> Result<LoadedKernel, BootError>
+pub fn load_kernel<F>(mem: &GuestRam, kernel: &mut F) -> Result<LoadedKernel, BootError>
 where
     F: Read + ReadVolatile + Seek,
 {
@@ -182,7 +181,7 @@ fn sniff<F: Read + Seek>(kernel: &mut F) -> Result<KernelFormat, BootError> {
     Err(BootError::UnknownKernelFormat)
 }
 
-fn load_bzimage<F>(mem: &GuestMemoryMmap, kernel: &mut F) -> Result<LoadedKernel, BootError>
+fn load_bzimage<F>(mem: &GuestRam, kernel: &mut F) -> Result<LoadedKernel, BootError>
 where
     F: Read + ReadVolatile + Seek,
 {
@@ -238,7 +237,7 @@ fn bzimage_end(result: &KernelLoaderResult, hdr: &setup_header) -> u64 {
     end
 }
 
-fn load_elf<F>(mem: &GuestMemoryMmap, kernel: &mut F) -> Result<LoadedKernel, BootError>
+fn load_elf<F>(mem: &GuestRam, kernel: &mut F) -> Result<LoadedKernel, BootError>
 where
     F: Read + ReadVolatile + Seek,
 {

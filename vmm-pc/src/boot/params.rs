@@ -8,7 +8,8 @@ use linux_loader::loader::bootparam::{boot_e820_entry, boot_params, E820_MAX_ENT
 use linux_loader::loader::elf::start_info::{
     hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info, XEN_HVM_START_MAGIC_VALUE,
 };
-use vm_memory::{Address, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Address, GuestAddress};
+use vmm_core::ram::GuestRam;
 
 use super::{BootError, LoadedKernel};
 use crate::layout::{
@@ -44,7 +45,7 @@ const HVM_START_INFO_VERSION: u32 = 1;
 /// obsolete) only ever concerned the 32-bit entry; the 64-bit entry runs
 /// neither.
 pub fn write_boot_params(
-    mem: &GuestMemoryMmap,
+    mem: &GuestRam,
     kernel: &LoadedKernel,
     cmdline: (GuestAddress, usize),
     initrd: Option<(GuestAddress, usize)>,
@@ -94,7 +95,7 @@ pub fn write_boot_params(
 /// memory map at [`PVH_MEMMAP_START`] and, with an initrd, a one-entry
 /// module list at [`PVH_MODLIST_START`].
 pub fn write_pvh_start_info(
-    mem: &GuestMemoryMmap,
+    mem: &GuestRam,
     cmdline: GuestAddress,
     initrd: Option<(GuestAddress, usize)>,
     e820: &[E820Entry],
@@ -169,7 +170,7 @@ mod tests {
 
     const RAM: u64 = 64 << 20;
 
-    fn read_params(mem: &GuestMemoryMmap) -> boot_params {
+    fn read_params(mem: &GuestRam) -> boot_params {
         mem.read_obj(GuestAddress(ZERO_PAGE_START)).unwrap()
     }
 

@@ -4,7 +4,8 @@ use std::fs::File;
 use std::io::{Seek, Write};
 
 use linux_loader::loader::bootparam::{LOADED_HIGH, XLF_CAN_BE_LOADED_ABOVE_4G, XLF_KERNEL_64};
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vm_memory::GuestAddress;
+use vmm_core::ram::GuestRam;
 use vmm_sys_util::tempfile::TempFile;
 
 /// Sectors of real-mode setup code in the fake bzImage.
@@ -79,6 +80,6 @@ pub fn file_with(bytes: &[u8]) -> File {
 }
 
 /// `size` bytes of guest RAM from address 0.
-pub fn guest_memory(size: usize) -> GuestMemoryMmap {
-    GuestMemoryMmap::from_ranges(&[(GuestAddress(0), size)]).unwrap()
+pub fn guest_memory(size: usize) -> GuestRam {
+    GuestRam::from_ranges(&[(GuestAddress(0), size)]).unwrap()
 }

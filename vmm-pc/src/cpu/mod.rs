@@ -32,7 +32,7 @@
 
 use kvm_bindings::CpuId;
 use kvm_ioctls::VcpuFd;
-use vm_memory::GuestMemoryMmap;
+use vmm_core::ram::GuestRam;
 
 pub mod cpuid;
 pub mod dump;
@@ -99,7 +99,7 @@ impl CpuError {
 /// APIC ID. The VM needs its in-kernel irqchip already.
 pub fn configure_vcpu(
     vcpu: &VcpuFd,
-    mem: &GuestMemoryMmap,
+    mem: &GuestRam,
     supported_cpuid: &CpuId,
     index: u32,
     num_vcpus: u32,
@@ -118,7 +118,7 @@ pub fn configure_vcpu(
 /// again either).
 pub fn set_boot_state(
     vcpu: &VcpuFd,
-    mem: &GuestMemoryMmap,
+    mem: &GuestRam,
     entry: Option<&BootEntry>,
 ) -> Result<(), CpuError> {
     msr::apply_boot_msrs(vcpu)?;

@@ -18,7 +18,8 @@
 
 use kvm_bindings::{kvm_fpu, kvm_regs, kvm_sregs};
 use kvm_ioctls::VcpuFd;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
+use vmm_core::ram::GuestRam;
 
 use super::gdt::{
     boot_gdt, segment_from_gdt, CodeMode, BOOT_GDT_ENTRIES, BOOT_GDT_LIMIT, BOOT_IDT_LIMIT,
@@ -220,7 +221,7 @@ pub fn boot_fpu() -> kvm_fpu {
 
 /// Writes the boot GDT for `entry` at [`BOOT_GDT_START`] and an empty IDT
 /// slot at [`BOOT_IDT_START`]. Real-mode entries need neither.
-pub fn write_boot_gdt_idt(mem: &GuestMemoryMmap, entry: &BootEntry) -> Result<(), CpuError> {
+pub fn write_boot_gdt_idt(mem: &GuestRam, entry: &BootEntry) -> Result<(), CpuError> {
     let mode = match entry {
         BootEntry::Linux64 { .. } => CodeMode::Long,
         BootEntry::Pvh { .. } => CodeMode::Protected32,
@@ -238,7 +239,7 @@ pub fn write_boot_gdt_idt(mem: &GuestMemoryMmap, entry: &BootEntry) -> Result<()
 /// [`PDPTE_START`], `PDPT[0]` -> the page directory at [`PDE_START`], whose
 /// 512 entries map `i * 2 MiB` present, writable, large. The other entries of
 /// the PML4 and PDPT are left as they are (zero in fresh guest RAM).
-pub fn write_identity_page_tables(mem: &GuestMemoryMmap) -> Result<(), CpuError> {
+pub fn write_identity_page_tables(mem: &GuestRam) -> Result<(), CpuError> {
     write_u64(
         mem,
         PML4_START,
@@ -258,12 +259,7 @@ pub fn write_identity_page_tables(mem: &GuestMemoryMmap) -> Result<(), CpuError>
     Ok(())
 }
 
-fn write_u64(
-    mem: &GuestMemoryMmap,
-    addr: u64,
-    val: u64,
-    what: &'static str,
-) -> Result<(), CpuError> {
+fn write_u64(mem: &GuestRam, addr: u64, val: u64, what: &'static str) -> Result<(), CpuError> {
     mem.write_obj(val, GuestAddress(addr))
         .map_err(|source| CpuError::GuestMemory { what, source })
 }
@@ -271,11 +267,7 @@ fn write_u64(
 /// Puts the boot CPU at `entry`: writes the GDT/IDT (and for Linux the
 /// identity page tables) into `mem`, then sets sregs (starting from the
 /// vCPU's current ones), regs and the FPU.
-pub fn apply_boot_regs(
-    vcpu: &VcpuFd,
-    mem: &GuestMemoryMmap,
-    entry: &BootEntry,
-) -> Result<(), CpuError> {
+pub fn apply_boot_regs(vcpu: &VcpuFd, mem: &GuestRam, entry: &BootEntry) -> Result<(), CpuError> {
     write_boot_gdt_idt(mem, entry)?;
     if let BootEntry::Linux64 { .. } = entry {
         write_identity_page_tables(mem)?;
@@ -306,11 +298,11 @@ mod tests {
         start_info: PVH_INFO_START,
     };
 
-    fn mem() -> GuestMemoryMmap {
-        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap()
+    fn mem() -> GuestRam {
+        GuestRam::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap()
     }
 
-    fn read_u64(mem: &GuestMemoryMmap, addr: u64) -> u64 {
+    fn read_u64(mem: &GuestRam, addr: u64) -> u64 {
         mem.read_obj(GuestAddress(addr)).unwrap()
     }
 
@@ -471,12 +463,12 @@ mod tests {
 
     #[test]
     fn writes_outside_memory_fail() {
-        let small = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x1000)]).unwrap();
+        let small = GuestRam::from_ranges(&[(GuestAddress(0), 0x1000)]).unwrap();
         assert!(matches!(
             write_identity_page_tables(&small),
             Err(CpuError::GuestMemory { what: "PML4", .. })
         ));
-        let high = GuestMemoryMmap::from_ranges(&[(GuestAddress(0x10_0000), 0x1000)]).unwrap();
+        let high = GuestRam::from_ranges(&[(GuestAddress(0x10_0000), 0x1000)]).unwrap();
         assert!(write_boot_gdt_idt(&high, &PVH).is_err());
     }
 

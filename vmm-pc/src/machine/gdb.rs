@@ -18,8 +18,9 @@
 
 use kvm_bindings::kvm_xsave;
 use kvm_ioctls::VcpuFd;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 use vmm_core::guest_debug::{self, DebugCondition, DebugRegister, DebugStop, GuestDebug};
+use vmm_core::ram::GuestRam;
 use vmm_gdb::paging::{self, PagingRegs, PhysMemory};
 use vmm_gdb::{FpuRegisters, HwSlot, Registers, ResumePlan, SlotKind, Stop, StopKind, StopSender};
 use vmm_runstate::RunState;
@@ -39,7 +40,7 @@ pub(super) struct GdbState {
 }
 
 /// Guest RAM as the page-table walk reads it.
-struct Ram<'a>(&'a GuestMemoryMmap);
+struct Ram<'a>(&'a GuestRam);
 
 impl PhysMemory for Ram<'_> {
     fn read_u64(&self, gpa: u64) -> Option<u64> {
@@ -213,9 +214,10 @@ impl PcMachine {
             GdbRequest::WriteMemory { vcpu, addr, data } => {
                 let paging = self.paging_regs(vcpu)?;
                 let n = self.access(&paging, addr, data.len(), |mem, gpa, range| {
+                    // Through vm-memory: guest RAM's dirty bitmap has it
+                    // for a migration under way.
                     mem.write_slice(&data[range], gpa).is_ok()
                 });
-                self.live.vmm_wrote_ram();
                 Ok(Reply::GdbWritten(n))
             }
             GdbRequest::Resume(plan) => self.gdb_resume(&plan),
@@ -361,7 +363,7 @@ impl PcMachine {
         paging: &PagingRegs,
         addr: u64,
         len: usize,
-        mut io: impl FnMut(&GuestMemoryMmap, GuestAddress, std::ops::Range<usize>) -> bool,
+        mut io: impl FnMut(&GuestRam, GuestAddress, std::ops::Range<usize>) -> bool,
     ) -> usize {
         let mem = self.vm.memory();
         let mut done = 0usize;

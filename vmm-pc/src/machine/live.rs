@@ -91,8 +91,9 @@ impl Live {
         })
     }
 
-    /// The VMM wrote guest RAM itself: an outgoing migration sends all of
-    /// it again (KVM's dirty log sees vCPU writes only).
+    /// The VMM rewrote guest RAM wholesale (a reset's reload): an outgoing
+    /// migration sends all of it again. (Writes through the guest-memory
+    /// API are in guest RAM's dirty bitmap already; this is the belt.)
     pub(super) fn vmm_wrote_ram(&self) {
         if let Some(out) = &self.out {
             out.shared.resend_all.store(true, Ordering::SeqCst);
@@ -328,13 +329,7 @@ impl PcMachine {
         out.stopped = Some(Instant::now());
         self.stop_with(RunState::FinishMigrate)
             .map_err(|e| e.to_string())?;
-        let state = self.capture_state().map_err(text)?;
-        if self.has_virtio() {
-            if let Some(out) = &self.live.out {
-                out.shared.devices_wrote.store(true, Ordering::SeqCst);
-            }
-        }
-        Ok(state)
+        self.capture_state().map_err(text)
     }
 
     fn outgoing_ended(&mut self, result: Result<(), String>) -> Result<(), PcError> {

@@ -86,7 +86,9 @@ fn decode<T: for<'de> Deserialize<'de>>(
 
 /// A RAM region as bytes, to scan it at memory speed rather than through
 /// vm-memory's volatile copies.
-fn host_slice(region: &vm_memory::GuestRegionMmap) -> Result<&[u8], CommandFailure> {
+fn host_slice(
+    region: &vm_memory::GuestRegionMmap<vm_memory::bitmap::AtomicBitmap>,
+) -> Result<&[u8], CommandFailure> {
     let len = usize::try_from(region.len()).map_err(|_| refused("a RAM region too large"))?;
     let ptr = region
         .get_host_address(vm_memory::MemoryRegionAddress(0))
@@ -155,12 +157,6 @@ impl PcMachine {
             .chain(self.rngs.iter().map(|r| r.slot))
             .chain(self.vsocks.iter().map(|v| v.slot))
             .collect()
-    }
-
-    /// Whether the machine has virtio devices that write guest RAM from
-    /// their own threads (KVM's dirty log does not see those writes).
-    pub(super) fn has_virtio(&self) -> bool {
-        !self.virtio_slots().is_empty()
     }
 
     /// Before the guest runs (`start`): the disk images' locks taken back

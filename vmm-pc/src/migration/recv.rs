@@ -6,7 +6,8 @@
 
 use std::io::BufReader;
 
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
+use vmm_core::ram::GuestRam;
 
 use super::transport::{self, Listener};
 use super::MigrationUri;
@@ -28,7 +29,7 @@ pub struct RecvJob {
     /// Where from.
     pub from: From,
     /// The guest's RAM.
-    pub memory: GuestMemoryMmap,
+    pub memory: GuestRam,
     /// This machine's shape, which the stream's must match.
     pub shape: Shape,
 }
@@ -55,7 +56,7 @@ pub fn run(job: RecvJob) -> Result<Vec<Section>, String> {
 
 fn read(
     input: Box<dyn std::io::Read + Send>,
-    memory: &GuestMemoryMmap,
+    memory: &GuestRam,
     shape: &Shape,
 ) -> Result<Vec<Section>, String> {
     let text = |e: stream::StreamError| e.to_string();

@@ -6,7 +6,10 @@
 //! loop stops the guest and hands over its state, and the last dirty
 //! pages, the state and the end mark go out. The guest's RAM is read with
 //! vm-memory's volatile copies: the guest writes it meanwhile, and a page
-//! it writes after being read is in the next pass's log.
+//! it writes after being read is in the next pass's log. A pass's dirty
+//! pages are those in KVM's log (vCPU writes) or in guest RAM's own bitmap
+//! (the VMM's writes: virtio devices' buffers and used rings, gdb's
+//! writes), both taken and cleared before the pages are read.
 
 use std::io::{BufWriter, Write};
 use std::sync::atomic::Ordering;
@@ -14,6 +17,7 @@ use std::sync::{mpsc, Arc};
 use std::time::Instant;
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
+use vmm_core::ram::{self, GuestRam};
 use vmm_core::vm::{DirtyBitmap, RamSlot, Vm, DIRTY_PAGE_SIZE};
 
 use super::transport::{self, Paced, Sink};
@@ -80,6 +84,9 @@ fn precopy(job: &SendJob, mailbox: &Mailbox) -> Result<(), String> {
     stream::write_start(&mut w, &job.shape).map_err(io)?;
     log::debug!("migration: connected at {:?}", t0.elapsed());
     let slots = job.vm.ram_slots();
+    // What the VMM wrote before is in the first pass (every page in use,
+    // read after this): its bitmap starts clean.
+    ram::clear_written(job.vm.memory());
     // The first pass: every page but those never touched (zeroes on both
     // sides), read from /proc/self/pagemap.
     let mut dirty: Vec<DirtyBitmap> = slots
@@ -138,13 +145,6 @@ fn precopy(job: &SendJob, mailbox: &Mailbox) -> Result<(), String> {
     for (a, b) in all.iter_mut().zip(&last) {
         a.merge(b);
     }
-    if shared.devices_wrote.load(Ordering::SeqCst) {
-        // The devices' writes (disk reads, received frames, used rings)
-        // are in no log: every page that may hold anything goes again.
-        for (a, slot) in all.iter_mut().zip(&slots) {
-            a.merge(&touched_pages(job.vm.memory(), slot));
-        }
-    }
     mailbox.post(ToMain::Pass(pass + 1));
     send_pages(&mut w, job, &slots, &all)?;
     stream::write_state(&mut w, &state).map_err(io)?;
@@ -167,7 +167,7 @@ fn ms(v: u128) -> u64 {
 
 /// A slot's pages that may hold anything: all but those never touched
 /// (every page if the page map cannot be read).
-fn touched_pages(mem: &vm_memory::GuestMemoryMmap, slot: &RamSlot) -> DirtyBitmap {
+fn touched_pages(mem: &GuestRam, slot: &RamSlot) -> DirtyBitmap {
     let pages = slot.size.div_ceil(DIRTY_PAGE_SIZE);
     let untouched = mem
         .get_host_address(GuestAddress(slot.guest_addr))
@@ -188,8 +188,13 @@ fn touched_pages(mem: &vm_memory::GuestMemoryMmap, slot: &RamSlot) -> DirtyBitma
     map
 }
 
-/// Every slot's dirty log, taken and cleared; all of RAM if the VMM wrote
-/// it meanwhile.
+/// Every slot's dirty pages, taken and cleared: KVM's log (the vCPUs'
+/// writes) merged with guest RAM's bitmap (the VMM's); all of RAM if the
+/// VMM wrote it where no bitmap sees (`resend_all`, a reset's reload).
+/// Both are taken before any page is read again: a write that lands
+/// after its bit was taken is marked anew (devices mark after writing;
+/// KVM write-protects the page as it clears its bit), so the next sync
+/// has it.
 fn sync(vm: &Vm, slots: &[RamSlot], shared: &Shared) -> Result<Vec<DirtyBitmap>, String> {
     let resend = shared.resend_all.swap(false, Ordering::SeqCst);
     slots
@@ -198,13 +203,20 @@ fn sync(vm: &Vm, slots: &[RamSlot], shared: &Shared) -> Result<Vec<DirtyBitmap>,
             let log = vm
                 .take_dirty_log(slot)
                 .map_err(|e| format!("cannot read the dirty log: {e}"))?;
-            Ok(if resend {
-                DirtyBitmap::new(slot.size.div_ceil(DIRTY_PAGE_SIZE), true)
-            } else {
-                log
-            })
+            Ok(pass_pages(log, vm.memory(), slot, resend))
         })
         .collect()
+}
+
+/// A slot's pages for the next pass: those in KVM's `log` or in guest
+/// RAM's bitmap (taken and cleared here), or all of them on `resend`.
+fn pass_pages(mut log: DirtyBitmap, mem: &GuestRam, slot: &RamSlot, resend: bool) -> DirtyBitmap {
+    log.merge(&ram::take_written(mem, slot));
+    if resend {
+        DirtyBitmap::new(slot.size.div_ceil(DIRTY_PAGE_SIZE), true)
+    } else {
+        log
+    }
 }
 
 /// Sends the pages `dirty` marks; returns the bytes written.
@@ -248,4 +260,39 @@ fn send_pages(
     }
     flush(&mut chunk, w, &mut normal, &mut zero)?;
     Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pass_sends_the_pages_in_kvms_log_or_written_by_the_vmm_once() {
+        let base = 0x10_0000u64;
+        let mem = GuestRam::from_ranges(&[(GuestAddress(base), 16 << 12)]).unwrap();
+        let slot = RamSlot {
+            slot: 0,
+            guest_addr: base,
+            size: 16 << 12,
+        };
+        let kvm = |pages: &[u64]| {
+            let mut b = DirtyBitmap::new(16, false);
+            pages.iter().for_each(|&p| b.set(p));
+            b
+        };
+        let page = |p: u64| GuestAddress(base + p * DIRTY_PAGE_SIZE);
+        // A device's write (a used ring, a received frame) and a vCPU's.
+        mem.write_obj(1u16, page(5)).unwrap();
+        let pass = pass_pages(kvm(&[1, 5]), &mem, &slot, false);
+        assert_eq!(pass.iter().collect::<Vec<_>>(), [1, 5]);
+        mem.write_slice(&[1; 2], page(9)).unwrap();
+        let pass = pass_pages(kvm(&[]), &mem, &slot, false);
+        assert_eq!(pass.iter().collect::<Vec<_>>(), [9]);
+        // Taken: the next pass has only what came since.
+        assert_eq!(pass_pages(kvm(&[2]), &mem, &slot, false).count(), 1);
+        // A wholesale rewrite: everything, the bitmap cleared as well.
+        mem.write_obj(1u8, page(3)).unwrap();
+        assert_eq!(pass_pages(kvm(&[]), &mem, &slot, true).count(), 16);
+        assert_eq!(pass_pages(kvm(&[]), &mem, &slot, false).count(), 0);
+    }
 }

@@ -79,14 +79,10 @@ pub struct Shared {
     pub max_bandwidth: Arc<AtomicU64>,
     /// `downtime-limit`, ms.
     pub downtime_limit_ms: AtomicU64,
-    /// The VMM itself wrote guest RAM (a reset reloads the kernel, gdb
-    /// writes memory): KVM's log does not see those, so every page is
-    /// sent again.
+    /// The VMM itself rewrote guest RAM wholesale (a reset reloads the
+    /// kernel and firmware tables): every page is sent again. (Devices'
+    /// and gdb's writes are in guest RAM's dirty bitmap instead.)
     pub resend_all: AtomicBool,
-    /// Virtio devices wrote guest RAM from their own threads during the
-    /// pre-copy (KVM's log does not see those writes either): the last
-    /// pass sends every page ever touched.
-    pub devices_wrote: AtomicBool,
     /// The figures so far.
     pub stats: Mutex<RamStats>,
     /// The last expected downtime, ms.
@@ -105,7 +101,6 @@ impl Shared {
             max_bandwidth: Arc::new(AtomicU64::new(params.max_bandwidth)),
             downtime_limit_ms: AtomicU64::new(params.downtime_limit_ms),
             resend_all: AtomicBool::new(false),
-            devices_wrote: AtomicBool::new(false),
             stats: Mutex::new(RamStats {
                 total,
                 remaining: total,

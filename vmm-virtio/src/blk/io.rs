@@ -407,11 +407,13 @@ impl Disk {
     ) -> io::Result<u64> {
         let mut iovs = guest_iovecs(mem, data, write)?;
         // The pointers stay valid while `mem` lives (it is borrowed here).
-        let done = transfer(&self.file, &mut iovs, offset, write)?;
+        let done = transfer(&self.file, &mut iovs, offset, write);
         if !write {
-            mark_dirty(mem, data, done);
+            // A failed read may have filled some buffers all the same.
+            let filled = done.as_ref().map_or(data.len(), |&n| n);
+            mark_dirty(mem, data, filled);
         }
-        Ok(done)
+        done
     }
 
     /// Reads `len` bytes at `offset` through aligned chunks, handing each

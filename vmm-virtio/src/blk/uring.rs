@@ -370,7 +370,9 @@ impl Uring {
             };
             if let Some(slot) = self.slots[index].take() {
                 self.free.push(index);
-                if let (Some(data), Ok(())) = (Self::read_data(&slot.request), &result) {
+                // Marked whatever the outcome: a failed or short read
+                // may have filled some of the buffers all the same.
+                if let Some(data) = Self::read_data(&slot.request) {
                     mark_dirty(mem, data, data.len());
                 }
                 finished.push(Finished {

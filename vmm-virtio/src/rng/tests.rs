@@ -164,6 +164,23 @@ fn requests_are_filled_from_the_source_across_their_buffers() {
 }
 
 #[test]
+fn the_random_bytes_and_the_used_ring_are_in_the_dirty_bitmap() {
+    let mut r = start(RateLimit::default());
+    r.post(&[&[(BUF + 0x3000, 16, true)]]);
+    r.done(1);
+    assert!(take_dirty_pages(&r.mem).contains(&((BUF + 0x3000) / 0x1000)));
+    // The test's own driver writes the second request's descriptor and
+    // the available ring; the device the bytes and the used ring.
+    r.post(&[&[(BUF + 0x5000, 16, true)]]);
+    r.done(1);
+    let pages = take_dirty_pages(&r.mem);
+    assert!(pages.contains(&((BUF + 0x5000) / 0x1000)), "{pages:x?}");
+    assert!(pages.contains(&(r.ring.used / 0x1000)), "{pages:x?}");
+    assert!(!pages.contains(&((BUF + 0x3000) / 0x1000)), "{pages:x?}");
+    assert!(take_dirty_pages(&r.mem).is_empty(), "taken and cleared");
+}
+
+#[test]
 fn a_request_gets_at_most_max_request_bytes() {
     let mut r = start(RateLimit::default());
     r.post(&[&[(BUF, MAX_REQUEST as u32 + 4096, true)]]);
