@@ -211,6 +211,25 @@ fn job(c: &mut Client, kind: &str, id: &str, file: &Path) -> serde_json::Value {
         .unwrap_or_else(|| panic!("no job {id}: {jobs}"))
 }
 
+/// The snapshot file at `file` with its `runstate` section's data
+/// replaced by `data` (the checksums right).
+fn with_runstate(file: &Path, data: &[u8]) -> Vec<u8> {
+    use vmm_pc::snapshot::format;
+    let bytes = std::fs::read(file).unwrap();
+    let (shape, sections) = format::read(&mut bytes.as_slice(), 1 << 30).unwrap();
+    assert!(sections.iter().any(|s| s.name == "runstate"));
+    let refs: Vec<(&str, &[u8])> = sections
+        .iter()
+        .map(|s| {
+            let d = if s.name == "runstate" { data } else { &s.data };
+            (s.name.as_str(), d)
+        })
+        .collect();
+    let mut out = Vec::new();
+    format::write(&mut out, &shape, &refs).unwrap();
+    out
+}
+
 #[test]
 fn a_snapshot_of_a_suspended_guest_loads_suspended() {
     if !kvm("s3_snapshot") {
@@ -237,6 +256,14 @@ fn a_snapshot_of_a_suspended_guest_loads_suspended() {
     assert_eq!(c.status()["status"], "suspended");
     sleeps(&log, b"zwz");
     wakes(&mut c, &log, b"zwzwz");
+    // A file whose runstate names a state a load cannot resume in is
+    // refused before anything changes.
+    let bad = dir.0.join("bad-runstate");
+    std::fs::write(&bad, with_runstate(&file, br#"{"state":"running"}"#)).unwrap();
+    let e = job(&mut c, "snapshot-load", "bad", &bad).to_string();
+    assert!(e.contains("run state 'running'"), "{e}");
+    assert_eq!(c.status()["status"], "suspended");
+    sleeps(&log, b"zwzwz");
     quit(&mut c, vmm);
 
     // Loaded into a machine that never ran (--paused, prelaunch): it
