@@ -373,12 +373,10 @@ impl PcMachine {
                 }
                 // Back where it was.
                 if self.runstate.state() == RunState::FinishMigrate {
-                    // `suspended` through `asleep`, with no RESUME.
+                    // `suspended` through `asleep`.
                     if out.before.is_live() {
                         self.start()?;
-                        if out.before == RunState::Running {
-                            self.emit(MachineEvent::Resume);
-                        }
+                        self.emit(MachineEvent::Resume);
                     } else {
                         self.runstate.transition(out.before).map_err(control)?;
                     }

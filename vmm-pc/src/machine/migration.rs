@@ -110,7 +110,6 @@ impl PcMachine {
         let started = Instant::now();
         self.migration_status("setup");
         self.migration_status("active");
-        let was_running = self.runstate.is_running();
         let was_live = self.runstate.is_live();
         self.stop_with(RunState::FinishMigrate)
             .map_err(CommandFailure::Machine)?;
@@ -156,9 +155,7 @@ impl PcMachine {
                 // Back where it was (`suspended` through `asleep`).
                 if was_live {
                     self.start().map_err(CommandFailure::Machine)?;
-                    if was_running {
-                        self.emit(MachineEvent::Resume);
-                    }
+                    self.emit(MachineEvent::Resume);
                 } else {
                     self.runstate
                         .transition(RunState::Paused)
@@ -200,15 +197,13 @@ impl PcMachine {
 
     /// Once loaded: run, or wait `paused`. A suspended source's guest
     /// sleeps on (`asleep`, from the `runstate` section): `suspended`
-    /// rather than `running`, with no RESUME (its vCPUs do not run); with
+    /// rather than `running` (`RESUME` all the same, as QEMU's); with
     /// `--paused`, `paused` as QEMU's, and `cont` goes to `suspended`.
     pub(super) fn after_incoming(&mut self) -> Result<(), PcError> {
         self.take_disk_locks()?;
         if self.autostart {
             self.start()?;
-            if self.runstate.is_running() {
-                self.emit(MachineEvent::Resume);
-            }
+            self.emit(MachineEvent::Resume);
         } else {
             self.runstate
                 .transition(RunState::Paused)

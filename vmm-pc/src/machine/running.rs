@@ -72,7 +72,8 @@ impl PcMachine {
 
     /// prelaunch/paused -> running: the clock, then the vCPUs. A machine
     /// whose guest is asleep in S3 (see `asleep`) goes to `suspended`
-    /// instead: the clocks run, the vCPUs stay parked until a wake-up.
+    /// instead: the clocks run, the vCPUs stay parked until a wake-up
+    /// (callers emit `RESUME` either way, as QEMU's `vm_start` does).
     pub(super) fn start(&mut self) -> Result<(), PcError> {
         self.virtio_before_start();
         let to = if self.asleep {
@@ -195,8 +196,8 @@ impl PcMachine {
 
     /// Stops the guest in `state` (paused or internal-error): vCPUs parked,
     /// kvmclock saved, the Virtual clock frozen; a `STOP` event if it ran.
-    /// A suspended guest's clocks stop the same way (no `STOP`: its vCPUs
-    /// were not running), and the machine remembers it sleeps (`asleep`).
+    /// A suspended machine stops the same way (its clocks; `STOP`, as
+    /// QEMU's since 9.0) and remembers its guest sleeps (`asleep`).
     pub(super) fn stop_with(&mut self, state: RunState) -> Result<(), PcError> {
         let was_running = self.runstate.is_running();
         let was_suspended = self.runstate.state() == RunState::Suspended;
@@ -212,7 +213,7 @@ impl PcMachine {
         if was_suspended {
             self.asleep = true;
         }
-        if was_running {
+        if was_running || was_suspended {
             self.emit(MachineEvent::Stop);
         }
         Ok(())

@@ -176,9 +176,8 @@ impl PcMachine {
     /// `snapshot-save`'s work: the machine's state into `path`.
     pub(super) fn snapshot_save(&mut self, path: &Path) -> Result<(), CommandFailure> {
         self.check_snapshottable()?;
-        // A suspended guest's clocks stop too: `suspended -> save-vm ->
-        // suspended`, with no STOP or RESUME (its vCPUs do not run).
-        let was_running = self.runstate.is_running();
+        // A suspended machine stops too (`STOP`): `suspended -> save-vm
+        // -> suspended` (`RESUME`), as QEMU's.
         let was_live = self.runstate.is_live();
         if was_live {
             self.stop_with(RunState::SaveVm)
@@ -187,8 +186,6 @@ impl PcMachine {
         let saved = self.write_snapshot(path);
         if was_live {
             self.start().map_err(CommandFailure::Machine)?;
-        }
-        if was_running {
             self.emit(crate::MachineEvent::Resume);
         }
         saved
@@ -450,14 +447,11 @@ impl PcMachine {
         // (QEMU leaves a failed load's VM stopped too); `system_reset`
         // starts afresh.
         self.apply_snapshot(loaded)?;
-        // A running or suspended machine resumes at once: `running`, or
-        // `suspended` if the snapshot's guest is in S3 (no RESUME then: its
-        // vCPUs do not run).
+        // A running or suspended machine resumes at once (`RESUME`):
+        // `running`, or `suspended` if the snapshot's guest is in S3.
         if was_live {
             self.start().map_err(CommandFailure::Machine)?;
-            if self.runstate.is_running() {
-                self.emit(crate::MachineEvent::Resume);
-            }
+            self.emit(crate::MachineEvent::Resume);
         }
         Ok(())
     }
