@@ -4,8 +4,8 @@
 //! suspends, `wz` for each wake-up at its waking vector): after
 //! `migrate file:`, `migrate unix:` or `snapshot-save`/`snapshot-load`
 //! the machine is `suspended`, nothing runs, and `system_wakeup` wakes the
-//! guest where the source would have; a failed migration leaves the
-//! source `suspended`.
+//! guest where the source would have; a failed or cancelled migration
+//! leaves the source `suspended`.
 
 mod common;
 
@@ -188,6 +188,40 @@ fn a_suspended_guest_migrated_live_over_unix_wakes_on_the_destination() {
     quit(&mut d, dst);
     sleeps(&log, b"z");
     quit(&mut c, src);
+}
+
+#[test]
+fn a_cancelled_live_migration_leaves_the_source_suspended() {
+    if !kvm("s3_migrate_cancel") {
+        return;
+    }
+    let dir = TempDir::new("s3cancel-src");
+    let (src, mut c, log) = suspended(&dir, &[]);
+    let dir2 = TempDir::new("s3cancel-dst");
+    let uri = format!("unix:{}", dir2.0.join("mig.sock").display());
+    let (dst, mut d, _) = destination(&dir2, &["--incoming", &uri]);
+    assert_eq!(d.status()["status"], "inmigrate");
+    // 4 KiB/s: the first pass takes seconds.
+    assert_eq!(
+        c.execute_with("migrate-set-parameters", json!({"max-bandwidth": 4096})),
+        json!({"return": {}})
+    );
+    assert_eq!(
+        c.execute_with("migrate", json!({ "uri": uri })),
+        json!({"return": {}})
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(c.execute("query-migrate")["return"]["status"], "active");
+    assert_eq!(c.execute("migrate_cancel"), json!({"return": {}}));
+    assert_eq!(migration_end(&mut c), "cancelled");
+    assert_eq!(c.status()["status"], "suspended");
+    sleeps(&log, b"z");
+    wakes(&mut c, &log, b"zwz");
+    quit(&mut c, src);
+    // The destination saw a cut stream: it ends with status 1.
+    let o = wait(dst);
+    drop(d);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
 }
 
 /// A snapshot-save and snapshot-load job; its error (`null` if none).
