@@ -92,7 +92,9 @@ pub const SEED_TRANSITIONS: &[(RunState, RunState)] = &[
 ///   back with `finish-migrate -> suspended`, a destination (or a loaded
 ///   snapshot) of a suspended guest into `suspended` from `inmigrate`,
 ///   `restore-vm`, `paused`, `prelaunch` and `postmigrate` (`cont` of a
-///   machine that holds a sleeping guest).
+///   machine that holds a sleeping guest, which QEMU 9.0's `cont` takes
+///   back to `suspended`). The pairs follow that behaviour; they are what
+///   this machine's paths take, not a copy of QEMU's list.
 ///
 /// Not taken from today's table: the migration-global-state, postcopy and
 /// COLO edges, and `suspended -> paused` (`stop` leaves a suspended guest
