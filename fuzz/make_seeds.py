@@ -351,6 +351,14 @@ seed("migration_stream", "small",
      + b"".join(snap_section(n, b"{}") for n in
                 ["vcpus", "irqchip", "kvm-pit", "clocks", "devices"])
      + u16(0))
+# The same of a guest in S3: the optional runstate section at the end.
+seed("migration_stream", "suspended",
+     b"VMMMIGR\x00" + u32(1) + snap_section("shape", MIG_SHAPE)
+     + snap_section("pages", MIG_PAGES)
+     + b"".join(snap_section(n, b"{}") for n in
+                ["vcpus", "irqchip", "kvm-pit", "clocks", "devices"])
+     + snap_section("runstate", b'{"state":"suspended"}')
+     + u16(0))
 
 # vsock_packet: the guest's CID (one byte), then a transmit chain's bytes:
 # the 44-byte header (src_cid, dst_cid, src_port, dst_port, len, type, op,

@@ -1,12 +1,14 @@
 //! The incoming live-migration stream (`vmm_pc::snapshot::stream`) on
 //! arbitrary bytes, for a machine of 1 vCPU and 64 KiB of RAM: an error or
 //! the state, never a panic, never a page outside RAM, never a section
-//! past its bound.
+//! past its bound; the optional `runstate` section (a guest in S3) is
+//! decoded as the destination does, to a run state or an error.
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use vmm_pc::snapshot::format::{Shape, PAGE};
+use vmm_pc::snapshot::runstate::{self, SavedRunState};
 use vmm_pc::snapshot::stream::{self, Item, StreamReader, MAX_CHUNK_PAGES, STATE_SECTIONS};
 
 const RAM: u64 = 64 << 10;
@@ -33,7 +35,18 @@ fuzz_target!(|data: &[u8]| {
                 }
             }
             Ok(Item::State(sections)) => {
-                assert_eq!(sections.len(), STATE_SECTIONS.len());
+                let optional = sections
+                    .iter()
+                    .filter(|s| s.name == runstate::SECTION)
+                    .count();
+                assert!(optional <= 1);
+                assert_eq!(sections.len(), STATE_SECTIONS.len() + optional);
+                for s in sections.iter().filter(|s| s.name == runstate::SECTION) {
+                    assert!(s.data.len() <= runstate::MAX_BYTES);
+                    if let Ok(state) = SavedRunState::decode(&s.data) {
+                        assert_eq!(SavedRunState::decode(&state.encode()), Ok(state));
+                    }
+                }
                 return;
             }
         }

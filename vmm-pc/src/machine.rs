@@ -175,6 +175,11 @@ pub struct PcMachine {
     /// The guest asked for S3 while not running (a `stop` came first):
     /// done when it runs again.
     suspend_requested: bool,
+    /// The guest is in ACPI S3 though the run state is a stopped one (a
+    /// save, a migration or a `--paused` destination of a suspended
+    /// guest, or a loaded snapshot of one): the next start goes to
+    /// `suspended`, not `running`, and a save or migration carries it.
+    asleep: bool,
 }
 
 impl std::fmt::Debug for PcMachine {
@@ -500,6 +505,7 @@ impl PcMachine {
             vhost_vsocks,
             gdb: gdb::GdbState::default(),
             suspend_requested: false,
+            asleep: false,
         })
     }
 

@@ -85,8 +85,20 @@ pub const SEED_TRANSITIONS: &[(RunState, RunState)] = &[
 ///   `guest-panicked` is no longer a needs-reset state (see
 ///   [`RunState::needs_reset`]).
 ///
-/// Not taken from today's table: the migration-global-state, postcopy, COLO
-/// and suspend-preservation edges (`suspended -> paused` and friends).
+/// * **A suspended guest is saved, migrated and loaded as such (9 pairs).**
+///   Current QEMU keeps a guest in S3 asleep across `snapshot-save`,
+///   `snapshot-load` and migration: `suspended -> save-vm -> suspended`,
+///   `suspended -> restore-vm -> suspended`, a failed or cancelled migration
+///   back with `finish-migrate -> suspended`, a destination (or a loaded
+///   snapshot) of a suspended guest into `suspended` from `inmigrate`,
+///   `restore-vm`, `paused`, `prelaunch` and `postmigrate` (`cont` of a
+///   machine that holds a sleeping guest, which QEMU 9.0's `cont` takes
+///   back to `suspended`). The pairs follow that behaviour; they are what
+///   this machine's paths take, not a copy of QEMU's list.
+///
+/// Not taken from today's table: the migration-global-state, postcopy and
+/// COLO edges, and `suspended -> paused` (`stop` leaves a suspended guest
+/// alone here).
 pub const ADDED_TRANSITIONS: &[(RunState, RunState)] = &[
     // A reset of a stopped VM lands in PRELAUNCH (current QEMU's reset path).
     (Debug, Prelaunch),
@@ -103,6 +115,17 @@ pub const ADDED_TRANSITIONS: &[(RunState, RunState)] = &[
     (FinishMigrate, Paused),
     // QMP `cont` after a guest panic resumes the guest (current QEMU).
     (GuestPanicked, Running),
+    // A suspended guest stays asleep across saves, loads and migrations
+    // (current QEMU's suspend-preservation edges, but `suspended -> paused`).
+    (Suspended, SaveVm),
+    (SaveVm, Suspended),
+    (Suspended, RestoreVm),
+    (RestoreVm, Suspended),
+    (FinishMigrate, Suspended),
+    (Inmigrate, Suspended),
+    (Paused, Suspended),
+    (Prelaunch, Suspended),
+    (Postmigrate, Suspended),
 ];
 
 const TRANSITION_COUNT: usize = SEED_TRANSITIONS.len() + ADDED_TRANSITIONS.len();
@@ -163,14 +186,14 @@ mod tests {
     /// source state, every allowed target.
     const EXPECTED: [(RunState, &[RunState]); RunState::COUNT] = [
         (Debug, &[Running, Suspended, Prelaunch]),
-        (Inmigrate, &[Running, Paused]),
+        (Inmigrate, &[Running, Paused, Suspended]),
         (InternalError, &[Paused, FinishMigrate, Prelaunch]),
         (IoError, &[Running, FinishMigrate, Prelaunch]),
-        (Paused, &[Running, FinishMigrate, Prelaunch]),
-        (Postmigrate, &[Running, FinishMigrate, Prelaunch]),
-        (Prelaunch, &[Running, FinishMigrate, Inmigrate]),
-        (FinishMigrate, &[Running, Postmigrate, Paused]),
-        (RestoreVm, &[Running, Prelaunch]),
+        (Paused, &[Running, FinishMigrate, Prelaunch, Suspended]),
+        (Postmigrate, &[Running, FinishMigrate, Prelaunch, Suspended]),
+        (Prelaunch, &[Running, FinishMigrate, Inmigrate, Suspended]),
+        (FinishMigrate, &[Running, Postmigrate, Paused, Suspended]),
+        (RestoreVm, &[Running, Prelaunch, Suspended]),
         (
             Running,
             &[
@@ -187,9 +210,12 @@ mod tests {
                 Suspended,
             ],
         ),
-        (SaveVm, &[Running]),
+        (SaveVm, &[Running, Suspended]),
         (Shutdown, &[Paused, FinishMigrate, Prelaunch]),
-        (Suspended, &[Running, FinishMigrate, Prelaunch]),
+        (
+            Suspended,
+            &[Running, FinishMigrate, Prelaunch, SaveVm, RestoreVm],
+        ),
         (Watchdog, &[Running, FinishMigrate, Prelaunch]),
         (GuestPanicked, &[Paused, FinishMigrate, Prelaunch, Running]),
     ];
@@ -199,16 +225,26 @@ mod tests {
         row.1.contains(&to)
     }
 
-    /// The edges ACPI S3 takes in vmm-pc: suspend, wake-up, and a reset of
-    /// a suspended guest; `stop` leaves a suspended guest alone, so no edge
-    /// to `paused` (current QEMU's suspend-preservation edges are not taken).
+    /// The edges ACPI S3 takes in vmm-pc: suspend, wake-up, a reset of a
+    /// suspended guest, and its saves, loads and migrations; `stop` leaves
+    /// a suspended guest alone, so no edge to `paused`.
     #[test]
     fn s3_edges() {
         assert!(is_allowed(Running, Suspended));
         assert!(is_allowed(Suspended, Running));
         assert!(is_allowed(Suspended, Prelaunch));
         assert!(!is_allowed(Suspended, Paused));
-        assert!(!is_allowed(Paused, Suspended));
+        // suspended -> finish-migrate -> postmigrate, and back on failure.
+        assert!(is_allowed(Suspended, FinishMigrate));
+        assert!(is_allowed(FinishMigrate, Postmigrate));
+        assert!(is_allowed(FinishMigrate, Suspended));
+        // snapshot-save and snapshot-load of a suspended guest.
+        assert!(is_allowed(Suspended, SaveVm) && is_allowed(SaveVm, Suspended));
+        assert!(is_allowed(Suspended, RestoreVm) && is_allowed(RestoreVm, Suspended));
+        // A destination of a suspended source, at once or after `cont`.
+        assert!(is_allowed(Inmigrate, Suspended));
+        assert!(is_allowed(Paused, Suspended));
+        assert!(!is_allowed(Shutdown, Suspended));
         assert!(!Suspended.is_running() && Suspended.is_live());
     }
 

@@ -155,7 +155,7 @@ impl PcMachine {
         let state = self.runstate.state();
         if !matches!(
             state,
-            RunState::Running | RunState::Paused | RunState::Postmigrate
+            RunState::Running | RunState::Paused | RunState::Postmigrate | RunState::Suspended
         ) {
             return Err(CommandFailure::Refused(format!(
                 "migration is not possible in state '{state}'"
@@ -315,8 +315,8 @@ impl PcMachine {
         if self.live.out.as_ref().is_none_or(|o| o.shared.cancelled()) {
             return Err("cancelled".into());
         }
-        // The guest may have gone to S3 meanwhile: its state would not
-        // say so.
+        // The guest may have gone to S3 meanwhile, or woken: the state
+        // captured below says which (the `runstate` section).
         let text = |e: CommandFailure| match e {
             CommandFailure::Refused(why) => why,
             CommandFailure::Machine(e) => e.to_string(),
@@ -368,7 +368,8 @@ impl PcMachine {
                 }
                 // Back where it was.
                 if self.runstate.state() == RunState::FinishMigrate {
-                    if out.before == RunState::Running {
+                    // `suspended` through `asleep`.
+                    if out.before.is_live() {
                         self.start()?;
                         self.emit(MachineEvent::Resume);
                     } else {

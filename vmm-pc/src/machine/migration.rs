@@ -8,6 +8,14 @@
 //! stream URI (`tcp:`, `unix:`, `exec:`) go to the live, pre-copy
 //! migration instead (`live.rs`).
 //!
+//! A suspended guest (ACPI S3) migrates as such, as in current QEMU: the
+//! source goes `suspended -> finish-migrate -> postmigrate` (a failure puts
+//! it back in `suspended`), the file or stream carries the `runstate`
+//! section, and the destination ends in `suspended` (with `--paused`, in
+//! `paused`, and `cont` then goes to `suspended`), where `system_wakeup`
+//! wakes the guest at its waking vector as the source would have. `cont`
+//! on the source after the migration puts it back in `suspended` too.
+//!
 //! `query-migrate` reports the last migration in QEMU's shape;
 //! `MIGRATION` events (`setup`, `active`, `completed` or `failed`; live
 //! migrations also `cancelling` and `cancelled`) go out when the client
@@ -91,7 +99,10 @@ impl PcMachine {
         };
         self.check_snapshottable()?;
         let state = self.runstate.state();
-        if !matches!(state, RunState::Running | RunState::Paused) {
+        if !matches!(
+            state,
+            RunState::Running | RunState::Paused | RunState::Suspended
+        ) {
             return Err(CommandFailure::Refused(format!(
                 "migration is not possible in state '{state}'"
             )));
@@ -99,7 +110,7 @@ impl PcMachine {
         let started = Instant::now();
         self.migration_status("setup");
         self.migration_status("active");
-        let was_running = self.runstate.is_running();
+        let was_live = self.runstate.is_live();
         self.stop_with(RunState::FinishMigrate)
             .map_err(CommandFailure::Machine)?;
         let stopped = Instant::now();
@@ -141,8 +152,8 @@ impl PcMachine {
                 info.error = Some(why);
                 self.migration = Some(info);
                 self.migration_status("failed");
-                // Back where it was.
-                if was_running {
+                // Back where it was (`suspended` through `asleep`).
+                if was_live {
                     self.start().map_err(CommandFailure::Machine)?;
                     self.emit(MachineEvent::Resume);
                 } else {
@@ -184,7 +195,10 @@ impl PcMachine {
         self.after_incoming().map_err(CommandFailure::Machine)
     }
 
-    /// Once loaded: run, or wait `paused`.
+    /// Once loaded: run, or wait `paused`. A suspended source's guest
+    /// sleeps on (`asleep`, from the `runstate` section): `suspended`
+    /// rather than `running` (`RESUME` all the same, as QEMU's); with
+    /// `--paused`, `paused` as QEMU's, and `cont` goes to `suspended`.
     pub(super) fn after_incoming(&mut self) -> Result<(), PcError> {
         self.take_disk_locks()?;
         if self.autostart {

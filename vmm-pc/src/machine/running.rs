@@ -70,17 +70,28 @@ impl PcMachine {
         }
     }
 
-    /// prelaunch/paused -> running: the clock, then the vCPUs.
+    /// prelaunch/paused -> running: the clock, then the vCPUs. A machine
+    /// whose guest is asleep in S3 (see `asleep`) goes to `suspended`
+    /// instead: the clocks run, the vCPUs stay parked until a wake-up
+    /// (callers emit `RESUME` either way, as QEMU's `vm_start` does).
     pub(super) fn start(&mut self) -> Result<(), PcError> {
         self.virtio_before_start();
+        let to = if self.asleep {
+            RunState::Suspended
+        } else {
+            RunState::Running
+        };
         self.runstate
-            .transition(RunState::Running)
+            .transition(to)
             .map_err(|e| PcError::Control(e.to_string()))?;
+        self.asleep = false;
         if let Some(ns) = self.paused_clock.take() {
             self.vm.set_clock_ns(ns)?;
         }
         self.clocks.vm_start();
-        self.vcpus.resume_all()?;
+        if to == RunState::Running {
+            self.vcpus.resume_all()?;
+        }
         Ok(())
     }
 
@@ -185,10 +196,13 @@ impl PcMachine {
 
     /// Stops the guest in `state` (paused or internal-error): vCPUs parked,
     /// kvmclock saved, the Virtual clock frozen; a `STOP` event if it ran.
+    /// A suspended machine stops the same way (its clocks; `STOP`, as
+    /// QEMU's since 9.0) and remembers its guest sleeps (`asleep`).
     pub(super) fn stop_with(&mut self, state: RunState) -> Result<(), PcError> {
         let was_running = self.runstate.is_running();
+        let was_suspended = self.runstate.state() == RunState::Suspended;
         self.vcpus.pause_all()?;
-        if was_running {
+        if was_running || was_suspended {
             // The guest's kvmclock stops with it, as the Virtual clock does.
             self.paused_clock = Some(self.vm.clock_ns()?);
         }
@@ -196,7 +210,10 @@ impl PcMachine {
         self.runstate
             .transition(state)
             .map_err(|e| PcError::Control(e.to_string()))?;
-        if was_running {
+        if was_suspended {
+            self.asleep = true;
+        }
+        if was_running || was_suspended {
             self.emit(MachineEvent::Stop);
         }
         Ok(())
@@ -215,6 +232,8 @@ impl PcMachine {
                 .map_err(|e| PcError::Control(e.to_string()))?;
         }
         self.suspend_requested = false;
+        // A reset boots the guest again: it is no longer asleep.
+        self.asleep = false;
         let was_running = self.runstate.is_running();
         self.vcpus.pause_all()?;
         // What the vCPUs asked before parking belongs to the old boot, and

@@ -10,7 +10,12 @@
 //! first (magic, version, checksums, the machine's shape, every section
 //! decoded) so that a bad file changes nothing; then it stops a running
 //! guest (`restore-vm`), puts everything back and runs it again from the
-//! saved point. Virtio disks, network cards, entropy and socket devices
+//! saved point. A suspended guest (ACPI S3) is saved as such: the machine
+//! goes `suspended -> save-vm -> suspended`, the file carries the
+//! `runstate` section ([`crate::snapshot::runstate`]), and a load of it
+//! leaves the machine `suspended` (a running or suspended one at once, a
+//! stopped one at its next `cont`), to wake at the guest's waking vector
+//! on `system_wakeup`. Virtio disks, network cards, entropy and socket devices
 //! are part of the state (see [`crate::virtio_state`]): their workers
 //! stop, with nothing in flight, before the capture and run again with
 //! the guest; vhost-vsock is still refused.
@@ -30,6 +35,7 @@ use vmm_runstate::RunState;
 use super::{CommandFailure, PcMachine, PitBackend};
 use crate::model::SavedEntry;
 use crate::snapshot::format::{self, Section, Shape};
+use crate::snapshot::runstate::{self, SavedRunState};
 
 /// Room beyond the RAM for a section (vCPU states, devices).
 const METADATA_LIMIT: u64 = 64 << 20;
@@ -51,6 +57,8 @@ pub(super) struct MachineState {
     pit: Option<kvm_pit_state2>,
     clocks: SavedClocks,
     devices: Vec<SavedEntry>,
+    /// The guest is in S3 (the `runstate` section).
+    suspended: bool,
 }
 
 /// Everything a load puts back, decoded and checked.
@@ -125,14 +133,6 @@ impl PcMachine {
     }
 
     pub(super) fn check_snapshottable(&self) -> Result<(), CommandFailure> {
-        if self.runstate.state() == RunState::Suspended {
-            // The file keeps no run state: a loaded machine would run a
-            // guest that expects to be asleep.
-            return Err(refused(
-                "snapshots of a suspended machine are not supported (wake it with system_wakeup \
-                 first)",
-            ));
-        }
         if self.nets.iter().any(|n| n.vhost) {
             return Err(refused(
                 "snapshots of a machine with a network card on vhost-net (vhost=on) are not \
@@ -172,13 +172,15 @@ impl PcMachine {
     /// `snapshot-save`'s work: the machine's state into `path`.
     pub(super) fn snapshot_save(&mut self, path: &Path) -> Result<(), CommandFailure> {
         self.check_snapshottable()?;
-        let was_running = self.runstate.is_running();
-        if was_running {
+        // A suspended machine stops too (`STOP`): `suspended -> save-vm
+        // -> suspended` (`RESUME`), as QEMU's.
+        let was_live = self.runstate.is_live();
+        if was_live {
             self.stop_with(RunState::SaveVm)
                 .map_err(CommandFailure::Machine)?;
         }
         let saved = self.write_snapshot(path);
-        if was_running {
+        if was_live {
             self.start().map_err(CommandFailure::Machine)?;
             self.emit(crate::MachineEvent::Resume);
         }
@@ -226,13 +228,19 @@ impl PcMachine {
         crate::virtio_state::pause_all(&self.devices.pci, &self.virtio_slots()).map_err(refused)?;
         let devices = self.devices.model.save().map_err(refused)?;
         log::debug!("snapshot: devices saved at {:?}", t0.elapsed());
-        Ok(vec![
+        let mut sections = vec![
             ("vcpus", json("vCPUs", &vcpus)?),
             ("irqchip", json("irqchip", &irqchip)?),
             ("kvm-pit", json("PIT", &pit)?),
             ("clocks", json("clocks", &clocks)?),
             ("devices", json("devices", &devices)?),
-        ])
+        ];
+        // Stopped from `suspended` (or still holding a guest in S3): the
+        // loaded machine must be suspended too.
+        if self.asleep || self.runstate.state() == RunState::Suspended {
+            sections.push((runstate::SECTION, SavedRunState::Suspended.encode()));
+        }
+        Ok(sections)
     }
 
     pub(super) fn write_snapshot(&mut self, path: &Path) -> Result<(), CommandFailure> {
@@ -284,10 +292,7 @@ impl PcMachine {
         if let Some(why) = shape.difference(&ours) {
             return Err(refused(why));
         }
-        let mut known: Vec<String> = crate::snapshot::stream::STATE_SECTIONS
-            .iter()
-            .map(|n| (*n).to_owned())
-            .collect();
+        let mut known: Vec<String> = Vec::new();
         let mut ram = Vec::new();
         for (gpa, size) in &ours.ram {
             let name = format!("ram@{gpa:x}");
@@ -297,7 +302,9 @@ impl PcMachine {
             ram.push((*gpa, *size, data.to_vec()));
             known.push(name);
         }
-        if let Some(s) = sections.iter().find(|s| !known.contains(&s.name)) {
+        if let Some(s) = sections.iter().find(|s| {
+            !known.contains(&s.name) && !crate::snapshot::stream::is_state_section(&s.name)
+        }) {
             return Err(refused(format!(
                 "the snapshot has an unknown section '{}'",
                 s.name
@@ -320,6 +327,12 @@ impl PcMachine {
             pit: decode(sections, "kvm-pit")?,
             clocks: decode(sections, "clocks")?,
             devices: decode(sections, "devices")?,
+            suspended: match sections.iter().find(|s| s.name == runstate::SECTION) {
+                None => false,
+                Some(s) => match SavedRunState::decode(&s.data).map_err(refused)? {
+                    SavedRunState::Suspended => true,
+                },
+            },
         };
         if state.vcpus.len() != self.vcpus.len() || state.irqchip.len() != self.fresh_irqchip.len()
         {
@@ -398,6 +411,8 @@ impl PcMachine {
         self.clocks.set_virtual_ns(state.clocks.virtual_ns);
         self.devices.model.load(&state.devices).map_err(refused)?;
         self.paused_clock = Some(state.clocks.kvmclock);
+        // A guest saved in S3 sleeps on: the next start is `suspended`.
+        self.asleep = state.suspended;
         Ok(())
     }
 
@@ -405,8 +420,18 @@ impl PcMachine {
     pub(super) fn snapshot_load(&mut self, path: &Path) -> Result<(), CommandFailure> {
         self.check_snapshottable()?;
         let loaded = self.read_snapshot(path)?;
-        let was_running = self.runstate.is_running();
-        if was_running {
+        let was_live = self.runstate.is_live();
+        let state = self.runstate.state();
+        if loaded.state.suspended
+            && !was_live
+            && !vmm_runstate::is_allowed(state, RunState::Suspended)
+        {
+            return Err(refused(format!(
+                "the snapshot is of a suspended guest, which cannot be resumed from state \
+                 '{state}' (system_reset first)"
+            )));
+        }
+        if was_live {
             self.stop_with(RunState::RestoreVm)
                 .map_err(CommandFailure::Machine)?;
         } else {
@@ -418,7 +443,9 @@ impl PcMachine {
         // (QEMU leaves a failed load's VM stopped too); `system_reset`
         // starts afresh.
         self.apply_snapshot(loaded)?;
-        if was_running {
+        // A running or suspended machine resumes at once (`RESUME`):
+        // `running`, or `suspended` if the snapshot's guest is in S3.
+        if was_live {
             self.start().map_err(CommandFailure::Machine)?;
             self.emit(crate::MachineEvent::Resume);
         }

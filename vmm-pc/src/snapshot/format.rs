@@ -12,7 +12,10 @@
 //! snapshot (vCPU count, RAM regions, which PIT, its devices by id and
 //! type), as JSON. Compatibility rule: a reader takes its own
 //! `FORMAT_VERSION` only; a section it does not know is refused, so that
-//! nothing in a file is silently dropped.
+//! nothing in a file is silently dropped. A section added within a version
+//! is optional, written only when the machine needs it, so that files
+//! without it read as before and older readers refuse files with it
+//! (`runstate`, [`super::runstate`], for a guest in S3).
 //!
 //! Reading is for untrusted files: every length is checked against the
 //! file's own size and a caller's limit before anything is allocated,

@@ -10,9 +10,11 @@
 //! pages*        RAM pages, any number of sections, each up to
 //!               MAX_CHUNK_PAGES records: guest address u64 LE, kind u8
 //!               (0: a page of zeroes, 1: 4096 bytes follow)
-//! vcpus irqchip kvm-pit clocks devices
+//! vcpus irqchip kvm-pit clocks devices [runstate]
 //!               the machine's state, once each, after the last pages
-//!               (the same sections as a snapshot file's)
+//!               (the same sections as a snapshot file's); `runstate`
+//!               only from a machine whose guest is in S3
+//!               ([`super::runstate`])
 //! end           name length 0
 //! ```
 //!
@@ -26,6 +28,7 @@
 use std::io::{self, Read, Write};
 
 use super::format::{self, FormatError, Section, Shape, PAGE};
+use super::runstate;
 
 /// The stream's first bytes.
 pub const MAGIC: [u8; 8] = *b"VMMMIGR\0";
@@ -172,6 +175,7 @@ impl<R: Read> StreamReader<R> {
     pub fn next_item(&mut self) -> Result<Item, StreamError> {
         let limit = |name: &str| match name {
             "pages" => MAX_CHUNK_BYTES,
+            runstate::SECTION => runstate::MAX_BYTES as u64,
             _ => MAX_STATE_BYTES,
         };
         let mut state: Vec<Section> = Vec::new();
@@ -195,7 +199,7 @@ impl<R: Read> StreamReader<R> {
                 pages(&section.data, &self.ram)?;
                 return Ok(Item::Pages(section.data));
             }
-            if !STATE_SECTIONS.contains(&section.name.as_str()) {
+            if !is_state_section(&section.name) {
                 return Err(StreamError::Unknown(section.name));
             }
             if state.iter().any(|s| s.name == section.name) {
@@ -204,6 +208,13 @@ impl<R: Read> StreamReader<R> {
             state.push(section);
         }
     }
+}
+
+/// Whether `name` is one of the machine's state sections: the
+/// [`STATE_SECTIONS`] every stream and snapshot file has, or the optional
+/// [`runstate::SECTION`].
+pub fn is_state_section(name: &str) -> bool {
+    STATE_SECTIONS.contains(&name) || name == runstate::SECTION
 }
 
 /// Decodes a `pages` section for a machine whose RAM is `ram` (guest
@@ -299,6 +310,40 @@ mod tests {
         assert_eq!(pages[0].0, 0x1000);
         assert_eq!(pages[0].1.unwrap(), &[7u8; PAGE][..]);
         assert_eq!(pages[1], (0x2000, None));
+    }
+
+    #[test]
+    fn the_runstate_section_is_taken_once_and_bounded() {
+        let with = |extra: &[(&'static str, Vec<u8>)]| {
+            let mut out = Vec::new();
+            write_start(&mut out, &shape()).unwrap();
+            let mut state: Vec<(&'static str, Vec<u8>)> = STATE_SECTIONS
+                .iter()
+                .map(|n| (*n, b"{}".to_vec()))
+                .collect();
+            state.extend_from_slice(extra);
+            write_state(&mut out, &state).unwrap();
+            out
+        };
+        let suspended = runstate::SavedRunState::Suspended.encode();
+        let (_, n) = read_all(&with(&[(runstate::SECTION, suspended.clone())])).unwrap();
+        assert_eq!(n, 6);
+        let twice = with(&[
+            (runstate::SECTION, suspended.clone()),
+            (runstate::SECTION, suspended),
+        ]);
+        assert!(matches!(read_all(&twice), Err(StreamError::Duplicate(_))));
+        let big = with(&[(runstate::SECTION, vec![b' '; runstate::MAX_BYTES + 1])]);
+        let e = read_all(&big).unwrap_err().to_string();
+        assert!(e.contains("more than the"), "{e}");
+        // Alone, it is not the state.
+        let mut alone = Vec::new();
+        write_start(&mut alone, &shape()).unwrap();
+        write_state(&mut alone, &[(runstate::SECTION, b"{}".to_vec())]).unwrap();
+        assert!(matches!(
+            read_all(&alone),
+            Err(StreamError::Missing("vcpus"))
+        ));
     }
 
     #[test]
