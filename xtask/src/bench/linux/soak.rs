@@ -230,6 +230,7 @@ pub fn task(args: &[String]) -> Result<()> {
         })
     });
 
+    let load_at_start = load_average();
     let started = Instant::now();
     let mut pending = plan(o.rounds);
     pending.retain(|b| o.wants(b.config));
@@ -309,6 +310,12 @@ pub fn task(args: &[String]) -> Result<()> {
         sessions,
         faults: l1_faults,
         symbols: l1_symbols,
+        host: format!(
+            "L1's QEMU: {}; the host's load average (1, 5, 15 min): {load_at_start} at the start, \
+             {} at the end",
+            l1_qemu_version(),
+            load_average()
+        ),
     };
     let text = report(&o, &ended, &pending, &l1, started.elapsed());
     print!("{text}");
@@ -323,9 +330,34 @@ pub fn task(args: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// The host's load average, as `/proc/loadavg`'s first three fields.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// The first line of `qemu-system-x86_64 --version` (L1's QEMU, from `PATH`).
+fn l1_qemu_version() -> String {
+    std::process::Command::new(vmm_testbed::qemu::QEMU)
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
 /// What the L1 sessions reported.
 #[derive(Debug, Default)]
 struct L1 {
+    /// L1's QEMU and the host's load, as measured around the run.
+    host: String,
     sessions: usize,
     /// L1s that died, hung or ran out of time.
     faults: Vec<String>,
@@ -345,12 +377,15 @@ fn report(o: &Options, ended: &[Ended], pending: &[Boot], l1: &L1, took: Duratio
         if o.busy {
             "with one core kept busy"
         } else {
-            "otherwise idle"
+            "with no busy thread"
         },
         vmm_testbed::qemu::l1_accel(),
         vmm_testbed::qemu::l1_cpus(),
         took
     );
+    if !l1.host.is_empty() {
+        let _ = writeln!(s, "{}\n", l1.host);
+    }
     let _ = writeln!(
         s,
         "| VMM | vCPUs | console | boots | ok | hang | reset | error |\n|---|---|---|---|---|---|---|---|"
@@ -478,12 +513,14 @@ RIP=ffffffff81000000
             quiet: None,
         };
         let l1 = L1 {
+            host: "L1's QEMU: QEMU emulator version 7.2.22; load 0.1".into(),
             sessions: 1,
             faults: vec![],
             symbols: vec!["session 1: ffffffffc0377d30 t __svm_vcpu_run [kvm_amd]".into()],
         };
         let r = report(&o, &v, &[], &l1, Duration::from_secs(1));
         assert!(r.contains("__svm_vcpu_run"), "{r}");
+        assert!(r.contains("L1's QEMU: QEMU emulator version 7.2.22"), "{r}");
         assert!(
             r.contains("| vmm (ours) | 2 | verbose | 1 | 0 | 1 | 0 | 0 |"),
             "{r}"
