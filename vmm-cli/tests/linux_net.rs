@@ -25,10 +25,14 @@ const MODULES: &[&str] = &[
 /// L1 (the companion) waits for our VMM to make tap0, gives it
 /// 10.0.2.1/24 and brings it up; the guest gives its card 10.0.2.15/24
 /// and pings L1, small and large (a 20000-byte ping: IP fragments, many
-/// frames each way), and L1 pings the guest; then 4 MiB go each way over
-/// TCP (busybox's httpd and wget: checksum and segmentation offloads,
-/// frames spanning mergeable buffers), compared byte for byte. The guest
-/// also reads its MAC and the features its driver took.
+/// frames each way), and L1 pings the guest; then 64 MiB go each way
+/// over TCP at the same time (busybox's httpd and wget: checksum and
+/// segmentation offloads, frames spanning mergeable buffers), each side
+/// streaming what it receives into `md5sum` and comparing it with the
+/// MD5 of the bytes the other side served (the guest has 512 MiB: its
+/// 64 MiB file lives in its initramfs's RAM). Each side prints how many
+/// seconds its download took. The guest also reads its MAC and the
+/// features its driver took.
 #[test]
 fn debian_reaches_l1_across_a_tap() {
     reaches_l1_across_a_tap("debian_reaches_l1_across_a_tap", false);
@@ -66,13 +70,15 @@ fn reaches_l1_across_a_tap(test: &str, vhost: bool) {
             for m in virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci failover net_failover virtio_net; do insmod /$m.ko; done\n\
             sleep 1\n\
             echo \"@@MAC $(cat /sys/class/net/eth0/address)\"\n\
-            mkdir -p /tmp/www; yes vmm-net-guest | head -c 4194304 > /tmp/www/data; httpd -p 8080 -h /tmp/www\n\
+            mkdir -p /tmp/www; yes vmm-net-guest | head -c 67108864 > /tmp/www/data; echo ok > /tmp/www/ready; httpd -p 8080 -h /tmp/www\n\
+            want=$(yes vmm-net-l1 | head -c 67108864 | md5sum)\n\
             ip addr add 10.0.2.15/24 dev eth0\n\
             ip link set eth0 up\n\
             i=0; while [ $i -lt 60 ]; do ping -c 1 -W 1 10.0.2.1 >/dev/null 2>&1 && break; i=$((i+1)); done\n\
             ping -c 3 -W 2 10.0.2.1 >/dev/null && echo @@PING\n\
             ping -c 2 -W 3 -s 20000 10.0.2.1 >/dev/null && echo @@BIGPING\n\
-            wget -q -O /tmp/in http://10.0.2.1:8080/data && yes vmm-net-l1 | head -c 4194304 | cmp - /tmp/in && echo @@TCPIN\n\
+            t0=$(cut -d. -f1 /proc/uptime); got=$(wget -q -O - http://10.0.2.1:8080/data | md5sum); t1=$(cut -d. -f1 /proc/uptime)\n\
+            echo \"@@TCPIN_SECS $((t1-t0))\"; [ \"$got\" = \"$want\" ] && echo @@TCPIN_OK\n\
             i=0; while ! wget -q -O /dev/null http://10.0.2.1:8080/fetched 2>/dev/null; do sleep 1; i=$((i+1)); [ $i -lt 90 ] || break; done\n\
             echo \"@@FEATURES $(cat /sys/bus/virtio/devices/virtio0/features)\"\n\
             echo @@DONE\n\
@@ -80,15 +86,17 @@ fn reaches_l1_across_a_tap(test: &str, vhost: bool) {
         let initrd = test_initrd(&g, &dir, script, MODULES, false);
         let companion = "\
             [ -c /dev/vhost-net ] && echo @@L1_VHOST_NET\n\
-            mkdir -p /tmp/www; yes vmm-net-l1 | head -c 4194304 > /tmp/www/data; httpd -p 8080 -h /tmp/www\n\
+            mkdir -p /tmp/www; yes vmm-net-l1 | head -c 67108864 > /tmp/www/data; httpd -p 8080 -h /tmp/www\n\
+            want=$(yes vmm-net-guest | head -c 67108864 | md5sum)\n\
             i=0; while ! ip link show tap0 >/dev/null 2>&1; do sleep 0.2; i=$((i+1)); [ $i -lt 600 ] || exit 1; done\n\
             ip addr add 10.0.2.1/24 dev tap0\n\
             ip link set tap0 up\n\
             echo @@L1TAP\n\
             i=0; while [ $i -lt 120 ]; do ping -c 1 -W 1 10.0.2.15 >/dev/null 2>&1 && break; i=$((i+1)); done\n\
             ping -c 2 -W 2 10.0.2.15 >/dev/null && echo @@L1PING\n\
-            i=0; while [ $i -lt 60 ]; do wget -q -O /tmp/in http://10.0.2.15:8080/data && break; sleep 1; i=$((i+1)); done\n\
-            yes vmm-net-guest | head -c 4194304 | cmp - /tmp/in && echo @@TCPOUT\n\
+            i=0; while [ $i -lt 60 ]; do wget -q -O /dev/null http://10.0.2.15:8080/ready && break; sleep 1; i=$((i+1)); done\n\
+            t0=$(cut -d. -f1 /proc/uptime); got=$(wget -q -O - http://10.0.2.15:8080/data | md5sum); t1=$(cut -d. -f1 /proc/uptime)\n\
+            echo \"@@TCPOUT_SECS $((t1-t0))\"; [ \"$got\" = \"$want\" ] && echo @@TCPOUT_OK\n\
             grep -q '^vhost-[0-9]' /proc/[0-9]*/comm 2>/dev/null && echo @@L1_VHOST_THREAD\n\
             touch /tmp/www/fetched\n\
             i=0; while pidof vmm >/dev/null && [ $i -lt 300 ]; do sleep 1; i=$((i+1)); done";
@@ -98,7 +106,7 @@ fn reaches_l1_across_a_tap(test: &str, vhost: bool) {
             "--initrd",
             "initrd",
             "--memory",
-            "256M",
+            "512M",
             "--netdev",
             if vhost {
                 "tap,id=n0,ifname=tap0,vhost=on"
@@ -111,7 +119,7 @@ fn reaches_l1_across_a_tap(test: &str, vhost: bool) {
         .file("kernel", &g.bzimage)
         .file("initrd", &initrd)
         .companion(companion)
-        .timeout(std::time::Duration::from_secs(300));
+        .timeout(std::time::Duration::from_secs(600));
         let out = run(test, &g, &job);
         let c = &out.console;
         for l in c.lines().filter(|l| l.trim_start().starts_with("@@")) {
@@ -128,8 +136,14 @@ fn reaches_l1_across_a_tap(test: &str, vhost: bool) {
         assert!(c.contains("@@PING"), "{test}: guest to L1\n{c}");
         assert!(c.contains("@@BIGPING"), "{test}: 20000-byte pings\n{c}");
         assert!(c.contains("@@L1PING"), "{test}: L1 to the guest\n{c}");
-        assert!(c.contains("@@TCPIN"), "{test}: 4 MiB over TCP from L1\n{c}");
-        assert!(c.contains("@@TCPOUT"), "{test}: 4 MiB over TCP to L1\n{c}");
+        assert!(
+            c.contains("@@TCPIN_OK"),
+            "{test}: 64 MiB over TCP from L1\n{c}"
+        );
+        assert!(
+            c.contains("@@TCPOUT_OK"),
+            "{test}: 64 MiB over TCP to L1\n{c}"
+        );
         if vhost {
             assert!(
                 c.contains("@@L1_VHOST_NET"),
