@@ -343,3 +343,103 @@ fn tap_errors_are_one_line() {
         assert!(c.contains("@@NOTAP"), "{test}: no tap left behind\n{c}");
     });
 }
+
+/// The VMM ends after a guest reboot with TCP in flight over a card on
+/// vhost-net (`vhost=on`, `--reboot exit`, 2 vCPUs), round after round:
+/// the companion runs our VMM itself, 4 times (`VMM_NET_HANG_ROUNDS`), on a fresh tap each
+/// time; in each boot L1 downloads 64 MiB from the guest and the guest
+/// 256 MiB from L1, and the guest reboots (`reboot -f`) two seconds into
+/// its download. A VMM still there 120 s later has its threads' states,
+/// wait channels and kernel stacks, and those of L1's vhost workers and
+/// of every task in uninterruptible sleep, printed; then SIGKILL, and
+/// the same again if it outlives that.
+#[test]
+#[ignore = "opt-in: 4 nested boots, about 4 minutes; a hunt for a rare hang (-- --ignored)"]
+fn vhost_net_vmm_ends_after_reboots_with_tcp_in_flight() {
+    let test = "vhost_net_vmm_ends_after_reboots_with_tcp_in_flight";
+    if HostKvm::detect() != HostKvm::Pvm {
+        eprintln!("SKIP {test}: runs only nested (the tap must live in L1)");
+        return;
+    }
+    // VMM_NET_HANG_ROUNDS=N hunts longer.
+    let rounds: u32 = std::env::var("VMM_NET_HANG_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| (1..=50).contains(&n))
+        .unwrap_or(4);
+    nested_retry(test, || {
+        let Some(g) = guest(test) else { return };
+        let dir = common::TempDir::new(test);
+        let script = "\
+            for m in virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci failover net_failover virtio_net; do insmod /$m.ko; done\n\
+            mkdir -p /tmp/www; yes vmm-net-guest | head -c 67108864 > /tmp/www/data; httpd -p 8080 -h /tmp/www\n\
+            ip addr add 10.0.2.15/24 dev eth0\n\
+            ip link set eth0 up\n\
+            i=0; while [ $i -lt 60 ]; do ping -c 1 -W 1 10.0.2.1 >/dev/null 2>&1 && break; i=$((i+1)); done\n\
+            wget -q -O /dev/null http://10.0.2.1:8080/data &\n\
+            sleep 2\n\
+            echo \"@@INFLIGHT rx $(cat /sys/class/net/eth0/statistics/rx_bytes) tx $(cat /sys/class/net/eth0/statistics/tx_bytes)\"\n\
+            reboot -f";
+        let initrd = test_initrd(&g, &dir, script, MODULES, false);
+        let companion = format!(
+            "cd /job\n\
+             mkdir -p /tmp/www; yes vmm-net-l1 | head -c 268435456 > /tmp/www/data; httpd -p 8080 -h /tmp/www\n\
+             dump() {{\n\
+               for t in /proc/$1/task/*; do echo \"@@TASK $t $(cut -d' ' -f3 $t/stat) $(cat $t/comm) wchan=$(cat $t/wchan)\"; sed 's/^/@@STACK /' $t/stack; done\n\
+               for p in /proc/[0-9]*; do grep -q '^vhost-' $p/comm 2>/dev/null && {{ echo \"@@KTHREAD $p $(cat $p/comm) $(cut -d' ' -f3 $p/stat) wchan=$(cat $p/wchan)\"; sed 's/^/@@STACK /' $p/stack; }}; done\n\
+               for s in /proc/[0-9]*/task/*/stat; do [ \"$(cut -d' ' -f3 $s)\" = D ] && {{ d=${{s%/stat}}; echo \"@@DSTATE $d $(cat $d/comm) wchan=$(cat $d/wchan)\"; sed 's/^/@@STACK /' $d/stack; }}; done\n\
+               dmesg | tail -40 | sed 's/^/@@DMESG /'\n\
+             }}\n\
+             r=1; while [ $r -le {rounds} ]; do\n\
+               $VMM --kernel kernel --initrd initrd --memory 256M --cpus 2 --netdev tap,id=n0,ifname=tap0,vhost=on --device virtio-net-pci,netdev=n0,mac=52:54:00:ab:cd:03 </dev/null >/tmp/g$r.out 2>/tmp/v$r.err &\n\
+               pid=$!\n\
+               i=0; while ! ip link show tap0 >/dev/null 2>&1; do sleep 0.2; i=$((i+1)); [ $i -lt 600 ] || break; done\n\
+               ip addr add 10.0.2.1/24 dev tap0; ip link set tap0 up\n\
+               ( i=0; while [ $i -lt 240 ]; do wget -q -O /dev/null http://10.0.2.15:8080/data 2>/dev/null && break; sleep 0.5; i=$((i+1)); done ) &\n\
+               pull=$!\n\
+               i=0; while kill -0 $pid 2>/dev/null && [ $i -lt 1200 ]; do sleep 0.1; i=$((i+1)); done\n\
+               grep -a '@@INFLIGHT' /tmp/g$r.out | sed \"s/^/@@ROUND $r /\"\n\
+               tail -c 400 /tmp/g$r.out | tr -d '\\r' | sed \"s/^/@@GUEST $r /\"\n\
+               if kill -0 $pid 2>/dev/null; then\n\
+                 echo \"@@HANG $r\"; dump $pid\n\
+                 kill -9 $pid; sleep 5\n\
+                 if kill -0 $pid 2>/dev/null; then echo \"@@UNKILLABLE $r\"; dump $pid; fi\n\
+               else\n\
+                 wait $pid; echo \"@@EXIT $r $?\"\n\
+               fi\n\
+               sed \"s/^/@@VMMERR $r /\" /tmp/v$r.err | tail -5\n\
+               kill $pull 2>/dev/null\n\
+               r=$((r+1))\n\
+             done"
+        );
+        let job = Job::new(["--device", "help"])
+            .file("kernel", &g.bzimage)
+            .file("initrd", &initrd)
+            .companion(&companion)
+            .timeout(std::time::Duration::from_secs(
+                120 + 180 * u64::from(rounds),
+            ));
+        let out = run(test, &g, &job);
+        let c = &out.console;
+        for l in c.lines().filter(|l| l.trim_start().starts_with("@@")) {
+            eprintln!("{test}: {}", l.trim());
+        }
+        for r in 1..=rounds {
+            assert!(
+                c.contains(&format!("@@EXIT {r} 0")),
+                "{test}: round {r}: the VMM did not end with 0\n{c}"
+            );
+        }
+        // A round whose guest reset before its download (TCG's SVM fault,
+        // docs/nested/) ends the VMM too but tests nothing: most must
+        // have had their traffic in flight.
+        let in_flight = (1..=rounds)
+            .filter(|r| c.contains(&format!("@@ROUND {r} @@INFLIGHT")))
+            .count() as u32;
+        eprintln!("{test}: {in_flight} of {rounds} rounds rebooted with TCP in flight");
+        assert!(
+            in_flight >= rounds - 1,
+            "{test}: only {in_flight} of {rounds} guests reached their reboot\n{c}"
+        );
+    });
+}
