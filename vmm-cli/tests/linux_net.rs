@@ -346,13 +346,15 @@ fn tap_errors_are_one_line() {
 
 /// The VMM ends after a guest reboot with TCP in flight over a card on
 /// vhost-net (`vhost=on`, `--reboot exit`, 2 vCPUs), round after round:
-/// the companion runs our VMM itself, 4 times (`VMM_NET_HANG_ROUNDS`), on a fresh tap each
-/// time; in each boot L1 downloads 64 MiB from the guest and the guest
+/// the companion runs our VMM itself, 4 times (`VMM_NET_HANG_ROUNDS=N`
+/// for N), on a fresh tap each time; in each boot L1 downloads 64 MiB from the guest and the guest
 /// 256 MiB from L1, and the guest reboots (`reboot -f`) two seconds into
 /// its download. A VMM still there 120 s later has its threads' states,
 /// wait channels and kernel stacks, and those of L1's vhost workers and
 /// of every task in uninterruptible sleep, printed; then SIGKILL, and
-/// the same again if it outlives that.
+/// the same again if it outlives that. The VMM logs vhost-net at debug
+/// level: each round's last lines show whether the card's worker took
+/// the tap back (the rings' bases read back) on the way out.
 #[test]
 #[ignore = "opt-in: 4 nested boots, about 4 minutes; a hunt for a rare hang (-- --ignored)"]
 fn vhost_net_vmm_ends_after_reboots_with_tcp_in_flight() {
@@ -391,7 +393,7 @@ fn vhost_net_vmm_ends_after_reboots_with_tcp_in_flight() {
                dmesg | tail -40 | sed 's/^/@@DMESG /'\n\
              }}\n\
              r=1; while [ $r -le {rounds} ]; do\n\
-               $VMM --kernel kernel --initrd initrd --memory 256M --cpus 2 --netdev tap,id=n0,ifname=tap0,vhost=on --device virtio-net-pci,netdev=n0,mac=52:54:00:ab:cd:03 </dev/null >/tmp/g$r.out 2>/tmp/v$r.err &\n\
+               VMM_LOG=warn,vmm_virtio::net::vhost=debug $VMM --kernel kernel --initrd initrd --memory 256M --cpus 2 --netdev tap,id=n0,ifname=tap0,vhost=on --device virtio-net-pci,netdev=n0,mac=52:54:00:ab:cd:03 </dev/null >/tmp/g$r.out 2>/tmp/v$r.err &\n\
                pid=$!\n\
                i=0; while ! ip link show tap0 >/dev/null 2>&1; do sleep 0.2; i=$((i+1)); [ $i -lt 600 ] || break; done\n\
                ip addr add 10.0.2.1/24 dev tap0; ip link set tap0 up\n\
@@ -407,7 +409,7 @@ fn vhost_net_vmm_ends_after_reboots_with_tcp_in_flight() {
                else\n\
                  wait $pid; echo \"@@EXIT $r $?\"\n\
                fi\n\
-               sed \"s/^/@@VMMERR $r /\" /tmp/v$r.err | tail -5\n\
+               tail -6 /tmp/v$r.err | sed \"s/^/@@VMMERR $r /\"\n\
                kill $pull 2>/dev/null\n\
                r=$((r+1))\n\
              done"
