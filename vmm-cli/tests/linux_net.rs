@@ -354,7 +354,11 @@ fn tap_errors_are_one_line() {
 /// of every task in uninterruptible sleep, printed; then SIGKILL, and
 /// the same again if it outlives that. The VMM logs vhost-net at debug
 /// level: each round's last lines show whether the card's worker took
-/// the tap back (the rings' bases read back) on the way out.
+/// the tap back (the rings' bases read back) on the way out. The
+/// companion's lines also go to L1's console as they come (with L1's
+/// kernel messages at every level, stack traces included), so that a
+/// run cut short still shows them; a soft lockup L1's kernel reports
+/// fails the test.
 #[test]
 #[ignore = "opt-in: 4 nested boots, about 4 minutes; a hunt for a rare hang (-- --ignored)"]
 fn vhost_net_vmm_ends_after_reboots_with_tcp_in_flight() {
@@ -392,6 +396,7 @@ fn vhost_net_vmm_ends_after_reboots_with_tcp_in_flight() {
                for s in /proc/[0-9]*/task/*/stat; do [ \"$(cut -d' ' -f3 $s)\" = D ] && {{ d=${{s%/stat}}; echo \"@@DSTATE $d $(cat $d/comm) wchan=$(cat $d/wchan)\"; sed 's/^/@@STACK /' $d/stack; }}; done\n\
                dmesg | tail -40 | sed 's/^/@@DMESG /'\n\
              }}\n\
+             echo 8 > /proc/sys/kernel/printk\n\
              r=1; while [ $r -le {rounds} ]; do\n\
                VMM_LOG=warn,vmm_virtio::net::vhost=debug $VMM --kernel kernel --initrd initrd --memory 256M --cpus 2 --netdev tap,id=n0,ifname=tap0,vhost=on --device virtio-net-pci,netdev=n0,mac=52:54:00:ab:cd:03 </dev/null >/tmp/g$r.out 2>/tmp/v$r.err &\n\
                pid=$!\n\
@@ -412,7 +417,7 @@ fn vhost_net_vmm_ends_after_reboots_with_tcp_in_flight() {
                tail -6 /tmp/v$r.err | sed \"s/^/@@VMMERR $r /\"\n\
                kill $pull 2>/dev/null\n\
                r=$((r+1))\n\
-             done"
+             done 2>&1 | tee -a \"$TESTBED_LIVE\""
         );
         let job = Job::new(["--device", "help"])
             .file("kernel", &g.bzimage)
@@ -426,6 +431,11 @@ fn vhost_net_vmm_ends_after_reboots_with_tcp_in_flight() {
         for l in c.lines().filter(|l| l.trim_start().starts_with("@@")) {
             eprintln!("{test}: {}", l.trim());
         }
+        assert!(
+            !out.l1_console.contains("soft lockup"),
+            "{test}: L1's kernel saw a soft lockup\n{}",
+            out.l1_console
+        );
         for r in 1..=rounds {
             assert!(
                 c.contains(&format!("@@EXIT {r} 0")),
