@@ -402,7 +402,7 @@ fn vhost_net_vmm_ends_after_reboots_with_tcp_in_flight() {
                pid=$!\n\
                i=0; while ! ip link show tap0 >/dev/null 2>&1; do sleep 0.2; i=$((i+1)); [ $i -lt 600 ] || break; done\n\
                ip addr add 10.0.2.1/24 dev tap0; ip link set tap0 up\n\
-               ( i=0; while [ $i -lt 240 ]; do wget -q -O /dev/null http://10.0.2.15:8080/data 2>/dev/null && break; sleep 0.5; i=$((i+1)); done ) &\n\
+               ( i=0; while [ $i -lt 240 ]; do wget -q -T 10 -O /dev/null http://10.0.2.15:8080/data && break; sleep 0.5; i=$((i+1)); done ) </dev/null >/dev/null 2>&1 &\n\
                pull=$!\n\
                i=0; while kill -0 $pid 2>/dev/null && [ $i -lt 1200 ]; do sleep 0.1; i=$((i+1)); done\n\
                grep -a '@@INFLIGHT' /tmp/g$r.out | sed \"s/^/@@ROUND $r /\"\n\
