@@ -25,10 +25,14 @@ const MODULES: &[&str] = &[
 /// L1 (the companion) waits for our VMM to make tap0, gives it
 /// 10.0.2.1/24 and brings it up; the guest gives its card 10.0.2.15/24
 /// and pings L1, small and large (a 20000-byte ping: IP fragments, many
-/// frames each way), and L1 pings the guest; then 4 MiB go each way over
-/// TCP (busybox's httpd and wget: checksum and segmentation offloads,
-/// frames spanning mergeable buffers), compared byte for byte. The guest
-/// also reads its MAC and the features its driver took.
+/// frames each way), and L1 pings the guest; then 64 MiB go each way
+/// over TCP at the same time (busybox's httpd and wget: checksum and
+/// segmentation offloads, frames spanning mergeable buffers), each side
+/// streaming what it receives into `md5sum` and comparing it with the
+/// MD5 of the bytes the other side served (the guest has 512 MiB: its
+/// 64 MiB file lives in its initramfs's RAM). Each side prints how many
+/// seconds its download took. The guest also reads its MAC and the
+/// features its driver took.
 #[test]
 fn debian_reaches_l1_across_a_tap() {
     reaches_l1_across_a_tap("debian_reaches_l1_across_a_tap", false);
@@ -66,13 +70,15 @@ fn reaches_l1_across_a_tap(test: &str, vhost: bool) {
             for m in virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci failover net_failover virtio_net; do insmod /$m.ko; done\n\
             sleep 1\n\
             echo \"@@MAC $(cat /sys/class/net/eth0/address)\"\n\
-            mkdir -p /tmp/www; yes vmm-net-guest | head -c 4194304 > /tmp/www/data; httpd -p 8080 -h /tmp/www\n\
+            mkdir -p /tmp/www; yes vmm-net-guest | head -c 67108864 > /tmp/www/data; echo ok > /tmp/www/ready; httpd -p 8080 -h /tmp/www\n\
+            want=$(yes vmm-net-l1 | head -c 67108864 | md5sum)\n\
             ip addr add 10.0.2.15/24 dev eth0\n\
             ip link set eth0 up\n\
             i=0; while [ $i -lt 60 ]; do ping -c 1 -W 1 10.0.2.1 >/dev/null 2>&1 && break; i=$((i+1)); done\n\
             ping -c 3 -W 2 10.0.2.1 >/dev/null && echo @@PING\n\
             ping -c 2 -W 3 -s 20000 10.0.2.1 >/dev/null && echo @@BIGPING\n\
-            wget -q -O /tmp/in http://10.0.2.1:8080/data && yes vmm-net-l1 | head -c 4194304 | cmp - /tmp/in && echo @@TCPIN\n\
+            t0=$(cut -d. -f1 /proc/uptime); got=$(wget -q -O - http://10.0.2.1:8080/data | md5sum); t1=$(cut -d. -f1 /proc/uptime)\n\
+            echo \"@@TCPIN_SECS $((t1-t0))\"; [ \"$got\" = \"$want\" ] && echo @@TCPIN_OK\n\
             i=0; while ! wget -q -O /dev/null http://10.0.2.1:8080/fetched 2>/dev/null; do sleep 1; i=$((i+1)); [ $i -lt 90 ] || break; done\n\
             echo \"@@FEATURES $(cat /sys/bus/virtio/devices/virtio0/features)\"\n\
             echo @@DONE\n\
@@ -80,15 +86,17 @@ fn reaches_l1_across_a_tap(test: &str, vhost: bool) {
         let initrd = test_initrd(&g, &dir, script, MODULES, false);
         let companion = "\
             [ -c /dev/vhost-net ] && echo @@L1_VHOST_NET\n\
-            mkdir -p /tmp/www; yes vmm-net-l1 | head -c 4194304 > /tmp/www/data; httpd -p 8080 -h /tmp/www\n\
+            mkdir -p /tmp/www; yes vmm-net-l1 | head -c 67108864 > /tmp/www/data; httpd -p 8080 -h /tmp/www\n\
+            want=$(yes vmm-net-guest | head -c 67108864 | md5sum)\n\
             i=0; while ! ip link show tap0 >/dev/null 2>&1; do sleep 0.2; i=$((i+1)); [ $i -lt 600 ] || exit 1; done\n\
             ip addr add 10.0.2.1/24 dev tap0\n\
             ip link set tap0 up\n\
             echo @@L1TAP\n\
             i=0; while [ $i -lt 120 ]; do ping -c 1 -W 1 10.0.2.15 >/dev/null 2>&1 && break; i=$((i+1)); done\n\
             ping -c 2 -W 2 10.0.2.15 >/dev/null && echo @@L1PING\n\
-            i=0; while [ $i -lt 60 ]; do wget -q -O /tmp/in http://10.0.2.15:8080/data && break; sleep 1; i=$((i+1)); done\n\
-            yes vmm-net-guest | head -c 4194304 | cmp - /tmp/in && echo @@TCPOUT\n\
+            i=0; while [ $i -lt 60 ]; do wget -q -O /dev/null http://10.0.2.15:8080/ready && break; sleep 1; i=$((i+1)); done\n\
+            t0=$(cut -d. -f1 /proc/uptime); got=$(wget -q -O - http://10.0.2.15:8080/data | md5sum); t1=$(cut -d. -f1 /proc/uptime)\n\
+            echo \"@@TCPOUT_SECS $((t1-t0))\"; [ \"$got\" = \"$want\" ] && echo @@TCPOUT_OK\n\
             grep -q '^vhost-[0-9]' /proc/[0-9]*/comm 2>/dev/null && echo @@L1_VHOST_THREAD\n\
             touch /tmp/www/fetched\n\
             i=0; while pidof vmm >/dev/null && [ $i -lt 300 ]; do sleep 1; i=$((i+1)); done";
@@ -98,7 +106,7 @@ fn reaches_l1_across_a_tap(test: &str, vhost: bool) {
             "--initrd",
             "initrd",
             "--memory",
-            "256M",
+            "512M",
             "--netdev",
             if vhost {
                 "tap,id=n0,ifname=tap0,vhost=on"
@@ -111,7 +119,7 @@ fn reaches_l1_across_a_tap(test: &str, vhost: bool) {
         .file("kernel", &g.bzimage)
         .file("initrd", &initrd)
         .companion(companion)
-        .timeout(std::time::Duration::from_secs(300));
+        .timeout(std::time::Duration::from_secs(600));
         let out = run(test, &g, &job);
         let c = &out.console;
         for l in c.lines().filter(|l| l.trim_start().starts_with("@@")) {
@@ -128,8 +136,14 @@ fn reaches_l1_across_a_tap(test: &str, vhost: bool) {
         assert!(c.contains("@@PING"), "{test}: guest to L1\n{c}");
         assert!(c.contains("@@BIGPING"), "{test}: 20000-byte pings\n{c}");
         assert!(c.contains("@@L1PING"), "{test}: L1 to the guest\n{c}");
-        assert!(c.contains("@@TCPIN"), "{test}: 4 MiB over TCP from L1\n{c}");
-        assert!(c.contains("@@TCPOUT"), "{test}: 4 MiB over TCP to L1\n{c}");
+        assert!(
+            c.contains("@@TCPIN_OK"),
+            "{test}: 64 MiB over TCP from L1\n{c}"
+        );
+        assert!(
+            c.contains("@@TCPOUT_OK"),
+            "{test}: 64 MiB over TCP to L1\n{c}"
+        );
         if vhost {
             assert!(
                 c.contains("@@L1_VHOST_NET"),
@@ -327,5 +341,117 @@ fn tap_errors_are_one_line() {
             "{test}: no permission\n{c}"
         );
         assert!(c.contains("@@NOTAP"), "{test}: no tap left behind\n{c}");
+    });
+}
+
+/// The VMM ends after a guest reboot with TCP in flight over a card on
+/// vhost-net (`vhost=on`, `--reboot exit`, 2 vCPUs), round after round:
+/// the companion runs our VMM itself, 4 times (`VMM_NET_HANG_ROUNDS=N`
+/// for N), on a fresh tap each time; in each boot L1 downloads 64 MiB from the guest and the guest
+/// 256 MiB from L1, and the guest reboots (`reboot -f`) two seconds into
+/// its download. A VMM still there 120 s later has its threads' states,
+/// wait channels and kernel stacks, and those of L1's vhost workers and
+/// of every task in uninterruptible sleep, printed; then SIGKILL, and
+/// the same again if it outlives that. The VMM logs vhost-net at debug
+/// level: each round's last lines show whether the card's worker took
+/// the tap back (the rings' bases read back) on the way out. The
+/// companion's lines also go to L1's console as they come (with L1's
+/// kernel messages at every level, stack traces included), so that a
+/// run cut short still shows them; a soft lockup L1's kernel reports
+/// fails the test.
+#[test]
+#[ignore = "opt-in: 4 nested boots, about 4 minutes; a hunt for a rare hang (-- --ignored)"]
+fn vhost_net_vmm_ends_after_reboots_with_tcp_in_flight() {
+    let test = "vhost_net_vmm_ends_after_reboots_with_tcp_in_flight";
+    if HostKvm::detect() != HostKvm::Pvm {
+        eprintln!("SKIP {test}: runs only nested (the tap must live in L1)");
+        return;
+    }
+    // VMM_NET_HANG_ROUNDS=N hunts longer.
+    let rounds: u32 = std::env::var("VMM_NET_HANG_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| (1..=50).contains(&n))
+        .unwrap_or(4);
+    nested_retry(test, || {
+        let Some(g) = guest(test) else { return };
+        let dir = common::TempDir::new(test);
+        let script = "\
+            for m in virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci failover net_failover virtio_net; do insmod /$m.ko; done\n\
+            mkdir -p /tmp/www; yes vmm-net-guest | head -c 67108864 > /tmp/www/data; httpd -p 8080 -h /tmp/www\n\
+            ip addr add 10.0.2.15/24 dev eth0\n\
+            ip link set eth0 up\n\
+            i=0; while [ $i -lt 60 ]; do ping -c 1 -W 1 10.0.2.1 >/dev/null 2>&1 && break; i=$((i+1)); done\n\
+            wget -q -O /dev/null http://10.0.2.1:8080/data &\n\
+            sleep 2\n\
+            echo \"@@INFLIGHT rx $(cat /sys/class/net/eth0/statistics/rx_bytes) tx $(cat /sys/class/net/eth0/statistics/tx_bytes)\"\n\
+            reboot -f";
+        let initrd = test_initrd(&g, &dir, script, MODULES, false);
+        let companion = format!(
+            "cd /job\n\
+             mkdir -p /tmp/www; yes vmm-net-l1 | head -c 268435456 > /tmp/www/data; httpd -p 8080 -h /tmp/www\n\
+             dump() {{\n\
+               for t in /proc/$1/task/*; do echo \"@@TASK $t $(cut -d' ' -f3 $t/stat) $(cat $t/comm) wchan=$(cat $t/wchan)\"; sed 's/^/@@STACK /' $t/stack; done\n\
+               for p in /proc/[0-9]*; do grep -q '^vhost-' $p/comm 2>/dev/null && {{ echo \"@@KTHREAD $p $(cat $p/comm) $(cut -d' ' -f3 $p/stat) wchan=$(cat $p/wchan)\"; sed 's/^/@@STACK /' $p/stack; }}; done\n\
+               for s in /proc/[0-9]*/task/*/stat; do [ \"$(cut -d' ' -f3 $s)\" = D ] && {{ d=${{s%/stat}}; echo \"@@DSTATE $d $(cat $d/comm) wchan=$(cat $d/wchan)\"; sed 's/^/@@STACK /' $d/stack; }}; done\n\
+               dmesg | tail -40 | sed 's/^/@@DMESG /'\n\
+             }}\n\
+             echo 8 > /proc/sys/kernel/printk\n\
+             r=1; while [ $r -le {rounds} ]; do\n\
+               VMM_LOG=warn,vmm_virtio::net::vhost=debug $VMM --kernel kernel --initrd initrd --memory 256M --cpus 2 --netdev tap,id=n0,ifname=tap0,vhost=on --device virtio-net-pci,netdev=n0,mac=52:54:00:ab:cd:03 </dev/null >/tmp/g$r.out 2>/tmp/v$r.err &\n\
+               pid=$!\n\
+               i=0; while ! ip link show tap0 >/dev/null 2>&1; do sleep 0.2; i=$((i+1)); [ $i -lt 600 ] || break; done\n\
+               ip addr add 10.0.2.1/24 dev tap0; ip link set tap0 up\n\
+               ( i=0; while [ $i -lt 240 ]; do wget -q -T 10 -O /dev/null http://10.0.2.15:8080/data && break; sleep 0.5; i=$((i+1)); done ) </dev/null >/dev/null 2>&1 &\n\
+               pull=$!\n\
+               i=0; while kill -0 $pid 2>/dev/null && [ $i -lt 1200 ]; do sleep 0.1; i=$((i+1)); done\n\
+               grep -a '@@INFLIGHT' /tmp/g$r.out | sed \"s/^/@@ROUND $r /\"\n\
+               tail -c 400 /tmp/g$r.out | tr -d '\\r' | sed \"s/^/@@GUEST $r /\"\n\
+               if kill -0 $pid 2>/dev/null; then\n\
+                 echo \"@@HANG $r\"; dump $pid\n\
+                 kill -9 $pid; sleep 5\n\
+                 if kill -0 $pid 2>/dev/null; then echo \"@@UNKILLABLE $r\"; dump $pid; fi\n\
+               else\n\
+                 wait $pid; echo \"@@EXIT $r $?\"\n\
+               fi\n\
+               tail -6 /tmp/v$r.err | sed \"s/^/@@VMMERR $r /\"\n\
+               kill $pull 2>/dev/null\n\
+               r=$((r+1))\n\
+             done 2>&1 | tee -a \"$TESTBED_LIVE\""
+        );
+        let job = Job::new(["--device", "help"])
+            .file("kernel", &g.bzimage)
+            .file("initrd", &initrd)
+            .companion(&companion)
+            .timeout(std::time::Duration::from_secs(
+                120 + 180 * u64::from(rounds),
+            ));
+        let out = run(test, &g, &job);
+        let c = &out.console;
+        for l in c.lines().filter(|l| l.trim_start().starts_with("@@")) {
+            eprintln!("{test}: {}", l.trim());
+        }
+        assert!(
+            !out.l1_console.contains("soft lockup"),
+            "{test}: L1's kernel saw a soft lockup\n{}",
+            out.l1_console
+        );
+        for r in 1..=rounds {
+            assert!(
+                c.contains(&format!("@@EXIT {r} 0")),
+                "{test}: round {r}: the VMM did not end with 0\n{c}"
+            );
+        }
+        // A round whose guest reset before its download (TCG's SVM fault,
+        // docs/nested/) ends the VMM too but tests nothing: most must
+        // have had their traffic in flight.
+        let in_flight = (1..=rounds)
+            .filter(|r| c.contains(&format!("@@ROUND {r} @@INFLIGHT")))
+            .count() as u32;
+        eprintln!("{test}: {in_flight} of {rounds} rounds rebooted with TCP in flight");
+        assert!(
+            in_flight >= rounds - 1,
+            "{test}: only {in_flight} of {rounds} guests reached their reboot\n{c}"
+        );
     });
 }
