@@ -21,6 +21,7 @@
 //! (`suspended`); anything else is refused with an error naming it.
 
 use serde::{Deserialize, Serialize};
+use vmm_runstate::RunState;
 
 /// The section's name.
 pub const SECTION: &str = "runstate";
@@ -58,7 +59,7 @@ impl SavedRunState {
     /// Its name, as QMP's `query-status` says it.
     pub fn as_str(self) -> &'static str {
         match self {
-            SavedRunState::Suspended => "suspended",
+            SavedRunState::Suspended => RunState::Suspended.as_str(),
         }
     }
 
@@ -78,8 +79,9 @@ impl SavedRunState {
         }
         let wire: Wire =
             serde_json::from_slice(data).map_err(|e| RunStateError::Malformed(e.to_string()))?;
-        match wire.state.as_str() {
-            "suspended" => Ok(SavedRunState::Suspended),
+        // QMP's run-state names, as `query-status` gives them.
+        match wire.state.parse::<RunState>() {
+            Ok(RunState::Suspended) => Ok(SavedRunState::Suspended),
             _ => Err(RunStateError::Unsupported(
                 wire.state.chars().take(32).collect(),
             )),
