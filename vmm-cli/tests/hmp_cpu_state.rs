@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::qmp_client::{spawn, Client};
+use common::qmp_client::{quit, spawn, Client};
 use common::*;
 use serde_json::{json, Value};
 use vmm_pc::test_guests;
@@ -224,7 +224,5 @@ fn info_registers_and_lapic_show_each_vcpu() {
     c.event("RESUME");
     check_both(&hmp(&mut c, "info registers -a"));
 
-    assert_eq!(c.execute("quit"), json!({"return": {}}));
-    let o = wait(child);
-    assert!(o.status.success(), "{}", stderr(&o));
+    quit(&mut c, child);
 }

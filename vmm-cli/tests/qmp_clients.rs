@@ -8,7 +8,7 @@ use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use common::qmp_client::{spawn, Client};
+use common::qmp_client::{quit, spawn, Client};
 use common::*;
 use serde_json::{json, Value};
 use vmm_pc::test_guests;
@@ -229,9 +229,7 @@ fn human_monitor_command_runs_monitor_lines() {
     )
     .unwrap();
     assert_eq!(c.line()["error"]["class"], "GenericError");
-    assert_eq!(c.execute("quit"), json!({"return": {}}));
-    let o = wait(child);
-    assert!(o.status.success(), "{}", stderr(&o));
+    quit(&mut c, child);
 }
 
 /// QEMU's `query-pci`: the bus and its functions (the host bridge at
@@ -260,9 +258,7 @@ fn query_pci_lists_the_host_bridge() {
     assert_eq!(bridge["id"]["vendor"], 0x1b36);
     assert_eq!(bridge["id"]["device"], 0x0008);
     assert_eq!(bridge["regions"], json!([]));
-    assert_eq!(c.execute("quit"), json!({"return": {}}));
-    let o = wait(child);
-    assert!(o.status.success(), "{}", stderr(&o));
+    quit(&mut c, child);
 }
 
 /// A virtio-vsock-pci is on the bus as QEMU shows one: 1af4:1053, a
@@ -293,9 +289,7 @@ fn query_pci_lists_a_vsock_device() {
     assert_eq!(vsock["id"]["vendor"], 0x1af4, "{vsock}");
     assert_eq!(vsock["id"]["device"], 0x1053, "{vsock}");
     assert_eq!(vsock["class_info"]["class"], 0x0780, "{vsock}");
-    assert_eq!(c.execute("quit"), json!({"return": {}}));
-    let o = wait(child);
-    assert!(o.status.success(), "{}", stderr(&o));
+    quit(&mut c, child);
     assert!(!dir.0.join("v.sock").exists());
 }
 
@@ -347,9 +341,7 @@ fn a_thousand_resets_and_pauses_leak_nothing() {
     assert_eq!(fd_count(pid), fds, "file descriptors after 1000 cycles");
     let grown = rss_kib(pid).saturating_sub(rss);
     assert!(grown < 1024, "RSS grew by {grown} KiB over 1000 cycles");
-    assert_eq!(c.execute("quit"), json!({"return": {}}));
-    let o = wait(child);
-    assert!(o.status.success(), "{}", stderr(&o));
+    quit(&mut c, child);
 }
 
 /// A disk on the bus as QMP reports it before any guest driver touched
@@ -404,7 +396,5 @@ fn a_disk_in_query_pci_and_query_block() {
     assert_eq!(block[0]["inserted"]["image"]["virtual-size"], 2 << 20);
     let stats = c.execute("query-blockstats")["return"].clone();
     assert_eq!(stats[0]["stats"]["rd_operations"], 0);
-    assert_eq!(c.execute("quit"), json!({"return": {}}));
-    let o = wait(child);
-    assert!(o.status.success(), "{}", stderr(&o));
+    quit(&mut c, child);
 }

@@ -9,7 +9,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::qmp_client::{spawn, Client};
+use common::qmp_client::{quit, spawn, Client};
 use common::*;
 use serde_json::json;
 use vmm_pc::test_guests;
@@ -82,9 +82,7 @@ fn suspend_to_ram_and_wake_by_qmp_and_the_power_button() {
         "{:?}",
         c.events
     );
-    assert_eq!(c.execute("quit"), json!({"return": {}}));
-    let o = wait(child);
-    assert!(o.status.success(), "{}", stderr(&o));
+    quit(&mut c, child);
 }
 
 #[test]
@@ -178,7 +176,5 @@ fn the_benchmark_guest_finds_the_facs_through_the_acpi_tables() {
         assert_eq!(wait_for_output(&log, 1 + 2 * n), &b"zwzwzwz"[..1 + 2 * n]);
     }
     assert_eq!(c.status()["status"], "suspended");
-    assert_eq!(c.execute("quit"), json!({"return": {}}));
-    let o = wait(child);
-    assert!(o.status.success(), "{}", stderr(&o));
+    quit(&mut c, child);
 }

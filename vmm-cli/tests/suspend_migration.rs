@@ -12,7 +12,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::qmp_client::{spawn, Client};
+use common::qmp_client::{quit, spawn, Client};
 use common::*;
 use serde_json::json;
 use vmm_pc::test_guests;
@@ -91,12 +91,6 @@ fn migration_end(c: &mut Client) -> String {
             return s;
         }
     }
-}
-
-fn quit(c: &mut Client, vmm: Running) {
-    assert_eq!(c.execute("quit"), json!({"return": {}}));
-    let o = wait(vmm);
-    assert!(o.status.success(), "{}", stderr(&o));
 }
 
 #[test]

@@ -117,3 +117,10 @@ pub fn spawn(dir: &TempDir, kernel: &[u8], extra: &[&str]) -> (Running, PathBuf)
         .unwrap();
     (Running::with_log(child, log), sock)
 }
+
+/// Ends the VMM with QMP's `quit` and checks that it exited with status 0.
+pub fn quit(c: &mut Client, vmm: Running) {
+    assert_eq!(c.execute("quit"), json!({"return": {}}));
+    let o = super::wait(vmm);
+    assert!(o.status.success(), "{}", super::stderr(&o));
+}
