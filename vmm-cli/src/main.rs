@@ -169,8 +169,12 @@ fn run(args: Args, devices: storage::Devices) -> Result<ExitReason> {
         }
         None => Box::new(|| Ok(())),
     };
-    let (sink, mut writer) =
-        output::spawn_with(out, serial_start).context("cannot start the serial output thread")?;
+    let direct = match args.serial {
+        Serial::Stdio => output::nonblocking_twin(&io::stdout()),
+        _ => None,
+    };
+    let (sink, mut writer) = output::spawn_with(out, direct, serial_start)
+        .context("cannot start the serial output thread")?;
     let vcpu_thread_start = filters.as_ref().map(|f| {
         let f = Arc::clone(f);
         let start: vmm_core::vcpu::VcpuThreadStart =

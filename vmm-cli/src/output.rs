@@ -1,26 +1,37 @@
 //! Guest serial output, decoupled from the vCPUs.
 //!
 //! COM1's output is written on a vCPU thread, under the device's lock. If
-//! that write went straight to stdout, a reader that stops reading (a full
-//! pipe, a paused pager) would stall the vCPU inside `write`, where no kick
-//! reaches it, and with it the whole VMM. So the vCPU side only appends to a
-//! bounded buffer, and a writer thread of its own does the blocking writes.
-//! When the buffer is full, newer output is dropped and counted (as a real
-//! UART loses characters nobody takes), never waited for.
+//! that write blocked (a full pipe whose reader stopped reading, a paused
+//! terminal), the vCPU would stall inside `write`, where no kick reaches
+//! it, and with it the whole VMM. So the vCPU side never blocks:
 //!
-//! The guest writes one byte per port exit, and waking the writer for each
-//! would cost a futex call on the vCPU thread and a wake-up, a `write` and
-//! a reader's wake-up per character. So the vCPU side wakes the writer
-//! only when it is idle, and a writer that found output lets more gather
-//! for [`COALESCE`] before it looks again: a verbose Linux boot's 50 KiB go
-//! out in some hundreds of writes instead of 50,000, and the first byte
-//! after a quiet spell still leaves at once. Nested (the test bed), the
-//! per-character wake-ups also interrupted the CPU running the guest often
-//! enough to meet a fault of L1's emulated SVM far more often than QEMU's
-//! guests did (see docs/nested/).
+//! - Where the output is a pipe or a terminal, the vCPU side writes each
+//!   byte at once through a descriptor of its own opened non-blocking
+//!   ([`nonblocking_twin`]), as QEMU's vCPU threads write their
+//!   character devices. Only what would block goes to the writer thread.
+//! - Everything else (a file, output that would block) is appended to a
+//!   bounded buffer that a writer thread of its own writes out with
+//!   blocking writes. When the buffer is full, newer output is dropped and
+//!   counted (as a real UART loses characters nobody takes), never waited
+//!   for. Once the writer has caught up, the vCPU side writes directly
+//!   again, so the order of the output is kept.
+//!
+//! Why not always the writer thread: waking it costs a futex call on the
+//! vCPU thread, a wake-up on another CPU and, to gather bytes into fewer
+//! writes, a timed wait. Nested (the test bed: L1's KVM under QEMU's TCG),
+//! those cross-CPU wake-ups during a verbose boot went with L2 boots under
+//! our VMM that hung or reset far more often than QEMU's, and writing on
+//! the vCPU thread did not (docs/nested/). A direct write is one system
+//! call on a thread that has exited to the VMM anyway.
+//!
+//! When the writer thread does the writing, it lets more output gather for
+//! [`COALESCE`] between two writes instead of a write per byte.
 
 use std::collections::VecDeque;
+use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -39,6 +50,45 @@ struct State {
     written: u64,
     /// The writer is blocked waiting for output (only then is it woken).
     idle: bool,
+    /// The writer holds output it has not yet written out.
+    busy: bool,
+    /// The output's non-blocking twin, for the vCPU side's direct writes;
+    /// dropped after an error other than "would block".
+    direct: Option<File>,
+}
+
+impl State {
+    /// Writes what it can of `bytes` directly, if nothing written earlier
+    /// is still on its way (the order of the output is kept); returns how
+    /// many bytes went out.
+    fn write_direct(&mut self, bytes: &[u8]) -> usize {
+        if !self.buf.is_empty() || self.busy {
+            return 0;
+        }
+        let Some(direct) = self.direct.as_mut() else {
+            return 0;
+        };
+        let mut done = 0;
+        while done < bytes.len() {
+            match direct.write(&bytes[done..]) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    // The writer thread meets the same error on its
+                    // descriptor and deals with it (drops the output).
+                    log::debug!(
+                        "serial output: direct write failed ({e}); the writer thread takes over"
+                    );
+                    self.direct = None;
+                    break;
+                }
+            }
+        }
+        self.written += done as u64;
+        done
+    }
 }
 
 #[derive(Default)]
@@ -59,8 +109,12 @@ pub struct SerialSink {
 }
 
 impl Write for SerialSink {
-    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+    fn write(&mut self, all: &[u8]) -> io::Result<usize> {
         let mut s = self.shared.lock();
+        let bytes = &all[s.write_direct(all)..];
+        if bytes.is_empty() {
+            return Ok(all.len());
+        }
         let room = CAPACITY.saturating_sub(s.buf.len());
         let taken = bytes.len().min(room);
         s.buf.extend(&bytes[..taken]);
@@ -77,7 +131,7 @@ impl Write for SerialSink {
             self.shared.wake.notify_one();
         }
         // Dropped bytes count as written: the guest must not stall.
-        Ok(bytes.len())
+        Ok(all.len())
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -106,21 +160,57 @@ impl std::fmt::Debug for SerialOutput {
 /// returns it.
 pub type ThreadStart = Box<dyn FnOnce() -> io::Result<()> + Send>;
 
+/// A second descriptor for the pipe or terminal `out` writes to, opened
+/// non-blocking (through `/proc/self/fd`, so that the flag is not set on
+/// the description `out` shares with other processes, as `fcntl` would);
+/// `None` for anything else (a file, a socket) or if it cannot be opened.
+pub fn nonblocking_twin(out: &impl AsFd) -> Option<File> {
+    let fd = out.as_fd();
+    let kind = File::from(fd.try_clone_to_owned().ok()?)
+        .metadata()
+        .ok()?
+        .file_type();
+    if !(kind.is_fifo() || kind.is_char_device()) {
+        return None;
+    }
+    let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    match OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(&path)
+    {
+        Ok(file) => Some(file),
+        Err(e) => {
+            log::debug!("serial output: no non-blocking twin ({path}: {e}); all output goes through the writer thread");
+            None
+        }
+    }
+}
+
 /// Starts a writer thread for `out`; returns the sink for COM1 and the
 /// handle to finish it.
 #[cfg(test)]
 pub fn spawn(out: Box<dyn Write + Send>) -> io::Result<(SerialSink, SerialOutput)> {
-    spawn_with(out, Box::new(|| Ok(())))
+    spawn_with(out, None, Box::new(|| Ok(())))
 }
 
-/// [`spawn`], with `start` run first on the writer thread. Returns at once:
-/// `start` runs beside the caller's own set-up (a filter takes about 0.1 ms
-/// to install); [`SerialOutput::started`] waits for its outcome.
+/// [`spawn`], with `direct` (`out`'s [`nonblocking_twin`]) for the vCPU
+/// side's direct writes and `start` run first on the writer thread.
+/// Returns at once: `start` runs beside the caller's own set-up (a filter
+/// takes about 0.1 ms to install); [`SerialOutput::started`] waits for its
+/// outcome.
 pub fn spawn_with(
     mut out: Box<dyn Write + Send>,
+    direct: Option<File>,
     start: ThreadStart,
 ) -> io::Result<(SerialSink, SerialOutput)> {
-    let shared = Arc::new(Shared::default());
+    let shared = Arc::new(Shared {
+        state: Mutex::new(State {
+            direct,
+            ..State::default()
+        }),
+        wake: Condvar::new(),
+    });
     let worker = Arc::clone(&shared);
     // Dropped when the thread ends, which wakes `finish` at once.
     let (ended_tx, ended) = mpsc::channel::<()>();
@@ -143,6 +233,7 @@ pub fn spawn_with(
                         s = worker.wake.wait(s).unwrap_or_else(|e| e.into_inner());
                         s.idle = false;
                     }
+                    s.busy = !s.buf.is_empty();
                     (s.buf.drain(..).collect::<Vec<u8>>(), s.closed)
                 };
                 let mut rest = &chunk[..];
@@ -161,6 +252,7 @@ pub fn spawn_with(
                 }
                 if !chunk.is_empty() {
                     let _ = out.flush();
+                    worker.lock().busy = false;
                 }
                 if closed && worker.lock().buf.is_empty() {
                     return;
@@ -241,6 +333,7 @@ impl SerialOutput {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::FromRawFd;
 
     #[derive(Clone, Default)]
     struct Shared2(Arc<Mutex<Vec<u8>>>);
@@ -260,6 +353,7 @@ mod tests {
         let out = Shared2::default();
         let (_sink, mut handle) = spawn_with(
             Box::new(out),
+            None,
             Box::new(|| Err(io::Error::other("no filter"))),
         )
         .unwrap();
@@ -276,6 +370,7 @@ mod tests {
         let n = Arc::clone(&name);
         let (mut sink, mut handle) = spawn_with(
             Box::new(out.clone()),
+            None,
             Box::new(move || {
                 *n.lock().unwrap() = std::thread::current().name().map(str::to_owned);
                 Ok(())
@@ -397,5 +492,87 @@ mod tests {
         let (lock, cv) = &*gate;
         *lock.lock().unwrap() = true;
         cv.notify_all();
+    }
+
+    fn pipe() -> (File, File) {
+        let mut fds = [0; 2];
+        // SAFETY: `fds` has room for the two descriptors pipe2 returns.
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+        // SAFETY: both descriptors are new and owned by nobody else.
+        unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) }
+    }
+
+    #[test]
+    fn a_pipe_gets_a_twin_and_a_file_does_not() {
+        let (_r, w) = pipe();
+        let twin = nonblocking_twin(&w).expect("a pipe has a twin");
+        // SAFETY: F_GETFL on descriptors this test owns.
+        let (twin_flags, out_flags) = unsafe {
+            (
+                libc::fcntl(twin.as_raw_fd(), libc::F_GETFL),
+                libc::fcntl(w.as_raw_fd(), libc::F_GETFL),
+            )
+        };
+        assert_ne!(twin_flags & libc::O_NONBLOCK, 0);
+        assert_eq!(out_flags & libc::O_NONBLOCK, 0, "the output stays blocking");
+        let file = File::open("/proc/self/exe").unwrap();
+        assert!(nonblocking_twin(&file).is_none());
+    }
+
+    /// Reads everything from `r` until its writers are gone.
+    fn read_all(mut r: File) -> std::thread::JoinHandle<Vec<u8>> {
+        std::thread::spawn(move || {
+            let mut all = Vec::new();
+            io::Read::read_to_end(&mut r, &mut all).unwrap();
+            all
+        })
+    }
+
+    #[test]
+    fn direct_writes_need_no_writer_thread() {
+        let (r, w) = pipe();
+        let twin = nonblocking_twin(&w);
+        let (mut sink, handle) = spawn_with(Box::new(w), twin, Box::new(|| Ok(()))).unwrap();
+        sink.write_all(b"hello").unwrap();
+        // Already in the pipe, before the writer thread could be asked.
+        let mut got = [0u8; 5];
+        let mut reader = r;
+        io::Read::read_exact(&mut reader, &mut got).unwrap();
+        assert_eq!(&got, b"hello");
+        assert_eq!(handle.finish(Duration::from_secs(10)), 0);
+        drop(sink);
+    }
+
+    #[test]
+    fn a_full_pipe_hands_over_to_the_writer_and_keeps_the_order() {
+        let (r, w) = pipe();
+        let twin = nonblocking_twin(&w);
+        let (mut sink, handle) = spawn_with(Box::new(w), twin, Box::new(|| Ok(()))).unwrap();
+        // Far more than a pipe holds (64 KiB) before anyone reads: the
+        // direct writes meet a full pipe and the rest queues for the
+        // writer, one byte at a time and in blocks, as a guest writes.
+        let mut want = Vec::new();
+        for i in 0..300_000u32 {
+            let byte = [b'a' + (i % 26) as u8];
+            sink.write_all(&byte).unwrap();
+            want.push(byte[0]);
+            if i % 50_000 == 0 {
+                let block = format!("<{i}>").repeat(1000);
+                sink.write_all(block.as_bytes()).unwrap();
+                want.extend_from_slice(block.as_bytes());
+            }
+        }
+        let reader = read_all(r);
+        // Direct writes again once the writer has caught up.
+        while sink.shared.lock().busy || !sink.shared.lock().buf.is_empty() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        sink.write_all(b"end").unwrap();
+        want.extend_from_slice(b"end");
+        assert_eq!(handle.finish(Duration::from_secs(10)), 0);
+        drop(sink);
+        let got = reader.join().unwrap();
+        assert_eq!(got.len(), want.len());
+        assert!(got == want, "the output is out of order");
     }
 }
