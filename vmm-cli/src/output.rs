@@ -8,7 +8,10 @@
 //! - Where the output is a pipe or a terminal, the vCPU side writes each
 //!   byte at once through a descriptor of its own opened non-blocking
 //!   ([`nonblocking_twin`]), as QEMU's vCPU threads write their
-//!   character devices. Only what would block goes to the writer thread.
+//!   character devices. A full pipe or terminal makes it wait for room,
+//!   up to [`BACKPRESSURE`] (a kick ends the wait at once), so a guest
+//!   prints no faster than its reader reads, as behind a real UART; only
+//!   what still would block goes to the writer thread.
 //! - Everything else (a file, output that would block) is appended to a
 //!   bounded buffer that a writer thread of its own writes out with
 //!   blocking writes. When the buffer is full, newer output is dropped and
@@ -40,6 +43,9 @@ use std::time::{Duration, Instant};
 pub const CAPACITY: usize = 1 << 20;
 /// How long a busy writer lets output gather between two writes.
 pub const COALESCE: Duration = Duration::from_millis(1);
+/// How long one direct write of the vCPU side waits at most for a full
+/// pipe or terminal to take more, before the writer thread takes over.
+pub const BACKPRESSURE: Duration = Duration::from_millis(50);
 
 #[derive(Default)]
 struct State {
@@ -55,6 +61,10 @@ struct State {
     /// The output's non-blocking twin, for the vCPU side's direct writes;
     /// dropped after an error other than "would block".
     direct: Option<File>,
+    /// Bytes written directly by the vCPU side.
+    direct_bytes: u64,
+    /// Bytes handed to the writer thread.
+    queued_bytes: u64,
 }
 
 impl State {
@@ -69,12 +79,24 @@ impl State {
             return 0;
         };
         let mut done = 0;
+        let mut waited = Duration::ZERO;
         while done < bytes.len() {
             match direct.write(&bytes[done..]) {
                 Ok(0) => break,
                 Ok(n) => done += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // A reader slower than the guest: wait a little for
+                    // room, as a UART's guest waits for its transmitter;
+                    // a kick (EINTR) or a reader that stays away hands the
+                    // rest to the writer thread.
+                    let left = BACKPRESSURE.saturating_sub(waited);
+                    let started = Instant::now();
+                    if left.is_zero() || !wait_for_room(direct, left) {
+                        break;
+                    }
+                    waited += started.elapsed();
+                }
                 Err(e) => {
                     // The writer thread meets the same error on its
                     // descriptor and deals with it (drops the output).
@@ -87,8 +109,23 @@ impl State {
             }
         }
         self.written += done as u64;
+        self.direct_bytes += done as u64;
         done
     }
+}
+
+/// Waits up to `limit` for `out` to take more; false on a timeout, a
+/// signal (a vCPU kick) or an error.
+fn wait_for_room(out: &File, limit: Duration) -> bool {
+    let mut pfd = libc::pollfd {
+        fd: out.as_raw_fd(),
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    let ms = limit.as_millis().clamp(1, i32::MAX as u128) as i32;
+    // SAFETY: one valid pollfd, which poll only writes `revents` of.
+    let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
+    rc == 1 && pfd.revents & libc::POLLOUT != 0
 }
 
 #[derive(Default)]
@@ -118,6 +155,7 @@ impl Write for SerialSink {
         let room = CAPACITY.saturating_sub(s.buf.len());
         let taken = bytes.len().min(room);
         s.buf.extend(&bytes[..taken]);
+        s.queued_bytes += taken as u64;
         let lost = (bytes.len() - taken) as u64;
         if lost > 0 {
             if s.dropped == 0 {
@@ -326,7 +364,16 @@ impl SerialOutput {
                 log::warn!("serial output not fully written: its reader is not reading");
             }
         }
-        self.shared.lock().dropped
+        let s = self.shared.lock();
+        if s.direct_bytes > 0 && s.queued_bytes > 0 {
+            // The reader was slower than the guest at times.
+            log::info!(
+                "serial output: {} bytes written directly, {} through the writer thread",
+                s.direct_bytes,
+                s.queued_bytes
+            );
+        }
+        s.dropped
     }
 }
 
@@ -574,5 +621,23 @@ mod tests {
         let got = reader.join().unwrap();
         assert_eq!(got.len(), want.len());
         assert!(got == want, "the output is out of order");
+    }
+
+    #[test]
+    fn a_full_pipe_has_room_again_once_read() {
+        let (mut r, w) = pipe();
+        let mut twin = nonblocking_twin(&w).unwrap();
+        let block = [b'z'; 4096];
+        loop {
+            match twin.write(&block) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert!(!wait_for_room(&twin, Duration::from_millis(10)), "full");
+        let mut got = vec![0u8; 65536];
+        io::Read::read_exact(&mut r, &mut got).unwrap();
+        assert!(wait_for_room(&twin, Duration::from_secs(10)), "read");
     }
 }

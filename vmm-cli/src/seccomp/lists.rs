@@ -191,6 +191,10 @@ pub(super) fn vcpu() -> Result<Rules, seccompiler::Error> {
             // Exits: the guest programs our PIT or RTC; the clocks re-arm
             // the main loop's timerfd from whichever thread armed a timer.
             libc::SYS_timerfd_settime,
+            // Exits: COM1's output waits a little for a full pipe or
+            // terminal to take more (vmm-cli's output.rs).
+            libc::SYS_poll,
+            libc::SYS_ppoll,
         ],
     );
     Ok(r)
