@@ -40,6 +40,9 @@ use crate::snapshot::runstate::{self, SavedRunState};
 /// Room beyond the RAM for a section (vCPU states, devices).
 const METADATA_LIMIT: u64 = 64 << 20;
 
+/// A file's reads: a small snapshot (the state and a few pages) in one.
+const READ_BUFFER: usize = 128 << 10;
+
 /// The clocks at the save.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 struct SavedClocks {
@@ -287,8 +290,11 @@ impl PcMachine {
             .map_err(|e| refused(format!("cannot open {}: {e}", path.display())))?;
         let ours = self.shape();
         let largest = ours.ram.iter().map(|(_, size)| *size).max().unwrap_or(0);
-        let (shape, sections) =
-            format::read(&mut BufReader::new(file), largest + METADATA_LIMIT).map_err(refused)?;
+        let (shape, sections) = format::read(
+            &mut BufReader::with_capacity(READ_BUFFER, file),
+            largest + METADATA_LIMIT,
+        )
+        .map_err(refused)?;
         if let Some(why) = shape.difference(&ours) {
             return Err(refused(why));
         }
@@ -348,29 +354,48 @@ impl PcMachine {
 
     /// Puts a checked snapshot back on the stopped machine: RAM, irqchip,
     /// KVM's PIT, every vCPU, the clocks, the devices.
-    pub(super) fn apply_snapshot(&mut self, loaded: Loaded) -> Result<(), CommandFailure> {
+    ///
+    /// `fresh`: no vCPU of this machine has run yet (`--incoming`): what
+    /// the build put in RAM (the kernel, the tables) is given back in one
+    /// call instead of looking for it page by page.
+    pub(super) fn apply_snapshot(
+        &mut self,
+        loaded: Loaded,
+        fresh: bool,
+    ) -> Result<(), CommandFailure> {
         let mem = self.vm.memory();
         let ram_error = |e: vm_memory::GuestMemoryError| refused(format!("guest RAM: {e}"));
         let zeroes = [0u8; format::PAGE];
         let mut page = [0u8; format::PAGE];
         for (gpa, size, encoded) in &loaded.ram {
             let sparse = format::SparseRam::decode(encoded, *size).map_err(refused)?;
-            // Pages never touched here are zeroes already: left alone, not
-            // even read (a fresh destination's RAM stays unmapped).
-            let untouched = mem
+            let host = mem
                 .get_host_address(GuestAddress(*gpa))
                 .ok()
-                .and_then(|p| {
-                    let len = usize::try_from(*size).ok()?;
-                    crate::snapshot::pagemap::untouched(p as usize, len).ok()
-                })
-                .unwrap_or_default();
+                .zip(usize::try_from(*size).ok());
+            // SAFETY: `host` is one whole RAM region of this machine
+            // (private anonymous memory, `vmm_core::ram`), which a fresh
+            // machine has never run on and whose build's contents the
+            // snapshot replaces; nothing else touches it until the vCPUs
+            // and workers start, after this load.
+            let discarded = fresh
+                && host.is_some_and(|(p, len)| unsafe {
+                    crate::snapshot::pagemap::discard(p as usize, len).is_ok()
+                });
+            // Pages never touched here are zeroes already: left alone, not
+            // even read (a fresh destination's RAM stays unmapped).
+            let untouched = if discarded {
+                Vec::new()
+            } else {
+                host.and_then(|(p, len)| crate::snapshot::pagemap::untouched(p as usize, len).ok())
+                    .unwrap_or_default()
+            };
             for (offset, bytes) in sparse.pages() {
                 let at = GuestAddress(gpa + offset);
                 let index = usize::try_from(offset / format::PAGE as u64).unwrap_or(usize::MAX);
                 match bytes {
                     Some(bytes) => mem.write_slice(bytes, at).map_err(ram_error)?,
-                    None if untouched.get(index).copied().unwrap_or(false) => {}
+                    None if discarded || untouched.get(index).copied().unwrap_or(false) => {}
                     // A zero page: written only where this RAM holds
                     // something.
                     None => {
@@ -442,7 +467,7 @@ impl PcMachine {
         // From here on the machine changes: a failure leaves it stopped
         // (QEMU leaves a failed load's VM stopped too); `system_reset`
         // starts afresh.
-        self.apply_snapshot(loaded)?;
+        self.apply_snapshot(loaded, false)?;
         // A running or suspended machine resumes at once (`RESUME`):
         // `running`, or `suspended` if the snapshot's guest is in S3.
         if was_live {
