@@ -446,8 +446,9 @@ impl PcMachine {
         let entries = crate::virtio_state::entries(&disks, &nets, &rngs, &vsocks);
         crate::virtio_state::register(&mut devices.model, &devices.pci, entries);
 
-        // The migration thread (and `--incoming`'s listener or command).
-        let live = live::Live::new(
+        // The migration thread (and `--incoming`'s listener or command);
+        // its filter goes in beside the vCPUs' set-up, waited for after.
+        let mut live = live::Live::new(
             Arc::clone(&wake),
             config.migration_thread_start.clone(),
             config.spawn_allowed,
@@ -459,6 +460,7 @@ impl PcMachine {
         let entry = Arc::new(Mutex::new(entry));
         let init = vcpu_init::vcpu_init(&vm, supported_cpuid, config.cpus, Arc::clone(&entry));
         let vcpus = Vcpus::spawn_with_start(&vm, config.cpus, init, io, config.vcpu_thread_start)?;
+        live.started()?;
         event_loop.add_eventfd(
             "vCPU requests",
             vcpus
