@@ -229,7 +229,14 @@ impl PcMachine {
             CommandFailure::Machine(m) => m,
         };
         self.check_snapshottable().map_err(fail)?;
-        let loaded = self.read_snapshot(path).map_err(fail)?;
+        // Read and decoded during the build (see there).
+        let loaded = match self.incoming_file.take() {
+            Some(parsed) => parsed
+                .map_err(CommandFailure::Refused)
+                .and_then(|parsed| self.check_parsed(parsed)),
+            None => self.read_snapshot(path),
+        }
+        .map_err(fail)?;
         self.apply_snapshot(loaded, true).map_err(fail)?;
         Ok(())
     }

@@ -95,6 +95,60 @@ fn decode<T: for<'de> Deserialize<'de>>(
         .map_err(|e| refused(format!("the snapshot's '{name}' section is malformed: {e}")))
 }
 
+/// The longest section a machine with RAM regions of `sizes` reads.
+pub(super) fn max_section(sizes: impl Iterator<Item = u64>) -> u64 {
+    sizes.max().unwrap_or(0) + METADATA_LIMIT
+}
+
+/// A snapshot file read, its checksums checked and its state sections
+/// decoded: all that needs no machine, so that `--incoming file:` does it
+/// beside the machine's build. [`PcMachine::check_parsed`] checks the rest
+/// (a state that did not decode is refused there, after the shape, as a
+/// whole read would).
+pub(super) struct ParsedFile {
+    shape: Shape,
+    sections: Vec<Section>,
+    state: Result<MachineState, String>,
+}
+
+/// Reads and decodes the snapshot at `path` (see [`ParsedFile`]); no
+/// section may be longer than `max_section` bytes.
+pub(super) fn parse_file(path: &Path, max_section: u64) -> Result<ParsedFile, String> {
+    let file = File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let (shape, sections) = format::read(
+        &mut BufReader::with_capacity(READ_BUFFER, file),
+        max_section,
+    )
+    .map_err(|e| e.to_string())?;
+    let state = decode_sections(&sections);
+    Ok(ParsedFile {
+        shape,
+        sections,
+        state,
+    })
+}
+
+/// The state sections decoded, not yet checked against a machine.
+fn decode_sections(sections: &[Section]) -> Result<MachineState, String> {
+    let why = |e: CommandFailure| match e {
+        CommandFailure::Refused(why) => why,
+        CommandFailure::Machine(e) => e.to_string(),
+    };
+    Ok(MachineState {
+        vcpus: decode(sections, "vcpus").map_err(why)?,
+        irqchip: decode(sections, "irqchip").map_err(why)?,
+        pit: decode(sections, "kvm-pit").map_err(why)?,
+        clocks: decode(sections, "clocks").map_err(why)?,
+        devices: decode(sections, "devices").map_err(why)?,
+        suspended: match sections.iter().find(|s| s.name == runstate::SECTION) {
+            None => false,
+            Some(s) => match SavedRunState::decode(&s.data).map_err(|e| e.to_string())? {
+                SavedRunState::Suspended => true,
+            },
+        },
+    })
+}
+
 /// A RAM region as bytes, to scan it at memory speed rather than through
 /// vm-memory's volatile copies.
 fn host_slice(
@@ -286,26 +340,29 @@ impl PcMachine {
 
     /// Reads `path` and checks all of it against this machine.
     pub(super) fn read_snapshot(&self, path: &Path) -> Result<Loaded, CommandFailure> {
-        let file = File::open(path)
-            .map_err(|e| refused(format!("cannot open {}: {e}", path.display())))?;
+        let parsed =
+            parse_file(path, max_section(self.shape().ram.iter().map(|r| r.1))).map_err(refused)?;
+        self.check_parsed(parsed)
+    }
+
+    /// A file read by [`parse_file`], checked against this machine: its
+    /// shape, its RAM sections, no unknown section, then its state.
+    pub(super) fn check_parsed(&self, parsed: ParsedFile) -> Result<Loaded, CommandFailure> {
+        let ParsedFile {
+            shape,
+            mut sections,
+            state,
+        } = parsed;
         let ours = self.shape();
-        let largest = ours.ram.iter().map(|(_, size)| *size).max().unwrap_or(0);
-        let (shape, sections) = format::read(
-            &mut BufReader::with_capacity(READ_BUFFER, file),
-            largest + METADATA_LIMIT,
-        )
-        .map_err(refused)?;
         if let Some(why) = shape.difference(&ours) {
             return Err(refused(why));
         }
         let mut known: Vec<String> = Vec::new();
-        let mut ram = Vec::new();
         for (gpa, size) in &ours.ram {
             let name = format!("ram@{gpa:x}");
             let data = section(&sections, &name)?;
             format::SparseRam::decode(data, *size)
                 .map_err(|e| refused(format!("the snapshot's '{name}': {e}")))?;
-            ram.push((*gpa, *size, data.to_vec()));
             known.push(name);
         }
         if let Some(s) = sections.iter().find(|s| {
@@ -316,10 +373,23 @@ impl PcMachine {
                 s.name
             )));
         }
-        Ok(Loaded {
-            state: self.decode_state(&sections)?,
-            ram,
-        })
+        let state = state.map_err(refused)?;
+        self.check_state(&state)?;
+        // The RAM sections' data moved out, not copied.
+        let ram = ours
+            .ram
+            .iter()
+            .zip(&known)
+            .map(|((gpa, size), name)| {
+                let data = sections
+                    .iter_mut()
+                    .find(|s| s.name == *name)
+                    .map(|s| std::mem::take(&mut s.data))
+                    .unwrap_or_default();
+                (*gpa, *size, data)
+            })
+            .collect();
+        Ok(Loaded { state, ram })
     }
 
     /// The state sections decoded and checked against this machine.
@@ -327,19 +397,14 @@ impl PcMachine {
         &self,
         sections: &[Section],
     ) -> Result<MachineState, CommandFailure> {
-        let state = MachineState {
-            vcpus: decode(sections, "vcpus")?,
-            irqchip: decode(sections, "irqchip")?,
-            pit: decode(sections, "kvm-pit")?,
-            clocks: decode(sections, "clocks")?,
-            devices: decode(sections, "devices")?,
-            suspended: match sections.iter().find(|s| s.name == runstate::SECTION) {
-                None => false,
-                Some(s) => match SavedRunState::decode(&s.data).map_err(refused)? {
-                    SavedRunState::Suspended => true,
-                },
-            },
-        };
+        let state = decode_sections(sections).map_err(refused)?;
+        self.check_state(&state)?;
+        Ok(state)
+    }
+
+    /// A decoded state against this machine: vCPUs, irqchip, PIT, the
+    /// virtio devices' backings.
+    fn check_state(&self, state: &MachineState) -> Result<(), CommandFailure> {
         if state.vcpus.len() != self.vcpus.len() || state.irqchip.len() != self.fresh_irqchip.len()
         {
             return Err(refused("the snapshot's vCPUs or irqchip do not match"));
@@ -348,8 +413,7 @@ impl PcMachine {
             return Err(refused("the snapshot's PIT does not match"));
         }
         let ours = crate::virtio_state::entries(&self.disks, &self.nets, &self.rngs, &self.vsocks);
-        crate::virtio_state::check_backings(&ours, &state.devices).map_err(refused)?;
-        Ok(state)
+        crate::virtio_state::check_backings(&ours, &state.devices).map_err(refused)
     }
 
     /// Puts a checked snapshot back on the stopped machine: RAM, irqchip,
