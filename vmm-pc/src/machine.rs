@@ -258,9 +258,9 @@ impl PcMachine {
             Ok(cpuid)
         };
         // `--incoming file:`'s file is read, checksummed and decoded on a
-        // thread of its own beside steps 4 to 9 (as the kernel is read, no
-        // filter yet; joined before the build ends); the checks against
-        // the machine come with the load.
+        // thread of its own beside steps 4 to 6, joined with the CPUID
+        // thread (like the kernel's reading, before any filter); the checks
+        // against the machine come with the load.
         let incoming_path = match &config.incoming {
             Some(Incoming::File(path)) => Some(path.as_path()),
             _ => None,
