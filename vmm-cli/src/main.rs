@@ -151,9 +151,14 @@ fn run(args: Args, devices: storage::Devices) -> Result<ExitReason> {
         .clone()
         .context("the following required arguments were not provided: --kernel <PATH>")?;
     let serial = args.serial.clone();
-    let out = match startup_step("serial open", move || serial_output(&serial))? {
-        Ok(out) => out,
-        Err(signo) => return Ok(ExitReason::Signal(signo)),
+    // Only a file may block (a FIFO waits for its reader); stdout and the
+    // sink are had at once, without a thread to wait on.
+    let out = match serial {
+        Serial::File(_) => match startup_step("serial open", move || serial_output(&serial))? {
+            Ok(out) => out,
+            Err(signo) => return Ok(ExitReason::Signal(signo)),
+        },
+        Serial::Stdio | Serial::None => serial_output(&serial)?,
     };
     // Compiled before any thread starts; each thread installs its own list
     // (see seccomp.rs for the order and why).

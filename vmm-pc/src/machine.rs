@@ -157,6 +157,9 @@ pub struct PcMachine {
     migration_events: bool,
     /// `--incoming`: where the machine's state comes from.
     incoming: Option<Incoming>,
+    /// `--incoming file:`'s file, read and decoded during the build
+    /// (checked against the machine when loaded).
+    incoming_file: Option<Result<snapshot::ParsedFile, String>>,
     /// `--incoming defer`, still waiting for `migrate-incoming`.
     deferred_incoming: bool,
     /// Run once an incoming migration is loaded (no `--paused`, or a
@@ -254,10 +257,30 @@ impl PcMachine {
             }
             Ok(cpuid)
         };
-        let (supported_cpuid, built) = std::thread::scope(|scope| {
+        // `--incoming file:`'s file is read, checksummed and decoded on a
+        // thread of its own beside steps 4 to 6, joined with the CPUID
+        // thread (like the kernel's reading, before any filter); the checks
+        // against the machine come with the load.
+        let incoming_path = match &config.incoming {
+            Some(Incoming::File(path)) => Some(path.as_path()),
+            _ => None,
+        };
+        let parse = |path: &std::path::Path| {
+            snapshot::parse_file(
+                path,
+                snapshot::max_section(regions.iter().map(|r| r.1 as u64)),
+            )
+        };
+        let (supported_cpuid, built, incoming_file) = std::thread::scope(|scope| {
             let cpuid = std::thread::Builder::new()
                 .name("cpuid".into())
                 .spawn_scoped(scope, supported);
+            let reading = incoming_path.map(|path| {
+                let thread = std::thread::Builder::new()
+                    .name("incoming".into())
+                    .spawn_scoped(scope, move || parse(path));
+                (path, thread)
+            });
             let built = (|| -> Result<_, PcError> {
                 // 4. VM and RAM.
                 let vm = Vm::new(&kvm, &regions)?;
@@ -298,7 +321,13 @@ impl PcMachine {
                 // No thread to be had: in line, then.
                 Err(_) => supported(),
             };
-            (cpuid, built)
+            let incoming_file = reading.map(|(path, thread)| match thread {
+                Ok(thread) => thread
+                    .join()
+                    .unwrap_or_else(|_| Err("the reading thread panicked".to_owned())),
+                Err(_) => parse(path),
+            });
+            (cpuid, built, incoming_file)
         });
         let supported_cpuid = supported_cpuid?;
         let (vm, irq, images, entry, fresh_irqchip, fresh_kvm_pit) = built?;
@@ -446,8 +475,9 @@ impl PcMachine {
         let entries = crate::virtio_state::entries(&disks, &nets, &rngs, &vsocks);
         crate::virtio_state::register(&mut devices.model, &devices.pci, entries);
 
-        // The migration thread (and `--incoming`'s listener or command).
-        let live = live::Live::new(
+        // The migration thread (and `--incoming`'s listener or command);
+        // its filter goes in beside the vCPUs' set-up, waited for after.
+        let mut live = live::Live::new(
             Arc::clone(&wake),
             config.migration_thread_start.clone(),
             config.spawn_allowed,
@@ -459,6 +489,7 @@ impl PcMachine {
         let entry = Arc::new(Mutex::new(entry));
         let init = vcpu_init::vcpu_init(&vm, supported_cpuid, config.cpus, Arc::clone(&entry));
         let vcpus = Vcpus::spawn_with_start(&vm, config.cpus, init, io, config.vcpu_thread_start)?;
+        live.started()?;
         event_loop.add_eventfd(
             "vCPU requests",
             vcpus
@@ -497,6 +528,7 @@ impl PcMachine {
             live,
             migration_events: false,
             incoming: config.incoming.clone(),
+            incoming_file,
             deferred_incoming: false,
             autostart: !config.start_paused,
             nets,

@@ -91,6 +91,14 @@ impl Live {
         })
     }
 
+    /// Waits for the migration thread's start (its filter), which
+    /// [`Live::new`] does not: an error ends the machine's build.
+    pub(super) fn started(&mut self) -> Result<(), PcError> {
+        self.worker
+            .started()
+            .map_err(|e| PcError::Control(format!("cannot start the migration thread: {e}")))
+    }
+
     /// The VMM rewrote guest RAM wholesale (a reset's reload): an outgoing
     /// migration sends all of it again. (Writes through the guest-memory
     /// API are in guest RAM's dirty bitmap already; this is the belt.)

@@ -190,7 +190,8 @@ impl PcMachine {
         };
         self.check_snapshottable()?;
         let loaded = self.read_snapshot(&path)?;
-        self.apply_snapshot(loaded)?;
+        // Nothing has run in `inmigrate`.
+        self.apply_snapshot(loaded, true)?;
         self.deferred_incoming = false;
         self.after_incoming().map_err(CommandFailure::Machine)
     }
@@ -228,8 +229,15 @@ impl PcMachine {
             CommandFailure::Machine(m) => m,
         };
         self.check_snapshottable().map_err(fail)?;
-        let loaded = self.read_snapshot(path).map_err(fail)?;
-        self.apply_snapshot(loaded).map_err(fail)?;
+        // Read and decoded during the build (see there).
+        let loaded = match self.incoming_file.take() {
+            Some(parsed) => parsed
+                .map_err(CommandFailure::Refused)
+                .and_then(|parsed| self.check_parsed(parsed)),
+            None => self.read_snapshot(path),
+        }
+        .map_err(fail)?;
+        self.apply_snapshot(loaded, true).map_err(fail)?;
         Ok(())
     }
 }

@@ -40,6 +40,9 @@ use crate::snapshot::runstate::{self, SavedRunState};
 /// Room beyond the RAM for a section (vCPU states, devices).
 const METADATA_LIMIT: u64 = 64 << 20;
 
+/// A file's reads: a small snapshot (the state and a few pages) in one.
+const READ_BUFFER: usize = 128 << 10;
+
 /// The clocks at the save.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 struct SavedClocks {
@@ -90,6 +93,60 @@ fn decode<T: for<'de> Deserialize<'de>>(
 ) -> Result<T, CommandFailure> {
     serde_json::from_slice(section(sections, name)?)
         .map_err(|e| refused(format!("the snapshot's '{name}' section is malformed: {e}")))
+}
+
+/// The longest section a machine with RAM regions of `sizes` reads.
+pub(super) fn max_section(sizes: impl Iterator<Item = u64>) -> u64 {
+    sizes.max().unwrap_or(0) + METADATA_LIMIT
+}
+
+/// A snapshot file read, its checksums checked and its state sections
+/// decoded: all that needs no machine, so that `--incoming file:` does it
+/// beside the machine's build. [`PcMachine::check_parsed`] checks the rest
+/// (a state that did not decode is refused there, after the shape, as a
+/// whole read would).
+pub(super) struct ParsedFile {
+    shape: Shape,
+    sections: Vec<Section>,
+    state: Result<MachineState, String>,
+}
+
+/// Reads and decodes the snapshot at `path` (see [`ParsedFile`]); no
+/// section may be longer than `max_section` bytes.
+pub(super) fn parse_file(path: &Path, max_section: u64) -> Result<ParsedFile, String> {
+    let file = File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let (shape, sections) = format::read(
+        &mut BufReader::with_capacity(READ_BUFFER, file),
+        max_section,
+    )
+    .map_err(|e| e.to_string())?;
+    let state = decode_sections(&sections);
+    Ok(ParsedFile {
+        shape,
+        sections,
+        state,
+    })
+}
+
+/// The state sections decoded, not yet checked against a machine.
+fn decode_sections(sections: &[Section]) -> Result<MachineState, String> {
+    let why = |e: CommandFailure| match e {
+        CommandFailure::Refused(why) => why,
+        CommandFailure::Machine(e) => e.to_string(),
+    };
+    Ok(MachineState {
+        vcpus: decode(sections, "vcpus").map_err(why)?,
+        irqchip: decode(sections, "irqchip").map_err(why)?,
+        pit: decode(sections, "kvm-pit").map_err(why)?,
+        clocks: decode(sections, "clocks").map_err(why)?,
+        devices: decode(sections, "devices").map_err(why)?,
+        suspended: match sections.iter().find(|s| s.name == runstate::SECTION) {
+            None => false,
+            Some(s) => match SavedRunState::decode(&s.data).map_err(|e| e.to_string())? {
+                SavedRunState::Suspended => true,
+            },
+        },
+    })
 }
 
 /// A RAM region as bytes, to scan it at memory speed rather than through
@@ -283,23 +340,29 @@ impl PcMachine {
 
     /// Reads `path` and checks all of it against this machine.
     pub(super) fn read_snapshot(&self, path: &Path) -> Result<Loaded, CommandFailure> {
-        let file = File::open(path)
-            .map_err(|e| refused(format!("cannot open {}: {e}", path.display())))?;
+        let parsed =
+            parse_file(path, max_section(self.shape().ram.iter().map(|r| r.1))).map_err(refused)?;
+        self.check_parsed(parsed)
+    }
+
+    /// A file read by [`parse_file`], checked against this machine: its
+    /// shape, its RAM sections, no unknown section, then its state.
+    pub(super) fn check_parsed(&self, parsed: ParsedFile) -> Result<Loaded, CommandFailure> {
+        let ParsedFile {
+            shape,
+            mut sections,
+            state,
+        } = parsed;
         let ours = self.shape();
-        let largest = ours.ram.iter().map(|(_, size)| *size).max().unwrap_or(0);
-        let (shape, sections) =
-            format::read(&mut BufReader::new(file), largest + METADATA_LIMIT).map_err(refused)?;
         if let Some(why) = shape.difference(&ours) {
             return Err(refused(why));
         }
         let mut known: Vec<String> = Vec::new();
-        let mut ram = Vec::new();
         for (gpa, size) in &ours.ram {
             let name = format!("ram@{gpa:x}");
             let data = section(&sections, &name)?;
             format::SparseRam::decode(data, *size)
                 .map_err(|e| refused(format!("the snapshot's '{name}': {e}")))?;
-            ram.push((*gpa, *size, data.to_vec()));
             known.push(name);
         }
         if let Some(s) = sections.iter().find(|s| {
@@ -310,10 +373,23 @@ impl PcMachine {
                 s.name
             )));
         }
-        Ok(Loaded {
-            state: self.decode_state(&sections)?,
-            ram,
-        })
+        let state = state.map_err(refused)?;
+        self.check_state(&state)?;
+        // The RAM sections' data moved out, not copied.
+        let ram = ours
+            .ram
+            .iter()
+            .zip(&known)
+            .map(|((gpa, size), name)| {
+                let data = sections
+                    .iter_mut()
+                    .find(|s| s.name == *name)
+                    .map(|s| std::mem::take(&mut s.data))
+                    .unwrap_or_default();
+                (*gpa, *size, data)
+            })
+            .collect();
+        Ok(Loaded { state, ram })
     }
 
     /// The state sections decoded and checked against this machine.
@@ -321,19 +397,14 @@ impl PcMachine {
         &self,
         sections: &[Section],
     ) -> Result<MachineState, CommandFailure> {
-        let state = MachineState {
-            vcpus: decode(sections, "vcpus")?,
-            irqchip: decode(sections, "irqchip")?,
-            pit: decode(sections, "kvm-pit")?,
-            clocks: decode(sections, "clocks")?,
-            devices: decode(sections, "devices")?,
-            suspended: match sections.iter().find(|s| s.name == runstate::SECTION) {
-                None => false,
-                Some(s) => match SavedRunState::decode(&s.data).map_err(refused)? {
-                    SavedRunState::Suspended => true,
-                },
-            },
-        };
+        let state = decode_sections(sections).map_err(refused)?;
+        self.check_state(&state)?;
+        Ok(state)
+    }
+
+    /// A decoded state against this machine: vCPUs, irqchip, PIT, the
+    /// virtio devices' backings.
+    fn check_state(&self, state: &MachineState) -> Result<(), CommandFailure> {
         if state.vcpus.len() != self.vcpus.len() || state.irqchip.len() != self.fresh_irqchip.len()
         {
             return Err(refused("the snapshot's vCPUs or irqchip do not match"));
@@ -342,35 +413,53 @@ impl PcMachine {
             return Err(refused("the snapshot's PIT does not match"));
         }
         let ours = crate::virtio_state::entries(&self.disks, &self.nets, &self.rngs, &self.vsocks);
-        crate::virtio_state::check_backings(&ours, &state.devices).map_err(refused)?;
-        Ok(state)
+        crate::virtio_state::check_backings(&ours, &state.devices).map_err(refused)
     }
 
     /// Puts a checked snapshot back on the stopped machine: RAM, irqchip,
     /// KVM's PIT, every vCPU, the clocks, the devices.
-    pub(super) fn apply_snapshot(&mut self, loaded: Loaded) -> Result<(), CommandFailure> {
+    ///
+    /// `fresh`: no vCPU of this machine has run yet (`--incoming`): what
+    /// the build put in RAM (the kernel, the tables) is given back in one
+    /// call instead of looking for it page by page.
+    pub(super) fn apply_snapshot(
+        &mut self,
+        loaded: Loaded,
+        fresh: bool,
+    ) -> Result<(), CommandFailure> {
         let mem = self.vm.memory();
         let ram_error = |e: vm_memory::GuestMemoryError| refused(format!("guest RAM: {e}"));
         let zeroes = [0u8; format::PAGE];
         let mut page = [0u8; format::PAGE];
         for (gpa, size, encoded) in &loaded.ram {
             let sparse = format::SparseRam::decode(encoded, *size).map_err(refused)?;
-            // Pages never touched here are zeroes already: left alone, not
-            // even read (a fresh destination's RAM stays unmapped).
-            let untouched = mem
+            let host = mem
                 .get_host_address(GuestAddress(*gpa))
                 .ok()
-                .and_then(|p| {
-                    let len = usize::try_from(*size).ok()?;
-                    crate::snapshot::pagemap::untouched(p as usize, len).ok()
-                })
-                .unwrap_or_default();
+                .zip(usize::try_from(*size).ok());
+            // SAFETY: `host` is one whole RAM region of this machine
+            // (private anonymous memory, `vmm_core::ram`), which a fresh
+            // machine has never run on and whose build's contents the
+            // snapshot replaces; nothing else touches it until the vCPUs
+            // and workers start, after this load.
+            let discarded = fresh
+                && host.is_some_and(|(p, len)| unsafe {
+                    crate::snapshot::pagemap::discard(p as usize, len).is_ok()
+                });
+            // Pages never touched here are zeroes already: left alone, not
+            // even read (a fresh destination's RAM stays unmapped).
+            let untouched = if discarded {
+                Vec::new()
+            } else {
+                host.and_then(|(p, len)| crate::snapshot::pagemap::untouched(p as usize, len).ok())
+                    .unwrap_or_default()
+            };
             for (offset, bytes) in sparse.pages() {
                 let at = GuestAddress(gpa + offset);
                 let index = usize::try_from(offset / format::PAGE as u64).unwrap_or(usize::MAX);
                 match bytes {
                     Some(bytes) => mem.write_slice(bytes, at).map_err(ram_error)?,
-                    None if untouched.get(index).copied().unwrap_or(false) => {}
+                    None if discarded || untouched.get(index).copied().unwrap_or(false) => {}
                     // A zero page: written only where this RAM holds
                     // something.
                     None => {
@@ -442,7 +531,7 @@ impl PcMachine {
         // From here on the machine changes: a failure leaves it stopped
         // (QEMU leaves a failed load's VM stopped too); `system_reset`
         // starts afresh.
-        self.apply_snapshot(loaded)?;
+        self.apply_snapshot(loaded, false)?;
         // A running or suspended machine resumes at once (`RESUME`):
         // `running`, or `suspended` if the snapshot's guest is in S3.
         if was_live {

@@ -150,12 +150,16 @@ pub enum Job {
 #[derive(Debug)]
 pub struct Worker {
     jobs: mpsc::Sender<Job>,
+    /// The outcome of the thread's `start`, until [`Worker::started`]
+    /// takes it.
+    started: Option<mpsc::Receiver<std::io::Result<()>>>,
 }
 
 impl Worker {
-    /// Starts the thread; it runs `start` first (this returns once it
-    /// has, with its error if any) and then waits for jobs until the
-    /// handle is dropped.
+    /// Starts the thread; it runs `start` first and then waits for jobs
+    /// until the handle is dropped. Returns at once: `start` (a seccomp
+    /// filter, about 0.15 ms to install) runs beside the caller's own
+    /// set-up, and [`Worker::started`] waits for its outcome.
     pub fn spawn(start: Option<ThreadStart>, mailbox: Arc<Mailbox>) -> std::io::Result<Self> {
         let (jobs, rx) = mpsc::channel::<Job>();
         let (started_tx, started) = mpsc::channel::<std::io::Result<()>>();
@@ -181,10 +185,21 @@ impl Worker {
                     }
                 }
             })?;
-        started
-            .recv()
-            .map_err(|_| std::io::Error::other("the migration thread ended at its start"))??;
-        Ok(Self { jobs })
+        Ok(Self {
+            jobs,
+            started: Some(started),
+        })
+    }
+
+    /// Waits for the thread's `start` (see [`Worker::spawn`]) and returns
+    /// its outcome; later calls return `Ok`.
+    pub fn started(&mut self) -> std::io::Result<()> {
+        match self.started.take() {
+            Some(rx) => rx
+                .recv()
+                .map_err(|_| std::io::Error::other("the migration thread ended at its start"))?,
+            None => Ok(()),
+        }
     }
 
     /// Hands `job` to the thread.
