@@ -162,3 +162,27 @@ fn the_split_irqchip_resets_and_migrates() {
         "the snapshot has 'ioapic' (ioapic) where this machine has nothing",
     );
 }
+
+/// A guest that takes its interrupts only from the 8259s (`noapic`): our
+/// PIT's IRQ 0 and COM1's IRQ 4 through the PIC, ExtINT on the boot
+/// CPU's LINT0. With the split irqchip the lines go through our models
+/// (the guest unmasked them on the PIC) and the vector goes in with
+/// KVM_INTERRUPT; the same guest on KVM's irqchip for comparison.
+#[test]
+fn the_8259s_interrupt_the_boot_cpu_in_both_modes() {
+    if !kvm("irqchip_pic") {
+        return;
+    }
+    for mode in MODES {
+        let dir = TempDir::new("irq-pic");
+        let k = dir.file("pic.elf", &test_guests::pic_interrupts());
+        let o = run_kernel(&k, &["--irqchip", mode]);
+        assert!(o.status.success(), "{mode}: {}", stderr(&o));
+        assert_eq!(
+            String::from_utf8_lossy(&o.stdout),
+            test_guests::PIC_INTERRUPTS_OUTPUT.concat(),
+            "{mode}"
+        );
+        assert!(!stderr(&o).contains("panicked"), "{mode}");
+    }
+}
