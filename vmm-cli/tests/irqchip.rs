@@ -1,6 +1,6 @@
 //! `--irqchip kernel|split`: hand-assembled guests that take interrupts
-//! through the IO-APIC (our PIT, the RTC, the ACPI SCI as a level line),
-//! and a few of the other small guests, on KVM's irqchip and on the split
+//! through the IO-APIC (our PIT, the RTC, the ACPI SCI as a level line)
+//! or only through the 8259s, and a few of the other small guests, on KVM's irqchip and on the split
 //! one (only the local APICs in KVM), on the host's `/dev/kvm`.
 
 mod common;
@@ -164,8 +164,9 @@ fn the_split_irqchip_resets_and_migrates() {
 }
 
 /// A guest that takes its interrupts only from the 8259s (`noapic`): our
-/// PIT's IRQ 0 and COM1's IRQ 4 through the PIC, ExtINT on the boot
-/// CPU's LINT0. With the split irqchip the lines go through our models
+/// PIT's IRQ 0 (raised on the main loop's thread), the RTC's IRQ 8
+/// through the slave and the cascade, and COM1's IRQ 4 (raised on the
+/// vCPU's own thread), ExtINT on the boot CPU's LINT0. With the split irqchip the lines go through our models
 /// (the guest unmasked them on the PIC) and the vector goes in with
 /// KVM_INTERRUPT; the same guest on KVM's irqchip for comparison.
 #[test]

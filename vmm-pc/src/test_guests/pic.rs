@@ -13,24 +13,28 @@ const IDTR: u64 = 0x700;
 const IDT: u64 = 0x800;
 const PIT_COUNT: u64 = 0xC00;
 const COM_COUNT: u64 = 0xC04;
+const RTC_COUNT: u64 = 0xC08;
 const STACK_TOP: u64 = 0x1000;
 const MESSAGES: u64 = 0x600;
 /// The master's vectors from 0x20: IRQ 0 (the PIT), IRQ 4 (COM1), IRQ 7
-/// (the spurious one).
-const VECTORS: [u8; 3] = [0x20, 0x24, 0x27];
+/// (its spurious one); the slave's from 0x28: IRQ 8 (the RTC), IRQ 15
+/// (its spurious one).
+const VECTORS: [u8; 5] = [0x20, 0x24, 0x27, 0x28, 0x2F];
 
-const TICKS: &str = "PIC timer ticked\n";
+const TICKS: &str = "PIT and RTC ticked through the PICs\n";
 const COM1: &str = "COM1 interrupted through the PIC\n";
 
 /// Programs both 8259s (ICW1-4: vectors 0x20 and 0x28, the slave on IRQ
-/// 2, 8086 mode, normal EOI) and unmasks IRQ 0 and IRQ 4 only, runs the
-/// PIT at 1 kHz and waits (`sti; hlt`) for 50 timer interrupts, each
-/// ended by a non-specific EOI on port 0x20; then stops the PIT and
-/// prints "PIC timer ticked". Then it enables COM1's THR-empty interrupt
+/// 2, 8086 mode, normal EOI) and unmasks IRQ 0, 2 (the cascade), 4 and 8
+/// only, runs the PIT at 1 kHz and the RTC's periodic interrupt at 1024
+/// Hz, and waits (`sti; hlt`) for 50 of each, each ended by a
+/// non-specific EOI on port 0x20 (the RTC's on the slave's 0xA0 first);
+/// then stops both and prints "PIT and RTC ticked through the PICs". Then
+/// it enables COM1's THR-empty interrupt
 /// (which raises IRQ 4 at once, the transmitter being empty), waits for
 /// it (its handler reads IIR and sends the EOI), disables it again,
 /// prints "COM1 interrupted through the PIC" and resets through the
-/// i8042. A spurious IRQ 7 is taken and ignored.
+/// i8042. A spurious IRQ 7 or 15 is taken and ignored.
 ///
 /// As in [`super::ioapic_interrupts`], the handlers never return with
 /// `iretd` (which PVM cannot emulate in 32-bit code): each counts, drops
@@ -60,13 +64,18 @@ pub fn pic_interrupts() -> Vec<u8> {
         0xb0, 0x28, 0xe6, 0xa1,
         0xb0, 0x02, 0xe6, 0xa1,
         0xb0, 0x01, 0xe6, 0xa1,
-        // Masks: IRQ 0 and 4 open on the master, the slave all masked.
-        0xb0, 0xee, 0xe6, 0x21,
-        0xb0, 0xff, 0xe6, 0xa1,
+        // Masks: IRQ 0, 2 and 4 open on the master, IRQ 8 on the slave.
+        0xb0, 0xea, 0xe6, 0x21,
+        0xb0, 0xfe, 0xe6, 0xa1,
         // PIT channel 0, mode 2, count 1193 (1 kHz).
         0xb0, 0x34, 0xe6, 0x43,
         0xb0, 0xa9, 0xe6, 0x40,
         0xb0, 0x04, 0xe6, 0x40,
+        // RTC: rate 6 (1024 Hz) in A, PIE in B, C read to start clean.
+        0xb0, 0x0a, 0xe6, 0x70, 0xb0, 0x26, 0xe6, 0x71,
+        0xb0, 0x0b, 0xe6, 0x70, 0xe4, 0x71, 0x0c, 0x40, 0x88, 0xc4,
+        0xb0, 0x0b, 0xe6, 0x70, 0x88, 0xe0, 0xe6, 0x71,
+        0xb0, 0x0c, 0xe6, 0x70, 0xe4, 0x71,
     ]);
     let ticks = c.len() + 10 + 2 + 4;
     next(&mut c, ticks);
@@ -76,7 +85,13 @@ pub fn pic_interrupts() -> Vec<u8> {
     assert_eq!(c.len(), ticks);
     // ticks: (interrupts off) enough?
     below(&mut c, PIT_COUNT, 50, wait);
-    c.extend_from_slice(&[0xb0, 0x30, 0xe6, 0x43]); // the PIT stopped (mode 0, no count)
+    below(&mut c, RTC_COUNT, 50, wait);
+    #[rustfmt::skip]
+    c.extend_from_slice(&[
+        // Both stopped: the PIT in mode 0 with no count, PIE cleared.
+        0xb0, 0x30, 0xe6, 0x43,
+        0xb0, 0x0b, 0xe6, 0x70, 0xb0, 0x02, 0xe6, 0x71,
+    ]);
     c.extend(print(LOAD_ADDR + MESSAGES));
     let ier = |c: &mut Vec<u8>, v: u8| {
         c.extend_from_slice(&[0x66, 0xba]); // mov dx, COM1 + 1 (IER)
@@ -90,7 +105,7 @@ pub fn pic_interrupts() -> Vec<u8> {
     // com: (interrupts off) taken?
     below(&mut c, COM_COUNT, 1, wait);
     ier(&mut c, 0);
-    c.extend(print(LOAD_ADDR + MESSAGES + 0x20));
+    c.extend(print(LOAD_ADDR + MESSAGES + 0x40));
     c.extend_from_slice(I8042_RESET);
 
     // The handlers: count, EOI, then mov esp, STACK_TOP; jmp [NEXT].
@@ -117,6 +132,16 @@ pub fn pic_interrupts() -> Vec<u8> {
     go_on(&mut c);
     handlers.push(LOAD_ADDR + c.len() as u64); // IRQ 7, spurious: no EOI
     go_on(&mut c);
+    handlers.push(LOAD_ADDR + c.len() as u64); // IRQ 8: reading C acknowledges
+    c.extend_from_slice(&[0xb0, 0x0c, 0xe6, 0x70, 0xe4, 0x71]);
+    c.extend_from_slice(&[0xff, 0x05]); // inc dword [RTC_COUNT]
+    c.extend_from_slice(&a(RTC_COUNT));
+    c.extend_from_slice(&[0xb0, 0x20, 0xe6, 0xa0]); // the slave's EOI
+    c.extend_from_slice(&eoi);
+    go_on(&mut c);
+    handlers.push(LOAD_ADDR + c.len() as u64); // IRQ 15, spurious: the cascade's EOI
+    c.extend_from_slice(&eoi);
+    go_on(&mut c);
 
     for (i, (&vector, &h)) in VECTORS.iter().zip(&handlers).enumerate() {
         let gate = LOAD_ADDR + IDT + 8 * u64::from(vector);
@@ -134,11 +159,11 @@ pub fn pic_interrupts() -> Vec<u8> {
     );
     c.resize(MESSAGES as usize, 0x90);
     for (i, m) in [TICKS, COM1].iter().enumerate() {
-        c.resize(MESSAGES as usize + 0x20 * i, 0);
+        c.resize(MESSAGES as usize + 0x40 * i, 0);
         c.extend_from_slice(m.as_bytes());
     }
     c.resize(IDTR as usize, 0);
-    let limit = 8 * (u16::from(VECTORS[2]) + 1) - 1;
+    let limit = 8 * (u16::from(VECTORS[4]) + 1) - 1;
     c.extend_from_slice(&limit.to_le_bytes());
     c.extend_from_slice(&a(IDT));
     c.resize(STACK_TOP as usize, 0);
