@@ -1,7 +1,8 @@
 //! `--irqchip kernel|split`: hand-assembled guests that take interrupts
 //! through the IO-APIC (our PIT, the RTC, the ACPI SCI as a level line)
-//! or only through the 8259s, and a few of the other small guests, on KVM's irqchip and on the split
-//! one (only the local APICs in KVM), on the host's `/dev/kvm`.
+//! or only through the 8259s, and a few of the other small guests, on
+//! KVM's irqchip and on the split one (only the local APICs in KVM), on
+//! the host's `/dev/kvm`.
 
 mod common;
 

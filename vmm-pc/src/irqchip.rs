@@ -14,9 +14,11 @@
 //! route per unmasked pin, in step with its redirection table (rewritten
 //! on each guest write of the table, a reset and a load):
 //!
-//! - edge lines (COM1, the keyboard, the RTC, our PIT on pin 2) stay
-//!   irqfds, on their pins' GSIs: KVM sends the pin's MSI itself, with no
-//!   exit; an edge on a masked pin (no route) is lost, as on the 82093AA;
+//! - edge lines (COM1, the keyboard, the RTC, our PIT on pin 2) are
+//!   [`IsaLine`]s: eventfds registered as irqfds on their pins' GSIs, so
+//!   that KVM sends the pin's MSI itself, with no exit (an edge on a
+//!   masked pin, which has no route, is lost, as on the 82093AA) — while
+//!   the guest keeps the 8259s masked, which Linux with an IO-APIC does;
 //! - level lines (the ACPI SCI, the PCI INTx lines 16-23) go to our
 //!   IO-APIC ([`IrqLines::set_level`]), which delivers with
 //!   `KVM_SIGNAL_MSI`, sets Remote IRR, and on the EOI of the vector
@@ -25,13 +27,43 @@
 //!   level-triggered pins say so (it scans the MSI routes of GSIs below
 //!   the pin count given to `KVM_CAP_SPLIT_IRQCHIP`).
 //!
-//! The 8259 pair is on its ports (0x20-0x21, 0xA0-0xA1, the ELCR at
-//! 0x4D0-0x4D1) for the guest to program and mask, and is saved, loaded
-//! and reset with the machine; but no line reaches it and its INT output
-//! is not delivered (no ExtINT through `KVM_INTERRUPT`): a guest that
-//! takes interrupts only from the PICs (`noapic`, no MADT) gets none in
-//! split mode. Linux with an IO-APIC masks the PICs, and its timer check
-//! passes on IO-APIC pin 2 first.
+//! The 8259 pair ([`SplitPic`]) is on its ports (0x20-0x21, 0xA0-0xA1,
+//! the ELCR at 0x4D0-0x4D1), saved, loaded and reset with the machine:
+//!
+//! - **Its inputs.** While the guest has an input unmasked on it
+//!   ([`pic_in_use`]: one on the master other than the cascade, or one on
+//!   the slave with the cascade open; so also at power-on, before the
+//!   guest programs it), every edge of every ISA edge line goes through
+//!   the VMM instead of the irqfd: on the thread that raised it, the PIC
+//!   sees the pulse on its IRQ and our IO-APIC on its pin (IRQ 0 on pin
+//!   2), as both sit on the same ISA line of a PC. The choice is made at
+//!   each edge from a flag the PIC updates after each guest write, reset
+//!   and load ([`PicLink`]): no irqfd is ever unregistered, nothing polls
+//!   the eventfds, and the common case (the PICs fully masked) stays on
+//!   KVM's path. Taking all lines while any is unmasked keeps the 8259's
+//!   IRR for its masked inputs too while the guest uses it (an edge on a
+//!   masked input waits there for its unmask). The PIT is our model
+//!   pulsing its line from the Virtual clock's timer, so IRQ 0 follows
+//!   the same rule. An edge that comes while the PICs are fully masked
+//!   never reaches their IRR (it went to KVM).
+//! - **Its output.** The master's INT goes to the boot vCPU as ExtINT
+//!   ([`ExtIntOutput`], [`PicExtInt`], vmm-core's `ExtIntSource`): a
+//!   rise kicks vCPU 0 (`immediate_exit` and the kick signal, unless on
+//!   vCPU 0's own thread), and vCPU 0, before each `KVM_RUN`, while INT
+//!   is high, acknowledges the PIC and injects the vector with
+//!   `KVM_INTERRUPT` if `ready_for_interrupt_injection` said so at the
+//!   last exit, else sets `request_interrupt_window` and injects at the
+//!   `KVM_EXIT_IRQ_WINDOW_OPEN` exit. KVM delivers it through the local
+//!   APIC's LINT0 rules (LVT0 ExtINT and unmasked, or the APIC disabled;
+//!   the boot CPU's LVT0 is ExtINT at reset, see [`crate::cpu::lapic`]).
+//!   Other vCPUs never take it.
+//!
+//! What is left: a vector handed to `KVM_INTERRUPT` and not yet taken by
+//! the guest lives in KVM only (`pending_external_vector`, which
+//! `KVM_GET_VCPU_EVENTS` does not report), so a snapshot or migration in
+//! that window loses it (the PIC has it in service already); the vCPU
+//! does not inject while a kick is pending, which makes that window one
+//! `KVM_RUN` entry wide.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
