@@ -177,12 +177,12 @@ fn the_8259s_interrupt_the_boot_cpu_in_both_modes() {
     }
     for mode in MODES {
         let dir = TempDir::new("irq-pic");
-        let k = dir.file("pic.elf", &test_guests::pic_interrupts());
+        let k = dir.file("pic.elf", &test_guests::pic_interrupts(false));
         let o = run_kernel(&k, &["--irqchip", mode]);
         assert!(o.status.success(), "{mode}: {}", stderr(&o));
         assert_eq!(
             String::from_utf8_lossy(&o.stdout),
-            test_guests::PIC_INTERRUPTS_OUTPUT.concat(),
+            test_guests::PIC_INTERRUPTS_OUTPUT[..2].concat(),
             "{mode}"
         );
         assert!(!stderr(&o).contains("panicked"), "{mode}");

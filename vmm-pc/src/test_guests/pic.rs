@@ -23,6 +23,7 @@ const VECTORS: [u8; 5] = [0x20, 0x24, 0x27, 0x28, 0x2F];
 
 const TICKS: &str = "PIT and RTC ticked through the PICs\n";
 const COM1: &str = "COM1 interrupted through the PIC\n";
+const KEYS: &str = "keys echoed until q\n";
 
 /// Programs both 8259s (ICW1-4: vectors 0x20 and 0x28, the slave on IRQ
 /// 2, 8086 mode, normal EOI) and unmasks IRQ 0, 2 (the cascade), 4 and 8
@@ -40,7 +41,11 @@ const COM1: &str = "COM1 interrupted through the PIC\n";
 /// `iretd` (which PVM cannot emulate in 32-bit code): each counts, drops
 /// its frame and jumps to where the program goes on, which checks the
 /// counts with interrupts off and waits again until they are reached.
-pub fn pic_interrupts() -> Vec<u8> {
+///
+/// With `echo`, instead of resetting it enables COM1's received-data
+/// interrupt, prints "keys echoed until q" and waits: the IRQ 4 handler
+/// echoes every byte received and resets through the i8042 on a `q`.
+pub fn pic_interrupts(echo: bool) -> Vec<u8> {
     let mut c = Vec::new();
     c.push(0xbc); // mov esp, STACK_TOP
     c.extend_from_slice(&a(STACK_TOP));
@@ -106,7 +111,17 @@ pub fn pic_interrupts() -> Vec<u8> {
     below(&mut c, COM_COUNT, 1, wait);
     ier(&mut c, 0);
     c.extend(print(LOAD_ADDR + MESSAGES + 0x40));
-    c.extend_from_slice(I8042_RESET);
+    if echo {
+        // Keys: received data interrupts, echoed by the handler.
+        ier(&mut c, 0x01);
+        next(&mut c, wait);
+        c.extend(print(LOAD_ADDR + MESSAGES + 0x80));
+        let back = wait as i64 - (c.len() as i64 + 5);
+        c.push(0xe9); // jmp wait
+        c.extend_from_slice(&(back as i32).to_le_bytes());
+    } else {
+        c.extend_from_slice(I8042_RESET);
+    }
 
     // The handlers: count, EOI, then mov esp, STACK_TOP; jmp [NEXT].
     let go_on = |c: &mut Vec<u8>| {
@@ -123,13 +138,41 @@ pub fn pic_interrupts() -> Vec<u8> {
     c.extend_from_slice(&eoi);
     go_on(&mut c);
     handlers.push(LOAD_ADDR + c.len() as u64); // IRQ 4: reading IIR acknowledges
-    c.extend_from_slice(&[0x66, 0xba]); // mov dx, COM1 + 2 (IIR)
-    c.extend_from_slice(&(port::COM1 + 2).to_le_bytes());
+    let dx = |c: &mut Vec<u8>, p: u16| {
+        c.extend_from_slice(&[0x66, 0xba]); // mov dx, p
+        c.extend_from_slice(&p.to_le_bytes());
+    };
+    dx(&mut c, port::COM1 + 2); // IIR
     c.push(0xec); // in al, dx
     c.extend_from_slice(&[0xff, 0x05]); // inc dword [COM_COUNT]
     c.extend_from_slice(&a(COM_COUNT));
+    // drain: echo what was received, and reset on 'q'.
+    let drain = c.len();
+    dx(&mut c, port::COM1 + 5); // LSR
+    #[rustfmt::skip]
+    c.extend_from_slice(&[
+        0xec,       // in al, dx
+        0xa8, 0x01, // test al, 1 (data ready)
+        0x74, 0x0c, // jz done (+12)
+    ]);
+    let body = c.len();
+    dx(&mut c, port::COM1); // RBR and THR
+    #[rustfmt::skip]
+    c.extend_from_slice(&[
+        0xec,       // in al, dx
+        0xee,       // out dx, al
+        0x3c, b'q', // cmp al, 'q'
+        0x74, 0x00, // je reset (patched below)
+    ]);
+    let je = c.len() - 1;
+    let back = drain as i64 - (c.len() as i64 + 2);
+    c.extend_from_slice(&[0xeb, back as i8 as u8]); // jmp drain
+    assert_eq!(c.len() - body, 12);
+    // done:
     c.extend_from_slice(&eoi);
     go_on(&mut c);
+    c[je] = u8::try_from(c.len() - (je + 1)).unwrap_or(0);
+    c.extend_from_slice(I8042_RESET); // reset:
     handlers.push(LOAD_ADDR + c.len() as u64); // IRQ 7, spurious: no EOI
     go_on(&mut c);
     handlers.push(LOAD_ADDR + c.len() as u64); // IRQ 8: reading C acknowledges
@@ -158,7 +201,7 @@ pub fn pic_interrupts() -> Vec<u8> {
         "the code fits before the messages"
     );
     c.resize(MESSAGES as usize, 0x90);
-    for (i, m) in [TICKS, COM1].iter().enumerate() {
+    for (i, m) in [TICKS, COM1, KEYS].iter().enumerate() {
         c.resize(MESSAGES as usize + 0x40 * i, 0);
         c.extend_from_slice(m.as_bytes());
     }
@@ -170,5 +213,6 @@ pub fn pic_interrupts() -> Vec<u8> {
     pvh_elf(&[(LOAD_ADDR, &c)], LOAD_ADDR)
 }
 
-/// What [`pic_interrupts`] prints, in order.
-pub const PIC_INTERRUPTS_OUTPUT: [&str; 2] = [TICKS, COM1];
+/// What [`pic_interrupts`] prints, in order (the last one only with
+/// `echo`).
+pub const PIC_INTERRUPTS_OUTPUT: [&str; 3] = [TICKS, COM1, KEYS];
