@@ -60,10 +60,12 @@
 //!
 //! What is left: a vector handed to `KVM_INTERRUPT` and not yet taken by
 //! the guest lives in KVM only (`pending_external_vector`, which
-//! `KVM_GET_VCPU_EVENTS` does not report), so a snapshot or migration in
-//! that window loses it (the PIC has it in service already); the vCPU
-//! does not inject while a kick is pending, which makes that window one
-//! `KVM_RUN` entry wide.
+//! `KVM_GET_VCPU_EVENTS` does not report and only the vCPU's creation
+//! clears), so a snapshot or migration in that window loses it (the PIC
+//! has it in service already), and a system reset or snapshot load in it
+//! leaves it to be delivered once the guest takes interrupts again. The
+//! vCPU does not inject while a kick is pending (a pause kicks), which
+//! makes that window one `KVM_RUN` entry wide.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
