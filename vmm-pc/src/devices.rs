@@ -12,6 +12,10 @@
 //! | MC146818 RTC + CMOS | 0x70-0x71 | 8 | Host-clock timers, irqfd (edge) |
 //! | i8254 PIT | 0x40-0x43 | 0 → IO-APIC pin 2 | ours on the Virtual clock, irqfd (edge); or KVM's |
 //! | PCI root bus | 0xcf8-0xcff, ECAM at 0xe000_0000 | INTx: 16-23 | the host bridge; BARs in 0xc000_0000-0xdfff_ffff (see [`crate::pci`]) |
+//!
+//! With the split irqchip the irqfd (edge) lines go through our 8259s and
+//! IO-APIC instead while the guest has an 8259 input unmasked (see
+//! [`crate::irqchip`]).
 
 use std::sync::{Arc, Mutex};
 
