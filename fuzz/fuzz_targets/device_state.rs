@@ -18,8 +18,8 @@ use vmm_core::io::IoHandler;
 use vmm_devices::EventFdTrigger;
 use vmm_fuzz::{Input, Level, Output, Sim};
 use vmm_pc::devices::{wire_devices, DeviceLines, PcDevices, PcShape};
-use vmm_pc::irqchip::IsaLine;
 use vmm_pc::io::PcIo;
+use vmm_pc::irqchip::IsaLine;
 use vmm_pc::model::SavedEntry;
 use vmm_pc::PitBackend;
 

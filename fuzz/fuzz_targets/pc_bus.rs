@@ -14,8 +14,8 @@ use vmm_core::io::IoHandler;
 use vmm_devices::EventFdTrigger;
 use vmm_fuzz::{wall_time, Input, Level, Output, Sim};
 use vmm_pc::devices::{wire_devices, DeviceLines, PcShape};
-use vmm_pc::irqchip::IsaLine;
 use vmm_pc::io::PcIo;
+use vmm_pc::irqchip::IsaLine;
 use vmm_pc::PitBackend;
 
 /// Every port a device answers, with the PIT's and port 0x61 last.
