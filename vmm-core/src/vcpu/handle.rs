@@ -441,8 +441,9 @@ impl Vcpus {
         }
     }
 
-    /// A kick for vCPU `index`, usable from any thread for as long as the
-    /// process lives (after the vCPU's end it does nothing).
+    /// A kick for vCPU `index`, usable from any thread (it keeps the
+    /// vCPU's `kvm_run` mapped; once the vCPU's thread has ended, its
+    /// signal finds no thread and the failure is logged at debug level).
     pub fn kicker(&self, index: u32) -> Option<VcpuKick> {
         let h = self.handles.iter().find(|h| h.index == index)?;
         Some(VcpuKick {
