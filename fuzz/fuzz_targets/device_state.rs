@@ -19,6 +19,7 @@ use vmm_devices::EventFdTrigger;
 use vmm_fuzz::{Input, Level, Output, Sim};
 use vmm_pc::devices::{wire_devices, DeviceLines, PcDevices, PcShape};
 use vmm_pc::io::PcIo;
+use vmm_pc::irqchip::IsaLine;
 use vmm_pc::model::SavedEntry;
 use vmm_pc::PitBackend;
 
@@ -29,7 +30,7 @@ const PORTS: &[u16] = &[
 ];
 
 fn machine(sim: &Sim) -> (PcIo, PcDevices) {
-    let line = || EventFdTrigger::nonblocking().expect("eventfd");
+    let line = || IsaLine::from(EventFdTrigger::nonblocking().expect("eventfd"));
     let lines = DeviceLines {
         com1: line(),
         keyboard: line(),

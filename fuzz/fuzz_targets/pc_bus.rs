@@ -15,6 +15,7 @@ use vmm_devices::EventFdTrigger;
 use vmm_fuzz::{wall_time, Input, Level, Output, Sim};
 use vmm_pc::devices::{wire_devices, DeviceLines, PcShape};
 use vmm_pc::io::PcIo;
+use vmm_pc::irqchip::IsaLine;
 use vmm_pc::PitBackend;
 
 /// Every port a device answers, with the PIT's and port 0x61 last.
@@ -27,8 +28,8 @@ const PORTS: &[u16] = &[
 ];
 const PIT_PORTS: usize = 5;
 
-fn line() -> EventFdTrigger {
-    EventFdTrigger::nonblocking().expect("eventfd")
+fn line() -> IsaLine {
+    IsaLine::from(EventFdTrigger::nonblocking().expect("eventfd"))
 }
 
 /// How often `fd` was written since the last call.

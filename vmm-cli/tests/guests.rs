@@ -238,15 +238,17 @@ fn termios(fd: &std::os::fd::OwnedFd) -> libc::termios {
     t
 }
 
-/// Starts vmm on `kernel` with a pty as its terminal; returns the child,
-/// the pty and a channel of its stdout chunks.
+/// Starts vmm on `kernel` (and `extra` arguments) with a pty as its
+/// terminal; returns the child, the pty and a channel of its stdout chunks.
 fn vmm_on_pty(
     kernel: &std::path::Path,
+    extra: &[&str],
 ) -> (std::process::Child, Pty, std::sync::mpsc::Receiver<Vec<u8>>) {
     let pty = openpty();
     let stdin = pty.slave.try_clone().unwrap();
     let mut child = vmm()
         .args(["--kernel", kernel.to_str().unwrap(), "--log-level", "info"])
+        .args(extra)
         .stdin(std::process::Stdio::from(stdin))
         .spawn()
         .unwrap();
@@ -288,7 +290,7 @@ fn console_keys_reach_the_guest_and_the_terminal_is_restored() {
     }
     let dir = TempDir::new("echo");
     let k = dir.file("echo.elf", &test_guests::echo());
-    let (child, mut pty, rx) = vmm_on_pty(&k);
+    let (child, mut pty, rx) = vmm_on_pty(&k, &[]);
     let before = termios(&pty.slave);
     // Typed keys reach COM1's receiver; the guest echoes them.
     std::io::Write::write_all(&mut pty.master, b"hello").unwrap();
@@ -318,6 +320,29 @@ fn console_keys_reach_the_guest_and_the_terminal_is_restored() {
     );
 }
 
+/// Keys typed on the console reach a guest that takes COM1's interrupts
+/// from the 8259s alone: on the split irqchip the line, raised on the
+/// main loop's thread, goes through our PIC and the vector to the boot
+/// vCPU with KVM_INTERRUPT; on KVM's irqchip through its PIC.
+#[test]
+fn console_keys_interrupt_a_guest_through_the_8259s_in_both_modes() {
+    if !kvm("console_keys_pic") {
+        return;
+    }
+    for mode in ["kernel", "split"] {
+        let dir = TempDir::new("pic-echo");
+        let k = dir.file("pic-echo.elf", &test_guests::pic_interrupts(true));
+        let (child, mut pty, rx) = vmm_on_pty(&k, &["--irqchip", mode]);
+        read_until(&rx, test_guests::PIC_INTERRUPTS_OUTPUT[2].as_bytes());
+        std::io::Write::write_all(&mut pty.master, b"hello").unwrap();
+        read_until(&rx, b"hello");
+        std::io::Write::write_all(&mut pty.master, b"q").unwrap();
+        let o = wait(child);
+        assert!(o.status.success(), "{mode}: {}", stderr(&o));
+        assert!(stderr(&o).contains("guest reset"), "{mode}: {}", stderr(&o));
+    }
+}
+
 #[test]
 fn ctrl_a_x_quits_with_0_and_restores_the_terminal() {
     if !kvm("ctrl_a_x") {
@@ -325,7 +350,7 @@ fn ctrl_a_x_quits_with_0_and_restores_the_terminal() {
     }
     let dir = TempDir::new("quit");
     let k = dir.file("spin.elf", &test_guests::hello_spin("spinning\n"));
-    let (child, mut pty, rx) = vmm_on_pty(&k);
+    let (child, mut pty, rx) = vmm_on_pty(&k, &[]);
     let before = termios(&pty.slave);
     read_until(&rx, b"spinning\n");
     // The guest never reads COM1: its FIFO fills, and Ctrl-A x typed after
@@ -367,7 +392,7 @@ fn ctrl_a_c_monitor_runs_machine_commands() {
     }
     let dir = TempDir::new("monitor");
     let k = dir.file("spin.elf", &test_guests::hello_spin("spinning\n"));
-    let (child, mut pty, rx) = vmm_on_pty(&k);
+    let (child, mut pty, rx) = vmm_on_pty(&k, &[]);
     read_until(&rx, b"spinning\n");
     let mut type_ = |keys: &[u8]| std::io::Write::write_all(&mut pty.master, keys).unwrap();
     type_(b"\x01c");

@@ -1,7 +1,8 @@
 //! `--irqchip kernel|split`: hand-assembled guests that take interrupts
-//! through the IO-APIC (our PIT, the RTC, the ACPI SCI as a level line),
-//! and a few of the other small guests, on KVM's irqchip and on the split
-//! one (only the local APICs in KVM), on the host's `/dev/kvm`.
+//! through the IO-APIC (our PIT, the RTC, the ACPI SCI as a level line)
+//! or only through the 8259s, and a few of the other small guests, on
+//! KVM's irqchip and on the split one (only the local APICs in KVM), on
+//! the host's `/dev/kvm`.
 
 mod common;
 
@@ -161,4 +162,29 @@ fn the_split_irqchip_resets_and_migrates() {
         &o,
         "the snapshot has 'ioapic' (ioapic) where this machine has nothing",
     );
+}
+
+/// A guest that takes its interrupts only from the 8259s (`noapic`): our
+/// PIT's IRQ 0 (raised on the main loop's thread), the RTC's IRQ 8
+/// through the slave and the cascade, and COM1's IRQ 4 (raised on the
+/// vCPU's own thread), ExtINT on the boot CPU's LINT0. With the split irqchip the lines go through our models
+/// (the guest unmasked them on the PIC) and the vector goes in with
+/// KVM_INTERRUPT; the same guest on KVM's irqchip for comparison.
+#[test]
+fn the_8259s_interrupt_the_boot_cpu_in_both_modes() {
+    if !kvm("irqchip_pic") {
+        return;
+    }
+    for mode in MODES {
+        let dir = TempDir::new("irq-pic");
+        let k = dir.file("pic.elf", &test_guests::pic_interrupts(false));
+        let o = run_kernel(&k, &["--irqchip", mode]);
+        assert!(o.status.success(), "{mode}: {}", stderr(&o));
+        assert_eq!(
+            String::from_utf8_lossy(&o.stdout),
+            test_guests::PIC_INTERRUPTS_OUTPUT[..2].concat(),
+            "{mode}"
+        );
+        assert!(!stderr(&o).contains("panicked"), "{mode}");
+    }
 }

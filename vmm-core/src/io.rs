@@ -4,6 +4,10 @@
 //! the machine (vmm-pc) implements it over its buses. vmm-core knows no port
 //! number and no device.
 
+use std::sync::Arc;
+
+use crate::vcpu::ExtIntSource;
+
 /// Handles the guest's port and memory-mapped I/O. Called from vCPU threads,
 /// concurrently: implementations lock what they share.
 ///
@@ -22,4 +26,11 @@ pub trait IoHandler: Send + Sync {
     /// irqchip hands to the VMM's IO-APIC (`KVM_EXIT_IOAPIC_EOI`). Without
     /// a user-space IO-APIC there is nothing to do.
     fn ioapic_eoi(&self, _vector: u8) {}
+    /// The interrupt controller outside KVM whose output reaches vCPU
+    /// `vcpu` as external interrupts (`KVM_INTERRUPT`), if any: the split
+    /// irqchip's 8259 pair, for the boot CPU. Asked once, when the vCPU's
+    /// thread starts running it.
+    fn external_interrupts(&self, _vcpu: u32) -> Option<Arc<dyn ExtIntSource>> {
+        None
+    }
 }

@@ -12,6 +12,10 @@
 //! | MC146818 RTC + CMOS | 0x70-0x71 | 8 | Host-clock timers, irqfd (edge) |
 //! | i8254 PIT | 0x40-0x43 | 0 → IO-APIC pin 2 | ours on the Virtual clock, irqfd (edge); or KVM's |
 //! | PCI root bus | 0xcf8-0xcff, ECAM at 0xe000_0000 | INTx: 16-23 | the host bridge; BARs in 0xc000_0000-0xdfff_ffff (see [`crate::pci`]) |
+//!
+//! With the split irqchip the irqfd (edge) lines go through our 8259s and
+//! IO-APIC instead while the guest has an 8259 input unmasked (see
+//! [`crate::irqchip`]).
 
 use std::sync::{Arc, Mutex};
 
@@ -24,7 +28,7 @@ use vmm_devices::{
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::io::{BusError, PcIo};
-use crate::irqchip::{IrqLines, SplitPic, PIC_RANGES};
+use crate::irqchip::{IrqLines, IsaLine, PIC_RANGES};
 use crate::layout::irq;
 use crate::machine::PitBackend;
 use crate::model::DeviceModel;
@@ -82,7 +86,7 @@ impl SerialEvents for ConsoleEvents {
 }
 
 /// COM1 as the machine holds it.
-pub type Com1 = SerialDevice<EventFdTrigger, ConsoleEvents>;
+pub type Com1 = SerialDevice<IsaLine, ConsoleEvents>;
 
 /// The devices, and the eventfds the main loop watches for them.
 #[derive(Debug)]
@@ -90,7 +94,7 @@ pub struct PcDevices {
     /// COM1, the console.
     pub com1: Arc<Mutex<Com1>>,
     /// The keyboard controller.
-    pub i8042: Arc<Mutex<I8042>>,
+    pub i8042: Arc<Mutex<I8042<IsaLine>>>,
     /// Written when the guest resets through the i8042.
     pub reset_evt: EventFd,
     /// Written when the guest enters S5 through PM1 control.
@@ -100,9 +104,9 @@ pub struct PcDevices {
     /// Written when COM1's receive FIFO drains.
     pub console_ready_evt: EventFd,
     /// Our i8254, unless KVM's serves.
-    pub pit: Option<Arc<Mutex<Pit<EventFdTrigger>>>>,
+    pub pit: Option<Arc<Mutex<Pit<IsaLine>>>>,
     /// The RTC and CMOS.
-    pub rtc: Arc<Mutex<Rtc<EventFdTrigger>>>,
+    pub rtc: Arc<Mutex<Rtc<IsaLine>>>,
     /// ACPI PM1 status/enable, with the power button and the SCI.
     pub pm1_event: Arc<Mutex<Pm1Event>>,
     /// Written when the guest reports a panic through pvpanic.
@@ -188,20 +192,22 @@ pub struct PcShape {
 }
 
 /// The interrupt lines the devices drive. [`create_devices`] makes them
-/// eventfds registered as irqfds on the VM's irqchip; a caller without KVM
-/// (the fuzz targets) can hand in eventfds that nothing reads, and any
-/// [`LevelLine`] for the SCI.
+/// eventfds registered as irqfds on the VM's irqchip (with the split
+/// irqchip, lines that go through our models while the guest uses the
+/// 8259s: [`IsaLine`]); a caller without KVM (the fuzz targets) can hand
+/// in eventfds that nothing reads (`IsaLine::from`), and any [`LevelLine`]
+/// for the SCI.
 #[derive(Debug)]
 pub struct DeviceLines {
     /// COM1's IRQ 4.
-    pub com1: EventFdTrigger,
+    pub com1: IsaLine,
     /// The i8042's keyboard IRQ 1.
-    pub keyboard: EventFdTrigger,
+    pub keyboard: IsaLine,
     /// The RTC's IRQ 8.
-    pub rtc: EventFdTrigger,
+    pub rtc: IsaLine,
     /// Our PIT's IRQ 0: `Some` puts our i8254 on ports 0x40-0x43 and our
     /// port 0x61 beside it; `None` leaves those ports to KVM's PIT.
-    pub pit: Option<EventFdTrigger>,
+    pub pit: Option<IsaLine>,
     /// The ACPI SCI, GSI 9, level-triggered.
     pub sci: Box<dyn LevelLine>,
 }
@@ -210,7 +216,8 @@ pub struct DeviceLines {
 /// interrupts to `vm`'s irqchip through `irq`; timed devices run on
 /// `clocks`. With KVM's PIT, ports 0x40-0x43 and 0x61 are left to KVM.
 /// With the split irqchip ([`IrqLines::Split`]) the edge lines' irqfds go
-/// on IO-APIC pins, and our IO-APIC goes on the MMIO bus and, with our
+/// on IO-APIC pins (and their edges through our models while the guest
+/// uses the 8259s), and our IO-APIC goes on the MMIO bus and, with our
 /// 8259 pair on their ports, into the device model.
 pub fn create_devices(
     vm: &Vm,
@@ -224,7 +231,8 @@ pub fn create_devices(
         let line = EventFdTrigger::new(eventfd(fd)?);
         vm.register_irqfd(line.event_fd(), irq.edge_gsi(gsi))
             .map_err(|e| DeviceError::Irq(device, e))?;
-        Ok::<_, DeviceError>(line)
+        // ISA IRQs are below 16.
+        Ok::<_, DeviceError>(irq.isa_line(line, gsi as u8))
     };
     let lines = DeviceLines {
         com1: line("COM1", "COM1", irq::COM1)?,
@@ -237,19 +245,18 @@ pub fn create_devices(
         sci: Box::new(SciLine(irq.clone())),
     };
     let mut devices = wire_devices(io, clocks, serial_out, pc, lines)?;
-    if let IrqLines::Split(ioapic) = irq {
+    if let IrqLines::Split(chips) = irq {
         io.add_mmio(
             "IO-APIC",
             vmm_devices::ioapic::IOAPIC_BASE,
             vmm_devices::ioapic::IOAPIC_SIZE,
-            ioapic.clone(),
+            chips.ioapic.clone(),
         )?;
-        devices.model.add("ioapic", ioapic.clone());
-        let pic = Arc::new(Mutex::new(SplitPic::default()));
+        devices.model.add("ioapic", chips.ioapic.clone());
         for (base, len) in PIC_RANGES {
-            io.add_pio("i8259", base, len, pic.clone())?;
+            io.add_pio("i8259", base, len, chips.pic.clone())?;
         }
-        devices.model.add("i8259", pic);
+        devices.model.add("i8259", chips.pic.clone());
     }
     Ok(devices)
 }
@@ -329,7 +336,7 @@ pub(crate) mod tests {
     }
 
     pub(crate) fn wired(our_pit: bool) -> (PcIo, PcDevices) {
-        let line = || EventFdTrigger::nonblocking().unwrap();
+        let line = || IsaLine::from(EventFdTrigger::nonblocking().unwrap());
         let lines = DeviceLines {
             com1: line(),
             keyboard: line(),

@@ -12,6 +12,7 @@ use vm_device::bus::{MmioAddress, MmioRange, PioAddress, PioRange};
 use vm_device::device_manager::{IoManager, MmioManager, PioManager};
 use vm_device::{DeviceMmio, DevicePio};
 use vmm_core::io::IoHandler;
+use vmm_core::vcpu::ExtIntSource;
 use vmm_pci::PciRoot;
 
 use crate::irqchip::IrqLines;
@@ -43,7 +44,8 @@ impl PortBitmap {
 pub struct PcIo {
     bus: IoManager,
     pci: Option<Arc<Mutex<PciRoot>>>,
-    /// Where KVM's IO-APIC EOI exits go (the split irqchip's IO-APIC).
+    /// Where KVM's IO-APIC EOI exits go (the split irqchip's IO-APIC), and
+    /// the boot vCPU's external interrupts come from (its 8259s).
     irq: Option<IrqLines>,
     logged_ports: PortBitmap,
     logged_mmio: AtomicUsize,
@@ -194,6 +196,15 @@ impl IoHandler for PcIo {
     fn ioapic_eoi(&self, vector: u8) {
         if let Some(irq) = &self.irq {
             irq.eoi(vector);
+        }
+    }
+
+    /// The split irqchip's 8259s, for the boot CPU (their INT output is
+    /// its LINT0, ExtINT).
+    fn external_interrupts(&self, vcpu: u32) -> Option<Arc<dyn ExtIntSource>> {
+        match &self.irq {
+            Some(IrqLines::Split(chips)) if vcpu == 0 => Some(Arc::new(chips.ext_int())),
+            _ => None,
         }
     }
 }

@@ -14,9 +14,11 @@
 //! route per unmasked pin, in step with its redirection table (rewritten
 //! on each guest write of the table, a reset and a load):
 //!
-//! - edge lines (COM1, the keyboard, the RTC, our PIT on pin 2) stay
-//!   irqfds, on their pins' GSIs: KVM sends the pin's MSI itself, with no
-//!   exit; an edge on a masked pin (no route) is lost, as on the 82093AA;
+//! - edge lines (COM1, the keyboard, the RTC, our PIT on pin 2) are
+//!   [`IsaLine`]s: eventfds registered as irqfds on their pins' GSIs, so
+//!   that KVM sends the pin's MSI itself, with no exit (an edge on a
+//!   masked pin, which has no route, is lost, as on the 82093AA) — while
+//!   the guest keeps the 8259s masked, which Linux with an IO-APIC does;
 //! - level lines (the ACPI SCI, the PCI INTx lines 16-23) go to our
 //!   IO-APIC ([`IrqLines::set_level`]), which delivers with
 //!   `KVM_SIGNAL_MSI`, sets Remote IRR, and on the EOI of the vector
@@ -25,23 +27,60 @@
 //!   level-triggered pins say so (it scans the MSI routes of GSIs below
 //!   the pin count given to `KVM_CAP_SPLIT_IRQCHIP`).
 //!
-//! The 8259 pair is on its ports (0x20-0x21, 0xA0-0xA1, the ELCR at
-//! 0x4D0-0x4D1) for the guest to program and mask, and is saved, loaded
-//! and reset with the machine; but no line reaches it and its INT output
-//! is not delivered (no ExtINT through `KVM_INTERRUPT`): a guest that
-//! takes interrupts only from the PICs (`noapic`, no MADT) gets none in
-//! split mode. Linux with an IO-APIC masks the PICs, and its timer check
-//! passes on IO-APIC pin 2 first.
+//! The 8259 pair ([`SplitPic`]) is on its ports (0x20-0x21, 0xA0-0xA1,
+//! the ELCR at 0x4D0-0x4D1), saved, loaded and reset with the machine:
+//!
+//! - **Its inputs.** While the guest has an input unmasked on it
+//!   ([`pic_in_use`]: one on the master other than the cascade, or one on
+//!   the slave with the cascade open; so also at power-on, before the
+//!   guest programs it), every edge of every ISA edge line goes through
+//!   the VMM instead of the irqfd: on the thread that raised it, the PIC
+//!   sees the pulse on its IRQ and our IO-APIC on its pin (IRQ 0 on pin
+//!   2), as both sit on the same ISA line of a PC. The choice is made at
+//!   each edge from a flag the PIC updates after each guest write, reset
+//!   and load ([`PicLink`]): no irqfd is ever unregistered, nothing polls
+//!   the eventfds, and the common case (the PICs fully masked) stays on
+//!   KVM's path. Taking all lines while any is unmasked keeps the 8259's
+//!   IRR for its masked inputs too while the guest uses it (an edge on a
+//!   masked input waits there for its unmask). The PIT is our model
+//!   pulsing its line from the Virtual clock's timer, so IRQ 0 follows
+//!   the same rule. An edge that comes while the PICs are fully masked
+//!   never reaches their IRR (it went to KVM).
+//! - **Its output.** The master's INT goes to the boot vCPU as ExtINT
+//!   ([`ExtIntOutput`], [`PicExtInt`], vmm-core's `ExtIntSource`): a
+//!   rise kicks vCPU 0 (`immediate_exit` and the kick signal, unless on
+//!   vCPU 0's own thread), and vCPU 0, before each `KVM_RUN`, while INT
+//!   is high, acknowledges the PIC and injects the vector with
+//!   `KVM_INTERRUPT` if `ready_for_interrupt_injection` said so at the
+//!   last exit, else sets `request_interrupt_window` and injects at the
+//!   `KVM_EXIT_IRQ_WINDOW_OPEN` exit. KVM delivers it through the local
+//!   APIC's LINT0 rules (LVT0 ExtINT and unmasked, or the APIC disabled;
+//!   the boot CPU's LVT0 is ExtINT at reset, see [`crate::cpu::lapic`]).
+//!   Other vCPUs never take it.
+//!
+//! What is left: a vector handed to `KVM_INTERRUPT` and not yet taken by
+//! the guest lives in KVM only (`pending_external_vector`, which
+//! `KVM_GET_VCPU_EVENTS` does not report and only the vCPU's creation
+//! clears), so a snapshot or migration in that window loses it (the PIC
+//! has it in service already), and a system reset or snapshot load in it
+//! leaves it to be delivered once the guest takes interrupts again. The
+//! vCPU does not inject while a kick is pending (a pause kicks), which
+//! makes that window one `KVM_RUN` entry wide.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use vm_device::bus::{MmioAddress, MmioAddressOffset, PioAddress, PioAddressOffset};
-use vm_device::{MutDeviceMmio, MutDevicePio};
+use vm_device::bus::{MmioAddress, MmioAddressOffset};
+use vm_device::MutDeviceMmio;
 use vmm_core::vm::{Vm, VmError};
 use vmm_devices::ioapic::{IoApicState, MsiMessage, MsiSink, NUM_PINS};
-use vmm_devices::pic::{PicOutput, PicState};
-use vmm_devices::{IoApic, Pic};
+use vmm_devices::{EventFdTrigger, IoApic};
 use vmm_qom::{InvalidState, Stateful};
+
+mod isa;
+mod pic;
+
+pub use isa::{IsaEdges, IsaLine, SplitIsa};
+pub use pic::{pic_in_use, ExtIntOutput, Kick, PicExtInt, PicLink, SplitPic, PIC_RANGES};
 
 pub use crate::machine::IrqChipMode;
 
@@ -187,70 +226,6 @@ impl<S: MsiSink, R: RouteSink> Stateful for SplitIoApic<S, R> {
     }
 }
 
-/// The PICs' INT output in split mode: not delivered (see the module
-/// docs); a rise is logged once.
-#[derive(Debug, Default)]
-pub struct UndeliveredIntr {
-    logged: bool,
-}
-
-impl PicOutput for UndeliveredIntr {
-    fn set_intr(&mut self, high: bool) {
-        if high && !self.logged {
-            self.logged = true;
-            log::warn!(
-                "the guest unmasked an interrupt on the 8259 PICs: with --irqchip split \
-                 they are not delivered (use the IO-APIC, or --irqchip kernel)"
-            );
-        }
-    }
-}
-
-/// Our 8259 pair and ELCR on the port bus (which gives offsets from each
-/// range's base).
-#[derive(Debug)]
-pub struct SplitPic(Pic<UndeliveredIntr>);
-
-impl Default for SplitPic {
-    fn default() -> Self {
-        Self(Pic::new(UndeliveredIntr::default()))
-    }
-}
-
-impl MutDevicePio for SplitPic {
-    fn pio_read(&mut self, base: PioAddress, offset: PioAddressOffset, data: &mut [u8]) {
-        self.0.read(base.0.wrapping_add(offset), data);
-    }
-
-    fn pio_write(&mut self, base: PioAddress, offset: PioAddressOffset, data: &[u8]) {
-        self.0.write(base.0.wrapping_add(offset), data);
-    }
-}
-
-impl Stateful for SplitPic {
-    const TYPE: &'static str = "i8259";
-    type State = PicState;
-
-    fn state(&self) -> PicState {
-        self.0.state()
-    }
-
-    fn restore(&mut self, state: PicState) -> Result<(), InvalidState> {
-        self.0.restore(state)
-    }
-
-    fn reset(&mut self) {
-        Stateful::reset(&mut self.0);
-    }
-}
-
-/// The ports of [`SplitPic`]: (base, length).
-pub const PIC_RANGES: [(u16, u16); 3] = [
-    (vmm_devices::pic::MASTER_PORT, 2),
-    (vmm_devices::pic::SLAVE_PORT, 2),
-    (vmm_devices::pic::ELCR_PORT, 2),
-];
-
 /// The IO-APIC pin of ISA IRQ or GSI `gsi` in split mode: IRQ 0 (the PIT)
 /// is pin 2, as the MADT's and MP table's override say; the rest are
 /// their own pins.
@@ -262,17 +237,58 @@ pub fn split_pin(gsi: u32) -> u32 {
     }
 }
 
+/// The split irqchip's models: our IO-APIC and 8259 pair, and what the
+/// PIC shares with the boot vCPU and the ISA lines.
+#[derive(Debug, Clone)]
+pub struct SplitChips {
+    /// The IO-APIC, with its KVM routes.
+    pub ioapic: Arc<Mutex<SplitIoApic>>,
+    /// The 8259 pair.
+    pub pic: Arc<Mutex<SplitPic>>,
+    /// The PIC's output and masks, as the vCPU and the lines see them.
+    pub link: Arc<PicLink>,
+}
+
+impl SplitChips {
+    /// The PICs as the boot vCPU's external interrupt source.
+    pub fn ext_int(&self) -> PicExtInt {
+        PicExtInt {
+            pic: Arc::clone(&self.pic),
+            link: Arc::clone(&self.link),
+        }
+    }
+
+    /// The ISA lines' way through the models.
+    pub fn isa(&self) -> SplitIsa {
+        SplitIsa {
+            link: Arc::clone(&self.link),
+            pic: Arc::clone(&self.pic),
+            ioapic: Arc::clone(&self.ioapic),
+        }
+    }
+}
+
 /// How the devices raise their interrupt lines, in either mode. Cloned
 /// into every device that drives a level line.
 #[derive(Debug, Clone)]
 pub enum IrqLines {
     /// KVM's irqchip.
     Kernel(Vm),
-    /// Our IO-APIC.
-    Split(Arc<Mutex<SplitIoApic>>),
+    /// Our IO-APIC and 8259s.
+    Split(SplitChips),
 }
 
 impl IrqLines {
+    /// ISA edge line `irq` on `fd`, which the caller registers as an irqfd
+    /// on [`IrqLines::edge_gsi`]: with the split irqchip its edges go
+    /// through our models instead while the guest uses the 8259s.
+    pub fn isa_line(&self, fd: EventFdTrigger, irq: u8) -> IsaLine {
+        match self {
+            Self::Kernel(_) => IsaLine::from(fd),
+            Self::Split(chips) => IsaLine::split(fd, irq, Arc::new(chips.isa())),
+        }
+    }
+
     /// The GSI an edge line's irqfd goes on for ISA IRQ or GSI `gsi`.
     pub fn edge_gsi(&self, gsi: u32) -> u32 {
         match self {
@@ -285,8 +301,8 @@ impl IrqLines {
     pub fn set_level(&self, gsi: u32, high: bool) -> Result<(), VmError> {
         match self {
             Self::Kernel(vm) => vm.set_irq_line(gsi, high),
-            Self::Split(ioapic) => {
-                lock(ioapic).set_irq(split_pin(gsi) as usize, high);
+            Self::Split(chips) => {
+                lock(&chips.ioapic).set_irq(split_pin(gsi) as usize, high);
                 Ok(())
             }
         }
@@ -294,15 +310,15 @@ impl IrqLines {
 
     /// The EOI of level-triggered `vector` (split mode's exit).
     pub fn eoi(&self, vector: u8) {
-        if let Self::Split(ioapic) = self {
-            lock(ioapic).eoi(vector);
+        if let Self::Split(chips) = self {
+            lock(&chips.ioapic).eoi(vector);
         }
     }
 }
 
 /// Creates `vm`'s interrupt controllers as `mode` says (before any vCPU):
-/// KVM's irqchip with the PC's GSI routing, or only its local APICs and
-/// our IO-APIC (ID 0, as KVM's) with no route yet.
+/// KVM's irqchip with the PC's GSI routing, or only its local APICs, our
+/// IO-APIC (ID 0, as KVM's) with no route yet and our 8259 pair.
 pub fn create(vm: &Vm, mode: IrqChipMode) -> Result<IrqLines, VmError> {
     match mode {
         IrqChipMode::Kernel => {
@@ -313,7 +329,12 @@ pub fn create(vm: &Vm, mode: IrqChipMode) -> Result<IrqLines, VmError> {
         IrqChipMode::Split => {
             vm.create_split_irqchip(NUM_PINS as u32)?;
             let ioapic = SplitIoApic::new(KvmMsiSink(vm.clone()), KvmRoutes(vm.clone()), 0)?;
-            Ok(IrqLines::Split(Arc::new(Mutex::new(ioapic))))
+            let link = Arc::new(PicLink::default());
+            Ok(IrqLines::Split(SplitChips {
+                ioapic: Arc::new(Mutex::new(ioapic)),
+                pic: Arc::new(Mutex::new(SplitPic::new(Arc::clone(&link)))),
+                link,
+            }))
         }
     }
 }

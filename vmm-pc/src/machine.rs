@@ -490,6 +490,11 @@ impl PcMachine {
         let init = vcpu_init::vcpu_init(&vm, supported_cpuid, config.cpus, Arc::clone(&entry));
         let vcpus = Vcpus::spawn_with_start(&vm, config.cpus, init, io, config.vcpu_thread_start)?;
         live.started()?;
+        // The split irqchip's 8259s kick the boot vCPU when their output
+        // rises (it runs only once the machine starts, after this).
+        if let (IrqLines::Split(chips), Some(kick)) = (&irq, vcpus.kicker(0)) {
+            chips.link.set_kick(Box::new(kick));
+        }
         event_loop.add_eventfd(
             "vCPU requests",
             vcpus

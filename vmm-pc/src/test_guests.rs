@@ -7,8 +7,10 @@
 use crate::layout::{port, HIMEM_START};
 
 mod interrupts;
+mod pic;
 mod s3;
 pub use interrupts::{ioapic_interrupts, IOAPIC_INTERRUPTS_OUTPUT};
+pub use pic::{pic_interrupts, PIC_INTERRUPTS_OUTPUT};
 pub use s3::{suspend_cycles, suspend_to_ram, WAKE_VECTOR};
 
 /// Where the guests' code is loaded and entered.

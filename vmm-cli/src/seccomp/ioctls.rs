@@ -7,10 +7,10 @@
 use std::mem::size_of;
 
 use kvm_bindings::{
-    kvm_clock_data, kvm_debugregs, kvm_dirty_log, kvm_fpu, kvm_guest_debug, kvm_ioeventfd,
-    kvm_irq_level, kvm_irq_routing, kvm_irqchip, kvm_lapic_state, kvm_mp_state, kvm_msi, kvm_msrs,
-    kvm_pit_state2, kvm_regs, kvm_sregs, kvm_userspace_memory_region, kvm_vcpu_events, kvm_xcrs,
-    kvm_xsave,
+    kvm_clock_data, kvm_debugregs, kvm_dirty_log, kvm_fpu, kvm_guest_debug, kvm_interrupt,
+    kvm_ioeventfd, kvm_irq_level, kvm_irq_routing, kvm_irqchip, kvm_lapic_state, kvm_mp_state,
+    kvm_msi, kvm_msrs, kvm_pit_state2, kvm_regs, kvm_sregs, kvm_userspace_memory_region,
+    kvm_vcpu_events, kvm_xcrs, kvm_xsave,
 };
 
 const KVMIO: u64 = 0xae;
@@ -48,6 +48,8 @@ pub(super) const KVM_SET_VCPU_EVENTS: u64 = kvm(WRITE, 0xa0, size_of::<kvm_vcpu_
 pub(super) const KVM_IOEVENTFD: u64 = kvm(WRITE, 0x79, size_of::<kvm_ioeventfd>());
 pub(super) const KVM_SIGNAL_MSI: u64 = kvm(WRITE, 0xa5, size_of::<kvm_msi>());
 pub(super) const KVM_NMI: u64 = kvm(NONE, 0x9a, 0);
+// The split irqchip: our 8259s' vector for the boot vCPU (ExtINT).
+pub(super) const KVM_INTERRUPT: u64 = kvm(WRITE, 0x86, size_of::<kvm_interrupt>());
 pub(super) const KVM_SET_GUEST_DEBUG: u64 = kvm(WRITE, 0x9b, size_of::<kvm_guest_debug>());
 // A snapshot: the vCPU's state saved and restored, the irqchip and PIT read.
 pub(super) const KVM_GET_MSRS: u64 = kvm(READ | WRITE, 0x88, size_of::<kvm_msrs>());
@@ -99,6 +101,7 @@ mod tests {
         assert_eq!(KVM_SIGNAL_MSI, 0x4020_aea5);
         assert_eq!(KVM_SET_GSI_ROUTING, 0x4008_ae6a);
         assert_eq!(KVM_NMI, 0xae9a);
+        assert_eq!(KVM_INTERRUPT, 0x4004_ae86);
         assert_eq!(KVM_SET_GUEST_DEBUG, 0x4048_ae9b);
         assert_eq!(KVM_GET_MSRS, 0xc008_ae88);
         assert_eq!(KVM_GET_MP_STATE, 0x8004_ae98);

@@ -123,7 +123,9 @@ pub(super) fn common() -> Result<Rules, seccompiler::Error> {
 /// machine reset, which sets the vCPU up again on this thread
 /// (`vmm-pc`'s `reset_vcpu` and `set_boot_state`), and the calls run on
 /// it (`Vcpus::call_each`: snapshots, the monitor's vCPU state).
-pub(super) fn vcpu() -> Result<Rules, seccompiler::Error> {
+/// `pid` and `kick`: as for [`main`] (the only signal it may send, and to
+/// whom).
+pub(super) fn vcpu(pid: u32, kick: u32) -> Result<Rules, seccompiler::Error> {
     let mut r = common()?;
     allow_ioctls(
         &mut r,
@@ -157,6 +159,9 @@ pub(super) fn vcpu() -> Result<Rules, seccompiler::Error> {
             KVM_SET_GSI_ROUTING,
             // A watchdog's inject-nmi action.
             KVM_NMI,
+            // With the split irqchip, the boot vCPU injects the vector of
+            // our 8259s (ExtINT) before it runs the guest.
+            KVM_INTERRUPT,
             // The gdb stub: single step, breakpoints and watchpoints set
             // before a resume, cleared at detach. (Its x87/SSE registers
             // are read and written with KVM_GET_XSAVE and KVM_SET_XSAVE,
@@ -197,6 +202,14 @@ pub(super) fn vcpu() -> Result<Rules, seccompiler::Error> {
             libc::SYS_ppoll,
         ],
     );
+    // Exits, with the split irqchip: a line this vCPU raises on our 8259s
+    // (COM1, the PIC's own ports) kicks the boot vCPU; only the kick, only
+    // to our own threads.
+    allow_if(
+        &mut r,
+        libc::SYS_tgkill,
+        &[&[(0, Eq, u64::from(pid)), (2, Eq, u64::from(kick))]],
+    )?;
     Ok(r)
 }
 

@@ -53,6 +53,9 @@ pub(crate) fn run_once(
                 io.ioapic_eoi(vector);
                 None
             }
+            // The interrupt window asked for (`extint.rs`): the next
+            // run injects.
+            VcpuExit::IrqWindowOpen => None,
             // Only without the in-kernel irqchip: there the kernel halts.
             VcpuExit::Hlt => Some(VcpuRequest::Halted { vcpu: index }),
             // A triple fault: a PC resets (below, with where it happened).

@@ -145,6 +145,49 @@ fn install_kick_handler() -> Result<(), VcpuError> {
         .map_err(|errno| VcpuError::Signal(vmm_sys_util::errno::Error::new(errno)))
 }
 
+/// Gets one vCPU's attention from any thread, as the controller's kick
+/// does: what a device model outside KVM uses when its interrupt output
+/// rises (see [`crate::io::IoHandler::external_interrupts`]). From the
+/// vCPU's own thread it does nothing: that thread looks at the output
+/// before its next `KVM_RUN` anyway.
+#[derive(Debug, Clone)]
+pub struct VcpuKick {
+    index: u32,
+    run_map: Arc<KvmRunMap>,
+    pid: i32,
+    tid: i32,
+}
+
+impl VcpuKick {
+    /// Sets `immediate_exit` and sends the kick signal (`tgkill`), unless
+    /// called on the vCPU's own thread.
+    pub fn kick(&self) {
+        // SAFETY: gettid has no arguments and cannot fail.
+        if unsafe { libc::gettid() } == self.tid {
+            return;
+        }
+        self.run_map.set_immediate_exit(true);
+        // SAFETY: tgkill takes three integers and touches no memory of
+        // ours; it sends the kick signal, whose handler does nothing, to a
+        // thread of this process only (the pid is checked by the kernel).
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_tgkill,
+                libc::c_long::from(self.pid),
+                libc::c_long::from(self.tid),
+                libc::c_long::from(kick_signal()),
+            )
+        };
+        if r != 0 {
+            log::debug!(
+                "vcpu {}: kick failed: {}",
+                self.index,
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+}
+
 struct VcpuHandle {
     index: u32,
     /// The thread's Linux id (QMP's `thread-id`).
@@ -396,6 +439,19 @@ impl Vcpus {
             Some(e) => Err(e),
             None => Ok(results),
         }
+    }
+
+    /// A kick for vCPU `index`, usable from any thread (it keeps the
+    /// vCPU's `kvm_run` mapped; once the vCPU's thread has ended, its
+    /// signal finds no thread and the failure is logged at debug level).
+    pub fn kicker(&self, index: u32) -> Option<VcpuKick> {
+        let h = self.handles.iter().find(|h| h.index == index)?;
+        Some(VcpuKick {
+            index,
+            run_map: Arc::clone(&h.run_map),
+            pid: i32::try_from(std::process::id()).unwrap_or(0),
+            tid: h.thread_id,
+        })
     }
 
     /// Each vCPU thread's Linux thread id, by vCPU index.

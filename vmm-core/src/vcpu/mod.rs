@@ -22,18 +22,27 @@
 //! return at once. Either way it reads its channel before entering the guest
 //! again, so no request is lost and no polling is needed.
 //!
+//! A machine with an interrupt controller outside KVM (the split
+//! irqchip's 8259s) hands a vCPU its output through
+//! [`crate::io::IoHandler::external_interrupts`]; before each `KVM_RUN`
+//! the vCPU injects it when the guest can take it (`KVM_INTERRUPT`, the
+//! interrupt window: see `extint.rs`), and the controller's side kicks it
+//! with a [`VcpuKick`] when its output rises.
+//!
 //! Exits the vCPU cannot handle (triple fault, `KVM_SYSTEM_EVENT_*`, entry
 //! failure, internal errors) travel to the main loop as [`VcpuRequest`]s, on
 //! a channel with an eventfd to wake the loop; the vCPU then parks until the
 //! main loop decides.
 
 mod exit;
+mod extint;
 mod handle;
 mod run_map;
 mod state;
 mod thread;
 
-pub use handle::{kick_signal, VcpuError, VcpuInit, VcpuThreadStart, Vcpus};
+pub use extint::ExtIntSource;
+pub use handle::{kick_signal, VcpuError, VcpuInit, VcpuKick, VcpuThreadStart, Vcpus};
 pub use state::{VcpuState, VcpuStateError};
 
 /// What a vCPU asks of the main loop (QEMU's `qemu_system_*_request`).

@@ -4,13 +4,15 @@
 //! `kvm_run` is memory shared with the kernel. Mapping the vCPU fd again
 //! gives another view of the same pages, owned by this struct and unmapped
 //! when it drops, so it stays valid however long the vCPU thread lives. It
-//! is used for two fields only, each one byte or one aligned word, read or
-//! written with volatile accesses:
+//! is used for a few one-byte fields only, read or written with volatile
+//! accesses:
 //!
 //! - `immediate_exit`, set by the thread that kicks the vCPU: KVM_RUN then
 //!   returns `EINTR` at once instead of entering the guest;
 //! - `io.size`, the width of one element of a PIO exit, which `kvm-ioctls`
-//!   does not report (it gives `count * size` bytes).
+//!   does not report (it gives `count * size` bytes);
+//! - `request_interrupt_window` and `ready_for_interrupt_injection`, for
+//!   external interrupts from a controller outside KVM (`super::extint`).
 
 use std::io;
 use std::mem::offset_of;
@@ -21,6 +23,8 @@ use std::sync::atomic::{fence, Ordering};
 use kvm_bindings::{kvm_run, kvm_run__bindgen_ty_1, kvm_run__bindgen_ty_1__bindgen_ty_4};
 
 const IMMEDIATE_EXIT: usize = offset_of!(kvm_run, immediate_exit);
+const REQUEST_INTERRUPT_WINDOW: usize = offset_of!(kvm_run, request_interrupt_window);
+const READY_FOR_INTERRUPT_INJECTION: usize = offset_of!(kvm_run, ready_for_interrupt_injection);
 const IO_SIZE: usize = offset_of!(kvm_run, __bindgen_anon_1)
     + offset_of!(kvm_run__bindgen_ty_1, io)
     + offset_of!(kvm_run__bindgen_ty_1__bindgen_ty_4, size);
@@ -82,6 +86,38 @@ impl KvmRunMap {
         };
         // Make the flag visible before the signal that follows it.
         fence(Ordering::Release);
+    }
+
+    /// Whether `immediate_exit` is set (a kick the next KVM_RUN will see).
+    pub(crate) fn immediate_exit(&self) -> bool {
+        self.read_byte(IMMEDIATE_EXIT) != 0
+    }
+
+    /// Sets or clears `request_interrupt_window` (KVM reads it at each
+    /// KVM_RUN, on the vCPU's thread, which is the only writer).
+    pub(crate) fn set_request_interrupt_window(&self, on: bool) {
+        // SAFETY: the offset is inside struct kvm_run and so inside the
+        // mapping (len >= size_of kvm_run, checked in new); the field is
+        // one byte.
+        unsafe {
+            self.addr
+                .as_ptr()
+                .add(REQUEST_INTERRUPT_WINDOW)
+                .write_volatile(u8::from(on))
+        };
+    }
+
+    /// `ready_for_interrupt_injection`, as KVM left it at the last exit.
+    pub(crate) fn ready_for_interrupt_injection(&self) -> bool {
+        self.read_byte(READY_FOR_INTERRUPT_INJECTION) != 0
+    }
+
+    fn read_byte(&self, offset: usize) -> u8 {
+        debug_assert!(offset < std::mem::size_of::<kvm_run>());
+        // SAFETY: every caller passes the offset of a one-byte field of
+        // struct kvm_run, which is inside the mapping (len >= size_of
+        // kvm_run, checked in new).
+        unsafe { self.addr.as_ptr().add(offset).read_volatile() }
     }
 
     /// The element size of the PIO exit being handled (1, 2 or 4).

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use kvm_ioctls::VcpuFd;
 
 use super::exit::run_once;
+use super::extint::{before_run, ExtIntSource, KvmWindow};
 use super::handle::{Requests, VcpuInit, VcpuThreadStart};
 use super::run_map::KvmRunMap;
 use crate::io::IoHandler;
@@ -86,11 +87,12 @@ impl VcpuThread {
         let Some((mut vcpu, run_map)) = self.create() else {
             return;
         };
+        let ext_int = self.io.external_interrupts(self.index);
         let mut state = State::Paused;
         while state != State::Exiting {
             state = match state {
                 State::Paused => self.paused(&vcpu),
-                State::Running => self.running(&mut vcpu, &run_map),
+                State::Running => self.running(&mut vcpu, &run_map, ext_int.as_deref()),
                 State::Exiting => State::Exiting,
             };
         }
@@ -196,7 +198,12 @@ impl VcpuThread {
         }
     }
 
-    fn running(&self, vcpu: &mut VcpuFd, run_map: &KvmRunMap) -> State {
+    fn running(
+        &self,
+        vcpu: &mut VcpuFd,
+        run_map: &KvmRunMap,
+        ext_int: Option<&dyn ExtIntSource>,
+    ) -> State {
         match self.events.try_recv() {
             Ok(Event::Nmi) => {
                 self.queue_nmi(vcpu);
@@ -213,6 +220,9 @@ impl VcpuThread {
             Ok(event) => self.answer(vcpu, event),
             Err(TryRecvError::Disconnected) => State::Exiting,
             Err(TryRecvError::Empty) => {
+                if let Some(source) = ext_int {
+                    before_run(source, &KvmWindow { vcpu, run_map });
+                }
                 match run_once(vcpu, run_map, self.io.as_ref(), self.index) {
                     None => State::Running,
                     Some(request) => {

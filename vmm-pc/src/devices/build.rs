@@ -20,6 +20,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::{clone_fd, eventfd, Com1, ConsoleEvents, DeviceError, DeviceLines, PcDevices, PcShape};
 use crate::io::PcIo;
+use crate::irqchip::IsaLine;
 use crate::layout::{self, port};
 use crate::model::{DeviceModel, PciHost};
 
@@ -68,23 +69,23 @@ pub struct Wiring<'a> {
     clocks: &'a Clocks,
     shape: PcShape,
     serial_out: Option<SerialOutput>,
-    com1_line: Option<EventFdTrigger>,
-    keyboard_line: Option<EventFdTrigger>,
-    rtc_line: Option<EventFdTrigger>,
-    pit_line: Option<EventFdTrigger>,
+    com1_line: Option<IsaLine>,
+    keyboard_line: Option<IsaLine>,
+    rtc_line: Option<IsaLine>,
+    pit_line: Option<IsaLine>,
     sci: Option<Box<dyn LevelLine>>,
     registry: vmm_qom::Registry,
     model: DeviceModel,
     com1: Option<Arc<Mutex<Com1>>>,
     console_ready_evt: Option<EventFd>,
-    i8042: Option<Arc<Mutex<I8042>>>,
+    i8042: Option<Arc<Mutex<I8042<IsaLine>>>>,
     reset_evt: Option<EventFd>,
     poweroff_evt: Option<EventFd>,
     suspend_evt: Option<EventFd>,
     pm1_event: Option<Arc<Mutex<Pm1Event>>>,
     panic_evt: Option<EventFd>,
-    rtc: Option<Arc<Mutex<Rtc<EventFdTrigger>>>>,
-    pit: Option<Arc<Mutex<Pit<EventFdTrigger>>>>,
+    rtc: Option<Arc<Mutex<Rtc<IsaLine>>>>,
+    pit: Option<Arc<Mutex<Pit<IsaLine>>>>,
     pci: Option<Arc<Mutex<vmm_pci::PciRoot>>>,
     watchdog_evt: Option<EventFd>,
 }
@@ -195,7 +196,7 @@ impl<'a> Wiring<'a> {
         let irq = take(&mut self.keyboard_line, "i8042")?;
         let reset = eventfd("i8042 reset")?;
         let dev = Arc::new(Mutex::new(I8042::new(
-            EventFdTrigger::new(clone_fd("i8042 reset", &reset)?),
+            IsaLine::from(EventFdTrigger::new(clone_fd("i8042 reset", &reset)?)),
             irq,
         )));
         self.io

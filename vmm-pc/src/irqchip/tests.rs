@@ -1,4 +1,11 @@
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+
+use vm_device::bus::PioAddress;
+use vm_device::MutDevicePio;
+use vmm_core::vcpu::ExtIntSource;
+use vmm_devices::pic::PicState;
+use vmm_devices::Trigger;
 
 use super::*;
 
@@ -116,7 +123,7 @@ fn the_pit_is_pin_2_and_the_rest_their_own() {
 
 #[test]
 fn the_pics_ports_reach_the_model_through_each_range() {
-    let mut pic = SplitPic::default();
+    let mut pic = SplitPic::new(Arc::default());
     // ICW1-4 on the master, then its IMR.
     for (port, v) in [
         (0x20u16, 0x11u8),
@@ -138,4 +145,131 @@ fn the_pics_ports_reach_the_model_through_each_range() {
     assert_eq!(pic.state().master.imr, 0xFB);
     pic.reset();
     assert_eq!(pic.state(), PicState::default());
+}
+
+/// Counts the kicks.
+#[derive(Debug, Default)]
+struct Kicks(Arc<AtomicUsize>);
+
+impl Kick for Kicks {
+    fn kick(&self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+fn out(pic: &mut SplitPic, port: u16, v: u8) {
+    let base = if port >= 0x4D0 { 0x4D0 } else { port & !1 };
+    pic.pio_write(PioAddress(base), port - base, &[v]);
+}
+
+/// ICW1-4 on both chips (vectors 0x20 and 0x28, the slave on IRQ 2),
+/// then the masks.
+fn init(pic: &mut SplitPic, master_imr: u8, slave_imr: u8) {
+    for (port, v) in [
+        (0x20u16, 0x11u8),
+        (0x21, 0x20),
+        (0x21, 0x04),
+        (0x21, 0x01),
+        (0xA0, 0x11),
+        (0xA1, 0x28),
+        (0xA1, 0x02),
+        (0xA1, 0x01),
+        (0x21, master_imr),
+        (0xA1, slave_imr),
+    ] {
+        out(pic, port, v);
+    }
+}
+
+#[test]
+fn the_pics_are_in_use_while_an_input_can_reach_the_cpu() {
+    let state = |m: u8, s: u8| {
+        let mut st = PicState::default();
+        st.master.imr = m;
+        st.slave.imr = s;
+        st
+    };
+    assert!(pic_in_use(&state(0, 0)), "power-on: nothing masked");
+    assert!(!pic_in_use(&state(0xFF, 0xFF)), "Linux with an IO-APIC");
+    assert!(pic_in_use(&state(0xFE, 0xFF)), "IRQ 0");
+    assert!(!pic_in_use(&state(0xFB, 0xFF)), "the cascade alone");
+    assert!(pic_in_use(&state(0xFB, 0xFE)), "IRQ 8 through the cascade");
+    assert!(!pic_in_use(&state(0xFF, 0xFE)), "IRQ 8, the cascade masked");
+}
+
+#[test]
+fn the_link_follows_the_masks_through_writes_reset_and_restore() {
+    let link = Arc::new(PicLink::default());
+    let mut pic = SplitPic::new(Arc::clone(&link));
+    assert!(link.in_use(), "power-on");
+    init(&mut pic, 0xFF, 0xFF);
+    assert!(!link.in_use());
+    out(&mut pic, 0x21, 0xFE);
+    assert!(link.in_use());
+    let saved = pic.state();
+    out(&mut pic, 0x21, 0xFF);
+    assert!(!link.in_use());
+    pic.restore(saved).unwrap();
+    assert!(link.in_use());
+    out(&mut pic, 0x21, 0xFF);
+    pic.reset();
+    assert!(link.in_use(), "power-on again");
+}
+
+#[test]
+fn a_rising_output_kicks_the_boot_vcpu_which_acknowledges_the_vector() {
+    let link = Arc::new(PicLink::default());
+    let pic = Arc::new(Mutex::new(SplitPic::new(Arc::clone(&link))));
+    init(&mut lock(&pic), 0xFE, 0xFF);
+    let kicks = Arc::new(AtomicUsize::new(0));
+    link.set_kick(Box::new(Kicks(Arc::clone(&kicks))));
+    let source = PicExtInt {
+        pic: Arc::clone(&pic),
+        link: Arc::clone(&link),
+    };
+    assert!(!source.pending());
+    lock(&pic).set_irq(0, true);
+    assert_eq!(kicks.load(Ordering::SeqCst), 1);
+    assert!(source.pending());
+    assert_eq!(source.acknowledge(), 0x20, "IRQ 0's vector");
+    assert!(!source.pending(), "in service now");
+    assert_eq!(lock(&pic).state().master.isr, 1);
+    // A masked line raises nothing.
+    lock(&pic).set_irq(0, false);
+    lock(&pic).set_irq(3, true);
+    assert!(!source.pending());
+    assert_eq!(kicks.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn an_isa_edge_through_the_vmm_reaches_the_pic_and_the_ioapic() {
+    let link = Arc::new(PicLink::default());
+    let pic = Arc::new(Mutex::new(SplitPic::new(Arc::clone(&link))));
+    let (mut a, r) = ioapic();
+    program(&mut a, 2, 0x30, 0, false);
+    let isa = Arc::new(SplitIsa {
+        link: Arc::clone(&link),
+        pic: Arc::clone(&pic),
+        ioapic: Arc::new(Mutex::new(a)),
+    });
+    let line = IsaLine::split(EventFdTrigger::nonblocking().unwrap(), 0, isa);
+    // The PICs masked: the edge goes to KVM (the irqfd on pin 2's route).
+    init(&mut lock(&pic), 0xFF, 0xFF);
+    line.trigger().unwrap();
+    assert_eq!(line.event_fd().event_fd().read().unwrap(), 1);
+    assert!(lock(&r.0).is_empty());
+    assert!(!link.intr());
+    // IRQ 0 unmasked: both models see it, IRQ 0 on the PIC, pin 2 on the
+    // IO-APIC (which sends its message), and nothing goes to KVM's irqfd.
+    out(&mut lock(&pic), 0x21, 0xFE);
+    line.trigger().unwrap();
+    assert!(line.event_fd().event_fd().read().is_err());
+    assert!(link.intr());
+    assert_eq!(lock(&r.0).len(), 1);
+    assert_eq!(lock(&pic).acknowledge(), 0x20);
+    // A second edge while IRQ 0 is in service waits in the IRR.
+    line.trigger().unwrap();
+    assert!(!link.intr());
+    out(&mut lock(&pic), 0x20, 0x20); // non-specific EOI
+    assert!(link.intr());
 }

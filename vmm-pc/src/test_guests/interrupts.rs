@@ -11,7 +11,7 @@ const PIT_COUNT: u64 = 0xC00;
 const RTC_COUNT: u64 = 0xC04;
 const SCI_COUNT: u64 = 0xC08;
 /// Where the handlers go on (an address in the program).
-const NEXT: u64 = 0xC0C;
+pub(super) const NEXT: u64 = 0xC0C;
 const STACK_TOP: u64 = 0x1000;
 const MESSAGES: u64 = 0x600;
 /// The vectors: PIT (pin 2, edge), RTC (pin 8, edge), SCI (pin 9, level).
@@ -26,19 +26,19 @@ const TICKS: &str = "PIT and RTC ticked\n";
 const WAITING: &str = "waiting for the power button\n";
 const SCI: &str = "SCI twice\n";
 
-fn a(offset: u64) -> [u8; 4] {
+pub(super) fn a(offset: u64) -> [u8; 4] {
     le32(LOAD_ADDR + offset)
 }
 
 /// `mov dword [addr], value`.
-fn store(c: &mut Vec<u8>, addr: u32, value: u32) {
+pub(super) fn store(c: &mut Vec<u8>, addr: u32, value: u32) {
     c.extend_from_slice(&[0xc7, 0x05]);
     c.extend_from_slice(&addr.to_le_bytes());
     c.extend_from_slice(&value.to_le_bytes());
 }
 
 /// `jb` to `target` if the count at `offset` is below `n`.
-fn below(c: &mut Vec<u8>, offset: u64, n: u8, target: usize) {
+pub(super) fn below(c: &mut Vec<u8>, offset: u64, n: u8, target: usize) {
     c.extend_from_slice(&[0x83, 0x3d]); // cmp dword [count], n
     c.extend_from_slice(&a(offset));
     c.push(n);
@@ -48,7 +48,7 @@ fn below(c: &mut Vec<u8>, offset: u64, n: u8, target: usize) {
 }
 
 /// `mov dword [NEXT], LOAD_ADDR + at`: where the handlers go on.
-fn next(c: &mut Vec<u8>, at: usize) {
+pub(super) fn next(c: &mut Vec<u8>, at: usize) {
     store(c, (LOAD_ADDR + NEXT) as u32, (LOAD_ADDR + at as u64) as u32);
 }
 

@@ -1,0 +1,218 @@
+//! A guest that takes interrupts only through the 8259 pair (no local
+//! APIC or IO-APIC programming: the boot CPU's LINT0 is ExtINT as the
+//! firmware leaves it), as `noapic` guests do: the same on KVM's irqchip
+//! and on the split one (our 8259s, KVM_INTERRUPT).
+
+use super::interrupts::{a, below, next, store, NEXT};
+use super::{le32, print, pvh_elf, I8042_RESET, LOAD_ADDR};
+use crate::layout::port;
+
+/// Offsets in [`pic_interrupts`]' one page (`NEXT`, where the handlers go
+/// on, is `interrupts.rs`'s).
+const IDTR: u64 = 0x700;
+const IDT: u64 = 0x800;
+const PIT_COUNT: u64 = 0xC00;
+const COM_COUNT: u64 = 0xC04;
+const RTC_COUNT: u64 = 0xC08;
+const STACK_TOP: u64 = 0x1000;
+const MESSAGES: u64 = 0x600;
+/// The master's vectors from 0x20: IRQ 0 (the PIT), IRQ 4 (COM1), IRQ 7
+/// (its spurious one); the slave's from 0x28: IRQ 8 (the RTC), IRQ 15
+/// (its spurious one).
+const VECTORS: [u8; 5] = [0x20, 0x24, 0x27, 0x28, 0x2F];
+
+const TICKS: &str = "PIT and RTC ticked through the PICs\n";
+const COM1: &str = "COM1 interrupted through the PIC\n";
+const KEYS: &str = "keys echoed until q\n";
+
+/// Programs both 8259s (ICW1-4: vectors 0x20 and 0x28, the slave on IRQ
+/// 2, 8086 mode, normal EOI) and unmasks IRQ 0, 2 (the cascade), 4 and 8
+/// only, runs the PIT at 1 kHz and the RTC's periodic interrupt at 1024
+/// Hz, and waits (`sti; hlt`) for 50 of each, each ended by a
+/// non-specific EOI on port 0x20 (the RTC's on the slave's 0xA0 first);
+/// then stops both and prints "PIT and RTC ticked through the PICs". Then
+/// it enables COM1's THR-empty interrupt
+/// (which raises IRQ 4 at once, the transmitter being empty), waits for
+/// it (its handler reads IIR and sends the EOI), disables it again,
+/// prints "COM1 interrupted through the PIC" and resets through the
+/// i8042. A spurious IRQ 7 or 15 is taken and ignored.
+///
+/// As in [`super::ioapic_interrupts`], the handlers never return with
+/// `iretd` (which PVM cannot emulate in 32-bit code): each counts, drops
+/// its frame and jumps to where the program goes on, which checks the
+/// counts with interrupts off and waits again until they are reached.
+///
+/// With `echo`, instead of resetting it enables COM1's received-data
+/// interrupt, prints "keys echoed until q" and waits: the IRQ 4 handler
+/// echoes every byte received and resets through the i8042 on a `q`.
+pub fn pic_interrupts(echo: bool) -> Vec<u8> {
+    let mut c = Vec::new();
+    c.push(0xbc); // mov esp, STACK_TOP
+    c.extend_from_slice(&a(STACK_TOP));
+    c.extend_from_slice(&[0x8c, 0xc9]); // mov ecx, cs
+    c.extend_from_slice(&[0xc1, 0xe1, 0x10]); // shl ecx, 16
+    let gates = c.len();
+    let gate_len = 2 + 5 + 5 + 10;
+    c.resize(gates + gate_len * VECTORS.len(), 0x90);
+    c.extend_from_slice(&[0x0f, 0x01, 0x1d]); // lidt [IDTR]
+    c.extend_from_slice(&a(IDTR));
+    #[rustfmt::skip]
+    c.extend_from_slice(&[
+        // Master: ICW1 (edge, cascade, ICW4), ICW2 0x20, ICW3 (slave on
+        // IRQ 2), ICW4 (8086).
+        0xb0, 0x11, 0xe6, 0x20,
+        0xb0, 0x20, 0xe6, 0x21,
+        0xb0, 0x04, 0xe6, 0x21,
+        0xb0, 0x01, 0xe6, 0x21,
+        // Slave: ICW1, ICW2 0x28, ICW3 (its ID 2), ICW4.
+        0xb0, 0x11, 0xe6, 0xa0,
+        0xb0, 0x28, 0xe6, 0xa1,
+        0xb0, 0x02, 0xe6, 0xa1,
+        0xb0, 0x01, 0xe6, 0xa1,
+        // Masks: IRQ 0, 2 and 4 open on the master, IRQ 8 on the slave.
+        0xb0, 0xea, 0xe6, 0x21,
+        0xb0, 0xfe, 0xe6, 0xa1,
+        // PIT channel 0, mode 2, count 1193 (1 kHz).
+        0xb0, 0x34, 0xe6, 0x43,
+        0xb0, 0xa9, 0xe6, 0x40,
+        0xb0, 0x04, 0xe6, 0x40,
+        // RTC: rate 6 (1024 Hz) in A, PIE in B, C read to start clean.
+        0xb0, 0x0a, 0xe6, 0x70, 0xb0, 0x26, 0xe6, 0x71,
+        0xb0, 0x0b, 0xe6, 0x70, 0xe4, 0x71, 0x0c, 0x40, 0x88, 0xc4,
+        0xb0, 0x0b, 0xe6, 0x70, 0x88, 0xe0, 0xe6, 0x71,
+        0xb0, 0x0c, 0xe6, 0x70, 0xe4, 0x71,
+    ]);
+    let ticks = c.len() + 10 + 2 + 4;
+    next(&mut c, ticks);
+    c.extend_from_slice(&[0xeb, 0x04]); // jmp ticks
+    let wait = c.len();
+    c.extend_from_slice(&[0xfb, 0xf4, 0xeb, 0xfc]); // wait: sti; hlt; jmp wait
+    assert_eq!(c.len(), ticks);
+    // ticks: (interrupts off) enough?
+    below(&mut c, PIT_COUNT, 50, wait);
+    below(&mut c, RTC_COUNT, 50, wait);
+    #[rustfmt::skip]
+    c.extend_from_slice(&[
+        // Both stopped: the PIT in mode 0 with no count, PIE cleared.
+        0xb0, 0x30, 0xe6, 0x43,
+        0xb0, 0x0b, 0xe6, 0x70, 0xb0, 0x02, 0xe6, 0x71,
+    ]);
+    c.extend(print(LOAD_ADDR + MESSAGES));
+    let ier = |c: &mut Vec<u8>, v: u8| {
+        c.extend_from_slice(&[0x66, 0xba]); // mov dx, COM1 + 1 (IER)
+        c.extend_from_slice(&(port::COM1 + 1).to_le_bytes());
+        c.extend_from_slice(&[0xb0, v, 0xee]); // mov al, v; out dx, al
+    };
+    ier(&mut c, 0x02); // THR empty: IRQ 4 now
+    let com = c.len() + 10;
+    next(&mut c, com);
+    assert_eq!(c.len(), com);
+    // com: (interrupts off) taken?
+    below(&mut c, COM_COUNT, 1, wait);
+    ier(&mut c, 0);
+    c.extend(print(LOAD_ADDR + MESSAGES + 0x40));
+    if echo {
+        // Keys: received data interrupts, echoed by the handler.
+        ier(&mut c, 0x01);
+        next(&mut c, wait);
+        c.extend(print(LOAD_ADDR + MESSAGES + 0x80));
+        let back = wait as i64 - (c.len() as i64 + 5);
+        c.push(0xe9); // jmp wait
+        c.extend_from_slice(&(back as i32).to_le_bytes());
+    } else {
+        c.extend_from_slice(I8042_RESET);
+    }
+
+    // The handlers: count, EOI, then mov esp, STACK_TOP; jmp [NEXT].
+    let go_on = |c: &mut Vec<u8>| {
+        c.push(0xbc);
+        c.extend_from_slice(&a(STACK_TOP));
+        c.extend_from_slice(&[0xff, 0x25]);
+        c.extend_from_slice(&a(NEXT));
+    };
+    let eoi = [0xb0, 0x20, 0xe6, 0x20]; // mov al, 0x20; out 0x20, al
+    let mut handlers = Vec::new();
+    handlers.push(LOAD_ADDR + c.len() as u64); // IRQ 0
+    c.extend_from_slice(&[0xff, 0x05]); // inc dword [PIT_COUNT]
+    c.extend_from_slice(&a(PIT_COUNT));
+    c.extend_from_slice(&eoi);
+    go_on(&mut c);
+    handlers.push(LOAD_ADDR + c.len() as u64); // IRQ 4: reading IIR acknowledges
+    let dx = |c: &mut Vec<u8>, p: u16| {
+        c.extend_from_slice(&[0x66, 0xba]); // mov dx, p
+        c.extend_from_slice(&p.to_le_bytes());
+    };
+    dx(&mut c, port::COM1 + 2); // IIR
+    c.push(0xec); // in al, dx
+    c.extend_from_slice(&[0xff, 0x05]); // inc dword [COM_COUNT]
+    c.extend_from_slice(&a(COM_COUNT));
+    // drain: echo what was received, and reset on 'q'.
+    let drain = c.len();
+    dx(&mut c, port::COM1 + 5); // LSR
+    #[rustfmt::skip]
+    c.extend_from_slice(&[
+        0xec,       // in al, dx
+        0xa8, 0x01, // test al, 1 (data ready)
+        0x74, 0x0c, // jz done (+12)
+    ]);
+    let body = c.len();
+    dx(&mut c, port::COM1); // RBR and THR
+    #[rustfmt::skip]
+    c.extend_from_slice(&[
+        0xec,       // in al, dx
+        0xee,       // out dx, al
+        0x3c, b'q', // cmp al, 'q'
+        0x74, 0x00, // je reset (patched below)
+    ]);
+    let je = c.len() - 1;
+    let back = drain as i64 - (c.len() as i64 + 2);
+    c.extend_from_slice(&[0xeb, back as i8 as u8]); // jmp drain
+    assert_eq!(c.len() - body, 12);
+    // done:
+    c.extend_from_slice(&eoi);
+    go_on(&mut c);
+    c[je] = u8::try_from(c.len() - (je + 1)).unwrap_or(0);
+    c.extend_from_slice(I8042_RESET); // reset:
+    handlers.push(LOAD_ADDR + c.len() as u64); // IRQ 7, spurious: no EOI
+    go_on(&mut c);
+    handlers.push(LOAD_ADDR + c.len() as u64); // IRQ 8: reading C acknowledges
+    c.extend_from_slice(&[0xb0, 0x0c, 0xe6, 0x70, 0xe4, 0x71]);
+    c.extend_from_slice(&[0xff, 0x05]); // inc dword [RTC_COUNT]
+    c.extend_from_slice(&a(RTC_COUNT));
+    c.extend_from_slice(&[0xb0, 0x20, 0xe6, 0xa0]); // the slave's EOI
+    c.extend_from_slice(&eoi);
+    go_on(&mut c);
+    handlers.push(LOAD_ADDR + c.len() as u64); // IRQ 15, spurious: the cascade's EOI
+    c.extend_from_slice(&eoi);
+    go_on(&mut c);
+
+    for (i, (&vector, &h)) in VECTORS.iter().zip(&handlers).enumerate() {
+        let gate = LOAD_ADDR + IDT + 8 * u64::from(vector);
+        let mut g = vec![0x89, 0xc8, 0x0d]; // mov eax, ecx; or eax, lo
+        g.extend_from_slice(&((h & 0xffff) as u32).to_le_bytes());
+        g.push(0xa3); // mov [gate], eax
+        g.extend_from_slice(&le32(gate));
+        store(&mut g, (gate + 4) as u32, (h as u32 & 0xffff_0000) | 0x8e00);
+        let at = gates + i * gate_len;
+        c[at..at + gate_len].copy_from_slice(&g);
+    }
+    assert!(
+        c.len() as u64 <= MESSAGES,
+        "the code fits before the messages"
+    );
+    c.resize(MESSAGES as usize, 0x90);
+    for (i, m) in [TICKS, COM1, KEYS].iter().enumerate() {
+        c.resize(MESSAGES as usize + 0x40 * i, 0);
+        c.extend_from_slice(m.as_bytes());
+    }
+    c.resize(IDTR as usize, 0);
+    let limit = 8 * (u16::from(VECTORS[4]) + 1) - 1;
+    c.extend_from_slice(&limit.to_le_bytes());
+    c.extend_from_slice(&a(IDT));
+    c.resize(STACK_TOP as usize, 0);
+    pvh_elf(&[(LOAD_ADDR, &c)], LOAD_ADDR)
+}
+
+/// What [`pic_interrupts`] prints, in order (the last one only with
+/// `echo`).
+pub const PIC_INTERRUPTS_OUTPUT: [&str; 3] = [TICKS, COM1, KEYS];
