@@ -260,29 +260,29 @@ pub fn task(args: &[String]) -> Result<()> {
             total - pending.len(),
             started.elapsed()
         );
-        let console = match vmm_testbed::run_linux(&guest, &vmm, &job) {
-            Ok(out) => out.console,
+        let (console, fault) = match vmm_testbed::run_linux(&guest, &vmm, &job) {
+            Ok(out) => (out.console, None),
             Err(TestbedError::L1Ended {
                 status,
                 qemu_stderr,
                 console,
-            }) => {
-                l1_faults.push(format!(
+            }) => (
+                console,
+                Some(format!(
                     "session {sessions}: L1 ended early (QEMU status {status:?}): {}",
                     qemu_stderr.trim()
-                ));
-                console
-            }
-            Err(TestbedError::Timeout { after, console }) => {
-                l1_faults.push(format!("session {sessions}: timed out after {after:?}"));
-                console
-            }
-            Err(TestbedError::Silent { after, console }) => {
-                l1_faults.push(format!(
+                )),
+            ),
+            Err(TestbedError::Timeout { after, console }) => (
+                console,
+                Some(format!("session {sessions}: timed out after {after:?}")),
+            ),
+            Err(TestbedError::Silent { after, console }) => (
+                console,
+                Some(format!(
                     "session {sessions}: L1 hung (silent for {after:?})"
-                ));
-                console
-            }
+                )),
+            ),
             Err(e) => {
                 stop.store(true, Ordering::Relaxed);
                 return Err(e.into());
@@ -299,6 +299,14 @@ pub fn task(args: &[String]) -> Result<()> {
                 eprintln!("xtask soak: {}: {:?}", e.boot.describe(), e.end);
                 ended.push(e);
             }
+        }
+        if let Some(fault) = fault {
+            // The boots run in order: the first one left was running.
+            let running = pending.first().map_or("none".to_owned(), |b| b.describe());
+            l1_faults.push(format!(
+                "{fault}; the boot running then: {running}; L1's console ended with:\n\n```\n{}\n```",
+                console_tail(&console, 15)
+            ));
         }
     }
     stop.store(true, Ordering::Relaxed);
@@ -328,6 +336,16 @@ pub fn task(args: &[String]) -> Result<()> {
     std::fs::write(&path, &text).with_context(|| format!("cannot write {}", path.display()))?;
     eprintln!("xtask soak: the report is in {}", path.display());
     Ok(())
+}
+
+/// The last `n` non-empty lines of `console`.
+fn console_tail(console: &str, n: usize) -> String {
+    let lines: Vec<&str> = console
+        .lines()
+        .map(str::trim_end)
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// The host's load average, as `/proc/loadavg`'s first three fields.
@@ -444,6 +462,13 @@ fn report(o: &Options, ended: &[Ended], pending: &[Boot], l1: &L1, took: Duratio
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_console_tail_skips_empty_lines() {
+        assert_eq!(console_tail("a\n\nb\r\n  \nc\n", 2), "b\nc");
+        assert_eq!(console_tail("a\n", 5), "a");
+        assert_eq!(console_tail("", 5), "");
+    }
 
     #[test]
     fn options() {
