@@ -3,15 +3,20 @@
 //! COM1's output is written on a vCPU thread, under the device's lock. If
 //! that write blocked (a full pipe whose reader stopped reading, a paused
 //! terminal), the vCPU would stall inside `write`, where no kick reaches
-//! it, and with it the whole VMM. So the vCPU side never blocks:
+//! it, and with it the whole VMM. So the vCPU side never blocks for
+//! long:
 //!
 //! - Where the output is a pipe or a terminal, the vCPU side writes each
 //!   byte at once through a descriptor of its own opened non-blocking
 //!   ([`nonblocking_twin`]), as QEMU's vCPU threads write their
 //!   character devices. A full pipe or terminal makes it wait for room,
-//!   up to [`BACKPRESSURE`] (a kick ends the wait at once), so a guest
-//!   prints no faster than its reader reads, as behind a real UART; only
-//!   what still would block goes to the writer thread.
+//!   up to [`BACKPRESSURE`], so a guest prints no faster than its reader
+//!   reads, as behind a real UART; only what still would block goes to
+//!   the writer thread. That wait holds COM1's lock (and this module's),
+//!   so while a reader is stalled, a key typed into the console or a
+//!   pause can wait as long: a kick that lands during the wait ends it,
+//!   one that lands just before it does not (the bound is what keeps
+//!   both short).
 //! - Everything else (a file, output that would block) is appended to a
 //!   bounded buffer that a writer thread of its own writes out with
 //!   blocking writes. When the buffer is full, newer output is dropped and
@@ -140,7 +145,7 @@ impl Shared {
     }
 }
 
-/// The vCPU side: never blocks.
+/// The vCPU side: never blocks for longer than [`BACKPRESSURE`] a write.
 pub struct SerialSink {
     shared: Arc<Shared>,
 }
@@ -586,6 +591,10 @@ mod tests {
         let mut reader = r;
         io::Read::read_exact(&mut reader, &mut got).unwrap();
         assert_eq!(&got, b"hello");
+        {
+            let s = sink.shared.lock();
+            assert_eq!((s.direct_bytes, s.queued_bytes), (5, 0));
+        }
         assert_eq!(handle.finish(Duration::from_secs(10)), 0);
         drop(sink);
     }
@@ -614,8 +623,18 @@ mod tests {
         while sink.shared.lock().busy || !sink.shared.lock().buf.is_empty() {
             std::thread::sleep(Duration::from_millis(1));
         }
+        let (direct, queued) = {
+            let s = sink.shared.lock();
+            (s.direct_bytes, s.queued_bytes)
+        };
+        assert!(
+            direct > 0 && queued > 0,
+            "no hand-over: {direct} direct, {queued} queued"
+        );
         sink.write_all(b"end").unwrap();
         want.extend_from_slice(b"end");
+        // "end" went direct.
+        assert_eq!(sink.shared.lock().direct_bytes, direct + 3);
         assert_eq!(handle.finish(Duration::from_secs(10)), 0);
         drop(sink);
         let got = reader.join().unwrap();

@@ -62,10 +62,15 @@
 //! the guest lives in KVM only (`pending_external_vector`, which
 //! `KVM_GET_VCPU_EVENTS` does not report and only the vCPU's creation
 //! clears), so a snapshot or migration in that window loses it (the PIC
-//! has it in service already), and a system reset or snapshot load in it
-//! leaves it to be delivered once the guest takes interrupts again. The
+//! has it in service already: after the load that IRQ and every one of
+//! lower priority stay blocked until an EOI the guest will never send, so
+//! a guest on the 8259s may hang), and a system reset or snapshot load in
+//! it leaves it to be delivered once the guest takes interrupts again. The
 //! vCPU does not inject while a kick is pending (a pause kicks), which
-//! makes that window one `KVM_RUN` entry wide.
+//! makes that window one `KVM_RUN` entry wide. Level-triggered lines (the
+//! ACPI SCI, PCI INTx) reach the IO-APIC model only, never the 8259s: a
+//! guest with no IO-APIC (`noapic`) gets no SCI (no power button) and no
+//! INTx in split mode.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 

@@ -203,8 +203,8 @@ pub(super) fn vcpu(pid: u32, kick: u32) -> Result<Rules, seccompiler::Error> {
         ],
     );
     // Exits, with the split irqchip: a line this vCPU raises on our 8259s
-    // (COM1, the PIC's own ports) kicks the boot vCPU; only the kick, only
-    // to our own threads.
+    // (a port write to COM1, the PIT, the RTC, the i8042 or the PIC itself)
+    // kicks the boot vCPU; only the kick, only to our own threads.
     allow_if(
         &mut r,
         libc::SYS_tgkill,

@@ -75,6 +75,14 @@ impl KvmRunMap {
 
     /// Sets or clears `immediate_exit`.
     pub(crate) fn set_immediate_exit(&self, on: bool) {
+        // Full fences on both sides. A kicker stores what it wants seen
+        // (e.g. the PIC's INT line) and then sets the flag; the vCPU clears
+        // the flag after an EINTR and then loads that state before its next
+        // KVM_RUN. Without a store-load fence on each side (x86 lets a load
+        // pass an earlier store), the vCPU could read the old state while
+        // its clear overwrote the kicker's set, and a signal landing
+        // outside KVM_RUN would leave the kick lost for good.
+        fence(Ordering::SeqCst);
         // SAFETY: IMMEDIATE_EXIT is inside the mapping (len >= size_of kvm_run,
         // checked in new) and the field is one byte, so the write is in bounds
         // and aligned.
@@ -84,8 +92,9 @@ impl KvmRunMap {
                 .add(IMMEDIATE_EXIT)
                 .write_volatile(u8::from(on))
         };
-        // Make the flag visible before the signal that follows it.
-        fence(Ordering::Release);
+        // Make the flag visible before the signal that follows it (a set),
+        // or before the loads that follow it (a clear).
+        fence(Ordering::SeqCst);
     }
 
     /// Whether `immediate_exit` is set (a kick the next KVM_RUN will see).
