@@ -4,9 +4,10 @@
 //! `nested_retry`); when the second run passes, the test passes and
 //! `cargo test` shows nothing of the first (it keeps a passing test's
 //! output). So every retry is also written, one line each, to the file
-//! [`RETRY_LOG_ENV`] names, and `cargo xtask test` prints that file at its
-//! end, passed or failed: a retry costs the run minutes and is a fault of
-//! its own, never to go unseen.
+//! [`RETRY_LOG_ENV`] names, with the end of the failed try's message in a
+//! details file beside it ([`details_path`]), and `cargo xtask test`
+//! prints both at its end, passed or failed: a retry costs the run minutes
+//! and is a fault of its own, never to go unseen.
 
 use std::io::Write;
 use std::path::Path;
@@ -34,11 +35,57 @@ pub fn record(line: &str) {
     let Some(path) = std::env::var_os(RETRY_LOG_ENV) else {
         return;
     };
-    if let Err(e) = append(Path::new(&path), line) {
-        eprintln!(
-            "cannot record the retry in {}: {e}",
-            Path::new(&path).display()
-        );
+    write_or_say(Path::new(&path), line);
+}
+
+/// How many of a failed try's last lines [`record_details`] keeps: the
+/// end of the guest's console and the VMM's stderr, where the fault shows.
+pub const DETAIL_LINES: usize = 80;
+
+/// The start of each block in the details file.
+pub const DETAIL_HEADER: &str = "=== failed try: ";
+
+/// The file beside the record (`PATH.details`) that keeps the end of each
+/// failed try's message, which the one-line record cannot.
+pub fn details_path(record: &Path) -> std::path::PathBuf {
+    let mut name = record.as_os_str().to_owned();
+    name.push(".details");
+    name.into()
+}
+
+/// A block for the details file: a header naming `test`, then the last
+/// [`DETAIL_LINES`] lines of `why`, each indented.
+pub fn detail_block(test: &str, why: &str) -> String {
+    let lines: Vec<&str> = why.lines().collect();
+    let skip = lines.len().saturating_sub(DETAIL_LINES);
+    let mut out = format!("{DETAIL_HEADER}{test}");
+    if skip > 0 {
+        out.push_str(&format!(
+            " (its last {DETAIL_LINES} of {} lines)",
+            lines.len()
+        ));
+    }
+    out.push('\n');
+    for l in &lines[skip..] {
+        out.push_str("    ");
+        out.push_str(l);
+        out.push('\n');
+    }
+    out
+}
+
+/// Appends `test`'s [`detail_block`] to the details file, if
+/// [`RETRY_LOG_ENV`] names a record.
+pub fn record_details(test: &str, why: &str) {
+    let Some(path) = std::env::var_os(RETRY_LOG_ENV) else {
+        return;
+    };
+    write_or_say(&details_path(Path::new(&path)), &detail_block(test, why));
+}
+
+fn write_or_say(path: &Path, text: &str) {
+    if let Err(e) = append(path, text) {
+        eprintln!("cannot record the retry in {}: {e}", path.display());
     }
 }
 
@@ -71,6 +118,21 @@ mod tests {
         assert!(retry_line("t", Duration::ZERO, "f", "").ends_with("f: \n"));
         let long = "x".repeat(1000);
         assert!(retry_line("t", Duration::ZERO, "f", &long).len() < 400);
+    }
+
+    #[test]
+    fn a_detail_block_keeps_the_end_of_the_failure() {
+        let short = detail_block("t", "a\nb");
+        assert_eq!(short, format!("{DETAIL_HEADER}t\n    a\n    b\n"));
+        let why: String = (0..200).map(|i| format!("line {i}\n")).collect();
+        let long = detail_block("t", &why);
+        assert!(long.starts_with(&format!("{DETAIL_HEADER}t (its last 80 of 200 lines)\n")));
+        assert!(long.ends_with("    line 199\n"));
+        assert!(long.contains("    line 120\n") && !long.contains("line 119\n"));
+        assert_eq!(
+            details_path(Path::new("/x/nested-retries.log")),
+            Path::new("/x/nested-retries.log.details")
+        );
     }
 
     #[test]

@@ -137,6 +137,7 @@ fn test(extra: &[String]) -> Result<()> {
     let retry_log = cmd::root().join("target").join("nested-retries.log");
     // A record left by an earlier run is not this run's.
     let _ = std::fs::remove_file(&retry_log);
+    let _ = std::fs::remove_file(vmm_testbed::retries::details_path(&retry_log));
     c.env(vmm_testbed::retries::RETRY_LOG_ENV, &retry_log);
     let result = cmd::run(&mut c);
     report_retries(&retry_log);
@@ -160,6 +161,16 @@ fn report_retries(log: &std::path::Path) {
     );
     for l in lines {
         eprintln!("  {l}");
+    }
+    // The end of each failed try (its console and the VMM's stderr):
+    // a passing second try leaves it nowhere else.
+    let details_path = vmm_testbed::retries::details_path(log);
+    if let Ok(details) = std::fs::read_to_string(&details_path) {
+        eprintln!(
+            "xtask test: the failed tries' last lines (also in {}):",
+            details_path.display()
+        );
+        eprint!("{details}");
     }
 }
 

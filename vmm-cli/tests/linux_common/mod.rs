@@ -69,6 +69,7 @@ pub fn nested_retry(test: &str, body: impl Fn()) {
         };
         eprintln!("{test}: NESTED FAILURE, RETRYING ONCE: {fault}:\n{why}\n--- second run ---");
         retries::record(&retries::retry_line(test, start.elapsed(), fault, why));
+        retries::record_details(test, why);
         body();
     }
 }
