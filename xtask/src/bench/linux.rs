@@ -157,6 +157,16 @@ fn append(quiet: bool) -> String {
     }
 }
 
+/// The last `n` non-empty lines of `console`.
+fn console_tail(console: &str, n: usize) -> String {
+    let lines: Vec<&str> = console
+        .lines()
+        .map(str::trim_end)
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
 fn console_key(quiet: bool) -> &'static str {
     if quiet {
         "quiet"
@@ -541,7 +551,9 @@ fn boots(runs: usize) -> Result<(Vec<LinuxSeries>, Vec<String>)> {
                 _ => "directly on this host's KVM",
             }
         );
-        let console = match vmm_testbed::run_linux(&guest, &vmm, &job) {
+        let run = vmm_testbed::run_linux(&guest, &vmm, &job);
+        let l1_fault = run.is_err();
+        let console = match run {
             Ok(out) => {
                 sessions.push(format!(
                     "session {session}: L1 ready after {:.1?}, {:.1?} in all",
@@ -574,6 +586,14 @@ fn boots(runs: usize) -> Result<(Vec<LinuxSeries>, Vec<String>)> {
             }
             Err(e) => return Err(e.into()),
         };
+        if l1_fault {
+            // An L1 fault: what L1 printed last names it (a soft lockup,
+            // a panic, a boot still printing).
+            eprintln!("xtask: session {session}: L1's console ended with:");
+            for l in console_tail(&console, 15).lines() {
+                eprintln!("    {l}");
+            }
+        }
         let (g, f) = parse_console(&console);
         for b in &g {
             eprintln!(

@@ -33,8 +33,8 @@ use anyhow::{bail, Context, Result};
 use vmm_testbed::{initramfs::busybox_initramfs, GuestFiles, Job, TestbedError};
 
 use super::{
-    build_helper, configs, console_key, log_after, parse_boot_line, plan, Boot, BootLine, Config,
-    Vmm, BOOT_TIMEOUT_S, CPUS, HELPER, INIT, MARKER,
+    build_helper, configs, console_key, console_tail, log_after, parse_boot_line, plan, Boot,
+    BootLine, Config, Vmm, BOOT_TIMEOUT_S, CPUS, HELPER, INIT, MARKER,
 };
 use crate::bench::{target_dir, TempDir};
 use crate::cmd;
@@ -338,16 +338,6 @@ pub fn task(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// The last `n` non-empty lines of `console`.
-fn console_tail(console: &str, n: usize) -> String {
-    let lines: Vec<&str> = console
-        .lines()
-        .map(str::trim_end)
-        .filter(|l| !l.trim().is_empty())
-        .collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
 /// The host's load average, as `/proc/loadavg`'s first three fields.
 fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
@@ -462,13 +452,6 @@ fn report(o: &Options, ended: &[Ended], pending: &[Boot], l1: &L1, took: Duratio
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_console_tail_skips_empty_lines() {
-        assert_eq!(console_tail("a\n\nb\r\n  \nc\n", 2), "b\nc");
-        assert_eq!(console_tail("a\n", 5), "a");
-        assert_eq!(console_tail("", 5), "");
-    }
 
     #[test]
     fn options() {
