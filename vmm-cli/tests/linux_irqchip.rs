@@ -3,7 +3,8 @@
 //! IO-APIC timer check passes on pin 2 with our PIT as its only tick
 //! (`no-kvmclock nolapic_timer`), the RTC's periodic interrupt and COM1's
 //! interrupts arrive through our IO-APIC, and the ACPI power button (the
-//! SCI, a level-triggered line) powers it off.
+//! SCI, a level-triggered line) powers it off; and with `noapic`, the same
+//! interrupts through our 8259s as ExtINT.
 //!
 //! Nested like the other Linux tests (see linux.rs); SKIP without KVM or
 //! the guest files.
@@ -29,13 +30,13 @@ fn rate(console: &str, name: &str, key: &str) -> f64 {
         .unwrap_or_else(|| panic!("no @@{name} {key} line in the console:\n{console}"))
 }
 
-/// The interrupts counted on `/proc/interrupts`' line naming `what`,
-/// summed over the CPUs.
-fn interrupts(console: &str, what: &str) -> u64 {
+/// The interrupts counted on `/proc/interrupts`' line of `chip`
+/// (`IO-APIC`, `XT-PIC`) naming `what`, summed over the CPUs.
+fn interrupts(console: &str, chip: &str, what: &str) -> u64 {
     let line = console
         .lines()
-        .find(|l| l.contains("IO-APIC") && l.trim_end().ends_with(what))
-        .unwrap_or_else(|| panic!("no IO-APIC line for {what} in /proc/interrupts:\n{console}"));
+        .find(|l| l.contains(chip) && l.trim_end().ends_with(what))
+        .unwrap_or_else(|| panic!("no {chip} line for {what} in /proc/interrupts:\n{console}"));
     line.split_whitespace()
         .skip(1)
         .map_while(|w| w.parse::<u64>().ok())
@@ -122,7 +123,7 @@ while true; do sleep 1; done";
         }
         let pit = rate(c, "IRQRATE", "0");
         let rtc = rate(c, "RTC_PIE", "64");
-        let serial = interrupts(c, "ttyS0");
+        let serial = interrupts(c, "IO-APIC", "ttyS0");
         eprintln!("{test}: IRQ 0 at {pit:.1} Hz, RTC PIE at {rtc:.1} Hz, {serial} COM1 interrupts");
         assert!(
             (pit - GUEST_HZ).abs() <= GUEST_HZ * 0.10,
@@ -135,5 +136,83 @@ while true; do sleep 1; done";
         assert!(serial > 0, "{test}: no COM1 interrupt:\n{c}");
         // The SCI (level-triggered) carried the power button.
         assert!(c.contains("@@POWERBUTTON"), "{test}:\n{c}");
+    });
+}
+
+/// `noapic`: Linux leaves the IO-APIC alone and takes every ISA interrupt
+/// through our 8259s, whose output reaches the boot vCPU as ExtINT
+/// (`KVM_INTERRUPT`). The PIT is the only tick (`nolapic_timer`), so the
+/// guest gets to its shell only if IRQ 0 arrives at its rate; the RTC's
+/// IRQ 8 (through the slave) and COM1's IRQ 4 are counted on the XT-PIC.
+/// The ACPI SCI is level-triggered and reaches the IO-APIC model only, so
+/// the guest powers off through PM1a control (`poweroff -f`), not the
+/// button.
+#[test]
+fn debian_on_the_split_irqchip_8259s_noapic() {
+    nested_retry("debian_on_the_split_irqchip_8259s_noapic", || {
+        let test = "split_irqchip_noapic";
+        let Some(g) = guest(test) else { return };
+        let dir = common::TempDir::new(test);
+        let script = "echo \"@@CPUS $(nproc)\"
+/clockprobe irqrate 0 3
+/clockprobe rtcpie 64 2
+cat /proc/interrupts
+echo @@DONE
+poweroff -f";
+        let initrd = test_initrd(&g, &dir, script, &[], true);
+        let append = format!("{APPEND} noapic no-kvmclock nolapic_timer nohz=off highres=off");
+        let job = Job::new([
+            "--kernel",
+            "kernel",
+            "--initrd",
+            "initrd",
+            "--memory",
+            "512M",
+            "--cpus",
+            "2",
+            "--irqchip",
+            "split",
+            "--append",
+            &append,
+        ])
+        .file("kernel", &g.bzimage)
+        .file("initrd", &initrd)
+        .timeout(std::time::Duration::from_secs(360));
+        let out = run(test, &g, &job);
+        let c = &out.console;
+        eprintln!(
+            "{test}: L1 ready after {:?}, whole run {:?}",
+            out.l1_boot, out.total
+        );
+        assert_eq!(
+            out.status,
+            Some(0),
+            "{test}: vmm stderr:\n{}\n{c}",
+            out.stderr
+        );
+        assert!(c.contains("@@CPUS 2"), "{test}:\n{c}");
+        assert!(c.contains("@@DONE"), "{test}:\n{c}");
+        // No IO-APIC in use: every ISA line is on the 8259s.
+        assert!(
+            !c.lines()
+                .any(|l| l.contains("IO-APIC") && (l.contains("-edge") || l.contains("-fasteoi"))),
+            "{test}: an IO-APIC line in /proc/interrupts:\n{c}"
+        );
+        let pit = rate(c, "IRQRATE", "0");
+        let rtc = rate(c, "RTC_PIE", "64");
+        let timer = interrupts(c, "XT-PIC", "timer");
+        let serial = interrupts(c, "XT-PIC", "ttyS0");
+        let rtc_count = interrupts(c, "XT-PIC", "rtc0");
+        eprintln!(
+            "{test}: IRQ 0 at {pit:.1} Hz ({timer} in all), RTC PIE at {rtc:.1} Hz \
+             ({rtc_count}), {serial} COM1 interrupts, all on the 8259s"
+        );
+        assert!(
+            (pit - GUEST_HZ).abs() <= GUEST_HZ * 0.10,
+            "{test}: IRQ 0 at {pit:.1} Hz"
+        );
+        // As in the IO-APIC test: arrives, its rate not held to 64 Hz.
+        assert!(rtc >= 16.0, "{test}: RTC at {rtc:.1} Hz for 64");
+        assert!(rtc_count > 0 && serial > 0, "{test}:\n{c}");
     });
 }
