@@ -4,7 +4,10 @@
 use super::{acpi_poweroff, le32, print, pvh_elf, I8042_RESET, LOAD_ADDR};
 use crate::layout::port;
 
-/// Offsets in [`ioapic_interrupts`]' one page.
+/// Offsets in [`ioapic_interrupts`]' one page, and in `pic.rs`'s guest,
+/// which shares its layout: the messages, the IDT register, the IDT,
+/// the counts, where the handlers go on, the stack's top.
+const MESSAGES: u64 = 0x600;
 const IDTR: u64 = 0x700;
 const IDT: u64 = 0x800;
 const PIT_COUNT: u64 = 0xC00;
@@ -13,7 +16,9 @@ const SCI_COUNT: u64 = 0xC08;
 /// Where the handlers go on (an address in the program).
 pub(super) const NEXT: u64 = 0xC0C;
 const STACK_TOP: u64 = 0x1000;
-const MESSAGES: u64 = 0x600;
+/// One gate's set-up code: mov eax, ecx; or eax, handler_lo;
+/// mov [gate], eax; mov dword [gate + 4], handler_hi | 0x8E00.
+const GATE_LEN: usize = 2 + 5 + 5 + 10;
 /// The vectors: PIT (pin 2, edge), RTC (pin 8, edge), SCI (pin 9, level).
 const VECTORS: [u8; 3] = [0x30, 0x31, 0x32];
 /// Local APIC EOI and spurious-vector registers, IO-APIC windows.
@@ -25,6 +30,8 @@ const IOWIN: u32 = 0xFEC0_0010;
 const TICKS: &str = "PIT and RTC ticked\n";
 const WAITING: &str = "waiting for the power button\n";
 const SCI: &str = "SCI twice\n";
+/// The messages' spacing from `MESSAGES`.
+const SPACING: u64 = 0x20;
 
 pub(super) fn a(offset: u64) -> [u8; 4] {
     le32(LOAD_ADDR + offset)
@@ -52,6 +59,78 @@ pub(super) fn next(c: &mut Vec<u8>, at: usize) {
     store(c, (LOAD_ADDR + NEXT) as u32, (LOAD_ADDR + at as u64) as u32);
 }
 
+/// The start both interrupt guests share: the stack, ECX = CS << 16 for
+/// the gates, and room for `vectors` gates' set-up code, filled in by
+/// [`fill_gates`] once the handlers' places are known. Returns the code
+/// and where the gates' code starts.
+pub(super) fn prologue(vectors: usize) -> (Vec<u8>, usize) {
+    let mut c = Vec::new();
+    c.push(0xbc); // mov esp, STACK_TOP
+    c.extend_from_slice(&a(STACK_TOP));
+    c.extend_from_slice(&[0x8c, 0xc9]); // mov ecx, cs
+    c.extend_from_slice(&[0xc1, 0xe1, 0x10]); // shl ecx, 16
+    let gates = c.len();
+    c.resize(gates + GATE_LEN * vectors, 0x90);
+    (c, gates)
+}
+
+/// Writes, at `gates`, the code that points each of `vectors`' IDT
+/// entries at its handler (a 32-bit interrupt gate).
+pub(super) fn fill_gates(c: &mut [u8], gates: usize, vectors: &[u8], handlers: &[u64]) {
+    for (i, (&vector, &h)) in vectors.iter().zip(handlers).enumerate() {
+        let gate = LOAD_ADDR + IDT + 8 * u64::from(vector);
+        let mut g = vec![0x89, 0xc8, 0x0d]; // mov eax, ecx; or eax, lo
+        g.extend_from_slice(&((h & 0xffff) as u32).to_le_bytes());
+        g.push(0xa3); // mov [gate], eax
+        g.extend_from_slice(&le32(gate));
+        store(&mut g, (gate + 4) as u32, (h as u32 & 0xffff_0000) | 0x8e00);
+        let at = gates + i * GATE_LEN;
+        c[at..at + GATE_LEN].copy_from_slice(&g);
+    }
+}
+
+/// The end both interrupt guests share: `messages` from [`MESSAGES`],
+/// `spacing` bytes apart, the IDT register (an IDT up to `top_vector`),
+/// the page up to the stack's top; the guest as a PVH ELF.
+pub(super) fn epilogue(mut c: Vec<u8>, messages: &[&str], spacing: u64, top_vector: u8) -> Vec<u8> {
+    assert!(
+        c.len() as u64 <= MESSAGES,
+        "the code fits before the messages"
+    );
+    c.resize(MESSAGES as usize, 0x90);
+    for (i, m) in messages.iter().enumerate() {
+        c.resize((MESSAGES + spacing * i as u64) as usize, 0);
+        c.extend_from_slice(m.as_bytes());
+    }
+    assert!(c.len() as u64 <= IDTR, "the messages fit before the IDTR");
+    c.resize(IDTR as usize, 0);
+    let limit = 8 * (u16::from(top_vector) + 1) - 1;
+    c.extend_from_slice(&limit.to_le_bytes());
+    c.extend_from_slice(&a(IDT));
+    c.resize(STACK_TOP as usize, 0);
+    pvh_elf(&[(LOAD_ADDR, &c)], LOAD_ADDR)
+}
+
+/// Where message `i` of [`epilogue`]'s, `spacing` bytes apart, is.
+pub(super) fn message(i: u64, spacing: u64) -> u64 {
+    LOAD_ADDR + MESSAGES + spacing * i
+}
+
+/// `lidt [IDTR]`.
+pub(super) fn load_idt(c: &mut Vec<u8>) {
+    c.extend_from_slice(&[0x0f, 0x01, 0x1d]);
+    c.extend_from_slice(&a(IDTR));
+}
+
+/// How every handler ends: `mov esp, STACK_TOP; jmp [NEXT]` (a fresh
+/// stack, then where the program goes on).
+pub(super) fn go_on(c: &mut Vec<u8>) {
+    c.push(0xbc);
+    c.extend_from_slice(&a(STACK_TOP));
+    c.extend_from_slice(&[0xff, 0x25]);
+    c.extend_from_slice(&a(NEXT));
+}
+
 /// Masks the 8259s, sets up an IDT, the local APIC and the IO-APIC (pin
 /// 2, our PIT's IRQ 0, edge, vector 0x30; pin 8, the RTC, edge, 0x31; pin
 /// 9, the ACPI SCI, level, 0x32; all to APIC ID 0), runs the PIT at 1 kHz
@@ -71,21 +150,10 @@ pub(super) fn next(c: &mut Vec<u8>, at: usize) {
 /// and the IO-APIC must deliver it again (the second run finds nothing to
 /// clear). Then it prints "SCI twice" and powers off.
 pub fn ioapic_interrupts(power_button: bool) -> Vec<u8> {
-    let mut c = Vec::new();
-    c.push(0xbc); // mov esp, STACK_TOP
-    c.extend_from_slice(&a(STACK_TOP));
-    c.extend_from_slice(&[0x8c, 0xc9]); // mov ecx, cs
-    c.extend_from_slice(&[0xc1, 0xe1, 0x10]); // shl ecx, 16
-                                              // The gates, filled in below once the handlers' places are known:
-                                              // for each, mov eax, ecx; or eax, handler_lo; mov [gate], eax;
-                                              // mov dword [gate + 4], handler_hi | 0x8E00 (a 32-bit interrupt gate).
-    let gates = c.len();
-    let gate_len = 2 + 5 + 5 + 10;
-    c.resize(gates + gate_len * VECTORS.len(), 0x90);
+    let (mut c, gates) = prologue(VECTORS.len());
     // Both 8259s masked: KVM's would interrupt through LINT0 (ExtINT).
     c.extend_from_slice(&[0xb0, 0xff, 0xe6, 0x21, 0xe6, 0xa1]);
-    c.extend_from_slice(&[0x0f, 0x01, 0x1d]); // lidt [IDTR]
-    c.extend_from_slice(&a(IDTR));
+    load_idt(&mut c);
     store(&mut c, LAPIC_SVR, 0x1ff);
     for (pin, vector, level) in [
         (2u32, VECTORS[0], false),
@@ -124,7 +192,7 @@ pub fn ioapic_interrupts(power_button: bool) -> Vec<u8> {
         0xb0, 0x30, 0xe6, 0x43,
         0xb0, 0x0b, 0xe6, 0x70, 0xb0, 0x02, 0xe6, 0x71,
     ]);
-    c.extend(print(LOAD_ADDR + MESSAGES));
+    c.extend(print(message(0, SPACING)));
     if power_button {
         c.extend_from_slice(&[0x66, 0xba]); // mov dx, PM1_EN
         c.extend_from_slice(&(port::PM1A_EVT_BLK + 2).to_le_bytes());
@@ -132,23 +200,17 @@ pub fn ioapic_interrupts(power_button: bool) -> Vec<u8> {
         c.extend_from_slice(&[0x66, 0xef]); // out dx, ax
         let sci = c.len() + 10 + 17;
         next(&mut c, sci);
-        c.extend(print(LOAD_ADDR + MESSAGES + 0x20));
+        c.extend(print(message(1, SPACING)));
         assert_eq!(c.len(), sci);
         // sci: (interrupts off) the second one seen?
         below(&mut c, SCI_COUNT, 2, wait);
-        c.extend(print(LOAD_ADDR + MESSAGES + 0x40));
+        c.extend(print(message(2, SPACING)));
         c.extend(acpi_poweroff());
     } else {
         c.extend_from_slice(I8042_RESET);
     }
 
-    // The handlers, each ending with: mov esp, STACK_TOP; jmp [NEXT].
-    let go_on = |c: &mut Vec<u8>| {
-        c.push(0xbc);
-        c.extend_from_slice(&a(STACK_TOP));
-        c.extend_from_slice(&[0xff, 0x25]);
-        c.extend_from_slice(&a(NEXT));
-    };
+    // The handlers, each ending with `go_on`.
     let mut handlers = Vec::new();
     handlers.push(LOAD_ADDR + c.len() as u64); // PIT
     c.extend_from_slice(&[0xff, 0x05]); // inc dword [PIT_COUNT]
@@ -170,31 +232,8 @@ pub fn ioapic_interrupts(power_button: bool) -> Vec<u8> {
     c.extend_from_slice(&[0x66, 0xed, 0x66, 0xef]); // in ax, dx; out dx, ax
     go_on(&mut c);
 
-    for (i, (&vector, &h)) in VECTORS.iter().zip(&handlers).enumerate() {
-        let gate = LOAD_ADDR + IDT + 8 * u64::from(vector);
-        let mut g = vec![0x89, 0xc8, 0x0d]; // mov eax, ecx; or eax, lo
-        g.extend_from_slice(&((h & 0xffff) as u32).to_le_bytes());
-        g.push(0xa3); // mov [gate], eax
-        g.extend_from_slice(&le32(gate));
-        store(&mut g, (gate + 4) as u32, (h as u32 & 0xffff_0000) | 0x8e00);
-        let at = gates + i * gate_len;
-        c[at..at + gate_len].copy_from_slice(&g);
-    }
-    assert!(
-        c.len() as u64 <= MESSAGES,
-        "the code fits before the messages"
-    );
-    c.resize(MESSAGES as usize, 0x90);
-    for (i, m) in [TICKS, WAITING, SCI].iter().enumerate() {
-        c.resize(MESSAGES as usize + 0x20 * i, 0);
-        c.extend_from_slice(m.as_bytes());
-    }
-    c.resize(IDTR as usize, 0);
-    let limit = 8 * (u16::from(VECTORS[2]) + 1) - 1;
-    c.extend_from_slice(&limit.to_le_bytes());
-    c.extend_from_slice(&a(IDT));
-    c.resize(STACK_TOP as usize, 0);
-    pvh_elf(&[(LOAD_ADDR, &c)], LOAD_ADDR)
+    fill_gates(&mut c, gates, &VECTORS, &handlers);
+    epilogue(c, &[TICKS, WAITING, SCI], SPACING, VECTORS[2])
 }
 
 /// What [`ioapic_interrupts`] prints, in order (the power button's lines

@@ -3,19 +3,15 @@
 //! firmware leaves it), as `noapic` guests do: the same on KVM's irqchip
 //! and on the split one (our 8259s, KVM_INTERRUPT).
 
-use super::interrupts::{a, below, next, store, NEXT};
-use super::{le32, print, pvh_elf, I8042_RESET, LOAD_ADDR};
+use super::interrupts::{a, below, epilogue, fill_gates, go_on, load_idt, message, next, prologue};
+use super::{print, I8042_RESET, LOAD_ADDR};
 use crate::layout::port;
 
-/// Offsets in [`pic_interrupts`]' one page (`NEXT`, where the handlers go
-/// on, is `interrupts.rs`'s).
-const IDTR: u64 = 0x700;
-const IDT: u64 = 0x800;
+/// The counts in [`pic_interrupts`]' one page (the rest of its layout is
+/// `interrupts.rs`'s).
 const PIT_COUNT: u64 = 0xC00;
 const COM_COUNT: u64 = 0xC04;
 const RTC_COUNT: u64 = 0xC08;
-const STACK_TOP: u64 = 0x1000;
-const MESSAGES: u64 = 0x600;
 /// The master's vectors from 0x20: IRQ 0 (the PIT), IRQ 4 (COM1), IRQ 7
 /// (its spurious one); the slave's from 0x28: IRQ 8 (the RTC), IRQ 15
 /// (its spurious one).
@@ -24,6 +20,8 @@ const VECTORS: [u8; 5] = [0x20, 0x24, 0x27, 0x28, 0x2F];
 const TICKS: &str = "PIT and RTC ticked through the PICs\n";
 const COM1: &str = "COM1 interrupted through the PIC\n";
 const KEYS: &str = "keys echoed until q\n";
+/// The messages' spacing.
+const SPACING: u64 = 0x40;
 
 /// Programs both 8259s (ICW1-4: vectors 0x20 and 0x28, the slave on IRQ
 /// 2, 8086 mode, normal EOI) and unmasks IRQ 0, 2 (the cascade), 4 and 8
@@ -46,16 +44,8 @@ const KEYS: &str = "keys echoed until q\n";
 /// interrupt, prints "keys echoed until q" and waits: the IRQ 4 handler
 /// echoes every byte received and resets through the i8042 on a `q`.
 pub fn pic_interrupts(echo: bool) -> Vec<u8> {
-    let mut c = Vec::new();
-    c.push(0xbc); // mov esp, STACK_TOP
-    c.extend_from_slice(&a(STACK_TOP));
-    c.extend_from_slice(&[0x8c, 0xc9]); // mov ecx, cs
-    c.extend_from_slice(&[0xc1, 0xe1, 0x10]); // shl ecx, 16
-    let gates = c.len();
-    let gate_len = 2 + 5 + 5 + 10;
-    c.resize(gates + gate_len * VECTORS.len(), 0x90);
-    c.extend_from_slice(&[0x0f, 0x01, 0x1d]); // lidt [IDTR]
-    c.extend_from_slice(&a(IDTR));
+    let (mut c, gates) = prologue(VECTORS.len());
+    load_idt(&mut c);
     #[rustfmt::skip]
     c.extend_from_slice(&[
         // Master: ICW1 (edge, cascade, ICW4), ICW2 0x20, ICW3 (slave on
@@ -97,7 +87,7 @@ pub fn pic_interrupts(echo: bool) -> Vec<u8> {
         0xb0, 0x30, 0xe6, 0x43,
         0xb0, 0x0b, 0xe6, 0x70, 0xb0, 0x02, 0xe6, 0x71,
     ]);
-    c.extend(print(LOAD_ADDR + MESSAGES));
+    c.extend(print(message(0, SPACING)));
     let ier = |c: &mut Vec<u8>, v: u8| {
         c.extend_from_slice(&[0x66, 0xba]); // mov dx, COM1 + 1 (IER)
         c.extend_from_slice(&(port::COM1 + 1).to_le_bytes());
@@ -110,12 +100,12 @@ pub fn pic_interrupts(echo: bool) -> Vec<u8> {
     // com: (interrupts off) taken?
     below(&mut c, COM_COUNT, 1, wait);
     ier(&mut c, 0);
-    c.extend(print(LOAD_ADDR + MESSAGES + 0x40));
+    c.extend(print(message(1, SPACING)));
     if echo {
         // Keys: received data interrupts, echoed by the handler.
         ier(&mut c, 0x01);
         next(&mut c, wait);
-        c.extend(print(LOAD_ADDR + MESSAGES + 0x80));
+        c.extend(print(message(2, SPACING)));
         let back = wait as i64 - (c.len() as i64 + 5);
         c.push(0xe9); // jmp wait
         c.extend_from_slice(&(back as i32).to_le_bytes());
@@ -123,13 +113,7 @@ pub fn pic_interrupts(echo: bool) -> Vec<u8> {
         c.extend_from_slice(I8042_RESET);
     }
 
-    // The handlers: count, EOI, then mov esp, STACK_TOP; jmp [NEXT].
-    let go_on = |c: &mut Vec<u8>| {
-        c.push(0xbc);
-        c.extend_from_slice(&a(STACK_TOP));
-        c.extend_from_slice(&[0xff, 0x25]);
-        c.extend_from_slice(&a(NEXT));
-    };
+    // The handlers: count, EOI, then `go_on`.
     let eoi = [0xb0, 0x20, 0xe6, 0x20]; // mov al, 0x20; out 0x20, al
     let mut handlers = Vec::new();
     handlers.push(LOAD_ADDR + c.len() as u64); // IRQ 0
@@ -186,31 +170,8 @@ pub fn pic_interrupts(echo: bool) -> Vec<u8> {
     c.extend_from_slice(&eoi);
     go_on(&mut c);
 
-    for (i, (&vector, &h)) in VECTORS.iter().zip(&handlers).enumerate() {
-        let gate = LOAD_ADDR + IDT + 8 * u64::from(vector);
-        let mut g = vec![0x89, 0xc8, 0x0d]; // mov eax, ecx; or eax, lo
-        g.extend_from_slice(&((h & 0xffff) as u32).to_le_bytes());
-        g.push(0xa3); // mov [gate], eax
-        g.extend_from_slice(&le32(gate));
-        store(&mut g, (gate + 4) as u32, (h as u32 & 0xffff_0000) | 0x8e00);
-        let at = gates + i * gate_len;
-        c[at..at + gate_len].copy_from_slice(&g);
-    }
-    assert!(
-        c.len() as u64 <= MESSAGES,
-        "the code fits before the messages"
-    );
-    c.resize(MESSAGES as usize, 0x90);
-    for (i, m) in [TICKS, COM1, KEYS].iter().enumerate() {
-        c.resize(MESSAGES as usize + 0x40 * i, 0);
-        c.extend_from_slice(m.as_bytes());
-    }
-    c.resize(IDTR as usize, 0);
-    let limit = 8 * (u16::from(VECTORS[4]) + 1) - 1;
-    c.extend_from_slice(&limit.to_le_bytes());
-    c.extend_from_slice(&a(IDT));
-    c.resize(STACK_TOP as usize, 0);
-    pvh_elf(&[(LOAD_ADDR, &c)], LOAD_ADDR)
+    fill_gates(&mut c, gates, &VECTORS, &handlers);
+    epilogue(c, &[TICKS, COM1, KEYS], SPACING, VECTORS[4])
 }
 
 /// What [`pic_interrupts`] prints, in order (the last one only with
