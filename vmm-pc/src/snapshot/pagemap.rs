@@ -68,12 +68,10 @@ pub unsafe fn discard(addr: usize, len: usize) -> io::Result<()> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_written_page_is_touched_and_a_fresh_one_is_not() {
-        // Two pages of fresh anonymous memory.
-        let len = 2 * 4096;
-        // SAFETY: a private anonymous mapping of `len` bytes, unmapped
-        // below; no other memory is touched.
+    /// `len` bytes of fresh private anonymous memory; the caller unmaps it.
+    fn anonymous(len: usize) -> *mut libc::c_void {
+        // SAFETY: a new private anonymous mapping of `len` bytes; no other
+        // memory is touched.
         let ptr = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
@@ -85,6 +83,14 @@ mod tests {
             )
         };
         assert_ne!(ptr, libc::MAP_FAILED);
+        ptr
+    }
+
+    #[test]
+    fn a_written_page_is_touched_and_a_fresh_one_is_not() {
+        // Two pages of fresh anonymous memory.
+        let len = 2 * 4096;
+        let ptr = anonymous(len);
         // SAFETY: the first byte of the mapping made above.
         unsafe { *(ptr as *mut u8) = 1 };
         let flags = untouched(ptr as usize, len).unwrap();
@@ -96,19 +102,7 @@ mod tests {
     #[test]
     fn a_discarded_page_reads_as_zeroes_and_is_untouched_again() {
         let len = 2 * 4096;
-        // SAFETY: a private anonymous mapping of `len` bytes, unmapped
-        // below; no other memory is touched.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        assert_ne!(ptr, libc::MAP_FAILED);
+        let ptr = anonymous(len);
         // SAFETY: the first byte of the mapping made above.
         unsafe { *(ptr as *mut u8) = 7 };
         // SAFETY: the mapping made above, only this test's.
