@@ -10,7 +10,7 @@ use crate::layout::port;
 const MESSAGES: u64 = 0x600;
 const IDTR: u64 = 0x700;
 const IDT: u64 = 0x800;
-const PIT_COUNT: u64 = 0xC00;
+pub(super) const PIT_COUNT: u64 = 0xC00;
 const RTC_COUNT: u64 = 0xC04;
 const SCI_COUNT: u64 = 0xC08;
 /// Where the handlers go on (an address in the program).
@@ -122,6 +122,42 @@ pub(super) fn load_idt(c: &mut Vec<u8>) {
     c.extend_from_slice(&a(IDTR));
 }
 
+/// Runs the PIT at 1 kHz (channel 0, mode 2) and the RTC's periodic
+/// interrupt at 1024 Hz, waits (`sti; hlt`) until the handlers have
+/// counted 50 of each (the PIT's at `PIT_COUNT`, the RTC's at
+/// `rtc_count`), then stops both. Returns where the wait is, for later
+/// waits.
+pub(super) fn tick_both(c: &mut Vec<u8>, rtc_count: u64) -> usize {
+    #[rustfmt::skip]
+    c.extend_from_slice(&[
+        // PIT channel 0, mode 2, count 1193 (1 kHz).
+        0xb0, 0x34, 0xe6, 0x43,
+        0xb0, 0xa9, 0xe6, 0x40,
+        0xb0, 0x04, 0xe6, 0x40,
+        // RTC: rate 6 (1024 Hz) in A, PIE in B, C read to start clean.
+        0xb0, 0x0a, 0xe6, 0x70, 0xb0, 0x26, 0xe6, 0x71,
+        0xb0, 0x0b, 0xe6, 0x70, 0xe4, 0x71, 0x0c, 0x40, 0x88, 0xc4,
+        0xb0, 0x0b, 0xe6, 0x70, 0x88, 0xe0, 0xe6, 0x71,
+        0xb0, 0x0c, 0xe6, 0x70, 0xe4, 0x71,
+    ]);
+    let ticks = c.len() + 10 + 2 + 4;
+    next(c, ticks);
+    c.extend_from_slice(&[0xeb, 0x04]); // jmp ticks
+    let wait = c.len();
+    c.extend_from_slice(&[0xfb, 0xf4, 0xeb, 0xfc]); // wait: sti; hlt; jmp wait
+    assert_eq!(c.len(), ticks);
+    // ticks: (interrupts off) enough of both?
+    below(c, PIT_COUNT, 50, wait);
+    below(c, rtc_count, 50, wait);
+    #[rustfmt::skip]
+    c.extend_from_slice(&[
+        // Both stopped: the PIT in mode 0 with no count, PIE cleared.
+        0xb0, 0x30, 0xe6, 0x43,
+        0xb0, 0x0b, 0xe6, 0x70, 0xb0, 0x02, 0xe6, 0x71,
+    ]);
+    wait
+}
+
 /// How every handler ends: `mov esp, STACK_TOP; jmp [NEXT]` (a fresh
 /// stack, then where the program goes on).
 pub(super) fn go_on(c: &mut Vec<u8>) {
@@ -165,33 +201,7 @@ pub fn ioapic_interrupts(power_button: bool) -> Vec<u8> {
         store(&mut c, IOREGSEL, 0x10 + 2 * pin);
         store(&mut c, IOWIN, u32::from(vector) | u32::from(level) << 15);
     }
-    #[rustfmt::skip]
-    c.extend_from_slice(&[
-        // PIT channel 0, mode 2, count 1193 (1 kHz).
-        0xb0, 0x34, 0xe6, 0x43,
-        0xb0, 0xa9, 0xe6, 0x40,
-        0xb0, 0x04, 0xe6, 0x40,
-        // RTC: rate 6 (1024 Hz) in A, PIE in B, C read to start clean.
-        0xb0, 0x0a, 0xe6, 0x70, 0xb0, 0x26, 0xe6, 0x71,
-        0xb0, 0x0b, 0xe6, 0x70, 0xe4, 0x71, 0x0c, 0x40, 0x88, 0xc4,
-        0xb0, 0x0b, 0xe6, 0x70, 0x88, 0xe0, 0xe6, 0x71,
-        0xb0, 0x0c, 0xe6, 0x70, 0xe4, 0x71,
-    ]);
-    let ticks = c.len() + 10 + 2 + 4;
-    next(&mut c, ticks);
-    c.extend_from_slice(&[0xeb, 0x04]); // jmp ticks
-    let wait = c.len();
-    c.extend_from_slice(&[0xfb, 0xf4, 0xeb, 0xfc]); // wait: sti; hlt; jmp wait
-    assert_eq!(c.len(), ticks);
-    // ticks: (interrupts off) enough of both?
-    below(&mut c, PIT_COUNT, 50, wait);
-    below(&mut c, RTC_COUNT, 50, wait);
-    #[rustfmt::skip]
-    c.extend_from_slice(&[
-        // Both stopped: the PIT in mode 0 with no count, PIE cleared.
-        0xb0, 0x30, 0xe6, 0x43,
-        0xb0, 0x0b, 0xe6, 0x70, 0xb0, 0x02, 0xe6, 0x71,
-    ]);
+    let wait = tick_both(&mut c, RTC_COUNT);
     c.extend(print(message(0, SPACING)));
     if power_button {
         c.extend_from_slice(&[0x66, 0xba]); // mov dx, PM1_EN

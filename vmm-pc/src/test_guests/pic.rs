@@ -3,13 +3,14 @@
 //! firmware leaves it), as `noapic` guests do: the same on KVM's irqchip
 //! and on the split one (our 8259s, KVM_INTERRUPT).
 
-use super::interrupts::{a, below, epilogue, fill_gates, go_on, load_idt, message, next, prologue};
+use super::interrupts::{
+    a, below, epilogue, fill_gates, go_on, load_idt, message, next, prologue, tick_both, PIT_COUNT,
+};
 use super::{print, I8042_RESET, LOAD_ADDR};
 use crate::layout::port;
 
 /// The counts in [`pic_interrupts`]' one page (the rest of its layout is
 /// `interrupts.rs`'s).
-const PIT_COUNT: u64 = 0xC00;
 const COM_COUNT: u64 = 0xC04;
 const RTC_COUNT: u64 = 0xC08;
 /// The master's vectors from 0x20: IRQ 0 (the PIT), IRQ 4 (COM1), IRQ 7
@@ -62,31 +63,8 @@ pub fn pic_interrupts(echo: bool) -> Vec<u8> {
         // Masks: IRQ 0, 2 and 4 open on the master, IRQ 8 on the slave.
         0xb0, 0xea, 0xe6, 0x21,
         0xb0, 0xfe, 0xe6, 0xa1,
-        // PIT channel 0, mode 2, count 1193 (1 kHz).
-        0xb0, 0x34, 0xe6, 0x43,
-        0xb0, 0xa9, 0xe6, 0x40,
-        0xb0, 0x04, 0xe6, 0x40,
-        // RTC: rate 6 (1024 Hz) in A, PIE in B, C read to start clean.
-        0xb0, 0x0a, 0xe6, 0x70, 0xb0, 0x26, 0xe6, 0x71,
-        0xb0, 0x0b, 0xe6, 0x70, 0xe4, 0x71, 0x0c, 0x40, 0x88, 0xc4,
-        0xb0, 0x0b, 0xe6, 0x70, 0x88, 0xe0, 0xe6, 0x71,
-        0xb0, 0x0c, 0xe6, 0x70, 0xe4, 0x71,
     ]);
-    let ticks = c.len() + 10 + 2 + 4;
-    next(&mut c, ticks);
-    c.extend_from_slice(&[0xeb, 0x04]); // jmp ticks
-    let wait = c.len();
-    c.extend_from_slice(&[0xfb, 0xf4, 0xeb, 0xfc]); // wait: sti; hlt; jmp wait
-    assert_eq!(c.len(), ticks);
-    // ticks: (interrupts off) enough?
-    below(&mut c, PIT_COUNT, 50, wait);
-    below(&mut c, RTC_COUNT, 50, wait);
-    #[rustfmt::skip]
-    c.extend_from_slice(&[
-        // Both stopped: the PIT in mode 0 with no count, PIE cleared.
-        0xb0, 0x30, 0xe6, 0x43,
-        0xb0, 0x0b, 0xe6, 0x70, 0xb0, 0x02, 0xe6, 0x71,
-    ]);
+    let wait = tick_both(&mut c, RTC_COUNT);
     c.extend(print(message(0, SPACING)));
     let ier = |c: &mut Vec<u8>, v: u8| {
         c.extend_from_slice(&[0x66, 0xba]); // mov dx, COM1 + 1 (IER)
