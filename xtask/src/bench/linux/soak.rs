@@ -181,6 +181,13 @@ fn last_guest_time(log: &str) -> Option<f64> {
     })
 }
 
+/// Whether `line` is one of our VMM's own log lines on stderr
+/// (`[2026-12-03T23:02:30.487651Z INFO ...]`), not the guest's.
+fn is_vmm_log_line(line: &str) -> bool {
+    let b = line.trim_start().as_bytes();
+    b.len() > 6 && b[0] == b'[' && b[1..5].iter().all(u8::is_ascii_digit) && b[5] == b'-'
+}
+
 /// The shell line running `boot` once, its VMM serving QMP for the dump.
 fn boot_line(boot: &Boot) -> String {
     let cpus = boot.config.cpus;
@@ -431,7 +438,11 @@ fn report(o: &Options, ended: &[Ended], pending: &[Boot], l1: &L1, took: Duratio
         let _ = writeln!(s, "\nnever run (L1 sessions ran out): {}", pending.len());
     }
     for e in ended.iter().filter(|e| e.end != End::Ok) {
-        let last = e.log.lines().rev().find(|l| !l.trim().is_empty());
+        let last = e
+            .log
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty() && !is_vmm_log_line(l));
         let _ = writeln!(
             s,
             "\n## {:?}: {} (status {})\n\nlast guest time: {}; last line: {}\n\n```\n{}\n```",
@@ -452,6 +463,16 @@ fn report(o: &Options, ended: &[Ended], pending: &[Boot], l1: &L1, took: Duratio
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vmm_log_lines_are_told_from_the_guest_s() {
+        assert!(is_vmm_log_line(
+            "[2026-12-03T23:02:30.487651Z INFO  vmm_qmp::server] QMP: client 1 left"
+        ));
+        assert!(!is_vmm_log_line("[    3.821626] ACPI: Using IOAPIC"));
+        assert!(!is_vmm_log_line("[    0.031005]   node   0: [mem 0x1000"));
+        assert!(!is_vmm_log_line(""));
+    }
 
     #[test]
     fn options() {
