@@ -72,10 +72,6 @@ fn boot(test: &str, kernel: fn(&GuestFiles) -> &Path, cpus: u32, end: &str) {
     .file("initrd", &initrd)
     .timeout(std::time::Duration::from_secs(180));
     let out = run(test, &g, &job);
-    eprintln!(
-        "{test}: L1 ready after {:?}, whole run {:?}",
-        out.l1_boot, out.total
-    );
     let report = parse_report(&out.console).unwrap_or_else(|| {
         panic!(
             "{test}: no report from the guest (vmm status {:?}).\nconsole:\n{}\nvmm stderr:\n{}\nL1 console:\n{}",
@@ -178,10 +174,6 @@ fn probe_boot(test: &str, args: &[&str], append: &str, script: &str, end: &str) 
         .file("initrd", &initrd)
         .timeout(std::time::Duration::from_secs(240));
     let out = run(test, &g, &job);
-    eprintln!(
-        "{test}: L1 ready after {:?}, whole run {:?}",
-        out.l1_boot, out.total
-    );
     assert!(
         out.console.contains("@@DONE"),
         "{test}: the guest did not finish (vmm status {:?}).\nconsole:\n{}\nvmm stderr:\n{}",
@@ -483,10 +475,6 @@ while true; do sleep 1; done";
         .timeout(std::time::Duration::from_secs(420));
         let out = run(test, &g, &job);
         let c = &out.console;
-        eprintln!(
-            "{test}: L1 ready after {:?}, whole run {:?}",
-            out.l1_boot, out.total
-        );
         assert!(
             !c.contains("@@QMPFAIL"),
             "{test}: a QMP step failed:\n{c}\n{}",
@@ -586,10 +574,6 @@ echo c > /proc/sysrq-trigger";
         .timeout(std::time::Duration::from_secs(420));
         let out = run(test, &g, &job);
         let c = &out.console;
-        eprintln!(
-            "{test}: L1 ready after {:?}, whole run {:?}",
-            out.l1_boot, out.total
-        );
         assert!(
             !c.contains("@@QMPFAIL"),
             "{test}: a QMP step failed:\n{c}\n{}",
@@ -660,10 +644,6 @@ while true; do sleep 1; done";
         });
         let py = client.wait_with_output().unwrap();
         let said = String::from_utf8_lossy(&py.stdout).into_owned();
-        eprintln!(
-            "{test}: L1 ready after {:?}, whole run {:?}",
-            out.l1_boot, out.total
-        );
         assert!(
             py.status.success(),
             "{test}: the Python client failed:\n{said}\n{}\nconsole:\n{}\nvmm stderr:\n{}",

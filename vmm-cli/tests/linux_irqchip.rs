@@ -9,7 +9,9 @@
 //! Nested like the other Linux tests (see linux.rs); SKIP without KVM or
 //! the guest files.
 
-use vmm_testbed::Job;
+use std::path::Path;
+
+use vmm_testbed::{GuestFiles, Job};
 
 mod common;
 mod linux_common;
@@ -20,6 +22,30 @@ use linux_common::{build_static, guest, nested_retry, run, test_initrd};
 const APPEND: &str = "console=ttyS0 reboot=k panic=1 i8042.noaux i8042.nomux i8042.nopnp";
 /// The Debian kernel's HZ.
 const GUEST_HZ: f64 = 250.0;
+
+/// Debian's kernel with `initrd` and `append` on 2 vCPUs, 512 MiB and the
+/// split irqchip, plus `extra` arguments; 360 s at most.
+fn split_job(g: &GuestFiles, initrd: &Path, append: &str, extra: &[&str]) -> Job {
+    let mut args = vec![
+        "--kernel",
+        "kernel",
+        "--initrd",
+        "initrd",
+        "--memory",
+        "512M",
+        "--cpus",
+        "2",
+        "--irqchip",
+        "split",
+        "--append",
+        append,
+    ];
+    args.extend_from_slice(extra);
+    Job::new(args)
+        .file("kernel", &g.bzimage)
+        .file("initrd", initrd)
+        .timeout(std::time::Duration::from_secs(360))
+}
 
 /// The rate of the `@@NAME key rate` line whose key is `key`.
 fn rate(console: &str, name: &str, key: &str) -> f64 {
@@ -67,35 +93,16 @@ while true; do sleep 1; done";
             'file:console.log:@@ARMED' system_powerdown event:POWERDOWN event:SHUTDOWN; \
             echo @@CONSOLE; cat console.log";
         let append = format!("{APPEND} no-kvmclock nolapic_timer nohz=off highres=off");
-        let job = Job::new([
-            "--kernel",
-            "kernel",
-            "--initrd",
-            "initrd",
-            "--memory",
-            "512M",
-            "--cpus",
-            "2",
-            "--irqchip",
-            "split",
-            "--append",
+        let job = split_job(
+            &g,
+            &initrd,
             &append,
-            "--qmp",
-            "qmp.sock",
-            "--serial",
-            "file:console.log",
-        ])
-        .file("kernel", &g.bzimage)
-        .file("initrd", &initrd)
+            &["--qmp", "qmp.sock", "--serial", "file:console.log"],
+        )
         .file("qmpclient", &client)
-        .companion(companion)
-        .timeout(std::time::Duration::from_secs(360));
+        .companion(companion);
         let out = run(test, &g, &job);
         let c = &out.console;
-        eprintln!(
-            "{test}: L1 ready after {:?}, whole run {:?}",
-            out.l1_boot, out.total
-        );
         assert!(
             !c.contains("@@QMPFAIL"),
             "{test}: a QMP step failed:\n{c}\n{}",
@@ -161,29 +168,9 @@ echo @@DONE
 poweroff -f";
         let initrd = test_initrd(&g, &dir, script, &[], true);
         let append = format!("{APPEND} noapic no-kvmclock nolapic_timer nohz=off highres=off");
-        let job = Job::new([
-            "--kernel",
-            "kernel",
-            "--initrd",
-            "initrd",
-            "--memory",
-            "512M",
-            "--cpus",
-            "2",
-            "--irqchip",
-            "split",
-            "--append",
-            &append,
-        ])
-        .file("kernel", &g.bzimage)
-        .file("initrd", &initrd)
-        .timeout(std::time::Duration::from_secs(360));
+        let job = split_job(&g, &initrd, &append, &[]);
         let out = run(test, &g, &job);
         let c = &out.console;
-        eprintln!(
-            "{test}: L1 ready after {:?}, whole run {:?}",
-            out.l1_boot, out.total
-        );
         assert_eq!(
             out.status,
             Some(0),

@@ -76,19 +76,25 @@ pub fn nested_retry(test: &str, body: impl Fn()) {
 
 /// Runs `job` where Linux boots (see the module docs), one nested boot at
 /// a time: each L1 already keeps both host cores busy under TCG, and
-/// starving it only makes runs slower and flakier. A failure panics (with
+/// starving it only makes runs slower and flakier. Prints how long L1
+/// took to be ready and the whole run. A failure panics (with
 /// [`L1_FAULT`] first when L1 itself failed), and [`nested_retry`] decides
 /// whether the test runs again.
 pub fn run(test: &str, g: &GuestFiles, job: &Job) -> Outcome {
     let vmm = Path::new(env!("CARGO_BIN_EXE_vmm"));
     static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    run_linux(g, vmm, job).unwrap_or_else(|e| match e {
+    let out = run_linux(g, vmm, job).unwrap_or_else(|e| match e {
         TestbedError::L1Ended { .. } | TestbedError::Silent { .. } => {
             panic!("{L1_FAULT}{test}: {e}")
         }
         e => panic!("{test}: {e}"),
-    })
+    });
+    eprintln!(
+        "{test}: L1 ready after {:?}, whole run {:?}",
+        out.l1_boot, out.total
+    );
+    out
 }
 
 /// A test initramfs: busybox, `/init` = the usual mounts then `script`,
