@@ -28,14 +28,17 @@ pub fn retry_line(test: &str, took: Duration, fault: &str, why: &str) -> String 
     )
 }
 
-/// Appends `line` to the retry record, if [`RETRY_LOG_ENV`] names one.
-/// A record that cannot be written is said on stderr, never a failure of
-/// the test.
-pub fn record(line: &str) {
+/// Records one retry, if [`RETRY_LOG_ENV`] names a record: its
+/// [`retry_line`] in the record and its [`detail_block`] in the details
+/// file beside it ([`details_path`]). A record that cannot be written is
+/// said on stderr, never a failure of the test.
+pub fn record(test: &str, took: Duration, fault: &str, why: &str) {
     let Some(path) = std::env::var_os(RETRY_LOG_ENV) else {
         return;
     };
-    write_or_say(Path::new(&path), line);
+    let path = Path::new(&path);
+    write_or_say(path, &retry_line(test, took, fault, why));
+    write_or_say(&details_path(path), &detail_block(test, why));
 }
 
 /// How many of a failed try's last lines [`record_details`] keeps: the
@@ -72,15 +75,6 @@ pub fn detail_block(test: &str, why: &str) -> String {
         out.push('\n');
     }
     out
-}
-
-/// Appends `test`'s [`detail_block`] to the details file, if
-/// [`RETRY_LOG_ENV`] names a record.
-pub fn record_details(test: &str, why: &str) {
-    let Some(path) = std::env::var_os(RETRY_LOG_ENV) else {
-        return;
-    };
-    write_or_say(&details_path(Path::new(&path)), &detail_block(test, why));
 }
 
 fn write_or_say(path: &Path, text: &str) {

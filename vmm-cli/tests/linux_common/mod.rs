@@ -68,8 +68,7 @@ pub fn nested_retry(test: &str, body: impl Fn()) {
             "the nested guest failed (see docs/nested/ for TCG's SVM fault)"
         };
         eprintln!("{test}: NESTED FAILURE, RETRYING ONCE: {fault}:\n{why}\n--- second run ---");
-        retries::record(&retries::retry_line(test, start.elapsed(), fault, why));
-        retries::record_details(test, why);
+        retries::record(test, start.elapsed(), fault, why);
         body();
     }
 }
