@@ -12,6 +12,13 @@ checks what a user would:
    (nested on a PVM host, through the bridge out of L1), and `quit` ends the
    run with status 0.
 
+Nested, L1 (the test bed's Linux under QEMU/TCG) now and then hangs in its
+own boot, before our VMM starts (an L1 fault: docs/nested/README.md). The
+check tells that apart by the line L1 prints once it is up ("test bed: L1
+up after ..."): a run with no such line within L1_UP_LIMIT is an L1 fault,
+printed loudly with QEMU's CPU time, and that run alone is tried once more.
+A run whose L1 came up and whose guest then gave no prompt fails the check.
+
 Usage: python3 .ci/readme_check.py [--clone]
   --clone  first `git clone` this checkout into a temporary folder and run
            there (a fresh clone: cold build, guest fetched anew). CI runs
@@ -31,6 +38,16 @@ import time
 # A cold build (a minute or two on 2 cores) and the guest fetch come first.
 FIRST_PROMPT_LIMIT = 900
 PROMPT_LIMIT = 240
+# From xtask's "running ... nested" notice to L1's "up" line: about 5-10 s
+# on an idle host, a few times that on a busy one.
+L1_UP_LIMIT = 150
+NESTED_NOTICE = b"running the same VMM and guest nested"
+L1_UP = b"test bed: L1 up after"
+L1_UP_END = b"starting the VMM"
+
+
+class L1Fault(Exception):
+    """L1 never came up: the test bed's fault, not the VMM's."""
 
 
 class Pty:
@@ -44,11 +61,14 @@ class Pty:
         self.out = b""
 
     def read_until(self, needle, limit):
+        return self.read_until_any([needle], limit)
+
+    def read_until_any(self, needles, limit):
         end = time.monotonic() + limit
-        while needle not in self.out:
+        while not any(n in self.out for n in needles):
             left = end - time.monotonic()
             if left <= 0:
-                raise TimeoutError(f"no {needle!r} within {limit} s; last output:\n"
+                raise TimeoutError(f"no {needles!r} within {limit} s; last output:\n"
                                    + self.tail())
             r, _, _ = select.select([self.fd], [], [], min(left, 1.0))
             if r:
@@ -57,7 +77,7 @@ class Pty:
                 except OSError:
                     chunk = b""
                 if not chunk:
-                    raise EOFError(f"ended before {needle!r}; last output:\n" + self.tail())
+                    raise EOFError(f"ended before {needles!r}; last output:\n" + self.tail())
                 self.out += chunk
         return self.out
 
@@ -77,11 +97,83 @@ class Pty:
             pid, status = os.waitpid(self.pid, os.WNOHANG)
             if pid:
                 return os.waitstatus_to_exitcode(status)
-        os.kill(self.pid, 9)
+        self.kill()
         raise TimeoutError(f"did not end within {limit} s; last output:\n" + self.tail())
 
     def tail(self):
         return self.out[-3000:].decode(errors="replace")
+
+    def session(self):
+        """(pid, name, CPU seconds) of every process in the command's
+        session (pty.fork made it a session leader)."""
+        tick = os.sysconf("SC_CLK_TCK")
+        found = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            name = stat[stat.find("(") + 1:stat.rfind(")")]
+            fields = stat[stat.rfind(")") + 2:].split()
+            # fields[3] is the session id, fields[11] and [12] utime, stime.
+            if int(fields[3]) == self.pid:
+                found.append((int(entry), name, (int(fields[11]) + int(fields[12])) / tick))
+        return found
+
+    def kill(self):
+        """Ends the command and everything it started (its whole session:
+        cargo, xtask and QEMU may sit in process groups of their own)."""
+        for pid, _, _ in self.session():
+            try:
+                os.kill(pid, 9)
+            except OSError:
+                pass
+        try:
+            os.waitpid(self.pid, 0)
+        except OSError:
+            pass
+
+    def qemu_cpu_seconds(self):
+        """CPU seconds used by the QEMU processes this command started."""
+        return [cpu for _, name, cpu in self.session() if name.startswith("qemu-system")]
+
+
+def to_prompt(argv, repo, limit):
+    """Runs argv in a pty until the guest's shell prompt, within limit
+    seconds; nested, L1's "up" line must come within L1_UP_LIMIT of xtask's
+    notice, or the run is an L1Fault (killed). Returns the Pty."""
+    start = time.monotonic()
+    p = Pty(argv, repo)
+    try:
+        p.read_until_any([b"/ # ", NESTED_NOTICE], limit)
+        if b"/ # " not in p.out:
+            try:
+                p.read_until(L1_UP_END, L1_UP_LIMIT)
+            except TimeoutError:
+                raise L1Fault(f"L1 did not come up within {L1_UP_LIMIT} s of the nested "
+                              f"notice (QEMU's CPU seconds: {p.qemu_cpu_seconds()}); "
+                              f"last output:\n{p.tail()}") from None
+            up = p.out[p.out.find(L1_UP):p.out.find(L1_UP_END)].decode(errors="replace")
+            up = up.rstrip("; ")
+            step(f"  {up}")
+            p.read_until(b"/ # ", max(limit - (time.monotonic() - start), PROMPT_LIMIT))
+    except BaseException:
+        p.kill()
+        raise
+    return p
+
+
+def to_prompt_retrying_l1(make_argv, repo, limit):
+    """to_prompt with make_argv(), tried once more (with a fresh
+    make_argv()) after an L1 fault, loudly."""
+    try:
+        return to_prompt(make_argv(), repo, limit)
+    except L1Fault as fault:
+        step(f"L1 FAULT (the test bed's, not the VMM's), RETRYING ONCE: {fault}")
+        return to_prompt(make_argv(), repo, limit)
 
 
 def step(text):
@@ -91,13 +183,16 @@ def step(text):
 def shell_round_trip(repo):
     step("cargo xtask run: shell, a command, Ctrl-A x")
     start = time.monotonic()
-    p = Pty(["cargo", "xtask", "run"], repo)
-    p.read_until(b"/ # ", FIRST_PROMPT_LIMIT)
+    p = to_prompt_retrying_l1(lambda: ["cargo", "xtask", "run"], repo, FIRST_PROMPT_LIMIT)
     step(f"  prompt after {time.monotonic() - start:.1f} s")
-    p.send(b"echo readme-$((6*7))\r")
-    p.read_until(b"readme-42", 60)
-    p.send(b"\x01x")
-    status = p.wait(60)
+    try:
+        p.send(b"echo readme-$((6*7))\r")
+        p.read_until(b"readme-42", 60)
+        p.send(b"\x01x")
+        status = p.wait(60)
+    except BaseException:
+        p.kill()
+        raise
     assert status == 0, f"cargo xtask run ended with {status} after Ctrl-A x:\n{p.tail()}"
     step("  ok (status 0)")
 
@@ -116,9 +211,15 @@ def qmp_from_the_host(repo):
     from qemu.qmp import QMPClient
 
     step("cargo xtask run -- --qmp PATH: QEMU's Python client from this host")
-    sock = os.path.join(tempfile.mkdtemp(prefix="readme-check-"), "vmm.qmp")
-    p = Pty(["cargo", "xtask", "run", "--", "--qmp", sock], repo)
-    p.read_until(b"/ # ", PROMPT_LIMIT)
+    socks = []
+
+    def argv():
+        # A fresh path per try: a killed try leaves its socket behind.
+        socks.append(os.path.join(tempfile.mkdtemp(prefix="readme-check-"), "vmm.qmp"))
+        return ["cargo", "xtask", "run", "--", "--qmp", socks[-1]]
+
+    p = to_prompt_retrying_l1(argv, repo, PROMPT_LIMIT)
+    sock = socks[-1]
 
     async def drive():
         q = QMPClient("readme-check")
@@ -134,8 +235,12 @@ def qmp_from_the_host(repo):
         except Exception:
             pass
 
-    asyncio.run(asyncio.wait_for(drive(), 60))
-    status = p.wait(60)
+    try:
+        asyncio.run(asyncio.wait_for(drive(), 60))
+        status = p.wait(60)
+    except BaseException:
+        p.kill()
+        raise
     assert status == 0, f"cargo xtask run ended with {status} after QMP quit:\n{p.tail()}"
     assert not os.path.exists(sock), "the QMP socket was left behind"
     step("  ok (query-status running, quit, status 0, socket removed)")

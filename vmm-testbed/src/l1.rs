@@ -43,6 +43,11 @@ pub fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
+/// The line an interactive L1 prints when it is up, before the VMM starts
+/// (followed by L1's uptime): a nested `cargo xtask run` that shows no such
+/// line never got past L1's own boot.
+pub const L1_UP_INTERACTIVE: &str = "test bed: L1 up after";
+
 /// The job script: batch (markers, output captured) or interactive (the
 /// VMM gets L1's console as its terminal).
 pub fn job_script(job: &Job, interactive: bool) -> String {
@@ -50,11 +55,14 @@ pub fn job_script(job: &Job, interactive: bool) -> String {
     let cmd = format!("/bin/vmm {}", args.join(" "));
     let ready = markers::L1_READY;
     if interactive {
-        // No marker lines: the user reads this console. The VMM's status
-        // leaves L1 on ttyS3 (see crate::Bridges); ttyS2, a file on the
-        // host, carries guest output byte for byte (raw).
+        // No marker lines: the user reads this console, and one line says
+        // that L1 is up ([`L1_UP_INTERACTIVE`]: until it comes, a silent
+        // console is L1's boot, not the VMM's). The VMM's status leaves L1
+        // on ttyS3 (see crate::Bridges); ttyS2, a file on the host, carries
+        // guest output byte for byte (raw).
         format!(
             "cd /job\n\
+             echo \"{L1_UP_INTERACTIVE} $(cut -d' ' -f1 /proc/uptime) s; starting the VMM\"\n\
              [ -e /dev/kvm ] || echo 'test bed: L1 has no /dev/kvm'\n\
              {setup}\
              stty -F {serial_file} raw -echo 2>/dev/null\n\
@@ -282,6 +290,8 @@ mod tests {
         // Interactive: no marker lines on the user's console; the status
         // leaves on ttyS3.
         assert!(!i.contains(markers::L1_READY), "{i}");
+        let up = i.find(L1_UP_INTERACTIVE).expect(&i);
+        assert!(up < i.find("/bin/vmm").unwrap(), "{i}");
         assert!(i.contains("echo $st >/dev/ttyS3"), "{i}");
     }
 
