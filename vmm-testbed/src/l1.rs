@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::initramfs::busybox_initramfs;
-use crate::{markers, GuestFiles, Job, TestbedError};
+use crate::{l2_exits, markers, GuestFiles, Job, TestbedError};
 
 /// `/init` of L1: mount, load KVM (AMD first: QEMU's `-cpu max` emulates
 /// SVM), run the job, power off.
@@ -74,9 +74,18 @@ pub fn job_script(job: &Job, interactive: bool) -> String {
             setup = setup_step(job),
         )
     } else {
+        // Sampled 45 s before the time limit (L1's boot, a few seconds,
+        // counts in the limit too), or at 10 s for short jobs.
+        let watch_at = job.timeout.as_secs().saturating_sub(45).max(10);
+        let watch = format!(
+            "( sleep {watch_at}; kill -0 $vmm_pid 2>/dev/null && l2_exits ) &\n\
+             watch_pid=$!\n"
+        );
         format!(
             "cd /job\n\
+             {sampler}\
              echo \"{ready} $(cut -d' ' -f1 /proc/uptime)\"\n\
+             l1_svm\n\
              if [ ! -e /dev/kvm ]; then echo '{err} L1 has no /dev/kvm'; exit; fi\n\
              {setup}\
              echo {out_begin}\n\
@@ -87,27 +96,43 @@ pub fn job_script(job: &Job, interactive: bool) -> String {
              cat /tmp/vmm.err\n\
              echo {err_end}\n",
             err = markers::ERROR,
+            sampler = l2_exits::sampler(),
             setup = setup_step(job),
             out_begin = markers::OUT_BEGIN,
             out_end = markers::OUT_END,
             err_begin = markers::ERR_BEGIN,
             err_end = markers::ERR_END,
+            // The VMM runs in the background, watched: still running near
+            // the job's time limit, L1's KVM exits of its vCPUs are
+            // sampled (crate::l2_exits).
             run = match &job.companion {
-                None => format!("{cmd} </dev/null 2>/tmp/vmm.err\nst=$?"),
-                // The VMM in the background, the companion beside it; a VMM
-                // still running 10 s after the companion is done gets
-                // SIGTERM (a failed companion must not leave the job
-                // waiting for its time limit); then both outputs.
+                None => format!(
+                    "{cmd} </dev/null 2>/tmp/vmm.err &\n\
+                     vmm_pid=$!\n\
+                     {watch}\
+                     wait $vmm_pid\n\
+                     st=$?\n\
+                     kill $watch_pid 2>/dev/null"
+                ),
+                // The companion beside the VMM; a VMM still running 10 s
+                // after the companion is done gets SIGTERM (a failed
+                // companion must not leave the job waiting for its time
+                // limit), and at 5 s its exits are sampled (a companion
+                // that gave up on a stuck guest, say); then both outputs.
                 Some(script) => format!(
                     "{env}\n\
                      {cmd} </dev/null >/tmp/vmm.out 2>/tmp/vmm.err &\n\
                      vmm_pid=$!\n\
+                     {watch}\
                      ( {script} ) >/tmp/companion.out 2>&1\n\
                      i=0\n\
-                     while kill -0 $vmm_pid 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done\n\
+                     while kill -0 $vmm_pid 2>/dev/null && [ $i -lt 100 ]; do \
+                     sleep 0.1; i=$((i+1)); \
+                     if [ $i = 50 ] && kill -0 $vmm_pid 2>/dev/null; then l2_exits; fi; done\n\
                      kill -TERM $vmm_pid 2>/dev/null\n\
                      wait $vmm_pid\n\
                      st=$?\n\
+                     kill $watch_pid 2>/dev/null\n\
                      cat /tmp/vmm.out /tmp/companion.out",
                     env = companion_env(job),
                 ),

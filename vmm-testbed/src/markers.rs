@@ -59,6 +59,18 @@ fn between<'a>(text: &'a str, begin: &str, end: &str) -> Option<(&'a str, &'a st
     Some((&text[start..start + len], rest))
 }
 
+/// `out` without the test bed's own exit samples (whole lines starting
+/// with [`crate::l2_exits::EXITS_MARKER`], printed while the VMM ran).
+fn without_samples(out: &str) -> String {
+    let marker = crate::l2_exits::EXITS_MARKER;
+    if !out.contains(marker) {
+        return out.to_owned();
+    }
+    out.split_inclusive('\n')
+        .filter(|l| !l.starts_with(marker))
+        .collect()
+}
+
 /// Parses everything L1 printed so far.
 pub fn parse(console: &str) -> Parsed {
     let text = normalize(console);
@@ -77,7 +89,7 @@ pub fn parse(console: &str) -> Parsed {
     if let Some((out, rest)) = between(&text, OUT_BEGIN, OUT_END) {
         // The script echoes a newline after the VMM, so the last line ends.
         let out = out.strip_suffix('\n').unwrap_or(out);
-        p.out = Some(out.to_owned());
+        p.out = Some(without_samples(out));
         let status_line = rest.lines().next().unwrap_or("");
         p.status = status_line.trim().parse().ok();
         if let Some((err, _)) = between(rest, ERR_BEGIN, ERR_END) {
@@ -114,6 +126,15 @@ mod tests {
         let p = parse("@@TESTBED-OUT-BEGIN\nsays @@TESTBED-OUT-END 1\n\n@@TESTBED-OUT-END 0\n@@TESTBED-ERR-BEGIN\n@@TESTBED-ERR-END\n");
         assert_eq!(p.out.as_deref(), Some("says @@TESTBED-OUT-END 1\n"));
         assert_eq!(p.status, Some(0));
+    }
+
+    #[test]
+    fn exit_samples_are_not_vmm_output() {
+        let p = parse(
+            "@@TESTBED-OUT-BEGIN\nboot\n@@TESTBED-L2-EXITS vcpu0=1,hlt,0x1\nmore\n\
+             \n@@TESTBED-OUT-END 0\n@@TESTBED-ERR-BEGIN\n@@TESTBED-ERR-END\n",
+        );
+        assert_eq!(p.out.as_deref(), Some("boot\nmore\n"));
     }
 
     #[test]

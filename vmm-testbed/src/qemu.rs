@@ -156,6 +156,28 @@ pub fn reset_log_summary(log: &str) -> String {
 /// L1's console is also appended to that file as it comes (see
 /// [`crate::Job::live_console`]).
 pub fn run_batch(
+    cmd: Command,
+    timeout: Duration,
+    serial2: Option<&Path>,
+    silence: Option<Duration>,
+    live: Option<&Path>,
+) -> Result<Outcome, TestbedError> {
+    let result = run_batch_inner(cmd, timeout, serial2, silence, live);
+    // What L1 saw of the L2 vCPUs, kept for a test that fails later.
+    let console = match &result {
+        Ok(o) => o.l1_console.as_str(),
+        Err(
+            TestbedError::L1Ended { console, .. }
+            | TestbedError::Timeout { console, .. }
+            | TestbedError::Silent { console, .. },
+        ) => console.as_str(),
+        Err(_) => "",
+    };
+    crate::l2_exits::record(console);
+    result
+}
+
+fn run_batch_inner(
     mut cmd: Command,
     timeout: Duration,
     serial2: Option<&Path>,

@@ -55,6 +55,24 @@ static unsigned char cmos_read(unsigned char index)
 	return inb(0x71);
 }
 
+/*
+ * One CMOS byte as the probe prints it: the kernel's own CMOS accesses
+ * (its RTC interrupt handler reads register C) can land between our index
+ * write and data read, and user space cannot close that window (Linux's
+ * iopl(3) no longer allows cli). So read until two reads agree.
+ */
+static unsigned char cmos_read_settled(unsigned char index)
+{
+	unsigned char v = cmos_read(index);
+	for (int i = 0; i < 8; i++) {
+		unsigned char again = cmos_read(index);
+		if (again == v)
+			return v;
+		v = again;
+	}
+	return v;
+}
+
 static void cmos_write(unsigned char index, unsigned char value)
 {
 	outb(index, 0x70);
@@ -199,7 +217,7 @@ int main(int argc, char **argv)
 		rtctime();
 	else if (argc >= 3 && !strcmp(argv[1], "cmos")) {
 		need_ports();
-		printf("@@CMOS %s %02x\n", argv[2], cmos_read(strtol(argv[2], NULL, 0)));
+		printf("@@CMOS %s %02x\n", argv[2], cmos_read_settled(strtol(argv[2], NULL, 0)));
 	} else if (argc >= 4 && !strcmp(argv[1], "cmoswrite")) {
 		need_ports();
 		cmos_write(strtol(argv[2], NULL, 0), strtol(argv[3], NULL, 0));

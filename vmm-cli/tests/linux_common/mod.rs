@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use vmm_testbed::{
-    initramfs::busybox_initramfs, retries, run_linux, GuestFiles, HostKvm, Job, Outcome,
+    initramfs::busybox_initramfs, l2_exits, retries, run_linux, GuestFiles, HostKvm, Job, Outcome,
     TestbedError,
 };
 
@@ -44,9 +44,10 @@ pub const L1_FAULT: &str = "L1 FAULT: ";
 /// two CPUs) a body that fails runs once more, after its failure is
 /// printed in full under a loud `NESTED FAILURE, RETRYING ONCE` line that
 /// says which fault it was: L1's own ([`L1_FAULT`]: L1 ended or went
-/// silent), or the guest hanging or resetting, which TCG's SVM emulation
-/// does now and then to guests under our VMM and QEMU alike (a vCPU left
-/// holding L1's registers: docs/nested/README.md). A real bug fails both
+/// silent), TCG's SVM fault named (L1 sampled a guest vCPU exiting at
+/// L1's own VMRUN code: [`l2_exits`]), or the guest hanging or resetting
+/// unnamed, which TCG's SVM emulation does now and then to guests under
+/// our VMM and QEMU alike (docs/nested/README.md). A real bug fails both
 /// runs. On hardware KVM there is no second run. Each retry is also
 /// recorded ([`retries`]) and `cargo xtask test` lists them at its end,
 /// so that a retry that passed is seen too.
@@ -55,6 +56,7 @@ pub fn nested_retry(test: &str, body: impl Fn()) {
         return body();
     }
     let start = std::time::Instant::now();
+    let _ = l2_exits::take_last_run();
     let first = std::panic::catch_unwind(std::panic::AssertUnwindSafe(&body));
     if let Err(panic) = first {
         let why = panic
@@ -62,13 +64,28 @@ pub fn nested_retry(test: &str, body: impl Fn()) {
             .map(String::as_str)
             .or_else(|| panic.downcast_ref::<&str>().copied())
             .unwrap_or("(no message)");
+        // What L1's KVM saw of the guest's vCPUs in the failed run, if it
+        // was still running late (vmm_testbed::l2_exits).
+        let last = l2_exits::take_last_run();
         let fault = if why.starts_with(L1_FAULT) {
-            "L1 itself failed"
+            "L1 itself failed".to_owned()
+        } else if let Some(named) = &last.named {
+            format!("L1's fault, {named}")
         } else {
-            "the nested guest failed (see docs/nested/ for TCG's SVM fault)"
+            "the nested guest failed, no vCPU seen at L1's VMRUN code (unnamed; \
+             docs/nested/ for TCG's SVM fault)"
+                .to_owned()
+        };
+        let why = if last.samples.is_empty() {
+            why.to_owned()
+        } else {
+            format!(
+                "{why}\nL1's samples of the guest's exits:\n{}",
+                last.samples.join("\n")
+            )
         };
         eprintln!("{test}: NESTED FAILURE, RETRYING ONCE: {fault}:\n{why}\n--- second run ---");
-        retries::record(test, start.elapsed(), fault, why);
+        retries::record(test, start.elapsed(), &fault, &why);
         body();
     }
 }

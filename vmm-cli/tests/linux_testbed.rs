@@ -1,0 +1,75 @@
+//! The test bed's own view of a guest that does not finish: L1 samples
+//! its KVM's exits of the guest's vCPUs (`vmm_testbed::l2_exits`), so that
+//! a failed nested test says whether a vCPU was at L1's own VMRUN code
+//! (TCG's SVM fault) or not. Nested only: on hardware KVM there is no L1.
+
+use std::time::Duration;
+
+use vmm_testbed::{l2_exits, HostKvm, Job};
+
+mod common;
+mod linux_common;
+
+use linux_common::{guest, nested_retry, run, test_initrd};
+
+/// A guest that spins in user space once booted, and a companion that
+/// ends when it says so: the VMM is still running 5 s later, so L1
+/// samples its vCPU's exits, then stops it.
+#[test]
+fn a_spinning_guest_is_sampled_from_l1() {
+    let test = "a_spinning_guest_is_sampled_from_l1";
+    if HostKvm::detect() != HostKvm::Pvm {
+        eprintln!("{test}: nested only (L1's KVM trace events); this host runs Linux directly");
+        return;
+    }
+    nested_retry(test, || {
+        let Some(g) = guest(test) else {
+            return;
+        };
+        let dir = common::TempDir::new(test);
+        let initrd = test_initrd(&g, &dir, "echo @@SPINNING\nwhile :; do :; done", &[], false);
+        let job = Job::new([
+            "--kernel",
+            "kernel",
+            "--initrd",
+            "initrd",
+            "--memory",
+            "256M",
+            "--serial",
+            "file:console.log",
+            "--append",
+            "console=ttyS0 quiet panic=-1",
+        ])
+        .file("kernel", &g.bzimage)
+        .file("initrd", &initrd)
+        .companion(
+            "i=0; while ! grep -q @@SPINNING console.log 2>/dev/null && [ $i -lt 1200 ]; \
+             do sleep 0.1; i=$((i+1)); done; grep -c @@SPINNING console.log",
+        )
+        .timeout(Duration::from_secs(240));
+        let out = run(test, &g, &job);
+        let l1 = &out.l1_console;
+        let why = || format!("{test}: L1's console:\n{l1}");
+        assert!(
+            out.console.starts_with('1'),
+            "the guest never spun:\n{}",
+            why()
+        );
+        let svm = l2_exits::l1_svm_vcpu_run(l1).unwrap_or_else(|| panic!("no symbol:\n{}", why()));
+        assert!(svm >= 0xffff_8000_0000_0000, "{svm:#x}\n{}", why());
+        let samples = l2_exits::samples(l1);
+        assert_eq!(samples.len(), 1, "{}", why());
+        let vcpu0 = samples[0]
+            .iter()
+            .find(|v| v.vcpu == 0)
+            .unwrap_or_else(|| panic!("no exits of vCPU 0:\n{}", why()));
+        assert!(vcpu0.exits > 0 && vcpu0.rip != 0, "{vcpu0:?}");
+        eprintln!("{test}: L1 sampled {vcpu0:?}; __svm_vcpu_run at {svm:#x}");
+        // A guest spinning in its own code is not TCG's fault.
+        assert_eq!(l2_exits::named_fault(l1), None, "{}", why());
+        assert!(
+            !out.console.contains(l2_exits::EXITS_MARKER),
+            "samples are not the VMM's output"
+        );
+    });
+}
