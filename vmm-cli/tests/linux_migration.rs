@@ -81,12 +81,30 @@ fn ticks(log: &str) -> Vec<(u64, f64, String)> {
     log.lines()
         .filter_map(|l| {
             let l = &l[l.find("@@TICK ")? + 7..];
+            // A kernel message can land inside the line, before its
+            // newline ("ok[   33.01] ..."): the serial console's printk
+            // does not wait for the tty's queued output.
+            let l = kernel_message(l).map_or(l, |i| &l[..i]);
             let mut f = l.split_whitespace();
             let n = f.next()?.parse().ok()?;
             let t = f.next()?.parse().ok()?;
             let ok = f.next()?.to_owned();
             Some((n, t, ok))
         })
+        .collect()
+}
+
+/// Where a kernel message (`[ SECONDS] text`) starts in `line`.
+fn kernel_message(line: &str) -> Option<usize> {
+    let start = line.find('[')?;
+    let stamp = &line[start + 1..start + line[start..].find(']')?];
+    stamp.trim().parse::<f64>().ok().map(|_| start)
+}
+
+/// The kernel messages in a guest's console log, each from its time stamp.
+fn kernel_messages(log: &str) -> Vec<&str> {
+    log.lines()
+        .filter_map(|l| Some(&l[kernel_message(l)?..]))
         .collect()
 }
 
@@ -127,9 +145,13 @@ fn migrate(test: &str, cpus: u32) {
         let dst_qmp = section(c, "@@DSTQMP");
         let src = ticks(section(c, "@@SRCLOG"));
         let dst = ticks(section(c, "@@DSTLOG"));
+        // What the guest's kernel said once it ran on the destination.
+        let dst_kernel = kernel_messages(section(c, "@@DSTLOG")).join("\n");
+        eprintln!("{test}: the guest's kernel messages on the destination:\n{dst_kernel}");
         let report = format!(
             "source QMP:\n{src_qmp}\ndestination QMP:\n{dst_qmp}\ndestination stderr:\n{}\n\
-             source ticks {src:?}\ndestination ticks {dst:?}\nvmm stderr:\n{}",
+             source ticks {src:?}\ndestination ticks {dst:?}\n\
+             destination kernel messages:\n{dst_kernel}\nvmm stderr:\n{}",
             section(c, "@@DSTERR"),
             out.stderr
         );
@@ -204,4 +226,22 @@ fn debian_live_migrates_on_1_cpu_and_carries_on() {
 #[test]
 fn debian_live_migrates_on_2_cpus_and_carries_on() {
     migrate("debian_live_migrates_on_2_cpus_and_carries_on", 2);
+}
+
+#[test]
+fn kernel_messages_inside_tick_lines() {
+    let log = "@@TICK 17 31.72 ok\n@@TICK 18 32.87 ok[   33.01] clocksource: x\n\
+               [   34.5] rcu: y\n@@TICK 19 34.25 BAD\nsh: [ 1: bad\n";
+    assert_eq!(
+        ticks(log),
+        [
+            (17, 31.72, "ok".to_owned()),
+            (18, 32.87, "ok".to_owned()),
+            (19, 34.25, "BAD".to_owned())
+        ]
+    );
+    assert_eq!(
+        kernel_messages(log),
+        ["[   33.01] clocksource: x", "[   34.5] rcu: y"]
+    );
 }
