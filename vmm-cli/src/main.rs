@@ -45,6 +45,7 @@ fn main() -> ExitCode {
         .parse_env("VMM_LOG")
         .format_timestamp_micros()
         .init();
+    log::debug!("start-up: arguments parsed");
     // --netdev, --drive and --device first: `--device help` needs nothing
     // else.
     let netdevs = match netdev::parse_all(&args.netdev) {

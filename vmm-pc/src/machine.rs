@@ -284,6 +284,7 @@ impl PcMachine {
             let built = (|| -> Result<_, PcError> {
                 // 4. VM and RAM.
                 let vm = Vm::new(&kvm, &regions)?;
+                log::debug!("start-up: VM and RAM made");
 
                 // 5. Interrupt controllers and timers in the kernel.
                 vm.set_tss_address(layout::KVM_TSS_ADDR)?;
@@ -302,6 +303,7 @@ impl PcMachine {
                     wdat: config.i6300esb.is_some(),
                 };
                 let entry = images.load(vm.memory())?;
+                log::debug!("start-up: kernel and tables loaded");
                 // What a reset puts back: the fresh irqchip (and KVM's
                 // PIT); with the split irqchip, ours are in the device model.
                 let fresh_irqchip = match irq {
@@ -330,6 +332,7 @@ impl PcMachine {
             (cpuid, built, incoming_file)
         });
         let supported_cpuid = supported_cpuid?;
+        log::debug!("start-up: CPUID and the incoming file had");
         let (vm, irq, images, entry, fresh_irqchip, fresh_kvm_pit) = built?;
 
         // 7. Devices.
@@ -490,6 +493,7 @@ impl PcMachine {
         let init = vcpu_init::vcpu_init(&vm, supported_cpuid, config.cpus, Arc::clone(&entry));
         let vcpus = Vcpus::spawn_with_start(&vm, config.cpus, init, io, config.vcpu_thread_start)?;
         live.started()?;
+        log::debug!("start-up: vCPU threads made");
         // The split irqchip's 8259s kick the boot vCPU when their output
         // rises (it runs only once the machine starts, after this).
         if let (IrqLines::Split(chips), Some(kick)) = (&irq, vcpus.kicker(0)) {

@@ -45,7 +45,9 @@ impl PcMachine {
         match self.incoming.take() {
             Some(Incoming::File(path)) => {
                 self.incoming(&path)?;
+                log::debug!("start-up: incoming state loaded");
                 self.after_incoming()?;
+                log::debug!("start-up: running");
             }
             Some(Incoming::Stream(uri)) => {
                 self.incoming_stream(uri).map_err(PcError::Migration)?;
