@@ -3,12 +3,12 @@
 //! Nested only: the tap lives in L1, which has no network device of its
 //! own, so no packet leaves the test bed.
 
-use vmm_testbed::{HostKvm, Job};
+use vmm_testbed::Job;
 
 mod common;
 mod linux_common;
 
-use linux_common::{guest, nested_retry, run, test_initrd};
+use linux_common::{guest, nested_only, nested_retry, run, test_initrd};
 
 /// The guest's drivers, in dependency order.
 const MODULES: &[&str] = &[
@@ -47,9 +47,8 @@ fn debian_reaches_l1_across_a_tap_with_vhost_net() {
 }
 
 fn reaches_l1_across_a_tap(test: &str, vhost: bool) {
-    if HostKvm::detect() != HostKvm::Pvm {
-        // Directly on a host the tap and its address would be the host's.
-        eprintln!("SKIP {test}: runs only nested (the tap must live in L1)");
+    // Directly on a host the tap and its address would be the host's.
+    if !nested_only(test, "the tap must live in L1") {
         return;
     }
     let l1_modules: &[&str] = if vhost {
@@ -205,8 +204,7 @@ fn debian_takes_its_address_by_dhcp_again_after_a_reboot_with_vhost_net() {
 }
 
 fn dhcp_again_after_a_reboot(test: &str, vhost: bool) {
-    if HostKvm::detect() != HostKvm::Pvm {
-        eprintln!("SKIP {test}: runs only nested (the tap must live in L1)");
+    if !nested_only(test, "the tap must live in L1") {
         return;
     }
     nested_retry(test, || {
@@ -303,9 +301,8 @@ fn dhcp_again_after_a_reboot(test: &str, vhost: bool) {
 #[test]
 fn tap_errors_are_one_line() {
     let test = "tap_errors_are_one_line";
-    if HostKvm::detect() != HostKvm::Pvm {
-        // Directly on a host the test would move the host's /dev/net/tun.
-        eprintln!("SKIP {test}: runs only nested (it changes L1's /dev/net/tun)");
+    // Directly on a host the test would move the host's /dev/net/tun.
+    if !nested_only(test, "it changes L1's /dev/net/tun") {
         return;
     }
     nested_retry(test, || {
@@ -373,8 +370,7 @@ fn tap_errors_are_one_line() {
 #[ignore = "opt-in: 4 nested boots, about 4 minutes; a hunt for a rare hang (-- --ignored)"]
 fn vhost_net_vmm_ends_after_reboots_with_tcp_in_flight() {
     let test = "vhost_net_vmm_ends_after_reboots_with_tcp_in_flight";
-    if HostKvm::detect() != HostKvm::Pvm {
-        eprintln!("SKIP {test}: runs only nested (the tap must live in L1)");
+    if !nested_only(test, "the tap must live in L1") {
         return;
     }
     // VMM_NET_HANG_ROUNDS=N hunts longer.

@@ -5,12 +5,12 @@
 
 use std::time::Duration;
 
-use vmm_testbed::{l2_exits, HostKvm, Job};
+use vmm_testbed::{l2_exits, Job};
 
 mod common;
 mod linux_common;
 
-use linux_common::{guest, nested_retry, run, test_initrd};
+use linux_common::{guest, nested_only, nested_retry, run, test_initrd};
 
 /// A guest that spins in user space once booted, and a companion that
 /// ends when it says so: the VMM is still running 5 s later, so L1
@@ -18,8 +18,7 @@ use linux_common::{guest, nested_retry, run, test_initrd};
 #[test]
 fn a_spinning_guest_is_sampled_from_l1() {
     let test = "a_spinning_guest_is_sampled_from_l1";
-    if HostKvm::detect() != HostKvm::Pvm {
-        eprintln!("{test}: nested only (L1's KVM trace events); this host runs Linux directly");
+    if !nested_only(test, "L1's KVM trace events; there is no L1 on this host") {
         return;
     }
     nested_retry(test, || {

@@ -4,12 +4,12 @@
 //! Nested here (the Unix sockets live in L1, beside the VMM); directly
 //! on hardware KVM too.
 
-use vmm_testbed::{HostKvm, Job};
+use vmm_testbed::Job;
 
 mod common;
 mod linux_common;
 
-use linux_common::{build_static, guest, nested_retry, run, test_initrd_with};
+use linux_common::{build_static, guest, nested_only, nested_retry, run, test_initrd_with};
 
 /// The guest's drivers, in dependency order.
 const MODULES: &[&str] = &[
@@ -139,8 +139,7 @@ fn debian_talks_to_the_host_over_vsock_both_ways() {
 #[test]
 fn debian_talks_to_l1_over_vhost_vsock() {
     let test = "debian_talks_to_l1_over_vhost_vsock";
-    if HostKvm::detect() != HostKvm::Pvm {
-        eprintln!("SKIP {test}: runs only nested (it needs L1's /dev/vhost-vsock)");
+    if !nested_only(test, "it needs L1's /dev/vhost-vsock") {
         return;
     }
     nested_retry(test, || {

@@ -91,6 +91,16 @@ pub enum TestbedError {
         /// What L1 printed.
         console: String,
     },
+    /// L1's kernel reported one of its CPUs stuck for longer than
+    /// [`qemu::L1_STUCK_LIMIT`] (a soft lockup that does not end: L1
+    /// hung, though its console goes on printing the reports).
+    #[error("L1 hung: {what}; console so far:\n{console}")]
+    L1Stuck {
+        /// The soft lockup report, as L1 printed it.
+        what: String,
+        /// What L1 printed.
+        console: String,
+    },
     /// QEMU ended before the job did.
     #[error("L1 ended early (QEMU status {status:?}): {qemu_stderr}\nconsole:\n{console}")]
     L1Ended {

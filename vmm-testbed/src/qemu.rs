@@ -169,7 +169,8 @@ pub fn run_batch(
         Err(
             TestbedError::L1Ended { console, .. }
             | TestbedError::Timeout { console, .. }
-            | TestbedError::Silent { console, .. },
+            | TestbedError::Silent { console, .. }
+            | TestbedError::L1Stuck { console, .. },
         ) => console.as_str(),
         Err(_) => "",
     };
@@ -279,6 +280,12 @@ fn run_batch_inner(
         }
         let len = console_len();
         if len != last_len {
+            if let Some(what) = l1_stuck(&text()) {
+                return Err(TestbedError::L1Stuck {
+                    what,
+                    console: markers::normalize(&text()),
+                });
+            }
             (last_len, last_change) = (len, Instant::now());
         } else if let Some(limit) = silence.filter(|&l| last_change.elapsed() > l) {
             return Err(TestbedError::Silent {
@@ -292,6 +299,24 @@ fn run_batch_inner(
     let l1_ready = *l1_ready_at.lock().unwrap_or_else(|e| e.into_inner());
     drop(child);
     outcome(parsed, text(), l1_ready, total)
+}
+
+/// How long one of L1's CPUs may be stuck in its kernel (by L1's own
+/// soft-lockup reports) before the run counts as a hung L1. Seen: a CPU
+/// of L1 stuck in our VMM's vCPU thread (in KVM_RUN) for over 1100 s in a
+/// soak, its console printing a report every 26 s, so never silent.
+pub const L1_STUCK_LIMIT: Duration = Duration::from_secs(100);
+
+/// L1's last soft-lockup report in `console` if it says a CPU was stuck
+/// for at least [`L1_STUCK_LIMIT`]; the report reads
+/// `watchdog: BUG: soft lockup - CPU#0 stuck for 1070s! [vmm:430]`.
+pub fn l1_stuck(console: &str) -> Option<String> {
+    const REPORT: &str = "BUG: soft lockup - CPU#";
+    let start = console.rfind(REPORT)?;
+    let line = console[start..].lines().next()?.trim_end();
+    let after = &line[line.find("stuck for ")? + "stuck for ".len()..];
+    let seconds: u64 = after[..after.find('s')?].parse().ok()?;
+    (seconds >= L1_STUCK_LIMIT.as_secs()).then(|| format!("L1's soft lockup report: {line}"))
 }
 
 fn outcome(
@@ -418,6 +443,20 @@ mod tests {
         .unwrap();
         assert_eq!(out.console, "1\n2\n3\n4\n5\n6\n");
         assert_eq!(out.status, Some(0));
+    }
+
+    #[test]
+    fn a_long_soft_lockup_is_a_hung_l1() {
+        let short = "[   50.1] watchdog: BUG: soft lockup - CPU#0 stuck for 26s! [vmm:430]\r\n";
+        assert_eq!(l1_stuck(short), None, "a short one may be the host's load");
+        let long = format!(
+            "{short}[ 1548.4] watchdog: BUG: soft lockup - CPU#1 stuck for 1096s! [vmm:430]\r\n"
+        );
+        let what = l1_stuck(&long).expect("stuck");
+        assert!(what.contains("CPU#1 stuck for 1096s! [vmm:430]"), "{what}");
+        assert_eq!(l1_stuck("soft lockup - CPU#0 stuck for 1000"), None);
+        assert_eq!(l1_stuck("BUG: soft lockup - CPU#0 stuck for xs!"), None);
+        assert_eq!(l1_stuck("no report"), None);
     }
 
     #[test]

@@ -90,6 +90,16 @@ pub fn nested_retry(test: &str, body: impl Fn()) {
     }
 }
 
+/// Whether `test` runs here: some run only nested, in L1 (`why` says
+/// what they need of it); on any other host they say SKIP and why.
+pub fn nested_only(test: &str, why: &str) -> bool {
+    if HostKvm::detect() == HostKvm::Pvm {
+        return true;
+    }
+    eprintln!("SKIP {test}: runs only nested ({why})");
+    false
+}
+
 /// Runs `job` where Linux boots (see the module docs), one nested boot at
 /// a time: each L1 already keeps both host cores busy under TCG, and
 /// starving it only makes runs slower and flakier. Prints how long L1
@@ -101,7 +111,9 @@ pub fn run(test: &str, g: &GuestFiles, job: &Job) -> Outcome {
     static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let out = run_linux(g, vmm, job).unwrap_or_else(|e| match e {
-        TestbedError::L1Ended { .. } | TestbedError::Silent { .. } => {
+        TestbedError::L1Ended { .. }
+        | TestbedError::Silent { .. }
+        | TestbedError::L1Stuck { .. } => {
             panic!("{L1_FAULT}{test}: {e}")
         }
         e => panic!("{test}: {e}"),

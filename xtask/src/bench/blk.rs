@@ -638,6 +638,10 @@ fn boots(runs: usize, sizes: Sizes) -> Result<(Vec<RowLine>, Vec<String>)> {
                 notes.push(format!("session {session}: timed out after {after:?}"));
                 console
             }
+            Err(TestbedError::L1Stuck { what, console }) => {
+                notes.push(format!("session {session}: {what}"));
+                console
+            }
             Err(TestbedError::Silent { after, console }) => {
                 notes.push(format!("session {session}: L1 hung (silent {after:?})"));
                 console

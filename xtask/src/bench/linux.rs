@@ -579,6 +579,11 @@ fn boots(runs: usize) -> Result<(Vec<LinuxSeries>, Vec<String>)> {
                 sessions.push(format!("session {session}: timed out after {after:?}"));
                 console
             }
+            Err(TestbedError::L1Stuck { what, console }) => {
+                eprintln!("xtask: session {session}: {what}");
+                sessions.push(format!("session {session}: {what}"));
+                console
+            }
             Err(TestbedError::Silent { after, console }) => {
                 eprintln!("xtask: session {session}: L1 hung (silent for {after:?})");
                 sessions.push(format!("session {session}: L1 hung (silent for {after:?})"));

@@ -284,6 +284,9 @@ pub fn task(args: &[String]) -> Result<()> {
                 console,
                 Some(format!("session {sessions}: timed out after {after:?}")),
             ),
+            Err(TestbedError::L1Stuck { what, console }) => {
+                (console, Some(format!("session {sessions}: {what}")))
+            }
             Err(TestbedError::Silent { after, console }) => (
                 console,
                 Some(format!(
