@@ -154,7 +154,10 @@ pub fn reset_log_summary(log: &str) -> String {
 /// With `silence`, an L1 whose console stays silent that long (a hung L1)
 /// is killed and the run ends with [`TestbedError::Silent`]. With `live`,
 /// L1's console is also appended to that file as it comes (see
-/// [`crate::Job::live_console`]).
+/// [`crate::Job::live_console`]). An L1 that reports one of its CPUs stuck
+/// for [`L1_STUCK_LIMIT`] ends the run with [`TestbedError::L1Stuck`].
+/// What L1 sampled of the guest's vCPUs is kept for
+/// [`crate::l2_exits::take_last_run`].
 pub fn run_batch(
     cmd: Command,
     timeout: Duration,
