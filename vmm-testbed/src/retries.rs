@@ -41,7 +41,7 @@ pub fn record(test: &str, took: Duration, fault: &str, why: &str) {
     write_or_say(&details_path(path), &detail_block(test, why));
 }
 
-/// How many of a failed try's last lines [`record_details`] keeps: the
+/// How many of a failed try's last lines [`record`] keeps: the
 /// end of the guest's console and the VMM's stderr, where the fault shows.
 pub const DETAIL_LINES: usize = 80;
 
