@@ -48,6 +48,15 @@ pub fn shell_quote(s: &str) -> String {
 /// line never got past L1's own boot.
 pub const L1_UP_INTERACTIVE: &str = "test bed: L1 up after";
 
+/// A batch job's watcher of L1's own kernel: L1's console prints only the
+/// first line of a soft-lockup report (its console log level hides the
+/// rest), so once `dmesg` has one, the report's next lines (the stuck
+/// CPU's registers and backtrace) are printed too, marked, once.
+const LOCKUP_REPORTER: &str = "( while sleep 15; do \
+     if dmesg | grep -q 'soft lockup'; then \
+     dmesg | grep -A 40 'soft lockup' | head -45 | sed 's/^/@@TESTBED-L1-DMESG /'; break; fi; \
+     done ) &\nlockup_pid=$!\n";
+
 /// The job script: batch (markers, output captured) or interactive (the
 /// VMM gets L1's console as its terminal).
 pub fn job_script(job: &Job, interactive: bool) -> String {
@@ -86,10 +95,12 @@ pub fn job_script(job: &Job, interactive: bool) -> String {
              {sampler}\
              echo \"{ready} $(cut -d' ' -f1 /proc/uptime)\"\n\
              l1_svm\n\
+             {lockups}\
              if [ ! -e /dev/kvm ]; then echo '{err} L1 has no /dev/kvm'; exit; fi\n\
              {setup}\
              echo {out_begin}\n\
              {run}\n\
+             kill $lockup_pid 2>/dev/null\n\
              echo\n\
              echo \"{out_end} $st\"\n\
              echo {err_begin}\n\
@@ -97,6 +108,7 @@ pub fn job_script(job: &Job, interactive: bool) -> String {
              echo {err_end}\n",
             err = markers::ERROR,
             sampler = l2_exits::sampler(),
+            lockups = LOCKUP_REPORTER,
             setup = setup_step(job),
             out_begin = markers::OUT_BEGIN,
             out_end = markers::OUT_END,
@@ -315,6 +327,11 @@ mod tests {
         // Interactive: no marker lines on the user's console; the status
         // leaves on ttyS3.
         assert!(!i.contains(markers::L1_READY), "{i}");
+        // Batch: soft-lockup reports marked, the reporter ended after.
+        assert!(LOCKUP_REPORTER.contains(markers::L1_DMESG));
+        let reporter = s.find("lockup_pid=$!").expect(&s);
+        assert!(reporter < s.find("/bin/vmm").unwrap(), "{s}");
+        assert!(s.contains("kill $lockup_pid"), "{s}");
         let up = i.find(L1_UP_INTERACTIVE).expect(&i);
         assert!(up < i.find("/bin/vmm").unwrap(), "{i}");
         assert!(i.contains("echo $st >/dev/ttyS3"), "{i}");

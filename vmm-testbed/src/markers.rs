@@ -9,6 +9,9 @@ pub const ERROR: &str = "@@TESTBED-ERROR";
 pub const OUT_BEGIN: &str = "@@TESTBED-OUT-BEGIN";
 /// … ends, followed by the VMM's exit status.
 pub const OUT_END: &str = "@@TESTBED-OUT-END";
+/// A line of L1's kernel log (a soft-lockup report's, see
+/// [`crate::l1`]), printed by the test bed while the VMM runs.
+pub const L1_DMESG: &str = "@@TESTBED-L1-DMESG";
 /// The VMM's standard error starts.
 pub const ERR_BEGIN: &str = "@@TESTBED-ERR-BEGIN";
 /// … ends.
@@ -59,15 +62,16 @@ fn between<'a>(text: &'a str, begin: &str, end: &str) -> Option<(&'a str, &'a st
     Some((&text[start..start + len], rest))
 }
 
-/// `out` without the test bed's own exit samples (whole lines starting
-/// with [`crate::l2_exits::EXITS_MARKER`], printed while the VMM ran).
+/// `out` without the test bed's own lines printed while the VMM ran
+/// (whole lines starting with [`crate::l2_exits::EXITS_MARKER`] or
+/// [`L1_DMESG`]).
 fn without_samples(out: &str) -> String {
-    let marker = crate::l2_exits::EXITS_MARKER;
-    if !out.contains(marker) {
+    let ours = [crate::l2_exits::EXITS_MARKER, L1_DMESG];
+    if !ours.iter().any(|m| out.contains(m)) {
         return out.to_owned();
     }
     out.split_inclusive('\n')
-        .filter(|l| !l.starts_with(marker))
+        .filter(|l| !ours.iter().any(|m| l.starts_with(m)))
         .collect()
 }
 
@@ -132,6 +136,7 @@ mod tests {
     fn exit_samples_are_not_vmm_output() {
         let p = parse(
             "@@TESTBED-OUT-BEGIN\nboot\n@@TESTBED-L2-EXITS vcpu0=1,hlt,0x1\nmore\n\
+             @@TESTBED-L1-DMESG [ 80.5] watchdog: BUG: soft lockup\n\
              \n@@TESTBED-OUT-END 0\n@@TESTBED-ERR-BEGIN\n@@TESTBED-ERR-END\n",
         );
         assert_eq!(p.out.as_deref(), Some("boot\nmore\n"));
