@@ -255,7 +255,8 @@ fn run_batch_inner(
     let console_len = || console.lock().unwrap_or_else(|e| e.into_inner()).len();
     let (mut last_len, mut last_change) = (0, Instant::now());
     let parsed = loop {
-        let p = markers::parse(&text());
+        let now = text();
+        let p = markers::parse(&now);
         if p.finished() {
             break p;
         }
@@ -283,10 +284,10 @@ fn run_batch_inner(
         }
         let len = console_len();
         if len != last_len {
-            if let Some(what) = l1_stuck(&text()) {
+            if let Some(what) = l1_stuck(&now) {
                 return Err(TestbedError::L1Stuck {
                     what,
-                    console: markers::normalize(&text()),
+                    console: markers::normalize(&now),
                 });
             }
             (last_len, last_change) = (len, Instant::now());
