@@ -16,7 +16,7 @@ use vmm_testbed::{GuestFiles, HostKvm, Job, Outcome};
 mod common;
 mod linux_common;
 
-use linux_common::{build_static, debian_job, guest, nested_retry, run, test_initrd};
+use linux_common::{build_static, guest, nested_retry, run, test_initrd};
 
 /// The test guest's script: report, then `end` (reboot -f or poweroff -f).
 fn report_script(end: &str) -> String {
@@ -56,18 +56,18 @@ fn boot(test: &str, kernel: fn(&GuestFiles) -> &Path, cpus: u32, end: &str) {
     let dir = common::TempDir::new(test);
     let initrd = test_initrd(&g, &dir, &report_script(end), &[], false);
     let cpus_arg = cpus.to_string();
-    let job = debian_job(
-        &g,
-        &initrd,
-        &[
-            "--memory",
-            "512M",
-            "--cpus",
-            &cpus_arg,
-            "--log-level",
-            "info",
-        ],
-    )
+    let job = Job::new([
+        "--kernel",
+        "kernel",
+        "--initrd",
+        "initrd",
+        "--memory",
+        "512M",
+        "--cpus",
+        &cpus_arg,
+        "--log-level",
+        "info",
+    ])
     .file("kernel", kernel(&g))
     .file("initrd", &initrd)
     .timeout(std::time::Duration::from_secs(180));
@@ -445,7 +445,7 @@ if [ $boot = 1 ]; then
 fi
 echo \"@@ARMED $boot\"
 while true; do sleep 1; done";
-        let _initrd = test_initrd(&g, &dir, script, &["evdev", "button"], true);
+        let initrd = test_initrd(&g, &dir, script, &["evdev", "button"], true);
         let client = build_static(&dir, "qmpclient");
         let companion = "./qmpclient qmp.sock \
             'file:console.log:@@READY 1' query-status stop sleep:2 query-status cont \
@@ -466,6 +466,8 @@ while true; do sleep 1; done";
             "--serial",
             "file:console.log",
         ])
+        .file("kernel", &g.bzimage)
+        .file("initrd", &initrd)
         .file("qmpclient", &client)
         .companion(companion)
         // Longer than the client's own 120 s per step, so that a failing step
@@ -553,18 +555,20 @@ echo c > /proc/sysrq-trigger";
         let companion =
             "./qmpclient qmp.sock event:GUEST_PANICKED query-status quit event:SHUTDOWN; \
             echo @@CONSOLE; cat console.log";
-        let job = debian_job(
-            &g,
-            &initrd,
-            &[
-                "--memory",
-                "512M",
-                "--qmp",
-                "qmp.sock",
-                "--serial",
-                "file:console.log",
-            ],
-        )
+        let job = Job::new([
+            "--kernel",
+            "kernel",
+            "--initrd",
+            "initrd",
+            "--memory",
+            "512M",
+            "--qmp",
+            "qmp.sock",
+            "--serial",
+            "file:console.log",
+        ])
+        .file("kernel", &g.bzimage)
+        .file("initrd", &initrd)
         .file("qmpclient", &client)
         .companion(companion)
         .timeout(std::time::Duration::from_secs(420));
@@ -614,11 +618,12 @@ while true; do sleep 1; done";
         } else {
             socket.display().to_string()
         };
-        let mut job = debian_job(
-            &g,
-            &initrd,
-            &["--memory", "512M", "--cpus", "2", "--qmp", &qmp_arg],
-        )
+        let mut job = Job::new([
+            "--kernel", "kernel", "--initrd", "initrd", "--memory", "512M", "--cpus", "2", "--qmp",
+            &qmp_arg,
+        ])
+        .file("kernel", &g.bzimage)
+        .file("initrd", &initrd)
         .timeout(std::time::Duration::from_secs(300));
         if nested {
             job = job.l1_serial_socket(&socket);

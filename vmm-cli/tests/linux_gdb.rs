@@ -42,12 +42,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use vmm_testbed::{GuestFiles, HostKvm};
+use vmm_testbed::{GuestFiles, HostKvm, Job};
 
 mod common;
 mod linux_common;
 
-use linux_common::{debian_job, guest, nested_retry, run, test_initrd};
+use linux_common::{guest, nested_retry, run, test_initrd};
 
 /// The kernel command line: `nokaslr` so that the symbols match.
 const APPEND: &str = "console=ttyS0 nokaslr reboot=k panic=0 i8042.noaux i8042.nomux i8042.nopnp";
@@ -182,9 +182,13 @@ fn kernel_symbols(test: &str, g: &GuestFiles, dir: &common::TempDir) -> Vec<Symb
         "grep -A1 -wE '{pattern}' /proc/kallsyms | sed 's/^/@@SYM /'\necho @@SYMS-DONE\npoweroff -f"
     );
     let initrd = test_initrd(g, dir, &script, &[], false);
-    let job = debian_job(g, &initrd, &["--memory", "512M", "--append", APPEND])
-        .timeout(Duration::from_secs(600))
-        .silence_limit(SILENCE);
+    let job = Job::new([
+        "--kernel", "kernel", "--initrd", "initrd", "--memory", "512M", "--append", APPEND,
+    ])
+    .file("kernel", &g.bzimage)
+    .file("initrd", &initrd)
+    .timeout(Duration::from_secs(600))
+    .silence_limit(SILENCE);
     let out = run(test, g, &job);
     assert!(
         out.console.contains("@@SYMS-DONE"),
@@ -394,11 +398,12 @@ poweroff -f"
         } else {
             format!("unix:{}", gdb_socket.display())
         };
-        let mut job = debian_job(
-            &g,
-            &initrd,
-            &["--memory", "512M", "--append", APPEND, "--gdb", &stub],
-        )
+        let mut job = Job::new([
+            "--kernel", "kernel", "--initrd", "initrd", "--memory", "512M", "--append", APPEND,
+            "--gdb", &stub,
+        ])
+        .file("kernel", &g.bzimage)
+        .file("initrd", &initrd)
         .timeout(Duration::from_secs(900))
         .silence_limit(SILENCE);
         let bridge_thread = if nested {

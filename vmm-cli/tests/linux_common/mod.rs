@@ -145,16 +145,6 @@ pub fn run(test: &str, g: &GuestFiles, job: &Job) -> Outcome {
     out
 }
 
-/// A job booting Debian's kernel (`g`) with `initrd` and then `args`: the
-/// two files travel as `kernel` and `initrd`.
-pub fn debian_job(g: &GuestFiles, initrd: &Path, args: &[&str]) -> Job {
-    let mut all = vec!["--kernel", "kernel", "--initrd", "initrd"];
-    all.extend_from_slice(args);
-    Job::new(all)
-        .file("kernel", &g.bzimage)
-        .file("initrd", initrd)
-}
-
 /// A test initramfs: busybox, `/init` = the usual mounts then `script`,
 /// the kernel's `modules` as `/NAME.ko`, and `/clockprobe` if asked for.
 pub fn test_initrd(
