@@ -57,6 +57,29 @@ const LOCKUP_REPORTER: &str = "( while sleep 15; do \
      dmesg | grep -A 40 'soft lockup' | head -45 | sed 's/^/@@TESTBED-L1-DMESG /'; break; fi; \
      done ) &\nlockup_pid=$!\n";
 
+/// The start of the line an interactive L1 prints on its console when its
+/// own kernel reports a soft lockup (the report's lines follow).
+pub const INTERACTIVE_LOCKUP: &str = "test bed: L1's own kernel reports a soft lockup";
+
+/// An interactive job's watcher, in the background while the VMM runs:
+/// every 30 s it looks for a soft lockup of L1's kernel (printed once,
+/// with the report), and at 60 s, 150 s and every 10 min it samples L2's
+/// exits for TCG's SVM fault ([`l2_exits::interactive_fault_check`]).
+/// Silent while neither is found, so a user's session looks as without it;
+/// a stuck nested run says whose fault it is.
+fn interactive_watcher() -> String {
+    format!(
+        "( n=0; told=\n\
+         while sleep 30; do n=$((n+1))\n\
+         if [ -z \"$told\" ] && dmesg | grep -q 'soft lockup'; then told=1\n\
+         printf \"{INTERACTIVE_LOCKUP} (the test bed's fault, not the VMM's; Ctrl-A x, and run again):\\r\\n\"\n\
+         dmesg | grep -A 40 'soft lockup' | head -45 | sed 's/^/test bed: L1: /; s/$/\\r/'; fi\n\
+         if [ $n = 2 ] || [ $n = 5 ] || [ $((n % 20)) = 0 ]; then l2_fault; fi\n\
+         done ) &\n\
+         watcher_pid=$!\n"
+    )
+}
+
 /// The job script: batch (markers, output captured) or interactive (the
 /// VMM gets L1's console as its terminal).
 pub fn job_script(job: &Job, interactive: bool) -> String {
@@ -75,12 +98,17 @@ pub fn job_script(job: &Job, interactive: bool) -> String {
              [ -e /dev/kvm ] || echo 'test bed: L1 has no /dev/kvm'\n\
              {setup}\
              stty -F {serial_file} raw -echo 2>/dev/null\n\
+             {sampler}{fault_check}{watcher}\
              {cmd}\n\
              st=$?\n\
+             kill $watcher_pid 2>/dev/null\n\
              [ $st = 0 ] || echo \"test bed: vmm exited with status $st\"\n\
              echo $st >/dev/ttyS3\n",
             serial_file = crate::L1_SERIAL_FILE_TTY,
             setup = setup_step(job),
+            sampler = l2_exits::sampler(),
+            fault_check = l2_exits::interactive_fault_check(),
+            watcher = interactive_watcher(),
         )
     } else {
         // Sampled 45 s before the time limit (L1's boot, a few seconds,
@@ -335,6 +363,20 @@ mod tests {
         let up = i.find(L1_UP_INTERACTIVE).expect(&i);
         assert!(up < i.find("/bin/vmm").unwrap(), "{i}");
         assert!(i.contains("echo $st >/dev/ttyS3"), "{i}");
+        // Interactive: the watcher (lockups, TCG's fault) runs beside the
+        // VMM and is ended after it; the script parses.
+        let watcher = i.find("watcher_pid=$!").expect(&i);
+        assert!(watcher < i.find("/bin/vmm").unwrap(), "{i}");
+        assert!(i.contains("kill $watcher_pid"), "{i}");
+        assert!(
+            i.contains("l2_fault() {") && i.contains(INTERACTIVE_LOCKUP),
+            "{i}"
+        );
+        let parsed = Command::new("bash")
+            .args(["-n", "-c", &i])
+            .status()
+            .unwrap();
+        assert!(parsed.success(), "{i}");
     }
 
     #[test]

@@ -49,6 +49,35 @@ l2_exits() {{
     )
 }
 
+/// The start of the line an interactive L1 prints on its console (the
+/// user's terminal) when a sample names TCG's SVM fault.
+pub const INTERACTIVE_FAULT: &str = "test bed: TCG's SVM fault";
+
+/// The shell function `l2_fault` (after [`sampler`]'s): samples exits and,
+/// when an L2 vCPU's last exit is inside this L1's `__svm_vcpu_run`, prints
+/// one [`INTERACTIVE_FAULT`] line (CR LF: the VMM holds the terminal raw).
+/// Silent otherwise: an interactive run calls it now and then.
+pub fn interactive_fault_check() -> String {
+    format!(
+        r#"l2_fault() {{
+  svm=$(grep -w __svm_vcpu_run ${{KALLSYMS:-/proc/kallsyms}} | head -1 | cut -d' ' -f1)
+  case $svm in [0-9a-f]*) ;; *) return;; esac
+  s=$(l2_exits)
+  for it in ${{s#{EXITS_MARKER}}}; do
+    rip=${{it##*,}}
+    case $rip in 0x[0-9a-f]*) ;; *) continue;; esac
+    off=$((rip - 0x$svm))
+    if [ $off -ge 0 ] && [ $off -lt {SVM_WINDOW} ]; then
+      v=${{it%%=*}}; rest=${{it#*=}}; why=${{rest#*,}}
+      printf "{INTERACTIVE_FAULT}: L2 vCPU %s exits (%s in {SAMPLE_SECONDS} s, the last %s) at L1's __svm_vcpu_run+0x%x, L1's own code: the test bed's fault (QEMU/TCG's emulation of AMD SVM), not the VMM's. Ctrl-A x, and run again.\\r\\n" "${{v#vcpu}}" "${{rest%%,*}}" "${{why%%,*}}" $off
+      return
+    fi
+  done
+}}
+"#
+    )
+}
+
 /// One L2 vCPU in a sample.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VcpuExits {
@@ -192,6 +221,62 @@ mod tests {
         let none = format!("{SVM}@@TESTBED-L2-EXITS none: L1 has no kvm_exit trace event\n");
         assert_eq!(named_fault(&none), None);
         assert!(samples(&none)[0].is_empty());
+    }
+
+    /// Runs `l2_fault` under bash (L1 runs busybox sh; both do 64-bit
+    /// arithmetic, which dash does not) with a fake `l2_exits` printing
+    /// `sample` and a fake kallsyms.
+    fn interactive_check(sample: &str) -> String {
+        let kallsyms = std::env::temp_dir().join(format!(
+            "vmm-testbed-kallsyms-{}-{}",
+            std::process::id(),
+            sample.len()
+        ));
+        std::fs::write(
+            &kallsyms,
+            "ffffffffc0377c00 t svm_vcpu_free\t[kvm_amd]\n\
+             ffffffffc0377d30 T __svm_vcpu_run\t[kvm_amd]\n",
+        )
+        .unwrap();
+        let script = format!(
+            "{}l2_exits() {{ echo '{sample}'; }}\nl2_fault\n",
+            interactive_fault_check()
+        );
+        let out = std::process::Command::new("bash")
+            .args(["-c", &script])
+            .env("KALLSYMS", &kallsyms)
+            .output()
+            .unwrap();
+        let _ = std::fs::remove_file(&kallsyms);
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    #[test]
+    fn an_interactive_l1_names_the_fault_and_is_otherwise_silent() {
+        let named = interactive_check(
+            "@@TESTBED-L2-EXITS vcpu1=812,hlt,0xffffffff81c3e0c4 vcpu0=4031,intr,0xffffffffc0377dcc",
+        );
+        assert!(named.starts_with(INTERACTIVE_FAULT), "{named}");
+        assert!(
+            named.contains(
+                "L2 vCPU 0 exits (4031 in 2 s, the last intr) at L1's __svm_vcpu_run+0x9c"
+            ),
+            "{named}"
+        );
+        assert!(
+            named.ends_with("run again.\r\n") && named.lines().count() == 1,
+            "{named}"
+        );
+        // The guest's own code, just below and just past the window; no
+        // trace event; a malformed RIP.
+        for quiet in [
+            "@@TESTBED-L2-EXITS vcpu0=5,io,0xffffffffc0377d2f vcpu1=5,io,0xffffffffc0377f30",
+            "@@TESTBED-L2-EXITS none: L1 has no kvm_exit trace event",
+            "@@TESTBED-L2-EXITS vcpu0=5,io,? vcpu1=5,io,0xzz",
+        ] {
+            assert_eq!(interactive_check(quiet), "", "{quiet}");
+        }
     }
 
     #[test]
