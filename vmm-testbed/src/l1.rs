@@ -51,10 +51,13 @@ pub const L1_UP_INTERACTIVE: &str = "test bed: L1 up after";
 /// A batch job's watcher of L1's own kernel: L1's console prints only the
 /// first line of a soft-lockup report (its console log level hides the
 /// rest), so once `dmesg` has one, the report's next lines (the stuck
-/// CPU's registers and backtrace) are printed too, marked, once.
+/// CPU's registers and backtrace) are printed too, marked, once, and the
+/// end of the VMM's standard error so far (a vCPU that did not answer the
+/// VMM's pause at its exit, say: the run will not get to print it).
 const LOCKUP_REPORTER: &str = "( while sleep 15; do \
      if dmesg | grep -q 'soft lockup'; then \
-     dmesg | grep -A 40 'soft lockup' | head -45 | sed 's/^/@@TESTBED-L1-DMESG /'; break; fi; \
+     dmesg | grep -A 40 'soft lockup' | head -45 | sed 's/^/@@TESTBED-L1-DMESG /'; \
+     tail -n 20 /tmp/vmm.err 2>/dev/null | sed 's/^/@@TESTBED-L1-DMESG vmm stderr: /'; break; fi; \
      done ) &\nlockup_pid=$!\n";
 
 /// The start of the line an interactive L1 prints on its console when its
