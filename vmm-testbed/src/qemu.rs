@@ -322,8 +322,26 @@ pub fn l1_stuck(console: &str) -> Option<String> {
     let line = console[start..].lines().next()?.trim_end();
     let after = &line[line.find("stuck for ")? + "stuck for ".len()..];
     let seconds: u64 = after[..after.find('s')?].parse().ok()?;
-    (seconds >= L1_STUCK_LIMIT.as_secs()).then(|| format!("L1's soft lockup report: {line}"))
+    (seconds >= L1_STUCK_LIMIT.as_secs()).then(|| {
+        let waits_for_ipi = console
+            .lines()
+            .any(|l| l.starts_with(markers::L1_DMESG) && IPI_WAITS.iter().any(|f| l.contains(f)));
+        if waits_for_ipi {
+            format!(
+                "L1's soft lockup report: {line}; its backtrace waits for an IPI another L1 CPU \
+                 never answers (a CPU inside an L2 guest answers one by a #VMEXIT): TCG's \
+                 SVM fault holding that CPU in L2"
+            )
+        } else {
+            format!("L1's soft lockup report: {line}")
+        }
+    })
 }
+
+/// Kernel functions in which a CPU spins until other CPUs have run an IPI's
+/// function (KVM's requests to every vCPU with `KVM_REQUEST_WAIT`, as a
+/// TLB flush when the VMM unmaps guest memory, end up there).
+const IPI_WAITS: &[&str] = &["smp_call_function_many_cond", "csd_lock_wait"];
 
 fn outcome(
     p: Parsed,
@@ -460,6 +478,19 @@ mod tests {
         );
         let what = l1_stuck(&long).expect("stuck");
         assert!(what.contains("CPU#1 stuck for 1096s! [vmm:430]"), "{what}");
+        assert!(!what.contains("IPI"), "{what}");
+        // With the reporter's backtrace (L1_DMESG lines) spinning on an IPI.
+        let waiting = format!(
+            "{long}@@TESTBED-L1-DMESG [ 30.2]  smp_call_function_many_cond+0x11c/0x3b0\r\n"
+        );
+        let named = l1_stuck(&waiting).expect("stuck");
+        assert!(
+            named.contains("1096s") && named.contains("TCG's SVM fault"),
+            "{named}"
+        );
+        // The function named in a guest's line is not L1's backtrace.
+        let guest = format!("{long}guest: smp_call_function_many_cond\r\n");
+        assert!(!l1_stuck(&guest).unwrap().contains("IPI"));
         assert_eq!(l1_stuck("soft lockup - CPU#0 stuck for 1000"), None);
         assert_eq!(l1_stuck("BUG: soft lockup - CPU#0 stuck for xs!"), None);
         assert_eq!(l1_stuck("no report"), None);
