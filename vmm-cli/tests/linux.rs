@@ -16,7 +16,7 @@ use vmm_testbed::{GuestFiles, HostKvm, Job, Outcome};
 mod common;
 mod linux_common;
 
-use linux_common::{build_static, guest, nested_retry, run, test_initrd};
+use linux_common::{build_static, debian_job, guest, nested_retry, run, test_initrd};
 
 /// The test guest's script: report, then `end` (reboot -f or poweroff -f).
 fn report_script(end: &str) -> String {
@@ -165,14 +165,9 @@ fn probe_boot(test: &str, args: &[&str], append: &str, script: &str, end: &str) 
     let dir = common::TempDir::new(test);
     let script = format!("{script}\necho @@DONE\n{end}");
     let initrd = test_initrd(&g, &dir, &script, &[], true);
-    let mut all = vec![
-        "--kernel", "kernel", "--initrd", "initrd", "--memory", "512M", "--append", append,
-    ];
+    let mut all = vec!["--memory", "512M", "--append", append];
     all.extend_from_slice(args);
-    let job = Job::new(all)
-        .file("kernel", &g.bzimage)
-        .file("initrd", &initrd)
-        .timeout(std::time::Duration::from_secs(240));
+    let job = debian_job(&g, &initrd, all).timeout(std::time::Duration::from_secs(240));
     let out = run(test, &g, &job);
     assert!(
         out.console.contains("@@DONE"),
@@ -452,22 +447,20 @@ while true; do sleep 1; done";
             'file:console.log:@@ARMED 1' system_reset event:RESET \
             'file:console.log:@@ARMED 2' system_powerdown event:POWERDOWN event:SHUTDOWN; \
             echo @@CONSOLE; cat console.log";
-        let job = Job::new([
-            "--kernel",
-            "kernel",
-            "--initrd",
-            "initrd",
-            "--memory",
-            "512M",
-            "--cpus",
-            "2",
-            "--qmp",
-            "qmp.sock",
-            "--serial",
-            "file:console.log",
-        ])
-        .file("kernel", &g.bzimage)
-        .file("initrd", &initrd)
+        let job = debian_job(
+            &g,
+            &initrd,
+            [
+                "--memory",
+                "512M",
+                "--cpus",
+                "2",
+                "--qmp",
+                "qmp.sock",
+                "--serial",
+                "file:console.log",
+            ],
+        )
         .file("qmpclient", &client)
         .companion(companion)
         // Longer than the client's own 120 s per step, so that a failing step
@@ -555,20 +548,18 @@ echo c > /proc/sysrq-trigger";
         let companion =
             "./qmpclient qmp.sock event:GUEST_PANICKED query-status quit event:SHUTDOWN; \
             echo @@CONSOLE; cat console.log";
-        let job = Job::new([
-            "--kernel",
-            "kernel",
-            "--initrd",
-            "initrd",
-            "--memory",
-            "512M",
-            "--qmp",
-            "qmp.sock",
-            "--serial",
-            "file:console.log",
-        ])
-        .file("kernel", &g.bzimage)
-        .file("initrd", &initrd)
+        let job = debian_job(
+            &g,
+            &initrd,
+            [
+                "--memory",
+                "512M",
+                "--qmp",
+                "qmp.sock",
+                "--serial",
+                "file:console.log",
+            ],
+        )
         .file("qmpclient", &client)
         .companion(companion)
         .timeout(std::time::Duration::from_secs(420));
@@ -618,12 +609,11 @@ while true; do sleep 1; done";
         } else {
             socket.display().to_string()
         };
-        let mut job = Job::new([
-            "--kernel", "kernel", "--initrd", "initrd", "--memory", "512M", "--cpus", "2", "--qmp",
-            &qmp_arg,
-        ])
-        .file("kernel", &g.bzimage)
-        .file("initrd", &initrd)
+        let mut job = debian_job(
+            &g,
+            &initrd,
+            ["--memory", "512M", "--cpus", "2", "--qmp", &qmp_arg],
+        )
         .timeout(std::time::Duration::from_secs(300));
         if nested {
             job = job.l1_serial_socket(&socket);

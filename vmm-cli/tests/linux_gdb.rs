@@ -1,8 +1,8 @@
 //! `--gdb` under Linux: Debian's kernel booted under our VMM, the gdb stub
 //! on a terminal (`--gdb /dev/ttyS1`), and the host's gdb in batch mode
 //! reaching it: nested (PVM hosts), L1's `/dev/ttyS1` is bridged to a Unix
-//! socket on the host ([`Job::l1_serial_socket`]); directly on hardware
-//! KVM the stub listens on a Unix socket itself.
+//! socket on the host ([`vmm_testbed::Job::l1_serial_socket`]); directly
+//! on hardware KVM the stub listens on a Unix socket itself.
 //!
 //! The guest files' `vmlinux` is the kernel extracted from the bzImage,
 //! without a symbol table, so a first boot prints the few symbols the
@@ -42,12 +42,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use vmm_testbed::{GuestFiles, HostKvm, Job};
+use vmm_testbed::{GuestFiles, HostKvm};
 
 mod common;
 mod linux_common;
 
-use linux_common::{guest, nested_retry, run, test_initrd};
+use linux_common::{debian_job, guest, nested_retry, run, test_initrd};
 
 /// The kernel command line: `nokaslr` so that the symbols match.
 const APPEND: &str = "console=ttyS0 nokaslr reboot=k panic=0 i8042.noaux i8042.nomux i8042.nopnp";
@@ -182,13 +182,9 @@ fn kernel_symbols(test: &str, g: &GuestFiles, dir: &common::TempDir) -> Vec<Symb
         "grep -A1 -wE '{pattern}' /proc/kallsyms | sed 's/^/@@SYM /'\necho @@SYMS-DONE\npoweroff -f"
     );
     let initrd = test_initrd(g, dir, &script, &[], false);
-    let job = Job::new([
-        "--kernel", "kernel", "--initrd", "initrd", "--memory", "512M", "--append", APPEND,
-    ])
-    .file("kernel", &g.bzimage)
-    .file("initrd", &initrd)
-    .timeout(Duration::from_secs(600))
-    .silence_limit(SILENCE);
+    let job = debian_job(g, &initrd, ["--memory", "512M", "--append", APPEND])
+        .timeout(Duration::from_secs(600))
+        .silence_limit(SILENCE);
     let out = run(test, g, &job);
     assert!(
         out.console.contains("@@SYMS-DONE"),
@@ -398,12 +394,11 @@ poweroff -f"
         } else {
             format!("unix:{}", gdb_socket.display())
         };
-        let mut job = Job::new([
-            "--kernel", "kernel", "--initrd", "initrd", "--memory", "512M", "--append", APPEND,
-            "--gdb", &stub,
-        ])
-        .file("kernel", &g.bzimage)
-        .file("initrd", &initrd)
+        let mut job = debian_job(
+            &g,
+            &initrd,
+            ["--memory", "512M", "--append", APPEND, "--gdb", &stub],
+        )
         .timeout(Duration::from_secs(900))
         .silence_limit(SILENCE);
         let bridge_thread = if nested {

@@ -16,7 +16,7 @@ use vmm_testbed::{GuestFiles, Job};
 mod common;
 mod linux_common;
 
-use linux_common::{build_static, guest, nested_retry, run, test_initrd};
+use linux_common::{build_static, debian_job, guest, nested_retry, run, test_initrd};
 
 /// The vmm binary's default command line (`args::DEFAULT_APPEND`).
 const APPEND: &str = "console=ttyS0 reboot=k panic=1 i8042.noaux i8042.nomux i8042.nopnp";
@@ -27,10 +27,6 @@ const GUEST_HZ: f64 = 250.0;
 /// split irqchip, plus `extra` arguments; 360 s at most.
 fn split_job(g: &GuestFiles, initrd: &Path, append: &str, extra: &[&str]) -> Job {
     let mut args = vec![
-        "--kernel",
-        "kernel",
-        "--initrd",
-        "initrd",
         "--memory",
         "512M",
         "--cpus",
@@ -41,10 +37,7 @@ fn split_job(g: &GuestFiles, initrd: &Path, append: &str, extra: &[&str]) -> Job
         append,
     ];
     args.extend_from_slice(extra);
-    Job::new(args)
-        .file("kernel", &g.bzimage)
-        .file("initrd", initrd)
-        .timeout(std::time::Duration::from_secs(360))
+    debian_job(g, initrd, args).timeout(std::time::Duration::from_secs(360))
 }
 
 /// The rate of the `@@NAME key rate` line whose key is `key`.

@@ -10,12 +10,10 @@
 //! On 1 and 2 vCPUs. Nested in the test bed on PVM hosts; directly on
 //! hardware KVM.
 
-use vmm_testbed::Job;
-
 mod common;
 mod linux_common;
 
-use linux_common::{build_static, guest, nested_retry, run, test_initrd};
+use linux_common::{build_static, debian_job, guest, nested_retry, run, test_initrd};
 
 /// The guest's loop.
 const SCRIPT: &str = "\
@@ -115,22 +113,20 @@ fn migrate(test: &str, cpus: u32) {
         let initrd = test_initrd(&g, &dir, SCRIPT, &[], false);
         let client = build_static(&dir, "qmpclient");
         let cpus_arg = cpus.to_string();
-        let job = Job::new([
-            "--kernel",
-            "kernel",
-            "--initrd",
-            "initrd",
-            "--cpus",
-            &cpus_arg,
-            "--memory",
-            "256M",
-            "--qmp",
-            "qmp.sock",
-            "--serial",
-            "file:console.log",
-        ])
-        .file("kernel", &g.bzimage)
-        .file("initrd", &initrd)
+        let job = debian_job(
+            &g,
+            &initrd,
+            [
+                "--cpus",
+                &cpus_arg,
+                "--memory",
+                "256M",
+                "--qmp",
+                "qmp.sock",
+                "--serial",
+                "file:console.log",
+            ],
+        )
         .file("qmpclient", &client)
         .companion(&companion(cpus))
         .timeout(std::time::Duration::from_secs(480));

@@ -8,7 +8,7 @@ use vmm_testbed::Job;
 mod common;
 mod linux_common;
 
-use linux_common::{guest, nested_only, nested_retry, run, test_initrd};
+use linux_common::{debian_job, guest, nested_only, nested_retry, run, test_initrd};
 
 /// The guest's drivers, in dependency order.
 const MODULES: &[&str] = &[
@@ -109,24 +109,22 @@ fn reaches_l1_across_a_tap(test: &str, vhost: bool) {
             touch /tmp/www/fetched\n\
             i=0; while pidof vmm >/dev/null && [ $i -lt 300 ]; do sleep 1; i=$((i+1)); done"
             .replace("BYTES", &bytes.to_string());
-        let job = Job::new([
-            "--kernel",
-            "kernel",
-            "--initrd",
-            "initrd",
-            "--memory",
-            "512M",
-            "--netdev",
-            if vhost {
-                "tap,id=n0,ifname=tap0,vhost=on"
-            } else {
-                "tap,id=n0,ifname=tap0"
-            },
-            "--device",
-            "virtio-net-pci,netdev=n0,mac=52:54:00:ab:cd:01",
-        ])
-        .file("kernel", &g.bzimage)
-        .file("initrd", &initrd)
+        let job = debian_job(
+            &g,
+            &initrd,
+            [
+                "--memory",
+                "512M",
+                "--netdev",
+                if vhost {
+                    "tap,id=n0,ifname=tap0,vhost=on"
+                } else {
+                    "tap,id=n0,ifname=tap0"
+                },
+                "--device",
+                "virtio-net-pci,netdev=n0,mac=52:54:00:ab:cd:01",
+            ],
+        )
         .companion(&companion)
         .timeout(std::time::Duration::from_secs(600));
         let out = run(test, &g, &job);
@@ -234,26 +232,24 @@ fn dhcp_again_after_a_reboot(test: &str, vhost: bool) {
             udhcpd -f /tmp/udhcpd.conf >/dev/null 2>&1 &\n\
             echo @@L1DHCPD\n\
             i=0; while pidof vmm >/dev/null && [ $i -lt 400 ]; do sleep 1; i=$((i+1)); done";
-        let job = Job::new([
-            "--kernel",
-            "kernel",
-            "--initrd",
-            "initrd",
-            "--memory",
-            "256M",
-            "--reboot",
-            "reset",
-            "--netdev",
-            if vhost {
-                "tap,id=n0,ifname=tap0,vhost=on"
-            } else {
-                "tap,id=n0,ifname=tap0"
-            },
-            "--device",
-            "virtio-net-pci,netdev=n0,mac=52:54:00:ab:cd:02",
-        ])
-        .file("kernel", &g.bzimage)
-        .file("initrd", &initrd)
+        let job = debian_job(
+            &g,
+            &initrd,
+            [
+                "--memory",
+                "256M",
+                "--reboot",
+                "reset",
+                "--netdev",
+                if vhost {
+                    "tap,id=n0,ifname=tap0,vhost=on"
+                } else {
+                    "tap,id=n0,ifname=tap0"
+                },
+                "--device",
+                "virtio-net-pci,netdev=n0,mac=52:54:00:ab:cd:02",
+            ],
+        )
         .companion(companion)
         .timeout(std::time::Duration::from_secs(420));
         let out = run(test, &g, &job);

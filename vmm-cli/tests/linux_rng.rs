@@ -6,12 +6,10 @@
 //! KVM. The guest files must have `virtio-rng.ko` (`cargo xtask guest
 //! --refresh` fetches it).
 
-use vmm_testbed::Job;
-
 mod common;
 mod linux_common;
 
-use linux_common::{guest, nested_retry, run, test_initrd};
+use linux_common::{debian_job, guest, nested_retry, run, test_initrd};
 
 /// The guest's modules, in load order.
 const MODULES: &[&str] = &[
@@ -56,12 +54,11 @@ fn debian_reads_the_hosts_random_bytes_through_virtio_rng() {
         );
         let initrd = test_initrd(&g, &dir, &script, MODULES, false);
         let device = format!("virtio-rng-pci,max-bytes={MAX_BYTES},period={PERIOD_MS}");
-        let job = Job::new([
-            "--kernel", "kernel", "--initrd", "initrd", "--cpus", "1", "--memory", "256M",
-            "--device", &device,
-        ])
-        .file("kernel", &g.bzimage)
-        .file("initrd", &initrd)
+        let job = debian_job(
+            &g,
+            &initrd,
+            ["--cpus", "1", "--memory", "256M", "--device", &device],
+        )
         .timeout(std::time::Duration::from_secs(300));
         let out = run(test, &g, &job);
         let c = &out.console;

@@ -16,7 +16,7 @@ use vmm_testbed::{rootfs, GuestFiles, HostKvm, Job};
 mod common;
 mod linux_common;
 
-use linux_common::{build_static, guest, nested_retry, run, test_initrd};
+use linux_common::{build_static, debian_job, guest, nested_retry, run, test_initrd};
 
 /// The guest's virtio drivers, in dependency order.
 const MODULES: &[&str] = &[
@@ -67,18 +67,16 @@ fn drive_file(job: &mut Job, image: &Path) -> String {
 
 /// A job booting `kernel` and `initrd` with `/dev/vda` = `image` as root.
 fn root_job(g: &GuestFiles, initrd: &Path, image: &Path) -> Job {
-    let mut job = Job::new([
-        "--kernel",
-        "kernel",
-        "--initrd",
-        "initrd",
-        "--memory",
-        "512M",
-        "--append",
-        "console=ttyS0 reboot=k panic=1 root=/dev/vda rw",
-    ])
-    .file("kernel", &g.bzimage)
-    .file("initrd", initrd)
+    let mut job = debian_job(
+        g,
+        initrd,
+        [
+            "--memory",
+            "512M",
+            "--append",
+            "console=ttyS0 reboot=k panic=1 root=/dev/vda rw",
+        ],
+    )
     .timeout(Duration::from_secs(480));
     let file = drive_file(&mut job, image);
     job.args.extend([
@@ -303,22 +301,20 @@ fn debian_disk_full_stops_in_io_error_and_cont_completes() {
             i=0; while [ -e qmp.sock ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done; \
             echo \"@@L1-MD5 $(head -c 20971520 small/disk.img | md5sum | cut -d' ' -f1)\"; \
             echo @@CONSOLE; cat console.log";
-            let job = Job::new([
-                "--kernel",
-                "kernel",
-                "--initrd",
-                "initrd",
-                "--memory",
-                "512M",
-                "--drive",
-                "file=small/disk.img,if=virtio,format=raw",
-                "--qmp",
-                "qmp.sock",
-                "--serial",
-                "file:console.log",
-            ])
-            .file("kernel", &g.bzimage)
-            .file("initrd", &initrd)
+            let job = debian_job(
+                &g,
+                &initrd,
+                [
+                    "--memory",
+                    "512M",
+                    "--drive",
+                    "file=small/disk.img,if=virtio,format=raw",
+                    "--qmp",
+                    "qmp.sock",
+                    "--serial",
+                    "file:console.log",
+                ],
+            )
             .file("qmpclient", &client)
             .setup(setup)
             .companion(companion)

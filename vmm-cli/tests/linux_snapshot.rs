@@ -26,7 +26,7 @@ use vmm_testbed::{HostKvm, Job};
 mod common;
 mod linux_common;
 
-use linux_common::{build_static, guest, nested_retry, run, test_initrd};
+use linux_common::{build_static, debian_job, guest, nested_retry, run, test_initrd};
 
 /// The guest's drivers, in dependency order.
 const MODULES: &[&str] = &[
@@ -181,20 +181,18 @@ fn debian_disk_snapshot_mid_write_loads_back_and_fsck_is_clean() {
         let image = ext4_image(&dir, "32M");
         let initrd = test_initrd(&g, &dir, &script(24), MODULES, false);
         let client = build_static(&dir, "qmpclient");
-        let mut job = Job::new([
-            "--kernel",
-            "kernel",
-            "--initrd",
-            "initrd",
-            "--memory",
-            "256M",
-            "--qmp",
-            "qmp.sock",
-            "--serial",
-            "file:console.log",
-        ])
-        .file("kernel", &g.bzimage)
-        .file("initrd", &initrd)
+        let mut job = debian_job(
+            &g,
+            &initrd,
+            [
+                "--memory",
+                "256M",
+                "--qmp",
+                "qmp.sock",
+                "--serial",
+                "file:console.log",
+            ],
+        )
         .file("qmpclient", &client)
         .timeout(std::time::Duration::from_secs(420));
         let disk = drive_file(&mut job, &image);
@@ -289,20 +287,18 @@ fn debian_with_a_disk_live_migrates_over_unix_and_fsck_is_clean() {
         let image = ext4_image(&dir, "32M");
         let initrd = test_initrd(&g, &dir, &script(MIGRATION_TICKS), MODULES, false);
         let client = build_static(&dir, "qmpclient");
-        let mut job = Job::new([
-            "--kernel",
-            "kernel",
-            "--initrd",
-            "initrd",
-            "--memory",
-            "128M",
-            "--qmp",
-            "qmp.sock",
-            "--serial",
-            "file:console.log",
-        ])
-        .file("kernel", &g.bzimage)
-        .file("initrd", &initrd)
+        let mut job = debian_job(
+            &g,
+            &initrd,
+            [
+                "--memory",
+                "128M",
+                "--qmp",
+                "qmp.sock",
+                "--serial",
+                "file:console.log",
+            ],
+        )
         .file("qmpclient", &client)
         .timeout(std::time::Duration::from_secs(420));
         let drive = format!("file={},if=virtio,format=raw", drive_file(&mut job, &image));

@@ -8,12 +8,10 @@
 //! through INIT/SIPI, and the guest counts the suspend as a success.
 //! Nested in the test bed on PVM hosts; directly on hardware KVM.
 
-use vmm_testbed::Job;
-
 mod common;
 mod linux_common;
 
-use linux_common::{guest, nested_retry, run, test_initrd};
+use linux_common::{debian_job, guest, nested_retry, run, test_initrd};
 
 #[test]
 fn debian_suspends_to_ram_and_the_rtc_alarm_wakes_it() {
@@ -35,23 +33,21 @@ fn debian_suspends_to_ram_and_the_rtc_alarm_wakes_it() {
             dmesg | grep -i -E 'PM:|ACPI|suspend|resume|wake|rtc|smpboot|CPU1' | tail -60\n\
             poweroff -f";
         let initrd = test_initrd(&g, &dir, script, &[], false);
-        let job = Job::new([
-            "--kernel",
-            "kernel",
-            "--initrd",
-            "initrd",
-            "--cpus",
-            "2",
-            "--memory",
-            "256M",
-            "--log-level",
-            "info",
-            "--append",
-            "console=ttyS0 reboot=k panic=1 i8042.noaux i8042.nomux i8042.nopnp \
-             no_console_suspend",
-        ])
-        .file("kernel", &g.bzimage)
-        .file("initrd", &initrd)
+        let job = debian_job(
+            &g,
+            &initrd,
+            [
+                "--cpus",
+                "2",
+                "--memory",
+                "256M",
+                "--log-level",
+                "info",
+                "--append",
+                "console=ttyS0 reboot=k panic=1 i8042.noaux i8042.nomux i8042.nopnp \
+                 no_console_suspend",
+            ],
+        )
         .timeout(std::time::Duration::from_secs(420));
         let out = run(test, &g, &job);
         let c = &out.console;

@@ -5,12 +5,12 @@
 
 use std::time::Duration;
 
-use vmm_testbed::{l2_exits, Job};
+use vmm_testbed::l2_exits;
 
 mod common;
 mod linux_common;
 
-use linux_common::{guest, nested_only, nested_retry, run, test_initrd};
+use linux_common::{debian_job, guest, nested_only, nested_retry, run, test_initrd};
 
 /// A guest that spins in user space once booted, and a companion that
 /// ends when it says so: the VMM is still running 5 s later, so L1
@@ -27,20 +27,18 @@ fn a_spinning_guest_is_sampled_from_l1() {
         };
         let dir = common::TempDir::new(test);
         let initrd = test_initrd(&g, &dir, "echo @@SPINNING\nwhile :; do :; done", &[], false);
-        let job = Job::new([
-            "--kernel",
-            "kernel",
-            "--initrd",
-            "initrd",
-            "--memory",
-            "256M",
-            "--serial",
-            "file:console.log",
-            "--append",
-            "console=ttyS0 quiet panic=-1",
-        ])
-        .file("kernel", &g.bzimage)
-        .file("initrd", &initrd)
+        let job = debian_job(
+            &g,
+            &initrd,
+            [
+                "--memory",
+                "256M",
+                "--serial",
+                "file:console.log",
+                "--append",
+                "console=ttyS0 quiet panic=-1",
+            ],
+        )
         .companion(
             "i=0; while ! grep -q @@SPINNING console.log 2>/dev/null && [ $i -lt 1200 ]; \
              do sleep 0.1; i=$((i+1)); done; grep -c @@SPINNING console.log",

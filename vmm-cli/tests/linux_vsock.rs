@@ -4,12 +4,12 @@
 //! Nested here (the Unix sockets live in L1, beside the VMM); directly
 //! on hardware KVM too.
 
-use vmm_testbed::Job;
-
 mod common;
 mod linux_common;
 
-use linux_common::{build_static, guest, nested_only, nested_retry, run, test_initrd_with};
+use linux_common::{
+    build_static, debian_job, guest, nested_only, nested_retry, run, test_initrd_with,
+};
 
 /// The guest's drivers, in dependency order.
 const MODULES: &[&str] = &[
@@ -71,18 +71,16 @@ fn debian_talks_to_the_host_over_vsock_both_ways() {
              i=0; while pidof vmm >/dev/null && [ $i -lt 300 ]; do sleep 1; i=$((i+1)); done\n\
              [ -e /tmp/v.sock ] || echo @@SOCKET_REMOVED"
         );
-        let job = Job::new([
-            "--kernel",
-            "kernel",
-            "--initrd",
-            "initrd",
-            "--memory",
-            "256M",
-            "--device",
-            "virtio-vsock-pci,guest-cid=3,uds=/tmp/v.sock",
-        ])
-        .file("kernel", &g.bzimage)
-        .file("initrd", &initrd)
+        let job = debian_job(
+            &g,
+            &initrd,
+            [
+                "--memory",
+                "256M",
+                "--device",
+                "virtio-vsock-pci,guest-cid=3,uds=/tmp/v.sock",
+            ],
+        )
         .file("vsockprobe", &probe)
         .companion(&companion)
         .timeout(std::time::Duration::from_secs(420));
@@ -176,18 +174,16 @@ fn debian_talks_to_l1_over_vhost_vsock() {
              cat /tmp/l1-echo.out\n\
              i=0; while pidof vmm >/dev/null && [ $i -lt 300 ]; do sleep 1; i=$((i+1)); done"
         );
-        let job = Job::new([
-            "--kernel",
-            "kernel",
-            "--initrd",
-            "initrd",
-            "--memory",
-            "256M",
-            "--device",
-            "vhost-vsock-pci,guest-cid=3",
-        ])
-        .file("kernel", &g.bzimage)
-        .file("initrd", &initrd)
+        let job = debian_job(
+            &g,
+            &initrd,
+            [
+                "--memory",
+                "256M",
+                "--device",
+                "vhost-vsock-pci,guest-cid=3",
+            ],
+        )
         .file("vsockprobe", &probe)
         .companion(&companion)
         .timeout(std::time::Duration::from_secs(420));

@@ -5,12 +5,10 @@
 //! on hardware KVM. The guest files must have the two modules
 //! (`cargo xtask guest --refresh` fetches them).
 
-use vmm_testbed::Job;
-
 mod common;
 mod linux_common;
 
-use linux_common::{guest, nested_retry, run, test_initrd};
+use linux_common::{debian_job, guest, nested_retry, run, test_initrd};
 
 /// The guest's modules, in load order.
 const MODULES: &[&str] = &["watchdog", "wdat_wdt"];
@@ -44,24 +42,22 @@ fn boot(
     let dir = common::TempDir::new(test);
     let script = format!("WDAT_ARGS='{wdat_args}'\n{PROLOGUE}{script}");
     let initrd = test_initrd(&g, &dir, &script, MODULES, false);
-    let job = Job::new([
-        "--kernel",
-        "kernel",
-        "--initrd",
-        "initrd",
-        "--cpus",
-        "1",
-        "--memory",
-        "256M",
-        "--log-level",
-        log_level,
-        "--device",
-        "i6300esb",
-        "--action",
-        &format!("watchdog={action}"),
-    ])
-    .file("kernel", &g.bzimage)
-    .file("initrd", &initrd)
+    let job = debian_job(
+        &g,
+        &initrd,
+        [
+            "--cpus",
+            "1",
+            "--memory",
+            "256M",
+            "--log-level",
+            log_level,
+            "--device",
+            "i6300esb",
+            "--action",
+            &format!("watchdog={action}"),
+        ],
+    )
     .timeout(std::time::Duration::from_secs(300));
     Some(run(test, &g, &job))
 }

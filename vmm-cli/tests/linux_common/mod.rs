@@ -1,6 +1,6 @@
 //! Helpers of the Linux tests (`linux.rs`, `linux_disks.rs`): the guest
-//! files, one nested boot at a time, the test initramfs, the retry of a
-//! nested run.
+//! files, one nested boot at a time, the test initramfs, a job booting the
+//! guest's bzImage with it, the retry of a nested run.
 
 #![allow(dead_code)]
 
@@ -143,6 +143,20 @@ pub fn run(test: &str, g: &GuestFiles, job: &Job) -> Outcome {
         out.l1_boot, out.total
     );
     out
+}
+
+/// A job booting the guest's bzImage with `initrd`: `--kernel kernel
+/// --initrd initrd` and then `args`, both files added (as `kernel` and
+/// `initrd`). The rest (other files, the time limit, ...) is the caller's.
+pub fn debian_job<I, S>(g: &GuestFiles, initrd: &Path, args: I) -> Job
+where
+    I: IntoIterator<Item = S>,
+    S: Into<String>,
+{
+    let prefix = ["--kernel", "kernel", "--initrd", "initrd"].map(String::from);
+    Job::new(prefix.into_iter().chain(args.into_iter().map(Into::into)))
+        .file("kernel", &g.bzimage)
+        .file("initrd", initrd)
 }
 
 /// A test initramfs: busybox, `/init` = the usual mounts then `script`,
