@@ -4,7 +4,7 @@
 //! `nested_retry`); when the second run passes, the test passes and
 //! `cargo test` shows nothing of the first (it keeps a passing test's
 //! output). So every retry is also written, one line each, to the file
-//! [`RETRY_LOG_ENV`] names, with the end of the failed try's message in a
+//! [`RETRY_LOG_ENV`] names, with the start and end of the failed try's message in a
 //! details file beside it ([`details_path`]), and `cargo xtask test`
 //! prints both at its end, passed or failed: a retry costs the run minutes
 //! and is a fault of its own, never to go unseen.
@@ -44,6 +44,10 @@ pub fn record(test: &str, took: Duration, fault: &str, why: &str) {
 /// How many of a failed try's last lines [`record`] keeps: the
 /// end of the guest's console and the VMM's stderr, where the fault shows.
 pub const DETAIL_LINES: usize = 80;
+/// How many of its first lines it keeps too: the failed assertion and
+/// what it printed first (a test's message often starts with the VMM's
+/// stderr, then the whole console).
+pub const DETAIL_HEAD_LINES: usize = 30;
 
 /// The start of each block in the details file.
 pub const DETAIL_HEADER: &str = "=== failed try: ";
@@ -56,24 +60,37 @@ pub fn details_path(record: &Path) -> std::path::PathBuf {
     name.into()
 }
 
-/// A block for the details file: a header naming `test`, then the last
-/// [`DETAIL_LINES`] lines of `why`, each indented.
+/// A block for the details file: a header naming `test`, then the first
+/// [`DETAIL_HEAD_LINES`] and the last [`DETAIL_LINES`] lines of `why`,
+/// each indented, with how many were left out between them.
 pub fn detail_block(test: &str, why: &str) -> String {
     let lines: Vec<&str> = why.lines().collect();
-    let skip = lines.len().saturating_sub(DETAIL_LINES);
+    let keep = DETAIL_HEAD_LINES + DETAIL_LINES;
+    let left_out = lines.len().saturating_sub(keep);
     let mut out = format!("{DETAIL_HEADER}{test}");
-    if skip > 0 {
+    if left_out > 0 {
         out.push_str(&format!(
-            " (its last {DETAIL_LINES} of {} lines)",
+            " (its first {DETAIL_HEAD_LINES} and last {DETAIL_LINES} of {} lines)",
             lines.len()
         ));
     }
     out.push('\n');
-    for l in &lines[skip..] {
+    let indent = |out: &mut String, l: &str| {
         out.push_str("    ");
         out.push_str(l);
         out.push('\n');
+    };
+    if left_out == 0 {
+        lines.iter().for_each(|l| indent(&mut out, l));
+        return out;
     }
+    lines[..DETAIL_HEAD_LINES]
+        .iter()
+        .for_each(|l| indent(&mut out, l));
+    out.push_str(&format!("    [... {left_out} lines left out ...]\n"));
+    lines[lines.len() - DETAIL_LINES..]
+        .iter()
+        .for_each(|l| indent(&mut out, l));
     out
 }
 
@@ -120,9 +137,17 @@ mod tests {
         assert_eq!(short, format!("{DETAIL_HEADER}t\n    a\n    b\n"));
         let why: String = (0..200).map(|i| format!("line {i}\n")).collect();
         let long = detail_block("t", &why);
-        assert!(long.starts_with(&format!("{DETAIL_HEADER}t (its last 80 of 200 lines)\n")));
+        assert!(long.starts_with(&format!(
+            "{DETAIL_HEADER}t (its first 30 and last 80 of 200 lines)\n    line 0\n"
+        )));
         assert!(long.ends_with("    line 199\n"));
-        assert!(long.contains("    line 120\n") && !long.contains("line 119\n"));
+        assert!(long.contains("    line 29\n    [... 90 lines left out ...]\n    line 120\n"));
+        assert!(!long.contains("line 30\n") && !long.contains("line 119\n"));
+        // 110 lines fit whole.
+        let why: String = (0..110).map(|i| format!("line {i}\n")).collect();
+        let whole = detail_block("t", &why);
+        assert_eq!(whole.lines().count(), 111);
+        assert!(!whole.contains("left out"));
         assert_eq!(
             details_path(Path::new("/x/nested-retries.log")),
             Path::new("/x/nested-retries.log.details")
