@@ -14,7 +14,9 @@ use linux_common::{debian_job, guest, nested_only, nested_retry, run, test_initr
 
 /// A guest that spins in user space once booted, and a companion that
 /// ends when it says so: the VMM is still running 5 s later, so L1
-/// samples its vCPU's exits, then stops it.
+/// samples its vCPU's exits, then stops it. The companion also prints
+/// L1's soft-lockup settings (`vmm_testbed::qemu::L1_CMDLINE`: a report
+/// after 50 s, then a panic that prints L1's whole kernel log).
 #[test]
 fn a_spinning_guest_is_sampled_from_l1() {
     let test = "a_spinning_guest_is_sampled_from_l1";
@@ -41,7 +43,9 @@ fn a_spinning_guest_is_sampled_from_l1() {
         )
         .companion(
             "i=0; while ! grep -q @@SPINNING console.log 2>/dev/null && [ $i -lt 1200 ]; \
-             do sleep 0.1; i=$((i+1)); done; grep -c @@SPINNING console.log",
+             do sleep 0.1; i=$((i+1)); done; grep -c @@SPINNING console.log; \
+             echo @@L1-LOCKUP-SETTINGS $(cat /proc/sys/kernel/watchdog_thresh \
+             /proc/sys/kernel/softlockup_panic /proc/sys/kernel/panic_print)",
         )
         .timeout(Duration::from_secs(240));
         let out = run(test, &g, &job);
@@ -52,6 +56,13 @@ fn a_spinning_guest_is_sampled_from_l1() {
             out.console.lines().any(|l| l.trim() == "1"),
             "the guest never spun:\n{}",
             why()
+        );
+        assert!(
+            out.console
+                .lines()
+                .any(|l| l.trim() == "@@L1-LOCKUP-SETTINGS 25 1 32"),
+            "L1's soft-lockup settings:\n{}",
+            out.console
         );
         let svm = l2_exits::l1_svm_vcpu_run(l1).unwrap_or_else(|| panic!("no symbol:\n{}", why()));
         assert!(svm >= 0xffff_8000_0000_0000, "{svm:#x}\n{}", why());

@@ -61,8 +61,16 @@ pub fn l1_cpus() -> u32 {
 /// timer doesn't work!" (seen on 2026-12-03 in the `linux_migration`
 /// test's first try, with three nested test beds on two cores). The
 /// timer does work under TCG; the check only measures the host's load.
-pub const L1_CMDLINE: &str =
-    "console=ttyS0 loglevel=0 quiet panic=-1 mitigations=off no_timer_check";
+///
+/// A soft lockup of L1's own kernel: reported after 50 s
+/// (`watchdog_thresh=25`; the default 10 gives 20 s, which a loaded host
+/// can reach), then L1 panics (`softlockup_panic=1`) and, its console now
+/// verbose, prints its whole kernel log again (`panic_print=0x20`): the
+/// report's registers and backtrace, which the quiet console hid. A hung
+/// L1 often has no CPU left for a user-space reporter (one CPU held in L2
+/// by TCG's fault, the other spinning on it), so the kernel prints them.
+pub const L1_CMDLINE: &str = "console=ttyS0 loglevel=0 quiet panic=-1 mitigations=off \
+     no_timer_check watchdog_thresh=25 softlockup_panic=1 panic_print=0x20";
 
 /// Whether QEMU is installed.
 pub fn qemu_available() -> bool {
@@ -285,9 +293,17 @@ fn run_batch_inner(
         let len = console_len();
         if len != last_len {
             if let Some(what) = l1_stuck(&now) {
+                // L1 panics on it and prints its log again (L1_CMDLINE):
+                // give that a few seconds to come.
+                let drain_end = Instant::now() + STUCK_DRAIN;
+                while Instant::now() < drain_end && matches!(child.0.try_wait(), Ok(None)) {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                std::thread::sleep(Duration::from_millis(200));
+                let all = text();
                 return Err(TestbedError::L1Stuck {
-                    what,
-                    console: markers::normalize(&now),
+                    what: l1_stuck(&all).unwrap_or(what),
+                    console: markers::normalize(&all),
                 });
             }
             (last_len, last_change) = (len, Instant::now());
@@ -313,6 +329,10 @@ fn run_batch_inner(
 /// none of them ever came back.
 pub const L1_STUCK_LIMIT: Duration = Duration::from_secs(50);
 
+/// How long a run that met [`L1_STUCK_LIMIT`] waits for L1's panic (its
+/// kernel log printed again) before it ends.
+const STUCK_DRAIN: Duration = Duration::from_secs(10);
+
 /// L1's last soft-lockup report in `console` if it says a CPU was stuck
 /// for at least [`L1_STUCK_LIMIT`]; the report reads
 /// `watchdog: BUG: soft lockup - CPU#0 stuck for 1070s! [vmm:430]`.
@@ -323,9 +343,13 @@ pub fn l1_stuck(console: &str) -> Option<String> {
     let after = &line[line.find("stuck for ")? + "stuck for ".len()..];
     let seconds: u64 = after[..after.find('s')?].parse().ok()?;
     (seconds >= L1_STUCK_LIMIT.as_secs()).then(|| {
+        // The backtrace: the reporter's marked dmesg lines, or L1's log
+        // printed again at its panic, after the report.
         let waits_for_ipi = console
             .lines()
-            .any(|l| l.starts_with(markers::L1_DMESG) && IPI_WAITS.iter().any(|f| l.contains(f)));
+            .filter(|l| l.starts_with(markers::L1_DMESG))
+            .chain(console[start..].lines())
+            .any(|l| IPI_WAITS.iter().any(|f| l.contains(f)));
         if waits_for_ipi {
             format!(
                 "L1's soft lockup report: {line}; its backtrace waits for an IPI another L1 CPU \
@@ -488,8 +512,12 @@ mod tests {
             named.contains("1096s") && named.contains("TCG's SVM fault"),
             "{named}"
         );
-        // The function named in a guest's line is not L1's backtrace.
-        let guest = format!("{long}guest: smp_call_function_many_cond\r\n");
+        // Or L1's kernel log printed again at its panic, after the report.
+        let replay = format!("{long}[ 1548.5] Call Trace:\r\n[ 1548.5]  csd_lock_wait+0x2a\r\n");
+        assert!(l1_stuck(&replay).unwrap().contains("TCG's SVM fault"));
+        // The function named in a guest's line before the report is not
+        // L1's backtrace.
+        let guest = format!("guest: smp_call_function_many_cond\r\n{long}");
         assert!(!l1_stuck(&guest).unwrap().contains("IPI"));
         assert_eq!(l1_stuck("soft lockup - CPU#0 stuck for 1000"), None);
         assert_eq!(l1_stuck("BUG: soft lockup - CPU#0 stuck for xs!"), None);
