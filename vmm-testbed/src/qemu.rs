@@ -278,6 +278,14 @@ fn run_batch_inner(
             let mut err = String::from_utf8_lossy(&stderr.join().unwrap_or_default()).into_owned();
             let log = std::fs::read_to_string(&reset_log.0).unwrap_or_default();
             err.push_str(&reset_log_summary(&log));
+            // L1 panics at its soft-lockup report (L1_CMDLINE): a hung L1.
+            let all = text();
+            if let Some(what) = l1_stuck(&all) {
+                return Err(TestbedError::L1Stuck {
+                    what,
+                    console: markers::normalize(&all),
+                });
+            }
             return Err(TestbedError::L1Ended {
                 status: status.code(),
                 qemu_stderr: err,
