@@ -137,6 +137,9 @@ pub struct Job {
     pub timeout: Duration,
     /// L1's memory in MiB (nested runs only).
     pub l1_memory_mib: u32,
+    /// L1's CPUs (nested runs only): None for [`qemu::L1_CPUS`]; the
+    /// environment's [`qemu::CPUS_ENV`] wins over both.
+    pub l1_cpus: Option<u32>,
     /// A shell script run in the job's folder while the VMM runs (a QMP
     /// client, say); its output follows the VMM's in [`Outcome::console`].
     /// It finds the VMM binary in `$VMM`, and with [`Job::qemu`] the
@@ -198,6 +201,7 @@ impl Job {
             files: Vec::new(),
             timeout: Duration::from_secs(300),
             l1_memory_mib: 1536,
+            l1_cpus: None,
             companion: None,
             qemu: false,
             silence_limit: None,
@@ -265,6 +269,12 @@ impl Job {
         self
     }
 
+    /// Sets L1's CPU count (see [`Job::l1_cpus`]).
+    pub fn l1_cpus(mut self, cpus: u32) -> Self {
+        self.l1_cpus = Some(cpus);
+        self
+    }
+
     /// Sets the silence limit (see [`Job::silence_limit`]).
     pub fn silence_limit(mut self, limit: Duration) -> Self {
         self.silence_limit = Some(limit);
@@ -298,7 +308,7 @@ pub struct Outcome {
 /// Runs `job` nested in L1 under QEMU/TCG.
 pub fn run_nested(guest: &GuestFiles, vmm: &Path, job: &Job) -> Result<Outcome, TestbedError> {
     let image = qemu::TempFile::new(&l1::l1_initramfs(guest, vmm, job, false)?)?;
-    let mut cmd = qemu::l1_command(&guest.bzimage, &image.0, job.l1_memory_mib);
+    let mut cmd = qemu::l1_command(&guest.bzimage, &image.0, job.l1_memory_mib, job.l1_cpus);
     qemu::add_l1_disks(&mut cmd, &job.l1_disks);
     qemu::run_batch(
         cmd,
@@ -340,7 +350,7 @@ pub fn run_nested_interactive(
     bridges: &Bridges,
 ) -> Result<i32, TestbedError> {
     let image = qemu::TempFile::new(&l1::l1_initramfs(guest, vmm, job, true)?)?;
-    let mut cmd = qemu::l1_command(&guest.bzimage, &image.0, job.l1_memory_mib);
+    let mut cmd = qemu::l1_command(&guest.bzimage, &image.0, job.l1_memory_mib, job.l1_cpus);
     qemu::add_l1_disks(&mut cmd, &job.l1_disks);
     qemu::run_interactive(cmd, bridges)
 }

@@ -44,13 +44,14 @@ pub const CPUS_ENV: &str = "VMM_TESTBED_L1_CPUS";
 /// Linux tests run a failed nested test once more (docs/nested/README.md).
 pub const L1_CPUS: u32 = 2;
 
-/// L1's `-smp`: [`CPUS_ENV`] when it is a number from 1 to 16, else
-/// [`L1_CPUS`].
-pub fn l1_cpus() -> u32 {
+/// L1's `-smp`: [`CPUS_ENV`] when it is a number from 1 to 16, else the
+/// job's choice, else [`L1_CPUS`].
+pub fn l1_cpus(job: Option<u32>) -> u32 {
     std::env::var(CPUS_ENV)
         .ok()
         .and_then(|v| v.trim().parse().ok())
         .filter(|n| (1..=16).contains(n))
+        .or(job)
         .unwrap_or(L1_CPUS)
 }
 
@@ -83,10 +84,10 @@ pub fn qemu_available() -> bool {
 }
 
 /// The QEMU command for L1 (without its console arguments).
-pub fn l1_command(kernel: &Path, initrd: &Path, memory_mib: u32) -> Command {
+pub fn l1_command(kernel: &Path, initrd: &Path, memory_mib: u32, cpus: Option<u32>) -> Command {
     let mut c = Command::new(QEMU);
     c.args(["-accel", &l1_accel(), "-cpu", "max"])
-        .args(["-smp", &l1_cpus().to_string()])
+        .args(["-smp", &l1_cpus(cpus).to_string()])
         .args(["-m", &format!("{memory_mib}M")])
         .args([
             "-nodefaults",

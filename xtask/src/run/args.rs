@@ -83,6 +83,14 @@ impl VmmArgs {
             .any(|w| matches!(w, Word::Opt(n, _) if n == name))
     }
 
+    /// The value of option `name` (long form), its last one if given twice.
+    pub fn value(&self, name: &str) -> Option<&str> {
+        self.0.iter().rev().find_map(|w| match w {
+            Word::Opt(n, Some(v)) if n == name => Some(v.as_str()),
+            _ => None,
+        })
+    }
+
     /// Whether the command line only asks for help or the version (which
     /// the VMM prints without a KVM or a guest).
     pub fn wants_help(&self) -> bool {

@@ -398,7 +398,7 @@ fn report(o: &Options, ended: &[Ended], pending: &[Boot], l1: &L1, took: Duratio
             "with no busy thread"
         },
         vmm_testbed::qemu::l1_accel(),
-        vmm_testbed::qemu::l1_cpus(),
+        vmm_testbed::qemu::l1_cpus(None),
         took
     );
     if !l1.host.is_empty() {
