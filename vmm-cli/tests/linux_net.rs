@@ -22,6 +22,16 @@ const MODULES: &[&str] = &[
     "virtio_net",
 ];
 
+/// The `--netdev` of the tests' card: the tap `tap0` in L1, with the
+/// kernel's vhost-net or without.
+fn tap_netdev(vhost: bool) -> &'static str {
+    if vhost {
+        "tap,id=n0,ifname=tap0,vhost=on"
+    } else {
+        "tap,id=n0,ifname=tap0"
+    }
+}
+
 /// L1 (the companion) waits for our VMM to make tap0, gives it
 /// 10.0.2.1/24 and brings it up; the guest gives its card 10.0.2.15/24
 /// and pings L1, small and large (a 20000-byte ping: IP fragments, many
@@ -116,11 +126,7 @@ fn reaches_l1_across_a_tap(test: &str, vhost: bool) {
                 "--memory",
                 "512M",
                 "--netdev",
-                if vhost {
-                    "tap,id=n0,ifname=tap0,vhost=on"
-                } else {
-                    "tap,id=n0,ifname=tap0"
-                },
+                tap_netdev(vhost),
                 "--device",
                 "virtio-net-pci,netdev=n0,mac=52:54:00:ab:cd:01",
             ],
@@ -241,11 +247,7 @@ fn dhcp_again_after_a_reboot(test: &str, vhost: bool) {
                 "--reboot",
                 "reset",
                 "--netdev",
-                if vhost {
-                    "tap,id=n0,ifname=tap0,vhost=on"
-                } else {
-                    "tap,id=n0,ifname=tap0"
-                },
+                tap_netdev(vhost),
                 "--device",
                 "virtio-net-pci,netdev=n0,mac=52:54:00:ab:cd:02",
             ],
