@@ -89,3 +89,57 @@ fn a_spinning_guest_is_sampled_from_l1() {
         );
     });
 }
+
+/// A job that reaches its time limit (a guest spinning for ever) ends
+/// with L1's own CPUs' registers, asked of L1's QEMU over its QMP socket
+/// (`vmm_testbed::l1_monitor`): what a silent, hung L1 leaves to go by.
+#[test]
+fn a_job_at_its_time_limit_reports_l1s_cpus() {
+    let test = "a_job_at_its_time_limit_reports_l1s_cpus";
+    if !nested_only(test, "L1's QEMU; there is no L1 on this host") {
+        return;
+    }
+    nested_retry(test, || {
+        let Some(g) = guest(test) else {
+            return;
+        };
+        let dir = common::TempDir::new(test);
+        let initrd = test_initrd(&g, &dir, "while :; do :; done", &[], false);
+        let job = debian_job(
+            &g,
+            &initrd,
+            [
+                "--memory",
+                "256M",
+                "--append",
+                "console=ttyS0 quiet panic=-1",
+            ],
+        )
+        .timeout(Duration::from_secs(40));
+        let vmm = std::path::Path::new(env!("CARGO_BIN_EXE_vmm"));
+        match vmm_testbed::run_linux(&g, vmm, &job) {
+            Err(vmm_testbed::TestbedError::Timeout { console, .. }) => {
+                let line = console
+                    .lines()
+                    .find(|l| l.starts_with(vmm_testbed::l1_monitor::CPUS_MARKER))
+                    .unwrap_or_else(|| panic!("{test}: no L1 CPUs line:\n{console}"));
+                eprintln!("{test}: {line}");
+                // One entry per L1 CPU, each with a hexadecimal RIP.
+                let cpus: Vec<&str> = line.split_whitespace().skip(1).collect();
+                assert_eq!(
+                    cpus.len() as u32,
+                    vmm_testbed::qemu::l1_cpus(None),
+                    "{line}"
+                );
+                for c in cpus {
+                    let rip = c.split_once('=').map(|(_, v)| &v[..16.min(v.len())]);
+                    assert!(
+                        rip.is_some_and(|r| u64::from_str_radix(r, 16).is_ok()),
+                        "{line}"
+                    );
+                }
+            }
+            other => panic!("{test}: expected the time limit, got {other:?}"),
+        }
+    });
+}

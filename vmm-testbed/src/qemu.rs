@@ -209,6 +209,18 @@ fn run_batch_inner(
     cmd.args(["-d", "cpu_reset", "-D"])
         .arg(&reset_log.0)
         .args(["-serial", "stdio"]);
+    // A run that ends at a limit first asks QEMU where L1's CPUs are.
+    let qmp = TempFile(crate::l1_monitor::socket_path());
+    let _ = std::fs::remove_file(&qmp.0);
+    cmd.args(crate::l1_monitor::qmp_args(&qmp.0));
+    let with_l1_cpus = |console: String| {
+        let line = crate::l1_monitor::l1_cpus_line(&qmp.0, &console);
+        markers::normalize(&format!(
+            "{console}
+{line}
+"
+        ))
+    };
     if let Some(path) = serial2 {
         cmd.arg("-serial")
             .arg(format!("unix:{},server=on,wait=on", path.display()));
@@ -296,7 +308,7 @@ fn run_batch_inner(
         if start.elapsed() > timeout {
             return Err(TestbedError::Timeout {
                 after: timeout,
-                console: markers::normalize(&text()),
+                console: with_l1_cpus(text()),
             });
         }
         let len = console_len();
@@ -319,7 +331,7 @@ fn run_batch_inner(
         } else if let Some(limit) = silence.filter(|&l| last_change.elapsed() > l) {
             return Err(TestbedError::Silent {
                 after: limit,
-                console: markers::normalize(&text()),
+                console: with_l1_cpus(text()),
             });
         }
         std::thread::sleep(Duration::from_millis(20));

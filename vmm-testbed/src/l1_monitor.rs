@@ -1,0 +1,186 @@
+//! Where L1's own CPUs are, asked of L1's QEMU from the host.
+//!
+//! A nested run can hang with L1 itself gone quiet: no line on its
+//! console, no exit sample, no soft-lockup report (both L1 CPUs lost: one
+//! held inside L2 by TCG's SVM fault, the other spinning on it with
+//! interrupts off, say). Nothing inside L1 can report that. So a batch L1
+//! runs with a QMP socket (see [`qmp_args`]), and a run that ends at its
+//! time limit or silence limit first asks QEMU for `info registers -a`
+//! (QMP `human-monitor-command`) and adds one line to L1's console:
+//! `@@TESTBED-L1-CPUS cpu0=RIP,CPL,HLT ...` ([`CPUS_MARKER`]), with each
+//! RIP inside this L1's `__svm_vcpu_run` marked (`@vmrun+0x..`). Under
+//! TCG, a CPU running L2 shows L2's registers.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::l2_exits;
+
+/// L1's console line with its CPUs' registers, added by the test bed.
+pub const CPUS_MARKER: &str = "@@TESTBED-L1-CPUS";
+
+/// How long each QMP exchange may take (a hung L1 leaves QEMU's main loop
+/// answering; a QEMU that does not answer is left alone).
+const ANSWER: Duration = Duration::from_secs(5);
+
+/// QEMU's arguments for a QMP server at `path` that does not wait for a
+/// client.
+pub fn qmp_args(path: &Path) -> [String; 2] {
+    [
+        "-qmp".to_owned(),
+        format!("unix:{},server=on,wait=off", path.display()),
+    ]
+}
+
+/// A fresh socket path in the temp folder for this process and thread.
+pub fn socket_path() -> PathBuf {
+    std::env::temp_dir().join(format!(
+        "vmm-testbed-l1-qmp-{}-{:?}.sock",
+        std::process::id(),
+        std::thread::current().id()
+    ))
+}
+
+/// Asks QEMU at `socket` for `info registers -a`; the [`CPUS_MARKER`] line
+/// for `console` (whose `__svm_vcpu_run` marks RIPs), or why not.
+pub fn l1_cpus_line(socket: &Path, console: &str) -> String {
+    match info_registers(socket) {
+        Ok(text) => cpus_line(&text, l2_exits::l1_svm_vcpu_run(console)),
+        Err(e) => format!("{CPUS_MARKER} none: QEMU's monitor did not answer: {e}"),
+    }
+}
+
+fn info_registers(socket: &Path) -> std::io::Result<String> {
+    let stream = UnixStream::connect(socket)?;
+    stream.set_read_timeout(Some(ANSWER))?;
+    stream.set_write_timeout(Some(ANSWER))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut w = stream;
+    let mut line = String::new();
+    reader.read_line(&mut line)?; // the greeting
+    w.write_all(b"{\"execute\":\"qmp_capabilities\"}\n")?;
+    read_return(&mut reader)?;
+    w.write_all(
+        b"{\"execute\":\"human-monitor-command\",\
+          \"arguments\":{\"command-line\":\"info registers -a\"}}\n",
+    )?;
+    read_return(&mut reader)
+}
+
+/// The next line with a `"return"` (events before it skipped).
+fn read_return(reader: &mut impl BufRead) -> std::io::Result<String> {
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        if line.contains("\"return\"") || line.contains("\"error\"") {
+            return Ok(line);
+        }
+    }
+}
+
+/// The [`CPUS_MARKER`] line from QEMU's `info registers -a` text (raw or
+/// JSON-escaped): each `CPU#N`'s RIP, CPL and HLT, a RIP within
+/// [`l2_exits::SVM_WINDOW`] of `svm` marked as at L1's VMRUN code.
+pub fn cpus_line(text: &str, svm: Option<u64>) -> String {
+    let mut line = String::from(CPUS_MARKER);
+    let mut cpus = text.split("CPU#").skip(1).peekable();
+    if cpus.peek().is_none() {
+        line.push_str(" none: no CPU in QEMU's answer");
+        return line;
+    }
+    for cpu in cpus {
+        let n: String = cpu.chars().take_while(char::is_ascii_digit).collect();
+        let field = |name: &str| {
+            let at = cpu.find(name)? + name.len();
+            Some(
+                cpu[at..]
+                    .chars()
+                    .take_while(char::is_ascii_hexdigit)
+                    .collect::<String>(),
+            )
+            .filter(|v| !v.is_empty())
+        };
+        let rip = field("RIP=").unwrap_or_else(|| "?".into());
+        let vmrun = u64::from_str_radix(&rip, 16)
+            .ok()
+            .zip(svm)
+            .and_then(|(r, s)| r.checked_sub(s))
+            .filter(|&o| o < l2_exits::SVM_WINDOW)
+            .map(|o| format!("@vmrun+{o:#x}"))
+            .unwrap_or_default();
+        line.push_str(&format!(
+            " cpu{n}={rip}{vmrun},cpl{},hlt{}",
+            field("CPL=").unwrap_or_else(|| "?".into()),
+            field("HLT=").unwrap_or_else(|| "?".into())
+        ));
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DUMP: &str = "{\"return\": \"\\r\\nCPU#0\\r\\nRAX=0000000000000000 \
+        RBX=ffff888003c5c000\\r\\nRIP=ffffffffc0377dcc RFL=00000046 [---Z-P-] CPL=0 II=0 \
+        A20=1 SMM=0 HLT=0\\r\\n\\r\\nCPU#1\\r\\nRIP=ffffffff81c3e0c4 RFL=00000246 [---Z-P-] \
+        CPL=0 II=0 A20=1 SMM=0 HLT=1\\r\\n\"}";
+
+    #[test]
+    fn each_cpu_and_a_rip_at_l1s_vmrun() {
+        assert_eq!(
+            cpus_line(DUMP, Some(0xffff_ffff_c037_7d30)),
+            "@@TESTBED-L1-CPUS cpu0=ffffffffc0377dcc@vmrun+0x9c,cpl0,hlt0 \
+             cpu1=ffffffff81c3e0c4,cpl0,hlt1"
+        );
+        // Without the symbol, nothing is marked.
+        assert!(!cpus_line(DUMP, None).contains("@vmrun"));
+    }
+
+    #[test]
+    fn odd_answers_say_so() {
+        assert_eq!(
+            cpus_line("{\"error\": {}}", None),
+            "@@TESTBED-L1-CPUS none: no CPU in QEMU's answer"
+        );
+        assert_eq!(
+            cpus_line("CPU#3 RIP=zz CPL=", Some(1)),
+            "@@TESTBED-L1-CPUS cpu3=?,cpl?,hlt?"
+        );
+        let gone = l1_cpus_line(Path::new("/nonexistent/qmp.sock"), "");
+        assert!(gone.starts_with("@@TESTBED-L1-CPUS none: QEMU's monitor did not answer"));
+    }
+
+    /// The exchange against a fake QEMU on a socket.
+    #[test]
+    fn asks_qemu_over_qmp() {
+        let path =
+            std::env::temp_dir().join(format!("vmm-testbed-fake-qmp-{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let fake = std::thread::spawn(move || {
+            let (s, _) = listener.accept().unwrap();
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            let mut w = s;
+            w.write_all(b"{\"QMP\": {}}\n").unwrap();
+            let mut l = String::new();
+            r.read_line(&mut l).unwrap();
+            assert!(l.contains("qmp_capabilities"), "{l}");
+            w.write_all(b"{\"return\": {}}\n").unwrap();
+            l.clear();
+            r.read_line(&mut l).unwrap();
+            assert!(l.contains("info registers -a"), "{l}");
+            w.write_all(b"{\"event\": \"X\"}\n").unwrap();
+            w.write_all(format!("{DUMP}\n").as_bytes()).unwrap();
+        });
+        let line = l1_cpus_line(&path, "@@TESTBED-L1-SVM ffffffffc0377d30\n");
+        fake.join().unwrap();
+        let _ = std::fs::remove_file(&path);
+        assert!(line.contains("cpu0=ffffffffc0377dcc@vmrun+0x9c"), "{line}");
+        assert!(line.contains("cpu1=ffffffff81c3e0c4,cpl0,hlt1"), "{line}");
+    }
+}
