@@ -21,9 +21,8 @@ tried once more, loudly, as the nested tests' runs are:
 - L1 came up but no prompt followed within PROMPT_AFTER_L1_LIMIT. L1
   watches a nested run and prints whose fault a hang is when it can tell:
   "test bed: TCG's SVM fault: ..." (an L2 vCPU stuck in L1's own VMRUN
-  code) or "test bed: L1's own kernel reports a soft lockup" (or its
-  kernel's own "BUG: soft lockup", after which L1 panics and the run
-  ends); a hang L1 did not name is reported as unnamed (it may be the
+  code) or its kernel's "BUG: soft lockup" (after which L1 panics and
+  the run ends); a hang L1 did not name is reported as unnamed (it may be the
   VMM's).
 
 The retry line carries QEMU's CPU seconds and the run's last output.
@@ -53,10 +52,9 @@ L1_UP_LIMIT = 150
 # From L1's "up" line to the guest's prompt: 15-40 s on an idle host. L1
 # samples a run still going at 60 s and 150 s for TCG's fault.
 PROMPT_AFTER_L1_LIMIT = 300
-# What L1 prints when it can tell a hang is its own: the watcher's lines,
+# What L1 prints when it can tell a hang is its own: the watcher's line,
 # or its kernel's soft-lockup report (L1 then panics and QEMU ends).
-L1_NAMED_FAULTS = (b"test bed: TCG's SVM fault", b"test bed: L1's own kernel reports a soft lockup",
-                   b"BUG: soft lockup")
+L1_NAMED_FAULTS = (b"test bed: TCG's SVM fault", b"BUG: soft lockup")
 NESTED_NOTICE = b"running the same VMM and guest nested"
 L1_UP = b"test bed: L1 up after"
 L1_UP_END = b"starting the VMM"
