@@ -60,7 +60,7 @@ fn a_spinning_guest_is_sampled_from_l1() {
         assert!(
             out.console
                 .lines()
-                .any(|l| l.trim() == "@@L1-LOCKUP-SETTINGS 25 1 32"),
+                .any(|l| l.trim() == "@@L1-LOCKUP-SETTINGS 25 1 97"),
             "L1's soft-lockup settings:\n{}",
             out.console
         );
@@ -138,6 +138,33 @@ fn a_job_at_its_time_limit_reports_l1s_cpus() {
                         "{line}"
                     );
                 }
+                // Then the NMI: L1 panics on it and prints its CPUs'
+                // backtraces, the vCPU thread's among them.
+                let nmi = console
+                    .lines()
+                    .find(|l| l.starts_with(vmm_testbed::l1_monitor::NMI_MARKER))
+                    .unwrap_or_else(|| panic!("{test}: no NMI line:\n{console}"));
+                assert!(nmi.contains(" sent:"), "{nmi}\n{console}");
+                assert!(
+                    console.contains("Kernel panic - not syncing: NMI"),
+                    "{test}: L1 did not panic on the NMI:\n{console}"
+                );
+                // Its summary at the end: each CPU, the VMM's threads.
+                let summary: Vec<&str> = console
+                    .lines()
+                    .filter(|l| l.starts_with(vmm_testbed::l1_panic::PANIC_MARKER))
+                    .collect();
+                eprintln!("{test}: L1's panic:\n{}", summary.join("\n"));
+                assert!(
+                    summary
+                        .iter()
+                        .any(|l| l.contains("`vcpu 0`") && l.contains("kvm_arch_vcpu_ioctl_run")),
+                    "{test}: no vCPU thread on an L1 CPU:\n{console}"
+                );
+                assert!(
+                    summary.iter().any(|l| l.contains(" task vmm pid ")),
+                    "{test}: no VMM main thread in L1's tasks:\n{console}"
+                );
             }
             other => panic!("{test}: expected the time limit, got {other:?}"),
         }

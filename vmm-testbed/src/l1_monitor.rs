@@ -10,6 +10,16 @@
 //! `@@TESTBED-L1-CPUS cpu0=RIP,CPL,HLT ...` ([`CPUS_MARKER`]), with each
 //! RIP inside this L1's `__svm_vcpu_run` marked (`@vmrun+0x..`). Under
 //! TCG, a CPU running L2 shows L2's registers.
+//!
+//! Then it sends L1 an NMI (QMP `inject-nmi`, [`inject_nmi`]): L1's kernel
+//! panics on an NMI nobody claims (`unknown_nmi_panic` in
+//! [`crate::qemu::L1_CMDLINE`]) and, its console verbose for the panic,
+//! prints the backtrace of every CPU and the state of every task (what
+//! each of the VMM's threads waits on), then its whole log. A silent L1
+//! whose CPUs are all halted (seen: a lost wake-up, or a task blocked for
+//! ever) and one whose CPU spins with interrupts on both answer; only a
+//! CPU that TCG keeps inside L2, or one spinning with NMIs blocked, does
+//! not. The run records [`NMI_MARKER`] either way.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -52,7 +62,33 @@ pub fn l1_cpus_line(socket: &Path, console: &str) -> String {
     }
 }
 
+/// L1's console line after the NMI, added by the test bed.
+pub const NMI_MARKER: &str = "@@TESTBED-L1-NMI";
+
+/// Sends L1 an NMI through QEMU at `socket` (QMP `inject-nmi`, to every
+/// L1 CPU); the [`NMI_MARKER`] line that says whether it went.
+pub fn inject_nmi(socket: &Path) -> String {
+    match exchange(socket, "{\"execute\":\"inject-nmi\"}") {
+        Ok(answer) if answer.contains("\"return\"") => format!(
+            "{NMI_MARKER} sent: L1 panics on it (unknown_nmi_panic) and prints each CPU's \
+             backtrace and each task's state above"
+        ),
+        Ok(answer) => format!("{NMI_MARKER} refused: {}", answer.trim()),
+        Err(e) => format!("{NMI_MARKER} not sent: QEMU's monitor did not answer: {e}"),
+    }
+}
+
 fn info_registers(socket: &Path) -> std::io::Result<String> {
+    exchange(
+        socket,
+        "{\"execute\":\"human-monitor-command\",\
+         \"arguments\":{\"command-line\":\"info registers -a\"}}",
+    )
+}
+
+/// One QMP command on a fresh connection to `socket` (after the greeting
+/// and `qmp_capabilities`): QEMU's answer line.
+fn exchange(socket: &Path, command: &str) -> std::io::Result<String> {
     let stream = UnixStream::connect(socket)?;
     stream.set_read_timeout(Some(ANSWER))?;
     stream.set_write_timeout(Some(ANSWER))?;
@@ -62,10 +98,7 @@ fn info_registers(socket: &Path) -> std::io::Result<String> {
     reader.read_line(&mut line)?; // the greeting
     w.write_all(b"{\"execute\":\"qmp_capabilities\"}\n")?;
     read_return(&mut reader)?;
-    w.write_all(
-        b"{\"execute\":\"human-monitor-command\",\
-          \"arguments\":{\"command-line\":\"info registers -a\"}}\n",
-    )?;
+    w.write_all(format!("{command}\n").as_bytes())?;
     read_return(&mut reader)
 }
 

@@ -30,6 +30,7 @@ mod host;
 pub mod initramfs;
 pub mod l1;
 pub mod l1_monitor;
+pub mod l1_panic;
 pub mod l1_qemu;
 pub mod l2_exits;
 pub mod markers;

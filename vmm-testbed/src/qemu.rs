@@ -66,12 +66,18 @@ pub fn l1_cpus(job: Option<u32>) -> u32 {
 /// A soft lockup of L1's own kernel: reported after 50 s
 /// (`watchdog_thresh=25`; the default 10 gives 20 s, which a loaded host
 /// can reach), then L1 panics (`softlockup_panic=1`) and, its console now
-/// verbose, prints its whole kernel log again (`panic_print=0x20`): the
+/// verbose, prints its whole kernel log again (`panic_print` bit `0x20`): the
 /// report's registers and backtrace, which the quiet console hid. A hung
 /// L1 often has no CPU left for a user-space reporter (one CPU held in L2
 /// by TCG's fault, the other spinning on it), so the kernel prints them.
+/// Before the log, the panic prints every task's state (`0x01`: where
+/// each of the VMM's threads sleeps) and every CPU's backtrace (`0x40`).
+///
+/// A silent L1 is sent an NMI by the test bed (`l1_monitor`), and
+/// `unknown_nmi_panic` makes it the same panic: L1 then says where it is
+/// even when nothing in it would print a word.
 pub const L1_CMDLINE: &str = "console=ttyS0 loglevel=0 quiet panic=-1 mitigations=off \
-     no_timer_check watchdog_thresh=25 softlockup_panic=1 panic_print=0x20";
+     no_timer_check watchdog_thresh=25 softlockup_panic=1 panic_print=0x61 unknown_nmi_panic";
 
 /// Whether QEMU is installed.
 pub fn qemu_available() -> bool {
@@ -213,14 +219,6 @@ fn run_batch_inner(
     let qmp = TempFile(crate::l1_monitor::socket_path());
     let _ = std::fs::remove_file(&qmp.0);
     cmd.args(crate::l1_monitor::qmp_args(&qmp.0));
-    let with_l1_cpus = |console: String| {
-        let line = crate::l1_monitor::l1_cpus_line(&qmp.0, &console);
-        markers::normalize(&format!(
-            "{console}
-{line}
-"
-        ))
-    };
     if let Some(path) = serial2 {
         cmd.arg("-serial")
             .arg(format!("unix:{},server=on,wait=on", path.display()));
@@ -274,6 +272,16 @@ fn run_batch_inner(
     let text =
         || String::from_utf8_lossy(&console.lock().unwrap_or_else(|e| e.into_inner())).into_owned();
     let console_len = || console.lock().unwrap_or_else(|e| e.into_inner()).len();
+    // At a limit: L1's CPUs' registers, then an NMI that L1 panics on,
+    // printing every CPU's backtrace and every task (l1_monitor).
+    let with_l1_report = || {
+        let line = crate::l1_monitor::l1_cpus_line(&qmp.0, &text());
+        let nmi = crate::l1_monitor::inject_nmi(&qmp.0);
+        if nmi.contains(" sent:") {
+            wait_until_quiet(&console_len, NMI_QUIET, NMI_DRAIN);
+        }
+        markers::normalize(&with_panic_summary(format!("{}\n{line}\n{nmi}\n", text())))
+    };
     let (mut last_len, mut last_change) = (0, Instant::now());
     let parsed = loop {
         let now = text();
@@ -296,19 +304,19 @@ fn run_batch_inner(
             if let Some(what) = l1_stuck(&all) {
                 return Err(TestbedError::L1Stuck {
                     what,
-                    console: markers::normalize(&all),
+                    console: markers::normalize(&with_panic_summary(all)),
                 });
             }
             return Err(TestbedError::L1Ended {
                 status: status.code(),
                 qemu_stderr: err,
-                console: markers::normalize(&text()),
+                console: markers::normalize(&with_panic_summary(text())),
             });
         }
         if start.elapsed() > timeout {
             return Err(TestbedError::Timeout {
                 after: timeout,
-                console: with_l1_cpus(text()),
+                console: with_l1_report(),
             });
         }
         let len = console_len();
@@ -324,14 +332,14 @@ fn run_batch_inner(
                 let all = text();
                 return Err(TestbedError::L1Stuck {
                     what: l1_stuck(&all).unwrap_or(what),
-                    console: markers::normalize(&all),
+                    console: markers::normalize(&with_panic_summary(all)),
                 });
             }
             (last_len, last_change) = (len, Instant::now());
         } else if let Some(limit) = silence.filter(|&l| last_change.elapsed() > l) {
             return Err(TestbedError::Silent {
                 after: limit,
-                console: with_l1_cpus(text()),
+                console: with_l1_report(),
             });
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -340,6 +348,35 @@ fn run_batch_inner(
     let l1_ready = *l1_ready_at.lock().unwrap_or_else(|e| e.into_inner());
     drop(child);
     outcome(parsed, text(), l1_ready, total)
+}
+
+/// `console` with the summary of L1's panic, if it printed one, added at
+/// its end (`l1_panic`), where the retry record's tail keeps it.
+fn with_panic_summary(mut console: String) -> String {
+    for line in crate::l1_panic::summary(&console) {
+        console.push_str(&line);
+        console.push('\n');
+    }
+    console
+}
+
+/// After the NMI at a limit: L1's panic output is over once its console
+/// has been still for [`NMI_QUIET`], or at [`NMI_DRAIN`].
+const NMI_QUIET: Duration = Duration::from_secs(3);
+const NMI_DRAIN: Duration = Duration::from_secs(30);
+
+/// Waits until `len` (a console's length) has not changed for `quiet`, or
+/// `limit` has passed.
+fn wait_until_quiet(len: &dyn Fn() -> usize, quiet: Duration, limit: Duration) {
+    let start = Instant::now();
+    let (mut last, mut since) = (len(), Instant::now());
+    while start.elapsed() < limit && since.elapsed() < quiet {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = len();
+        if now != last {
+            (last, since) = (now, Instant::now());
+        }
+    }
 }
 
 /// How long one of L1's CPUs may be stuck in its kernel (by L1's own
@@ -351,8 +388,9 @@ fn run_batch_inner(
 pub const L1_STUCK_LIMIT: Duration = Duration::from_secs(50);
 
 /// How long a run that met [`L1_STUCK_LIMIT`] waits for L1's panic (its
-/// kernel log printed again) before it ends.
-const STUCK_DRAIN: Duration = Duration::from_secs(10);
+/// kernel log printed again, every task's state before it) before it
+/// ends; L1 ends itself once it has printed them (`panic=-1`).
+const STUCK_DRAIN: Duration = Duration::from_secs(30);
 
 /// L1's last soft-lockup report in `console` if it says a CPU was stuck
 /// for at least [`L1_STUCK_LIMIT`]; the report reads
