@@ -62,6 +62,29 @@ pub fn summary(console: &str) -> Vec<String> {
     out
 }
 
+/// `console` without L1's panic dump: everything up to the panic's first
+/// line (kept), then only the test bed's own lines after it (`@@TESTBED-`:
+/// L1's CPUs, the NMI, the [`summary`]). A report's tail of it shows what L1
+/// printed before it went quiet and the summary, not the dump's last
+/// thousand lines.
+pub fn without_dump(console: &str) -> String {
+    let Some(at) = console.find("Kernel panic - not syncing") else {
+        return console.to_owned();
+    };
+    let cut = console[at..]
+        .find('\n')
+        .map_or(console.len(), |e| at + e + 1);
+    let mut out = console[..cut].to_owned();
+    for line in console[cut..]
+        .lines()
+        .filter(|l| l.starts_with("@@TESTBED-"))
+    {
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
 /// A kernel log line without its `[    1.234567] ` time stamp.
 fn strip_time(line: &str) -> &str {
     let t = line.trim_start();
@@ -236,6 +259,26 @@ mod tests {
                  do_epoll_wait+0x698 < __x64_sys_epoll_wait+0x6f < do_syscall_64+0x55",
                 "@@TESTBED-L1-PANIC task vcpu 0 pid 116 R: no frames",
             ]
+        );
+    }
+
+    #[test]
+    fn a_report_leaves_the_dump_out() {
+        let console = format!(
+            "@@TESTBED-OUT-BEGIN\nlast line\n{PANIC}@@TESTBED-L1-NMI sent\n{}\n",
+            summary(PANIC).join("\n")
+        );
+        let short = without_dump(&console);
+        assert!(short.starts_with(
+            "@@TESTBED-OUT-BEGIN\nlast line\n[   38.925359] Kernel panic - not syncing: NMI"
+        ));
+        assert!(!short.contains("kthreadd"), "{short}");
+        assert!(short.contains("@@TESTBED-L1-NMI sent\n@@TESTBED-L1-PANIC cpu0 "));
+        assert_eq!(short.lines().count(), 3 + 1 + 4);
+        assert_eq!(without_dump("no panic\n"), "no panic\n");
+        assert_eq!(
+            without_dump("Kernel panic - not syncing"),
+            "Kernel panic - not syncing"
         );
     }
 

@@ -595,7 +595,7 @@ fn boots(runs: usize) -> Result<(Vec<LinuxSeries>, Vec<String>)> {
             // An L1 fault: what L1 printed last names it (a soft lockup,
             // a panic, a boot still printing).
             eprintln!("xtask: session {session}: L1's console ended with:");
-            for l in console_tail(&console, 15).lines() {
+            for l in console_tail(&vmm_testbed::l1_panic::without_dump(&console), 30).lines() {
                 eprintln!("    {l}");
             }
         }

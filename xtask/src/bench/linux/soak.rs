@@ -315,7 +315,7 @@ pub fn task(args: &[String]) -> Result<()> {
             let running = pending.first().map_or("none".to_owned(), |b| b.describe());
             l1_faults.push(format!(
                 "{fault}; the boot running then: {running}; L1's console ended with:\n\n```\n{}\n```",
-                console_tail(&console, 15)
+                console_tail(&vmm_testbed::l1_panic::without_dump(&console), 30)
             ));
         }
     }
