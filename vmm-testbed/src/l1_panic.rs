@@ -24,8 +24,13 @@ pub fn summary(console: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut cpus_seen = Vec::new();
     let mut pids_seen = Vec::new();
+    let mut asked = Vec::new();
     for (i, line) in lines.iter().enumerate() {
-        if let Some(rest) = line.strip_prefix("NMI backtrace for cpu ") {
+        if let Some(rest) = line.strip_prefix("Sending NMI from CPU ") {
+            if let Some((_, list)) = rest.split_once(" to CPUs ") {
+                asked.extend(cpu_list(list.trim_end_matches(':')));
+            }
+        } else if let Some(rest) = line.strip_prefix("NMI backtrace for cpu ") {
             let cpu: String = rest.chars().take_while(char::is_ascii_digit).collect();
             if cpu.is_empty() || cpus_seen.contains(&cpu) {
                 continue;
@@ -57,6 +62,40 @@ pub fn summary(console: &str) -> Vec<String> {
                 }
             ));
             pids_seen.push(task.pid);
+        }
+    }
+    // A CPU asked for its backtrace that never gave one did not take the
+    // NMI (held in L2 by TCG, or spinning with NMIs blocked).
+    let silent: Vec<String> = asked
+        .into_iter()
+        .map(|c| c.to_string())
+        .filter(|c| !cpus_seen.contains(c))
+        .collect();
+    let at = cpus_seen.len();
+    for (k, cpu) in silent.iter().enumerate() {
+        if !silent[..k].contains(cpu) {
+            out.insert(
+                at + k,
+                format!("{PANIC_MARKER} cpu{cpu} gave no backtrace: it did not take the NMI"),
+            );
+        }
+    }
+    out
+}
+
+/// The kernel's CPU list (`1`, `1-3`, `0,2-3`); what does not parse is
+/// left out.
+fn cpu_list(list: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    for part in list.trim().split(',') {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                if let (Ok(a), Ok(b)) = (a.trim().parse::<u32>(), b.trim().parse::<u32>()) {
+                    // At most 64 CPUs from one range (L1 has a few).
+                    out.extend((a..=b).take(64));
+                }
+            }
+            None => out.extend(part.trim().parse::<u32>().ok()),
         }
     }
     out
@@ -260,6 +299,25 @@ mod tests {
                 "@@TESTBED-L1-PANIC task vcpu 0 pid 116 R: no frames",
             ]
         );
+    }
+
+    #[test]
+    fn a_cpu_that_never_answered_the_nmi_is_named() {
+        let console = "NMI backtrace for cpu 0\nCPU: 0 PID: 9 Comm: vmm Not tainted\n\
+                       Sending NMI from CPU 0 to CPUs 1-2,5:\n\
+                       NMI backtrace for cpu 2 skipped: idling at default_idle+0x1/0x2\n";
+        assert_eq!(
+            summary(console),
+            [
+                "@@TESTBED-L1-PANIC cpu0 pid 9 `vmm` in user space or no kernel RIP",
+                "@@TESTBED-L1-PANIC cpu2 idle at default_idle+0x1/0x2",
+                "@@TESTBED-L1-PANIC cpu1 gave no backtrace: it did not take the NMI",
+                "@@TESTBED-L1-PANIC cpu5 gave no backtrace: it did not take the NMI",
+            ]
+        );
+        assert_eq!(cpu_list("0,2-3"), [0, 2, 3]);
+        assert_eq!(cpu_list("x,7-,9"), [9]);
+        assert_eq!(cpu_list("0-4294967295").len(), 64);
     }
 
     #[test]
