@@ -313,10 +313,14 @@ pub fn task(args: &[String]) -> Result<()> {
         if let Some(fault) = fault {
             // The boots run in order: the first one left was running.
             let running = pending.first().map_or("none".to_owned(), |b| b.describe());
-            l1_faults.push(format!(
+            let report = format!(
                 "{fault}; the boot running then: {running}; L1's console ended with:\n\n```\n{}\n```",
                 console_tail(&vmm_testbed::l1_panic::without_dump(&console), 30)
-            ));
+            );
+            // Now, not only in the report at the end: a soak stopped by
+            // hand keeps what its L1 faults said.
+            eprintln!("xtask soak: L1 fault: {report}");
+            l1_faults.push(report);
         }
     }
     stop.store(true, Ordering::Relaxed);
