@@ -129,6 +129,9 @@ fn migrate(test: &str, cpus: u32) {
         )
         .file("qmpclient", &client)
         .companion(&companion(cpus))
+        // Two VMMs at once, the source's guest writing memory: two L1
+        // CPUs whatever the guest's vCPUs.
+        .l1_cpus(2)
         .timeout(std::time::Duration::from_secs(480));
         let out = run(test, &g, &job);
         let c = &out.console;

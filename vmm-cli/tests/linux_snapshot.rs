@@ -303,7 +303,8 @@ fn debian_with_a_disk_live_migrates_over_unix_and_fsck_is_clean() {
         .timeout(std::time::Duration::from_secs(420));
         let drive = format!("file={},if=virtio,format=raw", drive_file(&mut job, &image));
         job.args.extend(["--drive".to_owned(), drive.clone()]);
-        let job = job.companion(&migration_companion(&drive));
+        // Two VMMs at once: two L1 CPUs whatever the guest's vCPUs.
+        let job = job.companion(&migration_companion(&drive)).l1_cpus(2);
         let out = run(test, &g, &job);
         let c = &out.console;
         assert!(

@@ -23,6 +23,7 @@
 
 #![deny(missing_docs)]
 
+pub mod cores;
 pub mod cpio;
 mod direct;
 mod guest_files;
@@ -277,6 +278,22 @@ impl Job {
         self
     }
 
+    /// The guest's vCPUs as the VMM's arguments ask (`--cpus N` or
+    /// `--cpus=N`, the last one; one without), or None when the value is
+    /// not a number.
+    pub fn guest_cpus(&self) -> Option<u32> {
+        let mut cpus = Some(1);
+        let mut it = self.args.iter();
+        while let Some(a) = it.next() {
+            if a == "--cpus" {
+                cpus = it.next().and_then(|v| v.trim().parse().ok());
+            } else if let Some(v) = a.strip_prefix("--cpus=") {
+                cpus = v.trim().parse().ok();
+            }
+        }
+        cpus
+    }
+
     /// Sets the silence limit (see [`Job::silence_limit`]).
     pub fn silence_limit(mut self, limit: Duration) -> Self {
         self.silence_limit = Some(limit);
@@ -364,5 +381,21 @@ pub fn run_linux(guest: &GuestFiles, vmm: &Path, job: &Job) -> Result<Outcome, T
         HostKvm::Hardware => run_direct(vmm, job),
         HostKvm::Pvm => run_nested(guest, vmm, job),
         HostKvm::Missing => Err(TestbedError::NoKvm),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_guests_vcpus_from_the_vmm_arguments() {
+        assert_eq!(Job::new(["--memory", "256M"]).guest_cpus(), Some(1));
+        assert_eq!(Job::new(["--cpus", "2"]).guest_cpus(), Some(2));
+        assert_eq!(Job::new(["--cpus=4", "--cpus", "1"]).guest_cpus(), Some(1));
+        assert_eq!(Job::new(["--cpus"]).guest_cpus(), None);
+        assert_eq!(Job::new(["--cpus", "two"]).guest_cpus(), None);
+        // A value that holds the words is not the option.
+        assert_eq!(Job::new(["--append", "--cpus 2"]).guest_cpus(), Some(1));
     }
 }
