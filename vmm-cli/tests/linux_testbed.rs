@@ -64,6 +64,13 @@ fn a_spinning_guest_is_sampled_from_l1() {
             "L1's soft-lockup settings:\n{}",
             out.console
         );
+        // L1's tick is periodic (vmm_testbed::qemu::L1_CMDLINE).
+        let clock = l1
+            .lines()
+            .find(|l| l.starts_with("@@TESTBED-L1-CLOCK "))
+            .unwrap_or_else(|| panic!("no clock line:\n{}", why()));
+        eprintln!("{test}: {clock}");
+        assert!(clock.trim_end().ends_with(" tick=periodic"), "{clock}");
         let svm = l2_exits::l1_svm_vcpu_run(l1).unwrap_or_else(|| panic!("no symbol:\n{}", why()));
         assert!(svm >= 0xffff_8000_0000_0000, "{svm:#x}\n{}", why());
         let samples = l2_exits::samples(l1);
@@ -138,6 +145,14 @@ fn a_job_at_its_time_limit_reports_l1s_cpus() {
                         "{line}"
                     );
                 }
+                // The key press: L1 was not asleep (its CPU runs the
+                // guest's loop), so nothing more came.
+                let poke = console
+                    .lines()
+                    .find(|l| l.starts_with(vmm_testbed::l1_monitor::POKE_MARKER))
+                    .unwrap_or_else(|| panic!("{test}: no key press line:\n{console}"));
+                eprintln!("{test}: {poke}");
+                assert!(poke.contains("changed nothing"), "{poke}");
                 // Then the NMI: L1 panics on it and prints its CPUs'
                 // backtraces, the vCPU thread's among them.
                 let nmi = console

@@ -71,6 +71,15 @@ const INTERACTIVE_WATCHER: &str = "( n=0\n\
      done ) &\n\
      watcher_pid=$!\n";
 
+/// A batch L1's line about its own clock: the clock event device, the
+/// clock source and whether its tick is periodic (`qemu::L1_CMDLINE`
+/// asks for one: a one-shot timer lost under TCG leaves L1 asleep).
+const L1_CLOCK_REPORT: &str = "echo \"@@TESTBED-L1-CLOCK \
+     $(cat /sys/devices/system/clockevents/clockevent0/current_device) \
+     $(cat /sys/devices/system/clocksource/clocksource0/current_clocksource) \
+     tick=$(awk '/Tick Device: mode/ { print ($4 == 0 ? \"periodic\" : \"oneshot\"); exit }' \
+     /proc/timer_list)\"";
+
 /// The job script: batch (markers, output captured) or interactive (the
 /// VMM gets L1's console as its terminal).
 pub fn job_script(job: &Job, interactive: bool) -> String {
@@ -113,6 +122,7 @@ pub fn job_script(job: &Job, interactive: bool) -> String {
             "cd /job\n\
              {sampler}\
              echo \"{ready} $(cut -d' ' -f1 /proc/uptime)\"\n\
+             {clock}\n\
              l1_svm\n\
              {lockups}\
              if [ ! -e /dev/kvm ]; then echo '{err} L1 has no /dev/kvm'; exit; fi\n\
@@ -126,6 +136,7 @@ pub fn job_script(job: &Job, interactive: bool) -> String {
              cat /tmp/vmm.err\n\
              echo {err_end}\n",
             err = markers::ERROR,
+            clock = L1_CLOCK_REPORT,
             sampler = l2_exits::sampler(),
             lockups = LOCKUP_REPORTER,
             setup = setup_step(job),

@@ -11,7 +11,10 @@
 //! RIP inside this L1's `__svm_vcpu_run` marked (`@vmrun+0x..`). Under
 //! TCG, a CPU running L2 shows L2's registers.
 //!
-//! Then it sends L1 an NMI (QMP `inject-nmi`, [`inject_nmi`]): L1's kernel
+//! Then it presses a key on L1's keyboard ([`press_key`]) and watches
+//! L1's console: an L1 asleep because TCG lost its timer interrupt wakes
+//! on it and goes on printing ([`POKE_MARKER`] says so). Then it sends L1
+//! an NMI (QMP `inject-nmi`, [`inject_nmi`]): L1's kernel
 //! panics on an NMI nobody claims (`unknown_nmi_panic` in
 //! [`crate::qemu::L1_CMDLINE`]) and, its console verbose for the panic,
 //! prints the backtrace of every CPU and the state of every task (what
@@ -75,6 +78,37 @@ pub fn inject_nmi(socket: &Path) -> String {
         ),
         Ok(answer) => format!("{NMI_MARKER} refused: {}", answer.trim()),
         Err(e) => format!("{NMI_MARKER} not sent: QEMU's monitor did not answer: {e}"),
+    }
+}
+
+/// L1's console line after the key press, added by the test bed.
+pub const POKE_MARKER: &str = "@@TESTBED-L1-POKE";
+
+/// Presses a key on L1's keyboard (QMP `send-key`): an interrupt that
+/// wakes a halted L1 CPU. An L1 asleep for want of a timer interrupt
+/// (TCG lost its one-shot wake-up) comes back on it.
+pub fn press_key(socket: &Path) -> std::io::Result<String> {
+    exchange(
+        socket,
+        "{\"execute\":\"send-key\",\"arguments\":{\"keys\":[{\"type\":\"qcode\",\"data\":\"shift\"}]}}",
+    )
+}
+
+/// The [`POKE_MARKER`] line: how much L1's console grew in `waited` after
+/// the key press (`answer`: QEMU's, or why there was none).
+pub fn poke_line(answer: &std::io::Result<String>, grew: usize, waited: Duration) -> String {
+    match answer {
+        Ok(a) if a.contains("\"return\"") && grew > 0 => format!(
+            "{POKE_MARKER} a key press woke L1: its console grew {grew} bytes in {} s \
+             (L1 was asleep, its timer interrupt lost)",
+            waited.as_secs()
+        ),
+        Ok(a) if a.contains("\"return\"") => format!(
+            "{POKE_MARKER} a key press changed nothing in {} s",
+            waited.as_secs()
+        ),
+        Ok(a) => format!("{POKE_MARKER} refused: {}", a.trim()),
+        Err(e) => format!("{POKE_MARKER} not sent: QEMU's monitor did not answer: {e}"),
     }
 }
 
@@ -172,6 +206,25 @@ mod tests {
         );
         // Without the symbol, nothing is marked.
         assert!(!cpus_line(DUMP, None).contains("@vmrun"));
+    }
+
+    #[test]
+    fn the_key_press_line() {
+        let ok: std::io::Result<String> = Ok("{\"return\": {}}".into());
+        let ten = Duration::from_secs(10);
+        assert_eq!(
+            poke_line(&ok, 23118, ten),
+            "@@TESTBED-L1-POKE a key press woke L1: its console grew 23118 bytes in 10 s \
+             (L1 was asleep, its timer interrupt lost)"
+        );
+        assert_eq!(
+            poke_line(&ok, 0, ten),
+            "@@TESTBED-L1-POKE a key press changed nothing in 10 s"
+        );
+        let refused: std::io::Result<String> = Ok("{\"error\": {}}".into());
+        assert!(poke_line(&refused, 5, ten).contains("refused"));
+        let gone = press_key(Path::new("/nonexistent/qmp.sock"));
+        assert!(poke_line(&gone, 0, ten).contains("not sent"));
     }
 
     #[test]

@@ -76,8 +76,21 @@ pub fn l1_cpus(job: Option<u32>) -> u32 {
 /// A silent L1 is sent an NMI by the test bed (`l1_monitor`), and
 /// `unknown_nmi_panic` makes it the same panic: L1 then says where it is
 /// even when nothing in it would print a word.
+///
+/// A periodic tick (`nohz=off highres=off`: L1's local APIC timer in
+/// periodic mode, QEMU re-arming it itself): with the default one-shot
+/// timer, programmed afresh at each interrupt, an L1 now and then went to
+/// sleep for good, every CPU halted in its idle loop and every task
+/// asleep (the guest's vCPU thread in `kvm_vcpu_block`), until anything
+/// else interrupted it: a key pressed over QMP woke it and the job ran on
+/// to its end (2026-12-04). So TCG lost a one-shot timer interrupt, and
+/// the next one is never programmed. Seen in three of four runs of
+/// `linux_vsock`'s two tests side by side in one-CPU L1s, in one of two
+/// with `nohz=off` alone, in none of three with both (docs/nested/).
+/// L1's timers then have the tick's resolution (4 ms).
 pub const L1_CMDLINE: &str = "console=ttyS0 loglevel=0 quiet panic=-1 mitigations=off \
-     no_timer_check watchdog_thresh=25 softlockup_panic=1 panic_print=0x61 unknown_nmi_panic";
+     no_timer_check watchdog_thresh=25 softlockup_panic=1 panic_print=0x61 unknown_nmi_panic \
+     nohz=off highres=off";
 
 /// Whether QEMU is installed.
 pub fn qemu_available() -> bool {
@@ -107,8 +120,20 @@ pub fn l1_command(kernel: &Path, initrd: &Path, memory_mib: u32, cpus: Option<u3
         .arg(kernel)
         .arg("-initrd")
         .arg(initrd)
-        .args(["-append", L1_CMDLINE]);
+        .args(["-append", &l1_cmdline()]);
     c
+}
+
+/// Adds words to L1's kernel command line ([`L1_CMDLINE`]), to try an L1
+/// setting without a rebuild (`VMM_TESTBED_L1_APPEND="nohz=off"`).
+pub const APPEND_ENV: &str = "VMM_TESTBED_L1_APPEND";
+
+/// L1's kernel command line: [`L1_CMDLINE`], then [`APPEND_ENV`].
+pub fn l1_cmdline() -> String {
+    match std::env::var(APPEND_ENV) {
+        Ok(extra) if !extra.trim().is_empty() => format!("{L1_CMDLINE} {}", extra.trim()),
+        _ => L1_CMDLINE.to_owned(),
+    }
 }
 
 /// L1's virtio disks, in order: QEMU's `-drive`, a comma in a path doubled.
@@ -272,10 +297,19 @@ fn run_batch_inner(
     let text =
         || String::from_utf8_lossy(&console.lock().unwrap_or_else(|e| e.into_inner())).into_owned();
     let console_len = || console.lock().unwrap_or_else(|e| e.into_inner()).len();
-    // At a limit: L1's CPUs' registers, then an NMI that L1 panics on,
-    // printing every CPU's backtrace and every task (l1_monitor).
+    // At a limit: L1's CPUs' registers, a key press (does a sleeping L1
+    // wake?), then an NMI that L1 panics on, printing every CPU's
+    // backtrace and every task (l1_monitor).
     let with_l1_report = || {
         let line = crate::l1_monitor::l1_cpus_line(&qmp.0, &text());
+        let before = console_len();
+        let key = crate::l1_monitor::press_key(&qmp.0);
+        if key.is_ok() {
+            std::thread::sleep(POKE_WAIT);
+        }
+        let poke =
+            crate::l1_monitor::poke_line(&key, console_len().saturating_sub(before), POKE_WAIT);
+        let line = format!("{line}\n{poke}");
         let nmi = crate::l1_monitor::inject_nmi(&qmp.0);
         if nmi.contains(" sent:") {
             wait_until_quiet(&console_len, NMI_QUIET, NMI_DRAIN);
@@ -359,6 +393,9 @@ fn with_panic_summary(mut console: String) -> String {
     }
     console
 }
+
+/// How long a run at its limit watches L1's console after the key press.
+const POKE_WAIT: Duration = Duration::from_secs(10);
 
 /// After the NMI at a limit: L1's panic output is over once its console
 /// has been still for [`NMI_QUIET`], or at [`NMI_DRAIN`].
