@@ -71,13 +71,25 @@ pub const NMI_MARKER: &str = "@@TESTBED-L1-NMI";
 /// Sends L1 an NMI through QEMU at `socket` (QMP `inject-nmi`, to every
 /// L1 CPU); the [`NMI_MARKER`] line that says whether it went.
 pub fn inject_nmi(socket: &Path) -> String {
-    match exchange(socket, "{\"execute\":\"inject-nmi\"}") {
-        Ok(answer) if answer.contains("\"return\"") => format!(
-            "{NMI_MARKER} sent: L1 panics on it (unknown_nmi_panic) and prints each CPU's \
-             backtrace and each task's state above"
-        ),
-        Ok(answer) => format!("{NMI_MARKER} refused: {}", answer.trim()),
-        Err(e) => format!("{NMI_MARKER} not sent: QEMU's monitor did not answer: {e}"),
+    let answer = exchange(socket, "{\"execute\":\"inject-nmi\"}");
+    answer_line(NMI_MARKER, &answer, || {
+        "sent: L1 panics on it (unknown_nmi_panic) and prints each CPU's backtrace and each \
+         task's state above"
+            .to_owned()
+    })
+}
+
+/// `marker` and what came of a command: `done` when QEMU answered with a
+/// return, else the refusal or why there was no answer.
+fn answer_line(
+    marker: &str,
+    answer: &std::io::Result<String>,
+    done: impl FnOnce() -> String,
+) -> String {
+    match answer {
+        Ok(a) if a.contains("\"return\"") => format!("{marker} {}", done()),
+        Ok(a) => format!("{marker} refused: {}", a.trim()),
+        Err(e) => format!("{marker} not sent: QEMU's monitor did not answer: {e}"),
     }
 }
 
@@ -97,19 +109,17 @@ pub fn press_key(socket: &Path) -> std::io::Result<String> {
 /// The [`POKE_MARKER`] line: how much L1's console grew in `waited` after
 /// the key press (`answer`: QEMU's, or why there was none).
 pub fn poke_line(answer: &std::io::Result<String>, grew: usize, waited: Duration) -> String {
-    match answer {
-        Ok(a) if a.contains("\"return\"") && grew > 0 => format!(
-            "{POKE_MARKER} a key press woke L1: its console grew {grew} bytes in {} s \
-             (L1 was asleep, its timer interrupt lost)",
-            waited.as_secs()
-        ),
-        Ok(a) if a.contains("\"return\"") => format!(
-            "{POKE_MARKER} a key press changed nothing in {} s",
-            waited.as_secs()
-        ),
-        Ok(a) => format!("{POKE_MARKER} refused: {}", a.trim()),
-        Err(e) => format!("{POKE_MARKER} not sent: QEMU's monitor did not answer: {e}"),
-    }
+    answer_line(POKE_MARKER, answer, || {
+        if grew > 0 {
+            format!(
+                "a key press woke L1: its console grew {grew} bytes in {} s \
+                 (L1 was asleep, its timer interrupt lost)",
+                waited.as_secs()
+            )
+        } else {
+            format!("a key press changed nothing in {} s", waited.as_secs())
+        }
+    })
 }
 
 fn info_registers(socket: &Path) -> std::io::Result<String> {

@@ -21,7 +21,7 @@ const FRAMES: usize = 4;
 /// task, each told once), or nothing when L1 printed no backtrace.
 pub fn summary(console: &str) -> Vec<String> {
     let lines: Vec<&str> = console.lines().map(strip_time).collect();
-    let mut out = Vec::new();
+    let (mut cpus, mut tasks) = (Vec::new(), Vec::new());
     let mut cpus_seen = Vec::new();
     let mut pids_seen = Vec::new();
     let mut asked = Vec::new();
@@ -39,7 +39,7 @@ pub fn summary(console: &str) -> Vec<String> {
                 Some((_, at)) => format!("idle at {}", at.trim()),
                 None => cpu_block(&lines[i + 1..]),
             };
-            out.push(format!("{PANIC_MARKER} cpu{cpu} {text}"));
+            cpus.push(format!("{PANIC_MARKER} cpu{cpu} {text}"));
             cpus_seen.push(cpu);
         } else if let Some(rest) = line.strip_prefix("task:") {
             let Some(task) = Task::parse(rest) else {
@@ -50,7 +50,7 @@ pub fn summary(console: &str) -> Vec<String> {
                 continue;
             }
             let frames = frames(&lines[i + 1..]);
-            out.push(format!(
+            tasks.push(format!(
                 "{PANIC_MARKER} task {} pid {} {}: {}",
                 task.name,
                 task.pid,
@@ -66,21 +66,17 @@ pub fn summary(console: &str) -> Vec<String> {
     }
     // A CPU asked for its backtrace that never gave one did not take the
     // NMI (held in L2 by TCG, or spinning with NMIs blocked).
-    let silent: Vec<String> = asked
-        .into_iter()
-        .map(|c| c.to_string())
-        .filter(|c| !cpus_seen.contains(c))
-        .collect();
-    let at = cpus_seen.len();
-    for (k, cpu) in silent.iter().enumerate() {
-        if !silent[..k].contains(cpu) {
-            out.insert(
-                at + k,
-                format!("{PANIC_MARKER} cpu{cpu} gave no backtrace: it did not take the NMI"),
-            );
+    for cpu in asked {
+        let cpu = cpu.to_string();
+        if !cpus_seen.contains(&cpu) {
+            cpus.push(format!(
+                "{PANIC_MARKER} cpu{cpu} gave no backtrace: it did not take the NMI"
+            ));
+            cpus_seen.push(cpu);
         }
     }
-    out
+    cpus.extend(tasks);
+    cpus
 }
 
 /// The kernel's CPU list (`1`, `1-3`, `0,2-3`); what does not parse is
