@@ -53,11 +53,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use vmm_testbed::{initramfs::busybox_initramfs, GuestFiles, HostKvm, Job, TestbedError};
+use vmm_testbed::{initramfs::busybox_initramfs, GuestFiles, HostKvm, Job};
 
 use super::linux::log_after;
 use super::report::{Goal, Row, Section, Who};
-use super::{target_dir, Ctx, TempDir};
+use super::{session, target_dir, Ctx, TempDir};
 use crate::cmd;
 
 /// Guest RAM, MiB.
@@ -619,35 +619,8 @@ fn boots(runs: usize, sizes: Sizes) -> Result<(Vec<RowLine>, Vec<String>)> {
             "xtask: disks, session {session}: {} boots on {disk}",
             pending.len()
         );
-        let console = match vmm_testbed::run_linux(&guest, &vmm, &job) {
-            Ok(out) => {
-                notes.push(format!(
-                    "session {session}: L1 ready after {:.1?}, {:.1?} in all",
-                    out.l1_boot.unwrap_or_default(),
-                    out.total
-                ));
-                out.console
-            }
-            Err(TestbedError::L1Ended {
-                status, console, ..
-            }) => {
-                notes.push(format!("session {session}: L1 ended early ({status:?})"));
-                console
-            }
-            Err(TestbedError::Timeout { after, console }) => {
-                notes.push(format!("session {session}: timed out after {after:?}"));
-                console
-            }
-            Err(TestbedError::L1Stuck { what, console }) => {
-                notes.push(format!("session {session}: {what}"));
-                console
-            }
-            Err(TestbedError::Silent { after, console }) => {
-                notes.push(format!("session {session}: L1 hung (silent {after:?})"));
-                console
-            }
-            Err(e) => return Err(e.into()),
-        };
+        let run = vmm_testbed::run_linux(&guest, &vmm, &job);
+        let console = session::l1_console("disks", session, run, &mut notes)?;
         let (g, f) = parse_console(&console);
         for r in &g {
             eprintln!(

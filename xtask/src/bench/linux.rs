@@ -41,10 +41,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use vmm_testbed::{initramfs::busybox_initramfs, GuestFiles, Job, TestbedError};
+use vmm_testbed::{initramfs::busybox_initramfs, GuestFiles, Job};
 
 use super::report::{Goal, Row, Section, Who};
-use super::{target_dir, Ctx, TempDir};
+use super::{session, target_dir, Ctx, TempDir};
 use crate::cmd;
 
 /// Boots of one VMM in one configuration.
@@ -155,16 +155,6 @@ fn append(quiet: bool) -> String {
     } else {
         APPEND.to_owned()
     }
-}
-
-/// The last `n` non-empty lines of `console`.
-fn console_tail(console: &str, n: usize) -> String {
-    let lines: Vec<&str> = console
-        .lines()
-        .map(str::trim_end)
-        .filter(|l| !l.trim().is_empty())
-        .collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 fn console_key(quiet: bool) -> &'static str {
@@ -552,53 +542,7 @@ fn boots(runs: usize) -> Result<(Vec<LinuxSeries>, Vec<String>)> {
             }
         );
         let run = vmm_testbed::run_linux(&guest, &vmm, &job);
-        let l1_fault = run.is_err();
-        let console = match run {
-            Ok(out) => {
-                sessions.push(format!(
-                    "session {session}: L1 ready after {:.1?}, {:.1?} in all",
-                    out.l1_boot.unwrap_or_default(),
-                    out.total
-                ));
-                out.console
-            }
-            // L1 itself can die (TCG's emulated SVM under load): keep
-            // what it reported and run the rest in a fresh L1.
-            Err(TestbedError::L1Ended {
-                status,
-                qemu_stderr,
-                console,
-            }) => {
-                let why = format!("L1 ended early (QEMU status {status:?}): {qemu_stderr}");
-                eprintln!("xtask: session {session}: {why}");
-                sessions.push(format!("session {session}: {why}"));
-                console
-            }
-            Err(TestbedError::Timeout { after, console }) => {
-                eprintln!("xtask: session {session}: timed out after {after:?}");
-                sessions.push(format!("session {session}: timed out after {after:?}"));
-                console
-            }
-            Err(TestbedError::L1Stuck { what, console }) => {
-                eprintln!("xtask: session {session}: {what}");
-                sessions.push(format!("session {session}: {what}"));
-                console
-            }
-            Err(TestbedError::Silent { after, console }) => {
-                eprintln!("xtask: session {session}: L1 hung (silent for {after:?})");
-                sessions.push(format!("session {session}: L1 hung (silent for {after:?})"));
-                console
-            }
-            Err(e) => return Err(e.into()),
-        };
-        if l1_fault {
-            // An L1 fault: what L1 printed last names it (a soft lockup,
-            // a panic, a boot still printing).
-            eprintln!("xtask: session {session}: L1's console ended with:");
-            for l in console_tail(&vmm_testbed::l1_panic::without_dump(&console), 30).lines() {
-                eprintln!("    {l}");
-            }
-        }
+        let console = session::l1_console("Linux to /init", session, run, &mut sessions)?;
         let (g, f) = parse_console(&console);
         for b in &g {
             eprintln!(

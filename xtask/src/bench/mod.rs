@@ -57,6 +57,7 @@ mod pio;
 mod qmp;
 mod report;
 mod scale;
+mod session;
 mod snapshot;
 mod startup;
 mod suspend;

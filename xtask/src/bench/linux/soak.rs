@@ -33,9 +33,10 @@ use anyhow::{bail, Context, Result};
 use vmm_testbed::{initramfs::busybox_initramfs, GuestFiles, Job, TestbedError};
 
 use super::{
-    build_helper, configs, console_key, console_tail, log_after, parse_boot_line, plan, Boot,
-    BootLine, Config, Vmm, BOOT_TIMEOUT_S, CPUS, HELPER, INIT, MARKER,
+    build_helper, configs, console_key, log_after, parse_boot_line, plan, Boot, BootLine, Config,
+    Vmm, BOOT_TIMEOUT_S, CPUS, HELPER, INIT, MARKER,
 };
+use crate::bench::session::console_tail;
 use crate::bench::{target_dir, TempDir};
 use crate::cmd;
 

@@ -165,10 +165,3 @@ fn linux_end_to_end() {
         super::super::report::section_markdown(&section(&series, runs, Vec::new())[0])
     );
 }
-
-#[test]
-fn a_console_tail_skips_empty_lines() {
-    assert_eq!(console_tail("a\n\nb\r\n  \nc\n", 2), "b\nc");
-    assert_eq!(console_tail("a\n", 5), "a");
-    assert_eq!(console_tail("", 5), "");
-}
