@@ -32,6 +32,7 @@ pub mod io;
 pub mod kvm;
 pub mod notify;
 pub mod ram;
+pub mod routing;
 pub mod signals;
 pub mod vcpu;
 pub mod vm;

@@ -1,7 +1,7 @@
 //! The VM: `KVM_CREATE_VM`, guest memory slots, the in-kernel irqchip and
 //! interrupt lines (QEMU's `kvm_create_context` and memory listener).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use kvm_bindings::{
     kvm_enable_cap, kvm_irq_routing_entry, kvm_irq_routing_entry__bindgen_ty_1,
@@ -15,6 +15,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::kvm::{KvmError, KvmSystem};
 use crate::ram::GuestRam;
+use crate::routing::{NoFreeGsi, Route, RoutingTable};
 
 /// Errors of VM-level operations.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +35,12 @@ pub enum VmError {
     /// The routing table is too large for KVM's interface.
     #[error("cannot build a GSI routing table of {0} entries")]
     Routing(usize),
+    /// Every GSI for MSI routes is taken.
+    #[error(transparent)]
+    NoFreeGsi(#[from] NoFreeGsi),
+    /// The GSI is not an allocated MSI route.
+    #[error("GSI {0} is not an MSI route of ours")]
+    UnknownGsi(u32),
     /// A VM ioctl failed.
     #[error("{what} failed")]
     Ioctl {
@@ -143,6 +150,8 @@ impl DirtyBitmap {
 pub struct Vm {
     fd: Arc<VmFd>,
     memory: GuestRam,
+    /// KVM's GSI routing, as last given to it.
+    routing: Arc<Mutex<RoutingTable>>,
 }
 
 impl Vm {
@@ -156,6 +165,7 @@ impl Vm {
         let vm = Self {
             fd: Arc::new(fd),
             memory,
+            routing: Arc::default(),
         };
         vm.register_slots(0)?;
         Ok(vm)
@@ -281,46 +291,69 @@ impl Vm {
             .map_err(ioctl("KVM_CREATE_PIT2"))
     }
 
-    /// Replaces KVM's GSI routing with `routes`: each (GSI, irqchip, pin)
-    /// sends that GSI to a pin of the in-kernel PIC master (0), PIC slave (1)
-    /// or IO-APIC (2). A GSI may be listed for several chips.
+    /// Sets the interrupt controllers' routes to `routes`: each (GSI,
+    /// irqchip, pin) sends that GSI to a pin of the in-kernel PIC master
+    /// (0), PIC slave (1) or IO-APIC (2). A GSI may be listed for several
+    /// chips. The MSI routes of [`Vm::add_msi_route`] stay.
     pub fn set_irqchip_routing(&self, routes: &[(u32, u32, u32)]) -> Result<(), VmError> {
-        self.set_routing(
-            routes
-                .iter()
-                .map(|&(gsi, irqchip, pin)| kvm_irq_routing_entry {
-                    gsi,
-                    type_: KVM_IRQ_ROUTING_IRQCHIP,
-                    u: kvm_irq_routing_entry__bindgen_ty_1 {
-                        irqchip: kvm_irq_routing_irqchip { irqchip, pin },
-                    },
-                    ..Default::default()
-                }),
-        )
+        let base = routes
+            .iter()
+            .map(|&(gsi, chip, pin)| (gsi, Route::Irqchip { chip, pin }))
+            .collect();
+        self.change_routing(|t| t.set_base(base))
     }
 
-    /// Replaces KVM's GSI routing with `routes`: each (GSI, address, data)
-    /// makes that GSI an MSI, as [`Vm::signal_msi`] sends it (the split
-    /// irqchip's IO-APIC pins; an irqfd on such a GSI sends the MSI inside
-    /// KVM).
+    /// Sets the interrupt controllers' routes to `routes`: each (GSI,
+    /// address, data) makes that GSI an MSI, as [`Vm::signal_msi`] sends
+    /// it (the split irqchip's IO-APIC pins; an irqfd on such a GSI sends
+    /// the MSI inside KVM). The MSI routes of [`Vm::add_msi_route`] stay.
     pub fn set_msi_routing(&self, routes: &[(u32, u64, u32)]) -> Result<(), VmError> {
-        self.set_routing(
-            routes
-                .iter()
-                .map(|&(gsi, address, data)| kvm_irq_routing_entry {
-                    gsi,
-                    type_: KVM_IRQ_ROUTING_MSI,
-                    u: kvm_irq_routing_entry__bindgen_ty_1 {
-                        msi: kvm_irq_routing_msi {
-                            address_lo: address as u32,
-                            address_hi: (address >> 32) as u32,
-                            data,
-                            ..Default::default()
-                        },
-                    },
-                    ..Default::default()
-                }),
-        )
+        let base = routes
+            .iter()
+            .map(|&(gsi, address, data)| (gsi, Route::Msi { address, data }))
+            .collect();
+        self.change_routing(|t| t.set_base(base))
+    }
+
+    /// A GSI of its own that KVM routes to MSI message (`address`,
+    /// `data`), for an irqfd ([`Vm::register_irqfd`]).
+    pub fn add_msi_route(&self, address: u64, data: u32) -> Result<u32, VmError> {
+        self.change_routing(|t| t.allocate(address, data))?
+            .map_err(VmError::from)
+    }
+
+    /// Points `gsi` (from [`Vm::add_msi_route`]) at another message.
+    pub fn update_msi_route(&self, gsi: u32, address: u64, data: u32) -> Result<(), VmError> {
+        if self.change_routing(|t| t.update(gsi, address, data))? {
+            Ok(())
+        } else {
+            Err(VmError::UnknownGsi(gsi))
+        }
+    }
+
+    /// Frees `gsi` (from [`Vm::add_msi_route`]); its irqfd must be gone.
+    pub fn remove_msi_route(&self, gsi: u32) -> Result<(), VmError> {
+        if self.change_routing(|t| t.release(gsi))? {
+            Ok(())
+        } else {
+            Err(VmError::UnknownGsi(gsi))
+        }
+    }
+
+    /// Changes the routing table with `f` and gives KVM the result
+    /// (`KVM_SET_GSI_ROUTING`); if KVM refuses it, the table stays as it
+    /// was.
+    fn change_routing<R>(&self, f: impl FnOnce(&mut RoutingTable) -> R) -> Result<R, VmError> {
+        let mut table = self.routing.lock().unwrap_or_else(|e| e.into_inner());
+        let before = table.clone();
+        let r = f(&mut table);
+        if *table != before {
+            if let Err(e) = self.set_routing(table.entries().map(kvm_entry)) {
+                *table = before;
+                return Err(e);
+            }
+        }
+        Ok(r)
     }
 
     /// Replaces KVM's GSI routing with `entries` (`KVM_SET_GSI_ROUTING`).
@@ -341,6 +374,13 @@ impl Vm {
     /// Makes every write to `fd` raise interrupt line `gsi`.
     pub fn register_irqfd(&self, fd: &EventFd, gsi: u32) -> Result<(), VmError> {
         self.fd.register_irqfd(fd, gsi).map_err(ioctl("KVM_IRQFD"))
+    }
+
+    /// Undoes [`Vm::register_irqfd`] for `fd` on `gsi`.
+    pub fn unregister_irqfd(&self, fd: &EventFd, gsi: u32) -> Result<(), VmError> {
+        self.fd
+            .unregister_irqfd(fd, gsi)
+            .map_err(ioctl("KVM_IRQFD"))
     }
 
     /// The in-kernel irqchip's state: PIC master, PIC slave, IO-APIC
@@ -446,6 +486,33 @@ impl Vm {
         self.fd
             .set_irq_line(gsi, level)
             .map_err(ioctl("KVM_IRQ_LINE"))
+    }
+}
+
+/// KVM's form of one route.
+fn kvm_entry((gsi, route): (u32, Route)) -> kvm_irq_routing_entry {
+    match route {
+        Route::Irqchip { chip, pin } => kvm_irq_routing_entry {
+            gsi,
+            type_: KVM_IRQ_ROUTING_IRQCHIP,
+            u: kvm_irq_routing_entry__bindgen_ty_1 {
+                irqchip: kvm_irq_routing_irqchip { irqchip: chip, pin },
+            },
+            ..Default::default()
+        },
+        Route::Msi { address, data } => kvm_irq_routing_entry {
+            gsi,
+            type_: KVM_IRQ_ROUTING_MSI,
+            u: kvm_irq_routing_entry__bindgen_ty_1 {
+                msi: kvm_irq_routing_msi {
+                    address_lo: address as u32,
+                    address_hi: (address >> 32) as u32,
+                    data,
+                    ..Default::default()
+                },
+            },
+            ..Default::default()
+        },
     }
 }
 

@@ -28,7 +28,9 @@ use vmm_virtio::net::{MacAddr, NetHandle, VhostNet, VhostNetError, VirtioNet};
 use vmm_virtio::rng::{HostRandom, RateLimit, RngHandle, VirtioRng};
 use vmm_virtio::vsock::{VhostVsock, VirtioVsock, VsockHandle};
 use vmm_virtio::worker::ThreadStart;
-use vmm_virtio::{Doorbells, IntxLine, MsiSender, TransportSeams, VirtioDevice, VirtioPciDevice};
+use vmm_virtio::{
+    Doorbells, IntxLine, MsiRoutes, MsiSender, TransportSeams, VirtioDevice, VirtioPciDevice,
+};
 
 use crate::nets::{NetConfig, OpenNet};
 
@@ -184,6 +186,7 @@ impl Slots {
                 high: Mutex::new(false),
             })),
             doorbells: Arc::new(KvmDoorbells(vm.clone())),
+            msi_routes: Some(Arc::new(KvmMsiRoutes(vm.clone()))),
         };
         let mut device = VirtioPciDevice::new(name, device, Arc::clone(&self.mem), seams)?;
         let bars = *device.config().bars();
@@ -210,6 +213,39 @@ impl MsiSender for KvmMsi {
                 msg.address,
                 msg.data
             );
+        }
+    }
+}
+
+/// Interrupts KVM sends itself: an irqfd on a GSI of its own that KVM
+/// routes to the vector's message (`KVM_IRQFD`, `KVM_SET_GSI_ROUTING`).
+struct KvmMsiRoutes(Vm);
+
+impl MsiRoutes for KvmMsiRoutes {
+    fn connect(&self, evt: &EventFd, msg: MsiMessage) -> Result<u32, String> {
+        let gsi = self
+            .0
+            .add_msi_route(msg.address, msg.data)
+            .map_err(|e| e.to_string())?;
+        if let Err(e) = self.0.register_irqfd(evt, gsi) {
+            let _ = self.0.remove_msi_route(gsi);
+            return Err(e.to_string());
+        }
+        Ok(gsi)
+    }
+
+    fn retarget(&self, route: u32, msg: MsiMessage) -> Result<(), String> {
+        self.0
+            .update_msi_route(route, msg.address, msg.data)
+            .map_err(|e| e.to_string())
+    }
+
+    fn disconnect(&self, route: u32, evt: &EventFd) {
+        if let Err(e) = self.0.unregister_irqfd(evt, route) {
+            log::warn!("cannot remove the irqfd on GSI {route}: {e}");
+        }
+        if let Err(e) = self.0.remove_msi_route(route) {
+            log::warn!("cannot remove MSI route {route}: {e}");
         }
     }
 }

@@ -21,6 +21,18 @@ pub trait VirtioInterrupt: Send + Sync {
     /// The device hit an error it cannot go on from (a broken ring, say):
     /// DEVICE_NEEDS_RESET, and a configuration interrupt.
     fn set_needs_reset(&self);
+    /// Queue `queue`'s interrupts are signals of `evt` from outside the
+    /// VMM (the kernel's vhost): let KVM send them itself where it can (an
+    /// irqfd, while the queue's MSI-X vector is unmasked). The device still
+    /// reads `evt` (non-blocking) and passes on with
+    /// [`VirtioInterrupt::signal_queue`] what it finds there: signals KVM
+    /// did not take. Returns whether the transport can do this at all.
+    fn connect_queue(&self, _queue: u16, _evt: &Arc<EventFd>) -> bool {
+        false
+    }
+    /// Undoes [`VirtioInterrupt::connect_queue`] (before the device stops
+    /// reading `evt`).
+    fn disconnect_queue(&self, _queue: u16) {}
 }
 
 /// One queue the driver enabled, ready for the device.

@@ -4,7 +4,7 @@
 //!
 //! | module | holds |
 //! |---|---|
-//! | [`seams`] | what the machine provides: [`MsiSender`] (KVM_SIGNAL_MSI), [`IntxLine`] (a level-triggered GSI), [`Doorbells`] (KVM_IOEVENTFD) |
+//! | [`seams`] | what the machine provides: [`MsiSender`] (KVM_SIGNAL_MSI), [`IntxLine`] (a level-triggered GSI), [`Doorbells`] (KVM_IOEVENTFD), [`MsiRoutes`] (KVM_IRQFD on MSI routes) |
 //! | [`device`] | the [`VirtioDevice`] trait a transport drives, and what a device gets when the driver starts it |
 //! | [`transport`] | [`VirtioPciDevice`]: a [`vmm_pci::PciDevice`] with the virtio capabilities, common configuration, ISR, notifications and MSI-X |
 //! | [`net`] | [`net::VirtioNet`]: frames between a [`net::NetBackend`] (a tap) and the guest's receive and transmit queues, on its worker thread |
@@ -22,7 +22,9 @@
 //! stop eventfd) and does all the work. A reset stops and joins that
 //! worker. Interrupts leave from the worker through the [`MsiSender`] or
 //! [`IntxLine`] the machine gave, under a lock of their own (never the
-//! bus's).
+//! bus's). The kernel's vhost rings are the exception: their interrupt
+//! eventfds go to KVM as irqfds on [`MsiRoutes`] while their vectors are
+//! unmasked, so that no thread of ours wakes for them.
 //!
 //! # Threat model
 //!
@@ -55,7 +57,7 @@ mod testing;
 pub use device::{ActivateContext, ActivateError, ActiveQueue, DeviceState, VirtioDevice};
 pub use device::{DeviceSnapshot, QueueHome, SnapshotError};
 pub use device::{VirtioInterrupt, VIRTIO_MSI_NO_VECTOR};
-pub use seams::{Doorbells, IntxLine, MsiSender};
+pub use seams::{Doorbells, IntxLine, MsiRoutes, MsiSender};
 pub use transport::{TransportError, TransportSeams, VirtioPciDevice};
 
 /// Guest memory as the transport and devices use it: any `vm-memory`

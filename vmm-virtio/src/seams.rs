@@ -19,6 +19,19 @@ pub trait MsiSender: Send + Sync {
     fn send(&self, msg: MsiMessage);
 }
 
+/// Interrupts KVM sends by itself (the machine: an irqfd on a GSI that
+/// `KVM_SET_GSI_ROUTING` makes an MSI route). For interrupt sources
+/// outside the VMM (the kernel's vhost rings): each interrupt then reaches
+/// the guest without waking a thread of ours.
+pub trait MsiRoutes: Send + Sync {
+    /// Makes every signal of `evt` send `msg`; returns the route's handle.
+    fn connect(&self, evt: &EventFd, msg: MsiMessage) -> Result<u32, String>;
+    /// Points route `route` (of `evt`) at `msg` instead.
+    fn retarget(&self, route: u32, msg: MsiMessage) -> Result<(), String>;
+    /// Undoes [`MsiRoutes::connect`]: signals of `evt` stay in it.
+    fn disconnect(&self, route: u32, evt: &EventFd);
+}
+
 /// The function's INTx line, level-triggered (the machine: `KVM_IRQ_LINE`
 /// on the GSI that `_PRT` gives the slot's INTA#). Several functions may
 /// share a GSI: the machine ORs their levels.

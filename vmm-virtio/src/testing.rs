@@ -12,7 +12,7 @@ use vmm_pci::msix::MsiMessage;
 use vmm_pci::PciDevice;
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::seams::{Doorbells, IntxLine, MsiSender};
+use crate::seams::{Doorbells, IntxLine, MsiRoutes, MsiSender};
 use crate::transport::TransportSeams;
 
 /// Guest memory of the tests: as the machine's, with a dirty bitmap of
@@ -134,19 +134,92 @@ impl Doorbells for FakeDoorbells {
     }
 }
 
+/// KVM's irqfds on MSI routes, faked: which eventfd is on which route
+/// with which message; KVM's own sends go to the function's recorder.
+#[derive(Debug)]
+pub struct FakeRoutes {
+    /// Route: (eventfd number, message).
+    routes: Mutex<std::collections::BTreeMap<u32, (i32, MsiMessage)>>,
+    next: Mutex<u32>,
+    sent: Arc<Recorder<MsiMessage>>,
+}
+
+impl FakeRoutes {
+    /// No routes; KVM's sends recorded in `sent`.
+    pub fn new(sent: Arc<Recorder<MsiMessage>>) -> Self {
+        Self {
+            routes: Mutex::default(),
+            next: Mutex::new(24),
+            sent,
+        }
+    }
+
+    /// The kernel (vhost) signals `evt`: KVM sends its route's message if
+    /// it is on one, else `evt` keeps the signal for the device to read.
+    pub fn kernel_signal(&self, evt: &EventFd) {
+        let fd = evt.as_raw_fd();
+        let routed = self
+            .routes
+            .lock()
+            .unwrap()
+            .values()
+            .find(|(f, _)| *f == fd)
+            .map(|(_, m)| *m);
+        match routed {
+            Some(msg) => self.sent.push(msg),
+            None => evt.write(1).unwrap(),
+        }
+    }
+
+    /// The messages eventfds are routed to now.
+    pub fn connected(&self) -> Vec<MsiMessage> {
+        self.routes.lock().unwrap().values().map(|r| r.1).collect()
+    }
+}
+
+impl MsiRoutes for FakeRoutes {
+    fn connect(&self, evt: &EventFd, msg: MsiMessage) -> Result<u32, String> {
+        let mut routes = self.routes.lock().unwrap();
+        let fd = evt.as_raw_fd();
+        assert!(
+            !routes.values().any(|(f, _)| *f == fd),
+            "eventfd {fd} connected twice"
+        );
+        let mut next = self.next.lock().unwrap();
+        *next += 1;
+        routes.insert(*next, (fd, msg));
+        Ok(*next)
+    }
+
+    fn retarget(&self, route: u32, msg: MsiMessage) -> Result<(), String> {
+        let mut routes = self.routes.lock().unwrap();
+        let r = routes.get_mut(&route).ok_or("no such route")?;
+        r.1 = msg;
+        Ok(())
+    }
+
+    fn disconnect(&self, route: u32, evt: &EventFd) {
+        let gone = self.routes.lock().unwrap().remove(&route);
+        assert_eq!(gone.map(|r| r.0), Some(evt.as_raw_fd()), "route {route}");
+    }
+}
+
 /// The fakes of one function.
 #[derive(Debug, Clone)]
 pub struct Fakes {
     pub msi: Arc<Recorder<MsiMessage>>,
     pub intx: Arc<Recorder<bool>>,
     pub doorbells: Arc<FakeDoorbells>,
+    pub routes: Arc<FakeRoutes>,
 }
 
 impl Fakes {
     /// Fresh fakes; doorbells refused if `refuse`.
     pub fn new(refuse: bool) -> Self {
+        let msi = Recorder::new();
         Self {
-            msi: Recorder::new(),
+            routes: Arc::new(FakeRoutes::new(Arc::clone(&msi))),
+            msi,
             intx: Recorder::new(),
             doorbells: Arc::new(FakeDoorbells {
                 refuse,
@@ -161,6 +234,7 @@ impl Fakes {
             msi: Arc::new(FakeMsi(Arc::clone(&self.msi))),
             intx: Some(Arc::new(FakeIntx(Arc::clone(&self.intx)))),
             doorbells: Arc::clone(&self.doorbells) as Arc<dyn Doorbells>,
+            msi_routes: Some(Arc::clone(&self.routes) as Arc<dyn MsiRoutes>),
         }
     }
 }

@@ -17,6 +17,7 @@ use std::fs::File;
 use std::io;
 use std::os::fd::RawFd;
 use std::path::Path;
+use std::sync::Arc;
 
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{
@@ -302,21 +303,41 @@ pub fn host_address<M: GuestMemory>(mem: &M, addr: GuestAddress) -> Option<u64> 
         .map(|p| p as u64)
 }
 
-/// Waits on the kernel's interrupt eventfds (`calls`, each with its
-/// queue) and raises each queue's interrupt, until the worker is told to
-/// stop. Returns false if it could not wait at all.
+/// Serves the kernel's interrupt eventfds (`calls`, each with its queue)
+/// until the worker is told to stop: each becomes a direct line to KVM
+/// where the transport can ([`VirtioInterrupt::connect_queue`]), and what
+/// KVM does not take (a masked vector, MSI-X off, no direct line) is read
+/// here and passed on with `signal_queue`. Returns false if it could not
+/// wait at all.
 pub fn forward_calls(
     name: &str,
     waiter: &Waiter,
-    calls: &[(&EventFd, u16)],
+    calls: &[(&Arc<EventFd>, u16)],
     interrupt: &dyn VirtioInterrupt,
 ) -> bool {
     for (token, (call, _)) in calls.iter().enumerate() {
-        if let Err(e) = waiter.add(*call, token as u64) {
+        if let Err(e) = waiter.add(call.as_ref(), token as u64) {
             log::error!("{name}: cannot wait on the kernel's interrupts: {e}");
             return false;
         }
     }
+    for (call, queue) in calls {
+        interrupt.connect_queue(*queue, call);
+    }
+    let done = pass_on(name, waiter, calls, interrupt);
+    for (_, queue) in calls {
+        interrupt.disconnect_queue(*queue);
+    }
+    done
+}
+
+/// [`forward_calls`]' loop.
+fn pass_on(
+    name: &str,
+    waiter: &Waiter,
+    calls: &[(&Arc<EventFd>, u16)],
+    interrupt: &dyn VirtioInterrupt,
+) -> bool {
     loop {
         let tokens = match waiter.wait() {
             Ok(t) => t,
@@ -330,8 +351,10 @@ pub fn forward_calls(
         }
         for t in tokens {
             if let Some((call, queue)) = calls.get(t as usize) {
-                let _ = call.read();
-                interrupt.signal_queue(*queue);
+                // Empty when KVM took the signal first (a direct line).
+                if call.read().is_ok() {
+                    interrupt.signal_queue(*queue);
+                }
             }
         }
     }

@@ -8,9 +8,9 @@ use std::mem::size_of;
 
 use kvm_bindings::{
     kvm_clock_data, kvm_debugregs, kvm_dirty_log, kvm_fpu, kvm_guest_debug, kvm_interrupt,
-    kvm_ioeventfd, kvm_irq_level, kvm_irq_routing, kvm_irqchip, kvm_lapic_state, kvm_mp_state,
-    kvm_msi, kvm_msrs, kvm_pit_state2, kvm_regs, kvm_sregs, kvm_userspace_memory_region,
-    kvm_vcpu_events, kvm_xcrs, kvm_xsave,
+    kvm_ioeventfd, kvm_irq_level, kvm_irq_routing, kvm_irqchip, kvm_irqfd, kvm_lapic_state,
+    kvm_mp_state, kvm_msi, kvm_msrs, kvm_pit_state2, kvm_regs, kvm_sregs,
+    kvm_userspace_memory_region, kvm_vcpu_events, kvm_xcrs, kvm_xsave,
 };
 
 const KVMIO: u64 = 0xae;
@@ -47,6 +47,8 @@ pub(super) const KVM_SET_PIT2: u64 = kvm(WRITE, 0xa0, size_of::<kvm_pit_state2>(
 pub(super) const KVM_SET_VCPU_EVENTS: u64 = kvm(WRITE, 0xa0, size_of::<kvm_vcpu_events>());
 pub(super) const KVM_IOEVENTFD: u64 = kvm(WRITE, 0x79, size_of::<kvm_ioeventfd>());
 pub(super) const KVM_SIGNAL_MSI: u64 = kvm(WRITE, 0xa5, size_of::<kvm_msi>());
+// A vhost ring's interrupt eventfd on an MSI route of its own.
+pub(super) const KVM_IRQFD: u64 = kvm(WRITE, 0x76, size_of::<kvm_irqfd>());
 pub(super) const KVM_NMI: u64 = kvm(NONE, 0x9a, 0);
 // The split irqchip: our 8259s' vector for the boot vCPU (ExtINT).
 pub(super) const KVM_INTERRUPT: u64 = kvm(WRITE, 0x86, size_of::<kvm_interrupt>());
@@ -99,6 +101,7 @@ mod tests {
         assert_eq!(KVM_SET_PIT2, 0x4070_aea0);
         assert_eq!(KVM_IOEVENTFD, 0x4040_ae79);
         assert_eq!(KVM_SIGNAL_MSI, 0x4020_aea5);
+        assert_eq!(KVM_IRQFD, 0x4020_ae76);
         assert_eq!(KVM_SET_GSI_ROUTING, 0x4008_ae6a);
         assert_eq!(KVM_NMI, 0xae9a);
         assert_eq!(KVM_INTERRUPT, 0x4004_ae86);

@@ -155,8 +155,11 @@ pub(super) fn vcpu(pid: u32, kick: u32) -> Result<Rules, seccompiler::Error> {
             KVM_IOEVENTFD,
             KVM_SIGNAL_MSI,
             // Exits, with the split irqchip: the guest writes our IO-APIC's
-            // table, whose pins are KVM MSI routes.
+            // table, whose pins are KVM MSI routes. A vhost ring's
+            // interrupt, an irqfd on an MSI route, follows its MSI-X
+            // vector's message and mask as the guest writes them.
             KVM_SET_GSI_ROUTING,
+            KVM_IRQFD,
             // A watchdog's inject-nmi action.
             KVM_NMI,
             // With the split irqchip, the boot vCPU injects the vector of
@@ -265,6 +268,9 @@ pub(super) fn device() -> Result<Rules, seccompiler::Error> {
     // (a device worker too) makes the same ones.
     allow_ioctls(&mut r, &vmm_virtio::vhost::worker_ioctls())?;
     allow_ioctls(&mut r, &vmm_virtio::net::vhost::worker_ioctls())?;
+    // A vhost worker, as it starts and stops, puts each ring's interrupt
+    // eventfd on an MSI route of its own as an irqfd and takes it off.
+    allow_ioctls(&mut r, &[KVM_IRQFD, KVM_SET_GSI_ROUTING])?;
     Ok(r)
 }
 
@@ -529,8 +535,10 @@ pub(super) fn main(pid: u32, kick: u32) -> Result<Rules, seccompiler::Error> {
             // system_powerdown: the SCI line.
             KVM_IRQ_LINE,
             // system_reset and snapshot-load with the split irqchip: our
-            // IO-APIC's pins as KVM MSI routes again.
+            // IO-APIC's pins as KVM MSI routes again; and a vhost ring's
+            // irqfd on its MSI route following the MSI-X state put back.
             KVM_SET_GSI_ROUTING,
+            KVM_IRQFD,
             // snapshot-save: the irqchip and KVM's PIT read.
             KVM_GET_IRQCHIP,
             KVM_GET_PIT2,

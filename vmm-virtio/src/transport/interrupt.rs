@@ -4,16 +4,29 @@
 //!
 //! Shared between the transport (vCPU thread: register accesses) and the
 //! device's worker (used buffers, configuration changes). Each piece of
-//! state has its own small lock and none is held while taking another, so
-//! neither side can wait on the other for long.
+//! state has its own small lock and none is held while taking another
+//! (but the direct lines' lock, which takes the MSI-X lock to read the
+//! table), so neither side can wait on the other for long.
+//!
+//! A queue whose interrupts come from outside the VMM (the kernel's
+//! vhost) can be a *direct line* ([`VirtioInterrupt::connect_queue`]):
+//! while MSI-X is on and the queue's vector is unmasked, KVM sends the
+//! vector's message itself whenever the kernel signals the queue's
+//! eventfd (an irqfd on an MSI route, kept in step with the table, the
+//! masks and the queue's vector). Otherwise the eventfd stays signalled
+//! for the device's worker to read and pass on with `signal_queue`, which
+//! sets the pending bit of a masked vector or raises INTx as for any
+//! other device.
 
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use vmm_pci::msix::Msix;
+use vmm_sys_util::eventfd::EventFd;
+
+use vmm_pci::msix::{MsiMessage, Msix};
 
 use crate::device::{VirtioInterrupt, VIRTIO_MSI_NO_VECTOR};
-use crate::seams::{IntxLine, MsiSender};
+use crate::seams::{IntxLine, MsiRoutes, MsiSender};
 
 /// ISR bit 0: a queue interrupt.
 pub const ISR_QUEUE: u8 = 1;
@@ -42,6 +55,17 @@ pub struct InterruptHub {
     queue_vectors: Box<[AtomicU16]>,
     generation: AtomicU8,
     needs_reset: AtomicBool,
+    routes: Option<Arc<dyn MsiRoutes>>,
+    /// Per queue, its direct line if it has one.
+    direct: Mutex<Vec<Option<DirectLine>>>,
+}
+
+/// A queue's interrupt eventfd that KVM may serve itself.
+struct DirectLine {
+    evt: Arc<EventFd>,
+    /// The route it is on now, and its message (`None`: not on one; the
+    /// worker reads `evt`).
+    on: Option<(u32, MsiMessage)>,
 }
 
 impl std::fmt::Debug for InterruptHub {
@@ -77,7 +101,73 @@ impl InterruptHub {
                 .collect(),
             generation: AtomicU8::new(0),
             needs_reset: AtomicBool::new(false),
+            routes: None,
+            direct: Mutex::new((0..queues).map(|_| None).collect()),
         }
+    }
+
+    /// MSI routes for direct lines (without them a queue never has one).
+    pub fn with_routes(mut self, routes: Option<Arc<dyn MsiRoutes>>) -> Self {
+        self.routes = routes;
+        self
+    }
+
+    /// What queue `queue`'s direct line should send now: its vector's
+    /// message, if MSI-X is on and the vector unmasked.
+    fn direct_message(&self, queue: usize) -> Option<MsiMessage> {
+        let vector = self.queue_vectors.get(queue)?.load(Ordering::Acquire);
+        let msix = lock(&self.msix);
+        if vector == VIRTIO_MSI_NO_VECTOR || msix.is_masked(vector) {
+            return None;
+        }
+        msix.message(vector)
+    }
+
+    /// Puts every direct line on the route its queue's vector wants, or
+    /// takes it off (after any change to the table, the masks, MSI-X's
+    /// enable bit or the queues' vectors).
+    fn sync_direct(&self) {
+        let Some(routes) = &self.routes else {
+            return;
+        };
+        let mut direct = lock(&self.direct);
+        for (queue, line) in direct.iter_mut().enumerate() {
+            let Some(line) = line else {
+                continue;
+            };
+            let want = self.direct_message(queue);
+            line.on = match (line.on, want) {
+                (None, None) => None,
+                (Some(on), Some(msg)) if on.1 == msg => Some(on),
+                (Some((route, _)), Some(msg)) => match routes.retarget(route, msg) {
+                    Ok(()) => Some((route, msg)),
+                    Err(e) => {
+                        log::warn!("queue {queue}'s interrupt route: {e}; the worker passes it on");
+                        routes.disconnect(route, &line.evt);
+                        None
+                    }
+                },
+                (None, Some(msg)) => match routes.connect(&line.evt, msg) {
+                    Ok(route) => Some((route, msg)),
+                    Err(e) => {
+                        log::warn!("queue {queue}'s interrupt route: {e}; the worker passes it on");
+                        None
+                    }
+                },
+                (Some((route, _)), None) => {
+                    routes.disconnect(route, &line.evt);
+                    None
+                }
+            };
+        }
+    }
+
+    /// Whether queue `queue`'s interrupts go straight from its eventfd to
+    /// KVM now.
+    pub fn is_direct(&self, queue: u16) -> bool {
+        lock(&self.direct)
+            .get(usize::from(queue))
+            .is_some_and(|l| l.as_ref().is_some_and(|l| l.on.is_some()))
     }
 
     /// Runs `f` on the MSI-X state, then sends the messages of the vectors
@@ -95,6 +185,8 @@ impl InterruptHub {
         let mut isr = lock(&self.isr);
         isr.msix_enabled = enabled;
         self.drive_line(&mut isr);
+        drop(isr);
+        self.sync_direct();
     }
 
     /// Reads the MSI-X state.
@@ -108,6 +200,7 @@ impl InterruptHub {
         for (slot, v) in self.queue_vectors.iter().zip(queues) {
             slot.store(v, Ordering::Release);
         }
+        self.sync_direct();
     }
 
     /// The driver reads the ISR: its value, cleared, and the line lowered.
@@ -172,6 +265,8 @@ impl InterruptHub {
         state.msix_enabled = enabled;
         state.intx_disabled = command & vmm_pci::config::COMMAND_INTX_DISABLE != 0;
         self.drive_line(&mut state);
+        drop(state);
+        self.sync_direct();
         Ok(())
     }
 
@@ -197,6 +292,8 @@ impl InterruptHub {
         isr.msix_enabled = false;
         isr.intx_disabled = false;
         self.drive_line(&mut isr);
+        drop(isr);
+        self.sync_direct();
     }
 
     fn drive_line(&self, isr: &mut Isr) {
@@ -254,5 +351,38 @@ impl VirtioInterrupt for InterruptHub {
 
     fn set_needs_reset(&self) {
         self.raise_needs_reset();
+    }
+
+    fn connect_queue(&self, queue: u16, evt: &Arc<EventFd>) -> bool {
+        if self.routes.is_none() {
+            return false;
+        }
+        let mut direct = lock(&self.direct);
+        let Some(slot) = direct.get_mut(usize::from(queue)) else {
+            return false;
+        };
+        if let (Some(old), Some(routes)) = (slot.take(), &self.routes) {
+            if let Some((route, _)) = old.on {
+                routes.disconnect(route, &old.evt);
+            }
+        }
+        *slot = Some(DirectLine {
+            evt: Arc::clone(evt),
+            on: None,
+        });
+        drop(direct);
+        self.sync_direct();
+        true
+    }
+
+    fn disconnect_queue(&self, queue: u16) {
+        let old = lock(&self.direct)
+            .get_mut(usize::from(queue))
+            .and_then(Option::take);
+        if let (Some(old), Some(routes)) = (old, &self.routes) {
+            if let Some((route, _)) = old.on {
+                routes.disconnect(route, &old.evt);
+            }
+        }
     }
 }

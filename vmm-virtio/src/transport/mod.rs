@@ -38,7 +38,7 @@ use self::caps::{
 use self::common::{CommonConfig, Effect, Live, COMMON_CFG_LEN};
 use self::interrupt::InterruptHub;
 use crate::device::{ActivateContext, ActiveQueue, DeviceState, QueueHome, VirtioDevice};
-use crate::seams::{Doorbells, IntxLine, MsiSender};
+use crate::seams::{Doorbells, IntxLine, MsiRoutes, MsiSender};
 use crate::Memory;
 
 /// The virtio vendor ID.
@@ -79,6 +79,9 @@ pub struct TransportSeams {
     pub intx: Option<Arc<dyn IntxLine>>,
     /// Notification doorbells.
     pub doorbells: Arc<dyn Doorbells>,
+    /// MSI routes for interrupts KVM sends by itself, if the machine has
+    /// them (else those interrupts go through the device's thread).
+    pub msi_routes: Option<Arc<dyn MsiRoutes>>,
 }
 
 impl std::fmt::Debug for TransportSeams {
@@ -203,12 +206,10 @@ impl<M: Memory> VirtioPciDevice<M> {
             name: name.to_owned(),
             config,
             common: CommonConfig::new(features, &max_sizes, vectors as u16),
-            hub: Arc::new(InterruptHub::new(
-                msix,
-                seams.msi,
-                seams.intx,
-                max_sizes.len(),
-            )),
+            hub: Arc::new(
+                InterruptHub::new(msix, seams.msi, seams.intx, max_sizes.len())
+                    .with_routes(seams.msi_routes),
+            ),
             registered: vec![None; max_sizes.len()],
             notify,
             device,

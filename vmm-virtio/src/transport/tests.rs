@@ -264,6 +264,64 @@ fn msix_vectors_are_mapped_masked_and_released() {
 }
 
 #[test]
+fn a_direct_line_follows_its_vector_and_its_mask() {
+    let mut s = setup(false);
+    msix_vector(&mut s.dev, 0, 0x30);
+    msix_vector(&mut s.dev, 1, 0x31);
+    let qs = queues(&s, [0, 1]);
+    linux_init(&mut s.dev, u64::MAX, 2, &qs).unwrap();
+    let irq = interrupt(&s);
+    let msg = |data| MsiMessage {
+        address: 0xfee0_0000,
+        data,
+    };
+    let evt = Arc::new(EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).unwrap());
+    assert!(irq.connect_queue(0, &evt));
+    assert_eq!(s.fakes.routes.connected(), [msg(0x30)]);
+    // The kernel's signal goes to KVM, not to the worker.
+    s.fakes.routes.kernel_signal(&evt);
+    assert_eq!(s.fakes.msi.items(), [msg(0x30)]);
+    assert!(evt.read().is_err(), "KVM took it");
+    // The guest rewrites the vector's message: the route follows.
+    msix_vector(&mut s.dev, 0, 0x40);
+    assert_eq!(s.fakes.routes.connected(), [msg(0x40)]);
+    // Masked, the line is off: the worker reads the signal and passes it
+    // on, which leaves it pending until the guest unmasks the vector.
+    s.dev.bar_write(2, 12, &1u32.to_le_bytes());
+    assert!(s.fakes.routes.connected().is_empty());
+    s.fakes.routes.kernel_signal(&evt);
+    assert_eq!(evt.read().unwrap(), 1);
+    irq.signal_queue(0);
+    assert_eq!(s.fakes.msi.items().len(), 1);
+    s.dev.bar_write(2, 12, &0u32.to_le_bytes());
+    assert_eq!(s.fakes.msi.items(), [msg(0x30), msg(0x40)]);
+    assert_eq!(s.fakes.routes.connected(), [msg(0x40)]);
+    // Another vector for the queue, then none.
+    write(&mut s.dev, QUEUE_SELECT, 2, 0);
+    write(&mut s.dev, QUEUE_MSIX_VECTOR, 2, 1);
+    assert_eq!(s.fakes.routes.connected(), [msg(0x31)]);
+    write(&mut s.dev, QUEUE_MSIX_VECTOR, 2, 0xffff);
+    assert!(s.fakes.routes.connected().is_empty());
+    write(&mut s.dev, QUEUE_MSIX_VECTOR, 2, 0);
+    assert_eq!(s.fakes.routes.connected(), [msg(0x40)]);
+    // MSI-X off (function mask too): no line.
+    let cap = msix_cap(&s.dev);
+    cfg_write(&mut s.dev, cap + 2, 2, 0xc000);
+    assert!(s.fakes.routes.connected().is_empty());
+    cfg_write(&mut s.dev, cap + 2, 2, 0x8000);
+    assert_eq!(s.fakes.routes.connected(), [msg(0x40)]);
+    // The device lets go of it; a queue that does not exist has none.
+    irq.disconnect_queue(0);
+    assert!(s.fakes.routes.connected().is_empty());
+    assert!(!irq.connect_queue(7, &evt));
+    // A device reset takes a line off with the vectors.
+    assert!(irq.connect_queue(0, &evt));
+    assert_eq!(s.fakes.routes.connected().len(), 1);
+    write(&mut s.dev, DEVICE_STATUS, 1, 0);
+    assert!(s.fakes.routes.connected().is_empty());
+}
+
+#[test]
 fn without_msix_the_isr_and_intx_carry_interrupts() {
     let mut s = setup(false);
     let qs = queues(&s, [0xffff, 0xffff]);

@@ -66,7 +66,7 @@ impl From<IoctlError> for VhostError {
 pub struct VhostVsock {
     cid: u64,
     file: Arc<VhostFile>,
-    calls: Arc<[EventFd; 2]>,
+    calls: [Arc<EventFd>; 2],
     worker: Worker,
     acked: u64,
 }
@@ -100,7 +100,7 @@ impl VhostVsock {
         Ok(Self {
             cid,
             file: Arc::new(file),
-            calls: Arc::new([new()?, new()?]),
+            calls: [Arc::new(new()?), Arc::new(new()?)],
             worker: Worker::new("vhost-vsock", start)
                 .map_err(|e| VhostError::Ioctl("the worker thread", e))?,
             acked: 0,
@@ -116,7 +116,7 @@ impl VhostVsock {
 /// The worker's set-up of the kernel's rings, then its wait.
 struct Body<M: Memory> {
     file: Arc<VhostFile>,
-    calls: Arc<[EventFd; 2]>,
+    calls: [Arc<EventFd>; 2],
     ctx_mem: Arc<M>,
     features: u64,
     queues: Vec<ActiveQueue>,
@@ -197,7 +197,7 @@ impl<M: Memory> VirtioDevice<M> for VhostVsock {
         let [rx, tx] = crate::device::take_queues(ctx.queues, [RX_QUEUE, TX_QUEUE])?;
         let body = Body {
             file: Arc::clone(&self.file),
-            calls: Arc::clone(&self.calls),
+            calls: self.calls.clone(),
             ctx_mem: ctx.mem,
             features: ctx.features | 1 << VIRTIO_F_VERSION_1,
             queues: vec![rx, tx],
