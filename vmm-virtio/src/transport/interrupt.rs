@@ -148,13 +148,19 @@ impl InterruptHub {
                     }
                 },
                 (None, Some(msg)) => match routes.connect(&line.evt, msg) {
-                    Ok(route) => Some((route, msg)),
+                    Ok(route) => {
+                        log::debug!(
+                            "queue {queue}'s interrupts go to KVM directly (route {route})"
+                        );
+                        Some((route, msg))
+                    }
                     Err(e) => {
                         log::warn!("queue {queue}'s interrupt route: {e}; the worker passes it on");
                         None
                     }
                 },
                 (Some((route, _)), None) => {
+                    log::debug!("queue {queue}'s interrupts go through the worker (vector masked or unmapped)");
                     routes.disconnect(route, &line.evt);
                     None
                 }
