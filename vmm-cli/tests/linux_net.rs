@@ -119,20 +119,21 @@ fn reaches_l1_across_a_tap(test: &str, vhost: bool) {
             touch /tmp/www/fetched\n\
             i=0; while pidof vmm >/dev/null && [ $i -lt 300 ]; do sleep 1; i=$((i+1)); done"
             .replace("BYTES", &bytes.to_string());
-        let job = debian_job(
-            &g,
-            &initrd,
-            [
-                "--memory",
-                "512M",
-                "--netdev",
-                tap_netdev(vhost),
-                "--device",
-                "virtio-net-pci,netdev=n0,mac=52:54:00:ab:cd:01",
-            ],
-        )
-        .companion(&companion)
-        .timeout(std::time::Duration::from_secs(600));
+        let mut args = vec![
+            "--memory",
+            "512M",
+            "--netdev",
+            tap_netdev(vhost),
+            "--device",
+            "virtio-net-pci,netdev=n0,mac=52:54:00:ab:cd:01",
+        ];
+        if vhost {
+            // Where the rings' interrupts go (said at debug level).
+            args.extend(["--log-level", "debug"]);
+        }
+        let job = debian_job(&g, &initrd, args)
+            .companion(&companion)
+            .timeout(std::time::Duration::from_secs(600));
         let out = run(test, &g, &job);
         let c = &out.console;
         for l in c.lines().filter(|l| l.trim_start().starts_with("@@")) {
@@ -166,6 +167,16 @@ fn reaches_l1_across_a_tap(test: &str, vhost: bool) {
                 c.contains("@@L1_VHOST_THREAD"),
                 "{test}: no vhost worker in L1\n{c}"
             );
+            // Both rings' interrupts went from L1's vhost-net to KVM as
+            // irqfds, without our worker.
+            for q in 0..2 {
+                assert!(
+                    out.stderr
+                        .contains(&format!("queue {q}'s interrupts go to KVM directly")),
+                    "{test}: queue {q}'s interrupts not direct\nstderr:\n{}",
+                    out.stderr
+                );
+            }
         }
         // The driver took mergeable buffers (bit 15) and checksum offload
         // both ways (bits 0, 1): the features file is one character per bit.
