@@ -168,14 +168,6 @@ impl InterruptHub {
         }
     }
 
-    /// Whether queue `queue`'s interrupts go straight from its eventfd to
-    /// KVM now.
-    pub fn is_direct(&self, queue: u16) -> bool {
-        lock(&self.direct)
-            .get(usize::from(queue))
-            .is_some_and(|l| l.as_ref().is_some_and(|l| l.on.is_some()))
-    }
-
     /// Runs `f` on the MSI-X state, then sends the messages of the vectors
     /// it returns (pending vectors the change released).
     pub fn with_msix(&self, f: impl FnOnce(&mut Msix) -> Vec<u16>) {
