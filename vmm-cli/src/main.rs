@@ -165,6 +165,7 @@ fn run(args: Args, devices: storage::Devices) -> Result<ExitReason> {
     // (see seccomp.rs for the order and why).
     let filters = seccomp::Filters::new(args.seccomp, vmm_core::vcpu::kick_signal())
         .context("cannot set up seccomp")?;
+    log::debug!("start-up: seccomp filters compiled");
     let serial_start: output::ThreadStart = match &filters {
         Some(f) => {
             let f = Arc::clone(f);
