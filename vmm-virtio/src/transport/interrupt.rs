@@ -352,18 +352,15 @@ impl VirtioInterrupt for InterruptHub {
     }
 
     fn connect_queue(&self, queue: u16, evt: &Arc<EventFd>) -> bool {
-        if self.routes.is_none() {
+        if self.routes.is_none() || usize::from(queue) >= self.queue_vectors.len() {
             return false;
         }
+        // A line the device left connected goes first.
+        self.disconnect_queue(queue);
         let mut direct = lock(&self.direct);
         let Some(slot) = direct.get_mut(usize::from(queue)) else {
             return false;
         };
-        if let (Some(old), Some(routes)) = (slot.take(), &self.routes) {
-            if let Some((route, _)) = old.on {
-                routes.disconnect(route, &old.evt);
-            }
-        }
         *slot = Some(DirectLine {
             evt: Arc::clone(evt),
             on: None,
