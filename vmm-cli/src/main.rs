@@ -68,6 +68,10 @@ fn main() -> ExitCode {
         }
     };
     match run(args, disks) {
+        Ok(reason) if reason.is_triple_fault() => {
+            log::warn!("{reason}");
+            ExitCode::SUCCESS
+        }
         Ok(reason) if reason.is_success() => {
             log::info!("{reason}");
             ExitCode::SUCCESS

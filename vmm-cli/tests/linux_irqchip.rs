@@ -107,7 +107,11 @@ while true; do sleep 1; done";
             "{test}: vmm stderr:\n{}\n{c}",
             out.stderr
         );
-        assert!(c.contains("@@CPUS 2"), "{test}:\n{c}");
+        assert!(
+            c.contains("@@CPUS 2"),
+            "{test}: vmm stderr:\n{}\n{c}",
+            out.stderr
+        );
         // The timer check ran and passed on IO-APIC pin 2.
         assert!(
             c.contains("..TIMER: vector="),
@@ -170,8 +174,16 @@ poweroff -f";
             "{test}: vmm stderr:\n{}\n{c}",
             out.stderr
         );
-        assert!(c.contains("@@CPUS 2"), "{test}:\n{c}");
-        assert!(c.contains("@@DONE"), "{test}:\n{c}");
+        assert!(
+            c.contains("@@CPUS 2"),
+            "{test}: vmm stderr:\n{}\n{c}",
+            out.stderr
+        );
+        assert!(
+            c.contains("@@DONE"),
+            "{test}: vmm stderr:\n{}\n{c}",
+            out.stderr
+        );
         // No IO-APIC in use: every ISA line is on the 8259s.
         assert!(
             !c.lines()

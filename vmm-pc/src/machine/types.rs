@@ -266,6 +266,14 @@ impl ExitReason {
         !matches!(self, Self::InternalError { .. } | Self::GuestPanicked)
     }
 
+    /// A guest reset by a triple fault (vmm-core names it so): a normal
+    /// end all the same (Linux's `reboot=t` resets this way), but more
+    /// often a guest that crashed too early or too hard to say so, which
+    /// deserves a line where a reboot through the i8042 or ACPI does not.
+    pub fn is_triple_fault(&self) -> bool {
+        matches!(self, Self::GuestReset(why) if why.starts_with("triple fault"))
+    }
+
     /// The `SHUTDOWN` event's cause; none for an internal error (QEMU
     /// stops in `internal-error` without one).
     pub fn shutdown_cause(&self) -> Option<ShutdownCause> {
@@ -298,5 +306,21 @@ impl std::fmt::Display for ExitReason {
             } => write!(f, "vCPU {vcpu}: {reason}"),
             Self::InternalError { vcpu: None, reason } => write!(f, "{reason}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_triple_fault_reset_is_one() {
+        // vmm-core's wording for a vCPU's shutdown exit.
+        let tf = ExitReason::GuestReset("triple fault at RIP=0xffffffff81000000".into());
+        assert!(tf.is_triple_fault() && tf.is_success());
+        assert!(ExitReason::GuestReset("triple fault".into()).is_triple_fault());
+        assert!(!ExitReason::GuestReset("i8042 reset line".into()).is_triple_fault());
+        assert!(!ExitReason::GuestReset("system event reset".into()).is_triple_fault());
+        assert!(!ExitReason::GuestPoweroff.is_triple_fault());
     }
 }
