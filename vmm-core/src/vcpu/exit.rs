@@ -145,7 +145,7 @@ pub(crate) fn run_once(
     if triple_fault {
         return Some(VcpuRequest::Reset {
             vcpu: index,
-            reason: triple_fault_reason(vcpu),
+            reason: triple_fault_reason(vcpu, index),
         });
     }
     request
@@ -173,17 +173,17 @@ fn emulation_failed_at_int3(suberror: u32, data: &[u64]) -> bool {
 /// AMD, KVM has already put the vCPU in its reset state when it reports
 /// the shutdown (the VMCB is undefined after one), so there is nothing to
 /// show, and the reason says so.
-fn triple_fault_reason(vcpu: &VcpuFd) -> String {
+fn triple_fault_reason(vcpu: &VcpuFd, index: u32) -> String {
     match (vcpu.get_regs(), vcpu.get_sregs()) {
-        (Ok(r), Ok(s)) if r.rip == 0xfff0 && s.cs.selector == 0xf000 => {
-            "triple fault (the vCPU was already in its reset state: no registers to show)".into()
-        }
+        (Ok(r), Ok(s)) if r.rip == 0xfff0 && s.cs.selector == 0xf000 => format!(
+            "triple fault on vCPU {index} (already in its reset state: no registers to show)"
+        ),
         (Ok(r), Ok(s)) => format!(
-            "triple fault at RIP={:#x} RSP={:#x} CR0={:#x} CR2={:#x} CR3={:#x} \
+            "triple fault on vCPU {index} at RIP={:#x} RSP={:#x} CR0={:#x} CR2={:#x} CR3={:#x} \
              IDT={:#x}+{:#x}",
             r.rip, r.rsp, s.cr0, s.cr2, s.cr3, s.idt.base, s.idt.limit
         ),
-        _ => "triple fault".into(),
+        _ => format!("triple fault on vCPU {index}"),
     }
 }
 
