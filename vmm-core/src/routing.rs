@@ -84,17 +84,12 @@ impl RoutingTable {
     }
 
     /// Every entry, the controllers' first.
-    pub fn entries(&self) -> impl ExactSizeIterator<Item = (u32, Route)> + '_ {
-        self.base
+    pub fn entries(&self) -> Vec<(u32, Route)> {
+        let msi = self
+            .msi
             .iter()
-            .copied()
-            .chain(
-                self.msi
-                    .iter()
-                    .map(|(&gsi, &(address, data))| (gsi, Route::Msi { address, data })),
-            )
-            .collect::<Vec<_>>()
-            .into_iter()
+            .map(|(&gsi, &(address, data))| (gsi, Route::Msi { address, data }));
+        self.base.iter().copied().chain(msi).collect()
     }
 }
 
@@ -127,7 +122,7 @@ mod tests {
         let g = t.allocate(0xfee0_1000, 0x51).unwrap();
         assert!(t.update(g, 0xfee0_2000, 0x52));
         assert!(!t.update(g + 1, 0, 0));
-        let all: Vec<_> = t.entries().collect();
+        let all = t.entries();
         assert_eq!(
             all,
             [

@@ -348,7 +348,7 @@ impl Vm {
         let before = table.clone();
         let r = f(&mut table);
         if *table != before {
-            if let Err(e) = self.set_routing(table.entries().map(kvm_entry)) {
+            if let Err(e) = self.set_routing(table.entries().into_iter().map(kvm_entry)) {
                 *table = before;
                 return Err(e);
             }
