@@ -148,26 +148,47 @@ while true; do sleep 1; done";
 /// (`KVM_INTERRUPT`). The PIT is the only tick (`nolapic_timer`), so the
 /// guest gets to its shell only if IRQ 0 arrives at its rate; the RTC's
 /// IRQ 8 (through the slave) and COM1's IRQ 4 are counted on the XT-PIC.
-/// The ACPI SCI is level-triggered and reaches the IO-APIC model only, so
-/// the guest powers off through PM1a control (`poweroff -f`), not the
-/// button.
+/// The ACPI SCI, level-triggered on IRQ 9 (the ELCR), carries QMP's
+/// `system_powerdown` to the guest's power button through the 8259s too.
 #[test]
 fn debian_on_the_split_irqchip_8259s_noapic() {
     nested_retry("debian_on_the_split_irqchip_8259s_noapic", || {
         let test = "split_irqchip_noapic";
         let Some(g) = guest(test) else { return };
         let dir = common::TempDir::new(test);
-        let script = "echo \"@@CPUS $(nproc)\"
+        let script = "insmod /evdev.ko
+insmod /button.ko
+i=0; until grep -qs 'Power Button' /sys/class/input/event*/device/name || [ $i -ge 100 ]; do sleep 0.1; i=$((i+1)); done
+for e in /dev/input/event*; do
+  (busybox dd if=$e bs=24 count=1 of=/dev/null 2>/dev/null; echo @@POWERBUTTON; grep acpi /proc/interrupts; poweroff -f) &
+done
+echo \"@@CPUS $(nproc)\"
 /clockprobe irqrate 0 3
 /clockprobe rtcpie 64 2
 cat /proc/interrupts
 echo @@DONE
-poweroff -f";
-        let initrd = test_initrd(&g, &dir, script, &[], true);
+while true; do sleep 1; done";
+        let initrd = test_initrd(&g, &dir, script, &["evdev", "button"], true);
+        let client = build_static(&dir, "qmpclient");
+        let companion = "./qmpclient qmp.sock \
+            'file:console.log:@@DONE' system_powerdown event:POWERDOWN event:SHUTDOWN; \
+            echo @@CONSOLE; cat console.log";
         let append = format!("{APPEND} noapic no-kvmclock nolapic_timer nohz=off highres=off");
-        let job = split_job(&g, &initrd, &append, &[]);
+        let job = split_job(
+            &g,
+            &initrd,
+            &append,
+            &["--qmp", "qmp.sock", "--serial", "file:console.log"],
+        )
+        .file("qmpclient", &client)
+        .companion(companion);
         let out = run(test, &g, &job);
         let c = &out.console;
+        assert!(
+            !c.contains("@@QMPFAIL"),
+            "{test}: a QMP step failed:\n{c}\n{}",
+            out.stderr
+        );
         assert_eq!(
             out.status,
             Some(0),
@@ -206,5 +227,13 @@ poweroff -f";
         // As in the IO-APIC test: arrives, its rate not held to 64 Hz.
         assert!(rtc >= 16.0, "{test}: RTC at {rtc:.1} Hz for 64");
         assert!(rtc_count > 0 && serial > 0, "{test}:\n{c}");
+        // The SCI (level-triggered, IRQ 9 on the slave) carried the power
+        // button, and the guest counted it on the XT-PIC.
+        assert!(c.contains("@@POWERBUTTON"), "{test}:\n{c}");
+        let sci = c
+            .split("@@POWERBUTTON")
+            .nth(1)
+            .map_or(0, |after| interrupts(after, "XT-PIC", "acpi"));
+        assert!(sci > 0, "{test}: no SCI on the XT-PIC:\n{c}");
     });
 }

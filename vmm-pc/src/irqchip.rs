@@ -20,7 +20,9 @@
 //!   masked pin, which has no route, is lost, as on the 82093AA) — while
 //!   the guest keeps the 8259s masked, which Linux with an IO-APIC does;
 //! - level lines (the ACPI SCI, the PCI INTx lines 16-23) go to our
-//!   IO-APIC ([`IrqLines::set_level`]), which delivers with
+//!   IO-APIC ([`IrqLines::set_level`]), and those below 16 (the SCI's
+//!   GSI 9) to the 8259s too, as KVM's own routing of a PC has them; the
+//!   IO-APIC delivers with
 //!   `KVM_SIGNAL_MSI`, sets Remote IRR, and on the EOI of the vector
 //!   (`KVM_EXIT_IOAPIC_EOI`, [`IrqLines::eoi`]) delivers again while the
 //!   line is still high. KVM exits on those EOIs because the routes of
@@ -67,10 +69,9 @@
 //! a guest on the 8259s may hang), and a system reset or snapshot load in
 //! it leaves it to be delivered once the guest takes interrupts again. The
 //! vCPU does not inject while a kick is pending (a pause kicks), which
-//! makes that window one `KVM_RUN` entry wide. Level-triggered lines (the
-//! ACPI SCI, PCI INTx) reach the IO-APIC model only, never the 8259s: a
-//! guest with no IO-APIC (`noapic`) gets no SCI (no power button) and no
-//! INTx in split mode.
+//! makes that window one `KVM_RUN` entry wide (QEMU's split irqchip has
+//! the same window: it hands the 8259's vector to `KVM_INTERRUPT` as we
+//! do and does not save it either).
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -307,7 +308,7 @@ impl IrqLines {
         match self {
             Self::Kernel(vm) => vm.set_irq_line(gsi, high),
             Self::Split(chips) => {
-                lock(&chips.ioapic).set_irq(split_pin(gsi) as usize, high);
+                isa::set_split_level(&chips.pic, &chips.ioapic, gsi, high);
                 Ok(())
             }
         }

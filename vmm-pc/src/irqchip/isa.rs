@@ -55,6 +55,22 @@ impl<S: MsiSink, R: RouteSink> IsaEdges for SplitIsa<S, R> {
     }
 }
 
+/// Level line `gsi` on the split irqchip is now `high`: GSIs 0-15 (the ISA
+/// IRQs; the ACPI SCI is 9) reach the 8259s as well, as in KVM's own
+/// routing of a PC (GSI 2 excepted: the cascade), and every line reaches
+/// its IO-APIC pin. One model at a time, no lock held across both.
+pub(super) fn set_split_level<S: MsiSink, R: RouteSink>(
+    pic: &Mutex<SplitPic>,
+    ioapic: &Mutex<SplitIoApic<S, R>>,
+    gsi: u32,
+    high: bool,
+) {
+    if let Ok(irq @ (0..=1 | 3..=15)) = u8::try_from(gsi) {
+        lock(pic).set_irq(irq, high);
+    }
+    lock(ioapic).set_irq(split_pin(gsi) as usize, high);
+}
+
 /// An edge-triggered ISA interrupt line: each [`Trigger::trigger`] is one
 /// edge, on the eventfd KVM has as an irqfd, or, while
 /// [`IsaEdges::through_vmm`] says so, on our models.

@@ -273,3 +273,45 @@ fn an_isa_edge_through_the_vmm_reaches_the_pic_and_the_ioapic() {
     out(&mut lock(&pic), 0x20, 0x20); // non-specific EOI
     assert!(link.intr());
 }
+
+#[test]
+fn a_level_line_below_16_reaches_the_pics_and_the_ioapic() {
+    let link = Arc::new(PicLink::default());
+    let pic = Mutex::new(SplitPic::new(Arc::clone(&link)));
+    let (mut a, r) = ioapic();
+    program(&mut a, 9, 0x39, 0, true);
+    let a = Mutex::new(a);
+    // IRQ 9 (the SCI) unmasked on the slave, level-triggered by the ELCR,
+    // as Linux booted `noapic` leaves it.
+    init(&mut lock(&pic), 0xFB, 0xFD);
+    out(&mut lock(&pic), 0x4D1, 0x02);
+    isa::set_split_level(&pic, &a, 9, true);
+    assert!(link.intr());
+    assert_eq!(lock(&r.0).len(), 1, "the IO-APIC's pin 9 too");
+    assert_eq!(lock(&pic).acknowledge(), 0x29);
+    // Still high at the EOIs (slave, then master): requested again.
+    out(&mut lock(&pic), 0xA0, 0x20);
+    out(&mut lock(&pic), 0x20, 0x20);
+    assert!(link.intr(), "a level line still high asks again");
+    assert_eq!(lock(&pic).acknowledge(), 0x29);
+    isa::set_split_level(&pic, &a, 9, false);
+    out(&mut lock(&pic), 0xA0, 0x20);
+    out(&mut lock(&pic), 0x20, 0x20);
+    assert!(!link.intr(), "low: nothing more");
+}
+
+#[test]
+fn pci_lines_and_the_cascade_stay_off_the_pics() {
+    let link = Arc::new(PicLink::default());
+    let pic = Mutex::new(SplitPic::new(Arc::clone(&link)));
+    let (mut a, r) = ioapic();
+    program(&mut a, 16, 0x50, 0, true);
+    let a = Mutex::new(a);
+    init(&mut lock(&pic), 0x00, 0x00);
+    for gsi in [2, 16, 23] {
+        isa::set_split_level(&pic, &a, gsi, true);
+    }
+    assert!(!link.intr());
+    assert_eq!(lock(&pic).state().master.irr, 0);
+    assert_eq!(lock(&r.0).len(), 1, "pin 16 on the IO-APIC");
+}
