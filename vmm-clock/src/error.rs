@@ -11,4 +11,7 @@ pub enum Error {
     /// The alarm timerfd could not be made non-blocking.
     #[error("cannot make the alarm timerfd non-blocking")]
     SetNonBlocking(#[source] errno::Error),
+    /// The alarm's kick eventfd (for due deadlines) could not be created.
+    #[error("cannot create the alarm's kick eventfd")]
+    CreateKick(#[source] std::io::Error),
 }

@@ -51,6 +51,10 @@ pub(crate) struct State {
     pub(crate) enabled: [bool; 3],
     /// The thread running each clock's list, if any.
     pub(crate) runner: [Option<ThreadId>; 3],
+    /// Threads waiting for a list's runner to finish (`Clocks::wait_idle`):
+    /// a runner wakes them only if there are any, sparing the futex call
+    /// on every alarm.
+    pub(crate) idle_waiters: u32,
     /// Nested run passes in progress; alarm updates wait until the last one ends.
     passes: u32,
     pub(crate) virt: VirtualClock,
@@ -74,6 +78,7 @@ impl State {
             // Virtual starts disabled until the first vm_start, as in QEMU today.
             enabled: [true, false, true],
             runner: [None; 3],
+            idle_waiters: 0,
             passes: 0,
             virt: VirtualClock::default(),
             jump,
