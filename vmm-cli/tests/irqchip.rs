@@ -41,6 +41,23 @@ fn pit_and_rtc_interrupts_reach_the_guest_through_the_ioapic() {
     }
 }
 
+/// The `irq` benchmark's guest: PIT one-shots, each waited for in `hlt`
+/// and taken through the IO-APIC, then the debug-exit port and the
+/// i8042 reset (status 0).
+#[test]
+fn the_timer_loop_takes_each_one_shot_in_both_modes() {
+    if !kvm("irqchip_timer_loop") {
+        return;
+    }
+    for mode in MODES {
+        let dir = TempDir::new("irq-timer-loop");
+        let k = dir.file("timer.elf", &test_guests::timer_loop(200));
+        let o = run_kernel(&k, &["--irqchip", mode]);
+        assert!(o.status.success(), "{mode}: {}", stderr(&o));
+        assert_eq!(String::from_utf8_lossy(&o.stdout), "<>", "{mode}");
+    }
+}
+
 #[test]
 fn a_level_sci_still_high_at_its_eoi_is_delivered_again() {
     if !kvm("irqchip_sci") {

@@ -1,5 +1,5 @@
 //! Writes one of the hand-assembled test guests to a file:
-//! `cargo run -p vmm-pc --example write_test_guest -- hello|hello-exit|halt|spin|echo|poweroff|two-cpus|read-port|suspend-cycles|pio-loop[:COUNT]|watchdog:INDEX|counter[:DELAY] PATH`.
+//! `cargo run -p vmm-pc --example write_test_guest -- hello|hello-exit|halt|spin|echo|poweroff|two-cpus|read-port|suspend-cycles|pio-loop[:COUNT]|timer-loop[:COUNT]|watchdog:INDEX|counter[:DELAY] PATH`.
 
 use vmm_pc::test_guests;
 
@@ -7,7 +7,7 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (Some(kind), Some(path)) = (args.first(), args.get(1)) else {
         eprintln!(
-            "usage: write_test_guest hello|hello-exit|halt|spin|echo|poweroff|two-cpus|read-port|suspend-cycles|pio-loop[:COUNT]|watchdog:INDEX|counter[:DELAY] PATH"
+            "usage: write_test_guest hello|hello-exit|halt|spin|echo|poweroff|two-cpus|read-port|suspend-cycles|pio-loop[:COUNT]|timer-loop[:COUNT]|watchdog:INDEX|counter[:DELAY] PATH"
         );
         std::process::exit(2);
     };
@@ -31,18 +31,9 @@ fn main() {
                 }
             },
         },
-        pio if pio.starts_with("pio-loop") => {
-            let count = match pio.strip_prefix("pio-loop").unwrap_or("") {
-                "" => 100_000,
-                n => match n.strip_prefix(':').and_then(|n| n.parse().ok()) {
-                    Some(n) => n,
-                    None => {
-                        eprintln!("pio-loop:COUNT needs a number, not {n}");
-                        std::process::exit(2);
-                    }
-                },
-            };
-            test_guests::pio_loop(count)
+        pio if pio.starts_with("pio-loop") => test_guests::pio_loop(count(pio, "pio-loop")),
+        timer if timer.starts_with("timer-loop") => {
+            test_guests::timer_loop(count(timer, "timer-loop"))
         }
         wd if wd.starts_with("watchdog:") => {
             match wd.strip_prefix("watchdog:").and_then(|n| n.parse().ok()) {
@@ -61,5 +52,19 @@ fn main() {
     if let Err(e) = std::fs::write(path, image) {
         eprintln!("cannot write {path}: {e}");
         std::process::exit(1);
+    }
+}
+
+/// The COUNT of `NAME[:COUNT]` (100000 if absent); exits on a bad one.
+fn count(kind: &str, name: &str) -> u32 {
+    match kind.strip_prefix(name).unwrap_or("") {
+        "" => 100_000,
+        n => match n.strip_prefix(':').and_then(|n| n.parse().ok()) {
+            Some(n) => n,
+            None => {
+                eprintln!("{name}:COUNT needs a number, not {n}");
+                std::process::exit(2);
+            }
+        },
     }
 }

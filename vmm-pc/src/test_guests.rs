@@ -9,7 +9,7 @@ use crate::layout::{port, HIMEM_START};
 mod interrupts;
 mod pic;
 mod s3;
-pub use interrupts::{ioapic_interrupts, IOAPIC_INTERRUPTS_OUTPUT};
+pub use interrupts::{ioapic_interrupts, timer_loop, IOAPIC_INTERRUPTS_OUTPUT};
 pub use pic::{pic_interrupts, PIC_INTERRUPTS_OUTPUT};
 pub use s3::{suspend_cycles, suspend_to_ram, WAKE_VECTOR};
 
@@ -539,6 +539,7 @@ mod tests {
             read_port(0x99),
             two_cpus(),
             two_cpus_spin(),
+            timer_loop(10),
         ] {
             let (_, entry) = load(&image);
             assert_eq!(entry, KernelEntry::Pvh(GuestAddress(LOAD_ADDR)));

@@ -249,3 +249,60 @@ pub fn ioapic_interrupts(power_button: bool) -> Vec<u8> {
 /// What [`ioapic_interrupts`] prints, in order (the power button's lines
 /// only with it).
 pub const IOAPIC_INTERRUPTS_OUTPUT: [&str; 3] = [TICKS, WAITING, SCI];
+
+/// Masks the 8259s, sets up an IDT, the local APIC and the IO-APIC (pin 2,
+/// the PIT's IRQ 0, edge, vector 0x30, to APIC ID 0), writes `<` on COM1,
+/// then `count` times: programs the PIT's channel 0 for a one-shot of two
+/// ticks (mode 0, about 1.7 µs) and waits (`sti; hlt`) for its interrupt,
+/// whose handler counts it and sends the local APIC's EOI; then writes `>`
+/// and exits as [`super::hello_exit`] does. The host times the marks: each
+/// round is a timer interrupt armed by the guest (three port writes, the
+/// VMM's timer), raised by the VMM and taken by the guest's handler, the
+/// path on which the irqchip's mode differs.
+pub fn timer_loop(count: u32) -> Vec<u8> {
+    let (mut c, gates) = prologue(1);
+    c.extend_from_slice(&[0xb0, 0xff, 0xe6, 0x21, 0xe6, 0xa1]); // both 8259s masked
+    load_idt(&mut c);
+    store(&mut c, LAPIC_SVR, 0x1ff);
+    store(&mut c, IOREGSEL, 0x11 + 2 * 2);
+    store(&mut c, IOWIN, 0); // destination APIC ID 0
+    store(&mut c, IOREGSEL, 0x10 + 2 * 2);
+    store(&mut c, IOWIN, u32::from(VECTORS[0])); // edge, unmasked
+    c.extend_from_slice(&[0x66, 0xba]); // mov dx, COM1
+    c.extend_from_slice(&port::COM1.to_le_bytes());
+    c.extend_from_slice(&[0xb0, b'<', 0xee]); // mov al, '<'; out dx, al
+                                              // Where the handler goes on: `after`, past the arming and the wait.
+    let arm_len = 12;
+    let after = c.len() + 10 + arm_len + 4;
+    next(&mut c, after);
+    let arm = c.len();
+    #[rustfmt::skip]
+    c.extend_from_slice(&[
+        // arm: PIT channel 0, lobyte/hibyte, mode 0, count 2.
+        0xb0, 0x30, 0xe6, 0x43,
+        0xb0, 0x02, 0xe6, 0x40,
+        0xb0, 0x00, 0xe6, 0x40,
+    ]);
+    let wait = c.len();
+    c.extend_from_slice(&[0xfb, 0xf4, 0xeb, 0xfc]); // wait: sti; hlt; jmp wait
+    assert_eq!((c.len(), wait - arm), (after, arm_len));
+    // after: (interrupts off) `count` taken yet?
+    c.extend_from_slice(&[0x81, 0x3d]); // cmp dword [PIT_COUNT], count
+    c.extend_from_slice(&a(PIT_COUNT));
+    c.extend_from_slice(&count.max(1).to_le_bytes());
+    let back = arm as i64 - (c.len() as i64 + 6);
+    c.extend_from_slice(&[0x0f, 0x82]); // jb arm (rel32)
+    c.extend_from_slice(&(back as i32).to_le_bytes());
+    c.extend_from_slice(&[0xb0, b'>', 0xee]); // mov al, '>'; out dx, al (DX: COM1)
+    c.extend_from_slice(&[0xb0, 0x00, 0xe6, 0xf4]); // mov al, 0; out 0xf4, al
+    c.extend_from_slice(I8042_RESET);
+
+    let handler = LOAD_ADDR + c.len() as u64;
+    c.extend_from_slice(&[0xff, 0x05]); // inc dword [PIT_COUNT]
+    c.extend_from_slice(&a(PIT_COUNT));
+    store(&mut c, LAPIC_EOI, 0);
+    go_on(&mut c);
+
+    fill_gates(&mut c, gates, &VECTORS[..1], &[handler]);
+    epilogue(c, &[], SPACING, VECTORS[0])
+}

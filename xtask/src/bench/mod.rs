@@ -14,6 +14,8 @@
 //!   256 MiB and 2 GiB guests ([`memory`]);
 //! * `pio`: the cost of one port-I/O exit to a device-less port, beside a
 //!   bare `KVM_RUN` loop ([`pio`]);
+//! * `irq`: a PIT timer interrupt's round trip through the IO-APIC, on
+//!   KVM's irqchip and on the split one, ours and QEMU's ([`irq`]);
 //! * `density`: how many 128 MiB VMs run at once, and the start rate when
 //!   starting many in parallel ([`density`]);
 //! * `linux`: Debian's kernel to `/init` on a real KVM (nested in the test
@@ -50,6 +52,7 @@
 mod blk;
 mod chart;
 mod density;
+mod irq;
 mod linux;
 mod memory;
 mod net;
@@ -150,6 +153,7 @@ pub fn task(args: &[String]) -> Result<()> {
             "snapshot" => snapshot::run(&ctx),
             "memory" => memory::run(&ctx),
             "pio" => pio::run(&ctx),
+            "irq" => irq::run(&ctx),
             "density" => density::run(&ctx),
             "linux" => linux::run(&ctx),
             "qmp" => qmp::run(&ctx),

@@ -5,9 +5,9 @@ use anyhow::{bail, Result};
 use super::{DEFAULT_RUNS, QUICK_RUNS};
 
 /// The suites, in the order they run.
-pub(super) const SUITES: [&str; 13] = [
-    "startup", "exit", "memory", "pio", "density", "watchdog", "snapshot", "linux", "blk", "net",
-    "qmp", "suspend", "alarm",
+pub(super) const SUITES: [&str; 14] = [
+    "startup", "exit", "memory", "pio", "irq", "density", "watchdog", "snapshot", "linux", "blk",
+    "net", "qmp", "suspend", "alarm",
 ];
 
 /// The parsed command line.
