@@ -11,7 +11,7 @@ Examples:
   vmm --kernel bzImage --initrd initramfs.cpio --memory 512M --cpus 2
   vmm --kernel vmlinux --append 'console=ttyS0 reboot=k' --serial file:/tmp/console.log,maxsize=64M
   vmm --kernel bzImage --pit kvm        # KVM's in-kernel PIT instead of ours
-  vmm --kernel bzImage --irqchip split  # only the local APICs in KVM, our IO-APIC
+  vmm --kernel bzImage --irqchip kernel # KVM's 8259s and IO-APIC instead of ours
   vmm --kernel bzImage --qmp /tmp/vmm.qmp --paused
       then: qmp-shell /tmp/vmm.qmp (from QEMU's python qemu.qmp), cont, stop, quit
 
@@ -86,11 +86,11 @@ pub struct Args {
     pub pit: PitChoice,
 
     /// Where the interrupt controllers are, QEMU's -machine
-    /// kernel-irqchip=on|split: `kernel` (KVM's 8259 pair, IO-APIC and local
-    /// APICs) or `split` (only the local APICs in KVM; our IO-APIC and
-    /// 8259s, the PICs' output not delivered). `--pit kvm` needs `kernel`.
-    #[arg(long, value_name = "WHERE", default_value = "kernel")]
-    pub irqchip: IrqChipChoice,
+    /// kernel-irqchip=on|split: `split` (only the local APICs in KVM; our
+    /// IO-APIC and 8259 pair) or `kernel` (KVM's 8259 pair, IO-APIC and local
+    /// APICs). Default: `split`, or `kernel` with `--pit kvm`, which needs it.
+    #[arg(long, value_name = "WHERE")]
+    pub irqchip: Option<IrqChipChoice>,
 
     /// Serve QMP (QEMU's JSON control protocol) on a Unix socket at PATH,
     /// created mode 0600 and removed on exit; or, if PATH is a character
@@ -150,13 +150,25 @@ impl Args {
                     .into(),
             );
         }
-        if self.pit == PitChoice::Kvm && self.irqchip == IrqChipChoice::Split {
+        if self.pit == PitChoice::Kvm && self.irqchip == Some(IrqChipChoice::Split) {
             return Err(
                 "--pit kvm needs --irqchip kernel: KVM's PIT interrupts through KVM's irqchip"
                     .into(),
             );
         }
         Ok(())
+    }
+}
+
+impl Args {
+    /// The irqchip in use: as given, else split, or the kernel's for
+    /// KVM's PIT (which interrupts only through it).
+    pub fn irqchip(&self) -> IrqChipChoice {
+        match (self.irqchip, self.pit) {
+            (Some(choice), _) => choice,
+            (None, PitChoice::Kvm) => IrqChipChoice::Kernel,
+            (None, PitChoice::Userspace) => IrqChipChoice::Split,
+        }
     }
 }
 
@@ -299,6 +311,27 @@ fn parse_gdb(s: &str) -> Result<vmm_gdb::GdbAddress, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn parse(extra: &[&str]) -> Args {
+        let mut argv = vec!["vmm", "--kernel", "k"];
+        argv.extend_from_slice(extra);
+        Args::try_parse_from(argv).unwrap()
+    }
+
+    #[test]
+    fn the_irqchip_is_split_unless_kvms_pit_or_the_user_says_otherwise() {
+        assert_eq!(parse(&[]).irqchip(), IrqChipChoice::Split);
+        assert_eq!(parse(&["--pit", "kvm"]).irqchip(), IrqChipChoice::Kernel);
+        let kernel = parse(&["--irqchip", "kernel"]);
+        assert_eq!(kernel.irqchip(), IrqChipChoice::Kernel);
+        assert!(kernel.check().is_ok());
+        let both = parse(&["--pit", "kvm", "--irqchip", "split"]);
+        assert!(both
+            .check()
+            .unwrap_err()
+            .contains("--pit kvm needs --irqchip kernel"));
+        assert!(Args::try_parse_from(["vmm", "--kernel", "k", "--irqchip", "bogus"]).is_err());
+    }
 
     #[test]
     fn sizes() {

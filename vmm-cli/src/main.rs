@@ -228,7 +228,7 @@ fn run(args: Args, devices: storage::Devices) -> Result<ExitReason> {
             args::PitChoice::Userspace => PitBackend::Userspace,
             args::PitChoice::Kvm => PitBackend::Kvm,
         },
-        irqchip: match args.irqchip {
+        irqchip: match args.irqchip() {
             args::IrqChipChoice::Kernel => IrqChipMode::Kernel,
             args::IrqChipChoice::Split => IrqChipMode::Split,
         },

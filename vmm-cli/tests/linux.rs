@@ -2,6 +2,8 @@
 //! vmlinux, on 1 and 2 vCPUs with 512 MiB; a test initramfs reports from
 //! inside the guest the CPU count, MemTotal and the kernel's line saying
 //! ttyS0 is a 16550A, then reboots (or powers off); the VMM must end with 0.
+//! The bzImage boots run on the split irqchip (the default), the vmlinux
+//! ones on KVM's (`--irqchip kernel`), so both carry Linux on 1 and 2 vCPUs.
 //!
 //! Linux needs a real KVM: these run directly on hardware KVM, and in the
 //! test bed (nested under QEMU/TCG, see vmm-testbed) where /dev/kvm is PVM.
@@ -51,7 +53,9 @@ fn parse_report(console: &str) -> Option<Report> {
     })
 }
 
-fn boot(test: &str, kernel: fn(&GuestFiles) -> &Path, cpus: u32, end: &str) {
+/// Boots `kernel` on `cpus` vCPUs and the `irqchip` (`--irqchip`), checks
+/// the guest's report and that it ended with `end`.
+fn boot(test: &str, kernel: fn(&GuestFiles) -> &Path, cpus: u32, irqchip: &str, end: &str) {
     let Some(g) = guest(test) else { return };
     let dir = common::TempDir::new(test);
     let initrd = test_initrd(&g, &dir, &report_script(end), &[], false);
@@ -65,6 +69,8 @@ fn boot(test: &str, kernel: fn(&GuestFiles) -> &Path, cpus: u32, end: &str) {
         "512M",
         "--cpus",
         &cpus_arg,
+        "--irqchip",
+        irqchip,
         "--log-level",
         "info",
     ])
@@ -106,35 +112,35 @@ fn boot(test: &str, kernel: fn(&GuestFiles) -> &Path, cpus: u32, end: &str) {
 #[test]
 fn bzimage_1_cpu_reboot() {
     nested_retry("bzimage_1_cpu_reboot", || {
-        boot("bzimage_1_cpu", |g| &g.bzimage, 1, "reboot");
+        boot("bzimage_1_cpu", |g| &g.bzimage, 1, "split", "reboot");
     });
 }
 
 #[test]
 fn bzimage_2_cpus_reboot() {
     nested_retry("bzimage_2_cpus_reboot", || {
-        boot("bzimage_2_cpus", |g| &g.bzimage, 2, "reboot");
+        boot("bzimage_2_cpus", |g| &g.bzimage, 2, "split", "reboot");
     });
 }
 
 #[test]
 fn vmlinux_1_cpu_reboot() {
     nested_retry("vmlinux_1_cpu_reboot", || {
-        boot("vmlinux_1_cpu", |g| &g.vmlinux, 1, "reboot");
+        boot("vmlinux_1_cpu", |g| &g.vmlinux, 1, "kernel", "reboot");
     });
 }
 
 #[test]
 fn vmlinux_2_cpus_reboot() {
     nested_retry("vmlinux_2_cpus_reboot", || {
-        boot("vmlinux_2_cpus", |g| &g.vmlinux, 2, "reboot");
+        boot("vmlinux_2_cpus", |g| &g.vmlinux, 2, "kernel", "reboot");
     });
 }
 
 #[test]
 fn bzimage_poweroff() {
     nested_retry("bzimage_poweroff", || {
-        boot("bzimage_poweroff", |g| &g.bzimage, 1, "poweroff");
+        boot("bzimage_poweroff", |g| &g.bzimage, 1, "split", "poweroff");
     });
 }
 
