@@ -12,8 +12,9 @@
 
 use std::ffi::OsString;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 
+use super::pio::marks_span;
 use super::report::{Goal, Row, Section, Who};
 use super::{interleaved, warm_up, Ctx, Program};
 
@@ -63,15 +64,7 @@ pub fn run(ctx: &Ctx) -> Result<Vec<Section>> {
         "<>",
         || None,
         |p, o| {
-            let begin = o.stdout.iter().position(|&b| b == b'<');
-            let end = o.stdout.iter().position(|&b| b == b'>');
-            let (Some(b), Some(e)) = (begin, end) else {
-                bail!("{}: no < and > marks", p.who.name());
-            };
-            let (Some(tb), Some(te)) = (o.time_of_byte(b), o.time_of_byte(e)) else {
-                bail!("{}: the marks were not timed", p.who.name());
-            };
-            let us = te.duration_since(tb).as_secs_f64() * 1e6 / f64::from(count);
+            let us = marks_span(p, o)?.as_secs_f64() * 1e6 / f64::from(count);
             rows[usize::from(is_split(p))].push(p.who, us);
             Ok(())
         },

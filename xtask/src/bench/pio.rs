@@ -7,10 +7,12 @@
 //! floor program's loop is the bare minimum: `KVM_RUN`, a match on the
 //! exit, `KVM_RUN`; no bus, no locks, no threads.
 
+use std::time::Duration;
+
 use anyhow::{bail, Result};
 
 use super::report::{Goal, Row, Section};
-use super::{interleaved, warm_up, Ctx, Program};
+use super::{interleaved, warm_up, Ctx, Outcome, Program};
 
 /// Guest RAM, MiB.
 const MEMORY_MIB: u32 = 128;
@@ -40,17 +42,9 @@ pub fn run(ctx: &Ctx) -> Result<Vec<Section>> {
         "<>",
         || None,
         |p, o| {
-            let begin = o.stdout.iter().position(|&b| b == b'<');
-            let end = o.stdout.iter().position(|&b| b == b'>');
-            let (Some(b), Some(e)) = (begin, end) else {
-                bail!("{}: no < and > marks", p.who.name());
-            };
-            let (Some(tb), Some(te)) = (o.time_of_byte(b), o.time_of_byte(e)) else {
-                bail!("{}: the marks were not timed", p.who.name());
-            };
             row.push(
                 p.who,
-                te.duration_since(tb).as_secs_f64() * 1e6 / f64::from(count),
+                marks_span(p, o)?.as_secs_f64() * 1e6 / f64::from(count),
             );
             Ok(())
         },
@@ -70,4 +64,17 @@ pub fn run(ctx: &Ctx) -> Result<Vec<Section>> {
     );
     s.rows.push(row);
     Ok(vec![s])
+}
+
+/// The time between the guest's `<` and `>` on the console in `o`.
+pub(super) fn marks_span(p: &Program, o: &Outcome) -> Result<Duration> {
+    let begin = o.stdout.iter().position(|&b| b == b'<');
+    let end = o.stdout.iter().position(|&b| b == b'>');
+    let (Some(b), Some(e)) = (begin, end) else {
+        bail!("{}: no < and > marks", p.who.name());
+    };
+    let (Some(tb), Some(te)) = (o.time_of_byte(b), o.time_of_byte(e)) else {
+        bail!("{}: the marks were not timed", p.who.name());
+    };
+    Ok(te.duration_since(tb))
 }
