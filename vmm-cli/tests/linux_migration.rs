@@ -147,9 +147,15 @@ fn migrate(test: &str, cpus: u32) {
         // What the guest's kernel said once it ran on the destination.
         let dst_kernel = kernel_messages(section(c, "@@DSTLOG")).join("\n");
         eprintln!("{test}: the guest's kernel messages on the destination:\n{dst_kernel}");
+        // Where the source's guest got to (its last lines), for a boot
+        // that never reached its ticks.
+        let src_log = section(c, "@@SRCLOG");
+        let src_tail: Vec<&str> = src_log.lines().rev().take(40).collect();
+        let src_tail = src_tail.into_iter().rev().collect::<Vec<_>>().join("\n");
         let report = format!(
             "source QMP:\n{src_qmp}\ndestination QMP:\n{dst_qmp}\ndestination stderr:\n{}\n\
              source ticks {src:?}\ndestination ticks {dst:?}\n\
+             the source's console, last lines:\n{src_tail}\n\
              destination kernel messages:\n{dst_kernel}\nvmm stderr:\n{}",
             section(c, "@@DSTERR"),
             out.stderr
