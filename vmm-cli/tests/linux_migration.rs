@@ -31,7 +31,9 @@ while true; do
 done";
 
 /// What L1 runs beside the source: the destination, then the migration,
-/// then both VMMs' ends, then everything they printed.
+/// then both VMMs' ends, then everything they printed. A source that never
+/// gets to migrate is asked for its vCPUs' registers and local APIC
+/// (`human-monitor-command`), and the destination is not waited for.
 fn companion(cpus: u32) -> String {
     format!(
         "$VMM --kernel kernel --initrd initrd --cpus {cpus} --memory 256M --serial file:dst.log \
@@ -41,13 +43,18 @@ fn companion(cpus: u32) -> String {
            '{{\"execute\":\"migrate-set-capabilities\",\"arguments\":{{\"capabilities\":[{{\"capability\":\"events\",\"state\":true}}]}}}}' \
            '{{\"execute\":\"migrate\",\"arguments\":{{\"uri\":\"unix:mig.sock\"}}}}' \
            'line:\"completed\"' query-migrate query-status > src.qmp 2>&1\n\
-         echo \"@@SRCQMPEXIT $?\"\n\
+         rc=$?; echo \"@@SRCQMPEXIT $rc\"\n\
+         [ $rc -eq 0 ] || ./qmpclient qmp.sock \
+           '{{\"execute\":\"human-monitor-command\",\"arguments\":{{\"command-line\":\"info registers -a\"}}}}' \
+           '{{\"execute\":\"human-monitor-command\",\"arguments\":{{\"command-line\":\"info lapic\"}}}}' \
+           > src.state 2>&1\n\
          k=$(grep -c '@@TICK' console.log)\n\
-         i=0; while ! grep -q \"@@TICK $((k+3)) \" dst.log 2>/dev/null; do sleep 0.5; i=$((i+1)); [ $i -lt 240 ] || break; done\n\
+         i=0; while [ $rc -eq 0 ] && ! grep -q \"@@TICK $((k+3)) \" dst.log 2>/dev/null; do sleep 0.5; i=$((i+1)); [ $i -lt 240 ] || break; done\n\
          ./qmpclient dst.sock query-status query-migrate quit > dst.qmp 2>&1\n\
          wait $dst; echo \"@@DSTEXIT $?\"\n\
          ./qmpclient qmp.sock quit > /dev/null 2>&1\n\
          echo @@SRCQMP; cat src.qmp; echo @@DSTQMP; cat dst.qmp; echo @@DSTERR; cat dst.err\n\
+         echo @@SRCSTATE; cat src.state 2>/dev/null\n\
          echo @@SRCLOG; cat console.log; echo @@DSTLOG; cat dst.log; echo @@END"
     )
 }
@@ -61,6 +68,7 @@ fn section<'a>(c: &'a str, from: &str) -> &'a str {
     let rest = &c[start..];
     let end = [
         "@@SRCQMP\n",
+        "@@SRCSTATE\n",
         "@@DSTQMP\n",
         "@@DSTERR\n",
         "@@SRCLOG\n",
@@ -156,8 +164,10 @@ fn migrate(test: &str, cpus: u32) {
             "source QMP:\n{src_qmp}\ndestination QMP:\n{dst_qmp}\ndestination stderr:\n{}\n\
              source ticks {src:?}\ndestination ticks {dst:?}\n\
              the source's console, last lines:\n{src_tail}\n\
+             the source's vCPUs (asked over QMP when its step failed):\n{}\n\
              destination kernel messages:\n{dst_kernel}\nvmm stderr:\n{}",
             section(c, "@@DSTERR"),
+            section(c, "@@SRCSTATE"),
             out.stderr
         );
         assert!(
