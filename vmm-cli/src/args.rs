@@ -158,9 +158,7 @@ impl Args {
         }
         Ok(())
     }
-}
 
-impl Args {
     /// The irqchip in use: as given, else split, or the kernel's for
     /// KVM's PIT (which interrupts only through it).
     pub fn irqchip(&self) -> IrqChipChoice {
