@@ -51,6 +51,7 @@ tasks:
                            --runs N runs per program (default 20), --quick: 3
                            runs and smaller sizes (what CI runs)
   soak [--rounds N] [--busy] [--cpus 1|2] [--console quiet|verbose]
+       [--vmm ours|qemu] [--vmm-arg ARG]...
                            boot Linux (bench linux's boots: 1 and 2 vCPUs, quiet
                            and verbose) N times each (default 10) under our VMM
                            and QEMU, taking turns in the same L1s, no retries;
@@ -58,7 +59,9 @@ tasks:
                            faults; a hung VMM's vCPUs (QMP `info registers -a`,
                            `info lapic`) go into target/soak/soak-TIME.md.
                            --busy: one host core kept busy throughout;
-                           --cpus, --console: only those configurations
+                           --cpus, --console, --vmm: only those configurations
+                           or that VMM; --vmm-arg adds ARG to our VMM's
+                           command line (e.g. --vmm-arg=--irqchip=kernel)
   fuzz [TARGET...] [--seconds N] [--sanitizer address|none]
                            build the libFuzzer targets in fuzz/ with cargo-fuzz
                            (installed if missing; stable toolchain with

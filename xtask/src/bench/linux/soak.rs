@@ -59,6 +59,11 @@ struct Options {
     cpus: Option<u32>,
     /// Only this console (`--console quiet|verbose`), else both.
     quiet: Option<bool>,
+    /// Only this VMM (`--vmm ours|qemu`), else both.
+    only: Option<Vmm>,
+    /// Added to our VMM's command line (`--vmm-arg ARG`, repeatable), e.g.
+    /// `--irqchip=kernel` to soak another configuration of ours.
+    vmm_args: Vec<String>,
 }
 
 impl Options {
@@ -67,17 +72,39 @@ impl Options {
         self.cpus.is_none_or(|c| c == config.cpus) && self.quiet.is_none_or(|q| q == config.quiet)
     }
 
+    /// Whether `boot` is one this run boots.
+    fn wants_boot(&self, boot: &Boot) -> bool {
+        self.wants(boot.config) && self.only.is_none_or(|v| v == boot.vmm)
+    }
+
     fn parse(args: &[String]) -> Result<Self> {
         let mut o = Options {
             rounds: 10,
             busy: false,
             cpus: None,
             quiet: None,
+            only: None,
+            vmm_args: Vec::new(),
         };
         let mut it = args.iter();
         while let Some(a) = it.next() {
+            if let Some(v) = a.strip_prefix("--vmm-arg=") {
+                o.vmm_args.push(v.to_owned());
+                continue;
+            }
             match a.as_str() {
                 "--busy" => o.busy = true,
+                "--vmm-arg" => match it.next() {
+                    Some(v) => o.vmm_args.push(v.clone()),
+                    None => bail!("--vmm-arg needs an argument"),
+                },
+                "--vmm" => {
+                    o.only = match it.next().map(String::as_str) {
+                        Some("ours") => Some(Vmm::Ours),
+                        Some("qemu") => Some(Vmm::Qemu),
+                        _ => bail!("--vmm takes ours or qemu"),
+                    }
+                }
                 "--rounds" => {
                     o.rounds = match it.next().map(|v| v.parse::<usize>()) {
                         Some(Ok(n)) if n > 0 => n,
@@ -99,7 +126,7 @@ impl Options {
                 }
                 other => bail!(
                     "unknown argument `{other}` (flags: --rounds N, --busy, --cpus 1|2, \
-                     --console quiet|verbose)"
+                     --console quiet|verbose, --vmm ours|qemu, --vmm-arg ARG)"
                 ),
             }
         }
@@ -190,14 +217,19 @@ fn is_vmm_log_line(line: &str) -> bool {
 }
 
 /// The shell line running `boot` once, its VMM serving QMP for the dump.
-fn boot_line(boot: &Boot) -> String {
+fn boot_line(boot: &Boot, vmm_args: &[String]) -> String {
     let cpus = boot.config.cpus;
     let mut hmp = String::from("info registers -a");
     for id in 0..cpus {
         let _ = write!(hmp, ";info lapic {id}");
     }
     let qmp = match boot.vmm {
-        Vmm::Ours => format!(" --qmp {QMP_SOCKET}"),
+        Vmm::Ours => vmm_args
+            .iter()
+            .fold(format!(" --qmp {QMP_SOCKET}"), |mut s, a| {
+                let _ = write!(s, " '{a}'");
+                s
+            }),
         Vmm::Qemu => format!(" -qmp unix:{QMP_SOCKET},server=on,wait=off"),
     };
     format!(
@@ -241,7 +273,7 @@ pub fn task(args: &[String]) -> Result<()> {
     let load_at_start = load_average();
     let started = Instant::now();
     let mut pending = plan(o.rounds);
-    pending.retain(|b| o.wants(b.config));
+    pending.retain(|b| o.wants_boot(b));
     let total = pending.len();
     let mut ended: Vec<Ended> = Vec::new();
     let mut l1_faults: Vec<String> = Vec::new();
@@ -250,7 +282,7 @@ pub fn task(args: &[String]) -> Result<()> {
     while !pending.is_empty() && sessions < MAX_SESSIONS {
         sessions += 1;
         let script: String = std::iter::once(L1_SYMBOLS.to_owned() + "\n")
-            .chain(pending.iter().map(|b| boot_line(b) + "\n"))
+            .chain(pending.iter().map(|b| boot_line(b, &o.vmm_args) + "\n"))
             .collect();
         // Each boot prints within its limit plus the dump's 5 s per line.
         let per_boot = u64::from(BOOT_TIMEOUT_S) + 20;
@@ -409,12 +441,18 @@ fn report(o: &Options, ended: &[Ended], pending: &[Boot], l1: &L1, took: Duratio
     if !l1.host.is_empty() {
         let _ = writeln!(s, "{}\n", l1.host);
     }
+    if !o.vmm_args.is_empty() {
+        let _ = writeln!(s, "Our VMM's added arguments: `{}`\n", o.vmm_args.join(" "));
+    }
     let _ = writeln!(
         s,
         "| VMM | vCPUs | console | boots | ok | hang | reset | error |\n|---|---|---|---|---|---|---|---|"
     );
     for config in configs().into_iter().filter(|c| o.wants(*c)) {
-        for vmm in [Vmm::Ours, Vmm::Qemu] {
+        for vmm in [Vmm::Ours, Vmm::Qemu]
+            .into_iter()
+            .filter(|v| o.only.is_none_or(|x| x == *v))
+        {
             let mine: Vec<&Ended> = ended
                 .iter()
                 .filter(|e| e.boot.vmm == vmm && e.boot.config == config)
@@ -492,8 +530,22 @@ mod tests {
                 busy: true,
                 cpus: None,
                 quiet: None,
+                only: None,
+                vmm_args: vec![],
             }
         );
+        let o = Options::parse(&args(&[
+            "--vmm",
+            "ours",
+            "--vmm-arg=--irqchip=kernel",
+            "--vmm-arg",
+            "--seccomp=off",
+        ]))
+        .unwrap();
+        assert_eq!(o.only, Some(Vmm::Ours));
+        assert_eq!(o.vmm_args, ["--irqchip=kernel", "--seccomp=off"]);
+        assert!(Options::parse(&args(&["--vmm", "firecracker"])).is_err());
+        assert!(Options::parse(&args(&["--vmm-arg"])).is_err());
         let o = Options::parse(&args(&["--cpus", "2", "--console", "verbose"])).unwrap();
         assert_eq!((o.cpus, o.quiet), (Some(2), Some(false)));
         assert!(o.wants(Config {
@@ -548,6 +600,8 @@ RIP=ffffffff81000000
             busy: false,
             cpus: None,
             quiet: None,
+            only: None,
+            vmm_args: Vec::new(),
         };
         let l1 = L1 {
             host: "L1's QEMU: QEMU emulator version 7.2.22; load 0.1".into(),
@@ -573,11 +627,11 @@ RIP=ffffffff81000000
     #[test]
     fn each_boot_serves_qmp_for_the_dump() {
         let boot = plan(1)[0];
-        let line = boot_line(&boot);
+        let line = boot_line(&boot, &["--irqchip=kernel".to_owned()]);
         assert!(line.contains("SPAWN_QMP=l2.qmp"), "{line}");
         assert!(line.contains("info lapic 0"), "{line}");
         match boot.vmm {
-            Vmm::Ours => assert!(line.contains("--qmp l2.qmp"), "{line}"),
+            Vmm::Ours => assert!(line.contains("--qmp l2.qmp '--irqchip=kernel'"), "{line}"),
             Vmm::Qemu => assert!(
                 line.contains("-qmp unix:l2.qmp,server=on,wait=off"),
                 "{line}"
