@@ -417,11 +417,15 @@ fn step_time(console: &str, step: &str) -> f64 {
         .unwrap_or_else(|| panic!("no {tag:?} line in:\n{console}"))
 }
 
-/// QMP drives a booted Debian guest on 2 vCPUs: `query-status`, `stop`
+/// QMP drives a booted Debian guest on 1 vCPU: `query-status`, `stop`
 /// for 2 s (the guest's clock does not see the pause), `cont`,
 /// `system_reset` (the guest boots again), `system_powerdown` (the ACPI
 /// power button: the guest's button driver and a watcher on its input
 /// events power it off; `SHUTDOWN` with `guest-shutdown`, status 0).
+/// One vCPU, so a one-CPU L1, which TCG's SVM fault has spared
+/// (docs/nested/): on 2 vCPUs this test lost tries to unasked resets
+/// mid-boot, both tries of one CI run among them;
+/// `qemu_python_client_drives_debian` drives the same steps on 2 vCPUs.
 #[test]
 fn qmp_drives_debian_pause_reset_and_powerdown() {
     nested_retry("qmp_drives_debian_pause_reset_and_powerdown", || {
@@ -460,7 +464,7 @@ while true; do sleep 1; done";
                 "--memory",
                 "512M",
                 "--cpus",
-                "2",
+                "1",
                 "--qmp",
                 "qmp.sock",
                 "--serial",
@@ -510,9 +514,9 @@ while true; do sleep 1; done";
             event("SHUTDOWN")["data"],
             serde_json::json!({"guest": true, "reason": "guest-shutdown"})
         );
-        // Both boots, on both CPUs; the power button reached the guest.
+        // Both boots; the power button reached the guest.
         assert!(
-            c.contains("@@READY 1 2") && c.contains("@@READY 2 2"),
+            c.contains("@@READY 1 1") && c.contains("@@READY 2 1"),
             "{test}:\n{c}"
         );
         assert!(c.contains("@@POWERBUTTON"), "{test}:\n{c}");

@@ -117,7 +117,7 @@ fn reaches_l1_across_a_tap(test: &str, vhost: bool) {
             echo \"@@TCPOUT_SECS $((t1-t0))\"; [ \"$got\" = \"$want\" ] && echo @@TCPOUT_OK\n\
             grep -q '^vhost-[0-9]' /proc/[0-9]*/comm 2>/dev/null && echo @@L1_VHOST_THREAD\n\
             touch /tmp/www/fetched\n\
-            i=0; while pidof vmm >/dev/null && [ $i -lt 300 ]; do sleep 1; i=$((i+1)); done"
+            i=0; while kill -0 $VMM_PID 2>/dev/null && [ $i -lt 300 ]; do sleep 1; i=$((i+1)); done"
             .replace("BYTES", &bytes.to_string());
         let mut args = vec![
             "--memory",
@@ -248,7 +248,7 @@ fn dhcp_again_after_a_reboot(test: &str, vhost: bool) {
             touch /tmp/leases\n\
             udhcpd -f /tmp/udhcpd.conf >/dev/null 2>&1 &\n\
             echo @@L1DHCPD\n\
-            i=0; while pidof vmm >/dev/null && [ $i -lt 400 ]; do sleep 1; i=$((i+1)); done";
+            i=0; while kill -0 $VMM_PID 2>/dev/null && [ $i -lt 400 ]; do sleep 1; i=$((i+1)); done";
         let job = debian_job(
             &g,
             &initrd,

@@ -16,7 +16,8 @@ use linux_common::{debian_job, guest, nested_only, nested_retry, run, test_initr
 /// ends when it says so: the VMM is still running 5 s later, so L1
 /// samples its vCPU's exits, then stops it. The companion also prints
 /// L1's soft-lockup settings (`vmm_testbed::qemu::L1_CMDLINE`: a report
-/// after 50 s, then a panic that prints L1's whole kernel log).
+/// after 50 s, then a panic that prints L1's whole kernel log) and counts
+/// the other VMs with a vCPU in L1 (the pin, `vmm_testbed::l1_pin`).
 #[test]
 fn a_spinning_guest_is_sampled_from_l1() {
     let test = "a_spinning_guest_is_sampled_from_l1";
@@ -45,7 +46,10 @@ fn a_spinning_guest_is_sampled_from_l1() {
             "i=0; while ! grep -q @@SPINNING console.log 2>/dev/null && [ $i -lt 1200 ]; \
              do sleep 0.1; i=$((i+1)); done; grep -c @@SPINNING console.log; \
              echo @@L1-LOCKUP-SETTINGS $(cat /proc/sys/kernel/watchdog_thresh \
-             /proc/sys/kernel/softlockup_panic /proc/sys/kernel/panic_print)",
+             /proc/sys/kernel/softlockup_panic /proc/sys/kernel/panic_print); \
+             n=0; for p in /proc/[0-9]*; do [ \"${p#/proc/}\" = \"$VMM_PID\" ] && continue; \
+             ls -l $p/fd 2>/dev/null | grep -q kvm-vcpu && n=$((n+1)); done; \
+             echo @@L1-PIN $n $(cat /proc/$VMM_PID/comm)",
         )
         .timeout(Duration::from_secs(240));
         let out = run(test, &g, &job);
@@ -62,6 +66,17 @@ fn a_spinning_guest_is_sampled_from_l1() {
                 .lines()
                 .any(|l| l.trim() == "@@L1-LOCKUP-SETTINGS 25 1 97"),
             "L1's soft-lockup settings:\n{}",
+            out.console
+        );
+        // L1 keeps one other VM with a vCPU, paused, for the session
+        // (vmm_testbed::l1_pin), and the companion finds the job's VMM in
+        // $VMM_PID.
+        let pins = usize::from(vmm_testbed::l1_pin::wanted());
+        assert!(
+            out.console
+                .lines()
+                .any(|l| l.trim() == format!("@@L1-PIN {pins} vmm")),
+            "L1's pin:\n{}",
             out.console
         );
         // A one-CPU L1 (this guest has one vCPU) ticks periodically, a

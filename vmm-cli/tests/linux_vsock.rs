@@ -68,7 +68,7 @@ fn debian_talks_to_the_host_over_vsock_both_ways() {
              ./vsockprobe uds-client /tmp/v.sock 1234 {BYTES}\n\
              wait $echo_pid\n\
              cat /tmp/uds-echo.out\n\
-             i=0; while pidof vmm >/dev/null && [ $i -lt 300 ]; do sleep 1; i=$((i+1)); done\n\
+             i=0; while kill -0 $VMM_PID 2>/dev/null && [ $i -lt 300 ]; do sleep 1; i=$((i+1)); done\n\
              [ -e /tmp/v.sock ] || echo @@SOCKET_REMOVED"
         );
         let job = debian_job(
@@ -172,7 +172,7 @@ fn debian_talks_to_l1_over_vhost_vsock() {
              ./vsockprobe vsock-client 3 1234 {BYTES}\n\
              wait $echo_pid\n\
              cat /tmp/l1-echo.out\n\
-             i=0; while pidof vmm >/dev/null && [ $i -lt 300 ]; do sleep 1; i=$((i+1)); done"
+             i=0; while kill -0 $VMM_PID 2>/dev/null && [ $i -lt 300 ]; do sleep 1; i=$((i+1)); done"
         );
         let job = debian_job(
             &g,

@@ -67,7 +67,8 @@ fn run_in(dir: &Path, vmm: &Path, job: &Job) -> Result<Outcome, TestbedError> {
                 "VMM",
                 std::fs::canonicalize(vmm).unwrap_or_else(|_| vmm.to_owned()),
             )
-            .env("TESTBED_LIVE", "/dev/stdout");
+            .env("TESTBED_LIVE", "/dev/stdout")
+            .env("VMM_PID", child.id().to_string());
             if job.qemu {
                 let qemu = crate::l1_qemu::HostQemu::find()?;
                 c.env("QEMU", &qemu.binary).env("QEMU_DATA", &qemu.data_dir);

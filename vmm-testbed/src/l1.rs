@@ -34,9 +34,24 @@ done
 for m in virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk; do
   [ -e /modules/$m.ko ] && insmod /modules/$m.ko
 done
-sh /job/run.sh
+@PIN@sh /job/run.sh
 poweroff -f
 "#;
+
+/// L1's init: [`L1_INIT`] with the pin started before the job when
+/// wanted ([`crate::l1_pin`]).
+fn l1_init() -> String {
+    let pin = if crate::l1_pin::wanted() {
+        format!(
+            "# A paused VM for the whole session keeps KVM's static keys still\n\
+             # (vmm_testbed::l1_pin).\n{}",
+            crate::l1_pin::init_line()
+        )
+    } else {
+        String::new()
+    };
+    L1_INIT.replace("@PIN@", &pin)
+}
 
 /// Quotes `s` for a POSIX shell.
 pub fn shell_quote(s: &str) -> String {
@@ -165,6 +180,7 @@ pub fn job_script(job: &Job, interactive: bool) -> String {
                     "{env}\n\
                      {cmd} </dev/null >/tmp/vmm.out 2>/tmp/vmm.err &\n\
                      vmm_pid=$!\n\
+                     export VMM_PID=$vmm_pid\n\
                      {watch}\
                      ( {script} ) >/tmp/companion.out 2>&1\n\
                      i=0\n\
@@ -284,6 +300,13 @@ pub fn l1_initramfs(
         }
     }
     extra.push(("bin/vmm".into(), read(vmm)?, 0o755));
+    if crate::l1_pin::wanted() {
+        extra.push((
+            crate::l1_pin::PIN_KERNEL.into(),
+            crate::l1_pin::pin_kernel(),
+            0o644,
+        ));
+    }
     // The libraries of the VMM and of QEMU, each once.
     let mut libs = std::collections::BTreeSet::new();
     libs.extend(shared_libraries(vmm)?);
@@ -314,7 +337,7 @@ pub fn l1_initramfs(
         0o755,
     ));
     let busybox = read(&guest.busybox)?;
-    Ok(busybox_initramfs(&busybox, L1_INIT, &extra)?)
+    Ok(busybox_initramfs(&busybox, &l1_init(), &extra)?)
 }
 
 #[cfg(test)]

@@ -32,6 +32,7 @@ pub mod initramfs;
 pub mod l1;
 pub mod l1_monitor;
 pub mod l1_panic;
+pub mod l1_pin;
 pub mod l1_qemu;
 pub mod l2_exits;
 pub mod markers;
@@ -145,7 +146,9 @@ pub struct Job {
     pub l1_cpus: Option<u32>,
     /// A shell script run in the job's folder while the VMM runs (a QMP
     /// client, say); its output follows the VMM's in [`Outcome::console`].
-    /// It finds the VMM binary in `$VMM`, and with [`Job::qemu`] the
+    /// It finds the VMM binary in `$VMM` and the running VMM's process in
+    /// `$VMM_PID` (wait for the VMM's end with `kill -0 $VMM_PID`, not
+    /// `pidof vmm`: nested, L1 runs another VMM, see [`l1_pin`]), and with [`Job::qemu`] the
     /// host's QEMU in `$QEMU` and QEMU's firmware folder (for `-L`) in
     /// `$QEMU_DATA`, nested or not. What it writes to the file
     /// `$TESTBED_LIVE` reaches [`Outcome::console`] too; nested, that is
