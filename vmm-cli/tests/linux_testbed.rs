@@ -206,3 +206,56 @@ fn a_job_at_its_time_limit_reports_l1s_cpus() {
         }
     });
 }
+
+/// A guest that resets by a triple fault on purpose (`reboot=t`): L1 has
+/// recorded its vCPU's exits from the start, the `shutdown` exit stopped
+/// the record, and after the VMM's end L1 prints the vCPU's last exits up
+/// to it (`@@TESTBED-L2-RESET`): in the guest's own code, so no TCG fault
+/// is named. (A reset after exits at L1's VMRUN code would be.)
+#[test]
+fn a_guests_triple_fault_is_shown_from_l1() {
+    let test = "a_guests_triple_fault_is_shown_from_l1";
+    if !nested_only(test, "L1's KVM trace events; there is no L1 on this host") {
+        return;
+    }
+    nested_retry(test, || {
+        let Some(g) = guest(test) else {
+            return;
+        };
+        let dir = common::TempDir::new(test);
+        let initrd = test_initrd(&g, &dir, "echo @@RESETTING\nreboot -f", &[], false);
+        let job = debian_job(
+            &g,
+            &initrd,
+            [
+                "--memory",
+                "256M",
+                "--append",
+                "console=ttyS0 quiet reboot=t panic=-1",
+            ],
+        )
+        .timeout(Duration::from_secs(180));
+        let out = run(test, &g, &job);
+        let l1 = &out.l1_console;
+        let why = || format!("{test}: L1's console:\n{l1}\nVMM's stderr:\n{}", out.stderr);
+        assert!(out.console.contains("@@RESETTING"), "{}", why());
+        assert!(out.stderr.contains("triple fault on vCPU 0"), "{}", why());
+        let resets = l2_exits::resets(l1);
+        assert_eq!(resets.len(), 1, "{}", why());
+        let vcpu0 = resets[0]
+            .iter()
+            .find(|v| v.vcpu == 0)
+            .unwrap_or_else(|| panic!("no exits of vCPU 0:\n{}", why()));
+        let (reason, rip) = vcpu0.exits.last().expect("exits");
+        eprintln!(
+            "{test}: L1 recorded vCPU 0's last {} exits, the last `{reason}` at {rip:#x}",
+            vcpu0.exits.len()
+        );
+        assert_eq!(reason, "shutdown", "{}", why());
+        assert!(
+            *rip >= 0xffff_ffff_8000_0000,
+            "the guest's kernel: {rip:#x}"
+        );
+        assert_eq!(l2_exits::named_fault(l1), None, "{}", why());
+    });
+}

@@ -69,7 +69,9 @@ pub const L1_UP_INTERACTIVE: &str = "test bed: L1 up after";
 /// CPU's registers and backtrace) are printed too, marked, once, and the
 /// end of the VMM's standard error so far (a vCPU that did not answer the
 /// VMM's pause at its exit, say: the run will not get to print it).
-const LOCKUP_REPORTER: &str = "( while sleep 15; do \
+/// Every 15 s it also prints the L2 exits up to a guest's triple fault, if
+/// there was one (`l2_resets`, [`l2_exits::RESET_MARKER`]).
+const LOCKUP_REPORTER: &str = "( while sleep 15; do l2_resets; \
      if dmesg | grep -q 'soft lockup'; then \
      dmesg | grep -A 40 'soft lockup' | head -45 | sed 's/^/@@TESTBED-L1-DMESG /'; \
      tail -n 20 /tmp/vmm.err 2>/dev/null | sed 's/^/@@TESTBED-L1-DMESG vmm stderr: /'; break; fi; \
@@ -139,12 +141,14 @@ pub fn job_script(job: &Job, interactive: bool) -> String {
              echo \"{ready} $(cut -d' ' -f1 /proc/uptime)\"\n\
              {clock}\n\
              l1_svm\n\
+             l2_trace_start\n\
              {lockups}\
              if [ ! -e /dev/kvm ]; then echo '{err} L1 has no /dev/kvm'; exit; fi\n\
              {setup}\
              echo {out_begin}\n\
              {run}\n\
              kill $lockup_pid 2>/dev/null\n\
+             l2_resets\n\
              echo\n\
              echo \"{out_end} $st\"\n\
              echo {err_begin}\n\
@@ -385,6 +389,20 @@ mod tests {
         let reporter = s.find("lockup_pid=$!").expect(&s);
         assert!(reporter < s.find("/bin/vmm").unwrap(), "{s}");
         assert!(s.contains("kill $lockup_pid"), "{s}");
+        // Batch: L1 records L2's exits from before the VMM starts, and
+        // looks for a triple fault's while it runs and after it ended.
+        let trace = s.find("l2_trace_start\n").expect(&s);
+        assert!(trace < s.find("/bin/vmm").unwrap(), "{s}");
+        assert!(
+            s.rfind("l2_resets\n").unwrap() > s.find("/bin/vmm").unwrap(),
+            "{s}"
+        );
+        assert!(LOCKUP_REPORTER.contains("l2_resets;"));
+        let parsed = Command::new("bash")
+            .args(["-n", "-c", &s])
+            .status()
+            .unwrap();
+        assert!(parsed.success(), "{s}");
         let up = i.find(L1_UP_INTERACTIVE).expect(&i);
         assert!(up < i.find("/bin/vmm").unwrap(), "{i}");
         assert!(i.contains("echo $st >/dev/ttyS3"), "{i}");

@@ -11,6 +11,15 @@
 //! ended), samples L1's `kvm:kvm_exit` trace event for two seconds and
 //! prints each L2 vCPU's exit count and its last exit's reason and RIP
 //! ([`EXITS_MARKER`]). [`named_fault`] reads both from L1's console.
+//!
+//! A guest that resets by a triple fault leaves no registers to read (on
+//! AMD, KVM has reset the vCPU by the time the VMM hears of it), so L1
+//! also records every L2 exit from the job's start (the trace event stays
+//! on for the whole run: turning it on and off while the guest runs would
+//! patch L1's code under it, see [`crate::l1_pin`]), with a trigger that
+//! stops the recording at the first `shutdown` exit. The job script then
+//! prints each vCPU's last exits up to it ([`RESET_MARKER`]), and a reset
+//! whose exits were at L1's VMRUN code is named as TCG's fault too.
 
 use std::cell::RefCell;
 
@@ -18,9 +27,18 @@ use std::cell::RefCell;
 pub const SVM_MARKER: &str = "@@TESTBED-L1-SVM";
 /// L1's console line: `@@TESTBED-L2-EXITS vcpuN=COUNT,REASON,RIP ...`.
 pub const EXITS_MARKER: &str = "@@TESTBED-L2-EXITS";
+/// L1's console line: `@@TESTBED-L2-RESET vcpuN=REASON,RIP;REASON,RIP...`,
+/// each vCPU's last exits (at most [`RESET_EXITS`], oldest first) up to an
+/// L2 triple fault's `shutdown` exit.
+pub const RESET_MARKER: &str = "@@TESTBED-L2-RESET";
+/// How many of each vCPU's last exits a [`RESET_MARKER`] line shows.
+pub const RESET_EXITS: usize = 8;
 /// How far past `__svm_vcpu_run` an L2 RIP counts as L1's VMRUN code
 /// (the function is about 0x170 bytes in Debian's 6.1 kvm_amd).
 pub const SVM_WINDOW: u64 = 0x200;
+/// AMD's exit code for a shutdown (a triple fault): what stops L1's
+/// recording of L2 exits.
+const SVM_EXIT_SHUTDOWN: u32 = 0x7f;
 /// How long the job script samples exits.
 pub const SAMPLE_SECONDS: u32 = 2;
 
@@ -36,14 +54,37 @@ l2_exits() {{
   if [ ! -e $t/events/kvm/kvm_exit/enable ]; then
     echo "{EXITS_MARKER} none: L1 has no kvm_exit trace event"; return
   fi
+  l2_resets
+  touch /tmp/l2_sampling
   echo 0 >$t/tracing_on; echo >$t/trace
   echo 1 >$t/events/kvm/kvm_exit/enable; echo 1 >$t/tracing_on
   sleep {SAMPLE_SECONDS}
-  echo 0 >$t/tracing_on; echo 0 >$t/events/kvm/kvm_exit/enable
+  echo 0 >$t/tracing_on
   echo "{EXITS_MARKER}$(awk '/kvm_exit:/ {{ v = "?"; w = "?"; r = "?"
     for (i = 1; i < NF; i++) {{ if ($i == "vcpu") v = $(i+1); if ($i == "reason") w = $(i+1); if ($i == "rip") r = $(i+1) }}
     n[v]++; last[v] = w "," r }}
     END {{ for (v in n) printf " vcpu%s=%d,%s", v, n[v], last[v] }}' $t/trace)"
+  echo >$t/trace; echo 1 >$t/tracing_on
+  rm -f /tmp/l2_sampling
+}}
+l2_trace_start() {{
+  t=/sys/kernel/tracing
+  [ -e $t/events/kvm/kvm_exit/enable ] || mount -t tracefs tracefs $t 2>/dev/null
+  [ -e $t/events/kvm/kvm_exit/enable ] || return
+  echo 'traceoff if exit_reason == {SVM_EXIT_SHUTDOWN}' >$t/events/kvm/kvm_exit/trigger 2>/dev/null
+  echo 0 >$t/tracing_on; echo >$t/trace
+  echo 1 >$t/events/kvm/kvm_exit/enable; echo 1 >$t/tracing_on
+}}
+l2_resets() {{
+  t=${{TRACEFS:-/sys/kernel/tracing}}
+  [ -e $t/trace ] && [ ! -e /tmp/l2_sampling ] && [ "$(cat $t/tracing_on)" = 0 ] || return 0
+  grep -q ' reason shutdown ' $t/trace || return 0
+  echo "{RESET_MARKER}$(awk '/kvm_exit:/ {{ v = "?"; w = "?"; r = "?"
+    for (i = 1; i < NF; i++) {{ if ($i == "vcpu") v = $(i+1); if ($i == "reason") w = $(i+1); if ($i == "rip") r = $(i+1) }}
+    last[v, n[v] % {RESET_EXITS}] = w "," r; n[v]++ }}
+    END {{ for (v in n) {{ c = n[v] < {RESET_EXITS} ? n[v] : {RESET_EXITS}; printf " vcpu%s=", v
+      for (j = n[v] - c; j < n[v]; j++) printf "%s%s", (j > n[v] - c ? ";" : ""), last[v, j % {RESET_EXITS}] }} }}' $t/trace)"
+  echo >$t/trace; echo 1 >$t/tracing_on
 }}
 "#
     )
@@ -125,6 +166,36 @@ fn marker_lines<'a>(console: &'a str, marker: &'a str) -> impl Iterator<Item = &
         .filter_map(move |l| l.trim_end_matches('\r').strip_prefix(marker))
 }
 
+/// One L2 vCPU's last exits before a triple fault, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResetExits {
+    /// Its index (KVM's vCPU id).
+    pub vcpu: u32,
+    /// (reason, RIP) of each exit.
+    pub exits: Vec<(String, u64)>,
+}
+
+/// `@@TESTBED-L2-RESET` lines of `console`, each parsed (malformed items
+/// and exits are left out).
+pub fn resets(console: &str) -> Vec<Vec<ResetExits>> {
+    marker_lines(console, RESET_MARKER)
+        .map(|rest| rest.split_whitespace().filter_map(reset_item).collect())
+        .collect()
+}
+
+fn reset_item(item: &str) -> Option<ResetExits> {
+    let (name, value) = item.split_once('=')?;
+    let vcpu = name.strip_prefix("vcpu")?.parse().ok()?;
+    let exits = value
+        .split(';')
+        .filter_map(|e| {
+            let (reason, rip) = e.split_once(',')?;
+            Some((reason.to_owned(), parse_hex(rip)?))
+        })
+        .collect();
+    Some(ResetExits { vcpu, exits })
+}
+
 /// This L1's `__svm_vcpu_run`, from its [`SVM_MARKER`] line.
 pub fn l1_svm_vcpu_run(console: &str) -> Option<u64> {
     marker_lines(console, SVM_MARKER).find_map(parse_hex)
@@ -133,15 +204,31 @@ pub fn l1_svm_vcpu_run(console: &str) -> Option<u64> {
 /// TCG's SVM fault, named, when a sample in `console` has an L2 vCPU's
 /// last exit at a RIP inside this L1's `__svm_vcpu_run` (L1's own code:
 /// no L2 guest runs there); None when there is no sample or no such vCPU.
+/// A reset ([`RESET_MARKER`]) whose vCPU exited at such a RIP in its
+/// last exits before the triple fault is named the same way.
 pub fn named_fault(console: &str) -> Option<String> {
     let svm = l1_svm_vcpu_run(console)?;
-    samples(console).into_iter().flatten().find_map(|v| {
-        let offset = v.rip.checked_sub(svm).filter(|&o| o < SVM_WINDOW)?;
+    let at_vmrun = |rip: u64| rip.checked_sub(svm).filter(|&o| o < SVM_WINDOW);
+    let sampled = samples(console).into_iter().flatten().find_map(|v| {
+        let offset = at_vmrun(v.rip)?;
         Some(format!(
             "TCG's SVM fault: L2 vCPU {} exits ({} in {SAMPLE_SECONDS} s, the last `{}`) at L1's \
              __svm_vcpu_run+{offset:#x}, L1's own code",
             v.vcpu, v.exits, v.reason
         ))
+    });
+    sampled.or_else(|| {
+        resets(console).into_iter().flatten().find_map(|v| {
+            let (reason, offset) = v
+                .exits
+                .iter()
+                .find_map(|(reason, rip)| Some((reason, at_vmrun(*rip)?)))?;
+            Some(format!(
+                "TCG's SVM fault: the guest reset by a triple fault after L2 vCPU {} exited \
+                 (`{reason}`) at L1's __svm_vcpu_run+{offset:#x}, L1's own code",
+                v.vcpu
+            ))
+        })
     })
 }
 
@@ -149,7 +236,7 @@ pub fn named_fault(console: &str) -> Option<String> {
 /// sample line, and the fault named, if any.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LastRun {
-    /// The [`EXITS_MARKER`] lines, as printed.
+    /// The [`EXITS_MARKER`] and [`RESET_MARKER`] lines, as printed.
     pub samples: Vec<String>,
     /// [`named_fault`] of its console.
     pub named: Option<String>,
@@ -164,6 +251,7 @@ pub(crate) fn record(console: &str) {
     let run = LastRun {
         samples: marker_lines(console, EXITS_MARKER)
             .map(|l| format!("{EXITS_MARKER}{l}"))
+            .chain(marker_lines(console, RESET_MARKER).map(|l| format!("{RESET_MARKER}{l}")))
             .collect(),
         named: named_fault(console),
     };
@@ -277,6 +365,92 @@ mod tests {
         ] {
             assert_eq!(interactive_check(quiet), "", "{quiet}");
         }
+    }
+
+    #[test]
+    fn a_reset_after_exits_at_l1s_vmrun_is_named() {
+        let console = format!(
+            "{SVM}@@TESTBED-L2-RESET vcpu1=hlt,0xffffffff81c3e0c4 \
+             vcpu0=npf,0xffffffffc0377dcc;npf,0xffffffffc0377dcc;shutdown,0xffffffffc0377dcc\r\n"
+        );
+        let r = resets(&console);
+        assert_eq!(r[0].len(), 2);
+        assert_eq!(r[0][1].exits.len(), 3);
+        assert_eq!(
+            r[0][1].exits[2],
+            ("shutdown".to_owned(), 0xffff_ffff_c037_7dcc)
+        );
+        let named = named_fault(&console).expect("named");
+        assert!(
+            named.contains("triple fault") && named.contains("vCPU 0") && named.contains("+0x9c"),
+            "{named}"
+        );
+        record(&console);
+        assert_eq!(take_last_run().samples.len(), 1, "the reset line is kept");
+        // A guest that faulted in its own code: kept, not named.
+        let own = format!(
+            "{SVM}@@TESTBED-L2-RESET vcpu0=io,0xffffffff81000000;shutdown,0xffffffff81c3e0c4\n"
+        );
+        assert_eq!(named_fault(&own), None);
+        assert_eq!(resets(&own)[0][0].exits.len(), 2);
+    }
+
+    /// `l2_resets` under bash (see [`interactive_check`]) on a fake trace
+    /// folder: `trace` holds `trace`, tracing is off as L1's trigger
+    /// leaves it.
+    fn resets_from_trace(trace: &str, tracing_on: &str) -> (String, String, String) {
+        let dir = std::env::temp_dir().join(format!(
+            "vmm-testbed-tracefs-{}-{}",
+            std::process::id(),
+            trace.len()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("trace"), trace).unwrap();
+        std::fs::write(dir.join("tracing_on"), tracing_on).unwrap();
+        let out = std::process::Command::new("bash")
+            .args(["-c", &format!("{}l2_resets\n", sampler())])
+            .env("TRACEFS", &dir)
+            .output()
+            .unwrap();
+        let left = std::fs::read_to_string(dir.join("trace")).unwrap();
+        let on = std::fs::read_to_string(dir.join("tracing_on")).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(out.status.success(), "{out:?}");
+        (String::from_utf8(out.stdout).unwrap(), left, on)
+    }
+
+    #[test]
+    fn l1_prints_each_vcpus_last_exits_up_to_a_shutdown() {
+        let line = |cpu: u32, reason: &str, rip: &str| {
+            format!(
+                "        vcpu {cpu}-120 [001] d.... 12.5: kvm_exit: vcpu {cpu} reason {reason} \
+                 rip {rip} info1 0x0 info2 0x0 intr_info 0x0 error_code 0x0\n"
+            )
+        };
+        let mut trace = String::from("# tracer: nop\n");
+        for i in 0..10 {
+            trace.push_str(&line(0, "io", &format!("0xffffffff8100000{i}")));
+        }
+        trace.push_str(&line(1, "hlt", "0xffffffff81c3e0c4"));
+        trace.push_str(&line(0, "shutdown", "0xffffffffc0377dcc"));
+        let (out, left, on) = resets_from_trace(&trace, "0\n");
+        let r = resets(&out);
+        assert_eq!(r.len(), 1, "{out}");
+        let vcpu0 = r[0].iter().find(|v| v.vcpu == 0).expect("vCPU 0");
+        assert_eq!(vcpu0.exits.len(), RESET_EXITS, "{out}");
+        assert_eq!(
+            vcpu0.exits[0].1, 0xffff_ffff_8100_0003,
+            "oldest kept: {out}"
+        );
+        assert_eq!(vcpu0.exits[7].0, "shutdown", "{out}");
+        let vcpu1 = r[0].iter().find(|v| v.vcpu == 1).expect("vCPU 1");
+        assert_eq!(vcpu1.exits, [("hlt".to_owned(), 0xffff_ffff_81c3_e0c4)]);
+        // The record is cleared and recording goes on, for a next reset.
+        assert!(!left.contains("kvm_exit"), "{left}");
+        assert_eq!(on.trim(), "1");
+        // Recording still on, or off with no shutdown in it: nothing.
+        assert_eq!(resets_from_trace(&trace, "1\n").0, "");
+        assert_eq!(resets_from_trace(&line(0, "io", "0x1"), "0\n").0, "");
     }
 
     #[test]
