@@ -141,7 +141,7 @@ pub fn job_script(job: &Job, interactive: bool) -> String {
              echo \"{ready} $(cut -d' ' -f1 /proc/uptime)\"\n\
              {clock}\n\
              l1_svm\n\
-             l2_trace_start\n\
+             {record}\
              {lockups}\
              if [ ! -e /dev/kvm ]; then echo '{err} L1 has no /dev/kvm'; exit; fi\n\
              {setup}\
@@ -158,6 +158,11 @@ pub fn job_script(job: &Job, interactive: bool) -> String {
             clock = L1_CLOCK_REPORT,
             sampler = l2_exits::sampler(),
             lockups = LOCKUP_REPORTER,
+            record = if l2_exits::record_wanted() {
+                "l2_trace_start\n"
+            } else {
+                ""
+            },
             setup = setup_step(job),
             out_begin = markers::OUT_BEGIN,
             out_end = markers::OUT_END,

@@ -31,6 +31,15 @@ pub const EXITS_MARKER: &str = "@@TESTBED-L2-EXITS";
 /// each vCPU's last exits (at most [`RESET_EXITS`], oldest first) up to an
 /// L2 triple fault's `shutdown` exit.
 pub const RESET_MARKER: &str = "@@TESTBED-L2-RESET";
+/// The environment variable that, set to `0`, leaves L1's record of L2
+/// exits out (to measure what it costs: a trace event per exit).
+pub const RECORD_ENV: &str = "VMM_TESTBED_L2_RECORD";
+
+/// Whether L1 records L2 exits for the whole job (see the module docs).
+pub fn record_wanted() -> bool {
+    std::env::var(RECORD_ENV).map_or(true, |v| v != "0")
+}
+
 /// How many of each vCPU's last exits a [`RESET_MARKER`] line shows.
 pub const RESET_EXITS: usize = 8;
 /// How far past `__svm_vcpu_run` an L2 RIP counts as L1's VMRUN code
