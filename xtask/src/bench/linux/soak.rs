@@ -30,7 +30,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use vmm_testbed::{initramfs::busybox_initramfs, GuestFiles, Job, TestbedError};
+use vmm_testbed::{initramfs::busybox_initramfs, l2_exits, GuestFiles, Job, TestbedError};
 
 use super::{
     build_helper, configs, console_key, log_after, parse_boot_line, plan, Boot, BootLine, Config,
@@ -162,7 +162,8 @@ struct Ended {
     status: String,
     /// The end of its console and stderr (failed boots only).
     log: String,
-    /// Its vCPUs at the time limit (hangs only).
+    /// Its vCPUs at the time limit (hangs), or L1's record of each vCPU's
+    /// last exits up to the triple fault (resets: `@@TESTBED-L2-RESET`).
     dump: String,
 }
 
@@ -181,20 +182,41 @@ fn dump_before(lines: &[&str], i: usize) -> String {
 }
 
 /// The boots a console reports.
+///
+/// L1 prints a reset's record of exits (`vmm_testbed::l2_exits`) up to
+/// 15 s after the boot ended, so a reset gets the first such line after
+/// its own that no earlier reset took.
 fn parse(console: &str) -> Vec<Ended> {
     let lines: Vec<&str> = console.lines().collect();
     let mut v = Vec::new();
+    let mut records_taken = 0;
     for (i, line) in lines.iter().enumerate() {
         let Some(b) = parse_boot_line(line) else {
             continue;
         };
         let end = End::of(&b);
+        let dump = if end == End::Reset {
+            let after = lines[i + 1..]
+                .iter()
+                .enumerate()
+                .filter(|(_, l)| l.trim_start().starts_with(l2_exits::RESET_MARKER))
+                .find(|(j, _)| i + 1 + j >= records_taken);
+            match after {
+                Some((j, l)) => {
+                    records_taken = i + 2 + j;
+                    l.trim().to_owned()
+                }
+                None => String::new(),
+            }
+        } else {
+            dump_before(&lines, i)
+        };
         v.push(Ended {
             boot: b.boot(),
             end,
             status: b.status.clone(),
             log: log_after(&lines, i),
-            dump: dump_before(&lines, i),
+            dump,
         });
     }
     v
@@ -500,7 +522,12 @@ fn report(o: &Options, ended: &[Ended], pending: &[Boot], l1: &L1, took: Duratio
             e.log.trim_end()
         );
         if !e.dump.is_empty() {
-            let _ = writeln!(s, "\nvCPUs at the time limit:\n\n```\n{}\n```", e.dump);
+            let what = if e.end == End::Reset {
+                "L1's record of each vCPU's last exits, up to the triple fault's `shutdown`"
+            } else {
+                "vCPUs at the time limit"
+            };
+            let _ = writeln!(s, "\n{what}:\n\n```\n{}\n```", e.dump);
         }
     }
     s
@@ -622,6 +649,25 @@ RIP=ffffffff81000000
         );
         assert!(r.contains("last guest time: 2.100 s"), "{r}");
         assert!(r.contains("vCPUs at the time limit"), "{r}");
+    }
+
+    #[test]
+    fn each_reset_gets_the_next_record_of_exits() {
+        let console = "\
+@@BOOT vmm=ours cpus=2 console=verbose run=0 to_init_ms=-1 exit_ms=3000 status=0
+@@BOOT vmm=ours cpus=2 console=verbose run=1 to_init_ms=900.0 exit_ms=950.0 status=0
+@@TESTBED-L2-RESET vcpu1=io,0xffffffff9fcbc754;shutdown,0xffffffff9fcbc755
+@@BOOT vmm=ours cpus=2 console=verbose run=2 to_init_ms=-1 exit_ms=3000 status=0
+@@BOOT vmm=ours cpus=2 console=verbose run=3 to_init_ms=-1 exit_ms=3000 status=0
+  @@TESTBED-L2-RESET vcpu0=shutdown,0xffffffff81000000
+";
+        let v = parse(console);
+        let ends: Vec<End> = v.iter().map(|e| e.end).collect();
+        assert_eq!(ends, [End::Reset, End::Ok, End::Reset, End::Reset]);
+        assert!(v[0].dump.contains("vcpu1=io"), "{:?}", v[0]);
+        assert!(v[1].dump.is_empty(), "{:?}", v[1]);
+        assert!(v[2].dump.contains("vcpu0=shutdown"), "{:?}", v[2]);
+        assert!(v[3].dump.is_empty(), "one record, one reset: {:?}", v[3]);
     }
 
     #[test]
