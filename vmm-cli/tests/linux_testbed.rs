@@ -1,7 +1,9 @@
 //! The test bed's own view of a guest that does not finish: L1 samples
 //! its KVM's exits of the guest's vCPUs (`vmm_testbed::l2_exits`), so that
 //! a failed nested test says whether a vCPU was at L1's own VMRUN code
-//! (TCG's SVM fault) or not. Nested only: on hardware KVM there is no L1.
+//! (TCG's SVM fault) or not, and a guest that resets by a triple fault
+//! leaves L1's record of its last exits. Nested only: on hardware KVM
+//! there is no L1.
 
 use std::time::Duration;
 
@@ -11,6 +13,13 @@ mod common;
 mod linux_common;
 
 use linux_common::{debian_job, guest, nested_only, nested_retry, run, test_initrd};
+use vmm_testbed::{GuestFiles, Job};
+
+/// A small guest (256 MiB) whose kernel prints only warnings, with
+/// `append` as its command line.
+fn quiet_job(g: &GuestFiles, initrd: &std::path::Path, append: &str) -> Job {
+    debian_job(g, initrd, ["--memory", "256M", "--append", append])
+}
 
 /// A guest that spins in user space once booted, and a companion that
 /// ends when it says so: the VMM is still running 5 s later, so L1
@@ -133,17 +142,8 @@ fn a_job_at_its_time_limit_reports_l1s_cpus() {
         };
         let dir = common::TempDir::new(test);
         let initrd = test_initrd(&g, &dir, "while :; do :; done", &[], false);
-        let job = debian_job(
-            &g,
-            &initrd,
-            [
-                "--memory",
-                "256M",
-                "--append",
-                "console=ttyS0 quiet panic=-1",
-            ],
-        )
-        .timeout(Duration::from_secs(40));
+        let job =
+            quiet_job(&g, &initrd, "console=ttyS0 quiet panic=-1").timeout(Duration::from_secs(40));
         let vmm = std::path::Path::new(env!("CARGO_BIN_EXE_vmm"));
         match vmm_testbed::run_linux(&g, vmm, &job) {
             Err(vmm_testbed::TestbedError::Timeout { console, .. }) => {
@@ -224,17 +224,8 @@ fn a_guests_triple_fault_is_shown_from_l1() {
         };
         let dir = common::TempDir::new(test);
         let initrd = test_initrd(&g, &dir, "echo @@RESETTING\nreboot -f", &[], false);
-        let job = debian_job(
-            &g,
-            &initrd,
-            [
-                "--memory",
-                "256M",
-                "--append",
-                "console=ttyS0 quiet reboot=t panic=-1",
-            ],
-        )
-        .timeout(Duration::from_secs(180));
+        let job = quiet_job(&g, &initrd, "console=ttyS0 quiet reboot=t panic=-1")
+            .timeout(Duration::from_secs(180));
         let out = run(test, &g, &job);
         let l1 = &out.l1_console;
         let why = || format!("{test}: L1's console:\n{l1}\nVMM's stderr:\n{}", out.stderr);

@@ -144,8 +144,14 @@ pub struct VcpuExits {
 /// `@@TESTBED-L2-EXITS` lines of `console`, each parsed (malformed items
 /// are left out).
 pub fn samples(console: &str) -> Vec<Vec<VcpuExits>> {
-    marker_lines(console, EXITS_MARKER)
-        .map(|rest| rest.split_whitespace().filter_map(vcpu_item).collect())
+    marker_items(console, EXITS_MARKER, vcpu_item)
+}
+
+/// Each `marker` line of `console` as its blank-separated items, each
+/// parsed by `item` (the ones it refuses left out).
+fn marker_items<T>(console: &str, marker: &str, item: fn(&str) -> Option<T>) -> Vec<Vec<T>> {
+    marker_lines(console, marker)
+        .map(|rest| rest.split_whitespace().filter_map(item).collect())
         .collect()
 }
 
@@ -187,9 +193,7 @@ pub struct ResetExits {
 /// `@@TESTBED-L2-RESET` lines of `console`, each parsed (malformed items
 /// and exits are left out).
 pub fn resets(console: &str) -> Vec<Vec<ResetExits>> {
-    marker_lines(console, RESET_MARKER)
-        .map(|rest| rest.split_whitespace().filter_map(reset_item).collect())
-        .collect()
+    marker_items(console, RESET_MARKER, reset_item)
 }
 
 fn reset_item(item: &str) -> Option<ResetExits> {
