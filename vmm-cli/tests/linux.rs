@@ -18,7 +18,7 @@ use vmm_testbed::{GuestFiles, HostKvm, Job, Outcome};
 mod common;
 mod linux_common;
 
-use linux_common::{build_static, debian_job, guest, nested_retry, run, test_initrd};
+use linux_common::{build_static, debian_job, guest, nested_retry, run, test_initrd, QUIET_APPEND};
 
 /// The test guest's script: report, then `end` (reboot -f or poweroff -f).
 fn report_script(end: &str) -> String {
@@ -622,7 +622,16 @@ while true; do sleep 1; done";
         let mut job = debian_job(
             &g,
             &initrd,
-            ["--memory", "512M", "--cpus", "2", "--qmp", &qmp_arg],
+            [
+                "--memory",
+                "512M",
+                "--cpus",
+                "2",
+                "--qmp",
+                &qmp_arg,
+                "--append",
+                QUIET_APPEND,
+            ],
         )
         .timeout(std::time::Duration::from_secs(300));
         if nested {

@@ -13,7 +13,7 @@ use vmm_testbed::{HostKvm, Job};
 mod common;
 mod linux_common;
 
-use linux_common::{debian_job, guest, nested_retry, run, test_initrd};
+use linux_common::{debian_job, guest, nested_retry, run, test_initrd, QUIET_APPEND};
 
 /// The guest's drivers, in dependency order.
 const MODULES: &[&str] = &[
@@ -107,8 +107,12 @@ fn reads_and_writes(test: &'static str, aio: &'static str) {
             echo @@DONE\n\
             poweroff -f";
         let initrd = test_initrd(&g, &dir, script, MODULES, false);
-        let mut job = debian_job(&g, &initrd, ["--cpus", "2", "--memory", "512M"])
-            .timeout(std::time::Duration::from_secs(240));
+        let mut job = debian_job(
+            &g,
+            &initrd,
+            ["--cpus", "2", "--memory", "512M", "--append", QUIET_APPEND],
+        )
+        .timeout(std::time::Duration::from_secs(240));
         let ro_file = drive_file(&mut job, &ro);
         let raw_file = drive_file(&mut job, &raw);
         job.args.extend([

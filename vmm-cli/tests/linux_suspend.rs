@@ -11,7 +11,7 @@
 mod common;
 mod linux_common;
 
-use linux_common::{debian_job, guest, nested_retry, run, test_initrd};
+use linux_common::{debian_job, guest, nested_retry, run, test_initrd, QUIET_APPEND};
 
 #[test]
 fn debian_suspends_to_ram_and_the_rtc_alarm_wakes_it() {
@@ -44,8 +44,7 @@ fn debian_suspends_to_ram_and_the_rtc_alarm_wakes_it() {
                 "--log-level",
                 "info",
                 "--append",
-                "console=ttyS0 reboot=k panic=1 i8042.noaux i8042.nomux i8042.nopnp \
-                 no_console_suspend",
+                &format!("{QUIET_APPEND} no_console_suspend"),
             ],
         )
         .timeout(std::time::Duration::from_secs(420));
