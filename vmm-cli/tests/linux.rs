@@ -18,7 +18,9 @@ use vmm_testbed::{GuestFiles, HostKvm, Job, Outcome};
 mod common;
 mod linux_common;
 
-use linux_common::{build_static, debian_job, guest, nested_retry, run, test_initrd, QUIET_APPEND};
+use linux_common::{
+    build_static, debian_job, guest, nested_retry, run, test_initrd, APPEND, QUIET_APPEND,
+};
 
 /// The test guest's script: report, then `end` (reboot -f or poweroff -f).
 fn report_script(end: &str) -> String {
@@ -149,8 +151,6 @@ fn bzimage_poweroff() {
 // by `tests/guest/clockprobe.c` against the guest's own clock.
 // ---------------------------------------------------------------------
 
-/// The vmm binary's default command line (`args::DEFAULT_APPEND`).
-const APPEND: &str = "console=ttyS0 reboot=k panic=1 i8042.noaux i8042.nomux i8042.nopnp";
 /// Debian's amd64 kernels are built with `CONFIG_HZ=250`.
 const GUEST_HZ: f64 = 250.0;
 /// The i8254's input clock.

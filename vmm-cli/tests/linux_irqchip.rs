@@ -20,10 +20,8 @@ use vmm_testbed::{GuestFiles, Job};
 mod common;
 mod linux_common;
 
-use linux_common::{build_static, debian_job, guest, nested_retry, run, test_initrd};
+use linux_common::{build_static, debian_job, guest, nested_retry, run, test_initrd, APPEND};
 
-/// The vmm binary's default command line (`args::DEFAULT_APPEND`).
-const APPEND: &str = "console=ttyS0 reboot=k panic=1 i8042.noaux i8042.nomux i8042.nopnp";
 /// The Debian kernel's HZ.
 const GUEST_HZ: f64 = 250.0;
 

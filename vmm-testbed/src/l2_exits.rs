@@ -51,6 +51,11 @@ const SVM_EXIT_SHUTDOWN: u32 = 0x7f;
 /// How long the job script samples exits.
 pub const SAMPLE_SECONDS: u32 = 2;
 
+/// The awk statements that take a `kvm_exit` trace line apart: its vCPU
+/// (`v`), reason (`w`) and RIP (`r`), `?` where missing.
+const KVM_EXIT_FIELDS: &str = r#"v = "?"; w = "?"; r = "?"
+    for (i = 1; i < NF; i++) { if ($i == "vcpu") v = $(i+1); if ($i == "reason") w = $(i+1); if ($i == "rip") r = $(i+1) }"#;
+
 /// The shell function `l2_exits` the job script calls (busybox sh, awk).
 pub fn sampler() -> String {
     format!(
@@ -69,8 +74,7 @@ l2_exits() {{
   echo 1 >$t/events/kvm/kvm_exit/enable; echo 1 >$t/tracing_on
   sleep {SAMPLE_SECONDS}
   echo 0 >$t/tracing_on
-  echo "{EXITS_MARKER}$(awk '/kvm_exit:/ {{ v = "?"; w = "?"; r = "?"
-    for (i = 1; i < NF; i++) {{ if ($i == "vcpu") v = $(i+1); if ($i == "reason") w = $(i+1); if ($i == "rip") r = $(i+1) }}
+  echo "{EXITS_MARKER}$(awk '/kvm_exit:/ {{ {KVM_EXIT_FIELDS}
     n[v]++; last[v] = w "," r }}
     END {{ for (v in n) printf " vcpu%s=%d,%s", v, n[v], last[v] }}' $t/trace)"
   echo >$t/trace; echo 1 >$t/tracing_on
@@ -88,8 +92,7 @@ l2_resets() {{
   t=${{TRACEFS:-/sys/kernel/tracing}}
   [ -e $t/trace ] && [ ! -e /tmp/l2_sampling ] && [ "$(cat $t/tracing_on)" = 0 ] || return 0
   grep -q ' reason shutdown ' $t/trace || return 0
-  echo "{RESET_MARKER}$(awk '/kvm_exit:/ {{ v = "?"; w = "?"; r = "?"
-    for (i = 1; i < NF; i++) {{ if ($i == "vcpu") v = $(i+1); if ($i == "reason") w = $(i+1); if ($i == "rip") r = $(i+1) }}
+  echo "{RESET_MARKER}$(awk '/kvm_exit:/ {{ {KVM_EXIT_FIELDS}
     last[v, n[v] % {RESET_EXITS}] = w "," r; n[v]++ }}
     END {{ for (v in n) {{ c = n[v] < {RESET_EXITS} ? n[v] : {RESET_EXITS}; printf " vcpu%s=", v
       for (j = n[v] - c; j < n[v]; j++) printf "%s%s", (j > n[v] - c ? ";" : ""), last[v, j % {RESET_EXITS}] }} }}' $t/trace)"

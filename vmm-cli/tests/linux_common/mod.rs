@@ -36,6 +36,18 @@ pub fn guest(test: &str) -> Option<GuestFiles> {
     }
 }
 
+/// The vmm binary's default kernel command line (`args::DEFAULT_APPEND`),
+/// as a literal for `concat!`.
+macro_rules! default_append {
+    () => {
+        "console=ttyS0 reboot=k panic=1 i8042.noaux i8042.nomux i8042.nopnp"
+    };
+}
+
+/// The vmm binary's default kernel command line (`args::DEFAULT_APPEND`).
+#[allow(dead_code)]
+pub const APPEND: &str = default_append!();
+
 /// The VMM's default kernel command line with `quiet` (the kernel prints
 /// warnings and worse only), for a test that reads its guest's markers,
 /// not the boot log: a verbose boot writes the log to COM1 at two port
@@ -44,8 +56,7 @@ pub fn guest(test: &str) -> Option<GuestFiles> {
 /// where TCG's SVM fault has struck most (docs/nested/README.md). A quiet
 /// nested boot also takes about half as long.
 #[allow(dead_code)]
-pub const QUIET_APPEND: &str =
-    "console=ttyS0 reboot=k panic=1 i8042.noaux i8042.nomux i8042.nopnp quiet";
+pub const QUIET_APPEND: &str = concat!(default_append!(), " quiet");
 
 /// How a panic of [`run`] starts when L1 itself failed (QEMU/TCG ended or
 /// reset L1 before the job did, or L1's console stopped).

@@ -189,25 +189,23 @@ fn dump_before(lines: &[&str], i: usize) -> String {
 fn parse(console: &str) -> Vec<Ended> {
     let lines: Vec<&str> = console.lines().collect();
     let mut v = Vec::new();
-    let mut records_taken = 0;
+    // Where the reset records are, in order; each reset takes the first
+    // one after its own line.
+    let mut records = lines
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.trim_start().starts_with(l2_exits::RESET_MARKER))
+        .peekable();
     for (i, line) in lines.iter().enumerate() {
         let Some(b) = parse_boot_line(line) else {
             continue;
         };
         let end = End::of(&b);
         let dump = if end == End::Reset {
-            let after = lines[i + 1..]
-                .iter()
-                .enumerate()
-                .filter(|(_, l)| l.trim_start().starts_with(l2_exits::RESET_MARKER))
-                .find(|(j, _)| i + 1 + j >= records_taken);
-            match after {
-                Some((j, l)) => {
-                    records_taken = i + 2 + j;
-                    l.trim().to_owned()
-                }
-                None => String::new(),
-            }
+            while records.next_if(|(at, _)| *at < i).is_some() {}
+            records
+                .next()
+                .map_or_else(String::new, |(_, l)| l.trim().to_owned())
         } else {
             dump_before(&lines, i)
         };
