@@ -20,7 +20,9 @@ use vmm_testbed::{GuestFiles, Job};
 mod common;
 mod linux_common;
 
-use linux_common::{build_static, debian_job, guest, nested_retry, run, test_initrd, APPEND};
+use linux_common::{
+    build_static, debian_job, guest, nested_retry, run, test_initrd, APPEND, QUIET_APPEND,
+};
 
 /// The Debian kernel's HZ.
 const GUEST_HZ: f64 = 250.0;
@@ -91,6 +93,7 @@ for e in /dev/input/event*; do
   (busybox dd if=$e bs=24 count=1 of=/dev/null 2>/dev/null; echo @@POWERBUTTON; poweroff -f) &
 done
 echo \"@@CPUS $(nproc)\"
+dmesg | grep -E '\\.\\.TIMER|MP-BIOS|timer doesn|8259A|ExtINT' | sed 's/^/@@KLOG /'
 /clockprobe irqrate 0 3
 echo 2 > /proc/irq/8/smp_affinity
 echo \"@@AFF0 $(grep rtc0 /proc/interrupts)\"
@@ -104,7 +107,11 @@ while true; do sleep 1; done";
         let companion = "./qmpclient qmp.sock \
             'file:console.log:@@ARMED' system_powerdown event:POWERDOWN event:SHUTDOWN; \
             echo @@CONSOLE; cat console.log";
-        let append = format!("{APPEND} no-kvmclock nolapic_timer nohz=off highres=off");
+        // Quiet (QUIET_APPEND): the timer check's lines come from `dmesg`
+        // (@@KLOG) instead of a verbose boot, whose two port exits per
+        // character with two vCPUs are where TCG's faults struck this test
+        // in every CI rehearsal (docs/nested/README.md).
+        let append = format!("{QUIET_APPEND} no-kvmclock nolapic_timer nohz=off highres=off");
         let job = split_job(
             &g,
             &initrd,
@@ -132,9 +139,10 @@ while true; do sleep 1; done";
             "{test}: vmm stderr:\n{}\n{c}",
             out.stderr
         );
-        // The timer check ran and passed on IO-APIC pin 2.
+        // The timer check ran and passed on IO-APIC pin 2 (the kernel's
+        // log, through dmesg).
         assert!(
-            c.contains("..TIMER: vector="),
+            c.contains("@@KLOG") && c.contains("..TIMER: vector="),
             "{test}: no check_timer:\n{c}"
         );
         for bad in [
