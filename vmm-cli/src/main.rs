@@ -307,9 +307,6 @@ fn run(args: Args, devices: storage::Devices) -> Result<ExitReason> {
     if let Some(listener) = gdb_listener {
         start_gdb(&mut machine, listener, args.cpus, filters.as_ref())?;
     }
-    if let Some(warning) = host_check::linux_on_pvm(vmm_core::kvm::KvmFlavor::detect(), &kernel) {
-        log::warn!("{warning}");
-    }
     if args.paused && args.serial == Serial::Stdio {
         eprintln!(
             "vmm: paused in prelaunch: Ctrl-A c opens the monitor, where `cont` starts the guest{}",
@@ -320,16 +317,25 @@ fn run(args: Args, devices: storage::Devices) -> Result<ExitReason> {
             }
         );
     }
-    // Last: every other thread exists and the front ends are set up; from
-    // here on the main thread only runs the loop and the way out.
-    if let Some(f) = &filters {
-        writer
-            .started()
-            .context("cannot install the serial output thread's seccomp filter")?;
-        f.install(seccomp::Thread::Main)
-            .context("cannot install the main thread's seccomp filter")?;
-    }
-    let result = machine.run().context("the machine failed");
+    // Last, once the boot vCPU runs (off its way to the first guest
+    // instruction) and before the main loop reads anything: every other
+    // thread exists and the front ends are set up; from here on the main
+    // thread only runs the loop and the way out.
+    let lockdown = || -> Result<(), vmm_pc::BoxError> {
+        if let Some(warning) = host_check::linux_on_pvm(vmm_core::kvm::KvmFlavor::detect(), &kernel)
+        {
+            log::warn!("{warning}");
+        }
+        if let Some(f) = &filters {
+            writer
+                .started()
+                .context("cannot install the serial output thread's seccomp filter")?;
+            f.install(seccomp::Thread::Main)
+                .context("cannot install the main thread's seccomp filter")?;
+        }
+        Ok(())
+    };
+    let result = machine.run_with(lockdown).context("the machine failed");
     let dropped = writer.finish(Duration::from_secs(2));
     if dropped > 0 {
         log::warn!("{dropped} bytes of guest serial output were dropped (not read in time)");

@@ -36,6 +36,7 @@ pub use control::{
     QuitSource, Reply, ReplyFn, ShutdownCause,
 };
 pub use machine::{
-    parse_incoming, parse_migration_uri, ExitReason, Incoming, IrqChipMode, MachineControl,
-    MigrationInfo, PcConfig, PcError, PcMachine, PitBackend, RebootAction, WatchdogAction,
+    parse_incoming, parse_migration_uri, BoxError, ExitReason, Incoming, IrqChipMode,
+    MachineControl, MigrationInfo, PcConfig, PcError, PcMachine, PitBackend, RebootAction,
+    WatchdogAction,
 };

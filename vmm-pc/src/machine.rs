@@ -61,7 +61,7 @@ mod watchdog;
 
 pub use crate::migration::parse_uri as parse_migration_uri;
 pub use migration::{parse_incoming, Incoming, MigrationInfo};
-pub use types::{ExitReason, IrqChipMode, PcConfig, PcError, PitBackend, RebootAction};
+pub use types::{BoxError, ExitReason, IrqChipMode, PcConfig, PcError, PitBackend, RebootAction};
 pub use watchdog::WatchdogAction;
 
 /// Requests recorded by main-loop subscribers, read after each iteration.

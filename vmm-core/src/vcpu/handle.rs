@@ -2,6 +2,7 @@
 
 use std::error::Error as StdError;
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
@@ -196,15 +197,36 @@ struct VcpuHandle {
     responses: Receiver<Response>,
     run_map: Arc<KvmRunMap>,
     thread: Option<JoinHandle<()>>,
+    /// Known to be parked outside `KVM_RUN`, blocked on its channel: it
+    /// answered `Created`, `Paused` or `Reinitialized` and has not been
+    /// resumed since. Such a thread reads its next event without a kick;
+    /// a kick would only cost a signal and an empty `KVM_RUN` (EINTR) once
+    /// it runs. A thread that parks itself on a request is not known to
+    /// be parked here, and is kicked, harmlessly.
+    parked: AtomicBool,
 }
 
 impl VcpuHandle {
     fn send(&self, event: Event) -> Result<(), VcpuError> {
+        let resuming = matches!(event, Event::Resume);
+        let parked = self.parked.load(Ordering::Acquire);
+        if resuming {
+            self.parked.store(false, Ordering::Release);
+        }
         self.events
             .send(event)
             .map_err(|_| VcpuError::ThreadGone { index: self.index })?;
-        self.kick();
+        if !parked {
+            self.kick();
+        }
         Ok(())
+    }
+
+    /// Notes what an answer says of where the thread is.
+    fn note(&self, response: &Response) {
+        if matches!(response, Response::Paused | Response::Reinitialized(_)) {
+            self.parked.store(true, Ordering::Release);
+        }
     }
 
     /// Makes the thread look at its channel soon, wherever it is.
@@ -221,7 +243,10 @@ impl VcpuHandle {
     fn answer(&self, what: &'static str, deadline: Instant) -> Result<Response, VcpuError> {
         let left = deadline.saturating_duration_since(Instant::now());
         match self.responses.recv_timeout(left) {
-            Ok(r) => Ok(r),
+            Ok(r) => {
+                self.note(&r);
+                Ok(r)
+            }
             Err(RecvTimeoutError::Timeout) => Err(VcpuError::Timeout {
                 index: self.index,
                 what,
@@ -238,7 +263,11 @@ impl VcpuHandle {
         deadline: Instant,
     ) -> Result<(), VcpuError> {
         let left = deadline.saturating_duration_since(Instant::now());
-        match self.responses.recv_timeout(left) {
+        let answer = self.responses.recv_timeout(left);
+        if let Ok(r) = &answer {
+            self.note(r);
+        }
+        match answer {
             Ok(r) if want(&r) => Ok(()),
             Ok(r) => {
                 log::error!("vcpu {}: answered {r:?} to {what}", self.index);
@@ -355,6 +384,8 @@ impl Vcpus {
                     responses,
                     run_map,
                     thread: Some(thread),
+                    // A new thread parks until its first event.
+                    parked: AtomicBool::new(true),
                 }),
                 Err(e) => {
                     // A thread that failed has ended (or is ending); one

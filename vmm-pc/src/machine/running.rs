@@ -7,13 +7,28 @@ use std::sync::atomic::Ordering;
 use vmm_core::vcpu::VcpuRequest;
 use vmm_runstate::RunState;
 
-use super::{lock, ExitReason, Incoming, PcError, PcMachine, RebootAction};
+use super::{lock, BoxError, ExitReason, Incoming, PcError, PcMachine, RebootAction};
 use crate::control::{MachineEvent, QuitSource};
 
 impl PcMachine {
     /// Starts the vCPUs and runs until the machine stops.
-    pub fn run(mut self) -> Result<ExitReason, PcError> {
-        let result = self.run_loop();
+    pub fn run(self) -> Result<ExitReason, PcError> {
+        self.run_with(|| Ok(()))
+    }
+
+    /// [`PcMachine::run`], with `lockdown` run on this thread once, before
+    /// it first acts on anything from outside: right after the vCPUs start
+    /// (the boot vCPU runs meanwhile), or, if the machine does not start at
+    /// once (paused, incoming), before the incoming state is read. The
+    /// binary installs the main thread's seccomp filter there: off the
+    /// boot vCPU's way to its first instruction, yet before the main loop
+    /// reads a byte a guest, a client or a migration stream sent. An error
+    /// stops the machine with [`PcError::StartHook`].
+    pub fn run_with(
+        mut self,
+        lockdown: impl FnOnce() -> Result<(), BoxError>,
+    ) -> Result<ExitReason, PcError> {
+        let result = self.run_loop(lockdown);
         let reason = match &result {
             Ok(r) => r.clone(),
             Err(e) => ExitReason::InternalError {
@@ -41,7 +56,15 @@ impl PcMachine {
         result
     }
 
-    pub(super) fn run_loop(&mut self) -> Result<ExitReason, PcError> {
+    pub(super) fn run_loop(
+        &mut self,
+        lockdown: impl FnOnce() -> Result<(), BoxError>,
+    ) -> Result<ExitReason, PcError> {
+        let starts_now = self.incoming.is_none() && !self.start_paused;
+        if starts_now {
+            self.start()?;
+        }
+        lockdown().map_err(PcError::StartHook)?;
         match self.incoming.take() {
             Some(Incoming::File(path)) => {
                 self.incoming(&path)?;
@@ -58,8 +81,8 @@ impl PcMachine {
                     .map_err(|e| PcError::Control(e.to_string()))?;
                 self.deferred_incoming = true;
             }
-            // As QEMU's -S, `start_paused` stays in prelaunch until `cont`.
-            None if !self.start_paused => self.start()?,
+            // Started above; as QEMU's -S, `start_paused` stays in
+            // prelaunch until `cont`.
             None => {}
         }
         loop {

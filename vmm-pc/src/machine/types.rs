@@ -234,7 +234,13 @@ pub enum PcError {
     /// KVM's PIT asked for without KVM's irqchip.
     #[error("KVM's in-kernel PIT needs the in-kernel irqchip (not the split one)")]
     KvmPitNeedsKernelIrqchip,
+    /// The lock-down hook of [`crate::PcMachine::run_with`] failed.
+    #[error("the main thread's start hook failed")]
+    StartHook(#[source] BoxError),
 }
+
+/// An error from the binary's hooks, opaque to this crate.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Why the machine stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
