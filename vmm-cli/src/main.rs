@@ -39,6 +39,7 @@ fn main() -> ExitCode {
         eprintln!("vmm: {e}");
         return ExitCode::FAILURE;
     }
+    seccomp::settle_malloc_arenas();
     let args = Args::parse();
     env_logger::Builder::new()
         .filter_level(args.log_level)
@@ -188,8 +189,19 @@ fn run(args: Args, devices: storage::Devices) -> Result<ExitReason> {
         .context("cannot start the serial output thread")?;
     let vcpu_thread_start = filters.as_ref().map(|f| {
         let f = Arc::clone(f);
-        let start: vmm_core::vcpu::VcpuThreadStart =
-            Arc::new(move |_index| Ok(f.install(seccomp::Thread::Vcpu)?));
+        let start: vmm_core::vcpu::VcpuThreadStart = Arc::new(move |stage| {
+            use vmm_core::vcpu::VcpuStartStage;
+            let list = match stage {
+                VcpuStartStage::Spawner => seccomp::Thread::VcpuSpawner,
+                VcpuStartStage::Ready {
+                    inherited: true, ..
+                } => seccomp::Thread::VcpuLock,
+                VcpuStartStage::Ready {
+                    inherited: false, ..
+                } => seccomp::Thread::Vcpu,
+            };
+            Ok(f.install(list)?)
+        });
         start
     });
     let device_thread_start = filters.as_ref().map(|f| {

@@ -89,6 +89,15 @@ fn threads(pid: u32) -> BTreeMap<String, (String, String, String)> {
 /// Runs a spinning guest on two vCPUs with QMP and `extra`; returns the
 /// threads once QMP answers, after quitting through QMP.
 fn thread_report(tag: &str, extra: &[&str]) -> BTreeMap<String, (String, String, String)> {
+    thread_report_on(tag, "2", extra)
+}
+
+/// [`thread_report`] on `cpus` vCPUs.
+fn thread_report_on(
+    tag: &str,
+    cpus: &str,
+    extra: &[&str],
+) -> BTreeMap<String, (String, String, String)> {
     let dir = TempDir::new(tag);
     let k = dir.file("spin.elf", &test_guests::hello_spin("spin\n"));
     let sock = dir.0.join("qmp.sock");
@@ -99,7 +108,7 @@ fn thread_report(tag: &str, extra: &[&str]) -> BTreeMap<String, (String, String,
             "--memory",
             "64M",
             "--cpus",
-            "2",
+            cpus,
         ])
         .args(["--qmp", sock.to_str().unwrap()])
         .args(extra)
@@ -133,10 +142,29 @@ fn every_thread_has_its_own_filter() {
         assert_eq!(mode, "2", "{name}: seccomp mode 2 (filter)");
         assert_eq!(nnp, "1", "{name}: no_new_privs");
         // One filter each: no thread inherited another's (the main thread
-        // installs its own last, after every thread is created).
+        // installs its own last, after every thread is created); but the
+        // vCPU threads of a machine with several vCPUs have two: the boot
+        // vCPU's, with their set-up's calls, which they all inherit, and
+        // each its lock refusing those calls.
+        let want = if name.starts_with("vcpu ") { "2" } else { "1" };
         if !filters.is_empty() {
-            assert_eq!(filters, "1", "{name}: one filter");
+            assert_eq!(filters, want, "{name}: filters");
         }
+    }
+}
+
+/// With one vCPU its thread installs the vCPU list itself: one filter.
+#[test]
+fn a_single_vcpu_has_one_filter() {
+    if !kvm("seccomp_single_vcpu") {
+        return;
+    }
+    let report = thread_report_on("seccomp-one-vcpu", "1", &[]);
+    let (mode, filters, _) = &report["vcpu 0"];
+    assert_eq!(mode, "2", "{report:?}");
+    assert!(!report.contains_key("vcpu 1"), "{report:?}");
+    if !filters.is_empty() {
+        assert_eq!(filters, "1", "{report:?}");
     }
 }
 
@@ -291,9 +319,39 @@ fn a_forbidden_call_ends_the_vmm_with_a_line_naming_it() {
         let want = format!("vmm: seccomp: forbidden system call 110 (getppid) on thread {name}");
         assert!(line.starts_with(&want), "{thread}: {line:?}");
         assert!(line.ends_with(')') && line.contains("(tid "), "{line:?}");
-        // The guest never ran: every filter goes in before guest code.
-        assert!(!out.stdout.windows(5).any(|w| w == b"hello"), "{thread}");
+        // The guest never ran: every filter but the main thread's goes in
+        // before guest code (the main thread's once the boot vCPU runs,
+        // before the main loop reads anything).
+        if thread != "main" {
+            assert!(!out.stdout.windows(5).any(|w| w == b"hello"), "{thread}");
+        }
     }
+}
+
+/// Once a vCPU thread's lock is in, the set-up's calls it inherited from
+/// the boot vCPU's filter (here: naming the thread) end the VMM too.
+#[test]
+fn the_vcpu_lock_refuses_the_set_up_calls() {
+    if !kvm("seccomp_vcpu_lock") {
+        return;
+    }
+    let Some(out) = forbidden("seccomp-vcpu-lock", "vcpu-setup", &[]) else {
+        return;
+    };
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(SIGSYS_STATUS), "{err}");
+    assert!(
+        err.contains("vmm: seccomp: forbidden system call 157 (prctl) on thread vcpu "),
+        "{err}"
+    );
+    assert!(!out.stdout.windows(5).any(|w| w == b"hello"));
+    // Let through with `log`, the same run boots.
+    let Some(out) = forbidden("seccomp-vcpu-lock-log", "vcpu-setup", &["--seccomp", "log"]) else {
+        return;
+    };
+    let err = stderr(&out);
+    assert!(out.status.success(), "{:?}: {err}", out.status);
+    assert!(err.contains("made a set-up call after the lock"), "{err}");
 }
 
 #[test]

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use vm_memory::{Bytes, GuestAddress};
 use vmm_core::io::IoHandler;
 use vmm_core::kvm::KvmSystem;
-use vmm_core::vcpu::{VcpuInit, VcpuRequest, VcpuThreadStart, Vcpus};
+use vmm_core::vcpu::{VcpuInit, VcpuRequest, VcpuStartStage, VcpuThreadStart, Vcpus};
 use vmm_core::vm::Vm;
 
 const CODE: u64 = 0x1000;
@@ -395,31 +395,72 @@ fn a_failing_init_is_reported_with_the_vcpu() {
 
 /// The thread-start hook runs once on each vCPU's own thread, after its
 /// set-up and before `spawn` returns (so before any guest code: where the
-/// binary installs the thread's seccomp filter).
+/// binary installs the thread's seccomp filter); with several vCPUs, first
+/// once on the boot vCPU's thread before it starts the others (which then
+/// inherit what the hook put in place).
 #[test]
 fn the_thread_start_hook_runs_on_each_vcpu_thread_before_spawn_returns() {
     let Some(kvm) = kvm() else { return };
     let vm = Vm::new(&kvm, &[(GuestAddress(0), 0x10_0000)]).unwrap();
-    let seen: Arc<Mutex<Vec<(u32, i32, String)>>> = Arc::default();
+    let seen: Arc<Mutex<Vec<(VcpuStartStage, i32, String)>>> = Arc::default();
     let s = Arc::clone(&seen);
-    let hook: VcpuThreadStart = Arc::new(move |index| {
+    let hook: VcpuThreadStart = Arc::new(move |stage| {
         // SAFETY: gettid has no arguments and cannot fail.
         let tid = unsafe { libc::gettid() };
         let name = std::thread::current().name().unwrap_or("").to_owned();
-        s.lock().unwrap().push((index, tid, name));
+        s.lock().unwrap().push((stage, tid, name));
         Ok(())
     });
     let io = Arc::new(Recorder::default());
-    let vcpus = Vcpus::spawn_with_start(&vm, 2, real_mode_init(), io, Some(hook)).unwrap();
-    let mut seen = seen.lock().unwrap().clone();
-    seen.sort();
+    let vcpus = Vcpus::spawn_with_start(&vm, 3, real_mode_init(), io, Some(hook)).unwrap();
+    let seen = seen.lock().unwrap().clone();
     let tids = vcpus.thread_ids();
+    // The spawner stage first, on the boot vCPU's thread, before any other
+    // vCPU thread ran the hook.
     assert_eq!(
-        seen,
-        vec![
-            (0, tids[0], "vcpu 0".to_owned()),
-            (1, tids[1], "vcpu 1".to_owned())
-        ]
+        seen[0],
+        (VcpuStartStage::Spawner, tids[0], "vcpu 0".to_owned())
+    );
+    let mut ready: Vec<_> = seen[1..].to_vec();
+    ready.sort_by_key(|(stage, _, _)| match stage {
+        VcpuStartStage::Ready { index, .. } => *index,
+        VcpuStartStage::Spawner => u32::MAX,
+    });
+    let want: Vec<_> = (0..3)
+        .map(|index| {
+            (
+                VcpuStartStage::Ready {
+                    index,
+                    inherited: true,
+                },
+                tids[index as usize],
+                format!("vcpu {index}"),
+            )
+        })
+        .collect();
+    assert_eq!(ready, want);
+}
+
+/// With one vCPU there is no spawner stage: the vCPU's thread runs the hook
+/// once, with nothing inherited.
+#[test]
+fn a_single_vcpu_runs_the_hook_once_with_nothing_inherited() {
+    let Some(kvm) = kvm() else { return };
+    let vm = Vm::new(&kvm, &[(GuestAddress(0), 0x10_0000)]).unwrap();
+    let seen: Arc<Mutex<Vec<VcpuStartStage>>> = Arc::default();
+    let s = Arc::clone(&seen);
+    let hook: VcpuThreadStart = Arc::new(move |stage| {
+        s.lock().unwrap().push(stage);
+        Ok(())
+    });
+    let io = Arc::new(Recorder::default());
+    let _vcpus = Vcpus::spawn_with_start(&vm, 1, real_mode_init(), io, Some(hook)).unwrap();
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [VcpuStartStage::Ready {
+            index: 0,
+            inherited: false
+        }]
     );
 }
 
@@ -431,12 +472,11 @@ fn the_thread_start_hook_runs_on_each_vcpu_thread_before_spawn_returns() {
 fn a_failing_thread_start_hook_fails_the_spawn_with_the_first_failing_vcpu() {
     let Some(kvm) = kvm() else { return };
     let vm = Vm::new(&kvm, &[(GuestAddress(0), 0x10_0000)]).unwrap();
-    let hook: VcpuThreadStart = Arc::new(|index| {
-        if index == 3 || index == 6 {
+    let hook: VcpuThreadStart = Arc::new(|stage| match stage {
+        VcpuStartStage::Ready { index, .. } if index == 3 || index == 6 => {
             Err(format!("no filter for {index}").into())
-        } else {
-            Ok(())
         }
+        _ => Ok(()),
     });
     let err = Vcpus::spawn_with_start(
         &vm,
@@ -449,6 +489,33 @@ fn a_failing_thread_start_hook_fails_the_spawn_with_the_first_failing_vcpu() {
     assert_eq!(err.to_string(), "the thread-start hook of vCPU 3 failed");
     let source = std::error::Error::source(&err).map(ToString::to_string);
     assert_eq!(source.as_deref(), Some("no filter for 3"));
+}
+
+/// A failing spawner stage fails the spawn on the boot vCPU, and no other
+/// vCPU thread is started (none would have what the stage puts in place).
+#[test]
+fn a_failing_spawner_stage_fails_the_spawn_on_the_boot_vcpu() {
+    let Some(kvm) = kvm() else { return };
+    let vm = Vm::new(&kvm, &[(GuestAddress(0), 0x10_0000)]).unwrap();
+    let readies = Arc::new(Mutex::new(0));
+    let r = Arc::clone(&readies);
+    let hook: VcpuThreadStart = Arc::new(move |stage| match stage {
+        VcpuStartStage::Spawner => Err("no spawner filter".into()),
+        VcpuStartStage::Ready { .. } => {
+            *r.lock().unwrap() += 1;
+            Ok(())
+        }
+    });
+    let err = Vcpus::spawn_with_start(
+        &vm,
+        4,
+        real_mode_init(),
+        Arc::new(Recorder::default()),
+        Some(hook),
+    )
+    .unwrap_err();
+    assert_eq!(err.to_string(), "the thread-start hook of vCPU 0 failed");
+    assert_eq!(*readies.lock().unwrap(), 0);
 }
 
 /// The kvmclock can be read and put back: what the machine does around a

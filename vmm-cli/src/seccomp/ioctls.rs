@@ -69,6 +69,9 @@ pub(super) const KVM_GET_PIT2: u64 = kvm(READ, 0x9f, size_of::<kvm_pit_state2>()
 pub(super) const KVM_SET_USER_MEMORY_REGION: u64 =
     kvm(WRITE, 0x46, size_of::<kvm_userspace_memory_region>());
 pub(super) const KVM_GET_DIRTY_LOG: u64 = kvm(WRITE, 0x42, size_of::<kvm_dirty_log>());
+pub(super) const KVM_CREATE_VCPU: u64 = kvm(NONE, 0x41, 0);
+/// `struct kvm_cpuid2` without its entries: `nent` and padding.
+pub(super) const KVM_SET_CPUID2: u64 = kvm(WRITE, 0x90, 8);
 
 /// Terminal and socket requests (not KVM's).
 pub(super) const TCGETS: u64 = libc::TCGETS;
@@ -84,6 +87,13 @@ mod tests {
     #[test]
     fn match_linux() {
         assert_eq!(KVM_RUN, 0xae80);
+        assert_eq!(KVM_CREATE_VCPU, 0xae41);
+        assert_eq!(KVM_SET_CPUID2, 0x4008_ae90);
+        assert_eq!(
+            size_of::<kvm_bindings::kvm_cpuid2>(),
+            8,
+            "KVM_SET_CPUID2's size is the header's"
+        );
         assert_eq!(KVM_IRQ_LINE, 0x4008_ae61);
         assert_eq!(KVM_GET_REGS, 0x8090_ae81);
         assert_eq!(KVM_SET_REGS, 0x4090_ae82);

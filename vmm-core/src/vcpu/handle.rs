@@ -23,14 +23,35 @@ use crate::vm::Vm;
 pub type VcpuInit =
     Arc<dyn Fn(&VcpuFd, u32) -> Result<(), Box<dyn StdError + Send + Sync>> + Send + Sync>;
 
-/// Runs once on each vCPU thread, with the vCPU's index, after the vCPU is
-/// created, set up and its `kvm_run` mapped, and before the thread reports
-/// the vCPU created, so before any guest code runs. Opaque to this crate:
-/// the binary uses it to install the thread's seccomp filter (which the
-/// thread keeps for the rest of its life, its reset path included).
-/// An error fails the spawn like a failed set-up.
+/// Where on a vCPU thread the thread-start hook ([`VcpuThreadStart`]) runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VcpuStartStage {
+    /// Once, on the boot vCPU's thread, before anything else there, and
+    /// only when the machine has more than one vCPU: that thread then
+    /// creates the other vCPUs' threads, which inherit what the hook put
+    /// in place (a seccomp filter) from birth, their own set-up included.
+    /// So a filter compiled once is installed once, not once per vCPU.
+    Spawner,
+    /// On vCPU `index`'s thread, after its vCPU is created, set up and its
+    /// `kvm_run` mapped (and, on the boot vCPU's thread, after it started
+    /// the others), before the thread reports the vCPU created: before any
+    /// guest code runs. `inherited`: the thread already has what the
+    /// `Spawner` stage put in place (every thread of a machine with more
+    /// than one vCPU).
+    Ready {
+        /// The vCPU.
+        index: u32,
+        /// Whether the `Spawner` stage's work is in place on this thread.
+        inherited: bool,
+    },
+}
+
+/// Runs on the vCPU threads at the stages of [`VcpuStartStage`]. Opaque to
+/// this crate: the binary installs the threads' seccomp filters with it
+/// (which each thread keeps for the rest of its life, its reset path
+/// included). An error fails the spawn like a failed set-up.
 pub type VcpuThreadStart =
-    Arc<dyn Fn(u32) -> Result<(), Box<dyn StdError + Send + Sync>> + Send + Sync>;
+    Arc<dyn Fn(VcpuStartStage) -> Result<(), Box<dyn StdError + Send + Sync>> + Send + Sync>;
 
 /// How long a vCPU may take to answer a pause, resume or creation.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -282,6 +303,13 @@ impl VcpuHandle {
     }
 }
 
+/// Starts a vCPU thread named after its vCPU.
+pub(crate) fn spawn_thread(body: VcpuThread) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(format!("vcpu {}", body.index))
+        .spawn(move || body.run())
+}
+
 /// All vCPU threads of a VM.
 ///
 /// Dropping it stops and joins every thread.
@@ -312,8 +340,13 @@ impl Vcpus {
         Self::spawn_with_start(vm, count, init, io, None)
     }
 
-    /// [`Vcpus::spawn`], with `on_start` run on each vCPU thread once its
-    /// vCPU is set up and before it reports back (see [`VcpuThreadStart`]).
+    /// [`Vcpus::spawn`], with `on_start` run on the vCPU threads at the
+    /// stages of [`VcpuStartStage`].
+    ///
+    /// The boot vCPU's thread is started from here; with more than one
+    /// vCPU it starts the others' threads itself once its own vCPU is set
+    /// up (after the `Spawner` stage), so that they inherit what that stage
+    /// put in place, and they set up their vCPUs side by side.
     pub fn spawn_with_start(
         vm: &Vm,
         count: u32,
@@ -335,14 +368,16 @@ impl Vcpus {
             request_evt,
         };
         // Every thread is started before any is waited for: each creates
-        // and sets up its own vCPU (and installs its filter), so a large
-        // machine's vCPUs come up side by side instead of one by one.
-        let mut started = Vec::new();
-        let mut failure = None;
+        // and sets up its own vCPU (and runs the hook), so a large
+        // machine's vCPUs come up side by side instead of one by one. The
+        // boot vCPU's thread starts the others (see above) and hands their
+        // join handles back on `spawned`.
+        let mut bodies = Vec::new();
+        let mut channels = Vec::new();
         for index in 0..count {
             let (ev_tx, ev_rx) = mpsc::channel();
             let (resp_tx, resp_rx) = mpsc::channel();
-            let body = VcpuThread {
+            bodies.push(VcpuThread {
                 index,
                 vm: vm.clone(),
                 init: Arc::clone(&init),
@@ -352,18 +387,57 @@ impl Vcpus {
                 responses: resp_tx,
                 requests: requests.clone(),
                 mmap_size,
-            };
-            match std::thread::Builder::new()
-                .name(format!("vcpu {index}"))
-                .spawn(move || body.run())
-            {
-                Ok(thread) => started.push((index, ev_tx, resp_rx, thread)),
-                Err(source) => {
-                    failure = Some(VcpuError::Spawn { index, source });
-                    break;
+                inherited: index > 0,
+                others: Vec::new(),
+                spawned: None,
+            });
+            channels.push((index, ev_tx, resp_rx));
+        }
+        let (spawned_tx, spawned_rx) = mpsc::channel();
+        let mut bodies = bodies.into_iter();
+        let mut started = Vec::new();
+        let mut failure = None;
+        let mut channels = channels.into_iter();
+        if let (Some(mut boot), Some((index, ev_tx, resp_rx))) = (bodies.next(), channels.next()) {
+            boot.others = bodies.collect();
+            boot.spawned = Some(spawned_tx);
+            match spawn_thread(boot) {
+                Ok(thread) => {
+                    started.push((index, ev_tx, resp_rx, thread));
+                    // The others' handles, in order, as the boot vCPU's
+                    // thread starts them; it stops at its first failure
+                    // (and hangs up), leaving the rest unstarted.
+                    let deadline = Instant::now() + ANSWER_TIMEOUT;
+                    for (index, ev_tx, resp_rx) in channels.by_ref() {
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        match spawned_rx.recv_timeout(left) {
+                            Ok((i, Ok(thread))) if i == index => {
+                                started.push((index, ev_tx, resp_rx, thread));
+                            }
+                            Ok((_, Err(source))) => {
+                                failure = Some(VcpuError::Spawn { index, source });
+                                break;
+                            }
+                            Ok(_) | Err(RecvTimeoutError::Disconnected) => {
+                                failure = Some(VcpuError::ThreadGone { index });
+                                break;
+                            }
+                            Err(RecvTimeoutError::Timeout) => {
+                                failure = Some(VcpuError::Timeout {
+                                    index,
+                                    what: "create",
+                                });
+                                break;
+                            }
+                        }
+                    }
                 }
+                Err(source) => failure = Some(VcpuError::Spawn { index, source }),
             }
         }
+        // The boot vCPU's own failure, if any, is the one to report: the
+        // others' follow from it.
+        let unstarted = failure.take();
         let deadline = Instant::now() + ANSWER_TIMEOUT;
         for (index, events, responses, thread) in started {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -396,6 +470,9 @@ impl Vcpus {
                     failure.get_or_insert(e);
                 }
             }
+        }
+        if let Some(e) = unstarted {
+            failure.get_or_insert(e);
         }
         // On a failure, dropping `vcpus` ends the threads that did start.
         match failure {

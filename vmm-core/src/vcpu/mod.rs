@@ -4,7 +4,11 @@
 //! lets the machine set its registers, runs the optional thread-start hook
 //! ([`VcpuThreadStart`]: the binary's seccomp filter, so that it covers
 //! everything the thread does from then on and nothing before), and then
-//! loops as a small state machine:
+//! loops as a small state machine. The boot vCPU's thread starts the
+//! others' once its own vCPU is set up, after the hook's
+//! [`VcpuStartStage::Spawner`] stage: what that stage installs (a filter
+//! with the set-up's calls), they inherit from birth, so that a machine of
+//! many vCPUs installs one large filter, not one per vCPU.
 //!
 //! ```text
 //!            Resume                      exit it cannot handle
@@ -42,7 +46,9 @@ mod state;
 mod thread;
 
 pub use extint::ExtIntSource;
-pub use handle::{kick_signal, VcpuError, VcpuInit, VcpuKick, VcpuThreadStart, Vcpus};
+pub use handle::{
+    kick_signal, VcpuError, VcpuInit, VcpuKick, VcpuStartStage, VcpuThreadStart, Vcpus,
+};
 pub use state::{VcpuState, VcpuStateError};
 
 /// What a vCPU asks of the main loop (QEMU's `qemu_system_*_request`).

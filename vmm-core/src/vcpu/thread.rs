@@ -3,12 +3,13 @@
 use std::any::Any;
 use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 
 use kvm_ioctls::VcpuFd;
 
 use super::exit::run_once;
 use super::extint::{before_run, ExtIntSource, KvmWindow};
-use super::handle::{Requests, VcpuInit, VcpuThreadStart};
+use super::handle::{Requests, VcpuInit, VcpuStartStage, VcpuThreadStart};
 use super::run_map::KvmRunMap;
 use crate::io::IoHandler;
 use crate::vm::Vm;
@@ -78,13 +79,24 @@ pub(crate) struct VcpuThread {
     pub(crate) responses: Sender<Response>,
     pub(crate) requests: Requests,
     pub(crate) mmap_size: usize,
+    /// Started by the boot vCPU's thread after the `Spawner` stage: the
+    /// hook's work is in place from birth.
+    pub(crate) inherited: bool,
+    /// The boot vCPU's thread only: the other vCPUs' threads, to start
+    /// once its own vCPU is set up.
+    pub(crate) others: Vec<VcpuThread>,
+    /// The boot vCPU's thread only: where the others' join handles go, in
+    /// vCPU order (it stops at the first that cannot be started).
+    pub(crate) spawned: Option<Sender<(u32, std::io::Result<JoinHandle<()>>)>>,
 }
 
 impl VcpuThread {
     /// Creates and initialises the vCPU, then runs the state machine until
     /// told to exit (or the controller goes away).
-    pub(crate) fn run(self) {
-        let Some((mut vcpu, run_map)) = self.create() else {
+    pub(crate) fn run(mut self) {
+        let others = std::mem::take(&mut self.others);
+        let spawned = self.spawned.take();
+        let Some((mut vcpu, run_map)) = self.create(others, spawned) else {
             return;
         };
         let ext_int = self.io.external_interrupts(self.index);
@@ -99,36 +111,67 @@ impl VcpuThread {
         log::debug!("vcpu {}: thread exits", self.index);
     }
 
-    fn create(&self) -> Option<(VcpuFd, Arc<KvmRunMap>)> {
-        let created = self
-            .vm
-            .fd()
-            .create_vcpu(u64::from(self.index))
-            .map_err(|source| super::VcpuError::Create {
+    /// Creates and sets up the vCPU; on the boot vCPU's thread, also starts
+    /// `others` (see [`VcpuStartStage::Spawner`]), handing each join handle
+    /// to `spawned`.
+    fn create(
+        &self,
+        others: Vec<VcpuThread>,
+        spawned: Option<Sender<(u32, std::io::Result<JoinHandle<()>>)>>,
+    ) -> Option<(VcpuFd, Arc<KvmRunMap>)> {
+        let spawner = !others.is_empty();
+        let thread_start = |stage| match &self.on_start {
+            Some(on_start) => on_start(stage).map_err(|source| super::VcpuError::ThreadStart {
                 index: self.index,
                 source,
-            })
-            .and_then(|vcpu| {
-                (self.init)(&vcpu, self.index).map_err(|source| super::VcpuError::Init {
+            }),
+            None => Ok(()),
+        };
+        let created = (if spawner {
+            thread_start(VcpuStartStage::Spawner)
+        } else {
+            Ok(())
+        })
+        .and_then(|()| {
+            self.vm
+                .fd()
+                .create_vcpu(u64::from(self.index))
+                .map_err(|source| super::VcpuError::Create {
                     index: self.index,
                     source,
-                })?;
-                let map = KvmRunMap::new(&vcpu, self.mmap_size).map_err(|source| {
-                    super::VcpuError::RunMap {
-                        index: self.index,
-                        source,
-                    }
-                })?;
-                // Last, so that the hook (a seccomp filter) sees only what
-                // the thread does from here on: its loop, exits, resets.
-                if let Some(on_start) = &self.on_start {
-                    on_start(self.index).map_err(|source| super::VcpuError::ThreadStart {
-                        index: self.index,
-                        source,
-                    })?;
+                })
+        })
+        .and_then(|vcpu| {
+            (self.init)(&vcpu, self.index).map_err(|source| super::VcpuError::Init {
+                index: self.index,
+                source,
+            })?;
+            let map = KvmRunMap::new(&vcpu, self.mmap_size).map_err(|source| {
+                super::VcpuError::RunMap {
+                    index: self.index,
+                    source,
                 }
-                Ok((vcpu, Arc::new(map)))
-            });
+            })?;
+            // The others' threads, now that this one's vCPU is set up:
+            // they set theirs up side by side.
+            if let Some(spawned) = &spawned {
+                for body in others {
+                    let index = body.index;
+                    let thread = super::handle::spawn_thread(body);
+                    let failed = thread.is_err();
+                    if spawned.send((index, thread)).is_err() || failed {
+                        break;
+                    }
+                }
+            }
+            // Last, so that the hook (a seccomp filter) sees only what
+            // the thread does from here on: its loop, exits, resets.
+            thread_start(VcpuStartStage::Ready {
+                index: self.index,
+                inherited: spawner || self.inherited,
+            })?;
+            Ok((vcpu, Arc::new(map)))
+        });
         match created {
             Ok((vcpu, map)) => {
                 // SAFETY: gettid has no arguments and cannot fail.
