@@ -166,11 +166,12 @@ fn run(args: Args, devices: storage::Devices) -> Result<ExitReason> {
         },
         Serial::Stdio | Serial::None => serial_output(&serial)?,
     };
-    // Compiled before any thread starts; each thread installs its own list
-    // (see seccomp.rs for the order and why).
+    // Set up before any thread starts; each thread compiles (the first of
+    // its kind) and installs its own list (see seccomp/mod.rs for the
+    // order and why).
     let filters = seccomp::Filters::new(args.seccomp, vmm_core::vcpu::kick_signal())
         .context("cannot set up seccomp")?;
-    log::debug!("start-up: seccomp filters compiled");
+    log::debug!("start-up: seccomp set up");
     let serial_start: output::ThreadStart = match &filters {
         Some(f) => {
             let f = Arc::clone(f);

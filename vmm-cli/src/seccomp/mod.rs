@@ -53,7 +53,7 @@ mod lists;
 mod names;
 pub mod sigsys;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use anyhow::{Context, Result};
 use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, TargetArch};
@@ -112,21 +112,23 @@ impl Thread {
     }
 }
 
-/// The compiled filters, ready to install.
+/// How many kinds of thread there are ([`Thread`]).
+const KINDS: usize = 9;
+
+/// The filters, each compiled the first time a thread of its kind installs
+/// it (on that thread: a list no thread of this run needs, such as a
+/// device's without devices, is never compiled; the main thread's is
+/// compiled where it goes in, off the boot vCPU's way).
 #[derive(Debug)]
 pub struct Filters {
-    main: BpfProgram,
-    vcpu: BpfProgram,
-    vcpu_spawner: BpfProgram,
-    vcpu_lock: BpfProgram,
-    serial: BpfProgram,
-    device: BpfProgram,
-    vsock: BpfProgram,
-    gdb: BpfProgram,
-    migration: BpfProgram,
+    mismatch: SeccompAction,
+    /// Our pid and the vCPU kick signal, for the main and vCPU lists.
+    pid: u32,
+    kick: u32,
+    compiled: [OnceLock<Result<BpfProgram, String>>; KINDS],
     /// Debug builds only: the thread that makes a forbidden call once its
     /// filter is in, for the tests (`VMM_SECCOMP_TEST_FORBIDDEN=main|vcpu|
-    /// serial|device|migration`).
+    /// serial|device|migration|vcpu-setup`).
     forbidden: Option<Thread>,
 }
 
@@ -161,27 +163,58 @@ fn compile_refusals(rules: lists::Rules, refuse: &SeccompAction) -> Result<BpfPr
     Ok(filter.try_into()?)
 }
 
+impl Thread {
+    /// This kind's place in [`Filters::compiled`].
+    fn slot(self) -> usize {
+        match self {
+            Self::Main => 0,
+            Self::Vcpu => 1,
+            Self::VcpuSpawner => 2,
+            Self::VcpuLock => 3,
+            Self::SerialOut => 4,
+            Self::Device => 5,
+            Self::Vsock => 6,
+            Self::Gdb => 7,
+            Self::Migration => 8,
+        }
+    }
+}
+
+/// Compiles `thread`'s list for `mismatch` (calls off the list), with `pid`
+/// and `kick` for the lists that name them.
+fn compile_for(
+    thread: Thread,
+    mismatch: &SeccompAction,
+    pid: u32,
+    kick: u32,
+) -> Result<BpfProgram> {
+    match thread {
+        Thread::Main => compile(lists::main(pid, kick)?, mismatch),
+        Thread::Vcpu => compile(lists::vcpu(pid, kick)?, mismatch),
+        Thread::VcpuSpawner => compile(lists::vcpu_spawner(pid, kick)?, mismatch),
+        Thread::VcpuLock => compile_refusals(lists::vcpu_lock()?, mismatch),
+        Thread::SerialOut => compile(lists::serial()?, mismatch),
+        Thread::Device => compile(lists::device()?, mismatch),
+        Thread::Vsock => compile(lists::vsock()?, mismatch),
+        Thread::Gdb => compile(lists::gdb()?, mismatch),
+        Thread::Migration => compile(lists::migration()?, mismatch),
+    }
+}
+
 impl Filters {
-    /// Compiles the three lists for `mode` (none for `off`); for `on`,
-    /// also installs the SIGSYS handler. Call before any thread starts.
-    /// `kick`: the vCPU kick signal, the only one the main and vCPU
-    /// threads may send.
+    /// The filters for `mode` (none for `off`); for `on`, also installs the
+    /// SIGSYS handler. Call before any thread starts. `kick`: the vCPU kick
+    /// signal, the only one the main and vCPU threads may send.
     pub fn new(mode: Mode, kick: i32) -> Result<Option<Arc<Self>>> {
         let Some(mismatch) = mismatch_action(mode) else {
             return Ok(None);
         };
         let kick = u32::try_from(kick).context("the vCPU kick signal is not a signal number")?;
-        let main = lists::main(std::process::id(), kick).context("the main thread's list")?;
         let filters = Self {
-            main: compile(main, &mismatch)?,
-            vcpu: compile(lists::vcpu(std::process::id(), kick)?, &mismatch)?,
-            vcpu_spawner: compile(lists::vcpu_spawner(std::process::id(), kick)?, &mismatch)?,
-            vcpu_lock: compile_refusals(lists::vcpu_lock()?, &mismatch)?,
-            serial: compile(lists::serial()?, &mismatch)?,
-            device: compile(lists::device()?, &mismatch)?,
-            vsock: compile(lists::vsock()?, &mismatch)?,
-            gdb: compile(lists::gdb()?, &mismatch)?,
-            migration: compile(lists::migration()?, &mismatch)?,
+            mismatch,
+            pid: std::process::id(),
+            kick,
+            compiled: std::array::from_fn(|_| OnceLock::new()),
             forbidden: test_forbidden(),
         };
         if mode == Mode::On {
@@ -190,20 +223,21 @@ impl Filters {
         Ok(Some(Arc::new(filters)))
     }
 
+    /// `thread`'s program, compiled now if no thread of its kind has yet.
+    fn program(&self, thread: Thread) -> Result<&BpfProgram> {
+        self.compiled[thread.slot()]
+            .get_or_init(|| {
+                compile_for(thread, &self.mismatch, self.pid, self.kick)
+                    .map_err(|e| format!("{e:#}"))
+            })
+            .as_ref()
+            .map_err(|e| anyhow::anyhow!("the {} list: {e}", thread.as_str()))
+    }
+
     /// Installs `thread`'s list on the calling thread, for the rest of its
     /// life.
-    pub fn install(&self, thread: Thread) -> Result<(), seccompiler::Error> {
-        let program = match thread {
-            Thread::Main => &self.main,
-            Thread::Vcpu => &self.vcpu,
-            Thread::VcpuSpawner => &self.vcpu_spawner,
-            Thread::VcpuLock => &self.vcpu_lock,
-            Thread::SerialOut => &self.serial,
-            Thread::Device => &self.device,
-            Thread::Vsock => &self.vsock,
-            Thread::Gdb => &self.gdb,
-            Thread::Migration => &self.migration,
-        };
+    pub fn install(&self, thread: Thread) -> Result<()> {
+        let program = self.program(thread)?;
         let current = std::thread::current();
         sigsys::note_thread(current.name().unwrap_or(thread.as_str()));
         seccompiler::apply_filter(program)?;
@@ -315,6 +349,31 @@ mod tests {
             }
         }
         assert!(mismatch_action(Mode::Off).is_none());
+    }
+
+    /// Each kind of thread has its own slot and its list compiles there.
+    #[test]
+    fn every_kind_has_a_slot_and_compiles() {
+        let kinds = [
+            Thread::Main,
+            Thread::Vcpu,
+            Thread::VcpuSpawner,
+            Thread::VcpuLock,
+            Thread::SerialOut,
+            Thread::Device,
+            Thread::Vsock,
+            Thread::Gdb,
+            Thread::Migration,
+        ];
+        let mut slots: Vec<usize> = kinds.iter().map(|k| k.slot()).collect();
+        slots.sort_unstable();
+        assert_eq!(slots, (0..KINDS).collect::<Vec<_>>());
+        for mode in [Mode::On, Mode::Log] {
+            let mismatch = mismatch_action(mode).unwrap();
+            for kind in kinds {
+                assert!(!compile_for(kind, &mismatch, 1, 34).unwrap().is_empty());
+            }
+        }
     }
 
     /// The boot vCPU's filter is the vCPU list plus the set-up's calls, and
