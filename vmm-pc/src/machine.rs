@@ -242,21 +242,13 @@ impl PcMachine {
                 max,
             });
         }
-        // KVM_GET_SUPPORTED_CPUID is start-up's slowest ioctl where the
-        // CPUID instruction itself traps to an outer hypervisor (a nested
-        // or software KVM: about 0.4 ms on PVM), so it runs on a thread of
-        // its own beside steps 4 to 6. That thread ends before any signal
+        // KVM_GET_SUPPORTED_CPUID is start-up's slowest ioctl where CPUID
+        // traps to an outer hypervisor (cpu::supported), so it runs on a
+        // thread of its own beside steps 4 to 6, unless the front end
+        // started one earlier still. That thread ends before any signal
         // set-up (step 8).
-        let supported = || -> Result<kvm_bindings::CpuId, PcError> {
-            let mut cpuid = kvm.supported_cpuid()?;
-            // Older kernels leave the TSC-deadline timer out of the
-            // supported CPUID even though the in-kernel LAPIC has it
-            // (KVM's API docs).
-            if kvm.kvm().check_extension(kvm_ioctls::Cap::TscDeadlineTimer) {
-                cpu::cpuid::advertise_tsc_deadline(&mut cpuid);
-            }
-            Ok(cpuid)
-        };
+        let prefetched = config.cpuid;
+        let supported = || cpu::supported::supported_cpuid(&kvm);
         // `--incoming file:`'s file is read, checksummed and decoded on a
         // thread of its own beside steps 4 to 6, joined with the CPUID
         // thread (like the kernel's reading, before any filter); the checks
@@ -272,9 +264,13 @@ impl PcMachine {
             )
         };
         let (supported_cpuid, built, incoming_file) = std::thread::scope(|scope| {
-            let cpuid = std::thread::Builder::new()
-                .name("cpuid".into())
-                .spawn_scoped(scope, supported);
+            let cpuid = match prefetched {
+                Some(prefetch) => Ok(Err(prefetch)),
+                None => std::thread::Builder::new()
+                    .name("cpuid".into())
+                    .spawn_scoped(scope, supported)
+                    .map(Ok),
+            };
             let reading = incoming_path.map(|path| {
                 let thread = std::thread::Builder::new()
                     .name("incoming".into())
@@ -317,9 +313,10 @@ impl PcMachine {
                 Ok((vm, irq, images, entry, fresh_irqchip, fresh_kvm_pit))
             })();
             let cpuid = match cpuid {
-                Ok(thread) => thread
+                Ok(Ok(thread)) => thread
                     .join()
                     .unwrap_or_else(|_| Err(PcError::Control("the CPUID thread panicked".into()))),
+                Ok(Err(prefetch)) => prefetch.join(),
                 // No thread to be had: in line, then.
                 Err(_) => supported(),
             };
@@ -478,9 +475,9 @@ impl PcMachine {
         let entries = crate::virtio_state::entries(&disks, &nets, &rngs, &vsocks);
         crate::virtio_state::register(&mut devices.model, &devices.pci, entries);
 
-        // The migration thread (and `--incoming`'s listener or command);
-        // its filter goes in beside the vCPUs' set-up, waited for after.
-        let mut live = live::Live::new(
+        // `--incoming`'s listener or command; the migration thread starts
+        // with the machine (`run_with`).
+        let live = live::Live::new(
             Arc::clone(&wake),
             config.migration_thread_start.clone(),
             config.spawn_allowed,
@@ -492,7 +489,6 @@ impl PcMachine {
         let entry = Arc::new(Mutex::new(entry));
         let init = vcpu_init::vcpu_init(&vm, supported_cpuid, config.cpus, Arc::clone(&entry));
         let vcpus = Vcpus::spawn_with_start(&vm, config.cpus, init, io, config.vcpu_thread_start)?;
-        live.started()?;
         log::debug!("start-up: vCPU threads made");
         // The split irqchip's 8259s kick the boot vCPU when their output
         // rises (it runs only once the machine starts, after this).

@@ -41,6 +41,7 @@ pub mod lapic;
 pub mod lapic_dump;
 pub mod msr;
 pub mod regs;
+pub mod supported;
 
 pub use regs::BootEntry;
 

@@ -47,9 +47,11 @@ struct Outgoing {
 }
 
 /// The machine's live-migration state.
-#[derive(Debug)]
 pub(super) struct Live {
-    worker: Worker,
+    /// The migration thread, once the machine runs ([`Live::start_worker`]).
+    worker: Option<Worker>,
+    /// Its thread-start hook (its seccomp filter), until it starts.
+    start: Option<crate::migration::worker::ThreadStart>,
     mailbox: Arc<Mailbox>,
     params: Params,
     spawn_allowed: bool,
@@ -60,9 +62,21 @@ pub(super) struct Live {
     receiving: Option<Instant>,
 }
 
+impl std::fmt::Debug for Live {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Live")
+            .field("worker", &self.worker)
+            .field("params", &self.params)
+            .field("spawn_allowed", &self.spawn_allowed)
+            .field("receiving", &self.receiving)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Live {
-    /// Starts the migration thread; for `--incoming` with a stream, listens
-    /// now (a port in use fails the start) or starts the command.
+    /// The state without its thread yet ([`Live::start_worker`]); for
+    /// `--incoming` with a stream, listens now (a port in use fails the
+    /// build) or starts the command.
     pub(super) fn new(
         wake: Arc<vmm_sys_util::eventfd::EventFd>,
         start: Option<crate::migration::worker::ThreadStart>,
@@ -78,10 +92,9 @@ impl Live {
             _ => None,
         };
         let mailbox = Arc::new(Mailbox::new(wake));
-        let worker = Worker::spawn(start, Arc::clone(&mailbox))
-            .map_err(|e| PcError::Control(format!("cannot start the migration thread: {e}")))?;
         Ok(Self {
-            worker,
+            worker: None,
+            start,
             mailbox,
             params: Params::default(),
             spawn_allowed,
@@ -91,12 +104,28 @@ impl Live {
         })
     }
 
-    /// Waits for the migration thread's start (its filter), which
-    /// [`Live::new`] does not: an error ends the machine's build.
-    pub(super) fn started(&mut self) -> Result<(), PcError> {
-        self.worker
-            .started()
-            .map_err(|e| PcError::Control(format!("cannot start the migration thread: {e}")))
+    /// Starts the migration thread and waits for its start hook (its
+    /// filter): once the vCPUs run, off the boot vCPU's way, and before the
+    /// main thread's own filter, which a thread made after it would
+    /// inherit. An error ends the machine.
+    pub(super) fn start_worker(&mut self) -> Result<(), PcError> {
+        if self.worker.is_some() {
+            return Ok(());
+        }
+        let failed = |e| PcError::Control(format!("cannot start the migration thread: {e}"));
+        let mut worker =
+            Worker::spawn(self.start.take(), Arc::clone(&self.mailbox)).map_err(failed)?;
+        worker.started().map_err(failed)?;
+        self.worker = Some(worker);
+        Ok(())
+    }
+
+    /// Hands the migration thread `job`.
+    fn submit(&self, job: Job) -> Result<(), String> {
+        match &self.worker {
+            Some(worker) => worker.submit(job),
+            None => Err("the migration thread has not started".to_owned()),
+        }
     }
 
     /// The VMM rewrote guest RAM wholesale (a reset's reload): an outgoing
@@ -205,7 +234,7 @@ impl PcMachine {
             spawn_allowed: self.live.spawn_allowed,
             started,
         };
-        if let Err(e) = self.live.worker.submit(Job::Send(job)) {
+        if let Err(e) = self.live.submit(Job::Send(job)) {
             let _ = self.vm.set_dirty_logging(false);
             return Err(CommandFailure::Refused(e));
         }
@@ -285,7 +314,7 @@ impl PcMachine {
             memory: self.vm.memory().clone(),
             shape: self.shape(),
         };
-        self.live.worker.submit(Job::Receive(job))?;
+        self.live.submit(Job::Receive(job))?;
         self.live.receiving = Some(Instant::now());
         self.migration_status("active");
         Ok(())

@@ -64,6 +64,9 @@ impl PcMachine {
         if starts_now {
             self.start()?;
         }
+        // The last thread, made while the boot vCPU runs: the lock-down
+        // (the main thread's filter) must come after every thread.
+        self.live.start_worker()?;
         lockdown().map_err(PcError::StartHook)?;
         match self.incoming.take() {
             Some(Incoming::File(path)) => {

@@ -64,9 +64,12 @@ pub struct PcConfig {
     /// state queryable, `system_reset` possible), instead of exiting: for
     /// when a control interface (QMP) can act on it.
     pub stop_on_error: bool,
-    /// Run on each vCPU thread once its vCPU is set up, before any guest
-    /// code (the binary's seccomp filter); see [`VcpuThreadStart`].
+    /// Run on the vCPU threads before any guest code (the binary's seccomp
+    /// filters); see [`VcpuThreadStart`].
     pub vcpu_thread_start: Option<VcpuThreadStart>,
+    /// The supported CPUID, already being asked for (see
+    /// [`crate::cpu::supported`]); `None`: the build asks itself.
+    pub cpuid: Option<crate::cpu::supported::CpuidPrefetch>,
     /// Run on each device worker thread (made at build time, parked until
     /// its device is activated) before it does any work: the binary's
     /// seccomp filter.
