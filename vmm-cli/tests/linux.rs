@@ -380,7 +380,10 @@ fn rtc_and_pit_measured_from_the_guest_with_kvm_pit() {
 /// `--reboot reset`: the guest's `reboot -f` resets the machine in place
 /// (irqchip, devices, both vCPUs, kernel and initrd loaded again) and
 /// Debian boots a second time, with both CPUs; CMOS RAM, which a reset
-/// keeps, tells the second boot from the first.
+/// keeps, tells the second boot from the first. Quiet, as the other
+/// two-vCPU tests that read markers: a verbose boot log from two vCPUs is
+/// where TCG's faults reset L2 (docs/nested); each boot's marker comes
+/// once.
 #[test]
 fn reboot_reset_boots_debian_again_in_place() {
     nested_retry("reboot_reset_boots_debian_again_in_place", || {
@@ -395,16 +398,27 @@ echo \"@@BOOT 2 $(nproc)\"";
         let Some(out) = probe_boot(
             test,
             &["--cpus", "2", "--reboot", "reset"],
-            APPEND,
+            QUIET_APPEND,
             script,
             "poweroff -f",
         ) else {
             return;
         };
         let c = &out.console;
-        assert!(c.contains("@@BOOT 1 2"), "{test}: first boot:\n{c}");
-        assert!(c.contains("@@BOOT 2 2"), "{test}: second boot:\n{c}");
-        assert_eq!(c.matches("Linux version").count(), 2, "{test}: two boots");
+        assert_eq!(
+            c.matches("@@BOOT 1 2").count(),
+            1,
+            "{test}: first boot:\n{c}"
+        );
+        assert_eq!(
+            c.matches("@@BOOT 2 2").count(),
+            1,
+            "{test}: second boot:\n{c}"
+        );
+        assert!(
+            c.find("@@BOOT 1 2") < c.find("@@BOOT 2 2"),
+            "{test}: in order:\n{c}"
+        );
     });
 }
 
