@@ -464,6 +464,12 @@ fn a_single_vcpu_runs_the_hook_once_with_nothing_inherited() {
     );
 }
 
+/// `count` real-mode vCPUs with `hook`, a spawn that must fail: its error.
+fn spawn_failing(vm: &Vm, count: u32, hook: VcpuThreadStart) -> vmm_core::vcpu::VcpuError {
+    let io = Arc::new(Recorder::default());
+    Vcpus::spawn_with_start(vm, count, real_mode_init(), io, Some(hook)).unwrap_err()
+}
+
 /// A failing thread-start hook fails the spawn. The vCPUs come up side by
 /// side: when some fail and others succeed, the spawn reports the lowest
 /// failing index and ends the threads that did start (it returns rather
@@ -478,14 +484,7 @@ fn a_failing_thread_start_hook_fails_the_spawn_with_the_first_failing_vcpu() {
         }
         _ => Ok(()),
     });
-    let err = Vcpus::spawn_with_start(
-        &vm,
-        8,
-        real_mode_init(),
-        Arc::new(Recorder::default()),
-        Some(hook),
-    )
-    .unwrap_err();
+    let err = spawn_failing(&vm, 8, hook);
     assert_eq!(err.to_string(), "the thread-start hook of vCPU 3 failed");
     let source = std::error::Error::source(&err).map(ToString::to_string);
     assert_eq!(source.as_deref(), Some("no filter for 3"));
@@ -506,14 +505,7 @@ fn a_failing_spawner_stage_fails_the_spawn_on_the_boot_vcpu() {
             Ok(())
         }
     });
-    let err = Vcpus::spawn_with_start(
-        &vm,
-        4,
-        real_mode_init(),
-        Arc::new(Recorder::default()),
-        Some(hook),
-    )
-    .unwrap_err();
+    let err = spawn_failing(&vm, 4, hook);
     assert_eq!(err.to_string(), "the thread-start hook of vCPU 0 failed");
     assert_eq!(*readies.lock().unwrap(), 0);
 }
