@@ -39,7 +39,7 @@ fn main() -> ExitCode {
         eprintln!("vmm: {e}");
         return ExitCode::FAILURE;
     }
-    seccomp::settle_malloc_arenas();
+    seccomp::settle_malloc();
     let args = Args::parse();
     env_logger::Builder::new()
         .filter_level(args.log_level)

@@ -38,9 +38,9 @@
 //!   vCPU list to be a subset of the main one. No thread is created after
 //!   it.
 //!
-//! glibc's malloc arena limit is fixed before any thread starts
-//! ([`settle_malloc_arenas`]): glibc would otherwise read a sysfs file to
-//! work it out on whichever thread first wants a ninth arena.
+//! glibc's malloc is settled before any thread starts ([`settle_malloc`]):
+//! it would otherwise open files (the CPU count, the overcommit mode) on
+//! whichever thread first needed them.
 //!
 //! `--seccomp on` traps a forbidden call and ends the VMM with a line
 //! naming it ([`sigsys`]); `log` lets it through and has the kernel log it
@@ -257,14 +257,22 @@ impl Filters {
     }
 }
 
-/// Fixes glibc malloc's arena limit now, at glibc's own default (8 per CPU
-/// this process may run on). Left alone, glibc works it out the first time
-/// a ninth arena is wanted, which with a few devices or vCPUs happens on
-/// whichever thread first allocates after eight others did, filtered or
-/// not; glibc 2.36 (Debian 12) does it by opening and reading
-/// `/sys/devices/system/cpu/online`, which no thread's list but the main
-/// one allows. Call before any thread starts. Not glibc: nothing to do.
-pub fn settle_malloc_arenas() {
+/// Settles the two things glibc's malloc would otherwise find out by
+/// opening a file, on whichever thread first needs them, filtered or not
+/// (no list but the main thread's allows `openat`). Call before any thread
+/// starts. Not glibc: nothing to do.
+///
+/// - The arena limit, at glibc's own default (8 per CPU this process may
+///   run on): glibc 2.36 (Debian 12) works it out the first time a ninth
+///   arena is wanted by reading `/sys/devices/system/cpu/online` (seen: a
+///   vCPU thread of a 64-vCPU machine trapped on it).
+/// - No trimming of a heap's top (`M_TRIM_THRESHOLD` out of reach): when a
+///   thread's arena shrinks its heap, glibc first reads
+///   `/proc/sys/vm/overcommit_memory` (once per process), which a filtered
+///   thread cannot (seen: a virtio-net worker trapped on it after a guest
+///   reboot). Freed memory stays in the heaps for reuse; large blocks are
+///   mapped and unmapped on their own and are not affected.
+pub fn settle_malloc() {
     #[cfg(target_env = "gnu")]
     {
         // SAFETY: a zeroed cpu_set_t is a valid empty set; the kernel
@@ -278,10 +286,15 @@ pub fn settle_malloc_arenas() {
             }
         };
         let arenas = cpus.max(1).saturating_mul(8);
-        // SAFETY: M_ARENA_MAX takes a plain integer; mallopt touches only
-        // malloc's own parameters.
-        if unsafe { libc::mallopt(libc::M_ARENA_MAX, arenas) } != 1 {
-            log::debug!("malloc: cannot set the arena limit to {arenas}");
+        for (param, value, what) in [
+            (libc::M_ARENA_MAX, arenas, "arena limit"),
+            (libc::M_TRIM_THRESHOLD, libc::c_int::MAX, "trim threshold"),
+        ] {
+            // SAFETY: both parameters take a plain integer; mallopt touches
+            // only malloc's own settings.
+            if unsafe { libc::mallopt(param, value) } != 1 {
+                log::debug!("malloc: cannot set the {what} to {value}");
+            }
         }
     }
 }
