@@ -244,11 +244,12 @@ impl PcMachine {
         }
         // KVM_GET_SUPPORTED_CPUID is start-up's slowest ioctl where CPUID
         // traps to an outer hypervisor (cpu::supported), so it runs on a
-        // thread of its own beside steps 4 to 6, unless the front end
-        // started one earlier still. That thread ends before any signal
-        // set-up (step 8).
-        let prefetched = config.cpuid;
-        let supported = || cpu::supported::supported_cpuid(&kvm);
+        // thread of its own beside steps 4 to 6 (started here unless the
+        // front end started it earlier still; in line if no thread can be
+        // had). That thread ends before any signal set-up (step 8).
+        let prefetch = config
+            .cpuid
+            .or_else(|| cpu::supported::CpuidPrefetch::start().ok());
         // `--incoming file:`'s file is read, checksummed and decoded on a
         // thread of its own beside steps 4 to 6, joined with the CPUID
         // thread (like the kernel's reading, before any filter); the checks
@@ -264,13 +265,6 @@ impl PcMachine {
             )
         };
         let (supported_cpuid, built, incoming_file) = std::thread::scope(|scope| {
-            let cpuid = match prefetched {
-                Some(prefetch) => Ok(Err(prefetch)),
-                None => std::thread::Builder::new()
-                    .name("cpuid".into())
-                    .spawn_scoped(scope, supported)
-                    .map(Ok),
-            };
             let reading = incoming_path.map(|path| {
                 let thread = std::thread::Builder::new()
                     .name("incoming".into())
@@ -312,13 +306,9 @@ impl PcMachine {
                 };
                 Ok((vm, irq, images, entry, fresh_irqchip, fresh_kvm_pit))
             })();
-            let cpuid = match cpuid {
-                Ok(Ok(thread)) => thread
-                    .join()
-                    .unwrap_or_else(|_| Err(PcError::Control("the CPUID thread panicked".into()))),
-                Ok(Err(prefetch)) => prefetch.join(),
-                // No thread to be had: in line, then.
-                Err(_) => supported(),
+            let cpuid = match prefetch {
+                Some(prefetch) => prefetch.join(),
+                None => cpu::supported::supported_cpuid(&kvm),
             };
             let incoming_file = reading.map(|(path, thread)| match thread {
                 Ok(thread) => thread

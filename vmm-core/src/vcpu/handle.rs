@@ -387,7 +387,6 @@ impl Vcpus {
                 responses: resp_tx,
                 requests: requests.clone(),
                 mmap_size,
-                inherited: index > 0,
                 others: Vec::new(),
                 spawned: None,
             });

@@ -79,9 +79,6 @@ pub(crate) struct VcpuThread {
     pub(crate) responses: Sender<Response>,
     pub(crate) requests: Requests,
     pub(crate) mmap_size: usize,
-    /// Started by the boot vCPU's thread after the `Spawner` stage: the
-    /// hook's work is in place from birth.
-    pub(crate) inherited: bool,
     /// The boot vCPU's thread only: the other vCPUs' threads, to start
     /// once its own vCPU is set up.
     pub(crate) others: Vec<VcpuThread>,
@@ -166,9 +163,11 @@ impl VcpuThread {
             }
             // Last, so that the hook (a seccomp filter) sees only what
             // the thread does from here on: its loop, exits, resets.
+            // Every vCPU but the boot one was started by the boot vCPU's
+            // thread after its `Spawner` stage.
             thread_start(VcpuStartStage::Ready {
                 index: self.index,
-                inherited: spawner || self.inherited,
+                inherited: spawner || self.index > 0,
             })?;
             Ok((vcpu, Arc::new(map)))
         });
