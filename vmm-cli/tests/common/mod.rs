@@ -126,6 +126,14 @@ impl Running {
 impl Drop for Running {
     fn drop(&mut self) {
         if let Some(mut child) = self.0.take() {
+            // A failing test says whether its vmm had ended on its own
+            // (and how) before being killed here.
+            if let (true, Ok(Some(status))) = (std::thread::panicking(), child.try_wait()) {
+                eprintln!(
+                    "--- the vmm (pid {}) had already ended: {status}",
+                    child.id()
+                );
+            }
             let _ = child.kill();
             let _ = child.wait();
         }
