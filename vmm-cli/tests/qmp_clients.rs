@@ -185,7 +185,7 @@ fn human_monitor_command_runs_monitor_lines() {
     let mut hmp = |line: &str| {
         let request = json!({"execute": "human-monitor-command",
                              "arguments": {"command-line": line}});
-        writeln!(c.w, "{request}").unwrap();
+        c.send(&request);
         loop {
             let v = c.line();
             if v.get("event").is_none() {

@@ -250,7 +250,7 @@ fn system_reset_with_an_initrd_stays_within_the_lists() {
         "quit",
     ];
     for c in commands {
-        writeln!(s, r#"{{"execute":"{c}"}}"#).unwrap();
+        common::qmp_client::send_line(&mut s, &format!(r#"{{"execute":"{c}"}}"#));
     }
     let mut replies = Vec::new();
     for line in BufReader::new(s).lines() {

@@ -50,9 +50,19 @@ impl Client {
         serde_json::from_str(&s).unwrap_or_else(|e| panic!("{e}: {s:?}"))
     }
 
+    /// Sends `request` and its newline in one `write`. A request split
+    /// over several writes (`writeln!` with arguments writes piece by
+    /// piece) races the VMM: it runs a complete object at once, and after
+    /// `quit` it may have closed the socket before the newline goes, which
+    /// then fails with EPIPE (the source of `live_migration_over_tcp`'s
+    /// "Broken pipe" under load).
+    pub fn send(&mut self, request: &Value) {
+        send_line(&mut self.w, &request.to_string());
+    }
+
     /// Runs `command`; events that come first are kept.
     pub fn execute(&mut self, command: &str) -> Value {
-        writeln!(self.w, "{}", json!({ "execute": command })).unwrap();
+        self.send(&json!({ "execute": command }));
         loop {
             let v = self.line();
             if v.get("event").is_some() {
@@ -65,12 +75,7 @@ impl Client {
 
     /// Runs `command` with `arguments`; events that come first are kept.
     pub fn execute_with(&mut self, command: &str, arguments: Value) -> Value {
-        writeln!(
-            self.w,
-            "{}",
-            json!({"execute": command, "arguments": arguments})
-        )
-        .unwrap();
+        self.send(&json!({"execute": command, "arguments": arguments}));
         loop {
             let v = self.line();
             if v.get("event").is_some() {
@@ -99,6 +104,15 @@ impl Client {
     pub fn status(&mut self) -> Value {
         self.execute("query-status")["return"].clone()
     }
+}
+
+/// Writes `line` and a newline to `w` in one `write` (see
+/// [`Client::send`]).
+pub fn send_line(w: &mut impl Write, line: &str) {
+    let mut bytes = Vec::with_capacity(line.len() + 1);
+    bytes.extend_from_slice(line.as_bytes());
+    bytes.push(b'\n');
+    w.write_all(&bytes).unwrap();
 }
 
 /// Starts a vmm with `--qmp`; it is killed if the test fails before

@@ -83,9 +83,15 @@ impl Session {
         Ok(l)
     }
 
-    /// Sends the request `json` (one line) without waiting for anything.
+    /// Sends the request `json` (one line) without waiting for anything,
+    /// with its newline in the same `write`: the VMM runs a complete
+    /// object at once, and after `quit` the newline alone would meet a
+    /// closed socket.
     pub(super) fn send(&mut self, json: &str) -> Result<()> {
-        writeln!(self.w, "{json}")?;
+        let mut line = Vec::with_capacity(json.len() + 1);
+        line.extend_from_slice(json.as_bytes());
+        line.push(b'\n');
+        self.w.write_all(&line)?;
         Ok(())
     }
 
@@ -100,7 +106,7 @@ impl Session {
     pub(super) fn request_json(&mut self, json: &str, event: Option<&str>) -> Result<Duration> {
         let command = json;
         let t0 = Instant::now();
-        writeln!(self.w, "{json}")?;
+        self.send(json)?;
         let (mut at_event, mut replied) = (event.is_none().then(|| t0.elapsed()), false);
         while at_event.is_none() || !replied {
             let l = self.line()?;
@@ -123,7 +129,7 @@ impl Session {
     /// Sends the request `json` (one line) and returns its `return`
     /// (events meanwhile are skipped).
     pub(super) fn ask(&mut self, json: &str) -> Result<serde_json::Value> {
-        writeln!(self.w, "{json}")?;
+        self.send(json)?;
         loop {
             let l = self.line()?;
             let v: serde_json::Value = serde_json::from_str(&l)?;
@@ -137,7 +143,7 @@ impl Session {
     }
 
     pub(super) fn quit(mut self) -> Result<()> {
-        let _ = writeln!(self.w, "{{\"execute\":\"quit\"}}");
+        let _ = self.send(r#"{"execute":"quit"}"#);
         let _ = self.child.wait();
         Ok(())
     }
