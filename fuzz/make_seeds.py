@@ -312,9 +312,12 @@ def snap_section(name, data):
 
 SNAP_SHAPE = (b'{"cpus":1,"ram":[[0,4096]],"kvm_pit":false,'
               b'"devices":[["serial0","isa-serial"]]}')
+# Version 2: a ram@ section says where the region's image is (offset in
+# the image area, length); the image follows at the next page boundary.
+SNAP_HEAD = (b"VMMSNAP\x00" + u32(2) + snap_section("shape", SNAP_SHAPE)
+             + snap_section("vcpus", b"[]") + snap_section("ram@0", u64(0) + u64(4096)) + u16(0))
 seed("snapshot_file", "small",
-     b"VMMSNAP\x00" + u32(1) + snap_section("shape", SNAP_SHAPE)
-     + snap_section("vcpus", b"[]") + snap_section("ram@0", bytes(64)) + u16(0))
+     SNAP_HEAD.ljust(4096, b"\0") + bytes([0x90]) * 4096)
 
 # virtio_chains: the queue size byte (1 << (b % 9); bit 7: EVENT_IDX, bit
 # 6: a read-only disk), then the descriptor table (0x1000 bytes), then the

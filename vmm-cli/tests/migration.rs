@@ -2,7 +2,9 @@
 //! the source (`finish-migrate`, then `postmigrate`; `MIGRATION` events
 //! with the `events` capability; `query-migrate`), `--incoming file:PATH`
 //! on a new VMM process that counts on from where the source stopped, on
-//! a hand-assembled counting guest on this host's `/dev/kvm`.
+//! a hand-assembled counting guest on this host's `/dev/kvm`; a restored
+//! guest, its RAM the file's image mapped, saved again over that file and
+//! migrated on.
 
 mod common;
 
@@ -106,6 +108,167 @@ fn a_guest_migrated_through_a_file_counts_on_in_a_new_process() {
         "{}",
         stderr(&o)
     );
+}
+
+/// `migrate` to `uri`, then `query-migrate` until it says `completed`.
+fn migrate(c: &mut Client, uri: &str) {
+    assert_eq!(
+        c.execute_with("migrate", json!({ "uri": uri })),
+        json!({"return": {}})
+    );
+    let start = std::time::Instant::now();
+    loop {
+        let info = c.execute("query-migrate")["return"].clone();
+        match info["status"].as_str() {
+            Some("completed") => return,
+            Some("failed" | "cancelled") => panic!("{info}"),
+            _ => assert!(start.elapsed() < RUN_LIMIT, "{info}"),
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A snapshot file's RAM image (its only region, at guest address 0).
+fn ram_image(file: &std::path::Path) -> Vec<u8> {
+    use vmm_pc::snapshot::format;
+    let bytes = std::fs::read(file).unwrap();
+    let (_, sections, end) = format::read_counted(&mut bytes.as_slice(), 1 << 30).unwrap();
+    let ram = sections.iter().find(|s| s.name == "ram@0").unwrap();
+    let image = format::RamImage::decode(&ram.data).unwrap();
+    let at = (format::images_at(end) + image.offset) as usize;
+    bytes[at..at + image.len as usize].to_vec()
+}
+
+/// A restored guest's RAM is the snapshot's image mapped private: pages it
+/// never touched since are still in the file, where the page map shows
+/// nothing. Saved again over the very file it came from (a new file
+/// renamed over it: the mapped pages stay), every page but the guest's
+/// own (its code, count and stack share one page) comes out as it was,
+/// the new file restores and counts on, and that guest live-migrates on
+/// from its mapped RAM.
+#[test]
+fn a_restored_guest_saves_over_its_own_file_and_migrates_on() {
+    if !kvm("migrate_mapped") {
+        return;
+    }
+    let guest = test_guests::counter(DELAY);
+    let dir = TempDir::new("mapped-src");
+    let log = dir.0.join("serial.log");
+    let file = dir.0.join("vm.snap");
+    let uri = format!("file:{}", file.display());
+    let (src, sock) = spawn(
+        &dir,
+        &guest,
+        &["--serial", &format!("file:{}", log.display())],
+    );
+    let mut c = Client::connect(&sock);
+    wait_counts(&log, 3, false);
+    migrate(&mut c, &uri);
+    c.execute("quit");
+    assert!(wait(src).status.success());
+    let first = ram_image(&file);
+
+    // Restored from the file, counting, then saved over it.
+    let dir2 = TempDir::new("mapped-restored");
+    let log2 = dir2.0.join("serial.log");
+    let (vm2, sock2) = spawn(
+        &dir2,
+        &guest,
+        &[
+            "--serial",
+            &format!("file:{}", log2.display()),
+            "--incoming",
+            &uri,
+        ],
+    );
+    let mut c2 = Client::connect(&sock2);
+    wait_counts(&log2, 3, true);
+    migrate(&mut c2, &uri);
+    let last = *counts(&log2, true).last().unwrap();
+    c2.execute("quit");
+    let o = wait(vm2);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let second = ram_image(&file);
+    assert_eq!(first.len(), second.len());
+    let own_page = (test_guests::COUNTER_ADDR / 4096) as usize;
+    let differing: Vec<usize> = first
+        .chunks(4096)
+        .zip(second.chunks(4096))
+        .enumerate()
+        .filter(|(_, (a, b))| a != b)
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(differing, [own_page], "pages that changed");
+    let nonzero = |image: &[u8]| {
+        image
+            .chunks(4096)
+            .filter(|p| p.iter().any(|&b| b != 0))
+            .count()
+    };
+    assert!(
+        nonzero(&second) > 2,
+        "the kernel's pages and tables are there"
+    );
+
+    // The new file restores; that guest migrates on over a socket, its
+    // pages read from the file where it never touched them.
+    let dir3 = TempDir::new("mapped-again");
+    let log3 = dir3.0.join("serial.log");
+    let (vm3, sock3) = spawn(
+        &dir3,
+        &guest,
+        &[
+            "--serial",
+            &format!("file:{}", log3.display()),
+            "--incoming",
+            &uri,
+        ],
+    );
+    let mut c3 = Client::connect(&sock3);
+    let resumed = wait_counts(&log3, 2, true);
+    assert!(
+        resumed[0] > last && resumed[0] <= last + 2,
+        "saved after {last:#x}; restored printed {resumed:x?}"
+    );
+    let dir4 = TempDir::new("mapped-live-dst");
+    let log4 = dir4.0.join("serial.log");
+    let live = format!("unix:{}", dir4.0.join("mig.sock").display());
+    let (vm4, sock4) = spawn(
+        &dir4,
+        &guest,
+        &[
+            "--serial",
+            &format!("file:{}", log4.display()),
+            "--incoming",
+            &live,
+        ],
+    );
+    let mut c4 = Client::connect(&sock4);
+    migrate(&mut c3, &live);
+    let stopped = *counts(&log3, true).last().unwrap();
+    let moved = wait_counts(&log4, 2, true);
+    assert!(
+        moved[0] > stopped && moved[0] <= stopped + 2,
+        "stopped after {stopped:#x}; the destination printed {moved:x?}"
+    );
+    c3.execute("quit");
+    assert!(wait(vm3).status.success());
+    // The pages it never touched went too: the destination's own save
+    // holds what the file did, all but the guest's page.
+    let after = dir4.0.join("after.snap");
+    migrate(&mut c4, &format!("file:{}", after.display()));
+    c4.execute("quit");
+    let o = wait(vm4);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let third = ram_image(&after);
+    let differing: Vec<usize> = second
+        .chunks(4096)
+        .zip(third.chunks(4096))
+        .enumerate()
+        .filter(|(_, (a, b))| a != b)
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(differing, [own_page], "pages that changed on the way");
 }
 
 #[test]

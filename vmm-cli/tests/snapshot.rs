@@ -129,34 +129,47 @@ fn snapshot_load_goes_back_in_time_and_the_guest_counts_on() {
     );
     assert!(back < *later.last().unwrap(), "back in time");
 
-    // A damaged file is refused, the job says why, and the guest runs on.
-    let mut bytes = std::fs::read(&file).unwrap();
-    let n = bytes.len();
-    bytes[n / 2] ^= 0xff;
-    let bad = dir.0.join("bad.snap");
-    std::fs::write(&bad, &bytes).unwrap();
-    let r = c.execute_with(
-        "snapshot-load",
-        json!({"job-id": "bad", "tag": "t", "vmstate": bad.to_str().unwrap(), "devices": []}),
-    );
-    assert_eq!(r, json!({"return": {}}));
-    assert_eq!(
-        statuses(&mut c, "bad"),
-        ["created", "running", "aborting", "concluded"]
-    );
-    let jobs = c.execute("query-jobs");
-    let bad_job = jobs["return"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|j| j["id"] == "bad")
-        .unwrap_or_else(|| panic!("{jobs}"));
-    assert_eq!(bad_job["status"], "concluded");
-    let error = bad_job["error"].as_str().unwrap().to_owned();
-    assert!(
-        error.contains("damaged") || error.contains("malformed"),
-        "{error}"
-    );
+    // A damaged file is refused, the job says why, and the guest runs on:
+    // a checksummed section's byte flipped (the last section's last byte,
+    // before the end mark), then a file cut inside its RAM image (a page
+    // past the end would end the VMM when the guest touched it).
+    let bytes = std::fs::read(&file).unwrap();
+    let (_, _, end) =
+        vmm_pc::snapshot::format::read_counted(&mut bytes.as_slice(), 1 << 30).unwrap();
+    let mut flipped = bytes.clone();
+    flipped[end as usize - 3] ^= 0xff;
+    let images_at = vmm_pc::snapshot::format::images_at(end) as usize;
+    let cut = &bytes[..images_at + 4096];
+    for (id, damaged, expected) in [
+        ("bad", &flipped[..], "damaged (CRC-32 mismatch)"),
+        (
+            "cut",
+            cut,
+            "the snapshot is cut short (the image of 'ram@0')",
+        ),
+    ] {
+        let bad = dir.0.join(format!("{id}.snap"));
+        std::fs::write(&bad, damaged).unwrap();
+        let r = c.execute_with(
+            "snapshot-load",
+            json!({"job-id": id, "tag": "t", "vmstate": bad.to_str().unwrap(), "devices": []}),
+        );
+        assert_eq!(r, json!({"return": {}}));
+        assert_eq!(
+            statuses(&mut c, id),
+            ["created", "running", "aborting", "concluded"]
+        );
+        let jobs = c.execute("query-jobs");
+        let bad_job = jobs["return"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|j| j["id"] == id)
+            .unwrap_or_else(|| panic!("{jobs}"));
+        assert_eq!(bad_job["status"], "concluded");
+        let error = bad_job["error"].as_str().unwrap().to_owned();
+        assert!(error.contains(expected), "{error}");
+    }
     assert_eq!(c.status()["status"], "running");
     let n = counts(&log).len();
     wait_counts(&log, n + 3);

@@ -241,11 +241,11 @@ fn job(c: &mut Client, kind: &str, id: &str, file: &Path) -> serde_json::Value {
 }
 
 /// The snapshot file at `file` with its `runstate` section's data
-/// replaced by `data` (the checksums right).
+/// replaced by `data` (the checksums right, the RAM images moved along).
 fn with_runstate(file: &Path, data: &[u8]) -> Vec<u8> {
     use vmm_pc::snapshot::format;
     let bytes = std::fs::read(file).unwrap();
-    let (shape, sections) = format::read(&mut bytes.as_slice(), 1 << 30).unwrap();
+    let (shape, sections, end) = format::read_counted(&mut bytes.as_slice(), 1 << 30).unwrap();
     assert!(sections.iter().any(|s| s.name == "runstate"));
     let refs: Vec<(&str, &[u8])> = sections
         .iter()
@@ -256,6 +256,8 @@ fn with_runstate(file: &Path, data: &[u8]) -> Vec<u8> {
         .collect();
     let mut out = Vec::new();
     format::write(&mut out, &shape, &refs).unwrap();
+    out.resize(format::images_at(out.len() as u64) as usize, 0);
+    out.extend_from_slice(&bytes[format::images_at(end) as usize..]);
     out
 }
 

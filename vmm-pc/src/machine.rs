@@ -183,6 +183,10 @@ pub struct PcMachine {
     /// guest, or a loaded snapshot of one): the next start goes to
     /// `suspended`, not `running`, and a save or migration carries it.
     asleep: bool,
+    /// Some RAM is a snapshot file's image mapped private
+    /// ([`crate::snapshot::mapped`]): the page map no longer tells
+    /// untouched pages (zeroes) from pages still in the file.
+    ram_from_file: bool,
 }
 
 impl std::fmt::Debug for PcMachine {
@@ -258,12 +262,7 @@ impl PcMachine {
             Some(Incoming::File(path)) => Some(path.as_path()),
             _ => None,
         };
-        let parse = |path: &std::path::Path| {
-            snapshot::parse_file(
-                path,
-                snapshot::max_section(regions.iter().map(|r| r.1 as u64)),
-            )
-        };
+        let parse = |path: &std::path::Path| snapshot::parse_file(path);
         let (supported_cpuid, built, incoming_file) = std::thread::scope(|scope| {
             let reading = incoming_path.map(|path| {
                 let thread = std::thread::Builder::new()
@@ -533,6 +532,7 @@ impl PcMachine {
             gdb: gdb::GdbState::default(),
             suspend_requested: false,
             asleep: false,
+            ram_from_file: false,
         })
     }
 

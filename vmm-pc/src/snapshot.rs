@@ -7,6 +7,7 @@
 
 pub mod format;
 pub mod jobs;
+pub mod mapped;
 pub mod pagemap;
 pub mod runstate;
 pub mod stream;

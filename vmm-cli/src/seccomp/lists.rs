@@ -575,8 +575,24 @@ pub(super) fn main(pid: u32, kick: u32) -> Result<Rules, seccompiler::Error> {
             &[(2, Eq, (libc::O_RDONLY | libc::O_CLOEXEC) as u64)],
         ],
     )?;
-    // ...and reads /proc/self/pagemap to skip RAM never touched.
-    allow(&mut r, &[libc::SYS_fsync, libc::SYS_pread64]);
+    // ...and reads /proc/self/pagemap to skip RAM never touched. A save
+    // writes a new file beside the old one (the sections, then each run
+    // of RAM pages at its place, the tail's holes by its length) and
+    // renames it over the old (glibc's rename(3) is rename(2) on x86-64;
+    // renameat and renameat2 for C libraries that use those); a restore
+    // maps RAM images private (mmap, allowed above without PROT_EXEC).
+    allow(
+        &mut r,
+        &[
+            libc::SYS_fsync,
+            libc::SYS_pread64,
+            libc::SYS_pwrite64,
+            libc::SYS_ftruncate,
+            libc::SYS_rename,
+            libc::SYS_renameat,
+            libc::SYS_renameat2,
+        ],
+    );
     // A migration's disk images change hands: the source lets their
     // locks go when it completes, the destination takes them once loaded,
     // trying again every 20 ms until the source has (std's sleep).

@@ -233,6 +233,7 @@ impl PcMachine {
             shared: Arc::clone(&shared),
             spawn_allowed: self.live.spawn_allowed,
             started,
+            ram_from_file: self.ram_from_file,
         };
         if let Err(e) = self.live.submit(Job::Send(job)) {
             let _ = self.vm.set_dirty_logging(false);

@@ -191,7 +191,7 @@ impl PcMachine {
         self.check_snapshottable()?;
         let loaded = self.read_snapshot(&path)?;
         // Nothing has run in `inmigrate`.
-        self.apply_snapshot(loaded, true)?;
+        self.apply_snapshot(loaded)?;
         self.deferred_incoming = false;
         self.after_incoming().map_err(CommandFailure::Machine)
     }
@@ -237,7 +237,7 @@ impl PcMachine {
             None => self.read_snapshot(path),
         }
         .map_err(fail)?;
-        self.apply_snapshot(loaded, true).map_err(fail)?;
+        self.apply_snapshot(loaded).map_err(fail)?;
         Ok(())
     }
 }

@@ -21,13 +21,14 @@
 //! the guest; vhost-vsock is still refused.
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter};
+use std::io::BufReader;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 
 use kvm_bindings::{kvm_irqchip, kvm_pit_state2};
 use serde::{Deserialize, Serialize};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 use vmm_clock::ClockType;
 use vmm_core::vcpu::VcpuState;
 use vmm_runstate::RunState;
@@ -67,8 +68,11 @@ pub(super) struct MachineState {
 /// Everything a load puts back, decoded and checked.
 pub(super) struct Loaded {
     state: MachineState,
-    /// (guest address, size, encoded pages), each checked.
-    ram: Vec<(u64, u64, Vec<u8>)>,
+    /// Each RAM region's guest address and where its image is in `file`
+    /// (from the file's start), checked to lie inside the file.
+    ram: Vec<(u64, u64)>,
+    /// The snapshot, open.
+    file: File,
 }
 
 fn refused(why: impl std::fmt::Display) -> CommandFailure {
@@ -95,10 +99,9 @@ fn decode<T: for<'de> Deserialize<'de>>(
         .map_err(|e| refused(format!("the snapshot's '{name}' section is malformed: {e}")))
 }
 
-/// The longest section a machine with RAM regions of `sizes` reads.
-pub(super) fn max_section(sizes: impl Iterator<Item = u64>) -> u64 {
-    sizes.max().unwrap_or(0) + METADATA_LIMIT
-}
+/// The longest section a snapshot file may have (vCPU states, devices:
+/// RAM is outside the sections).
+pub(super) const MAX_SECTION: u64 = METADATA_LIMIT;
 
 /// A snapshot file read, its checksums checked and its state sections
 /// decoded: all that needs no machine, so that `--incoming file:` does it
@@ -109,22 +112,33 @@ pub(super) struct ParsedFile {
     shape: Shape,
     sections: Vec<Section>,
     state: Result<MachineState, String>,
+    file: File,
+    /// Where the image area starts.
+    images_at: u64,
+    /// The file's size when read.
+    len: u64,
 }
 
-/// Reads and decodes the snapshot at `path` (see [`ParsedFile`]); no
-/// section may be longer than `max_section` bytes.
-pub(super) fn parse_file(path: &Path, max_section: u64) -> Result<ParsedFile, String> {
+/// Reads and decodes the snapshot at `path` (see [`ParsedFile`]): its
+/// sections, not its RAM images.
+pub(super) fn parse_file(path: &Path) -> Result<ParsedFile, String> {
     let file = File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-    let (shape, sections) = format::read(
-        &mut BufReader::with_capacity(READ_BUFFER, file),
-        max_section,
-    )
-    .map_err(|e| e.to_string())?;
+    let mut reader = BufReader::with_capacity(READ_BUFFER, file);
+    let (shape, sections, end) =
+        format::read_counted(&mut reader, MAX_SECTION).map_err(|e| e.to_string())?;
+    let file = reader.into_inner();
+    let len = file
+        .metadata()
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+        .len();
     let state = decode_sections(&sections);
     Ok(ParsedFile {
         shape,
         sections,
         state,
+        file,
+        images_at: format::images_at(end),
+        len,
     })
 }
 
@@ -165,6 +179,37 @@ fn host_slice(
     // vhost-vsock, whose rings the host kernel serves, is refused), so
     // nothing writes these bytes while the slice exists.
     Ok(unsafe { std::slice::from_raw_parts(ptr, len) })
+}
+
+/// A new file's name beside `path`, for this process.
+fn temp_beside(path: &Path) -> Option<std::path::PathBuf> {
+    let name = path.file_name()?.to_string_lossy();
+    Some(path.with_file_name(format!(".{name}.{}.part", std::process::id())))
+}
+
+/// Writes `ram` at `at` in `file`, one write per run of pages holding
+/// anything: pages of zeroes, and those `untouched` says were never
+/// touched (not even read), stay holes.
+fn write_image(file: &File, at: u64, ram: &[u8], untouched: &[bool]) -> std::io::Result<()> {
+    let mut run: Option<usize> = None;
+    let pages = ram.len() / format::PAGE;
+    for index in 0..=pages {
+        let data = index < pages
+            && !untouched.get(index).copied().unwrap_or(false)
+            && ram[index * format::PAGE..(index + 1) * format::PAGE]
+                .iter()
+                .any(|&b| b != 0);
+        match (data, run) {
+            (true, None) => run = Some(index),
+            (false, Some(first)) => {
+                let bytes = &ram[first * format::PAGE..index * format::PAGE];
+                file.write_all_at(bytes, at + (first * format::PAGE) as u64)?;
+                run = None;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 impl PcMachine {
@@ -300,48 +345,73 @@ impl PcMachine {
         Ok(sections)
     }
 
+    /// Writes a snapshot to `path`: the sections, then each RAM region's
+    /// image, pages of zeroes and pages never touched left as holes. The
+    /// file is written under a new name beside `path` and renamed over it
+    /// once synced: a failed save leaves the old file, and RAM mapped from
+    /// that file (a restored machine saving to where it came from) keeps
+    /// its pages ([`crate::snapshot::mapped`]).
     pub(super) fn write_snapshot(&mut self, path: &Path) -> Result<(), CommandFailure> {
         let t0 = std::time::Instant::now();
         let state = self.capture_state()?;
-        let file = File::create(path)
-            .map_err(|e| refused(format!("cannot create {}: {e}", path.display())))?;
-        let mut w = BufWriter::new(file);
         let io = |e: std::io::Error| refused(format!("cannot write {}: {e}", path.display()));
-        format::write_start(&mut w, &self.shape()).map_err(io)?;
+        let mut head = Vec::new();
+        format::write_start(&mut head, &self.shape()).map_err(io)?;
         for (name, data) in &state {
-            format::write_section(&mut w, name, data).map_err(io)?;
+            format::write_section(&mut head, name, data).map_err(io)?;
         }
+        let mut regions = Vec::new();
+        let mut offset = 0u64;
         for region in self.vm.memory().iter() {
             let ram = host_slice(region)?;
-            let untouched = crate::snapshot::pagemap::untouched(ram.as_ptr() as usize, ram.len())
-                .unwrap_or_else(|e| {
-                    log::debug!("snapshot: no pagemap ({e}): every page is read");
-                    Vec::new()
-                });
-            let bytes = format::encode_ram_sparse(ram.len() as u64, &untouched, |offset, buf| {
-                let at = usize::try_from(offset).unwrap_or(usize::MAX);
-                let src = ram
-                    .get(at..at.saturating_add(buf.len()))
-                    .ok_or_else(|| std::io::Error::other("past the region"))?;
-                buf.copy_from_slice(src);
-                Ok(())
-            })
-            .map_err(|e| refused(format!("cannot read guest RAM: {e}")))?;
+            if ram.len() % format::PAGE != 0 {
+                return Err(refused("a RAM region is not whole pages"));
+            }
+            let image = format::RamImage {
+                offset,
+                len: ram.len() as u64,
+            };
             let name = format!("ram@{:x}", region.start_addr().0);
-            format::write_section(&mut w, &name, &bytes).map_err(io)?;
+            format::write_section(&mut head, &name, &image.encode()).map_err(io)?;
+            offset += image.len;
+            regions.push((ram, image));
         }
-        log::debug!("snapshot: RAM written at {:?}", t0.elapsed());
-        format::write_end(&mut w).map_err(io)?;
-        w.into_inner()
-            .map_err(|e| io(e.into_error()))?
-            .sync_all()
-            .map_err(io)
+        format::write_end(&mut head).map_err(io)?;
+        let images_at = format::images_at(head.len() as u64);
+        let temp = temp_beside(path)
+            .ok_or_else(|| refused(format!("{}: not a file name", path.display())))?;
+        let written = (|| -> std::io::Result<()> {
+            let file = File::create(&temp)?;
+            file.write_all_at(&head, 0)?;
+            for (ram, image) in &regions {
+                // RAM mapped from a file reads from it where the page map
+                // shows nothing (see snapshot::mapped).
+                let untouched = if self.ram_from_file {
+                    Vec::new()
+                } else {
+                    crate::snapshot::pagemap::untouched(ram.as_ptr() as usize, ram.len())
+                        .unwrap_or_else(|e| {
+                            log::debug!("snapshot: no pagemap ({e}): every page is read");
+                            Vec::new()
+                        })
+                };
+                write_image(&file, images_at + image.offset, ram, &untouched)?;
+            }
+            file.set_len(images_at + offset)?;
+            file.sync_all()?;
+            std::fs::rename(&temp, path)
+        })();
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&temp);
+            return Err(io(e));
+        }
+        log::debug!("snapshot: written at {:?}", t0.elapsed());
+        Ok(())
     }
 
     /// Reads `path` and checks all of it against this machine.
     pub(super) fn read_snapshot(&self, path: &Path) -> Result<Loaded, CommandFailure> {
-        let parsed =
-            parse_file(path, max_section(self.shape().ram.iter().map(|r| r.1))).map_err(refused)?;
+        let parsed = parse_file(path).map_err(refused)?;
         self.check_parsed(parsed)
     }
 
@@ -350,19 +420,36 @@ impl PcMachine {
     pub(super) fn check_parsed(&self, parsed: ParsedFile) -> Result<Loaded, CommandFailure> {
         let ParsedFile {
             shape,
-            mut sections,
+            sections,
             state,
+            file,
+            images_at,
+            len,
         } = parsed;
         let ours = self.shape();
         if let Some(why) = shape.difference(&ours) {
             return Err(refused(why));
         }
         let mut known: Vec<String> = Vec::new();
+        let mut ram = Vec::new();
         for (gpa, size) in &ours.ram {
             let name = format!("ram@{gpa:x}");
             let data = section(&sections, &name)?;
-            format::SparseRam::decode(data, *size)
-                .map_err(|e| refused(format!("the snapshot's '{name}': {e}")))?;
+            let image = format::RamImage::decode(data)
+                .ok()
+                .filter(|i| i.len == *size)
+                .ok_or_else(|| {
+                    refused(format!("the snapshot's '{name}' does not match its region"))
+                })?;
+            // A page past the file's end would end the VMM when touched
+            // (SIGBUS), so a cut file is refused here.
+            let start = images_at
+                .checked_add(image.offset)
+                .filter(|&start| start.checked_add(image.len).is_some_and(|end| end <= len))
+                .ok_or_else(|| {
+                    refused(format!("the snapshot is cut short (the image of '{name}')"))
+                })?;
+            ram.push((*gpa, start));
             known.push(name);
         }
         if let Some(s) = sections.iter().find(|s| {
@@ -375,21 +462,7 @@ impl PcMachine {
         }
         let state = state.map_err(refused)?;
         self.check_state(&state)?;
-        // The RAM sections' data moved out, not copied.
-        let ram = ours
-            .ram
-            .iter()
-            .zip(&known)
-            .map(|((gpa, size), name)| {
-                let data = sections
-                    .iter_mut()
-                    .find(|s| s.name == *name)
-                    .map(|s| std::mem::take(&mut s.data))
-                    .unwrap_or_default();
-                (*gpa, *size, data)
-            })
-            .collect();
-        Ok(Loaded { state, ram })
+        Ok(Loaded { state, ram, file })
     }
 
     /// The state sections decoded and checked against this machine.
@@ -416,58 +489,30 @@ impl PcMachine {
         crate::virtio_state::check_backings(&ours, &state.devices).map_err(refused)
     }
 
-    /// Puts a checked snapshot back on the stopped machine: RAM, irqchip,
-    /// KVM's PIT, every vCPU, the clocks, the devices.
-    ///
-    /// `fresh`: no vCPU of this machine has run yet (`--incoming`): what
-    /// the build put in RAM (the kernel, the tables) is given back in one
-    /// call instead of looking for it page by page.
-    pub(super) fn apply_snapshot(
-        &mut self,
-        loaded: Loaded,
-        fresh: bool,
-    ) -> Result<(), CommandFailure> {
+    /// Puts a checked snapshot back on the stopped machine: RAM (each
+    /// region's image mapped over it, see [`crate::snapshot::mapped`], or
+    /// read where the file cannot be mapped), irqchip, KVM's PIT, every
+    /// vCPU, the clocks, the devices.
+    pub(super) fn apply_snapshot(&mut self, loaded: Loaded) -> Result<(), CommandFailure> {
         let mem = self.vm.memory();
-        let ram_error = |e: vm_memory::GuestMemoryError| refused(format!("guest RAM: {e}"));
-        let zeroes = [0u8; format::PAGE];
-        let mut page = [0u8; format::PAGE];
-        for (gpa, size, encoded) in &loaded.ram {
-            let sparse = format::SparseRam::decode(encoded, *size).map_err(refused)?;
-            let host = mem
-                .get_host_address(GuestAddress(*gpa))
-                .ok()
-                .zip(usize::try_from(*size).ok());
-            // SAFETY: `host` is one whole RAM region of this machine
-            // (private anonymous memory, `vmm_core::ram`), which a fresh
-            // machine has never run on and whose build's contents the
-            // snapshot replaces; nothing else touches it until the vCPUs
-            // and workers start, after this load.
-            let discarded = fresh
-                && host.is_some_and(|(p, len)| unsafe {
-                    crate::snapshot::pagemap::discard(p as usize, len).is_ok()
-                });
-            // Pages never touched here are zeroes already: left alone, not
-            // even read (a fresh destination's RAM stays unmapped).
-            let untouched = if discarded {
-                Vec::new()
-            } else {
-                host.and_then(|(p, len)| crate::snapshot::pagemap::untouched(p as usize, len).ok())
-                    .unwrap_or_default()
-            };
-            for (offset, bytes) in sparse.pages() {
-                let at = GuestAddress(gpa + offset);
-                let index = usize::try_from(offset / format::PAGE as u64).unwrap_or(usize::MAX);
-                match bytes {
-                    Some(bytes) => mem.write_slice(bytes, at).map_err(ram_error)?,
-                    None if discarded || untouched.get(index).copied().unwrap_or(false) => {}
-                    // A zero page: written only where this RAM holds
-                    // something.
-                    None => {
-                        mem.read_slice(&mut page, at).map_err(ram_error)?;
-                        if page != zeroes {
-                            mem.write_slice(&zeroes, at).map_err(ram_error)?;
-                        }
-                    }
+        for (gpa, start) in &loaded.ram {
+            let region = mem
+                .find_region(GuestAddress(*gpa))
+                .ok_or_else(|| refused(format!("no RAM region at {gpa:#x}")))?;
+            let ram = host_slice(region)?;
+            let (addr, len) = (ram.as_ptr() as usize, ram.len());
+            // SAFETY: one whole RAM region of this machine, whose contents
+            // the snapshot replaces; its vCPUs are stopped and its virtio
+            // workers too (check_snapshottable, the callers), so nothing
+            // reads or writes it until the load is done.
+            match unsafe { crate::snapshot::mapped::map_over(addr, len, &loaded.file, *start) } {
+                Ok(()) => self.ram_from_file = true,
+                Err(e) => {
+                    log::debug!("snapshot: cannot map the RAM image ({e}): reading it");
+                    // SAFETY: as above; `ram` is not used meanwhile.
+                    let dst = unsafe { std::slice::from_raw_parts_mut(addr as *mut u8, len) };
+                    crate::snapshot::mapped::read_into(&loaded.file, *start, dst)
+                        .map_err(|e| refused(format!("cannot read the RAM image: {e}")))?;
                 }
             }
         }
@@ -531,7 +576,7 @@ impl PcMachine {
         // From here on the machine changes: a failure leaves it stopped
         // (QEMU leaves a failed load's VM stopped too); `system_reset`
         // starts afresh.
-        self.apply_snapshot(loaded, false)?;
+        self.apply_snapshot(loaded)?;
         // A running or suspended machine resumes at once (`RESUME`):
         // `running`, or `suspended` if the snapshot's guest is in S3.
         if was_live {

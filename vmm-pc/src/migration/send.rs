@@ -41,6 +41,10 @@ pub struct SendJob {
     pub spawn_allowed: bool,
     /// When `migrate` came (`setup-time` counts from here).
     pub started: Instant,
+    /// RAM is (partly) a snapshot file mapped private: the page map cannot
+    /// tell which pages hold nothing, every page is looked at
+    /// ([`crate::snapshot::mapped`]).
+    pub ram_from_file: bool,
 }
 
 type Out = BufWriter<Paced<Box<dyn Write + Send>>>;
@@ -91,7 +95,7 @@ fn precopy(job: &SendJob, mailbox: &Mailbox) -> Result<(), String> {
     // sides), read from /proc/self/pagemap.
     let mut dirty: Vec<DirtyBitmap> = slots
         .iter()
-        .map(|s| touched_pages(job.vm.memory(), s))
+        .map(|s| touched_pages(job.vm.memory(), s, job.ram_from_file))
         .collect();
     log::debug!("migration: pages to send found at {:?}", t0.elapsed());
     shared
@@ -166,9 +170,12 @@ fn ms(v: u128) -> u64 {
 }
 
 /// A slot's pages that may hold anything: all but those never touched
-/// (every page if the page map cannot be read).
-fn touched_pages(mem: &GuestRam, slot: &RamSlot) -> DirtyBitmap {
+/// (every page if the page map cannot be read or RAM came from a file).
+fn touched_pages(mem: &GuestRam, slot: &RamSlot, ram_from_file: bool) -> DirtyBitmap {
     let pages = slot.size.div_ceil(DIRTY_PAGE_SIZE);
+    if ram_from_file {
+        return DirtyBitmap::new(pages, true);
+    }
     let untouched = mem
         .get_host_address(GuestAddress(slot.guest_addr))
         .ok()

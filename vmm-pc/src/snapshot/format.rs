@@ -1,4 +1,5 @@
-//! The snapshot file: a header, then named sections, each with a CRC-32.
+//! The snapshot file: a header, named sections, each with a CRC-32, and
+//! the guest's RAM as page-aligned images after them.
 //!
 //! ```text
 //! "VMMSNAP\0"   8 bytes, the magic
@@ -6,6 +7,9 @@
 //! section*      name length u16, name (UTF-8), data length u64, CRC-32 of
 //!               the data u32, the data
 //! end           name length 0
+//! (zeroes)      up to the next multiple of 4096 bytes: the image area
+//! image*        each RAM region's bytes, page for page, where its
+//!               `ram@<guest address, hex>` section says (RamImage)
 //! ```
 //!
 //! The first section is `shape`: what the machine must be to take the
@@ -16,6 +20,16 @@
 //! is optional, written only when the machine needs it, so that files
 //! without it read as before and older readers refuse files with it
 //! (`runstate`, [`super::runstate`], for a guest in S3).
+//!
+//! RAM is stored so that a restore maps it instead of reading it
+//! (`MAP_PRIVATE`: each page comes from the file when the guest first
+//! touches it, and a write makes the guest its own copy, as Firecracker's
+//! memory file): each region a page-aligned image at a page-aligned
+//! offset, its pages of zeroes left as holes, so that untouched RAM costs
+//! no disk. The images carry no checksum (checking one would read them
+//! all): the VMM never interprets guest RAM, so a damaged page can only
+//! mislead the guest, as a damaged disk block does. Everything the VMM
+//! does interpret is in the checksummed sections.
 //!
 //! Reading is for untrusted files: every length is checked against the
 //! file's own size and a caller's limit before anything is allocated,
@@ -28,7 +42,10 @@ use serde::{Deserialize, Serialize};
 /// The file's first bytes.
 pub const MAGIC: [u8; 8] = *b"VMMSNAP\0";
 /// The layout this build writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+///
+/// 2 (2026-12-05): RAM as mapped images (version 1 stored it inside its
+/// sections, zero pages as bits of a bitmap).
+pub const FORMAT_VERSION: u32 = 2;
 /// The longest section name.
 const MAX_NAME: usize = 64;
 
@@ -263,9 +280,42 @@ pub fn decode_shape(section: Option<&Section>) -> Result<Shape, FormatError> {
     serde_json::from_slice(&shape.data).map_err(|e| FormatError::Shape(Some(e)))
 }
 
-/// Reads a snapshot; no section may be longer than `max_section` bytes
-/// (the caller's RAM size and some room: what it is ready to allocate).
+/// Reads a snapshot's sections (not its RAM images); no section may be
+/// longer than `max_section` bytes (what the caller is ready to
+/// allocate).
 pub fn read(r: &mut impl Read, max_section: u64) -> Result<(Shape, Vec<Section>), FormatError> {
+    read_counted(r, max_section).map(|(shape, sections, _)| (shape, sections))
+}
+
+/// [`read`], also saying where the sections ended: the image area starts
+/// at the next page boundary ([`images_at`]).
+pub fn read_counted(
+    r: &mut impl Read,
+    max_section: u64,
+) -> Result<(Shape, Vec<Section>, u64), FormatError> {
+    let mut counted = Counting { inner: r, read: 0 };
+    let (shape, sections) = read_sections(&mut counted, max_section)?;
+    Ok((shape, sections, counted.read))
+}
+
+/// A reader that counts the bytes it hands out.
+struct Counting<'a, R> {
+    inner: &'a mut R,
+    read: u64,
+}
+
+impl<R: Read> Read for Counting<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read += n as u64;
+        Ok(n)
+    }
+}
+
+fn read_sections(
+    r: &mut impl Read,
+    max_section: u64,
+) -> Result<(Shape, Vec<Section>), FormatError> {
     read_header(r, &MAGIC, FORMAT_VERSION)?;
     let mut sections: Vec<Section> = Vec::new();
     while let Some(section) = read_section(r, |_| max_section)? {
@@ -317,9 +367,9 @@ mod tests {
         let good = file();
         let err = |bytes: &[u8]| read(&mut &bytes[..], 1 << 20).unwrap_err().to_string();
         assert!(err(b"ELF\x7f1234567").contains("bad magic"));
-        let mut v2 = good.clone();
-        v2[8] = 2;
-        assert_eq!(err(&v2), "format version 2, this build reads 1");
+        let mut v1 = good.clone();
+        v1[8] = 1;
+        assert_eq!(err(&v1), "format version 1, this build reads 2");
         // Every cut is an error, never a panic.
         for cut in 0..good.len() {
             assert!(read(&mut &good[..cut], 1 << 20).is_err(), "cut at {cut}");
@@ -380,94 +430,60 @@ mod tests {
     }
 }
 
-/// The page size of RAM sections.
+/// The page size of RAM images.
 pub const PAGE: usize = 4096;
 
-/// Encodes a RAM region of `len` bytes that `read(offset, buf)` fills
-/// from: a bitmap with a bit per page holding anything but zeroes (least
-/// significant bit first), then those pages in order. Zero pages cost a
-/// bit: a guest's untouched RAM costs next to nothing (QEMU's migration
-/// skips zero pages the same way).
-pub fn encode_ram(
-    len: u64,
-    read: impl FnMut(u64, &mut [u8]) -> io::Result<()>,
-) -> io::Result<Vec<u8>> {
-    encode_ram_sparse(len, &[], read)
+/// Where the image area of a file whose sections end at byte `end`
+/// starts: the next page boundary.
+pub fn images_at(end: u64) -> u64 {
+    end.div_ceil(PAGE as u64) * PAGE as u64
 }
 
-/// [`encode_ram`], told which pages are known to be zeroes without
-/// reading them (`untouched[i]` true for page `i`; a short list covers the
-/// first pages only): those are neither read nor stored.
-pub fn encode_ram_sparse(
-    len: u64,
-    untouched: &[bool],
-    mut read: impl FnMut(u64, &mut [u8]) -> io::Result<()>,
-) -> io::Result<Vec<u8>> {
-    let pages = usize::try_from(len.div_ceil(PAGE as u64))
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "region too large"))?;
-    let mut bitmap = vec![0u8; pages.div_ceil(8)];
-    let mut data = Vec::new();
-    let mut page = [0u8; PAGE];
-    for index in 0..pages {
-        if untouched.get(index).copied().unwrap_or(false) {
-            continue;
-        }
-        let offset = (index * PAGE) as u64;
-        let n = usize::try_from((len - offset).min(PAGE as u64)).unwrap_or(0);
-        page[n..].fill(0);
-        read(offset, &mut page[..n])?;
-        if page.iter().any(|&b| b != 0) {
-            bitmap[index / 8] |= 1 << (index % 8);
-            data.extend_from_slice(&page);
-        }
-    }
-    bitmap.extend_from_slice(&data);
-    Ok(bitmap)
+/// Where a RAM region's image is: the `ram@<guest address, hex>`
+/// section's 16 bytes, `offset` then `len` (u64 little-endian), `len`
+/// bytes from `offset` into the image area, both whole pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RamImage {
+    /// From the start of the image area.
+    pub offset: u64,
+    /// The region's size.
+    pub len: u64,
 }
 
-/// A RAM section decoded: per page, its bytes, or `None` for zeroes.
-#[derive(Debug)]
-pub struct SparseRam<'a> {
-    bitmap: &'a [u8],
-    pages: &'a [u8],
-    len: u64,
-}
+impl RamImage {
+    /// The section's length.
+    pub const SIZE: usize = 16;
 
-impl<'a> SparseRam<'a> {
-    /// Checks `data` as the encoding of a region of `len` bytes.
-    pub fn decode(data: &'a [u8], len: u64) -> Result<Self, FormatError> {
-        let pages = usize::try_from(len.div_ceil(PAGE as u64)).map_err(|_| FormatError::Ram)?;
-        let map_len = pages.div_ceil(8);
-        if data.len() < map_len {
-            return Err(FormatError::Ram);
-        }
-        let (bitmap, rest) = data.split_at(map_len);
-        let set: usize = bitmap.iter().map(|b| b.count_ones() as usize).sum();
-        // No bit past the last page; one page of data per bit.
-        let spare_bits = map_len * 8 - pages;
-        let last_ok = spare_bits == 0 || bitmap.last().is_some_and(|&b| b >> (8 - spare_bits) == 0);
-        if !last_ok || rest.len() != set * PAGE || len % PAGE as u64 != 0 {
-            return Err(FormatError::Ram);
-        }
-        Ok(Self {
-            bitmap,
-            pages: rest,
-            len,
-        })
+    /// The section's data.
+    pub fn encode(&self) -> [u8; Self::SIZE] {
+        let mut out = [0u8; Self::SIZE];
+        out[..8].copy_from_slice(&self.offset.to_le_bytes());
+        out[8..].copy_from_slice(&self.len.to_le_bytes());
+        out
     }
 
-    /// Each page's offset in the region and its bytes (`None`: zeroes).
-    pub fn pages(&self) -> impl Iterator<Item = (u64, Option<&'a [u8]>)> + '_ {
-        let count = usize::try_from(self.len / PAGE as u64).unwrap_or(0);
-        let mut next = self.pages.chunks(PAGE);
-        (0..count).map(move |i| {
-            let offset = (i * PAGE) as u64;
-            if self.bitmap[i / 8] & (1 << (i % 8)) != 0 {
-                (offset, next.next())
-            } else {
-                (offset, None)
-            }
-        })
+    /// Checks a section's data: 16 bytes, whole pages, no overflow.
+    pub fn decode(data: &[u8]) -> Result<Self, FormatError> {
+        let bytes: &[u8; Self::SIZE] = data.try_into().map_err(|_| FormatError::Ram)?;
+        let word = |i: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&bytes[i..i + 8]);
+            u64::from_le_bytes(w)
+        };
+        let image = Self {
+            offset: word(0),
+            len: word(8),
+        };
+        let page = PAGE as u64;
+        if image.offset % page != 0 || image.len % page != 0 || image.end().is_none() {
+            return Err(FormatError::Ram);
+        }
+        Ok(image)
+    }
+
+    /// Where it ends in the image area (`None`: past `u64`).
+    pub fn end(&self) -> Option<u64> {
+        self.offset.checked_add(self.len)
     }
 }
 
@@ -476,35 +492,59 @@ mod ram_tests {
     use super::*;
 
     #[test]
-    fn zero_pages_cost_a_bit_and_come_back_as_zeroes() {
-        let mut region = vec![0u8; 20 * PAGE];
-        region[3 * PAGE + 5] = 7;
-        region[19 * PAGE] = 1;
-        let enc = encode_ram(region.len() as u64, |off, buf| {
-            let off = off as usize;
-            buf.copy_from_slice(&region[off..off + buf.len()]);
-            Ok(())
-        })
-        .unwrap();
-        assert_eq!(enc.len(), 3 + 2 * PAGE);
-        let ram = SparseRam::decode(&enc, region.len() as u64).unwrap();
-        let mut back = vec![0xffu8; region.len()];
-        for (off, page) in ram.pages() {
-            let at = off as usize;
-            match page {
-                Some(p) => back[at..at + PAGE].copy_from_slice(p),
-                None => back[at..at + PAGE].fill(0),
-            }
+    fn images_start_on_a_page_and_their_places_round_trip() {
+        assert_eq!(images_at(0), 0);
+        assert_eq!(images_at(1), 4096);
+        assert_eq!(images_at(4096), 4096);
+        assert_eq!(images_at(4097), 8192);
+        let image = RamImage {
+            offset: 3 * 4096,
+            len: 128 << 20,
+        };
+        assert_eq!(RamImage::decode(&image.encode()).unwrap(), image);
+    }
+
+    #[test]
+    fn a_place_off_a_page_short_or_overflowing_is_refused() {
+        let bad = |offset: u64, len: u64| {
+            RamImage::decode(&RamImage { offset, len }.encode())
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(bad(1, 4096), "a RAM section does not match its region");
+        bad(4096, 4095);
+        bad(u64::MAX - 4095, 8192);
+        let good = RamImage {
+            offset: 0,
+            len: 4096,
         }
-        assert_eq!(back, region);
-        // A bit without its page, or a page too many, or a bit past the
-        // end, is refused.
-        assert!(SparseRam::decode(&enc[..enc.len() - 1], region.len() as u64).is_err());
-        let mut extra = enc.clone();
-        extra.extend_from_slice(&[0; PAGE]);
-        assert!(SparseRam::decode(&extra, region.len() as u64).is_err());
-        let mut past = enc.clone();
-        past[2] |= 0x80;
-        assert!(SparseRam::decode(&past, region.len() as u64).is_err());
+        .encode();
+        assert!(RamImage::decode(&good[..15]).is_err());
+        assert!(RamImage::decode(&[good.as_slice(), &[0]].concat()).is_err());
+    }
+
+    #[test]
+    fn the_image_area_follows_the_sections_read() {
+        let mut out = Vec::new();
+        let image = RamImage {
+            offset: 0,
+            len: 4096,
+        }
+        .encode();
+        write(&mut out, &tests_shape(), &[("ram@0", &image)]).unwrap();
+        let sections_end = out.len() as u64;
+        out.resize(images_at(sections_end) as usize + 4096, 7);
+        let (_, sections, end) = read_counted(&mut out.as_slice(), 1 << 20).unwrap();
+        assert_eq!(end, sections_end);
+        assert_eq!(sections[0].data, image);
+    }
+
+    fn tests_shape() -> Shape {
+        Shape {
+            cpus: 1,
+            ram: vec![(0, 4096)],
+            kvm_pit: false,
+            devices: Vec::new(),
+        }
     }
 }

@@ -41,29 +41,6 @@ pub fn untouched(addr: usize, len: usize) -> io::Result<Vec<bool>> {
         .collect())
 }
 
-/// Gives the `len` bytes of private anonymous RAM at `addr` (page-aligned)
-/// back to the kernel (`MADV_DONTNEED`): they read as zeroes afterwards
-/// and are untouched again, at the cost of one call however large.
-///
-/// # Safety
-///
-/// `addr..addr + len` must be a private anonymous mapping of the caller's
-/// whose contents nobody needs any more and that nothing reads or writes
-/// meanwhile (a machine that has not run, or whose vCPUs and workers are
-/// stopped).
-pub unsafe fn discard(addr: usize, len: usize) -> io::Result<()> {
-    // SAFETY: the caller vouches for the range (see above); MADV_DONTNEED
-    // on a private anonymous mapping only drops its pages, which read as
-    // zeroes afterwards (KVM's memory slot is told through its MMU
-    // notifier).
-    let r = unsafe { libc::madvise(addr as *mut libc::c_void, len, libc::MADV_DONTNEED) };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -95,21 +72,6 @@ mod tests {
         unsafe { *(ptr as *mut u8) = 1 };
         let flags = untouched(ptr as usize, len).unwrap();
         assert_eq!(flags, [false, true]);
-        // SAFETY: the mapping made above, not used after this.
-        unsafe { libc::munmap(ptr, len) };
-    }
-
-    #[test]
-    fn a_discarded_page_reads_as_zeroes_and_is_untouched_again() {
-        let len = 2 * 4096;
-        let ptr = anonymous(len);
-        // SAFETY: the first byte of the mapping made above.
-        unsafe { *(ptr as *mut u8) = 7 };
-        // SAFETY: the mapping made above, only this test's.
-        unsafe { discard(ptr as usize, len) }.unwrap();
-        assert_eq!(untouched(ptr as usize, len).unwrap(), [true, true]);
-        // SAFETY: the first byte of the mapping made above.
-        assert_eq!(unsafe { *(ptr as *const u8) }, 0);
         // SAFETY: the mapping made above, not used after this.
         unsafe { libc::munmap(ptr, len) };
     }
