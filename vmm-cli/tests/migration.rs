@@ -145,13 +145,15 @@ fn ram_image(file: &std::path::Path) -> Vec<u8> {
 /// renamed over it: the mapped pages stay), every page but the guest's
 /// own (its code, count and stack share one page) comes out as it was,
 /// the new file restores and counts on, and that guest live-migrates on
-/// from its mapped RAM.
+/// from its mapped RAM. The guest writes 8 MiB before it counts, pages it
+/// never touches again.
 #[test]
 fn a_restored_guest_saves_over_its_own_file_and_migrates_on() {
     if !kvm("migrate_mapped") {
         return;
     }
-    let guest = test_guests::counter(DELAY);
+    // 8 MiB written before it counts: pages it never touches again.
+    let guest = test_guests::filled_counter(DELAY, 8);
     let dir = TempDir::new("mapped-src");
     let log = dir.0.join("serial.log");
     let file = dir.0.join("vm.snap");
@@ -206,9 +208,11 @@ fn a_restored_guest_saves_over_its_own_file_and_migrates_on() {
             .count()
     };
     assert!(
-        nonzero(&second) > 2,
-        "the kernel's pages and tables are there"
+        nonzero(&second) > 8 << 8,
+        "the filled pages, the kernel's and the tables are there"
     );
+    let fill = test_guests::FILL_START as usize;
+    assert!(second[fill..fill + (8 << 20)].iter().all(|&b| b == 0xa5));
 
     // The new file restores; that guest migrates on over a socket, its
     // pages read from the file where it never touched them.

@@ -302,8 +302,32 @@ pub const COUNTER_ADDR: u64 = LOAD_ADDR + 0x800;
 /// between lines: a guest whose state lives in memory and registers, for
 /// snapshot tests (a restored guest prints from where it was saved).
 pub fn counter(delay: u32) -> Vec<u8> {
+    counter_after_fill(delay, 0)
+}
+
+/// Where [`filled_counter`] starts filling RAM.
+pub const FILL_START: u32 = 2 << 20;
+
+/// [`counter`], after writing `mib` MiB of RAM from [`FILL_START`] with a
+/// pattern (0xa5 bytes): a guest whose RAM is mostly in use, for
+/// measuring saves and restores by the size of what a guest wrote.
+pub fn filled_counter(delay: u32, mib: u32) -> Vec<u8> {
+    counter_after_fill(delay, mib)
+}
+
+fn counter_after_fill(delay: u32, mib: u32) -> Vec<u8> {
     let hex = LOAD_ADDR + 0x100;
     let mut c = Vec::new();
+    if mib > 0 {
+        c.push(0xfc); // cld
+        c.push(0xbf); // mov edi, FILL_START
+        c.extend_from_slice(&FILL_START.to_le_bytes());
+        c.push(0xb9); // mov ecx, the dwords
+        c.extend_from_slice(&(mib << 18).to_le_bytes());
+        c.push(0xb8); // mov eax, the pattern
+        c.extend_from_slice(&0xa5a5_a5a5u32.to_le_bytes());
+        c.extend_from_slice(&[0xf3, 0xab]); // rep stosd
+    }
     c.push(0xbc); // mov esp, a stack below the count
     c.extend_from_slice(&le32(COUNTER_ADDR));
     c.push(0xbf); // mov edi, COUNTER_ADDR
