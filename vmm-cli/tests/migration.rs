@@ -154,61 +154,33 @@ fn a_restored_guest_saves_over_its_own_file_and_migrates_on() {
     }
     // 8 MiB written before it counts: pages it never touches again.
     let guest = test_guests::filled_counter(DELAY, 8);
-    let dir = TempDir::new("mapped-src");
-    let log = dir.0.join("serial.log");
-    let file = dir.0.join("vm.snap");
+    let mut src = Counting::start("mapped-src", &guest, None);
+    let file = src.dir.0.join("vm.snap");
     let uri = format!("file:{}", file.display());
-    let (src, sock) = spawn(
-        &dir,
-        &guest,
-        &["--serial", &format!("file:{}", log.display())],
-    );
-    let mut c = Client::connect(&sock);
-    wait_counts(&log, 3, false);
-    migrate(&mut c, &uri);
-    c.execute("quit");
-    assert!(wait(src).status.success());
+    wait_counts(&src.log, 3, false);
+    migrate(&mut src.qmp, &uri);
+    src.quit();
     let first = ram_image(&file);
 
     // Restored from the file, counting, then saved over it.
-    let dir2 = TempDir::new("mapped-restored");
-    let log2 = dir2.0.join("serial.log");
-    let (vm2, sock2) = spawn(
-        &dir2,
-        &guest,
-        &[
-            "--serial",
-            &format!("file:{}", log2.display()),
-            "--incoming",
-            &uri,
-        ],
-    );
-    let mut c2 = Client::connect(&sock2);
-    wait_counts(&log2, 3, true);
-    migrate(&mut c2, &uri);
-    let last = *counts(&log2, true).last().unwrap();
-    c2.execute("quit");
-    let o = wait(vm2);
-    assert!(o.status.success(), "{}", stderr(&o));
+    let mut restored = Counting::start("mapped-restored", &guest, Some(&uri));
+    wait_counts(&restored.log, 3, true);
+    migrate(&mut restored.qmp, &uri);
+    let last = *counts(&restored.log, true).last().unwrap();
+    restored.quit();
     let second = ram_image(&file);
-    assert_eq!(first.len(), second.len());
     let own_page = (test_guests::COUNTER_ADDR / 4096) as usize;
-    let differing: Vec<usize> = first
+    assert_eq!(
+        changed_pages(&first, &second),
+        [own_page],
+        "pages that changed"
+    );
+    let nonzero = second
         .chunks(4096)
-        .zip(second.chunks(4096))
-        .enumerate()
-        .filter(|(_, (a, b))| a != b)
-        .map(|(i, _)| i)
-        .collect();
-    assert_eq!(differing, [own_page], "pages that changed");
-    let nonzero = |image: &[u8]| {
-        image
-            .chunks(4096)
-            .filter(|p| p.iter().any(|&b| b != 0))
-            .count()
-    };
+        .filter(|p| p.iter().any(|&b| b != 0))
+        .count();
     assert!(
-        nonzero(&second) > 8 << 8,
+        nonzero > 8 << 8,
         "the filled pages, the kernel's and the tables are there"
     );
     let fill = test_guests::FILL_START as usize;
@@ -216,63 +188,81 @@ fn a_restored_guest_saves_over_its_own_file_and_migrates_on() {
 
     // The new file restores; that guest migrates on over a socket, its
     // pages read from the file where it never touched them.
-    let dir3 = TempDir::new("mapped-again");
-    let log3 = dir3.0.join("serial.log");
-    let (vm3, sock3) = spawn(
-        &dir3,
-        &guest,
-        &[
-            "--serial",
-            &format!("file:{}", log3.display()),
-            "--incoming",
-            &uri,
-        ],
-    );
-    let mut c3 = Client::connect(&sock3);
-    let resumed = wait_counts(&log3, 2, true);
+    let mut again = Counting::start("mapped-again", &guest, Some(&uri));
+    let resumed = wait_counts(&again.log, 2, true);
     assert!(
         resumed[0] > last && resumed[0] <= last + 2,
         "saved after {last:#x}; restored printed {resumed:x?}"
     );
-    let dir4 = TempDir::new("mapped-live-dst");
-    let log4 = dir4.0.join("serial.log");
-    let live = format!("unix:{}", dir4.0.join("mig.sock").display());
-    let (vm4, sock4) = spawn(
-        &dir4,
-        &guest,
-        &[
-            "--serial",
-            &format!("file:{}", log4.display()),
-            "--incoming",
-            &live,
-        ],
-    );
-    let mut c4 = Client::connect(&sock4);
-    migrate(&mut c3, &live);
-    let stopped = *counts(&log3, true).last().unwrap();
-    let moved = wait_counts(&log4, 2, true);
+    let live_dir = TempDir::new("mapped-live-sock");
+    let live = format!("unix:{}", live_dir.0.join("mig.sock").display());
+    let mut dst = Counting::start("mapped-live-dst", &guest, Some(&live));
+    migrate(&mut again.qmp, &live);
+    let stopped = *counts(&again.log, true).last().unwrap();
+    let moved = wait_counts(&dst.log, 2, true);
     assert!(
         moved[0] > stopped && moved[0] <= stopped + 2,
         "stopped after {stopped:#x}; the destination printed {moved:x?}"
     );
-    c3.execute("quit");
-    assert!(wait(vm3).status.success());
+    again.quit();
     // The pages it never touched went too: the destination's own save
     // holds what the file did, all but the guest's page.
-    let after = dir4.0.join("after.snap");
-    migrate(&mut c4, &format!("file:{}", after.display()));
-    c4.execute("quit");
-    let o = wait(vm4);
-    assert!(o.status.success(), "{}", stderr(&o));
+    let after = live_dir.0.join("after.snap");
+    migrate(&mut dst.qmp, &format!("file:{}", after.display()));
+    dst.quit();
     let third = ram_image(&after);
-    let differing: Vec<usize> = second
-        .chunks(4096)
-        .zip(third.chunks(4096))
+    assert_eq!(
+        changed_pages(&second, &third),
+        [own_page],
+        "pages that changed on the way"
+    );
+}
+
+/// A VMM running `guest` (restored from `incoming`, if given) with its
+/// console in `dir/serial.log` and QMP connected.
+struct Counting {
+    dir: TempDir,
+    vmm: Option<Running>,
+    qmp: Client,
+    log: std::path::PathBuf,
+}
+
+impl Counting {
+    fn start(tag: &str, guest: &[u8], incoming: Option<&str>) -> Self {
+        let dir = TempDir::new(tag);
+        let log = dir.0.join("serial.log");
+        let serial = format!("file:{}", log.display());
+        let mut args = vec!["--serial", serial.as_str()];
+        if let Some(uri) = incoming {
+            args.extend(["--incoming", uri]);
+        }
+        let (vmm, sock) = spawn(&dir, guest, &args);
+        let qmp = Client::connect(&sock);
+        Self {
+            dir,
+            vmm: Some(vmm),
+            qmp,
+            log,
+        }
+    }
+
+    /// QMP `quit`; the VMM must end with 0.
+    fn quit(&mut self) {
+        self.qmp.execute("quit");
+        let o = wait(self.vmm.take().unwrap());
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+}
+
+/// The indices of the 4 KiB pages where images `a` and `b` differ.
+fn changed_pages(a: &[u8], b: &[u8]) -> Vec<usize> {
+    assert_eq!(a.len(), b.len());
+    a.chunks(4096)
+        .zip(b.chunks(4096))
         .enumerate()
-        .filter(|(_, (a, b))| a != b)
+        .filter(|(_, (x, y))| x != y)
         .map(|(i, _)| i)
-        .collect();
-    assert_eq!(differing, [own_page], "pages that changed on the way");
+        .collect()
 }
 
 #[test]
