@@ -146,3 +146,62 @@ fn a_restored_vcpu_counts_on_from_where_it_was_saved() {
         .unwrap_err();
     assert!(e.to_string().contains("no local APIC"), "{e}");
 }
+
+/// Where the kvmclock guest keeps its clock page.
+const CLOCK_PAGE: u64 = 0x5000;
+
+/// `wrmsr MSR_KVM_SYSTEM_TIME_NEW, CLOCK_PAGE | enable`, then the counter:
+/// a guest with kvmclock on.
+#[rustfmt::skip]
+const KVMCLOCK_COUNTER: &[u8] = &[
+    0x66, 0xb9, 0x01, 0x4d, 0x56, 0x4b, // mov ecx, 0x4b564d01
+    0x66, 0xb8, 0x01, 0x50, 0x00, 0x00, // mov eax, 0x5001
+    0x66, 0x31, 0xd2,                   // xor edx, edx
+    0x0f, 0x30,                         // wrmsr
+    0x43,                               // inc bx
+    0x89, 0xd8,                         // mov ax, bx
+    0xe7, 0x80,                         // out 0x80, ax
+    0xeb, 0xf9,                         // jmp -7 (to inc bx)
+];
+
+/// A resume after a stop tells a guest with kvmclock that its clock
+/// stood still (`KVM_KVMCLOCK_CTRL`): KVM sets `PVCLOCK_GUEST_STOPPED` in
+/// the guest's clock page, which Linux's watchdogs read so as not to take
+/// the pause for a soft lockup. A plain pause and resume does not.
+#[test]
+fn a_resume_after_a_stop_tells_the_guest_its_clock_stood_still() {
+    let test = "a_resume_after_a_stop_tells_the_guest_its_clock_stood_still";
+    if !vmm_core::kvm::usable_for_tests(test) {
+        return;
+    }
+    // pvclock_vcpu_time_info: version u32, pad u32, tsc_timestamp u64,
+    // system_time u64, tsc_to_system_mul u32, tsc_shift i8, flags u8.
+    const FLAGS: u64 = CLOCK_PAGE + 29;
+    const GUEST_STOPPED: u8 = 1 << 1;
+    let kvm = KvmSystem::open().unwrap();
+    let vm = Vm::new(&kvm, &[(GuestAddress(0), 0x10_0000)]).unwrap();
+    vm.memory()
+        .write_slice(KVMCLOCK_COUNTER, GuestAddress(CODE))
+        .unwrap();
+    let counts = Arc::new(Counts::default());
+    let vcpus = Vcpus::spawn(&vm, 1, real_mode_init(), counts.clone()).unwrap();
+    let flags = || vm.memory().read_obj::<u8>(GuestAddress(FLAGS)).unwrap();
+    let version = || {
+        vm.memory()
+            .read_obj::<u32>(GuestAddress(CLOCK_PAGE))
+            .unwrap()
+    };
+    vcpus.resume_all().unwrap();
+    let counted = counts.wait_above(10);
+    assert_ne!(version(), 0, "KVM wrote the clock page");
+    vcpus.pause_all().unwrap();
+    vcpus.resume_all().unwrap();
+    counts.wait_above(counted + 10);
+    vcpus.pause_all().unwrap();
+    assert_eq!(flags() & GUEST_STOPPED, 0, "a plain resume tells nothing");
+    let counted = *counts.0.lock().unwrap().last().unwrap();
+    vcpus.resume_all_after_stop().unwrap();
+    // KVM writes the flag as the vCPU enters the guest again.
+    counts.wait_above(counted.wrapping_add(10));
+    assert_eq!(flags() & GUEST_STOPPED, GUEST_STOPPED);
+}

@@ -53,6 +53,8 @@ pub(super) const KVM_NMI: u64 = kvm(NONE, 0x9a, 0);
 // The split irqchip: our 8259s' vector for the boot vCPU (ExtINT).
 pub(super) const KVM_INTERRUPT: u64 = kvm(WRITE, 0x86, size_of::<kvm_interrupt>());
 pub(super) const KVM_SET_GUEST_DEBUG: u64 = kvm(WRITE, 0x9b, size_of::<kvm_guest_debug>());
+// A resume after a stop tells the guest its clock stood still.
+pub(super) const KVM_KVMCLOCK_CTRL: u64 = kvm(NONE, 0xad, 0);
 // A snapshot: the vCPU's state saved and restored, the irqchip and PIT read.
 pub(super) const KVM_GET_MSRS: u64 = kvm(READ | WRITE, 0x88, size_of::<kvm_msrs>());
 pub(super) const KVM_GET_MP_STATE: u64 = kvm(READ, 0x98, size_of::<kvm_mp_state>());
@@ -116,6 +118,7 @@ mod tests {
         assert_eq!(KVM_NMI, 0xae9a);
         assert_eq!(KVM_INTERRUPT, 0x4004_ae86);
         assert_eq!(KVM_SET_GUEST_DEBUG, 0x4048_ae9b);
+        assert_eq!(KVM_KVMCLOCK_CTRL, 0xaead);
         assert_eq!(KVM_GET_MSRS, 0xc008_ae88);
         assert_eq!(KVM_GET_MP_STATE, 0x8004_ae98);
         assert_eq!(KVM_GET_VCPU_EVENTS, 0x8040_ae9f);

@@ -173,6 +173,9 @@ pub(super) const VCPU_IOCTLS: &[u64] = &[
     KVM_SET_DEBUGREGS,
     KVM_GET_MSRS,
     KVM_GET_VCPU_EVENTS,
+    // A resume after a stop, a save or a load tells the guest its
+    // kvmclock stood still (PVCLOCK_GUEST_STOPPED).
+    KVM_KVMCLOCK_CTRL,
 ];
 
 /// A vCPU thread, from the end of its set-up (see

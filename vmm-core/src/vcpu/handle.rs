@@ -229,7 +229,7 @@ struct VcpuHandle {
 
 impl VcpuHandle {
     fn send(&self, event: Event) -> Result<(), VcpuError> {
-        let resuming = matches!(event, Event::Resume);
+        let resuming = matches!(event, Event::Resume { .. });
         let parked = self.parked.load(Ordering::Acquire);
         if resuming {
             self.parked.store(false, Ordering::Release);
@@ -600,8 +600,20 @@ impl Vcpus {
 
     /// Lets every vCPU run; returns once all have acknowledged.
     pub fn resume_all(&self) -> Result<(), VcpuError> {
+        self.resume_all_with(false)
+    }
+
+    /// [`Vcpus::resume_all`] after the guest's clock stood still (a stop,
+    /// a save, a restore, a migration's destination): each vCPU first
+    /// tells its guest (`KVM_KVMCLOCK_CTRL`, as QEMU's resume does), so
+    /// that the guest's soft-lockup watchdog does not count the pause.
+    pub fn resume_all_after_stop(&self) -> Result<(), VcpuError> {
+        self.resume_all_with(true)
+    }
+
+    fn resume_all_with(&self, clock_stopped: bool) -> Result<(), VcpuError> {
         self.broadcast(
-            || Event::Resume,
+            || Event::Resume { clock_stopped },
             "resume",
             |r| matches!(r, Response::Resumed),
         )

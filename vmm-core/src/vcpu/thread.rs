@@ -20,7 +20,11 @@ pub(crate) type VcpuCall = Box<dyn FnOnce(&VcpuFd) -> Box<dyn Any + Send> + Send
 
 /// What the controller tells a vCPU thread.
 pub(crate) enum Event {
-    Resume,
+    /// Run; `clock_stopped`: the guest's clock stood still meanwhile (a
+    /// stop, a save, a restore), which the vCPU tells its guest first.
+    Resume {
+        clock_stopped: bool,
+    },
     Pause,
     /// Run the init function again (a machine reset); the vCPU stays parked.
     Reinit,
@@ -35,7 +39,7 @@ pub(crate) enum Event {
 impl std::fmt::Debug for Event {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            Self::Resume => "Resume",
+            Self::Resume { .. } => "Resume",
             Self::Pause => "Pause",
             Self::Reinit => "Reinit",
             Self::Nmi => "Nmi",
@@ -200,7 +204,10 @@ impl VcpuThread {
                 let _ = self.responses.send(Response::Reinitialized(ok));
                 State::Paused
             }
-            Event::Resume => {
+            Event::Resume { clock_stopped } => {
+                if clock_stopped {
+                    tell_clock_stopped(vcpu, self.index);
+                }
                 let _ = self.responses.send(Response::Resumed);
                 State::Running
             }
@@ -292,4 +299,17 @@ fn complete_pending_io(vcpu: &mut VcpuFd, run_map: &KvmRunMap) {
         Err(e) => log::debug!("pending I/O completion failed: {e}"),
     }
     run_map.set_immediate_exit(false);
+}
+
+/// Tells the guest its kvmclock stood still (`KVM_KVMCLOCK_CTRL`: KVM
+/// sets `PVCLOCK_GUEST_STOPPED` in the vCPU's clock page), as QEMU does
+/// when a stopped VM runs again, so that its watchdogs do not take the
+/// pause for a soft lockup. A guest without kvmclock (KVM answers
+/// `EINVAL`) has nothing to be told.
+fn tell_clock_stopped(vcpu: &VcpuFd, index: u32) {
+    match vcpu.kvmclock_ctrl() {
+        Ok(()) => {}
+        Err(e) if e.errno() == libc::EINVAL => {}
+        Err(e) => log::warn!("vcpu {index}: cannot tell the guest its clock stopped: {e}"),
+    }
 }

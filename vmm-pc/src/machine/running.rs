@@ -113,12 +113,23 @@ impl PcMachine {
             .transition(to)
             .map_err(|e| PcError::Control(e.to_string()))?;
         self.asleep = false;
-        if let Some(ns) = self.paused_clock.take() {
-            self.vm.set_clock_ns(ns)?;
-        }
+        // The guest's kvmclock stood still since it was stopped (or
+        // saved, or loaded): put back, and the guest told so as each vCPU
+        // resumes (a guest woken later from S3 boots its clock anew).
+        let clock_stopped = match self.paused_clock.take() {
+            Some(ns) => {
+                self.vm.set_clock_ns(ns)?;
+                true
+            }
+            None => false,
+        };
         self.clocks.vm_start();
         if to == RunState::Running {
-            self.vcpus.resume_all()?;
+            if clock_stopped {
+                self.vcpus.resume_all_after_stop()?;
+            } else {
+                self.vcpus.resume_all()?;
+            }
         }
         Ok(())
     }
