@@ -183,10 +183,10 @@ pub struct PcMachine {
     /// guest, or a loaded snapshot of one): the next start goes to
     /// `suspended`, not `running`, and a save or migration carries it.
     asleep: bool,
-    /// Some RAM is a snapshot file's image mapped private
-    /// ([`crate::snapshot::mapped`]): the page map no longer tells
-    /// untouched pages (zeroes) from pages still in the file.
-    ram_from_file: bool,
+    /// RAM regions that are a snapshot file's image mapped private
+    /// ([`crate::snapshot::mapped`]): there the page map alone no longer
+    /// tells untouched pages (zeroes) from pages still in the file.
+    ram_file: Option<crate::snapshot::mapped::RamFile>,
 }
 
 impl std::fmt::Debug for PcMachine {
@@ -532,7 +532,7 @@ impl PcMachine {
             gdb: gdb::GdbState::default(),
             suspend_requested: false,
             asleep: false,
-            ram_from_file: false,
+            ram_file: None,
         })
     }
 

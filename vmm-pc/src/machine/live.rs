@@ -233,7 +233,16 @@ impl PcMachine {
             shared: Arc::clone(&shared),
             spawn_allowed: self.live.spawn_allowed,
             started,
-            ram_from_file: self.ram_from_file,
+            file_data: self
+                .vm
+                .ram_slots()
+                .iter()
+                .map(|s| {
+                    self.ram_file
+                        .as_ref()
+                        .and_then(|f| f.data_pages(s.guest_addr, s.size))
+                })
+                .collect(),
         };
         if let Err(e) = self.live.submit(Job::Send(job)) {
             let _ = self.vm.set_dirty_logging(false);

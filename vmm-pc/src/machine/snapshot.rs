@@ -374,7 +374,7 @@ impl PcMachine {
             let name = format!("ram@{:x}", region.start_addr().0);
             format::write_section(&mut head, &name, &image.encode()).map_err(io)?;
             offset += image.len;
-            regions.push((ram, image));
+            regions.push((region.start_addr().0, ram, image));
         }
         format::write_end(&mut head).map_err(io)?;
         let images_at = format::images_at(head.len() as u64);
@@ -383,19 +383,9 @@ impl PcMachine {
         let written = (|| -> std::io::Result<()> {
             let file = File::create(&temp)?;
             file.write_all_at(&head, 0)?;
-            for (ram, image) in &regions {
-                // RAM mapped from a file reads from it where the page map
-                // shows nothing (see snapshot::mapped).
-                let untouched = if self.ram_from_file {
-                    Vec::new()
-                } else {
-                    crate::snapshot::pagemap::untouched(ram.as_ptr() as usize, ram.len())
-                        .unwrap_or_else(|e| {
-                            log::debug!("snapshot: no pagemap ({e}): every page is read");
-                            Vec::new()
-                        })
-                };
-                write_image(&file, images_at + image.offset, ram, &untouched)?;
+            for (gpa, ram, image) in &regions {
+                let zeroes = self.known_zeroes(*gpa, ram);
+                write_image(&file, images_at + image.offset, ram, &zeroes)?;
             }
             file.set_len(images_at + offset)?;
             file.sync_all()?;
@@ -494,8 +484,10 @@ impl PcMachine {
     /// read where the file cannot be mapped), irqchip, KVM's PIT, every
     /// vCPU, the clocks, the devices.
     pub(super) fn apply_snapshot(&mut self, loaded: Loaded) -> Result<(), CommandFailure> {
+        let Loaded { state, ram, file } = loaded;
+        let mut mapped = crate::snapshot::mapped::RamFile::new(file);
         let mem = self.vm.memory();
-        for (gpa, start) in &loaded.ram {
+        for (gpa, start) in &ram {
             let region = mem
                 .find_region(GuestAddress(*gpa))
                 .ok_or_else(|| refused(format!("no RAM region at {gpa:#x}")))?;
@@ -505,18 +497,43 @@ impl PcMachine {
             // the snapshot replaces; its vCPUs are stopped and its virtio
             // workers too (check_snapshottable, the callers), so nothing
             // reads or writes it until the load is done.
-            match unsafe { crate::snapshot::mapped::map_over(addr, len, &loaded.file, *start) } {
-                Ok(()) => self.ram_from_file = true,
+            match unsafe { crate::snapshot::mapped::map_over(addr, len, mapped.file(), *start) } {
+                Ok(()) => mapped.add(*gpa, *start, len as u64),
                 Err(e) => {
                     log::debug!("snapshot: cannot map the RAM image ({e}): reading it");
                     // SAFETY: as above; `ram` is not used meanwhile.
                     let dst = unsafe { std::slice::from_raw_parts_mut(addr as *mut u8, len) };
-                    crate::snapshot::mapped::read_into(&loaded.file, *start, dst)
+                    crate::snapshot::mapped::read_into(mapped.file(), *start, dst)
                         .map_err(|e| refused(format!("cannot read the RAM image: {e}")))?;
                 }
             }
         }
-        self.apply_state(loaded.state)
+        // What was mapped from an earlier file and is now read in holds
+        // every page (the page map shows them all).
+        self.ram_file = (!mapped.is_empty()).then_some(mapped);
+        self.apply_state(state)
+    }
+
+    /// The pages of the RAM region at `gpa` (`ram`) known to hold zeroes
+    /// without reading them: never touched here (the page map) and, for
+    /// RAM mapped from a snapshot file, in a hole of the file
+    /// ([`crate::snapshot::mapped`]). Empty when nothing is known.
+    pub(super) fn known_zeroes(&self, gpa: u64, ram: &[u8]) -> Vec<bool> {
+        let mut zeroes = crate::snapshot::pagemap::untouched(ram.as_ptr() as usize, ram.len())
+            .unwrap_or_else(|e| {
+                log::debug!("snapshot: no pagemap ({e}): every page is read");
+                Vec::new()
+            });
+        if let Some(data) = self
+            .ram_file
+            .as_ref()
+            .and_then(|f| f.data_pages(gpa, ram.len() as u64))
+        {
+            for (zero, data) in zeroes.iter_mut().zip(data) {
+                *zero &= !data;
+            }
+        }
+        zeroes
     }
 
     /// Puts back a checked state (all but the RAM) on the stopped machine:

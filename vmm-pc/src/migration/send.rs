@@ -41,10 +41,11 @@ pub struct SendJob {
     pub spawn_allowed: bool,
     /// When `migrate` came (`setup-time` counts from here).
     pub started: Instant,
-    /// RAM is (partly) a snapshot file mapped private: the page map cannot
-    /// tell which pages hold nothing, every page is looked at
+    /// Per RAM slot (in `vm.ram_slots()`'s order), for a slot mapped from a
+    /// snapshot file: which of its pages the file holds data for. The page
+    /// map shows those as untouched though they are not zeroes
     /// ([`crate::snapshot::mapped`]).
-    pub ram_from_file: bool,
+    pub file_data: Vec<Option<Vec<bool>>>,
 }
 
 type Out = BufWriter<Paced<Box<dyn Write + Send>>>;
@@ -95,7 +96,11 @@ fn precopy(job: &SendJob, mailbox: &Mailbox) -> Result<(), String> {
     // sides), read from /proc/self/pagemap.
     let mut dirty: Vec<DirtyBitmap> = slots
         .iter()
-        .map(|s| touched_pages(job.vm.memory(), s, job.ram_from_file))
+        .enumerate()
+        .map(|(i, s)| {
+            let file_data = job.file_data.get(i).and_then(Option::as_deref);
+            touched_pages(job.vm.memory(), s, file_data)
+        })
         .collect();
     log::debug!("migration: pages to send found at {:?}", t0.elapsed());
     shared
@@ -170,12 +175,10 @@ fn ms(v: u128) -> u64 {
 }
 
 /// A slot's pages that may hold anything: all but those never touched
-/// (every page if the page map cannot be read or RAM came from a file).
-fn touched_pages(mem: &GuestRam, slot: &RamSlot, ram_from_file: bool) -> DirtyBitmap {
+/// (every page if the page map cannot be read) and, for a slot mapped
+/// from a snapshot file, in a hole of it (`file_data[i]` false).
+fn touched_pages(mem: &GuestRam, slot: &RamSlot, file_data: Option<&[bool]>) -> DirtyBitmap {
     let pages = slot.size.div_ceil(DIRTY_PAGE_SIZE);
-    if ram_from_file {
-        return DirtyBitmap::new(pages, true);
-    }
     let untouched = mem
         .get_host_address(GuestAddress(slot.guest_addr))
         .ok()
@@ -188,7 +191,8 @@ fn touched_pages(mem: &GuestRam, slot: &RamSlot, ram_from_file: bool) -> DirtyBi
     };
     let mut map = DirtyBitmap::new(pages, false);
     for (index, never) in (0..pages).zip(untouched) {
-        if !never {
+        let in_file = file_data.is_some_and(|d| d.get(index as usize).copied().unwrap_or(true));
+        if !never || in_file {
             map.set(index);
         }
     }

@@ -13,13 +13,109 @@
 //!
 //! A page of such RAM that nobody touched reads from the file, yet the
 //! page map shows it as never touched, as a page of zeroes
-//! ([`super::pagemap::untouched`]): callers must not skip pages by the
-//! page map once RAM came from a file.
+//! ([`super::pagemap::untouched`]): once RAM came from a file, a page is
+//! known to be zeroes only if the page map shows it untouched *and* it
+//! lies in a hole of the file ([`RamFile::data_pages`]).
 
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
+
+const PAGE: u64 = 4096;
+
+/// RAM regions mapped from a snapshot file: the file and where each
+/// region's image starts in it.
+#[derive(Debug)]
+pub struct RamFile {
+    file: File,
+    /// (guest address, offset in the file, length).
+    images: Vec<(u64, u64, u64)>,
+}
+
+impl RamFile {
+    /// `file`, no region yet.
+    pub fn new(file: File) -> Self {
+        Self {
+            file,
+            images: Vec::new(),
+        }
+    }
+
+    /// The region at guest address `gpa`, `len` bytes, is mapped from
+    /// `start` in the file.
+    pub fn add(&mut self, gpa: u64, start: u64, len: u64) {
+        self.images.push((gpa, start, len));
+    }
+
+    /// The file.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// Whether any region is mapped.
+    pub fn is_empty(&self) -> bool {
+        self.images.is_empty()
+    }
+
+    /// For the region at `gpa` of `len` bytes, if it is mapped from the
+    /// file: per page, whether the file may hold anything but zeroes
+    /// there (`false`: wholly in a hole). Where the file system cannot
+    /// say, every page may.
+    pub fn data_pages(&self, gpa: u64, len: u64) -> Option<Vec<bool>> {
+        let &(_, start, image_len) = self.images.iter().find(|(g, _, _)| *g == gpa)?;
+        let len = len.min(image_len);
+        Some(data_pages(&self.file, start, len).unwrap_or_else(|e| {
+            log::debug!("snapshot: cannot find the file's holes ({e}): every page may hold data");
+            vec![true; len.div_ceil(PAGE) as usize]
+        }))
+    }
+}
+
+/// Per page of the `len` bytes of `file` from `start` (a whole page):
+/// whether it overlaps data (`SEEK_DATA`/`SEEK_HOLE`; a file system
+/// without holes has data everywhere).
+pub fn data_pages(file: &File, start: u64, len: u64) -> io::Result<Vec<bool>> {
+    let pages = usize::try_from(len.div_ceil(PAGE))
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "too large"))?;
+    let mut map = vec![false; pages];
+    let end = start.saturating_add(len);
+    let seek = |from: u64, whence: libc::c_int| -> io::Result<Option<u64>> {
+        let from = libc::off_t::try_from(from)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "offset too large"))?;
+        // SAFETY: lseek on a file we hold; it only moves the file's
+        // offset, which nothing else here relies on (reads are pread).
+        let at = unsafe { libc::lseek(file.as_raw_fd(), from, whence) };
+        if at >= 0 {
+            return Ok(Some(at as u64));
+        }
+        let e = io::Error::last_os_error();
+        // No data at or after `from`.
+        if e.raw_os_error() == Some(libc::ENXIO) {
+            Ok(None)
+        } else {
+            Err(e)
+        }
+    };
+    let mut pos = start;
+    while pos < end {
+        let Some(data) = seek(pos, libc::SEEK_DATA)? else {
+            break;
+        };
+        if data >= end {
+            break;
+        }
+        let hole = seek(data, libc::SEEK_HOLE)?.unwrap_or(end).min(end);
+        let first = ((data - start) / PAGE) as usize;
+        let last = ((hole - start).div_ceil(PAGE) as usize).min(pages);
+        map[first..last].fill(true);
+        if hole <= data {
+            break;
+        }
+        pos = hole;
+    }
+    Ok(map)
+}
 
 /// Maps `len` bytes of `file` from `offset` (both whole pages) over the
 /// memory at `addr` (page-aligned), private and writable, in one call.
@@ -126,6 +222,34 @@ mod tests {
         assert!(copy[..PAGE].iter().all(|&b| b == 2) && copy[PAGE..].iter().all(|&b| b == 0));
         // SAFETY: the mapping made above, not used after this.
         unsafe { libc::munmap(ptr, 2 * PAGE) };
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn holes_are_found_page_by_page() {
+        // Data in pages 1 and 4 of a 6-page file (the rest holes, if this
+        // file system keeps holes).
+        let (file, path) = temp_file(&[], 6 * PAGE as u64);
+        let w = File::options().write(true).open(&path).unwrap();
+        w.write_all_at(&[1u8; PAGE], PAGE as u64).unwrap();
+        w.write_all_at(&[1u8; 10], 4 * PAGE as u64 + 100).unwrap();
+        w.sync_all().unwrap();
+        let map = data_pages(&file, 0, 6 * PAGE as u64).unwrap();
+        assert!(map[1] && map[4], "{map:?}");
+        let holes = map.iter().filter(|&&d| !d).count();
+        // tmpfs and ext4 keep holes; a file system that does not reports
+        // data everywhere, which is never wrong.
+        assert!(holes == 4 || holes == 0, "{map:?}");
+        // From an offset, for a length.
+        let part = data_pages(&file, PAGE as u64, 2 * PAGE as u64).unwrap();
+        assert!(part[0]);
+        assert_eq!(part.len(), 2);
+        let mut ram = RamFile::new(file);
+        assert!(ram.is_empty());
+        ram.add(0x10_0000, 3 * PAGE as u64, 3 * PAGE as u64);
+        assert_eq!(ram.data_pages(0, 4096), None);
+        let region = ram.data_pages(0x10_0000, 3 * PAGE as u64).unwrap();
+        assert!(region[1], "page 4 of the file is the region's second");
         std::fs::remove_file(path).unwrap();
     }
 }
