@@ -16,7 +16,9 @@
 //! * **restore**: a new process with the same command line and
 //!   `--incoming file:PATH` (QEMU: `-incoming "exec:cat PATH"`), timed
 //!   from the spawn to the first byte the restored guest prints; then
-//!   the process's RSS (VmRSS).
+//!   the process's RSS (VmRSS);
+//! * **save of the restored VM**: the same again, from a process
+//!   restored from that file (ours: RAM mapped from it).
 //!
 //! * **live migration**: a destination started with `--incoming
 //!   tcp:127.0.0.1:PORT` (QEMU: `-incoming tcp:...`), the running source
@@ -86,7 +88,9 @@ fn base(who: Who, ctx: &Ctx, guest: &Path) -> Vec<String> {
 }
 
 /// Saves a running guest into `file`; the time to `completed`.
-fn save(who: Who, ctx: &Ctx, guest: &Path, file: &Path) -> Result<Duration> {
+/// `from`: a snapshot the saved VM is restored from first (a restored
+/// VM's save).
+fn save(who: Who, ctx: &Ctx, guest: &Path, from: Option<&Path>, file: &Path) -> Result<Duration> {
     let socket = ctx.tmp.join(format!("snap-{}.sock", who.name().len()));
     let console = ctx.tmp.join(format!("snap-{}.console", who.name().len()));
     let _ = std::fs::remove_file(&console);
@@ -104,6 +108,12 @@ fn save(who: Who, ctx: &Ctx, guest: &Path, file: &Path) -> Result<Duration> {
             "--qmp".into(),
             path(&socket),
         ]),
+    }
+    if let Some(from) = from {
+        argv.extend(match who {
+            Who::Qemu => ["-incoming".into(), format!("exec:cat {}", from.display())],
+            _ => ["--incoming".into(), format!("file:{}", from.display())],
+        });
     }
     let vmm = Vmm {
         who,
@@ -273,11 +283,12 @@ pub fn run(ctx: &Ctx) -> Result<Vec<Section>> {
             "ms",
         );
         let mut rss_row = Row::new(format!("RSS after restore{label}"), "MiB");
+        let mut resave_row = Row::new(format!("snapshot of the restored VM{label}"), "ms");
         for round in 0..runs {
             for i in 0..who.len() {
                 let w = who[(i + round) % who.len()];
                 let file = ctx.tmp.join(format!("snap-{}.bin", w.name().len()));
-                let took = save(w, ctx, guest, &file)?;
+                let took = save(w, ctx, guest, None, &file)?;
                 save_row.push(w, took.as_secs_f64() * 1e3);
                 // On disk: a hole costs nothing.
                 let size = std::fs::metadata(&file)
@@ -287,10 +298,14 @@ pub fn run(ctx: &Ctx) -> Result<Vec<Section>> {
                 let (first, rss) = restore(w, ctx, guest, &file)?;
                 restore_row.push(w, first.as_secs_f64() * 1e3);
                 rss_row.push(w, rss as f64 / 1024.0);
+                let again = file.with_extension("again");
+                let took = save(w, ctx, guest, Some(&file), &again)?;
+                resave_row.push(w, took.as_secs_f64() * 1e3);
                 let _ = std::fs::remove_file(&file);
+                let _ = std::fs::remove_file(&again);
             }
         }
-        rows.extend([save_row, size_row, restore_row, rss_row]);
+        rows.extend([save_row, size_row, restore_row, rss_row, resave_row]);
     }
     let mut live_row = Row::new("live migration over loopback tcp: total time", "ms");
     let mut downtime_row = Row::new("live migration: downtime", "ms");
@@ -313,7 +328,9 @@ pub fn run(ctx: &Ctx) -> Result<Vec<Section>> {
         "Save: QMP migrate while the guest runs, request to the MIGRATION event 'completed' \
          (ours: file:PATH; QEMU 7.2: exec:cat > PATH). Restore: a new process with the same \
          command line and --incoming file:PATH (QEMU: -incoming exec:cat PATH), spawn to the \
-         restored guest's first byte on the console; RSS (VmRSS) at that moment.",
+         restored guest's first byte on the console; RSS (VmRSS) at that moment. Then a \
+         process restored from the file the same way is saved again (ours: its RAM mapped \
+         from the file).",
     );
     s.note(
         "Targets from the issue, measured on this host with the peers' own tools (not run \
