@@ -188,14 +188,14 @@ fn temp_beside(path: &Path) -> Option<std::path::PathBuf> {
 }
 
 /// Writes `ram` at `at` in `file`, one write per run of pages holding
-/// anything: pages of zeroes, and those `untouched` says were never
-/// touched (not even read), stay holes.
-fn write_image(file: &File, at: u64, ram: &[u8], untouched: &[bool]) -> std::io::Result<()> {
+/// anything: pages of zeroes, and those `zeroes` says are (known without
+/// reading them: [`PcMachine::known_zeroes`]), stay holes.
+fn write_image(file: &File, at: u64, ram: &[u8], zeroes: &[bool]) -> std::io::Result<()> {
     let mut run: Option<usize> = None;
     let pages = ram.len() / format::PAGE;
     for index in 0..=pages {
         let data = index < pages
-            && !untouched.get(index).copied().unwrap_or(false)
+            && !zeroes.get(index).copied().unwrap_or(false)
             && ram[index * format::PAGE..(index + 1) * format::PAGE]
                 .iter()
                 .any(|&b| b != 0);
