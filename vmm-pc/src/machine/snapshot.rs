@@ -658,3 +658,52 @@ impl PcMachine {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PAGE: usize = format::PAGE;
+
+    #[test]
+    fn an_image_keeps_data_pages_and_leaves_zeroes_as_holes() {
+        // Six pages: data, zeroes, data, data, "known zeroes" holding
+        // data (skipped unread), zeroes.
+        let mut ram = vec![0u8; 6 * PAGE];
+        ram[..PAGE].fill(1);
+        ram[2 * PAGE..4 * PAGE].fill(2);
+        ram[4 * PAGE..5 * PAGE].fill(9);
+        let known = [false, false, false, false, true, false];
+        let path = std::env::temp_dir().join(format!("vmm-image-test-{}", std::process::id()));
+        let file = File::create(&path).unwrap();
+        let at = PAGE as u64;
+        write_image(&file, at, &ram, &known).unwrap();
+        file.set_len(at + ram.len() as u64).unwrap();
+        let mut back = vec![0xffu8; ram.len()];
+        File::open(&path)
+            .unwrap()
+            .read_exact_at(&mut back, at)
+            .unwrap();
+        let mut expected = ram.clone();
+        expected[4 * PAGE..5 * PAGE].fill(0);
+        assert_eq!(back, expected);
+        let data = crate::snapshot::mapped::data_pages(&file, at, ram.len() as u64).unwrap();
+        // A file system that keeps holes shows them; one that does not
+        // has data everywhere.
+        let holes: Vec<usize> = (0..6).filter(|&i| !data[i]).collect();
+        assert!(holes == [1, 4, 5] || holes.is_empty(), "{data:?}");
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn a_temporary_file_goes_beside_the_target() {
+        let t = temp_beside(Path::new("/some/dir/vm.snap")).unwrap();
+        assert_eq!(t.parent(), Some(Path::new("/some/dir")));
+        let name = t.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(
+            name.starts_with(".vm.snap.") && name.ends_with(".part"),
+            "{name}"
+        );
+        assert_eq!(temp_beside(Path::new("/")), None);
+    }
+}
