@@ -1,5 +1,5 @@
 //! Writes one of the hand-assembled test guests to a file:
-//! `cargo run -p vmm-pc --example write_test_guest -- hello|hello-exit|halt|spin|echo|poweroff|two-cpus|read-port|suspend-cycles|pio-loop[:COUNT]|timer-loop[:COUNT]|watchdog:INDEX|counter[:DELAY]|filled-counter:MIB PATH`.
+//! `cargo run -p vmm-pc --example write_test_guest -- hello|hello-exit|halt|spin|echo|poweroff|two-cpus|read-port|suspend-cycles|pio-loop[:COUNT]|timer-loop[:COUNT]|watchdog:INDEX|counter[:DELAY]|filled-counter:MIB|dirtying-counter:MIB PATH`.
 
 use vmm_pc::test_guests;
 
@@ -7,7 +7,7 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (Some(kind), Some(path)) = (args.first(), args.get(1)) else {
         eprintln!(
-            "usage: write_test_guest hello|hello-exit|halt|spin|echo|poweroff|two-cpus|read-port|suspend-cycles|pio-loop[:COUNT]|timer-loop[:COUNT]|watchdog:INDEX|counter[:DELAY]|filled-counter:MIB PATH"
+            "usage: write_test_guest hello|hello-exit|halt|spin|echo|poweroff|two-cpus|read-port|suspend-cycles|pio-loop[:COUNT]|timer-loop[:COUNT]|watchdog:INDEX|counter[:DELAY]|filled-counter:MIB|dirtying-counter:MIB PATH"
         );
         std::process::exit(2);
     };
@@ -21,6 +21,18 @@ fn main() {
         "read-port" => test_guests::read_port(0x99),
         "halt" => test_guests::hello_halt("Hello from a PVH guest\n"),
         "suspend-cycles" => test_guests::suspend_cycles(),
+        c if c.starts_with("dirtying-counter:") => {
+            match c
+                .strip_prefix("dirtying-counter:")
+                .and_then(|n| n.parse().ok())
+            {
+                Some(mib) => test_guests::dirtying_counter(1000, mib),
+                None => {
+                    eprintln!("dirtying-counter:MIB needs a number of MiB");
+                    std::process::exit(2);
+                }
+            }
+        }
         c if c.starts_with("filled-counter:") => {
             match c
                 .strip_prefix("filled-counter:")

@@ -302,7 +302,7 @@ pub const COUNTER_ADDR: u64 = LOAD_ADDR + 0x800;
 /// between lines: a guest whose state lives in memory and registers, for
 /// snapshot tests (a restored guest prints from where it was saved).
 pub fn counter(delay: u32) -> Vec<u8> {
-    counter_after_fill(delay, 0)
+    counter_after_fill(delay, 0, false)
 }
 
 /// Where [`filled_counter`] starts filling RAM.
@@ -312,30 +312,46 @@ pub const FILL_START: u32 = 2 << 20;
 /// pattern (0xa5 bytes): a guest whose RAM is mostly in use, for
 /// measuring saves and restores by the size of what a guest wrote.
 pub fn filled_counter(delay: u32, mib: u32) -> Vec<u8> {
-    counter_after_fill(delay, mib)
+    counter_after_fill(delay, mib, false)
 }
 
-fn counter_after_fill(delay: u32, mib: u32) -> Vec<u8> {
+/// [`counter`], writing the same `mib` MiB from [`FILL_START`] again
+/// before each count: a guest that dirties memory as fast as it can, for
+/// live migrations that must stop it to finish.
+pub fn dirtying_counter(delay: u32, mib: u32) -> Vec<u8> {
+    counter_after_fill(delay, mib, true)
+}
+
+/// `mib` MiB from [`FILL_START`] written with 0xa5 bytes (`edi`, `ecx`,
+/// `eax` changed).
+fn fill(c: &mut Vec<u8>, mib: u32) {
+    c.push(0xfc); // cld
+    c.push(0xbf); // mov edi, FILL_START
+    c.extend_from_slice(&FILL_START.to_le_bytes());
+    c.push(0xb9); // mov ecx, the dwords
+    c.extend_from_slice(&(mib << 18).to_le_bytes());
+    c.push(0xb8); // mov eax, the pattern
+    c.extend_from_slice(&0xa5a5_a5a5u32.to_le_bytes());
+    c.extend_from_slice(&[0xf3, 0xab]); // rep stosd
+}
+
+fn counter_after_fill(delay: u32, mib: u32, every_count: bool) -> Vec<u8> {
     let hex = LOAD_ADDR + 0x100;
     let mut c = Vec::new();
-    if mib > 0 {
-        c.push(0xfc); // cld
-        c.push(0xbf); // mov edi, FILL_START
-        c.extend_from_slice(&FILL_START.to_le_bytes());
-        c.push(0xb9); // mov ecx, the dwords
-        c.extend_from_slice(&(mib << 18).to_le_bytes());
-        c.push(0xb8); // mov eax, the pattern
-        c.extend_from_slice(&0xa5a5_a5a5u32.to_le_bytes());
-        c.extend_from_slice(&[0xf3, 0xab]); // rep stosd
+    if mib > 0 && !every_count {
+        fill(&mut c, mib);
     }
     c.push(0xbc); // mov esp, a stack below the count
-    c.extend_from_slice(&le32(COUNTER_ADDR));
-    c.push(0xbf); // mov edi, COUNTER_ADDR
     c.extend_from_slice(&le32(COUNTER_ADDR));
     c.extend_from_slice(&[0x66, 0xba]); // mov dx, COM1
     c.extend_from_slice(&port::COM1.to_le_bytes());
     let top = c.len();
-    c.extend_from_slice(&[0xff, 0x07]); // top: inc dword [edi]
+    if mib > 0 && every_count {
+        fill(&mut c, mib);
+    }
+    c.push(0xbf); // top: mov edi, COUNTER_ADDR
+    c.extend_from_slice(&le32(COUNTER_ADDR));
+    c.extend_from_slice(&[0xff, 0x07]); // inc dword [edi]
     c.extend_from_slice(&[0x8b, 0x07]); // mov eax, [edi]
     c.extend_from_slice(&[0xb9, 8, 0, 0, 0]); // mov ecx, 8
     let digit = c.len();
@@ -355,6 +371,7 @@ fn counter_after_fill(delay: u32, mib: u32) -> Vec<u8> {
     c.extend_from_slice(&delay.max(1).to_le_bytes());
     c.extend_from_slice(&[0x4e, 0x75, 0xfd]); // spin: dec esi; jnz spin
     let back = top as i64 - (c.len() as i64 + 2);
+    assert!(back >= -128, "a short jump back to the top");
     c.extend_from_slice(&[0xeb, back as u8]); // jmp top
     assert!(c.len() <= 0x100, "the code fits before the digits");
     c.resize(0x100, 0x90);
