@@ -127,16 +127,7 @@ fn save(who: Who, ctx: &Ctx, guest: &Path, from: Option<&Path>, file: &Path) -> 
     };
     let _ = std::fs::remove_file(file);
     let mut s = Session::start(&vmm)?;
-    // Saved once it counts (a filling guest counts when its RAM is
-    // written), and a little after.
-    let waiting = Instant::now();
-    while std::fs::metadata(&console).map_or(0, |m| m.len()) == 0 {
-        if waiting.elapsed() > Duration::from_secs(30) {
-            bail!("{}: the guest printed nothing in 30 s", who.name());
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    std::thread::sleep(Duration::from_millis(50));
+    counting(who, &console)?;
     s.request_json(
         r#"{"execute":"migrate-set-capabilities","arguments":{"capabilities":[{"capability":"events","state":true}]}}"#,
         None,
@@ -151,6 +142,21 @@ fn save(who: Who, ctx: &Ctx, guest: &Path, from: Option<&Path>, file: &Path) -> 
     Ok(took)
 }
 
+/// Waits until the guest has printed its first count on `console` (a
+/// filling or dirtying guest counts once it has written its RAM), and a
+/// little more.
+fn counting(who: Who, console: &Path) -> Result<()> {
+    let waiting = Instant::now();
+    while std::fs::metadata(console).map_or(0, |m| m.len()) == 0 {
+        if waiting.elapsed() > Duration::from_secs(30) {
+            bail!("{}: the guest printed nothing in 30 s", who.name());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    Ok(())
+}
+
 /// Migrates a running guest live over loopback TCP to a new process;
 /// `query-migrate`'s total time and downtime, ms.
 fn live(who: Who, ctx: &Ctx, guest: &Path) -> Result<(f64, f64)> {
@@ -158,16 +164,23 @@ fn live(who: Who, ctx: &Ctx, guest: &Path) -> Result<(f64, f64)> {
         .local_addr()?
         .port();
     let uri = format!("tcp:127.0.0.1:{port}");
+    let console = ctx.tmp.join(format!("live-{}.console", who.name().len()));
+    let _ = std::fs::remove_file(&console);
     let session = |tag: &str, incoming: Option<&str>| -> Result<Session> {
         let socket = ctx
             .tmp
             .join(format!("live-{tag}-{}.sock", who.name().len()));
+        // The source's console goes to a file (to see it count).
+        let serial = match incoming {
+            Some(_) => "none".to_owned(),
+            None => format!("file:{}", console.display()),
+        };
         let mut argv = base(who, ctx, guest);
         match who {
             Who::Qemu => {
                 argv.extend([
                     "-serial".into(),
-                    "none".into(),
+                    serial,
                     "-qmp".into(),
                     format!("unix:{},server=on,wait=off", socket.display()),
                 ]);
@@ -176,12 +189,7 @@ fn live(who: Who, ctx: &Ctx, guest: &Path) -> Result<(f64, f64)> {
                 }
             }
             _ => {
-                argv.extend([
-                    "--serial".into(),
-                    "none".into(),
-                    "--qmp".into(),
-                    path(&socket),
-                ]);
+                argv.extend(["--serial".into(), serial, "--qmp".into(), path(&socket)]);
                 if let Some(i) = incoming {
                     argv.extend(["--incoming".into(), i.to_owned()]);
                 }
@@ -196,7 +204,7 @@ fn live(who: Who, ctx: &Ctx, guest: &Path) -> Result<(f64, f64)> {
     };
     let dst = session("dst", Some(&uri))?;
     let mut src = session("src", None)?;
-    std::thread::sleep(Duration::from_millis(100));
+    counting(who, &console)?;
     src.request_json(
         r#"{"execute":"migrate-set-capabilities","arguments":{"capabilities":[{"capability":"events","state":true}]}}"#,
         None,
