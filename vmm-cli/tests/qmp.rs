@@ -14,7 +14,7 @@ use common::*;
 use serde_json::json;
 use vmm_pc::test_guests;
 
-use common::qmp_client::{spawn, Client};
+use common::qmp_client::{run_qemu_qmp_script, spawn, Client};
 
 #[test]
 fn stop_cont_query_and_quit() {
@@ -173,14 +173,6 @@ fn qemu_python_client_drives_the_vmm() {
     if !kvm("qmp_python") {
         return;
     }
-    let have = std::process::Command::new("python3")
-        .args(["-c", "import qemu.qmp"])
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        have,
-        "python3 with qemu.qmp is needed (`pip install qemu.qmp`; cargo xtask test and .ci/run install it)"
-    );
     let dir = TempDir::new("qmp-python");
     let disk = dir.file("disk.img", &vec![0u8; 1 << 20]);
     let drive = format!("file={},if=virtio,format=raw,id=d0", disk.display());
@@ -237,20 +229,8 @@ async def main(path):
 
 asyncio.run(main(sys.argv[1]))
 "#;
-    let py = dir.file("drive.py", script.as_bytes());
-    let out = std::process::Command::new("python3")
-        .arg(&py)
-        .arg(&sock)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "python: {text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     assert_eq!(
-        text.lines().collect::<Vec<_>>(),
+        run_qemu_qmp_script(&dir, script, &[sock.as_os_str()]),
         [
             "status running True",
             "pci 0 0x1b36 0x8 Host bridge",

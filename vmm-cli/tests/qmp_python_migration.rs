@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::qmp_client::spawn;
+use common::qmp_client::{run_qemu_qmp_script, spawn};
 use common::*;
 use vmm_pc::test_guests;
 
@@ -76,14 +76,6 @@ fn qemu_python_client_drives_both_ends_of_a_migration() {
     if !kvm("qmp_python_migration") {
         return;
     }
-    let have = std::process::Command::new("python3")
-        .args(["-c", "import qemu.qmp"])
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        have,
-        "python3 with qemu.qmp is needed (`pip install qemu.qmp`; cargo xtask test and .ci/run install it)"
-    );
     let guest = test_guests::counter(100_000);
     let dir = TempDir::new("py-mig-src");
     let (src, src_sock) = spawn(&dir, &guest, &["--serial", "none"]);
@@ -91,22 +83,18 @@ fn qemu_python_client_drives_both_ends_of_a_migration() {
     let (dst, dst_sock) = spawn(&dir2, &guest, &["--serial", "none", "--incoming", "defer"]);
     let uri = format!("unix:{}", dir2.0.join("mig.sock").display());
     let snap = dir2.0.join("after.snap");
-    let py = dir.file("migrate.py", SCRIPT.as_bytes());
-    let out = std::process::Command::new("python3")
-        .arg(&py)
-        .args([&src_sock, &dst_sock])
-        .arg(&uri)
-        .arg(&snap)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "python: {text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    let lines = run_qemu_qmp_script(
+        &dir,
+        SCRIPT,
+        &[
+            src_sock.as_os_str(),
+            dst_sock.as_os_str(),
+            uri.as_ref(),
+            snap.as_os_str(),
+        ],
     );
     assert_eq!(
-        text.lines().collect::<Vec<_>>(),
+        lines,
         [
             "dst inmigrate",
             "src event completed",

@@ -22,28 +22,10 @@ fn main() {
         "halt" => test_guests::hello_halt("Hello from a PVH guest\n"),
         "suspend-cycles" => test_guests::suspend_cycles(),
         c if c.starts_with("dirtying-counter:") => {
-            match c
-                .strip_prefix("dirtying-counter:")
-                .and_then(|n| n.parse().ok())
-            {
-                Some(mib) => test_guests::dirtying_counter(1000, mib),
-                None => {
-                    eprintln!("dirtying-counter:MIB needs a number of MiB");
-                    std::process::exit(2);
-                }
-            }
+            test_guests::dirtying_counter(1000, mib(c, "dirtying-counter"))
         }
         c if c.starts_with("filled-counter:") => {
-            match c
-                .strip_prefix("filled-counter:")
-                .and_then(|n| n.parse().ok())
-            {
-                Some(mib) => test_guests::filled_counter(1000, mib),
-                None => {
-                    eprintln!("filled-counter:MIB needs a number of MiB");
-                    std::process::exit(2);
-                }
-            }
+            test_guests::filled_counter(1000, mib(c, "filled-counter"))
         }
         c if c.starts_with("counter") => match c.strip_prefix("counter").unwrap_or("") {
             "" => test_guests::counter(100_000),
@@ -90,5 +72,17 @@ fn count(kind: &str, name: &str) -> u32 {
                 std::process::exit(2);
             }
         },
+    }
+}
+
+/// The number of MiB in `kind`, `name:MIB`.
+fn mib(kind: &str, name: &str) -> u32 {
+    let n = kind.strip_prefix(name).and_then(|n| n.strip_prefix(':'));
+    match n.and_then(|n| n.parse().ok()) {
+        Some(n) => n,
+        None => {
+            eprintln!("{name}:MIB needs a number of MiB");
+            std::process::exit(2);
+        }
     }
 }

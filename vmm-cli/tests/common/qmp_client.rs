@@ -138,3 +138,31 @@ pub fn quit(c: &mut Client, vmm: Running) {
     let o = super::wait(vmm);
     assert!(o.status.success(), "{}", super::stderr(&o));
 }
+
+/// Runs `script` (Python, with QEMU's own client `qemu.qmp` from PyPI) as
+/// `python3 script args...` in `dir`; returns its output lines once it
+/// exits 0. `qemu.qmp` must be installed (`cargo xtask test` and
+/// `.ci/run` install it): never skipped.
+pub fn run_qemu_qmp_script(dir: &TempDir, script: &str, args: &[&std::ffi::OsStr]) -> Vec<String> {
+    let have = std::process::Command::new("python3")
+        .args(["-c", "import qemu.qmp"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        have,
+        "python3 with qemu.qmp is needed (`pip install qemu.qmp`; cargo xtask test and .ci/run install it)"
+    );
+    let py = dir.file("qmp_script.py", script.as_bytes());
+    let out = std::process::Command::new("python3")
+        .arg(&py)
+        .args(args)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "python: {text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text.lines().map(str::to_owned).collect()
+}
