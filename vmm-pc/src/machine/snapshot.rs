@@ -38,10 +38,11 @@ use crate::model::SavedEntry;
 use crate::snapshot::format::{self, Section, Shape};
 use crate::snapshot::runstate::{self, SavedRunState};
 
-/// Room beyond the RAM for a section (vCPU states, devices).
-const METADATA_LIMIT: u64 = 64 << 20;
+/// The longest section a snapshot file may have (vCPU states, devices:
+/// RAM is outside the sections).
+const MAX_SECTION: u64 = 64 << 20;
 
-/// A file's reads: a small snapshot (the state and a few pages) in one.
+/// A file's reads: its sections (the state) in one or two.
 const READ_BUFFER: usize = 128 << 10;
 
 /// The clocks at the save.
@@ -98,10 +99,6 @@ fn decode<T: for<'de> Deserialize<'de>>(
     serde_json::from_slice(section(sections, name)?)
         .map_err(|e| refused(format!("the snapshot's '{name}' section is malformed: {e}")))
 }
-
-/// The longest section a snapshot file may have (vCPU states, devices:
-/// RAM is outside the sections).
-pub(super) const MAX_SECTION: u64 = METADATA_LIMIT;
 
 /// A snapshot file read, its checksums checked and its state sections
 /// decoded: all that needs no machine, so that `--incoming file:` does it
