@@ -107,7 +107,9 @@ pub fn data_pages(file: &File, start: u64, len: u64) -> io::Result<Vec<bool>> {
         }
         let hole = seek(data, libc::SEEK_HOLE)?.unwrap_or(end).min(end);
         let first = ((data - start) / PAGE) as usize;
-        let last = ((hole - start).div_ceil(PAGE) as usize).min(pages);
+        let last = ((hole.saturating_sub(start)).div_ceil(PAGE) as usize)
+            .min(pages)
+            .max(first);
         map[first..last].fill(true);
         if hole <= data {
             break;
