@@ -160,6 +160,15 @@ pub fn run(test: &str, g: &GuestFiles, job: &Job) -> Outcome {
         | TestbedError::L1Stuck { .. } => {
             panic!("{L1_FAULT}{test}: {e}")
         }
+        // A guest reset by TCG's SVM fault (its last exit at L1's VMRUN
+        // code) ends the VMM early, and a companion may then wait for it
+        // until the limit: named as such, not as a hung L1.
+        TestbedError::Timeout { ref console, .. }
+            if l2_exits::named_fault(console).is_some() =>
+        {
+            let named = l2_exits::named_fault(console).unwrap_or_default();
+            panic!("{test}: {named}, then the time limit: {e}")
+        }
         // L1 samples a guest still running 45 s before the limit; no
         // sample means L1 itself was not running (a hung L1 whose console
         // just stopped, seen in a CI rehearsal on 2026-12-04).
