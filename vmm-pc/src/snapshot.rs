@@ -6,6 +6,7 @@
 //! what order) is `machine/snapshot.rs`.
 
 pub mod format;
+pub mod image;
 pub mod jobs;
 pub mod mapped;
 pub mod pagemap;

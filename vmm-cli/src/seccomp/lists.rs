@@ -584,12 +584,15 @@ pub(super) fn main(pid: u32, kick: u32) -> Result<Rules, seccompiler::Error> {
     // renames it over the old (glibc's rename(3) is rename(2) on x86-64;
     // renameat and renameat2 for C libraries that use those); a restore
     // maps RAM images private (mmap, allowed above without PROT_EXEC).
+    // RAM still mapped from the file it was restored from is copied from
+    // that file to the new one in the kernel (copy_file_range).
     allow(
         &mut r,
         &[
             libc::SYS_fsync,
             libc::SYS_pread64,
             libc::SYS_pwrite64,
+            libc::SYS_copy_file_range,
             libc::SYS_ftruncate,
             libc::SYS_rename,
             libc::SYS_renameat,

@@ -184,31 +184,6 @@ fn temp_beside(path: &Path) -> Option<std::path::PathBuf> {
     Some(path.with_file_name(format!(".{name}.{}.part", std::process::id())))
 }
 
-/// Writes `ram` at `at` in `file`, one write per run of pages holding
-/// anything: pages of zeroes, and those `zeroes` says are (known without
-/// reading them: [`PcMachine::known_zeroes`]), stay holes.
-fn write_image(file: &File, at: u64, ram: &[u8], zeroes: &[bool]) -> std::io::Result<()> {
-    let mut run: Option<usize> = None;
-    let pages = ram.len() / format::PAGE;
-    for index in 0..=pages {
-        let data = index < pages
-            && !zeroes.get(index).copied().unwrap_or(false)
-            && ram[index * format::PAGE..(index + 1) * format::PAGE]
-                .iter()
-                .any(|&b| b != 0);
-        match (data, run) {
-            (true, None) => run = Some(index),
-            (false, Some(first)) => {
-                let bytes = &ram[first * format::PAGE..index * format::PAGE];
-                file.write_all_at(bytes, at + (first * format::PAGE) as u64)?;
-                run = None;
-            }
-            _ => {}
-        }
-    }
-    Ok(())
-}
-
 impl PcMachine {
     /// What a snapshot of this machine must match.
     pub(super) fn shape(&self) -> Shape {
@@ -381,8 +356,14 @@ impl PcMachine {
             let file = File::create(&temp)?;
             file.write_all_at(&head, 0)?;
             for (gpa, ram, image) in &regions {
-                let zeroes = self.known_zeroes(*gpa, ram);
-                write_image(&file, images_at + image.offset, ram, &zeroes)?;
+                let (sources, old) = self.page_sources(*gpa, ram);
+                crate::snapshot::image::write_image(
+                    &file,
+                    images_at + image.offset,
+                    ram,
+                    &sources,
+                    old,
+                )?;
             }
             file.set_len(images_at + offset)?;
             file.sync_all()?;
@@ -511,26 +492,39 @@ impl PcMachine {
         self.apply_state(state)
     }
 
-    /// The pages of the RAM region at `gpa` (`ram`) known to hold zeroes
-    /// without reading them: never touched here (the page map) and, for
-    /// RAM mapped from a snapshot file, in a hole of the file
-    /// ([`crate::snapshot::mapped`]). Empty when nothing is known.
-    pub(super) fn known_zeroes(&self, gpa: u64, ram: &[u8]) -> Vec<bool> {
-        let mut zeroes = crate::snapshot::pagemap::untouched(ram.as_ptr() as usize, ram.len())
-            .unwrap_or_else(|e| {
-                log::debug!("snapshot: no pagemap ({e}): every page is read");
-                Vec::new()
-            });
-        if let Some(data) = self
-            .ram_file
-            .as_ref()
-            .and_then(|f| f.data_pages(gpa, ram.len() as u64))
-        {
-            for (zero, data) in zeroes.iter_mut().zip(data) {
-                *zero &= !data;
-            }
-        }
-        zeroes
+    /// Where a save takes each page of the RAM region at `gpa` (`ram`)
+    /// from ([`crate::snapshot::image::sources`]): the page map says which
+    /// pages were never touched or, for RAM mapped from a snapshot file,
+    /// never written since; the file's holes say which of those hold
+    /// zeroes. With the file to copy the others from, if mapped.
+    pub(super) fn page_sources(
+        &self,
+        gpa: u64,
+        ram: &[u8],
+    ) -> (
+        Vec<crate::snapshot::image::Source>,
+        Option<crate::snapshot::image::OldImage<'_>>,
+    ) {
+        let pages = crate::snapshot::pagemap::pages(ram.as_ptr() as usize, ram.len())
+            .map_err(|e| log::debug!("snapshot: no pagemap ({e}): every page is read"))
+            .ok();
+        let mapped = self.ram_file.as_ref().and_then(|f| {
+            let data = f.data_pages(gpa, ram.len() as u64)?;
+            let start = f.image_start(gpa)?;
+            Some((
+                data,
+                crate::snapshot::image::OldImage {
+                    file: f.file(),
+                    start,
+                },
+            ))
+        });
+        let sources = crate::snapshot::image::sources(
+            pages.as_deref(),
+            mapped.as_ref().map(|(data, _)| data.as_slice()),
+            ram.len() / format::PAGE,
+        );
+        (sources, mapped.map(|(_, old)| old))
     }
 
     /// Puts back a checked state (all but the RAM) on the stopped machine:
@@ -659,38 +653,6 @@ impl PcMachine {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const PAGE: usize = format::PAGE;
-
-    #[test]
-    fn an_image_keeps_data_pages_and_leaves_zeroes_as_holes() {
-        // Six pages: data, zeroes, data, data, "known zeroes" holding
-        // data (skipped unread), zeroes.
-        let mut ram = vec![0u8; 6 * PAGE];
-        ram[..PAGE].fill(1);
-        ram[2 * PAGE..4 * PAGE].fill(2);
-        ram[4 * PAGE..5 * PAGE].fill(9);
-        let known = [false, false, false, false, true, false];
-        let path = std::env::temp_dir().join(format!("vmm-image-test-{}", std::process::id()));
-        let file = File::create(&path).unwrap();
-        let at = PAGE as u64;
-        write_image(&file, at, &ram, &known).unwrap();
-        file.set_len(at + ram.len() as u64).unwrap();
-        let mut back = vec![0xffu8; ram.len()];
-        File::open(&path)
-            .unwrap()
-            .read_exact_at(&mut back, at)
-            .unwrap();
-        let mut expected = ram.clone();
-        expected[4 * PAGE..5 * PAGE].fill(0);
-        assert_eq!(back, expected);
-        let data = crate::snapshot::mapped::data_pages(&file, at, ram.len() as u64).unwrap();
-        // A file system that keeps holes shows them; one that does not
-        // has data everywhere.
-        let holes: Vec<usize> = (0..6).filter(|&i| !data[i]).collect();
-        assert!(holes == [1, 4, 5] || holes.is_empty(), "{data:?}");
-        std::fs::remove_file(path).unwrap();
-    }
 
     #[test]
     fn a_temporary_file_goes_beside_the_target() {

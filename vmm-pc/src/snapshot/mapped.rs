@@ -15,7 +15,10 @@
 //! page map shows it as never touched, as a page of zeroes
 //! ([`super::pagemap::untouched`]): once RAM came from a file, a page is
 //! known to be zeroes only if the page map shows it untouched *and* it
-//! lies in a hole of the file ([`RamFile::data_pages`]).
+//! lies in a hole of the file ([`RamFile::data_pages`]). A page the page
+//! map shows untouched, or still the file's, holds the file's bytes: a
+//! save copies those from this file rather than reading them
+//! ([`super::image`]).
 
 use std::fs::File;
 use std::io;
@@ -46,6 +49,15 @@ impl RamFile {
     /// `start` in the file.
     pub fn add(&mut self, gpa: u64, start: u64, len: u64) {
         self.images.push((gpa, start, len));
+    }
+
+    /// Where the image of the region at `gpa` starts in the file, if the
+    /// region is mapped from it.
+    pub fn image_start(&self, gpa: u64) -> Option<u64> {
+        self.images
+            .iter()
+            .find(|(g, _, _)| *g == gpa)
+            .map(|&(_, start, _)| start)
     }
 
     /// The file.
