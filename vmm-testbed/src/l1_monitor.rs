@@ -79,6 +79,12 @@ pub fn inject_nmi(socket: &Path) -> String {
     })
 }
 
+/// Whether `line` (from [`inject_nmi`]) says the NMI went.
+pub fn nmi_sent(line: &str) -> bool {
+    line.strip_prefix(NMI_MARKER)
+        .is_some_and(|rest| rest.starts_with(" sent:"))
+}
+
 /// `marker` and what came of a command: `done` when QEMU answered with a
 /// return, else the refusal or why there was no answer.
 fn answer_line(
@@ -216,6 +222,17 @@ mod tests {
         );
         // Without the symbol, nothing is marked.
         assert!(!cpus_line(DUMP, None).contains("@vmrun"));
+    }
+
+    #[test]
+    fn an_nmi_went_only_when_qemu_answered() {
+        let answered: std::io::Result<String> = Ok("{\"return\": {}}".into());
+        let sent = answer_line(NMI_MARKER, &answered, || "sent: L1 panics".into());
+        assert!(nmi_sent(&sent), "{sent}");
+        let gone: std::io::Result<String> = Err(std::io::Error::other("no socket"));
+        let not = answer_line(NMI_MARKER, &gone, || "sent: L1 panics".into());
+        assert!(!nmi_sent(&not), "{not}");
+        assert!(!nmi_sent("@@TESTBED-L1-NMI refused: {}"));
     }
 
     #[test]
