@@ -22,7 +22,7 @@ use vmm_core::vm::{DirtyBitmap, RamSlot, Vm, DIRTY_PAGE_SIZE};
 
 use super::transport::{self, Paced, Sink};
 use super::worker::{Mailbox, Shared, ToMain};
-use super::{expected_downtime_ms, should_stop, MigrationUri};
+use super::{expected_downtime_ms, should_stop, MigrationUri, PassOutcome};
 use crate::snapshot::format::{Shape, PAGE};
 use crate::snapshot::stream::{self, PageChunk};
 
@@ -138,7 +138,13 @@ fn precopy(job: &SendJob, mailbox: &Mailbox) -> Result<(), String> {
             "migration: pass {pass}: {bytes} bytes in {secs:.3} s, {pages} pages dirtied, \
              {expected:.0} ms expected"
         );
-        if should_stop(remaining, bandwidth, limit, pass) {
+        let outcome = PassOutcome {
+            pass,
+            sent: to_send * DIRTY_PAGE_SIZE,
+            remaining,
+            bandwidth,
+        };
+        if should_stop(&outcome, limit) {
             break;
         }
     }

@@ -242,8 +242,8 @@ pub struct Paced<W> {
 
 /// The longest write: pacing and cancellation act between pieces.
 const PIECE: usize = 64 << 10;
-/// The most a paced stream may send at once after being idle, in time at
-/// its rate.
+/// The most a paced stream may send at once, at its start or after being
+/// idle, in time at its rate.
 const BURST: Duration = Duration::from_millis(100);
 /// The longest nap between two pieces, so a cancel is seen soon.
 const NAP: Duration = Duration::from_millis(20);
@@ -287,7 +287,11 @@ impl<W: Write> Paced<W> {
                 return Ok(());
             }
             if rate != self.window_rate {
-                self.window = Instant::now();
+                // A new rate (the first write, too) starts with one burst
+                // to spend, as QEMU's first 100 ms window may send at once.
+                self.window = Instant::now()
+                    .checked_sub(BURST)
+                    .unwrap_or_else(Instant::now);
                 self.window_bytes = 0;
                 self.window_rate = rate;
             }
@@ -339,10 +343,11 @@ mod tests {
         let cancel = Arc::new(AtomicBool::new(false));
         let mut w = Paced::new(Vec::new(), Arc::clone(&rate), Arc::clone(&cancel));
         let t = Instant::now();
-        w.write_all(&vec![0u8; 256 << 10]).unwrap();
-        // 256 KiB at 1 MiB/s: the last piece waits for ~190 ms.
+        w.write_all(&vec![0u8; 512 << 10]).unwrap();
+        // 512 KiB at 1 MiB/s, a burst of 100 ms (two 64 KiB pieces) at
+        // once: the last piece waits for ~340 ms.
         assert!(
-            t.elapsed() >= Duration::from_millis(150),
+            t.elapsed() >= Duration::from_millis(250),
             "{:?}",
             t.elapsed()
         );
@@ -362,7 +367,7 @@ mod tests {
         assert!(t.elapsed() < Duration::from_millis(150));
         cancel.store(true, Ordering::SeqCst);
         assert!(w.write_all(b"x").is_err());
-        assert_eq!(w.into_inner().len(), (512 << 10) + (4 << 20));
+        assert_eq!(w.into_inner().len(), (768 << 10) + (4 << 20));
     }
 
     #[test]
