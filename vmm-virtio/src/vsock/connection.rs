@@ -233,14 +233,16 @@ impl Connection {
             && (self.host_eof || self.peer_shut & shutdown::RCV != 0)
     }
 
-    /// Reads up to `buf.len()` bytes (no more than the guest's credit)
-    /// for an RW packet: `Ok(0)` at end of file, `WouldBlock` when none
-    /// waits. The socket is read [`READ_AHEAD`] bytes at a time (within
-    /// the guest's credit), so that a guest posting 4 KiB receive buffers,
-    /// as Linux does, costs a read per 16 packets rather than one each.
-    pub fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+    /// How many bytes an RW packet of at most `max` can carry now (no
+    /// more than the guest's credit), read from the socket if none wait
+    /// here: `Ok(0)` at end of file, `WouldBlock` when none waits. The
+    /// socket is read [`READ_AHEAD`] bytes at a time (within the guest's
+    /// credit), so that a guest posting 4 KiB receive buffers, as Linux
+    /// does, costs a read per 16 packets rather than one each; the bytes
+    /// go to the guest from here ([`Connection::consume`]).
+    pub fn fill(&mut self, max: usize) -> io::Result<usize> {
         let credit = self.peer_credit() as usize;
-        let n = buf.len().min(credit);
+        let n = max.min(credit);
         if n == 0 {
             return Ok(0);
         }
@@ -258,10 +260,24 @@ impl Connection {
                 }
             }
         }
-        let n = n.min(self.ahead.len() - self.ahead_at);
-        buf[..n].copy_from_slice(&self.ahead[self.ahead_at..self.ahead_at + n]);
+        Ok(n.min(self.ahead.len() - self.ahead_at))
+    }
+
+    /// The next `n` bytes [`Connection::fill`] said are there, counted as
+    /// sent to the guest.
+    pub fn consume(&mut self, n: usize) -> &[u8] {
+        let start = self.ahead_at;
+        let n = n.min(self.ahead.len() - start);
         self.ahead_at += n;
         self.tx_cnt += Wrapping(n as u32);
+        &self.ahead[start..start + n]
+    }
+
+    /// [`Connection::fill`] and [`Connection::consume`] into `buf`.
+    #[cfg(test)]
+    pub fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.fill(buf.len())?;
+        buf[..n].copy_from_slice(self.consume(n));
         Ok(n)
     }
 

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use super::connection::{Connection, Flushed, State};
 use super::device::Counters;
-use super::packet::{op, shutdown, Header, HDR_LEN};
+use super::packet::{op, shutdown, Header};
 use super::{
     CONNECT_TIMEOUT, FIRST_HOST_PORT, MAX_CONNECTIONS, MAX_CONNECT_LINE, MAX_PENDING, MAX_PKT_LEN,
     MAX_UDS_PATH,
@@ -341,29 +341,24 @@ impl Muxer {
         }
     }
 
-    /// The next packet for the guest, with room for `room` payload bytes
-    /// in `buf[HDR_LEN..]`: its header and payload length, or None if
+    /// The next packet for the guest, with room for `room` payload
+    /// bytes: its header and payload (empty but for RW), or None if
     /// nothing waits. Control packets first, then credit updates, then
     /// data, a packet per connection in turn.
-    pub fn next_for_guest(
-        &mut self,
-        room: usize,
-        buf: &mut [u8],
-        waiter: &Waiter,
-    ) -> Option<(Header, usize)> {
+    pub fn next_for_guest(&mut self, room: usize, waiter: &Waiter) -> Option<(Header, &[u8])> {
         if let Some(h) = self.control.pop_front() {
-            return Some((h, 0));
+            return Some((h, &[]));
         }
         let cid = self.guest_cid;
         if let Some(c) = self.conns.values_mut().find(|c| c.wants_credit_update()) {
             c.credit_requested = false;
-            return Some((c.header(cid, op::CREDIT_UPDATE), 0));
+            return Some((c.header(cid, op::CREDIT_UPDATE), &[]));
         }
-        let room = room.min(MAX_PKT_LEN).min(buf.len().saturating_sub(HDR_LEN));
+        let room = room.min(MAX_PKT_LEN);
         if room == 0 {
             return None;
         }
-        loop {
+        let (key, n) = loop {
             let after = (Bound::Excluded(self.cursor), Bound::Unbounded);
             let key = self
                 .conns
@@ -373,7 +368,7 @@ impl Muxer {
                 .map(|(k, _)| *k)?;
             self.cursor = key;
             let c = self.conns.get_mut(&key)?;
-            match c.read(&mut buf[HDR_LEN..HDR_LEN + room]) {
+            match c.fill(room) {
                 Ok(0) => {
                     c.host_eof = true;
                     let h = Header {
@@ -384,22 +379,24 @@ impl Muxer {
                         self.remove(key, waiter, true);
                         // The RST just queued follows the SHUTDOWN.
                     }
-                    return Some((h, 0));
+                    return Some((h, &[]));
                 }
-                Ok(n) => return Some((c.rw_header(cid, n), n)),
+                Ok(n) => break (key, n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     log::debug!("vsock: port {}: cannot read: {e}", c.host_port);
                     self.remove(key, waiter, true);
-                    return self.control.pop_front().map(|h| (h, 0));
+                    return self.control.pop_front().map(|h| (h, &[][..]));
                 }
             }
-        }
+        };
+        let c = self.conns.get_mut(&key)?;
+        let h = c.rw_header(cid, n);
+        Some((h, c.consume(n)))
     }
 }
 
-/// `CONNECT <port>` (the newline already cut).
 fn parse_connect(line: &[u8]) -> Option<u32> {
     let line = std::str::from_utf8(line).ok()?;
     let line = line.strip_suffix('\r').unwrap_or(line);

@@ -164,13 +164,15 @@ impl<M: Memory> VsockWorker<M> {
                 },
             };
             let room = (chain.buffers.len() as usize).saturating_sub(HDR_LEN);
-            let Some((h, n)) = self.muxer.next_for_guest(room, &mut self.buf, waiter) else {
+            let Some((h, payload)) = self.muxer.next_for_guest(room, waiter) else {
                 self.held = Some(chain);
                 break;
             };
-            self.buf[..HDR_LEN].copy_from_slice(&h.to_bytes());
-            // Checked to be in guest memory when popped.
-            let _ = chain.buffers.write_from(&*mem, 0, &self.buf[..HDR_LEN + n]);
+            let n = payload.len();
+            // Checked to be in guest memory when popped; the payload goes
+            // from the connection's buffer to the guest's, no copy between.
+            let _ = chain.buffers.write_from(&*mem, 0, &h.to_bytes());
+            let _ = chain.buffers.write_from(&*mem, HDR_LEN as u64, payload);
             if self
                 .rx
                 .add_used(&*mem, chain.head, (HDR_LEN + n) as u32)
