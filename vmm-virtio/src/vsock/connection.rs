@@ -57,9 +57,11 @@ pub(super) struct Connection {
     /// From the guest, not yet written to the socket.
     out: VecDeque<u8>,
     /// Read from the socket ahead of the guest's small receive buffers
-    /// (one read for several packets), `ahead[ahead_at..]` not yet sent.
+    /// (one read for several packets), `ahead[ahead_at..ahead_end]` not
+    /// yet sent; allocated (and zeroed) once, at the first read.
     ahead: Vec<u8>,
     ahead_at: usize,
+    ahead_end: usize,
     /// `OK <port>\n`, written before anything else.
     greeting: Vec<u8>,
     /// Edge-triggered readiness, as last seen.
@@ -101,6 +103,7 @@ impl Connection {
             out: VecDeque::new(),
             ahead: Vec::new(),
             ahead_at: 0,
+            ahead_end: 0,
             greeting: Vec::new(),
             readable: true,
             writable: true,
@@ -137,7 +140,7 @@ impl Connection {
     /// Whether the device should read the socket for the guest now.
     pub fn wants_rx(&self) -> bool {
         self.state == State::Established
-            && (self.readable || self.ahead_at < self.ahead.len())
+            && (self.readable || self.ahead_at < self.ahead_end)
             && !self.host_eof
             && self.peer_shut & shutdown::RCV == 0
             && self.peer_credit() > 0
@@ -246,13 +249,15 @@ impl Connection {
         if n == 0 {
             return Ok(0);
         }
-        if self.ahead_at == self.ahead.len() {
-            self.ahead.resize(READ_AHEAD.min(credit).max(n), 0);
-            self.ahead_at = 0;
-            match self.stream.read(&mut self.ahead) {
-                Ok(got) => self.ahead.truncate(got),
+        if self.ahead_at == self.ahead_end {
+            if self.ahead.is_empty() {
+                self.ahead = vec![0; READ_AHEAD];
+            }
+            (self.ahead_at, self.ahead_end) = (0, 0);
+            let want = credit.min(READ_AHEAD);
+            match self.stream.read(&mut self.ahead[..want]) {
+                Ok(got) => self.ahead_end = got,
                 Err(e) => {
-                    self.ahead.clear();
                     if e.kind() == io::ErrorKind::WouldBlock {
                         self.readable = false;
                     }
@@ -260,14 +265,14 @@ impl Connection {
                 }
             }
         }
-        Ok(n.min(self.ahead.len() - self.ahead_at))
+        Ok(n.min(self.ahead_end - self.ahead_at))
     }
 
     /// The next `n` bytes [`Connection::fill`] said are there, counted as
     /// sent to the guest.
     pub fn consume(&mut self, n: usize) -> &[u8] {
         let start = self.ahead_at;
-        let n = n.min(self.ahead.len() - start);
+        let n = n.min(self.ahead_end - start);
         self.ahead_at += n;
         self.tx_cnt += Wrapping(n as u32);
         &self.ahead[start..start + n]
