@@ -154,36 +154,41 @@ pub fn run(test: &str, g: &GuestFiles, job: &Job) -> Outcome {
     static CORES: OnceLock<Cores> = OnceLock::new();
     let cores = CORES.get_or_init(|| Cores::new(Cores::host()));
     let _cores = cores.take(vmm_testbed::qemu::l1_cpus(job.l1_cpus));
-    let out = run_linux(g, vmm, job).unwrap_or_else(|e| match e {
-        TestbedError::L1Ended { .. }
-        | TestbedError::Silent { .. }
-        | TestbedError::L1Stuck { .. } => {
-            panic!("{L1_FAULT}{test}: {e}")
-        }
+    let out = run_linux(g, vmm, job).unwrap_or_else(|e| {
         // A guest reset by TCG's SVM fault (its last exit at L1's VMRUN
         // code) ends the VMM early, and a companion may then wait for it
         // until the limit: named as such, not as a hung L1.
-        TestbedError::Timeout { ref console, .. }
-            if l2_exits::named_fault(console).is_some() =>
-        {
-            let named = l2_exits::named_fault(console).unwrap_or_default();
-            panic!("{test}: {named}, then the time limit: {e}")
+        if let TestbedError::Timeout { console, .. } = &e {
+            if let Some(named) = l2_exits::named_fault(console) {
+                panic!("{test}: {named}, then the time limit: {e}")
+            }
         }
-        // L1 samples a guest still running 45 s before the limit; no
-        // sample means L1 itself was not running (a hung L1 whose console
-        // just stopped, seen in a CI rehearsal on 2026-12-04).
-        TestbedError::Timeout { ref console, .. }
-            if !console.contains(l2_exits::EXITS_MARKER) =>
-        {
-            panic!("{L1_FAULT}{test}: L1 hung: no sample of the guest's exits before the time limit: {e}")
-        }
-        e => panic!("{test}: {e}"),
+        fail(test, e)
     });
     eprintln!(
         "{test}: L1 ready after {:?}, whole run {:?}",
         out.l1_boot, out.total
     );
     out
+}
+
+/// Panics for `run`'s failure `e` of `test`, with [`L1_FAULT`] first when
+/// L1 itself failed.
+fn fail(test: &str, e: TestbedError) -> ! {
+    match e {
+        TestbedError::L1Ended { .. }
+        | TestbedError::Silent { .. }
+        | TestbedError::L1Stuck { .. } => {
+            panic!("{L1_FAULT}{test}: {e}")
+        }
+        // L1 samples a guest still running 45 s before the limit; no
+        // sample means L1 itself was not running (a hung L1 whose console
+        // just stopped, seen in a CI rehearsal on 2026-12-04).
+        TestbedError::Timeout { ref console, .. } if !console.contains(l2_exits::EXITS_MARKER) => {
+            panic!("{L1_FAULT}{test}: L1 hung: no sample of the guest's exits before the time limit: {e}")
+        }
+        e => panic!("{test}: {e}"),
+    }
 }
 
 /// `job` with an L1 of one CPU when its guest has one vCPU and the job
