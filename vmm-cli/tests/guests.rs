@@ -113,6 +113,26 @@ fn two_vcpus_both_run() {
     assert_eq!(String::from_utf8_lossy(&o.stdout), "AB");
 }
 
+/// The boot vCPU's first instructions wake the last of 64 vCPUs with INIT
+/// and SIPI, while the others' set-up is still under way (it runs beside
+/// the boot vCPU's guest): every vCPU exists before the boot vCPU runs, so
+/// the INIT and SIPI wait in the target's local APIC until its set-up is
+/// done and it first runs. Several starts, since the set-up's progress
+/// differs from one to the next.
+#[test]
+fn an_ap_woken_at_once_runs_while_the_others_are_set_up() {
+    if !kvm("an_ap_woken_at_once_runs_while_the_others_are_set_up") {
+        return;
+    }
+    let dir = TempDir::new("smp64");
+    let k = dir.file("smp.elf", &test_guests::wake_cpu(63));
+    for start in 0..10 {
+        let o = run_kernel(&k, &["--cpus", "64"]);
+        assert!(o.status.success(), "start {start}: {}", stderr(&o));
+        assert_eq!(String::from_utf8_lossy(&o.stdout), "AB", "start {start}");
+    }
+}
+
 #[test]
 fn one_vcpu_gives_no_ap() {
     if !kvm("one_vcpu_gives_no_ap") {

@@ -389,17 +389,39 @@ fn a_failing_init_is_reported_with_the_vcpu() {
             Ok(())
         }
     });
-    let err = Vcpus::spawn(&vm, 2, init, Arc::new(Recorder::default())).unwrap_err();
+    // The boot vCPU is set up when the spawn returns; vCPU 1's failure is
+    // reported by the first call that waits on it.
+    let vcpus = Vcpus::spawn(&vm, 2, init, Arc::new(Recorder::default())).unwrap();
+    let err = vcpus.resume_all().unwrap_err();
     assert_eq!(err.to_string(), "cannot set up vCPU 1");
+    // Once: the vCPU's thread is gone, and said so.
+    let again = vcpus.pause_all().unwrap_err();
+    assert_eq!(again.to_string(), "the thread of vCPU 1 is gone");
+}
+
+/// A failure of the boot vCPU's set-up fails the spawn itself.
+#[test]
+fn a_failing_boot_vcpu_init_fails_the_spawn() {
+    let Some(kvm) = kvm() else { return };
+    let vm = Vm::new(&kvm, &[(GuestAddress(0), 0x10_0000)]).unwrap();
+    let init: VcpuInit = Arc::new(|_, index| {
+        if index == 0 {
+            Err("no registers for you".into())
+        } else {
+            Ok(())
+        }
+    });
+    let err = Vcpus::spawn(&vm, 3, init, Arc::new(Recorder::default())).unwrap_err();
+    assert_eq!(err.to_string(), "cannot set up vCPU 0");
 }
 
 /// The thread-start hook runs once on each vCPU's own thread, after its
-/// set-up and before `spawn` returns (so before any guest code: where the
-/// binary installs the thread's seccomp filter); with several vCPUs, first
-/// once on the boot vCPU's thread before it starts the others (which then
-/// inherit what the hook put in place).
+/// set-up and before the vCPU answers that it is created (so before any
+/// guest code: where the binary installs the thread's seccomp filter); with
+/// several vCPUs, first once on the boot vCPU's thread before the others'
+/// threads start (which then inherit what the hook put in place).
 #[test]
-fn the_thread_start_hook_runs_on_each_vcpu_thread_before_spawn_returns() {
+fn the_thread_start_hook_runs_on_each_vcpu_thread_before_it_answers() {
     let Some(kvm) = kvm() else { return };
     let vm = Vm::new(&kvm, &[(GuestAddress(0), 0x10_0000)]).unwrap();
     let seen: Arc<Mutex<Vec<(VcpuStartStage, i32, String)>>> = Arc::default();
@@ -413,8 +435,13 @@ fn the_thread_start_hook_runs_on_each_vcpu_thread_before_spawn_returns() {
     });
     let io = Arc::new(Recorder::default());
     let vcpus = Vcpus::spawn_with_start(&vm, 3, real_mode_init(), io, Some(hook)).unwrap();
-    let seen = seen.lock().unwrap().clone();
+    // The boot vCPU's stages are done when the spawn returns.
+    let boot_stages = seen.lock().unwrap().len();
+    assert!(boot_stages >= 2, "{boot_stages} stages seen");
+    // Waits for every vCPU's answer.
     let tids = vcpus.thread_ids();
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 4);
     // The spawner stage first, on the boot vCPU's thread, before any other
     // vCPU thread ran the hook.
     assert_eq!(
@@ -464,16 +491,20 @@ fn a_single_vcpu_runs_the_hook_once_with_nothing_inherited() {
     );
 }
 
-/// `count` real-mode vCPUs with `hook`, a spawn that must fail: its error.
+/// `count` real-mode vCPUs with `hook`, a start that must fail (the spawn,
+/// or else the first resume): its error.
 fn spawn_failing(vm: &Vm, count: u32, hook: VcpuThreadStart) -> vmm_core::vcpu::VcpuError {
     let io = Arc::new(Recorder::default());
-    Vcpus::spawn_with_start(vm, count, real_mode_init(), io, Some(hook)).unwrap_err()
+    match Vcpus::spawn_with_start(vm, count, real_mode_init(), io, Some(hook)) {
+        Ok(vcpus) => vcpus.resume_all().unwrap_err(),
+        Err(e) => e,
+    }
 }
 
-/// A failing thread-start hook fails the spawn. The vCPUs come up side by
-/// side: when some fail and others succeed, the spawn reports the lowest
-/// failing index and ends the threads that did start (it returns rather
-/// than hangs).
+/// A failing thread-start hook fails the start. The vCPUs other than the
+/// boot one come up side by side after the spawn: when some fail and others
+/// succeed, the first resume reports the lowest failing index, and the drop
+/// ends the threads that did start (it returns rather than hangs).
 #[test]
 fn a_failing_thread_start_hook_fails_the_spawn_with_the_first_failing_vcpu() {
     let Some(kvm) = kvm() else { return };

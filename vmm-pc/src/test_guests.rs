@@ -482,7 +482,14 @@ pub fn read_port(port: u16) -> Vec<u8> {
 /// CPU 1 prints "A" from a real-mode trampoline and sets a flag; the boot
 /// CPU waits for the flag, prints "B" (or "-" if CPU 1 never came), resets.
 pub fn two_cpus() -> Vec<u8> {
-    two_cpus_then(I8042_RESET)
+    two_cpus_then(I8042_RESET, 1)
+}
+
+/// [`two_cpus`] with the INIT and SIPI sent to the vCPU of APIC ID
+/// `apic_id` (it prints "A"; "-" if it never came): with many vCPUs, the
+/// last one, whose set-up is the last to finish when the boot vCPU runs.
+pub fn wake_cpu(apic_id: u8) -> Vec<u8> {
+    two_cpus_then(I8042_RESET, apic_id)
 }
 
 /// [`two_cpus`], except that the boot CPU spins (`jmp $`) after "B"
@@ -490,13 +497,13 @@ pub fn two_cpus() -> Vec<u8> {
 /// most [`TWO_CPUS_AP_LEN`] bytes at [`AP_TRAMPOLINE`]): a machine that
 /// runs until stopped from outside, one vCPU busy and one halted.
 pub fn two_cpus_spin() -> Vec<u8> {
-    two_cpus_then(&[0xeb, 0xfe]) // jmp $
+    two_cpus_then(&[0xeb, 0xfe], 1) // jmp $
 }
 
 /// The length of [`two_cpus`]' AP trampoline.
 pub const TWO_CPUS_AP_LEN: u64 = 18;
 
-fn two_cpus_then(end: &[u8]) -> Vec<u8> {
+fn two_cpus_then(end: &[u8], apic_id: u8) -> Vec<u8> {
     const FLAG: u64 = AP_TRAMPOLINE + 0x100;
     #[rustfmt::skip]
     let ap: Vec<u8> = vec![
@@ -518,7 +525,7 @@ fn two_cpus_then(end: &[u8]) -> Vec<u8> {
     };
     mov_mem32(FLAG, 0); // a reset in place keeps RAM: start clean
     mov_mem32(0xfee0_00f0, 0x1ff); // local APIC SVR: software enable
-    mov_mem32(0xfee0_0310, 0x0100_0000); // ICR high: destination APIC ID 1
+    mov_mem32(0xfee0_0310, u32::from(apic_id) << 24); // ICR high: destination
     mov_mem32(0xfee0_0300, 0x0000_4500); // ICR low: INIT, assert
     mov_mem32(0xfee0_0300, 0x0000_4610); // ICR low: STARTUP, vector 0x10
                                          // Wait for the flag, at most until the TSC's high half has moved on by

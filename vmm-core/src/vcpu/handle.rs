@@ -10,16 +10,17 @@ use std::time::{Duration, Instant};
 
 use kvm_ioctls::VcpuFd;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
-use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
-use super::run_map::KvmRunMap;
-use super::thread::{Event, Response, VcpuThread};
+use super::start::Gate;
+use super::thread::{Event, Response, Role, Started, VcpuThread};
 use super::VcpuRequest;
 use crate::io::IoHandler;
 use crate::vm::Vm;
 
 /// Sets up one vCPU for the machine (CPUID, MSRs, registers), on the vCPU's
-/// own thread right after `KVM_CREATE_VCPU`. Gets the vCPU and its index.
+/// own thread before it first runs (the vCPU may have been created on
+/// another: see `start.rs`). Gets the vCPU and its index.
 pub type VcpuInit =
     Arc<dyn Fn(&VcpuFd, u32) -> Result<(), Box<dyn StdError + Send + Sync>> + Send + Sync>;
 
@@ -28,14 +29,15 @@ pub type VcpuInit =
 pub enum VcpuStartStage {
     /// Once, on the boot vCPU's thread, before anything else there, and
     /// only when the machine has more than one vCPU: that thread then
-    /// creates the other vCPUs' threads, which inherit what the hook put
-    /// in place (a seccomp filter) from birth, their own set-up included.
-    /// So a filter compiled once is installed once, not once per vCPU.
+    /// starts a helper that creates the other vCPUs and their threads,
+    /// which inherit what the hook put in place (a seccomp filter) from
+    /// birth, their own set-up included. So a filter compiled once is
+    /// installed once, not once per vCPU.
     Spawner,
-    /// On vCPU `index`'s thread, after its vCPU is created, set up and its
-    /// `kvm_run` mapped (and, on the boot vCPU's thread, after it started
-    /// the others), before the thread reports the vCPU created: before any
-    /// guest code runs. `inherited`: the thread already has what the
+    /// On vCPU `index`'s thread, after its vCPU is set up and its
+    /// `kvm_run` mapped (and, on the boot vCPU's thread, once every other
+    /// vCPU exists), before the thread reports the vCPU created: before
+    /// it runs guest code. `inherited`: the thread already has what the
     /// `Spawner` stage put in place (every thread of a machine with more
     /// than one vCPU).
     Ready {
@@ -172,31 +174,35 @@ fn install_kick_handler() -> Result<(), VcpuError> {
 /// rises (see [`crate::io::IoHandler::external_interrupts`]). From the
 /// vCPU's own thread it does nothing: that thread looks at the output
 /// before its next `KVM_RUN` anyway.
+/// A vCPU whose set-up has not finished has never run: it needs no kick
+/// and gets none (it reads what it was told before it first runs).
 #[derive(Debug, Clone)]
 pub struct VcpuKick {
     index: u32,
-    run_map: Arc<KvmRunMap>,
-    pid: i32,
-    tid: i32,
+    started: Arc<OnceLock<Started>>,
 }
 
 impl VcpuKick {
     /// Sets `immediate_exit` and sends the kick signal (`tgkill`), unless
     /// called on the vCPU's own thread.
     pub fn kick(&self) {
+        let Some(started) = self.started.get() else {
+            return;
+        };
         // SAFETY: gettid has no arguments and cannot fail.
-        if unsafe { libc::gettid() } == self.tid {
+        if unsafe { libc::gettid() } == started.tid {
             return;
         }
-        self.run_map.set_immediate_exit(true);
+        started.run_map.set_immediate_exit(true);
+        let pid = i32::try_from(std::process::id()).unwrap_or(0);
         // SAFETY: tgkill takes three integers and touches no memory of
         // ours; it sends the kick signal, whose handler does nothing, to a
         // thread of this process only (the pid is checked by the kernel).
         let r = unsafe {
             libc::syscall(
                 libc::SYS_tgkill,
-                libc::c_long::from(self.pid),
-                libc::c_long::from(self.tid),
+                libc::c_long::from(pid),
+                libc::c_long::from(started.tid),
                 libc::c_long::from(kick_signal()),
             )
         };
@@ -212,12 +218,15 @@ impl VcpuKick {
 
 struct VcpuHandle {
     index: u32,
-    /// The thread's Linux id (QMP's `thread-id`).
-    thread_id: i32,
     events: Sender<Event>,
     responses: Receiver<Response>,
-    run_map: Arc<KvmRunMap>,
-    thread: Option<JoinHandle<()>>,
+    /// What the thread publishes once its vCPU is set up.
+    started: Arc<OnceLock<Started>>,
+    /// Its first answer, `Created` or `CreateFailed`, is still to be read
+    /// (see [`VcpuHandle::settle`]).
+    owes_created: AtomicBool,
+    /// Opened by anything sent to a vCPU or waited for (see [`Gate`]).
+    gate: Arc<Gate>,
     /// Known to be parked outside `KVM_RUN`, blocked on its channel: it
     /// answered `Created`, `Paused` or `Reinitialized` and has not been
     /// resumed since. Such a thread reads its next event without a kick;
@@ -229,18 +238,26 @@ struct VcpuHandle {
 
 impl VcpuHandle {
     fn send(&self, event: Event) -> Result<(), VcpuError> {
+        self.gate.open();
         let resuming = matches!(event, Event::Resume { .. });
         let parked = self.parked.load(Ordering::Acquire);
         if resuming {
             self.parked.store(false, Ordering::Release);
         }
-        self.events
-            .send(event)
-            .map_err(|_| VcpuError::ThreadGone { index: self.index })?;
+        self.events.send(event).map_err(|_| self.gone())?;
         if !parked {
             self.kick();
         }
         Ok(())
+    }
+
+    /// Why the thread is gone: its failed set-up, if that is still to be
+    /// read (a thread ends right after answering it).
+    fn gone(&self) -> VcpuError {
+        match self.settle(Instant::now()) {
+            Ok(()) | Err(VcpuError::Timeout { .. }) => VcpuError::ThreadGone { index: self.index },
+            Err(e) => e,
+        }
     }
 
     /// Notes what an answer says of where the thread is.
@@ -252,16 +269,48 @@ impl VcpuHandle {
 
     /// Makes the thread look at its channel soon, wherever it is.
     fn kick(&self) {
-        self.run_map.set_immediate_exit(true);
-        if let Some(thread) = &self.thread {
-            if let Err(e) = thread.kill(kick_signal()) {
-                log::debug!("vcpu {}: kick failed: {e}", self.index);
-            }
+        self.kicker().kick();
+    }
+
+    fn kicker(&self) -> VcpuKick {
+        VcpuKick {
+            index: self.index,
+            started: Arc::clone(&self.started),
         }
+    }
+
+    /// Reads the thread's first answer if it is still owed, until
+    /// `deadline`: its vCPU's set-up, which a vCPU other than the boot one
+    /// finishes after [`Vcpus::spawn`] returned. A failed set-up is
+    /// reported here, to the first call that waits on the vCPU.
+    fn settle(&self, deadline: Instant) -> Result<(), VcpuError> {
+        if !self.owes_created.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        self.gate.open();
+        let left = deadline.saturating_duration_since(Instant::now());
+        let answer = match self.responses.recv_timeout(left) {
+            Ok(Response::Created) => Ok(()),
+            Ok(Response::CreateFailed(e)) => Err(e),
+            Ok(other) => {
+                log::error!("vcpu {}: answered {other:?} before its set-up", self.index);
+                Err(VcpuError::ThreadGone { index: self.index })
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                return Err(VcpuError::Timeout {
+                    index: self.index,
+                    what: "create",
+                })
+            }
+            Err(RecvTimeoutError::Disconnected) => Err(VcpuError::ThreadGone { index: self.index }),
+        };
+        self.owes_created.store(false, Ordering::Release);
+        answer
     }
 
     /// The next answer, whatever it is, until `deadline`.
     fn answer(&self, what: &'static str, deadline: Instant) -> Result<Response, VcpuError> {
+        self.settle(deadline)?;
         let left = deadline.saturating_duration_since(Instant::now());
         match self.responses.recv_timeout(left) {
             Ok(r) => {
@@ -283,6 +332,7 @@ impl VcpuHandle {
         want: fn(&Response) -> bool,
         deadline: Instant,
     ) -> Result<(), VcpuError> {
+        self.settle(deadline)?;
         let left = deadline.saturating_duration_since(Instant::now());
         let answer = self.responses.recv_timeout(left);
         if let Ok(r) = &answer {
@@ -317,6 +367,11 @@ pub struct Vcpus {
     handles: Vec<VcpuHandle>,
     requests: Receiver<VcpuRequest>,
     request_evt: Arc<EventFd>,
+    /// The boot vCPU's thread.
+    boot_thread: Option<JoinHandle<()>>,
+    /// The other threads' join handles (the start helper's and the other
+    /// vCPUs'), as they start.
+    spawned: Receiver<JoinHandle<()>>,
 }
 
 impl fmt::Debug for Vcpus {
@@ -328,9 +383,15 @@ impl fmt::Debug for Vcpus {
 }
 
 impl Vcpus {
-    /// Starts `count` vCPU threads. Each creates its vCPU and runs `init`
-    /// on it; this returns once all have done so, with every vCPU paused
-    /// (call [`Vcpus::resume_all`] to run them). vCPU `i` gets APIC ID `i`.
+    /// Starts `count` vCPU threads, each setting up its vCPU with `init`,
+    /// every vCPU paused (call [`Vcpus::resume_all`] to run them). vCPU `i`
+    /// gets APIC ID `i`.
+    ///
+    /// Returns once the boot vCPU is set up and every vCPU exists
+    /// (`KVM_CREATE_VCPU`); the others' set-up goes on beside the boot
+    /// vCPU's guest (see `start.rs`), and a failure of it is reported by
+    /// the first call that waits on that vCPU ([`Vcpus::resume_all`] when
+    /// the machine starts).
     pub fn spawn(
         vm: &Vm,
         count: u32,
@@ -344,9 +405,8 @@ impl Vcpus {
     /// stages of [`VcpuStartStage`].
     ///
     /// The boot vCPU's thread is started from here; with more than one
-    /// vCPU it starts the others' threads itself once its own vCPU is set
-    /// up (after the `Spawner` stage), so that they inherit what that stage
-    /// put in place, and they set up their vCPUs side by side.
+    /// vCPU, a helper it starts after the `Spawner` stage starts the
+    /// others' threads, so that they inherit what that stage put in place.
     pub fn spawn_with_start(
         vm: &Vm,
         count: u32,
@@ -362,21 +422,14 @@ impl Vcpus {
             tx: req_tx,
             evt: Arc::clone(&request_evt),
         };
-        let mut vcpus = Self {
-            handles: Vec::new(),
-            requests: req_rx,
-            request_evt,
-        };
-        // Every thread is started before any is waited for: each creates
-        // and sets up its own vCPU (and runs the hook), so a large
-        // machine's vCPUs come up side by side instead of one by one. The
-        // boot vCPU's thread starts the others (see above) and hands their
-        // join handles back on `spawned`.
+        let (spawned_tx, spawned_rx) = mpsc::channel();
+        let gate = Arc::new(Gate::default());
+        let mut handles = Vec::new();
         let mut bodies = Vec::new();
-        let mut channels = Vec::new();
         for index in 0..count {
             let (ev_tx, ev_rx) = mpsc::channel();
             let (resp_tx, resp_rx) = mpsc::channel();
+            let started = Arc::new(OnceLock::new());
             bodies.push(VcpuThread {
                 index,
                 vm: vm.clone(),
@@ -387,97 +440,46 @@ impl Vcpus {
                 responses: resp_tx,
                 requests: requests.clone(),
                 mmap_size,
-                others: Vec::new(),
-                spawned: None,
+                started: Arc::clone(&started),
+                role: Role::Own,
             });
-            channels.push((index, ev_tx, resp_rx));
+            handles.push(VcpuHandle {
+                index,
+                events: ev_tx,
+                responses: resp_rx,
+                started,
+                owes_created: AtomicBool::new(true),
+                gate: Arc::clone(&gate),
+                // A new thread parks until its first event.
+                parked: AtomicBool::new(true),
+            });
         }
-        let (spawned_tx, spawned_rx) = mpsc::channel();
+        let mut vcpus = Self {
+            handles,
+            requests: req_rx,
+            request_evt,
+            boot_thread: None,
+            spawned: spawned_rx,
+        };
         let mut bodies = bodies.into_iter();
-        let mut started = Vec::new();
-        let mut failure = None;
-        let mut channels = channels.into_iter();
-        if let (Some(mut boot), Some((index, ev_tx, resp_rx))) = (bodies.next(), channels.next()) {
-            boot.others = bodies.collect();
-            boot.spawned = Some(spawned_tx);
-            match spawn_thread(boot) {
-                Ok(thread) => {
-                    started.push((index, ev_tx, resp_rx, thread));
-                    // The others' handles, in order, as the boot vCPU's
-                    // thread starts them; it stops at its first failure
-                    // (and hangs up), leaving the rest unstarted.
-                    let deadline = Instant::now() + ANSWER_TIMEOUT;
-                    for (index, ev_tx, resp_rx) in channels.by_ref() {
-                        let left = deadline.saturating_duration_since(Instant::now());
-                        match spawned_rx.recv_timeout(left) {
-                            Ok((i, Ok(thread))) if i == index => {
-                                started.push((index, ev_tx, resp_rx, thread));
-                            }
-                            Ok((_, Err(source))) => {
-                                failure = Some(VcpuError::Spawn { index, source });
-                                break;
-                            }
-                            Ok(_) | Err(RecvTimeoutError::Disconnected) => {
-                                failure = Some(VcpuError::ThreadGone { index });
-                                break;
-                            }
-                            Err(RecvTimeoutError::Timeout) => {
-                                failure = Some(VcpuError::Timeout {
-                                    index,
-                                    what: "create",
-                                });
-                                break;
-                            }
-                        }
-                    }
-                }
-                Err(source) => failure = Some(VcpuError::Spawn { index, source }),
-            }
-        }
-        // The boot vCPU's own failure, if any, is the one to report: the
-        // others' follow from it.
-        let unstarted = failure.take();
-        let deadline = Instant::now() + ANSWER_TIMEOUT;
-        for (index, events, responses, thread) in started {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let created = match responses.recv_timeout(left) {
-                Ok(Response::Created(map, tid)) => Ok((map, tid)),
-                Ok(Response::CreateFailed(e)) => Err(e),
-                Ok(_) | Err(RecvTimeoutError::Disconnected) => Err(VcpuError::ThreadGone { index }),
-                Err(RecvTimeoutError::Timeout) => Err(VcpuError::Timeout {
-                    index,
-                    what: "create",
-                }),
+        let Some(mut boot) = bodies.next() else {
+            return Ok(vcpus);
+        };
+        let others: Vec<VcpuThread> = bodies.collect();
+        if !others.is_empty() {
+            boot.role = Role::Boot {
+                others,
+                gate,
+                spawned: spawned_tx,
             };
-            match created {
-                Ok((run_map, thread_id)) => vcpus.handles.push(VcpuHandle {
-                    index,
-                    thread_id,
-                    events,
-                    responses,
-                    run_map,
-                    thread: Some(thread),
-                    // A new thread parks until its first event.
-                    parked: AtomicBool::new(true),
-                }),
-                Err(e) => {
-                    // A thread that failed has ended (or is ending); one
-                    // that timed out is left behind rather than waited for.
-                    if !matches!(e, VcpuError::Timeout { .. }) {
-                        let _ = thread.join();
-                    }
-                    failure.get_or_insert(e);
-                }
-            }
         }
-        if let Some(e) = unstarted {
-            failure.get_or_insert(e);
+        // On a failure, dropping `vcpus` ends whatever threads did start.
+        let thread = spawn_thread(boot).map_err(|source| VcpuError::Spawn { index: 0, source })?;
+        vcpus.boot_thread = Some(thread);
+        if let Some(boot) = vcpus.handles.first() {
+            boot.settle(Instant::now() + ANSWER_TIMEOUT)?;
         }
-        // On a failure, dropping `vcpus` ends the threads that did start.
-        match failure {
-            Some(e) => Err(e),
-            None => Ok(vcpus),
-        }
+        Ok(vcpus)
     }
 
     /// Runs every vCPU's init function again, on its own thread (a machine
@@ -553,17 +555,20 @@ impl Vcpus {
     /// signal finds no thread and the failure is logged at debug level).
     pub fn kicker(&self, index: u32) -> Option<VcpuKick> {
         let h = self.handles.iter().find(|h| h.index == index)?;
-        Some(VcpuKick {
-            index,
-            run_map: Arc::clone(&h.run_map),
-            pid: i32::try_from(std::process::id()).unwrap_or(0),
-            tid: h.thread_id,
-        })
+        Some(h.kicker())
     }
 
-    /// Each vCPU thread's Linux thread id, by vCPU index.
+    /// Each vCPU thread's Linux thread id, by vCPU index (waiting for
+    /// set-ups still under way; 0 for a vCPU whose set-up failed).
     pub fn thread_ids(&self) -> Vec<i32> {
-        self.handles.iter().map(|h| h.thread_id).collect()
+        let deadline = Instant::now() + ANSWER_TIMEOUT;
+        self.handles
+            .iter()
+            .map(|h| {
+                let _ = h.settle(deadline);
+                h.started.get().map_or(0, |s| s.tid)
+            })
+            .collect()
     }
 
     /// How many vCPUs there are.
@@ -652,12 +657,10 @@ impl Drop for Vcpus {
             let _ = h.send(Event::Exit);
         }
         let deadline = Instant::now() + ANSWER_TIMEOUT;
-        for h in &mut self.handles {
-            let Some(thread) = h.thread.take() else {
-                continue;
-            };
-            // The thread's end drops its side of the response channel:
-            // waiting for that wakes at once, where polling would sleep.
+        // A thread's end drops its side of the response channel (and a
+        // vCPU never started, its body's): waiting for that wakes at once,
+        // where polling would sleep.
+        for h in &self.handles {
             loop {
                 let left = deadline.saturating_duration_since(Instant::now());
                 match h.responses.recv_timeout(left) {
@@ -665,16 +668,29 @@ impl Drop for Vcpus {
                     Err(RecvTimeoutError::Disconnected | RecvTimeoutError::Timeout) => break,
                 }
             }
-            // Its last instructions after that.
+        }
+        let mut threads: Vec<JoinHandle<()>> = self.boot_thread.take().into_iter().collect();
+        // Every sender is gone once the boot vCPU's set-up and the helper
+        // are done.
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.spawned.recv_timeout(left) {
+                Ok(thread) => threads.push(thread),
+                Err(RecvTimeoutError::Disconnected | RecvTimeoutError::Timeout) => break,
+            }
+        }
+        for thread in threads {
+            let name = thread.thread().name().unwrap_or("vcpu").to_owned();
+            // Its last instructions after its channel closed.
             while !thread.is_finished() && Instant::now() < deadline {
                 std::thread::yield_now();
             }
             if !thread.is_finished() {
-                log::error!("vcpu {}: thread did not exit; leaving it behind", h.index);
+                log::error!("{name}: thread did not exit; leaving it behind");
                 continue;
             }
             if thread.join().is_err() {
-                log::error!("vcpu {}: thread panicked", h.index);
+                log::error!("{name}: thread panicked");
             }
         }
     }

@@ -1,14 +1,16 @@
 //! vCPU threads (QEMU's `qemu_init_vcpu` → `ap_main_loop` → `kvm_main_loop_cpu`).
 //!
-//! Each vCPU gets a thread that creates its own vCPU (`KVM_CREATE_VCPU`),
-//! lets the machine set its registers, runs the optional thread-start hook
-//! ([`VcpuThreadStart`]: the binary's seccomp filter, so that it covers
-//! everything the thread does from then on and nothing before), and then
-//! loops as a small state machine. The boot vCPU's thread starts the
-//! others' once its own vCPU is set up, after the hook's
-//! [`VcpuStartStage::Spawner`] stage: what that stage installs (a filter
-//! with the set-up's calls), they inherit from birth, so that a machine of
-//! many vCPUs installs one large filter, not one per vCPU.
+//! Each vCPU gets a thread that lets the machine set its registers, runs
+//! the optional thread-start hook ([`VcpuThreadStart`]: the binary's
+//! seccomp filter, so that it covers everything the thread does from then
+//! on and nothing before), and then loops as a small state machine. With
+//! several vCPUs, the boot vCPU's thread runs the hook's
+//! [`VcpuStartStage::Spawner`] stage first and starts a helper that starts
+//! the others' threads: what that stage installs (a filter with the
+//! set-up's calls), they inherit from birth, so that a machine of many
+//! vCPUs installs one large filter, not one per vCPU. Every vCPU is created
+//! (`KVM_CREATE_VCPU`) before the boot vCPU runs, the others' set-up goes
+//! on beside it (`start.rs`).
 //!
 //! ```text
 //!            Resume                      exit it cannot handle
@@ -42,6 +44,7 @@ mod exit;
 mod extint;
 mod handle;
 mod run_map;
+mod start;
 mod state;
 mod thread;
 

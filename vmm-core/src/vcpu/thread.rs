@@ -2,7 +2,7 @@
 
 use std::any::Any;
 use std::sync::mpsc::{Receiver, Sender, TryRecvError};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 
 use kvm_ioctls::VcpuFd;
@@ -11,6 +11,8 @@ use super::exit::run_once;
 use super::extint::{before_run, ExtIntSource, KvmWindow};
 use super::handle::{Requests, VcpuInit, VcpuStartStage, VcpuThreadStart};
 use super::run_map::KvmRunMap;
+use super::start::{self, ApFds, Gate};
+use super::VcpuError;
 use crate::io::IoHandler;
 use crate::vm::Vm;
 
@@ -53,9 +55,9 @@ impl std::fmt::Debug for Event {
 /// once at start.
 #[derive(Debug)]
 pub(crate) enum Response {
-    /// The vCPU exists: its `kvm_run` mapping and the thread's Linux id.
-    Created(Arc<KvmRunMap>, i32),
-    CreateFailed(super::VcpuError),
+    /// The vCPU is set up (what a kick needs is in its [`Started`]).
+    Created,
+    CreateFailed(VcpuError),
     Resumed,
     Paused,
     /// The init function ran again; whether it succeeded.
@@ -73,6 +75,34 @@ enum State {
     Exiting,
 }
 
+/// What a vCPU thread publishes once its vCPU is set up, before it answers
+/// `Created`: what the controller needs to kick it.
+#[derive(Debug)]
+pub(crate) struct Started {
+    /// The second mapping of its `kvm_run`.
+    pub(crate) run_map: Arc<KvmRunMap>,
+    /// The thread's Linux id.
+    pub(crate) tid: i32,
+}
+
+/// How a vCPU thread comes by its vCPU.
+pub(crate) enum Role {
+    /// It creates it: the only vCPU of its machine.
+    Own,
+    /// The boot vCPU of several: it creates its own, starts the helper
+    /// that starts the others' threads (`start.rs`) and shares the others'
+    /// creation with it before its vCPU may run.
+    Boot {
+        others: Vec<VcpuThread>,
+        /// When the helper may start the others' threads.
+        gate: Arc<Gate>,
+        /// Where the helper's and the others' join handles go.
+        spawned: Sender<JoinHandle<()>>,
+    },
+    /// Another vCPU, created before the boot vCPU ran.
+    Created(VcpuFd),
+}
+
 pub(crate) struct VcpuThread {
     pub(crate) index: u32,
     pub(crate) vm: Vm,
@@ -83,21 +113,17 @@ pub(crate) struct VcpuThread {
     pub(crate) responses: Sender<Response>,
     pub(crate) requests: Requests,
     pub(crate) mmap_size: usize,
-    /// The boot vCPU's thread only: the other vCPUs' threads, to start
-    /// once its own vCPU is set up.
-    pub(crate) others: Vec<VcpuThread>,
-    /// The boot vCPU's thread only: where the others' join handles go, in
-    /// vCPU order (it stops at the first that cannot be started).
-    pub(crate) spawned: Option<Sender<(u32, std::io::Result<JoinHandle<()>>)>>,
+    /// Set once the vCPU is set up, before `Created` is answered.
+    pub(crate) started: Arc<OnceLock<Started>>,
+    pub(crate) role: Role,
 }
 
 impl VcpuThread {
-    /// Creates and initialises the vCPU, then runs the state machine until
-    /// told to exit (or the controller goes away).
+    /// Creates (or takes) and sets up the vCPU, then runs the state machine
+    /// until told to exit (or the controller goes away).
     pub(crate) fn run(mut self) {
-        let others = std::mem::take(&mut self.others);
-        let spawned = self.spawned.take();
-        let Some((mut vcpu, run_map)) = self.create(others, spawned) else {
+        let role = std::mem::replace(&mut self.role, Role::Own);
+        let Some((mut vcpu, run_map)) = self.set_up(role) else {
             return;
         };
         let ext_int = self.io.external_interrupts(self.index);
@@ -112,82 +138,117 @@ impl VcpuThread {
         log::debug!("vcpu {}: thread exits", self.index);
     }
 
-    /// Creates and sets up the vCPU; on the boot vCPU's thread, also starts
-    /// `others` (see [`VcpuStartStage::Spawner`]), handing each join handle
-    /// to `spawned`.
-    fn create(
-        &self,
-        others: Vec<VcpuThread>,
-        spawned: Option<Sender<(u32, std::io::Result<JoinHandle<()>>)>>,
-    ) -> Option<(VcpuFd, Arc<KvmRunMap>)> {
-        let spawner = !others.is_empty();
-        let thread_start = |stage| match &self.on_start {
-            Some(on_start) => on_start(stage).map_err(|source| super::VcpuError::ThreadStart {
-                index: self.index,
-                source,
+    /// The vCPU by `role`, set up, its `kvm_run` mapped and the hook's
+    /// `Ready` stage run; publishes [`Started`] and answers `Created`, or
+    /// answers the failure.
+    fn set_up(&self, role: Role) -> Option<(VcpuFd, Arc<KvmRunMap>)> {
+        let set_up = match role {
+            Role::Own => self.create().and_then(|vcpu| {
+                let map = self.prepare(&vcpu)?;
+                self.thread_start(VcpuStartStage::Ready {
+                    index: self.index,
+                    inherited: false,
+                })?;
+                Ok((vcpu, map))
             }),
-            None => Ok(()),
+            Role::Boot {
+                others,
+                gate,
+                spawned,
+            } => self.boot(others, gate, spawned),
+            Role::Created(vcpu) => self.prepare(&vcpu).and_then(|map| {
+                // Started by the helper, which the boot vCPU's thread
+                // started after its `Spawner` stage.
+                self.thread_start(VcpuStartStage::Ready {
+                    index: self.index,
+                    inherited: true,
+                })?;
+                Ok((vcpu, map))
+            }),
         };
-        let created = (if spawner {
-            thread_start(VcpuStartStage::Spawner)
-        } else {
-            Ok(())
-        })
-        .and_then(|()| {
-            self.vm
-                .fd()
-                .create_vcpu(u64::from(self.index))
-                .map_err(|source| super::VcpuError::Create {
-                    index: self.index,
-                    source,
-                })
-        })
-        .and_then(|vcpu| {
-            (self.init)(&vcpu, self.index).map_err(|source| super::VcpuError::Init {
-                index: self.index,
-                source,
-            })?;
-            let map = KvmRunMap::new(&vcpu, self.mmap_size).map_err(|source| {
-                super::VcpuError::RunMap {
-                    index: self.index,
-                    source,
-                }
-            })?;
-            // The others' threads, now that this one's vCPU is set up:
-            // they set theirs up side by side.
-            if let Some(spawned) = &spawned {
-                for body in others {
-                    let index = body.index;
-                    let thread = super::handle::spawn_thread(body);
-                    let failed = thread.is_err();
-                    if spawned.send((index, thread)).is_err() || failed {
-                        break;
-                    }
-                }
-            }
-            // Last, so that the hook (a seccomp filter) sees only what
-            // the thread does from here on: its loop, exits, resets.
-            // Every vCPU but the boot one was started by the boot vCPU's
-            // thread after its `Spawner` stage.
-            thread_start(VcpuStartStage::Ready {
-                index: self.index,
-                inherited: spawner || self.index > 0,
-            })?;
-            Ok((vcpu, Arc::new(map)))
-        });
-        match created {
+        match set_up {
             Ok((vcpu, map)) => {
                 // SAFETY: gettid has no arguments and cannot fail.
                 let tid = unsafe { libc::gettid() };
-                let _ = self
-                    .responses
-                    .send(Response::Created(Arc::clone(&map), tid));
+                let _ = self.started.set(Started {
+                    run_map: Arc::clone(&map),
+                    tid,
+                });
+                let _ = self.responses.send(Response::Created);
                 Some((vcpu, map))
             }
             Err(e) => {
                 let _ = self.responses.send(Response::CreateFailed(e));
                 None
             }
+        }
+    }
+
+    /// The boot vCPU of several (see [`Role::Boot`]): the `Spawner` stage
+    /// first, then the helper, its own vCPU, and its share of the others'
+    /// creation; it waits for all of them to exist before its `Ready`
+    /// stage (see `start.rs` for why).
+    fn boot(
+        &self,
+        others: Vec<VcpuThread>,
+        gate: Arc<Gate>,
+        spawned: Sender<JoinHandle<()>>,
+    ) -> Result<(VcpuFd, Arc<KvmRunMap>), VcpuError> {
+        self.thread_start(VcpuStartStage::Spawner)?;
+        let count = u32::try_from(others.len())
+            .unwrap_or(u32::MAX)
+            .saturating_add(1);
+        let fds = Arc::new(ApFds::new(self.vm.clone(), count));
+        start::spawn_helper(Arc::clone(&fds), gate, others, spawned).map_err(|source| {
+            VcpuError::Spawn {
+                index: self.index,
+                source,
+            }
+        })?;
+        let vcpu = self.create()?;
+        let map = self.prepare(&vcpu)?;
+        fds.create_some();
+        fds.wait_all();
+        // Last, so that the hook (a seccomp filter) sees only what the
+        // thread does from here on: its loop, exits, resets.
+        self.thread_start(VcpuStartStage::Ready {
+            index: self.index,
+            inherited: true,
+        })?;
+        Ok((vcpu, map))
+    }
+
+    fn create(&self) -> Result<VcpuFd, VcpuError> {
+        self.vm
+            .fd()
+            .create_vcpu(u64::from(self.index))
+            .map_err(|source| VcpuError::Create {
+                index: self.index,
+                source,
+            })
+    }
+
+    /// The machine's set-up of the vCPU, and the second `kvm_run` mapping.
+    fn prepare(&self, vcpu: &VcpuFd) -> Result<Arc<KvmRunMap>, VcpuError> {
+        (self.init)(vcpu, self.index).map_err(|source| VcpuError::Init {
+            index: self.index,
+            source,
+        })?;
+        KvmRunMap::new(vcpu, self.mmap_size)
+            .map(Arc::new)
+            .map_err(|source| VcpuError::RunMap {
+                index: self.index,
+                source,
+            })
+    }
+
+    fn thread_start(&self, stage: VcpuStartStage) -> Result<(), VcpuError> {
+        match &self.on_start {
+            Some(on_start) => on_start(stage).map_err(|source| VcpuError::ThreadStart {
+                index: self.index,
+                source,
+            }),
+            None => Ok(()),
         }
     }
 

@@ -1,0 +1,202 @@
+//! How the vCPUs of a machine with several come up without the boot vCPU
+//! waiting for the others' set-up.
+//!
+//! Every vCPU exists (`KVM_CREATE_VCPU`) before the boot vCPU first runs:
+//! an INIT or SIPI the guest sends at once is then held in the target's
+//! local APIC until that vCPU first enters `KVM_RUN`, as on a machine whose
+//! application processors wait in their reset state; a vCPU created later
+//! would never see it. The creation is shared by two threads, the boot
+//! vCPU's (once its own vCPU is set up) and a short-lived helper it starts,
+//! which then starts the other vCPUs' threads once the controller first
+//! asks anything of a vCPU (see [`Gate`]). Their set-up (CPUID, MSRs,
+//! local APIC) and their threads' start run beside the boot vCPU's guest:
+//! each answers `Created` when done, which the controller reads the first
+//! time it waits on that vCPU (see `handle.rs`).
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::thread::JoinHandle;
+
+use kvm_ioctls::VcpuFd;
+
+use super::handle::spawn_thread;
+use super::thread::{Response, Role, VcpuThread};
+use super::VcpuError;
+use crate::vm::Vm;
+
+/// The application processors' vCPUs (1 to `count - 1`), created by
+/// whichever of the two threads takes each index first.
+pub(crate) struct ApFds {
+    vm: Vm,
+    count: u32,
+    /// The next index to create.
+    next: AtomicU32,
+    /// Index `i`'s outcome at `i - 1`, once created.
+    made: Mutex<Vec<Option<Result<VcpuFd, kvm_ioctls::Error>>>>,
+    /// Signalled whenever one is made.
+    one_made: Condvar,
+}
+
+impl ApFds {
+    pub(crate) fn new(vm: Vm, count: u32) -> Self {
+        let aps = usize::try_from(count.saturating_sub(1)).unwrap_or(0);
+        Self {
+            vm,
+            count,
+            next: AtomicU32::new(1),
+            made: Mutex::new((0..aps).map(|_| None).collect()),
+            one_made: Condvar::new(),
+        }
+    }
+
+    /// Creates vCPUs until no index is left to take.
+    pub(crate) fn create_some(&self) {
+        loop {
+            let index = self.next.fetch_add(1, Ordering::Relaxed);
+            if index >= self.count {
+                return;
+            }
+            let fd = self.vm.fd().create_vcpu(u64::from(index));
+            let mut made = self.made.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(slot) = made.get_mut(slot_of(index)) {
+                *slot = Some(fd);
+            }
+            self.one_made.notify_all();
+        }
+    }
+
+    /// Waits until every index has been created (or failed to be).
+    pub(crate) fn wait_all(&self) {
+        let made = self.made.lock().unwrap_or_else(PoisonError::into_inner);
+        let _all = self
+            .one_made
+            .wait_while(made, |made| made.iter().any(Option::is_none))
+            .unwrap_or_else(PoisonError::into_inner);
+    }
+
+    /// Every index's outcome, in order (after [`ApFds::wait_all`]).
+    fn take_all(&self) -> Vec<Option<Result<VcpuFd, kvm_ioctls::Error>>> {
+        std::mem::take(&mut *self.made.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+/// Holds the helper back from starting the other vCPUs' threads until the
+/// controller first sends a vCPU anything or waits on one of the others
+/// (when a machine starts: the boot vCPU's resume), so that their set-up
+/// does not take the host's CPUs from the rest of the machine's build.
+#[derive(Debug, Default)]
+pub(crate) struct Gate {
+    open: Mutex<bool>,
+    opened: Condvar,
+}
+
+impl Gate {
+    pub(crate) fn open(&self) {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        if !*open {
+            *open = true;
+            self.opened.notify_all();
+        }
+    }
+
+    fn wait(&self) {
+        let open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let _open = self
+            .opened
+            .wait_while(open, |open| !*open)
+            .unwrap_or_else(PoisonError::into_inner);
+    }
+}
+
+fn slot_of(index: u32) -> usize {
+    usize::try_from(index).map_or(usize::MAX, |i| i.wrapping_sub(1))
+}
+
+/// The helper thread's work: create its share of the vCPUs, then, once
+/// `gate` opens, start each
+/// application processor's thread with its vCPU, handing the join handles
+/// to `spawned`. A vCPU that could not be created or whose thread could not
+/// start answers its failure on its own channel, where the controller
+/// waits for its `Created`.
+pub(crate) fn start_others(
+    fds: &ApFds,
+    gate: &Gate,
+    others: Vec<VcpuThread>,
+    spawned: &Sender<JoinHandle<()>>,
+) {
+    fds.create_some();
+    fds.wait_all();
+    gate.wait();
+    for (mut body, made) in others.into_iter().zip(fds.take_all()) {
+        let index = body.index;
+        let responses = body.responses.clone();
+        let failure = match made {
+            Some(Ok(fd)) => {
+                body.role = Role::Created(fd);
+                match spawn_thread(body) {
+                    Ok(thread) => {
+                        let _ = spawned.send(thread);
+                        continue;
+                    }
+                    Err(source) => VcpuError::Spawn { index, source },
+                }
+            }
+            Some(Err(source)) => VcpuError::Create { index, source },
+            // Unreachable after `wait_all`; reported rather than assumed.
+            None => VcpuError::ThreadGone { index },
+        };
+        let _ = responses.send(Response::CreateFailed(failure));
+    }
+}
+
+/// Starts the helper thread (named `vcpu start`), which inherits what the
+/// boot vCPU's thread has in place (its seccomp filter).
+pub(crate) fn spawn_helper(
+    fds: Arc<ApFds>,
+    gate: Arc<Gate>,
+    others: Vec<VcpuThread>,
+    spawned: Sender<JoinHandle<()>>,
+) -> std::io::Result<()> {
+    let to_join = spawned.clone();
+    let helper = std::thread::Builder::new()
+        .name("vcpu start".to_owned())
+        .spawn(move || start_others(&fds, &gate, others, &spawned))?;
+    let _ = to_join.send(helper);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::{slot_of, Gate};
+
+    #[test]
+    fn application_processors_fill_the_slots_from_zero() {
+        assert_eq!(slot_of(1), 0);
+        assert_eq!(slot_of(63), 62);
+        // Index 0 (the boot vCPU) has no slot: out of any list's range.
+        assert_eq!(slot_of(0), usize::MAX);
+    }
+
+    #[test]
+    fn the_gate_holds_its_waiter_until_opened_and_stays_open() {
+        let gate = Arc::new(Gate::default());
+        let (tx, rx) = mpsc::channel();
+        let g = Arc::clone(&gate);
+        let waiter = std::thread::spawn(move || {
+            g.wait();
+            tx.send(()).unwrap();
+            // Open already: no second wait.
+            g.wait();
+        });
+        assert!(rx.recv_timeout(Duration::from_millis(50)).is_err());
+        gate.open();
+        gate.open();
+        assert!(rx.recv_timeout(Duration::from_secs(10)).is_ok());
+        waiter.join().unwrap();
+    }
+}
