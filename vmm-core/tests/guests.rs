@@ -468,6 +468,27 @@ fn the_thread_start_hook_runs_on_each_vcpu_thread_before_it_answers() {
     assert_eq!(ready, want);
 }
 
+/// The other vCPUs' threads start once the controller first asks anything
+/// of a vCPU: a controller dropped before that starts none of them (their
+/// hook never runs), and its drop still returns.
+#[test]
+fn vcpus_dropped_before_anything_was_asked_start_no_other_thread() {
+    let Some(kvm) = kvm() else { return };
+    let vm = Vm::new(&kvm, &[(GuestAddress(0), 0x10_0000)]).unwrap();
+    let readies = Arc::new(Mutex::new(Vec::new()));
+    let r = Arc::clone(&readies);
+    let hook: VcpuThreadStart = Arc::new(move |stage| {
+        if let VcpuStartStage::Ready { index, .. } = stage {
+            r.lock().unwrap().push(index);
+        }
+        Ok(())
+    });
+    let io = Arc::new(Recorder::default());
+    let vcpus = Vcpus::spawn_with_start(&vm, 4, real_mode_init(), io, Some(hook)).unwrap();
+    drop(vcpus);
+    assert_eq!(*readies.lock().unwrap(), [0]);
+}
+
 /// With one vCPU there is no spawner stage: the vCPU's thread runs the hook
 /// once, with nothing inherited.
 #[test]

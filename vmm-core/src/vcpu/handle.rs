@@ -287,7 +287,10 @@ impl VcpuHandle {
         if !self.owes_created.load(Ordering::Acquire) {
             return Ok(());
         }
-        self.gate.open();
+        // The others' set-up waits for the gate; the boot vCPU's does not.
+        if self.index > 0 {
+            self.gate.open();
+        }
         let left = deadline.saturating_duration_since(Instant::now());
         let answer = match self.responses.recv_timeout(left) {
             Ok(Response::Created) => Ok(()),
@@ -653,6 +656,10 @@ impl Drop for Vcpus {
     /// kick reaches it) is left behind with a log line rather than hanging
     /// the VMM's exit.
     fn drop(&mut self) {
+        // Threads not started yet never will be.
+        if let Some(h) = self.handles.first() {
+            h.gate.abandon();
+        }
         for h in &self.handles {
             let _ = h.send(Event::Exit);
         }

@@ -85,27 +85,49 @@ impl ApFds {
 /// controller first sends a vCPU anything or waits on one of the others
 /// (when a machine starts: the boot vCPU's resume), so that their set-up
 /// does not take the host's CPUs from the rest of the machine's build.
+/// A controller dropped before that abandons them instead: their threads
+/// would only be started to be told to exit.
 #[derive(Debug, Default)]
 pub(crate) struct Gate {
-    open: Mutex<bool>,
-    opened: Condvar,
+    state: Mutex<GateState>,
+    changed: Condvar,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum GateState {
+    #[default]
+    Closed,
+    Open,
+    Abandoned,
 }
 
 impl Gate {
+    /// Lets the helper go on, unless the vCPUs were abandoned.
     pub(crate) fn open(&self) {
-        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
-        if !*open {
-            *open = true;
-            self.opened.notify_all();
+        self.leave_closed(GateState::Open);
+    }
+
+    /// Tells the helper to start no thread, unless it already may.
+    pub(crate) fn abandon(&self) {
+        self.leave_closed(GateState::Abandoned);
+    }
+
+    fn leave_closed(&self, to: GateState) {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if *state == GateState::Closed {
+            *state = to;
+            self.changed.notify_all();
         }
     }
 
-    fn wait(&self) {
-        let open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
-        let _open = self
-            .opened
-            .wait_while(open, |open| !*open)
+    /// Waits until the gate is opened (true) or abandoned (false).
+    fn wait(&self) -> bool {
+        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let state = self
+            .changed
+            .wait_while(state, |s| *s == GateState::Closed)
             .unwrap_or_else(PoisonError::into_inner);
+        *state == GateState::Open
     }
 }
 
@@ -127,7 +149,11 @@ pub(crate) fn start_others(
 ) {
     fds.create_some();
     fds.wait_all();
-    gate.wait();
+    if !gate.wait() {
+        // Dropping the bodies hangs up their channels: the controller
+        // sees those threads gone.
+        return;
+    }
     for (mut body, made) in others.into_iter().zip(fds.take_all()) {
         let index = body.index;
         let responses = body.responses.clone();
@@ -188,15 +214,28 @@ mod tests {
         let (tx, rx) = mpsc::channel();
         let g = Arc::clone(&gate);
         let waiter = std::thread::spawn(move || {
-            g.wait();
+            let first = g.wait();
             tx.send(()).unwrap();
             // Open already: no second wait.
-            g.wait();
+            first && g.wait()
         });
         assert!(rx.recv_timeout(Duration::from_millis(50)).is_err());
         gate.open();
         gate.open();
+        // Too late to abandon.
+        gate.abandon();
         assert!(rx.recv_timeout(Duration::from_secs(10)).is_ok());
-        waiter.join().unwrap();
+        assert!(waiter.join().unwrap());
+    }
+
+    #[test]
+    fn an_abandoned_gate_releases_its_waiter_with_no_and_stays_shut() {
+        let gate = Arc::new(Gate::default());
+        let g = Arc::clone(&gate);
+        let waiter = std::thread::spawn(move || g.wait());
+        gate.abandon();
+        gate.open();
+        assert!(!waiter.join().unwrap());
+        assert!(!gate.wait());
     }
 }

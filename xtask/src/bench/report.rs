@@ -54,7 +54,7 @@ impl Goal {
             Goal::QemuRatio(r) => format!("≤ {r}x QEMU"),
             Goal::AtLeastQemu(r) => format!("≥ {r}x QEMU"),
             Goal::FloorPlus(v) => format!("≤ floor + {v} {unit}"),
-            Goal::Below(v) => format!("< {v} {unit}"),
+            Goal::Below(v) => format!("< {} {unit}", num(v)),
         }
     }
 
