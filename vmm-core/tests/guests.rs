@@ -378,17 +378,22 @@ fn dropping_vcpus_stops_a_spinning_guest() {
     );
 }
 
-#[test]
-fn a_failing_init_is_reported_with_the_vcpu() {
-    let Some(kvm) = kvm() else { return };
-    let vm = Vm::new(&kvm, &[(GuestAddress(0), 0x10_0000)]).unwrap();
-    let init: VcpuInit = Arc::new(|_, index| {
-        if index == 1 {
+/// A set-up that fails for vCPU `failing` only.
+fn failing_init(failing: u32) -> VcpuInit {
+    Arc::new(move |_, index| {
+        if index == failing {
             Err("no registers for you".into())
         } else {
             Ok(())
         }
-    });
+    })
+}
+
+#[test]
+fn a_failing_init_is_reported_with_the_vcpu() {
+    let Some(kvm) = kvm() else { return };
+    let vm = Vm::new(&kvm, &[(GuestAddress(0), 0x10_0000)]).unwrap();
+    let init = failing_init(1);
     // The boot vCPU is set up when the spawn returns; vCPU 1's failure is
     // reported by the first call that waits on it.
     let vcpus = Vcpus::spawn(&vm, 2, init, Arc::new(Recorder::default())).unwrap();
@@ -404,14 +409,7 @@ fn a_failing_init_is_reported_with_the_vcpu() {
 fn a_failing_boot_vcpu_init_fails_the_spawn() {
     let Some(kvm) = kvm() else { return };
     let vm = Vm::new(&kvm, &[(GuestAddress(0), 0x10_0000)]).unwrap();
-    let init: VcpuInit = Arc::new(|_, index| {
-        if index == 0 {
-            Err("no registers for you".into())
-        } else {
-            Ok(())
-        }
-    });
-    let err = Vcpus::spawn(&vm, 3, init, Arc::new(Recorder::default())).unwrap_err();
+    let err = Vcpus::spawn(&vm, 3, failing_init(0), Arc::new(Recorder::default())).unwrap_err();
     assert_eq!(err.to_string(), "cannot set up vCPU 0");
 }
 
