@@ -12,7 +12,7 @@ use kvm_ioctls::VcpuFd;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
-use super::start::Gate;
+use super::start::{Gate, SetUpLimit};
 use super::thread::{Event, Response, Role, Started, VcpuThread};
 use super::VcpuRequest;
 use crate::io::IoHandler;
@@ -473,6 +473,7 @@ impl Vcpus {
             boot.role = Role::Boot {
                 others,
                 gate,
+                limit: Arc::new(SetUpLimit::for_this_host()),
                 spawned: spawned_tx,
             };
         }

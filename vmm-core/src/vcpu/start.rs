@@ -131,19 +131,74 @@ impl Gate {
     }
 }
 
+/// How many of the other vCPUs set up at once: one host CPU fewer than
+/// there are, at least one, so that one is left for the boot vCPU's guest
+/// (their set-up is kernel work of about half a millisecond each on a
+/// nested host, and a few dozen of them at once would take every CPU
+/// from it).
+pub(crate) struct SetUpLimit {
+    most: usize,
+    running: Mutex<usize>,
+    freed: Condvar,
+}
+
+impl SetUpLimit {
+    pub(crate) fn new(most: usize) -> Self {
+        Self {
+            most: most.max(1),
+            running: Mutex::new(0),
+            freed: Condvar::new(),
+        }
+    }
+
+    /// One host CPU fewer than this process may run on, at least one.
+    /// (Reads `/proc` and cgroup files: call it before a thread's seccomp
+    /// filter.)
+    pub(crate) fn for_this_host() -> Self {
+        Self::new(std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1)))
+    }
+
+    /// Waits for a free place; the permit gives it back when dropped.
+    pub(crate) fn acquire(self: &Arc<Self>) -> SetUpPermit {
+        let running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut running = self
+            .freed
+            .wait_while(running, |n| *n >= self.most)
+            .unwrap_or_else(PoisonError::into_inner);
+        *running += 1;
+        SetUpPermit(Arc::clone(self))
+    }
+}
+
+/// One vCPU's place among those setting up at once (see [`SetUpLimit`]).
+pub(crate) struct SetUpPermit(Arc<SetUpLimit>);
+
+impl Drop for SetUpPermit {
+    fn drop(&mut self) {
+        let mut running = self
+            .0
+            .running
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        *running = running.saturating_sub(1);
+        self.0.freed.notify_one();
+    }
+}
+
 fn slot_of(index: u32) -> usize {
     usize::try_from(index).map_or(usize::MAX, |i| i.wrapping_sub(1))
 }
 
 /// The helper thread's work: create its share of the vCPUs, then, once
-/// `gate` opens, start each
-/// application processor's thread with its vCPU, handing the join handles
+/// `gate` opens, start each application processor's thread with its vCPU
+/// as [`SetUpLimit`] allows, handing the join handles
 /// to `spawned`. A vCPU that could not be created or whose thread could not
 /// start answers its failure on its own channel, where the controller
 /// waits for its `Created`.
 pub(crate) fn start_others(
     fds: &ApFds,
     gate: &Gate,
+    limit: &Arc<SetUpLimit>,
     others: Vec<VcpuThread>,
     spawned: &Sender<JoinHandle<()>>,
 ) {
@@ -159,7 +214,7 @@ pub(crate) fn start_others(
         let responses = body.responses.clone();
         let failure = match made {
             Some(Ok(fd)) => {
-                body.role = Role::Created(fd);
+                body.role = Role::Created(fd, limit.acquire());
                 match spawn_thread(body) {
                     Ok(thread) => {
                         let _ = spawned.send(thread);
@@ -181,13 +236,14 @@ pub(crate) fn start_others(
 pub(crate) fn spawn_helper(
     fds: Arc<ApFds>,
     gate: Arc<Gate>,
+    limit: Arc<SetUpLimit>,
     others: Vec<VcpuThread>,
     spawned: Sender<JoinHandle<()>>,
 ) -> std::io::Result<()> {
     let to_join = spawned.clone();
     let helper = std::thread::Builder::new()
         .name("vcpu start".to_owned())
-        .spawn(move || start_others(&fds, &gate, others, &spawned))?;
+        .spawn(move || start_others(&fds, &gate, &limit, others, &spawned))?;
     let _ = to_join.send(helper);
     Ok(())
 }
@@ -198,7 +254,7 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use super::{slot_of, Gate};
+    use super::{slot_of, Gate, SetUpLimit};
 
     #[test]
     fn application_processors_fill_the_slots_from_zero() {
@@ -226,6 +282,28 @@ mod tests {
         gate.abandon();
         assert!(rx.recv_timeout(Duration::from_secs(10)).is_ok());
         assert!(waiter.join().unwrap());
+    }
+
+    #[test]
+    fn the_set_up_limit_lets_so_many_at_once_and_the_next_when_one_is_done() {
+        let limit = Arc::new(SetUpLimit::new(2));
+        let first = limit.acquire();
+        let _second = limit.acquire();
+        let (tx, rx) = mpsc::channel();
+        let l = Arc::clone(&limit);
+        let third = std::thread::spawn(move || {
+            let permit = l.acquire();
+            tx.send(()).unwrap();
+            drop(permit);
+        });
+        assert!(rx.recv_timeout(Duration::from_millis(50)).is_err());
+        drop(first);
+        assert!(rx.recv_timeout(Duration::from_secs(10)).is_ok());
+        third.join().unwrap();
+        // At least one at a time, whatever the host.
+        let one = Arc::new(SetUpLimit::new(0));
+        drop(one.acquire());
+        drop(one.acquire());
     }
 
     #[test]

@@ -11,7 +11,7 @@ use super::exit::run_once;
 use super::extint::{before_run, ExtIntSource, KvmWindow};
 use super::handle::{Requests, VcpuInit, VcpuStartStage, VcpuThreadStart};
 use super::run_map::KvmRunMap;
-use super::start::{self, ApFds, Gate};
+use super::start::{self, ApFds, Gate, SetUpLimit, SetUpPermit};
 use super::VcpuError;
 use crate::io::IoHandler;
 use crate::vm::Vm;
@@ -96,11 +96,14 @@ pub(crate) enum Role {
         others: Vec<VcpuThread>,
         /// When the helper may start the others' threads.
         gate: Arc<Gate>,
+        /// How many of them may set up at once.
+        limit: Arc<SetUpLimit>,
         /// Where the helper's and the others' join handles go.
         spawned: Sender<JoinHandle<()>>,
     },
-    /// Another vCPU, created before the boot vCPU ran.
-    Created(VcpuFd),
+    /// Another vCPU, created before the boot vCPU ran, and its place among
+    /// those setting up at once.
+    Created(VcpuFd, SetUpPermit),
 }
 
 pub(crate) struct VcpuThread {
@@ -154,17 +157,22 @@ impl VcpuThread {
             Role::Boot {
                 others,
                 gate,
+                limit,
                 spawned,
-            } => self.boot(others, gate, spawned),
-            Role::Created(vcpu) => self.prepare(&vcpu).and_then(|map| {
-                // Started by the helper, which the boot vCPU's thread
-                // started after its `Spawner` stage.
-                self.thread_start(VcpuStartStage::Ready {
-                    index: self.index,
-                    inherited: true,
-                })?;
-                Ok((vcpu, map))
-            }),
+            } => self.boot(others, gate, limit, spawned),
+            Role::Created(vcpu, permit) => {
+                let set_up = self.prepare(&vcpu).and_then(|map| {
+                    // Started by the helper, which the boot vCPU's thread
+                    // started after its `Spawner` stage.
+                    self.thread_start(VcpuStartStage::Ready {
+                        index: self.index,
+                        inherited: true,
+                    })?;
+                    Ok((vcpu, map))
+                });
+                drop(permit);
+                set_up
+            }
         };
         match set_up {
             Ok((vcpu, map)) => {
@@ -192,6 +200,7 @@ impl VcpuThread {
         &self,
         others: Vec<VcpuThread>,
         gate: Arc<Gate>,
+        limit: Arc<SetUpLimit>,
         spawned: Sender<JoinHandle<()>>,
     ) -> Result<(VcpuFd, Arc<KvmRunMap>), VcpuError> {
         self.thread_start(VcpuStartStage::Spawner)?;
@@ -199,7 +208,7 @@ impl VcpuThread {
             .unwrap_or(u32::MAX)
             .saturating_add(1);
         let fds = Arc::new(ApFds::new(self.vm.clone(), count));
-        start::spawn_helper(Arc::clone(&fds), gate, others, spawned).map_err(|source| {
+        start::spawn_helper(Arc::clone(&fds), gate, limit, others, spawned).map_err(|source| {
             VcpuError::Spawn {
                 index: self.index,
                 source,
