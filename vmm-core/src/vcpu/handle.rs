@@ -174,6 +174,7 @@ fn install_kick_handler() -> Result<(), VcpuError> {
 /// rises (see [`crate::io::IoHandler::external_interrupts`]). From the
 /// vCPU's own thread it does nothing: that thread looks at the output
 /// before its next `KVM_RUN` anyway.
+///
 /// A vCPU whose set-up has not finished has never run: it needs no kick
 /// and gets none (it reads what it was told before it first runs).
 #[derive(Debug, Clone)]
