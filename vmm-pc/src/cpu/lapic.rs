@@ -12,7 +12,9 @@
 //! the BSP's LVT0 is already ExtINT and unmasked (0x700), as QEMU's
 //! `apic_reset_common` does for the BSP. APs keep LINT0 masked; Linux
 //! programs them itself when it brings each AP up. (Firecracker and Cloud
-//! Hypervisor's `set_lint` do the same read-modify-write.)
+//! Hypervisor's `set_lint` do the same read-modify-write, on every vCPU; we
+//! do it on the boot CPU only: an AP's INIT masks its LVT entries again,
+//! see `set_boot_state`.)
 
 use kvm_bindings::kvm_lapic_state;
 use kvm_ioctls::VcpuFd;

@@ -112,19 +112,27 @@ pub fn configure_vcpu(
     set_boot_state(vcpu, mem, entry)
 }
 
-/// Boot MSRs, LAPIC LINT0/LINT1 and, for the boot CPU, the entry
-/// registers: what [`configure_vcpu`] sets after CPUID, and all a reset
-/// sets again (KVM refuses a changed CPUID once a vCPU has run, and its
-/// runtime bits make even the same table differ, so QEMU does not set it
-/// again either).
+/// Boot MSRs and, for the boot CPU (`entry` given), LAPIC LINT0/LINT1
+/// and the entry registers: what [`configure_vcpu`] sets after CPUID, and
+/// all a reset sets again (KVM refuses a changed CPUID once a vCPU has
+/// run, and its runtime bits make even the same table differ, so QEMU
+/// does not set it again either).
+///
+/// An application processor's local APIC stays as KVM made it: the INIT
+/// that starts it masks every LVT entry again (KVM's `kvm_lapic_reset`),
+/// so LINT modes set here would be undone before it runs a single
+/// instruction (QEMU sets LINT0 on the boot CPU only as well). And it is
+/// set up while the boot vCPU already runs (vmm-core's `start.rs`), where
+/// a `KVM_SET_LAPIC` would make KVM recompute the VM's APIC map and wait
+/// for every running vCPU's CPU to answer an IPI.
 pub fn set_boot_state(
     vcpu: &VcpuFd,
     mem: &GuestRam,
     entry: Option<&BootEntry>,
 ) -> Result<(), CpuError> {
     msr::apply_boot_msrs(vcpu)?;
-    lapic::apply_lapic(vcpu)?;
     if let Some(entry) = entry {
+        lapic::apply_lapic(vcpu)?;
         regs::apply_boot_regs(vcpu, mem, entry)?;
     }
     Ok(())
