@@ -393,15 +393,36 @@ fn failing_init(failing: u32) -> VcpuInit {
 fn a_failing_init_is_reported_with_the_vcpu() {
     let Some(kvm) = kvm() else { return };
     let vm = Vm::new(&kvm, &[(GuestAddress(0), 0x10_0000)]).unwrap();
-    let init = failing_init(1);
-    // The boot vCPU is set up when the spawn returns; vCPU 1's failure is
-    // reported by the first call that waits on it.
-    let vcpus = Vcpus::spawn(&vm, 2, init, Arc::new(Recorder::default())).unwrap();
-    let err = vcpus.resume_all().unwrap_err();
+    // One other vCPU sets up before the spawn returns (as few as set up
+    // side by side), so the spawn reports its failure.
+    let err = Vcpus::spawn(&vm, 2, failing_init(1), Arc::new(Recorder::default())).unwrap_err();
     assert_eq!(err.to_string(), "cannot set up vCPU 1");
-    // Once: the vCPU's thread is gone, and said so.
+}
+
+/// More vCPUs than this host sets up side by side (one host CPU fewer
+/// than it has): the others' set-up goes on after the spawn returns.
+fn many_vcpus() -> u32 {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    u32::try_from(cpus).unwrap_or(1) + 2
+}
+
+/// The spawn returns with the boot vCPU set up; the last vCPU's failure
+/// is reported by the first call that waits on it, then as a gone thread.
+#[test]
+fn a_failing_init_of_a_vcpu_set_up_after_the_spawn_is_reported_at_the_start() {
+    let Some(kvm) = kvm() else { return };
+    let vm = Vm::new(&kvm, &[(GuestAddress(0), 0x10_0000)]).unwrap();
+    let count = many_vcpus();
+    let last = count - 1;
+    let init = failing_init(last);
+    let vcpus = Vcpus::spawn(&vm, count, init, Arc::new(Recorder::default())).unwrap();
+    let err = vcpus.resume_all().unwrap_err();
+    assert_eq!(err.to_string(), format!("cannot set up vCPU {last}"));
     let again = vcpus.pause_all().unwrap_err();
-    assert_eq!(again.to_string(), "the thread of vCPU 1 is gone");
+    assert_eq!(
+        again.to_string(),
+        format!("the thread of vCPU {last} is gone")
+    );
 }
 
 /// A failure of the boot vCPU's set-up fails the spawn itself.
@@ -482,7 +503,8 @@ fn vcpus_dropped_before_anything_was_asked_start_no_other_thread() {
         Ok(())
     });
     let io = Arc::new(Recorder::default());
-    let vcpus = Vcpus::spawn_with_start(&vm, 4, real_mode_init(), io, Some(hook)).unwrap();
+    let count = many_vcpus();
+    let vcpus = Vcpus::spawn_with_start(&vm, count, real_mode_init(), io, Some(hook)).unwrap();
     drop(vcpus);
     assert_eq!(*readies.lock().unwrap(), [0]);
 }

@@ -392,10 +392,12 @@ impl Vcpus {
     /// gets APIC ID `i`.
     ///
     /// Returns once the boot vCPU is set up and every vCPU exists
-    /// (`KVM_CREATE_VCPU`); the others' set-up goes on beside the boot
-    /// vCPU's guest (see `start.rs`), and a failure of it is reported by
-    /// the first call that waits on that vCPU ([`Vcpus::resume_all`] when
-    /// the machine starts).
+    /// (`KVM_CREATE_VCPU`). With more other vCPUs than set up side by side
+    /// (one host CPU fewer than the host has), their set-up goes on beside
+    /// the boot vCPU's guest (see `start.rs`), and a failure of it is
+    /// reported by the first call that waits on that vCPU
+    /// ([`Vcpus::resume_all`] when the machine starts); with as few as
+    /// that, this waits for them too and reports their failures itself.
     pub fn spawn(
         vm: &Vm,
         count: u32,
@@ -470,19 +472,30 @@ impl Vcpus {
             return Ok(vcpus);
         };
         let others: Vec<VcpuThread> = bodies.collect();
+        let limit = Arc::new(SetUpLimit::for_this_host());
+        // As few other vCPUs as set up side by side in one go: waiting
+        // for them costs one set-up's time, and their set-up then never
+        // runs beside the boot vCPU's guest.
+        let wait_for_all = others.len() <= limit.most();
         if !others.is_empty() {
             boot.role = Role::Boot {
                 others,
                 gate,
-                limit: Arc::new(SetUpLimit::for_this_host()),
+                limit,
                 spawned: spawned_tx,
             };
         }
         // On a failure, dropping `vcpus` ends whatever threads did start.
         let thread = spawn_thread(boot).map_err(|source| VcpuError::Spawn { index: 0, source })?;
         vcpus.boot_thread = Some(thread);
-        if let Some(boot) = vcpus.handles.first() {
-            boot.settle(Instant::now() + ANSWER_TIMEOUT)?;
+        let deadline = Instant::now() + ANSWER_TIMEOUT;
+        let waited = if wait_for_all {
+            &vcpus.handles[..]
+        } else {
+            &vcpus.handles[..1]
+        };
+        for h in waited {
+            h.settle(deadline)?;
         }
         Ok(vcpus)
     }

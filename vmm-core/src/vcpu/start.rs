@@ -158,6 +158,11 @@ impl SetUpLimit {
         Self::new(std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1)))
     }
 
+    /// How many may set up at once.
+    pub(crate) fn most(&self) -> usize {
+        self.most
+    }
+
     /// Waits for a free place; the permit gives it back when dropped.
     pub(crate) fn acquire(self: &Arc<Self>) -> SetUpPermit {
         let running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
