@@ -8,10 +8,12 @@
 //! would never see it. The creation is shared by two threads, the boot
 //! vCPU's (once its own vCPU is set up) and a short-lived helper it starts,
 //! which then starts the other vCPUs' threads once the controller first
-//! asks anything of a vCPU (see [`Gate`]). Their set-up (CPUID, MSRs,
-//! local APIC) and their threads' start run beside the boot vCPU's guest:
-//! each answers `Created` when done, which the controller reads the first
-//! time it waits on that vCPU (see `handle.rs`).
+//! asks anything of a vCPU (see [`Gate`]). Their set-up (CPUID, MSRs) and
+//! their threads' start run beside the boot vCPU's guest, as many at once
+//! as [`SetUpLimit`] allows: each answers `Created` when done, which the
+//! controller reads the first time it waits on that vCPU (see
+//! `handle.rs`; a machine with no more other vCPUs than that limit waits
+//! for them before it starts).
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc::Sender;
