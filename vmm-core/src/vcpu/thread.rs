@@ -193,7 +193,7 @@ impl VcpuThread {
     }
 
     /// The boot vCPU of several (see [`Role::Boot`]): the `Spawner` stage
-    /// first, then the helper, its own vCPU, and its share of the others'
+    /// first, then its own vCPU, the helper, and its share of the others'
     /// creation; it waits for all of them to exist before its `Ready`
     /// stage (see `start.rs` for why).
     fn boot(
@@ -204,6 +204,10 @@ impl VcpuThread {
         spawned: Sender<JoinHandle<()>>,
     ) -> Result<(VcpuFd, Arc<KvmRunMap>), VcpuError> {
         self.thread_start(VcpuStartStage::Spawner)?;
+        // The boot vCPU first, as ever (KVM's first vCPU, set up before
+        // any other exists); then the others, by two threads.
+        let vcpu = self.create()?;
+        let map = self.prepare(&vcpu)?;
         let count = u32::try_from(others.len())
             .unwrap_or(u32::MAX)
             .saturating_add(1);
@@ -214,8 +218,6 @@ impl VcpuThread {
                 source,
             }
         })?;
-        let vcpu = self.create()?;
-        let map = self.prepare(&vcpu)?;
         fds.create_some();
         fds.wait_all();
         // Last, so that the hook (a seccomp filter) sees only what the
