@@ -195,14 +195,13 @@ impl VcpuKick {
             return;
         }
         started.run_map.set_immediate_exit(true);
-        let pid = i32::try_from(std::process::id()).unwrap_or(0);
         // SAFETY: tgkill takes three integers and touches no memory of
         // ours; it sends the kick signal, whose handler does nothing, to a
         // thread of this process only (the pid is checked by the kernel).
         let r = unsafe {
             libc::syscall(
                 libc::SYS_tgkill,
-                libc::c_long::from(pid),
+                libc::c_long::from(started.pid),
                 libc::c_long::from(started.tid),
                 libc::c_long::from(kick_signal()),
             )
@@ -429,6 +428,7 @@ impl Vcpus {
             evt: Arc::clone(&request_evt),
         };
         let (spawned_tx, spawned_rx) = mpsc::channel();
+        let pid = i32::try_from(std::process::id()).unwrap_or(0);
         let gate = Arc::new(Gate::default());
         let mut handles = Vec::new();
         let mut bodies = Vec::new();
@@ -447,6 +447,7 @@ impl Vcpus {
                 requests: requests.clone(),
                 mmap_size,
                 started: Arc::clone(&started),
+                pid,
                 role: Role::Own,
             });
             handles.push(VcpuHandle {

@@ -81,7 +81,9 @@ enum State {
 pub(crate) struct Started {
     /// The second mapping of its `kvm_run`.
     pub(crate) run_map: Arc<KvmRunMap>,
-    /// The thread's Linux id.
+    /// The process's id and the thread's (what `tgkill` takes; read once
+    /// here, not at every kick).
+    pub(crate) pid: i32,
     pub(crate) tid: i32,
 }
 
@@ -118,6 +120,9 @@ pub(crate) struct VcpuThread {
     pub(crate) mmap_size: usize,
     /// Set once the vCPU is set up, before `Created` is answered.
     pub(crate) started: Arc<OnceLock<Started>>,
+    /// The process's id, read by the controller (a vCPU thread's filter
+    /// refuses `getpid`).
+    pub(crate) pid: i32,
     pub(crate) role: Role,
 }
 
@@ -180,6 +185,7 @@ impl VcpuThread {
                 let tid = unsafe { libc::gettid() };
                 let _ = self.started.set(Started {
                     run_map: Arc::clone(&map),
+                    pid: self.pid,
                     tid,
                 });
                 let _ = self.responses.send(Response::Created);
