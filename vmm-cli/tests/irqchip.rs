@@ -181,6 +181,33 @@ fn the_split_irqchip_resets_and_migrates() {
     );
 }
 
+/// The 8259s' output rising on another vCPU's thread: CPU 1's port write
+/// raises COM1's IRQ 4 while the boot CPU is halted, so on the split
+/// irqchip CPU 1's vCPU thread must kick the boot vCPU out of `KVM_RUN`
+/// (a signal to its thread, which the vCPU threads' seccomp filter must
+/// allow, by an id read before the filter) for the vector to go in with
+/// `KVM_INTERRUPT`; on KVM's irqchip for comparison. Ten starts each, as a
+/// lost kick would show only in some.
+#[test]
+fn an_irq_raised_on_cpu_1_interrupts_the_halted_boot_cpu_through_the_8259s() {
+    if !kvm("irqchip_pic_from_cpu1") {
+        return;
+    }
+    let dir = TempDir::new("irq-pic-cpu1");
+    let k = dir.file("pic1.elf", &test_guests::pic_from_cpu1());
+    for mode in MODES {
+        for start in 0..10 {
+            let o = run_kernel(&k, &["--irqchip", mode, "--cpus", "2"]);
+            assert!(o.status.success(), "{mode}, start {start}: {}", stderr(&o));
+            assert_eq!(
+                String::from_utf8_lossy(&o.stdout),
+                test_guests::PIC_FROM_CPU1_OUTPUT,
+                "{mode}, start {start}"
+            );
+        }
+    }
+}
+
 /// A guest that takes its interrupts only from the 8259s (`noapic`): our
 /// PIT's IRQ 0 (raised on the main loop's thread), the RTC's IRQ 8
 /// through the slave and the cascade, and COM1's IRQ 4 (raised on the

@@ -10,7 +10,7 @@ mod interrupts;
 mod pic;
 mod s3;
 pub use interrupts::{ioapic_interrupts, timer_loop, IOAPIC_INTERRUPTS_OUTPUT};
-pub use pic::{pic_interrupts, PIC_INTERRUPTS_OUTPUT};
+pub use pic::{pic_from_cpu1, pic_interrupts, PIC_FROM_CPU1_OUTPUT, PIC_INTERRUPTS_OUTPUT};
 pub use s3::{suspend_cycles, suspend_to_ram, WAKE_VECTOR};
 
 /// Where the guests' code is loaded and entered.
@@ -503,6 +503,23 @@ pub fn two_cpus_spin() -> Vec<u8> {
 /// The length of [`two_cpus`]' AP trampoline.
 pub const TWO_CPUS_AP_LEN: u64 = 18;
 
+/// `mov dword [addr], value`.
+fn mov_mem32(c: &mut Vec<u8>, addr: u64, value: u32) {
+    c.extend_from_slice(&[0xc7, 0x05]);
+    c.extend_from_slice(&le32(addr));
+    c.extend_from_slice(&value.to_le_bytes());
+}
+
+/// Starts the CPU of APIC ID `apic_id` at [`AP_TRAMPOLINE`] in real mode
+/// (CS = 0x1000, IP = 0), as Linux does: the local APIC software-enabled,
+/// then INIT and STARTUP (vector 0x10) through the ICR.
+fn wake(c: &mut Vec<u8>, apic_id: u8) {
+    mov_mem32(c, 0xfee0_00f0, 0x1ff); // local APIC SVR: software enable
+    mov_mem32(c, 0xfee0_0310, u32::from(apic_id) << 24); // ICR high: destination
+    mov_mem32(c, 0xfee0_0300, 0x0000_4500); // ICR low: INIT, assert
+    mov_mem32(c, 0xfee0_0300, 0x0000_4610); // ICR low: STARTUP, vector 0x10
+}
+
 fn two_cpus_then(end: &[u8], apic_id: u8) -> Vec<u8> {
     const FLAG: u64 = AP_TRAMPOLINE + 0x100;
     #[rustfmt::skip]
@@ -518,19 +535,11 @@ fn two_cpus_then(end: &[u8], apic_id: u8) -> Vec<u8> {
         0xeb, 0xfd,             // jmp hlt
     ];
     let mut bsp = Vec::new();
-    let mut mov_mem32 = |addr: u64, value: u32| {
-        bsp.extend_from_slice(&[0xc7, 0x05]); // mov dword [addr], value
-        bsp.extend_from_slice(&le32(addr));
-        bsp.extend_from_slice(&value.to_le_bytes());
-    };
-    mov_mem32(FLAG, 0); // a reset in place keeps RAM: start clean
-    mov_mem32(0xfee0_00f0, 0x1ff); // local APIC SVR: software enable
-    mov_mem32(0xfee0_0310, u32::from(apic_id) << 24); // ICR high: destination
-    mov_mem32(0xfee0_0300, 0x0000_4500); // ICR low: INIT, assert
-    mov_mem32(0xfee0_0300, 0x0000_4610); // ICR low: STARTUP, vector 0x10
-                                         // Wait for the flag, at most until the TSC's high half has moved on by
-                                         // two (1.6-3.3 s at 2.6 GHz): a bound in time, not in iterations,
-                                         // since some hypervisors emulate 32-bit code one instruction at a time.
+    mov_mem32(&mut bsp, FLAG, 0); // a reset in place keeps RAM: start clean
+    wake(&mut bsp, apic_id);
+    // Wait for the flag, at most until the TSC's high half has moved on by
+    // two (1.6-3.3 s at 2.6 GHz): a bound in time, not in iterations,
+    // since some hypervisors emulate 32-bit code one instruction at a time.
     #[rustfmt::skip]
     bsp.extend_from_slice(&[
         0x0f, 0x31,             // rdtsc
@@ -588,6 +597,7 @@ mod tests {
             two_cpus(),
             two_cpus_spin(),
             timer_loop(10),
+            pic_from_cpu1(),
         ] {
             let (_, entry) = load(&image);
             assert_eq!(entry, KernelEntry::Pvh(GuestAddress(LOAD_ADDR)));

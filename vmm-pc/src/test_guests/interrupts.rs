@@ -92,7 +92,13 @@ pub(super) fn fill_gates(c: &mut [u8], gates: usize, vectors: &[u8], handlers: &
 /// The end both interrupt guests share: `messages` from [`MESSAGES`],
 /// `spacing` bytes apart, the IDT register (an IDT up to `top_vector`),
 /// the page up to the stack's top; the guest as a PVH ELF.
-pub(super) fn epilogue(mut c: Vec<u8>, messages: &[&str], spacing: u64, top_vector: u8) -> Vec<u8> {
+pub(super) fn epilogue(c: Vec<u8>, messages: &[&str], spacing: u64, top_vector: u8) -> Vec<u8> {
+    let page = page(c, messages, spacing, top_vector);
+    pvh_elf(&[(LOAD_ADDR, &page)], LOAD_ADDR)
+}
+
+/// [`epilogue`]'s page, for a guest with more segments than that one.
+pub(super) fn page(mut c: Vec<u8>, messages: &[&str], spacing: u64, top_vector: u8) -> Vec<u8> {
     assert!(
         c.len() as u64 <= MESSAGES,
         "the code fits before the messages"
@@ -108,7 +114,7 @@ pub(super) fn epilogue(mut c: Vec<u8>, messages: &[&str], spacing: u64, top_vect
     c.extend_from_slice(&limit.to_le_bytes());
     c.extend_from_slice(&a(IDT));
     c.resize(STACK_TOP as usize, 0);
-    pvh_elf(&[(LOAD_ADDR, &c)], LOAD_ADDR)
+    c
 }
 
 /// Where message `i` of [`epilogue`]'s, `spacing` bytes apart, is.

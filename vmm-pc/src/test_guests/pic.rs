@@ -4,9 +4,10 @@
 //! and on the split one (our 8259s, KVM_INTERRUPT).
 
 use super::interrupts::{
-    a, below, epilogue, fill_gates, go_on, load_idt, message, next, prologue, tick_both, PIT_COUNT,
+    a, below, epilogue, fill_gates, go_on, load_idt, message, next, page, prologue, tick_both,
+    PIT_COUNT,
 };
-use super::{print, I8042_RESET, LOAD_ADDR};
+use super::{print, pvh_elf, wake, AP_TRAMPOLINE, I8042_RESET, LOAD_ADDR};
 use crate::layout::port;
 
 /// The counts in [`pic_interrupts`]' one page (the rest of its layout is
@@ -47,30 +48,10 @@ const SPACING: u64 = 0x40;
 pub fn pic_interrupts(echo: bool) -> Vec<u8> {
     let (mut c, gates) = prologue(VECTORS.len());
     load_idt(&mut c);
-    #[rustfmt::skip]
-    c.extend_from_slice(&[
-        // Master: ICW1 (edge, cascade, ICW4), ICW2 0x20, ICW3 (slave on
-        // IRQ 2), ICW4 (8086).
-        0xb0, 0x11, 0xe6, 0x20,
-        0xb0, 0x20, 0xe6, 0x21,
-        0xb0, 0x04, 0xe6, 0x21,
-        0xb0, 0x01, 0xe6, 0x21,
-        // Slave: ICW1, ICW2 0x28, ICW3 (its ID 2), ICW4.
-        0xb0, 0x11, 0xe6, 0xa0,
-        0xb0, 0x28, 0xe6, 0xa1,
-        0xb0, 0x02, 0xe6, 0xa1,
-        0xb0, 0x01, 0xe6, 0xa1,
-        // Masks: IRQ 0, 2 and 4 open on the master, IRQ 8 on the slave.
-        0xb0, 0xea, 0xe6, 0x21,
-        0xb0, 0xfe, 0xe6, 0xa1,
-    ]);
+    // Masks: IRQ 0, 2 and 4 open on the master, IRQ 8 on the slave.
+    init_pics(&mut c, 0xea, 0xfe);
     let wait = tick_both(&mut c, RTC_COUNT);
     c.extend(print(message(0, SPACING)));
-    let ier = |c: &mut Vec<u8>, v: u8| {
-        c.extend_from_slice(&[0x66, 0xba]); // mov dx, COM1 + 1 (IER)
-        c.extend_from_slice(&(port::COM1 + 1).to_le_bytes());
-        c.extend_from_slice(&[0xb0, v, 0xee]); // mov al, v; out dx, al
-    };
     ier(&mut c, 0x02); // THR empty: IRQ 4 now
     let com = c.len() + 10;
     next(&mut c, com);
@@ -155,3 +136,87 @@ pub fn pic_interrupts(echo: bool) -> Vec<u8> {
 /// What [`pic_interrupts`] prints, in order (the last one only with
 /// `echo`).
 pub const PIC_INTERRUPTS_OUTPUT: [&str; 3] = [TICKS, COM1, KEYS];
+
+/// What [`pic_from_cpu1`] prints.
+pub const PIC_FROM_CPU1_OUTPUT: &str = "CPU 1 raised COM1's IRQ 4 for the boot CPU\n";
+
+/// Two vCPUs and the 8259s, where the line rises on the *other* vCPU: the
+/// boot CPU programs both PICs (only IRQ 4 open), points vector 0x24 at
+/// a handler, wakes CPU 1 (INIT, SIPI) and waits (`sti; hlt`); CPU 1
+/// enables COM1's THR-empty interrupt (its port write raises IRQ 4 at
+/// once, on CPU 1's vCPU thread) and halts. The boot CPU's handler reads
+/// IIR, counts and sends the EOI; then the boot CPU disables the
+/// interrupt, prints [`PIC_FROM_CPU1_OUTPUT`] and resets through the
+/// i8042. On the split irqchip the 8259s' output rises on CPU 1's thread
+/// while the boot vCPU is halted inside `KVM_RUN`, so that thread must
+/// kick the boot vCPU out to inject the vector; a machine whose kick
+/// cannot cross threads hangs or dies here.
+pub fn pic_from_cpu1() -> Vec<u8> {
+    const VECTORS: [u8; 2] = [0x24, 0x27]; // IRQ 4; IRQ 7, spurious
+    let (mut c, gates) = prologue(VECTORS.len());
+    load_idt(&mut c);
+    init_pics(&mut c, 0xef, 0xff);
+    // Interrupts stay off until the wait: IRQ 4 may rise before it.
+    wake(&mut c, 1);
+    let com = c.len() + 10 + 2 + 4;
+    next(&mut c, com);
+    c.extend_from_slice(&[0xeb, 0x04]); // jmp com
+    let wait = c.len();
+    c.extend_from_slice(&[0xfb, 0xf4, 0xeb, 0xfc]); // wait: sti; hlt; jmp wait
+    assert_eq!(c.len(), com);
+    // com: (interrupts off) taken?
+    below(&mut c, COM_COUNT, 1, wait);
+    ier(&mut c, 0);
+    c.extend(print(message(0, SPACING)));
+    c.extend_from_slice(I8042_RESET);
+
+    let mut handlers = vec![LOAD_ADDR + c.len() as u64]; // IRQ 4
+    c.extend_from_slice(&[0x66, 0xba]); // mov dx, COM1 + 2 (IIR)
+    c.extend_from_slice(&(port::COM1 + 2).to_le_bytes());
+    c.push(0xec); // in al, dx: acknowledges THR empty
+    c.extend_from_slice(&[0xff, 0x05]); // inc dword [COM_COUNT]
+    c.extend_from_slice(&a(COM_COUNT));
+    c.extend_from_slice(&[0xb0, 0x20, 0xe6, 0x20]); // EOI
+    go_on(&mut c);
+    handlers.push(LOAD_ADDR + c.len() as u64); // IRQ 7, spurious: no EOI
+    go_on(&mut c);
+    fill_gates(&mut c, gates, &VECTORS, &handlers);
+
+    #[rustfmt::skip]
+    let ap = [
+        // Real mode, CS = 0x1000 (SIPI vector 0x10), IP = 0.
+        0xba, 0xf9, 0x03, // mov dx, 0x3f9 (COM1's IER)
+        0xb0, 0x02,       // mov al, 2 (THR empty)
+        0xee,             // out dx, al
+        0xf4,             // hlt
+        0xeb, 0xfd,       // jmp hlt
+    ];
+    let page = page(c, &[PIC_FROM_CPU1_OUTPUT], SPACING, VECTORS[1]);
+    pvh_elf(&[(LOAD_ADDR, &page), (AP_TRAMPOLINE, &ap)], LOAD_ADDR)
+}
+
+/// Programs both 8259s: ICW1 (edge, cascade, ICW4), ICW2 (the master's
+/// vectors from 0x20, the slave's from 0x28), ICW3 (the slave on IRQ 2),
+/// ICW4 (8086 mode, normal EOI); then the masks.
+fn init_pics(c: &mut Vec<u8>, master_mask: u8, slave_mask: u8) {
+    #[rustfmt::skip]
+    c.extend_from_slice(&[
+        0xb0, 0x11, 0xe6, 0x20,
+        0xb0, 0x20, 0xe6, 0x21,
+        0xb0, 0x04, 0xe6, 0x21,
+        0xb0, 0x01, 0xe6, 0x21,
+        0xb0, 0x11, 0xe6, 0xa0,
+        0xb0, 0x28, 0xe6, 0xa1,
+        0xb0, 0x02, 0xe6, 0xa1,
+        0xb0, 0x01, 0xe6, 0xa1,
+        0xb0, master_mask, 0xe6, 0x21,
+        0xb0, slave_mask, 0xe6, 0xa1,
+    ]);
+}
+
+/// Writes `v` to COM1's interrupt-enable register.
+fn ier(c: &mut Vec<u8>, v: u8) {
+    c.extend_from_slice(&[0x66, 0xba]); // mov dx, COM1 + 1 (IER)
+    c.extend_from_slice(&(port::COM1 + 1).to_le_bytes());
+    c.extend_from_slice(&[0xb0, v, 0xee]); // mov al, v; out dx, al
+}
