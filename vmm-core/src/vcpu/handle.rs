@@ -473,7 +473,14 @@ impl Vcpus {
             return Ok(vcpus);
         };
         let others: Vec<VcpuThread> = bodies.collect();
-        let limit = Arc::new(SetUpLimit::for_this_host());
+        // Asking the host reads /proc and cgroup files (a dozen system
+        // calls on the way to the guest's first instruction): only a
+        // machine with more than one other vCPU asks; one always fits.
+        let limit = Arc::new(if others.len() > 1 {
+            SetUpLimit::for_this_host()
+        } else {
+            SetUpLimit::new(1)
+        });
         // As few other vCPUs as set up side by side in one go: waiting
         // for them costs one set-up's time, and their set-up then never
         // runs beside the boot vCPU's guest.
