@@ -209,8 +209,8 @@ fn run(
         Serial::Stdio => output::nonblocking_twin(&io::stdout()),
         _ => None,
     };
-    let (sink, mut writer) = output::spawn_with(out, direct, serial_start)
-        .context("cannot start the serial output thread")?;
+    // Its thread starts once the guest runs (see `lockdown` below).
+    let (sink, mut writer) = output::prepare(out, direct, serial_start);
     let vcpu_thread_start = filters.as_ref().map(|f| {
         let f = Arc::clone(f);
         let start: vmm_core::vcpu::VcpuThreadStart = Arc::new(move |stage| {
@@ -363,6 +363,9 @@ fn run(
         for t in step_threads {
             t.join();
         }
+        writer
+            .start()
+            .context("cannot start the serial output thread")?;
         if let Some(warning) = host_check::linux_on_pvm(vmm_core::kvm::KvmFlavor::detect(), &kernel)
         {
             log::warn!("{warning}");
