@@ -51,7 +51,7 @@ tasks:
                            --runs N runs per program (default 20), --quick: 3
                            runs and smaller sizes (what CI runs)
   soak [--rounds N] [--busy] [--cpus 1|2] [--console quiet|verbose]
-       [--vmm ours|qemu] [--vmm-arg ARG]...
+       [--vmm ours|qemu] [--vmm-arg ARG]... [--per-l1 N]
                            boot Linux (bench linux's boots: 1 and 2 vCPUs, quiet
                            and verbose) N times each (default 10) under our VMM
                            and QEMU, taking turns in the same L1s, no retries;
@@ -61,7 +61,10 @@ tasks:
                            --busy: one host core kept busy throughout;
                            --cpus, --console, --vmm: only those configurations
                            or that VMM; --vmm-arg adds ARG to our VMM's
-                           command line (e.g. --vmm-arg=--irqchip=kernel)
+                           command line (e.g. --vmm-arg=--irqchip=kernel);
+                           --per-l1 N: at most N boots per L1 session (1: each
+                           in a fresh L1, as the tests boot, to count L1
+                           faults per L1 session)
   fuzz [TARGET...] [--seconds N] [--sanitizer address|none]
                            build the libFuzzer targets in fuzz/ with cargo-fuzz
                            (installed if missing; stable toolchain with

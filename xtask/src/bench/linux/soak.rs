@@ -64,6 +64,10 @@ struct Options {
     /// Added to our VMM's command line (`--vmm-arg ARG`, repeatable), e.g.
     /// `--irqchip=kernel` to soak another configuration of ours.
     vmm_args: Vec<String>,
+    /// At most this many boots per L1 session (`--per-l1 N`), else all of
+    /// them in as few sessions as L1 allows: `--per-l1 1` boots each guest
+    /// in a fresh L1, as the tests do, and so counts L1 faults per L1.
+    per_l1: Option<usize>,
 }
 
 impl Options {
@@ -85,6 +89,7 @@ impl Options {
             quiet: None,
             only: None,
             vmm_args: Vec::new(),
+            per_l1: None,
         };
         let mut it = args.iter();
         while let Some(a) = it.next() {
@@ -111,6 +116,12 @@ impl Options {
                         _ => bail!("--rounds needs a positive number"),
                     }
                 }
+                "--per-l1" => {
+                    o.per_l1 = match it.next().map(|v| v.parse::<usize>()) {
+                        Some(Ok(n)) if n > 0 => Some(n),
+                        _ => bail!("--per-l1 needs a positive number"),
+                    }
+                }
                 "--cpus" => {
                     o.cpus = match it.next().map(|v| v.parse::<u32>()) {
                         Some(Ok(n)) if CPUS.contains(&n) => Some(n),
@@ -126,7 +137,7 @@ impl Options {
                 }
                 other => bail!(
                     "unknown argument `{other}` (flags: --rounds N, --busy, --cpus 1|2, \
-                     --console quiet|verbose, --vmm ours|qemu, --vmm-arg ARG)"
+                     --console quiet|verbose, --vmm ours|qemu, --vmm-arg ARG, --per-l1 N)"
                 ),
             }
         }
@@ -299,10 +310,19 @@ pub fn task(args: &[String]) -> Result<()> {
     let mut l1_faults: Vec<String> = Vec::new();
     let mut l1_symbols: Vec<String> = Vec::new();
     let mut sessions = 0;
-    while !pending.is_empty() && sessions < MAX_SESSIONS {
+    // With a cap per session, as many more as its faults may need.
+    let most_sessions = o
+        .per_l1
+        .map_or(MAX_SESSIONS, |n| total.div_ceil(n) + MAX_SESSIONS);
+    while !pending.is_empty() && sessions < most_sessions {
         sessions += 1;
+        let now = o.per_l1.map_or(pending.len(), |n| n.min(pending.len()));
         let script: String = std::iter::once(L1_SYMBOLS.to_owned() + "\n")
-            .chain(pending.iter().map(|b| boot_line(b, &o.vmm_args) + "\n"))
+            .chain(
+                pending[..now]
+                    .iter()
+                    .map(|b| boot_line(b, &o.vmm_args) + "\n"),
+            )
             .collect();
         // Each boot prints within its limit plus the dump's 5 s per line.
         let per_boot = u64::from(BOOT_TIMEOUT_S) + 20;
@@ -313,9 +333,9 @@ pub fn task(args: &[String]) -> Result<()> {
             .with_qemu()
             .companion(&script)
             .silence_limit(Duration::from_secs(per_boot + 30))
-            .timeout(Duration::from_secs(180 + pending.len() as u64 * per_boot));
+            .timeout(Duration::from_secs(180 + now as u64 * per_boot));
         eprintln!(
-            "xtask soak: L1 session {sessions}: {} boots, {} done, {:.0?} so far",
+            "xtask soak: L1 session {sessions}: {now} of {} boots, {} done, {:.0?} so far",
             pending.len(),
             total - pending.len(),
             started.elapsed()
@@ -447,7 +467,7 @@ fn report(o: &Options, ended: &[Ended], pending: &[Boot], l1: &L1, took: Duratio
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "# Nested Linux boots: {} rounds, host {}, L1 `-accel {} -smp {}`, {sessions} L1 session(s), {:.0?}\n",
+        "# Nested Linux boots: {} rounds, host {}, L1 `-accel {} -smp {}`, {sessions} L1 session(s){}, {:.0?}\n",
         o.rounds,
         if o.busy {
             "with one core kept busy"
@@ -456,6 +476,8 @@ fn report(o: &Options, ended: &[Ended], pending: &[Boot], l1: &L1, took: Duratio
         },
         vmm_testbed::qemu::l1_accel(),
         vmm_testbed::qemu::l1_cpus(None),
+        o.per_l1
+            .map_or_else(String::new, |n| format!(" of at most {n} boot(s) each")),
         took
     );
     if !l1.host.is_empty() {
@@ -557,6 +579,7 @@ mod tests {
                 quiet: None,
                 only: None,
                 vmm_args: vec![],
+                per_l1: None,
             }
         );
         let o = Options::parse(&args(&[
@@ -591,6 +614,13 @@ mod tests {
         assert!(Options::parse(&args(&["--rounds", "0"])).is_err());
         assert!(Options::parse(&args(&["--rounds"])).is_err());
         assert!(Options::parse(&args(&["--fast"])).is_err());
+        assert_eq!(
+            Options::parse(&args(&["--per-l1", "1"])).unwrap().per_l1,
+            Some(1)
+        );
+        assert_eq!(Options::parse(&[]).unwrap().per_l1, None);
+        assert!(Options::parse(&args(&["--per-l1", "0"])).is_err());
+        assert!(Options::parse(&args(&["--per-l1"])).is_err());
     }
 
     #[test]
@@ -627,6 +657,7 @@ RIP=ffffffff81000000
             quiet: None,
             only: None,
             vmm_args: Vec::new(),
+            per_l1: None,
         };
         let l1 = L1 {
             host: "L1's QEMU: QEMU emulator version 7.2.22; load 0.1".into(),
