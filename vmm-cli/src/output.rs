@@ -473,6 +473,26 @@ mod tests {
     }
 
     #[test]
+    fn output_before_the_start_waits_for_the_thread() {
+        // Started later (a start-up starts it once the guest runs).
+        let out = Shared2::default();
+        let (mut sink, mut handle) = prepare(Box::new(out.clone()), None, Box::new(|| Ok(())));
+        sink.write_all(b"early ").unwrap();
+        assert!(out.0.lock().unwrap().is_empty(), "no thread yet");
+        handle.start().unwrap();
+        handle.start().unwrap(); // once
+        sink.write_all(b"late").unwrap();
+        assert_eq!(handle.finish(Duration::from_secs(10)), 0);
+        assert_eq!(*out.0.lock().unwrap(), b"early late");
+        // Never started (a start-up that failed): the finish writes it.
+        let out = Shared2::default();
+        let (mut sink, handle) = prepare(Box::new(out.clone()), None, Box::new(|| Ok(())));
+        sink.write_all(b"said").unwrap();
+        assert_eq!(handle.finish(Duration::from_secs(10)), 0);
+        assert_eq!(*out.0.lock().unwrap(), b"said");
+    }
+
+    #[test]
     fn everything_arrives_in_order() {
         let out = Shared2::default();
         let (mut sink, handle) = spawn(Box::new(out.clone())).unwrap();
