@@ -6,8 +6,7 @@
 //! local APIC until that vCPU first enters `KVM_RUN`, as on a machine whose
 //! application processors wait in their reset state; a vCPU created later
 //! would never see it. The creation is shared by two threads, the boot
-//! vCPU's (once its own vCPU is created, and set up where the machine is
-//! no larger than the limit below) and a short-lived helper it starts,
+//! vCPU's (once its own vCPU is set up) and a short-lived helper it starts,
 //! which then starts the other vCPUs' threads once the controller first
 //! asks anything of a vCPU (see [`Gate`]). Their set-up (CPUID, MSRs) and
 //! their threads' start run beside the boot vCPU's guest, as many at once
