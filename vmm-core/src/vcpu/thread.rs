@@ -210,20 +210,10 @@ impl VcpuThread {
         spawned: Sender<JoinHandle<()>>,
     ) -> Result<(VcpuFd, Arc<KvmRunMap>), VcpuError> {
         self.thread_start(VcpuStartStage::Spawner)?;
-        // The boot vCPU first, as ever (KVM's first vCPU); then the others,
-        // by two threads. A machine that waits for all its vCPUs' set-up
-        // anyway (no more others than set up side by side) sets up its
-        // boot vCPU before any other exists, as it always did; a larger
-        // one has the helper start creating while this thread sets up
-        // its own vCPU, which is otherwise that much longer on the way
-        // to the guest.
+        // The boot vCPU first, as ever (KVM's first vCPU, set up before
+        // any other exists); then the others, by two threads.
         let vcpu = self.create()?;
-        let early = others.len() > limit.most();
-        let map = if early {
-            None
-        } else {
-            Some(self.prepare(&vcpu)?)
-        };
+        let map = self.prepare(&vcpu)?;
         let count = u32::try_from(others.len())
             .unwrap_or(u32::MAX)
             .saturating_add(1);
@@ -234,10 +224,6 @@ impl VcpuThread {
                 source,
             }
         })?;
-        let map = match map {
-            Some(map) => map,
-            None => self.prepare(&vcpu)?,
-        };
         fds.create_some();
         fds.wait_all();
         // Last, so that the hook (a seccomp filter) sees only what the
