@@ -174,10 +174,10 @@ fn run(
         .clone()
         .context("the following required arguments were not provided: --kernel <PATH>")?;
     let serial = args.serial.clone();
-    // Only a file may block (a FIFO waits for its reader); stdout and the
-    // sink are had at once, without a thread to wait on.
     // The start-up steps' threads, joined once the guest runs.
     let mut step_threads = Vec::new();
+    // Only a file may block (a FIFO waits for its reader); stdout and the
+    // sink are had at once, without a thread to wait on.
     let out = match serial {
         Serial::File(_) => match startup_step(
             "serial open",
