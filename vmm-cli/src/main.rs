@@ -366,14 +366,16 @@ fn run(
         writer
             .start()
             .context("cannot start the serial output thread")?;
+        // Its filter in (a no-op without seccomp): the thread is there,
+        // named, before the front ends answer anyone.
+        writer
+            .started()
+            .context("cannot install the serial output thread's seccomp filter")?;
         if let Some(warning) = host_check::linux_on_pvm(vmm_core::kvm::KvmFlavor::detect(), &kernel)
         {
             log::warn!("{warning}");
         }
         if let Some(f) = &filters {
-            writer
-                .started()
-                .context("cannot install the serial output thread's seccomp filter")?;
             f.install(seccomp::Thread::Main)
                 .context("cannot install the main thread's seccomp filter")?;
         }
