@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use vmm_core::signals::{interruptible, Interrupted, InterruptibleError, StepThread};
+use vmm_core::signals::{interruptible, Interrupted, InterruptibleError};
 use vmm_devices::serial::SerialOutput;
 use vmm_pc::{ExitReason, IrqChipMode, PcConfig, PcMachine, PitBackend, RebootAction};
 
@@ -109,22 +109,13 @@ fn serial_output(serial: &Serial) -> Result<SerialOutput> {
 /// waits for a reader if it is a FIFO; building the machine, which opens
 /// and reads the kernel and initrd) run through here. A signal between
 /// steps stays pending and ends the next one, or the main loop at once.
-/// The step's thread, exiting, goes into `threads`, to be joined off the
-/// way to the guest.
-fn startup_step<T, F>(
-    name: &'static str,
-    step: F,
-    threads: &mut Vec<StepThread>,
-) -> Result<Result<T, i32>>
+fn startup_step<T, F>(name: &'static str, step: F) -> Result<Result<T, i32>>
 where
     T: Send + 'static,
     F: FnOnce() -> Result<T> + Send + 'static,
 {
     match interruptible(name, step) {
-        Ok((done, thread)) => {
-            threads.push(thread);
-            done.map(Ok)
-        }
+        Ok(done) => done.map(Ok),
         Err(InterruptibleError::Interrupted(Interrupted(signo))) => Ok(Err(signo)),
         Err(e) => Err(e.into()),
     }
@@ -174,16 +165,10 @@ fn run(
         .clone()
         .context("the following required arguments were not provided: --kernel <PATH>")?;
     let serial = args.serial.clone();
-    // The start-up steps' threads, joined once the guest runs.
-    let mut step_threads = Vec::new();
     // Only a file may block (a FIFO waits for its reader); stdout and the
     // sink are had at once, without a thread to wait on.
     let out = match serial {
-        Serial::File(_) => match startup_step(
-            "serial open",
-            move || serial_output(&serial),
-            &mut step_threads,
-        )? {
+        Serial::File(_) => match startup_step("serial open", move || serial_output(&serial))? {
             Ok(out) => out,
             Err(signo) => return Ok(ExitReason::Signal(signo)),
         },
@@ -209,8 +194,8 @@ fn run(
         Serial::Stdio => output::nonblocking_twin(&io::stdout()),
         _ => None,
     };
-    // Its thread starts once the guest runs (see `lockdown` below).
-    let (sink, mut writer) = output::prepare(out, direct, serial_start);
+    let (sink, mut writer) = output::spawn_with(out, direct, serial_start)
+        .context("cannot start the serial output thread")?;
     let vcpu_thread_start = filters.as_ref().map(|f| {
         let f = Arc::clone(f);
         let start: vmm_core::vcpu::VcpuThreadStart = Arc::new(move |stage| {
@@ -289,7 +274,7 @@ fn run(
         vsock_thread_start,
     };
     let build = move || PcMachine::build(config).context("cannot build the machine");
-    let mut machine = match startup_step("build", build, &mut step_threads)? {
+    let mut machine = match startup_step("build", build)? {
         Ok(machine) => machine,
         Err(signo) => return Ok(ExitReason::Signal(signo)),
     };
@@ -359,23 +344,14 @@ fn run(
     // thread exists and the front ends are set up; from here on the main
     // thread only runs the loop and the way out.
     let lockdown = || -> Result<(), vmm_pc::BoxError> {
-        // Long gone by now; joined so that no thread is left unfiltered.
-        for t in step_threads {
-            t.join();
-        }
-        writer
-            .start()
-            .context("cannot start the serial output thread")?;
-        // Its filter in (a no-op without seccomp): the thread is there,
-        // named, before the front ends answer anyone.
-        writer
-            .started()
-            .context("cannot install the serial output thread's seccomp filter")?;
         if let Some(warning) = host_check::linux_on_pvm(vmm_core::kvm::KvmFlavor::detect(), &kernel)
         {
             log::warn!("{warning}");
         }
         if let Some(f) = &filters {
+            writer
+                .started()
+                .context("cannot install the serial output thread's seccomp filter")?;
             f.install(seccomp::Thread::Main)
                 .context("cannot install the main thread's seccomp filter")?;
         }

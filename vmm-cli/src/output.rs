@@ -185,8 +185,6 @@ impl Write for SerialSink {
 /// The writer thread; [`SerialOutput::finish`] flushes and stops it.
 pub struct SerialOutput {
     shared: Arc<Shared>,
-    /// The thread's work until [`SerialOutput::start`] starts it.
-    pending: Option<Box<dyn FnOnce() + Send>>,
     thread: Option<JoinHandle<()>>,
     /// Disconnected once the thread has ended.
     ended: mpsc::Receiver<()>,
@@ -239,31 +237,16 @@ pub fn spawn(out: Box<dyn Write + Send>) -> io::Result<(SerialSink, SerialOutput
     spawn_with(out, None, Box::new(|| Ok(())))
 }
 
-/// [`prepare`], and the writer thread started at once.
-#[cfg(test)]
+/// [`spawn`], with `direct` (`out`'s [`nonblocking_twin`]) for the vCPU
+/// side's direct writes and `start` run first on the writer thread.
+/// Returns at once: `start` runs beside the caller's own set-up (a filter
+/// takes about 0.1 ms to install); [`SerialOutput::started`] waits for its
+/// outcome.
 pub fn spawn_with(
-    out: Box<dyn Write + Send>,
-    direct: Option<File>,
-    start: ThreadStart,
-) -> io::Result<(SerialSink, SerialOutput)> {
-    let (sink, mut output) = prepare(out, direct, start);
-    output.start()?;
-    Ok((sink, output))
-}
-
-/// The sink for COM1 and the writer for `out`, with `direct` (`out`'s
-/// [`nonblocking_twin`]) for the vCPU side's direct writes and `start` to
-/// run first on the writer thread, which [`SerialOutput::start`] starts
-/// (output queued before then waits for it). So a start-up starts it once
-/// the guest runs, where it and `start` (a filter takes about 0.1 ms to
-/// install) do not compete with the machine's build for the CPUs: a guest
-/// writing to a pipe or terminal writes directly, without the thread.
-/// [`SerialOutput::started`] waits for `start`'s outcome.
-pub fn prepare(
     mut out: Box<dyn Write + Send>,
     direct: Option<File>,
     start: ThreadStart,
-) -> (SerialSink, SerialOutput) {
+) -> io::Result<(SerialSink, SerialOutput)> {
     let shared = Arc::new(Shared {
         state: Mutex::new(State {
             direct,
@@ -275,90 +258,76 @@ pub fn prepare(
     // Dropped when the thread ends, which wakes `finish` at once.
     let (ended_tx, ended) = mpsc::channel::<()>();
     let (started_tx, started) = mpsc::sync_channel::<io::Result<()>>(1);
-    let body = move || {
-        let _ended = ended_tx;
-        let result = start();
-        let failed = result.is_err();
-        let _ = started_tx.send(result);
-        if failed {
-            return;
-        }
-        loop {
-            let (chunk, closed) = {
-                let mut s = worker.lock();
-                while s.buf.is_empty() && !s.closed {
-                    s.idle = true;
-                    s = worker.wake.wait(s).unwrap_or_else(|e| e.into_inner());
-                    s.idle = false;
-                }
-                s.busy = !s.buf.is_empty();
-                (s.buf.drain(..).collect::<Vec<u8>>(), s.closed)
-            };
-            let mut rest = &chunk[..];
-            while !rest.is_empty() {
-                match out.write(rest) {
-                    Ok(0) => break,
-                    Ok(n) => {
-                        rest = &rest[n.min(rest.len())..];
-                        worker.lock().written += n as u64;
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    // A reader that is gone: drop this chunk and go on
-                    // draining, so that nothing waits.
-                    Err(_) => break,
-                }
-            }
-            if !chunk.is_empty() {
-                let _ = out.flush();
-                worker.lock().busy = false;
-            }
-            if closed && worker.lock().buf.is_empty() {
+    let thread = std::thread::Builder::new()
+        .name("serial out".into())
+        .spawn(move || {
+            let _ended = ended_tx;
+            let result = start();
+            let failed = result.is_err();
+            let _ = started_tx.send(result);
+            if failed {
                 return;
             }
-            if !closed && !chunk.is_empty() {
-                // Not idle, so the vCPU side does not wake it: only
-                // `finish` (or the time) ends this wait. A futex wait,
-                // as every other, within the thread's seccomp list.
-                let s = worker.lock();
-                if !s.closed {
-                    let _ = worker.wake.wait_timeout(s, COALESCE);
+            loop {
+                let (chunk, closed) = {
+                    let mut s = worker.lock();
+                    while s.buf.is_empty() && !s.closed {
+                        s.idle = true;
+                        s = worker.wake.wait(s).unwrap_or_else(|e| e.into_inner());
+                        s.idle = false;
+                    }
+                    s.busy = !s.buf.is_empty();
+                    (s.buf.drain(..).collect::<Vec<u8>>(), s.closed)
+                };
+                let mut rest = &chunk[..];
+                while !rest.is_empty() {
+                    match out.write(rest) {
+                        Ok(0) => break,
+                        Ok(n) => {
+                            rest = &rest[n.min(rest.len())..];
+                            worker.lock().written += n as u64;
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        // A reader that is gone: drop this chunk and go on
+                        // draining, so that nothing waits.
+                        Err(_) => break,
+                    }
+                }
+                if !chunk.is_empty() {
+                    let _ = out.flush();
+                    worker.lock().busy = false;
+                }
+                if closed && worker.lock().buf.is_empty() {
+                    return;
+                }
+                if !closed && !chunk.is_empty() {
+                    // Not idle, so the vCPU side does not wake it: only
+                    // `finish` (or the time) ends this wait. A futex wait,
+                    // as every other, within the thread's seccomp list.
+                    let s = worker.lock();
+                    if !s.closed {
+                        let _ = worker.wake.wait_timeout(s, COALESCE);
+                    }
                 }
             }
-        }
-    };
-    (
+        })?;
+    Ok((
         SerialSink {
             shared: Arc::clone(&shared),
         },
         SerialOutput {
             shared,
-            pending: Some(Box::new(body)),
-            thread: None,
+            thread: Some(thread),
             ended,
             started: Some(started),
         },
-    )
+    ))
 }
 
 impl SerialOutput {
-    /// Starts the writer thread (named `serial out`), once; later calls
-    /// return `Ok`.
-    pub fn start(&mut self) -> io::Result<()> {
-        let Some(body) = self.pending.take() else {
-            return Ok(());
-        };
-        let thread = std::thread::Builder::new()
-            .name("serial out".into())
-            .spawn(body)?;
-        self.thread = Some(thread);
-        Ok(())
-    }
-
-    /// Starts the thread if it has not started, waits for its start
-    /// function (see [`prepare`]) and returns its outcome; later calls
-    /// return `Ok`.
+    /// Waits for the thread's start function (see [`spawn_with`]) and
+    /// returns its outcome; later calls return `Ok`.
     pub fn started(&mut self) -> io::Result<()> {
-        self.start()?;
         match self.started.take() {
             Some(rx) => rx.recv().unwrap_or_else(|_| {
                 Err(io::Error::other("the serial output thread ended at start"))
@@ -372,11 +341,6 @@ impl SerialOutput {
     /// reads must not keep the VMM from exiting). Returns how many bytes
     /// were dropped over the run.
     pub fn finish(mut self, stall_limit: Duration) -> u64 {
-        // Output queued before a start that never came (a start-up that
-        // failed) is still written out.
-        if let Err(e) = self.start() {
-            log::warn!("serial output: cannot start its writer thread: {e}");
-        }
         self.shared.lock().closed = true;
         self.shared.wake.notify_one();
         let mut progress = self.shared.lock().written;
@@ -470,26 +434,6 @@ mod tests {
         sink.write_all(b"x").unwrap();
         assert_eq!(handle.finish(Duration::from_secs(10)), 0);
         assert_eq!(*out.0.lock().unwrap(), b"x");
-    }
-
-    #[test]
-    fn output_before_the_start_waits_for_the_thread() {
-        // Started later (a start-up starts it once the guest runs).
-        let out = Shared2::default();
-        let (mut sink, mut handle) = prepare(Box::new(out.clone()), None, Box::new(|| Ok(())));
-        sink.write_all(b"early ").unwrap();
-        assert!(out.0.lock().unwrap().is_empty(), "no thread yet");
-        handle.start().unwrap();
-        handle.start().unwrap(); // once
-        sink.write_all(b"late").unwrap();
-        assert_eq!(handle.finish(Duration::from_secs(10)), 0);
-        assert_eq!(*out.0.lock().unwrap(), b"early late");
-        // Never started (a start-up that failed): the finish writes it.
-        let out = Shared2::default();
-        let (mut sink, handle) = prepare(Box::new(out.clone()), None, Box::new(|| Ok(())));
-        sink.write_all(b"said").unwrap();
-        assert_eq!(handle.finish(Duration::from_secs(10)), 0);
-        assert_eq!(*out.0.lock().unwrap(), b"said");
     }
 
     #[test]

@@ -187,17 +187,9 @@ pub enum InterruptibleError {
 /// expected to end the process, which ends that thread too. A step that
 /// finishes returns its value and no signal is consumed.
 ///
-/// A finished step's value comes with its thread ([`StepThread`]), which has
-/// only its exit left: the caller joins it when it must know every thread
-/// of the process (before a seccomp filter that assumes none is left
-/// unfiltered), not on the way to the guest.
-///
 /// Blocks the shutdown signals in the calling thread (idempotent; the step's
 /// thread inherits the mask).
-pub fn interruptible<T, F>(
-    name: &'static str,
-    step: F,
-) -> Result<(T, StepThread), InterruptibleError>
+pub fn interruptible<T, F>(name: &'static str, step: F) -> Result<T, InterruptibleError>
 where
     T: Send + 'static,
     F: FnOnce() -> T + Send + 'static,
@@ -248,28 +240,13 @@ where
             }
         }
         if fds[1].revents != 0 {
-            // The step is over: its thread is on its way out (a panic was
-            // reported through the channel).
             let value = rx.recv().map_err(|_| InterruptibleError::Panicked(name));
-            let thread = StepThread(worker);
-            return value.map(|v| (v, thread));
+            // The step is over: its thread is on its way out. Waiting for
+            // it leaves no unfiltered thread behind once seccomp goes in
+            // (a panic was already reported through the channel).
+            let _ = worker.join();
+            return value;
         }
-    }
-}
-
-/// The thread of an [`interruptible`] step that finished: its value is
-/// out and it is exiting. Its exit (the stack given back) takes a little
-/// while on a nested host; [`StepThread::join`] waits for it. Dropped, it
-/// is detached.
-#[derive(Debug)]
-#[must_use = "join it before counting on every thread of the process"]
-pub struct StepThread(std::thread::JoinHandle<()>);
-
-impl StepThread {
-    /// Waits until the thread has exited.
-    pub fn join(self) {
-        // Its panics were reported by `interruptible`.
-        let _ = self.0.join();
     }
 }
 
@@ -333,9 +310,7 @@ mod tests {
     #[test]
     fn an_interruptible_step_returns_its_value() {
         on_own_thread(|| {
-            let (sum, thread) = interruptible("sum", || 2 + 2).unwrap();
-            assert_eq!(sum, 4);
-            thread.join();
+            assert_eq!(interruptible("sum", || 2 + 2).unwrap(), 4);
         });
     }
 

@@ -15,9 +15,8 @@
 //! it starts doing its work, after its set-up and before any guest code:
 //!
 //! - the serial writer, first thing in its thread, before it takes any
-//!   output (the main thread starts it once the boot vCPU runs, still
-//!   unfiltered, just before its own list; output the guest wrote before
-//!   then waits for it);
+//!   output (it is spawned before the machine is built, from an unfiltered
+//!   main thread);
 //! - each vCPU thread, through vmm-core's opaque thread-start hook, once
 //!   its vCPU is created, set up and its `kvm_run` mapped, and before it
 //!   reports back, so before the first `KVM_RUN` (so no `KVM_CREATE_VCPU`
