@@ -504,9 +504,9 @@ pub fn two_cpus_spin() -> Vec<u8> {
 pub const TWO_CPUS_AP_LEN: u64 = 18;
 
 /// `mov dword [addr], value`.
-fn mov_mem32(c: &mut Vec<u8>, addr: u64, value: u32) {
+fn store(c: &mut Vec<u8>, addr: u32, value: u32) {
     c.extend_from_slice(&[0xc7, 0x05]);
-    c.extend_from_slice(&le32(addr));
+    c.extend_from_slice(&addr.to_le_bytes());
     c.extend_from_slice(&value.to_le_bytes());
 }
 
@@ -514,10 +514,10 @@ fn mov_mem32(c: &mut Vec<u8>, addr: u64, value: u32) {
 /// (CS = 0x1000, IP = 0), as Linux does: the local APIC software-enabled,
 /// then INIT and STARTUP (vector 0x10) through the ICR.
 fn wake(c: &mut Vec<u8>, apic_id: u8) {
-    mov_mem32(c, 0xfee0_00f0, 0x1ff); // local APIC SVR: software enable
-    mov_mem32(c, 0xfee0_0310, u32::from(apic_id) << 24); // ICR high: destination
-    mov_mem32(c, 0xfee0_0300, 0x0000_4500); // ICR low: INIT, assert
-    mov_mem32(c, 0xfee0_0300, 0x0000_4610); // ICR low: STARTUP, vector 0x10
+    store(c, 0xfee0_00f0, 0x1ff); // local APIC SVR: software enable
+    store(c, 0xfee0_0310, u32::from(apic_id) << 24); // ICR high: destination
+    store(c, 0xfee0_0300, 0x0000_4500); // ICR low: INIT, assert
+    store(c, 0xfee0_0300, 0x0000_4610); // ICR low: STARTUP, vector 0x10
 }
 
 fn two_cpus_then(end: &[u8], apic_id: u8) -> Vec<u8> {
@@ -535,7 +535,7 @@ fn two_cpus_then(end: &[u8], apic_id: u8) -> Vec<u8> {
         0xeb, 0xfd,             // jmp hlt
     ];
     let mut bsp = Vec::new();
-    mov_mem32(&mut bsp, FLAG, 0); // a reset in place keeps RAM: start clean
+    store(&mut bsp, FLAG as u32, 0); // a reset in place keeps RAM: start clean
     wake(&mut bsp, apic_id);
     // Wait for the flag, at most until the TSC's high half has moved on by
     // two (1.6-3.3 s at 2.6 GHz): a bound in time, not in iterations,

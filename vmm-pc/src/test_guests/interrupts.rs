@@ -1,7 +1,7 @@
 //! A guest that takes interrupts through the IO-APIC: the same on KVM's
 //! irqchip and on the split one (our IO-APIC, KVM's local APICs).
 
-use super::{acpi_poweroff, le32, print, pvh_elf, I8042_RESET, LOAD_ADDR};
+use super::{acpi_poweroff, le32, print, pvh_elf, store, I8042_RESET, LOAD_ADDR};
 use crate::layout::port;
 
 /// Offsets in [`ioapic_interrupts`]' one page, and in `pic.rs`'s guest,
@@ -35,13 +35,6 @@ const SPACING: u64 = 0x20;
 
 pub(super) fn a(offset: u64) -> [u8; 4] {
     le32(LOAD_ADDR + offset)
-}
-
-/// `mov dword [addr], value`.
-pub(super) fn store(c: &mut Vec<u8>, addr: u32, value: u32) {
-    c.extend_from_slice(&[0xc7, 0x05]);
-    c.extend_from_slice(&addr.to_le_bytes());
-    c.extend_from_slice(&value.to_le_bytes());
 }
 
 /// `jb` to `target` if the count at `offset` is below `n`.
