@@ -10,6 +10,7 @@
 //! cargo xtask fuzz        the libFuzzer targets in fuzz/, N seconds each
 //! cargo xtask ci          lint, check-deps and test: what .ci/run runs
 //! cargo xtask guest       fetch and build the default guest (kernel, initramfs)
+//! cargo xtask startup-order  trace a start's functions for the release link's order
 //! ```
 
 use std::process::ExitCode;
@@ -23,6 +24,7 @@ mod fuzz;
 mod guest;
 mod links;
 mod run;
+mod startup_order;
 
 const USAGE: &str = "\
 usage: cargo xtask <task> [args]
@@ -73,6 +75,10 @@ tasks:
                            executions and coverage per target; fails on a crash
                            or timeout and names the reproducer
   ci                       lint, check-deps, test (what .ci/run runs)
+  startup-order            trace which functions a start of the release VMM runs
+                           (gdb, a one-shot breakpoint on each) and write them to
+                           vmm-cli/startup-order.txt, which the release link puts
+                           side by side: less of the binary mapped at start-up
   guest [--dir DIR] [--refresh] [--rootfs [PATH]] [--size SIZE]
                            fetch the Debian cloud kernel and busybox-static with
                            apt-get, and build the default guest into DIR (default
@@ -110,6 +116,7 @@ fn run(args: &[String]) -> Result<()> {
         "fuzz" => fuzz::task(rest),
         "guest" => guest::task(rest),
         "run" => run::task(rest),
+        "startup-order" => startup_order::task(rest),
         "ci" => {
             lint()?;
             deps::check()?;

@@ -638,11 +638,16 @@ fn interleaved(
 }
 
 /// A temporary directory removed on drop.
-struct TempDir(PathBuf);
+pub(crate) struct TempDir(PathBuf);
 
 impl TempDir {
-    fn new(prefix: &str) -> Result<Self> {
+    pub(crate) fn new(prefix: &str) -> Result<Self> {
         Self::new_in(&std::env::temp_dir(), prefix)
+    }
+
+    /// The folder.
+    pub(crate) fn path(&self) -> &Path {
+        &self.0
     }
 
     /// A fresh folder in `parent` (which is made if missing).
@@ -662,7 +667,7 @@ impl Drop for TempDir {
 
 /// Writes test guest `kind` (`vmm-pc/examples/write_test_guest.rs`) to
 /// `path`.
-fn write_test_guest(kind: &str, path: &Path) -> Result<()> {
+pub(crate) fn write_test_guest(kind: &str, path: &Path) -> Result<()> {
     let mut write = cmd::cargo([
         "run",
         "--quiet",
@@ -678,7 +683,7 @@ fn write_test_guest(kind: &str, path: &Path) -> Result<()> {
     cmd::run(&mut write)
 }
 
-fn target_dir() -> PathBuf {
+pub(crate) fn target_dir() -> PathBuf {
     match std::env::var_os("CARGO_TARGET_DIR") {
         Some(d) => cmd::root().join(d),
         None => cmd::root().join("target"),

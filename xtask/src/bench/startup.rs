@@ -84,6 +84,16 @@ pub fn startup(ctx: &Ctx) -> Result<Vec<Section>> {
     if programs.iter().any(|p| p.who == Who::Qemu) {
         s.note("QEMU: -M microvm -accel kvm -cpu host,-arch-capabilities -nodefaults -no-reboot.");
     }
+    match crate::startup_order::coverage(&super::target_dir().join("release/vmm")) {
+        Ok((found, named)) => s.note(format!(
+            "Our release binary is linked with the functions a start runs side by side \
+             (vmm-cli/startup-order.txt, `cargo xtask startup-order`): it has {found} of the \
+             {named} named there."
+        )),
+        Err(e) => s.note(format!(
+            "The start-up order file could not be checked: {e:#}."
+        )),
+    }
     if let Some(kib) = spawn_carry_kib() {
         s.note(format!(
             "Peak RSS is wait4's ru_maxrss; the spawn carries some of xtask's pages into it: \

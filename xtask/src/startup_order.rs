@@ -1,0 +1,248 @@
+//! `cargo xtask startup-order`: writes `vmm-cli/startup-order.txt`, the
+//! functions a start of the VMM runs, which the release link puts side by
+//! side (see `vmm-cli/build.rs`).
+//!
+//! The kernel maps a program's code 64 KiB around each page fault, so code
+//! that a start runs scattered over the whole binary is all mapped and
+//! counted in the peak RSS. The names come from running the release `vmm`
+//! under gdb with a one-shot breakpoint on every function (`nm` lists
+//! them), booting the benchmarks' minimal guest with one and two vCPUs.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, ensure, Context, Result};
+
+use crate::{bench, cmd};
+
+/// The order file, relative to the workspace root.
+pub const FILE: &str = "vmm-cli/startup-order.txt";
+
+/// The machines traced: the `startup` benchmark's, and one with an
+/// application processor (its vCPU thread's start).
+const RUNS: [&[&str]; 2] = [
+    &["--memory", "128M", "--cpus", "1"],
+    &["--memory", "128M", "--cpus", "2"],
+];
+
+const HEADER: &str = "\
+# The functions a start of the VMM runs, in the order they first ran:
+# the release link of `vmm` puts them first (LLD's --symbol-ordering-file;
+# vmm-cli/build.rs). Written by `cargo xtask startup-order`; names this
+# build no longer has are skipped, so an old file costs only the layout.
+";
+
+/// The task.
+pub fn task(args: &[String]) -> Result<()> {
+    if let Some(a) = args.first() {
+        bail!("startup-order takes no arguments (got `{a}`)");
+    }
+    if cmd::which("gdb").is_none() && !cmd::apt_install("gdb") {
+        bail!("gdb is not in PATH (apt-get install gdb)");
+    }
+    let vmm = build()?;
+    let symbols = functions(&vmm)?;
+    let tmp = bench::TempDir::new("vmm-startup-order")?;
+    let guest = tmp.path().join("hello-exit.elf");
+    bench::write_test_guest("hello-exit", &guest)?;
+    let addresses = tmp.path().join("addresses");
+    let mut list: Vec<u64> = symbols.keys().copied().collect();
+    list.sort_unstable();
+    let text: String = list.iter().map(|a| format!("{a:x}\n")).collect();
+    std::fs::write(&addresses, text)?;
+
+    let mut hits = Vec::new();
+    for run in RUNS {
+        let out = tmp.path().join("hits");
+        let mut gdb = Command::new("gdb");
+        gdb.args(["-q", "-nx", "-batch", "-x"])
+            .arg(cmd::root().join("xtask/src/startup_order.py"))
+            .arg("--args")
+            .arg(&vmm)
+            .arg("--kernel")
+            .arg(&guest)
+            .args(run)
+            .env("STARTUP_ORDER_ADDRESSES", &addresses)
+            .env("STARTUP_ORDER_OUT", &out);
+        eprintln!("xtask: tracing `vmm {}` under gdb", run.join(" "));
+        cmd::output(&mut gdb)?;
+        let run_hits = parse_hits(&std::fs::read_to_string(&out)?)?;
+        eprintln!("xtask:   {} functions ran", run_hits.len());
+        hits.extend(run_hits);
+    }
+    let names = order(&hits, &symbols);
+    let path = cmd::root().join(FILE);
+    let mut text = HEADER.to_owned();
+    for n in &names {
+        text.push_str(n);
+        text.push('\n');
+    }
+    std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    eprintln!(
+        "xtask: wrote {} ({} functions)",
+        path.display(),
+        names.len()
+    );
+
+    // Link again with the new order and say how much of it took.
+    let vmm = build()?;
+    let (found, named) = coverage(&vmm)?;
+    eprintln!("xtask: the release vmm has {found} of the {named} functions named");
+    Ok(())
+}
+
+/// Builds the release `vmm`; its path.
+fn build() -> Result<PathBuf> {
+    cmd::run(&mut cmd::cargo([
+        "build",
+        "--release",
+        "--package",
+        "vmm-cli",
+        "--bin",
+        "vmm",
+    ]))?;
+    Ok(bench::target_dir().join("release/vmm"))
+}
+
+/// How many of the functions the order file names `binary` has, and how
+/// many it names.
+pub fn coverage(binary: &Path) -> Result<(usize, usize)> {
+    let text = std::fs::read_to_string(cmd::root().join(FILE))
+        .with_context(|| format!("cannot read {FILE}"))?;
+    let named = parse_order(&text);
+    let have: HashSet<String> = functions(binary)?.into_values().flatten().collect();
+    Ok((
+        named.iter().filter(|n| have.contains(**n)).count(),
+        named.len(),
+    ))
+}
+
+/// `binary`'s functions by address (several names may share one).
+fn functions(binary: &Path) -> Result<HashMap<u64, Vec<String>>> {
+    let out = cmd::output(Command::new("nm").arg("--defined-only").arg(binary))?;
+    Ok(parse_nm(&String::from_utf8_lossy(&out.stdout)))
+}
+
+/// The code symbols of `nm --defined-only` output.
+fn parse_nm(text: &str) -> HashMap<u64, Vec<String>> {
+    let mut map: HashMap<u64, Vec<String>> = HashMap::new();
+    for line in text.lines() {
+        let mut f = line.split_whitespace();
+        let (Some(addr), Some(kind), Some(name), None) = (f.next(), f.next(), f.next(), f.next())
+        else {
+            continue;
+        };
+        if !matches!(kind, "t" | "T" | "W" | "w") {
+            continue;
+        }
+        if let Ok(a) = u64::from_str_radix(addr, 16) {
+            map.entry(a).or_default().push(name.to_owned());
+        }
+    }
+    map
+}
+
+/// The gdb script's output: hit addresses, then `exit 0`.
+fn parse_hits(text: &str) -> Result<Vec<u64>> {
+    let mut hits = Vec::new();
+    for line in text.lines() {
+        if let Some(code) = line.strip_prefix("exit ") {
+            ensure!(
+                code == "0",
+                "the traced VMM did not exit with status 0 (exit {code})"
+            );
+            return Ok(hits);
+        }
+        hits.push(
+            u64::from_str_radix(line.trim(), 16).with_context(|| format!("bad hit `{line}`"))?,
+        );
+    }
+    bail!("the trace has no exit line (gdb stopped early?)")
+}
+
+/// The names of `hits`' functions, each once, in first-hit order.
+fn order(hits: &[u64], symbols: &HashMap<u64, Vec<String>>) -> Vec<String> {
+    let mut seen = HashSet::new();
+    let mut names = Vec::new();
+    for a in hits {
+        if seen.insert(*a) {
+            names.extend(symbols.get(a).into_iter().flatten().cloned());
+        }
+    }
+    names
+}
+
+/// The names an order file lists (LLD skips `#` comments and blank lines).
+fn parse_order(text: &str) -> Vec<&str> {
+    text.lines()
+        .map(|l| l.split('#').next().unwrap_or("").trim())
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nm_output_gives_code_symbols_by_address() {
+        let nm = "\
+0000000000080f10 T _start
+0000000000091000 t _ZN3vmm4main17h0cd9e0f4e8680c45E
+0000000000091000 t alias_of_main
+00000000002fdc50 d some_data
+0000000000002000 r a_constant
+                 U ioctl@GLIBC_2.2.5
+0000000000092000 W weak_fn
+garbage line here
+";
+        let m = parse_nm(nm);
+        assert_eq!(m.len(), 3);
+        assert_eq!(m[&0x80f10], ["_start"]);
+        assert_eq!(
+            m[&0x91000],
+            ["_ZN3vmm4main17h0cd9e0f4e8680c45E", "alias_of_main"]
+        );
+        assert_eq!(m[&0x92000], ["weak_fn"]);
+    }
+
+    #[test]
+    fn hits_need_the_exit_line_and_status_0() {
+        assert_eq!(
+            parse_hits("80f10\n91000\nexit 0\n").unwrap(),
+            [0x80f10, 0x91000]
+        );
+        assert!(parse_hits("80f10\nexit 1\n").is_err());
+        assert!(parse_hits("80f10\nexit none\n").is_err());
+        assert!(parse_hits("80f10\n").is_err());
+        assert!(parse_hits("zz\nexit 0\n").is_err());
+    }
+
+    #[test]
+    fn order_keeps_first_hits_once_with_every_alias_and_drops_unknown_addresses() {
+        let m = parse_nm("10 t a\n20 t b\n20 t b_alias\n30 t c\n");
+        let names = order(&[0x20, 0x10, 0x20, 0x99, 0x30, 0x10], &m);
+        assert_eq!(names, ["b", "b_alias", "a", "c"]);
+    }
+
+    #[test]
+    fn the_order_file_skips_comments_and_blank_lines() {
+        let text = "# header\n\nfoo\n  bar  \nbaz # note\n#\n";
+        assert_eq!(parse_order(text), ["foo", "bar", "baz"]);
+    }
+
+    #[test]
+    fn the_committed_order_file_is_well_formed() {
+        let text = std::fs::read_to_string(cmd::root().join(FILE)).unwrap();
+        assert!(text.starts_with(HEADER), "{FILE} lost its header");
+        let names = parse_order(&text);
+        assert!(
+            names.len() > 100,
+            "{FILE} names only {} functions",
+            names.len()
+        );
+        let unique: HashSet<_> = names.iter().collect();
+        assert_eq!(unique.len(), names.len(), "{FILE} names a function twice");
+    }
+}
