@@ -17,8 +17,11 @@
 //!   dynamic loader reads at every start. The binary then needs glibc 2.36
 //!   or later (`GLIBC_ABI_DT_RELR`), so only where the build host has it.
 //!
-//! Only release builds for x86-64 Linux use them; `VMM_RELEASE_LINK=plain`
-//! turns both off (a linker other than LLD does not know the first).
+//! Only release builds for x86-64 Linux use them, and only through the LLD
+//! that rustc ships and links with by default on this target since Rust
+//! 1.90 (with an older rustc, a linker chosen in Cargo's configuration, or
+//! link flags in `RUSTFLAGS`, the link is left as it was: GNU ld does not
+//! know `--symbol-ordering-file`). `VMM_RELEASE_LINK=plain` turns both off.
 
 use std::env;
 use std::path::Path;
@@ -32,7 +35,7 @@ fn main() {
     let plain = env::var("VMM_RELEASE_LINK").is_ok_and(|v| v == "plain");
     let release = env::var("PROFILE").is_ok_and(|p| p == "release");
     let target = env::var("TARGET").unwrap_or_default();
-    if !release || plain || target != "x86_64-unknown-linux-gnu" {
+    if !release || plain || target != "x86_64-unknown-linux-gnu" || !default_lld() {
         return;
     }
     if order.exists() {
@@ -46,6 +49,26 @@ fn main() {
     }
 }
 
+/// Whether rustc links with its own LLD: rustc 1.90 or later, no linker
+/// chosen in Cargo's configuration, and no `-C link…` flag of any kind in
+/// `RUSTFLAGS` (a linker, its flavour, or arguments for it).
+fn default_lld() -> bool {
+    if env::var_os("RUSTC_LINKER").is_some() {
+        return false;
+    }
+    let flags = env::var("CARGO_ENCODED_RUSTFLAGS").unwrap_or_default();
+    if flags.split('\x1f').any(|f| f.contains("link")) {
+        return false;
+    }
+    let rustc = env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let Ok(out) = Command::new(rustc).arg("--version").output() else {
+        return false;
+    };
+    // "rustc 1.95.0 (59807616e 2026-04-14)"
+    let text = String::from_utf8_lossy(&out.stdout);
+    version_at_least(text.split_whitespace().nth(1).unwrap_or(""), (1, 90))
+}
+
 /// Whether this host's glibc is 2.36 or later (`getconf GNU_LIBC_VERSION`
 /// prints `glibc 2.36`); false when that cannot be told.
 fn glibc_reads_relr() -> bool {
@@ -53,12 +76,15 @@ fn glibc_reads_relr() -> bool {
         return false;
     };
     let text = String::from_utf8_lossy(&out.stdout);
-    let Some(version) = text.trim().strip_prefix("glibc ") else {
-        return false;
-    };
-    let mut parts = version.split('.').map(|p| p.parse::<u32>().ok());
+    let version = text.trim().strip_prefix("glibc ").unwrap_or("");
+    version_at_least(version, (2, 36))
+}
+
+/// Whether `version` ("MAJOR.MINOR[.…]") is at least `least`.
+fn version_at_least(version: &str, least: (u32, u32)) -> bool {
+    let mut parts = version.split(['.', '-']).map(|p| p.parse::<u32>().ok());
     match (parts.next().flatten(), parts.next().flatten()) {
-        (Some(major), Some(minor)) => (major, minor) >= (2, 36),
+        (Some(major), Some(minor)) => (major, minor) >= least,
         _ => false,
     }
 }
