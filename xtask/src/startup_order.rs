@@ -161,13 +161,17 @@ fn parse_hits(text: &str) -> Result<Vec<u64>> {
     bail!("the trace has no exit line (gdb stopped early?)")
 }
 
-/// The names of `hits`' functions, each once, in first-hit order.
+/// The names of `hits`' functions, each once, in first-hit order (a local
+/// name two object files both define is listed once: LLD orders every
+/// symbol of that name).
 fn order(hits: &[u64], symbols: &HashMap<u64, Vec<String>>) -> Vec<String> {
     let mut seen = HashSet::new();
     let mut names = Vec::new();
     for a in hits {
-        if seen.insert(*a) {
-            names.extend(symbols.get(a).into_iter().flatten().cloned());
+        for n in symbols.get(a).into_iter().flatten() {
+            if seen.insert(n) {
+                names.push(n.clone());
+            }
         }
     }
     names
@@ -221,8 +225,8 @@ garbage line here
 
     #[test]
     fn order_keeps_first_hits_once_with_every_alias_and_drops_unknown_addresses() {
-        let m = parse_nm("10 t a\n20 t b\n20 t b_alias\n30 t c\n");
-        let names = order(&[0x20, 0x10, 0x20, 0x99, 0x30, 0x10], &m);
+        let m = parse_nm("10 t a\n20 t b\n20 t b_alias\n30 t c\n40 t a\n");
+        let names = order(&[0x20, 0x10, 0x20, 0x99, 0x30, 0x10, 0x40], &m);
         assert_eq!(names, ["b", "b_alias", "a", "c"]);
     }
 
