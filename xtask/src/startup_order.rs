@@ -55,8 +55,10 @@ pub fn task(args: &[String]) -> Result<()> {
     let mut hits = Vec::new();
     for run in RUNS {
         let out = tmp.path().join("hits");
-        let mut gdb = Command::new("gdb");
-        gdb.args(["-q", "-nx", "-batch", "-x"])
+        // A start under gdb takes about 10 s here; a VMM that never ends
+        // (a guest that does not exit) is stopped after 5 minutes.
+        let mut gdb = Command::new("timeout");
+        gdb.args(["300", "gdb", "-q", "-nx", "-batch", "-x"])
             .arg(cmd::root().join("xtask/src/startup_order.py"))
             .arg("--args")
             .arg(&vmm)
