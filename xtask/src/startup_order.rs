@@ -8,7 +8,7 @@
 //! under gdb with a one-shot breakpoint on every function (`nm` lists
 //! them), booting the benchmarks' minimal guest with one and two vCPUs.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -27,8 +27,8 @@ const RUNS: [&[&str]; 2] = [
 ];
 
 const HEADER: &str = "\
-# The functions a start of the VMM runs, in the order they first ran:
-# the release link of `vmm` puts them first (LLD's --symbol-ordering-file;
+# The functions a start of the VMM runs, sorted by name: the release
+# link of `vmm` puts them first (LLD's --symbol-ordering-file;
 # vmm-cli/build.rs). Written by `cargo xtask startup-order`; names this
 # build no longer has are skipped, so an old file costs only the layout.
 ";
@@ -73,7 +73,7 @@ pub fn task(args: &[String]) -> Result<()> {
         eprintln!("xtask:   {} functions ran", run_hits.len());
         hits.extend(run_hits);
     }
-    let names = order(&hits, &symbols);
+    let names = names_of(&hits, &symbols);
     let path = cmd::root().join(FILE);
     let mut text = HEADER.to_owned();
     for n in &names {
@@ -163,20 +163,17 @@ fn parse_hits(text: &str) -> Result<Vec<u64>> {
     bail!("the trace has no exit line (gdb stopped early?)")
 }
 
-/// The names of `hits`' functions, each once, in first-hit order (a local
-/// name two object files both define is listed once: LLD orders every
-/// symbol of that name).
-fn order(hits: &[u64], symbols: &HashMap<u64, Vec<String>>) -> Vec<String> {
-    let mut seen = HashSet::new();
-    let mut names = Vec::new();
-    for a in hits {
-        for n in symbols.get(a).into_iter().flatten() {
-            if seen.insert(n) {
-                names.push(n.clone());
-            }
-        }
-    }
-    names
+/// The names of `hits`' functions, each once, sorted: the threads of a
+/// start reach them in an order that varies from run to run, and the order
+/// within the block hardly matters (a start maps all of it), so a sorted
+/// file changes only where the set does.
+fn names_of(hits: &[u64], symbols: &HashMap<u64, Vec<String>>) -> Vec<String> {
+    let names: BTreeSet<&String> = hits
+        .iter()
+        .filter_map(|a| symbols.get(a))
+        .flatten()
+        .collect();
+    names.into_iter().cloned().collect()
 }
 
 /// The names an order file lists (LLD skips `#` comments and blank lines).
@@ -226,10 +223,10 @@ garbage line here
     }
 
     #[test]
-    fn order_keeps_first_hits_once_with_every_alias_and_drops_unknown_addresses() {
-        let m = parse_nm("10 t a\n20 t b\n20 t b_alias\n30 t c\n40 t a\n");
-        let names = order(&[0x20, 0x10, 0x20, 0x99, 0x30, 0x10, 0x40], &m);
-        assert_eq!(names, ["b", "b_alias", "a", "c"]);
+    fn names_are_each_hit_once_with_every_alias_sorted_without_unknown_addresses() {
+        let m = parse_nm("10 t d\n20 t b\n20 t b_alias\n30 t c\n40 t d\n50 t e\n");
+        let names = names_of(&[0x20, 0x10, 0x20, 0x99, 0x30, 0x10, 0x40], &m);
+        assert_eq!(names, ["b", "b_alias", "c", "d"]);
     }
 
     #[test]
