@@ -18,7 +18,9 @@
 //! command line. One unmeasured warm-up boot each, then `runs` rounds;
 //! each round boots every configuration on both VMMs, taking turns (which
 //! VMM goes first alternates from one configuration to the next and from
-//! one round to the next).
+//! one round to the next). `--quick` (CI's run, which only keeps the suite
+//! from rotting) boots the quiet configurations once each, without the
+//! warm-up: four boots instead of ten.
 //!
 //! QEMU runs `-M microvm` with its defaults (ACPI, PIC, PIT, RTC, its
 //! ISA serial port) and `-cpu host,-arch-capabilities` (Debian's QEMU 7.2
@@ -428,11 +430,24 @@ fn build_helper(dir: &Path) -> Result<PathBuf> {
     Ok(out)
 }
 
-/// The `linux` suite: at most [`MAX_RUNS`] runs (one with `--quick`).
+/// The `linux` suite: at most [`MAX_RUNS`] runs (one with `--quick`, of
+/// the quiet configurations only and without the warm-up).
 pub fn run(ctx: &Ctx) -> Result<Vec<Section>> {
     let runs = if ctx.quick { 1 } else { ctx.runs.min(MAX_RUNS) };
-    let (series, sessions) = boots(runs)?;
+    let (series, sessions) = boots(runs, ctx.quick)?;
     Ok(section(&series, runs, sessions))
+}
+
+/// What one call of the suite boots: the warm-ups, then `runs` rounds
+/// (with `quick`, no warm-up and the quiet configurations only).
+fn schedule(runs: usize, quick: bool) -> (Vec<Boot>, Vec<Boot>) {
+    let mut measured = plan(runs);
+    if quick {
+        measured.retain(|b| b.config.quiet);
+        (Vec::new(), measured)
+    } else {
+        (warm_up(), measured)
+    }
 }
 
 /// The report's section: one row per configuration, ours beside QEMU.
@@ -452,7 +467,7 @@ fn section(series: &[LinuxSeries], runs: usize, sessions: Vec<String>) -> Vec<Se
          time from spawn to the marker on the VMM's stdout (the serial console), taken where the \
          VMMs run by spawn_to_marker.c. Same kernel, initramfs, memory, vCPUs and command line \
          (`{APPEND}`, plus `quiet` for the quiet rows); {runs} run(s) per VMM and configuration \
-         after a warm-up, taking turns."
+         after a warm-up, taking turns (`--quick`: the quiet rows only, no warm-up)."
     ));
     s.note(
         "QEMU: -M microvm -accel kvm -cpu host,-arch-capabilities -nodefaults -no-reboot \
@@ -468,7 +483,14 @@ fn section(series: &[LinuxSeries], runs: usize, sessions: Vec<String>) -> Vec<Se
     for n in sessions {
         s.note(n);
     }
-    for config in configs() {
+    // A configuration nothing measured (`--quick` boots no verbose console)
+    // has no row.
+    let measured = |c: &Config| {
+        series
+            .iter()
+            .any(|x| x.cpus == c.cpus && x.quiet == c.quiet && !x.to_init_ms.is_empty())
+    };
+    for config in configs().into_iter().filter(measured) {
         let label = format!(
             "{} vCPU{}, {}: spawn to /init",
             config.cpus,
@@ -498,7 +520,7 @@ fn section(series: &[LinuxSeries], runs: usize, sessions: Vec<String>) -> Vec<Se
 /// docs) and returns one series per VMM and configuration (for each
 /// console, `quiet` then verbose, for each vCPU count, 1 then 2, ours
 /// then QEMU's), and a line per L1 session.
-fn boots(runs: usize) -> Result<(Vec<LinuxSeries>, Vec<String>)> {
+fn boots(runs: usize, quick: bool) -> Result<(Vec<LinuxSeries>, Vec<String>)> {
     if runs == 0 {
         bail!("the Linux benchmark needs at least one run");
     }
@@ -514,12 +536,12 @@ fn boots(runs: usize) -> Result<(Vec<LinuxSeries>, Vec<String>)> {
     std::fs::write(&initrd, busybox_initramfs(&busybox, INIT, &[])?)
         .with_context(|| format!("cannot write {}", initrd.display()))?;
 
-    let mut pending = plan(runs);
+    let (warm_ups, mut pending) = schedule(runs, quick);
     let mut good: Vec<BootLine> = Vec::new();
     let mut failures: Vec<Failure> = Vec::new();
     let mut sessions = Vec::new();
     for session in 1..=SESSIONS {
-        let mut boots = warm_up();
+        let mut boots = warm_ups.clone();
         boots.extend_from_slice(&pending);
         let job = Job::new(["--version"])
             .file("bzImage", &guest.bzimage)
@@ -534,8 +556,9 @@ fn boots(runs: usize) -> Result<(Vec<LinuxSeries>, Vec<String>)> {
                 180 + boots.len() as u64 * u64::from(BOOT_TIMEOUT_S),
             ));
         eprintln!(
-            "xtask: Linux to /init, session {session}: {} boots (2 warm-ups) {}",
+            "xtask: Linux to /init, session {session}: {} boots ({} warm-ups) {}",
             boots.len(),
+            warm_ups.len(),
             match vmm_testbed::HostKvm::detect() {
                 vmm_testbed::HostKvm::Pvm => "nested in one L1 of the test bed",
                 _ => "directly on this host's KVM",

@@ -120,6 +120,33 @@ fn console_to_series() {
 }
 
 #[test]
+fn quick_boots_the_quiet_rows_once_without_a_warm_up() {
+    let (warm_ups, full) = schedule(1, false);
+    assert_eq!((warm_ups.len(), full.len()), (2, 8));
+    let (warm_ups, quick) = schedule(1, true);
+    assert!(warm_ups.is_empty());
+    assert_eq!(quick.len(), 4);
+    assert!(quick.iter().all(|b| b.config.quiet && b.run == Some(0)));
+    for vmm in [Vmm::Ours, Vmm::Qemu] {
+        for cpus in CPUS {
+            assert!(quick.iter().any(|b| b.vmm == vmm && b.config.cpus == cpus));
+        }
+    }
+    // The report has the rows it measured, and none for the verbose
+    // console it did not boot.
+    let (good, _) = parse_console(&console_for(&script(&quick)));
+    let sections = section(&series(&good), 1, Vec::new());
+    let rows: Vec<&str> = sections[0].rows.iter().map(|r| r.metric.as_str()).collect();
+    assert_eq!(
+        rows,
+        [
+            "1 vCPU, quiet: spawn to /init",
+            "2 vCPUs, quiet: spawn to /init"
+        ]
+    );
+}
+
+#[test]
 fn failed_tries_are_reported_with_their_log() {
     let console = "@@BOOT vmm=qemu cpus=1 console=quiet run=warmup to_init_ms=-1.000 \
                    exit_ms=12.000 status=1\r\n@@LOG-BEGIN\nqemu: no kvm\n@@LOG-END\n\
@@ -159,7 +186,7 @@ fn linux_end_to_end() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1);
-    let (series, _) = boots(runs).unwrap_or_else(|e| panic!("{e:#}"));
+    let (series, _) = boots(runs, false).unwrap_or_else(|e| panic!("{e:#}"));
     print!(
         "{}",
         super::super::report::section_markdown(&section(&series, runs, Vec::new())[0])
