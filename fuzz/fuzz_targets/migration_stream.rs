@@ -19,6 +19,7 @@ fuzz_target!(|data: &[u8]| {
         ram: vec![(0, RAM)],
         kvm_pit: false,
         devices: vec![],
+        cpuid: vec![],
     };
     let Ok(mut r) = StreamReader::open(data, &shape) else {
         return;

@@ -223,6 +223,85 @@ fn a_snapshot_of_another_machine_shape_is_refused_with_the_difference() {
     c.execute("quit");
     let o = wait(two);
     assert!(o.status.success(), "{}", stderr(&o));
+
+    // The same file as if saved on a CPU without SSE3 (CPUID leaf 1, ECX
+    // bit 0): a machine of the same shape on this host refuses it, by
+    // `snapshot-load` and by `--incoming`, naming the leaf.
+    let other_cpu = dir.0.join("other-cpu.snap");
+    std::fs::write(&other_cpu, with_cpuid_changed(&file, 1, |l| l.ecx ^= 1)).unwrap();
+    let dir3 = TempDir::new("snapshot-shape-3");
+    let (three, sock) = spawn(&dir3, &test_guests::counter(DELAY), &["--serial", "none"]);
+    let mut c = Client::connect(&sock);
+    let r = c.execute_with(
+        "snapshot-load",
+        json!({"job-id": "l", "tag": "t", "vmstate": other_cpu.to_str().unwrap(), "devices": []}),
+    );
+    assert_eq!(r, json!({"return": {}}));
+    assert_eq!(statuses(&mut c, "l").last().unwrap(), "concluded");
+    let jobs = c.execute("query-jobs");
+    let error = jobs["return"][0]["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        error.starts_with("the snapshot's vCPUs saw another CPU (CPUID leaf 0x1 subleaf 0: ECX ")
+            && error.ends_with("here): it needs a host with the same CPU and KVM"),
+        "{jobs}"
+    );
+    assert_eq!(c.status()["status"], "running");
+    c.execute("quit");
+    let o = wait(three);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = vmm()
+        .args(["--kernel", dir.0.join("guest.elf").to_str().unwrap()])
+        .args(["--memory", "64M", "--serial", "none"])
+        .args(["--incoming", &format!("file:{}", other_cpu.display())])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("the snapshot's vCPUs saw another CPU (CPUID leaf 0x1 subleaf 0"),
+        "{}",
+        stderr(&o)
+    );
+    // The file as saved loads on the same machine.
+    let dir4 = TempDir::new("snapshot-shape-4");
+    let (four, sock) = spawn(&dir4, &test_guests::counter(DELAY), &["--serial", "none"]);
+    let mut c = Client::connect(&sock);
+    assert_eq!(
+        job(&mut c, "snapshot-load", "l", &file),
+        serde_json::Value::Null
+    );
+    c.execute("quit");
+    let o = wait(four);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+/// The snapshot at `path` rewritten with `change` applied to vCPU 0's
+/// CPUID leaf `function` in its shape (sections and RAM images as saved).
+fn with_cpuid_changed(
+    path: &Path,
+    function: u32,
+    change: impl Fn(&mut vmm_pc::snapshot::format::CpuidLeaf),
+) -> Vec<u8> {
+    use vmm_pc::snapshot::format;
+    let bytes = std::fs::read(path).unwrap();
+    let (mut shape, sections, end) = format::read_counted(&mut bytes.as_slice(), 1 << 30).unwrap();
+    let leaf = shape
+        .cpuid
+        .iter_mut()
+        .find(|l| l.function == function && l.index == 0)
+        .unwrap_or_else(|| panic!("no CPUID leaf {function:#x} in the snapshot"));
+    change(leaf);
+    let mut out = Vec::new();
+    format::write_start(&mut out, &shape).unwrap();
+    for s in &sections {
+        format::write_section(&mut out, &s.name, &s.data).unwrap();
+    }
+    format::write_end(&mut out).unwrap();
+    out.resize(format::images_at(out.len() as u64) as usize, 0);
+    out.extend_from_slice(&bytes[format::images_at(end) as usize..]);
+    out
 }
 
 /// A snapshot-save and snapshot-load (the job's error, or none).

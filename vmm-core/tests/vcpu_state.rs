@@ -100,7 +100,19 @@ fn a_restored_vcpu_counts_on_from_where_it_was_saved() {
         })
         .unwrap();
     let state = states.remove(0).unwrap();
-    assert!(!state.msrs.is_empty(), "some MSRs are saved");
+    // The TSC and the kvmclock's two MSRs (the guest's clock source and
+    // its wall clock) are among them.
+    for (index, what) in [
+        (0x10, "IA32_TSC"),
+        (0x4b56_4d00, "MSR_KVM_WALL_CLOCK_NEW"),
+        (0x4b56_4d01, "MSR_KVM_SYSTEM_TIME_NEW"),
+    ] {
+        assert!(
+            state.msrs.iter().any(|m| m.index == index),
+            "{what} ({index:#x}) is not saved: {:x?}",
+            state.msrs.iter().map(|m| m.index).collect::<Vec<_>>()
+        );
+    }
     // The vCPU stopped somewhere in its loop: BX holds the last count
     // written, or one more if it stopped between `inc` and `out`.
     let bx = state.regs.rbx as u16;

@@ -145,6 +145,9 @@ pub struct PcMachine {
     disks: Vec<crate::virtio::Disk>,
     /// The MSRs KVM can save (`KVM_GET_MSR_INDEX_LIST`).
     msr_indices: Vec<u32>,
+    /// KVM's supported CPUID as the vCPUs' tables derive from it (what a
+    /// snapshot's shape records, see [`Self::shape`]).
+    supported_cpuid: kvm_bindings::CpuId,
     /// Which PIT serves.
     pit_backend: PitBackend,
     /// Snapshot jobs not yet dismissed.
@@ -236,7 +239,7 @@ impl PcMachine {
             .kvm()
             .get_msr_index_list()
             .map(|l| l.as_slice().to_vec())
-            .unwrap_or_default();
+            .map_err(PcError::MsrIndexList)?;
         let max = u32::try_from(kvm.max_vcpus())
             .unwrap_or(u32::MAX)
             .min(MAX_CPUS);
@@ -476,7 +479,12 @@ impl PcMachine {
         // 9. vCPU threads.
         let io: Arc<PcIo> = Arc::new(io);
         let entry = Arc::new(Mutex::new(entry));
-        let init = vcpu_init::vcpu_init(&vm, supported_cpuid, config.cpus, Arc::clone(&entry));
+        let init = vcpu_init::vcpu_init(
+            &vm,
+            supported_cpuid.clone(),
+            config.cpus,
+            Arc::clone(&entry),
+        );
         let vcpus = Vcpus::spawn_with_start(&vm, config.cpus, init, io, config.vcpu_thread_start)?;
         log::debug!("start-up: vCPU threads made");
         // The split irqchip's 8259s kick the boot vCPU when their output
@@ -516,6 +524,7 @@ impl PcMachine {
             stop_on_error: config.stop_on_error,
             disks,
             msr_indices,
+            supported_cpuid,
             pit_backend: config.pit,
             jobs: crate::snapshot::jobs::Jobs::default(),
             migration: None,

@@ -203,7 +203,31 @@ impl PcMachine {
                 .into_iter()
                 .map(|(id, ty)| (id, ty.to_owned()))
                 .collect(),
+            cpuid: self.cpuid_table(),
         }
+    }
+
+    /// vCPU 0's CPUID table, as its set-up made it ([`Shape::cpuid`]).
+    fn cpuid_table(&self) -> Vec<format::CpuidLeaf> {
+        let cpus = u32::try_from(self.vcpus.len()).unwrap_or(u32::MAX);
+        // The machine's vCPUs were set up from the same arguments, so this
+        // cannot fail here; an empty table would not match a saved one.
+        crate::cpu::cpuid::vcpu_cpuid(&self.supported_cpuid, 0, cpus)
+            .map(|t| {
+                t.as_slice()
+                    .iter()
+                    .map(|e| format::CpuidLeaf {
+                        function: e.function,
+                        index: e.index,
+                        flags: e.flags,
+                        eax: e.eax,
+                        ebx: e.ebx,
+                        ecx: e.ecx,
+                        edx: e.edx,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     pub(super) fn check_snapshottable(&self) -> Result<(), CommandFailure> {

@@ -234,6 +234,9 @@ pub enum PcError {
     /// vCPU threads.
     #[error(transparent)]
     Vcpu(#[from] VcpuError),
+    /// KVM would not list the MSRs a snapshot saves.
+    #[error("KVM_GET_MSR_INDEX_LIST failed (the MSRs a snapshot or migration carries)")]
+    MsrIndexList(#[source] kvm_ioctls::Error),
     /// KVM's PIT asked for without KVM's irqchip.
     #[error("KVM's in-kernel PIT needs the in-kernel irqchip (not the split one)")]
     KvmPitNeedsKernelIrqchip,

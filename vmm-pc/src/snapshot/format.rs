@@ -14,7 +14,7 @@
 //!
 //! The first section is `shape`: what the machine must be to take the
 //! snapshot (vCPU count, RAM regions, which PIT, its devices by id and
-//! type), as JSON. Compatibility rule: a reader takes its own
+//! type, the CPU its vCPUs see: the first vCPU's CPUID table), as JSON. Compatibility rule: a reader takes its own
 //! `FORMAT_VERSION` only; a section it does not know is refused, so that
 //! nothing in a file is silently dropped. A section added within a version
 //! is optional, written only when the machine needs it, so that files
@@ -45,7 +45,8 @@ pub const MAGIC: [u8; 8] = *b"VMMSNAP\0";
 ///
 /// 2 (2026-12-05): RAM as mapped images (version 1 stored it inside its
 /// sections, zero pages as bits of a bitmap).
-pub const FORMAT_VERSION: u32 = 2;
+/// 3 (2026-12-05 evening): the shape holds the vCPUs' CPUID.
+pub const FORMAT_VERSION: u32 = 3;
 /// The longest section name.
 const MAX_NAME: usize = 64;
 
@@ -60,6 +61,75 @@ pub struct Shape {
     pub kvm_pit: bool,
     /// The device list: (id, type), in order.
     pub devices: Vec<(String, String)>,
+    /// The CPUID table of vCPU 0 (the others differ from it only in
+    /// their APIC IDs, which the vCPU count fixes): the CPU the guest
+    /// was told it runs on, from the host's CPU and KVM. A guest moved to
+    /// a CPU without a feature it uses would fault, so it must match.
+    pub cpuid: Vec<CpuidLeaf>,
+}
+
+/// One CPUID leaf (`function`, subleaf `index`) and its four registers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CpuidLeaf {
+    /// EAX on entry: the leaf.
+    pub function: u32,
+    /// ECX on entry: the subleaf (where `flags` says it matters).
+    pub index: u32,
+    /// KVM's flags for the entry.
+    pub flags: u32,
+    /// The registers CPUID returns.
+    pub eax: u32,
+    /// EBX.
+    pub ebx: u32,
+    /// ECX.
+    pub ecx: u32,
+    /// EDX.
+    pub edx: u32,
+}
+
+impl CpuidLeaf {
+    /// The first leaf where `saved` and `here` differ, in words (a leaf
+    /// one of them lacks counts); `None` when they are the same.
+    fn difference(saved: &[CpuidLeaf], here: &[CpuidLeaf]) -> Option<String> {
+        let key = |l: &CpuidLeaf| (l.function, l.index);
+        let mut keys: Vec<(u32, u32)> = saved.iter().chain(here).map(key).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        for k in keys {
+            let find = |t: &[CpuidLeaf]| t.iter().find(|l| key(l) == k).copied();
+            let (a, b) = (find(saved), find(here));
+            if a == b {
+                continue;
+            }
+            let leaf = format!("CPUID leaf {:#x} subleaf {}", k.0, k.1);
+            let what = match (a, b) {
+                (Some(a), Some(b)) => {
+                    let regs = [
+                        ("EAX", a.eax, b.eax),
+                        ("EBX", a.ebx, b.ebx),
+                        ("ECX", a.ecx, b.ecx),
+                        ("EDX", a.edx, b.edx),
+                    ];
+                    match regs.iter().find(|(_, x, y)| x != y) {
+                        Some((reg, x, y)) => {
+                            format!("{leaf}: {reg} {x:#010x} in the snapshot, {y:#010x} here")
+                        }
+                        None => format!(
+                            "{leaf}: flags {:#x} in the snapshot, {:#x} here",
+                            a.flags, b.flags
+                        ),
+                    }
+                }
+                (Some(_), None) => format!("{leaf} is in the snapshot, not here"),
+                (None, _) => format!("{leaf} is here, not in the snapshot"),
+            };
+            return Some(format!(
+                "the snapshot's vCPUs saw another CPU ({what}): it needs a host with the same \
+                 CPU and KVM"
+            ));
+        }
+        None
+    }
 }
 
 impl Shape {
@@ -112,7 +182,7 @@ impl Shape {
                 ));
             }
         }
-        None
+        CpuidLeaf::difference(&self.cpuid, &machine.cpuid)
     }
 }
 
@@ -339,7 +409,65 @@ mod tests {
             ram: vec![(0, 128 << 20)],
             kvm_pit: false,
             devices: vec![("serial0".into(), "isa-serial".into())],
+            cpuid: vec![leaf(0, 0, 0xd), leaf(7, 0, 0x029c_6fbf)],
         }
+    }
+
+    fn leaf(function: u32, index: u32, ebx: u32) -> CpuidLeaf {
+        CpuidLeaf {
+            function,
+            index,
+            flags: 0,
+            eax: 1,
+            ebx,
+            ecx: 0,
+            edx: 0,
+        }
+    }
+
+    #[test]
+    fn another_cpu_is_named_by_its_first_different_leaf() {
+        let here = shape();
+        assert_eq!(shape().difference(&here), None);
+        let mut other = shape();
+        other.cpuid[1].ebx &= !(1 << 5);
+        assert_eq!(
+            other.difference(&here).as_deref(),
+            Some(
+                "the snapshot's vCPUs saw another CPU (CPUID leaf 0x7 subleaf 0: EBX \
+                 0x029c6f9f in the snapshot, 0x029c6fbf here): it needs a host with the same \
+                 CPU and KVM"
+            )
+        );
+        let mut fewer = shape();
+        fewer.cpuid.pop();
+        let why = fewer.difference(&here).unwrap();
+        assert!(
+            why.contains("(CPUID leaf 0x7 subleaf 0 is here, not in the snapshot)"),
+            "{why}"
+        );
+        let why = here.difference(&fewer).unwrap();
+        assert!(
+            why.contains("(CPUID leaf 0x7 subleaf 0 is in the snapshot, not here)"),
+            "{why}"
+        );
+        // The order of the table does not matter; a flag does.
+        let mut reordered = shape();
+        reordered.cpuid.reverse();
+        assert_eq!(reordered.difference(&here), None);
+        let mut flagged = shape();
+        flagged.cpuid[0].flags = 1;
+        assert!(flagged
+            .difference(&here)
+            .unwrap()
+            .contains("flags 0x1 in the snapshot, 0x0 here"));
+        // The vCPU count is named first: it also changes the table.
+        let mut two = other.clone();
+        two.cpus = 4;
+        assert_eq!(
+            two.difference(&here).as_deref(),
+            Some("the snapshot has 4 vCPUs, this machine 2")
+        );
     }
 
     fn file() -> Vec<u8> {
@@ -367,9 +495,11 @@ mod tests {
         let good = file();
         let err = |bytes: &[u8]| read(&mut &bytes[..], 1 << 20).unwrap_err().to_string();
         assert!(err(b"ELF\x7f1234567").contains("bad magic"));
-        let mut v1 = good.clone();
-        v1[8] = 1;
-        assert_eq!(err(&v1), "format version 1, this build reads 2");
+        for old in [1u8, 2] {
+            let mut v = good.clone();
+            v[8] = old;
+            assert_eq!(err(&v), format!("format version {old}, this build reads 3"));
+        }
         // Every cut is an error, never a panic.
         for cut in 0..good.len() {
             assert!(read(&mut &good[..cut], 1 << 20).is_err(), "cut at {cut}");
@@ -380,8 +510,11 @@ mod tests {
         assert_eq!(err(&flipped), "section 'ram' is damaged (CRC-32 mismatch)");
         // A section larger than the caller allows is refused before it is
         // read.
-        let e = read(&mut good.as_slice(), 100).unwrap_err().to_string();
-        assert!(e.contains("section 'ram' is 1000 bytes"), "{e}");
+        let e = read(&mut good.as_slice(), 500).unwrap_err().to_string();
+        assert!(
+            e.contains("section 'ram' is 1000 bytes, more than the 500"),
+            "{e}"
+        );
         // No shape first.
         let mut no_shape = Vec::new();
         no_shape.extend_from_slice(&MAGIC);
@@ -545,6 +678,7 @@ mod ram_tests {
             ram: vec![(0, 4096)],
             kvm_pit: false,
             devices: Vec::new(),
+            cpuid: Vec::new(),
         }
     }
 }

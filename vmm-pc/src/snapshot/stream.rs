@@ -33,7 +33,10 @@ use super::runstate;
 /// The stream's first bytes.
 pub const MAGIC: [u8; 8] = *b"VMMMIGR\0";
 /// The layout this build sends and takes.
-pub const STREAM_VERSION: u32 = 1;
+///
+/// 2 (2026-12-05 evening): the shape holds the vCPUs' CPUID (as the
+/// snapshot file's version 3).
+pub const STREAM_VERSION: u32 = 2;
 /// Pages in one `pages` section at most.
 pub const MAX_CHUNK_PAGES: usize = 256;
 /// One page record's header: address and kind.
@@ -270,6 +273,7 @@ mod tests {
             ram: vec![(0, 16 * PAGE as u64)],
             kvm_pit: false,
             devices: vec![],
+            cpuid: vec![],
         }
     }
 
@@ -357,12 +361,14 @@ mod tests {
         flipped[at] ^= 0x40;
         let e = read_all(&flipped).unwrap_err().to_string();
         assert!(e.contains("CRC-32") || e.contains("malformed"), "{e}");
-        let mut v2 = good.clone();
-        v2[8] = 2;
-        assert_eq!(
-            read_all(&v2).unwrap_err().to_string(),
-            "format version 2, this build reads 1"
-        );
+        for other in [1u8, 3] {
+            let mut v = good.clone();
+            v[8] = other;
+            assert_eq!(
+                read_all(&v).unwrap_err().to_string(),
+                format!("format version {other}, this build reads 2")
+            );
+        }
         let mut snap = good.clone();
         snap[..8].copy_from_slice(&format::MAGIC);
         assert!(read_all(&snap).unwrap_err().to_string().contains("magic"));
