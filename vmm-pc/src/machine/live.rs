@@ -73,6 +73,9 @@ impl std::fmt::Debug for Live {
     }
 }
 
+/// How long `migrate-incoming` waits for the migration thread's listening.
+const LISTEN_ANSWER: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl Live {
     /// The state without its thread yet ([`Live::start_worker`]); for
     /// `--incoming` with a stream, listens now (a port in use fails the
@@ -310,13 +313,14 @@ impl PcMachine {
                 .transition(RunState::Inmigrate)
                 .map_err(|e| e.to_string())?;
         }
-        let from = match self.live.listener.take() {
-            Some(listener) => From::Ready(listener),
+        let (from, listening) = match self.live.listener.take() {
+            Some(listener) => (From::Ready(listener), None),
             None => {
                 if matches!(uri, MigrationUri::Exec(_)) && !self.live.spawn_allowed {
                     return Err(crate::migration::transport::NO_SPAWN.into());
                 }
-                From::Uri(uri, self.live.spawn_allowed)
+                let (tx, rx) = std::sync::mpsc::sync_channel(1);
+                (From::Uri(uri, self.live.spawn_allowed, tx), Some(rx))
             }
         };
         let job = RecvJob {
@@ -325,6 +329,12 @@ impl PcMachine {
             shape: self.shape(),
         };
         self.live.submit(Job::Receive(job))?;
+        // The migration thread listens (or starts `exec:`'s command) at
+        // once: its answer is the command's.
+        if let Some(rx) = listening {
+            rx.recv_timeout(LISTEN_ANSWER)
+                .map_err(|_| "the migration thread did not start listening".to_owned())??;
+        }
         self.live.receiving = Some(Instant::now());
         self.migration_status("active");
         Ok(())

@@ -182,10 +182,12 @@ impl PcMachine {
             MigrationUri::File(path) => path,
             stream => {
                 self.check_snapshottable()?;
+                // A listening that failed (a port in use) may be tried
+                // again, as QEMU's.
+                self.incoming_stream(stream)
+                    .map_err(CommandFailure::Refused)?;
                 self.deferred_incoming = false;
-                return self
-                    .incoming_stream(stream)
-                    .map_err(CommandFailure::Refused);
+                return Ok(());
             }
         };
         self.check_snapshottable()?;

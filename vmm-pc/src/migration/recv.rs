@@ -19,8 +19,16 @@ use crate::snapshot::stream::{self, Item, StreamReader};
 pub enum From {
     /// Set up already (`--incoming`, at start-up).
     Ready(Listener),
-    /// To listen at first (`migrate-incoming`).
-    Uri(MigrationUri, bool),
+    /// To listen at first (`migrate-incoming`): the URI, whether `exec:`
+    /// may start its command, and where to say whether the listening (or
+    /// the command's start) worked, before anything is received: the main
+    /// thread answers `migrate-incoming` with it, as QEMU does, so that a
+    /// port in use is the command's error and the machine waits on.
+    Uri(
+        MigrationUri,
+        bool,
+        std::sync::mpsc::SyncSender<Result<(), String>>,
+    ),
 }
 
 /// An incoming migration.
@@ -34,14 +42,28 @@ pub struct RecvJob {
     pub shape: Shape,
 }
 
-/// Receives the stream: its RAM into the guest, its state sections back.
-pub fn run(job: RecvJob) -> Result<Vec<Section>, String> {
+/// Receives the stream: its RAM into the guest, its state sections back;
+/// `None` when [`From::Uri`]'s listening failed (already reported there).
+pub fn run(job: RecvJob) -> Option<Result<Vec<Section>, String>> {
     let listener = match job.from {
         From::Ready(l) => l,
-        From::Uri(uri, spawn_allowed) => transport::listen(&uri, spawn_allowed)?,
+        From::Uri(uri, spawn_allowed, listening) => match transport::listen(&uri, spawn_allowed) {
+            Ok(l) => {
+                let _ = listening.send(Ok(()));
+                l
+            }
+            Err(e) => {
+                let _ = listening.send(Err(e));
+                return None;
+            }
+        },
     };
+    Some(receive(listener, &job.memory, &job.shape))
+}
+
+fn receive(listener: Listener, memory: &GuestRam, shape: &Shape) -> Result<Vec<Section>, String> {
     let source = listener.accept()?;
-    let result = read(source.input, &job.memory, &job.shape);
+    let result = read(source.input, memory, shape);
     if let Some(mut child) = source.child {
         match child.wait() {
             Ok(status) if !status.success() => {

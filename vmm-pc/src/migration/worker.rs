@@ -179,8 +179,9 @@ impl Worker {
                             mailbox.post(ToMain::Sent(result));
                         }
                         Job::Receive(job) => {
-                            let result = super::recv::run(job);
-                            mailbox.post(ToMain::Received(result));
+                            if let Some(result) = super::recv::run(job) {
+                                mailbox.post(ToMain::Received(result));
+                            }
                         }
                     }
                 }
