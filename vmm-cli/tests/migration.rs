@@ -51,6 +51,19 @@ fn a_guest_migrated_through_a_file_counts_on_in_a_new_process() {
     let info = c.execute("query-migrate")["return"].clone();
     assert_eq!(info["status"], "completed", "{info}");
     assert_eq!(info["ram"]["total"], 64u64 << 20);
+    // What the file got: the pages holding anything (the guest's code and
+    // tables, a few dozen), the rest as holes (`duplicate`), and the bytes
+    // of both with the sections'.
+    let ram = &info["ram"];
+    let (normal, duplicate, transferred) = (
+        ram["normal"].as_u64().unwrap(),
+        ram["duplicate"].as_u64().unwrap(),
+        ram["transferred"].as_u64().unwrap(),
+    );
+    assert_eq!(normal + duplicate, (64u64 << 20) / 4096, "{info}");
+    assert!(normal > 0 && normal < 1024, "{info}");
+    assert!(transferred > normal * 4096, "{info}");
+    assert!(transferred < normal * 4096 + (1 << 20), "{info}");
     let at_migration = counts(&log, false);
     let last = *at_migration.last().unwrap();
     std::thread::sleep(Duration::from_millis(200));

@@ -116,6 +116,15 @@ impl PcMachine {
         let stopped = Instant::now();
         let written = self.write_snapshot(&path);
         let total = self.ram_total();
+        let pages = total / crate::snapshot::format::PAGE as u64;
+        // What the file got: the data pages (and the sections), the pages
+        // of zeroes as holes (QEMU's `duplicate`, zero pages it sends as a
+        // flag).
+        let (transferred, normal) = match &written {
+            Ok(w) => (w.bytes, w.pages),
+            Err(_) => (0, 0),
+        };
+        let elapsed = started.elapsed().as_secs_f64();
         let mut info = MigrationInfo {
             status: "completed",
             total_time_ms: ms(started),
@@ -123,16 +132,27 @@ impl PcMachine {
             expected_downtime_ms: None,
             setup_time_ms: 0,
             ram: RamStats {
-                transferred: total,
+                transferred,
                 total,
-                normal: total / crate::snapshot::format::PAGE as u64,
+                normal,
+                duplicate: pages.saturating_sub(normal),
                 dirty_sync_count: 1,
+                bandwidth: if elapsed > 0.0 {
+                    (transferred as f64 / elapsed) as u64
+                } else {
+                    0
+                },
+                pages_per_second: if elapsed > 0.0 {
+                    (normal as f64 / elapsed) as u64
+                } else {
+                    0
+                },
                 ..RamStats::default()
             },
             error: None,
         };
         match written {
-            Ok(()) => {
+            Ok(_) => {
                 self.runstate
                     .transition(RunState::Postmigrate)
                     .map_err(|e| CommandFailure::Machine(PcError::Control(e.to_string())))?;
@@ -148,7 +168,6 @@ impl PcMachine {
                 };
                 log::warn!("migration failed: {why}");
                 info.status = "failed";
-                info.ram.transferred = 0;
                 info.error = Some(why);
                 self.migration = Some(info);
                 self.migration_status("failed");

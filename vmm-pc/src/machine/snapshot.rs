@@ -178,6 +178,16 @@ fn host_slice(
     Ok(unsafe { std::slice::from_raw_parts(ptr, len) })
 }
 
+/// What a save wrote: its sections and its RAM pages with data (pages of
+/// zeroes are holes, written as nothing).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Written {
+    /// Bytes written: the sections and the data pages.
+    pub(super) bytes: u64,
+    /// RAM pages written.
+    pub(super) pages: u64,
+}
+
 /// A new file's name beside `path`, for this process.
 fn temp_beside(path: &Path) -> Option<std::path::PathBuf> {
     let name = path.file_name()?.to_string_lossy();
@@ -277,7 +287,7 @@ impl PcMachine {
             self.stop_with(RunState::SaveVm)
                 .map_err(CommandFailure::Machine)?;
         }
-        let saved = self.write_snapshot(path);
+        let saved = self.write_snapshot(path).map(|_| ());
         if was_live {
             self.start().map_err(CommandFailure::Machine)?;
             self.emit(crate::MachineEvent::Resume);
@@ -346,8 +356,8 @@ impl PcMachine {
     /// file is written under a new name beside `path` and renamed over it
     /// once synced: a failed save leaves the old file, and RAM mapped from
     /// that file (a restored machine saving to where it came from) keeps
-    /// its pages ([`crate::snapshot::mapped`]).
-    pub(super) fn write_snapshot(&mut self, path: &Path) -> Result<(), CommandFailure> {
+    /// its pages ([`crate::snapshot::mapped`]). Returns what it wrote.
+    pub(super) fn write_snapshot(&mut self, path: &Path) -> Result<Written, CommandFailure> {
         let t0 = std::time::Instant::now();
         let state = self.capture_state()?;
         let io = |e: std::io::Error| refused(format!("cannot write {}: {e}", path.display()));
@@ -376,12 +386,13 @@ impl PcMachine {
         let images_at = format::images_at(head.len() as u64);
         let temp = temp_beside(path)
             .ok_or_else(|| refused(format!("{}: not a file name", path.display())))?;
-        let written = (|| -> std::io::Result<()> {
+        let written = (|| -> std::io::Result<u64> {
             let file = File::create(&temp)?;
             file.write_all_at(&head, 0)?;
+            let mut pages = 0;
             for (gpa, ram, image) in &regions {
                 let (sources, old) = self.page_sources(*gpa, ram);
-                crate::snapshot::image::write_image(
+                pages += crate::snapshot::image::write_image(
                     &file,
                     images_at + image.offset,
                     ram,
@@ -391,14 +402,21 @@ impl PcMachine {
             }
             file.set_len(images_at + offset)?;
             file.sync_all()?;
-            std::fs::rename(&temp, path)
+            std::fs::rename(&temp, path)?;
+            Ok(pages)
         })();
-        if let Err(e) = written {
-            let _ = std::fs::remove_file(&temp);
-            return Err(io(e));
-        }
+        let pages = match written {
+            Ok(pages) => pages,
+            Err(e) => {
+                let _ = std::fs::remove_file(&temp);
+                return Err(io(e));
+            }
+        };
         log::debug!("snapshot: written at {:?}", t0.elapsed());
-        Ok(())
+        Ok(Written {
+            bytes: head.len() as u64 + pages * format::PAGE as u64,
+            pages,
+        })
     }
 
     /// Reads `path` and checks all of it against this machine.

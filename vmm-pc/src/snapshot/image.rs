@@ -64,14 +64,15 @@ pub struct OldImage<'a> {
 /// entry (a page past the end of `sources` is read from `ram`; an
 /// [`Source::OldFile`] page without `old` too). A file system that cannot
 /// copy between the two files (another file system, no support) has the
-/// pages read from `ram` instead.
+/// pages read from `ram` instead. Returns how many pages were written
+/// (copied or read); the rest are holes.
 pub fn write_image(
     file: &File,
     at: u64,
     ram: &[u8],
     sources: &[Source],
     old: Option<OldImage<'_>>,
-) -> io::Result<()> {
+) -> io::Result<u64> {
     let pages = ram.len() / PAGE;
     let source = |i: usize| match sources.get(i).copied().unwrap_or(Source::Ram) {
         Source::OldFile if old.is_none() => Source::Ram,
@@ -79,13 +80,14 @@ pub fn write_image(
     };
     let mut copying = old;
     let mut first = 0;
+    let mut written = 0u64;
     while first < pages {
         let kind = source(first);
         let end = (first..pages).find(|&i| source(i) != kind).unwrap_or(pages);
         let (from, to) = (first * PAGE, end * PAGE);
         match kind {
             Source::Zeroes => {}
-            Source::Ram => write_ram(file, at + from as u64, &ram[from..to])?,
+            Source::Ram => written += write_ram(file, at + from as u64, &ram[from..to])?,
             Source::OldFile => {
                 let copied = match copying {
                     Some(o) => copy_range(
@@ -105,21 +107,23 @@ pub fn write_image(
                         0
                     }
                 };
+                written += (done / PAGE) as u64;
                 if from + done < to {
-                    write_ram(file, at + (from + done) as u64, &ram[from + done..to])?;
+                    written += write_ram(file, at + (from + done) as u64, &ram[from + done..to])?;
                 }
             }
         }
         first = end;
     }
-    Ok(())
+    Ok(written)
 }
 
 /// Writes the pages of `ram` that hold anything at `at` in `file`, one
-/// write per run; pages of zeroes stay holes.
-fn write_ram(file: &File, at: u64, ram: &[u8]) -> io::Result<()> {
+/// write per run; pages of zeroes stay holes. Returns the pages written.
+fn write_ram(file: &File, at: u64, ram: &[u8]) -> io::Result<u64> {
     let pages = ram.len() / PAGE;
     let mut run: Option<usize> = None;
+    let mut written = 0u64;
     for index in 0..=pages {
         let data = index < pages
             && ram[index * PAGE..(index + 1) * PAGE]
@@ -129,12 +133,13 @@ fn write_ram(file: &File, at: u64, ram: &[u8]) -> io::Result<()> {
             (true, None) => run = Some(index),
             (false, Some(first)) => {
                 file.write_all_at(&ram[first * PAGE..index * PAGE], at + (first * PAGE) as u64)?;
+                written += (index - first) as u64;
                 run = None;
             }
             _ => {}
         }
     }
-    Ok(())
+    Ok(written)
 }
 
 /// Copies `len` bytes of `from` at `from_at` to `to` at `to_at` in the
@@ -217,7 +222,8 @@ mod tests {
         known[4] = Source::Zeroes;
         let (path, file) = temp("holes");
         let at = PAGE as u64;
-        write_image(&file, at, &ram, &known, None).unwrap();
+        // Pages 0, 2 and 3 written.
+        assert_eq!(write_image(&file, at, &ram, &known, None).unwrap(), 3);
         file.set_len(at + ram.len() as u64).unwrap();
         let mut expected = ram.clone();
         expected[4 * PAGE..5 * PAGE].fill(0);
@@ -252,7 +258,8 @@ mod tests {
             file: &old,
             start: PAGE as u64,
         };
-        write_image(&file, at, &ram, &sources, Some(o)).unwrap();
+        // Two pages copied and one read: three of four.
+        assert_eq!(write_image(&file, at, &ram, &sources, Some(o)).unwrap(), 3);
         file.set_len(at + ram.len() as u64).unwrap();
         let back = read_back(&file, at, ram.len());
         assert!(back[..PAGE].iter().all(|&b| b == 5));
@@ -260,7 +267,7 @@ mod tests {
         assert!(back[2 * PAGE..3 * PAGE].iter().all(|&b| b == 5));
         assert!(back[3 * PAGE..].iter().all(|&b| b == 0));
         // Without the old file, the same pages are read from RAM.
-        write_image(&file, at, &ram, &sources, None).unwrap();
+        assert_eq!(write_image(&file, at, &ram, &sources, None).unwrap(), 3);
         assert!(read_back(&file, at, PAGE).iter().all(|&b| b == 7));
         std::fs::remove_file(path).unwrap();
         std::fs::remove_file(old_path).unwrap();
