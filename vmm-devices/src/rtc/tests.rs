@@ -497,6 +497,36 @@ fn state_round_trips() {
     assert!(b.sim.edges(10 * MS, &probe).len() == 1);
 }
 
+/// A snapshot restored an hour later (another machine, its host clock an
+/// hour on): the guest's wall clock reads the host's time again, not the
+/// saved instant, and a time the guest set keeps its distance from the
+/// host's (the state holds the offset, not the time).
+#[test]
+fn a_restore_later_keeps_the_wall_clock_right() {
+    let hour = 3600 * SEC;
+    let guest_now = |b: &Bench| {
+        let host = b.sim.clocks.now(ClockType::Host);
+        lock(&b.rtc).guest_time_ns(host)
+    };
+    // A guest that never set the clock: host time.
+    let b = Bench::new();
+    b.wait(10 * MS);
+    let saved = lock(&b.rtc).state();
+    let later = Bench::at(start_ns() + hour);
+    lock(&later.rtc).restore(&saved);
+    assert_eq!(guest_now(&later), start_ns() + hour);
+    assert_eq!(later.guest_hour(), 2, "01:23 then, 02:23 an hour later");
+    // A guest that set 1999: still the same distance from host time.
+    let b = Bench::new();
+    set_1999_end(&b);
+    b.set(reg::B, 0x02);
+    let offset = guest_now(&b) - start_ns();
+    let saved = lock(&b.rtc).state();
+    let later = Bench::at(start_ns() + hour);
+    lock(&later.rtc).restore(&saved);
+    assert_eq!(guest_now(&later) - (start_ns() + hour), offset);
+}
+
 #[test]
 fn dates() {
     assert_eq!(days_from_civil(1970, 1, 1), 0);
