@@ -108,6 +108,14 @@ pub fn info_json(info: Option<&MigrationInfo>) -> Value {
     let Some(m) = info else {
         return json!({});
     };
+    if m.incoming {
+        // QEMU's destination shows its status only.
+        let mut v = json!({ "status": m.status });
+        if let Some(e) = &m.error {
+            v["error-desc"] = json!(e);
+        }
+        return v;
+    }
     let r = &m.ram;
     let mbps = r.bandwidth as f64 * 8.0 / 1e6;
     let mut v = json!({
@@ -201,12 +209,24 @@ mod tests {
                 ..RamStats::default()
             },
             error: None,
+            incoming: false,
         }));
         assert_eq!(done["ram"]["normal"], 2);
         assert_eq!(done["ram"]["mbps"], 8.0);
         assert_eq!(done["downtime"], 9);
         assert!(done.get("expected-downtime").is_none());
         assert_eq!(done["status"], "completed");
+        let destination = MigrationInfo {
+            status: "active",
+            total_time_ms: 10,
+            downtime_ms: None,
+            expected_downtime_ms: None,
+            setup_time_ms: 0,
+            ram: RamStats::default(),
+            error: None,
+            incoming: true,
+        };
+        assert_eq!(info_json(Some(&destination)), json!({"status": "active"}));
     }
 
     #[test]

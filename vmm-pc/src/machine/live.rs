@@ -289,6 +289,7 @@ impl PcMachine {
                 setup_time_ms: shared.setup_time_ms.load(Ordering::Relaxed),
                 ram: shared.stats(),
                 error: None,
+                incoming: false,
             });
         }
         if let Some(started) = self.live.receiving {
@@ -300,6 +301,7 @@ impl PcMachine {
                 setup_time_ms: 0,
                 ram: RamStats::default(),
                 error: None,
+                incoming: true,
             });
         }
         self.migration.clone()
@@ -402,6 +404,7 @@ impl PcMachine {
             setup_time_ms: out.shared.setup_time_ms.load(Ordering::Relaxed),
             ram: out.shared.stats(),
             error: None,
+            incoming: false,
         };
         match result {
             Ok(()) => {
@@ -466,6 +469,7 @@ impl PcMachine {
             setup_time_ms: 0,
             ram: RamStats::default(),
             error: None,
+            incoming: true,
         });
         self.migration_status("completed");
         self.after_incoming()

@@ -50,6 +50,9 @@ pub struct MigrationInfo {
     pub ram: RamStats,
     /// Why it failed.
     pub error: Option<String>,
+    /// The destination's: `query-migrate` shows only its `status` (and
+    /// `error-desc`), as QEMU's destination does.
+    pub incoming: bool,
 }
 
 /// Where an incoming migration comes from (`--incoming`).
@@ -150,6 +153,7 @@ impl PcMachine {
                 ..RamStats::default()
             },
             error: None,
+            incoming: false,
         };
         match written {
             Ok(_) => {
