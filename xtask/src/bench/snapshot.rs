@@ -157,9 +157,48 @@ fn counting(who: Who, console: &Path) -> Result<()> {
     Ok(())
 }
 
+/// What one live migration measured.
+struct Live {
+    /// `query-migrate`'s total time, ms.
+    total_ms: f64,
+    /// Its downtime, ms.
+    downtime_ms: f64,
+    /// With `timed`: the guest's counts per second before the migration
+    /// (one over the time between its first two count lines).
+    counts_per_s: Option<f64>,
+}
+
+/// One count line: eight hex digits and a newline.
+const COUNT_LINE: u64 = 9;
+
+/// The time from the end of the guest's first count line on `console` to
+/// the end of its second (a dirtying guest's period: it rewrites its MiB
+/// before each count).
+fn count_period(who: Who, console: &Path) -> Result<Duration> {
+    let printed = || std::fs::metadata(console).map_or(0, |m| m.len());
+    let waiting = Instant::now();
+    let mut first = None;
+    loop {
+        let n = printed();
+        if n >= 2 * COUNT_LINE {
+            if let Some(t) = first {
+                return Ok(Instant::now().duration_since(t));
+            }
+            bail!("{}: two count lines at once: no period to time", who.name());
+        }
+        if n >= COUNT_LINE && first.is_none() {
+            first = Some(Instant::now());
+        }
+        if waiting.elapsed() > Duration::from_secs(30) {
+            bail!("{}: the guest printed no second count in 30 s", who.name());
+        }
+        std::thread::sleep(Duration::from_micros(500));
+    }
+}
+
 /// Migrates a running guest live over loopback TCP to a new process;
-/// `query-migrate`'s total time and downtime, ms.
-fn live(who: Who, ctx: &Ctx, guest: &Path) -> Result<(f64, f64)> {
+/// with `timed`, times the guest's count period first.
+fn live(who: Who, ctx: &Ctx, guest: &Path, timed: bool) -> Result<Live> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
@@ -204,7 +243,12 @@ fn live(who: Who, ctx: &Ctx, guest: &Path) -> Result<(f64, f64)> {
     };
     let dst = session("dst", Some(&uri))?;
     let mut src = session("src", None)?;
-    counting(who, &console)?;
+    let counts_per_s = if timed {
+        Some(1.0 / count_period(who, &console)?.as_secs_f64())
+    } else {
+        counting(who, &console)?;
+        None
+    };
     src.request_json(
         r#"{"execute":"migrate-set-capabilities","arguments":{"capabilities":[{"capability":"events","state":true}]}}"#,
         None,
@@ -219,7 +263,11 @@ fn live(who: Who, ctx: &Ctx, guest: &Path) -> Result<(f64, f64)> {
             .as_f64()
             .with_context(|| format!("{}: no {name} in {info}", who.name()))
     };
-    Ok((field("total-time")?, field("downtime")?))
+    Ok(Live {
+        total_ms: field("total-time")?,
+        downtime_ms: field("downtime")?,
+        counts_per_s,
+    })
 }
 
 /// Starts a guest from `file`; the time to its first byte, and its RSS
@@ -328,15 +376,26 @@ pub fn run(ctx: &Ctx) -> Result<Vec<Section>> {
             "ms",
         );
         let mut downtime_row = Row::new(format!("live migration: downtime{label}"), "ms");
+        let dirtying_guest = !label.is_empty();
+        let mut rate_row = Row::new(
+            "live migration: dirty rate of the guest rewriting 16 MiB, before it".to_owned(),
+            "MiB/s",
+        );
         for round in 0..runs {
             for i in 0..who.len() {
                 let w = who[(i + round) % who.len()];
-                let (total, downtime) = live(w, ctx, guest)?;
-                live_row.push(w, total);
-                downtime_row.push(w, downtime);
+                let m = live(w, ctx, guest, dirtying_guest)?;
+                live_row.push(w, m.total_ms);
+                downtime_row.push(w, m.downtime_ms);
+                if let Some(rate) = m.counts_per_s {
+                    rate_row.push(w, rate * f64::from(DIRTYING_MIB));
+                }
             }
         }
         rows.extend([live_row, downtime_row]);
+        if dirtying_guest {
+            rows.push(rate_row);
+        }
     }
     let mut s = Section::new(
         "snapshot",
@@ -367,7 +426,9 @@ pub fn run(ctx: &Ctx) -> Result<Vec<Section>> {
         "Live migration: a destination with --incoming tcp:127.0.0.1:PORT (QEMU: -incoming \
          tcp:...), QMP migrate from the running source over loopback, both with their default \
          downtime-limit (300 ms) and max-bandwidth (128 MiB/s); query-migrate's total-time \
-         and downtime once completed.",
+         and downtime once completed. The dirtying guest's rate: the 16 MiB it rewrites per \
+         count over the time between its first two count lines (the migration starts after \
+         the second).",
     );
     s.rows = rows;
     Ok(vec![s])
