@@ -498,6 +498,20 @@ fn a_refused_connection_fails_the_migration_and_the_source_runs_on() {
     assert_eq!(c.status()["status"], "running");
     let before = counts(&log, false).len();
     wait_counts(&log, before + 3, false);
+    // A paused source stays paused when its migration fails.
+    assert_eq!(c.execute("stop"), json!({"return": {}}));
+    assert_eq!(
+        c.execute_with("migrate", json!({ "uri": uri })),
+        json!({"return": {}})
+    );
+    let (statuses, _) = until_done(&mut c);
+    assert_eq!(
+        statuses.last().map(String::as_str),
+        Some("failed"),
+        "{statuses:?}"
+    );
+    assert_eq!(c.status()["status"], "paused");
+    assert_eq!(c.execute("cont"), json!({"return": {}}));
     // And a later migration may go elsewhere.
     let file = dir.0.join("after.mig");
     assert_eq!(
