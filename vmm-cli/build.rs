@@ -11,7 +11,11 @@
 //!   puts them first (`--symbol-ordering-file`). The file names symbols as
 //!   this toolchain mangles them: names a later build lacks (a rename,
 //!   another toolchain) are skipped without a warning, which costs only the
-//!   layout, and `cargo xtask bench startup` reports how many it found.
+//!   layout, and `cargo xtask bench startup` reports how many it found. A
+//!   `NAME.*` stands for the internal copies LTO makes of a function,
+//!   `NAME.1`, `NAME.2`...: their numbers move with any change, so LLD gets
+//!   the file with each such line written out for every number up to
+//!   [`MAX_COPY`] (in `OUT_DIR`).
 //! - **Packed relative relocations** (`-z pack-relative-relocs`, DT_RELR):
 //!   about 4000 relocations in 1 KiB instead of 97 KiB, all of which the
 //!   dynamic loader reads at every start. The binary then needs glibc 2.36
@@ -38,15 +42,45 @@ fn main() {
     if !release || plain || target != "x86_64-unknown-linux-gnu" || !default_lld() {
         return;
     }
-    if order.exists() {
+    if let Ok(text) = std::fs::read_to_string(&order) {
+        let out = Path::new(&env::var("OUT_DIR").expect("cargo sets it")).join("startup-order.txt");
+        std::fs::write(&out, expand(&text)).expect("cannot write the order file to OUT_DIR");
         println!(
             "cargo::rustc-link-arg-bin=vmm=-Wl,--symbol-ordering-file={},--no-warn-symbol-ordering",
-            order.display()
+            out.display()
         );
     }
     if glibc_reads_relr() {
         println!("cargo::rustc-link-arg-bin=vmm=-Wl,-z,pack-relative-relocs");
     }
+}
+
+/// The highest copy number a `NAME.*` line stands for (xtask's
+/// `startup_order::MAX_COPY`; a build numbers its copies up to about 3500).
+const MAX_COPY: u32 = 8191;
+
+/// The order file as LLD takes it: each `NAME.*` line as `NAME.1` to
+/// `NAME.MAX_COPY` (LLD skips the names the binary lacks), the rest as
+/// they are.
+fn expand(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        match line.trim().strip_suffix(".*") {
+            Some(stem) if !line.trim_start().starts_with('#') => {
+                for n in 1..=MAX_COPY {
+                    out.push_str(stem);
+                    out.push('.');
+                    out.push_str(&n.to_string());
+                    out.push('\n');
+                }
+            }
+            _ => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    out
 }
 
 /// Whether rustc links with its own LLD: rustc 1.90 or later, no linker

@@ -31,7 +31,13 @@ const HEADER: &str = "\
 # link of `vmm` puts them first (LLD's --symbol-ordering-file;
 # vmm-cli/build.rs). Written by `cargo xtask startup-order`; names this
 # build no longer has are skipped, so an old file costs only the layout.
+# NAME.* stands for every internal copy LTO made of a function (NAME.1,
+# NAME.2, ...: numbers that move with any change to the program).
 ";
+
+/// The highest copy number `NAME.*` stands for (vmm-cli/build.rs writes
+/// each; a build's copies are numbered up to about 3500 today).
+pub const MAX_COPY: u32 = 8191;
 
 /// The task.
 pub fn task(args: &[String]) -> Result<()> {
@@ -107,17 +113,36 @@ fn build() -> Result<PathBuf> {
     Ok(bench::target_dir().join("release/vmm"))
 }
 
-/// How many of the functions the order file names `binary` has, and how
-/// many it names.
+/// How many of the functions the order file names `binary` has (a
+/// `NAME.*` when it has a copy up to [`MAX_COPY`]), and how many it names.
 pub fn coverage(binary: &Path) -> Result<(usize, usize)> {
     let text = std::fs::read_to_string(cmd::root().join(FILE))
         .with_context(|| format!("cannot read {FILE}"))?;
     let named = parse_order(&text);
     let have: HashSet<String> = functions(binary)?.into_values().flatten().collect();
-    Ok((
-        named.iter().filter(|n| have.contains(**n)).count(),
-        named.len(),
-    ))
+    let copies: HashSet<&str> = have
+        .iter()
+        .filter_map(|n| copy_of(n))
+        .filter(|(_, number)| *number <= MAX_COPY)
+        .map(|(stem, _)| stem)
+        .collect();
+    let found = named
+        .iter()
+        .filter(|n| match n.strip_suffix(".*") {
+            Some(stem) => copies.contains(stem),
+            None => have.contains(**n),
+        })
+        .count();
+    Ok((found, named.len()))
+}
+
+/// A copy LTO made of a function: `NAME.N` as (NAME, N).
+fn copy_of(name: &str) -> Option<(&str, u32)> {
+    let (stem, number) = name.rsplit_once('.')?;
+    if stem.is_empty() || number.is_empty() || !number.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((stem, number.parse().ok()?))
 }
 
 /// `binary`'s functions by address (several names may share one).
@@ -167,13 +192,18 @@ fn parse_hits(text: &str) -> Result<Vec<u64>> {
 /// start reach them in an order that varies from run to run, and the order
 /// within the block hardly matters (a start maps all of it), so a sorted
 /// file changes only where the set does.
+/// A copy LTO made (`NAME.N`) is written `NAME.*`, once for all of them.
 fn names_of(hits: &[u64], symbols: &HashMap<u64, Vec<String>>) -> Vec<String> {
-    let names: BTreeSet<&String> = hits
+    let names: BTreeSet<String> = hits
         .iter()
         .filter_map(|a| symbols.get(a))
         .flatten()
+        .map(|n| match copy_of(n) {
+            Some((stem, _)) => format!("{stem}.*"),
+            None => n.clone(),
+        })
         .collect();
-    names.into_iter().cloned().collect()
+    names.into_iter().collect()
 }
 
 /// The names an order file lists (LLD skips `#` comments and blank lines).
@@ -230,6 +260,17 @@ garbage line here
     }
 
     #[test]
+    fn copies_lto_made_are_named_once_for_all() {
+        let m = parse_nm("10 t f.2764\n20 t f.2880\n30 t g\n40 t v1.2.x\n50 t h.\n");
+        let names = names_of(&[0x10, 0x20, 0x30, 0x40, 0x50], &m);
+        assert_eq!(names, ["f.*", "g", "h.", "v1.2.x"]);
+        assert_eq!(copy_of("a.b.12"), Some(("a.b", 12)));
+        for not_a_copy in ["f", "f.", ".12", "f.1x", "f.99999999999"] {
+            assert_eq!(copy_of(not_a_copy), None, "{not_a_copy}");
+        }
+    }
+
+    #[test]
     fn the_order_file_skips_comments_and_blank_lines() {
         let text = "# header\n\nfoo\n  bar  \nbaz # note\n#\n";
         assert_eq!(parse_order(text), ["foo", "bar", "baz"]);
@@ -247,5 +288,11 @@ garbage line here
         );
         let unique: HashSet<_> = names.iter().collect();
         assert_eq!(unique.len(), names.len(), "{FILE} names a function twice");
+        // Copies are named by their stem, once (`cargo xtask startup-order`
+        // writes them so).
+        assert!(
+            names.iter().all(|n| copy_of(n).is_none()),
+            "{FILE} names a numbered copy; write it NAME.*"
+        );
     }
 }
