@@ -52,6 +52,20 @@ fn source_of(dir: &TempDir, guest: &[u8], extra: &[&str]) -> (Running, Client, s
 
 /// Waits for the source's `MIGRATION` events up to a final status;
 /// returns the statuses and the `MIGRATION_PASS` events seen.
+/// Sends `migrate` to `uri` and waits until it ends in `status`.
+fn migrate_ends(c: &mut Client, uri: &str, status: &str) {
+    assert_eq!(
+        c.execute_with("migrate", json!({ "uri": uri })),
+        json!({"return": {}})
+    );
+    let (statuses, _) = until_done(c);
+    assert_eq!(
+        statuses.last().map(String::as_str),
+        Some(status),
+        "{statuses:?}"
+    );
+}
+
 fn until_done(c: &mut Client) -> (Vec<String>, Vec<u64>) {
     let mut statuses = Vec::new();
     let mut passes = Vec::new();
@@ -187,16 +201,7 @@ fn live_migration_through_exec() {
     // The source's command needs a VMM that may start programs.
     let (src, mut c, _log) = source(&dir, &["--seccomp", "off"]);
     let uri = format!("exec:cat > '{}'", file.display());
-    assert_eq!(
-        c.execute_with("migrate", json!({ "uri": uri })),
-        json!({"return": {}})
-    );
-    let (statuses, _) = until_done(&mut c);
-    assert_eq!(
-        statuses.last().map(String::as_str),
-        Some("completed"),
-        "{statuses:?}"
-    );
+    migrate_ends(&mut c, &uri, "completed");
     c.execute("quit");
     wait(src);
     // The destination reads the command's stdout (under seccomp: the
@@ -396,16 +401,7 @@ fn incoming_defer_then_migrate_incoming_over_tcp_ends_paused_with_paused() {
     let dir = TempDir::new("live-defer-src");
     let (src, mut c, _log) = source(&dir, &[]);
     // Listening once the command returned: the first try goes through.
-    assert_eq!(
-        c.execute_with("migrate", json!({ "uri": uri })),
-        json!({"return": {}})
-    );
-    let (statuses, _) = until_done(&mut c);
-    assert_eq!(
-        statuses.last().map(String::as_str),
-        Some("completed"),
-        "{statuses:?}"
-    );
+    migrate_ends(&mut c, &uri, "completed");
     assert_eq!(c.status()["status"], "postmigrate");
     // --paused: loaded, waiting for cont.
     let start = Instant::now();
@@ -481,16 +477,7 @@ fn a_refused_connection_fails_the_migration_and_the_source_runs_on() {
     let (src, mut c, log) = source(&dir, &[]);
     // Nothing listens there (the port was free a moment ago).
     let uri = format!("tcp:127.0.0.1:{}", free_port());
-    assert_eq!(
-        c.execute_with("migrate", json!({ "uri": uri })),
-        json!({"return": {}})
-    );
-    let (statuses, _) = until_done(&mut c);
-    assert_eq!(
-        statuses.last().map(String::as_str),
-        Some("failed"),
-        "{statuses:?}"
-    );
+    migrate_ends(&mut c, &uri, "failed");
     let info = c.execute("query-migrate")["return"].clone();
     assert_eq!(info["status"], "failed", "{info}");
     let desc = info["error-desc"].as_str().unwrap_or_default();
@@ -500,16 +487,7 @@ fn a_refused_connection_fails_the_migration_and_the_source_runs_on() {
     wait_counts(&log, before + 3, false);
     // A paused source stays paused when its migration fails.
     assert_eq!(c.execute("stop"), json!({"return": {}}));
-    assert_eq!(
-        c.execute_with("migrate", json!({ "uri": uri })),
-        json!({"return": {}})
-    );
-    let (statuses, _) = until_done(&mut c);
-    assert_eq!(
-        statuses.last().map(String::as_str),
-        Some("failed"),
-        "{statuses:?}"
-    );
+    migrate_ends(&mut c, &uri, "failed");
     assert_eq!(c.status()["status"], "paused");
     assert_eq!(c.execute("cont"), json!({"return": {}}));
     // And a later migration may go elsewhere.
@@ -606,16 +584,7 @@ fn a_machine_with_a_disk_migrates_to_a_vmm_on_the_same_image() {
         &["--serial", &serial2, "--drive", &drive, "--incoming", &uri],
     );
     let mut d = Client::connect(&sock2);
-    assert_eq!(
-        c.execute_with("migrate", json!({ "uri": uri })),
-        json!({"return": {}})
-    );
-    let (statuses, _) = until_done(&mut c);
-    assert_eq!(
-        statuses.last().map(String::as_str),
-        Some("completed"),
-        "{statuses:?}"
-    );
+    migrate_ends(&mut c, &uri, "completed");
     let resumed = wait_counts(&log2, 3, true);
     assert_eq!(resumed[1], resumed[0] + 1);
     assert_eq!(d.status()["status"], "running");
