@@ -192,6 +192,7 @@ fn parse_hits(text: &str) -> Result<Vec<u64>> {
 /// start reach them in an order that varies from run to run, and the order
 /// within the block hardly matters (a start maps all of it), so a sorted
 /// file changes only where the set does.
+///
 /// A copy LTO made (`NAME.N`) is written `NAME.*`, once for all of them.
 fn names_of(hits: &[u64], symbols: &HashMap<u64, Vec<String>>) -> Vec<String> {
     let names: BTreeSet<String> = hits
