@@ -128,6 +128,13 @@ impl PcMachine {
             Err(_) => (0, 0),
         };
         let elapsed = started.elapsed().as_secs_f64();
+        let per_second = |n: u64| {
+            if elapsed > 0.0 {
+                (n as f64 / elapsed) as u64
+            } else {
+                0
+            }
+        };
         let mut info = MigrationInfo {
             status: "completed",
             total_time_ms: ms(started),
@@ -140,16 +147,8 @@ impl PcMachine {
                 normal,
                 duplicate: pages.saturating_sub(normal),
                 dirty_sync_count: 1,
-                bandwidth: if elapsed > 0.0 {
-                    (transferred as f64 / elapsed) as u64
-                } else {
-                    0
-                },
-                pages_per_second: if elapsed > 0.0 {
-                    (normal as f64 / elapsed) as u64
-                } else {
-                    0
-                },
+                bandwidth: per_second(transferred),
+                pages_per_second: per_second(normal),
                 ..RamStats::default()
             },
             error: None,

@@ -35,6 +35,7 @@
 //! file's own size and a caller's limit before anything is allocated,
 //! and a damaged, cut or foreign file is an error naming what is wrong.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, Read, Write};
 
 use serde::{Deserialize, Serialize};
@@ -89,15 +90,20 @@ pub struct CpuidLeaf {
 
 impl CpuidLeaf {
     /// The first leaf where `saved` and `here` differ, in words (a leaf
-    /// one of them lacks counts); `None` when they are the same.
+    /// one of them lacks counts); `None` when they are the same. `saved`
+    /// comes from a file or a stream: any size, in any order, in
+    /// O(n log n).
     fn difference(saved: &[CpuidLeaf], here: &[CpuidLeaf]) -> Option<String> {
-        let key = |l: &CpuidLeaf| (l.function, l.index);
-        let mut keys: Vec<(u32, u32)> = saved.iter().chain(here).map(key).collect();
-        keys.sort_unstable();
-        keys.dedup();
+        let by_key = |t: &[CpuidLeaf]| -> BTreeMap<(u32, u32), CpuidLeaf> {
+            t.iter().map(|l| ((l.function, l.index), *l)).collect()
+        };
+        let (saved_map, here_map) = (by_key(saved), by_key(here));
+        if saved_map.len() != saved.len() {
+            return Some("the snapshot's CPUID table names a leaf twice".to_owned());
+        }
+        let keys: BTreeSet<&(u32, u32)> = saved_map.keys().chain(here_map.keys()).collect();
         for k in keys {
-            let find = |t: &[CpuidLeaf]| t.iter().find(|l| key(l) == k).copied();
-            let (a, b) = (find(saved), find(here));
+            let (a, b) = (saved_map.get(k).copied(), here_map.get(k).copied());
             if a == b {
                 continue;
             }
@@ -461,6 +467,20 @@ mod tests {
             .difference(&here)
             .unwrap()
             .contains("flags 0x1 in the snapshot, 0x0 here"));
+        // A table from a file may be of any size: compared in O(n log n),
+        // a leaf named twice refused.
+        let mut huge = shape();
+        huge.cpuid = (0..200_000).map(|i| leaf(0x4000_0000 + i, 0, 0)).collect();
+        assert!(huge
+            .difference(&here)
+            .unwrap()
+            .contains("CPUID leaf 0x0 subleaf 0"));
+        let mut twice = shape();
+        twice.cpuid.push(twice.cpuid[0]);
+        assert_eq!(
+            twice.difference(&here).as_deref(),
+            Some("the snapshot's CPUID table names a leaf twice")
+        );
         // The vCPU count is named first: it also changes the table.
         let mut two = other.clone();
         two.cpus = 4;
