@@ -26,7 +26,7 @@
 //!   from birth; each thread, its vCPU set up, then adds a short filter
 //!   refusing exactly those calls (`lists::vcpu_lock`), which leaves the
 //!   vCPU list. The kernel's cost of installing a filter grows with its
-//!   length (about 0.18 ms for the vCPU list here, 0.05 ms for the lock):
+//!   length (the vCPU list took about 0.18 ms here, the lock 0.05 ms):
 //!   64 vCPUs reach their first guest byte 7 ms sooner this way;
 //! - the main thread last, once every other thread exists and the front
 //!   ends (console, QMP socket) are set up, and once the boot vCPU runs
@@ -42,12 +42,18 @@
 //! it would otherwise open files (the CPU count, the overcommit mode) on
 //! whichever thread first needed them.
 //!
+//! Each program starts with a binary search over its list's call numbers
+//! ([`dispatch`]), which answers a call off the list at once: installing
+//! a filter costs the kernel less than half as much with it (the vCPU
+//! list 162 → 70 µs, the main one 227 → 96 µs here).
+//!
 //! `--seccomp on` traps a forbidden call and ends the VMM with a line
 //! naming it ([`sigsys`]); `log` lets it through and has the kernel log it
 //! (`SECCOMP_RET_LOG`: the audit log, or dmesg); `off` installs nothing.
 //! seccompiler's `apply_filter` sets `no_new_privs` first, as the kernel
 //! requires of an unprivileged process.
 
+mod dispatch;
 mod ioctls;
 mod lists;
 mod names;
@@ -141,26 +147,31 @@ fn mismatch_action(mode: Mode) -> Option<SeccompAction> {
     }
 }
 
-fn compile(rules: lists::Rules, mismatch: &SeccompAction) -> Result<BpfProgram> {
-    let filter = SeccompFilter::new(
-        rules,
-        mismatch.clone(),
-        SeccompAction::Allow,
-        TargetArch::x86_64,
-    )?;
+/// seccompiler's program for `rules`: `matched` for a call a rule matches,
+/// `mismatch` for the rest; without [`dispatch`]'s prefix.
+fn seccompiler_program(
+    rules: lists::Rules,
+    mismatch: SeccompAction,
+    matched: SeccompAction,
+) -> Result<BpfProgram> {
+    let filter = SeccompFilter::new(rules, mismatch, matched, TargetArch::x86_64)?;
     Ok(filter.try_into()?)
+}
+
+/// A filter that allows what `rules` match and answers the rest with
+/// `mismatch`.
+fn compile(rules: lists::Rules, mismatch: &SeccompAction) -> Result<BpfProgram> {
+    let listed: Vec<i64> = rules.keys().copied().collect();
+    let program = seccompiler_program(rules, mismatch.clone(), SeccompAction::Allow)?;
+    Ok(dispatch::with_prefix(program, &listed))
 }
 
 /// A filter that refuses what `rules` match (with the mode's action) and
 /// lets everything else through to the filters before it.
 fn compile_refusals(rules: lists::Rules, refuse: &SeccompAction) -> Result<BpfProgram> {
-    let filter = SeccompFilter::new(
-        rules,
-        SeccompAction::Allow,
-        refuse.clone(),
-        TargetArch::x86_64,
-    )?;
-    Ok(filter.try_into()?)
+    let listed: Vec<i64> = rules.keys().copied().collect();
+    let program = seccompiler_program(rules, SeccompAction::Allow, refuse.clone())?;
+    Ok(dispatch::with_prefix(program, &listed))
 }
 
 impl Thread {
