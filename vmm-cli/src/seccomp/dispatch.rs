@@ -10,16 +10,21 @@
 //! quarters of `seccomp()`'s cost: the main list's 250 instructions took
 //! 248 µs to install, and 67 µs with the walk cut short.
 //!
-//! The prefix comes before the program, which stays as seccompiler made
-//! it: on x86_64 it loads the call number and looks it up in a balanced
-//! tree of the listed numbers; a number off the list gets the program's
-//! default action at once, a listed one (and any other architecture) goes
-//! on into the program, which decides as before. So the program answers
-//! every call as before, an unlisted one in a few instructions instead of
-//! a walk over the whole list, when the kernel prepares its cache and at
+//! So the program is built in two parts. seccompiler compiles the calls
+//! whose rules look at arguments; in front of its program goes a prefix
+//! that, on x86_64, loads the call number and looks it up in a balanced
+//! tree of the listed numbers: a call allowed whatever its arguments gets
+//! the list's action at once, a call off the list the default action, and
+//! the calls with argument rules (and any other architecture) go on into
+//! seccompiler's program, which decides as it always has. Every call gets
+//! the answer seccompiler's program for the whole list would give (the
+//! tests check this call number by call number), in a dozen instructions
+//! where it walked the list, when the kernel prepares its cache and at
 //! every filtered call alike.
 
-use seccompiler::{sock_filter, BpfProgram};
+use seccompiler::{sock_filter, BpfProgram, SeccompAction, SeccompFilter, TargetArch};
+
+use super::lists::Rules;
 
 // Classic BPF opcodes (linux/filter.h).
 const BPF_LD_W_ABS: u16 = 0x20;
@@ -56,7 +61,7 @@ fn stmt(code: u16, k: u32) -> sock_filter {
 enum To {
     /// The next instruction.
     Next,
-    /// The program after the prefix.
+    /// seccompiler's program, after the prefix.
     Program,
     /// The instruction at this index of the prefix.
     At(usize),
@@ -69,97 +74,131 @@ struct Insn {
     jf: To,
 }
 
-/// `program` (seccompiler's, for `listed`: the list's call numbers, each
-/// once) behind the prefix; `program` unchanged if it does not look like
-/// seccompiler's output for x86_64 or the prefix would not fit.
-pub(super) fn with_prefix(program: BpfProgram, listed: &[i64]) -> BpfProgram {
-    let Some(default) = default_action(&program) else {
-        return program;
-    };
-    let mut numbers: Vec<u32> = Vec::with_capacity(listed.len());
-    for &nr in listed {
-        match u32::try_from(nr) {
-            Ok(n) => numbers.push(n),
-            Err(_) => return program,
+impl Insn {
+    fn load(offset: u32) -> Self {
+        Self {
+            code: BPF_LD_W_ABS,
+            k: offset,
+            jt: To::Next,
+            jf: To::Next,
         }
     }
-    numbers.sort_unstable();
-    numbers.dedup();
 
-    let mut insns = vec![
-        Insn {
-            code: BPF_LD_W_ABS,
-            k: ARCH_OFFSET,
+    fn ret(action: u32) -> Self {
+        Self {
+            code: BPF_RET_K,
+            k: action,
             jt: To::Next,
             jf: To::Next,
-        },
-        Insn {
-            code: BPF_JMP_JEQ_K,
-            k: AUDIT_ARCH_X86_64,
-            jt: To::Next,
-            jf: To::Program,
-        },
-        Insn {
-            code: BPF_LD_W_ABS,
-            k: NR_OFFSET,
-            jt: To::Next,
-            jf: To::Next,
-        },
-    ];
-    tree(&numbers, default, &mut insns);
-    match resolve(&insns) {
-        Some(mut prefix) => {
-            prefix.extend(program);
-            prefix
         }
-        None => program,
+    }
+
+    fn jump(code: u16, k: u32, jt: To, jf: To) -> Self {
+        Self { code, k, jt, jf }
     }
 }
 
-/// The action of a call off the list: seccompiler ends its program with it
-/// (after an architecture check first, the shape this relies on).
-fn default_action(program: &[sock_filter]) -> Option<u32> {
-    let arch_check = program.first()?.code == BPF_LD_W_ABS
-        && program.first()?.k == ARCH_OFFSET
-        && program.get(1)?.code == BPF_JMP_JEQ_K
-        && program.get(1)?.k == AUDIT_ARCH_X86_64;
-    let last = program.last()?;
-    (arch_check && last.code == BPF_RET_K).then_some(last.k)
+/// Where a listed call number goes.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Listed {
+    /// Allowed (or refused, for a list of refusals) whatever its arguments.
+    Outright,
+    /// Into seccompiler's program, for its argument rules.
+    Rules,
+}
+
+/// The filter for `rules`: `matched` for a call a rule matches, `mismatch`
+/// for the rest, as seccompiler's `SeccompFilter` with the same arguments
+/// answers; a call whose rules are empty (allowed outright) and a call off
+/// the list are answered by the prefix.
+pub(super) fn compile(
+    rules: Rules,
+    mismatch: SeccompAction,
+    matched: SeccompAction,
+) -> Result<BpfProgram, seccompiler::BackendError> {
+    let mut listed: Vec<(u32, Listed)> = Vec::with_capacity(rules.len());
+    let mut conditional: Rules = Rules::new();
+    let mut whole = true;
+    for (nr, chain) in &rules {
+        let Ok(n) = u32::try_from(*nr) else {
+            whole = false;
+            break;
+        };
+        if chain.is_empty() {
+            listed.push((n, Listed::Outright));
+        } else {
+            listed.push((n, Listed::Rules));
+            conditional.insert(*nr, chain.clone());
+        }
+    }
+    let prefix = if whole {
+        prefix(
+            &listed,
+            u32::from(mismatch.clone()),
+            u32::from(matched.clone()),
+        )
+    } else {
+        None
+    };
+    match prefix {
+        Some(mut prefix) => {
+            prefix.extend(plain(conditional, mismatch, matched)?);
+            Ok(prefix)
+        }
+        None => plain(rules, mismatch, matched),
+    }
+}
+
+/// seccompiler's own program for `rules`.
+pub(super) fn plain(
+    rules: Rules,
+    mismatch: SeccompAction,
+    matched: SeccompAction,
+) -> Result<BpfProgram, seccompiler::BackendError> {
+    SeccompFilter::new(rules, mismatch, matched, TargetArch::x86_64)?.try_into()
+}
+
+/// The prefix for `listed` (sorted by number, each once): `mismatch` and
+/// `matched` are the list's two actions. `None` if a jump would be too
+/// long.
+fn prefix(listed: &[(u32, Listed)], mismatch: u32, matched: u32) -> Option<BpfProgram> {
+    let mut insns = vec![
+        Insn::load(ARCH_OFFSET),
+        Insn::jump(BPF_JMP_JEQ_K, AUDIT_ARCH_X86_64, To::Next, To::Program),
+        Insn::load(NR_OFFSET),
+    ];
+    tree(listed, mismatch, matched, &mut insns);
+    resolve(&insns)
 }
 
 /// Appends the search for the call number (in the accumulator) among
-/// `numbers` (sorted): found, on into the program; not found, `default`.
-fn tree(numbers: &[u32], default: u32, insns: &mut Vec<Insn>) {
-    if numbers.len() <= LEAF {
-        for &n in numbers {
-            insns.push(Insn {
-                code: BPF_JMP_JEQ_K,
-                k: n,
-                jt: To::Program,
-                jf: To::Next,
-            });
+/// `listed`: each number where [`Listed`] says, any other `mismatch`.
+fn tree(listed: &[(u32, Listed)], mismatch: u32, matched: u32, insns: &mut Vec<Insn>) {
+    if listed.len() <= LEAF {
+        // The comparisons, then `ret mismatch`, then (if a comparison
+        // jumps there) `ret matched`.
+        let ret_matched = insns.len() + listed.len() + 1;
+        for &(n, kind) in listed {
+            let found = match kind {
+                Listed::Outright => To::At(ret_matched),
+                Listed::Rules => To::Program,
+            };
+            insns.push(Insn::jump(BPF_JMP_JEQ_K, n, found, To::Next));
         }
-        insns.push(Insn {
-            code: BPF_RET_K,
-            k: default,
-            jt: To::Next,
-            jf: To::Next,
-        });
+        insns.push(Insn::ret(mismatch));
+        if listed.iter().any(|&(_, kind)| kind == Listed::Outright) {
+            insns.push(Insn::ret(matched));
+        }
         return;
     }
-    let (low, high) = numbers.split_at(numbers.len() / 2);
+    let (low, high) = listed.split_at(listed.len() / 2);
     // Above the low half's largest: the high half, placed after the low.
     let node = insns.len();
-    let split = *low.last().unwrap_or(&0);
-    insns.push(Insn {
-        code: BPF_JMP_JGT_K,
-        k: split,
-        jt: To::Next, // patched below
-        jf: To::Next,
-    });
-    tree(low, default, insns);
+    let split = low.last().map_or(0, |&(n, _)| n);
+    insns.push(Insn::jump(BPF_JMP_JGT_K, split, To::Next, To::Next));
+    tree(low, mismatch, matched, insns);
     insns[node].jt = To::At(insns.len());
-    tree(high, default, insns);
+    tree(high, mismatch, matched, insns);
 }
 
 /// The prefix with its jumps as offsets, or `None` if one is too long.
@@ -273,50 +312,57 @@ mod tests {
         v
     }
 
-    /// Every list, both actions: the prefixed program answers every call
-    /// number (x86_64, x32's, another architecture's) with any argument
-    /// exactly as seccompiler's own does, and a call off the list in a few
-    /// instructions.
+    /// Every list, both actions, and a list of refusals (its default is to
+    /// allow): the program answers every call number (x86_64's, x32's,
+    /// another architecture's) with any argument exactly as seccompiler's
+    /// own for the whole list does, and a call off the list or allowed
+    /// outright in a few instructions.
     #[test]
     fn the_prefix_changes_no_answer() {
-        let actions = [
-            seccompiler::SeccompAction::Trap,
-            seccompiler::SeccompAction::Log,
-        ];
+        use seccompiler::SeccompAction::{Allow, Log, Trap};
+        let mut cases = Vec::new();
         for (name, rules) in lists() {
-            for action in &actions {
-                let listed: Vec<i64> = rules.keys().copied().collect();
-                let plain = super::super::seccompiler_program(
-                    rules.clone(),
-                    action.clone(),
-                    seccompiler::SeccompAction::Allow,
-                )
-                .unwrap();
-                let prefixed = with_prefix(plain.clone(), &listed);
-                assert!(prefixed.len() > plain.len(), "{name}: no prefix");
-                let values = values(&plain);
-                let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-                for arch in [AUDIT_ARCH_X86_64, 0x4000_0003] {
-                    for nr in (0..600).chain((0..600).map(|n| n | 0x4000_0000)) {
-                        for round in 0..24 {
-                            let mut args = [0u64; 6];
-                            for a in &mut args {
-                                seed ^= seed << 13;
-                                seed ^= seed >> 7;
-                                seed ^= seed << 17;
-                                *a = if round == 0 {
-                                    0
-                                } else {
-                                    values[(seed % values.len() as u64) as usize]
-                                };
-                            }
-                            let data = Data { nr, arch, args };
-                            let (want, _) = run(&plain, &data);
-                            let (got, steps) = run(&prefixed, &data);
-                            assert_eq!(got, want, "{name}: nr {nr:#x} arch {arch:#x}");
-                            if arch == AUDIT_ARCH_X86_64 && !listed.contains(&i64::from(nr)) {
-                                assert!(steps <= 3 + 8 + LEAF + 1, "{name}: {steps} steps");
-                            }
+            cases.push((name, rules.clone(), Trap, Allow));
+            cases.push((name, rules, Log, Allow));
+        }
+        cases.push((
+            "vcpu lock",
+            super::super::lists::vcpu_lock().unwrap(),
+            Allow,
+            Trap,
+        ));
+        for (name, rules, mismatch, matched) in cases {
+            let outright: Vec<i64> = rules
+                .iter()
+                .filter(|(_, chain)| chain.is_empty())
+                .map(|(nr, _)| *nr)
+                .collect();
+            let seccompilers = plain(rules.clone(), mismatch.clone(), matched.clone()).unwrap();
+            let ours = compile(rules.clone(), mismatch, matched).unwrap();
+            let values = values(&seccompilers);
+            let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+            for arch in [AUDIT_ARCH_X86_64, 0x4000_0003] {
+                for nr in (0..600).chain((0..600).map(|n| n | 0x4000_0000)) {
+                    for round in 0..24 {
+                        let mut args = [0u64; 6];
+                        for a in &mut args {
+                            seed ^= seed << 13;
+                            seed ^= seed >> 7;
+                            seed ^= seed << 17;
+                            *a = if round == 0 {
+                                0
+                            } else {
+                                values[(seed % values.len() as u64) as usize]
+                            };
+                        }
+                        let data = Data { nr, arch, args };
+                        let (want, _) = run(&seccompilers, &data);
+                        let (got, steps) = run(&ours, &data);
+                        assert_eq!(got, want, "{name}: nr {nr:#x} arch {arch:#x}");
+                        let listed = rules.get(&i64::from(nr));
+                        let short = listed.is_none() || outright.contains(&i64::from(nr));
+                        if arch == AUDIT_ARCH_X86_64 && short {
+                            assert!(steps <= 3 + 8 + LEAF + 2, "{name}: {steps} steps");
                         }
                     }
                 }
@@ -324,51 +370,35 @@ mod tests {
         }
     }
 
-    /// The lock (refusals: its default is to allow) gets the prefix too.
+    /// The calls allowed outright leave seccompiler's part, which is what
+    /// makes the program shorter.
     #[test]
-    fn a_list_of_refusals_keeps_its_default() {
-        let rules = super::super::lists::vcpu_lock().unwrap();
-        let listed: Vec<i64> = rules.keys().copied().collect();
-        let plain = super::super::seccompiler_program(
-            rules,
-            seccompiler::SeccompAction::Allow,
-            seccompiler::SeccompAction::Trap,
-        )
-        .unwrap();
-        let prefixed = with_prefix(plain.clone(), &listed);
-        assert!(prefixed.len() > plain.len());
-        for nr in 0..600 {
-            let data = Data {
-                nr,
-                arch: AUDIT_ARCH_X86_64,
-                args: [0; 6],
-            };
-            assert_eq!(run(&prefixed, &data).0, run(&plain, &data).0, "{nr}");
-        }
+    fn calls_allowed_outright_leave_seccompilers_part() {
+        use seccompiler::SeccompAction::{Allow, Trap};
+        let rules = super::super::lists::serial().unwrap();
+        let seccompilers = plain(rules.clone(), Trap, Allow).unwrap();
+        let ours = compile(rules, Trap, Allow).unwrap();
+        assert!(
+            ours.len() < seccompilers.len(),
+            "{} {}",
+            ours.len(),
+            seccompilers.len()
+        );
     }
 
-    /// Not seccompiler's shape, or too many numbers for short jumps: the
-    /// program as it came.
+    /// Too many numbers for short jumps, or a negative one: seccompiler's
+    /// program alone, as it would be without the prefix.
     #[test]
-    fn what_it_cannot_prefix_it_leaves_alone() {
-        let ret = |k| stmt(BPF_RET_K, k);
-        let odd = vec![stmt(BPF_LD_W_ABS, NR_OFFSET), ret(0)];
-        assert_eq!(with_prefix(odd.clone(), &[1, 2]), odd);
-        assert!(with_prefix(Vec::new(), &[1]).is_empty());
-        let shaped = vec![
-            stmt(BPF_LD_W_ABS, ARCH_OFFSET),
-            sock_filter {
-                code: BPF_JMP_JEQ_K,
-                jt: 1,
-                jf: 0,
-                k: AUDIT_ARCH_X86_64,
-            },
-            ret(0),
-            ret(0x7fff_0000),
-        ];
-        let many: Vec<i64> = (0..400).collect();
-        assert_eq!(with_prefix(shaped.clone(), &many), shaped);
-        assert_eq!(with_prefix(shaped.clone(), &[-1]), shaped);
-        assert!(with_prefix(shaped.clone(), &[0, 1]).len() > shaped.len());
+    fn what_it_cannot_prefix_it_leaves_to_seccompiler() {
+        use seccompiler::SeccompAction::{Allow, Trap};
+        let many: Rules = (0..400).map(|nr| (nr, Vec::new())).collect();
+        assert_eq!(
+            compile(many.clone(), Trap, Allow).unwrap(),
+            plain(many, Trap, Allow).unwrap()
+        );
+        let listed: Vec<(u32, Listed)> = (0..400).map(|n| (n, Listed::Outright)).collect();
+        assert!(prefix(&listed, 0, 1).is_none());
+        let few: Rules = [(0, Vec::new()), (1, Vec::new())].into();
+        assert!(compile(few.clone(), Trap, Allow).unwrap() != plain(few, Trap, Allow).unwrap());
     }
 }

@@ -62,7 +62,7 @@ pub mod sigsys;
 use std::sync::{Arc, OnceLock};
 
 use anyhow::{Context, Result};
-use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, TargetArch};
+use seccompiler::{BpfProgram, SeccompAction};
 
 /// What `--seccomp` asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -147,31 +147,24 @@ fn mismatch_action(mode: Mode) -> Option<SeccompAction> {
     }
 }
 
-/// seccompiler's program for `rules`: `matched` for a call a rule matches,
-/// `mismatch` for the rest; without [`dispatch`]'s prefix.
-fn seccompiler_program(
-    rules: lists::Rules,
-    mismatch: SeccompAction,
-    matched: SeccompAction,
-) -> Result<BpfProgram> {
-    let filter = SeccompFilter::new(rules, mismatch, matched, TargetArch::x86_64)?;
-    Ok(filter.try_into()?)
-}
-
 /// A filter that allows what `rules` match and answers the rest with
 /// `mismatch`.
 fn compile(rules: lists::Rules, mismatch: &SeccompAction) -> Result<BpfProgram> {
-    let listed: Vec<i64> = rules.keys().copied().collect();
-    let program = seccompiler_program(rules, mismatch.clone(), SeccompAction::Allow)?;
-    Ok(dispatch::with_prefix(program, &listed))
+    Ok(dispatch::compile(
+        rules,
+        mismatch.clone(),
+        SeccompAction::Allow,
+    )?)
 }
 
 /// A filter that refuses what `rules` match (with the mode's action) and
 /// lets everything else through to the filters before it.
 fn compile_refusals(rules: lists::Rules, refuse: &SeccompAction) -> Result<BpfProgram> {
-    let listed: Vec<i64> = rules.keys().copied().collect();
-    let program = seccompiler_program(rules, SeccompAction::Allow, refuse.clone())?;
-    Ok(dispatch::with_prefix(program, &listed))
+    Ok(dispatch::compile(
+        rules,
+        SeccompAction::Allow,
+        refuse.clone(),
+    )?)
 }
 
 impl Thread {
