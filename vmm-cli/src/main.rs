@@ -104,11 +104,14 @@ fn serial_output(serial: &Serial) -> Result<SerialOutput> {
 /// it blocks ([`interruptible`]): `Ok(Err(signo))` if a signal came first.
 ///
 /// The signals are blocked from the start of `main` for the main loop's
-/// signalfd, so until the main loop runs nobody would answer them; the
-/// steps before it that may block (opening the serial output file, which
-/// waits for a reader if it is a FIFO; building the machine, which opens
-/// and reads the kernel and initrd) run through here. A signal between
-/// steps stays pending and ends the next one, or the main loop at once.
+/// signalfd, so until the main loop runs nobody would answer them; a step
+/// before it that may block for ever (opening the serial output file, which
+/// waits for a reader if it is a FIFO) runs through here. Building the
+/// machine does not: it takes only regular files for the kernel and initrd
+/// (a FIFO is refused without waiting for its writer), so it ends within
+/// milliseconds, and a thread for it cost every start a thread's creation
+/// and exit. A signal between steps stays pending and ends the next one, or
+/// the main loop at once.
 fn startup_step<T, F>(name: &'static str, step: F) -> Result<Result<T, i32>>
 where
     T: Send + 'static,
@@ -273,11 +276,7 @@ fn run(
         spawn_allowed: filters.is_none(),
         vsock_thread_start,
     };
-    let build = move || PcMachine::build(config).context("cannot build the machine");
-    let mut machine = match startup_step("build", build)? {
-        Ok(machine) => machine,
-        Err(signo) => return Ok(ExitReason::Signal(signo)),
-    };
+    let mut machine = PcMachine::build(config).context("cannot build the machine")?;
 
     if args.serial == Serial::Stdio {
         let console = console::Console::new(
