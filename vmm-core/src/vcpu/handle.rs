@@ -690,12 +690,17 @@ impl Drop for Vcpus {
         // A thread's end drops its side of the response channel (and a
         // vCPU never started, its body's): waiting for that wakes at once,
         // where polling would sleep.
+        let mut all_ended = true;
         for h in &self.handles {
             loop {
                 let left = deadline.saturating_duration_since(Instant::now());
                 match h.responses.recv_timeout(left) {
                     Ok(_) => continue,
-                    Err(RecvTimeoutError::Disconnected | RecvTimeoutError::Timeout) => break,
+                    Err(RecvTimeoutError::Disconnected) => break,
+                    Err(RecvTimeoutError::Timeout) => {
+                        all_ended = false;
+                        break;
+                    }
                 }
             }
         }
@@ -706,12 +711,25 @@ impl Drop for Vcpus {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.spawned.recv_timeout(left) {
                 Ok(thread) => threads.push(thread),
-                Err(RecvTimeoutError::Disconnected | RecvTimeoutError::Timeout) => break,
+                Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Timeout) => {
+                    all_ended = false;
+                    break;
+                }
             }
         }
         for thread in threads {
             let name = thread.thread().name().unwrap_or("vcpu").to_owned();
-            // Its last instructions after its channel closed.
+            // Every thread has left its body (its channel closed): what is
+            // left of it is the thread's own exit, which `join` waits for
+            // in the kernel. Otherwise only until the deadline, and a
+            // thread still running is left behind.
+            if all_ended {
+                if thread.join().is_err() {
+                    log::error!("{name}: thread panicked");
+                }
+                continue;
+            }
             while !thread.is_finished() && Instant::now() < deadline {
                 std::thread::yield_now();
             }
