@@ -157,6 +157,22 @@ class Pty:
         return [cpu for _, name, cpu in self.session() if name.startswith("qemu-system")]
 
 
+def l1_not_up(p):
+    """The NestedHang of a run whose L1 did not come up in time."""
+    return NestedHang(f"L1 FAULT (the test bed's, not the VMM's): L1 did not come up within "
+                      f"{L1_UP_LIMIT} s of the nested notice (QEMU's CPU seconds: "
+                      f"{p.qemu_cpu_seconds()}); last output:\n{p.tail()}")
+
+
+def once_more_after_a_hang(run):
+    """run(), tried once more after a nested hang, loudly."""
+    try:
+        return run()
+    except NestedHang as hang:
+        step(f"RETRYING ONCE after a {hang}")
+        return run()
+
+
 def to_prompt(argv, repo, limit):
     """Runs argv in a pty until the guest's shell prompt, within limit
     seconds (or, nested, until xtask's notice); nested, L1's "up" line must
@@ -170,10 +186,7 @@ def to_prompt(argv, repo, limit):
             try:
                 p.read_until(L1_UP_END, L1_UP_LIMIT)
             except TimeoutError:
-                raise NestedHang(f"L1 FAULT (the test bed's, not the VMM's): L1 did not come "
-                                 f"up within {L1_UP_LIMIT} s of the nested notice (QEMU's CPU "
-                                 f"seconds: {p.qemu_cpu_seconds()}); last output:\n{p.tail()}"
-                                 ) from None
+                raise l1_not_up(p) from None
             up = p.out[p.out.find(L1_UP):p.out.find(L1_UP_END)].decode(errors="replace")
             up = up.rstrip("; ")
             step(f"  {up}")
@@ -196,11 +209,7 @@ def to_prompt(argv, repo, limit):
 def to_prompt_retrying(make_argv, repo, limit):
     """to_prompt with make_argv(), tried once more (with a fresh
     make_argv()) after a nested hang, loudly."""
-    try:
-        return to_prompt(make_argv(), repo, limit)
-    except NestedHang as hang:
-        step(f"RETRYING ONCE after a {hang}")
-        return to_prompt(make_argv(), repo, limit)
+    return once_more_after_a_hang(lambda: to_prompt(make_argv(), repo, limit))
 
 
 def step(text):
@@ -237,10 +246,7 @@ def refused_run(repo):
             pass  # it ended first (directly on KVM, or an error of xtask's)
         except TimeoutError:
             if NESTED_NOTICE in p.out and L1_UP not in p.out:
-                raise NestedHang(f"L1 FAULT (the test bed's, not the VMM's): L1 did not come "
-                                 f"up within {L1_UP_LIMIT} s of the nested notice (QEMU's CPU "
-                                 f"seconds: {p.qemu_cpu_seconds()}); last output:\n{p.tail()}"
-                                 ) from None
+                raise l1_not_up(p) from None
             raise
         status = p.wait(PROMPT_AFTER_L1_LIMIT)
     except BaseException:
@@ -251,11 +257,7 @@ def refused_run(repo):
 
 def failing_vmm_fails(repo):
     step("cargo xtask run -- --cpus 300: fails as the VMM does")
-    try:
-        status, out = refused_run(repo)
-    except NestedHang as hang:
-        step(f"RETRYING ONCE after a {hang}")
-        status, out = refused_run(repo)
+    status, out = once_more_after_a_hang(lambda: refused_run(repo))
     assert status != 0, f"status 0 for a refused command line:\n{out[-3000:]}"
     assert "vCPUs" in out, f"the VMM's reason is missing:\n{out[-3000:]}"
     step(f"  ok (status {status})")

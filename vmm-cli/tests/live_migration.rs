@@ -50,8 +50,6 @@ fn source_of(dir: &TempDir, guest: &[u8], extra: &[&str]) -> (Running, Client, s
     (vmm, c, log)
 }
 
-/// Waits for the source's `MIGRATION` events up to a final status;
-/// returns the statuses and the `MIGRATION_PASS` events seen.
 /// Sends `migrate` to `uri` and waits until it ends in `status`.
 fn migrate_ends(c: &mut Client, uri: &str, status: &str) {
     assert_eq!(
@@ -66,6 +64,8 @@ fn migrate_ends(c: &mut Client, uri: &str, status: &str) {
     );
 }
 
+/// Waits for the source's `MIGRATION` events up to a final status;
+/// returns the statuses and the `MIGRATION_PASS` events seen.
 fn until_done(c: &mut Client) -> (Vec<String>, Vec<u64>) {
     let mut statuses = Vec::new();
     let mut passes = Vec::new();

@@ -260,6 +260,17 @@ garbage line here
         assert_eq!(names, ["b", "b_alias", "c", "d"]);
     }
 
+    /// vmm-cli/build.rs writes `NAME.*` out up to its own copy of the
+    /// bound (a build script cannot use this crate): the two must agree.
+    #[test]
+    fn build_rs_expands_copies_as_far_as_this_counts_them() {
+        let build = std::fs::read_to_string(cmd::root().join("vmm-cli/build.rs")).unwrap();
+        assert!(
+            build.contains(&format!("const MAX_COPY: u32 = {MAX_COPY};")),
+            "vmm-cli/build.rs's MAX_COPY is not {MAX_COPY}"
+        );
+    }
+
     #[test]
     fn copies_lto_made_are_named_once_for_all() {
         let m = parse_nm("10 t f.2764\n20 t f.2880\n30 t g\n40 t v1.2.x\n50 t h.\n");

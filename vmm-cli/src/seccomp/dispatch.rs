@@ -43,19 +43,6 @@ const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
 /// the tree.
 const LEAF: usize = 4;
 
-/// Classic BPF jumps are forward and at most 255 instructions long: the
-/// prefix must be short enough for each of its jumps into the program.
-const MAX_JUMP: usize = 255;
-
-fn stmt(code: u16, k: u32) -> sock_filter {
-    sock_filter {
-        code,
-        jt: 0,
-        jf: 0,
-        k,
-    }
-}
-
 /// An instruction whose jumps are not known yet: where each goes.
 #[derive(Clone, Copy)]
 enum To {
@@ -76,21 +63,11 @@ struct Insn {
 
 impl Insn {
     fn load(offset: u32) -> Self {
-        Self {
-            code: BPF_LD_W_ABS,
-            k: offset,
-            jt: To::Next,
-            jf: To::Next,
-        }
+        Self::jump(BPF_LD_W_ABS, offset, To::Next, To::Next)
     }
 
     fn ret(action: u32) -> Self {
-        Self {
-            code: BPF_RET_K,
-            k: action,
-            jt: To::Next,
-            jf: To::Next,
-        }
+        Self::jump(BPF_RET_K, action, To::Next, To::Next)
     }
 
     fn jump(code: u16, k: u32, jt: To, jf: To) -> Self {
@@ -116,32 +93,29 @@ pub(super) fn compile(
     mismatch: SeccompAction,
     matched: SeccompAction,
 ) -> Result<BpfProgram, seccompiler::BackendError> {
-    let mut listed: Vec<(u32, Listed)> = Vec::with_capacity(rules.len());
-    let mut conditional: Rules = Rules::new();
-    let mut whole = true;
-    for (nr, chain) in &rules {
-        let Ok(n) = u32::try_from(*nr) else {
-            whole = false;
-            break;
-        };
-        if chain.is_empty() {
-            listed.push((n, Listed::Outright));
-        } else {
-            listed.push((n, Listed::Rules));
-            conditional.insert(*nr, chain.clone());
-        }
-    }
-    let prefix = if whole {
+    // A number that is no system call's (negative) leaves the whole list
+    // to seccompiler.
+    let listed: Option<Vec<(u32, Listed)>> = rules
+        .iter()
+        .map(|(nr, chain)| {
+            let kind = if chain.is_empty() {
+                Listed::Outright
+            } else {
+                Listed::Rules
+            };
+            Some((u32::try_from(*nr).ok()?, kind))
+        })
+        .collect();
+    let prefix = listed.and_then(|listed| {
         prefix(
             &listed,
             u32::from(mismatch.clone()),
             u32::from(matched.clone()),
         )
-    } else {
-        None
-    };
+    });
     match prefix {
         Some(mut prefix) => {
+            let conditional: Rules = rules.into_iter().filter(|(_, c)| !c.is_empty()).collect();
             prefix.extend(plain(conditional, mismatch, matched)?);
             Ok(prefix)
         }
@@ -201,7 +175,10 @@ fn tree(listed: &[(u32, Listed)], mismatch: u32, matched: u32, insns: &mut Vec<I
     tree(high, mismatch, matched, insns);
 }
 
-/// The prefix with its jumps as offsets, or `None` if one is too long.
+/// The prefix with its jumps as offsets, or `None` if one is too long
+/// (classic BPF jumps go forward, at most 255 instructions: each jump into
+/// the program must fit). A load or a return goes on to the next
+/// instruction: offsets 0.
 fn resolve(insns: &[Insn]) -> Option<BpfProgram> {
     let end = insns.len();
     let offset = |from: usize, to: To| -> Option<u8> {
@@ -210,20 +187,12 @@ fn resolve(insns: &[Insn]) -> Option<BpfProgram> {
             To::Program => end,
             To::At(i) => i,
         };
-        let distance = target.checked_sub(from + 1)?;
-        if distance > MAX_JUMP {
-            return None;
-        }
-        u8::try_from(distance).ok()
+        u8::try_from(target.checked_sub(from + 1)?).ok()
     };
     insns
         .iter()
         .enumerate()
         .map(|(i, insn)| {
-            let is_jump = insn.code == BPF_JMP_JEQ_K || insn.code == BPF_JMP_JGT_K;
-            if !is_jump {
-                return Some(stmt(insn.code, insn.k));
-            }
             Some(sock_filter {
                 code: insn.code,
                 jt: offset(i, insn.jt)?,
