@@ -272,6 +272,9 @@ fn run(
         cpuid,
         device_thread_start,
         migration_thread_start,
+        // Only QMP starts migrations (the console monitor has no
+        // `migrate`).
+        migration_control: args.qmp.is_some(),
         // A filtered VMM cannot start programs (`exec:` migration).
         spawn_allowed: filters.is_none(),
         vsock_thread_start,

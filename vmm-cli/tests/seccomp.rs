@@ -153,6 +153,36 @@ fn every_thread_has_its_own_filter() {
     }
 }
 
+/// Without QMP nothing can ask for a migration: no migration thread (and
+/// its filter) is made. Once the main thread's filter is in, every thread
+/// the machine makes exists.
+#[test]
+fn no_migration_thread_without_qmp() {
+    if !kvm("seccomp_no_migration_thread") {
+        return;
+    }
+    let dir = TempDir::new("seccomp-no-migration");
+    let k = dir.file("spin.elf", &test_guests::hello_spin("spin\n"));
+    let mut child = vmm()
+        .args(["--kernel", k.to_str().unwrap(), "--memory", "64M"])
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let start = Instant::now();
+    let report = loop {
+        let report = threads(pid);
+        if report.get("vmm").is_some_and(|(mode, _, _)| mode == "2") {
+            break report;
+        }
+        assert!(start.elapsed() < RUN_LIMIT, "no main filter: {report:?}");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    child.kill().unwrap();
+    let _ = child.wait();
+    let names: Vec<&str> = report.keys().map(String::as_str).collect();
+    assert_eq!(names, ["serial out", "vcpu 0", "vmm"], "{report:?}");
+}
+
 /// With one vCPU its thread installs the vCPU list itself: one filter.
 #[test]
 fn a_single_vcpu_has_one_filter() {
@@ -280,6 +310,14 @@ fn forbidden(tag: &str, thread: &str, extra: &[&str]) -> Option<std::process::Ou
     }
     let dir = TempDir::new(tag);
     let k = dir.file("hello.elf", &test_guests::hello_reset("hello\n"));
+    // The migration thread exists only where something can ask for a
+    // migration: a QMP server (never connected to here).
+    let sock = dir.0.join("qmp.sock");
+    let qmp: &[&str] = if thread == "migration" {
+        &["--qmp", sock.to_str().unwrap()]
+    } else {
+        &[]
+    };
     let child = vmm()
         .args([
             "--kernel",
@@ -289,6 +327,7 @@ fn forbidden(tag: &str, thread: &str, extra: &[&str]) -> Option<std::process::Ou
             "--cpus",
             "2",
         ])
+        .args(qmp)
         .args(extra)
         .env("VMM_SECCOMP_TEST_FORBIDDEN", thread)
         .spawn()

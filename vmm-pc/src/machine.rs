@@ -473,6 +473,7 @@ impl PcMachine {
             Arc::clone(&wake),
             config.migration_thread_start.clone(),
             config.spawn_allowed,
+            config.migration_control,
             config.incoming.as_ref(),
         )?;
 

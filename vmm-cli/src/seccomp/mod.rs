@@ -4,9 +4,10 @@
 //! main thread (the main loop), one thread per vCPU, the serial output
 //! writer, and one worker per virtio device (made at build time, parked
 //! until the guest activates its device; it installs its list first
-//! thing, through vmm-virtio's thread-start hook), the migration thread
-//! (made at build time too, waiting for a `migrate` or an incoming stream;
-//! its list first thing, through vmm-pc's hook), and with `--gdb` the
+//! thing, through vmm-virtio's thread-start hook), with `--qmp` or
+//! `--incoming` the migration thread (made as the machine starts, waiting
+//! for a `migrate` or an incoming stream; its list first thing, through
+//! vmm-pc's hook), and with `--gdb` the
 //! gdb stub's thread (it installs its list first thing too). The CPUID thread of start-up has ended by then (it is joined
 //! before the vCPU threads start), so it gets no list.
 //!

@@ -52,6 +52,9 @@ pub(super) struct Live {
     worker: Option<Worker>,
     /// Its thread-start hook (its seccomp filter), until it starts.
     start: Option<crate::migration::worker::ThreadStart>,
+    /// Whether the thread is made at all: only when something can hand
+    /// it work (a control interface, `--incoming`).
+    wanted: bool,
     mailbox: Arc<Mailbox>,
     params: Params,
     spawn_allowed: bool,
@@ -79,11 +82,13 @@ const LISTEN_ANSWER: std::time::Duration = std::time::Duration::from_secs(10);
 impl Live {
     /// The state without its thread yet ([`Live::start_worker`]); for
     /// `--incoming` with a stream, listens now (a port in use fails the
-    /// build) or starts the command.
+    /// build) or starts the command. `control`: whether a control
+    /// interface can ask for a migration (see `PcConfig::migration_control`).
     pub(super) fn new(
         wake: Arc<vmm_sys_util::eventfd::EventFd>,
         start: Option<crate::migration::worker::ThreadStart>,
         spawn_allowed: bool,
+        control: bool,
         incoming: Option<&super::Incoming>,
     ) -> Result<Self, PcError> {
         let listener = match incoming {
@@ -98,6 +103,7 @@ impl Live {
         Ok(Self {
             worker: None,
             start,
+            wanted: control || incoming.is_some(),
             mailbox,
             params: Params::default(),
             spawn_allowed,
@@ -110,9 +116,10 @@ impl Live {
     /// Starts the migration thread and waits for its start hook (its
     /// filter): once the vCPUs run, off the boot vCPU's way, and before the
     /// main thread's own filter, which a thread made after it would
-    /// inherit. An error ends the machine.
+    /// inherit. An error ends the machine. A machine nothing can ask for
+    /// a migration makes none.
     pub(super) fn start_worker(&mut self) -> Result<(), PcError> {
-        if self.worker.is_some() {
+        if self.worker.is_some() || !self.wanted {
             return Ok(());
         }
         let failed = |e| PcError::Control(format!("cannot start the migration thread: {e}"));

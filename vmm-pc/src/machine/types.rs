@@ -74,10 +74,16 @@ pub struct PcConfig {
     /// its device is activated) before it does any work: the binary's
     /// seccomp filter.
     pub device_thread_start: Option<vmm_virtio::worker::ThreadStart>,
-    /// Run on the migration thread (made at build time, waiting for a
-    /// `migrate` or an incoming stream) before it does any work: the
+    /// Run on the migration thread (made when the machine starts, waiting
+    /// for a `migrate` or an incoming stream) before it does any work: the
     /// binary's seccomp filter.
     pub migration_thread_start: Option<crate::migration::worker::ThreadStart>,
+    /// Whether a control interface that can start a live migration or
+    /// `migrate-incoming` exists (QMP). Without one, and without
+    /// `incoming`, nothing could hand the migration thread work, so the
+    /// machine makes none (a thread and its seccomp filter less at every
+    /// start).
+    pub migration_control: bool,
     /// Whether the VMM may start programs once it runs (`exec:`
     /// migration); false under seccomp filters.
     pub spawn_allowed: bool,
