@@ -20,6 +20,7 @@ mod storage;
 mod terminal;
 
 use std::io;
+use std::os::fd::AsRawFd;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -27,7 +28,6 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Parser;
 use vmm_core::signals::{interruptible, Interrupted, InterruptibleError};
-use vmm_devices::serial::SerialOutput;
 use vmm_pc::{ExitReason, IrqChipMode, PcConfig, PcMachine, PitBackend, RebootAction};
 
 use crate::args::{Args, Serial};
@@ -92,11 +92,30 @@ fn main() -> ExitCode {
     }
 }
 
-fn serial_output(serial: &Serial) -> Result<SerialOutput> {
+/// Where COM1's output goes (see output.rs): a pipe, FIFO or terminal
+/// through a non-blocking twin of its descriptor, whose writes the main
+/// loop finishes when they would block; a regular file directly (its
+/// writes never wait for a reader); or nowhere.
+fn serial_target(serial: &Serial) -> Result<output::Target> {
     Ok(match serial {
-        Serial::Stdio => Box::new(io::stdout()),
-        Serial::None => Box::new(io::sink()),
-        Serial::File(file) => Box::new(file.open()?),
+        Serial::None => output::Target::discard(),
+        Serial::Stdio => match output::nonblocking_twin(&io::stdout()) {
+            Some(twin) => {
+                let fd = twin.as_raw_fd();
+                output::Target::nonblocking(twin, fd)
+            }
+            None => output::Target::blocking(io::stdout()),
+        },
+        Serial::File(file) => {
+            let capped = file.open()?;
+            match output::nonblocking_twin(capped.get_ref()) {
+                Some(twin) => {
+                    let fd = twin.as_raw_fd();
+                    output::Target::nonblocking(capped.with_inner(twin), fd)
+                }
+                None => output::Target::blocking(capped),
+            }
+        }
     })
 }
 
@@ -170,35 +189,20 @@ fn run(
     let serial = args.serial.clone();
     // Only a file may block (a FIFO waits for its reader); stdout and the
     // sink are had at once, without a thread to wait on.
-    let out = match serial {
-        Serial::File(_) => match startup_step("serial open", move || serial_output(&serial))? {
-            Ok(out) => out,
+    let target = match serial {
+        Serial::File(_) => match startup_step("serial open", move || serial_target(&serial))? {
+            Ok(target) => target,
             Err(signo) => return Ok(ExitReason::Signal(signo)),
         },
-        Serial::Stdio | Serial::None => serial_output(&serial)?,
+        Serial::Stdio | Serial::None => serial_target(&serial)?,
     };
+    let (sink, output) = output::new(target).context("cannot set up the serial output")?;
     // Set up before any thread starts; each thread compiles (the first of
     // its kind) and installs its own list (see seccomp/mod.rs for the
     // order and why).
     let filters = seccomp::Filters::new(args.seccomp, vmm_core::vcpu::kick_signal())
         .context("cannot set up seccomp")?;
     log::debug!("start-up: seccomp set up");
-    let serial_start: output::ThreadStart = match &filters {
-        Some(f) => {
-            let f = Arc::clone(f);
-            Box::new(move || {
-                f.install(seccomp::Thread::SerialOut)
-                    .map_err(io::Error::other)
-            })
-        }
-        None => Box::new(|| Ok(())),
-    };
-    let direct = match args.serial {
-        Serial::Stdio => output::nonblocking_twin(&io::stdout()),
-        _ => None,
-    };
-    let (sink, mut writer) = output::spawn_with(out, direct, serial_start)
-        .context("cannot start the serial output thread")?;
     let vcpu_thread_start = filters.as_ref().map(|f| {
         let f = Arc::clone(f);
         let start: vmm_core::vcpu::VcpuThreadStart = Arc::new(move |stage| {
@@ -280,6 +284,9 @@ fn run(
         vsock_thread_start,
     };
     let mut machine = PcMachine::build(config).context("cannot build the machine")?;
+    if let Some(drain) = output.drain() {
+        machine.event_loop().add(Arc::new(Mutex::new(drain)));
+    }
 
     if args.serial == Serial::Stdio {
         let console = console::Console::new(
@@ -351,16 +358,13 @@ fn run(
             log::warn!("{warning}");
         }
         if let Some(f) = &filters {
-            writer
-                .started()
-                .context("cannot install the serial output thread's seccomp filter")?;
             f.install(seccomp::Thread::Main)
                 .context("cannot install the main thread's seccomp filter")?;
         }
         Ok(())
     };
     let result = machine.run_with(lockdown).context("the machine failed");
-    let dropped = writer.finish(Duration::from_secs(2));
+    let dropped = output.finish(Duration::from_secs(2));
     if dropped > 0 {
         log::warn!("{dropped} bytes of guest serial output were dropped (not read in time)");
     }

@@ -101,6 +101,23 @@ impl<W: Write> CappedWriter<W> {
             name,
         }
     }
+
+    /// The writer capped.
+    pub fn get_ref(&self) -> &W {
+        &self.inner
+    }
+
+    /// The same cap (and what it counted so far) on another writer to the
+    /// same file: its non-blocking twin.
+    pub fn with_inner<V: Write>(self, inner: V) -> CappedWriter<V> {
+        CappedWriter {
+            inner,
+            limit: self.limit,
+            written: self.written,
+            dropped: self.dropped,
+            name: self.name,
+        }
+    }
 }
 
 impl<W: Write> Write for CappedWriter<W> {

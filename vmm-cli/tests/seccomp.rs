@@ -129,13 +129,13 @@ fn every_thread_has_its_own_filter() {
         return;
     }
     let report = thread_report("seccomp-threads", &[]);
-    // The main thread, the migration thread, the serial writer and the
-    // vCPUs: no other thread (the start-up CPUID thread has ended), kernel
-    // workers aside.
+    // The main thread, the migration thread and the vCPUs: no other
+    // thread (the start-up CPUID thread has ended; serial output has no
+    // thread of its own), kernel workers aside.
     let names: Vec<&str> = report.keys().map(String::as_str).collect();
     assert_eq!(
         names,
-        ["migration", "serial out", "vcpu 0", "vcpu 1", "vmm"],
+        ["migration", "vcpu 0", "vcpu 1", "vmm"],
         "{report:?}"
     );
     for (name, (mode, filters, nnp)) in &report {
@@ -180,7 +180,7 @@ fn no_migration_thread_without_qmp() {
     child.kill().unwrap();
     let _ = child.wait();
     let names: Vec<&str> = report.keys().map(String::as_str).collect();
-    assert_eq!(names, ["serial out", "vcpu 0", "vmm"], "{report:?}");
+    assert_eq!(names, ["vcpu 0", "vmm"], "{report:?}");
 }
 
 /// With one vCPU its thread installs the vCPU list itself: one filter.
@@ -215,14 +215,7 @@ fn a_vsock_devices_worker_has_its_own_filter() {
     let names: Vec<&str> = report.keys().map(String::as_str).collect();
     assert_eq!(
         names,
-        [
-            "migration",
-            "serial out",
-            "vcpu 0",
-            "vcpu 1",
-            "virtio-vsock",
-            "vmm"
-        ],
+        ["migration", "vcpu 0", "vcpu 1", "virtio-vsock", "vmm"],
         "{report:?}"
     );
     let (mode, filters, nnp) = &report["virtio-vsock"];
@@ -238,7 +231,7 @@ fn off_installs_no_filter() {
         return;
     }
     let report = thread_report("seccomp-off", &["--seccomp", "off"]);
-    assert_eq!(report.len(), 5, "{report:?}");
+    assert_eq!(report.len(), 4, "{report:?}");
     for (name, (mode, _, _)) in &report {
         assert_eq!(mode, "0", "{name}: no filter");
     }
@@ -343,7 +336,6 @@ fn a_forbidden_call_ends_the_vmm_with_a_line_naming_it() {
     for (thread, name) in [
         ("main", "main"),
         ("vcpu", "vcpu "),
-        ("serial", "serial out"),
         ("migration", "migration"),
     ] {
         let Some(out) = forbidden("seccomp-forbidden", thread, &[]) else {
@@ -398,7 +390,7 @@ fn log_lets_a_forbidden_call_through() {
     if !kvm("seccomp_log") {
         return;
     }
-    for thread in ["main", "vcpu", "serial", "migration"] {
+    for thread in ["main", "vcpu", "migration"] {
         let Some(out) = forbidden("seccomp-log", thread, &["--seccomp", "log"]) else {
             return;
         };

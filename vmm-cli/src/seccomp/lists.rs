@@ -496,16 +496,6 @@ pub(super) fn migration() -> Result<Rules, seccompiler::Error> {
     Ok(r)
 }
 
-/// The serial output writer (`output.rs`): waits on its buffer, writes to
-/// stdout or the file (`write`, in the common part), closes the file at
-/// the end.
-pub(super) fn serial() -> Result<Rules, seccompiler::Error> {
-    let mut r = common()?;
-    // std's Stdout may write several buffers at once.
-    allow(&mut r, &[libc::SYS_writev]);
-    Ok(r)
-}
-
 /// The main thread, from just before the main loop until the process
 /// ends: the event-manager loop and what its subscribers do, the machine's
 /// commands (QMP, the console's monitor), the reset path, and the way out.
@@ -529,6 +519,10 @@ pub(super) fn main(pid: u32, kick: u32) -> Result<Rules, seccompiler::Error> {
             libc::SYS_writev,
             // The timer alarm (vmm-clock's TimerFdAlarm).
             libc::SYS_timerfd_settime,
+            // COM1's output that waited for its reader: written out at
+            // the end, waiting for room (output.rs).
+            libc::SYS_poll,
+            libc::SYS_ppoll,
             // system_reset: a virtio device's doorbells go with its reset.
             // (KVM_IOEVENTFD, below.)
             // QMP: a client connects; a failed write drops it.

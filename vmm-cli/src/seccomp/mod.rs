@@ -1,8 +1,9 @@
 //! Seccomp filters, one allow-list per kind of thread (`--seccomp`).
 //!
 //! The VMM's threads, once the guest can run (`ls /proc/PID/task`): the
-//! main thread (the main loop), one thread per vCPU, the serial output
-//! writer, and one worker per virtio device (made at build time, parked
+//! main thread (the main loop, which also writes out guest serial output
+//! that had to wait for its reader), one thread per vCPU (which write
+//! COM1's output), and one worker per virtio device (made at build time, parked
 //! until the guest activates its device; it installs its list first
 //! thing, through vmm-virtio's thread-start hook), with `--qmp` or
 //! `--incoming` the migration thread (made as the machine starts, waiting
@@ -15,9 +16,6 @@
 //! filter when it is created. So each thread installs its own list where
 //! it starts doing its work, after its set-up and before any guest code:
 //!
-//! - the serial writer, first thing in its thread, before it takes any
-//!   output (it is spawned before the machine is built, from an unfiltered
-//!   main thread);
 //! - each vCPU thread, through vmm-core's opaque thread-start hook, once
 //!   its vCPU is created, set up and its `kvm_run` mapped, and before it
 //!   reports back, so before the first `KVM_RUN` (so no `KVM_CREATE_VCPU`
@@ -92,8 +90,6 @@ pub enum Thread {
     /// A vCPU thread under `VcpuSpawner`'s filter, its vCPU set up: a
     /// filter refusing the set-up's calls, leaving the vCPU list.
     VcpuLock,
-    /// The serial output writer.
-    SerialOut,
     /// A device's worker (virtio).
     Device,
     /// A socket device's worker (virtio-vsock): a device's list and Unix
@@ -112,7 +108,6 @@ impl Thread {
             Self::Vcpu => "vcpu",
             Self::VcpuSpawner => "vcpu spawner",
             Self::VcpuLock => "vcpu lock",
-            Self::SerialOut => "serial",
             Self::Device => "device",
             Self::Vsock => "vsock",
             Self::Gdb => "gdb",
@@ -122,7 +117,7 @@ impl Thread {
 }
 
 /// How many kinds of thread there are ([`Thread`]).
-const KINDS: usize = 9;
+const KINDS: usize = 8;
 
 /// The filters, each compiled the first time a thread of its kind installs
 /// it (on that thread: a list no thread of this run needs, such as a
@@ -137,7 +132,7 @@ pub struct Filters {
     compiled: [OnceLock<Result<BpfProgram, String>>; KINDS],
     /// Debug builds only: the thread that makes a forbidden call once its
     /// filter is in, for the tests (`VMM_SECCOMP_TEST_FORBIDDEN=main|vcpu|
-    /// serial|device|migration|vcpu-setup`).
+    /// device|migration|vcpu-setup`).
     forbidden: Option<Thread>,
 }
 
@@ -178,11 +173,10 @@ impl Thread {
             Self::Vcpu => 1,
             Self::VcpuSpawner => 2,
             Self::VcpuLock => 3,
-            Self::SerialOut => 4,
-            Self::Device => 5,
-            Self::Vsock => 6,
-            Self::Gdb => 7,
-            Self::Migration => 8,
+            Self::Device => 4,
+            Self::Vsock => 5,
+            Self::Gdb => 6,
+            Self::Migration => 7,
         }
     }
 }
@@ -200,7 +194,6 @@ fn compile_for(
         Thread::Vcpu => compile(lists::vcpu(pid, kick)?, mismatch),
         Thread::VcpuSpawner => compile(lists::vcpu_spawner(pid, kick)?, mismatch),
         Thread::VcpuLock => compile_refusals(lists::vcpu_lock()?, mismatch),
-        Thread::SerialOut => compile(lists::serial()?, mismatch),
         Thread::Device => compile(lists::device()?, mismatch),
         Thread::Vsock => compile(lists::vsock()?, mismatch),
         Thread::Gdb => compile(lists::gdb()?, mismatch),
@@ -315,7 +308,6 @@ fn test_forbidden() -> Option<Thread> {
     match std::env::var("VMM_SECCOMP_TEST_FORBIDDEN").ok()?.as_str() {
         "main" => Some(Thread::Main),
         "vcpu" => Some(Thread::Vcpu),
-        "serial" => Some(Thread::SerialOut),
         "device" => Some(Thread::Device),
         "migration" => Some(Thread::Migration),
         "vsock" => Some(Thread::Vsock),
@@ -356,7 +348,6 @@ mod tests {
             for rules in [
                 lists::main(1, 34),
                 lists::vcpu(1, 34),
-                lists::serial(),
                 lists::device(),
                 lists::vsock(),
                 lists::gdb(),
@@ -379,7 +370,6 @@ mod tests {
             Thread::Vcpu,
             Thread::VcpuSpawner,
             Thread::VcpuLock,
-            Thread::SerialOut,
             Thread::Device,
             Thread::Vsock,
             Thread::Gdb,
@@ -437,26 +427,19 @@ mod tests {
     fn the_lists_differ_where_the_threads_do() {
         let main = lists::main(1, 34).unwrap();
         let vcpu = lists::vcpu(1, 34).unwrap();
-        let serial = lists::serial().unwrap();
         let has = |r: &lists::Rules, nr| r.contains_key(&nr);
         // Only the main loop accepts clients and reads files.
         for nr in [libc::SYS_accept4, libc::SYS_epoll_wait, libc::SYS_read] {
-            assert!(
-                has(&main, nr) && !has(&vcpu, nr) && !has(&serial, nr),
-                "{nr}"
-            );
+            assert!(has(&main, nr) && !has(&vcpu, nr), "{nr}");
         }
         // The main loop and the vCPUs kick (a vCPU: the boot vCPU, when
-        // it raises the split irqchip's 8259 output); the writer does not.
+        // it raises the split irqchip's 8259 output).
         assert!(has(&main, libc::SYS_tgkill) && has(&vcpu, libc::SYS_tgkill));
-        assert!(!has(&serial, libc::SYS_tgkill));
-        // The writer has no ioctl but the terminal's.
-        assert_eq!(serial[&libc::SYS_ioctl].len(), 1);
         assert!(vcpu[&libc::SYS_ioctl].len() > main[&libc::SYS_ioctl].len() / 2);
         // Only the main thread opens files, and only in the two ways a
         // snapshot does (File::create, File::open): a rule per way.
         assert_eq!(main[&libc::SYS_openat].len(), 2);
-        assert!(!has(&vcpu, libc::SYS_openat) && !has(&serial, libc::SYS_openat));
+        assert!(!has(&vcpu, libc::SYS_openat));
         // Nobody creates processes, threads or sockets.
         for nr in [
             libc::SYS_clone,
@@ -469,10 +452,7 @@ mod tests {
             libc::SYS_rt_sigaction,
             libc::SYS_getppid,
         ] {
-            assert!(
-                !has(&main, nr) && !has(&vcpu, nr) && !has(&serial, nr),
-                "{nr}"
-            );
+            assert!(!has(&main, nr) && !has(&vcpu, nr), "{nr}");
         }
         // The migration thread makes sockets (of three families only) and
         // reads the dirty log, and never starts a program.
@@ -493,11 +473,11 @@ mod tests {
         // registers anything with it once the filters are in.
         let device = lists::device().unwrap();
         assert!(has(&device, libc::SYS_io_uring_enter));
-        for r in [&main, &vcpu, &serial] {
+        for r in [&main, &vcpu] {
             assert!(!has(r, libc::SYS_io_uring_enter));
         }
         for nr in [libc::SYS_io_uring_setup, libc::SYS_io_uring_register] {
-            for r in [&main, &vcpu, &serial, &device] {
+            for r in [&main, &vcpu, &device] {
                 assert!(!has(r, nr), "{nr}");
             }
         }
