@@ -6,7 +6,7 @@
 //! guest does here can fail or panic.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use vm_device::bus::{MmioAddress, MmioRange, PioAddress, PioRange};
 use vm_device::device_manager::{IoManager, MmioManager, PioManager};
@@ -206,6 +206,59 @@ impl IoHandler for PcIo {
             Some(IrqLines::Split(chips)) if vcpu == 0 => Some(Arc::new(chips.ext_int())),
             _ => None,
         }
+    }
+}
+
+/// The machine's I/O as the vCPU threads get it: started while the
+/// devices are still being made (so that their set-up runs beside it),
+/// they run guest code, and so ask anything here, only once the machine has
+/// [`LateIo::set`] the finished [`PcIo`]. Before that, an access finds
+/// nothing (as an unmapped one), which no guest can make.
+#[derive(Default)]
+pub(crate) struct LateIo(OnceLock<Arc<PcIo>>);
+
+impl LateIo {
+    /// Hands the finished I/O over (once; a second call changes nothing).
+    pub(crate) fn set(&self, io: Arc<PcIo>) {
+        let _ = self.0.set(io);
+    }
+}
+
+impl IoHandler for LateIo {
+    fn pio_read(&self, port: u16, data: &mut [u8]) {
+        match self.0.get() {
+            Some(io) => io.pio_read(port, data),
+            None => data.fill(0xff),
+        }
+    }
+
+    fn pio_write(&self, port: u16, data: &[u8]) {
+        if let Some(io) = self.0.get() {
+            io.pio_write(port, data);
+        }
+    }
+
+    fn mmio_read(&self, addr: u64, data: &mut [u8]) {
+        match self.0.get() {
+            Some(io) => io.mmio_read(addr, data),
+            None => data.fill(0xff),
+        }
+    }
+
+    fn mmio_write(&self, addr: u64, data: &[u8]) {
+        if let Some(io) = self.0.get() {
+            io.mmio_write(addr, data);
+        }
+    }
+
+    fn ioapic_eoi(&self, vector: u8) {
+        if let Some(io) = self.0.get() {
+            io.ioapic_eoi(vector);
+        }
+    }
+
+    fn external_interrupts(&self, vcpu: u32) -> Option<Arc<dyn ExtIntSource>> {
+        self.0.get()?.external_interrupts(vcpu)
     }
 }
 

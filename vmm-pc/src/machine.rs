@@ -10,14 +10,19 @@
 //! 5. the TSS pages, the in-kernel irqchip and PC GSI routing (or, split,
 //!    only the local APICs: [`crate::irqchip`]), and KVM's PIT if asked
 //!    for ([`PitBackend::Kvm`]);
-//! 6. load the kernel, initrd and command line; write the e820 map, ACPI
+//! 6. start one thread per vCPU (SIGINT/SIGTERM/SIGHUP blocked first, so
+//!    that they inherit the mask), each creating and setting up its vCPU,
+//!    then running the thread-start hook if given (a seccomp filter): that
+//!    set-up runs beside steps 7 to 9, the boot vCPU waiting for its entry
+//!    point (step 7) only for its registers;
+//! 7. load the kernel, initrd and command line; write the e820 map, ACPI
 //!    and MP tables and the boot parameters (zero page or PVH start info);
-//! 7. create the clocks, then the devices (our PIT and RTC arm timers on
+//! 8. create the clocks, then the devices (our PIT and RTC arm timers on
 //!    the clocks) and connect their interrupts;
-//! 8. block SIGINT/SIGTERM/SIGHUP (before any thread starts) and build the
-//!    main loop: signals, vCPU requests, reset and poweroff lines, timers;
-//! 9. start one thread per vCPU, each creating and setting up its vCPU,
-//!    then running the thread-start hook if given (a seccomp filter).
+//! 9. build the main loop: signals, vCPU requests, reset and poweroff
+//!    lines, timers;
+//! 10. hand the vCPU threads the finished I/O (they run nothing before the
+//!     machine starts) and wait for the boot vCPU's set-up.
 //!
 //! [`PcMachine::run`] then starts the vCPUs and runs the main loop until
 //! the guest resets or powers off, the user quits, a signal arrives or a
@@ -38,7 +43,7 @@ use vmm_runstate::RunStateMachine;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::control::{Command, MachineEvent, QuitSource, ReplyFn};
-use crate::cpu::{self, BootEntry};
+use crate::cpu;
 use crate::devices::{create_devices, Com1, DeviceError, PcDevices, PcShape};
 use crate::images::{open_regular, BootImages};
 use crate::io::PcIo;
@@ -132,7 +137,7 @@ pub struct PcMachine {
     paused_clock: Option<u64>,
     /// What a reset reloads and puts back.
     images: BootImages,
-    entry: Arc<Mutex<BootEntry>>,
+    entry: Arc<vcpu_init::EntryCell>,
     fresh_irqchip: Vec<kvm_bindings::kvm_irqchip>,
     fresh_kvm_pit: Option<kvm_bindings::kvm_pit_state2>,
     /// What a guest reset does.
@@ -266,7 +271,7 @@ impl PcMachine {
             _ => None,
         };
         let parse = |path: &std::path::Path| snapshot::parse_file(path);
-        let (supported_cpuid, built, incoming_file) = std::thread::scope(|scope| {
+        let (built, incoming_file) = std::thread::scope(|scope| {
             let reading = incoming_path.map(|path| {
                 let thread = std::thread::Builder::new()
                     .name("incoming".into())
@@ -278,14 +283,49 @@ impl PcMachine {
                 let vm = Vm::new(&kvm, &regions)?;
                 log::debug!("start-up: VM and RAM made");
 
-                // 5. Interrupt controllers and timers in the kernel.
+                // 5. Interrupt controllers and timers in the kernel (KVM
+                //    wants them before any vCPU).
                 vm.set_tss_address(layout::KVM_TSS_ADDR)?;
                 let irq = crate::irqchip::create(&vm, config.irqchip)?;
                 if config.pit == PitBackend::Kvm {
                     vm.create_in_kernel_pit()?;
                 }
 
-                // 6. Kernel, initrd, command line, tables.
+                // 6. vCPU threads, started now: their set-up (the thread,
+                //    KVM_CREATE_VCPU, CPUID, the seccomp filter) runs beside
+                //    steps 7 to 9 on another CPU. The boot vCPU waits for
+                //    its entry point only for its registers; the threads ask
+                //    the I/O (handed over in step 10) nothing before the
+                //    machine starts. They inherit the shutdown signals
+                //    blocked (the binary blocks them first thing; so does
+                //    step 9, for every later thread).
+                let supported_cpuid = match prefetch {
+                    Some(prefetch) => prefetch.join(),
+                    None => cpu::supported::supported_cpuid(&kvm),
+                }?;
+                log::debug!("start-up: CPUID had");
+                vmm_core::signals::block_shutdown_signals()?;
+                let (entry, loader) = vcpu_init::EntryCell::loading();
+                let io = Arc::new(crate::io::LateIo::default());
+                let init = vcpu_init::vcpu_init(
+                    &vm,
+                    supported_cpuid.clone(),
+                    config.cpus,
+                    Arc::clone(&entry),
+                );
+                let vcpus = Vcpus::spawn_unsettled(
+                    &vm,
+                    config.cpus,
+                    init,
+                    Arc::clone(&io) as Arc<dyn vmm_core::io::IoHandler>,
+                    config.vcpu_thread_start.clone(),
+                )?;
+                // After `vcpus`, so dropped before it on a failure below:
+                // a boot vCPU waiting for its entry gives up before
+                // `vcpus` joins its thread.
+                let loader = loader;
+
+                // 7. Kernel, initrd, command line, tables.
                 let mut images = BootImages {
                     kernel: kernel_file,
                     initrd: initrd_file,
@@ -294,7 +334,7 @@ impl PcMachine {
                     cpus: config.cpus,
                     wdat: config.i6300esb.is_some(),
                 };
-                let entry = images.load(vm.memory())?;
+                loader.loaded(images.load(vm.memory())?);
                 log::debug!("start-up: kernel and tables loaded");
                 // What a reset puts back: the fresh irqchip (and KVM's
                 // PIT); with the split irqchip, ours are in the device model.
@@ -306,25 +346,31 @@ impl PcMachine {
                     PitBackend::Kvm => Some(vm.pit_state()?),
                     PitBackend::Userspace => None,
                 };
-                Ok((vm, irq, images, entry, fresh_irqchip, fresh_kvm_pit))
+                Ok((
+                    vm,
+                    irq,
+                    images,
+                    entry,
+                    io,
+                    vcpus,
+                    supported_cpuid,
+                    fresh_irqchip,
+                    fresh_kvm_pit,
+                ))
             })();
-            let cpuid = match prefetch {
-                Some(prefetch) => prefetch.join(),
-                None => cpu::supported::supported_cpuid(&kvm),
-            };
             let incoming_file = reading.map(|(path, thread)| match thread {
                 Ok(thread) => thread
                     .join()
                     .unwrap_or_else(|_| Err("the reading thread panicked".to_owned())),
                 Err(_) => parse(path),
             });
-            (cpuid, built, incoming_file)
+            (built, incoming_file)
         });
-        let supported_cpuid = supported_cpuid?;
-        log::debug!("start-up: CPUID and the incoming file had");
-        let (vm, irq, images, entry, fresh_irqchip, fresh_kvm_pit) = built?;
+        let (vm, irq, images, entry, late_io, vcpus, supported_cpuid, fresh_irqchip, fresh_kvm_pit) =
+            built?;
+        log::debug!("start-up: the incoming file had");
 
-        // 7. Devices.
+        // 8. Devices.
         let mut io = PcIo::new();
         // The clocks come first: the PIT and the RTC arm timers on them.
         let clocks = Clocks::host();
@@ -338,8 +384,8 @@ impl PcMachine {
         let mut devices = create_devices(&vm, &irq, &mut io, &clocks, config.serial, shape)?;
         io.set_irq_lines(irq.clone());
 
-        // 8. Signals first (blocked in this thread before any other
-        //    starts, so every thread inherits the mask), then the loop.
+        // 9. Signals first (blocked in this thread, so every thread made
+        //    from here on inherits the mask), then the loop.
         let pending = Arc::new(Mutex::new(Pending::default()));
         let mut event_loop = EventLoop::new()?;
         let p = Arc::clone(&pending);
@@ -477,16 +523,11 @@ impl PcMachine {
             config.incoming.as_ref(),
         )?;
 
-        // 9. vCPU threads.
-        let io: Arc<PcIo> = Arc::new(io);
-        let entry = Arc::new(Mutex::new(entry));
-        let init = vcpu_init::vcpu_init(
-            &vm,
-            supported_cpuid.clone(),
-            config.cpus,
-            Arc::clone(&entry),
-        );
-        let vcpus = Vcpus::spawn_with_start(&vm, config.cpus, init, io, config.vcpu_thread_start)?;
+        // 10. The vCPUs get the finished I/O, and the boot vCPU's set-up
+        //     (started in step 6) is waited for: a failure of it is the
+        //     build's.
+        late_io.set(Arc::new(io));
+        vcpus.settle()?;
         log::debug!("start-up: vCPU threads made");
         // The split irqchip's 8259s kick the boot vCPU when their output
         // rises (it runs only once the machine starts, after this).

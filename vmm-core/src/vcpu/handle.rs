@@ -375,6 +375,8 @@ pub struct Vcpus {
     /// The other threads' join handles (the start helper's and the other
     /// vCPUs'), as they start.
     spawned: Receiver<JoinHandle<()>>,
+    /// How many vCPUs, from the boot one, [`Vcpus::settle`] waits for.
+    settled: usize,
 }
 
 impl fmt::Debug for Vcpus {
@@ -413,6 +415,24 @@ impl Vcpus {
     /// vCPU, a helper it starts after the `Spawner` stage starts the
     /// others' threads, so that they inherit what that stage put in place.
     pub fn spawn_with_start(
+        vm: &Vm,
+        count: u32,
+        init: VcpuInit,
+        io: Arc<dyn IoHandler>,
+        on_start: Option<VcpuThreadStart>,
+    ) -> Result<Self, VcpuError> {
+        let vcpus = Self::spawn_unsettled(vm, count, init, io, on_start)?;
+        vcpus.settle()?;
+        Ok(vcpus)
+    }
+
+    /// [`Vcpus::spawn_with_start`] without the wait: returns once the boot
+    /// vCPU's thread is started, its set-up going on beside the caller's
+    /// (a machine's devices, its main loop). [`Vcpus::settle`] then waits
+    /// for what `spawn_with_start` waits for and reports a failure; so
+    /// does the first call that waits on a vCPU. The threads ask `io`
+    /// nothing before their first [`Vcpus::resume_all`].
+    pub fn spawn_unsettled(
         vm: &Vm,
         count: u32,
         init: VcpuInit,
@@ -467,6 +487,7 @@ impl Vcpus {
             request_evt,
             boot_thread: None,
             spawned: spawned_rx,
+            settled: 0,
         };
         let mut bodies = bodies.into_iter();
         let Some(mut boot) = bodies.next() else {
@@ -496,16 +517,19 @@ impl Vcpus {
         // On a failure, dropping `vcpus` ends whatever threads did start.
         let thread = spawn_thread(boot).map_err(|source| VcpuError::Spawn { index: 0, source })?;
         vcpus.boot_thread = Some(thread);
+        vcpus.settled = if wait_for_all { vcpus.handles.len() } else { 1 };
+        Ok(vcpus)
+    }
+
+    /// Waits for the set-up [`Vcpus::spawn_unsettled`] left going: the boot
+    /// vCPU's, and every vCPU's where all set up side by side (see
+    /// [`Vcpus::spawn`]); returns the first failure.
+    pub fn settle(&self) -> Result<(), VcpuError> {
         let deadline = Instant::now() + ANSWER_TIMEOUT;
-        let waited = if wait_for_all {
-            &vcpus.handles[..]
-        } else {
-            &vcpus.handles[..1]
-        };
-        for h in waited {
+        for h in &self.handles[..self.settled] {
             h.settle(deadline)?;
         }
-        Ok(vcpus)
+        Ok(())
     }
 
     /// Runs every vCPU's init function again, on its own thread (a machine

@@ -134,12 +134,18 @@ impl VcpuThread {
         let Some((mut vcpu, run_map)) = self.set_up(role) else {
             return;
         };
-        let ext_int = self.io.external_interrupts(self.index);
+        // Asked when the vCPU first runs: the machine may complete its I/O
+        // only after the threads start (`Vcpus::spawn_unsettled`).
+        let mut ext_int = None;
         let mut state = State::Paused;
         while state != State::Exiting {
             state = match state {
                 State::Paused => self.paused(&vcpu),
-                State::Running => self.running(&mut vcpu, &run_map, ext_int.as_deref()),
+                State::Running => {
+                    let ext_int =
+                        ext_int.get_or_insert_with(|| self.io.external_interrupts(self.index));
+                    self.running(&mut vcpu, &run_map, ext_int.as_deref())
+                }
                 State::Exiting => State::Exiting,
             };
         }

@@ -107,9 +107,22 @@ pub fn configure_vcpu(
     entry: Option<&BootEntry>,
 ) -> Result<(), CpuError> {
     // CPUID first: KVM checks some MSRs and the APIC against it.
-    let cpuid = cpuid::vcpu_cpuid(supported_cpuid, index, num_vcpus)?;
-    cpuid::apply_cpuid(vcpu, &cpuid)?;
+    set_cpuid(vcpu, supported_cpuid, index, num_vcpus)?;
     set_boot_state(vcpu, mem, entry)
+}
+
+/// The vCPU's CPUID table (`KVM_SET_CPUID2`), [`configure_vcpu`]'s first
+/// step: before anything else, since KVM checks some MSRs and the APIC
+/// against it, and once per vCPU (KVM refuses a changed table once it has
+/// run).
+pub fn set_cpuid(
+    vcpu: &VcpuFd,
+    supported_cpuid: &CpuId,
+    index: u32,
+    num_vcpus: u32,
+) -> Result<(), CpuError> {
+    let cpuid = cpuid::vcpu_cpuid(supported_cpuid, index, num_vcpus)?;
+    cpuid::apply_cpuid(vcpu, &cpuid)
 }
 
 /// Boot MSRs and, for the boot CPU (`entry` given), LAPIC LINT0/LINT1

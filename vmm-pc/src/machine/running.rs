@@ -288,7 +288,7 @@ impl PcMachine {
             self.vm.set_pit_state(pit)?;
         }
         self.devices.reset();
-        *lock(&self.entry) = self.images.reload(self.vm.memory())?;
+        self.entry.set(self.images.reload(self.vm.memory())?);
         self.live.vmm_wrote_ram();
         self.vcpus.reinit_all()?;
         self.emit(MachineEvent::Reset { guest });

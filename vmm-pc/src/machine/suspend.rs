@@ -27,7 +27,7 @@
 use vmm_devices::WakeCause;
 use vmm_runstate::RunState;
 
-use super::{lock, CommandFailure, PcError, PcMachine};
+use super::{CommandFailure, PcError, PcMachine};
 use crate::acpi::facs::{self, WakeTarget};
 use crate::control::MachineEvent;
 use crate::cpu::BootEntry;
@@ -96,12 +96,12 @@ impl PcMachine {
                 log::info!("waking from S3 at {segment:04x}:{offset:04x}");
                 // The boot CPU's entry for this re-initialization only; a
                 // later reset reloads the kernel's.
-                let boot = std::mem::replace(
-                    &mut *lock(&self.entry),
-                    BootEntry::RealMode { segment, offset },
-                );
+                let boot = self.entry.get();
+                self.entry.set(BootEntry::RealMode { segment, offset });
                 let done = self.vcpus.reinit_all();
-                *lock(&self.entry) = boot;
+                if let Some(boot) = boot {
+                    self.entry.set(boot);
+                }
                 done?;
                 self.vcpus.resume_all()?;
             }
