@@ -95,6 +95,27 @@ fn random_bytes_as_kernel() {
     assert_one_line_error(&o, "kernel");
 }
 
+/// The vCPU threads start before the kernel is loaded, the boot vCPU's
+/// set-up waiting for its entry point: a kernel the loader then refuses
+/// ends that wait, so the VMM ends at once (a thread left waiting would
+/// hold its exit for the 10 s the vCPUs' join allows).
+#[test]
+fn a_kernel_refused_after_the_vcpus_started_ends_the_vmm_at_once() {
+    if !kvm("kernel_refused_after_vcpus") {
+        return;
+    }
+    let dir = TempDir::new("refused-late");
+    let k = dir.file("k", &[0x5a; 4096]);
+    for cpus in ["1", "4"] {
+        let child = vmm()
+            .args(["--kernel", k.to_str().unwrap(), "--cpus", cpus])
+            .spawn()
+            .unwrap();
+        let o = wait_within(child, Duration::from_secs(5));
+        assert_one_line_error(&o, "neither a bzImage nor an ELF file");
+    }
+}
+
 #[test]
 fn truncated_bzimage() {
     if !kvm("truncated_bzimage") {
