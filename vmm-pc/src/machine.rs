@@ -256,15 +256,15 @@ impl PcMachine {
         }
         // KVM_GET_SUPPORTED_CPUID is start-up's slowest ioctl where CPUID
         // traps to an outer hypervisor (cpu::supported), so it runs on a
-        // thread of its own beside steps 4 to 6 (started here unless the
+        // thread of its own beside steps 4 and 5 (started here unless the
         // front end started it earlier still; in line if no thread can be
-        // had). That thread ends before any signal set-up (step 8).
+        // had). That thread ends before the vCPU threads start (step 6).
         let prefetch = config
             .cpuid
             .or_else(|| cpu::supported::CpuidPrefetch::start().ok());
         // `--incoming file:`'s file is read, checksummed and decoded on a
-        // thread of its own beside steps 4 to 6, joined with the CPUID
-        // thread (like the kernel's reading, before any filter); the checks
+        // thread of its own beside steps 4 to 7, joined after them (on a
+        // thread with no filter, like the kernel's reading); the checks
         // against the machine come with the load.
         let incoming_path = match &config.incoming {
             Some(Incoming::File(path)) => Some(path.as_path()),
