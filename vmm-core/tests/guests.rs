@@ -434,6 +434,69 @@ fn a_failing_boot_vcpu_init_fails_the_spawn() {
     assert_eq!(err.to_string(), "cannot set up vCPU 0");
 }
 
+/// Without the wait, the spawn returns before the boot vCPU is set up;
+/// `settle` waits for it and reports its failure.
+#[test]
+fn an_unsettled_spawn_reports_the_boot_vcpus_failure_when_settled() {
+    let Some(kvm) = kvm() else { return };
+    let vm = Vm::new(&kvm, &[(GuestAddress(0), 0x10_0000)]).unwrap();
+    let vcpus =
+        Vcpus::spawn_unsettled(&vm, 2, failing_init(0), Arc::new(Recorder::default()), None)
+            .unwrap();
+    assert_eq!(
+        vcpus.settle().unwrap_err().to_string(),
+        "cannot set up vCPU 0"
+    );
+}
+
+/// Counts the questions for external interrupts (there are none).
+#[derive(Default)]
+struct Asked {
+    inner: Recorder,
+    asked: std::sync::atomic::AtomicU32,
+}
+
+impl IoHandler for Asked {
+    fn pio_read(&self, port: u16, data: &mut [u8]) {
+        self.inner.pio_read(port, data);
+    }
+    fn pio_write(&self, port: u16, data: &[u8]) {
+        self.inner.pio_write(port, data);
+    }
+    fn mmio_read(&self, addr: u64, data: &mut [u8]) {
+        self.inner.mmio_read(addr, data);
+    }
+    fn mmio_write(&self, addr: u64, data: &[u8]) {
+        self.inner.mmio_write(addr, data);
+    }
+    fn external_interrupts(&self, _vcpu: u32) -> Option<Arc<dyn vmm_core::vcpu::ExtIntSource>> {
+        self.asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        None
+    }
+}
+
+/// The threads ask their I/O nothing before they first run (a machine
+/// finishes its I/O after starting them): the question for external
+/// interrupts comes with the first resume, once.
+#[test]
+fn external_interrupts_are_asked_for_when_the_vcpu_first_runs() {
+    let Some(kvm) = kvm() else { return };
+    let vm = Vm::new(&kvm, &[(GuestAddress(0), 0x10_0000)]).unwrap();
+    vm.memory().write_slice(HELLO, GuestAddress(CODE)).unwrap();
+    let io = Arc::new(Asked::default());
+    let vcpus = Vcpus::spawn_unsettled(&vm, 1, real_mode_init(), io.clone(), None).unwrap();
+    vcpus.settle().unwrap();
+    let asked = || io.asked.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(asked(), 0, "asked at the set-up");
+    vcpus.resume_all().unwrap();
+    assert_eq!(
+        vcpus.wait_request(WAIT),
+        Some(VcpuRequest::Halted { vcpu: 0 })
+    );
+    assert_eq!(asked(), 1);
+    assert_eq!(io.inner.taken().len(), 2, "the guest's two writes");
+}
+
 /// The thread-start hook runs once on each vCPU's own thread, after its
 /// set-up and before the vCPU answers that it is created (so before any
 /// guest code: where the binary installs the thread's seccomp filter); with
