@@ -334,6 +334,27 @@ mod tests {
     }
 
     #[test]
+    fn late_io_finds_nothing_until_set_then_the_devices() {
+        let late = LateIo::default();
+        let mut b = [0u8; 2];
+        late.pio_read(0x3f8, &mut b);
+        assert_eq!(b, [0xff; 2]);
+        late.pio_write(0x3f8, &[1]);
+        late.mmio_read(0xd000_0000, &mut b);
+        assert_eq!(b, [0xff; 2]);
+        assert!(late.external_interrupts(0).is_none());
+        let mut io = PcIo::new();
+        let dev = Arc::new(Mutex::new(Latch::default()));
+        io.add_pio("latch", 0x3f8, 8, dev.clone()).unwrap();
+        late.set(Arc::new(io));
+        late.pio_write(0x3fb, &[0x80]);
+        late.pio_read(0x3fd, &mut b[..1]);
+        assert_eq!(b[0], 5);
+        // Only what came after the hand-over.
+        assert_eq!(dev.lock().unwrap().0, [(3, vec![0x80])]);
+    }
+
+    #[test]
     fn log_once_bitmap() {
         let b = PortBitmap::new();
         assert!(b.first_time(0));
