@@ -20,7 +20,6 @@ mod storage;
 mod terminal;
 
 use std::io;
-use std::os::fd::AsRawFd;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -100,19 +99,13 @@ fn serial_target(serial: &Serial) -> Result<output::Target> {
     Ok(match serial {
         Serial::None => output::Target::discard(),
         Serial::Stdio => match output::nonblocking_twin(&io::stdout()) {
-            Some(twin) => {
-                let fd = twin.as_raw_fd();
-                output::Target::nonblocking(twin, fd)
-            }
+            Some(twin) => output::Target::nonblocking(twin, |twin| twin),
             None => output::Target::blocking(io::stdout()),
         },
         Serial::File(file) => {
             let capped = file.open()?;
             match output::nonblocking_twin(capped.get_ref()) {
-                Some(twin) => {
-                    let fd = twin.as_raw_fd();
-                    output::Target::nonblocking(capped.with_inner(twin), fd)
-                }
+                Some(twin) => output::Target::nonblocking(twin, |twin| capped.with_inner(twin)),
                 None => output::Target::blocking(capped),
             }
         }

@@ -77,11 +77,16 @@ impl Target {
         }
     }
 
-    /// A non-blocking output (a [`nonblocking_twin`], or a writer around
-    /// one) and its descriptor, which must stay open as long as `out`.
-    pub fn nonblocking(out: impl Write + Send + 'static, fd: RawFd) -> Self {
+    /// A non-blocking output: `twin` (a [`nonblocking_twin`]) as `wrap`
+    /// makes it into a writer (itself, or a writer around it), whose
+    /// descriptor is waited on for room.
+    pub fn nonblocking<W: Write + Send + 'static>(
+        twin: File,
+        wrap: impl FnOnce(File) -> W,
+    ) -> Self {
+        let fd = twin.as_raw_fd();
         Self {
-            out: Box::new(out),
+            out: Box::new(wrap(twin)),
             room: Some(fd),
         }
     }
@@ -134,7 +139,7 @@ impl State {
         }
         let mut done = 0;
         let mut waited = Duration::ZERO;
-        while done < bytes.len() && !self.broken {
+        while done < bytes.len() {
             match self.target.out.write(&bytes[done..]) {
                 Ok(0) => break,
                 Ok(n) => done += n,

@@ -26,8 +26,7 @@ fn pipe() -> (File, File) {
 /// COM1's output into the write end `w` of a pipe, through its twin.
 fn into_pipe(w: &File) -> (SerialSink, SerialOutput) {
     let twin = nonblocking_twin(w).expect("a pipe has a twin");
-    let fd = twin.as_raw_fd();
-    new(Target::nonblocking(twin, fd)).unwrap()
+    new(Target::nonblocking(twin, |twin| twin)).unwrap()
 }
 
 /// Reads everything from `r` until its writers are gone.
