@@ -193,11 +193,12 @@ impl Default for I8042State {
     }
 }
 
-/// The i8042 on ports 0x60 and 0x64, with a reset line and IRQ 1.
+/// The i8042 on ports 0x60 and 0x64, with a reset line (`R`: a machine's
+/// request, which may be wired apart from the interrupt lines) and IRQ 1.
 #[derive(Debug)]
-pub struct I8042<T: Trigger = EventFdTrigger> {
+pub struct I8042<T: Trigger = EventFdTrigger, R: Trigger = T> {
     state: I8042State,
-    reset_line: T,
+    reset_line: R,
     kbd_irq: T,
     /// Whether the last byte at the head of the queue was signalled.
     irq_high: bool,
@@ -207,10 +208,10 @@ pub struct I8042<T: Trigger = EventFdTrigger> {
     line_faults: FaultLog,
 }
 
-impl<T: Trigger> I8042<T> {
+impl<T: Trigger, R: Trigger> I8042<T, R> {
     /// A controller in its power-on state. `reset_line` fires on a guest
     /// reset request, `kbd_irq` is IRQ 1.
-    pub fn new(reset_line: T, kbd_irq: T) -> Self {
+    pub fn new(reset_line: R, kbd_irq: T) -> Self {
         Self {
             state: I8042State::default(),
             reset_line,
@@ -225,7 +226,7 @@ impl<T: Trigger> I8042<T> {
 
     /// Rebuilds a controller from `state`; fires IRQ 1 if keyboard data is
     /// deliverable.
-    pub fn from_state(state: &I8042State, reset_line: T, kbd_irq: T) -> Result<Self, Error> {
+    pub fn from_state(state: &I8042State, reset_line: R, kbd_irq: T) -> Result<Self, Error> {
         if state.output.len() > OUTPUT_QUEUE_LEN {
             return Err(Error::QueueOverflow {
                 what: "i8042 output queue",
@@ -279,7 +280,7 @@ impl<T: Trigger> I8042<T> {
     }
 
     /// The reset line.
-    pub fn reset_line(&self) -> &T {
+    pub fn reset_line(&self) -> &R {
         &self.reset_line
     }
 
@@ -441,7 +442,7 @@ impl<T: Trigger> I8042<T> {
     }
 }
 
-impl<T: Trigger> MutDevicePio for I8042<T> {
+impl<T: Trigger, R: Trigger> MutDevicePio for I8042<T, R> {
     fn pio_read(&mut self, base: PioAddress, offset: PioAddressOffset, data: &mut [u8]) {
         match (base.0.checked_add(offset), &mut *data) {
             (Some(DATA_PORT), [byte]) => *byte = self.read_data(),

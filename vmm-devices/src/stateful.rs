@@ -141,7 +141,7 @@ where
     }
 }
 
-impl<T: Trigger> Stateful for I8042<T> {
+impl<T: Trigger, R: Trigger> Stateful for I8042<T, R> {
     const TYPE: &'static str = "i8042";
     type State = I8042State;
 

@@ -32,8 +32,10 @@ use crate::irqchip::{IrqLines, IsaLine, PIC_RANGES};
 use crate::layout::irq;
 use crate::machine::PitBackend;
 use crate::model::DeviceModel;
+pub use request::RequestLine;
 
 pub mod build;
+pub mod request;
 
 /// Errors wiring the devices.
 #[derive(Debug, thiserror::Error)]
@@ -94,7 +96,7 @@ pub struct PcDevices {
     /// COM1, the console.
     pub com1: Arc<Mutex<Com1>>,
     /// The keyboard controller.
-    pub i8042: Arc<Mutex<I8042<IsaLine>>>,
+    pub i8042: Arc<Mutex<I8042<IsaLine, RequestLine>>>,
     /// Written when the guest resets through the i8042.
     pub reset_evt: EventFd,
     /// Written when the guest enters S5 through PM1 control.

@@ -2,7 +2,7 @@
 
 use std::error::Error as StdError;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{fence, AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
@@ -227,25 +227,24 @@ struct VcpuHandle {
     owes_created: AtomicBool,
     /// Opened by anything sent to a vCPU or waited for (see [`Gate`]).
     gate: Arc<Gate>,
-    /// Known to be parked outside `KVM_RUN`, blocked on its channel: it
-    /// answered `Created`, `Paused` or `Reinitialized` and has not been
-    /// resumed since. Such a thread reads its next event without a kick;
-    /// a kick would only cost a signal and an empty `KVM_RUN` (EINTR) once
-    /// it runs. A thread that parks itself on a request is not known to
-    /// be parked here, and is kicked, harmlessly.
-    parked: AtomicBool,
+    /// Parked outside `KVM_RUN`, on its way to or blocked on its channel:
+    /// written by the thread alone (true as it parks, whether told to or
+    /// on its own; false as it leaves to run), read at each send. Such a
+    /// thread reads its next event without a kick; a kick would only cost
+    /// a signal and an empty `KVM_RUN` (EINTR) once it runs.
+    parked: Arc<AtomicBool>,
 }
 
 impl VcpuHandle {
     fn send(&self, event: Event) -> Result<(), VcpuError> {
         self.gate.open();
-        let resuming = matches!(event, Event::Resume { .. });
-        let parked = self.parked.load(Ordering::Acquire);
-        if resuming {
-            self.parked.store(false, Ordering::Release);
-        }
         self.events.send(event).map_err(|_| self.gone())?;
-        if !parked {
+        // Sent, then looked: the thread stores `false`, then looks at its
+        // channel before it runs (`thread.rs`), each with a fence between,
+        // so either this load sees it leaving (and kicks) or its look finds
+        // the event.
+        fence(Ordering::SeqCst);
+        if !self.parked.load(Ordering::Relaxed) {
             self.kick();
         }
         Ok(())
@@ -257,13 +256,6 @@ impl VcpuHandle {
         match self.settle(Instant::now()) {
             Ok(()) | Err(VcpuError::Timeout { .. }) => VcpuError::ThreadGone { index: self.index },
             Err(e) => e,
-        }
-    }
-
-    /// Notes what an answer says of where the thread is.
-    fn note(&self, response: &Response) {
-        if matches!(response, Response::Paused | Response::Reinitialized(_)) {
-            self.parked.store(true, Ordering::Release);
         }
     }
 
@@ -316,10 +308,7 @@ impl VcpuHandle {
         self.settle(deadline)?;
         let left = deadline.saturating_duration_since(Instant::now());
         match self.responses.recv_timeout(left) {
-            Ok(r) => {
-                self.note(&r);
-                Ok(r)
-            }
+            Ok(r) => Ok(r),
             Err(RecvTimeoutError::Timeout) => Err(VcpuError::Timeout {
                 index: self.index,
                 what,
@@ -337,11 +326,7 @@ impl VcpuHandle {
     ) -> Result<(), VcpuError> {
         self.settle(deadline)?;
         let left = deadline.saturating_duration_since(Instant::now());
-        let answer = self.responses.recv_timeout(left);
-        if let Ok(r) = &answer {
-            self.note(r);
-        }
-        match answer {
+        match self.responses.recv_timeout(left) {
             Ok(r) if want(&r) => Ok(()),
             Ok(r) => {
                 log::error!("vcpu {}: answered {r:?} to {what}", self.index);
@@ -456,6 +441,8 @@ impl Vcpus {
             let (ev_tx, ev_rx) = mpsc::channel();
             let (resp_tx, resp_rx) = mpsc::channel();
             let started = Arc::new(OnceLock::new());
+            // A new thread parks until its first event.
+            let parked = Arc::new(AtomicBool::new(true));
             bodies.push(VcpuThread {
                 index,
                 vm: vm.clone(),
@@ -467,6 +454,7 @@ impl Vcpus {
                 requests: requests.clone(),
                 mmap_size,
                 started: Arc::clone(&started),
+                parked: Arc::clone(&parked),
                 pid,
                 role: Role::Own,
             });
@@ -477,8 +465,7 @@ impl Vcpus {
                 started,
                 owes_created: AtomicBool::new(true),
                 gate: Arc::clone(&gate),
-                // A new thread parks until its first event.
-                parked: AtomicBool::new(true),
+                parked,
             });
         }
         let mut vcpus = Self {

@@ -38,7 +38,10 @@
 //! Exits the vCPU cannot handle (triple fault, `KVM_SYSTEM_EVENT_*`, entry
 //! failure, internal errors) travel to the main loop as [`VcpuRequest`]s, on
 //! a channel with an eventfd to wake the loop; the vCPU then parks until the
-//! main loop decides.
+//! main loop decides. A device the vCPU drives that asks the machine to
+//! reset, power off or sleep stops that vCPU at once ([`stop_current`], as
+//! QEMU's `cpu_stop_current`): it parks after the exit that asked, instead
+//! of running on until the main loop pauses it.
 
 mod exit;
 mod extint;
@@ -53,6 +56,30 @@ pub use handle::{
     kick_signal, VcpuError, VcpuInit, VcpuKick, VcpuStartStage, VcpuThreadStart, Vcpus,
 };
 pub use state::{VcpuState, VcpuStateError};
+
+std::thread_local! {
+    /// Set by [`stop_current`] on a vCPU's thread while it handles an exit.
+    static STOP_REQUESTED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Stops the vCPU whose exit is being handled on this thread, as QEMU's
+/// `cpu_stop_current`: once the exit is handled it parks, its I/O
+/// completed, instead of entering the guest again. For a device that has
+/// just asked the machine for something that stops the guest anyway (a
+/// reset, a poweroff, S3) and told the main loop through its own line:
+/// the guest runs no further than the instruction that asked, and the
+/// main loop's pause finds the vCPU already parked rather than kicking it
+/// out of the guest. The main loop must then pause and resume (or end)
+/// the machine, as it does for each of those requests. On any other
+/// thread it does nothing.
+pub fn stop_current() {
+    STOP_REQUESTED.with(|s| s.set(true));
+}
+
+/// Whether [`stop_current`] was called on this thread since the last call.
+pub(crate) fn take_stop_request() -> bool {
+    STOP_REQUESTED.with(|s| s.replace(false))
+}
 
 /// What a vCPU asks of the main loop (QEMU's `qemu_system_*_request`).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,6 +1,7 @@
 //! The body of one vCPU thread: create, initialise, then the state machine.
 
 use std::any::Any;
+use std::sync::atomic::{fence, AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
@@ -120,6 +121,8 @@ pub(crate) struct VcpuThread {
     pub(crate) mmap_size: usize,
     /// Set once the vCPU is set up, before `Created` is answered.
     pub(crate) started: Arc<OnceLock<Started>>,
+    /// Whether it is parked (see the handle's field: this side writes it).
+    pub(crate) parked: Arc<AtomicBool>,
     /// The process's id, read by the controller (a vCPU thread's filter
     /// refuses `getpid`).
     pub(crate) pid: i32,
@@ -325,10 +328,19 @@ impl VcpuThread {
     }
 
     fn paused(&self, vcpu: &VcpuFd) -> State {
-        match self.events.recv() {
+        self.parked.store(true, Ordering::Relaxed);
+        let state = match self.events.recv() {
             Ok(event) => self.answer(vcpu, event),
             Err(_) => State::Exiting,
+        };
+        if state == State::Running {
+            // Leaving: from here on a sender kicks. The fence orders the
+            // store before the running loop's first look at the channel
+            // (the sender's side: `VcpuHandle::send`).
+            self.parked.store(false, Ordering::Relaxed);
+            fence(Ordering::SeqCst);
         }
+        state
     }
 
     fn running(
@@ -357,6 +369,13 @@ impl VcpuThread {
                     before_run(source, &KvmWindow { vcpu, run_map });
                 }
                 match run_once(vcpu, run_map, self.io.as_ref(), self.index) {
+                    // A device asked the machine to stop the guest
+                    // (`stop_current`): park, as the main loop's pause would.
+                    None if super::take_stop_request() => {
+                        log::debug!("vcpu {}: stopped by the device it drove", self.index);
+                        complete_pending_io(vcpu, run_map);
+                        State::Paused
+                    }
                     None => State::Running,
                     Some(request) => {
                         log::debug!("vcpu {}: {request:?}", self.index);

@@ -18,7 +18,10 @@ use vmm_devices::{
 use vmm_pci::PciDevice;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{clone_fd, eventfd, Com1, ConsoleEvents, DeviceError, DeviceLines, PcDevices, PcShape};
+use super::{
+    clone_fd, eventfd, Com1, ConsoleEvents, DeviceError, DeviceLines, PcDevices, PcShape,
+    RequestLine,
+};
 use crate::io::PcIo;
 use crate::irqchip::IsaLine;
 use crate::layout::{self, port};
@@ -78,7 +81,7 @@ pub struct Wiring<'a> {
     model: DeviceModel,
     com1: Option<Arc<Mutex<Com1>>>,
     console_ready_evt: Option<EventFd>,
-    i8042: Option<Arc<Mutex<I8042<IsaLine>>>>,
+    i8042: Option<Arc<Mutex<I8042<IsaLine, RequestLine>>>>,
     reset_evt: Option<EventFd>,
     poweroff_evt: Option<EventFd>,
     suspend_evt: Option<EventFd>,
@@ -196,7 +199,7 @@ impl<'a> Wiring<'a> {
         let irq = take(&mut self.keyboard_line, "i8042")?;
         let reset = eventfd("i8042 reset")?;
         let dev = Arc::new(Mutex::new(I8042::new(
-            IsaLine::from(EventFdTrigger::new(clone_fd("i8042 reset", &reset)?)),
+            RequestLine::new(clone_fd("i8042 reset", &reset)?),
             irq,
         )));
         self.io
@@ -224,8 +227,8 @@ impl<'a> Wiring<'a> {
     fn pm1_control(&mut self) -> Result<(), DeviceError> {
         let poweroff = eventfd("ACPI poweroff")?;
         let suspend = eventfd("ACPI suspend")?;
-        let dev = Pm1Control::new(EventFdTrigger::new(clone_fd("ACPI poweroff", &poweroff)?))
-            .with_suspend(EventFdTrigger::new(clone_fd("ACPI suspend", &suspend)?));
+        let dev = Pm1Control::new(RequestLine::new(clone_fd("ACPI poweroff", &poweroff)?))
+            .with_suspend(RequestLine::new(clone_fd("ACPI suspend", &suspend)?));
         let dev = Arc::new(Mutex::new(dev));
         self.io
             .add_pio("PM1a control", port::PM1A_CNT_BLK, PM1_CNT_LEN, dev.clone())?;
