@@ -128,6 +128,27 @@ fn a_stop_asked_off_a_vcpu_thread_stops_nothing() {
     vcpus.pause_all().unwrap();
 }
 
+/// A stop asked on a vCPU's thread outside an exit (here in a call the
+/// controller runs there) does not park the vCPU at its next exit.
+#[test]
+fn a_stop_asked_outside_an_exit_stops_nothing() {
+    let Some(kvm) = kvm() else { return };
+    #[rustfmt::skip]
+    let spinner: &[u8] = &[
+        0xe6, 0x80, // out 0x80, al
+        0xeb, 0xfc, // jmp -4 (back to out)
+    ];
+    let (_vm, vcpus, io) = boot(&kvm, spinner);
+    vcpus.resume_all().unwrap();
+    io.wait_for(1);
+    vcpus
+        .call_each(|_| |_: &kvm_ioctls::VcpuFd| vmm_core::vcpu::stop_current())
+        .unwrap();
+    let seen = io.writes().len();
+    assert!(io.wait_for(seen + 100).len() >= seen + 100, "it runs on");
+    vcpus.pause_all().unwrap();
+}
+
 /// A pause sent right after a resume always gets the vCPU out of the
 /// guest, whichever of the two is first to look (the thread leaving its
 /// parked state, or the controller deciding whether to kick): the guest

@@ -368,6 +368,9 @@ impl VcpuThread {
                 if let Some(source) = ext_int {
                     before_run(source, &KvmWindow { vcpu, run_map });
                 }
+                // Only a stop asked while this exit is handled counts (not
+                // one some other code on this thread asked before it).
+                super::take_stop_request();
                 match run_once(vcpu, run_map, self.io.as_ref(), self.index) {
                     // A device asked the machine to stop the guest
                     // (`stop_current`): park, as the main loop's pause would.
