@@ -6,15 +6,18 @@
 //!
 //! Without a usable `/dev/kvm` it prints SKIP, unless `VMM_REQUIRE_KVM=1`.
 
+mod common;
+
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use vm_memory::{Bytes, GuestAddress};
 use vmm_core::io::IoHandler;
-use vmm_core::kvm::KvmSystem;
-use vmm_core::vcpu::{ExtIntSource, VcpuInit, Vcpus};
+use vmm_core::vcpu::{ExtIntSource, Vcpus};
 use vmm_core::vm::Vm;
+
+use common::{kvm, real_mode_init};
 
 const CODE: u64 = 0x1000;
 const HANDLER: u64 = 0x2000;
@@ -61,20 +64,6 @@ impl IoHandler for Io {
     }
 }
 
-fn real_mode_init() -> VcpuInit {
-    Arc::new(|vcpu, _| {
-        let mut sregs = vcpu.get_sregs()?;
-        sregs.cs.base = CODE;
-        sregs.cs.selector = (CODE >> 4) as u16;
-        vcpu.set_sregs(&sregs)?;
-        let mut regs = vcpu.get_regs()?;
-        regs.rip = 0;
-        regs.rflags = 2;
-        vcpu.set_regs(&regs)?;
-        Ok(())
-    })
-}
-
 #[rustfmt::skip]
 const WAITS: &[u8] = &[
     0xb0, 0x01,       // mov al, 1
@@ -106,11 +95,7 @@ fn writes_until(io: &Io, n: usize) -> Vec<(u16, Vec<u8>)> {
 
 #[test]
 fn a_raised_output_and_a_kick_interrupt_a_halted_boot_vcpu() {
-    let test = std::thread::current().name().unwrap_or("?").to_owned();
-    if !vmm_core::kvm::usable_for_tests(&test) {
-        return;
-    }
-    let kvm = KvmSystem::open().unwrap();
+    let Some(kvm) = kvm() else { return };
     let vm = Vm::new(&kvm, &[(GuestAddress(0), 0x10_0000)]).unwrap();
     vm.create_split_irqchip(24).unwrap();
     let mem = vm.memory();
@@ -125,7 +110,7 @@ fn a_raised_output_and_a_kick_interrupt_a_halted_boot_vcpu() {
         writes: Mutex::new(Vec::new()),
         source: Arc::clone(&source),
     });
-    let vcpus = Vcpus::spawn(&vm, 1, real_mode_init(), io.clone()).unwrap();
+    let vcpus = Vcpus::spawn(&vm, 1, real_mode_init(CODE, 0), io.clone()).unwrap();
     vcpus.resume_all().unwrap();
     assert_eq!(writes_until(&io, 1), [(0x80, vec![1])], "the guest waits");
     assert_eq!(source.acks.load(Ordering::SeqCst), 0, "nothing raised yet");

@@ -6,6 +6,8 @@
 //! `VMM_REQUIRE_KVM=1` (set by `cargo xtask test` where /dev/kvm exists),
 //! which turns the skip into a failure.
 
+mod common;
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,13 +17,10 @@ use vmm_core::kvm::KvmSystem;
 use vmm_core::vcpu::{VcpuInit, VcpuRequest, VcpuStartStage, VcpuThreadStart, Vcpus};
 use vmm_core::vm::Vm;
 
+use common::kvm;
+
 const CODE: u64 = 0x1000;
 const WAIT: Duration = Duration::from_secs(5);
-
-fn kvm() -> Option<KvmSystem> {
-    let test = std::thread::current().name().unwrap_or("?").to_owned();
-    vmm_core::kvm::usable_for_tests(&test).then(|| KvmSystem::open().unwrap())
-}
 
 /// Records every access, and answers reads from a fixed byte.
 #[derive(Default)]
@@ -75,18 +74,7 @@ impl Recorder {
 
 /// vCPU `i` starts in real mode at CS:IP = (CODE + i*0x100)/16 : 0.
 fn real_mode_init() -> VcpuInit {
-    Arc::new(|vcpu, index| {
-        let mut sregs = vcpu.get_sregs()?;
-        let entry = CODE + u64::from(index) * 0x100;
-        sregs.cs.base = entry;
-        sregs.cs.selector = u16::try_from(entry >> 4)?;
-        vcpu.set_sregs(&sregs)?;
-        let mut regs = vcpu.get_regs()?;
-        regs.rip = 0;
-        regs.rflags = 2;
-        vcpu.set_regs(&regs)?;
-        Ok(())
-    })
+    common::real_mode_init(CODE, 0x100)
 }
 
 struct Guest {

@@ -5,24 +5,23 @@
 //!
 //! Without a usable `/dev/kvm` it prints SKIP, unless `VMM_REQUIRE_KVM=1`.
 
+mod common;
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use vm_memory::{Bytes, GuestAddress};
 use vmm_core::io::IoHandler;
 use vmm_core::kvm::KvmSystem;
-use vmm_core::vcpu::{VcpuInit, Vcpus};
+use vmm_core::vcpu::Vcpus;
 use vmm_core::vm::Vm;
+
+use common::{kvm, real_mode_init};
 
 const CODE: u64 = 0x1000;
 const WAIT: Duration = Duration::from_secs(5);
 /// The port whose writes stop the vCPU (a reset line's device, say).
 const STOP_PORT: u16 = 0x64;
-
-fn kvm() -> Option<KvmSystem> {
-    let test = std::thread::current().name().unwrap_or("?").to_owned();
-    vmm_core::kvm::usable_for_tests(&test).then(|| KvmSystem::open().unwrap())
-}
 
 /// Records port writes; a write to [`STOP_PORT`] stops the vCPU.
 #[derive(Default)]
@@ -60,26 +59,11 @@ impl Io {
     }
 }
 
-/// One vCPU in real mode at CS:IP = CODE/16 : 0.
-fn real_mode_init() -> VcpuInit {
-    Arc::new(|vcpu, _| {
-        let mut sregs = vcpu.get_sregs()?;
-        sregs.cs.base = CODE;
-        sregs.cs.selector = u16::try_from(CODE >> 4)?;
-        vcpu.set_sregs(&sregs)?;
-        let mut regs = vcpu.get_regs()?;
-        regs.rip = 0;
-        regs.rflags = 2;
-        vcpu.set_regs(&regs)?;
-        Ok(())
-    })
-}
-
 fn boot(kvm: &KvmSystem, code: &[u8]) -> (Vm, Vcpus, Arc<Io>) {
     let vm = Vm::new(kvm, &[(GuestAddress(0), 0x10_0000)]).unwrap();
     vm.memory().write_slice(code, GuestAddress(CODE)).unwrap();
     let io = Arc::new(Io::default());
-    let vcpus = Vcpus::spawn(&vm, 1, real_mode_init(), io.clone()).unwrap();
+    let vcpus = Vcpus::spawn(&vm, 1, real_mode_init(CODE, 0), io.clone()).unwrap();
     (vm, vcpus, io)
 }
 
@@ -110,21 +94,29 @@ fn a_device_that_stops_its_vcpu_parks_it_after_that_exit() {
     vcpus.pause_all().unwrap();
 }
 
+/// Writes port 0x80 for ever.
+#[rustfmt::skip]
+const SPINNER: &[u8] = &[
+    0xe6, 0x80, // out 0x80, al
+    0xeb, 0xfc, // jmp -4 (back to out)
+];
+
+/// Whether the guest goes on writing: 100 more writes within the wait.
+fn runs_on(io: &Io) -> bool {
+    let seen = io.writes().len();
+    io.wait_for(seen + 100).len() >= seen + 100
+}
+
 /// A stop asked on a thread that runs no vCPU changes nothing there, and
 /// leaves the vCPUs running.
 #[test]
 fn a_stop_asked_off_a_vcpu_thread_stops_nothing() {
     let Some(kvm) = kvm() else { return };
-    #[rustfmt::skip]
-    let spinner: &[u8] = &[
-        0xe6, 0x80, // out 0x80, al
-        0xeb, 0xfc, // jmp -4 (back to out)
-    ];
-    let (_vm, vcpus, io) = boot(&kvm, spinner);
+    let (_vm, vcpus, io) = boot(&kvm, SPINNER);
     vmm_core::vcpu::stop_current();
     vcpus.resume_all().unwrap();
-    let seen = io.wait_for(1).len();
-    assert!(io.wait_for(seen + 100).len() >= seen + 100, "it runs on");
+    io.wait_for(1);
+    assert!(runs_on(&io), "it runs on");
     vcpus.pause_all().unwrap();
 }
 
@@ -133,19 +125,13 @@ fn a_stop_asked_off_a_vcpu_thread_stops_nothing() {
 #[test]
 fn a_stop_asked_outside_an_exit_stops_nothing() {
     let Some(kvm) = kvm() else { return };
-    #[rustfmt::skip]
-    let spinner: &[u8] = &[
-        0xe6, 0x80, // out 0x80, al
-        0xeb, 0xfc, // jmp -4 (back to out)
-    ];
-    let (_vm, vcpus, io) = boot(&kvm, spinner);
+    let (_vm, vcpus, io) = boot(&kvm, SPINNER);
     vcpus.resume_all().unwrap();
     io.wait_for(1);
     vcpus
         .call_each(|_| |_: &kvm_ioctls::VcpuFd| vmm_core::vcpu::stop_current())
         .unwrap();
-    let seen = io.writes().len();
-    assert!(io.wait_for(seen + 100).len() >= seen + 100, "it runs on");
+    assert!(runs_on(&io), "it runs on");
     vcpus.pause_all().unwrap();
 }
 
