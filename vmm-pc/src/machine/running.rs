@@ -276,9 +276,10 @@ impl PcMachine {
         let was_running = self.runstate.is_running();
         self.vcpus.pause_all()?;
         // What the vCPUs asked before parking belongs to the old boot, and
-        // so does a reset line that fired meanwhile: Linux's `reboot` writes
-        // the i8042 reset and then triple-faults, and the two reach the main
-        // loop apart; both are this one reset.
+        // so does a reset line that fired meanwhile: a reset (the i8042's,
+        // which stops the vCPU that wrote it, or a triple fault) and what
+        // the other vCPUs ran into before the pause reach the main loop
+        // apart; all are this one reset.
         while self.vcpus.try_request().is_some() {}
         let _ = self.devices.reset_evt.read();
         lock(&self.pending).reset = false;
