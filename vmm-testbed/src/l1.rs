@@ -136,7 +136,8 @@ pub fn job_script(job: &Job, interactive: bool) -> String {
              watch_pid=$!\n"
         );
         format!(
-            "cd /job\n\
+            "{heartbeat}\
+             cd /job\n\
              {sampler}\
              echo \"{ready} $(cut -d' ' -f1 /proc/uptime)\"\n\
              {clock}\n\
@@ -155,6 +156,7 @@ pub fn job_script(job: &Job, interactive: bool) -> String {
              cat /tmp/vmm.err\n\
              echo {err_end}\n",
             err = markers::ERROR,
+            heartbeat = crate::heartbeat::l1_loop(),
             clock = L1_CLOCK_REPORT,
             sampler = l2_exits::sampler(),
             lockups = LOCKUP_REPORTER,

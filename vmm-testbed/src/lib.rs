@@ -27,6 +27,7 @@ pub mod cores;
 pub mod cpio;
 mod direct;
 mod guest_files;
+pub mod heartbeat;
 mod host;
 pub mod initramfs;
 pub mod l1;
@@ -92,6 +93,17 @@ pub enum TestbedError {
     Silent {
         /// The limit.
         after: Duration,
+        /// What L1 printed.
+        console: String,
+    },
+    /// L1's heartbeat ([`heartbeat`]) stopped, or never came, for longer
+    /// than its limit: L1 no longer runs its processes (L1 hung).
+    #[error("L1 hung: no heartbeat from L1 for {after:?} ({beats} beats before); console so far:\n{console}")]
+    NoHeartbeat {
+        /// The limit.
+        after: Duration,
+        /// How many beats came before.
+        beats: u64,
         /// What L1 printed.
         console: String,
     },

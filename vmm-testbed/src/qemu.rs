@@ -216,7 +216,8 @@ pub fn run_batch(
     silence: Option<Duration>,
     live: Option<&Path>,
 ) -> Result<Outcome, TestbedError> {
-    let result = run_batch_inner(cmd, timeout, serial2, silence, live);
+    let beat = crate::heartbeat::Limits::default();
+    let result = run_batch_inner(cmd, timeout, serial2, silence, live, beat);
     // What L1 saw of the L2 vCPUs, kept for a test that fails later.
     let console = match &result {
         Ok(o) => o.l1_console.as_str(),
@@ -224,6 +225,7 @@ pub fn run_batch(
             TestbedError::L1Ended { console, .. }
             | TestbedError::Timeout { console, .. }
             | TestbedError::Silent { console, .. }
+            | TestbedError::NoHeartbeat { console, .. }
             | TestbedError::L1Stuck { console, .. },
         ) => console.as_str(),
         Err(_) => "",
@@ -238,6 +240,7 @@ fn run_batch_inner(
     serial2: Option<&Path>,
     silence: Option<Duration>,
     live: Option<&Path>,
+    beat: crate::heartbeat::Limits,
 ) -> Result<Outcome, TestbedError> {
     let start = Instant::now();
     // QEMU logs CPU resets and triple faults: an L1 that ends without a
@@ -251,6 +254,16 @@ fn run_batch_inner(
     cmd.args(["-d", "cpu_reset", "-D"])
         .arg(&reset_log.0)
         .args(["-serial", "stdio"]);
+    // L1's heartbeat (crate::heartbeat): a hung L1 is named within a
+    // minute, not at the time limit.
+    let heartbeat = TempFile(std::env::temp_dir().join(format!(
+        "vmm-testbed-heartbeat-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    )));
+    let _ = std::fs::remove_file(&heartbeat.0);
+    let mut watch = crate::heartbeat::Watch::new(beat);
+    let mut last_look = Instant::now();
     // A run that ends at a limit first asks QEMU where L1's CPUs are.
     let qmp = TempFile(crate::l1_monitor::socket_path());
     let _ = std::fs::remove_file(&qmp.0);
@@ -259,6 +272,7 @@ fn run_batch_inner(
         cmd.arg("-serial")
             .arg(format!("unix:{},server=on,wait=on", path.display()));
     }
+    cmd.args(crate::heartbeat::qemu_args(&heartbeat.0, serial2.is_some()));
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -376,6 +390,17 @@ fn run_batch_inner(
                 console: with_l1_report(),
             });
         }
+        if last_look.elapsed() >= HEARTBEAT_LOOK {
+            last_look = Instant::now();
+            let beats = crate::heartbeat::file_len(&heartbeat.0);
+            if let Some(after) = watch.check(beats, last_look) {
+                return Err(TestbedError::NoHeartbeat {
+                    after,
+                    beats: watch.beats(),
+                    console: with_l1_report(),
+                });
+            }
+        }
         let len = console_len();
         if len != last_len {
             if let Some(what) = l1_stuck(&now) {
@@ -416,6 +441,9 @@ fn with_panic_summary(mut console: String) -> String {
     }
     console
 }
+
+/// How often a batch run looks at L1's heartbeat file.
+const HEARTBEAT_LOOK: Duration = Duration::from_millis(500);
 
 /// How long a run at its limit watches L1's console after the key press.
 const POKE_WAIT: Duration = Duration::from_secs(10);
@@ -636,6 +664,72 @@ mod tests {
         .unwrap();
         assert_eq!(out.console, "1\n2\n3\n4\n5\n6\n");
         assert_eq!(out.status, Some(0));
+    }
+
+    /// A fake L1's script that finds the heartbeat file among QEMU's
+    /// arguments (as `$hb`), then runs `body`.
+    fn beating_l1(body: &str) -> Command {
+        fake_l1(&format!(
+            "for a; do case \"$a\" in file,id=heartbeat,path=*) \
+             hb=\"${{a#file,id=heartbeat,path=}}\";; esac; done; {body}"
+        ))
+    }
+
+    const READY: &str = "echo @@TESTBED-L1-READY 1; echo @@TESTBED-OUT-BEGIN";
+    const END: &str =
+        "printf '\\n@@TESTBED-OUT-END 0\\n@@TESTBED-ERR-BEGIN\\n@@TESTBED-ERR-END\\n'";
+
+    fn short_beat() -> crate::heartbeat::Limits {
+        crate::heartbeat::Limits {
+            first: Duration::from_secs(3),
+            between: Duration::from_millis(1500),
+        }
+    }
+
+    #[test]
+    fn an_l1_whose_heartbeat_stops_is_hung() {
+        let start = Instant::now();
+        let cmd = beating_l1(&format!(
+            "{READY}; for i in 1 2 3; do printf . >>\"$hb\"; sleep 0.1; done; sleep 30"
+        ));
+        let r = run_batch_inner(cmd, Duration::from_secs(20), None, None, None, short_beat());
+        match r {
+            Err(TestbedError::NoHeartbeat {
+                after,
+                beats,
+                console,
+            }) => {
+                assert_eq!(after, Duration::from_millis(1500));
+                assert_eq!(beats, 3);
+                assert!(console.contains("@@TESTBED-OUT-BEGIN"), "{console}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(start.elapsed() < Duration::from_secs(12));
+        // One that never beats: named after the first limit.
+        let r = run_batch_inner(
+            fake_l1("sleep 30"),
+            Duration::from_secs(20),
+            None,
+            None,
+            None,
+            short_beat(),
+        );
+        assert!(
+            matches!(r, Err(TestbedError::NoHeartbeat { after, beats: 0, .. }) if after == Duration::from_secs(3)),
+            "{r:?}"
+        );
+    }
+
+    #[test]
+    fn a_beating_l1_runs_past_the_limit_and_silence_is_not_a_stop() {
+        // A silent console for 3 s, beats every 0.2 s: the job ends well.
+        let cmd = beating_l1(&format!(
+            "{READY}; for i in $(seq 15); do printf . >>\"$hb\"; sleep 0.2; done; echo ok; {END}"
+        ));
+        let out =
+            run_batch_inner(cmd, Duration::from_secs(20), None, None, None, short_beat()).unwrap();
+        assert_eq!(out.console, "ok\n");
     }
 
     #[test]

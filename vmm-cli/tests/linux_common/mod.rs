@@ -66,8 +66,8 @@ pub const L1_FAULT: &str = "L1 FAULT: ";
 /// two CPUs) a body that fails runs once more, after its failure is
 /// printed in full under a loud `NESTED FAILURE, RETRYING` line that
 /// says which fault it was: L1's own ([`L1_FAULT`]: L1 ended, went
-/// silent, reported a CPU stuck, or ran no exit sample before the time
-/// limit), TCG's SVM fault named (L1 sampled a guest vCPU exiting at
+/// silent, stopped its heartbeat, reported a CPU stuck, or ran no exit
+/// sample before the time limit), TCG's SVM fault named (L1 sampled a guest vCPU exiting at
 /// L1's own VMRUN code: [`l2_exits`]), or the guest hanging or resetting
 /// unnamed, which TCG's SVM emulation does now and then to guests under
 /// our VMM and QEMU alike (docs/nested/README.md). A try lost to a named
@@ -178,6 +178,7 @@ fn fail(test: &str, e: TestbedError) -> ! {
     match e {
         TestbedError::L1Ended { .. }
         | TestbedError::Silent { .. }
+        | TestbedError::NoHeartbeat { .. }
         | TestbedError::L1Stuck { .. } => {
             panic!("{L1_FAULT}{test}: {e}")
         }

@@ -44,6 +44,9 @@ pub(super) fn l1_console(
         Err(TestbedError::Silent { after, console }) => {
             (format!("L1 hung (silent for {after:?})"), console)
         }
+        Err(TestbedError::NoHeartbeat { after, console, .. }) => {
+            (format!("L1 hung (no heartbeat for {after:?})"), console)
+        }
         Err(e) => return Err(e.into()),
     };
     eprintln!("xtask: {what}, session {session}: {fault}; L1's console ended with:");

@@ -366,6 +366,12 @@ pub fn task(args: &[String]) -> Result<()> {
                     "session {sessions}: L1 hung (silent for {after:?})"
                 )),
             ),
+            Err(TestbedError::NoHeartbeat { after, console, .. }) => (
+                console,
+                Some(format!(
+                    "session {sessions}: L1 hung (no heartbeat for {after:?})"
+                )),
+            ),
             Err(e) => {
                 stop.store(true, Ordering::Relaxed);
                 return Err(e.into());
