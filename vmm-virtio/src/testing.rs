@@ -301,6 +301,13 @@ impl Ring {
         self.mem.write_obj(idx, GuestAddress(at)).unwrap();
     }
 
+    /// The device's `avail_event` (with VIRTIO_RING_F_EVENT_IDX): the
+    /// available index past which it wants a notification.
+    pub fn avail_event(&self) -> u16 {
+        let at = self.used + 4 + 8 * u64::from(self.size);
+        self.mem.read_obj(GuestAddress(at)).unwrap()
+    }
+
     /// `used.idx`.
     pub fn used_idx(&self) -> u16 {
         self.mem.read_obj(GuestAddress(self.used + 2)).unwrap()

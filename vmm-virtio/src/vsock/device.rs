@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use virtio_bindings::virtio_ring::VIRTIO_RING_F_INDIRECT_DESC;
+use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestMemory};
 
@@ -28,7 +28,7 @@ use crate::Memory;
 pub const CONFIG_LEN: usize = 8;
 
 /// The features offered (stream sockets need no feature bit).
-pub const FEATURES: u64 = 1 << VIRTIO_RING_F_INDIRECT_DESC;
+pub const FEATURES: u64 = 1 << VIRTIO_RING_F_INDIRECT_DESC | 1 << VIRTIO_RING_F_EVENT_IDX;
 
 /// Counters the worker updates and the handle reads.
 #[derive(Debug, Default)]

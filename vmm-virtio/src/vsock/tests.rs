@@ -8,6 +8,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use vm_memory::{Bytes, GuestAddress};
 use vmm_pci::config::COMMAND_MEMORY;
 use vmm_pci::PciDevice;
@@ -46,6 +47,7 @@ struct Vsock {
     uds: PathBuf,
     rx_used: u16,
     tx_next: u16,
+    fakes: Fakes,
 }
 
 fn start(tag: &str) -> Vsock {
@@ -91,6 +93,7 @@ fn start(tag: &str) -> Vsock {
         uds,
         rx_used: 0,
         tx_next: 0,
+        fakes,
     };
     // Every receive descriptor a buffer of its own, all given.
     for i in 0..SIZE {
@@ -287,6 +290,43 @@ fn a_host_program_connects_and_bytes_flow_both_ways() {
     let (h, data) = v.recv();
     assert_eq!((h.op, data.as_slice()), (op::RW, &b"early"[..]));
     assert_eq!(v.handle.stats().connections, 3);
+}
+
+#[test]
+fn event_idx_interrupts_and_notifications_only_where_wanted() {
+    let mut v = start("event-idx");
+    assert_ne!(
+        v.dev.state().device.acked_features & 1 << VIRTIO_RING_F_EVENT_IDX,
+        0
+    );
+    let (mut s, port) = v.host_connects(1234, 1 << 20);
+    // The transmit queue: the device asks to hear of the next chain past
+    // those it took (one RESPONSE so far).
+    assert_eq!(v.tx.avail_event(), 1);
+    // The driver wants an interrupt once the used index passes 2: none
+    // for the packet that makes it 2, one for the packet that makes it 3.
+    v.rx.set_used_event(2);
+    let before = v.fakes.msi.items().len();
+    s.write_all(b"a").unwrap();
+    let (h, data) = v.recv();
+    assert_eq!(
+        (h.op, h.src_port, data.as_slice()),
+        (op::RW, port, &b"a"[..])
+    );
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    assert_eq!(
+        v.fakes.msi.items().len(),
+        before,
+        "used index 2: no interrupt"
+    );
+    s.write_all(b"b").unwrap();
+    assert_eq!(v.recv().1, b"b");
+    let msi = v.fakes.msi.wait_len(before + 1);
+    assert_eq!(msi[before].data, 0x40, "the receive queue's vector");
+    // Each chain the guest sends moves avail_event along.
+    v.send(to_host(1234, port, op::RW), b"c");
+    assert_eq!(read_exact(&mut s, 1), b"c");
+    assert_eq!(v.tx.avail_event(), 2);
 }
 
 #[test]
