@@ -378,6 +378,65 @@ seed("vsock_packet", "credit-request", bytes([3]) + vsock_hdr(3, 2, 1000, 5678, 
 seed("vsock_packet", "wrong-dst", bytes([3]) + vsock_hdr(3, 9, 1000, 5678, 0, 1))
 
 
+# ---- irqchip: op % 16: 0-3 a PIC port access (port index into 0x20,
+# 0x21, 0xA0, 0xA1, 0x4D0, 0x4D1, 0x22, 0x4D2; width class, 0-4 one byte;
+# odd = write, then the bytes), 4-5 a PIC line (irq, level), 6 an
+# acknowledge, 7-10 an IO-APIC access (offset class: 0 IOREGSEL, 2 IOWIN,
+# 4 then even = EOI; width class 5 = four bytes; odd = write, the bytes),
+# 11-12 an IO-APIC pin (pin, level), 13 an EOI (vector), 14 a snapshot,
+# 15 a reset (even: the PICs, odd: the IO-APIC).
+PIC_PORTS = [0x20, 0x21, 0xA0, 0xA1, 0x4D0, 0x4D1]
+
+
+def pic_wr(port, value):
+    return bytes([0, PIC_PORTS.index(port), 0, 1, value])
+
+
+def pic_rd(port):
+    return bytes([0, PIC_PORTS.index(port), 0, 0])
+
+
+def pic_line(irq, level):
+    return bytes([4, irq, level])
+
+
+def ioapic_wr(offset, value):
+    cls = {0x00: 0, 0x10: 2}[offset]
+    return bytes([7, cls, 5, 1]) + u32(value)
+
+
+def ioapic_rd(offset):
+    cls = {0x00: 0, 0x10: 2}[offset]
+    return bytes([7, cls, 5, 0])
+
+
+def ioapic_entry(pin, low, high):
+    return (ioapic_wr(0x00, 0x10 + 2 * pin) + ioapic_wr(0x10, low)
+            + ioapic_wr(0x00, 0x11 + 2 * pin) + ioapic_wr(0x10, high))
+
+
+# Linux's init of both 8259s (vectors 0x30 and 0x38, cascade on IRQ 2, 8086
+# mode), the timer unmasked, level IRQ 9 by the ELCR.
+linux_pics = (pic_wr(0x20, 0x11) + pic_wr(0x21, 0x30) + pic_wr(0x21, 0x04) + pic_wr(0x21, 0x01)
+              + pic_wr(0xA0, 0x11) + pic_wr(0xA1, 0x38) + pic_wr(0xA1, 0x02) + pic_wr(0xA1, 0x01)
+              + pic_wr(0x21, 0xFA) + pic_wr(0xA1, 0xFD) + pic_wr(0x4D1, 0x02))
+seed("irqchip", "linux-pics",
+     linux_pics + pic_line(0, 1) + b"\x06" + pic_wr(0x20, 0x20) + pic_line(0, 0)
+     + pic_line(9, 1) + b"\x06" + pic_wr(0xA0, 0x20) + pic_wr(0x20, 0x20)
+     + pic_wr(0x20, 0x0B) + pic_rd(0x20) + pic_wr(0x20, 0x0C) + pic_rd(0x20) + b"\x0e")
+seed("irqchip", "spurious", linux_pics + b"\x06" + pic_wr(0x20, 0x0B) + pic_rd(0x20))
+# The IO-APIC: the serial port's pin 4 level-triggered, vector 0x24, CPU
+# 0; raised, EOI'd while still high (delivered again), lowered; the timer
+# on pin 2 edge, masked and unmasked; the version register read.
+seed("irqchip", "ioapic-level",
+     ioapic_wr(0x00, 0x01) + ioapic_rd(0x10)
+     + ioapic_entry(4, 0x0000_8024, 0x0000_0000)
+     + bytes([11, 4, 1]) + bytes([13, 0x24]) + bytes([11, 4, 0]) + bytes([13, 0x24])
+     + ioapic_entry(2, 0x0001_0030, 0x0100_0000) + bytes([11, 2, 1, 11, 2, 0])
+     + ioapic_entry(2, 0x0000_0030, 0x0100_0000) + bytes([11, 2, 1]) + b"\x0e"
+     + bytes([11, 4, 1]))
+
+
 def main():
     for target, seeds in SEEDS.items():
         folder = os.path.join(ROOT, target)
