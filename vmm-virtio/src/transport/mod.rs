@@ -372,7 +372,11 @@ impl<M: Memory> VirtioPciDevice<M> {
             };
             self.common.read(offset - COMMON_OFFSET, data, live);
         } else if offset == ISR_OFFSET {
-            data[0] = self.hub.read_isr();
+            // Reading the ISR clears it: an access of no bytes reads
+            // nothing and clears nothing.
+            if let Some(first) = data.first_mut() {
+                *first = self.hub.read_isr();
+            }
         } else if (DEVICE_OFFSET..DEVICE_OFFSET + DEVICE_CFG_MAX).contains(&offset)
             && offset + len <= DEVICE_OFFSET + self.device.config_len() as u64
         {

@@ -357,6 +357,12 @@ fn without_msix_the_isr_and_intx_carry_interrupts() {
     // Other offsets in the ISR page read 0 and leave the ISR alone.
     assert_eq!(read(&mut s.dev, ISR + 1, 1), 0);
     assert_eq!(read(&mut s.dev, ISR, 4), 1);
+    // An access of no bytes (a bus may hand one over) reads nothing and
+    // clears nothing; it panicked once (found by the virtio_pci fuzz
+    // target).
+    irq.signal_config();
+    s.dev.bar_read(0, ISR, &mut []);
+    assert_eq!(read(&mut s.dev, ISR, 1), 2);
 }
 
 #[test]
@@ -551,7 +557,7 @@ fn any_register_access_is_safe() {
     let qs = queues(&s, [0, 1]);
     for round in 0..3000u32 {
         let x = rng.next();
-        let len = [1usize, 2, 3, 4, 8][(x >> 8) as usize % 5];
+        let len = [0usize, 1, 2, 3, 4, 8][(x >> 8) as usize % 6];
         let mut buf = (rng.next()).to_le_bytes();
         // Status writes are mostly the valid ones, so the device often
         // runs while the rest is thrown at it.
