@@ -437,6 +437,53 @@ seed("irqchip", "ioapic-level",
      + bytes([11, 4, 1]))
 
 
+# ---- virtio_pci: op % 16: 0-6 a BAR 0 access (offset byte, then its
+# class: 0-1 common configuration (offset % 0x38), 2 ISR, 3 device
+# configuration, 4 notifications, 5 a 16-bit offset; width class 0-1 one
+# byte, 2-3 two, 4-5 four, 6 eight; odd = write, the bytes), 7-8 an MSI-X
+# BAR access (class 0-2 then an offset byte; width; write; bytes), 9-10 a
+# configuration-space access (class 0 = MSI-X control, 1-2 0x40 + a byte;
+# width; write; bytes), 11-12 the device signals (pick: 0 configuration,
+# 1 needs reset, else a queue), 13 activations refused or not, 14 a
+# machine reset, 15 a queue set up at once (queue, size shift, address).
+def vp_bar0(offset, width_class, value, width):
+    return bytes([0, offset, 0, width_class, 1]) + value.to_bytes(width, "little")
+
+
+def vp_common(offset, value, width):
+    cls = {1: 0, 2: 2, 4: 4, 8: 6}[width]
+    return vp_bar0(offset, cls, value, width)
+
+
+def vp_msix(offset, value, width):
+    cls = {4: 4, 8: 6}[width]
+    return bytes([7, 0, offset, cls, 1]) + value.to_bytes(width, "little")
+
+
+def vp_status(v):
+    return vp_common(0x14, v, 1)
+
+
+vp_init = (
+    bytes([9, 0, 2, 1]) + u16(0x8000)  # MSI-X on
+    + b"".join(vp_msix(v * 16, 0xFEE0_0000, 8) + vp_msix(v * 16 + 8, 0x40 + v, 4)
+               + vp_msix(v * 16 + 12, 0, 4) for v in range(4))
+    + vp_status(1) + vp_status(3)
+    + vp_common(0x08, 0, 4) + vp_common(0x0C, 0x3000_0001, 4)
+    + vp_common(0x08, 1, 4) + vp_common(0x0C, 1, 4)
+    + vp_status(0x0B) + vp_common(0x10, 0, 2)
+    + b"".join(vp_common(0x16, q, 2) + vp_common(0x1A, q + 1, 2)
+               + bytes([15, q, 3]) + u16(0x1000 * (q + 1)) for q in range(3))
+    + vp_status(0x0F))
+seed("virtio_pci", "linux-init",
+     vp_init + bytes([11, 2, 11, 3, 11, 0])
+     + bytes([0, 0, 4, 3, 1]) + u16(0)  # a notification
+     + bytes([9, 0, 2, 1]) + u16(0xC000) + bytes([11, 2])  # masked: pending
+     + bytes([9, 0, 2, 1]) + u16(0x8000)  # unmasked: sent
+     + bytes([11, 1]) + vp_status(0))
+seed("virtio_pci", "refused", bytes([13]) + vp_init + vp_status(0) + bytes([13, 14]))
+
+
 def main():
     for target, seeds in SEEDS.items():
         folder = os.path.join(ROOT, target)
