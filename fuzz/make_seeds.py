@@ -484,6 +484,39 @@ seed("virtio_pci", "linux-init",
 seed("virtio_pci", "refused", bytes([13]) + vp_init + vp_status(0) + bytes([13, 14]))
 
 
+# ---- watchdogs: op % 16: 0-2 run (u32 ns, shift), 3 leap (i64, shift), 4
+# VM stop, 5 VM start, 6-7 an IB700 port (offset % 4 from 0x441; width
+# class 0-1 one byte; even read, odd write, the bytes), 8-9 the 6300ESB's
+# configuration space (class 0-1: 0x60 + byte % 12; width; rw; bytes),
+# 10-12 its BAR (offset % 24; width; rw; bytes), 13 its fixed window
+# (offset % 40; ...), 14 a machine reset, 15 a keep-alive (unlock, reload).
+def esb_bar(offset, value):
+    return bytes([10, offset, 4, 1]) + u32(value)
+
+
+def esb_cfg(offset, value, width):
+    cls = {1: 0, 2: 2}[width]
+    return bytes([8, 0, offset - 0x60, cls, 1]) + value.to_bytes(width, "little")
+
+
+def wd_run(ns):
+    return bytes([0]) + u32(ns) + bytes([0])
+
+
+# Linux's i6300esb driver: 1 kHz scale, preloads of 30 s (15000 ticks each
+# stage at about 1 ms... halves), enabled, kept alive, then left to expire.
+esb_start = (esb_cfg(0x60, 0x0000, 2)
+             + esb_bar(0x0C, 0x80) + esb_bar(0x0C, 0x86) + esb_bar(0x00, 2000)
+             + esb_bar(0x0C, 0x80) + esb_bar(0x0C, 0x86) + esb_bar(0x04, 2000)
+             + esb_cfg(0x68, 0x02, 1))
+seed("watchdogs", "esb-linux",
+     esb_start + wd_run(1_000_000_000) + b"\x0f" + wd_run(3_000_000_000)
+     + wd_run(3_000_000_000) + b"\x0e" + esb_start + bytes([3]) + u64(1 << 40) + bytes([0]))
+seed("watchdogs", "ib700",
+     bytes([6, 2, 0, 1, 0x0E]) + wd_run(1_000_000_000) + bytes([6, 2, 0, 1, 0x0F])
+     + wd_run(4_000_000_000) + wd_run(4_000_000_000) + bytes([6, 0, 0, 1, 0]))
+
+
 def main():
     for target, seeds in SEEDS.items():
         folder = os.path.join(ROOT, target)
