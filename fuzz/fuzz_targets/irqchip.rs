@@ -12,7 +12,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use vmm_devices::{IoApic, MsiMessage, MsiSink, Pic, PicOutput};
-use vmm_fuzz::Input;
+use vmm_fuzz::{width, write_data, Input};
 use vmm_qom::Stateful;
 
 /// The PIC's INT output as the boot CPU's LINT0 would see it.
@@ -46,17 +46,6 @@ impl MsiSink for Apics {
 /// The PICs' ports, and two that are not theirs.
 const PIC_PORTS: [u16; 8] = [0x20, 0x21, 0xA0, 0xA1, 0x4D0, 0x4D1, 0x22, 0x4D2];
 
-/// Widths a guest access may have (2 and 4 are refused, 0 and 8 are what
-/// a broken bus could hand over).
-fn width(input: &mut Input) -> usize {
-    match input.u8() % 8 {
-        0..=4 => 1,
-        5 => 4,
-        6 => 2,
-        _ => usize::from(input.u8() % 9),
-    }
-}
-
 fuzz_target!(|data: &[u8]| {
     let mut input = Input::new(data);
     let mut pic = Pic::new(Intr::default());
@@ -68,13 +57,9 @@ fuzz_target!(|data: &[u8]| {
             0..=3 => {
                 let port = PIC_PORTS[usize::from(input.u8()) % PIC_PORTS.len()];
                 let len = width(&mut input);
-                let mut buf = [0u8; 8];
-                if input.u8() & 1 == 0 {
-                    pic.read(port, &mut buf[..len]);
-                } else {
-                    let bytes = input.bytes(len);
-                    buf[..bytes.len()].copy_from_slice(bytes);
-                    pic.write(port, &buf[..len]);
+                match write_data(&mut input, len) {
+                    None => pic.read(port, &mut [0u8; 8][..len]),
+                    Some(data) => pic.write(port, &data[..len]),
                 }
             }
             4 | 5 => {
@@ -100,13 +85,9 @@ fuzz_target!(|data: &[u8]| {
                     _ => u64::from(input.u16()),
                 };
                 let len = width(&mut input);
-                let mut buf = [0u8; 8];
-                if input.u8() & 1 == 0 {
-                    ioapic.read(offset, &mut buf[..len]);
-                } else {
-                    let bytes = input.bytes(len);
-                    buf[..bytes.len()].copy_from_slice(bytes);
-                    ioapic.write(offset, &buf[..len]);
+                match write_data(&mut input, len) {
+                    None => ioapic.read(offset, &mut [0u8; 8][..len]),
+                    Some(data) => ioapic.write(offset, &data[..len]),
                 }
             }
             11 | 12 => {

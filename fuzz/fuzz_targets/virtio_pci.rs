@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 
 use libfuzzer_sys::fuzz_target;
 use vm_memory::{GuestAddress, GuestMemoryMmap};
-use vmm_fuzz::Input;
+use vmm_fuzz::{width, write_data, Input};
 use vmm_pci::msix::MsiMessage;
 use vmm_pci::PciDevice;
 use vmm_sys_util::eventfd::EventFd;
@@ -159,18 +159,6 @@ impl Doorbells for Bells {
     }
 }
 
-/// Widths of an access: mostly 1, 2 and 4 (what drivers use), now and
-/// then 8 or anything up to 8.
-fn width(input: &mut Input) -> usize {
-    match input.u8() % 8 {
-        0 | 1 => 1,
-        2 | 3 => 2,
-        4 | 5 => 4,
-        6 => 8,
-        _ => usize::from(input.u8() % 9),
-    }
-}
-
 /// An offset in BAR 0: mostly in the common configuration, the ISR, the
 /// device configuration or the notifications; now and then anywhere.
 fn bar0_offset(input: &mut Input) -> u64 {
@@ -224,17 +212,13 @@ fuzz_target!(|data: &[u8]| {
     let vectors = usize::from(dev.config().read_u16(cap + 2) & 0x7ff) + 1;
     while !input.is_empty() {
         let before = msis.0.lock().unwrap().len();
-        let mut buf = [0u8; 8];
         match input.u8() % 16 {
             0..=6 => {
                 let offset = bar0_offset(&mut input);
                 let len = width(&mut input);
-                if input.u8() & 1 == 0 {
-                    dev.bar_read(0, offset, &mut buf[..len]);
-                } else {
-                    let bytes = input.bytes(len);
-                    buf[..bytes.len()].copy_from_slice(bytes);
-                    dev.bar_write(0, offset, &buf[..len]);
+                match write_data(&mut input, len) {
+                    None => dev.bar_read(0, offset, &mut [0u8; 8][..len]),
+                    Some(data) => dev.bar_write(0, offset, &data[..len]),
                 }
             }
             7 | 8 => {
@@ -244,12 +228,9 @@ fuzz_target!(|data: &[u8]| {
                     _ => u64::from(input.u16()),
                 };
                 let len = width(&mut input);
-                if input.u8() & 1 == 0 {
-                    dev.bar_read(2, offset, &mut buf[..len]);
-                } else {
-                    let bytes = input.bytes(len);
-                    buf[..bytes.len()].copy_from_slice(bytes);
-                    dev.bar_write(2, offset, &buf[..len]);
+                match write_data(&mut input, len) {
+                    None => dev.bar_read(2, offset, &mut [0u8; 8][..len]),
+                    Some(data) => dev.bar_write(2, offset, &data[..len]),
                 }
             }
             9 | 10 => {
@@ -262,12 +243,9 @@ fuzz_target!(|data: &[u8]| {
                     _ => usize::from(input.u16()),
                 };
                 let len = width(&mut input).min(4);
-                if input.u8() & 1 == 0 {
-                    dev.config_read(offset, &mut buf[..len]);
-                } else {
-                    let bytes = input.bytes(len);
-                    buf[..bytes.len()].copy_from_slice(bytes);
-                    dev.config_write(offset, &buf[..len]);
+                match write_data(&mut input, len) {
+                    None => dev.config_read(offset, &mut [0u8; 8][..len]),
+                    Some(data) => dev.config_write(offset, &data[..len]),
                 }
             }
             11 | 12 => {

@@ -14,19 +14,9 @@ use libfuzzer_sys::fuzz_target;
 use vm_device::bus::{MmioAddress, PioAddress};
 use vm_device::{MutDeviceMmio, MutDevicePio};
 use vmm_devices::{I6300Esb, I6300EsbPci, Ib700};
-use vmm_fuzz::{Input, Line, Sim};
+use vmm_fuzz::{width, write_data, Input, Line, Sim};
 use vmm_pci::PciDevice;
 use vmm_qom::Stateful;
-
-/// Widths of an access: mostly 1, 2 and 4, now and then anything up to 8.
-fn width(input: &mut Input) -> usize {
-    match input.u8() % 8 {
-        0 | 1 => 1,
-        2 | 3 => 2,
-        4 | 5 => 4,
-        _ => usize::from(input.u8() % 9),
-    }
-}
 
 fuzz_target!(|data: &[u8]| {
     let mut input = Input::new(data);
@@ -43,7 +33,6 @@ fuzz_target!(|data: &[u8]| {
         let ib_armed = ib700.lock().unwrap().state().deadline_ns.is_some();
         let esb_armed = chip.lock().unwrap().state().deadline_ns.is_some();
         let mut time_only = false;
-        let mut buf = [0u8; 8];
         match input.u8() % 16 {
             0..=2 => {
                 time_only = true;
@@ -61,13 +50,13 @@ fuzz_target!(|data: &[u8]| {
                 let offset = u16::from(input.u8() % 4);
                 let len = width(&mut input);
                 let mut dev = ib700.lock().unwrap();
-                if input.u8() & 1 == 0 {
-                    dev.pio_read(PioAddress(0x441), offset, &mut buf[..len]);
-                    assert!(buf[..len].iter().all(|&b| b == 0xff), "{buf:?}");
-                } else {
-                    let bytes = input.bytes(len);
-                    buf[..bytes.len()].copy_from_slice(bytes);
-                    dev.pio_write(PioAddress(0x441), offset, &buf[..len]);
+                match write_data(&mut input, len) {
+                    None => {
+                        let mut buf = [0u8; 8];
+                        dev.pio_read(PioAddress(0x441), offset, &mut buf[..len]);
+                        assert!(buf[..len].iter().all(|&b| b == 0xff), "{buf:?}");
+                    }
+                    Some(data) => dev.pio_write(PioAddress(0x441), offset, &data[..len]),
                 }
             }
             8 | 9 => {
@@ -78,24 +67,18 @@ fuzz_target!(|data: &[u8]| {
                     _ => usize::from(input.u16()),
                 };
                 let len = width(&mut input).min(4);
-                if input.u8() & 1 == 0 {
-                    esb.config_read(offset, &mut buf[..len]);
-                } else {
-                    let bytes = input.bytes(len);
-                    buf[..bytes.len()].copy_from_slice(bytes);
-                    esb.config_write(offset, &buf[..len]);
+                match write_data(&mut input, len) {
+                    None => esb.config_read(offset, &mut [0u8; 8][..len]),
+                    Some(data) => esb.config_write(offset, &data[..len]),
                 }
             }
             10..=12 => {
                 // BAR 0 (0x00-0x0f) or past it.
                 let offset = u64::from(input.u8() % 24);
                 let len = width(&mut input);
-                if input.u8() & 1 == 0 {
-                    esb.bar_read(0, offset, &mut buf[..len]);
-                } else {
-                    let bytes = input.bytes(len);
-                    buf[..bytes.len()].copy_from_slice(bytes);
-                    esb.bar_write(0, offset, &buf[..len]);
+                match write_data(&mut input, len) {
+                    None => esb.bar_read(0, offset, &mut [0u8; 8][..len]),
+                    Some(data) => esb.bar_write(0, offset, &data[..len]),
                 }
             }
             13 => {
@@ -103,12 +86,9 @@ fuzz_target!(|data: &[u8]| {
                 let offset = u64::from(input.u8() % 40);
                 let len = width(&mut input);
                 let mut dev = chip.lock().unwrap();
-                if input.u8() & 1 == 0 {
-                    dev.mmio_read(MmioAddress(0xfed4_0000), offset, &mut buf[..len]);
-                } else {
-                    let bytes = input.bytes(len);
-                    buf[..bytes.len()].copy_from_slice(bytes);
-                    dev.mmio_write(MmioAddress(0xfed4_0000), offset, &buf[..len]);
+                match write_data(&mut input, len) {
+                    None => dev.mmio_read(MmioAddress(0xfed4_0000), offset, &mut [0u8; 8][..len]),
+                    Some(data) => dev.mmio_write(MmioAddress(0xfed4_0000), offset, &data[..len]),
                 }
             }
             14 => {

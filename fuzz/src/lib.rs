@@ -163,6 +163,30 @@ impl Write for Output {
     }
 }
 
+/// An access width as drivers make them: mostly 1, 2 or 4 bytes, now and
+/// then 8, or anything from 0 to 8 (what a broken bus could hand over).
+pub fn width(input: &mut Input) -> usize {
+    match input.u8() % 8 {
+        0 | 1 => 1,
+        2 | 3 => 2,
+        4 | 5 => 4,
+        6 => 8,
+        _ => usize::from(input.u8() % 9),
+    }
+}
+
+/// An access's direction and data: `None` for a read, else the bytes to
+/// write, the input's next `len` (zeros past its end).
+pub fn write_data(input: &mut Input, len: usize) -> Option<[u8; 8]> {
+    if input.u8() & 1 == 0 {
+        return None;
+    }
+    let mut data = [0u8; 8];
+    let bytes = input.bytes(len.min(8));
+    data[..bytes.len()].copy_from_slice(bytes);
+    Some(data)
+}
+
 /// One port access as a guest makes it: a read or a write of 0 to 8 bytes
 /// at an offset from the device's base.
 #[derive(Debug, Clone, Copy)]
