@@ -172,19 +172,6 @@ fn bar0_offset(input: &mut Input) -> u64 {
     }
 }
 
-/// The MSI-X capability's offset.
-fn msix_cap(dev: &VirtioPciDevice<Mem>) -> usize {
-    let c = dev.config();
-    let mut at = usize::from(c.read_u16(0x34) as u8);
-    while at != 0 {
-        if c.read_u16(at) as u8 == 0x11 {
-            return at;
-        }
-        at = usize::from((c.read_u16(at) >> 8) as u8);
-    }
-    panic!("no MSI-X capability");
-}
-
 fuzz_target!(|data: &[u8]| {
     let mut input = Input::new(data);
     let mem = Arc::new(Mem::from_ranges(&[(GuestAddress(0), RAM)]).unwrap());
@@ -208,7 +195,7 @@ fuzz_target!(|data: &[u8]| {
     dev.config_mut().set_bar_base(2, 0xc000_4000);
     dev.config_mut().set_reset_state();
     dev.config_write(4, &[0x06, 0x00]);
-    let cap = msix_cap(&dev);
+    let cap = dev.config().find_capability(0x11).expect("MSI-X");
     let vectors = usize::from(dev.config().read_u16(cap + 2) & 0x7ff) + 1;
     while !input.is_empty() {
         let before = msis.0.lock().unwrap().len();

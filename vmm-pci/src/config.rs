@@ -326,6 +326,26 @@ impl ConfigSpace {
         Ok(at)
     }
 
+    /// The capability list as a driver walks it: (offset, ID) of each, in
+    /// order (at most 48: a list never holds more in 256 bytes).
+    pub fn capabilities(&self) -> Vec<(usize, u8)> {
+        let mut out = Vec::new();
+        let mut at = usize::from(self.bytes[CAPABILITIES_POINTER]);
+        while at != 0 && at + 1 < LEGACY_CONFIG_SIZE && out.len() < 48 {
+            out.push((at, self.bytes[at]));
+            at = usize::from(self.bytes[at + 1]);
+        }
+        out
+    }
+
+    /// The offset of the first capability with ID `id`.
+    pub fn find_capability(&self, id: u8) -> Option<usize> {
+        self.capabilities()
+            .into_iter()
+            .find(|&(_, cap)| cap == id)
+            .map(|(at, _)| at)
+    }
+
     /// Makes the present bytes what a reset restores (the machine calls
     /// this once the function is placed: BARs assigned, capabilities in).
     pub fn set_reset_state(&mut self) {

@@ -403,15 +403,9 @@ pub fn cfg_read(d: &mut dyn PciDevice, offset: usize, len: usize) -> u32 {
 
 /// The MSI-X capability's offset.
 pub fn msix_cap(d: &dyn PciDevice) -> usize {
-    let c = d.config();
-    let mut at = usize::from(c.read_u16(0x34) as u8);
-    while at != 0 {
-        if c.read_u16(at) as u8 == 0x11 {
-            return at;
-        }
-        at = usize::from((c.read_u16(at) >> 8) as u8);
-    }
-    panic!("no MSI-X capability");
+    d.config()
+        .find_capability(0x11)
+        .expect("no MSI-X capability")
 }
 
 /// Enables MSI-X and programs vector `v` to write `data` at 0xfee00000

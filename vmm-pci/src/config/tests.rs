@@ -180,6 +180,9 @@ fn capabilities_chain_from_the_pointer() {
     assert_eq!(p[0], 0x40);
     assert_eq!(c.read_u16(0x40), 0x4809, "ID, then the next capability");
     assert_eq!(c.read_u16(0x48), 0x0011, "the last one ends the list");
+    assert_eq!(c.capabilities(), [(0x40, 0x09), (0x48, 0x11)]);
+    assert_eq!(c.find_capability(0x11), Some(0x48));
+    assert_eq!(c.find_capability(0x05), None);
     // The mask holds: the guest writes the first body byte only.
     c.write(0x4a, &[0x12, 0x34]);
     assert_eq!(c.read_u16(0x4a), 0xbb12);

@@ -195,20 +195,18 @@ impl PciCfgWindow {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vmm_pci::config::{Identity, CAPABILITIES_POINTER};
+    use vmm_pci::config::Identity;
 
     /// Walks the capability list: (offset, id, cfg_type, offset field,
     /// length field).
     fn caps(c: &ConfigSpace) -> Vec<(usize, u8, u8, u32, u32)> {
-        let mut out = Vec::new();
-        let mut at = usize::from(c.read_u16(CAPABILITIES_POINTER) as u8);
-        while at != 0 && out.len() < 48 {
-            let id = c.read_u16(at) as u8;
-            let cfg_type = (c.read_u16(at + 2) >> 8) as u8;
-            out.push((at, id, cfg_type, c.read_u32(at + 8), c.read_u32(at + 12)));
-            at = usize::from((c.read_u16(at) >> 8) as u8);
-        }
-        out
+        c.capabilities()
+            .into_iter()
+            .map(|(at, id)| {
+                let cfg_type = (c.read_u16(at + 2) >> 8) as u8;
+                (at, id, cfg_type, c.read_u32(at + 8), c.read_u32(at + 12))
+            })
+            .collect()
     }
 
     #[test]

@@ -487,14 +487,13 @@ fn doorbells_move_with_the_bar_and_go_with_decoding() {
 #[test]
 fn the_pci_cfg_window_reaches_the_bar() {
     let mut s = setup(false);
-    let cap = {
-        let c = s.dev.config();
-        let mut at = usize::from(c.read_u16(0x34) as u8);
-        while c.read_u16(at) as u8 != 9 || c.read_u16(at + 2) >> 8 != 5 {
-            at = usize::from((c.read_u16(at) >> 8) as u8);
-        }
-        at
-    };
+    // The vendor capability (9) of cfg_type 5: the PCI_CFG window.
+    let c = s.dev.config();
+    let (cap, _) = c
+        .capabilities()
+        .into_iter()
+        .find(|&(at, id)| id == 9 && c.read_u16(at + 2) >> 8 == 5)
+        .expect("the PCI_CFG window");
     let window = |d: &mut VirtioPciDevice<Mem>, offset: u32, len: u32| {
         cfg_write(d, cap + 4, 1, 0);
         cfg_write(d, cap + 8, 4, offset);
