@@ -1,9 +1,10 @@
-//! The record of nested tests that failed once and ran again.
+//! When a nested test runs again ([`verdict`]), and the record of the
+//! tests that failed a try and ran again.
 //!
-//! A nested test that fails runs a second time (see the Linux tests'
-//! `nested_retry`); when the second run passes, the test passes and
-//! `cargo test` shows nothing of the first (it keeps a passing test's
-//! output). So every retry is also written, one line each, to the file
+//! A nested test whose try fails for a named fault of the test bed runs
+//! again (see the Linux tests' `nested_retry`); when the next run passes,
+//! the test passes and `cargo test` shows nothing of the first (it keeps a
+//! passing test's output). So every retry is also written, one line each, to the file
 //! [`RETRY_LOG_ENV`] names, with the start and end of the failed try's message in a
 //! details file beside it ([`details_path`]), and `cargo xtask test`
 //! prints both at its end, passed or failed: a retry costs the run minutes
@@ -12,6 +13,52 @@
 use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
+
+/// How the failure of a try that L1 itself failed starts (L1 ended, went
+/// silent, stopped its heartbeat, reported a CPU stuck, or ran no exit
+/// sample before the time limit).
+pub const L1_FAULT: &str = "L1 FAULT: ";
+
+/// The most tries a nested test gets.
+pub const MAX_TRIES: u32 = 3;
+
+/// What a nested test does after its try `attempt` failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// It runs again: the test bed's own fault, named.
+    Retry {
+        /// The fault, for the retry's line.
+        fault: String,
+    },
+    /// It fails: a named fault of the test bed, but no try left.
+    OutOfTries {
+        /// The fault.
+        fault: String,
+    },
+    /// It fails: nothing names the test bed, so the nested guest's failure
+    /// may be ours, and a retry would hide it.
+    Unnamed,
+}
+
+/// The verdict on try `attempt` (from 1) that failed with `why` (its
+/// panic message), `named` being TCG's SVM fault as the test bed's exit
+/// samples named it ([`crate::l2_exits::named_fault`]), if they did. Only
+/// L1's own fault ([`L1_FAULT`]) and TCG's named fault earn another try,
+/// [`MAX_TRIES`] at most.
+pub fn verdict(attempt: u32, why: &str, named: Option<&str>) -> Verdict {
+    let fault = if why.starts_with(L1_FAULT) {
+        "L1 itself failed".to_owned()
+    } else if let Some(named) = named {
+        format!("L1's fault, {named}")
+    } else {
+        return Verdict::Unnamed;
+    };
+    if attempt >= MAX_TRIES {
+        Verdict::OutOfTries { fault }
+    } else {
+        Verdict::Retry { fault }
+    }
+}
 
 /// The environment variable naming the file retries are appended to
 /// (`cargo xtask test` sets it to `target/nested-retries.log`).
@@ -113,6 +160,40 @@ fn append(path: &Path, line: &str) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_named_fault_of_the_test_bed_earns_another_try() {
+        let l1 = format!("{L1_FAULT}t: L1 hung (no heartbeat for 60 s)");
+        let tcg = "TCG's SVM fault: L2 vCPU 0 exits at L1's __svm_vcpu_run+0x9c";
+        let retry = |fault: &str| Verdict::Retry {
+            fault: fault.to_owned(),
+        };
+        assert_eq!(verdict(1, &l1, None), retry("L1 itself failed"));
+        assert_eq!(verdict(2, &l1, Some(tcg)), retry("L1 itself failed"));
+        assert_eq!(
+            verdict(1, "t: guest reset", Some(tcg)),
+            retry(&format!("L1's fault, {tcg}"))
+        );
+        // A guest's hang, reset or wrong answer that nothing names: never
+        // again, on any try.
+        for attempt in 1..=MAX_TRIES {
+            assert_eq!(
+                verdict(attempt, "t: no @@DONE in 300 s", None),
+                Verdict::Unnamed
+            );
+        }
+        // L1_FAULT only counts at the start of the message.
+        assert_eq!(
+            verdict(1, &format!("t: {L1_FAULT}"), None),
+            Verdict::Unnamed
+        );
+        assert_eq!(
+            verdict(MAX_TRIES, &l1, None),
+            Verdict::OutOfTries {
+                fault: "L1 itself failed".to_owned()
+            }
+        );
+    }
 
     #[test]
     fn a_line_names_the_test_time_fault_and_first_line() {

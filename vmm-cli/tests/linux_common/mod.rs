@@ -60,11 +60,11 @@ pub const QUIET_APPEND: &str = concat!(default_append!(), " quiet");
 
 /// How a panic of [`run`] starts when L1 itself failed (QEMU/TCG ended or
 /// reset L1 before the job did, or L1's console stopped).
-pub const L1_FAULT: &str = "L1 FAULT: ";
+pub use vmm_testbed::retries::L1_FAULT;
 
 /// Runs a Linux test's `body`. In the test bed (nested under TCG) a body
 /// that fails runs again only when the failure is named as the test bed's
-/// own, printed in full under a loud `NESTED FAILURE, RETRYING` line that
+/// own ([`retries::verdict`]), printed in full under a loud `NESTED FAILURE, RETRYING` line that
 /// says which: L1's ([`L1_FAULT`]: L1 ended, went silent, stopped its
 /// heartbeat, reported a CPU stuck, or ran no exit sample before the time
 /// limit), or TCG's SVM fault (L1 sampled a guest vCPU exiting at L1's own
@@ -80,7 +80,7 @@ pub fn nested_retry(test: &str, body: impl Fn()) {
     if HostKvm::detect() != HostKvm::Pvm {
         return body();
     }
-    for attempt in 1..=3 {
+    for attempt in 1..=retries::MAX_TRIES {
         let start = std::time::Instant::now();
         let _ = l2_exits::take_last_run();
         let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(&body)) else {
@@ -102,21 +102,18 @@ pub fn nested_retry(test: &str, body: impl Fn()) {
                 last.samples.join("\n")
             )
         };
-        let fault = if why.starts_with(L1_FAULT) {
-            "L1 itself failed".to_owned()
-        } else if let Some(named) = &last.named {
-            format!("L1's fault, {named}")
-        } else {
-            eprintln!(
-                "{test}: NESTED FAILURE, NOT RETRIED (try {attempt}): the nested guest failed \
-                 and no test-bed fault is named (no vCPU seen at L1's VMRUN code; \
-                 docs/nested/ for TCG's SVM fault){samples}"
-            );
-            std::panic::resume_unwind(panic);
+        let fault = match retries::verdict(attempt, why, last.named.as_deref()) {
+            retries::Verdict::Retry { fault } => fault,
+            retries::Verdict::OutOfTries { .. } => std::panic::resume_unwind(panic),
+            retries::Verdict::Unnamed => {
+                eprintln!(
+                    "{test}: NESTED FAILURE, NOT RETRIED (try {attempt}): the nested guest failed \
+                     and no test-bed fault is named (no vCPU seen at L1's VMRUN code; \
+                     docs/nested/ for TCG's SVM fault){samples}"
+                );
+                std::panic::resume_unwind(panic);
+            }
         };
-        if attempt == 3 {
-            std::panic::resume_unwind(panic);
-        }
         let why = format!("{why}{samples}");
         eprintln!(
             "{test}: NESTED FAILURE, RETRYING (try {attempt} failed): {fault}:\n{why}\n--- try {} ---",
