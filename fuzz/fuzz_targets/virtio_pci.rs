@@ -172,6 +172,16 @@ fn bar0_offset(input: &mut Input) -> u64 {
     }
 }
 
+/// A read or a write of any width (the input chooses) at `offset` in
+/// `bar`.
+fn bar_access(dev: &mut dyn PciDevice, input: &mut Input, bar: usize, offset: u64) {
+    let len = width(input);
+    match write_data(input, len) {
+        None => dev.bar_read(bar, offset, &mut [0u8; 8][..len]),
+        Some(data) => dev.bar_write(bar, offset, &data[..len]),
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
     let mut input = Input::new(data);
     let mem = Arc::new(Mem::from_ranges(&[(GuestAddress(0), RAM)]).unwrap());
@@ -202,11 +212,7 @@ fuzz_target!(|data: &[u8]| {
         match input.u8() % 16 {
             0..=6 => {
                 let offset = bar0_offset(&mut input);
-                let len = width(&mut input);
-                match write_data(&mut input, len) {
-                    None => dev.bar_read(0, offset, &mut [0u8; 8][..len]),
-                    Some(data) => dev.bar_write(0, offset, &data[..len]),
-                }
+                bar_access(&mut dev, &mut input, 0, offset);
             }
             7 | 8 => {
                 // The MSI-X table, its pending bits (past it), or anywhere.
@@ -214,11 +220,7 @@ fuzz_target!(|data: &[u8]| {
                     0..=2 => u64::from(input.u8()) % (vectors as u64 * 16 + 16),
                     _ => u64::from(input.u16()),
                 };
-                let len = width(&mut input);
-                match write_data(&mut input, len) {
-                    None => dev.bar_read(2, offset, &mut [0u8; 8][..len]),
-                    Some(data) => dev.bar_write(2, offset, &data[..len]),
-                }
+                bar_access(&mut dev, &mut input, 2, offset);
             }
             9 | 10 => {
                 // Configuration space: the MSI-X control word, the
