@@ -53,7 +53,7 @@ tasks:
                            --runs N runs per program (default 20), --quick: 3
                            runs and smaller sizes (what CI runs)
   soak [--rounds N] [--busy] [--cpus 1|2] [--console quiet|verbose]
-       [--vmm ours|qemu] [--vmm-arg ARG]... [--per-l1 N]
+       [--vmm ours|qemu] [--vmm-arg ARG]... [--per-l1 N] [--boot-limit S]
                            boot Linux (bench linux's boots: 1 and 2 vCPUs, quiet
                            and verbose) N times each (default 10) under our VMM
                            and QEMU, taking turns in the same L1s, no retries;
@@ -66,7 +66,9 @@ tasks:
                            command line (e.g. --vmm-arg=--irqchip=kernel);
                            --per-l1 N: at most N boots per L1 session (1: each
                            in a fresh L1, as the tests boot, to count L1
-                           faults per L1 session)
+                           faults per L1 session); --boot-limit S: seconds a
+                           boot has to reach /init before it counts as a hang
+                           (default 60; 10 to 600)
   fuzz [TARGET...] [--seconds N] [--sanitizer address|none]
                            build the libFuzzer targets in fuzz/ with cargo-fuzz
                            (installed if missing; stable toolchain with

@@ -68,7 +68,14 @@ struct Options {
     /// them in as few sessions as L1 allows: `--per-l1 1` boots each guest
     /// in a fresh L1, as the tests do, and so counts L1 faults per L1.
     per_l1: Option<usize>,
+    /// Seconds a boot has to reach its marker before it counts as a hang
+    /// (`--boot-limit S`, else `bench linux`'s limit): an L1 of one CPU on
+    /// a busy host boots slower than the default allows.
+    boot_limit: u32,
 }
+
+/// The range `--boot-limit` takes, seconds.
+const BOOT_LIMITS: std::ops::RangeInclusive<u32> = 10..=600;
 
 impl Options {
     /// Whether `config` is one this run boots.
@@ -90,6 +97,7 @@ impl Options {
             only: None,
             vmm_args: Vec::new(),
             per_l1: None,
+            boot_limit: BOOT_TIMEOUT_S,
         };
         let mut it = args.iter();
         while let Some(a) = it.next() {
@@ -122,6 +130,16 @@ impl Options {
                         _ => bail!("--per-l1 needs a positive number"),
                     }
                 }
+                "--boot-limit" => {
+                    o.boot_limit = match it.next().map(|v| v.parse::<u32>()) {
+                        Some(Ok(n)) if BOOT_LIMITS.contains(&n) => n,
+                        _ => bail!(
+                            "--boot-limit takes seconds from {} to {}",
+                            BOOT_LIMITS.start(),
+                            BOOT_LIMITS.end()
+                        ),
+                    }
+                }
                 "--cpus" => {
                     o.cpus = match it.next().map(|v| v.parse::<u32>()) {
                         Some(Ok(n)) if CPUS.contains(&n) => Some(n),
@@ -137,7 +155,7 @@ impl Options {
                 }
                 other => bail!(
                     "unknown argument `{other}` (flags: --rounds N, --busy, --cpus 1|2, \
-                     --console quiet|verbose, --vmm ours|qemu, --vmm-arg ARG, --per-l1 N)"
+                     --console quiet|verbose, --vmm ours|qemu, --vmm-arg ARG, --per-l1 N, --boot-limit S)"
                 ),
             }
         }
@@ -248,7 +266,7 @@ fn is_vmm_log_line(line: &str) -> bool {
 }
 
 /// The shell line running `boot` once, its VMM serving QMP for the dump.
-fn boot_line(boot: &Boot, vmm_args: &[String]) -> String {
+fn boot_line(boot: &Boot, vmm_args: &[String], limit: u32) -> String {
     let cpus = boot.config.cpus;
     let mut hmp = String::from("info registers -a");
     for id in 0..cpus {
@@ -265,7 +283,7 @@ fn boot_line(boot: &Boot, vmm_args: &[String]) -> String {
     };
     format!(
         "rm -f {QMP_SOCKET}; SPAWN_QMP={QMP_SOCKET} SPAWN_HMP='{hmp}' ./{HELPER} '{}' '{MARKER}' \
-         {BOOT_TIMEOUT_S} /tmp/l2.log {}{qmp} >>\"$TESTBED_LIVE\"",
+         {limit} /tmp/l2.log {}{qmp} >>\"$TESTBED_LIVE\"",
         boot.label(),
         boot.vmm.command(cpus, &super::append(boot.config.quiet)),
     )
@@ -321,11 +339,11 @@ pub fn task(args: &[String]) -> Result<()> {
             .chain(
                 pending[..now]
                     .iter()
-                    .map(|b| boot_line(b, &o.vmm_args) + "\n"),
+                    .map(|b| boot_line(b, &o.vmm_args, o.boot_limit) + "\n"),
             )
             .collect();
         // Each boot prints within its limit plus the dump's 5 s per line.
-        let per_boot = u64::from(BOOT_TIMEOUT_S) + 20;
+        let per_boot = u64::from(o.boot_limit) + 20;
         let job = Job::new(["--version"])
             .file("bzImage", &guest.bzimage)
             .file("initrd", &initrd)
@@ -489,6 +507,13 @@ fn report(o: &Options, ended: &[Ended], pending: &[Boot], l1: &L1, took: Duratio
     if !l1.host.is_empty() {
         let _ = writeln!(s, "{}\n", l1.host);
     }
+    if o.boot_limit != BOOT_TIMEOUT_S {
+        let _ = writeln!(
+            s,
+            "A boot not at its marker after {} s counts as a hang (`--boot-limit`; the default is {BOOT_TIMEOUT_S} s).\n",
+            o.boot_limit
+        );
+    }
     if !o.vmm_args.is_empty() {
         let _ = writeln!(s, "Our VMM's added arguments: `{}`\n", o.vmm_args.join(" "));
     }
@@ -586,8 +611,22 @@ mod tests {
                 only: None,
                 vmm_args: vec![],
                 per_l1: None,
+                boot_limit: BOOT_TIMEOUT_S,
             }
         );
+        assert_eq!(
+            Options::parse(&args(&["--boot-limit", "180"]))
+                .unwrap()
+                .boot_limit,
+            180
+        );
+        for bad in ["9", "601", "x"] {
+            assert!(
+                Options::parse(&args(&["--boot-limit", bad])).is_err(),
+                "{bad}"
+            );
+        }
+        assert!(Options::parse(&args(&["--boot-limit"])).is_err());
         let o = Options::parse(&args(&[
             "--vmm",
             "ours",
@@ -664,6 +703,7 @@ RIP=ffffffff81000000
             only: None,
             vmm_args: Vec::new(),
             per_l1: None,
+            boot_limit: 180,
         };
         let l1 = L1 {
             host: "L1's QEMU: QEMU emulator version 7.2.22; load 0.1".into(),
@@ -684,6 +724,7 @@ RIP=ffffffff81000000
         );
         assert!(r.contains("last guest time: 2.100 s"), "{r}");
         assert!(r.contains("vCPUs at the time limit"), "{r}");
+        assert!(r.contains("after 180 s counts as a hang"), "{r}");
     }
 
     #[test]
@@ -708,8 +749,9 @@ RIP=ffffffff81000000
     #[test]
     fn each_boot_serves_qmp_for_the_dump() {
         let boot = plan(1)[0];
-        let line = boot_line(&boot, &["--irqchip=kernel".to_owned()]);
+        let line = boot_line(&boot, &["--irqchip=kernel".to_owned()], 75);
         assert!(line.contains("SPAWN_QMP=l2.qmp"), "{line}");
+        assert!(line.contains(" 75 /tmp/l2.log "), "{line}");
         assert!(line.contains("info lapic 0"), "{line}");
         match boot.vmm {
             Vmm::Ours => assert!(line.contains("--qmp l2.qmp '--irqchip=kernel'"), "{line}"),
