@@ -13,17 +13,21 @@ checks what a user would:
    run with status 0.
 
 Nested, the test bed (L1, a Linux under QEMU/TCG, with our VMM on its KVM)
-now and then hangs (docs/nested/README.md), and a nested run that hangs is
-tried once more, loudly, as the nested tests' runs are:
+now and then hangs (docs/nested/README.md). As in the nested tests, a run
+lost to a fault of the test bed's that is named is tried once more,
+loudly; a hang nothing names fails the check at once (it may be the
+VMM's):
 
 - L1 hangs in its own boot, before our VMM starts: no "test bed: L1 up
   after ..." line within L1_UP_LIMIT of xtask's notice (an L1 fault);
+- L1 stops beating (its heartbeat on a serial port of its own, which the
+  test bed watches): xtask ends L1 and says "L1 hung: no heartbeat ...";
 - L1 came up but no prompt followed within PROMPT_AFTER_L1_LIMIT. L1
   watches a nested run and prints whose fault a hang is when it can tell:
   "test bed: TCG's SVM fault: ..." (an L2 vCPU stuck in L1's own VMRUN
   code) or its kernel's "BUG: soft lockup" (after which L1 panics and
-  the run ends); a hang L1 did not name is reported as unnamed (it may be the
-  VMM's).
+  the run ends); a hang L1 did not name is reported as unnamed, and not
+  retried.
 
 The retry line carries QEMU's CPU seconds and the run's last output.
 
@@ -52,18 +56,24 @@ L1_UP_LIMIT = 150
 # From L1's "up" line to the guest's prompt: 15-40 s on an idle host. L1
 # samples a run still going at 60 s and 150 s for TCG's fault.
 PROMPT_AFTER_L1_LIMIT = 300
-# What L1 prints when it can tell a hang is its own: the watcher's line,
-# or its kernel's soft-lockup report (L1 then panics and QEMU ends).
-L1_NAMED_FAULTS = (b"test bed: TCG's SVM fault", b"BUG: soft lockup")
+# What names a hang as the test bed's own: L1's watcher's line, its
+# kernel's soft-lockup report (L1 then panics and QEMU ends), or xtask's
+# error when L1's heartbeat stopped (xtask then ends L1).
+L1_NAMED_FAULTS = (b"test bed: TCG's SVM fault", b"BUG: soft lockup",
+                   b"L1 hung: no heartbeat")
 NESTED_NOTICE = b"running the same VMM and guest nested"
 L1_UP = b"test bed: L1 up after"
 L1_UP_END = b"starting the VMM"
 
 
 class NestedHang(Exception):
-    """A nested run that hung: L1 never came up (the test bed's fault), or
-    the guest gave no prompt (named by L1 as the test bed's fault, or
-    unnamed)."""
+    """A nested run that hung: L1 never came up or stopped beating (the
+    test bed's fault), or the guest gave no prompt (named by L1 as the test
+    bed's fault, or unnamed). Only a named one is tried again."""
+
+    def __init__(self, text, named):
+        super().__init__(text)
+        self.named = named
 
 
 class Pty:
@@ -161,14 +171,24 @@ def l1_not_up(p):
     """The NestedHang of a run whose L1 did not come up in time."""
     return NestedHang(f"L1 FAULT (the test bed's, not the VMM's): L1 did not come up within "
                       f"{L1_UP_LIMIT} s of the nested notice (QEMU's CPU seconds: "
-                      f"{p.qemu_cpu_seconds()}); last output:\n{p.tail()}")
+                      f"{p.qemu_cpu_seconds()}); last output:\n{p.tail()}", named=True)
+
+
+def l1_named_fault(out):
+    """What in out names a fault of the test bed's, or None."""
+    named = [f.decode() for f in L1_NAMED_FAULTS if f in out]
+    return named[0] if named else None
 
 
 def once_more_after_a_hang(run):
-    """run(), tried once more after a nested hang, loudly."""
+    """run(), tried once more after a nested hang the test bed's fault
+    named, loudly; an unnamed one fails."""
     try:
         return run()
     except NestedHang as hang:
+        if not hang.named:
+            step(f"NOT RETRIED: {hang}")
+            raise
         step(f"RETRYING ONCE after a {hang}")
         return run()
 
@@ -195,11 +215,12 @@ def to_prompt(argv, repo, limit):
             except (TimeoutError, EOFError) as e:
                 ended = ("the run ended before the prompt" if isinstance(e, EOFError) else
                          f"no prompt within {PROMPT_AFTER_L1_LIMIT} s of L1's up line")
-                named = [f.decode() for f in L1_NAMED_FAULTS if f in p.out]
-                whose = (f"NAMED BY L1: {named[0]} (the test bed's fault, not the VMM's)"
+                named = l1_named_fault(p.out)
+                whose = (f"NAMED: {named} (the test bed's fault, not the VMM's)"
                          if named else "UNNAMED (L1 named no fault of its own: may be the VMM's)")
                 raise NestedHang(f"NESTED HANG, {whose}: {ended} (QEMU's CPU seconds: "
-                                 f"{p.qemu_cpu_seconds()}); last output:\n{p.tail()}") from None
+                                 f"{p.qemu_cpu_seconds()}); last output:\n{p.tail()}",
+                                 named=named is not None) from None
     except BaseException:
         p.kill()
         raise
@@ -252,6 +273,10 @@ def refused_run(repo):
     except BaseException:
         p.kill()
         raise
+    named = l1_named_fault(p.out)
+    if named:
+        raise NestedHang(f"NESTED HANG, NAMED: {named} (the test bed's fault, not the VMM's); "
+                         f"last output:\n{p.tail()}", named=True)
     return status, p.out.decode(errors="replace")
 
 

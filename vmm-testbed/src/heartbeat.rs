@@ -34,11 +34,28 @@ pub const LIMIT: Duration = Duration::from_secs(60);
 /// interactive test bed gives its own "L1 up" line 150 s too.
 pub const FIRST_LIMIT: Duration = Duration::from_secs(150);
 
+/// An interactive L1's port for the beat: the fourth, which also carries
+/// the VMM's exit status at the end (`ttyS1` and `ttyS2` are the
+/// [`crate::Bridges`]' QMP socket and serial file). The status is a
+/// number after the beats' dots.
+pub const INTERACTIVE_TTY: &str = "/dev/ttyS3";
+
 /// The job script's first line: the beat, in the background, on [`TTY`]
 /// opened once (raw, so that nothing is added to the byte).
 pub fn l1_loop() -> String {
+    loop_on(TTY)
+}
+
+/// An interactive job script's first line: the beat on
+/// [`INTERACTIVE_TTY`], its process in `$heartbeat_pid` (stopped before
+/// the status is written).
+pub fn interactive_loop() -> String {
+    loop_on(INTERACTIVE_TTY) + "heartbeat_pid=$!\n"
+}
+
+fn loop_on(tty: &str) -> String {
     format!(
-        "( stty -F {TTY} raw -echo 2>/dev/null; exec 3>{TTY}; \
+        "( stty -F {tty} raw -echo 2>/dev/null; exec 3>{tty}; \
          while :; do printf . >&3; sleep {INTERVAL_S}; done ) &\n"
     )
 }

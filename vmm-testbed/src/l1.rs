@@ -107,10 +107,12 @@ pub fn job_script(job: &Job, interactive: bool) -> String {
         // No marker lines: the user reads this console, and one line says
         // that L1 is up ([`L1_UP_INTERACTIVE`]: until it comes, a silent
         // console is L1's boot, not the VMM's). The VMM's status leaves L1
-        // on ttyS3 (see crate::Bridges); ttyS2, a file on the host, carries
-        // guest output byte for byte (raw).
+        // on ttyS3 (see crate::Bridges), after L1's heartbeat there, which
+        // stops first; ttyS2, a file on the host, carries guest output
+        // byte for byte (raw).
         format!(
-            "cd /job\n\
+            "{heartbeat}\
+             cd /job\n\
              echo \"{L1_UP_INTERACTIVE} $(cut -d' ' -f1 /proc/uptime) s; starting the VMM\"\n\
              [ -e /dev/kvm ] || echo 'test bed: L1 has no /dev/kvm'\n\
              {setup}\
@@ -118,9 +120,11 @@ pub fn job_script(job: &Job, interactive: bool) -> String {
              {sampler}{fault_check}{watcher}\
              {cmd}\n\
              st=$?\n\
-             kill $watcher_pid 2>/dev/null\n\
+             kill $watcher_pid $heartbeat_pid 2>/dev/null\n\
              [ $st = 0 ] || echo \"test bed: vmm exited with status $st\"\n\
-             echo $st >/dev/ttyS3\n",
+             echo \" $st\" >{status_tty}\n",
+            heartbeat = crate::heartbeat::interactive_loop(),
+            status_tty = crate::heartbeat::INTERACTIVE_TTY,
             serial_file = crate::L1_SERIAL_FILE_TTY,
             setup = setup_step(job),
             sampler = l2_exits::sampler(),
@@ -414,7 +418,13 @@ mod tests {
         assert!(parsed.success(), "{s}");
         let up = i.find(L1_UP_INTERACTIVE).expect(&i);
         assert!(up < i.find("/bin/vmm").unwrap(), "{i}");
-        assert!(i.contains("echo $st >/dev/ttyS3"), "{i}");
+        // The beat on ttyS3 from the start, stopped before the status goes
+        // there.
+        let beat = i.find("printf . >&3").expect(&i);
+        assert!(beat < up, "{i}");
+        assert!(i.contains("exec 3>/dev/ttyS3"), "{i}");
+        let stop = i.find("kill $watcher_pid $heartbeat_pid").expect(&i);
+        assert!(stop < i.find("echo \" $st\" >/dev/ttyS3").expect(&i), "{i}");
         // Interactive: the watcher (lockups, TCG's fault) runs beside the
         // VMM and is ended after it; the script parses.
         let watcher = i.find("watcher_pid=$!").expect(&i);

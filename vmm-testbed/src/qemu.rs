@@ -555,7 +555,22 @@ fn outcome(
 /// Runs L1 with the user's terminal as its console and `bridges` on its
 /// other serial ports; returns the VMM's exit status, which the job script
 /// writes to L1's fourth serial port (a file here).
-pub fn run_interactive(mut cmd: Command, bridges: &crate::Bridges) -> Result<i32, TestbedError> {
+///
+/// L1 beats on that port too ([`crate::heartbeat::interactive_loop`]): an
+/// L1 that stops beating for a minute (or never starts within
+/// [`crate::heartbeat::FIRST_LIMIT`]) is hung, and is ended as Ctrl-A x
+/// would end it (QEMU gives the terminal back), as
+/// [`TestbedError::NoHeartbeat`], rather than leaving the user before a
+/// terminal that answers nothing.
+pub fn run_interactive(cmd: Command, bridges: &crate::Bridges) -> Result<i32, TestbedError> {
+    run_interactive_watched(cmd, bridges, crate::heartbeat::Limits::default())
+}
+
+fn run_interactive_watched(
+    mut cmd: Command,
+    bridges: &crate::Bridges,
+    beat: crate::heartbeat::Limits,
+) -> Result<i32, TestbedError> {
     // The stdio chardev puts the terminal in raw mode and passes every key
     // through (signal=off: Ctrl-C reaches the guest, not QEMU).
     cmd.args([
@@ -566,7 +581,29 @@ pub fn run_interactive(mut cmd: Command, bridges: &crate::Bridges) -> Result<i32
     ]);
     let status_file = TempFile::new(b"")?;
     cmd.args(interactive_serial_args(bridges, &status_file.0));
-    let status = cmd.status().map_err(|e| TestbedError::Tool(QEMU, e))?;
+    let mut child = cmd.spawn().map_err(|e| TestbedError::Tool(QEMU, e))?;
+    let mut watch = crate::heartbeat::Watch::new(beat);
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) => {}
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(TestbedError::Tool(QEMU, e));
+            }
+        }
+        let beats = crate::heartbeat::file_len(&status_file.0);
+        if let Some(after) = watch.check(beats, Instant::now()) {
+            end_gently(&mut child);
+            return Err(TestbedError::NoHeartbeat {
+                after,
+                beats: watch.beats(),
+                console: "(on the terminal, above)".into(),
+            });
+        }
+        std::thread::sleep(HEARTBEAT_LOOK);
+    };
     let text = std::fs::read_to_string(&status_file.0).unwrap_or_default();
     vmm_status(&text).ok_or_else(|| {
         TestbedError::InL1(format!(
@@ -574,6 +611,32 @@ pub fn run_interactive(mut cmd: Command, bridges: &crate::Bridges) -> Result<i32
         ))
     })
 }
+
+/// Ends an interactive QEMU with SIGTERM, on which it restores the
+/// terminal it put in raw mode; SIGKILL if it is still there after
+/// [`TERM_WAIT`].
+fn end_gently(child: &mut Child) {
+    let Ok(pid) = libc::pid_t::try_from(child.id()) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        return;
+    };
+    // SAFETY: kill(2) takes no pointers; `pid` is our own child, not yet
+    // waited for, so the number names no other process.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let deadline = Instant::now() + TERM_WAIT;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// How long an interactive QEMU gets to end after SIGTERM.
+const TERM_WAIT: Duration = Duration::from_secs(10);
 
 /// QEMU's arguments for L1's ttyS1..ttyS3 (see [`crate::Bridges`]).
 fn interactive_serial_args(bridges: &crate::Bridges, status: &Path) -> Vec<String> {
@@ -602,9 +665,13 @@ fn interactive_serial_args(bridges: &crate::Bridges, status: &Path) -> Vec<Strin
     a
 }
 
-/// The VMM's status as the job script wrote it ("0\r\n", say).
+/// The VMM's status as the job script wrote it after L1's heartbeat
+/// ("..... 0\n", say): the last number, dots around it dropped (a beat
+/// may have left on its way out after the status).
 fn vmm_status(text: &str) -> Option<i32> {
-    text.split_whitespace().last()?.parse().ok()
+    text.split_whitespace()
+        .rev()
+        .find_map(|t| t.trim_matches('.').parse().ok())
 }
 
 #[cfg(test)]

@@ -183,6 +183,61 @@ fn the_vmm_status_from_its_port() {
     assert_eq!(vmm_status("1\n"), Some(1));
     assert_eq!(vmm_status(""), None);
     assert_eq!(vmm_status("garbage"), None);
+    // After the heartbeat's dots, and with one late dot after it.
+    assert_eq!(vmm_status("..... 0\n"), Some(0));
+    assert_eq!(vmm_status("....7\n"), Some(7));
+    assert_eq!(vmm_status("... 3\n."), Some(3));
+    assert_eq!(vmm_status("....."), None);
+}
+
+/// A fake interactive L1 that finds its status file among QEMU's
+/// arguments (as `$st`), then runs `body`.
+fn interactive_l1(body: &str) -> Command {
+    fake_l1(&format!(
+        "for a; do case \"$a\" in file,id=ttys3,path=*) \
+         st=\"${{a#file,id=ttys3,path=}}\";; esac; done; {body}"
+    ))
+}
+
+#[test]
+fn an_interactive_l1_that_stops_beating_is_ended_and_named() {
+    let start = Instant::now();
+    // Three beats, then silence for ever (a hung L1): ended after the
+    // limit, by SIGTERM (the shell dies of it at once).
+    let r = run_interactive_watched(
+        interactive_l1("for i in 1 2 3; do printf . >>\"$st\"; sleep 0.2; done; sleep 60"),
+        &crate::Bridges::default(),
+        short_beat(),
+    );
+    match r {
+        Err(TestbedError::NoHeartbeat { after, beats, .. }) => {
+            assert_eq!(after, Duration::from_millis(1500));
+            assert_eq!(beats, 3);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(start.elapsed() < Duration::from_secs(10));
+    // Beats, then the VMM's status: its status, however long the beats
+    // went on.
+    let r = run_interactive_watched(
+        interactive_l1(
+            "for i in 1 2 3 4 5 6 7 8; do printf . >>\"$st\"; sleep 0.5; done; \
+             echo ' 4' >>\"$st\"",
+        ),
+        &crate::Bridges::default(),
+        short_beat(),
+    );
+    assert_eq!(r.unwrap(), 4);
+    // No beat at all: named at the first limit.
+    let r = run_interactive_watched(
+        interactive_l1("sleep 60"),
+        &crate::Bridges::default(),
+        short_beat(),
+    );
+    assert!(
+        matches!(r, Err(TestbedError::NoHeartbeat { after, beats: 0, .. }) if after == Duration::from_secs(3)),
+        "{r:?}"
+    );
 }
 
 #[test]
