@@ -12,6 +12,12 @@
 //! from the start of the job script: a beat that stops means L1 no longer
 //! runs its processes (every L1 hang seen so far had both L1 CPUs spinning
 //! in L1's kernel, deaf to key presses and NMIs; docs/nested/README.md).
+//!
+//! An interactive L1 (a nested `cargo xtask run`) beats too, on its fourth
+//! port ([`INTERACTIVE_TTY`]), which carries the VMM's exit status after
+//! the beats; an L1 that stops beating there is ended as Ctrl-A x would
+//! end it (`qemu::run_interactive`), so that the user is told why the
+//! terminal went still.
 
 use std::path::Path;
 use std::time::{Duration, Instant};

@@ -357,7 +357,8 @@ pub fn run_nested(guest: &GuestFiles, vmm: &Path, job: &Job) -> Result<Outcome, 
 /// that the VMM's files outside its console reach the user's machine.
 ///
 /// L1's serial ports: `ttyS0` is the terminal, `ttyS1` the QMP bridge,
-/// `ttyS2` the serial-output file, `ttyS3` the VMM's exit status.
+/// `ttyS2` the serial-output file, `ttyS3` L1's heartbeat and then the
+/// VMM's exit status ([`heartbeat::INTERACTIVE_TTY`]).
 #[derive(Debug, Clone, Default)]
 pub struct Bridges {
     /// L1's `/dev/ttyS1` as a Unix socket QEMU serves at this host path;
