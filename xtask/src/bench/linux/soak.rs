@@ -189,6 +189,8 @@ struct Ended {
     boot: Boot,
     end: End,
     status: String,
+    /// From the VMM's start to the guest's `/init` marker, ms (if it came).
+    to_init_ms: Option<f64>,
     /// The end of its console and stderr (failed boots only).
     log: String,
     /// Its vCPUs at the time limit (hangs), or L1's record of each vCPU's
@@ -242,11 +244,27 @@ fn parse(console: &str) -> Vec<Ended> {
             boot: b.boot(),
             end,
             status: b.status.clone(),
+            to_init_ms: b.to_init_ms,
             log: log_after(&lines, i),
             dump,
         });
     }
     v
+}
+
+/// `median / max` of `ms` in seconds, or `-` when there are none.
+fn median_and_max_s(ms: impl Iterator<Item = f64>) -> String {
+    let mut v: Vec<f64> = ms.collect();
+    if v.is_empty() {
+        return "-".into();
+    }
+    v.sort_by(f64::total_cmp);
+    let median = if v.len() % 2 == 1 {
+        v[v.len() / 2]
+    } else {
+        (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0
+    };
+    format!("{:.1} / {:.1}", median / 1000.0, v[v.len() - 1] / 1000.0)
 }
 
 /// The last guest kernel timestamp (`[   2.517000]`) in `log`, seconds.
@@ -519,7 +537,8 @@ fn report(o: &Options, ended: &[Ended], pending: &[Boot], l1: &L1, took: Duratio
     }
     let _ = writeln!(
         s,
-        "| VMM | vCPUs | console | boots | ok | hang | reset | error |\n|---|---|---|---|---|---|---|---|"
+        "| VMM | vCPUs | console | boots | ok | hang | reset | error | to /init, median / max (s) |\n\
+         |---|---|---|---|---|---|---|---|---|"
     );
     for config in configs().into_iter().filter(|c| o.wants(*c)) {
         for vmm in [Vmm::Ours, Vmm::Qemu]
@@ -533,7 +552,7 @@ fn report(o: &Options, ended: &[Ended], pending: &[Boot], l1: &L1, took: Duratio
             let n = |end: End| mine.iter().filter(|e| e.end == end).count();
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 vmm.name(),
                 config.cpus,
                 console_key(config.quiet),
@@ -541,7 +560,8 @@ fn report(o: &Options, ended: &[Ended], pending: &[Boot], l1: &L1, took: Duratio
                 n(End::Ok),
                 n(End::Hang),
                 n(End::Reset),
-                n(End::Error)
+                n(End::Error),
+                median_and_max_s(mine.iter().filter_map(|e| e.to_init_ms))
             );
         }
     }
@@ -715,16 +735,30 @@ RIP=ffffffff81000000
         assert!(r.contains("__svm_vcpu_run"), "{r}");
         assert!(r.contains("L1's QEMU: QEMU emulator version 7.2.22"), "{r}");
         assert!(
-            r.contains("| vmm (ours) | 2 | verbose | 1 | 0 | 1 | 0 | 0 |"),
+            r.contains("| vmm (ours) | 2 | verbose | 1 | 0 | 1 | 0 | 0 | - |"),
             "{r}"
         );
         assert!(
-            r.contains("| QEMU microvm | 2 | verbose | 1 | 0 | 0 | 1 | 0 |"),
+            r.contains("| QEMU microvm | 2 | verbose | 1 | 0 | 0 | 1 | 0 | - |"),
             "{r}"
         );
         assert!(r.contains("last guest time: 2.100 s"), "{r}");
         assert!(r.contains("vCPUs at the time limit"), "{r}");
         assert!(r.contains("after 180 s counts as a hang"), "{r}");
+    }
+
+    #[test]
+    fn boot_times_median_and_max() {
+        assert_eq!(median_and_max_s([].into_iter()), "-");
+        assert_eq!(median_and_max_s([9000.0].into_iter()), "9.0 / 9.0");
+        assert_eq!(
+            median_and_max_s([30000.0, 10000.0, 20000.0].into_iter()),
+            "20.0 / 30.0"
+        );
+        assert_eq!(
+            median_and_max_s([12000.0, 10000.0, 40000.0, 14000.0].into_iter()),
+            "13.0 / 40.0"
+        );
     }
 
     #[test]
