@@ -99,8 +99,7 @@ fn run_in(dir: &Path, vmm: &Path, job: &Job) -> Result<Outcome, TestbedError> {
         companion_output.push_str(&String::from_utf8_lossy(&err.join().unwrap_or_default()));
         let grace = Instant::now();
         if process::wait_until(&mut child, grace, Duration::from_secs(10)).is_none() {
-            // SAFETY: sends SIGTERM to our own child process.
-            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+            process::terminate(&child);
         }
     }
     let Some(status) = process::wait_until(&mut child, start, job.timeout) else {

@@ -30,6 +30,17 @@ pub fn drain<R: Read + Send + 'static>(mut r: R) -> std::thread::JoinHandle<Vec<
     })
 }
 
+/// Asks `child` to end (SIGTERM): QEMU and our VMM then end cleanly, QEMU
+/// giving back a terminal it put in raw mode.
+pub fn terminate(child: &Child) {
+    let Ok(pid) = libc::pid_t::try_from(child.id()) else {
+        return;
+    };
+    // SAFETY: kill(2) takes no pointers; `pid` is our own child, not yet
+    // reaped (the caller holds it), so the number names no other process.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+}
+
 /// Waits for `child` until `limit` has passed since `start`; past that,
 /// kills and reaps it and returns `None`.
 pub fn wait_until(child: &mut Child, start: Instant, limit: Duration) -> Option<ExitStatus> {

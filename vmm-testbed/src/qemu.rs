@@ -616,23 +616,8 @@ fn run_interactive_watched(
 /// terminal it put in raw mode; SIGKILL if it is still there after
 /// [`TERM_WAIT`].
 fn end_gently(child: &mut Child) {
-    let Ok(pid) = libc::pid_t::try_from(child.id()) else {
-        let _ = child.kill();
-        let _ = child.wait();
-        return;
-    };
-    // SAFETY: kill(2) takes no pointers; `pid` is our own child, not yet
-    // waited for, so the number names no other process.
-    unsafe { libc::kill(pid, libc::SIGTERM) };
-    let deadline = Instant::now() + TERM_WAIT;
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
+    crate::process::terminate(child);
+    let _ = crate::process::wait_until(child, Instant::now(), TERM_WAIT);
 }
 
 /// How long an interactive QEMU gets to end after SIGTERM.
