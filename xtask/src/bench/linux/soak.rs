@@ -77,6 +77,23 @@ struct Options {
 /// The range `--boot-limit` takes, seconds.
 const BOOT_LIMITS: std::ops::RangeInclusive<u32> = 10..=600;
 
+impl Default for Options {
+    /// Ten rounds of every configuration under both VMMs, `bench linux`'s
+    /// time limit, an idle host.
+    fn default() -> Self {
+        Options {
+            rounds: 10,
+            busy: false,
+            cpus: None,
+            quiet: None,
+            only: None,
+            vmm_args: Vec::new(),
+            per_l1: None,
+            boot_limit: BOOT_TIMEOUT_S,
+        }
+    }
+}
+
 impl Options {
     /// Whether `config` is one this run boots.
     fn wants(&self, config: Config) -> bool {
@@ -89,16 +106,7 @@ impl Options {
     }
 
     fn parse(args: &[String]) -> Result<Self> {
-        let mut o = Options {
-            rounds: 10,
-            busy: false,
-            cpus: None,
-            quiet: None,
-            only: None,
-            vmm_args: Vec::new(),
-            per_l1: None,
-            boot_limit: BOOT_TIMEOUT_S,
-        };
+        let mut o = Options::default();
         let mut it = args.iter();
         while let Some(a) = it.next() {
             if let Some(v) = a.strip_prefix("--vmm-arg=") {

@@ -111,13 +111,8 @@ RIP=ffffffff81000000
     assert_eq!(last_guest_time("no stamps"), None);
     let o = Options {
         rounds: 1,
-        busy: false,
-        cpus: None,
-        quiet: None,
-        only: None,
-        vmm_args: Vec::new(),
-        per_l1: None,
         boot_limit: 180,
+        ..Options::default()
     };
     let l1 = L1 {
         host: "L1's QEMU: QEMU emulator version 7.2.22; load 0.1".into(),
