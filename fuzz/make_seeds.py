@@ -171,11 +171,14 @@ seed("rtc", "wall-steps",
 
 # ---- pc_bus: wall (i64, selector), flags (bit 0: KVM's PIT, bit 1: broken
 # output), memory (u64), cpus (u32); ops % 32: 0 run, 1 leap, 2 wall step,
-# 3 console input, 4 power button, 5 reset, 6 stop, 7 start, 8 MMIO, else a
-# port access: op bit 3 clear = a PC port by index (shape % 25), bit 0 = write.
+# 3 console input, 4 power button, 5 reset, 6 stop, 7 start, 8 MMIO (where %
+# 4: 0 any u64, 1 ECAM + u32, 2 WDAT window + u8, 3 i6300esb BAR + u8; length
+# % 9; the bytes written), else a port access: op bit 3 clear = a PC port by
+# index (shape % 33), bit 0 = write.
 PORT_INDEX = {p: i for i, p in enumerate(
     [0x3F8 + i for i in range(8)] + [0x60, 0x64] + [0x600 + i for i in range(6)]
-    + [0x80, 0x505, 0x70, 0x71, 0x40, 0x41, 0x42, 0x43, 0x61])}
+    + [0x80, 0x505, 0x70, 0x71] + [0xCF8 + i for i in range(8)]
+    + [0x40, 0x41, 0x42, 0x43, 0x61])}
 
 
 def outb(port, value):
@@ -208,7 +211,29 @@ seed("pc_bus", "reset-and-console",
      + outb(0x64, 0xFE) + b"\x06" + b"\x01" + u64(10**10) + b"\x00" + b"\x07")
 seed("pc_bus", "kvm-pit",
      u64(0) + b"\x07" + b"\x03" + u64(4 << 30) + u32(8) + inb(0x40) + inb(0x61) + outb(0x43, 0x34)
-     + b"\x08" + u64(0xFEE00000) + b"\x04")
+     + b"\x08" + b"\x00" + u64(0xFEE00000) + b"\x04" + u32(0))
+
+
+def wide(port):
+    """The shape byte of a 4-byte access to `port` (shape >> 5 == 6)."""
+    return next(s for s in range(0xC0, 0xE0) if s % len(PORT_INDEX) == PORT_INDEX[port])
+
+
+def outl(port, value):
+    return bytes([17, wide(port)]) + u32(value)
+
+
+# The i6300esb (flags bit 2) in slot 31: its BAR sized and placed, memory
+# decoding on, then reads through the BAR, the ECAM and the WDAT window.
+esb = 0x8000_0000 | (31 << 11)
+seed("pc_bus", "i6300esb-bar",
+     u64(WALL_2026) + b"\x07" + b"\x04" + u64(512 << 20) + u32(1)
+     + outl(0xCF8, esb | 0x10) + outl(0xCFC, 0xFFFFFFFF) + bytes([16, wide(0xCFC)])
+     + outl(0xCF8, esb | 0x10) + outl(0xCFC, 0xDFFFF000)
+     + outl(0xCF8, esb | 0x04) + outl(0xCFC, 0x0002)
+     + b"\x08\x03\x0c\x02" + u16(0)
+     + b"\x08\x01" + u32(31 << 15) + b"\x04" + u32(0)
+     + b"\x08\x02\x10\x01" + b"\x02")
 
 
 # ---- qmp_framer: limit byte (0 = 64 KiB), then chunks (length, bytes).

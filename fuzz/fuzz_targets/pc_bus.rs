@@ -3,20 +3,25 @@
 //! that no irqchip reads and a fake SCI, with fake time; no KVM. Guest
 //! accesses go to the PC's ports or anywhere in the 64 KiB port space,
 //! mixed with time passing, wall-clock steps, console input, the power
-//! button, machine resets and unmapped MMIO. Checks that unmapped ports
-//! read all ones and that the reset line fires at most once per machine
-//! reset.
+//! button, machine resets and MMIO (the PCI ECAM, the i6300esb's BAR and
+//! WDAT window, or anywhere). Checks that ports and MMIO that nothing
+//! claims (no fixed device, no BAR the guest has placed) read all ones,
+//! and that the reset line fires at most once per machine reset.
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use vmm_core::io::IoHandler;
-use vmm_devices::EventFdTrigger;
+use vmm_devices::i6300esb::WINDOW_LEN;
+use vmm_devices::{EventFdTrigger, IB700_PORT, IB700_PORT_LEN};
 use vmm_fuzz::{wall_time, Input, Level, Output, Sim};
 use vmm_pc::devices::{wire_devices, DeviceLines, PcShape};
 use vmm_pc::io::PcIo;
 use vmm_pc::irqchip::IsaLine;
+use vmm_pc::layout::WATCHDOG_WINDOW;
+use vmm_pc::pci::{PCI_ECAM_SIZE, PCI_ECAM_START, PCI_WATCHDOG_BAR};
 use vmm_pc::PitBackend;
+use vmm_pci::PciRoot;
 
 /// Every port a device answers, with the PIT's and port 0x61 last.
 const PORTS: &[u16] = &[
@@ -24,12 +29,28 @@ const PORTS: &[u16] = &[
     0x60, 0x64, // i8042
     0x600, 0x601, 0x602, 0x603, 0x604, 0x605, // ACPI PM1a
     0x80, 0x505, 0x70, 0x71, // POST, pvpanic, RTC
+    0xcf8, 0xcf9, 0xcfa, 0xcfb, 0xcfc, 0xcfd, 0xcfe, 0xcff, // PCI configuration
     0x40, 0x41, 0x42, 0x43, 0x61, // PIT, system control B
 ];
 const PIT_PORTS: usize = 5;
 
 fn line() -> IsaLine {
     IsaLine::from(EventFdTrigger::nonblocking().expect("eventfd"))
+}
+
+/// Whether `[start, start + len)` and `[base, base + size)` share a byte.
+fn overlaps(start: u64, len: u64, base: u64, size: u64) -> bool {
+    len > 0 && start < base.saturating_add(size) && base < start.saturating_add(len)
+}
+
+/// Whether a BAR the guest has placed on `root` decodes any of the `len`
+/// bytes at `start` (memory, or ports when `memory` is false).
+fn bar_claims(root: &PciRoot, memory: bool, start: u64, len: u64) -> bool {
+    root.functions().any(|(_, f)| {
+        f.config()
+            .decoding_regions()
+            .any(|r| r.kind.is_memory() == memory && overlaps(start, len, r.base, r.size))
+    })
 }
 
 /// How often `fd` was written since the last call.
@@ -70,11 +91,16 @@ fuzz_target!(|data: &[u8]| {
     };
     let devices = wire_devices(&mut io, &sim.clocks, Box::new(output), shape, lines)
         .expect("the PC's devices fit on an empty bus");
-    let mapped = if our_pit {
-        PORTS
+    let mut mapped = if our_pit {
+        PORTS.to_vec()
     } else {
-        &PORTS[..PORTS.len() - PIT_PORTS]
+        PORTS[..PORTS.len() - PIT_PORTS].to_vec()
     };
+    if shape.ib700 {
+        mapped.extend(IB700_PORT..IB700_PORT + IB700_PORT_LEN);
+    }
+    let window = shape.i6300esb.is_some();
+    let root = || devices.pci.lock().unwrap_or_else(|e| e.into_inner());
     let mut resets = 0;
     while !input.is_empty() {
         match input.u8() % 32 {
@@ -93,11 +119,27 @@ fuzz_target!(|data: &[u8]| {
             6 => sim.clocks.vm_stop(),
             7 => sim.clocks.vm_start(),
             8 => {
-                let addr = input.u64();
+                let addr = match input.u8() % 4 {
+                    0 => input.u64(),
+                    1 => PCI_ECAM_START + u64::from(input.u32()) % PCI_ECAM_SIZE,
+                    2 => WATCHDOG_WINDOW + u64::from(input.u8()),
+                    _ => PCI_WATCHDOG_BAR + u64::from(input.u8()),
+                };
                 let mut data = [0u8; 8];
                 let len = usize::from(input.u8() % 9);
+                let n = len as u64;
+                let claimed = overlaps(addr, n, PCI_ECAM_START, PCI_ECAM_SIZE)
+                    || (window && overlaps(addr, n, WATCHDOG_WINDOW, WINDOW_LEN))
+                    || bar_claims(&root(), true, addr, n);
                 io.mmio_read(addr, &mut data[..len]);
-                assert!(data[..len].iter().all(|&b| b == 0xff), "unmapped MMIO");
+                if !claimed {
+                    assert!(
+                        data[..len].iter().all(|&b| b == 0xff),
+                        "unmapped MMIO at {addr:#x}"
+                    );
+                }
+                let bytes = input.bytes(len);
+                data[..bytes.len()].copy_from_slice(bytes);
                 io.mmio_write(addr, &data[..len]);
             }
             op => {
@@ -115,8 +157,9 @@ fuzz_target!(|data: &[u8]| {
                 };
                 let mut data = [0u8; 8];
                 if op & 1 == 0 {
+                    let bar = bar_claims(&root(), false, u64::from(port), len as u64);
                     io.pio_read(port, &mut data[..len]);
-                    if !mapped.contains(&port) {
+                    if !bar && !mapped.contains(&port) {
                         assert!(
                             data[..len].iter().all(|&b| b == 0xff),
                             "unmapped port {port:#x}"

@@ -412,6 +412,35 @@ pub(crate) mod tests {
         io.mmio_write(crate::layout::WATCHDOG_WINDOW + 0x10, &[0]);
     }
 
+    /// The fuzzer's pc_bus oracle once took the ECAM for unmapped MMIO:
+    /// what the PCI host and the i6300esb claim answers, the bytes just
+    /// beside them read all ones, and so does the BAR while the guest has
+    /// memory decoding off.
+    #[test]
+    fn mmio_past_the_ecam_the_window_and_a_disabled_bar_reads_all_ones() {
+        use crate::pci::{PCI_ECAM_SIZE, PCI_ECAM_START, PCI_WATCHDOG_BAR};
+        use vmm_devices::i6300esb::WINDOW_LEN;
+        let (io, _devices) = wired(true);
+        let read = |addr| {
+            let mut b = [0u8; 4];
+            io.mmio_read(addr, &mut b);
+            b
+        };
+        // Slot 31's vendor and device IDs through the ECAM.
+        assert_eq!(read(PCI_ECAM_START + (31 << 15)), [0x86, 0x80, 0xab, 0x25]);
+        assert_eq!(read(PCI_ECAM_START - 4), [0xff; 4]);
+        // The window starts where the ECAM ends.
+        assert_eq!(
+            PCI_ECAM_START + PCI_ECAM_SIZE,
+            crate::layout::WATCHDOG_WINDOW
+        );
+        assert_ne!(read(crate::layout::WATCHDOG_WINDOW), [0xff; 4]);
+        assert_eq!(read(crate::layout::WATCHDOG_WINDOW + WINDOW_LEN), [0xff; 4]);
+        // Memory decoding off (the command register's bit 1): nothing there.
+        io.mmio_write(PCI_ECAM_START + (31 << 15) + 4, &[0, 0]);
+        assert_eq!(read(PCI_WATCHDOG_BAR), [0xff; 4]);
+    }
+
     fn lock_root(devices: &PcDevices) -> std::sync::MutexGuard<'_, vmm_pci::PciRoot> {
         devices.pci.lock().unwrap()
     }
