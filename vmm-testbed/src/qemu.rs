@@ -40,8 +40,10 @@ pub const CPUS_ENV: &str = "VMM_TESTBED_L1_CPUS";
 /// after L1's emulated `VMRUN`, a fault of TCG's SVM emulation. With one,
 /// `cargo xtask soak` saw no such failure, but two of the Linux tests
 /// (QMP clients beside a 2-vCPU guest) timed out in a CI rehearsal with
-/// one, cause not found; so two stays the default until that is, and the
-/// Linux tests run a failed nested test once more (docs/nested/README.md).
+/// one, cause not found; so two stays the default until that is. Verbose
+/// boots, where the fault showed, get one: `cargo xtask run` for guests of
+/// up to two vCPUs and the Linux benchmark's verbose rows
+/// (docs/nested/README.md).
 pub const L1_CPUS: u32 = 2;
 
 /// L1's `-smp`: [`CPUS_ENV`] when it is a number from 1 to 16, else the

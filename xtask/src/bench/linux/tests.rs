@@ -147,6 +147,43 @@ fn quick_boots_the_quiet_rows_once_without_a_warm_up() {
 }
 
 #[test]
+fn quiet_boots_share_an_l1_of_two_cpus_and_verbose_ones_an_l1_of_one() {
+    let (_, full) = schedule(2, false);
+    let groups = by_l1(&full);
+    assert_eq!(groups.len(), 2);
+    let (quiet_cpus, quiet) = &groups[0];
+    let (verbose_cpus, verbose) = &groups[1];
+    assert_eq!(
+        (*quiet_cpus, *verbose_cpus),
+        (vmm_testbed::qemu::L1_CPUS, 1)
+    );
+    assert!(quiet.iter().all(|b| b.config.quiet));
+    assert!(verbose.iter().all(|b| !b.config.quiet));
+    // Nothing lost, nothing reordered within an L1: both VMMs, both
+    // vCPU counts and both rounds in each, turns as planned.
+    assert_eq!(quiet.len() + verbose.len(), full.len());
+    let kept = |g: &[Boot]| {
+        let from_plan: Vec<Boot> = full.iter().filter(|b| g.contains(b)).copied().collect();
+        from_plan == g
+    };
+    assert!(kept(quiet) && kept(verbose));
+    for g in [quiet, verbose] {
+        for vmm in [Vmm::Ours, Vmm::Qemu] {
+            for cpus in CPUS {
+                let n = g
+                    .iter()
+                    .filter(|b| b.vmm == vmm && b.config.cpus == cpus)
+                    .count();
+                assert_eq!(n, 2, "{vmm:?} {cpus} vCPU(s)");
+            }
+        }
+    }
+    // `--quick` boots only quiet ones: one L1.
+    let (_, quick) = schedule(1, true);
+    assert_eq!(by_l1(&quick).len(), 1);
+}
+
+#[test]
 fn failed_tries_are_reported_with_their_log() {
     let console = "@@BOOT vmm=qemu cpus=1 console=quiet run=warmup to_init_ms=-1.000 \
                    exit_ms=12.000 status=1\r\n@@LOG-BEGIN\nqemu: no kvm\n@@LOG-END\n\
