@@ -20,8 +20,84 @@ use seccompiler::{SeccompCmpArgLen, SeccompCondition, SeccompRule};
 
 use super::ioctls::*;
 
-/// Calls and their rules (an empty rule list: allowed outright).
-pub(super) type Rules = BTreeMap<i64, Vec<SeccompRule>>;
+/// A list: calls and their rules (an empty rule list: allowed outright),
+/// as seccompiler takes them, and the `ioctl` requests [`allow_ioctls`]
+/// added, in order. seccompiler's rules do not show their values, and the
+/// filter's front ([`super::dispatch`]) searches the requests instead of
+/// trying them one by one, for as long as `ioctl`'s rules are exactly
+/// these ([`Rules::ioctl_requests`]).
+#[derive(Debug, Clone, Default)]
+pub(super) struct Rules {
+    calls: BTreeMap<i64, Vec<SeccompRule>>,
+    ioctls: Vec<u64>,
+}
+
+impl Rules {
+    pub(super) fn new() -> Self {
+        Self::default()
+    }
+
+    /// The calls and their rules, for seccompiler.
+    pub(super) fn into_calls(self) -> BTreeMap<i64, Vec<SeccompRule>> {
+        self.calls
+    }
+
+    /// `ioctl`'s requests, when its rules are exactly one condition each,
+    /// argument 1's low 32 bits equal to a request (as [`allow_ioctls`]
+    /// makes them; checked here, so that a rule added another way leaves
+    /// `ioctl` to seccompiler's rules), in order; else None.
+    pub(super) fn ioctl_requests(&self) -> Option<Vec<u32>> {
+        let chain = self.calls.get(&libc::SYS_ioctl)?;
+        let made: Vec<SeccompRule> = self
+            .ioctls
+            .iter()
+            .map(|&r| ioctl_rule(r))
+            .collect::<Result<_, _>>()
+            .ok()?;
+        if made != *chain {
+            return None;
+        }
+        self.ioctls.iter().map(|&r| u32::try_from(r).ok()).collect()
+    }
+
+    /// Adds `other`'s calls and rules (after any this list has for a call)
+    /// and its `ioctl` requests.
+    pub(super) fn merge(&mut self, other: Rules) {
+        for (nr, rules) in other.calls {
+            self.calls.entry(nr).or_default().extend(rules);
+        }
+        self.ioctls.extend(other.ioctls);
+    }
+}
+
+impl std::ops::Deref for Rules {
+    type Target = BTreeMap<i64, Vec<SeccompRule>>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.calls
+    }
+}
+
+impl std::ops::DerefMut for Rules {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.calls
+    }
+}
+
+impl FromIterator<(i64, Vec<SeccompRule>)> for Rules {
+    fn from_iter<I: IntoIterator<Item = (i64, Vec<SeccompRule>)>>(calls: I) -> Self {
+        Self {
+            calls: calls.into_iter().collect(),
+            ioctls: Vec::new(),
+        }
+    }
+}
+
+/// The rule allowing `ioctl` request `request`.
+fn ioctl_rule(request: u64) -> Result<SeccompRule, seccompiler::Error> {
+    let condition = SeccompCondition::new(1, SeccompCmpArgLen::Dword, Eq, request)?;
+    Ok(SeccompRule::new(vec![condition])?)
+}
 
 /// One condition of a rule: (argument index, operation, value), on the
 /// argument's low 32 bits (every checked argument is an `int`, or a request
@@ -51,7 +127,9 @@ fn allow_if(rules: &mut Rules, nr: i64, any_of: &[&[Cond]]) -> Result<(), seccom
 /// `ioctl` with one of `requests` (argument 1), on any descriptor.
 fn allow_ioctls(rules: &mut Rules, requests: &[u64]) -> Result<(), seccompiler::Error> {
     for &request in requests {
-        allow_if(rules, libc::SYS_ioctl, &[&[(1, Eq, request)]])?;
+        let rule = ioctl_rule(request)?;
+        rules.entry(libc::SYS_ioctl).or_default().push(rule);
+        rules.ioctls.push(request);
     }
     Ok(())
 }
@@ -274,9 +352,7 @@ pub(super) const SETUP_IOCTLS: &[u64] = &[KVM_CREATE_VCPU, KVM_SET_CPUID2];
 /// a machine with several vCPUs, which every vCPU thread inherits.
 pub(super) fn vcpu_spawner(pid: u32, kick: u32) -> Result<Rules, seccompiler::Error> {
     let mut r = vcpu(pid, kick)?;
-    for (nr, rules) in vcpu_setup_extras()? {
-        r.entry(nr).or_default().extend(rules);
-    }
+    r.merge(vcpu_setup_extras()?);
     Ok(r)
 }
 

@@ -394,7 +394,7 @@ mod tests {
         let vcpu = lists::vcpu(1, 34).unwrap();
         let extras = lists::vcpu_setup_extras().unwrap();
         let spawner = lists::vcpu_spawner(1, 34).unwrap();
-        for (nr, rules) in &extras {
+        for (nr, rules) in extras.iter() {
             assert!(!rules.is_empty() || !vcpu.contains_key(nr), "{nr}");
             if let Some(v) = vcpu.get(nr) {
                 // Only ioctl is on both, by request: conditional on both.
@@ -404,7 +404,7 @@ mod tests {
             let on_vcpu = vcpu.get(nr).map_or(0, Vec::len);
             assert_eq!(spawner[nr].len(), on_vcpu + rules.len(), "{nr}");
         }
-        for (nr, rules) in &vcpu {
+        for (nr, rules) in vcpu.iter() {
             // Nothing allowed outright became conditional.
             assert_eq!(rules.is_empty(), spawner[nr].is_empty(), "{nr}");
         }
