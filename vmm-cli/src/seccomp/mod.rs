@@ -46,7 +46,9 @@
 //! whatever its arguments, at once; seccompiler's program behind it holds
 //! only the calls with argument rules. Installing a filter costs the
 //! kernel less than half as much so (the vCPU list 180 → 79 µs, the main
-//! one 242 → 81 µs here).
+//! one 242 → 81 µs here). `ioctl`'s requests are searched the same way (a
+//! tree over argument 1), which takes the vCPU program from 257 to 154
+//! instructions.
 //!
 //! `--seccomp on` traps a forbidden call and ends the VMM with a line
 //! naming it ([`sigsys`]); `log` lets it through and has the kernel log it
