@@ -25,11 +25,14 @@ use super::ioctls::*;
 /// added, in order. seccompiler's rules do not show their values, and the
 /// filter's front ([`super::dispatch`]) searches the requests instead of
 /// trying them one by one, for as long as `ioctl`'s rules are exactly
-/// these ([`Rules::ioctl_requests`]).
+/// these ([`Rules::ioctl_requests`]). Lists change only through this
+/// module's `allow*` functions, which keep the two in step.
 #[derive(Debug, Clone, Default)]
 pub(super) struct Rules {
     calls: BTreeMap<i64, Vec<SeccompRule>>,
     ioctls: Vec<u64>,
+    /// `ioctl` has a rule [`allow_if`] made (not a request).
+    ioctl_other: bool,
 }
 
 impl Rules {
@@ -42,19 +45,13 @@ impl Rules {
         self.calls
     }
 
-    /// `ioctl`'s requests, when its rules are exactly one condition each,
-    /// argument 1's low 32 bits equal to a request (as [`allow_ioctls`]
-    /// makes them; checked here, so that a rule added another way leaves
-    /// `ioctl` to seccompiler's rules), in order; else None.
+    /// `ioctl`'s requests, when its rules are exactly those
+    /// [`allow_ioctls`] made (one condition each: argument 1's low 32 bits
+    /// equal to a request), in order; else None (a rule made another way,
+    /// or a list not made here, leaves `ioctl` to seccompiler's rules).
     pub(super) fn ioctl_requests(&self) -> Option<Vec<u32>> {
         let chain = self.calls.get(&libc::SYS_ioctl)?;
-        let made: Vec<SeccompRule> = self
-            .ioctls
-            .iter()
-            .map(|&r| ioctl_rule(r))
-            .collect::<Result<_, _>>()
-            .ok()?;
-        if made != *chain {
+        if self.ioctl_other || chain.len() != self.ioctls.len() {
             return None;
         }
         self.ioctls.iter().map(|&r| u32::try_from(r).ok()).collect()
@@ -67,6 +64,7 @@ impl Rules {
             self.calls.entry(nr).or_default().extend(rules);
         }
         self.ioctls.extend(other.ioctls);
+        self.ioctl_other |= other.ioctl_other;
     }
 }
 
@@ -78,17 +76,11 @@ impl std::ops::Deref for Rules {
     }
 }
 
-impl std::ops::DerefMut for Rules {
-    fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.calls
-    }
-}
-
 impl FromIterator<(i64, Vec<SeccompRule>)> for Rules {
     fn from_iter<I: IntoIterator<Item = (i64, Vec<SeccompRule>)>>(calls: I) -> Self {
         Self {
             calls: calls.into_iter().collect(),
-            ioctls: Vec::new(),
+            ..Self::default()
         }
     }
 }
@@ -106,12 +98,16 @@ type Cond = (u8, SeccompCmpOp, u64);
 
 fn allow(rules: &mut Rules, calls: &[i64]) {
     for &nr in calls {
-        rules.insert(nr, Vec::new());
+        rules.calls.insert(nr, Vec::new());
+        if nr == libc::SYS_ioctl {
+            rules.ioctls.clear();
+        }
     }
 }
 
 fn allow_if(rules: &mut Rules, nr: i64, any_of: &[&[Cond]]) -> Result<(), seccompiler::Error> {
-    let entry = rules.entry(nr).or_default();
+    rules.ioctl_other |= nr == libc::SYS_ioctl;
+    let entry = rules.calls.entry(nr).or_default();
     for rule in any_of {
         let conditions = rule
             .iter()
@@ -128,7 +124,7 @@ fn allow_if(rules: &mut Rules, nr: i64, any_of: &[&[Cond]]) -> Result<(), seccom
 fn allow_ioctls(rules: &mut Rules, requests: &[u64]) -> Result<(), seccompiler::Error> {
     for &request in requests {
         let rule = ioctl_rule(request)?;
-        rules.entry(libc::SYS_ioctl).or_default().push(rule);
+        rules.calls.entry(libc::SYS_ioctl).or_default().push(rule);
         rules.ioctls.push(request);
     }
     Ok(())
