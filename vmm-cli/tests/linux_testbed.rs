@@ -191,19 +191,18 @@ fn a_job_at_its_time_limit_reports_l1s_cpus() {
                     .filter(|l| l.starts_with(vmm_testbed::l1_panic::PANIC_MARKER))
                     .collect();
                 eprintln!("{test}: L1's panic:\n{}", summary.join("\n"));
-                // The vCPU thread on an L1 CPU, in KVM: mostly entering the
-                // guest (`kvm_arch_vcpu_ioctl_run` among the frames shown),
-                // but the summary shows the innermost frame and four callers,
-                // and an NMI that lands while L1's KVM handles an exit (in a
-                // CI rehearsal: decoding an instruction to emulate) is deeper
-                // than that; the frames are KVM's module's either way.
+                // The vCPU thread on an L1 CPU (its `KVM_RUN`). Where the
+                // NMI lands in it varies, and the summary shows only the
+                // innermost frame and four callers: entering the guest
+                // (`kvm_arch_vcpu_ioctl_run` shown), decoding an instruction
+                // to emulate, or a timer interrupt on top of
+                // `kvm_vcpu_ioctl` (both seen in CI rehearsals), so the
+                // thread on a CPU is what is asserted, not its frames.
                 assert!(
-                    summary.iter().any(|l| {
-                        l.contains(" cpu")
-                            && l.contains("`vcpu 0` at ")
-                            && (l.contains("kvm_arch_vcpu_ioctl_run") || l.contains(" [kvm"))
-                    }),
-                    "{test}: no vCPU thread in KVM on an L1 CPU:\n{console}"
+                    summary
+                        .iter()
+                        .any(|l| l.contains(" cpu") && l.contains("`vcpu 0` at ")),
+                    "{test}: no vCPU thread on an L1 CPU:\n{console}"
                 );
                 assert!(
                     summary.iter().any(|l| l.contains(" task vmm pid ")),
