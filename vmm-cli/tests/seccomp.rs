@@ -45,28 +45,37 @@ fn greeted(path: &Path) -> UnixStream {
 const PF_USER_WORKER: u64 = 0x4000;
 
 /// A task's flags, from its `stat` (the 9th field; the name may hold spaces
-/// and is in parentheses).
-fn task_flags(task: &Path) -> u64 {
-    let stat = std::fs::read_to_string(task.join("stat")).unwrap();
+/// and is in parentheses); `None` once the task has ended.
+fn task_flags(task: &Path) -> Option<u64> {
+    let stat = std::fs::read_to_string(task.join("stat")).ok()?;
     let after_name = &stat[stat.rfind(')').unwrap() + 1..];
-    after_name
-        .split_whitespace()
-        .nth(6)
-        .unwrap()
-        .parse()
-        .unwrap()
+    Some(
+        after_name
+            .split_whitespace()
+            .nth(6)
+            .unwrap()
+            .parse()
+            .unwrap(),
+    )
 }
 
 /// Each thread's name and the `Seccomp`, `Seccomp_filters` and `NoNewPrivs`
-/// lines of its status; kernel workers left out.
+/// lines of its status; kernel workers left out, and so are threads that
+/// end while being listed (the start-up CPUID thread, when the machine is
+/// watched as it starts).
 fn threads(pid: u32) -> BTreeMap<String, (String, String, String)> {
     let mut out = BTreeMap::new();
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
         let task = task.unwrap().path();
-        if task_flags(&task) & PF_USER_WORKER != 0 {
+        let Some(flags) = task_flags(&task) else {
+            continue;
+        };
+        if flags & PF_USER_WORKER != 0 {
             continue;
         }
-        let status = std::fs::read_to_string(task.join("status")).unwrap();
+        let Ok(status) = std::fs::read_to_string(task.join("status")) else {
+            continue;
+        };
         let field = |name: &str| {
             status
                 .lines()
