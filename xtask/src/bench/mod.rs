@@ -338,7 +338,11 @@ struct Program {
 
 impl Program {
     fn command_line(&self) -> String {
-        let mut s = self.program.display().to_string();
+        let mut s = String::new();
+        for (k, v) in &self.env {
+            s.push_str(&format!("{}={} ", k.to_string_lossy(), v.to_string_lossy()));
+        }
+        s.push_str(&self.program.display().to_string());
         for a in &self.args {
             s.push(' ');
             s.push_str(&a.to_string_lossy());
@@ -424,6 +428,11 @@ impl Program {
     fn env(mut self, key: &str, value: &str) -> Self {
         self.env.push((key.into(), value.into()));
         self
+    }
+
+    /// Whether it runs with `key` in its environment.
+    fn has_env(&self, key: &str) -> bool {
+        self.env.iter().any(|(k, _)| k == key)
     }
 }
 
