@@ -107,37 +107,30 @@ pub(super) fn compile(
     // A number that is no system call's (negative) leaves the whole list
     // to seccompiler.
     let requests = rules.ioctl_requests().filter(|r| !r.is_empty());
-    let listed: Option<Vec<(u32, Listed)>> = rules
-        .iter()
-        .map(|(nr, chain)| {
-            let kind = if chain.is_empty() {
-                Listed::Outright
-            } else if *nr == libc::SYS_ioctl && requests.is_some() {
-                Listed::Requests
-            } else {
-                Listed::Rules
-            };
-            Some((u32::try_from(*nr).ok()?, kind))
-        })
-        .collect();
+    // Each call and how the prefix answers it; `search`: `ioctl` by its
+    // requests.
+    let listed = |search: bool| -> Option<Vec<(u32, Listed)>> {
+        rules
+            .iter()
+            .map(|(nr, chain)| {
+                let kind = if chain.is_empty() {
+                    Listed::Outright
+                } else if search && *nr == libc::SYS_ioctl {
+                    Listed::Requests
+                } else {
+                    Listed::Rules
+                };
+                Some((u32::try_from(*nr).ok()?, kind))
+            })
+            .collect()
+    };
     let (mismatch_k, matched_k) = (u32::from(mismatch.clone()), u32::from(matched.clone()));
     // With the requests' tree if the jumps allow it, else without.
-    let prefix = listed.and_then(|listed| {
-        let searched = requests
-            .as_deref()
-            .and_then(|r| prefix(&listed, r, mismatch_k, matched_k))
-            .map(|p| (p, true));
-        searched.or_else(|| {
-            let plain_ioctl: Vec<(u32, Listed)> = listed
-                .iter()
-                .map(|&(n, k)| match k {
-                    Listed::Requests => (n, Listed::Rules),
-                    k => (n, k),
-                })
-                .collect();
-            prefix(&plain_ioctl, &[], mismatch_k, matched_k).map(|p| (p, false))
-        })
-    });
+    let prefix = requests
+        .as_deref()
+        .and_then(|r| prefix(&listed(true)?, r, mismatch_k, matched_k))
+        .map(|p| (p, true))
+        .or_else(|| prefix(&listed(false)?, &[], mismatch_k, matched_k).map(|p| (p, false)));
     match prefix {
         Some((mut prefix, ioctl_searched)) => {
             let conditional: Rules = rules

@@ -85,12 +85,6 @@ impl FromIterator<(i64, Vec<SeccompRule>)> for Rules {
     }
 }
 
-/// The rule allowing `ioctl` request `request`.
-fn ioctl_rule(request: u64) -> Result<SeccompRule, seccompiler::Error> {
-    let condition = SeccompCondition::new(1, SeccompCmpArgLen::Dword, Eq, request)?;
-    Ok(SeccompRule::new(vec![condition])?)
-}
-
 /// One condition of a rule: (argument index, operation, value), on the
 /// argument's low 32 bits (every checked argument is an `int`, or a request
 /// number the kernel reads as `unsigned int`).
@@ -105,17 +99,22 @@ fn allow(rules: &mut Rules, calls: &[i64]) {
     }
 }
 
+/// The rule that all of `conditions` hold.
+fn rule(conditions: &[Cond]) -> Result<SeccompRule, seccompiler::Error> {
+    let conditions = conditions
+        .iter()
+        .map(|(arg, op, value)| {
+            SeccompCondition::new(*arg, SeccompCmpArgLen::Dword, op.clone(), *value)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(SeccompRule::new(conditions)?)
+}
+
 fn allow_if(rules: &mut Rules, nr: i64, any_of: &[&[Cond]]) -> Result<(), seccompiler::Error> {
     rules.ioctl_other |= nr == libc::SYS_ioctl;
     let entry = rules.calls.entry(nr).or_default();
-    for rule in any_of {
-        let conditions = rule
-            .iter()
-            .map(|(arg, op, value)| {
-                SeccompCondition::new(*arg, SeccompCmpArgLen::Dword, op.clone(), *value)
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        entry.push(SeccompRule::new(conditions)?);
+    for conditions in any_of {
+        entry.push(rule(conditions)?);
     }
     Ok(())
 }
@@ -123,7 +122,7 @@ fn allow_if(rules: &mut Rules, nr: i64, any_of: &[&[Cond]]) -> Result<(), seccom
 /// `ioctl` with one of `requests` (argument 1), on any descriptor.
 fn allow_ioctls(rules: &mut Rules, requests: &[u64]) -> Result<(), seccompiler::Error> {
     for &request in requests {
-        let rule = ioctl_rule(request)?;
+        let rule = rule(&[(1, Eq, request)])?;
         rules.calls.entry(libc::SYS_ioctl).or_default().push(rule);
         rules.ioctls.push(request);
     }
