@@ -41,6 +41,7 @@
 
 pub mod blk;
 pub mod device;
+mod iov;
 pub mod net;
 mod ring;
 pub mod rng;

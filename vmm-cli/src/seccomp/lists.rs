@@ -418,11 +418,13 @@ pub(super) fn device() -> Result<Rules, seccompiler::Error> {
 /// A socket device's worker (vmm-virtio's vsock): a device worker that
 /// also serves Unix sockets. It accepts host connections on the listening
 /// socket bound at start-up (accept4, then FIONBIO to make each
-/// non-blocking), reads them and writes them (std's `read` and `write` on
-/// a socket are `recvfrom` and `sendto` with MSG_NOSIGNAL), shuts a write side when
-/// the guest is done sending, and, for a guest's REQUEST to host port P,
-/// makes a non-blocking AF_UNIX stream socket and connects it to
-/// `PATH_P`. No other socket family or type.
+/// non-blocking), reads them and writes them (the `CONNECT` line and the
+/// bytes that wait with `recvfrom` and `sendto`, std's `read` and `write`
+/// on a socket; a payload straight between the socket and guest memory
+/// with `recvmsg` and `sendmsg`, MSG_NOSIGNAL on every send), shuts a
+/// write side when the guest is done sending, and, for a guest's REQUEST
+/// to host port P, makes a non-blocking AF_UNIX stream socket and
+/// connects it to `PATH_P`. No other socket family or type.
 pub(super) fn vsock() -> Result<Rules, seccompiler::Error> {
     let mut r = device()?;
     allow(
@@ -432,6 +434,8 @@ pub(super) fn vsock() -> Result<Rules, seccompiler::Error> {
             libc::SYS_connect,
             libc::SYS_recvfrom,
             libc::SYS_sendto,
+            libc::SYS_recvmsg,
+            libc::SYS_sendmsg,
             libc::SYS_shutdown,
         ],
     );

@@ -493,6 +493,8 @@ mod tests {
             libc::SYS_accept4,
             libc::SYS_recvfrom,
             libc::SYS_sendto,
+            libc::SYS_recvmsg,
+            libc::SYS_sendmsg,
             libc::SYS_shutdown,
         ] {
             assert!(has(&vsock, nr) && !has(&device, nr), "{nr}");

@@ -20,17 +20,14 @@ use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use vm_memory::bitmap::Bitmap;
-use vm_memory::guest_memory::GuestMemorySliceIterator;
 use vm_memory::{GuestMemory, Permissions};
 
 use super::request::Buffers;
 use super::{BlockError, CacheMode, SECTOR_SIZE};
+use crate::iov::{guest_iovecs, mark_dirty, IOV_MAX};
 
 /// The most bytes bounced at a time.
 pub const BOUNCE_CHUNK: usize = 1 << 20;
-/// The most iovecs in one `preadv`/`pwritev` (Linux's `IOV_MAX`).
-pub(super) const IOV_MAX: usize = 1024;
 
 /// An open image.
 #[derive(Debug)]
@@ -480,55 +477,6 @@ pub(super) fn zero_fill<M: GuestMemory>(mem: &M, data: &Buffers, from: u64) -> i
         pos += n as u64;
     }
     Ok(())
-}
-
-/// The host addresses of the guest's buffers, in order, for the kernel
-/// to read (`write`) or fill. The pointers are into guest memory's
-/// mappings: valid for as long as `mem`'s regions stay mapped.
-pub(super) fn guest_iovecs<M: GuestMemory>(
-    mem: &M,
-    data: &Buffers,
-    write: bool,
-) -> io::Result<Vec<libc::iovec>> {
-    let access = if write {
-        Permissions::Read
-    } else {
-        Permissions::Write
-    };
-    let mut iovs = Vec::with_capacity(data.segments().len());
-    let mut total = 0u64;
-    for s in data.segments() {
-        let it = mem
-            .get_slices(s.addr, s.len as usize, access)
-            .map_err(io::Error::other)?;
-        for slice in it.stop_on_error().map_err(io::Error::other)? {
-            total += slice.len() as u64;
-            iovs.push(libc::iovec {
-                iov_base: slice.ptr_guard_mut().as_ptr().cast(),
-                iov_len: slice.len(),
-            });
-        }
-    }
-    if total != data.len() {
-        return Err(io::Error::other("guest buffers are not all in memory"));
-    }
-    Ok(iovs)
-}
-
-/// Marks the first `done` bytes of the guest's buffers dirty (the host
-/// wrote them behind vm-memory's back).
-pub(super) fn mark_dirty<M: GuestMemory>(mem: &M, data: &Buffers, done: u64) {
-    let mut left = done as usize;
-    for s in data.segments() {
-        let Ok(it) = mem.get_slices(s.addr, s.len as usize, Permissions::Write) else {
-            return;
-        };
-        for slice in it.flatten() {
-            let n = slice.len().min(left);
-            slice.bitmap().mark_dirty(0, n);
-            left -= n;
-        }
-    }
 }
 
 /// Reads `buf` at `offset`, zeroes past the end of the file.

@@ -142,6 +142,16 @@ impl Buffers {
         })
     }
 
+    /// The buffers holding stream bytes `[pos, pos + n)` (fewer past the
+    /// end).
+    pub(crate) fn window(&self, pos: u64, n: u64) -> Buffers {
+        let mut w = Buffers::default();
+        for (addr, len, _) in self.ranges(pos, n) {
+            w.push(addr, len as u32);
+        }
+        w
+    }
+
     /// Copies `src` into the stream from byte `pos`.
     pub fn write_from<M: GuestMemory>(
         &self,

@@ -32,9 +32,10 @@ use io_uring::{opcode, squeue, types, IoUring};
 use vm_memory::GuestMemory;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::io::{guest_iovecs, mark_dirty, zero_fill, Disk, IOV_MAX};
+use super::io::{zero_fill, Disk};
 use super::request::{Request, RequestKind};
 use super::{Operation, SECTOR_SIZE};
+use crate::iov::{guest_iovecs, mark_dirty, IOV_MAX};
 
 /// The user data of a test's gate (its completion is not a request's).
 #[cfg(test)]

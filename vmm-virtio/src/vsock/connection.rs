@@ -3,16 +3,39 @@
 //! socket.
 
 use std::collections::VecDeque;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::Shutdown;
 use std::num::Wrapping;
 use std::os::unix::net::UnixStream;
 
 use super::packet::{op, shutdown, Header};
 use super::{CONN_BUF_ALLOC, CREDIT_LOW};
+use crate::iov::IoVecs;
 
-/// How much of the socket one read takes for the guest, at most.
-const READ_AHEAD: usize = 64 * 1024;
+/// A packet's payload from the guest, wherever its bytes are: still in
+/// the guest's buffers (the worker's) or in hand.
+pub(super) trait Payload {
+    /// Its length.
+    fn len(&self) -> usize;
+    /// Writes what the socket takes now, from the start, in one call.
+    fn send(&self, stream: &UnixStream) -> io::Result<usize>;
+    /// Appends its bytes from `from` on to `out`.
+    fn append(&self, from: usize, out: &mut VecDeque<u8>);
+}
+
+impl Payload for [u8] {
+    fn len(&self) -> usize {
+        <[u8]>::len(self)
+    }
+
+    fn send(&self, mut stream: &UnixStream) -> io::Result<usize> {
+        stream.write(self)
+    }
+
+    fn append(&self, from: usize, out: &mut VecDeque<u8>) {
+        out.extend(&self[from..]);
+    }
+}
 
 /// Where a connection is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,17 +79,14 @@ pub(super) struct Connection {
     peer_fwd_cnt: Wrapping<u32>,
     /// From the guest, not yet written to the socket.
     out: VecDeque<u8>,
-    /// Read from the socket ahead of the guest's small receive buffers
-    /// (one read for several packets), `ahead[ahead_at..ahead_end]` not
-    /// yet sent; allocated (and zeroed) once, at the first read.
-    ahead: Vec<u8>,
-    ahead_at: usize,
-    ahead_end: usize,
     /// `OK <port>\n`, written before anything else.
     greeting: Vec<u8>,
     /// Edge-triggered readiness, as last seen.
     pub readable: bool,
     pub writable: bool,
+    /// The socket's peer shut its side (or the socket failed): once read
+    /// empty, the socket says so, and no later event will.
+    pub hung_up: bool,
     /// SHUTDOWN flags the guest sent.
     pub peer_shut: u32,
     /// The socket said end of file (the guest was told SHUTDOWN SEND).
@@ -101,12 +121,10 @@ impl Connection {
             peer_buf_alloc: 0,
             peer_fwd_cnt: Wrapping(0),
             out: VecDeque::new(),
-            ahead: Vec::new(),
-            ahead_at: 0,
-            ahead_end: 0,
             greeting: Vec::new(),
             readable: true,
             writable: true,
+            hung_up: false,
             peer_shut: 0,
             host_eof: false,
             write_shut: false,
@@ -140,7 +158,7 @@ impl Connection {
     /// Whether the device should read the socket for the guest now.
     pub fn wants_rx(&self) -> bool {
         self.state == State::Established
-            && (self.readable || self.ahead_at < self.ahead_end)
+            && self.readable
             && !self.host_eof
             && self.peer_shut & shutdown::RCV == 0
             && self.peer_credit() > 0
@@ -158,27 +176,31 @@ impl Connection {
 
     /// Takes a payload from the guest; false if it is beyond the credit
     /// we gave (the guest broke the protocol).
-    pub fn take(&mut self, data: &[u8]) -> bool {
+    pub fn take<P: Payload + ?Sized>(&mut self, data: &P) -> bool {
+        let len = data.len();
         let buffered = (self.rx_cnt - self.fwd_cnt).0 as usize;
-        if buffered + data.len() > CONN_BUF_ALLOC as usize {
+        if buffered + len > CONN_BUF_ALLOC as usize {
             return false;
         }
-        self.rx_cnt += Wrapping(data.len() as u32);
-        // Straight to the socket when nothing waits before it (one copy
-        // less); what it does not take now waits. A failure shows again
-        // at the next flush, which ends the connection.
-        let mut rest = data;
-        if self.writable && self.drained() {
-            match self.stream.write(data) {
+        self.rx_cnt += Wrapping(len as u32);
+        // Straight to the socket when nothing waits before it (from the
+        // guest's buffers: no copy of ours); what it does not take now
+        // is copied to wait. A failure shows again at the next flush,
+        // which ends the connection.
+        let mut sent = 0;
+        if len > 0 && self.writable && self.drained() {
+            match data.send(&self.stream) {
                 Ok(n) => {
-                    rest = &data[n..];
-                    self.fwd_cnt += Wrapping(n as u32);
+                    sent = n.min(len);
+                    self.fwd_cnt += Wrapping(sent as u32);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.writable = false,
                 Err(_) => {}
             }
         }
-        self.out.extend(rest);
+        if sent < len {
+            data.append(sent, &mut self.out);
+        }
         true
     }
 
@@ -236,57 +258,44 @@ impl Connection {
             && (self.host_eof || self.peer_shut & shutdown::RCV != 0)
     }
 
-    /// How many bytes an RW packet of at most `max` can carry now (no
-    /// more than the guest's credit), read from the socket if none wait
-    /// here: `Ok(0)` at end of file, `WouldBlock` when none waits. The
-    /// socket is read [`READ_AHEAD`] bytes at a time (within the guest's
-    /// credit), so that a guest posting 4 KiB receive buffers, as Linux
-    /// does, costs a read per 16 packets rather than one each; the bytes
-    /// go to the guest from here ([`Connection::consume`]).
-    pub fn fill(&mut self, max: usize) -> io::Result<usize> {
-        let credit = self.peer_credit() as usize;
-        let n = max.min(credit);
+    /// Reads the socket straight into `into` (the guest's receive
+    /// buffers, sized within its credit): the bytes read, `Ok(0)` at end
+    /// of file, `WouldBlock` when none waits. A read that empties the
+    /// socket (fewer bytes than asked) marks it unreadable with no second
+    /// try: its next byte, or its peer's hang-up, brings an
+    /// edge-triggered event. (After a hang-up, the next read says end of
+    /// file.)
+    pub fn recv(&mut self, into: &IoVecs) -> io::Result<usize> {
+        match into.recv(&self.stream) {
+            Ok(n) => {
+                if n > 0 && n < into.len() && !self.hung_up {
+                    self.readable = false;
+                }
+                self.tx_cnt += Wrapping(n as u32);
+                Ok(n)
+            }
+            Err(e) => {
+                if e.kind() == io::ErrorKind::WouldBlock {
+                    self.readable = false;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// [`Connection::recv`] into `buf`, within the guest's credit.
+    #[cfg(test)]
+    pub fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = buf.len().min(self.peer_credit() as usize);
         if n == 0 {
             return Ok(0);
         }
-        if self.ahead_at == self.ahead_end {
-            if self.ahead.is_empty() {
-                self.ahead = vec![0; READ_AHEAD];
-            }
-            (self.ahead_at, self.ahead_end) = (0, 0);
-            let want = credit.min(READ_AHEAD);
-            match self.stream.read(&mut self.ahead[..want]) {
-                Ok(got) => self.ahead_end = got,
-                Err(e) => {
-                    if e.kind() == io::ErrorKind::WouldBlock {
-                        self.readable = false;
-                    }
-                    return Err(e);
-                }
-            }
-        }
-        Ok(n.min(self.ahead_end - self.ahead_at))
+        let mut into = IoVecs::default();
+        into.push_buf(&mut buf[..n]);
+        self.recv(&into)
     }
 
-    /// The next `n` bytes [`Connection::fill`] said are there, counted as
-    /// sent to the guest.
-    pub fn consume(&mut self, n: usize) -> &[u8] {
-        let start = self.ahead_at;
-        let n = n.min(self.ahead_end - start);
-        self.ahead_at += n;
-        self.tx_cnt += Wrapping(n as u32);
-        &self.ahead[start..start + n]
-    }
-
-    /// [`Connection::fill`] and [`Connection::consume`] into `buf`.
-    #[cfg(test)]
-    pub fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.fill(buf.len())?;
-        buf[..n].copy_from_slice(self.consume(n));
-        Ok(n)
-    }
-
-    /// The RW header for `len` bytes just read.
+    /// The RW header for `len` of the bytes just read.
     pub fn rw_header(&mut self, guest_cid: u64, len: usize) -> Header {
         Header {
             len: len as u32,
@@ -298,6 +307,7 @@ impl Connection {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Read;
 
     fn conn() -> (Connection, UnixStream) {
         let (a, b) = UnixStream::pair().unwrap();
@@ -330,34 +340,34 @@ mod tests {
     }
 
     #[test]
-    fn one_read_of_the_socket_serves_several_small_packets_in_order() {
+    fn a_read_that_empties_the_socket_needs_no_second_try() {
         let (mut c, mut peer) = conn();
         c.peer_credit_from(&Header {
             buf_alloc: 256 * 1024,
             fwd_cnt: 0,
             ..Header::default()
         });
-        let sent: Vec<u8> = (0..20 * 1024).map(|i| (i % 251) as u8).collect();
-        peer.write_all(&sent).unwrap();
-        let mut got = Vec::new();
+        peer.write_all(&[5; 6000]).unwrap();
         let mut buf = [0u8; 4096];
-        let n = c.read(&mut buf).unwrap();
-        got.extend_from_slice(&buf[..n]);
-        // The socket was read once, for all of it: the rest is served
-        // from the connection even with the socket seen as empty.
-        c.readable = false;
-        while got.len() < sent.len() {
-            assert!(c.wants_rx(), "{} of {} bytes", got.len(), sent.len());
-            let n = c.read(&mut buf).unwrap();
-            assert!(n > 0 && n <= 4096);
-            got.extend_from_slice(&buf[..n]);
-        }
-        assert_eq!(got, sent);
-        assert!(!c.wants_rx(), "nothing buffered, the socket not readable");
-        assert_eq!(c.peer_credit(), 256 * 1024 - sent.len() as u32);
-        // End of file once the buffer is empty.
+        assert_eq!(c.read(&mut buf).unwrap(), 4096);
+        assert!(c.wants_rx(), "a full read: more may wait");
+        assert_eq!(c.read(&mut buf).unwrap(), 6000 - 4096);
+        assert!(!c.wants_rx(), "a short read emptied the socket");
+        assert_eq!(c.peer_credit(), 256 * 1024 - 6000);
+        // Its next byte comes with an event, which marks it readable.
+        peer.write_all(b"x").unwrap();
+        c.readable = true;
+        assert_eq!(c.read(&mut buf).unwrap(), 1);
+        assert_eq!(buf[0], b'x');
+        // Bytes then a hang-up, both before the read (one event): the
+        // read that empties the socket leaves it readable, for the end of
+        // file.
+        peer.write_all(b"yz").unwrap();
         drop(peer);
         c.readable = true;
+        c.hung_up = true;
+        assert_eq!(c.read(&mut buf).unwrap(), 2);
+        assert!(c.readable, "the end of file is still to be read");
         assert_eq!(c.read(&mut buf).unwrap(), 0);
     }
 
@@ -368,9 +378,9 @@ mod tests {
         c.writable = false;
         let chunk = vec![7u8; 64 * 1024];
         for _ in 0..4 {
-            assert!(c.take(&chunk));
+            assert!(c.take(&chunk[..]));
         }
-        assert!(!c.take(&[1]), "past buf_alloc");
+        assert!(!c.take(&[1u8][..]), "past buf_alloc");
         assert!(!c.wants_credit_update(), "nothing written yet");
         // The socket takes some: the guest, which believes nothing is
         // free, hears of it.
@@ -386,20 +396,20 @@ mod tests {
         assert_eq!(h.buf_alloc, CONN_BUF_ALLOC);
         assert!(h.fwd_cnt > 0);
         assert!(!c.wants_credit_update(), "told");
-        assert!(c.take(&[1; 100]), "room again");
+        assert!(c.take(&[1u8; 100][..]), "room again");
     }
 
     #[test]
     fn a_payload_goes_straight_to_a_socket_with_nothing_waiting() {
         let (mut c, mut peer) = conn();
-        assert!(c.take(b"abc"));
+        assert!(c.take(&b"abc"[..]));
         assert!(c.drained(), "written at once");
         assert_eq!(c.header(3, op::CREDIT_UPDATE).fwd_cnt, 3);
         // Behind bytes that wait, a payload waits too, in order.
         c.writable = false;
-        assert!(c.take(b"de"));
+        assert!(c.take(&b"de"[..]));
         c.writable = true;
-        assert!(c.take(b"f"));
+        assert!(c.take(&b"f"[..]));
         assert!(!c.drained());
         assert_eq!(c.flush(), Flushed::Ok);
         let mut got = [0u8; 6];
@@ -411,7 +421,7 @@ mod tests {
     fn the_greeting_goes_first_and_shutdown_follows_the_last_byte() {
         let (mut c, mut peer) = conn();
         c.greet();
-        assert!(c.take(b"hi"));
+        assert!(c.take(&b"hi"[..]));
         c.peer_shut = shutdown::SEND;
         assert_eq!(c.flush(), Flushed::Ok);
         let mut s = String::new();

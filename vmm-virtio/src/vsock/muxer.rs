@@ -14,19 +14,20 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::connection::{Connection, Flushed, State};
+use super::connection::{Connection, Flushed, Payload, State};
 use super::device::Counters;
 use super::packet::{op, shutdown, Header};
 use super::{
-    CONNECT_TIMEOUT, FIRST_HOST_PORT, MAX_CONNECTIONS, MAX_CONNECT_LINE, MAX_PENDING, MAX_PKT_LEN,
-    MAX_UDS_PATH,
+    CONNECT_TIMEOUT, FIRST_HOST_PORT, MAX_CONNECTIONS, MAX_CONNECT_LINE, MAX_PENDING, MAX_UDS_PATH,
 };
+use crate::iov::IoVecs;
 use crate::worker::Waiter;
 
 /// Tokens of the worker's own fds are below this; sockets' above.
 pub(super) const FIRST_SOCKET_TOKEN: u64 = 16;
 
-type Key = (u32, u32);
+/// A connection: (host port, guest port).
+pub(super) type Key = (u32, u32);
 
 /// A host connection waiting for its `CONNECT <port>\n`.
 #[derive(Debug)]
@@ -179,8 +180,9 @@ impl Muxer {
         }
     }
 
-    /// A socket is ready (edge-triggered: it is tried both ways).
-    pub fn ready(&mut self, token: u64, waiter: &Waiter) {
+    /// A socket is ready (edge-triggered: it is tried both ways); `hang_up`
+    /// if its peer has shut its side (or it failed).
+    pub fn ready(&mut self, token: u64, hang_up: bool, waiter: &Waiter) {
         if self.pending.contains_key(&token) {
             self.handshake(token, waiter);
             return;
@@ -191,6 +193,7 @@ impl Muxer {
         if let Some(c) = self.conns.get_mut(&key) {
             c.readable = true;
             c.writable = true;
+            c.hung_up |= hang_up;
         }
         self.flush(key, waiter);
     }
@@ -250,7 +253,10 @@ impl Muxer {
 
     /// What a checked packet from the guest does; `payload` is its RW
     /// bytes.
-    pub fn on_guest_packet(&mut self, h: &Header, payload: &[u8], waiter: &Waiter) {
+    pub fn on_guest_packet<P>(&mut self, h: &Header, payload: &P, waiter: &Waiter)
+    where
+        P: Payload + ?Sized,
+    {
         let key = (h.dst_port, h.src_port);
         let Some(c) = self.conns.get_mut(&key) else {
             if h.op == op::REQUEST {
@@ -341,60 +347,98 @@ impl Muxer {
         }
     }
 
-    /// The next packet for the guest, with room for `room` payload
-    /// bytes: its header and payload (empty but for RW), or None if
-    /// nothing waits. Control packets first, then credit updates, then
-    /// data, a packet per connection in turn.
-    pub fn next_for_guest(&mut self, room: usize, waiter: &Waiter) -> Option<(Header, &[u8])> {
+    /// What goes to the guest next, or None if nothing waits: control
+    /// packets first, then credit updates, then a connection's bytes, a
+    /// connection at a time in turn.
+    pub fn next_for_guest(&mut self) -> Option<ForGuest> {
         if let Some(h) = self.control.pop_front() {
-            return Some((h, &[]));
+            return Some(ForGuest::Packet(h));
         }
         let cid = self.guest_cid;
         if let Some(c) = self.conns.values_mut().find(|c| c.wants_credit_update()) {
             c.credit_requested = false;
-            return Some((c.header(cid, op::CREDIT_UPDATE), &[]));
+            return Some(ForGuest::Packet(c.header(cid, op::CREDIT_UPDATE)));
         }
-        let room = room.min(MAX_PKT_LEN);
-        if room == 0 {
-            return None;
-        }
-        let (key, n) = loop {
-            let after = (Bound::Excluded(self.cursor), Bound::Unbounded);
-            let key = self
-                .conns
-                .range(after)
-                .chain(self.conns.range(..=self.cursor))
-                .find(|(_, c)| c.wants_rx())
-                .map(|(k, _)| *k)?;
-            self.cursor = key;
-            let c = self.conns.get_mut(&key)?;
-            match c.fill(room) {
-                Ok(0) => {
-                    c.host_eof = true;
-                    let h = Header {
-                        flags: shutdown::SEND,
-                        ..c.header(cid, op::SHUTDOWN)
-                    };
-                    if c.finished() {
-                        self.remove(key, waiter, true);
-                        // The RST just queued follows the SHUTDOWN.
-                    }
-                    return Some((h, &[]));
-                }
-                Ok(n) => break (key, n),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    log::debug!("vsock: port {}: cannot read: {e}", c.host_port);
-                    self.remove(key, waiter, true);
-                    return self.control.pop_front().map(|h| (h, &[][..]));
-                }
-            }
-        };
-        let c = self.conns.get_mut(&key)?;
-        let h = c.rw_header(cid, n);
-        Some((h, c.consume(n)))
+        let after = (Bound::Excluded(self.cursor), Bound::Unbounded);
+        let key = self
+            .conns
+            .range(after)
+            .chain(self.conns.range(..=self.cursor))
+            .find(|(_, c)| c.wants_rx())
+            .map(|(k, _)| *k)?;
+        self.cursor = key;
+        Some(ForGuest::Data(key))
     }
+
+    /// How many bytes connection `key` may send the guest now.
+    pub fn credit(&self, key: Key) -> usize {
+        self.conns.get(&key).map_or(0, |c| c.peer_credit() as usize)
+    }
+
+    /// Reads connection `key`'s socket into `into` (the guest's receive
+    /// buffers, within [`Muxer::credit`]).
+    pub fn read_for_guest(&mut self, key: Key, into: &IoVecs, waiter: &Waiter) -> Received {
+        let cid = self.guest_cid;
+        let Some(c) = self.conns.get_mut(&key) else {
+            return Received::Nothing;
+        };
+        if into.is_empty() {
+            return Received::Nothing;
+        }
+        match c.recv(into) {
+            Ok(0) => {
+                c.host_eof = true;
+                let h = Header {
+                    flags: shutdown::SEND,
+                    ..c.header(cid, op::SHUTDOWN)
+                };
+                if c.finished() {
+                    // The RST this queues follows the SHUTDOWN.
+                    self.remove(key, waiter, true);
+                }
+                Received::Packet(h)
+            }
+            Ok(n) => Received::Bytes(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Received::Nothing,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Received::Nothing,
+            Err(e) => {
+                log::debug!("vsock: port {}: cannot read: {e}", c.host_port);
+                self.remove(key, waiter, true);
+                self.control
+                    .pop_front()
+                    .map_or(Received::Nothing, Received::Packet)
+            }
+        }
+    }
+
+    /// The RW header of a packet carrying `len` of the bytes just read
+    /// from connection `key`.
+    pub fn rw_header(&mut self, key: Key, len: usize) -> Option<Header> {
+        let cid = self.guest_cid;
+        self.conns.get_mut(&key).map(|c| c.rw_header(cid, len))
+    }
+}
+
+/// What goes to the guest next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum ForGuest {
+    /// A packet without payload.
+    Packet(Header),
+    /// Bytes of a connection, to be read straight into receive buffers
+    /// ([`Muxer::read_for_guest`]).
+    Data(Key),
+}
+
+/// What reading a connection for the guest gave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Received {
+    /// This many bytes, in the buffers.
+    Bytes(usize),
+    /// No bytes but a packet: SHUTDOWN at end of file, RST after a
+    /// failed read.
+    Packet(Header),
+    /// Nothing for now (the socket is seen as empty).
+    Nothing,
 }
 
 fn parse_connect(line: &[u8]) -> Option<u32> {

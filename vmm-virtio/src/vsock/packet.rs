@@ -176,9 +176,20 @@ impl Header {
 
 /// Parses and checks a packet the guest sent: `bytes` is the whole chain
 /// (header and payload) as gathered; the payload is the header's `len`
-/// bytes after it. On success, the header and the payload's length.
+/// bytes after it. On success, the header.
 pub fn parse_tx(bytes: &[u8], guest_cid: u64) -> Result<Header, (Option<Header>, PacketError)> {
-    let h = Header::parse(bytes).map_err(|e| (None, e))?;
+    check_tx(bytes, bytes.len().saturating_sub(HDR_LEN), guest_cid)
+}
+
+/// [`parse_tx`] with the payload left where it is: `header` is the
+/// chain's first bytes (at most [`HDR_LEN`] are read), `have` the bytes
+/// the chain holds after the header.
+pub fn check_tx(
+    header: &[u8],
+    have: usize,
+    guest_cid: u64,
+) -> Result<Header, (Option<Header>, PacketError)> {
+    let h = Header::parse(header).map_err(|e| (None, e))?;
     let fail = |e| Err((Some(h), e));
     if h.src_cid != guest_cid {
         return fail(PacketError::SrcCid(h.src_cid));
@@ -192,7 +203,6 @@ pub fn parse_tx(bytes: &[u8], guest_cid: u64) -> Result<Header, (Option<Header>,
     if !(op::REQUEST..=op::CREDIT_REQUEST).contains(&h.op) {
         return fail(PacketError::Op(h.op));
     }
-    let have = bytes.len() - HDR_LEN;
     if h.len as usize > MAX_PKT_LEN || h.len as usize > have {
         return fail(PacketError::Len { len: h.len, have });
     }

@@ -48,6 +48,8 @@ struct Vsock {
     rx_used: u16,
     tx_next: u16,
     fakes: Fakes,
+    /// Receive buffers the device gave back unused (malformed ones).
+    returned_unused: Vec<u32>,
 }
 
 fn start(tag: &str) -> Vsock {
@@ -94,6 +96,7 @@ fn start(tag: &str) -> Vsock {
         rx_used: 0,
         tx_next: 0,
         fakes,
+        returned_unused: Vec::new(),
     };
     // Every receive descriptor a buffer of its own, all given.
     for i in 0..SIZE {
@@ -155,8 +158,19 @@ impl Vsock {
         self.send_chain(&[&h.to_bytes(), payload]);
     }
 
-    /// The next packet the device gave the guest (its buffer given back).
+    /// The next packet the device gave the guest (its buffer given back);
+    /// buffers given back unused are noted and skipped.
     fn recv(&mut self) -> (Header, Vec<u8>) {
+        loop {
+            if let Some(p) = self.recv_used() {
+                return p;
+            }
+        }
+    }
+
+    /// The next receive buffer the device used: its packet, or None if
+    /// unused.
+    fn recv_used(&mut self) -> Option<(Header, Vec<u8>)> {
         self.rx_used = self.rx_used.wrapping_add(1);
         let deadline = std::time::Instant::now() + HANG;
         // Several may have come at once.
@@ -172,11 +186,15 @@ impl Vsock {
         self.mem
             .read_slice(&mut b, GuestAddress(rx_addr(id as u16)))
             .unwrap();
+        if len == 0 {
+            self.returned_unused.push(id);
+            return None;
+        }
         self.rx.publish(id as u16);
         write(&mut self.dev, NOTIFY, 2, 0);
         let h = Header::parse(&b).unwrap();
         assert_eq!(h.len as usize, b.len() - HDR_LEN, "{h:?}");
-        (h, b.split_off(HDR_LEN))
+        Some((h, b.split_off(HDR_LEN)))
     }
 
     /// Proves nothing was queued for the guest before: the next packet is
@@ -290,6 +308,32 @@ fn a_host_program_connects_and_bytes_flow_both_ways() {
     let (h, data) = v.recv();
     assert_eq!((h.op, data.as_slice()), (op::RW, &b"early"[..]));
     assert_eq!(v.handle.stats().connections, 3);
+}
+
+#[test]
+fn a_burst_from_the_host_fills_buffers_in_order_around_a_malformed_one() {
+    let mut v = start("burst");
+    // The fourth buffer given is one the device may not write.
+    v.rx.set_desc(3, rx_addr(3), RX_BUF_LEN, 0, 0);
+    let (mut s, port) = v.host_connects(1234, 1 << 20);
+    let sent: Vec<u8> = (0..3 * 4096 + 100u32).map(|i| (i % 253) as u8).collect();
+    s.write_all(&sent).unwrap();
+    let mut got = Vec::new();
+    let mut packets = 0;
+    while got.len() < sent.len() {
+        let (h, data) = v.recv();
+        assert_eq!((h.op, h.src_port, h.dst_port), (op::RW, port, 1234));
+        assert!(!data.is_empty() && data.len() <= 4096, "{}", data.len());
+        got.extend(data);
+        packets += 1;
+    }
+    assert_eq!(got, sent, "every byte, in order");
+    assert!(packets >= 4, "a packet per buffer: {packets}");
+    assert_eq!(v.returned_unused, [3], "given back unused, in its turn");
+    v.nothing_before_probe();
+    // The stream goes on in the buffers after it.
+    s.write_all(b"more").unwrap();
+    assert_eq!(v.recv().1, b"more");
 }
 
 #[test]
@@ -515,6 +559,40 @@ fn shutdown_from_the_host_then_from_the_guest() {
     // Gone: more data gets an RST.
     v.send(to_host(1234, port, op::RW), b"x");
     assert_eq!(v.recv().0.op, op::RST);
+}
+
+#[test]
+fn the_last_bytes_and_the_hosts_end_of_file_both_reach_the_guest() {
+    let mut v = start("last");
+    // No credit yet: the device sees the bytes and the hang-up behind
+    // them come, and reads nothing.
+    let (mut s, port) = v.host_connects(1234, 0);
+    let sent = vec![7u8; 5000];
+    s.write_all(&sent).unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    // With credit, one read takes every byte; the end of file must
+    // follow although no event will come for it.
+    v.send(
+        Header {
+            buf_alloc: 1 << 20,
+            ..to_host(1234, port, op::CREDIT_UPDATE)
+        },
+        &[],
+    );
+    let mut got = Vec::new();
+    let h = loop {
+        let (h, data) = v.recv();
+        if h.op != op::RW {
+            break h;
+        }
+        got.extend(data);
+    };
+    assert_eq!(got, sent);
+    assert_eq!(
+        (h.op, h.flags, h.src_port),
+        (op::SHUTDOWN, shutdown::SEND, port)
+    );
 }
 
 #[test]

@@ -2,21 +2,33 @@
 //! muxer, packets from the muxer into receive buffers, the listening
 //! socket and every connection's socket in its epoll. One per started
 //! device, on its own thread.
+//!
+//! Payloads are not copied by the worker: a connection's socket is read
+//! straight into the guest's receive buffers, several of them in one
+//! call, and a guest's payload is written to the socket straight from
+//! its transmit buffers (only what the socket cannot take at once is
+//! copied, to wait in the connection).
 
-use std::num::Wrapping;
+use std::collections::VecDeque;
+use std::io;
+use std::os::unix::net::UnixStream;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestMemory, Permissions};
+use vm_memory::GuestMemory;
+use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
+use super::connection::Payload;
 use super::device::Counters;
-use super::muxer::{Muxer, FIRST_SOCKET_TOKEN};
-use super::packet::{parse_tx, HDR_LEN};
+use super::muxer::{ForGuest, Key, Muxer, Received, FIRST_SOCKET_TOKEN};
+use super::packet::{check_tx, Header, HDR_LEN};
 use super::{MAX_PKT_LEN, RX_QUEUE, TX_QUEUE};
 use crate::blk::request::Buffers;
 use crate::device::{QueueHome, VirtioInterrupt};
+use crate::iov::{mark_dirty, IoVecs};
+use crate::ring::{avail_sane, chain_buffers};
 use crate::worker::{Waiter, STOP_TOKEN};
 use crate::Memory;
 
@@ -27,12 +39,18 @@ const LISTENER: u64 = 2;
 /// RESPONSE, ...) wait for receive buffers: a guest that sends without
 /// receiving cannot make the device queue answers without bound.
 const MAX_CONTROL: usize = 256;
+/// One read of a connection fills at most this many bytes of receive
+/// buffers (16 of the 4 KiB ones Linux posts)...
+const RX_BATCH_BYTES: usize = 64 * 1024;
+/// ... in at most this many chains.
+const RX_BATCH_CHAINS: usize = 64;
 
-/// A receive chain popped and checked, waiting for a packet.
+/// A receive chain popped, in the order popped: its buffers, or None
+/// for a malformed one (given back unused in its turn).
 #[derive(Debug)]
 struct RxChain {
     head: u16,
-    buffers: Buffers,
+    buffers: Option<Buffers>,
 }
 
 /// The worker's state.
@@ -44,22 +62,23 @@ pub struct VsockWorker<M: Memory> {
     muxer: Muxer,
     counters: Arc<Counters>,
     guest_cid: u64,
-    held: Option<RxChain>,
+    /// Receive chains popped and not yet used, in order: always the last
+    /// ones popped.
+    held: VecDeque<RxChain>,
     /// The transmit queue waits for the control packets to drain.
     tx_paused: bool,
-    /// A packet's bytes, both ways.
-    buf: Vec<u8>,
     broken: bool,
     /// Where the queues go when the worker ends.
     home: QueueHome,
 }
 
 impl<M: Memory> Drop for VsockWorker<M> {
-    /// The queues go home, a receive chain popped and not filled given
-    /// back (it is always the last one popped).
+    /// The queues go home, the receive chains popped and not used given
+    /// back (they are always the last ones popped).
     fn drop(&mut self) {
-        if self.held.take().is_some() {
-            let next = self.rx.next_avail().wrapping_sub(1);
+        let unused = self.held.len() as u16;
+        if unused > 0 {
+            let next = self.rx.next_avail().wrapping_sub(unused);
             self.rx.set_next_avail(next);
         }
         self.home.put(RX_QUEUE, self.rx.state());
@@ -88,9 +107,8 @@ impl<M: Memory> VsockWorker<M> {
             muxer,
             counters,
             guest_cid,
-            held: None,
+            held: VecDeque::new(),
             tx_paused: false,
-            buf: Vec::new(),
             broken: false,
             home,
         }
@@ -99,7 +117,6 @@ impl<M: Memory> VsockWorker<M> {
     /// The thread's body: until told to stop. Connections end with it
     /// (their sockets close).
     pub fn run(mut self, waiter: Waiter, rx_kick: EventFd, tx_kick: EventFd) {
-        self.buf = vec![0; HDR_LEN + MAX_PKT_LEN];
         let added = waiter
             .add(&rx_kick, RX_KICK)
             .and_then(|()| waiter.add(&tx_kick, TX_KICK))
@@ -114,7 +131,7 @@ impl<M: Memory> VsockWorker<M> {
         loop {
             // Unanswered REQUESTs are checked on twice a second.
             let limit = if self.muxer.connecting() { 500 } else { -1 };
-            let tokens = match waiter.wait_timeout(limit) {
+            let events = match waiter.wait_events(limit) {
                 Ok(t) => t,
                 Err(e) => {
                     log::error!("virtio-vsock: the worker cannot wait: {e}");
@@ -122,10 +139,10 @@ impl<M: Memory> VsockWorker<M> {
                     return;
                 }
             };
-            if tokens.contains(&STOP_TOKEN) || waiter.stopping() {
+            if events.iter().any(|&(t, _)| t == STOP_TOKEN) || waiter.stopping() {
                 return;
             }
-            for &t in &tokens {
+            for &(t, ready) in &events {
                 match t {
                     RX_KICK => {
                         let _ = rx_kick.read();
@@ -135,7 +152,10 @@ impl<M: Memory> VsockWorker<M> {
                         self.process_tx(&waiter);
                     }
                     LISTENER => self.muxer.accept(&waiter),
-                    t if t >= FIRST_SOCKET_TOKEN => self.muxer.ready(t, &waiter),
+                    t if t >= FIRST_SOCKET_TOKEN => {
+                        let hang_up = EventSet::READ_HANG_UP | EventSet::HANG_UP | EventSet::ERROR;
+                        self.muxer.ready(t, ready.intersects(hang_up), &waiter);
+                    }
                     _ => {}
                 }
             }
@@ -150,47 +170,134 @@ impl<M: Memory> VsockWorker<M> {
 
     /// Fills receive buffers with what the muxer has for the guest.
     fn process_rx(&mut self, waiter: &Waiter) {
-        if self.broken {
-            return;
-        }
         let mem = Arc::clone(&self.mem);
         let mut used = false;
-        loop {
-            let chain = match self.held.take() {
-                Some(c) => c,
-                None => match self.pop_rx() {
-                    Some(c) => c,
+        while !self.broken {
+            // A malformed chain goes back unused in its turn.
+            match self.front_ok() {
+                None => break,
+                Some(false) => {
+                    if let Some(c) = self.held.pop_front() {
+                        used |= self.use_rx(c.head, 0);
+                    }
+                    continue;
+                }
+                Some(true) => {}
+            }
+            let sent = match self.muxer.next_for_guest() {
+                None => break,
+                Some(ForGuest::Packet(h)) => self.send_packet(&*mem, &h),
+                Some(ForGuest::Data(key)) => match self.send_data(&*mem, key, waiter) {
+                    Some(sent) => sent,
                     None => break,
                 },
             };
-            let room = (chain.buffers.len() as usize).saturating_sub(HDR_LEN);
-            let Some((h, payload)) = self.muxer.next_for_guest(room, waiter) else {
-                self.held = Some(chain);
-                break;
-            };
-            let n = payload.len();
-            // Checked to be in guest memory when popped; the payload goes
-            // from the connection's buffer to the guest's, no copy between.
-            let _ = chain.buffers.write_from(&*mem, 0, &h.to_bytes());
-            let _ = chain.buffers.write_from(&*mem, HDR_LEN as u64, payload);
-            if self
-                .rx
-                .add_used(&*mem, chain.head, (HDR_LEN + n) as u32)
-                .is_err()
-            {
-                self.break_queue();
-                return;
-            }
-            used = true;
-            self.counters.rx_packets.fetch_add(1, Ordering::Relaxed);
+            used |= sent;
         }
         if used && !self.broken && self.rx.needs_notification(&*mem).unwrap_or(true) {
             self.interrupt.signal_queue(RX_QUEUE);
         }
     }
 
-    /// The next well-formed receive chain (malformed ones are returned
-    /// unused), or None when the driver has given none.
+    /// Whether the first held receive chain is well formed (popping one
+    /// if none is held), or None when the driver has given none.
+    fn front_ok(&mut self) -> Option<bool> {
+        if self.held.is_empty() {
+            let c = self.pop_rx()?;
+            self.held.push_back(c);
+        }
+        self.held.front().map(|c| c.buffers.is_some())
+    }
+
+    /// Puts a payload-less packet in the first held chain (well formed).
+    fn send_packet(&mut self, mem: &M, h: &Header) -> bool {
+        let Some(RxChain {
+            head,
+            buffers: Some(b),
+        }) = self.held.pop_front()
+        else {
+            return false;
+        };
+        // Checked to be in guest memory when popped.
+        let _ = b.write_from(mem, 0, &h.to_bytes());
+        self.use_rx(head, HDR_LEN as u32)
+    }
+
+    /// Reads connection `key` straight into the well-formed chains at the
+    /// front (popping more, up to a batch and the guest's credit), one RW
+    /// packet per chain filled; or puts the packet reading it gave
+    /// instead (SHUTDOWN, RST) in the first. Whether a chain was used;
+    /// None when no chain at the front has room for a payload.
+    fn send_data(&mut self, mem: &M, key: Key, waiter: &Waiter) -> Option<bool> {
+        let mut left = self.muxer.credit(key).min(RX_BATCH_BYTES);
+        let mut into = IoVecs::default();
+        let mut takes = Vec::new();
+        let mut i = 0;
+        while left > 0 && i < RX_BATCH_CHAINS {
+            if i == self.held.len() {
+                match self.pop_rx() {
+                    Some(c) => self.held.push_back(c),
+                    None => break,
+                }
+            }
+            let Some(b) = &self.held[i].buffers else {
+                break;
+            };
+            let take = (b.len() as usize - HDR_LEN).min(MAX_PKT_LEN).min(left);
+            if take == 0 {
+                break;
+            }
+            let payload = b.window(HDR_LEN as u64, take as u64);
+            if into.push_guest(mem, &payload, false).is_err() {
+                break;
+            }
+            takes.push(payload);
+            left -= take;
+            i += 1;
+        }
+        if into.is_empty() {
+            return None;
+        }
+        match self.muxer.read_for_guest(key, &into, waiter) {
+            Received::Nothing => Some(false),
+            Received::Packet(h) => Some(self.send_packet(mem, &h)),
+            Received::Bytes(mut n) => {
+                let mut used = false;
+                for payload in takes {
+                    if n == 0 || self.broken {
+                        break;
+                    }
+                    let k = (payload.len() as usize).min(n);
+                    n -= k;
+                    let (Some(h), Some(c)) = (self.muxer.rw_header(key, k), self.held.pop_front())
+                    else {
+                        break;
+                    };
+                    if let Some(b) = c.buffers {
+                        let _ = b.write_from(mem, 0, &h.to_bytes());
+                    }
+                    mark_dirty(mem, &payload, k as u64);
+                    used |= self.use_rx(c.head, (HDR_LEN + k) as u32);
+                }
+                Some(used)
+            }
+        }
+    }
+
+    /// Returns a receive chain to the driver with `len` bytes in it.
+    fn use_rx(&mut self, head: u16, len: u32) -> bool {
+        if self.rx.add_used(&*self.mem, head, len).is_err() {
+            self.break_queue();
+            return false;
+        }
+        if len > 0 {
+            self.counters.rx_packets.fetch_add(1, Ordering::Relaxed);
+        }
+        true
+    }
+
+    /// The next receive chain (None for its buffers if malformed), or
+    /// None when the driver has given none.
     fn pop_rx(&mut self) -> Option<RxChain> {
         let mem = Arc::clone(&self.mem);
         loop {
@@ -209,16 +316,13 @@ impl<M: Memory> VsockWorker<M> {
                 }
             };
             let head = chain.head_index();
-            match rx_buffers(chain, &*mem, usize::from(self.rx.size())) {
-                Some(buffers) => return Some(RxChain { head, buffers }),
-                None => {
-                    log::debug!("virtio-vsock: a malformed receive chain returned unused");
-                    if self.rx.add_used(&*mem, head, 0).is_err() {
-                        self.break_queue();
-                        return None;
-                    }
-                }
+            let max = usize::from(self.rx.size());
+            let buffers =
+                chain_buffers(chain, &*mem, max, true).filter(|b| b.len() >= HDR_LEN as u64);
+            if buffers.is_none() {
+                log::debug!("virtio-vsock: a malformed receive chain returned unused");
             }
+            return Some(RxChain { head, buffers });
         }
     }
 
@@ -243,8 +347,8 @@ impl<M: Memory> VsockWorker<M> {
                 let head = chain.head_index();
                 let max = usize::from(self.tx.size());
                 self.counters.tx_packets.fetch_add(1, Ordering::Relaxed);
-                match gather(chain, &*mem, max, &mut self.buf) {
-                    Some(len) => self.packet(len, waiter),
+                match chain_buffers(chain, &*mem, max, false) {
+                    Some(data) => self.packet(&*mem, data, waiter),
                     None => {
                         log::debug!("virtio-vsock: a malformed transmit chain dropped");
                         self.counters.tx_malformed.fetch_add(1, Ordering::Relaxed);
@@ -277,12 +381,21 @@ impl<M: Memory> VsockWorker<M> {
         }
     }
 
-    /// One gathered packet of `len` bytes in `buf`.
-    fn packet(&mut self, len: usize, waiter: &Waiter) {
-        match parse_tx(&self.buf[..len], self.guest_cid) {
+    /// One transmit chain's packet: the header read, the payload left in
+    /// the guest's buffers for the muxer to write out.
+    fn packet(&mut self, mem: &M, data: Buffers, waiter: &Waiter) {
+        let mut header = [0u8; HDR_LEN];
+        let n = (data.len() as usize).min(HDR_LEN);
+        // Checked to be in guest memory when popped.
+        let _ = data.read_into(mem, 0, &mut header[..n]);
+        let have = data.len() as usize - n;
+        match check_tx(&header[..n], have, self.guest_cid) {
             Ok(h) => {
-                let payload = &self.buf[HDR_LEN..HDR_LEN + h.len as usize];
-                self.muxer.on_guest_packet(&h, payload, waiter);
+                let payload = GuestPayload {
+                    mem,
+                    data: data.window(HDR_LEN as u64, u64::from(h.len)),
+                };
+                self.muxer.on_guest_packet(&h, &payload, waiter);
             }
             Err((h, e)) => {
                 log::debug!("virtio-vsock: a packet refused: {e}");
@@ -303,50 +416,27 @@ impl<M: Memory> VsockWorker<M> {
     }
 }
 
-/// The driver's available index is at most a ring ahead of ours.
-fn avail_sane<M: GuestMemory>(q: &Queue, mem: &M) -> bool {
-    q.avail_idx(mem, Ordering::Acquire)
-        .is_ok_and(|idx| (idx - Wrapping(q.next_avail())).0 <= q.size())
+/// An RW payload still in the guest's transmit buffers.
+struct GuestPayload<'a, M> {
+    mem: &'a M,
+    data: Buffers,
 }
 
-/// A receive chain's buffers: None if a descriptor is device-readable or
-/// outside guest memory, the chain is longer than `max` descriptors, or
-/// it has no room for a header.
-fn rx_buffers<M, I>(descriptors: I, mem: &M, max: usize) -> Option<Buffers>
-where
-    M: GuestMemory,
-    I: IntoIterator<Item = virtio_queue::desc::split::Descriptor>,
-{
-    let mut buffers = Buffers::default();
-    for (i, d) in descriptors.into_iter().enumerate() {
-        if i >= max || !d.is_write_only() {
-            return None;
-        }
-        if d.len() > 0 && !mem.check_range(d.addr(), d.len() as usize, Permissions::Write) {
-            return None;
-        }
-        buffers.push(d.addr(), d.len());
+impl<M: GuestMemory> Payload for GuestPayload<'_, M> {
+    fn len(&self) -> usize {
+        self.data.len() as usize
     }
-    (buffers.len() >= HDR_LEN as u64).then_some(buffers)
-}
 
-/// Copies a transmit chain into `buf`, at most `buf.len()` bytes (the
-/// header's `len` is checked against what was copied): the length
-/// copied, or None for a device-writable descriptor, a chain of more
-/// than `max` descriptors or one outside guest memory.
-fn gather<M, I>(descriptors: I, mem: &M, max: usize, buf: &mut [u8]) -> Option<usize>
-where
-    M: GuestMemory,
-    I: IntoIterator<Item = virtio_queue::desc::split::Descriptor>,
-{
-    let mut len = 0usize;
-    for (i, d) in descriptors.into_iter().enumerate() {
-        if i >= max || d.is_write_only() {
-            return None;
-        }
-        let n = (d.len() as usize).min(buf.len() - len);
-        mem.read_slice(&mut buf[len..len + n], d.addr()).ok()?;
-        len += n;
+    fn send(&self, stream: &UnixStream) -> io::Result<usize> {
+        let mut from = IoVecs::default();
+        from.push_guest(self.mem, &self.data, true)?;
+        from.send(stream)
     }
-    Some(len)
+
+    fn append(&self, from: usize, out: &mut VecDeque<u8>) {
+        let mut rest = vec![0; self.len().saturating_sub(from)];
+        // Checked to be in guest memory when popped.
+        let _ = self.data.read_into(self.mem, from as u64, &mut rest);
+        out.extend(rest);
+    }
 }

@@ -198,18 +198,40 @@ fn vcpus(n: u32) -> String {
     format!("{n} vCPU{}", if n == 1 { "" } else { "s" })
 }
 
-/// Per vCPU count, `runs` rounds of every VMM, the first one rotating.
-fn plan(runs: usize, cpus: &[u32]) -> Vec<Label> {
+/// Per vCPU count, `runs` rounds of every VMM in `only` (all when
+/// empty), the first one rotating.
+fn plan(runs: usize, cpus: &[u32], only: &[Vmm]) -> Vec<Label> {
     let mut v = Vec::new();
     for &c in cpus {
         for run in 0..runs {
             for k in 0..VMMS.len() {
                 let vmm = VMMS[(run + k) % VMMS.len()];
-                v.push(Label { vmm, cpus: c, run });
+                if only.is_empty() || only.contains(&vmm) {
+                    v.push(Label { vmm, cpus: c, run });
+                }
             }
         }
     }
     v
+}
+
+/// The VMMs `BENCH_NET_VMMS` names (comma-separated keys: `ours`,
+/// `qemu`, `ours-vhost`, `qemu-vhost`, `vsock-ours`, `vsock-qemu`,
+/// `vsock-ours-vhost`), for a shorter run of some rows; empty (all)
+/// when it is not set.
+fn only_vmms(value: Option<&str>) -> Result<Vec<Vmm>> {
+    let Some(value) = value.filter(|v| !v.is_empty()) else {
+        return Ok(Vec::new());
+    };
+    value
+        .split(',')
+        .map(|k| {
+            Vmm::from_key(k.trim()).with_context(|| {
+                let keys: Vec<&str> = VMMS.iter().map(|v| v.key()).collect();
+                format!("BENCH_NET_VMMS: no VMM `{k}` (known: {})", keys.join(", "))
+            })
+        })
+        .collect()
 }
 
 /// The script in L1: `/dev/vhost-net` if it can be had (said on an
@@ -494,10 +516,18 @@ fn boots(runs: usize, sizes: Sizes) -> Result<(Vec<RowLine>, Vec<String>)> {
     let initrd = guest_initrd(&guest, &tmp.0, &tool, sizes.secs, false)?;
     let initrd_vsock = guest_initrd(&guest, &tmp.0, &tool, sizes.secs, true)?;
 
-    let mut pending = plan(runs, sizes.cpus);
+    let only = only_vmms(std::env::var("BENCH_NET_VMMS").ok().as_deref())?;
+    let mut pending = plan(runs, sizes.cpus, &only);
     let mut good: Vec<RowLine> = Vec::new();
     let mut failures: Vec<Failure> = Vec::new();
     let mut notes = Vec::new();
+    if !only.is_empty() {
+        let names: Vec<&str> = only.iter().map(|v| v.name()).collect();
+        notes.push(format!(
+            "Only some VMMs booted (BENCH_NET_VMMS): {}.",
+            names.join(", ")
+        ));
+    }
     let mut vhost = None;
     let mut vhost_vsock = None;
     let shipped: Vec<&str> = VHOST_MODULES

@@ -235,9 +235,25 @@ fn why_vhost_is_missing() {
 }
 
 #[test]
+fn bench_net_vmms_picks_some() {
+    assert_eq!(only_vmms(None).unwrap(), []);
+    assert_eq!(only_vmms(Some("")).unwrap(), []);
+    let only = only_vmms(Some("vsock-ours, vsock-qemu")).unwrap();
+    assert_eq!(only, [Vmm::VsockOurs, Vmm::VsockQemu]);
+    let p = plan(2, &[1, 2], &only);
+    assert_eq!(p.len(), 2 * 2 * 2);
+    assert!(p.iter().all(|b| only.contains(&b.vmm)));
+    let e = only_vmms(Some("vsock,qemu")).unwrap_err().to_string();
+    assert!(
+        e.contains("no VMM `vsock`") && e.contains("vsock-ours-vhost"),
+        "{e}"
+    );
+}
+
+#[test]
 fn plan_rotates_and_the_script_runs_it() {
     let n = VMMS.len();
-    let p = plan(3, &[1, 2]);
+    let p = plan(3, &[1, 2], &[]);
     assert_eq!(p.len(), 3 * 2 * n);
     let firsts: Vec<Vmm> = p.chunks(n).take(3).map(|c| c[0].vmm).collect();
     assert_eq!(firsts, VMMS[..3]);
