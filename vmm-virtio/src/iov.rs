@@ -103,7 +103,6 @@ impl<'a> IoVecs<'a> {
     }
 
     /// Appends a buffer of ours.
-    #[cfg(test)]
     pub fn push_buf(&mut self, buf: &'a mut [u8]) {
         self.iovs.push(libc::iovec {
             iov_base: buf.as_mut_ptr().cast(),

@@ -12,6 +12,11 @@ use super::packet::{op, shutdown, Header};
 use super::{CONN_BUF_ALLOC, CREDIT_LOW};
 use crate::iov::IoVecs;
 
+/// How much of the socket one read takes for the guest at most, into
+/// the guest's receive buffers first and the rest into the connection's
+/// own buffer.
+const READ_AHEAD: usize = 64 * 1024;
+
 /// A packet's payload from the guest, wherever its bytes are: still in
 /// the guest's buffers (the worker's) or in hand.
 pub(super) trait Payload {
@@ -79,6 +84,13 @@ pub(super) struct Connection {
     peer_fwd_cnt: Wrapping<u32>,
     /// From the guest, not yet written to the socket.
     out: VecDeque<u8>,
+    /// Read from the socket past the guest's receive buffers of the time
+    /// (so that a read takes up to [`READ_AHEAD`] bytes however few
+    /// buffers the guest had given), `ahead[ahead_at..ahead_end]` not yet
+    /// sent; allocated (and zeroed) once, when first needed.
+    ahead: Vec<u8>,
+    ahead_at: usize,
+    ahead_end: usize,
     /// `OK <port>\n`, written before anything else.
     greeting: Vec<u8>,
     /// Edge-triggered readiness, as last seen.
@@ -121,6 +133,9 @@ impl Connection {
             peer_buf_alloc: 0,
             peer_fwd_cnt: Wrapping(0),
             out: VecDeque::new(),
+            ahead: Vec::new(),
+            ahead_at: 0,
+            ahead_end: 0,
             greeting: Vec::new(),
             readable: true,
             writable: true,
@@ -158,7 +173,7 @@ impl Connection {
     /// Whether the device should read the socket for the guest now.
     pub fn wants_rx(&self) -> bool {
         self.state == State::Established
-            && self.readable
+            && (self.readable || self.ahead_at < self.ahead_end)
             && !self.host_eof
             && self.peer_shut & shutdown::RCV == 0
             && self.peer_credit() > 0
@@ -258,21 +273,56 @@ impl Connection {
             && (self.host_eof || self.peer_shut & shutdown::RCV != 0)
     }
 
+    /// How many bytes read ahead wait for the guest (sent before the
+    /// socket is read again).
+    pub fn buffered(&self) -> usize {
+        self.ahead_end - self.ahead_at
+    }
+
+    /// How many of the bytes read ahead can go in a packet of at most
+    /// `max` now (within the guest's credit).
+    pub fn sendable(&self, max: usize) -> usize {
+        max.min(self.buffered()).min(self.peer_credit() as usize)
+    }
+
+    /// The next `n` bytes read ahead (at most [`Connection::sendable`]),
+    /// counted as sent to the guest.
+    pub fn consume(&mut self, n: usize) -> &[u8] {
+        let n = self.sendable(n);
+        let start = self.ahead_at;
+        self.ahead_at += n;
+        self.tx_cnt += Wrapping(n as u32);
+        &self.ahead[start..start + n]
+    }
+
     /// Reads the socket straight into `into` (the guest's receive
-    /// buffers, sized within its credit): the bytes read, `Ok(0)` at end
-    /// of file, `WouldBlock` when none waits. A read that empties the
-    /// socket (fewer bytes than asked) marks it unreadable with no second
-    /// try: its next byte, or its peer's hang-up, brings an
-    /// edge-triggered event. (After a hang-up, the next read says end of
-    /// file.)
-    pub fn recv(&mut self, into: &IoVecs) -> io::Result<usize> {
+    /// buffers, within its credit; none may be read ahead), and on into
+    /// the connection's own buffer up to [`READ_AHEAD`] bytes in all and
+    /// the guest's credit: the bytes that went into `into` (0 at end of
+    /// file), `WouldBlock` when none waits. A read that empties the socket
+    /// (fewer bytes than asked) marks it unreadable with no second try:
+    /// its next byte, or its peer's hang-up, brings an edge-triggered
+    /// event. (After a hang-up, the next read says end of file.)
+    pub fn recv<'a>(&'a mut self, mut into: IoVecs<'a>) -> io::Result<usize> {
+        let direct = into.len();
+        let extra = (self.peer_credit() as usize)
+            .saturating_sub(direct)
+            .min(READ_AHEAD.saturating_sub(direct));
+        if extra > 0 && self.ahead.is_empty() {
+            self.ahead = vec![0; READ_AHEAD];
+        }
+        (self.ahead_at, self.ahead_end) = (0, 0);
+        into.push_buf(&mut self.ahead[..extra]);
+        let asked = into.len();
         match into.recv(&self.stream) {
             Ok(n) => {
-                if n > 0 && n < into.len() && !self.hung_up {
+                if n > 0 && n < asked && !self.hung_up {
                     self.readable = false;
                 }
-                self.tx_cnt += Wrapping(n as u32);
-                Ok(n)
+                let d = n.min(direct);
+                self.ahead_end = n - d;
+                self.tx_cnt += Wrapping(d as u32);
+                Ok(d)
             }
             Err(e) => {
                 if e.kind() == io::ErrorKind::WouldBlock {
@@ -283,16 +333,22 @@ impl Connection {
         }
     }
 
-    /// [`Connection::recv`] into `buf`, within the guest's credit.
+    /// [`Connection::recv`] into `buf` within the guest's credit, or what
+    /// was read ahead: the bytes, 0 at end of file.
     #[cfg(test)]
     pub fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.buffered() > 0 {
+            let got = self.consume(buf.len());
+            buf[..got.len()].copy_from_slice(got);
+            return Ok(got.len());
+        }
         let n = buf.len().min(self.peer_credit() as usize);
         if n == 0 {
             return Ok(0);
         }
         let mut into = IoVecs::default();
         into.push_buf(&mut buf[..n]);
-        self.recv(&into)
+        self.recv(into)
     }
 
     /// The RW header for `len` of the bytes just read.
@@ -337,6 +393,57 @@ mod tests {
         });
         assert_eq!(c.peer_credit(), 4);
         assert_eq!(c.read(&mut buf).unwrap(), 4);
+    }
+
+    #[test]
+    fn a_read_takes_up_to_64_kib_and_keeps_what_the_guests_buffers_could_not() {
+        let (mut c, mut peer) = conn();
+        c.peer_credit_from(&Header {
+            buf_alloc: 256 * 1024,
+            fwd_cnt: 0,
+            ..Header::default()
+        });
+        let sent: Vec<u8> = (0..100 * 1024).map(|i| (i % 251) as u8).collect();
+        peer.write_all(&sent).unwrap();
+        let mut buf = [0u8; 4096];
+        assert_eq!(c.read(&mut buf).unwrap(), 4096);
+        assert_eq!(c.buffered(), READ_AHEAD - 4096, "one read, 64 KiB in all");
+        assert_eq!(
+            c.peer_credit(),
+            256 * 1024 - 4096,
+            "sent: only what the guest has"
+        );
+        let mut got = buf.to_vec();
+        c.readable = false;
+        while c.buffered() > 0 {
+            assert!(c.wants_rx(), "what was read ahead goes first");
+            let n = c.read(&mut buf).unwrap();
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(got, sent[..READ_AHEAD]);
+        assert!(!c.wants_rx());
+        c.readable = true;
+        while got.len() < sent.len() {
+            let n = c.read(&mut buf).unwrap();
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(got, sent);
+        // Never more than the guest's credit, ahead or not.
+        let (mut c, mut peer) = conn();
+        c.peer_credit_from(&Header {
+            buf_alloc: 10_000,
+            fwd_cnt: 0,
+            ..Header::default()
+        });
+        peer.write_all(&sent[..20_000]).unwrap();
+        assert_eq!(c.read(&mut buf).unwrap(), 4096);
+        assert_eq!(c.buffered(), 10_000 - 4096);
+        let mut n = 4096;
+        while c.buffered() > 0 {
+            n += c.read(&mut buf).unwrap();
+        }
+        assert_eq!((n, c.peer_credit()), (10_000, 0));
+        assert!(!c.wants_rx());
     }
 
     #[test]

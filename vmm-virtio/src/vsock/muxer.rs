@@ -375,9 +375,30 @@ impl Muxer {
         self.conns.get(&key).map_or(0, |c| c.peer_credit() as usize)
     }
 
+    /// How many bytes of connection `key` were read ahead and wait for
+    /// the guest ([`Muxer::take_buffered`]; the socket is read again only
+    /// once they are gone).
+    pub fn buffered(&self, key: Key) -> usize {
+        self.conns.get(&key).map_or(0, Connection::buffered)
+    }
+
+    /// The RW packet for at most `room` bytes of connection `key` read
+    /// ahead: its header and payload, or None if none can go.
+    pub fn take_buffered(&mut self, key: Key, room: usize) -> Option<(Header, &[u8])> {
+        let cid = self.guest_cid;
+        let c = self.conns.get_mut(&key)?;
+        let n = c.sendable(room);
+        if n == 0 {
+            return None;
+        }
+        let h = c.rw_header(cid, n);
+        Some((h, c.consume(n)))
+    }
+
     /// Reads connection `key`'s socket into `into` (the guest's receive
-    /// buffers, within [`Muxer::credit`]).
-    pub fn read_for_guest(&mut self, key: Key, into: &IoVecs, waiter: &Waiter) -> Received {
+    /// buffers, within [`Muxer::credit`]), and on into its own buffer
+    /// ([`Muxer::buffered`]).
+    pub fn read_for_guest(&mut self, key: Key, into: IoVecs, waiter: &Waiter) -> Received {
         let cid = self.guest_cid;
         let Some(c) = self.conns.get_mut(&key) else {
             return Received::Nothing;

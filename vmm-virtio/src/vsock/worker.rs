@@ -223,12 +223,16 @@ impl<M: Memory> VsockWorker<M> {
         self.use_rx(head, HDR_LEN as u32)
     }
 
-    /// Reads connection `key` straight into the well-formed chains at the
-    /// front (popping more, up to a batch and the guest's credit), one RW
-    /// packet per chain filled; or puts the packet reading it gave
-    /// instead (SHUTDOWN, RST) in the first. Whether a chain was used;
-    /// None when no chain at the front has room for a payload.
+    /// Sends the guest bytes of connection `key`: those read ahead, or
+    /// else read from its socket straight into the well-formed chains at
+    /// the front (popping more, up to a batch and the guest's credit),
+    /// one RW packet per chain filled, or the packet reading it gave
+    /// instead (SHUTDOWN, RST). Whether a chain was used; None when no
+    /// chain at the front has room for a payload.
     fn send_data(&mut self, mem: &M, key: Key, waiter: &Waiter) -> Option<bool> {
+        if self.muxer.buffered(key) > 0 {
+            return self.send_buffered(mem, key);
+        }
         let mut left = self.muxer.credit(key).min(RX_BATCH_BYTES);
         let mut into = IoVecs::default();
         let mut takes = Vec::new();
@@ -258,7 +262,7 @@ impl<M: Memory> VsockWorker<M> {
         if into.is_empty() {
             return None;
         }
-        match self.muxer.read_for_guest(key, &into, waiter) {
+        match self.muxer.read_for_guest(key, into, waiter) {
             Received::Nothing => Some(false),
             Received::Packet(h) => Some(self.send_packet(mem, &h)),
             Received::Bytes(mut n) => {
@@ -282,6 +286,26 @@ impl<M: Memory> VsockWorker<M> {
                 Some(used)
             }
         }
+    }
+
+    /// An RW packet of bytes connection `key` read ahead, into the first
+    /// held chain (well formed): whether it was used; None if it has no
+    /// room for a payload.
+    fn send_buffered(&mut self, mem: &M, key: Key) -> Option<bool> {
+        let room = match self.held.front() {
+            Some(RxChain {
+                buffers: Some(b), ..
+            }) => (b.len() as usize - HDR_LEN).min(MAX_PKT_LEN),
+            _ => 0,
+        };
+        let (h, payload) = self.muxer.take_buffered(key, room)?;
+        let c = self.held.pop_front()?;
+        if let Some(b) = &c.buffers {
+            // Checked to be in guest memory when popped.
+            let _ = b.write_from(mem, 0, &h.to_bytes());
+            let _ = b.write_from(mem, HDR_LEN as u64, payload);
+        }
+        Some(self.use_rx(c.head, HDR_LEN as u32 + h.len))
     }
 
     /// Returns a receive chain to the driver with `len` bytes in it.

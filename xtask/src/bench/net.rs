@@ -613,9 +613,16 @@ fn boots(runs: usize, sizes: Sizes) -> Result<(Vec<RowLine>, Vec<String>)> {
             missing.join("; ")
         ));
     }
-    // A benchmark that measures neither our VMM nor QEMU is broken, not
-    // unlucky.
-    for vmm in [Vmm::Ours, Vmm::Qemu] {
+    // A benchmark that measures neither our VMM nor QEMU (of those it
+    // boots) is broken, not unlucky.
+    let (ours, qemu) = match only.first() {
+        Some(&first) => (
+            only.iter().copied().find(|v| v.is_ours()).unwrap_or(first),
+            only.iter().copied().find(|v| !v.is_ours()).unwrap_or(first),
+        ),
+        None => (Vmm::Ours, Vmm::Qemu),
+    };
+    for vmm in [ours, qemu] {
         if !good.iter().any(|r| r.label.vmm == vmm) {
             let mut why = String::new();
             for f in &failures {
