@@ -91,6 +91,8 @@ pub(super) struct Connection {
     ahead: Vec<u8>,
     ahead_at: usize,
     ahead_end: usize,
+    /// How many bytes the last read took.
+    pub last_read: usize,
     /// `OK <port>\n`, written before anything else.
     greeting: Vec<u8>,
     /// Edge-triggered readiness, as last seen.
@@ -136,6 +138,7 @@ impl Connection {
             ahead: Vec::new(),
             ahead_at: 0,
             ahead_end: 0,
+            last_read: READ_AHEAD,
             greeting: Vec::new(),
             readable: true,
             writable: true,
@@ -321,6 +324,7 @@ impl Connection {
                 }
                 let d = n.min(direct);
                 self.ahead_end = n - d;
+                self.last_read = n;
                 self.tx_cnt += Wrapping(d as u32);
                 Ok(d)
             }

@@ -370,9 +370,12 @@ impl Muxer {
         Some(ForGuest::Data(key))
     }
 
-    /// How many bytes connection `key` may send the guest now.
-    pub fn credit(&self, key: Key) -> usize {
-        self.conns.get(&key).map_or(0, |c| c.peer_credit() as usize)
+    /// How many bytes connection `key` may send the guest now (its
+    /// credit), and how many its last read took (at least 1).
+    pub fn read_size(&self, key: Key) -> (usize, usize) {
+        self.conns
+            .get(&key)
+            .map_or((0, 0), |c| (c.peer_credit() as usize, c.last_read.max(1)))
     }
 
     /// How many bytes of connection `key` were read ahead and wait for
@@ -396,7 +399,7 @@ impl Muxer {
     }
 
     /// Reads connection `key`'s socket into `into` (the guest's receive
-    /// buffers, within [`Muxer::credit`]), and on into its own buffer
+    /// buffers, within [`Muxer::read_size`]), and on into its own buffer
     /// ([`Muxer::buffered`]).
     pub fn read_for_guest(&mut self, key: Key, into: IoVecs, waiter: &Waiter) -> Received {
         let cid = self.guest_cid;

@@ -233,11 +233,14 @@ impl<M: Memory> VsockWorker<M> {
         if self.muxer.buffered(key) > 0 {
             return self.send_buffered(mem, key);
         }
-        let mut left = self.muxer.credit(key).min(RX_BATCH_BYTES);
+        // As many chains as the last read would have filled (one for a
+        // byte at a time); what comes past them is read ahead.
+        let (mut left, mut want) = self.muxer.read_size(key);
+        left = left.min(RX_BATCH_BYTES);
         let mut into = IoVecs::default();
         let mut takes = Vec::new();
         let mut i = 0;
-        while left > 0 && i < RX_BATCH_CHAINS {
+        while left > 0 && want > 0 && i < RX_BATCH_CHAINS {
             if i == self.held.len() {
                 match self.pop_rx() {
                     Some(c) => self.held.push_back(c),
@@ -257,6 +260,7 @@ impl<M: Memory> VsockWorker<M> {
             }
             takes.push(payload);
             left -= take;
+            want = want.saturating_sub(take);
             i += 1;
         }
         if into.is_empty() {
