@@ -2,10 +2,11 @@
 //! into, checked before anything is read or written: the worker's two
 //! parsers of guest-made chains (public for the fuzz targets).
 
-use vm_memory::{Bytes, GuestMemory, Permissions};
+use vm_memory::{Bytes, GuestMemory};
 
 use super::{HDR_LEN, MAX_TX_LEN};
 use crate::blk::request::Buffers;
+use crate::ring::chain_buffers;
 
 /// Why a transmit chain was dropped.
 #[derive(Debug, thiserror::Error)]
@@ -32,17 +33,7 @@ where
     M: GuestMemory,
     I: IntoIterator<Item = virtio_queue::desc::split::Descriptor>,
 {
-    let mut buffers = Buffers::default();
-    for (i, d) in descriptors.into_iter().enumerate() {
-        if i >= max || !d.is_write_only() {
-            return None;
-        }
-        if d.len() > 0 && !mem.check_range(d.addr(), d.len() as usize, Permissions::Write) {
-            return None;
-        }
-        buffers.push(d.addr(), d.len());
-    }
-    (buffers.len() >= HDR_LEN as u64).then_some(buffers)
+    chain_buffers(descriptors, mem, max, true).filter(|b| b.len() >= HDR_LEN as u64)
 }
 
 /// Copies a transmit chain (header and frame) into `buf`: its length.
