@@ -134,10 +134,7 @@ impl<'a> IoVecs<'a> {
     /// One `recvmsg` from socket `fd` into them (the first [`IOV_MAX`]):
     /// the bytes read, 0 at end of file; never waits.
     pub fn recv(&self, fd: &impl AsRawFd) -> io::Result<usize> {
-        // SAFETY: msghdr is plain data; all zeroes is a valid empty one.
-        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        msg.msg_iov = self.iovs.as_ptr().cast_mut();
-        msg.msg_iovlen = self.iovs.len().min(IOV_MAX);
+        let mut msg = self.msghdr();
         // SAFETY: each iovec is memory borrowed for 'a, which outlives
         // self (guest memory whose regions stay mapped, or a buffer of
         // ours); no name or control buffer.
@@ -148,14 +145,20 @@ impl<'a> IoVecs<'a> {
     /// One `sendmsg` of them (the first [`IOV_MAX`]) to socket `fd`,
     /// without SIGPIPE: the bytes the socket took; never waits.
     pub fn send(&self, fd: &impl AsRawFd) -> io::Result<usize> {
-        // SAFETY: msghdr is plain data; all zeroes is a valid empty one.
-        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        msg.msg_iov = self.iovs.as_ptr().cast_mut();
-        msg.msg_iovlen = self.iovs.len().min(IOV_MAX);
+        let msg = self.msghdr();
         let flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
         // SAFETY: as in `recv`; the kernel only reads the memory.
         let n = unsafe { libc::sendmsg(fd.as_raw_fd(), &msg, flags) };
         usize::try_from(n).map_err(|_| io::Error::last_os_error())
+    }
+
+    /// A message of the first [`IOV_MAX`] iovecs, no name or control.
+    fn msghdr(&self) -> libc::msghdr {
+        // SAFETY: msghdr is plain data; all zeroes is a valid empty one.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = self.iovs.as_ptr().cast_mut();
+        msg.msg_iovlen = self.iovs.len().min(IOV_MAX);
+        msg
     }
 }
 

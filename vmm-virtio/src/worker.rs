@@ -74,24 +74,29 @@ impl Waiter {
     /// As [`Waiter::wait`], but for at most `ms` milliseconds (-1: no
     /// limit): no tokens when the time ran out.
     pub fn wait_timeout(&self, ms: i32) -> io::Result<Vec<u64>> {
-        let events = self.wait_events(ms)?;
-        Ok(events.into_iter().map(|(token, _)| token).collect())
+        let mut events = [EpollEvent::default(); 8];
+        let n = self.wait_into(ms, &mut events)?;
+        Ok(events[..n].iter().map(EpollEvent::data).collect())
     }
 
     /// As [`Waiter::wait_timeout`], with what each is ready for (a
     /// socket's peer hang-up, say).
     pub fn wait_events(&self, ms: i32) -> io::Result<Vec<(u64, EventSet)>> {
         let mut events = [EpollEvent::default(); 8];
+        let n = self.wait_into(ms, &mut events)?;
+        Ok(events[..n]
+            .iter()
+            .map(|e| (e.data(), e.event_set()))
+            .collect())
+    }
+
+    /// One `epoll_wait` into `events` (retried when interrupted): how
+    /// many are ready.
+    fn wait_into(&self, ms: i32, events: &mut [EpollEvent]) -> io::Result<usize> {
         loop {
-            match self.epoll.wait(ms, &mut events) {
-                Ok(n) => {
-                    return Ok(events[..n]
-                        .iter()
-                        .map(|e| (e.data(), e.event_set()))
-                        .collect())
-                }
+            match self.epoll.wait(ms, events) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
+                r => return r,
             }
         }
     }

@@ -28,6 +28,8 @@ pub(super) trait Payload {
     fn append(&self, from: usize, out: &mut VecDeque<u8>);
 }
 
+/// A payload in hand (the tests').
+#[cfg(test)]
 impl Payload for [u8] {
     fn len(&self) -> usize {
         <[u8]>::len(self)
