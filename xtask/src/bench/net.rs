@@ -376,18 +376,20 @@ fn section(rows: &[RowLine], runs: usize, sizes: Sizes, notes: Vec<String>) -> S
          --device virtio-vsock-pci,guest-cid={GUEST_CID},uds={UDS} (net_load in L1 listening on \
          {UDS}_{PORT}) and with --device vhost-vsock-pci,guest-cid={GUEST_CID} (net_load \
          listening on AF_VSOCK port {PORT} in L1), each against QEMU's -device \
-         vhost-vsock-pci,guest-cid={GUEST_CID}. Host CPU per GiB for vhost-vsock leaves out the \
-         kernel's vhost worker thread, as for vhost-net."
+         vhost-vsock-pci,guest-cid={GUEST_CID}."
     ));
     s.note(
         "Host CPU per GiB: the VMM process's utime + stime (/proc/PID/stat in L1, all threads, \
          10 ms ticks) from the row's start to its end, in CPU seconds per GiB (2^30 bytes) moved; \
          it includes the vCPUs' time in guest mode (the guest's own TCP work); \"outside guest \
-         mode\" subtracts the process's guest_time. Kernel work outside the process (the tap's \
-         softirqs, and with vhost=on the vhost worker thread, which carries QEMU's data path \
-         there) is in neither. Throughput and request/response: more is better; CPU per GiB: \
-         less is better (the goal column states parity with QEMU).",
+         mode\" subtracts the process's guest_time. With vhost (vhost=on, vhost-vsock-pci) the \
+         data path runs on the kernel's vhost worker, which L1's kernel (before 6.4) runs as a \
+         thread outside the process, named vhost-PID after its owner: its utime + stime is \
+         added to the VMM's (found by name at each row's start). Other kernel work outside the \
+         process (the tap's softirqs) is in neither. Throughput and request/response: more is \
+         better; CPU per GiB: less is better (the goal column states parity with QEMU).",
     );
+    s.note(helpers_note(rows));
     s.note(
         "Nested, every exit of L2 goes through L1's TCG-emulated SVM and L1's own network stack \
          runs under TCG: compare the two VMMs with each other, not with hardware figures.",
@@ -416,6 +418,33 @@ fn section(rows: &[RowLine], runs: usize, sizes: Sizes, notes: Vec<String>) -> S
         s.note(n);
     }
     s
+}
+
+/// Which VMMs had the kernel's vhost workers counted in their CPU time,
+/// and how many: a row whose VMM uses vhost should name one per device.
+fn helpers_note(rows: &[RowLine]) -> String {
+    let mut seen: Vec<(Vmm, u32, u32)> = Vec::new();
+    for r in rows {
+        match seen.iter_mut().find(|(v, ..)| *v == r.label.vmm) {
+            Some((_, lo, hi)) => (*lo, *hi) = ((*lo).min(r.helpers), (*hi).max(r.helpers)),
+            None => seen.push((r.label.vmm, r.helpers, r.helpers)),
+        }
+    }
+    let counts: Vec<String> = seen
+        .iter()
+        .map(|&(v, lo, hi)| match lo == hi {
+            true => format!("{} {lo}", v.name()),
+            false => format!("{} {lo}-{hi}", v.name()),
+        })
+        .collect();
+    format!(
+        "Kernel vhost workers counted per row: {}.",
+        if counts.is_empty() {
+            "no rows".to_owned()
+        } else {
+            counts.join(", ")
+        }
+    )
 }
 
 /// The rows of `ours` beside QEMU `q` with `cpus` vCPUs.

@@ -18,6 +18,10 @@ pub(super) struct RowLine {
     pub(super) cpu_ms: Option<f64>,
     /// The part of it its vCPUs spent in guest mode.
     pub(super) guest_ms: Option<f64>,
+    /// The kernel's vhost worker threads found serving the VMM, whose
+    /// time is in `cpu_ms` (kernels before 6.4 run them outside the
+    /// process).
+    pub(super) helpers: u32,
 }
 
 impl RowLine {
@@ -92,7 +96,7 @@ pub(super) fn get<'a>(f: &[(&str, &'a str)], key: &str) -> Option<&'a str> {
 }
 
 /// Parses `@@NET vmm=ours cpus=1 run=0 row=tx bytes=B trans=N us=T
-/// cpu_ms=C guest_ms=G` (negative times: not read).
+/// cpu_ms=C guest_ms=G helpers=H` (negative times: not read).
 pub(super) fn parse_row_line(line: &str) -> Option<RowLine> {
     let (label, f) = fields(line, "@@NET ")?;
     let us: f64 = get(&f, "us")?.parse().ok()?;
@@ -115,6 +119,7 @@ pub(super) fn parse_row_line(line: &str) -> Option<RowLine> {
         us,
         cpu_ms: time("cpu_ms")?,
         guest_ms: time("guest_ms")?,
+        helpers: get(&f, "helpers")?.parse().ok()?,
     })
 }
 
