@@ -42,18 +42,38 @@ impl Waiter {
         )
     }
 
-    /// Adds a socket with `token`, edge-triggered, for reading and
-    /// writing (and the peer's hang-up): after each event the owner tries
-    /// both ways until they would block.
+    /// Adds a socket with `token`, edge-triggered, for reading (and the
+    /// peer's hang-up): after each event the owner reads until it would
+    /// block. Room to write is not watched until asked for
+    /// ([`Waiter::watch_writes`]): a socket with room would wake the
+    /// worker every time its peer reads.
     pub fn add_stream(&self, fd: &impl AsRawFd, token: u64) -> io::Result<()> {
         self.epoll.ctl(
             ControlOperation::Add,
             fd.as_raw_fd(),
-            EpollEvent::new(
-                EventSet::IN | EventSet::OUT | EventSet::READ_HANG_UP | EventSet::EDGE_TRIGGERED,
-                token,
-            ),
+            EpollEvent::new(Self::stream_events(false), token),
         )
+    }
+
+    /// Whether a socket added with [`Waiter::add_stream`] also wakes the
+    /// worker when it has room to write (edge-triggered; for a socket
+    /// that has just refused a write, with bytes waiting for it). Room
+    /// already there when it is asked for is reported too.
+    pub fn watch_writes(&self, fd: &impl AsRawFd, token: u64, on: bool) -> io::Result<()> {
+        self.epoll.ctl(
+            ControlOperation::Modify,
+            fd.as_raw_fd(),
+            EpollEvent::new(Self::stream_events(on), token),
+        )
+    }
+
+    fn stream_events(writes: bool) -> EventSet {
+        let read = EventSet::IN | EventSet::READ_HANG_UP | EventSet::EDGE_TRIGGERED;
+        if writes {
+            read | EventSet::OUT
+        } else {
+            read
+        }
     }
 
     /// Stops watching `fd`.
@@ -283,6 +303,42 @@ mod tests {
         w.stop();
         assert_eq!(rx.recv().unwrap(), None);
         w.stop();
+    }
+
+    #[test]
+    fn a_stream_wakes_for_room_to_write_only_when_asked() {
+        use std::io::{Read, Write};
+        use std::os::unix::net::UnixStream;
+        let stop = EventFd::new(EFD_NONBLOCK).unwrap();
+        let waiter = Worker::waiter(&stop, &Arc::new(AtomicBool::new(false))).unwrap();
+        let (ours, mut peer) = UnixStream::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let mut b = [0u8; 4];
+        let sets = |w: &Waiter| -> Vec<(u64, EventSet)> { w.wait_events(0).unwrap() };
+        waiter.add_stream(&ours, 5).unwrap();
+        assert_eq!(sets(&waiter), vec![], "room to write is not news");
+        // The peer reading our bytes frees room: that wakes nobody...
+        (&ours).write_all(b"ping").unwrap();
+        peer.read_exact(&mut b).unwrap();
+        assert_eq!(sets(&waiter), vec![]);
+        // ... the peer's bytes do.
+        peer.write_all(b"pong").unwrap();
+        assert_eq!(sets(&waiter), vec![(5, EventSet::IN)]);
+        assert_eq!(sets(&waiter), vec![], "edge-triggered");
+        (&ours).read_exact(&mut b).unwrap();
+        // Asked for, room already there is reported at once, and room
+        // freed again later.
+        waiter.watch_writes(&ours, 5, true).unwrap();
+        assert_eq!(sets(&waiter), vec![(5, EventSet::OUT)]);
+        (&ours).write_all(b"x").unwrap();
+        peer.read_exact(&mut b[..1]).unwrap();
+        let after = sets(&waiter);
+        assert_eq!(after.len(), 1);
+        assert!(after[0].1.contains(EventSet::OUT), "{after:?}");
+        waiter.watch_writes(&ours, 5, false).unwrap();
+        (&ours).write_all(b"y").unwrap();
+        peer.read_exact(&mut b[..1]).unwrap();
+        assert_eq!(sets(&waiter), vec![]);
     }
 
     #[test]

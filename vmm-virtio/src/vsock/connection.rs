@@ -100,6 +100,9 @@ pub(super) struct Connection {
     /// Edge-triggered readiness, as last seen.
     pub readable: bool,
     pub writable: bool,
+    /// Whether the worker's epoll reports room to write on the socket:
+    /// only while bytes wait for it (`!writable`).
+    pub watching_writes: bool,
     /// The socket's peer shut its side (or the socket failed): once read
     /// empty, the socket says so, and no later event will.
     pub hung_up: bool,
@@ -144,6 +147,7 @@ impl Connection {
             greeting: Vec::new(),
             readable: true,
             writable: true,
+            watching_writes: false,
             hung_up: false,
             peer_shut: 0,
             host_eof: false,

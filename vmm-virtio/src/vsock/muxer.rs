@@ -14,6 +14,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use vmm_sys_util::epoll::EventSet;
+
 use super::connection::{Connection, Flushed, Payload, State};
 use super::device::Counters;
 use super::packet::{op, shutdown, Header};
@@ -180,9 +182,10 @@ impl Muxer {
         }
     }
 
-    /// A socket is ready (edge-triggered: it is tried both ways); `hang_up`
-    /// if its peer has shut its side (or it failed).
-    pub fn ready(&mut self, token: u64, hang_up: bool, waiter: &Waiter) {
+    /// A socket is ready for `events` (edge-triggered: each way it is
+    /// ready for is tried until it would block); a hang-up or error says
+    /// its peer has shut its side (or it failed).
+    pub fn ready(&mut self, token: u64, events: EventSet, waiter: &Waiter) {
         if self.pending.contains_key(&token) {
             self.handshake(token, waiter);
             return;
@@ -190,9 +193,11 @@ impl Muxer {
         let Some(&key) = self.by_token.get(&token) else {
             return;
         };
+        let failed = EventSet::HANG_UP | EventSet::ERROR;
+        let hang_up = events.intersects(EventSet::READ_HANG_UP | failed);
         if let Some(c) = self.conns.get_mut(&key) {
-            c.readable = true;
-            c.writable = true;
+            c.readable |= hang_up || events.contains(EventSet::IN);
+            c.writable |= events.intersects(EventSet::OUT | failed);
             c.hung_up |= hang_up;
         }
         self.flush(key, waiter);
@@ -343,7 +348,16 @@ impl Muxer {
             return self.remove(key, waiter, true);
         }
         if c.drained() && (c.state == State::Closing || c.finished()) {
-            self.remove(key, waiter, true);
+            return self.remove(key, waiter, true);
+        }
+        // Room to write is watched only while bytes wait for it.
+        let want = !c.writable;
+        if want != c.watching_writes {
+            if let Err(e) = waiter.watch_writes(&c.stream, c.token, want) {
+                log::debug!("vsock: port {}: cannot watch the socket: {e}", c.host_port);
+                return self.remove(key, waiter, true);
+            }
+            c.watching_writes = want;
         }
     }
 

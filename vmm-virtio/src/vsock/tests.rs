@@ -535,6 +535,36 @@ fn the_guest_hears_of_free_space_when_its_credit_runs_low() {
 }
 
 #[test]
+fn bytes_a_full_socket_refused_follow_once_the_host_reads() {
+    let mut v = start("full");
+    let (mut s, port) = v.host_connects(1234, 1 << 20);
+    // The whole credit (256 KiB) while the host reads nothing: more than
+    // a Unix socket holds (about 208 KiB by default), so the rest waits
+    // in the device for room, which only then is watched for.
+    let chunk = |k: usize| -> Vec<u8> { (0..MAX_PKT_LEN).map(|i| ((i + k) % 251) as u8).collect() };
+    let n = CONN_BUF_ALLOC as usize / MAX_PKT_LEN;
+    for k in 0..n {
+        v.send(to_host(1234, port, op::RW), &chunk(k));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    for k in 0..n {
+        assert!(read_exact(&mut s, MAX_PKT_LEN) == chunk(k), "chunk {k}");
+    }
+    // And the connection goes on both ways.
+    v.send(to_host(1234, port, op::RW), b"more");
+    assert_eq!(read_exact(&mut s, 4), b"more");
+    s.write_all(b"back").unwrap();
+    // (After the credit updates for the space the host's reads freed.)
+    let (h, data) = loop {
+        match v.recv() {
+            (h, _) if h.op == op::CREDIT_UPDATE => continue,
+            p => break p,
+        }
+    };
+    assert_eq!((h.op, data.as_slice()), (op::RW, &b"back"[..]), "{h:?}");
+}
+
+#[test]
 fn shutdown_from_the_host_then_from_the_guest() {
     let mut v = start("shut1");
     let (mut s, port) = v.host_connects(1234, 1 << 20);

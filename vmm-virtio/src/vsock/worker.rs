@@ -17,7 +17,6 @@ use std::sync::Arc;
 
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemory;
-use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::connection::Payload;
@@ -152,10 +151,7 @@ impl<M: Memory> VsockWorker<M> {
                         self.process_tx(&waiter);
                     }
                     LISTENER => self.muxer.accept(&waiter),
-                    t if t >= FIRST_SOCKET_TOKEN => {
-                        let hang_up = EventSet::READ_HANG_UP | EventSet::HANG_UP | EventSet::ERROR;
-                        self.muxer.ready(t, ready.intersects(hang_up), &waiter);
-                    }
+                    t if t >= FIRST_SOCKET_TOKEN => self.muxer.ready(t, ready, &waiter),
                     _ => {}
                 }
             }
