@@ -244,6 +244,12 @@ pub trait VirtioDevice<M>: Send {
     /// The maximum size of each queue (powers of two); their number is the
     /// device's queue count.
     fn queue_max_sizes(&self) -> Vec<u16>;
+    /// How many MSI-X vectors its PCI function offers: by default one per
+    /// queue and one for configuration changes, so that the driver can
+    /// give each queue its own. The transport keeps it between 1 and that.
+    fn msix_vectors(&self) -> usize {
+        self.queue_max_sizes().len() + 1
+    }
     /// The device configuration space's length in bytes.
     fn config_len(&self) -> usize;
     /// The driver reads the device configuration space (`data` beyond the

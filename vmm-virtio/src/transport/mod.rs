@@ -191,7 +191,7 @@ impl<M: Memory> VirtioPciDevice<M> {
             subsystem: VIRTIO_PCI_SUBSYSTEM,
         });
         config.set_interrupt_pin(1);
-        let vectors = max_sizes.len() + 1;
+        let vectors = device.msix_vectors().clamp(1, max_sizes.len() + 1);
         let (layout, msix_size) = caps::msix_layout(vectors);
         let pci_cfg =
             caps::add_virtio_caps(&mut config, config_len as u64, max_sizes.len(), msix_size)?;

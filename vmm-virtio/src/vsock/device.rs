@@ -15,7 +15,8 @@ use vm_memory::{Bytes, GuestMemory};
 use super::muxer::Muxer;
 use super::worker::VsockWorker;
 use super::{
-    check_cid, CidError, VsockStats, EVENT_QUEUE, QUEUE_SIZE, RX_QUEUE, TX_QUEUE, VIRTIO_ID_VSOCK,
+    check_cid, CidError, VsockStats, EVENT_QUEUE, MSIX_VECTORS, QUEUE_SIZE, RX_QUEUE, TX_QUEUE,
+    VIRTIO_ID_VSOCK,
 };
 use crate::device::{
     ActivateContext, ActivateError, DeviceSnapshot, DeviceState, QueueHome, SnapshotError,
@@ -185,6 +186,10 @@ impl<M: Memory> VirtioDevice<M> for VirtioVsock {
 
     fn queue_max_sizes(&self) -> Vec<u16> {
         vec![QUEUE_SIZE; 3]
+    }
+
+    fn msix_vectors(&self) -> usize {
+        MSIX_VECTORS
     }
 
     fn config_len(&self) -> usize {

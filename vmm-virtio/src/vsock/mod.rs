@@ -62,6 +62,13 @@ pub use vhost::{VhostError, VhostVsock};
 
 /// The virtio device ID of a socket device.
 pub const VIRTIO_ID_VSOCK: u32 = 19;
+/// The MSI-X vectors of a socket device's PCI function: QEMU's `vectors`
+/// for its vhost-vsock-pci (and vhost-user-vsock-pci), so that the guest
+/// sees the device it would see there. Fewer than the four a vector per
+/// queue and one for configuration need, so Linux's virtio_pci takes one
+/// for configuration and shares one among the three queues: a receive
+/// and a transmit completion close together are one interrupt.
+pub const MSIX_VECTORS: usize = 3;
 /// The host's CID.
 pub const HOST_CID: u64 = 2;
 /// The lowest CID a guest may have (0, 1 and 2 are reserved).

@@ -24,7 +24,7 @@ use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::{check_cid, CidError, QUEUE_SIZE, RX_QUEUE, TX_QUEUE, VIRTIO_ID_VSOCK};
+use super::{check_cid, CidError, MSIX_VECTORS, QUEUE_SIZE, RX_QUEUE, TX_QUEUE, VIRTIO_ID_VSOCK};
 use crate::device::{ActivateContext, ActivateError, ActiveQueue, DeviceState, VirtioDevice};
 use crate::vhost::{forward_calls, host_address, IoctlError, OpenError, VhostFile};
 use crate::worker::{ThreadStart, Waiter, Worker};
@@ -172,6 +172,10 @@ impl<M: Memory> VirtioDevice<M> for VhostVsock {
 
     fn queue_max_sizes(&self) -> Vec<u16> {
         vec![QUEUE_SIZE; 3]
+    }
+
+    fn msix_vectors(&self) -> usize {
+        MSIX_VECTORS
     }
 
     fn config_len(&self) -> usize {
