@@ -23,16 +23,28 @@ pub trait VirtioInterrupt: Send + Sync {
     fn set_needs_reset(&self);
     /// Queue `queue`'s interrupts are signals of `evt` from outside the
     /// VMM (the kernel's vhost): let KVM send them itself where it can (an
-    /// irqfd, while the queue's MSI-X vector is unmasked). The device still
-    /// reads `evt` (non-blocking) and passes on with
-    /// [`VirtioInterrupt::signal_queue`] what it finds there: signals KVM
-    /// did not take. Returns whether the transport can do this at all.
+    /// irqfd, while the queue's MSI-X vector is unmasked: the queue's
+    /// *direct line* is on). While it is off the device reads `evt`
+    /// (non-blocking) and passes on with [`VirtioInterrupt::signal_queue`]
+    /// what it finds there. Returns whether the transport can do this at
+    /// all.
     fn connect_queue(&self, _queue: u16, _evt: &Arc<EventFd>) -> bool {
         false
     }
     /// Undoes [`VirtioInterrupt::connect_queue`] (before the device stops
     /// reading `evt`).
     fn disconnect_queue(&self, _queue: u16) {}
+    /// Whether queue `queue`'s direct line is on: KVM takes every signal
+    /// of its `evt`, and the device has nothing to read there.
+    fn is_direct(&self, _queue: u16) -> bool {
+        false
+    }
+    /// An eventfd signalled whenever a direct line goes on or off, for a
+    /// device that reads `evt` only while its line is off; None where no
+    /// line can be on (the device then reads every `evt` all along).
+    fn direct_changes(&self) -> Option<Arc<EventFd>> {
+        None
+    }
 }
 
 /// One queue the driver enabled, ready for the device.

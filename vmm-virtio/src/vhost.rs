@@ -305,30 +305,73 @@ pub fn host_address<M: GuestMemory>(mem: &M, addr: GuestAddress) -> Option<u64> 
 
 /// Serves the kernel's interrupt eventfds (`calls`, each with its queue)
 /// until the worker is told to stop: each becomes a direct line to KVM
-/// where the transport can ([`VirtioInterrupt::connect_queue`]), and what
-/// KVM does not take (a masked vector, MSI-X off, no direct line) is read
-/// here and passed on with `signal_queue`. Returns false if it could not
-/// wait at all.
+/// where the transport can ([`VirtioInterrupt::connect_queue`]), and
+/// while a line is off (a masked vector, MSI-X off, no route) its eventfd
+/// is read here and what it holds passed on with `signal_queue`. A line
+/// that is on is not watched: KVM takes its signals, and watching it
+/// would wake this thread for every interrupt for nothing. Returns false
+/// if it could not wait at all.
 pub fn forward_calls(
     name: &str,
     waiter: &Waiter,
     calls: &[(&Arc<EventFd>, u16)],
     interrupt: &dyn VirtioInterrupt,
 ) -> bool {
-    for (token, (call, _)) in calls.iter().enumerate() {
-        if let Err(e) = waiter.add(call.as_ref(), token as u64) {
-            log::error!("{name}: cannot wait on the kernel's interrupts: {e}");
+    let changes = interrupt.direct_changes();
+    if let Some(c) = &changes {
+        if let Err(e) = waiter.add(c.as_ref(), CHANGES) {
+            log::error!("{name}: cannot wait on the interrupt routes: {e}");
             return false;
         }
     }
     for (call, queue) in calls {
         interrupt.connect_queue(*queue, call);
     }
-    let done = pass_on(name, waiter, calls, interrupt);
+    let mut watched = vec![false; calls.len()];
+    let done = watch(name, waiter, calls, interrupt, &mut watched)
+        && pass_on(
+            name,
+            waiter,
+            calls,
+            interrupt,
+            changes.as_deref(),
+            &mut watched,
+        );
     for (_, queue) in calls {
         interrupt.disconnect_queue(*queue);
     }
     done
+}
+
+/// The token of the transport's [`VirtioInterrupt::direct_changes`].
+const CHANGES: u64 = STOP_TOKEN - 1;
+
+/// Watches the eventfds of the calls whose direct line is off, and only
+/// those (`watched` says which are).
+fn watch(
+    name: &str,
+    waiter: &Waiter,
+    calls: &[(&Arc<EventFd>, u16)],
+    interrupt: &dyn VirtioInterrupt,
+    watched: &mut [bool],
+) -> bool {
+    for (token, ((call, queue), on)) in calls.iter().zip(watched.iter_mut()).enumerate() {
+        let want = !interrupt.is_direct(*queue);
+        if want == *on {
+            continue;
+        }
+        let done = if want {
+            waiter.add(call.as_ref(), token as u64)
+        } else {
+            waiter.remove(call.as_ref())
+        };
+        if let Err(e) = done {
+            log::error!("{name}: cannot wait on the kernel's interrupts: {e}");
+            return false;
+        }
+        *on = want;
+    }
+    true
 }
 
 /// [`forward_calls`]' loop.
@@ -337,6 +380,8 @@ fn pass_on(
     waiter: &Waiter,
     calls: &[(&Arc<EventFd>, u16)],
     interrupt: &dyn VirtioInterrupt,
+    changes: Option<&EventFd>,
+    watched: &mut [bool],
 ) -> bool {
     loop {
         let tokens = match waiter.wait() {
@@ -349,9 +394,17 @@ fn pass_on(
         if tokens.contains(&STOP_TOKEN) || waiter.stopping() {
             return true;
         }
+        if tokens.contains(&CHANGES) {
+            if let Some(c) = changes {
+                let _ = c.read();
+            }
+            if !watch(name, waiter, calls, interrupt, watched) {
+                return true;
+            }
+        }
         for t in tokens {
             if let Some((call, queue)) = calls.get(t as usize) {
-                // Empty when KVM took the signal first (a direct line).
+                // Empty when KVM took the signal (a line just turned on).
                 if call.read().is_ok() {
                     interrupt.signal_queue(*queue);
                 }
@@ -363,6 +416,69 @@ fn pass_on(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Mutex;
+    use std::time::{Duration, Instant};
+    use vmm_sys_util::eventfd::EFD_NONBLOCK;
+
+    /// A transport whose one line the test turns on and off.
+    struct Lines {
+        direct: AtomicBool,
+        changes: Arc<EventFd>,
+        signalled: Mutex<Vec<u16>>,
+    }
+
+    impl VirtioInterrupt for Lines {
+        fn signal_queue(&self, queue: u16) {
+            self.signalled.lock().unwrap().push(queue);
+        }
+        fn signal_config(&self) {}
+        fn set_needs_reset(&self) {}
+        fn connect_queue(&self, _queue: u16, _evt: &Arc<EventFd>) -> bool {
+            true
+        }
+        fn is_direct(&self, _queue: u16) -> bool {
+            self.direct.load(Ordering::SeqCst)
+        }
+        fn direct_changes(&self) -> Option<Arc<EventFd>> {
+            Some(Arc::clone(&self.changes))
+        }
+    }
+
+    #[test]
+    fn a_call_is_read_only_while_its_direct_line_is_off() {
+        let lines = Arc::new(Lines {
+            direct: AtomicBool::new(true),
+            changes: Arc::new(EventFd::new(EFD_NONBLOCK).unwrap()),
+            signalled: Mutex::new(Vec::new()),
+        });
+        let call = Arc::new(EventFd::new(EFD_NONBLOCK).unwrap());
+        let mut w = crate::worker::Worker::new("test calls", None).unwrap();
+        let (l, c) = (Arc::clone(&lines), Arc::clone(&call));
+        w.start(move |waiter| {
+            forward_calls("test", &waiter, &[(&c, 5)], &*l);
+        })
+        .unwrap();
+        let signalled = |n: usize| {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while lines.signalled.lock().unwrap().len() < n {
+                assert!(Instant::now() < deadline, "not passed on");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            lines.signalled.lock().unwrap().clone()
+        };
+        // On: the signal is KVM's; the worker does not even wake for it.
+        call.write(1).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(signalled(0), Vec::<u16>::new());
+        // Off: what KVM did not take is passed on, and what comes after.
+        lines.direct.store(false, Ordering::SeqCst);
+        lines.changes.write(1).unwrap();
+        assert_eq!(signalled(1), [5]);
+        call.write(1).unwrap();
+        assert_eq!(signalled(2), [5, 5]);
+        w.stop();
+    }
 
     #[test]
     fn the_ioctl_numbers_are_the_kernels() {

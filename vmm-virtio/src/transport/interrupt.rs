@@ -21,7 +21,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use vmm_pci::msix::{MsiMessage, Msix};
 
@@ -58,6 +58,8 @@ pub struct InterruptHub {
     routes: Option<Arc<dyn MsiRoutes>>,
     /// Per queue, its direct line if it has one.
     direct: Mutex<Vec<Option<DirectLine>>>,
+    /// Signalled when a direct line goes on or off (with routes only).
+    changes: Option<Arc<EventFd>>,
 }
 
 /// A queue's interrupt eventfd that KVM may serve itself.
@@ -103,13 +105,34 @@ impl InterruptHub {
             needs_reset: AtomicBool::new(false),
             routes: None,
             direct: Mutex::new((0..queues).map(|_| None).collect()),
+            changes: None,
         }
     }
 
-    /// MSI routes for direct lines (without them a queue never has one).
+    /// MSI routes for direct lines (without them a queue never has one),
+    /// and the eventfd that says when one goes on or off (without it, a
+    /// device reads every line all along).
     pub fn with_routes(mut self, routes: Option<Arc<dyn MsiRoutes>>) -> Self {
+        self.changes = routes
+            .as_ref()
+            .and_then(|_| match EventFd::new(EFD_NONBLOCK) {
+                Ok(e) => Some(Arc::new(e)),
+                Err(e) => {
+                    log::warn!("virtio: no eventfd for interrupt route changes: {e}");
+                    None
+                }
+            });
         self.routes = routes;
         self
+    }
+
+    /// Says that a direct line went on or off.
+    fn changed(&self) {
+        if let Some(c) = &self.changes {
+            if let Err(e) = c.write(1) {
+                log::warn!("virtio: cannot say a direct line changed: {e}");
+            }
+        }
     }
 
     /// What queue `queue`'s direct line should send now: its vector's
@@ -131,10 +154,12 @@ impl InterruptHub {
             return;
         };
         let mut direct = lock(&self.direct);
+        let mut toggled = false;
         for (queue, line) in direct.iter_mut().enumerate() {
             let Some(line) = line else {
                 continue;
             };
+            let was_on = line.on.is_some();
             let want = self.direct_message(queue);
             line.on = match (line.on, want) {
                 (None, None) => None,
@@ -165,6 +190,11 @@ impl InterruptHub {
                     None
                 }
             };
+            toggled |= line.on.is_some() != was_on;
+        }
+        drop(direct);
+        if toggled {
+            self.changed();
         }
     }
 
@@ -377,7 +407,18 @@ impl VirtioInterrupt for InterruptHub {
         if let (Some(old), Some(routes)) = (old, &self.routes) {
             if let Some((route, _)) = old.on {
                 routes.disconnect(route, &old.evt);
+                self.changed();
             }
         }
+    }
+
+    fn is_direct(&self, queue: u16) -> bool {
+        lock(&self.direct)
+            .get(usize::from(queue))
+            .is_some_and(|l| l.as_ref().is_some_and(|l| l.on.is_some()))
+    }
+
+    fn direct_changes(&self) -> Option<Arc<EventFd>> {
+        self.changes.clone()
     }
 }

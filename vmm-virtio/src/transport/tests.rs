@@ -276,8 +276,14 @@ fn a_direct_line_follows_its_vector_and_its_mask() {
         data,
     };
     let evt = Arc::new(EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).unwrap());
+    // Each time a line goes on or off the device hears of it, and only
+    // then (it watches `evt` only while the line is off).
+    let changes = irq.direct_changes().expect("routes: lines can be on");
+    let changed = || changes.read().is_ok();
+    assert!(!irq.is_direct(0));
     assert!(irq.connect_queue(0, &evt));
     assert_eq!(s.fakes.routes.connected(), [msg(0x30)]);
+    assert!(irq.is_direct(0) && changed());
     // The kernel's signal goes to KVM, not to the worker.
     s.fakes.routes.kernel_signal(&evt);
     assert_eq!(s.fakes.msi.items(), [msg(0x30)]);
@@ -285,10 +291,12 @@ fn a_direct_line_follows_its_vector_and_its_mask() {
     // The guest rewrites the vector's message: the route follows.
     msix_vector(&mut s.dev, 0, 0x40);
     assert_eq!(s.fakes.routes.connected(), [msg(0x40)]);
+    assert!(irq.is_direct(0) && !changed(), "still on: nothing to hear");
     // Masked, the line is off: the worker reads the signal and passes it
     // on, which leaves it pending until the guest unmasks the vector.
     s.dev.bar_write(2, 12, &1u32.to_le_bytes());
     assert!(s.fakes.routes.connected().is_empty());
+    assert!(!irq.is_direct(0) && changed());
     s.fakes.routes.kernel_signal(&evt);
     assert_eq!(evt.read().unwrap(), 1);
     irq.signal_queue(0);
@@ -296,6 +304,7 @@ fn a_direct_line_follows_its_vector_and_its_mask() {
     s.dev.bar_write(2, 12, &0u32.to_le_bytes());
     assert_eq!(s.fakes.msi.items(), [msg(0x30), msg(0x40)]);
     assert_eq!(s.fakes.routes.connected(), [msg(0x40)]);
+    assert!(irq.is_direct(0) && changed());
     // Another vector for the queue, then none.
     write(&mut s.dev, QUEUE_SELECT, 2, 0);
     write(&mut s.dev, QUEUE_MSIX_VECTOR, 2, 1);
@@ -310,9 +319,11 @@ fn a_direct_line_follows_its_vector_and_its_mask() {
     assert!(s.fakes.routes.connected().is_empty());
     cfg_write(&mut s.dev, cap + 2, 2, 0x8000);
     assert_eq!(s.fakes.routes.connected(), [msg(0x40)]);
+    assert!(irq.is_direct(0) && changed());
     // The device lets go of it; a queue that does not exist has none.
     irq.disconnect_queue(0);
     assert!(s.fakes.routes.connected().is_empty());
+    assert!(!irq.is_direct(0) && changed());
     assert!(!irq.connect_queue(7, &evt));
     // A device reset takes a line off with the vectors.
     assert!(irq.connect_queue(0, &evt));
