@@ -12,8 +12,9 @@ use vmm_pci::msix::MsiMessage;
 use vmm_pci::PciDevice;
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::device::VirtioDevice;
 use crate::seams::{Doorbells, IntxLine, MsiRoutes, MsiSender};
-use crate::transport::TransportSeams;
+use crate::transport::{TransportSeams, VirtioPciDevice};
 
 /// Guest memory of the tests: as the machine's, with a dirty bitmap of
 /// the writes the devices make.
@@ -417,6 +418,38 @@ pub fn msix_vector(d: &mut dyn PciDevice, v: u64, data: u32) {
     d.bar_write(2, e, &0xfee0_0000u64.to_le_bytes());
     d.bar_write(2, e + 8, &data.to_le_bytes());
     d.bar_write(2, e + 12, &0u32.to_le_bytes());
+}
+
+/// `device` as PCI function `name` on `mem`, its BARs where every test
+/// puts them (0 at 0xc000_0000, 2 at 0xc000_4000), not yet decoding.
+pub fn placed(
+    name: &str,
+    device: Box<dyn VirtioDevice<Mem>>,
+    mem: &Arc<Mem>,
+    seams: TransportSeams,
+) -> VirtioPciDevice<Mem> {
+    let mut dev = VirtioPciDevice::new(name, device, Arc::clone(mem), seams).unwrap();
+    dev.config_mut().set_bar_base(0, 0xc000_0000);
+    dev.config_mut().set_bar_base(2, 0xc000_4000);
+    dev.config_mut().set_reset_state();
+    dev
+}
+
+/// [`placed`], decoding memory, with MSI-X on and its vectors
+/// `0..vectors` sending data 0x40 + v.
+pub fn plugged(
+    name: &str,
+    device: Box<dyn VirtioDevice<Mem>>,
+    mem: &Arc<Mem>,
+    seams: TransportSeams,
+    vectors: u64,
+) -> VirtioPciDevice<Mem> {
+    let mut dev = placed(name, device, mem, seams);
+    cfg_write(&mut dev, 4, 2, u32::from(vmm_pci::config::COMMAND_MEMORY));
+    for v in 0..vectors {
+        msix_vector(&mut dev, v, 0x40 + v as u32);
+    }
+    dev
 }
 
 /// How a test driver sets a queue up.

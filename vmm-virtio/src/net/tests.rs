@@ -11,8 +11,6 @@ use std::sync::{Arc, Mutex};
 use virtio_bindings::virtio_net::*;
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use vm_memory::{Bytes, GuestAddress};
-use vmm_pci::config::COMMAND_MEMORY;
-use vmm_pci::PciDevice;
 
 use super::device::FEATURES;
 use super::*;
@@ -92,20 +90,7 @@ fn start(want: u64) -> Net {
     let handle = net.handle();
     let mem = memory(4 << 20);
     let fakes = Fakes::new(false);
-    let mut dev = VirtioPciDevice::new(
-        "virtio-net-pci",
-        Box::new(net),
-        Arc::clone(&mem),
-        fakes.seams(),
-    )
-    .unwrap();
-    dev.config_mut().set_bar_base(0, 0xc000_0000);
-    dev.config_mut().set_bar_base(2, 0xc000_4000);
-    dev.config_mut().set_reset_state();
-    cfg_write(&mut dev, 4, 2, u32::from(COMMAND_MEMORY));
-    msix_vector(&mut dev, 0, 0x40);
-    msix_vector(&mut dev, 1, 0x41);
-    msix_vector(&mut dev, 2, 0x42);
+    let dev = plugged("virtio-net-pci", Box::new(net), &mem, fakes.seams(), 3);
     let mut n = Net {
         dev,
         rx: Ring::new(&mem, RX_RING, 16),

@@ -8,8 +8,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use vm_memory::{Bytes, GuestAddress};
-use vmm_pci::config::COMMAND_MEMORY;
-use vmm_pci::PciDevice;
 
 use super::*;
 use crate::device::VirtioDevice;
@@ -56,19 +54,7 @@ fn start(limit: RateLimit) -> Rig {
     let handle = rng.handle();
     let mem = memory(4 << 20);
     let fakes = Fakes::new(false);
-    let mut dev = VirtioPciDevice::new(
-        "virtio-rng-pci",
-        Box::new(rng),
-        Arc::clone(&mem),
-        fakes.seams(),
-    )
-    .unwrap();
-    dev.config_mut().set_bar_base(0, 0xc000_0000);
-    dev.config_mut().set_bar_base(2, 0xc000_4000);
-    dev.config_mut().set_reset_state();
-    cfg_write(&mut dev, 4, 2, u32::from(COMMAND_MEMORY));
-    msix_vector(&mut dev, 0, 0x40);
-    msix_vector(&mut dev, 1, 0x41);
+    let dev = plugged("virtio-rng-pci", Box::new(rng), &mem, fakes.seams(), 2);
     let mut r = Rig {
         dev,
         ring: Ring::new(&mem, RING, 16),

@@ -7,9 +7,7 @@ use std::sync::Arc;
 use virtio_bindings::virtio_blk::*;
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use vm_memory::{Bytes, GuestAddress};
-use vmm_pci::config::COMMAND_MEMORY;
 use vmm_pci::msix::MsiMessage;
-use vmm_pci::PciDevice;
 use vmm_sys_util::tempfile::TempFile;
 
 use super::*;
@@ -137,12 +135,7 @@ fn start(tweak: impl FnOnce(&mut BlockConfig), msix: bool, want: u64) -> Blk {
         }),
         ..fakes.seams()
     };
-    let mut dev =
-        VirtioPciDevice::new("virtio-blk-pci", Box::new(blk), Arc::clone(&mem), seams).unwrap();
-    dev.config_mut().set_bar_base(0, 0xc000_0000);
-    dev.config_mut().set_bar_base(2, 0xc000_4000);
-    dev.config_mut().set_reset_state();
-    cfg_write(&mut dev, 4, 2, u32::from(COMMAND_MEMORY));
+    let dev = plugged("virtio-blk-pci", Box::new(blk), &mem, seams, 0);
     let mut b = Blk {
         dev,
         mem,

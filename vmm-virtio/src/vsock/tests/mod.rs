@@ -10,8 +10,6 @@ use std::sync::Arc;
 
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use vm_memory::{Bytes, GuestAddress};
-use vmm_pci::config::COMMAND_MEMORY;
-use vmm_pci::PciDevice;
 
 use super::packet::{op, shutdown, Header, HDR_LEN, TYPE_STREAM};
 use super::*;
@@ -62,21 +60,14 @@ fn start(tag: &str) -> Vsock {
     let handle = vsock.handle();
     let mem = memory(16 << 20);
     let fakes = Fakes::new(false);
-    let mut dev = VirtioPciDevice::new(
+    // QEMU's three vectors: here one per queue, the configuration none.
+    let mut dev = plugged(
         "virtio-vsock-pci",
         Box::new(vsock),
-        Arc::clone(&mem),
+        &mem,
         fakes.seams(),
-    )
-    .unwrap();
-    dev.config_mut().set_bar_base(0, 0xc000_0000);
-    dev.config_mut().set_bar_base(2, 0xc000_4000);
-    dev.config_mut().set_reset_state();
-    cfg_write(&mut dev, 4, 2, u32::from(COMMAND_MEMORY));
-    // QEMU's three vectors: here one per queue, the configuration none.
-    for v in 0..MSIX_VECTORS as u64 {
-        msix_vector(&mut dev, v, 0x40 + v as u32);
-    }
+        MSIX_VECTORS as u64,
+    );
     let rx = Ring::new(&mem, RX_RING, SIZE);
     let tx = Ring::new(&mem, TX_RING, SIZE);
     let ev = Ring::new(&mem, EV_RING, SIZE);

@@ -22,17 +22,12 @@ fn twin(b: &Blk, image: &TempFile) -> VirtioPciDevice<Mem> {
     let mut config = BlockConfig::new(image.as_path());
     config.aio = AIO.get();
     let blk = VirtioBlk::new(&config, Arc::new(Events(Recorder::new()))).unwrap();
-    let mut dev = VirtioPciDevice::new(
+    placed(
         "virtio-blk-pci",
         Box::new(blk),
-        Arc::clone(&b.mem),
+        &b.mem,
         Fakes::new(false).seams(),
     )
-    .unwrap();
-    dev.config_mut().set_bar_base(0, 0xc000_0000);
-    dev.config_mut().set_bar_base(2, 0xc000_4000);
-    dev.config_mut().set_reset_state();
-    dev
 }
 
 fn a_snapshot_round_trips_and_the_disk_carries_on() {
