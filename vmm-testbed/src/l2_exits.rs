@@ -40,6 +40,19 @@ pub fn record_wanted() -> bool {
     std::env::var(RECORD_ENV).map_or(true, |v| v != "0")
 }
 
+/// L1's trace buffer (KiB per CPU) while it records every L2 exit: only
+/// the last few exits before a triple fault are read ([`RESET_EXITS`] per
+/// vCPU; 32 KiB keeps some 500 a CPU). Every benchmark's guest ends by a
+/// triple fault (`reboot=t`), which stops the recording until the
+/// watcher, every 15 s, reads the record and starts it again: with the
+/// kernel's default 1408 KiB a CPU that read (busybox `grep` and `awk`
+/// over some 50 000 lines, under TCG) took 5-9 s of L1's CPU, often
+/// inside the next VMM's measured rows.
+pub const RECORD_KB: u32 = 32;
+/// L1's trace buffer (KiB per CPU) for a [`SAMPLE_SECONDS`] sample of
+/// every exit: the kernel's default, so the sample counts them all.
+pub const SAMPLE_KB: u32 = 1408;
+
 /// How many of each vCPU's last exits a [`RESET_MARKER`] line shows.
 pub const RESET_EXITS: usize = 8;
 /// How far past `__svm_vcpu_run` an L2 RIP counts as L1's VMRUN code
@@ -70,14 +83,14 @@ l2_exits() {{
   fi
   l2_resets
   touch /tmp/l2_sampling
-  echo 0 >$t/tracing_on; echo >$t/trace
+  echo 0 >$t/tracing_on; echo >$t/trace; echo {SAMPLE_KB} >$t/buffer_size_kb
   echo 1 >$t/events/kvm/kvm_exit/enable; echo 1 >$t/tracing_on
   sleep {SAMPLE_SECONDS}
   echo 0 >$t/tracing_on
   echo "{EXITS_MARKER}$(awk '/kvm_exit:/ {{ {KVM_EXIT_FIELDS}
     n[v]++; last[v] = w "," r }}
     END {{ for (v in n) printf " vcpu%s=%d,%s", v, n[v], last[v] }}' $t/trace)"
-  echo >$t/trace; echo 1 >$t/tracing_on
+  echo >$t/trace; echo {RECORD_KB} >$t/buffer_size_kb; echo 1 >$t/tracing_on
   rm -f /tmp/l2_sampling
 }}
 l2_trace_start() {{
@@ -85,7 +98,7 @@ l2_trace_start() {{
   [ -e $t/events/kvm/kvm_exit/enable ] || mount -t tracefs tracefs $t 2>/dev/null
   [ -e $t/events/kvm/kvm_exit/enable ] || return
   echo 'traceoff if exit_reason == {SVM_EXIT_SHUTDOWN}' >$t/events/kvm/kvm_exit/trigger 2>/dev/null
-  echo 0 >$t/tracing_on; echo >$t/trace
+  echo 0 >$t/tracing_on; echo >$t/trace; echo {RECORD_KB} >$t/buffer_size_kb
   echo 1 >$t/events/kvm/kvm_exit/enable; echo 1 >$t/tracing_on
 }}
 l2_resets() {{

@@ -390,6 +390,7 @@ fn section(rows: &[RowLine], runs: usize, sizes: Sizes, notes: Vec<String>) -> S
          better; CPU per GiB: less is better (the goal column states parity with QEMU).",
     );
     s.note(helpers_note(rows));
+    s.note(others_note(rows));
     s.note(
         "Nested, every exit of L2 goes through L1's TCG-emulated SVM and L1's own network stack \
          runs under TCG: compare the two VMMs with each other, not with hardware figures.",
@@ -444,6 +445,26 @@ fn helpers_note(rows: &[RowLine]) -> String {
         } else {
             counts.join(", ")
         }
+    )
+}
+
+/// How much other work L1 did during the rows: the median and the
+/// largest of [`RowLine::other_ms`], and which row that was.
+fn others_note(rows: &[RowLine]) -> String {
+    let mut ms: Vec<f64> = rows.iter().map(|r| r.other_ms).collect();
+    ms.sort_by(f64::total_cmp);
+    let Some(worst) = rows.iter().max_by(|a, b| a.other_ms.total_cmp(&b.other_ms)) else {
+        return "Other work in L1 during the rows: no rows.".to_owned();
+    };
+    format!(
+        "Other work in L1 during the rows (the CPU time of every task but the VMM, its vhost \
+         workers and net_load, from /proc in L1): median {:.0} ms a row, the most {:.0} ms \
+         ({}, {}: {:.0}% of one CPU over the row).",
+        ms[ms.len() / 2],
+        worst.other_ms,
+        worst.label.describe(),
+        worst.kind.label(worst.label.vmm.is_vsock()),
+        worst.other_ms / (worst.us / 1e3) * 100.0
     )
 }
 
@@ -529,6 +550,19 @@ fn guest_initrd(
     Ok(initrd)
 }
 
+/// `BENCH_NET_CONSOLE=PATH` keeps each L1 session's console in `PATH.N`
+/// (session N): every marker line, those no report shows too (the tasks
+/// that used L1's CPU beside a row's VMM, `@@NETOTHER`).
+fn keep_console(session: usize, console: &str) {
+    if let Some(path) = std::env::var_os("BENCH_NET_CONSOLE") {
+        let mut path = std::path::PathBuf::from(path).into_os_string();
+        path.push(format!(".{session}"));
+        if let Err(e) = std::fs::write(&path, console) {
+            eprintln!("xtask: BENCH_NET_CONSOLE: {}: {e}", path.to_string_lossy());
+        }
+    }
+}
+
 /// Boots every VMM `runs` times per vCPU count (see the module docs);
 /// returns the rows of the good boots and the notes (sessions, vhost-net,
 /// failures).
@@ -583,6 +617,7 @@ fn boots(runs: usize, sizes: Sizes) -> Result<(Vec<RowLine>, Vec<String>)> {
         eprintln!("xtask: network, session {session}: {} boots", pending.len());
         let run = vmm_testbed::run_linux(&guest, &vmm, &job);
         let console = session::l1_console("network", session, run, &mut notes)?;
+        keep_console(session, &console);
         let p = parse_console(&console);
         for r in &p.good {
             eprintln!(

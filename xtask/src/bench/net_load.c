@@ -44,10 +44,12 @@
  * so every byte has arrived), and the VMM's utime + stime and guest_time
  * (/proc/PID/stat, every thread) are read at both ends. One line per row:
  *
- *   @@NET LABEL row=NAME bytes=B trans=N us=T cpu_ms=C guest_ms=G
+ *   @@NET LABEL row=NAME bytes=B trans=N us=T cpu_ms=C guest_ms=G helpers=H other_ms=O
  *
  * (B the stream's bytes, N the request/response pairs, C and G -1 when
- * unreadable). An error on this side prints "@@NET-ERROR LABEL what: why"
+ * unreadable, H the kernel's vhost workers counted in C, O the CPU time
+ * of every other task in L1 over the row: the work that competed with
+ * the VMM for L1's CPUs). An error on this side prints "@@NET-ERROR LABEL what: why"
  * (and no line for its row). At the end: "@@NETRUN LABEL status=S done=D
  * errors=E" (S the exit status, "signal-N" or "timeout"; D 1 when the
  * guest printed "@@NET-DONE"; E the errors on this side); unless 0, 1 and
@@ -327,6 +329,63 @@ static void stat_ms(pid_t pid, double *cpu, double *guest)
 	*guest = v[43] * tick_ms;
 }
 
+/* The CPU time of every task in L1 (10 ms ticks), to tell what else ran
+ * during a row: everything but the VMM's threads, its vhost workers and
+ * this program's own. */
+#define MAX_TASKS_ALL 4096
+struct l1_tasks {
+	int n;
+	pid_t pid[MAX_TASKS_ALL], tid[MAX_TASKS_ALL];
+	long ticks[MAX_TASKS_ALL];
+	char comm[MAX_TASKS_ALL][16];
+};
+
+static void l1_tasks(struct l1_tasks *a)
+{
+	char path[600], buf[1024];
+	a->n = 0;
+	DIR *d = opendir("/proc");
+	if (!d)
+		return;
+	for (struct dirent *e; (e = readdir(d));) {
+		if (e->d_name[0] < '1' || e->d_name[0] > '9')
+			continue;
+		snprintf(path, sizeof path, "/proc/%s/task", e->d_name);
+		DIR *t = opendir(path);
+		if (!t)
+			continue;
+		for (struct dirent *f; (f = readdir(t)) && a->n < MAX_TASKS_ALL;) {
+			if (f->d_name[0] < '1' || f->d_name[0] > '9')
+				continue;
+			snprintf(path, sizeof path, "/proc/%s/task/%s/stat", e->d_name, f->d_name);
+			int fd = open(path, O_RDONLY | O_CLOEXEC);
+			if (fd < 0)
+				continue;
+			ssize_t n = read(fd, buf, sizeof buf - 1);
+			close(fd);
+			if (n <= 0)
+				continue;
+			buf[n] = 0;
+			char *l = strchr(buf, '('), *r = strrchr(buf, ')');
+			if (!l || !r || r < l)
+				continue;
+			unsigned long long v[16] = { 0 };
+			int field = 3;
+			char *save = NULL;
+			for (char *x = strtok_r(r + 1, " ", &save); x && field < 16;
+			     x = strtok_r(NULL, " ", &save), field++)
+				v[field] = strtoull(x, NULL, 10);
+			int i = a->n++;
+			snprintf(a->comm[i], sizeof a->comm[i], "%.*s", (int)(r - l - 1), l + 1);
+			a->pid[i] = (pid_t)strtol(e->d_name, NULL, 10);
+			a->tid[i] = (pid_t)strtol(f->d_name, NULL, 10);
+			a->ticks[i] = (long)(v[14] + v[15]);
+		}
+		closedir(t);
+	}
+	closedir(d);
+}
+
 /* The kernel's vhost workers that serve the VMM. Before Linux 6.4 each
  * vhost device moves its data on a kernel thread of its own, named
  * vhost-TID after the thread that owned the device (VHOST_SET_OWNER):
@@ -334,50 +393,24 @@ static void stat_ms(pid_t pid, double *cpu, double *guest)
  * out. They are found by name and their time added to the VMM's (from
  * 6.4 the worker is a thread of the VMM's own and none is found). */
 #define MAX_HELPERS 16
-#define MAX_TASKS 512
 struct helpers {
 	int n;
 	pid_t pid[MAX_HELPERS];
 };
 
-static void find_helpers(pid_t vmm, struct helpers *h)
+static void find_helpers(pid_t vmm, const struct l1_tasks *a, struct helpers *h)
 {
-	char path[64];
-	long tasks[MAX_TASKS];
-	int ntasks = 0;
 	h->n = 0;
-	snprintf(path, sizeof path, "/proc/%d/task", (int)vmm);
-	DIR *d = opendir(path);
-	if (!d)
-		return;
-	for (struct dirent *e; (e = readdir(d)) && ntasks < MAX_TASKS;)
-		if (e->d_name[0] >= '1' && e->d_name[0] <= '9')
-			tasks[ntasks++] = strtol(e->d_name, NULL, 10);
-	closedir(d);
-	d = opendir("/proc");
-	if (!d)
-		return;
-	for (struct dirent *e; (e = readdir(d)) && h->n < MAX_HELPERS;) {
-		if (e->d_name[0] < '1' || e->d_name[0] > '9')
+	for (int i = 0; i < a->n && h->n < MAX_HELPERS; i++) {
+		if (strncmp(a->comm[i], "vhost-", 6) != 0 || a->pid[i] != a->tid[i])
 			continue;
-		long pid = strtol(e->d_name, NULL, 10);
-		char comm[32] = { 0 };
-		snprintf(path, sizeof path, "/proc/%ld/comm", pid);
-		int fd = open(path, O_RDONLY | O_CLOEXEC);
-		if (fd < 0)
-			continue;
-		ssize_t n = read(fd, comm, sizeof comm - 1);
-		close(fd);
-		if (n <= 6 || strncmp(comm, "vhost-", 6) != 0)
-			continue;
-		long owner = strtol(comm + 6, NULL, 10);
-		for (int i = 0; i < ntasks; i++)
-			if (tasks[i] == owner) {
-				h->pid[h->n++] = (pid_t)pid;
+		pid_t owner = (pid_t)strtol(a->comm[i] + 6, NULL, 10);
+		for (int j = 0; j < a->n; j++)
+			if (a->pid[j] == vmm && a->tid[j] == owner) {
+				h->pid[h->n++] = a->pid[i];
 				break;
 			}
 	}
-	closedir(d);
 }
 
 /* The VMM's CPU time (stat_ms) plus its vhost workers' (all kernel
@@ -393,15 +426,60 @@ static void cpu_ms(pid_t vmm, const struct helpers *h, double *cpu, double *gues
 	}
 }
 
+/* The CPU time in ms that L1's other tasks used between `before` and now
+ * (a task new since counts whole); when over 100 ms, the busiest five are
+ * named on a line of their own:
+ *   @@NETOTHER LABEL row=NAME [TID COMM MS]... */
+static double other_ms(const struct l1_tasks *before, const struct helpers *h, const char *row)
+{
+	static struct l1_tasks after;
+	static long used[MAX_TASKS_ALL];
+	double tick_ms = 1e3 / sysconf(_SC_CLK_TCK), sum = 0;
+	l1_tasks(&after);
+	for (int i = 0; i < after.n; i++) {
+		int ours = after.pid[i] == child || after.pid[i] == getpid();
+		for (int k = 0; k < h->n; k++)
+			ours |= after.pid[i] == h->pid[k];
+		used[i] = ours ? 0 : after.ticks[i];
+		for (int j = 0; j < before->n && used[i]; j++)
+			if (before->tid[j] == after.tid[i]) {
+				used[i] -= before->ticks[j];
+				break;
+			}
+		if (used[i] > 0)
+			sum += used[i] * tick_ms;
+	}
+	if (sum > 100) {
+		printf("@@NETOTHER %s row=%s", label, row);
+		for (int k = 0; k < 5; k++) {
+			int best = -1;
+			for (int i = 0; i < after.n; i++)
+				if (used[i] > 0 && (best < 0 || used[i] > used[best]))
+					best = i;
+			if (best < 0)
+				break;
+			printf(" [%d %s %.0f]", (int)after.tid[best], after.comm[best],
+			       used[best] * tick_ms);
+			used[best] = 0;
+		}
+		printf("\n");
+	}
+	return sum;
+}
+
 /* A row measured on this side. */
 struct sample {
 	double t0, c0, g0;
 	struct helpers h;
+	struct l1_tasks *others;
 };
 
 static void row_begin(struct sample *s)
 {
-	find_helpers(child, &s->h);
+	static struct l1_tasks before;
+	s->others = &before;
+	l1_tasks(s->others);
+	find_helpers(child, s->others, &s->h);
 	cpu_ms(child, &s->h, &s->c0, &s->g0);
 	s->t0 = now_us();
 }
@@ -411,10 +489,11 @@ static void row_end(const struct sample *s, const char *row, uint64_t bytes, uin
 	double us = now_us() - s->t0, c, g;
 	cpu_ms(child, &s->h, &c, &g);
 	int ok = s->c0 >= 0 && c >= 0;
+	double other = other_ms(s->others, &s->h, row);
 	printf("@@NET %s row=%s bytes=%llu trans=%llu us=%.0f cpu_ms=%.1f guest_ms=%.1f "
-	       "helpers=%d\n",
+	       "helpers=%d other_ms=%.0f\n",
 	       label, row, (unsigned long long)bytes, (unsigned long long)trans, us,
-	       ok ? c - s->c0 : -1, ok ? g - s->g0 : -1, s->h.n);
+	       ok ? c - s->c0 : -1, ok ? g - s->g0 : -1, s->h.n, other);
 	fflush(stdout);
 }
 

@@ -22,6 +22,10 @@ pub(super) struct RowLine {
     /// time is in `cpu_ms` (kernels before 6.4 run them outside the
     /// process).
     pub(super) helpers: u32,
+    /// The CPU time every other task in L1 used over the row (L1's
+    /// work that competed with the VMM: none of the VMM's, its vhost
+    /// workers' or the load's own).
+    pub(super) other_ms: f64,
 }
 
 impl RowLine {
@@ -96,7 +100,7 @@ pub(super) fn get<'a>(f: &[(&str, &'a str)], key: &str) -> Option<&'a str> {
 }
 
 /// Parses `@@NET vmm=ours cpus=1 run=0 row=tx bytes=B trans=N us=T
-/// cpu_ms=C guest_ms=G helpers=H` (negative times: not read).
+/// cpu_ms=C guest_ms=G helpers=H other_ms=O` (negative times: not read).
 pub(super) fn parse_row_line(line: &str) -> Option<RowLine> {
     let (label, f) = fields(line, "@@NET ")?;
     let us: f64 = get(&f, "us")?.parse().ok()?;
@@ -120,6 +124,10 @@ pub(super) fn parse_row_line(line: &str) -> Option<RowLine> {
         cpu_ms: time("cpu_ms")?,
         guest_ms: time("guest_ms")?,
         helpers: get(&f, "helpers")?.parse().ok()?,
+        other_ms: get(&f, "other_ms")?
+            .parse()
+            .ok()
+            .filter(|t: &f64| t.is_finite() && *t >= 0.0)?,
     })
 }
 

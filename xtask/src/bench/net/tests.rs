@@ -10,7 +10,7 @@ fn label(vmm: Vmm, cpus: u32, run: usize) -> Label {
 #[test]
 fn row_lines() {
     let r = parse_row_line(
-        "@@NET vmm=qemu cpus=2 run=1 row=tx bytes=536870912 trans=0 us=4000000 cpu_ms=3000.0 guest_ms=1000.0 helpers=1\r",
+        "@@NET vmm=qemu cpus=2 run=1 row=tx bytes=536870912 trans=0 us=4000000 cpu_ms=3000.0 guest_ms=1000.0 helpers=1 other_ms=25\r",
     )
     .unwrap();
     assert_eq!(
@@ -24,6 +24,7 @@ fn row_lines() {
             cpu_ms: Some(3000.0),
             guest_ms: Some(1000.0),
             helpers: 1,
+            other_ms: 25.0,
         }
     );
     // 512 MiB in 4 s; 3 s of CPU over half a GiB, 2 s outside guest mode.
@@ -32,20 +33,20 @@ fn row_lines() {
     assert_eq!(r.vmm_cpu_per_gib_s(), Some(4.0));
 
     let rr = parse_row_line(
-        "  @@NET vmm=ours cpus=1 run=0 row=rr bytes=0 trans=5000 us=2000000 cpu_ms=-1.0 guest_ms=-1.0 helpers=0",
+        "  @@NET vmm=ours cpus=1 run=0 row=rr bytes=0 trans=5000 us=2000000 cpu_ms=-1.0 guest_ms=-1.0 helpers=0 other_ms=0",
     )
     .unwrap();
     assert_eq!((rr.kind, rr.rate(), rr.cpu_ms), (Kind::Rr, 2500.0, None));
     assert_eq!((rr.cpu_per_gib_s(), rr.vmm_cpu_per_gib_s()), (None, None));
     // Request/response has no bytes to divide by, even with CPU read.
     let rr = parse_row_line(
-        "@@NET vmm=ours cpus=1 run=0 row=rr bytes=0 trans=5000 us=2000000 cpu_ms=10 guest_ms=5 helpers=0",
+        "@@NET vmm=ours cpus=1 run=0 row=rr bytes=0 trans=5000 us=2000000 cpu_ms=10 guest_ms=5 helpers=0 other_ms=0",
     )
     .unwrap();
     assert_eq!(rr.cpu_per_gib_s(), None);
     // More CPU in guest mode than in all (tick rounding): not below 0.
     let x = parse_row_line(
-        "@@NET vmm=qemu-vhost cpus=1 run=2 row=rx bytes=1073741824 trans=0 us=1 cpu_ms=10 guest_ms=20 helpers=0",
+        "@@NET vmm=qemu-vhost cpus=1 run=2 row=rx bytes=1073741824 trans=0 us=1 cpu_ms=10 guest_ms=20 helpers=0 other_ms=0",
     )
     .unwrap();
     assert_eq!(
@@ -55,20 +56,23 @@ fn row_lines() {
 
     for bad in [
         // Kernel messages share L1's console: the marker must start the line.
-        "noise @@NET vmm=ours cpus=1 run=0 row=tx bytes=1 trans=0 us=1 cpu_ms=1 guest_ms=0 helpers=0",
-        "@@NET vmm=xen cpus=1 run=0 row=tx bytes=1 trans=0 us=1 cpu_ms=1 guest_ms=0 helpers=0",
-        "@@NET vmm=ours cpus=1 run=0 row=udp bytes=1 trans=0 us=1 cpu_ms=1 guest_ms=0 helpers=0",
-        "@@NET vmm=ours cpus=1 run=0 row=tx bytes=0 trans=7 us=1 cpu_ms=1 guest_ms=0 helpers=0",
-        "@@NET vmm=ours cpus=1 run=0 row=rr bytes=7 trans=0 us=1 cpu_ms=1 guest_ms=0 helpers=0",
-        "@@NET vmm=ours cpus=1 run=0 row=tx bytes=1 trans=0 us=0 cpu_ms=1 guest_ms=0 helpers=0",
-        "@@NET vmm=ours cpus=1 run=0 row=tx bytes=1 trans=0 us=nan cpu_ms=1 guest_ms=0 helpers=0",
-        "@@NET vmm=ours run=0 row=tx bytes=1 trans=0 us=1 cpu_ms=1 guest_ms=0 helpers=0",
-        "@@NET vmm=ours cpus=x run=0 row=tx bytes=1 trans=0 us=1 cpu_ms=1 guest_ms=0 helpers=0",
-        "@@NET vmm=ours cpus=1 run=0 row=tx bytes=1 us=1 cpu_ms=1 guest_ms=0 helpers=0",
+        "noise @@NET vmm=ours cpus=1 run=0 row=tx bytes=1 trans=0 us=1 cpu_ms=1 guest_ms=0 helpers=0 other_ms=0",
+        "@@NET vmm=xen cpus=1 run=0 row=tx bytes=1 trans=0 us=1 cpu_ms=1 guest_ms=0 helpers=0 other_ms=0",
+        "@@NET vmm=ours cpus=1 run=0 row=udp bytes=1 trans=0 us=1 cpu_ms=1 guest_ms=0 helpers=0 other_ms=0",
+        "@@NET vmm=ours cpus=1 run=0 row=tx bytes=0 trans=7 us=1 cpu_ms=1 guest_ms=0 helpers=0 other_ms=0",
+        "@@NET vmm=ours cpus=1 run=0 row=rr bytes=7 trans=0 us=1 cpu_ms=1 guest_ms=0 helpers=0 other_ms=0",
+        "@@NET vmm=ours cpus=1 run=0 row=tx bytes=1 trans=0 us=0 cpu_ms=1 guest_ms=0 helpers=0 other_ms=0",
+        "@@NET vmm=ours cpus=1 run=0 row=tx bytes=1 trans=0 us=nan cpu_ms=1 guest_ms=0 helpers=0 other_ms=0",
+        "@@NET vmm=ours run=0 row=tx bytes=1 trans=0 us=1 cpu_ms=1 guest_ms=0 helpers=0 other_ms=0",
+        "@@NET vmm=ours cpus=x run=0 row=tx bytes=1 trans=0 us=1 cpu_ms=1 guest_ms=0 helpers=0 other_ms=0",
+        "@@NET vmm=ours cpus=1 run=0 row=tx bytes=1 us=1 cpu_ms=1 guest_ms=0 helpers=0 other_ms=0",
         "@@NET vmm=ours cpus=1 run=0 row=tx bytes=1 trans=0 us=1 cpu_ms=1",
-        "@@NET vmm=ours cpus=1 run=0 row=tx bytes=1 trans=0 us=1 cpu_ms=1 guest_ms=0 helpers=0 junk",
+        "@@NET vmm=ours cpus=1 run=0 row=tx bytes=1 trans=0 us=1 cpu_ms=1 guest_ms=0 helpers=0 other_ms=0 junk",
         "@@NET vmm=ours cpus=1 run=0 row=tx bytes=1 trans=0 us=1 cpu_ms=1 guest_ms=0",
         "@@NET vmm=ours cpus=1 run=0 row=tx bytes=1 trans=0 us=1 cpu_ms=1 guest_ms=0 helpers=-1",
+        "@@NET vmm=ours cpus=1 run=0 row=tx bytes=1 trans=0 us=1 cpu_ms=1 guest_ms=0 helpers=0",
+        "@@NET vmm=ours cpus=1 run=0 row=tx bytes=1 trans=0 us=1 cpu_ms=1 guest_ms=0 helpers=0 other_ms=-1",
+        "@@NET vmm=ours cpus=1 run=0 row=tx bytes=1 trans=0 us=1 cpu_ms=1 guest_ms=0 helpers=0 other_ms=nan",
         "@@NET vmm=ours cpus=1 run=0 row=tx bytes=1 trans=0 us=1 cpu_ms",
         "@@NETRUN vmm=ours cpus=1 run=0 status=0 done=1 errors=0",
     ] {
@@ -112,7 +116,7 @@ fn boot_output(l: &str, ok: bool, mib: u64) -> String {
         };
         let _ = writeln!(
             out,
-            "@@NET {l} row={} bytes={bytes} trans={trans} us=1000000 cpu_ms=1000.0 guest_ms=500.0 helpers=0",
+            "@@NET {l} row={} bytes={bytes} trans={trans} us=1000000 cpu_ms=1000.0 guest_ms=500.0 helpers=0 other_ms=0",
             k.key()
         );
     }
@@ -138,7 +142,7 @@ fn a_console_keeps_the_good_boots_and_counts_the_failed() {
     console += &boot_output("vmm=qemu cpus=1 run=0", true, 128);
     // A boot that never ended (L1 died): neither good nor failed.
     console +=
-        "@@NET vmm=qemu cpus=1 run=1 row=tx bytes=1 trans=0 us=1 cpu_ms=1 guest_ms=0 helpers=0\n";
+        "@@NET vmm=qemu cpus=1 run=1 row=tx bytes=1 trans=0 us=1 cpu_ms=1 guest_ms=0 helpers=0 other_ms=0\n";
     let p = parse_console(&console);
     assert_eq!(p.vhost, Some(false));
     assert_eq!(p.good.len(), 2 * KINDS.len(), "{:?}", p.good);
@@ -371,7 +375,7 @@ fn the_vhost_workers_counted_are_named_per_vmm() {
     let line = |vmm: &str, run: usize, helpers: u32| {
         parse_row_line(&format!(
             "@@NET vmm={vmm} cpus=1 run={run} row=tx bytes=1 trans=0 us=1 cpu_ms=1 guest_ms=0 \
-             helpers={helpers}"
+             helpers={helpers} other_ms=0"
         ))
         .unwrap()
     };
@@ -397,5 +401,32 @@ fn the_vhost_workers_counted_are_named_per_vmm() {
     assert_eq!(
         helpers_note(&[]),
         "Kernel vhost workers counted per row: no rows."
+    );
+}
+
+#[test]
+fn the_other_work_in_l1_is_summed_up_with_its_worst_row() {
+    let line = |vmm: &str, row: &str, other: u32| {
+        parse_row_line(&format!(
+            "@@NET vmm={vmm} cpus=2 run=0 row={row} bytes=1 trans=1 us=5000000 cpu_ms=1 \
+             guest_ms=0 helpers=0 other_ms={other}"
+        ))
+        .unwrap()
+    };
+    let rows = [
+        line("vsock-ours", "tx", 10),
+        line("vsock-qemu", "rx", 4000),
+        line("vsock-ours", "rr", 30),
+    ];
+    let note = others_note(&rows);
+    assert!(
+        note.contains("median 30 ms a row, the most 4000 ms"),
+        "{note}"
+    );
+    assert!(note.contains(Vmm::VsockQemu.name()), "{note}");
+    assert!(note.ends_with(": 80% of one CPU over the row)."), "{note}");
+    assert_eq!(
+        others_note(&[]),
+        "Other work in L1 during the rows: no rows."
     );
 }
