@@ -295,6 +295,23 @@ static pid_t child;
 /* Errors on this side (each printed as it happens). */
 static volatile int errors;
 
+/* The numeric fields of a /proc/.../stat line `buf` (cut up in place)
+ * into v[3..max): those after the command name's closing parenthesis,
+ * state being field 3, utime 14, stime 15, guest_time 43. Returns one
+ * past the last field read (3 when none). */
+static int stat_fields(char *buf, unsigned long long *v, int max)
+{
+	char *p = strrchr(buf, ')');
+	int field = 3;
+	char *save = NULL;
+	if (!p)
+		return field;
+	for (char *t = strtok_r(p + 1, " \n", &save); t && field < max;
+	     t = strtok_r(NULL, " \n", &save), field++)
+		v[field] = strtoull(t, NULL, 10);
+	return field;
+}
+
 /* utime + stime of task `pid` (a process: all its threads) in ms into
  * *cpu, and guest_time (the part spent running a vCPU in guest mode,
  * counted in utime) into *guest; -1 each when unreadable. */
@@ -311,18 +328,8 @@ static void stat_ms(pid_t pid, double *cpu, double *guest)
 	if (n <= 0)
 		return;
 	buf[n] = 0;
-	/* Fields after the command name's closing parenthesis: state is
-	 * field 3, utime 14, stime 15, guest_time 43. */
-	char *p = strrchr(buf, ')');
-	if (!p)
-		return;
 	unsigned long long v[52] = { 0 };
-	int field = 3;
-	char *save = NULL;
-	for (char *t = strtok_r(p + 1, " \n", &save); t && field < 52;
-	     t = strtok_r(NULL, " \n", &save), field++)
-		v[field] = strtoull(t, NULL, 10);
-	if (field <= 43)
+	if (stat_fields(buf, v, 52) <= 43)
 		return;
 	double tick_ms = 1e3 / sysconf(_SC_CLK_TCK);
 	*cpu = (v[14] + v[15]) * tick_ms;
@@ -369,14 +376,10 @@ static void l1_tasks(struct l1_tasks *a)
 			char *l = strchr(buf, '('), *r = strrchr(buf, ')');
 			if (!l || !r || r < l)
 				continue;
-			unsigned long long v[16] = { 0 };
-			int field = 3;
-			char *save = NULL;
-			for (char *x = strtok_r(r + 1, " ", &save); x && field < 16;
-			     x = strtok_r(NULL, " ", &save), field++)
-				v[field] = strtoull(x, NULL, 10);
 			int i = a->n++;
 			snprintf(a->comm[i], sizeof a->comm[i], "%.*s", (int)(r - l - 1), l + 1);
+			unsigned long long v[16] = { 0 };
+			stat_fields(buf, v, 16);
 			a->pid[i] = (pid_t)strtol(e->d_name, NULL, 10);
 			a->tid[i] = (pid_t)strtol(f->d_name, NULL, 10);
 			a->ticks[i] = (long)(v[14] + v[15]);
