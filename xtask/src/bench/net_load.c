@@ -312,6 +312,21 @@ static int stat_fields(char *buf, unsigned long long *v, int max)
 	return field;
 }
 
+/* The text of file `path` into buf (NUL-terminated): its length, or -1
+ * when unreadable or empty. */
+static ssize_t read_text(const char *path, char *buf, size_t size)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	ssize_t n = read(fd, buf, size - 1);
+	close(fd);
+	if (n <= 0)
+		return -1;
+	buf[n] = 0;
+	return n;
+}
+
 /* utime + stime of task `pid` (a process: all its threads) in ms into
  * *cpu, and guest_time (the part spent running a vCPU in guest mode,
  * counted in utime) into *guest; -1 each when unreadable. */
@@ -320,14 +335,8 @@ static void stat_ms(pid_t pid, double *cpu, double *guest)
 	char path[64], buf[2048];
 	*cpu = *guest = -1;
 	snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
+	if (read_text(path, buf, sizeof buf) < 0)
 		return;
-	ssize_t n = read(fd, buf, sizeof buf - 1);
-	close(fd);
-	if (n <= 0)
-		return;
-	buf[n] = 0;
 	unsigned long long v[52] = { 0 };
 	if (stat_fields(buf, v, 52) <= 43)
 		return;
@@ -365,14 +374,8 @@ static void l1_tasks(struct l1_tasks *a)
 			if (f->d_name[0] < '1' || f->d_name[0] > '9')
 				continue;
 			snprintf(path, sizeof path, "/proc/%s/task/%s/stat", e->d_name, f->d_name);
-			int fd = open(path, O_RDONLY | O_CLOEXEC);
-			if (fd < 0)
+			if (read_text(path, buf, sizeof buf) < 0)
 				continue;
-			ssize_t n = read(fd, buf, sizeof buf - 1);
-			close(fd);
-			if (n <= 0)
-				continue;
-			buf[n] = 0;
 			char *l = strchr(buf, '('), *r = strrchr(buf, ')');
 			if (!l || !r || r < l)
 				continue;
