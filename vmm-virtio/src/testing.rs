@@ -546,3 +546,23 @@ impl Rng {
         self.0
     }
 }
+
+/// `saved` (a snapshot of `dev`) survives JSON and restores to itself,
+/// and the same with another device's state (`other`) is refused as
+/// invalid, leaving `dev` as it was.
+pub fn restores_and_refuses_another_device(
+    dev: &mut crate::transport::VirtioPciDevice<Mem>,
+    saved: &crate::transport::snapshot::VirtioPciSnapshot,
+    other: crate::device::DeviceSnapshot,
+) {
+    let text = serde_json::to_string(saved).unwrap();
+    dev.restore(&serde_json::from_str(&text).unwrap()).unwrap();
+    assert_eq!(&dev.snapshot().unwrap(), saved);
+    let mut bad = saved.clone();
+    bad.device = other;
+    assert!(matches!(
+        dev.restore(&bad),
+        Err(crate::device::SnapshotError::Invalid(_))
+    ));
+    assert_eq!(&dev.snapshot().unwrap(), saved, "unchanged");
+}

@@ -310,7 +310,8 @@ pub fn host_address<M: GuestMemory>(mem: &M, addr: GuestAddress) -> Option<u64> 
 /// is read here and what it holds passed on with `signal_queue`. A line
 /// that is on is not watched: KVM takes its signals, and watching it
 /// would wake this thread for every interrupt for nothing. Returns false
-/// if it could not wait at all.
+/// when it could not wait on them (at the start or later: interrupts
+/// would be lost, so the caller puts the device in its error state).
 pub fn forward_calls(
     name: &str,
     waiter: &Waiter,
@@ -388,7 +389,7 @@ fn pass_on(
             Ok(t) => t,
             Err(e) => {
                 log::error!("{name}: the worker cannot wait: {e}");
-                return true;
+                return false;
             }
         };
         if tokens.contains(&STOP_TOKEN) || waiter.stopping() {
@@ -399,7 +400,7 @@ fn pass_on(
                 let _ = c.read();
             }
             if !watch(name, waiter, calls, interrupt, watched) {
-                return true;
+                return false;
             }
         }
         for t in tokens {

@@ -623,17 +623,7 @@ fn a_snapshot_keeps_the_queues_gives_back_unused_receive_buffers_and_refuses_bad
             mac: MacAddr::default_for(1).0
         }
     );
-    let text = serde_json::to_string(&saved).unwrap();
-    n.dev
-        .restore(&serde_json::from_str(&text).unwrap())
-        .unwrap();
-    assert_eq!(n.dev.snapshot().unwrap(), saved);
-    let mut bad = saved.clone();
-    bad.device = DeviceSnapshot::Net { mac: [2; 6] };
-    assert!(matches!(
-        n.dev.restore(&bad),
-        Err(SnapshotError::Invalid(_))
-    ));
+    restores_and_refuses_another_device(&mut n.dev, &saved, DeviceSnapshot::Net { mac: [2; 6] });
     let mut bad = saved.clone();
     bad.queues[0].next_used = 3;
     assert!(matches!(

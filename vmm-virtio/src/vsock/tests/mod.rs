@@ -637,7 +637,7 @@ fn a_broken_ring_needs_reset_and_a_reset_closes_connections() {
 
 #[test]
 fn a_snapshot_ends_the_connections_and_the_driver_hears_of_it() {
-    use crate::device::{DeviceSnapshot, SnapshotError};
+    use crate::device::DeviceSnapshot;
     const EVENT_BUF: u64 = 0x1f000;
     let mut v = start("snapshot");
     let mut ev = Ring::new(&v.mem, EV_RING, SIZE);
@@ -661,18 +661,7 @@ fn a_snapshot_ends_the_connections_and_the_driver_hears_of_it() {
         [(0, 1, 1), (1, 1, 1), (2, 0, 0)],
         "the receive chain the worker held is given back"
     );
-    let text = serde_json::to_string(&saved).unwrap();
-    v.dev
-        .restore(&serde_json::from_str(&text).unwrap())
-        .unwrap();
-    assert_eq!(v.dev.snapshot().unwrap(), saved);
-    let mut bad = saved.clone();
-    bad.device = DeviceSnapshot::Vsock { cid: 4 };
-    assert!(matches!(
-        v.dev.restore(&bad),
-        Err(SnapshotError::Invalid(_))
-    ));
-    assert_eq!(v.dev.snapshot().unwrap(), saved, "unchanged");
+    restores_and_refuses_another_device(&mut v.dev, &saved, DeviceSnapshot::Vsock { cid: 4 });
     // Started again: a transport reset on the event queue, then the
     // device goes on.
     v.dev.resume();
