@@ -551,7 +551,7 @@ impl Rng {
 /// and the same with another device's state (`other`) is refused as
 /// invalid, leaving `dev` as it was.
 pub fn restores_and_refuses_another_device(
-    dev: &mut crate::transport::VirtioPciDevice<Mem>,
+    dev: &mut VirtioPciDevice<Mem>,
     saved: &crate::transport::snapshot::VirtioPciSnapshot,
     other: crate::device::DeviceSnapshot,
 ) {

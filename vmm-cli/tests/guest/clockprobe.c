@@ -82,6 +82,25 @@ static void cmos_write(unsigned char index, unsigned char value)
 	outb(value, 0x71);
 }
 
+/*
+ * cmos_write that checks: the kernel's RTC interrupt handler can move the
+ * index between our two port writes (it reads registers C and B), and the
+ * value then lands elsewhere: left as it was, a periodic interrupt the
+ * probe turned on stays on. So write until a settled read of the bits
+ * `mask` gives them back (bit 7 of register A, update in progress, is
+ * the RTC's own).
+ */
+static void cmos_write_checked(unsigned char index, unsigned char value, unsigned char mask)
+{
+	for (int i = 0; i < 8; i++) {
+		cmos_write(index, value);
+		if ((cmos_read_settled(index) & mask) == (value & mask))
+			return;
+	}
+	fprintf(stderr, "clockprobe: CMOS register %#x did not take %#x\n", index, value);
+	exit(1);
+}
+
 static void pit(void)
 {
 	need_ports();
@@ -165,12 +184,12 @@ static void rtcpie(int hz, double seconds)
 	int rs = 1;
 	while (rs < 15 && (32768 >> (rs - 1)) != hz)
 		rs++;
-	unsigned char a = cmos_read(0x0A), b = cmos_read(0x0B);
-	cmos_write(0x0A, (a & 0xF0) | rs);
-	cmos_write(0x0B, b | 0x40);
+	unsigned char a = cmos_read_settled(0x0A), b = cmos_read_settled(0x0B) & ~0x40;
+	cmos_write_checked(0x0A, (a & 0x70) | rs, 0x7F);
+	cmos_write_checked(0x0B, b | 0x40, 0xFF);
 	printf("@@RTC_PIE %d %.2f\n", hz, irq_rate(8, seconds));
-	cmos_write(0x0B, b);
-	cmos_write(0x0A, a);
+	cmos_write_checked(0x0B, b, 0xFF);
+	cmos_write_checked(0x0A, a & 0x7F, 0x7F);
 }
 
 static void devrtc(int hz)
