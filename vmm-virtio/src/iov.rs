@@ -7,6 +7,7 @@ use std::io;
 use std::marker::PhantomData;
 use std::os::fd::AsRawFd;
 
+use smallvec::SmallVec;
 use vm_memory::bitmap::Bitmap;
 use vm_memory::guest_memory::GuestMemorySliceIterator;
 use vm_memory::{GuestMemory, Permissions};
@@ -24,7 +25,7 @@ pub(crate) fn push_guest_iovecs<M: GuestMemory>(
     mem: &M,
     data: &Buffers,
     write: bool,
-    iovs: &mut Vec<libc::iovec>,
+    iovs: &mut impl Extend<libc::iovec>,
 ) -> io::Result<()> {
     let access = if write {
         Permissions::Read
@@ -38,10 +39,10 @@ pub(crate) fn push_guest_iovecs<M: GuestMemory>(
             .map_err(io::Error::other)?;
         for slice in it.stop_on_error().map_err(io::Error::other)? {
             total += slice.len() as u64;
-            iovs.push(libc::iovec {
+            iovs.extend(Some(libc::iovec {
                 iov_base: slice.ptr_guard_mut().as_ptr().cast(),
                 iov_len: slice.len(),
-            });
+            }));
         }
     }
     if total != data.len() {
@@ -82,7 +83,8 @@ pub(crate) fn mark_dirty<M: GuestMemory>(mem: &M, data: &Buffers, done: u64) {
 /// for `'a`. One socket call fills or drains them all.
 #[derive(Default)]
 pub(crate) struct IoVecs<'a> {
-    iovs: Vec<libc::iovec>,
+    /// A few in place: most calls take one or two buffers.
+    iovs: SmallVec<[libc::iovec; 8]>,
     len: usize,
     _borrow: PhantomData<&'a mut [u8]>,
 }

@@ -8,11 +8,19 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+use smallvec::SmallVec;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 /// The token [`Waiter::wait`] gives for the stop eventfd.
 pub const STOP_TOKEN: u64 = u64::MAX;
+
+/// The most events one wait reports.
+const MAX_EVENTS: usize = 8;
+
+/// What one wait found ready: held in place, so a wake-up allocates
+/// nothing.
+pub type Ready<T> = SmallVec<[T; MAX_EVENTS]>;
 
 /// What a worker checks to know it should end.
 #[derive(Debug, Clone)]
@@ -87,22 +95,22 @@ impl Waiter {
 
     /// Blocks until something is ready; returns the tokens (the stop
     /// eventfd as [`STOP_TOKEN`]). Interrupted waits are retried.
-    pub fn wait(&self) -> io::Result<Vec<u64>> {
+    pub fn wait(&self) -> io::Result<Ready<u64>> {
         self.wait_timeout(-1)
     }
 
     /// As [`Waiter::wait`], but for at most `ms` milliseconds (-1: no
     /// limit): no tokens when the time ran out.
-    pub fn wait_timeout(&self, ms: i32) -> io::Result<Vec<u64>> {
-        let mut events = [EpollEvent::default(); 8];
+    pub fn wait_timeout(&self, ms: i32) -> io::Result<Ready<u64>> {
+        let mut events = [EpollEvent::default(); MAX_EVENTS];
         let n = self.wait_into(ms, &mut events)?;
         Ok(events[..n].iter().map(EpollEvent::data).collect())
     }
 
     /// As [`Waiter::wait_timeout`], with what each is ready for (a
     /// socket's peer hang-up, say).
-    pub fn wait_events(&self, ms: i32) -> io::Result<Vec<(u64, EventSet)>> {
-        let mut events = [EpollEvent::default(); 8];
+    pub fn wait_events(&self, ms: i32) -> io::Result<Ready<(u64, EventSet)>> {
+        let mut events = [EpollEvent::default(); MAX_EVENTS];
         let n = self.wait_into(ms, &mut events)?;
         Ok(events[..n]
             .iter()
@@ -291,7 +299,7 @@ mod tests {
                     return;
                 }
                 let _ = theirs.read();
-                tx.send(Some(tokens)).unwrap();
+                tx.send(Some(tokens.to_vec())).unwrap();
             }
         })
         .unwrap();
@@ -314,7 +322,7 @@ mod tests {
         let (ours, mut peer) = UnixStream::pair().unwrap();
         ours.set_nonblocking(true).unwrap();
         let mut b = [0u8; 4];
-        let sets = |w: &Waiter| -> Vec<(u64, EventSet)> { w.wait_events(0).unwrap() };
+        let sets = |w: &Waiter| -> Vec<(u64, EventSet)> { w.wait_events(0).unwrap().to_vec() };
         waiter.add_stream(&ours, 5).unwrap();
         assert_eq!(sets(&waiter), vec![], "room to write is not news");
         // The peer reading our bytes frees room: that wakes nobody...

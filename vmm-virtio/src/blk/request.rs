@@ -13,6 +13,7 @@
 //! at most the queue's size of descriptors, or an indirect table's length,
 //! so loops end) and here ([`Limits::max_descriptors`]).
 
+use smallvec::SmallVec;
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_WRITE_ZEROES, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_UNSUPP,
     VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN,
@@ -58,10 +59,14 @@ pub struct Segment {
     pub len: u32,
 }
 
+/// How many segments a [`Buffers`] holds in place (more go to the heap):
+/// a packet's header and payload, a request's data.
+const INLINE_SEGMENTS: usize = 4;
+
 /// Guest buffers read or written as one stream, in order.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Buffers {
-    segments: Vec<Segment>,
+    segments: SmallVec<[Segment; INLINE_SEGMENTS]>,
     len: u64,
 }
 

@@ -15,6 +15,7 @@ use std::os::unix::net::UnixStream;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use smallvec::SmallVec;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemory;
 use vmm_sys_util::eventfd::EventFd;
@@ -234,7 +235,7 @@ impl<M: Memory> VsockWorker<M> {
         let (mut left, mut want) = self.muxer.read_size(key);
         left = left.min(RX_BATCH_BYTES);
         let mut into = IoVecs::default();
-        let mut takes = Vec::new();
+        let mut takes: SmallVec<[Buffers; 4]> = SmallVec::new();
         let mut i = 0;
         while left > 0 && want > 0 && i < RX_BATCH_CHAINS {
             if i == self.held.len() {

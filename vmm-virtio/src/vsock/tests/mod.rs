@@ -682,3 +682,4 @@ fn a_snapshot_ends_the_connections_and_the_driver_hears_of_it() {
 }
 
 mod credit;
+mod volume;
