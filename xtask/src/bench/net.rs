@@ -382,7 +382,11 @@ fn section(rows: &[RowLine], runs: usize, sizes: Sizes, notes: Vec<String>) -> S
         "Host CPU per GiB: the VMM process's utime + stime (/proc/PID/stat in L1, all threads, \
          10 ms ticks) from the row's start to its end, in CPU seconds per GiB (2^30 bytes) moved; \
          it includes the vCPUs' time in guest mode (the guest's own TCP work); \"outside guest \
-         mode\" subtracts the process's guest_time. With vhost (vhost=on, vhost-vsock-pci) the \
+         mode\" subtracts the process's guest_time; \"outside the vCPU threads\" subtracts the \
+         whole CPU time of the VMM's vCPU threads (found by name in /proc/PID/task: ours \
+         \"vcpu N\", QEMU's \"CPU N/KVM\"), leaving the data path and the main loop (ours: the \
+         device's worker thread; QEMU vhost=off: its main loop; with vhost: the kernel's vhost \
+         worker). With vhost (vhost=on, vhost-vsock-pci) the \
          data path runs on the kernel's vhost worker, which L1's kernel (before 6.4) runs as a \
          thread outside the process, named vhost-PID after its owner: its utime + stime is \
          added to the VMM's (found by name at each row's start). Other kernel work outside the \
@@ -509,6 +513,14 @@ fn rows_for(rows: &[RowLine], cpus: u32, ours: Vmm, q: Vmm) -> Vec<Row> {
             "s/GiB",
         )
         .goal(Goal::QemuRatio(1.0));
+        let mut path = Row::new(
+            format!(
+                "{prefix}: host CPU per GiB outside the vCPU threads, {}{vs}",
+                kind.label(vsock)
+            ),
+            "s/GiB",
+        )
+        .goal(Goal::QemuRatio(1.0));
         for r in pick(kind) {
             if let Some(c) = r.cpu_per_gib_s() {
                 cpu.push(who(r), c);
@@ -516,8 +528,11 @@ fn rows_for(rows: &[RowLine], cpus: u32, ours: Vmm, q: Vmm) -> Vec<Row> {
             if let Some(c) = r.vmm_cpu_per_gib_s() {
                 own.push(who(r), c);
             }
+            if let Some(c) = r.data_path_cpu_per_gib_s() {
+                path.push(who(r), c);
+            }
         }
-        out.extend([cpu, own]);
+        out.extend([cpu, own, path]);
     }
     out
 }

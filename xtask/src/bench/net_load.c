@@ -44,10 +44,11 @@
  * so every byte has arrived), and the VMM's utime + stime and guest_time
  * (/proc/PID/stat, every thread) are read at both ends. One line per row:
  *
- *   @@NET LABEL row=NAME bytes=B trans=N us=T cpu_ms=C guest_ms=G helpers=H other_ms=O
+ *   @@NET LABEL row=NAME bytes=B trans=N us=T cpu_ms=C guest_ms=G vcpu_ms=V helpers=H other_ms=O
  *
  * (B the stream's bytes, N the request/response pairs, C and G -1 when
- * unreadable, H the kernel's vhost workers counted in C, O the CPU time
+ * unreadable, V the part of C its vCPU threads used, found by name (-1
+ * when none is), H the kernel's vhost workers counted in C, O the CPU time
  * of every other task in L1 over the row: the work that competed with
  * the VMM for L1's CPUs). An error on this side prints "@@NET-ERROR LABEL what: why"
  * (and no line for its row). At the end: "@@NETRUN LABEL status=S done=D
@@ -58,7 +59,6 @@
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -77,6 +77,8 @@
 #include <time.h>
 #include <unistd.h>
 #include <linux/vm_sockets.h>
+
+#include "l1_proc.h"
 
 #define CHUNK (128 * 1024)
 
@@ -295,160 +297,22 @@ static pid_t child;
 /* Errors on this side (each printed as it happens). */
 static volatile int errors;
 
-/* The numeric fields of a /proc/.../stat line `buf` (cut up in place)
- * into v[3..max): those after the command name's closing parenthesis,
- * state being field 3, utime 14, stime 15, guest_time 43. Returns one
- * past the last field read (3 when none). */
-static int stat_fields(char *buf, unsigned long long *v, int max)
-{
-	char *p = strrchr(buf, ')');
-	int field = 3;
-	char *save = NULL;
-	if (!p)
-		return field;
-	for (char *t = strtok_r(p + 1, " \n", &save); t && field < max;
-	     t = strtok_r(NULL, " \n", &save), field++)
-		v[field] = strtoull(t, NULL, 10);
-	return field;
-}
-
-/* The text of file `path` into buf (NUL-terminated): its length, or -1
- * when unreadable or empty. */
-static ssize_t read_text(const char *path, char *buf, size_t size)
-{
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return -1;
-	ssize_t n = read(fd, buf, size - 1);
-	close(fd);
-	if (n <= 0)
-		return -1;
-	buf[n] = 0;
-	return n;
-}
-
-/* utime + stime of task `pid` (a process: all its threads) in ms into
- * *cpu, and guest_time (the part spent running a vCPU in guest mode,
- * counted in utime) into *guest; -1 each when unreadable. */
-static void stat_ms(pid_t pid, double *cpu, double *guest)
-{
-	char path[64], buf[2048];
-	*cpu = *guest = -1;
-	snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
-	if (read_text(path, buf, sizeof buf) < 0)
-		return;
-	unsigned long long v[52] = { 0 };
-	if (stat_fields(buf, v, 52) <= 43)
-		return;
-	double tick_ms = 1e3 / sysconf(_SC_CLK_TCK);
-	*cpu = (v[14] + v[15]) * tick_ms;
-	*guest = v[43] * tick_ms;
-}
-
-/* The CPU time of every task in L1 (10 ms ticks), to tell what else ran
- * during a row: everything but the VMM's threads, its vhost workers and
- * this program's own. */
-#define MAX_TASKS_ALL 4096
-struct l1_tasks {
-	int n;
-	pid_t pid[MAX_TASKS_ALL], tid[MAX_TASKS_ALL];
-	long ticks[MAX_TASKS_ALL];
-	char comm[MAX_TASKS_ALL][16];
-};
-
-static void l1_tasks(struct l1_tasks *a)
-{
-	char path[600], buf[1024];
-	a->n = 0;
-	DIR *d = opendir("/proc");
-	if (!d)
-		return;
-	for (struct dirent *e; (e = readdir(d));) {
-		if (e->d_name[0] < '1' || e->d_name[0] > '9')
-			continue;
-		snprintf(path, sizeof path, "/proc/%s/task", e->d_name);
-		DIR *t = opendir(path);
-		if (!t)
-			continue;
-		for (struct dirent *f; (f = readdir(t)) && a->n < MAX_TASKS_ALL;) {
-			if (f->d_name[0] < '1' || f->d_name[0] > '9')
-				continue;
-			snprintf(path, sizeof path, "/proc/%s/task/%s/stat", e->d_name, f->d_name);
-			if (read_text(path, buf, sizeof buf) < 0)
-				continue;
-			char *l = strchr(buf, '('), *r = strrchr(buf, ')');
-			if (!l || !r || r < l)
-				continue;
-			int i = a->n++;
-			snprintf(a->comm[i], sizeof a->comm[i], "%.*s", (int)(r - l - 1), l + 1);
-			unsigned long long v[16] = { 0 };
-			stat_fields(buf, v, 16);
-			a->pid[i] = (pid_t)strtol(e->d_name, NULL, 10);
-			a->tid[i] = (pid_t)strtol(f->d_name, NULL, 10);
-			a->ticks[i] = (long)(v[14] + v[15]);
-		}
-		closedir(t);
-	}
-	closedir(d);
-}
-
-/* The kernel's vhost workers that serve the VMM. Before Linux 6.4 each
- * vhost device moves its data on a kernel thread of its own, named
- * vhost-TID after the thread that owned the device (VHOST_SET_OWNER):
- * not one of the VMM's threads, so its /proc/PID/stat leaves that work
- * out. They are found by name and their time added to the VMM's (from
- * 6.4 the worker is a thread of the VMM's own and none is found). */
-#define MAX_HELPERS 16
-struct helpers {
-	int n;
-	pid_t pid[MAX_HELPERS];
-};
-
-static void find_helpers(pid_t vmm, const struct l1_tasks *a, struct helpers *h)
-{
-	h->n = 0;
-	for (int i = 0; i < a->n && h->n < MAX_HELPERS; i++) {
-		if (strncmp(a->comm[i], "vhost-", 6) != 0 || a->pid[i] != a->tid[i])
-			continue;
-		pid_t owner = (pid_t)strtol(a->comm[i] + 6, NULL, 10);
-		for (int j = 0; j < a->n; j++)
-			if (a->pid[j] == vmm && a->tid[j] == owner) {
-				h->pid[h->n++] = a->pid[i];
-				break;
-			}
-	}
-}
-
-/* The VMM's CPU time (stat_ms) plus its vhost workers' (all kernel
- * time, none in guest mode); -1 each when the VMM's is unreadable. */
-static void cpu_ms(pid_t vmm, const struct helpers *h, double *cpu, double *guest)
-{
-	stat_ms(vmm, cpu, guest);
-	for (int i = 0; i < h->n && *cpu >= 0; i++) {
-		double c, g;
-		stat_ms(h->pid[i], &c, &g);
-		if (c >= 0)
-			*cpu += c;
-	}
-}
-
-/* The CPU time in ms that L1's other tasks used between `before` and now
+/* The CPU time in ms that L1's other tasks used between snapshots `before` and `now`
  * (a task new since counts whole); when over 100 ms, the busiest five are
  * named on a line of their own:
  *   @@NETOTHER LABEL row=NAME [TID COMM MS]... */
-static double other_ms(const struct l1_tasks *before, const struct helpers *h, const char *row)
+static double other_ms(const struct l1_tasks *before, const struct l1_tasks *now,
+		       const struct helpers *h, const char *row)
 {
-	static struct l1_tasks after;
 	static long used[MAX_TASKS_ALL];
 	double tick_ms = 1e3 / sysconf(_SC_CLK_TCK), sum = 0;
-	l1_tasks(&after);
-	for (int i = 0; i < after.n; i++) {
-		int ours = after.pid[i] == child || after.pid[i] == getpid();
+	for (int i = 0; i < now->n; i++) {
+		int ours = now->pid[i] == child || now->pid[i] == getpid();
 		for (int k = 0; k < h->n; k++)
-			ours |= after.pid[i] == h->pid[k];
-		used[i] = ours ? 0 : after.ticks[i];
+			ours |= now->pid[i] == h->pid[k];
+		used[i] = ours ? 0 : now->ticks[i];
 		for (int j = 0; j < before->n && used[i]; j++)
-			if (before->tid[j] == after.tid[i]) {
+			if (before->tid[j] == now->tid[i]) {
 				used[i] -= before->ticks[j];
 				break;
 			}
@@ -459,12 +323,12 @@ static double other_ms(const struct l1_tasks *before, const struct helpers *h, c
 		printf("@@NETOTHER %s row=%s", label, row);
 		for (int k = 0; k < 5; k++) {
 			int best = -1;
-			for (int i = 0; i < after.n; i++)
+			for (int i = 0; i < now->n; i++)
 				if (used[i] > 0 && (best < 0 || used[i] > used[best]))
 					best = i;
 			if (best < 0)
 				break;
-			printf(" [%d %s %.0f]", (int)after.tid[best], after.comm[best],
+			printf(" [%d %s %.0f]", (int)now->tid[best], now->comm[best],
 			       used[best] * tick_ms);
 			used[best] = 0;
 		}
@@ -492,14 +356,18 @@ static void row_begin(struct sample *s)
 
 static void row_end(const struct sample *s, const char *row, uint64_t bytes, uint64_t trans)
 {
+	static struct l1_tasks after;
 	double us = now_us() - s->t0, c, g;
 	cpu_ms(child, &s->h, &c, &g);
+	l1_tasks(&after);
 	int ok = s->c0 >= 0 && c >= 0;
-	double other = other_ms(s->others, &s->h, row);
+	double other = other_ms(s->others, &after, &s->h, row);
+	long v0 = vcpu_ticks(s->others, child), v1 = vcpu_ticks(&after, child);
+	double vcpu = v0 >= 0 && v1 >= v0 ? (v1 - v0) * 1e3 / sysconf(_SC_CLK_TCK) : -1;
 	printf("@@NET %s row=%s bytes=%llu trans=%llu us=%.0f cpu_ms=%.1f guest_ms=%.1f "
-	       "helpers=%d other_ms=%.0f\n",
+	       "vcpu_ms=%.1f helpers=%d other_ms=%.0f\n",
 	       label, row, (unsigned long long)bytes, (unsigned long long)trans, us,
-	       ok ? c - s->c0 : -1, ok ? g - s->g0 : -1, s->h.n, other);
+	       ok ? c - s->c0 : -1, ok ? g - s->g0 : -1, vcpu, s->h.n, other);
 	fflush(stdout);
 }
 

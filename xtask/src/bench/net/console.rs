@@ -18,6 +18,9 @@ pub(super) struct RowLine {
     pub(super) cpu_ms: Option<f64>,
     /// The part of it its vCPUs spent in guest mode.
     pub(super) guest_ms: Option<f64>,
+    /// The part of it its vCPU threads used, in guest mode or not (None
+    /// when none was found by name).
+    pub(super) vcpu_ms: Option<f64>,
     /// The kernel's vhost worker threads found serving the VMM, whose
     /// time is in `cpu_ms` (kernels before 6.4 run them outside the
     /// process).
@@ -48,6 +51,12 @@ impl RowLine {
     /// on its behalf).
     pub(super) fn vmm_cpu_per_gib_s(&self) -> Option<f64> {
         self.per_gib((self.cpu_ms? - self.guest_ms?).max(0.0))
+    }
+
+    /// The same outside the vCPU threads: the data path (the device's
+    /// worker threads, or the kernel's vhost worker) and the main loop.
+    pub(super) fn data_path_cpu_per_gib_s(&self) -> Option<f64> {
+        self.per_gib((self.cpu_ms? - self.vcpu_ms?).max(0.0))
     }
 
     pub(super) fn per_gib(&self, ms: f64) -> Option<f64> {
@@ -100,7 +109,8 @@ pub(super) fn get<'a>(f: &[(&str, &'a str)], key: &str) -> Option<&'a str> {
 }
 
 /// Parses `@@NET vmm=ours cpus=1 run=0 row=tx bytes=B trans=N us=T
-/// cpu_ms=C guest_ms=G helpers=H other_ms=O` (negative times: not read).
+/// cpu_ms=C guest_ms=G vcpu_ms=V helpers=H other_ms=O` (negative times:
+/// not read).
 pub(super) fn parse_row_line(line: &str) -> Option<RowLine> {
     let (label, f) = fields(line, "@@NET ")?;
     let us: f64 = get(&f, "us")?.parse().ok()?;
@@ -123,6 +133,7 @@ pub(super) fn parse_row_line(line: &str) -> Option<RowLine> {
         us,
         cpu_ms: time("cpu_ms")?,
         guest_ms: time("guest_ms")?,
+        vcpu_ms: time("vcpu_ms")?,
         helpers: get(&f, "helpers")?.parse().ok()?,
         other_ms: get(&f, "other_ms")?
             .parse()

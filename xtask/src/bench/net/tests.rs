@@ -10,7 +10,7 @@ fn label(vmm: Vmm, cpus: u32, run: usize) -> Label {
 #[test]
 fn row_lines() {
     let r = parse_row_line(
-        "@@NET vmm=qemu cpus=2 run=1 row=tx bytes=536870912 trans=0 us=4000000 cpu_ms=3000.0 guest_ms=1000.0 helpers=1 other_ms=25\r",
+        "@@NET vmm=qemu cpus=2 run=1 row=tx bytes=536870912 trans=0 us=4000000 cpu_ms=3000.0 guest_ms=1000.0 vcpu_ms=2500.0 helpers=1 other_ms=25\r",
     )
     .unwrap();
     assert_eq!(
@@ -23,6 +23,7 @@ fn row_lines() {
             us: 4e6,
             cpu_ms: Some(3000.0),
             guest_ms: Some(1000.0),
+            vcpu_ms: Some(2500.0),
             helpers: 1,
             other_ms: 25.0,
         }
@@ -31,49 +32,58 @@ fn row_lines() {
     assert_eq!(r.rate(), 128.0);
     assert_eq!(r.cpu_per_gib_s(), Some(6.0));
     assert_eq!(r.vmm_cpu_per_gib_s(), Some(4.0));
+    // Its vCPU threads used 2.5 s: 0.5 s was the data path's.
+    assert_eq!(r.data_path_cpu_per_gib_s(), Some(1.0));
 
     let rr = parse_row_line(
-        "  @@NET vmm=ours cpus=1 run=0 row=rr bytes=0 trans=5000 us=2000000 cpu_ms=-1.0 guest_ms=-1.0 helpers=0 other_ms=0",
+        "  @@NET vmm=ours cpus=1 run=0 row=rr bytes=0 trans=5000 us=2000000 cpu_ms=-1.0 guest_ms=-1.0 vcpu_ms=-1.0 helpers=0 other_ms=0",
     )
     .unwrap();
     assert_eq!((rr.kind, rr.rate(), rr.cpu_ms), (Kind::Rr, 2500.0, None));
     assert_eq!((rr.cpu_per_gib_s(), rr.vmm_cpu_per_gib_s()), (None, None));
+    assert_eq!((rr.vcpu_ms, rr.data_path_cpu_per_gib_s()), (None, None));
     // Request/response has no bytes to divide by, even with CPU read.
     let rr = parse_row_line(
-        "@@NET vmm=ours cpus=1 run=0 row=rr bytes=0 trans=5000 us=2000000 cpu_ms=10 guest_ms=5 helpers=0 other_ms=0",
+        "@@NET vmm=ours cpus=1 run=0 row=rr bytes=0 trans=5000 us=2000000 cpu_ms=10 guest_ms=5 vcpu_ms=8 helpers=0 other_ms=0",
     )
     .unwrap();
     assert_eq!(rr.cpu_per_gib_s(), None);
     // More CPU in guest mode than in all (tick rounding): not below 0.
     let x = parse_row_line(
-        "@@NET vmm=qemu-vhost cpus=1 run=2 row=rx bytes=1073741824 trans=0 us=1 cpu_ms=10 guest_ms=20 helpers=0 other_ms=0",
+        "@@NET vmm=qemu-vhost cpus=1 run=2 row=rx bytes=1073741824 trans=0 us=1 cpu_ms=10 guest_ms=20 vcpu_ms=30 helpers=0 other_ms=0",
     )
     .unwrap();
     assert_eq!(
-        (x.label.vmm, x.vmm_cpu_per_gib_s()),
-        (Vmm::QemuVhost, Some(0.0))
+        (
+            x.label.vmm,
+            x.vmm_cpu_per_gib_s(),
+            x.data_path_cpu_per_gib_s()
+        ),
+        (Vmm::QemuVhost, Some(0.0), Some(0.0))
     );
 
     for bad in [
         // Kernel messages share L1's console: the marker must start the line.
-        "noise @@NET vmm=ours cpus=1 run=0 row=tx bytes=1 trans=0 us=1 cpu_ms=1 guest_ms=0 helpers=0 other_ms=0",
-        "@@NET vmm=xen cpus=1 run=0 row=tx bytes=1 trans=0 us=1 cpu_ms=1 guest_ms=0 helpers=0 other_ms=0",
-        "@@NET vmm=ours cpus=1 run=0 row=udp bytes=1 trans=0 us=1 cpu_ms=1 guest_ms=0 helpers=0 other_ms=0",
-        "@@NET vmm=ours cpus=1 run=0 row=tx bytes=0 trans=7 us=1 cpu_ms=1 guest_ms=0 helpers=0 other_ms=0",
-        "@@NET vmm=ours cpus=1 run=0 row=rr bytes=7 trans=0 us=1 cpu_ms=1 guest_ms=0 helpers=0 other_ms=0",
-        "@@NET vmm=ours cpus=1 run=0 row=tx bytes=1 trans=0 us=0 cpu_ms=1 guest_ms=0 helpers=0 other_ms=0",
-        "@@NET vmm=ours cpus=1 run=0 row=tx bytes=1 trans=0 us=nan cpu_ms=1 guest_ms=0 helpers=0 other_ms=0",
-        "@@NET vmm=ours run=0 row=tx bytes=1 trans=0 us=1 cpu_ms=1 guest_ms=0 helpers=0 other_ms=0",
-        "@@NET vmm=ours cpus=x run=0 row=tx bytes=1 trans=0 us=1 cpu_ms=1 guest_ms=0 helpers=0 other_ms=0",
-        "@@NET vmm=ours cpus=1 run=0 row=tx bytes=1 us=1 cpu_ms=1 guest_ms=0 helpers=0 other_ms=0",
+        "noise @@NET vmm=ours cpus=1 run=0 row=tx bytes=1 trans=0 us=1 cpu_ms=1 guest_ms=0 vcpu_ms=0 helpers=0 other_ms=0",
+        "@@NET vmm=xen cpus=1 run=0 row=tx bytes=1 trans=0 us=1 cpu_ms=1 guest_ms=0 vcpu_ms=0 helpers=0 other_ms=0",
+        "@@NET vmm=ours cpus=1 run=0 row=udp bytes=1 trans=0 us=1 cpu_ms=1 guest_ms=0 vcpu_ms=0 helpers=0 other_ms=0",
+        "@@NET vmm=ours cpus=1 run=0 row=tx bytes=0 trans=7 us=1 cpu_ms=1 guest_ms=0 vcpu_ms=0 helpers=0 other_ms=0",
+        "@@NET vmm=ours cpus=1 run=0 row=rr bytes=7 trans=0 us=1 cpu_ms=1 guest_ms=0 vcpu_ms=0 helpers=0 other_ms=0",
+        "@@NET vmm=ours cpus=1 run=0 row=tx bytes=1 trans=0 us=0 cpu_ms=1 guest_ms=0 vcpu_ms=0 helpers=0 other_ms=0",
+        "@@NET vmm=ours cpus=1 run=0 row=tx bytes=1 trans=0 us=nan cpu_ms=1 guest_ms=0 vcpu_ms=0 helpers=0 other_ms=0",
+        "@@NET vmm=ours run=0 row=tx bytes=1 trans=0 us=1 cpu_ms=1 guest_ms=0 vcpu_ms=0 helpers=0 other_ms=0",
+        "@@NET vmm=ours cpus=x run=0 row=tx bytes=1 trans=0 us=1 cpu_ms=1 guest_ms=0 vcpu_ms=0 helpers=0 other_ms=0",
+        "@@NET vmm=ours cpus=1 run=0 row=tx bytes=1 us=1 cpu_ms=1 guest_ms=0 vcpu_ms=0 helpers=0 other_ms=0",
         "@@NET vmm=ours cpus=1 run=0 row=tx bytes=1 trans=0 us=1 cpu_ms=1",
-        "@@NET vmm=ours cpus=1 run=0 row=tx bytes=1 trans=0 us=1 cpu_ms=1 guest_ms=0 helpers=0 other_ms=0 junk",
+        "@@NET vmm=ours cpus=1 run=0 row=tx bytes=1 trans=0 us=1 cpu_ms=1 guest_ms=0 vcpu_ms=0 helpers=0 other_ms=0 junk",
         "@@NET vmm=ours cpus=1 run=0 row=tx bytes=1 trans=0 us=1 cpu_ms=1 guest_ms=0",
-        "@@NET vmm=ours cpus=1 run=0 row=tx bytes=1 trans=0 us=1 cpu_ms=1 guest_ms=0 helpers=-1",
-        "@@NET vmm=ours cpus=1 run=0 row=tx bytes=1 trans=0 us=1 cpu_ms=1 guest_ms=0 helpers=0",
-        "@@NET vmm=ours cpus=1 run=0 row=tx bytes=1 trans=0 us=1 cpu_ms=1 guest_ms=0 helpers=0 other_ms=-1",
-        "@@NET vmm=ours cpus=1 run=0 row=tx bytes=1 trans=0 us=1 cpu_ms=1 guest_ms=0 helpers=0 other_ms=nan",
+        "@@NET vmm=ours cpus=1 run=0 row=tx bytes=1 trans=0 us=1 cpu_ms=1 guest_ms=0 vcpu_ms=0 helpers=-1",
+        "@@NET vmm=ours cpus=1 run=0 row=tx bytes=1 trans=0 us=1 cpu_ms=1 guest_ms=0 vcpu_ms=0 helpers=0",
+        "@@NET vmm=ours cpus=1 run=0 row=tx bytes=1 trans=0 us=1 cpu_ms=1 guest_ms=0 vcpu_ms=0 helpers=0 other_ms=-1",
+        "@@NET vmm=ours cpus=1 run=0 row=tx bytes=1 trans=0 us=1 cpu_ms=1 guest_ms=0 vcpu_ms=0 helpers=0 other_ms=nan",
         "@@NET vmm=ours cpus=1 run=0 row=tx bytes=1 trans=0 us=1 cpu_ms",
+        // Without the vCPU threads' time (a net_load older than the parser).
+        "@@NET vmm=ours cpus=1 run=0 row=tx bytes=1 trans=0 us=1 cpu_ms=1 guest_ms=0 helpers=0 other_ms=0",
         "@@NETRUN vmm=ours cpus=1 run=0 status=0 done=1 errors=0",
     ] {
         assert_eq!(parse_row_line(bad), None, "{bad}");
@@ -105,7 +115,8 @@ fn run_lines() {
 
 /// The lines `net_load host` prints for a boot: `mib` MiB per second on
 /// each stream, `mib` * 100 pairs per second, 1 s per row, 1 s of CPU of
-/// which half in guest mode per row.
+/// which half in guest mode and three quarters on the vCPU threads per
+/// row.
 fn boot_output(l: &str, ok: bool, mib: u64) -> String {
     let mut out = String::new();
     for k in KINDS {
@@ -116,7 +127,7 @@ fn boot_output(l: &str, ok: bool, mib: u64) -> String {
         };
         let _ = writeln!(
             out,
-            "@@NET {l} row={} bytes={bytes} trans={trans} us=1000000 cpu_ms=1000.0 guest_ms=500.0 helpers=0 other_ms=0",
+            "@@NET {l} row={} bytes={bytes} trans={trans} us=1000000 cpu_ms=1000.0 guest_ms=500.0 vcpu_ms=750.0 helpers=0 other_ms=0",
             k.key()
         );
     }
@@ -142,7 +153,7 @@ fn a_console_keeps_the_good_boots_and_counts_the_failed() {
     console += &boot_output("vmm=qemu cpus=1 run=0", true, 128);
     // A boot that never ended (L1 died): neither good nor failed.
     console +=
-        "@@NET vmm=qemu cpus=1 run=1 row=tx bytes=1 trans=0 us=1 cpu_ms=1 guest_ms=0 helpers=0 other_ms=0\n";
+        "@@NET vmm=qemu cpus=1 run=1 row=tx bytes=1 trans=0 us=1 cpu_ms=1 guest_ms=0 vcpu_ms=0 helpers=0 other_ms=0\n";
     let p = parse_console(&console);
     assert_eq!(p.vhost, Some(false));
     assert_eq!(p.good.len(), 2 * KINDS.len(), "{:?}", p.good);
@@ -181,13 +192,15 @@ fn a_console_keeps_the_good_boots_and_counts_the_failed() {
 
     // The report: ours (64 MiB/s) beside QEMU vhost=off (128 MiB/s).
     let s = section(&p.good, 1, Sizes::new(true), vec!["session 1: ok".into()]);
-    assert_eq!(s.rows.len(), 7);
+    assert_eq!(s.rows.len(), 9);
     let md = super::super::report::section_markdown(&s);
     for row in [
         "| 1 vCPU: TCP stream guest → L1 (ours vhost=off vs QEMU vhost=off) | MiB/s | **64.0** | 128 | 0.50x | ≥ 1x QEMU **missed** |",
         // 1 s of CPU per 64 MiB = 16 s/GiB; per 128 MiB = 8 s/GiB.
         "| 1 vCPU: host CPU per GiB, TCP stream L1 → guest (ours vhost=off vs QEMU vhost=off) | s/GiB | **16.0** | 8.00 | 2.00x | ≤ 1x QEMU **missed** |",
         "| 1 vCPU: host CPU per GiB outside guest mode, TCP stream guest → L1 (ours vhost=off vs QEMU vhost=off) | s/GiB | **8.00** | 4.00 | 2.00x | ≤ 1x QEMU **missed** |",
+        // A quarter of each second's CPU outside the vCPU threads.
+        "| 1 vCPU: host CPU per GiB outside the vCPU threads, TCP stream guest → L1 (ours vhost=off vs QEMU vhost=off) | s/GiB | **4.00** | 2.00 | 2.00x | ≤ 1x QEMU **missed** |",
         "| 1 vCPU: TCP request/response, 1 byte (ours vhost=off vs QEMU vhost=off) | trans/s | **6400** | 12800 | 0.50x | ≥ 1x QEMU **missed** |",
     ] {
         assert!(md.contains(row), "{row}\n{md}");
@@ -211,7 +224,7 @@ fn medians_over_runs_and_vhost_and_vsock_rows() {
     // No 1-vCPU boots: only the 2-vCPU rows: ours against each QEMU, our
     // uds vsock against QEMU's vhost-vsock, and our vhost-vsock (no boot
     // of it) too, since QEMU's ran.
-    assert_eq!(s.rows.len(), 4 * 7);
+    assert_eq!(s.rows.len(), 4 * 9);
     let md = super::super::report::section_markdown(&s);
     for row in [
         "| 2 vCPUs: TCP stream L1 → guest (ours vhost=off vs QEMU vhost=off) | MiB/s | **20.0 (10.0–30.0)** | 40.0 (40.0–40.0) | 0.50x |",
@@ -375,7 +388,7 @@ fn the_vhost_workers_counted_are_named_per_vmm() {
     let line = |vmm: &str, run: usize, helpers: u32| {
         parse_row_line(&format!(
             "@@NET vmm={vmm} cpus=1 run={run} row=tx bytes=1 trans=0 us=1 cpu_ms=1 guest_ms=0 \
-             helpers={helpers} other_ms=0"
+             vcpu_ms=0 helpers={helpers} other_ms=0"
         ))
         .unwrap()
     };
@@ -409,7 +422,7 @@ fn the_other_work_in_l1_is_summed_up_with_its_worst_row() {
     let line = |vmm: &str, row: &str, other: u32| {
         parse_row_line(&format!(
             "@@NET vmm={vmm} cpus=2 run=0 row={row} bytes=1 trans=1 us=5000000 cpu_ms=1 \
-             guest_ms=0 helpers=0 other_ms={other}"
+             guest_ms=0 vcpu_ms=0 helpers=0 other_ms={other}"
         ))
         .unwrap()
     };

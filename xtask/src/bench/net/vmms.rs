@@ -100,7 +100,9 @@ impl Vmm {
     }
 
     /// The command running this VMM with `cpus` vCPUs (`$VMM`, `$QEMU`
-    /// and `$QEMU_DATA` come from the test bed).
+    /// and `$QEMU_DATA` come from the test bed). QEMU names its threads
+    /// (`debug-threads=on`), so that its vCPU threads can be told apart
+    /// from its data path.
     pub(super) fn command(self, cpus: u32) -> String {
         let initrd = if self.is_vsock() {
             "initrd-vsock"
@@ -112,7 +114,7 @@ impl Vmm {
                 "\"$QEMU\" -M microvm,pcie=on -accel kvm -cpu host,-arch-capabilities -smp {cpus} \
                  -m {MEMORY_MIB}M -nodefaults -no-user-config -display none -no-reboot \
                  -serial stdio -L \"$QEMU_DATA\" -kernel bzImage -initrd {initrd} \
-                 -append '{APPEND}' {device}"
+                 -append '{APPEND}' -name bench,debug-threads=on {device}"
             )
         };
         let qemu_net = |vhost: &str| {
