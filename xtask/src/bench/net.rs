@@ -500,27 +500,19 @@ fn rows_for(rows: &[RowLine], cpus: u32, ours: Vmm, q: Vmm) -> Vec<Row> {
         if !kind.is_stream() {
             continue;
         }
-        let mut cpu = Row::new(
-            format!("{prefix}: host CPU per GiB, {}{vs}", kind.label(vsock)),
-            "s/GiB",
-        )
-        .goal(Goal::QemuRatio(1.0));
-        let mut own = Row::new(
-            format!(
-                "{prefix}: host CPU per GiB outside guest mode, {}{vs}",
-                kind.label(vsock)
-            ),
-            "s/GiB",
-        )
-        .goal(Goal::QemuRatio(1.0));
-        let mut path = Row::new(
-            format!(
-                "{prefix}: host CPU per GiB outside the vCPU threads, {}{vs}",
-                kind.label(vsock)
-            ),
-            "s/GiB",
-        )
-        .goal(Goal::QemuRatio(1.0));
+        let cpu_row = |which: &str| {
+            Row::new(
+                format!(
+                    "{prefix}: host CPU per GiB{which}, {}{vs}",
+                    kind.label(vsock)
+                ),
+                "s/GiB",
+            )
+            .goal(Goal::QemuRatio(1.0))
+        };
+        let mut cpu = cpu_row("");
+        let mut own = cpu_row(" outside guest mode");
+        let mut path = cpu_row(" outside the vCPU threads");
         for r in pick(kind) {
             if let Some(c) = r.cpu_per_gib_s() {
                 cpu.push(who(r), c);
