@@ -154,6 +154,17 @@ impl<'a> IoVecs<'a> {
         usize::try_from(n).map_err(|_| io::Error::last_os_error())
     }
 
+    /// One `writev` of them (the first [`IOV_MAX`]) to `fd` (a tap takes
+    /// them as one frame, a datagram socket as one message): the bytes
+    /// it took.
+    pub fn write(&self, fd: &impl AsRawFd) -> io::Result<usize> {
+        let count = self.iovs.len().min(IOV_MAX) as libc::c_int;
+        // SAFETY: as in `recv`; the kernel only reads the memory, and
+        // `count` iovecs are there.
+        let n = unsafe { libc::writev(fd.as_raw_fd(), self.iovs.as_ptr(), count) };
+        usize::try_from(n).map_err(|_| io::Error::last_os_error())
+    }
+
     /// A message of the first [`IOV_MAX`] iovecs, no name or control.
     fn msghdr(&self) -> libc::msghdr {
         // SAFETY: msghdr is plain data; all zeroes is a valid empty one.

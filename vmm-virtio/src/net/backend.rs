@@ -11,11 +11,12 @@ pub trait NetBackend: Send + Sync {
     /// `WouldBlock` when none waits. A frame longer than `buf` may be
     /// cut short.
     fn read_frame(&self, buf: &mut [u8]) -> io::Result<usize>;
-    /// Writes one frame, header first (all of it or nothing).
-    fn write_frame(&self, frame: &[u8]) -> io::Result<()>;
     /// Says what the backend may hand over (`TUN_F_*`, see
     /// [`super::offload_flags`]).
     fn set_offload(&self, flags: u32) -> io::Result<()>;
-    /// Readable when a frame waits (for `epoll`).
+    /// Readable when a frame waits (for `epoll`); frames are written to
+    /// it, header first, with one `writev` each straight from the guest's
+    /// buffers, so it must take a `writev` as one frame (a tap, a datagram
+    /// socket) and never block.
     fn fd(&self) -> BorrowedFd<'_>;
 }

@@ -2,7 +2,7 @@
 //! into, checked before anything is read or written: the worker's two
 //! parsers of guest-made chains (public for the fuzz targets).
 
-use vm_memory::{Bytes, GuestMemory};
+use vm_memory::{GuestMemory, Permissions};
 
 use super::{HDR_LEN, MAX_TX_LEN};
 use crate::blk::request::Buffers;
@@ -36,27 +36,53 @@ where
     chain_buffers(descriptors, mem, max, true).filter(|b| b.len() >= HDR_LEN as u64)
 }
 
-/// Copies a transmit chain (header and frame) into `buf`: its length.
-pub fn gather<M, I>(descriptors: I, mem: &M, max: usize, buf: &mut [u8]) -> Result<usize, TxError>
+/// A transmit chain's buffers (header and frame, in order), checked:
+/// device-readable, in guest memory, at most `max` descriptors and
+/// `limit` bytes, at least a header. The worker writes the frame straight
+/// from them.
+pub fn tx_buffers<M, I>(
+    descriptors: I,
+    mem: &M,
+    max: usize,
+    limit: usize,
+) -> Result<Buffers, TxError>
 where
     M: GuestMemory,
     I: IntoIterator<Item = virtio_queue::desc::split::Descriptor>,
 {
-    let mut len = 0usize;
+    let mut frame = Buffers::default();
     for (i, d) in descriptors.into_iter().enumerate() {
         if d.is_write_only() {
             return Err(TxError::Writable);
         }
         let n = d.len() as usize;
-        if i >= max || n > buf.len() - len {
+        if i >= max || n > limit - frame.len() as usize {
             return Err(TxError::TooLong);
         }
-        mem.read_slice(&mut buf[len..len + n], d.addr())
-            .map_err(|_| TxError::Outside)?;
-        len += n;
+        if n > 0 && !mem.check_range(d.addr(), n, Permissions::Read) {
+            return Err(TxError::Outside);
+        }
+        frame.push(d.addr(), d.len());
     }
+    let len = frame.len() as usize;
     if len < HDR_LEN {
         return Err(TxError::Short(len));
     }
+    Ok(frame)
+}
+
+/// Copies a transmit chain (header and frame), checked as
+/// [`tx_buffers`] with `buf`'s length as the limit, into `buf`: its
+/// length.
+pub fn gather<M, I>(descriptors: I, mem: &M, max: usize, buf: &mut [u8]) -> Result<usize, TxError>
+where
+    M: GuestMemory,
+    I: IntoIterator<Item = virtio_queue::desc::split::Descriptor>,
+{
+    let frame = tx_buffers(descriptors, mem, max, buf.len())?;
+    let len = frame.len() as usize;
+    frame
+        .read_into(mem, 0, &mut buf[..len])
+        .map_err(|_| TxError::Outside)?;
     Ok(len)
 }

@@ -4,7 +4,7 @@
 //! IFF_VNET_HDR`, with a 12-byte virtio header on every frame.
 
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -192,17 +192,6 @@ impl Tap {
 impl NetBackend for Tap {
     fn read_frame(&self, buf: &mut [u8]) -> io::Result<usize> {
         (&self.file).read(buf)
-    }
-
-    fn write_frame(&self, frame: &[u8]) -> io::Result<()> {
-        let n = (&self.file).write(frame)?;
-        if n != frame.len() {
-            return Err(io::Error::other(format!(
-                "the tap took {n} of {} bytes",
-                frame.len()
-            )));
-        }
-        Ok(())
     }
 
     fn set_offload(&self, flags: u32) -> io::Result<()> {

@@ -41,10 +41,6 @@ impl NetBackend for SocketBackend {
         got
     }
 
-    fn write_frame(&self, frame: &[u8]) -> io::Result<()> {
-        self.sock.send(frame).map(|_| ())
-    }
-
     fn set_offload(&self, flags: u32) -> io::Result<()> {
         self.offloads.lock().unwrap().push(flags);
         Ok(())

@@ -12,11 +12,12 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::chains::{gather, rx_buffers};
+use super::chains::{rx_buffers, tx_buffers};
 use super::device::Counters;
 use super::{offload_flags, NetBackend, HDR_LEN, MAX_TX_LEN, NUM_BUFFERS_AT, RX_QUEUE, TX_QUEUE};
 use crate::blk::request::Buffers;
 use crate::device::{QueueHome, VirtioInterrupt};
+use crate::iov::IoVecs;
 use crate::ring::avail_sane;
 use crate::worker::{Waiter, STOP_TOKEN};
 use crate::Memory;
@@ -67,8 +68,6 @@ pub struct NetWorker<M: Memory> {
     ready: VecDeque<RxBuffer>,
     /// Whether the backend is in the epoll set.
     watching: bool,
-    /// A transmit frame, gathered from its chain.
-    tx_buf: Vec<u8>,
     broken: bool,
     /// A malformed receive chain was returned while others waited in
     /// `ready`: those are no longer the last ones popped.
@@ -119,7 +118,6 @@ impl<M: Memory> NetWorker<M> {
             pending: None,
             ready: VecDeque::new(),
             watching: false,
-            tx_buf: Vec::new(),
             broken: false,
             tangled: false,
             home,
@@ -133,7 +131,6 @@ impl<M: Memory> NetWorker<M> {
     /// The thread's body: until told to stop.
     pub fn run(mut self, waiter: Waiter, rx_kick: EventFd, tx_kick: EventFd) {
         self.frame = vec![0; RX_BUF_LEN];
-        self.tx_buf = vec![0; MAX_TX_LEN];
         let flags = offload_flags(self.features);
         if let Err(e) = self.backend.set_offload(flags) {
             // The backend keeps handing over plain frames, which every
@@ -397,8 +394,8 @@ impl<M: Memory> NetWorker<M> {
             while let Some(chain) = self.tx.pop_descriptor_chain(&*mem) {
                 let head = chain.head_index();
                 let max = usize::from(self.tx.size());
-                match gather(chain, &*mem, max, &mut self.tx_buf) {
-                    Ok(len) => self.send(len),
+                match tx_buffers(chain, &*mem, max, MAX_TX_LEN) {
+                    Ok(frame) => self.send(&*mem, &frame),
                     Err(e) => {
                         log::debug!("virtio-net: a transmit chain dropped: {e}");
                         self.counters.tx_dropped.fetch_add(1, Ordering::Relaxed);
@@ -427,9 +424,23 @@ impl<M: Memory> NetWorker<M> {
         }
     }
 
-    /// Hands the gathered frame of `len` bytes to the backend.
-    fn send(&mut self, len: usize) {
-        match self.backend.write_frame(&self.tx_buf[..len]) {
+    /// Writes a transmit chain's frame to the backend straight from the
+    /// guest's buffers: one `writev` (header first, all of it or nothing;
+    /// the kernel copies it once, as it would from a buffer of ours).
+    fn send(&mut self, mem: &M, frame: &Buffers) {
+        let len = frame.len() as usize;
+        let mut iovs = IoVecs::default();
+        let written = iovs
+            .push_guest(mem, frame, true)
+            .and_then(|()| iovs.write(&self.backend.fd()))
+            .and_then(|n| {
+                if n == len {
+                    Ok(())
+                } else {
+                    Err(io::Error::other(format!("it took {n} of {len} bytes")))
+                }
+            });
+        match written {
             Ok(()) => {
                 self.counters.tx_frames.fetch_add(1, Ordering::Relaxed);
                 self.counters
