@@ -2,27 +2,25 @@
 //! into, checked before anything is read or written: the worker's two
 //! parsers of guest-made chains (public for the fuzz targets).
 
-use vm_memory::{GuestMemory, Permissions};
+use vm_memory::GuestMemory;
 
-use super::{HDR_LEN, MAX_TX_LEN};
+use super::HDR_LEN;
 use crate::blk::request::Buffers;
 use crate::ring::chain_buffers;
 
 /// Why a transmit chain was dropped.
 #[derive(Debug, thiserror::Error)]
 pub enum TxError {
-    /// A device-writable descriptor in a transmit chain.
-    #[error("a device-writable descriptor")]
-    Writable,
-    /// More than the buffer or `max` descriptors.
-    #[error("longer than {MAX_TX_LEN} bytes")]
-    TooLong,
+    /// A device-writable descriptor, a buffer outside guest memory, or
+    /// more than `max` descriptors.
+    #[error("a device-writable descriptor, a buffer outside guest memory or too many descriptors")]
+    Malformed,
+    /// More bytes than the limit.
+    #[error("longer than {0} bytes")]
+    TooLong(usize),
     /// Not even a header.
     #[error("{0} bytes, less than the header")]
     Short(usize),
-    /// A buffer outside guest memory.
-    #[error("a buffer outside guest memory")]
-    Outside,
 }
 
 /// A receive chain's buffers: None if a descriptor is device-readable or
@@ -50,21 +48,11 @@ where
     M: GuestMemory,
     I: IntoIterator<Item = virtio_queue::desc::split::Descriptor>,
 {
-    let mut frame = Buffers::default();
-    for (i, d) in descriptors.into_iter().enumerate() {
-        if d.is_write_only() {
-            return Err(TxError::Writable);
-        }
-        let n = d.len() as usize;
-        if i >= max || n > limit - frame.len() as usize {
-            return Err(TxError::TooLong);
-        }
-        if n > 0 && !mem.check_range(d.addr(), n, Permissions::Read) {
-            return Err(TxError::Outside);
-        }
-        frame.push(d.addr(), d.len());
-    }
+    let frame = chain_buffers(descriptors, mem, max, false).ok_or(TxError::Malformed)?;
     let len = frame.len() as usize;
+    if len > limit {
+        return Err(TxError::TooLong(limit));
+    }
     if len < HDR_LEN {
         return Err(TxError::Short(len));
     }
@@ -83,6 +71,6 @@ where
     let len = frame.len() as usize;
     frame
         .read_into(mem, 0, &mut buf[..len])
-        .map_err(|_| TxError::Outside)?;
+        .map_err(|_| TxError::Malformed)?;
     Ok(len)
 }
