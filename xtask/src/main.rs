@@ -77,10 +77,13 @@ tasks:
                            executions and coverage per target; fails on a crash
                            or timeout and names the reproducer
   ci                       lint, check-deps, test (what .ci/run runs)
-  startup-order            trace which functions a start of the release VMM runs
+  startup-order [--check]  trace which functions a start of the release VMM runs
                            (gdb, a one-shot breakpoint on each) and write them to
                            vmm-cli/startup-order.txt, which the release link puts
-                           side by side: less of the binary mapped at start-up
+                           side by side: less of the binary mapped at start-up.
+                           --check: fail when a release build has under 95% of
+                           the names there (stale: write it again); not checked
+                           under another rustc than the file names
   guest [--dir DIR] [--refresh] [--rootfs [PATH]] [--size SIZE]
                            fetch the Debian cloud kernel and busybox-static with
                            apt-get, and build the default guest into DIR (default
