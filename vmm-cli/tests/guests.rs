@@ -219,6 +219,82 @@ fn an_unread_stdout_never_stalls_the_vmm() {
     assert!(!o.stdout.is_empty() && o.stdout.iter().all(|b| *b == b'x'));
 }
 
+/// A pipe whose reader is gone before the VMM starts: the guest's output
+/// meets EPIPE, never SIGPIPE's default (the VMM is `#![no_main]` and
+/// ignores SIGPIPE itself, as Rust's own start would; vmm-cli/src/start.rs).
+#[test]
+fn a_stdout_pipe_without_a_reader_does_not_kill_the_vmm() {
+    if !kvm("stdout_without_reader") {
+        return;
+    }
+    let dir = TempDir::new("epipe");
+    let k = dir.file(
+        "hello.elf",
+        &test_guests::hello_reset("nobody reads this\n"),
+    );
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two descriptors into the array.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: both descriptors were just made and are owned here only.
+    let (reader, writer) = unsafe {
+        use std::os::fd::FromRawFd;
+        (
+            std::os::fd::OwnedFd::from_raw_fd(fds[0]),
+            std::os::fd::OwnedFd::from_raw_fd(fds[1]),
+        )
+    };
+    drop(reader);
+    let child = vmm()
+        .args(["--kernel", k.to_str().unwrap()])
+        .stdout(std::process::Stdio::from(writer))
+        .spawn()
+        .unwrap();
+    let o = wait(child);
+    assert!(o.status.success(), "{:?}: {}", o.status, stderr(&o));
+}
+
+/// Descriptors 0, 1 and 2 closed at the start are opened on /dev/null
+/// before anything else can take their numbers (else an eventfd becomes
+/// stdin and the kernel's file stdout, as seen without it).
+#[test]
+fn closed_standard_descriptors_are_opened_on_dev_null() {
+    if !kvm("closed_standard_descriptors") {
+        return;
+    }
+    let dir = TempDir::new("closedfds");
+    let k = dir.file("halt.elf", &test_guests::hello_halt("up\n"));
+    let log = dir.0.join("console.log");
+    let serial = format!("file:{}", log.display());
+    let mut c = vmm();
+    c.args(["--kernel", k.to_str().unwrap(), "--serial", &serial]);
+    // SAFETY: close is async-signal-safe; the child closes its own copies.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        c.pre_exec(|| {
+            for fd in 0..3 {
+                libc::close(fd);
+            }
+            Ok(())
+        });
+    }
+    let child = c.spawn().unwrap();
+    let pid = child.id();
+    assert_eq!(wait_for_output(&log, 3), b"up\n");
+    let targets: Vec<String> = (0..3)
+        .map(
+            |fd| match std::fs::read_link(format!("/proc/{pid}/fd/{fd}")) {
+                Ok(p) => p.display().to_string(),
+                Err(e) => format!("({e})"),
+            },
+        )
+        .collect();
+    // SAFETY: sends SIGTERM to our own child process.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGTERM) }, 0);
+    let o = wait(child);
+    assert!(o.status.success(), "{:?}", o.status);
+    assert_eq!(targets, ["/dev/null", "/dev/null", "/dev/null"]);
+}
+
 /// A pseudo-terminal pair; the slave is the VMM's stdin.
 struct Pty {
     master: std::fs::File,

@@ -159,8 +159,6 @@ pub(super) fn common() -> Result<Rules, seccompiler::Error> {
             libc::SYS_rt_sigreturn,
             // glibc blocks signals around pthread_kill and at thread exit.
             libc::SYS_rt_sigprocmask,
-            // std removes a thread's alternate signal stack at its end.
-            libc::SYS_sigaltstack,
             // Dropping descriptors: vCPU fds, eventfds, files, sockets.
             libc::SYS_close,
             // std's HashMap keys, made once per thread.

@@ -1,0 +1,85 @@
+//! The process's entry point: the C `main` glibc calls (the crate is
+//! `#![no_main]`), doing what Rust's own start does before `main`, less
+//! the part a VMM's start pays for and does not need.
+//!
+//! Rust's start (`std::rt::lang_start`) installs a handler that names a
+//! thread whose stack overflowed. For the main thread it first finds the
+//! thread's stack with glibc's `pthread_getattr_np`, which reads and
+//! `sscanf`s `/proc/self/maps`; then it gives every thread std starts a
+//! signal stack of its own (an `mmap`, an `mprotect`, two `sigaltstack`s,
+//! and a `munmap` when the thread ends). Measured on this machine with 40
+//! alternating starts of the `startup` benchmark's guest (a static
+//! harness that forks, execs and reads `wait4`'s usage): a start's peak
+//! RSS 2.83 MiB instead of 3.13 (libc's stdio and scanf code and std's
+//! own start no longer mapped: 236 KiB of libc, 76 KiB of ours), 0.05 to
+//! 0.09 ms less CPU, 0.1 ms sooner to the exit; 24 system calls fewer.
+//!
+//! What stays: the three standard descriptors are made to exist (closed
+//! ones opened on `/dev/null`, so that `/dev/kvm` or a socket never
+//! becomes "stdin"), `SIGPIPE` is ignored (a write to a closed pipe or
+//! socket fails with `EPIPE`, which the serial output and QMP handle),
+//! and stdout's buffer is written out at the end. What goes: std's
+//! message for a stack overflow (a thread that overflows its stack still
+//! hits its guard page and the process still ends, by `SIGSEGV`), and the
+//! main thread's name in a panic's message (`'<unnamed>'`; the panic hook
+//! and the abort are unchanged).
+
+use std::io::Write;
+
+/// What glibc calls after its own start: the VMM's status.
+#[no_mangle]
+extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> libc::c_int {
+    // std reads the arguments itself (glibc hands them to its
+    // `.init_array` entry), so `std::env::args` needs nothing from here.
+    if !standard_fds() {
+        // Nowhere to say it (as Rust's start, which aborts too).
+        // SAFETY: abort takes no arguments and does not return.
+        unsafe { libc::abort() };
+    }
+    // SAFETY: SIG_IGN is a valid disposition for SIGPIPE; no handler
+    // runs, so nothing here has to be async-signal-safe.
+    if unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) } == libc::SIG_ERR {
+        eprintln!(
+            "vmm: cannot ignore SIGPIPE: {}",
+            std::io::Error::last_os_error()
+        );
+        return libc::EXIT_FAILURE;
+    }
+    let status = crate::vmm_main();
+    // What Rust's exit does (`std::process::exit` does it too).
+    let _ = std::io::stdout().flush();
+    status
+}
+
+/// Opens `/dev/null` on each of descriptors 0, 1 and 2 that is closed;
+/// false when one stays closed.
+fn standard_fds() -> bool {
+    let mut fds = [0, 1, 2].map(|fd| libc::pollfd {
+        fd,
+        events: 0,
+        revents: 0,
+    });
+    // SAFETY: `fds` is an array of three initialised pollfd the kernel
+    // writes `revents` of; a zero timeout never waits.
+    let polled = unsafe { libc::poll(fds.as_mut_ptr(), 3, 0) };
+    let closed: Vec<libc::c_int> = if polled < 0 {
+        // poll can fail where descriptors are fine (ENOMEM): ask each.
+        (0..3)
+            // SAFETY: F_GETFD on any number only reads the descriptor table.
+            .filter(|&fd| unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0)
+            .collect()
+    } else {
+        fds.iter()
+            .filter(|p| p.revents & libc::POLLNVAL != 0)
+            .map(|p| p.fd)
+            .collect()
+    };
+    for fd in closed {
+        // SAFETY: a NUL-terminated path; the lowest free descriptor is
+        // the closed one, which the check below confirms.
+        if unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR) } != fd {
+            return false;
+        }
+    }
+    true
+}
