@@ -98,7 +98,13 @@ pub fn startup(ctx: &Ctx) -> Result<Vec<Section>> {
         Ok((found, named)) => s.note(format!(
             "Our release binary is linked with the functions a start runs side by side \
              (vmm-cli/startup-order.txt, `cargo xtask startup-order`): it has {found} of the \
-             {named} named there."
+             {named} named there{}.",
+            if crate::startup_order::is_stale(found, named) {
+                ": STALE, so the start maps more of the binary than it should (write the \
+                 file again)"
+            } else {
+                ""
+            }
         )),
         Err(e) => s.note(format!(
             "The start-up order file could not be checked: {e:#}."
