@@ -6,11 +6,10 @@
 //! asked on a thread of its own from the front end's first step (as it
 //! was until 2026-12-07), the answer came no sooner on a two-CPU host and
 //! the start cost no less (three rounds of 40 alternating starts, both
-//! binaries read afresh from disk: first byte 2.71-2.77 ms in line
-//! against 2.82-2.86 on the thread, CPU 3.41-3.53 against 3.52-3.58; peak
-//! RSS within what the binaries' page-cache state moves it by): the
-//! thread's start, its own `/dev/kvm` and the wake-ups cost what the
-//! overlap saved.
+//! binaries read afresh from disk: first byte 2.83-3.14 ms in line
+//! against 2.92-3.11 on the thread, CPU 3.60-3.90 against 3.64-4.08, the
+//! same peak RSS): the thread's start, its own `/dev/kvm` and the
+//! wake-ups cost what the overlap saved.
 
 use kvm_bindings::CpuId;
 use vmm_core::kvm::KvmSystem;
