@@ -55,6 +55,10 @@ fn vmm_main() -> libc::c_int {
         .format_timestamp_micros()
         .init();
     log::debug!("start-up: arguments parsed");
+    // The slowest question the build asks KVM, asked now on a thread of
+    // its own (see vmm_pc::cpu::supported); a thread that cannot be had
+    // leaves it to the build.
+    let cpuid = vmm_pc::cpu::supported::CpuidPrefetch::start().ok();
     // --netdev, --drive and --device first: `--device help` needs nothing
     // else.
     let netdevs = match netdev::parse_all(&args.netdev) {
@@ -76,7 +80,7 @@ fn vmm_main() -> libc::c_int {
             return libc::EXIT_FAILURE;
         }
     };
-    match run(args, disks) {
+    match run(args, disks, cpuid) {
         Ok(reason) if reason.is_triple_fault() => {
             log::warn!("{reason}");
             libc::EXIT_SUCCESS
@@ -141,7 +145,11 @@ where
     }
 }
 
-fn run(args: Args, devices: storage::Devices) -> Result<ExitReason> {
+fn run(
+    args: Args,
+    devices: storage::Devices,
+    cpuid: Option<vmm_pc::cpu::supported::CpuidPrefetch>,
+) -> Result<ExitReason> {
     args.check().map_err(anyhow::Error::msg)?;
     let actions = actions::parse(&args.action).map_err(anyhow::Error::msg)?;
     let incoming = match &args.incoming {
@@ -267,6 +275,7 @@ fn run(args: Args, devices: storage::Devices) -> Result<ExitReason> {
         // quit; without, stopping would only hang.
         stop_on_error: args.qmp.is_some(),
         vcpu_thread_start,
+        cpuid,
         device_thread_start,
         migration_thread_start,
         // Only QMP starts migrations (the console monitor has no

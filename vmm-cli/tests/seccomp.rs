@@ -61,8 +61,8 @@ fn task_flags(task: &Path) -> Option<u64> {
 
 /// Each thread's name and the `Seccomp`, `Seccomp_filters` and `NoNewPrivs`
 /// lines of its status; kernel workers left out, and so are threads that
-/// end while being listed (`--incoming file:`'s reading thread, when the
-/// machine is watched as it starts).
+/// end while being listed (the start-up CPUID thread, when the machine is
+/// watched as it starts).
 fn threads(pid: u32) -> BTreeMap<String, (String, String, String)> {
     let mut out = BTreeMap::new();
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
@@ -139,8 +139,8 @@ fn every_thread_has_its_own_filter() {
     }
     let report = thread_report("seccomp-threads", &[]);
     // The main thread, the migration thread and the vCPUs: no other
-    // thread (serial output has no thread of its own), kernel workers
-    // aside.
+    // thread (the start-up CPUID thread has ended; serial output has no
+    // thread of its own), kernel workers aside.
     let names: Vec<&str> = report.keys().map(String::as_str).collect();
     assert_eq!(
         names,

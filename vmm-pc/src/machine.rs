@@ -254,6 +254,14 @@ impl PcMachine {
                 max,
             });
         }
+        // KVM_GET_SUPPORTED_CPUID is start-up's slowest ioctl where CPUID
+        // traps to an outer hypervisor (cpu::supported), so it runs on a
+        // thread of its own beside steps 4 and 5 (started here unless the
+        // front end started it earlier still; in line if no thread can be
+        // had). That thread ends before the vCPU threads start (step 6).
+        let prefetch = config
+            .cpuid
+            .or_else(|| cpu::supported::CpuidPrefetch::start().ok());
         // `--incoming file:`'s file is read, checksummed and decoded on a
         // thread of its own beside steps 4 to 7, joined after them (on a
         // thread with no filter, like the kernel's reading); the checks
@@ -291,8 +299,10 @@ impl PcMachine {
                 //    machine starts. They inherit the shutdown signals
                 //    blocked (the binary blocks them first thing; so does
                 //    step 9, for every later thread).
-                // KVM_GET_SUPPORTED_CPUID: in line (see cpu::supported).
-                let supported_cpuid = cpu::supported::supported_cpuid(&kvm)?;
+                let supported_cpuid = match prefetch {
+                    Some(prefetch) => prefetch.join(),
+                    None => cpu::supported::supported_cpuid(&kvm),
+                }?;
                 log::debug!("start-up: CPUID had");
                 vmm_core::signals::block_shutdown_signals()?;
                 let (entry, loader) = vcpu_init::EntryCell::loading();

@@ -9,7 +9,8 @@
 //! `--incoming` the migration thread (made as the machine starts, waiting
 //! for a `migrate` or an incoming stream; its list first thing, through
 //! vmm-pc's hook), and with `--gdb` the
-//! gdb stub's thread (it installs its list first thing too).
+//! gdb stub's thread (it installs its list first thing too). The CPUID thread of start-up has ended by then (it is joined
+//! before the vCPU threads start), so it gets no list.
 //!
 //! Filters are per thread (no TSYNC), and a thread inherits its creator's
 //! filter when it is created. So each thread installs its own list where

@@ -1,15 +1,14 @@
-//! The host's supported CPUID (`KVM_GET_SUPPORTED_CPUID`).
+//! The host's supported CPUID (`KVM_GET_SUPPORTED_CPUID`), asked for on a
+//! thread of its own as early as the front end likes.
 //!
 //! Where the `CPUID` instruction itself traps to an outer hypervisor (a
 //! nested or software KVM: about 0.4 ms on PVM) this is start-up's slowest
-//! ioctl. The build asks it in line, just before the vCPU threads start:
-//! asked on a thread of its own from the front end's first step (as it
-//! was until 2026-12-07), the answer came no sooner on a two-CPU host and
-//! the start cost no less (three rounds of 40 alternating starts, both
-//! binaries read afresh from disk: first byte 2.83-3.14 ms in line
-//! against 2.92-3.11 on the thread, CPU 3.60-3.90 against 3.64-4.08, the
-//! same peak RSS): the thread's start, its own `/dev/kvm` and the
-//! wake-ups cost what the overlap saved.
+//! ioctl, and nothing needs its answer before the vCPUs' set-up. The
+//! machine's build asks on a thread beside its own steps; a front end can
+//! start the question earlier still ([`CpuidPrefetch::start`], before it
+//! parses anything else) and hand it to the build (`PcConfig`).
+
+use std::thread::JoinHandle;
 
 use kvm_bindings::CpuId;
 use vmm_core::kvm::KvmSystem;
@@ -26,4 +25,28 @@ pub(crate) fn supported_cpuid(kvm: &KvmSystem) -> Result<CpuId, PcError> {
         super::cpuid::advertise_tsc_deadline(&mut cpuid);
     }
     Ok(cpuid)
+}
+
+/// The supported CPUID, being asked for on a thread (`cpuid`) that opens
+/// `/dev/kvm` for itself.
+#[derive(Debug)]
+pub struct CpuidPrefetch(JoinHandle<Result<CpuId, PcError>>);
+
+impl CpuidPrefetch {
+    /// Starts the thread. Its errors (no `/dev/kvm`, say) wait for
+    /// [`CpuidPrefetch::join`]: the build reports them where it would
+    /// have met them itself.
+    pub fn start() -> std::io::Result<Self> {
+        std::thread::Builder::new()
+            .name("cpuid".into())
+            .spawn(|| supported_cpuid(&KvmSystem::open()?))
+            .map(Self)
+    }
+
+    /// The answer.
+    pub(crate) fn join(self) -> Result<CpuId, PcError> {
+        self.0
+            .join()
+            .unwrap_or_else(|_| Err(PcError::Control("the CPUID thread panicked".into())))
+    }
 }

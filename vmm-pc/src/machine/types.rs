@@ -67,6 +67,9 @@ pub struct PcConfig {
     /// Run on the vCPU threads before any guest code (the binary's seccomp
     /// filters); see [`VcpuThreadStart`].
     pub vcpu_thread_start: Option<VcpuThreadStart>,
+    /// The supported CPUID, already being asked for (see
+    /// [`crate::cpu::supported`]); `None`: the build asks itself.
+    pub cpuid: Option<crate::cpu::supported::CpuidPrefetch>,
     /// Run on each device worker thread (made at build time, parked until
     /// its device is activated) before it does any work: the binary's
     /// seccomp filter.
