@@ -7,6 +7,12 @@
 //! machine's build asks on a thread beside its own steps; a front end can
 //! start the question earlier still ([`CpuidPrefetch::start`], before it
 //! parses anything else) and hand it to the build (`PcConfig`).
+//!
+//! Asked in line by the build instead (tried 2026-12-07; `cargo xtask
+//! bench startup --runs 20`, two rounds each way, the two binaries
+//! swapped between runs): the first guest byte 1.61-1.68x the floor's
+//! against 1.56-1.57x with this thread, CPU 1.55-1.57x against
+//! 1.58-1.62x, the same peak RSS. The thread stays, for the first byte.
 
 use std::thread::JoinHandle;
 
