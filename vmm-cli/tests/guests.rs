@@ -232,17 +232,7 @@ fn a_stdout_pipe_without_a_reader_does_not_kill_the_vmm() {
         "hello.elf",
         &test_guests::hello_reset("nobody reads this\n"),
     );
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 writes two descriptors into the array.
-    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
-    // SAFETY: both descriptors were just made and are owned here only.
-    let (reader, writer) = unsafe {
-        use std::os::fd::FromRawFd;
-        (
-            std::os::fd::OwnedFd::from_raw_fd(fds[0]),
-            std::os::fd::OwnedFd::from_raw_fd(fds[1]),
-        )
-    };
+    let (reader, writer) = std::io::pipe().unwrap();
     drop(reader);
     let child = vmm()
         .args(["--kernel", k.to_str().unwrap()])
