@@ -283,9 +283,20 @@ impl Ring {
 
     /// Makes `head` available (and bumps `avail.idx`).
     pub fn publish(&mut self, head: u16) {
-        let slot = self.avail + 4 + 2 * u64::from(self.avail_idx % self.size);
-        self.mem.write_obj(head, GuestAddress(slot)).unwrap();
-        self.avail_idx = self.avail_idx.wrapping_add(1);
+        self.publish_all(&[head]);
+    }
+
+    /// Makes `heads` available together: their ring slots first, then
+    /// `avail.idx` moved once, so that a device never sees some of them
+    /// without the rest (a worker starting up takes what is available
+    /// without waiting for a notification).
+    pub fn publish_all(&mut self, heads: &[u16]) {
+        for (k, &head) in heads.iter().enumerate() {
+            let at = self.avail_idx.wrapping_add(k as u16) % self.size;
+            let slot = self.avail + 4 + 2 * u64::from(at);
+            self.mem.write_obj(head, GuestAddress(slot)).unwrap();
+        }
+        self.avail_idx = self.avail_idx.wrapping_add(heads.len() as u16);
         self.set_avail_idx(self.avail_idx);
     }
 

@@ -293,13 +293,18 @@ fn reads_writes_flushes_and_the_id_round_trip() {
         &[(DATA, 512, false), (DATA + 0x1000, 512, false)],
     );
     assert_eq!(r, (OK, 1));
+    // Each request's MSI is awaited before the next is made available:
+    // one the worker found while still on the last would share its MSI.
+    b.msi.wait_len(2);
     assert_eq!(b.file(5120, 1024), pattern(1536, 1024));
     assert_eq!(b.request(VIRTIO_BLK_T_FLUSH, 0, &[]), (OK, 1));
+    b.msi.wait_len(3);
     b.mem.write_slice(&[0xee; 20], GuestAddress(DATA)).unwrap();
     assert_eq!(
         b.request(VIRTIO_BLK_T_GET_ID, 0, &[(DATA, 20, true)]),
         (OK, 21)
     );
+    b.msi.wait_len(4);
     assert_eq!(b.guest(DATA, 20), b"disk-7\0\0\0\0\0\0\0\0\0\0\0\0\0\0");
     // Through an indirect table.
     b.header(VIRTIO_BLK_T_IN, 0);
@@ -600,11 +605,14 @@ fn event_idx_asks_for_interrupts_only_where_the_driver_wants_them() {
     let mut b = start(|_| {}, true, u64::MAX);
     let acked = b.dev.state().device.acked_features;
     assert_ne!(acked & 1 << VIRTIO_RING_F_EVENT_IDX, 0);
-    // used_event = 0: the first completion interrupts.
+    // used_event = 0: the first completion interrupts. Its MSI is
+    // awaited before the next request: the used index it is sent with
+    // would otherwise depend on how soon the completing thread sends it.
     assert_eq!(
         b.request(VIRTIO_BLK_T_IN, 0, &[(DATA, 512, true)]),
         (OK, 513)
     );
+    assert_eq!(b.msi.wait_len(1), [(0x40, 1)]);
     // used_event left at 0: the next does not.
     assert_eq!(
         b.request(VIRTIO_BLK_T_IN, 0, &[(DATA, 512, true)]),

@@ -30,6 +30,25 @@ fn status_of(b: &Blk, i: u16) -> u8 {
 /// Makes request `i` (a read into, or a write from, `buf(i)` at `sector`)
 /// available, without notifying.
 fn put(b: &mut Blk, i: u16, kind: u32, sector: u64) {
+    put_all(b, &[(i, kind, sector)]);
+}
+
+/// Makes requests `(i, kind, sector)` available together (see
+/// [`Ring::publish_all`]), without notifying: a worker that starts late
+/// takes them on its first pass, before the kick, all or none, as the
+/// tests that count on one pass taking them all need.
+fn put_all(b: &mut Blk, requests: &[(u16, u32, u64)]) {
+    for &(i, kind, sector) in requests {
+        write_request(b, i, kind, sector);
+    }
+    let heads: Vec<u16> = requests.iter().map(|r| r.0).collect();
+    b.ring.publish_all(&heads);
+}
+
+/// Writes request `i` (as [`put`]) into guest memory and its ring slot's
+/// descriptor, not yet available: the worker cannot see it, even on a
+/// pass of its own.
+fn write_request(b: &mut Blk, i: u16, kind: u32, sector: u64) {
     let hdr = HDRS + 32 * u64::from(i);
     let mut h = [0u8; 16];
     h[..4].copy_from_slice(&kind.to_le_bytes());
@@ -43,7 +62,6 @@ fn put(b: &mut Blk, i: u16, kind: u32, sector: u64) {
     write_desc(&b.mem, table, 1, buf(i), 512, data | NEXT, 2);
     write_desc(&b.mem, table, 2, status, 1, WRITE, 0);
     b.ring.set_desc(i, table, 48, INDIRECT, 0);
-    b.ring.publish(i);
 }
 
 /// The heads in the used ring from element `from` to `to`.
@@ -66,9 +84,10 @@ fn open(mut gate: &UnixStream) {
 fn a_whole_ring_of_requests_completes() {
     let mut b = start(|_| {}, true, NO_EVENT_IDX);
     // 16 reads at once, then the same slots again as 16 writes.
-    for i in 0..16u16 {
-        put(&mut b, i, VIRTIO_BLK_T_IN, u64::from(i) * 3 % SECTORS);
-    }
+    let reads: Vec<_> = (0..16u16)
+        .map(|i| (i, VIRTIO_BLK_T_IN, u64::from(i) * 3 % SECTORS))
+        .collect();
+    put_all(&mut b, &reads);
     b.kick();
     b.ring.wait_used(16);
     let mut heads = used_heads(&b, 0, 16);
@@ -90,8 +109,11 @@ fn a_whole_ring_of_requests_completes() {
         b.mem
             .write_slice(&[i as u8 + 1; 512], GuestAddress(buf(i)))
             .unwrap();
-        put(&mut b, i, VIRTIO_BLK_T_OUT, 32 + u64::from(i));
     }
+    let writes: Vec<_> = (0..16u16)
+        .map(|i| (i, VIRTIO_BLK_T_OUT, 32 + u64::from(i)))
+        .collect();
+    put_all(&mut b, &writes);
     b.kick();
     b.ring.wait_used(32);
     for i in 0..16u16 {
@@ -117,11 +139,15 @@ fn host_reads_into_guest_buffers_are_marked_dirty() {
     use vm_memory::GuestMemoryBackend;
     let mut b = start(|_| {}, true, NO_EVENT_IDX);
     b.mem.write_slice(&[7; 512], GuestAddress(buf(1))).unwrap();
-    put(&mut b, 0, VIRTIO_BLK_T_IN, 5);
-    put(&mut b, 1, VIRTIO_BLK_T_OUT, 40);
+    write_request(&mut b, 0, VIRTIO_BLK_T_IN, 5);
+    write_request(&mut b, 1, VIRTIO_BLK_T_OUT, 40);
+    // Cleared before the requests are available: a worker that starts
+    // late takes them on its first pass, before the kick, and its marks
+    // must not be wiped.
     let region = b.mem.find_region(GuestAddress(0)).unwrap().get_mmap();
     region.bitmap().reset();
     assert!(!dirty(&b, buf(0)) && !dirty(&b, STATUSES));
+    b.ring.publish_all(&[0, 1]);
     b.kick();
     b.ring.wait_used(2);
     assert_eq!((status_of(&b, 0), status_of(&b, 1)), (OK, OK));
@@ -152,9 +178,10 @@ fn uring() -> Blk {
 fn completions_come_back_in_the_order_the_host_finishes_them() {
     let mut b = uring();
     let g = gate(&b, Operation::Read);
-    for i in 0..4u16 {
-        put(&mut b, i, VIRTIO_BLK_T_IN, 10 + u64::from(i));
-    }
+    let reads: Vec<_> = (0..4u16)
+        .map(|i| (i, VIRTIO_BLK_T_IN, 10 + u64::from(i)))
+        .collect();
+    put_all(&mut b, &reads);
     b.kick();
     // The first is held back at the gate; the three behind it finish.
     b.ring.wait_used(3);
@@ -184,10 +211,17 @@ fn a_stop_error_holds_its_requests_while_the_others_finish() {
     b.mem
         .write_slice(&[0xaa; 512], GuestAddress(buf(0)))
         .unwrap();
-    put(&mut b, 0, VIRTIO_BLK_T_OUT, 40);
-    for i in 1..4u16 {
-        put(&mut b, i, VIRTIO_BLK_T_IN, u64::from(i));
-    }
+    // All four in one pass: one the worker's first pass (a late start)
+    // took without the rest would be held by the stop behind the others.
+    put_all(
+        &mut b,
+        &[
+            (0, VIRTIO_BLK_T_OUT, 40),
+            (1, VIRTIO_BLK_T_IN, 1),
+            (2, VIRTIO_BLK_T_IN, 2),
+            (3, VIRTIO_BLK_T_IN, 3),
+        ],
+    );
     b.kick();
     let events = b.events.wait_len(2);
     assert!(events.iter().all(|e| e.outcome == ErrorOutcome::Stopped));
@@ -227,12 +261,13 @@ fn a_stop_error_holds_its_requests_while_the_others_finish() {
 fn malformed_chains_beside_requests_in_flight() {
     let mut b = uring();
     let g = gate(&b, Operation::Read);
-    put(&mut b, 0, VIRTIO_BLK_T_IN, 5);
+    write_request(&mut b, 0, VIRTIO_BLK_T_IN, 5);
     // Past the end; an unknown type; data outside memory.
-    put(&mut b, 1, VIRTIO_BLK_T_IN, SECTORS);
-    put(&mut b, 2, 77, 0);
-    put(&mut b, 3, VIRTIO_BLK_T_IN, 0);
+    write_request(&mut b, 1, VIRTIO_BLK_T_IN, SECTORS);
+    write_request(&mut b, 2, 77, 0);
+    write_request(&mut b, 3, VIRTIO_BLK_T_IN, 0);
     write_desc(&b.mem, TABLES + 0x40 * 3, 1, 8 << 20, 512, WRITE | NEXT, 2);
+    b.ring.publish_all(&[0, 1, 2, 3]);
     b.kick();
     b.ring.wait_used(3);
     let mut heads = used_heads(&b, 0, 3);
@@ -258,9 +293,10 @@ fn the_used_ring_takes_one_entry_per_request_through_wraps() {
     put(&mut b, 0, VIRTIO_BLK_T_IN, 7);
     let mut done = 0u16;
     for round in 0..5u64 {
-        for i in 1..16u16 {
-            put(&mut b, i, VIRTIO_BLK_T_IN, (round + u64::from(i)) % SECTORS);
-        }
+        let reads: Vec<_> = (1..16u16)
+            .map(|i| (i, VIRTIO_BLK_T_IN, (round + u64::from(i)) % SECTORS))
+            .collect();
+        put_all(&mut b, &reads);
         b.kick();
         done += 15;
         b.ring.wait_used(done);
@@ -280,8 +316,7 @@ fn the_used_ring_takes_one_entry_per_request_through_wraps() {
 fn a_reset_with_requests_in_flight_lets_them_finish_and_comes_back() {
     let mut b = uring();
     let g = gate(&b, Operation::Read);
-    put(&mut b, 0, VIRTIO_BLK_T_IN, 1);
-    put(&mut b, 1, VIRTIO_BLK_T_IN, 2);
+    put_all(&mut b, &[(0, VIRTIO_BLK_T_IN, 1), (1, VIRTIO_BLK_T_IN, 2)]);
     b.kick();
     b.ring.wait_used(1);
     // The reset (a vCPU's status write) waits for the gated read; the gate
