@@ -38,9 +38,10 @@ use vmm_pc::{ExitReason, IrqChipMode, PcConfig, PcMachine, PitBackend, RebootAct
 
 use crate::args::{Args, Serial};
 
-/// The VMM: its exit status.
+/// The VMM run with the command line `argv` (the program's name first):
+/// its exit status.
 #[cfg_attr(test, allow(dead_code))]
-fn vmm_main() -> libc::c_int {
+fn vmm_main(argv: Vec<std::ffi::OsString>) -> libc::c_int {
     // Before any thread starts: SIGINT/SIGTERM/SIGHUP reach the main loop's
     // signalfd only, never a thread's default action.
     if let Err(e) = vmm_core::signals::block_shutdown_signals() {
@@ -48,7 +49,7 @@ fn vmm_main() -> libc::c_int {
         return libc::EXIT_FAILURE;
     }
     seccomp::settle_malloc();
-    let args = Args::parse();
+    let args = Args::parse_from(argv);
     env_logger::Builder::new()
         .filter_level(args.log_level)
         .parse_env("VMM_LOG")

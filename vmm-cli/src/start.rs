@@ -1,4 +1,4 @@
-//! The process's entry point: the C `main` glibc calls (the crate is
+//! The process's entry point: the C `main` the C library calls (the crate is
 //! `#![no_main]`), doing what Rust's own start does before `main`, less
 //! the part a VMM's start pays for and does not need.
 //!
@@ -26,13 +26,19 @@
 //! main thread's name in a panic's message (`'<unnamed>'`; the panic hook
 //! and the abort are unchanged).
 
+use std::ffi::{CStr, OsStr, OsString};
 use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
 
-/// What glibc calls after its own start: the VMM's status.
+/// What the C library calls after its own start: the VMM's status.
 #[no_mangle]
-extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> libc::c_int {
-    // std reads the arguments itself (glibc hands them to its
-    // `.init_array` entry), so `std::env::args` needs nothing from here.
+extern "C" fn main(argc: libc::c_int, argv: *const *const libc::c_char) -> libc::c_int {
+    // From here, not `std::env::args`: glibc hands std the arguments
+    // through its `.init_array` call, musl does not (std takes them in
+    // its own start, which this one replaces).
+    // SAFETY: the C runtime passes `argc` and an `argv` of that many
+    // NUL-terminated strings that live as long as the process.
+    let argv = unsafe { arguments(argc, argv) };
     if !standard_fds() {
         // Nowhere to say it (as Rust's start, which aborts too).
         // SAFETY: abort takes no arguments and does not return.
@@ -47,10 +53,32 @@ extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> lib
         );
         return libc::EXIT_FAILURE;
     }
-    let status = crate::vmm_main();
+    let status = crate::vmm_main(argv);
     // What Rust's exit does (`std::process::exit` does it too).
     let _ = std::io::stdout().flush();
     status
+}
+
+/// The command line `main` was given, as owned strings.
+///
+/// # Safety
+///
+/// `argv` must point at `argc` pointers, each to a NUL-terminated string
+/// (the C runtime's `main` arguments); a null one ends the list early.
+unsafe fn arguments(argc: libc::c_int, argv: *const *const libc::c_char) -> Vec<OsString> {
+    let count = usize::try_from(argc).unwrap_or(0);
+    let mut args = Vec::with_capacity(count);
+    for i in 0..count {
+        // SAFETY: i < argc, so within the caller's array.
+        let arg = unsafe { *argv.add(i) };
+        if arg.is_null() {
+            break;
+        }
+        // SAFETY: a NUL-terminated string of the C runtime's.
+        let bytes = unsafe { CStr::from_ptr(arg) }.to_bytes();
+        args.push(OsStr::from_bytes(bytes).to_owned());
+    }
+    args
 }
 
 /// Opens `/dev/null` on each of descriptors 0, 1 and 2 that is closed;

@@ -497,8 +497,9 @@ fn the_thread_start_hook_runs_on_each_vcpu_thread_before_it_answers() {
     let seen: Arc<Mutex<Vec<(VcpuStartStage, i32, String)>>> = Arc::default();
     let s = Arc::clone(&seen);
     let hook: VcpuThreadStart = Arc::new(move |stage| {
-        // SAFETY: gettid has no arguments and cannot fail.
-        let tid = unsafe { libc::gettid() };
+        // SAFETY: gettid takes no arguments and cannot fail (the system
+        // call: std's libc bindings have no wrapper for it on musl).
+        let tid = unsafe { libc::syscall(libc::SYS_gettid) } as libc::pid_t;
         let name = std::thread::current().name().unwrap_or("").to_owned();
         s.lock().unwrap().push((stage, tid, name));
         Ok(())

@@ -184,7 +184,7 @@ fn block_device_size(file: &File) -> std::io::Result<u64> {
     let mut size: u64 = 0;
     // SAFETY: BLKGETSIZE64 writes one u64 through the pointer, which points
     // at a live u64; the fd is open.
-    let r = unsafe { libc::ioctl(file.as_raw_fd(), BLKGETSIZE64, &mut size) };
+    let r = unsafe { libc::ioctl(file.as_raw_fd(), BLKGETSIZE64 as _, &mut size) };
     if r < 0 {
         return Err(std::io::Error::last_os_error());
     }

@@ -170,7 +170,7 @@ impl<'a> IoVecs<'a> {
         // SAFETY: msghdr is plain data; all zeroes is a valid empty one.
         let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
         msg.msg_iov = self.iovs.as_ptr().cast_mut();
-        msg.msg_iovlen = self.iovs.len().min(IOV_MAX);
+        msg.msg_iovlen = self.iovs.len().min(IOV_MAX) as _;
         msg
     }
 }

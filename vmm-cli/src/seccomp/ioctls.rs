@@ -75,14 +75,24 @@ pub(super) const KVM_CREATE_VCPU: u64 = kvm(NONE, 0x41, 0);
 /// `struct kvm_cpuid2` without its entries: `nent` and padding.
 pub(super) const KVM_SET_CPUID2: u64 = kvm(WRITE, 0x90, 8);
 
-/// Terminal and socket requests (not KVM's).
-pub(super) const TCGETS: u64 = libc::TCGETS;
-pub(super) const TCSETS: u64 = libc::TCSETS;
-pub(super) const FIONBIO: u64 = libc::FIONBIO;
+/// Terminal and socket requests (not KVM's; x86-64's numbers: libc has
+/// them as `c_ulong` for glibc and as `c_int` for musl).
+pub(super) const TCGETS: u64 = 0x5401;
+pub(super) const TCSETS: u64 = 0x5402;
+pub(super) const FIONBIO: u64 = 0x5421;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The terminal and socket numbers are libc's (a `c_int` on musl).
+    #[test]
+    #[allow(clippy::unnecessary_cast)]
+    fn terminal_requests_match_libc() {
+        assert_eq!(TCGETS, libc::TCGETS as u64);
+        assert_eq!(TCSETS, libc::TCSETS as u64);
+        assert_eq!(FIONBIO, libc::FIONBIO as u64);
+    }
 
     /// The values of Linux's headers (printed by a C program including
     /// `<linux/kvm.h>` on x86-64).

@@ -190,8 +190,7 @@ impl VcpuKick {
         let Some(started) = self.started.get() else {
             return;
         };
-        // SAFETY: gettid has no arguments and cannot fail.
-        if unsafe { libc::gettid() } == started.tid {
+        if super::current_tid() == started.tid {
             return;
         }
         started.run_map.set_immediate_exit(true);

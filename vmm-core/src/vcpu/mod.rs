@@ -81,6 +81,15 @@ pub(crate) fn take_stop_request() -> bool {
     STOP_REQUESTED.with(|s| s.replace(false))
 }
 
+/// The calling thread's kernel id, asked with the system call itself:
+/// the `gettid` wrapper of std's libc bindings is not there in a static
+/// musl build (the call went to address 0).
+pub(crate) fn current_tid() -> libc::pid_t {
+    // SAFETY: gettid takes no arguments, touches no memory and cannot
+    // fail; a thread id fits a pid_t.
+    unsafe { libc::syscall(libc::SYS_gettid) as libc::pid_t }
+}
+
 /// What a vCPU asks of the main loop (QEMU's `qemu_system_*_request`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VcpuRequest {

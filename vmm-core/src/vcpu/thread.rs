@@ -190,8 +190,7 @@ impl VcpuThread {
         };
         match set_up {
             Ok((vcpu, map)) => {
-                // SAFETY: gettid has no arguments and cannot fail.
-                let tid = unsafe { libc::gettid() };
+                let tid = super::current_tid();
                 let _ = self.started.set(Started {
                     run_map: Arc::clone(&map),
                     pid: self.pid,

@@ -151,7 +151,7 @@ impl Tap {
         // SAFETY: TUNSETIFF reads and writes a `struct ifreq`; `req` is one
         // (40 bytes, the name NUL-terminated: at most 15 bytes were copied
         // into 16 zeroed ones) and lives across the call; the fd is open.
-        let r = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF, &mut req) };
+        let r = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF as _, &mut req) };
         if r < 0 {
             let source = io::Error::last_os_error();
             let name = name.to_owned();
@@ -164,7 +164,7 @@ impl Tap {
         let size: libc::c_int = HDR_LEN as libc::c_int;
         // SAFETY: TUNSETVNETHDRSZ reads one int through the pointer, which
         // points at a live int; the fd is open.
-        let r = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETVNETHDRSZ, &size) };
+        let r = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETVNETHDRSZ as _, &size) };
         if r < 0 {
             return Err(TapError::VnetHeader {
                 name: name.to_owned(),
@@ -200,7 +200,7 @@ impl NetBackend for Tap {
         let r = unsafe {
             libc::ioctl(
                 self.file.as_raw_fd(),
-                TUNSETOFFLOAD,
+                TUNSETOFFLOAD as _,
                 libc::c_ulong::from(flags),
             )
         };
