@@ -720,7 +720,16 @@ fn random_rings_never_hang_or_break_the_device() {
         let target = b.used.wrapping_add(chains as u16);
         let deadline = std::time::Instant::now() + HANG;
         while b.ring.used_idx() != target && b.status() & NEEDS_RESET == 0 {
-            assert!(std::time::Instant::now() < deadline, "round {round}: stuck");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "round {round}: stuck at used.idx {} of {target} ({chains} chains); {:?}; {:?}; \
+                 held {}; events {:?}",
+                b.ring.used_idx(),
+                b.handle.stats(),
+                b.dev.state().device,
+                b.handle.is_held(),
+                b.events.items()
+            );
             std::thread::yield_now();
         }
         if b.status() & NEEDS_RESET != 0 || round % 50 == 49 {
