@@ -19,7 +19,8 @@ mod common;
 mod linux_common;
 
 use linux_common::{
-    build_static, debian_job, guest, nested_retry, run, test_initrd, APPEND, QUIET_APPEND,
+    build_static, debian_job, guest, nested_retry, power_button_watch, run, test_initrd, APPEND,
+    QUIET_APPEND,
 };
 
 /// The test guest's script: report, then `end` (reboot -f or poweroff -f).
@@ -472,16 +473,15 @@ fn qmp_drives_debian_pause_reset_and_powerdown() {
         let test = "qmp_debian";
         let Some(g) = guest(test) else { return };
         let dir = common::TempDir::new(test);
-        let script = "boot=1
+        let script = [
+            "boot=1
 [ \"$(/clockprobe cmos 0x51)\" = '@@CMOS 0x51 00' ] || boot=2
 /clockprobe cmoswrite 0x51 1
 insmod /evdev.ko
 insmod /button.ko
-i=0; until grep -qs 'Power Button' /sys/class/input/event*/device/name || [ $i -ge 100 ]; do sleep 0.1; i=$((i+1)); done
-for e in /dev/input/event*; do
-  (busybox dd if=$e bs=24 count=1 of=/dev/null 2>/dev/null; echo @@POWERBUTTON; poweroff -f) &
-done
-echo \"@@READY $boot $(nproc)\"
+",
+            &power_button_watch(""),
+            "echo \"@@READY $boot $(nproc)\"
 if [ $boot = 1 ]; then
   t0=$(busybox cut -d' ' -f1 /proc/uptime)
   sleep 4
@@ -489,8 +489,10 @@ if [ $boot = 1 ]; then
   echo \"@@GUEST_SLEPT $t0 $t1\"
 fi
 echo \"@@ARMED $boot\"
-while true; do sleep 1; done";
-        let initrd = test_initrd(&g, &dir, script, &["evdev", "button"], true);
+while true; do sleep 1; done",
+        ]
+        .concat();
+        let initrd = test_initrd(&g, &dir, &script, &["evdev", "button"], true);
         let client = build_static(&dir, "qmpclient");
         let companion = "./qmpclient qmp.sock \
             'file:console.log:@@READY 1' query-status stop sleep:2 query-status cont \
@@ -642,16 +644,17 @@ fn qemu_python_client_drives_debian() {
         let test = "python_debian";
         let Some(g) = guest(test) else { return };
         let dir = common::TempDir::new(test);
-        let script = "insmod /evdev.ko
+        let script = [
+            "insmod /evdev.ko
 insmod /button.ko
-i=0; until grep -qs 'Power Button' /sys/class/input/event*/device/name || [ $i -ge 100 ]; do sleep 0.1; i=$((i+1)); done
-for e in /dev/input/event*; do
-  (busybox dd if=$e bs=24 count=1 of=/dev/null 2>/dev/null; echo @@POWERBUTTON; poweroff -f) &
-done
-echo \"@@BOOTED $(nproc)\"
+",
+            &power_button_watch(""),
+            "echo \"@@BOOTED $(nproc)\"
 busybox hwclock -u -w
-while true; do sleep 1; done";
-        let initrd = test_initrd(&g, &dir, script, &["evdev", "button"], false);
+while true; do sleep 1; done",
+        ]
+        .concat();
+        let initrd = test_initrd(&g, &dir, &script, &["evdev", "button"], false);
         let socket = dir.0.join("qmp.sock");
         let nested = HostKvm::detect() == HostKvm::Pvm;
         let qmp_arg = if nested {

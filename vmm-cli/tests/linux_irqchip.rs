@@ -21,7 +21,8 @@ mod common;
 mod linux_common;
 
 use linux_common::{
-    build_static, debian_job, guest, nested_retry, run, test_initrd, APPEND, QUIET_APPEND,
+    build_static, debian_job, guest, nested_retry, power_button_watch, run, test_initrd, APPEND,
+    QUIET_APPEND,
 };
 
 /// The Debian kernel's HZ.
@@ -86,13 +87,12 @@ fn debian_on_the_split_irqchip_2_cpus() {
         let test = "split_irqchip";
         let Some(g) = guest(test) else { return };
         let dir = common::TempDir::new(test);
-        let script = "insmod /evdev.ko
+        let script = [
+            "insmod /evdev.ko
 insmod /button.ko
-i=0; until grep -qs 'Power Button' /sys/class/input/event*/device/name || [ $i -ge 100 ]; do sleep 0.1; i=$((i+1)); done
-for e in /dev/input/event*; do
-  (busybox dd if=$e bs=24 count=1 of=/dev/null 2>/dev/null; echo @@POWERBUTTON; poweroff -f) &
-done
-echo \"@@CPUS $(nproc)\"
+",
+            &power_button_watch(""),
+            "echo \"@@CPUS $(nproc)\"
 dmesg | grep -E '\\.\\.TIMER|MP-BIOS|timer doesn|8259A|ExtINT' | sed 's/^/@@KLOG /'
 /clockprobe irqrate 0 3
 echo 2 > /proc/irq/8/smp_affinity
@@ -101,8 +101,10 @@ echo \"@@AFF0 $(grep rtc0 /proc/interrupts)\"
 echo \"@@AFF1 $(grep rtc0 /proc/interrupts)\"
 cat /proc/interrupts
 echo @@ARMED
-while true; do sleep 1; done";
-        let initrd = test_initrd(&g, &dir, script, &["evdev", "button"], true);
+while true; do sleep 1; done",
+        ]
+        .concat();
+        let initrd = test_initrd(&g, &dir, &script, &["evdev", "button"], true);
         let client = build_static(&dir, "qmpclient");
         let companion = "./qmpclient qmp.sock \
             'file:console.log:@@ARMED' system_powerdown event:POWERDOWN event:SHUTDOWN; \
@@ -199,19 +201,20 @@ fn debian_on_the_split_irqchip_8259s_noapic() {
         let test = "split_irqchip_noapic";
         let Some(g) = guest(test) else { return };
         let dir = common::TempDir::new(test);
-        let script = "insmod /evdev.ko
+        let script = [
+            "insmod /evdev.ko
 insmod /button.ko
-i=0; until grep -qs 'Power Button' /sys/class/input/event*/device/name || [ $i -ge 100 ]; do sleep 0.1; i=$((i+1)); done
-for e in /dev/input/event*; do
-  (busybox dd if=$e bs=24 count=1 of=/dev/null 2>/dev/null; echo @@POWERBUTTON; grep acpi /proc/interrupts; poweroff -f) &
-done
-echo \"@@CPUS $(nproc)\"
+",
+            &power_button_watch("grep acpi /proc/interrupts\n"),
+            "echo \"@@CPUS $(nproc)\"
 /clockprobe irqrate 0 3
 /clockprobe rtcpie 64 2
 cat /proc/interrupts
 echo @@DONE
-while true; do sleep 1; done";
-        let initrd = test_initrd(&g, &dir, script, &["evdev", "button"], true);
+while true; do sleep 1; done",
+        ]
+        .concat();
+        let initrd = test_initrd(&g, &dir, &script, &["evdev", "button"], true);
         let client = build_static(&dir, "qmpclient");
         let companion = "./qmpclient qmp.sock \
             'file:console.log:@@DONE' system_powerdown event:POWERDOWN event:SHUTDOWN; \

@@ -211,6 +211,33 @@ where
         .file("initrd", initrd)
 }
 
+/// Guest shell lines (busybox `sh`, after `insmod /evdev.ko` and
+/// `insmod /button.ko`) that wait up to 10 s for the ACPI power button's
+/// input device, then watch every input event device: on its first event
+/// a watcher prints `@@POWERBUTTON`, runs `then` (shell lines ending in a
+/// newline, or nothing) and powers off. The shell opens each device itself
+/// before that device's reader starts in the background, so a press made
+/// once these lines have run is never lost to a reader that has not opened
+/// its device yet (evdev queues a client's events from its open on). In a
+/// CI rehearsal a guest's second boot, whose next line came at once, never
+/// saw the `system_powerdown` sent on that line (no `@@POWERBUTTON`, its
+/// vCPU halted); a reader still starting under L1's TCG is the likely
+/// cause, and with the devices opened first it is not possible.
+pub fn power_button_watch(then: &str) -> String {
+    format!(
+        "i=0; until grep -qs 'Power Button' /sys/class/input/event*/device/name || [ $i -ge 100 ]; do sleep 0.1; i=$((i+1)); done
+fd=3
+for e in /dev/input/event*; do
+  [ $fd -le 9 ] || break
+  eval \"exec $fd<$e\"
+  (busybox dd bs=24 count=1 of=/dev/null <&$fd 2>/dev/null; echo @@POWERBUTTON
+{then}poweroff -f) &
+  fd=$((fd+1))
+done
+"
+    )
+}
+
 /// A test initramfs: busybox, `/init` = the usual mounts then `script`,
 /// the kernel's `modules` as `/NAME.ko`, and `/clockprobe` if asked for.
 pub fn test_initrd(
