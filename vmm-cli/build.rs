@@ -22,10 +22,15 @@
 //!   or later (`GLIBC_ABI_DT_RELR`), so only where the build host has it.
 //!
 //! Only release builds for x86-64 Linux use them, and only through the LLD
-//! that rustc ships and links with by default on this target since Rust
-//! 1.90 (with an older rustc, a linker chosen in Cargo's configuration, or
-//! link flags in `RUSTFLAGS`, the link is left as it was: GNU ld does not
-//! know `--symbol-ordering-file`). `VMM_RELEASE_LINK=plain` turns both off.
+//! that rustc ships: glibc's target links with it by default since Rust
+//! 1.90; musl's (the static build xtask makes, see `xtask/src/target.rs`)
+//! links with the C compiler and GNU ld, so it is pointed at rustc's LLD
+//! here (`-fuse-ld=lld` and `-B` at the toolchain's `gcc-ld` folder, what
+//! rustc itself passes when it links with LLD), whose static-pie start
+//! applies DT_RELR as well (musl 1.2.4 and later). With an older rustc, a
+//! linker chosen in Cargo's configuration, or link flags in `RUSTFLAGS`,
+//! the link is left as it was: GNU ld does not know
+//! `--symbol-ordering-file`. `VMM_RELEASE_LINK=plain` turns both off.
 
 use std::env;
 use std::path::Path;
@@ -39,8 +44,17 @@ fn main() {
     let plain = env::var("VMM_RELEASE_LINK").is_ok_and(|v| v == "plain");
     let release = env::var("PROFILE").is_ok_and(|p| p == "release");
     let target = env::var("TARGET").unwrap_or_default();
-    if !release || plain || target != "x86_64-unknown-linux-gnu" || !default_lld() {
+    if !release || plain || !linker_left_alone() {
         return;
+    }
+    match target.as_str() {
+        "x86_64-unknown-linux-gnu" if rustc_links_with_lld() => {}
+        "x86_64-unknown-linux-musl" => {
+            let Some(gcc_ld) = rustc_gcc_ld() else { return };
+            println!("cargo::rustc-link-arg-bin=vmm=-fuse-ld=lld");
+            println!("cargo::rustc-link-arg-bin=vmm=-B{}", gcc_ld.display());
+        }
+        _ => return,
     }
     if let Ok(text) = std::fs::read_to_string(&order) {
         let out = Path::new(&env::var("OUT_DIR").expect("cargo sets it")).join("startup-order.txt");
@@ -50,7 +64,7 @@ fn main() {
             out.display()
         );
     }
-    if glibc_reads_relr() {
+    if target.ends_with("-musl") || glibc_reads_relr() {
         println!("cargo::rustc-link-arg-bin=vmm=-Wl,-z,pack-relative-relocs");
     }
 }
@@ -83,17 +97,35 @@ fn expand(text: &str) -> String {
     out
 }
 
-/// Whether rustc links with its own LLD: rustc 1.90 or later, no linker
-/// chosen in Cargo's configuration, and no `-C link…` flag of any kind in
-/// `RUSTFLAGS` (a linker, its flavour, or arguments for it).
-fn default_lld() -> bool {
+/// No linker chosen in Cargo's configuration, and no `-C link…` flag of
+/// any kind in `RUSTFLAGS` (a linker, its flavour, or arguments for it).
+fn linker_left_alone() -> bool {
     if env::var_os("RUSTC_LINKER").is_some() {
         return false;
     }
     let flags = env::var("CARGO_ENCODED_RUSTFLAGS").unwrap_or_default();
-    if flags.split('\x1f').any(|f| f.contains("link")) {
-        return false;
-    }
+    !flags.split('\x1f').any(|f| f.contains("link"))
+}
+
+/// The folder of rustc's `ld.lld` for the C compiler (`gcc-ld`, beside
+/// `rust-lld` in the host's part of the toolchain), when it has one.
+fn rustc_gcc_ld() -> Option<std::path::PathBuf> {
+    let rustc = env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let out = Command::new(rustc)
+        .args(["--print", "sysroot"])
+        .output()
+        .ok()?;
+    let sysroot = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let host = env::var("HOST").ok()?;
+    let dir = Path::new(&sysroot)
+        .join("lib/rustlib")
+        .join(host)
+        .join("bin/gcc-ld");
+    dir.join("ld.lld").is_file().then_some(dir)
+}
+
+/// Whether rustc links glibc's target with its own LLD: 1.90 or later.
+fn rustc_links_with_lld() -> bool {
     let rustc = env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
     let Ok(out) = Command::new(rustc).arg("--version").output() else {
         return false;

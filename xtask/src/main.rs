@@ -25,6 +25,7 @@ mod guest;
 mod links;
 mod run;
 mod startup_order;
+mod target;
 
 const USAGE: &str = "\
 usage: cargo xtask <task> [args]
@@ -142,8 +143,11 @@ fn run(args: &[String]) -> Result<()> {
 /// not skip: `VMM_REQUIRE_KVM=1` turns their "no KVM here" skip into a
 /// failure.
 fn test(extra: &[String]) -> Result<()> {
+    // The VMM's tests run the binary built for the target the release
+    // ships for (musl: see target.rs), so its seccomp lists are that C
+    // library's.
     let mut c = cmd::cargo(["test", "--workspace"]);
-    c.args(extra);
+    c.args(target::cargo_args()?).args(extra);
     if std::path::Path::new("/dev/kvm").exists() {
         c.env("VMM_REQUIRE_KVM", "1");
         // The Linux boot tests need the default guest.

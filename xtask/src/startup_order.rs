@@ -175,15 +175,13 @@ fn recorded_rustc(text: &str) -> Option<&str> {
 
 /// Builds the release `vmm`; its path.
 fn build() -> Result<PathBuf> {
-    cmd::run(&mut cmd::cargo([
-        "build",
-        "--release",
+    cmd::run(&mut crate::target::release_build(&[
         "--package",
         "vmm-cli",
         "--bin",
         "vmm",
-    ]))?;
-    Ok(bench::target_dir().join("release/vmm"))
+    ])?)?;
+    Ok(crate::target::vmm())
 }
 
 /// How many of the functions the order file names `binary` has (a

@@ -129,6 +129,52 @@ fn allow_ioctls(rules: &mut Rules, requests: &[u64]) -> Result<(), seccompiler::
     Ok(())
 }
 
+/// `openat` with one of `flags` (argument 2), as glibc's `open(3)` makes
+/// it. musl's (the static build's) makes `open` instead, with the flags as
+/// argument 1 and `O_LARGEFILE` added, and then `fcntl(F_SETFD,
+/// FD_CLOEXEC)` on the new descriptor when they hold `O_CLOEXEC`: those
+/// too where the C library is musl.
+fn allow_open(rules: &mut Rules, flags: &[u64]) -> Result<(), seccompiler::Error> {
+    for &f in flags {
+        allow_if(rules, libc::SYS_openat, &[&[(2, Eq, f)]])?;
+    }
+    if cfg!(target_env = "musl") {
+        // x86-64's O_LARGEFILE, which musl's open adds (0 in glibc's headers).
+        const O_LARGEFILE: u64 = 0o100000;
+        for &f in flags {
+            allow_if(rules, libc::SYS_open, &[&[(1, Eq, f | O_LARGEFILE)]])?;
+        }
+        allow_if(
+            rules,
+            libc::SYS_fcntl,
+            &[&[
+                (1, Eq, libc::F_SETFD as u64),
+                (2, Eq, libc::FD_CLOEXEC as u64),
+            ]],
+        )?;
+    }
+    Ok(())
+}
+
+/// A file's metadata by its path, as std asks for it: `statx`, or
+/// `newfstatat` where that is missing (glibc); musl asks with `stat` and
+/// `lstat`.
+fn allow_stat(rules: &mut Rules) {
+    allow(rules, &[libc::SYS_statx, libc::SYS_newfstatat]);
+    if cfg!(target_env = "musl") {
+        allow(rules, &[libc::SYS_stat, libc::SYS_lstat]);
+    }
+}
+
+/// std's `thread::sleep`: glibc's `nanosleep(3)` is `clock_nanosleep`,
+/// musl's is `nanosleep`.
+fn allow_sleep(rules: &mut Rules) {
+    allow(rules, &[libc::SYS_clock_nanosleep]);
+    if cfg!(target_env = "musl") {
+        allow(rules, &[libc::SYS_nanosleep]);
+    }
+}
+
 /// No `PROT_EXEC` in argument 2 (`prot` of `mmap` and `mprotect`).
 const NO_EXEC: &[Cond] = &[(2, MaskedEq(libc::PROT_EXEC as u64), 0)];
 
@@ -465,9 +511,9 @@ pub(super) fn gdb() -> Result<Rules, seccompiler::Error> {
     allow(
         &mut r,
         &[
-            // A client connects (accept4); a failed accept waits 100 ms.
+            // A client connects (accept4); a failed accept waits 100 ms
+            // (allow_sleep, below).
             libc::SYS_accept4,
-            libc::SYS_clock_nanosleep,
             // The client's packets (read, or recv for reads and the
             // peek gdbstub makes), the stop eventfd.
             libc::SYS_read,
@@ -479,6 +525,7 @@ pub(super) fn gdb() -> Result<Rules, seccompiler::Error> {
             libc::SYS_ppoll,
         ],
     );
+    allow_sleep(&mut r);
     // TCP_NODELAY on a client's socket.
     allow_if(
         &mut r,
@@ -513,20 +560,19 @@ pub(super) fn migration() -> Result<Rules, seccompiler::Error> {
             libc::SYS_bind,
             libc::SYS_listen,
             libc::SYS_accept4,
-            // Pacing to max-bandwidth.
-            libc::SYS_clock_nanosleep,
+            // Pacing to max-bandwidth: allow_sleep, below.
             // /proc/self/pagemap: the pages never touched are not sent.
             libc::SYS_pread64,
             // A stale Unix socket removed before listening, and the one
-            // listened on once the source connected (symlink_metadata,
-            // unlink).
-            libc::SYS_statx,
-            libc::SYS_newfstatat,
+            // listened on once the source connected (symlink_metadata:
+            // allow_stat, below; unlink).
             libc::SYS_unlink,
             // `--incoming exec:`'s command waited for.
             libc::SYS_wait4,
         ],
     );
+    allow_sleep(&mut r);
+    allow_stat(&mut r);
     // Stream sockets of the three families only.
     let family = |f: i32| [(0, Eq, f as u64)];
     allow_if(
@@ -560,11 +606,7 @@ pub(super) fn migration() -> Result<Rules, seccompiler::Error> {
         &[&[(1, Eq, libc::F_DUPFD_CLOEXEC as u64)]],
     )?;
     // The page map, read only.
-    allow_if(
-        &mut r,
-        libc::SYS_openat,
-        &[&[(2, Eq, (libc::O_RDONLY | libc::O_CLOEXEC) as u64)]],
-    )?;
+    allow_open(&mut r, &[(libc::O_RDONLY | libc::O_CLOEXEC) as u64])?;
     allow_ioctls(&mut r, &[KVM_SET_USER_MEMORY_REGION, KVM_GET_DIRTY_LOG])?;
     Ok(r)
 }
@@ -603,15 +645,15 @@ pub(super) fn main(pid: u32, kick: u32) -> Result<Rules, seccompiler::Error> {
             libc::SYS_shutdown,
             // The reset path sizes the initrd (File::metadata: statx, or
             // fstat where statx is missing); at exit the QMP socket is
-            // removed if it still is one (symlink_metadata, unlink).
-            libc::SYS_statx,
+            // removed if it still is one (symlink_metadata: allow_stat,
+            // below; unlink).
             libc::SYS_fstat,
-            libc::SYS_newfstatat,
             libc::SYS_unlink,
             // Kicking a vCPU: pthread_kill is tgkill(getpid(), tid, sig).
             libc::SYS_getpid,
         ],
     );
+    allow_stat(&mut r);
     // Only the kick, only to our own threads.
     allow_if(
         &mut r,
@@ -633,16 +675,11 @@ pub(super) fn main(pid: u32, kick: u32) -> Result<Rules, seccompiler::Error> {
     )?;
     // snapshot-save creates its file (File::create) and syncs it;
     // snapshot-load opens one to read (File::open). Only those two ways.
-    allow_if(
+    allow_open(
         &mut r,
-        libc::SYS_openat,
         &[
-            &[(
-                2,
-                Eq,
-                (libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC) as u64,
-            )],
-            &[(2, Eq, (libc::O_RDONLY | libc::O_CLOEXEC) as u64)],
+            (libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC) as u64,
+            (libc::O_RDONLY | libc::O_CLOEXEC) as u64,
         ],
     )?;
     // ...and reads /proc/self/pagemap to skip RAM never touched. A save
@@ -669,7 +706,8 @@ pub(super) fn main(pid: u32, kick: u32) -> Result<Rules, seccompiler::Error> {
     // A migration's disk images change hands: the source lets their
     // locks go when it completes, the destination takes them once loaded,
     // trying again every 20 ms until the source has (std's sleep).
-    allow(&mut r, &[libc::SYS_flock, libc::SYS_clock_nanosleep]);
+    allow(&mut r, &[libc::SYS_flock]);
+    allow_sleep(&mut r);
     // QMP: the client's write timeout.
     allow_if(
         &mut r,

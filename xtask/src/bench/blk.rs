@@ -648,7 +648,7 @@ fn guest_initrd(guest: &GuestFiles, dir: &Path, load: &Path, sizes: Sizes) -> Re
 /// returns the rows of the good boots and a note per L1 session.
 fn boots(runs: usize, sizes: Sizes) -> Result<(Vec<RowLine>, Vec<String>)> {
     let guest = GuestFiles::default_location()?;
-    let vmm = target_dir().join("release").join("vmm");
+    let vmm = crate::target::vmm();
     // Under target/: O_DIRECT fails on a tmpfs, which /tmp can be.
     let tmp = TempDir::new_in(&target_dir(), "bench-blk")?;
     let host_helper = build_static(&tmp.0, "blk_host.c", HOST_HELPER)?;

@@ -50,7 +50,7 @@ use anyhow::{bail, Context, Result};
 use vmm_testbed::{initramfs::busybox_initramfs, GuestFiles, Job};
 
 use super::report::{Goal, Row, Section, Who};
-use super::{session, target_dir, Ctx, TempDir};
+use super::{session, Ctx, TempDir};
 use crate::cmd;
 
 /// Boots of one VMM in one configuration.
@@ -574,7 +574,7 @@ fn boots(runs: usize, quick: bool) -> Result<(Vec<LinuxSeries>, Vec<String>)> {
     let started = Instant::now();
     let guest = GuestFiles::default_location()?;
     // `cargo xtask bench` has built the release `vmm` before any suite.
-    let vmm = target_dir().join("release").join("vmm");
+    let vmm = crate::target::vmm();
     let tmp = TempDir::new("vmm-bench-linux")?;
     let helper = build_helper(&tmp.0)?;
     let busybox = std::fs::read(&guest.busybox)

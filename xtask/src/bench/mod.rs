@@ -122,14 +122,12 @@ pub fn task(args: &[String]) -> Result<()> {
     if let Err(e) = kvm_ok {
         bail!("the benchmarks need KVM, and /dev/kvm is unusable here: {e}");
     }
-    cmd::run(&mut cmd::cargo([
-        "build",
-        "--release",
+    cmd::run(&mut crate::target::release_build(&[
         "--package",
         "vmm-cli",
         "--package",
         "bench-floor",
-    ]))?;
+    ])?)?;
     let qemu = ensure_qemu();
     let tmp = TempDir::new("vmm-bench")?;
     let ctx = Ctx {
@@ -270,7 +268,9 @@ fn host_description(ctx: &Ctx, runs: usize, took: Duration) -> String {
     };
     format!(
         "Host: {cpu}, {cores} cores, Linux {kernel}, KVM module {kvm}; {qemu}. \
+         Ours and the floor built for {}. \
          {runs} runs per program{}{extra}; {date}; the suites took {:.0} s.",
+        crate::target::describe(),
         if ctx.quick { " (--quick)" } else { "" },
         took.as_secs_f64()
     )
@@ -354,7 +354,7 @@ impl Program {
     fn floor(guest: &Path, memory_mib: u32) -> Self {
         Self {
             who: Who::Floor,
-            program: target_dir().join("release/bench-floor"),
+            program: crate::target::release_dir().join("bench-floor"),
             args: vec![guest.into(), memory_mib.to_string().into()],
             expect: Expect::Code(0),
             env: Vec::new(),
@@ -375,7 +375,7 @@ impl Program {
         args.extend(ctx.vmm_args.iter().map(OsString::from));
         Self {
             who: Who::Ours,
-            program: target_dir().join("release/vmm"),
+            program: crate::target::vmm(),
             args,
             expect: Expect::Code(0),
             env: Vec::new(),

@@ -56,7 +56,7 @@ use vmm_testbed::{initramfs::busybox_initramfs, GuestFiles, HostKvm, Job};
 
 use super::blk::build_static;
 use super::report::{Goal, Row, Section, Who};
-use super::{session, target_dir, Ctx, TempDir};
+use super::{session, Ctx, TempDir};
 
 /// Guest RAM, MiB.
 const MEMORY_MIB: u32 = 256;
@@ -580,7 +580,7 @@ fn boots(runs: usize, sizes: Sizes) -> Result<(Vec<RowLine>, Vec<String>)> {
             bail!("no {m}.ko in the guest files (cargo xtask guest refreshes them)");
         }
     }
-    let vmm = target_dir().join("release").join("vmm");
+    let vmm = crate::target::vmm();
     let tmp = TempDir::new("vmm-bench-net")?;
     let tool = build_static(&tmp.0, "net_load.c", TOOL)?;
     let initrd = guest_initrd(&guest, &tmp.0, &tool, sizes.secs, false)?;

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use super::report::{Row, Section, Who};
-use super::{target_dir, Ctx};
+use super::Ctx;
 
 /// Rounds, each with this many stop/cont pairs per VMM (and with
 /// `--quick`).
@@ -160,7 +160,7 @@ pub(super) fn ours_argv(
 ) -> Vec<String> {
     let path = |p: &Path| p.to_string_lossy().into_owned();
     [
-        path(&target_dir().join("release/vmm")),
+        path(&crate::target::vmm()),
         "--kernel".into(),
         path(guest),
         "--memory".into(),

@@ -42,7 +42,7 @@ use anyhow::{bail, Context, Result};
 
 use super::qmp::{Session, Vmm};
 use super::report::{Row, Section, Who};
-use super::{target_dir, Ctx};
+use super::Ctx;
 
 const MEMORY: &str = "128M";
 /// What the filling guest writes before it counts.
@@ -79,7 +79,7 @@ fn base(who: Who, ctx: &Ctx, guest: &Path) -> Vec<String> {
             path(guest),
         ],
         _ => vec![
-            path(&target_dir().join("release/vmm")),
+            path(&crate::target::vmm()),
             "--kernel".into(),
             path(guest),
             "--memory".into(),

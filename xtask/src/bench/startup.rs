@@ -94,7 +94,7 @@ pub fn startup(ctx: &Ctx) -> Result<Vec<Section>> {
     if programs.iter().any(|p| p.who == Who::Qemu) {
         s.note("QEMU: -M microvm -accel kvm -cpu host,-arch-capabilities -nodefaults -no-reboot.");
     }
-    match crate::startup_order::coverage(&super::target_dir().join("release/vmm")) {
+    match crate::startup_order::coverage(&crate::target::vmm()) {
         Ok((found, named)) => s.note(format!(
             "Our release binary is linked with the functions a start runs side by side \
              (vmm-cli/startup-order.txt, `cargo xtask startup-order`): it has {found} of the \

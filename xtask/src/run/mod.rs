@@ -12,7 +12,7 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 use vmm_testbed::{Bridges, HostKvm, Job};
 
-use crate::{cmd, guest};
+use crate::{cmd, guest, target};
 
 mod args;
 mod qmp_bridge;
@@ -24,13 +24,8 @@ pub fn build_vmm() -> Result<PathBuf> {
     // Cargo's own progress shows while a first build runs (a minute or
     // two); a warm build is one "Finished" line.
     eprintln!("xtask run: building the VMM (release)");
-    cmd::run_quietly(&mut cmd::cargo([
-        "build",
-        "--release",
-        "--package",
-        "vmm-cli",
-    ]))?;
-    Ok(cmd::root().join("target/release/vmm"))
+    cmd::run_quietly(&mut target::release_build(&["--package", "vmm-cli"])?)?;
+    Ok(target::vmm())
 }
 
 /// `cargo xtask run`: ends the process with the VMM's exit status.

@@ -318,14 +318,12 @@ fn boot_line(boot: &Boot, vmm_args: &[String], limit: u32) -> String {
 /// Runs the soak (`args`: `--rounds N`, `--busy`).
 pub fn task(args: &[String]) -> Result<()> {
     let o = Options::parse(args)?;
-    cmd::run(&mut cmd::cargo([
-        "build",
-        "--release",
+    cmd::run(&mut crate::target::release_build(&[
         "--package",
         "vmm-cli",
-    ]))?;
+    ])?)?;
     let guest = GuestFiles::default_location()?;
-    let vmm = target_dir().join("release").join("vmm");
+    let vmm = crate::target::vmm();
     let tmp = TempDir::new("vmm-soak")?;
     let helper = build_helper(&tmp.0)?;
     let busybox = std::fs::read(&guest.busybox)
