@@ -440,6 +440,9 @@ pub(super) fn device() -> Result<Rules, seccompiler::Error> {
             libc::SYS_timerfd_settime,
         ],
     );
+    // aio=io_uring: a submission the kernel refuses for now (EAGAIN) with
+    // nothing else in flight is tried again a millisecond later.
+    allow_sleep(&mut r);
     // Interrupts: MSI-X messages, or INTA# when the guest left MSI-X off.
     // A network card's worker sets the tap's offloads from what the driver
     // accepted when it starts (TUNSETOFFLOAD, by value); its frames are

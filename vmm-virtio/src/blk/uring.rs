@@ -109,7 +109,16 @@ pub struct Uring {
     /// A submission failed in a way that may have left entries behind:
     /// the ring is never used again.
     poisoned: bool,
+    /// A test's `EAGAIN`s: the next this many entries into the kernel
+    /// fail so without trying.
+    #[cfg(test)]
+    eagain: u32,
 }
+
+/// How many times a submission the kernel refuses with `EAGAIN` is tried
+/// again, a millisecond apart, when nothing else is in flight, before the
+/// ring is given up (the device then needs a reset).
+const EAGAIN_TRIES: u32 = if cfg!(test) { 5 } else { 1000 };
 
 // SAFETY: the only thing that is not Send is the iovecs' raw pointers,
 // into guest memory, which is shared between threads by design (`Memory`
@@ -141,6 +150,8 @@ impl Uring {
             free: (0..n).rev().collect(),
             pending: 0,
             poisoned: false,
+            #[cfg(test)]
+            eagain: 0,
         })
     }
 
@@ -287,8 +298,9 @@ impl Uring {
                 return;
             }
             // Full (only with a test's gates, two entries a request): hand
-            // what is there to the kernel first.
-            if self.submit().is_err() {
+            // what is there to the kernel first, waiting for it to take
+            // them (a completion to come would not free the queue).
+            if self.hand_over(true).is_err() {
                 return;
             }
         }
@@ -296,14 +308,33 @@ impl Uring {
 
     /// Hands the queued entries to the kernel.
     pub(super) fn submit(&mut self) -> io::Result<()> {
+        self.hand_over(false)
+    }
+
+    /// `io_uring_enter` for what is queued. `EAGAIN` (the kernel short of
+    /// memory for requests, for now) leaves it queued: while other
+    /// requests are in flight, and unless `now`, their completions bring
+    /// the worker back to [`Uring::reap`], which tries again; with none,
+    /// nothing would (the worker waits for a completion or the guest's
+    /// next kick), so it tries again here a millisecond later, up to
+    /// [`EAGAIN_TRIES`] times, then fails.
+    fn hand_over(&mut self, now: bool) -> io::Result<()> {
+        let mut tries = 0;
         loop {
-            match self.ring.submit() {
-                Ok(_) => return Ok(()),
+            match self.enter() {
+                Ok(()) => return Ok(()),
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
                 Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
-                    // Out of kernel memory for now: what is queued stays
-                    // queued for the next call.
-                    return Ok(());
+                    let queued = self.ring.submission().len();
+                    if queued == 0 || (!now && self.pending > queued) {
+                        return Ok(());
+                    }
+                    tries += 1;
+                    if tries >= EAGAIN_TRIES {
+                        self.poisoned = true;
+                        return Err(e);
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(1));
                 }
                 Err(e) => {
                     self.poisoned = true;
@@ -311,6 +342,15 @@ impl Uring {
                 }
             }
         }
+    }
+
+    fn enter(&mut self) -> io::Result<()> {
+        #[cfg(test)]
+        if self.eagain > 0 {
+            self.eagain -= 1;
+            return Err(io::Error::from_raw_os_error(libc::EAGAIN));
+        }
+        self.ring.submit().map(drop)
     }
 
     /// The requests that completed, in the order they did; resubmits the
@@ -471,6 +511,52 @@ mod tests {
         }
         let other = unavailable(&io::Error::from_raw_os_error(libc::ENOMEM));
         assert!(other.starts_with("cannot set up an io_uring"), "{other}");
+    }
+
+    /// A ring with `n` no-op entries queued (as a test's gates: their
+    /// completions are nobody's request).
+    fn ring_with_queued(n: usize) -> Uring {
+        let mut ring = Uring::new(8).unwrap();
+        for _ in 0..n {
+            ring.push(&opcode::Nop::new().build().user_data(GATE));
+        }
+        ring
+    }
+
+    #[test]
+    fn a_submission_refused_for_now_with_nothing_in_flight_is_tried_again() {
+        let mut ring = ring_with_queued(1);
+        ring.eagain = 3;
+        ring.submit().unwrap();
+        // Handed over (nothing else would have made the worker try again).
+        assert_eq!((ring.eagain, ring.ring.submission().len()), (0, 0));
+        ring.wait_one().unwrap();
+        assert_eq!(ring.ring.completion().len(), 1);
+    }
+
+    #[test]
+    fn a_submission_refused_for_now_behind_requests_in_flight_waits_for_them() {
+        let mut ring = ring_with_queued(1);
+        ring.submit().unwrap();
+        ring.push(&opcode::Nop::new().build().user_data(GATE));
+        ring.eagain = 1;
+        ring.submit().unwrap();
+        // Left queued at once: the first one's completion brings the
+        // worker to reap, which submits it.
+        assert_eq!(ring.ring.submission().len(), 1);
+        ring.submit().unwrap();
+        assert_eq!(ring.ring.submission().len(), 0);
+        assert!(!ring.poisoned());
+    }
+
+    #[test]
+    fn a_kernel_that_keeps_refusing_gives_the_ring_up() {
+        let mut ring = ring_with_queued(1);
+        ring.eagain = u32::MAX;
+        let e = ring.submit().unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EAGAIN));
+        assert!(ring.poisoned());
+        assert_eq!(ring.eagain, u32::MAX - EAGAIN_TRIES);
     }
 
     #[test]
