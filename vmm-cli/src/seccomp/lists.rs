@@ -33,6 +33,8 @@ pub(super) struct Rules {
     ioctls: Vec<u64>,
     /// `ioctl` has a rule [`allow_if`] made (not a request).
     ioctl_other: bool,
+    /// [`musl_cloexec_again`] added its rule.
+    cloexec_again: bool,
 }
 
 impl Rules {
@@ -65,6 +67,7 @@ impl Rules {
         }
         self.ioctls.extend(other.ioctls);
         self.ioctl_other |= other.ioctl_other;
+        self.cloexec_again |= other.cloexec_again;
     }
 }
 
@@ -144,6 +147,31 @@ fn allow_open(rules: &mut Rules, flags: &[u64]) -> Result<(), seccompiler::Error
         for &f in flags {
             allow_if(rules, libc::SYS_open, &[&[(1, Eq, f | O_LARGEFILE)]])?;
         }
+        musl_cloexec_again(rules)?;
+    }
+    Ok(())
+}
+
+/// A descriptor's duplicate (`try_clone`: `fcntl(F_DUPFD_CLOEXEC)`); musl
+/// then sets `FD_CLOEXEC` on it again (`fcntl(F_SETFD)`).
+fn allow_dup(rules: &mut Rules) -> Result<(), seccompiler::Error> {
+    allow_if(
+        rules,
+        libc::SYS_fcntl,
+        &[&[(1, Eq, libc::F_DUPFD_CLOEXEC as u64)]],
+    )?;
+    if cfg!(target_env = "musl") {
+        musl_cloexec_again(rules)?;
+    }
+    Ok(())
+}
+
+/// `fcntl(F_SETFD, FD_CLOEXEC)`, which musl makes after an open or a
+/// duplicate that already asked for it (for kernels that ignored the
+/// flag); once per list.
+fn musl_cloexec_again(rules: &mut Rules) -> Result<(), seccompiler::Error> {
+    if !rules.cloexec_again {
+        rules.cloexec_again = true;
         allow_if(
             rules,
             libc::SYS_fcntl,
@@ -308,11 +336,7 @@ pub(super) fn vcpu(pid: u32, kick: u32) -> Result<Rules, seccompiler::Error> {
     allow_ioctls(&mut r, VCPU_IOCTLS)?;
     // Exits: a virtio device's activation hands its worker the queues'
     // eventfds (dup).
-    allow_if(
-        &mut r,
-        libc::SYS_fcntl,
-        &[&[(1, Eq, libc::F_DUPFD_CLOEXEC as u64)]],
-    )?;
+    allow_dup(&mut r)?;
     allow(
         &mut r,
         &[
@@ -603,11 +627,7 @@ pub(super) fn migration() -> Result<Rules, seccompiler::Error> {
         ],
     )?;
     // The socket's second handle (try_clone), for migrate_cancel.
-    allow_if(
-        &mut r,
-        libc::SYS_fcntl,
-        &[&[(1, Eq, libc::F_DUPFD_CLOEXEC as u64)]],
-    )?;
+    allow_dup(&mut r)?;
     // The page map, read only.
     allow_open(&mut r, &[(libc::O_RDONLY | libc::O_CLOEXEC) as u64])?;
     allow_ioctls(&mut r, &[KVM_SET_USER_MEMORY_REGION, KVM_GET_DIRTY_LOG])?;
@@ -671,11 +691,7 @@ pub(super) fn main(pid: u32, kick: u32) -> Result<Rules, seccompiler::Error> {
         &[&[(3, Eq, (libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) as u64)]],
     )?;
     // QMP: the client's second handle (try_clone).
-    allow_if(
-        &mut r,
-        libc::SYS_fcntl,
-        &[&[(1, Eq, libc::F_DUPFD_CLOEXEC as u64)]],
-    )?;
+    allow_dup(&mut r)?;
     // snapshot-save creates its file (File::create) and syncs it;
     // snapshot-load opens one to read (File::open). Only those two ways.
     allow_open(
