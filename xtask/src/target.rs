@@ -38,23 +38,32 @@ pub fn triple() -> Result<Option<&'static str>> {
 
 fn choose() -> Result<Option<&'static str>> {
     let wanted = std::env::var(ENV).unwrap_or_default();
-    match wanted.as_str() {
+    decide(&wanted, installed, || {
+        if cmd::which("rustup").is_none() {
+            return false;
+        }
+        eprintln!("xtask: adding the {MUSL} target with rustup (the VMM is a static musl binary)");
+        Command::new("rustup")
+            .args(["target", "add", MUSL])
+            .status()
+            .is_ok_and(|s| s.success())
+    })
+}
+
+/// The choice for `VMM_TARGET=wanted`, given whether musl's standard
+/// library is `installed` and a way to `add` it.
+fn decide(
+    wanted: &str,
+    installed: impl Fn() -> bool,
+    add: impl FnOnce() -> bool,
+) -> Result<Option<&'static str>> {
+    match wanted {
         "host" | "gnu" => return Ok(None),
         "" | "musl" => {}
         other => bail!("{ENV}={other}: expected `host` or `musl`"),
     }
-    if installed() {
+    if installed() || (add() && installed()) {
         return Ok(Some(MUSL));
-    }
-    if cmd::which("rustup").is_some() {
-        eprintln!("xtask: adding the {MUSL} target with rustup (the VMM is a static musl binary)");
-        let added = Command::new("rustup")
-            .args(["target", "add", MUSL])
-            .status()
-            .is_ok_and(|s| s.success());
-        if added && installed() {
-            return Ok(Some(MUSL));
-        }
     }
     if wanted == "musl" {
         bail!("{ENV}=musl, and the {MUSL} target is not installed (rustup target add {MUSL})");
@@ -119,5 +128,35 @@ pub fn describe() -> String {
     match triple() {
         Ok(Some(t)) => format!("{t} (static)"),
         _ => "the host's target (glibc, dynamic)".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn musl_unless_the_host_is_asked_for_or_musl_cannot_be_had() {
+        let never = || -> bool { panic!("not asked") };
+        assert_eq!(decide("host", never, never).unwrap(), None);
+        assert_eq!(decide("", || true, never).unwrap(), Some(MUSL));
+        assert_eq!(decide("musl", || true, never).unwrap(), Some(MUSL));
+        // Added when missing...
+        let added = std::cell::Cell::new(false);
+        let got = decide(
+            "",
+            || added.get(),
+            || {
+                added.set(true);
+                true
+            },
+        );
+        assert_eq!(got.unwrap(), Some(MUSL));
+        // ...else the host's, unless musl was asked for.
+        assert_eq!(decide("", || false, || false).unwrap(), None);
+        let e = decide("musl", || false, || false).unwrap_err().to_string();
+        assert!(e.contains("rustup target add"), "{e}");
+        let e = decide("risc", never, never).unwrap_err().to_string();
+        assert!(e.contains("expected `host` or `musl`"), "{e}");
     }
 }
