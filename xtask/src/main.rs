@@ -238,6 +238,14 @@ fn lint() -> Result<()> {
         "-D",
         "warnings",
     ]))?;
+    // The binary again for the target it ships for (musl: its allocator
+    // and seccomp calls are compiled only there).
+    let shipped = target::cargo_args()?;
+    if !shipped.is_empty() {
+        let mut c = cmd::cargo(["clippy", "--package", "vmm-cli", "--all-targets"]);
+        c.args(&shipped).args(["--", "-D", "warnings"]);
+        cmd::run(&mut c)?;
+    }
     // The fuzz targets build with the stable toolchain too: checked here,
     // with the rest, so that a changed API breaks lint rather than the
     // fuzz step at the end of a CI run.
