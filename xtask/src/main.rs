@@ -11,6 +11,7 @@
 //! cargo xtask ci          lint, check-deps and test: what .ci/run runs
 //! cargo xtask guest       fetch and build the default guest (kernel, initramfs)
 //! cargo xtask startup-order  trace a start's functions for the release link's order
+//! cargo xtask check-binary  the release binary calls no function its static link left out
 //! ```
 
 use std::process::ExitCode;
@@ -23,6 +24,7 @@ mod deps;
 mod fuzz;
 mod guest;
 mod links;
+mod null_calls;
 mod run;
 mod startup_order;
 mod target;
@@ -85,6 +87,10 @@ tasks:
                            --check: fail when a release build has under 95% of
                            the names there (stale: write it again); not checked
                            under another rustc than the file names
+  check-binary [BINARY]    build the release VMM (or take BINARY) and fail if it calls a function
+                           through a GOT slot its static link left at 0 (a C
+                           library function std declares weak, which LTO made
+                           weak in our code too: reach it with libc::syscall)
   guest [--dir DIR] [--refresh] [--rootfs [PATH]] [--size SIZE]
                            fetch the Debian cloud kernel and busybox-static with
                            apt-get, and build the default guest into DIR (default
@@ -123,6 +129,7 @@ fn run(args: &[String]) -> Result<()> {
         "guest" => guest::task(rest),
         "run" => run::task(rest),
         "startup-order" => startup_order::task(rest),
+        "check-binary" => null_calls::task(rest),
         "ci" => {
             lint()?;
             deps::check()?;

@@ -157,17 +157,21 @@ fn copy_range(from: &File, from_at: u64, to: &File, to_at: u64, len: u64) -> io:
         let want = usize::try_from(len - done)
             .unwrap_or(usize::MAX)
             .min(1 << 30);
+        // The system call, not libc's wrapper: std declares
+        // `copy_file_range` weak, and in a static musl build with LTO that
+        // made our call a weak reference the link left at address 0.
         // SAFETY: both descriptors are open files we hold; the offsets
         // are our own variables, which the kernel advances; no memory of
         // ours is read or written.
         let n = unsafe {
-            libc::copy_file_range(
+            libc::syscall(
+                libc::SYS_copy_file_range,
                 from.as_raw_fd(),
-                &mut off_in,
+                &mut off_in as *mut libc::loff_t,
                 to.as_raw_fd(),
-                &mut off_out,
+                &mut off_out as *mut libc::loff_t,
                 want,
-                0,
+                0 as libc::c_uint,
             )
         };
         match n {

@@ -58,9 +58,19 @@ impl EntropySource for HostRandom {
         let mut at = 0;
         while at < buf.len() {
             let rest = &mut buf[at..];
+            // The system call, not libc's wrapper: std declares
+            // `getrandom` weak, and in a static musl build with LTO that
+            // made our call a weak reference the link left at address 0.
             // SAFETY: the kernel writes at most `rest.len()` bytes into
             // `rest`, which is valid and exclusively ours for that long.
-            let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
+            let n = unsafe {
+                libc::syscall(
+                    libc::SYS_getrandom,
+                    rest.as_mut_ptr(),
+                    rest.len(),
+                    0 as libc::c_uint,
+                )
+            };
             if n < 0 {
                 let e = io::Error::last_os_error();
                 if e.kind() == io::ErrorKind::Interrupted {
