@@ -142,10 +142,9 @@ fn allow_open(rules: &mut Rules, flags: &[u64]) -> Result<(), seccompiler::Error
         allow_if(rules, libc::SYS_openat, &[&[(2, Eq, f)]])?;
     }
     if cfg!(target_env = "musl") {
-        // x86-64's O_LARGEFILE, which musl's open adds (0 in glibc's headers).
-        const O_LARGEFILE: u64 = 0o100000;
         for &f in flags {
-            allow_if(rules, libc::SYS_open, &[&[(1, Eq, f | O_LARGEFILE)]])?;
+            let f = f | libc::O_LARGEFILE as u64;
+            allow_if(rules, libc::SYS_open, &[&[(1, Eq, f)]])?;
         }
         musl_cloexec_again(rules)?;
     }
