@@ -1,13 +1,15 @@
 //! The virtio functions in the machine's device list, for snapshots and
 //! migration: each disk, network card, entropy and socket device is an
 //! entry (`virtio-blk-pci`, `virtio-net-pci`, `virtio-rng-pci`,
-//! `virtio-vsock-pci`; not vhost-vsock-pci, which the machine refuses to
+//! `virtio-vsock-pci`; a network card on vhost-net is the same
+//! `virtio-net-pci`; not vhost-vsock-pci, which the machine refuses to
 //! snapshot) whose id names
 //! its backing and PCI address (`drive0@00:03.0`), so that the shape check
 //! refuses a machine whose virtio devices differ in kind, address or id.
 //! Its saved state is the function's [`VirtioPciSnapshot`] and its
-//! backing (the image's path, the tap's name): a load onto another backing
-//! is refused with both named.
+//! backing (the image's path, the tap's name and the card's address): a
+//! load onto another backing is refused with both named, but a card may
+//! come back on another tap (its address must be the same).
 //!
 //! A socket device's connections are not carried over: they end when its
 //! worker stops, and the driver gets a transport reset when it starts
@@ -120,7 +122,7 @@ impl Device for VirtioEntry {
                 ty: self.kind,
                 source,
             })?;
-        if s.backing != self.backing {
+        if backing_key(self.kind, &s.backing) != backing_key(self.kind, &self.backing) {
             return Err(self.invalid(format!(
                 "the snapshot's device is backed by {}, this machine's by {}",
                 s.backing, self.backing
@@ -131,6 +133,17 @@ impl Device for VirtioEntry {
             .ok_or_else(|| self.invalid(format!("no virtio function in slot {}", self.slot)))?;
         f.restore(&s.function)
             .map_err(|e| self.invalid(e.to_string()))
+    }
+}
+
+/// What of a function's backing a load must find the same: all of it
+/// (a disk's image and mode), but of a network card only its address
+/// (`tap NAME (MAC)` → `(MAC)`): a card may come back on another tap, as
+/// a QEMU user migrating between two taps of one bridge expects.
+fn backing_key<'a>(kind: &str, backing: &'a str) -> &'a str {
+    match backing.rfind(" (") {
+        Some(i) if kind == "virtio-net-pci" => &backing[i + 1..],
+        _ => backing,
     }
 }
 
@@ -221,7 +234,7 @@ pub fn check_backings(ours: &[Entry], saved: &[crate::model::SavedEntry]) -> Res
             continue;
         };
         let theirs = s.saved.state.get("backing").and_then(|b| b.as_str());
-        if theirs != Some(e.backing.as_str()) {
+        if theirs.map(|t| backing_key(e.kind, t)) != Some(backing_key(e.kind, &e.backing)) {
             return Err(format!(
                 "the snapshot's {} is backed by {}, this machine's by {}",
                 e.id,
@@ -264,5 +277,80 @@ pub fn resume_all(root: &Arc<Mutex<PciRoot>>, slots: &[u8]) {
         if let Some(f) = function(&mut root, slot) {
             f.resume();
         }
+    }
+}
+
+/// A live migration's log for the host kernel's writes to the functions
+/// in `slots` (those on vhost; None: the migration ended). Each running
+/// one restarts its worker at once to take it (see
+/// [`VirtioPciDevice::set_dirty_log`]).
+pub fn set_dirty_log(
+    root: &Arc<Mutex<PciRoot>>,
+    slots: &[u8],
+    log: Option<&Arc<vmm_virtio::vhost::DirtyLog>>,
+) {
+    let mut root = lock(root);
+    for &slot in slots {
+        if let Some(f) = function(&mut root, slot) {
+            f.set_dirty_log(log.cloned());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::SavedEntry;
+
+    fn saved(id: &str, kind: &str, backing: &str) -> SavedEntry {
+        SavedEntry {
+            id: id.to_owned(),
+            saved: SavedDevice {
+                type_name: kind.to_owned(),
+                version: VERSION,
+                state: serde_json::json!({ "backing": backing }),
+            },
+        }
+    }
+
+    fn entry(id: &str, kind: &'static str, backing: &str) -> Entry {
+        Entry {
+            id: id.to_owned(),
+            slot: 3,
+            kind,
+            backing: backing.to_owned(),
+        }
+    }
+
+    #[test]
+    fn a_card_may_come_back_on_another_tap_but_not_with_another_address() {
+        let ours = [entry(
+            "n0@00:03.0",
+            "virtio-net-pci",
+            "tap tap1 (52:54:00:ab:cd:05)",
+        )];
+        let moved = saved(
+            "n0@00:03.0",
+            "virtio-net-pci",
+            "tap tap0 (52:54:00:ab:cd:05)",
+        );
+        assert_eq!(check_backings(&ours, &[moved]), Ok(()));
+        let other = saved(
+            "n0@00:03.0",
+            "virtio-net-pci",
+            "tap tap1 (52:54:00:ab:cd:06)",
+        );
+        let e = check_backings(&ours, &[other]).unwrap_err();
+        assert!(e.contains("52:54:00:ab:cd:06"), "{e}");
+    }
+
+    #[test]
+    fn a_disk_must_come_back_on_the_same_image() {
+        let ours = [entry("d0@00:04.0", "virtio-blk-pci", "/img/a (read-only)")];
+        let same = saved("d0@00:04.0", "virtio-blk-pci", "/img/a (read-only)");
+        assert_eq!(check_backings(&ours, &[same]), Ok(()));
+        // A disk's "(read-only)" is not an address: the path counts.
+        let other = saved("d0@00:04.0", "virtio-blk-pci", "/img/b (read-only)");
+        assert!(check_backings(&ours, &[other]).is_err());
     }
 }

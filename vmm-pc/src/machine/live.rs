@@ -235,8 +235,12 @@ impl PcMachine {
             "migration: dirty logging on, vCPUs parked {:?}",
             started.elapsed()
         );
+        // What the host kernel writes for cards on vhost-net is in a log
+        // of its own, which their rings take now.
+        let vhost_log = self.start_vhost_log();
         let shared = Arc::new(Shared::new(self.live.params, self.ram_total()));
         let job = SendJob {
+            vhost_log,
             uri,
             vm: self.vm.clone(),
             shape: self.shape(),
@@ -256,6 +260,7 @@ impl PcMachine {
         };
         if let Err(e) = self.live.submit(Job::Send(job)) {
             let _ = self.vm.set_dirty_logging(false);
+            self.end_vhost_log();
             return Err(CommandFailure::Refused(e));
         }
         self.live.out = Some(Outgoing {
@@ -376,6 +381,27 @@ impl PcMachine {
         Ok(())
     }
 
+    /// A log for the host kernel's writes to guest RAM, given to the
+    /// cards on vhost-net (None without one).
+    fn start_vhost_log(&self) -> Option<Arc<vmm_virtio::vhost::DirtyLog>> {
+        let slots = self.vhost_slots();
+        if slots.is_empty() {
+            return None;
+        }
+        let log = Arc::new(vmm_virtio::vhost::DirtyLog::for_memory(self.vm.memory()));
+        crate::virtio_state::set_dirty_log(&self.devices.pci, &slots, Some(&log));
+        Some(log)
+    }
+
+    /// The cards on vhost-net stop logging (at their next start: now if
+    /// they run).
+    fn end_vhost_log(&self) {
+        let slots = self.vhost_slots();
+        if !slots.is_empty() {
+            crate::virtio_state::set_dirty_log(&self.devices.pci, &slots, None);
+        }
+    }
+
     /// The last copy: the guest stopped (`finish-migrate`), its state.
     fn stop_for_migration(&mut self) -> crate::migration::worker::StateReply {
         if self.live.out.as_ref().is_none_or(|o| o.shared.cancelled()) {
@@ -402,6 +428,7 @@ impl PcMachine {
         let Some(out) = self.live.out.take() else {
             return Ok(());
         };
+        self.end_vhost_log();
         let control = |e: vmm_runstate::InvalidTransition| PcError::Control(e.to_string());
         let mut info = MigrationInfo {
             status: "completed",

@@ -18,7 +18,8 @@
 //! on `system_wakeup`. Virtio disks, network cards, entropy and socket devices
 //! are part of the state (see [`crate::virtio_state`]): their workers
 //! stop, with nothing in flight, before the capture and run again with
-//! the guest; vhost-vsock is still refused.
+//! the guest (a card on vhost-net takes its tap back from the kernel's
+//! rings and reads where they stopped); vhost-vsock is still refused.
 
 use std::fs::File;
 use std::io::BufReader;
@@ -172,7 +173,8 @@ fn host_slice(
     // SAFETY: the region maps `len` bytes at `ptr` for as long as the
     // machine (and so `region`) lives, which the returned borrow cannot
     // outlast. Only a save reads it this way, with every vCPU paused and
-    // every virtio worker stopped (`capture_state` stopped them;
+    // every virtio worker stopped (`capture_state` stopped them, and a
+    // card on vhost-net took its tap back from the kernel's rings;
     // vhost-vsock, whose rings the host kernel serves, is refused), so
     // nothing writes these bytes while the slice exists.
     Ok(unsafe { std::slice::from_raw_parts(ptr, len) })
@@ -241,12 +243,6 @@ impl PcMachine {
     }
 
     pub(super) fn check_snapshottable(&self) -> Result<(), CommandFailure> {
-        if self.nets.iter().any(|n| n.vhost) {
-            return Err(refused(
-                "snapshots of a machine with a network card on vhost-net (vhost=on) are not \
-                 supported yet (the host kernel's rings are not captured); vhost=off is",
-            ));
-        }
         if !self.vhost_vsocks.is_empty() {
             return Err(refused(
                 "snapshots of a machine with a vhost-vsock-pci device are not supported yet \
@@ -254,6 +250,18 @@ impl PcMachine {
             ));
         }
         Ok(())
+    }
+
+    /// The PCI slots of the network cards whose rings the host kernel
+    /// serves (vhost=on): what a live migration gives its [`DirtyLog`].
+    ///
+    /// [`DirtyLog`]: vmm_virtio::vhost::DirtyLog
+    pub(super) fn vhost_slots(&self) -> Vec<u8> {
+        self.nets
+            .iter()
+            .filter(|n| n.vhost)
+            .map(|n| n.slot)
+            .collect()
     }
 
     /// The PCI slots of the virtio functions a snapshot captures.

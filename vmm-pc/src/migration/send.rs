@@ -25,6 +25,7 @@ use super::worker::{Mailbox, Shared, ToMain};
 use super::{expected_downtime_ms, should_stop, MigrationUri, PassOutcome};
 use crate::snapshot::format::{Shape, PAGE};
 use crate::snapshot::stream::{self, PageChunk};
+use vmm_virtio::vhost::DirtyLog;
 
 /// An outgoing migration.
 #[derive(Debug)]
@@ -46,6 +47,9 @@ pub struct SendJob {
     /// map shows those as untouched though they are not zeroes
     /// ([`crate::snapshot::mapped`]).
     pub file_data: Vec<Option<Vec<bool>>>,
+    /// The log of what the host kernel writes for the cards on vhost-net
+    /// (None without one).
+    pub vhost_log: Option<Arc<DirtyLog>>,
 }
 
 type Out = BufWriter<Paced<Box<dyn Write + Send>>>;
@@ -119,7 +123,7 @@ fn precopy(job: &SendJob, mailbox: &Mailbox) -> Result<(), String> {
         w.flush().map_err(io)?;
         let secs = started.elapsed().as_secs_f64().max(1e-6);
         let bandwidth = bytes as f64 / secs;
-        dirty = sync(&job.vm, &slots, shared)?;
+        dirty = sync(job, &slots)?;
         let pages: u64 = dirty.iter().map(DirtyBitmap::count).sum();
         let remaining = pages * DIRTY_PAGE_SIZE;
         let limit = shared.downtime_limit_ms.load(Ordering::Relaxed);
@@ -155,7 +159,7 @@ fn precopy(job: &SendJob, mailbox: &Mailbox) -> Result<(), String> {
         .recv()
         .map_err(|_| "the machine went away".to_owned())??;
     w.get_mut().set_unlimited();
-    let last = sync(&job.vm, &slots, shared)?;
+    let last = sync(job, &slots)?;
     let mut all = dirty;
     for (a, b) in all.iter_mut().zip(&last) {
         a.merge(b);
@@ -206,29 +210,44 @@ fn touched_pages(mem: &GuestRam, slot: &RamSlot, file_data: Option<&[bool]>) -> 
 }
 
 /// Every slot's dirty pages, taken and cleared: KVM's log (the vCPUs'
-/// writes) merged with guest RAM's bitmap (the VMM's); all of RAM if the
-/// VMM wrote it where no bitmap sees (`resend_all`, a reset's reload).
-/// Both are taken before any page is read again: a write that lands
-/// after its bit was taken is marked anew (devices mark after writing;
-/// KVM write-protects the page as it clears its bit), so the next sync
-/// has it.
-fn sync(vm: &Vm, slots: &[RamSlot], shared: &Shared) -> Result<Vec<DirtyBitmap>, String> {
-    let resend = shared.resend_all.swap(false, Ordering::SeqCst);
+/// writes) merged with guest RAM's bitmap (the VMM's) and the vhost log
+/// (the host kernel's, for cards on vhost-net); all of RAM if the VMM
+/// wrote it where no bitmap sees (`resend_all`, a reset's reload). All
+/// are taken before any page is read again: a write that lands after its
+/// bit was taken is marked anew (devices and the kernel's vhost mark after
+/// writing; KVM write-protects the page as it clears its bit), so the
+/// next sync has it.
+fn sync(job: &SendJob, slots: &[RamSlot]) -> Result<Vec<DirtyBitmap>, String> {
+    let resend = job.shared.resend_all.swap(false, Ordering::SeqCst);
+    let vm = &job.vm;
     slots
         .iter()
         .map(|slot| {
             let log = vm
                 .take_dirty_log(slot)
                 .map_err(|e| format!("cannot read the dirty log: {e}"))?;
-            Ok(pass_pages(log, vm.memory(), slot, resend))
+            let vhost = job.vhost_log.as_deref();
+            Ok(pass_pages(log, vm.memory(), vhost, slot, resend))
         })
         .collect()
 }
 
-/// A slot's pages for the next pass: those in KVM's `log` or in guest
-/// RAM's bitmap (taken and cleared here), or all of them on `resend`.
-fn pass_pages(mut log: DirtyBitmap, mem: &GuestRam, slot: &RamSlot, resend: bool) -> DirtyBitmap {
+/// A slot's pages for the next pass: those in KVM's `log`, in guest RAM's
+/// bitmap or in the `vhost` log (both taken and cleared here), or all of
+/// them on `resend`.
+fn pass_pages(
+    mut log: DirtyBitmap,
+    mem: &GuestRam,
+    vhost: Option<&DirtyLog>,
+    slot: &RamSlot,
+    resend: bool,
+) -> DirtyBitmap {
     log.merge(&ram::take_written(mem, slot));
+    if let Some(vhost) = vhost {
+        let pages = slot.size.div_ceil(DIRTY_PAGE_SIZE);
+        let first = slot.guest_addr / DIRTY_PAGE_SIZE;
+        log.merge(&DirtyBitmap::from_words(vhost.take(first, pages), pages));
+    }
     if resend {
         DirtyBitmap::new(slot.size.div_ceil(DIRTY_PAGE_SIZE), true)
     } else {
@@ -300,16 +319,42 @@ mod tests {
         let page = |p: u64| GuestAddress(base + p * DIRTY_PAGE_SIZE);
         // A device's write (a used ring, a received frame) and a vCPU's.
         mem.write_obj(1u16, page(5)).unwrap();
-        let pass = pass_pages(kvm(&[1, 5]), &mem, &slot, false);
+        let pass = pass_pages(kvm(&[1, 5]), &mem, None, &slot, false);
         assert_eq!(pass.iter().collect::<Vec<_>>(), [1, 5]);
         mem.write_slice(&[1; 2], page(9)).unwrap();
-        let pass = pass_pages(kvm(&[]), &mem, &slot, false);
+        let pass = pass_pages(kvm(&[]), &mem, None, &slot, false);
         assert_eq!(pass.iter().collect::<Vec<_>>(), [9]);
         // Taken: the next pass has only what came since.
-        assert_eq!(pass_pages(kvm(&[2]), &mem, &slot, false).count(), 1);
+        assert_eq!(pass_pages(kvm(&[2]), &mem, None, &slot, false).count(), 1);
         // A wholesale rewrite: everything, the bitmap cleared as well.
         mem.write_obj(1u8, page(3)).unwrap();
-        assert_eq!(pass_pages(kvm(&[]), &mem, &slot, true).count(), 16);
-        assert_eq!(pass_pages(kvm(&[]), &mem, &slot, false).count(), 0);
+        assert_eq!(pass_pages(kvm(&[]), &mem, None, &slot, true).count(), 16);
+        assert_eq!(pass_pages(kvm(&[]), &mem, None, &slot, false).count(), 0);
+    }
+
+    #[test]
+    fn a_pass_sends_the_pages_the_kernels_vhost_logged_once() {
+        // A slot at 4 GiB + 64 KiB: its pages are not word-aligned in the
+        // log, which counts from guest address 0.
+        let base = 0x1_0001_0000u64;
+        let mem = GuestRam::from_ranges(&[(GuestAddress(base), 100 << 12)]).unwrap();
+        let slot = RamSlot {
+            slot: 1,
+            guest_addr: base,
+            size: 100 << 12,
+        };
+        let vhost = DirtyLog::new(base + (100 << 12));
+        let first = base / DIRTY_PAGE_SIZE;
+        for p in [0, 63, 64, 99] {
+            vhost.mark(first + p);
+        }
+        // A page below the slot (another slot's) is not this slot's.
+        vhost.mark(first - 1);
+        let none = DirtyBitmap::new(100, false);
+        let pass = pass_pages(none.clone(), &mem, Some(&vhost), &slot, false);
+        assert_eq!(pass.iter().collect::<Vec<_>>(), [0, 63, 64, 99]);
+        let pass = pass_pages(none, &mem, Some(&vhost), &slot, false);
+        assert_eq!(pass.count(), 0);
+        assert_eq!(vhost.take(first - 1, 1), [1]);
     }
 }

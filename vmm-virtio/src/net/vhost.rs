@@ -10,9 +10,18 @@
 //! rings (kick: the queue's doorbell eventfd; call: an eventfd of ours),
 //! then the tap as each ring's backend (VHOST_NET_SET_BACKEND), and
 //! forwards the kernel's interrupts to the queues' vectors. When the
-//! driver resets the device, the worker takes the tap back from both
-//! rings (backend -1) and reads their next available index back
-//! (VHOST_GET_VRING_BASE) before it ends.
+//! driver resets the device, or a snapshot stops it, the worker takes the
+//! tap back from both rings (backend -1: the kernel finishes what it
+//! holds and moves nothing more) and reads where each ring stopped
+//! (VHOST_GET_VRING_BASE for the next available index, guest RAM for the
+//! used one) into the queues it leaves for the transport, as our own
+//! worker does: a snapshot of a card on vhost-net is the same virtio state
+//! as one without, and loads on either.
+//!
+//! During a live migration the card runs with a [`DirtyLog`]: the worker
+//! starts again with the log's base (VHOST_SET_LOG_BASE), VHOST_F_LOG_ALL
+//! and each ring's used area logged, so that every guest page the kernel
+//! writes is marked for the migration's next pass.
 //!
 //! The tap keeps its 12-byte virtio header: with VIRTIO_F_VERSION_1
 //! (always accepted: the transport is modern only) the kernel leaves the
@@ -25,6 +34,7 @@ use std::sync::Arc;
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
+use virtio_queue::QueueT;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::device::{config_space, Counters, CONFIG_LEN, FEATURES};
@@ -32,9 +42,13 @@ use super::{
     offload_flags, MacAddr, NetBackend, NetHandle, QUEUE_SIZE, RX_QUEUE, TX_QUEUE, VIRTIO_ID_NET,
 };
 use crate::device::{
-    ActivateContext, ActivateError, ActiveQueue, DeviceState, VirtioDevice, VirtioInterrupt,
+    ActivateContext, ActivateError, ActiveQueue, DeviceSnapshot, DeviceState, QueueHome,
+    SnapshotError, VirtioDevice, VirtioInterrupt,
 };
-use crate::vhost::{forward_calls, host_address, IoctlError, VhostFile};
+use crate::vhost::{
+    forward_calls, host_address, read_back, DirtyLog, IoctlError, VhostFile, VringFds,
+    VHOST_F_LOG_ALL,
+};
 use crate::worker::{ThreadStart, Waiter, Worker};
 use crate::Memory;
 
@@ -109,6 +123,8 @@ pub struct VhostNet {
     counters: Arc<Counters>,
     worker: Worker,
     acked: u64,
+    /// The live migration's log, while one runs.
+    log: Option<Arc<DirtyLog>>,
 }
 
 impl std::fmt::Debug for VhostNet {
@@ -143,6 +159,7 @@ impl VhostNet {
             counters: Arc::default(),
             worker: Worker::new("vhost-net", start).map_err(VhostNetError::Thread)?,
             acked: 0,
+            log: None,
         })
     }
 
@@ -164,6 +181,8 @@ struct Body<M: Memory> {
     features: u64,
     queues: [ActiveQueue; 2],
     interrupt: Arc<dyn VirtioInterrupt>,
+    home: QueueHome,
+    log: Option<Arc<DirtyLog>>,
 }
 
 impl<M: Memory> Body<M> {
@@ -174,42 +193,58 @@ impl<M: Memory> Body<M> {
             let _ = self.backend.set_offload(0);
         }
         let v = &*self.vhost;
-        v.set_features(kernel_features(self.features))?;
+        // RAM first: the kernel checks the log against it when it takes
+        // VHOST_F_LOG_ALL.
         v.set_mem_table(&*self.mem)?;
+        let mut features = kernel_features(self.features);
+        if let Some(log) = &self.log {
+            v.set_log_base(log)?;
+            features |= VHOST_F_LOG_ALL;
+        }
+        v.set_features(features)?;
         for (i, q) in self.queues.iter().enumerate() {
             v.set_vring(
                 i as u32,
                 &q.queue,
                 |a| host_address(&*self.mem, a),
-                q.notify.as_raw_fd(),
-                self.calls[i].as_raw_fd(),
+                VringFds {
+                    kick: q.notify.as_raw_fd(),
+                    call: self.calls[i].as_raw_fd(),
+                },
+                self.log.is_some(),
             )?;
         }
         for i in 0..2 {
-            self.set_backend(i, self.backend.fd().as_raw_fd())?;
+            v.net_set_backend(i, self.backend.fd().as_raw_fd())?;
         }
         Ok(())
     }
 
-    fn set_backend(&self, index: u32, fd: i32) -> Result<(), IoctlError> {
-        self.vhost.net_set_backend(index, fd)
-    }
-
-    /// Takes the tap back from both rings and reads their next available
-    /// index back.
-    fn stop(&self) {
-        for i in 0..2 {
-            if let Err(e) = self.set_backend(i, -1) {
+    /// Takes the tap back from both rings, reads where they stopped and
+    /// leaves them for the transport.
+    fn stop(&mut self) {
+        for (i, q) in self.queues.iter_mut().enumerate() {
+            let i = i as u32;
+            if let Err(e) = self.vhost.net_set_backend(i, -1) {
                 log::warn!("vhost-net: cannot take the tap back from ring {i}: {e}");
             }
-            match self.vhost.vring_base(i) {
-                Ok(base) => log::debug!("vhost-net: ring {i} stopped at available index {base}"),
-                Err(e) => log::warn!("vhost-net: cannot read ring {i}'s index back: {e}"),
+            match read_back(&self.vhost, i, &mut q.queue, &*self.mem) {
+                Ok(()) => log::debug!(
+                    "vhost-net: ring {i} stopped at available index {}, used index {}",
+                    q.queue.next_avail(),
+                    q.queue.next_used()
+                ),
+                Err(e) => {
+                    // A snapshot of this would not be the kernel's state.
+                    log::error!("vhost-net: cannot read where ring {i} stopped: {e}");
+                    continue;
+                }
             }
+            self.home.put(q.index, q.queue.state());
         }
     }
 
-    fn run(self, waiter: Waiter) {
+    fn run(mut self, waiter: Waiter) {
         if let Err(e) = self.start() {
             log::error!("vhost-net: cannot start the kernel's device: {e}");
             self.stop();
@@ -265,6 +300,8 @@ impl<M: Memory> VirtioDevice<M> for VhostNet {
             features: ctx.features,
             queues: [rx, tx],
             interrupt: ctx.interrupt,
+            home: ctx.home,
+            log: self.log.clone(),
         };
         self.worker
             .start(move |waiter| body.run(waiter))
@@ -286,6 +323,25 @@ impl<M: Memory> VirtioDevice<M> for VhostNet {
             completed: 0,
             held: 0,
         }
+    }
+
+    fn quiesce(&mut self) -> Result<(), SnapshotError> {
+        // The worker's stop takes the tap back (the kernel finishes what
+        // it holds) and leaves the rings as the kernel left them.
+        self.worker.stop();
+        Ok(())
+    }
+
+    fn snapshot(&self) -> Result<DeviceSnapshot, SnapshotError> {
+        Ok(DeviceSnapshot::Net { mac: self.mac.0 })
+    }
+
+    fn restore(&mut self, snapshot: &DeviceSnapshot) -> Result<(), SnapshotError> {
+        super::device::restore_mac(snapshot, self.mac)
+    }
+
+    fn set_dirty_log(&mut self, log: Option<Arc<DirtyLog>>) {
+        self.log = log;
     }
 }
 

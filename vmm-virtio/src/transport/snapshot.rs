@@ -161,6 +161,26 @@ impl<M: Memory> VirtioPciDevice<M> {
         }
     }
 
+    /// A live migration's log for the host kernel's writes (None: the
+    /// migration ended; see [`VirtioDevice::set_dirty_log`]). A running
+    /// device's worker stops (as for a snapshot) and starts again at once
+    /// from where it stopped, so that the kernel's rings take the log; a
+    /// paused or stopped one takes it when it starts.
+    pub fn set_dirty_log(&mut self, log: Option<std::sync::Arc<crate::vhost::DirtyLog>>) {
+        let running = self.active && self.parked.is_none();
+        if running {
+            if let Err(e) = self.pause() {
+                log::warn!("{}: cannot restart for the dirty log: {e}", self.name);
+                self.device.set_dirty_log(log);
+                return;
+            }
+        }
+        self.device.set_dirty_log(log);
+        if running {
+            self.resume();
+        }
+    }
+
     /// The function's state; a started device must be paused first.
     pub fn snapshot(&self) -> Result<VirtioPciSnapshot, SnapshotError> {
         let queues = match (&self.parked, self.active) {

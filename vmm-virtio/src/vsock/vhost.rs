@@ -26,7 +26,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::{check_cid, CidError, MSIX_VECTORS, QUEUE_SIZE, RX_QUEUE, TX_QUEUE, VIRTIO_ID_VSOCK};
 use crate::device::{ActivateContext, ActivateError, ActiveQueue, DeviceState, VirtioDevice};
-use crate::vhost::{forward_calls, host_address, IoctlError, OpenError, VhostFile};
+use crate::vhost::{forward_calls, host_address, IoctlError, OpenError, VhostFile, VringFds};
 use crate::worker::{ThreadStart, Waiter, Worker};
 use crate::Memory;
 
@@ -133,8 +133,11 @@ impl<M: Memory> Body<M> {
                 i as u32,
                 &q.queue,
                 |a| host_address(&*self.ctx_mem, a),
-                q.notify.as_raw_fd(),
-                self.calls[i].as_raw_fd(),
+                VringFds {
+                    kick: q.notify.as_raw_fd(),
+                    call: self.calls[i].as_raw_fd(),
+                },
+                false,
             )?;
         }
         self.running(true)

@@ -29,6 +29,14 @@ use vmm_sys_util::ioctl::{ioctl, ioctl_with_mut_ref, ioctl_with_ptr, ioctl_with_
 use crate::device::VirtioInterrupt;
 use crate::worker::{Waiter, STOP_TOKEN};
 
+pub mod dirty_log;
+pub use dirty_log::DirtyLog;
+
+/// `VHOST_F_LOG_ALL`: the kernel logs every guest page it writes.
+pub const VHOST_F_LOG_ALL: u64 = 1 << 26;
+/// `VHOST_VRING_F_LOG`: the kernel logs its writes of the ring's used area.
+const VHOST_VRING_F_LOG: u32 = 0;
+
 /// The ioctl numbers of `<linux/vhost.h>`.
 mod nr {
     use super::{VringAddr, VringFile, VringState};
@@ -38,6 +46,7 @@ mod nr {
     ioctl_ior_nr!(VHOST_GET_FEATURES, VHOST, 0x00, u64);
     ioctl_iow_nr!(VHOST_SET_FEATURES, VHOST, 0x00, u64);
     ioctl_io_nr!(VHOST_SET_OWNER, VHOST, 0x01);
+    ioctl_iow_nr!(VHOST_SET_LOG_BASE, VHOST, 0x04, u64);
     // struct vhost_memory's fixed part: nregions, padding.
     ioctl_iow_nr!(VHOST_SET_MEM_TABLE, VHOST, 0x03, [u32; 2]);
     ioctl_iow_nr!(VHOST_SET_VRING_NUM, VHOST, 0x10, VringState);
@@ -55,10 +64,12 @@ use nr::*;
 /// The vhost ioctl requests a started device's worker makes whatever the
 /// device (the file is opened, owned and asked its features at build
 /// time), for the VMM's seccomp lists: the rings set up when the driver
-/// starts it, and their next available index read back when it stops.
-pub fn worker_ioctls() -> [u64; 8] {
+/// starts it (with the dirty log's base during a live migration), and
+/// their next available index read back when it stops.
+pub fn worker_ioctls() -> [u64; 9] {
     [
         VHOST_SET_FEATURES(),
+        VHOST_SET_LOG_BASE(),
         VHOST_SET_MEM_TABLE(),
         VHOST_SET_VRING_NUM(),
         VHOST_SET_VRING_ADDR(),
@@ -97,7 +108,7 @@ struct VringFile {
     fd: i32,
 }
 
-/// `struct vhost_vring_addr` (no logging).
+/// `struct vhost_vring_addr`.
 #[repr(C)]
 #[derive(Debug, Default, Clone, Copy)]
 struct VringAddr {
@@ -200,6 +211,13 @@ impl VhostFile {
         self.write("VHOST_SET_FEATURES", VHOST_SET_FEATURES(), &features)
     }
 
+    /// Where the kernel logs the guest pages it writes ([`DirtyLog`]; it
+    /// does so once VHOST_F_LOG_ALL is among the features). The log must
+    /// outlive every ring that logs into it.
+    pub fn set_log_base(&self, log: &DirtyLog) -> Result<(), IoctlError> {
+        self.write("VHOST_SET_LOG_BASE", VHOST_SET_LOG_BASE(), &log.base())
+    }
+
     /// Gives the kernel guest RAM.
     pub fn set_mem_table<M: GuestMemory>(&self, mem: &M) -> Result<(), IoctlError> {
         let table = mem_table(mem);
@@ -214,14 +232,15 @@ impl VhostFile {
     /// Gives the kernel ring `index`: its size, where its parts are in
     /// this process (`host` turns a guest address into ours), its next
     /// available index, its doorbell (`kick`) and our interrupt eventfd
-    /// (`call`).
+    /// (`call`); with `log`, the kernel logs its writes of the used ring
+    /// (at its guest address) in the log base's bitmap.
     pub fn set_vring(
         &self,
         index: u32,
         queue: &Queue,
         host: impl Fn(GuestAddress) -> Option<u64>,
-        kick: RawFd,
-        call: RawFd,
+        fds: VringFds,
+        log: bool,
     ) -> Result<(), IoctlError> {
         let at = |a: u64| {
             host(GuestAddress(a)).ok_or_else(|| IoctlError {
@@ -236,11 +255,11 @@ impl VhostFile {
         self.write("VHOST_SET_VRING_NUM", VHOST_SET_VRING_NUM(), &num)?;
         let addr = VringAddr {
             index,
-            flags: 0,
+            flags: if log { 1 << VHOST_VRING_F_LOG } else { 0 },
             desc_user_addr: at(queue.desc_table())?,
             used_user_addr: at(queue.used_ring())?,
             avail_user_addr: at(queue.avail_ring())?,
-            log_guest_addr: 0,
+            log_guest_addr: if log { queue.used_ring() } else { 0 },
         };
         self.write("VHOST_SET_VRING_ADDR", VHOST_SET_VRING_ADDR(), &addr)?;
         let base = VringState {
@@ -248,9 +267,15 @@ impl VhostFile {
             num: u32::from(queue.next_avail()),
         };
         self.write("VHOST_SET_VRING_BASE", VHOST_SET_VRING_BASE(), &base)?;
-        let kick = VringFile { index, fd: kick };
+        let kick = VringFile {
+            index,
+            fd: fds.kick,
+        };
         self.write("VHOST_SET_VRING_KICK", VHOST_SET_VRING_KICK(), &kick)?;
-        let call = VringFile { index, fd: call };
+        let call = VringFile {
+            index,
+            fd: fds.call,
+        };
         self.write("VHOST_SET_VRING_CALL", VHOST_SET_VRING_CALL(), &call)
     }
 
@@ -264,6 +289,36 @@ impl VhostFile {
         })?;
         Ok(state.num as u16)
     }
+}
+
+/// A ring's eventfds for [`VhostFile::set_vring`]: the queue's doorbell
+/// (the kernel's kick) and ours for its interrupts (the kernel's call).
+#[derive(Debug, Clone, Copy)]
+pub struct VringFds {
+    /// The doorbell.
+    pub kick: RawFd,
+    /// The interrupt.
+    pub call: RawFd,
+}
+
+/// Stops a ring's kernel side and reads where it stopped: `queue` then
+/// holds the kernel's next available index (VHOST_GET_VRING_BASE) and the
+/// used index guest RAM holds (the kernel's last write), as a snapshot or
+/// the next start needs them. Call with the ring's backend gone (no
+/// buffers move). An error leaves `queue` as it was.
+pub fn read_back<M: GuestMemory>(
+    vhost: &VhostFile,
+    index: u32,
+    queue: &mut Queue,
+    mem: &M,
+) -> Result<(), String> {
+    let avail = vhost.vring_base(index).map_err(|e| e.to_string())?;
+    let used = queue
+        .used_idx(mem, std::sync::atomic::Ordering::Acquire)
+        .map_err(|e| format!("cannot read ring {index}'s used index: {e}"))?;
+    queue.set_next_avail(avail);
+    queue.set_next_used(used.0);
+    Ok(())
 }
 
 /// Why a vhost device could not be opened.
@@ -487,6 +542,7 @@ mod tests {
         assert_eq!(VHOST_GET_FEATURES(), 0x8008_af00);
         assert_eq!(VHOST_SET_FEATURES(), 0x4008_af00);
         assert_eq!(VHOST_SET_OWNER(), 0xaf01);
+        assert_eq!(VHOST_SET_LOG_BASE(), 0x4008_af04);
         assert_eq!(VHOST_SET_MEM_TABLE(), 0x4008_af03);
         assert_eq!(VHOST_SET_VRING_NUM(), 0x4008_af10);
         assert_eq!(VHOST_SET_VRING_ADDR(), 0x4028_af11);
