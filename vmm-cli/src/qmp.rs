@@ -5,6 +5,7 @@
 //! submitted to the main loop, which replies when it has run them.
 
 mod jobs;
+mod memory;
 mod migration;
 
 use serde_json::{json, Map, Value};
@@ -45,6 +46,7 @@ const COMMANDS: &[&str] = &[
     "query-pci",
     "query-block",
     "query-blockstats",
+    "pmemsave",
 ];
 
 /// Our version, as QMP reports it.
@@ -300,8 +302,9 @@ impl Backend for MachineBackend {
         if command == "human-monitor-command" {
             return self.human_monitor_command(arguments, r);
         }
-        if let Some(parsed) =
-            jobs::parse(command, arguments).or_else(|| migration::parse(command, arguments))
+        if let Some(parsed) = jobs::parse(command, arguments)
+            .or_else(|| migration::parse(command, arguments))
+            .or_else(|| memory::parse(command, arguments))
         {
             return match parsed {
                 Ok(command) => self.control.submit(

@@ -2,7 +2,8 @@
 //! socket, with the guest's own vsock core and virtio transport (loaded
 //! from the test initramfs), both ways, through Firecracker's protocol.
 //! Nested here (the Unix sockets live in L1, beside the VMM); directly
-//! on hardware KVM too.
+//! on hardware KVM too. The same on `vhost-vsock-pci` (nested only), and
+//! a machine with one saved to a file and loaded in a new VMM.
 
 mod common;
 mod linux_common;
@@ -211,5 +212,114 @@ fn debian_talks_to_l1_over_vhost_vsock() {
             assert!(c.contains(&want), "{test}: no {want}\n{c}");
         }
         assert!(!c.contains("_BAD"), "{test}: a probe failed\n{c}");
+    });
+}
+
+/// A machine with a `vhost-vsock-pci` goes to a file and comes back in a
+/// new VMM: the guest's echo server (restarted after each connection)
+/// answers L1 before the save, and again after the load (the driver got
+/// a transport reset and dropped the connections the new VMM's kernel
+/// device never had; its listener stays). The destination also saves
+/// itself while it runs (`snapshot-save`: the kernel's device stops and
+/// starts again, its connections kept) and answers a third time. A live
+/// migration of the source is refused first, with the reason.
+#[test]
+fn debian_on_vhost_vsock_goes_to_a_file_and_answers_in_a_new_vmm() {
+    let test = "debian_on_vhost_vsock_goes_to_a_file_and_answers_in_a_new_vmm";
+    if !nested_only(test, "it needs L1's /dev/vhost-vsock") {
+        return;
+    }
+    nested_retry(test, || {
+        let Some(g) = guest(test) else { return };
+        let dir = common::TempDir::new(test);
+        let probe = build_static(&dir, "vsockprobe");
+        let client = build_static(&dir, "qmpclient");
+        let script = format!(
+            "for m in {modules}; do insmod /$m.ko; done\n\
+             (while :; do /vsockprobe echo-server 1234; done) &\n\
+             sleep 1; echo @@READY\n\
+             i=0; while :; do i=$((i+1)); echo \"@@TICK $i\"; sleep 1; done",
+            modules = MODULES.join(" "),
+        );
+        let initrd = test_initrd_with(&g, &dir, &script, MODULES, &[("vsockprobe", &probe)]);
+        let save = "{\"execute\":\"snapshot-save\",\"arguments\":{\"job-id\":\"s\",\"tag\":\"t\",\"vmstate\":\"v\",\"devices\":[]}}";
+        // An exchange: L1 connects to the guest's port 1234, tried again
+        // while the guest's driver and server come back.
+        let exchange = |tag: &str| {
+            format!(
+                "n=0; until ./vsockprobe vsock-client 3 1234 {BYTES} > x.out 2>&1; do n=$((n+1)); [ $n -lt 30 ] || break; sleep 1; done\n\
+                 grep -q '@@HOST_ECHO_OK {BYTES}' x.out && echo @@{tag}_OK; cat x.out"
+            )
+        };
+        let companion = format!(
+            "cd /job\n\
+             i=0; while ! grep -q @@READY console.log 2>/dev/null; do sleep 0.5; i=$((i+1)); [ $i -lt 600 ] || break; done\n\
+             {before}\n\
+             ./qmpclient qmp.sock '{{\"execute\":\"migrate\",\"arguments\":{{\"uri\":\"unix:/tmp/nobody.sock\"}}}}' > live.qmp 2>&1\n\
+             echo @@LIVE; cat live.qmp\n\
+             ./qmpclient qmp.sock '{{\"execute\":\"migrate\",\"arguments\":{{\"uri\":\"file:/tmp/vm.snap\"}}}}' query-migrate quit > src.qmp 2>&1\n\
+             echo \"@@SRCQMPEXIT $?\"\n\
+             i=0; while kill -0 $VMM_PID 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done\n\
+             $VMM --kernel kernel --initrd initrd --memory 256M --device vhost-vsock-pci,guest-cid=3 \
+               --serial file:dst.log --qmp dst.sock --incoming file:/tmp/vm.snap 2>dst.err &\n\
+             dst=$!\n\
+             {after}\n\
+             ./qmpclient dst.sock '{save}' query-jobs > dst.qmp 2>&1; echo \"@@DSTSAVE $?\"\n\
+             {saved}\n\
+             ./qmpclient dst.sock quit >> dst.qmp 2>&1\n\
+             wait $dst; echo \"@@DSTEXIT $?\"\n\
+             echo @@QMP; cat src.qmp dst.qmp; echo @@DSTERR; cat dst.err; echo @@DSTLOG; tail -3 dst.log; echo @@END",
+            before = exchange("BEFORE"),
+            after = exchange("AFTER_LOAD"),
+            saved = exchange("AFTER_SAVE"),
+        );
+        let job = debian_job(
+            &g,
+            &initrd,
+            [
+                "--memory",
+                "256M",
+                "--device",
+                "vhost-vsock-pci,guest-cid=3",
+                "--qmp",
+                "qmp.sock",
+                "--serial",
+                "file:console.log",
+            ],
+        )
+        .file("vsockprobe", &probe)
+        .file("qmpclient", &client)
+        .companion(&companion)
+        .timeout(std::time::Duration::from_secs(420));
+        let out = run(test, &g, &job);
+        let c = &out.console;
+        let report = format!("{c}\nvmm stderr:\n{}", out.stderr);
+        assert!(
+            c.contains("@@END"),
+            "{test}: the companion did not finish\n{report}"
+        );
+        assert_eq!(out.status, Some(0), "{test}: the source's exit\n{report}");
+        for want in [
+            "@@BEFORE_OK",
+            "@@SRCQMPEXIT 0",
+            "@@AFTER_LOAD_OK",
+            "@@DSTSAVE 0",
+            "@@AFTER_SAVE_OK",
+            "@@DSTEXIT 0",
+        ] {
+            assert!(c.contains(want), "{test}: no {want}\n{report}");
+        }
+        // A live migration is refused, with the reason, before anything.
+        let live = &c[c.find("@@LIVE").unwrap_or(0)..c.find("@@SRCQMPEXIT").unwrap_or(c.len())];
+        assert!(
+            live.contains("vhost-vsock does not log the guest memory it writes"),
+            "{test}: the live migration's refusal\n{report}"
+        );
+        let qmp = &c[c.find("@@QMP\n").unwrap_or(0)..c.find("@@DSTERR").unwrap_or(c.len())];
+        assert!(
+            !qmp.contains("\"error\""),
+            "{test}: a command failed\n{report}"
+        );
+        assert!(qmp.contains("\"completed\""), "{test}: the save\n{report}");
     });
 }

@@ -61,6 +61,16 @@ pub enum Command {
     },
     /// The jobs (QMP `query-jobs`).
     QueryJobs,
+    /// `size` bytes of guest physical memory from `addr` into the file
+    /// `path` (QMP `pmemsave`).
+    PhysMemSave {
+        /// The first guest physical address.
+        addr: u64,
+        /// How many bytes.
+        size: u64,
+        /// The file, made or truncated.
+        path: std::path::PathBuf,
+    },
     /// Migrate to `uri` (QMP `migrate`: `file:`, `tcp:`, `unix:`, `exec:`).
     Migrate {
         /// QEMU's URI.

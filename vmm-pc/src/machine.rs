@@ -510,7 +510,7 @@ impl PcMachine {
             &config.rngs,
             config.device_thread_start.clone(),
         )?;
-        let entries = crate::virtio_state::entries(&disks, &nets, &rngs, &vsocks);
+        let entries = crate::virtio_state::entries(&disks, &nets, &rngs, &vsocks, &vhost_vsocks);
         crate::virtio_state::register(&mut devices.model, &devices.pci, entries);
 
         // `--incoming`'s listener or command; the migration thread starts

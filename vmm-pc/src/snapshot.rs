@@ -10,5 +10,6 @@ pub mod image;
 pub mod jobs;
 pub mod mapped;
 pub mod pagemap;
+pub mod pmemsave;
 pub mod runstate;
 pub mod stream;

@@ -1,9 +1,8 @@
 //! The virtio functions in the machine's device list, for snapshots and
 //! migration: each disk, network card, entropy and socket device is an
 //! entry (`virtio-blk-pci`, `virtio-net-pci`, `virtio-rng-pci`,
-//! `virtio-vsock-pci`; a network card on vhost-net is the same
-//! `virtio-net-pci`; not vhost-vsock-pci, which the machine refuses to
-//! snapshot) whose id names
+//! `virtio-vsock-pci`, `vhost-vsock-pci`; a network card on vhost-net is
+//! the same `virtio-net-pci`) whose id names
 //! its backing and PCI address (`drive0@00:03.0`), so that the shape check
 //! refuses a machine whose virtio devices differ in kind, address or id.
 //! Its saved state is the function's [`VirtioPciSnapshot`] and its
@@ -13,7 +12,9 @@
 //!
 //! A socket device's connections are not carried over: they end when its
 //! worker stops, and the driver gets a transport reset when it starts
-//! again (as Firecracker does after a restore).
+//! again (as Firecracker does after a restore). On vhost-vsock the host
+//! kernel keeps them across a save (the machine runs on with them); a
+//! load resets the driver's.
 //!
 //! The disk image itself is not in the snapshot (as with QEMU and a raw
 //! file): the file at the same path must hold what it held at the save
@@ -161,12 +162,13 @@ pub struct Entry {
 }
 
 /// The entries of the machine's disks, network cards, entropy and socket
-/// devices, in that order.
+/// devices (ours, then the kernel's vhost-vsock), in that order.
 pub fn entries(
     disks: &[crate::virtio::Disk],
     nets: &[crate::virtio::Nic],
     rngs: &[crate::virtio::Rng],
     vsocks: &[crate::virtio::Vsock],
+    vhost_vsocks: &[(u64, u8)],
 ) -> Vec<Entry> {
     let entry = |id: String, slot: u8, kind: &'static str, backing: String| Entry {
         id: format!("{id}@00:{slot:02x}.0"),
@@ -206,6 +208,14 @@ pub fn entries(
             v.slot,
             "virtio-vsock-pci",
             format!("uds {} (guest-cid {})", v.uds.display(), v.cid),
+        ));
+    }
+    for &(cid, slot) in vhost_vsocks {
+        out.push(entry(
+            format!("vhost-vsock{cid}"),
+            slot,
+            "vhost-vsock-pci",
+            format!("the host's vhost-vsock (guest-cid {cid})"),
         ));
     }
     out
@@ -276,6 +286,17 @@ pub fn resume_all(root: &Arc<Mutex<PciRoot>>, slots: &[u8]) {
     for &slot in slots {
         if let Some(f) = function(&mut root, slot) {
             f.resume();
+        }
+    }
+}
+
+/// Stops the workers of the functions in `slots` before a load replaces
+/// guest RAM (see [`VirtioPciDevice::stop_for_load`]).
+pub fn stop_all_for_load(root: &Arc<Mutex<PciRoot>>, slots: &[u8]) {
+    let mut root = lock(root);
+    for &slot in slots {
+        if let Some(f) = function(&mut root, slot) {
+            f.stop_for_load();
         }
     }
 }

@@ -44,6 +44,7 @@ impl PcMachine {
             )),
             Command::QueryPci => Ok(Reply::Pci(lock(&self.devices.pci).describe())),
             Command::QueryDevices => Ok(Reply::Devices(self.device_tree())),
+            Command::PhysMemSave { addr, size, path } => self.pmemsave(addr, size, &path),
             Command::QueryRegisters { cpu } => self.query_registers(cpu),
             Command::QueryLapic { apic_id } => self.query_lapic(apic_id),
             Command::Gdb(request) => self.gdb_command(request),

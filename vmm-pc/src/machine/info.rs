@@ -1,7 +1,12 @@
 //! What the machine tells about itself beyond the run state: the device
-//! tree (`info qtree`).
+//! tree (`info qtree`), and its memory into a file (`pmemsave`).
 
-use super::{lock, PcMachine};
+use std::path::Path;
+
+use vmm_runstate::RunState;
+
+use super::{lock, CommandFailure, PcMachine};
+use crate::control::Reply;
 
 impl PcMachine {
     /// The device model's list, then the PCI bus's functions (a disk's
@@ -34,5 +39,43 @@ impl PcMachine {
             });
         }
         tree
+    }
+
+    /// QMP `pmemsave`: `size` bytes of guest physical memory from `addr`
+    /// into `path` (see [`crate::snapshot::pmemsave`]), running or not, as
+    /// QEMU's; on the main loop, as QEMU's under its lock. Not while an
+    /// incoming migration writes RAM.
+    pub(super) fn pmemsave(
+        &self,
+        addr: u64,
+        size: u64,
+        path: &Path,
+    ) -> Result<Reply, CommandFailure> {
+        if self.runstate.state() == RunState::Inmigrate {
+            return Err(CommandFailure::Refused(
+                "Guest memory access not allowed during migration".into(),
+            ));
+        }
+        let refused =
+            |e: crate::snapshot::pmemsave::DumpError| CommandFailure::Refused(e.to_string());
+        crate::snapshot::pmemsave::check_range(self.vm.memory(), addr, size).map_err(refused)?;
+        let name = path.display().to_string();
+        let file = std::fs::File::create(path).map_err(|e| {
+            CommandFailure::Refused(format!("Could not open '{name}': {}", strerror(&e)))
+        })?;
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+        crate::snapshot::pmemsave::dump(self.vm.memory(), addr, size, &mut out, &name)
+            .map_err(refused)?;
+        Ok(Reply::Done)
+    }
+}
+
+/// An OS error as `strerror` words it (QEMU's file errors), without Rust's
+/// "(os error N)".
+fn strerror(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    match text.rfind(" (os error ") {
+        Some(i) => text[..i].to_owned(),
+        None => text,
     }
 }

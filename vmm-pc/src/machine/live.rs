@@ -198,7 +198,7 @@ impl PcMachine {
                 "Guest is waiting for an incoming migration".into(),
             ));
         }
-        self.check_snapshottable()?;
+        self.check_live_migratable()?;
         let state = self.runstate.state();
         if !matches!(
             state,
@@ -413,7 +413,6 @@ impl PcMachine {
             CommandFailure::Refused(why) => why,
             CommandFailure::Machine(e) => e.to_string(),
         };
-        self.check_snapshottable().map_err(text)?;
         let Some(out) = self.live.out.as_mut() else {
             return Err("no migration".into());
         };

@@ -100,7 +100,6 @@ impl PcMachine {
             MigrationUri::File(path) => path,
             stream => return self.migrate_live(stream),
         };
-        self.check_snapshottable()?;
         let state = self.runstate.state();
         if !matches!(
             state,
@@ -203,7 +202,6 @@ impl PcMachine {
         let path = match parse_uri(uri).map_err(CommandFailure::Refused)? {
             MigrationUri::File(path) => path,
             stream => {
-                self.check_snapshottable()?;
                 // A listening that failed (a port in use) may be tried
                 // again, as QEMU's.
                 self.incoming_stream(stream)
@@ -212,7 +210,6 @@ impl PcMachine {
                 return Ok(());
             }
         };
-        self.check_snapshottable()?;
         let loaded = self.read_snapshot(&path)?;
         // Nothing has run in `inmigrate`.
         self.apply_snapshot(loaded)?;
@@ -252,7 +249,6 @@ impl PcMachine {
             )),
             CommandFailure::Machine(m) => m,
         };
-        self.check_snapshottable().map_err(fail)?;
         // Read and decoded during the build (see there).
         let loaded = match self.incoming_file.take() {
             Some(parsed) => parsed

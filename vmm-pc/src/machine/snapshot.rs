@@ -19,7 +19,8 @@
 //! are part of the state (see [`crate::virtio_state`]): their workers
 //! stop, with nothing in flight, before the capture and run again with
 //! the guest (a card on vhost-net takes its tap back from the kernel's
-//! rings and reads where they stopped); vhost-vsock is still refused.
+//! rings, a vhost-vsock-pci stops the kernel's device, and both read
+//! where the kernel's rings stopped).
 
 use std::fs::File;
 use std::io::BufReader;
@@ -174,8 +175,8 @@ fn host_slice(
     // machine (and so `region`) lives, which the returned borrow cannot
     // outlast. Only a save reads it this way, with every vCPU paused and
     // every virtio worker stopped (`capture_state` stopped them, and a
-    // card on vhost-net took its tap back from the kernel's rings;
-    // vhost-vsock, whose rings the host kernel serves, is refused), so
+    // card on vhost-net took its tap back from the kernel's rings, a
+    // vhost-vsock-pci stopped the kernel's device), so
     // nothing writes these bytes while the slice exists.
     Ok(unsafe { std::slice::from_raw_parts(ptr, len) })
 }
@@ -242,11 +243,16 @@ impl PcMachine {
             .unwrap_or_default()
     }
 
-    pub(super) fn check_snapshottable(&self) -> Result<(), CommandFailure> {
+    /// An outgoing live migration needs every guest page written while
+    /// the guest runs to be logged: the host kernel's vhost-vsock does not
+    /// log the receive buffers it fills (vhost-net does, and its cards
+    /// take a log; ours write through guest RAM's bitmap).
+    pub(super) fn check_live_migratable(&self) -> Result<(), CommandFailure> {
         if !self.vhost_vsocks.is_empty() {
             return Err(refused(
-                "snapshots of a machine with a vhost-vsock-pci device are not supported yet \
-                 (the host kernel's rings are not captured); virtio-vsock-pci is",
+                "live migration of a machine with a vhost-vsock-pci device is not supported \
+                 (the host kernel's vhost-vsock does not log the guest memory it writes); \
+                 migrate to a file:, or use virtio-vsock-pci",
             ));
         }
         Ok(())
@@ -272,6 +278,7 @@ impl PcMachine {
             .chain(self.nets.iter().map(|n| n.slot))
             .chain(self.rngs.iter().map(|r| r.slot))
             .chain(self.vsocks.iter().map(|v| v.slot))
+            .chain(self.vhost_vsocks.iter().map(|&(_, slot)| slot))
             .collect()
     }
 
@@ -287,7 +294,6 @@ impl PcMachine {
 
     /// `snapshot-save`'s work: the machine's state into `path`.
     pub(super) fn snapshot_save(&mut self, path: &Path) -> Result<(), CommandFailure> {
-        self.check_snapshottable()?;
         // A suspended machine stops too (`STOP`): `suspended -> save-vm
         // -> suspended` (`RESUME`), as QEMU's.
         let was_live = self.runstate.is_live();
@@ -503,7 +509,13 @@ impl PcMachine {
         if state.pit.is_some() != matches!(self.pit_backend, PitBackend::Kvm) {
             return Err(refused("the snapshot's PIT does not match"));
         }
-        let ours = crate::virtio_state::entries(&self.disks, &self.nets, &self.rngs, &self.vsocks);
+        let ours = crate::virtio_state::entries(
+            &self.disks,
+            &self.nets,
+            &self.rngs,
+            &self.vsocks,
+            &self.vhost_vsocks,
+        );
         crate::virtio_state::check_backings(&ours, &state.devices).map_err(refused)
     }
 
@@ -523,8 +535,9 @@ impl PcMachine {
             let (addr, len) = (ram.as_ptr() as usize, ram.len());
             // SAFETY: one whole RAM region of this machine, whose contents
             // the snapshot replaces; its vCPUs are stopped and its virtio
-            // workers too (check_snapshottable, the callers), so nothing
-            // reads or writes it until the load is done.
+            // workers too (`snapshot_load` stopped them; on an incoming
+            // machine none has started), so nothing reads or writes it
+            // until the load is done.
             match unsafe { crate::snapshot::mapped::map_over(addr, len, mapped.file(), *start) } {
                 Ok(()) => mapped.add(*gpa, *start, len as u64),
                 Err(e) => {
@@ -610,7 +623,6 @@ impl PcMachine {
 
     /// `snapshot-load`'s work: the machine back to the state in `path`.
     pub(super) fn snapshot_load(&mut self, path: &Path) -> Result<(), CommandFailure> {
-        self.check_snapshottable()?;
         let loaded = self.read_snapshot(path)?;
         let was_live = self.runstate.is_live();
         let state = self.runstate.state();
@@ -633,7 +645,10 @@ impl PcMachine {
         }
         // From here on the machine changes: a failure leaves it stopped
         // (QEMU leaves a failed load's VM stopped too); `system_reset`
-        // starts afresh.
+        // starts afresh. The virtio workers stop first: a card's (or the
+        // host kernel's vhost) would write received frames into the RAM
+        // being replaced.
+        crate::virtio_state::stop_all_for_load(&self.devices.pci, &self.virtio_slots());
         self.apply_snapshot(loaded)?;
         // A running or suspended machine resumes at once (`RESUME`):
         // `running`, or `suspended` if the snapshot's guest is in S3.

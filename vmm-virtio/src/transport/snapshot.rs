@@ -161,6 +161,15 @@ impl<M: Memory> VirtioPciDevice<M> {
         }
     }
 
+    /// Before a load replaces guest RAM: the worker stops (a device
+    /// reset: the load puts every register back), so that neither it nor
+    /// the host kernel's vhost writes guest RAM meanwhile.
+    pub fn stop_for_load(&mut self) {
+        if self.active {
+            self.reset_device();
+        }
+    }
+
     /// A live migration's log for the host kernel's writes (None: the
     /// migration ended; see [`VirtioDevice::set_dirty_log`]). A running
     /// device's worker stops (as for a snapshot) and starts again at once

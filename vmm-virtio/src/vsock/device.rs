@@ -87,7 +87,11 @@ const EVENT_TRANSPORT_RESET: u32 = 0;
 /// driver's, `struct virtio_vsock_event`: a little-endian `u32` id), and
 /// its interrupt. Without a usable buffer nothing is sent: the driver's
 /// stale connections then get a reset from the muxer when they are used.
-fn send_transport_reset<M: GuestMemory>(q: &mut Queue, mem: &M, interrupt: &dyn VirtioInterrupt) {
+pub(super) fn send_transport_reset<M: GuestMemory>(
+    q: &mut Queue,
+    mem: &M,
+    interrupt: &dyn VirtioInterrupt,
+) {
     if !crate::ring::avail_sane(q, mem) {
         log::warn!("virtio-vsock: the event queue is broken; no transport reset sent");
         return;
@@ -289,19 +293,23 @@ impl<M: Memory> VirtioDevice<M> for VirtioVsock {
     }
 
     fn restore(&mut self, snapshot: &DeviceSnapshot) -> Result<(), SnapshotError> {
-        match snapshot {
-            DeviceSnapshot::Vsock { cid } if *cid == self.cid => {
-                self.reset_transport = true;
-                Ok(())
-            }
-            DeviceSnapshot::Vsock { cid } => Err(SnapshotError::Invalid(format!(
-                "the snapshot's guest CID is {cid}, this device's {}",
-                self.cid
-            ))),
-            other => Err(SnapshotError::Invalid(format!(
-                "a {} snapshot given to a socket device",
-                other.kind()
-            ))),
-        }
+        check_snapshot(snapshot, self.cid)?;
+        self.reset_transport = true;
+        Ok(())
+    }
+}
+
+/// A socket device's own part of a snapshot checked against a device for
+/// guest CID `ours` (ours or the kernel's alike: the CID is all it is).
+pub(super) fn check_snapshot(snapshot: &DeviceSnapshot, ours: u64) -> Result<(), SnapshotError> {
+    match snapshot {
+        DeviceSnapshot::Vsock { cid } if *cid == ours => Ok(()),
+        DeviceSnapshot::Vsock { cid } => Err(SnapshotError::Invalid(format!(
+            "the snapshot's guest CID is {cid}, this device's {ours}"
+        ))),
+        other => Err(SnapshotError::Invalid(format!(
+            "a {} snapshot given to a socket device",
+            other.kind()
+        ))),
     }
 }

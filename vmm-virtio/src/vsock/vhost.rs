@@ -13,7 +13,18 @@
 //! _CALL), then VHOST_VSOCK_SET_RUNNING; it then waits on the call
 //! eventfds and raises the queues' interrupts. A reset stops the kernel
 //! (SET_RUNNING 0) before the worker ends. The event queue stays with us:
-//! nothing is ever sent on it.
+//! only a transport reset is ever sent on it.
+//!
+//! A snapshot stops the kernel's device the same way and reads where each
+//! ring stopped (VHOST_GET_VRING_BASE, and the used index in guest RAM)
+//! into the queues it leaves for the transport, with the event queue. The
+//! kernel keeps its connections meanwhile, so a machine that runs on
+//! after a save goes on with them; a machine that loads a snapshot does
+//! not have them (a new process, or the guest taken back in time), so its
+//! driver gets a transport reset when the device starts again and drops
+//! its own, as QEMU's vhost-vsock does after a migration. A live migration
+//! is refused by the machine: the kernel's vhost-vsock does not log the
+//! guest pages it writes.
 
 use std::io;
 use std::os::fd::AsRawFd;
@@ -24,9 +35,19 @@ use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::{check_cid, CidError, MSIX_VECTORS, QUEUE_SIZE, RX_QUEUE, TX_QUEUE, VIRTIO_ID_VSOCK};
-use crate::device::{ActivateContext, ActivateError, ActiveQueue, DeviceState, VirtioDevice};
-use crate::vhost::{forward_calls, host_address, IoctlError, OpenError, VhostFile, VringFds};
+use virtio_queue::Queue;
+
+use super::device::{check_snapshot, send_transport_reset};
+use super::{
+    check_cid, CidError, EVENT_QUEUE, MSIX_VECTORS, QUEUE_SIZE, RX_QUEUE, TX_QUEUE, VIRTIO_ID_VSOCK,
+};
+use crate::device::{
+    ActivateContext, ActivateError, ActiveQueue, DeviceSnapshot, DeviceState, QueueHome,
+    SnapshotError, VirtioDevice,
+};
+use crate::vhost::{
+    forward_calls, host_address, read_back, IoctlError, OpenError, VhostFile, VringFds,
+};
 use crate::worker::{ThreadStart, Waiter, Worker};
 use crate::Memory;
 
@@ -69,6 +90,13 @@ pub struct VhostVsock {
     calls: [Arc<EventFd>; 2],
     worker: Worker,
     acked: u64,
+    /// The event queue of a started device.
+    event: Option<Queue>,
+    /// Where this activation's queues go when the worker ends.
+    home: Option<QueueHome>,
+    /// A snapshot was loaded: the next start tells the driver its
+    /// connections are gone.
+    reset_transport: bool,
 }
 
 impl std::fmt::Debug for VhostVsock {
@@ -104,6 +132,9 @@ impl VhostVsock {
             worker: Worker::new("vhost-vsock", start)
                 .map_err(|e| VhostError::Ioctl("the worker thread", e))?,
             acked: 0,
+            event: None,
+            home: None,
+            reset_transport: false,
         })
     }
 
@@ -121,6 +152,7 @@ struct Body<M: Memory> {
     features: u64,
     queues: Vec<ActiveQueue>,
     interrupt: Arc<dyn crate::device::VirtioInterrupt>,
+    home: QueueHome,
 }
 
 impl<M: Memory> Body<M> {
@@ -147,7 +179,7 @@ impl<M: Memory> Body<M> {
         self.file.vsock_set_running(on)
     }
 
-    fn run(self, waiter: Waiter) {
+    fn run(mut self, waiter: Waiter) {
         if let Err(e) = self.start() {
             log::error!("vhost-vsock: cannot start the kernel's device: {e}");
             let _ = self.running(false);
@@ -158,8 +190,20 @@ impl<M: Memory> Body<M> {
         if !forward_calls("vhost-vsock", &waiter, &calls, &*self.interrupt) {
             self.interrupt.set_needs_reset();
         }
+        self.stop();
+    }
+
+    /// Stops the kernel's device and leaves the rings as it left them for
+    /// the transport.
+    fn stop(&mut self) {
         if let Err(e) = self.running(false) {
             log::warn!("vhost-vsock: cannot stop the kernel's device: {e}");
+        }
+        for (i, q) in self.queues.iter_mut().enumerate() {
+            match read_back(&self.file, i as u32, &mut q.queue, &*self.ctx_mem) {
+                Ok(()) => self.home.put(q.index, q.queue.state()),
+                Err(e) => log::error!("vhost-vsock: cannot read where ring {i} stopped: {e}"),
+            }
         }
     }
 }
@@ -201,7 +245,16 @@ impl<M: Memory> VirtioDevice<M> for VhostVsock {
         if self.worker.is_running() {
             return Err(ActivateError::AlreadyActive);
         }
-        let [rx, tx] = crate::device::take_queues(ctx.queues, [RX_QUEUE, TX_QUEUE])?;
+        // The event queue: only a transport reset is sent on it.
+        let (event, data): (Vec<_>, Vec<_>) =
+            ctx.queues.into_iter().partition(|q| q.index == EVENT_QUEUE);
+        let mut event = event.into_iter().next().map(|q| q.queue);
+        let [rx, tx] = crate::device::take_queues(data, [RX_QUEUE, TX_QUEUE])?;
+        if self.reset_transport {
+            if let Some(q) = event.as_mut() {
+                send_transport_reset(q, &*ctx.mem, &*ctx.interrupt);
+            }
+        }
         let body = Body {
             file: Arc::clone(&self.file),
             calls: self.calls.clone(),
@@ -209,10 +262,14 @@ impl<M: Memory> VirtioDevice<M> for VhostVsock {
             features: ctx.features | 1 << VIRTIO_F_VERSION_1,
             queues: vec![rx, tx],
             interrupt: ctx.interrupt,
+            home: ctx.home.clone(),
         };
         self.worker
             .start(move |waiter| body.run(waiter))
             .map_err(ActivateError::Worker)?;
+        self.reset_transport = false;
+        self.event = event;
+        self.home = Some(ctx.home);
         self.acked = ctx.features;
         Ok(())
     }
@@ -220,6 +277,8 @@ impl<M: Memory> VirtioDevice<M> for VhostVsock {
     fn reset(&mut self) {
         self.worker.stop();
         self.acked = 0;
+        self.event = None;
+        self.home = None;
     }
 
     fn state(&self) -> DeviceState {
@@ -230,5 +289,26 @@ impl<M: Memory> VirtioDevice<M> for VhostVsock {
             completed: 0,
             held: 0,
         }
+    }
+
+    fn quiesce(&mut self) -> Result<(), SnapshotError> {
+        // The kernel's device stops and its rings go home; its
+        // connections stay for a machine that runs on.
+        self.worker.stop();
+        if let (Some(q), Some(home)) = (&self.event, &self.home) {
+            home.put(EVENT_QUEUE, q.state());
+        }
+        self.event = None;
+        Ok(())
+    }
+
+    fn snapshot(&self) -> Result<DeviceSnapshot, SnapshotError> {
+        Ok(DeviceSnapshot::Vsock { cid: self.cid })
+    }
+
+    fn restore(&mut self, snapshot: &DeviceSnapshot) -> Result<(), SnapshotError> {
+        check_snapshot(snapshot, self.cid)?;
+        self.reset_transport = true;
+        Ok(())
     }
 }
