@@ -463,3 +463,61 @@ fn the_guest_setting_its_rtc_is_an_rtc_change_event() {
     let o = wait(child);
     assert!(o.status.success(), "{}", stderr(&o));
 }
+
+/// `pmemsave` as QEMU's: guest physical memory into a file (here the
+/// guest's own code and message where it was loaded, and the whole of
+/// RAM), QEMU's words for a range past RAM and for a file that cannot be
+/// made, and the VMM (its seccomp filters on) carries on.
+#[test]
+fn pmemsave_writes_guest_memory_to_a_file() {
+    if !kvm("qmp_pmemsave") {
+        return;
+    }
+    let dir = TempDir::new("qmp-pmemsave");
+    let (child, sock) = spawn(
+        &dir,
+        &test_guests::hello_spin("pmem-marker\n"),
+        &["--serial", "none"],
+    );
+    let mut c = Client::connect(&sock);
+    let at = test_guests::LOAD_ADDR;
+    let code = dir.0.join("code.bin");
+    let r = c.execute_with(
+        "pmemsave",
+        json!({"val": at, "size": 4096, "filename": code.to_str().unwrap()}),
+    );
+    assert_eq!(r, json!({"return": {}}));
+    let bytes = std::fs::read(&code).unwrap();
+    assert_eq!(bytes.len(), 4096);
+    assert!(
+        bytes.windows(11).any(|w| w == b"pmem-marker"),
+        "the guest's message is not where its code was loaded"
+    );
+    let all = dir.0.join("ram.bin");
+    let r = c.execute_with(
+        "pmemsave",
+        json!({"val": 0, "size": 64u64 << 20, "filename": all.to_str().unwrap()}),
+    );
+    assert_eq!(r, json!({"return": {}}));
+    let ram = std::fs::read(&all).unwrap();
+    assert_eq!(ram.len(), 64 << 20);
+    assert_eq!(&ram[at as usize..at as usize + 4096], &bytes[..]);
+    let r = c.execute_with(
+        "pmemsave",
+        json!({"val": 64u64 << 20, "size": 1, "filename": all.to_str().unwrap()}),
+    );
+    assert_eq!(
+        r["error"]["desc"],
+        "Invalid addr 0x0000000004000000/size 1 specified"
+    );
+    let r = c.execute_with(
+        "pmemsave",
+        json!({"val": 0, "size": 1, "filename": "/nonexistent/dir/m.bin"}),
+    );
+    assert_eq!(
+        r["error"]["desc"],
+        "Could not open '/nonexistent/dir/m.bin': No such file or directory"
+    );
+    assert_eq!(c.status()["status"], "running");
+    common::qmp_client::quit(&mut c, child);
+}
