@@ -16,7 +16,7 @@
 //! (VHOST_GET_VRING_BASE for the next available index, guest RAM for the
 //! used one) into the queues it leaves for the transport, as our own
 //! worker does: a snapshot of a card on vhost-net is the same virtio state
-//! as one without, and loads on either.
+//! as one without.
 //!
 //! During a live migration the card runs with a [`DirtyLog`]: the worker
 //! starts again with the log's base (VHOST_SET_LOG_BASE), VHOST_F_LOG_ALL
