@@ -13,7 +13,10 @@
 mod common;
 mod linux_common;
 
-use linux_common::{build_static, debian_job, guest, nested_retry, run, test_initrd, QUIET_APPEND};
+use linux_common::{
+    build_static, completed_migration, debian_job, guest, nested_retry, print_migration, run,
+    section, test_initrd, QUIET_APPEND,
+};
 
 /// The guest's loop.
 const SCRIPT: &str = "\
@@ -57,29 +60,6 @@ fn companion(cpus: u32) -> String {
          echo @@SRCSTATE; cat src.state 2>/dev/null\n\
          echo @@SRCLOG; cat console.log; echo @@DSTLOG; cat dst.log; echo @@END"
     )
-}
-
-/// The text between `from` and the next `@@` section marker.
-fn section<'a>(c: &'a str, from: &str) -> &'a str {
-    let start = c
-        .find(&format!("{from}\n"))
-        .map(|i| i + from.len() + 1)
-        .unwrap_or_else(|| panic!("no {from} section:\n{c}"));
-    let rest = &c[start..];
-    let end = [
-        "@@SRCQMP\n",
-        "@@SRCSTATE\n",
-        "@@DSTQMP\n",
-        "@@DSTERR\n",
-        "@@SRCLOG\n",
-        "@@DSTLOG\n",
-        "@@END",
-    ]
-    .iter()
-    .filter_map(|m| rest.find(m))
-    .min()
-    .unwrap_or(rest.len());
-    &rest[..end]
 }
 
 /// (tick, uptime, check) of each whole tick line.
@@ -184,18 +164,9 @@ fn migrate(test: &str, cpus: u32) {
                 || src_qmp.contains("\"status\":\"postmigrate\""),
             "{test}: the source is not in postmigrate\n{report}"
         );
-        let mig = src_qmp
-            .lines()
-            .filter_map(|l| {
-                serde_json::from_str::<serde_json::Value>(l.trim().strip_prefix("@@QMP ")?).ok()
-            })
-            .find(|v| v["return"]["status"] == "completed")
+        let r = completed_migration(src_qmp)
             .unwrap_or_else(|| panic!("{test}: no completed query-migrate\n{report}"));
-        let r = &mig["return"];
-        eprintln!(
-            "{test}: total {} ms, downtime {} ms, {} passes, {} bytes",
-            r["total-time"], r["downtime"], r["ram"]["dirty-sync-count"], r["ram"]["transferred"]
-        );
+        print_migration(test, &r);
         assert!(
             dst_qmp.contains("\"running\""),
             "{test}: the destination is not running\n{report}"

@@ -8,19 +8,9 @@ use vmm_testbed::Job;
 mod common;
 mod linux_common;
 
-use linux_common::{debian_job, guest, nested_only, nested_retry, run, test_initrd};
-
-/// The guest's drivers, in dependency order.
-const MODULES: &[&str] = &[
-    "virtio_ring",
-    "virtio",
-    "virtio_pci_legacy_dev",
-    "virtio_pci_modern_dev",
-    "virtio_pci",
-    "failover",
-    "net_failover",
-    "virtio_net",
-];
+use linux_common::{
+    debian_job, guest, nested_only, nested_retry, run, test_initrd, NET_MODULES as MODULES,
+};
 
 /// The `--netdev` of the tests' card: the tap `tap0` in L1, with the
 /// kernel's vhost-net or without.

@@ -24,19 +24,10 @@
 mod common;
 mod linux_common;
 
-use linux_common::{build_static, debian_job, guest, nested_only, nested_retry, run, test_initrd};
-
-/// The guest's drivers, in dependency order.
-const MODULES: &[&str] = &[
-    "virtio_ring",
-    "virtio",
-    "virtio_pci_legacy_dev",
-    "virtio_pci_modern_dev",
-    "virtio_pci",
-    "failover",
-    "net_failover",
-    "virtio_net",
-];
+use linux_common::{
+    build_static, checked_ticks, completed_migration, debian_job, guest, nested_only, nested_retry,
+    print_migration, run, section, test_initrd, NET_MODULES as MODULES,
+};
 
 /// L1's modules for the card on vhost-net.
 const L1_MODULES: &[&str] = &["tun", "tap", "vhost_iotlb", "vhost", "vhost_net"];
@@ -133,42 +124,6 @@ fn companion() -> String {
     )
 }
 
-/// The text between `from` and the next `@@` section marker.
-fn section<'a>(c: &'a str, from: &str) -> &'a str {
-    let start = c
-        .find(&format!("{from}\n"))
-        .map(|i| i + from.len() + 1)
-        .unwrap_or_else(|| panic!("no {from} section:\n{c}"));
-    let rest = &c[start..];
-    let end = [
-        "@@SRCQMP\n",
-        "@@DSTERR\n",
-        "@@SRCLOG\n",
-        "@@DSTLOG\n",
-        "@@END",
-    ]
-    .iter()
-    .filter_map(|m| rest.find(m))
-    .min()
-    .unwrap_or(rest.len());
-    &rest[..end]
-}
-
-/// (fetch, check) of each whole `@@TICK` line; one cut short by the stop
-/// is left out.
-fn ticks(log: &str) -> Vec<(u32, String)> {
-    log.split("@@TICK ")
-        .skip(1)
-        .filter_map(|t| {
-            let mut f = t.split_whitespace();
-            let n = f.next()?.parse().ok()?;
-            let word = f.next()?;
-            let ok = ["ok", "BAD"].into_iter().find(|w| word.starts_with(w))?;
-            Some((n, ok.to_owned()))
-        })
-        .collect()
-}
-
 /// Whether the companion found the two RAM dumps the same, or differing
 /// only in the first 32 bytes (a `pvclock_vcpu_time_info`) of one page.
 fn same_ram_but_the_kvmclock(c: &str) -> bool {
@@ -258,28 +213,15 @@ fn debian_on_vhost_net_live_migrates_while_it_fetches_over_tcp() {
             c.contains("@@SRCQMPEXIT 0"),
             "{test}: the migration did not complete\n{report}"
         );
-        if let Some(r) = src_qmp
-            .lines()
-            .filter_map(|l| {
-                serde_json::from_str::<serde_json::Value>(l.trim().strip_prefix("@@QMP ")?).ok()
-            })
-            .find(|v| v["return"]["status"] == "completed")
-        {
-            let r = &r["return"];
-            eprintln!(
-                "{test}: total {} ms, downtime {} ms, {} bytes, {} dirty syncs",
-                r["total-time"],
-                r["downtime"],
-                r["ram"]["transferred"],
-                r["ram"]["dirty-sync-count"]
-            );
+        if let Some(r) = completed_migration(src_qmp) {
+            print_migration(test, &r);
         }
         assert!(
             c.contains("@@DSTEXIT 0"),
             "{test}: the destination's exit\n{report}"
         );
         assert_eq!(out.status, Some(0), "{test}: the source's exit\n{report}");
-        let (src, dst) = (ticks(src_log), ticks(dst_log));
+        let (src, dst) = (checked_ticks(src_log), checked_ticks(dst_log));
         assert!(
             src.len() >= 3 && !dst.is_empty(),
             "{test}: fetches\n{report}"

@@ -26,7 +26,10 @@ use vmm_testbed::{HostKvm, Job};
 mod common;
 mod linux_common;
 
-use linux_common::{build_static, debian_job, guest, nested_retry, run, test_initrd};
+use linux_common::{
+    build_static, checked_ticks as ticks, completed_migration, debian_job, guest, nested_retry,
+    print_migration, run, section, test_initrd,
+};
 
 /// The guest's drivers, in dependency order.
 const MODULES: &[&str] = &[
@@ -86,45 +89,6 @@ fn drive_file(job: &mut Job, image: &Path) -> String {
     } else {
         image.display().to_string()
     }
-}
-
-/// The text between `from` and the next `@@` section marker.
-fn section<'a>(c: &'a str, from: &str) -> &'a str {
-    let start = c
-        .find(&format!("{from}\n"))
-        .map(|i| i + from.len() + 1)
-        .unwrap_or_else(|| panic!("no {from} section:\n{c}"));
-    let rest = &c[start..];
-    let end = [
-        "@@SRCQMP\n",
-        "@@DSTQMP\n",
-        "@@DSTERR\n",
-        "@@SRCLOG\n",
-        "@@DSTLOG\n",
-        "@@END",
-    ]
-    .iter()
-    .filter_map(|m| rest.find(m))
-    .min()
-    .unwrap_or(rest.len());
-    &rest[..end]
-}
-
-/// (tick, check) of each whole tick. A tick cut short by a stop may be
-/// followed on its line by the next one the console prints (after a load,
-/// the tick the guest goes on from), or by a kernel message: each
-/// `@@TICK ` starts a tick, and one without its check is left out.
-fn ticks(log: &str) -> Vec<(u32, String)> {
-    log.split("@@TICK ")
-        .skip(1)
-        .filter_map(|t| {
-            let mut f = t.split_whitespace();
-            let n = f.next()?.parse().ok()?;
-            let word = f.next()?;
-            let ok = ["ok", "BAD"].into_iter().find(|w| word.starts_with(w))?;
-            Some((n, ok.to_owned()))
-        })
-        .collect()
 }
 
 /// `e2fsck -f -n` on the host's image: clean.
@@ -330,21 +294,8 @@ fn debian_with_a_disk_live_migrates_over_unix_and_fsck_is_clean() {
             c.contains("@@SRCQMPEXIT 0"),
             "{test}: the migration did not complete\n{report}"
         );
-        if let Some(r) = src_qmp
-            .lines()
-            .filter_map(|l| {
-                serde_json::from_str::<serde_json::Value>(l.trim().strip_prefix("@@QMP ")?).ok()
-            })
-            .find(|v| v["return"]["status"] == "completed")
-        {
-            let r = &r["return"];
-            eprintln!(
-                "{test}: total {} ms, downtime {} ms, {} bytes, {} dirty syncs",
-                r["total-time"],
-                r["downtime"],
-                r["ram"]["transferred"],
-                r["ram"]["dirty-sync-count"]
-            );
+        if let Some(r) = completed_migration(src_qmp) {
+            print_migration(test, &r);
         }
         assert!(
             c.contains("@@DSTEXIT 0"),

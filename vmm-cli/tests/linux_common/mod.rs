@@ -302,3 +302,76 @@ pub fn build_static(dir: &common::TempDir, name: &str) -> std::path::PathBuf {
     assert!(status.success(), "cc failed on {}", src.display());
     out
 }
+
+/// The guest's virtio-net drivers, in dependency order.
+pub const NET_MODULES: &[&str] = &[
+    "virtio_ring",
+    "virtio",
+    "virtio_pci_legacy_dev",
+    "virtio_pci_modern_dev",
+    "virtio_pci",
+    "failover",
+    "net_failover",
+    "virtio_net",
+];
+
+/// In a companion's output: the text between `from` and the next `@@`
+/// section marker the migration tests print.
+pub fn section<'a>(c: &'a str, from: &str) -> &'a str {
+    let start = c
+        .find(&format!("{from}\n"))
+        .map(|i| i + from.len() + 1)
+        .unwrap_or_else(|| panic!("no {from} section:\n{c}"));
+    let rest = &c[start..];
+    let end = [
+        "@@SRCQMP\n",
+        "@@SRCSTATE\n",
+        "@@DSTQMP\n",
+        "@@DSTERR\n",
+        "@@SRCLOG\n",
+        "@@DSTLOG\n",
+        "@@END",
+    ]
+    .iter()
+    .filter_map(|m| rest.find(m))
+    .min()
+    .unwrap_or(rest.len());
+    &rest[..end]
+}
+
+/// The `return` of the first `query-migrate` reply with status
+/// `completed` among a QMP client's `@@QMP` lines.
+pub fn completed_migration(qmp: &str) -> Option<serde_json::Value> {
+    qmp.lines()
+        .filter_map(|l| {
+            serde_json::from_str::<serde_json::Value>(l.trim().strip_prefix("@@QMP ")?).ok()
+        })
+        .find(|v| v["return"]["status"] == "completed")
+        .map(|v| v["return"].clone())
+}
+
+/// Prints a completed migration's figures (from [`completed_migration`]).
+pub fn print_migration(test: &str, r: &serde_json::Value) {
+    eprintln!(
+        "{test}: total {} ms, downtime {} ms, {} bytes, {} dirty syncs",
+        r["total-time"], r["downtime"], r["ram"]["transferred"], r["ram"]["dirty-sync-count"]
+    );
+}
+
+/// (tick, check) of each whole `@@TICK N ok|BAD` a guest printed. A tick
+/// cut short by a stop may be followed on its line by the next one the
+/// console prints (after a load, the tick the guest goes on from), or by
+/// a kernel message: each `@@TICK ` starts a tick, and one without its
+/// check is left out.
+pub fn checked_ticks(log: &str) -> Vec<(u32, String)> {
+    log.split("@@TICK ")
+        .skip(1)
+        .filter_map(|t| {
+            let mut f = t.split_whitespace();
+            let n = f.next()?.parse().ok()?;
+            let word = f.next()?;
+            let ok = ["ok", "BAD"].into_iter().find(|w| word.starts_with(w))?;
+            Some((n, ok.to_owned()))
+        })
+        .collect()
+}

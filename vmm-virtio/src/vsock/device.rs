@@ -9,18 +9,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
-use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestMemory};
 
+use super::events::EventQueue;
 use super::muxer::Muxer;
 use super::worker::VsockWorker;
 use super::{
-    check_cid, CidError, VsockStats, EVENT_QUEUE, MSIX_VECTORS, QUEUE_SIZE, RX_QUEUE, TX_QUEUE,
-    VIRTIO_ID_VSOCK,
+    check_cid, CidError, VsockStats, MSIX_VECTORS, QUEUE_SIZE, RX_QUEUE, TX_QUEUE, VIRTIO_ID_VSOCK,
 };
 use crate::device::{
-    ActivateContext, ActivateError, DeviceSnapshot, DeviceState, QueueHome, SnapshotError,
-    VirtioDevice, VirtioInterrupt,
+    ActivateContext, ActivateError, DeviceSnapshot, DeviceState, SnapshotError, VirtioDevice,
 };
 use crate::worker::{ThreadStart, Worker};
 use crate::Memory;
@@ -70,53 +67,9 @@ pub struct VirtioVsock {
     counters: Arc<Counters>,
     worker: Worker,
     acked: u64,
-    /// The event queue of a started device (only a transport reset is
-    /// ever sent on it, from here).
-    event: Option<Queue>,
-    /// Where this activation's queues go when the worker ends.
-    home: Option<QueueHome>,
-    /// The connections were lost (a snapshot stopped the worker, or one
-    /// was loaded): the next start tells the driver with a transport reset.
-    reset_transport: bool,
-}
-
-/// VIRTIO_VSOCK_EVENT_TRANSPORT_RESET: the driver drops every connection.
-const EVENT_TRANSPORT_RESET: u32 = 0;
-
-/// Sends a transport reset on the event queue `q` (a buffer of the
-/// driver's, `struct virtio_vsock_event`: a little-endian `u32` id), and
-/// its interrupt. Without a usable buffer nothing is sent: the driver's
-/// stale connections then get a reset from the muxer when they are used.
-pub(super) fn send_transport_reset<M: GuestMemory>(
-    q: &mut Queue,
-    mem: &M,
-    interrupt: &dyn VirtioInterrupt,
-) {
-    if !crate::ring::avail_sane(q, mem) {
-        log::warn!("virtio-vsock: the event queue is broken; no transport reset sent");
-        return;
-    }
-    let Some(chain) = q.pop_descriptor_chain(mem) else {
-        log::warn!("virtio-vsock: no event buffer for the transport reset");
-        return;
-    };
-    let head = chain.head_index();
-    let mut len = 0;
-    if let Some(d) = chain.take(1).find(|d| d.is_write_only() && d.len() >= 4) {
-        if mem
-            .write_obj(EVENT_TRANSPORT_RESET.to_le(), d.addr())
-            .is_ok()
-        {
-            len = 4;
-        }
-    }
-    if q.add_used(mem, head, len).is_err() {
-        log::warn!("virtio-vsock: the event queue is broken; no transport reset sent");
-        return;
-    }
-    if q.needs_notification(mem).unwrap_or(true) {
-        interrupt.signal_queue(EVENT_QUEUE);
-    }
+    /// The event queue; its transport reset is owed once the connections
+    /// were lost (a snapshot stopped the worker, or one was loaded).
+    event: EventQueue,
 }
 
 impl std::fmt::Debug for VirtioVsock {
@@ -160,9 +113,7 @@ impl VirtioVsock {
             counters: Arc::default(),
             worker: Worker::new("virtio-vsock", start)?,
             acked: 0,
-            event: None,
-            home: None,
-            reset_transport: false,
+            event: EventQueue::default(),
         })
     }
 
@@ -216,16 +167,10 @@ impl<M: Memory> VirtioDevice<M> for VirtioVsock {
         if self.worker.is_running() {
             return Err(ActivateError::AlreadyActive);
         }
-        // The event queue: only a transport reset is sent on it.
-        let (event, data): (Vec<_>, Vec<_>) =
-            ctx.queues.into_iter().partition(|q| q.index == EVENT_QUEUE);
-        let mut event = event.into_iter().next().map(|q| q.queue);
+        let data = self
+            .event
+            .start(ctx.queues, ctx.home.clone(), &*ctx.mem, &*ctx.interrupt);
         let [rx, tx] = crate::device::take_queues(data, [RX_QUEUE, TX_QUEUE])?;
-        if self.reset_transport {
-            if let Some(q) = event.as_mut() {
-                send_transport_reset(q, &*ctx.mem, &*ctx.interrupt);
-            }
-        }
         let muxer = Muxer::new(
             self.cid,
             Arc::clone(&self.listener),
@@ -246,9 +191,6 @@ impl<M: Memory> VirtioDevice<M> for VirtioVsock {
         self.worker
             .start(move |waiter| worker.run(waiter, rx_kick, tx_kick))
             .map_err(ActivateError::Worker)?;
-        self.reset_transport = false;
-        self.event = event;
-        self.home = Some(ctx.home);
         self.acked = ctx.features;
         Ok(())
     }
@@ -258,11 +200,7 @@ impl<M: Memory> VirtioDevice<M> for VirtioVsock {
         // accepted wait in the listener's backlog.
         self.worker.stop();
         self.acked = 0;
-        self.event = None;
-        self.home = None;
-        // `reset_transport` stays: a restore sets it before the transport
-        // resets the device, and a transport reset to a driver with no
-        // connections is harmless.
+        self.event.reset();
     }
 
     fn state(&self) -> DeviceState {
@@ -280,11 +218,8 @@ impl<M: Memory> VirtioDevice<M> for VirtioVsock {
         // The connections end with the worker (their host sockets close):
         // the driver hears of it when the device starts again.
         self.worker.stop();
-        if let (Some(q), Some(home)) = (&self.event, &self.home) {
-            home.put(EVENT_QUEUE, q.state());
-        }
-        self.event = None;
-        self.reset_transport = true;
+        self.event.park();
+        self.event.reset_transport = true;
         Ok(())
     }
 
@@ -294,7 +229,7 @@ impl<M: Memory> VirtioDevice<M> for VirtioVsock {
 
     fn restore(&mut self, snapshot: &DeviceSnapshot) -> Result<(), SnapshotError> {
         check_snapshot(snapshot, self.cid)?;
-        self.reset_transport = true;
+        self.event.reset_transport = true;
         Ok(())
     }
 }

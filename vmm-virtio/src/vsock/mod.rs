@@ -52,6 +52,7 @@
 
 mod connection;
 mod device;
+mod events;
 mod muxer;
 pub mod packet;
 pub mod vhost;

@@ -35,12 +35,9 @@ use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use virtio_queue::Queue;
-
-use super::device::{check_snapshot, send_transport_reset};
-use super::{
-    check_cid, CidError, EVENT_QUEUE, MSIX_VECTORS, QUEUE_SIZE, RX_QUEUE, TX_QUEUE, VIRTIO_ID_VSOCK,
-};
+use super::device::check_snapshot;
+use super::events::EventQueue;
+use super::{check_cid, CidError, MSIX_VECTORS, QUEUE_SIZE, RX_QUEUE, TX_QUEUE, VIRTIO_ID_VSOCK};
 use crate::device::{
     ActivateContext, ActivateError, ActiveQueue, DeviceSnapshot, DeviceState, QueueHome,
     SnapshotError, VirtioDevice,
@@ -90,13 +87,9 @@ pub struct VhostVsock {
     calls: [Arc<EventFd>; 2],
     worker: Worker,
     acked: u64,
-    /// The event queue of a started device.
-    event: Option<Queue>,
-    /// Where this activation's queues go when the worker ends.
-    home: Option<QueueHome>,
-    /// A snapshot was loaded: the next start tells the driver its
-    /// connections are gone.
-    reset_transport: bool,
+    /// The event queue; its transport reset is owed once a snapshot was
+    /// loaded (the kernel's device never had the driver's connections).
+    event: EventQueue,
 }
 
 impl std::fmt::Debug for VhostVsock {
@@ -132,9 +125,7 @@ impl VhostVsock {
             worker: Worker::new("vhost-vsock", start)
                 .map_err(|e| VhostError::Ioctl("the worker thread", e))?,
             acked: 0,
-            event: None,
-            home: None,
-            reset_transport: false,
+            event: EventQueue::default(),
         })
     }
 
@@ -245,16 +236,10 @@ impl<M: Memory> VirtioDevice<M> for VhostVsock {
         if self.worker.is_running() {
             return Err(ActivateError::AlreadyActive);
         }
-        // The event queue: only a transport reset is sent on it.
-        let (event, data): (Vec<_>, Vec<_>) =
-            ctx.queues.into_iter().partition(|q| q.index == EVENT_QUEUE);
-        let mut event = event.into_iter().next().map(|q| q.queue);
+        let data = self
+            .event
+            .start(ctx.queues, ctx.home.clone(), &*ctx.mem, &*ctx.interrupt);
         let [rx, tx] = crate::device::take_queues(data, [RX_QUEUE, TX_QUEUE])?;
-        if self.reset_transport {
-            if let Some(q) = event.as_mut() {
-                send_transport_reset(q, &*ctx.mem, &*ctx.interrupt);
-            }
-        }
         let body = Body {
             file: Arc::clone(&self.file),
             calls: self.calls.clone(),
@@ -262,14 +247,11 @@ impl<M: Memory> VirtioDevice<M> for VhostVsock {
             features: ctx.features | 1 << VIRTIO_F_VERSION_1,
             queues: vec![rx, tx],
             interrupt: ctx.interrupt,
-            home: ctx.home.clone(),
+            home: ctx.home,
         };
         self.worker
             .start(move |waiter| body.run(waiter))
             .map_err(ActivateError::Worker)?;
-        self.reset_transport = false;
-        self.event = event;
-        self.home = Some(ctx.home);
         self.acked = ctx.features;
         Ok(())
     }
@@ -277,8 +259,7 @@ impl<M: Memory> VirtioDevice<M> for VhostVsock {
     fn reset(&mut self) {
         self.worker.stop();
         self.acked = 0;
-        self.event = None;
-        self.home = None;
+        self.event.reset();
     }
 
     fn state(&self) -> DeviceState {
@@ -295,10 +276,7 @@ impl<M: Memory> VirtioDevice<M> for VhostVsock {
         // The kernel's device stops and its rings go home; its
         // connections stay for a machine that runs on.
         self.worker.stop();
-        if let (Some(q), Some(home)) = (&self.event, &self.home) {
-            home.put(EVENT_QUEUE, q.state());
-        }
-        self.event = None;
+        self.event.park();
         Ok(())
     }
 
@@ -308,7 +286,7 @@ impl<M: Memory> VirtioDevice<M> for VhostVsock {
 
     fn restore(&mut self, snapshot: &DeviceSnapshot) -> Result<(), SnapshotError> {
         check_snapshot(snapshot, self.cid)?;
-        self.reset_transport = true;
+        self.event.reset_transport = true;
         Ok(())
     }
 }
