@@ -375,3 +375,34 @@ pub fn checked_ticks(log: &str) -> Vec<(u32, String)> {
         })
         .collect()
 }
+
+/// Checks the ticks of a guest that moved from a source VMM to a
+/// destination: some on each side, the destination going on from the
+/// tick after the source's last (or the one after that, when the stop cut
+/// a line short), none missing up to `last`, every one `ok`.
+pub fn assert_ticks_go_on(
+    test: &str,
+    src: &[(u32, String)],
+    dst: &[(u32, String)],
+    last: u32,
+    report: &str,
+) {
+    let (Some(src_last), Some(dst_first), Some(dst_last)) = (src.last(), dst.first(), dst.last())
+    else {
+        panic!("{test}: no ticks on one side\n{report}");
+    };
+    assert!(
+        dst_first.0 == src_last.0 + 1 || dst_first.0 == src_last.0 + 2,
+        "{test}: the destination went on from tick {}, the source stopped at {}\n{report}",
+        dst_first.0,
+        src_last.0
+    );
+    for w in dst.windows(2) {
+        assert_eq!(w[1].0, w[0].0 + 1, "{test}: destination ticks\n{report}");
+    }
+    assert_eq!(dst_last.0, last, "{test}: the last tick\n{report}");
+    assert!(
+        src.iter().chain(dst).all(|(_, ok)| ok == "ok"),
+        "{test}: a tick's check failed\n{report}"
+    );
+}
