@@ -377,7 +377,9 @@ fn run(
         }
         Ok(())
     };
-    let result = machine.run_with(lockdown).context("the machine failed");
+    let result = machine
+        .run_then_exit(lockdown)
+        .context("the machine failed");
     let dropped = output.finish(Duration::from_secs(2));
     if dropped > 0 {
         log::warn!("{dropped} bytes of guest serial output were dropped (not read in time)");
