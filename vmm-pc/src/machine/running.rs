@@ -39,10 +39,10 @@ impl PcMachine {
     /// stopped vCPU threads, the device workers, the VM, its RAM) is left
     /// to the process's exit, where the kernel frees all of it at once.
     /// Taking that side down piece by piece (each thread told and joined,
-    /// each descriptor closed) cost about 0.3 ms from a guest's reset to the
-    /// process's end on a 1-vCPU machine, half the floor's whole exit
-    /// (`cargo xtask bench exit`). Not for a process that goes on: what is
-    /// left is never freed.
+    /// each descriptor closed) cost 0.16-0.3 ms from a guest's reset to the
+    /// process's end on a 1-vCPU machine, a fifth to a third of that whole
+    /// exit (README, "Where the time goes"). Not for a process that goes
+    /// on: what is left is never freed.
     pub fn run_then_exit(
         mut self,
         lockdown: impl FnOnce() -> Result<(), BoxError>,
