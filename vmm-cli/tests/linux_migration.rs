@@ -15,7 +15,7 @@ mod linux_common;
 
 use linux_common::{
     build_static, completed_migration, debian_job, guest, nested_retry, print_migration, run,
-    section, test_initrd, QUIET_APPEND,
+    section, test_initrd, QUIET_APPEND, SOURCE_STATE_ON_FAILURE,
 };
 
 /// The guest's loop.
@@ -53,10 +53,7 @@ fn companion(cpus: u32) -> String {
            '{{\"execute\":\"migrate\",\"arguments\":{{\"uri\":\"unix:mig.sock\"}}}}' \
            'line:\"completed\"' query-migrate query-status > src.qmp 2>&1\n\
          rc=$?; echo \"@@SRCQMPEXIT $rc\"\n\
-         [ $rc -eq 0 ] || ./qmpclient qmp.sock \
-           '{{\"execute\":\"human-monitor-command\",\"arguments\":{{\"command-line\":\"info registers -a\"}}}}' \
-           '{{\"execute\":\"human-monitor-command\",\"arguments\":{{\"command-line\":\"info lapic\"}}}}' \
-           > src.state 2>&1\n\
+         {SOURCE_STATE_ON_FAILURE}\
          k=$(grep -c '@@TICK' console.log)\n\
          i=0; while [ $rc -eq 0 ] && ! grep -q \"@@TICK $((k+5)) \" dst.log 2>/dev/null; do sleep 0.5; i=$((i+1)); [ $i -lt 240 ] || break; done\n\
          ./qmpclient dst.sock query-status query-migrate quit > dst.qmp 2>&1\n\

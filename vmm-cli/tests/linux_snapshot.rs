@@ -28,7 +28,7 @@ mod linux_common;
 
 use linux_common::{
     assert_ticks_go_on, build_static, checked_ticks as ticks, completed_migration, debian_job,
-    guest, nested_retry, print_migration, run, section, test_initrd,
+    guest, nested_retry, print_migration, run, section, test_initrd, SOURCE_STATE_ON_FAILURE,
 };
 
 /// The guest's drivers, in dependency order.
@@ -236,11 +236,13 @@ fn migration_companion(drive: &str) -> String {
            '{{\"execute\":\"migrate\",\"arguments\":{{\"uri\":\"unix:mig.sock\"}}}}' \
            'line:\"completed\"' query-migrate query-status > src.qmp 2>&1\n\
          rc=$?; echo \"@@SRCQMPEXIT $rc\"\n\
+         {SOURCE_STATE_ON_FAILURE}\
          i=0; while [ $rc -eq 0 ] && ! grep -q '@@DONE' dst.log 2>/dev/null; do sleep 0.5; i=$((i+1)); [ $i -lt 240 ] || break; done\n\
          [ $rc -eq 0 ] || ./qmpclient dst.sock quit > /dev/null 2>&1\n\
          wait $dst; echo \"@@DSTEXIT $?\"\n\
          ./qmpclient qmp.sock quit > /dev/null 2>&1\n\
          echo @@SRCQMP; cat src.qmp; echo @@DSTERR; cat dst.err\n\
+         echo @@SRCSTATE; cat src.state 2>/dev/null\n\
          echo @@SRCLOG; cat console.log; echo @@DSTLOG; cat dst.log; echo @@END"
     )
 }
@@ -285,9 +287,11 @@ fn debian_with_a_disk_live_migrates_over_unix_and_fsck_is_clean() {
         let dst = ticks(dst_log);
         let report = format!(
             "source QMP:\n{src_qmp}\ndestination stderr:\n{}\nsource log:\n{}\n\
+             the source's vCPUs (asked over QMP when its step failed):\n{}\n\
              destination log:\n{dst_log}\nvmm stderr:\n{}",
             section(c, "@@DSTERR"),
             section(c, "@@SRCLOG"),
+            section(c, "@@SRCSTATE"),
             out.stderr
         );
         assert!(

@@ -376,6 +376,17 @@ pub fn checked_ticks(log: &str) -> Vec<(u32, String)> {
         .collect()
 }
 
+/// A companion script's line that, when the source's QMP step failed
+/// (`$rc` not 0), asks the source VMM (QMP at `qmp.sock`) where its vCPUs
+/// are (`info registers -a`, `info lapic`) into `src.state`, for the
+/// failure's report (printed after `@@SRCSTATE`): a guest that never got
+/// to its marker shows where it stopped.
+#[allow(dead_code)]
+pub const SOURCE_STATE_ON_FAILURE: &str = "[ $rc -eq 0 ] || ./qmpclient qmp.sock \
+  '{\"execute\":\"human-monitor-command\",\"arguments\":{\"command-line\":\"info registers -a\"}}' \
+  '{\"execute\":\"human-monitor-command\",\"arguments\":{\"command-line\":\"info lapic\"}}' \
+  > src.state 2>&1\n";
+
 /// Checks the ticks of a guest that moved from a source VMM to a
 /// destination: some on each side, the destination going on from the
 /// tick after the source's last (or the one after that, when the stop cut
