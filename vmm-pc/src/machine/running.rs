@@ -48,6 +48,8 @@ impl PcMachine {
         lockdown: impl FnOnce() -> Result<(), BoxError>,
     ) -> Result<ExitReason, PcError> {
         let result = self.run_and_stop(lockdown);
+        // The fields not named here (the main loop with its subscribers
+        // among them) drop at the end of this function, as `run_with`'s do.
         let Self {
             vm,
             vcpus,
@@ -56,10 +58,8 @@ impl PcMachine {
             nets,
             rngs,
             vsocks,
-            event_loop,
             ..
         } = self;
-        drop(event_loop);
         std::mem::forget((vcpus, devices, disks, nets, rngs, vsocks, vm));
         result
     }
