@@ -281,6 +281,21 @@ fn migrate_cancel_puts_the_source_back() {
         c.execute_with("migrate", json!({ "uri": uri }))["error"]["desc"],
         "There's a migration process in progress"
     );
+    // The destination, whose migration thread writes RAM meanwhile, takes
+    // no snapshot job either way (a save would read that RAM, a load map
+    // over it).
+    let file = dir2.0.join("snap");
+    for job in ["snapshot-save", "snapshot-load"] {
+        let r = d.execute_with(
+            job,
+            json!({"job-id": "j", "tag": "t", "vmstate": file.to_str().unwrap(), "devices": []}),
+        );
+        assert_eq!(
+            r["error"]["desc"], "There's a migration process in progress",
+            "{job}: {r}"
+        );
+    }
+    assert!(!file.exists());
     assert_eq!(c.execute("migrate_cancel"), json!({"return": {}}));
     let (statuses, _) = until_done(&mut c);
     assert_eq!(statuses, ["cancelling", "cancelled"]);

@@ -466,8 +466,9 @@ fn the_guest_setting_its_rtc_is_an_rtc_change_event() {
 
 /// `pmemsave` as QEMU's: guest physical memory into a file (here the
 /// guest's own code and message where it was loaded, and the whole of
-/// RAM), QEMU's words for a range past RAM and for a file that cannot be
-/// made, and the VMM (its seccomp filters on) carries on.
+/// RAM; a longer file cut to the dump), QEMU's words for a range past RAM
+/// and for a file that cannot be made, a FIFO refused (it would block the
+/// main loop), and the VMM (its seccomp filters on) carries on.
 #[test]
 fn pmemsave_writes_guest_memory_to_a_file() {
     if !kvm("qmp_pmemsave") {
@@ -502,6 +503,31 @@ fn pmemsave_writes_guest_memory_to_a_file() {
     let ram = std::fs::read(&all).unwrap();
     assert_eq!(ram.len(), 64 << 20);
     assert_eq!(&ram[at as usize..at as usize + 4096], &bytes[..]);
+    // Over a longer file: it ends up the dump's size, as QEMU's.
+    let r = c.execute_with(
+        "pmemsave",
+        json!({"val": at, "size": 4096, "filename": all.to_str().unwrap()}),
+    );
+    assert_eq!(r, json!({"return": {}}));
+    assert_eq!(std::fs::read(&all).unwrap(), bytes);
+    // A FIFO (nobody reading it) would block the main loop: refused.
+    let fifo = dir.0.join("fifo");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let r = c.execute_with(
+        "pmemsave",
+        json!({"val": 0, "size": 1, "filename": fifo.to_str().unwrap()}),
+    );
+    assert_eq!(
+        r["error"]["desc"],
+        format!(
+            "Could not open '{}': not a regular file (a FIFO)",
+            fifo.display()
+        )
+    );
     let r = c.execute_with(
         "pmemsave",
         json!({"val": 64u64 << 20, "size": 1, "filename": all.to_str().unwrap()}),

@@ -129,6 +129,45 @@ fn snapshot_load_goes_back_in_time_and_the_guest_counts_on() {
     );
     assert!(back < *later.last().unwrap(), "back in time");
 
+    // The loaded RAM is mapped from the file: `pmemsave` may not cut it
+    // short under the guest (the pages it has not written would be lost,
+    // the VMM ended by SIGBUS). Refused, the file unchanged, the guest
+    // counting on.
+    let len = std::fs::metadata(&file).unwrap().len();
+    let r = c.execute_with(
+        "pmemsave",
+        json!({"val": 0, "size": 4096, "filename": file.to_str().unwrap()}),
+    );
+    assert_eq!(
+        r["error"]["desc"],
+        format!(
+            "Could not open '{}': it holds the guest's RAM (the snapshot the machine was \
+             loaded from)",
+            file.display()
+        )
+    );
+    assert_eq!(std::fs::metadata(&file).unwrap().len(), len);
+    let now = counts(&log).len();
+    wait_counts(&log, now + 3);
+    // A FIFO to load from (nobody writing it) would block the main loop:
+    // the job fails at once.
+    let fifo = dir.0.join("fifo");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let e = job(&mut c, "snapshot-load", "fifo", &fifo);
+    assert_eq!(
+        e,
+        format!(
+            "cannot open {}: not a regular file (a FIFO)",
+            fifo.display()
+        ),
+        "{e}"
+    );
+    assert_eq!(c.status()["status"], "running");
+
     // A damaged file is refused, the job says why, and the guest runs on:
     // a checksummed section's byte flipped (the last section's last byte,
     // before the end mark), then a file cut inside its RAM image (a page

@@ -2,91 +2,35 @@
 //! kept open so that a reset loads the same kernel and initrd again (as
 //! QEMU's fw_cfg keeps its copies).
 //!
-//! Only regular files are taken, and opening never blocks: `open(2)` of a
-//! FIFO waits for a writer, for ever if none comes, and a character device
-//! (a terminal, `/dev/zero`) never ends. So a path is opened with
-//! `O_NONBLOCK` (which makes `open` of a FIFO return at once, and is then
-//! cleared) and refused unless `fstat` says it is a regular file.
+//! Only regular files are taken, and opening never blocks
+//! ([`crate::regular_file`]).
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Seek;
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::Path;
 
 use crate::boot::{self, KernelEntry, LoadedKernel};
 use crate::cpu::BootEntry;
 use crate::layout;
 use crate::machine::PcError;
+use crate::regular_file::{self, Access, OpenError};
 use crate::{acpi, memory, mptable};
 
 /// Opens `path` for reading if it is a regular file, without blocking on
 /// anything else; `what` ("kernel", "initrd") names it in errors.
 pub(crate) fn open_regular(what: &'static str, path: &Path) -> Result<File, PcError> {
-    let not_regular = |meta: &std::fs::Metadata| PcError::NotRegular {
-        what,
-        path: path.to_owned(),
-        kind: file_kind(meta),
-    };
-    let open_error = |source| PcError::Open {
-        what,
-        path: path.to_owned(),
-        source,
-    };
-    let file = match OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(path)
-    {
-        Ok(file) => file,
-        Err(e) => {
-            // A socket cannot be opened at all (ENXIO): say what it is.
-            return Err(match std::fs::metadata(path) {
-                Ok(meta) if !meta.is_file() => not_regular(&meta),
-                _ => open_error(e),
-            });
-        }
-    };
-    let meta = file.metadata().map_err(open_error)?;
-    if !meta.is_file() {
-        return Err(not_regular(&meta));
-    }
-    clear_nonblocking(&file).map_err(open_error)?;
-    Ok(file)
-}
-
-/// What a file that is not a regular file is, for messages.
-fn file_kind(meta: &std::fs::Metadata) -> &'static str {
-    let t = meta.file_type();
-    if t.is_dir() {
-        "a directory"
-    } else if t.is_fifo() {
-        "a FIFO"
-    } else if t.is_socket() {
-        "a socket"
-    } else if t.is_char_device() {
-        "a character device"
-    } else if t.is_block_device() {
-        "a block device"
-    } else {
-        "not a file"
-    }
-}
-
-/// Clears `O_NONBLOCK` (Linux ignores it for a regular file's reads; it is
-/// cleared so that nothing depends on that).
-fn clear_nonblocking(file: &File) -> std::io::Result<()> {
-    let fd = file.as_raw_fd();
-    // SAFETY: F_GETFL on an fd this function borrows open; no memory.
-    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-    if flags < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: F_SETFL with flags just read, minus one bit; no memory.
-    if unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) } < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
+    regular_file::open(path, Access::Read).map_err(|e| match e {
+        OpenError::NotRegular(kind) => PcError::NotRegular {
+            what,
+            path: path.to_owned(),
+            kind,
+        },
+        OpenError::Io(source) => PcError::Open {
+            what,
+            path: path.to_owned(),
+            source,
+        },
+    })
 }
 
 /// The files and settings the guest is loaded from.
@@ -154,30 +98,9 @@ fn boot_entry(kernel: &LoadedKernel) -> BootEntry {
 
 #[cfg(test)]
 mod tests {
-    use std::os::unix::net::UnixListener;
-
     use super::*;
 
-    struct Dir(std::path::PathBuf);
-
-    impl Dir {
-        fn new(tag: &str) -> Self {
-            let dir = std::env::temp_dir().join(format!(
-                "vmm-pc-images-{tag}-{}-{:?}",
-                std::process::id(),
-                std::thread::current().id()
-            ));
-            let _ = std::fs::remove_dir_all(&dir);
-            std::fs::create_dir_all(&dir).unwrap();
-            Self(dir)
-        }
-    }
-
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
+    use crate::test_util::TempDir as Dir;
 
     fn refused(path: &Path) -> String {
         match open_regular("kernel", path) {
@@ -186,42 +109,19 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_regular_file_opens_blocking() {
-        let dir = Dir::new("regular");
-        let path = dir.0.join("k");
-        std::fs::write(&path, b"kernel").unwrap();
-        let file = open_regular("kernel", &path).unwrap();
-        // SAFETY: F_GETFL on an open fd; no memory.
-        let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
-        assert_eq!(flags & libc::O_NONBLOCK, 0);
-    }
-
     /// Issue 15: a FIFO as --kernel or --initrd blocked `open` for ever.
     /// Here it is refused at once: were `open` to block, this test would
     /// hang instead.
     #[test]
     fn a_fifo_is_refused_without_blocking() {
-        let dir = Dir::new("fifo");
+        let dir = Dir::new("images-fifo");
         let path = dir.0.join("fifo");
-        let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
-        // SAFETY: a valid NUL-terminated path; mkfifo only creates a node.
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        crate::test_util::mkfifo(&path);
         let msg = refused(&path);
         assert_eq!(
             msg,
             format!("kernel {} is not a regular file (a FIFO)", path.display())
         );
-    }
-
-    #[test]
-    fn directories_devices_and_sockets_are_refused() {
-        let dir = Dir::new("others");
-        assert!(refused(&dir.0).ends_with("is not a regular file (a directory)"));
-        assert!(refused(Path::new("/dev/null")).ends_with("(a character device)"));
-        let socket = dir.0.join("sock");
-        let _listener = UnixListener::bind(&socket).unwrap();
-        assert!(refused(&socket).ends_with("(a socket)"));
     }
 
     #[test]

@@ -23,6 +23,7 @@ pub mod model;
 pub mod mptable;
 pub mod nets;
 pub mod pci;
+mod regular_file;
 pub mod snapshot;
 pub mod test_guests;
 #[cfg(test)]

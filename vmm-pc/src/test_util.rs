@@ -1,5 +1,6 @@
-//! Helpers shared by the table builders' tests: guest RAM and reading
-//! little-endian fields back out of it.
+//! Helpers shared by the unit tests: guest RAM and reading little-endian
+//! fields back out of it (the table builders'), a scratch folder (the
+//! file openers').
 
 use vm_memory::{Bytes, GuestAddress};
 use vmm_core::ram::GuestRam;
@@ -34,4 +35,34 @@ pub fn u64_at(bytes: &[u8], offset: usize) -> u64 {
 /// The byte sum (a table with a correct checksum sums to 0).
 pub fn sum(bytes: &[u8]) -> u8 {
     bytes.iter().fold(0u8, |acc, b| acc.wrapping_add(*b))
+}
+
+/// A scratch folder of this process and thread, removed when dropped.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    /// A new, empty one; `tag` tells the tests' apart.
+    pub fn new(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "vmm-pc-{tag}-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Makes a FIFO at `path` (mode 0600).
+pub fn mkfifo(path: &std::path::Path) {
+    let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path; mkfifo only creates a node.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
 }

@@ -691,13 +691,28 @@ pub(super) fn main(pid: u32, kick: u32) -> Result<Rules, seccompiler::Error> {
     )?;
     // QMP: the client's second handle (try_clone).
     allow_dup(&mut r)?;
-    // snapshot-save creates its file (File::create) and syncs it;
-    // snapshot-load opens one to read (File::open). Only those two ways.
+    // snapshot-save creates its file (File::create) and syncs it, and
+    // reads the page map (File::open); snapshot-load and `migrate-incoming
+    // file:` open theirs to read, and `pmemsave` its to write (made if
+    // missing, not truncated until checked), only if it is a regular file
+    // (O_NONBLOCK, so that a FIFO cannot block the open; cleared once
+    // fstat says it is a regular file: F_GETFL, F_SETFL). Only those ways.
+    let quiet = libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC;
     allow_open(
         &mut r,
         &[
             (libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC) as u64,
             (libc::O_RDONLY | libc::O_CLOEXEC) as u64,
+            (libc::O_RDONLY | quiet) as u64,
+            (libc::O_WRONLY | libc::O_CREAT | quiet) as u64,
+        ],
+    )?;
+    allow_if(
+        &mut r,
+        libc::SYS_fcntl,
+        &[
+            &[(1, Eq, libc::F_GETFL as u64)],
+            &[(1, Eq, libc::F_SETFL as u64)],
         ],
     )?;
     // ...and reads /proc/self/pagemap to skip RAM never touched. A save

@@ -69,15 +69,14 @@ impl PcMachine {
                 self.migration_events = on;
                 Ok(Reply::Done)
             }
-            Command::SnapshotSave { .. } | Command::SnapshotLoad { .. } if self.live.active() => {
-                Err(CommandFailure::Refused(
-                    "There's a migration process in progress".into(),
-                ))
+            // Not while a migration runs either way: an incoming stream
+            // writes RAM on the migration thread, which a save would read
+            // and a load would map over.
+            Command::SnapshotSave { .. } | Command::SnapshotLoad { .. } => {
+                self.check_no_migration()?;
+                self.job_command(command)
             }
-            Command::SnapshotSave { .. }
-            | Command::SnapshotLoad { .. }
-            | Command::QueryJobs
-            | Command::JobDismiss { .. } => self.job_command(command),
+            Command::QueryJobs | Command::JobDismiss { .. } => self.job_command(command),
             Command::SetAction { watchdog, reboot } => {
                 if let Some(action) = watchdog {
                     self.watchdog_action = action;

@@ -7,6 +7,7 @@ use vmm_runstate::RunState;
 
 use super::{lock, CommandFailure, PcMachine};
 use crate::control::Reply;
+use crate::regular_file::{self, Access, OpenError};
 
 impl PcMachine {
     /// The device model's list, then the PCI bus's functions (a disk's
@@ -60,13 +61,44 @@ impl PcMachine {
             |e: crate::snapshot::pmemsave::DumpError| CommandFailure::Refused(e.to_string());
         crate::snapshot::pmemsave::check_range(self.vm.memory(), addr, size).map_err(refused)?;
         let name = path.display().to_string();
-        let file = std::fs::File::create(path).map_err(|e| {
-            CommandFailure::Refused(format!("Could not open '{name}': {}", strerror(&e)))
+        let cannot_open =
+            |why: String| CommandFailure::Refused(format!("Could not open '{name}': {why}"));
+        // A regular file only, opened without blocking (a FIFO would stop
+        // the main loop) and not truncated before it is known not to hold
+        // the guest's RAM: RAM mapped from a snapshot file reads the pages
+        // the guest has not written from it, and would be lost with them
+        // (SIGBUS) were it cut short.
+        let file = regular_file::open(path, Access::Write).map_err(|e| {
+            cannot_open(match e {
+                OpenError::NotRegular(kind) => format!("not a regular file ({kind})"),
+                OpenError::Io(e) => strerror(&e),
+            })
         })?;
+        if self.holds_ram(&file) {
+            return Err(cannot_open(
+                "it holds the guest's RAM (the snapshot the machine was loaded from)".into(),
+            ));
+        }
+        file.set_len(0).map_err(|e| cannot_open(strerror(&e)))?;
         let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
         crate::snapshot::pmemsave::dump(self.vm.memory(), addr, size, &mut out, &name)
             .map_err(refused)?;
         Ok(Reply::Done)
+    }
+}
+
+impl PcMachine {
+    /// Whether `file` is the one some of guest RAM is mapped from.
+    fn holds_ram(&self, file: &std::fs::File) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let Some(ram) = self.ram_file.as_ref().filter(|r| !r.is_empty()) else {
+            return false;
+        };
+        match (file.metadata(), ram.file().metadata()) {
+            (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+            // Cannot tell: as if it did.
+            _ => true,
+        }
     }
 }
 

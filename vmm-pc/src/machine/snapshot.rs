@@ -121,7 +121,10 @@ pub(super) struct ParsedFile {
 /// Reads and decodes the snapshot at `path` (see [`ParsedFile`]): its
 /// sections, not its RAM images.
 pub(super) fn parse_file(path: &Path) -> Result<ParsedFile, String> {
-    let file = File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    // A regular file only, opened without blocking: a FIFO would stop the
+    // main loop (`snapshot-load`, `migrate-incoming file:`).
+    let file = crate::regular_file::open(path, crate::regular_file::Access::Read)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
     let mut reader = BufReader::with_capacity(READ_BUFFER, file);
     let (shape, sections, end) =
         format::read_counted(&mut reader, MAX_SECTION).map_err(|e| e.to_string())?;

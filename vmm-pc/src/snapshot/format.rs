@@ -149,7 +149,9 @@ impl Shape {
             ));
         }
         if self.ram != machine.ram {
-            let total = |r: &[(u64, u64)]| r.iter().map(|(_, s)| s).sum::<u64>() >> 20;
+            // Saturating: a file's shape is not to be trusted.
+            let total =
+                |r: &[(u64, u64)]| r.iter().fold(0u64, |t, (_, s)| t.saturating_add(*s)) >> 20;
             return Some(format!(
                 "the snapshot has {} MiB of RAM, this machine {} MiB",
                 total(&self.ram),
@@ -226,6 +228,9 @@ pub enum FormatError {
     /// The same section twice.
     #[error("section '{0}' appears twice")]
     Duplicate(String),
+    /// More sections than any snapshot has.
+    #[error("more than {MAX_SECTIONS} sections")]
+    TooManySections,
     /// A RAM section that does not match its region.
     #[error("a RAM section does not match its region")]
     Ram,
@@ -356,6 +361,12 @@ pub fn decode_shape(section: Option<&Section>) -> Result<Shape, FormatError> {
     serde_json::from_slice(&shape.data).map_err(|e| FormatError::Shape(Some(e)))
 }
 
+/// The most sections a file may have: its shape, the machine's state
+/// sections and a RAM image per region are a dozen; a file of thousands of
+/// small ones (each one's name compared with the others') is damaged or
+/// made to stall the main loop, which reads a file to load.
+pub const MAX_SECTIONS: usize = 64;
+
 /// Reads a snapshot's sections (not its RAM images); no section may be
 /// longer than `max_section` bytes (what the caller is ready to
 /// allocate).
@@ -395,6 +406,9 @@ fn read_sections(
     read_header(r, &MAGIC, FORMAT_VERSION)?;
     let mut sections: Vec<Section> = Vec::new();
     while let Some(section) = read_section(r, |_| max_section)? {
+        if sections.len() == MAX_SECTIONS {
+            return Err(FormatError::TooManySections);
+        }
         if sections.iter().any(|s| s.name == section.name) {
             return Err(FormatError::Duplicate(section.name));
         }
@@ -545,6 +559,33 @@ mod tests {
             err(&no_shape),
             "the snapshot's shape is missing or malformed"
         );
+        // Thousands of small sections: refused past the most a snapshot has
+        // (each name is compared with the others', so a long list would
+        // stall the main loop).
+        let many = |n: usize| {
+            let mut v = Vec::new();
+            let names: Vec<String> = (0..n).map(|i| format!("s{i}")).collect();
+            let sections: Vec<(&str, &[u8])> =
+                names.iter().map(|n| (n.as_str(), &b"x"[..])).collect();
+            write(&mut v, &shape(), &sections).unwrap();
+            v
+        };
+        // The shape is one of them.
+        assert_eq!(
+            read(&mut many(MAX_SECTIONS - 1).as_slice(), 1 << 20)
+                .unwrap()
+                .1
+                .len(),
+            MAX_SECTIONS - 1
+        );
+        assert_eq!(
+            err(&many(MAX_SECTIONS)),
+            format!("more than {MAX_SECTIONS} sections")
+        );
+        assert_eq!(
+            err(&many(100_000)),
+            format!("more than {MAX_SECTIONS} sections")
+        );
     }
 
     #[test]
@@ -563,6 +604,10 @@ mod tests {
             a.difference(&c).unwrap(),
             "the snapshot has 128 MiB of RAM, this machine 64 MiB"
         );
+        // A file's RAM that overflows when summed: words, not a panic.
+        let mut huge = a.clone();
+        huge.ram = vec![(0, u64::MAX), (0, 1)];
+        assert!(huge.difference(&a).unwrap().contains(" MiB of RAM"));
         let mut d = a.clone();
         d.devices.push(("watchdog0".into(), "ib700".into()));
         assert_eq!(

@@ -174,6 +174,11 @@ impl<M: Memory> Body<M> {
         if let Err(e) = self.start() {
             log::error!("vhost-vsock: cannot start the kernel's device: {e}");
             let _ = self.running(false);
+            // The kernel never ran the rings: they go home as the driver
+            // left them, so that a snapshot still has every queue.
+            for q in &self.queues {
+                self.home.put(q.index, q.queue.state());
+            }
             self.interrupt.set_needs_reset();
             return;
         }
