@@ -461,6 +461,7 @@ fn bad_command_lines_are_refused() {
         (&["--kernel", "K", "--incoming", "exec:"], Vmm, "exec: needs a value", false),
         (&["--kernel", "ELF", "--incoming", "unix:/nonexistent/dir/mig.sock"], Vmm, "--incoming: Failed to bind socket '/nonexistent/dir/mig.sock'", true),
         (&["--kernel", "ELF", "--incoming", "file:/nonexistent/vm.mig"], Vmm, "load of migration from /nonexistent/vm.mig failed: cannot open", false),
+        (&["--kernel", "ELF", "--incoming", "file:FIFO"], Vmm, "not a regular file (a FIFO)", false),
     ];
     assert!(table.len() >= 25);
     let dir = TempDir::new("table");
@@ -496,6 +497,7 @@ fn bad_command_lines_are_refused() {
             "LONG" => long.clone(),
             "file:DIR" => format!("file:{}", path(&sub)),
             "file:LINK" => format!("file:{}", path(&link)),
+            "file:FIFO" => format!("file:{}", path(&fifo)),
             "file=DIR" => format!("file={}", path(&sub)),
             "file=EMPTY" => format!("file={}", path(&empty)),
             "file=ODD" => format!("file={}", path(&odd)),
