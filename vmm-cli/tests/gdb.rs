@@ -275,6 +275,48 @@ fn gdb_attaches_steps_breaks_and_detaches() {
     assert!(o.status.success(), "{}", stderr(&o));
 }
 
+/// gdb's `kill` over a Unix socket ends the VMM as QEMU's `k` does: with
+/// status 0 and the socket removed. (The stub's thread once dropped its
+/// listener itself, and its seccomp list has no `unlink`: status 159.)
+#[test]
+fn kill_over_a_unix_socket_ends_the_vmm_cleanly() {
+    if !kvm("gdb_kill") || !have_gdb() {
+        return;
+    }
+    let dir = TempDir::new("gdb-kill");
+    let sock = dir.0.join("gdb.sock");
+    let (child, qmp) = spawn(
+        &dir,
+        &test_guests::counter(DELAY),
+        &[
+            "--serial",
+            "none",
+            "--gdb",
+            &format!("unix:{}", sock.display()),
+        ],
+    );
+    let mut c = Client::connect(&qmp);
+    assert_eq!(c.status()["status"], "running");
+    let out = Command::new("gdb")
+        .args(["-q", "-batch", "-nx", "-ex"])
+        .arg(format!("target remote {}", sock.display()))
+        .args(["-ex", "kill"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let o = wait(child);
+    assert!(
+        o.status.success(),
+        "{:?}: {}\ngdb: {}{}",
+        o.status,
+        stderr(&o),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!stderr(&o).contains("seccomp"), "{}", stderr(&o));
+    assert!(!sock.exists(), "the socket is removed");
+}
+
 #[test]
 fn bad_gdb_addresses_are_refused_at_start() {
     for bad in ["tcp::99999", "udp::1234", "tcp:1234", "unix:"] {

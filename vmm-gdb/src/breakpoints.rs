@@ -14,6 +14,12 @@ pub const INT3: u8 = 0xcc;
 /// How many hardware breakpoints there are.
 pub const HW_SLOTS: usize = 4;
 
+/// The most software breakpoints at once: far more than a debugging
+/// session sets (gdb sets one per `break` location, a few per `next`),
+/// and a bound on what a client can make the stub write into the guest
+/// and keep, and restore one by one on its way out.
+pub const MAX_SW: usize = 4096;
+
 /// The software breakpoints in guest memory.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct SwBreakpoints {
@@ -27,10 +33,16 @@ impl SwBreakpoints {
         self.saved.contains_key(&addr)
     }
 
+    /// Whether another can be set ([`MAX_SW`]).
+    pub fn has_room(&self) -> bool {
+        self.saved.len() < MAX_SW
+    }
+
     /// Records a breakpoint at `addr` over `original`; false if one is
-    /// already there (the guest byte is then our `int3`, not to be saved).
+    /// already there (the guest byte is then our `int3`, not to be saved)
+    /// or there is no room.
     pub fn insert(&mut self, addr: u64, original: u8) -> bool {
-        if self.saved.contains_key(&addr) {
+        if self.saved.contains_key(&addr) || !self.has_room() {
             return false;
         }
         self.saved.insert(addr, original);
@@ -242,6 +254,19 @@ mod tests {
         assert_eq!(bp.remove(0x1000), Some(0x90));
         assert_eq!(bp.remove(0x1000), None);
         assert_eq!(bp.remove(0x2000), None);
+    }
+
+    #[test]
+    fn software_breakpoints_are_bounded() {
+        let mut bp = SwBreakpoints::default();
+        for a in 0..MAX_SW as u64 {
+            assert!(bp.insert(a, 0x90));
+        }
+        assert!(!bp.has_room());
+        assert!(!bp.insert(u64::MAX, 0x90), "one past the most");
+        assert!(!bp.contains(u64::MAX));
+        assert_eq!(bp.remove(0), Some(0x90));
+        assert!(bp.insert(u64::MAX, 0x90), "room again");
     }
 
     #[test]

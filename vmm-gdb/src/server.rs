@@ -35,7 +35,8 @@ use crate::{DebugMachine, StopReceiver};
 pub enum GdbListener {
     /// On a TCP port.
     Tcp(TcpListener),
-    /// On a Unix socket; the path is removed when the listener drops.
+    /// On a Unix socket; the path is removed when the listener drops,
+    /// unless a stub's thread served it (see [`spawn`]).
     Unix(UnixListener, PathBuf),
     /// On a terminal device, opened non-blocking and in raw mode.
     Device(Arc<File>, PathBuf),
@@ -184,7 +185,9 @@ fn wait_for_packet(file: &File) -> std::io::Result<()> {
 impl Drop for GdbListener {
     fn drop(&mut self) {
         if let Self::Unix(_, path) = self {
-            let _ = std::fs::remove_file(path);
+            if !path.as_os_str().is_empty() {
+                let _ = std::fs::remove_file(path);
+            }
         }
     }
 }
@@ -343,7 +346,7 @@ impl ConnectionExt for Conn {
 pub type ThreadStart = Box<dyn FnOnce() -> std::io::Result<()> + Send>;
 
 /// Starts the stub's thread on `listener`, serving `machine`, whose stops
-/// arrive on `stops`.
+/// arrive on `stops`. A Unix socket's path is then the caller's to remove.
 pub fn spawn<M: DebugMachine + 'static>(
     listener: GdbListener,
     machine: M,
@@ -360,7 +363,21 @@ pub fn spawn<M: DebugMachine + 'static>(
                 }
             }
             serve(&listener, machine, stops);
+            // The listener drops on this thread, whose seccomp list has no
+            // `unlink` (a client's `k` ended the VMM with status 159 here):
+            // the path is left to whoever made the stub, who outlives it
+            // (the binary removes it at exit).
+            listener.keep_path();
         })
+}
+
+impl GdbListener {
+    /// Leaves a Unix socket's path in place when the listener drops.
+    fn keep_path(mut self) {
+        if let Self::Unix(_, path) = &mut self {
+            *path = PathBuf::new();
+        }
+    }
 }
 
 /// Accepts clients one after another until the machine is gone.

@@ -164,6 +164,11 @@ impl<M: DebugMachine> MultiThreadBase for VmTarget<M> {
 
     fn read_addrs(&mut self, start: u64, data: &mut [u8], tid: Tid) -> TargetResult<usize, Self> {
         let vcpu = self.vcpu(tid)?;
+        // Past the top of the address space: an error (gdbstub adds the
+        // next chunk's offset to `start` unchecked).
+        if start.checked_add(data.len() as u64).is_none() {
+            return Err(TargetError::Errno(14));
+        }
         let n = self.machine.read_memory(vcpu, start, data).map_err(reply)?;
         if n == 0 && !data.is_empty() {
             return Err(TargetError::Errno(14));
@@ -270,6 +275,10 @@ impl<M: DebugMachine> SwBreakpoint for VmTarget<M> {
     fn add_sw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
         if self.sw.contains(addr) {
             return Ok(true);
+        }
+        // No room: refused before anything is written.
+        if !self.sw.has_room() {
+            return Ok(false);
         }
         let mut original = [0u8];
         match self

@@ -111,10 +111,14 @@ pub struct FakeDoorbells {
     pub registered: Mutex<Vec<(u64, i32)>>,
     /// Refuse every registration.
     pub refuse: bool,
+    /// Registrations asked for, refused or not.
+    pub attempts: std::sync::atomic::AtomicUsize,
 }
 
 impl Doorbells for FakeDoorbells {
     fn register(&self, addr: u64, evt: &EventFd) -> Result<(), String> {
+        self.attempts
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if self.refuse {
             return Err("no ioeventfd here".into());
         }

@@ -348,6 +348,15 @@ fn a_snapshot_keeps_the_queue_and_the_budget_and_refuses_bad_ones() {
         r.dev.restore(&bad),
         Err(SnapshotError::Invalid(_))
     ));
+    // The queue's available ring at address 0, its registers the same (a
+    // worker would spin on it: virtio-queue refuses every pop from it).
+    let mut bad = saved.clone();
+    bad.queues[0].avail = 0;
+    bad.common.queues[0].driver = 0;
+    assert!(matches!(
+        r.dev.restore(&bad),
+        Err(SnapshotError::Invalid(why)) if why.contains("at address 0")
+    ));
     assert_eq!(same(&r.dev.snapshot().unwrap()), same(&saved), "unchanged");
     // On from the saved place, within what was left of the budget.
     r.dev.resume();

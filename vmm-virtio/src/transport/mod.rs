@@ -138,6 +138,11 @@ pub struct VirtioPciDevice<M: Memory> {
     notify: Vec<EventFd>,
     doorbells: Arc<dyn Doorbells>,
     registered: Vec<Option<u64>>,
+    /// By queue, the address whose registration was refused (KVM's
+    /// `EEXIST` for a BAR moved onto another device's doorbells): not
+    /// tried again, nor warned about, on every configuration write until
+    /// the doorbell would move.
+    refused: Vec<Option<u64>>,
     pci_cfg: PciCfgWindow,
     active: bool,
     /// Where the worker leaves its queues when it stops.
@@ -211,6 +216,7 @@ impl<M: Memory> VirtioPciDevice<M> {
                     .with_routes(seams.msi_routes),
             ),
             registered: vec![None; max_sizes.len()],
+            refused: vec![None; max_sizes.len()],
             notify,
             device,
             mem,
@@ -265,19 +271,26 @@ impl<M: Memory> VirtioPciDevice<M> {
             let want = base
                 .filter(|_| self.active && q.enabled)
                 .map(|b| b + NOTIFY_OFFSET + i as u64 * u64::from(NOTIFY_OFF_MULTIPLIER));
-            if self.registered[i] == want {
+            if want.is_none() {
+                self.refused[i] = None;
+            }
+            if self.registered[i] == want || (want.is_some() && self.refused[i] == want) {
                 continue;
             }
+            self.refused[i] = None;
             if let Some(old) = self.registered[i].take() {
                 self.doorbells.unregister(old, &self.notify[i]);
             }
             if let Some(addr) = want {
                 match self.doorbells.register(addr, &self.notify[i]) {
                     Ok(()) => self.registered[i] = Some(addr),
-                    Err(e) => log::warn!(
-                        "{}: no doorbell for queue {i} at {addr:#x} ({e}); notifications will exit",
-                        self.name
-                    ),
+                    Err(e) => {
+                        self.refused[i] = Some(addr);
+                        log::warn!(
+                            "{}: no doorbell for queue {i} at {addr:#x} ({e}); notifications will exit",
+                            self.name
+                        );
+                    }
                 }
             }
         }
@@ -306,7 +319,7 @@ impl<M: Memory> VirtioPciDevice<M> {
                     .iter()
                     .find(|(index, _)| usize::from(*index) == i)
                     .and_then(|(_, state)| Queue::try_from(*state).ok())
-                    .filter(|queue| queue.is_valid(&*self.mem)),
+                    .filter(|queue| servable(queue, &*self.mem)),
             };
             let notify = self.notify[i].try_clone();
             match (built, notify) {
@@ -443,7 +456,19 @@ fn build_queue<M: Memory>(q: &common::QueueConfig, features: u64, mem: &M) -> Op
         .ok()?;
     queue.set_event_idx(features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0);
     queue.set_ready(true);
-    queue.is_valid(mem).then_some(queue)
+    servable(&queue, mem).then_some(queue)
+}
+
+/// Whether a device can serve `queue` (from its registers or a snapshot):
+/// virtio-queue's checks (size, alignment, inside guest memory), and
+/// neither its descriptor table nor its available ring at guest address
+/// 0, where the registers' reset values leave them. virtio-queue takes an
+/// available ring at 0 for a queue never set up and refuses every pop
+/// from it, while the ring's index can still say there is work: a worker
+/// would spin on it for ever, and a reset would wait on that worker. QEMU
+/// takes either area at 0 as a queue not set up too.
+pub(crate) fn servable<M: Memory>(queue: &Queue, mem: &M) -> bool {
+    queue.desc_table() != 0 && queue.avail_ring() != 0 && queue.is_valid(mem)
 }
 
 impl<M: Memory> PciDevice for VirtioPciDevice<M> {

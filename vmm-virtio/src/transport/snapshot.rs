@@ -309,8 +309,10 @@ impl<M: Memory> VirtioPciDevice<M> {
             }
             let queue =
                 Queue::try_from(q.state()).map_err(|e| invalid(format!("queue {i}: {e}")))?;
-            if !queue.is_valid(&*self.mem) {
-                return Err(what("its rings are not inside guest RAM"));
+            if !super::servable(&queue, &*self.mem) {
+                return Err(what(
+                    "its rings are not inside guest RAM (or one is at address 0)",
+                ));
             }
             let avail = queue
                 .avail_idx(&*self.mem, Ordering::Acquire)

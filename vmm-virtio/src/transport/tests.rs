@@ -202,6 +202,22 @@ fn notify_writes_reach_the_queue_even_without_doorbells() {
     linux_init(&mut s.dev, u64::MAX, 0xffff, &qs).unwrap();
     assert!(s.fakes.doorbells.registered.lock().unwrap().is_empty());
     assert_eq!(s.dev.state().doorbells, [None, None]);
+    // A refused address is not asked for again (nor warned about) on
+    // every configuration write: only once the BAR moves.
+    let attempts = || {
+        s.fakes
+            .doorbells
+            .attempts
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    assert_eq!(attempts(), 2);
+    for _ in 0..10 {
+        cfg_write(&mut s.dev, COMMAND, 2, u32::from(COMMAND_MEMORY));
+    }
+    assert_eq!(attempts(), 2);
+    cfg_write(&mut s.dev, COMMAND, 2, 0);
+    cfg_write(&mut s.dev, COMMAND, 2, u32::from(COMMAND_MEMORY));
+    assert_eq!(attempts(), 4, "tried again once the BAR decodes again");
     {
         let seen = s.seen.lock().unwrap();
         assert_eq!(seen.notify[1].read().unwrap(), 1);
@@ -412,6 +428,16 @@ fn unusable_queues_end_in_needs_reset_with_a_config_interrupt() {
         },
         QueueSetup {
             device: u64::MAX - 3,
+            ..QueueSetup::from(&setup(false).rings[0])
+        },
+        // Left where a reset puts them: an available ring at 0 would have
+        // a worker spin (virtio-queue refuses every pop from it).
+        QueueSetup {
+            driver: 0,
+            ..QueueSetup::from(&setup(false).rings[0])
+        },
+        QueueSetup {
+            desc: 0,
             ..QueueSetup::from(&setup(false).rings[0])
         },
     ] {
