@@ -63,6 +63,18 @@ fn vmm_main(argv: Vec<std::ffi::OsString>) -> libc::c_int {
     let args = Args::parse_from(argv);
     env_logger::Builder::new()
         .filter_level(args.log_level)
+        // virtio-queue says `error` for what a guest does to its rings (a
+        // bad size or alignment, a chain it cannot read), as often as the
+        // guest likes; the transport and the workers say it once, in our
+        // words. Shown from `debug` on (or with VMM_LOG=virtio_queue=...).
+        .filter_module(
+            "virtio_queue",
+            if args.log_level >= log::LevelFilter::Debug {
+                args.log_level
+            } else {
+                log::LevelFilter::Off
+            },
+        )
         .parse_env("VMM_LOG")
         .format_timestamp_micros()
         .init();

@@ -143,6 +143,8 @@ pub struct VirtioPciDevice<M: Memory> {
     /// tried again, nor warned about, on every configuration write until
     /// the doorbell would move.
     refused: Vec<Option<u64>>,
+    /// An unusable queue was logged at `warn` (later ones at `debug`).
+    warned_unusable: bool,
     pci_cfg: PciCfgWindow,
     active: bool,
     /// Where the worker leaves its queues when it stops.
@@ -217,6 +219,7 @@ impl<M: Memory> VirtioPciDevice<M> {
             ),
             registered: vec![None; max_sizes.len()],
             refused: vec![None; max_sizes.len()],
+            warned_unusable: false,
             notify,
             device,
             mem,
@@ -329,7 +332,15 @@ impl<M: Memory> VirtioPciDevice<M> {
                     notify,
                 }),
                 (None, _) => {
-                    log::warn!(
+                    // Once per device at `warn`: a guest may do this in a
+                    // loop.
+                    let level = if std::mem::replace(&mut self.warned_unusable, true) {
+                        log::Level::Debug
+                    } else {
+                        log::Level::Warn
+                    };
+                    log::log!(
+                        level,
                         "{}: queue {i} is not usable (size {}, areas {:#x}/{:#x}/{:#x}); device needs reset",
                         self.name, q.size, q.desc, q.driver, q.device
                     );
