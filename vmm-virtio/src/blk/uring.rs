@@ -81,9 +81,11 @@ struct Slot {
     head: u16,
     request: Request,
     op: Op,
-    /// A test's injected error: the request went in as a NOP and fails
-    /// with this when it comes back.
+    /// A test's injected error: the request went in as a NOP and comes
+    /// back with this as its result, each time it is submitted.
     injected: Option<i32>,
+    /// How many times the kernel answered "try again" (EAGAIN, EINTR).
+    retries: u32,
     #[cfg(test)]
     gate: Option<(std::os::fd::OwnedFd, Box<[u8; 1]>)>,
 }
@@ -119,6 +121,11 @@ pub struct Uring {
 /// again, a millisecond apart, when nothing else is in flight, before the
 /// ring is given up (the device then needs a reset).
 const EAGAIN_TRIES: u32 = if cfg!(test) { 5 } else { 1000 };
+
+/// How many times a request whose completion says "try again" (`EAGAIN`,
+/// `EINTR`) is submitted again before it fails with that error (the
+/// disk's error policy then applies, as for any host error).
+const RESUBMITS: u32 = 100;
 
 // SAFETY: the only thing that is not Send is the iovecs' raw pointers,
 // into guest memory, which is shared between threads by design (`Memory`
@@ -226,6 +233,7 @@ impl Uring {
             request,
             op,
             injected,
+            retries: 0,
             #[cfg(test)]
             gate: disk.gate(operation).map(|fd| (fd, Box::new([0u8]))),
         });
@@ -373,25 +381,27 @@ impl Uring {
             let Some(slot) = self.slots.get_mut(index).and_then(Option::as_mut) else {
                 continue;
             };
-            let result = match (slot.injected, &mut slot.op) {
-                (Some(errno), _) => Err(io::Error::from_raw_os_error(errno)),
-                (None, _) if res == -libc::EINTR || res == -libc::EAGAIN => {
+            let res = slot.injected.map_or(res, |errno| -errno);
+            let result = match &mut slot.op {
+                // Tried again, a bounded number of times: a file system
+                // that answers EAGAIN for good (a FUSE server can) would
+                // otherwise have the worker resubmit for ever, and a
+                // snapshot's drain wait for it.
+                _ if (res == -libc::EINTR || res == -libc::EAGAIN) && slot.retries < RESUBMITS => {
+                    slot.retries += 1;
                     self.push_slot(disk, index);
                     continue;
                 }
-                (None, _) if res < 0 => Err(io::Error::from_raw_os_error(-res)),
-                (None, Op::Flush) => Ok(()),
-                (
-                    None,
-                    Op::Rw {
-                        write,
-                        total,
-                        done,
-                        iovs,
-                        idx,
-                        ..
-                    },
-                ) => {
+                _ if res < 0 => Err(io::Error::from_raw_os_error(-res)),
+                Op::Flush => Ok(()),
+                Op::Rw {
+                    write,
+                    total,
+                    done,
+                    iovs,
+                    idx,
+                    ..
+                } => {
                     let n = res as u64;
                     *done += n;
                     if *done >= *total {

@@ -197,6 +197,9 @@ impl<M: Memory> NetWorker<M> {
     /// backend has none, a frame waits for buffers, or [`RX_BURST`].
     fn process_rx(&mut self, waiter: &Waiter) {
         if self.broken {
+            // The backend is read no more: not watched either, or a frame
+            // waiting in it would wake the worker at once, for ever.
+            self.watch(waiter, false);
             return;
         }
         let mem = Arc::clone(&self.mem);
@@ -230,7 +233,7 @@ impl<M: Memory> NetWorker<M> {
                     }
                 },
             };
-            match self.place(len) {
+            match self.place(len, waiter) {
                 Placed::Delivered | Placed::Dropped => self.pending = None,
                 Placed::NoRoom => match self.rx.enable_notification(&*mem) {
                     // Buffers came meanwhile.
@@ -251,7 +254,7 @@ impl<M: Memory> NetWorker<M> {
     }
 
     /// Puts the pending frame of `len` bytes into receive buffers.
-    fn place(&mut self, len: usize) -> Placed {
+    fn place(&mut self, len: usize, waiter: &Waiter) -> Placed {
         let mergeable = self.mergeable();
         let needed = len as u64;
         loop {
@@ -288,6 +291,11 @@ impl<M: Memory> NetWorker<M> {
                     self.tangled |= !self.ready.is_empty();
                     if !self.publish(&[(head, 0)]) {
                         return Placed::Broken;
+                    }
+                    // A driver may add malformed chains as fast as they go
+                    // back: the worker must still hear that it is to stop.
+                    if waiter.stopping() {
+                        return Placed::NoRoom;
                     }
                 }
             }

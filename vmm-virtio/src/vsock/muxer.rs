@@ -121,18 +121,17 @@ impl Muxer {
         }
     }
 
-    /// Accepts host connections until none waits.
-    pub fn accept(&mut self, waiter: &Waiter) {
+    /// Accepts host connections until none waits; an error (out of
+    /// descriptors, say) if one cannot be taken for now, while it still
+    /// waits: the caller stops watching the listener for a while, or the
+    /// worker would wake for it at once, for ever.
+    pub fn accept(&mut self, waiter: &Waiter) -> io::Result<()> {
         loop {
             let stream = match self.listener.accept() {
                 Ok((s, _)) => s,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    // Out of descriptors, say: the next try may do.
-                    log::warn!("vsock: cannot accept a host connection: {e}");
-                    return;
-                }
+                Err(e) => return Err(e),
             };
             if self.pending.len() >= MAX_PENDING || self.conns.len() >= MAX_CONNECTIONS {
                 log::warn!("vsock: too many host connections; one closed");

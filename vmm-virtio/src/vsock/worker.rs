@@ -14,6 +14,7 @@ use std::io;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use smallvec::SmallVec;
 use virtio_queue::{Queue, QueueT};
@@ -44,6 +45,8 @@ const MAX_CONTROL: usize = 256;
 const RX_BATCH_BYTES: usize = 64 * 1024;
 /// ... in at most this many chains.
 const RX_BATCH_CHAINS: usize = 64;
+/// How long the listener goes unwatched after an accept failed.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
 /// A receive chain popped, in the order popped: its buffers, or None
 /// for a malformed one (given back unused in its turn).
@@ -67,6 +70,10 @@ pub struct VsockWorker<M: Memory> {
     held: VecDeque<RxChain>,
     /// The transmit queue waits for the control packets to drain.
     tx_paused: bool,
+    /// Until when the listener is not watched ([`Self::pause_accepting`]).
+    accept_paused: Option<Instant>,
+    /// An accept has failed (said at `warn` once).
+    accept_failed: bool,
     broken: bool,
     /// Where the queues go when the worker ends.
     home: QueueHome,
@@ -109,6 +116,8 @@ impl<M: Memory> VsockWorker<M> {
             guest_cid,
             held: VecDeque::new(),
             tx_paused: false,
+            accept_paused: None,
+            accept_failed: false,
             broken: false,
             home,
         }
@@ -129,8 +138,14 @@ impl<M: Memory> VsockWorker<M> {
         self.process_tx(&waiter);
         self.process_rx(&waiter);
         loop {
-            // Unanswered REQUESTs are checked on twice a second.
-            let limit = if self.muxer.connecting() { 500 } else { -1 };
+            // Unanswered REQUESTs are checked on twice a second; a paused
+            // listener is watched again after ACCEPT_PAUSE.
+            let mut limit = if self.muxer.connecting() { 500 } else { -1 };
+            if let Some(at) = self.accept_paused {
+                let left = at.saturating_duration_since(Instant::now());
+                let left = i32::try_from(left.as_millis()).unwrap_or(i32::MAX);
+                limit = if limit < 0 { left } else { limit.min(left) };
+            }
             let events = match waiter.wait_events(limit) {
                 Ok(t) => t,
                 Err(e) => {
@@ -151,9 +166,19 @@ impl<M: Memory> VsockWorker<M> {
                         let _ = tx_kick.read();
                         self.process_tx(&waiter);
                     }
-                    LISTENER => self.muxer.accept(&waiter),
+                    LISTENER => {
+                        if let Err(e) = self.muxer.accept(&waiter) {
+                            self.pause_accepting(&waiter, &e);
+                        }
+                    }
                     t if t >= FIRST_SOCKET_TOKEN => self.muxer.ready(t, ready, &waiter),
                     _ => {}
+                }
+            }
+            if self.accept_paused.is_some_and(|at| Instant::now() >= at) {
+                self.accept_paused = None;
+                if let Err(e) = waiter.add(self.muxer.listener(), LISTENER) {
+                    log::error!("virtio-vsock: cannot watch the listening socket again: {e}");
                 }
             }
             self.muxer.expire(&waiter);
@@ -163,6 +188,28 @@ impl<M: Memory> VsockWorker<M> {
                 self.process_rx(&waiter);
             }
         }
+    }
+
+    /// A host connection waits but cannot be accepted for now (out of
+    /// descriptors, say): the listener is not watched for [`ACCEPT_PAUSE`]
+    /// (it would stay readable, and the worker spin on it). Said once at
+    /// `warn`.
+    fn pause_accepting(&mut self, waiter: &Waiter, e: &io::Error) {
+        let level = if std::mem::replace(&mut self.accept_failed, true) {
+            log::Level::Debug
+        } else {
+            log::Level::Warn
+        };
+        log::log!(
+            level,
+            "virtio-vsock: cannot accept a host connection ({e}); trying again in {} ms",
+            ACCEPT_PAUSE.as_millis()
+        );
+        if let Err(e) = waiter.remove(self.muxer.listener()) {
+            log::error!("virtio-vsock: cannot stop watching the listening socket: {e}");
+            return;
+        }
+        self.accept_paused = Some(Instant::now() + ACCEPT_PAUSE);
     }
 
     /// Fills receive buffers with what the muxer has for the guest.
@@ -176,6 +223,11 @@ impl<M: Memory> VsockWorker<M> {
                 Some(false) => {
                     if let Some(c) = self.held.pop_front() {
                         used |= self.use_rx(c.head, 0);
+                    }
+                    // A driver may add malformed chains as fast as they go
+                    // back: the worker must still hear that it is to stop.
+                    if waiter.stopping() {
+                        break;
                     }
                     continue;
                 }

@@ -489,6 +489,14 @@ fn host_errors_follow_the_policy() {
             ErrorOutcome::Stopped,
         ),
         (ErrorAction::Stop, libc::EIO, None, ErrorOutcome::Stopped),
+        // "Try again" for good (a FUSE server can): io_uring submits it
+        // again a bounded number of times, then it is a host error.
+        (
+            ErrorAction::Report,
+            libc::EAGAIN,
+            Some(IOERR),
+            ErrorOutcome::Reported,
+        ),
     ];
     for (action, errno, status, outcome) in cases {
         let mut b = start(
