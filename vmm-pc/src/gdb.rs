@@ -34,20 +34,26 @@ impl GdbLink {
 
     fn ask(&self, command: Command) -> Result<Reply, MachineError> {
         let (tx, rx) = mpsc::channel();
-        self.control.submit(
+        let claim = self.control.submit_withdrawable(
             command,
             Box::new(move |outcome| {
                 let _ = tx.send(outcome);
             }),
         );
-        match rx.recv_timeout(REPLY_TIMEOUT) {
-            Ok(Ok(reply)) => Ok(reply),
-            Ok(Err(why)) => Err(MachineError::Refused(why)),
-            Err(mpsc::RecvTimeoutError::Timeout) => Err(MachineError::Refused(
-                "the machine did not answer in time".into(),
-            )),
-            Err(mpsc::RecvTimeoutError::Disconnected) => Err(MachineError::Gone),
-        }
+        let outcome = match rx.recv_timeout(REPLY_TIMEOUT) {
+            Err(mpsc::RecvTimeoutError::Timeout) if claim.withdraw() => {
+                // Never to run: what the stub knows of the guest (its
+                // breakpoints, whether it is attached) stays true.
+                return Err(MachineError::Refused(
+                    "the machine did not answer in time".into(),
+                ));
+            }
+            // Running now (the main loop took it): its reply comes.
+            Err(mpsc::RecvTimeoutError::Timeout) => rx.recv().map_err(|_| MachineError::Gone)?,
+            Err(mpsc::RecvTimeoutError::Disconnected) => return Err(MachineError::Gone),
+            Ok(outcome) => outcome,
+        };
+        outcome.map_err(MachineError::Refused)
     }
 
     fn done(&self, request: GdbRequest) -> Result<(), MachineError> {

@@ -91,8 +91,38 @@ pub(crate) struct Pending {
 #[derive(Clone)]
 pub struct MachineControl {
     quit: Arc<AtomicBool>,
-    commands: Arc<Mutex<VecDeque<(Command, ReplyFn)>>>,
+    commands: Arc<Mutex<VecDeque<Queued>>>,
     wake: Arc<EventFd>,
+}
+
+/// A command waiting for the main loop, with the claim its sender may
+/// withdraw it by ([`MachineControl::submit_withdrawable`]).
+type Queued = (Command, ReplyFn, Option<Arc<Claim>>);
+
+/// Who has a queued command: still nobody, the main loop (it runs), or
+/// nobody ever (its sender gave up waiting before it ran).
+#[derive(Debug, Default)]
+pub struct Claim(std::sync::atomic::AtomicU8);
+
+const QUEUED: u8 = 0;
+const TAKEN: u8 = 1;
+const WITHDRAWN: u8 = 2;
+
+impl Claim {
+    /// The main loop takes the command: false if it was withdrawn.
+    fn take(&self) -> bool {
+        self.0
+            .compare_exchange(QUEUED, TAKEN, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+    }
+
+    /// Its sender withdraws it: false if the main loop took it already
+    /// (its reply will come).
+    pub fn withdraw(&self) -> bool {
+        self.0
+            .compare_exchange(QUEUED, WITHDRAWN, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+    }
 }
 
 impl std::fmt::Debug for MachineControl {
@@ -114,8 +144,18 @@ impl MachineControl {
     /// Queues `command`; the main loop runs it at its next wake-up (this
     /// one) and calls `reply` with the outcome.
     pub fn submit(&self, command: Command, reply: ReplyFn) {
-        lock(&self.commands).push_back((command, reply));
+        lock(&self.commands).push_back((command, reply, None));
         let _ = self.wake.write(1);
+    }
+
+    /// [`MachineControl::submit`], and a claim by which the sender may
+    /// withdraw the command while it has not run (a sender that stops
+    /// waiting must not have it run later unbeknown to it).
+    pub fn submit_withdrawable(&self, command: Command, reply: ReplyFn) -> Arc<Claim> {
+        let claim = Arc::new(Claim::default());
+        lock(&self.commands).push_back((command, reply, Some(Arc::clone(&claim))));
+        let _ = self.wake.write(1);
+        claim
     }
 }
 
@@ -651,4 +691,20 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 fn clone_evt(fd: &EventFd) -> Result<EventFd, PcError> {
     fd.try_clone()
         .map_err(|e| PcError::Devices(DeviceError::EventFd("main loop", e)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Claim;
+
+    #[test]
+    fn a_command_is_either_withdrawn_or_run() {
+        let c = Claim::default();
+        assert!(c.take());
+        assert!(!c.withdraw(), "taken: its reply comes");
+        let c = Claim::default();
+        assert!(c.withdraw());
+        assert!(!c.take(), "withdrawn: never runs");
+        assert!(!c.withdraw());
+    }
 }

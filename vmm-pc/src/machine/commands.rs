@@ -10,9 +10,12 @@ impl PcMachine {
     /// Runs the commands front ends submitted, in order.
     pub(super) fn run_commands(&mut self) -> Result<(), PcError> {
         loop {
-            let Some((command, reply)) = lock(&self.control.commands).pop_front() else {
+            let Some((command, reply, claim)) = lock(&self.control.commands).pop_front() else {
                 return Ok(());
             };
+            if claim.is_some_and(|c| !c.take()) {
+                continue;
+            }
             let outcome = self.run_command(command);
             // A failure to pause or resume the vCPUs is the machine's, not
             // the command's: it ends the run after the reply.
