@@ -125,15 +125,17 @@ fn vmm_main(argv: Vec<std::ffi::OsString>) -> libc::c_int {
 }
 
 /// Where COM1's output goes (see output.rs): a pipe, FIFO or terminal
-/// through a non-blocking twin of its descriptor, whose writes the main
-/// loop finishes when they would block; a regular file directly (its
-/// writes never wait for a reader); or nowhere.
+/// through a non-blocking twin of its descriptor, a socket with
+/// non-blocking sends, whose writes the main loop finishes when they would
+/// block; a regular file directly (its writes never wait for a reader); or
+/// nowhere.
 fn serial_target(serial: &Serial) -> Result<output::Target> {
     Ok(match serial {
         Serial::None => output::Target::discard(),
         Serial::Stdio => match output::nonblocking_twin(&io::stdout()) {
             Some(twin) => output::Target::nonblocking(twin, |twin| twin),
-            None => output::Target::blocking(io::stdout()),
+            None => output::Target::socket(&io::stdout())
+                .unwrap_or_else(|| output::Target::blocking(io::stdout())),
         },
         Serial::File(file) => {
             let capped = file.open()?;

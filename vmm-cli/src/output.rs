@@ -23,6 +23,10 @@
 //!   writes directly again. When the buffer is full, newer output is
 //!   dropped and counted (as a real UART loses characters nobody takes),
 //!   never waited for.
+//! - A socket (stdout under a service manager, `socat`) cannot be opened
+//!   again: it is written with `send(MSG_DONTWAIT)` instead ([`SocketOut`]),
+//!   which does not block whatever its description's flags, and is
+//!   otherwise handled as a pipe.
 //! - A regular file takes its bytes at once (a write never waits for a
 //!   reader): the vCPU side writes it directly, as QEMU does.
 //!
@@ -89,6 +93,54 @@ impl Target {
             out: Box::new(wrap(twin)),
             room: Some(fd),
         }
+    }
+}
+
+impl Target {
+    /// A socket `out` writes to, if it is one: written without blocking
+    /// ([`SocketOut`]), waited on for room as a pipe's twin is.
+    pub fn socket(out: &impl AsFd) -> Option<Self> {
+        let fd = out.as_fd().try_clone_to_owned().ok()?;
+        let kind = File::from(fd.try_clone().ok()?)
+            .metadata()
+            .ok()?
+            .file_type();
+        if !kind.is_socket() {
+            return None;
+        }
+        let room = fd.as_raw_fd();
+        Some(Self {
+            out: Box::new(SocketOut(fd)),
+            room: Some(room),
+        })
+    }
+}
+
+/// A socket written with `send(MSG_DONTWAIT | MSG_NOSIGNAL)`: "would
+/// block" when it is full, without setting `O_NONBLOCK` on a description
+/// other processes may share (a socket has no [`nonblocking_twin`]).
+pub struct SocketOut(std::os::fd::OwnedFd);
+
+impl Write for SocketOut {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        // SAFETY: `buf` is valid for `buf.len()` bytes, which send only
+        // reads; the descriptor is ours for as long as `self`.
+        let n = unsafe {
+            libc::send(
+                self.0.as_raw_fd(),
+                buf.as_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(n as usize)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 

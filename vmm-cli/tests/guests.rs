@@ -219,6 +219,36 @@ fn an_unread_stdout_never_stalls_the_vmm() {
     assert!(!o.stdout.is_empty() && o.stdout.iter().all(|b| *b == b'x'));
 }
 
+/// The same with stdout a socket (as under a service manager or `socat`),
+/// which cannot be reopened non-blocking as a pipe is: it is written with
+/// `send(MSG_DONTWAIT)`, so a full socket never blocks the vCPU (which
+/// once held COM1's lock in its write for good: the VMM could not end).
+#[test]
+fn an_unread_socket_stdout_never_stalls_the_vmm() {
+    if !kvm("unread_socket_stdout") {
+        return;
+    }
+    let dir = TempDir::new("flood-socket");
+    let k = dir.file("flood.elf", &test_guests::flood());
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    let child = vmm()
+        .args(["--kernel", k.to_str().unwrap()])
+        .stdout(std::process::Stdio::from(std::os::fd::OwnedFd::from(
+            theirs,
+        )))
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    // SAFETY: sends SIGTERM to our own child process.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let o = wait(child);
+    assert!(o.status.success(), "{:?}: {}", o.status, stderr(&o));
+    ours.set_nonblocking(true).unwrap();
+    let mut got = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut &ours, &mut got);
+    assert!(!got.is_empty() && got.iter().all(|b| *b == b'x'));
+}
+
 /// A pipe whose reader is gone before the VMM starts: the guest's output
 /// meets EPIPE, never SIGPIPE's default (the VMM is `#![no_main]` and
 /// ignores SIGPIPE itself, as Rust's own start would; vmm-cli/src/start.rs).

@@ -348,6 +348,14 @@ pub(super) fn vcpu(pid: u32, kick: u32) -> Result<Rules, seccompiler::Error> {
             libc::SYS_ppoll,
         ],
     );
+    // Exits: COM1's output to a socket stdout, sent without blocking
+    // (vmm-cli's output.rs, `SocketOut`); the main loop writes out what
+    // had to wait the same way (its list has this for QMP).
+    allow_if(
+        &mut r,
+        libc::SYS_sendto,
+        &[&[(3, Eq, (libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) as u64)]],
+    )?;
     // Exits, with the split irqchip: a line this vCPU raises on our 8259s
     // (a port write to COM1, the PIT, the RTC, the i8042 or the PIC itself)
     // kicks the boot vCPU; only the kick, only to our own threads.
