@@ -18,12 +18,15 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::escape::{Action, EscapeParser, HELP};
 use crate::monitor::{self, Editor, Line};
+use crate::output::SerialSink;
 
 /// Most typed input that may wait for the guest to read it.
 pub const PENDING_LIMIT: usize = 64 * 1024;
 
 /// The console subscriber.
 pub struct Console {
+    /// Where the monitor's text goes: the serial output's writer.
+    out: SerialSink,
     stdin: io::Stdin,
     ready: EventFd,
     com1: Arc<Mutex<Com1>>,
@@ -48,8 +51,14 @@ impl std::fmt::Debug for Console {
 
 impl Console {
     /// A console feeding `com1`; `ready` is COM1's FIFO-drained eventfd.
-    pub fn new(com1: Arc<Mutex<Com1>>, ready: EventFd, control: MachineControl) -> Self {
+    pub fn new(
+        com1: Arc<Mutex<Com1>>,
+        ready: EventFd,
+        control: MachineControl,
+        out: SerialSink,
+    ) -> Self {
         Self {
+            out,
             stdin: io::stdin(),
             ready,
             com1,
@@ -117,10 +126,10 @@ impl Console {
                 Action::Guest(bytes) if self.monitor.is_some() => self.monitor_input(&bytes),
                 Action::Monitor => {
                     if self.monitor.take().is_some() {
-                        print_out("\r\n");
+                        self.print("\r\n");
                     } else {
                         self.monitor = Some(Editor::default());
-                        print_out(&format!(
+                        self.print(&format!(
                             "\r\nvmm monitor (help for commands, C-a c back to the guest)\r\n{}",
                             monitor::PROMPT
                         ));
@@ -137,7 +146,7 @@ impl Console {
                     self.pending
                         .extend_from_slice(&bytes[..bytes.len().min(room)]);
                 }
-                Action::Help => print_out(HELP),
+                Action::Help => self.print(HELP),
                 Action::Quit => self.control.request_quit(),
             }
         }
@@ -152,34 +161,43 @@ impl Console {
             return;
         };
         let (echo, lines) = editor.feed(bytes);
-        print_out(&String::from_utf8_lossy(&echo));
+        self.print(&String::from_utf8_lossy(&echo));
         for line in lines {
             let line = monitor::parse(&line);
             match (monitor::local_text(&line), line) {
-                (Some(text), _) => print_out(&format!("{text}{}", monitor::PROMPT)),
+                (Some(text), _) => self.print(&format!("{text}{}", monitor::PROMPT)),
                 // The same machine commands as QMP's; the main loop runs
                 // them and the answer is printed when it comes.
-                (None, Line::Machine(command)) => self.control.submit(
-                    command,
-                    Box::new(|outcome| {
-                        print_out(&format!(
-                            "{}{}",
-                            monitor::reply_text(outcome),
-                            monitor::PROMPT
-                        ));
-                    }),
-                ),
+                (None, Line::Machine(command)) => {
+                    let mut out = self.out.clone();
+                    self.control.submit(
+                        command,
+                        Box::new(move |outcome| {
+                            print_to(
+                                &mut out,
+                                &format!("{}{}", monitor::reply_text(outcome), monitor::PROMPT),
+                            );
+                        }),
+                    );
+                }
                 (None, _) => {}
             }
         }
     }
 }
 
-/// Writes monitor text to the terminal (beside the guest's output).
-fn print_out(text: &str) {
-    let mut out = io::stdout().lock();
+impl Console {
+    /// Writes monitor text to the terminal, beside the guest's output.
+    fn print(&mut self, text: &str) {
+        print_to(&mut self.out, text);
+    }
+}
+
+/// Writes monitor text through `out`: in order with the guest's output,
+/// never blocking the main loop for long on a terminal or pipe whose
+/// reader has stopped (what waits goes to the output's buffer).
+fn print_to(out: &mut SerialSink, text: &str) {
     let _ = out.write_all(text.as_bytes());
-    let _ = out.flush();
 }
 
 impl MutEventSubscriber for Console {

@@ -323,6 +323,7 @@ fn run(
                 .console_ready_event()
                 .context("cannot set up the console")?,
             machine.control(),
+            output.sink(),
         );
         machine.event_loop().add(Arc::new(Mutex::new(console)));
         let stdin = libc::STDIN_FILENO;

@@ -275,6 +275,9 @@ impl Shared {
 }
 
 /// The vCPU side: never blocks for longer than [`BACKPRESSURE`] a write.
+/// The console's monitor writes its text through one too, in order with
+/// the guest's and never blocking the main loop for longer.
+#[derive(Clone)]
 pub struct SerialSink {
     shared: Arc<Shared>,
 }
@@ -380,6 +383,13 @@ pub fn new(target: Target) -> io::Result<(SerialSink, SerialOutput)> {
 }
 
 impl SerialOutput {
+    /// Another writer beside the guest's (the console's monitor).
+    pub fn sink(&self) -> SerialSink {
+        SerialSink {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
     /// The main loop's part (a subscriber), for a non-blocking output; an
     /// output that never waits needs none.
     pub fn drain(&self) -> Option<Drain> {

@@ -370,10 +370,18 @@ impl PcMachine {
                         self.emit(MachineEvent::MigrationPass { pass });
                     }
                 }
-                ToMain::WantStop(reply) => {
-                    let state = self.stop_for_migration();
-                    let _ = reply.send(state);
-                }
+                ToMain::WantStop(reply) => match self.stop_for_migration() {
+                    Ok(state) => {
+                        let _ = reply.send(state);
+                    }
+                    // The vCPUs did not all stop: the machine's failure,
+                    // as for `stop` (some would stay parked while the
+                    // machine said `running`).
+                    Err(e) => {
+                        let _ = reply.send(Err(e.to_string()));
+                        return Err(e);
+                    }
+                },
                 ToMain::Sent(result) => self.outgoing_ended(result)?,
                 ToMain::Received(result) => self.incoming_ended(result)?,
             }
@@ -402,10 +410,11 @@ impl PcMachine {
         }
     }
 
-    /// The last copy: the guest stopped (`finish-migrate`), its state.
-    fn stop_for_migration(&mut self) -> crate::migration::worker::StateReply {
+    /// The last copy: the guest stopped (`finish-migrate`), its state; an
+    /// error if the vCPUs could not be stopped (which ends the machine).
+    fn stop_for_migration(&mut self) -> Result<crate::migration::worker::StateReply, PcError> {
         if self.live.out.as_ref().is_none_or(|o| o.shared.cancelled()) {
-            return Err("cancelled".into());
+            return Ok(Err("cancelled".into()));
         }
         // The guest may have gone to S3 meanwhile, or woken: the state
         // captured below says which (the `runstate` section).
@@ -414,13 +423,12 @@ impl PcMachine {
             CommandFailure::Machine(e) => e.to_string(),
         };
         let Some(out) = self.live.out.as_mut() else {
-            return Err("no migration".into());
+            return Ok(Err("no migration".into()));
         };
         out.before = self.runstate.state();
         out.stopped = Some(Instant::now());
-        self.stop_with(RunState::FinishMigrate)
-            .map_err(|e| e.to_string())?;
-        self.capture_state().map_err(text)
+        self.stop_with(RunState::FinishMigrate)?;
+        Ok(self.capture_state().map_err(text))
     }
 
     fn outgoing_ended(&mut self, result: Result<(), String>) -> Result<(), PcError> {
