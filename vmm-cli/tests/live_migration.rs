@@ -236,6 +236,38 @@ fn live_migration_through_exec() {
     wait(src);
 }
 
+/// An `exec:` command that never reads: the stream fills its pipe and the
+/// migration waits; `migrate_cancel` kills the command, and the source runs
+/// on (it stayed `cancelling` for good before the command was killable).
+#[test]
+fn migrate_cancel_ends_an_exec_command_that_does_not_read() {
+    if !kvm("live_exec_cancel") {
+        return;
+    }
+    let dir = TempDir::new("live-exec-cancel");
+    let (src, mut c, log) = source(&dir, &["--seccomp", "off"]);
+    assert_eq!(
+        c.execute_with("migrate", json!({"uri": "exec:exec sleep 600"})),
+        json!({"return": {}})
+    );
+    c.event("MIGRATION");
+    assert_eq!(c.event("MIGRATION")["data"]["status"], "active");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(c.execute("query-migrate")["return"]["status"], "active");
+    assert_eq!(c.execute("migrate_cancel"), json!({"return": {}}));
+    let (statuses, _) = until_done(&mut c);
+    assert_eq!(
+        statuses.last().map(String::as_str),
+        Some("cancelled"),
+        "{statuses:?}"
+    );
+    assert_eq!(c.status()["status"], "running");
+    let before = counts(&log, false).len();
+    wait_counts(&log, before + 3, false);
+    c.execute("quit");
+    assert!(wait(src).status.success());
+}
+
 #[test]
 fn migrate_cancel_puts_the_source_back() {
     if !kvm("live_cancel") {

@@ -4,6 +4,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream, ToSocketAddrs};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
@@ -26,15 +27,48 @@ pub enum Canceller {
     Tcp(TcpStream),
     /// A Unix socket.
     Unix(UnixStream),
+    /// `exec:`'s command, by a pidfd (never another process that took its
+    /// number once it is reaped).
+    Process(OwnedFd),
 }
 
 impl Canceller {
-    /// Shuts the socket down both ways.
+    /// Shuts the socket down both ways, or kills the command (its pipe's
+    /// writer then fails at once, and waiting for it ends).
     pub fn cancel(&self) {
         let _ = match self {
             Self::Tcp(s) => s.shutdown(Shutdown::Both),
             Self::Unix(s) => s.shutdown(Shutdown::Both),
+            Self::Process(pidfd) => {
+                // SAFETY: pidfd_send_signal with a pidfd we own, no info
+                // struct (NULL) and no flags; it touches no memory of ours.
+                let rc = unsafe {
+                    libc::syscall(
+                        libc::SYS_pidfd_send_signal,
+                        pidfd.as_raw_fd(),
+                        libc::SIGKILL,
+                        std::ptr::null::<libc::siginfo_t>(),
+                        0,
+                    )
+                };
+                if rc < 0 {
+                    Err(std::io::Error::last_os_error())
+                } else {
+                    Ok(())
+                }
+            }
         };
+    }
+
+    /// A canceller for a command just started.
+    fn process(child: &Child) -> Option<Self> {
+        // SAFETY: pidfd_open of our own child (not reaped yet) with no
+        // flags; it returns a new descriptor or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, child.id() as libc::pid_t, 0) };
+        let fd = i32::try_from(fd).ok().filter(|fd| *fd >= 0)?;
+        // SAFETY: `fd` was just returned by pidfd_open and nothing else
+        // owns it.
+        Some(Self::Process(unsafe { OwnedFd::from_raw_fd(fd) }))
     }
 }
 
@@ -103,10 +137,13 @@ pub fn connect(uri: &MigrationUri, spawn_allowed: bool) -> Result<Sink, String> 
                 .stdin
                 .take()
                 .ok_or_else(|| format!("'{cmd}' has no stdin"))?;
+            // `migrate_cancel` kills a command that stopped reading (its
+            // pipe would keep the migration waiting for ever).
+            let canceller = Canceller::process(&child);
             Ok(Sink {
                 out: Box::new(stdin),
                 child: Some(child),
-                canceller: None,
+                canceller,
             })
         }
         MigrationUri::File(_) => Err("file: is not a stream".into()),
