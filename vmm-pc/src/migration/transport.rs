@@ -7,6 +7,7 @@ use std::net::{Shutdown, TcpListener, TcpStream, ToSocketAddrs};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -99,6 +100,28 @@ fn tcp_addrs(host: &str, port: u16) -> Result<Vec<std::net::SocketAddr>, String>
         .map_err(|e| format!("cannot resolve '{host}': {e}"))
 }
 
+/// `sh -c cmd` (`exec:`'s command), with no signal blocked: the VMM's
+/// threads block SIGINT, SIGTERM and SIGHUP for its main loop's signalfd,
+/// and a child would inherit that mask and could not be ended by them.
+fn shell(cmd: &str) -> Command {
+    let mut c = Command::new("sh");
+    c.arg("-c").arg(cmd);
+    // SAFETY: the closure runs in the child between fork and exec, where
+    // only async-signal-safe calls may be made: sigemptyset and
+    // pthread_sigmask (sigprocmask) are, and it allocates nothing.
+    unsafe {
+        c.pre_exec(|| {
+            let mut none = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+            libc::sigemptyset(none.as_mut_ptr());
+            match libc::pthread_sigmask(libc::SIG_SETMASK, none.as_ptr(), std::ptr::null_mut()) {
+                0 => Ok(()),
+                e => Err(io::Error::from_raw_os_error(e)),
+            }
+        });
+    }
+    c
+}
+
 /// Connects to (or starts) the destination.
 pub fn connect(uri: &MigrationUri, spawn_allowed: bool) -> Result<Sink, String> {
     match uri {
@@ -127,9 +150,7 @@ pub fn connect(uri: &MigrationUri, spawn_allowed: bool) -> Result<Sink, String> 
             if !spawn_allowed {
                 return Err(NO_SPAWN.into());
             }
-            let mut child = Command::new("sh")
-                .arg("-c")
-                .arg(cmd)
+            let mut child = shell(cmd)
                 .stdin(Stdio::piped())
                 .spawn()
                 .map_err(|e| format!("cannot start '{cmd}': {e}"))?;
@@ -202,9 +223,7 @@ pub fn listen(uri: &MigrationUri, spawn_allowed: bool) -> Result<Listener, Strin
             if !spawn_allowed {
                 return Err(NO_SPAWN.into());
             }
-            let mut child = Command::new("sh")
-                .arg("-c")
-                .arg(cmd)
+            let mut child = shell(cmd)
                 .stdout(Stdio::piped())
                 .spawn()
                 .map_err(|e| format!("cannot start '{cmd}': {e}"))?;
