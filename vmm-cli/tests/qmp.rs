@@ -512,11 +512,7 @@ fn pmemsave_writes_guest_memory_to_a_file() {
     assert_eq!(std::fs::read(&all).unwrap(), bytes);
     // A FIFO (nobody reading it) would block the main loop: refused.
     let fifo = dir.0.join("fifo");
-    assert!(std::process::Command::new("mkfifo")
-        .arg(&fifo)
-        .status()
-        .unwrap()
-        .success());
+    mkfifo(&fifo);
     let r = c.execute_with(
         "pmemsave",
         json!({"val": 0, "size": 1, "filename": fifo.to_str().unwrap()}),

@@ -152,11 +152,7 @@ fn snapshot_load_goes_back_in_time_and_the_guest_counts_on() {
     // A FIFO to load from (nobody writing it) would block the main loop:
     // the job fails at once.
     let fifo = dir.0.join("fifo");
-    assert!(std::process::Command::new("mkfifo")
-        .arg(&fifo)
-        .status()
-        .unwrap()
-        .success());
+    mkfifo(&fifo);
     let e = job(&mut c, "snapshot-load", "fifo", &fifo);
     assert_eq!(
         e,

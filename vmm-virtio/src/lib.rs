@@ -51,6 +51,17 @@ pub mod vhost;
 pub mod vsock;
 pub mod worker;
 
+/// The level for something a guest may repeat at will: `warn` the first
+/// time (`said` false, then set), `debug` after, so that host logging
+/// stays bounded.
+fn once_then_debug(said: &mut bool) -> log::Level {
+    if std::mem::replace(said, true) {
+        log::Level::Debug
+    } else {
+        log::Level::Warn
+    }
+}
+
 #[cfg(test)]
 #[allow(dead_code)] // Helpers shared by the test modules; not each uses all.
 mod testing;

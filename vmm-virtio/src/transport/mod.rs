@@ -334,11 +334,7 @@ impl<M: Memory> VirtioPciDevice<M> {
                 (None, _) => {
                     // Once per device at `warn`: a guest may do this in a
                     // loop.
-                    let level = if std::mem::replace(&mut self.warned_unusable, true) {
-                        log::Level::Debug
-                    } else {
-                        log::Level::Warn
-                    };
+                    let level = crate::once_then_debug(&mut self.warned_unusable);
                     log::log!(
                         level,
                         "{}: queue {i} is not usable (size {}, areas {:#x}/{:#x}/{:#x}); device needs reset",

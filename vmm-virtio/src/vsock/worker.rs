@@ -195,11 +195,7 @@ impl<M: Memory> VsockWorker<M> {
     /// (it would stay readable, and the worker spin on it). Said once at
     /// `warn`.
     fn pause_accepting(&mut self, waiter: &Waiter, e: &io::Error) {
-        let level = if std::mem::replace(&mut self.accept_failed, true) {
-            log::Level::Debug
-        } else {
-            log::Level::Warn
-        };
+        let level = crate::once_then_debug(&mut self.accept_failed);
         log::log!(
             level,
             "virtio-vsock: cannot accept a host connection ({e}); trying again in {} ms",
