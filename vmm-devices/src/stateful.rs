@@ -225,6 +225,17 @@ impl<T: Trigger> Stateful for Pit<T> {
                     return bad(what, v.into());
                 }
             }
+            // Loaded at a time of the Virtual clock so far: a load long
+            // before its start (or after now) makes the count's edges lie
+            // far in the past, which the timer would chase at once, edge
+            // after edge.
+            let now = self.now();
+            if !(0..=now).contains(&ch.load_time_ns) {
+                return Err(InvalidState(format!(
+                    "channel {i}: loaded at {} ns, the Virtual clock at {now} ns",
+                    ch.load_time_ns
+                )));
+            }
         }
         Pit::restore(self, &state);
         Ok(())

@@ -34,6 +34,8 @@ pub const LATENCY_TIMER: usize = 0x0d;
 pub const HEADER_TYPE: usize = 0x0e;
 /// BAR 0; BAR n is at `BAR0 + 4 n`.
 pub const BAR0: usize = 0x10;
+/// The six BARs' bytes.
+const BARS: std::ops::Range<usize> = BAR0..BAR0 + 6 * 4;
 /// Subsystem vendor ID.
 pub const SUBSYSTEM_VENDOR_ID: usize = 0x2c;
 /// Subsystem ID.
@@ -446,7 +448,17 @@ impl ConfigSpace {
         {
             return Err(PciError::StateIdentity(r.start));
         }
+        let fresh = self.bytes.clone();
         self.bytes.copy_from_slice(bytes);
+        // The BARs through their write mask, as a guest's writes go: a base
+        // aligned to the BAR's size and its type bits the function's (a
+        // file's unaligned base could put a doorbell inside a fixed
+        // device's window, where the bus's "fixed devices first" does not
+        // reach: KVM takes the write).
+        for o in BARS {
+            let mask = self.write_mask[o];
+            self.bytes[o] = (bytes[o] & mask) | (fresh[o] & !mask);
+        }
         Ok(())
     }
 }

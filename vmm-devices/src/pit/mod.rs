@@ -101,7 +101,7 @@ impl<T: Trigger + Send + 'static> Pit<T> {
 }
 
 impl<T: Trigger> Pit<T> {
-    fn now(&self) -> i64 {
+    pub(crate) fn now(&self) -> i64 {
         self.clocks.now(ClockType::Virtual)
     }
 
@@ -234,8 +234,9 @@ impl<T: Trigger> Pit<T> {
         let ch = self.state.channels[0];
         let mut next = ch.next_rising_after(after);
         if let Some(tick) = next {
-            if ch.periodic() && ch.tick_time_ns(tick) < now + MIN_PERIODIC_IRQ_INTERVAL_NS {
-                let floor = ch.elapsed_ticks(now + MIN_PERIODIC_IRQ_INTERVAL_NS);
+            let soonest = now.saturating_add(MIN_PERIODIC_IRQ_INTERVAL_NS);
+            if ch.periodic() && ch.tick_time_ns(tick) < soonest {
+                let floor = ch.elapsed_ticks(soonest);
                 next = ch.next_rising_after(floor.saturating_sub(1).max(after));
             }
         }
@@ -243,7 +244,7 @@ impl<T: Trigger> Pit<T> {
         let Some(timer) = &self.timer else { return };
         match next {
             // Rounding to ns may land at or before now: run just after.
-            Some(tick) => timer.arm(ch.tick_time_ns(tick).max(now + 1)),
+            Some(tick) => timer.arm(ch.tick_time_ns(tick).max(now.saturating_add(1))),
             None => timer.cancel(),
         }
     }

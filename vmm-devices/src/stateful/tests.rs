@@ -151,6 +151,19 @@ fn pit_and_rtc_round_trip_and_refuse_what_they_cannot_hold() {
     let e = pit2.lock().unwrap().load(&bad).unwrap_err();
     assert!(e.to_string().contains("channel 1: count 0"), "{e}");
     assert_eq!(pit2.lock().unwrap().state(), before);
+    // A count loaded before the Virtual clock's start or after now: its
+    // edges would lie far in the past, chased by the timer edge by edge.
+    for at in [i64::MIN, -1, i64::MAX] {
+        let mut bad = sp.clone();
+        bad.state["channels"][0]["load_time_ns"] = serde_json::json!(at);
+        let e = pit2.lock().unwrap().load(&bad).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains(&format!("channel 0: loaded at {at} ns")),
+            "{e}"
+        );
+        assert_eq!(pit2.lock().unwrap().state(), before);
+    }
     let mut bad = sr.clone();
     bad.state["cmos"] = serde_json::json!(vec![0u8; CMOS_SIZE - 1]);
     assert!(matches!(

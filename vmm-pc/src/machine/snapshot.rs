@@ -47,6 +47,9 @@ const MAX_SECTION: u64 = 64 << 20;
 /// A file's reads: its sections (the state) in one or two.
 const READ_BUFFER: usize = 128 << 10;
 
+/// The latest Virtual-clock time a snapshot may hold: about 146 years.
+const MAX_VIRTUAL_NS: i64 = i64::MAX / 2;
+
 /// The clocks at the save.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 struct SavedClocks {
@@ -511,6 +514,15 @@ impl PcMachine {
         }
         if state.pit.is_some() != matches!(self.pit_backend, PitBackend::Kvm) {
             return Err(refused("the snapshot's PIT does not match"));
+        }
+        // The devices add periods to the Virtual clock's time: a time near
+        // i64::MAX would overflow them (or, saturated, fire their timers
+        // for ever). A guest's runs for far less than half of it.
+        if !(0..=MAX_VIRTUAL_NS).contains(&state.clocks.virtual_ns) {
+            return Err(refused(format!(
+                "the snapshot's Virtual clock ({} ns) is out of range",
+                state.clocks.virtual_ns
+            )));
         }
         let ours = crate::virtio_state::entries(
             &self.disks,

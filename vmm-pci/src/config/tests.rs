@@ -236,6 +236,13 @@ fn reset_puts_back_what_the_machine_placed() {
     let mut other = saved.clone();
     other[0x0a] ^= 1; // the class
     assert_eq!(d.restore(&other), Err(PciError::StateIdentity(0x08)));
+    // A BAR goes through its write mask, as a guest's write does: the
+    // base aligned to the BAR's size, the type bits the function's.
+    let mut unaligned = saved.clone();
+    unaligned[BAR0..BAR0 + 4].copy_from_slice(&0xfebf_d01fu32.to_le_bytes());
+    d.restore(&unaligned).unwrap();
+    assert_eq!(d.bar_base(0), Some(0xfebf_d000));
+    assert_eq!(d.read_u32(BAR0) & 0xf, 0, "a 32-bit memory BAR");
 }
 
 #[test]
