@@ -328,6 +328,14 @@ fn migrate_cancel_puts_the_source_back() {
         );
     }
     assert!(!file.exists());
+    // Nor a reset: it would reload the kernel under the incoming RAM (and
+    // `inmigrate -> prelaunch` ended the VMM).
+    let r = d.execute("system_reset");
+    assert_eq!(
+        r["error"]["desc"], "Guest is waiting for an incoming migration",
+        "{r}"
+    );
+    assert_eq!(d.status()["status"], "inmigrate");
     assert_eq!(c.execute("migrate_cancel"), json!({"return": {}}));
     let (statuses, _) = until_done(&mut c);
     assert_eq!(statuses, ["cancelling", "cancelled"]);

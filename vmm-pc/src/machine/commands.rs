@@ -130,6 +130,11 @@ impl PcMachine {
             Command::SystemReset if state == RunState::FinishMigrate && self.live.active() => Err(
                 CommandFailure::Refused("There's a migration process in progress".into()),
             ),
+            // The incoming migration owns RAM and the machine's state until
+            // it ends: a reset would reload the kernel under it.
+            Command::SystemReset if state == RunState::Inmigrate => Err(CommandFailure::Refused(
+                "Guest is waiting for an incoming migration".into(),
+            )),
             Command::SystemReset => {
                 self.reset(false).map_err(CommandFailure::Machine)?;
                 Ok(Reply::Done)
@@ -156,15 +161,9 @@ impl PcMachine {
                 }
                 // A suspended guest wakes only by a wake-up source.
                 if !self.runstate.is_live() {
-                    let io_error = self.runstate.state() == RunState::IoError;
+                    // (After io-error, the held requests go again: `start`.)
                     self.start().map_err(CommandFailure::Machine)?;
                     self.emit(MachineEvent::Resume);
-                    // QEMU's cont after io-error: the held requests again.
-                    if io_error {
-                        for d in self.disks.iter().filter(|d| d.handle.is_held()) {
-                            d.handle.retry();
-                        }
-                    }
                 }
                 Ok(Reply::Done)
             }

@@ -37,6 +37,9 @@ pub(super) struct GdbState {
     attached: bool,
     /// The last resume had software breakpoints in guest memory.
     sw_breakpoints: bool,
+    /// The last resume's plan: what a debug stop leaves in place but its
+    /// single steps.
+    plan: ResumePlan,
 }
 
 /// Guest RAM as the page-table walk reads it.
@@ -263,6 +266,19 @@ impl PcMachine {
             return Ok(None);
         };
         self.stop_with(RunState::Debug)?;
+        // Single steps end with the stop (as QEMU's): a `cont` from the
+        // monitor or QMP runs the guest on, not one more instruction. The
+        // breakpoints stay.
+        if !self.gdb.plan.step.is_empty() {
+            self.gdb.plan.step.clear();
+            match self.set_guest_debug(&self.gdb.plan) {
+                Ok(()) => {}
+                Err(CommandFailure::Refused(e)) => {
+                    log::warn!("gdb: cannot end the single step: {e}");
+                }
+                Err(CommandFailure::Machine(e)) => return Err(e),
+            }
+        }
         let kind = match DebugStop::from_exit(exception, dr6) {
             DebugStop::SwBreakpoint => StopKind::SwBreakpoint,
             DebugStop::HwBreakpoint { hits } => StopKind::DebugRegisters(hits),
@@ -294,6 +310,7 @@ impl PcMachine {
         }
         self.set_guest_debug(plan)?;
         self.gdb.sw_breakpoints = plan.sw_breakpoints;
+        self.gdb.plan = plan.clone();
         self.start().map_err(CommandFailure::Machine)?;
         self.emit(MachineEvent::Resume);
         Ok(Reply::Done)

@@ -22,7 +22,7 @@ use std::time::Instant;
 use vmm_runstate::RunState;
 
 use super::migration::{ms, MigrationInfo};
-use super::{CommandFailure, PcError, PcMachine};
+use super::{lock, CommandFailure, PcError, PcMachine};
 use crate::migration::recv::{From, RecvJob};
 use crate::migration::send::SendJob;
 use crate::migration::transport::Listener;
@@ -63,6 +63,10 @@ pub(super) struct Live {
     listener: Option<Listener>,
     /// An incoming stream is being received.
     receiving: Option<Instant>,
+    /// A completed migration let the disk images' locks go: the next
+    /// start takes them back, from whatever state (`cont` in
+    /// `postmigrate`, or after a `system_reset` there).
+    pub(super) locks_released: bool,
 }
 
 impl std::fmt::Debug for Live {
@@ -110,6 +114,7 @@ impl Live {
             out: None,
             listener,
             receiving: None,
+            locks_released: false,
         })
     }
 
@@ -425,7 +430,13 @@ impl PcMachine {
         let Some(out) = self.live.out.as_mut() else {
             return Ok(Err("no migration".into()));
         };
-        out.before = self.runstate.state();
+        let state = self.runstate.state();
+        // A state the last copy cannot be taken from (`debug`: gdb holds
+        // the guest) fails the migration, not the machine.
+        if !vmm_runstate::is_allowed(state, RunState::FinishMigrate) {
+            return Ok(Err(format!("migration is not possible in state '{state}'")));
+        }
+        out.before = state;
         out.stopped = Some(Instant::now());
         self.stop_with(RunState::FinishMigrate)?;
         Ok(self.capture_state().map_err(text))
@@ -452,6 +463,16 @@ impl PcMachine {
                 self.runstate
                     .transition(RunState::Postmigrate)
                     .map_err(control)?;
+                // A reset that arrived during the last copy waited for the
+                // end (see `next_exit`): the guest runs on at the
+                // destination now, which has the state captured before it.
+                let mut p = lock(&self.pending);
+                if std::mem::take(&mut p.reset) | std::mem::take(&mut p.watchdog) {
+                    log::warn!(
+                        "a guest or watchdog reset came during the migration's last copy;                          the destination has the state from before it"
+                    );
+                }
+                drop(p);
                 self.release_disk_locks();
                 log::info!(
                     "migration completed in {} ms, downtime {} ms",
@@ -473,8 +494,20 @@ impl PcMachine {
                     if out.before.is_live() {
                         self.start()?;
                         self.emit(MachineEvent::Resume);
-                    } else {
+                    } else if vmm_runstate::is_allowed(RunState::FinishMigrate, out.before) {
                         self.runstate.transition(out.before).map_err(control)?;
+                    } else {
+                        // A state reached during the pre-copy that the
+                        // table has no way back to (`prelaunch` after a
+                        // reset, `io-error`, `watchdog`, ...): stopped,
+                        // `cont` runs it.
+                        log::warn!(
+                            "migration failed in state '{}': the machine stays paused",
+                            out.before
+                        );
+                        self.runstate
+                            .transition(RunState::Paused)
+                            .map_err(control)?;
                     }
                 }
             }

@@ -294,16 +294,20 @@ impl PcMachine {
 
     /// A migration's source, done (`postmigrate`): the destination may
     /// now lock the images.
-    pub(super) fn release_disk_locks(&self) {
+    pub(super) fn release_disk_locks(&mut self) {
         for disk in &self.disks {
             disk.handle.unlock_image();
         }
+        self.live.locks_released = true;
     }
 
     /// `cont` after a completed migration: the images are ours again if
     /// nobody took them (a destination that did keeps them; the guest
     /// runs on, as QEMU's does, but its writes now race the other's).
-    pub(super) fn retake_disk_locks(&self) {
+    pub(super) fn retake_disk_locks(&mut self) {
+        if !std::mem::take(&mut self.live.locks_released) {
+            return;
+        }
         for disk in &self.disks {
             if let Err(e) = disk.handle.lock_image() {
                 log::warn!(

@@ -174,6 +174,14 @@ impl PcMachine {
                 self.vcpus.resume_all()?;
             }
         }
+        // Requests a disk holds for a host error (`werror=stop`) go again
+        // whenever the guest runs again, as QEMU's vm_start retries them:
+        // after `cont` from io-error, but also when the error came while the
+        // machine was stopped already (then no io-error stop happened, and
+        // the disk would wait for good).
+        for d in self.disks.iter().filter(|d| d.handle.is_held()) {
+            d.handle.retry();
+        }
         Ok(())
     }
 
@@ -214,9 +222,14 @@ impl PcMachine {
                     reason,
                 }));
             }
-            if self.runstate.state() != RunState::InternalError {
+            // As QEMU's vm_stop: a machine already stopped (a `stop` or a
+            // debug stop in the same turn, a migration's last copy) stays
+            // in its state; the vCPU meets the error again when it runs.
+            if self.runstate.is_live() {
                 log::error!("vCPU {vcpu}: {reason}; stopped in internal-error");
                 self.stop_with(RunState::InternalError)?;
+            } else if self.runstate.state() != RunState::InternalError {
+                log::error!("vCPU {vcpu}: {reason} (the machine was stopped already)");
             }
         }
         let pending = std::mem::take(&mut *lock(&self.pending));
@@ -243,16 +256,34 @@ impl PcMachine {
                 self.emit(MachineEvent::GuestPanicked { paused: false });
                 return Ok(Some(ExitReason::GuestPanicked));
             }
-            log::error!("the guest panicked; stopped in guest-panicked");
             self.emit(MachineEvent::GuestPanicked { paused: true });
-            self.stop_with(RunState::GuestPanicked)?;
+            // Stopped already (in the same turn): stays so, as QEMU's.
+            if self.runstate.is_live() {
+                log::error!("the guest panicked; stopped in guest-panicked");
+                self.stop_with(RunState::GuestPanicked)?;
+            } else {
+                log::error!("the guest panicked (the machine was stopped already)");
+            }
         }
-        if pending.watchdog {
+        // A reset (the guest's, or a watchdog's) that arrives while the
+        // last copy of a live migration is taken waits for the migration's
+        // end: the state sent must stay the state captured, and the
+        // machine cannot reset in `finish-migrate`. On a failure the
+        // machine goes back and resets; on success the destination runs.
+        let migrating = self.runstate.state() == RunState::FinishMigrate;
+        if migrating && (pending.watchdog || pending.reset || vcpu_reset.is_some()) {
+            let mut p = lock(&self.pending);
+            p.watchdog |= pending.watchdog;
+            p.reset |= pending.reset || vcpu_reset.is_some();
+        }
+        if pending.watchdog && !migrating {
             if let Some(exit) = self.watchdog_expired()? {
                 return Ok(Some(exit));
             }
         }
-        let guest_reset = if pending.reset {
+        let guest_reset = if migrating {
+            None
+        } else if pending.reset {
             Some("i8042 reset line".to_owned())
         } else {
             vcpu_reset

@@ -289,12 +289,11 @@ impl PcMachine {
     }
 
     /// Before the guest runs (`start`): the disk images' locks taken back
-    /// after a completed migration (`cont` in `postmigrate`), and the
-    /// virtio workers a save stopped or a load put back running again.
+    /// after a completed migration (`cont` in `postmigrate`, or after a
+    /// reset there), and the virtio workers a save stopped or a load put
+    /// back running again.
     pub(super) fn virtio_before_start(&mut self) {
-        if self.runstate.state() == RunState::Postmigrate {
-            self.retake_disk_locks();
-        }
+        self.retake_disk_locks();
         crate::virtio_state::resume_all(&self.devices.pci, &self.virtio_slots());
     }
 
