@@ -469,7 +469,8 @@ impl PcMachine {
                 let mut p = lock(&self.pending);
                 if std::mem::take(&mut p.reset) | std::mem::take(&mut p.watchdog) {
                     log::warn!(
-                        "a guest or watchdog reset came during the migration's last copy;                          the destination has the state from before it"
+                        "a guest or watchdog reset came during the migration's last copy; \
+                         the destination has the state from before it"
                     );
                 }
                 drop(p);
