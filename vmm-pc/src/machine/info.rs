@@ -70,11 +70,11 @@ impl PcMachine {
         // (SIGBUS) were it cut short.
         let file = regular_file::open(path, Access::Write).map_err(|e| {
             cannot_open(match e {
-                OpenError::NotRegular(kind) => format!("not a regular file ({kind})"),
                 OpenError::Io(e) => strerror(&e),
+                not_regular => not_regular.to_string(),
             })
         })?;
-        if self.holds_ram(&file) {
+        if self.ram_file.as_ref().is_some_and(|r| r.maps_from(&file)) {
             return Err(cannot_open(
                 "it holds the guest's RAM (the snapshot the machine was loaded from)".into(),
             ));
@@ -84,21 +84,6 @@ impl PcMachine {
         crate::snapshot::pmemsave::dump(self.vm.memory(), addr, size, &mut out, &name)
             .map_err(refused)?;
         Ok(Reply::Done)
-    }
-}
-
-impl PcMachine {
-    /// Whether `file` is the one some of guest RAM is mapped from.
-    fn holds_ram(&self, file: &std::fs::File) -> bool {
-        use std::os::unix::fs::MetadataExt;
-        let Some(ram) = self.ram_file.as_ref().filter(|r| !r.is_empty()) else {
-            return false;
-        };
-        match (file.metadata(), ram.file().metadata()) {
-            (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
-            // Cannot tell: as if it did.
-            _ => true,
-        }
     }
 }
 

@@ -65,6 +65,19 @@ impl RamFile {
         &self.file
     }
 
+    /// Whether some of guest RAM is mapped from `other` (the same file,
+    /// by device and inode); true where that cannot be told.
+    pub fn maps_from(&self, other: &File) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        if self.images.is_empty() {
+            return false;
+        }
+        match (other.metadata(), self.file.metadata()) {
+            (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+            _ => true,
+        }
+    }
+
     /// Whether any region is mapped.
     pub fn is_empty(&self) -> bool {
         self.images.is_empty()
@@ -190,6 +203,21 @@ mod tests {
         f.write_all(bytes).unwrap();
         f.set_len(len).unwrap();
         (File::open(&path).unwrap(), path)
+    }
+
+    #[test]
+    fn the_file_ram_is_mapped_from_is_known_by_its_inode() {
+        let (file, path) = temp_file(b"ram", PAGE as u64);
+        let again = File::open(&path).unwrap();
+        let mut ram = RamFile::new(file);
+        assert!(!ram.maps_from(&again), "no region mapped yet");
+        ram.add(0, 0, PAGE as u64);
+        assert!(ram.maps_from(&again));
+        let other = std::env::temp_dir().join(format!("vmm-mapped-other-{}", std::process::id()));
+        std::fs::write(&other, b"x").unwrap();
+        assert!(!ram.maps_from(&File::open(&other).unwrap()));
+        let _ = std::fs::remove_file(other);
+        let _ = std::fs::remove_file(path);
     }
 
     #[test]
